@@ -1,0 +1,1 @@
+"""Models of the attribution app arrive with its own issue (see DESIGN.md)."""

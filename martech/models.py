@@ -1,0 +1,526 @@
+"""Core data of the platform: accounts, leads, identities, lifecycle stages,
+consent, the event catalog and events, campaigns and UTM normalization, form
+definitions and API clients.
+
+Models hold fields, constraints and cheap predicates. Every write that matters
+goes through a function in ``martech.services`` (see STYLE.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models.functions import Lower, Trim
+from django.utils import timezone
+from phonenumber_field.modelfields import PhoneNumberField
+from simple_history.models import HistoricalRecords
+
+
+class Channel(models.TextChoices):
+    PAID_SEARCH = "paid_search", "Paid search"
+    PAID_SOCIAL = "paid_social", "Paid social"
+    DISPLAY = "display", "Display"
+    EMAIL = "email", "Email"
+    ORGANIC_SEARCH = "organic_search", "Organic search"
+    ORGANIC_SOCIAL = "organic_social", "Organic social"
+    REFERRAL = "referral", "Referral"
+    DIRECT = "direct", "Direct"
+    EVENTS = "events", "Events"
+    OTHER = "other", "Other"
+
+
+def validate_time_zone(value: str) -> None:
+    if value and value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not an IANA time zone name.", code="invalid_time_zone")
+
+
+class TimestampedModel(models.Model):
+    created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+
+
+# --- Accounts and leads -----------------------------------------------------
+
+
+class Account(TimestampedModel):
+    name = models.CharField(max_length=255)
+    # Normalized (lower-case, no scheme, no "www."); see services.normalize_domain.
+    domain = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    industry = models.CharField(max_length=100, blank=True, db_index=True)
+    employee_count = models.PositiveIntegerField(null=True, blank=True)
+    annual_revenue = models.DecimalField(max_digits=18, decimal_places=2, null=True, blank=True)
+    currency = models.CharField(max_length=3, default="USD")
+    country = models.CharField(max_length=2, blank=True, help_text="ISO 3166-1 alpha-2")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_accounts"
+    )
+    salesforce_id = models.CharField(max_length=18, unique=True, null=True, blank=True)
+    hubspot_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(Lower("name"), name="account_name_lower_idx")]
+
+    def __str__(self) -> str:
+        return self.name if not self.domain else f"{self.name} ({self.domain})"
+
+
+class LifecycleStage(models.Model):
+    """Ordered, editable stages. Seeded by a data migration; ``key`` is what
+    code and CRM mappings refer to, ``name`` what people read."""
+
+    key = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=80)
+    order = models.PositiveSmallIntegerField(unique=True)
+    description = models.TextField(blank=True)
+    is_active = models.BooleanField(default=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["order"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Lead(TimestampedModel):
+    # One unique key per person: the normalized email (trimmed, lower-cased),
+    # or a CRM id for records that come from a CRM without an email.
+    email = models.EmailField(max_length=254, unique=True, null=True, blank=True)
+    first_name = models.CharField(max_length=100, blank=True)
+    last_name = models.CharField(max_length=100, blank=True)
+    job_title = models.CharField(max_length=150, blank=True)
+    phone = PhoneNumberField(blank=True)
+    company_name = models.CharField(max_length=255, blank=True)
+    account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.SET_NULL, related_name="leads")
+    country = models.CharField(max_length=2, blank=True, help_text="ISO 3166-1 alpha-2", db_index=True)
+    region = models.CharField(max_length=100, blank=True)
+    postal_code = models.CharField(max_length=20, blank=True)
+    time_zone = models.CharField(max_length=64, blank=True, validators=[validate_time_zone])
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="owned_leads"
+    )
+    # Changed only through services.lead_change_stage, which writes StageTransition.
+    lifecycle_stage = models.ForeignKey(
+        LifecycleStage, null=True, blank=True, on_delete=models.PROTECT, related_name="leads"
+    )
+    fit_score = models.IntegerField(default=0)
+    engagement_score = models.IntegerField(default=0)
+    total_score = models.IntegerField(default=0, db_index=True)
+
+    original_source = models.CharField(max_length=20, choices=Channel.choices, blank=True, db_index=True)
+    first_touch_at = models.DateTimeField(null=True, blank=True)
+    first_utm_source = models.CharField(max_length=255, blank=True)
+    first_utm_medium = models.CharField(max_length=255, blank=True)
+    first_utm_campaign = models.CharField(max_length=255, blank=True)
+    first_utm_term = models.CharField(max_length=255, blank=True)
+    first_utm_content = models.CharField(max_length=255, blank=True)
+    latest_touch_at = models.DateTimeField(null=True, blank=True)
+    latest_utm_source = models.CharField(max_length=255, blank=True)
+    latest_utm_medium = models.CharField(max_length=255, blank=True)
+    latest_utm_campaign = models.CharField(max_length=255, blank=True)
+    latest_utm_term = models.CharField(max_length=255, blank=True)
+    latest_utm_content = models.CharField(max_length=255, blank=True)
+
+    salesforce_lead_id = models.CharField(max_length=18, unique=True, null=True, blank=True)
+    salesforce_contact_id = models.CharField(max_length=18, unique=True, null=True, blank=True)
+    hubspot_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    properties = models.JSONField(default=dict, blank=True, help_text="Custom properties")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # The database refuses an email that is not already normalized, so
+            # no write path can create "Ann@X.com " beside "ann@x.com".
+            models.CheckConstraint(
+                condition=models.Q(email__isnull=True) | models.Q(email=Lower(Trim("email"))),
+                name="lead_email_normalized",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(email__isnull=False)
+                | models.Q(salesforce_lead_id__isnull=False)
+                | models.Q(salesforce_contact_id__isnull=False)
+                | models.Q(hubspot_id__isnull=False),
+                name="lead_has_a_key",
+            ),
+        ]
+        indexes = [
+            # The lead changelist and the API list page by (-created_at, -id).
+            models.Index(fields=["-created_at", "-id"], name="lead_created_id_idx"),
+            models.Index(fields=["lifecycle_stage", "-created_at"], name="lead_stage_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.email or self.hubspot_id or self.salesforce_lead_id or f"lead {self.pk}"
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip()
+
+    @property
+    def email_domain(self) -> str:
+        return self.email.rpartition("@")[2] if self.email else ""
+
+
+class Identity(models.Model):
+    """An id under which a person was seen before or beside their email:
+    an analytics anonymous id, a product user id, a CRM id."""
+
+    class Kind(models.TextChoices):
+        ANONYMOUS = "anonymous", "Anonymous id"
+        USER = "user", "External user id"
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    value = models.CharField(max_length=255)
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="identities")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "identities"
+        constraints = [models.UniqueConstraint(fields=["kind", "value"], name="identity_kind_value_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+class StageTransition(models.Model):
+    """History of lifecycle stage changes, written only by
+    services.lead_change_stage in the transaction that changes the stage."""
+
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="stage_transitions")
+    from_stage = models.ForeignKey(LifecycleStage, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    to_stage = models.ForeignKey(LifecycleStage, on_delete=models.PROTECT, related_name="+")
+    changed_at = models.DateTimeField(default=timezone.now, db_index=True)
+    reason = models.CharField(max_length=255)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Who acted when it was not a person: "api:<client>", "form:<key>", "system".
+    source = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+        indexes = [models.Index(fields=["lead", "-changed_at"], name="stagetr_lead_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.lead_id}: {self.from_stage_id} -> {self.to_stage_id}"
+
+
+class ConsentChannel(models.TextChoices):
+    EMAIL = "email", "Email"
+    SMS = "sms", "SMS"
+    ADS = "ads", "Ads"
+    PHONE = "phone", "Phone"
+
+
+class ConsentRecord(models.Model):
+    """Append-only. A lead's current consent on a channel is the status of the
+    latest record for that channel (selectors.lead_consent_state)."""
+
+    class Status(models.TextChoices):
+        GRANTED = "granted", "Granted"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="consent_records")
+    channel = models.CharField(max_length=10, choices=ConsentChannel.choices)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    source = models.CharField(max_length=100, help_text="form:<key>, api:<client>, admin, import, crm ...")
+    # Proof: {"form": ..., "ip": ..., "text": <the consent text shown>, "user_agent": ...}
+    evidence = models.JSONField(default=dict, blank=True)
+    recorded_at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-recorded_at", "-id"]
+        # Serves "latest record per (lead, channel)".
+        indexes = [models.Index(fields=["lead", "channel", "-recorded_at", "-id"], name="consent_latest_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.status}"
+
+
+# --- Campaigns and UTM --------------------------------------------------------
+
+
+class Campaign(TimestampedModel):
+    name = models.CharField(max_length=255)
+    # Normalized keys (services.normalize_utm): an event's UTM triple finds its campaign.
+    utm_source = models.CharField(max_length=255, blank=True)
+    utm_medium = models.CharField(max_length=255, blank=True)
+    utm_campaign = models.CharField(max_length=255, blank=True)
+    channel = models.CharField(max_length=20, choices=Channel.choices, default=Channel.OTHER)
+    start_date = models.DateField(null=True, blank=True)
+    end_date = models.DateField(null=True, blank=True)
+    budget = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(0)])
+    currency = models.CharField(max_length=3, default="USD")
+    salesforce_id = models.CharField(max_length=18, unique=True, null=True, blank=True)
+    hubspot_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["-start_date", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["utm_source", "utm_medium", "utm_campaign"], name="campaign_utm_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.start_date and self.end_date and self.end_date < self.start_date:
+            raise ValidationError({"end_date": "The end date is before the start date."})
+
+
+class UtmAlias(models.Model):
+    """Editable alias table applied after trimming and lower-casing, e.g.
+    source ``adwords`` -> ``google``."""
+
+    class Field(models.TextChoices):
+        SOURCE = "source", "utm_source"
+        MEDIUM = "medium", "utm_medium"
+        CAMPAIGN = "campaign", "utm_campaign"
+
+    field = models.CharField(max_length=10, choices=Field.choices)
+    alias = models.CharField(max_length=255)
+    canonical = models.CharField(max_length=255)
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = "UTM alias"
+        verbose_name_plural = "UTM aliases"
+        constraints = [models.UniqueConstraint(fields=["field", "alias"], name="utmalias_field_alias_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.alias} -> {self.canonical}"
+
+    def save(self, *args, **kwargs):
+        self.alias = self.alias.strip().lower()
+        self.canonical = self.canonical.strip().lower()
+        super().save(*args, **kwargs)
+
+
+class ChannelRule(models.Model):
+    """Editable channel grouping: the first active rule (by ``order``) whose
+    patterns match the normalized source and medium gives the channel.
+    Patterns are regular expressions matched in full; empty matches anything."""
+
+    order = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=100)
+    source_pattern = models.CharField(max_length=500, blank=True)
+    medium_pattern = models.CharField(max_length=500, blank=True)
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    is_active = models.BooleanField(default=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["order", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.order}. {self.name} -> {self.get_channel_display()}"
+
+    def clean(self) -> None:
+        import re
+
+        for field in ("source_pattern", "medium_pattern"):
+            try:
+                re.compile(getattr(self, field))
+            except re.error as exc:
+                raise ValidationError({field: f"Not a valid regular expression: {exc}"}) from exc
+
+
+# --- Event catalog and events -------------------------------------------------
+
+
+class EventType(models.Model):
+    name = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[RegexValidator(r"^[A-Za-z0-9_.:\- ]+$", "Letters, digits, space and _ . : - only.")],
+    )
+    description = models.TextField(blank=True)
+    # A JSON Schema the event's properties must satisfy, e.g.
+    # {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}
+    properties_schema = models.JSONField(default=dict, blank=True)
+    is_touchpoint = models.BooleanField(default=False, help_text="Counts as a marketing touchpoint for attribution.")
+    is_active = models.BooleanField(default=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(self.properties_schema or {})
+        except SchemaError as exc:
+            raise ValidationError({"properties_schema": f"Not a valid JSON Schema: {exc.message}"}) from exc
+
+
+class Event(models.Model):
+    class Kind(models.TextChoices):
+        TRACK = "track", "track"
+        PAGE = "page", "page"
+        IDENTIFY = "identify", "identify"
+        FORM = "form", "form"
+
+    # The sender's id (Segment's messageId). The same id twice is one event.
+    client_event_id = models.CharField(max_length=255, unique=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TRACK)
+    event_type = models.ForeignKey(EventType, on_delete=models.PROTECT, related_name="events")
+    lead = models.ForeignKey(Lead, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    anonymous_id = models.CharField(max_length=255, blank=True, db_index=True)
+    properties = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(default=timezone.now)
+    utm_source = models.CharField(max_length=255, blank=True)
+    utm_medium = models.CharField(max_length=255, blank=True)
+    utm_campaign = models.CharField(max_length=255, blank=True)
+    utm_term = models.CharField(max_length=255, blank=True)
+    utm_content = models.CharField(max_length=255, blank=True)
+    channel = models.CharField(max_length=20, choices=Channel.choices, blank=True)
+    campaign = models.ForeignKey(Campaign, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    # Marks the rows one ingest call inserted, so it can tell its own inserts
+    # from rows a concurrent call inserted under the same client_event_id.
+    ingest_batch = models.UUIDField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        indexes = [
+            models.Index(fields=["lead", "-occurred_at"], name="event_lead_time_idx"),
+            models.Index(fields=["-occurred_at", "-id"], name="event_time_idx"),
+            models.Index(fields=["ingest_batch"], name="event_batch_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type_id} {self.client_event_id}"
+
+
+class QuarantinedEvent(models.Model):
+    """An inbound item that failed validation while the unknown-event policy is
+    "quarantine": kept with its error, shown in the admin, replayable."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        REPLAYED = "replayed", "Replayed"
+        DISCARDED = "discarded", "Discarded"
+
+    client_event_id = models.CharField(max_length=255, blank=True, db_index=True)
+    payload = models.JSONField()
+    field = models.CharField(max_length=255, blank=True)
+    reason = models.TextField()
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    source = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.client_event_id or self.pk}: {self.reason[:60]}"
+
+
+# --- Forms --------------------------------------------------------------------
+
+
+class Form(TimestampedModel):
+    """A public capture form: POST /api/v1/capture/<key>."""
+
+    key = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=200)
+    # {"form field": "lead field"}; lead fields may be "properties.<name>".
+    field_map = models.JSONField(default=dict)
+    required_fields = models.JSONField(default=list, blank=True, help_text="Form field names that must be present.")
+    # {"lead field": value} applied when the submission does not set it.
+    defaults = models.JSONField(default=dict, blank=True)
+    consent_field = models.CharField(max_length=100, blank=True, help_text="Checkbox field that grants consent.")
+    consent_channel = models.CharField(max_length=10, choices=ConsentChannel.choices, default=ConsentChannel.EMAIL)
+    consent_text = models.TextField(blank=True, help_text="The consent wording shown on the form (kept as evidence).")
+    honeypot_field = models.CharField(max_length=100, default="website", help_text="Hidden field; bots fill it.")
+    event_type = models.ForeignKey(EventType, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    is_active = models.BooleanField(default=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from martech.services.leads import LEAD_WRITABLE_FIELDS
+
+        if not isinstance(self.field_map, dict) or not self.field_map:
+            raise ValidationError({"field_map": "Map at least one form field to a lead field."})
+        if "email" not in self.field_map.values():
+            raise ValidationError({"field_map": "One form field must map to the lead's email."})
+        for form_field, lead_field in self.field_map.items():
+            if not (lead_field in LEAD_WRITABLE_FIELDS or str(lead_field).startswith("properties.")):
+                raise ValidationError({"field_map": f"{form_field!r} maps to unknown lead field {lead_field!r}."})
+        if not isinstance(self.required_fields, list):
+            raise ValidationError({"required_fields": "Give a list of form field names."})
+        for name in self.required_fields:
+            if name not in self.field_map:
+                raise ValidationError({"required_fields": f"{name!r} is not a field of this form."})
+        if not isinstance(self.defaults, dict):
+            raise ValidationError({"defaults": "Give an object of lead field -> value."})
+
+
+# --- API clients --------------------------------------------------------------
+
+
+class ApiClient(TimestampedModel):
+    """A system that calls the REST API with a bearer token. Only the token's
+    SHA-256 is stored; the token itself is shown once, at creation."""
+
+    class Scope(models.TextChoices):
+        CAPTURE = "capture", "Capture events"
+        LEADS_READ = "leads:read", "Read leads"
+        LEADS_WRITE = "leads:write", "Write leads"
+        ACCOUNTS_READ = "accounts:read", "Read accounts"
+        ACCOUNTS_WRITE = "accounts:write", "Write accounts"
+        EVENTS_READ = "events:read", "Read events"
+        CAMPAIGNS_READ = "campaigns:read", "Read campaigns"
+        CAMPAIGNS_WRITE = "campaigns:write", "Write campaigns"
+        STAGES_READ = "stages:read", "Read lifecycle stages"
+
+    name = models.CharField(max_length=100, unique=True)
+    token_prefix = models.CharField(max_length=12, editable=False)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    scopes = models.JSONField(default=list)
+    is_active = models.BooleanField(default=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    history = HistoricalRecords(excluded_fields=["last_used_at"])
+
+    class Meta:
+        verbose_name = "API client"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @staticmethod
+    def hash_token(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def clean(self) -> None:
+        valid = set(self.Scope.values)
+        bad = [s for s in (self.scopes or []) if s not in valid]
+        if bad:
+            raise ValidationError({"scopes": f"Unknown scope(s): {', '.join(bad)}. Valid: {', '.join(sorted(valid))}."})

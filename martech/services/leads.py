@@ -1,0 +1,328 @@
+"""Leads: upsert (the one dedupe path), stage changes, identities, consent, merge.
+
+Every function here is keyword-only. Errors are ``ValidationError`` with a
+dict keyed by the offending field, so admin, API and importers can name it.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from martech import signals
+from martech.models import (
+    Account,
+    ConsentChannel,
+    ConsentRecord,
+    Event,
+    Identity,
+    Lead,
+    LifecycleStage,
+    StageTransition,
+    validate_time_zone,
+)
+from martech.services.normalize import (
+    free_mail_domains,
+    normalize_country,
+    normalize_domain,
+    normalize_email,
+    normalize_phone,
+)
+
+log = logging.getLogger(__name__)
+
+# Fields a capture, import or API write may set on a lead (besides
+# "properties.<name>" for custom properties and "lifecycle_stage").
+LEAD_WRITABLE_FIELDS = frozenset(
+    {
+        "email",
+        "first_name",
+        "last_name",
+        "job_title",
+        "phone",
+        "company_name",
+        "country",
+        "region",
+        "postal_code",
+        "time_zone",
+        "salesforce_lead_id",
+        "salesforce_contact_id",
+        "hubspot_id",
+        "lifecycle_stage",
+    }
+)
+CRM_KEYS = ("salesforce_lead_id", "salesforce_contact_id", "hubspot_id")
+_TEXT_LIMITS = {f.name: f.max_length for f in Lead._meta.get_fields() if getattr(f, "max_length", None)}
+
+
+def clean_lead_data(data: dict[str, Any]) -> dict[str, Any]:
+    """Validate and normalize incoming lead fields. Accepts "properties.<name>"
+    keys and a "properties" dict. Raises ValidationError({field: [reason]})
+    naming every bad field; unknown fields are errors, never ignored."""
+    errors: dict[str, list[str]] = {}
+    out: dict[str, Any] = {}
+    props: dict[str, Any] = {}
+    for key, value in data.items():
+        try:
+            if key == "properties":
+                if not isinstance(value, dict):
+                    raise ValidationError("Must be an object.")
+                props.update(value)
+            elif key.startswith("properties."):
+                name = key.split(".", 1)[1]
+                if not name:
+                    raise ValidationError("Give a property name after 'properties.'.")
+                props[name] = value
+            elif key not in LEAD_WRITABLE_FIELDS:
+                raise ValidationError("Unknown lead field.")
+            elif key == "email":
+                out["email"] = normalize_email(value)
+            elif key == "phone":
+                out["phone"] = normalize_phone(value, region=data.get("country") or None)
+            elif key == "country":
+                out["country"] = normalize_country(value)
+            elif key == "time_zone":
+                value = (value or "").strip()
+                validate_time_zone(value)
+                out["time_zone"] = value
+            elif key == "lifecycle_stage":
+                out["lifecycle_stage"] = (value or "").strip().lower() or None
+            else:
+                value = "" if value is None else str(value).strip()
+                limit = _TEXT_LIMITS.get(key)
+                if limit and len(value) > limit:
+                    raise ValidationError(f"At most {limit} characters (got {len(value)}).")
+                if key in CRM_KEYS:
+                    value = value or None
+                out[key] = value
+        except ValidationError as exc:
+            errors.setdefault(key, []).extend(exc.messages)
+    if errors:
+        raise ValidationError(errors)
+    if props:
+        out["properties"] = props
+    return out
+
+
+def _find_lead(cleaned: dict[str, Any], *, lock: bool) -> Lead | None:
+    qs = Lead.objects.select_for_update() if lock else Lead.objects.all()
+    if cleaned.get("email"):
+        lead = qs.filter(email=cleaned["email"]).first()
+        if lead:
+            return lead
+    for key in CRM_KEYS:
+        if cleaned.get(key):
+            lead = qs.filter(**{key: cleaned[key]}).first()
+            if lead:
+                return lead
+    return None
+
+
+def account_for_domain(email: str | None) -> Account | None:
+    """The account whose normalized domain is the email's, unless free mail."""
+    domain = normalize_domain(email.rpartition("@")[2]) if email else None
+    if not domain or domain in free_mail_domains():
+        return None
+    return Account.objects.filter(domain=domain).first()
+
+
+def stage_by_key(key: str) -> LifecycleStage:
+    try:
+        return LifecycleStage.objects.get(key=key)
+    except LifecycleStage.DoesNotExist:
+        raise ValidationError({"lifecycle_stage": f"Unknown lifecycle stage {key!r}."}) from None
+
+
+@transaction.atomic
+def lead_upsert(
+    *,
+    data: dict[str, Any],
+    source: str,
+    actor=None,
+    overwrite: bool = False,
+) -> tuple[Lead, bool]:
+    """Create or update the lead found by normalized email, else by CRM id.
+
+    Blank incoming values never clear stored ones unless ``overwrite`` (an
+    explicit edit). Custom properties are merged key by key. A new lead
+    without a stage gets the default stage, through ``lead_change_stage``.
+    Concurrent calls for one new email make one lead: the unique index decides
+    and the loser re-reads the winner's row. Returns ``(lead, created)``.
+    """
+    cleaned = clean_lead_data(data)
+    if not cleaned.get("email") and not any(cleaned.get(k) for k in CRM_KEYS):
+        raise ValidationError({"email": ["An email (or a CRM id) is required."]})
+    stage_key = cleaned.pop("lifecycle_stage", None)
+    stage = stage_by_key(stage_key) if stage_key else None
+    props = cleaned.pop("properties", None)
+
+    lead = _find_lead(cleaned, lock=True)
+    created = False
+    if lead is None:
+        lead = Lead(**{k: v for k, v in cleaned.items() if v not in ("", None)})
+        lead.properties = props or {}
+        lead.account = account_for_domain(lead.email)
+        if lead.account and not lead.company_name:
+            lead.company_name = lead.account.name
+        try:
+            # The savepoint lets the transaction go on after losing a race.
+            with transaction.atomic():
+                lead.save(force_insert=True)
+            created = True
+        except IntegrityError:
+            lead = _find_lead(cleaned, lock=True)
+            if lead is None:
+                raise
+    if not created:
+        changed = []
+        for key, value in cleaned.items():
+            if (value in ("", None)) and not overwrite:
+                continue
+            if getattr(lead, key) != value:
+                setattr(lead, key, value)
+                changed.append(key)
+        if props:
+            merged = {**lead.properties, **props}
+            if merged != lead.properties:
+                lead.properties = merged
+                changed.append("properties")
+        if "email" in changed and lead.account_id is None:
+            lead.account = account_for_domain(lead.email)
+            if lead.account:
+                changed.append("account")
+        if changed:
+            lead.save(update_fields=[*changed, "updated_at"])
+
+    if stage is None and created:
+        stage = LifecycleStage.objects.filter(key=settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"]).first()
+    if stage is not None and stage.pk != lead.lifecycle_stage_id:
+        lead_change_stage(lead=lead, to_stage=stage, reason="created" if created else "set on upsert", actor=actor, source=source)
+    if created:
+        transaction.on_commit(lambda: signals.lead_created.send(sender=Lead, lead=lead, source=source))
+    return lead, created
+
+
+@transaction.atomic
+def lead_change_stage(
+    *,
+    lead: Lead,
+    to_stage: LifecycleStage | str,
+    reason: str,
+    actor=None,
+    source: str = "",
+    at: datetime | None = None,
+) -> StageTransition | None:
+    """The one way a lead's lifecycle stage changes. Writes a StageTransition
+    (from, to, when, reason, actor) in the same transaction and announces
+    ``lead_stage_changed`` after commit. Returns None when nothing changes."""
+    if isinstance(to_stage, str):
+        to_stage = stage_by_key(to_stage)
+    if not reason:
+        raise ValidationError({"reason": ["Give a reason for the stage change."]})
+    locked = Lead.objects.select_for_update().only("id", "lifecycle_stage_id").get(pk=lead.pk)
+    if locked.lifecycle_stage_id == to_stage.pk:
+        lead.lifecycle_stage = to_stage
+        return None
+    transition = StageTransition.objects.create(
+        lead=lead,
+        from_stage_id=locked.lifecycle_stage_id,
+        to_stage=to_stage,
+        changed_at=at or timezone.now(),
+        reason=reason[:255],
+        actor=actor if getattr(actor, "is_authenticated", False) else None,
+        source=source[:100],
+    )
+    Lead.objects.filter(pk=lead.pk).update(lifecycle_stage=to_stage, updated_at=timezone.now())
+    lead.lifecycle_stage = to_stage
+    transaction.on_commit(
+        lambda: signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=transition)
+    )
+    return transition
+
+
+@transaction.atomic
+def consent_record(
+    *,
+    lead: Lead,
+    channel: str,
+    granted: bool,
+    source: str,
+    evidence: dict[str, Any] | None = None,
+    actor=None,
+    at: datetime | None = None,
+) -> ConsentRecord:
+    """Append a consent record. The latest record per channel is the lead's
+    current consent (selectors.lead_consent_state)."""
+    if channel not in ConsentChannel.values:
+        raise ValidationError({"channel": [f"Unknown consent channel {channel!r}."]})
+    record = ConsentRecord.objects.create(
+        lead=lead,
+        channel=channel,
+        status=ConsentRecord.Status.GRANTED if granted else ConsentRecord.Status.WITHDRAWN,
+        source=source[:100],
+        evidence=evidence or {},
+        recorded_at=at or timezone.now(),
+        actor=actor if getattr(actor, "is_authenticated", False) else None,
+    )
+    transaction.on_commit(lambda: signals.consent_changed.send(sender=ConsentRecord, record=record))
+    return record
+
+
+@transaction.atomic
+def identity_link(*, lead: Lead, kind: str, value: str) -> Identity:
+    """Link an id to a lead and attach the events seen earlier under it.
+
+    An id already linked to another lead keeps that link (a shared device
+    must not move one person's history onto another); only events that
+    belong to no lead yet are attached. Idempotent.
+    """
+    value = (value or "").strip()
+    if not value:
+        raise ValidationError({"anonymous_id" if kind == Identity.Kind.ANONYMOUS else "user_id": ["Empty id."]})
+    identity, _ = Identity.objects.get_or_create(kind=kind, value=value, defaults={"lead": lead})
+    if kind == Identity.Kind.ANONYMOUS:
+        Event.objects.filter(anonymous_id=value, lead__isnull=True).update(lead=identity.lead)
+    return identity
+
+
+@transaction.atomic
+def lead_merge(*, primary: Lead, duplicate: Lead, actor=None, reason: str = "merge") -> Lead:
+    """Fold ``duplicate`` into ``primary``: events, identities, consent and
+    stage history move over, blank fields of primary are filled from the
+    duplicate, custom properties merge (primary wins), then the duplicate is
+    deleted. The merge is recorded on primary's properties under
+    ``_merged_from`` so the history stays traceable."""
+    if primary.pk == duplicate.pk:
+        raise ValidationError({"duplicate": ["A lead cannot be merged into itself."]})
+    primary = Lead.objects.select_for_update().get(pk=primary.pk)
+    duplicate = Lead.objects.select_for_update().get(pk=duplicate.pk)
+    for rel in (Event, Identity, ConsentRecord, StageTransition):
+        rel.objects.filter(lead=duplicate).update(lead=primary)
+    unique_moves = {}
+    for f in Lead._meta.concrete_fields:
+        if f.primary_key or f.name in {"created_at", "updated_at", "properties"}:
+            continue
+        mine, theirs = getattr(primary, f.attname), getattr(duplicate, f.attname)
+        if mine in (None, "", 0) and theirs not in (None, "", 0):
+            if f.unique:
+                unique_moves[f.attname] = theirs
+            else:
+                setattr(primary, f.attname, theirs)
+    merged_from = list(primary.properties.get("_merged_from", []))
+    merged_from.append({"id": duplicate.pk, "email": duplicate.email, "at": timezone.now().isoformat(), "reason": reason})
+    primary.properties = {**duplicate.properties, **primary.properties, "_merged_from": merged_from}
+    primary.created_at = min(primary.created_at, duplicate.created_at)
+    merged_id = duplicate.pk
+    duplicate.delete()  # frees its unique keys before primary takes them
+    for attname, value in unique_moves.items():
+        setattr(primary, attname, value)
+    primary.save()
+    transaction.on_commit(
+        lambda: signals.lead_merged.send(sender=Lead, lead=primary, merged_id=merged_id, actor=actor)
+    )
+    return primary

@@ -1,0 +1,17 @@
+"""What martech announces. Later stages (routing, nurture, attribution)
+subscribe; martech never imports them. Every signal is sent after the
+transaction that caused it commits (services use transaction.on_commit), so a
+receiver never sees a change that was rolled back.
+"""
+from django.dispatch import Signal
+
+# sender=Lead, lead=Lead, source=str
+lead_created = Signal()
+# sender=Lead, lead=Lead (kept), merged_id=int (removed), actor=User|None
+lead_merged = Signal()
+# sender=Lead, lead=Lead, transition=StageTransition
+lead_stage_changed = Signal()
+# sender=Event, event_ids=list[int] (one call per ingest batch)
+events_ingested = Signal()
+# sender=ConsentRecord, record=ConsentRecord
+consent_changed = Signal()
