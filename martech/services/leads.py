@@ -123,6 +123,21 @@ def _find_lead(cleaned: dict[str, Any], *, lock: bool) -> Lead | None:
     return None
 
 
+def _refuse_taken_keys(lead: Lead, changed: list[str]) -> None:
+    """An update must not take another lead's unique key (the unique index
+    would turn it into an IntegrityError, a 500 on the API) nor drop the last
+    key it has (the lead_has_a_key constraint)."""
+    errors: dict[str, list[str]] = {}
+    for key in ("email", *CRM_KEYS):
+        value = getattr(lead, key)
+        if key in changed and value and Lead.objects.filter(**{key: value}).exclude(pk=lead.pk).exists():
+            errors[key] = ["Another lead already has this value; merge the two leads instead."]
+    if not any(getattr(lead, key) for key in ("email", *CRM_KEYS)):
+        errors.setdefault("email", []).append("A lead needs an email or a CRM id.")
+    if errors:
+        raise ValidationError(errors)
+
+
 def account_for_domain(email: str | None) -> Account | None:
     """The account whose normalized domain is the email's, unless free mail."""
     domain = normalize_domain(email.rpartition("@")[2]) if email else None
@@ -145,8 +160,14 @@ def lead_upsert(
     source: str,
     actor=None,
     overwrite: bool = False,
+    lead: Lead | None = None,
 ) -> tuple[Lead, bool]:
     """Create or update the lead found by normalized email, else by CRM id.
+
+    ``lead`` pins the row to update (an edit addressed by id, e.g. API PATCH):
+    it is not looked up by key and never created, so an edit may change the
+    email. A key (email, CRM id) that another lead holds is refused naming the
+    field, and so is an edit that would leave a lead with no key at all.
 
     Blank incoming values never clear stored ones unless ``overwrite`` (an
     explicit edit). Custom properties are merged key by key. A new lead
@@ -154,14 +175,18 @@ def lead_upsert(
     Concurrent calls for one new email make one lead: the unique index decides
     and the loser re-reads the winner's row. Returns ``(lead, created)``.
     """
+    target = lead
     cleaned = clean_lead_data(data)
-    if not cleaned.get("email") and not any(cleaned.get(k) for k in CRM_KEYS):
+    if target is None and not cleaned.get("email") and not any(cleaned.get(k) for k in CRM_KEYS):
         raise ValidationError({"email": ["An email (or a CRM id) is required."]})
     stage_key = cleaned.pop("lifecycle_stage", None)
     stage = stage_by_key(stage_key) if stage_key else None
     props = cleaned.pop("properties", None)
 
-    lead = _find_lead(cleaned, lock=True)
+    if target is not None:
+        lead = Lead.objects.select_for_update().get(pk=target.pk)
+    else:
+        lead = _find_lead(cleaned, lock=True)
     created = False
     if lead is None:
         lead = Lead(**{k: v for k, v in cleaned.items() if v not in ("", None)})
@@ -196,6 +221,7 @@ def lead_upsert(
             if lead.account:
                 changed.append("account")
         if changed:
+            _refuse_taken_keys(lead, changed)
             lead.save(update_fields=[*changed, "updated_at"])
 
     if stage is None and created:
