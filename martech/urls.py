@@ -11,3 +11,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", views.healthz, name="healthz"),
 ]
+
+handler404 = "martech.api.errors.not_found"
+handler500 = "martech.api.errors.server_error"

@@ -7,7 +7,8 @@ into 400s here, so views can let them through.
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied, ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -64,8 +65,19 @@ def exception_handler(exc, context):
     return response
 
 
-def server_error(request, *args, **kwargs):
-    """JSON 500 for API paths (wired as handler500 for /api/)."""
-    from django.http import JsonResponse
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/") or request.path == "/healthz"
 
-    return JsonResponse(error_body("server_error", "Internal server error."), status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+def server_error(request, *args, **kwargs):
+    """handler500: JSON with a code on API paths, Django's page elsewhere."""
+    if _is_api(request):
+        return JsonResponse(error_body("server_error", "Internal server error."), status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    return defaults.server_error(request, *args, **kwargs)
+
+
+def not_found(request, exception=None, *args, **kwargs):
+    """handler404: JSON with a code on API paths (unknown URL under /api/)."""
+    if _is_api(request):
+        return JsonResponse(error_body("not_found", f"No endpoint at {request.path}."), status=status.HTTP_404_NOT_FOUND)
+    return defaults.page_not_found(request, exception, *args, **kwargs)
