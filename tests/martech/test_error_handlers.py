@@ -1,5 +1,5 @@
 import pytest
-from django.test import Client
+from django.test import Client, RequestFactory
 
 
 @pytest.mark.django_db
@@ -11,11 +11,8 @@ def test_unknown_api_path_is_json_404(settings):
 
 
 @pytest.mark.django_db
-def test_unhandled_api_error_is_json_500(settings, monkeypatch):
+def test_unhandled_api_error_is_json_500():
     from martech.api import errors
-
-    settings.DEBUG = False
-    from django.test import RequestFactory
 
     response = errors.server_error(RequestFactory().get("/api/v1/leads"))
     assert response.status_code == 500
