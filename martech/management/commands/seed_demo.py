@@ -1,0 +1,25 @@
+"""Seed the demo data set (accounts, leads, consent, stage history, campaigns,
+months of events, forms). Idempotent: see martech.services.demo."""
+from __future__ import annotations
+
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from martech.services.demo import demo_seed
+
+
+class Command(BaseCommand):
+    help = "Create realistic demo data. Safe to re-run: a second run adds nothing; a larger --leads adds the difference."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--leads", type=int, default=2000, help="How many demo leads in total (default 2000).")
+        parser.add_argument("--no-progress", action="store_true", help="Do not show a progress bar.")
+
+    def handle(self, *args, leads: int, no_progress: bool, **options):
+        if leads < 0:
+            raise CommandError("--leads must be zero or more.")
+        progress = not no_progress and sys.stderr.isatty()
+        result = demo_seed(leads=leads, progress=progress)
+        created = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in result.as_dict().items())
+        self.stdout.write(self.style.SUCCESS(f"Demo data ready ({leads} leads). Created: {created}."))
