@@ -251,6 +251,8 @@ MARTECH = {
     "UNKNOWN_EVENT_POLICY": env.str("MARTECH_UNKNOWN_EVENT_POLICY", default="reject"),
     "EVENT_BATCH_MAX": env.int("MARTECH_EVENT_BATCH_MAX", default=500),
     "DEFAULT_LIFECYCLE_STAGE": "lead",
+    # /healthz fails when no qcluster has reported for this many seconds.
+    "HEALTHZ_CLUSTER_MAX_AGE": env.int("MARTECH_HEALTHZ_CLUSTER_MAX_AGE", default=30),
 }
 if MARTECH["UNKNOWN_EVENT_POLICY"] not in {"reject", "quarantine"}:
     raise ImproperlyConfigured("MARTECH_UNKNOWN_EVENT_POLICY must be 'reject' or 'quarantine'")
