@@ -241,6 +241,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # One schema name per choice set that several fields share.
+    "ENUM_NAME_OVERRIDES": {
+        "ChannelEnum": "martech.models.Channel.choices",
+        # Values of ConsentRecord.Status (a nested class cannot be given by import path).
+        "ConsentStatusEnum": [("granted", "Granted"), ("withdrawn", "Withdrawn")],
+    },
 }
 
 # --- App tunables (one namespaced dict) -------------------------------------
