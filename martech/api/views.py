@@ -21,7 +21,7 @@ from rest_framework.throttling import AnonRateThrottle
 
 from martech.api import filters, serializers as s
 from martech.api.pagination import CursorPagination
-from martech.api.throttling import ApiClientRateThrottle
+from martech.api.throttling import ClientRateThrottle
 from martech.models import Account, ApiClient, Campaign, Event, Lead, LifecycleStage
 from martech.selectors import lead_consent_state
 from martech.services.accounts import account_upsert
@@ -72,7 +72,7 @@ def _valid(serializer_class, request, **kwargs) -> dict:
 
 
 class ApiViewSet(viewsets.GenericViewSet):
-    throttle_classes = [AnonRateThrottle, ApiClientRateThrottle]
+    throttle_classes = [AnonRateThrottle, ClientRateThrottle]
     # No OrderingFilter: each list keeps the one order its index and cursor serve.
     filter_backends = [DjangoFilterBackend]
     pagination_class = CursorPagination
