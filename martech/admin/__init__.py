@@ -1,0 +1,16 @@
+"""The ops console: one ModelAdmin module per area (STYLE.md 8).
+
+Importing the modules registers their admins with the default site.
+"""
+from martech.admin import (  # noqa: F401
+    accounts,
+    api_clients,
+    campaigns,
+    consent,
+    events,
+    forms,
+    identities,
+    leads,
+    quarantine,
+    stages,
+)

@@ -1,0 +1,182 @@
+"""Admin actions shared by the martech screens (STYLE.md 8 and 10).
+
+Each action collects input on a confirmation page, needs a permission, calls
+a service once per object with the acting user, logs to the admin history
+(LogEntry) and reports what happened. A ValidationError from the service
+becomes a message for that object; the others go on.
+"""
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.template.response import TemplateResponse
+
+from martech.admin.base import validation_messages
+from martech.models import Lead, LifecycleStage, QuarantinedEvent
+
+
+def _confirmation(modeladmin, request, queryset, *, action: str, title: str, template: str, **context):
+    """The intermediate page, shaped like Django's delete_selected one: it
+    re-posts the selected ids and the action name with ``apply`` set."""
+    opts = modeladmin.model._meta
+    return TemplateResponse(
+        request,
+        template,
+        {
+            **modeladmin.admin_site.each_context(request),
+            "title": title,
+            "opts": opts,
+            "app_label": opts.app_label,
+            "queryset": queryset,
+            "action": action,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "select_across": request.POST.get("select_across", "0"),
+            "media": modeladmin.media,
+            **context,
+        },
+    )
+
+
+# --- Leads ------------------------------------------------------------------
+
+
+class StageChangeForm(forms.Form):
+    stage = forms.ModelChoiceField(queryset=LifecycleStage.objects.filter(is_active=True), label="New stage")
+    reason = forms.CharField(max_length=255, help_text="Kept in the lead's stage history.")
+
+
+@admin.action(description="Change lifecycle stage…", permissions=["change"])
+def change_lifecycle_stage(modeladmin, request, queryset):
+    from martech.services.leads import lead_change_stage
+
+    form = StageChangeForm(request.POST if "apply" in request.POST else None)
+    if form.is_valid():
+        stage, reason = form.cleaned_data["stage"], form.cleaned_data["reason"]
+        changed = 0
+        for lead in queryset.select_related("lifecycle_stage"):
+            try:
+                with transaction.atomic():
+                    transition = lead_change_stage(
+                        lead=lead, to_stage=stage, reason=reason, actor=request.user, source="admin"
+                    )
+            except ValidationError as exc:
+                for line in validation_messages(exc):
+                    modeladmin.message_user(request, f"{lead}: {line}", messages.ERROR)
+                continue
+            if transition is not None:
+                changed += 1
+                modeladmin.log_change(request, lead, f"Changed lifecycle stage to {stage.name}: {reason}")
+        modeladmin.message_user(
+            request, f"Moved {changed} lead(s) to {stage.name}; {queryset.count() - changed} already there or failed."
+        )
+        return None
+    return _confirmation(
+        modeladmin,
+        request,
+        queryset,
+        action="change_lifecycle_stage",
+        title="Change lifecycle stage",
+        template="admin/martech/lead/action_change_stage.html",
+        form=form,
+    )
+
+
+class MergeForm(forms.Form):
+    primary = forms.ModelChoiceField(
+        queryset=Lead.objects.none(), widget=forms.RadioSelect, empty_label=None, label="Keep"
+    )
+    reason = forms.CharField(max_length=255, initial="duplicate", help_text="Kept on the merged lead.")
+
+    def __init__(self, *args, leads, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["primary"].queryset = leads
+
+
+@admin.action(description="Merge two leads…", permissions=["change", "delete"])
+def merge_leads(modeladmin, request, queryset):
+    from martech.services.leads import lead_merge
+
+    leads = list(queryset.order_by("created_at", "id")[:3])
+    if len(leads) != 2:
+        modeladmin.message_user(request, "Select exactly two leads to merge.", messages.WARNING)
+        return None
+    form = MergeForm(request.POST if "apply" in request.POST else None, leads=queryset, initial={"primary": leads[0]})
+    if form.is_valid():
+        primary = form.cleaned_data["primary"]
+        duplicate = next(lead for lead in leads if lead.pk != primary.pk)
+        duplicate_label = str(duplicate)
+        try:
+            with transaction.atomic():
+                merged = lead_merge(
+                    primary=primary, duplicate=duplicate, actor=request.user, reason=form.cleaned_data["reason"]
+                )
+        except ValidationError as exc:
+            for line in validation_messages(exc):
+                modeladmin.message_user(request, line, messages.ERROR)
+            return None
+        modeladmin.log_change(request, merged, f"Merged {duplicate_label} into this lead: {form.cleaned_data['reason']}")
+        modeladmin.message_user(request, f"Merged {duplicate_label} into {merged}.")
+        return None
+    return _confirmation(
+        modeladmin,
+        request,
+        queryset,
+        action="merge_leads",
+        title="Merge two leads",
+        template="admin/martech/lead/action_merge.html",
+        form=form,
+        leads=leads,
+    )
+
+
+# --- Quarantine -------------------------------------------------------------
+
+
+def _quarantine_action(modeladmin, request, queryset, *, service_name: str, verb: str, action: str):
+    # Imported here: the ingest service belongs to the capture layer, and the
+    # admin must load even while it is being changed.
+    from martech.services import ingest
+
+    service = getattr(ingest, service_name)
+    pending = queryset.filter(status=QuarantinedEvent.Status.PENDING)
+    if "apply" not in request.POST:
+        return _confirmation(
+            modeladmin,
+            request,
+            pending,
+            action=action,
+            title=f"{verb.capitalize()} quarantined events",
+            template="admin/martech/confirm_action.html",
+            verb=verb,
+            skipped=queryset.count() - pending.count(),
+        )
+    done = 0
+    for item in pending:
+        try:
+            with transaction.atomic():
+                service(item=item, actor=request.user)
+        except ValidationError as exc:
+            for line in validation_messages(exc):
+                modeladmin.message_user(request, f"{item}: {line}", messages.ERROR)
+            continue
+        done += 1
+        modeladmin.log_change(request, item, f"{verb.capitalize()}ed")
+    modeladmin.message_user(request, f"{verb.capitalize()}ed {done} quarantined event(s).")
+    return None
+
+
+@admin.action(description="Replay selected quarantined events…", permissions=["change"])
+def replay_quarantined(modeladmin, request, queryset):
+    return _quarantine_action(
+        modeladmin, request, queryset, service_name="quarantine_replay", verb="replay", action="replay_quarantined"
+    )
+
+
+@admin.action(description="Discard selected quarantined events…", permissions=["change"])
+def discard_quarantined(modeladmin, request, queryset):
+    return _quarantine_action(
+        modeladmin, request, queryset, service_name="quarantine_discard", verb="discard", action="discard_quarantined"
+    )

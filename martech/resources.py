@@ -1,0 +1,80 @@
+"""django-import-export resources: the lead CSV export.
+
+Only export goes through django-import-export. Import has its own service
+(``martech.services.imports.lead_import_csv``) because the library's admin
+import is all-or-nothing on validation errors and writes row by row; see
+that module's docstring.
+
+The export's column names are the import's, so an exported file can be
+edited and imported back: writable columns update the lead, the read-only
+ones (``EXPORT_ONLY_COLUMNS``) are ignored on import.
+"""
+from __future__ import annotations
+
+import json
+
+from import_export import fields, resources
+
+from martech.models import Lead
+
+# Writable lead fields, in the order a person reads them; the import accepts
+# exactly these (plus "properties" and "properties.<name>").
+IMPORT_COLUMNS = (
+    "email",
+    "first_name",
+    "last_name",
+    "job_title",
+    "phone",
+    "company_name",
+    "country",
+    "region",
+    "postal_code",
+    "time_zone",
+    "lifecycle_stage",
+    "salesforce_lead_id",
+    "salesforce_contact_id",
+    "hubspot_id",
+)
+EXPORT_ONLY_COLUMNS = (
+    "id",
+    "account",
+    "owner",
+    "fit_score",
+    "engagement_score",
+    "total_score",
+    "original_source",
+    "first_utm_source",
+    "first_utm_medium",
+    "first_utm_campaign",
+    "latest_utm_source",
+    "latest_utm_medium",
+    "latest_utm_campaign",
+    "created_at",
+)
+
+
+class LeadExportResource(resources.ModelResource):
+    lifecycle_stage = fields.Field(attribute="lifecycle_stage__key", column_name="lifecycle_stage")
+    account = fields.Field(attribute="account__name", column_name="account")
+    owner = fields.Field(attribute="owner__username", column_name="owner")
+    phone = fields.Field(column_name="phone")
+    properties = fields.Field(column_name="properties")
+
+    class Meta:
+        model = Lead
+        fields = ("id", *IMPORT_COLUMNS, *EXPORT_ONLY_COLUMNS[1:], "properties")
+        export_order = ("id", *IMPORT_COLUMNS, *EXPORT_ONLY_COLUMNS[1:], "properties")
+        # Iterates with .iterator(chunk_size) (no prefetches), so a large
+        # export streams from the database instead of loading every lead.
+        chunk_size = 2000
+
+    def filter_export(self, queryset, **kwargs):
+        # The changelist's queryset already has its filters and search; the
+        # joins here keep the export at one query per chunk.
+        return queryset.select_related("lifecycle_stage", "account", "owner")
+
+    def dehydrate_phone(self, lead: Lead) -> str:
+        return str(lead.phone) if lead.phone else ""
+
+    def dehydrate_properties(self, lead: Lead) -> str:
+        return json.dumps(lead.properties, sort_keys=True) if lead.properties else ""
