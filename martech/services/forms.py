@@ -1,0 +1,176 @@
+"""Public form capture: POST /api/v1/capture/<form_key>.
+
+``form_submit`` turns one submission into a lead (through ``lead_upsert``),
+an optional consent record with its evidence, an identity link and one
+event of the form's type carrying the submission's UTM. A submission that
+repeats a ``submission_id`` is answered with the first one's lead and writes
+nothing again.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from martech import signals
+from martech.models import Event, EventType, Form, Identity
+from martech.services.campaigns import UTM_FIELDS
+from martech.services.ingest import Touch, UtmResolver, lead_touch_update
+from martech.services.leads import consent_record, identity_link, lead_upsert
+
+log = logging.getLogger(__name__)
+
+SUBMISSION_ID_FIELD = "submission_id"
+ANONYMOUS_ID_FIELD = "anonymous_id"
+PAGE_URL_FIELD = "page_url"
+_TRUTHY = {"1", "true", "on", "yes", "y", "checked", "granted"}
+# Stable namespace: the same (form, submission id) always gives the same event id.
+_SUBMISSION_NS = uuid.UUID("9b7d6a52-52a4-4a3e-9d0c-4f1f3c0a6e21")
+
+
+@dataclass(frozen=True)
+class FormSubmission:
+    lead_id: int | None
+    created: bool
+    event_id: int | None = None
+    spam: bool = False
+    duplicate: bool = False
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value != 0
+    return str(value or "").strip().lower() in _TRUTHY
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _client_event_id(form: Form, data: Mapping[str, Any]) -> str:
+    submission = data.get(SUBMISSION_ID_FIELD)
+    if _blank(submission):
+        return f"form:{form.key}:{uuid.uuid4()}"
+    # Hashed so any length or charset of the site's id fits the 255-char column.
+    return f"form:{form.key}:{uuid.uuid5(_SUBMISSION_NS, f'{form.key}:{submission}')}"
+
+
+def form_submit(*, form: Form, data: Mapping[str, Any], ip: str | None, user_agent: str = "") -> FormSubmission:
+    """Record one submission of an active form. Raises ValidationError keyed
+    by the *form* field names (so the site can point at its own inputs). A
+    filled honeypot is answered like a success but writes nothing. The caller
+    throttles and checks the form is active."""
+    source = f"form:{form.key}"
+    if form.honeypot_field and not _blank(data.get(form.honeypot_field)):
+        log.warning("form %s: honeypot %r filled from %s; dropped", form.key, form.honeypot_field, ip)
+        return FormSubmission(lead_id=None, created=False, spam=True)
+
+    missing = {name: ["This field is required."] for name in form.required_fields if _blank(data.get(name))}
+    if missing:
+        raise ValidationError(missing)
+
+    lead_data: dict[str, Any] = {}
+    form_field_of: dict[str, str] = {}
+    for form_field, lead_field in form.field_map.items():
+        form_field_of[lead_field] = form_field
+        if form_field in data and not _blank(data[form_field]):
+            lead_data[lead_field] = data[form_field]
+    for lead_field, value in (form.defaults or {}).items():
+        if _blank(lead_data.get(lead_field)):
+            lead_data[lead_field] = value
+
+    client_event_id = _client_event_id(form, data)
+    seen = Event.objects.filter(client_event_id=client_event_id).values_list("id", "lead_id").first()
+    if seen:
+        return FormSubmission(lead_id=seen[1], created=False, event_id=seen[0], duplicate=True)
+
+    try:
+        return _store(
+            form=form,
+            data=data,
+            lead_data=lead_data,
+            source=source,
+            client_event_id=client_event_id,
+            ip=ip,
+            user_agent=user_agent,
+        )
+    except ValidationError as exc:
+        # Name the form's own fields, not the lead's.
+        errors = {form_field_of.get(k, k): v for k, v in exc.message_dict.items()}
+        raise ValidationError(errors) from None
+    except IntegrityError:
+        # The same submission id raced in from another request and won.
+        seen = Event.objects.filter(client_event_id=client_event_id).values_list("id", "lead_id").first()
+        if seen is None:
+            raise
+        return FormSubmission(lead_id=seen[1], created=False, event_id=seen[0], duplicate=True)
+
+
+@transaction.atomic
+def _store(
+    *,
+    form: Form,
+    data: Mapping[str, Any],
+    lead_data: dict[str, Any],
+    source: str,
+    client_event_id: str,
+    ip: str | None,
+    user_agent: str,
+) -> FormSubmission:
+    lead, created = lead_upsert(data=lead_data, source=source)
+
+    if form.consent_field and _truthy(data.get(form.consent_field)):
+        consent_record(
+            lead=lead,
+            channel=form.consent_channel,
+            granted=True,
+            source=source,
+            evidence={"form": form.key, "ip": ip, "text": form.consent_text, "user_agent": user_agent[:500]},
+        )
+
+    anonymous_id = str(data.get(ANONYMOUS_ID_FIELD) or "").strip()[:255]
+    if anonymous_id:
+        identity_link(lead=lead, kind=Identity.Kind.ANONYMOUS, value=anonymous_id)
+
+    utm = UtmResolver()
+    raw = {f: str(data[f"utm_{f}"]) for f in UTM_FIELDS if not _blank(data.get(f"utm_{f}"))}
+    normalized = utm.normalize(raw)
+    utm.load_campaigns([normalized] if raw else [])
+    channel = utm.channel(normalized)
+    event_type = form.event_type or EventType.objects.get(name="form_submitted")
+    now = timezone.now()
+    properties = {"form": form.key, "form_name": form.name}
+    if not _blank(data.get(PAGE_URL_FIELD)):
+        properties["page_url"] = str(data[PAGE_URL_FIELD])[:2000]
+    # A concurrent twin of this submission (same submission id) makes this
+    # insert fail; the whole submission rolls back and form_submit answers
+    # with the twin's result.
+    event = Event.objects.create(
+        client_event_id=client_event_id,
+        kind=Event.Kind.FORM,
+        event_type=event_type,
+        lead=lead,
+        anonymous_id=anonymous_id,
+        properties=properties,
+        context={"ip": ip, "userAgent": user_agent[:500]},
+        occurred_at=now,
+        received_at=now,
+        utm_source=normalized["source"],
+        utm_medium=normalized["medium"],
+        utm_campaign=normalized["campaign"],
+        utm_term=normalized["term"],
+        utm_content=normalized["content"],
+        channel=channel,
+        campaign=utm.campaigns.get((normalized["source"], normalized["medium"], normalized["campaign"])),
+    )
+    if event_type.is_touchpoint or raw:
+        lead_touch_update(touches={lead.pk: [Touch(now, normalized, channel)]})
+    transaction.on_commit(lambda: signals.events_ingested.send(sender=Event, event_ids=[event.pk]))
+    return FormSubmission(lead_id=lead.pk, created=created, event_id=event.pk)

@@ -1,0 +1,689 @@
+"""Event capture: validate, deduplicate, resolve identity and store a batch.
+
+``events_ingest`` is the one write path for inbound events (the batch API
+calls it; forms use ``lead_touch_update`` from here). It is set-based: a
+500-item batch costs a fixed number of queries (event types, existing ids,
+identities, leads by email, UTM tables, campaigns, one INSERT, one read-back,
+one locked read and one UPDATE of the touched leads) plus a few per item that
+makes something new (a lead for a new email, a new identity link). Those
+per-item writes each run in a savepoint, so a failure rejects that item only.
+
+Idempotency: ``Event.client_event_id`` is unique. Events are inserted with
+ON CONFLICT DO NOTHING and tagged with this call's ``ingest_batch`` uuid; the
+rows read back under that uuid are the ones this call inserted, everything
+else lost to an earlier or concurrent sender of the same id ("duplicate").
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable
+from urllib.parse import parse_qs, urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, OperationalError, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from martech import signals
+from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
+from martech.services.campaigns import UTM_FIELDS, UtmNormalizer, campaigns_by_utm
+from martech.services.leads import clean_lead_data, identity_link, lead_upsert
+from martech.services.normalize import normalize_email
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+REJECTED = "rejected"
+QUARANTINED = "quarantined"
+
+# Segment call type -> (Event.kind, fixed event type name or None for "event").
+_TYPES = {
+    "track": (Event.Kind.TRACK, None),
+    "page": (Event.Kind.PAGE, "page_view"),
+    "identify": (Event.Kind.IDENTIFY, "identify"),
+}
+# Where an item may carry the person's email, in the order they are read.
+_EMAIL_PATHS = (("traits", "email"), ("context", "traits", "email"), ("properties", "email"))
+# Segment identify traits that set lead fields (through lead_upsert).
+_TRAIT_FIELDS = {
+    "firstName": "first_name",
+    "first_name": "first_name",
+    "lastName": "last_name",
+    "last_name": "last_name",
+    "title": "job_title",
+    "phone": "phone",
+    "company": "company_name",
+}
+_UTM_KEYS = {"source": "source", "medium": "medium", "name": "campaign", "campaign": "campaign", "term": "term", "content": "content"}
+_ID_MAX = 255
+TOUCH_FIELDS = (
+    "first_touch_at",
+    "first_utm_source",
+    "first_utm_medium",
+    "first_utm_campaign",
+    "first_utm_term",
+    "first_utm_content",
+    "original_source",
+    "latest_touch_at",
+    "latest_utm_source",
+    "latest_utm_medium",
+    "latest_utm_campaign",
+    "latest_utm_term",
+    "latest_utm_content",
+)
+
+
+class _Reject(Exception):
+    def __init__(self, field: str, reason: str, *, catalog: bool = False):
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+        # Catalog failures (unknown type, properties schema) may be quarantined;
+        # malformed items (no id, bad timestamp) are always rejected.
+        self.catalog = catalog
+
+
+@dataclass
+class ItemResult:
+    index: int
+    message_id: str | None
+    status: str
+    field: str | None = None
+    reason: str | None = None
+    event_id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "messageId": self.message_id, "status": self.status}
+        if self.field is not None or self.reason is not None:
+            out["field"] = self.field
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass
+class IngestResult:
+    results: list[ItemResult]
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def event_ids(self) -> list[int]:
+        return [r.event_id for r in self.results if r.event_id is not None]
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"results": [r.as_dict() for r in self.results]}
+        for status in (ACCEPTED, DUPLICATE, REJECTED):
+            out[status] = self.count(status)
+        quarantined = self.count(QUARANTINED)
+        if quarantined:
+            out[QUARANTINED] = quarantined
+        return out
+
+
+@dataclass
+class Touch:
+    """One marketing touch of a lead: when, its normalized UTM and channel."""
+
+    at: datetime
+    utm: dict[str, str]
+    channel: str
+
+
+@dataclass
+class _Item:
+    index: int
+    raw: Any
+    message_id: str | None = None
+    kind: str = ""
+    type_name: str = ""
+    event_type: EventType | None = None
+    anonymous_id: str = ""
+    user_id: str = ""
+    email: str | None = None
+    email_field: str = ""
+    lead_data: dict[str, Any] = field(default_factory=dict)  # identify traits -> lead fields
+    trait_keys: dict[str, str] = field(default_factory=dict)  # lead field -> trait name
+    properties: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    occurred_at: datetime | None = None
+    received_at: datetime | None = None
+    utm_raw: dict[str, str] = field(default_factory=dict)
+    utm: dict[str, str] = field(default_factory=dict)  # normalized
+    touch: Touch | None = None
+    lead_id: int | None = None
+    result: ItemResult | None = None
+    # Set when parsing or the catalog refused the item, before any query.
+    refused: bool = False
+    quarantine: _Reject | None = None
+
+
+# --- Parsing and validation (no queries) --------------------------------------
+
+
+def _str_id(value: Any, name: str, *, required: bool = False) -> str:
+    if value is None or value == "":
+        if required:
+            raise _Reject(name, "This field is required.")
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _Reject(name, "Must be a string.")
+    value = str(value).strip()
+    if required and not value:
+        raise _Reject(name, "This field is required.")
+    if len(value) > _ID_MAX:
+        raise _Reject(name, f"At most {_ID_MAX} characters.")
+    return value
+
+
+def _datetime(value: Any, name: str, *, required: bool) -> datetime | None:
+    if value is None or value == "":
+        if required:
+            raise _Reject(name, "This field is required.")
+        return None
+    if not isinstance(value, str):
+        raise _Reject(name, "Must be an ISO 8601 date-time string.")
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise _Reject(name, f"Not an ISO 8601 date-time: {value[:64]!r}.")
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise _Reject(name, "Give a UTC offset (e.g. 'Z' or '+02:00'); naive times are ambiguous.")
+    return parsed
+
+
+def _object(item: dict, name: str) -> dict:
+    value = item.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Reject(name, "Must be an object.")
+    return value
+
+
+def _utm_from_url(url: Any) -> dict[str, str]:
+    if not isinstance(url, str) or "utm_" not in url:
+        return {}
+    query = parse_qs(urlsplit(url).query)
+    return {f: query[f"utm_{f}"][0] for f in UTM_FIELDS if query.get(f"utm_{f}")}
+
+
+def _parse(index: int, raw: Any, *, batch_context: dict) -> _Item:
+    """Structural checks and extraction. Raises _Reject naming the field."""
+    item = _Item(index=index, raw=raw)
+    if not isinstance(raw, dict):
+        raise _Reject("", "Each item must be an object.")
+    item.message_id = _str_id(raw.get("messageId"), "messageId", required=True)
+    call = raw.get("type")
+    if call not in _TYPES:
+        raise _Reject("type", f"Must be one of {', '.join(sorted(_TYPES))}." if call else "This field is required.")
+    item.kind, fixed_name = _TYPES[call]
+    item.occurred_at = _datetime(raw.get("timestamp"), "timestamp", required=True)
+    _datetime(raw.get("sentAt"), "sentAt", required=False)
+    item.received_at = _datetime(raw.get("receivedAt"), "receivedAt", required=False)
+
+    properties = dict(_object(raw, "properties"))
+    traits = _object(raw, "traits")
+    context = _object(raw, "context")
+    if batch_context:
+        context = {**batch_context, **context}
+    item.context = context
+    if fixed_name is None:
+        name = raw.get("event")
+        if not isinstance(name, str) or not name.strip():
+            raise _Reject("event", "This field is required for a track call." if not name else "Must be a string.")
+        item.type_name = name.strip()
+    else:
+        item.type_name = fixed_name
+    if call == "page" and isinstance(raw.get("name"), str) and raw["name"]:
+        # Segment sends the page's name beside its properties; keep it with them.
+        properties.setdefault("name", raw["name"])
+    item.properties = properties
+
+    item.anonymous_id = _str_id(raw.get("anonymousId"), "anonymousId")
+    item.user_id = _str_id(raw.get("userId"), "userId")
+    for path in _EMAIL_PATHS:
+        node: Any = {"traits": traits, "context": context, "properties": properties}
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node not in (None, ""):
+            name = ".".join(path)
+            try:
+                item.email = normalize_email(node) if isinstance(node, str) else None
+            except ValidationError:
+                item.email = None
+            if item.email is None:
+                raise _Reject(name, "Not a valid email address.")
+            item.email_field = name
+            break
+    if not (item.anonymous_id or item.user_id or item.email):
+        raise _Reject("anonymousId", "Give an anonymousId, a userId or an email.")
+
+    if call == "identify":
+        data = {}
+        for trait, lead_field in _TRAIT_FIELDS.items():
+            value = traits.get(trait)
+            if trait == "company" and isinstance(value, dict):
+                value = value.get("name")
+            if value not in (None, "") and lead_field not in data:
+                data[lead_field] = value
+                item.trait_keys[lead_field] = f"traits.{trait}"
+        if data:
+            try:
+                cleaned = clean_lead_data(data)
+            except ValidationError as exc:
+                bad = next(iter(exc.message_dict.items()))
+                raise _Reject(item.trait_keys.get(bad[0], f"traits.{bad[0]}"), bad[1][0]) from None
+            if item.email is None:
+                # Traits without an email have no lead to land on; keep them on
+                # the event only (a lead needs an email or a CRM id).
+                cleaned = {}
+            item.lead_data = cleaned
+
+    campaign = context.get("campaign")
+    utm: dict[str, str] = {}
+    if isinstance(campaign, dict):
+        for key, f in _UTM_KEYS.items():
+            value = campaign.get(key)
+            if value not in (None, "") and f not in utm:
+                utm[f] = str(value)
+    page = context.get("page")
+    for url in ((page.get("url") if isinstance(page, dict) else None), properties.get("url") if call == "page" else None):
+        for f, value in _utm_from_url(url).items():
+            utm.setdefault(f, value)
+    item.utm_raw = utm
+    return item
+
+
+class _Catalog:
+    """Event types of one batch with their compiled properties validators."""
+
+    def __init__(self, names: Iterable[str]):
+        self.types = {et.name: et for et in EventType.objects.filter(name__in=set(names))}
+        self._validators: dict[int, Draft202012Validator] = {}
+
+    def check(self, item: _Item) -> None:
+        et = self.types.get(item.type_name)
+        if et is None or not et.is_active:
+            state = "inactive" if et is not None else "unknown"
+            raise _Reject("event", f"The event type {item.type_name!r} is {state}; add it to the event catalog.", catalog=True)
+        item.event_type = et
+        schema = et.properties_schema
+        if not schema or schema == {"type": "object"}:
+            return  # the common case: nothing to check beyond "an object"
+        validator = self._validators.get(et.pk)
+        if validator is None:
+            validator = self._validators[et.pk] = Draft202012Validator(schema)
+        error = best_match(validator.iter_errors(item.properties))
+        if error is None:
+            return
+        path = "".join(f".{p}" for p in error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            missing = [p for p in error.validator_value if p not in error.instance]
+            if missing:
+                path += f".{missing[0]}"
+        raise _Reject(f"properties{path}", error.message, catalog=True)
+
+
+# --- Touches ------------------------------------------------------------------
+
+
+def lead_touch_update(*, touches: dict[int, list[Touch]]) -> int:
+    """Fold touches into the leads' first/latest touch fields: first touch
+    only when the lead has none or an earlier one arrives (then
+    ``original_source`` is its channel), latest touch only when later.
+
+    The leads are read with FOR UPDATE in id order (one query) and written
+    with one bulk UPDATE, so concurrent batches cannot both win "first" and
+    never lock the same leads in opposite orders. Returns the leads changed.
+    Call inside a transaction.
+    """
+    if not touches:
+        return 0
+    changed: list[Lead] = []
+    now = timezone.now()
+    leads = Lead.objects.select_for_update().filter(pk__in=touches).order_by("pk").only("pk", *TOUCH_FIELDS)
+    for lead in leads:
+        lead_touches = touches[lead.pk]
+        first = min(lead_touches, key=lambda t: t.at)
+        last = max(lead_touches, key=lambda t: t.at)
+        dirty = False
+        if lead.first_touch_at is None or first.at < lead.first_touch_at:
+            lead.first_touch_at = first.at
+            for f in UTM_FIELDS:
+                setattr(lead, f"first_utm_{f}", first.utm.get(f, ""))
+            lead.original_source = first.channel
+            dirty = True
+        if lead.latest_touch_at is None or last.at > lead.latest_touch_at:
+            lead.latest_touch_at = last.at
+            for f in UTM_FIELDS:
+                setattr(lead, f"latest_utm_{f}", last.utm.get(f, ""))
+            dirty = True
+        if dirty:
+            lead.updated_at = now
+            changed.append(lead)
+    if changed:
+        Lead.objects.bulk_update(changed, [*TOUCH_FIELDS, "updated_at"])
+    return len(changed)
+
+
+class UtmResolver:
+    """Normalizer, channel and campaign lookups of one batch, cached."""
+
+    def __init__(self):
+        self.normalizer = UtmNormalizer.load()
+        self._channels: dict[tuple[str, str], str] = {}
+        self.campaigns: dict[tuple[str, str, str], Campaign] = {}
+
+    def normalize(self, raw: dict[str, str]) -> dict[str, str]:
+        return self.normalizer.normalize_all(raw) if raw else dict.fromkeys(UTM_FIELDS, "")
+
+    def channel(self, utm: dict[str, str]) -> str:
+        key = (utm["source"], utm["medium"])
+        channel = self._channels.get(key)
+        if channel is None:
+            channel = self._channels[key] = self.normalizer.channel(*key)
+        return channel
+
+    def load_campaigns(self, utms: Iterable[dict[str, str]]) -> None:
+        self.campaigns = campaigns_by_utm({(u["source"], u["medium"], u["campaign"]) for u in utms if u["campaign"]})
+
+
+# --- The batch ----------------------------------------------------------------
+
+
+def events_ingest(
+    *,
+    items: list[Any],
+    source: str,
+    actor=None,
+    batch_context: dict | None = None,
+    policy: str | None = None,
+) -> IngestResult:
+    """Validate and store a batch of Segment-shaped items (track, page,
+    identify). Every item is answered, in order: accepted, duplicate (its
+    messageId is already stored, or repeats an earlier item of the batch),
+    rejected (with the field and reason; it wrote nothing) or quarantined
+    (``policy`` / MARTECH["UNKNOWN_EVENT_POLICY"] is "quarantine" and the
+    event catalog refused it). Accepted items are kept when others fail.
+    ``events_ingested`` is sent once after commit with the new event ids.
+    The caller checks permissions.
+    """
+    policy = policy or settings.MARTECH["UNKNOWN_EVENT_POLICY"]
+    parsed: list[_Item] = []
+    for index, raw in enumerate(items):
+        try:
+            parsed.append(_parse(index, raw, batch_context=batch_context or {}))
+        except _Reject as exc:
+            mid = raw.get("messageId") if isinstance(raw, dict) else None
+            item = _Item(index=index, raw=raw, message_id=str(mid) if isinstance(mid, (str, int)) else None)
+            item.result = ItemResult(index, item.message_id, REJECTED, exc.field, exc.reason)
+            item.refused = True
+            parsed.append(item)
+
+    live = [i for i in parsed if i.result is None]
+    if live:
+        catalog = _Catalog(i.type_name for i in live)
+        for item in live:
+            try:
+                catalog.check(item)
+            except _Reject as exc:
+                if policy == "quarantine":
+                    item.quarantine = exc
+                else:
+                    item.result = ItemResult(item.index, item.message_id, REJECTED, exc.field, exc.reason)
+                    item.refused = True
+
+    # A deadlock between two batches that create the same leads in a
+    # different order is resolved by PostgreSQL aborting one; the batch is
+    # one transaction, so running it again is safe.
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                return _store(parsed, source=source, actor=actor)
+        except OperationalError as exc:
+            if attempt == 2 or not _is_retryable(exc):
+                raise
+            log.warning("events_ingest: %s; retrying the batch", exc)
+            for item in parsed:
+                if not item.refused:
+                    item.result, item.lead_id, item.touch = None, None, None
+    raise AssertionError("unreachable")
+
+
+def _is_retryable(exc: Exception) -> bool:
+    cause = exc.__cause__
+    return type(cause).__name__ in {"DeadlockDetected", "SerializationFailure", "LockNotAvailable"}
+
+
+def _store(parsed: list[_Item], *, source: str, actor) -> IngestResult:
+    # Rejected items are fixed before this point; an item that fails in here is
+    # marked with a result and the rest go on.
+    pending = [i for i in parsed if i.result is None]
+    ids = {i.message_id for i in pending}
+    existing = set(Event.objects.filter(client_event_id__in=ids).values_list("client_event_id", flat=True)) if ids else set()
+    claimed: set[str] = set()
+    candidates: list[_Item] = []
+    quarantined: list[_Item] = []
+    for item in pending:
+        if item.message_id in existing or item.message_id in claimed:
+            item.result = ItemResult(item.index, item.message_id, DUPLICATE)
+            continue
+        claimed.add(item.message_id)
+        (quarantined if item.quarantine else candidates).append(item)
+
+    if quarantined:
+        _quarantine(quarantined, source=source)
+
+    if candidates:
+        _resolve_leads(candidates, source=source, actor=actor)
+        _insert_events(candidates)
+
+    result = IngestResult(results=[i.result for i in parsed])
+    event_ids = result.event_ids
+    if event_ids:
+        transaction.on_commit(lambda: signals.events_ingested.send(sender=Event, event_ids=event_ids))
+    return result
+
+
+def _quarantine(items: list[_Item], *, source: str) -> None:
+    # A sender that retries a refused event should not pile up copies.
+    waiting = set(
+        QuarantinedEvent.objects.filter(
+            client_event_id__in=[i.message_id for i in items], status=QuarantinedEvent.Status.PENDING
+        ).values_list("client_event_id", flat=True)
+    )
+    rows = []
+    for item in items:
+        reason = item.quarantine
+        item.result = ItemResult(item.index, item.message_id, QUARANTINED, reason.field, reason.reason)
+        if item.message_id not in waiting:
+            waiting.add(item.message_id)
+            rows.append(
+                QuarantinedEvent(
+                    client_event_id=item.message_id,
+                    payload=item.raw,
+                    field=reason.field,
+                    reason=reason.reason,
+                    source=source[:100],
+                )
+            )
+    QuarantinedEvent.objects.bulk_create(rows)
+
+
+def _resolve_leads(items: list[_Item], *, source: str, actor) -> None:
+    """Set ``lead_id`` on each item: by email, else userId, else anonymousId.
+    New emails go through lead_upsert (the one dedupe path) and new ids are
+    linked with identity_link, each item in its own savepoint."""
+    anon = {i.anonymous_id for i in items if i.anonymous_id}
+    users = {i.user_id for i in items if i.user_id}
+    identities: dict[tuple[str, str], int] = {}
+    if anon or users:
+        rows = Identity.objects.filter(
+            Q(kind=Identity.Kind.ANONYMOUS, value__in=anon) | Q(kind=Identity.Kind.USER, value__in=users)
+        ).values_list("kind", "value", "lead_id")
+        identities = {(k, v): lead_id for k, v, lead_id in rows}
+    emails = {i.email for i in items if i.email}
+    trait_fields = sorted({k for i in items for k in i.lead_data if k != "email"})
+    leads: dict[str, dict[str, Any]] = {}
+    if emails:
+        leads = {row["email"]: row for row in Lead.objects.filter(email__in=emails).values("id", "email", *trait_fields)}
+
+    def needs_upsert(item: _Item) -> bool:
+        row = leads.get(item.email)
+        if row is None:
+            return True
+        # Traits that would change the lead; identical ones cost no write.
+        return any(k != "email" and v not in ("", None) and str(row.get(k) or "") != str(v) for k, v in item.lead_data.items())
+
+    def needs_link(item: _Item, lead_id: int | None) -> bool:
+        return bool(lead_id) and (
+            (item.anonymous_id and (Identity.Kind.ANONYMOUS, item.anonymous_id) not in identities)
+            or (item.user_id and (Identity.Kind.USER, item.user_id) not in identities)
+        )
+
+    def current_lead(item: _Item) -> int | None:
+        if item.email and item.email in leads:
+            return leads[item.email]["id"]
+        return identities.get((Identity.Kind.USER, item.user_id)) or identities.get(
+            (Identity.Kind.ANONYMOUS, item.anonymous_id)
+        )
+
+    # Writers go in email order so two batches creating the same leads take
+    # the unique-index locks in the same order.
+    writers = [i for i in items if (i.email and needs_upsert(i)) or needs_link(i, current_lead(i))]
+    writers.sort(key=lambda i: (i.email or "", i.index))
+    for item in writers:
+        try:
+            with transaction.atomic():
+                lead_id = current_lead(item)
+                if item.email and needs_upsert(item):
+                    lead, _ = lead_upsert(data={**item.lead_data, "email": item.email}, source=source, actor=actor)
+                    lead_id = lead.pk
+                    row = {"id": lead.pk, "email": lead.email}
+                    row.update({k: getattr(lead, k) for k in trait_fields})
+                else:
+                    row = None
+                new_links = []
+                if lead_id and item.anonymous_id and (Identity.Kind.ANONYMOUS, item.anonymous_id) not in identities:
+                    ident = identity_link(lead=Lead(pk=lead_id), kind=Identity.Kind.ANONYMOUS, value=item.anonymous_id)
+                    new_links.append((Identity.Kind.ANONYMOUS, item.anonymous_id, ident.lead_id))
+                if lead_id and item.user_id and (Identity.Kind.USER, item.user_id) not in identities:
+                    ident = identity_link(lead=Lead(pk=lead_id), kind=Identity.Kind.USER, value=item.user_id)
+                    new_links.append((Identity.Kind.USER, item.user_id, ident.lead_id))
+        except ValidationError as exc:
+            name, reasons = next(iter(exc.message_dict.items()))
+            fld = item.email_field if name == "email" else item.trait_keys.get(name, f"traits.{name}")
+            item.result = ItemResult(item.index, item.message_id, REJECTED, fld, reasons[0])
+            continue
+        except OperationalError as exc:
+            if _is_retryable(exc):
+                raise  # the whole batch is retried
+            log.exception("events_ingest: lead write failed for item %s", item.index)
+            item.result = ItemResult(item.index, item.message_id, REJECTED, item.email_field or "anonymousId", "Could not be stored; send it again.")
+            continue
+        except DatabaseError:
+            log.exception("events_ingest: lead write failed for item %s", item.index)
+            item.result = ItemResult(item.index, item.message_id, REJECTED, item.email_field or "anonymousId", "Could not be stored; send it again.")
+            continue
+        # Only a committed savepoint updates what later items see.
+        if row is not None:
+            leads[item.email] = row
+        for kind, value, linked in new_links:
+            identities[(kind, value)] = linked
+
+    # Resolved after all links, so an anonymous event earlier in the batch
+    # lands on the lead its identify (later in the batch) revealed.
+    for item in items:
+        if item.result is None:
+            item.lead_id = current_lead(item)
+
+
+def _insert_events(items: list[_Item]) -> None:
+    items = [i for i in items if i.result is None]
+    if not items:
+        return
+    utm = UtmResolver()
+    for item in items:
+        item.utm = utm.normalize(item.utm_raw)
+    utm.load_campaigns(i.utm for i in items if i.utm_raw)
+    batch = uuid.uuid4()
+    now = timezone.now()
+    rows = []
+    for item in items:
+        u = item.utm
+        touch = item.event_type.is_touchpoint or bool(item.utm_raw)
+        channel = utm.channel(u) if touch else ""
+        campaign = utm.campaigns.get((u["source"], u["medium"], u["campaign"])) if u["campaign"] else None
+        item.touch = Touch(item.occurred_at, u, channel) if touch else None
+        rows.append(
+            Event(
+                client_event_id=item.message_id,
+                kind=item.kind,
+                event_type=item.event_type,
+                lead_id=item.lead_id,
+                anonymous_id=item.anonymous_id,
+                properties=item.properties,
+                context=item.context,
+                occurred_at=item.occurred_at,
+                received_at=item.received_at or now,
+                utm_source=u["source"],
+                utm_medium=u["medium"],
+                utm_campaign=u["campaign"],
+                utm_term=u["term"],
+                utm_content=u["content"],
+                channel=channel,
+                campaign=campaign,
+                ingest_batch=batch,
+            )
+        )
+    Event.objects.bulk_create(rows, ignore_conflicts=True)
+    inserted = dict(Event.objects.filter(ingest_batch=batch).values_list("client_event_id", "id"))
+    touches: dict[int, list[Touch]] = {}
+    for item in items:
+        event_id = inserted.get(item.message_id)
+        if event_id is None:
+            # A concurrent call stored this id between our check and insert.
+            item.result = ItemResult(item.index, item.message_id, DUPLICATE)
+            continue
+        item.result = ItemResult(item.index, item.message_id, ACCEPTED, event_id=event_id)
+        if item.lead_id and item.touch is not None:
+            touches.setdefault(item.lead_id, []).append(item.touch)
+    lead_touch_update(touches=touches)
+
+
+# --- Quarantine -----------------------------------------------------------------
+
+
+def quarantine_replay(*, item: QuarantinedEvent, actor=None) -> str:
+    """Run a quarantined item through ingest again (after the catalog was
+    fixed). Accepted or duplicate: the item is marked replayed. Still bad:
+    it stays pending with the new field and reason. Returns the status."""
+    if item.status != QuarantinedEvent.Status.PENDING:
+        raise ValidationError({"status": [f"Only pending items can be replayed (this one is {item.status})."]})
+    source = f"replay:{item.source}"[:100] if item.source else "replay"
+    with transaction.atomic():
+        locked = QuarantinedEvent.objects.select_for_update().get(pk=item.pk)
+        if locked.status != QuarantinedEvent.Status.PENDING:
+            raise ValidationError({"status": [f"Only pending items can be replayed (this one is {locked.status})."]})
+        outcome = events_ingest(items=[locked.payload], source=source, actor=actor, policy="reject").results[0]
+        if outcome.status in (ACCEPTED, DUPLICATE):
+            locked.status = QuarantinedEvent.Status.REPLAYED
+            locked.save(update_fields=["status"])
+        else:
+            locked.field = outcome.field or ""
+            locked.reason = outcome.reason or ""
+            locked.save(update_fields=["field", "reason"])
+    item.status, item.field, item.reason = locked.status, locked.field, locked.reason
+    log.info("quarantine_replay %s by %s: %s", item.pk, actor, outcome.status)
+    return outcome.status
