@@ -1,7 +1,8 @@
 """Query filters for the list endpoints (django-filter).
 
-Ranges are ``<field>_after`` / ``<field>_before`` (ISO 8601) and
-``<field>_min`` / ``<field>_max``. Relations filter by id with plain number
+Ranges are ``<field>_after`` / ``<field>_before`` (ISO 8601, both ends
+included) and ``<field>_min`` / ``<field>_max``, one filter per parameter so
+an error names the parameter the client sent. Relations filter by id with plain number
 filters: a ModelChoiceFilter would cost a query per request to check the id.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from martech.models import Account, Campaign, Channel, Event, Lead
 
 
 @extend_schema_field(OpenApiTypes.INT)
-class IdFilter(df.NumberFilter):
+class IntegerFilter(df.NumberFilter):
     field_class = forms.IntegerField
 
 
@@ -37,12 +38,15 @@ class LeadFilter(df.FilterSet):
     email = LowerCharFilter(field_name="email")
     lifecycle_stage = df.CharFilter(field_name="lifecycle_stage__key", help_text="Stage key")
     country = UpperCharFilter(field_name="country", help_text="ISO 3166-1 alpha-2")
-    owner = IdFilter(field_name="owner_id")
-    account = IdFilter(field_name="account_id")
-    created_at = df.IsoDateTimeFromToRangeFilter(field_name="created_at")
+    owner = IntegerFilter(field_name="owner_id")
+    account = IntegerFilter(field_name="account_id")
+    created_at_after = df.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_at_before = df.IsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
     # For incremental dashboards: "what changed since my last pull".
-    updated_at = df.IsoDateTimeFromToRangeFilter(field_name="updated_at")
-    total_score = df.RangeFilter(field_name="total_score")
+    updated_at_after = df.IsoDateTimeFilter(field_name="updated_at", lookup_expr="gte")
+    updated_at_before = df.IsoDateTimeFilter(field_name="updated_at", lookup_expr="lte")
+    total_score_min = IntegerFilter(field_name="total_score", lookup_expr="gte")
+    total_score_max = IntegerFilter(field_name="total_score", lookup_expr="lte")
     original_source = df.ChoiceFilter(field_name="original_source", choices=Channel.choices)
 
     class Meta:
@@ -61,10 +65,11 @@ class AccountFilter(df.FilterSet):
 
 
 class EventFilter(df.FilterSet):
-    lead = IdFilter(field_name="lead_id")
+    lead = IntegerFilter(field_name="lead_id")
     type = df.CharFilter(field_name="event_type__name", help_text="Event type name, e.g. page_view")
-    occurred_at = df.IsoDateTimeFromToRangeFilter(field_name="occurred_at")
-    campaign = IdFilter(field_name="campaign_id")
+    occurred_at_after = df.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    occurred_at_before = df.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lte")
+    campaign = IntegerFilter(field_name="campaign_id")
     channel = df.ChoiceFilter(field_name="channel", choices=Channel.choices)
 
     class Meta:
