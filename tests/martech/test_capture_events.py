@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 import pytest
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -31,6 +32,7 @@ def _local_cache(settings):
     # Throttle counters must not leak between tests (or test runs) through
     # the shared file cache.
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "h1-events"}}
+    cache.clear()  # locmem stores live per process, keyed by LOCATION
 
 
 def make_client(scopes: list[str], name: str = "site") -> APIClient:
