@@ -16,7 +16,26 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 VAR_DIR.mkdir(exist_ok=True)
 
-env = environ.Env()
+
+
+class _Env(environ.Env):
+    """django-environ, stricter: a value that does not parse fails naming its
+    variable (django-environ's own ValueError does not), and a boolean must be
+    a known true/false word, so DJANGO_DEBUG=flase is an error, not False."""
+
+    FALSE_STRINGS = ("false", "off", "no", "n", "0", "")
+
+    def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):
+        raw = self.ENVIRON.get(var)
+        if cast is bool and raw is not None and raw.strip().lower() not in self.BOOLEAN_TRUE_STRINGS + self.FALSE_STRINGS:
+            raise ImproperlyConfigured(f"{var}={raw!r} is not a boolean (use true or false)")
+        try:
+            return super().get_value(var, cast=cast, default=default, parse_default=parse_default)
+        except (ValueError, TypeError) as exc:
+            raise ImproperlyConfigured(f"{var}={raw!r} is not valid: {exc}") from exc
+
+
+env = _Env()
 # A .env file next to manage.py is optional; real deployments set variables.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 

@@ -1,0 +1,92 @@
+"""Settings read from the environment (STYLE.md 13): the documented production
+variables pass `check --deploy`; bad values fail at start naming the variable.
+
+Each case runs in a subprocess with a clean environment, because settings are
+read once per process."""
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+PROBE = (
+    "import json, django; django.setup(); from django.conf import settings as s; "
+    "from django.db.backends.postgresql.psycopg_any import is_psycopg3; "
+    "print(json.dumps({'engine': s.DATABASES['default']['ENGINE'], 'name': s.DATABASES['default']['NAME'], "
+    "'q': s.Q_CLUSTER, 'cache': s.CACHES['default']['BACKEND'], 'debug': s.DEBUG, 'psycopg3': is_psycopg3}))"
+)
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "DJANGO_SETTINGS_MODULE": "martech.settings"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=BASE_DIR, env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def _settings(**env: str) -> dict:
+    proc = _run(["-c", PROBE], **env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def production_env(tmp_path) -> dict[str, str]:
+    return {
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
+        "DJANGO_ALLOWED_HOSTS": "martech.example.com",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
+    }
+
+
+def test_check_deploy_is_clean_with_the_documented_production_variables(production_env):
+    proc = _run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], **production_env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "System check identified no issues" in output
+    assert "WARNING" not in output and "?: (security" not in output
+
+
+def test_embedded_defaults():
+    s = _settings()
+    assert s["engine"] == "django.db.backends.sqlite3"
+    assert s["q"]["orm"] == "default" and "redis" not in s["q"]
+    assert s["cache"].endswith("FileBasedCache")  # shared by runserver and qcluster
+    assert s["debug"] is True
+
+
+def test_database_url_selects_postgresql_on_psycopg3():
+    s = _settings(DATABASE_URL="postgres://martech@db.internal:5432/martech")
+    assert s["engine"] == "django.db.backends.postgresql"
+    assert s["name"] == "martech"
+    assert s["psycopg3"] is True
+
+
+def test_redis_url_switches_the_task_queue_and_cache_to_redis():
+    s = _settings(REDIS_URL="redis://cache.internal:6379/2")
+    assert s["q"]["redis"] == "redis://cache.internal:6379/2"
+    assert "orm" not in s["q"]
+    assert s["cache"] == "django.core.cache.backends.redis.RedisCache"
+    assert s["q"]["retry"] > s["q"]["timeout"] and s["q"]["max_attempts"] > 0
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DJANGO_DEBUG": "false"}, "DJANGO_SECRET_KEY"),
+        ({"MARTECH_UNKNOWN_EVENT_POLICY": "bogus"}, "MARTECH_UNKNOWN_EVENT_POLICY"),
+        ({"Q_TIMEOUT": "600", "Q_RETRY": "300"}, "Q_RETRY"),
+        ({"Q_WORKERS": "many"}, "Q_WORKERS"),
+        ({"DJANGO_DEBUG": "flase"}, "DJANGO_DEBUG"),
+    ],
+)
+def test_bad_configuration_fails_at_start_naming_the_variable(env, named):
+    proc = _run(["manage.py", "check"], **env)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "ImproperlyConfigured" in last and named in last
