@@ -17,7 +17,6 @@ VAR_DIR = BASE_DIR / "var"
 VAR_DIR.mkdir(exist_ok=True)
 
 
-
 class _Env(environ.Env):
     """django-environ, stricter: a value that does not parse fails naming its
     variable (django-environ's own ValueError does not), and a boolean must be
