@@ -274,7 +274,10 @@ class CampaignPagination(CursorPagination):
     ordering = ("-created_at", "-id")
 
 
-def _campaign_save(campaign: Campaign) -> Campaign:
+def _campaign_save(campaign: Campaign, request) -> Campaign:
+    # simple_history takes the history row's user from the request; an API
+    # client's stand-in user is not a User row, so name the actor explicitly.
+    campaign._history_user = _actor(request)
     try:
         return campaign_save(campaign=campaign)
     except DjangoValidationError as exc:
@@ -318,11 +321,11 @@ class CampaignViewSet(ApiViewSet):
         return Response(s.CampaignOutputSerializer(get_object_or_404(self.get_queryset(), pk=pk)).data)
 
     def create(self, request):
-        campaign = _campaign_save(Campaign(**_valid(s.CampaignCreateInputSerializer, request)))
+        campaign = _campaign_save(Campaign(**_valid(s.CampaignCreateInputSerializer, request)), request)
         return Response(s.CampaignOutputSerializer(campaign).data, status=status.HTTP_201_CREATED)
 
     def partial_update(self, request, pk=None):
         campaign = get_object_or_404(self.get_queryset(), pk=pk)
         for key, value in _valid(s.CampaignInputSerializer, request).items():
             setattr(campaign, key, value)
-        return Response(s.CampaignOutputSerializer(_campaign_save(campaign)).data)
+        return Response(s.CampaignOutputSerializer(_campaign_save(campaign, request)).data)

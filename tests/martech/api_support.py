@@ -9,6 +9,8 @@ from rest_framework.test import APIClient
 from martech.models import ApiClient
 from martech.services.api_clients import api_client_create
 
+__all__ = ["ALL_SCOPES", "_private_cache", "token_api", "session_api", "error_fields"]
+
 ALL_SCOPES = list(ApiClient.Scope.values)
 _names = itertools.count()
 
