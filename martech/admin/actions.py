@@ -95,7 +95,9 @@ class MergeForm(forms.Form):
         self.fields["primary"].queryset = leads
 
 
-@admin.action(description="Merge two leads…", permissions=["change", "delete"])
+# Django offers an action when the user has ANY of its permissions; a merge
+# deletes the duplicate, so the admin's has_merge_permission wants both.
+@admin.action(description="Merge two leads…", permissions=["merge"])
 def merge_leads(modeladmin, request, queryset):
     from martech.services.leads import lead_merge
 

@@ -82,6 +82,11 @@ class ServiceSaveMixin:
             return
         super().save_related(request, form, formsets, change)
 
+    def construct_change_message(self, request, form, formsets, add=False):
+        if getattr(request, _FAILED, False):
+            return []  # nothing was saved (the formsets were not even run)
+        return super().construct_change_message(request, form, formsets, add)
+
     def response_add(self, request, obj, post_url_continue=None):
         return self._back_if_failed(request) or super().response_add(request, obj, post_url_continue)
 

@@ -305,6 +305,9 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
             )
         return lead
 
+    def has_merge_permission(self, request: HttpRequest) -> bool:
+        return self.has_change_permission(request) and self.has_delete_permission(request)
+
     # --- CSV import ---------------------------------------------------------
 
     def has_import_permission(self, request: HttpRequest) -> bool:
