@@ -229,12 +229,7 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        readonly = [*COMPUTED_FIELDS, "related_links", "consent_summary", "timeline"]
-        # lead_upsert finds the lead by its key, so the key the lead already
-        # has cannot change here: a lead with an email keeps it (a different
-        # person's address means a merge), a CRM-only lead can gain an email.
-        readonly += ["email"] if obj.email else list(CRM_KEYS)
-        return readonly
+        return [*COMPUTED_FIELDS, "related_links", "consent_summary", "timeline"]
 
     @admin.display(description="Timeline")
     def timeline(self, obj: Lead) -> str:
@@ -285,16 +280,15 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
                 data["properties"] = cleaned["properties"]
             lead, _ = lead_upsert(data=data, source="admin", actor=request.user)
             return lead
-        original = Lead.objects.only("email", *CRM_KEYS).get(pk=obj.pk)
-        key = {"email": original.email} if original.email else {k: getattr(original, k) for k in CRM_KEYS}
+        # Only what the user changed: a field someone else wrote meanwhile
+        # (a capture, a CRM pull) is not overwritten with this form's old copy.
         changed = {f: _service_value(cleaned.get(f)) for f in FORM_FIELDS if f in form.changed_data}
         if "properties" in form.changed_data:
             changed["properties"] = cleaned.get("properties") or {}
-        lead = original
+        lead = obj
         if changed:
-            lead, created = lead_upsert(data={**key, **changed}, source="admin", actor=request.user, overwrite=True)
-            if created or lead.pk != obj.pk:
-                raise ValidationError("This lead's email or CRM id changed while you edited it. Reload and try again.")
+            # lead= pins this row, so an edit may change the email itself.
+            lead, _ = lead_upsert(data=changed, source="admin", actor=request.user, overwrite=True, lead=obj)
         if "lifecycle_stage" in form.changed_data:
             lead_change_stage(
                 lead=lead,

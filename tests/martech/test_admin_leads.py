@@ -137,6 +137,21 @@ def test_edit_changes_fields_and_stage_through_services(admin_client, superuser)
     assert (t.to_stage.key, t.reason, t.actor, t.source) == ("sql", "booked a demo", superuser, "admin")
 
 
+def test_edit_can_change_the_email_but_not_to_another_leads(admin_client):
+    lead, _ = lead_upsert(data={"email": "typo@x.exmaple"}, source="test")
+    LeadFactory(email="taken@x.example")
+    response = admin_client.post(change_url(lead), _form_data(lead, email=" Fixed@X.example"))
+    assert response.status_code == 302
+    lead.refresh_from_db()
+    assert lead.email == "fixed@x.example"
+    response = admin_client.post(change_url(lead), _form_data(lead, email="TAKEN@x.example"))
+    assert response.status_code == 200
+    assert "already exists" in response.content.decode()
+    lead.refresh_from_db()
+    assert lead.email == "fixed@x.example"
+    assert Lead.objects.count() == 2
+
+
 def test_edit_can_clear_a_field(admin_client):
     lead, _ = lead_upsert(data={"email": "cl@x.example", "job_title": "CMO"}, source="test")
     response = admin_client.post(change_url(lead), _form_data(lead, job_title=""))
