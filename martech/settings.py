@@ -251,6 +251,9 @@ REST_FRAMEWORK = {
     },
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "martech.api.errors.exception_handler",
+    # Throttles key anonymous callers by IP: trust only as many X-Forwarded-For
+    # hops as there are proxies (0: REMOTE_ADDR), or a client could pick its own.
+    "NUM_PROXIES": env.int("DJANGO_PROXY_COUNT", default=0),
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {
