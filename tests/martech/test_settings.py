@@ -17,7 +17,8 @@ PROBE = (
     "import json, django; django.setup(); from django.conf import settings as s; "
     "from django.db.backends.postgresql.psycopg_any import is_psycopg3; "
     "print(json.dumps({'engine': s.DATABASES['default']['ENGINE'], 'name': s.DATABASES['default']['NAME'], "
-    "'q': s.Q_CLUSTER, 'cache': s.CACHES['default']['BACKEND'], 'debug': s.DEBUG, 'psycopg3': is_psycopg3}))"
+    "'q': s.Q_CLUSTER, 'cache': s.CACHES['default']['BACKEND'], 'debug': s.DEBUG, 'psycopg3': is_psycopg3, "
+    "'proxies': [s.REST_FRAMEWORK['NUM_PROXIES'], s.AXES_IPWARE_PROXY_COUNT]}))"
 )
 
 
@@ -58,6 +59,11 @@ def test_embedded_defaults():
     assert s["q"]["orm"] == "default" and "redis" not in s["q"]
     assert s["cache"].endswith("FileBasedCache")  # shared by runserver and qcluster
     assert s["debug"] is True
+    assert s["proxies"] == [0, 0]  # client IP is REMOTE_ADDR unless proxies are declared
+
+
+def test_proxy_count_reaches_throttles_and_lockouts():
+    assert _settings(DJANGO_PROXY_COUNT="2")["proxies"] == [2, 2]
 
 
 def test_database_url_selects_postgresql_on_psycopg3():
