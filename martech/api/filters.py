@@ -7,7 +7,10 @@ filters: a ModelChoiceFilter would cost a query per request to check the id.
 """
 from __future__ import annotations
 
+import datetime as dt
+
 import django_filters as df
+from django_filters.fields import IsoDateTimeField
 from django import forms
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -18,6 +21,25 @@ from martech.models import Account, Campaign, Channel, Event, Lead
 @extend_schema_field(OpenApiTypes.INT)
 class IntegerFilter(df.NumberFilter):
     field_class = forms.IntegerField
+
+
+class UtcIsoDateTimeField(IsoDateTimeField):
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is None:
+            return None
+        # PostgreSQL refuses offsets beyond +-15:59 that Python accepts (+22:03
+        # is a 500 there); UTC is what the column stores anyway.
+        try:
+            return value.astimezone(dt.timezone.utc)
+        except OverflowError:
+            raise forms.ValidationError("Date and time out of range.", code="invalid") from None
+
+
+class DateTimeFilter(df.IsoDateTimeFilter):
+    """ISO 8601 with an offset (or UTC when none)."""
+
+    field_class = UtcIsoDateTimeField
 
 
 class LowerCharFilter(df.CharFilter):
@@ -40,11 +62,11 @@ class LeadFilter(df.FilterSet):
     country = UpperCharFilter(field_name="country", help_text="ISO 3166-1 alpha-2")
     owner = IntegerFilter(field_name="owner_id")
     account = IntegerFilter(field_name="account_id")
-    created_at_after = df.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_at_before = df.IsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+    created_at_after = DateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_at_before = DateTimeFilter(field_name="created_at", lookup_expr="lte")
     # For incremental dashboards: "what changed since my last pull".
-    updated_at_after = df.IsoDateTimeFilter(field_name="updated_at", lookup_expr="gte")
-    updated_at_before = df.IsoDateTimeFilter(field_name="updated_at", lookup_expr="lte")
+    updated_at_after = DateTimeFilter(field_name="updated_at", lookup_expr="gte")
+    updated_at_before = DateTimeFilter(field_name="updated_at", lookup_expr="lte")
     total_score_min = IntegerFilter(field_name="total_score", lookup_expr="gte")
     total_score_max = IntegerFilter(field_name="total_score", lookup_expr="lte")
     original_source = df.ChoiceFilter(field_name="original_source", choices=Channel.choices)
@@ -67,8 +89,8 @@ class AccountFilter(df.FilterSet):
 class EventFilter(df.FilterSet):
     lead = IntegerFilter(field_name="lead_id")
     type = df.CharFilter(field_name="event_type__name", help_text="Event type name, e.g. page_view")
-    occurred_at_after = df.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    occurred_at_before = df.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lte")
+    occurred_at_after = DateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    occurred_at_before = DateTimeFilter(field_name="occurred_at", lookup_expr="lte")
     campaign = IntegerFilter(field_name="campaign_id")
     channel = df.ChoiceFilter(field_name="channel", choices=Channel.choices)
 

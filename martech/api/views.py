@@ -16,6 +16,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.generics import get_object_or_404
+from rest_framework.metadata import SimpleMetadata
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 
@@ -71,7 +72,23 @@ def _valid(serializer_class, request, **kwargs) -> dict:
     return dict(serializer.validated_data)
 
 
+class SchemaPointerMetadata(SimpleMetadata):
+    """OPTIONS answers without DRF's form description: it would need one
+    serializer per view, and these views have an input and an output one.
+    The OpenAPI schema at /api/schema/ describes every body."""
+
+    def determine_metadata(self, request, view):
+        metadata = super().determine_metadata(request, view)
+        metadata.pop("actions", None)
+        metadata["schema"] = "/api/schema/"
+        return metadata
+
+    def determine_actions(self, request, view):
+        return {}
+
+
 class ApiViewSet(viewsets.GenericViewSet):
+    metadata_class = SchemaPointerMetadata
     throttle_classes = [AnonRateThrottle, ClientRateThrottle]
     # No OrderingFilter: each list keeps the one order its index and cursor serve.
     filter_backends = [DjangoFilterBackend]

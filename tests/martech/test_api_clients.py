@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from martech.models import ApiClient
 from martech.services.api_clients import api_client_create
+from tests.martech.api_support import *  # noqa: F403 (private throttle cache)
 
 pytestmark = pytest.mark.django_db
 
