@@ -1,0 +1,269 @@
+"""Throughput of POST /api/v1/events against a plain bulk insert.
+
+Runs against the DATABASE_URL database (migrated with ``manage.py migrate``):
+creates its own API client, leads, identities and events under a unique run
+prefix and deletes them at the end. Each batch of 500 Segment-shaped items
+(page, track and identify calls from a pool of visitors, some of whom give an
+email; UTM on some pages; a few re-sent messageIds) goes through the real
+endpoint in-process (DRF test client: authentication, throttle, parsing,
+validation, dedupe, identity resolution, touches, rendering). The same rows,
+flattened to Event objects, are then written with a plain
+``Event.objects.bulk_create``; the two are interleaved batch by batch so both
+see the same table sizes.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/ingest.py [--quick]
+
+Prints one JSON line per figure and writes them all to bench/results/ingest.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone as dt_timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "martech.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
+from rest_framework.test import APIClient  # noqa: E402
+
+from martech.models import ApiClient, Event, EventType, Identity, Lead, QuarantinedEvent  # noqa: E402
+
+TRACK_EVENTS = ["demo_requested", "pricing_viewed", "webinar_registered", "ad_clicked", "trial_started"]
+UTMS = [
+    {"source": "google", "medium": "cpc", "name": "brand"},
+    {"source": "adwords", "medium": "PaidSearch", "name": "Generic"},
+    {"source": "linkedin", "medium": "paid_social", "name": "launch"},
+    {"source": "newsletter", "medium": "email", "name": "march"},
+    {"source": "bing", "medium": "organic", "name": ""},
+]
+T0 = datetime(2025, 1, 1, tzinfo=dt_timezone.utc)
+
+
+class Workload:
+    """Deterministic stream of batches from a pool of visitors."""
+
+    def __init__(self, prefix: str, total: int, batch_size: int, *, per_visitor: int, email_share: float, seed: int = 7):
+        self.rng = random.Random(seed)
+        self.prefix = prefix
+        self.total = total
+        self.batch_size = batch_size
+        self.visitors = max(50, total // per_visitor)
+        self.email_every = max(1, round(1 / email_share)) if email_share > 0 else 0
+        self.identified: set[int] = set()
+        self.sent: list[str] = []
+        self.n = 0
+
+    def _visitor_email(self, v: int) -> str | None:
+        # A share of the visitors ever give an email (each becomes a new lead).
+        return f"{self.prefix}v{v}@bench-{v % 97}.example" if self.email_every and v % self.email_every == 0 else None
+
+    def item(self) -> dict:
+        rng = self.rng
+        self.n += 1
+        if self.sent and rng.random() < 0.02:
+            mid = rng.choice(self.sent[-2000:])  # a client retry
+            return {"type": "track", "messageId": mid, "event": "demo_requested", "anonymousId": f"{self.prefix}a0",
+                    "timestamp": T0.isoformat()}
+        v = rng.randrange(self.visitors)
+        mid = f"{self.prefix}m{self.n}"
+        self.sent.append(mid)
+        at = (T0 + timedelta(seconds=self.n * 3)).isoformat().replace("+00:00", "Z")
+        anon = f"{self.prefix}a{v}"
+        email = self._visitor_email(v)
+        roll = rng.random()
+        if email and (roll < 0.06 or (v not in self.identified and roll < 0.25)):
+            self.identified.add(v)
+            return {"type": "identify", "messageId": mid, "anonymousId": anon, "timestamp": at,
+                    "traits": {"email": email, "firstName": f"F{v}", "company": f"Co {v % 97}"}}
+        if roll < 0.65:
+            item = {"type": "page", "messageId": mid, "anonymousId": anon, "timestamp": at, "name": "Docs",
+                    "properties": {"url": f"https://example.com/p/{v % 50}", "title": "Docs", "path": f"/p/{v % 50}"},
+                    "context": {"userAgent": "Mozilla/5.0 bench", "ip": "203.0.113.9"}}
+            if rng.random() < 0.3:
+                item["context"]["campaign"] = rng.choice(UTMS)
+            return item
+        item = {"type": "track", "messageId": mid, "anonymousId": anon, "timestamp": at,
+                "event": rng.choice(TRACK_EVENTS), "properties": {"plan": "pro", "value": rng.randrange(100)}}
+        if email and v in self.identified and rng.random() < 0.5:
+            item["properties"]["email"] = email
+        return item
+
+    def batches(self):
+        made = 0
+        while made < self.total:
+            size = min(self.batch_size, self.total - made)
+            yield [self.item() for _ in range(size)]
+            made += size
+
+
+def plain_rows(items: list[dict], prefix: str, types: dict[str, EventType], batch: uuid.UUID) -> list[Event]:
+    """The same rows as Event objects, no validation or resolution."""
+    rows = []
+    for i, it in enumerate(items):
+        name = {"page": "page_view", "identify": "identify"}.get(it["type"]) or it["event"]
+        campaign = (it.get("context") or {}).get("campaign") or {}
+        rows.append(
+            Event(
+                client_event_id=f"{prefix}plain-{batch.hex[:8]}-{i}",
+                kind=it["type"],
+                event_type=types[name],
+                anonymous_id=it.get("anonymousId", ""),
+                properties=it.get("properties") or {},
+                context=it.get("context") or {},
+                occurred_at=datetime.fromisoformat(it["timestamp"]),
+                utm_source=campaign.get("source", ""),
+                utm_medium=campaign.get("medium", ""),
+                utm_campaign=campaign.get("name", ""),
+                ingest_batch=batch,
+            )
+        )
+    return rows
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def cleanup(prefix: str, client_name: str) -> None:
+    Event.objects.filter(client_event_id__startswith=prefix).delete()
+    Identity.objects.filter(value__startswith=prefix).delete()
+    Lead.objects.filter(email__startswith=prefix).delete()  # cascades stage history, consent, events
+    QuarantinedEvent.objects.filter(client_event_id__startswith=prefix).delete()
+    ApiClient.objects.filter(name=client_name).delete()
+    ApiClient.history.filter(name=client_name).delete()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10,000 events (well under a minute)")
+    parser.add_argument("--events", type=int, default=None, help="events to send (default 100,000; --quick 10,000)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--events-per-visitor", type=int, default=20, help="visitor pool = events / this (default 20)")
+    parser.add_argument("--email-share", type=float, default=0.2, help="share of visitors who identify (default 0.2)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ingest.json"))
+    args = parser.parse_args()
+    total = args.events or (10_000 if args.quick else 100_000)
+
+    # Query logging (DEBUG) would add its own cost to every query.
+    settings.DEBUG = False
+    prefix = f"bench{uuid.uuid4().hex[:8]}-"
+    client_name = f"{prefix}client"
+    token = f"{prefix}{uuid.uuid4().hex}"
+    ApiClient.objects.create(name=client_name, token_hash=ApiClient.hash_token(token), token_prefix=token[:8], scopes=["capture"])
+    types = {et.name: et for et in EventType.objects.all()}
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    # The client's throttle would stop a long run; it is not what is measured.
+    rates = dict(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], user="1000000/min")
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
+    from rest_framework.settings import api_settings
+
+    api_settings.reload()
+
+    queries = {"n": 0}
+
+    def count_queries(execute, sql, params, many, context):
+        queries["n"] += 1
+        return execute(sql, params, many, context)
+
+    workload = Workload(
+        prefix, total, args.batch_size, per_visitor=args.events_per_visitor, email_share=args.email_share
+    )
+    latencies: list[float] = []
+    per_batch_queries: list[int] = []
+    ingest_time = plain_time = 0.0
+    sent = accepted = duplicate = rejected = plain_rows_written = 0
+    try:
+        for n, items in enumerate(workload.batches()):
+            body = json.dumps({"batch": items})
+            queries["n"] = 0
+            with connection.execute_wrapper(count_queries):
+                start = time.perf_counter()
+                res = api.post("/api/v1/events", body, content_type="application/json")
+                elapsed = time.perf_counter() - start
+            if res.status_code != 200:
+                raise SystemExit(f"batch {n}: HTTP {res.status_code}: {res.content[:500]!r}")
+            data = res.json()
+            if n == 0:
+                # The first batch pays for imports and caches; keep it out of
+                # the figures. The tables may have been emptied by an earlier
+                # run: fresh statistics keep the planner on the indexes a live
+                # table would use (e.g. anonymous_id, not "lead_id IS NULL").
+                if connection.vendor == "postgresql":
+                    with connection.cursor() as cursor:
+                        cursor.execute("ANALYZE martech_event, martech_lead, martech_identity")
+                continue
+            ingest_time += elapsed
+            latencies.append(elapsed * 1000)
+            per_batch_queries.append(queries["n"])
+            sent += len(items)
+            accepted += data["accepted"]
+            duplicate += data["duplicate"]
+            rejected += data["rejected"]
+
+            rows = plain_rows(items, prefix, types, uuid.uuid4())
+            start = time.perf_counter()
+            with transaction.atomic():
+                Event.objects.bulk_create(rows, batch_size=args.batch_size)
+            plain_time += time.perf_counter() - start
+            plain_rows_written += len(rows)
+        leads_made = Lead.objects.filter(email__startswith=prefix).count()
+    finally:
+        cleanup(prefix, client_name)
+
+    events_per_s = sent / ingest_time
+    plain_per_s = plain_rows_written / plain_time
+    figures = [
+        ("events_per_s", round(events_per_s, 1), "events/s"),
+        ("plain_insert_per_s", round(plain_per_s, 1), "events/s"),
+        ("ratio", round(events_per_s / plain_per_s, 3), "ingest/plain"),
+        ("batch_latency_p50", round(statistics.median(latencies), 1), "ms"),
+        ("batch_latency_p95", round(percentile(latencies, 0.95), 1), "ms"),
+        ("queries_per_batch_mean", round(statistics.mean(per_batch_queries), 1), "queries"),
+        ("queries_per_batch_max", max(per_batch_queries), "queries"),
+        ("peak_rss", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "MiB"),
+        ("events_sent", sent, "events"),
+        ("accepted", accepted, "events"),
+        ("duplicate", duplicate, "events"),
+        ("rejected", rejected, "events"),
+        ("leads_created", leads_made, "leads"),
+        ("new_leads_per_batch", round(leads_made / max(1, len(latencies) + 1), 1), "leads"),
+        ("batch_size", args.batch_size, "events"),
+    ]
+    out = [{"metric": m, "value": v, "unit": u} for m, v, u in figures]
+    for line in out:
+        print(json.dumps(line))
+    meta = {
+        "database": connection.vendor,
+        "events": total,
+        "quick": args.quick,
+        "events_per_visitor": args.events_per_visitor,
+        "email_share": args.email_share,
+        "load_average": os.getloadavg(),
+        "at": datetime.now(dt_timezone.utc).isoformat(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"meta": meta, "figures": out}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
