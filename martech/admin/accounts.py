@@ -6,8 +6,9 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
-from martech.admin.base import BaseAdmin
+from martech.admin.base import BaseAdmin, ServiceSaveMixin
 from martech.models import Account
+from martech.services.accounts import ACCOUNT_WRITABLE_FIELDS, account_upsert
 from martech.services.normalize import normalize_domain
 
 
@@ -23,7 +24,7 @@ class AccountForm(forms.ModelForm):
 
 
 @admin.register(Account)
-class AccountAdmin(BaseAdmin):
+class AccountAdmin(ServiceSaveMixin, BaseAdmin):
     form = AccountForm
     list_display = ("name", "domain", "industry", "employee_count", "country", "owner", "leads_link", "created_at")
     list_select_related = ("owner",)
@@ -36,6 +37,18 @@ class AccountAdmin(BaseAdmin):
         ("CRM ids", {"fields": ["salesforce_id", "hubspot_id"], "classes": ["collapse"]}),
         ("Record", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
+
+    def save_model(self, request, obj: Account, form, change: bool) -> None:
+        # On an edit only what the user changed, so a concurrent CRM pull's
+        # write to another field is not overwritten with the form's old copy.
+        names = [f for f in form.changed_data if f in ACCOUNT_WRITABLE_FIELDS] if change else [
+            f for f in form.cleaned_data if f in ACCOUNT_WRITABLE_FIELDS
+        ]
+        data = {f: form.cleaned_data[f] for f in names}
+        saved = self.call_service(request, account_upsert, data=data, account=obj if change else None)
+        if saved is not None:
+            obj.pk = saved[0].pk
+            obj._state.adding = False
 
     @admin.display(description="Leads")
     def leads_link(self, obj: Account) -> str:

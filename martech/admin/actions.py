@@ -7,6 +7,8 @@ becomes a message for that object; the others go on.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -137,12 +139,7 @@ def merge_leads(modeladmin, request, queryset):
 # --- Quarantine -------------------------------------------------------------
 
 
-def _quarantine_action(modeladmin, request, queryset, *, service_name: str, verb: str, action: str):
-    # Imported here: the ingest service belongs to the capture layer, and the
-    # admin must load even while it is being changed.
-    from martech.services import ingest
-
-    service = getattr(ingest, service_name)
+def _quarantine_action(modeladmin, request, queryset, *, service, verb: str, action: str):
     pending = queryset.filter(status=QuarantinedEvent.Status.PENDING)
     if "apply" not in request.POST:
         return _confirmation(
@@ -155,30 +152,34 @@ def _quarantine_action(modeladmin, request, queryset, *, service_name: str, verb
             verb=verb,
             skipped=queryset.count() - pending.count(),
         )
-    done = 0
+    outcomes: Counter[str] = Counter()
     for item in pending:
         try:
             with transaction.atomic():
-                service(item=item, actor=request.user)
+                outcome = service(item=item, actor=request.user)
         except ValidationError as exc:
             for line in validation_messages(exc):
                 modeladmin.message_user(request, f"{item}: {line}", messages.ERROR)
             continue
-        done += 1
-        modeladmin.log_change(request, item, f"{verb.capitalize()}ed")
-    modeladmin.message_user(request, f"{verb.capitalize()}ed {done} quarantined event(s).")
+        outcomes[str(outcome)] += 1
+        modeladmin.log_change(request, item, f"{verb.capitalize()}: {outcome}")
+    done = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items())) or "nothing"
+    modeladmin.message_user(request, f"{verb.capitalize()} of {sum(outcomes.values())} quarantined event(s): {done}.")
     return None
 
 
 @admin.action(description="Replay selected quarantined events…", permissions=["change"])
 def replay_quarantined(modeladmin, request, queryset):
-    return _quarantine_action(
-        modeladmin, request, queryset, service_name="quarantine_replay", verb="replay", action="replay_quarantined"
-    )
+    # Imported here: ingest is the capture layer's, and pulls in much more.
+    from martech.services.ingest import quarantine_replay
+
+    return _quarantine_action(modeladmin, request, queryset, service=quarantine_replay, verb="replay", action="replay_quarantined")
 
 
 @admin.action(description="Discard selected quarantined events…", permissions=["change"])
 def discard_quarantined(modeladmin, request, queryset):
+    from martech.services.quarantine import quarantine_discard
+
     return _quarantine_action(
-        modeladmin, request, queryset, service_name="quarantine_discard", verb="discard", action="discard_quarantined"
+        modeladmin, request, queryset, service=quarantine_discard, verb="discard", action="discard_quarantined"
     )

@@ -207,6 +207,15 @@ class _Plan:
     needs_account: bool = False
 
 
+def _current(lead: Lead, key: str) -> Any:
+    value = getattr(lead, key)
+    if key == "phone":
+        # Compare E.164 strings: PhoneNumber == str parses the string again,
+        # and parsing is most of an import's CPU time.
+        return str(value) if value else ""
+    return value
+
+
 def _apply(plan: _Plan, row: _Row) -> None:
     lead = plan.lead
     for key, value in row.cleaned.items():
@@ -215,7 +224,7 @@ def _apply(plan: _Plan, row: _Row) -> None:
             if merged != lead.properties:
                 lead.properties = merged
                 plan.changed.add("properties")
-        elif value not in ("", None) and getattr(lead, key) != value:
+        elif value not in ("", None) and _current(lead, key) != value:
             setattr(lead, key, value)
             plan.changed.add(key)
     if "email" in plan.changed and lead.account_id is None:
