@@ -226,6 +226,15 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
             ("Record", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
         ]
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        stage = form.base_fields.get("lifecycle_stage")
+        if stage is not None:
+            # Stages are edited on their own screen, not from a lead.
+            for attr in ("can_add_related", "can_change_related", "can_delete_related", "can_view_related"):
+                setattr(stage.widget, attr, False)
+        return form
+
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
