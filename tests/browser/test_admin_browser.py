@@ -54,7 +54,11 @@ def browser_page():
             browser.close()
 
 
-def test_find_a_lead_by_email_and_read_its_timeline(live_server, browser_page):
+@pytest.fixture
+def grace(live_server):
+    """Data made before the browser starts: Playwright's sync API runs in a
+    greenlet with its own context, where the ORM would open (and leave open)
+    a second connection."""
     UserFactory(username="ops", is_superuser=True)
     lead, _ = lead_upsert(
         data={"email": "grace@acme.example", "first_name": "Grace", "last_name": "Hopper", "company_name": "Acme"},
@@ -64,7 +68,11 @@ def test_find_a_lead_by_email_and_read_its_timeline(live_server, browser_page):
     lead_change_stage(lead=lead, to_stage="mql", reason="visited pricing twice", source="scoring")
     for i in range(3):  # others in the list, so the search has to find her
         lead_upsert(data={"email": f"other{i}@acme.example"}, source="t")
+    return lead
 
+
+def test_find_a_lead_by_email_and_read_its_timeline(live_server, grace, browser_page):
+    lead = grace
     page = browser_page
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
     page.fill("#id_username", "ops")
