@@ -23,7 +23,7 @@ def _url(model, view, *args):
 
 @pytest.fixture
 def demo(db):
-    return build_demo(leads=60)
+    build_demo(leads=60)
 
 
 def test_every_core_model_is_registered():
