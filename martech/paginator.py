@@ -7,6 +7,10 @@ So (after healthchecks' ``hc/api/admin.py``):
 
 - unfiltered, on PostgreSQL: the planner's row estimate for the table
   (``pg_class.reltuples``, kept fresh by autovacuum's ANALYZE);
+- filtered (a search, a filter): first the page itself, one row more than a
+  page: when that is not full, its length is the exact count and those rows
+  are page 1, so a rare search term (which no index serves) costs one scan
+  of the table instead of two;
 - otherwise: an exact count capped at ``COUNT_CAP`` rows
   (``SELECT COUNT(*) FROM (SELECT ... LIMIT cap+1)``), which reads at most
   cap+1 index entries; when the cap is hit on PostgreSQL, the planner's
@@ -31,6 +35,12 @@ COUNT_CAP = 10_000
 
 class EstimatedCountPaginator(Paginator):
     count_cap = COUNT_CAP
+    _first_page: list | None = None
+
+    def page(self, number):
+        if self._first_page is not None and self.validate_number(number) == 1:
+            return self._get_page(self._first_page, 1, self)
+        return super().page(number)
 
     @cached_property
     def count(self) -> int:
@@ -42,6 +52,11 @@ class EstimatedCountPaginator(Paginator):
             estimate = self._table_estimate(qs, connection)
             if estimate is not None and estimate >= self.count_cap:
                 return estimate
+        if qs.query.where and not self.orphans:
+            probe = list(qs[: self.per_page + 1])
+            if len(probe) <= self.per_page:
+                self._first_page = probe
+                return len(probe)
         capped = qs.order_by()[: self.count_cap + 1].count()
         if capped <= self.count_cap:
             return capped

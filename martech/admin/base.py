@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import HttpRequest, HttpResponseRedirect
@@ -102,6 +103,16 @@ class BaseAdmin(admin.ModelAdmin):
     save_on_top = False
 
 
+class BigTableChangeList(ChangeList):
+    def get_results(self, request):
+        super().get_results(request)
+        first = getattr(self.paginator, "_first_page", None)
+        if first is not None and not self.multi_page:
+            # The paginator read every matching row while counting them (a
+            # search with one page of results): show those, not a second scan.
+            self.result_list = first
+
+
 class BigTableAdmin(BaseAdmin):
     """Leads, events, stage history, consent, quarantine: millions of rows.
     No full count (Django's "N total" link) and an estimating paginator."""
@@ -110,6 +121,9 @@ class BigTableAdmin(BaseAdmin):
     paginator = EstimatedCountPaginator
     # Django's "Show counts" runs a COUNT per filter choice over the table.
     show_facets = admin.ShowFacets.NEVER
+
+    def get_changelist(self, request, **kwargs):
+        return BigTableChangeList
 
 
 class ReadOnlyMixin:

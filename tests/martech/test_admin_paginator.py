@@ -85,3 +85,16 @@ def test_an_estimate_below_the_cap_is_replaced_by_a_real_count():
 
     _leads(5)
     assert BigCap(Lead.objects.all(), 10).count == 5
+
+
+def test_a_search_that_fits_one_page_reads_the_table_once(client, superuser):
+    _leads(30)
+    Lead.objects.filter(email="p7@x.example").update(first_name="Rarename")
+    client.force_login(superuser)
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get("/admin/martech/lead/", {"q": "rarename"})
+    assert response.status_code == 200
+    assert [lead.email for lead in response.context["cl"].result_list] == ["p7@x.example"]
+    assert response.context["cl"].result_count == 1
+    lead_reads = [q["sql"] for q in ctx.captured_queries if 'FROM "martech_lead"' in q["sql"]]
+    assert len(lead_reads) == 1, lead_reads  # no COUNT, no second SELECT
