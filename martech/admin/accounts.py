@@ -33,7 +33,10 @@ class AccountAdmin(ServiceSaveMixin, BaseAdmin):
     autocomplete_fields = ("owner",)
     readonly_fields = ("created_at", "updated_at")
     fieldsets = [
-        (None, {"fields": ["name", "domain", "industry", "employee_count", ("annual_revenue", "currency"), "country", "owner"]}),
+        (
+            None,
+            {"fields": ["name", "domain", "industry", "employee_count", ("annual_revenue", "currency"), "country", "owner"]},
+        ),
         ("CRM ids", {"fields": ["salesforce_id", "hubspot_id"], "classes": ["collapse"]}),
         ("Record", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
@@ -53,4 +56,5 @@ class AccountAdmin(ServiceSaveMixin, BaseAdmin):
     @admin.display(description="Leads")
     def leads_link(self, obj: Account) -> str:
         # A link, not a COUNT per row: the lead table is the big one.
-        return format_html('<a href="{}?account__id__exact={}">leads</a>', reverse("admin:martech_lead_changelist"), obj.pk)
+        url = reverse("admin:martech_lead_changelist")
+        return format_html('<a href="{}?account__id__exact={}">leads</a>', url, obj.pk)

@@ -121,7 +121,8 @@ def merge_leads(modeladmin, request, queryset):
             for line in validation_messages(exc):
                 modeladmin.message_user(request, line, messages.ERROR)
             return None
-        modeladmin.log_change(request, merged, f"Merged {duplicate_label} into this lead: {form.cleaned_data['reason']}")
+        reason = form.cleaned_data["reason"]
+        modeladmin.log_change(request, merged, f"Merged {duplicate_label} into this lead: {reason}")
         modeladmin.message_user(request, f"Merged {duplicate_label} into {merged}.")
         return None
     return _confirmation(
@@ -173,7 +174,9 @@ def replay_quarantined(modeladmin, request, queryset):
     # Imported here: ingest is the capture layer's, and pulls in much more.
     from martech.services.ingest import quarantine_replay
 
-    return _quarantine_action(modeladmin, request, queryset, service=quarantine_replay, verb="replay", action="replay_quarantined")
+    return _quarantine_action(
+        modeladmin, request, queryset, service=quarantine_replay, verb="replay", action="replay_quarantined"
+    )
 
 
 @admin.action(description="Discard selected quarantined events…", permissions=["change"])

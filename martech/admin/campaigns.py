@@ -12,7 +12,17 @@ from martech.services.campaigns import campaign_save
 
 @admin.register(Campaign)
 class CampaignAdmin(ServiceSaveMixin, HistoryAdmin):
-    list_display = ("name", "channel", "utm_source", "utm_medium", "utm_campaign", "start_date", "end_date", "budget", "currency")
+    list_display = (
+        "name",
+        "channel",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        "start_date",
+        "end_date",
+        "budget",
+        "currency",
+    )
     list_filter = ("channel", "start_date")
     search_fields = ("name", "utm_campaign", "utm_source")
     date_hierarchy = "start_date"

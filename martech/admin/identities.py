@@ -29,9 +29,8 @@ class IdentityAdmin(ServiceSaveMixin, BigTableAdmin):
         return False
 
     def save_model(self, request, obj: Identity, form, change: bool) -> None:
-        identity = self.call_service(
-            request, identity_link, lead=form.cleaned_data["lead"], kind=form.cleaned_data["kind"], value=form.cleaned_data["value"]
-        )
+        data = form.cleaned_data
+        identity = self.call_service(request, identity_link, lead=data["lead"], kind=data["kind"], value=data["value"])
         if identity is not None:
             obj.pk = identity.pk
             obj._state.adding = False

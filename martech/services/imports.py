@@ -176,7 +176,8 @@ def _parse_rows(
         if not errors and cleaned.get("lifecycle_stage"):
             stage = stages.get(cleaned["lifecycle_stage"])
             if stage is None:
-                errors.append(RowError(number, "lifecycle_stage", f"Unknown lifecycle stage {cleaned['lifecycle_stage']!r}."))
+                key = cleaned["lifecycle_stage"]
+                errors.append(RowError(number, "lifecycle_stage", f"Unknown lifecycle stage {key!r}."))
         if errors:
             report.errors.extend(errors)
             continue
@@ -233,7 +234,9 @@ def _apply(plan: _Plan, row: _Row) -> None:
         plan.stage = row.stage
 
 
-def _write_chunk(chunk: list[_Row], *, source: str, actor, default_stage: LifecycleStage | None) -> tuple[int, int, int]:
+def _write_chunk(
+    chunk: list[_Row], *, source: str, actor, default_stage: LifecycleStage | None
+) -> tuple[int, int, int]:
     """Upsert one chunk in bulk. Returns (created, updated, unchanged)."""
     emails = {r.cleaned["email"] for r in chunk if r.cleaned.get("email")}
     crm_q = Q()
@@ -343,9 +346,8 @@ def _write_rows_one_by_one(chunk: list[_Row], *, source: str, actor, report: Imp
             report.errors.extend(RowError(row.number, f, m) for f, msgs in exc.message_dict.items() for m in msgs)
             continue
         except IntegrityError:
-            report.errors.append(
-                RowError(row.number, NON_FIELD, "Its email or CRM id belongs to another lead; merge the two leads first.")
-            )
+            message = "Its email or CRM id belongs to another lead; merge the two leads first."
+            report.errors.append(RowError(row.number, NON_FIELD, message))
             continue
         if created:
             report.created += 1

@@ -195,7 +195,9 @@ def test_service_error_on_save_rolls_back_and_is_shown(admin_client, monkeypatch
 
 @pytest.mark.parametrize("q", ["find.me@acme.example", "FIND.ME@acme.example", "Zebedee", "Quux", "Quuxcorp"])
 def test_changelist_search_by_email_name_and_company(admin_client, q):
-    target = LeadFactory(email="find.me@acme.example", first_name="Zebedee", last_name="Quux", company_name="Quuxcorp Ltd")
+    target = LeadFactory(
+        email="find.me@acme.example", first_name="Zebedee", last_name="Quux", company_name="Quuxcorp Ltd"
+    )
     LeadFactory(email="other@acme.example", first_name="Ann", last_name="Other", company_name="Else")
     response = admin_client.get(CHANGELIST, {"q": q})
     assert response.status_code == 200

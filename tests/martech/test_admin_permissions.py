@@ -18,7 +18,8 @@ def test_analyst_views_leads_but_cannot_add_or_change(client, analyst):
     assert changelist.status_code == 200
     assert lead.email in changelist.content.decode()
     assert changelist.context["has_add_permission"] is False
-    assert changelist.context["action_form"] is None or not changelist.context["action_form"].fields["action"].choices[1:]
+    action_form = changelist.context["action_form"]
+    assert action_form is None or not action_form.fields["action"].choices[1:]
     change = client.get(reverse("admin:martech_lead_change", args=[lead.pk]))
     assert change.status_code == 200
     assert change.context["has_change_permission"] is False
@@ -104,7 +105,8 @@ def test_history_tables_are_read_only_even_for_a_superuser(client, superuser):
     )
     assert response.status_code == 302
     added = lead.consent_records.get(channel="sms")
-    assert (added.status, added.source, added.actor, added.evidence) == ("withdrawn", "admin", superuser, {"ticket": "SUP-1"})
+    assert (added.status, added.source, added.actor) == ("withdrawn", "admin", superuser)
+    assert added.evidence == {"ticket": "SUP-1"}
 
 
 def test_api_clients_show_prefix_and_cannot_be_added(client, superuser):

@@ -14,7 +14,13 @@ CHANGELIST = reverse("admin:martech_quarantinedevent_changelist")
 
 
 def _quarantine(message_id: str, event: str = "zz_pilot_started") -> QuarantinedEvent:
-    item = {"type": "track", "messageId": message_id, "event": event, "timestamp": "2026-01-05T10:00:00Z", "anonymousId": "a-1"}
+    item = {
+        "type": "track",
+        "messageId": message_id,
+        "event": event,
+        "timestamp": "2026-01-05T10:00:00Z",
+        "anonymousId": "a-1",
+    }
     result = events_ingest(items=[item], source="api:test", policy="quarantine")
     assert result.results[0].status == "quarantined"
     return QuarantinedEvent.objects.get(client_event_id=message_id)
