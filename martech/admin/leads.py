@@ -308,6 +308,11 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
             )
         return lead
 
+    def has_export_permission(self, request: HttpRequest) -> bool:
+        # django-import-export allows any staff user by default (no
+        # IMPORT_EXPORT_EXPORT_PERMISSION_CODE); exporting is viewing in bulk.
+        return self.has_view_permission(request)
+
     def has_merge_permission(self, request: HttpRequest) -> bool:
         return self.has_change_permission(request) and self.has_delete_permission(request)
 

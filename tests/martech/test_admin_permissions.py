@@ -5,7 +5,7 @@ import pytest
 from django.urls import reverse
 
 from martech.models import Campaign, Event, Lead
-from tests.factories import CampaignFactory, EventFactory, LeadFactory
+from tests.factories import CampaignFactory, EventFactory, LeadFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -31,10 +31,13 @@ def test_analyst_views_leads_but_cannot_add_or_change(client, analyst):
     assert lead.first_name == "Ann"
 
 
-def test_analyst_can_export(client, analyst):
+def test_analyst_can_export_but_staff_without_lead_access_cannot(client, analyst):
     LeadFactory()
     client.force_login(analyst)
     assert client.get(reverse("admin:martech_lead_export")).status_code == 200
+    client.force_login(UserFactory(username="nobody"))  # staff, no permissions
+    assert client.get(reverse("admin:martech_lead_export")).status_code == 403
+    assert client.post(reverse("admin:martech_lead_export"), {"format": 0}).status_code == 403
 
 
 def test_sales_ops_cannot_change_campaigns_or_events(client, sales_ops):
