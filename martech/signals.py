@@ -15,3 +15,9 @@ lead_stage_changed = Signal()
 events_ingested = Signal()
 # sender=ConsentRecord, record=ConsentRecord
 consent_changed = Signal()
+# Sent by attribution (a later stage may send an earlier stage's signal; the
+# core never imports it): sender=Opportunity class, opportunity_id=int,
+# lead_ids=list[int] (its contact roles), kind="created"|"won"|"lost".
+# Lifecycle automation subscribes (opportunity created -> opportunity stage,
+# closed won -> customer).
+opportunity_changed = Signal()

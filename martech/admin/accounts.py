@@ -48,7 +48,9 @@ class AccountAdmin(ServiceSaveMixin, BaseAdmin):
             f for f in form.cleaned_data if f in ACCOUNT_WRITABLE_FIELDS
         ]
         data = {f: form.cleaned_data[f] for f in names}
-        saved = self.call_service(request, account_upsert, data=data, account=obj if change else None)
+        saved = self.call_service(
+            request, account_upsert, data=data, account=obj if change else None, source="admin"
+        )
         if saved is not None:
             obj.pk = saved[0].pk
             obj._state.adding = False

@@ -209,7 +209,9 @@ class AccountViewSet(ApiViewSet):
 
     def partial_update(self, request, pk=None):
         account = get_object_or_404(Account.objects.only("id"), pk=pk)
-        account, _ = account_upsert(data=_valid(s.AccountInputSerializer, request), account=account)
+        account, _ = account_upsert(
+            data=_valid(s.AccountInputSerializer, request), account=account, source=_source(request)
+        )
         return Response(s.AccountOutputSerializer(self.get_queryset().get(pk=account.pk)).data)
 
     @extend_schema(
@@ -221,7 +223,7 @@ class AccountViewSet(ApiViewSet):
     )
     @action(detail=False, methods=["post"], url_path="upsert")
     def upsert(self, request):
-        account, created = account_upsert(data=_valid(s.AccountUpsertInputSerializer, request))
+        account, created = account_upsert(data=_valid(s.AccountUpsertInputSerializer, request), source=_source(request))
         return Response(
             s.AccountOutputSerializer(self.get_queryset().get(pk=account.pk)).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,

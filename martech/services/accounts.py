@@ -6,6 +6,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from martech import hooks
 from martech.models import Account
 from martech.services.normalize import normalize_country, normalize_domain
 
@@ -53,7 +54,9 @@ def _clean(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @transaction.atomic
-def account_upsert(*, data: dict[str, Any], account: Account | None = None) -> tuple[Account, bool]:
+def account_upsert(
+    *, data: dict[str, Any], account: Account | None = None, source: str = ""
+) -> tuple[Account, bool]:
     """Create or update an account. Returns ``(account, created)``.
 
     Without ``account`` the row is found by normalized domain
@@ -90,5 +93,6 @@ def account_upsert(*, data: dict[str, Any], account: Account | None = None) -> t
         if not (created and cleaned.get("domain")):
             raise
         winner = Account.objects.select_for_update().get(domain=cleaned["domain"])
-        return account_upsert(data=data, account=winner)[0], False
+        return account_upsert(data=data, account=winner, source=source)[0], False
+    hooks.accounts_changed(ids=[account.pk], fields=cleaned, created=created, source=source)
     return account, created

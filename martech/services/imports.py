@@ -38,7 +38,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from martech import signals
+from martech import hooks, signals
 from martech.models import Account, Lead, LifecycleStage, StageTransition
 from martech.resources import EXPORT_ONLY_COLUMNS, IMPORT_COLUMNS
 from martech.services.leads import CRM_KEYS, clean_lead_data, lead_upsert
@@ -329,6 +329,9 @@ def _write_chunk(
     for lead, transition in transitions:
         transition.lead = lead
     StageTransition.objects.bulk_create([t for _, t in transitions], batch_size=500)
+    all_fields = [f.name for f in Lead._meta.concrete_fields]
+    hooks.leads_changed(ids=[lead.pk for lead in new_leads], fields=all_fields, created=True, source=source)
+    hooks.leads_changed(ids=[lead.pk for lead in updated_leads], fields=update_fields, source=source)
 
     # The same announcements lead_upsert makes, after the commit.
     for lead, transition in transitions:

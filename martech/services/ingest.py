@@ -31,7 +31,7 @@ from django.utils.dateparse import parse_datetime
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from martech import signals
+from martech import hooks, signals
 from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
 from martech.services.campaigns import UTM_FIELDS, UtmNormalizer, campaigns_by_utm
 from martech.services.leads import clean_lead_data, identity_link, lead_upsert
@@ -374,6 +374,7 @@ def lead_touch_update(*, touches: dict[int, list[Touch]]) -> int:
             changed.append(lead)
     if changed:
         _write_touch_fields(changed)
+        hooks.leads_changed(ids=[lead.pk for lead in changed], fields=TOUCH_FIELDS, source="events")
     return len(changed)
 
 

@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from martech import signals
+from martech import hooks, signals
 from martech.models import (
     Account,
     ConsentChannel,
@@ -223,6 +223,11 @@ def lead_upsert(
         if changed:
             _refuse_taken_keys(lead, changed)
             lead.save(update_fields=[*changed, "updated_at"])
+            hooks.leads_changed(ids=[lead.pk], fields=changed, source=source)
+    else:
+        hooks.leads_changed(
+            ids=[lead.pk], fields=[f.name for f in Lead._meta.concrete_fields], created=True, source=source
+        )
 
     if stage is None and created:
         stage = LifecycleStage.objects.filter(key=settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"]).first()
@@ -265,6 +270,7 @@ def lead_change_stage(
     )
     Lead.objects.filter(pk=lead.pk).update(lifecycle_stage=to_stage, updated_at=timezone.now())
     lead.lifecycle_stage = to_stage
+    hooks.leads_changed(ids=[lead.pk], fields=["lifecycle_stage"], source=source)
     transaction.on_commit(
         lambda: signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=transition)
     )
@@ -348,6 +354,7 @@ def lead_merge(*, primary: Lead, duplicate: Lead, actor=None, reason: str = "mer
     for attname, value in unique_moves.items():
         setattr(primary, attname, value)
     primary.save()
+    hooks.leads_changed(ids=[primary.pk], fields=[f.name for f in Lead._meta.concrete_fields], source="merge")
     transaction.on_commit(
         lambda: signals.lead_merged.send(sender=Lead, lead=primary, merged_id=merged_id, actor=actor)
     )

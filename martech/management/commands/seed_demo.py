@@ -2,7 +2,10 @@
 months of events, forms). Idempotent: see martech.services.demo."""
 from __future__ import annotations
 
+import importlib
 import sys
+
+from django.apps import apps
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -21,5 +24,17 @@ class Command(BaseCommand):
             raise CommandError("--leads must be zero or more.")
         progress = not no_progress and sys.stderr.isatty()
         result = demo_seed(leads=leads, progress=progress)
-        created = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in result.as_dict().items())
+        counts = result.as_dict()
+        # Later stages add their demo data in <app>/demo.py: demo_seed(*, progress) -> {kind: created}.
+        for config in apps.get_app_configs():
+            if config.name == "martech":
+                continue
+            try:
+                module = importlib.import_module(f"{config.name}.demo")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{config.name}.demo":
+                    raise
+                continue
+            counts.update(module.demo_seed(progress=progress))
+        created = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items())
         self.stdout.write(self.style.SUCCESS(f"Demo data ready ({leads} leads). Created: {created}."))

@@ -1,0 +1,166 @@
+"""Writes of the attribution app. Every opportunity create, update and stage
+move goes through here: the API, the CSV import and the CRM sync share it.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from attribution.models import Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange, Pipeline
+from martech import signals
+from martech.models import Lead
+
+CRM_KEYS = ("salesforce_id", "hubspot_id")
+OPPORTUNITY_FIELDS = frozenset(
+    {"name", "account", "amount", "currency", "pipeline", "stage", "created_at", "closed_at", "source", "owner", *CRM_KEYS}
+)
+
+
+def default_pipeline() -> Pipeline:
+    pipeline = Pipeline.objects.filter(is_default=True).first() or Pipeline.objects.order_by("id").first()
+    if pipeline is None:
+        raise ValidationError({"pipeline": ["No pipeline exists; create one first."]})
+    return pipeline
+
+
+def stage_for(*, pipeline: Pipeline, key: str | OpportunityStage) -> OpportunityStage:
+    if isinstance(key, OpportunityStage):
+        if key.pipeline_id != pipeline.pk:
+            raise ValidationError({"stage": [f"Stage {key.key!r} is not in pipeline {pipeline.key!r}."]})
+        return key
+    try:
+        return pipeline.stages.get(key=key)
+    except OpportunityStage.DoesNotExist:
+        raise ValidationError({"stage": [f"Unknown stage {key!r} in pipeline {pipeline.key!r}."]}) from None
+
+
+def _announce(opportunity: Opportunity, kind: str) -> None:
+    def send() -> None:
+        lead_ids = list(opportunity.contact_roles.values_list("lead_id", flat=True))
+        signals.opportunity_changed.send(
+            sender=Opportunity, opportunity_id=opportunity.pk, lead_ids=lead_ids, kind=kind
+        )
+
+    transaction.on_commit(send)
+
+
+@transaction.atomic
+def opportunity_upsert(
+    *,
+    data: dict[str, Any],
+    source: str,
+    actor=None,
+    opportunity: Opportunity | None = None,
+) -> tuple[Opportunity, bool]:
+    """Create or update an opportunity, found by ``opportunity`` (an edit by
+    id) or else by a CRM id in ``data``. ``pipeline`` and ``stage`` may be
+    keys or instances. A stage change goes through opportunity_change_stage.
+    Unknown fields are refused naming the field. Returns (opportunity, created)."""
+    unknown = sorted(set(data) - OPPORTUNITY_FIELDS)
+    if unknown:
+        raise ValidationError({f: ["Unknown opportunity field."] for f in unknown})
+    data = dict(data)
+    if opportunity is None:
+        for key in CRM_KEYS:
+            if data.get(key):
+                opportunity = Opportunity.objects.select_for_update().filter(**{key: data[key]}).first()
+                if opportunity:
+                    break
+    else:
+        opportunity = Opportunity.objects.select_for_update().get(pk=opportunity.pk)
+    pipeline = data.pop("pipeline", None)
+    if isinstance(pipeline, str):
+        pipeline = Pipeline.objects.filter(key=pipeline).first() or _missing("pipeline", pipeline)
+    pipeline = pipeline or (opportunity.pipeline if opportunity else default_pipeline())
+    stage_key = data.pop("stage", None)
+    stage = stage_for(pipeline=pipeline, key=stage_key) if stage_key else None
+
+    created = opportunity is None
+    if created:
+        if stage is None:
+            stage = pipeline.stages.order_by("order").first() or _missing("stage", "(pipeline has no stages)")
+        opportunity = Opportunity(pipeline=pipeline, stage=stage, **data)
+        if stage.is_closed and not opportunity.closed_at:
+            opportunity.closed_at = opportunity.created_at
+        opportunity.full_clean()
+        try:
+            with transaction.atomic():
+                opportunity.save(force_insert=True)
+        except IntegrityError as exc:
+            raise ValidationError({"salesforce_id": [f"Another opportunity holds this CRM id ({exc})."]}) from exc
+        OpportunityStageChange.objects.create(
+            opportunity=opportunity, to_stage=stage, changed_at=opportunity.created_at,
+            actor=_user(actor), source=source[:100],
+        )
+        _announce(opportunity, "created")
+        if stage.is_closed:
+            _announce(opportunity, "won" if stage.is_won else "lost")
+        return opportunity, True
+
+    for key, value in data.items():
+        setattr(opportunity, key, value)
+    opportunity.pipeline = pipeline
+    opportunity.full_clean(exclude=["stage"])
+    opportunity.save()
+    if stage is not None:
+        opportunity_change_stage(opportunity=opportunity, to_stage=stage, actor=actor, source=source)
+    return opportunity, False
+
+
+@transaction.atomic
+def opportunity_change_stage(
+    *,
+    opportunity: Opportunity,
+    to_stage: OpportunityStage,
+    source: str,
+    actor=None,
+    at: datetime | None = None,
+) -> OpportunityStageChange | None:
+    """The one way an opportunity's stage changes: writes the stage history
+    row, sets ``closed_at`` on entering a won or lost stage (clears it on
+    reopening), and announces created/won/lost through
+    ``martech.signals.opportunity_changed`` after commit."""
+    locked = Opportunity.objects.select_for_update().get(pk=opportunity.pk)
+    if locked.stage_id == to_stage.pk:
+        return None
+    if to_stage.pipeline_id != locked.pipeline_id:
+        raise ValidationError({"stage": [f"Stage {to_stage.key!r} is not in this opportunity's pipeline."]})
+    when = at or timezone.now()
+    change = OpportunityStageChange.objects.create(
+        opportunity=locked, from_stage_id=locked.stage_id, to_stage=to_stage, changed_at=when,
+        actor=_user(actor), source=source[:100],
+    )
+    closed_at = (opportunity.closed_at or when) if to_stage.is_closed else None
+    Opportunity.objects.filter(pk=locked.pk).update(stage=to_stage, closed_at=closed_at, updated_at=timezone.now())
+    opportunity.stage, opportunity.closed_at = to_stage, closed_at
+    if to_stage.is_closed:
+        _announce(opportunity, "won" if to_stage.is_won else "lost")
+    return change
+
+
+@transaction.atomic
+def opportunity_set_contact(
+    *, opportunity: Opportunity, lead: Lead, role: str = "", is_primary: bool = False
+) -> OpportunityContactRole:
+    """Add or update a lead's role on a deal. Making one primary demotes the
+    previous primary in the same transaction. Idempotent."""
+    if is_primary:
+        OpportunityContactRole.objects.filter(opportunity=opportunity, is_primary=True).exclude(lead=lead).update(
+            is_primary=False
+        )
+    contact, _ = OpportunityContactRole.objects.update_or_create(
+        opportunity=opportunity, lead=lead, defaults={"role": role[:60], "is_primary": is_primary}
+    )
+    return contact
+
+
+def _missing(field: str, value: str):
+    raise ValidationError({field: [f"Unknown {field} {value!r}."]})
+
+
+def _user(actor):
+    return actor if getattr(actor, "is_authenticated", False) else None

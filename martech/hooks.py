@@ -1,0 +1,62 @@
+"""In-transaction hooks on lead and account writes.
+
+Signals (``martech.signals``) announce after commit, for work that may lag.
+Some work must be decided in the *same* transaction as the write, or it can
+be lost or doubled: the CRM outbox row for a changed mapped field (DESIGN.md:
+"queued in the same database transaction that makes it"), a rescoring
+request. Such code registers here. Every write path calls these: the single
+upserts, stage changes, merges, the bulk CSV import and event touches. A hook
+takes ids and field names, never instances, so set-based paths call it once
+per batch; it must be cheap (insert rows, register an ``on_commit``), and an
+exception rolls the write back.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+
+class ChangeHook(Protocol):
+    def __call__(self, *, ids: list[int], fields: frozenset[str], created: bool, source: str) -> None: ...
+
+
+_lead_hooks: list[ChangeHook] = []
+_account_hooks: list[ChangeHook] = []
+
+
+def on_leads_changed(fn: ChangeHook) -> ChangeHook:
+    """Register ``fn(ids=, fields=, created=, source=)``; usable as a decorator.
+    Registering the same function twice keeps one."""
+    if fn not in _lead_hooks:
+        _lead_hooks.append(fn)
+    return fn
+
+
+def on_accounts_changed(fn: ChangeHook) -> ChangeHook:
+    if fn not in _account_hooks:
+        _account_hooks.append(fn)
+    return fn
+
+
+def _run(hooks: list[ChangeHook], ids: Iterable[int], fields: Iterable[str], created: bool, source: str) -> None:
+    ids = [i for i in ids if i is not None]
+    if not ids or not hooks:
+        return
+    frozen = frozenset(fields)
+    for fn in list(hooks):
+        fn(ids=ids, fields=frozen, created=created, source=source)
+
+
+def leads_changed(*, ids: Iterable[int], fields: Iterable[str], created: bool = False, source: str = "") -> None:
+    """Called by every lead write path inside its transaction. ``fields`` are
+    model field names (``properties`` for any custom property)."""
+    _run(_lead_hooks, ids, fields, created, source)
+
+
+def accounts_changed(*, ids: Iterable[int], fields: Iterable[str], created: bool = False, source: str = "") -> None:
+    _run(_account_hooks, ids, fields, created, source)
+
+
+def registered() -> dict[str, list[Callable]]:
+    """What is registered (for tests and the admin's diagnostics)."""
+    return {"leads": list(_lead_hooks), "accounts": list(_account_hooks)}

@@ -1,0 +1,66 @@
+"""Periodic tasks, declared in code (STYLE.md 12).
+
+Each app lists its schedules in ``<app>/schedules.py`` as ``SCHEDULES``, a
+list of :class:`Periodic`. ``python manage.py setup_schedules`` (run by
+``scripts/run`` and in every deployment after ``migrate``) writes them to
+django-q2's Schedule table with ``update_or_create`` by name, so it is
+idempotent, and removes schedules this code once declared (name prefix
+``martech:``) that no app declares any more. A task only wakes work up; the
+database holds what is pending (DESIGN.md), so a missed or doubled run is
+harmless.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from django.apps import apps
+
+PREFIX = "martech:"
+
+
+@dataclass(frozen=True)
+class Periodic:
+    name: str  # stored as "martech:<name>"
+    func: str  # dotted path of the task function
+    minutes: int | None = None  # every N minutes (schedule type MINUTES)
+    cron: str | None = None  # or a cron expression (needs croniter)
+    kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if (self.minutes is None) == (self.cron is None):
+            raise ValueError(f"{self.name}: give exactly one of minutes or cron")
+
+
+def declared() -> list[Periodic]:
+    found: list[Periodic] = []
+    for config in apps.get_app_configs():
+        try:
+            module = importlib.import_module(f"{config.name}.schedules")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{config.name}.schedules":
+                raise
+            continue
+        found.extend(getattr(module, "SCHEDULES", []))
+    names = [p.name for p in found]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ValueError(f"Schedules declared twice: {', '.join(sorted(duplicates))}")
+    return found
+
+
+def schedules_sync() -> tuple[int, int]:
+    """Write the declared schedules; returns (written, removed)."""
+    from django_q.models import Schedule
+
+    wanted = declared()
+    for p in wanted:
+        values = {"func": p.func, "kwargs": p.kwargs or None, "repeats": -1}
+        if p.cron:
+            values.update(schedule_type=Schedule.CRON, cron=p.cron, minutes=None)
+        else:
+            values.update(schedule_type=Schedule.MINUTES, minutes=p.minutes, cron=None)
+        Schedule.objects.update_or_create(name=PREFIX + p.name, defaults=values)
+    stale = Schedule.objects.filter(name__startswith=PREFIX).exclude(name__in=[PREFIX + p.name for p in wanted])
+    removed, _ = stale.delete()
+    return len(wanted), removed
