@@ -22,6 +22,9 @@ class ChangeHook(Protocol):
 
 _lead_hooks: list[ChangeHook] = []
 _account_hooks: list[ChangeHook] = []
+_task_hooks: list[ChangeHook] = []
+# Named providers a later stage supplies to an earlier one (see provide()).
+_providers: dict[str, Callable] = {}
 
 
 def on_leads_changed(fn: ChangeHook) -> ChangeHook:
@@ -35,6 +38,12 @@ def on_leads_changed(fn: ChangeHook) -> ChangeHook:
 def on_accounts_changed(fn: ChangeHook) -> ChangeHook:
     if fn not in _account_hooks:
         _account_hooks.append(fn)
+    return fn
+
+
+def on_tasks_changed(fn: ChangeHook) -> ChangeHook:
+    if fn not in _task_hooks:
+        _task_hooks.append(fn)
     return fn
 
 
@@ -57,6 +66,26 @@ def accounts_changed(*, ids: Iterable[int], fields: Iterable[str], created: bool
     _run(_account_hooks, ids, fields, created, source)
 
 
+def tasks_changed(*, ids: Iterable[int], fields: Iterable[str], created: bool = False, source: str = "") -> None:
+    _run(_task_hooks, ids, fields, created, source)
+
+
+def provide(name: str, fn: Callable) -> None:
+    """A later stage offers a capability to the core without the core
+    importing it, e.g. routing: ``provide("assign_owner", fn)`` where
+    ``fn(*, lead_id, reason, actor=None) -> bool`` assigns an owner (True) or
+    declines (False). The SQL handoff calls it and falls back to its default
+    queue when no provider is there. One provider per name; the last wins."""
+    _providers[name] = fn
+
+
+def call(name: str, /, **kwargs):
+    """Call the provider of ``name``; None when nobody provides it."""
+    fn = _providers.get(name)
+    return None if fn is None else fn(**kwargs)
+
+
 def registered() -> dict[str, list[Callable]]:
     """What is registered (for tests and the admin's diagnostics)."""
-    return {"leads": list(_lead_hooks), "accounts": list(_account_hooks)}
+    return {"leads": list(_lead_hooks), "accounts": list(_account_hooks), "tasks": list(_task_hooks),
+            "providers": dict(_providers)}

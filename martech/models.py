@@ -480,6 +480,42 @@ class Form(TimestampedModel):
             raise ValidationError({"defaults": "Give an object of lead field -> value."})
 
 
+# --- Sales tasks ----------------------------------------------------------------
+
+
+class SalesTask(TimestampedModel):
+    """A follow-up for a person in sales: made by the SQL handoff, a nurture
+    step or by hand, pushed to the CRM when a connection exists. Written only
+    through services.tasks (task_create is idempotent by ``key``)."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        DONE = "done", "Done"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # Idempotency key of whatever decided to create it, e.g. "handoff:<lead>:<transition>".
+    key = models.CharField(max_length=200, unique=True)
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="sales_tasks")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="sales_tasks"
+    )
+    subject = models.CharField(max_length=255)
+    description = models.TextField(blank=True)
+    due_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    source = models.CharField(max_length=100, blank=True)
+    salesforce_id = models.CharField(max_length=18, unique=True, null=True, blank=True)
+    hubspot_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
+
+    class Meta:
+        ordering = ["status", "due_at", "-id"]
+        indexes = [models.Index(fields=["lead", "status"], name="salestask_lead_status_idx")]
+
+    def __str__(self) -> str:
+        return self.subject
+
+
 # --- API clients --------------------------------------------------------------
 
 

@@ -21,3 +21,5 @@ consent_changed = Signal()
 # Lifecycle automation subscribes (opportunity created -> opportunity stage,
 # closed won -> customer).
 opportunity_changed = Signal()
+# sender=SalesTask, task=SalesTask, source=str (a follow-up was done: routing's first touch)
+task_completed = Signal()
