@@ -278,6 +278,25 @@ def lead_change_stage(
 
 
 @transaction.atomic
+def lead_set_owner(*, lead: Lead, owner, reason: str, source: str, actor=None) -> bool:
+    """The one way a lead's owner changes (routing, handoff, admin). The
+    ``reason``/``actor`` audit lives with the caller's own record (routing's
+    assignment, the handoff); this writes the field and runs the lead hooks
+    (the CRM outbox pushes the new owner). Returns False when unchanged."""
+    if not reason:
+        raise ValidationError({"reason": ["Give a reason for the owner change."]})
+    owner_id = getattr(owner, "pk", owner)
+    locked = Lead.objects.select_for_update().only("id", "owner_id").get(pk=lead.pk)
+    if locked.owner_id == owner_id:
+        return False
+    Lead.objects.filter(pk=lead.pk).update(owner_id=owner_id, updated_at=timezone.now())
+    lead.owner_id = owner_id
+    hooks.leads_changed(ids=[lead.pk], fields=["owner"], source=source)
+    log.info("lead %s owner -> %s (%s; %s)", lead.pk, owner_id, reason, source)
+    return True
+
+
+@transaction.atomic
 def consent_record(
     *,
     lead: Lead,

@@ -106,3 +106,17 @@ def test_merge_moves_history_and_frees_unique_keys():
     assert Event.objects.filter(lead=merged).count() == 1
     assert lead_consent_state(lead=merged)["email"] == "granted"
     assert merged.properties["_merged_from"][0]["email"] == "b@m.io"
+
+
+def test_lead_set_owner_changes_once_and_runs_hooks(monkeypatch):
+    from martech import hooks
+    from martech.services.leads import lead_set_owner
+    from tests.factories import LeadFactory, UserFactory
+
+    seen = []
+    monkeypatch.setattr(hooks, "_lead_hooks", [lambda **kw: seen.append((kw["ids"], kw["fields"]))])
+    lead, rep = LeadFactory(), UserFactory(username="rep")
+    assert lead_set_owner(lead=lead, owner=rep, reason="routed", source="routing") is True
+    assert lead_set_owner(lead=lead, owner=rep.pk, reason="routed", source="routing") is False
+    lead.refresh_from_db()
+    assert lead.owner == rep and seen == [([lead.pk], frozenset({"owner"}))]
