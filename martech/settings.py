@@ -284,6 +284,17 @@ MARTECH = {
 if MARTECH["UNKNOWN_EVENT_POLICY"] not in {"reject", "quarantine"}:
     raise ImproperlyConfigured("MARTECH_UNKNOWN_EVENT_POLICY must be 'reject' or 'quarantine'")
 
+# Lead routing (routing/): triggers, first touch, escalation notifications.
+MARTECH_ROUTING = {
+    "ROUTE_NEW_LEADS": env.bool("ROUTING_ROUTE_NEW_LEADS", default=True),
+    "ROUTE_ON_STAGES": env.list("ROUTING_ROUTE_ON_STAGES", default=["mql", "sql"]),
+    "FIRST_TOUCH_STAGES": env.list("ROUTING_FIRST_TOUCH_STAGES", default=["sql", "opportunity", "customer", "other"]),
+    "FIRST_TOUCH_EVENT_TYPES": env.list("ROUTING_FIRST_TOUCH_EVENT_TYPES", default=["sales_email_sent", "call_logged", "meeting_booked"]),
+    "SLACK_WEBHOOK_URL": env.str("ROUTING_SLACK_WEBHOOK_URL", default=""),
+    "WEBHOOK_TIMEOUT": env.float("ROUTING_WEBHOOK_TIMEOUT", default=5.0),
+    "SWEEP_HOURS": env.int("ROUTING_SWEEP_HOURS", default=24),
+}
+
 PHONENUMBER_DEFAULT_REGION = env.str("PHONENUMBER_DEFAULT_REGION", default="US")
 PHONENUMBER_DB_FORMAT = "E164"
 

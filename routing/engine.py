@@ -1,0 +1,160 @@
+"""Pure routing logic: availability, business hours, choosing a rep.
+
+No queries here: ``routing.services`` loads reps, absences and counts and
+passes them in, so the same code serves a real route, a preview and a
+simulation, and is cheap to test edge cases with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from routing.models import WEEKDAYS, Rep, Team, parse_hhmm
+
+# Why a rep was skipped (stored in the explanation).
+INACTIVE = "inactive"
+OUT_OF_OFFICE = "out_of_office"
+HOLIDAY = "holiday"
+OUTSIDE_HOURS = "outside_hours"
+AT_CAPACITY = "at_capacity"
+DAILY_LIMIT = "daily_limit"
+
+
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name or "UTC")
+
+
+def _intervals(rep: Rep, day: date) -> list[tuple[datetime, datetime]]:
+    """The rep's working intervals that start on local ``day``, as aware
+    datetimes in the rep's zone; an end before the start is the next day."""
+    tz = _zone(rep.time_zone)
+    out = []
+    for start_s, end_s in (rep.working_hours or {}).get(WEEKDAYS[day.weekday()], []):
+        start = datetime.combine(day, parse_hhmm(start_s), tzinfo=tz)
+        end = datetime.combine(day, parse_hhmm(end_s), tzinfo=tz)
+        if end <= start:
+            end += timedelta(days=1)
+        out.append((start, end))
+    return out
+
+
+def _is_holiday(rep: Rep, day: date) -> bool:
+    return day.isoformat() in (rep.holidays or [])
+
+
+def in_working_hours(rep: Rep, now: datetime) -> bool:
+    if not rep.working_hours:
+        return True  # no hours set: always on
+    local = now.astimezone(_zone(rep.time_zone))
+    # A night shift that began yesterday may still be running.
+    for day in (local.date() - timedelta(days=1), local.date()):
+        if _is_holiday(rep, day):
+            continue
+        for start, end in _intervals(rep, day):
+            if start <= local < end:
+                return True
+    return False
+
+
+def unavailable_reason(rep: Rep, now: datetime, absences: list[tuple[datetime, datetime]]) -> str | None:
+    """Why ``rep`` cannot take a lead at ``now`` (None when they can).
+    ``absences`` are the rep's out-of-office periods; a partial day counts."""
+    if not rep.is_active:
+        return INACTIVE
+    for starts_at, ends_at in absences:
+        if starts_at <= now < ends_at:
+            return OUT_OF_OFFICE
+    local_day = now.astimezone(_zone(rep.time_zone)).date()
+    if _is_holiday(rep, local_day):
+        return HOLIDAY
+    if not in_working_hours(rep, now):
+        return OUTSIDE_HOURS
+    return None
+
+
+def local_day_start(rep: Rep, now: datetime) -> datetime:
+    local = now.astimezone(_zone(rep.time_zone))
+    return datetime.combine(local.date(), datetime.min.time(), tzinfo=local.tzinfo)
+
+
+def capacity_reason(rep: Rep, *, open_count: int, today_count: int) -> str | None:
+    if rep.max_open_leads is not None and open_count >= rep.max_open_leads:
+        return AT_CAPACITY
+    if rep.max_per_day is not None and today_count >= rep.max_per_day:
+        return DAILY_LIMIT
+    return None
+
+
+def business_deadline(rep: Rep, start: datetime, hours: Decimal | float) -> datetime:
+    """``start`` plus ``hours`` of the rep's working time (their zone, hours
+    and holidays). A rep with no hours set works around the clock."""
+    remaining = timedelta(hours=float(hours))
+    if not rep.working_hours:
+        return start + remaining
+    local = start.astimezone(_zone(rep.time_zone))
+    day = local.date() - timedelta(days=1)
+    for _ in range(400):  # a year of days at most; hours are validated non-empty per set day
+        if not _is_holiday(rep, day):
+            for s, e in sorted(_intervals(rep, day)):
+                s = max(s, local)
+                if e <= s:
+                    continue
+                if e - s >= remaining:
+                    return s + remaining
+                remaining -= e - s
+        day += timedelta(days=1)
+    return start + timedelta(hours=float(hours))  # no working time in a year: count plain hours
+
+
+@dataclass
+class Candidate:
+    rep: Rep
+    skipped: str | None = None
+    open_count: int = 0
+    today_count: int = 0
+
+    def as_json(self) -> dict:
+        row = {"rep_id": self.rep.pk, "rep": self.rep.name, "skipped": self.skipped}
+        if self.rep.max_open_leads is not None or self.rep.max_per_day is not None:
+            row.update(open=self.open_count, today=self.today_count)
+        return row
+
+
+@dataclass
+class Pick:
+    rep: Rep | None
+    candidates: list[Candidate] = field(default_factory=list)
+    # New fair-queue positions to store when the pick is committed.
+    rep_pass: float | None = None
+    team_clock: float | None = None
+
+
+def checks_capacity(method: str) -> bool:
+    return method in (Team.Method.CAPACITY, Team.Method.LEAST_LOADED)
+
+
+def choose(team: Team, candidates: list[Candidate]) -> Pick:
+    """Pick among ``candidates`` whose ``skipped`` is None, by the team's
+    method. Round robin and weighted round robin are one fair queue (stride
+    scheduling): each rep holds a pass, the pick is the lowest pass (a rep
+    returning from absence starts at the team's clock, so they get no burst),
+    and the pass advances by 1/weight (1 for plain round robin). Capacity
+    uses the same queue after skipping reps at capacity; least loaded picks
+    the fewest open leads and breaks ties with the queue."""
+    eligible = [c for c in candidates if c.skipped is None]
+    if not eligible:
+        return Pick(rep=None, candidates=candidates)
+    clock = team.rr_clock
+
+    def position(c: Candidate) -> float:
+        return max(c.rep.rr_pass, clock)
+
+    if team.method == Team.Method.LEAST_LOADED:
+        best = min(eligible, key=lambda c: (c.open_count, position(c), c.rep.pk))
+    else:
+        best = min(eligible, key=lambda c: (position(c), c.rep.pk))
+    weight = best.rep.weight if team.method == Team.Method.WEIGHTED else 1
+    start = position(best)
+    return Pick(rep=best.rep, candidates=candidates, rep_pass=start + 1.0 / max(weight, 1), team_clock=start)

@@ -1,0 +1,62 @@
+"""Triggers: martech's after-commit signals route leads and stop SLA clocks.
+
+A receiver that fails logs and returns: the lead was already saved, and the
+scheduled sweep (``unrouted_sweep``) routes any recent lead left without an
+assignment, so a failure delays routing, never loses it.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+
+from martech import signals
+from martech.models import Event
+from routing import services
+
+log = logging.getLogger(__name__)
+
+
+def _config():
+    return settings.MARTECH_ROUTING
+
+
+def on_lead_created(sender, lead, source="", **kwargs):
+    if not _config()["ROUTE_NEW_LEADS"]:
+        return
+    try:
+        services.lead_route(lead_id=lead.pk, trigger=services.Trigger.NEW_LEAD, reason=f"new lead ({source})")
+    except Exception:  # noqa: BLE001 - see the module docstring: the sweep retries
+        log.exception("routing: new lead %s not routed; the sweep will retry", lead.pk)
+
+
+def on_stage_changed(sender, lead, transition, **kwargs):
+    key = transition.to_stage.key
+    try:
+        if key in _config()["FIRST_TOUCH_STAGES"]:
+            services.first_touch_record(lead_id=lead.pk, source=f"stage:{key}", at=transition.changed_at)
+        if key in _config()["ROUTE_ON_STAGES"]:
+            services.lead_route(lead_id=lead.pk, trigger=services.Trigger.STAGE, reason=f"stage changed to {key}")
+    except Exception:  # noqa: BLE001
+        log.exception("routing: stage change of lead %s not handled", lead.pk)
+
+
+def on_events_ingested(sender, event_ids, **kwargs):
+    types = _config()["FIRST_TOUCH_EVENT_TYPES"]
+    if not types:
+        return
+    rows = Event.objects.filter(pk__in=event_ids, event_type__name__in=types, lead__isnull=False).values_list(
+        "lead_id", "occurred_at", "event_type__name")
+    for lead_id, at, name in rows:
+        services.first_touch_record(lead_id=lead_id, source=f"event:{name}", at=at)
+
+
+def on_task_completed(sender, task, source="", **kwargs):
+    services.first_touch_record(lead_id=task.lead_id, source=f"task:{source or 'done'}", at=task.completed_at)
+
+
+def connect() -> None:
+    signals.lead_created.connect(on_lead_created, dispatch_uid="routing_new_lead")
+    signals.lead_stage_changed.connect(on_stage_changed, dispatch_uid="routing_stage")
+    signals.events_ingested.connect(on_events_ingested, dispatch_uid="routing_events")
+    signals.task_completed.connect(on_task_completed, dispatch_uid="routing_task_done")

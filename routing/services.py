@@ -1,0 +1,610 @@
+"""Routing writes: route a lead, the waiting queue, reroutes, first touch,
+SLA escalation, rule-set versions. Every function is keyword-only; admin,
+API, signal receivers, tasks and tests call these.
+
+Locking order (always the same, so two workers never deadlock): the lead
+row, then its current assignment, then the team row (the round-robin
+pointer), then rep rows.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+
+from martech.models import Account, Lead
+from martech.services.leads import lead_set_owner
+from martech.services.normalize import free_mail_domains, normalize_domain
+from routing import engine
+from routing.conditions import condition_matches, condition_q, condition_validate
+from routing.models import Assignment, OutOfOffice, Rep, Rule, RuleSet, Team
+
+log = logging.getLogger(__name__)
+Status = Assignment.Status
+Trigger = Assignment.Trigger
+
+# --- Rule sets: the live one and its rules (cached: published sets are immutable)
+
+_rules_cache: dict[int, list[Rule]] = {}
+
+
+def live_rule_set() -> RuleSet | None:
+    return RuleSet.objects.filter(status=RuleSet.Status.PUBLISHED).select_related("fallback_team").order_by("-version").first()
+
+
+def rules_of(rule_set: RuleSet) -> list[Rule]:
+    """Active rules in order, with their territory, team and rep. Cached per
+    published set (it never changes); a draft is always read fresh."""
+    if not rule_set.is_draft and rule_set.pk in _rules_cache:
+        return _rules_cache[rule_set.pk]
+    rules = list(
+        rule_set.rules.filter(is_active=True).select_related("territory", "team", "rep", "rep__team").order_by("order", "id")
+    )
+    if not rule_set.is_draft:
+        _rules_cache[rule_set.pk] = rules
+    return rules
+
+
+def rule_match(rules: list[Rule], lead: Lead, *, now: datetime | None = None) -> Rule | None:
+    """First match wins."""
+    for rule in rules:
+        if rule.territory_id and not rule.territory.matches(lead):
+            continue
+        if condition_matches(rule.condition, lead, now=now):
+            return rule
+    return None
+
+
+def rule_lead_q(rule: Rule) -> Q:
+    q = condition_q(rule.condition)
+    if rule.territory_id:
+        q &= rule.territory.to_q()
+    return q
+
+
+# --- Account matching ----------------------------------------------------------
+
+
+def _company_key(name: str) -> str:
+    import re
+
+    words = re.sub(r"[^a-z0-9 ]+", " ", (name or "").lower()).split()
+    suffixes = {"inc", "llc", "ltd", "gmbh", "corp", "corporation", "co", "sa", "ag", "plc", "bv", "limited", "the"}
+    return " ".join(w for w in words if w not in suffixes)
+
+
+def account_match(lead: Lead) -> tuple[Account | None, str]:
+    """The lead's account, else an exact email-domain match, else a
+    normalized company-name match. Returns (account, how)."""
+    if lead.account_id:
+        return lead.account, "linked"
+    domain = normalize_domain(lead.email.rpartition("@")[2]) if lead.email else None
+    if domain and domain not in free_mail_domains():
+        account = Account.objects.filter(domain=domain).select_related("owner").first()
+        if account:
+            return account, "domain"
+    key = _company_key(lead.company_name)
+    if key:
+        first_word = key.split()[0]
+        for account in Account.objects.filter(name__icontains=first_word).select_related("owner")[:50]:
+            if _company_key(account.name) == key:
+                return account, "company_name"
+    return None, ""
+
+
+# --- Choosing a rep ---------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    status: str
+    rep: Rep | None = None
+    team: Team | None = None
+    rule: Rule | None = None
+    rule_set: RuleSet | None = None
+    method: str = ""
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    # fair-queue updates to write when committing: (team, clock), (rep, pass)
+    updates: list[tuple[Team, float, Rep, float]] = field(default_factory=list)
+
+    def explanation(self) -> dict[str, Any]:
+        return {
+            "rule_set_version": self.rule_set.version if self.rule_set else None,
+            "rule_set_id": self.rule_set.pk if self.rule_set else None,
+            "rule": self.rule.name if self.rule else None,
+            "rule_id": self.rule.pk if self.rule else None,
+            "method": self.method,
+            "steps": self.steps,
+            "result": {
+                "status": self.status,
+                "rep_id": self.rep.pk if self.rep else None,
+                "rep": self.rep.name if self.rep else None,
+                "team_id": self.team.pk if self.team else None,
+                "team": self.team.name if self.team else None,
+            },
+        }
+
+
+def _absences(rep_ids: list[int], now: datetime) -> dict[int, list[tuple[datetime, datetime]]]:
+    out: dict[int, list] = {}
+    for rep_id, s, e in OutOfOffice.objects.filter(rep_id__in=rep_ids, starts_at__lte=now, ends_at__gt=now).values_list(
+        "rep_id", "starts_at", "ends_at"
+    ):
+        out.setdefault(rep_id, []).append((s, e))
+    return out
+
+
+def _loads(reps: list[Rep], now: datetime) -> tuple[Counter, Counter]:
+    """Open leads per rep, and leads assigned since the start of each rep's local day."""
+    ids = [r.pk for r in reps]
+    open_counts = Counter(dict(
+        Assignment.objects.filter(rep_id__in=ids, is_current=True, status=Status.ASSIGNED)
+        .values_list("rep_id").annotate(n=Count("id")).values_list("rep_id", "n")
+    ))
+    today: Counter = Counter()
+    starts = {r.pk: engine.local_day_start(r, now) for r in reps}
+    if starts:
+        rows = Assignment.objects.filter(rep_id__in=ids, assigned_at__gte=min(starts.values())).values_list("rep_id", "assigned_at")
+        for rep_id, at in rows:
+            if at >= starts[rep_id]:
+                today[rep_id] += 1
+    return open_counts, today
+
+
+def _candidates(reps: list[Rep], now: datetime, *, with_capacity: bool) -> list[engine.Candidate]:
+    absences = _absences([r.pk for r in reps], now)
+    open_counts, today = _loads(reps, now) if with_capacity else (Counter(), Counter())
+    out = []
+    for rep in reps:
+        c = engine.Candidate(rep=rep, open_count=open_counts[rep.pk], today_count=today[rep.pk])
+        c.skipped = engine.unavailable_reason(rep, now, absences.get(rep.pk, []))
+        if c.skipped is None and with_capacity:
+            c.skipped = engine.capacity_reason(rep, open_count=c.open_count, today_count=c.today_count)
+        out.append(c)
+    return out
+
+
+def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why: str, exclude: set[int]) -> bool:
+    if lock:
+        team = Team.objects.select_for_update().get(pk=team.pk)
+    if not team.is_active:
+        decision.steps.append({"step": why, "team": team.name, "outcome": "team inactive"})
+        return False
+    reps = [r for r in Rep.objects.filter(team=team).order_by("id") if r.pk not in exclude]
+    candidates = _candidates(reps, now, with_capacity=engine.checks_capacity(team.method))
+    pick = engine.choose(team, candidates)
+    decision.steps.append({
+        "step": why, "team": team.name, "team_id": team.pk, "method": team.method,
+        "candidates": [c.as_json() for c in candidates],
+        "outcome": f"chose {pick.rep.name}" if pick.rep else "nobody eligible",
+    })
+    decision.method = decision.method or team.method
+    if pick.rep is None:
+        return False
+    decision.status, decision.rep, decision.team, decision.method = Status.ASSIGNED, pick.rep, team, team.method
+    decision.updates.append((team, pick.team_clock, pick.rep, pick.rep_pass))
+    return True
+
+
+def _try_rep(decision: Decision, rep: Rep, now: datetime, *, why: str, exclude: set[int]) -> bool:
+    if rep.pk in exclude:
+        decision.steps.append({"step": why, "rep": rep.name, "outcome": "excluded"})
+        return False
+    [candidate] = _candidates([rep], now, with_capacity=True)
+    decision.steps.append({"step": why, "candidates": [candidate.as_json()],
+                           "outcome": f"chose {rep.name}" if candidate.skipped is None else "unavailable"})
+    if candidate.skipped is None:
+        decision.status, decision.rep, decision.team = Status.ASSIGNED, rep, rep.team
+        decision.method = decision.method or "direct"
+        return True
+    return False
+
+
+def decide(
+    *, lead: Lead, rule_set: RuleSet | None, now: datetime, lock: bool, exclude: set[int] | None = None,
+    rules: list[Rule] | None = None,
+) -> Decision:
+    """Which rep (or queue) ``lead`` goes to, and why. ``lock`` takes the
+    team row locks a committing route needs; a preview passes False and
+    writes nothing. ``exclude`` keeps reps out (a reassignment)."""
+    exclude = exclude or set()
+    decision = Decision(status=Status.WAITING, rule_set=rule_set)
+    if rule_set is None:
+        raise ValidationError({"rule_set": ["No routing rule set is published yet."]})
+    rule = rule_match(rules if rules is not None else rules_of(rule_set), lead, now=now)
+    decision.rule = rule
+    fallback = rule_set.fallback_team
+    decision.steps.append({"step": "rule", "matched": rule.name if rule else None,
+                           "action": rule.action if rule else "fallback"})
+    waiting_team = fallback
+    if rule is not None and rule.action == Rule.Action.NURTURE:
+        decision.status, decision.method = Status.NURTURE, "nurture"
+        return decision
+    if rule is not None and rule.action == Rule.Action.REP:
+        if _try_rep(decision, rule.rep, now, why="rule rep", exclude=exclude):
+            return decision
+        if rule.rep.backup_id and _try_rep(decision, rule.rep.backup, now, why="backup rep", exclude=exclude):
+            return decision
+        waiting_team = rule.team or rule.rep.team or fallback
+    elif rule is not None and rule.action == Rule.Action.ACCOUNT_OWNER:
+        account, how = account_match(lead)
+        owner_rep = Rep.objects.filter(user_id=account.owner_id).select_related("team", "backup").first() \
+            if account and account.owner_id else None
+        decision.steps.append({"step": "account", "account": account.name if account else None, "matched_by": how,
+                               "owner_rep": owner_rep.name if owner_rep else None})
+        if owner_rep:
+            if _try_rep(decision, owner_rep, now, why="account owner", exclude=exclude):
+                return decision
+            if owner_rep.backup_id and _try_rep(decision, owner_rep.backup, now, why="backup rep", exclude=exclude):
+                return decision
+        waiting_team = rule.team or (owner_rep.team if owner_rep else None) or fallback
+    elif rule is not None:
+        waiting_team = rule.team
+    # A team (the rule's, the rep's) then the fallback queue.
+    tried = set()
+    for team, why in ((waiting_team, "team"), (fallback, "fallback queue")):
+        if team is None or team.pk in tried:
+            continue
+        tried.add(team.pk)
+        if _try_team(decision, team, now, lock=lock, why=why, exclude=exclude):
+            return decision
+    decision.status, decision.rep, decision.team = Status.WAITING, None, waiting_team or fallback
+    decision.steps.append({"step": "waiting", "team": decision.team.name if decision.team else None,
+                           "outcome": "waiting until someone is eligible"})
+    return decision
+
+
+# --- Writing an assignment ------------------------------------------------------
+
+
+def _commit_queue_updates(decision: Decision) -> None:
+    for team, clock, rep, rep_pass in decision.updates:
+        Team.objects.filter(pk=team.pk).update(rr_clock=clock)
+        Rep.objects.filter(pk=rep.pk).update(rr_pass=rep_pass)
+        team.rr_clock, rep.rr_pass = clock, rep_pass
+
+
+def _sla_for(decision: Decision, now: datetime):
+    team = decision.team or (decision.rep.team if decision.rep else None)
+    policy = team.sla_policy if team and team.sla_policy_id else None
+    if policy is None or decision.rep is None:
+        return None, None
+    return policy, engine.business_deadline(decision.rep, now, policy.first_touch_hours)
+
+
+def _write(*, lead: Lead, decision: Decision, trigger: str, reason: str, actor, now: datetime,
+           previous: Assignment | None) -> Assignment:
+    _commit_queue_updates(decision)
+    if previous is not None:
+        Assignment.objects.filter(pk=previous.pk).update(is_current=False, ended_at=now, end_reason=trigger[:100])
+    policy, due = _sla_for(decision, now) if decision.status == Status.ASSIGNED else (None, None)
+    assignment = Assignment.objects.create(
+        lead=lead, status=decision.status, rep=decision.rep, team=decision.team,
+        rule_set=decision.rule_set, rule_set_version=decision.rule_set.version if decision.rule_set else None,
+        rule=decision.rule, rule_name=decision.rule.name if decision.rule else "", method=decision.method,
+        trigger=trigger, reason=reason[:255], explanation=decision.explanation(),
+        actor=actor if getattr(actor, "is_authenticated", False) else None,
+        created_at=now, assigned_at=now if decision.status == Status.ASSIGNED else None,
+        sla_policy=policy, sla_due_at=due,
+    )
+    if decision.rep is not None and decision.rep.user_id:
+        # The one owner-change path: runs the lead hooks, so the CRM outbox
+        # pushes the owner. A rep without a user leaves Lead.owner alone.
+        lead_set_owner(lead=lead, owner=decision.rep.user_id, reason=f"routing: {reason}"[:255],
+                       source="routing", actor=actor)
+    return assignment
+
+
+@transaction.atomic
+def lead_route(
+    *, lead_id: int, trigger: str, reason: str = "", actor=None, reroute: bool = False,
+    now: datetime | None = None, exclude: set[int] | None = None,
+) -> tuple[Assignment, bool]:
+    """Route one lead by the live rule set and store the decision with its
+    explanation. A lead that already has a current assignment keeps it
+    (returns it with False) unless ``reroute``, so the new-lead trigger,
+    the stage trigger and the SQL handoff may all fire safely."""
+    now = now or timezone.now()
+    try:
+        lead = Lead.objects.select_for_update(of=("self",)).select_related("account").get(pk=lead_id)
+    except Lead.DoesNotExist:
+        raise ValidationError({"lead_id": [f"No lead with id {lead_id}."]}) from None
+    current = Assignment.objects.select_for_update().filter(lead_id=lead_id, is_current=True).first()
+    if current is not None and not reroute:
+        return current, False
+    decision = decide(lead=lead, rule_set=live_rule_set(), now=now, lock=True, exclude=exclude)
+    try:
+        with transaction.atomic():
+            assignment = _write(lead=lead, decision=decision, trigger=trigger, reason=reason or trigger,
+                                actor=actor, now=now, previous=current)
+    except IntegrityError:
+        # Only reachable without the lead lock (it serializes routes of one
+        # lead); kept as the last guard of "never assigned twice".
+        return Assignment.objects.get(lead_id=lead_id, is_current=True), False
+    return assignment, True
+
+
+def lead_preview(*, lead_id: int, now: datetime | None = None, rule_set: RuleSet | None = None) -> dict[str, Any]:
+    """The decision ``lead_route`` would make now, with its explanation.
+    Takes no locks and writes nothing."""
+    now = now or timezone.now()
+    lead = Lead.objects.select_related("account").filter(pk=lead_id).first()
+    if lead is None:
+        raise ValidationError({"lead_id": [f"No lead with id {lead_id}."]})
+    decision = decide(lead=lead, rule_set=rule_set or live_rule_set(), now=now, lock=False)
+    return decision.explanation()
+
+
+def assign_owner_provider(*, lead_id: int, reason: str, actor=None) -> bool:
+    """``martech.hooks.call("assign_owner", ...)``: route the lead unless it
+    already has a current assignment. True when it is assigned or queued."""
+    try:
+        assignment, _ = lead_route(lead_id=lead_id, trigger=Trigger.HANDOFF, reason=reason, actor=actor)
+    except ValidationError:
+        log.warning("assign_owner: lead %s not routed (no published rule set?)", lead_id, exc_info=True)
+        return False
+    return assignment.status in (Status.ASSIGNED, Status.WAITING)
+
+
+def crm_owner_id_provider(*, lead_id: int, provider: str) -> str | None:
+    """``martech.hooks.call("crm_owner_id", ...)``: the CRM owner id of the
+    lead's current rep, for the connector's owner push."""
+    rep = Rep.objects.filter(assignments__lead_id=lead_id, assignments__is_current=True).first()
+    if rep is None:
+        return None
+    value = {"hubspot": rep.hubspot_owner_id, "salesforce": rep.salesforce_user_id}.get(provider)
+    return value or None
+
+
+# --- Waiting queue, deactivation, unrouted sweep -------------------------------
+
+
+def waiting_assign(*, limit: int = 500, now: datetime | None = None) -> int:
+    """Try every waiting assignment again (oldest first); returns how many
+    got a rep. Each lead is its own transaction; rows another worker is on
+    are skipped, and a repeated run finds nothing left to do."""
+    now = now or timezone.now()
+    done = 0
+    ids = list(Assignment.objects.filter(status=Status.WAITING, is_current=True).order_by("created_at", "id")
+               .values_list("id", flat=True)[:limit])
+    for assignment_id in ids:
+        with transaction.atomic():
+            current = (Assignment.objects.select_for_update(skip_locked=True)
+                       .filter(pk=assignment_id, is_current=True, status=Status.WAITING).first())
+            if current is None:
+                continue
+            lead = Lead.objects.select_related("account").get(pk=current.lead_id)
+            decision = Decision(status=Status.WAITING, rule_set=current.rule_set, rule=current.rule,
+                                steps=[{"step": "waiting queue", "since": current.created_at.isoformat()}])
+            if current.team_id and _try_team(decision, current.team, now, lock=True, why="team", exclude=set()):
+                _write(lead=lead, decision=decision, trigger=Trigger.WAITING, reason="became eligible",
+                       actor=None, now=now, previous=current)
+                done += 1
+    return done
+
+
+def rep_deactivate(*, rep: Rep, actor=None, reason: str = "rep deactivated", now: datetime | None = None) -> int:
+    """Mark the rep inactive and reroute their open leads (each one through
+    ``lead_route`` with the rep excluded). Returns the number rerouted."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        Rep.objects.filter(pk=rep.pk).update(is_active=False)
+        rep.is_active = False
+    lead_ids = list(Assignment.objects.filter(rep=rep, is_current=True, status=Status.ASSIGNED).values_list("lead_id", flat=True))
+    for lead_id in lead_ids:
+        lead_route(lead_id=lead_id, trigger=Trigger.DEACTIVATION, reason=reason, actor=actor, reroute=True,
+                   now=now, exclude={rep.pk})
+    return len(lead_ids)
+
+
+def unrouted_sweep(*, hours: int = 24, limit: int = 1000) -> int:
+    """Route recent leads that have no assignment at all: a new-lead trigger
+    lost to a crash is only delayed (DESIGN.md: the database is the record)."""
+    if live_rule_set() is None:
+        return 0
+    since = timezone.now() - timedelta(hours=hours)
+    ids = list(Lead.objects.filter(created_at__gte=since, routing_assignments__isnull=True)
+               .values_list("id", flat=True)[:limit])
+    for lead_id in ids:
+        lead_route(lead_id=lead_id, trigger=Trigger.NEW_LEAD, reason="sweep of unrouted leads")
+    return len(ids)
+
+
+# --- First touch ---------------------------------------------------------------
+
+
+@transaction.atomic
+def first_touch_record(*, lead_id: int, source: str, at: datetime | None = None) -> bool:
+    """Stop the SLA clock of the lead's current assignment (once)."""
+    at = at or timezone.now()
+    updated = Assignment.objects.filter(
+        lead_id=lead_id, is_current=True, status=Status.ASSIGNED, first_touch_at__isnull=True, assigned_at__lte=at,
+    ).update(first_touch_at=at, first_touch_source=source[:100])
+    return bool(updated)
+
+
+# --- Rule-set versions --------------------------------------------------------------
+
+
+def _clear_cache() -> None:
+    _rules_cache.clear()
+
+
+@transaction.atomic
+def rule_set_copy(*, source: RuleSet | None, actor=None, note: str = "") -> RuleSet:
+    """A new draft holding a copy of ``source``'s rules (None: empty)."""
+    draft = RuleSet.objects.create(
+        name=source.name if source else "Routing rules", fallback_team=source.fallback_team if source else None,
+        copied_from=source, note=note or (f"copy of {source}" if source else ""),
+    )
+    if source is not None:
+        Rule.objects.bulk_create([
+            Rule(rule_set=draft, order=r.order, name=r.name, condition=r.condition, territory_id=r.territory_id,
+                 action=r.action, team_id=r.team_id, rep_id=r.rep_id, is_active=r.is_active)
+            for r in source.rules.order_by("order", "id")
+        ])
+    return draft
+
+
+def _validate_for_publish(rule_set: RuleSet) -> None:
+    errors: dict[str, list[str]] = {}
+    if rule_set.fallback_team_id is None:
+        errors["fallback_team"] = ["A fallback team is required, so no lead is left unassigned."]
+    for rule in rule_set.rules.all():
+        try:
+            rule.full_clean(exclude=["rule_set"])
+        except ValidationError as exc:
+            for f, msgs in exc.message_dict.items():
+                errors.setdefault(f"rules.{rule.name}.{f}", []).extend(msgs)
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def rule_set_publish(*, rule_set: RuleSet, actor=None) -> RuleSet:
+    """Publish a draft as the next version (immutable from then on); it is
+    live at once. Versions are numbered under a lock on the live set's rows."""
+    rule_set = RuleSet.objects.select_for_update().get(pk=rule_set.pk)
+    if not rule_set.is_draft:
+        raise ValidationError({"rule_set": [f"{rule_set} is already published; copy it to a new draft to change it."]})
+    _validate_for_publish(rule_set)
+    list(RuleSet.objects.select_for_update().filter(status=RuleSet.Status.PUBLISHED).values_list("id", flat=True))
+    top = RuleSet.objects.filter(status=RuleSet.Status.PUBLISHED).aggregate(m=Max("version"))["m"] or 0
+    rule_set.status, rule_set.version = RuleSet.Status.PUBLISHED, top + 1
+    rule_set.published_at = timezone.now()
+    rule_set.published_by = actor if getattr(actor, "is_authenticated", False) else None
+    rule_set.save(update_fields=["status", "version", "published_at", "published_by"])
+    transaction.on_commit(_clear_cache)
+    log.info("routing rule set %s published by %s", rule_set, actor)
+    return rule_set
+
+
+@transaction.atomic
+def rule_set_rollback(*, to: RuleSet, actor=None) -> RuleSet:
+    """Make an earlier version live again: its rules are published as a new
+    version (the history only grows, every assignment keeps its version)."""
+    if to.is_draft:
+        raise ValidationError({"rule_set": ["Only a published version can be rolled back to."]})
+    copy = rule_set_copy(source=to, actor=actor, note=f"rollback to v{to.version}")
+    return rule_set_publish(rule_set=copy, actor=actor)
+
+
+def rule_edit_check(rule_set: RuleSet) -> None:
+    """Published versions are immutable; every editor (admin, API) asks."""
+    if not rule_set.is_draft:
+        raise ValidationError({"rule_set": [f"{rule_set} is published and cannot be changed; copy it to a new draft."]})
+
+
+def condition_check(text: str) -> None:
+    try:
+        condition_validate(text)
+    except ValidationError as exc:
+        raise ValidationError({"condition": exc.messages}) from None
+
+
+# --- SLA escalation ---------------------------------------------------------------
+
+
+def _notify(*, escalation_id: int, subject: str, body: str, to: list[str]) -> None:
+    """Email and the Slack-compatible webhook, after commit. The Escalation
+    row (unique per assignment and level) is the idempotency key: a second
+    run of the task never gets here for the same step."""
+    import json
+    import urllib.request
+
+    from django.conf import settings
+    from django.core.mail import send_mail
+
+    from routing.models import Escalation
+
+    outcome: dict[str, str] = {}
+    if to:
+        try:
+            send_mail(subject, body, None, to)
+            outcome["email"] = "sent"
+        except Exception as exc:  # noqa: BLE001 - a mail outage must not stop the chain; it is recorded
+            outcome["email"] = f"failed: {exc}"[:200]
+    url = settings.MARTECH_ROUTING["SLACK_WEBHOOK_URL"]
+    if url:
+        request = urllib.request.Request(url, data=json.dumps({"text": f"{subject}\n{body}"}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=settings.MARTECH_ROUTING["WEBHOOK_TIMEOUT"]) as response:
+                outcome["webhook"] = f"sent ({response.status})"
+        except Exception as exc:  # noqa: BLE001 - recorded on the escalation row, shown in the admin
+            outcome["webhook"] = f"failed: {exc}"[:200]
+    escalation = Escalation.objects.get(pk=escalation_id)
+    Escalation.objects.filter(pk=escalation_id).update(detail={**escalation.detail, **outcome})
+
+
+def _lead_label(lead: Lead) -> str:
+    return f"{lead.email or lead.pk}"
+
+
+def sla_escalate(*, now: datetime | None = None, limit: int = 500) -> dict[str, int]:
+    """Walk overdue assignments (current, assigned, no first touch, past the
+    SLA due time) one step along the chain each time a step is due:
+    1 remind the rep (a sales task and an email), 2 notify the manager
+    (email and webhook), 3 reassign (reroute excluding the rep). Each step
+    is written once (Escalation is unique per level); rows another worker
+    holds are skipped."""
+    from martech.services.tasks import task_create
+    from routing.models import Escalation
+
+    now = now or timezone.now()
+    counts = Counter()
+    ids = list(Assignment.objects.filter(is_current=True, status=Status.ASSIGNED, first_touch_at__isnull=True,
+                                         sla_due_at__lte=now).order_by("sla_due_at").values_list("id", flat=True)[:limit])
+    for assignment_id in ids:
+        with transaction.atomic():
+            a = (Assignment.objects.select_for_update(skip_locked=True, of=("self",))
+                 .select_related("rep", "rep__manager", "sla_policy", "lead")
+                 .filter(pk=assignment_id, is_current=True, first_touch_at__isnull=True).first())
+            if a is None or a.rep is None or a.sla_policy is None:
+                continue
+            policy, rep = a.sla_policy, a.rep
+            due = {
+                Escalation.Level.REMIND_REP: a.sla_due_at,
+                Escalation.Level.NOTIFY_MANAGER: engine.business_deadline(rep, a.sla_due_at, policy.notify_manager_after_hours),
+                Escalation.Level.REASSIGN: engine.business_deadline(rep, a.sla_due_at, policy.reassign_after_hours),
+            }
+            level = a.escalation_level + 1
+            if level > Escalation.Level.REASSIGN or now < due[level]:
+                continue
+            escalation, created = Escalation.objects.get_or_create(assignment=a, level=level, defaults={"created_at": now})
+            if not created:
+                continue
+            Assignment.objects.filter(pk=a.pk).update(escalation_level=level)
+            label = _lead_label(a.lead)
+            if level == Escalation.Level.REMIND_REP:
+                task_create(key=f"routing:sla-remind:{a.pk}", lead=a.lead, owner=rep.user, source="routing",
+                            subject=f"First touch overdue: {label}", due_at=now)
+                body = f"{label} was assigned to you at {a.assigned_at:%Y-%m-%d %H:%M} UTC; first touch was due {a.sla_due_at:%Y-%m-%d %H:%M} UTC."
+                transaction.on_commit(lambda e=escalation.pk, b=body, to=[rep.email]: _notify(
+                    escalation_id=e, subject="Reminder: lead waiting for first touch", body=b, to=to))
+                counts["reminded"] += 1
+            elif level == Escalation.Level.NOTIFY_MANAGER:
+                to = [rep.manager.email] if rep.manager else []
+                body = f"{label} assigned to {rep.name} has had no first touch since {a.assigned_at:%Y-%m-%d %H:%M} UTC (due {a.sla_due_at:%Y-%m-%d %H:%M} UTC)."
+                escalation.detail = {"manager": rep.manager.name if rep.manager else None}
+                escalation.save(update_fields=["detail"])
+                transaction.on_commit(lambda e=escalation.pk, b=body, to=to: _notify(
+                    escalation_id=e, subject=f"SLA breach: {rep.name}", body=b, to=to))
+                counts["manager_notified"] += 1
+            else:
+                # In the same transaction as the escalation row, so a crash
+                # leaves neither (the next run retries the whole step).
+                new, _ = lead_route(lead_id=a.lead_id, trigger=Trigger.ESCALATION, reason="SLA breach: reassigned",
+                                    reroute=True, now=now, exclude={rep.pk})
+                escalation.detail = {"new_assignment": new.pk, "rep": new.rep.name if new.rep else None,
+                                     "status": new.status}
+                escalation.save(update_fields=["detail"])
+                counts["reassigned"] += 1
+    return dict(counts)
