@@ -533,6 +533,8 @@ class ApiClient(TimestampedModel):
         CAMPAIGNS_READ = "campaigns:read", "Read campaigns"
         CAMPAIGNS_WRITE = "campaigns:write", "Write campaigns"
         STAGES_READ = "stages:read", "Read lifecycle stages"
+        ROUTING_READ = "routing:read", "Read routing (reps, teams, territories, rule sets)"
+        ROUTING_WRITE = "routing:write", "Write routing and route leads"
 
     name = models.CharField(max_length=100, unique=True)
     token_prefix = models.CharField(max_length=12, editable=False)

@@ -62,7 +62,7 @@ def validate_holidays(value) -> None:
 
 
 def validate_string_list(value) -> None:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() and "\x00" not in v for v in value):
         raise ValidationError("Give a list of non-empty strings.")
 
 

@@ -608,3 +608,60 @@ def sla_escalate(*, now: datetime | None = None, limit: int = 500) -> dict[str, 
                 escalation.save(update_fields=["detail"])
                 counts["reassigned"] += 1
     return dict(counts)
+
+
+# --- Configuration writes (reps, teams, territories, SLA policies, drafts) ------
+
+
+@transaction.atomic
+def config_save(*, instance, data: dict[str, Any], actor=None):
+    """Create or change a routing configuration row (admin and API). Runs
+    the model's validation; a rep switched to inactive has their open leads
+    rerouted in the same transaction."""
+    was_active = Rep.objects.filter(pk=instance.pk).values_list("is_active", flat=True).first() \
+        if isinstance(instance, Rep) and instance.pk else None
+    for key, value in data.items():
+        setattr(instance, key, value)
+    instance.full_clean()
+    instance.save()
+    if isinstance(instance, Rep) and was_active and not instance.is_active:
+        rep_deactivate(rep=instance, actor=actor)
+    return instance
+
+
+@transaction.atomic
+def rule_set_save_draft(*, rule_set: RuleSet | None, data: dict[str, Any], rules: list[dict[str, Any]] | None,
+                        actor=None) -> RuleSet:
+    """Create a draft or change one; ``rules`` (when given) replaces the
+    draft's rules in the given order. Published versions are refused."""
+    if rule_set is None:
+        rule_set = RuleSet()
+    else:
+        rule_set = RuleSet.objects.select_for_update().get(pk=rule_set.pk)
+        rule_edit_check(rule_set)
+    for key, value in data.items():
+        setattr(rule_set, key, value)
+    rule_set.full_clean()
+    rule_set.save()
+    if rules is not None:
+        rule_set.rules.all().delete()
+        errors: dict[str, list[str]] = {}
+        built = []
+        for i, row in enumerate(rules):
+            rule = Rule(rule_set=rule_set, **{"order": i, **row})
+            try:
+                rule.full_clean(exclude=["rule_set"])
+            except ValidationError as exc:
+                for f, msgs in exc.message_dict.items():
+                    errors.setdefault(f"rules[{i}].{f}", []).extend(msgs)
+            built.append(rule)
+        if errors:
+            raise ValidationError(errors)
+        Rule.objects.bulk_create(built)
+    return rule_set
+
+
+@transaction.atomic
+def rule_set_delete_draft(*, rule_set: RuleSet) -> None:
+    rule_edit_check(rule_set)
+    rule_set.delete()
