@@ -1,0 +1,101 @@
+"""Assignments (read-only, kept without a time limit) and their place on the
+lead page: routing adds an inline and a "Route" action to martech's lead
+admin, so the core never imports routing."""
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.template.loader import render_to_string
+from django.utils.html import format_html
+
+from martech.admin.base import BigTableAdmin, ReadOnlyMixin, validation_messages
+from martech.models import Lead
+from routing import services
+from routing.models import Assignment, Escalation
+
+
+def explanation_html(obj: Assignment) -> str:
+    return render_to_string("admin/routing/explanation.html", {"a": obj, "e": obj.explanation or {}})
+
+
+class EscalationInline(ReadOnlyMixin, admin.TabularInline):
+    model = Escalation
+    extra = 0
+    fields = readonly_fields = ["level", "created_at", "detail"]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(ReadOnlyMixin, BigTableAdmin):
+    list_display = ["lead", "status", "rep", "team", "rule_set_version", "rule_name", "method", "trigger", "created_at",
+                    "sla_due_at", "first_touch_at", "is_current"]
+    list_filter = ["status", "is_current", "trigger", "team"]
+    list_select_related = ["lead", "rep", "team"]
+    search_fields = ["lead__email", "rep__name"]
+    date_hierarchy = None
+    inlines = [EscalationInline]
+    fields = ["lead", "status", "is_current", "rep", "team", "rule_set", "rule_set_version", "rule_name", "method", "trigger",
+              "reason", "actor", "created_at", "assigned_at", "ended_at", "end_reason", "sla_policy", "sla_due_at",
+              "first_touch_at", "first_touch_source", "escalation_level", "why", "raw_explanation"]
+    readonly_fields = fields
+
+    @admin.display(description="Why")
+    def why(self, obj: Assignment) -> str:
+        return explanation_html(obj)
+
+    @admin.display(description="Explanation (JSON)")
+    def raw_explanation(self, obj: Assignment) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.explanation, indent=2))
+
+
+class AssignmentInline(ReadOnlyMixin, admin.StackedInline):
+    """On the lead page: every routing decision, newest first, with why."""
+
+    model = Assignment
+    extra = 0
+    verbose_name_plural = "Routing (assignments, newest first)"
+    fields = readonly_fields = ["summary", "why"]
+    ordering = ["-created_at", "-id"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("rep", "team")
+
+    @admin.display(description="Decision")
+    def summary(self, obj: Assignment) -> str:
+        return format_html("{} · {} · {} · {} (v{}, {}){}", obj.created_at.strftime("%Y-%m-%d %H:%M"), obj.get_status_display(),
+                           obj.rep or obj.team or "—", obj.rule_name or "fallback", obj.rule_set_version, obj.get_trigger_display(),
+                           " · current" if obj.is_current else "")
+
+    @admin.display(description="Why")
+    def why(self, obj: Assignment) -> str:
+        return explanation_html(obj)
+
+
+@admin.action(description="Route (or reroute) with the live rules", permissions=["route"])
+def route_leads(modeladmin, request, queryset):
+    done = 0
+    for lead_id in queryset.values_list("id", flat=True)[:1000]:
+        try:
+            services.lead_route(lead_id=lead_id, trigger=Assignment.Trigger.ADMIN, reason="admin action",
+                                actor=request.user, reroute=True)
+            done += 1
+        except ValidationError as exc:
+            for line in validation_messages(exc):
+                modeladmin.message_user(request, f"Lead {lead_id}: {line}", messages.ERROR)
+    modeladmin.message_user(request, f"{done} lead(s) routed.", messages.SUCCESS)
+
+
+def _attach_to_lead_admin() -> None:
+    lead_admin = admin.site._registry.get(Lead)
+    if lead_admin is None:
+        return
+    if AssignmentInline not in lead_admin.inlines:
+        lead_admin.inlines = [*lead_admin.inlines, AssignmentInline]
+    actions = list(lead_admin.actions or [])
+    if route_leads not in actions:
+        lead_admin.actions = [*actions, route_leads]
+    lead_admin.has_route_permission = lambda request: request.user.has_perm("routing.add_assignment")
+
+
+_attach_to_lead_admin()
