@@ -665,3 +665,115 @@ def rule_set_save_draft(*, rule_set: RuleSet | None, data: dict[str, Any], rules
 def rule_set_delete_draft(*, rule_set: RuleSet) -> None:
     rule_edit_check(rule_set)
     rule_set.delete()
+
+
+# --- Batch routing (bulk jobs, the sweep, the benchmark) -----------------------------
+
+
+@transaction.atomic
+def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", actor=None,
+                      now: datetime | None = None) -> Counter:
+    """Route many leads in one transaction with the same decisions
+    ``lead_route`` makes one by one: leads locked (in id order) and those
+    already assigned left alone; rules matched in memory; each team row is
+    locked once and its fair queue, capacities and daily counts are advanced
+    in memory as leads are handed out; assignments are inserted in bulk.
+    Rules that target a rep or an account owner go through ``decide`` one
+    lead at a time. Returns counts by status."""
+    now = now or timezone.now()
+    rule_set = live_rule_set()
+    if rule_set is None:
+        raise ValidationError({"rule_set": ["No routing rule set is published yet."]})
+    rules = rules_of(rule_set)
+    fallback = rule_set.fallback_team
+    leads = list(Lead.objects.select_for_update(of=("self",)).select_related("account").filter(pk__in=lead_ids).order_by("pk"))
+    taken = set(Assignment.objects.filter(lead_id__in=[l.pk for l in leads], is_current=True).values_list("lead_id", flat=True))
+    counts: Counter = Counter(kept=len(taken))
+    decisions: list[tuple[Lead, Decision]] = []
+    by_team: dict[int, list[tuple[Lead, Decision]]] = {}
+    teams: dict[int, Team] = {}
+    for lead in leads:
+        if lead.pk in taken:
+            continue
+        rule = rule_match(rules, lead, now=now)
+        if rule is not None and rule.action in (Rule.Action.REP, Rule.Action.ACCOUNT_OWNER):
+            decisions.append((lead, decide(lead=lead, rule_set=rule_set, now=now, lock=True, rules=rules)))
+            continue
+        d = Decision(status=Status.WAITING, rule_set=rule_set, rule=rule)
+        d.steps.append({"step": "rule", "matched": rule.name if rule else None, "action": rule.action if rule else "fallback"})
+        if rule is not None and rule.action == Rule.Action.NURTURE:
+            d.status, d.method = Status.NURTURE, "nurture"
+            decisions.append((lead, d))
+            continue
+        team = rule.team if rule is not None else fallback
+        teams[team.pk] = team
+        by_team.setdefault(team.pk, []).append((lead, d))
+        decisions.append((lead, d))
+    overflow: list[tuple[Lead, Decision]] = []
+    rep_updates: dict[int, Rep] = {}
+    order = sorted(t for t in by_team if t != fallback.pk) + ([fallback.pk] if fallback.pk in by_team else [])
+    for team_id in order + [None]:
+        if team_id is None:  # the fallback queue takes what the teams could not
+            if not overflow:
+                break
+            team_id, batch, why = fallback.pk, overflow, "fallback queue"
+        else:
+            batch, why = by_team[team_id], "team"
+        team = Team.objects.select_for_update().get(pk=team_id)
+        reps = list(Rep.objects.filter(team=team).order_by("id")) if team.is_active else []
+        with_capacity = engine.checks_capacity(team.method)
+        candidates = _candidates(reps, now, with_capacity=with_capacity)
+        snapshot_needed = True
+        for lead, d in batch:
+            if snapshot_needed or with_capacity:
+                rows = [c.as_json() for c in candidates]
+            pick = engine.choose(team, candidates)
+            d.steps.append({"step": why, "team": team.name, "team_id": team.pk, "method": team.method, "candidates": rows,
+                            "outcome": f"chose {pick.rep.name}" if pick.rep else "nobody eligible"})
+            d.method = d.method or team.method
+            if pick.rep is None:
+                if why == "team" and team.pk != fallback.pk:
+                    d.team = team
+                    overflow.append((lead, d))
+                else:
+                    d.team = d.team or team
+                    d.steps.append({"step": "waiting", "team": d.team.name, "outcome": "waiting until someone is eligible"})
+                continue
+            team.rr_clock, pick.rep.rr_pass = pick.team_clock, pick.rep_pass
+            rep_updates[pick.rep.pk] = pick.rep
+            d.status, d.rep, d.team, d.method = Status.ASSIGNED, pick.rep, team, team.method
+            if with_capacity:
+                c = next(c for c in candidates if c.rep is pick.rep)
+                c.open_count += 1
+                c.today_count += 1
+                c.skipped = engine.capacity_reason(c.rep, open_count=c.open_count, today_count=c.today_count)
+            snapshot_needed = with_capacity
+        Team.objects.filter(pk=team.pk).update(rr_clock=team.rr_clock)
+        if why == "fallback queue":
+            break
+    if rep_updates:
+        Rep.objects.bulk_update(list(rep_updates.values()), ["rr_pass"], batch_size=500)
+    deadlines: dict[tuple[int, int], Any] = {}
+    rows = []
+    for lead, d in decisions:
+        if d.updates:  # a decide() route: its queue moves are written here
+            _commit_queue_updates(d)
+        policy, due = None, None
+        if d.status == Status.ASSIGNED:
+            key = (d.rep.pk, d.team.pk if d.team else 0)
+            if key not in deadlines:
+                deadlines[key] = _sla_for(d, now)
+            policy, due = deadlines[key]
+        rows.append(Assignment(
+            lead=lead, status=d.status, rep=d.rep, team=d.team, rule_set=rule_set, rule_set_version=rule_set.version,
+            rule=d.rule, rule_name=d.rule.name if d.rule else "", method=d.method, trigger=trigger,
+            reason=(reason or trigger)[:255], explanation=d.explanation(),
+            actor=actor if getattr(actor, "is_authenticated", False) else None, created_at=now,
+            assigned_at=now if d.status == Status.ASSIGNED else None, sla_policy=policy, sla_due_at=due,
+        ))
+        counts[d.status] += 1
+    Assignment.objects.bulk_create(rows, batch_size=1000)
+    for lead, d in decisions:
+        if d.rep is not None and d.rep.user_id:
+            lead_set_owner(lead=lead, owner=d.rep.user_id, reason=f"routing: {reason or trigger}"[:255], source="routing", actor=actor)
+    return counts

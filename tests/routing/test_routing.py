@@ -1,6 +1,7 @@
 """Routing a lead: rules, methods, fallbacks, waiting queue, triggers, audit."""
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -266,3 +267,30 @@ def test_no_published_rule_set_is_a_clear_error():
     with pytest.raises(ValidationError) as exc:
         route(LeadFactory(), now=NOW)
     assert "rule_set" in exc.value.message_dict
+
+
+def test_batch_routing_matches_one_by_one_decisions():
+    heavy_team = TeamFactory(name="W", method=Team.Method.WEIGHTED)
+    RepFactory(team=heavy_team, name="x3", weight=3)
+    RepFactory(team=heavy_team, name="x1", weight=1)
+    cap = TeamFactory(name="Cap", method=Team.Method.CAPACITY)
+    RepFactory(team=cap, name="c1", max_open_leads=2)
+    fallback = TeamFactory(name="Fallback")
+    spare = RepFactory(team=fallback, name="spare")
+    de = TerritoryFactory(countries=["DE"])
+    fr = TerritoryFactory(countries=["FR"])
+    published(fallback=fallback, rules=[
+        dict(name="DE", territory=de, action=Rule.Action.TEAM, team=heavy_team),
+        dict(name="FR", territory=fr, action=Rule.Action.TEAM, team=cap),
+    ])
+    already = LeadFactory(country="DE")
+    route(already, now=NOW)  # x3 has one
+    leads = [LeadFactory(country="DE") for _ in range(7)] + [LeadFactory(country="FR") for _ in range(3)]
+    counts = services.leads_route_batch(lead_ids=[already.pk] + [l.pk for l in leads], trigger="api", now=NOW)
+    assert counts == {"kept": 1, "assigned": 10}
+    names = Counter(Assignment.objects.filter(is_current=True).values_list("rep__name", flat=True))
+    assert names == {"x3": 6, "x1": 2, "c1": 2, "spare": 1}
+    third_fr = Assignment.objects.get(lead=leads[-1])
+    assert [s["step"] for s in third_fr.explanation["steps"]] == ["rule", "team", "fallback queue"]
+    assert third_fr.explanation["steps"][1]["candidates"][0]["skipped"] == "at_capacity"
+    assert Assignment.objects.filter(lead=already).count() == 1
