@@ -1,0 +1,267 @@
+"""Lead routing: decision latency with 200 rules and 500 reps, and bulk
+routing throughput with 4 worker processes.
+
+Runs against the DATABASE_URL database (migrated). Everything it makes is
+named with a unique run prefix and deleted at the end; it publishes its own
+rule set (the live one during the run) and deletes it after.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_routing_bench python bench/routing.py [--quick]
+
+1. Decision: 500 reps in 5 weighted teams (each with working hours, time
+   zones, a current out-of-office for some), 200 territory rules of which
+   the last ones match the test leads (so every rule is checked). One
+   ``lead_route`` call per lead (its own transaction: lead lock, rule match,
+   team lock, availability, insert, commit) and one ``lead_preview``.
+2. Throughput: 100,000 leads (--quick: 10,000) routed by 4 processes that
+   take batches of 500 ids from a shared queue and call
+   ``leads_route_batch``; 10% of the batches are sent twice (a redelivered
+   task). Leads spread over 8 weighted teams (10 reps each, weights 1-5).
+   Checks: no lead has more than one assignment, every lead has one, and
+   each rep's share of their team is within 1% of their weight share.
+
+Prints one JSON line per figure and writes them to bench/results/routing.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "martech.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.db import connection, connections, transaction  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from martech.models import Lead, LifecycleStage  # noqa: E402
+from routing import services  # noqa: E402
+from routing.models import Assignment, OutOfOffice, Rep, Rule, RuleSet, Team, Territory  # noqa: E402
+
+figures: list[dict] = []
+COUNTRIES = ["US", "CA", "GB", "DE", "FR", "ES", "IT", "NL"]
+
+
+def emit(metric: str, value, unit: str) -> None:
+    row = {"metric": metric, "value": value, "unit": unit}
+    figures.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def make_leads(prefix: str, n: int, *, countries: list[str], postal: str = "") -> list[int]:
+    stage = LifecycleStage.objects.get(key="lead")
+    made = []
+    for start in range(0, n, 5000):
+        rows = [Lead(email=f"{prefix}{i}@routing.example", country=countries[i % len(countries)], postal_code=postal,
+                     lifecycle_stage=stage) for i in range(start, min(n, start + 5000))]
+        made.extend(l.pk for l in Lead.objects.bulk_create(rows))
+        if start and start % 20000 == 0:
+            print(f"  {start} leads", file=sys.stderr, flush=True)
+    return made
+
+
+def cleanup(prefix: str) -> None:
+    Assignment.objects.filter(lead__email__startswith=prefix).delete()
+    Lead.objects.filter(email__startswith=prefix).delete()
+    rule_sets = RuleSet.objects.filter(name__startswith=prefix)
+    Assignment.objects.filter(rule_set__in=rule_sets).delete()
+    Rule.objects.filter(rule_set__in=rule_sets).delete()
+    rule_sets.delete()
+    Territory.objects.filter(name__startswith=prefix).delete()
+    Rep.objects.filter(email__startswith=prefix).delete()
+    Team.objects.filter(name__startswith=prefix).delete()
+    services._clear_cache()
+
+
+def setup_decision(prefix: str) -> None:
+    now = timezone.now()
+    zones = ["UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo", "Australia/Sydney"]
+    teams = [Team.objects.create(name=f"{prefix}team{t}", method=Team.Method.WEIGHTED) for t in range(5)]
+    reps = Rep.objects.bulk_create([
+        Rep(name=f"{prefix}rep{i}", email=f"{prefix}rep{i}@sales.example", team=teams[i % 5], weight=1 + i % 5,
+            time_zone=zones[i % 5], working_hours={} if i % 2 else {d: [["00:00", "23:59"]] for d in
+                                                                    ("mon", "tue", "wed", "thu", "fri", "sat", "sun")},
+            max_open_leads=None if i % 3 else 10_000)
+        for i in range(500)
+    ])
+    OutOfOffice.objects.bulk_create([OutOfOffice(rep=r, starts_at=now - timezone.timedelta(hours=1),
+                                                 ends_at=now + timezone.timedelta(hours=8)) for r in reps[::10]])
+    rs = RuleSet.objects.create(name=f"{prefix}decision", fallback_team=teams[0])
+    rules = []
+    for k in range(200):
+        # 199 rules that do not match the test leads (postal prefix "9..."),
+        # then one that does: every lead is checked against all 200.
+        terr = Territory.objects.create(name=f"{prefix}t{k}", countries=[COUNTRIES[k % 8]],
+                                        postal_prefixes=[f"{k:03d}"] if k < 199 else [])
+        rules.append(Rule(rule_set=rs, order=k, name=f"{prefix}r{k}", territory=terr, action=Rule.Action.TEAM,
+                          team=teams[k % 5], condition=""))
+    Rule.objects.bulk_create(rules)
+    services.rule_set_publish(rule_set=rs)
+
+
+def measure_decision(prefix: str, n: int) -> None:
+    country = COUNTRIES[199 % 8]
+    lead_ids = make_leads(f"{prefix}d", n + 20, countries=[country], postal="99999")
+    for lead_id in lead_ids[:20]:  # warm-up: caches, plans
+        services.lead_route(lead_id=lead_id, trigger="api")
+    route_ms, preview_ms, queries = [], [], []
+
+    def count(execute, sql, params, many, context):
+        queries[-1] += 1
+        return execute(sql, params, many, context)
+
+    for lead_id in lead_ids[20:]:
+        t = time.perf_counter()
+        services.lead_preview(lead_id=lead_id)
+        preview_ms.append((time.perf_counter() - t) * 1000)
+        queries.append(0)
+        with connection.execute_wrapper(count):
+            t = time.perf_counter()
+            a, _ = services.lead_route(lead_id=lead_id, trigger="api")
+            route_ms.append((time.perf_counter() - t) * 1000)
+    assert a.rule_name == f"{prefix}r199", a.rule_name
+    emit("decision_rules", 200, "rules")
+    emit("decision_reps", Rep.objects.filter(email__startswith=prefix).count(), "reps")
+    emit("decision_samples", len(route_ms), "leads")
+    emit("route_p50", round(percentile(route_ms, 0.5), 2), "ms")
+    emit("route_p99", round(percentile(route_ms, 0.99), 2), "ms")
+    emit("preview_p50", round(percentile(preview_ms, 0.5), 2), "ms")
+    emit("preview_p99", round(percentile(preview_ms, 0.99), 2), "ms")
+    emit("route_queries", statistics.mean(queries), "queries")
+
+
+def setup_throughput(prefix: str) -> dict[int, dict[int, int]]:
+    teams = [Team.objects.create(name=f"{prefix}bulk{t}", method=Team.Method.WEIGHTED) for t in range(8)]
+    weights: dict[int, dict[int, int]] = {}
+    for t, team in enumerate(teams):
+        reps = Rep.objects.bulk_create([Rep(name=f"{prefix}b{t}-{i}", email=f"{prefix}b{t}-{i}@sales.example", team=team,
+                                            weight=1 + i % 5, working_hours={}) for i in range(10)])
+        weights[team.pk] = {r.pk: r.weight for r in reps}
+    rs = RuleSet.objects.create(name=f"{prefix}bulk", fallback_team=teams[0])
+    for k, country in enumerate(COUNTRIES):
+        terr = Territory.objects.create(name=f"{prefix}bt{k}", countries=[country])
+        Rule.objects.create(rule_set=rs, order=k, name=f"{prefix}b{country}", territory=terr, action=Rule.Action.TEAM,
+                            team=teams[k])
+    services.rule_set_publish(rule_set=rs)
+    return weights
+
+
+def worker(queue, results) -> None:
+    connections.close_all()  # never share the parent's connection
+    routed = Counter()
+    cpu = time.process_time()
+    while True:
+        batch = queue.get()
+        if batch is None:
+            break
+        for attempt in range(5):
+            try:
+                routed.update(services.leads_route_batch(lead_ids=batch, trigger="api", reason="bench"))
+                break
+            except Exception as exc:  # noqa: BLE001 - a deadlock retry is part of the figure
+                if "deadlock" not in str(exc) or attempt == 4:
+                    raise
+    results.put((dict(routed), time.process_time() - cpu))
+    connections.close_all()
+
+
+def measure_throughput(prefix: str, n: int, workers: int, batch_size: int) -> None:
+    weights = setup_throughput(prefix)
+    t = time.perf_counter()
+    lead_ids = make_leads(f"{prefix}t", n, countries=COUNTRIES)
+    emit("throughput_load_s", round(time.perf_counter() - t, 1), "s")
+    batches = [lead_ids[i:i + batch_size] for i in range(0, n, batch_size)]
+    rng = random.Random(5)
+    resent = rng.sample(batches, max(1, len(batches) // 10))
+    jobs = batches + resent
+    rng.shuffle(jobs)
+    connections.close_all()
+    ctx = mp.get_context("fork")
+    queue, results = ctx.Queue(), ctx.Queue()
+    for job in jobs:
+        queue.put(job)
+    for _ in range(workers):
+        queue.put(None)
+    procs = [ctx.Process(target=worker, args=(queue, results)) for _ in range(workers)]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    outcomes = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    elapsed = time.perf_counter() - start
+    if any(p.exitcode for p in procs):
+        raise SystemExit("a worker failed")
+    total = Counter()
+    for counts, _ in outcomes:
+        total.update(counts)
+    emit("throughput_leads", n, "leads")
+    emit("throughput_workers", workers, "processes")
+    emit("throughput_batch_size", batch_size, "leads")
+    emit("throughput_resent_batches", len(resent), "batches")
+    emit("throughput_leads_per_s", round(n / elapsed, 1), "leads/s")
+    emit("throughput_worker_cpu_s", round(sum(c for _, c in outcomes), 1), "s")
+    emit("throughput_kept_on_resend", total["kept"], "leads")
+    rows = Assignment.objects.filter(lead__email__startswith=f"{prefix}t")
+    per_lead = Counter(rows.values_list("lead_id", flat=True))
+    emit("leads_assigned_twice", sum(1 for v in per_lead.values() if v > 1), "leads")
+    emit("leads_without_assignment", n - len(per_lead), "leads")
+    got = Counter(dict(rows.values_list("rep_id").annotate(n=django.db.models.Count("id")).values_list("rep_id", "n")))
+    worst = 0.0
+    for team_id, reps in weights.items():
+        team_total = sum(got[r] for r in reps)
+        weight_total = sum(reps.values())
+        for rep_id, w in reps.items():
+            worst = max(worst, abs(got[rep_id] / team_total - w / weight_total) / (w / weight_total) * 100)
+    emit("weighted_share_max_deviation", round(worst, 3), "% of the rep's weight share")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10,000 leads, 300 decisions")
+    parser.add_argument("--leads", type=int, default=None)
+    parser.add_argument("--decisions", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args()
+    n = args.leads or (10_000 if args.quick else 100_000)
+    decisions = args.decisions or (300 if args.quick else 2000)
+    settings.DEBUG = False
+    prefix = f"rb{uuid.uuid4().hex[:6]}-"
+    try:
+        setup_decision(prefix)
+        measure_decision(prefix, decisions)
+        measure_throughput(prefix, n, args.workers, args.batch_size)
+    finally:
+        connections.close_all()
+        cleanup(prefix)
+    out = ROOT / "bench" / "results" / "routing.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"database": connection.vendor, "leads": n, "decisions": decisions, "workers": args.workers,
+            "quick": args.quick, "loadavg": os.getloadavg(), "cpus": os.cpu_count(), "at": timezone.now().isoformat()}
+    out.write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
