@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
@@ -35,8 +35,19 @@ Trigger = Assignment.Trigger
 _rules_cache: dict[int, list[Rule]] = {}
 
 
+_live_cache: dict[int, RuleSet] = {}
+
+
 def live_rule_set() -> RuleSet | None:
-    return RuleSet.objects.filter(status=RuleSet.Status.PUBLISHED).select_related("fallback_team").order_by("-version").first()
+    """The latest published version. Its id is read every time (an index
+    scan), so a publish in another process is live at once; the row itself
+    is immutable and kept per process."""
+    pk = RuleSet.objects.filter(status=RuleSet.Status.PUBLISHED).order_by("-version").values_list("pk", flat=True).first()
+    if pk is None:
+        return None
+    if pk not in _live_cache:
+        _live_cache[pk] = RuleSet.objects.select_related("fallback_team").get(pk=pk)
+    return _live_cache[pk]
 
 
 def rules_of(rule_set: RuleSet) -> list[Rule]:
@@ -132,9 +143,34 @@ class Decision:
         }
 
 
-def _absences(rep_ids: list[int], now: datetime) -> dict[int, list[tuple[datetime, datetime]]]:
+class RepRow:
+    """What the engine reads of a rep, loaded with ``values_list``: building
+    a full model instance per rep costs more than the whole decision when a
+    team has hundreds of reps. Duck-types ``Rep`` for ``routing.engine``."""
+
+    FIELDS = ("id", "name", "is_active", "time_zone", "working_hours", "holidays", "max_open_leads", "max_per_day",
+              "weight", "rr_pass", "user_id", "team_id", "backup_id")
+    __slots__ = (*FIELDS, "pk")
+
+    def __init__(self, row: tuple):
+        for name, value in zip(self.FIELDS, row):
+            setattr(self, name, value)
+        self.pk = self.id
+
+    def __eq__(self, other) -> bool:
+        return getattr(other, "pk", None) == self.pk and isinstance(other, (RepRow, Rep))
+
+    __hash__ = object.__hash__
+
+
+def team_reps(team_id: int) -> list[RepRow]:
+    return [RepRow(r) for r in Rep.objects.filter(team_id=team_id).order_by("id").values_list(*RepRow.FIELDS)]
+
+
+def _absences(rep_ids: list[int], now: datetime, *, team_id: int | None = None) -> dict[int, list[tuple[datetime, datetime]]]:
     out: dict[int, list] = {}
-    for rep_id, s, e in OutOfOffice.objects.filter(rep_id__in=rep_ids, starts_at__lte=now, ends_at__gt=now).values_list(
+    where = Q(rep__team_id=team_id) if team_id is not None else Q(rep_id__in=rep_ids)
+    for rep_id, s, e in OutOfOffice.objects.filter(where, starts_at__lte=now, ends_at__gt=now).values_list(
         "rep_id", "starts_at", "ends_at"
     ):
         out.setdefault(rep_id, []).append((s, e))
@@ -158,8 +194,8 @@ def _loads(reps: list[Rep], now: datetime) -> tuple[Counter, Counter]:
     return open_counts, today
 
 
-def _candidates(reps: list[Rep], now: datetime, *, with_capacity: bool) -> list[engine.Candidate]:
-    absences = _absences([r.pk for r in reps], now)
+def _candidates(reps: list, now: datetime, *, with_capacity: bool, team_id: int | None = None) -> list[engine.Candidate]:
+    absences = _absences([r.pk for r in reps], now, team_id=team_id)
     open_counts, today = _loads(reps, now) if with_capacity else (Counter(), Counter())
     out = []
     for rep in reps:
@@ -172,13 +208,13 @@ def _candidates(reps: list[Rep], now: datetime, *, with_capacity: bool) -> list[
 
 
 def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why: str, exclude: set[int]) -> bool:
-    if lock:
-        team = Team.objects.select_for_update().get(pk=team.pk)
+    # Re-read (and, committing, lock) the team: its clock is the round-robin pointer.
+    team = (Team.objects.select_for_update(of=("self",)) if lock else Team.objects).select_related("sla_policy").get(pk=team.pk)
     if not team.is_active:
         decision.steps.append({"step": why, "team": team.name, "outcome": "team inactive"})
         return False
-    reps = [r for r in Rep.objects.filter(team=team).order_by("id") if r.pk not in exclude]
-    candidates = _candidates(reps, now, with_capacity=engine.checks_capacity(team.method))
+    reps = [r for r in team_reps(team.pk) if r.pk not in exclude]
+    candidates = _candidates(reps, now, with_capacity=engine.checks_capacity(team.method), team_id=None if exclude else team.pk)
     pick = engine.choose(team, candidates)
     decision.steps.append({
         "step": why, "team": team.name, "team_id": team.pk, "method": team.method,
@@ -286,7 +322,7 @@ def _write(*, lead: Lead, decision: Decision, trigger: str, reason: str, actor, 
         Assignment.objects.filter(pk=previous.pk).update(is_current=False, ended_at=now, end_reason=trigger[:100])
     policy, due = _sla_for(decision, now) if decision.status == Status.ASSIGNED else (None, None)
     assignment = Assignment.objects.create(
-        lead=lead, status=decision.status, rep=decision.rep, team=decision.team,
+        lead=lead, status=decision.status, rep_id=decision.rep.pk if decision.rep else None, team=decision.team,
         rule_set=decision.rule_set, rule_set_version=decision.rule_set.version if decision.rule_set else None,
         rule=decision.rule, rule_name=decision.rule.name if decision.rule else "", method=decision.method,
         trigger=trigger, reason=reason[:255], explanation=decision.explanation(),
@@ -320,14 +356,11 @@ def lead_route(
     if current is not None and not reroute:
         return current, False
     decision = decide(lead=lead, rule_set=live_rule_set(), now=now, lock=True, exclude=exclude)
-    try:
-        with transaction.atomic():
-            assignment = _write(lead=lead, decision=decision, trigger=trigger, reason=reason or trigger,
-                                actor=actor, now=now, previous=current)
-    except IntegrityError:
-        # Only reachable without the lead lock (it serializes routes of one
-        # lead); kept as the last guard of "never assigned twice".
-        return Assignment.objects.get(lead_id=lead_id, is_current=True), False
+    # No savepoint around the write: the lead row lock above serializes
+    # routes of one lead, and the unique "one current assignment" index is
+    # the backstop that turns a bug into an error, never a second owner.
+    assignment = _write(lead=lead, decision=decision, trigger=trigger, reason=reason or trigger,
+                        actor=actor, now=now, previous=current)
     return assignment, True
 
 
@@ -435,6 +468,7 @@ def first_touch_record(*, lead_id: int, source: str, at: datetime | None = None)
 
 def _clear_cache() -> None:
     _rules_cache.clear()
+    _live_cache.clear()
 
 
 @transaction.atomic
@@ -720,9 +754,9 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         else:
             batch, why = by_team[team_id], "team"
         team = Team.objects.select_for_update().get(pk=team_id)
-        reps = list(Rep.objects.filter(team=team).order_by("id")) if team.is_active else []
+        reps = team_reps(team.pk) if team.is_active else []
         with_capacity = engine.checks_capacity(team.method)
-        candidates = _candidates(reps, now, with_capacity=with_capacity)
+        candidates = _candidates(reps, now, with_capacity=with_capacity, team_id=team.pk)
         snapshot_needed = True
         for lead, d in batch:
             if snapshot_needed or with_capacity:
@@ -752,7 +786,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         if why == "fallback queue":
             break
     if rep_updates:
-        Rep.objects.bulk_update(list(rep_updates.values()), ["rr_pass"], batch_size=500)
+        Rep.objects.bulk_update([Rep(id=r.pk, rr_pass=r.rr_pass) for r in rep_updates.values()], ["rr_pass"], batch_size=500)
     deadlines: dict[tuple[int, int], Any] = {}
     rows = []
     for lead, d in decisions:
@@ -765,7 +799,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
                 deadlines[key] = _sla_for(d, now)
             policy, due = deadlines[key]
         rows.append(Assignment(
-            lead=lead, status=d.status, rep=d.rep, team=d.team, rule_set=rule_set, rule_set_version=rule_set.version,
+            lead=lead, status=d.status, rep_id=d.rep.pk if d.rep else None, team=d.team, rule_set=rule_set, rule_set_version=rule_set.version,
             rule=d.rule, rule_name=d.rule.name if d.rule else "", method=d.method, trigger=trigger,
             reason=(reason or trigger)[:255], explanation=d.explanation(),
             actor=actor if getattr(actor, "is_authenticated", False) else None, created_at=now,
