@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
 from martech import signals
 from martech.models import Event
@@ -26,6 +27,8 @@ def on_lead_created(sender, lead, source="", **kwargs):
         return
     try:
         services.lead_route(lead_id=lead.pk, trigger=services.Trigger.NEW_LEAD, reason=f"new lead ({source})")
+    except ValidationError as exc:  # no published rule set yet: nothing to route by
+        log.info("routing: new lead %s not routed: %s", lead.pk, exc)
     except Exception:  # noqa: BLE001 - see the module docstring: the sweep retries
         log.exception("routing: new lead %s not routed; the sweep will retry", lead.pk)
 
