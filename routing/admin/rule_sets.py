@@ -25,9 +25,8 @@ class RuleInline(admin.TabularInline):
     extra = 1
     fields = ["order", "name", "territory", "condition", "action", "team", "rep", "is_active", "matches"]
     readonly_fields = ["matches"]
-    autocomplete_fields = ["territory", "team", "rep"]
+    # Plain selects: a rule set has a handful of teams and territories.
     ordering = ["order", "id"]
-    formfield_overrides = {}
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         if db_field.name == "condition":
