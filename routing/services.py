@@ -660,6 +660,11 @@ def config_save(*, instance, data: dict[str, Any], actor=None):
     instance.save()
     if isinstance(instance, Rep) and was_active and not instance.is_active:
         rep_deactivate(rep=instance, actor=actor)
+    if isinstance(instance, (Rep, Team)) and getattr(instance, "is_active", False) \
+            and Assignment.objects.filter(status=Status.WAITING, is_current=True).exists():
+        # A rep or team that may now take leads: serve the waiting queue at
+        # once instead of at the next scheduled run.
+        transaction.on_commit(lambda: waiting_assign(limit=200))
     return instance
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
+from django.forms.models import BaseInlineFormSet
 from django.core.exceptions import ValidationError
 from django.template.loader import render_to_string
 from django.utils.html import format_html
@@ -40,6 +41,37 @@ class AssignmentAdmin(ReadOnlyMixin, BigTableAdmin):
               "first_touch_at", "first_touch_source", "escalation_level", "why", "raw_explanation"]
     readonly_fields = fields
 
+    change_list_template = "admin/routing/assignment/change_list.html"
+
+    def get_urls(self):
+        from django.urls import path
+
+        return [path("sla-report/", self.admin_site.admin_view(self.sla_report_view), name="routing_sla_report"),
+                *super().get_urls()]
+
+    def sla_report_view(self, request):
+        """SLA per team and rep over the last N days (view permission)."""
+        from datetime import timedelta
+
+        from django.core.exceptions import PermissionDenied
+        from django.template.response import TemplateResponse
+        from django.utils import timezone
+
+        from routing.selectors import sla_report
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            days = max(1, min(int(request.GET.get("days", 30)), 3650))
+        except ValueError:
+            days = 30
+        now = timezone.now()
+        report = sla_report(since=now - timedelta(days=days), until=now, now=now)
+        return TemplateResponse(request, "admin/routing/assignment/sla_report.html", {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "title": f"SLA report, last {days} days",
+            "report": report, "days": days,
+        })
+
     @admin.display(description="Why")
     def why(self, obj: Assignment) -> str:
         return explanation_html(obj)
@@ -49,10 +81,31 @@ class AssignmentAdmin(ReadOnlyMixin, BigTableAdmin):
         return format_html("<pre>{}</pre>", json.dumps(obj.explanation, indent=2))
 
 
+class _DisplayOnlyFormSet(BaseInlineFormSet):
+    """The routing inline only displays; it takes no input. Without this a
+    lead form posted without the inline's management form (a script, another
+    app's test, an old browser tab) would fail on an inline it never edits."""
+
+    def full_clean(self):
+        self._errors, self._non_form_errors = [], self.error_class()
+
+    def is_valid(self):
+        return True
+
+    def has_changed(self):
+        return False
+
+    def save(self, commit=True):
+        self.new_objects, self.changed_objects, self.deleted_objects = [], [], []
+        return []
+
+
 class AssignmentInline(ReadOnlyMixin, admin.StackedInline):
     """On the lead page: every routing decision, newest first, with why."""
 
     model = Assignment
+    formset = _DisplayOnlyFormSet
+
     extra = 0
     verbose_name_plural = "Routing (assignments, newest first)"
     fields = readonly_fields = ["summary", "why"]

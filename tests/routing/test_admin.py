@@ -97,3 +97,18 @@ def test_deactivate_action_reroutes(client, sales_ops):
     assert resp.status_code == 302
     assert Rep.objects.get(pk=a.pk).is_active is False
     assert Assignment.objects.get(lead=lead, is_current=True).rep == b
+
+
+def test_sla_report_page(client, marketing_ops):
+    from tests.routing.factories import SlaPolicyFactory
+
+    team = TeamFactory(name="Inbound", sla_policy=SlaPolicyFactory(first_touch_hours=1))
+    RepFactory(team=team, name="Ann")
+    services.rule_set_publish(rule_set=RuleSetFactory(fallback_team=team))
+    lead = LeadFactory()
+    services.lead_route(lead_id=lead.pk, trigger="api")
+    services.first_touch_record(lead_id=lead.pk, source="t")
+    client.force_login(marketing_ops)  # viewing is enough
+    page = client.get(reverse("admin:routing_sla_report"), {"days": 7}).content.decode()
+    assert "<td>Inbound</td><td>1</td><td>1</td><td>0</td><td>0</td><td>100%</td>" in page
+    assert "<td>Ann</td><td>1</td><td>1</td>" in page

@@ -294,3 +294,14 @@ def test_batch_routing_matches_one_by_one_decisions():
     assert [s["step"] for s in third_fr.explanation["steps"]] == ["rule", "team", "fallback queue"]
     assert third_fr.explanation["steps"][1]["candidates"][0]["skipped"] == "at_capacity"
     assert Assignment.objects.filter(lead=already).count() == 1
+
+
+def test_a_rep_becoming_eligible_serves_the_waiting_queue_at_once(django_capture_on_commit_callbacks):
+    team = TeamFactory()
+    rep = RepFactory(team=team, is_active=False)
+    published(fallback=team)
+    waiting, _ = route(LeadFactory())
+    assert waiting.status == Assignment.Status.WAITING
+    with django_capture_on_commit_callbacks(execute=True):
+        services.config_save(instance=rep, data={"is_active": True})
+    assert Assignment.objects.get(lead=waiting.lead, is_current=True).rep == rep

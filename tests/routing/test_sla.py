@@ -123,3 +123,25 @@ def test_first_touch_from_an_activity_event(setup, settings):
     on_events_ingested(sender=None, event_ids=[other.pk, event.pk])
     a.refresh_from_db()
     assert a.first_touch_at == MON_10 + timedelta(minutes=10) and a.first_touch_source == "event:call_logged"
+
+
+def test_sla_report_per_team_and_rep(setup):
+    from routing.selectors import sla_report
+
+    slow, quick = setup
+    leads = [LeadFactory() for _ in range(4)]
+    made = [services.lead_route(lead_id=l.pk, trigger="api", now=MON_10)[0] for l in leads]
+    # Round robin: slow, quick, slow, quick. Touch: slow in 30 min (within), quick in 3 h (late), slow never.
+    services.first_touch_record(lead_id=leads[0].pk, source="t", at=MON_10 + timedelta(minutes=30))
+    services.first_touch_record(lead_id=leads[1].pk, source="t", at=MON_10 + timedelta(hours=3))
+    services.first_touch_record(lead_id=leads[3].pk, source="t", at=MON_10 + timedelta(minutes=90))
+    assert [a.rep.name for a in made] == ["Slow", "Quick", "Slow", "Quick"]
+    report = sla_report(since=MON_10 - timedelta(days=1), until=MON_10 + timedelta(days=1), now=MON_10 + timedelta(hours=5))
+    reps = {r["name"]: r for r in report["reps"]}
+    assert reps["Slow"] == {"name": "Slow", "assigned": 2, "within_sla": 1, "breached": 1, "open": 0,
+                            "share_within_sla": 0.5, "median_minutes_to_first_touch": 30.0}
+    assert reps["Quick"]["share_within_sla"] == 0.5 and reps["Quick"]["median_minutes_to_first_touch"] == 135.0
+    [team] = report["teams"]
+    assert team["assigned"] == 4 and team["within_sla"] == 2 and team["breached"] == 2
+    early = sla_report(since=MON_10 - timedelta(days=1), until=MON_10 + timedelta(days=1), now=MON_10 + timedelta(hours=1))
+    assert {r["name"]: r["open"] for r in early["reps"]} == {"Quick": 0, "Slow": 1}
