@@ -406,9 +406,12 @@ def waiting_assign(*, limit: int = 500, now: datetime | None = None) -> int:
     now = now or timezone.now()
     done = 0
     ids = list(Assignment.objects.filter(status=Status.WAITING, is_current=True).order_by("created_at", "id")
-               .values_list("id", flat=True)[:limit])
-    for assignment_id in ids:
+               .values_list("id", "lead_id")[:limit])
+    for assignment_id, lead_id in ids:
         with transaction.atomic():
+            # The lead first, as lead_route does (same lock order, no deadlock).
+            if not list(Lead.objects.select_for_update(skip_locked=True).filter(pk=lead_id).values_list("pk", flat=True)):
+                continue
             current = (Assignment.objects.select_for_update(skip_locked=True)
                        .filter(pk=assignment_id, is_current=True, status=Status.WAITING).first())
             if current is None:
@@ -595,9 +598,12 @@ def sla_escalate(*, now: datetime | None = None, limit: int = 500) -> dict[str, 
     now = now or timezone.now()
     counts = Counter()
     ids = list(Assignment.objects.filter(is_current=True, status=Status.ASSIGNED, first_touch_at__isnull=True,
-                                         sla_due_at__lte=now).order_by("sla_due_at").values_list("id", flat=True)[:limit])
-    for assignment_id in ids:
+                                         sla_due_at__lte=now).order_by("sla_due_at").values_list("id", "lead_id")[:limit])
+    for assignment_id, lead_id in ids:
         with transaction.atomic():
+            # The lead first, as lead_route does (same lock order, no deadlock).
+            if not list(Lead.objects.select_for_update(skip_locked=True).filter(pk=lead_id).values_list("pk", flat=True)):
+                continue
             a = (Assignment.objects.select_for_update(skip_locked=True, of=("self",))
                  .select_related("rep", "rep__manager", "sla_policy", "lead")
                  .filter(pk=assignment_id, is_current=True, first_touch_at__isnull=True).first())
