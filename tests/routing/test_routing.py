@@ -305,3 +305,29 @@ def test_a_rep_becoming_eligible_serves_the_waiting_queue_at_once(django_capture
     with django_capture_on_commit_callbacks(execute=True):
         services.config_save(instance=rep, data={"is_active": True})
     assert Assignment.objects.get(lead=waiting.lead, is_current=True).rep == rep
+
+
+def test_rule_conditions_use_the_shared_language():
+    from django.core.exceptions import ValidationError
+
+    from routing.models import RuleSet
+
+    team, hot = TeamFactory(name="Default"), TeamFactory(name="Hot")
+    RepFactory(team=team, name="cold-rep")
+    RepFactory(team=hot, name="hot-rep")
+    draft = RuleSetFactory(fallback_team=team)
+    bad = Rule(rule_set=draft, name="bad", condition="score >>= 5", action=Rule.Action.TEAM, team=hot)
+    with pytest.raises(ValidationError) as exc:
+        bad.full_clean()
+    assert exc.value.message_dict["condition"][0].startswith("column ")
+    RuleFactory(rule_set=draft, name="Hot US", condition='score >= 80 and country in ("US", "CA")',
+                territory=TerritoryFactory(countries=["US", "CA", "DE"]), action=Rule.Action.TEAM, team=hot)
+    services.rule_set_publish(rule_set=RuleSet.objects.get(pk=draft.pk))
+    a, _ = route(LeadFactory(country="CA", total_score=90), now=NOW)
+    b, _ = route(LeadFactory(country="DE", total_score=90), now=NOW)  # territory yes, condition no
+    c, _ = route(LeadFactory(country="US", total_score=10), now=NOW)
+    assert (a.rep.name, a.rule_name) == ("hot-rep", "Hot US")
+    assert b.rule_name == "" and b.rep.name == "cold-rep" and c.rep.name == "cold-rep"
+    # The same rule compiled to SQL counts the same leads as matched in memory.
+    rule = Rule.objects.get(name="Hot US")
+    assert list(Lead.objects.filter(services.rule_lead_q(rule)).values_list("pk", flat=True)) == [a.lead_id]
