@@ -533,6 +533,8 @@ class ApiClient(TimestampedModel):
         CAMPAIGNS_READ = "campaigns:read", "Read campaigns"
         CAMPAIGNS_WRITE = "campaigns:write", "Write campaigns"
         STAGES_READ = "stages:read", "Read lifecycle stages"
+        SCORES_READ = "scores:read", "Read lead scores and score history"
+        SEGMENTS_READ = "segments:read", "Read segments and their members"
 
     name = models.CharField(max_length=100, unique=True)
     token_prefix = models.CharField(max_length=12, editable=False)
