@@ -27,7 +27,7 @@ class ConditionWidget(forms.Textarea):
         html = super().render(name, value, attrs, renderer)
         field_id = (attrs or {}).get("id") or f"id_{name}"
         out_id = f"{field_id}_preview"
-        script = _SCRIPT % (json.dumps(field_id), json.dumps(out_id), json.dumps(reverse("scoring_condition_preview")),
+        script = _SCRIPT % (json.dumps(field_id), json.dumps(out_id), json.dumps(reverse("admin:scoring_condition_preview")),
                             json.dumps(self.kind))
         return format_html('{}<div class="help" id="{}" aria-live="polite"></div>{}', html, out_id,
                            format_html(script.replace("{", "{{").replace("}", "}}")))
