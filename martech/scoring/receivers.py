@@ -26,10 +26,17 @@ def _lead_changed(*, ids, fields, created, source):
 def _account_changed(*, ids, fields, created, source):
     from martech.models import Lead
 
-    lead_ids = list(Lead.objects.filter(account_id__in=list(ids)).values_list("pk", flat=True)[:10000])
+    if source == "scoring":
+        return
+    lead_ids = list(Lead.objects.filter(account_id__in=list(ids)).values_list("pk", flat=True))
+
+    def _queue():
+        # One task per 5,000 leads so a big account does not make one huge task.
+        for start in range(0, len(lead_ids), 5000):
+            tasks.enqueue("martech.scoring.tasks.rescore_leads", lead_ids[start:start + 5000], "account changed")
+
     if lead_ids:
-        transaction.on_commit(lambda: tasks.enqueue("martech.scoring.tasks.rescore_leads", lead_ids,
-                                                    "account changed"))
+        transaction.on_commit(_queue)
 
 
 @receiver(signals.events_ingested)

@@ -41,6 +41,7 @@ class SegmentViewSet(ApiViewSet):
     required_scopes = _scopes(Scope.SEGMENTS_READ)
     pagination_class = SegmentPagination
     filter_backends = []
+    lookup_value_regex = r"\d+"
 
     def list(self, request):
         page = self.paginate_queryset(Segment.objects.all())
