@@ -148,6 +148,9 @@ def _engagement(rule: EngagementRule, cond: Condition | None, events: list[tuple
     return Contribution("engagement", rule.pk, rule.name, total, counted, last)
 
 
+IN_MEMORY_MAX = 50
+
+
 def score_breakdown(lead_ids: list[int], *, rules: _Rules | None = None, now: dt.datetime | None = None
                     ) -> dict[int, list[Contribution]]:
     """Per lead, what each rule gives now. Fit rules are evaluated in the
@@ -164,9 +167,17 @@ def score_breakdown(lead_ids: list[int], *, rules: _Rules | None = None, now: dt
         scope = Lead.objects.filter(pk__gte=lo, pk__lte=hi)
     else:
         scope = Lead.objects.filter(pk__in=lead_ids)
-    for rule, cond in rules.fit:
-        for lead_id in scope.filter(cond.to_q(now=now)).values_list("pk", flat=True):
-            out[lead_id].append(Contribution("fit", rule.pk, rule.name, rule.points))
+    if len(lead_ids) <= IN_MEMORY_MAX:
+        # A few leads (the incremental path): one query, conditions evaluated
+        # in memory (evaluate and to_q agree; see the condition property tests).
+        for lead in scope.select_related("account", "owner", "lifecycle_stage", "account__owner"):
+            for rule, cond in rules.fit:
+                if cond.evaluate(lead, now=now):
+                    out[lead.pk].append(Contribution("fit", rule.pk, rule.name, rule.points))
+    else:
+        for rule, cond in rules.fit:
+            for lead_id in scope.filter(cond.to_q(now=now)).values_list("pk", flat=True):
+                out[lead_id].append(Contribution("fit", rule.pk, rule.name, rule.points))
     if rules.engagement:
         by_type: dict[int, list] = defaultdict(list)
         for rule, cond in rules.engagement:

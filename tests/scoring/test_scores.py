@@ -169,3 +169,19 @@ def test_incremental_rescore_query_count(model, page_view, django_assert_max_num
     # rules (3) + one per fit rule + events + lock + update + history, all in one transaction
     with django_assert_max_num_queries(12):
         scores_recompute(lead_ids=[lead.pk], reason="event", now=NOW)
+
+
+def test_in_memory_and_database_fit_paths_agree(model, monkeypatch):
+    from martech.scoring import services
+
+    FitRule.objects.create(model=model, name="VP", condition='job_title contains "vp"', points=20)
+    FitRule.objects.create(model=model, name="Big", condition="not account.employee_count < 200", points=15)
+    FitRule.objects.create(model=model, name="Owned", condition='owner is empty or lifecycle_stage = "mql"', points=3)
+    leads = [LeadFactory(job_title="VP", account=AccountFactory(employee_count=500)),
+             LeadFactory(job_title="Dev", account=AccountFactory(employee_count=None)),
+             LeadFactory(job_title="vp ops", account=None)]
+    ids = [l.pk for l in leads]
+    in_memory = {k: sorted(c.rule for c in v) for k, v in score_breakdown(ids, now=NOW).items()}
+    monkeypatch.setattr(services, "IN_MEMORY_MAX", 0)
+    in_db = {k: sorted(c.rule for c in v) for k, v in score_breakdown(ids, now=NOW).items()}
+    assert in_memory == in_db == {ids[0]: ["Big", "Owned", "VP"], ids[1]: ["Big", "Owned"], ids[2]: ["Big", "Owned", "VP"]}
