@@ -9,6 +9,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import JsonResponse
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from martech.conditions import ConditionError, matching_leads, parse
 
@@ -27,10 +28,13 @@ class ConditionWidget(forms.Textarea):
         html = super().render(name, value, attrs, renderer)
         field_id = (attrs or {}).get("id") or f"id_{name}"
         out_id = f"{field_id}_preview"
-        script = _SCRIPT % (json.dumps(field_id), json.dumps(out_id), json.dumps(reverse("admin:scoring_condition_preview")),
-                            json.dumps(self.kind))
+        script = _SCRIPT % tuple(
+            # JSON literals with "<" escaped cannot close the <script> element.
+            json.dumps(v).replace("<", "\\u003c")
+            for v in (field_id, out_id, reverse("admin:scoring_condition_preview"), self.kind)
+        )
         return format_html('{}<div class="help" id="{}" aria-live="polite"></div>{}', html, out_id,
-                           format_html(script.replace("{", "{{").replace("}", "}}")))
+                           mark_safe(script))  # noqa: S308 - built only from escaped JSON literals
 
 
 @staff_member_required
