@@ -9,9 +9,11 @@ from django.dispatch import receiver
 from martech import hooks, signals
 from martech.scoring import tasks
 
-# Fields whose change can move a fit score or a lifecycle rule. Score columns
-# themselves are excluded so our own writes do not loop.
-_SCORE_COLUMNS = {"fit_score", "engagement_score", "total_score", "lifecycle_stage", "owner"}
+# Any lead field can appear in a fit rule or a lifecycle rule condition, so
+# every change queues a rescoring except a change of the score columns alone
+# (our own writes, which also carry source="scoring"). A stage or owner change
+# does rescore: conditions may read them, and a rerun finds nothing to do.
+_SCORE_COLUMNS = {"fit_score", "engagement_score", "total_score"}
 
 
 @hooks.on_leads_changed
