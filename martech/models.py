@@ -535,6 +535,8 @@ class ApiClient(TimestampedModel):
         STAGES_READ = "stages:read", "Read lifecycle stages"
         ROUTING_READ = "routing:read", "Read routing (reps, teams, territories, rule sets)"
         ROUTING_WRITE = "routing:write", "Write routing and route leads"
+        SCORES_READ = "scores:read", "Read lead scores and score history"
+        SEGMENTS_READ = "segments:read", "Read segments and their members"
 
     name = models.CharField(max_length=100, unique=True)
     token_prefix = models.CharField(max_length=12, editable=False)

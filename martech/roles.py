@@ -14,6 +14,7 @@ VIEW = ("view",)
 ROLES: dict[str, dict[str, tuple[str, ...]]] = {
     "Marketing Ops": {
         "martech": ALL,
+        "scoring": ALL,
         "nurture": ALL,
         "attribution": ALL,
         "routing": VIEW,
@@ -22,10 +23,12 @@ ROLES: dict[str, dict[str, tuple[str, ...]]] = {
     "Sales Ops": {
         "routing": ALL,
         "martech": VIEW,
+        "scoring": VIEW,
         "attribution": VIEW,
     },
     "Analyst": {
         "martech": VIEW,
+        "scoring": VIEW,
         "routing": VIEW,
         "nurture": VIEW,
         "attribution": VIEW,

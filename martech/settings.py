@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "axes",
     "django_q",
     "martech.apps.MartechConfig",
+    "martech.scoring.apps.ScoringConfig",
     "routing",
     "nurture",
     "attribution",
@@ -293,6 +294,20 @@ MARTECH_ROUTING = {
     "SLACK_WEBHOOK_URL": env.str("ROUTING_SLACK_WEBHOOK_URL", default=""),
     "WEBHOOK_TIMEOUT": env.float("ROUTING_WEBHOOK_TIMEOUT", default=5.0),
     "SWEEP_HOURS": env.int("ROUTING_SWEEP_HOURS", default=24),
+}
+
+# Lead scoring, lifecycle automation and the SQL handoff (martech.scoring).
+MARTECH_SCORING = {
+    "HANDOFF_ENABLED": env.bool("MARTECH_SCORING_HANDOFF_ENABLED", default=True),
+    # Username of the default queue owner when routing does not assign one.
+    "HANDOFF_DEFAULT_OWNER": env.str("MARTECH_SCORING_HANDOFF_DEFAULT_OWNER", default=""),
+    "HANDOFF_NOTIFY_EMAILS": env.list("MARTECH_SCORING_HANDOFF_NOTIFY_EMAILS", default=[]),
+    "HANDOFF_WEBHOOK_URL": env.str("MARTECH_SCORING_HANDOFF_WEBHOOK_URL", default=""),
+    "HANDOFF_TASK_DUE_HOURS": env.int("MARTECH_SCORING_HANDOFF_TASK_DUE_HOURS", default=24),
+    "WEBHOOK_TIMEOUT": env.float("MARTECH_SCORING_WEBHOOK_TIMEOUT", default=10.0),
+    "STALE_MQL_DAYS": env.int("MARTECH_SCORING_STALE_MQL_DAYS", default=30),
+    # Run scoring tasks inline instead of through the queue (tests, tiny installs).
+    "TASKS_SYNC": env.bool("MARTECH_SCORING_TASKS_SYNC", default=False),
 }
 
 PHONENUMBER_DEFAULT_REGION = env.str("PHONENUMBER_DEFAULT_REGION", default="US")

@@ -23,3 +23,5 @@ consent_changed = Signal()
 opportunity_changed = Signal()
 # sender=SalesTask, task=SalesTask, source=str (a follow-up was done: routing's first touch)
 task_completed = Signal()
+# Sent by martech.scoring after commit: sender=Lead, lead_id, old_total, new_total.
+score_changed = Signal()

@@ -13,4 +13,5 @@ from martech.admin import (  # noqa: F401
     leads,
     quarantine,
     stages,
+    tasks,
 )

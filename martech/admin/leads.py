@@ -25,6 +25,7 @@ from martech.admin.actions import change_lifecycle_stage, merge_leads
 from martech.admin.base import BigTableAdmin, ServiceSaveMixin, add_errors_to_form
 from martech.models import Identity, Lead, LifecycleStage
 from martech.resources import LeadExportResource
+from martech import hooks
 from martech.selectors import lead_consent_state, lead_timeline
 from martech.services.leads import CRM_KEYS, clean_lead_data, lead_change_stage, lead_upsert
 
@@ -204,7 +205,8 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
             ]
         return [
             (None, {"fields": person + place}),
-            ("Lifecycle and score", {"fields": stage + ["fit_score", "engagement_score", "total_score"]}),
+            ("Lifecycle and score", {"fields": stage + ["fit_score", "engagement_score", "total_score",
+                                                     "score_explanation"]}),
             ("Timeline", {"fields": ["related_links", "consent_summary", "timeline"]}),
             (
                 "Attribution",
@@ -238,7 +240,15 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        return [*COMPUTED_FIELDS, "related_links", "consent_summary", "timeline"]
+        return [*COMPUTED_FIELDS, "related_links", "consent_summary", "timeline", "score_explanation"]
+
+    @admin.display(description="Why this score")
+    def score_explanation(self, obj: Lead) -> str:
+        # Offered by martech.scoring through a named provider, so the core
+        # does not import the scoring app.
+        if obj is None or obj.pk is None:
+            return "—"
+        return hooks.call("score_explanation_html", lead=obj) or "—"
 
     @admin.display(description="Timeline")
     def timeline(self, obj: Lead) -> str:

@@ -21,6 +21,7 @@ def events_by_method(request):
 
 urlpatterns = [
     path("events", events_by_method),
+    path("scoring/", include("martech.scoring.api.urls")),
     path("", include("martech.api.capture_urls")),
     path("", include("martech.api.rest_urls")),
     path("routing/", include("routing.api.urls")),

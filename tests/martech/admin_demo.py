@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management import call_command
 
-from martech.models import ApiClient, LifecycleStage, QuarantinedEvent
+from martech.models import ApiClient, Lead, LifecycleStage, QuarantinedEvent, SalesTask
 
 
 def build_demo(*, leads: int = 60) -> None:
@@ -17,4 +17,9 @@ def build_demo(*, leads: int = 60) -> None:
         ApiClient.objects.create(
             name="dashboards", token_prefix="mt_abc", token_hash=ApiClient.hash_token("mt_abc-secret"), scopes=["leads:read"]
         )
+    if not SalesTask.objects.exists():
+        from martech.services.tasks import task_create
+
+        lead = Lead.objects.order_by("pk").first()
+        task_create(key="admin-demo:task", lead=lead, subject=f"Call {lead}", source="admin-demo")
     assert LifecycleStage.objects.exists()

@@ -1,0 +1,147 @@
+"""Scoring at scale: bulk recompute, incremental rescoring after one event,
+and a 5-clause segment count.
+
+Loads N leads (default 1,000,000; ``--quick`` 50,000) with bench/lead_list.py's
+loader (COPY on PostgreSQL), adds one page_view event per 10 leads, creates a
+scoring model (5 fit rules, 2 engagement rules with cap, distinct counting and
+a 30-day half-life), then measures:
+
+- ``bulk_recompute_seconds``: ``scores_recompute_all`` over every lead (the
+  ``recompute_scores`` command) from zero scores;
+- ``incremental_rescore_p50_ms`` / ``_p99_ms``: one ``scores_recompute`` for
+  one lead after one new event (the work inside the task), over 200 leads;
+- ``segment_5_clause_count_seconds``: COUNT of a 5-clause segment.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench_scoring python manage.py migrate
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench_scoring python bench/scoring.py [--quick]
+
+Prints one JSON line per figure and writes them to bench/results/scoring.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import sys
+import time
+
+import lead_list  # noqa: F401  (sets up Django; its loader fills the lead table)
+from lead_list import ROOT, emit, figures, load
+
+from django.db import connection  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+import os  # noqa: E402
+from django.utils import timezone  # noqa: E402
+from decimal import Decimal  # noqa: E402
+
+from martech.conditions import matching_leads  # noqa: E402
+from martech.models import Event, EventType, Lead  # noqa: E402
+from martech.scoring import services  # noqa: E402
+from martech.scoring.models import EngagementRule, FitRule, ScoringModel  # noqa: E402
+
+SEGMENT = ('country in ("US", "DE", "GB") and total_score >= 10 and first_name contains "a" '
+           'and account.industry = "Software" and created_at > 2023-01-01')
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def setup_model() -> ScoringModel:
+    ScoringModel.objects.filter(name="bench").delete()
+    ScoringModel.objects.filter(is_active=True).update(is_active=False)
+    model = ScoringModel.objects.create(name="bench", is_active=True, half_life_days=Decimal("30"))
+    for name, cond, pts in [
+        ("Core markets", 'country in ("US", "DE", "GB")', 10),
+        ("Software", 'account.industry = "Software"', 10),
+        ("Title", 'job_title contains "manager"', 15),
+        ("Source", 'original_source = "paid_search"', 5),
+        ("Free mail", 'email_domain = "gmail.com"', -10),
+    ]:
+        FitRule.objects.create(model=model, name=name, condition=cond, points=pts)
+    pv = EventType.objects.get(name="page_view")
+    EngagementRule.objects.create(model=model, name="Pages", event_type=pv, points=3, cap_points=15,
+                                  cap_period="day", distinct_property="url")
+    EngagementRule.objects.create(model=model, name="Pricing", event_type=pv, points=10,
+                                  condition='properties.url contains "/pricing"')
+    return model
+
+
+def load_events(every: int) -> int:
+    pv = EventType.objects.get(name="page_view")
+    if Event.objects.filter(client_event_id__startswith="bench-score-").exists():
+        return 0
+    now = timezone.now()
+    ids = list(Lead.objects.order_by("pk").values_list("pk", flat=True)[::every])
+    batch = []
+    for i, lead_id in enumerate(ids):
+        batch.append(Event(client_event_id=f"bench-score-{lead_id}", event_type=pv, lead_id=lead_id,
+                           occurred_at=now - dt.timedelta(days=i % 60),
+                           properties={"url": "/pricing" if i % 3 == 0 else f"/blog/{i % 7}"}))
+        if len(batch) == 5000:
+            Event.objects.bulk_create(batch)
+            batch = []
+    Event.objects.bulk_create(batch)
+    return len(ids)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leads", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="50,000 leads")
+    args = parser.parse_args()
+    n = 50_000 if args.quick else args.leads
+    load(n)
+    emit("leads_in_table", Lead.objects.count(), "rows")
+    emit("bench_events_loaded", load_events(10), "rows")
+    setup_model()
+    Lead.objects.update(fit_score=0, engagement_score=0, total_score=0)
+
+    start = time.perf_counter()
+    changed = services.scores_recompute_all(reason="bench")
+    took = time.perf_counter() - start
+    emit("bulk_recompute_seconds", round(took, 2), "s")
+    emit("bulk_recompute_leads_per_second", round(Lead.objects.count() / took), "leads/s")
+    emit("bulk_recompute_changed", changed, "leads")
+
+    pv = EventType.objects.get(name="page_view")
+    rules = services.active_rules()
+    sample = random.Random(1).sample(list(Lead.objects.values_list("pk", flat=True)[:100_000]), 200)
+    times, cpu, nqueries = [], [], []
+    for k, lead_id in enumerate(sample):
+        Event.objects.create(client_event_id=f"bench-inc-{time.time_ns()}-{k}", event_type=pv, lead_id=lead_id,
+                             occurred_at=timezone.now(), properties={"url": f"/docs/{k}"})
+        t0, c0 = time.perf_counter(), time.process_time()
+        with CaptureQueriesContext(connection) as queries:
+            services.scores_recompute(lead_ids=[lead_id], reason="event", rules=rules)
+        times.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+        nqueries.append(len(queries))
+    emit("incremental_rescore_p50_ms", round(percentile(times, 0.50), 2), "ms")
+    emit("incremental_rescore_p99_ms", round(percentile(times, 0.99), 2), "ms")
+    # This process's CPU only: less distorted by a loaded machine than wall time.
+    emit("incremental_rescore_cpu_p50_ms", round(percentile(cpu, 0.50), 2), "ms")
+    emit("incremental_rescore_cpu_p99_ms", round(percentile(cpu, 0.99), 2), "ms")
+    emit("incremental_rescore_queries_max", max(nqueries), "queries")
+
+    counts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        count = matching_leads(SEGMENT).count()
+        counts.append(time.perf_counter() - t0)
+    emit("segment_5_clause_members", count, "leads")
+    emit("segment_5_clause_count_seconds", round(min(counts), 3), "s")
+
+    out = ROOT / "bench" / "results" / "scoring.json"
+    meta = {"database": connection.vendor, "leads": n, "quick": args.quick, "at": timezone.now().isoformat(),
+            "load_average": os.getloadavg()}
+    out.write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

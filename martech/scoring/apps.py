@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class ScoringConfig(AppConfig):
+    name = "martech.scoring"
+    label = "scoring"
+    verbose_name = "Scoring, segments and lifecycle"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Registers the in-transaction lead hook and the after-commit signal
+        # receivers (rescoring, lifecycle rules, SQL handoff). No threads.
+        from martech.scoring import receivers  # noqa: F401

@@ -1,0 +1,71 @@
+"""Where scoring listens: the in-transaction lead hook (queue a rescoring
+when a scored field changes) and after-commit signals (events, opportunities,
+stage changes for the SQL handoff)."""
+from __future__ import annotations
+
+from django.db import transaction
+from django.dispatch import receiver
+
+from martech import hooks, signals
+from martech.scoring import tasks
+
+# Any lead field can appear in a fit rule or a lifecycle rule condition, so
+# every change queues a rescoring except a change of the score columns alone
+# (our own writes, which also carry source="scoring"). A stage or owner change
+# does rescore: conditions may read them, and a rerun finds nothing to do.
+_SCORE_COLUMNS = {"fit_score", "engagement_score", "total_score"}
+
+
+@hooks.on_leads_changed
+def _lead_changed(*, ids, fields, created, source):
+    if source == "scoring" or (not created and not (set(fields) - _SCORE_COLUMNS)):
+        return
+    ids = list(ids)
+    transaction.on_commit(lambda: tasks.enqueue("martech.scoring.tasks.rescore_leads", ids, "lead changed"))
+
+
+@hooks.on_accounts_changed
+def _account_changed(*, ids, fields, created, source):
+    from martech.models import Lead
+
+    if source == "scoring":
+        return
+    lead_ids = list(Lead.objects.filter(account_id__in=list(ids)).values_list("pk", flat=True))
+
+    def _queue():
+        # One task per 5,000 leads so a big account does not make one huge task.
+        for start in range(0, len(lead_ids), 5000):
+            tasks.enqueue("martech.scoring.tasks.rescore_leads", lead_ids[start:start + 5000], "account changed")
+
+    if lead_ids:
+        transaction.on_commit(_queue)
+
+
+@receiver(signals.events_ingested)
+def _events_ingested(sender, event_ids, **kwargs):
+    tasks.enqueue("martech.scoring.tasks.events_arrived", list(event_ids))
+
+
+@receiver(signals.opportunity_changed)
+def _opportunity_changed(sender, kind=None, lead_ids=(), **kwargs):
+    if kind in ("created", "won") and lead_ids:
+        tasks.enqueue("martech.scoring.tasks.opportunity_changed", kind, list(lead_ids))
+
+
+@receiver(signals.lead_stage_changed)
+def _stage_changed(sender, lead=None, transition=None, **kwargs):
+    if transition is not None and transition.to_stage.key == "sql":
+        tasks.enqueue("martech.scoring.tasks.handoff_start", transition.pk)
+
+
+def _score_explanation_html(*, lead) -> str:
+    """The lead page's "Why this score" (provided to martech's LeadAdmin)."""
+    from django.template.loader import render_to_string
+
+    from martech.scoring.services import score_breakdown
+
+    parts = score_breakdown([lead.pk]).get(lead.pk, [])
+    return render_to_string("admin/scoring/score_explanation.html", {"parts": parts, "lead": lead})
+
+
+hooks.provide("score_explanation_html", _score_explanation_html)

@@ -1,0 +1,423 @@
+"""Scoring, lifecycle automation and the SQL handoff (every write here).
+
+Score semantics (hand-computable, see tests/scoring/test_scores.py):
+
+- fit = sum of ``points`` of the active model's fit rules whose condition
+  matches the lead (evaluated in the database with ``Condition.to_q``);
+- engagement = sum over engagement rules of the points of the lead's events of
+  the rule's type that match the rule's property condition, where
+  * with ``distinct_property`` only the first event (by time) per distinct
+    value of that property counts (an event without the property does not);
+  * with ``cap_points`` the events of one period (UTC day / ISO week / month,
+    or ever) give at most ``cap_points`` together: each event gives
+    ``min(points, what is left of the cap)`` in time order;
+  * with a half-life, each event's points are multiplied by
+    ``0.5 ** (age_in_days / half_life_days)`` at computation time;
+  and the sum is rounded to the nearest integer;
+- total = fit + engagement.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from martech import hooks, signals
+from martech.conditions import Condition, parse
+from martech.models import Event, Lead, LifecycleStage, StageTransition
+from martech.scoring.models import (
+    EngagementRule,
+    FitRule,
+    Handoff,
+    LifecycleRule,
+    ScoreHistory,
+    ScoringModel,
+    Segment,
+    StaleFlag,
+)
+from martech.services.leads import lead_change_stage, lead_set_owner
+from martech.services.tasks import task_create
+
+log = logging.getLogger(__name__)
+
+# Lead fields whose change can move a score: everything a condition can read.
+# A fit rule's Condition.fields says which; we rescore on any of them.
+
+
+def conf(key: str):
+    return settings.MARTECH_SCORING[key]
+
+
+# --- Rules --------------------------------------------------------------------
+
+
+@dataclass
+class _Rules:
+    model: ScoringModel | None
+    fit: list[tuple[FitRule, Condition]] = field(default_factory=list)
+    engagement: list[tuple[EngagementRule, Condition | None]] = field(default_factory=list)
+
+    @property
+    def fields(self) -> frozenset[str]:
+        out: set[str] = set()
+        for _, cond in self.fit:
+            out |= {f.split(".", 1)[0] if not f.startswith("account.") else "account" for f in cond.fields}
+        return frozenset(out)
+
+
+def active_rules() -> _Rules:
+    model = ScoringModel.objects.filter(is_active=True).first()
+    if model is None:
+        return _Rules(None)
+    fit = [(r, parse(r.condition)) for r in FitRule.objects.filter(model=model, is_active=True)]
+    eng = [(r, parse(r.condition) if r.condition else None)
+           for r in EngagementRule.objects.filter(model=model, is_active=True).select_related("event_type")]
+    return _Rules(model, fit, eng)
+
+
+class _EventView:
+    """Lets a property-only condition read an event's properties."""
+
+    account_id = None
+
+    def __init__(self, properties):
+        self.properties = properties
+
+
+def _bucket(at: dt.datetime, period: str):
+    at = at.astimezone(dt.UTC)
+    if period == EngagementRule.Period.DAY:
+        return at.date()
+    if period == EngagementRule.Period.WEEK:
+        return at.isocalendar()[:2]
+    if period == EngagementRule.Period.MONTH:
+        return (at.year, at.month)
+    return None
+
+
+@dataclass
+class Contribution:
+    kind: str  # fit / engagement
+    rule_id: int
+    rule: str
+    points: float
+    events: int = 0
+    last_at: dt.datetime | None = None
+
+
+def _engagement(rule: EngagementRule, cond: Condition | None, events: list[tuple[dt.datetime, dict]],
+                half_life: Decimal | None, now: dt.datetime) -> Contribution:
+    seen: set = set()
+    used: dict = defaultdict(int)
+    total = 0.0
+    counted = 0
+    last = None
+    for occurred_at, props in sorted(events, key=lambda e: e[0]):
+        if cond is not None and not cond.evaluate(_EventView(props), now=now):
+            continue
+        if rule.distinct_property:
+            value = props.get(rule.distinct_property) if isinstance(props, dict) else None
+            if value is None or value == "":
+                continue
+            key = repr(value)
+            if key in seen:
+                continue
+            seen.add(key)
+        points = rule.points
+        if rule.cap_points is not None:
+            bucket = _bucket(occurred_at, rule.cap_period)
+            points = max(0, min(points, rule.cap_points - used[bucket]))
+            used[bucket] += points
+            if points == 0:
+                continue
+        if half_life:
+            age_days = max(0.0, (now - occurred_at).total_seconds() / 86400)
+            points = points * 0.5 ** (age_days / float(half_life))
+        total += points
+        counted += 1
+        last = occurred_at
+    return Contribution("engagement", rule.pk, rule.name, total, counted, last)
+
+
+IN_MEMORY_MAX = 50
+
+
+def score_breakdown(lead_ids: list[int], *, rules: _Rules | None = None, now: dt.datetime | None = None
+                    ) -> dict[int, list[Contribution]]:
+    """Per lead, what each rule gives now. Fit rules are evaluated in the
+    database (one query per rule for the whole batch), events are read in one
+    query for the batch."""
+    rules = rules or active_rules()
+    now = now or timezone.now()
+    out: dict[int, list[Contribution]] = {i: [] for i in lead_ids}
+    if rules.model is None or not lead_ids:
+        return out
+    # A contiguous id range (the bulk path) is cheaper to scan than IN (...).
+    lo, hi = min(lead_ids), max(lead_ids)
+    if hi - lo + 1 == len(lead_ids):
+        scope = Lead.objects.filter(pk__gte=lo, pk__lte=hi)
+    else:
+        scope = Lead.objects.filter(pk__in=lead_ids)
+    if len(lead_ids) <= IN_MEMORY_MAX:
+        # A few leads (the incremental path): one query, conditions evaluated
+        # in memory (evaluate and to_q agree; see the condition property tests).
+        for lead in scope.select_related("account", "owner", "lifecycle_stage", "account__owner"):
+            for rule, cond in rules.fit:
+                if cond.evaluate(lead, now=now):
+                    out[lead.pk].append(Contribution("fit", rule.pk, rule.name, rule.points))
+    else:
+        for rule, cond in rules.fit:
+            for lead_id in scope.filter(cond.to_q(now=now)).values_list("pk", flat=True):
+                out[lead_id].append(Contribution("fit", rule.pk, rule.name, rule.points))
+    if rules.engagement:
+        by_type: dict[int, list] = defaultdict(list)
+        for rule, cond in rules.engagement:
+            by_type[rule.event_type_id].append((rule, cond))
+        events: dict[tuple[int, int], list] = defaultdict(list)
+        rows = Event.objects.filter(lead_id__in=lead_ids, event_type_id__in=list(by_type)).values_list(
+            "lead_id", "event_type_id", "occurred_at", "properties")
+        for lead_id, type_id, occurred_at, props in rows.iterator(chunk_size=5000):
+            events[(lead_id, type_id)].append((occurred_at, props if isinstance(props, dict) else {}))
+        for (lead_id, type_id), evs in events.items():
+            for rule, cond in by_type[type_id]:
+                c = _engagement(rule, cond, evs, rules.model.half_life_days, now)
+                if c.events:
+                    out[lead_id].append(c)
+    return out
+
+
+def _totals(parts: list[Contribution]) -> tuple[int, int]:
+    fit = sum(int(c.points) for c in parts if c.kind == "fit")
+    eng = round(sum(c.points for c in parts if c.kind == "engagement"))
+    return fit, eng
+
+
+@transaction.atomic
+def scores_recompute(*, lead_ids: Iterable[int], reason: str, now: dt.datetime | None = None,
+                     rules: _Rules | None = None) -> int:
+    """Recompute and store the scores of these leads; writes ScoreHistory
+    for each changed lead and announces ``score_changed`` after commit.
+    Idempotent: a second run with nothing new changes nothing. Returns the
+    number of leads whose scores changed."""
+    ids = sorted(set(lead_ids))
+    if not ids:
+        return 0
+    rules = rules or active_rules()
+    now = now or timezone.now()
+    breakdown = score_breakdown(ids, rules=rules, now=now)
+    current = {
+        pk: (fit, eng, total)
+        for pk, fit, eng, total in Lead.objects.select_for_update()
+        .filter(pk__in=ids).order_by("pk").values_list("pk", "fit_score", "engagement_score", "total_score")
+    }
+    changed: list[tuple[int, int, int, int]] = []
+    history: list[ScoreHistory] = []
+    announce: list[tuple[int, int, int]] = []
+    for pk, (old_fit, old_eng, old_total) in current.items():
+        fit, eng = _totals(breakdown.get(pk, []))
+        total = fit + eng
+        if (fit, eng, total) == (old_fit, old_eng, old_total):
+            continue
+        changed.append((pk, fit, eng, total))
+        history.append(ScoreHistory(lead_id=pk, changed_at=now, fit_score=fit, engagement_score=eng,
+                                    total_score=total, old_total=old_total, reason=reason[:100]))
+        if total != old_total:
+            announce.append((pk, old_total, total))
+    if changed:
+        # One UPDATE per distinct (fit, engagement) pair: scores take few
+        # values, so a batch of thousands of leads is a handful of statements
+        # (bulk_update's per-row CASE is far slower at this size).
+        groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+        for pk, fit, eng, total in changed:
+            groups[(fit, eng, total)].append(pk)
+        for (fit, eng, total), pks in groups.items():
+            Lead.objects.filter(pk__in=pks).update(fit_score=fit, engagement_score=eng, total_score=total,
+                                                   updated_at=now)
+        ScoreHistory.objects.bulk_create(history, batch_size=1000)
+        hooks.leads_changed(ids=[row[0] for row in changed],
+                            fields=["fit_score", "engagement_score", "total_score"], source="scoring")
+
+    def _send():
+        for pk, old, new in announce:
+            signals.score_changed.send(sender=Lead, lead_id=pk, old_total=old, new_total=new)
+
+    if announce:
+        transaction.on_commit(_send)
+    return len(changed)
+
+
+def scores_recompute_all(*, batch_size: int = 20000, reason: str = "bulk recompute", progress=None,
+                         now: dt.datetime | None = None) -> int:
+    """Every lead, in batches (each its own transaction). ``progress(n)`` is
+    called after each batch."""
+    rules = active_rules()
+    now = now or timezone.now()
+    changed = 0
+    last = 0
+    while True:
+        ids = list(Lead.objects.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return changed
+        changed += scores_recompute(lead_ids=ids, reason=reason, now=now, rules=rules)
+        last = ids[-1]
+        if progress:
+            progress(len(ids))
+
+
+# --- Segments ---------------------------------------------------------------------
+
+
+@transaction.atomic
+def segment_save(*, segment: Segment | None = None, name: str, condition: str, description: str = "") -> Segment:
+    """Create or change a segment; stores the parsed form beside the text."""
+    segment = segment or Segment()
+    segment.name, segment.condition, segment.description = name, condition, description
+    segment.full_clean(exclude=["condition_json"])
+    segment.condition_json = parse(condition).to_json()
+    segment.save()
+    return segment
+
+
+# --- Lifecycle --------------------------------------------------------------------
+
+
+def _order(stage_id: int | None, orders: dict[int, int]) -> int:
+    return -1 if stage_id is None else orders.get(stage_id, -1)
+
+
+def lifecycle_apply(*, lead_ids: Iterable[int], event_type_ids: Iterable[int] = (), actor=None,
+                    now: dt.datetime | None = None) -> list[StageTransition]:
+    """Run the active lifecycle rules (in order) over these leads; the first
+    rule that moves a lead wins. Condition rules apply when the condition
+    matches; event rules when one of ``event_type_ids`` just arrived (and the
+    condition, if any, matches). Forward only unless the rule allows going
+    back. Every move goes through lead_change_stage."""
+    now = now or timezone.now()
+    event_type_ids = set(event_type_ids)
+    orders = dict(LifecycleStage.objects.values_list("pk", "order"))
+    moved: list[StageTransition] = []
+    pending = set(lead_ids)
+    for rule in LifecycleRule.objects.filter(is_active=True).select_related("to_stage"):
+        if not pending:
+            break
+        if rule.event_type_id and rule.event_type_id not in event_type_ids:
+            continue
+        qs = Lead.objects.filter(pk__in=pending)
+        if rule.condition:
+            qs = qs.filter(parse(rule.condition).to_q(now=now))
+        for lead in qs.only("pk", "lifecycle_stage_id"):
+            target = orders[rule.to_stage_id]
+            current = _order(lead.lifecycle_stage_id, orders)
+            if target == current or (target < current and not rule.allow_backward):
+                continue
+            with transaction.atomic():
+                tr = lead_change_stage(lead=lead, to_stage=rule.to_stage, reason=f"rule: {rule.name}"[:255],
+                                       actor=actor, source="lifecycle_rule")
+            if tr is not None:
+                moved.append(tr)
+                pending.discard(lead.pk)
+    return moved
+
+
+def lead_recycle(*, lead: Lead, to_stage: LifecycleStage | str = "lead", reason: str, actor=None
+                 ) -> StageTransition | None:
+    """The explicit way back (e.g. an SQL sales rejected goes back to lead),
+    recorded with its reason and actor like any other move."""
+    if not reason or not reason.strip():
+        raise ValidationError({"reason": ["Give a reason for recycling the lead."]})
+    return lead_change_stage(lead=lead, to_stage=to_stage, reason=f"recycled: {reason.strip()}"[:255],
+                             actor=actor, source="recycle")
+
+
+def opportunity_stage_apply(*, kind: str, lead_ids: Iterable[int]) -> list[StageTransition]:
+    """Opportunity created -> "opportunity", closed won -> "customer"
+    (forward only: a customer does not become an opportunity again)."""
+    target_key = {"created": "opportunity", "won": "customer"}.get(kind)
+    if target_key is None:
+        return []
+    target = LifecycleStage.objects.get(key=target_key)
+    orders = dict(LifecycleStage.objects.values_list("pk", "order"))
+    moved = []
+    for lead in Lead.objects.filter(pk__in=list(lead_ids)).only("pk", "lifecycle_stage_id"):
+        if _order(lead.lifecycle_stage_id, orders) >= target.order:
+            continue
+        tr = lead_change_stage(lead=lead, to_stage=target, reason=f"opportunity {kind}", source="opportunity")
+        if tr is not None:
+            moved.append(tr)
+    return moved
+
+
+@transaction.atomic
+def stale_mqls_flag(*, now: dt.datetime | None = None) -> tuple[int, int]:
+    """Flag MQLs with no activity (latest touch, else the MQL move) for
+    STALE_MQL_DAYS; clear flags of leads active again or no longer MQL.
+    Returns (flagged, cleared)."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(days=conf("STALE_MQL_DAYS"))
+    mql = LifecycleStage.objects.filter(key="mql").first()
+    if mql is None:
+        return 0, 0
+    cleared, _ = StaleFlag.objects.exclude(lead__lifecycle_stage=mql).delete()
+    c2, _ = StaleFlag.objects.filter(lead__latest_touch_at__gte=cutoff).delete()
+    flagged = 0
+    for lead_id, touch in Lead.objects.filter(lifecycle_stage=mql, stale_flag__isnull=True).values_list(
+            "pk", "latest_touch_at"):
+        moved_at = (StageTransition.objects.filter(lead_id=lead_id, to_stage=mql)
+                    .order_by("-changed_at").values_list("changed_at", flat=True).first())
+        last = max(t for t in (touch, moved_at) if t is not None) if (touch or moved_at) else None
+        if last is None or last < cutoff:
+            StaleFlag.objects.get_or_create(lead_id=lead_id, defaults={"flagged_at": now, "last_activity_at": last})
+            flagged += 1
+    return flagged, cleared + c2
+
+
+# --- SQL handoff ---------------------------------------------------------------------
+
+
+@transaction.atomic
+def handoff_start(*, transition_id: int) -> Handoff | None:
+    """Owner, follow-up task and SLA clock for a move to SQL. Idempotent per
+    transition (a retried task finds the Handoff and does nothing)."""
+    if not conf("HANDOFF_ENABLED"):
+        return None
+    transition = StageTransition.objects.select_related("to_stage", "lead").get(pk=transition_id)
+    if transition.to_stage.key != "sql":
+        return None
+    existing = Handoff.objects.select_for_update().filter(transition=transition).first()
+    if existing is not None:
+        return existing
+    lead = transition.lead
+    assigned_by = "unchanged"
+    reason = f"SQL handoff ({transition.reason})"[:255]
+    if hooks.call("assign_owner", lead_id=lead.pk, reason=reason, actor=None):
+        assigned_by = "routing"
+    else:
+        username = conf("HANDOFF_DEFAULT_OWNER")
+        owner = get_user_model().objects.filter(username=username).first() if username else None
+        if owner is not None:
+            lead_set_owner(lead=lead, owner=owner, reason=reason, source="handoff")
+            assigned_by = "default_queue"
+        else:
+            log.warning("SQL handoff of lead %s: no routing and no default owner %r", lead.pk, username)
+    lead.refresh_from_db(fields=["owner"])
+    task, _ = task_create(
+        key=f"handoff:{transition.pk}", lead=lead, owner=lead.owner,
+        subject=f"Follow up with SQL {lead}"[:255],
+        description=f"Reached SQL at {transition.changed_at:%Y-%m-%d %H:%M} UTC: {transition.reason}",
+        due_at=transition.changed_at + dt.timedelta(hours=conf("HANDOFF_TASK_DUE_HOURS")), source="handoff",
+    )
+    handoff = Handoff.objects.create(transition=transition, lead=lead, started_at=transition.changed_at,
+                                     owner=lead.owner, assigned_by=assigned_by, task=task)
+    from martech.scoring import tasks
+
+    transaction.on_commit(lambda: tasks.enqueue("martech.scoring.tasks.handoff_notify", handoff.pk))
+    return handoff

@@ -1,0 +1,100 @@
+"""django-q2 tasks: thin, take ids, call one service (STYLE.md). A task only
+wakes work up; every one is safe to run twice."""
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+
+def enqueue(func: str, *args) -> None:
+    from django_q.tasks import async_task
+
+    async_task(func, *args, sync=settings.MARTECH_SCORING["TASKS_SYNC"])
+
+
+def rescore_leads(lead_ids: list[int], reason: str = "lead changed") -> int:
+    from martech.scoring import services
+
+    changed = services.scores_recompute(lead_ids=lead_ids, reason=reason)
+    services.lifecycle_apply(lead_ids=lead_ids)
+    return changed
+
+
+def events_arrived(event_ids: list[int]) -> int:
+    """Rescore the leads of new events, then run lifecycle rules (including
+    event rules such as demo_requested -> SQL)."""
+    from martech.models import Event
+    from martech.scoring import services
+
+    rows = list(Event.objects.filter(pk__in=event_ids, lead__isnull=False).values_list("lead_id", "event_type_id"))
+    lead_ids = sorted({lead for lead, _ in rows})
+    changed = services.scores_recompute(lead_ids=lead_ids, reason="event")
+    for lead_id in lead_ids:
+        services.lifecycle_apply(lead_ids=[lead_id], event_type_ids={t for lead, t in rows if lead == lead_id})
+    return changed
+
+
+def opportunity_changed(kind: str, lead_ids: list[int]) -> int:
+    from martech.scoring import services
+
+    with transaction.atomic():
+        return len(services.opportunity_stage_apply(kind=kind, lead_ids=lead_ids))
+
+
+def handoff_start(transition_id: int) -> None:
+    from martech.scoring import services
+
+    services.handoff_start(transition_id=transition_id)
+
+
+def nightly_decay() -> int:
+    """Decay lowers engagement with age: recompute every lead."""
+    from martech.scoring import services
+
+    changed = services.scores_recompute_all(reason="nightly decay")
+    services.stale_mqls_flag()
+    return changed
+
+
+def handoff_notify(handoff_id: int) -> None:
+    """Email and webhook for one handoff, each at most once: the sent time is
+    recorded right after each succeeds, so a retry sends only what failed."""
+    from martech.scoring.models import Handoff
+
+    conf = settings.MARTECH_SCORING
+    handoff = Handoff.objects.select_related("lead", "owner", "task").get(pk=handoff_id)
+    lead = handoff.lead
+    text = (f"SQL handoff: {lead} (score {lead.total_score}) assigned to "
+            f"{handoff.owner.username if handoff.owner else 'nobody'} at {handoff.started_at:%Y-%m-%d %H:%M} UTC")
+    errors = []
+    if handoff.email_sent_at is None:
+        recipients = list(conf["HANDOFF_NOTIFY_EMAILS"])
+        if handoff.owner and handoff.owner.email:
+            recipients.append(handoff.owner.email)
+        if recipients:
+            try:
+                send_mail(f"New SQL: {lead}", text, None, sorted(set(recipients)))
+                Handoff.objects.filter(pk=handoff.pk).update(email_sent_at=timezone.now())
+            except Exception as exc:  # recorded and retried by django-q2
+                errors.append(f"email: {exc}")
+    if handoff.webhook_sent_at is None and conf["HANDOFF_WEBHOOK_URL"]:
+        body = json.dumps({"text": text, "lead_id": lead.pk, "handoff_id": handoff.pk}).encode()
+        req = urllib.request.Request(conf["HANDOFF_WEBHOOK_URL"], data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=conf["WEBHOOK_TIMEOUT"]) as resp:
+                resp.read()
+            Handoff.objects.filter(pk=handoff.pk).update(webhook_sent_at=timezone.now())
+        except Exception as exc:
+            errors.append(f"webhook: {exc}")
+    if errors:
+        Handoff.objects.filter(pk=handoff.pk).update(last_error="; ".join(errors)[:2000])
+        raise RuntimeError("; ".join(errors))

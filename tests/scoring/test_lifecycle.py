@@ -1,0 +1,203 @@
+"""Lifecycle rules forward and back, event rules, opportunities, stale MQLs,
+and the SQL handoff (owner, task, email, webhook, SLA clock)."""
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import threading
+
+import pytest
+from django.core import mail
+from django.core.exceptions import ValidationError
+
+from martech import hooks, signals
+from martech.models import LifecycleStage, SalesTask, StageTransition
+from martech.scoring import services
+from martech.scoring.models import FitRule, Handoff, LifecycleRule, StaleFlag
+from tests.factories import EventFactory, LeadFactory, UserFactory
+
+
+def stage(key):
+    return LifecycleStage.objects.get(key=key)
+
+
+@pytest.fixture
+def mql_rule(model):
+    FitRule.objects.create(model=model, name="VP", condition='job_title contains "vp"', points=80)
+    return LifecycleRule.objects.create(name="MQL by score", condition="score >= 75 and fit_score >= 30",
+                                        to_stage=stage("mql"))
+
+
+def test_mql_rule_moves_forward_with_reason(mql_rule, django_capture_on_commit_callbacks):
+    lead = LeadFactory(job_title="VP Sales")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.scores_recompute(lead_ids=[lead.pk], reason="t")
+        moved = services.lifecycle_apply(lead_ids=[lead.pk])
+    assert [(t.from_stage.key, t.to_stage.key, t.reason, t.source) for t in moved] == [
+        ("lead", "mql", "rule: MQL by score", "lifecycle_rule")]
+    lead.refresh_from_db()
+    assert lead.lifecycle_stage.key == "mql"
+    # A second run changes nothing.
+    assert services.lifecycle_apply(lead_ids=[lead.pk]) == []
+
+
+def test_rules_are_forward_only_by_default(mql_rule):
+    lead = LeadFactory(job_title="VP Sales", lifecycle_stage=stage("sql"))
+    services.scores_recompute(lead_ids=[lead.pk], reason="t")
+    assert services.lifecycle_apply(lead_ids=[lead.pk]) == []
+    lead.refresh_from_db()
+    assert lead.lifecycle_stage.key == "sql"
+
+
+def test_backward_rule_recycles_when_allowed(model):
+    LifecycleRule.objects.create(name="Recycle cold SQLs", condition="score < 10", to_stage=stage("lead"),
+                                 allow_backward=True)
+    lead = LeadFactory(lifecycle_stage=stage("sql"))
+    moved = services.lifecycle_apply(lead_ids=[lead.pk])
+    assert [(t.from_stage.key, t.to_stage.key) for t in moved] == [("sql", "lead")]
+
+
+def test_explicit_recycle_needs_a_reason_and_is_recorded(db):
+    user = UserFactory(username="sam")
+    lead = LeadFactory(lifecycle_stage=stage("sql"))
+    with pytest.raises(ValidationError) as info:
+        services.lead_recycle(lead=lead, reason="  ", actor=user)
+    assert "reason" in info.value.message_dict
+    tr = services.lead_recycle(lead=lead, reason="no budget this year", actor=user)
+    assert (tr.from_stage.key, tr.to_stage.key, tr.reason, tr.actor, tr.source) == (
+        "sql", "lead", "recycled: no budget this year", user, "recycle")
+
+
+def test_event_rule_demo_requested_makes_sql_and_hands_off(model, demo_requested, settings,
+                                                          django_capture_on_commit_callbacks):
+    queue = UserFactory(username="queue", email="queue@example.com")
+    settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "HANDOFF_DEFAULT_OWNER": "queue",
+                                "HANDOFF_NOTIFY_EMAILS": ["sales@example.com"]}
+    LifecycleRule.objects.create(name="Demo", event_type=demo_requested, to_stage=stage("sql"))
+    lead = LeadFactory()
+    event = EventFactory(lead=lead, event_type=demo_requested, client_event_id="demo-1")
+    with django_capture_on_commit_callbacks(execute=True):
+        signals.events_ingested.send(sender=type(event), event_ids=[event.pk])
+    lead.refresh_from_db()
+    assert lead.lifecycle_stage.key == "sql"
+    assert lead.owner == queue
+    handoff = Handoff.objects.get(lead=lead)
+    transition = StageTransition.objects.get(lead=lead, to_stage__key="sql")
+    assert handoff.transition == transition
+    assert handoff.started_at == transition.changed_at  # the SLA clock
+    assert handoff.assigned_by == "default_queue"
+    assert handoff.task.key == f"handoff:{transition.pk}" and handoff.task.owner == queue
+    assert handoff.email_sent_at is not None
+    assert sorted(mail.outbox[0].to) == ["queue@example.com", "sales@example.com"]
+    # Retrying the handoff task makes nothing twice.
+    services.handoff_start(transition_id=transition.pk)
+    assert Handoff.objects.count() == 1 and SalesTask.objects.filter(lead=lead).count() == 1
+
+
+def test_routing_provider_assigns_before_the_default_queue(db, settings, django_capture_on_commit_callbacks):
+    UserFactory(username="queue")
+    rep = UserFactory(username="rep")
+    settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "HANDOFF_DEFAULT_OWNER": "queue"}
+    calls = []
+
+    def assign(*, lead_id, reason, actor=None):
+        from martech.models import Lead
+        from martech.services.leads import lead_set_owner
+
+        calls.append((lead_id, reason))
+        return lead_set_owner(lead=Lead.objects.get(pk=lead_id), owner=rep, reason=reason, source="routing")
+
+    hooks.provide("assign_owner", assign)
+    try:
+        lead = LeadFactory(lifecycle_stage=stage("mql"))
+        with django_capture_on_commit_callbacks(execute=True):
+            from martech.services.leads import lead_change_stage
+
+            lead_change_stage(lead=lead, to_stage="sql", reason="sales accepted")
+    finally:
+        hooks._providers.pop("assign_owner", None)
+    handoff = Handoff.objects.get(lead=lead)
+    assert (handoff.owner, handoff.assigned_by) == (rep, "routing")
+    assert calls and calls[0][0] == lead.pk
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list = []
+    status = 200
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append(json.loads(body))
+        self.send_response(_Hook.status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook_server():
+    _Hook.received, _Hook.status = [], 200
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_webhook_is_sent_once_and_retried_after_failure(db, settings, webhook_server,
+                                                        django_capture_on_commit_callbacks):
+    url = f"http://127.0.0.1:{webhook_server.server_address[1]}/hook"
+    settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "HANDOFF_WEBHOOK_URL": url}
+    from martech.scoring.tasks import handoff_notify
+    from martech.services.leads import lead_change_stage
+
+    _Hook.status = 500
+    lead = LeadFactory(lifecycle_stage=stage("mql"))
+    # The failing task raises, so django-q2 records the failure and retries it.
+    with pytest.raises(RuntimeError, match="webhook: HTTP Error 500"):
+        with django_capture_on_commit_callbacks(execute=True):
+            lead_change_stage(lead=lead, to_stage="sql", reason="qualified")
+    handoff = Handoff.objects.get(lead=lead)
+    assert handoff.webhook_sent_at is None and "webhook" in handoff.last_error
+    _Hook.status = 200
+    handoff_notify(handoff.pk)
+    handoff_notify(handoff.pk)  # a repeated task sends nothing more
+    handoff.refresh_from_db()
+    assert handoff.webhook_sent_at is not None
+    assert len(_Hook.received) == 2  # the failed try and the one success
+    assert _Hook.received[-1]["lead_id"] == lead.pk and "SQL handoff" in _Hook.received[-1]["text"]
+
+
+def test_opportunity_created_and_won(db, django_capture_on_commit_callbacks):
+    a = LeadFactory(lifecycle_stage=stage("sql"))
+    b = LeadFactory(lifecycle_stage=stage("customer"))
+    with django_capture_on_commit_callbacks(execute=True):
+        signals.opportunity_changed.send(sender=None, opportunity_id=1, lead_ids=[a.pk, b.pk], kind="created")
+    a.refresh_from_db(), b.refresh_from_db()
+    assert (a.lifecycle_stage.key, b.lifecycle_stage.key) == ("opportunity", "customer")
+    with django_capture_on_commit_callbacks(execute=True):
+        signals.opportunity_changed.send(sender=None, opportunity_id=1, lead_ids=[a.pk], kind="won")
+    a.refresh_from_db()
+    assert a.lifecycle_stage.key == "customer"
+    assert StageTransition.objects.filter(lead=a, reason="opportunity won").count() == 1
+    signals.opportunity_changed.send(sender=None, opportunity_id=1, lead_ids=[a.pk], kind="lost")
+    a.refresh_from_db()
+    assert a.lifecycle_stage.key == "customer"
+
+
+def test_stale_mqls_are_flagged_and_cleared(db, settings):
+    settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "STALE_MQL_DAYS": 30}
+    now = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
+    quiet = LeadFactory(lifecycle_stage=stage("mql"), latest_touch_at=now - dt.timedelta(days=45))
+    active = LeadFactory(lifecycle_stage=stage("mql"), latest_touch_at=now - dt.timedelta(days=2))
+    LeadFactory(lifecycle_stage=stage("lead"), latest_touch_at=now - dt.timedelta(days=90))
+    assert services.stale_mqls_flag(now=now) == (1, 0)
+    assert list(StaleFlag.objects.values_list("lead_id", flat=True)) == [quiet.pk]
+    assert active.pk not in StaleFlag.objects.values_list("lead_id", flat=True)
+    quiet.latest_touch_at = now
+    quiet.save()
+    assert services.stale_mqls_flag(now=now) == (0, 1)
+    assert not StaleFlag.objects.exists()
