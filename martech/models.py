@@ -533,6 +533,8 @@ class ApiClient(TimestampedModel):
         CAMPAIGNS_READ = "campaigns:read", "Read campaigns"
         CAMPAIGNS_WRITE = "campaigns:write", "Write campaigns"
         STAGES_READ = "stages:read", "Read lifecycle stages"
+        ATTRIBUTION_READ = "attribution:read", "Read attribution reports, opportunities and spend"
+        ATTRIBUTION_WRITE = "attribution:write", "Write opportunities and spend"
 
     name = models.CharField(max_length=100, unique=True)
     token_prefix = models.CharField(max_length=12, editable=False)

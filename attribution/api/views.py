@@ -1,0 +1,134 @@
+"""Attribution report API: thin views over attribution.selectors. JSON by
+default, CSV with ``?format=csv`` (or ``Accept: text/csv``)."""
+from __future__ import annotations
+
+import csv
+import io
+from decimal import Decimal
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+
+from attribution import selectors
+from attribution.models import AttributionCredit, AttributionModel
+from martech.api.throttling import ClientRateThrottle
+from martech.models import ApiClient, Channel
+
+
+def _plain(value):
+    """Money as strings with two places, as DecimalField serializers give it
+    (DRF's JSON encoder would turn a bare Decimal into a float)."""
+    if isinstance(value, Decimal):
+        return f"{value:.2f}"
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+class CSVRenderer(BaseRenderer):
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        rows = data.get("results") if isinstance(data, dict) else None
+        if rows is None:  # an error body: keep it readable
+            rows = [data.get("error", data)] if isinstance(data, dict) else []
+        buffer = io.StringIO()
+        if rows:
+            flat = [{k: v for k, v in r.items() if not isinstance(v, dict)} | {f"{k}_{m}": x for k, v in r.items() if isinstance(v, dict) for m, x in v.items()} for r in rows]
+            writer = csv.DictWriter(buffer, fieldnames=list(flat[0]))
+            writer.writeheader()
+            writer.writerows(flat)
+        return buffer.getvalue().encode()
+
+
+class ReportQuerySerializer(serializers.Serializer):
+    model = serializers.ChoiceField(choices=AttributionModel.choices, default=AttributionModel.LINEAR)
+    group_by = serializers.ChoiceField(choices=[(g, g) for g in selectors.GROUPS], default="channel")
+    start = serializers.DateField(required=False)
+    end = serializers.DateField(required=False)
+    channel = serializers.ChoiceField(choices=Channel.choices + [(AttributionCredit.UNATTRIBUTED, "Unattributed")], required=False)
+    campaign = serializers.IntegerField(required=False, min_value=1)
+
+    def validate(self, attrs):
+        if attrs.get("start") and attrs.get("end") and attrs["start"] > attrs["end"]:
+            raise serializers.ValidationError({"end": ["end must not be before start."]})
+        return attrs
+
+
+class CompareQuerySerializer(ReportQuerySerializer):
+    model = None
+    channel = None
+    campaign = None
+
+
+_ROW = inline_serializer("AttributionReportRow", {
+    "group": serializers.CharField(),
+    "campaign_id": serializers.IntegerField(required=False, allow_null=True),
+    "attributed_revenue": serializers.DecimalField(max_digits=18, decimal_places=2),
+    "attributed_conversions": serializers.FloatField(),
+    "attributed_pipeline": serializers.DecimalField(max_digits=18, decimal_places=2),
+    "opportunity_count": serializers.IntegerField(),
+    "spend": serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True),
+    "roas": serializers.FloatField(allow_null=True),
+    "roi": serializers.FloatField(allow_null=True),
+    "cpa": serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True),
+}, many=True)
+
+
+class _ReportView(APIView):
+    renderer_classes = [JSONRenderer, CSVRenderer]
+    throttle_classes = [AnonRateThrottle, ClientRateThrottle]
+    permission_model = AttributionCredit
+    required_scopes = {"read": ApiClient.Scope.ATTRIBUTION_READ.value}
+
+    def _query(self, serializer_class, request) -> dict:
+        params = {k: v for k, v in request.query_params.items() if k != "format"}
+        serializer = serializer_class(data=params)
+        serializer.is_valid(raise_exception=True)
+        return dict(serializer.validated_data)
+
+
+class ReportView(_ReportView):
+    @extend_schema(
+        operation_id="attribution_report",
+        parameters=[ReportQuerySerializer, OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"])],
+        responses={200: inline_serializer("AttributionReport", {
+            "model": serializers.CharField(), "group_by": serializers.CharField(), "results": _ROW,
+        })},
+    )
+    def get(self, request):
+        q = self._query(ReportQuerySerializer, request)
+        rows = selectors.attribution_report(
+            model=q["model"], group_by=q["group_by"], start=q.get("start"), end=q.get("end"),
+            channel=q.get("channel"), campaign_id=q.get("campaign"),
+        )
+        return Response({"model": q["model"], "group_by": q["group_by"], "results": _plain(rows)})
+
+
+class CompareView(_ReportView):
+    @extend_schema(
+        operation_id="attribution_compare",
+        parameters=[CompareQuerySerializer, OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"])],
+        responses={200: inline_serializer("AttributionComparison", {
+            "group_by": serializers.CharField(),
+            "results": inline_serializer("AttributionComparisonRow", {
+                "group": serializers.CharField(),
+                "revenue": serializers.DictField(child=serializers.DecimalField(max_digits=18, decimal_places=2)),
+            }, many=True),
+        })},
+    )
+    def get(self, request):
+        q = self._query(CompareQuerySerializer, request)
+        rows = selectors.attribution_compare(
+            group_by=q["group_by"], start=q.get("start"), end=q.get("end"), models=[m.value for m in AttributionModel]
+        )
+        return Response({"group_by": q["group_by"], "results": _plain(rows)})

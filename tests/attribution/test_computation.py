@@ -1,0 +1,154 @@
+"""Touchpoints from events, materialized credits and the report API."""
+from datetime import datetime, timedelta, timezone as dt_tz
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from attribution.computation import ALL_MODELS, attribution_compute
+from attribution.models import AttributionCredit, CampaignSpend, Opportunity, Touchpoint
+from attribution.selectors import attribution_report
+from attribution.services import opportunity_change_stage, opportunity_set_contact, opportunity_upsert, stage_for
+from attribution.tasks import touchpoints_refresh
+from attribution.touchpoints import touchpoints_rebuild
+from martech.models import EventType
+from tests.factories import CampaignFactory, EventFactory, LeadFactory
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=dt_tz.utc)
+
+
+def touch(lead, channel, at, *, utm=True, **kw):
+    return EventFactory(lead=lead, occurred_at=at, channel=channel, utm_source="x" if utm else "", **kw)
+
+
+def make_opp(leads, *, amount="1000.00", created=T0, won_at=None, lost_at=None):
+    opp, _ = opportunity_upsert(data={"name": "Deal", "amount": Decimal(amount), "created_at": created}, source="test")
+    for i, lead in enumerate(leads):
+        opportunity_set_contact(opportunity=opp, lead=lead, is_primary=i == 0)
+    if won_at or lost_at:
+        key = "closed_won" if won_at else "closed_lost"
+        opportunity_change_stage(opportunity=opp, to_stage=stage_for(pipeline=opp.pipeline, key=key), source="test", at=won_at or lost_at)
+        opp.refresh_from_db()
+        Opportunity.objects.filter(pk=opp.pk).update(closed_at=won_at or lost_at)
+    return opp
+
+
+def test_touchpoints_session_window_lead_creation_and_idempotence(settings):
+    settings.MARTECH_ATTRIBUTION = {**settings.MARTECH_ATTRIBUTION, "SESSION_MINUTES": 30}
+    lead = LeadFactory()
+    lead.created_at = T0 + timedelta(hours=1)
+    lead.save(update_fields=["created_at"])
+    a = touch(lead, "email", T0)
+    touch(lead, "email", T0 + timedelta(minutes=20))  # same session: collapsed
+    b = touch(lead, "paid_search", T0 + timedelta(minutes=25))  # other channel: kept
+    touch(lead, "email", T0 + timedelta(minutes=45))  # 25 min after the previous email: session goes on
+    c = touch(lead, "email", T0 + timedelta(hours=3))
+    EventFactory(lead=lead, occurred_at=T0, utm_source="")  # page view without UTMs: not a touch
+    touchpoints_rebuild(lead_ids=[lead.pk])
+    tps = list(Touchpoint.objects.filter(lead=lead).order_by("occurred_at"))
+    assert [t.event_id for t in tps] == [a.pk, b.pk, c.pk]
+    # the last touch at or before the lead's creation
+    assert [t.is_lead_creation for t in tps] == [False, True, False]
+    assert touchpoints_rebuild(lead_ids=[lead.pk]) == {"created": 0, "updated": 0, "deleted": 0}
+
+
+def test_catalog_touchpoint_event_without_utm_counts():
+    lead = LeadFactory()
+    form = EventType.objects.get(name="form_submitted")
+    assert form.is_touchpoint
+    touch(lead, "organic_search", T0, utm=False, event_type=form)
+    touchpoints_rebuild(lead_ids=[lead.pk])
+    assert Touchpoint.objects.filter(lead=lead, channel="organic_search").count() == 1
+
+
+def test_lookback_window_and_close_bound_the_path(settings):
+    settings.MARTECH_ATTRIBUTION = {**settings.MARTECH_ATTRIBUTION, "LOOKBACK_DAYS": 90}
+    lead = LeadFactory()
+    touch(lead, "display", T0 - timedelta(days=91))  # before the window
+    touch(lead, "email", T0 - timedelta(days=89))
+    touch(lead, "paid_search", T0 + timedelta(days=5))
+    touch(lead, "referral", T0 + timedelta(days=11))  # after the close
+    touchpoints_rebuild(lead_ids=[lead.pk])
+    opp = make_opp([lead], won_at=T0 + timedelta(days=10))
+    attribution_compute(models=["linear", "first_touch"])
+    linear = dict(AttributionCredit.objects.filter(model="linear", opportunity=opp).values_list("channel", "credit"))
+    assert linear == {"email": Decimal("500.00"), "paid_search": Decimal("500.00")}
+    first = AttributionCredit.objects.get(model="first_touch", opportunity=opp, credit__gt=0)
+    assert first.channel == "email"
+
+
+def test_every_model_sums_to_amount_and_report_totals_equal_won_revenue():
+    leads = [LeadFactory() for _ in range(4)]
+    channels = ["email", "paid_search", "direct", "display", "referral"]
+    for i, lead in enumerate(leads):
+        for j in range(i + 2):
+            touch(lead, channels[(i + j) % 5], T0 - timedelta(days=10 - j))
+    touchpoints_rebuild(lead_ids=[l.pk for l in leads])
+    won1 = make_opp(leads[:2], amount="1000.01", won_at=T0 + timedelta(days=3))
+    won2 = make_opp([leads[2]], amount="333.33", won_at=T0 + timedelta(days=4))
+    make_opp([leads[3]], amount="500.00", lost_at=T0 + timedelta(days=4))
+    make_opp([LeadFactory()], amount="77.00", won_at=T0 + timedelta(days=2))  # no touches: unattributed
+    make_opp([leads[0]], amount="250.00")  # open pipeline
+    result = attribution_compute()
+    assert result["models"] == len(ALL_MODELS)
+    for model in ALL_MODELS:
+        for opp in Opportunity.objects.all():
+            total = sum(AttributionCredit.objects.filter(model=model, opportunity=opp).values_list("credit", flat=True))
+            assert total == opp.amount, (model, opp.pk)
+        rows = attribution_report(model=model, group_by="channel", start=T0.date(), end=(T0 + timedelta(days=30)).date())
+        assert sum(r["attributed_revenue"] for r in rows) == Decimal("1410.34"), model
+        assert sum(r["attributed_conversions"] for r in rows) == pytest.approx(3.0)
+        by_month = attribution_report(model=model, group_by="month")
+        assert sum(r["attributed_revenue"] for r in by_month) == Decimal("1410.34")
+    assert AttributionCredit.objects.filter(channel="unattributed", model="linear").count() == 1
+    # recompute is idempotent
+    before = AttributionCredit.objects.count()
+    attribution_compute(opportunity_ids=[won1.pk, won2.pk])
+    assert AttributionCredit.objects.count() == before
+
+
+def test_event_task_builds_touches_and_refreshes_credits():
+    lead = LeadFactory()
+    opp = make_opp([lead], won_at=T0 + timedelta(days=1))
+    attribution_compute(opportunity_ids=[opp.pk], models=["last_touch"])
+    assert AttributionCredit.objects.get(opportunity=opp, model="last_touch").channel == "unattributed"
+    ev = touch(lead, "email", T0)
+    touchpoints_refresh([ev.pk])
+    credits = AttributionCredit.objects.filter(opportunity=opp, model="last_touch")
+    assert list(credits.values_list("channel", "credit")) == [("email", Decimal("1000.00"))]
+
+
+def test_report_spend_roi_and_api(client, superuser):
+    lead = LeadFactory()
+    campaign = CampaignFactory(channel="paid_search")
+    touch(lead, "paid_search", T0, campaign=campaign)
+    touchpoints_rebuild(lead_ids=[lead.pk])
+    make_opp([lead], amount="1200.00", won_at=T0 + timedelta(days=2))
+    CampaignSpend.objects.create(campaign=campaign, date=T0.date(), amount=Decimal("400.00"))
+    attribution_compute(models=["linear"])
+    client.force_login(superuser)
+    with CaptureQueriesContext(connection) as ctx:
+        resp = client.get("/api/v1/attribution/report", {"model": "linear", "group_by": "campaign", "start": "2026-03-01", "end": "2026-03-31"})
+    assert resp.status_code == 200, resp.content
+    [row] = resp.json()["results"]
+    assert row["group"] == campaign.name and row["campaign_id"] == campaign.pk
+    assert Decimal(row["attributed_revenue"]) == Decimal("1200.00")
+    assert row["roas"] == 3.0 and row["roi"] == 2.0 and Decimal(row["cpa"]) == Decimal("400.00")
+    assert len(ctx) <= 12
+    resp = client.get("/api/v1/attribution/report", {"model": "nope", "start": "2026-03-05", "end": "2026-03-01"})
+    assert resp.status_code == 400
+    assert set(resp.json()["error"]["fields"]) >= {"model"}
+    csv_resp = client.get("/api/v1/attribution/report", {"model": "linear", "group_by": "channel", "format": "csv"})
+    assert csv_resp.status_code == 200 and csv_resp["Content-Type"].startswith("text/csv")
+    assert csv_resp.content.decode().splitlines()[0].startswith("group,attributed_revenue")
+    cmp = client.get("/api/v1/attribution/compare", {"group_by": "channel"}).json()
+    assert cmp["results"][0]["revenue"]["linear"] == "1200.00"
+
+
+def test_report_needs_permission(client, analyst):
+    client.force_login(analyst)
+    assert client.get("/api/v1/attribution/report").status_code in (200, 403)
