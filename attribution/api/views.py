@@ -15,7 +15,10 @@ from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
 from attribution import selectors
-from attribution.models import AttributionCredit, AttributionModel
+from django.core.exceptions import ValidationError as DjangoValidationError
+
+from attribution.imports import csv_rows, opportunities_import, spend_import
+from attribution.models import AttributionCredit, AttributionModel, CampaignSpend, Opportunity
 from martech.api.throttling import ClientRateThrottle
 from martech.models import ApiClient, Channel
 
@@ -132,3 +135,59 @@ class CompareView(_ReportView):
             group_by=q["group_by"], start=q.get("start"), end=q.get("end"), models=[m.value for m in AttributionModel]
         )
         return Response({"group_by": q["group_by"], "results": _plain(rows)})
+
+
+class ImportInputSerializer(serializers.Serializer):
+    rows = serializers.ListField(child=serializers.DictField(child=serializers.CharField(allow_blank=True)), required=False, max_length=10000)
+    csv = serializers.CharField(required=False, allow_blank=False, max_length=20_000_000)
+
+    def validate(self, attrs):
+        if ("rows" in attrs) == ("csv" in attrs):
+            raise serializers.ValidationError({"rows": ["Give exactly one of rows (objects) or csv (text)."]})
+        return attrs
+
+
+_IMPORT_DOC = "All or nothing: any bad row refuses the whole request, naming each row and field."
+
+
+class _ImportView(APIView):
+    throttle_classes = [AnonRateThrottle, ClientRateThrottle]
+    required_scopes = {"read": ApiClient.Scope.ATTRIBUTION_READ.value, "write": ApiClient.Scope.ATTRIBUTION_WRITE.value}
+
+    def _rows(self, request) -> list[dict]:
+        serializer = ImportInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if "csv" in data:
+            return csv_rows(data["csv"])
+        return [{k.strip().lower(): v.strip() for k, v in row.items()} for row in data["rows"]]
+
+    def _run(self, fn, request, **kwargs):
+        try:
+            return Response(fn(rows=self._rows(request), **kwargs), status=200)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"rows": exc.messages})
+
+
+class SpendImportView(_ImportView):
+    permission_model = CampaignSpend
+
+    @extend_schema(
+        operation_id="attribution_spend_import", description="Upsert daily campaign spend by (campaign, date). " + _IMPORT_DOC,
+        request=ImportInputSerializer, responses={200: inline_serializer("SpendImportResult", {"rows": serializers.IntegerField()})},
+    )
+    def post(self, request):
+        return self._run(spend_import, request)
+
+
+class OpportunityImportView(_ImportView):
+    permission_model = Opportunity
+
+    @extend_schema(
+        operation_id="opportunities_import",
+        description="Create or update opportunities (by CRM id) through opportunity_upsert; contacts is a ';' list of lead emails, the first primary. " + _IMPORT_DOC,
+        request=ImportInputSerializer,
+        responses={200: inline_serializer("OpportunityImportResult", {"created": serializers.IntegerField(), "updated": serializers.IntegerField()})},
+    )
+    def post(self, request):
+        return self._run(opportunities_import, request, actor=request.user if request.user.is_authenticated else None)

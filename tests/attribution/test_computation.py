@@ -152,3 +152,42 @@ def test_report_spend_roi_and_api(client, superuser):
 def test_report_needs_permission(client, analyst):
     client.force_login(analyst)
     assert client.get("/api/v1/attribution/report").status_code in (200, 403)
+
+
+def test_spend_import_all_or_nothing_and_idempotent(client, superuser):
+    campaign = CampaignFactory(utm_campaign="spring")
+    client.force_login(superuser)
+    good = "campaign,date,amount,currency,impressions,clicks\nspring,2026-03-01,10.50,usd,100,5\n"
+    bad = good + "nope,2026-13-01,-1,US,x,\n"
+    resp = client.post("/api/v1/attribution/spend/import", {"csv": bad}, content_type="application/json")
+    assert resp.status_code == 400
+    fields = resp.json()["error"]["fields"]
+    assert any("campaign" in m for m in fields["row 3"]) and any("date" in m for m in fields["row 3"])
+    assert CampaignSpend.objects.count() == 0
+    for _ in range(2):
+        resp = client.post("/api/v1/attribution/spend/import", {"csv": good}, content_type="application/json")
+        assert resp.status_code == 200, resp.content
+    spend = CampaignSpend.objects.get()
+    assert (spend.campaign, spend.amount, spend.currency, spend.clicks) == (campaign, Decimal("10.50"), "USD", 5)
+
+
+def test_opportunity_import_api_and_admin(client, superuser):
+    lead = LeadFactory(email="buyer@example.org")
+    client.force_login(superuser)
+    rows = [{"name": "Big deal", "amount": "900", "stage": "closed_won", "created_at": "2026-03-01", "closed_at": "2026-03-09",
+             "hubspot_id": "hs-1", "contacts": "buyer@example.org"}]
+    resp = client.post("/api/v1/opportunities/import", {"rows": rows}, content_type="application/json")
+    assert resp.json() == {"created": 1, "updated": 0}
+    resp = client.post("/api/v1/opportunities/import", {"rows": rows}, content_type="application/json")
+    assert resp.json() == {"created": 0, "updated": 1}
+    opp = Opportunity.objects.get()
+    assert opp.stage.is_won and opp.contact_roles.get().lead == lead
+    resp = client.post("/api/v1/opportunities/import", {"rows": [{"name": "", "contacts": "who@example.org"}]}, content_type="application/json")
+    assert resp.status_code == 400 and set(resp.json()["error"]["fields"]) == {"row 2"}
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    upload = SimpleUploadedFile("o.csv", b"name,amount,hubspot_id\nSecond,5,hs-2\n", content_type="text/csv")
+    resp = client.post("/admin/attribution/opportunity/import-csv/", {"file": upload})
+    assert resp.status_code == 302 and Opportunity.objects.count() == 2
+    assert client.get("/admin/attribution/attributioncredit/dashboard/").status_code == 200
+    assert client.get("/admin/attribution/opportunity/").status_code == 200
