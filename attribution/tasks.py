@@ -23,3 +23,9 @@ def touchpoints_refresh(event_ids: list[int]) -> dict[str, int]:
 
 def opportunity_attribute(opportunity_id: int) -> dict[str, int]:
     return attribution_compute(opportunity_ids=[opportunity_id])
+
+
+def attribution_recompute_all() -> dict[str, int]:
+    """Nightly full run: relearns the data-driven models over every journey
+    (incremental runs reuse their last values) and catches anything missed."""
+    return attribution_compute()
