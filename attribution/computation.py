@@ -40,8 +40,21 @@ from attribution.models import (
 ALL_MODELS = tuple(m.value for m in AttributionModel)
 CREDIT_COLUMNS = (
     "model", "opportunity_id", "touchpoint_id", "channel", "campaign_id", "touched_at", "is_opportunity_creation",
-    "weight", "credit", "currency", "is_won", "is_closed", "opportunity_created_at", "opportunity_closed_at",
+    "first_of_opportunity", "first_of_channel", "first_of_campaign", "weight", "credit", "currency", "is_won", "is_closed", "opportunity_created_at", "opportunity_closed_at",
 )
+
+
+def first_flags(keys: Sequence[tuple[str, int | None]]) -> list[tuple[bool, bool, bool]]:
+    """For one opportunity's credit rows as (channel, campaign id): is each row
+    the first of the opportunity, of its channel, of its campaign?"""
+    seen_channel: set = set()
+    seen_campaign: set = set()
+    flags = []
+    for i, (channel, campaign) in enumerate(keys):
+        flags.append((i == 0, channel not in seen_channel, campaign not in seen_campaign))
+        seen_channel.add(channel)
+        seen_campaign.add(campaign)
+    return flags
 
 
 def _ts(value: datetime) -> float:
@@ -189,14 +202,15 @@ def attribution_compute(
         amount: Decimal = opp["amount"]
         closed = opp["closed_at"] is not None and (opp["stage__is_won"] or opp["stage__is_lost"])
         common = (opp["currency"], bool(opp["stage__is_won"]), bool(closed), opp["created_at"], opp["closed_at"] if closed else None)
+        flags = first_flags([(t[2], t[3]) for t in tp_rows])
         for model, weigh in weighers.items():
             if not path:
-                rows.append((model, opp["id"], None, AttributionCredit.UNATTRIBUTED, None, None, False, 1.0, amount, *common))
+                rows.append((model, opp["id"], None, AttributionCredit.UNATTRIBUTED, None, None, False, True, True, True, 1.0, amount, *common))
                 continue
             weights = weigh(path, ctx)
             credits = engine.allocate(amount, weights)
-            for t, touch, w, c in zip(tp_rows, path, weights, credits):
-                rows.append((model, opp["id"], t[1], t[2], t[3], t[4], touch.is_opportunity_creation, w, c, *common))
+            for t, touch, w, c, firsts in zip(tp_rows, path, weights, credits, flags):
+                rows.append((model, opp["id"], t[1], t[2], t[3], t[4], touch.is_opportunity_creation, *firsts, w, c, *common))
     with transaction.atomic():
         old = AttributionCredit.objects.filter(model__in=models)
         if not full:

@@ -246,6 +246,12 @@ class AttributionCredit(models.Model):
     campaign = models.ForeignKey("martech.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     touched_at = models.DateTimeField(null=True, blank=True)
     is_opportunity_creation = models.BooleanField(default=False)
+    # The opportunity's first row overall / for this channel / for this
+    # campaign: reports count opportunities per group by counting these
+    # rows, instead of a COUNT(DISTINCT) that sorts the whole range.
+    first_of_opportunity = models.BooleanField(default=False)
+    first_of_channel = models.BooleanField(default=False)
+    first_of_campaign = models.BooleanField(default=False)
     weight = models.FloatField()
     credit = models.DecimalField(max_digits=18, decimal_places=2)
     currency = models.CharField(max_length=3)

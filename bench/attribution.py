@@ -49,7 +49,7 @@ from rest_framework.test import APIClient  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attribution import engine  # noqa: E402
-from attribution.computation import CREDIT_COLUMNS  # noqa: E402
+from attribution.computation import CREDIT_COLUMNS, first_flags  # noqa: E402
 from attribution.models import AttributionCredit, Opportunity, Pipeline  # noqa: E402
 
 CHANNELS = ["paid_search", "paid_social", "display", "email", "organic_search", "organic_social",
@@ -157,9 +157,11 @@ def load_credits(opps) -> list[int]:
     weigh = engine.weigher("linear")
     rows = []
     for opp, (_m, path, ctx, amount, won, closed) in zip(created_objs, opps):
-        for touch, w, c in zip(path, weigh(path, ctx), engine.allocate(amount, weigh(path, ctx))):
+        weights = weigh(path, ctx)
+        flags = first_flags([(t.channel, None) for t in path])
+        for touch, w, c, firsts in zip(path, weights, engine.allocate(amount, weights), flags):
             rows.append(("linear", opp.pk, None, touch.channel, None, datetime.fromtimestamp(touch.at, dt_timezone.utc),
-                         touch.is_opportunity_creation, w, c, "USD", won, closed, opp.created_at, opp.closed_at))
+                         touch.is_opportunity_creation, *firsts, w, c, "USD", won, closed, opp.created_at, opp.closed_at))
     t = time.perf_counter()
     with transaction.atomic():
         if connection.vendor == "postgresql":

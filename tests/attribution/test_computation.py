@@ -105,6 +105,16 @@ def test_every_model_sums_to_amount_and_report_totals_equal_won_revenue():
         by_month = attribution_report(model=model, group_by="month")
         assert sum(r["attributed_revenue"] for r in by_month) == Decimal("1410.34")
     assert AttributionCredit.objects.filter(channel="unattributed", model="linear").count() == 1
+    # opportunity counts per group are distinct opportunities, unfiltered (marked rows) and filtered (DISTINCT)
+    for group_by, field in (("channel", "channel"), ("month", None)):
+        rows = attribution_report(model="linear", group_by=group_by)
+        for row in rows:
+            qs = AttributionCredit.objects.filter(model="linear")
+            if field:
+                qs = qs.filter(**{field: row["group"]})
+            assert row["opportunity_count"] == qs.values("opportunity").distinct().count(), row
+    [email] = attribution_report(model="linear", group_by="channel", channel="email")
+    assert email["opportunity_count"] == AttributionCredit.objects.filter(model="linear", channel="email").values("opportunity").distinct().count()
     # recompute is idempotent
     before = AttributionCredit.objects.count()
     attribution_compute(opportunity_ids=[won1.pk, won2.pk])
