@@ -7,12 +7,11 @@ pipeline and opportunity counts count opportunities by their creation date.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncMonth
-from django.utils import timezone
 
 from attribution.models import AttributionCredit, CampaignSpend
 from martech.models import Campaign
@@ -22,10 +21,11 @@ GROUPS = ("channel", "campaign", "month")
 
 def _day_range(field: str, start: date | None, end: date | None) -> Q:
     q = Q()
-    tz = timezone.get_current_timezone()
+    # Days are UTC days (as stored), which also keeps date.min/date.max convertible.
+    tz = dt_timezone.utc
     if start:
         q &= Q(**{f"{field}__gte": datetime.combine(start, time.min, tzinfo=tz)})
-    if end:
+    if end and end < date.max:  # date.max + 1 day would overflow
         q &= Q(**{f"{field}__lt": datetime.combine(end + timedelta(days=1), time.min, tzinfo=tz)})
     return q
 

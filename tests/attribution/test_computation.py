@@ -201,3 +201,9 @@ def test_opportunity_import_api_and_admin(client, superuser):
     assert resp.status_code == 302 and Opportunity.objects.count() == 2
     assert client.get("/admin/attribution/attributioncredit/dashboard/").status_code == 200
     assert client.get("/admin/attribution/opportunity/").status_code == 200
+
+
+def test_report_extreme_dates_do_not_fail(client, superuser):
+    client.force_login(superuser)
+    resp = client.get("/api/v1/attribution/report", {"start": "0001-01-01", "end": "9999-12-31", "group_by": "month"})
+    assert resp.status_code == 200 and resp.json()["results"] == []
