@@ -15,7 +15,6 @@ stored values (and learns them first if there are none).
 """
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal

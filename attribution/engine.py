@@ -61,7 +61,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
-from itertools import combinations
 from math import factorial
 from typing import Callable, Iterable, Mapping, Sequence
 

@@ -30,8 +30,8 @@ import resource
 import statistics
 import sys
 import time
-from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone as dt_timezone
+from collections import Counter
+from datetime import datetime, timezone as dt_timezone
 from decimal import Decimal
 from pathlib import Path
 
