@@ -191,3 +191,26 @@ class OpportunityImportView(_ImportView):
     )
     def post(self, request):
         return self._run(opportunities_import, request, actor=request.user if request.user.is_authenticated else None)
+
+
+class PipelineQuerySerializer(serializers.Serializer):
+    start = serializers.DateField(required=False)
+    end = serializers.DateField(required=False)
+
+
+class PipelineView(_ReportView):
+    renderer_classes = [JSONRenderer]
+    permission_model = Opportunity
+
+    @extend_schema(
+        operation_id="attribution_pipeline",
+        description="Pipeline stage conversion, time in stage, win rate by source, average deal size, weighted "
+        "forecast, velocity, and the lead lifecycle funnel, for opportunities created (transitions made) in the range.",
+        parameters=[PipelineQuerySerializer],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request):
+        q = self._query(PipelineQuerySerializer, request)
+        body = selectors.pipeline_report(start=q.get("start"), end=q.get("end"))
+        body["lifecycle_funnel"] = selectors.lifecycle_funnel(start=q.get("start"), end=q.get("end"))
+        return Response(_plain(body))

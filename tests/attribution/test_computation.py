@@ -207,3 +207,23 @@ def test_report_extreme_dates_do_not_fail(client, superuser):
     client.force_login(superuser)
     resp = client.get("/api/v1/attribution/report", {"start": "0001-01-01", "end": "9999-12-31", "group_by": "month"})
     assert resp.status_code == 200 and resp.json()["results"] == []
+
+
+def test_pipeline_report_by_hand(client, superuser):
+    a = make_opp([LeadFactory()], amount="100.00", won_at=T0 + timedelta(days=10))  # prospecting -> won
+    b = make_opp([LeadFactory()], amount="300.00", lost_at=T0 + timedelta(days=4))
+    opportunity_upsert(data={"name": "open", "amount": Decimal("1000.00"), "created_at": T0, "stage": "proposal"}, source="test")
+    Opportunity.objects.filter(pk=a.pk).update(source="email")
+    Opportunity.objects.filter(pk=b.pk).update(source="email")
+    client.force_login(superuser)
+    body = client.get("/api/v1/attribution/pipeline", {"start": "2026-03-01", "end": "2026-03-31"}).json()
+    stages = {s["stage"]: s for s in body["stages"]}
+    # all three entered prospecting; the won one reached every open stage; the open one reached proposal
+    assert stages["prospecting"]["reached"] == 3 and stages["negotiation"]["reached"] == 1
+    assert stages["prospecting"]["conversion_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    assert stages["prospecting"]["median_days"] == 7.0  # 10 days (won) and 4 days (lost): median 7
+    assert body["win_rate_by_source"] == [{"source": "email", "won": 1, "lost": 1, "win_rate": 0.5}]
+    assert body["average_deal_size"] == "100.00"
+    assert body["weighted_forecast"] == "500.00"  # proposal at 50%
+    assert body["velocity_days"] == 10.0
+    assert isinstance(body["lifecycle_funnel"], list)
