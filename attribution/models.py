@@ -132,3 +132,141 @@ class OpportunityStageChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.opportunity_id}: {self.from_stage_id} -> {self.to_stage_id}"
+
+
+class CampaignSpend(models.Model):
+    """What one campaign cost on one day (imported from ad platforms' CSVs)."""
+
+    campaign = models.ForeignKey("martech.Campaign", on_delete=models.CASCADE, related_name="spend")
+    date = models.DateField()
+    amount = models.DecimalField(max_digits=14, decimal_places=2, validators=[MinValueValidator(0)])
+    currency = models.CharField(max_length=3, default="USD")
+    impressions = models.PositiveBigIntegerField(default=0)
+    clicks = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-date", "campaign"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "date"], name="spend_campaign_date_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} {self.date}: {self.amount} {self.currency}"
+
+
+class Touchpoint(models.Model):
+    """A marketing touch of a lead, built from one event (see
+    services.touchpoints_rebuild). Repeats of one channel inside the session
+    window are collapsed into the first, so the event behind a touch is the
+    session's first."""
+
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="touchpoints")
+    event = models.OneToOneField("martech.Event", on_delete=models.CASCADE, related_name="touchpoint")
+    occurred_at = models.DateTimeField()
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    campaign = models.ForeignKey("martech.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="touchpoints")
+    # The lead's last touch at or before it was created (its first, when the lead predates every touch).
+    is_lead_creation = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["lead", "occurred_at", "id"]
+        # Paths are read per lead in time order.
+        indexes = [models.Index(fields=["lead", "occurred_at"], name="touch_lead_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.lead_id} {self.channel} {self.occurred_at:%Y-%m-%d %H:%M}"
+
+
+class PositionWeights(models.Model):
+    """The custom position-based model's shares, in percent (renormalized, so
+    they need not sum to 100). Edited in the admin; one row."""
+
+    first = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("25"), validators=[MinValueValidator(0)])
+    lead_creation = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("25"), validators=[MinValueValidator(0)])
+    opportunity_creation = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("25"), validators=[MinValueValidator(0)])
+    closed_won = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("0"), validators=[MinValueValidator(0)])
+    last = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("15"), validators=[MinValueValidator(0)])
+    other = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("10"), validators=[MinValueValidator(0)])
+    updated_at = models.DateTimeField(auto_now=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = verbose_name_plural = "custom position weights"
+
+    def __str__(self) -> str:
+        return "Custom position weights"
+
+    def as_weights(self) -> dict[str, float]:
+        return {r: float(getattr(self, r)) for r in ("first", "lead_creation", "opportunity_creation", "closed_won", "last", "other")}
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if not any(self.as_weights().values()):
+            raise ValidationError("At least one share must be above zero.")
+
+
+class AttributionModel(models.TextChoices):
+    FIRST_TOUCH = "first_touch", "First touch"
+    LAST_TOUCH = "last_touch", "Last touch"
+    LAST_NON_DIRECT = "last_non_direct", "Last non-direct"
+    LINEAR = "linear", "Linear"
+    TIME_DECAY = "time_decay", "Time decay"
+    U_SHAPED = "u_shaped", "U-shaped (40/20/40)"
+    W_SHAPED = "w_shaped", "W-shaped (30/30/30/10)"
+    FULL_PATH = "full_path", "Full path / Z-shaped"
+    CUSTOM = "custom", "Custom position weights"
+    MARKOV = "markov", "Markov chain (removal effect)"
+    SHAPLEY = "shapley", "Shapley value"
+
+
+class AttributionRun(models.Model):
+    """The channel values a data-driven model learned in its last full run;
+    incremental runs reuse them."""
+
+    model = models.CharField(max_length=20, choices=AttributionModel.choices, unique=True)
+    channel_values = models.JSONField(default=dict)
+    journeys = models.PositiveIntegerField(default=0)
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.model} at {self.computed_at:%Y-%m-%d %H:%M}"
+
+
+class AttributionCredit(models.Model):
+    """Materialized result: one model's credit for one touch of one
+    opportunity. An opportunity without touches gets one row with no touch
+    (channel "unattributed"), so totals always equal the revenue. The
+    opportunity's dates and state are copied here so reports read one table."""
+
+    UNATTRIBUTED = "unattributed"
+
+    model = models.CharField(max_length=20, choices=AttributionModel.choices)
+    opportunity = models.ForeignKey(Opportunity, on_delete=models.CASCADE, related_name="credits")
+    touchpoint = models.ForeignKey(Touchpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="credits")
+    channel = models.CharField(max_length=20)
+    campaign = models.ForeignKey("martech.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    touched_at = models.DateTimeField(null=True, blank=True)
+    is_opportunity_creation = models.BooleanField(default=False)
+    # The opportunity's first row overall / for this channel / for this
+    # campaign: reports count opportunities per group by counting these
+    # rows, instead of a COUNT(DISTINCT) that sorts the whole range.
+    first_of_opportunity = models.BooleanField(default=False)
+    first_of_channel = models.BooleanField(default=False)
+    first_of_campaign = models.BooleanField(default=False)
+    weight = models.FloatField()
+    credit = models.DecimalField(max_digits=18, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    is_won = models.BooleanField()
+    is_closed = models.BooleanField()
+    opportunity_created_at = models.DateTimeField()
+    opportunity_closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # Reports filter by model and a date range; refreshes delete by (model, opportunity).
+            models.Index(fields=["model", "opportunity_closed_at"], name="credit_model_closed_idx"),
+            models.Index(fields=["model", "opportunity_created_at"], name="credit_model_created_idx"),
+            models.Index(fields=["model", "opportunity"], name="credit_model_opp_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.opportunity_id} {self.channel}: {self.credit}"

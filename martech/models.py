@@ -537,6 +537,8 @@ class ApiClient(TimestampedModel):
         ROUTING_WRITE = "routing:write", "Write routing and route leads"
         SCORES_READ = "scores:read", "Read lead scores and score history"
         SEGMENTS_READ = "segments:read", "Read segments and their members"
+        ATTRIBUTION_READ = "attribution:read", "Read attribution reports, opportunities and spend"
+        ATTRIBUTION_WRITE = "attribution:write", "Write opportunities and spend"
 
     name = models.CharField(max_length=100, unique=True)
     token_prefix = models.CharField(max_length=12, editable=False)

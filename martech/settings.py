@@ -282,6 +282,21 @@ MARTECH = {
     # /healthz fails when no qcluster has reported for this many seconds.
     "HEALTHZ_CLUSTER_MAX_AGE": env.int("MARTECH_HEALTHZ_CLUSTER_MAX_AGE", default=30),
 }
+# Attribution (attribution app): windows and model parameters.
+MARTECH_ATTRIBUTION = {
+    # Touches count from this many days before an opportunity's creation through its close.
+    "LOOKBACK_DAYS": env.int("MARTECH_ATTRIBUTION_LOOKBACK_DAYS", default=90),
+    # Repeated touches of one channel by one lead within this many minutes are one touch.
+    "SESSION_MINUTES": env.int("MARTECH_ATTRIBUTION_SESSION_MINUTES", default=30),
+    "HALF_LIFE_DAYS": env.float("MARTECH_ATTRIBUTION_HALF_LIFE_DAYS", default=7.0),
+    # Markov: collapse consecutive repeats of a channel in a journey.
+    "MARKOV_COLLAPSE_REPEATS": env.bool("MARTECH_ATTRIBUTION_MARKOV_COLLAPSE_REPEATS", default=True),
+}
+if MARTECH_ATTRIBUTION["LOOKBACK_DAYS"] < 0 or MARTECH_ATTRIBUTION["SESSION_MINUTES"] < 0:
+    raise ImproperlyConfigured("MARTECH_ATTRIBUTION_LOOKBACK_DAYS and _SESSION_MINUTES must not be negative")
+if MARTECH_ATTRIBUTION["HALF_LIFE_DAYS"] <= 0:
+    raise ImproperlyConfigured("MARTECH_ATTRIBUTION_HALF_LIFE_DAYS must be positive")
+
 if MARTECH["UNKNOWN_EVENT_POLICY"] not in {"reject", "quarantine"}:
     raise ImproperlyConfigured("MARTECH_UNKNOWN_EVENT_POLICY must be 'reject' or 'quarantine'")
 

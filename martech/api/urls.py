@@ -25,4 +25,5 @@ urlpatterns = [
     path("", include("martech.api.capture_urls")),
     path("", include("martech.api.rest_urls")),
     path("routing/", include("routing.api.urls")),
+    path("", include("attribution.api.urls")),
 ]

@@ -1,0 +1,50 @@
+from django.contrib import admin
+
+from attribution.admin.base import CsvImportMixin
+from attribution.imports import OPPORTUNITY_COLUMNS, opportunities_import
+from attribution.models import Opportunity, OpportunityContactRole, OpportunityStageChange
+from martech.admin.base import BaseAdmin
+
+
+class ContactRoleInline(admin.TabularInline):
+    model = OpportunityContactRole
+    extra = 0
+    autocomplete_fields = ["lead"]
+    # Contact roles change through opportunity_set_contact (the CSV import, the API, the CRM sync).
+    readonly_fields = ["lead", "role", "is_primary"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class StageChangeInline(admin.TabularInline):
+    model = OpportunityStageChange
+    fk_name = "opportunity"
+    extra = 0
+    readonly_fields = ["from_stage", "to_stage", "changed_at", "actor", "source"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Opportunity)
+class OpportunityAdmin(CsvImportMixin, BaseAdmin):
+    """Read and import here; edits go through the API, the CSV import or the
+    CRM sync (all call opportunity_upsert), so stage history stays complete."""
+
+    change_list_template = "admin/attribution/change_list_import.html"
+    import_service = staticmethod(opportunities_import)
+    import_columns = OPPORTUNITY_COLUMNS
+    list_display = ["name", "amount", "currency", "stage", "created_at", "closed_at", "source"]
+    list_filter = ["stage", "pipeline", "source"]
+    list_select_related = ["stage"]
+    search_fields = ["name", "salesforce_id", "hubspot_id"]
+    date_hierarchy = "created_at"
+    inlines = [ContactRoleInline, StageChangeInline]
+    readonly_fields = [f.name for f in Opportunity._meta.fields]
+
+    def call_import(self, request, rows):
+        return opportunities_import(rows=rows, actor=request.user)
+

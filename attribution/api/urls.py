@@ -1,0 +1,11 @@
+from django.urls import re_path
+
+from attribution.api import views
+
+urlpatterns = [
+    re_path(r"^attribution/report/?$", views.ReportView.as_view(), name="attribution-report"),
+    re_path(r"^attribution/compare/?$", views.CompareView.as_view(), name="attribution-compare"),
+    re_path(r"^attribution/pipeline/?$", views.PipelineView.as_view(), name="attribution-pipeline"),
+    re_path(r"^attribution/spend/import/?$", views.SpendImportView.as_view(), name="attribution-spend-import"),
+    re_path(r"^opportunities/import/?$", views.OpportunityImportView.as_view(), name="opportunities-import"),
+]

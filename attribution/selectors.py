@@ -1,0 +1,260 @@
+"""Reads behind the attribution reports (API and admin dashboards share them).
+
+Dates: revenue and conversions count won opportunities by their close date;
+pipeline and opportunity counts count opportunities by their creation date.
+``start`` and ``end`` are inclusive days; ``month`` groups use the same dates.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, time, timedelta, timezone as dt_timezone
+from decimal import Decimal
+
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import TruncMonth
+
+from attribution.models import AttributionCredit, CampaignSpend
+from martech.models import Campaign
+
+GROUPS = ("channel", "campaign", "month")
+
+
+def _day_range(field: str, start: date | None, end: date | None) -> Q:
+    q = Q()
+    # Days are UTC days (as stored), which also keeps date.min/date.max convertible.
+    tz = dt_timezone.utc
+    if start:
+        q &= Q(**{f"{field}__gte": datetime.combine(start, time.min, tzinfo=tz)})
+    if end and end < date.max:  # date.max + 1 day would overflow
+        q &= Q(**{f"{field}__lt": datetime.combine(end + timedelta(days=1), time.min, tzinfo=tz)})
+    return q
+
+
+def _key(group_by: str, date_field: str):
+    if group_by == "channel":
+        return {"g": F("channel")}
+    if group_by == "campaign":
+        # By id: campaign names are not unique.
+        return {"g": F("campaign_id")}
+    return {"g": TruncMonth(date_field)}
+
+
+def _opportunity_count(group_by: str, *, filtered: bool):
+    """Distinct opportunities per group. Each opportunity marks its first
+    credit row per channel and per campaign (and overall, which serves the
+    month, as an opportunity has one creation month), so counting marked rows
+    is exact and avoids sorting the range for COUNT(DISTINCT). A channel or
+    campaign filter can hide the marked row, so filtered reports count
+    distinct ids instead."""
+    if filtered:
+        return Count("opportunity", distinct=True)
+    flag = {"channel": "first_of_channel", "campaign": "first_of_campaign", "month": "first_of_opportunity"}[group_by]
+    return Count("id", filter=Q(**{flag: True}))
+
+
+def _label(value) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m")
+    return value if value is not None else "(none)"
+
+
+def attribution_report(
+    *,
+    model: str,
+    group_by: str,
+    start: date | None = None,
+    end: date | None = None,
+    channel: str | None = None,
+    campaign_id: int | None = None,
+) -> list[dict]:
+    """One row per group: attributed revenue, conversions (fractional: the
+    weights of won deals), pipeline, opportunity count, and spend with ROI,
+    ROAS and CPA where spend can be matched (channel, campaign, month)."""
+    if group_by not in GROUPS:
+        raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
+    base = AttributionCredit.objects.filter(model=model)
+    if channel:
+        base = base.filter(channel=channel)
+    if campaign_id:
+        base = base.filter(campaign_id=campaign_id)
+    rows: dict[str, dict] = defaultdict(lambda: {
+        "attributed_revenue": Decimal("0.00"), "attributed_conversions": 0.0,
+        "attributed_pipeline": Decimal("0.00"), "opportunity_count": 0,
+    })
+    won = (
+        base.filter(_day_range("opportunity_closed_at", start, end), is_won=True)
+        .values(**_key(group_by, "opportunity_closed_at"))
+        .annotate(revenue=Sum("credit"), conversions=Sum("weight"))
+        .order_by()
+    )
+    for r in won:
+        row = rows[_label(r["g"])]
+        row["attributed_revenue"] = r["revenue"] or Decimal("0.00")
+        row["attributed_conversions"] = r["conversions"] or 0.0
+    created = (
+        base.filter(_day_range("opportunity_created_at", start, end))
+        .values(**_key(group_by, "opportunity_created_at"))
+        .annotate(pipeline=Sum("credit"), opportunities=_opportunity_count(group_by, filtered=bool(channel or campaign_id)))
+        .order_by()
+    )
+    for r in created:
+        row = rows[_label(r["g"])]
+        row["attributed_pipeline"] = r["pipeline"] or Decimal("0.00")
+        row["opportunity_count"] = r["opportunities"]
+
+    spend_q = CampaignSpend.objects.all()
+    if start:
+        spend_q = spend_q.filter(date__gte=start)
+    if end:
+        spend_q = spend_q.filter(date__lte=end)
+    if channel:
+        spend_q = spend_q.filter(campaign__channel=channel)
+    if campaign_id:
+        spend_q = spend_q.filter(campaign_id=campaign_id)
+    spend_key = {"channel": F("campaign__channel"), "campaign": F("campaign_id"), "month": TruncMonth("date")}[group_by]
+    spend = {_label(r["g"]): r["s"] for r in spend_q.values(g=spend_key).annotate(s=Sum("amount")).order_by()}
+    for g in spend:
+        rows[g]  # a group with spend but no revenue is still a row (ROI -100%)
+
+    names = {}
+    if group_by == "campaign":
+        names = dict(Campaign.objects.filter(pk__in=[g for g in rows if g != "(none)"]).values_list("pk", "name"))
+    out = []
+    for g in sorted(rows, key=str):
+        row = rows[g]
+        cost = spend.get(g)
+        revenue = row["attributed_revenue"]
+        conversions = row["attributed_conversions"]
+        out.append({
+            "group": names.get(g, g) if group_by == "campaign" else g,
+            **({"campaign_id": g if g != "(none)" else None} if group_by == "campaign" else {}),
+            **row,
+            "attributed_conversions": round(conversions, 6),
+            "spend": cost,
+            "roas": round(float(revenue / cost), 4) if cost else None,
+            "roi": round(float((revenue - cost) / cost), 4) if cost else None,
+            "cpa": (cost / Decimal(str(conversions))).quantize(Decimal("0.01")) if cost and conversions else None,
+        })
+    return out
+
+
+def attribution_compare(*, group_by: str, start: date | None = None, end: date | None = None, models: list[str]) -> list[dict]:
+    """Attributed revenue per group under every model, side by side."""
+    table: dict[str, dict] = defaultdict(dict)
+    for model in models:
+        for row in attribution_report(model=model, group_by=group_by, start=start, end=end):
+            table[str(row.get("campaign_id") or row["group"]) if group_by == "campaign" else row["group"]][model] = row["attributed_revenue"]
+    return [{"group": g, "revenue": {m: table[g].get(m, Decimal("0.00")) for m in models}} for g in sorted(table)]
+
+
+def _days(seconds: float) -> float:
+    return round(seconds / 86400, 2)
+
+
+def _median(values: list[float]) -> float | None:
+    import statistics
+
+    return _days(statistics.median(values)) if values else None
+
+
+def pipeline_report(*, start: date | None = None, end: date | None = None) -> dict:
+    """Pipeline analytics over the opportunities created in [start, end]
+    (UTC days), from the stage history:
+
+    - ``stages``: per open stage in order, how many deals reached it (entered
+      it or any later stage; a won deal reached every stage), the conversion
+      rate to the next stage, and the average and median days spent in it
+      (from entering it to the next change; a deal still in it is not timed).
+    - ``win_rate_by_source``: won / (won + lost) per opportunity source.
+    - ``average_deal_size`` (won deals), ``weighted_forecast`` (open deals'
+      amount x stage probability) and ``velocity_days`` (average days from
+      creation to close of won deals).
+    """
+    from attribution.models import Opportunity, OpportunityStage, OpportunityStageChange
+
+    opps = Opportunity.objects.filter(_day_range("created_at", start, end))
+    stage_rows = list(OpportunityStage.objects.order_by("pipeline_id", "order").values("id", "key", "name", "order", "is_won", "is_lost", "pipeline_id"))
+    by_id = {s["id"]: s for s in stage_rows}
+    changes: dict[int, list] = defaultdict(list)
+    for opp_id, to_id, at in (
+        OpportunityStageChange.objects.filter(opportunity__in=opps).order_by("opportunity_id", "changed_at", "id")
+        .values_list("opportunity_id", "to_stage_id", "changed_at").iterator(chunk_size=5000)
+    ):
+        changes[opp_id].append((to_id, at))
+    reached: dict[int, int] = defaultdict(int)
+    durations: dict[int, list[float]] = defaultdict(list)
+    for history in changes.values():
+        top = -1
+        pipeline = by_id[history[0][0]]["pipeline_id"]
+        for k, (to_id, at) in enumerate(history):
+            stage = by_id[to_id]
+            if stage["is_won"]:
+                top = max(top, max(s["order"] for s in stage_rows if s["pipeline_id"] == pipeline))
+            elif not stage["is_lost"]:
+                top = max(top, stage["order"])
+            if k + 1 < len(history) and not stage["is_won"] and not stage["is_lost"]:
+                durations[to_id].append((history[k + 1][1] - at).total_seconds())
+        for s in stage_rows:
+            if s["pipeline_id"] == pipeline and not s["is_lost"] and not s["is_won"] and s["order"] <= top:
+                reached[s["id"]] += 1
+    open_stages = [s for s in stage_rows if not s["is_won"] and not s["is_lost"]]
+    stages = []
+    for i, s in enumerate(open_stages):
+        nxt = open_stages[i + 1] if i + 1 < len(open_stages) and open_stages[i + 1]["pipeline_id"] == s["pipeline_id"] else None
+        won_id = next((w["id"] for w in stage_rows if w["pipeline_id"] == s["pipeline_id"] and w["is_won"]), None)
+        next_reached = reached[nxt["id"]] if nxt else sum(1 for h in changes.values() if any(t == won_id for t, _ in h))
+        d = durations.get(s["id"], [])
+        stages.append({
+            "stage": s["key"], "name": s["name"], "reached": reached[s["id"]],
+            "conversion_rate": round(next_reached / reached[s["id"]], 4) if reached[s["id"]] else None,
+            "average_days": _days(sum(d) / len(d)) if d else None, "median_days": _median(d),
+        })
+    by_source = defaultdict(lambda: [0, 0])
+    for source, won in opps.filter(Q(stage__is_won=True) | Q(stage__is_lost=True)).values_list("source", "stage__is_won"):
+        by_source[source or "(none)"][0 if won else 1] += 1
+    won_qs = opps.filter(stage__is_won=True)
+    won_amounts = list(won_qs.values_list("amount", "created_at", "closed_at"))
+    forecast = sum(
+        (a * p / 100 for a, p in opps.filter(stage__is_won=False, stage__is_lost=False).values_list("amount", "stage__probability")),
+        Decimal("0"),
+    )
+    cycle = [(c - o).total_seconds() for _a, o, c in won_amounts if c]
+    return {
+        "stages": stages,
+        "win_rate_by_source": [
+            {"source": k, "won": w, "lost": l, "win_rate": round(w / (w + l), 4)} for k, (w, l) in sorted(by_source.items())
+        ],
+        "average_deal_size": (sum(a for a, _o, _c in won_amounts) / len(won_amounts)).quantize(Decimal("0.01")) if won_amounts else None,
+        "weighted_forecast": forecast.quantize(Decimal("0.01")),
+        "velocity_days": _days(sum(cycle) / len(cycle)) if cycle else None,
+    }
+
+
+def lifecycle_funnel(*, start: date | None = None, end: date | None = None) -> list[dict]:
+    """Per lifecycle stage in order: leads that reached it (entered it or a
+    later stage) through a transition in [start, end], the conversion rate to
+    the next stage and the median days from entering it to entering the next."""
+    from martech.models import LifecycleStage, StageTransition
+
+    stages = list(LifecycleStage.objects.filter(is_active=True).order_by("order").values("id", "key", "order"))
+    order = {s["id"]: s["order"] for s in stages}
+    entered: dict[int, dict[int, datetime]] = defaultdict(dict)  # lead -> order -> first entry
+    qs = StageTransition.objects.filter(_day_range("changed_at", start, end)).order_by("lead_id", "changed_at", "id")
+    for lead_id, to_id, at in qs.values_list("lead_id", "to_stage_id", "changed_at").iterator(chunk_size=5000):
+        if to_id in order:
+            entered[lead_id].setdefault(order[to_id], at)
+    rows = []
+    for i, s in enumerate(stages):
+        reached = sum(1 for e in entered.values() if max(e) >= s["order"])
+        nxt = stages[i + 1] if i + 1 < len(stages) else None
+        next_reached = sum(1 for e in entered.values() if nxt and max(e) >= nxt["order"])
+        gaps = [
+            (e[nxt["order"]] - e[s["order"]]).total_seconds()
+            for e in entered.values() if nxt and s["order"] in e and nxt["order"] in e and e[nxt["order"]] >= e[s["order"]]
+        ]
+        rows.append({
+            "stage": s["key"], "reached": reached,
+            "conversion_rate": round(next_reached / reached, 4) if nxt and reached else None,
+            "median_days_to_next": _median(gaps),
+        })
+    return rows

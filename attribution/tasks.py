@@ -1,0 +1,31 @@
+"""django-q2 tasks: thin, take ids, call one service. Both are idempotent
+(the services replace rows rather than add them), so a redelivery is safe."""
+from __future__ import annotations
+
+from attribution.computation import attribution_compute
+from attribution.models import OpportunityContactRole
+from attribution.touchpoints import touchpoints_rebuild
+from martech.models import Event
+
+
+def touchpoints_refresh(event_ids: list[int]) -> dict[str, int]:
+    """Rebuild the touchpoints of the leads behind ``event_ids``, then the
+    credits of their opportunities."""
+    lead_ids = set(Event.objects.filter(pk__in=event_ids, lead__isnull=False).values_list("lead_id", flat=True))
+    if not lead_ids:
+        return {"leads": 0}
+    counts = touchpoints_rebuild(lead_ids=lead_ids)
+    opp_ids = sorted(set(OpportunityContactRole.objects.filter(lead_id__in=lead_ids).values_list("opportunity_id", flat=True)))
+    if opp_ids:
+        counts.update(attribution_compute(opportunity_ids=opp_ids))
+    return {"leads": len(lead_ids), **counts}
+
+
+def opportunity_attribute(opportunity_id: int) -> dict[str, int]:
+    return attribution_compute(opportunity_ids=[opportunity_id])
+
+
+def attribution_recompute_all() -> dict[str, int]:
+    """Nightly full run: relearns the data-driven models over every journey
+    (incremental runs reuse their last values) and catches anything missed."""
+    return attribution_compute()

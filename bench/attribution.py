@@ -1,0 +1,225 @@
+"""Attribution: the models over a synthetic data set, and the report API over
+materialized results.
+
+Full size: 1,000,000 touchpoints over 200,000 leads and 50,000 opportunities
+(12 channels). ``--quick``: a twentieth of that, well under a minute.
+
+1. Model computation: paths are generated in memory (deterministic), then the
+   same code attribution_compute runs (attribution.engine weights and Decimal
+   allocation) is timed: all position-based models together (first, last,
+   last non-direct, linear, time decay, U, W, full path, custom), then Markov
+   (learning the removal effects exactly over every journey, converting and
+   not, then crediting every opportunity) and Shapley (2^12 coalitions).
+2. Report API: the linear model's credits for every touch (1 credit row per
+   touchpoint) are written with COPY into the DATABASE_URL database, under
+   bench opportunities that are deleted at the end; then
+   GET /api/v1/attribution/report is timed per group_by (channel, campaign,
+   month) with a date range, in-process.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/attribution.py [--quick]
+
+Prints one JSON line per figure and writes them to bench/results/attribution.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timezone as dt_timezone
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "martech.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
+from rest_framework.test import APIClient  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from attribution import engine  # noqa: E402
+from attribution.computation import CREDIT_COLUMNS, first_flags  # noqa: E402
+from attribution.models import AttributionCredit, Opportunity, Pipeline  # noqa: E402
+
+CHANNELS = ["paid_search", "paid_social", "display", "email", "organic_search", "organic_social",
+            "referral", "direct", "events", "other", "partner", "video"]
+T0 = datetime(2025, 1, 1, tzinfo=dt_timezone.utc)
+PREFIX = "bench-attribution-"
+figures: list[dict] = []
+
+
+def emit(metric: str, value, unit: str) -> None:
+    row = {"metric": metric, "value": value, "unit": unit}
+    figures.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def peak_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def synthesize(*, touches: int, leads: int, opportunities: int, seed: int = 11):
+    """Journeys per lead (weighted channel choice), opportunities over 1-3
+    leads each (40% won, 30% lost, 30% open)."""
+    rnd = random.Random(seed)
+    weights = [12, 9, 6, 14, 10, 5, 6, 15, 4, 3, 2, 2]
+    per_lead: list[list[engine.Touch]] = []
+    remaining = touches
+    for i in range(leads):
+        n = max(1, round(remaining / (leads - i) + rnd.uniform(-2, 2))) if i < leads - 1 else max(1, remaining)
+        n = min(n, remaining - (leads - i - 1)) if remaining > leads - i else 1
+        remaining -= n
+        start = T0.timestamp() + rnd.uniform(0, 300) * 86400
+        at = sorted(start + rnd.uniform(0, 60) * 86400 for _ in range(n))
+        chans = rnd.choices(CHANNELS, weights, k=n)
+        lc = rnd.randrange(n)
+        per_lead.append([engine.Touch(c, a, is_lead_creation=(k == lc)) for k, (c, a) in enumerate(zip(chans, at))])
+    opps = []
+    for j in range(opportunities):
+        members = [(j * 4 + k) % leads for k in range(1 + j % 3)]
+        path = sorted((t for m in members for t in per_lead[m]), key=lambda t: t.at)
+        created = path[len(path) // 2].at
+        oc = max(k for k, t in enumerate(path) if t.at <= created)
+        path = [engine.Touch(t.channel, t.at, t.is_lead_creation, k == oc) for k, t in enumerate(path)]
+        state = j % 10
+        close = path[-1].at + 86400
+        won = state < 4
+        ctx = engine.PathContext(reference_at=close if state < 7 else created, won_at=close if won else None)
+        amount = Decimal(1000 + (j * 7919) % 90000) / 100 * 10
+        opps.append((members, path, ctx, amount, won, state < 7))
+    return per_lead, opps
+
+
+def credit_all(opps, weigh) -> int:
+    rows = 0
+    for _members, path, ctx, amount, _won, _closed in opps:
+        rows += len(engine.allocate(amount, weigh(path, ctx)))
+    return rows
+
+
+def journeys(per_lead, opps) -> dict:
+    out: Counter = Counter()
+    in_opp = set()
+    for members, path, _ctx, _amount, won, _closed in opps:
+        out[(tuple(t.channel for t in path), won)] += 1
+        in_opp.update(members)
+    for i, path in enumerate(per_lead):
+        if i not in in_opp:
+            out[(tuple(t.channel for t in path), False)] += 1
+    return out
+
+
+def bench_models(per_lead, opps) -> None:
+    position = ["first_touch", "last_touch", "last_non_direct", "linear", "time_decay", "u_shaped", "w_shaped", "full_path", "custom"]
+    custom = {"first": 25, "lead_creation": 25, "opportunity_creation": 25, "last": 15, "other": 10}
+    t = time.perf_counter()
+    rows = 0
+    for model in tqdm(position, desc="position models", unit="model", file=sys.stderr):
+        rows += credit_all(opps, engine.weigher(model, custom_weights=custom))
+    emit("position_models_all_s", round(time.perf_counter() - t, 2), "s")
+    emit("position_models_credits", rows, "rows")
+    for model in ("markov", "shapley"):
+        t = time.perf_counter()
+        j = journeys(per_lead, opps)
+        values = engine.markov_removal_effects(j) if model == "markov" else engine.shapley_values(j)
+        learned = time.perf_counter() - t
+        credit_all(opps, engine.weigher(model, channel_values=values))
+        emit(f"{model}_learn_s", round(learned, 2), "s")
+        emit(f"{model}_total_s", round(time.perf_counter() - t, 2), "s")
+        emit(f"{model}_distinct_journeys", len(j), "journeys")
+    emit("models_peak_rss", peak_mib(), "MiB")
+
+
+def load_credits(opps) -> list[int]:
+    """Bench opportunities and their linear credits, by COPY (PostgreSQL) or bulk_create."""
+    pipeline = Pipeline.objects.get(is_default=True)
+    stages = {s.key: s for s in pipeline.stages.all()}
+    objs = []
+    for j, (_m, _path, ctx, amount, won, closed) in enumerate(opps):
+        created = datetime.fromtimestamp(ctx.reference_at, dt_timezone.utc) if not closed else datetime.fromtimestamp(ctx.reference_at - 20 * 86400, dt_timezone.utc)
+        stage = stages["closed_won"] if won else stages["closed_lost"] if closed else stages["proposal"]
+        objs.append(Opportunity(name=f"{PREFIX}{j}", amount=amount, pipeline=pipeline, stage=stage, created_at=created,
+                                closed_at=datetime.fromtimestamp(ctx.reference_at, dt_timezone.utc) if closed else None))
+    with transaction.atomic():
+        created_objs = Opportunity.objects.bulk_create(objs, batch_size=5000)
+    ids = [o.pk for o in created_objs]
+    weigh = engine.weigher("linear")
+    rows = []
+    for opp, (_m, path, ctx, amount, won, closed) in zip(created_objs, opps):
+        weights = weigh(path, ctx)
+        flags = first_flags([(t.channel, None) for t in path])
+        for touch, w, c, firsts in zip(path, weights, engine.allocate(amount, weights), flags):
+            rows.append(("linear", opp.pk, None, touch.channel, None, datetime.fromtimestamp(touch.at, dt_timezone.utc),
+                         touch.is_opportunity_creation, *firsts, w, c, "USD", won, closed, opp.created_at, opp.closed_at))
+    t = time.perf_counter()
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                with cursor.cursor.copy(f"COPY attribution_attributioncredit ({', '.join(CREDIT_COLUMNS)}) FROM STDIN") as copy:
+                    for row in tqdm(rows, desc="COPY credits", unit="row", file=sys.stderr, mininterval=2):
+                        copy.write_row(row)
+                cursor.execute("ANALYZE attribution_attributioncredit")
+        else:
+            AttributionCredit.objects.bulk_create((AttributionCredit(**dict(zip(CREDIT_COLUMNS, r))) for r in rows), batch_size=5000)
+    emit("credits_loaded", len(rows), "rows")
+    emit("credits_load_s", round(time.perf_counter() - t, 2), "s")
+    return ids
+
+
+def bench_report(repeats: int) -> None:
+    user, _ = get_user_model().objects.get_or_create(username="bench-attribution", defaults={"is_staff": True, "is_superuser": True})
+    client = APIClient()
+    client.force_authenticate(user)
+    for group in ("channel", "campaign", "month"):
+        lat = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            resp = client.get("/api/v1/attribution/report", {"model": "linear", "group_by": group, "start": "2025-01-01", "end": "2025-12-31"})
+            lat.append((time.perf_counter() - t) * 1000)
+            assert resp.status_code == 200, resp.content[:300]
+        lat.sort()
+        emit(f"report_{group}_p50", round(statistics.median(lat), 1), "ms")
+        emit(f"report_{group}_max", round(lat[-1], 1), "ms")
+    user.delete()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    scale = 20 if args.quick else 1
+    size = {"touches": 1_000_000 // scale, "leads": 200_000 // scale, "opportunities": 50_000 // scale}
+    emit("touchpoints", size["touches"], "rows")
+    emit("leads", size["leads"], "rows")
+    emit("opportunities", size["opportunities"], "rows")
+    t = time.perf_counter()
+    per_lead, opps = synthesize(**size)
+    emit("synthesize_s", round(time.perf_counter() - t, 2), "s")
+    bench_models(per_lead, opps)
+    Opportunity.objects.filter(name__startswith=PREFIX).delete()
+    try:
+        load_credits(opps)
+        bench_report(repeats=5 if args.quick else 10)
+    finally:
+        Opportunity.objects.filter(name__startswith=PREFIX).delete()
+    emit("peak_rss", peak_mib(), "MiB")
+    out = ROOT / "bench" / "results" / "attribution.json"
+    out.write_text(json.dumps({
+        "quick": args.quick, "database": connection.vendor, "loadavg": os.getloadavg(), "figures": figures,
+    }, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
