@@ -18,11 +18,13 @@ ROLES: dict[str, dict[str, tuple[str, ...]]] = {
         "attribution": ALL,
         "routing": VIEW,
         "django_q": VIEW,
+        "crm": ALL,
     },
     "Sales Ops": {
         "routing": ALL,
         "martech": VIEW,
         "attribution": VIEW,
+        "crm": VIEW,
     },
     "Analyst": {
         "martech": VIEW,
@@ -30,6 +32,7 @@ ROLES: dict[str, dict[str, tuple[str, ...]]] = {
         "nurture": VIEW,
         "attribution": VIEW,
         "django_q": VIEW,
+        "crm": VIEW,
     },
 }
 
