@@ -23,14 +23,18 @@ from hubspot.crm.contacts import (
 )
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from .base import CallStats, PermanentError, Pulled, PushRecord, PushResult, TransientError, with_retries
+from .base import AuthError, CallStats, PermanentError, Pulled, PushRecord, PushResult, TransientError, with_retries
 
 PAGE = 100
 
 
 def _translate(exc: Exception) -> Exception:
     status = getattr(exc, "status", None)
-    if type(exc).__name__ == "ApiException" and status is not None:
+    # Each hubspot.crm.* package has its own ApiException (and subclasses such
+    # as ServiceException), so they are recognised by name along the MRO.
+    if status is not None and any(c.__name__ == "ApiException" for c in type(exc).__mro__):
+        if status == 401:
+            return AuthError(f"HubSpot refused the token (401): {exc.body}")
         if status == 429:
             headers = getattr(exc, "headers", None) or {}
             raw = headers.get("Retry-After")
@@ -50,13 +54,14 @@ def _translate(exc: Exception) -> Exception:
 class HubSpotConnector:
     provider = "hubspot"
 
-    def __init__(self, connection, *, sleep=time.sleep):
+    def __init__(self, connection, *, sleep=None):
         conf = settings.MARTECH_CRM
         self.connection = connection
         self.client = HubSpot(access_token=conf["HUBSPOT_TOKEN"], host=conf["HUBSPOT_URL"])
         self.timeout = conf["TIMEOUT"]
         self.stats = CallStats()
-        self.sleep = sleep
+        # Looked up at call time so tests can stub time.sleep.
+        self.sleep = sleep or (lambda seconds: time.sleep(seconds))
 
     def _call(self, fn, *args, **kwargs):
         def once():
