@@ -22,7 +22,9 @@ class Command(BaseCommand):
         app = HubSpotEmulator(latency=opts["latency"], error_rate=opts["error_rate"])
         app.add_owner(owner_id="9001", email="sales.rep@example.com", first_name="Sam", last_name="Rep")
         served = Served(app, port=opts["port"]).start()
+        # The URL line is read by bench/crm_sync.py when it asks for port 0.
         self.stdout.write(f"HubSpot emulator on {served.url}")
+        self.stdout.flush()
         try:
             while True:
                 time.sleep(3600)
