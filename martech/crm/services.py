@@ -399,7 +399,22 @@ def pulled_apply(*, connection: Connection, pulled, mappings: list[FieldMapping]
     if dry_run:
         return "pulled"
     lead, _ = lead_upsert(data=data, source=f"crm:{connection.provider}")
+    _mark_synced(connection, lead, pulled.remote_id)
     return "pulled"
+
+
+def _mark_synced(connection: Connection, lead: Lead, remote_id: str) -> None:
+    """After a pull both sides agree: store the payload we would now push,
+    so the lead is not seen as changed here on the next pull and an
+    identical push is skipped."""
+    lead = Lead.objects.select_related("owner", "lifecycle_stage").get(pk=lead.pk)
+    try:
+        digest = payload_hash(PayloadBuilder(connection).payload(lead))
+    except PayloadError:
+        digest = ""
+    PushState.objects.update_or_create(
+        connection=connection, object="contact", local_id=lead.pk,
+        defaults={"remote_id": remote_id, "payload_hash": digest, "pushed_at": timezone.now()})
 
 
 def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = False, dry_run: bool = False,

@@ -41,6 +41,20 @@ def test_pull_creates_leads_through_dedupe_and_moves_cursor(connection, hubspot)
     assert Lead.objects.count() == 1
 
 
+def test_remote_only_change_to_a_locally_owned_field_is_taken(connection, hubspot):
+    # No conflict when only HubSpot changed: even a field whose system of record is here is updated.
+    hubspot.put_contact({"email": "solo@example.org", "firstname": "Old"})
+    pull_changes(connection=connection)
+    hubspot.put_contact({"email": "solo@example.org", "firstname": "New"})
+    run = pull_changes(connection=connection)
+    assert (run.pulled, run.skipped) == (1, 0)
+    assert Lead.objects.get(email="solo@example.org").first_name == "New"
+    # And the drain does not send HubSpot's own values back.
+    OutboxItem.objects.create(connection=connection, object="contact",
+                              local_id=Lead.objects.get(email="solo@example.org").pk)
+    assert outbox_drain(connection=connection).api_calls == 0
+
+
 def test_pull_pages_through_results(connection, hubspot):
     for i in range(250):
         hubspot.put_contact({"email": f"c{i}@example.org", "firstname": f"C{i}"})
