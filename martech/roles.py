@@ -19,12 +19,14 @@ ROLES: dict[str, dict[str, tuple[str, ...]]] = {
         "attribution": ALL,
         "routing": VIEW,
         "django_q": VIEW,
+        "crm": ALL,
     },
     "Sales Ops": {
         "routing": ALL,
         "martech": VIEW,
         "scoring": VIEW,
         "attribution": VIEW,
+        "crm": VIEW,
     },
     "Analyst": {
         "martech": VIEW,
@@ -33,6 +35,7 @@ ROLES: dict[str, dict[str, tuple[str, ...]]] = {
         "nurture": VIEW,
         "attribution": VIEW,
         "django_q": VIEW,
+        "crm": VIEW,
     },
 }
 

@@ -80,6 +80,7 @@ INSTALLED_APPS = [
     "routing",
     "nurture",
     "attribution",
+    "martech.crm.apps.CrmConfig",
 ]
 
 MIDDLEWARE = [
@@ -323,6 +324,22 @@ MARTECH_SCORING = {
     "STALE_MQL_DAYS": env.int("MARTECH_SCORING_STALE_MQL_DAYS", default=30),
     # Run scoring tasks inline instead of through the queue (tests, tiny installs).
     "TASKS_SYNC": env.bool("MARTECH_SCORING_TASKS_SYNC", default=False),
+}
+
+# CRM sync (martech/crm). Credentials come only from here; the defaults point
+# at the local emulators that scripts/run starts.
+MARTECH_CRM = {
+    "HUBSPOT_URL": env.str("MARTECH_CRM_HUBSPOT_URL", default="http://127.0.0.1:8471"),
+    "HUBSPOT_TOKEN": env.str("MARTECH_CRM_HUBSPOT_TOKEN", default="emulator-token"),
+    "HUBSPOT_APP_SECRET": env.str("MARTECH_CRM_HUBSPOT_APP_SECRET", default="emulator-secret"),
+    "HUBSPOT_EMULATOR_PORT": env.int("MARTECH_CRM_HUBSPOT_EMULATOR_PORT", default=8471),
+    "TIMEOUT": env.float("MARTECH_CRM_TIMEOUT", default=30.0),
+    "RETRIES": env.int("MARTECH_CRM_RETRIES", default=4),
+    "BACKOFF_BASE": env.float("MARTECH_CRM_BACKOFF_BASE", default=0.5),
+    "BACKOFF_MAX": env.float("MARTECH_CRM_BACKOFF_MAX", default=60.0),
+    "MAX_ATTEMPTS": env.int("MARTECH_CRM_MAX_ATTEMPTS", default=5),
+    "DRAIN_BATCH": env.int("MARTECH_CRM_DRAIN_BATCH", default=1000),
+    "SLOWDOWN_AT": env.float("MARTECH_CRM_SLOWDOWN_AT", default=0.9),
 }
 
 PHONENUMBER_DEFAULT_REGION = env.str("PHONENUMBER_DEFAULT_REGION", default="US")

@@ -26,4 +26,5 @@ urlpatterns = [
     path("", include("martech.api.rest_urls")),
     path("routing/", include("routing.api.urls")),
     path("", include("attribution.api.urls")),
+    path("", include("martech.crm.api.urls")),
 ]

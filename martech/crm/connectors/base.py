@@ -1,0 +1,90 @@
+"""The connector interface and the retry policy every connector shares."""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from django.conf import settings
+
+
+@dataclass
+class PushRecord:
+    local_id: int
+    key: str  # the CRM's upsert key (email for contacts)
+    properties: dict[str, str]
+
+
+@dataclass
+class PushResult:
+    local_id: int
+    remote_id: str = ""
+    error: str = ""  # a per-record refusal by the CRM
+
+
+@dataclass
+class Pulled:
+    remote_id: str
+    properties: dict[str, str]
+    modified_at: str  # ISO 8601, the cursor's unit
+
+
+@dataclass
+class CallStats:
+    api_calls: int = 0
+    retries: int = 0
+    slept: list[float] = field(default_factory=list)
+
+
+class TransientError(Exception):
+    """A 429, a 5xx or a timeout: worth retrying."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """The CRM refused the whole call (4xx other than 429): not retried."""
+
+
+class AuthError(PermanentError):
+    """Credentials refused even after one renewal: the connection stops."""
+
+
+class Connector(Protocol):
+    stats: CallStats
+
+    def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]: ...
+    def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]: ...
+    def fetch_one(self, obj: str, remote_id: str, properties: list[str]) -> Pulled | None: ...
+    def verify_webhook(self, *, method: str, uri: str, body: bytes, headers: dict[str, str]) -> bool: ...
+    def owners(self) -> list[dict[str, str]]: ...
+
+
+def with_retries(call: Callable[[], Any], stats: CallStats, *, sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Run one API call. 429 waits for Retry-After; 5xx and timeouts back off
+    exponentially with full jitter; up to CRM["RETRIES"] retries, then the
+    TransientError goes up (the outbox item stays pending and is tried later).
+    The calls are idempotent upserts, so a retry after a lost answer creates
+    no duplicate."""
+    conf = settings.MARTECH_CRM
+    attempt = 0
+    while True:
+        stats.api_calls += 1
+        try:
+            return call()
+        except TransientError as exc:
+            if attempt >= conf["RETRIES"]:
+                raise
+            if exc.retry_after is not None:
+                wait = exc.retry_after
+            else:
+                wait = random.uniform(0, conf["BACKOFF_BASE"] * (2 ** attempt))
+            wait = min(wait, conf["BACKOFF_MAX"])
+            stats.retries += 1
+            stats.slept.append(wait)
+            sleep(wait)
+            attempt += 1

@@ -1,0 +1,248 @@
+"""CRM sync state: connections, field mappings as data, the outbox, dead
+letters, runs, webhook receipts, lifecycle mapping and pulled CRM owners.
+
+Credentials never live here: a Connection names a provider; its URL and token
+come from settings (environment), so nothing secret reaches the admin.
+"""
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+
+class Provider(models.TextChoices):
+    HUBSPOT = "hubspot", "HubSpot"
+    SALESFORCE = "salesforce", "Salesforce"
+
+
+class Connection(models.Model):
+    provider = models.CharField(max_length=20, choices=Provider.choices, unique=True)
+    name = models.CharField(max_length=100)
+    is_active = models.BooleanField(default=True)
+    daily_api_limit = models.PositiveIntegerField(default=250_000)
+    # Counted per UTC day; the drain slows down near the limit (services.budget_left).
+    api_calls_day = models.DateField(null=True, blank=True)
+    api_calls_used = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    stopped_reason = models.TextField(blank=True, help_text="Set when the connection stopped itself (e.g. auth).")
+
+    class ConflictRule(models.TextChoices):
+        SYSTEM_OF_RECORD = "system_of_record", "System of record wins (per mapping)"
+        MOST_RECENT = "most_recent", "Most recent change wins"
+
+    conflict_rule = models.CharField(max_length=20, choices=ConflictRule.choices,
+                                     default=ConflictRule.SYSTEM_OF_RECORD,
+                                     help_text="When both sides changed a record since the last sync.")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CrmObject(models.TextChoices):
+    CONTACT = "contact", "Contact / Lead"
+    COMPANY = "company", "Company / Account"
+    DEAL = "deal", "Deal / Opportunity"
+    TASK = "task", "Task"
+
+
+class FieldMapping(models.Model):
+    class Direction(models.TextChoices):
+        PUSH = "push", "Push (here -> CRM)"
+        PULL = "pull", "Pull (CRM -> here)"
+        BOTH = "both", "Both"
+
+    class Kind(models.TextChoices):
+        TEXT = "text", "Text"
+        NUMBER = "number", "Number"
+        BOOLEAN = "boolean", "Boolean"
+        DATE = "date", "Date"
+        DATETIME = "datetime", "Date and time"
+        PICKLIST = "picklist", "Picklist (value map)"
+        MULTI = "multi", "Multi-select (joined with ;)"
+
+    class Owner(models.TextChoices):
+        LOCAL = "local", "Here"
+        REMOTE = "remote", "CRM"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="mappings")
+    object = models.CharField(max_length=20, choices=CrmObject.choices, default=CrmObject.CONTACT)
+    local_field = models.CharField(
+        max_length=100, help_text="Model field, or properties.<key> for a custom property."
+    )
+    remote_field = models.CharField(max_length=100)
+    direction = models.CharField(max_length=4, choices=Direction.choices, default=Direction.BOTH)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TEXT)
+    value_map = models.JSONField(
+        default=dict, blank=True, help_text='Picklist only: {"local value": "remote value"}.'
+    )
+    default = models.CharField(max_length=255, blank=True, help_text="Sent when the local value is empty.")
+    required = models.BooleanField(default=False)
+    system_of_record = models.CharField(max_length=6, choices=Owner.choices, default=Owner.LOCAL)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "object", "remote_field"], name="crm_mapping_remote_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.local_field} <-> {self.remote_field}"
+
+    @property
+    def pushes(self) -> bool:
+        return self.direction in (self.Direction.PUSH, self.Direction.BOTH)
+
+    @property
+    def pulls(self) -> bool:
+        return self.direction in (self.Direction.PULL, self.Direction.BOTH)
+
+    def clean(self) -> None:
+        from martech.crm.transforms import validate_mapping
+
+        validate_mapping(self)
+
+
+class SyncCursor(models.Model):
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="cursors")
+    object = models.CharField(max_length=20, choices=CrmObject.choices)
+    value = models.CharField(max_length=64, blank=True, help_text="Last modification time seen (ISO 8601).")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "object"], name="crm_cursor_unique")]
+
+
+class OutboxItem(models.Model):
+    """One record waiting to be pushed. Written in the transaction that
+    changed the record (martech.crm.outbox); one pending row per record, so
+    a burst of edits pushes once with the latest values."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Done"
+        DEAD = "dead", "Dead letter"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="outbox")
+    object = models.CharField(max_length=20, choices=CrmObject.choices)
+    local_id = models.BigIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["connection", "status", "next_attempt_at"], name="crm_outbox_due")]
+        constraints = [
+            # At most one pending row per record: the hook's insert relies on it.
+            models.UniqueConstraint(
+                fields=["connection", "object", "local_id"],
+                condition=models.Q(status="pending"),
+                name="crm_outbox_one_pending",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.object} #{self.local_id} ({self.status})"
+
+
+class DeadLetter(OutboxItem):
+    """Proxy so the admin shows dead letters as their own list."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter"
+
+
+class PushState(models.Model):
+    """What was last pushed for a record: the remote id and the payload's
+    hash, so an unchanged payload is not sent again."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="push_states")
+    object = models.CharField(max_length=20, choices=CrmObject.choices)
+    local_id = models.BigIntegerField()
+    remote_id = models.CharField(max_length=64, blank=True)
+    payload_hash = models.CharField(max_length=64, blank=True)
+    pushed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "object", "local_id"], name="crm_pushstate_unique"),
+        ]
+
+
+class SyncRun(models.Model):
+    class Kind(models.TextChoices):
+        PUSH = "push", "Push"
+        PULL = "pull", "Pull"
+        WEBHOOK = "webhook", "Webhook"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="runs")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    object = models.CharField(max_length=20, choices=CrmObject.choices, blank=True)
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    pushed = models.PositiveIntegerField(default=0)
+    pulled = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    api_calls = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.failed == 0
+
+
+class WebhookReceipt(models.Model):
+    """One accepted webhook notification, deduplicated by the provider's event id."""
+
+    provider = models.CharField(max_length=20, choices=Provider.choices)
+    event_id = models.CharField(max_length=64)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["provider", "event_id"], name="crm_webhook_event_unique")]
+
+
+class LifecycleMapping(models.Model):
+    """HubSpot lifecyclestage / Salesforce Lead Status value <-> our stage key."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="lifecycle_mappings")
+    remote_value = models.CharField(max_length=100)
+    stage = models.ForeignKey("martech.LifecycleStage", on_delete=models.CASCADE, related_name="+")
+    push_default = models.BooleanField(default=True, help_text="Use this remote value when pushing the stage.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "remote_value"], name="crm_lifecycle_unique")]
+
+    def clean(self) -> None:
+        if self.push_default and self.connection_id and self.stage_id:
+            clash = LifecycleMapping.objects.filter(
+                connection_id=self.connection_id, stage_id=self.stage_id, push_default=True
+            ).exclude(pk=self.pk)
+            if clash.exists():
+                raise ValidationError({"push_default": "Another value is already pushed for this stage."})
+
+
+class CrmOwner(models.Model):
+    """HubSpot owner / Salesforce User, pulled; routing links reps by id/email."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="owners")
+    remote_id = models.CharField(max_length=64)
+    email = models.EmailField(blank=True, db_index=True)
+    first_name = models.CharField(max_length=100, blank=True)
+    last_name = models.CharField(max_length=100, blank=True)
+    is_active = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "remote_id"], name="crm_owner_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.first_name} {self.last_name} <{self.email}>".strip()

@@ -1,0 +1,25 @@
+"""django-q2 tasks: thin, take ids, call one service."""
+from __future__ import annotations
+
+from martech.crm import services
+from martech.crm.models import Connection
+
+
+def drain_outbox() -> dict[str, int]:
+    out = {}
+    for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
+        run = services.outbox_drain(connection=connection)
+        out[connection.provider] = run.pushed
+    return out
+
+
+def pull_all() -> dict[str, int]:
+    out = {}
+    for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
+        run = services.pull_changes(connection=connection)
+        out[connection.provider] = run.pulled
+    return out
+
+
+def process_webhooks(receipt_ids: list[int]) -> int:
+    return services.webhook_process(receipt_ids=receipt_ids)

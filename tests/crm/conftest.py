@@ -1,0 +1,116 @@
+"""CRM fixtures: the HubSpot emulator on a free loopback port, a connection
+with mappings pointed at it, and OpenAPI validation of both sides."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from martech.crm.emulators.base import Served
+from martech.crm.emulators.hubspot import HubSpotEmulator
+from martech.crm.models import Connection, FieldMapping, LifecycleMapping
+from martech.models import LifecycleStage
+
+SPECS = Path(__file__).resolve().parent.parent / "fixtures" / "hubspot"
+
+
+def _spec(name: str) -> dict:
+    return json.loads((SPECS / name).read_text())
+
+
+class SpecCheck:
+    """Validates request bodies and JSON responses against HubSpot's documents."""
+
+    def __init__(self):
+        self.docs = {"contacts": _spec("contacts.json"), "owners": _spec("crmOwners.json")}
+
+    def _schema(self, doc: dict, ref_or_schema: dict) -> dict:
+        return {**ref_or_schema, "components": doc["components"]}
+
+    def operation(self, method: str, path: str) -> tuple[dict, dict]:
+        for doc in self.docs.values():
+            for template, ops in doc["paths"].items():
+                if _matches(template, path) and method.lower() in ops:
+                    return doc, ops[method.lower()]
+        raise AssertionError(f"{method} {path} is not in HubSpot's documents")
+
+    def check(self, method: str, path: str, body: bytes, status: int, response: bytes) -> None:
+        doc, op = self.operation(method, path)
+        if body and "requestBody" in op:
+            schema = op["requestBody"]["content"]["application/json"]["schema"]
+            jsonschema.validate(json.loads(body), self._schema(doc, schema))
+        spec = op["responses"].get(str(status)) or op["responses"].get("default")
+        if "$ref" in spec:
+            spec = doc["components"]["responses"][spec["$ref"].rsplit("/", 1)[1]]
+        content = spec.get("content", {})
+        media = content.get("application/json") or next(iter(content.values()), None)
+        if media and response:
+            jsonschema.validate(json.loads(response), self._schema(doc, media["schema"]))
+
+
+def _matches(template: str, path: str) -> bool:
+    t_parts, p_parts = template.rstrip("/").split("/"), path.rstrip("/").split("/")
+    return len(t_parts) == len(p_parts) and all(t == p or t.startswith("{") for t, p in zip(t_parts, p_parts))
+
+
+class CheckedHubSpot(HubSpotEmulator):
+    """The emulator, validating every exchange against the documents."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = SpecCheck()
+        self.checked = 0
+        self.spec_errors: list[str] = []
+        self.requests: list[tuple[str, str, dict]] = []
+
+    def dispatch(self, request):
+        body = request.get_data()
+        response = super().dispatch(request)
+        self.requests.append((request.method, request.path, json.loads(body) if body else {}))
+        try:
+            self.spec.check(request.method, request.path, body, response.status_code, response.get_data())
+            self.checked += 1
+        except Exception as exc:  # noqa: BLE001 - collected and asserted by the test
+            self.spec_errors.append(f"{request.method} {request.path}: {exc}")
+        return response
+
+
+@pytest.fixture
+def hubspot(settings):
+    app = CheckedHubSpot()
+    served = Served(app).start()
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": served.url, "BACKOFF_BASE": 0.01,
+                            "BACKOFF_MAX": 2.0}
+    yield app
+    served.stop()
+    assert not app.spec_errors, app.spec_errors
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr("martech.crm.connectors.hubspot.time.sleep", slept.append)
+    return slept
+
+
+@pytest.fixture
+def connection(db):
+    conn = Connection.objects.create(provider="hubspot", name="HubSpot")
+    for local, remote, kind, extra in [
+        ("email", "email", "text", {}),
+        ("first_name", "firstname", "text", {}),
+        ("last_name", "lastname", "text", {}),
+        ("job_title", "jobtitle", "text", {"system_of_record": "remote"}),
+        ("country", "country", "text", {}),
+        ("lifecycle_stage", "lifecyclestage", "text", {}),
+        ("owner", "hubspot_owner_id", "text", {"direction": "push"}),
+    ]:
+        FieldMapping.objects.create(connection=conn, local_field=local, remote_field=remote, kind=kind, **extra)
+    for value, key in [("lead", "lead"), ("marketingqualifiedlead", "mql"), ("salesqualifiedlead", "sql"),
+                       ("customer", "customer")]:
+        stage = LifecycleStage.objects.filter(key=key).first()
+        if stage:
+            LifecycleMapping.objects.create(connection=conn, remote_value=value, stage=stage)
+    return conn

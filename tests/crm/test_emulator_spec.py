@@ -1,0 +1,33 @@
+"""The OpenAPI check used by the emulator fixture does catch wrong shapes,
+and the demo data is idempotent."""
+import json
+
+import jsonschema
+import pytest
+
+from martech.crm.demo import demo_seed
+from martech.crm.models import Connection, FieldMapping
+from tests.crm.conftest import SpecCheck
+
+
+def test_spec_check_rejects_wrong_request_and_response():
+    spec = SpecCheck()
+    good = json.dumps({"inputs": [{"id": "a@example.org", "idProperty": "email", "properties": {"x": "1"}}]})
+    spec.check("POST", "/crm/v3/objects/contacts/batch/upsert", good.encode(), 400, b"")
+    with pytest.raises(jsonschema.ValidationError):
+        spec.check("POST", "/crm/v3/objects/contacts/batch/upsert", b'{"inputs": [{"properties": {}}]}', 400, b"")
+    with pytest.raises(jsonschema.ValidationError):  # a 200 answer without the required fields
+        spec.check("POST", "/crm/v3/objects/contacts/batch/upsert", good.encode(), 200, b'{"results": []}')
+    with pytest.raises(AssertionError):
+        spec.check("POST", "/crm/v3/objects/contacts/nope/nope", b"{}", 200, b"{}")
+
+
+@pytest.mark.django_db
+def test_demo_seed_is_idempotent():
+    first = demo_seed(progress=False)
+    assert first["crm connections"] == 1 and first["crm field mappings"] > 5
+    again = demo_seed(progress=False)
+    assert set(again.values()) == {0}
+    assert Connection.objects.count() == 1
+    for mapping in FieldMapping.objects.all():
+        mapping.full_clean()  # the defaults pass the admin's validation

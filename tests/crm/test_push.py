@@ -1,0 +1,195 @@
+"""Push through the outbox to the HubSpot emulator, over HTTP."""
+from __future__ import annotations
+
+import pytest
+from django.db import transaction
+
+from martech import hooks
+from martech.crm.models import CrmOwner, OutboxItem, PushState, SyncRun
+from martech.crm.services import PayloadBuilder, outbox_drain, owners_pull
+from martech.models import Lead
+from martech.services.leads import lead_change_stage, lead_set_owner, lead_upsert
+
+pytestmark = pytest.mark.django_db
+
+
+def _lead(email="ann@example.org", **data):
+    lead, _ = lead_upsert(data={"email": email, "first_name": "Ann", "last_name": "Lee", **data}, source="test")
+    return lead
+
+
+def test_change_is_queued_in_the_same_transaction(connection):
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            _lead()
+            assert OutboxItem.objects.filter(status="pending").count() == 1
+            raise RuntimeError("roll back")
+    assert OutboxItem.objects.count() == 0  # rolled back with the write
+
+
+def test_unmapped_field_change_is_not_queued(connection):
+    lead = _lead()
+    OutboxItem.objects.all().delete()
+    lead_upsert(data={"email": lead.email, "region": "CA"}, source="test")  # region is not mapped
+    assert OutboxItem.objects.count() == 0
+    lead_upsert(data={"email": lead.email, "job_title": "CTO"}, source="test")
+    assert OutboxItem.objects.count() == 1
+
+
+def test_push_creates_contact_and_skips_unchanged_payload(connection, hubspot):
+    lead = _lead(job_title="CMO")
+    run = outbox_drain(connection=connection)
+    assert (run.pushed, run.failed, run.api_calls) == (1, 0, 1)
+    contact = hubspot.contacts[hubspot.by_email["ann@example.org"]]
+    assert contact["properties"]["firstname"] == "Ann"
+    assert contact["properties"]["jobtitle"] == "CMO"
+    assert contact["properties"]["lifecyclestage"] == "lead"
+    lead.refresh_from_db()
+    assert lead.hubspot_id == contact["id"]
+    assert OutboxItem.objects.get().status == "done"
+    assert hubspot.checked >= 1
+
+    # An edit that changes nothing in the payload is queued but not sent.
+    OutboxItem.objects.create(connection=connection, object="contact", local_id=lead.pk)
+    run = outbox_drain(connection=connection)
+    assert (run.pushed, run.skipped, run.api_calls) == (0, 1, 0)
+
+    lead_change_stage(lead=lead, to_stage="mql", reason="test", source="test")
+    run = outbox_drain(connection=connection)
+    assert run.pushed == 1
+    assert contact["properties"]["lifecyclestage"] == "marketingqualifiedlead"
+    assert len(hubspot.contacts) == 1
+
+
+def test_pushed_id_is_not_echoed(connection, hubspot):
+    _lead()
+    outbox_drain(connection=connection)
+    # Storing the HubSpot id (source crm:hubspot) queued nothing new.
+    assert not OutboxItem.objects.filter(status="pending").exists()
+
+
+def test_batches_of_100_and_one_bad_record(connection, hubspot):
+    for i in range(150):
+        _lead(email=f"p{i}@example.org")
+    # HubSpot refuses this one (emulated INVALID_EMAIL); our own check lets it through.
+    bad = Lead.objects.get(email="p7@example.org")
+    Lead.objects.filter(pk=bad.pk).update(email="p7@example")
+    run = outbox_drain(connection=connection)
+    assert hubspot.calls[("POST", "/crm/v3/objects/contacts/batch/upsert")] == 2
+    assert (run.pushed, run.failed) == (149, 1)
+    item = OutboxItem.objects.get(local_id=bad.pk)
+    assert item.status == "pending" and item.attempts == 1 and "INVALID_EMAIL" in item.last_error
+    assert len(hubspot.contacts) == 149
+
+
+def test_retried_batch_makes_no_duplicate(connection, hubspot):
+    lead = _lead()
+    outbox_drain(connection=connection)
+    # A retry of the same push (say the answer was lost): the upsert by email updates, never adds.
+    PushState.objects.all().delete()
+    OutboxItem.objects.create(connection=connection, object="contact", local_id=lead.pk)
+    run = outbox_drain(connection=connection)
+    assert run.pushed == 1
+    assert len(hubspot.contacts) == 1
+
+
+def test_429_honours_retry_after(connection, hubspot, no_sleep):
+    _lead()
+    hubspot.burst_429, hubspot.retry_after = 2, 3
+    run = outbox_drain(connection=connection)
+    assert run.pushed == 1
+    assert no_sleep == [2.0, 2.0]  # Retry-After 3 capped by BACKOFF_MAX=2 in tests
+    assert run.api_calls == 3
+
+
+def test_429_wait_is_retry_after_when_under_cap(connection, hubspot, no_sleep, settings):
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "BACKOFF_MAX": 60.0}
+    _lead()
+    hubspot.burst_429, hubspot.retry_after = 1, 7
+    outbox_drain(connection=connection)
+    assert no_sleep == [7.0]
+
+
+def test_twenty_percent_5xx_still_delivers_everything(connection, hubspot, no_sleep, settings):
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "RETRIES": 8}
+    hubspot.error_rate = 0.2
+    for i in range(300):
+        _lead(email=f"f{i}@example.org")
+    run = outbox_drain(connection=connection)
+    assert run.pushed == 300 and run.failed == 0
+    assert len(hubspot.contacts) == 300
+    assert no_sleep and all(0 <= s <= 2.0 for s in no_sleep)  # jittered backoff
+    assert run.api_calls == 3 + len(no_sleep)
+
+
+def test_exhausted_retries_keep_items_then_dead_letter(connection, hubspot, no_sleep, settings):
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "RETRIES": 1, "MAX_ATTEMPTS": 2}
+    lead = _lead()
+    hubspot.error_rate = 1.0
+    outbox_drain(connection=connection)
+    item = OutboxItem.objects.get(local_id=lead.pk)
+    assert item.status == "pending" and item.attempts == 1 and "503" in item.last_error
+    OutboxItem.objects.filter(pk=item.pk).update(next_attempt_at=item.created_at)
+    outbox_drain(connection=connection)
+    item.refresh_from_db()
+    assert item.status == "dead" and item.attempts == 2
+    connection.refresh_from_db()
+    assert "503" in connection.last_error
+
+
+def test_required_field_empty_is_refused_by_name(connection, hubspot):
+    connection.mappings.filter(local_field="job_title").update(required=True)
+    lead = _lead()
+    run = outbox_drain(connection=connection)
+    item = OutboxItem.objects.get(local_id=lead.pk)
+    assert run.failed == 1 and item.status == "dead"
+    assert "job_title is required" in item.last_error
+    assert hubspot.calls[("POST", "/crm/v3/objects/contacts/batch/upsert")] == 0
+
+
+def test_default_value_fills_empty_field(connection, hubspot):
+    connection.mappings.filter(local_field="job_title").update(default="Unknown")
+    _lead()
+    outbox_drain(connection=connection)
+    assert hubspot.contacts[hubspot.by_email["ann@example.org"]]["properties"]["jobtitle"] == "Unknown"
+
+
+def test_owner_from_provider_else_by_email_else_not_sent(connection, hubspot, monkeypatch, django_user_model):
+    hubspot.add_owner(owner_id="77", email="rep@example.com", first_name="R", last_name="Ep")
+    assert owners_pull(connection=connection) == 1
+    assert CrmOwner.objects.get().remote_id == "77"
+    rep = django_user_model.objects.create(username="rep", email="rep@example.com")
+    lead = _lead()
+    outbox_drain(connection=connection)
+    assert "hubspot_owner_id" not in hubspot.contacts[hubspot.by_email[lead.email]]["properties"]  # no owner yet
+    lead_set_owner(lead=lead, owner=rep, reason="test", source="test")
+    outbox_drain(connection=connection)
+    # Matched by the owner's email against the pulled HubSpot owners.
+    assert hubspot.contacts[hubspot.by_email[lead.email]]["properties"]["hubspot_owner_id"] == "77"
+    lead.refresh_from_db()
+    monkeypatch.setitem(hooks._providers, "crm_owner_id", lambda *, lead_id, provider: "99")
+    assert PayloadBuilder(connection).payload(lead)["hubspot_owner_id"] == "99"
+    monkeypatch.delitem(hooks._providers, "crm_owner_id")
+    Lead.objects.filter(pk=lead.pk).update(owner=None)
+    lead.refresh_from_db()
+    assert "hubspot_owner_id" not in PayloadBuilder(connection).payload(lead)
+
+
+def test_sync_run_is_recorded(connection, hubspot):
+    _lead()
+    outbox_drain(connection=connection)
+    run = SyncRun.objects.get(kind="push")
+    assert run.finished_at and run.pushed == 1 and run.api_calls == 1
+    connection.refresh_from_db()
+    assert connection.api_calls_used == 1
+
+
+def test_at_the_daily_allowance_nothing_is_sent(connection, hubspot):
+    from django.utils import timezone
+
+    _lead()
+    connection.daily_api_limit, connection.api_calls_used, connection.api_calls_day = 10, 10, timezone.now().date()
+    connection.save()
+    run = outbox_drain(connection=connection)
+    assert run.pushed == 0 and "allowance" in run.error
+    assert hubspot.calls[("POST", "/crm/v3/objects/contacts/batch/upsert")] == 0
