@@ -533,6 +533,8 @@ class ApiClient(TimestampedModel):
         CAMPAIGNS_READ = "campaigns:read", "Read campaigns"
         CAMPAIGNS_WRITE = "campaigns:write", "Write campaigns"
         STAGES_READ = "stages:read", "Read lifecycle stages"
+        NURTURE_READ = "nurture:read", "Read nurture workflows and metrics"
+        NURTURE_WRITE = "nurture:write", "Enroll leads in nurture workflows"
 
     name = models.CharField(max_length=100, unique=True)
     token_prefix = models.CharField(max_length=12, editable=False)

@@ -56,6 +56,15 @@ def render(text: str, lead, *, blocks: list[dict] | None = None, html: bool = Fa
     return _TOKEN.sub(token, text or "")
 
 
+_BARE_URL = re.compile(r'(?<!["=])(https?://[^\s<>"]+)')
+
+
+def html_from_text(text: str) -> str:
+    """HTML for a plain-text body (already escaped): bare URLs become links
+    (so clicks are tracked), newlines become breaks."""
+    return _BARE_URL.sub(r'<a href="\1">\1</a>', text).replace("\n", "<br>\n")
+
+
 # --- signed links -------------------------------------------------------------
 def _url(name: str, token: str) -> str:
     return settings.MARTECH_NURTURE["PUBLIC_BASE_URL"].rstrip("/") + reverse(name, args=[token])

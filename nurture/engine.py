@@ -147,7 +147,8 @@ def _send_email(enr, step, ctx: Ctx) -> Outcome:
             "channel": Message.Channel.EMAIL, "to": lead.email, "is_marketing": marketing,
             "subject": channels.render(step["subject"], lead),
             "body": channels.render(step["body"], lead, blocks=blocks),
-            "html": channels.render(step.get("html") or step["body"], lead, blocks=blocks, html=True),
+            "html": channels.render(step["html"], lead, blocks=blocks, html=True) if step.get("html")
+            else channels.html_from_text(channels.render(step["body"], lead, blocks=blocks, html=True)),
         },
     )
 

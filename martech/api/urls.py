@@ -23,4 +23,5 @@ urlpatterns = [
     path("events", events_by_method),
     path("", include("martech.api.capture_urls")),
     path("", include("martech.api.rest_urls")),
+    path("nurture/", include("nurture.api.urls")),
 ]
