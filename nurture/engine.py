@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -41,7 +41,10 @@ from nurture.models import AudienceMember, Enrollment, Message, StepExecution, S
 
 log = logging.getLogger(__name__)
 WAIT_UNTIL_POLL = timedelta(hours=1)
-MAX_STEPS_PER_RUN = 50  # instant steps chained in one go, a guard only (graphs have no loops)
+MAX_STEPS_PER_RUN = 50
+# Sent messages are marked in groups; a worker killed in between leaves at
+# most this many "sending" that did go out (messages_recover reconciles them).
+MARK_EVERY = 50  # instant steps chained in one go, a guard only (graphs have no loops)
 
 
 def cfg() -> dict:
@@ -64,6 +67,36 @@ class Ctx:
     now: datetime
     dry: bool = False  # test mode: decide and render, change nothing
     compress_waits: bool = False
+    # Batch prefetches (None: query per lead, as test mode does).
+    consent: dict[tuple[int, str], str] | None = None
+    suppressed: set[str] | None = None
+    sends: dict[int, list[datetime]] | None = None
+
+
+def batch_prefetch(ctx: Ctx, leads: list[Lead]) -> None:
+    """Consent, suppression and the last week's marketing emails of every
+    lead of the batch in three queries (instead of three per step). The
+    batch holds the leads' row locks (see enrollments_advance_due), so these
+    stay true until it commits."""
+    from martech.models import ConsentRecord
+
+    ids = [l.pk for l in leads]
+    ctx.consent = {}
+    for lead_id, channel, status in (
+        ConsentRecord.objects.filter(lead_id__in=ids).order_by("lead_id", "channel", "-recorded_at", "-id")
+        .values_list("lead_id", "channel", "status")
+    ):
+        ctx.consent.setdefault((lead_id, channel), status)
+    emails = [l.email.lower() for l in leads if l.email]
+    ctx.suppressed = set(Suppression.objects.filter(address__in=emails).values_list("address", flat=True))
+    ctx.sends = {}
+    for lead_id, at in (
+        Message.objects.filter(lead_id__in=ids, channel=Message.Channel.EMAIL, is_marketing=True,
+                               created_at__gt=ctx.now - timedelta(days=7))
+        .exclude(status__in=[Message.Status.FAILED, Message.Status.TEST]).order_by("created_at")
+        .values_list("lead_id", "created_at")
+    ):
+        ctx.sends.setdefault(lead_id, []).append(at)
 
 
 # --- step handlers ------------------------------------------------------------
@@ -102,14 +135,17 @@ def quiet_until(lead: Lead, now: datetime) -> datetime | None:
     return resume.astimezone(ZoneInfo("UTC"))
 
 
-def cap_until(lead: Lead, now: datetime) -> datetime | None:
+def cap_until(lead: Lead, now: datetime, sent: list[datetime] | None = None) -> datetime | None:
     """When the global marketing-email cap lets the next one go, or None if
-    it may go now. Counts messages decided in this transaction too."""
-    sent = list(
-        Message.objects.filter(
-            lead=lead, channel=Message.Channel.EMAIL, is_marketing=True, created_at__gt=now - timedelta(days=7)
-        ).exclude(status__in=[Message.Status.FAILED, Message.Status.TEST]).order_by("created_at").values_list("created_at", flat=True)
-    )
+    it may go now. ``sent``: the lead's marketing emails of the last week,
+    oldest first, including those decided in this batch."""
+    if sent is None:
+        sent = list(
+            Message.objects.filter(
+                lead=lead, channel=Message.Channel.EMAIL, is_marketing=True, created_at__gt=now - timedelta(days=7)
+            ).exclude(status__in=[Message.Status.FAILED, Message.Status.TEST]).order_by("created_at").values_list("created_at", flat=True)
+        )
+    sent = [t for t in sent if t > now - timedelta(days=7)]
     waits = []
     day = [t for t in sent if t > now - timedelta(days=1)]
     if len(day) >= cfg()["EMAIL_DAILY_CAP"]:
@@ -119,27 +155,39 @@ def cap_until(lead: Lead, now: datetime) -> datetime | None:
     return max(waits) if waits else None
 
 
-def _consent_refusal(lead: Lead, channel: str, address: str) -> str | None:
+def _has_consent(lead: Lead, channel: str, ctx: Ctx) -> bool:
+    if ctx.consent is not None:
+        return ctx.consent.get((lead.pk, channel)) == "granted"
+    return lead_has_consent(lead=lead, channel=channel)
+
+
+def _consent_refusal(lead: Lead, channel: str, address: str, ctx: Ctx) -> str | None:
     if not address:
         return f"no_{'email' if channel == 'email' else 'phone'}"
-    if not lead_has_consent(lead=lead, channel=channel):
+    if not _has_consent(lead, channel, ctx):
         return "no_consent"
-    if channel == "email" and Suppression.objects.filter(address=address.lower()).exists():
-        return "suppressed"
+    if channel == "email":
+        if ctx.suppressed is not None:
+            if address.lower() in ctx.suppressed:
+                return "suppressed"
+        elif Suppression.objects.filter(address=address.lower()).exists():
+            return "suppressed"
     return None
 
 
 def _send_email(enr, step, ctx: Ctx) -> Outcome:
     lead = enr.lead
     marketing = step.get("marketing", True)
-    refusal = _consent_refusal(lead, "email", lead.email or "")
+    refusal = _consent_refusal(lead, "email", lead.email or "", ctx)
     if refusal:
         return Outcome(f"skipped:{refusal}", step["next"])
     if marketing and not ctx.dry:
-        Lead.objects.select_for_update().filter(pk=lead.pk).values_list("pk", flat=True).first()  # serialize caps per lead
-        until = cap_until(lead, ctx.now)
+        history = ctx.sends.setdefault(lead.pk, []) if ctx.sends is not None else None
+        until = cap_until(lead, ctx.now, history)
         if until:
             return Outcome("delayed:frequency_cap", delay_until=until)
+        if history is not None:
+            history.append(ctx.now)
     blocks = step.get("blocks") or []
     return Outcome(
         "sent", step["next"],
@@ -155,7 +203,7 @@ def _send_email(enr, step, ctx: Ctx) -> Outcome:
 
 def _send_sms(enr, step, ctx: Ctx) -> Outcome:
     lead = enr.lead
-    refusal = _consent_refusal(lead, "sms", str(lead.phone or ""))
+    refusal = _consent_refusal(lead, "sms", str(lead.phone or ""), ctx)
     if refusal:
         return Outcome(f"skipped:{refusal}", step["next"])
     until = quiet_until(lead, ctx.now)
@@ -168,7 +216,7 @@ def _send_sms(enr, step, ctx: Ctx) -> Outcome:
 
 def _audience(enr, step, ctx: Ctx) -> Outcome:
     add = step["type"] == "audience_add"
-    if add and not lead_has_consent(lead=enr.lead, channel="ads"):
+    if add and not _has_consent(enr.lead, "ads", ctx):
         return Outcome("skipped:no_consent", step["next"])
     if not ctx.dry:
         if add:
@@ -321,15 +369,27 @@ def _finish(enr: Enrollment, status: str, reason: str, now: datetime) -> None:
     enr.status, enr.exit_reason, enr.ended_at, enr.due_at = status, reason[:100], now, None
 
 
-def enrollment_step(enr: Enrollment, now: datetime, pending: list[int]) -> int:
-    """Run the enrollment's due steps (instant ones chained) inside the
-    caller's transaction; appends created Message ids to ``pending``.
-    Returns the number of steps executed."""
-    ctx = Ctx(now=now)
+# Step types that write local rows (tasks, lead fields, audiences,
+# enrollments): an enrollment running one gets its own savepoint, so a failure
+# rolls back exactly its effects. Pure decisions (sends, waits, branches) need
+# none: nothing is written until the batch's bulk inserts.
+EFFECTFUL = {"audience_add", "audience_remove", "update_field", "set_stage", "create_task", "enroll"}
+
+
+@dataclass
+class Decided:
+    execution: StepExecution
+    message: dict | None
+
+
+def enrollment_step(enr: Enrollment, ctx: Ctx, out_rows: list[Decided]) -> int:
+    """Decide the enrollment's due steps (instant ones chained), appending
+    the executions (and their messages) to ``out_rows`` for the batch's bulk
+    insert; updates ``enr`` in memory. Returns the number of steps executed."""
+    now = ctx.now
     executed = 0
     if goal_met(enr, now):
         _finish(enr, Enrollment.Status.CONVERTED, "goal", now)
-        enr.save(update_fields=["status", "exit_reason", "ended_at", "due_at"])
         return 0
     steps = enr.version.definition["steps"]
     while enr.status == Enrollment.Status.ACTIVE and executed < MAX_STEPS_PER_RUN:
@@ -340,28 +400,19 @@ def enrollment_step(enr: Enrollment, now: datetime, pending: list[int]) -> int:
         if out.delay_until is not None:
             enr.due_at = out.delay_until
             break
-        try:
-            with transaction.atomic():
-                ex = StepExecution.objects.create(
-                    enrollment=enr, workflow_id=enr.workflow_id, step=step_key, step_type=step["type"], key=key,
-                    outcome=out.outcome, detail=out.detail, due_at=enr.due_at, executed_at=now,
-                )
-        except IntegrityError:
-            # Decided before (a retry of a committed batch cannot get here:
-            # the enrollment moved on; this guards a hand-edited enrollment).
-            log.warning("nurture: step %s already executed; skipping", key)
-            ex = None
-        if ex is not None and out.message:
-            html = out.message.pop("html", "")
-            via = out.message.pop("notify_via", "")
-            msg = Message.objects.create(
-                key=key, execution=ex, lead=enr.lead, workflow_id=enr.workflow_id, step=step_key,
-                created_at=now, **out.message,
-            )
-            if html or via:
-                ex.detail = {**ex.detail, "html": html} if html else {**ex.detail, "via": via}
-                ex.save(update_fields=["detail"])
-            pending.append(msg.pk)
+        detail = dict(out.detail)
+        message = None
+        if out.message:
+            message = dict(out.message)
+            html, via = message.pop("html", ""), message.pop("notify_via", "")
+            if html:
+                detail["html"] = html
+            if via:
+                detail["via"] = via
+        out_rows.append(Decided(StepExecution(
+            enrollment=enr, workflow_id=enr.workflow_id, step=step_key, step_type=step["type"], key=key,
+            outcome=out.outcome, detail=detail, due_at=enr.due_at, executed_at=now,
+        ), message))
         executed += 1
         enr.seq += 1
         enr.state = {}
@@ -373,13 +424,25 @@ def enrollment_step(enr: Enrollment, now: datetime, pending: list[int]) -> int:
             enr.due_at = out.due_at
             break
         enr.due_at = now
-    enr.save(update_fields=["status", "exit_reason", "ended_at", "due_at", "step", "seq", "state"])
     return executed
+
+
+ENR_FIELDS = ["status", "exit_reason", "ended_at", "due_at", "step", "seq", "state"]
+
+
+def _snapshot(enr: Enrollment) -> tuple:
+    return tuple(getattr(enr, f) for f in ENR_FIELDS)
 
 
 def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | None = None, max_batches: int | None = None) -> int:
     """Advance every enrollment due by ``now``, batch by batch; returns the
-    steps executed. Safe to run in any number of workers at once."""
+    steps executed. Safe to run in any number of workers at once.
+
+    One transaction per batch: lock the due enrollments (SKIP LOCKED) and
+    their leads (in id order: the frequency cap across workflows is decided
+    with the lead held), decide every step, bulk-insert the executions (the
+    idempotency keys) and messages, update the enrollments, commit; then hand
+    the messages to their channels."""
     batch_size = batch_size or cfg()["BATCH_SIZE"]
     total = batches = 0
     messages_recover()
@@ -393,13 +456,41 @@ def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | No
             batch = list(qs.select_related("version", "lead", "lead__lifecycle_stage", "lead__account", "workflow")[:batch_size])
             if not batch:
                 break
+            leads = {e.lead_id: e.lead for e in batch}
+            list(Lead.objects.select_for_update().filter(pk__in=list(leads)).order_by("pk").values_list("pk", flat=True))
+            ctx = Ctx(now=moment)
+            batch_prefetch(ctx, list(leads.values()))
+            rows: list[Decided] = []
+            changed: list[Enrollment] = []
             for enr in batch:
+                before, mark = _snapshot(enr), len(rows)
+                steps = enr.version.definition["steps"]
+                risky = steps.get(enr.step, {}).get("type") in EFFECTFUL or any(
+                    st.get("type") in EFFECTFUL for st in steps.values())
                 try:
-                    with transaction.atomic():
-                        total += enrollment_step(enr, moment, pending)
+                    if risky:
+                        with transaction.atomic():
+                            total += enrollment_step(enr, ctx, rows)
+                    else:
+                        total += enrollment_step(enr, ctx, rows)
                 except Exception as exc:  # noqa: BLE001 - one broken step must not stop the batch
                     log.exception("nurture: enrollment %s step %s failed", enr.pk, enr.step)
+                    del rows[mark:]
+                    for f, v in zip(ENR_FIELDS, before):
+                        setattr(enr, f, v)
                     _fail(enr, exc, moment)
+                    continue
+                if _snapshot(enr) != before:
+                    changed.append(enr)
+            executions = StepExecution.objects.bulk_create([r.execution for r in rows])
+            msgs = [
+                Message(key=ex.key, execution=ex, lead_id=ex.enrollment.lead_id, workflow_id=ex.workflow_id, step=ex.step,
+                        created_at=moment, **r.message)
+                for ex, r in zip(executions, rows) if r.message
+            ]
+            pending = [m.pk for m in Message.objects.bulk_create(msgs)]
+            if changed:
+                Enrollment.objects.bulk_update(changed, ENR_FIELDS)
         messages_deliver(ids=pending)
         batches += 1
     return total
@@ -408,10 +499,9 @@ def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | No
 def _fail(enr: Enrollment, exc: Exception, now: datetime) -> None:
     """Keep the failure visible and retry later (nothing silently dropped)."""
     attempts = (enr.state or {}).get("failures", 0) + 1
-    Enrollment.objects.filter(pk=enr.pk).update(
-        due_at=now + timedelta(minutes=min(60, 2 ** attempts)),
-        state={**(enr.state or {}), "failures": attempts, "error": f"{type(exc).__name__}: {exc}"[:500]},
-    )
+    enr.due_at = now + timedelta(minutes=min(60, 2 ** attempts))
+    enr.state = {**(enr.state or {}), "failures": attempts, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    Enrollment.objects.filter(pk=enr.pk).update(due_at=enr.due_at, state=enr.state)
 
 
 # --- delivery ---------------------------------------------------------------------
@@ -448,6 +538,13 @@ def messages_deliver(*, ids: list[int]) -> int:
         return 0
     conn = channels.email_connection()
     sent = 0
+    done: list[int] = []  # sent, not yet marked (marked every MARK_EVERY: fewer writes)
+
+    def mark() -> None:
+        if done:
+            Message.objects.filter(pk__in=done).update(status=Message.Status.SENT, sent_at=timezone.now())
+            done.clear()
+
     msgs = Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).select_related("execution", "lead").order_by("pk")
     for msg in msgs:
         try:
@@ -455,8 +552,14 @@ def messages_deliver(*, ids: list[int]) -> int:
         except Exception as exc:  # noqa: BLE001 - kept on the row, shown in the admin
             Message.objects.filter(pk=msg.pk).update(status=Message.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
             continue
-        Message.objects.filter(pk=msg.pk).update(status=Message.Status.SENT, sent_at=timezone.now(), provider_id=provider[:255])
+        if provider:
+            Message.objects.filter(pk=msg.pk).update(status=Message.Status.SENT, sent_at=timezone.now(), provider_id=provider[:255])
+        else:
+            done.append(msg.pk)
+            if len(done) >= MARK_EVERY:
+                mark()
         sent += 1
+    mark()
     return sent
 
 

@@ -176,9 +176,10 @@ def enrollment_create(*, workflow: Workflow, lead: Lead, source: str, now: datet
     return enr, ""
 
 
-def workflow_enroll_bulk(*, workflow: Workflow, lead_ids=None, condition: str = "", source: str,
+def workflow_enroll_bulk(*, workflow: Workflow, lead_ids=None, leads=None, condition: str = "", source: str,
                          now: datetime | None = None, chunk: int = 5000, progress=None) -> int:
-    """Enroll many leads set-based (a segment, a CSV of ids): criteria and
+    """Enroll many leads set-based (``leads``: a segment's queryset; or
+    ``lead_ids``; ``condition``: an extra condition): criteria and
     suppression run in SQL, existing enrollments are skipped, rows are
     inserted in chunks. Returns the number enrolled."""
     now = now or timezone.now()
@@ -186,7 +187,7 @@ def workflow_enroll_bulk(*, workflow: Workflow, lead_ids=None, condition: str = 
     if workflow.status != Workflow.Status.ACTIVE or version is None:
         raise ValidationError({"workflow": ["Only an active, published workflow enrolls leads."]})
     s = version.settings
-    qs = Lead.objects.all()
+    qs = leads if leads is not None else Lead.objects.all()
     if lead_ids is not None:
         qs = qs.filter(pk__in=list(lead_ids))
     qs = qs.filter(condition_q(condition)).filter(condition_q(s.get("enrollment_condition", "")))
