@@ -341,6 +341,32 @@ def identity_link(*, lead: Lead, kind: str, value: str) -> Identity:
     return identity
 
 
+def _move_related_rows(*, primary: Lead, duplicate: Lead) -> None:
+    """Point every row that references the duplicate at the primary: the
+    core's (events, identities, consent, stage history) and those of apps
+    that come later (contact roles, assignments, enrollments...), found
+    through the model graph so the core need not know them. A row that would
+    break a unique constraint because the primary already has its twin (both
+    leads on one opportunity) is the duplicate's copy of a fact the primary
+    keeps; it is deleted with the duplicate."""
+    for rel in Lead._meta.related_objects:
+        if rel.many_to_many or rel.one_to_one or not rel.field.concrete:
+            continue
+        model, column = rel.related_model, rel.field.name
+        rows = model._base_manager.filter(**{column: duplicate})
+        try:
+            with transaction.atomic():
+                rows.update(**{column: primary})
+        except IntegrityError:
+            for pk in rows.values_list("pk", flat=True):
+                try:
+                    with transaction.atomic():
+                        model._base_manager.filter(pk=pk).update(**{column: primary})
+                except IntegrityError:
+                    log.info("merge %s -> %s: %s %s duplicates a row of the primary", duplicate.pk, primary.pk,
+                             model._meta.label, pk)
+
+
 @transaction.atomic
 def lead_merge(*, primary: Lead, duplicate: Lead, actor=None, reason: str = "merge") -> Lead:
     """Fold ``duplicate`` into ``primary``: events, identities, consent and
@@ -352,8 +378,7 @@ def lead_merge(*, primary: Lead, duplicate: Lead, actor=None, reason: str = "mer
         raise ValidationError({"duplicate": ["A lead cannot be merged into itself."]})
     primary = Lead.objects.select_for_update().get(pk=primary.pk)
     duplicate = Lead.objects.select_for_update().get(pk=duplicate.pk)
-    for rel in (Event, Identity, ConsentRecord, StageTransition):
-        rel.objects.filter(lead=duplicate).update(lead=primary)
+    _move_related_rows(primary=primary, duplicate=duplicate)
     unique_moves = {}
     for f in Lead._meta.concrete_fields:
         if f.primary_key or f.name in {"created_at", "updated_at", "properties"}:

@@ -120,3 +120,17 @@ def test_lead_set_owner_changes_once_and_runs_hooks(monkeypatch):
     assert lead_set_owner(lead=lead, owner=rep.pk, reason="routed", source="routing") is False
     lead.refresh_from_db()
     assert lead.owner == rep and seen == [([lead.pk], frozenset({"owner"}))]
+
+
+def test_merge_moves_rows_of_later_apps_and_drops_their_duplicates():
+    from attribution.models import OpportunityContactRole
+    from attribution.services import opportunity_set_contact, opportunity_upsert
+
+    primary, dup = LeadFactory(), LeadFactory()
+    shared, only_dup = (opportunity_upsert(data={"name": n}, source="t")[0] for n in ("Shared", "Dup's"))
+    opportunity_set_contact(opportunity=shared, lead=primary, role="buyer")
+    opportunity_set_contact(opportunity=shared, lead=dup, role="user")
+    opportunity_set_contact(opportunity=only_dup, lead=dup, role="champion")
+    lead_merge(primary=primary, duplicate=dup)
+    roles = set(OpportunityContactRole.objects.values_list("opportunity__name", "lead", "role"))
+    assert roles == {("Shared", primary.pk, "buyer"), ("Dup's", primary.pk, "champion")}
