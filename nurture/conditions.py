@@ -4,36 +4,33 @@ functions, so nurture never grows a second language."""
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 
-from django.core.exceptions import ValidationError
 from django.db.models import Q
 
-try:  # lands with the scoring issue
-    from martech import conditions as _lang
-except ImportError:  # pragma: no cover - only before the merge
-    _lang = None
+from martech import conditions as _lang
 
 
-def _require():
-    if _lang is None:
-        raise ValidationError("The condition language (martech.conditions) is not installed yet.")
-    return _lang
+@lru_cache(maxsize=512)
+def _parsed(text: str):
+    # Parsing is pure; a batch evaluates the same few texts thousands of times.
+    return _lang.parse(text)
 
 
 def condition_check(text: str) -> None:
     """Raise ValidationError ("column N: reason") when ``text`` does not parse."""
     if text and text.strip():
-        _require().parse(text)
+        _lang.parse(text)
 
 
 def condition_matches(text: str, lead, *, now: datetime | None = None) -> bool:
     """Empty conditions match everyone."""
     if not text or not text.strip():
         return True
-    return bool(_require().parse(text).evaluate(lead, now=now))
+    return bool(_parsed(text).evaluate(lead, now=now))
 
 
 def condition_q(text: str, *, now: datetime | None = None) -> Q:
     if not text or not text.strip():
         return Q()
-    return _require().parse(text).to_q(now=now)
+    return _parsed(text).to_q(now=now)

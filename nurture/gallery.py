@@ -36,7 +36,7 @@ GALLERY: dict[str, dict] = {
     },
     "mql_reengagement": {
         "name": "MQL re-engagement (30 idle days)", "trigger": "stage", "trigger_config": {"stage": "mql"},
-        "goal_condition": "lifecycle_stage == \"sql\"",
+        "goal_condition": "lifecycle_stage = \"sql\"",
         "definition": {"start": "idle", "steps": {
             "idle": {"type": "wait_until", "event": "page_viewed", "timeout_hours": 720, "next": "end", "timeout_next": "e1"},
             "e1": {"type": E, "subject": "Still looking at {{company_name|your options}}?", "body": "What changed since we spoke: https://example.com/new", "next": "task"},
