@@ -44,6 +44,12 @@ def workflow_validate(*, workflow: Workflow) -> None:
             condition_check(cond)
         except ValidationError as exc:
             errors["trigger_config"] = [f"condition: {m}" for m in exc.messages]
+    if workflow.trigger == Workflow.Trigger.SEGMENT or workflow.suppress_segments:
+        try:
+            import martech.scoring.models  # noqa: F401  (lands with the scoring issue)
+        except ImportError:
+            errors["trigger" if workflow.trigger == Workflow.Trigger.SEGMENT else "suppress_segments"] = [
+                "Segments are not available yet (martech.scoring has not landed)."]
     if workflow.reenroll == Workflow.Reenroll.AFTER_DAYS and not workflow.reenroll_days:
         errors["reenroll_days"] = ["Give the number of days for 'after N days'."]
     need = {Workflow.Trigger.EVENT: "event", Workflow.Trigger.FORM: "form", Workflow.Trigger.STAGE: "stage",
