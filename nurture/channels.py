@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import urllib.request
+from functools import lru_cache
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -66,8 +67,14 @@ def html_from_text(text: str) -> str:
 
 
 # --- signed links -------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _url_template(name: str, base: str) -> str:
+    return base.rstrip("/") + reverse(name, args=["TOKEN"])
+
+
 def _url(name: str, token: str) -> str:
-    return settings.MARTECH_NURTURE["PUBLIC_BASE_URL"].rstrip("/") + reverse(name, args=[token])
+    # reverse() once per name: a batch builds three links per email.
+    return _url_template(name, settings.MARTECH_NURTURE["PUBLIC_BASE_URL"]).replace("TOKEN", token)
 
 
 def sign(message_id: int, **extra) -> str:
