@@ -218,6 +218,17 @@ def audience_adapter() -> AudienceAdapter:
     return import_string(settings.MARTECH_NURTURE["AUDIENCE_ADAPTER"])()
 
 
+def audience_push(*, audience: str) -> int:
+    """Push every member of ``audience`` (hashed) through the configured
+    adapter; returns the number of rows pushed."""
+    from martech.models import Lead
+
+    leads = Lead.objects.filter(nurture_audiences__audience=audience).only("email", "phone").order_by("pk")
+    rows = audience_rows(leads)
+    audience_adapter().push(audience=audience, rows=rows)
+    return len(rows)
+
+
 # --- webhooks ------------------------------------------------------------------
 def post_json(url: str, payload: dict, *, key: str, timeout: float = 10) -> int:
     """POST JSON with an ``Idempotency-Key`` header (the receiver can drop a

@@ -25,10 +25,18 @@ def export_linkedin(modeladmin, request, queryset):
     return _export(queryset, "linkedin")
 
 
+@admin.action(description="Push the selected members' audiences through the audience adapter", permissions=["change"])
+def push_audiences(modeladmin, request, queryset):
+    names = sorted(set(queryset.values_list("audience", flat=True)))
+    for name in names:
+        channels.audience_push(audience=name)
+    modeladmin.message_user(request, f"Pushed {len(names)} audience(s): {', '.join(names)}.")
+
+
 @admin.register(AudienceMember)
 class AudienceMemberAdmin(BigTableAdmin):
     list_display = ("audience", "lead", "added_at")
     list_filter = ("audience",)
     list_select_related = ("lead",)
     raw_id_fields = ("lead",)
-    actions = [export_google, export_linkedin]
+    actions = [export_google, export_linkedin, push_audiences]

@@ -105,3 +105,23 @@ def test_audience_export_is_normalized_and_hashed(db, consenting_lead):
     assert audience_csv(rows, fmt="linkedin").splitlines() == ["email", rows[0]["email"]]
     with pytest.raises(ValueError):
         audience_csv(rows, fmt="myspace")
+
+
+class RecordingAdapter:
+    pushed: list = []
+
+    def push(self, *, audience, rows):
+        RecordingAdapter.pushed.append((audience, rows))
+
+
+def test_audience_push_goes_through_the_configured_adapter(db, consenting_lead, settings, client, marketing_ops):
+    from nurture.models import AudienceMember
+
+    settings.MARTECH_NURTURE = {**settings.MARTECH_NURTURE, "AUDIENCE_ADAPTER": "tests.nurture.test_tracking.RecordingAdapter"}
+    RecordingAdapter.pushed = []
+    lead = consenting_lead()
+    member = AudienceMember.objects.create(audience="cart", lead=lead)
+    client.force_login(marketing_ops)
+    client.post("/admin/nurture/audiencemember/", {"action": "push_audiences", "_selected_action": [member.pk]})
+    assert [(a, len(r)) for a, r in RecordingAdapter.pushed] == [("cart", 1)]
+    assert len(RecordingAdapter.pushed[0][1][0]["email"]) == 64
