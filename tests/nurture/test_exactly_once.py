@@ -62,7 +62,7 @@ def _assert_exactly_once(tmp_path, keys: set[str]) -> None:
 
 def test_two_workers_share_the_due_set_and_send_each_step_once(make_workflow, tmp_path):
     keys = _seed(make_workflow, 600)
-    workers = [_worker(tmp_path, 25, NURTURE_JOURNAL_DELAY="0.001") for _ in range(2)]
+    workers = [_worker(tmp_path, 25, NURTURE_JOURNAL_DELAY="0.003") for _ in range(2)]
     outs = [w.communicate(timeout=180) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outs
     steps = [int(out.strip().splitlines()[-1]) for out, _ in outs]
