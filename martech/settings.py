@@ -342,6 +342,30 @@ MARTECH_CRM = {
     "SLOWDOWN_AT": env.float("MARTECH_CRM_SLOWDOWN_AT", default=0.9),
 }
 
+# Nurture workflows (nurture/): caps, quiet hours, batches, channel backends.
+MARTECH_NURTURE = {
+    # Enrollments one scheduler run takes (and locks) per transaction.
+    "BATCH_SIZE": env.int("NURTURE_BATCH_SIZE", default=500),
+    # Global frequency cap on marketing email per lead, across workflows.
+    "EMAIL_DAILY_CAP": env.int("NURTURE_EMAIL_DAILY_CAP", default=1),
+    "EMAIL_WEEKLY_CAP": env.int("NURTURE_EMAIL_WEEKLY_CAP", default=3),
+    # No SMS between these local hours (lead's time zone, else DJANGO_TIME_ZONE).
+    "QUIET_START_HOUR": env.int("NURTURE_QUIET_START_HOUR", default=21),
+    "QUIET_END_HOUR": env.int("NURTURE_QUIET_END_HOUR", default=8),
+    # A message left "sending" this long by a dead worker is reconciled.
+    "SENDING_LEASE_SECONDS": env.int("NURTURE_SENDING_LEASE_SECONDS", default=600),
+    "SMS_BACKEND": env.str("NURTURE_SMS_BACKEND", default="nurture.channels.ConsoleSmsBackend"),
+    "TWILIO_ACCOUNT_SID": env.str("TWILIO_ACCOUNT_SID", default=""),
+    "TWILIO_AUTH_TOKEN": env.str("TWILIO_AUTH_TOKEN", default=""),
+    "TWILIO_FROM": env.str("TWILIO_FROM", default=""),
+    "AUDIENCE_ADAPTER": env.str("NURTURE_AUDIENCE_ADAPTER", default="nurture.channels.LogAudienceAdapter"),
+    # Absolute base of tracking and unsubscribe links in emails.
+    "PUBLIC_BASE_URL": env.str("NURTURE_PUBLIC_BASE_URL", default="http://127.0.0.1:8000"),
+}
+for _k in ("QUIET_START_HOUR", "QUIET_END_HOUR"):
+    if not 0 <= MARTECH_NURTURE[_k] <= 23:
+        raise ImproperlyConfigured(f"NURTURE_{_k} must be an hour from 0 to 23")
+
 PHONENUMBER_DEFAULT_REGION = env.str("PHONENUMBER_DEFAULT_REGION", default="US")
 PHONENUMBER_DB_FORMAT = "E164"
 

@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", views.healthz, name="healthz"),
+    path("n/", include("nurture.urls")),  # nurture: tracking and unsubscribe links in emails
 ]
 
 handler404 = "martech.api.errors.not_found"

@@ -1,1 +1,224 @@
-"""Models of the nurture app arrive with its own issue (see DESIGN.md)."""
+"""Nurture workflows: definitions, immutable published versions, enrollments,
+step executions and messages, suppressions and ad audiences.
+
+A workflow's steps are a graph kept as JSON (see ``nurture.graph`` for the
+shape and its validation). The draft lives on ``Workflow.definition``;
+publishing copies it into a ``WorkflowVersion`` that never changes, and every
+enrollment points at the version it started on.
+"""
+from __future__ import annotations
+
+from django.conf import settings as django_settings
+from django.db import models
+from django.utils import timezone
+
+from martech.models import Lead
+
+
+class Workflow(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        ARCHIVED = "archived", "Archived"
+
+    class Trigger(models.TextChoices):
+        EVENT = "event", "Event (with property conditions)"
+        FORM = "form", "Form submission"
+        SEGMENT = "segment", "Entering a segment"
+        STAGE = "stage", "Lifecycle stage change"
+        SCORE = "score", "Score crosses a threshold"
+        CRM_FIELD = "crm_field", "CRM field change"
+        MANUAL = "manual", "Manual enrollment only"
+
+    class Reenroll(models.TextChoices):
+        NEVER = "never", "Never"
+        ALWAYS = "always", "Always (after the previous enrollment ended)"
+        AFTER_DAYS = "after_days", "After N days"
+
+    name = models.CharField(max_length=200, unique=True)
+    owner = models.ForeignKey(django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT, db_index=True)
+    trigger = models.CharField(max_length=12, choices=Trigger.choices, default=Trigger.MANUAL)
+    # event: {"event": "cart_abandoned", "condition": "..."}; form: {"form": "<key>"};
+    # stage: {"stage": "mql"}; score: {"threshold": 80}; crm_field: {"fields": ["status"]};
+    # segment: {"segment": <id>}
+    trigger_config = models.JSONField(default=dict, blank=True)
+    enrollment_condition = models.TextField(blank=True, help_text="Condition language; empty enrolls everyone triggered.")
+    reenroll = models.CharField(max_length=12, choices=Reenroll.choices, default=Reenroll.NEVER)
+    reenroll_days = models.PositiveIntegerField(null=True, blank=True)
+    suppress_stages = models.JSONField(default=list, blank=True, help_text="Lifecycle stage keys that are never enrolled.")
+    suppress_segments = models.JSONField(default=list, blank=True, help_text="Segment ids whose members are never enrolled.")
+    suppress_unsubscribed = models.BooleanField(default=True, help_text="Skip leads whose email consent is withdrawn.")
+    goal_condition = models.TextField(blank=True, help_text="Meeting it exits the lead and counts a conversion.")
+    goal_event = models.CharField(max_length=100, blank=True, help_text="An event name that meets the goal.")
+    # The draft step graph (see nurture.graph).
+    definition = models.JSONField(default=dict, blank=True)
+    current_version = models.ForeignKey(
+        "WorkflowVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    has_draft_changes = models.BooleanField(default=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkflowVersion(models.Model):
+    """Immutable once written: a snapshot of everything an enrollment needs."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    definition = models.JSONField()
+    settings = models.JSONField(default=dict, help_text="Criteria, suppression and goal at publish time.")
+    published_at = models.DateTimeField(default=timezone.now)
+    published_by = models.ForeignKey(django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["workflow", "-number"]
+        constraints = [models.UniqueConstraint(fields=["workflow", "number"], name="nurture_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow} v{self.number}"
+
+
+class Enrollment(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        COMPLETED = "completed", "Completed"
+        CONVERTED = "converted", "Goal met"
+        EXITED = "exited", "Exited"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="enrollments")
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="enrollments")
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="nurture_enrollments")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    step = models.CharField(max_length=64, blank=True, help_text="Key of the step to run next.")
+    # Counts visits so the idempotency key of a step stays unique if a graph
+    # ever revisits it; also the number of steps executed.
+    seq = models.PositiveIntegerField(default=0)
+    due_at = models.DateTimeField(null=True, blank=True)
+    # wait_until bookkeeping: {"deadline": iso}
+    state = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=100, blank=True)
+    is_test = models.BooleanField(default=False)
+    enrolled_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    exit_reason = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        indexes = [
+            # The scheduler's one query: active enrollments due now, oldest first.
+            models.Index(fields=["due_at"], name="nurture_enr_due", condition=models.Q(status="active")),
+            models.Index(fields=["lead", "workflow"], name="nurture_enr_lead_wf"),
+        ]
+        constraints = [
+            # At most one running enrollment of a lead per workflow: two
+            # triggers racing enroll once.
+            models.UniqueConstraint(
+                fields=["workflow", "lead"], condition=models.Q(status="active"), name="nurture_one_active_enrollment"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.lead_id} in {self.workflow_id} ({self.status})"
+
+
+class StepExecution(models.Model):
+    """One decided step. ``key`` is the idempotency key, inserted in the
+    transaction that decides the step: a second worker or a retried task hits
+    the unique index and does nothing."""
+
+    enrollment = models.ForeignKey(Enrollment, on_delete=models.CASCADE, related_name="executions")
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+")
+    step = models.CharField(max_length=64)
+    step_type = models.CharField(max_length=20)
+    key = models.CharField(max_length=120, unique=True)
+    outcome = models.CharField(max_length=40)
+    detail = models.JSONField(default=dict, blank=True)
+    due_at = models.DateTimeField(null=True, blank=True)
+    executed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["workflow", "step"], name="nurture_exec_wf_step")]
+
+
+class Message(models.Model):
+    """A message to a lead. Created as ``sending`` in the deciding
+    transaction; the channel call follows the commit and marks it ``sent``.
+    A worker killed between the two leaves it ``sending``: recovery asks the
+    backend whether it went out (when the backend can tell) and never resends
+    blindly (see nurture.delivery)."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "Email"
+        SMS = "sms", "SMS"
+        NOTIFY = "notify", "Notification"
+        WEBHOOK = "webhook", "Webhook"
+
+    class Status(models.TextChoices):
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        IN_DOUBT = "in_doubt", "In doubt (worker died while sending)"
+        TEST = "test", "Rendered in test mode (not sent)"
+
+    key = models.CharField(max_length=120, unique=True)
+    execution = models.ForeignKey(StepExecution, on_delete=models.CASCADE, related_name="messages")
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="nurture_messages")
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+")
+    step = models.CharField(max_length=64)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    is_marketing = models.BooleanField(default=True)
+    to = models.CharField(max_length=500)
+    subject = models.CharField(max_length=500, blank=True)
+    body = models.TextField(blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.SENDING)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
+    unsubscribed_at = models.DateTimeField(null=True, blank=True)
+    bounced_at = models.DateTimeField(null=True, blank=True)
+    provider_id = models.CharField(max_length=255, blank=True, db_index=True)
+
+    class Meta:
+        indexes = [
+            # Frequency cap: a lead's marketing emails in the last week.
+            models.Index(fields=["lead", "channel", "created_at"], name="nurture_msg_cap"),
+            models.Index(fields=["status", "created_at"], name="nurture_msg_status"),
+        ]
+
+
+class Suppression(models.Model):
+    """Addresses never mailed again (hard bounce, complaint, unsubscribe)."""
+
+    class Reason(models.TextChoices):
+        BOUNCE = "bounce", "Bounced"
+        COMPLAINT = "complaint", "Complaint"
+        UNSUBSCRIBE = "unsubscribe", "Unsubscribed"
+
+    address = models.CharField(max_length=254, unique=True)
+    reason = models.CharField(max_length=12, choices=Reason.choices)
+    detail = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.reason})"
+
+
+class AudienceMember(models.Model):
+    """Members of a retargeting audience kept here; exported hashed."""
+
+    audience = models.CharField(max_length=100, db_index=True)
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="nurture_audiences")
+    added_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["audience", "lead"], name="nurture_audience_member_unique")]

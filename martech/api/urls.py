@@ -27,4 +27,5 @@ urlpatterns = [
     path("routing/", include("routing.api.urls")),
     path("", include("attribution.api.urls")),
     path("", include("martech.crm.api.urls")),
+    path("nurture/", include("nurture.api.urls")),
 ]

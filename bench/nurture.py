@@ -1,0 +1,213 @@
+"""Nurture engine throughput, lag and memory; segment enrollment time.
+
+Runs against the DATABASE_URL database (migrated). Creates N leads with
+email consent under a unique prefix, a one-email workflow, enrolls the
+whole set set-based (``workflow_enroll_bulk``, the "segment" enrollment),
+spreads the due times over the run as if steps fell due at 1,000/s, then
+starts 2 worker processes that each loop ``enrollments_advance_due`` (SKIP
+LOCKED batches) with Django's locmem email backend until every enrollment is
+done. Repeated at N/10 to show whether peak worker memory grows with N.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/nurture.py [--quick]
+
+Prints one JSON line per figure and writes them to bench/results/nurture.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "martech.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.core import mail  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from martech.models import ConsentRecord, Lead, LifecycleStage  # noqa: E402
+from nurture.models import Enrollment, Message, StepExecution, Workflow  # noqa: E402
+
+RATE = 1000  # due steps per second offered to the workers
+
+
+def worker(workflow_id: int, batch: int) -> None:
+    from nurture.engine import enrollments_advance_due
+
+    settings.DEBUG = False
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    steps = 0
+    while Enrollment.objects.filter(workflow_id=workflow_id, status="active").exists():
+        done = enrollments_advance_due(batch_size=batch, max_batches=1)
+        mail.outbox = []  # locmem keeps every message; an ESP would not
+        steps += done
+        if not done:
+            time.sleep(0.1)
+    print(json.dumps({"steps": steps, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    k = (len(ordered) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def one_run(n: int, batch: int, workers: int) -> dict:
+    prefix = f"nb{uuid.uuid4().hex[:8]}-"
+    stage = LifecycleStage.objects.get(key="lead")
+    for i in range(0, n, 5000):
+        leads = Lead.objects.bulk_create([Lead(email=f"{prefix}{j}@bench.example", lifecycle_stage=stage)
+                                          for j in range(i, min(n, i + 5000))])
+        ConsentRecord.objects.bulk_create([ConsentRecord(lead=l, channel="email", status="granted", source="bench") for l in leads])
+    from nurture.services import workflow_enroll_bulk, workflow_publish
+
+    wf = Workflow.objects.create(name=f"{prefix}bench", definition={"start": "e1", "steps": {
+        "e1": {"type": "send_email", "subject": "Hi {{first_name|there}}", "body": "Read https://example.com/x", "next": "end"},
+        "end": {"type": "end"}}})
+    workflow_publish(workflow=wf)
+    wf.refresh_from_db()
+    try:
+        t = time.perf_counter()
+        enrolled = workflow_enroll_bulk(workflow=wf, leads=Lead.objects.filter(email__startswith=prefix), source="bench")
+        enroll_s = time.perf_counter() - t
+        assert enrolled == n, (enrolled, n)
+        # Due times spread as if steps fell due at RATE per second from now.
+        start = timezone.now() + timedelta(seconds=1)
+        with connection.cursor() as c:
+            c.execute(
+                "UPDATE nurture_enrollment SET due_at = %s + (row_number_sub.rn / %s) * interval '1 second' "
+                "FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS rn FROM nurture_enrollment WHERE workflow_id = %s) "
+                "row_number_sub WHERE nurture_enrollment.id = row_number_sub.id",
+                [start, float(RATE), wf.pk],
+            )
+            c.execute("ANALYZE nurture_enrollment")
+        t = time.perf_counter()
+        workers_started = timezone.now()
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(wf.pk), "--batch", str(batch)],
+                                  stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(workers)]
+        outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        wall = time.perf_counter() - t
+        sent = Message.objects.filter(workflow=wf, status="sent").count()
+        assert sent == n, f"sent {sent} of {n}"
+        dup = Message.objects.filter(workflow=wf).count() - n
+        # A step cannot run before the workers start; the setup above (the
+        # spreading UPDATE) may outlast the first due times, so lag counts
+        # from the later of the due time and the workers' start.
+        lags = [
+            (sent_at - max(due, workers_started)).total_seconds()
+            for sent_at, due in Message.objects.filter(workflow=wf).values_list("sent_at", "execution__due_at")
+        ]
+        offered = n / RATE  # the run cannot finish before the last step falls due
+        return {
+            "n": n,
+            "enroll_s": enroll_s,
+            "wall_s": wall,
+            "email_steps_per_s": n / max(wall - 1, 1e-9) if wall > offered + 1 else None,
+            "throughput_backlog": None,
+            "lag_p50_s": percentile(lags, 0.5),
+            "lag_p95_s": percentile(lags, 0.95),
+            "lag_max_s": max(lags),
+            "worker_maxrss_mb": max(o["maxrss_kb"] for o in outs) / 1024,
+            "duplicates": dup,
+            "steps_per_worker": [o["steps"] for o in outs],
+        }
+    finally:
+        Enrollment.objects.filter(workflow=wf).delete()
+        Workflow.objects.filter(pk=wf.pk).delete()
+        Lead.objects.filter(email__startswith=prefix).delete()
+
+
+def backlog_run(n: int, batch: int, workers: int) -> float:
+    """Everything due at once: pure execution throughput (steps/s)."""
+    prefix = f"nk{uuid.uuid4().hex[:8]}-"
+    stage = LifecycleStage.objects.get(key="lead")
+    for i in range(0, n, 5000):
+        leads = Lead.objects.bulk_create([Lead(email=f"{prefix}{j}@bench.example", lifecycle_stage=stage)
+                                          for j in range(i, min(n, i + 5000))])
+        ConsentRecord.objects.bulk_create([ConsentRecord(lead=l, channel="email", status="granted", source="bench") for l in leads])
+    from nurture.services import workflow_enroll_bulk, workflow_publish
+
+    wf = Workflow.objects.create(name=f"{prefix}bench", definition={"start": "e1", "steps": {
+        "e1": {"type": "send_email", "subject": "Hi", "body": "https://example.com/x", "next": "end"}, "end": {"type": "end"}}})
+    workflow_publish(workflow=wf)
+    wf.refresh_from_db()
+    try:
+        workflow_enroll_bulk(workflow=wf, leads=Lead.objects.filter(email__startswith=prefix), source="bench")
+        with connection.cursor() as c:
+            c.execute("ANALYZE nurture_enrollment")
+        t = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(wf.pk), "--batch", str(batch)],
+                                  stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(workers)]
+        for p in procs:
+            p.communicate()
+        wall = time.perf_counter() - t
+        assert Message.objects.filter(workflow=wf, status="sent").count() == n
+        return n / wall
+    finally:
+        Enrollment.objects.filter(workflow=wf).delete()
+        Workflow.objects.filter(pk=wf.pk).delete()
+        Lead.objects.filter(email__startswith=prefix).delete()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10,000 due steps (under a minute)")
+    parser.add_argument("--n", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "nurture.json"))
+    args = parser.parse_args()
+    if args.worker is not None:
+        worker(args.worker, args.batch)
+        return 0
+    settings.DEBUG = False
+    if connection.vendor != "postgresql":
+        print("bench/nurture.py measures PostgreSQL (SKIP LOCKED); set DATABASE_URL", file=sys.stderr)
+        return 2
+    n = args.n or (10_000 if args.quick else 100_000)
+    small = one_run(max(n // 10, 1000), args.batch, args.workers)
+    big = one_run(n, args.batch, args.workers)
+    backlog = backlog_run(n, args.batch, args.workers)
+    figures = [
+        ("due_steps", n, "steps"),
+        ("workers", args.workers, "processes"),
+        ("backlog_email_steps_per_s", round(backlog, 1), "steps/s"),
+        ("lag_p50_s", round(big["lag_p50_s"], 2), "s"),
+        ("lag_p95_s", round(big["lag_p95_s"], 2), "s"),
+        ("lag_max_s", round(big["lag_max_s"], 2), "s"),
+        ("offered_rate", RATE, "steps/s"),
+        ("worker_peak_rss_mb", round(big["worker_maxrss_mb"], 1), "MB"),
+        (f"worker_peak_rss_mb_at_{small['n']}", round(small["worker_maxrss_mb"], 1), "MB"),
+        ("duplicates", big["duplicates"], "messages"),
+        ("enroll_segment_s", round(big["enroll_s"], 2), "s"),
+        ("enroll_segment_leads", n, "leads"),
+        ("enroll_leads_per_s", round(n / big["enroll_s"], 1), "leads/s"),
+    ]
+    results = []
+    for metric, value, unit in figures:
+        line = {"metric": metric, "value": value, "unit": unit}
+        print(json.dumps(line), flush=True)
+        results.append(line)
+    Path(args.out).write_text(json.dumps({"results": results, "loadavg": os.getloadavg(), "quick": args.quick}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Channels: rendering, email (Django backends / anymail), SMS backends, ad
+audience export and push adapters, webhooks. Nothing here decides whether to
+send; nurture.engine does, and calls these after its transaction commits."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import re
+import urllib.request
+from functools import lru_cache
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.core import signing
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.urls import reverse
+from django.utils.html import escape
+from django.utils.module_loading import import_string
+
+from nurture.conditions import condition_matches
+
+log = logging.getLogger(__name__)
+TRACK_SALT = "nurture.track"
+_TOKEN = re.compile(r"\{\{\s*([a-zA-Z0-9_.]+)\s*(?:\|([^}]*))?\}\}")
+_HREF = re.compile(r'href="(https?://[^"]+)"')
+
+
+# --- rendering --------------------------------------------------------------
+def lead_value(lead, path: str) -> Any:
+    """``email``, ``first_name``, ``properties.cart_value``, ``account.name``."""
+    head, _, rest = path.partition(".")
+    if head == "properties":
+        return (lead.properties or {}).get(rest)
+    if head == "account":
+        account = lead.account if lead.account_id else None
+        return getattr(account, rest, None) if account and rest else None
+    if head == "lifecycle_stage":
+        return lead.lifecycle_stage.key if lead.lifecycle_stage_id else None
+    return getattr(lead, path, None) if not rest else None
+
+
+def render(text: str, lead, *, blocks: list[dict] | None = None, html: bool = False) -> str:
+    """Replace ``{{path|fallback}}`` tokens (a missing or blank value uses the
+    fallback, or nothing) and ``{{blocks}}`` with the content blocks whose
+    condition the lead meets (all of them, in order)."""
+    def token(m: re.Match) -> str:
+        name, fallback = m.group(1), m.group(2)
+        if name == "blocks":
+            chosen = [b.get("text", "") for b in blocks or [] if condition_matches(b.get("condition", ""), lead)]
+            return "\n".join(render(t, lead, html=html) for t in chosen)
+        value = lead_value(lead, name)
+        value = fallback.strip() if value in (None, "") and fallback is not None else ("" if value is None else str(value))
+        return escape(value) if html else value
+    return _TOKEN.sub(token, text or "")
+
+
+_BARE_URL = re.compile(r'(?<!["=])(https?://[^\s<>"]+)')
+
+
+def html_from_text(text: str) -> str:
+    """HTML for a plain-text body (already escaped): bare URLs become links
+    (so clicks are tracked), newlines become breaks."""
+    return _BARE_URL.sub(r'<a href="\1">\1</a>', text).replace("\n", "<br>\n")
+
+
+# --- signed links -------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _url_template(name: str, base: str) -> str:
+    return base.rstrip("/") + reverse(name, args=["TOKEN"])
+
+
+def _url(name: str, token: str) -> str:
+    # reverse() once per name: a batch builds three links per email.
+    return _url_template(name, settings.MARTECH_NURTURE["PUBLIC_BASE_URL"]).replace("TOKEN", token)
+
+
+def sign(message_id: int, **extra) -> str:
+    return signing.dumps({"m": message_id, **extra}, salt=TRACK_SALT, compress=True)
+
+
+def unsign(token: str) -> dict:
+    return signing.loads(token, salt=TRACK_SALT)
+
+
+def unsubscribe_url(message_id: int) -> str:
+    return _url("nurture:unsubscribe", sign(message_id))
+
+
+def email_build(message, *, html_body: str) -> EmailMultiAlternatives:
+    """The outgoing email: List-Unsubscribe with the one-click POST of RFC
+    8058, a Message-ID derived from the idempotency key (an ESP or a
+    reconciliation can recognise a repeat), click links rewritten to the
+    signed redirect, and an open pixel."""
+    unsub = unsubscribe_url(message.pk)
+
+    def rewrite(m: re.Match) -> str:
+        return f'href="{_url("nurture:click", sign(message.pk, u=m.group(1)))}"'
+
+    html = _HREF.sub(rewrite, html_body)
+    html += f'<img src="{_url("nurture:open", sign(message.pk))}" width="1" height="1" alt="">'
+    html += f'<p style="font-size:12px"><a href="{unsub}">Unsubscribe</a></p>'
+    text = message.body + f"\n\nUnsubscribe: {unsub}\n"
+    domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"
+    mail = EmailMultiAlternatives(
+        subject=message.subject,
+        body=text,
+        to=[message.to],
+        headers={
+            "List-Unsubscribe": f"<{unsub}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "Message-ID": f"<{message.key.replace(':', '.')}@{domain}>",
+            "X-Nurture-Key": message.key,
+        },
+    )
+    mail.attach_alternative(html, "text/html")
+    return mail
+
+
+def email_connection():
+    return get_connection()
+
+
+def email_was_sent(connection, key: str) -> bool | None:
+    """Ask the backend whether the message with this key went out: True,
+    False, or None when the backend cannot tell (then a message a dead worker
+    left ``sending`` is marked in doubt, never resent blindly)."""
+    lookup = getattr(connection, "was_sent", None)
+    return lookup(key) if lookup else None
+
+
+# --- SMS ------------------------------------------------------------------------
+class SmsBackend(Protocol):
+    def send(self, *, to: str, body: str, key: str) -> str: ...  # returns the provider id
+
+
+class ConsoleSmsBackend:
+    def send(self, *, to: str, body: str, key: str) -> str:
+        print(f"SMS to {to} [{key}]: {body}")
+        return key
+
+
+class LocmemSmsBackend:
+    outbox: list[dict] = []
+
+    def send(self, *, to: str, body: str, key: str) -> str:
+        LocmemSmsBackend.outbox.append({"to": to, "body": body, "key": key})
+        return key
+
+
+class TwilioSmsBackend:
+    """Twilio's Messages API over HTTPS (basic auth)."""
+
+    base = "https://api.twilio.com"
+
+    def send(self, *, to: str, body: str, key: str) -> str:
+        import requests
+
+        cfg = settings.MARTECH_NURTURE
+        r = requests.post(
+            f"{self.base}/2010-04-01/Accounts/{cfg['TWILIO_ACCOUNT_SID']}/Messages.json",
+            data={"To": to, "From": cfg["TWILIO_FROM"], "Body": body},
+            auth=(cfg["TWILIO_ACCOUNT_SID"], cfg["TWILIO_AUTH_TOKEN"]),
+            timeout=15,
+        )
+        r.raise_for_status()
+        return r.json().get("sid", "")
+
+
+def sms_backend() -> SmsBackend:
+    return import_string(settings.MARTECH_NURTURE["SMS_BACKEND"])()
+
+
+# --- ad audiences -------------------------------------------------------------
+def normalize_email(email: str) -> str:
+    return (email or "").strip().lower()
+
+
+def sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest() if value else ""
+
+
+def audience_rows(leads) -> list[dict[str, str]]:
+    """Normalized, SHA-256-hashed identifiers: email trimmed and lower-cased,
+    phone in E.164 (as stored) - the normalization both Google Customer Match
+    and LinkedIn Matched Audiences ask for before hashing."""
+    return [{"email": sha256(normalize_email(lead.email or "")), "phone": sha256(str(lead.phone or ""))} for lead in leads]
+
+
+def audience_csv(rows: list[dict[str, str]], *, fmt: str) -> str:
+    """``google``: Customer Match's hashed upload columns (Email, Phone);
+    ``linkedin``: Matched Audiences' contact list column (email, hashed)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    if fmt == "google":
+        w.writerow(["Email", "Phone"])
+        w.writerows([r["email"], r["phone"]] for r in rows)
+    elif fmt == "linkedin":
+        w.writerow(["email"])
+        w.writerows([r["email"]] for r in rows if r["email"])
+    else:
+        raise ValueError(f"Unknown audience format {fmt!r} (google or linkedin).")
+    return buf.getvalue()
+
+
+class AudienceAdapter(Protocol):
+    def push(self, *, audience: str, rows: list[dict[str, str]]) -> None: ...
+
+
+class LogAudienceAdapter:
+    def push(self, *, audience: str, rows: list[dict[str, str]]) -> None:
+        log.info("audience %s: %d hashed members ready to push", audience, len(rows))
+
+
+def audience_adapter() -> AudienceAdapter:
+    return import_string(settings.MARTECH_NURTURE["AUDIENCE_ADAPTER"])()
+
+
+def audience_push(*, audience: str) -> int:
+    """Push every member of ``audience`` (hashed) through the configured
+    adapter; returns the number of rows pushed."""
+    from martech.models import Lead
+
+    leads = Lead.objects.filter(nurture_audiences__audience=audience).only("email", "phone").order_by("pk")
+    rows = audience_rows(leads)
+    audience_adapter().push(audience=audience, rows=rows)
+    return len(rows)
+
+
+# --- webhooks ------------------------------------------------------------------
+def post_json(url: str, payload: dict, *, key: str, timeout: float = 10) -> int:
+    """POST JSON with an ``Idempotency-Key`` header (the receiver can drop a
+    repeat). Slack-compatible incoming webhooks take ``{"text": ...}``."""
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Idempotency-Key": key},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - ops-configured URL
+        return resp.status

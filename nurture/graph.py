@@ -1,0 +1,146 @@
+"""The step graph of a workflow and its validation.
+
+Shape (JSON)::
+
+    {"start": "welcome",
+     "steps": {
+        "welcome": {"type": "send_email", "subject": "Hi {{first_name|there}}", "body": "...", "next": "wait1"},
+        "wait1":   {"type": "wait", "days": 3, "next": "check"},
+        "check":   {"type": "branch", "condition": "score >= 50", "yes": "sales", "no": "done"},
+        "sales":   {"type": "create_task", "subject": "Call {{email}}", "next": "done"},
+        "done":    {"type": "end"}}}
+
+Every step but ``end`` names its successors in the fields of ``TARGETS``.
+Saving validates: the start exists, every target exists, every step is
+reachable from the start, and every path ends (no cycle, so a lead can never
+loop forever).
+"""
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+
+from nurture.conditions import condition_check
+
+# step type -> fields naming the next step(s)
+TARGETS: dict[str, tuple[str, ...]] = {
+    "send_email": ("next",),
+    "send_sms": ("next",),
+    "audience_add": ("next",),
+    "audience_remove": ("next",),
+    "update_field": ("next",),
+    "set_stage": ("next",),
+    "create_task": ("next",),
+    "notify": ("next",),
+    "webhook": ("next",),
+    "wait": ("next",),
+    "wait_until": ("next", "timeout_next"),
+    "branch": ("yes", "no"),
+    "split": ("a", "b"),
+    "enroll": ("next",),
+    "end": (),
+}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "send_email": ("subject", "body"),
+    "send_sms": ("body",),
+    "audience_add": ("audience",),
+    "audience_remove": ("audience",),
+    "update_field": ("field", "value"),
+    "set_stage": ("stage",),
+    "create_task": ("subject",),
+    "notify": ("channel", "to", "text"),
+    "webhook": ("url",),
+    "wait_until": ("timeout_hours",),
+    "branch": ("condition",),
+    "split": ("percent",),
+    "enroll": ("workflow",),
+}
+CONDITION_FIELDS = ("condition",)
+
+
+def graph_validate(definition: dict) -> None:
+    """Raise ValidationError({"definition": [...]}) listing every problem."""
+    errors: list[str] = []
+    if not isinstance(definition, dict) or not isinstance(definition.get("steps"), dict) or not definition["steps"]:
+        raise ValidationError({"definition": ['Give {"start": <key>, "steps": {<key>: {...}}} with at least one step.']})
+    steps: dict = definition["steps"]
+    start = definition.get("start")
+    if start not in steps:
+        errors.append(f"start: step {start!r} does not exist.")
+    for key, step in steps.items():
+        if not isinstance(step, dict):
+            errors.append(f"{key}: must be an object.")
+            continue
+        kind = step.get("type")
+        if kind not in TARGETS:
+            errors.append(f"{key}.type: unknown step type {kind!r} (one of {', '.join(TARGETS)}).")
+            continue
+        for f in REQUIRED.get(kind, ()):
+            if step.get(f) in (None, ""):
+                errors.append(f"{key}.{f}: required for a {kind} step.")
+        for f in TARGETS[kind]:
+            target = step.get(f)
+            if target not in steps:
+                errors.append(f"{key}.{f}: target step {target!r} does not exist.")
+        if kind == "wait" and not any(step.get(u) for u in ("seconds", "hours", "days", "business_days")):
+            errors.append(f"{key}: a wait needs seconds, hours, days or business_days.")
+        if kind == "wait_until" and not (step.get("event") or step.get("condition")):
+            errors.append(f"{key}: wait_until needs an event or a condition.")
+        if kind == "split":
+            p = step.get("percent")
+            if not isinstance(p, int) or not 0 <= p <= 100:
+                errors.append(f"{key}.percent: an integer from 0 to 100.")
+        if kind == "notify" and step.get("channel") not in ("email", "webhook"):
+            errors.append(f"{key}.channel: email or webhook.")
+        for f in CONDITION_FIELDS:
+            if step.get(f):
+                try:
+                    condition_check(step[f])
+                except ValidationError as exc:
+                    errors.append(f"{key}.{f}: {'; '.join(exc.messages)}")
+        for block in step.get("blocks", []) or []:
+            if isinstance(block, dict) and block.get("condition"):
+                try:
+                    condition_check(block["condition"])
+                except ValidationError as exc:
+                    errors.append(f"{key}.blocks: {'; '.join(exc.messages)}")
+    if errors:
+        raise ValidationError({"definition": errors})
+
+    # Reachability and cycles (iterative DFS with colours).
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour = {k: WHITE for k in steps}
+    stack = [(start, iter(successors(steps[start])))]
+    colour[start] = GREY
+    while stack:
+        node, it = stack[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            colour[node] = BLACK
+            stack.pop()
+            continue
+        if colour[nxt] == GREY:
+            errors.append(f"{node}: leads back to {nxt!r}; every path must end (no loops).")
+        elif colour[nxt] == WHITE:
+            colour[nxt] = GREY
+            stack.append((nxt, iter(successors(steps[nxt]))))
+    unreachable = sorted(k for k, c in colour.items() if c == WHITE)
+    if unreachable:
+        errors.append(f"unreachable steps: {', '.join(unreachable)}.")
+    if errors:
+        raise ValidationError({"definition": errors})
+
+
+def successors(step: dict) -> list[str]:
+    return [step[f] for f in TARGETS.get(step.get("type"), ()) if step.get(f)]
+
+
+def step_order(definition: dict) -> list[str]:
+    """Steps in breadth-first order from the start (for metrics and funnels)."""
+    steps = definition.get("steps", {})
+    seen, queue = [], [definition.get("start")]
+    while queue:
+        k = queue.pop(0)
+        if k in steps and k not in seen:
+            seen.append(k)
+            queue.extend(successors(steps[k]))
+    return seen

@@ -1,0 +1,121 @@
+"""Triggers: the core's announcements turned into enrollments.
+
+Signals arrive after the core's commit; each receiver enrolls in its own
+transaction through ``enrollment_create`` (idempotent), so a repeated signal
+enrolls once. CRM field changes come through the in-transaction lead hook and
+are deferred to on_commit (the hook must stay cheap)."""
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+
+from martech import hooks, signals
+from martech.models import Event, Lead
+from nurture.conditions import condition_matches
+from nurture.models import Workflow
+
+log = logging.getLogger(__name__)
+
+
+def _active(trigger: str):
+    return Workflow.objects.filter(status=Workflow.Status.ACTIVE, trigger=trigger, current_version__isnull=False).select_related("current_version")
+
+
+def _enroll(workflow: Workflow, lead: Lead, source: str) -> None:
+    from nurture.services import enrollment_create
+
+    try:
+        enrollment_create(workflow=workflow, lead=lead, source=source)
+    except Exception:  # noqa: BLE001 - one workflow's bad config must not block the others
+        log.exception("nurture: enrolling lead %s in workflow %s failed", lead.pk, workflow.pk)
+
+
+def on_events(sender, event_ids, **kwargs) -> None:
+    from nurture.services import enrollments_exit_for_goal_event, enrollments_wake_for_events
+
+    events = list(Event.objects.filter(pk__in=event_ids, lead__isnull=False).select_related("event_type", "lead"))
+    if not events:
+        return
+    names = {e.event_type.name for e in events}
+    lead_ids = list({e.lead_id for e in events})
+    enrollments_exit_for_goal_event(lead_ids=lead_ids, event_names=names)
+    enrollments_wake_for_events(lead_ids=lead_ids, event_names=names)
+    flows = [w for w in _active(Workflow.Trigger.EVENT) if w.current_version.settings["trigger_config"].get("event") in names]
+    forms = [w for w in _active(Workflow.Trigger.FORM)]
+    for e in events:
+        for w in flows:
+            cfg = w.current_version.settings["trigger_config"]
+            if cfg.get("event") != e.event_type.name:
+                continue
+            cond = cfg.get("condition", "")
+            # Property conditions read the event's properties as ``properties.<name>``.
+            if cond and not condition_matches(cond, _EventView(e)):
+                continue
+            _enroll(w, e.lead, f"event:{e.pk}")
+        for w in forms:
+            form_key = w.current_version.settings["trigger_config"].get("form")
+            if form_key and (e.properties or {}).get("form") == form_key or e.event_type.name == f"form:{form_key}":
+                _enroll(w, e.lead, f"form:{form_key}")
+
+
+class _EventView:
+    """The lead as the condition language sees it, with the event's
+    properties over the lead's custom properties (for "event with property
+    conditions")."""
+
+    def __init__(self, event: Event):
+        self._lead = event.lead
+        self.properties = {**(event.lead.properties or {}), **(event.properties or {})}
+
+    def __getattr__(self, name):
+        return getattr(self._lead, name)
+
+
+def on_stage(sender, lead, transition, **kwargs) -> None:
+    key = transition.to_stage.key
+    for w in _active(Workflow.Trigger.STAGE):
+        if w.current_version.settings["trigger_config"].get("stage") == key:
+            _enroll(w, lead, f"stage:{key}")
+
+
+def on_score(sender, lead_id, old_total, new_total, **kwargs) -> None:
+    lead = None
+    for w in _active(Workflow.Trigger.SCORE):
+        threshold = w.current_version.settings["trigger_config"].get("threshold")
+        if threshold is not None and (old_total or 0) < threshold <= (new_total or 0):
+            lead = lead or Lead.objects.get(pk=lead_id)
+            _enroll(w, lead, f"score:{threshold}")
+
+
+def on_leads_changed(*, ids, fields, created, source) -> None:
+    if not source.startswith("crm:"):
+        return
+    fields = set(fields)
+    ids = list(ids)
+
+    def run():
+        flows = [w for w in _active(Workflow.Trigger.CRM_FIELD)
+                 if fields & set(w.current_version.settings["trigger_config"].get("fields") or [])]
+        for lead in Lead.objects.filter(pk__in=ids) if flows else []:
+            for w in flows:
+                _enroll(w, lead, source)
+
+    transaction.on_commit(run)
+
+
+def connect() -> None:
+    signals.events_ingested.connect(on_events, dispatch_uid="nurture.events")
+    signals.lead_stage_changed.connect(on_stage, dispatch_uid="nurture.stage")
+    score_changed = getattr(signals, "score_changed", None)  # lands with the scoring issue
+    if score_changed is not None:
+        score_changed.connect(on_score, dispatch_uid="nurture.score")
+    hooks.on_leads_changed(on_leads_changed)
+    try:
+        from anymail.signals import tracking
+
+        from nurture.anymail_hooks import on_tracking
+
+        tracking.connect(on_tracking, dispatch_uid="nurture.anymail")
+    except ImportError:  # pragma: no cover
+        pass

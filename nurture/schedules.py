@@ -1,0 +1,7 @@
+from martech.schedules import Periodic
+
+SCHEDULES = [
+    # Every minute: a due step waits at most about a minute plus the batch time.
+    Periodic(name="nurture.advance_due", func="nurture.tasks.advance_due", minutes=1),
+    Periodic(name="nurture.recover_messages", func="nurture.tasks.recover_messages", minutes=10),
+]

@@ -1,0 +1,53 @@
+"""Reads for the admin and the API: workflow and step metrics."""
+from __future__ import annotations
+
+from django.db.models import Count, Q
+
+from nurture.graph import step_order
+from nurture.models import Enrollment, Message, StepExecution, Workflow
+
+MESSAGE_COUNTS = {
+    "sent": Count("pk", filter=Q(status="sent")),
+    "delivered": Count("pk", filter=Q(delivered_at__isnull=False)),
+    "opened": Count("pk", filter=Q(opened_at__isnull=False)),
+    "clicked": Count("pk", filter=Q(clicked_at__isnull=False)),
+    "unsubscribed": Count("pk", filter=Q(unsubscribed_at__isnull=False)),
+    "bounced": Count("pk", filter=Q(bounced_at__isnull=False)),
+}
+
+
+def workflow_metrics(*, workflow: Workflow) -> dict:
+    """Per workflow and per step: enrolled, active, completed, goal
+    conversions, messages (sent, delivered, opened, clicked, unsubscribed,
+    bounced), and the drop-off from the previous step of the funnel (the
+    steps in breadth-first order from the start). Four queries whatever the
+    size. Test runs are not counted."""
+    enr = Enrollment.objects.filter(workflow=workflow, is_test=False).aggregate(
+        enrolled=Count("pk"),
+        active=Count("pk", filter=Q(status="active")),
+        completed=Count("pk", filter=Q(status="completed")),
+        converted=Count("pk", filter=Q(status="converted")),
+        exited=Count("pk", filter=Q(status="exited")),
+    )
+    msgs = Message.objects.filter(workflow=workflow).aggregate(**MESSAGE_COUNTS)
+    per_exec = {
+        row["step"]: row["n"]
+        for row in StepExecution.objects.filter(workflow=workflow, enrollment__is_test=False).values("step").annotate(n=Count("pk"))
+    }
+    per_msg = {
+        row.pop("step"): row
+        for row in Message.objects.filter(workflow=workflow).values("step").annotate(**MESSAGE_COUNTS)
+    }
+    definition = workflow.current_version.definition if workflow.current_version else workflow.definition
+    # Steps of older versions that the current one dropped still count.
+    order = step_order(definition) + sorted(set(per_exec) - set(step_order(definition)))
+    steps, previous = [], None
+    for key in order:
+        reached = per_exec.get(key, 0)
+        step = (definition.get("steps") or {}).get(key, {})
+        row = {"step": key, "type": step.get("type", "?"), "executed": reached,
+               **{k: per_msg.get(key, {}).get(k, 0) for k in MESSAGE_COUNTS}}
+        row["drop_off"] = max(previous - reached, 0) if previous is not None else 0
+        steps.append(row)
+        previous = reached
+    return {"workflow": workflow.pk, **enr, **msgs, "steps": steps}

@@ -1,0 +1,339 @@
+"""Writes of the nurture app (STYLE.md: ``<entity>_<verb>``, keyword-only).
+Admin, API, tasks and receivers all call these."""
+from __future__ import annotations
+
+import copy
+import logging
+from datetime import datetime, timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from martech.models import ConsentChannel, Lead
+from martech.services.leads import consent_record
+from nurture import engine
+from nurture.conditions import condition_check, condition_matches, condition_q
+from nurture.graph import graph_validate
+from nurture.models import Enrollment, Message, Suppression, Workflow, WorkflowVersion
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FIELDS = (
+    "trigger", "trigger_config", "enrollment_condition", "reenroll", "reenroll_days", "suppress_stages",
+    "suppress_segments", "suppress_unsubscribed", "goal_condition", "goal_event",
+)
+
+
+def workflow_validate(*, workflow: Workflow) -> None:
+    """Everything saving a workflow checks: the graph and every condition."""
+    errors: dict[str, list[str]] = {}
+    try:
+        graph_validate(workflow.definition)
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    for name in ("enrollment_condition", "goal_condition"):
+        try:
+            condition_check(getattr(workflow, name))
+        except ValidationError as exc:
+            errors[name] = exc.messages
+    cond = (workflow.trigger_config or {}).get("condition")
+    if cond:
+        try:
+            condition_check(cond)
+        except ValidationError as exc:
+            errors["trigger_config"] = [f"condition: {m}" for m in exc.messages]
+    if workflow.trigger == Workflow.Trigger.SEGMENT or workflow.suppress_segments:
+        try:
+            import martech.scoring.models  # noqa: F401  (lands with the scoring issue)
+        except ImportError:
+            errors["trigger" if workflow.trigger == Workflow.Trigger.SEGMENT else "suppress_segments"] = [
+                "Segments are not available yet (martech.scoring has not landed)."]
+    if workflow.reenroll == Workflow.Reenroll.AFTER_DAYS and not workflow.reenroll_days:
+        errors["reenroll_days"] = ["Give the number of days for 'after N days'."]
+    need = {Workflow.Trigger.EVENT: "event", Workflow.Trigger.FORM: "form", Workflow.Trigger.STAGE: "stage",
+            Workflow.Trigger.SCORE: "threshold", Workflow.Trigger.CRM_FIELD: "fields", Workflow.Trigger.SEGMENT: "segment"}
+    if workflow.trigger in need and not (workflow.trigger_config or {}).get(need[workflow.trigger]):
+        errors.setdefault("trigger_config", []).append(f'A {workflow.trigger} trigger needs "{need[workflow.trigger]}".')
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def workflow_save(*, workflow: Workflow, actor=None) -> Workflow:
+    """Validate and save the draft. Editing a published workflow only changes
+    its draft: running enrollments keep their version until it is published
+    and they are migrated explicitly."""
+    workflow_validate(workflow=workflow)
+    workflow.has_draft_changes = True
+    workflow.save()
+    return workflow
+
+
+@transaction.atomic
+def workflow_publish(*, workflow: Workflow, actor=None) -> WorkflowVersion:
+    """Freeze the draft as the next immutable version and make it current;
+    a draft or paused workflow becomes active."""
+    wf = Workflow.objects.select_for_update().get(pk=workflow.pk)
+    workflow_validate(workflow=wf)
+    number = (wf.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    version = WorkflowVersion.objects.create(
+        workflow=wf, number=number, definition=copy.deepcopy(wf.definition),
+        settings={f: copy.deepcopy(getattr(wf, f)) for f in SETTINGS_FIELDS},
+        published_by=actor if getattr(actor, "is_authenticated", False) else None,
+    )
+    Workflow.objects.filter(pk=wf.pk).update(current_version=version, has_draft_changes=False, status=Workflow.Status.ACTIVE)
+    workflow.current_version, workflow.has_draft_changes, workflow.status = version, False, Workflow.Status.ACTIVE
+    log.info("workflow %s published v%s by %s", wf.pk, number, actor)
+    return version
+
+
+_ALLOWED = {
+    "pause": ({Workflow.Status.ACTIVE}, Workflow.Status.PAUSED),
+    "resume": ({Workflow.Status.PAUSED}, Workflow.Status.ACTIVE),
+    "archive": ({Workflow.Status.DRAFT, Workflow.Status.ACTIVE, Workflow.Status.PAUSED}, Workflow.Status.ARCHIVED),
+}
+
+
+@transaction.atomic
+def workflow_set_status(*, workflow: Workflow, action: str, actor=None) -> None:
+    """pause (enrollments stop advancing and nobody new enrolls), resume,
+    archive (running enrollments exit)."""
+    wf = Workflow.objects.select_for_update().get(pk=workflow.pk)
+    allowed, target = _ALLOWED[action]
+    if wf.status not in allowed:
+        raise ValidationError({"status": [f"Cannot {action} a workflow that is {wf.status}."]})
+    Workflow.objects.filter(pk=wf.pk).update(status=target)
+    workflow.status = target
+    if target == Workflow.Status.ARCHIVED:
+        Enrollment.objects.filter(workflow=wf, status=Enrollment.Status.ACTIVE).update(
+            status=Enrollment.Status.EXITED, exit_reason="archived", ended_at=timezone.now(), due_at=None
+        )
+
+
+@transaction.atomic
+def enrollments_migrate(*, workflow: Workflow, actor=None) -> tuple[int, int]:
+    """Move running enrollments to the current version where their next step
+    exists there; the others stay on their version. Returns (moved, kept)."""
+    target = workflow.current_version
+    if target is None:
+        raise ValidationError({"current_version": ["Publish the workflow first."]})
+    keys = list(target.definition["steps"])
+    running = Enrollment.objects.select_for_update().filter(workflow=workflow, status=Enrollment.Status.ACTIVE).exclude(version=target)
+    moved = running.filter(step__in=keys).update(version=target)
+    kept = Enrollment.objects.filter(workflow=workflow, status=Enrollment.Status.ACTIVE).exclude(version=target).count()
+    return moved, kept
+
+
+# --- enrollment -------------------------------------------------------------------
+def _suppressed(settings: dict, lead: Lead) -> str | None:
+    if lead.lifecycle_stage_id and lead.lifecycle_stage.key in (settings.get("suppress_stages") or []):
+        return "suppressed_stage"
+    if settings.get("suppress_unsubscribed", True):
+        from martech.selectors import lead_consent_state
+
+        if lead_consent_state(lead=lead).get(ConsentChannel.EMAIL) == "withdrawn":
+            return "unsubscribed"
+    for seg_id in settings.get("suppress_segments") or []:
+        try:
+            from martech.scoring.models import Segment
+        except ImportError:
+            raise ValidationError({"suppress_segments": ["Segments are not installed yet."]}) from None
+        seg = Segment.objects.filter(pk=seg_id).first()
+        if seg and condition_matches(seg.condition.text if hasattr(seg.condition, "text") else seg.condition, lead):
+            return "suppressed_segment"
+    return None
+
+
+def enrollment_create(*, workflow: Workflow, lead: Lead, source: str, now: datetime | None = None,
+                      check_criteria: bool = True) -> tuple[Enrollment | None, str]:
+    """Enroll ``lead`` on the workflow's current version, or say why not:
+    ("", reason) with reason in not_active, criteria, suppressed_*, unsubscribed,
+    already_enrolled, reenroll_never, reenroll_wait. Idempotent: two triggers
+    racing enroll once (a partial unique index on active enrollments)."""
+    now = now or timezone.now()
+    version = workflow.current_version
+    if workflow.status != Workflow.Status.ACTIVE or version is None:
+        return None, "not_active"
+    s = version.settings
+    if check_criteria and not condition_matches(s.get("enrollment_condition", ""), lead, now=now):
+        return None, "criteria"
+    reason = _suppressed(s, lead)
+    if reason:
+        return None, reason
+    last = Enrollment.objects.filter(workflow=workflow, lead=lead, is_test=False).order_by("-enrolled_at").first()
+    if last is not None:
+        if last.status == Enrollment.Status.ACTIVE:
+            return None, "already_enrolled"
+        policy = s.get("reenroll", Workflow.Reenroll.NEVER)
+        if policy == Workflow.Reenroll.NEVER:
+            return None, "reenroll_never"
+        if policy == Workflow.Reenroll.AFTER_DAYS and last.enrolled_at > now - timedelta(days=s.get("reenroll_days") or 0):
+            return None, "reenroll_wait"
+    try:
+        with transaction.atomic():
+            enr = Enrollment.objects.create(
+                workflow=workflow, version=version, lead=lead, step=version.definition["start"], due_at=now,
+                source=source[:100], enrolled_at=now,
+            )
+    except IntegrityError:
+        return None, "already_enrolled"
+    return enr, ""
+
+
+def workflow_enroll_bulk(*, workflow: Workflow, lead_ids=None, leads=None, condition: str = "", source: str,
+                         now: datetime | None = None, chunk: int = 5000, progress=None) -> int:
+    """Enroll many leads set-based (``leads``: a segment's queryset; or
+    ``lead_ids``; ``condition``: an extra condition): criteria and
+    suppression run in SQL, existing enrollments are skipped, rows are
+    inserted in chunks. Returns the number enrolled."""
+    now = now or timezone.now()
+    version = workflow.current_version
+    if workflow.status != Workflow.Status.ACTIVE or version is None:
+        raise ValidationError({"workflow": ["Only an active, published workflow enrolls leads."]})
+    s = version.settings
+    qs = leads if leads is not None else Lead.objects.all()
+    if lead_ids is not None:
+        qs = qs.filter(pk__in=list(lead_ids))
+    qs = qs.filter(condition_q(condition)).filter(condition_q(s.get("enrollment_condition", "")))
+    if s.get("suppress_stages"):
+        qs = qs.exclude(lifecycle_stage__key__in=s["suppress_stages"])
+    if s.get("suppress_unsubscribed", True):
+        from martech.selectors import leads_with_consent
+
+        qs = leads_with_consent(qs, channel=ConsentChannel.EMAIL).exclude(consent_email="withdrawn")
+    previous = Enrollment.objects.filter(workflow=workflow, is_test=False)
+    policy = s.get("reenroll", Workflow.Reenroll.NEVER)
+    if policy == Workflow.Reenroll.NEVER:
+        qs = qs.exclude(pk__in=previous.values("lead_id"))
+    else:
+        blocked = previous.filter(status=Enrollment.Status.ACTIVE)
+        if policy == Workflow.Reenroll.AFTER_DAYS:
+            blocked = previous.filter(enrolled_at__gt=now - timedelta(days=s.get("reenroll_days") or 0)) | blocked
+        qs = qs.exclude(pk__in=blocked.values("lead_id"))
+    ids = list(qs.order_by("pk").values_list("pk", flat=True))
+    made = 0
+    start = version.definition["start"]
+    for i in range(0, len(ids), chunk):
+        rows = [Enrollment(workflow=workflow, version=version, lead_id=pk, step=start, due_at=now, source=source[:100],
+                           enrolled_at=now) for pk in ids[i:i + chunk]]
+        with transaction.atomic():
+            # ignore_conflicts: a trigger that enrolled the same lead meanwhile wins.
+            made += len(Enrollment.objects.bulk_create(rows, ignore_conflicts=True))
+        if progress:
+            progress(len(rows))
+    return made
+
+
+def enrollments_exit_for_goal_event(*, lead_ids: list[int], event_names: set[str], now: datetime | None = None) -> int:
+    """Leads that just did a workflow's goal event leave it, converted."""
+    now = now or timezone.now()
+    qs = Enrollment.objects.filter(
+        status=Enrollment.Status.ACTIVE, lead_id__in=lead_ids, version__settings__goal_event__in=list(event_names)
+    )
+    return qs.update(status=Enrollment.Status.CONVERTED, exit_reason="goal", ended_at=now, due_at=None)
+
+
+def enrollments_wake_for_events(*, lead_ids: list[int], event_names: set[str], now: datetime | None = None) -> int:
+    """A wait_until on an event re-checks at once when the event arrives."""
+    now = now or timezone.now()
+    return Enrollment.objects.filter(
+        status=Enrollment.Status.ACTIVE, lead_id__in=lead_ids, state__waiting_event__in=list(event_names), due_at__gt=now
+    ).update(due_at=now)
+
+
+# --- tracking, unsubscribe, bounces -------------------------------------------------
+def _record_event(*, message: Message, name: str, suffix: str, properties: dict) -> None:
+    from martech.services.ingest import events_ingest
+
+    events_ingest(items=[{
+        "type": "track", "event": name, "messageId": f"nurture:{suffix}:{message.key}",
+        "timestamp": timezone.now().isoformat(), "traits": {"email": message.lead.email} if message.lead.email else {},
+        "userId": f"lead:{message.lead_id}" if not message.lead.email else None,
+        "properties": {"workflow": message.workflow_id, "step": message.step, **properties},
+    }], source="nurture")
+
+
+@transaction.atomic
+def message_track(*, message: Message, kind: str, url: str = "") -> None:
+    """An open (pixel) or click (redirect): stamp the message once and record
+    an ``email_opened`` / ``email_clicked`` event through the core ingest
+    (idempotent by messageId), which feeds scoring, goals and attribution."""
+    now = timezone.now()
+    if kind == "open":
+        Message.objects.filter(pk=message.pk, opened_at__isnull=True).update(opened_at=now)
+        _record_event(message=message, name="email_opened", suffix="open", properties={})
+    else:
+        Message.objects.filter(pk=message.pk, clicked_at__isnull=True).update(clicked_at=now)
+        Message.objects.filter(pk=message.pk, opened_at__isnull=True).update(opened_at=now)
+        import hashlib
+
+        _record_event(message=message, name="email_clicked", suffix=f"click:{hashlib.sha256(url.encode()).hexdigest()[:16]}",
+                      properties={"url": url})
+
+
+@transaction.atomic
+def message_unsubscribe(*, message: Message, source: str) -> bool:
+    """Withdraw email consent, suppress the address, stamp the message.
+    Repeating it changes nothing (returns False)."""
+    lead = message.lead
+    now = timezone.now()
+    stamped = Message.objects.filter(pk=message.pk, unsubscribed_at__isnull=True).update(unsubscribed_at=now)
+    address = (message.to or "").lower()
+    _, created = Suppression.objects.get_or_create(address=address, defaults={"reason": Suppression.Reason.UNSUBSCRIBE,
+                                                                               "detail": f"message {message.key}"})
+    if stamped or created:
+        consent_record(lead=lead, channel=ConsentChannel.EMAIL, granted=False, source=source,
+                       evidence={"message": message.key})
+        _record_event(message=message, name="email_unsubscribed", suffix="unsub", properties={})
+    return bool(stamped or created)
+
+
+@transaction.atomic
+def address_suppress(*, address: str, reason: str, detail: str = "", provider_id: str = "") -> bool:
+    """A bounce or complaint from the ESP (anymail tracking webhook)."""
+    address = (address or "").strip().lower()
+    if not address:
+        raise ValidationError({"address": ["An address is required."]})
+    _, created = Suppression.objects.get_or_create(address=address, defaults={"reason": reason, "detail": detail[:500]})
+    now = timezone.now()
+    msgs = Message.objects.filter(provider_id=provider_id) if provider_id else Message.objects.none()
+    if not msgs.exists():
+        msgs = Message.objects.filter(pk__in=Message.objects.filter(to__iexact=address, channel="email").order_by("-created_at").values("pk")[:1])
+    if reason == Suppression.Reason.BOUNCE:
+        msgs.filter(bounced_at__isnull=True).update(bounced_at=now)
+    if reason == Suppression.Reason.COMPLAINT:
+        lead = Lead.objects.filter(email=address).first()
+        if lead:
+            consent_record(lead=lead, channel=ConsentChannel.EMAIL, granted=False, source="esp:complaint")
+    return created
+
+
+def message_delivered(*, provider_id: str) -> int:
+    return Message.objects.filter(provider_id=provider_id, delivered_at__isnull=True).update(delivered_at=timezone.now())
+
+
+# --- test mode -----------------------------------------------------------------------
+def workflow_test_run(*, workflow: Workflow, lead: Lead, use_draft: bool = True, max_steps: int = 100) -> list[dict]:
+    """Walk the workflow for one test lead with waits compressed and every
+    effect dry: each step's outcome and rendered message is returned, nothing
+    is written (no enrollment, message, task, field or audience change)."""
+    definition = workflow.definition if use_draft or workflow.current_version is None else workflow.current_version.definition
+    graph_validate(definition)
+    enr = Enrollment(workflow=workflow, lead=lead, step=definition["start"], state={}, enrolled_at=timezone.now())
+    enr.pk = 0
+    ctx = engine.Ctx(now=timezone.now(), dry=True, compress_waits=True)
+    out_rows: list[dict] = []
+    key = definition["start"]
+    for _ in range(max_steps):
+        step = definition["steps"][key]
+        out = engine.decide(enr, key, step, ctx, key=f"test:{workflow.pk}:{key}")
+        row = {"step": key, "type": step["type"], "outcome": out.outcome, "detail": out.detail}
+        if out.message:
+            row["message"] = {k: v for k, v in out.message.items() if k in ("to", "subject", "body", "html", "channel")}
+        out_rows.append(row)
+        if out.next_step is None or out.delay_until is not None:
+            break
+        key = out.next_step
+    return out_rows

@@ -1,0 +1,77 @@
+"""The nurture admin: gallery, publish, test run, manual enrollment, metrics."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.urls import reverse
+
+from nurture.gallery import GALLERY
+from nurture.models import Enrollment, Message, Workflow
+from tests.nurture.conftest import email_flow
+
+pytestmark = pytest.mark.django_db
+
+
+def test_gallery_creates_each_journey_as_a_draft(client, marketing_ops):
+    client.force_login(marketing_ops)
+    assert client.get(reverse("admin:nurture_workflow_gallery")).status_code == 200
+    for key in GALLERY:
+        r = client.post(reverse("admin:nurture_workflow_gallery"), {"key": key})
+        assert r.status_code == 302
+    assert Workflow.objects.count() == 6
+    assert set(Workflow.objects.values_list("status", flat=True)) == {"draft"}
+    client.post(reverse("admin:nurture_workflow_gallery"), {"key": "ebook_drip"})
+    assert Workflow.objects.filter(name="Ebook drip (2)").exists()
+
+
+def test_analyst_cannot_create_from_gallery(client, analyst):
+    client.force_login(analyst)
+    client.post(reverse("admin:nurture_workflow_gallery"), {"key": "ebook_drip"})
+    assert not Workflow.objects.exists()
+
+
+def test_admin_add_refuses_a_broken_graph_naming_the_problem(client, marketing_ops):
+    client.force_login(marketing_ops)
+    data = {"name": "x", "status": "draft", "trigger": "manual", "trigger_config": "{}", "reenroll": "never",
+            "suppress_stages": "[]", "suppress_segments": "[]", "suppress_unsubscribed": "on",
+            "definition": json.dumps({"start": "a", "steps": {"a": {"type": "wait", "days": 1, "next": "b"}}})}
+    r = client.post(reverse("admin:nurture_workflow_add"), data)
+    assert r.status_code == 200
+    assert "a.next: target step" in r.content.decode()
+    assert not Workflow.objects.exists()
+    data["definition"] = json.dumps(email_flow(1))
+    r = client.post(reverse("admin:nurture_workflow_add"), data)
+    assert r.status_code == 302 and Workflow.objects.get().has_draft_changes
+
+
+def test_publish_action_test_run_enroll_and_metrics_page(client, marketing_ops, make_workflow, consenting_lead):
+    wf = make_workflow(email_flow(2), publish=False)
+    client.force_login(marketing_ops)
+    client.post(reverse("admin:nurture_workflow_changelist"), {"action": "publish", "_selected_action": [wf.pk]})
+    wf.refresh_from_db()
+    assert wf.status == "active" and wf.current_version.number == 1
+
+    lead = consenting_lead(first_name="Grace")
+    r = client.post(reverse("admin:nurture_workflow_test", args=[wf.pk]), {"lead": lead.email})
+    body = r.content.decode()
+    assert "Hello Grace #1" in body and "Hello Grace #2" in body
+    assert not Message.objects.exists() and not Enrollment.objects.exists()  # nothing touched
+
+    r = client.post(reverse("admin:nurture_workflow_enroll", args=[wf.pk]), {"leads": f"{lead.email}\nnobody@x.org"})
+    assert r.status_code == 302 and Enrollment.objects.filter(lead=lead).count() == 1
+    page = client.get(reverse("admin:nurture_workflow_change", args=[wf.pk]))
+    assert page.status_code == 200 and "nurture-metrics" in page.content.decode()
+
+
+def test_test_run_reports_an_unknown_lead(client, marketing_ops, make_workflow):
+    wf = make_workflow(email_flow(1))
+    client.force_login(marketing_ops)
+    r = client.post(reverse("admin:nurture_workflow_test", args=[wf.pk]), {"lead": "ghost@example.org"})
+    assert "no lead with email or id" in r.content.decode()
+
+
+@pytest.mark.parametrize("model", ["enrollment", "message", "suppression", "audiencemember", "workflowversion"])
+def test_other_pages_render(client, marketing_ops, model):
+    client.force_login(marketing_ops)
+    assert client.get(reverse(f"admin:nurture_{model}_changelist")).status_code == 200
