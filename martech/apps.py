@@ -1,4 +1,8 @@
-from django.apps import AppConfig
+import importlib
+from collections.abc import Iterator
+from types import ModuleType
+
+from django.apps import AppConfig, apps
 
 
 class MartechConfig(AppConfig):
@@ -20,3 +24,16 @@ def _sync_roles_after_migrate(sender, using, **kwargs) -> None:
     from martech.roles import sync_roles
 
     sync_roles(apps)
+
+
+def app_modules(name: str) -> Iterator[ModuleType]:
+    """Each installed app's ``<app>.<name>`` module (``schedules``, ``demo``),
+    in INSTALLED_APPS order. An app without one is skipped; an import error
+    raised inside a module that exists is not hidden."""
+    for config in apps.get_app_configs():
+        dotted = f"{config.name}.{name}"
+        try:
+            yield importlib.import_module(dotted)
+        except ModuleNotFoundError as exc:
+            if exc.name != dotted:
+                raise

@@ -11,10 +11,9 @@ harmless.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 
-from django.apps import apps
+from martech.apps import app_modules
 
 PREFIX = "martech:"
 
@@ -34,13 +33,7 @@ class Periodic:
 
 def declared() -> list[Periodic]:
     found: list[Periodic] = []
-    for config in apps.get_app_configs():
-        try:
-            module = importlib.import_module(f"{config.name}.schedules")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{config.name}.schedules":
-                raise
-            continue
+    for module in app_modules("schedules"):
         found.extend(getattr(module, "SCHEDULES", []))
     names = [p.name for p in found]
     duplicates = {n for n in names if names.count(n) > 1}

@@ -2,13 +2,11 @@
 months of events, forms). Idempotent: see martech.services.demo."""
 from __future__ import annotations
 
-import importlib
 import sys
-
-from django.apps import apps
 
 from django.core.management.base import BaseCommand, CommandError
 
+from martech.apps import app_modules
 from martech.services.demo import demo_seed
 
 
@@ -26,15 +24,7 @@ class Command(BaseCommand):
         result = demo_seed(leads=leads, progress=progress)
         counts = result.as_dict()
         # Later stages add their demo data in <app>/demo.py: demo_seed(*, progress) -> {kind: created}.
-        for config in apps.get_app_configs():
-            if config.name == "martech":
-                continue
-            try:
-                module = importlib.import_module(f"{config.name}.demo")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"{config.name}.demo":
-                    raise
-                continue
+        for module in app_modules("demo"):
             counts.update(module.demo_seed(progress=progress))
         created = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items())
         self.stdout.write(self.style.SUCCESS(f"Demo data ready ({leads} leads). Created: {created}."))
