@@ -124,6 +124,8 @@ class Decision:
     steps: list[dict[str, Any]] = field(default_factory=list)
     # fair-queue updates to write when committing: (team, clock), (rep, pass)
     updates: list[tuple[Team, float, Rep, float]] = field(default_factory=list)
+    # The chosen rep's out-of-office periods not yet over (the SLA deadline skips them).
+    absences: list[tuple[datetime, datetime]] | None = None
 
     def explanation(self) -> dict[str, Any]:
         return {
@@ -168,9 +170,11 @@ def team_reps(team_id: int) -> list[RepRow]:
 
 
 def _absences(rep_ids: list[int], now: datetime, *, team_id: int | None = None) -> dict[int, list[tuple[datetime, datetime]]]:
+    """Out-of-office periods not over at ``now``: the current ones decide
+    availability, the later ones move the SLA deadline (one query for both)."""
     out: dict[int, list] = {}
     where = Q(rep__team_id=team_id) if team_id is not None else Q(rep_id__in=rep_ids)
-    for rep_id, s, e in OutOfOffice.objects.filter(where, starts_at__lte=now, ends_at__gt=now).values_list(
+    for rep_id, s, e in OutOfOffice.objects.filter(where, ends_at__gt=now).values_list(
         "rep_id", "starts_at", "ends_at"
     ):
         out.setdefault(rep_id, []).append((s, e))
@@ -199,8 +203,9 @@ def _candidates(reps: list, now: datetime, *, with_capacity: bool, team_id: int 
     open_counts, today = _loads(reps, now) if with_capacity else (Counter(), Counter())
     out = []
     for rep in reps:
-        c = engine.Candidate(rep=rep, open_count=open_counts[rep.pk], today_count=today[rep.pk])
-        c.skipped = engine.unavailable_reason(rep, now, absences.get(rep.pk, []))
+        c = engine.Candidate(rep=rep, open_count=open_counts[rep.pk], today_count=today[rep.pk],
+                             absences=absences.get(rep.pk, []))
+        c.skipped = engine.unavailable_reason(rep, now, c.absences)
         if c.skipped is None and with_capacity:
             c.skipped = engine.capacity_reason(rep, open_count=c.open_count, today_count=c.today_count)
         out.append(c)
@@ -225,6 +230,7 @@ def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why:
     if pick.rep is None:
         return False
     decision.status, decision.rep, decision.team, decision.method = Status.ASSIGNED, pick.rep, team, team.method
+    decision.absences = next(c.absences for c in candidates if c.rep is pick.rep)
     decision.updates.append((team, pick.team_clock, pick.rep, pick.rep_pass))
     return True
 
@@ -238,6 +244,7 @@ def _try_rep(decision: Decision, rep: Rep, now: datetime, *, why: str, exclude: 
                            "outcome": f"chose {rep.name}" if candidate.skipped is None else "unavailable"})
     if candidate.skipped is None:
         decision.status, decision.rep, decision.team = Status.ASSIGNED, rep, rep.team
+        decision.absences = candidate.absences
         decision.method = decision.method or "direct"
         return True
     return False
@@ -312,7 +319,15 @@ def _sla_for(decision: Decision, now: datetime):
     policy = team.sla_policy if team and team.sla_policy_id else None
     if policy is None or decision.rep is None:
         return None, None
-    return policy, engine.business_deadline(decision.rep, now, policy.first_touch_hours)
+    absences = decision.absences
+    if absences is None:
+        absences = rep_absences_from(decision.rep.pk, now)
+    return policy, engine.business_deadline(decision.rep, now, policy.first_touch_hours, absences)
+
+
+def rep_absences_from(rep_id: int, at: datetime) -> list[tuple[datetime, datetime]]:
+    """The rep's out-of-office periods not over at ``at``."""
+    return list(OutOfOffice.objects.filter(rep_id=rep_id, ends_at__gt=at).values_list("starts_at", "ends_at"))
 
 
 def _write(*, lead: Lead, decision: Decision, trigger: str, reason: str, actor, now: datetime,
@@ -610,10 +625,11 @@ def sla_escalate(*, now: datetime | None = None, limit: int = 500) -> dict[str, 
             if a is None or a.rep is None or a.sla_policy is None:
                 continue
             policy, rep = a.sla_policy, a.rep
+            away = rep_absences_from(rep.pk, a.sla_due_at)  # the later steps count business hours too
             due = {
                 Escalation.Level.REMIND_REP: a.sla_due_at,
-                Escalation.Level.NOTIFY_MANAGER: engine.business_deadline(rep, a.sla_due_at, policy.notify_manager_after_hours),
-                Escalation.Level.REASSIGN: engine.business_deadline(rep, a.sla_due_at, policy.reassign_after_hours),
+                Escalation.Level.NOTIFY_MANAGER: engine.business_deadline(rep, a.sla_due_at, policy.notify_manager_after_hours, away),
+                Escalation.Level.REASSIGN: engine.business_deadline(rep, a.sla_due_at, policy.reassign_after_hours, away),
             }
             level = a.escalation_level + 1
             if level > Escalation.Level.REASSIGN or now < due[level]:
@@ -768,6 +784,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         reps = team_reps(team.pk) if team.is_active else []
         with_capacity = engine.checks_capacity(team.method)
         candidates = _candidates(reps, now, with_capacity=with_capacity, team_id=team.pk)
+        by_rep = {c.rep.pk: c for c in candidates}
         snapshot_needed = True
         for lead, d in batch:
             if snapshot_needed or with_capacity:
@@ -787,8 +804,9 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             team.rr_clock, pick.rep.rr_pass = pick.team_clock, pick.rep_pass
             rep_updates[pick.rep.pk] = pick.rep
             d.status, d.rep, d.team, d.method = Status.ASSIGNED, pick.rep, team, team.method
+            c = by_rep[pick.rep.pk]
+            d.absences = c.absences
             if with_capacity:
-                c = next(c for c in candidates if c.rep is pick.rep)
                 c.open_count += 1
                 c.today_count += 1
                 c.skipped = engine.capacity_reason(c.rep, open_count=c.open_count, today_count=c.today_count)
