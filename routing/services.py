@@ -19,6 +19,7 @@ from django.db import transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
+from martech import hooks
 from martech.models import Account, Lead
 from martech.services.leads import lead_set_owner
 from martech.services.normalize import free_mail_domains, normalize_domain
@@ -345,12 +346,22 @@ def _write(*, lead: Lead, decision: Decision, trigger: str, reason: str, actor, 
         created_at=now, assigned_at=now if decision.status == Status.ASSIGNED else None,
         sla_policy=policy, sla_due_at=due,
     )
-    if decision.rep is not None and decision.rep.user_id:
-        # The one owner-change path: runs the lead hooks, so the CRM outbox
-        # pushes the owner. A rep without a user leaves Lead.owner alone.
-        lead_set_owner(lead=lead, owner=decision.rep.user_id, reason=f"routing: {reason}"[:255],
-                       source="routing", actor=actor)
+    if decision.status == Status.ASSIGNED and decision.rep is not None:
+        owner_set(lead=lead, rep=decision.rep, reason=reason, actor=actor)
     return assignment
+
+
+def owner_set(*, lead: Lead, rep, reason: str, actor=None) -> None:
+    """Make ``rep`` the lead's owner here and in the CRM. ``Lead.owner``
+    changes only through ``lead_set_owner`` (the one owner-change path; its
+    lead hooks queue the CRM outbox, whose payload asks ``crm_owner_id`` for
+    the rep's HubSpot/Salesforce id). A rep without a Django user clears a
+    stale owner (the lead is no longer theirs); when nothing changes here,
+    the CRM owner did still change, so the hooks are told directly."""
+    changed = lead_set_owner(lead=lead, owner=rep.user_id, reason=f"routing: {reason}"[:255], source="routing",
+                             actor=actor)
+    if not changed:
+        hooks.leads_changed(ids=[lead.pk], fields=["owner"], source="routing")
 
 
 @transaction.atomic
@@ -836,7 +847,16 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         ))
         counts[d.status] += 1
     Assignment.objects.bulk_create(rows, batch_size=1000)
+    # Owners: leads whose owner changes go one by one through lead_set_owner
+    # (owner_set); the rest (no Django user on either side, the common bulk
+    # case) only need the CRM told, which is one hooks call for the batch.
+    unchanged = []
     for lead, d in decisions:
-        if d.rep is not None and d.rep.user_id:
-            lead_set_owner(lead=lead, owner=d.rep.user_id, reason=f"routing: {reason or trigger}"[:255], source="routing", actor=actor)
+        if d.status != Status.ASSIGNED or d.rep is None:
+            continue
+        if lead.owner_id != d.rep.user_id:
+            owner_set(lead=lead, rep=d.rep, reason=reason or trigger, actor=actor)
+        else:
+            unchanged.append(lead.pk)
+    hooks.leads_changed(ids=unchanged, fields=["owner"], source="routing")
     return counts

@@ -250,7 +250,9 @@ def test_owner_push_runs_the_lead_hooks():
     assert lead.owner == user
 
 
-def test_rep_without_user_leaves_owner_alone():
+def test_rep_without_user_clears_a_stale_owner():
+    """The lead is no longer the old owner's: a rep with no Django user
+    leaves Lead.owner empty (the CRM gets the rep's CRM id, test_crm_owner)."""
     team = TeamFactory()
     RepFactory(team=team)
     published(fallback=team)
@@ -258,7 +260,7 @@ def test_rep_without_user_leaves_owner_alone():
     lead = LeadFactory(owner=other)
     route(lead, now=NOW)
     lead.refresh_from_db()
-    assert lead.owner == other
+    assert lead.owner is None
 
 
 def test_no_published_rule_set_is_a_clear_error():
