@@ -152,7 +152,7 @@ class RepRow:
     team has hundreds of reps. Duck-types ``Rep`` for ``routing.engine``."""
 
     FIELDS = ("id", "name", "is_active", "time_zone", "working_hours", "holidays", "max_open_leads", "max_per_day",
-              "weight", "rr_pass", "user_id", "team_id", "backup_id")
+              "weight", "rr_pass", "user_id", "team_id", "backup_id", "hubspot_owner_id", "salesforce_user_id")
     __slots__ = (*FIELDS, "pk")
 
     def __init__(self, row: tuple):
@@ -356,11 +356,14 @@ def owner_set(*, lead: Lead, rep, reason: str, actor=None) -> None:
     changes only through ``lead_set_owner`` (the one owner-change path; its
     lead hooks queue the CRM outbox, whose payload asks ``crm_owner_id`` for
     the rep's HubSpot/Salesforce id). A rep without a Django user clears a
-    stale owner (the lead is no longer theirs); when nothing changes here,
-    the CRM owner did still change, so the hooks are told directly."""
-    changed = lead_set_owner(lead=lead, owner=rep.user_id, reason=f"routing: {reason}"[:255], source="routing",
-                             actor=actor)
-    if not changed:
+    stale owner (the lead is no longer theirs). When ``Lead.owner`` stays as
+    it is but the rep has a CRM owner id, only the CRM owner changes, so the
+    lead hooks are told directly; with no CRM id there is nothing to push
+    (an empty owner is never sent). ``lead.owner_id`` is as read under the
+    lead's row lock."""
+    if lead.owner_id != rep.user_id:
+        lead_set_owner(lead=lead, owner=rep.user_id, reason=f"routing: {reason}"[:255], source="routing", actor=actor)
+    elif rep.hubspot_owner_id or rep.salesforce_user_id:
         hooks.leads_changed(ids=[lead.pk], fields=["owner"], source="routing")
 
 
@@ -848,15 +851,15 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         counts[d.status] += 1
     Assignment.objects.bulk_create(rows, batch_size=1000)
     # Owners: leads whose owner changes go one by one through lead_set_owner
-    # (owner_set); the rest (no Django user on either side, the common bulk
-    # case) only need the CRM told, which is one hooks call for the batch.
-    unchanged = []
+    # (owner_set); those whose rep has no Django user but a CRM owner id
+    # only need the CRM told: one hooks call for the batch.
+    crm_only = []
     for lead, d in decisions:
         if d.status != Status.ASSIGNED or d.rep is None:
             continue
         if lead.owner_id != d.rep.user_id:
             owner_set(lead=lead, rep=d.rep, reason=reason or trigger, actor=actor)
-        else:
-            unchanged.append(lead.pk)
-    hooks.leads_changed(ids=unchanged, fields=["owner"], source="routing")
+        elif d.rep.hubspot_owner_id or d.rep.salesforce_user_id:
+            crm_only.append(lead.pk)
+    hooks.leads_changed(ids=crm_only, fields=["owner"], source="routing")
     return counts

@@ -83,3 +83,15 @@ def test_batch_route_queues_every_assigned_lead(team):
         sorted(l.pk for l in leads)
     owners = {PayloadBuilder(hubspot).payload(l)["hubspot_owner_id"] for l in leads}
     assert owners == {"hs-1", "hs-2"}
+
+
+def test_rep_without_user_or_crm_id_queues_nothing(team):
+    """No Django user and no CRM owner id: nothing of the owner changes
+    anywhere, so nothing is queued (an empty owner is never sent)."""
+    RepFactory(team=team, name="Plain")
+    hubspot = _connection("hubspot", "hubspot_owner_id")
+    lead = LeadFactory()
+    OutboxItem.objects.all().delete()
+    services.lead_route(lead_id=lead.pk, trigger="api")
+    services.leads_route_batch(lead_ids=[LeadFactory().pk], trigger="api")
+    assert not OutboxItem.objects.filter(connection=hubspot).exists()
