@@ -333,3 +333,20 @@ def test_rule_conditions_use_the_shared_language():
     # The same rule compiled to SQL counts the same leads as matched in memory.
     rule = Rule.objects.get(name="Hot US")
     assert list(Lead.objects.filter(services.rule_lead_q(rule)).values_list("pk", flat=True)) == [a.lead_id]
+
+
+def test_stage_change_trigger_routes_an_unassigned_lead(django_capture_on_commit_callbacks, settings):
+    """A lead entering a ROUTE_ON_STAGES stage (the lifecycle signal) is routed."""
+    from martech.services.leads import lead_change_stage
+
+    settings.MARTECH_ROUTING = {**settings.MARTECH_ROUTING, "ROUTE_NEW_LEADS": False, "ROUTE_ON_STAGES": ["mql"]}
+    team = TeamFactory()
+    rep = RepFactory(team=team)
+    published(fallback=team)
+    with django_capture_on_commit_callbacks(execute=True):
+        lead = LeadFactory()
+    assert not Assignment.objects.filter(lead=lead).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        lead_change_stage(lead=lead, to_stage="mql", reason="score crossed 50")
+    a = Assignment.objects.get(lead=lead, is_current=True)
+    assert a.rep == rep and a.trigger == Assignment.Trigger.STAGE and a.reason == "stage changed to mql"
