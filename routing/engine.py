@@ -6,9 +6,11 @@ simulation, and is cheap to test edge cases with.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from routing.models import WEEKDAYS, Rep, Team, parse_hhmm
@@ -44,10 +46,39 @@ def _is_holiday(rep: Rep, day: date) -> bool:
     return day.isoformat() in (rep.holidays or [])
 
 
+@lru_cache(maxsize=8192)
+def week_minutes(hours_json: str) -> tuple[tuple[tuple[float, float], ...], ...]:
+    """Working hours (their JSON text) compiled once per distinct text: per
+    weekday (mon=0) the (start, end) minutes of the local day; a night
+    shift's end is past 1440. A decision checks hundreds of reps, and
+    parsing "HH:MM" strings per rep per decision was a good part of it."""
+    hours = json.loads(hours_json) or {}
+    week = []
+    for day in WEEKDAYS:
+        spans = []
+        for start_s, end_s in hours.get(day, []):
+            start, end = parse_hhmm(start_s), parse_hhmm(end_s)
+            s_min, e_min = start.hour * 60 + start.minute, end.hour * 60 + end.minute
+            spans.append((float(s_min), float(e_min + 1440 if e_min <= s_min else e_min)))
+        week.append(tuple(spans))
+    return tuple(week)
+
+
 def in_working_hours(rep: Rep, now: datetime) -> bool:
     if not rep.working_hours:
         return True  # no hours set: always on
     local = now.astimezone(_zone(rep.time_zone))
+    hours_json = getattr(rep, "hours_json", None)
+    if hours_json is not None:
+        # The compiled form: minutes of the local (wall-clock) day, as the
+        # datetime comparison below does it.
+        minute = local.hour * 60 + local.minute + local.second / 60 + local.microsecond / 60_000_000
+        week = week_minutes(hours_json)
+        today = local.date()
+        if not _is_holiday(rep, today) and any(s <= minute < e for s, e in week[today.weekday()]):
+            return True
+        yesterday = today - timedelta(days=1)
+        return not _is_holiday(rep, yesterday) and any(s <= minute + 1440 < e for s, e in week[yesterday.weekday()])
     # A night shift that began yesterday may still be running.
     for day in (local.date() - timedelta(days=1), local.date()):
         if _is_holiday(rep, day):

@@ -8,15 +8,18 @@ pointer), then rep rows.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db import connection, transaction
+from django.db.models import Count, Max, OuterRef, Q, Subquery, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from martech import hooks
@@ -39,11 +42,17 @@ _rules_cache: dict[int, list[Rule]] = {}
 _live_cache: dict[int, RuleSet] = {}
 
 
-def live_rule_set() -> RuleSet | None:
+def _live_pk_query():
+    return RuleSet.objects.filter(status=RuleSet.Status.PUBLISHED).order_by("-version").values("pk")[:1]
+
+
+def live_rule_set(*, pk: int | None | bool = False) -> RuleSet | None:
     """The latest published version. Its id is read every time (an index
     scan), so a publish in another process is live at once; the row itself
-    is immutable and kept per process."""
-    pk = RuleSet.objects.filter(status=RuleSet.Status.PUBLISHED).order_by("-version").values_list("pk", flat=True).first()
+    is immutable and kept per process. ``pk`` is that id when the caller
+    read it already (``lead_route`` reads it with the lead)."""
+    if pk is False:
+        pk = _live_pk_query().values_list("pk", flat=True).first()
     if pk is None:
         return None
     if pk not in _live_cache:
@@ -146,19 +155,33 @@ class Decision:
         }
 
 
+@lru_cache(maxsize=8192)
+def _json_text(text: str | None):
+    # Reps' hours and holidays repeat across reps and decisions: decode each
+    # distinct text once. The result is shared, so it is only ever read.
+    return json.loads(text) if text else None
+
+
 class RepRow:
     """What the engine reads of a rep, loaded with ``values_list``: building
     a full model instance per rep costs more than the whole decision when a
-    team has hundreds of reps. Duck-types ``Rep`` for ``routing.engine``."""
+    team has hundreds of reps. Duck-types ``Rep`` for ``routing.engine``.
+    Hours and holidays come as JSON text (decoded through a cache; the
+    engine compiles hours per distinct text). On PostgreSQL the rep's
+    out-of-office periods not yet over come in the same row."""
 
-    FIELDS = ("id", "name", "is_active", "time_zone", "working_hours", "holidays", "max_open_leads", "max_per_day",
+    FIELDS = ("id", "name", "is_active", "time_zone", "hours_json", "holidays_json", "max_open_leads", "max_per_day",
               "weight", "rr_pass", "user_id", "team_id", "backup_id", "hubspot_owner_id", "salesforce_user_id")
-    __slots__ = (*FIELDS, "pk")
+    __slots__ = (*FIELDS, "pk", "working_hours", "holidays", "away")
 
     def __init__(self, row: tuple):
         for name, value in zip(self.FIELDS, row):
             setattr(self, name, value)
         self.pk = self.id
+        self.working_hours = _json_text(self.hours_json) or {}
+        self.holidays = _json_text(self.holidays_json) or []
+        # (not "absences": that name is the Rep model's related manager)
+        self.away = list(zip(row[-2], row[-1])) if len(row) > len(self.FIELDS) else None
 
     def __eq__(self, other) -> bool:
         return getattr(other, "pk", None) == self.pk and isinstance(other, (RepRow, Rep))
@@ -166,8 +189,21 @@ class RepRow:
     __hash__ = object.__hash__
 
 
-def team_reps(team_id: int) -> list[RepRow]:
-    return [RepRow(r) for r in Rep.objects.filter(team_id=team_id).order_by("id").values_list(*RepRow.FIELDS)]
+def _rep_rows(qs, now: datetime | None = None) -> list[RepRow]:
+    qs = qs.annotate(hours_json=Cast("working_hours", TextField()), holidays_json=Cast("holidays", TextField()))
+    columns = list(RepRow.FIELDS)
+    if now is not None and connection.vendor == "postgresql":
+        from django.contrib.postgres.expressions import ArraySubquery
+
+        away = OutOfOffice.objects.filter(rep_id=OuterRef("pk"), ends_at__gt=now).order_by("starts_at", "id")
+        qs = qs.annotate(away_starts=ArraySubquery(away.values("starts_at")), away_ends=ArraySubquery(away.values("ends_at")))
+        columns += ["away_starts", "away_ends"]
+    return [RepRow(r) for r in qs.order_by("id").values_list(*columns)]
+
+
+def team_reps(team_id: int, now: datetime | None = None) -> list[RepRow]:
+    """The team's reps; with ``now`` (on PostgreSQL) their absences too."""
+    return _rep_rows(Rep.objects.filter(team_id=team_id), now)
 
 
 def _absences(rep_ids: list[int], now: datetime, *, team_id: int | None = None) -> dict[int, list[tuple[datetime, datetime]]]:
@@ -200,7 +236,10 @@ def _loads(reps: list[Rep], now: datetime) -> tuple[Counter, Counter]:
 
 
 def _candidates(reps: list, now: datetime, *, with_capacity: bool, team_id: int | None = None) -> list[engine.Candidate]:
-    absences = _absences([r.pk for r in reps], now, team_id=team_id)
+    if reps and all(isinstance(r, RepRow) and r.away is not None for r in reps):
+        absences = {r.pk: r.away for r in reps}  # loaded with the reps
+    else:
+        absences = _absences([r.pk for r in reps], now, team_id=team_id)
     open_counts, today = _loads(reps, now) if with_capacity else (Counter(), Counter())
     out = []
     for rep in reps:
@@ -219,7 +258,7 @@ def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why:
     if not team.is_active:
         decision.steps.append({"step": why, "team": team.name, "outcome": "team inactive"})
         return False
-    reps = [r for r in team_reps(team.pk) if r.pk not in exclude]
+    reps = [r for r in team_reps(team.pk, now) if r.pk not in exclude]
     candidates = _candidates(reps, now, with_capacity=engine.checks_capacity(team.method), team_id=None if exclude else team.pk)
     pick = engine.choose(team, candidates)
     decision.steps.append({
@@ -308,10 +347,22 @@ def decide(
 # --- Writing an assignment ------------------------------------------------------
 
 
+_QUEUE_UPDATE_PG = (
+    f'WITH t AS (UPDATE "{Team._meta.db_table}" SET "rr_clock" = %s WHERE "id" = %s) '
+    f'UPDATE "{Rep._meta.db_table}" SET "rr_pass" = %s WHERE "id" = %s'
+)
+
+
 def _commit_queue_updates(decision: Decision) -> None:
     for team, clock, rep, rep_pass in decision.updates:
-        Team.objects.filter(pk=team.pk).update(rr_clock=clock)
-        Rep.objects.filter(pk=rep.pk).update(rr_pass=rep_pass)
+        if connection.vendor == "postgresql":
+            # Both fair-queue positions in one statement: one round trip
+            # fewer on the path every single route takes.
+            with connection.cursor() as cursor:
+                cursor.execute(_QUEUE_UPDATE_PG, [clock, team.pk, rep_pass, rep.pk])
+        else:
+            Team.objects.filter(pk=team.pk).update(rr_clock=clock)
+            Rep.objects.filter(pk=rep.pk).update(rr_pass=rep_pass)
         team.rr_clock, rep.rr_pass = clock, rep_pass
 
 
@@ -378,13 +429,17 @@ def lead_route(
     the stage trigger and the SQL handoff may all fire safely."""
     now = now or timezone.now()
     try:
-        lead = Lead.objects.select_for_update(of=("self",)).select_related("account").get(pk=lead_id)
+        # The live rule set's id comes with the lead (one round trip fewer).
+        lead = (Lead.objects.select_for_update(of=("self",)).select_related("account")
+                .annotate(routing_live_set_id=Subquery(_live_pk_query())).get(pk=lead_id))
     except Lead.DoesNotExist:
         raise ValidationError({"lead_id": [f"No lead with id {lead_id}."]}) from None
+    # Read after the lead lock is held (its own statement, so it sees a route
+    # that another worker committed while this one waited for the lock).
     current = Assignment.objects.select_for_update().filter(lead_id=lead_id, is_current=True).first()
     if current is not None and not reroute:
         return current, False
-    decision = decide(lead=lead, rule_set=live_rule_set(), now=now, lock=True, exclude=exclude)
+    decision = decide(lead=lead, rule_set=live_rule_set(pk=lead.routing_live_set_id), now=now, lock=True, exclude=exclude)
     # No savepoint around the write: the lead row lock above serializes
     # routes of one lead, and the unique "one current assignment" index is
     # the backstop that turns a bug into an error, never a second owner.
@@ -795,7 +850,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         else:
             batch, why = by_team[team_id], "team"
         team = Team.objects.select_for_update().get(pk=team_id)
-        reps = team_reps(team.pk) if team.is_active else []
+        reps = team_reps(team.pk, now) if team.is_active else []
         with_capacity = engine.checks_capacity(team.method)
         candidates = _candidates(reps, now, with_capacity=with_capacity, team_id=team.pk)
         by_rep = {c.rep.pk: c for c in candidates}

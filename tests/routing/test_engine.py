@@ -164,3 +164,31 @@ def test_deadline_without_hours_still_skips_holidays_and_absences():
     # Monday 22:00 UTC + 3 h: 22-23 (1 h), away 23-24, Tuesday a holiday, Wednesday 00:00-02:00.
     assert engine.business_deadline(r, at(2026, 3, 2, 22), 3, away) == at(2026, 3, 4, 2)
     assert engine.business_deadline(rep(), at(2026, 3, 2, 22), 3) == at(2026, 3, 3, 1)
+
+
+def test_compiled_hours_agree_with_the_datetime_check():
+    """RepRow carries hours as JSON text and the engine checks compiled
+    minutes; over two weeks (a DST change inside) in several zones, with a
+    night shift, split days and a holiday, both answer alike."""
+    import json
+
+    from routing.services import RepRow
+
+    hours = [
+        WEEKDAYS_9_17,
+        {"mon": [["22:00", "06:00"]], "tue": [["08:30", "12:00"], ["13:00", "17:45"]], "sun": [["23:00", "01:00"]]},
+        {"sat": [["00:00", "23:59"]], "fri": [["18:00", "02:00"]]},
+    ]
+    checked = 0
+    for zone in ("UTC", "Europe/Berlin", "America/Los_Angeles", "Asia/Kolkata"):
+        for h in hours:
+            model = rep(time_zone=zone, working_hours=h, holidays=["2026-03-30"])
+            row = RepRow((1, "r", True, zone, json.dumps(h), json.dumps(["2026-03-30"]), None, None, 1, 0.0, None, None,
+                          None, "", ""))
+            t = at(2026, 3, 23)
+            while t < at(2026, 4, 6):
+                assert engine.in_working_hours(row, t) == engine.in_working_hours(model, t), (zone, h, t)
+                assert engine.unavailable_reason(row, t, []) == engine.unavailable_reason(model, t, [])
+                t += timedelta(minutes=13)
+                checked += 1
+    assert checked > 10_000
