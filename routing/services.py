@@ -18,6 +18,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Count, Max, OuterRef, Q, Subquery, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -843,6 +844,34 @@ def rule_set_delete_draft(*, rule_set: RuleSet) -> None:
 # --- Batch routing (bulk jobs, the sweep, the benchmark) -----------------------------
 
 
+def _json_default(value):
+    if isinstance(value, datetime):
+        return value.isoformat()  # full precision (DjangoJSONEncoder cuts to milliseconds)
+    return DjangoJSONEncoder().default(value)
+
+
+def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000) -> None:
+    """Insert assignment rows (dicts of every column but the id).
+
+    On PostgreSQL each batch goes as ONE JSON document expanded by
+    ``jsonb_populate_recordset``: the explanations are serialized once, by
+    the C JSON encoder, and the driver escapes one string. Through
+    ``bulk_create`` every explanation became an element of an UNNEST text
+    array that the driver escapes quote by quote in Python: 40% of bulk
+    routing's CPU. Elsewhere (SQLite) ``bulk_create``."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        Assignment.objects.bulk_create([Assignment(**row) for row in rows], batch_size=batch_size)
+        return
+    table = Assignment._meta.db_table
+    columns = ", ".join(f'"{c}"' for c in rows[0])
+    sql = f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::"{table}", %s::jsonb)'
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), batch_size):
+            cursor.execute(sql, [json.dumps(rows[start:start + batch_size], default=_json_default, separators=(",", ":"))])
+
+
 @transaction.atomic
 def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", actor=None,
                       now: datetime | None = None) -> Counter:
@@ -939,15 +968,18 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             if key not in deadlines:
                 deadlines[key] = _sla_for(d, now)
             policy, due = deadlines[key]
-        rows.append(Assignment(
-            lead=lead, status=d.status, rep_id=d.rep.pk if d.rep else None, team=d.team, rule_set=rule_set, rule_set_version=rule_set.version,
-            rule=d.rule, rule_name=d.rule.name if d.rule else "", method=d.method, trigger=trigger,
-            reason=(reason or trigger)[:255], explanation=d.explanation(),
-            actor=actor if getattr(actor, "is_authenticated", False) else None, created_at=now,
-            assigned_at=now if d.status == Status.ASSIGNED else None, sla_policy=policy, sla_due_at=due,
-        ))
+        rows.append({
+            "lead_id": lead.pk, "status": d.status, "is_current": True, "rep_id": d.rep.pk if d.rep else None,
+            "team_id": d.team.pk if d.team else None, "rule_set_id": rule_set.pk, "rule_set_version": rule_set.version,
+            "rule_id": d.rule.pk if d.rule else None, "rule_name": d.rule.name if d.rule else "", "method": d.method,
+            "trigger": trigger, "reason": (reason or trigger)[:255], "explanation": d.explanation(),
+            "actor_id": actor.pk if getattr(actor, "is_authenticated", False) else None, "created_at": now,
+            "assigned_at": now if d.status == Status.ASSIGNED else None, "ended_at": None, "end_reason": "",
+            "sla_policy_id": policy.pk if policy else None, "sla_due_at": due, "first_touch_at": None,
+            "first_touch_source": "", "escalation_level": 0,
+        })
         counts[d.status] += 1
-    Assignment.objects.bulk_create(rows, batch_size=1000)
+    assignments_insert(rows)
     # Owners: leads whose owner changes go one by one through lead_set_owner
     # (owner_set); those whose rep has no Django user but a CRM owner id
     # only need the CRM told: one hooks call for the batch.

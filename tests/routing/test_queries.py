@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from routing import services
-from routing.models import OutOfOffice, Team
+from routing.models import Assignment, OutOfOffice, Team
 from tests.factories import LeadFactory
 from tests.routing.factories import RepFactory, RuleFactory, RuleSetFactory, TeamFactory, TerritoryFactory
 
@@ -63,9 +63,15 @@ def test_a_batch_is_a_fixed_number_of_queries_per_team(n_leads):
     services.rule_set_publish(rule_set=draft)
     ids = [LeadFactory(country="DE" if i % 2 else "US").pk for i in range(n_leads)]
     services.rules_of(services.live_rule_set())  # the published set and its rules, cached per process
+    now = timezone.now().replace(microsecond=123456)
     with CaptureQueriesContext(connection) as ctx:
-        counts = services.leads_route_batch(lead_ids=ids, trigger="api")
+        counts = services.leads_route_batch(lead_ids=ids, trigger="api", now=now)
     assert counts["assigned"] == n_leads
+    # The rows as the ORM reads them back: JSON explanation, exact times.
+    a = Assignment.objects.get(lead_id=ids[1])
+    assert a.team == de and a.is_current and a.created_at == a.assigned_at == now and a.escalation_level == 0
+    assert a.explanation["result"]["team"] == "DE" and a.explanation["steps"][0]["matched"] == "Germany"
+    assert [c["skipped"] for c in a.explanation["steps"][1]["candidates"]].count(None) >= 1
     # live set, leads, taken; per team: lock, reps (+ absences), clock;
     # rep positions; then the insert: one statement on PostgreSQL (batches
     # of 1000), several on SQLite (its limit on parameters per statement).
