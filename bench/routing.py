@@ -124,21 +124,24 @@ def measure_decision(prefix: str, n: int) -> None:
     lead_ids = make_leads(f"{prefix}d", n + 20, countries=[country], postal="99999")
     for lead_id in lead_ids[:20]:  # warm-up: caches, plans
         services.lead_route(lead_id=lead_id, trigger="api")
-    route_ms, preview_ms, queries = [], [], []
+    route_ms, preview_ms, queries, route_cpu, preview_cpu = [], [], [], [], []
+    load_before = os.getloadavg()[0]
 
     def count(execute, sql, params, many, context):
         queries[-1] += 1
         return execute(sql, params, many, context)
 
     for lead_id in lead_ids[20:]:
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         services.lead_preview(lead_id=lead_id)
         preview_ms.append((time.perf_counter() - t) * 1000)
+        preview_cpu.append((time.process_time() - c) * 1000)
         queries.append(0)
         with connection.execute_wrapper(count):
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             a, _ = services.lead_route(lead_id=lead_id, trigger="api")
             route_ms.append((time.perf_counter() - t) * 1000)
+            route_cpu.append((time.process_time() - c) * 1000)
     assert a.rule_name == f"{prefix}r199", a.rule_name
     emit("decision_rules", 200, "rules")
     emit("decision_reps", Rep.objects.filter(email__startswith=prefix).count(), "reps")
@@ -148,6 +151,14 @@ def measure_decision(prefix: str, n: int) -> None:
     emit("preview_p50", round(percentile(preview_ms, 0.5), 2), "ms")
     emit("preview_p99", round(percentile(preview_ms, 0.99), 2), "ms")
     emit("route_queries", statistics.mean(queries), "queries")
+    # This process's CPU per call (the Python side; the database's own work
+    # is not in it): on a shared, loaded machine wall-clock time includes
+    # waiting for a core, so read these beside the wall-clock figures.
+    emit("route_cpu_p50", round(percentile(route_cpu, 0.5), 2), "ms")
+    emit("route_cpu_p99", round(percentile(route_cpu, 0.99), 2), "ms")
+    emit("preview_cpu_p50", round(percentile(preview_cpu, 0.5), 2), "ms")
+    emit("preview_cpu_p99", round(percentile(preview_cpu, 0.99), 2), "ms")
+    emit("decision_loadavg_1m", round((load_before + os.getloadavg()[0]) / 2, 2), "load (mean of start and end)")
 
 
 def setup_throughput(prefix: str) -> dict[int, dict[int, int]]:
@@ -203,6 +214,7 @@ def measure_throughput(prefix: str, n: int, workers: int, batch_size: int) -> No
     for _ in range(workers):
         queue.put(None)
     procs = [ctx.Process(target=worker, args=(queue, results)) for _ in range(workers)]
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     for p in procs:
         p.start()
@@ -221,6 +233,8 @@ def measure_throughput(prefix: str, n: int, workers: int, batch_size: int) -> No
     emit("throughput_resent_batches", len(resent), "batches")
     emit("throughput_leads_per_s", round(n / elapsed, 1), "leads/s")
     emit("throughput_worker_cpu_s", round(sum(c for _, c in outcomes), 1), "s")
+    emit("throughput_worker_cpu_ms_per_lead", round(sum(c for _, c in outcomes) / n * 1000, 3), "ms")
+    emit("throughput_loadavg_1m", round((load_before + os.getloadavg()[0]) / 2, 2), "load (mean of start and end)")
     emit("throughput_kept_on_resend", total["kept"], "leads")
     rows = Assignment.objects.filter(lead__email__startswith=f"{prefix}t")
     per_lead = Counter(rows.values_list("lead_id", flat=True))

@@ -6,9 +6,11 @@ simulation, and is cheap to test edge cases with.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from routing.models import WEEKDAYS, Rep, Team, parse_hhmm
@@ -44,10 +46,39 @@ def _is_holiday(rep: Rep, day: date) -> bool:
     return day.isoformat() in (rep.holidays or [])
 
 
+@lru_cache(maxsize=8192)
+def week_minutes(hours_json: str) -> tuple[tuple[tuple[float, float], ...], ...]:
+    """Working hours (their JSON text) compiled once per distinct text: per
+    weekday (mon=0) the (start, end) minutes of the local day; a night
+    shift's end is past 1440. A decision checks hundreds of reps, and
+    parsing "HH:MM" strings per rep per decision was a good part of it."""
+    hours = json.loads(hours_json) or {}
+    week = []
+    for day in WEEKDAYS:
+        spans = []
+        for start_s, end_s in hours.get(day, []):
+            start, end = parse_hhmm(start_s), parse_hhmm(end_s)
+            s_min, e_min = start.hour * 60 + start.minute, end.hour * 60 + end.minute
+            spans.append((float(s_min), float(e_min + 1440 if e_min <= s_min else e_min)))
+        week.append(tuple(spans))
+    return tuple(week)
+
+
 def in_working_hours(rep: Rep, now: datetime) -> bool:
     if not rep.working_hours:
         return True  # no hours set: always on
     local = now.astimezone(_zone(rep.time_zone))
+    hours_json = getattr(rep, "hours_json", None)
+    if hours_json is not None:
+        # The compiled form: minutes of the local (wall-clock) day, as the
+        # datetime comparison below does it.
+        minute = local.hour * 60 + local.minute + local.second / 60 + local.microsecond / 60_000_000
+        week = week_minutes(hours_json)
+        today = local.date()
+        if not _is_holiday(rep, today) and any(s <= minute < e for s, e in week[today.weekday()]):
+            return True
+        yesterday = today - timedelta(days=1)
+        return not _is_holiday(rep, yesterday) and any(s <= minute + 1440 < e for s, e in week[yesterday.weekday()])
     # A night shift that began yesterday may still be running.
     for day in (local.date() - timedelta(days=1), local.date()):
         if _is_holiday(rep, day):
@@ -87,25 +118,57 @@ def capacity_reason(rep: Rep, *, open_count: int, today_count: int) -> str | Non
     return None
 
 
-def business_deadline(rep: Rep, start: datetime, hours: Decimal | float) -> datetime:
-    """``start`` plus ``hours`` of the rep's working time (their zone, hours
-    and holidays). A rep with no hours set works around the clock."""
+def _minus(start: datetime, end: datetime, absences) -> list[tuple[datetime, datetime]]:
+    """[start, end) without the absences that overlap it."""
+    if end <= start:
+        return []
+    pieces = [(start, end)]
+    for a_start, a_end in absences:
+        if a_end <= start or a_start >= end:
+            continue
+        rest = []
+        for s, e in pieces:
+            if a_end <= s or a_start >= e:
+                rest.append((s, e))
+                continue
+            if a_start > s:
+                rest.append((s, a_start))
+            if a_end < e:
+                rest.append((a_end, e))
+        pieces = rest
+    return pieces
+
+
+def business_deadline(rep: Rep, start: datetime, hours: Decimal | float,
+                      absences: list[tuple[datetime, datetime]] = ()) -> datetime:
+    """``start`` plus ``hours`` of the rep's working time: their working
+    hours in their zone, minus holidays and out-of-office periods
+    (``absences``, (start, end) pairs; a partial day counts). A rep with no
+    hours set works around the clock, still minus holidays and absences.
+
+    Sums run in UTC: aware datetimes sharing one zone subtract as wall
+    clocks, which is an hour off across a daylight-saving change."""
+    utc = timezone.utc
     remaining = timedelta(hours=float(hours))
-    if not rep.working_hours:
-        return start + remaining
-    local = start.astimezone(_zone(rep.time_zone))
-    day = local.date() - timedelta(days=1)
+    start = origin = start.astimezone(utc)
+    tz = _zone(rep.time_zone)
+    absences = sorted((s.astimezone(utc), e.astimezone(utc)) for s, e in absences if e.astimezone(utc) > start)
+    day = start.astimezone(tz).date() - timedelta(days=1)
     for _ in range(400):  # a year of days at most; hours are validated non-empty per set day
         if not _is_holiday(rep, day):
-            for s, e in sorted(_intervals(rep, day)):
-                s = max(s, local)
-                if e <= s:
-                    continue
-                if e - s >= remaining:
-                    return s + remaining
-                remaining -= e - s
+            if rep.working_hours:
+                spans = _intervals(rep, day)
+            else:
+                spans = [(datetime.combine(day, datetime.min.time(), tzinfo=tz),
+                          datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=tz))]
+            for span_start, span_end in sorted((s.astimezone(utc), e.astimezone(utc)) for s, e in spans):
+                for s, e in _minus(max(span_start, start), span_end, absences):
+                    if e - s >= remaining:
+                        return s + remaining
+                    remaining -= e - s
+                start = max(start, span_end)  # overlapping spans (a night shift into a morning one) count once
         day += timedelta(days=1)
-    return start + timedelta(hours=float(hours))  # no working time in a year: count plain hours
+    return origin + timedelta(hours=float(hours))  # no working time in a year: count plain hours
 
 
 @dataclass
@@ -114,6 +177,8 @@ class Candidate:
     skipped: str | None = None
     open_count: int = 0
     today_count: int = 0
+    # The rep's out-of-office periods not yet over (for the SLA deadline too).
+    absences: list = field(default_factory=list)
 
     def as_json(self) -> dict:
         row = {"rep_id": self.rep.pk, "rep": self.rep.name, "skipped": self.skipped}

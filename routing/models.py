@@ -184,19 +184,32 @@ class Territory(models.Model):
         self.countries = [c.strip().upper() for c in self.countries]
         self.postal_prefixes = [p.strip().upper().replace(" ", "") for p in self.postal_prefixes]
 
+    def _normalized(self) -> tuple[frozenset, frozenset, tuple, frozenset]:
+        # Kept on the instance: published rules (and their territories) are
+        # cached per process and checked for every lead.
+        key = (tuple(self.countries), tuple(self.regions), tuple(self.postal_prefixes), tuple(self.industries))
+        cached = self.__dict__.get("_norm")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_norm"] = (key, (
+                frozenset(c.upper() for c in self.countries), frozenset(r.strip().lower() for r in self.regions),
+                tuple(p.upper().replace(" ", "") for p in self.postal_prefixes),
+                frozenset(i.strip().lower() for i in self.industries)))
+        return cached[1]
+
     def matches(self, lead: Lead) -> bool:
+        countries, regions, prefixes, industries = self._normalized()
+        if countries and (lead.country or "").upper() not in countries:
+            return False
+        if regions and (lead.region or "").strip().lower() not in regions:
+            return False
         account = lead.account if lead.account_id else None
-        if self.countries and (lead.country or "").upper() not in self.countries:
-            return False
-        if self.regions and (lead.region or "").strip().lower() not in {r.strip().lower() for r in self.regions}:
-            return False
-        if self.postal_prefixes:
+        if prefixes:
             postal = (lead.postal_code or "").upper().replace(" ", "")
-            if not postal or not any(postal.startswith(p) for p in self.postal_prefixes):
+            if not postal or not postal.startswith(prefixes):
                 return False
-        if self.industries:
+        if industries:
             industry = (account.industry if account else "").strip().lower()
-            if industry not in {i.strip().lower() for i in self.industries}:
+            if industry not in industries:
                 return False
         if self.min_employees is not None or self.max_employees is not None:
             size = account.employee_count if account else None

@@ -8,17 +8,22 @@ pointer), then rep rows.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from functools import lru_cache
+from datetime import datetime, timedelta, timezone as dt_timezone
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db import connection, transaction
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Count, Max, OuterRef, Q, Subquery, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
+from martech import hooks
 from martech.models import Account, Lead
 from martech.services.leads import lead_set_owner
 from martech.services.normalize import free_mail_domains, normalize_domain
@@ -38,11 +43,17 @@ _rules_cache: dict[int, list[Rule]] = {}
 _live_cache: dict[int, RuleSet] = {}
 
 
-def live_rule_set() -> RuleSet | None:
+def _live_pk_query():
+    return RuleSet.objects.filter(status=RuleSet.Status.PUBLISHED).order_by("-version").values("pk")[:1]
+
+
+def live_rule_set(*, pk: int | None | bool = False) -> RuleSet | None:
     """The latest published version. Its id is read every time (an index
     scan), so a publish in another process is live at once; the row itself
-    is immutable and kept per process."""
-    pk = RuleSet.objects.filter(status=RuleSet.Status.PUBLISHED).order_by("-version").values_list("pk", flat=True).first()
+    is immutable and kept per process. ``pk`` is that id when the caller
+    read it already (``lead_route`` reads it with the lead)."""
+    if pk is False:
+        pk = _live_pk_query().values_list("pk", flat=True).first()
     if pk is None:
         return None
     if pk not in _live_cache:
@@ -124,6 +135,8 @@ class Decision:
     steps: list[dict[str, Any]] = field(default_factory=list)
     # fair-queue updates to write when committing: (team, clock), (rep, pass)
     updates: list[tuple[Team, float, Rep, float]] = field(default_factory=list)
+    # The chosen rep's out-of-office periods not yet over (the SLA deadline skips them).
+    absences: list[tuple[datetime, datetime]] | None = None
 
     def explanation(self) -> dict[str, Any]:
         return {
@@ -143,19 +156,34 @@ class Decision:
         }
 
 
+@lru_cache(maxsize=8192)
+def _json_text(text: str | None):
+    # Reps' hours and holidays repeat across reps and decisions: decode each
+    # distinct text once. The result is shared, so it is only ever read.
+    return json.loads(text) if text else None
+
+
 class RepRow:
     """What the engine reads of a rep, loaded with ``values_list``: building
     a full model instance per rep costs more than the whole decision when a
-    team has hundreds of reps. Duck-types ``Rep`` for ``routing.engine``."""
+    team has hundreds of reps. Duck-types ``Rep`` for ``routing.engine``.
+    Hours and holidays come as JSON text (decoded through a cache; the
+    engine compiles hours per distinct text). On PostgreSQL the rep's
+    out-of-office periods not yet over come in the same row."""
 
-    FIELDS = ("id", "name", "is_active", "time_zone", "working_hours", "holidays", "max_open_leads", "max_per_day",
-              "weight", "rr_pass", "user_id", "team_id", "backup_id")
-    __slots__ = (*FIELDS, "pk")
+    FIELDS = ("id", "name", "is_active", "time_zone", "hours_json", "holidays_json", "max_open_leads", "max_per_day",
+              "weight", "rr_pass", "user_id", "team_id", "backup_id", "hubspot_owner_id", "salesforce_user_id")
+    __slots__ = (*FIELDS, "pk", "working_hours", "holidays", "away")
 
     def __init__(self, row: tuple):
-        for name, value in zip(self.FIELDS, row):
-            setattr(self, name, value)
+        (self.id, self.name, self.is_active, self.time_zone, self.hours_json, self.holidays_json, self.max_open_leads,
+         self.max_per_day, self.weight, self.rr_pass, self.user_id, self.team_id, self.backup_id, self.hubspot_owner_id,
+         self.salesforce_user_id) = row[:15]
         self.pk = self.id
+        self.working_hours = _json_text(self.hours_json) or {}
+        self.holidays = _json_text(self.holidays_json) or []
+        # (not "absences": that name is the Rep model's related manager)
+        self.away = list(zip(row[-2], row[-1])) if len(row) > len(self.FIELDS) else None
 
     def __eq__(self, other) -> bool:
         return getattr(other, "pk", None) == self.pk and isinstance(other, (RepRow, Rep))
@@ -163,14 +191,58 @@ class RepRow:
     __hash__ = object.__hash__
 
 
-def team_reps(team_id: int) -> list[RepRow]:
-    return [RepRow(r) for r in Rep.objects.filter(team_id=team_id).order_by("id").values_list(*RepRow.FIELDS)]
+def _rep_rows_qs(qs, now: datetime | None):
+    qs = qs.annotate(hours_json=Cast("working_hours", TextField()), holidays_json=Cast("holidays", TextField()))
+    columns = list(RepRow.FIELDS)
+    if now is not None and connection.vendor == "postgresql":
+        from django.contrib.postgres.expressions import ArraySubquery
+
+        away = OutOfOffice.objects.filter(rep_id=OuterRef("pk"), ends_at__gt=now).order_by("starts_at", "id")
+        qs = qs.annotate(away_starts=ArraySubquery(away.values("starts_at")), away_ends=ArraySubquery(away.values("ends_at")))
+        columns += ["away_starts", "away_ends"]
+    return qs.order_by("id").values_list(*columns)
+
+
+def _rep_rows(qs, now: datetime | None = None) -> list[RepRow]:
+    return [RepRow(r) for r in _rep_rows_qs(qs, now)]
+
+
+# Compiled once per process: building this query's SQL (two array
+# subqueries, casts) cost more CPU than the whole rest of a decision.
+_TEAM_TEAM, _TEAM_NOW = -(2**62) + 7, datetime(1901, 2, 3, 4, 5, 6, tzinfo=dt_timezone.utc)
+_team_reps_sql: dict[str, tuple[str, list]] = {}
+
+
+def _team_reps_pg(team_id: int, now: datetime) -> list[RepRow]:
+    compiled = _team_reps_sql.get(connection.alias)
+    if compiled is None:
+        qs = _rep_rows_qs(Rep.objects.filter(team_id=_TEAM_TEAM), _TEAM_NOW)
+        sql, params = qs.query.get_compiler(connection.alias).as_sql()
+        # Every placeholder value must be one we can swap back in; the
+        # columns come in the values_list order (aliased).
+        assert list(params).count(_TEAM_TEAM) == 1 and list(params).count(_TEAM_NOW) == 2, params
+        compiled = _team_reps_sql[connection.alias] = (sql, list(params))
+    sql, template = compiled
+    params = [team_id if p == _TEAM_TEAM else now if p == _TEAM_NOW else p for p in template]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [RepRow(row) for row in cursor.fetchall()]
+
+
+def team_reps(team_id: int, now: datetime | None = None) -> list[RepRow]:
+    """The team's reps; with ``now`` (on PostgreSQL) their out-of-office
+    periods not yet over too, in the same query."""
+    if now is not None and connection.vendor == "postgresql":
+        return _team_reps_pg(team_id, now)
+    return _rep_rows(Rep.objects.filter(team_id=team_id), now)
 
 
 def _absences(rep_ids: list[int], now: datetime, *, team_id: int | None = None) -> dict[int, list[tuple[datetime, datetime]]]:
+    """Out-of-office periods not over at ``now``: the current ones decide
+    availability, the later ones move the SLA deadline (one query for both)."""
     out: dict[int, list] = {}
     where = Q(rep__team_id=team_id) if team_id is not None else Q(rep_id__in=rep_ids)
-    for rep_id, s, e in OutOfOffice.objects.filter(where, starts_at__lte=now, ends_at__gt=now).values_list(
+    for rep_id, s, e in OutOfOffice.objects.filter(where, ends_at__gt=now).values_list(
         "rep_id", "starts_at", "ends_at"
     ):
         out.setdefault(rep_id, []).append((s, e))
@@ -195,12 +267,16 @@ def _loads(reps: list[Rep], now: datetime) -> tuple[Counter, Counter]:
 
 
 def _candidates(reps: list, now: datetime, *, with_capacity: bool, team_id: int | None = None) -> list[engine.Candidate]:
-    absences = _absences([r.pk for r in reps], now, team_id=team_id)
+    if reps and all(isinstance(r, RepRow) and r.away is not None for r in reps):
+        absences = {r.pk: r.away for r in reps}  # loaded with the reps
+    else:
+        absences = _absences([r.pk for r in reps], now, team_id=team_id)
     open_counts, today = _loads(reps, now) if with_capacity else (Counter(), Counter())
     out = []
     for rep in reps:
-        c = engine.Candidate(rep=rep, open_count=open_counts[rep.pk], today_count=today[rep.pk])
-        c.skipped = engine.unavailable_reason(rep, now, absences.get(rep.pk, []))
+        c = engine.Candidate(rep=rep, open_count=open_counts[rep.pk], today_count=today[rep.pk],
+                             absences=absences.get(rep.pk, []))
+        c.skipped = engine.unavailable_reason(rep, now, c.absences)
         if c.skipped is None and with_capacity:
             c.skipped = engine.capacity_reason(rep, open_count=c.open_count, today_count=c.today_count)
         out.append(c)
@@ -213,7 +289,7 @@ def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why:
     if not team.is_active:
         decision.steps.append({"step": why, "team": team.name, "outcome": "team inactive"})
         return False
-    reps = [r for r in team_reps(team.pk) if r.pk not in exclude]
+    reps = [r for r in team_reps(team.pk, now) if r.pk not in exclude]
     candidates = _candidates(reps, now, with_capacity=engine.checks_capacity(team.method), team_id=None if exclude else team.pk)
     pick = engine.choose(team, candidates)
     decision.steps.append({
@@ -225,6 +301,7 @@ def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why:
     if pick.rep is None:
         return False
     decision.status, decision.rep, decision.team, decision.method = Status.ASSIGNED, pick.rep, team, team.method
+    decision.absences = next(c.absences for c in candidates if c.rep is pick.rep)
     decision.updates.append((team, pick.team_clock, pick.rep, pick.rep_pass))
     return True
 
@@ -238,6 +315,7 @@ def _try_rep(decision: Decision, rep: Rep, now: datetime, *, why: str, exclude: 
                            "outcome": f"chose {rep.name}" if candidate.skipped is None else "unavailable"})
     if candidate.skipped is None:
         decision.status, decision.rep, decision.team = Status.ASSIGNED, rep, rep.team
+        decision.absences = candidate.absences
         decision.method = decision.method or "direct"
         return True
     return False
@@ -300,10 +378,22 @@ def decide(
 # --- Writing an assignment ------------------------------------------------------
 
 
+_QUEUE_UPDATE_PG = (
+    f'WITH t AS (UPDATE "{Team._meta.db_table}" SET "rr_clock" = %s WHERE "id" = %s) '
+    f'UPDATE "{Rep._meta.db_table}" SET "rr_pass" = %s WHERE "id" = %s'
+)
+
+
 def _commit_queue_updates(decision: Decision) -> None:
     for team, clock, rep, rep_pass in decision.updates:
-        Team.objects.filter(pk=team.pk).update(rr_clock=clock)
-        Rep.objects.filter(pk=rep.pk).update(rr_pass=rep_pass)
+        if connection.vendor == "postgresql":
+            # Both fair-queue positions in one statement: one round trip
+            # fewer on the path every single route takes.
+            with connection.cursor() as cursor:
+                cursor.execute(_QUEUE_UPDATE_PG, [clock, team.pk, rep_pass, rep.pk])
+        else:
+            Team.objects.filter(pk=team.pk).update(rr_clock=clock)
+            Rep.objects.filter(pk=rep.pk).update(rr_pass=rep_pass)
         team.rr_clock, rep.rr_pass = clock, rep_pass
 
 
@@ -312,7 +402,15 @@ def _sla_for(decision: Decision, now: datetime):
     policy = team.sla_policy if team and team.sla_policy_id else None
     if policy is None or decision.rep is None:
         return None, None
-    return policy, engine.business_deadline(decision.rep, now, policy.first_touch_hours)
+    absences = decision.absences
+    if absences is None:
+        absences = rep_absences_from(decision.rep.pk, now)
+    return policy, engine.business_deadline(decision.rep, now, policy.first_touch_hours, absences)
+
+
+def rep_absences_from(rep_id: int, at: datetime) -> list[tuple[datetime, datetime]]:
+    """The rep's out-of-office periods not over at ``at``."""
+    return list(OutOfOffice.objects.filter(rep_id=rep_id, ends_at__gt=at).values_list("starts_at", "ends_at"))
 
 
 def _write(*, lead: Lead, decision: Decision, trigger: str, reason: str, actor, now: datetime,
@@ -330,12 +428,38 @@ def _write(*, lead: Lead, decision: Decision, trigger: str, reason: str, actor, 
         created_at=now, assigned_at=now if decision.status == Status.ASSIGNED else None,
         sla_policy=policy, sla_due_at=due,
     )
-    if decision.rep is not None and decision.rep.user_id:
-        # The one owner-change path: runs the lead hooks, so the CRM outbox
-        # pushes the owner. A rep without a user leaves Lead.owner alone.
-        lead_set_owner(lead=lead, owner=decision.rep.user_id, reason=f"routing: {reason}"[:255],
-                       source="routing", actor=actor)
+    if decision.status == Status.ASSIGNED and decision.rep is not None:
+        owner_set(lead=lead, rep=decision.rep, reason=reason, actor=actor)
     return assignment
+
+
+def owner_set(*, lead: Lead, rep, reason: str, actor=None) -> None:
+    """Make ``rep`` the lead's owner here and in the CRM. ``Lead.owner``
+    changes only through ``lead_set_owner`` (the one owner-change path; its
+    lead hooks queue the CRM outbox, whose payload asks ``crm_owner_id`` for
+    the rep's HubSpot/Salesforce id). A rep without a Django user clears a
+    stale owner (the lead is no longer theirs). When ``Lead.owner`` stays as
+    it is but the rep has a CRM owner id, only the CRM owner changes, so the
+    lead hooks are told directly; with no CRM id there is nothing to push
+    (an empty owner is never sent). ``lead.owner_id`` is as read under the
+    lead's row lock."""
+    if lead.owner_id != rep.user_id:
+        lead_set_owner(lead=lead, owner=rep.user_id, reason=f"routing: {reason}"[:255], source="routing", actor=actor)
+    elif rep.hubspot_owner_id or rep.salesforce_user_id:
+        hooks.leads_changed(ids=[lead.pk], fields=["owner"], source="routing")
+
+
+_CURRENT_SQL = f'SELECT "id" FROM "{Assignment._meta.db_table}" WHERE "lead_id" = %s AND "is_current"'
+
+
+def _current_assignment(lead_id: int) -> Assignment | None:
+    """The lead's current assignment, locked. Plain SQL for the common case
+    (none yet): the ORM's query building was a tenth of a route's CPU."""
+    sql = _CURRENT_SQL + (" FOR UPDATE" if connection.features.has_select_for_update else "")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [lead_id])
+        row = cursor.fetchone()
+    return Assignment.objects.get(pk=row[0]) if row else None
 
 
 @transaction.atomic
@@ -349,13 +473,17 @@ def lead_route(
     the stage trigger and the SQL handoff may all fire safely."""
     now = now or timezone.now()
     try:
-        lead = Lead.objects.select_for_update(of=("self",)).select_related("account").get(pk=lead_id)
+        # The live rule set's id comes with the lead (one round trip fewer).
+        lead = (Lead.objects.select_for_update(of=("self",)).select_related("account")
+                .annotate(routing_live_set_id=Subquery(_live_pk_query())).get(pk=lead_id))
     except Lead.DoesNotExist:
         raise ValidationError({"lead_id": [f"No lead with id {lead_id}."]}) from None
-    current = Assignment.objects.select_for_update().filter(lead_id=lead_id, is_current=True).first()
+    # Read after the lead lock is held (its own statement, so it sees a route
+    # that another worker committed while this one waited for the lock).
+    current = _current_assignment(lead_id)
     if current is not None and not reroute:
         return current, False
-    decision = decide(lead=lead, rule_set=live_rule_set(), now=now, lock=True, exclude=exclude)
+    decision = decide(lead=lead, rule_set=live_rule_set(pk=lead.routing_live_set_id), now=now, lock=True, exclude=exclude)
     # No savepoint around the write: the lead row lock above serializes
     # routes of one lead, and the unique "one current assignment" index is
     # the backstop that turns a bug into an error, never a second owner.
@@ -610,10 +738,11 @@ def sla_escalate(*, now: datetime | None = None, limit: int = 500) -> dict[str, 
             if a is None or a.rep is None or a.sla_policy is None:
                 continue
             policy, rep = a.sla_policy, a.rep
+            away = rep_absences_from(rep.pk, a.sla_due_at)  # the later steps count business hours too
             due = {
                 Escalation.Level.REMIND_REP: a.sla_due_at,
-                Escalation.Level.NOTIFY_MANAGER: engine.business_deadline(rep, a.sla_due_at, policy.notify_manager_after_hours),
-                Escalation.Level.REASSIGN: engine.business_deadline(rep, a.sla_due_at, policy.reassign_after_hours),
+                Escalation.Level.NOTIFY_MANAGER: engine.business_deadline(rep, a.sla_due_at, policy.notify_manager_after_hours, away),
+                Escalation.Level.REASSIGN: engine.business_deadline(rep, a.sla_due_at, policy.reassign_after_hours, away),
             }
             level = a.escalation_level + 1
             if level > Escalation.Level.REASSIGN or now < due[level]:
@@ -715,6 +844,34 @@ def rule_set_delete_draft(*, rule_set: RuleSet) -> None:
 # --- Batch routing (bulk jobs, the sweep, the benchmark) -----------------------------
 
 
+def _json_default(value):
+    if isinstance(value, datetime):
+        return value.isoformat()  # full precision (DjangoJSONEncoder cuts to milliseconds)
+    return DjangoJSONEncoder().default(value)
+
+
+def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000) -> None:
+    """Insert assignment rows (dicts of every column but the id).
+
+    On PostgreSQL each batch goes as ONE JSON document expanded by
+    ``jsonb_populate_recordset``: the explanations are serialized once, by
+    the C JSON encoder, and the driver escapes one string. Through
+    ``bulk_create`` every explanation became an element of an UNNEST text
+    array that the driver escapes quote by quote in Python: 40% of bulk
+    routing's CPU. Elsewhere (SQLite) ``bulk_create``."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        Assignment.objects.bulk_create([Assignment(**row) for row in rows], batch_size=batch_size)
+        return
+    table = Assignment._meta.db_table
+    columns = ", ".join(f'"{c}"' for c in rows[0])
+    sql = f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::"{table}", %s::jsonb)'
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), batch_size):
+            cursor.execute(sql, [json.dumps(rows[start:start + batch_size], default=_json_default, separators=(",", ":"))])
+
+
 @transaction.atomic
 def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", actor=None,
                       now: datetime | None = None) -> Counter:
@@ -765,9 +922,10 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         else:
             batch, why = by_team[team_id], "team"
         team = Team.objects.select_for_update().get(pk=team_id)
-        reps = team_reps(team.pk) if team.is_active else []
+        reps = team_reps(team.pk, now) if team.is_active else []
         with_capacity = engine.checks_capacity(team.method)
         candidates = _candidates(reps, now, with_capacity=with_capacity, team_id=team.pk)
+        by_rep = {c.rep.pk: c for c in candidates}
         snapshot_needed = True
         for lead, d in batch:
             if snapshot_needed or with_capacity:
@@ -787,8 +945,9 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             team.rr_clock, pick.rep.rr_pass = pick.team_clock, pick.rep_pass
             rep_updates[pick.rep.pk] = pick.rep
             d.status, d.rep, d.team, d.method = Status.ASSIGNED, pick.rep, team, team.method
+            c = by_rep[pick.rep.pk]
+            d.absences = c.absences
             if with_capacity:
-                c = next(c for c in candidates if c.rep is pick.rep)
                 c.open_count += 1
                 c.today_count += 1
                 c.skipped = engine.capacity_reason(c.rep, open_count=c.open_count, today_count=c.today_count)
@@ -809,16 +968,28 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             if key not in deadlines:
                 deadlines[key] = _sla_for(d, now)
             policy, due = deadlines[key]
-        rows.append(Assignment(
-            lead=lead, status=d.status, rep_id=d.rep.pk if d.rep else None, team=d.team, rule_set=rule_set, rule_set_version=rule_set.version,
-            rule=d.rule, rule_name=d.rule.name if d.rule else "", method=d.method, trigger=trigger,
-            reason=(reason or trigger)[:255], explanation=d.explanation(),
-            actor=actor if getattr(actor, "is_authenticated", False) else None, created_at=now,
-            assigned_at=now if d.status == Status.ASSIGNED else None, sla_policy=policy, sla_due_at=due,
-        ))
+        rows.append({
+            "lead_id": lead.pk, "status": d.status, "is_current": True, "rep_id": d.rep.pk if d.rep else None,
+            "team_id": d.team.pk if d.team else None, "rule_set_id": rule_set.pk, "rule_set_version": rule_set.version,
+            "rule_id": d.rule.pk if d.rule else None, "rule_name": d.rule.name if d.rule else "", "method": d.method,
+            "trigger": trigger, "reason": (reason or trigger)[:255], "explanation": d.explanation(),
+            "actor_id": actor.pk if getattr(actor, "is_authenticated", False) else None, "created_at": now,
+            "assigned_at": now if d.status == Status.ASSIGNED else None, "ended_at": None, "end_reason": "",
+            "sla_policy_id": policy.pk if policy else None, "sla_due_at": due, "first_touch_at": None,
+            "first_touch_source": "", "escalation_level": 0,
+        })
         counts[d.status] += 1
-    Assignment.objects.bulk_create(rows, batch_size=1000)
+    assignments_insert(rows)
+    # Owners: leads whose owner changes go one by one through lead_set_owner
+    # (owner_set); those whose rep has no Django user but a CRM owner id
+    # only need the CRM told: one hooks call for the batch.
+    crm_only = []
     for lead, d in decisions:
-        if d.rep is not None and d.rep.user_id:
-            lead_set_owner(lead=lead, owner=d.rep.user_id, reason=f"routing: {reason or trigger}"[:255], source="routing", actor=actor)
+        if d.status != Status.ASSIGNED or d.rep is None:
+            continue
+        if lead.owner_id != d.rep.user_id:
+            owner_set(lead=lead, rep=d.rep, reason=reason or trigger, actor=actor)
+        elif d.rep.hubspot_owner_id or d.rep.salesforce_user_id:
+            crm_only.append(lead.pk)
+    hooks.leads_changed(ids=crm_only, fields=["owner"], source="routing")
     return counts

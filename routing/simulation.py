@@ -2,10 +2,11 @@
 
 Leads are matched to rules in memory (the same ``rule_match`` the live
 route uses); within a team the rep is chosen by the team's method on an
-in-memory copy of its fair queue. Availability is taken as it is *now*
-(inactive, out of office, hours, holidays) and capacity is not simulated:
-historical leads arrived at other times, so this answers "how would the
-rules split these leads", not "who would have been at their desk".
+in-memory copy of its fair queue; account-owner rules look the account up
+as the live route does (``account_match``, reads only). Availability is taken as it is *now* for
+what lasts (inactive, out of office); working hours, holidays and capacity
+are not simulated: the leads arrived at other times, so this answers "how
+would the rules split these leads", not "who would have been at their desk".
 """
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from django.utils import timezone
 from martech.models import Lead
 from routing import engine
 from routing.models import OutOfOffice, Rep, Rule, RuleSet, Team
-from routing.services import rule_match, rules_of
+from routing.services import account_match, rule_match, rules_of
 
 
 def leads_for_simulation(*, days: int | None = 30, segment=None) -> QuerySet[Lead]:
+    """The leads of a segment (its members now), else those created in the
+    last ``days`` days."""
     if segment is not None:
-        from martech.scoring.selectors import segment_members  # issue 4; only when it has landed
+        from martech.scoring.selectors import segment_members
 
         return segment_members(segment).select_related("account")
     since = timezone.now() - timedelta(days=days or 30)
@@ -33,8 +36,10 @@ def leads_for_simulation(*, days: int | None = 30, segment=None) -> QuerySet[Lea
 
 
 class _Run:
-    def __init__(self, rule_set: RuleSet, now: datetime, teams: dict[int, Team], reps: dict[int, list[Rep]], away: set[int]):
+    def __init__(self, rule_set: RuleSet, now: datetime, teams: dict[int, Team], reps: dict[int, list[Rep]], away: set[int],
+                 by_id: dict[int, Rep]):
         self.rule_set = rule_set
+        self.by_id = by_id
         self.rules = rules_of(rule_set)
         self.now = now
         self.teams = {pk: copy.copy(t) for pk, t in teams.items()}
@@ -59,16 +64,34 @@ class _Run:
             team.rr_clock, pick.rep.rr_pass = pick.team_clock, pick.rep_pass
         return pick.rep
 
-    def route(self, lead: Lead) -> None:
+    def _direct(self, rep: Rep | None) -> Rep | None:
+        """``rep`` if available now, else their backup if available."""
+        rep = self.by_id.get(rep.pk) if rep is not None else None  # as loaded now, not as cached with the rules
+        for who in (rep, self.by_id.get(rep.backup_id) if rep is not None and rep.backup_id else None):
+            if who is not None and who.is_active and who.pk not in self.away:
+                return who
+        return None
+
+    def route(self, lead: Lead, account_owner: Rep | None) -> None:
         rule = rule_match(self.rules, lead, now=self.now)
         rule_name = rule.name if rule else "(fallback)"
         team_id, rep, status = None, None, "waiting"
+        direct = None
+        if rule is not None and rule.action == Rule.Action.REP:
+            direct = self._direct(rule.rep)
+        elif rule is not None and rule.action == Rule.Action.ACCOUNT_OWNER:
+            direct = self._direct(account_owner)
         if rule is not None and rule.action == Rule.Action.NURTURE:
             status = "nurture"
-        elif rule is not None and rule.action == Rule.Action.REP and rule.rep.is_active and rule.rep_id not in self.away:
-            rep, team_id, status = rule.rep, rule.rep.team_id, "assigned"
+        elif direct is not None:
+            rep, team_id, status = direct, direct.team_id, "assigned"
         else:
-            team_id = (rule.team_id if rule else None) or self.rule_set.fallback_team_id
+            owner_team = account_owner.team_id if account_owner is not None else None
+            rule_team = None
+            if rule is not None:
+                rule_team = rule.team_id or (rule.rep.team_id if rule.action == Rule.Action.REP else None) or \
+                    (owner_team if rule.action == Rule.Action.ACCOUNT_OWNER else None)
+            team_id = rule_team or self.rule_set.fallback_team_id
             rep = self._pick(team_id)
             if rep is None and team_id != self.rule_set.fallback_team_id:
                 team_id = self.rule_set.fallback_team_id
@@ -96,17 +119,26 @@ def rule_set_simulate(*, rule_set: RuleSet, leads: QuerySet[Lead], compare_to: R
     now = timezone.now()
     teams = {t.pk: t for t in Team.objects.all()}
     reps: dict[int, list[Rep]] = {}
-    for rep in Rep.objects.filter(team__isnull=False).order_by("id"):
-        reps.setdefault(rep.team_id, []).append(rep)
+    all_reps = list(Rep.objects.order_by("id"))
+    for rep in all_reps:
+        if rep.team_id is not None:
+            reps.setdefault(rep.team_id, []).append(rep)
+    by_id = {rep.pk: rep for rep in all_reps}
+    by_user = {rep.user_id: rep for rep in all_reps if rep.user_id}
     away = set(OutOfOffice.objects.filter(starts_at__lte=now, ends_at__gt=now).values_list("rep_id", flat=True))
-    runs = [_Run(rule_set, now, teams, reps, away)]
+    runs = [_Run(rule_set, now, teams, reps, away, by_id)]
     if compare_to is not None and compare_to.pk != rule_set.pk:
-        runs.append(_Run(compare_to, now, teams, reps, away))
+        runs.append(_Run(compare_to, now, teams, reps, away, by_id))
+    owner_rules = any(r.action == Rule.Action.ACCOUNT_OWNER for run in runs for r in run.rules)
     count = 0
     for lead in leads.order_by("created_at", "id")[:limit].iterator(chunk_size=2000):
         count += 1
+        owner = None
+        if owner_rules:  # one account look-up per lead, shared by both runs
+            account, _ = account_match(lead)
+            owner = by_user.get(account.owner_id) if account is not None and account.owner_id else None
         for run in runs:
-            run.route(lead)
+            run.route(lead, owner)
     result: dict[str, Any] = {"leads": count, "draft": runs[0].summary(), "published": None, "changed": None}
     if len(runs) == 2:
         a, b = runs[0].outcomes, runs[1].outcomes

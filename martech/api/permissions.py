@@ -4,6 +4,8 @@ API clients are checked against scopes the view declares in
 ``required_scopes`` ({"read": "leads:read", "write": "leads:write"}); staff
 users on a session are checked against Django model permissions (view for
 reads, add/change/delete for writes), so the admin roles apply to the API too.
+A view lists in ``read_actions`` the POST actions that only read (a preview
+takes a body but writes nothing): those are checked as reads.
 """
 from __future__ import annotations
 
@@ -22,9 +24,13 @@ _PERM_FOR_METHOD = {
 }
 
 
+def _reads_only(view, method: str) -> bool:
+    return method in permissions.SAFE_METHODS or getattr(view, "action", None) in getattr(view, "read_actions", ())
+
+
 def required_scope(view, method: str) -> str | None:
     scopes = getattr(view, "required_scopes", None) or {}
-    return scopes.get("read" if method in permissions.SAFE_METHODS else "write")
+    return scopes.get("read" if _reads_only(view, method) else "write")
 
 
 class ScopedOrModelPermission(permissions.BasePermission):
@@ -44,7 +50,7 @@ class ScopedOrModelPermission(permissions.BasePermission):
         model = getattr(view, "permission_model", None) or (queryset.model if queryset is not None else None)
         if model is None:
             return user.is_superuser
-        actions = [_PERM_FOR_METHOD.get(request.method, "change")]
+        actions = ["view"] if _reads_only(view, request.method) else [_PERM_FOR_METHOD.get(request.method, "change")]
         # An upsert may create or change, so it needs both.
         if request.method == "POST" and getattr(view, "action", None) == "upsert":
             actions = ["add", "change"]

@@ -125,10 +125,20 @@ class AssignmentInline(ReadOnlyMixin, admin.StackedInline):
         return explanation_html(obj)
 
 
+MAX_ROUTE_ACTION = 1000
+
+
 @admin.action(description="Route (or reroute) with the live rules", permissions=["route"])
 def route_leads(modeladmin, request, queryset):
     done = 0
-    for lead_id in queryset.values_list("id", flat=True)[:1000]:
+    ids = list(queryset.order_by("pk").values_list("id", flat=True)[:MAX_ROUTE_ACTION + 1])
+    if len(ids) > MAX_ROUTE_ACTION:
+        # Each lead is its own routed transaction: refuse a huge selection
+        # outright rather than route part of it.
+        modeladmin.message_user(request, f"Select at most {MAX_ROUTE_ACTION} leads to route at once; nothing was routed.",
+                                messages.ERROR)
+        return
+    for lead_id in ids:
         try:
             services.lead_route(lead_id=lead_id, trigger=Assignment.Trigger.ADMIN, reason="admin action",
                                 actor=request.user, reroute=True)

@@ -15,6 +15,7 @@ from django.utils.html import format_html
 
 from martech.admin.base import BaseAdmin, ServiceSaveMixin, validation_messages
 from martech.models import Lead
+from martech.scoring.models import Segment
 from routing import services
 from routing.models import Rule, RuleSet
 from routing.simulation import leads_for_simulation, rule_set_simulate
@@ -59,7 +60,19 @@ class RuleInline(admin.TabularInline):
 
 
 class SimulateForm(forms.Form):
-    days = forms.IntegerField(min_value=1, max_value=3650, initial=30, help_text="Leads created in the last N days.")
+    segment = forms.ModelChoiceField(queryset=Segment.objects.all(), required=False,
+                                     help_text="The segment's leads now; empty = the last N days.")
+    days = forms.IntegerField(min_value=1, max_value=3650, initial=30, required=False,
+                              help_text="Leads created in the last N days (when no segment is chosen).")
+
+    def clean(self):
+        data = super().clean()
+        if not self.errors and data.get("segment") is None and not data.get("days"):
+            raise ValidationError({"days": "Give a number of days or choose a segment."})
+        return data
+
+    def leads(self):
+        return leads_for_simulation(days=self.cleaned_data.get("days"), segment=self.cleaned_data.get("segment"))
 
 
 @admin.register(RuleSet)
@@ -165,7 +178,7 @@ class RuleSetAdmin(ServiceSaveMixin, BaseAdmin):
         form = SimulateForm(request.GET or None)
         result = None
         if form.is_valid():
-            result = rule_set_simulate(rule_set=rule_set, leads=leads_for_simulation(days=form.cleaned_data["days"]))
+            result = rule_set_simulate(rule_set=rule_set, leads=form.leads())
         rows = []
         if result:
             teams = sorted(set(result["draft"]["by_team"]) | set((result["published"] or {}).get("by_team", {})))

@@ -5,7 +5,9 @@ Configuration CRUD (reps, teams, territories, rule sets) saves through
 assigns through ``lead_route``; ``preview`` calls ``lead_preview`` and
 writes nothing. API clients need ``routing:read`` / ``routing:write``; staff
 sessions need the routing model permissions (Sales Ops edit, Marketing Ops
-read).
+and Analysts read). ``preview`` is a POST that only reads, so it needs what a
+read needs (``routing:read``, the view permission): whoever may see
+assignments may ask what one would be.
 """
 from __future__ import annotations
 
@@ -167,6 +169,7 @@ class RuleSetViewSet(ApiViewSet):
 class RoutingViewSet(ApiViewSet):
     queryset = Assignment.objects.all()  # the model whose permissions staff sessions need
     required_scopes = SCOPES
+    read_actions = ("preview",)  # see martech.api.permissions
     pagination_class = None
 
     @extend_schema(
@@ -187,6 +190,7 @@ class RoutingViewSet(ApiViewSet):
 
     @extend_schema(
         summary="Preview: the decision and explanation for a lead now; writes nothing",
+        description="Needs only read access (scope `routing:read`, or the routing view permission on a staff session).",
         request=s.LeadIdSerializer, responses={200: s.ExplanationSerializer, **WRITE_ERRORS},
     )
     @action(detail=False, methods=["post"])

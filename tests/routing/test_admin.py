@@ -112,3 +112,31 @@ def test_sla_report_page(client, marketing_ops):
     page = client.get(reverse("admin:routing_sla_report"), {"days": 7}).content.decode()
     assert "<td>Inbound</td><td>1</td><td>1</td><td>0</td><td>0</td><td>100%</td>" in page
     assert "<td>Ann</td><td>1</td><td>1</td>" in page
+
+
+def test_lead_admin_route_action(client, sales_ops, marketing_ops, monkeypatch):
+    """The admin-action trigger: Sales Ops route selected leads (stored with
+    trigger admin and the actor); Marketing Ops have no such action; a
+    selection over the limit is refused whole, not routed in part."""
+    from routing.admin import assignments
+
+    team = TeamFactory()
+    RepFactory(team=team, name="A")
+    services.rule_set_publish(rule_set=RuleSetFactory(fallback_team=team))
+    leads = [LeadFactory(), LeadFactory()]
+    url = reverse("admin:martech_lead_changelist")
+    post = {"action": "route_leads", "_selected_action": [l.pk for l in leads]}
+    client.force_login(marketing_ops)
+    assert "route_leads" not in client.get(url).content.decode()
+    client.post(url, post)
+    assert not Assignment.objects.exists()
+    client.force_login(sales_ops)
+    monkeypatch.setattr(assignments, "MAX_ROUTE_ACTION", 1)
+    page = client.post(url, post, follow=True).content.decode()
+    assert "Select at most 1 leads to route at once; nothing was routed." in page
+    assert not Assignment.objects.exists()
+    monkeypatch.setattr(assignments, "MAX_ROUTE_ACTION", 1000)
+    page = client.post(url, post, follow=True).content.decode()
+    assert "2 lead(s) routed." in page
+    rows = Assignment.objects.filter(lead__in=leads)
+    assert rows.count() == 2 and {(a.trigger, a.actor_id) for a in rows} == {("admin", sales_ops.pk)}

@@ -5,7 +5,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from routing.models import Assignment, Rep, RuleSet, Team
-from tests.factories import LeadFactory
+from routing import services
+from tests.factories import LeadFactory, UserFactory
 from tests.martech.api_support import *  # noqa: F403
 from tests.routing.factories import RepFactory, RuleSetFactory, TeamFactory
 
@@ -94,3 +95,56 @@ def test_roles_sales_ops_edit_marketing_ops_read(sales_ops, marketing_ops):
     assert mops.get(f"{BASE}/teams").status_code == 200
     assert mops.post(f"{BASE}/teams", {"name": "Nope"}, format="json").status_code == 403
     assert mops.post(f"{BASE}/route", {"lead_id": LeadFactory().pk}, format="json").status_code == 403
+
+
+@pytest.fixture
+def live_team():
+    team = TeamFactory(name="Inbound")
+    RepFactory(team=team, name="Ivy")
+    services.rule_set_publish(rule_set=RuleSetFactory(fallback_team=team))
+    return team
+
+
+def test_preview_needs_read_access_only_route_needs_write(token_api, live_team):
+    """Preview writes nothing, so the read scope is enough; route assigns,
+    so it needs the write scope. A client without routing scopes gets neither."""
+    lead = LeadFactory()
+    reader = token_api("routing:read")
+    preview = reader.post(f"{BASE}/preview", {"lead_id": lead.pk}, format="json")
+    assert preview.status_code == 200 and preview.json()["result"]["rep"] == "Ivy"
+    denied = reader.post(f"{BASE}/route", {"lead_id": lead.pk}, format="json")
+    assert denied.status_code == 403 and "routing:write" in denied.json()["error"]["message"]
+    other = token_api("leads:read", "leads:write").post(f"{BASE}/preview", {"lead_id": lead.pk}, format="json")
+    assert other.status_code == 403 and "routing:read" in other.json()["error"]["message"]
+    # Bad input still gets a clear error naming the field.
+    bad = reader.post(f"{BASE}/preview", {"lead_id": "x"}, format="json")
+    assert bad.status_code == 400 and "lead_id" in bad.json()["error"]["fields"]
+    assert not Assignment.objects.exists()
+    writer = token_api("routing:read", "routing:write")
+    assert writer.post(f"{BASE}/route", {"lead_id": lead.pk}, format="json").status_code == 201
+
+
+@pytest.mark.parametrize("role,can_route", [("sales_ops", True), ("marketing_ops", False), ("analyst", False)])
+def test_preview_by_role(request, live_team, role, can_route):
+    """README roles: Sales Ops edit routing; Marketing Ops and Analysts read
+    it, and previewing is reading."""
+    api = APIClient()
+    api.force_authenticate(request.getfixturevalue(role))
+    lead = LeadFactory()
+    preview = api.post(f"{BASE}/preview", {"lead_id": lead.pk}, format="json")
+    assert preview.status_code == 200 and preview.json()["result"]["status"] == "assigned"
+    assert not Assignment.objects.exists()
+    routed = api.post(f"{BASE}/route", {"lead_id": lead.pk}, format="json")
+    assert routed.status_code == (201 if can_route else 403)
+    assert Assignment.objects.filter(lead=lead).exists() is can_route
+
+
+def test_preview_refused_without_a_routing_role(live_team, marketing_ops):
+    api = APIClient()
+    api.force_authenticate(UserFactory(username="plain-staff"))  # staff, no group
+    assert api.post(f"{BASE}/preview", {"lead_id": LeadFactory().pk}, format="json").status_code == 403
+    # Read actions are only those listed: publishing a draft is still a write.
+    draft = RuleSetFactory(fallback_team=live_team)
+    mops = APIClient()
+    mops.force_authenticate(marketing_ops)
+    assert mops.post(f"{BASE}/rule-sets/{draft.pk}/publish").status_code == 403

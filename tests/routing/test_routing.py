@@ -250,7 +250,9 @@ def test_owner_push_runs_the_lead_hooks():
     assert lead.owner == user
 
 
-def test_rep_without_user_leaves_owner_alone():
+def test_rep_without_user_clears_a_stale_owner():
+    """The lead is no longer the old owner's: a rep with no Django user
+    leaves Lead.owner empty (the CRM gets the rep's CRM id, test_crm_owner)."""
     team = TeamFactory()
     RepFactory(team=team)
     published(fallback=team)
@@ -258,7 +260,7 @@ def test_rep_without_user_leaves_owner_alone():
     lead = LeadFactory(owner=other)
     route(lead, now=NOW)
     lead.refresh_from_db()
-    assert lead.owner == other
+    assert lead.owner is None
 
 
 def test_no_published_rule_set_is_a_clear_error():
@@ -331,3 +333,20 @@ def test_rule_conditions_use_the_shared_language():
     # The same rule compiled to SQL counts the same leads as matched in memory.
     rule = Rule.objects.get(name="Hot US")
     assert list(Lead.objects.filter(services.rule_lead_q(rule)).values_list("pk", flat=True)) == [a.lead_id]
+
+
+def test_stage_change_trigger_routes_an_unassigned_lead(django_capture_on_commit_callbacks, settings):
+    """A lead entering a ROUTE_ON_STAGES stage (the lifecycle signal) is routed."""
+    from martech.services.leads import lead_change_stage
+
+    settings.MARTECH_ROUTING = {**settings.MARTECH_ROUTING, "ROUTE_NEW_LEADS": False, "ROUTE_ON_STAGES": ["mql"]}
+    team = TeamFactory()
+    rep = RepFactory(team=team)
+    published(fallback=team)
+    with django_capture_on_commit_callbacks(execute=True):
+        lead = LeadFactory()
+    assert not Assignment.objects.filter(lead=lead).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        lead_change_stage(lead=lead, to_stage="mql", reason="score crossed 50")
+    a = Assignment.objects.get(lead=lead, is_current=True)
+    assert a.rep == rep and a.trigger == Assignment.Trigger.STAGE and a.reason == "stage changed to mql"

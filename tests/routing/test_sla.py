@@ -145,3 +145,49 @@ def test_sla_report_per_team_and_rep(setup):
     assert team["assigned"] == 4 and team["within_sla"] == 2 and team["breached"] == 2
     early = sla_report(since=MON_10 - timedelta(days=1), until=MON_10 + timedelta(days=1), now=MON_10 + timedelta(hours=1))
     assert {r["name"]: r["open"] for r in early["reps"]} == {"Quick": 0, "Slow": 1}
+
+
+def test_sla_deadlines_skip_the_reps_out_of_office_periods(setup, django_capture_on_commit_callbacks):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from routing.models import OutOfOffice
+
+    slow, quick = setup
+    # Slow is at their desk at 10:00 but away 11-13 and 14:30-16:00 (UTC, their zone) later that Monday.
+    OutOfOffice.objects.create(rep=slow, starts_at=MON_10 + timedelta(hours=1), ends_at=MON_10 + timedelta(hours=3))
+    OutOfOffice.objects.create(rep=slow, starts_at=MON_10 + timedelta(hours=4, minutes=30), ends_at=MON_10 + timedelta(hours=6))
+    lead = LeadFactory()
+    with CaptureQueriesContext(connection) as ctx:
+        a, _ = services.lead_route(lead_id=lead.pk, trigger="api", now=MON_10)
+    assert a.rep == slow
+    # 10-11 (1 h), away 11-13, 13-14 (1 h).
+    assert a.sla_due_at == MON_10 + timedelta(hours=4)
+    # The absences that decide availability also give the deadline: one read.
+    assert sum('"routing_outofoffice"' in q["sql"] for q in ctx.captured_queries) == 1
+
+    def run(at):
+        with django_capture_on_commit_callbacks(execute=True):
+            return services.sla_escalate(now=at)
+
+    assert run(MON_10 + timedelta(hours=4)) == {"reminded": 1}
+    # Manager after 1 more business hour: 14:00-14:30, away until 16:00, 16:00-16:30.
+    assert run(MON_10 + timedelta(hours=6)) == {}
+    assert run(MON_10 + timedelta(hours=6, minutes=30)) == {"manager_notified": 1}
+
+
+def test_batch_route_sla_deadline_skips_absences_and_holidays(setup):
+    from routing.models import OutOfOffice
+
+    slow, quick = setup
+    quick.is_active = False
+    quick.save()
+    slow.holidays = ["2026-03-03"]  # Tuesday
+    slow.save()
+    OutOfOffice.objects.create(rep=slow, starts_at=MON_10 + timedelta(hours=6), ends_at=MON_10 + timedelta(days=2, hours=1))
+    lead = LeadFactory()
+    counts = services.leads_route_batch(lead_ids=[lead.pk], trigger="api", now=MON_10 + timedelta(hours=5))
+    assert counts["assigned"] == 1
+    a = Assignment.objects.get(lead=lead)
+    # Monday 15:00-16:00 (1 h), away until Wednesday 11:00 (Tuesday a holiday anyway), then 1 h -> Wednesday 12:00.
+    assert a.rep == slow and a.sla_due_at == datetime(2026, 3, 4, 12, tzinfo=dt_tz.utc)
