@@ -5,8 +5,9 @@
 (services' module docstring):
 
 - fit: each fit rule's condition compiled to a Q (the same ``to_q`` segments
-  use) becomes a boolean column of one scan of the leads in the range; the
-  matched rules become breakdown rows through a LATERAL VALUES list;
+  use) becomes a boolean column of one scan of the leads in the range (which
+  also reads their current scores); fit points, breakdown entries and rule
+  ids are CASE sums / concatenations over those columns;
 - engagement, per rule: the events of its type in the range, filtered by the
   rule's property condition (``to_q`` on the event's properties), then
   * distinct values: ROW_NUMBER() over (lead, value) in (time, id) order,
@@ -30,6 +31,7 @@ computed from newer events and wins; its task already ran.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from django.db import connection
 from django.db.models import BooleanField, Case, Value, When
@@ -46,21 +48,24 @@ def _sql(qs) -> tuple[str, list]:
     return sql, list(params)
 
 
-def _fit_parts(rules, lo: int, hi: int, now: dt.datetime) -> tuple[str, list]:
-    if not rules.fit:
-        return "", []
+def _lead_scan(rules, lo: int, hi: int, now: dt.datetime) -> tuple[str, list, list[str], list[str], list]:
+    """One scan of the leads in the range: current scores and one boolean
+    column per fit rule. Returns the SQL and params, plus SQL expressions
+    (over alias ``s``) for fit points, fit breakdown entries and fit rule ids."""
     ann = {f"f{i}": Case(When(cond.to_q(now=now), then=Value(True)), default=Value(False),
                          output_field=BooleanField())
            for i, (_, cond) in enumerate(rules.fit)}
-    scan, params = _sql(Lead.objects.filter(pk__gte=lo, pk__lte=hi).order_by().annotate(**ann).values("pk", *ann))
-    values, vparams = [], []
+    qs = (Lead.objects.filter(pk__gte=lo, pk__lte=hi).order_by().annotate(**ann)
+          .values("pk", "fit_score", "engagement_score", "total_score", *ann))
+    scan, params = _sql(qs)
+    points, entries, ids, eparams = [], [], [], []
     for i, (rule, _) in enumerate(rules.fit):
-        values.append(f"(s.f{i}, %s::int, %s::text, %s::float8)")
-        vparams += [rule.pk, rule.name, rule.points]
-    sql = (f"SELECT s.pk AS lead_id, 'fit'::text AS kind, v.rule_id, v.rule, v.points, 0::bigint AS events, "
-           f"NULL::timestamptz AS last_at FROM ({scan}) s "
-           f"CROSS JOIN LATERAL (VALUES {', '.join(values)}) v(m, rule_id, rule, points) WHERE v.m")
-    return sql, params + vparams
+        points.append(f"CASE WHEN s.f{i} THEN {int(rule.points)} ELSE 0 END")
+        entries.append(f"CASE WHEN s.f{i} THEN %s::jsonb ELSE '[]'::jsonb END")
+        eparams.append(json.dumps([{"kind": "fit", "rule_id": rule.pk, "rule": rule.name, "points": int(rule.points),
+                                    "events": 0, "last_at": None}]))
+        ids.append(f"CASE WHEN s.f{i} THEN ARRAY[{int(rule.pk)}] ELSE '{{}}'::int[] END")
+    return scan, params, points, entries, ids, eparams
 
 
 def _engagement_parts(rule: EngagementRule, cond, half_life, lo: int, hi: int, now: dt.datetime
@@ -107,60 +112,58 @@ def _engagement_parts(rule: EngagementRule, cond, half_life, lo: int, hi: int, n
 def recompute_range(*, lo: int, hi: int, rules, now: dt.datetime, reason: str) -> list[tuple[int, int, int]]:
     """Recompute leads with ``lo <= id <= hi``; returns (lead id, old total,
     new total) of each lead that got a history row."""
-    parts, params = [], []
-    sql, p = _fit_parts(rules, lo, hi, now)
-    if sql:
-        parts.append(sql)
-        params += p
+    scan, params, fit_points, fit_entries, fit_ids, fit_params = _lead_scan(rules, lo, hi, now)
+    parts, eparams = [], []
     for rule, cond in rules.engagement:
         sql, p = _engagement_parts(rule, cond, rules.model.half_life_days, lo, hi, now)
         if sql:
             parts.append(sql)
-            params += p
+            eparams += p
     if not parts:
         parts.append("SELECT NULL::int AS lead_id, NULL::text AS kind, NULL::int AS rule_id, NULL::text AS rule, "
                      "NULL::float8 AS points, NULL::bigint AS events, NULL::timestamptz AS last_at WHERE false")
     lead_t = connection.ops.quote_name(Lead._meta.db_table)
     hist_t = connection.ops.quote_name(ScoreHistory._meta.db_table)
     union = " UNION ALL ".join(f"({p})" for p in parts)
+    fit = " + ".join(fit_points) or "0"
+    breakdown = " || ".join([*fit_entries, "COALESCE(e.breakdown, '[]'::jsonb)"])
+    rule_ids = " || ".join([*fit_ids, "COALESCE(e.rule_ids, '{}'::int[])"])
     sql = f"""
-WITH parts AS ({union}),
-agg AS (
-    SELECT lead_id,
-           COALESCE(SUM(points) FILTER (WHERE kind = 'fit'), 0)::int AS fit,
-           COALESCE(round(SUM(points) FILTER (WHERE kind = 'engagement')), 0)::int AS eng,
+WITH s AS ({scan}),
+eparts AS ({union}),
+eagg AS (
+    SELECT lead_id, round(SUM(points))::int AS eng,
            jsonb_agg(jsonb_build_object(
-               'kind', kind, 'rule_id', rule_id, 'rule', rule,
-               'points', CASE WHEN kind = 'fit' THEN to_jsonb(points::int) ELSE to_jsonb(round(points::numeric, 2)) END,
-               'events', events, 'last_at', last_at) ORDER BY kind <> 'fit', rule_id) AS breakdown,
-           array_agg(rule_id ORDER BY rule_id) AS rule_ids
-    FROM parts GROUP BY lead_id
+               'kind', kind, 'rule_id', rule_id, 'rule', rule, 'points', to_jsonb(round(points::numeric, 2)),
+               'events', events, 'last_at', last_at) ORDER BY rule_id) AS breakdown,
+           array_agg(rule_id) AS rule_ids
+    FROM eparts GROUP BY lead_id
 ),
 prev AS (
-    SELECT DISTINCT ON (lead_id) lead_id, breakdown FROM {hist_t}
+    SELECT DISTINCT ON (lead_id) lead_id,
+           ARRAY(SELECT (x ->> 'rule_id')::int FROM jsonb_array_elements(
+               CASE WHEN jsonb_typeof(breakdown) = 'array' THEN breakdown ELSE '[]'::jsonb END) x) AS rule_ids
+    FROM {hist_t}
     WHERE lead_id BETWEEN %s AND %s ORDER BY lead_id, changed_at DESC, id DESC
 ),
+calc AS (
+    SELECT s.pk AS id, s.fit_score AS old_fit, s.engagement_score AS old_eng, s.total_score AS old_total,
+           ({fit})::int AS fit, COALESCE(e.eng, 0) AS eng, {breakdown} AS breakdown, {rule_ids} AS rule_ids,
+           COALESCE(p.rule_ids, '{{}}'::int[]) AS prev_ids
+    FROM s LEFT JOIN eagg e ON e.lead_id = s.pk LEFT JOIN prev p ON p.lead_id = s.pk
+),
 changed AS (
-    SELECT l.id, l.fit_score AS old_fit, l.engagement_score AS old_eng, l.total_score AS old_total,
-           COALESCE(a.fit, 0) AS fit, COALESCE(a.eng, 0) AS eng, COALESCE(a.breakdown, '[]'::jsonb) AS breakdown
-    FROM {lead_t} l
-    LEFT JOIN agg a ON a.lead_id = l.id
-    LEFT JOIN prev p ON p.lead_id = l.id
-    WHERE l.id BETWEEN %s AND %s
-      AND ((COALESCE(a.fit, 0), COALESCE(a.eng, 0), COALESCE(a.fit, 0) + COALESCE(a.eng, 0))
-               IS DISTINCT FROM (l.fit_score, l.engagement_score, l.total_score)
-           OR COALESCE(a.rule_ids, '{{}}'::int[]) IS DISTINCT FROM (
-               CASE WHEN p.breakdown IS NULL THEN '{{}}'::int[] ELSE ARRAY(
-                   SELECT (x ->> 'rule_id')::int FROM jsonb_array_elements(
-                       CASE WHEN jsonb_typeof(p.breakdown) = 'array' THEN p.breakdown ELSE '[]'::jsonb END) x
-                   ORDER BY 1) END))
+    -- Totals moved, or other rules give them (a set comparison: no rule twice).
+    SELECT * FROM calc
+    WHERE (fit, eng, fit + eng) IS DISTINCT FROM (old_fit, old_eng, old_total)
+       OR NOT (rule_ids <@ prev_ids AND rule_ids @> prev_ids)
 ),
 upd AS (
     UPDATE {lead_t} l SET fit_score = c.fit, engagement_score = c.eng, total_score = c.fit + c.eng,
                           updated_at = %s
     FROM changed c
-    WHERE l.id = c.id AND l.fit_score = c.old_fit AND l.engagement_score = c.old_eng
-      AND l.total_score = c.old_total
+    WHERE l.id BETWEEN %s AND %s AND l.id = c.id AND l.fit_score = c.old_fit
+      AND l.engagement_score = c.old_eng AND l.total_score = c.old_total
     RETURNING l.id
 ),
 hist AS (
@@ -171,7 +174,12 @@ hist AS (
 )
 SELECT c.id, c.old_total, c.fit + c.eng FROM changed c JOIN upd u ON u.id = c.id ORDER BY c.id
 """
-    params += [lo, hi, lo, hi, now, now, reason[:100]]
+    # Parameters in the order their placeholders appear in the text.
+    all_params = [*params, *eparams, lo, hi, *fit_params, now, lo, hi, now, reason[:100]]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        # The range bound on the UPDATE keeps it on the primary key (without
+        # it the planner hashes the whole lead table for every chunk). JIT
+        # compiling this statement costs more than it saves at this size.
+        cursor.execute("SET LOCAL jit = off")
+        cursor.execute(sql, all_params)
         return [tuple(r) for r in cursor.fetchall()]

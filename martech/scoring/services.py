@@ -301,12 +301,13 @@ def _last_breakdown():
 
 @transaction.atomic
 def scores_recompute(*, lead_ids: Iterable[int], reason: str, now: dt.datetime | None = None,
-                     rules: _Rules | None = None) -> int:
+                     rules: _Rules | None = None, batch_signal: bool = False) -> int:
     """Recompute and store the scores of these leads (the in-memory path:
     events, tasks, a batch on SQLite). A lead whose totals or whose set of
     scoring rules changed gets a ScoreHistory row carrying the per-rule
     breakdown; ``score_changed`` is announced after commit when the total
-    moved. Idempotent: a second run with nothing new changes nothing.
+    moved (``scores_changed`` once instead, with ``batch_signal``: the bulk
+    path). Idempotent: a second run with nothing new changes nothing.
     Returns the number of leads with a new history row."""
     ids = sorted(set(lead_ids))
     if not ids:
@@ -359,12 +360,15 @@ def scores_recompute(*, lead_ids: Iterable[int], reason: str, now: dt.datetime |
         ScoreHistory.objects.bulk_create(history, batch_size=1000)
         hooks.leads_changed(ids=[row[0] for row in changed],
                             fields=["fit_score", "engagement_score", "total_score"], source="scoring")
-    _announce(announce)
+    _announce(announce, batch=batch_signal)
     return len(changed)
 
 
-def _announce(announce: list[tuple[int, int, int]]) -> None:
+def _announce(announce: list[tuple[int, int, int]], *, batch: bool) -> None:
     def _send():
+        if batch:
+            signals.scores_changed.send(sender=Lead, changes=announce)
+            return
         for pk, old, new in announce:
             signals.score_changed.send(sender=Lead, lead_id=pk, old_total=old, new_total=new)
 
@@ -376,6 +380,7 @@ def scores_recompute_all(*, batch_size: int = 50000, reason: str = "bulk recompu
                          now: dt.datetime | None = None, set_based: bool | None = None) -> int:
     """Every lead, in chunks of lead ids (each its own transaction).
     ``progress(n)`` is called after each chunk with the leads it covered.
+    Score moves are announced with ``scores_changed``, once per chunk.
 
     On PostgreSQL the work is set-based (martech.scoring.bulk: one statement
     per chunk computes fit, engagement, the breakdown and writes scores and
@@ -402,17 +407,23 @@ def scores_recompute_all(*, batch_size: int = 50000, reason: str = "bulk recompu
                 if rows:
                     hooks.leads_changed(ids=[r[0] for r in rows],
                                         fields=["fit_score", "engagement_score", "total_score"], source="scoring")
-                    _announce([r for r in rows if r[1] != r[2]])
+                    _announce([r for r in rows if r[1] != r[2]], batch=True)
             changed += len(rows)
             if progress:
                 progress(Lead.objects.filter(pk__gte=lo, pk__lte=hi).count())
+        if changed:
+            # The score columns' distribution just changed wholesale; without
+            # fresh statistics the planner took "total_score >= 10" for one
+            # row and nested-looped a segment count into 17 s (bench/README.md).
+            with connection.cursor() as cursor:
+                cursor.execute(f"ANALYZE {connection.ops.quote_name(Lead._meta.db_table)}")
         return changed
     last = 0
     while True:
         ids = list(Lead.objects.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:batch_size])
         if not ids:
             return changed
-        changed += scores_recompute(lead_ids=ids, reason=reason, now=now, rules=rules)
+        changed += scores_recompute(lead_ids=ids, reason=reason, now=now, rules=rules, batch_signal=True)
         last = ids[-1]
         if progress:
             progress(len(ids))

@@ -116,3 +116,45 @@ def test_set_based_path_is_postgresql_only_and_in_memory_forced_works(model):
         assert services.scores_recompute_all(now=NOW) == 1
     lead.refresh_from_db()
     assert lead.total_score == 10
+
+
+def test_bulk_announces_score_moves_once_per_chunk(model, django_capture_on_commit_callbacks):
+    from martech import signals
+
+    FitRule.objects.create(model=model, name="US", condition='country = "US"', points=10)
+    leads = [LeadFactory(country=c) for c in ("US", "US", "CA", "US")]
+    calls, single = [], []
+
+    def on_scores(sender, changes, **kw):
+        calls.append(sorted(changes))
+
+    def on_score(sender, **kw):
+        single.append(kw)
+
+    signals.scores_changed.connect(on_scores)
+    signals.score_changed.connect(on_score)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            services.scores_recompute_all(batch_size=1000, reason="bulk", now=NOW)
+    finally:
+        signals.scores_changed.disconnect(on_scores)
+        signals.score_changed.disconnect(on_score)
+    assert calls == [[(leads[0].pk, 0, 10), (leads[1].pk, 0, 10), (leads[3].pk, 0, 10)]]
+    assert single == []
+
+
+def test_nurture_score_trigger_enrolls_from_a_bulk_recompute(model, django_capture_on_commit_callbacks):
+    # Nurture's receiver of the batch signal: a lead crossing the workflow's
+    # threshold in a bulk recompute is enrolled, one below it is not.
+    from nurture.models import Enrollment, Workflow
+    from nurture.services import workflow_publish
+
+    FitRule.objects.create(model=model, name="US", condition='country = "US"', points=10)
+    wf = Workflow.objects.create(name="Hot leads", definition={"start": "end", "steps": {"end": {"type": "end"}}},
+                                 trigger="score", trigger_config={"threshold": 10})
+    workflow_publish(workflow=wf)
+    us, ca = LeadFactory(country="US"), LeadFactory(country="CA")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.scores_recompute_all(reason="bulk", now=NOW)
+    assert list(Enrollment.objects.values_list("lead_id", flat=True)) == [us.pk]
+    assert ca.pk not in Enrollment.objects.values_list("lead_id", flat=True)
