@@ -30,7 +30,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, JSONField, Max, Min, OuterRef, Subquery
+from django.db.models import JSONField, Max, Min, OuterRef, Subquery
 from django.utils import timezone
 
 from martech import hooks, signals
@@ -112,13 +112,19 @@ _cache: dict[str, tuple] = {}
 
 
 def _fingerprint() -> tuple | None:
-    return (
-        ScoringModel.objects.filter(is_active=True)
-        .annotate(fit_n=Count("fit_rules", distinct=True), fit_at=Max("fit_rules__updated_at"),
-                  eng_n=Count("engagement_rules", distinct=True), eng_at=Max("engagement_rules__updated_at"))
-        .values_list("pk", "updated_at", "fit_n", "fit_at", "eng_n", "eng_at")
-        .first()
-    )
+    # Plain SQL: this runs before every incremental rescoring, and building
+    # the same query through the ORM cost more CPU than running it.
+    q = connection.ops.quote_name
+    m, f, e = (q(x._meta.db_table) for x in (ScoringModel, FitRule, EngagementRule))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT m.id, m.updated_at, m.half_life_days, "
+            f"(SELECT COUNT(*) FROM {f} r WHERE r.model_id = m.id), (SELECT MAX(r.updated_at) FROM {f} r "
+            f"WHERE r.model_id = m.id), (SELECT COUNT(*) FROM {e} r WHERE r.model_id = m.id), "
+            f"(SELECT MAX(r.updated_at) FROM {e} r WHERE r.model_id = m.id) "
+            f"FROM {m} m WHERE m.is_active = %s ORDER BY m.id LIMIT 1", [True])
+        row = cursor.fetchone()
+    return tuple(row) if row else None
 
 
 def active_rules() -> _Rules:
@@ -219,6 +225,7 @@ def _engagement(rule: EngagementRule, cond: Condition | None, events: list[tuple
 
 
 IN_MEMORY_MAX = 50
+IDS_PER_STATEMENT = 1000
 
 
 def _compute(leads: list, rules: _Rules, now: dt.datetime) -> dict[int, list[Contribution]]:
@@ -353,10 +360,17 @@ def scores_recompute(*, lead_ids: Iterable[int], reason: str, now: dt.datetime |
         groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
         for pk, fit, eng, total in changed:
             groups[(fit, eng, total)].append(pk)
-        for (fit, eng, total), pks in groups.items():
-            where = {"pk": pks[0]} if len(pks) == 1 else {"pk__in": pks}
-            Lead.objects.filter(**where).update(fit_score=fit, engagement_score=eng, total_score=total,
-                                                updated_at=now)
+        table = connection.ops.quote_name(Lead._meta.db_table)
+        at = connection.ops.adapt_datetimefield_value(now)
+        with connection.cursor() as cursor:
+            for (fit, eng, total), pks in groups.items():
+                # Plain SQL for the same reason as _fingerprint; at most 1,000
+                # ids a statement (SQLite's limit on parameters).
+                for i in range(0, len(pks), IDS_PER_STATEMENT):
+                    part = pks[i:i + IDS_PER_STATEMENT]
+                    cursor.execute(
+                        f"UPDATE {table} SET fit_score = %s, engagement_score = %s, total_score = %s, "
+                        f"updated_at = %s WHERE id IN ({', '.join(['%s'] * len(part))})", [fit, eng, total, at, *part])
         ScoreHistory.objects.bulk_create(history, batch_size=1000)
         hooks.leads_changed(ids=[row[0] for row in changed],
                             fields=["fit_score", "engagement_score", "total_score"], source="scoring")
@@ -419,6 +433,7 @@ def scores_recompute_all(*, batch_size: int = 50000, reason: str = "bulk recompu
                 cursor.execute(f"ANALYZE {connection.ops.quote_name(Lead._meta.db_table)}")
         return changed
     last = 0
+    batch_size = min(batch_size, 10000)  # the in-memory path lists ids as parameters
     while True:
         ids = list(Lead.objects.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:batch_size])
         if not ids:

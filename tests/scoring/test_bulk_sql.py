@@ -158,3 +158,13 @@ def test_nurture_score_trigger_enrolls_from_a_bulk_recompute(model, django_captu
         services.scores_recompute_all(reason="bulk", now=NOW)
     assert list(Enrollment.objects.values_list("lead_id", flat=True)) == [us.pk]
     assert ca.pk not in Enrollment.objects.values_list("lead_id", flat=True)
+
+
+def test_in_memory_writes_split_long_id_lists(model, monkeypatch):
+    # Many leads with the same new score are written a few ids per UPDATE
+    # (SQLite's parameter limit); every one of them is written.
+    monkeypatch.setattr(services, "IDS_PER_STATEMENT", 2)
+    FitRule.objects.create(model=model, name="US", condition='country = "US"', points=10)
+    ids = [LeadFactory(country="US").pk for _ in range(5)]
+    assert services.scores_recompute(lead_ids=ids, reason="t", now=NOW) == 5
+    assert list(Lead.objects.filter(pk__in=ids).values_list("total_score", flat=True)) == [10] * 5
