@@ -65,23 +65,24 @@ def backend_cpu() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def update_floor(changed: int, sample: int = 100_000) -> float:
-    """What the bare UPDATE of the changed leads' score columns alone costs
-    (no computing, no history), timed on the leads of the first ``sample``
-    ids and scaled to ``changed`` leads; rolled back. Every such UPDATE is a
-    non-HOT update (total_score is indexed) that maintains all the lead
-    table's indexes: the floor under any bulk recompute that writes Lead."""
+def update_floor(share: float, sample: int = 100_000) -> tuple[float, int]:
+    """What the bare UPDATE of the score columns alone costs (no computing,
+    no history) for the same share of leads the bulk run changes, timed on
+    the first ``sample`` ids before the run and rolled back. Every score
+    write is a non-HOT update (total_score is indexed) that maintains all the
+    lead table's indexes: the floor under any bulk recompute that writes the
+    Lead columns. Returns (seconds for ``sample`` ids, rows updated)."""
     lo = Lead.objects.order_by("pk").values_list("pk", flat=True).first()
-    table, hist = Lead._meta.db_table, ScoreHistory._meta.db_table
+    table = Lead._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
         t0 = time.perf_counter()
         cursor.execute(
             f'UPDATE "{table}" SET fit_score = fit_score + 1, engagement_score = engagement_score + 1, '
-            f'total_score = total_score + 1, updated_at = now() WHERE id BETWEEN %s AND %s AND id IN '
-            f'(SELECT lead_id FROM "{hist}" WHERE lead_id BETWEEN %s AND %s)', [lo, lo + sample - 1, lo, lo + sample - 1])
+            f'total_score = total_score + 1, updated_at = now() WHERE id BETWEEN %s AND %s AND (id %% 1000) < %s',
+            [lo, lo + sample - 1, round(share * 1000)])
         took, rows = time.perf_counter() - t0, cursor.rowcount
         transaction.set_rollback(True)
-    return round(took * changed / max(rows, 1), 1)
+    return took, rows
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -145,6 +146,9 @@ def main() -> None:
     Lead.objects.exclude(fit_score=0, engagement_score=0, total_score=0).update(
         fit_score=0, engagement_score=0, total_score=0)
     if connection.vendor == "postgresql":
+        # The bench's model changes 53% of the leads (measured: 533,4xx of
+        # 1,000,000); the floor is timed on that share of the first 100,000.
+        floor = update_floor(0.533)
         with connection.cursor() as cursor:
             cursor.execute(f'VACUUM ANALYZE "{Lead._meta.db_table}"')
             cursor.execute(f'VACUUM ANALYZE "{Event._meta.db_table}"')
@@ -162,7 +166,7 @@ def main() -> None:
     emit("bulk_recompute_leads_per_second", round(Lead.objects.count() / took), "leads/s")
     emit("bulk_recompute_changed", changed, "leads")
     if connection.vendor == "postgresql":
-        emit("bulk_update_floor_estimate_seconds", update_floor(changed), "s")
+        emit("bulk_update_floor_estimate_seconds", round(floor[0] * changed / max(floor[1], 1), 1), "s")
 
     pv = EventType.objects.get(name="page_view")
     services.active_rules()  # warm the cache, as a running worker has it

@@ -850,9 +850,10 @@ def _q_positive(node: Cmp, op: str, now: dt.datetime) -> Q:
         return q
     if spec.kind == TEXT and op in ("=", "in"):
         # UPPER(col) IN (UPPER(%s), ...): the column is folded once per row
-        # (iexact per value folds it once per value), and the expression is
-        # the one an index on UPPER(col) serves (scoring's migration 0003).
-        # Same folding as iexact on both databases (SQLite: ASCII only).
+        # (iexact per value folds it once per value); PostgreSQL's planner has
+        # statistics on UPPER(col) (scoring's migration 0003), and an
+        # expression index on UPPER(col) would serve it. Same folding as
+        # iexact on both databases (SQLite: ASCII only).
         match = Q(**{f"{spec.orm}__upper__in": [Upper(Value(v)) for v in lits]})
     elif spec.kind == TEXT:
         match = _any([Q(**{f"{spec.orm}__{_TEXT_KW[op]}": v}) for v in lits])

@@ -107,7 +107,8 @@ def _load_rules(model: ScoringModel) -> _Rules:
 # most of the incremental rescoring's work. The fingerprint (one small
 # aggregate query) changes on any save of the model or of a rule (auto_now),
 # and on a rule's deletion (the count drops), so a cached entry is never used
-# after an edit.
+# after an edit made through save() (the admin, the demo, services). A
+# queryset .update() of rules bypasses auto_now: touch the model afterwards.
 _cache: dict[str, tuple] = {}
 
 
@@ -226,6 +227,7 @@ def _engagement(rule: EngagementRule, cond: Condition | None, events: list[tuple
 
 IN_MEMORY_MAX = 50
 IDS_PER_STATEMENT = 1000
+ANALYZE_AFTER_CHANGED = 10_000
 
 
 def _compute(leads: list, rules: _Rules, now: dt.datetime) -> dict[int, list[Contribution]]:
@@ -425,10 +427,12 @@ def scores_recompute_all(*, batch_size: int = 50000, reason: str = "bulk recompu
             changed += len(rows)
             if progress:
                 progress(Lead.objects.filter(pk__gte=lo, pk__lte=hi).count())
-        if changed:
+        if changed >= ANALYZE_AFTER_CHANGED:
             # The score columns' distribution just changed wholesale; without
             # fresh statistics the planner took "total_score >= 10" for one
             # row and nested-looped a segment count into 17 s (bench/README.md).
+            # Autovacuum would get there, but only after 10% of the table
+            # changed and its next round; small runs are left to it.
             with connection.cursor() as cursor:
                 cursor.execute(f"ANALYZE {connection.ops.quote_name(Lead._meta.db_table)}")
         return changed

@@ -168,3 +168,22 @@ def test_in_memory_writes_split_long_id_lists(model, monkeypatch):
     ids = [LeadFactory(country="US").pk for _ in range(5)]
     assert services.scores_recompute(lead_ids=ids, reason="t", now=NOW) == 5
     assert list(Lead.objects.filter(pk__in=ids).values_list("total_score", flat=True)) == [10] * 5
+
+
+def test_a_big_bulk_run_refreshes_planner_statistics(model, monkeypatch):
+    # After a run that changed many scores the lead table is ANALYZEd, so
+    # segment counts are planned with the new score distribution. (3 leads:
+    # the estimate it leaves behind stays below the admin paginator's cap.)
+    monkeypatch.setattr(services, "ANALYZE_AFTER_CHANGED", 3)
+    FitRule.objects.create(model=model, name="US", condition='country = "US"', points=10)
+    for _ in range(3):
+        LeadFactory(country="US")
+    if connection.vendor != "postgresql":
+        assert services.scores_recompute_all(now=NOW) == 3  # the in-memory path; no ANALYZE there
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = %s", [Lead._meta.db_table])
+        assert cursor.fetchone()[0] != 3  # a fresh test database: never analyzed with these rows
+        assert services.scores_recompute_all(now=NOW) == 3
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = %s", [Lead._meta.db_table])
+        assert cursor.fetchone()[0] == 3
