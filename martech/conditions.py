@@ -72,7 +72,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import connections, models
 from django.db.models import F, Func, Q, Value
-from django.db.models.functions import Coalesce, StrIndex, Substr
+from django.db.models.functions import Coalesce, StrIndex, Substr, Upper
 from django.db.models.lookups import (
     Exact,
     GreaterThan,
@@ -792,6 +792,10 @@ _ORDER_KW = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte", "=": "exact", "in":
 
 _NEVER = Q(pk__in=[])
 
+# col__upper__in=[...] for the text comparisons (_q_positive).
+models.CharField.register_lookup(Upper)
+models.TextField.register_lookup(Upper)
+
 
 def _any(qs: list[Q]) -> Q:
     out = qs[0]
@@ -844,7 +848,14 @@ def _q_positive(node: Cmp, op: str, now: dt.datetime) -> Q:
         if spec.kind == TEXT:
             q |= Q(**{spec.orm: ""})
         return q
-    if spec.kind == TEXT:
+    if spec.kind == TEXT and op in ("=", "in"):
+        # UPPER(col) IN (UPPER(%s), ...): the column is folded once per row
+        # (iexact per value folds it once per value); PostgreSQL's planner has
+        # statistics on UPPER(col) (scoring's migration 0003), and an
+        # expression index on UPPER(col) would serve it. Same folding as
+        # iexact on both databases (SQLite: ASCII only).
+        match = Q(**{f"{spec.orm}__upper__in": [Upper(Value(v)) for v in lits]})
+    elif spec.kind == TEXT:
         match = _any([Q(**{f"{spec.orm}__{_TEXT_KW[op]}": v}) for v in lits])
     else:
         if spec.kind == DATETIME:

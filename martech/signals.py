@@ -24,4 +24,11 @@ opportunity_changed = Signal()
 # sender=SalesTask, task=SalesTask, source=str (a follow-up was done: routing's first touch)
 task_completed = Signal()
 # Sent by martech.scoring after commit: sender=Lead, lead_id, old_total, new_total.
+# For the incremental path (an event or a field change: a few leads).
 score_changed = Signal()
+# Sent by martech.scoring after commit of each chunk of a bulk recompute
+# (recompute_scores, the nightly decay): sender=Lead, changes=list of
+# (lead_id, old_total, new_total). One call per chunk instead of one per lead,
+# so that a receiver can do its per-call work (reading its rules) once per
+# chunk. A receiver of score moves listens to both signals.
+scores_changed = Signal()

@@ -88,6 +88,22 @@ def on_score(sender, lead_id, old_total, new_total, **kwargs) -> None:
             _enroll(w, lead, f"score:{threshold}")
 
 
+def on_scores(sender, changes, **kwargs) -> None:
+    """The batch form of on_score (a bulk recompute's chunk): the active
+    score workflows are read once per chunk, not once per lead."""
+    flows = [(w, w.current_version.settings["trigger_config"].get("threshold"))
+             for w in _active(Workflow.Trigger.SCORE)]
+    flows = [(w, t) for w, t in flows if t is not None]
+    if not flows:
+        return
+    for lead_id, old_total, new_total in changes:
+        lead = None
+        for w, threshold in flows:
+            if (old_total or 0) < threshold <= (new_total or 0):
+                lead = lead or Lead.objects.get(pk=lead_id)
+                _enroll(w, lead, f"score:{threshold}")
+
+
 def on_leads_changed(*, ids, fields, created, source) -> None:
     if not source.startswith("crm:"):
         return
@@ -110,6 +126,9 @@ def connect() -> None:
     score_changed = getattr(signals, "score_changed", None)  # lands with the scoring issue
     if score_changed is not None:
         score_changed.connect(on_score, dispatch_uid="nurture.score")
+    scores_changed = getattr(signals, "scores_changed", None)  # the bulk recompute's batch form
+    if scores_changed is not None:
+        scores_changed.connect(on_scores, dispatch_uid="nurture.scores")
     hooks.on_leads_changed(on_leads_changed)
     try:
         from anymail.signals import tracking

@@ -47,6 +47,9 @@ class FitRule(models.Model):
     condition = ConditionField(help_text='e.g. job_title contains "vp" or account.employee_count >= 200')
     points = models.IntegerField()
     is_active = models.BooleanField(default=True)
+    # With the counts, part of the rule set's fingerprint that tells a worker
+    # its cached compiled rules are out of date (services.active_rules).
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["model", "id"]
@@ -78,6 +81,7 @@ class EngagementRule(models.Model):
         help_text="Count only the first event for each distinct value of this event property (e.g. url).",
     )
     is_active = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["model", "id"]
@@ -105,6 +109,11 @@ class ScoreHistory(models.Model):
     total_score = models.IntegerField()
     old_total = models.IntegerField()
     reason = models.CharField(max_length=100)
+    # Why, as of this computation: one entry per rule that gave points,
+    # {"kind", "rule_id", "rule", "points", "events", "last_at"} (fit rules
+    # first, each kind by rule id). The lead page and the API show the latest
+    # row's breakdown; reports can read it per rule (services.BREAKDOWN_DOC).
+    breakdown = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-changed_at", "-id"]

@@ -62,10 +62,11 @@ def _score_explanation_html(*, lead) -> str:
     """The lead page's "Why this score" (provided to martech's LeadAdmin)."""
     from django.template.loader import render_to_string
 
-    from martech.scoring.services import score_breakdown
+    from martech.scoring.selectors import score_explanation
 
-    parts = score_breakdown([lead.pk]).get(lead.pk, [])
-    return render_to_string("admin/scoring/score_explanation.html", {"parts": parts, "lead": lead})
+    latest = score_explanation(lead.pk)
+    return render_to_string("admin/scoring/score_explanation.html",
+                            {"latest": latest, "parts": latest.breakdown if latest else [], "lead": lead})
 
 
 hooks.provide("score_explanation_html", _score_explanation_html)

@@ -28,3 +28,10 @@ def segment_members(segment: Segment) -> QuerySet[Lead]:
 
 def score_history(lead_id: int) -> QuerySet[ScoreHistory]:
     return ScoreHistory.objects.filter(lead_id=lead_id).order_by("-changed_at", "-id")
+
+
+def score_explanation(lead_id: int) -> ScoreHistory | None:
+    """The lead's latest score computation: its scores and the stored
+    per-rule breakdown (which rules gave how many points, and when), as of
+    ``changed_at``. None when the lead was never given a score."""
+    return score_history(lead_id).first()

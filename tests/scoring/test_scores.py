@@ -166,7 +166,7 @@ def test_incremental_rescore_query_count(model, page_view, django_assert_max_num
     EngagementRule.objects.create(model=model, name="Views", event_type=page_view, points=1, cap_points=5)
     lead = LeadFactory()
     _view(lead, "/a", NOW)
-    # rules (3) + one per fit rule + events + lock + update + history, all in one transaction
+    # cold rules cache: fingerprint + model + rules (2) + lead + events + update + history + hook + savepoints
     with django_assert_max_num_queries(12):
         scores_recompute(lead_ids=[lead.pk], reason="event", now=NOW)
 

@@ -34,10 +34,15 @@ class ScoreOutputSerializer(serializers.Serializer):
     engagement_score = serializers.IntegerField()
     total_score = serializers.IntegerField()
     model = serializers.CharField(allow_null=True)
-    contributions = ContributionSerializer(many=True)
+    computed_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the stored breakdown was computed; null if the lead was never scored.")
+    contributions = ContributionSerializer(many=True, help_text="The stored per-rule breakdown of that computation.")
 
 
 class ScoreHistoryOutputSerializer(serializers.ModelSerializer):
+    breakdown = ContributionSerializer(many=True, read_only=True)
+
     class Meta:
         model = ScoreHistory
-        fields = ["id", "changed_at", "fit_score", "engagement_score", "total_score", "old_total", "reason"]
+        fields = ["id", "changed_at", "fit_score", "engagement_score", "total_score", "old_total", "reason",
+                  "breakdown"]

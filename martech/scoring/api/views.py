@@ -11,10 +11,9 @@ from martech.api import serializers as core
 from martech.api.pagination import CursorPagination
 from martech.api.views import DETAIL_ERRORS, LIST_ERRORS, ApiViewSet, _scopes
 from martech.models import ApiClient, Lead
-from martech.scoring import services
 from martech.scoring.api import serializers as s
 from martech.scoring.models import ScoreHistory, ScoringModel, Segment
-from martech.scoring.selectors import score_history, segment_condition, segment_members
+from martech.scoring.selectors import score_explanation, score_history, segment_condition, segment_members
 
 Scope = ApiClient.Scope
 
@@ -75,10 +74,12 @@ class ScoreViewSet(ApiViewSet):
 
     def retrieve(self, request, pk=None):
         lead = get_object_or_404(Lead, pk=pk)
-        parts = services.score_breakdown([lead.pk]).get(lead.pk, [])
+        latest = score_explanation(lead.pk)
         model = ScoringModel.objects.filter(is_active=True).values_list("name", flat=True).first()
         data = {"lead_id": lead.pk, "fit_score": lead.fit_score, "engagement_score": lead.engagement_score,
-                "total_score": lead.total_score, "model": model, "contributions": [vars(c) for c in parts]}
+                "total_score": lead.total_score, "model": model,
+                "computed_at": latest.changed_at if latest else None,
+                "contributions": latest.breakdown if latest else []}
         return Response(s.ScoreOutputSerializer(data).data)
 
     @extend_schema(summary="A lead's score history, newest first",

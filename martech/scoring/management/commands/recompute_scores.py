@@ -13,7 +13,8 @@ class Command(BaseCommand):
     help = "Recompute all lead scores with the active scoring model."
 
     def add_arguments(self, parser):
-        parser.add_argument("--batch-size", type=int, default=20000)
+        parser.add_argument("--batch-size", type=int, default=50000,
+                            help="Lead ids per chunk (each its own transaction; at most 10,000 on SQLite).")
         parser.add_argument("--no-progress", action="store_true", help="Do not show a progress bar.")
 
     def handle(self, *args, batch_size: int, no_progress: bool, **options):
