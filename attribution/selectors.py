@@ -53,7 +53,8 @@ def _opportunity_count(group_by: str, *, filtered: bool):
 
 
 def _label(value) -> str:
-    if isinstance(value, datetime):
+    # Months come as datetimes from the credits and as dates from spend (a DateField): one label for both.
+    if isinstance(value, (datetime, date)):
         return value.strftime("%Y-%m")
     return value if value is not None else "(none)"
 

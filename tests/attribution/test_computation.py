@@ -160,8 +160,15 @@ def test_report_spend_roi_and_api(client, superuser):
 
 
 def test_report_needs_permission(client, analyst):
-    client.force_login(analyst)
-    assert client.get("/api/v1/attribution/report").status_code in (200, 403)
+    from tests.factories import UserFactory
+
+    client.force_login(analyst)  # the Analyst role views attribution
+    assert client.get("/api/v1/attribution/report").status_code == 200
+    assert client.get("/api/v1/attribution/pipeline").status_code == 200
+    client.force_login(UserFactory(username="staff-no-role", is_staff=True))
+    for path in ("report", "compare", "pipeline"):
+        r = client.get(f"/api/v1/attribution/{path}")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied", path
 
 
 def test_spend_import_all_or_nothing_and_idempotent(client, superuser):
