@@ -16,12 +16,14 @@ stored values (and learns them first if there are none).
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta, timezone as dt_timezone
 from decimal import Decimal
 from typing import Iterable, Sequence
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 from tqdm import tqdm
 
@@ -29,6 +31,7 @@ from attribution import engine
 from attribution.models import (
     AttributionCredit,
     AttributionModel,
+    AttributionRollup,
     AttributionRun,
     Opportunity,
     OpportunityContactRole,
@@ -174,6 +177,73 @@ def _write(rows: list[tuple]) -> None:
     )
 
 
+# Which credit column dates a rollup row of each basis, and which credits it sums.
+_BASIS = {
+    AttributionRollup.WON: ("opportunity_closed_at", Q(is_won=True)),
+    AttributionRollup.CREATED: ("opportunity_created_at", Q()),
+}
+
+
+def _utc_day(value: datetime | None) -> date | None:
+    return value.astimezone(dt_timezone.utc).date() if value is not None else None
+
+
+def _days_q(field: str, days: set[date]) -> Q:
+    q = Q()
+    for day in days:
+        start = datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
+        q |= Q(**{f"{field}__gte": start, f"{field}__lt": start + timedelta(days=1)})
+    return q
+
+
+def rollup_refresh(*, models: Sequence[str], days: dict[str, set[date]] | None = None) -> int:
+    """Rebuild the rollup rows of ``models`` from their credits: all of them
+    (``days`` None), or only the UTC days given per basis (an incremental
+    run passes the days its opportunities' credits left and entered).
+    Aggregated in the database; call inside the transaction that wrote the
+    credits so readers never see the two disagree. Returns rows written."""
+    written = 0
+    for basis, (field, which) in _BASIS.items():
+        rollups = AttributionRollup.objects.filter(model__in=models, basis=basis)
+        credits = AttributionCredit.objects.filter(which, model__in=models, **{f"{field}__isnull": False})
+        if days is not None:
+            wanted = {d for d in days.get(basis, ()) if d is not None}
+            if not wanted:
+                continue
+            rollups = rollups.filter(day__in=wanted)
+            credits = credits.filter(_days_q(field, wanted))
+        rollups.delete()
+        groups = (
+            credits.annotate(day=TruncDate(field, tzinfo=dt_timezone.utc))
+            .values("model", "day", "channel", "campaign_id")
+            .annotate(
+                total=Sum("credit"), weights=Sum("weight"),
+                n_opp=Count("id", filter=Q(first_of_opportunity=True)),
+                n_channel=Count("id", filter=Q(first_of_channel=True)),
+                n_campaign=Count("id", filter=Q(first_of_campaign=True)),
+            )
+            .order_by()
+        )
+        batch = [
+            AttributionRollup(
+                model=g["model"], basis=basis, day=g["day"], channel=g["channel"], campaign_id=g["campaign_id"],
+                credit=g["total"], weight=g["weights"], first_of_opportunity=g["n_opp"],
+                first_of_channel=g["n_channel"], first_of_campaign=g["n_campaign"],
+            )
+            for g in groups.iterator(chunk_size=5000)
+        ]
+        AttributionRollup.objects.bulk_create(batch, batch_size=5000)
+        written += len(batch)
+    return written
+
+
+def _credit_days(rows: Iterable[tuple[datetime | None, datetime | None]], into: dict[str, set[date]]) -> None:
+    """Collect the UTC (close, creation) days of credit rows, per basis."""
+    for closed_at, created_at in rows:
+        into[AttributionRollup.WON].add(_utc_day(closed_at))
+        into[AttributionRollup.CREATED].add(_utc_day(created_at))
+
+
 def attribution_compute(
     *,
     models: Sequence[str] | None = None,
@@ -212,8 +282,14 @@ def attribution_compute(
                 rows.append((model, opp["id"], t[1], t[2], t[3], t[4], touch.is_opportunity_creation, *firsts, w, c, *common))
     with transaction.atomic():
         old = AttributionCredit.objects.filter(model__in=models)
+        days: dict[str, set[date]] | None = None
         if not full:
             old = old.filter(opportunity_id__in=ids)
+            # The days these deals' credits leave and the days they enter: only those rollup rows change.
+            days = defaultdict(set)
+            _credit_days(old.values_list("opportunity_closed_at", "opportunity_created_at").distinct(), days)
+            _credit_days(((r[-1], r[-2]) for r in rows), days)
         old.delete()
         _write(rows)
+        rollup_refresh(models=models, days=days)
     return {"opportunities": len(opps), "credits": len(rows), "models": len(models)}

@@ -270,3 +270,38 @@ class AttributionCredit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} {self.opportunity_id} {self.channel}: {self.credit}"
+
+
+class AttributionRollup(models.Model):
+    """The credits pre-aggregated per (model, basis, UTC day, channel,
+    campaign), written by the same transaction that writes the credits
+    (computation.rollup_refresh), so the report API reads a few thousand rows
+    instead of millions. ``basis`` says which date ``day`` is: ``won`` rows
+    sum the credits of won deals by close day (revenue, conversions),
+    ``created`` rows those of every deal by creation day (pipeline,
+    opportunity counts). The ``first_*`` counts are the credits' first-row
+    flags summed, which keeps opportunity counts per group exact."""
+
+    WON = "won"
+    CREATED = "created"
+
+    model = models.CharField(max_length=20, choices=AttributionModel.choices)
+    basis = models.CharField(max_length=8, choices=[(WON, "Won, by close day"), (CREATED, "All, by creation day")])
+    day = models.DateField()
+    channel = models.CharField(max_length=20)
+    # A plain id, not a foreign key: a deleted campaign's history still adds up (the credits keep theirs by SET_NULL).
+    campaign_id = models.BigIntegerField(null=True, blank=True)
+    credit = models.DecimalField(max_digits=20, decimal_places=2)
+    weight = models.FloatField()
+    first_of_opportunity = models.PositiveIntegerField(default=0)
+    first_of_channel = models.PositiveIntegerField(default=0)
+    first_of_campaign = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [
+            # The report's one filter: a model, a basis, a range of days.
+            models.Index(fields=["model", "basis", "day"], name="rollup_model_basis_day_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.basis} {self.day} {self.channel}: {self.credit}"

@@ -13,7 +13,7 @@ from decimal import Decimal
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncMonth
 
-from attribution.models import AttributionCredit, CampaignSpend
+from attribution.models import AttributionCredit, AttributionRollup, CampaignSpend
 from martech.models import Campaign
 
 GROUPS = ("channel", "campaign", "month")
@@ -30,6 +30,15 @@ def _day_range(field: str, start: date | None, end: date | None) -> Q:
     return q
 
 
+def _date_range(field: str, start: date | None, end: date | None) -> Q:
+    q = Q()
+    if start:
+        q &= Q(**{f"{field}__gte": start})
+    if end:
+        q &= Q(**{f"{field}__lte": end})
+    return q
+
+
 def _key(group_by: str, date_field: str):
     if group_by == "channel":
         return {"g": F("channel")}
@@ -39,24 +48,67 @@ def _key(group_by: str, date_field: str):
     return {"g": TruncMonth(date_field)}
 
 
-def _opportunity_count(group_by: str, *, filtered: bool):
-    """Distinct opportunities per group. Each opportunity marks its first
-    credit row per channel and per campaign (and overall, which serves the
-    month, as an opportunity has one creation month), so counting marked rows
-    is exact and avoids sorting the range for COUNT(DISTINCT). A channel or
-    campaign filter can hide the marked row, so filtered reports count
-    distinct ids instead."""
-    if filtered:
-        return Count("opportunity", distinct=True)
-    flag = {"channel": "first_of_channel", "campaign": "first_of_campaign", "month": "first_of_opportunity"}[group_by]
-    return Count("id", filter=Q(**{flag: True}))
-
-
 def _label(value) -> str:
     # Months come as datetimes from the credits and as dates from spend (a DateField): one label for both.
     if isinstance(value, (datetime, date)):
         return value.strftime("%Y-%m")
     return value if value is not None else "(none)"
+
+
+def _rollup_count_flag(group_by: str, channel: str | None, campaign_id: int | None) -> str | None:
+    """Which first-row count of the rollup counts distinct opportunities per
+    group under these filters, or None when none can: an opportunity's first
+    row of a campaign need not be in the filtered channel (and vice versa)."""
+    if channel and campaign_id:
+        return None
+    if group_by == "channel":
+        return None if campaign_id else "first_of_channel"
+    if group_by == "campaign":
+        return None if channel else "first_of_campaign"
+    return "first_of_channel" if channel else "first_of_campaign" if campaign_id else "first_of_opportunity"
+
+
+def _attributed(*, model, group_by, start, end, channel, campaign_id):
+    """(group, revenue, conversions, None, None) rows for won deals by close
+    day and (group, None, None, pipeline, opportunity count) rows for all
+    deals by creation day. From the rollup (two small aggregates) whenever its
+    counts are exact for the filters; else from the credits."""
+    flag = _rollup_count_flag(group_by, channel, campaign_id)
+    if flag is not None:
+        base = AttributionRollup.objects.filter(model=model)
+        if channel:
+            base = base.filter(channel=channel)
+        if campaign_id:
+            base = base.filter(campaign_id=campaign_id)
+        won = base.filter(_date_range("day", start, end), basis=AttributionRollup.WON)
+        created = base.filter(_date_range("day", start, end), basis=AttributionRollup.CREATED)
+        key = {"channel": F("channel"), "campaign": F("campaign_id"), "month": TruncMonth("day")}[group_by]
+        for r in won.values(g=key).annotate(revenue=Sum("credit"), conversions=Sum("weight")).order_by():
+            yield r["g"], r["revenue"], r["conversions"], None, None
+        for r in created.values(g=key).annotate(pipeline=Sum("credit"), opportunities=Sum(flag)).order_by():
+            yield r["g"], None, None, r["pipeline"], r["opportunities"]
+        return
+    base = AttributionCredit.objects.filter(model=model)
+    if channel:
+        base = base.filter(channel=channel)
+    if campaign_id:
+        base = base.filter(campaign_id=campaign_id)
+    won = (
+        base.filter(_day_range("opportunity_closed_at", start, end), is_won=True)
+        .values(**_key(group_by, "opportunity_closed_at"))
+        .annotate(revenue=Sum("credit"), conversions=Sum("weight"))
+        .order_by()
+    )
+    for r in won:
+        yield r["g"], r["revenue"], r["conversions"], None, None
+    created = (
+        base.filter(_day_range("opportunity_created_at", start, end))
+        .values(**_key(group_by, "opportunity_created_at"))
+        .annotate(pipeline=Sum("credit"), opportunities=Count("opportunity", distinct=True))
+        .order_by()
+    )
+    for r in created:
+        yield r["g"], None, None, r["pipeline"], r["opportunities"]
 
 
 def attribution_report(
@@ -73,35 +125,20 @@ def attribution_report(
     ROAS and CPA where spend can be matched (channel, campaign, month)."""
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
-    base = AttributionCredit.objects.filter(model=model)
-    if channel:
-        base = base.filter(channel=channel)
-    if campaign_id:
-        base = base.filter(campaign_id=campaign_id)
     rows: dict[str, dict] = defaultdict(lambda: {
         "attributed_revenue": Decimal("0.00"), "attributed_conversions": 0.0,
         "attributed_pipeline": Decimal("0.00"), "opportunity_count": 0,
     })
-    won = (
-        base.filter(_day_range("opportunity_closed_at", start, end), is_won=True)
-        .values(**_key(group_by, "opportunity_closed_at"))
-        .annotate(revenue=Sum("credit"), conversions=Sum("weight"))
-        .order_by()
-    )
-    for r in won:
-        row = rows[_label(r["g"])]
-        row["attributed_revenue"] = r["revenue"] or Decimal("0.00")
-        row["attributed_conversions"] = r["conversions"] or 0.0
-    created = (
-        base.filter(_day_range("opportunity_created_at", start, end))
-        .values(**_key(group_by, "opportunity_created_at"))
-        .annotate(pipeline=Sum("credit"), opportunities=_opportunity_count(group_by, filtered=bool(channel or campaign_id)))
-        .order_by()
-    )
-    for r in created:
-        row = rows[_label(r["g"])]
-        row["attributed_pipeline"] = r["pipeline"] or Decimal("0.00")
-        row["opportunity_count"] = r["opportunities"]
+    for g, revenue, conversions, pipeline, opportunities in _attributed(
+        model=model, group_by=group_by, start=start, end=end, channel=channel, campaign_id=campaign_id
+    ):
+        row = rows[_label(g)]
+        if revenue is not None:
+            row["attributed_revenue"] = revenue
+            row["attributed_conversions"] = conversions or 0.0
+        if pipeline is not None:
+            row["attributed_pipeline"] = pipeline
+            row["opportunity_count"] = opportunities
 
     spend_q = CampaignSpend.objects.all()
     if start:
@@ -140,12 +177,26 @@ def attribution_report(
 
 
 def attribution_compare(*, group_by: str, start: date | None = None, end: date | None = None, models: list[str]) -> list[dict]:
-    """Attributed revenue per group under every model, side by side."""
+    """Attributed revenue per group under every model, side by side: one
+    aggregate over the rollup's won rows, grouped by model and group."""
+    if group_by not in GROUPS:
+        raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
+    key = {"channel": F("channel"), "campaign": F("campaign_id"), "month": TruncMonth("day")}[group_by]
     table: dict[str, dict] = defaultdict(dict)
-    for model in models:
-        for row in attribution_report(model=model, group_by=group_by, start=start, end=end):
-            table[str(row.get("campaign_id") or row["group"]) if group_by == "campaign" else row["group"]][model] = row["attributed_revenue"]
-    return [{"group": g, "revenue": {m: table[g].get(m, Decimal("0.00")) for m in models}} for g in sorted(table)]
+    won = AttributionRollup.objects.filter(_date_range("day", start, end), model__in=models, basis=AttributionRollup.WON)
+    for r in won.values("model", g=key).annotate(revenue=Sum("credit")).order_by():
+        table[_label(r["g"])][r["model"]] = r["revenue"]
+    names = {}
+    if group_by == "campaign":
+        names = dict(Campaign.objects.filter(pk__in=[g for g in table if g != "(none)"]).values_list("pk", "name"))
+    rows = []
+    for g in sorted(table, key=str):
+        row = {"group": names.get(g, g) if group_by == "campaign" else g}
+        if group_by == "campaign":
+            row["campaign_id"] = g if g != "(none)" else None
+        row["revenue"] = {m: table[g].get(m, Decimal("0.00")) for m in models}
+        rows.append(row)
+    return rows
 
 
 def _days(seconds: float) -> float:

@@ -125,6 +125,7 @@ class CompareView(_ReportView):
             "group_by": serializers.CharField(),
             "results": inline_serializer("AttributionComparisonRow", {
                 "group": serializers.CharField(),
+                "campaign_id": serializers.IntegerField(required=False, allow_null=True),
                 "revenue": serializers.DictField(child=serializers.DecimalField(max_digits=18, decimal_places=2)),
             }, many=True),
         })},
