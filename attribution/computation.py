@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date, datetime, time, timedelta, timezone as dt_timezone
 from decimal import Decimal
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -42,20 +42,23 @@ from attribution.models import (
 ALL_MODELS = tuple(m.value for m in AttributionModel)
 CREDIT_COLUMNS = (
     "model", "opportunity_id", "touchpoint_id", "channel", "campaign_id", "touched_at", "is_opportunity_creation",
-    "first_of_opportunity", "first_of_channel", "first_of_campaign", "weight", "credit", "currency", "is_won", "is_closed", "opportunity_created_at", "opportunity_closed_at",
+    "first_of_opportunity", "first_of_channel", "first_of_campaign", "first_of_channel_campaign", "weight", "credit", "currency", "is_won", "is_closed", "opportunity_created_at", "opportunity_closed_at",
 )
 
 
-def first_flags(keys: Sequence[tuple[str, int | None]]) -> list[tuple[bool, bool, bool]]:
+def first_flags(keys: Sequence[tuple[str, int | None]]) -> list[tuple[bool, bool, bool, bool]]:
     """For one opportunity's credit rows as (channel, campaign id): is each row
-    the first of the opportunity, of its channel, of its campaign?"""
+    the first of the opportunity, of its channel, of its campaign, of its
+    (channel, campaign) pair?"""
     seen_channel: set = set()
     seen_campaign: set = set()
+    seen_pair: set = set()
     flags = []
     for i, (channel, campaign) in enumerate(keys):
-        flags.append((i == 0, channel not in seen_channel, campaign not in seen_campaign))
+        flags.append((i == 0, channel not in seen_channel, campaign not in seen_campaign, (channel, campaign) not in seen_pair))
         seen_channel.add(channel)
         seen_campaign.add(campaign)
+        seen_pair.add((channel, campaign))
     return flags
 
 
@@ -161,9 +164,10 @@ def _weighers(models: Sequence[str], *, full: bool, progress: bool) -> dict[str,
     return weighers
 
 
-def _write(rows: list[tuple]) -> None:
-    if not rows:
-        return
+def _write(rows: Iterable[tuple]) -> int:
+    """Insert credit rows (tuples in CREDIT_COLUMNS order), streamed: a full
+    run's millions of rows are never all in memory. Returns the count."""
+    n = 0
     if connection.vendor == "postgresql":
         # COPY is several times faster than INSERT for the millions of rows of a full run.
         cols = ", ".join(CREDIT_COLUMNS)
@@ -171,10 +175,17 @@ def _write(rows: list[tuple]) -> None:
             with cursor.cursor.copy(f"COPY attribution_attributioncredit ({cols}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
-        return
-    AttributionCredit.objects.bulk_create(
-        (AttributionCredit(**dict(zip(CREDIT_COLUMNS, row))) for row in rows), batch_size=2000
-    )
+                    n += 1
+        return n
+    batch: list[AttributionCredit] = []
+    for row in rows:
+        batch.append(AttributionCredit(**dict(zip(CREDIT_COLUMNS, row))))
+        if len(batch) == 5000:
+            AttributionCredit.objects.bulk_create(batch)
+            n += len(batch)
+            batch = []
+    AttributionCredit.objects.bulk_create(batch)
+    return n + len(batch)
 
 
 # Which credit column dates a rollup row of each basis, and which credits it sums.
@@ -221,19 +232,22 @@ def rollup_refresh(*, models: Sequence[str], days: dict[str, set[date]] | None =
                 n_opp=Count("id", filter=Q(first_of_opportunity=True)),
                 n_channel=Count("id", filter=Q(first_of_channel=True)),
                 n_campaign=Count("id", filter=Q(first_of_campaign=True)),
+                n_pair=Count("id", filter=Q(first_of_channel_campaign=True)),
             )
             .order_by()
         )
-        batch = [
-            AttributionRollup(
-                model=g["model"], basis=basis, day=g["day"], channel=g["channel"], campaign_id=g["campaign_id"],
-                credit=g["total"], weight=g["weights"], first_of_opportunity=g["n_opp"],
-                first_of_channel=g["n_channel"], first_of_campaign=g["n_campaign"],
+        # INSERT ... SELECT: the groups never travel to Python (tens of
+        # thousands of them in a full run). The ORM writes the SELECT.
+        select, params = groups.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {AttributionRollup._meta.db_table} (model, basis, day, channel, campaign_id, credit, weight,"
+                " first_of_opportunity, first_of_channel, first_of_campaign, first_of_channel_campaign)"
+                " SELECT g.model, %s, g.day, g.channel, g.campaign_id, g.total, g.weights, g.n_opp, g.n_channel,"
+                f" g.n_campaign, g.n_pair FROM ({select}) g",
+                [basis, *params],
             )
-            for g in groups.iterator(chunk_size=5000)
-        ]
-        AttributionRollup.objects.bulk_create(batch, batch_size=5000)
-        written += len(batch)
+            written += cursor.rowcount
     return written
 
 
@@ -242,6 +256,25 @@ def _credit_days(rows: Iterable[tuple[datetime | None, datetime | None]], into: 
     for closed_at, created_at in rows:
         into[AttributionRollup.WON].add(_utc_day(closed_at))
         into[AttributionRollup.CREATED].add(_utc_day(created_at))
+
+
+def credit_rows(opps: list[dict], roles: dict[int, list[int]], touches: dict[int, list[tuple]], weighers: dict, *,
+                now: datetime, progress: bool = False) -> Iterator[tuple]:
+    """Every model's credit rows for ``opps``, one opportunity at a time (a generator)."""
+    for opp in tqdm(opps, desc="attribution", unit="opp", disable=not progress):
+        tp_rows, ctx, path = _path(opp, roles.get(opp["id"], []), touches, now)
+        amount: Decimal = opp["amount"]
+        closed = opp["closed_at"] is not None and (opp["stage__is_won"] or opp["stage__is_lost"])
+        common = (opp["currency"], bool(opp["stage__is_won"]), bool(closed), opp["created_at"], opp["closed_at"] if closed else None)
+        flags = first_flags([(t[2], t[3]) for t in tp_rows])
+        for model, weigh in weighers.items():
+            if not path:
+                yield (model, opp["id"], None, AttributionCredit.UNATTRIBUTED, None, None, False, True, True, True, True, 1.0, amount, *common)
+                continue
+            weights = weigh(path, ctx)
+            credits = engine.allocate(amount, weights)
+            for t, touch, w, c, firsts in zip(tp_rows, path, weights, credits, flags):
+                yield (model, opp["id"], t[1], t[2], t[3], t[4], touch.is_opportunity_creation, *firsts, w, c, *common)
 
 
 def attribution_compute(
@@ -265,31 +298,18 @@ def attribution_compute(
     ids = [o["id"] for o in opps]
     roles = _roles(None if full else ids)
     touches = _load_touches(None if full else {lead for leads in roles.values() for lead in leads})
-    rows: list[tuple] = []
-    for opp in tqdm(opps, desc="attribution", unit="opp", disable=not progress):
-        tp_rows, ctx, path = _path(opp, roles.get(opp["id"], []), touches, now)
-        amount: Decimal = opp["amount"]
-        closed = opp["closed_at"] is not None and (opp["stage__is_won"] or opp["stage__is_lost"])
-        common = (opp["currency"], bool(opp["stage__is_won"]), bool(closed), opp["created_at"], opp["closed_at"] if closed else None)
-        flags = first_flags([(t[2], t[3]) for t in tp_rows])
-        for model, weigh in weighers.items():
-            if not path:
-                rows.append((model, opp["id"], None, AttributionCredit.UNATTRIBUTED, None, None, False, True, True, True, 1.0, amount, *common))
-                continue
-            weights = weigh(path, ctx)
-            credits = engine.allocate(amount, weights)
-            for t, touch, w, c, firsts in zip(tp_rows, path, weights, credits, flags):
-                rows.append((model, opp["id"], t[1], t[2], t[3], t[4], touch.is_opportunity_creation, *firsts, w, c, *common))
+    rows = credit_rows(opps, roles, touches, weighers, now=now, progress=progress)
     with transaction.atomic():
         old = AttributionCredit.objects.filter(model__in=models)
         days: dict[str, set[date]] | None = None
         if not full:
             old = old.filter(opportunity_id__in=ids)
+            rows = list(rows)
             # The days these deals' credits leave and the days they enter: only those rollup rows change.
             days = defaultdict(set)
             _credit_days(old.values_list("opportunity_closed_at", "opportunity_created_at").distinct(), days)
             _credit_days(((r[-1], r[-2]) for r in rows), days)
         old.delete()
-        _write(rows)
+        written = _write(rows)
         rollup_refresh(models=models, days=days)
-    return {"opportunities": len(opps), "credits": len(rows), "models": len(models)}
+    return {"opportunities": len(opps), "credits": written, "models": len(models)}

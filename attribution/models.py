@@ -240,18 +240,32 @@ class AttributionCredit(models.Model):
     UNATTRIBUTED = "unattributed"
 
     model = models.CharField(max_length=20, choices=AttributionModel.choices)
-    opportunity = models.ForeignKey(Opportunity, on_delete=models.CASCADE, related_name="credits")
-    touchpoint = models.ForeignKey(Touchpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="credits")
+    # No database constraints on these three: a full run COPYs millions of
+    # rows, and PostgreSQL checks each constrained row with a trigger queued
+    # to commit (Django's are deferred), which cost more than the COPY
+    # itself. The rows are derived (always written by attribution_compute
+    # from existing ids, in one transaction) and the ORM still cascades
+    # deletes and nulls campaigns (on_delete runs in Django's collector).
+    opportunity = models.ForeignKey(Opportunity, on_delete=models.CASCADE, related_name="credits", db_constraint=False)
+    touchpoint = models.ForeignKey(
+        Touchpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="credits", db_constraint=False
+    )
     channel = models.CharField(max_length=20)
-    campaign = models.ForeignKey("martech.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # No index either: only a campaign's deletion looks credits up by it.
+    campaign = models.ForeignKey(
+        "martech.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False,
+        db_index=False,
+    )
     touched_at = models.DateTimeField(null=True, blank=True)
     is_opportunity_creation = models.BooleanField(default=False)
     # The opportunity's first row overall / for this channel / for this
-    # campaign: reports count opportunities per group by counting these
-    # rows, instead of a COUNT(DISTINCT) that sorts the whole range.
+    # campaign / for this (channel, campaign) pair: the rollup sums these, so
+    # reports count distinct opportunities per group under any channel and
+    # campaign filter without a COUNT(DISTINCT) over the credits.
     first_of_opportunity = models.BooleanField(default=False)
     first_of_channel = models.BooleanField(default=False)
     first_of_campaign = models.BooleanField(default=False)
+    first_of_channel_campaign = models.BooleanField(default=False)
     weight = models.FloatField()
     credit = models.DecimalField(max_digits=18, decimal_places=2)
     currency = models.CharField(max_length=3)
@@ -260,13 +274,10 @@ class AttributionCredit(models.Model):
     opportunity_created_at = models.DateTimeField()
     opportunity_closed_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        indexes = [
-            # Reports filter by model and a date range; refreshes delete by (model, opportunity).
-            models.Index(fields=["model", "opportunity_closed_at"], name="credit_model_closed_idx"),
-            models.Index(fields=["model", "opportunity_created_at"], name="credit_model_created_idx"),
-            models.Index(fields=["model", "opportunity"], name="credit_model_opp_idx"),
-        ]
+    # Indexes: only the foreign keys' (refreshes and cascades find rows by
+    # opportunity, touchpoint deletions by touchpoint). Reports read
+    # AttributionRollup, so the credits need no date index; every index is
+    # paid for on each of a full run's millions of rows.
 
     def __str__(self) -> str:
         return f"{self.model} {self.opportunity_id} {self.channel}: {self.credit}"
@@ -296,6 +307,7 @@ class AttributionRollup(models.Model):
     first_of_opportunity = models.PositiveIntegerField(default=0)
     first_of_channel = models.PositiveIntegerField(default=0)
     first_of_campaign = models.PositiveIntegerField(default=0)
+    first_of_channel_campaign = models.PositiveIntegerField(default=0)
 
     class Meta:
         indexes = [

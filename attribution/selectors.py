@@ -10,10 +10,10 @@ from collections import defaultdict
 from datetime import date, datetime, time, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
-from django.db.models import Count, F, Q, Sum
+from django.db.models import F, Q, Sum
 from django.db.models.functions import TruncMonth
 
-from attribution.models import AttributionCredit, AttributionRollup, CampaignSpend
+from attribution.models import AttributionRollup, CampaignSpend
 from martech.models import Campaign
 
 GROUPS = ("channel", "campaign", "month")
@@ -39,15 +39,6 @@ def _date_range(field: str, start: date | None, end: date | None) -> Q:
     return q
 
 
-def _key(group_by: str, date_field: str):
-    if group_by == "channel":
-        return {"g": F("channel")}
-    if group_by == "campaign":
-        # By id: campaign names are not unique.
-        return {"g": F("campaign_id")}
-    return {"g": TruncMonth(date_field)}
-
-
 def _label(value) -> str:
     # Months come as datetimes from the credits and as dates from spend (a DateField): one label for both.
     if isinstance(value, (datetime, date)):
@@ -55,59 +46,42 @@ def _label(value) -> str:
     return value if value is not None else "(none)"
 
 
-def _rollup_count_flag(group_by: str, channel: str | None, campaign_id: int | None) -> str | None:
-    """Which first-row count of the rollup counts distinct opportunities per
-    group under these filters, or None when none can: an opportunity's first
-    row of a campaign need not be in the filtered channel (and vice versa)."""
+def _count_flag(group_by: str, channel: str | None, campaign_id: int | None) -> str:
+    """Which of the rollup's first-row counts counts each opportunity once
+    per group under these filters. Every opportunity has exactly one first
+    row per channel, per campaign and per (channel, campaign) pair, all on
+    its creation day, so summing the count over days and rows is exact: the
+    group's own flag when nothing narrows it, the pair's when a filter on the
+    other dimension does."""
     if channel and campaign_id:
-        return None
+        return "first_of_channel_campaign"
     if group_by == "channel":
-        return None if campaign_id else "first_of_channel"
+        return "first_of_channel_campaign" if campaign_id else "first_of_channel"
     if group_by == "campaign":
-        return None if channel else "first_of_campaign"
+        return "first_of_channel_campaign" if channel else "first_of_campaign"
     return "first_of_channel" if channel else "first_of_campaign" if campaign_id else "first_of_opportunity"
+
+
+def _rollup_key(group_by: str):
+    return {"channel": F("channel"), "campaign": F("campaign_id"), "month": TruncMonth("day")}[group_by]
 
 
 def _attributed(*, model, group_by, start, end, channel, campaign_id):
     """(group, revenue, conversions, None, None) rows for won deals by close
     day and (group, None, None, pipeline, opportunity count) rows for all
-    deals by creation day. From the rollup (two small aggregates) whenever its
-    counts are exact for the filters; else from the credits."""
-    flag = _rollup_count_flag(group_by, channel, campaign_id)
-    if flag is not None:
-        base = AttributionRollup.objects.filter(model=model)
-        if channel:
-            base = base.filter(channel=channel)
-        if campaign_id:
-            base = base.filter(campaign_id=campaign_id)
-        won = base.filter(_date_range("day", start, end), basis=AttributionRollup.WON)
-        created = base.filter(_date_range("day", start, end), basis=AttributionRollup.CREATED)
-        key = {"channel": F("channel"), "campaign": F("campaign_id"), "month": TruncMonth("day")}[group_by]
-        for r in won.values(g=key).annotate(revenue=Sum("credit"), conversions=Sum("weight")).order_by():
-            yield r["g"], r["revenue"], r["conversions"], None, None
-        for r in created.values(g=key).annotate(pipeline=Sum("credit"), opportunities=Sum(flag)).order_by():
-            yield r["g"], None, None, r["pipeline"], r["opportunities"]
-        return
-    base = AttributionCredit.objects.filter(model=model)
+    deals by creation day: two aggregates over the rollup."""
+    base = AttributionRollup.objects.filter(_date_range("day", start, end), model=model)
     if channel:
         base = base.filter(channel=channel)
     if campaign_id:
         base = base.filter(campaign_id=campaign_id)
-    won = (
-        base.filter(_day_range("opportunity_closed_at", start, end), is_won=True)
-        .values(**_key(group_by, "opportunity_closed_at"))
-        .annotate(revenue=Sum("credit"), conversions=Sum("weight"))
-        .order_by()
-    )
-    for r in won:
+    key = _rollup_key(group_by)
+    won = base.filter(basis=AttributionRollup.WON).values(g=key).annotate(revenue=Sum("credit"), conversions=Sum("weight"))
+    for r in won.order_by():
         yield r["g"], r["revenue"], r["conversions"], None, None
-    created = (
-        base.filter(_day_range("opportunity_created_at", start, end))
-        .values(**_key(group_by, "opportunity_created_at"))
-        .annotate(pipeline=Sum("credit"), opportunities=Count("opportunity", distinct=True))
-        .order_by()
-    )
-    for r in created:
+    flag = _count_flag(group_by, channel, campaign_id)
+    created = base.filter(basis=AttributionRollup.CREATED).values(g=key).annotate(pipeline=Sum("credit"), opportunities=Sum(flag))
+    for r in created.order_by():
         yield r["g"], None, None, r["pipeline"], r["opportunities"]
 
 
@@ -181,7 +155,7 @@ def attribution_compare(*, group_by: str, start: date | None = None, end: date |
     aggregate over the rollup's won rows, grouped by model and group."""
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
-    key = {"channel": F("channel"), "campaign": F("campaign_id"), "month": TruncMonth("day")}[group_by]
+    key = _rollup_key(group_by)
     table: dict[str, dict] = defaultdict(dict)
     won = AttributionRollup.objects.filter(_date_range("day", start, end), model__in=models, basis=AttributionRollup.WON)
     for r in won.values("model", g=key).annotate(revenue=Sum("credit")).order_by():
