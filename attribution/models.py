@@ -168,8 +168,15 @@ class Touchpoint(models.Model):
 
     class Meta:
         ordering = ["lead", "occurred_at", "id"]
-        # Paths are read per lead in time order.
-        indexes = [models.Index(fields=["lead", "occurred_at"], name="touch_lead_time_idx")]
+        indexes = [
+            # Paths are read per lead in time order.
+            models.Index(fields=["lead", "occurred_at"], name="touch_lead_time_idx"),
+            # New leads per channel/campaign/month for cost per lead: one in five touches or fewer, index-only.
+            models.Index(
+                fields=["occurred_at", "channel", "campaign"], condition=models.Q(is_lead_creation=True),
+                name="touch_lead_creation_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.lead_id} {self.channel} {self.occurred_at:%Y-%m-%d %H:%M}"

@@ -10,10 +10,10 @@ from collections import defaultdict
 from datetime import date, datetime, time, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
-from django.db.models import F, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncMonth
 
-from attribution.models import AttributionRollup, CampaignSpend
+from attribution.models import AttributionRollup, CampaignSpend, Touchpoint
 from martech.models import Campaign
 
 GROUPS = ("channel", "campaign", "month")
@@ -85,6 +85,19 @@ def _attributed(*, model, group_by, start, end, channel, campaign_id):
         yield r["g"], None, None, r["pipeline"], r["opportunities"]
 
 
+def _new_leads(*, group_by, start, end, channel, campaign_id) -> dict[str, int]:
+    """Leads created per group: their lead-creation touches (the last touch
+    at or before the lead's creation) by channel, campaign and UTC month of
+    the touch, in [start, end]. Reads the partial index touch_lead_creation_idx."""
+    qs = Touchpoint.objects.filter(_day_range("occurred_at", start, end), is_lead_creation=True)
+    if channel:
+        qs = qs.filter(channel=channel)
+    if campaign_id:
+        qs = qs.filter(campaign_id=campaign_id)
+    key = {"channel": F("channel"), "campaign": F("campaign_id"), "month": TruncMonth("occurred_at", tzinfo=dt_timezone.utc)}[group_by]
+    return {_label(r["g"]): r["n"] for r in qs.values(g=key).annotate(n=Count("id")).order_by()}
+
+
 def attribution_report(
     *,
     model: str,
@@ -95,8 +108,10 @@ def attribution_report(
     campaign_id: int | None = None,
 ) -> list[dict]:
     """One row per group: attributed revenue, conversions (fractional: the
-    weights of won deals), pipeline, opportunity count, and spend with ROI,
-    ROAS and CPA where spend can be matched (channel, campaign, month)."""
+    weights of won deals), pipeline, opportunity count (for a campaign: the
+    deals it influenced, i.e. touched, created in the range), new leads, and
+    spend with ROI, ROAS, CPA and cost per lead where spend can be matched
+    (channel, campaign, month)."""
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
     rows: dict[str, dict] = defaultdict(lambda: {
@@ -128,6 +143,10 @@ def attribution_report(
     for g in spend:
         rows[g]  # a group with spend but no revenue is still a row (ROI -100%)
 
+    leads = _new_leads(group_by=group_by, start=start, end=end, channel=channel, campaign_id=campaign_id)
+    for g in leads:
+        rows[g]
+
     names = {}
     if group_by == "campaign":
         names = dict(Campaign.objects.filter(pk__in=[g for g in rows if g != "(none)"]).values_list("pk", "name"))
@@ -146,6 +165,8 @@ def attribution_report(
             "roas": round(float(revenue / cost), 4) if cost else None,
             "roi": round(float((revenue - cost) / cost), 4) if cost else None,
             "cpa": (cost / Decimal(str(conversions))).quantize(Decimal("0.01")) if cost and conversions else None,
+            "new_leads": leads.get(g, 0),
+            "cost_per_lead": (cost / leads[g]).quantize(Decimal("0.01")) if cost and leads.get(g) else None,
         })
     return out
 

@@ -84,6 +84,8 @@ _ROW = inline_serializer("AttributionReportRow", {
     "roas": serializers.FloatField(allow_null=True),
     "roi": serializers.FloatField(allow_null=True),
     "cpa": serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True),
+    "new_leads": serializers.IntegerField(),
+    "cost_per_lead": serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True),
 }, many=True)
 
 
