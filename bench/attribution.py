@@ -1,24 +1,25 @@
-"""Attribution: the models over a synthetic data set, and the report API over
-materialized results.
+"""Attribution: the models with their database writes over a synthetic data
+set, and the report API over the materialized results.
 
 Full size: 1,000,000 touchpoints over 200,000 leads and 50,000 opportunities
 (12 channels). ``--quick``: a twentieth of that, well under a minute.
 
-1. Model computation: paths are generated in memory (deterministic), then the
-   same code attribution_compute runs (attribution.engine weights and Decimal
-   allocation) is timed: all position-based models together (first, last,
-   last non-direct, linear, time decay, U, W, full path, custom), then Markov
-   (learning the removal effects exactly over every journey, converting and
-   not, then crediting every opportunity) and Shapley (2^12 coalitions).
-2. Report API: the linear model's credits for every touch (1 credit row per
-   touchpoint) are written with COPY into the DATABASE_URL database, under
-   bench opportunities that are deleted at the end; then
-   GET /api/v1/attribution/report is timed per group_by (channel, campaign,
-   month) with a date range, in-process.
+1. Model computation: paths are generated in memory (deterministic) and the
+   opportunities inserted; then for all position-based models together
+   (first, last, last non-direct, linear, time decay, U, W, full path,
+   custom), then Markov (learning the removal effects exactly over every
+   journey, converting and not) and Shapley (2^12 coalitions), every
+   opportunity is credited with attribution.engine and the rows are written
+   the way attribution_compute writes them (computation._write: binary COPY
+   on PostgreSQL; then rollup_refresh), timed together, wall clock and CPU.
+2. Report API: with every model materialized, GET /api/v1/attribution/report
+   per group_by (channel, campaign, month) and /compare, with a date range,
+   in-process; EXPLAIN ANALYZE of the rollup aggregates goes to the results.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/attribution.py [--quick]
 
-Prints one JSON line per figure and writes them to bench/results/attribution.json.
+Prints one JSON line per figure and writes them to bench/results/attribution.json
+(attribution_quick.json with --quick), with the load average and the query plans.
 """
 from __future__ import annotations
 
