@@ -261,6 +261,59 @@ def rollup_refresh(*, models: Sequence[str], days: dict[str, set[date]] | None =
     return written
 
 
+class RollupAccumulator:
+    """Sums credit rows into rollup groups as they stream to the database,
+    for a full run: the same numbers rollup_refresh would aggregate from the
+    table, without reading millions of rows back. ``feed`` passes the rows
+    through; ``replace`` then swaps in the model's rollup rows."""
+
+    _MODEL, _CHANNEL, _CAMPAIGN = 0, 3, 4
+    _FLAGS = slice(7, 11)  # first of opportunity, channel, campaign, (channel, campaign)
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple, list] = {}
+        self._days: dict[datetime, date] = {}
+
+    def _day(self, at: datetime) -> date:
+        day = self._days.get(at)
+        if day is None:
+            day = self._days[at] = _utc_day(at)
+        return day
+
+    def _add(self, key: tuple, credit: Decimal, weight: float, flags: tuple) -> None:
+        g = self.groups.get(key)
+        if g is None:
+            g = self.groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0]
+        g[0] += credit
+        g[1] += weight
+        for i, flag in enumerate(flags, start=2):
+            g[i] += flag
+
+    def feed(self, rows: Iterable[tuple]) -> Iterator[tuple]:
+        for row in rows:
+            model, channel, campaign = row[self._MODEL], row[self._CHANNEL], row[self._CAMPAIGN]
+            weight, credit, is_won, created_at, closed_at = row[11], row[12], row[14], row[16], row[17]
+            flags = row[self._FLAGS]
+            self._add((model, AttributionRollup.CREATED, self._day(created_at), channel, campaign), credit, weight, flags)
+            if is_won and closed_at is not None:
+                self._add((model, AttributionRollup.WON, self._day(closed_at), channel, campaign), credit, weight, flags)
+            yield row
+
+    def replace(self, *, models: Sequence[str]) -> int:
+        AttributionRollup.objects.filter(model__in=models).delete()
+        AttributionRollup.objects.bulk_create(
+            (
+                AttributionRollup(
+                    model=model, basis=basis, day=day, channel=channel, campaign_id=campaign, credit=g[0], weight=g[1],
+                    first_of_opportunity=g[2], first_of_channel=g[3], first_of_campaign=g[4], first_of_channel_campaign=g[5],
+                )
+                for (model, basis, day, channel, campaign), g in self.groups.items()
+            ),
+            batch_size=5000,
+        )
+        return len(self.groups)
+
+
 def _credit_days(rows: Iterable[tuple[datetime | None, datetime | None]], into: dict[str, set[date]]) -> None:
     """Collect the UTC (close, creation) days of credit rows, per basis."""
     for closed_at, created_at in rows:
@@ -327,6 +380,11 @@ def attribution_compute(
                 cursor.execute(f"TRUNCATE {AttributionCredit._meta.db_table}")
         else:
             old.delete()
-        written = _write(rows)
-        rollup_refresh(models=models, days=days)
+        if full:
+            rollup = RollupAccumulator()
+            written = _write(rollup.feed(rows))
+            rollup.replace(models=models)
+        else:
+            written = _write(rows)
+            rollup_refresh(models=models, days=days)
     return {"opportunities": len(opps), "credits": written, "models": len(models)}

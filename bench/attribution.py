@@ -10,8 +10,9 @@ Full size: 1,000,000 touchpoints over 200,000 leads and 50,000 opportunities
    custom), then Markov (learning the removal effects exactly over every
    journey, converting and not) and Shapley (2^12 coalitions), every
    opportunity is credited with attribution.engine and the rows are written
-   the way attribution_compute writes them (computation._write: binary COPY
-   on PostgreSQL; then rollup_refresh), timed together, wall clock and CPU.
+   the way a full attribution_compute writes them (computation._write:
+   binary COPY on PostgreSQL, the rollup summed on the way by
+   RollupAccumulator and then saved), timed together, wall clock and CPU.
 2. Report API: with every model materialized, GET /api/v1/attribution/report
    per group_by (channel, campaign, month) and /compare, with a date range,
    in-process; EXPLAIN ANALYZE of the rollup aggregates goes to the results.
@@ -50,7 +51,7 @@ from rest_framework.test import APIClient  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attribution import engine  # noqa: E402
-from attribution.computation import ALL_MODELS, _write, first_flags, rollup_refresh  # noqa: E402
+from attribution.computation import ALL_MODELS, RollupAccumulator, _write, first_flags, rollup_refresh  # noqa: E402
 from django.db.models import Sum  # noqa: E402
 from attribution.models import AttributionCredit, Opportunity, Pipeline  # noqa: E402
 
@@ -165,9 +166,10 @@ def materialize(models: dict, rows_of_opps, created, label: str) -> None:
     with Timer() as total:
         with transaction.atomic():
             AttributionCredit.objects.filter(model__in=list(models)).delete()
-            written = _write(tqdm(rows(), desc=label, unit="row", file=sys.stderr, mininterval=5))
+            rollup = RollupAccumulator()
+            written = _write(rollup.feed(tqdm(rows(), desc=label, unit="row", file=sys.stderr, mininterval=5)))
             with Timer() as roll:
-                rollup_refresh(models=list(models))
+                rollup.replace(models=list(models))
     emit(f"{label}_s", round(total.wall, 2), "s")
     emit(f"{label}_cpu_s", round(total.cpu, 2), "s")
     emit(f"{label}_engine_s", round(engine_s, 2), "s")
