@@ -129,9 +129,9 @@ def test_analyst_sees_every_chart_with_the_api_numbers(live_server, data, browse
     assert revenue["data"] == [float(r["attributed_revenue"]) for r in cam]
 
     mon = data["month"]["results"]
-    # one month: revenue, pipeline and spend land in the same row
-    assert charts["chart-month"]["labels"] == [r["group"] for r in mon] == ["2026-02"]
-    assert mon[0]["spend"] == "340.00"
+    # January: the leads were created (new leads only); February: the deals and the spend, in one row
+    assert charts["chart-month"]["labels"] == [r["group"] for r in mon] == ["2026-01", "2026-02"]
+    assert [(r["new_leads"], r["spend"], r["attributed_revenue"]) for r in mon] == [(4, None, "0.00"), (0, "340.00", "6500.00")]
     assert charts["chart-month"]["datasets"][0]["data"] == [float(r["attributed_revenue"]) for r in mon]
 
     funnel = data["pipeline"]["lifecycle_funnel"]
