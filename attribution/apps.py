@@ -10,4 +10,4 @@ class AttributionConfig(AppConfig):
         from martech import signals
 
         signals.events_ingested.connect(receivers.on_events_ingested, dispatch_uid="attribution_events_ingested")
-        signals.opportunity_changed.connect(receivers.on_opportunity_changed, dispatch_uid="attribution_opportunity_changed")
+        # Opportunity changes queue their recompute in attribution.services (once per transaction), not here.

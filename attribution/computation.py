@@ -16,12 +16,14 @@ stored values (and learns them first if there are none).
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta, timezone as dt_timezone
 from decimal import Decimal
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 from tqdm import tqdm
 
@@ -29,6 +31,7 @@ from attribution import engine
 from attribution.models import (
     AttributionCredit,
     AttributionModel,
+    AttributionRollup,
     AttributionRun,
     Opportunity,
     OpportunityContactRole,
@@ -39,20 +42,31 @@ from attribution.models import (
 ALL_MODELS = tuple(m.value for m in AttributionModel)
 CREDIT_COLUMNS = (
     "model", "opportunity_id", "touchpoint_id", "channel", "campaign_id", "touched_at", "is_opportunity_creation",
-    "first_of_opportunity", "first_of_channel", "first_of_campaign", "weight", "credit", "currency", "is_won", "is_closed", "opportunity_created_at", "opportunity_closed_at",
+    "first_of_opportunity", "first_of_channel", "first_of_campaign", "first_of_channel_campaign", "weight", "credit", "currency", "is_won", "is_closed", "opportunity_created_at", "opportunity_closed_at",
 )
 
 
-def first_flags(keys: Sequence[tuple[str, int | None]]) -> list[tuple[bool, bool, bool]]:
+# PostgreSQL types of CREDIT_COLUMNS, for binary COPY.
+COPY_TYPES = (
+    "varchar", "int8", "int8", "varchar", "int8", "timestamptz", "bool",
+    "bool", "bool", "bool", "bool", "float8", "numeric", "varchar", "bool", "bool", "timestamptz", "timestamptz",
+)
+assert len(COPY_TYPES) == len(CREDIT_COLUMNS)
+
+
+def first_flags(keys: Sequence[tuple[str, int | None]]) -> list[tuple[bool, bool, bool, bool]]:
     """For one opportunity's credit rows as (channel, campaign id): is each row
-    the first of the opportunity, of its channel, of its campaign?"""
+    the first of the opportunity, of its channel, of its campaign, of its
+    (channel, campaign) pair?"""
     seen_channel: set = set()
     seen_campaign: set = set()
+    seen_pair: set = set()
     flags = []
     for i, (channel, campaign) in enumerate(keys):
-        flags.append((i == 0, channel not in seen_channel, campaign not in seen_campaign))
+        flags.append((i == 0, channel not in seen_channel, campaign not in seen_campaign, (channel, campaign) not in seen_pair))
         seen_channel.add(channel)
         seen_campaign.add(campaign)
+        seen_pair.add((channel, campaign))
     return flags
 
 
@@ -158,20 +172,181 @@ def _weighers(models: Sequence[str], *, full: bool, progress: bool) -> dict[str,
     return weighers
 
 
-def _write(rows: list[tuple]) -> None:
-    if not rows:
-        return
+def _write(rows: Iterable[tuple]) -> int:
+    """Insert credit rows (tuples in CREDIT_COLUMNS order), streamed: a full
+    run's millions of rows are never all in memory. Returns the count."""
+    n = 0
     if connection.vendor == "postgresql":
         # COPY is several times faster than INSERT for the millions of rows of a full run.
+        # Binary COPY: the server reads numerics and timestamps without parsing text.
         cols = ", ".join(CREDIT_COLUMNS)
         with connection.cursor() as cursor:
-            with cursor.cursor.copy(f"COPY attribution_attributioncredit ({cols}) FROM STDIN") as copy:
+            with cursor.cursor.copy(f"COPY attribution_attributioncredit ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
-        return
-    AttributionCredit.objects.bulk_create(
-        (AttributionCredit(**dict(zip(CREDIT_COLUMNS, row))) for row in rows), batch_size=2000
+                    n += 1
+        return n
+    batch: list[AttributionCredit] = []
+    for row in rows:
+        batch.append(AttributionCredit(**dict(zip(CREDIT_COLUMNS, row))))
+        if len(batch) == 5000:
+            AttributionCredit.objects.bulk_create(batch)
+            n += len(batch)
+            batch = []
+    AttributionCredit.objects.bulk_create(batch)
+    return n + len(batch)
+
+
+# Which credit column dates a rollup row of each basis, and which credits it sums.
+_BASIS = {
+    AttributionRollup.WON: ("opportunity_closed_at", Q(is_won=True)),
+    AttributionRollup.CREATED: ("opportunity_created_at", Q()),
+}
+
+
+def _utc_day(value: datetime | None) -> date | None:
+    return value.astimezone(dt_timezone.utc).date() if value is not None else None
+
+
+def _days_q(field: str, days: set[date]) -> Q:
+    q = Q()
+    for day in days:
+        start = datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
+        q |= Q(**{f"{field}__gte": start, f"{field}__lt": start + timedelta(days=1)})
+    return q
+
+
+def rollup_refresh(*, models: Sequence[str], days: dict[str, set[date]] | None = None) -> int:
+    """Rebuild the rollup rows of ``models`` from their credits: all of them
+    (``days`` None), or only the UTC days given per basis (an incremental
+    run passes the days its opportunities' credits left and entered).
+    Aggregated in the database; call inside the transaction that wrote the
+    credits so readers never see the two disagree. Returns rows written."""
+    written = 0
+    for basis, (field, which) in _BASIS.items():
+        rollups = AttributionRollup.objects.filter(model__in=models, basis=basis)
+        credits = AttributionCredit.objects.filter(which, model__in=models, **{f"{field}__isnull": False})
+        if days is not None:
+            wanted = {d for d in days.get(basis, ()) if d is not None}
+            if not wanted:
+                continue
+            rollups = rollups.filter(day__in=wanted)
+            credits = credits.filter(_days_q(field, wanted))
+        rollups.delete()
+        groups = (
+            credits.annotate(day=TruncDate(field, tzinfo=dt_timezone.utc))
+            .values("model", "day", "channel", "campaign_id")
+            .annotate(
+                total=Sum("credit"), weights=Sum("weight"),
+                n_opp=Count("id", filter=Q(first_of_opportunity=True)),
+                n_channel=Count("id", filter=Q(first_of_channel=True)),
+                n_campaign=Count("id", filter=Q(first_of_campaign=True)),
+                n_pair=Count("id", filter=Q(first_of_channel_campaign=True)),
+            )
+            .order_by()
+        )
+        # INSERT ... SELECT: the groups never travel to Python (tens of
+        # thousands of them in a full run). The ORM writes the SELECT.
+        select, params = groups.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {AttributionRollup._meta.db_table} (model, basis, day, channel, campaign_id, credit, weight,"
+                " first_of_opportunity, first_of_channel, first_of_campaign, first_of_channel_campaign)"
+                " SELECT g.model, %s, g.day, g.channel, g.campaign_id, g.total, g.weights, g.n_opp, g.n_channel,"
+                f" g.n_campaign, g.n_pair FROM ({select}) g",
+                [basis, *params],
+            )
+            written += cursor.rowcount
+    return written
+
+
+class RollupAccumulator:
+    """Sums credit rows into rollup groups as they stream to the database,
+    for a full run: the same numbers rollup_refresh would aggregate from the
+    table, without reading millions of rows back. ``feed`` passes the rows
+    through; ``replace`` then swaps in the model's rollup rows."""
+
+    _MODEL, _CHANNEL, _CAMPAIGN = 0, 3, 4
+    _FLAGS = slice(7, 11)  # first of opportunity, channel, campaign, (channel, campaign)
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple, list] = {}
+        self._days: dict[datetime, date] = {}
+
+    def _day(self, at: datetime) -> date:
+        day = self._days.get(at)
+        if day is None:
+            day = self._days[at] = _utc_day(at)
+        return day
+
+    def _add(self, key: tuple, credit: Decimal, weight: float, flags: tuple) -> None:
+        g = self.groups.get(key)
+        if g is None:
+            g = self.groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0]
+        g[0] += credit
+        g[1] += weight
+        for i, flag in enumerate(flags, start=2):
+            g[i] += flag
+
+    def feed(self, rows: Iterable[tuple]) -> Iterator[tuple]:
+        for row in rows:
+            model, channel, campaign = row[self._MODEL], row[self._CHANNEL], row[self._CAMPAIGN]
+            weight, credit, is_won, created_at, closed_at = row[11], row[12], row[14], row[16], row[17]
+            flags = row[self._FLAGS]
+            self._add((model, AttributionRollup.CREATED, self._day(created_at), channel, campaign), credit, weight, flags)
+            if is_won and closed_at is not None:
+                self._add((model, AttributionRollup.WON, self._day(closed_at), channel, campaign), credit, weight, flags)
+            yield row
+
+    COLUMNS = (
+        "model", "basis", "day", "channel", "campaign_id", "credit", "weight",
+        "first_of_opportunity", "first_of_channel", "first_of_campaign", "first_of_channel_campaign",
     )
+    COPY_TYPES = ("varchar", "varchar", "date", "varchar", "int8", "numeric", "float8", "int4", "int4", "int4", "int4")
+
+    def replace(self, *, models: Sequence[str]) -> int:
+        AttributionRollup.objects.filter(model__in=models).delete()
+        rows = ((*key, *g) for key, g in self.groups.items())
+        if connection.vendor == "postgresql":
+            # Tens of thousands of rows in a full run: COPY, as the credits.
+            with connection.cursor() as cursor:
+                sql = f"COPY {AttributionRollup._meta.db_table} ({', '.join(self.COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+                with cursor.cursor.copy(sql) as copy:
+                    copy.set_types(self.COPY_TYPES)
+                    for row in rows:
+                        copy.write_row(row)
+        else:
+            AttributionRollup.objects.bulk_create(
+                (AttributionRollup(**dict(zip(self.COLUMNS, row))) for row in rows), batch_size=5000
+            )
+        return len(self.groups)
+
+
+def _credit_days(rows: Iterable[tuple[datetime | None, datetime | None]], into: dict[str, set[date]]) -> None:
+    """Collect the UTC (close, creation) days of credit rows, per basis."""
+    for closed_at, created_at in rows:
+        into[AttributionRollup.WON].add(_utc_day(closed_at))
+        into[AttributionRollup.CREATED].add(_utc_day(created_at))
+
+
+def credit_rows(opps: list[dict], roles: dict[int, list[int]], touches: dict[int, list[tuple]], weighers: dict, *,
+                now: datetime, progress: bool = False) -> Iterator[tuple]:
+    """Every model's credit rows for ``opps``, one opportunity at a time (a generator)."""
+    for opp in tqdm(opps, desc="attribution", unit="opp", disable=not progress):
+        tp_rows, ctx, path = _path(opp, roles.get(opp["id"], []), touches, now)
+        amount: Decimal = opp["amount"]
+        closed = opp["closed_at"] is not None and (opp["stage__is_won"] or opp["stage__is_lost"])
+        common = (opp["currency"], bool(opp["stage__is_won"]), bool(closed), opp["created_at"], opp["closed_at"] if closed else None)
+        flags = first_flags([(t[2], t[3]) for t in tp_rows])
+        for model, weigh in weighers.items():
+            if not path:
+                yield (model, opp["id"], None, AttributionCredit.UNATTRIBUTED, None, None, False, True, True, True, True, 1.0, amount, *common)
+                continue
+            weights = weigh(path, ctx)
+            credits = engine.allocate(amount, weights)
+            for t, touch, w, c, firsts in zip(tp_rows, path, weights, credits, flags):
+                yield (model, opp["id"], t[1], t[2], t[3], t[4], touch.is_opportunity_creation, *firsts, w, c, *common)
 
 
 def attribution_compute(
@@ -195,25 +370,30 @@ def attribution_compute(
     ids = [o["id"] for o in opps]
     roles = _roles(None if full else ids)
     touches = _load_touches(None if full else {lead for leads in roles.values() for lead in leads})
-    rows: list[tuple] = []
-    for opp in tqdm(opps, desc="attribution", unit="opp", disable=not progress):
-        tp_rows, ctx, path = _path(opp, roles.get(opp["id"], []), touches, now)
-        amount: Decimal = opp["amount"]
-        closed = opp["closed_at"] is not None and (opp["stage__is_won"] or opp["stage__is_lost"])
-        common = (opp["currency"], bool(opp["stage__is_won"]), bool(closed), opp["created_at"], opp["closed_at"] if closed else None)
-        flags = first_flags([(t[2], t[3]) for t in tp_rows])
-        for model, weigh in weighers.items():
-            if not path:
-                rows.append((model, opp["id"], None, AttributionCredit.UNATTRIBUTED, None, None, False, True, True, True, 1.0, amount, *common))
-                continue
-            weights = weigh(path, ctx)
-            credits = engine.allocate(amount, weights)
-            for t, touch, w, c, firsts in zip(tp_rows, path, weights, credits, flags):
-                rows.append((model, opp["id"], t[1], t[2], t[3], t[4], touch.is_opportunity_creation, *firsts, w, c, *common))
+    rows = credit_rows(opps, roles, touches, weighers, now=now, progress=progress)
     with transaction.atomic():
         old = AttributionCredit.objects.filter(model__in=models)
+        days: dict[str, set[date]] | None = None
         if not full:
             old = old.filter(opportunity_id__in=ids)
-        old.delete()
-        _write(rows)
-    return {"opportunities": len(opps), "credits": len(rows), "models": len(models)}
+            rows = list(rows)
+            # The days these deals' credits leave and the days they enter: only those rollup rows change.
+            days = defaultdict(set)
+            _credit_days(old.values_list("opportunity_closed_at", "opportunity_created_at").distinct(), days)
+            _credit_days(((r[-1], r[-2]) for r in rows), days)
+        if full and set(models) == set(ALL_MODELS) and connection.vendor == "postgresql":
+            # Every row goes: TRUNCATE frees the table at once, where DELETE
+            # would mark millions of rows dead for vacuum. It locks the credits
+            # (not the rollup the reports read) until this transaction commits.
+            with connection.cursor() as cursor:
+                cursor.execute(f"TRUNCATE {AttributionCredit._meta.db_table}")
+        else:
+            old.delete()
+        if full:
+            rollup = RollupAccumulator()
+            written = _write(rollup.feed(rows))
+            rollup.replace(models=models)
+        else:
+            written = _write(rows)
+            rollup_refresh(models=models, days=days)
+    return {"opportunities": len(opps), "credits": written, "models": len(models)}

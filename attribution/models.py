@@ -168,8 +168,15 @@ class Touchpoint(models.Model):
 
     class Meta:
         ordering = ["lead", "occurred_at", "id"]
-        # Paths are read per lead in time order.
-        indexes = [models.Index(fields=["lead", "occurred_at"], name="touch_lead_time_idx")]
+        indexes = [
+            # Paths are read per lead in time order.
+            models.Index(fields=["lead", "occurred_at"], name="touch_lead_time_idx"),
+            # New leads per channel/campaign/month for cost per lead: one in five touches or fewer, index-only.
+            models.Index(
+                fields=["occurred_at", "channel", "campaign"], condition=models.Q(is_lead_creation=True),
+                name="touch_lead_creation_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.lead_id} {self.channel} {self.occurred_at:%Y-%m-%d %H:%M}"
@@ -240,18 +247,32 @@ class AttributionCredit(models.Model):
     UNATTRIBUTED = "unattributed"
 
     model = models.CharField(max_length=20, choices=AttributionModel.choices)
-    opportunity = models.ForeignKey(Opportunity, on_delete=models.CASCADE, related_name="credits")
-    touchpoint = models.ForeignKey(Touchpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="credits")
+    # No database constraints on these three: a full run COPYs millions of
+    # rows, and PostgreSQL checks each constrained row with a trigger queued
+    # to commit (Django's are deferred), which cost more than the COPY
+    # itself. The rows are derived (always written by attribution_compute
+    # from existing ids, in one transaction) and the ORM still cascades
+    # deletes and nulls campaigns (on_delete runs in Django's collector).
+    opportunity = models.ForeignKey(Opportunity, on_delete=models.CASCADE, related_name="credits", db_constraint=False)
+    touchpoint = models.ForeignKey(
+        Touchpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="credits", db_constraint=False
+    )
     channel = models.CharField(max_length=20)
-    campaign = models.ForeignKey("martech.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # No index either: only a campaign's deletion looks credits up by it.
+    campaign = models.ForeignKey(
+        "martech.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False,
+        db_index=False,
+    )
     touched_at = models.DateTimeField(null=True, blank=True)
     is_opportunity_creation = models.BooleanField(default=False)
     # The opportunity's first row overall / for this channel / for this
-    # campaign: reports count opportunities per group by counting these
-    # rows, instead of a COUNT(DISTINCT) that sorts the whole range.
+    # campaign / for this (channel, campaign) pair: the rollup sums these, so
+    # reports count distinct opportunities per group under any channel and
+    # campaign filter without a COUNT(DISTINCT) over the credits.
     first_of_opportunity = models.BooleanField(default=False)
     first_of_channel = models.BooleanField(default=False)
     first_of_campaign = models.BooleanField(default=False)
+    first_of_channel_campaign = models.BooleanField(default=False)
     weight = models.FloatField()
     credit = models.DecimalField(max_digits=18, decimal_places=2)
     currency = models.CharField(max_length=3)
@@ -260,13 +281,46 @@ class AttributionCredit(models.Model):
     opportunity_created_at = models.DateTimeField()
     opportunity_closed_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        indexes = [
-            # Reports filter by model and a date range; refreshes delete by (model, opportunity).
-            models.Index(fields=["model", "opportunity_closed_at"], name="credit_model_closed_idx"),
-            models.Index(fields=["model", "opportunity_created_at"], name="credit_model_created_idx"),
-            models.Index(fields=["model", "opportunity"], name="credit_model_opp_idx"),
-        ]
+    # Indexes: only the foreign keys' (refreshes and cascades find rows by
+    # opportunity, touchpoint deletions by touchpoint). Reports read
+    # AttributionRollup, so the credits need no date index; every index is
+    # paid for on each of a full run's millions of rows.
 
     def __str__(self) -> str:
         return f"{self.model} {self.opportunity_id} {self.channel}: {self.credit}"
+
+
+class AttributionRollup(models.Model):
+    """The credits pre-aggregated per (model, basis, UTC day, channel,
+    campaign), written by the same transaction that writes the credits
+    (computation.rollup_refresh), so the report API reads a few thousand rows
+    instead of millions. ``basis`` says which date ``day`` is: ``won`` rows
+    sum the credits of won deals by close day (revenue, conversions),
+    ``created`` rows those of every deal by creation day (pipeline,
+    opportunity counts). The ``first_*`` counts are the credits' first-row
+    flags summed, which keeps opportunity counts per group exact."""
+
+    WON = "won"
+    CREATED = "created"
+
+    model = models.CharField(max_length=20, choices=AttributionModel.choices)
+    basis = models.CharField(max_length=8, choices=[(WON, "Won, by close day"), (CREATED, "All, by creation day")])
+    day = models.DateField()
+    channel = models.CharField(max_length=20)
+    # A plain id, not a foreign key: a deleted campaign's history still adds up (the credits keep theirs by SET_NULL).
+    campaign_id = models.BigIntegerField(null=True, blank=True)
+    credit = models.DecimalField(max_digits=20, decimal_places=2)
+    weight = models.FloatField()
+    first_of_opportunity = models.PositiveIntegerField(default=0)
+    first_of_channel = models.PositiveIntegerField(default=0)
+    first_of_campaign = models.PositiveIntegerField(default=0)
+    first_of_channel_campaign = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [
+            # The report's one filter: a model, a basis, a range of days.
+            models.Index(fields=["model", "basis", "day"], name="rollup_model_basis_day_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.basis} {self.day} {self.channel}: {self.credit}"

@@ -9,6 +9,3 @@ def on_events_ingested(sender, event_ids: list[int], **kwargs) -> None:
     if event_ids:
         async_task("attribution.tasks.touchpoints_refresh", list(event_ids), group="attribution")
 
-
-def on_opportunity_changed(sender, opportunity_id: int, kind: str, **kwargs) -> None:
-    async_task("attribution.tasks.opportunity_attribute", opportunity_id, group="attribution")

@@ -13,7 +13,7 @@ from decimal import Decimal
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncMonth
 
-from attribution.models import AttributionCredit, CampaignSpend
+from attribution.models import AttributionRollup, CampaignSpend, Touchpoint
 from martech.models import Campaign
 
 GROUPS = ("channel", "campaign", "month")
@@ -30,32 +30,72 @@ def _day_range(field: str, start: date | None, end: date | None) -> Q:
     return q
 
 
-def _key(group_by: str, date_field: str):
-    if group_by == "channel":
-        return {"g": F("channel")}
-    if group_by == "campaign":
-        # By id: campaign names are not unique.
-        return {"g": F("campaign_id")}
-    return {"g": TruncMonth(date_field)}
-
-
-def _opportunity_count(group_by: str, *, filtered: bool):
-    """Distinct opportunities per group. Each opportunity marks its first
-    credit row per channel and per campaign (and overall, which serves the
-    month, as an opportunity has one creation month), so counting marked rows
-    is exact and avoids sorting the range for COUNT(DISTINCT). A channel or
-    campaign filter can hide the marked row, so filtered reports count
-    distinct ids instead."""
-    if filtered:
-        return Count("opportunity", distinct=True)
-    flag = {"channel": "first_of_channel", "campaign": "first_of_campaign", "month": "first_of_opportunity"}[group_by]
-    return Count("id", filter=Q(**{flag: True}))
+def _date_range(field: str, start: date | None, end: date | None) -> Q:
+    q = Q()
+    if start:
+        q &= Q(**{f"{field}__gte": start})
+    if end:
+        q &= Q(**{f"{field}__lte": end})
+    return q
 
 
 def _label(value) -> str:
-    if isinstance(value, datetime):
+    # Months come as datetimes from the credits and as dates from spend (a DateField): one label for both.
+    if isinstance(value, (datetime, date)):
         return value.strftime("%Y-%m")
     return value if value is not None else "(none)"
+
+
+def _count_flag(group_by: str, channel: str | None, campaign_id: int | None) -> str:
+    """Which of the rollup's first-row counts counts each opportunity once
+    per group under these filters. Every opportunity has exactly one first
+    row per channel, per campaign and per (channel, campaign) pair, all on
+    its creation day, so summing the count over days and rows is exact: the
+    group's own flag when nothing narrows it, the pair's when a filter on the
+    other dimension does."""
+    if channel and campaign_id:
+        return "first_of_channel_campaign"
+    if group_by == "channel":
+        return "first_of_channel_campaign" if campaign_id else "first_of_channel"
+    if group_by == "campaign":
+        return "first_of_channel_campaign" if channel else "first_of_campaign"
+    return "first_of_channel" if channel else "first_of_campaign" if campaign_id else "first_of_opportunity"
+
+
+def _rollup_key(group_by: str):
+    return {"channel": F("channel"), "campaign": F("campaign_id"), "month": TruncMonth("day")}[group_by]
+
+
+def _attributed(*, model, group_by, start, end, channel, campaign_id):
+    """(group, revenue, conversions, None, None) rows for won deals by close
+    day and (group, None, None, pipeline, opportunity count) rows for all
+    deals by creation day: two aggregates over the rollup."""
+    base = AttributionRollup.objects.filter(_date_range("day", start, end), model=model)
+    if channel:
+        base = base.filter(channel=channel)
+    if campaign_id:
+        base = base.filter(campaign_id=campaign_id)
+    key = _rollup_key(group_by)
+    won = base.filter(basis=AttributionRollup.WON).values(g=key).annotate(revenue=Sum("credit"), conversions=Sum("weight"))
+    for r in won.order_by():
+        yield r["g"], r["revenue"], r["conversions"], None, None
+    flag = _count_flag(group_by, channel, campaign_id)
+    created = base.filter(basis=AttributionRollup.CREATED).values(g=key).annotate(pipeline=Sum("credit"), opportunities=Sum(flag))
+    for r in created.order_by():
+        yield r["g"], None, None, r["pipeline"], r["opportunities"]
+
+
+def _new_leads(*, group_by, start, end, channel, campaign_id) -> dict[str, int]:
+    """Leads created per group: their lead-creation touches (the last touch
+    at or before the lead's creation) by channel, campaign and UTC month of
+    the touch, in [start, end]. Reads the partial index touch_lead_creation_idx."""
+    qs = Touchpoint.objects.filter(_day_range("occurred_at", start, end), is_lead_creation=True)
+    if channel:
+        qs = qs.filter(channel=channel)
+    if campaign_id:
+        qs = qs.filter(campaign_id=campaign_id)
+    key = {"channel": F("channel"), "campaign": F("campaign_id"), "month": TruncMonth("occurred_at", tzinfo=dt_timezone.utc)}[group_by]
+    return {_label(r["g"]): r["n"] for r in qs.values(g=key).annotate(n=Count("id")).order_by()}
 
 
 def attribution_report(
@@ -68,39 +108,26 @@ def attribution_report(
     campaign_id: int | None = None,
 ) -> list[dict]:
     """One row per group: attributed revenue, conversions (fractional: the
-    weights of won deals), pipeline, opportunity count, and spend with ROI,
-    ROAS and CPA where spend can be matched (channel, campaign, month)."""
+    weights of won deals), pipeline, opportunity count (for a campaign: the
+    deals it influenced, i.e. touched, created in the range), new leads, and
+    spend with ROI, ROAS, CPA and cost per lead where spend can be matched
+    (channel, campaign, month)."""
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
-    base = AttributionCredit.objects.filter(model=model)
-    if channel:
-        base = base.filter(channel=channel)
-    if campaign_id:
-        base = base.filter(campaign_id=campaign_id)
     rows: dict[str, dict] = defaultdict(lambda: {
         "attributed_revenue": Decimal("0.00"), "attributed_conversions": 0.0,
         "attributed_pipeline": Decimal("0.00"), "opportunity_count": 0,
     })
-    won = (
-        base.filter(_day_range("opportunity_closed_at", start, end), is_won=True)
-        .values(**_key(group_by, "opportunity_closed_at"))
-        .annotate(revenue=Sum("credit"), conversions=Sum("weight"))
-        .order_by()
-    )
-    for r in won:
-        row = rows[_label(r["g"])]
-        row["attributed_revenue"] = r["revenue"] or Decimal("0.00")
-        row["attributed_conversions"] = r["conversions"] or 0.0
-    created = (
-        base.filter(_day_range("opportunity_created_at", start, end))
-        .values(**_key(group_by, "opportunity_created_at"))
-        .annotate(pipeline=Sum("credit"), opportunities=_opportunity_count(group_by, filtered=bool(channel or campaign_id)))
-        .order_by()
-    )
-    for r in created:
-        row = rows[_label(r["g"])]
-        row["attributed_pipeline"] = r["pipeline"] or Decimal("0.00")
-        row["opportunity_count"] = r["opportunities"]
+    for g, revenue, conversions, pipeline, opportunities in _attributed(
+        model=model, group_by=group_by, start=start, end=end, channel=channel, campaign_id=campaign_id
+    ):
+        row = rows[_label(g)]
+        if revenue is not None:
+            row["attributed_revenue"] = revenue
+            row["attributed_conversions"] = conversions or 0.0
+        if pipeline is not None:
+            row["attributed_pipeline"] = pipeline
+            row["opportunity_count"] = opportunities
 
     spend_q = CampaignSpend.objects.all()
     if start:
@@ -115,6 +142,10 @@ def attribution_report(
     spend = {_label(r["g"]): r["s"] for r in spend_q.values(g=spend_key).annotate(s=Sum("amount")).order_by()}
     for g in spend:
         rows[g]  # a group with spend but no revenue is still a row (ROI -100%)
+
+    leads = _new_leads(group_by=group_by, start=start, end=end, channel=channel, campaign_id=campaign_id)
+    for g in leads:
+        rows[g]
 
     names = {}
     if group_by == "campaign":
@@ -134,17 +165,33 @@ def attribution_report(
             "roas": round(float(revenue / cost), 4) if cost else None,
             "roi": round(float((revenue - cost) / cost), 4) if cost else None,
             "cpa": (cost / Decimal(str(conversions))).quantize(Decimal("0.01")) if cost and conversions else None,
+            "new_leads": leads.get(g, 0),
+            "cost_per_lead": (cost / leads[g]).quantize(Decimal("0.01")) if cost and leads.get(g) else None,
         })
     return out
 
 
 def attribution_compare(*, group_by: str, start: date | None = None, end: date | None = None, models: list[str]) -> list[dict]:
-    """Attributed revenue per group under every model, side by side."""
+    """Attributed revenue per group under every model, side by side: one
+    aggregate over the rollup's won rows, grouped by model and group."""
+    if group_by not in GROUPS:
+        raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
+    key = _rollup_key(group_by)
     table: dict[str, dict] = defaultdict(dict)
-    for model in models:
-        for row in attribution_report(model=model, group_by=group_by, start=start, end=end):
-            table[str(row.get("campaign_id") or row["group"]) if group_by == "campaign" else row["group"]][model] = row["attributed_revenue"]
-    return [{"group": g, "revenue": {m: table[g].get(m, Decimal("0.00")) for m in models}} for g in sorted(table)]
+    won = AttributionRollup.objects.filter(_date_range("day", start, end), model__in=models, basis=AttributionRollup.WON)
+    for r in won.values("model", g=key).annotate(revenue=Sum("credit")).order_by():
+        table[_label(r["g"])][r["model"]] = r["revenue"]
+    names = {}
+    if group_by == "campaign":
+        names = dict(Campaign.objects.filter(pk__in=[g for g in table if g != "(none)"]).values_list("pk", "name"))
+    rows = []
+    for g in sorted(table, key=str):
+        row = {"group": names.get(g, g) if group_by == "campaign" else g}
+        if group_by == "campaign":
+            row["campaign_id"] = g if g != "(none)" else None
+        row["revenue"] = {m: table[g].get(m, Decimal("0.00")) for m in models}
+        rows.append(row)
+    return rows
 
 
 def _days(seconds: float) -> float:

@@ -3,16 +3,18 @@ move goes through here: the API, the CSV import and the CRM sync share it.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django_q.tasks import async_task
 
-from attribution.models import Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange, Pipeline
+from attribution.models import CampaignSpend, Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange, Pipeline
 from martech import signals
-from martech.models import Lead
+from martech.models import Campaign, Lead
 
 CRM_KEYS = ("salesforce_id", "hubspot_id")
 OPPORTUNITY_FIELDS = frozenset(
@@ -39,6 +41,8 @@ def stage_for(*, pipeline: Pipeline, key: str | OpportunityStage) -> Opportunity
 
 
 def _announce(opportunity: Opportunity, kind: str) -> None:
+    """Tell other apps (lifecycle automation) after commit: kind is
+    created, won or lost. Also queues the recompute of its credits."""
     def send() -> None:
         lead_ids = list(opportunity.contact_roles.values_list("lead_id", flat=True))
         signals.opportunity_changed.send(
@@ -46,6 +50,42 @@ def _announce(opportunity: Opportunity, kind: str) -> None:
         )
 
     transaction.on_commit(send)
+    attribution_recompute_queue(opportunity_id=opportunity.pk)
+
+
+class _Recompute:
+    """The on-commit callback that queues one opportunity's recompute. A
+    class, so a second change in the same transaction can find the pending
+    one and not queue the same work twice."""
+
+    def __init__(self, opportunity_id: int) -> None:
+        self.opportunity_id = opportunity_id
+        self.ran = False
+
+    def __call__(self) -> None:
+        self.ran = True
+        async_task("attribution.tasks.opportunity_attribute", self.opportunity_id, group="attribution")
+
+
+def attribution_recompute_queue(*, opportunity_id: int) -> None:
+    """Queue the recompute of one opportunity's credits when the writing
+    transaction commits (never on a rollback). Called by every change that
+    moves credits: creation, amount or currency, creation or close date,
+    stage, contact roles. Once per opportunity per transaction: a pending
+    callback for it (still registered, so not rolled back) is reused. The
+    task replaces the rows, so a redelivery is harmless."""
+    connection = transaction.get_connection()
+    if connection.in_atomic_block:
+        # run_on_commit holds (savepoint ids, func, robust); a savepoint rollback removes its entries.
+        for entry in connection.run_on_commit:
+            func = entry[1]
+            if isinstance(func, _Recompute) and func.opportunity_id == opportunity_id and not func.ran:
+                return
+    transaction.on_commit(_Recompute(opportunity_id))
+
+
+# Changing one of these moves the opportunity's credits (amounts, the lookback window, won/lost dates).
+CREDIT_FIELDS = ("amount", "currency", "created_at", "closed_at")
 
 
 @transaction.atomic
@@ -101,11 +141,16 @@ def opportunity_upsert(
             _announce(opportunity, "won" if stage.is_won else "lost")
         return opportunity, True
 
+    if pipeline.pk != opportunity.pipeline_id and stage is None:
+        raise ValidationError({"stage": [f"Moving to pipeline {pipeline.key!r} needs a stage of it."]})
+    before = [getattr(opportunity, f) for f in CREDIT_FIELDS]
     for key, value in data.items():
         setattr(opportunity, key, value)
     opportunity.pipeline = pipeline
     opportunity.full_clean(exclude=["stage"])
     opportunity.save()
+    if [getattr(opportunity, f) for f in CREDIT_FIELDS] != before:
+        attribution_recompute_queue(opportunity_id=opportunity.pk)
     if stage is not None:
         opportunity_change_stage(opportunity=opportunity, to_stage=stage, actor=actor, source=source)
     return opportunity, False
@@ -139,6 +184,9 @@ def opportunity_change_stage(
     opportunity.stage, opportunity.closed_at = to_stage, closed_at
     if to_stage.is_closed:
         _announce(opportunity, "won" if to_stage.is_won else "lost")
+    else:
+        # Reopened or moved between open stages: won/closed flags and the window's end change.
+        attribution_recompute_queue(opportunity_id=locked.pk)
     return change
 
 
@@ -152,10 +200,70 @@ def opportunity_set_contact(
         OpportunityContactRole.objects.filter(opportunity=opportunity, is_primary=True).exclude(lead=lead).update(
             is_primary=False
         )
-    contact, _ = OpportunityContactRole.objects.update_or_create(
+    contact, created = OpportunityContactRole.objects.update_or_create(
         opportunity=opportunity, lead=lead, defaults={"role": role[:60], "is_primary": is_primary}
     )
+    if created:
+        # A new lead brings its touches into the path; a role or primary change moves no credit.
+        attribution_recompute_queue(opportunity_id=opportunity.pk)
     return contact
+
+
+@transaction.atomic
+def opportunity_set_contacts(*, opportunity: Opportunity, contacts: list[dict]) -> list[OpportunityContactRole]:
+    """Replace a deal's contact roles with ``contacts`` ([{"lead", "role",
+    "is_primary"}]): leads not listed are removed. A non-empty list needs
+    exactly one primary. Idempotent."""
+    leads = [c["lead"] for c in contacts]
+    if len({lead.pk for lead in leads}) != len(leads):
+        raise ValidationError({"contacts": ["A lead appears more than once."]})
+    primaries = sum(1 for c in contacts if c.get("is_primary"))
+    if contacts and primaries != 1:
+        raise ValidationError({"contacts": [f"Exactly one contact must be primary (got {primaries})."]})
+    removed, _ = OpportunityContactRole.objects.filter(opportunity=opportunity).exclude(
+        lead__in=[lead.pk for lead in leads]
+    ).delete()
+    if removed:
+        attribution_recompute_queue(opportunity_id=opportunity.pk)
+    # The primary last: setting it demotes any other, and the constraint allows one at a time.
+    ordered = sorted(contacts, key=lambda c: bool(c.get("is_primary")))
+    OpportunityContactRole.objects.filter(opportunity=opportunity, is_primary=True).exclude(
+        lead__in=[c["lead"].pk for c in contacts if c.get("is_primary")]
+    ).update(is_primary=False)
+    return [
+        opportunity_set_contact(
+            opportunity=opportunity, lead=c["lead"], role=c.get("role", ""), is_primary=bool(c.get("is_primary"))
+        )
+        for c in ordered
+    ]
+
+
+@transaction.atomic
+def opportunity_close(
+    *, opportunity: Opportunity, won: bool, source: str, actor=None, at: datetime | None = None
+) -> OpportunityStageChange | None:
+    """Close a deal won or lost: moves it to its pipeline's first won (lost)
+    stage through opportunity_change_stage, with ``at`` as the close time.
+    Closing an already closed deal the same way changes nothing."""
+    stage = opportunity.pipeline.stages.filter(is_won=won, is_lost=not won).order_by("order").first()
+    if stage is None:
+        raise ValidationError({"won": [f"Pipeline {opportunity.pipeline.key!r} has no {'won' if won else 'lost'} stage."]})
+    if at is not None and at < opportunity.created_at:
+        raise ValidationError({"closed_at": ["Must not be before the opportunity's creation."]})
+    return opportunity_change_stage(opportunity=opportunity, to_stage=stage, source=source, actor=actor, at=at)
+
+
+def campaign_spend_upsert(
+    *, campaign: Campaign, date: date, amount: Decimal, currency: str = "USD", impressions: int = 0, clicks: int = 0
+) -> tuple[CampaignSpend, bool]:
+    """What one campaign cost on one day; the same (campaign, date) again
+    replaces the figures (idempotent). The CSV import does the same in bulk."""
+    spend = CampaignSpend(campaign=campaign, date=date, amount=amount, currency=currency, impressions=impressions, clicks=clicks)
+    spend.full_clean(exclude=["campaign"], validate_unique=False, validate_constraints=False)
+    return CampaignSpend.objects.update_or_create(
+        campaign=campaign, date=date,
+        defaults={"amount": amount, "currency": currency, "impressions": impressions, "clicks": clicks},
+    )
 
 
 def _missing(field: str, value: str):

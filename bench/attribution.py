@@ -1,24 +1,26 @@
-"""Attribution: the models over a synthetic data set, and the report API over
-materialized results.
+"""Attribution: the models with their database writes over a synthetic data
+set, and the report API over the materialized results.
 
 Full size: 1,000,000 touchpoints over 200,000 leads and 50,000 opportunities
 (12 channels). ``--quick``: a twentieth of that, well under a minute.
 
-1. Model computation: paths are generated in memory (deterministic), then the
-   same code attribution_compute runs (attribution.engine weights and Decimal
-   allocation) is timed: all position-based models together (first, last,
-   last non-direct, linear, time decay, U, W, full path, custom), then Markov
-   (learning the removal effects exactly over every journey, converting and
-   not, then crediting every opportunity) and Shapley (2^12 coalitions).
-2. Report API: the linear model's credits for every touch (1 credit row per
-   touchpoint) are written with COPY into the DATABASE_URL database, under
-   bench opportunities that are deleted at the end; then
-   GET /api/v1/attribution/report is timed per group_by (channel, campaign,
-   month) with a date range, in-process.
+1. Model computation: paths are generated in memory (deterministic) and the
+   opportunities inserted; then for all position-based models together
+   (first, last, last non-direct, linear, time decay, U, W, full path,
+   custom), then Markov (learning the removal effects exactly over every
+   journey, converting and not) and Shapley (2^12 coalitions), every
+   opportunity is credited with attribution.engine and the rows are written
+   the way a full attribution_compute writes them (computation._write:
+   binary COPY on PostgreSQL, the rollup summed on the way by
+   RollupAccumulator and then saved), timed together, wall clock and CPU.
+2. Report API: with every model materialized, GET /api/v1/attribution/report
+   per group_by (channel, campaign, month) and /compare, with a date range,
+   in-process; EXPLAIN ANALYZE of the rollup aggregates goes to the results.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/attribution.py [--quick]
 
-Prints one JSON line per figure and writes them to bench/results/attribution.json.
+Prints one JSON line per figure and writes them to bench/results/attribution.json
+(attribution_quick.json with --quick), with the load average and the query plans.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ from rest_framework.test import APIClient  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attribution import engine  # noqa: E402
-from attribution.computation import CREDIT_COLUMNS, first_flags  # noqa: E402
+from attribution.computation import ALL_MODELS, RollupAccumulator, _write, first_flags, rollup_refresh  # noqa: E402
+from django.db.models import Sum  # noqa: E402
 from attribution.models import AttributionCredit, Opportunity, Pipeline  # noqa: E402
 
 CHANNELS = ["paid_search", "paid_social", "display", "email", "organic_search", "organic_social",
@@ -101,13 +104,6 @@ def synthesize(*, touches: int, leads: int, opportunities: int, seed: int = 11):
     return per_lead, opps
 
 
-def credit_all(opps, weigh) -> int:
-    rows = 0
-    for _members, path, ctx, amount, _won, _closed in opps:
-        rows += len(engine.allocate(amount, weigh(path, ctx)))
-    return rows
-
-
 def journeys(per_lead, opps) -> dict:
     out: Counter = Counter()
     in_opp = set()
@@ -120,29 +116,8 @@ def journeys(per_lead, opps) -> dict:
     return out
 
 
-def bench_models(per_lead, opps) -> None:
-    position = ["first_touch", "last_touch", "last_non_direct", "linear", "time_decay", "u_shaped", "w_shaped", "full_path", "custom"]
-    custom = {"first": 25, "lead_creation": 25, "opportunity_creation": 25, "last": 15, "other": 10}
-    t = time.perf_counter()
-    rows = 0
-    for model in tqdm(position, desc="position models", unit="model", file=sys.stderr):
-        rows += credit_all(opps, engine.weigher(model, custom_weights=custom))
-    emit("position_models_all_s", round(time.perf_counter() - t, 2), "s")
-    emit("position_models_credits", rows, "rows")
-    for model in ("markov", "shapley"):
-        t = time.perf_counter()
-        j = journeys(per_lead, opps)
-        values = engine.markov_removal_effects(j) if model == "markov" else engine.shapley_values(j)
-        learned = time.perf_counter() - t
-        credit_all(opps, engine.weigher(model, channel_values=values))
-        emit(f"{model}_learn_s", round(learned, 2), "s")
-        emit(f"{model}_total_s", round(time.perf_counter() - t, 2), "s")
-        emit(f"{model}_distinct_journeys", len(j), "journeys")
-    emit("models_peak_rss", peak_mib(), "MiB")
-
-
-def load_credits(opps) -> list[int]:
-    """Bench opportunities and their linear credits, by COPY (PostgreSQL) or bulk_create."""
+def create_opportunities(opps) -> list[Opportunity]:
+    """The bench's opportunities as rows (the credits' foreign key needs them)."""
     pipeline = Pipeline.objects.get(is_default=True)
     stages = {s.key: s for s in pipeline.stages.all()}
     objs = []
@@ -152,46 +127,121 @@ def load_credits(opps) -> list[int]:
         objs.append(Opportunity(name=f"{PREFIX}{j}", amount=amount, pipeline=pipeline, stage=stage, created_at=created,
                                 closed_at=datetime.fromtimestamp(ctx.reference_at, dt_timezone.utc) if closed else None))
     with transaction.atomic():
-        created_objs = Opportunity.objects.bulk_create(objs, batch_size=5000)
-    ids = [o.pk for o in created_objs]
-    weigh = engine.weigher("linear")
-    rows = []
-    for opp, (_m, path, ctx, amount, won, closed) in zip(created_objs, opps):
-        weights = weigh(path, ctx)
-        flags = first_flags([(t.channel, None) for t in path])
-        for touch, w, c, firsts in zip(path, weights, engine.allocate(amount, weights), flags):
-            rows.append(("linear", opp.pk, None, touch.channel, None, datetime.fromtimestamp(touch.at, dt_timezone.utc),
-                         touch.is_opportunity_creation, *firsts, w, c, "USD", won, closed, opp.created_at, opp.closed_at))
-    t = time.perf_counter()
-    with transaction.atomic():
+        return Opportunity.objects.bulk_create(objs, batch_size=5000)
+
+
+class Timer:
+    """Wall clock and this process's CPU time (the database server's CPU is not in it)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def materialize(models: dict, rows_of_opps, created, label: str) -> None:
+    """What attribution_compute does after loading: every credit row of
+    ``models`` (name -> weight function) streamed into the database with
+    attribution.computation's writer (COPY on PostgreSQL), replacing the old
+    rows, and the rollup rebuilt, in one transaction. Times the whole, and
+    the engine's share of it (weights and Decimal allocation)."""
+    engine_s = 0.0
+
+    def rows():
+        nonlocal engine_s
+        for opp, (_m, path, ctx, amount, won, closed) in zip(created, rows_of_opps):
+            flags = first_flags([(t.channel, None) for t in path])
+            common = ("USD", won, closed, opp.created_at, opp.closed_at)
+            for model, weigh in models.items():
+                t = time.perf_counter()
+                weights = weigh(path, ctx)
+                credits = engine.allocate(amount, weights)
+                engine_s += time.perf_counter() - t
+                for touch, w, c, firsts in zip(path, weights, credits, flags):
+                    yield (model, opp.pk, None, touch.channel, None, datetime.fromtimestamp(touch.at, dt_timezone.utc),
+                           touch.is_opportunity_creation, *firsts, w, c, *common)
+
+    with Timer() as total:
+        with transaction.atomic():
+            AttributionCredit.objects.filter(model__in=list(models)).delete()
+            rollup = RollupAccumulator()
+            written = _write(rollup.feed(tqdm(rows(), desc=label, unit="row", file=sys.stderr, mininterval=5)))
+            with Timer() as roll:
+                rollup.replace(models=list(models))
+    emit(f"{label}_s", round(total.wall, 2), "s")
+    emit(f"{label}_cpu_s", round(total.cpu, 2), "s")
+    emit(f"{label}_engine_s", round(engine_s, 2), "s")
+    emit(f"{label}_rollup_s", round(roll.wall, 2), "s")
+    emit(f"{label}_credits", written, "rows")
+
+
+def bench_models(per_lead, opps, created) -> None:
+    position = ["first_touch", "last_touch", "last_non_direct", "linear", "time_decay", "u_shaped", "w_shaped", "full_path", "custom"]
+    custom = {"first": 25, "lead_creation": 25, "opportunity_creation": 25, "last": 15, "other": 10}
+    materialize({m: engine.weigher(m, custom_weights=custom) for m in position}, opps, created, "position_models_all")
+    for model in ("markov", "shapley"):
+        with Timer() as learn:
+            j = journeys(per_lead, opps)
+            values = engine.markov_removal_effects(j) if model == "markov" else engine.shapley_values(j)
+        emit(f"{model}_learn_s", round(learn.wall, 2), "s")
+        emit(f"{model}_distinct_journeys", len(j), "journeys")
+        with Timer() as total:
+            materialize({model: engine.weigher(model, channel_values=values)}, opps, created, f"{model}_credit")
+        emit(f"{model}_total_s", round(learn.wall + total.wall, 2), "s")
+    emit("models_peak_rss", peak_mib(), "MiB")
+
+
+def explain(sql_params: tuple[str, list]) -> list[str]:
+    if connection.vendor != "postgresql":
+        return []
+    sql, params = sql_params
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+        return [r[0] for r in cursor.fetchall()]
+
+
+def bench_report(repeats: int) -> dict:
+    """GET the report and comparison APIs in-process with a date range, over
+    the materialized results of every model. Returns the query plans of the
+    report's two rollup aggregates."""
+    from attribution import selectors
+    from attribution.models import AttributionRollup
+
+    with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                with cursor.cursor.copy(f"COPY attribution_attributioncredit ({', '.join(CREDIT_COLUMNS)}) FROM STDIN") as copy:
-                    for row in tqdm(rows, desc="COPY credits", unit="row", file=sys.stderr, mininterval=2):
-                        copy.write_row(row)
-                cursor.execute("ANALYZE attribution_attributioncredit")
-        else:
-            AttributionCredit.objects.bulk_create((AttributionCredit(**dict(zip(CREDIT_COLUMNS, r))) for r in rows), batch_size=5000)
-    emit("credits_loaded", len(rows), "rows")
-    emit("credits_load_s", round(time.perf_counter() - t, 2), "s")
-    return ids
-
-
-def bench_report(repeats: int) -> None:
+            cursor.execute("ANALYZE attribution_attributioncredit")
+            cursor.execute("ANALYZE attribution_attributionrollup")
+    emit("rollup_rows", AttributionRollup.objects.count(), "rows")
     user, _ = get_user_model().objects.get_or_create(username="bench-attribution", defaults={"is_staff": True, "is_superuser": True})
     client = APIClient()
     client.force_authenticate(user)
-    for group in ("channel", "campaign", "month"):
-        lat = []
+    params = {"start": "2025-01-01", "end": "2025-12-31"}
+    for name, path, extra in [
+        ("channel", "report", {"model": "linear", "group_by": "channel"}),
+        ("campaign", "report", {"model": "linear", "group_by": "campaign"}),
+        ("month", "report", {"model": "linear", "group_by": "month"}),
+        ("compare_channel", "compare", {"group_by": "channel"}),
+    ]:
+        lat, cpu = [], []
         for _ in range(repeats):
-            t = time.perf_counter()
-            resp = client.get("/api/v1/attribution/report", {"model": "linear", "group_by": group, "start": "2025-01-01", "end": "2025-12-31"})
-            lat.append((time.perf_counter() - t) * 1000)
+            with Timer() as t:
+                resp = client.get(f"/api/v1/attribution/{path}", {**params, **extra})
+            lat.append(t.wall * 1000)
+            cpu.append(t.cpu * 1000)
             assert resp.status_code == 200, resp.content[:300]
         lat.sort()
-        emit(f"report_{group}_p50", round(statistics.median(lat), 1), "ms")
-        emit(f"report_{group}_max", round(lat[-1], 1), "ms")
+        emit(f"report_{name}_p50", round(statistics.median(lat), 1), "ms")
+        emit(f"report_{name}_max", round(lat[-1], 1), "ms")
+        emit(f"report_{name}_cpu_p50", round(statistics.median(cpu), 1), "ms")
     user.delete()
+    start, end = datetime(2025, 1, 1).date(), datetime(2025, 12, 31).date()
+    won = (AttributionRollup.objects.filter(selectors._date_range("day", start, end), model="linear", basis="won")
+           .values("channel").annotate(r=Sum("credit"), c=Sum("weight")).order_by())
+    created = (AttributionRollup.objects.filter(selectors._date_range("day", start, end), model="linear", basis="created")
+               .values("channel").annotate(p=Sum("credit"), n=Sum("first_of_channel")).order_by())
+    return {"won_by_channel": explain(won.query.sql_with_params()), "created_by_channel": explain(created.query.sql_with_params())}
 
 
 def main() -> int:
@@ -206,17 +256,24 @@ def main() -> int:
     t = time.perf_counter()
     per_lead, opps = synthesize(**size)
     emit("synthesize_s", round(time.perf_counter() - t, 2), "s")
-    bench_models(per_lead, opps)
+    load_before = os.getloadavg()
     Opportunity.objects.filter(name__startswith=PREFIX).delete()
+    plans: dict = {}
     try:
-        load_credits(opps)
-        bench_report(repeats=5 if args.quick else 10)
+        with Timer() as t:
+            created = create_opportunities(opps)
+        emit("opportunities_insert_s", round(t.wall, 2), "s")
+        bench_models(per_lead, opps, created)
+        plans = bench_report(repeats=5 if args.quick else 10)
     finally:
         Opportunity.objects.filter(name__startswith=PREFIX).delete()
+        rollup_refresh(models=list(ALL_MODELS))  # the rollup again matches what credits are left
     emit("peak_rss", peak_mib(), "MiB")
-    out = ROOT / "bench" / "results" / "attribution.json"
+    emit("process_cpu_s", round(time.process_time(), 2), "s")
+    out = ROOT / "bench" / "results" / ("attribution_quick.json" if args.quick else "attribution.json")
     out.write_text(json.dumps({
-        "quick": args.quick, "database": connection.vendor, "loadavg": os.getloadavg(), "figures": figures,
+        "quick": args.quick, "database": connection.vendor, "loadavg_start": load_before, "loadavg": os.getloadavg(),
+        "cpu_count": os.cpu_count(), "figures": figures, "plans": plans,
     }, indent=2) + "\n")
     return 0
 

@@ -18,7 +18,7 @@ from attribution import selectors
 from django.core.exceptions import ValidationError as DjangoValidationError
 
 from attribution.imports import csv_rows, opportunities_import, spend_import
-from attribution.models import AttributionCredit, AttributionModel, CampaignSpend, Opportunity
+from attribution.models import AttributionCredit, AttributionModel, CampaignSpend, Opportunity, OpportunityStageChange
 from martech.api.throttling import ClientRateThrottle
 from martech.models import ApiClient, Channel
 
@@ -84,6 +84,8 @@ _ROW = inline_serializer("AttributionReportRow", {
     "roas": serializers.FloatField(allow_null=True),
     "roi": serializers.FloatField(allow_null=True),
     "cpa": serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True),
+    "new_leads": serializers.IntegerField(),
+    "cost_per_lead": serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True),
 }, many=True)
 
 
@@ -125,6 +127,7 @@ class CompareView(_ReportView):
             "group_by": serializers.CharField(),
             "results": inline_serializer("AttributionComparisonRow", {
                 "group": serializers.CharField(),
+                "campaign_id": serializers.IntegerField(required=False, allow_null=True),
                 "revenue": serializers.DictField(child=serializers.DecimalField(max_digits=18, decimal_places=2)),
             }, many=True),
         })},
@@ -214,3 +217,184 @@ class PipelineView(_ReportView):
         body = selectors.pipeline_report(start=q.get("start"), end=q.get("end"))
         body["lifecycle_funnel"] = selectors.lifecycle_funnel(start=q.get("start"), end=q.get("end"))
         return Response(_plain(body))
+
+
+# --- Opportunities and spend (REST) ------------------------------------------
+
+import django_filters as df  # noqa: E402
+from django.db import transaction  # noqa: E402
+from django.db.models import Prefetch  # noqa: E402
+from drf_spectacular.utils import extend_schema_view  # noqa: E402
+from rest_framework import status  # noqa: E402
+from rest_framework.decorators import action  # noqa: E402
+from rest_framework.generics import get_object_or_404  # noqa: E402
+
+from attribution import services  # noqa: E402
+from attribution.api import serializers as s  # noqa: E402
+from attribution.models import OpportunityContactRole  # noqa: E402
+from martech.api.filters import DateTimeFilter, IntegerFilter  # noqa: E402
+from martech.api.pagination import CursorPagination  # noqa: E402
+from martech.api.views import DETAIL_ERRORS, LIST_ERRORS, WRITE_ERRORS, ApiViewSet, _actor, _paginated, _source, _valid  # noqa: E402
+
+
+class OpportunityFilter(df.FilterSet):
+    pipeline = df.CharFilter(field_name="pipeline__key", help_text="Pipeline key")
+    stage = df.CharFilter(field_name="stage__key", help_text="Stage key")
+    is_closed = df.BooleanFilter(method="_closed", help_text="In a won or lost stage")
+    is_won = df.BooleanFilter(field_name="stage__is_won")
+    source = df.ChoiceFilter(field_name="source", choices=Channel.choices)
+    account = IntegerFilter(field_name="account_id")
+    owner = IntegerFilter(field_name="owner_id")
+    lead = IntegerFilter(field_name="contact_roles__lead_id", help_text="Deals this lead has a contact role on")
+    created_at_after = DateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_at_before = DateTimeFilter(field_name="created_at", lookup_expr="lte")
+    closed_at_after = DateTimeFilter(field_name="closed_at", lookup_expr="gte")
+    closed_at_before = DateTimeFilter(field_name="closed_at", lookup_expr="lte")
+    updated_at_after = DateTimeFilter(field_name="updated_at", lookup_expr="gte")
+
+    class Meta:
+        model = Opportunity
+        fields = []
+
+    def _closed(self, queryset, name, value):
+        from django.db.models import Q
+
+        closed = Q(stage__is_won=True) | Q(stage__is_lost=True)
+        return queryset.filter(closed) if value else queryset.exclude(closed)
+
+
+def _opportunity_queryset():
+    # Everything the output serializers read, in a fixed number of queries per page.
+    return Opportunity.objects.select_related("pipeline", "stage").prefetch_related(
+        Prefetch("contact_roles", queryset=OpportunityContactRole.objects.select_related("lead").only(
+            "id", "opportunity_id", "lead_id", "lead__email", "role", "is_primary").order_by("-is_primary", "id"))
+    )
+
+
+def _opportunity_detail(pk: int) -> dict:
+    opp = _opportunity_queryset().prefetch_related(
+        Prefetch("stage_changes", queryset=OpportunityStageChange.objects.select_related("from_stage", "to_stage"))
+    ).get(pk=pk)
+    return s.OpportunityDetailOutputSerializer(opp).data
+
+
+def _opportunity_save(request, data: dict, opportunity: Opportunity | None = None) -> tuple[Opportunity, bool]:
+    """One transaction: the fields (and stage move) through opportunity_upsert,
+    then the contact list; a bad contact list leaves the deal unchanged."""
+    contacts = data.pop("contacts", None)
+    with transaction.atomic():
+        opp, created = services.opportunity_upsert(
+            data=data, source=_source(request), actor=_actor(request), opportunity=opportunity
+        )
+        if contacts is not None:
+            services.opportunity_set_contacts(opportunity=opp, contacts=contacts)
+    return opp, created
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List opportunities",
+        description="Newest first by created_at, with contact roles.",
+        responses={200: s.OpportunityOutputSerializer(many=True), **LIST_ERRORS},
+    ),
+    retrieve=extend_schema(
+        summary="An opportunity, with its contact roles and stage history",
+        responses={200: s.OpportunityDetailOutputSerializer, **DETAIL_ERRORS},
+    ),
+    create=extend_schema(
+        summary="Create an opportunity (or update the one with the same CRM id)",
+        description="Through opportunity_upsert, as the CSV import and the CRM sync: without a stage the deal starts "
+        "in its pipeline's first; a closed stage sets closed_at. 201 when created, 200 when a CRM id matched.",
+        request=s.OpportunityCreateInputSerializer,
+        responses={201: s.OpportunityDetailOutputSerializer, 200: s.OpportunityDetailOutputSerializer, **WRITE_ERRORS},
+    ),
+    partial_update=extend_schema(
+        summary="Edit an opportunity",
+        description="Only the fields sent change. A new stage is recorded in the stage history (entering a won "
+        "or lost stage sets closed_at); contacts, when sent, replace the list. Its credits are recomputed after commit.",
+        request=s.OpportunityInputSerializer,
+        responses={200: s.OpportunityDetailOutputSerializer, **WRITE_ERRORS},
+    ),
+)
+class OpportunityViewSet(ApiViewSet):
+    queryset = Opportunity.objects.all()
+    required_scopes = {"read": ApiClient.Scope.ATTRIBUTION_READ.value, "write": ApiClient.Scope.ATTRIBUTION_WRITE.value}
+    filterset_class = OpportunityFilter
+
+    def get_queryset(self):
+        return _opportunity_queryset()
+
+    def list(self, request):
+        return _paginated(self, self.get_queryset(), s.OpportunityOutputSerializer)
+
+    def retrieve(self, request, pk=None):
+        get_object_or_404(Opportunity.objects.only("id"), pk=pk)
+        return Response(_opportunity_detail(pk))
+
+    def create(self, request):
+        opp, created = _opportunity_save(request, _valid(s.OpportunityCreateInputSerializer, request))
+        return Response(_opportunity_detail(opp.pk), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    def partial_update(self, request, pk=None):
+        opp = get_object_or_404(Opportunity.objects.all(), pk=pk)
+        opp, _ = _opportunity_save(request, _valid(s.OpportunityInputSerializer, request), opportunity=opp)
+        return Response(_opportunity_detail(opp.pk))
+
+    @extend_schema(
+        summary="Close an opportunity won or lost",
+        description="Moves it to its pipeline's first won (lost) stage, recorded in the stage history, with "
+        "closed_at (default now). Closing it again the same way changes nothing.",
+        request=s.OpportunityCloseInputSerializer,
+        responses={200: s.OpportunityDetailOutputSerializer, **WRITE_ERRORS},
+    )
+    @action(detail=True, methods=["post"], url_path="close")
+    def close(self, request, pk=None):
+        opp = get_object_or_404(Opportunity.objects.select_related("pipeline"), pk=pk)
+        data = _valid(s.OpportunityCloseInputSerializer, request)
+        services.opportunity_close(
+            opportunity=opp, won=data["won"], at=data.get("closed_at"), source=_source(request), actor=_actor(request)
+        )
+        return Response(_opportunity_detail(opp.pk))
+
+
+class SpendFilter(df.FilterSet):
+    campaign = IntegerFilter(field_name="campaign_id")
+    channel = df.ChoiceFilter(field_name="campaign__channel", choices=Channel.choices)
+    date_after = df.DateFilter(field_name="date", lookup_expr="gte")
+    date_before = df.DateFilter(field_name="date", lookup_expr="lte")
+
+    class Meta:
+        model = CampaignSpend
+        fields = []
+
+
+class SpendPagination(CursorPagination):
+    # Serves spend_campaign_date_uniq's index for one campaign, and is stable (id breaks ties).
+    ordering = ("-date", "-id")
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List campaign spend by day", responses={200: s.SpendOutputSerializer(many=True), **LIST_ERRORS}),
+    create=extend_schema(
+        summary="Record one campaign-day of spend",
+        description="Upserts by (campaign, date): 201 when new, 200 when it replaced the day's figures. "
+        "For many rows at once, POST /api/v1/attribution/spend/import.",
+        request=s.SpendInputSerializer,
+        responses={201: s.SpendOutputSerializer, 200: s.SpendOutputSerializer, **WRITE_ERRORS},
+    ),
+)
+class SpendViewSet(ApiViewSet):
+    queryset = CampaignSpend.objects.all()
+    required_scopes = {"read": ApiClient.Scope.ATTRIBUTION_READ.value, "write": ApiClient.Scope.ATTRIBUTION_WRITE.value}
+    filterset_class = SpendFilter
+    pagination_class = SpendPagination
+
+    def get_queryset(self):
+        return CampaignSpend.objects.all()
+
+    def list(self, request):
+        return _paginated(self, self.get_queryset(), s.SpendOutputSerializer)
+
+    def create(self, request):
+        spend, created = services.campaign_spend_upsert(**_valid(s.SpendInputSerializer, request))
+        return Response(s.SpendOutputSerializer(spend).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)

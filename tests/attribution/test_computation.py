@@ -65,6 +65,36 @@ def test_catalog_touchpoint_event_without_utm_counts():
     assert Touchpoint.objects.filter(lead=lead, channel="organic_search").count() == 1
 
 
+@pytest.mark.parametrize("event_type, is_touch", [
+    ("ad_clicked", True), ("email_clicked", True), ("form_submitted", True), ("event_attended", True),
+    ("webinar_attended", True), ("content_downloaded", True), ("demo_requested", True),
+    ("email_opened", False), ("trial_started", False), ("pricing_viewed", False), ("page_view", False),
+])
+def test_catalog_marks_which_events_are_touches(event_type, is_touch):
+    """Without UTMs, the catalog decides (a page view needs UTMs; see the session test)."""
+    lead = LeadFactory()
+    touch(lead, "paid_social", T0, utm=False, event_type=EventType.objects.get(name=event_type))
+    touchpoints_rebuild(lead_ids=[lead.pk])
+    assert Touchpoint.objects.filter(lead=lead).count() == (1 if is_touch else 0)
+
+
+def test_new_leads_and_cost_per_lead_by_channel_and_month():
+    campaign = CampaignFactory(channel="email")
+    leads = [LeadFactory() for _ in range(3)]
+    for i, lead in enumerate(leads):
+        lead.created_at = T0 + timedelta(days=i)
+        lead.save(update_fields=["created_at"])
+        touch(lead, "email", T0 + timedelta(days=i) - timedelta(hours=1), campaign=campaign)  # creates the lead
+        touch(lead, "paid_search", T0 + timedelta(days=i, hours=2))  # after creation: not a lead-creation touch
+    touchpoints_rebuild(lead_ids=[lead.pk for lead in leads])
+    CampaignSpend.objects.create(campaign=campaign, date=T0.date(), amount=Decimal("100.00"))
+    rows = {r["group"]: r for r in attribution_report(model="linear", group_by="channel")}
+    assert (rows["email"]["new_leads"], rows["email"]["cost_per_lead"]) == (3, Decimal("33.33"))
+    assert "paid_search" not in rows  # no lead created by it, no spend, no credit
+    [month] = attribution_report(model="linear", group_by="month", end=(T0 + timedelta(days=1)).date())
+    assert (month["group"], month["new_leads"], month["spend"]) == ("2026-03", 2, Decimal("100.00"))
+
+
 def test_lookback_window_and_close_bound_the_path(settings):
     settings.MARTECH_ATTRIBUTION = {**settings.MARTECH_ATTRIBUTION, "LOOKBACK_DAYS": 90}
     lead = LeadFactory()
@@ -112,6 +142,9 @@ def test_every_model_sums_to_amount_and_report_totals_equal_won_revenue():
             qs = AttributionCredit.objects.filter(model="linear")
             if field:
                 qs = qs.filter(**{field: row["group"]})
+            else:  # a month: the deals created in it
+                year, month = map(int, row["group"].split("-"))
+                qs = qs.filter(opportunity_created_at__year=year, opportunity_created_at__month=month)
             assert row["opportunity_count"] == qs.values("opportunity").distinct().count(), row
     [email] = attribution_report(model="linear", group_by="channel", channel="email")
     assert email["opportunity_count"] == AttributionCredit.objects.filter(model="linear", channel="email").values("opportunity").distinct().count()
@@ -148,6 +181,8 @@ def test_report_spend_roi_and_api(client, superuser):
     assert row["group"] == campaign.name and row["campaign_id"] == campaign.pk
     assert Decimal(row["attributed_revenue"]) == Decimal("1200.00")
     assert row["roas"] == 3.0 and row["roi"] == 2.0 and Decimal(row["cpa"]) == Decimal("400.00")
+    # the lead's only touch created it: one new lead for 400.00 of spend
+    assert (row["new_leads"], row["cost_per_lead"]) == (1, "400.00")
     assert len(ctx) <= 12
     resp = client.get("/api/v1/attribution/report", {"model": "nope", "start": "2026-03-05", "end": "2026-03-01"})
     assert resp.status_code == 400
@@ -160,8 +195,15 @@ def test_report_spend_roi_and_api(client, superuser):
 
 
 def test_report_needs_permission(client, analyst):
-    client.force_login(analyst)
-    assert client.get("/api/v1/attribution/report").status_code in (200, 403)
+    from tests.factories import UserFactory
+
+    client.force_login(analyst)  # the Analyst role views attribution
+    assert client.get("/api/v1/attribution/report").status_code == 200
+    assert client.get("/api/v1/attribution/pipeline").status_code == 200
+    client.force_login(UserFactory(username="staff-no-role", is_staff=True))
+    for path in ("report", "compare", "pipeline"):
+        r = client.get(f"/api/v1/attribution/{path}")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied", path
 
 
 def test_spend_import_all_or_nothing_and_idempotent(client, superuser):
