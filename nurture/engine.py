@@ -36,7 +36,7 @@ from django.utils import timezone
 from martech.models import Event, Lead
 from martech.selectors import lead_has_consent
 from nurture import channels
-from nurture.conditions import condition_matches
+from nurture.conditions import condition_matches, segment_matches, segment_q, segments_by_id
 from nurture.models import AudienceMember, Enrollment, Message, StepExecution, Suppression, Workflow
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,14 @@ class Ctx:
     consent: dict[tuple[int, str], str] | None = None
     suppressed: set[str] | None = None
     sends: dict[int, list[datetime]] | None = None
+    # Suppression segments: {segment id: ids of the batch's leads in it}.
+    segment_hits: dict[int, set[int]] | None = None
 
 
-def batch_prefetch(ctx: Ctx, leads: list[Lead]) -> None:
-    """Consent, suppression and the last week's marketing emails of every
-    lead of the batch in three queries (instead of three per step). The
+def batch_prefetch(ctx: Ctx, leads: list[Lead], segment_ids=()) -> None:
+    """Consent, suppression, the last week's marketing emails and the
+    suppression segments of every lead of the batch in three queries plus
+    one per segment (instead of several per step). The
     batch holds the leads' row locks (see enrollments_advance_due), so these
     stay true until it commits."""
     from martech.models import ConsentRecord
@@ -97,6 +100,10 @@ def batch_prefetch(ctx: Ctx, leads: list[Lead]) -> None:
         .values_list("lead_id", "created_at")
     ):
         ctx.sends.setdefault(lead_id, []).append(at)
+    ctx.segment_hits = {
+        pk: set(Lead.objects.filter(pk__in=ids).filter(segment_q(seg, now=ctx.now)).values_list("pk", flat=True))
+        for pk, seg in segments_by_id(segment_ids).items()
+    }
 
 
 # --- step handlers ------------------------------------------------------------
@@ -365,6 +372,25 @@ def goal_met(enr, now: datetime) -> bool:
     return False
 
 
+def suppressed_now(enr, ctx: Ctx) -> str | None:
+    """Suppression holds for the whole journey, not just at enrollment: a
+    lead who has since moved into a suppressed stage or segment leaves at its
+    next step, before anything is sent."""
+    s = enr.version.settings or {}
+    lead = enr.lead
+    if s.get("suppress_stages") and lead.lifecycle_stage_id and lead.lifecycle_stage.key in s["suppress_stages"]:
+        return "suppressed_stage"
+    for seg_id in s.get("suppress_segments") or []:
+        if ctx.segment_hits is not None:
+            if lead.pk in ctx.segment_hits.get(seg_id, ()):
+                return "suppressed_segment"
+        else:
+            seg = segments_by_id([seg_id]).get(seg_id)
+            if seg is not None and segment_matches(seg, lead, now=ctx.now):
+                return "suppressed_segment"
+    return None
+
+
 def _finish(enr: Enrollment, status: str, reason: str, now: datetime) -> None:
     enr.status, enr.exit_reason, enr.ended_at, enr.due_at = status, reason[:100], now, None
 
@@ -390,6 +416,10 @@ def enrollment_step(enr: Enrollment, ctx: Ctx, out_rows: list[Decided]) -> int:
     executed = 0
     if goal_met(enr, now):
         _finish(enr, Enrollment.Status.CONVERTED, "goal", now)
+        return 0
+    suppressed = suppressed_now(enr, ctx)
+    if suppressed:
+        _finish(enr, Enrollment.Status.EXITED, suppressed, now)
         return 0
     steps = enr.version.definition["steps"]
     while enr.status == Enrollment.Status.ACTIVE and executed < MAX_STEPS_PER_RUN:
@@ -476,7 +506,8 @@ def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | No
             leads = {e.lead_id: e.lead for e in batch}
             list(Lead.objects.select_for_update().filter(pk__in=list(leads)).order_by("pk").values_list("pk", flat=True))
             ctx = Ctx(now=moment)
-            batch_prefetch(ctx, list(leads.values()))
+            segment_ids = {i for e in batch for i in (e.version.settings or {}).get("suppress_segments") or []}
+            batch_prefetch(ctx, list(leads.values()), segment_ids)
             rows: list[Decided] = []
             changed: list[Enrollment] = []
             for enr in batch:
