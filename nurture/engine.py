@@ -596,6 +596,9 @@ def messages_deliver(*, ids: list[int]) -> int:
     for msg in msgs:
         try:
             provider = _deliver_one(msg, conn)
+        except channels.SmsInDoubt as exc:  # may have gone out: never resent blindly
+            Message.objects.filter(pk=msg.pk).update(status=Message.Status.IN_DOUBT, error=f"SmsInDoubt: {exc}"[:2000])
+            continue
         except Exception as exc:  # noqa: BLE001 - kept on the row, shown in the admin
             Message.objects.filter(pk=msg.pk).update(status=Message.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
             continue

@@ -168,7 +168,7 @@ class Message(models.Model):
         SENDING = "sending", "Sending"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
-        IN_DOUBT = "in_doubt", "In doubt (worker died while sending)"
+        IN_DOUBT = "in_doubt", "In doubt (may have gone out: not resent)"
         TEST = "test", "Rendered in test mode (not sent)"
 
     key = models.CharField(max_length=120, unique=True)

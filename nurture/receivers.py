@@ -80,11 +80,17 @@ def on_stage(sender, lead, transition, **kwargs) -> None:
 
 
 def on_score(sender, lead_id, old_total, new_total, **kwargs) -> None:
+    """Crossing upward only: the old total below the threshold, the new one
+    at or above it. scores_recompute sends score_changed once per real
+    change, after commit, so one crossing is one signal; the enrollment's
+    re-enrollment policy decides about a later crossing."""
     lead = None
     for w in _active(Workflow.Trigger.SCORE):
         threshold = w.current_version.settings["trigger_config"].get("threshold")
         if threshold is not None and (old_total or 0) < threshold <= (new_total or 0):
-            lead = lead or Lead.objects.get(pk=lead_id)
+            lead = lead or Lead.objects.filter(pk=lead_id).select_related("lifecycle_stage").first()
+            if lead is None:  # deleted (merged) since the rescoring
+                return
             _enroll(w, lead, f"score:{threshold}")
 
 
@@ -107,9 +113,7 @@ def on_leads_changed(*, ids, fields, created, source) -> None:
 def connect() -> None:
     signals.events_ingested.connect(on_events, dispatch_uid="nurture.events")
     signals.lead_stage_changed.connect(on_stage, dispatch_uid="nurture.stage")
-    score_changed = getattr(signals, "score_changed", None)  # lands with the scoring issue
-    if score_changed is not None:
-        score_changed.connect(on_score, dispatch_uid="nurture.score")
+    signals.score_changed.connect(on_score, dispatch_uid="nurture.score")
     hooks.on_leads_changed(on_leads_changed)
     try:
         from anymail.signals import tracking
