@@ -78,15 +78,16 @@ def _url(name: str, token: str) -> str:
 
 
 def sign(message_id: int, **extra) -> str:
-    return signing.dumps({"m": message_id, **extra}, salt=TRACK_SALT, compress=True)
+    # Compress only payloads that carry a URL; unsign reads both forms.
+    return signing.dumps({"m": message_id, **extra}, salt=TRACK_SALT, compress=bool(extra))
 
 
 def unsign(token: str) -> dict:
     return signing.loads(token, salt=TRACK_SALT)
 
 
-def unsubscribe_url(message_id: int) -> str:
-    return _url("nurture:unsubscribe", sign(message_id))
+def unsubscribe_url(message_id: int, token: str | None = None) -> str:
+    return _url("nurture:unsubscribe", token or sign(message_id))
 
 
 def email_build(message, *, html_body: str) -> EmailMultiAlternatives:
@@ -94,13 +95,14 @@ def email_build(message, *, html_body: str) -> EmailMultiAlternatives:
     8058, a Message-ID derived from the idempotency key (an ESP or a
     reconciliation can recognise a repeat), click links rewritten to the
     signed redirect, and an open pixel."""
-    unsub = unsubscribe_url(message.pk)
+    token = sign(message.pk)  # the open pixel and the unsubscribe link carry the same one
+    unsub = unsubscribe_url(message.pk, token)
 
     def rewrite(m: re.Match) -> str:
         return f'href="{_url("nurture:click", sign(message.pk, u=m.group(1)))}"'
 
     html = _HREF.sub(rewrite, html_body)
-    html += f'<img src="{_url("nurture:open", sign(message.pk))}" width="1" height="1" alt="">'
+    html += f'<img src="{_url("nurture:open", token)}" width="1" height="1" alt="">'
     html += f'<p style="font-size:12px"><a href="{unsub}">Unsubscribe</a></p>'
     text = message.body + f"\n\nUnsubscribe: {unsub}\n"
     domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"

@@ -37,7 +37,7 @@ from martech.models import Event, Lead
 from martech.selectors import lead_has_consent
 from nurture import channels
 from nurture.conditions import condition_matches, segment_matches, segment_q, segments_by_id
-from nurture.models import AudienceMember, Enrollment, Message, StepExecution, Suppression, Workflow
+from nurture.models import AudienceMember, Enrollment, Message, StepExecution, Suppression, Workflow, WorkflowVersion
 
 log = logging.getLogger(__name__)
 WAIT_UNTIL_POLL = timedelta(hours=1)
@@ -500,9 +500,15 @@ def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | No
             qs = Enrollment.objects.filter(status=Enrollment.Status.ACTIVE, due_at__lte=moment).order_by("due_at")
             if connection.features.has_select_for_update_skip_locked:
                 qs = qs.select_for_update(skip_locked=True, of=("self",))
-            batch = list(qs.select_related("version", "lead", "lead__lifecycle_stage", "lead__account", "workflow")[:batch_size])
+            batch = list(qs.select_related("lead", "lead__lifecycle_stage", "lead__account")[:batch_size])
             if not batch:
                 break
+            # A batch runs a handful of workflows: their versions (the step
+            # graph, JSON) are loaded and decoded once, not once per row.
+            versions = WorkflowVersion.objects.in_bulk({e.version_id for e in batch})
+            workflows = Workflow.objects.in_bulk({e.workflow_id for e in batch})
+            for e in batch:
+                e.version, e.workflow = versions[e.version_id], workflows[e.workflow_id]
             leads = {e.lead_id: e.lead for e in batch}
             list(Lead.objects.select_for_update().filter(pk__in=list(leads)).order_by("pk").values_list("pk", flat=True))
             ctx = Ctx(now=moment)
@@ -532,13 +538,16 @@ def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | No
                     changed.append(enr)
             executions = StepExecution.objects.bulk_create([r.execution for r in rows])
             msgs = [
-                Message(key=ex.key, execution=ex, lead_id=ex.enrollment.lead_id, workflow_id=ex.workflow_id, step=ex.step,
+                Message(key=ex.key, execution=ex, lead=ex.enrollment.lead, workflow_id=ex.workflow_id, step=ex.step,
                         created_at=moment, **r.message)
                 for ex, r in zip(executions, rows) if r.message
             ]
-            pending = [m.pk for m in Message.objects.bulk_create(msgs)]
+            pending = Message.objects.bulk_create(msgs)
             _save_enrollments(changed)
-        messages_deliver(ids=pending)
+        # Delivered from the rows in hand (with their execution and lead):
+        # this worker committed them as "sending" and nobody else touches
+        # them before the recovery lease, so no re-read is needed.
+        messages_deliver(messages=pending)
         batches += 1
     return total
 
@@ -578,10 +587,11 @@ def _deliver_one(msg: Message, conn) -> str:
     raise ValueError(f"unknown channel {msg.channel}")
 
 
-def messages_deliver(*, ids: list[int]) -> int:
-    """Hand committed ``sending`` messages to their channels; each is marked
-    sent (or failed, with the error) right after its own call."""
-    if not ids:
+def messages_deliver(*, ids: list[int] | None = None, messages: list[Message] | None = None) -> int:
+    """Hand committed ``sending`` messages to their channels (by id, re-read
+    and still ``sending``; or the Message objects a batch just committed);
+    each is marked sent (or failed, with the error) right after its call."""
+    if not ids and not messages:
         return 0
     conn = channels.email_connection()
     sent = 0
@@ -592,7 +602,8 @@ def messages_deliver(*, ids: list[int]) -> int:
             Message.objects.filter(pk__in=done).update(status=Message.Status.SENT, sent_at=timezone.now())
             done.clear()
 
-    msgs = Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).select_related("execution", "lead").order_by("pk")
+    msgs = messages if messages is not None else (
+        Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).select_related("execution", "lead").order_by("pk"))
     for msg in msgs:
         try:
             provider = _deliver_one(msg, conn)
