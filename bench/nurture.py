@@ -175,6 +175,7 @@ def backlog_run(n: int, batch: int, workers: int) -> dict:
         wall = time.perf_counter() - t
         assert Message.objects.filter(workflow=wf, status="sent").count() == n
         return {"rate": n / wall, "wall_s": wall, "worker_cpu_s": [round(o["cpu_s"], 1) for o in outs],
+                "worker_maxrss_mb": max(o["maxrss_kb"] for o in outs) / 1024,
                 "load_at_workers_start": load_start, "load_at_end": os.getloadavg()}
     finally:
         Enrollment.objects.filter(workflow=wf).delete()
@@ -208,6 +209,7 @@ def main() -> int:
         ("backlog_email_steps_per_s", round(backlog["rate"], 1), "steps/s"),
         ("backlog_wall_s", round(backlog["wall_s"], 1), "s"),
         ("backlog_worker_cpu_s", backlog["worker_cpu_s"], "s per worker"),
+        ("backlog_worker_peak_rss_mb", round(backlog["worker_maxrss_mb"], 1), "MB"),
         ("spread_wall_s", round(big["wall_s"], 1), "s"),
         ("spread_worker_cpu_s", big["worker_cpu_s"], "s per worker"),
         ("due_before_workers_started", big["due_before_workers_started"], "steps"),
