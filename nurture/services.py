@@ -275,12 +275,18 @@ def workflow_segment_sync(*, workflow_id: int, now: datetime | None = None, chun
     members.exclude(lead_id__in=in_segment.values("pk")).delete()
     entered = list(in_segment.exclude(pk__in=members.values("lead_id")).order_by("pk").values_list("pk", flat=True))
     baseline = wf.segment_baseline_id != seg.pk and not cfg.get("enroll_existing", True)
-    enrolled = 0
+    # The rows of this sync are those above the highest id before it (the
+    # workflow lock keeps any other sync of this workflow out meanwhile).
+    mark = members.aggregate(m=Max("pk"))["m"] or 0
     for i in range(0, len(entered), chunk):
-        ids = entered[i:i + chunk]
-        SegmentMember.objects.bulk_create([SegmentMember(workflow=wf, segment=seg, lead_id=pk, entered_at=now) for pk in ids])
-        if not baseline:
-            enrolled += workflow_enroll_bulk(workflow=wf, lead_ids=ids, source=f"segment:{seg.pk}", now=now, chunk=chunk)
+        SegmentMember.objects.bulk_create([SegmentMember(workflow=wf, segment=seg, lead_id=pk, entered_at=now)
+                                           for pk in entered[i:i + chunk]])
+    enrolled = 0
+    if entered and not baseline:
+        # One set-based enrollment over the newcomers (a subquery, not
+        # 100,000 bound ids).
+        newcomers = Lead.objects.filter(pk__in=SegmentMember.objects.filter(workflow=wf, pk__gt=mark).values("lead_id"))
+        enrolled = workflow_enroll_bulk(workflow=wf, leads=newcomers, source=f"segment:{seg.pk}", now=now, chunk=chunk)
     if wf.segment_baseline_id != seg.pk:
         Workflow.objects.filter(pk=wf.pk).update(segment_baseline_id=seg.pk)
     return enrolled
