@@ -1,9 +1,10 @@
 """Nurture engine throughput, lag and memory; segment enrollment time.
 
 Runs against the DATABASE_URL database (migrated). Creates N leads with
-email consent under a unique prefix, a one-email workflow, enrolls the
-whole set set-based (``workflow_enroll_bulk``, the "segment" enrollment),
-spreads the due times over the run as if steps fell due at 1,000/s, then
+email consent under a unique prefix, a segment of exactly those leads and a
+one-email workflow triggered by entering it, enrolls the whole segment with
+``workflow_segment_sync`` (what the schedule runs: membership in SQL, then
+``workflow_enroll_bulk``), spreads the due times over the run as if steps fell due at 1,000/s, then
 starts 2 worker processes that each loop ``enrollments_advance_due`` (SKIP
 LOCKED batches) with Django's locmem email backend until every enrollment is
 done. Repeated at N/10 to show whether peak worker memory grows with N.
@@ -56,7 +57,8 @@ def worker(workflow_id: int, batch: int) -> None:
         steps += done
         if not done:
             time.sleep(0.1)
-    print(json.dumps({"steps": steps, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"steps": steps, "maxrss_kb": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}), flush=True)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -75,20 +77,26 @@ def one_run(n: int, batch: int, workers: int) -> dict:
         leads = Lead.objects.bulk_create([Lead(email=f"{prefix}{j}@bench.example", lifecycle_stage=stage)
                                           for j in range(i, min(n, i + 5000))])
         ConsentRecord.objects.bulk_create([ConsentRecord(lead=l, channel="email", status="granted", source="bench") for l in leads])
-    from nurture.services import workflow_enroll_bulk, workflow_publish
+    from martech.scoring.models import Segment
+    from martech.scoring.services import segment_save
+    from nurture.services import workflow_publish, workflow_segment_sync
 
-    wf = Workflow.objects.create(name=f"{prefix}bench", definition={"start": "e1", "steps": {
+    # The "entering a segment" trigger: a segment of exactly these N leads,
+    # enrolled by the same sync the schedule runs.
+    segment = segment_save(name=f"{prefix}segment", condition=f'email starts_with "{prefix}"')
+    wf = Workflow.objects.create(name=f"{prefix}bench", trigger="segment", trigger_config={"segment": segment.pk},
+                                 definition={"start": "e1", "steps": {
         "e1": {"type": "send_email", "subject": "Hi {{first_name|there}}", "body": "Read https://example.com/x", "next": "end"},
         "end": {"type": "end"}}})
     workflow_publish(workflow=wf)
     wf.refresh_from_db()
     try:
-        t = time.perf_counter()
-        enrolled = workflow_enroll_bulk(workflow=wf, leads=Lead.objects.filter(email__startswith=prefix), source="bench")
-        enroll_s = time.perf_counter() - t
+        t, cpu = time.perf_counter(), time.process_time()
+        enrolled = workflow_segment_sync(workflow_id=wf.pk)
+        enroll_s, enroll_cpu = time.perf_counter() - t, time.process_time() - cpu
         assert enrolled == n, (enrolled, n)
         # Due times spread as if steps fell due at RATE per second from now.
-        start = timezone.now() + timedelta(seconds=1)
+        start = timezone.now() + timedelta(seconds=5)
         with connection.cursor() as c:
             c.execute(
                 "UPDATE nurture_enrollment SET due_at = %s + (row_number_sub.rn / %s) * interval '1 second' "
@@ -99,6 +107,7 @@ def one_run(n: int, batch: int, workers: int) -> dict:
             c.execute("ANALYZE nurture_enrollment")
         t = time.perf_counter()
         workers_started = timezone.now()
+        load_start = os.getloadavg()
         procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(wf.pk), "--batch", str(batch)],
                                   stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(workers)]
         outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -114,9 +123,15 @@ def one_run(n: int, batch: int, workers: int) -> dict:
             for sent_at, due in Message.objects.filter(workflow=wf).values_list("sent_at", "execution__due_at")
         ]
         offered = n / RATE  # the run cannot finish before the last step falls due
+        early = Enrollment.objects.filter(workflow=wf, executions__due_at__lt=workers_started).distinct().count()
         return {
             "n": n,
             "enroll_s": enroll_s,
+            "enroll_cpu_s": enroll_cpu,
+            "due_before_workers_started": early,
+            "worker_cpu_s": [round(o["cpu_s"], 1) for o in outs],
+            "load_at_workers_start": load_start,
+            "load_at_end": os.getloadavg(),
             "wall_s": wall,
             "email_steps_per_s": n / max(wall - 1, 1e-9) if wall > offered + 1 else None,
             "throughput_backlog": None,
@@ -130,10 +145,11 @@ def one_run(n: int, batch: int, workers: int) -> dict:
     finally:
         Enrollment.objects.filter(workflow=wf).delete()
         Workflow.objects.filter(pk=wf.pk).delete()
+        Segment.objects.filter(pk=segment.pk).delete()
         Lead.objects.filter(email__startswith=prefix).delete()
 
 
-def backlog_run(n: int, batch: int, workers: int) -> float:
+def backlog_run(n: int, batch: int, workers: int) -> dict:
     """Everything due at once: pure execution throughput (steps/s)."""
     prefix = f"nk{uuid.uuid4().hex[:8]}-"
     stage = LifecycleStage.objects.get(key="lead")
@@ -152,13 +168,15 @@ def backlog_run(n: int, batch: int, workers: int) -> float:
         with connection.cursor() as c:
             c.execute("ANALYZE nurture_enrollment")
         t = time.perf_counter()
+        load_start = os.getloadavg()
         procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(wf.pk), "--batch", str(batch)],
                                   stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(workers)]
-        for p in procs:
-            p.communicate()
+        outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
         wall = time.perf_counter() - t
         assert Message.objects.filter(workflow=wf, status="sent").count() == n
-        return n / wall
+        return {"rate": n / wall, "wall_s": wall, "worker_cpu_s": [round(o["cpu_s"], 1) for o in outs],
+                "worker_maxrss_mb": max(o["maxrss_kb"] for o in outs) / 1024,
+                "load_at_workers_start": load_start, "load_at_end": os.getloadavg()}
     finally:
         Enrollment.objects.filter(workflow=wf).delete()
         Workflow.objects.filter(pk=wf.pk).delete()
@@ -188,7 +206,13 @@ def main() -> int:
     figures = [
         ("due_steps", n, "steps"),
         ("workers", args.workers, "processes"),
-        ("backlog_email_steps_per_s", round(backlog, 1), "steps/s"),
+        ("backlog_email_steps_per_s", round(backlog["rate"], 1), "steps/s"),
+        ("backlog_wall_s", round(backlog["wall_s"], 1), "s"),
+        ("backlog_worker_cpu_s", backlog["worker_cpu_s"], "s per worker"),
+        ("backlog_worker_peak_rss_mb", round(backlog["worker_maxrss_mb"], 1), "MB"),
+        ("spread_wall_s", round(big["wall_s"], 1), "s"),
+        ("spread_worker_cpu_s", big["worker_cpu_s"], "s per worker"),
+        ("due_before_workers_started", big["due_before_workers_started"], "steps"),
         ("lag_p50_s", round(big["lag_p50_s"], 2), "s"),
         ("lag_p95_s", round(big["lag_p95_s"], 2), "s"),
         ("lag_max_s", round(big["lag_max_s"], 2), "s"),
@@ -197,6 +221,7 @@ def main() -> int:
         (f"worker_peak_rss_mb_at_{small['n']}", round(small["worker_maxrss_mb"], 1), "MB"),
         ("duplicates", big["duplicates"], "messages"),
         ("enroll_segment_s", round(big["enroll_s"], 2), "s"),
+        ("enroll_segment_client_cpu_s", round(big["enroll_cpu_s"], 2), "s"),
         ("enroll_segment_leads", n, "leads"),
         ("enroll_leads_per_s", round(n / big["enroll_s"], 1), "leads/s"),
     ]
@@ -205,7 +230,11 @@ def main() -> int:
         line = {"metric": metric, "value": value, "unit": unit}
         print(json.dumps(line), flush=True)
         results.append(line)
-    Path(args.out).write_text(json.dumps({"results": results, "loadavg": os.getloadavg(), "quick": args.quick}, indent=2) + "\n")
+    meta = {"loadavg_at_end": os.getloadavg(), "cpu_count": os.cpu_count(), "quick": args.quick,
+            "spread_run": {k: big[k] for k in ("load_at_workers_start", "load_at_end", "steps_per_worker")},
+            "backlog_run": {k: backlog[k] for k in ("load_at_workers_start", "load_at_end")},
+            "small_run": {k: small[k] for k in ("n", "lag_p95_s", "worker_maxrss_mb", "enroll_s")}}
+    Path(args.out).write_text(json.dumps({"results": results, "meta": meta}, indent=2, default=str) + "\n")
     return 0
 
 

@@ -358,6 +358,9 @@ MARTECH_NURTURE = {
     "TWILIO_ACCOUNT_SID": env.str("TWILIO_ACCOUNT_SID", default=""),
     "TWILIO_AUTH_TOKEN": env.str("TWILIO_AUTH_TOKEN", default=""),
     "TWILIO_FROM": env.str("TWILIO_FROM", default=""),
+    "TWILIO_BASE_URL": env.str("TWILIO_BASE_URL", default="https://api.twilio.com"),
+    # Retries (same idempotency key) only when Twilio surely did not take it.
+    "TWILIO_RETRIES": env.int("TWILIO_RETRIES", default=2),
     "AUDIENCE_ADAPTER": env.str("NURTURE_AUDIENCE_ADAPTER", default="nurture.channels.LogAudienceAdapter"),
     # Absolute base of tracking and unsubscribe links in emails.
     "PUBLIC_BASE_URL": env.str("NURTURE_PUBLIC_BASE_URL", default="http://127.0.0.1:8000"),

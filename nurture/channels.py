@@ -78,15 +78,16 @@ def _url(name: str, token: str) -> str:
 
 
 def sign(message_id: int, **extra) -> str:
-    return signing.dumps({"m": message_id, **extra}, salt=TRACK_SALT, compress=True)
+    # Compress only payloads that carry a URL; unsign reads both forms.
+    return signing.dumps({"m": message_id, **extra}, salt=TRACK_SALT, compress=bool(extra))
 
 
 def unsign(token: str) -> dict:
     return signing.loads(token, salt=TRACK_SALT)
 
 
-def unsubscribe_url(message_id: int) -> str:
-    return _url("nurture:unsubscribe", sign(message_id))
+def unsubscribe_url(message_id: int, token: str | None = None) -> str:
+    return _url("nurture:unsubscribe", token or sign(message_id))
 
 
 def email_build(message, *, html_body: str) -> EmailMultiAlternatives:
@@ -94,13 +95,14 @@ def email_build(message, *, html_body: str) -> EmailMultiAlternatives:
     8058, a Message-ID derived from the idempotency key (an ESP or a
     reconciliation can recognise a repeat), click links rewritten to the
     signed redirect, and an open pixel."""
-    unsub = unsubscribe_url(message.pk)
+    token = sign(message.pk)  # the open pixel and the unsubscribe link carry the same one
+    unsub = unsubscribe_url(message.pk, token)
 
     def rewrite(m: re.Match) -> str:
         return f'href="{_url("nurture:click", sign(message.pk, u=m.group(1)))}"'
 
     html = _HREF.sub(rewrite, html_body)
-    html += f'<img src="{_url("nurture:open", sign(message.pk))}" width="1" height="1" alt="">'
+    html += f'<img src="{_url("nurture:open", token)}" width="1" height="1" alt="">'
     html += f'<p style="font-size:12px"><a href="{unsub}">Unsubscribe</a></p>'
     text = message.body + f"\n\nUnsubscribe: {unsub}\n"
     domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2] or "localhost"
@@ -150,23 +152,80 @@ class LocmemSmsBackend:
         return key
 
 
-class TwilioSmsBackend:
-    """Twilio's Messages API over HTTPS (basic auth)."""
+class SmsError(Exception):
+    """The provider refused the message (it was not sent): kept on the
+    Message as ``failed`` with the provider's error code."""
 
-    base = "https://api.twilio.com"
+    def __init__(self, code, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class SmsInDoubt(Exception):
+    """The provider may have accepted the message (a 5xx, a read timeout):
+    the Message is marked ``in_doubt`` and never resent blindly."""
+
+
+def _never_connected(exc: Exception) -> bool:
+    """A connect that failed (refused, unreachable, connect timeout): the
+    request never reached the provider, so retrying cannot double-send."""
+    from requests.exceptions import ConnectTimeout
+    from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+
+    if isinstance(exc, ConnectTimeout):
+        return True
+    reason = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
+    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+
+
+class TwilioSmsBackend:
+    """Twilio's Messages API over HTTPS (basic auth), with ``requests``.
+
+    ``TWILIO_BASE_URL`` (default https://api.twilio.com) points it elsewhere,
+    e.g. at the loopback emulator in the tests. Every request carries the
+    message's idempotency key as ``I-Twilio-Idempotency-Token``. Retries are
+    limited to answers that prove Twilio did not take the message: a refused
+    connection or a 429 (rate limited), up to ``TWILIO_RETRIES`` times with
+    the same key. A 4xx is a refusal (SmsError with Twilio's error code); a
+    5xx or a read timeout may hide an accepted message, so it raises
+    SmsInDoubt and the engine keeps the message ``in_doubt``."""
 
     def send(self, *, to: str, body: str, key: str) -> str:
         import requests
 
         cfg = settings.MARTECH_NURTURE
-        r = requests.post(
-            f"{self.base}/2010-04-01/Accounts/{cfg['TWILIO_ACCOUNT_SID']}/Messages.json",
-            data={"To": to, "From": cfg["TWILIO_FROM"], "Body": body},
-            auth=(cfg["TWILIO_ACCOUNT_SID"], cfg["TWILIO_AUTH_TOKEN"]),
-            timeout=15,
-        )
-        r.raise_for_status()
-        return r.json().get("sid", "")
+        sid = cfg["TWILIO_ACCOUNT_SID"]
+        if not sid or not cfg["TWILIO_AUTH_TOKEN"] or not cfg["TWILIO_FROM"]:
+            raise SmsError("config", "TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM must be set.")
+        url = f"{cfg['TWILIO_BASE_URL'].rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json"
+        attempts = cfg["TWILIO_RETRIES"] + 1
+        for attempt in range(attempts):
+            try:
+                r = requests.post(url, data={"To": to, "From": cfg["TWILIO_FROM"], "Body": body},
+                                  auth=(sid, cfg["TWILIO_AUTH_TOKEN"]), headers={"I-Twilio-Idempotency-Token": key},
+                                  timeout=(5, 15))
+            except requests.ConnectionError as exc:
+                # Raised for a refused or failed connect (nothing was sent) and
+                # for a connection dropped mid-answer (maybe sent).
+                if _never_connected(exc):
+                    if attempt + 1 < attempts:
+                        continue
+                    raise SmsError("connect", f"Twilio unreachable: {exc}") from exc
+                raise SmsInDoubt(f"connection lost after sending: {exc}") from exc
+            except requests.Timeout as exc:
+                raise SmsInDoubt(f"no answer from Twilio: {exc}") from exc
+            if r.status_code == 429 and attempt + 1 < attempts:
+                continue
+            if r.status_code >= 500:
+                raise SmsInDoubt(f"Twilio answered {r.status_code}")
+            if r.status_code >= 400:
+                try:
+                    err = r.json()
+                except ValueError:
+                    err = {}
+                raise SmsError(err.get("code", r.status_code), err.get("message") or r.text[:200])
+            return r.json().get("sid", "")
+        raise SmsError(429, "rate limited by Twilio")
 
 
 def sms_backend() -> SmsBackend:

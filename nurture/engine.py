@@ -36,8 +36,8 @@ from django.utils import timezone
 from martech.models import Event, Lead
 from martech.selectors import lead_has_consent
 from nurture import channels
-from nurture.conditions import condition_matches
-from nurture.models import AudienceMember, Enrollment, Message, StepExecution, Suppression, Workflow
+from nurture.conditions import condition_matches, segment_matches, segment_q, segments_by_id
+from nurture.models import AudienceMember, Enrollment, Message, StepExecution, Suppression, Workflow, WorkflowVersion
 
 log = logging.getLogger(__name__)
 WAIT_UNTIL_POLL = timedelta(hours=1)
@@ -71,11 +71,14 @@ class Ctx:
     consent: dict[tuple[int, str], str] | None = None
     suppressed: set[str] | None = None
     sends: dict[int, list[datetime]] | None = None
+    # Suppression segments: {segment id: ids of the batch's leads in it}.
+    segment_hits: dict[int, set[int]] | None = None
 
 
-def batch_prefetch(ctx: Ctx, leads: list[Lead]) -> None:
-    """Consent, suppression and the last week's marketing emails of every
-    lead of the batch in three queries (instead of three per step). The
+def batch_prefetch(ctx: Ctx, leads: list[Lead], segment_ids=()) -> None:
+    """Consent, suppression, the last week's marketing emails and the
+    suppression segments of every lead of the batch in three queries plus
+    one per segment (instead of several per step). The
     batch holds the leads' row locks (see enrollments_advance_due), so these
     stay true until it commits."""
     from martech.models import ConsentRecord
@@ -97,6 +100,10 @@ def batch_prefetch(ctx: Ctx, leads: list[Lead]) -> None:
         .values_list("lead_id", "created_at")
     ):
         ctx.sends.setdefault(lead_id, []).append(at)
+    ctx.segment_hits = {
+        pk: set(Lead.objects.filter(pk__in=ids).filter(segment_q(seg, now=ctx.now)).values_list("pk", flat=True))
+        for pk, seg in segments_by_id(segment_ids).items()
+    }
 
 
 # --- step handlers ------------------------------------------------------------
@@ -365,6 +372,25 @@ def goal_met(enr, now: datetime) -> bool:
     return False
 
 
+def suppressed_now(enr, ctx: Ctx) -> str | None:
+    """Suppression holds for the whole journey, not just at enrollment: a
+    lead who has since moved into a suppressed stage or segment leaves at its
+    next step, before anything is sent."""
+    s = enr.version.settings or {}
+    lead = enr.lead
+    if s.get("suppress_stages") and lead.lifecycle_stage_id and lead.lifecycle_stage.key in s["suppress_stages"]:
+        return "suppressed_stage"
+    for seg_id in s.get("suppress_segments") or []:
+        if ctx.segment_hits is not None:
+            if lead.pk in ctx.segment_hits.get(seg_id, ()):
+                return "suppressed_segment"
+        else:
+            seg = segments_by_id([seg_id]).get(seg_id)
+            if seg is not None and segment_matches(seg, lead, now=ctx.now):
+                return "suppressed_segment"
+    return None
+
+
 def _finish(enr: Enrollment, status: str, reason: str, now: datetime) -> None:
     enr.status, enr.exit_reason, enr.ended_at, enr.due_at = status, reason[:100], now, None
 
@@ -390,6 +416,10 @@ def enrollment_step(enr: Enrollment, ctx: Ctx, out_rows: list[Decided]) -> int:
     executed = 0
     if goal_met(enr, now):
         _finish(enr, Enrollment.Status.CONVERTED, "goal", now)
+        return 0
+    suppressed = suppressed_now(enr, ctx)
+    if suppressed:
+        _finish(enr, Enrollment.Status.EXITED, suppressed, now)
         return 0
     steps = enr.version.definition["steps"]
     while enr.status == Enrollment.Status.ACTIVE and executed < MAX_STEPS_PER_RUN:
@@ -470,13 +500,20 @@ def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | No
             qs = Enrollment.objects.filter(status=Enrollment.Status.ACTIVE, due_at__lte=moment).order_by("due_at")
             if connection.features.has_select_for_update_skip_locked:
                 qs = qs.select_for_update(skip_locked=True, of=("self",))
-            batch = list(qs.select_related("version", "lead", "lead__lifecycle_stage", "lead__account", "workflow")[:batch_size])
+            batch = list(qs.select_related("lead", "lead__lifecycle_stage", "lead__account")[:batch_size])
             if not batch:
                 break
+            # A batch runs a handful of workflows: their versions (the step
+            # graph, JSON) are loaded and decoded once, not once per row.
+            versions = WorkflowVersion.objects.in_bulk({e.version_id for e in batch})
+            workflows = Workflow.objects.in_bulk({e.workflow_id for e in batch})
+            for e in batch:
+                e.version, e.workflow = versions[e.version_id], workflows[e.workflow_id]
             leads = {e.lead_id: e.lead for e in batch}
             list(Lead.objects.select_for_update().filter(pk__in=list(leads)).order_by("pk").values_list("pk", flat=True))
             ctx = Ctx(now=moment)
-            batch_prefetch(ctx, list(leads.values()))
+            segment_ids = {i for e in batch for i in (e.version.settings or {}).get("suppress_segments") or []}
+            batch_prefetch(ctx, list(leads.values()), segment_ids)
             rows: list[Decided] = []
             changed: list[Enrollment] = []
             for enr in batch:
@@ -501,13 +538,16 @@ def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | No
                     changed.append(enr)
             executions = StepExecution.objects.bulk_create([r.execution for r in rows])
             msgs = [
-                Message(key=ex.key, execution=ex, lead_id=ex.enrollment.lead_id, workflow_id=ex.workflow_id, step=ex.step,
+                Message(key=ex.key, execution=ex, lead=ex.enrollment.lead, workflow_id=ex.workflow_id, step=ex.step,
                         created_at=moment, **r.message)
                 for ex, r in zip(executions, rows) if r.message
             ]
-            pending = [m.pk for m in Message.objects.bulk_create(msgs)]
+            pending = Message.objects.bulk_create(msgs)
             _save_enrollments(changed)
-        messages_deliver(ids=pending)
+        # Delivered from the rows in hand (with their execution and lead):
+        # this worker committed them as "sending" and nobody else touches
+        # them before the recovery lease, so no re-read is needed.
+        messages_deliver(messages=pending)
         batches += 1
     return total
 
@@ -547,10 +587,11 @@ def _deliver_one(msg: Message, conn) -> str:
     raise ValueError(f"unknown channel {msg.channel}")
 
 
-def messages_deliver(*, ids: list[int]) -> int:
-    """Hand committed ``sending`` messages to their channels; each is marked
-    sent (or failed, with the error) right after its own call."""
-    if not ids:
+def messages_deliver(*, ids: list[int] | None = None, messages: list[Message] | None = None) -> int:
+    """Hand committed ``sending`` messages to their channels (by id, re-read
+    and still ``sending``; or the Message objects a batch just committed);
+    each is marked sent (or failed, with the error) right after its call."""
+    if not ids and not messages:
         return 0
     conn = channels.email_connection()
     sent = 0
@@ -561,10 +602,14 @@ def messages_deliver(*, ids: list[int]) -> int:
             Message.objects.filter(pk__in=done).update(status=Message.Status.SENT, sent_at=timezone.now())
             done.clear()
 
-    msgs = Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).select_related("execution", "lead").order_by("pk")
+    msgs = messages if messages is not None else (
+        Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).select_related("execution", "lead").order_by("pk"))
     for msg in msgs:
         try:
             provider = _deliver_one(msg, conn)
+        except channels.SmsInDoubt as exc:  # may have gone out: never resent blindly
+            Message.objects.filter(pk=msg.pk).update(status=Message.Status.IN_DOUBT, error=f"SmsInDoubt: {exc}"[:2000])
+            continue
         except Exception as exc:  # noqa: BLE001 - kept on the row, shown in the admin
             Message.objects.filter(pk=msg.pk).update(status=Message.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
             continue

@@ -35,10 +35,13 @@ GALLERY: dict[str, dict] = {
             "end": {"type": "end"}}},
     },
     "mql_reengagement": {
-        "name": "MQL re-engagement (30 idle days)", "trigger": "stage", "trigger_config": {"stage": "mql"},
+        # Entering the "Quiet MQLs" segment (an MQL untouched for 30 days) is
+        # the trigger; the segment is made on creation when it is missing.
+        "name": "MQL re-engagement (30 idle days)", "trigger": "segment",
+        "segment": ("Quiet MQLs", 'lifecycle_stage = "mql" and latest_touch_at < now - 30 days'),
+        "reenroll": "after_days", "reenroll_days": 90,
         "goal_condition": "lifecycle_stage = \"sql\"",
-        "definition": {"start": "idle", "steps": {
-            "idle": {"type": "wait_until", "event": "page_viewed", "timeout_hours": 720, "next": "end", "timeout_next": "e1"},
+        "definition": {"start": "e1", "steps": {
             "e1": {"type": E, "subject": "Still looking at {{company_name|your options}}?", "body": "What changed since we spoke: https://example.com/new", "next": "task"},
             "task": {"type": "create_task", "subject": "Re-engage {{email}} (30 days idle)", "next": "end"},
             "end": {"type": "end"}}},
@@ -87,6 +90,14 @@ def workflow_create_from_gallery(*, key: str, actor=None, name: str | None = Non
     spec = copy.deepcopy(GALLERY[key])
     base = name or spec.pop("name")
     spec.pop("name", None)
+    segment = spec.pop("segment", None)
+    if segment:
+        from martech.scoring.models import Segment
+        from martech.scoring.services import segment_save
+
+        seg_name, condition = segment
+        seg = Segment.objects.filter(name=seg_name).first() or segment_save(name=seg_name, condition=condition)
+        spec["trigger_config"] = {"segment": seg.pk, "enroll_existing": True}
     final, n = base, 2
     while Workflow.objects.filter(name=final).exists():
         final, n = f"{base} ({n})", n + 1

@@ -42,7 +42,7 @@ class Workflow(models.Model):
     trigger = models.CharField(max_length=12, choices=Trigger.choices, default=Trigger.MANUAL)
     # event: {"event": "cart_abandoned", "condition": "..."}; form: {"form": "<key>"};
     # stage: {"stage": "mql"}; score: {"threshold": 80}; crm_field: {"fields": ["status"]};
-    # segment: {"segment": <id>}
+    # segment: {"segment": <id>, "enroll_existing": true}
     trigger_config = models.JSONField(default=dict, blank=True)
     enrollment_condition = models.TextField(blank=True, help_text="Condition language; empty enrolls everyone triggered.")
     reenroll = models.CharField(max_length=12, choices=Reenroll.choices, default=Reenroll.NEVER)
@@ -58,6 +58,10 @@ class Workflow(models.Model):
         "WorkflowVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     has_draft_changes = models.BooleanField(default=True, editable=False)
+    # The segment whose members SegmentMember holds for this workflow (a
+    # segment trigger's first sync with "enroll_existing": false records the
+    # members already there without enrolling them).
+    segment_baseline_id = models.PositiveBigIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -164,7 +168,7 @@ class Message(models.Model):
         SENDING = "sending", "Sending"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
-        IN_DOUBT = "in_doubt", "In doubt (worker died while sending)"
+        IN_DOUBT = "in_doubt", "In doubt (may have gone out: not resent)"
         TEST = "test", "Rendered in test mode (not sent)"
 
     key = models.CharField(max_length=120, unique=True)
@@ -222,3 +226,22 @@ class AudienceMember(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["audience", "lead"], name="nurture_audience_member_unique")]
+
+
+class SegmentMember(models.Model):
+    """The leads a segment-triggered workflow last saw in its segment.
+    ``segments_sync`` compares the segment's members now (its compiled Q, in
+    SQL) with these rows: leads not here yet have *entered* and are enrolled
+    (re-enrollment policy applies); rows of leads that left are deleted, so
+    leaving and coming back is a new entry."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="segment_members")
+    segment = models.ForeignKey("scoring.Segment", on_delete=models.CASCADE, related_name="+")
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="+")
+    entered_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workflow", "lead"], name="nurture_segment_member_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.lead_id} in segment {self.segment_id} (workflow {self.workflow_id})"

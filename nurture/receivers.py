@@ -80,11 +80,17 @@ def on_stage(sender, lead, transition, **kwargs) -> None:
 
 
 def on_score(sender, lead_id, old_total, new_total, **kwargs) -> None:
+    """Crossing upward only: the old total below the threshold, the new one
+    at or above it. scores_recompute sends score_changed once per real
+    change, after commit, so one crossing is one signal; the enrollment's
+    re-enrollment policy decides about a later crossing."""
     lead = None
     for w in _active(Workflow.Trigger.SCORE):
         threshold = w.current_version.settings["trigger_config"].get("threshold")
         if threshold is not None and (old_total or 0) < threshold <= (new_total or 0):
-            lead = lead or Lead.objects.get(pk=lead_id)
+            lead = lead or Lead.objects.filter(pk=lead_id).select_related("lifecycle_stage").first()
+            if lead is None:  # deleted (merged) since the rescoring
+                return
             _enroll(w, lead, f"score:{threshold}")
 
 
@@ -96,12 +102,18 @@ def on_scores(sender, changes, **kwargs) -> None:
     flows = [(w, t) for w, t in flows if t is not None]
     if not flows:
         return
-    for lead_id, old_total, new_total in changes:
-        lead = None
-        for w, threshold in flows:
-            if (old_total or 0) < threshold <= (new_total or 0):
-                lead = lead or Lead.objects.get(pk=lead_id)
-                _enroll(w, lead, f"score:{threshold}")
+    crossings = [
+        (lead_id, w, threshold)
+        for lead_id, old_total, new_total in changes
+        for w, threshold in flows
+        if (old_total or 0) < threshold <= (new_total or 0)
+    ]
+    if not crossings:
+        return
+    leads = Lead.objects.select_related("lifecycle_stage").in_bulk({lead_id for lead_id, _, _ in crossings})
+    for lead_id, w, threshold in crossings:
+        if lead_id in leads:  # a lead merged away since the recompute has nothing to enroll
+            _enroll(w, leads[lead_id], f"score:{threshold}")
 
 
 def on_leads_changed(*, ids, fields, created, source) -> None:
@@ -123,12 +135,8 @@ def on_leads_changed(*, ids, fields, created, source) -> None:
 def connect() -> None:
     signals.events_ingested.connect(on_events, dispatch_uid="nurture.events")
     signals.lead_stage_changed.connect(on_stage, dispatch_uid="nurture.stage")
-    score_changed = getattr(signals, "score_changed", None)  # lands with the scoring issue
-    if score_changed is not None:
-        score_changed.connect(on_score, dispatch_uid="nurture.score")
-    scores_changed = getattr(signals, "scores_changed", None)  # the bulk recompute's batch form
-    if scores_changed is not None:
-        scores_changed.connect(on_scores, dispatch_uid="nurture.scores")
+    signals.score_changed.connect(on_score, dispatch_uid="nurture.score")
+    signals.scores_changed.connect(on_scores, dispatch_uid="nurture.scores")  # the bulk recompute's batch form
     hooks.on_leads_changed(on_leads_changed)
     try:
         from anymail.signals import tracking

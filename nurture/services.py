@@ -14,9 +14,16 @@ from django.utils import timezone
 from martech.models import ConsentChannel, Lead
 from martech.services.leads import consent_record
 from nurture import engine
-from nurture.conditions import condition_check, condition_matches, condition_q
+from nurture.conditions import (
+    condition_check,
+    condition_matches,
+    condition_q,
+    segment_matches,
+    segment_q,
+    segments_by_id,
+)
 from nurture.graph import graph_validate
-from nurture.models import Enrollment, Message, Suppression, Workflow, WorkflowVersion
+from nurture.models import Enrollment, Message, SegmentMember, Suppression, Workflow, WorkflowVersion
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +51,19 @@ def workflow_validate(*, workflow: Workflow) -> None:
             condition_check(cond)
         except ValidationError as exc:
             errors["trigger_config"] = [f"condition: {m}" for m in exc.messages]
-    if workflow.trigger == Workflow.Trigger.SEGMENT or workflow.suppress_segments:
-        try:
-            import martech.scoring.models  # noqa: F401  (lands with the scoring issue)
-        except ImportError:
-            errors["trigger" if workflow.trigger == Workflow.Trigger.SEGMENT else "suppress_segments"] = [
-                "Segments are not available yet (martech.scoring has not landed)."]
+    seg_ids = workflow.suppress_segments or []
+    if not isinstance(seg_ids, list) or not all(isinstance(i, int) for i in seg_ids):
+        errors["suppress_segments"] = ["A list of segment ids (integers)."]
+    else:
+        missing = sorted(set(seg_ids) - set(segments_by_id(seg_ids)))
+        if missing:
+            errors["suppress_segments"] = [f"No segment with id {', '.join(map(str, missing))}."]
+    seg = (workflow.trigger_config or {}).get("segment") if workflow.trigger == Workflow.Trigger.SEGMENT else None
+    if seg is not None and (not isinstance(seg, int) or not segments_by_id([seg])):
+        errors.setdefault("trigger_config", []).append(f"segment: no segment with id {seg!r}.")
+    existing = (workflow.trigger_config or {}).get("enroll_existing", True)
+    if workflow.trigger == Workflow.Trigger.SEGMENT and not isinstance(existing, bool):
+        errors.setdefault("trigger_config", []).append("enroll_existing: true or false.")
     if workflow.reenroll == Workflow.Reenroll.AFTER_DAYS and not workflow.reenroll_days:
         errors["reenroll_days"] = ["Give the number of days for 'after N days'."]
     need = {Workflow.Trigger.EVENT: "event", Workflow.Trigger.FORM: "form", Workflow.Trigger.STAGE: "stage",
@@ -135,13 +149,8 @@ def _suppressed(settings: dict, lead: Lead) -> str | None:
 
         if lead_consent_state(lead=lead).get(ConsentChannel.EMAIL) == "withdrawn":
             return "unsubscribed"
-    for seg_id in settings.get("suppress_segments") or []:
-        try:
-            from martech.scoring.models import Segment
-        except ImportError:
-            raise ValidationError({"suppress_segments": ["Segments are not installed yet."]}) from None
-        seg = Segment.objects.filter(pk=seg_id).first()
-        if seg and condition_matches(seg.condition.text if hasattr(seg.condition, "text") else seg.condition, lead):
+    for seg in segments_by_id(settings.get("suppress_segments")).values():
+        if segment_matches(seg, lead):
             return "suppressed_segment"
     return None
 
@@ -203,6 +212,8 @@ def workflow_enroll_bulk(*, workflow: Workflow, lead_ids=None, leads=None, condi
         from martech.selectors import leads_with_consent
 
         qs = leads_with_consent(qs, channel=ConsentChannel.EMAIL).exclude(consent_email="withdrawn")
+    for seg in segments_by_id(s.get("suppress_segments")).values():
+        qs = qs.exclude(pk__in=Lead.objects.filter(segment_q(seg, now=now)).values("pk"))
     previous = Enrollment.objects.filter(workflow=workflow, is_test=False)
     policy = s.get("reenroll", Workflow.Reenroll.NEVER)
     if policy == Workflow.Reenroll.NEVER:
@@ -224,6 +235,61 @@ def workflow_enroll_bulk(*, workflow: Workflow, lead_ids=None, leads=None, condi
         if progress:
             progress(len(rows))
     return made
+
+
+def segments_sync(*, now: datetime | None = None) -> dict[int, int]:
+    """The "entering a segment" trigger, run by the schedule: every active
+    segment-triggered workflow enrolls the leads that entered its segment
+    since the last run. Returns {workflow id: enrolled}."""
+    ids = list(Workflow.objects.filter(status=Workflow.Status.ACTIVE, current_version__settings__trigger=Workflow.Trigger.SEGMENT)
+               .order_by("pk").values_list("pk", flat=True))
+    return {pk: workflow_segment_sync(workflow_id=pk, now=now) for pk in ids}
+
+
+@transaction.atomic
+def workflow_segment_sync(*, workflow_id: int, now: datetime | None = None, chunk: int = 5000) -> int:
+    """Compare the segment's members now (its compiled condition, in SQL)
+    with the members recorded last time (SegmentMember): leads not recorded
+    have entered and are enrolled through ``workflow_enroll_bulk`` (criteria,
+    suppression and the re-enrollment policy apply); leads that left are
+    forgotten, so coming back is a new entry.
+
+    One transaction with the workflow row locked: two schedulers running at
+    once serialize, and the second finds nobody new (idempotent). A crash
+    rolls back the recorded entries with the enrollments, so nobody is
+    recorded without being considered. With ``"enroll_existing": false`` the
+    first sync of a segment records its members without enrolling them."""
+    now = now or timezone.now()
+    wf = Workflow.objects.select_for_update(of=("self",)).select_related("current_version").get(pk=workflow_id)
+    version = wf.current_version
+    if wf.status != Workflow.Status.ACTIVE or version is None or version.settings.get("trigger") != Workflow.Trigger.SEGMENT:
+        return 0
+    cfg = version.settings.get("trigger_config") or {}
+    seg = segments_by_id([cfg.get("segment")]).get(cfg.get("segment"))
+    if seg is None:
+        log.warning("nurture: workflow %s watches segment %s, which no longer exists", wf.pk, cfg.get("segment"))
+        return 0
+    in_segment = Lead.objects.filter(segment_q(seg, now=now))
+    members = SegmentMember.objects.filter(workflow=wf)
+    members.exclude(segment=seg).delete()  # an earlier version watched another segment
+    members.exclude(lead_id__in=in_segment.values("pk")).delete()
+    entered = list(in_segment.exclude(pk__in=members.values("lead_id")).order_by("pk").values_list("pk", flat=True))
+    baseline = wf.segment_baseline_id != seg.pk and not cfg.get("enroll_existing", True)
+    # The rows of this sync are those above the highest id before it (the
+    # workflow lock keeps any other sync of this workflow out meanwhile).
+    mark = members.aggregate(m=Max("pk"))["m"] or 0
+    for i in range(0, len(entered), chunk):
+        SegmentMember.objects.bulk_create([SegmentMember(workflow=wf, segment=seg, lead_id=pk, entered_at=now)
+                                           for pk in entered[i:i + chunk]])
+    enrolled = 0
+    if entered and not baseline:
+        # One set-based enrollment over the newcomers (a subquery, not
+        # 100,000 bound ids).
+        newcomers = Lead.objects.filter(pk__in=SegmentMember.objects.filter(workflow=wf, pk__gt=mark).values("lead_id"))
+        enrolled = workflow_enroll_bulk(workflow=wf, leads=newcomers, source=f"segment:{seg.pk}", now=now, chunk=chunk)
+    if wf.segment_baseline_id != seg.pk:
+        Workflow.objects.filter(pk=wf.pk).update(segment_baseline_id=seg.pk)
+    return enrolled
 
 
 def enrollments_exit_for_goal_event(*, lead_ids: list[int], event_names: set[str], now: datetime | None = None) -> int:

@@ -10,3 +10,9 @@ def advance_due() -> int:
 
 def recover_messages() -> dict:
     return messages_recover()
+
+
+def segments_sync() -> dict[int, int]:
+    from nurture.services import segments_sync as sync
+
+    return sync()

@@ -11,6 +11,7 @@ from django.urls import path, reverse
 
 from martech.admin.base import BaseAdmin, ServiceSaveMixin, add_errors_to_form, validation_messages
 from martech.models import Lead
+from martech.scoring.models import Segment
 from nurture.gallery import GALLERY, workflow_create_from_gallery
 from nurture.models import Workflow, WorkflowVersion
 from nurture.selectors import workflow_metrics
@@ -26,10 +27,23 @@ from nurture.services import (
 
 
 class WorkflowForm(forms.ModelForm):
+    # Stored as a list of segment ids (it is copied into each version's
+    # settings); picked here by name.
+    suppress_segments = forms.ModelMultipleChoiceField(
+        queryset=Segment.objects.all(), required=False, widget=admin.widgets.FilteredSelectMultiple("segments", False),
+        help_text="Members of these segments are never enrolled, and leave the journey at their next step.",
+    )
+
     class Meta:
         model = Workflow
         fields = "__all__"
         widgets = {"definition": forms.Textarea(attrs={"rows": 24, "cols": 100, "style": "font-family:monospace"})}
+        help_texts = {"trigger_config": 'event: {"event": "cart_abandoned", "condition": "..."}; form: {"form": "<key>"}; '
+                                        'segment: {"segment": <segment id>, "enroll_existing": true}; stage: {"stage": "mql"}; '
+                                        'score: {"threshold": 80}; CRM field: {"fields": ["status"]}'}
+
+    def clean_suppress_segments(self):
+        return sorted(s.pk for s in self.cleaned_data["suppress_segments"])
 
     def _post_clean(self):
         super()._post_clean()  # the instance carries the form's values from here on

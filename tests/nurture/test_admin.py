@@ -34,7 +34,7 @@ def test_analyst_cannot_create_from_gallery(client, analyst):
 def test_admin_add_refuses_a_broken_graph_naming_the_problem(client, marketing_ops):
     client.force_login(marketing_ops)
     data = {"name": "x", "status": "draft", "trigger": "manual", "trigger_config": "{}", "reenroll": "never",
-            "suppress_stages": "[]", "suppress_segments": "[]", "suppress_unsubscribed": "on",
+            "suppress_stages": "[]", "suppress_unsubscribed": "on",
             "definition": json.dumps({"start": "a", "steps": {"a": {"type": "wait", "days": 1, "next": "b"}}})}
     r = client.post(reverse("admin:nurture_workflow_add"), data)
     assert r.status_code == 200
@@ -43,6 +43,24 @@ def test_admin_add_refuses_a_broken_graph_naming_the_problem(client, marketing_o
     data["definition"] = json.dumps(email_flow(1))
     r = client.post(reverse("admin:nurture_workflow_add"), data)
     assert r.status_code == 302 and Workflow.objects.get().has_draft_changes
+
+
+def test_admin_picks_suppression_segments_by_name_and_a_segment_trigger(client, marketing_ops):
+    from martech.scoring.services import segment_save
+
+    seg = segment_save(name="Customers", condition='lifecycle_stage = "customer"')
+    client.force_login(marketing_ops)
+    data = {"name": "seg", "status": "draft", "trigger": "segment", "trigger_config": json.dumps({"segment": 999999}),
+            "reenroll": "never", "suppress_stages": "[]", "suppress_segments": [str(seg.pk)], "suppress_unsubscribed": "on",
+            "definition": json.dumps(email_flow(1))}
+    r = client.post(reverse("admin:nurture_workflow_add"), data)
+    assert r.status_code == 200 and "no segment with id 999999" in r.content.decode()
+    data["trigger_config"] = json.dumps({"segment": seg.pk})
+    r = client.post(reverse("admin:nurture_workflow_add"), data)
+    assert r.status_code == 302
+    wf = Workflow.objects.get()
+    assert wf.suppress_segments == [seg.pk] and wf.trigger_config == {"segment": seg.pk}
+    assert "Customers" in client.get(reverse("admin:nurture_workflow_change", args=[wf.pk])).content.decode()
 
 
 def test_publish_action_test_run_enroll_and_metrics_page(client, marketing_ops, make_workflow, consenting_lead):

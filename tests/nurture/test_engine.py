@@ -405,3 +405,29 @@ def test_a_broken_step_is_kept_and_retried_without_blocking_others(make_workflow
     assert len(mail.outbox) == 1
     broken = Enrollment.objects.get(lead=a)
     assert broken.status == "active" and "template exploded" in broken.state["error"] and broken.due_at > timezone.now()
+
+
+def test_wait_until_condition_polls_and_takes_the_timeout_path(make_workflow, consenting_lead):
+    from martech.services.leads import lead_upsert
+
+    wf = make_workflow({"start": "w", "steps": {
+        "w": {"type": "wait_until", "condition": 'job_title contains "vp"', "timeout_hours": 24, "next": "yes",
+              "timeout_next": "no"},
+        "yes": {"type": "end"}, "no": {"type": "end"}}})
+    promoted, stays = consenting_lead(job_title="Manager"), consenting_lead(job_title="Manager")
+    now = timezone.now()
+    enrollment_create(workflow=wf, lead=promoted, source="t", now=now)
+    enrollment_create(workflow=wf, lead=stays, source="t", now=now)
+    run(now)
+    waiting = Enrollment.objects.get(lead=promoted)
+    assert waiting.status == "active" and waiting.due_at == now + timedelta(hours=1)  # re-checked every hour
+    lead_upsert(data={"job_title": "VP Growth"}, source="test", lead=promoted, overwrite=True)
+    run(now + timedelta(hours=1))
+    assert StepExecution.objects.get(enrollment__lead=promoted, step="w").outcome == "met"
+    assert Enrollment.objects.get(lead=promoted).exit_reason == "ended"
+    assert not StepExecution.objects.filter(enrollment__lead=stays).exists()
+    for hours in range(2, 26):
+        run(now + timedelta(hours=hours))
+    done = StepExecution.objects.get(enrollment__lead=stays, step="w")
+    assert done.outcome == "timed_out"
+    assert StepExecution.objects.filter(enrollment__lead=stays).values_list("step", flat=True).last() == "no"
