@@ -99,6 +99,13 @@ def lead_payload_preview(*, connection: Connection, lead: Lead) -> dict[str, Any
         properties = builder.payload(lead)
     except PayloadError as exc:
         return {"error": str(exc)}
+    if connection.provider == "salesforce":
+        from martech.crm.connectors import salesforce as sf
+
+        target = "Contact" if lead.salesforce_contact_id else settings.MARTECH_CRM["SALESFORCE_NEW_LEADS_AS"]
+        return {"allOrNone": False, "records": [
+            {"attributes": {"type": target}, **sf.SalesforceConnector.shape(target, properties),
+             sf.EXTERNAL_ID: str(lead.pk)}]}
     return {"inputs": [{"id": lead.email or "", "idProperty": "email", "properties": properties}]}
 
 
@@ -162,13 +169,14 @@ def _fail(items: Iterable[OutboxItem], error: str, *, dead_now: bool = False) ->
 
 
 def outbox_drain(*, connection: Connection, connector: Connector | None = None, max_items: int | None = None,
-                 progress=None) -> SyncRun:
+                 progress=None, batch: int | None = None) -> SyncRun:
     """Push what is due for ``connection``; returns the recorded SyncRun.
 
     Unchanged payloads (same hash as the last push) are skipped without a
     call. A record the CRM refuses is failed alone; after MAX_ATTEMPTS it is
     a dead letter. Near the daily allowance (SLOWDOWN_AT) one batch per run
-    is sent; at the allowance nothing is."""
+    is sent; at the allowance nothing is. ``batch`` overrides DRAIN_BATCH
+    (a Salesforce backfill claims more, so it goes through Bulk API 2.0)."""
     conf = settings.MARTECH_CRM
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PUSH, object="contact")
     if connection.stopped_reason or not connection.is_active:
@@ -187,7 +195,7 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
                 _record_error(connection, run.error)
                 break
             slow = left <= connection.daily_api_limit * (1 - conf["SLOWDOWN_AT"])
-            limit = 100 if slow else conf["DRAIN_BATCH"]
+            limit = 100 if slow else (batch or conf["DRAIN_BATCH"])
             if max_items is not None:
                 limit = min(limit, max_items - done)
             items = _claim(connection, limit)
@@ -218,9 +226,10 @@ def _push_items(connection, connector, builder, items, run) -> None:
     finished: list[OutboxItem] = []
     for item in items:
         lead = leads.get(item.local_id)
-        if lead is None or not lead.email:
-            # A deleted or merged-away lead, or one with no upsert key.
-            _fail([item], "lead deleted or has no email (HubSpot upserts contacts by email)", dead_now=True)
+        if lead is None or (connection.provider == "hubspot" and not lead.email):
+            # A deleted or merged-away lead, or one with no upsert key (Salesforce upserts by our id).
+            _fail([item], "lead deleted or has no email (HubSpot upserts contacts by email)" if lead else
+                  "lead deleted or merged away", dead_now=True)
             run.failed += 1
             continue
         try:
@@ -235,7 +244,8 @@ def _push_items(connection, connector, builder, items, run) -> None:
             finished.append(item)
             run.skipped += 1
             continue
-        to_send.append((item, PushRecord(item.local_id, lead.email.lower(), properties), digest))
+        target = connector.target_for(lead) if hasattr(connector, "target_for") else ""
+        to_send.append((item, PushRecord(item.local_id, (lead.email or "").lower(), properties, target), digest))
     _finish(finished)
     if not to_send:
         return
@@ -283,18 +293,28 @@ def _push_items(connection, connector, builder, items, run) -> None:
         _store_remote_ids(connection, remote_ids, leads)
 
 
+def _remote_id_field(provider: str, remote_id: str) -> str:
+    """The Lead field that holds this CRM id."""
+    if provider == "salesforce":
+        from martech.crm.connectors.salesforce import local_id_field
+
+        return local_id_field(remote_id)
+    return "hubspot_id"
+
+
 def _store_remote_ids(connection: Connection, remote_ids: dict[int, str], leads: dict[int, Lead]) -> None:
-    if connection.provider != "hubspot":
-        return
-    changed = []
+    changed, fields = [], set()
     for local_id, remote_id in remote_ids.items():
         lead = leads[local_id]
-        if remote_id and lead.hubspot_id != remote_id:
-            lead.hubspot_id = remote_id
+        field = _remote_id_field(connection.provider, remote_id)
+        if remote_id and getattr(lead, field) != remote_id:
+            setattr(lead, field, remote_id)
             changed.append(lead)
+            fields.add(field)
     if changed:
-        Lead.objects.bulk_update(changed, ["hubspot_id"], batch_size=500)
-        hooks.leads_changed(ids=[lead.pk for lead in changed], fields=["hubspot_id"], source="crm:hubspot")
+        Lead.objects.bulk_update(changed, sorted(fields), batch_size=500)
+        hooks.leads_changed(ids=[lead.pk for lead in changed], fields=sorted(fields),
+                            source=f"crm:{connection.provider}")
 
 
 def _finish(items: list[OutboxItem]) -> None:
@@ -357,8 +377,9 @@ def pulled_apply(*, connection: Connection, pulled, mappings: list[FieldMapping]
     stage_by_value = {lm.remote_value: lm.stage.key for lm in
                       LifecycleMapping.objects.filter(connection=connection).select_related("stage")}
     props = pulled.properties
-    email = (props.get("email") or "").strip().lower()
-    lead = Lead.objects.filter(Q(hubspot_id=pulled.remote_id) | (Q(email=email) if email else Q(pk=None))).first()
+    email = (props.get("email") or props.get("Email") or "").strip().lower()
+    id_field = _remote_id_field(connection.provider, pulled.remote_id)
+    lead = Lead.objects.filter(Q(**{id_field: pulled.remote_id}) | (Q(email=email) if email else Q(pk=None))).first()
     take_all = True
     if lead is not None and _local_changed_since_sync(connection, lead):
         if connection.conflict_rule == Connection.ConflictRule.MOST_RECENT:
@@ -368,7 +389,7 @@ def pulled_apply(*, connection: Connection, pulled, mappings: list[FieldMapping]
                 return "skipped"
         else:
             take_all = False
-    data: dict[str, Any] = {"hubspot_id": pulled.remote_id}
+    data: dict[str, Any] = {id_field: pulled.remote_id}
     if email:
         data["email"] = email
     properties: dict[str, Any] = {}

@@ -114,3 +114,66 @@ def connection(db):
         if stage:
             LifecycleMapping.objects.create(connection=conn, remote_value=value, stage=stage)
     return conn
+
+
+# --- Salesforce -------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def salesforce_cert(tmp_path_factory):
+    from martech.crm.emulators.tls import ensure_certificate
+
+    return ensure_certificate(tmp_path_factory.mktemp("sf-tls"))
+
+
+@pytest.fixture
+def salesforce(settings, salesforce_cert):
+    """The Salesforce emulator over real TLS on a free loopback port; the
+    connector trusts its generated certificate (never verify=False)."""
+    from martech.crm.connectors import salesforce as sf_connector
+    from martech.crm.emulators.salesforce import SalesforceEmulator
+
+    cert, key = salesforce_cert
+    app = SalesforceEmulator()
+    served = Served(app, ssl_context=(str(cert), str(key))).start()
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SALESFORCE_URL": served.url, "SALESFORCE_CA_CERT": str(cert),
+                            "SALESFORCE_ACCESS_TOKEN": "emulator-session", "SALESFORCE_REFRESH_TOKEN": "emulator-refresh",
+                            "SALESFORCE_CLIENT_ID": "emulator-client", "SALESFORCE_CLIENT_SECRET": "emulator-secret",
+                            "SALESFORCE_NEW_LEADS_AS": "Lead", "SALESFORCE_BULK_ABOVE": 2000,
+                            "BACKOFF_BASE": 0.01, "BACKOFF_MAX": 2.0}
+    sf_connector._renewed_sessions.clear()
+    yield app
+    served.stop()
+    sf_connector._renewed_sessions.clear()
+
+
+@pytest.fixture
+def sf_no_sleep(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr("martech.crm.connectors.salesforce.time.sleep", slept.append)
+    return slept
+
+
+SF_MAPPINGS = [
+    ("email", "Email", "text", {}),
+    ("first_name", "FirstName", "text", {}),
+    ("last_name", "LastName", "text", {"default": "Unknown"}),
+    ("job_title", "Title", "text", {"system_of_record": "remote"}),
+    ("company_name", "Company", "text", {"default": "[not provided]"}),
+    ("country", "Country", "text", {}),
+    ("lifecycle_stage", "Status", "text", {}),
+    ("owner", "OwnerId", "text", {"direction": "push"}),
+]
+SF_STATUSES = [("Open - Not Contacted", "lead"), ("Working - Contacted", "mql"), ("Qualified", "sql"),
+               ("Closed - Converted", "customer")]
+
+
+@pytest.fixture
+def sf_connection(db):
+    conn = Connection.objects.create(provider="salesforce", name="Salesforce")
+    for local, remote, kind, extra in SF_MAPPINGS:
+        FieldMapping.objects.create(connection=conn, local_field=local, remote_field=remote, kind=kind, **extra)
+    for value, key in SF_STATUSES:
+        stage = LifecycleStage.objects.filter(key=key).first()
+        if stage:
+            LifecycleMapping.objects.create(connection=conn, remote_value=value, stage=stage)
+    return conn

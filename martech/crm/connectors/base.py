@@ -15,6 +15,7 @@ class PushRecord:
     local_id: int
     key: str  # the CRM's upsert key (email for contacts)
     properties: dict[str, str]
+    target: str = ""  # Salesforce: the sObject this record goes to (Lead or Contact)
 
 
 @dataclass

@@ -1,0 +1,338 @@
+"""Salesforce through simple-salesforce: Lead and Contact <-> leads, Users.
+
+How a lead maps to Salesforce
+-----------------------------
+- A lead with a Salesforce Contact id (``salesforce_contact_id``: pulled as a
+  Contact, or a Lead Salesforce converted) is pushed to **Contact**; every
+  other lead goes to ``MARTECH_CRM_SALESFORCE_NEW_LEADS_AS`` (``Lead`` by
+  default). Pulls read Contacts and unconverted Leads; a converted Lead is
+  not pulled again (its Contact carries the person on).
+- The field mappings of object ``contact`` name Lead fields. For a Contact the
+  address fields are renamed (``Country`` -> ``MailingCountry`` ...) and the
+  Lead-only ones (``Company``, ``Status`` ...) are not sent.
+
+Idempotency: records are upserted by the external id field
+``Martech_Id__c`` carrying our lead id, not by a stored Salesforce id. A
+batch whose answer was lost (timeout, 5xx after the write) never gave us the
+Salesforce ids, so a retry by stored id would create the records a second
+time; a retry by our own id finds them. (Salesforce: ``Martech_Id__c`` is a
+custom text field marked External ID and Unique on Lead and Contact.)
+
+Session: the access token comes from the environment; on 401
+``INVALID_SESSION_ID`` it is renewed once with the refresh token at
+``/services/oauth2/token`` (simple-salesforce cannot renew a session it was
+given, so the connector posts that one form through the client's own
+``requests`` session); if Salesforce refuses again the connector raises
+``AuthError`` and the drain stops the connection with that message.
+
+TLS: the session trusts ``MARTECH_CRM_SALESFORCE_CA_CERT`` (the emulator's
+generated certificate by default) and ignores the environment
+(``trust_env = False``), because ``REQUESTS_CA_BUNDLE`` would otherwise win
+over ``verify``. Verification is never switched off.
+"""
+from __future__ import annotations
+
+import csv
+import heapq
+import io
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceOperationError,
+    SalesforceResourceNotFound,
+)
+
+from .base import AuthError, CallStats, PermanentError, Pulled, PushRecord, PushResult, TransientError, with_retries
+
+EXTERNAL_ID = "Martech_Id__c"
+COLLECTION = 200  # sObject Collections: at most 200 records per call
+# Lead field -> Contact field; Lead-only fields are not sent to a Contact.
+CONTACT_RENAMES = {"Country": "MailingCountry", "State": "MailingState", "PostalCode": "MailingPostalCode",
+                   "City": "MailingCity", "Street": "MailingStreet"}
+LEAD_ONLY = {"Company", "Status", "Rating", "Industry", "NumberOfEmployees", "AnnualRevenue", "Website"}
+FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Renewed sessions outlive one connector (one drain), per connection.
+_renewed_sessions: dict[int, str] = {}
+
+
+class _SessionExpired(Exception):
+    pass
+
+
+def soql_datetime(cursor: str) -> str:
+    """A stored SystemModstamp (2026-11-30T03:00:00.000+0000) as a SOQL literal."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:?\d{2})", cursor):
+        raise PermanentError(f"Salesforce cursor is not a date-time: {cursor!r}")
+    if cursor.endswith("Z"):
+        return cursor
+    return cursor[:-5] + (cursor[-5:-2] + ":" + cursor[-2:] if cursor[-3] != ":" else cursor[-5:])
+
+
+def sobject_of(remote_id: str) -> str:
+    """Salesforce ids start with their object's key prefix."""
+    return {"00Q": "Lead", "003": "Contact", "005": "User"}.get(remote_id[:3], "")
+
+
+def local_id_field(remote_id: str) -> str:
+    """The Lead model field holding this Salesforce id."""
+    return "salesforce_contact_id" if remote_id.startswith("003") else "salesforce_lead_id"
+
+
+def _error_text(errors: list[dict]) -> str:
+    return "; ".join(f"{e.get('statusCode')}: {e.get('message')}"
+                     + (f" ({', '.join(e['fields'])})" if e.get("fields") else "") for e in errors) or "refused"
+
+
+class SalesforceConnector:
+    provider = "salesforce"
+
+    def __init__(self, connection, *, sleep: Callable[[float], None] | None = None):
+        conf = settings.MARTECH_CRM
+        self.connection = connection
+        self.conf = conf
+        self.timeout = conf["TIMEOUT"]
+        self.bulk_above = conf["SALESFORCE_BULK_ABOVE"]
+        self.new_leads_as = conf["SALESFORCE_NEW_LEADS_AS"]
+        if self.new_leads_as not in ("Lead", "Contact"):
+            raise ImproperlyConfigured("MARTECH_CRM_SALESFORCE_NEW_LEADS_AS must be Lead or Contact, "
+                                       f"not {self.new_leads_as!r}")
+        self.stats = CallStats()
+        self.sleep = sleep or (lambda seconds: time.sleep(seconds))
+        self.bulk_wait = 0.2  # first poll of a Bulk 2.0 job; the client backs off after
+        self.http_requests = 0
+        self._last_headers: dict[str, str] = {}
+        self._renewed = False
+        self.session = requests.Session()
+        self.session.verify = conf["SALESFORCE_CA_CERT"] or True
+        self.session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+        self.session.hooks["response"].append(self._seen)
+        self.instance_url = conf["SALESFORCE_URL"].rstrip("/")
+        token = _renewed_sessions.get(connection.pk) or conf["SALESFORCE_ACCESS_TOKEN"]
+        self._connect(token)
+
+    def _connect(self, session_id: str) -> None:
+        self.sf = Salesforce(instance_url=self.instance_url, session_id=session_id, session=self.session,
+                             version=self.conf["SALESFORCE_API_VERSION"])
+
+    def _seen(self, response, *args, **kwargs):
+        self.http_requests += 1
+        self._last_headers = dict(response.headers)
+        return response
+
+    # --- calls, retries, renewal ---
+    def _once(self, op: Callable[[], Any]) -> Callable[[], Any]:
+        def run():
+            try:
+                return op()
+            except SalesforceExpiredSession as exc:
+                raise _SessionExpired(str(exc)) from exc
+            except SalesforceError as exc:
+                status = getattr(exc, "status", 0) or 0
+                text = f"Salesforce {status}: {exc.content}"
+                if status == 429:
+                    raw = self._last_headers.get("Retry-After")
+                    try:
+                        retry_after = float(raw) if raw is not None else None
+                    except ValueError:
+                        retry_after = None
+                    raise TransientError(text, retry_after=retry_after) from exc
+                if status >= 500:
+                    raise TransientError(text) from exc
+                if isinstance(exc, SalesforceResourceNotFound):
+                    raise
+                raise PermanentError(text) from exc
+            except SalesforceOperationError as exc:
+                raise PermanentError(f"Salesforce Bulk API: {exc}") from exc
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                raise TransientError(f"Salesforce unreachable: {exc}") from exc
+
+        return run
+
+    def _call(self, op: Callable[[], Any]) -> Any:
+        """One logical operation through the shared retry policy. Every HTTP
+        request is counted (a Bulk job is several); an expired session is
+        renewed once per connector, then AuthError."""
+        before_http, before_counted = self.http_requests, self.stats.api_calls
+        try:
+            try:
+                return with_retries(self._once(op), self.stats, sleep=self.sleep)
+            except _SessionExpired as first:
+                if self._renewed:
+                    raise AuthError(f"Salesforce refused the renewed session: {first}") from None
+                self._renew()
+                try:
+                    return with_retries(self._once(op), self.stats, sleep=self.sleep)
+                except _SessionExpired as second:
+                    raise AuthError("Salesforce session expired; renewed it once and Salesforce refused the "
+                                    f"new session too: {second}") from None
+        finally:
+            counted = self.stats.api_calls - before_counted
+            self.stats.api_calls += (self.http_requests - before_http) - counted
+
+    def _renew(self) -> None:
+        self._renewed = True
+        token_url = f"{self.instance_url}/services/oauth2/token"
+        data = {"grant_type": "refresh_token", "refresh_token": self.conf["SALESFORCE_REFRESH_TOKEN"],
+                "client_id": self.conf["SALESFORCE_CLIENT_ID"], "client_secret": self.conf["SALESFORCE_CLIENT_SECRET"]}
+        try:
+            response = self.session.post(token_url, data=data, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise AuthError(f"Salesforce session expired and the token endpoint is unreachable: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code != 200 or not body.get("access_token"):
+            # The refresh token itself is never in the message.
+            raise AuthError("Salesforce session expired and renewing it failed: "
+                            f"{response.status_code} {body.get('error', '')} {body.get('error_description', '')}"
+                            .strip())
+        _renewed_sessions[self.connection.pk] = body["access_token"]
+        if body.get("instance_url"):
+            self.instance_url = body["instance_url"].rstrip("/")
+        self._connect(body["access_token"])
+
+    # --- push ---
+    def target_for(self, lead) -> str:
+        return "Contact" if lead.salesforce_contact_id else self.new_leads_as
+
+    @staticmethod
+    def shape(target: str, properties: dict[str, str]) -> dict[str, str]:
+        if target != "Contact":
+            return dict(properties)
+        return {CONTACT_RENAMES.get(k, k): v for k, v in properties.items() if k not in LEAD_ONLY}
+
+    def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]:
+        if obj != "contact":
+            raise NotImplementedError(f"Salesforce push of {obj} is not implemented")
+        results: list[PushResult] = []
+        by_target: dict[str, list[PushRecord]] = {}
+        for record in records:
+            by_target.setdefault(record.target or self.new_leads_as, []).append(record)
+        for target, group in by_target.items():
+            if len(group) > self.bulk_above:
+                results += self._push_bulk(target, group)
+            else:
+                for start in range(0, len(group), COLLECTION):
+                    results += self._push_collection(target, group[start:start + COLLECTION])
+        return results
+
+    def _push_collection(self, target: str, chunk: list[PushRecord]) -> list[PushResult]:
+        body = {"allOrNone": False, "records": [
+            {"attributes": {"type": target}, **self.shape(target, r.properties), EXTERNAL_ID: str(r.local_id)}
+            for r in chunk]}
+        answer = self._call(lambda: self.sf.restful(f"composite/sobjects/{target}/{EXTERNAL_ID}", method="PATCH",
+                                                    json=body, timeout=self.timeout))
+        if not isinstance(answer, list) or len(answer) != len(chunk):
+            raise PermanentError(f"Salesforce answered {len(answer or [])} results for {len(chunk)} records")
+        # Results come back in the order of the records sent.
+        return [PushResult(r.local_id, remote_id=a["id"]) if a.get("success")
+                else PushResult(r.local_id, error=_error_text(a.get("errors") or []))
+                for r, a in zip(chunk, answer)]
+
+    def _push_bulk(self, target: str, group: list[PushRecord]) -> list[PushResult]:
+        rows = [{**self.shape(target, r.properties), EXTERNAL_ID: str(r.local_id)} for r in group]
+        columns = sorted({k for row in rows for k in row})
+        bulk_type = getattr(self.sf.bulk2, target)
+
+        def run():
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            client = bulk_type._client
+            job = client.create_job("upsert", external_id_field=EXTERNAL_ID)
+            client.upload_job_data(job["id"], out.getvalue())
+            client.close_job(job["id"])
+            client.wait_for_job(job["id"], False, self.bulk_wait)
+            return job["id"], client.get_ingest_results(job["id"], "successfulResults"), \
+                client.get_ingest_results(job["id"], "failedResults")
+
+        _job_id, ok_csv, failed_csv = self._call(run)
+        done = {row[EXTERNAL_ID]: row["sf__Id"] for row in csv.DictReader(io.StringIO(ok_csv))}
+        failed = {row[EXTERNAL_ID]: row["sf__Error"] for row in csv.DictReader(io.StringIO(failed_csv))}
+        return [PushResult(r.local_id, remote_id=done[str(r.local_id)]) if str(r.local_id) in done
+                else PushResult(r.local_id, error=failed.get(str(r.local_id), "not in the Bulk job's results"))
+                for r in group]
+
+    # --- pull ---
+    def _query(self, soql: str) -> Iterator[dict]:
+        page = self._call(lambda: self.sf.query(soql, timeout=self.timeout))
+        while True:
+            yield from page["records"]
+            if page.get("done", True) or not page.get("nextRecordsUrl"):
+                return
+            url = page["nextRecordsUrl"]
+            page = self._call(lambda: self.sf.query_more(url, identifier_is_url=True, timeout=self.timeout))
+
+    def _select(self, target: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
+        wanted = {"Id", "Email", "SystemModstamp"}
+        for name in properties:
+            if not FIELD_NAME.match(name):
+                raise PermanentError(f"not a Salesforce field name: {name!r}")
+            if target == "Contact":
+                if name in LEAD_ONLY:
+                    continue
+                name = CONTACT_RENAMES.get(name, name)
+            wanted.add(name)
+        where = ["IsConverted = false"] if target == "Lead" else []
+        if cursor:
+            where.append(f"SystemModstamp > {soql_datetime(cursor)}")
+        soql = f"SELECT {', '.join(sorted(wanted))} FROM {target}"
+        if where:
+            soql += " WHERE " + " AND ".join(where)
+        soql += " ORDER BY SystemModstamp, Id"
+        back = {v: k for k, v in CONTACT_RENAMES.items()} if target == "Contact" else {}
+        for row in self._query(soql):
+            props = {back.get(k, k): ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+                     for k, v in row.items() if k != "attributes"}
+            yield Pulled(row["Id"], props, row["SystemModstamp"])
+
+    def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
+        """Leads and Contacts changed after ``cursor``, merged in SystemModstamp
+        order: everything yielded before a failure is older than anything not
+        yet yielded, so the caller's cursor never skips a record."""
+        if obj != "contact":
+            raise NotImplementedError(f"Salesforce pull of {obj} is not implemented")
+        streams = [self._select(target, cursor, properties) for target in ("Lead", "Contact")]
+        yield from heapq.merge(*streams, key=lambda p: (p.modified_at, p.remote_id))
+
+    def fetch_one(self, obj: str, remote_id: str, properties: list[str]) -> Pulled | None:
+        target = sobject_of(remote_id)
+        if obj != "contact" or target not in ("Lead", "Contact"):
+            raise PermanentError(f"{remote_id!r} is not a Salesforce Lead or Contact id")
+        try:
+            # getattr at call time: a renewed session means a new client.
+            row = self._call(lambda: getattr(self.sf, target).get(remote_id, timeout=self.timeout))
+        except SalesforceResourceNotFound:
+            return None
+        back = {v: k for k, v in CONTACT_RENAMES.items()} if target == "Contact" else {}
+        props = {back.get(k, k): "" if v is None else str(v) for k, v in row.items() if k != "attributes"}
+        return Pulled(row["Id"], props, row.get("SystemModstamp") or "")
+
+    # --- users, limits ---
+    def owners(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT Id, Email, FirstName, LastName, IsActive FROM User ORDER BY Id")
+        return [{"remote_id": r["Id"], "email": r.get("Email") or "", "first_name": r.get("FirstName") or "",
+                 "last_name": r.get("LastName") or "", "is_active": bool(r.get("IsActive"))} for r in rows]
+
+    def limits(self) -> dict[str, int]:
+        """Salesforce's own count of the daily API allowance."""
+        data = self._call(lambda: self.sf.limits(timeout=self.timeout))
+        daily = data.get("DailyApiRequests") or {}
+        return {"max": int(daily.get("Max", 0)), "remaining": int(daily.get("Remaining", 0))}
+
+    def verify_webhook(self, *, method: str, uri: str, body: bytes, headers: dict[str, str]) -> bool:
+        """Salesforce has no signed JSON webhook like HubSpot's (Outbound
+        Messages are SOAP, Change Data Capture needs a streaming client);
+        changes come in through the SystemModstamp pull, so nothing verifies."""
+        return False
