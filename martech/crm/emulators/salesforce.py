@@ -27,7 +27,8 @@ Under ``/services/data/vNN.N/``:
 ``POST /services/oauth2/token`` (grant_type=refresh_token) issues a new
 session. A data request without a live session gets 401
 ``INVALID_SESSION_ID``. Knobs beyond the shared ones (latency, 429 bursts,
-5xx rate): ``expire_session()``, ``renewal_refused`` (the token endpoint
+5xx rate): ``expire_session()``, ``lose_answers`` (the next N writes are
+done but answered 503), ``renewal_refused`` (the token endpoint
 answers ``invalid_grant``), ``renewed_sessions_dead`` (a renewed session is
 refused again at once).
 
@@ -194,6 +195,7 @@ class SalesforceEmulator(EmulatorBase):
         self.renewal_refused = False
         self.renewed_sessions_dead = False
         self.renewals = 0
+        self.lose_answers = 0
         self.daily_max, self.api_used = daily_max, 0
         self.query_page_size = 2000
         self.records: dict[str, dict[str, dict]] = {name: {} for name in FIELDS}
@@ -272,6 +274,10 @@ class SalesforceEmulator(EmulatorBase):
             return self.fault(401, "INVALID_SESSION_ID", "Session expired or invalid")
         self.api_used += 1
         response = self.route(request, m.group(1), m.group(2).rstrip("/"))
+        if self.lose_answers > 0 and request.method != "GET":
+            # The write happened; the caller never hears about it (a lost answer).
+            self.lose_answers -= 1
+            return self.unavailable()
         response.headers["Sforce-Limit-Info"] = f"api-usage={self.api_used}/{self.daily_max}"
         return response
 

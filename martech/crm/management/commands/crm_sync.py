@@ -20,6 +20,9 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Pull and convert but write nothing; no push.")
         parser.add_argument("--no-push", action="store_true")
         parser.add_argument("--no-pull", action="store_true")
+        parser.add_argument("--batch", type=int, default=None,
+                            help="Outbox items per drain batch (default MARTECH_CRM_DRAIN_BATCH). Salesforce sends "
+                                 "a batch larger than MARTECH_CRM_SALESFORCE_BULK_ABOVE through Bulk API 2.0.")
 
     def handle(self, *args, **opts):
         connections = Connection.objects.filter(is_active=True)
@@ -31,17 +34,17 @@ class Command(BaseCommand):
         if opts["object"] != "contact":
             raise CommandError(json.dumps({"error": {"code": "object_not_supported",
                                                      "message": f"Sync of {opts['object']} is not implemented yet."}}))
+        if opts["batch"] is not None and opts["batch"] < 1:
+            raise CommandError(json.dumps({"error": {"code": "invalid", "field": "batch",
+                                                     "message": "--batch must be 1 or more."}}))
         for connection in connections:
-            if connection.provider != "hubspot":
-                self.stderr.write(f"{connection.provider}: connector not implemented, skipped")
-                continue
             if not opts["no_push"] and not opts["dry_run"]:
                 if opts["full"]:
                     outbox.queue_full(connection=connection)
                 due = OutboxItem.objects.filter(connection=connection, status="pending").count()
                 with tqdm(total=due, desc=f"{connection.provider} push", unit="rec",
                           disable=not self.stdout.isatty()) as bar:
-                    run = services.outbox_drain(connection=connection, progress=bar)
+                    run = services.outbox_drain(connection=connection, progress=bar, batch=opts["batch"])
                 self._report(run)
             if not opts["no_pull"]:
                 with tqdm(desc=f"{connection.provider} pull", unit="rec", disable=not self.stdout.isatty()) as bar:
