@@ -100,12 +100,9 @@ def lead_payload_preview(*, connection: Connection, lead: Lead) -> dict[str, Any
     except PayloadError as exc:
         return {"error": str(exc)}
     if connection.provider == "salesforce":
-        from martech.crm.connectors import salesforce as sf
+        from martech.crm.connectors.salesforce import SalesforceConnector
 
-        target = "Contact" if lead.salesforce_contact_id else settings.MARTECH_CRM["SALESFORCE_NEW_LEADS_AS"]
-        return {"allOrNone": False, "records": [
-            {"attributes": {"type": target}, **sf.SalesforceConnector.shape(target, properties),
-             sf.EXTERNAL_ID: str(lead.pk)}]}
+        return SalesforceConnector(connection).preview(lead, properties)  # builds the body, calls nothing
     return {"inputs": [{"id": lead.email or "", "idProperty": "email", "properties": properties}]}
 
 
@@ -244,8 +241,9 @@ def _push_items(connection, connector, builder, items, run) -> None:
             finished.append(item)
             run.skipped += 1
             continue
-        target = connector.target_for(lead) if hasattr(connector, "target_for") else ""
-        to_send.append((item, PushRecord(item.local_id, (lead.email or "").lower(), properties, target), digest))
+        target, remote_id = connector.route(lead) if hasattr(connector, "route") else ("", "")
+        to_send.append((item, PushRecord(item.local_id, (lead.email or "").lower(), properties, target, remote_id),
+                        digest))
     _finish(finished)
     if not to_send:
         return

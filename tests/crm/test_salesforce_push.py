@@ -12,7 +12,6 @@ from martech.services.leads import lead_change_stage, lead_set_owner, lead_upser
 
 pytestmark = pytest.mark.django_db
 UPSERT_LEAD = ("PATCH", "/services/data/v59.0/composite/sobjects/Lead/Martech_Id__c")
-UPSERT_CONTACT = ("PATCH", "/services/data/v59.0/composite/sobjects/Contact/Martech_Id__c")
 
 
 def _lead(email="ann@example.org", **data):
@@ -139,19 +138,23 @@ def test_required_field_refused_here_by_name_and_there_per_record(sf_connection,
 
 def test_converted_lead_pushes_to_contact_without_lead_only_fields(sf_connection, salesforce):
     lead = _lead(country="FR")
-    Lead.objects.filter(pk=lead.pk).update(salesforce_contact_id="003000000000000999")
+    # Made in Salesforce (e.g. by converting a Lead), so without our external id yet.
+    contact = salesforce.put("Contact", {"Email": "ann@example.org", "LastName": "Lee"})
+    Lead.objects.filter(pk=lead.pk).update(salesforce_contact_id=contact["Id"])
     OutboxItem.objects.all().delete()
     OutboxItem.objects.create(connection=sf_connection, object="contact", local_id=lead.pk)
     run = outbox_drain(connection=sf_connection)
-    assert run.pushed == 1 and salesforce.calls[UPSERT_CONTACT] == 1 and not salesforce.records["Lead"]
-    (contact,) = salesforce.records["Contact"].values()
+    assert run.pushed == 1 and not salesforce.records["Lead"]
+    assert salesforce.calls[("PATCH", "/services/data/v59.0/composite/sobjects")] == 1  # update by Id
+    assert list(salesforce.records["Contact"]) == [contact["Id"]]  # no second Contact
     assert contact["MailingCountry"] == "FR" and "Company" not in contact and "Status" not in contact
+    assert contact["Martech_Id__c"] == str(lead.pk)
     lead.refresh_from_db()
-    assert lead.salesforce_contact_id == contact["Id"]
-    lead.salesforce_contact_id = "003000000000000999"
     preview = lead_payload_preview(connection=sf_connection, lead=lead)
-    assert preview["records"][0]["attributes"] == {"type": "Contact"}
-    assert preview["records"][0]["Martech_Id__c"] == str(lead.pk)
+    assert preview["method"] == "PATCH" and preview["path"] == "/services/data/v59.0/composite/sobjects"
+    assert preview["body"]["records"] == [{"attributes": {"type": "Contact"}, "Id": contact["Id"],
+                                           "Martech_Id__c": str(lead.pk), "FirstName": "Ann", "LastName": "Lee",
+                                           "Email": "ann@example.org", "MailingCountry": "FR"}]
 
 
 def test_new_leads_as_contact_setting(sf_connection, salesforce, settings):

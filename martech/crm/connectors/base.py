@@ -16,6 +16,7 @@ class PushRecord:
     key: str  # the CRM's upsert key (email for contacts)
     properties: dict[str, str]
     target: str = ""  # Salesforce: the sObject this record goes to (Lead or Contact)
+    remote_id: str = ""  # Salesforce: its id there when known (updated by id, else upserted by our id)
 
 
 @dataclass

@@ -202,8 +202,13 @@ class SalesforceConnector:
         self._connect(body["access_token"])
 
     # --- push ---
-    def target_for(self, lead) -> str:
-        return "Contact" if lead.salesforce_contact_id else self.new_leads_as
+    def route(self, lead) -> tuple[str, str]:
+        """(sObject, its Salesforce id if known) for a lead."""
+        if lead.salesforce_contact_id:
+            return "Contact", lead.salesforce_contact_id
+        if self.new_leads_as == "Lead":
+            return "Lead", lead.salesforce_lead_id or ""
+        return "Contact", ""
 
     @staticmethod
     def shape(target: str, properties: dict[str, str]) -> dict[str, str]:
@@ -211,27 +216,46 @@ class SalesforceConnector:
             return dict(properties)
         return {CONTACT_RENAMES.get(k, k): v for k, v in properties.items() if k not in LEAD_ONLY}
 
+    def _row(self, r: PushRecord, target: str) -> dict[str, str]:
+        row = {**self.shape(target, r.properties), EXTERNAL_ID: str(r.local_id)}
+        if r.remote_id:
+            row["Id"] = r.remote_id
+        return row
+
+    def preview(self, lead, properties: dict[str, str]) -> dict[str, Any]:
+        """The Collections request that would carry this lead (admin preview)."""
+        target, remote_id = self.route(lead)
+        record = PushRecord(lead.pk, (lead.email or "").lower(), properties, target, remote_id)
+        path = "composite/sobjects" if remote_id else f"composite/sobjects/{target}/{EXTERNAL_ID}"
+        return {"method": "PATCH", "path": f"/services/data/v{self.conf['SALESFORCE_API_VERSION']}/{path}",
+                "body": {"allOrNone": False, "records": [{"attributes": {"type": target}, **self._row(record, target)}]}}
+
     def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]:
+        """Records Salesforce already confirmed (we hold their id) are updated
+        by Id, which also stamps Martech_Id__c on a record created there (a
+        Lead converted to a Contact); the others are upserted by
+        Martech_Id__c, so a retry after a lost answer finds what the first
+        try created."""
         if obj != "contact":
             raise NotImplementedError(f"Salesforce push of {obj} is not implemented")
         results: list[PushResult] = []
-        by_target: dict[str, list[PushRecord]] = {}
+        groups: dict[tuple[str, bool], list[PushRecord]] = {}
         for record in records:
-            by_target.setdefault(record.target or self.new_leads_as, []).append(record)
-        for target, group in by_target.items():
+            target = record.target or self.new_leads_as
+            groups.setdefault((target, bool(record.remote_id)), []).append(record)
+        for (target, known), group in groups.items():
             if len(group) > self.bulk_above:
-                results += self._push_bulk(target, group)
+                results += self._push_bulk(target, known, group)
             else:
                 for start in range(0, len(group), COLLECTION):
-                    results += self._push_collection(target, group[start:start + COLLECTION])
+                    results += self._push_collection(target, known, group[start:start + COLLECTION])
         return results
 
-    def _push_collection(self, target: str, chunk: list[PushRecord]) -> list[PushResult]:
-        body = {"allOrNone": False, "records": [
-            {"attributes": {"type": target}, **self.shape(target, r.properties), EXTERNAL_ID: str(r.local_id)}
-            for r in chunk]}
-        answer = self._call(lambda: self.sf.restful(f"composite/sobjects/{target}/{EXTERNAL_ID}", method="PATCH",
-                                                    json=body, timeout=self.timeout))
+    def _push_collection(self, target: str, known: bool, chunk: list[PushRecord]) -> list[PushResult]:
+        body = {"allOrNone": False, "records": [{"attributes": {"type": target}, **self._row(r, target)}
+                                                for r in chunk]}
+        path = "composite/sobjects" if known else f"composite/sobjects/{target}/{EXTERNAL_ID}"
+        answer = self._call(lambda: self.sf.restful(path, method="PATCH", json=body, timeout=self.timeout))
         if not isinstance(answer, list) or len(answer) != len(chunk):
             raise PermanentError(f"Salesforce answered {len(answer or [])} results for {len(chunk)} records")
         # Results come back in the order of the records sent.
@@ -239,8 +263,8 @@ class SalesforceConnector:
                 else PushResult(r.local_id, error=_error_text(a.get("errors") or []))
                 for r, a in zip(chunk, answer)]
 
-    def _push_bulk(self, target: str, group: list[PushRecord]) -> list[PushResult]:
-        rows = [{**self.shape(target, r.properties), EXTERNAL_ID: str(r.local_id)} for r in group]
+    def _push_bulk(self, target: str, known: bool, group: list[PushRecord]) -> list[PushResult]:
+        rows = [self._row(r, target) for r in group]
         columns = sorted({k for row in rows for k in row})
         bulk_type = getattr(self.sf.bulk2, target)
 
@@ -250,14 +274,17 @@ class SalesforceConnector:
             writer.writeheader()
             writer.writerows(rows)
             client = bulk_type._client
-            job = client.create_job("upsert", external_id_field=EXTERNAL_ID)
+            if known:
+                job = client.create_job("update")
+            else:
+                job = client.create_job("upsert", external_id_field=EXTERNAL_ID)
             client.upload_job_data(job["id"], out.getvalue())
             client.close_job(job["id"])
             client.wait_for_job(job["id"], False, self.bulk_wait)
-            return job["id"], client.get_ingest_results(job["id"], "successfulResults"), \
-                client.get_ingest_results(job["id"], "failedResults")
+            return (client.get_ingest_results(job["id"], "successfulResults"),
+                    client.get_ingest_results(job["id"], "failedResults"))
 
-        _job_id, ok_csv, failed_csv = self._call(run)
+        ok_csv, failed_csv = self._call(run)
         done = {row[EXTERNAL_ID]: row["sf__Id"] for row in csv.DictReader(io.StringIO(ok_csv))}
         failed = {row[EXTERNAL_ID]: row["sf__Error"] for row in csv.DictReader(io.StringIO(failed_csv))}
         return [PushResult(r.local_id, remote_id=done[str(r.local_id)]) if str(r.local_id) in done

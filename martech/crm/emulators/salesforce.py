@@ -367,7 +367,7 @@ class SalesforceEmulator(EmulatorBase):
     def _check_fields(self, sobject: str, record: dict) -> str | None:
         known = FIELDS[sobject] | COMMON | {"Martech_Id__c"}
         for key in record:
-            if key == "attributes" or key in REFERENCES and isinstance(record[key], dict):
+            if key in ("attributes", "id") or key in REFERENCES and isinstance(record[key], dict):
                 continue
             if key not in known and not key.endswith("__c"):
                 return f"No such column '{key}' on sobject of type {sobject}"
@@ -379,6 +379,8 @@ class SalesforceEmulator(EmulatorBase):
         for key, value in record.items():
             if key == "attributes":
                 continue
+            if key == "id":  # field names are case-insensitive; Collections examples use "id"
+                key = "Id"
             if key in REFERENCES and isinstance(value, dict):
                 target = value.get("attributes", {}).get("type") or key
                 ((ext_field, ext_value),) = [(k, v) for k, v in value.items() if k != "attributes"][:1] or [("", "")]
