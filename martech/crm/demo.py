@@ -1,5 +1,6 @@
-"""Demo: a HubSpot connection pointed at the local emulator (scripts/run
-starts it), default field mappings and lifecycle values. Idempotent."""
+"""Demo: a HubSpot and a Salesforce connection pointed at the local
+emulators (scripts/run starts both), default field mappings and lifecycle
+values. Idempotent."""
 from __future__ import annotations
 
 from martech.crm.models import Connection, FieldMapping, LifecycleMapping
@@ -22,17 +23,46 @@ LIFECYCLE = [("subscriber", "subscriber"), ("lead", "lead"), ("marketingqualifie
              ("evangelist", "evangelist"), ("other", "other")]
 
 
+# Salesforce Lead fields (a Contact gets MailingCountry and no Company/Status,
+# see connectors/salesforce.py). LastName and Company are required by
+# Salesforce on a Lead, hence the defaults.
+SALESFORCE_MAPPINGS = [
+    ("email", "Email", "text", {}),
+    ("first_name", "FirstName", "text", {}),
+    ("last_name", "LastName", "text", {"default": "Unknown"}),
+    ("job_title", "Title", "text", {"system_of_record": "remote"}),
+    ("company_name", "Company", "text", {"default": "[not provided]"}),
+    ("country", "Country", "text", {}),
+    ("lifecycle_stage", "Status", "text", {}),
+    ("owner", "OwnerId", "text", {"direction": "push"}),
+]
+# Salesforce's default Lead Status picklist -> our stages.
+SALESFORCE_STATUSES = [("Open - Not Contacted", "lead"), ("Working - Contacted", "mql"), ("Qualified", "sql"),
+                       ("Closed - Converted", "customer")]
+
+
 def demo_seed(*, progress: bool) -> dict[str, int]:
-    connection, created = Connection.objects.get_or_create(provider="hubspot", defaults={"name": "HubSpot (emulator)"})
+    counts = {"crm connections": 0, "crm field mappings": 0, "crm lifecycle values": 0}
+    for provider, name, mapping_rows, lifecycle in [
+        ("hubspot", "HubSpot (emulator)", DEFAULT_MAPPINGS, LIFECYCLE),
+        ("salesforce", "Salesforce (emulator)", SALESFORCE_MAPPINGS, SALESFORCE_STATUSES),
+    ]:
+        for key, n in _seed_connection(provider, name, mapping_rows, lifecycle).items():
+            counts[key] += n
+    return counts
+
+
+def _seed_connection(provider, name, mapping_rows, lifecycle) -> dict[str, int]:
+    connection, created = Connection.objects.get_or_create(provider=provider, defaults={"name": name})
     mappings = 0
-    for local, remote, kind, extra in DEFAULT_MAPPINGS:
+    for local, remote, kind, extra in mapping_rows:
         _, made = FieldMapping.objects.get_or_create(
             connection=connection, object="contact", remote_field=remote,
             defaults={"local_field": local, "kind": kind, **extra})
         mappings += made
     stages = {s.key: s for s in LifecycleStage.objects.all()}
     values = 0
-    for remote, key in LIFECYCLE:
+    for remote, key in lifecycle:
         if key in stages:
             _, made = LifecycleMapping.objects.get_or_create(connection=connection, remote_value=remote,
                                                              defaults={"stage": stages[key]})
