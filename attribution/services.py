@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from attribution.models import Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange, Pipeline
-from martech import signals
+from martech import hooks, signals
 from martech.models import Lead
 
 CRM_KEYS = ("salesforce_id", "hubspot_id")
@@ -96,6 +96,8 @@ def opportunity_upsert(
             opportunity=opportunity, to_stage=stage, changed_at=opportunity.created_at,
             actor=_user(actor), source=source[:100],
         )
+        hooks.records_changed("opportunities", ids=[opportunity.pk], fields=OPPORTUNITY_FIELDS, created=True,
+                              source=source)
         _announce(opportunity, "created")
         if stage.is_closed:
             _announce(opportunity, "won" if stage.is_won else "lost")
@@ -106,6 +108,8 @@ def opportunity_upsert(
     opportunity.pipeline = pipeline
     opportunity.full_clean(exclude=["stage"])
     opportunity.save()
+    # In this transaction: the CRM outbox queues the push (crm_sync.py).
+    hooks.records_changed("opportunities", ids=[opportunity.pk], fields=[*data, "pipeline"], source=source)
     if stage is not None:
         opportunity_change_stage(opportunity=opportunity, to_stage=stage, actor=actor, source=source)
     return opportunity, False
@@ -137,6 +141,7 @@ def opportunity_change_stage(
     closed_at = (opportunity.closed_at or when) if to_stage.is_closed else None
     Opportunity.objects.filter(pk=locked.pk).update(stage=to_stage, closed_at=closed_at, updated_at=timezone.now())
     opportunity.stage, opportunity.closed_at = to_stage, closed_at
+    hooks.records_changed("opportunities", ids=[locked.pk], fields=["stage", "closed_at"], source=source)
     if to_stage.is_closed:
         _announce(opportunity, "won" if to_stage.is_won else "lost")
     return change
@@ -152,9 +157,11 @@ def opportunity_set_contact(
         OpportunityContactRole.objects.filter(opportunity=opportunity, is_primary=True).exclude(lead=lead).update(
             is_primary=False
         )
-    contact, _ = OpportunityContactRole.objects.update_or_create(
+    contact, created = OpportunityContactRole.objects.update_or_create(
         opportunity=opportunity, lead=lead, defaults={"role": role[:60], "is_primary": is_primary}
     )
+    if created:  # a new contact is a new CRM association
+        hooks.records_changed("opportunities", ids=[opportunity.pk], fields=["contacts"], source="")
     return contact
 
 

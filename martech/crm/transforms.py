@@ -14,9 +14,6 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from martech.models import Account, Lead
-
-LOCAL_MODELS = {"contact": Lead, "company": Account}
 TRUE = {"true", "1", "yes", "y", "on"}
 FALSE = {"false", "0", "no", "n", "off", ""}
 
@@ -95,7 +92,13 @@ def to_local(kind: str, raw: str | None, value_map: dict | None = None) -> Any:
 def validate_mapping(mapping) -> None:
     """Refuse a mapping that could never work, naming the field."""
     errors: dict[str, str] = {}
-    model = LOCAL_MODELS.get(mapping.object)
+    from martech.crm import objects
+
+    try:
+        model = objects.get(mapping.object).model_class
+    except LookupError as exc:
+        errors["object"] = str(exc)
+        model = None
     local = (mapping.local_field or "").strip()
     if not local:
         errors["local_field"] = "Name a local field."

@@ -94,6 +94,10 @@ def _error_text(errors: list[dict]) -> str:
 
 class SalesforceConnector:
     provider = "salesforce"
+    # Our object keys (martech.crm.objects) -> Salesforce's names.
+    objects = {"contact": "Lead"}
+    # No natural key needed: records are upserted by Martech_Id__c (our id).
+    upserts_by_local_id = True
 
     def __init__(self, connection, *, sleep: Callable[[float], None] | None = None):
         conf = settings.MARTECH_CRM
@@ -202,13 +206,10 @@ class SalesforceConnector:
         self._connect(body["access_token"])
 
     # --- push ---
-    def route(self, lead) -> tuple[str, str]:
-        """(sObject, its Salesforce id if known) for a lead."""
-        if lead.salesforce_contact_id:
-            return "Contact", lead.salesforce_contact_id
-        if self.new_leads_as == "Lead":
-            return "Lead", lead.salesforce_lead_id or ""
-        return "Contact", ""
+    def target(self, record: PushRecord) -> str:
+        """The sObject a lead goes to: the one its Salesforce id names
+        (a Contact id after a pull or a conversion), else NEW_LEADS_AS."""
+        return sobject_of(record.remote_id) if record.remote_id[:3] in ("00Q", "003") else self.new_leads_as
 
     @staticmethod
     def shape(target: str, properties: dict[str, str]) -> dict[str, str]:
@@ -222,13 +223,24 @@ class SalesforceConnector:
             row["Id"] = r.remote_id
         return row
 
-    def preview(self, lead, properties: dict[str, str]) -> dict[str, Any]:
-        """The Collections request that would carry this lead (admin preview)."""
-        target, remote_id = self.route(lead)
-        record = PushRecord(lead.pk, (lead.email or "").lower(), properties, target, remote_id)
-        path = "composite/sobjects" if remote_id else f"composite/sobjects/{target}/{EXTERNAL_ID}"
-        return {"method": "PATCH", "path": f"/services/data/v{self.conf['SALESFORCE_API_VERSION']}/{path}",
-                "body": {"allOrNone": False, "records": [{"attributes": {"type": target}, **self._row(record, target)}]}}
+    def _groups(self, records: list[PushRecord]) -> dict[tuple[str, bool], list[PushRecord]]:
+        groups: dict[tuple[str, bool], list[PushRecord]] = {}
+        for record in records:
+            groups.setdefault((self.target(record), bool(record.remote_id)), []).append(record)
+        return groups
+
+    def request_body(self, obj: str, records: list[PushRecord]) -> dict:
+        """The Collections request(s) that would carry ``records`` (admin preview)."""
+        if obj != "contact":
+            raise NotImplementedError(f"Salesforce push of {obj} is not implemented")
+        version = self.conf["SALESFORCE_API_VERSION"]
+        requests_ = []
+        for (target, known), group in self._groups(records).items():
+            path = "composite/sobjects" if known else f"composite/sobjects/{target}/{EXTERNAL_ID}"
+            requests_.append({"method": "PATCH", "path": f"/services/data/v{version}/{path}",
+                              "body": {"allOrNone": False, "records": [
+                                  {"attributes": {"type": target}, **self._row(r, target)} for r in group]}})
+        return requests_[0] if len(requests_) == 1 else {"requests": requests_}
 
     def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]:
         """Records Salesforce already confirmed (we hold their id) are updated
@@ -239,11 +251,7 @@ class SalesforceConnector:
         if obj != "contact":
             raise NotImplementedError(f"Salesforce push of {obj} is not implemented")
         results: list[PushResult] = []
-        groups: dict[tuple[str, bool], list[PushRecord]] = {}
-        for record in records:
-            target = record.target or self.new_leads_as
-            groups.setdefault((target, bool(record.remote_id)), []).append(record)
-        for (target, known), group in groups.items():
+        for (target, known), group in self._groups(records).items():
             if len(group) > self.bulk_above:
                 results += self._push_bulk(target, known, group)
             else:

@@ -1,0 +1,57 @@
+"""The "deal" CRM object type: opportunities <-> HubSpot deals (and, through
+the same registry, any connector that declares "deal").
+
+Registered from AttributionConfig.ready, so martech (an earlier stage) never
+imports attribution. Our services call ``hooks.records_changed("opportunities",
+...)`` inside their transactions; the CRM outbox subscribes to that kind.
+
+- Pushed: the mapped fields (name, amount as a Decimal string, closedate,
+  dealstage through an editable picklist mapping {our stage key: CRM stage},
+  owner), and associations to the account's company and the contact roles' contacts.
+- Pulled: through ``opportunity_upsert`` (the one write path), found by the
+  CRM id, the stage by the reverse of the same value map.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from martech.crm.objects import ObjectType, register
+
+HOOK = "opportunities"
+
+
+def _write(*, instance, data: dict[str, Any], source: str):
+    from attribution.services import opportunity_upsert
+
+    data = dict(data)
+    if instance is None and not data.get("name"):
+        # A new deal needs a name; HubSpot allows an empty dealname.
+        data["name"] = f"Deal {next((v for k, v in data.items() if k.endswith('_id') and v), '')}".strip()
+    opportunity, _ = opportunity_upsert(data=data, source=source, opportunity=instance)
+    return opportunity
+
+
+def _associations(opportunity) -> dict[str, list[int]]:
+    return {
+        "company": [opportunity.account_id] if opportunity.account_id else [],
+        "contact": sorted(opportunity.contact_roles.values_list("lead_id", flat=True)),
+    }
+
+
+DEAL = ObjectType(
+    key="deal",
+    label="Deal / Opportunity",
+    model="attribution.Opportunity",
+    hook=HOOK,
+    write=_write,
+    select_related=("stage", "owner", "account"),
+    associations=_associations,
+    # Associations are not mapped fields, but changing them must push.
+    extra_trigger_fields=frozenset({"account", "contacts"}),
+    readers={"stage": lambda o: o.stage.key, "pipeline": lambda o: o.pipeline.key},
+    order=60,
+)
+
+
+def register_deal() -> None:
+    register(DEAL)

@@ -1,0 +1,52 @@
+"""martech's own CRM object types: leads (contact), accounts (company) and
+sales tasks (task). Registered from CrmConfig.ready; attribution registers
+"deal" the same way (attribution/crm_sync.py)."""
+from __future__ import annotations
+
+from typing import Any
+
+from martech.crm.objects import ObjectType, register
+
+
+def _lead_write(*, instance, data: dict[str, Any], source: str):
+    from martech.services.leads import lead_upsert
+
+    # No ``lead=``: lead_upsert finds the row by email, else CRM id (the capture dedupe path).
+    lead, _ = lead_upsert(data=data, source=source)
+    return lead
+
+
+def _account_write(*, instance, data: dict[str, Any], source: str):
+    from martech.services.accounts import account_upsert
+
+    account, _ = account_upsert(data=data, account=instance, source=source)
+    return account
+
+
+def _task_write(*, instance, data: dict[str, Any], source: str):
+    """A pulled task only ever completes one of ours: tasks are created here
+    (handoff, nurture, by hand) and pushed; a CRM task we never pushed is skipped."""
+    from martech.models import SalesTask
+    from martech.services.tasks import task_complete
+
+    if instance is None:
+        return None
+    if data.get("status") == SalesTask.Status.DONE and instance.status == SalesTask.Status.OPEN:
+        task_complete(task=instance, source=source, at=data.get("completed_at"))
+    return instance
+
+
+def _task_associations(task) -> dict[str, list[int]]:
+    return {"contact": [task.lead_id]}
+
+
+def register_core() -> None:
+    register(ObjectType(key="contact", label="Contact / Lead", model="martech.Lead", hook="leads",
+                        write=_lead_write, key_field="email", select_related=("owner", "lifecycle_stage"),
+                        id_fields={"hubspot": "hubspot_id", "salesforce": "salesforce_lead_id"},
+                        id_prefixes={"salesforce": {"003": "salesforce_contact_id", "00Q": "salesforce_lead_id"}},
+                        order=20))
+    register(ObjectType(key="company", label="Company / Account", model="martech.Account", hook="accounts",
+                        write=_account_write, key_field="domain", select_related=("owner",), order=10))
+    register(ObjectType(key="task", label="Task", model="martech.SalesTask", hook="tasks", write=_task_write,
+                        select_related=("owner", "lead"), associations=_task_associations, order=90))
