@@ -520,6 +520,8 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
         if not take_all and m.system_of_record != FieldMapping.Owner.REMOTE:
             continue  # both sides changed: the local side is this field's system of record
         raw = props.get(m.remote_field)
+        if m.default and raw == m.default and (instance is None or read_local(instance, m.local_field) in (None, "")):
+            continue  # the default we sent for an empty field ("[not provided]") is not pulled back into it
         if m.local_field == "lifecycle_stage" and stage_by_value:
             value = stage_by_value.get(raw)
         elif m.local_field == "owner":

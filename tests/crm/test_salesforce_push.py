@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from martech import hooks
 from martech.crm.models import CrmOwner, OutboxItem, PushState
-from martech.crm.services import dead_letter_retry, lead_payload_preview, outbox_drain, owners_pull
+from martech.crm.services import dead_letter_retry, lead_payload_preview, outbox_drain, owners_pull, pull_changes
 from martech.models import Lead
 from martech.services.leads import lead_change_stage, lead_set_owner, lead_upsert
 
@@ -31,6 +31,9 @@ def test_push_creates_lead_by_external_id_and_skips_unchanged(sf_connection, sal
     assert record["Martech_Id__c"] == str(lead.pk)
     assert (record["FirstName"], record["LastName"], record["Title"], record["Country"]) == ("Ann", "Lee", "CMO", "DE")
     assert record["Company"] == "[not provided]"  # the mapping's default fills Salesforce's required field
+    pull_changes(connection=sf_connection, full=True)
+    lead.refresh_from_db()
+    assert lead.company_name == ""  # ... and is not pulled back into the empty field
     assert record["Status"] == "Open - Not Contacted"  # lifecycle stage "lead" through LifecycleMapping
     lead.refresh_from_db()
     assert lead.salesforce_lead_id == record["Id"] and record["Id"].startswith("00Q")
@@ -45,7 +48,7 @@ def test_push_creates_lead_by_external_id_and_skips_unchanged(sf_connection, sal
     assert run.pushed == 1 and record["Status"] == "Working - Contacted"
     assert len(salesforce.records["Lead"]) == 1
     sf_connection.refresh_from_db()
-    assert sf_connection.api_calls_used == 2
+    assert sf_connection.api_calls_used == 4  # two pushes, one pull (a SOQL query for Lead, one for Contact)
 
 
 def test_collections_of_200_and_one_bad_record(sf_connection, salesforce):

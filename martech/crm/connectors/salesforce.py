@@ -1,4 +1,6 @@
-"""Salesforce through simple-salesforce: Lead and Contact <-> leads, Users.
+"""Salesforce through simple-salesforce: Lead and Contact <-> leads,
+Account <-> accounts, Opportunity <-> opportunities (the object registry's
+contact, company and deal), User -> CRM owners.
 
 How a lead maps to Salesforce
 -----------------------------
@@ -11,12 +13,20 @@ How a lead maps to Salesforce
   address fields are renamed (``Country`` -> ``MailingCountry`` ...) and the
   Lead-only ones (``Company``, ``Status`` ...) are not sent.
 
-Idempotency: records are upserted by the external id field
-``Martech_Id__c`` carrying our lead id, not by a stored Salesforce id. A
-batch whose answer was lost (timeout, 5xx after the write) never gave us the
-Salesforce ids, so a retry by stored id would create the records a second
-time; a retry by our own id finds them. (Salesforce: ``Martech_Id__c`` is a
-custom text field marked External ID and Unique on Lead and Contact.)
+Accounts and Opportunities follow the same rules; an Opportunity's account
+(the registry's association to the company) is sent as ``AccountId``.
+Opportunity contact roles are not pushed.
+
+Idempotency: a record Salesforce has not confirmed yet (we hold no id for
+it) is upserted by the external id field ``Martech_Id__c`` carrying our id,
+not created: a batch whose answer was lost (timeout, 5xx after the write)
+never gave us the Salesforce ids, so a retried create would make the records
+a second time, while a retried upsert by our own id finds them. A record we
+hold an id for (pushed before, pulled, or a Lead converted to a Contact in
+Salesforce) is updated by that Id, which also stamps ``Martech_Id__c`` on a
+record created in Salesforce. (In Salesforce, ``Martech_Id__c`` is a custom
+text field marked External ID and Unique on Lead, Contact, Account and
+Opportunity.)
 
 Session: the access token comes from the environment; on 401
 ``INVALID_SESSION_ID`` it is renewed once with the refresh token at
@@ -77,9 +87,16 @@ def soql_datetime(cursor: str) -> str:
     return cursor[:-5] + (cursor[-5:-2] + ":" + cursor[-2:] if cursor[-3] != ":" else cursor[-5:])
 
 
+# Our object keys -> sObjects ("contact" is Lead or Contact, see above).
+SOBJECTS = {"contact": "Lead", "company": "Account", "deal": "Opportunity"}
+# Associations the engine resolves to Salesforce ids -> the lookup field set on the record.
+LOOKUPS = {("deal", "company"): "AccountId"}
+
+
 def sobject_of(remote_id: str) -> str:
     """Salesforce ids start with their object's key prefix."""
-    return {"00Q": "Lead", "003": "Contact", "005": "User"}.get(remote_id[:3], "")
+    return {"00Q": "Lead", "003": "Contact", "005": "User", "001": "Account",
+            "006": "Opportunity"}.get(remote_id[:3], "")
 
 
 def local_id_field(remote_id: str) -> str:
@@ -95,7 +112,7 @@ def _error_text(errors: list[dict]) -> str:
 class SalesforceConnector:
     provider = "salesforce"
     # Our object keys (martech.crm.objects) -> Salesforce's names.
-    objects = {"contact": "Lead"}
+    objects = dict(SOBJECTS)
     # No natural key needed: records are upserted by Martech_Id__c (our id).
     upserts_by_local_id = True
 
@@ -206,10 +223,17 @@ class SalesforceConnector:
         self._connect(body["access_token"])
 
     # --- push ---
-    def target(self, record: PushRecord) -> str:
-        """The sObject a lead goes to: the one its Salesforce id names
-        (a Contact id after a pull or a conversion), else NEW_LEADS_AS."""
+    def target(self, obj: str, record: PushRecord) -> str:
+        """The sObject a record goes to. A lead: the one its Salesforce id
+        names (a Contact id after a pull or a conversion), else NEW_LEADS_AS."""
+        if obj != "contact":
+            return SOBJECTS[obj]
         return sobject_of(record.remote_id) if record.remote_id[:3] in ("00Q", "003") else self.new_leads_as
+
+    def _spec(self, obj: str) -> str:
+        if obj not in SOBJECTS:
+            raise NotImplementedError(f"Salesforce does not sync {obj!r} here (it syncs {', '.join(SOBJECTS)})")
+        return SOBJECTS[obj]
 
     @staticmethod
     def shape(target: str, properties: dict[str, str]) -> dict[str, str]:
@@ -217,29 +241,32 @@ class SalesforceConnector:
             return dict(properties)
         return {CONTACT_RENAMES.get(k, k): v for k, v in properties.items() if k not in LEAD_ONLY}
 
-    def _row(self, r: PushRecord, target: str) -> dict[str, str]:
+    def _row(self, obj: str, r: PushRecord, target: str) -> dict[str, str]:
         row = {**self.shape(target, r.properties), EXTERNAL_ID: str(r.local_id)}
+        for other, ids in r.associations.items():
+            lookup = LOOKUPS.get((obj, other))
+            if lookup and ids:
+                row[lookup] = ids[0]  # a lookup holds one record (an Opportunity has one Account)
         if r.remote_id:
             row["Id"] = r.remote_id
         return row
 
-    def _groups(self, records: list[PushRecord]) -> dict[tuple[str, bool], list[PushRecord]]:
+    def _groups(self, obj: str, records: list[PushRecord]) -> dict[tuple[str, bool], list[PushRecord]]:
         groups: dict[tuple[str, bool], list[PushRecord]] = {}
         for record in records:
-            groups.setdefault((self.target(record), bool(record.remote_id)), []).append(record)
+            groups.setdefault((self.target(obj, record), bool(record.remote_id)), []).append(record)
         return groups
 
     def request_body(self, obj: str, records: list[PushRecord]) -> dict:
         """The Collections request(s) that would carry ``records`` (admin preview)."""
-        if obj != "contact":
-            raise NotImplementedError(f"Salesforce push of {obj} is not implemented")
+        self._spec(obj)
         version = self.conf["SALESFORCE_API_VERSION"]
         requests_ = []
-        for (target, known), group in self._groups(records).items():
+        for (target, known), group in self._groups(obj, records).items():
             path = "composite/sobjects" if known else f"composite/sobjects/{target}/{EXTERNAL_ID}"
             requests_.append({"method": "PATCH", "path": f"/services/data/v{version}/{path}",
                               "body": {"allOrNone": False, "records": [
-                                  {"attributes": {"type": target}, **self._row(r, target)} for r in group]}})
+                                  {"attributes": {"type": target}, **self._row(obj, r, target)} for r in group]}})
         return requests_[0] if len(requests_) == 1 else {"requests": requests_}
 
     def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]:
@@ -248,19 +275,18 @@ class SalesforceConnector:
         Lead converted to a Contact); the others are upserted by
         Martech_Id__c, so a retry after a lost answer finds what the first
         try created."""
-        if obj != "contact":
-            raise NotImplementedError(f"Salesforce push of {obj} is not implemented")
+        self._spec(obj)
         results: list[PushResult] = []
-        for (target, known), group in self._groups(records).items():
+        for (target, known), group in self._groups(obj, records).items():
             if len(group) > self.bulk_above:
-                results += self._push_bulk(target, known, group)
+                results += self._push_bulk(obj, target, known, group)
             else:
                 for start in range(0, len(group), COLLECTION):
-                    results += self._push_collection(target, known, group[start:start + COLLECTION])
+                    results += self._push_collection(obj, target, known, group[start:start + COLLECTION])
         return results
 
-    def _push_collection(self, target: str, known: bool, chunk: list[PushRecord]) -> list[PushResult]:
-        body = {"allOrNone": False, "records": [{"attributes": {"type": target}, **self._row(r, target)}
+    def _push_collection(self, obj: str, target: str, known: bool, chunk: list[PushRecord]) -> list[PushResult]:
+        body = {"allOrNone": False, "records": [{"attributes": {"type": target}, **self._row(obj, r, target)}
                                                 for r in chunk]}
         path = "composite/sobjects" if known else f"composite/sobjects/{target}/{EXTERNAL_ID}"
         answer = self._call(lambda: self.sf.restful(path, method="PATCH", json=body, timeout=self.timeout))
@@ -271,8 +297,8 @@ class SalesforceConnector:
                 else PushResult(r.local_id, error=_error_text(a.get("errors") or []))
                 for r, a in zip(chunk, answer)]
 
-    def _push_bulk(self, target: str, known: bool, group: list[PushRecord]) -> list[PushResult]:
-        rows = [self._row(r, target) for r in group]
+    def _push_bulk(self, obj: str, target: str, known: bool, group: list[PushRecord]) -> list[PushResult]:
+        rows = [self._row(obj, r, target) for r in group]
         columns = sorted({k for row in rows for k in row})
         bulk_type = getattr(self.sf.bulk2, target)
 
@@ -310,7 +336,7 @@ class SalesforceConnector:
             page = self._call(lambda: self.sf.query_more(url, identifier_is_url=True, timeout=self.timeout))
 
     def _select(self, target: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
-        wanted = {"Id", "Email", "SystemModstamp"}
+        wanted = {"Id", "Email", "SystemModstamp"} if target in ("Lead", "Contact") else {"Id", "SystemModstamp"}
         for name in properties:
             if not FIELD_NAME.match(name):
                 raise PermanentError(f"not a Salesforce field name: {name!r}")
@@ -333,18 +359,22 @@ class SalesforceConnector:
             yield Pulled(row["Id"], props, row["SystemModstamp"])
 
     def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
-        """Leads and Contacts changed after ``cursor``, merged in SystemModstamp
-        order: everything yielded before a failure is older than anything not
-        yet yielded, so the caller's cursor never skips a record."""
+        """Records changed after ``cursor`` in SystemModstamp order. For leads,
+        Leads and Contacts merged in that order: everything yielded before a
+        failure is older than anything not yet yielded, so the caller's
+        cursor never skips a record."""
+        target = self._spec(obj)
         if obj != "contact":
-            raise NotImplementedError(f"Salesforce pull of {obj} is not implemented")
+            yield from self._select(target, cursor, properties)
+            return
         streams = [self._select(target, cursor, properties) for target in ("Lead", "Contact")]
         yield from heapq.merge(*streams, key=lambda p: (p.modified_at, p.remote_id))
 
     def fetch_one(self, obj: str, remote_id: str, properties: list[str]) -> Pulled | None:
         target = sobject_of(remote_id)
-        if obj != "contact" or target not in ("Lead", "Contact"):
-            raise PermanentError(f"{remote_id!r} is not a Salesforce Lead or Contact id")
+        allowed = ("Lead", "Contact") if obj == "contact" else (self._spec(obj),)
+        if target not in allowed:
+            raise PermanentError(f"{remote_id!r} is not a Salesforce {' or '.join(allowed)} id")
         try:
             # getattr at call time: a renewed session means a new client.
             row = self._call(lambda: getattr(self.sf, target).get(remote_id, timeout=self.timeout))
