@@ -36,6 +36,31 @@ def _task_write(*, instance, data: dict[str, Any], source: str):
     return instance
 
 
+def _campaign_write(*, instance, data: dict[str, Any], source: str):
+    from django.core.exceptions import ValidationError
+
+    from martech.models import Campaign
+    from martech.services.campaigns import campaign_save
+
+    campaign = instance or Campaign()
+    for key, value in data.items():
+        if key not in {f.name for f in Campaign._meta.concrete_fields} or key in ("id", "created_at", "updated_at"):
+            raise ValidationError({key: ["Not a writable campaign field."]})
+        setattr(campaign, key, value)
+    if not campaign.name:
+        raise ValidationError({"name": ["A campaign pulled from the CRM needs a name."]})
+    return campaign_save(campaign=campaign, source=source)
+
+
+def _campaign_members(campaign) -> dict[str, list[int]]:
+    """A campaign's members are the leads with a touch (an event) attributed
+    to it: pushed as Salesforce CampaignMembers."""
+    from martech.models import Event
+
+    return {"contact": sorted(set(Event.objects.filter(campaign=campaign, lead__isnull=False)
+                                  .values_list("lead_id", flat=True)))}
+
+
 def _task_associations(task) -> dict[str, list[int]]:
     return {"contact": [task.lead_id]}
 
@@ -48,5 +73,7 @@ def register_core() -> None:
                         order=20))
     register(ObjectType(key="company", label="Company / Account", model="martech.Account", hook="accounts",
                         write=_account_write, key_field="domain", select_related=("owner",), order=10))
+    register(ObjectType(key="campaign", label="Campaign (and its members)", model="martech.Campaign",
+                        hook="campaigns", write=_campaign_write, associations=_campaign_members, order=30))
     register(ObjectType(key="task", label="Task", model="martech.SalesTask", hook="tasks", write=_task_write,
                         select_related=("owner", "lead"), associations=_task_associations, order=90))

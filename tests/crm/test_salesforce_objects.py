@@ -39,7 +39,8 @@ def sf_objects(sf_connection):
 
 def test_salesforce_declares_contact_company_deal():
     declared = [o.key for o in objects.synced_by(SalesforceConnector.__new__(SalesforceConnector))]
-    assert declared == ["company", "contact", "deal"]  # accounts before the leads and deals that point at them
+    # Accounts before the leads, campaigns and deals that point at them.
+    assert declared == ["company", "contact", "campaign", "deal"]
 
 
 def test_account_push_and_pull(sf_objects, salesforce):
@@ -93,3 +94,106 @@ def test_opportunity_push_with_account_and_pull_back(sf_objects, salesforce):
     assert opportunity.amount == Decimal("5000")
     assert opportunity.stage.key == "negotiation"  # through the picklist value map, via opportunity_change_stage
     assert Opportunity.objects.count() == 1
+
+
+@pytest.fixture
+def sf_campaigns(sf_connection):
+    for local, remote, kind, extra in [("name", "Name", "text", {}), ("start_date", "StartDate", "date", {}),
+                                       ("budget", "BudgetedCost", "number", {})]:
+        FieldMapping.objects.create(connection=sf_connection, object="campaign", local_field=local,
+                                    remote_field=remote, kind=kind, **extra)
+    return sf_connection
+
+
+def _touch(lead, campaign, n=1):
+    from django.utils import timezone
+
+    from martech.models import Event, EventType
+
+    event_type, _ = EventType.objects.get_or_create(name="page_view")
+    for i in range(n):
+        Event.objects.create(client_event_id=f"{lead.pk}-{campaign.pk}-{i}", event_type=event_type, lead=lead,
+                             campaign=campaign, occurred_at=timezone.now())
+
+
+def test_campaign_and_members_push(sf_campaigns, salesforce):
+    from martech.models import Campaign
+    from martech.services.campaigns import campaign_save
+    from martech.services.leads import lead_upsert
+
+    ann, _ = lead_upsert(data={"email": "ann@example.org", "last_name": "Lee"}, source="test")
+    bob, _ = lead_upsert(data={"email": "bob@example.org", "last_name": "Bo"}, source="test")
+    outbox_drain(connection=sf_campaigns)  # the leads reach Salesforce first
+    ann.refresh_from_db()
+    bob.refresh_from_db()
+    campaign = campaign_save(campaign=Campaign(name="Spring webinar", utm_campaign="spring",
+                                               budget=Decimal("2500.00")), source="test")
+    assert OutboxItem.objects.filter(object="campaign", local_id=campaign.pk, status="pending").exists()
+    _touch(ann, campaign, n=2)
+    _touch(bob, campaign)
+    run = outbox_drain(connection=sf_campaigns)
+    assert (run.pushed, run.failed) == (1, 0)
+    (sf_campaign,) = salesforce.records["Campaign"].values()
+    assert (sf_campaign["Name"], sf_campaign["BudgetedCost"]) == ("Spring webinar", "2500")
+    members = salesforce.records["CampaignMember"].values()
+    assert sorted((m["CampaignId"], m["LeadId"], m["Status"]) for m in members) == sorted(
+        [(sf_campaign["Id"], ann.salesforce_lead_id, "Responded"), (sf_campaign["Id"], bob.salesforce_lead_id,
+                                                                    "Responded")])
+    campaign.refresh_from_db()
+    assert campaign.salesforce_id == sf_campaign["Id"]
+    assert salesforce.calls[("PATCH", "/services/data/v59.0/composite/sobjects/CampaignMember/Martech_Id__c")] == 1
+
+    # Re-queued unchanged: nothing sent. A new member: the campaign and its members again, no duplicates.
+    OutboxItem.objects.create(connection=sf_campaigns, object="campaign", local_id=campaign.pk)
+    assert outbox_drain(connection=sf_campaigns).api_calls == 0
+    cy, _ = lead_upsert(data={"email": "cy@example.org", "last_name": "Cy"}, source="test")
+    outbox_drain(connection=sf_campaigns)
+    _touch(cy, campaign)
+    OutboxItem.objects.create(connection=sf_campaigns, object="campaign", local_id=campaign.pk)
+    run = outbox_drain(connection=sf_campaigns)
+    assert run.pushed == 1
+    assert len(salesforce.records["CampaignMember"]) == 3 and len(salesforce.records["Campaign"]) == 1
+
+
+def test_campaign_waits_for_members_not_in_salesforce_and_member_refusal(sf_campaigns, salesforce):
+    from martech.models import Campaign
+    from martech.services.campaigns import campaign_save
+    from martech.services.leads import lead_upsert
+
+    campaign = campaign_save(campaign=Campaign(name="Fair", utm_campaign="fair"), source="test")
+    dee, _ = lead_upsert(data={"email": "dee@example.org", "last_name": "Dee"}, source="test")
+    OutboxItem.objects.filter(object="contact").delete()  # dee is not in Salesforce and not queued
+    _touch(dee, campaign)
+    run = outbox_drain(connection=sf_campaigns)
+    item = OutboxItem.objects.get(object="campaign", local_id=campaign.pk)
+    assert item.status == "pending" and item.attempts == 1
+    assert item.last_error == f"waiting for contact #{dee.pk} to be pushed first"
+    # The waiting campaign queued dee, and the same drain pushed dee; the campaign waits its backoff.
+    assert run.pushed == 1 and len(salesforce.records["Lead"]) == 1 and not salesforce.records["Campaign"]
+    OutboxItem.objects.filter(pk=item.pk).update(next_attempt_at=item.created_at)
+    run = outbox_drain(connection=sf_campaigns)
+    assert run.pushed == 1 and len(salesforce.records["CampaignMember"]) == 1
+    # Salesforce refuses a member (its Lead was deleted there): the campaign carries the error and retries.
+    from martech.crm.models import PushState
+
+    dee.refresh_from_db()
+    salesforce.records["Lead"].pop(dee.salesforce_lead_id)
+    PushState.objects.filter(object="campaign").delete()  # so the campaign is sent again
+    OutboxItem.objects.create(connection=sf_campaigns, object="campaign", local_id=campaign.pk)
+    run = outbox_drain(connection=sf_campaigns)
+    assert run.failed == 1
+    item = OutboxItem.objects.get(object="campaign", status="pending")
+    assert item.last_error == (f"CampaignMember {dee.salesforce_lead_id}: INVALID_CROSS_REFERENCE_KEY: "
+                               "invalid cross reference id (LeadId)")
+
+
+def test_campaign_pull(sf_campaigns, salesforce):
+    from martech.models import Campaign
+
+    salesforce.put("Campaign", {"Name": "Made in Salesforce", "StartDate": "2026-12-01", "BudgetedCost": "900"})
+    run = pull_changes(connection=sf_campaigns, obj="campaign")
+    assert (run.pulled, run.failed) == (1, 0), run.error
+    campaign = Campaign.objects.get(name="Made in Salesforce")
+    assert campaign.start_date == dt.date(2026, 12, 1) and campaign.budget == Decimal("900")
+    assert campaign.salesforce_id.startswith("701")
+    assert not OutboxItem.objects.filter(object="campaign").exists()  # pulled, not echoed back

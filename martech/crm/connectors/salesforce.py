@@ -1,6 +1,19 @@
 """Salesforce through simple-salesforce: Lead and Contact <-> leads,
-Account <-> accounts, Opportunity <-> opportunities (the object registry's
-contact, company and deal), User -> CRM owners.
+Account <-> accounts, Opportunity <-> opportunities, Campaign <-> campaigns
+with CampaignMember (the object registry's contact, company, deal and
+campaign), User -> CRM owners.
+
+What a campaign member is
+-------------------------
+Here, a campaign's members are the leads with a touch (an ``Event``)
+attributed to the campaign (``types._campaign_members``). Pushing a campaign
+upserts its Campaign, then one CampaignMember per member lead (``LeadId`` or
+``ContactId`` by the lead's Salesforce id, Status "Responded"), keyed by
+``Martech_Id__c`` = "<campaign id>:<Salesforce lead id>". Members whose lead
+is not in Salesforce yet make the campaign wait and queue those leads first
+(the engine's association rule). Members are push-only: a member added in
+Salesforce has no touch to record here, so CampaignMembers are not pulled;
+Campaigns are.
 
 How a lead maps to Salesforce
 -----------------------------
@@ -88,7 +101,8 @@ def soql_datetime(cursor: str) -> str:
 
 
 # Our object keys -> sObjects ("contact" is Lead or Contact, see above).
-SOBJECTS = {"contact": "Lead", "company": "Account", "deal": "Opportunity"}
+SOBJECTS = {"contact": "Lead", "company": "Account", "deal": "Opportunity", "campaign": "Campaign"}
+MEMBER_STATUS = "Responded"  # a member here is a lead with a touch on the campaign: it responded
 # Associations the engine resolves to Salesforce ids -> the lookup field set on the record.
 LOOKUPS = {("deal", "company"): "AccountId"}
 
@@ -96,7 +110,7 @@ LOOKUPS = {("deal", "company"): "AccountId"}
 def sobject_of(remote_id: str) -> str:
     """Salesforce ids start with their object's key prefix."""
     return {"00Q": "Lead", "003": "Contact", "005": "User", "001": "Account",
-            "006": "Opportunity"}.get(remote_id[:3], "")
+            "006": "Opportunity", "701": "Campaign", "00v": "CampaignMember"}.get(remote_id[:3], "")
 
 
 def local_id_field(remote_id: str) -> str:
@@ -267,6 +281,13 @@ class SalesforceConnector:
             requests_.append({"method": "PATCH", "path": f"/services/data/v{version}/{path}",
                               "body": {"allOrNone": False, "records": [
                                   {"attributes": {"type": target}, **self._row(obj, r, target)} for r in group]}})
+            if obj == "campaign":
+                members = [row for r in group for row in self._member_rows(
+                    r.remote_id or "(Campaign id from the upsert)", r.local_id, r.associations.get("contact", []))]
+                if members:
+                    requests_.append({"method": "PATCH", "path": f"/services/data/v{version}/composite/sobjects/"
+                                                                 f"CampaignMember/{EXTERNAL_ID}",
+                                      "body": {"allOrNone": False, "records": members}})
         return requests_[0] if len(requests_) == 1 else {"requests": requests_}
 
     def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]:
@@ -283,7 +304,41 @@ class SalesforceConnector:
             else:
                 for start in range(0, len(group), COLLECTION):
                     results += self._push_collection(obj, target, known, group[start:start + COLLECTION])
+        if obj == "campaign":
+            results = self._push_members(records, results)
         return results
+
+    def _member_rows(self, campaign_id: str, local_id: int, lead_ids: list[str]) -> list[dict]:
+        # Martech_Id__c "<our campaign id>:<Salesforce Lead/Contact id>": a retry finds the member again.
+        return [{"attributes": {"type": "CampaignMember"}, EXTERNAL_ID: f"{local_id}:{lead_id}",
+                 "CampaignId": campaign_id, ("ContactId" if lead_id.startswith("003") else "LeadId"): lead_id,
+                 "Status": MEMBER_STATUS} for lead_id in lead_ids]
+
+    def _push_members(self, records: list[PushRecord], results: list[PushResult]) -> list[PushResult]:
+        """Upsert each pushed campaign's members (its ``contact`` association:
+        the Salesforce ids of the leads with a touch on it), 200 per call. A
+        refused member fails its campaign's result, so the campaign is tried
+        again (the upserts are idempotent) and the error shows on it."""
+        by_local = {r.local_id: r for r in records}
+        rows: list[tuple[int, dict]] = []
+        for result in results:
+            record = by_local[result.local_id]
+            if result.remote_id and not result.error:
+                rows += [(result.local_id, row) for row in
+                         self._member_rows(result.remote_id, result.local_id, record.associations.get("contact", []))]
+        errors: dict[int, list[str]] = {}
+        for start in range(0, len(rows), COLLECTION):
+            chunk = rows[start:start + COLLECTION]
+            body = {"allOrNone": False, "records": [row for _, row in chunk]}
+            answer = self._call(lambda: self.sf.restful(f"composite/sobjects/CampaignMember/{EXTERNAL_ID}",
+                                                        method="PATCH", json=body, timeout=self.timeout))
+            for (campaign_local, row), a in zip(chunk, answer or []):
+                if not a.get("success"):
+                    who = row.get("LeadId") or row.get("ContactId")
+                    errors.setdefault(campaign_local, []).append(
+                        f"CampaignMember {who}: {_error_text(a.get('errors') or [])}")
+        return [PushResult(r.local_id, error="; ".join(errors[r.local_id])) if r.local_id in errors else r
+                for r in results]
 
     def _push_collection(self, obj: str, target: str, known: bool, chunk: list[PushRecord]) -> list[PushResult]:
         body = {"allOrNone": False, "records": [{"attributes": {"type": target}, **self._row(obj, r, target)}

@@ -400,6 +400,12 @@ class SalesforceEmulator(EmulatorBase):
         if email not in (None, "") and not EMAIL.match(str(email)):
             errors.append({"statusCode": "INVALID_EMAIL_ADDRESS", "fields": ["Email"],
                            "message": f"Email: invalid email address: {email}"})
+        for lookup, target in (("LeadId", "Lead"), ("ContactId", "Contact"), ("CampaignId", "Campaign"),
+                               ("AccountId", "Account")):
+            value = fields.get(lookup)
+            if value and value not in self.records[target]:
+                errors.append({"statusCode": "INVALID_CROSS_REFERENCE_KEY", "fields": [lookup],
+                               "message": "invalid cross reference id"})
         merged = {**(existing or {}), **fields}
         missing = [f for f in REQUIRED.get(sobject, ()) if merged.get(f) in (None, "")]
         if sobject == "CampaignMember" and not (merged.get("LeadId") or merged.get("ContactId")):
