@@ -386,6 +386,26 @@ def assign_owner_provider(*, lead_id: int, reason: str, actor=None) -> bool:
     return assignment.status in (Status.ASSIGNED, Status.WAITING)
 
 
+def crm_owners_pulled_provider(*, provider: str, owners: list[dict]) -> int:
+    """``martech.hooks.call("crm_owners_pulled", ...)``: after the CRM sync
+    pulls the CRM's users (HubSpot owners, Salesforce Users), give each rep
+    without one the CRM owner id of the active user with the rep's email.
+    An id set by hand is kept. Returns how many reps were linked."""
+    field = {"hubspot": "hubspot_owner_id", "salesforce": "salesforce_user_id"}.get(provider)
+    if field is None:
+        return 0
+    by_email = {str(o.get("email") or "").lower(): str(o["remote_id"]) for o in owners
+                if o.get("email") and o.get("is_active", True)}
+    linked = []
+    for rep in Rep.objects.filter(**{field: ""}):
+        remote_id = by_email.get(rep.email.lower())
+        if remote_id and len(remote_id) <= Rep._meta.get_field(field).max_length:
+            setattr(rep, field, remote_id)
+            linked.append(rep)
+    Rep.objects.bulk_update(linked, [field])
+    return len(linked)
+
+
 def crm_owner_id_provider(*, lead_id: int, provider: str) -> str | None:
     """``martech.hooks.call("crm_owner_id", ...)``: the CRM owner id of the
     lead's current rep, for the connector's owner push."""

@@ -628,6 +628,9 @@ def owners_pull(*, connection: Connection, connector: Connector | None = None) -
     for row in rows:
         CrmOwner.objects.update_or_create(connection=connection, remote_id=row["remote_id"],
                                           defaults={k: v for k, v in row.items() if k != "remote_id"})
+    # Sales reps live in a later stage (routing): it links its reps to these
+    # owners by email through a provider, so martech imports nothing of it.
+    hooks.call("crm_owners_pulled", provider=connection.provider, owners=rows)
     _count_calls(connection, connector.stats.api_calls)
     return len(rows)
 

@@ -288,3 +288,20 @@ def test_near_the_allowance_one_small_batch_per_run(sf_connection, salesforce):
     run = outbox_drain(connection=sf_connection)
     assert run.pushed == 100 and salesforce.calls[UPSERT_LEAD] == 1
     assert OutboxItem.objects.filter(status="pending").count() == 150
+
+
+def test_users_link_sales_reps_through_the_routing_provider(sf_connection, salesforce):
+    from routing.models import Rep
+
+    linked = Rep.objects.create(name="Rita", email="Rita@example.com")
+    kept = Rep.objects.create(name="Kim", email="kim@example.com", salesforce_user_id="005000000000000001")
+    inactive = Rep.objects.create(name="Ina", email="ina@example.com")
+    salesforce.add_user(user_id="005000000000000077", email="rita@example.com")
+    salesforce.add_user(user_id="005000000000000078", email="kim@example.com")
+    salesforce.add_user(user_id="005000000000000079", email="ina@example.com", active=False)
+    owners_pull(connection=sf_connection)
+    for rep in (linked, kept, inactive):
+        rep.refresh_from_db()
+    assert linked.salesforce_user_id == "005000000000000077" and linked.hubspot_owner_id == ""
+    assert kept.salesforce_user_id == "005000000000000001"  # set by hand: kept
+    assert inactive.salesforce_user_id == ""  # an inactive Salesforce user is not linked
