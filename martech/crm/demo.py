@@ -35,6 +35,20 @@ SALESFORCE_MAPPINGS = [
     ("country", "Country", "text", {}),
     ("lifecycle_stage", "Status", "text", {}),
     ("owner", "OwnerId", "text", {"direction": "push"}),
+    # Account, Opportunity (StageName through our default pipeline's keys) and Campaign.
+    ("name", "Name", "text", {"object": "company"}),
+    ("domain", "Website", "text", {"object": "company"}),
+    ("industry", "Industry", "text", {"object": "company", "system_of_record": "remote"}),
+    ("name", "Name", "text", {"object": "deal"}),
+    ("amount", "Amount", "number", {"object": "deal"}),
+    ("stage", "StageName", "picklist", {"object": "deal", "value_map": {
+        "prospecting": "Prospecting", "qualification": "Qualification", "proposal": "Proposal/Price Quote",
+        "negotiation": "Negotiation/Review", "closed_won": "Closed Won", "closed_lost": "Closed Lost"}}),
+    ("closed_at", "CloseDate", "date", {"object": "deal", "default": "2099-12-31", "direction": "push"}),
+    ("name", "Name", "text", {"object": "campaign"}),
+    ("start_date", "StartDate", "date", {"object": "campaign"}),
+    ("end_date", "EndDate", "date", {"object": "campaign"}),
+    ("budget", "BudgetedCost", "number", {"object": "campaign"}),
 ]
 # Salesforce's default Lead Status picklist -> our stages.
 SALESFORCE_STATUSES = [("Open - Not Contacted", "lead"), ("Working - Contacted", "mql"), ("Qualified", "sql"),
@@ -56,8 +70,9 @@ def _seed_connection(provider, name, mapping_rows, lifecycle) -> dict[str, int]:
     connection, created = Connection.objects.get_or_create(provider=provider, defaults={"name": name})
     mappings = 0
     for local, remote, kind, extra in mapping_rows:
+        extra = dict(extra)
         _, made = FieldMapping.objects.get_or_create(
-            connection=connection, object="contact", remote_field=remote,
+            connection=connection, object=extra.pop("object", "contact"), remote_field=remote,
             defaults={"local_field": local, "kind": kind, **extra})
         mappings += made
     stages = {s.key: s for s in LifecycleStage.objects.all()}
