@@ -15,7 +15,8 @@ Deletes its rows at the end.
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/crm_sync.py [--quick] [--provider P]
 
 --quick: N = 10,000 (under a minute per provider). Full: N = 10,000 and
-100,000, to compare peak memory. Prints one JSON line per figure and writes
+100,000, to compare peak memory (each size in its own process, so each peak
+is that size's own). Prints one JSON line per figure and writes
 bench/results/crm_sync.json.
 """
 from __future__ import annotations
@@ -126,8 +127,28 @@ def one_size(provider: str, n: int, stage: LifecycleStage) -> list[dict]:
     PushState.objects.filter(connection=connection).delete()
     SyncRun.objects.filter(connection=connection).delete()
     connection.delete()
-    Lead.objects.filter(email__startswith=f"{prefix}-").delete()
+    # Chunked, so the cleanup does not hold every lead in memory at once.
+    for start in range(0, len(ids), 5000):
+        Lead.objects.filter(pk__in=ids[start:start + 5000]).delete()
     return figures
+
+
+def run_single(provider: str, n: int) -> list[dict]:
+    """One provider at one size in this process (its peak memory is this size's alone)."""
+    stage = LifecycleStage.objects.get(key="lead")
+    with tempfile.TemporaryDirectory() as certs:
+        if provider == "salesforce":
+            proc, url = start_emulator(provider, {"MARTECH_CRM_SALESFORCE_EMULATOR_CERT_DIR": certs})
+            settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SALESFORCE_URL": url,
+                                    "SALESFORCE_CA_CERT": str(Path(certs) / "salesforce-emulator.pem")}
+        else:
+            proc, url = start_emulator(provider)
+            settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
+        try:
+            return one_size(provider, n, stage)
+        finally:
+            proc.terminate()
+            proc.wait()
 
 
 def main() -> int:
@@ -135,36 +156,36 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--provider", choices=["hubspot", "salesforce"], action="append",
                         help="Default: both.")
+    parser.add_argument("--single", nargs=2, metavar=("PROVIDER", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "crm_sync.json"))
     args = parser.parse_args()
+    if args.single:
+        for line in run_single(args.single[0], int(args.single[1])):
+            print(json.dumps(line), flush=True)
+        return 0
     sizes = [10_000] if args.quick else [10_000, 100_000]
     providers = args.provider or ["hubspot", "salesforce"]
     if Connection.objects.filter(provider__in=providers).exclude(name="bench").exists():
         raise SystemExit(json.dumps({"error": {"code": "db_in_use",
                                                "message": "Run on a bench database without a real CRM connection."}}))
-    stage = LifecycleStage.objects.get(key="lead")
     out = []
     load_start = os.getloadavg()
     for provider in providers:
-        with tempfile.TemporaryDirectory() as certs:
-            if provider == "salesforce":
-                proc, url = start_emulator(provider, {"MARTECH_CRM_SALESFORCE_EMULATOR_CERT_DIR": certs})
-                settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SALESFORCE_URL": url,
-                                        "SALESFORCE_CA_CERT": str(Path(certs) / "salesforce-emulator.pem")}
-            else:
-                proc, url = start_emulator(provider)
-                settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
-            try:
-                for n in sizes:
-                    for line in one_size(provider, n, stage):
-                        print(json.dumps(line), flush=True)
-                        out.append(line)
-            finally:
-                proc.terminate()
-                proc.wait()
+        for n in sizes:
+            # A fresh process per size, so each peak_rss is that size's own.
+            done = subprocess.run([sys.executable, __file__, "--single", provider, str(n)], cwd=ROOT,
+                                  capture_output=True, text=True)
+            lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith('{"metric"')]
+            if done.returncode != 0 or not lines:
+                raise SystemExit(json.dumps({"error": {"code": "bench_failed", "message":
+                                                       f"{provider} {n}: {done.stderr[-2000:]}"}}))
+            for line in lines:
+                print(json.dumps(line), flush=True)
+                out.append(line)
     meta = {"quick": args.quick, "sizes": sizes, "providers": providers,
             "database": settings.DATABASES["default"]["ENGINE"], "loadavg_start": load_start,
-            "loadavg": os.getloadavg(), "cpu_count": os.cpu_count(), "emulator_latency_s": 0}
+            "loadavg": os.getloadavg(), "cpu_count": os.cpu_count(), "emulator_latency_s": 0,
+            "process_per_size": True}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "figures": out}, indent=2) + "\n")
     return 0
