@@ -305,3 +305,37 @@ def test_users_link_sales_reps_through_the_routing_provider(sf_connection, sales
     assert linked.salesforce_user_id == "005000000000000077" and linked.hubspot_owner_id == ""
     assert kept.salesforce_user_id == "005000000000000001"  # set by hand: kept
     assert inactive.salesforce_user_id == ""  # an inactive Salesforce user is not linked
+
+
+def test_admin_preview_and_health_show_no_credentials(client, marketing_ops, sf_connection, salesforce):
+    lead = _lead(job_title="CTO")
+    outbox_drain(connection=sf_connection)
+    lead.refresh_from_db()
+    client.force_login(marketing_ops)
+    page = client.get(f"/admin/crm/connection/{sf_connection.pk}/preview/", {"lead": lead.email})
+    assert page.context["payload"] == {
+        "method": "PATCH", "path": "/services/data/v59.0/composite/sobjects",
+        "body": {"allOrNone": False, "records": [{
+            "attributes": {"type": "Lead"}, "Email": "ann@example.org", "FirstName": "Ann", "LastName": "Lee",
+            "Title": "CTO", "Company": "[not provided]", "Status": "Open - Not Contacted",
+            "Martech_Id__c": str(lead.pk), "Id": lead.salesforce_lead_id}]}}
+    pages = [page, client.get(f"/admin/crm/connection/{sf_connection.pk}/health/"),
+             client.get(f"/admin/crm/connection/{sf_connection.pk}/change/")]
+    for response in pages:
+        assert response.status_code == 200
+        html = response.content.decode()
+        for secret in ("emulator-session", "emulator-refresh", "emulator-secret", "emulator-client"):
+            assert secret not in html
+
+
+def test_untrusted_certificate_is_refused_not_retried(sf_connection, salesforce, settings, tmp_path, sf_no_sleep):
+    from martech.crm.emulators.tls import ensure_certificate
+
+    other_cert, _ = ensure_certificate(tmp_path)  # not the emulator's
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SALESFORCE_CA_CERT": str(other_cert)}
+    lead = _lead()
+    run = outbox_drain(connection=sf_connection)
+    assert run.pushed == 0 and run.failed == 1 and not sf_no_sleep  # no retry loop
+    item = OutboxItem.objects.get(local_id=lead.pk)
+    assert "TLS verification failed" in item.last_error and "MARTECH_CRM_SALESFORCE_CA_CERT" in item.last_error
+    assert not salesforce.records["Lead"]

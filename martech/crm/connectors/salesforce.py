@@ -187,6 +187,10 @@ class SalesforceConnector:
                 raise PermanentError(text) from exc
             except SalesforceOperationError as exc:
                 raise PermanentError(f"Salesforce Bulk API: {exc}") from exc
+            except requests.exceptions.SSLError as exc:
+                # Not worth retrying: the certificate will not change by itself.
+                raise PermanentError(f"Salesforce TLS verification failed ({exc}); check "
+                                     "MARTECH_CRM_SALESFORCE_CA_CERT") from exc
             except (requests.Timeout, requests.ConnectionError) as exc:
                 raise TransientError(f"Salesforce unreachable: {exc}") from exc
 
