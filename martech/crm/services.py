@@ -230,6 +230,7 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
     connector = connector or connector_for(connection)
     types = {o.key: o for o in objects.synced_by(connector)}
     builders: dict[str, PayloadBuilder] = {}
+    calls_before = connector.stats.api_calls
     done = 0
     try:
         while max_items is None or done < max_items:
@@ -262,7 +263,7 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
         run.error = f"Stopped: {exc}"
         _record_error(connection, run.error, stop=True)
     finally:
-        run.api_calls = connector.stats.api_calls
+        run.api_calls = connector.stats.api_calls - calls_before
         _count_calls(connection, 0)
         run.finished_at = timezone.now()
         run.save()
@@ -435,16 +436,21 @@ def _parse_time(value: str) -> dt.datetime | None:
         return None
 
 
-def _find_local(connection: Connection, obj: objects.ObjectType, pulled, mappings: list[FieldMapping]):
-    """The local record a pulled one is: by what we pushed or pulled before,
-    else the remote id column, else the natural key (email, domain)."""
+def _local_by_remote_id(connection: Connection, obj: objects.ObjectType, remote_id: str):
     model = obj.model_class.objects.select_related(*obj.select_related)
-    state = PushState.objects.filter(connection=connection, object=obj.key, remote_id=pulled.remote_id).first()
+    state = PushState.objects.filter(connection=connection, object=obj.key, remote_id=remote_id).first()
     if state is not None:
         found = model.filter(pk=state.local_id).first()
         if found is not None:
             return found
-    found = model.filter(**{obj.id_field(connection.provider): pulled.remote_id}).first()
+    return model.filter(**{obj.id_field(connection.provider): remote_id}).first()
+
+
+def _find_local(connection: Connection, obj: objects.ObjectType, pulled, mappings: list[FieldMapping]):
+    """The local record a pulled one is: by what we pushed or pulled before,
+    else the remote id column, else the natural key (email, domain)."""
+    model = obj.model_class.objects.select_related(*obj.select_related)
+    found = _local_by_remote_id(connection, obj, pulled.remote_id)
     if found is None and obj.key_field:
         remote = next((m.remote_field for m in mappings if m.local_field == obj.key_field), obj.key_field)
         value = (pulled.properties.get(remote) or "").strip().lower()
@@ -530,6 +536,12 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
             data[m.local_field] = value
     if properties:
         data["properties"] = properties
+    if take_all:
+        for other, local_field in object_type.association_fields.items():
+            remote_ids = pulled.associations.get(other) or []
+            linked = _local_by_remote_id(connection, objects.get(other), remote_ids[0]) if remote_ids else None
+            if linked is not None:  # one we do not have yet stays as it is until it is pulled
+                data[local_field] = linked
     if dry_run:
         return "pulled"
     with transaction.atomic():
@@ -571,6 +583,7 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=obj)
     mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
     newest = cursor.value
+    before = connector.stats.api_calls
     try:
         remote_fields = sorted({m.remote_field for m in mappings})
         for pulled in connector.pull_since(object_type.key, "" if full else cursor.value, remote_fields):
@@ -595,7 +608,7 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         if not dry_run and newest != cursor.value:
             cursor.value = newest
             cursor.save(update_fields=["value", "updated_at"])
-        run.api_calls = connector.stats.api_calls
+        run.api_calls = connector.stats.api_calls - before
         _count_calls(connection, run.api_calls)
         run.finished_at = timezone.now()
         run.save()
@@ -611,12 +624,16 @@ def pulled_object_keys(*, connection: Connection, connector: Connector | None = 
 
 
 def owners_pull(*, connection: Connection, connector: Connector | None = None) -> int:
+    """Pull the CRM's owners into CrmOwner, then offer them to whoever
+    provides ``crm_owners_pulled`` (routing links its reps by email)."""
     connector = connector or connector_for(connection)
+    before = connector.stats.api_calls
     rows = connector.owners()
     for row in rows:
         CrmOwner.objects.update_or_create(connection=connection, remote_id=row["remote_id"],
                                           defaults={k: v for k, v in row.items() if k != "remote_id"})
-    _count_calls(connection, connector.stats.api_calls)
+    _count_calls(connection, connector.stats.api_calls - before)
+    hooks.call("crm_owners_pulled", provider=connection.provider, owners=rows)
     return len(rows)
 
 

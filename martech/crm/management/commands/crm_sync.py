@@ -64,6 +64,10 @@ class Command(BaseCommand):
                     run = services.outbox_drain(connection=connection, progress=bar)
                 self._report(run)
             if not opts["no_pull"]:
+                if not opts["dry_run"] and not opts["object"]:
+                    owners = services.owners_pull(connection=connection, connector=connector)
+                    self.stdout.write(json.dumps({"provider": connection.provider, "kind": "owners",
+                                                  "pulled": owners}))
                 for key in keys:
                     with tqdm(desc=f"{connection.provider} pull {key}", unit="rec",
                               disable=not self.stdout.isatty()) as bar:
