@@ -419,16 +419,16 @@ def crm_owner_user_id_provider(*, remote_owner_id: str, provider: str) -> int | 
 
 def crm_owners_pulled_provider(*, provider: str, owners: list[dict]) -> int:
     """``hooks.call("crm_owners_pulled", ...)``: after the CRM sync pulls the
-    owners (HubSpot owners, Salesforce users), give each rep whose user's
-    email matches an owner that owner's id. A rep's id set by hand is kept.
+    owners (HubSpot owners, Salesforce users), give each rep whose email
+    matches an owner that owner's id. A rep's id set by hand is kept.
     Returns how many reps were linked."""
     column = _CRM_ID_FIELD.get(provider)
     if column is None:
         return 0
     by_email = {o["email"].lower(): o["remote_id"] for o in owners if o.get("email") and o.get("is_active", True)}
     linked = 0
-    for rep in Rep.objects.filter(**{column: ""}, user__isnull=False).select_related("user"):
-        remote_id = by_email.get((rep.user.email or "").lower())
+    for rep in Rep.objects.filter(**{column: ""}):
+        remote_id = by_email.get(rep.email.lower())
         if remote_id:
             Rep.objects.filter(pk=rep.pk).update(**{column: remote_id})
             linked += 1

@@ -139,9 +139,10 @@ def payload_preview(*, connection: Connection, obj: str, instance, connector: Co
     if not key:
         return {"error": f"{object_type.key_field} is empty: it is the upsert key of {object_type.label}"}
     links = object_type.associations(instance) if object_type.associations else {}
-    remote = _remote_ids(connection, {k: set(v) for k, v in links.items()})
+    remote = _remote_ids(connection, {k: set(v) for k, v in links.items()} | {object_type.key: {instance.pk}})
     record = PushRecord(instance.pk, key, properties,
-                        associations={k: [remote[(k, i)] for i in v if (k, i) in remote] for k, v in links.items()})
+                        associations={k: [remote[(k, i)] for i in v if (k, i) in remote] for k, v in links.items()},
+                        remote_id=remote.get((object_type.key, instance.pk), ""))
     connector = connector or connector_for(connection)
     return connector.request_body(object_type.key, [record])
 
