@@ -14,8 +14,11 @@ Deletes its rows at the end.
 --quick: N = 10,000 (under a minute). Full: N = 10,000 and 100,000, to compare
 peak memory. Prints one JSON line per figure and writes bench/results/crm_sync.json.
 
+Then the same for N = 10,000 accounts pushed as HubSpot companies (batch
+upsert by domain): calls used, records per second, and the unchanged rerun.
+
 The Salesforce figures (50 calls per 10,000 with Collections) are not here:
-the Salesforce connector is not built yet.
+the Salesforce connector is built on another branch.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ from django.utils import timezone  # noqa: E402
 
 from martech.crm.models import Connection, FieldMapping, OutboxItem, PushState, SyncRun  # noqa: E402
 from martech.crm.services import outbox_drain  # noqa: E402
-from martech.models import Lead, LifecycleStage  # noqa: E402
+from martech.models import Account, Lead, LifecycleStage  # noqa: E402
 
 settings.DEBUG = False  # no query log growing with N
 
@@ -115,6 +118,53 @@ def one_size(n: int, url: str, stage: LifecycleStage) -> list[dict]:
     return figures
 
 
+def companies(n: int, url: str) -> list[dict]:
+    """N accounts -> HubSpot companies, upserted by domain, 100 per call."""
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
+    Connection.objects.filter(provider="hubspot").delete()
+    connection = Connection.objects.create(provider="hubspot", name="bench", daily_api_limit=10_000_000)
+    for local, remote, kind in [("domain", "domain", "text"), ("name", "name", "text"),
+                                ("industry", "industry", "text"), ("employee_count", "numberofemployees", "number"),
+                                ("country", "country", "text")]:
+        FieldMapping.objects.create(connection=connection, object="company", local_field=local, remote_field=remote,
+                                    kind=kind)
+    for start in range(0, n, 5000):
+        Account.objects.bulk_create(
+            [Account(name=f"Co {i}", domain=f"{prefix}-{i}.example.com", industry="Retail", employee_count=i % 900,
+                     country="US") for i in range(start, min(n, start + 5000))], batch_size=1000)
+    ids = list(Account.objects.filter(domain__startswith=f"{prefix}-").values_list("pk", flat=True))
+
+    def queue():
+        now = timezone.now()
+        for start in range(0, len(ids), 5000):
+            OutboxItem.objects.bulk_create(
+                [OutboxItem(connection=connection, object="company", local_id=i, next_attempt_at=now, created_at=now)
+                 for i in ids[start:start + 5000]], ignore_conflicts=True, batch_size=1000)
+
+    queue()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    run = outbox_drain(connection=connection)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    queue()
+    second = outbox_drain(connection=connection)
+    assert run.pushed == n and run.failed == 0, (run.pushed, run.failed, run.error)
+    figures = [
+        {"metric": f"hubspot_companies_push_{n}_api_calls", "value": run.api_calls, "unit": "calls",
+         "minimum": -(-n // 100)},
+        {"metric": f"hubspot_companies_push_{n}_records_per_s", "value": round(n / elapsed, 1), "unit": "records/s",
+         "cpu_s": round(cpu, 2), "wall_s": round(elapsed, 2)},
+        {"metric": f"hubspot_companies_push_{n}_unchanged_write_calls", "value": second.api_calls, "unit": "calls",
+         "skipped": second.skipped},
+    ]
+    OutboxItem.objects.filter(connection=connection).delete()
+    PushState.objects.filter(connection=connection).delete()
+    SyncRun.objects.filter(connection=connection).delete()
+    connection.delete()
+    Account.objects.filter(domain__startswith=f"{prefix}-").delete()
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -130,8 +180,13 @@ def main() -> int:
     try:
         for n in sizes:
             for line in one_size(n, url, stage):
+                line["loadavg_1m"] = round(os.getloadavg()[0], 2)
                 print(json.dumps(line), flush=True)
                 out.append(line)
+        for line in companies(10_000, url):
+            line["loadavg_1m"] = round(os.getloadavg()[0], 2)
+            print(json.dumps(line), flush=True)
+            out.append(line)
     finally:
         proc.terminate()
         proc.wait()

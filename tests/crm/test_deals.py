@@ -202,3 +202,20 @@ def test_deal_webhook_is_fetched_and_applied(deal_mappings, hubspot):
     from martech.models import Account
 
     assert Account.objects.get(hubspot_id=company["id"]).domain == "hook.io"
+
+
+def test_lead_owner_pushed_as_the_routed_reps_hubspot_owner_id(connection, hubspot, django_user_model):
+    """Issue 5 item 11: the lead's current rep's CRM owner id goes out as
+    hubspot_owner_id through the contact mapping (routing's provider)."""
+    from routing.models import Assignment, Rep
+
+    user = django_user_model.objects.create(username="rita", email="rita@example.com")
+    rep = Rep.objects.create(name="Rita", email="rita@example.com", user=user, hubspot_owner_id="4242")
+    lead, _ = lead_upsert(data={"email": "routed@example.org"}, source="test")
+    Assignment.objects.create(lead=lead, status=Assignment.Status.ASSIGNED, rep=rep,
+                              trigger=Assignment.Trigger.HANDOFF)
+    from martech.services.leads import lead_set_owner
+
+    lead_set_owner(lead=lead, owner=user, reason="routed", source="routing")
+    outbox_drain(connection=connection)
+    assert hubspot.find("contacts", "routed@example.org")["properties"]["hubspot_owner_id"] == "4242"
