@@ -301,19 +301,19 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
             run.failed += 1
             continue
         associations: dict[str, list[str]] = {}
-        waiting = []
+        waiting: list[tuple[str, int]] = []
         for other, ids in sorted(links.get(item.local_id, {}).items()):
             resolved = [remote[(other, i)] for i in ids if i and (other, i) in remote]
-            waiting += [f"{other} #{i}" for i in ids if i and (other, i) not in remote]
+            waiting += [(other, i) for i in ids if i and (other, i) not in remote]
             if resolved:
                 associations[other] = sorted(resolved)
         if waiting:
             # The record it points at has not reached the CRM yet: queue that
             # one and try this again later (counted, so it cannot wait forever).
-            for other_key, local_id in {tuple(w.split(" #")) for w in waiting}:
-                OutboxItem.objects.bulk_create([OutboxItem(connection=connection, object=other_key,
-                                                           local_id=int(local_id))], ignore_conflicts=True)
-            _fail([item], f"waiting for {', '.join(sorted(waiting))} to be pushed first")
+            OutboxItem.objects.bulk_create([OutboxItem(connection=connection, object=other, local_id=local_id)
+                                            for other, local_id in waiting], ignore_conflicts=True)
+            names = ", ".join(f"{other} #{local_id}" for other, local_id in sorted(waiting))
+            _fail([item], f"waiting for {names} to be pushed first")
             run.skipped += 1
             continue
         digest = payload_hash({"properties": properties, "associations": associations} if associations
@@ -636,6 +636,17 @@ def owners_pull(*, connection: Connection, connector: Connector | None = None) -
     _count_calls(connection, connector.stats.api_calls - before)
     hooks.call("crm_owners_pulled", provider=connection.provider, owners=rows)
     return len(rows)
+
+
+def owners_pull_recorded(*, connection: Connection, connector: Connector | None = None) -> int:
+    """``owners_pull`` for the schedule and the command: a CRM error is
+    recorded on the connection (last error; a 401 stops it) and -1 returned,
+    so the object pulls that follow still run."""
+    try:
+        return owners_pull(connection=connection, connector=connector)
+    except (TransientError, PermanentError) as exc:
+        _record_error(connection, f"owners pull: {exc}", stop=isinstance(exc, AuthError))
+        return -1
 
 
 # --- webhooks -----------------------------------------------------------------

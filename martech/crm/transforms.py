@@ -105,6 +105,8 @@ def validate_mapping(mapping) -> None:
     elif local.startswith("properties."):
         if not local.removeprefix("properties.") or " " in local:
             errors["local_field"] = "A custom property is written properties.<key> with no spaces."
+        elif model is not None and not any(f.name == "properties" for f in model._meta.get_fields()):
+            errors["local_field"] = f"{model.__name__} has no custom properties."
     elif model is not None:
         try:
             field = model._meta.get_field(local)
