@@ -38,6 +38,33 @@ def _associations(opportunity) -> dict[str, list[int]]:
     }
 
 
+# Our default pipeline's stages -> HubSpot's default sales pipeline stage ids
+# (an editable picklist mapping: marketing ops change it in the admin).
+HUBSPOT_STAGES = {"prospecting": "appointmentscheduled", "qualification": "qualifiedtobuy",
+                  "proposal": "presentationscheduled", "negotiation": "contractsent",
+                  "closed_won": "closedwon", "closed_lost": "closedlost"}
+HUBSPOT_MAPPINGS = [
+    ("name", "dealname", "text", {}),
+    ("amount", "amount", "number", {}),
+    ("currency", "deal_currency_code", "text", {}),
+    ("stage", "dealstage", "picklist", {"value_map": HUBSPOT_STAGES}),
+    ("closed_at", "closedate", "datetime", {}),
+    ("owner", "hubspot_owner_id", "text", {}),
+]
+
+# Salesforce Opportunity: StageName through our default pipeline's stage keys;
+# CloseDate is required there, so an open deal sends a far date (push only).
+SALESFORCE_STAGES = {"prospecting": "Prospecting", "qualification": "Qualification",
+                     "proposal": "Proposal/Price Quote", "negotiation": "Negotiation/Review",
+                     "closed_won": "Closed Won", "closed_lost": "Closed Lost"}
+SALESFORCE_MAPPINGS = [
+    ("name", "Name", "text", {}),
+    ("amount", "Amount", "number", {}),
+    ("stage", "StageName", "picklist", {"value_map": SALESFORCE_STAGES}),
+    ("closed_at", "CloseDate", "date", {"default": "2099-12-31", "direction": "push"}),
+    ("owner", "OwnerId", "text", {"direction": "push"}),
+]
+
 DEAL = ObjectType(
     key="deal",
     label="Deal / Opportunity",
@@ -46,10 +73,12 @@ DEAL = ObjectType(
     write=_write,
     select_related=("stage", "owner", "account"),
     associations=_associations,
+    association_fields={"company": "account"},
     # Associations are not mapped fields, but changing them must push.
     extra_trigger_fields=frozenset({"account", "contacts"}),
     readers={"stage": lambda o: o.stage.key, "pipeline": lambda o: o.pipeline.key},
     order=60,
+    default_mappings={"hubspot": HUBSPOT_MAPPINGS, "salesforce": SALESFORCE_MAPPINGS},
 )
 
 

@@ -18,6 +18,9 @@ Deletes its rows at the end.
 100,000, to compare peak memory (each size in its own process, so each peak
 is that size's own). Prints one JSON line per figure and writes
 bench/results/crm_sync.json.
+
+Then, with HubSpot, N = 10,000 accounts pushed as HubSpot companies (batch
+upsert by domain): calls used, records per second, and the unchanged rerun.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ from django.utils import timezone  # noqa: E402
 
 from martech.crm.models import Connection, FieldMapping, OutboxItem, PushState, SyncRun  # noqa: E402
 from martech.crm.services import outbox_drain  # noqa: E402
-from martech.models import Lead, LifecycleStage  # noqa: E402
+from martech.models import Account, Lead, LifecycleStage  # noqa: E402
 
 settings.DEBUG = False  # no query log growing with N
 
@@ -133,8 +136,56 @@ def one_size(provider: str, n: int, stage: LifecycleStage) -> list[dict]:
     return figures
 
 
+def companies(n: int, url: str) -> list[dict]:
+    """N accounts -> HubSpot companies, upserted by domain, 100 per call."""
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
+    Connection.objects.filter(provider="hubspot").delete()
+    connection = Connection.objects.create(provider="hubspot", name="bench", daily_api_limit=10_000_000)
+    for local, remote, kind in [("domain", "domain", "text"), ("name", "name", "text"),
+                                ("industry", "industry", "text"), ("employee_count", "numberofemployees", "number"),
+                                ("country", "country", "text")]:
+        FieldMapping.objects.create(connection=connection, object="company", local_field=local, remote_field=remote,
+                                    kind=kind)
+    for start in range(0, n, 5000):
+        Account.objects.bulk_create(
+            [Account(name=f"Co {i}", domain=f"{prefix}-{i}.example.com", industry="Retail", employee_count=i % 900,
+                     country="US") for i in range(start, min(n, start + 5000))], batch_size=1000)
+    ids = list(Account.objects.filter(domain__startswith=f"{prefix}-").values_list("pk", flat=True))
+
+    def queue():
+        now = timezone.now()
+        for start in range(0, len(ids), 5000):
+            OutboxItem.objects.bulk_create(
+                [OutboxItem(connection=connection, object="company", local_id=i, next_attempt_at=now, created_at=now)
+                 for i in ids[start:start + 5000]], ignore_conflicts=True, batch_size=1000)
+
+    queue()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    run = outbox_drain(connection=connection)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    queue()
+    second = outbox_drain(connection=connection)
+    assert run.pushed == n and run.failed == 0, (run.pushed, run.failed, run.error)
+    figures = [
+        {"metric": f"hubspot_companies_push_{n}_api_calls", "value": run.api_calls, "unit": "calls",
+         "minimum": -(-n // 100)},
+        {"metric": f"hubspot_companies_push_{n}_records_per_s", "value": round(n / elapsed, 1), "unit": "records/s",
+         "cpu_s": round(cpu, 2), "wall_s": round(elapsed, 2)},
+        {"metric": f"hubspot_companies_push_{n}_unchanged_write_calls", "value": second.api_calls, "unit": "calls",
+         "skipped": second.skipped},
+    ]
+    OutboxItem.objects.filter(connection=connection).delete()
+    PushState.objects.filter(connection=connection).delete()
+    SyncRun.objects.filter(connection=connection).delete()
+    connection.delete()
+    Account.objects.filter(domain__startswith=f"{prefix}-").delete()
+    return figures
+
+
 def run_single(provider: str, n: int) -> list[dict]:
-    """One provider at one size in this process (its peak memory is this size's alone)."""
+    """One provider at one size in this process (its peak memory is this size's alone);
+    provider "hubspot_companies" pushes N accounts as HubSpot companies."""
     stage = LifecycleStage.objects.get(key="lead")
     with tempfile.TemporaryDirectory() as certs:
         if provider == "salesforce":
@@ -142,9 +193,11 @@ def run_single(provider: str, n: int) -> list[dict]:
             settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SALESFORCE_URL": url,
                                     "SALESFORCE_CA_CERT": str(Path(certs) / "salesforce-emulator.pem")}
         else:
-            proc, url = start_emulator(provider)
+            proc, url = start_emulator("hubspot")
             settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
         try:
+            if provider == "hubspot_companies":
+                return companies(n, url)
             return one_size(provider, n, stage)
         finally:
             proc.terminate()
@@ -170,18 +223,20 @@ def main() -> int:
                                                "message": "Run on a bench database without a real CRM connection."}}))
     out = []
     load_start = os.getloadavg()
-    for provider in providers:
-        for n in sizes:
-            # A fresh process per size, so each peak_rss is that size's own.
-            done = subprocess.run([sys.executable, __file__, "--single", provider, str(n)], cwd=ROOT,
-                                  capture_output=True, text=True)
-            lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith('{"metric"')]
-            if done.returncode != 0 or not lines:
-                raise SystemExit(json.dumps({"error": {"code": "bench_failed", "message":
-                                                       f"{provider} {n}: {done.stderr[-2000:]}"}}))
-            for line in lines:
-                print(json.dumps(line), flush=True)
-                out.append(line)
+    runs = [(p, n) for p in providers for n in sizes]
+    if "hubspot" in providers:
+        runs.append(("hubspot_companies", 10_000))
+    for provider, n in runs:
+        # A fresh process per size, so each peak_rss is that size's own.
+        done = subprocess.run([sys.executable, __file__, "--single", provider, str(n)], cwd=ROOT,
+                              capture_output=True, text=True)
+        lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith('{"metric"')]
+        if done.returncode != 0 or not lines:
+            raise SystemExit(json.dumps({"error": {"code": "bench_failed", "message":
+                                                   f"{provider} {n}: {done.stderr[-2000:]}"}}))
+        for line in lines:
+            print(json.dumps(line), flush=True)
+            out.append(line)
     meta = {"quick": args.quick, "sizes": sizes, "providers": providers,
             "database": settings.DATABASES["default"]["ENGINE"], "loadavg_start": load_start,
             "loadavg": os.getloadavg(), "cpu_count": os.cpu_count(), "emulator_latency_s": 0,

@@ -68,6 +68,9 @@ class ObjectType:
     select_related: tuple[str, ...] = ()
     # instance -> {other object key: [local ids]}: pushed as associations.
     associations: Callable[[Any], dict[str, list[int]]] | None = None
+    # Pull: associated object key -> local field taking the associated
+    # record (a deal's company -> the opportunity's account).
+    association_fields: dict[str, str] = field(default_factory=dict)
     # Written fields that queue a push even when no mapping names them
     # (associations, e.g. a deal's account).
     extra_trigger_fields: frozenset[str] = frozenset()
@@ -77,6 +80,8 @@ class ObjectType:
     # Push order inside one drain: associated types first (companies, contacts, then deals, tasks).
     order: int = 50
     modified_field: str = "updated_at"
+    # Demo / starting mappings per provider: (local field, remote field, kind, extra FieldMapping fields).
+    default_mappings: dict[str, list[tuple[str, str, str, dict]]] = field(default_factory=dict)
 
     @property
     def model_class(self) -> type[models.Model]:

@@ -141,12 +141,11 @@ def payload_preview(*, connection: Connection, obj: str, instance, connector: Co
     if not key:
         return {"error": f"{object_type.key_field} is empty: it is the upsert key of {object_type.label}"}
     links = object_type.associations(instance) if object_type.associations else {}
-    remote = _remote_ids(connection, {k: set(v) for k, v in links.items()})
-    own = object_type.remote_id_of(instance, connection.provider) or _remote_ids(
-        connection, {object_type.key: {instance.pk}}).get((object_type.key, instance.pk), "")
+    remote = _remote_ids(connection, {k: set(v) for k, v in links.items()} | {object_type.key: {instance.pk}})
     record = PushRecord(instance.pk, key, properties,
                         associations={k: [remote[(k, i)] for i in v if (k, i) in remote] for k, v in links.items()},
-                        remote_id=own)
+                        remote_id=object_type.remote_id_of(instance, connection.provider)
+                        or remote.get((object_type.key, instance.pk), ""))
     return connector.request_body(object_type.key, [record])
 
 
@@ -235,6 +234,7 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
     connector = connector or connector_for(connection)
     types = {o.key: o for o in objects.synced_by(connector)}
     builders: dict[str, PayloadBuilder] = {}
+    calls_before = connector.stats.api_calls
     done = 0
     try:
         while max_items is None or done < max_items:
@@ -267,7 +267,7 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
         run.error = f"Stopped: {exc}"
         _record_error(connection, run.error, stop=True)
     finally:
-        run.api_calls = connector.stats.api_calls
+        run.api_calls = connector.stats.api_calls - calls_before
         _count_calls(connection, 0)
         run.finished_at = timezone.now()
         run.save()
@@ -306,19 +306,19 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
             run.failed += 1
             continue
         associations: dict[str, list[str]] = {}
-        waiting = []
+        waiting: list[tuple[str, int]] = []
         for other, ids in sorted(links.get(item.local_id, {}).items()):
             resolved = [remote[(other, i)] for i in ids if i and (other, i) in remote]
-            waiting += [f"{other} #{i}" for i in ids if i and (other, i) not in remote]
+            waiting += [(other, i) for i in ids if i and (other, i) not in remote]
             if resolved:
                 associations[other] = sorted(resolved)
         if waiting:
             # The record it points at has not reached the CRM yet: queue that
             # one and try this again later (counted, so it cannot wait forever).
-            for other_key, local_id in {tuple(w.split(" #")) for w in waiting}:
-                OutboxItem.objects.bulk_create([OutboxItem(connection=connection, object=other_key,
-                                                           local_id=int(local_id))], ignore_conflicts=True)
-            _fail([item], f"waiting for {', '.join(sorted(waiting))} to be pushed first")
+            OutboxItem.objects.bulk_create([OutboxItem(connection=connection, object=other, local_id=local_id)
+                                            for other, local_id in waiting], ignore_conflicts=True)
+            names = ", ".join(f"{other} #{local_id}" for other, local_id in sorted(waiting))
+            _fail([item], f"waiting for {names} to be pushed first")
             run.skipped += 1
             continue
         digest = payload_hash({"properties": properties, "associations": associations} if associations
@@ -445,16 +445,21 @@ def _parse_time(value: str) -> dt.datetime | None:
         return None
 
 
-def _find_local(connection: Connection, obj: objects.ObjectType, pulled, mappings: list[FieldMapping]):
-    """The local record a pulled one is: by what we pushed or pulled before,
-    else the remote id column, else the natural key (email, domain)."""
+def _local_by_remote_id(connection: Connection, obj: objects.ObjectType, remote_id: str):
     model = obj.model_class.objects.select_related(*obj.select_related)
-    state = PushState.objects.filter(connection=connection, object=obj.key, remote_id=pulled.remote_id).first()
+    state = PushState.objects.filter(connection=connection, object=obj.key, remote_id=remote_id).first()
     if state is not None:
         found = model.filter(pk=state.local_id).first()
         if found is not None:
             return found
-    found = model.filter(**{obj.id_field(connection.provider, pulled.remote_id): pulled.remote_id}).first()
+    return model.filter(**{obj.id_field(connection.provider, remote_id): remote_id}).first()
+
+
+def _find_local(connection: Connection, obj: objects.ObjectType, pulled, mappings: list[FieldMapping]):
+    """The local record a pulled one is: by what we pushed or pulled before,
+    else the remote id column, else the natural key (email, domain)."""
+    model = obj.model_class.objects.select_related(*obj.select_related)
+    found = _local_by_remote_id(connection, obj, pulled.remote_id)
     if found is None and obj.key_field:
         remote = next((m.remote_field for m in mappings if m.local_field == obj.key_field), obj.key_field)
         value = (pulled.properties.get(remote) or "").strip().lower()
@@ -542,6 +547,12 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
             data[m.local_field] = value
     if properties:
         data["properties"] = properties
+    if take_all:
+        for other, local_field in object_type.association_fields.items():
+            remote_ids = pulled.associations.get(other) or []
+            linked = _local_by_remote_id(connection, objects.get(other), remote_ids[0]) if remote_ids else None
+            if linked is not None:  # one we do not have yet stays as it is until it is pulled
+                data[local_field] = linked
     if dry_run:
         return "pulled"
     with transaction.atomic():
@@ -583,6 +594,7 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=obj)
     mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
     newest = cursor.value
+    before = connector.stats.api_calls
     try:
         remote_fields = sorted({m.remote_field for m in mappings})
         for pulled in connector.pull_since(object_type.key, "" if full else cursor.value, remote_fields):
@@ -607,7 +619,7 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         if not dry_run and newest != cursor.value:
             cursor.value = newest
             cursor.save(update_fields=["value", "updated_at"])
-        run.api_calls = connector.stats.api_calls
+        run.api_calls = connector.stats.api_calls - before
         _count_calls(connection, run.api_calls)
         run.finished_at = timezone.now()
         run.save()
@@ -623,16 +635,28 @@ def pulled_object_keys(*, connection: Connection, connector: Connector | None = 
 
 
 def owners_pull(*, connection: Connection, connector: Connector | None = None) -> int:
+    """Pull the CRM's owners into CrmOwner, then offer them to whoever
+    provides ``crm_owners_pulled`` (routing links its reps by email)."""
     connector = connector or connector_for(connection)
+    before = connector.stats.api_calls
     rows = connector.owners()
     for row in rows:
         CrmOwner.objects.update_or_create(connection=connection, remote_id=row["remote_id"],
                                           defaults={k: v for k, v in row.items() if k != "remote_id"})
-    # Sales reps live in a later stage (routing): it links its reps to these
-    # owners by email through a provider, so martech imports nothing of it.
+    _count_calls(connection, connector.stats.api_calls - before)
     hooks.call("crm_owners_pulled", provider=connection.provider, owners=rows)
-    _count_calls(connection, connector.stats.api_calls)
     return len(rows)
+
+
+def owners_pull_recorded(*, connection: Connection, connector: Connector | None = None) -> int:
+    """``owners_pull`` for the schedule and the command: a CRM error is
+    recorded on the connection (last error; a 401 stops it) and -1 returned,
+    so the object pulls that follow still run."""
+    try:
+        return owners_pull(connection=connection, connector=connector)
+    except (TransientError, PermanentError) as exc:
+        _record_error(connection, f"owners pull: {exc}", stop=isinstance(exc, AuthError))
+        return -1
 
 
 # --- webhooks -----------------------------------------------------------------

@@ -31,6 +31,8 @@ def to_remote(kind: str, value: Any, value_map: dict | None = None) -> str:
     if kind == "boolean":
         return "true" if value else "false"
     if kind == "date":
+        if isinstance(value, dt.datetime):  # a date-time field mapped to a CRM date: its UTC day
+            value = value.astimezone(dt.timezone.utc).date()
         return value.isoformat() if isinstance(value, dt.date) else str(value)
     if kind == "datetime":
         if isinstance(value, dt.datetime):
@@ -105,6 +107,8 @@ def validate_mapping(mapping) -> None:
     elif local.startswith("properties."):
         if not local.removeprefix("properties.") or " " in local:
             errors["local_field"] = "A custom property is written properties.<key> with no spaces."
+        elif model is not None and not any(f.name == "properties" for f in model._meta.get_fields()):
+            errors["local_field"] = f"{model.__name__} has no custom properties."
     elif model is not None:
         try:
             field = model._meta.get_field(local)

@@ -85,3 +85,33 @@ def test_records_changed_reaches_hooks_of_any_kind():
     finally:
         hooks._kind_hooks.pop("widgets")
     assert seen == [([1, 2], frozenset({"a"}), True, "s")]
+
+
+def test_custom_property_mapping_refused_for_a_model_without_properties(connection):
+    bad = FieldMapping(connection=connection, object="company", local_field="properties.tier", remote_field="tier")
+    with pytest.raises(ValidationError) as exc:
+        bad.full_clean()
+    assert exc.value.message_dict["local_field"] == ["Account has no custom properties."]
+    FieldMapping(connection=connection, object="contact", local_field="properties.tier",
+                 remote_field="tier").full_clean()
+
+
+def test_scheduled_pull_records_an_owners_failure_and_still_pulls(company_mappings, hubspot):
+    from martech.crm.tasks import pull_all
+    from martech.models import Account
+
+    original = hubspot.dispatch
+
+    def owners_down(request):
+        if request.path.startswith("/crm/v3/owners"):
+            return hubspot.error(403, "MISSING_SCOPES", "owners scope missing")
+        return original(request)
+
+    hubspot.dispatch = owners_down
+    hubspot.put("companies", {"domain": "still.io", "name": "Still"})
+    out = pull_all()
+    assert out["hubspot:owners"] == -1 and out["hubspot:company"] == 1
+    company_mappings.refresh_from_db()
+    assert "owners pull" in company_mappings.last_error and "403" in company_mappings.last_error
+    assert not company_mappings.stopped_reason
+    assert Account.objects.filter(domain="still.io").exists()

@@ -32,6 +32,8 @@ class Pulled:
     remote_id: str
     properties: dict[str, str]
     modified_at: str  # ISO 8601, the cursor's unit
+    # Associated records' remote ids by object key, when the connector reads them ({"company": ["12"]}).
+    associations: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

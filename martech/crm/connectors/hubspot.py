@@ -26,7 +26,9 @@ from django.conf import settings
 from hubspot import HubSpot
 from hubspot.crm.associations.v4 import (
     BatchInputPublicDefaultAssociationMultiPost,
+    BatchInputPublicFetchAssociationsBatchRequest,
     PublicDefaultAssociationMultiPost,
+    PublicFetchAssociationsBatchRequest,
     PublicObjectId,
 )
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -49,6 +51,8 @@ OBJECTS = {
     "deal": HubSpotObject("deals", "deals", "martech_deal_id", "hs_lastmodifieddate", "deal_id"),
     "task": HubSpotObject("tasks", "objects.tasks", "martech_task_id", "hs_lastmodifieddate", "task_id"),
 }
+# Associations read back on pull (a deal's company becomes the opportunity's account).
+PULL_ASSOCIATIONS = {"deal": ("company",)}
 
 PAGE = 100
 
@@ -160,13 +164,20 @@ class HubSpotConnector:
                     # Nothing silently dropped: a record neither done nor named gets an error too.
                     chunk_results.append(PushResult(record.local_id,
                                                     error=failed.get(key, "not in HubSpot's answer")))
-            self._associate(spec, chunk, {r.local_id: r.remote_id for r in chunk_results if r.remote_id})
+            refused = self._associate(spec, chunk, {r.local_id: r.remote_id for r in chunk_results if r.remote_id})
+            for result in chunk_results:
+                if result.local_id in refused:
+                    result.error = refused[result.local_id]
             results += chunk_results
         return results
 
-    def _associate(self, spec: HubSpotObject, records: list[PushRecord], remote_ids: dict[int, str]) -> None:
+    def _associate(self, spec: HubSpotObject, records: list[PushRecord], remote_ids: dict[int, str]
+                   ) -> dict[int, str]:
         """One v4 default-association batch per target type. Creating an
-        association that exists is a no-op in HubSpot, so a retry is safe."""
+        association that exists is a no-op in HubSpot, so a retry is safe.
+        Returns {local id: error} for records whose association HubSpot refused."""
+        by_remote = {remote: local for local, remote in remote_ids.items()}
+        refused: dict[int, str] = {}
         pairs: dict[str, list[tuple[str, str]]] = {}
         for record in records:
             if record.local_id not in remote_ids:
@@ -179,9 +190,32 @@ class HubSpotConnector:
                 body = BatchInputPublicDefaultAssociationMultiPost(inputs=[
                     PublicDefaultAssociationMultiPost(_from=PublicObjectId(id=a), to=PublicObjectId(id=b))
                     for a, b in links[start:start + PAGE]])
-                self._call(batch_api.create_default, from_object_type=spec.name,
-                           to_object_type=OBJECTS[other].name,
-                           batch_input_public_default_association_multi_post=body)
+                response = self._call(batch_api.create_default, from_object_type=spec.name,
+                                      to_object_type=OBJECTS[other].name,
+                                      batch_input_public_default_association_multi_post=body)
+                for err in getattr(response, "errors", None) or []:
+                    for remote in (err.context or {}).get("ids", []):
+                        if remote in by_remote:
+                            refused[by_remote[remote]] = f"association to {other}: {err.message}"
+        return refused
+
+    def _read_associations(self, obj: str, pulled: list[Pulled]) -> None:
+        """Fill ``Pulled.associations`` for the types in PULL_ASSOCIATIONS:
+        one v4 batch read per page and target type."""
+        if not pulled or obj not in PULL_ASSOCIATIONS:
+            return
+        batch_api = self.client.crm.associations.v4.batch_api
+        by_id = {p.remote_id: p for p in pulled}
+        for other in PULL_ASSOCIATIONS[obj]:
+            body = BatchInputPublicFetchAssociationsBatchRequest(
+                inputs=[PublicFetchAssociationsBatchRequest(id=p.remote_id) for p in pulled])
+            response = self._call(batch_api.get_page, from_object_type=OBJECTS[obj].name,
+                                  to_object_type=OBJECTS[other].name,
+                                  batch_input_public_fetch_associations_batch_request=body)
+            for row in response.results or []:
+                target = by_id.get(str(row._from.id))
+                if target is not None:
+                    target.associations[other] = [str(t.to_object_id) for t in row.to or []]
 
     def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
         spec = self._spec(obj)
@@ -196,8 +230,9 @@ class HubSpotConnector:
                 limit=PAGE, after=after or "0",
             )
             page = self._call(search, public_object_search_request=request)
-            for item in page.results:
-                yield self._pulled(spec, item)
+            pulled = [self._pulled(spec, item) for item in page.results]
+            self._read_associations(obj, pulled)
+            yield from pulled
             nxt = page.paging.next.after if page.paging and page.paging.next else None
             if not nxt:
                 return
@@ -218,7 +253,9 @@ class HubSpotConnector:
             if "404" in str(exc):
                 return None
             raise
-        return self._pulled(spec, item)
+        pulled = self._pulled(spec, item)
+        self._read_associations(obj, [pulled])
+        return pulled
 
     def owners(self) -> list[dict[str, str]]:
         page = self._call(self.client.crm.owners.owners_api.get_page, limit=500)

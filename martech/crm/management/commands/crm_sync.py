@@ -69,6 +69,12 @@ class Command(BaseCommand):
                     run = services.outbox_drain(connection=connection, progress=bar, batch=opts["batch"])
                 self._report(run)
             if not opts["no_pull"]:
+                if not opts["dry_run"] and not opts["object"]:
+                    owners = services.owners_pull_recorded(connection=connection, connector=connector)
+                    connection.refresh_from_db(fields=["last_error"])
+                    self.stdout.write(json.dumps({"provider": connection.provider, "kind": "owners",
+                                                  "pulled": max(owners, 0),
+                                                  "error": connection.last_error if owners < 0 else ""}))
                 for key in keys:
                     with tqdm(desc=f"{connection.provider} pull {key}", unit="rec",
                               disable=not self.stdout.isatty()) as bar:
