@@ -196,6 +196,7 @@ class SalesforceEmulator(EmulatorBase):
         self.renewed_sessions_dead = False
         self.renewals = 0
         self.lose_answers = 0
+        self.collection_sizes: list[int] = []  # records per Collections call, in order
         self.daily_max, self.api_used = daily_max, 0
         self.query_page_size = 2000
         self.records: dict[str, dict[str, dict]] = {name: {} for name in FIELDS}
@@ -445,6 +446,7 @@ class SalesforceEmulator(EmulatorBase):
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
             return self.fault(400, "JSON_PARSER_ERROR", "The request body must be {allOrNone, records: [...]}")
         records = body["records"]
+        self.collection_sizes.append(len(records))
         if len(records) > COLLECTION_MAX:
             return self.fault(400, "EXCEEDED_ID_LIMIT",
                               f"record limit reached. cannot submit more than {COLLECTION_MAX} records into this call")
