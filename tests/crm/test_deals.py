@@ -131,9 +131,13 @@ def test_pull_deal_with_stage_amount_company_and_owner(deal_mappings, hubspot, d
     rep = django_user_model.objects.create(username="rep", email="rep@example.com")
     hubspot.add_owner(owner_id="77", email="REP@example.com")
     owners_pull(connection=deal_mappings)
+    buyer, _ = lead_upsert(data={"email": "buyer@acme.com"}, source="test")
+    outbox_drain(connection=deal_mappings)
     deal = hubspot.put("deals", {"dealname": "From CRM", "amount": "99.95", "dealstage": "closedwon",
                                  "closedate": "2026-11-01T10:00:00Z", "hubspot_owner_id": "77"})
     hubspot.associate("deals", deal["id"], "companies", company_id)
+    hubspot.associate("deals", deal["id"], "contacts", hubspot.find("contacts", "buyer@acme.com")["id"])
+    hubspot.associate("deals", deal["id"], "contacts", "999999")  # a contact we do not have: left out
     run = pull_changes(connection=deal_mappings, obj="deal")
     assert (run.pulled, run.failed) == (1, 0), run.error
     opportunity = Opportunity.objects.get(hubspot_id=deal["id"])
@@ -141,8 +145,12 @@ def test_pull_deal_with_stage_amount_company_and_owner(deal_mappings, hubspot, d
     assert opportunity.stage.key == "closed_won" and opportunity.closed_at.isoformat().startswith("2026-11-01")
     assert opportunity.account == account
     assert opportunity.owner == rep
+    assert list(opportunity.contact_roles.values_list("lead_id", flat=True)) == [buyer.pk]
     assert not OutboxItem.objects.filter(object="deal", status="pending").exists()  # not echoed
     assert ("POST", "/crm/v4/associations/deals/companies/batch/read") in hubspot.calls
+    # Both sides agree now: queued again, the deal (with its associations) is not re-sent.
+    OutboxItem.objects.create(connection=deal_mappings, object="deal", local_id=opportunity.pk)
+    assert outbox_drain(connection=deal_mappings).api_calls == 0
     # The stage mapping is data: ops remap "contractsent", and the next pull follows it.
     mapping = FieldMapping.objects.get(connection=deal_mappings, object="deal", local_field="stage")
     mapping.value_map = {**mapping.value_map, "negotiation": "decisionmakerboughtin"}
