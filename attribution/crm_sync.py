@@ -9,7 +9,8 @@ imports attribution. Our services call ``hooks.records_changed("opportunities",
   dealstage through an editable picklist mapping {our stage key: CRM stage},
   owner), and associations to the account's company and the contact roles' contacts.
 - Pulled: through ``opportunity_upsert`` (the one write path), found by the
-  CRM id, the stage by the reverse of the same value map.
+  CRM id, the stage by the reverse of the same value map; the deal's company
+  becomes the account and its contacts contact roles (``opportunity_set_contact``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,17 @@ def _write(*, instance, data: dict[str, Any], source: str):
         data["name"] = f"Deal {next((v for k, v in data.items() if k.endswith('_id') and v), '')}".strip()
     opportunity, _ = opportunity_upsert(data=data, source=source, opportunity=instance)
     return opportunity
+
+
+def _apply_associations(*, instance, linked: dict[str, list], source: str) -> None:
+    """A pulled deal's contacts become contact roles (added, never removed:
+    a role may carry what HubSpot does not know, like primary)."""
+    from attribution.services import opportunity_set_contact
+
+    have = set(instance.contact_roles.values_list("lead_id", flat=True))
+    for lead in linked.get("contact", []):
+        if lead.pk not in have:
+            opportunity_set_contact(opportunity=instance, lead=lead, source=source)
 
 
 def _associations(opportunity) -> dict[str, list[int]]:
@@ -74,6 +86,7 @@ DEAL = ObjectType(
     select_related=("stage", "owner", "account"),
     associations=_associations,
     association_fields={"company": "account"},
+    apply_associations=_apply_associations,
     # Associations are not mapped fields, but changing them must push.
     extra_trigger_fields=frozenset({"account", "contacts"}),
     readers={"stage": lambda o: o.stage.key, "pipeline": lambda o: o.pipeline.key},

@@ -149,7 +149,7 @@ def opportunity_change_stage(
 
 @transaction.atomic
 def opportunity_set_contact(
-    *, opportunity: Opportunity, lead: Lead, role: str = "", is_primary: bool = False
+    *, opportunity: Opportunity, lead: Lead, role: str = "", is_primary: bool = False, source: str = ""
 ) -> OpportunityContactRole:
     """Add or update a lead's role on a deal. Making one primary demotes the
     previous primary in the same transaction. Idempotent."""
@@ -160,8 +160,8 @@ def opportunity_set_contact(
     contact, created = OpportunityContactRole.objects.update_or_create(
         opportunity=opportunity, lead=lead, defaults={"role": role[:60], "is_primary": is_primary}
     )
-    if created:  # a new contact is a new CRM association
-        hooks.records_changed("opportunities", ids=[opportunity.pk], fields=["contacts"], source="")
+    if created:  # a new contact is a new CRM association (not queued back to the CRM it came from)
+        hooks.records_changed("opportunities", ids=[opportunity.pk], fields=["contacts"], source=source)
     return contact
 
 

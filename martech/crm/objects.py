@@ -71,6 +71,9 @@ class ObjectType:
     # Pull: associated object key -> local field taking the associated
     # record (a deal's company -> the opportunity's account).
     association_fields: dict[str, str] = field(default_factory=dict)
+    # Pull: apply_associations(*, instance, linked={other key: [local instances]}, source)
+    # for to-many associations (a deal's contacts -> contact roles). Optional.
+    apply_associations: Callable[..., None] | None = None
     # Written fields that queue a push even when no mapping names them
     # (associations, e.g. a deal's account).
     extra_trigger_fields: frozenset[str] = frozenset()

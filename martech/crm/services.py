@@ -559,6 +559,14 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
         written = object_type.write(instance=instance, data=data, source=f"crm:{connection.provider}")
         if written is None:
             return "skipped"
+        if take_all and object_type.apply_associations and pulled.associations:
+            linked = {}
+            for other, remote_ids in pulled.associations.items():
+                if other in object_type.association_fields:
+                    continue
+                found = [_local_by_remote_id(connection, objects.get(other), r) for r in remote_ids]
+                linked[other] = [f for f in found if f is not None]  # ones we do not have yet come with their pull
+            object_type.apply_associations(instance=written, linked=linked, source=f"crm:{connection.provider}")
         _mark_synced(connection, object_type, written, pulled.remote_id)
     return "pulled"
 

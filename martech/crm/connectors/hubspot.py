@@ -51,8 +51,9 @@ OBJECTS = {
     "deal": HubSpotObject("deals", "deals", "martech_deal_id", "hs_lastmodifieddate", "deal_id"),
     "task": HubSpotObject("tasks", "objects.tasks", "martech_task_id", "hs_lastmodifieddate", "task_id"),
 }
-# Associations read back on pull (a deal's company becomes the opportunity's account).
-PULL_ASSOCIATIONS = {"deal": ("company",)}
+# Associations read back on pull (a deal's company becomes the opportunity's
+# account, its contacts the opportunity's contact roles).
+PULL_ASSOCIATIONS = {"deal": ("company", "contact")}
 
 PAGE = 100
 
