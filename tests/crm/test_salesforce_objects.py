@@ -29,7 +29,7 @@ def sf_objects(sf_connection):
         ("company", "employee_count", "NumberOfEmployees", "number", {}),
         ("deal", "name", "Name", "text", {}),
         ("deal", "amount", "Amount", "number", {}),
-        ("deal", "closed_at", "CloseDate", "date", {"default": "2099-12-31"}),
+        ("deal", "closed_at", "CloseDate", "date", {"default": "2099-12-31", "direction": "push"}),
         ("deal", "stage", "StageName", "picklist", {"value_map": SF_STAGES}),
     ]:
         FieldMapping.objects.create(connection=sf_connection, object=obj, local_field=local, remote_field=remote,
@@ -94,6 +94,13 @@ def test_opportunity_push_with_account_and_pull_back(sf_objects, salesforce):
     assert opportunity.amount == Decimal("5000")
     assert opportunity.stage.key == "negotiation"  # through the picklist value map, via opportunity_change_stage
     assert Opportunity.objects.count() == 1
+    # An Opportunity made in Salesforce on that Account comes in linked to our account (AccountId).
+    salesforce.put("Opportunity", {"Name": "Upsell", "StageName": "Prospecting", "CloseDate": "2027-01-31",
+                                   "AccountId": acct["Id"], "Amount": "10"})
+    run = pull_changes(connection=sf_objects, obj="deal", full=True)  # the edit above was stamped 5 s ahead
+    assert (run.pulled, run.failed) == (2, 0), run.error  # both Opportunities again (full), no new duplicate
+    assert Opportunity.objects.count() == 2
+    assert Opportunity.objects.get(name="Upsell").account == account
 
 
 @pytest.fixture

@@ -404,6 +404,9 @@ class SalesforceConnector:
                     continue
                 name = CONTACT_RENAMES.get(name, name)
             wanted.add(name)
+        # Lookups read back as associations (the engine links an Opportunity's Account).
+        lookups = {field: other for (obj, other), field in LOOKUPS.items() if SOBJECTS[obj] == target}
+        wanted.update(lookups)
         where = ["IsConverted = false"] if target == "Lead" else []
         if cursor:
             where.append(f"SystemModstamp > {soql_datetime(cursor)}")
@@ -415,7 +418,8 @@ class SalesforceConnector:
         for row in self._query(soql):
             props = {back.get(k, k): ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
                      for k, v in row.items() if k != "attributes"}
-            yield Pulled(row["Id"], props, row["SystemModstamp"])
+            links = {other: [row[field]] for field, other in lookups.items() if row.get(field)}
+            yield Pulled(row["Id"], props, row["SystemModstamp"], associations=links)
 
     def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
         """Records changed after ``cursor`` in SystemModstamp order. For leads,
