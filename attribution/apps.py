@@ -11,3 +11,7 @@ class AttributionConfig(AppConfig):
 
         signals.events_ingested.connect(receivers.on_events_ingested, dispatch_uid="attribution_events_ingested")
         # Opportunity changes queue their recompute in attribution.services (once per transaction), not here.
+        # Opportunities sync as CRM deals (martech.crm's object registry).
+        from attribution.crm_sync import register_deal
+
+        register_deal()

@@ -13,7 +13,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from attribution.models import CampaignSpend, Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange, Pipeline
-from martech import signals
+from martech import hooks, signals
 from martech.models import Campaign, Lead
 
 CRM_KEYS = ("salesforce_id", "hubspot_id")
@@ -136,6 +136,8 @@ def opportunity_upsert(
             opportunity=opportunity, to_stage=stage, changed_at=opportunity.created_at,
             actor=_user(actor), source=source[:100],
         )
+        hooks.records_changed("opportunities", ids=[opportunity.pk], fields=OPPORTUNITY_FIELDS, created=True,
+                              source=source)
         _announce(opportunity, "created")
         if stage.is_closed:
             _announce(opportunity, "won" if stage.is_won else "lost")
@@ -151,6 +153,8 @@ def opportunity_upsert(
     opportunity.save()
     if [getattr(opportunity, f) for f in CREDIT_FIELDS] != before:
         attribution_recompute_queue(opportunity_id=opportunity.pk)
+    # In this transaction: the CRM outbox queues the push (crm_sync.py).
+    hooks.records_changed("opportunities", ids=[opportunity.pk], fields=[*data, "pipeline"], source=source)
     if stage is not None:
         opportunity_change_stage(opportunity=opportunity, to_stage=stage, actor=actor, source=source)
     return opportunity, False
@@ -182,6 +186,7 @@ def opportunity_change_stage(
     closed_at = (opportunity.closed_at or when) if to_stage.is_closed else None
     Opportunity.objects.filter(pk=locked.pk).update(stage=to_stage, closed_at=closed_at, updated_at=timezone.now())
     opportunity.stage, opportunity.closed_at = to_stage, closed_at
+    hooks.records_changed("opportunities", ids=[locked.pk], fields=["stage", "closed_at"], source=source)
     if to_stage.is_closed:
         _announce(opportunity, "won" if to_stage.is_won else "lost")
     else:
@@ -192,7 +197,7 @@ def opportunity_change_stage(
 
 @transaction.atomic
 def opportunity_set_contact(
-    *, opportunity: Opportunity, lead: Lead, role: str = "", is_primary: bool = False
+    *, opportunity: Opportunity, lead: Lead, role: str = "", is_primary: bool = False, source: str = ""
 ) -> OpportunityContactRole:
     """Add or update a lead's role on a deal. Making one primary demotes the
     previous primary in the same transaction. Idempotent."""
@@ -204,8 +209,10 @@ def opportunity_set_contact(
         opportunity=opportunity, lead=lead, defaults={"role": role[:60], "is_primary": is_primary}
     )
     if created:
-        # A new lead brings its touches into the path; a role or primary change moves no credit.
+        # A new lead brings its touches into the path (a role or primary change moves no credit),
+        # and is a new CRM association (not queued back to the CRM it came from).
         attribution_recompute_queue(opportunity_id=opportunity.pk)
+        hooks.records_changed("opportunities", ids=[opportunity.pk], fields=["contacts"], source=source)
     return contact
 
 

@@ -1,21 +1,26 @@
-"""Push N changed leads through the CRM outbox to the HubSpot emulator.
+"""Push N changed leads through the CRM outbox to the HubSpot and the
+Salesforce emulators.
 
-Runs against the DATABASE_URL database (migrated). Starts the emulator as a
-separate process on a free loopback port (``manage.py crm_emulator --port 0``,
-latency 0) so this process's peak memory is the sync's alone. Creates N leads
-under a run prefix, queues them (as the lead hook does), drains the outbox
-end to end (claim, payload, hash check, HTTP batch upsert through
-hubspot-api-client, push state, HubSpot ids written back), then queues them all
+Runs against the DATABASE_URL database (migrated). Starts each emulator as a
+separate process on a free loopback port (``manage.py crm_emulator
+[--provider salesforce] --port 0``, latency 0; Salesforce over TLS with a
+certificate generated into a temp dir) so this process's peak memory is the
+sync's alone. Creates N leads under a run prefix, queues them (as the lead
+hook does), drains the outbox end to end (claim, payload, hash check, HTTP
+batch upsert through hubspot-api-client / sObject Collections through
+simple-salesforce, push state, CRM ids written back), then queues them all
 again unchanged and drains once more: that must make zero write calls.
 Deletes its rows at the end.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/crm_sync.py [--quick]
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/crm_sync.py [--quick] [--provider P]
 
---quick: N = 10,000 (under a minute). Full: N = 10,000 and 100,000, to compare
-peak memory. Prints one JSON line per figure and writes bench/results/crm_sync.json.
+--quick: N = 10,000 (under a minute per provider). Full: N = 10,000 and
+100,000, to compare peak memory (each size in its own process, so each peak
+is that size's own). Prints one JSON line per figure and writes
+bench/results/crm_sync.json.
 
-The Salesforce figures (50 calls per 10,000 with Collections) are not here:
-the Salesforce connector is not built yet.
+Then, with HubSpot, N = 10,000 accounts pushed as HubSpot companies (batch
+upsert by domain): calls used, records per second, and the unchanged rerun.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -42,7 +48,7 @@ from django.utils import timezone  # noqa: E402
 
 from martech.crm.models import Connection, FieldMapping, OutboxItem, PushState, SyncRun  # noqa: E402
 from martech.crm.services import outbox_drain  # noqa: E402
-from martech.models import Lead, LifecycleStage  # noqa: E402
+from martech.models import Account, Lead, LifecycleStage  # noqa: E402
 
 settings.DEBUG = False  # no query log growing with N
 
@@ -51,9 +57,21 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def start_emulator() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "crm_emulator", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+MAPPINGS = {
+    "hubspot": [("email", "email", ""), ("first_name", "firstname", ""), ("last_name", "lastname", ""),
+                ("job_title", "jobtitle", ""), ("country", "country", "")],
+    "salesforce": [("email", "Email", ""), ("first_name", "FirstName", ""), ("last_name", "LastName", ""),
+                   ("job_title", "Title", ""), ("country", "Country", ""),
+                   ("company_name", "Company", "[not provided]")],
+}
+PER_CALL = {"hubspot": 100, "salesforce": 200}
+
+
+def start_emulator(provider: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "crm_emulator", "--provider", provider,
+                             "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
     line = proc.stdout.readline().strip()
     if "emulator on " not in line:
         proc.kill()
@@ -61,14 +79,12 @@ def start_emulator() -> tuple[subprocess.Popen, str]:
     return proc, line.rsplit(" ", 1)[1]
 
 
-def one_size(n: int, url: str, stage: LifecycleStage) -> list[dict]:
+def one_size(provider: str, n: int, stage: LifecycleStage) -> list[dict]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
-    Connection.objects.filter(provider="hubspot").delete()
-    connection = Connection.objects.create(provider="hubspot", name="bench", daily_api_limit=10_000_000)
-    for local, remote in [("email", "email"), ("first_name", "firstname"), ("last_name", "lastname"),
-                          ("job_title", "jobtitle"), ("country", "country")]:
-        FieldMapping.objects.create(connection=connection, local_field=local, remote_field=remote)
+    Connection.objects.filter(provider=provider).delete()
+    connection = Connection.objects.create(provider=provider, name="bench", daily_api_limit=10_000_000)
+    for local, remote, default in MAPPINGS[provider]:
+        FieldMapping.objects.create(connection=connection, local_field=local, remote_field=remote, default=default)
     ids: list[int] = []
     for start in range(0, n, 5000):  # chunks keep setup memory flat too
         rows = [Lead(email=f"{prefix}-{i}@example.org", first_name=f"F{i}", last_name="Bench", job_title="Buyer",
@@ -96,14 +112,17 @@ def one_size(n: int, url: str, stage: LifecycleStage) -> list[dict]:
     second = outbox_drain(connection=connection)
     elapsed2 = time.perf_counter() - t1
     assert run.pushed == n and run.failed == 0, (run.pushed, run.failed, run.error)
+    p = provider
     figures = [
-        {"metric": f"hubspot_push_{n}_api_calls", "value": run.api_calls, "unit": "calls",
-         "minimum": -(-n // 100)},
-        {"metric": f"hubspot_push_{n}_records_per_s", "value": round(n / elapsed, 1), "unit": "records/s"},
-        {"metric": f"hubspot_push_{n}_records_per_cpu_s", "value": round(n / cpu, 1), "unit": "records/cpu-s"},
-        {"metric": f"hubspot_push_{n}_peak_rss", "value": round(rss_after, 1), "unit": "MB",
+        {"metric": f"{p}_push_{n}_api_calls", "value": run.api_calls, "unit": "calls",
+         "minimum": -(-n // PER_CALL[p])},
+        {"metric": f"{p}_push_{n}_records_per_s", "value": round(n / elapsed, 1), "unit": "records/s",
+         "seconds": round(elapsed, 2), "loadavg_1m": round(os.getloadavg()[0], 2)},
+        {"metric": f"{p}_push_{n}_records_per_cpu_s", "value": round(n / cpu, 1), "unit": "records/cpu-s",
+         "cpu_seconds": round(cpu, 2)},
+        {"metric": f"{p}_push_{n}_peak_rss", "value": round(rss_after, 1), "unit": "MB",
          "rss_before_drain": round(rss_before, 1)},
-        {"metric": f"hubspot_push_{n}_unchanged_write_calls", "value": second.api_calls, "unit": "calls",
+        {"metric": f"{p}_push_{n}_unchanged_write_calls", "value": second.api_calls, "unit": "calls",
          "skipped": second.skipped, "seconds": round(elapsed2, 2)},
     ]
     # Clean up this run's rows.
@@ -111,32 +130,117 @@ def one_size(n: int, url: str, stage: LifecycleStage) -> list[dict]:
     PushState.objects.filter(connection=connection).delete()
     SyncRun.objects.filter(connection=connection).delete()
     connection.delete()
-    Lead.objects.filter(email__startswith=f"{prefix}-").delete()
+    # Chunked, so the cleanup does not hold every lead in memory at once.
+    for start in range(0, len(ids), 5000):
+        Lead.objects.filter(pk__in=ids[start:start + 5000]).delete()
     return figures
+
+
+def companies(n: int, url: str) -> list[dict]:
+    """N accounts -> HubSpot companies, upserted by domain, 100 per call."""
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
+    Connection.objects.filter(provider="hubspot").delete()
+    connection = Connection.objects.create(provider="hubspot", name="bench", daily_api_limit=10_000_000)
+    for local, remote, kind in [("domain", "domain", "text"), ("name", "name", "text"),
+                                ("industry", "industry", "text"), ("employee_count", "numberofemployees", "number"),
+                                ("country", "country", "text")]:
+        FieldMapping.objects.create(connection=connection, object="company", local_field=local, remote_field=remote,
+                                    kind=kind)
+    for start in range(0, n, 5000):
+        Account.objects.bulk_create(
+            [Account(name=f"Co {i}", domain=f"{prefix}-{i}.example.com", industry="Retail", employee_count=i % 900,
+                     country="US") for i in range(start, min(n, start + 5000))], batch_size=1000)
+    ids = list(Account.objects.filter(domain__startswith=f"{prefix}-").values_list("pk", flat=True))
+
+    def queue():
+        now = timezone.now()
+        for start in range(0, len(ids), 5000):
+            OutboxItem.objects.bulk_create(
+                [OutboxItem(connection=connection, object="company", local_id=i, next_attempt_at=now, created_at=now)
+                 for i in ids[start:start + 5000]], ignore_conflicts=True, batch_size=1000)
+
+    queue()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    run = outbox_drain(connection=connection)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    queue()
+    second = outbox_drain(connection=connection)
+    assert run.pushed == n and run.failed == 0, (run.pushed, run.failed, run.error)
+    figures = [
+        {"metric": f"hubspot_companies_push_{n}_api_calls", "value": run.api_calls, "unit": "calls",
+         "minimum": -(-n // 100)},
+        {"metric": f"hubspot_companies_push_{n}_records_per_s", "value": round(n / elapsed, 1), "unit": "records/s",
+         "cpu_s": round(cpu, 2), "wall_s": round(elapsed, 2)},
+        {"metric": f"hubspot_companies_push_{n}_unchanged_write_calls", "value": second.api_calls, "unit": "calls",
+         "skipped": second.skipped},
+    ]
+    OutboxItem.objects.filter(connection=connection).delete()
+    PushState.objects.filter(connection=connection).delete()
+    SyncRun.objects.filter(connection=connection).delete()
+    connection.delete()
+    Account.objects.filter(domain__startswith=f"{prefix}-").delete()
+    return figures
+
+
+def run_single(provider: str, n: int) -> list[dict]:
+    """One provider at one size in this process (its peak memory is this size's alone);
+    provider "hubspot_companies" pushes N accounts as HubSpot companies."""
+    stage = LifecycleStage.objects.get(key="lead")
+    with tempfile.TemporaryDirectory() as certs:
+        if provider == "salesforce":
+            proc, url = start_emulator(provider, {"MARTECH_CRM_SALESFORCE_EMULATOR_CERT_DIR": certs})
+            settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SALESFORCE_URL": url,
+                                    "SALESFORCE_CA_CERT": str(Path(certs) / "salesforce-emulator.pem")}
+        else:
+            proc, url = start_emulator("hubspot")
+            settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
+        try:
+            if provider == "hubspot_companies":
+                return companies(n, url)
+            return one_size(provider, n, stage)
+        finally:
+            proc.terminate()
+            proc.wait()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--provider", choices=["hubspot", "salesforce"], action="append",
+                        help="Default: both.")
+    parser.add_argument("--single", nargs=2, metavar=("PROVIDER", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "crm_sync.json"))
     args = parser.parse_args()
+    if args.single:
+        for line in run_single(args.single[0], int(args.single[1])):
+            print(json.dumps(line), flush=True)
+        return 0
     sizes = [10_000] if args.quick else [10_000, 100_000]
-    if Connection.objects.filter(provider="hubspot").exclude(name="bench").exists():
+    providers = args.provider or ["hubspot", "salesforce"]
+    if Connection.objects.filter(provider__in=providers).exclude(name="bench").exists():
         raise SystemExit(json.dumps({"error": {"code": "db_in_use",
-                                               "message": "Run on a bench database without a real HubSpot connection."}}))
-    stage = LifecycleStage.objects.get(key="lead")
-    proc, url = start_emulator()
+                                               "message": "Run on a bench database without a real CRM connection."}}))
     out = []
-    try:
-        for n in sizes:
-            for line in one_size(n, url, stage):
-                print(json.dumps(line), flush=True)
-                out.append(line)
-    finally:
-        proc.terminate()
-        proc.wait()
-    meta = {"quick": args.quick, "sizes": sizes, "database": settings.DATABASES["default"]["ENGINE"],
-            "loadavg": os.getloadavg(), "emulator_latency_s": 0}
+    load_start = os.getloadavg()
+    runs = [(p, n) for p in providers for n in sizes]
+    if "hubspot" in providers:
+        runs.append(("hubspot_companies", 10_000))
+    for provider, n in runs:
+        # A fresh process per size, so each peak_rss is that size's own.
+        done = subprocess.run([sys.executable, __file__, "--single", provider, str(n)], cwd=ROOT,
+                              capture_output=True, text=True)
+        lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith('{"metric"')]
+        if done.returncode != 0 or not lines:
+            raise SystemExit(json.dumps({"error": {"code": "bench_failed", "message":
+                                                   f"{provider} {n}: {done.stderr[-2000:]}"}}))
+        for line in lines:
+            print(json.dumps(line), flush=True)
+            out.append(line)
+    meta = {"quick": args.quick, "sizes": sizes, "providers": providers,
+            "database": settings.DATABASES["default"]["ENGINE"], "loadavg_start": load_start,
+            "loadavg": os.getloadavg(), "cpu_count": os.cpu_count(), "emulator_latency_s": 0,
+            "process_per_size": True}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "figures": out}, indent=2) + "\n")
     return 0

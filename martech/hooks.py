@@ -23,6 +23,8 @@ class ChangeHook(Protocol):
 _lead_hooks: list[ChangeHook] = []
 _account_hooks: list[ChangeHook] = []
 _task_hooks: list[ChangeHook] = []
+# Change hooks of later stages' records (e.g. "opportunities"), by kind.
+_kind_hooks: dict[str, list[ChangeHook]] = {"leads": _lead_hooks, "accounts": _account_hooks, "tasks": _task_hooks}
 # Named providers a later stage supplies to an earlier one (see provide()).
 _providers: dict[str, Callable] = {}
 
@@ -70,6 +72,22 @@ def tasks_changed(*, ids: Iterable[int], fields: Iterable[str], created: bool = 
     _run(_task_hooks, ids, fields, created, source)
 
 
+def on_records_changed(kind: str, fn: ChangeHook) -> ChangeHook:
+    """Register a change hook for any kind of record, including a later
+    stage's (attribution calls ``records_changed("opportunities", ...)`` in
+    its writing transaction; the CRM outbox subscribes without importing it).
+    "leads", "accounts" and "tasks" are the same lists as the functions above."""
+    hooks = _kind_hooks.setdefault(kind, [])
+    if fn not in hooks:
+        hooks.append(fn)
+    return fn
+
+
+def records_changed(kind: str, *, ids: Iterable[int], fields: Iterable[str], created: bool = False,
+                    source: str = "") -> None:
+    _run(_kind_hooks.get(kind, []), ids, fields, created, source)
+
+
 def provide(name: str, fn: Callable) -> None:
     """A later stage offers a capability to the core without the core
     importing it, e.g. routing: ``provide("assign_owner", fn)`` where
@@ -87,5 +105,4 @@ def call(name: str, /, **kwargs):
 
 def registered() -> dict[str, list[Callable]]:
     """What is registered (for tests and the admin's diagnostics)."""
-    return {"leads": list(_lead_hooks), "accounts": list(_account_hooks), "tasks": list(_task_hooks),
-            "providers": dict(_providers)}
+    return {**{kind: list(fns) for kind, fns in _kind_hooks.items()}, "providers": dict(_providers)}

@@ -333,6 +333,25 @@ MARTECH_CRM = {
     "HUBSPOT_TOKEN": env.str("MARTECH_CRM_HUBSPOT_TOKEN", default="emulator-token"),
     "HUBSPOT_APP_SECRET": env.str("MARTECH_CRM_HUBSPOT_APP_SECRET", default="emulator-secret"),
     "HUBSPOT_EMULATOR_PORT": env.int("MARTECH_CRM_HUBSPOT_EMULATOR_PORT", default=8471),
+    # Salesforce: the instance URL and OAuth credentials; the access token is
+    # renewed once with the refresh token when it expires.
+    "SALESFORCE_URL": env.str("MARTECH_CRM_SALESFORCE_URL", default="https://127.0.0.1:8472"),
+    "SALESFORCE_API_VERSION": env.str("MARTECH_CRM_SALESFORCE_API_VERSION", default="59.0"),
+    "SALESFORCE_ACCESS_TOKEN": env.str("MARTECH_CRM_SALESFORCE_ACCESS_TOKEN", default="emulator-session"),
+    "SALESFORCE_REFRESH_TOKEN": env.str("MARTECH_CRM_SALESFORCE_REFRESH_TOKEN", default="emulator-refresh"),
+    "SALESFORCE_CLIENT_ID": env.str("MARTECH_CRM_SALESFORCE_CLIENT_ID", default="emulator-client"),
+    "SALESFORCE_CLIENT_SECRET": env.str("MARTECH_CRM_SALESFORCE_CLIENT_SECRET", default="emulator-secret"),
+    # CA bundle the connector trusts for the instance ("" = the system's); the
+    # default is the certificate the local emulator generates.
+    "SALESFORCE_CA_CERT": env.str("MARTECH_CRM_SALESFORCE_CA_CERT",
+                                  default=str(BASE_DIR / "var" / "crm" / "salesforce-emulator.pem")),
+    "SALESFORCE_EMULATOR_CERT_DIR": env.str("MARTECH_CRM_SALESFORCE_EMULATOR_CERT_DIR",
+                                            default=str(BASE_DIR / "var" / "crm")),
+    "SALESFORCE_EMULATOR_PORT": env.int("MARTECH_CRM_SALESFORCE_EMULATOR_PORT", default=8472),
+    # New leads go to this sObject; a lead with a Salesforce Contact id (a converted lead) goes to Contact.
+    "SALESFORCE_NEW_LEADS_AS": env.str("MARTECH_CRM_SALESFORCE_NEW_LEADS_AS", default="Lead"),
+    # A drain batch of more records than this goes through Bulk API 2.0 instead of Collections (200 per call).
+    "SALESFORCE_BULK_ABOVE": env.int("MARTECH_CRM_SALESFORCE_BULK_ABOVE", default=2000),
     "TIMEOUT": env.float("MARTECH_CRM_TIMEOUT", default=30.0),
     "RETRIES": env.int("MARTECH_CRM_RETRIES", default=4),
     "BACKOFF_BASE": env.float("MARTECH_CRM_BACKOFF_BASE", default=0.5),

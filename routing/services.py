@@ -524,6 +524,45 @@ def crm_owner_id_provider(*, lead_id: int, provider: str) -> str | None:
     return value or None
 
 
+_CRM_ID_FIELD = {"hubspot": "hubspot_owner_id", "salesforce": "salesforce_user_id"}
+
+
+def crm_user_owner_id_provider(*, user_id: int, provider: str) -> str | None:
+    """``hooks.call("crm_user_owner_id", ...)``: the CRM owner id of the rep
+    who is this user (an account's or opportunity's owner, a task's)."""
+    column = _CRM_ID_FIELD.get(provider)
+    if column is None:
+        return None
+    return Rep.objects.filter(user_id=user_id).exclude(**{column: ""}).values_list(column, flat=True).first()
+
+
+def crm_owner_user_id_provider(*, remote_owner_id: str, provider: str) -> int | None:
+    """``hooks.call("crm_owner_user_id", ...)``: the user behind a pulled CRM owner id."""
+    column = _CRM_ID_FIELD.get(provider)
+    if column is None or not remote_owner_id:
+        return None
+    return Rep.objects.filter(**{column: remote_owner_id}, user__isnull=False).values_list(
+        "user_id", flat=True).first()
+
+
+def crm_owners_pulled_provider(*, provider: str, owners: list[dict]) -> int:
+    """``hooks.call("crm_owners_pulled", ...)``: after the CRM sync pulls the
+    owners (HubSpot owners, Salesforce users), give each rep whose email
+    matches an owner that owner's id. A rep's id set by hand is kept.
+    Returns how many reps were linked."""
+    column = _CRM_ID_FIELD.get(provider)
+    if column is None:
+        return 0
+    by_email = {o["email"].lower(): o["remote_id"] for o in owners if o.get("email") and o.get("is_active", True)}
+    linked = 0
+    for rep in Rep.objects.filter(**{column: ""}):
+        remote_id = by_email.get(rep.email.lower())
+        if remote_id:
+            Rep.objects.filter(pk=rep.pk).update(**{column: remote_id})
+            linked += 1
+    return linked
+
+
 # --- Waiting queue, deactivation, unrouted sweep -------------------------------
 
 

@@ -8,5 +8,9 @@ class CrmConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registers the in-transaction outbox hooks (martech.hooks).
+        # The core object types (contact, company, task), and the outbox's
+        # in-transaction hooks for every type registered (martech.hooks).
         from martech.crm import outbox  # noqa: F401
+        from martech.crm.types import register_core
+
+        register_core()

@@ -1,6 +1,10 @@
 """CRM sync state: connections, field mappings as data, the outbox, dead
 letters, runs, webhook receipts, lifecycle mapping and pulled CRM owners.
 
+Sync state is per (connection, object type, local record): ``object`` is a
+key of the object registry (martech.crm.objects), e.g. contact, company,
+deal, task.
+
 Credentials never live here: a Connection names a provider; its URL and token
 come from settings (environment), so nothing secret reaches the admin.
 """
@@ -40,11 +44,12 @@ class Connection(models.Model):
         return self.name
 
 
-class CrmObject(models.TextChoices):
-    CONTACT = "contact", "Contact / Lead"
-    COMPANY = "company", "Company / Account"
-    DEAL = "deal", "Deal / Opportunity"
-    TASK = "task", "Task"
+def object_choices() -> list[tuple[str, str]]:
+    """The registered object types (martech.crm.objects); callable, so a
+    later stage registering one needs no migration here."""
+    from martech.crm.objects import choices
+
+    return choices()
 
 
 class FieldMapping(models.Model):
@@ -67,7 +72,7 @@ class FieldMapping(models.Model):
         REMOTE = "remote", "CRM"
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="mappings")
-    object = models.CharField(max_length=20, choices=CrmObject.choices, default=CrmObject.CONTACT)
+    object = models.CharField(max_length=20, choices=object_choices, default="contact")
     local_field = models.CharField(
         max_length=100, help_text="Model field, or properties.<key> for a custom property."
     )
@@ -105,7 +110,7 @@ class FieldMapping(models.Model):
 
 class SyncCursor(models.Model):
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="cursors")
-    object = models.CharField(max_length=20, choices=CrmObject.choices)
+    object = models.CharField(max_length=20, choices=object_choices)
     value = models.CharField(max_length=64, blank=True, help_text="Last modification time seen (ISO 8601).")
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -124,7 +129,7 @@ class OutboxItem(models.Model):
         DEAD = "dead", "Dead letter"
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="outbox")
-    object = models.CharField(max_length=20, choices=CrmObject.choices)
+    object = models.CharField(max_length=20, choices=object_choices)
     local_id = models.BigIntegerField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -161,7 +166,7 @@ class PushState(models.Model):
     hash, so an unchanged payload is not sent again."""
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="push_states")
-    object = models.CharField(max_length=20, choices=CrmObject.choices)
+    object = models.CharField(max_length=20, choices=object_choices)
     local_id = models.BigIntegerField()
     remote_id = models.CharField(max_length=64, blank=True)
     payload_hash = models.CharField(max_length=64, blank=True)
@@ -171,6 +176,8 @@ class PushState(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["connection", "object", "local_id"], name="crm_pushstate_unique"),
         ]
+        # A pulled record is matched to ours by the remote id we pushed or pulled.
+        indexes = [models.Index(fields=["connection", "object", "remote_id"], name="crm_pushstate_remote")]
 
 
 class SyncRun(models.Model):
@@ -181,7 +188,7 @@ class SyncRun(models.Model):
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="runs")
     kind = models.CharField(max_length=10, choices=Kind.choices)
-    object = models.CharField(max_length=20, choices=CrmObject.choices, blank=True)
+    object = models.CharField(max_length=20, choices=object_choices, blank=True)
     started_at = models.DateTimeField(default=timezone.now, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     pushed = models.PositiveIntegerField(default=0)

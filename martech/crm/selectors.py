@@ -6,7 +6,8 @@ import datetime as dt
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
-from martech.crm.models import Connection, OutboxItem, SyncRun
+from martech.crm import objects
+from martech.crm.models import Connection, OutboxItem, PushState, SyncCursor, SyncRun
 
 
 def connection_health(*, connection: Connection) -> dict:
@@ -30,4 +31,32 @@ def connection_health(*, connection: Connection) -> dict:
         "last_error_at": connection.last_error_at,
         "stopped_reason": connection.stopped_reason,
         "dead_letters": outbox["dead"],
+        "by_object": _by_object(connection, now),
     }
+
+
+def _by_object(connection: Connection, now) -> list[dict]:
+    """Per object type: backlog, oldest pending, dead letters, records in
+    sync (pushed or pulled), the pull cursor, and the last 24 h of pulls."""
+    outbox = {row["object"]: row for row in OutboxItem.objects.filter(connection=connection).values("object")
+              .annotate(backlog=Count("pk", filter=Q(status="pending")),
+                        oldest=Min("created_at", filter=Q(status="pending")),
+                        dead=Count("pk", filter=Q(status="dead")))}
+    synced = dict(PushState.objects.filter(connection=connection).values("object").annotate(n=Count("pk"))
+                  .values_list("object", "n"))
+    cursors = dict(SyncCursor.objects.filter(connection=connection).values_list("object", "value"))
+    pulls = {row["object"]: row for row in SyncRun.objects.filter(
+        connection=connection, kind=SyncRun.Kind.PULL, started_at__gte=now - dt.timedelta(hours=24))
+        .values("object").annotate(runs=Count("pk"), ok=Count("pk", filter=Q(error="", failed=0)))}
+    rows = []
+    keys = {o.key for o in objects.all_types()}
+    for key in sorted(keys | set(outbox) | set(synced)):
+        row = outbox.get(key, {})
+        label = objects.get(key).label if key in keys else f"{key} (not registered)"
+        rows.append({
+            "object": key, "label": label, "backlog": row.get("backlog", 0), "dead": row.get("dead", 0),
+            "oldest_age_seconds": int((now - row["oldest"]).total_seconds()) if row.get("oldest") else None,
+            "in_sync": synced.get(key, 0), "cursor": cursors.get(key, ""),
+            "pull_runs_24h": pulls.get(key, {}).get("runs", 0), "pull_ok_24h": pulls.get(key, {}).get("ok", 0),
+        })
+    return rows

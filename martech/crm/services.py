@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from martech import hooks
+from martech.crm import objects
 from martech.crm.connectors import connector_for
 from martech.crm.connectors.base import AuthError, Connector, PermanentError, PushRecord, TransientError
 from martech.crm.models import (
@@ -43,39 +44,50 @@ class PayloadError(ValueError):
 # --- payloads -----------------------------------------------------------------
 
 class PayloadBuilder:
-    """Turns leads into CRM properties for one connection, with the
-    mappings, lifecycle values and owners loaded once."""
+    """Turns local records of one object type into CRM properties for one
+    connection, with the mappings, lifecycle values and owners loaded once."""
 
-    def __init__(self, connection: Connection, obj: str = "contact"):
+    def __init__(self, connection: Connection, obj: str | objects.ObjectType = "contact"):
         self.connection = connection
-        self.mappings = [m for m in connection.mappings.filter(object=obj).order_by("pk") if m.pushes]
+        self.obj = objects.get(obj) if isinstance(obj, str) else obj
+        self.mappings = [m for m in connection.mappings.filter(object=self.obj.key).order_by("pk") if m.pushes]
         self.stage_values = {
             lm.stage.key: lm.remote_value
             for lm in LifecycleMapping.objects.filter(connection=connection, push_default=True).select_related("stage")
-        }
+        } if any(m.local_field == "lifecycle_stage" for m in self.mappings) else {}
         self.owner_by_email = {
             o.email.lower(): o.remote_id for o in CrmOwner.objects.filter(connection=connection, is_active=True)
             if o.email
-        }
+        } if any(m.local_field == "owner" for m in self.mappings) else {}
 
-    def owner_id(self, lead: Lead) -> str:
-        provided = hooks.call("crm_owner_id", lead_id=lead.pk, provider=self.connection.provider)
+    def owner_id(self, instance) -> str:
+        """The CRM owner id for the record's owner: a provider first (routing
+        knows each rep's CRM owner id), else the owner's email matched
+        against the pulled CRM owners; "" when neither knows."""
+        provider = self.connection.provider
+        if self.obj.key == "contact":
+            provided = hooks.call("crm_owner_id", lead_id=instance.pk, provider=provider)
+        else:
+            provided = (hooks.call("crm_user_owner_id", user_id=instance.owner_id, provider=provider)
+                        if getattr(instance, "owner_id", None) else None)
         if provided:
             return str(provided)
-        email = getattr(lead.owner, "email", "") if lead.owner_id else ""
-        return self.owner_by_email.get((email or "").lower(), "")
+        owner = getattr(instance, "owner", None) if getattr(instance, "owner_id", None) else None
+        return self.owner_by_email.get((getattr(owner, "email", "") or "").lower(), "")
 
-    def payload(self, lead: Lead) -> dict[str, str]:
+    def payload(self, instance) -> dict[str, str]:
         out: dict[str, str] = {}
         for m in self.mappings:
             if m.local_field == "owner":
-                value = self.owner_id(lead)
+                value = self.owner_id(instance)
             elif m.local_field == "lifecycle_stage" and self.stage_values:
-                key = read_local(lead, "lifecycle_stage")
+                key = read_local(instance, "lifecycle_stage")
                 value = self.stage_values.get(key, "") if key else ""
             else:
+                reader = self.obj.readers.get(m.local_field)
                 try:
-                    value = to_remote(m.kind, read_local(lead, m.local_field), m.value_map)
+                    raw = reader(instance) if reader else read_local(instance, m.local_field)
+                    value = to_remote(m.kind, raw, m.value_map)
                 except (TransformError, ArithmeticError, ValueError) as exc:
                     raise PayloadError(f"{m.local_field}: {exc}") from None
             if value == "" and m.default:
@@ -88,18 +100,58 @@ class PayloadBuilder:
         return out
 
 
-def payload_hash(properties: dict[str, str]) -> str:
+def payload_hash(properties: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(properties, sort_keys=True).encode()).hexdigest()
+
+
+def _remote_ids(connection: Connection, wanted: dict[str, set[int]]) -> dict[tuple[str, int], str]:
+    """(object key, local id) -> remote id, from what was pushed or pulled,
+    else the local model's remote id column."""
+    out: dict[tuple[str, int], str] = {}
+    for key, ids in wanted.items():
+        if not ids:
+            continue
+        for local_id, remote_id in PushState.objects.filter(
+                connection=connection, object=key, local_id__in=ids).exclude(remote_id="").values_list(
+                "local_id", "remote_id"):
+            out[(key, local_id)] = remote_id
+        missing = [i for i in ids if (key, i) not in out]
+        if missing:
+            other = objects.get(key)
+            column = other.id_field(connection.provider)
+            for local_id, remote_id in other.model_class.objects.filter(pk__in=missing).exclude(
+                    **{f"{column}__isnull": True}).exclude(**{column: ""}).values_list("pk", column):
+                out[(key, local_id)] = remote_id
+    return out
+
+
+def payload_preview(*, connection: Connection, obj: str, instance, connector: Connector | None = None
+                    ) -> dict[str, Any]:
+    """The exact request body the drain would send for one record (admin
+    action): the connector's own batch body for a batch of one, with
+    associations resolved as the drain resolves them."""
+    object_type = objects.get(obj)
+    connector = connector or connector_for(connection)
+    try:
+        properties = PayloadBuilder(connection, object_type).payload(instance)
+    except PayloadError as exc:
+        return {"error": str(exc)}
+    key = object_type.upsert_key(instance) or (str(instance.pk) if getattr(connector, "upserts_by_local_id", False)
+                                                else "")
+    if not key:
+        return {"error": f"{object_type.key_field} is empty: it is the upsert key of {object_type.label}"}
+    links = object_type.associations(instance) if object_type.associations else {}
+    remote = _remote_ids(connection, {k: set(v) for k, v in links.items()} | {object_type.key: {instance.pk}})
+    record = PushRecord(instance.pk, key, properties,
+                        associations={k: [remote[(k, i)] for i in v if (k, i) in remote] for k, v in links.items()},
+                        remote_id=object_type.remote_id_of(instance, connection.provider)
+                        or remote.get((object_type.key, instance.pk), ""))
+    return connector.request_body(object_type.key, [record])
 
 
 def lead_payload_preview(*, connection: Connection, lead: Lead) -> dict[str, Any]:
     """The exact payload the drain would send for ``lead`` (admin action)."""
-    builder = PayloadBuilder(connection)
-    try:
-        properties = builder.payload(lead)
-    except PayloadError as exc:
-        return {"error": str(exc)}
-    return {"inputs": [{"id": lead.email or "", "idProperty": "email", "properties": properties}]}
+    return payload_preview(connection=connection, obj="contact", instance=lead)
 
 
 # --- API allowance ------------------------------------------------------------
@@ -129,14 +181,15 @@ def _record_error(connection: Connection, message: str, *, stop: bool = False) -
 
 # --- push ---------------------------------------------------------------------
 
-def _claim(connection: Connection, limit: int) -> list[OutboxItem]:
+def _claim(connection: Connection, limit: int, object_keys: list[str]) -> list[OutboxItem]:
     """Take due pending items under a lease, so two drains never send the
     same record at once; an item whose drain died is due again after LEASE."""
     now = timezone.now()
     with transaction.atomic():
         items = list(
             OutboxItem.objects.select_for_update(skip_locked=True)
-            .filter(connection=connection, status=OutboxItem.Status.PENDING, next_attempt_at__lte=now)
+            .filter(connection=connection, status=OutboxItem.Status.PENDING, next_attempt_at__lte=now,
+                    object__in=object_keys)
             .order_by("next_attempt_at", "pk")[:limit]
         )
         if items:
@@ -162,22 +215,26 @@ def _fail(items: Iterable[OutboxItem], error: str, *, dead_now: bool = False) ->
 
 
 def outbox_drain(*, connection: Connection, connector: Connector | None = None, max_items: int | None = None,
-                 progress=None) -> SyncRun:
-    """Push what is due for ``connection``; returns the recorded SyncRun.
+                 progress=None, batch: int | None = None) -> SyncRun:
+    """Push what is due for ``connection`` (every object type its connector
+    declares); returns the recorded SyncRun.
 
     Unchanged payloads (same hash as the last push) are skipped without a
     call. A record the CRM refuses is failed alone; after MAX_ATTEMPTS it is
     a dead letter. Near the daily allowance (SLOWDOWN_AT) one batch per run
-    is sent; at the allowance nothing is."""
+    is sent; at the allowance nothing is. ``batch`` overrides DRAIN_BATCH
+    (a Salesforce backfill claims more, so it goes through Bulk API 2.0)."""
     conf = settings.MARTECH_CRM
-    run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PUSH, object="contact")
+    run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PUSH, object="")
     if connection.stopped_reason or not connection.is_active:
         run.error = connection.stopped_reason or "connection inactive"
         run.finished_at = timezone.now()
         run.save()
         return run
     connector = connector or connector_for(connection)
-    builder = PayloadBuilder(connection)
+    types = {o.key: o for o in objects.synced_by(connector)}
+    builders: dict[str, PayloadBuilder] = {}
+    calls_before = connector.stats.api_calls
     done = 0
     try:
         while max_items is None or done < max_items:
@@ -187,14 +244,21 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
                 _record_error(connection, run.error)
                 break
             slow = left <= connection.daily_api_limit * (1 - conf["SLOWDOWN_AT"])
-            limit = 100 if slow else conf["DRAIN_BATCH"]
+            limit = 100 if slow else (batch or conf["DRAIN_BATCH"])
             if max_items is not None:
                 limit = min(limit, max_items - done)
-            items = _claim(connection, limit)
+            items = _claim(connection, limit, list(types))
             if not items:
                 break
             done += len(items)
-            _push_items(connection, connector, builder, items, run)
+            groups: dict[str, list[OutboxItem]] = {}
+            for item in items:
+                groups.setdefault(item.object, []).append(item)
+            # Associated types first (companies and contacts before the deals that point at them).
+            for key in sorted(groups, key=lambda k: (types[k].order, k)):
+                if key not in builders:
+                    builders[key] = PayloadBuilder(connection, types[key])
+                _push_items(connection, connector, builders[key], groups[key], run)
             if progress is not None:
                 progress.update(len(items))
             if slow:
@@ -203,45 +267,76 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
         run.error = f"Stopped: {exc}"
         _record_error(connection, run.error, stop=True)
     finally:
-        run.api_calls = connector.stats.api_calls
+        run.api_calls = connector.stats.api_calls - calls_before
         _count_calls(connection, 0)
         run.finished_at = timezone.now()
         run.save()
     return run
 
 
-def _push_items(connection, connector, builder, items, run) -> None:
-    leads = Lead.objects.select_related("owner", "lifecycle_stage").in_bulk([i.local_id for i in items])
-    states = {s.local_id: s for s in PushState.objects.filter(connection=connection, object="contact",
+def _push_items(connection, connector, builder: PayloadBuilder, items: list[OutboxItem], run) -> None:
+    obj = builder.obj
+    records = obj.model_class.objects.select_related(*obj.select_related).in_bulk([i.local_id for i in items])
+    states = {s.local_id: s for s in PushState.objects.filter(connection=connection, object=obj.key,
                                                                  local_id__in=[i.local_id for i in items])}
+    links = {i.local_id: obj.associations(records[i.local_id])
+             for i in items if obj.associations and i.local_id in records}
+    wanted: dict[str, set[int]] = {}
+    for per_record in links.values():
+        for key, ids in per_record.items():
+            wanted.setdefault(key, set()).update(i for i in ids if i)
+    remote = _remote_ids(connection, wanted)
     to_send: list[tuple[OutboxItem, PushRecord, str]] = []
     finished: list[OutboxItem] = []
     for item in items:
-        lead = leads.get(item.local_id)
-        if lead is None or not lead.email:
-            # A deleted or merged-away lead, or one with no upsert key.
-            _fail([item], "lead deleted or has no email (HubSpot upserts contacts by email)", dead_now=True)
+        instance = records.get(item.local_id)
+        key = obj.upsert_key(instance) if instance is not None else ""
+        if not key and instance is not None and getattr(connector, "upserts_by_local_id", False):
+            key = str(instance.pk)  # Salesforce upserts by our id (Martech_Id__c), no natural key needed
+        if not key:
+            # A deleted or merged-away record, or one with no upsert key: retrying cannot help.
+            reason = "deleted" if instance is None else f"has no {obj.key_field} (the upsert key)"
+            _fail([item], f"{obj.label} #{item.local_id} {reason}", dead_now=True)
             run.failed += 1
             continue
         try:
-            properties = builder.payload(lead)
+            properties = builder.payload(instance)
         except PayloadError as exc:
             _fail([item], str(exc), dead_now=True)  # retrying cannot fix the data; a fix re-queues it
             run.failed += 1
             continue
-        digest = payload_hash(properties)
+        associations: dict[str, list[str]] = {}
+        waiting: list[tuple[str, int]] = []
+        for other, ids in sorted(links.get(item.local_id, {}).items()):
+            resolved = [remote[(other, i)] for i in ids if i and (other, i) in remote]
+            waiting += [(other, i) for i in ids if i and (other, i) not in remote]
+            if resolved:
+                associations[other] = sorted(resolved)
+        if waiting:
+            # The record it points at has not reached the CRM yet: queue that
+            # one and try this again later (counted, so it cannot wait forever).
+            OutboxItem.objects.bulk_create([OutboxItem(connection=connection, object=other, local_id=local_id)
+                                            for other, local_id in waiting], ignore_conflicts=True)
+            names = ", ".join(f"{other} #{local_id}" for other, local_id in sorted(waiting))
+            _fail([item], f"waiting for {names} to be pushed first")
+            run.skipped += 1
+            continue
+        digest = payload_hash({"properties": properties, "associations": associations} if associations
+                              else properties)
         state = states.get(item.local_id)
         if state is not None and state.payload_hash == digest:
             finished.append(item)
             run.skipped += 1
             continue
-        to_send.append((item, PushRecord(item.local_id, lead.email.lower(), properties), digest))
+        to_send.append((item, PushRecord(item.local_id, key, properties, associations=associations,
+                                         remote_id=obj.remote_id_of(instance, connection.provider)
+                                         or (state.remote_id if state is not None else "")), digest))
     _finish(finished)
     if not to_send:
         return
     before = connector.stats.api_calls
     try:
-        results = connector.push_batch("contact", [r for _, r, _ in to_send])
+        results = connector.push_batch(obj.key, [r for _, r, _ in to_send])
     except TransientError as exc:
         _count_calls(connection, connector.stats.api_calls - before)
         run.failed += len(to_send)
@@ -271,7 +366,7 @@ def _push_items(connection, connector, builder, items, run) -> None:
             continue
         ok_items.append(item)
         run.pushed += 1
-        new_states.append(PushState(connection=connection, object="contact", local_id=item.local_id,
+        new_states.append(PushState(connection=connection, object=obj.key, local_id=item.local_id,
                                     remote_id=result.remote_id, payload_hash=digest, pushed_at=now))
         remote_ids[item.local_id] = result.remote_id
     with transaction.atomic():
@@ -280,21 +375,24 @@ def _push_items(connection, connector, builder, items, run) -> None:
             update_fields=["remote_id", "payload_hash", "pushed_at"], batch_size=500,
         )
         _finish(ok_items)
-        _store_remote_ids(connection, remote_ids, leads)
+        _store_remote_ids(connection, obj, remote_ids, records)
 
 
-def _store_remote_ids(connection: Connection, remote_ids: dict[int, str], leads: dict[int, Lead]) -> None:
-    if connection.provider != "hubspot":
-        return
-    changed = []
+def _store_remote_ids(connection: Connection, obj: objects.ObjectType, remote_ids: dict[int, str],
+                      records: dict[int, Any]) -> None:
+    changed, columns = [], set()
     for local_id, remote_id in remote_ids.items():
-        lead = leads[local_id]
-        if remote_id and lead.hubspot_id != remote_id:
-            lead.hubspot_id = remote_id
-            changed.append(lead)
+        instance = records[local_id]
+        column = obj.id_field(connection.provider, remote_id)
+        if remote_id and getattr(instance, column, None) != remote_id:
+            setattr(instance, column, remote_id)
+            changed.append(instance)
+            columns.add(column)
     if changed:
-        Lead.objects.bulk_update(changed, ["hubspot_id"], batch_size=500)
-        hooks.leads_changed(ids=[lead.pk for lead in changed], fields=["hubspot_id"], source="crm:hubspot")
+        obj.model_class.objects.bulk_update(changed, sorted(columns), batch_size=500)
+        # Announced like any write (source crm:<provider>, so not queued back).
+        hooks.records_changed(obj.hook, ids=[i.pk for i in changed], fields=sorted(columns),
+                              source=f"crm:{connection.provider}")
 
 
 def _finish(items: list[OutboxItem]) -> None:
@@ -331,12 +429,13 @@ def dead_letter_retry(*, items: Iterable[OutboxItem], actor=None) -> int:
 
 # --- pull ---------------------------------------------------------------------
 
-def _local_changed_since_sync(connection: Connection, lead: Lead) -> bool:
-    if OutboxItem.objects.filter(connection=connection, object="contact", local_id=lead.pk,
+def _local_changed_since_sync(connection: Connection, obj: objects.ObjectType, instance) -> bool:
+    if OutboxItem.objects.filter(connection=connection, object=obj.key, local_id=instance.pk,
                                  status=OutboxItem.Status.PENDING).exists():
         return True
-    state = PushState.objects.filter(connection=connection, object="contact", local_id=lead.pk).first()
-    return state is None or (state.pushed_at is not None and lead.updated_at > state.pushed_at)
+    state = PushState.objects.filter(connection=connection, object=obj.key, local_id=instance.pk).first()
+    modified = getattr(instance, obj.modified_field, None)
+    return state is None or (state.pushed_at is not None and modified is not None and modified > state.pushed_at)
 
 
 def _parse_time(value: str) -> dt.datetime | None:
@@ -346,40 +445,92 @@ def _parse_time(value: str) -> dt.datetime | None:
         return None
 
 
-def pulled_apply(*, connection: Connection, pulled, mappings: list[FieldMapping] | None = None,
-                 dry_run: bool = False) -> str:
-    """Write one pulled record through ``lead_upsert``; returns 'pulled',
-    'skipped' or raises ValidationError/TransformError naming the field."""
-    from martech.services.leads import lead_upsert
+def _local_by_remote_id(connection: Connection, obj: objects.ObjectType, remote_id: str):
+    model = obj.model_class.objects.select_related(*obj.select_related)
+    state = PushState.objects.filter(connection=connection, object=obj.key, remote_id=remote_id).first()
+    if state is not None:
+        found = model.filter(pk=state.local_id).first()
+        if found is not None:
+            return found
+    return model.filter(**{obj.id_field(connection.provider, remote_id): remote_id}).first()
 
+
+def _find_local(connection: Connection, obj: objects.ObjectType, pulled, mappings: list[FieldMapping]):
+    """The local record a pulled one is: by what we pushed or pulled before,
+    else the remote id column, else the natural key (email, domain)."""
+    model = obj.model_class.objects.select_related(*obj.select_related)
+    found = _local_by_remote_id(connection, obj, pulled.remote_id)
+    if found is None and obj.key_field:
+        remote = next((m.remote_field for m in mappings if m.local_field == obj.key_field), obj.key_field)
+        value = (pulled.properties.get(remote) or "").strip().lower()
+        if value:
+            found = model.filter(**{f"{obj.key_field}__iexact": value}).first()
+    return found
+
+
+def _owner_user(connection: Connection, remote_owner_id: str):
+    """A pulled owner id -> the local user: the provider first (routing's
+    reps carry CRM owner ids), else the pulled CRM owner's email."""
+    from django.contrib.auth import get_user_model
+
+    if not remote_owner_id:
+        return None
+    user_id = hooks.call("crm_owner_user_id", remote_owner_id=remote_owner_id, provider=connection.provider)
+    User = get_user_model()
+    if user_id:
+        return User.objects.filter(pk=user_id).first()
+    owner = CrmOwner.objects.filter(connection=connection, remote_id=remote_owner_id).exclude(email="").first()
+    return User.objects.filter(email__iexact=owner.email).order_by("pk").first() if owner else None
+
+
+def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
+                 mappings: list[FieldMapping] | None = None, dry_run: bool = False) -> str:
+    """Write one pulled record through its object type's service (for leads
+    ``lead_upsert``, the capture dedupe path); returns 'pulled', 'skipped'
+    or raises ValidationError/TransformError naming the field.
+
+    Conflicts (both sides changed since the last sync): under "system of
+    record" each mapping whose system of record is the CRM takes the remote
+    value and the others keep ours; under "most recent" the side modified
+    last wins every field."""
+    object_type = objects.get(obj)
     if mappings is None:
-        mappings = [m for m in connection.mappings.filter(object="contact") if m.pulls]
+        mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
     stage_by_value = {lm.remote_value: lm.stage.key for lm in
-                      LifecycleMapping.objects.filter(connection=connection).select_related("stage")}
+                      LifecycleMapping.objects.filter(connection=connection).select_related("stage")} \
+        if any(m.local_field == "lifecycle_stage" for m in mappings) else {}
     props = pulled.properties
-    email = (props.get("email") or "").strip().lower()
-    lead = Lead.objects.filter(Q(hubspot_id=pulled.remote_id) | (Q(email=email) if email else Q(pk=None))).first()
+    instance = _find_local(connection, object_type, pulled, mappings)
     take_all = True
-    if lead is not None and _local_changed_since_sync(connection, lead):
+    if instance is not None and _local_changed_since_sync(connection, object_type, instance):
         if connection.conflict_rule == Connection.ConflictRule.MOST_RECENT:
             remote_at = _parse_time(pulled.modified_at)
-            take_all = remote_at is not None and remote_at > lead.updated_at
+            take_all = remote_at is not None and remote_at > getattr(instance, object_type.modified_field)
             if not take_all:
                 return "skipped"
         else:
             take_all = False
-    data: dict[str, Any] = {"hubspot_id": pulled.remote_id}
-    if email:
-        data["email"] = email
+    data: dict[str, Any] = {object_type.id_field(connection.provider, pulled.remote_id): pulled.remote_id}
     properties: dict[str, Any] = {}
     for m in mappings:
-        if m.local_field in ("owner", "email") or m.remote_field not in props:
+        if m.remote_field not in props:
+            continue
+        if m.local_field == "owner" and object_type.key == "contact":
+            continue  # a lead's owner changes through routing / lead_set_owner, not a pull
+        if m.local_field == object_type.key_field:
+            value = (props.get(m.remote_field) or "").strip().lower()
+            if value:
+                data[m.local_field] = value
             continue
         if not take_all and m.system_of_record != FieldMapping.Owner.REMOTE:
             continue  # both sides changed: the local side is this field's system of record
         raw = props.get(m.remote_field)
+        if m.default and raw == m.default and (instance is None or read_local(instance, m.local_field) in (None, "")):
+            continue  # the default we sent for an empty field ("[not provided]") is not pulled back into it
         if m.local_field == "lifecycle_stage" and stage_by_value:
             value = stage_by_value.get(raw)
+        elif m.local_field == "owner":
+            value = _owner_user(connection, raw or "")
         else:
             try:
                 value = to_local(m.kind, raw, m.value_map)
@@ -396,41 +547,68 @@ def pulled_apply(*, connection: Connection, pulled, mappings: list[FieldMapping]
             data[m.local_field] = value
     if properties:
         data["properties"] = properties
+    if take_all:
+        for other, local_field in object_type.association_fields.items():
+            remote_ids = pulled.associations.get(other) or []
+            linked = _local_by_remote_id(connection, objects.get(other), remote_ids[0]) if remote_ids else None
+            if linked is not None:  # one we do not have yet stays as it is until it is pulled
+                data[local_field] = linked
     if dry_run:
         return "pulled"
-    lead, _ = lead_upsert(data=data, source=f"crm:{connection.provider}")
-    _mark_synced(connection, lead, pulled.remote_id)
+    with transaction.atomic():
+        written = object_type.write(instance=instance, data=data, source=f"crm:{connection.provider}")
+        if written is None:
+            return "skipped"
+        if take_all and object_type.apply_associations and pulled.associations:
+            linked = {}
+            for other, remote_ids in pulled.associations.items():
+                if other in object_type.association_fields:
+                    continue
+                found = [_local_by_remote_id(connection, objects.get(other), r) for r in remote_ids]
+                linked[other] = [f for f in found if f is not None]  # ones we do not have yet come with their pull
+            object_type.apply_associations(instance=written, linked=linked, source=f"crm:{connection.provider}")
+        _mark_synced(connection, object_type, written, pulled.remote_id)
     return "pulled"
 
 
-def _mark_synced(connection: Connection, lead: Lead, remote_id: str) -> None:
+def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remote_id: str) -> None:
     """After a pull both sides agree: store the payload we would now push,
-    so the lead is not seen as changed here on the next pull and an
+    so the record is not seen as changed here on the next pull and an
     identical push is skipped."""
-    lead = Lead.objects.select_related("owner", "lifecycle_stage").get(pk=lead.pk)
+    instance = obj.model_class.objects.select_related(*obj.select_related).get(pk=instance.pk)
     try:
-        digest = payload_hash(PayloadBuilder(connection).payload(lead))
+        properties = PayloadBuilder(connection, obj).payload(instance)
+        links = obj.associations(instance) if obj.associations else {}
+        remote = _remote_ids(connection, {k: set(v) for k, v in links.items()})
+        associations = {k: sorted(remote[(k, i)] for i in v if (k, i) in remote) for k, v in sorted(links.items())}
+        associations = {k: v for k, v in associations.items() if v}
+        digest = payload_hash({"properties": properties, "associations": associations} if associations
+                              else properties)
     except PayloadError:
         digest = ""
     PushState.objects.update_or_create(
-        connection=connection, object="contact", local_id=lead.pk,
+        connection=connection, object=obj.key, local_id=instance.pk,
         defaults={"remote_id": remote_id, "payload_hash": digest, "pushed_at": timezone.now()})
 
 
 def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = False, dry_run: bool = False,
                  connector: Connector | None = None, progress=None) -> SyncRun:
-    """Incremental pull since the stored cursor (HubSpot search on
-    lastmodifieddate). Each record goes through ``lead_upsert``, the one
-    dedupe path. The cursor advances only past records handled."""
+    """Incremental pull of one object type since its stored cursor (HubSpot:
+    search on last-modified date). Each record goes through the object
+    type's write service. The cursor advances only past records handled."""
+    object_type = objects.get(obj)
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=obj)
     connector = connector or connector_for(connection)
     cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=obj)
     mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
     newest = cursor.value
+    before = connector.stats.api_calls
     try:
-        for pulled in connector.pull_since(obj, "" if full else cursor.value, [m.remote_field for m in mappings]):
+        remote_fields = sorted({m.remote_field for m in mappings})
+        for pulled in connector.pull_since(object_type.key, "" if full else cursor.value, remote_fields):
             try:
-                outcome = pulled_apply(connection=connection, pulled=pulled, mappings=mappings, dry_run=dry_run)
+                outcome = pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
+                                       dry_run=dry_run)
             except ValidationError as exc:
                 run.failed += 1
                 run.error = f"{pulled.remote_id}: {exc.message_dict if hasattr(exc, 'message_dict') else exc}"[:2000]
@@ -449,21 +627,44 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         if not dry_run and newest != cursor.value:
             cursor.value = newest
             cursor.save(update_fields=["value", "updated_at"])
-        run.api_calls = connector.stats.api_calls
+        run.api_calls = connector.stats.api_calls - before
         _count_calls(connection, run.api_calls)
         run.finished_at = timezone.now()
         run.save()
     return run
 
 
-def owners_pull(*, connection: Connection, connector: Connector | None = None) -> int:
+def pulled_object_keys(*, connection: Connection, connector: Connector | None = None) -> list[str]:
+    """Object types to pull for a connection: declared by its connector,
+    registered, and with at least one pull mapping."""
     connector = connector or connector_for(connection)
+    mapped = set(connection.mappings.filter(direction__in=["pull", "both"]).values_list("object", flat=True))
+    return [o.key for o in objects.synced_by(connector) if o.key in mapped]
+
+
+def owners_pull(*, connection: Connection, connector: Connector | None = None) -> int:
+    """Pull the CRM's owners into CrmOwner, then offer them to whoever
+    provides ``crm_owners_pulled`` (routing links its reps by email)."""
+    connector = connector or connector_for(connection)
+    before = connector.stats.api_calls
     rows = connector.owners()
     for row in rows:
         CrmOwner.objects.update_or_create(connection=connection, remote_id=row["remote_id"],
                                           defaults={k: v for k, v in row.items() if k != "remote_id"})
-    _count_calls(connection, connector.stats.api_calls)
+    _count_calls(connection, connector.stats.api_calls - before)
+    hooks.call("crm_owners_pulled", provider=connection.provider, owners=rows)
     return len(rows)
+
+
+def owners_pull_recorded(*, connection: Connection, connector: Connector | None = None) -> int:
+    """``owners_pull`` for the schedule and the command: a CRM error is
+    recorded on the connection (last error; a 401 stops it) and -1 returned,
+    so the object pulls that follow still run."""
+    try:
+        return owners_pull(connection=connection, connector=connector)
+    except (TransientError, PermanentError) as exc:
+        _record_error(connection, f"owners pull: {exc}", stop=isinstance(exc, AuthError))
+        return -1
 
 
 # --- webhooks -----------------------------------------------------------------
@@ -484,7 +685,7 @@ def webhook_receive(*, provider: str, events: list[dict]) -> list[int]:
 
 
 def webhook_process(*, receipt_ids: list[int], connector: Connector | None = None) -> int:
-    """Fetch each notified contact and apply it like a pulled record."""
+    """Fetch each notified record (contact, company, deal ...) and apply it like a pulled one."""
     done = 0
     for receipt in WebhookReceipt.objects.filter(pk__in=receipt_ids, processed_at__isnull=True):
         connection = Connection.objects.filter(provider=receipt.provider, is_active=True).first()
@@ -494,12 +695,13 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
             conn = connector or connector_for(connection)
             object_id = str(receipt.payload.get("objectId") or "")
             kind = str(receipt.payload.get("subscriptionType") or "")
+            obj = _webhook_object(conn, kind)
             try:
-                if kind.startswith("contact.") and object_id:
-                    mappings = [m for m in connection.mappings.filter(object="contact") if m.pulls]
-                    pulled = conn.fetch_one("contact", object_id, [m.remote_field for m in mappings] + ["email"])
+                if obj is not None and object_id:
+                    mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
+                    pulled = conn.fetch_one(obj, object_id, sorted({m.remote_field for m in mappings}))
                     if pulled is not None:
-                        pulled_apply(connection=connection, pulled=pulled, mappings=mappings)
+                        pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings)
                 else:
                     receipt.error = f"subscription type {kind!r} not handled"
             except (ValidationError, TransientError, PermanentError) as exc:
@@ -508,3 +710,16 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
         receipt.save(update_fields=["processed_at", "error"])
         done += 1
     return done
+
+
+def _webhook_object(connector: Connector, subscription_type: str) -> str | None:
+    """"company.propertyChange" -> "company" when the connector syncs it."""
+    prefix = subscription_type.split(".", 1)[0]
+    declared = getattr(connector, "objects", {}) or {}
+    if prefix in declared:
+        return prefix
+    # The connector may name the object differently (e.g. its plural).
+    for key, remote in declared.items():
+        if remote == prefix:
+            return key
+    return None

@@ -14,10 +14,14 @@ def drain_outbox() -> dict[str, int]:
 
 
 def pull_all() -> dict[str, int]:
+    """Pull every object type each connection syncs and has pull mappings for."""
     out = {}
     for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
-        run = services.pull_changes(connection=connection)
-        out[connection.provider] = run.pulled
+        # An owners failure is recorded on the connection and does not stop the object pulls.
+        out[f"{connection.provider}:owners"] = services.owners_pull_recorded(connection=connection)
+        for key in services.pulled_object_keys(connection=connection):
+            run = services.pull_changes(connection=connection, obj=key)
+            out[f"{connection.provider}:{key}"] = run.pulled
     return out
 
 

@@ -14,9 +14,6 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from martech.models import Account, Lead
-
-LOCAL_MODELS = {"contact": Lead, "company": Account}
 TRUE = {"true", "1", "yes", "y", "on"}
 FALSE = {"false", "0", "no", "n", "off", ""}
 
@@ -34,6 +31,8 @@ def to_remote(kind: str, value: Any, value_map: dict | None = None) -> str:
     if kind == "boolean":
         return "true" if value else "false"
     if kind == "date":
+        if isinstance(value, dt.datetime):  # a date-time field mapped to a CRM date: its UTC day
+            value = value.astimezone(dt.timezone.utc).date()
         return value.isoformat() if isinstance(value, dt.date) else str(value)
     if kind == "datetime":
         if isinstance(value, dt.datetime):
@@ -95,13 +94,21 @@ def to_local(kind: str, raw: str | None, value_map: dict | None = None) -> Any:
 def validate_mapping(mapping) -> None:
     """Refuse a mapping that could never work, naming the field."""
     errors: dict[str, str] = {}
-    model = LOCAL_MODELS.get(mapping.object)
+    from martech.crm import objects
+
+    try:
+        model = objects.get(mapping.object).model_class
+    except LookupError as exc:
+        errors["object"] = str(exc)
+        model = None
     local = (mapping.local_field or "").strip()
     if not local:
         errors["local_field"] = "Name a local field."
     elif local.startswith("properties."):
         if not local.removeprefix("properties.") or " " in local:
             errors["local_field"] = "A custom property is written properties.<key> with no spaces."
+        elif model is not None and not any(f.name == "properties" for f in model._meta.get_fields()):
+            errors["local_field"] = f"{model.__name__} has no custom properties."
     elif model is not None:
         try:
             field = model._meta.get_field(local)

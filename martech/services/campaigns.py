@@ -8,6 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from django.db import transaction
+
+from martech import hooks
 from martech.models import Campaign, Channel, ChannelRule, UtmAlias
 from martech.services.normalize import clean_utm
 
@@ -76,12 +79,18 @@ def campaigns_by_utm(triples: set[tuple[str, str, str]]) -> dict[tuple[str, str,
     return found
 
 
-def campaign_save(*, campaign: Campaign) -> Campaign:
-    """Normalize the campaign's UTM keys with the alias table, validate and save."""
+def campaign_save(*, campaign: Campaign, source: str = "") -> Campaign:
+    """Normalize the campaign's UTM keys with the alias table, validate and
+    save. Announced on ``hooks.records_changed("campaigns", ...)`` in the same
+    transaction (the CRM outbox queues the campaign's push there)."""
     normalizer = UtmNormalizer.load()
     campaign.utm_source = normalizer.normalize("source", campaign.utm_source)
     campaign.utm_medium = normalizer.normalize("medium", campaign.utm_medium)
     campaign.utm_campaign = normalizer.normalize("campaign", campaign.utm_campaign)
     campaign.full_clean()
-    campaign.save()
+    created = campaign.pk is None
+    with transaction.atomic():
+        campaign.save()
+        hooks.records_changed("campaigns", ids=[campaign.pk], created=created, source=source,
+                              fields=[f.name for f in Campaign._meta.concrete_fields])
     return campaign

@@ -20,16 +20,72 @@ def _spec(name: str) -> dict:
     return json.loads((SPECS / name).read_text())
 
 
+_OBJECT_ID = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}
+# CRM v4 associations: HubSpot's document for them is not in ../shared/specs, so
+# these schemas follow the shapes of hubspot-api-client's v4 models (the
+# generated BatchInputPublicDefaultAssociationMultiPost, BatchResponsePublicDefaultAssociation,
+# BatchInputPublicFetchAssociationsBatchRequest, BatchResponsePublicAssociationMultiWithLabel).
+_V4_ERROR = {"type": "object", "required": ["status", "category", "message", "context"]}
+ASSOCIATIONS_V4 = {
+    "batch/associate/default": (
+        {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {"inputs": {
+            "type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["from", "to"], "additionalProperties": False,
+                "properties": {"from": _OBJECT_ID, "to": _OBJECT_ID}}}}},
+        {"type": "object", "required": ["status", "results", "startedAt", "completedAt"], "properties": {
+            "status": {"enum": ["PENDING", "PROCESSING", "CANCELED", "COMPLETE"]},
+            "errors": {"type": "array", "items": _V4_ERROR},
+            "results": {"type": "array", "items": {
+                "type": "object", "required": ["from", "to", "associationSpec"], "properties": {
+                    "from": _OBJECT_ID, "to": _OBJECT_ID, "associationSpec": {
+                        "type": "object", "required": ["associationCategory", "associationTypeId"], "properties": {
+                            "associationCategory": {"enum": ["HUBSPOT_DEFINED", "USER_DEFINED",
+                                                             "INTEGRATOR_DEFINED"]},
+                            "associationTypeId": {"type": "integer"}}}}}}}},
+    ),
+    "batch/read": (
+        {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {"inputs": {
+            "type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["id"], "additionalProperties": False,
+                "properties": {"id": {"type": "string"}, "after": {"type": "string"}}}}}},
+        {"type": "object", "required": ["status", "results", "startedAt", "completedAt"], "properties": {
+            "results": {"type": "array", "items": {
+                "type": "object", "required": ["from", "to"], "properties": {
+                    "from": _OBJECT_ID, "to": {"type": "array", "items": {
+                        "type": "object", "required": ["toObjectId", "associationTypes"], "properties": {
+                            "toObjectId": {"type": "integer"},
+                            "associationTypes": {"type": "array", "items": {
+                                "type": "object", "required": ["category", "typeId"]}}}}}}}}}},
+    ),
+}
+
+
 class SpecCheck:
-    """Validates request bodies and JSON responses against HubSpot's documents."""
+    """Validates request bodies and JSON responses against HubSpot's documents.
+
+    Deals are documented under their object type id (``/crm/v3/objects/0-3``).
+    Tasks have no document in ../shared/specs: they follow the generic CRM
+    objects v3 shapes the client library uses, so they are checked against
+    the companies document's operations, which use the same schemas.
+    v4 associations are checked against ASSOCIATIONS_V4 above."""
 
     def __init__(self):
-        self.docs = {"contacts": _spec("contacts.json"), "owners": _spec("crmOwners.json")}
+        self.docs = {"contacts": _spec("contacts.json"), "owners": _spec("crmOwners.json"),
+                     "companies": _spec("companies.json"), "deals": _spec("deals.json")}
 
     def _schema(self, doc: dict, ref_or_schema: dict) -> dict:
         return {**ref_or_schema, "components": doc["components"]}
 
+    @staticmethod
+    def documented_path(path: str) -> str:
+        if path.startswith("/crm/v3/objects/deals"):
+            return path.replace("/crm/v3/objects/deals", "/crm/v3/objects/0-3", 1)
+        if path.startswith("/crm/v3/objects/tasks"):
+            return path.replace("/crm/v3/objects/tasks", "/crm/v3/objects/companies", 1)
+        return path
+
     def operation(self, method: str, path: str) -> tuple[dict, dict]:
+        path = self.documented_path(path)
         for doc in self.docs.values():
             for template, ops in doc["paths"].items():
                 if _matches(template, path) and method.lower() in ops:
@@ -37,6 +93,15 @@ class SpecCheck:
         raise AssertionError(f"{method} {path} is not in HubSpot's documents")
 
     def check(self, method: str, path: str, body: bytes, status: int, response: bytes) -> None:
+        if path.startswith("/crm/v4/associations/"):
+            action = "/".join(path.rstrip("/").split("/")[6:])
+            if method != "POST" or action not in ASSOCIATIONS_V4:
+                raise AssertionError(f"{method} {path} is not a v4 association call the connector makes")
+            request_schema, response_schema = ASSOCIATIONS_V4[action]
+            jsonschema.validate(json.loads(body), request_schema)
+            if status in (200, 207):
+                jsonschema.validate(json.loads(response), response_schema)
+            return
         doc, op = self.operation(method, path)
         if body and "requestBody" in op:
             schema = op["requestBody"]["content"]["application/json"]["schema"]
@@ -95,6 +160,47 @@ def no_sleep(monkeypatch):
     return slept
 
 
+COMPANY_MAPPINGS = [
+    ("domain", "domain", "text", {}),
+    ("name", "name", "text", {}),
+    ("industry", "industry", "text", {"system_of_record": "remote"}),
+    ("employee_count", "numberofemployees", "number", {}),
+    ("annual_revenue", "annualrevenue", "number", {}),
+    ("country", "country", "text", {}),
+    ("owner", "hubspot_owner_id", "text", {}),
+]
+
+
+def _map(connection, obj, rows):
+    for local, remote, kind, extra in rows:
+        mapping = FieldMapping(connection=connection, object=obj, local_field=local, remote_field=remote,
+                               kind=kind, **extra)
+        mapping.full_clean()
+        mapping.save()
+
+
+@pytest.fixture
+def company_mappings(connection):
+    _map(connection, "company", COMPANY_MAPPINGS)
+    return connection
+
+
+@pytest.fixture
+def deal_mappings(company_mappings):
+    from attribution.crm_sync import HUBSPOT_MAPPINGS
+
+    _map(company_mappings, "deal", HUBSPOT_MAPPINGS)
+    return company_mappings
+
+
+@pytest.fixture
+def task_mappings(connection):
+    from martech.crm.types import TASK_MAPPINGS
+
+    _map(connection, "task", TASK_MAPPINGS)
+    return connection
+
+
 @pytest.fixture
 def connection(db):
     conn = Connection.objects.create(provider="hubspot", name="HubSpot")
@@ -110,6 +216,69 @@ def connection(db):
         FieldMapping.objects.create(connection=conn, local_field=local, remote_field=remote, kind=kind, **extra)
     for value, key in [("lead", "lead"), ("marketingqualifiedlead", "mql"), ("salesqualifiedlead", "sql"),
                        ("customer", "customer")]:
+        stage = LifecycleStage.objects.filter(key=key).first()
+        if stage:
+            LifecycleMapping.objects.create(connection=conn, remote_value=value, stage=stage)
+    return conn
+
+
+# --- Salesforce -------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def salesforce_cert(tmp_path_factory):
+    from martech.crm.emulators.tls import ensure_certificate
+
+    return ensure_certificate(tmp_path_factory.mktemp("sf-tls"))
+
+
+@pytest.fixture
+def salesforce(settings, salesforce_cert):
+    """The Salesforce emulator over real TLS on a free loopback port; the
+    connector trusts its generated certificate (never verify=False)."""
+    from martech.crm.connectors import salesforce as sf_connector
+    from martech.crm.emulators.salesforce import SalesforceEmulator
+
+    cert, key = salesforce_cert
+    app = SalesforceEmulator()
+    served = Served(app, ssl_context=(str(cert), str(key))).start()
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SALESFORCE_URL": served.url, "SALESFORCE_CA_CERT": str(cert),
+                            "SALESFORCE_ACCESS_TOKEN": "emulator-session", "SALESFORCE_REFRESH_TOKEN": "emulator-refresh",
+                            "SALESFORCE_CLIENT_ID": "emulator-client", "SALESFORCE_CLIENT_SECRET": "emulator-secret",
+                            "SALESFORCE_NEW_LEADS_AS": "Lead", "SALESFORCE_BULK_ABOVE": 2000,
+                            "BACKOFF_BASE": 0.01, "BACKOFF_MAX": 2.0}
+    sf_connector._renewed_sessions.clear()
+    yield app
+    served.stop()
+    sf_connector._renewed_sessions.clear()
+
+
+@pytest.fixture
+def sf_no_sleep(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr("martech.crm.connectors.salesforce.time.sleep", slept.append)
+    return slept
+
+
+SF_MAPPINGS = [
+    ("email", "Email", "text", {}),
+    ("first_name", "FirstName", "text", {}),
+    ("last_name", "LastName", "text", {"default": "Unknown"}),
+    ("job_title", "Title", "text", {"system_of_record": "remote"}),
+    ("company_name", "Company", "text", {"default": "[not provided]"}),
+    ("country", "Country", "text", {}),
+    ("lifecycle_stage", "Status", "text", {}),
+    ("owner", "OwnerId", "text", {"direction": "push"}),
+]
+SF_STATUSES = [("Open - Not Contacted", "lead"), ("Working - Contacted", "mql"), ("Qualified", "sql"),
+               ("Closed - Converted", "customer")]
+
+
+@pytest.fixture
+def sf_connection(db):
+    conn = Connection.objects.create(provider="salesforce", name="Salesforce")
+    for local, remote, kind, extra in SF_MAPPINGS:
+        FieldMapping.objects.create(connection=conn, local_field=local, remote_field=remote, kind=kind, **extra)
+    for value, key in SF_STATUSES:
         stage = LifecycleStage.objects.filter(key=key).first()
         if stage:
             LifecycleMapping.objects.create(connection=conn, remote_value=value, stage=stage)

@@ -25,11 +25,13 @@ def test_health_page_shows_the_figures(client, marketing_ops, connection, hubspo
 def test_payload_preview(client, marketing_ops, connection):
     lead, _ = lead_upsert(data={"email": "p@example.org", "first_name": "Pia"}, source="test")
     client.force_login(marketing_ops)
-    page = client.get(f"/admin/crm/connection/{connection.pk}/preview/", {"lead": "p@example.org"})
+    page = client.get(f"/admin/crm/connection/{connection.pk}/preview/", {"object": "contact",
+                                                                           "record": "p@example.org"})
     assert page.context["payload"] == {"inputs": [{"id": "p@example.org", "idProperty": "email", "properties": {
         "email": "p@example.org", "firstname": "Pia", "lifecyclestage": "lead"}}]}
-    page = client.get(f"/admin/crm/connection/{connection.pk}/preview/", {"lead": "nobody@example.org"})
-    assert "No lead with this id or email." in page.content.decode()
+    page = client.get(f"/admin/crm/connection/{connection.pk}/preview/", {"object": "contact",
+                                                                           "record": "nobody@example.org"})
+    assert "No Contact / Lead with this id or email." in page.content.decode()
 
 
 def test_dead_letter_retry_action_and_replay(client, marketing_ops, analyst, connection, hubspot):
@@ -67,3 +69,53 @@ def test_saving_invalid_mapping_in_admin_names_the_field(client, marketing_ops, 
         "direction": "both", "kind": "text", "value_map": "{}", "default": "", "system_of_record": "local"})
     assert response.status_code == 200
     assert "Lead has no field" in response.content.decode()
+
+
+def test_payload_preview_for_accounts_and_opportunities(client, marketing_ops, deal_mappings, hubspot):
+    from decimal import Decimal
+
+    from attribution.services import opportunity_upsert
+    from martech.services.accounts import account_upsert
+
+    account, _ = account_upsert(data={"name": "Acme", "domain": "acme.com", "employee_count": 12}, source="test")
+    outbox_drain(connection=deal_mappings)
+    opportunity, _ = opportunity_upsert(data={"name": "Deal", "amount": Decimal("10.50"), "account": account},
+                                        source="test")
+    client.force_login(marketing_ops)
+    url = f"/admin/crm/connection/{deal_mappings.pk}/preview/"
+    page = client.get(url, {"object": "company", "record": "ACME.com"})
+    assert page.context["payload"] == {"inputs": [{"id": "acme.com", "idProperty": "domain", "properties": {
+        "domain": "acme.com", "name": "Acme", "numberofemployees": "12"}}]}
+    account.refresh_from_db()
+    page = client.get(url, {"object": "deal", "record": str(opportunity.pk)})
+    payload = page.context["payload"]
+    assert payload["inputs"] == [{"id": str(opportunity.pk), "idProperty": "martech_deal_id", "properties": {
+        "dealname": "Deal", "amount": "10.5", "deal_currency_code": "USD", "dealstage": "appointmentscheduled",
+        "martech_deal_id": str(opportunity.pk)}}]
+    assert payload["associations"] == [{"to": "companies", "from": {"id": "(id from the upsert)"},
+                                        "ids": [account.hubspot_id]}]
+    # Exactly what the drain then sends.
+    outbox_drain(connection=deal_mappings)
+    method, path, body = next(r for r in hubspot.requests if r[1] == "/crm/v3/objects/deals/batch/upsert")
+    assert body == {"inputs": payload["inputs"]}
+    page = client.get(url, {"object": "deal", "record": "nope"})
+    assert "No Deal / Opportunity with this id." in page.content.decode()
+
+
+def test_health_page_counts_per_object_type(client, marketing_ops, company_mappings, hubspot):
+    from martech.services.accounts import account_upsert
+
+    account_upsert(data={"name": "A", "domain": "a.io"}, source="test")
+    lead_upsert(data={"email": "h@example.org"}, source="test")
+    outbox_drain(connection=company_mappings)
+    account_upsert(data={"name": "B", "domain": "b.io"}, source="test")
+    OutboxItem.objects.filter(object="company", status="pending").update(status="dead", last_error="x")
+    lead_upsert(data={"email": "h2@example.org"}, source="test")
+    client.force_login(marketing_ops)
+    page = client.get(f"/admin/crm/connection/{company_mappings.pk}/health/")
+    rows = {row["object"]: row for row in page.context["health"]["by_object"]}
+    assert (rows["company"]["in_sync"], rows["company"]["dead"], rows["company"]["backlog"]) == (1, 1, 0)
+    assert (rows["contact"]["in_sync"], rows["contact"]["backlog"]) == (1, 1)
+    assert rows["contact"]["oldest_age_seconds"] is not None
+    assert rows["deal"]["backlog"] == 0 and rows["deal"]["label"] == "Deal / Opportunity"
+    assert 'id="by-object"' in page.content.decode()

@@ -117,8 +117,9 @@ def test_crm_sync_command(connection, hubspot, capsys):
     hubspot.put_contact({"email": "remote@example.org", "firstname": "Rem"})
     call_command("crm_sync", "--provider", "hubspot")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert lines[0]["kind"] == "push" and lines[0]["pushed"] == 1
-    assert lines[1]["kind"] == "pull" and lines[1]["pulled"] >= 1
+    assert [line["kind"] for line in lines] == ["push", "owners", "pull"]
+    assert lines[0]["pushed"] == 1
+    assert lines[2]["object"] == "contact" and lines[2]["pulled"] >= 1
     assert Lead.objects.filter(email="remote@example.org").exists()
     assert "cmd@example.org" in hubspot.by_email
 

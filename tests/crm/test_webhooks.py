@@ -55,3 +55,29 @@ def test_bad_signatures_are_401(client, connection, case):
 def test_signed_but_not_a_list_is_400(client, connection):
     response = _post(client, {"eventId": 1})
     assert response.status_code == 400 and response.json()["error"]["fields"] == {"body": ["Not a list."]}
+
+
+def test_company_and_deal_events_deduplicated_and_processed(client, deal_mappings, hubspot,
+                                                            django_capture_on_commit_callbacks, monkeypatch):
+    from attribution.models import Opportunity
+    from martech.models import Account
+
+    enqueued = []
+    monkeypatch.setattr("martech.crm.api.views._enqueue", enqueued.append)
+    company = hubspot.put("companies", {"domain": "evt.io", "name": "Evt"})
+    deal = hubspot.put("deals", {"dealname": "Evt deal", "dealstage": "contractsent", "amount": "5"})
+    hubspot.associate("deals", deal["id"], "companies", company["id"])
+    events = [{"eventId": 201, "subscriptionType": "company.creation", "objectId": int(company["id"]),
+               "occurredAt": 1},
+              {"eventId": 202, "subscriptionType": "deal.propertyChange", "objectId": int(deal["id"]),
+               "occurredAt": 2},
+              {"eventId": 201, "subscriptionType": "company.creation", "objectId": int(company["id"]),
+               "occurredAt": 1}]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _post(client, events)
+    assert response.status_code == 202 and response.json() == {"accepted": 2, "duplicates": 1}
+    assert webhook_process(receipt_ids=enqueued[0]) == 2
+    assert list(WebhookReceipt.objects.values_list("error", flat=True)) == ["", ""]
+    account = Account.objects.get(domain="evt.io")
+    opportunity = Opportunity.objects.get(hubspot_id=deal["id"])
+    assert (opportunity.stage.key, opportunity.account) == ("negotiation", account)

@@ -10,14 +10,16 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from martech.crm import objects
 from martech.crm.models import Connection
 from martech.crm.selectors import connection_health
-from martech.crm.services import lead_payload_preview
-from martech.models import Lead
+from martech.crm.services import payload_preview
 
 
 class PreviewForm(forms.Form):
-    lead = forms.CharField(help_text="Lead id or email")
+    object = forms.ChoiceField(choices=objects.choices, initial="contact",
+                               help_text="Lead, account, opportunity or task")
+    record = forms.CharField(help_text="Its id, or its key (a lead's email, an account's domain)")
 
 
 @admin.register(Connection)
@@ -54,20 +56,27 @@ class ConnectionAdmin(admin.ModelAdmin):
                                  "health": connection_health(connection=connection)})
 
     def preview_view(self, request, pk: int):
-        """The exact payload the outbox would send for one lead."""
+        """The exact payload the outbox would send for one record of any object type."""
         connection = self.get_object(request, str(pk))
         if connection is None or not self.has_view_permission(request, connection):
             return self._get_obj_does_not_exist_redirect(request, self.model._meta, str(pk))
         form = PreviewForm(request.GET or None)
         payload = None
         if form.is_valid():
-            key = form.cleaned_data["lead"].strip()
-            lead = (Lead.objects.filter(pk=int(key)) if key.isdigit() else Lead.objects.filter(email=key.lower())
-                    ).select_related("owner", "lifecycle_stage").first()
-            if lead is None:
-                form.add_error("lead", "No lead with this id or email.")
+            obj = objects.get(form.cleaned_data["object"])
+            key = form.cleaned_data["record"].strip()
+            records = obj.model_class.objects.select_related(*obj.select_related)
+            if key.isdigit():
+                instance = records.filter(pk=int(key)).first()
+            elif obj.key_field:
+                instance = records.filter(**{f"{obj.key_field}__iexact": key}).first()
             else:
-                payload = lead_payload_preview(connection=connection, lead=lead)
+                instance = None
+            if instance is None:
+                how = f"id or {obj.key_field}" if obj.key_field else "id"
+                form.add_error("record", f"No {obj.label} with this {how}.")
+            else:
+                payload = payload_preview(connection=connection, obj=obj.key, instance=instance)
         return TemplateResponse(request, "admin/crm/connection/preview.html",
                                 {**self._context(request, connection, f"Payload preview: {connection}"),
                                  "form": form, "payload": payload})

@@ -9,4 +9,8 @@ def connector_for(connection) -> Connector:
         from martech.crm.connectors.hubspot import HubSpotConnector
 
         return HubSpotConnector(connection)
+    if connection.provider == "salesforce":
+        from martech.crm.connectors.salesforce import SalesforceConnector
+
+        return SalesforceConnector(connection)
     raise NotImplementedError(f"No connector for provider {connection.provider!r} yet.")

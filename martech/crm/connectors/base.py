@@ -13,8 +13,11 @@ from django.conf import settings
 @dataclass
 class PushRecord:
     local_id: int
-    key: str  # the CRM's upsert key (email for contacts)
+    key: str  # the CRM's upsert key (email for contacts, domain for companies, our id for deals)
     properties: dict[str, str]
+    # Associated records to link, as remote ids by object key: {"company": ["123"]}.
+    associations: dict[str, list[str]] = field(default_factory=dict)
+    remote_id: str = ""  # known from an earlier push or pull (Salesforce updates by it)
 
 
 @dataclass
@@ -29,6 +32,8 @@ class Pulled:
     remote_id: str
     properties: dict[str, str]
     modified_at: str  # ISO 8601, the cursor's unit
+    # Associated records' remote ids by object key, when the connector reads them ({"company": ["12"]}).
+    associations: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,7 +60,14 @@ class AuthError(PermanentError):
 
 
 class Connector(Protocol):
+    """One CRM. ``objects`` declares the object types it syncs: our object
+    key (martech.crm.objects) -> the provider's object name. ``obj``
+    arguments are our keys."""
+
     stats: CallStats
+    objects: dict[str, str]
+
+    def request_body(self, obj: str, records: list[PushRecord]) -> dict: ...
 
     def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]: ...
     def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]: ...

@@ -1,4 +1,12 @@
-"""HubSpot through hubspot-api-client: contacts <-> leads, owners.
+"""HubSpot through hubspot-api-client: contacts <-> leads, companies <->
+accounts, deals <-> opportunities, tasks <-> sales tasks, owners.
+
+Every object goes through the same three CRM v3 calls of its client package
+(batch upsert, search, get by id) and, for associations, the v4 default
+association batch call. Upsert keys: contacts by ``email``, companies by
+``domain``, deals and tasks by a unique custom property holding our id
+(``martech_deal_id``, ``martech_task_id``: create them once in the portal with
+"unique value"), so a retried batch updates, never adds.
 
 The base URL and the private-app token come from settings (environment);
 ``HubSpot(access_token=..., host=...)`` is the only way the host sticks
@@ -9,21 +17,43 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from django.conf import settings
 from hubspot import HubSpot
-from hubspot.crm.contacts import (
-    BatchInputSimplePublicObjectBatchInputUpsert,
-    Filter,
-    FilterGroup,
-    PublicObjectSearchRequest,
-    SimplePublicObjectBatchInputUpsert,
+from hubspot.crm.associations.v4 import (
+    BatchInputPublicDefaultAssociationMultiPost,
+    BatchInputPublicFetchAssociationsBatchRequest,
+    PublicDefaultAssociationMultiPost,
+    PublicFetchAssociationsBatchRequest,
+    PublicObjectId,
 )
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .base import AuthError, CallStats, PermanentError, Pulled, PushRecord, PushResult, TransientError, with_retries
+
+
+@dataclass(frozen=True)
+class HubSpotObject:
+    name: str          # CRM v3 object type in URLs: contacts, companies, deals, tasks
+    package: str       # hubspot.crm.<package> (its models and APIs)
+    id_property: str   # batch upsert idProperty
+    modified: str      # the last-modified property searched on
+    id_arg: str        # get_by_id's id argument name
+
+
+OBJECTS = {
+    "contact": HubSpotObject("contacts", "contacts", "email", "lastmodifieddate", "contact_id"),
+    "company": HubSpotObject("companies", "companies", "domain", "hs_lastmodifieddate", "company_id"),
+    "deal": HubSpotObject("deals", "deals", "martech_deal_id", "hs_lastmodifieddate", "deal_id"),
+    "task": HubSpotObject("tasks", "objects.tasks", "martech_task_id", "hs_lastmodifieddate", "task_id"),
+}
+# Associations read back on pull (a deal's company becomes the opportunity's
+# account, its contacts the opportunity's contact roles).
+PULL_ASSOCIATIONS = {"deal": ("company", "contact")}
 
 PAGE = 100
 
@@ -53,6 +83,8 @@ def _translate(exc: Exception) -> Exception:
 
 class HubSpotConnector:
     provider = "hubspot"
+    # The object types this connector syncs (martech.crm.objects): our key -> HubSpot's object type.
+    objects = {key: spec.name for key, spec in OBJECTS.items()}
 
     def __init__(self, connection, *, sleep=None):
         conf = settings.MARTECH_CRM
@@ -75,63 +107,156 @@ class HubSpotConnector:
 
         return with_retries(once, self.stats, sleep=self.sleep)
 
+    def _spec(self, obj: str) -> HubSpotObject:
+        try:
+            return OBJECTS[obj]
+        except KeyError:
+            raise PermanentError(f"HubSpot sync of {obj!r} is not implemented") from None
+
+    def _api(self, spec: HubSpotObject):
+        api = self.client.crm
+        for part in spec.package.split("."):
+            api = getattr(api, part)
+        return api
+
+    def _models(self, spec: HubSpotObject):
+        return importlib.import_module(f"hubspot.crm.{spec.package}")
+
+    def _upsert_body(self, spec: HubSpotObject, records: list[PushRecord]):
+        m = self._models(spec)
+        return m.BatchInputSimplePublicObjectBatchInputUpsert(inputs=[
+            m.SimplePublicObjectBatchInputUpsert(
+                id=r.key, id_property=spec.id_property,
+                # The key travels as a property too: HubSpot stores it and answers with it.
+                properties={**r.properties, spec.id_property: r.key})
+            for r in records
+        ])
+
+    def request_body(self, obj: str, records: list[PushRecord]) -> dict:
+        """The JSON the push sends for ``records`` (the admin's payload preview)."""
+        spec = self._spec(obj)
+        body = self._api(spec).batch_api.api_client.sanitize_for_serialization(self._upsert_body(spec, records))
+        links = [{"to": OBJECTS[other].name, "from": {"id": r.remote_id or "(id from the upsert)"},
+                  "ids": ids} for r in records for other, ids in sorted(r.associations.items()) if ids]
+        if links:
+            body["associations"] = links
+        return body
+
     def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]:
-        if obj != "contact":
-            raise NotImplementedError(f"HubSpot push of {obj} is not implemented")
+        spec = self._spec(obj)
         results: list[PushResult] = []
         for start in range(0, len(records), PAGE):
             chunk = records[start:start + PAGE]
-            body = BatchInputSimplePublicObjectBatchInputUpsert(inputs=[
-                SimplePublicObjectBatchInputUpsert(id=r.key, id_property="email", properties=r.properties)
-                for r in chunk
-            ])
-            response = self._call(self.client.crm.contacts.batch_api.upsert,
-                                  batch_input_simple_public_object_batch_input_upsert=body)
+            response = self._call(self._api(spec).batch_api.upsert,
+                                  batch_input_simple_public_object_batch_input_upsert=self._upsert_body(spec, chunk))
             by_key = {r.key.lower(): r for r in chunk}
             done: dict[str, str] = {}
             for item in response.results or []:
-                done[(item.properties.get("email") or "").lower()] = item.id
+                done[str((item.properties or {}).get(spec.id_property) or "").lower()] = item.id
             failed: dict[str, str] = {}
             for err in getattr(response, "errors", None) or []:
                 for key in (err.context or {}).get("ids", []):
                     failed[key.lower()] = err.message
+            chunk_results = []
             for key, record in by_key.items():
                 if key in done:
-                    results.append(PushResult(record.local_id, remote_id=done[key]))
+                    chunk_results.append(PushResult(record.local_id, remote_id=done[key]))
                 else:
                     # Nothing silently dropped: a record neither done nor named gets an error too.
-                    results.append(PushResult(record.local_id, error=failed.get(key, "not in HubSpot's answer")))
+                    chunk_results.append(PushResult(record.local_id,
+                                                    error=failed.get(key, "not in HubSpot's answer")))
+            refused = self._associate(spec, chunk, {r.local_id: r.remote_id for r in chunk_results if r.remote_id})
+            for result in chunk_results:
+                if result.local_id in refused:
+                    result.error = refused[result.local_id]
+            results += chunk_results
         return results
 
+    def _associate(self, spec: HubSpotObject, records: list[PushRecord], remote_ids: dict[int, str]
+                   ) -> dict[int, str]:
+        """One v4 default-association batch per target type. Creating an
+        association that exists is a no-op in HubSpot, so a retry is safe.
+        Returns {local id: error} for records whose association HubSpot refused."""
+        by_remote = {remote: local for local, remote in remote_ids.items()}
+        refused: dict[int, str] = {}
+        pairs: dict[str, list[tuple[str, str]]] = {}
+        for record in records:
+            if record.local_id not in remote_ids:
+                continue
+            for other, ids in record.associations.items():
+                pairs.setdefault(other, []).extend((remote_ids[record.local_id], to) for to in ids)
+        batch_api = self.client.crm.associations.v4.batch_api
+        for other, links in sorted(pairs.items()):
+            for start in range(0, len(links), PAGE):
+                body = BatchInputPublicDefaultAssociationMultiPost(inputs=[
+                    PublicDefaultAssociationMultiPost(_from=PublicObjectId(id=a), to=PublicObjectId(id=b))
+                    for a, b in links[start:start + PAGE]])
+                response = self._call(batch_api.create_default, from_object_type=spec.name,
+                                      to_object_type=OBJECTS[other].name,
+                                      batch_input_public_default_association_multi_post=body)
+                for err in getattr(response, "errors", None) or []:
+                    for remote in (err.context or {}).get("ids", []):
+                        if remote in by_remote:
+                            refused[by_remote[remote]] = f"association to {other}: {err.message}"
+        return refused
+
+    def _read_associations(self, obj: str, pulled: list[Pulled]) -> None:
+        """Fill ``Pulled.associations`` for the types in PULL_ASSOCIATIONS:
+        one v4 batch read per page and target type."""
+        if not pulled or obj not in PULL_ASSOCIATIONS:
+            return
+        batch_api = self.client.crm.associations.v4.batch_api
+        by_id = {p.remote_id: p for p in pulled}
+        for other in PULL_ASSOCIATIONS[obj]:
+            body = BatchInputPublicFetchAssociationsBatchRequest(
+                inputs=[PublicFetchAssociationsBatchRequest(id=p.remote_id) for p in pulled])
+            response = self._call(batch_api.get_page, from_object_type=OBJECTS[obj].name,
+                                  to_object_type=OBJECTS[other].name,
+                                  batch_input_public_fetch_associations_batch_request=body)
+            for row in response.results or []:
+                target = by_id.get(str(row._from.id))
+                if target is not None:
+                    target.associations[other] = [str(t.to_object_id) for t in row.to or []]
+
     def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
-        if obj != "contact":
-            raise NotImplementedError(f"HubSpot pull of {obj} is not implemented")
+        spec = self._spec(obj)
+        m = self._models(spec)
+        search = self._api(spec).search_api.do_search
         after = None
         while True:
-            filters = [Filter(property_name="lastmodifieddate", operator="GT", value=cursor)] if cursor else []
-            request = PublicObjectSearchRequest(
-                filter_groups=[FilterGroup(filters=filters)] if filters else [],
-                sorts=["lastmodifieddate"], properties=sorted({*properties, "email", "lastmodifieddate"}),
+            filters = [m.Filter(property_name=spec.modified, operator="GT", value=cursor)] if cursor else []
+            request = m.PublicObjectSearchRequest(
+                filter_groups=[m.FilterGroup(filters=filters)] if filters else [],
+                sorts=[spec.modified], properties=sorted({*properties, spec.id_property, spec.modified}),
                 limit=PAGE, after=after or "0",
             )
-            page = self._call(self.client.crm.contacts.search_api.do_search, public_object_search_request=request)
-            for item in page.results:
-                yield Pulled(str(item.id), dict(item.properties or {}),
-                             item.properties.get("lastmodifieddate") or item.updated_at.isoformat())
+            page = self._call(search, public_object_search_request=request)
+            pulled = [self._pulled(spec, item) for item in page.results]
+            self._read_associations(obj, pulled)
+            yield from pulled
             nxt = page.paging.next.after if page.paging and page.paging.next else None
             if not nxt:
                 return
             after = nxt
 
+    @staticmethod
+    def _pulled(spec: HubSpotObject, item) -> Pulled:
+        props = dict(item.properties or {})
+        modified = props.get(spec.modified) or (item.updated_at.isoformat() if item.updated_at else "")
+        return Pulled(str(item.id), props, modified)
+
     def fetch_one(self, obj: str, remote_id: str, properties: list[str]) -> Pulled | None:
+        spec = self._spec(obj)
         try:
-            item = self._call(self.client.crm.contacts.basic_api.get_by_id, contact_id=remote_id,
-                              properties=properties)
+            item = self._call(self._api(spec).basic_api.get_by_id, **{spec.id_arg: remote_id},
+                              properties=sorted({*properties, spec.id_property, spec.modified}))
         except PermanentError as exc:
             if "404" in str(exc):
                 return None
             raise
-        return Pulled(str(item.id), dict(item.properties or {}), item.properties.get("lastmodifieddate", ""))
+        pulled = self._pulled(spec, item)
+        self._read_associations(obj, [pulled])
+        return pulled
 
     def owners(self) -> list[dict[str, str]]:
         page = self._call(self.client.crm.owners.owners_api.get_page, limit=500)

@@ -42,14 +42,10 @@ class EmulatorBase:
         if self.latency:
             time.sleep(self.latency)
         if throttle:
-            response = self.json({"status": "error", "message": "You have reached your secondly limit.",
-                                  "category": "RATE_LIMITS", "correlationId": "emu", "errors": [], "context": {},
-                                  "links": {}}, status=429)
+            response = self.rate_limited()
             response.headers["Retry-After"] = str(self.retry_after)
         elif fail:
-            response = self.json({"status": "error", "message": "Service unavailable (emulated)",
-                                  "category": "SERVER_ERROR", "correlationId": "emu", "errors": [], "context": {},
-                                  "links": {}}, status=503)
+            response = self.unavailable()
         else:
             try:
                 with self.lock:
@@ -60,6 +56,17 @@ class EmulatorBase:
 
     def dispatch(self, request: Request) -> Response:
         raise NotImplementedError
+
+    # The error bodies of the 429 and 5xx knobs, in the provider's own shape.
+    def rate_limited(self) -> Response:
+        return self.json({"status": "error", "message": "You have reached your secondly limit.",
+                          "category": "RATE_LIMITS", "correlationId": "emu", "errors": [], "context": {},
+                          "links": {}}, status=429)
+
+    def unavailable(self) -> Response:
+        return self.json({"status": "error", "message": "Service unavailable (emulated)",
+                          "category": "SERVER_ERROR", "correlationId": "emu", "errors": [], "context": {},
+                          "links": {}}, status=503)
 
     @staticmethod
     def json(data, status: int = 200) -> Response:

@@ -1,13 +1,22 @@
-"""HubSpot CRM v3 emulator: the endpoints the connector uses, with the
-request and response shapes of HubSpot's published OpenAPI documents
+"""HubSpot CRM emulator: the endpoints the connector uses, with the request
+and response shapes of HubSpot's published OpenAPI documents
 (tests/fixtures/hubspot/ validates both sides).
 
-- POST /crm/v3/objects/contacts/batch/upsert  (idProperty=email; 100 max)
-- POST /crm/v3/objects/contacts/search        (filter on lastmodifieddate)
-- GET  /crm/v3/objects/contacts/{id}
+CRM v3, for each of contacts, companies, deals and tasks:
+- POST /crm/v3/objects/{type}/batch/upsert   (idProperty: contacts email,
+  companies domain, deals martech_deal_id, tasks martech_task_id; 100 max)
+- POST /crm/v3/objects/{type}/search         (filter on the last-modified property)
+- GET  /crm/v3/objects/{type}/{id}
 - GET  /crm/v3/owners/
-An email that is not an address is refused per record (HTTP 207 with an
-error naming the input), like HubSpot's INVALID_EMAIL.
+CRM v4 associations (shapes of the client library's v4 models; the
+document is not in the shared specs):
+- POST /crm/v4/associations/{from}/{to}/batch/associate/default
+- POST /crm/v4/associations/{from}/{to}/batch/read
+
+Per-record refusals answer HTTP 207 with an error naming the input, like
+HubSpot: an email that is not an address (INVALID_EMAIL), a domain that is
+not a host name, a deal amount that is not a number, a deal stage the
+pipeline does not have, a task without hs_timestamp.
 """
 from __future__ import annotations
 
@@ -15,12 +24,23 @@ import datetime as dt
 import itertools
 import json
 import re
+from dataclasses import dataclass
 
 from werkzeug.wrappers import Request, Response
 
 from .base import EmulatorBase
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+# HubSpot's default sales pipeline stage ids.
+DEAL_STAGES = ("appointmentscheduled", "qualifiedtobuy", "presentationscheduled", "decisionmakerboughtin",
+               "contractsent", "closedwon", "closedlost")
+# HubSpot-defined default association type ids (from -> to).
+ASSOCIATION_TYPES = {("deals", "companies"): 5, ("companies", "deals"): 6, ("deals", "contacts"): 3,
+                     ("contacts", "deals"): 4, ("tasks", "contacts"): 204, ("contacts", "tasks"): 203,
+                     ("tasks", "companies"): 192, ("companies", "tasks"): 191, ("contacts", "companies"): 279,
+                     ("companies", "contacts"): 280, ("tasks", "deals"): 216, ("deals", "tasks"): 215}
 
 
 def now_iso(at: dt.datetime | None = None) -> str:
@@ -28,16 +48,61 @@ def now_iso(at: dt.datetime | None = None) -> str:
     return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class ObjectKind:
+    name: str
+    id_property: str  # the unique property batch upsert accepts
+    modified: str     # last-modified property
+
+
+KINDS = {k.name: k for k in (
+    ObjectKind("contacts", "email", "lastmodifieddate"),
+    ObjectKind("companies", "domain", "hs_lastmodifieddate"),
+    ObjectKind("deals", "martech_deal_id", "hs_lastmodifieddate"),
+    ObjectKind("tasks", "martech_task_id", "hs_lastmodifieddate"),
+)}
+
+
 class HubSpotEmulator(EmulatorBase):
     BATCH_MAX = 100
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.contacts: dict[str, dict] = {}  # id -> SimplePublicObject
-        self.by_email: dict[str, str] = {}
+        self.store: dict[str, dict[str, dict]] = {name: {} for name in KINDS}  # type -> id -> SimplePublicObject
+        self.index: dict[str, dict[str, str]] = {name: {} for name in KINDS}   # type -> unique key -> id
+        # (from type, from id, to type) -> set of to ids; kept both ways.
+        self.associations: dict[tuple[str, str, str], set[str]] = {}
         self.owners: list[dict] = []
         self._ids = itertools.count(1001)
         self._clock_ms = 0  # makes updatedAt strictly increase even within one millisecond
+
+    # Contacts under their old names (tests and the bench use them).
+    @property
+    def contacts(self) -> dict[str, dict]:
+        return self.store["contacts"]
+
+    @property
+    def by_email(self) -> dict[str, str]:
+        return self.index["contacts"]
+
+    @property
+    def companies(self) -> dict[str, dict]:
+        return self.store["companies"]
+
+    @property
+    def deals(self) -> dict[str, dict]:
+        return self.store["deals"]
+
+    @property
+    def tasks(self) -> dict[str, dict]:
+        return self.store["tasks"]
+
+    def find(self, kind: str, key: str) -> dict | None:
+        object_id = self.index[kind].get(str(key).lower())
+        return self.store[kind].get(object_id) if object_id else None
+
+    def associated(self, from_kind: str, from_id: str, to_kind: str) -> set[str]:
+        return set(self.associations.get((from_kind, str(from_id), to_kind), set()))
 
     def _stamp(self) -> str:
         now = dt.datetime.now(dt.timezone.utc)
@@ -46,21 +111,35 @@ class HubSpotEmulator(EmulatorBase):
         return now_iso(dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc))
 
     # --- state helpers (tests use them to play "a salesperson edited it") ---
-    def put_contact(self, properties: dict[str, str], *, at: dt.datetime | None = None) -> dict:
-        email = (properties.get("email") or "").lower()
-        object_id = self.by_email.get(email) if email else None
+    def put(self, kind: str, properties: dict[str, str], *, object_id: str | None = None,
+            at: dt.datetime | None = None) -> dict:
+        spec = KINDS[kind]
+        key = str(properties.get(spec.id_property) or "").lower()
+        if object_id is None and key:
+            object_id = self.index[kind].get(key)
         stamp = now_iso(at) if at else self._stamp()
-        if object_id is None:
-            object_id = str(next(self._ids))
-            self.contacts[object_id] = {"id": object_id, "properties": {}, "createdAt": stamp, "archived": False}
-            if email:
-                self.by_email[email] = object_id
-        record = self.contacts[object_id]
+        if object_id is None or object_id not in self.store[kind]:
+            object_id = object_id or str(next(self._ids))
+            self.store[kind][object_id] = {"id": object_id, "properties": {"createdate": stamp}, "createdAt": stamp,
+                                           "archived": False}
+        if key:
+            self.index[kind][key] = object_id
+        record = self.store[kind][object_id]
         record["properties"].update({k: ("" if v is None else str(v)) for k, v in properties.items()})
+        if key:
+            record["properties"][spec.id_property] = key if kind in ("contacts", "companies") else \
+                str(properties[spec.id_property])
         record["properties"]["hs_object_id"] = object_id
-        record["properties"]["lastmodifieddate"] = stamp
+        record["properties"][spec.modified] = stamp
         record["updatedAt"] = stamp
         return record
+
+    def put_contact(self, properties: dict[str, str], *, at: dt.datetime | None = None) -> dict:
+        return self.put("contacts", properties, at=at)
+
+    def associate(self, from_kind: str, from_id: str, to_kind: str, to_id: str) -> None:
+        self.associations.setdefault((from_kind, str(from_id), to_kind), set()).add(str(to_id))
+        self.associations.setdefault((to_kind, str(to_id), from_kind), set()).add(str(from_id))
 
     def add_owner(self, *, owner_id: str, email: str, first_name: str = "", last_name: str = "") -> None:
         self.owners.append({"id": owner_id, "email": email, "firstName": first_name, "lastName": last_name,
@@ -70,15 +149,30 @@ class HubSpotEmulator(EmulatorBase):
     # --- HTTP ---
     def dispatch(self, request: Request) -> Response:
         path = request.path.rstrip("/")
-        if request.method == "POST" and path == "/crm/v3/objects/contacts/batch/upsert":
-            return self.batch_upsert(request.get_json())
-        if request.method == "POST" and path == "/crm/v3/objects/contacts/search":
-            return self.search(request.get_json())
-        if request.method == "GET" and path.startswith("/crm/v3/objects/contacts/"):
-            record = self.contacts.get(path.rsplit("/", 1)[1])
-            return self.json(self._public(record)) if record else self.error(404, "OBJECT_NOT_FOUND", "Not found")
-        if request.method == "GET" and path == "/crm/v3/owners":
+        parts = path.split("/")
+        if path == "/crm/v3/owners" and request.method == "GET":
             return self.json({"results": self.owners})
+        if len(parts) >= 5 and parts[1:4] == ["crm", "v3", "objects"] and parts[4] in KINDS:
+            kind, rest = parts[4], parts[5:]
+            if request.method == "POST" and rest == ["batch", "upsert"]:
+                return self.batch_upsert(kind, request.get_json())
+            if request.method == "POST" and rest == ["search"]:
+                return self.search(kind, request.get_json())
+            if request.method == "GET" and len(rest) == 1:
+                record = self.store[kind].get(rest[0])
+                if record is None:
+                    return self.error(404, "OBJECT_NOT_FOUND", "Not found")
+                # The client repeats the parameter; HubSpot also takes a comma-separated list.
+                wanted = [p for value in request.args.getlist("properties") for p in value.split(",") if p]
+                return self.json(self._public(record, wanted))
+        if len(parts) == 8 and parts[1:4] == ["crm", "v4", "associations"] and request.method == "POST":
+            from_kind, to_kind, action = parts[4], parts[5], "/".join(parts[6:])
+            if from_kind in KINDS and to_kind in KINDS:
+                if action == "batch/read":
+                    return self.associations_read(from_kind, to_kind, request.get_json())
+        if len(parts) == 9 and parts[1:4] == ["crm", "v4", "associations"] and request.method == "POST" \
+                and parts[6:] == ["batch", "associate", "default"] and parts[4] in KINDS and parts[5] in KINDS:
+            return self.associate_default(parts[4], parts[5], request.get_json())
         return self.error(404, "NOT_FOUND", f"No route {request.method} {path}")
 
     def error(self, status: int, category: str, message: str, **context) -> Response:
@@ -87,10 +181,32 @@ class HubSpotEmulator(EmulatorBase):
                           "links": {}}, status=status)
 
     @staticmethod
-    def _public(record: dict) -> dict:
-        return {k: record[k] for k in ("id", "properties", "createdAt", "updatedAt", "archived")}
+    def _public(record: dict, wanted: list[str] | None = None) -> dict:
+        out = {k: record[k] for k in ("id", "properties", "createdAt", "updatedAt", "archived")}
+        if wanted:
+            out["properties"] = {k: v for k, v in record["properties"].items()
+                                 if k in wanted or k in ("hs_object_id", "createdate")}
+        return out
 
-    def batch_upsert(self, body: dict) -> Response:
+    def _refusal(self, kind: str, key: str, properties: dict) -> str:
+        """HubSpot's per-record validation, as far as the tests need it."""
+        if kind == "contacts" and not EMAIL.match(key):
+            return f"Property values were not valid: INVALID_EMAIL {key!r}"
+        if kind == "companies" and not DOMAIN.match(key):
+            return f"Property values were not valid: INVALID_DOMAIN {key!r}"
+        if kind == "deals":
+            amount = properties.get("amount")
+            if amount not in (None, "") and not NUMBER.match(str(amount)):
+                return f"Property values were not valid: amount {amount!r} is not a number"
+            stage = properties.get("dealstage")
+            if stage not in (None, "") and stage not in DEAL_STAGES:
+                return f"Property values were not valid: dealstage {stage!r} is not a stage of the pipeline"
+        if kind == "tasks" and not properties.get("hs_timestamp") and self.index[kind].get(key) is None:
+            return "Property values were not valid: hs_timestamp is required"
+        return ""
+
+    def batch_upsert(self, kind: str, body: dict) -> Response:
+        spec = KINDS[kind]
         inputs = (body or {}).get("inputs")
         if not isinstance(inputs, list) or not inputs:
             return self.error(400, "VALIDATION_ERROR", "inputs is required")
@@ -99,16 +215,17 @@ class HubSpotEmulator(EmulatorBase):
         started = now_iso()
         results, errors = [], []
         for item in inputs:
-            if item.get("idProperty") != "email":
-                return self.error(400, "VALIDATION_ERROR", "idProperty must be email")
-            email = str(item.get("id", "")).lower()
-            if not EMAIL.match(email):
-                errors.append({"status": "error", "category": "VALIDATION_ERROR",
-                               "message": f"Property values were not valid: INVALID_EMAIL {email!r}",
-                               "context": {"ids": [email]}, "errors": [], "links": {}})
+            if item.get("idProperty") != spec.id_property:
+                return self.error(400, "VALIDATION_ERROR", f"idProperty must be {spec.id_property}")
+            key = str(item.get("id", "")).strip()
+            properties = item.get("properties", {}) or {}
+            refusal = self._refusal(kind, key.lower(), properties)
+            if refusal:
+                errors.append({"status": "error", "category": "VALIDATION_ERROR", "message": refusal,
+                               "context": {"ids": [key]}, "errors": [], "links": {}})
                 continue
-            new = email not in self.by_email
-            record = self.put_contact({**item.get("properties", {}), "email": email})
+            new = key.lower() not in self.index[kind]
+            record = self.put(kind, {**properties, spec.id_property: key})
             results.append({**self._public(record), "new": new})
         out = {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": now_iso()}
         if errors:
@@ -116,33 +233,69 @@ class HubSpotEmulator(EmulatorBase):
             return self.json(out, status=207)
         return self.json(out)
 
-    def search(self, body: dict) -> Response:
+    def search(self, kind: str, body: dict) -> Response:
+        spec = KINDS[kind]
         body = body or {}
         since = None
         for group in body.get("filterGroups", []):
             for f in group.get("filters", []):
-                if f.get("propertyName") == "lastmodifieddate" and f.get("operator") in ("GT", "GTE"):
+                if f.get("propertyName") == spec.modified and f.get("operator") in ("GT", "GTE"):
                     since = (f["operator"], f.get("value", ""))
         limit = min(int(body.get("limit") or 10), 200)
         after = int(body.get("after") or 0)
-        rows = sorted(self.contacts.values(), key=lambda r: (r["updatedAt"], int(r["id"])))
+        rows = sorted(self.store[kind].values(), key=lambda r: (r["updatedAt"], int(r["id"])))
         if since:
             op, value = since
             value = _as_iso(value)
             rows = [r for r in rows if (r["updatedAt"] > value if op == "GT" else r["updatedAt"] >= value)]
         page = rows[after:after + limit]
         wanted = body.get("properties") or []
-        results = []
-        for r in page:
-            pub = self._public(r)
-            if wanted:
-                pub["properties"] = {k: v for k, v in r["properties"].items()
-                                     if k in wanted or k in ("hs_object_id", "lastmodifieddate", "email")}
-            results.append(pub)
+        results = [self._public(r, [*wanted, spec.modified, spec.id_property] if wanted else None) for r in page]
         out = {"total": len(rows), "results": results}
         if after + limit < len(rows):
             out["paging"] = {"next": {"after": str(after + limit)}}
         return self.json(out)
+
+    def associate_default(self, from_kind: str, to_kind: str, body: dict) -> Response:
+        inputs = (body or {}).get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            return self.error(400, "VALIDATION_ERROR", "inputs is required")
+        started = now_iso()
+        results, errors = [], []
+        type_id = ASSOCIATION_TYPES.get((from_kind, to_kind))
+        if type_id is None:
+            return self.error(400, "VALIDATION_ERROR", f"no default association {from_kind} -> {to_kind}")
+        for item in inputs:
+            a, b = str(item["from"]["id"]), str(item["to"]["id"])
+            if a not in self.store[from_kind] or b not in self.store[to_kind]:
+                errors.append({"status": "error", "category": "OBJECT_NOT_FOUND",
+                               "message": f"No {from_kind} {a} or {to_kind} {b}", "context": {"ids": [a]},
+                               "errors": [], "links": {}})
+                continue
+            self.associate(from_kind, a, to_kind, b)
+            results.append({"from": {"id": a}, "to": {"id": b}, "associationSpec": {
+                "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}})
+        out = {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": now_iso()}
+        if errors:
+            out.update(errors=errors, numErrors=len(errors))
+            return self.json(out, status=207)
+        return self.json(out)
+
+    def associations_read(self, from_kind: str, to_kind: str, body: dict) -> Response:
+        inputs = (body or {}).get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            return self.error(400, "VALIDATION_ERROR", "inputs is required")
+        type_id = ASSOCIATION_TYPES.get((from_kind, to_kind), 0)
+        results = []
+        for item in inputs:
+            a = str(item["id"])
+            linked = sorted(self.associated(from_kind, a, to_kind), key=int)
+            if linked:
+                results.append({"from": {"id": a}, "to": [
+                    {"toObjectId": int(b), "associationTypes": [
+                        {"category": "HUBSPOT_DEFINED", "typeId": type_id, "label": None}]} for b in linked]})
+        return self.json({"status": "COMPLETE", "results": results, "startedAt": now_iso(),
+                          "completedAt": now_iso()})
 
 
 def _as_iso(value: str) -> str:

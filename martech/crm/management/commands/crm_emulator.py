@@ -1,4 +1,5 @@
-"""python manage.py crm_emulator [--port N] [--latency S] [--error-rate R]: serve the HubSpot emulator."""
+"""python manage.py crm_emulator [--provider hubspot|salesforce] [--port N] [--latency S] [--error-rate R]:
+serve a CRM emulator until interrupted."""
 from __future__ import annotations
 
 import time
@@ -11,22 +12,48 @@ from martech.crm.emulators.hubspot import HubSpotEmulator
 
 
 class Command(BaseCommand):
-    help = "Run the local HubSpot emulator until interrupted."
+    help = "Run the local HubSpot or Salesforce emulator until interrupted."
 
     def add_arguments(self, parser):
-        parser.add_argument("--port", type=int, default=settings.MARTECH_CRM["HUBSPOT_EMULATOR_PORT"])
+        parser.add_argument("--provider", choices=["hubspot", "salesforce"], default="hubspot")
+        parser.add_argument("--port", type=int, default=None,
+                            help="Default: MARTECH_CRM_HUBSPOT_EMULATOR_PORT / MARTECH_CRM_SALESFORCE_EMULATOR_PORT; "
+                                 "0 = a free one.")
         parser.add_argument("--latency", type=float, default=0.0)
         parser.add_argument("--error-rate", type=float, default=0.0)
 
     def handle(self, *args, **opts):
-        app = HubSpotEmulator(latency=opts["latency"], error_rate=opts["error_rate"])
-        app.add_owner(owner_id="9001", email="sales.rep@example.com", first_name="Sam", last_name="Rep")
-        served = Served(app, port=opts["port"]).start()
+        conf = settings.MARTECH_CRM
+        if opts["provider"] == "salesforce":
+            served = self._salesforce(opts, conf)
+            label = "Salesforce"
+        else:
+            app = HubSpotEmulator(latency=opts["latency"], error_rate=opts["error_rate"])
+            app.add_owner(owner_id="9001", email="sales.rep@example.com", first_name="Sam", last_name="Rep")
+            port = conf["HUBSPOT_EMULATOR_PORT"] if opts["port"] is None else opts["port"]
+            served = Served(app, port=port).start()
+            label = "HubSpot"
         # The URL line is read by bench/crm_sync.py when it asks for port 0.
-        self.stdout.write(f"HubSpot emulator on {served.url}")
+        self.stdout.write(f"{label} emulator on {served.url}")
         self.stdout.flush()
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             served.stop()
+
+    @staticmethod
+    def _salesforce(opts, conf) -> Served:
+        from martech.crm.emulators.salesforce import SalesforceEmulator
+        from martech.crm.emulators.tls import ensure_certificate
+
+        # The same credentials the connector reads from the environment, so
+        # the pair works out of the box; the key stays in var/ (git-ignored).
+        cert, key = ensure_certificate(conf["SALESFORCE_EMULATOR_CERT_DIR"])
+        app = SalesforceEmulator(latency=opts["latency"], error_rate=opts["error_rate"],
+                                 client_id=conf["SALESFORCE_CLIENT_ID"], client_secret=conf["SALESFORCE_CLIENT_SECRET"],
+                                 refresh_token=conf["SALESFORCE_REFRESH_TOKEN"],
+                                 session_id=conf["SALESFORCE_ACCESS_TOKEN"])
+        app.add_user(user_id="005000000000009001", email="sales.rep@example.com", first_name="Sam", last_name="Rep")
+        port = conf["SALESFORCE_EMULATOR_PORT"] if opts["port"] is None else opts["port"]
+        return Served(app, port=port, ssl_context=(str(cert), str(key))).start()

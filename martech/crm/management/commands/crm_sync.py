@@ -1,4 +1,9 @@
-"""python manage.py crm_sync [--provider P] [--object O] [--full] [--dry-run] [--push-only|--pull-only]"""
+"""python manage.py crm_sync [--provider P] [--object O] [--full] [--dry-run] [--no-push] [--no-pull]
+
+``--object`` takes an object key (contact, company, deal, task) or the
+provider's name for it (contacts, companies, deals, tasks); without it every
+object type the connector syncs and that has pull mappings is pulled.
+"""
 from __future__ import annotations
 
 import json
@@ -7,49 +12,77 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from martech.crm import outbox, services
-from martech.crm.models import Connection, CrmObject, OutboxItem
+from martech.crm.connectors import connector_for
+from martech.crm.models import Connection, OutboxItem
+
+
+def _error(code: str, message: str) -> CommandError:
+    return CommandError(json.dumps({"error": {"code": code, "message": message}}))
 
 
 class Command(BaseCommand):
-    help = "Push the CRM outbox and pull changes since the stored cursor."
+    help = "Push the CRM outbox and pull changes since the stored cursors."
 
     def add_arguments(self, parser):
         parser.add_argument("--provider", choices=["hubspot", "salesforce"])
-        parser.add_argument("--object", default="contact", choices=[c.value for c in CrmObject])
+        parser.add_argument("--object", help="contact|company|deal|task (or contacts|companies|deals|tasks)")
         parser.add_argument("--full", action="store_true", help="Ignore cursors; queue every record for push.")
         parser.add_argument("--dry-run", action="store_true", help="Pull and convert but write nothing; no push.")
         parser.add_argument("--no-push", action="store_true")
         parser.add_argument("--no-pull", action="store_true")
+        parser.add_argument("--batch", type=int, default=None,
+                            help="Outbox items per drain batch (default MARTECH_CRM_DRAIN_BATCH). Salesforce sends "
+                                 "a batch larger than MARTECH_CRM_SALESFORCE_BULK_ABOVE through Bulk API 2.0.")
 
     def handle(self, *args, **opts):
         connections = Connection.objects.filter(is_active=True)
         if opts["provider"]:
             connections = connections.filter(provider=opts["provider"])
         if not connections.exists():
-            raise CommandError(json.dumps({"error": {"code": "no_connection",
-                                                     "message": "No active CRM connection matches."}}))
-        if opts["object"] != "contact":
-            raise CommandError(json.dumps({"error": {"code": "object_not_supported",
-                                                     "message": f"Sync of {opts['object']} is not implemented yet."}}))
+            raise _error("no_connection", "No active CRM connection matches.")
+        if opts["batch"] is not None and opts["batch"] < 1:
+            raise _error("invalid", "--batch must be 1 or more.")
         for connection in connections:
-            if connection.provider != "hubspot":
+            try:
+                connector = connector_for(connection)
+            except NotImplementedError:
                 self.stderr.write(f"{connection.provider}: connector not implemented, skipped")
                 continue
+            declared = connector.objects
+            if opts["object"]:
+                wanted = opts["object"]
+                key = wanted if wanted in declared else next((k for k, v in declared.items() if v == wanted), None)
+                if key is None:
+                    raise _error("object_not_supported",
+                                 f"{connection.provider} does not sync {wanted!r}; it syncs "
+                                 f"{', '.join(sorted(declared))}.")
+                keys = [key]
+            else:
+                keys = services.pulled_object_keys(connection=connection, connector=connector)
             if not opts["no_push"] and not opts["dry_run"]:
                 if opts["full"]:
-                    outbox.queue_full(connection=connection)
+                    for key in keys:
+                        outbox.queue_full(connection=connection, obj=key)
                 due = OutboxItem.objects.filter(connection=connection, status="pending").count()
                 with tqdm(total=due, desc=f"{connection.provider} push", unit="rec",
                           disable=not self.stdout.isatty()) as bar:
-                    run = services.outbox_drain(connection=connection, progress=bar)
+                    run = services.outbox_drain(connection=connection, progress=bar, batch=opts["batch"])
                 self._report(run)
             if not opts["no_pull"]:
-                with tqdm(desc=f"{connection.provider} pull", unit="rec", disable=not self.stdout.isatty()) as bar:
-                    run = services.pull_changes(connection=connection, obj=opts["object"], full=opts["full"],
-                                                dry_run=opts["dry_run"], progress=bar)
-                self._report(run)
+                if not opts["dry_run"] and not opts["object"]:
+                    owners = services.owners_pull_recorded(connection=connection, connector=connector)
+                    connection.refresh_from_db(fields=["last_error"])
+                    self.stdout.write(json.dumps({"provider": connection.provider, "kind": "owners",
+                                                  "pulled": max(owners, 0),
+                                                  "error": connection.last_error if owners < 0 else ""}))
+                for key in keys:
+                    with tqdm(desc=f"{connection.provider} pull {key}", unit="rec",
+                              disable=not self.stdout.isatty()) as bar:
+                        run = services.pull_changes(connection=connection, obj=key, full=opts["full"],
+                                                    dry_run=opts["dry_run"], progress=bar)
+                    self._report(run)
 
     def _report(self, run):
-        self.stdout.write(json.dumps({"provider": run.connection.provider, "kind": run.kind, "pushed": run.pushed,
-                                      "pulled": run.pulled, "skipped": run.skipped, "failed": run.failed,
-                                      "api_calls": run.api_calls, "error": run.error}))
+        self.stdout.write(json.dumps({"provider": run.connection.provider, "kind": run.kind, "object": run.object,
+                                      "pushed": run.pushed, "pulled": run.pulled, "skipped": run.skipped,
+                                      "failed": run.failed, "api_calls": run.api_calls, "error": run.error}))

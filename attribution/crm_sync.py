@@ -1,0 +1,99 @@
+"""The "deal" CRM object type: opportunities <-> HubSpot deals (and, through
+the same registry, any connector that declares "deal").
+
+Registered from AttributionConfig.ready, so martech (an earlier stage) never
+imports attribution. Our services call ``hooks.records_changed("opportunities",
+...)`` inside their transactions; the CRM outbox subscribes to that kind.
+
+- Pushed: the mapped fields (name, amount as a Decimal string, closedate,
+  dealstage through an editable picklist mapping {our stage key: CRM stage},
+  owner), and associations to the account's company and the contact roles' contacts.
+- Pulled: through ``opportunity_upsert`` (the one write path), found by the
+  CRM id, the stage by the reverse of the same value map; the deal's company
+  becomes the account and its contacts contact roles (``opportunity_set_contact``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from martech.crm.objects import ObjectType, register
+
+HOOK = "opportunities"
+
+
+def _write(*, instance, data: dict[str, Any], source: str):
+    from attribution.services import opportunity_upsert
+
+    data = dict(data)
+    if instance is None and not data.get("name"):
+        # A new deal needs a name; HubSpot allows an empty dealname.
+        data["name"] = f"Deal {next((v for k, v in data.items() if k.endswith('_id') and v), '')}".strip()
+    opportunity, _ = opportunity_upsert(data=data, source=source, opportunity=instance)
+    return opportunity
+
+
+def _apply_associations(*, instance, linked: dict[str, list], source: str) -> None:
+    """A pulled deal's contacts become contact roles (added, never removed:
+    a role may carry what HubSpot does not know, like primary)."""
+    from attribution.services import opportunity_set_contact
+
+    have = set(instance.contact_roles.values_list("lead_id", flat=True))
+    for lead in linked.get("contact", []):
+        if lead.pk not in have:
+            opportunity_set_contact(opportunity=instance, lead=lead, source=source)
+
+
+def _associations(opportunity) -> dict[str, list[int]]:
+    return {
+        "company": [opportunity.account_id] if opportunity.account_id else [],
+        "contact": sorted(opportunity.contact_roles.values_list("lead_id", flat=True)),
+    }
+
+
+# Our default pipeline's stages -> HubSpot's default sales pipeline stage ids
+# (an editable picklist mapping: marketing ops change it in the admin).
+HUBSPOT_STAGES = {"prospecting": "appointmentscheduled", "qualification": "qualifiedtobuy",
+                  "proposal": "presentationscheduled", "negotiation": "contractsent",
+                  "closed_won": "closedwon", "closed_lost": "closedlost"}
+HUBSPOT_MAPPINGS = [
+    ("name", "dealname", "text", {}),
+    ("amount", "amount", "number", {}),
+    ("currency", "deal_currency_code", "text", {}),
+    ("stage", "dealstage", "picklist", {"value_map": HUBSPOT_STAGES}),
+    ("closed_at", "closedate", "datetime", {}),
+    ("owner", "hubspot_owner_id", "text", {}),
+]
+
+# Salesforce Opportunity: StageName through our default pipeline's stage keys;
+# CloseDate is required there, so an open deal sends a far date (push only).
+SALESFORCE_STAGES = {"prospecting": "Prospecting", "qualification": "Qualification",
+                     "proposal": "Proposal/Price Quote", "negotiation": "Negotiation/Review",
+                     "closed_won": "Closed Won", "closed_lost": "Closed Lost"}
+SALESFORCE_MAPPINGS = [
+    ("name", "Name", "text", {}),
+    ("amount", "Amount", "number", {}),
+    ("stage", "StageName", "picklist", {"value_map": SALESFORCE_STAGES}),
+    ("closed_at", "CloseDate", "date", {"default": "2099-12-31", "direction": "push"}),
+    ("owner", "OwnerId", "text", {"direction": "push"}),
+]
+
+DEAL = ObjectType(
+    key="deal",
+    label="Deal / Opportunity",
+    model="attribution.Opportunity",
+    hook=HOOK,
+    write=_write,
+    select_related=("stage", "owner", "account"),
+    associations=_associations,
+    association_fields={"company": "account"},
+    apply_associations=_apply_associations,
+    # Associations are not mapped fields, but changing them must push.
+    extra_trigger_fields=frozenset({"account", "contacts"}),
+    readers={"stage": lambda o: o.stage.key, "pipeline": lambda o: o.pipeline.key},
+    order=60,
+    default_mappings={"hubspot": HUBSPOT_MAPPINGS, "salesforce": SALESFORCE_MAPPINGS},
+)
+
+
+def register_deal() -> None:
+    register(DEAL)

@@ -1,0 +1,466 @@
+"""Salesforce through simple-salesforce: Lead and Contact <-> leads,
+Account <-> accounts, Opportunity <-> opportunities, Campaign <-> campaigns
+with CampaignMember (the object registry's contact, company, deal and
+campaign), User -> CRM owners.
+
+What a campaign member is
+-------------------------
+Here, a campaign's members are the leads with a touch (an ``Event``)
+attributed to the campaign (``types._campaign_members``). Pushing a campaign
+upserts its Campaign, then one CampaignMember per member lead (``LeadId`` or
+``ContactId`` by the lead's Salesforce id, Status "Responded"), keyed by
+``Martech_Id__c`` = "<campaign id>:<Salesforce lead id>". Members whose lead
+is not in Salesforce yet make the campaign wait and queue those leads first
+(the engine's association rule). Members are push-only: a member added in
+Salesforce has no touch to record here, so CampaignMembers are not pulled;
+Campaigns are.
+
+How a lead maps to Salesforce
+-----------------------------
+- A lead with a Salesforce Contact id (``salesforce_contact_id``: pulled as a
+  Contact, or a Lead Salesforce converted) is pushed to **Contact**; every
+  other lead goes to ``MARTECH_CRM_SALESFORCE_NEW_LEADS_AS`` (``Lead`` by
+  default). Pulls read Contacts and unconverted Leads; a converted Lead is
+  not pulled again (its Contact carries the person on).
+- The field mappings of object ``contact`` name Lead fields. For a Contact the
+  address fields are renamed (``Country`` -> ``MailingCountry`` ...) and the
+  Lead-only ones (``Company``, ``Status`` ...) are not sent.
+
+Accounts and Opportunities follow the same rules; an Opportunity's account
+(the registry's association to the company) is sent as ``AccountId``.
+Opportunity contact roles are not pushed.
+
+Idempotency: a record Salesforce has not confirmed yet (we hold no id for
+it) is upserted by the external id field ``Martech_Id__c`` carrying our id,
+not created: a batch whose answer was lost (timeout, 5xx after the write)
+never gave us the Salesforce ids, so a retried create would make the records
+a second time, while a retried upsert by our own id finds them. A record we
+hold an id for (pushed before, pulled, or a Lead converted to a Contact in
+Salesforce) is updated by that Id, which also stamps ``Martech_Id__c`` on a
+record created in Salesforce. (In Salesforce, ``Martech_Id__c`` is a custom
+text field marked External ID and Unique on Lead, Contact, Account and
+Opportunity.)
+
+Session: the access token comes from the environment; on 401
+``INVALID_SESSION_ID`` it is renewed once with the refresh token at
+``/services/oauth2/token`` (simple-salesforce cannot renew a session it was
+given, so the connector posts that one form through the client's own
+``requests`` session); if Salesforce refuses again the connector raises
+``AuthError`` and the drain stops the connection with that message.
+
+TLS: the session trusts ``MARTECH_CRM_SALESFORCE_CA_CERT`` (the emulator's
+generated certificate by default) and ignores the environment
+(``trust_env = False``), because ``REQUESTS_CA_BUNDLE`` would otherwise win
+over ``verify``. Verification is never switched off.
+"""
+from __future__ import annotations
+
+import csv
+import heapq
+import io
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceOperationError,
+    SalesforceResourceNotFound,
+)
+
+from .base import AuthError, CallStats, PermanentError, Pulled, PushRecord, PushResult, TransientError, with_retries
+
+EXTERNAL_ID = "Martech_Id__c"
+COLLECTION = 200  # sObject Collections: at most 200 records per call
+# Lead field -> Contact field; Lead-only fields are not sent to a Contact.
+CONTACT_RENAMES = {"Country": "MailingCountry", "State": "MailingState", "PostalCode": "MailingPostalCode",
+                   "City": "MailingCity", "Street": "MailingStreet"}
+LEAD_ONLY = {"Company", "Status", "Rating", "Industry", "NumberOfEmployees", "AnnualRevenue", "Website"}
+FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Renewed sessions outlive one connector (one drain), per connection.
+_renewed_sessions: dict[int, str] = {}
+
+
+class _SessionExpired(Exception):
+    pass
+
+
+def soql_datetime(cursor: str) -> str:
+    """A stored SystemModstamp (2026-11-30T03:00:00.000+0000) as a SOQL literal."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:?\d{2})", cursor):
+        raise PermanentError(f"Salesforce cursor is not a date-time: {cursor!r}")
+    if cursor.endswith("Z"):
+        return cursor
+    return cursor[:-5] + (cursor[-5:-2] + ":" + cursor[-2:] if cursor[-3] != ":" else cursor[-5:])
+
+
+# Our object keys -> sObjects ("contact" is Lead or Contact, see above).
+SOBJECTS = {"contact": "Lead", "company": "Account", "deal": "Opportunity", "campaign": "Campaign"}
+MEMBER_STATUS = "Responded"  # a member here is a lead with a touch on the campaign: it responded
+# Associations the engine resolves to Salesforce ids -> the lookup field set on the record.
+LOOKUPS = {("deal", "company"): "AccountId"}
+
+
+def sobject_of(remote_id: str) -> str:
+    """Salesforce ids start with their object's key prefix."""
+    return {"00Q": "Lead", "003": "Contact", "005": "User", "001": "Account",
+            "006": "Opportunity", "701": "Campaign", "00v": "CampaignMember"}.get(remote_id[:3], "")
+
+
+def local_id_field(remote_id: str) -> str:
+    """The Lead model field holding this Salesforce id."""
+    return "salesforce_contact_id" if remote_id.startswith("003") else "salesforce_lead_id"
+
+
+def _error_text(errors: list[dict]) -> str:
+    return "; ".join(f"{e.get('statusCode')}: {e.get('message')}"
+                     + (f" ({', '.join(e['fields'])})" if e.get("fields") else "") for e in errors) or "refused"
+
+
+class SalesforceConnector:
+    provider = "salesforce"
+    # Our object keys (martech.crm.objects) -> Salesforce's names.
+    objects = dict(SOBJECTS)
+    # No natural key needed: records are upserted by Martech_Id__c (our id).
+    upserts_by_local_id = True
+
+    def __init__(self, connection, *, sleep: Callable[[float], None] | None = None):
+        conf = settings.MARTECH_CRM
+        self.connection = connection
+        self.conf = conf
+        self.timeout = conf["TIMEOUT"]
+        self.bulk_above = conf["SALESFORCE_BULK_ABOVE"]
+        self.new_leads_as = conf["SALESFORCE_NEW_LEADS_AS"]
+        if self.new_leads_as not in ("Lead", "Contact"):
+            raise ImproperlyConfigured("MARTECH_CRM_SALESFORCE_NEW_LEADS_AS must be Lead or Contact, "
+                                       f"not {self.new_leads_as!r}")
+        self.stats = CallStats()
+        self.sleep = sleep or (lambda seconds: time.sleep(seconds))
+        self.bulk_wait = 0.2  # first poll of a Bulk 2.0 job; the client backs off after
+        self.http_requests = 0
+        self._last_headers: dict[str, str] = {}
+        self._renewed = False
+        self.session = requests.Session()
+        self.session.verify = conf["SALESFORCE_CA_CERT"] or True
+        self.session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+        self.session.hooks["response"].append(self._seen)
+        self.instance_url = conf["SALESFORCE_URL"].rstrip("/")
+        token = _renewed_sessions.get(connection.pk) or conf["SALESFORCE_ACCESS_TOKEN"]
+        self._connect(token)
+
+    def _connect(self, session_id: str) -> None:
+        self.sf = Salesforce(instance_url=self.instance_url, session_id=session_id, session=self.session,
+                             version=self.conf["SALESFORCE_API_VERSION"])
+
+    def _seen(self, response, *args, **kwargs):
+        self.http_requests += 1
+        self._last_headers = dict(response.headers)
+        return response
+
+    # --- calls, retries, renewal ---
+    def _once(self, op: Callable[[], Any]) -> Callable[[], Any]:
+        def run():
+            try:
+                return op()
+            except SalesforceExpiredSession as exc:
+                raise _SessionExpired(str(exc)) from exc
+            except SalesforceError as exc:
+                status = getattr(exc, "status", 0) or 0
+                text = f"Salesforce {status}: {exc.content}"
+                if status == 429:
+                    raw = self._last_headers.get("Retry-After")
+                    try:
+                        retry_after = float(raw) if raw is not None else None
+                    except ValueError:
+                        retry_after = None
+                    raise TransientError(text, retry_after=retry_after) from exc
+                if status >= 500:
+                    raise TransientError(text) from exc
+                if isinstance(exc, SalesforceResourceNotFound):
+                    raise
+                raise PermanentError(text) from exc
+            except SalesforceOperationError as exc:
+                raise PermanentError(f"Salesforce Bulk API: {exc}") from exc
+            except requests.exceptions.SSLError as exc:
+                # Not worth retrying: the certificate will not change by itself.
+                raise PermanentError(f"Salesforce TLS verification failed ({exc}); check "
+                                     "MARTECH_CRM_SALESFORCE_CA_CERT") from exc
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                raise TransientError(f"Salesforce unreachable: {exc}") from exc
+
+        return run
+
+    def _call(self, op: Callable[[], Any]) -> Any:
+        """One logical operation through the shared retry policy. Every HTTP
+        request is counted (a Bulk job is several); an expired session is
+        renewed once per connector, then AuthError."""
+        before_http, before_counted = self.http_requests, self.stats.api_calls
+        try:
+            try:
+                return with_retries(self._once(op), self.stats, sleep=self.sleep)
+            except _SessionExpired as first:
+                if self._renewed:
+                    raise AuthError(f"Salesforce refused the renewed session: {first}") from None
+                self._renew()
+                try:
+                    return with_retries(self._once(op), self.stats, sleep=self.sleep)
+                except _SessionExpired as second:
+                    raise AuthError("Salesforce session expired; renewed it once and Salesforce refused the "
+                                    f"new session too: {second}") from None
+        finally:
+            counted = self.stats.api_calls - before_counted
+            self.stats.api_calls += (self.http_requests - before_http) - counted
+
+    def _renew(self) -> None:
+        self._renewed = True
+        token_url = f"{self.instance_url}/services/oauth2/token"
+        data = {"grant_type": "refresh_token", "refresh_token": self.conf["SALESFORCE_REFRESH_TOKEN"],
+                "client_id": self.conf["SALESFORCE_CLIENT_ID"], "client_secret": self.conf["SALESFORCE_CLIENT_SECRET"]}
+        try:
+            response = self.session.post(token_url, data=data, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise AuthError(f"Salesforce session expired and the token endpoint is unreachable: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code != 200 or not body.get("access_token"):
+            # The refresh token itself is never in the message.
+            raise AuthError("Salesforce session expired and renewing it failed: "
+                            f"{response.status_code} {body.get('error', '')} {body.get('error_description', '')}"
+                            .strip())
+        _renewed_sessions[self.connection.pk] = body["access_token"]
+        if body.get("instance_url"):
+            self.instance_url = body["instance_url"].rstrip("/")
+        self._connect(body["access_token"])
+
+    # --- push ---
+    def target(self, obj: str, record: PushRecord) -> str:
+        """The sObject a record goes to. A lead: the one its Salesforce id
+        names (a Contact id after a pull or a conversion), else NEW_LEADS_AS."""
+        if obj != "contact":
+            return SOBJECTS[obj]
+        return sobject_of(record.remote_id) if record.remote_id[:3] in ("00Q", "003") else self.new_leads_as
+
+    def _spec(self, obj: str) -> str:
+        if obj not in SOBJECTS:
+            raise NotImplementedError(f"Salesforce does not sync {obj!r} here (it syncs {', '.join(SOBJECTS)})")
+        return SOBJECTS[obj]
+
+    @staticmethod
+    def shape(target: str, properties: dict[str, str]) -> dict[str, str]:
+        if target != "Contact":
+            return dict(properties)
+        return {CONTACT_RENAMES.get(k, k): v for k, v in properties.items() if k not in LEAD_ONLY}
+
+    def _row(self, obj: str, r: PushRecord, target: str) -> dict[str, str]:
+        row = {**self.shape(target, r.properties), EXTERNAL_ID: str(r.local_id)}
+        for other, ids in r.associations.items():
+            lookup = LOOKUPS.get((obj, other))
+            if lookup and ids:
+                row[lookup] = ids[0]  # a lookup holds one record (an Opportunity has one Account)
+        if r.remote_id:
+            row["Id"] = r.remote_id
+        return row
+
+    def _groups(self, obj: str, records: list[PushRecord]) -> dict[tuple[str, bool], list[PushRecord]]:
+        groups: dict[tuple[str, bool], list[PushRecord]] = {}
+        for record in records:
+            groups.setdefault((self.target(obj, record), bool(record.remote_id)), []).append(record)
+        return groups
+
+    def request_body(self, obj: str, records: list[PushRecord]) -> dict:
+        """The Collections request(s) that would carry ``records`` (admin preview)."""
+        self._spec(obj)
+        version = self.conf["SALESFORCE_API_VERSION"]
+        requests_ = []
+        for (target, known), group in self._groups(obj, records).items():
+            path = "composite/sobjects" if known else f"composite/sobjects/{target}/{EXTERNAL_ID}"
+            requests_.append({"method": "PATCH", "path": f"/services/data/v{version}/{path}",
+                              "body": {"allOrNone": False, "records": [
+                                  {"attributes": {"type": target}, **self._row(obj, r, target)} for r in group]}})
+            if obj == "campaign":
+                members = [row for r in group for row in self._member_rows(
+                    r.remote_id or "(Campaign id from the upsert)", r.local_id, r.associations.get("contact", []))]
+                if members:
+                    requests_.append({"method": "PATCH", "path": f"/services/data/v{version}/composite/sobjects/"
+                                                                 f"CampaignMember/{EXTERNAL_ID}",
+                                      "body": {"allOrNone": False, "records": members}})
+        return requests_[0] if len(requests_) == 1 else {"requests": requests_}
+
+    def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]:
+        """Records Salesforce already confirmed (we hold their id) are updated
+        by Id, which also stamps Martech_Id__c on a record created there (a
+        Lead converted to a Contact); the others are upserted by
+        Martech_Id__c, so a retry after a lost answer finds what the first
+        try created."""
+        self._spec(obj)
+        results: list[PushResult] = []
+        for (target, known), group in self._groups(obj, records).items():
+            if len(group) > self.bulk_above:
+                results += self._push_bulk(obj, target, known, group)
+            else:
+                for start in range(0, len(group), COLLECTION):
+                    results += self._push_collection(obj, target, known, group[start:start + COLLECTION])
+        if obj == "campaign":
+            results = self._push_members(records, results)
+        return results
+
+    def _member_rows(self, campaign_id: str, local_id: int, lead_ids: list[str]) -> list[dict]:
+        # Martech_Id__c "<our campaign id>:<Salesforce Lead/Contact id>": a retry finds the member again.
+        return [{"attributes": {"type": "CampaignMember"}, EXTERNAL_ID: f"{local_id}:{lead_id}",
+                 "CampaignId": campaign_id, ("ContactId" if lead_id.startswith("003") else "LeadId"): lead_id,
+                 "Status": MEMBER_STATUS} for lead_id in lead_ids]
+
+    def _push_members(self, records: list[PushRecord], results: list[PushResult]) -> list[PushResult]:
+        """Upsert each pushed campaign's members (its ``contact`` association:
+        the Salesforce ids of the leads with a touch on it), 200 per call. A
+        refused member fails its campaign's result, so the campaign is tried
+        again (the upserts are idempotent) and the error shows on it."""
+        by_local = {r.local_id: r for r in records}
+        rows: list[tuple[int, dict]] = []
+        for result in results:
+            record = by_local[result.local_id]
+            if result.remote_id and not result.error:
+                rows += [(result.local_id, row) for row in
+                         self._member_rows(result.remote_id, result.local_id, record.associations.get("contact", []))]
+        errors: dict[int, list[str]] = {}
+        for start in range(0, len(rows), COLLECTION):
+            chunk = rows[start:start + COLLECTION]
+            body = {"allOrNone": False, "records": [row for _, row in chunk]}
+            answer = self._call(lambda: self.sf.restful(f"composite/sobjects/CampaignMember/{EXTERNAL_ID}",
+                                                        method="PATCH", json=body, timeout=self.timeout))
+            for (campaign_local, row), a in zip(chunk, answer or []):
+                if not a.get("success"):
+                    who = row.get("LeadId") or row.get("ContactId")
+                    errors.setdefault(campaign_local, []).append(
+                        f"CampaignMember {who}: {_error_text(a.get('errors') or [])}")
+        return [PushResult(r.local_id, error="; ".join(errors[r.local_id])) if r.local_id in errors else r
+                for r in results]
+
+    def _push_collection(self, obj: str, target: str, known: bool, chunk: list[PushRecord]) -> list[PushResult]:
+        body = {"allOrNone": False, "records": [{"attributes": {"type": target}, **self._row(obj, r, target)}
+                                                for r in chunk]}
+        path = "composite/sobjects" if known else f"composite/sobjects/{target}/{EXTERNAL_ID}"
+        answer = self._call(lambda: self.sf.restful(path, method="PATCH", json=body, timeout=self.timeout))
+        if not isinstance(answer, list) or len(answer) != len(chunk):
+            raise PermanentError(f"Salesforce answered {len(answer or [])} results for {len(chunk)} records")
+        # Results come back in the order of the records sent.
+        return [PushResult(r.local_id, remote_id=a["id"]) if a.get("success")
+                else PushResult(r.local_id, error=_error_text(a.get("errors") or []))
+                for r, a in zip(chunk, answer)]
+
+    def _push_bulk(self, obj: str, target: str, known: bool, group: list[PushRecord]) -> list[PushResult]:
+        rows = [self._row(obj, r, target) for r in group]
+        columns = sorted({k for row in rows for k in row})
+        bulk_type = getattr(self.sf.bulk2, target)
+
+        def run():
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            client = bulk_type._client
+            if known:
+                job = client.create_job("update")
+            else:
+                job = client.create_job("upsert", external_id_field=EXTERNAL_ID)
+            client.upload_job_data(job["id"], out.getvalue())
+            client.close_job(job["id"])
+            client.wait_for_job(job["id"], False, self.bulk_wait)
+            return (client.get_ingest_results(job["id"], "successfulResults"),
+                    client.get_ingest_results(job["id"], "failedResults"))
+
+        ok_csv, failed_csv = self._call(run)
+        done = {row[EXTERNAL_ID]: row["sf__Id"] for row in csv.DictReader(io.StringIO(ok_csv))}
+        failed = {row[EXTERNAL_ID]: row["sf__Error"] for row in csv.DictReader(io.StringIO(failed_csv))}
+        return [PushResult(r.local_id, remote_id=done[str(r.local_id)]) if str(r.local_id) in done
+                else PushResult(r.local_id, error=failed.get(str(r.local_id), "not in the Bulk job's results"))
+                for r in group]
+
+    # --- pull ---
+    def _query(self, soql: str) -> Iterator[dict]:
+        page = self._call(lambda: self.sf.query(soql, timeout=self.timeout))
+        while True:
+            yield from page["records"]
+            if page.get("done", True) or not page.get("nextRecordsUrl"):
+                return
+            url = page["nextRecordsUrl"]
+            page = self._call(lambda: self.sf.query_more(url, identifier_is_url=True, timeout=self.timeout))
+
+    def _select(self, target: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
+        wanted = {"Id", "Email", "SystemModstamp"} if target in ("Lead", "Contact") else {"Id", "SystemModstamp"}
+        for name in properties:
+            if not FIELD_NAME.match(name):
+                raise PermanentError(f"not a Salesforce field name: {name!r}")
+            if target == "Contact":
+                if name in LEAD_ONLY:
+                    continue
+                name = CONTACT_RENAMES.get(name, name)
+            wanted.add(name)
+        # Lookups read back as associations (the engine links an Opportunity's Account).
+        lookups = {field: other for (obj, other), field in LOOKUPS.items() if SOBJECTS[obj] == target}
+        wanted.update(lookups)
+        where = ["IsConverted = false"] if target == "Lead" else []
+        if cursor:
+            where.append(f"SystemModstamp > {soql_datetime(cursor)}")
+        soql = f"SELECT {', '.join(sorted(wanted))} FROM {target}"
+        if where:
+            soql += " WHERE " + " AND ".join(where)
+        soql += " ORDER BY SystemModstamp, Id"
+        back = {v: k for k, v in CONTACT_RENAMES.items()} if target == "Contact" else {}
+        for row in self._query(soql):
+            props = {back.get(k, k): ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+                     for k, v in row.items() if k != "attributes"}
+            links = {other: [row[field]] for field, other in lookups.items() if row.get(field)}
+            yield Pulled(row["Id"], props, row["SystemModstamp"], associations=links)
+
+    def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
+        """Records changed after ``cursor`` in SystemModstamp order. For leads,
+        Leads and Contacts merged in that order: everything yielded before a
+        failure is older than anything not yet yielded, so the caller's
+        cursor never skips a record."""
+        target = self._spec(obj)
+        if obj != "contact":
+            yield from self._select(target, cursor, properties)
+            return
+        streams = [self._select(target, cursor, properties) for target in ("Lead", "Contact")]
+        yield from heapq.merge(*streams, key=lambda p: (p.modified_at, p.remote_id))
+
+    def fetch_one(self, obj: str, remote_id: str, properties: list[str]) -> Pulled | None:
+        target = sobject_of(remote_id)
+        allowed = ("Lead", "Contact") if obj == "contact" else (self._spec(obj),)
+        if target not in allowed:
+            raise PermanentError(f"{remote_id!r} is not a Salesforce {' or '.join(allowed)} id")
+        try:
+            # getattr at call time: a renewed session means a new client.
+            row = self._call(lambda: getattr(self.sf, target).get(remote_id, timeout=self.timeout))
+        except SalesforceResourceNotFound:
+            return None
+        back = {v: k for k, v in CONTACT_RENAMES.items()} if target == "Contact" else {}
+        props = {back.get(k, k): "" if v is None else str(v) for k, v in row.items() if k != "attributes"}
+        return Pulled(row["Id"], props, row.get("SystemModstamp") or "")
+
+    # --- users, limits ---
+    def owners(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT Id, Email, FirstName, LastName, IsActive FROM User ORDER BY Id")
+        return [{"remote_id": r["Id"], "email": r.get("Email") or "", "first_name": r.get("FirstName") or "",
+                 "last_name": r.get("LastName") or "", "is_active": bool(r.get("IsActive"))} for r in rows]
+
+    def limits(self) -> dict[str, int]:
+        """Salesforce's own count of the daily API allowance."""
+        data = self._call(lambda: self.sf.limits(timeout=self.timeout))
+        daily = data.get("DailyApiRequests") or {}
+        return {"max": int(daily.get("Max", 0)), "remaining": int(daily.get("Remaining", 0))}
+
+    def verify_webhook(self, *, method: str, uri: str, body: bytes, headers: dict[str, str]) -> bool:
+        """Salesforce has no signed JSON webhook like HubSpot's (Outbound
+        Messages are SOAP, Change Data Capture needs a streaming client);
+        changes come in through the SystemModstamp pull, so nothing verifies."""
+        return False

@@ -1,0 +1,564 @@
+"""Salesforce REST emulator: the endpoints the connector uses, with
+Salesforce's request and response shapes, keeping state in memory. Served
+over TLS on loopback (``tls.ensure_certificate``), because simple-salesforce
+only speaks ``https://``.
+
+Under ``/services/data/vNN.N/``:
+
+- ``PATCH composite/sobjects/{SObject}/{ExternalIdField}``: sObject
+  Collections upsert (at most 200 records, ``allOrNone`` false gives
+  per-record ``errors``); ``POST``/``PATCH composite/sobjects`` create/update.
+  A relationship given by external id (``"Lead": {"Martech_Id__c": "12"}``)
+  is resolved like Salesforce does.
+- ``GET query?q=`` and ``GET query/{locator}``: the SOQL subset the connector
+  sends (``SELECT f, ... FROM O [WHERE c AND ...] [ORDER BY f, ...] [LIMIT n]``,
+  conditions ``=, !=, <, <=, >, >=, IN`` on strings, booleans, numbers, null
+  and date-time literals); anything else is a 400 ``MALFORMED_QUERY``, an
+  unknown field ``INVALID_FIELD``. Pages of ``query_page_size`` with
+  ``nextRecordsUrl``.
+- ``GET sobjects/{SObject}/{Id}``: one record.
+- Bulk API 2.0 ingest: ``POST jobs/ingest``, ``PUT jobs/ingest/{id}/batches``
+  (CSV), ``PATCH jobs/ingest/{id}`` (``UploadComplete``/``Aborted``),
+  ``GET jobs/ingest/{id}`` (state ``InProgress`` once, then ``JobComplete``),
+  ``GET jobs/ingest/{id}/successfulResults|failedResults|unprocessedrecords``.
+- ``GET limits``: ``DailyApiRequests`` Max/Remaining; every data response
+  also carries ``Sforce-Limit-Info: api-usage=used/max``.
+
+``POST /services/oauth2/token`` (grant_type=refresh_token) issues a new
+session. A data request without a live session gets 401
+``INVALID_SESSION_ID``. Knobs beyond the shared ones (latency, 429 bursts,
+5xx rate): ``expire_session()``, ``lose_answers`` (the next N writes are
+done but answered 503), ``renewal_refused`` (the token endpoint
+answers ``invalid_grant``), ``renewed_sessions_dead`` (a renewed session is
+refused again at once).
+
+Rules enforced per record, as Salesforce does: required fields on create
+(Lead: LastName, Company; Contact: LastName; Account: Name; Opportunity:
+Name, StageName, CloseDate; Campaign: Name; CampaignMember: CampaignId and a
+LeadId or ContactId), a valid Email, known fields only (custom ``__c`` fields
+are accepted on every object).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import itertools
+import json
+import re
+from urllib.parse import parse_qs
+
+from werkzeug.wrappers import Request, Response
+
+from .base import EmulatorBase
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+COMMON = {"Id", "OwnerId", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted", "Name"}
+FIELDS = {
+    "Lead": {"FirstName", "LastName", "Email", "Title", "Company", "Country", "State", "PostalCode", "Phone",
+             "Status", "LeadSource", "Industry", "Rating", "NumberOfEmployees", "AnnualRevenue", "Website",
+             "IsConverted", "ConvertedContactId", "ConvertedAccountId"},
+    "Contact": {"FirstName", "LastName", "Email", "Title", "MailingCountry", "MailingState", "MailingPostalCode",
+                "Phone", "LeadSource", "AccountId", "Department"},
+    "Account": {"Website", "Industry", "NumberOfEmployees", "AnnualRevenue", "BillingCountry", "Type"},
+    "Opportunity": {"StageName", "CloseDate", "Amount", "AccountId", "CampaignId", "Probability", "IsClosed",
+                    "IsWon", "CurrencyIsoCode"},
+    "Campaign": {"Type", "Status", "StartDate", "EndDate", "BudgetedCost", "ActualCost", "IsActive"},
+    "CampaignMember": {"CampaignId", "LeadId", "ContactId", "Status", "HasResponded", "FirstRespondedDate"},
+    "User": {"Email", "FirstName", "LastName", "IsActive", "Username"},
+}
+REQUIRED = {"Lead": ("LastName", "Company"), "Contact": ("LastName",), "Account": ("Name",),
+            "Opportunity": ("Name", "StageName", "CloseDate"), "Campaign": ("Name",),
+            "CampaignMember": ("CampaignId",)}
+# Salesforce's key prefixes: the first three characters of an Id name its object.
+PREFIX = {"Lead": "00Q", "Contact": "003", "Account": "001", "Opportunity": "006", "Campaign": "701",
+          "CampaignMember": "00v", "User": "005"}
+REFERENCES = {"Lead": "LeadId", "Contact": "ContactId", "Campaign": "CampaignId", "Account": "AccountId",
+              "Owner": "OwnerId"}
+COLLECTION_MAX = 200
+
+
+def sf_time(at: dt.datetime) -> str:
+    """Salesforce's JSON date-time form: 2026-11-30T03:00:00.000+0000."""
+    return at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}+0000"
+
+
+def parse_sf_time(value: str) -> dt.datetime:
+    value = value.strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    elif re.search(r"[+-]\d{4}$", value):
+        value = value[:-2] + ":" + value[-2:]
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"date-time without a zone: {value!r}")
+    return parsed
+
+
+class SoqlError(ValueError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+SELECT = re.compile(
+    r"^\s*SELECT\s+(?P<fields>\w+(?:\s*,\s*\w+)*)\s+FROM\s+(?P<obj>\w+)"
+    r"(?:\s+WHERE\s+(?P<where>.+?))?"
+    r"(?:\s+ORDER\s+BY\s+(?P<order>\w+(?:\s+(?:ASC|DESC))?(?:\s*,\s*\w+(?:\s+(?:ASC|DESC))?)*))?"
+    r"(?:\s+LIMIT\s+(?P<limit>\d+))?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+CONDITION = re.compile(r"^\s*(?P<field>\w+)\s*(?P<op>!=|>=|<=|=|>|<)\s*(?P<value>.+?)\s*$", re.DOTALL)
+IN_CONDITION = re.compile(r"^\s*(?P<field>\w+)\s+IN\s*\((?P<values>.*)\)\s*$", re.IGNORECASE | re.DOTALL)
+DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:\d{2})$")
+STRING = re.compile(r"^'((?:[^'\\]|\\.)*)'$", re.DOTALL)
+
+
+def _literal(raw: str):
+    raw = raw.strip()
+    if m := STRING.match(raw):
+        return re.sub(r"\\(.)", r"\1", m.group(1))
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    if raw.lower() == "null":
+        return None
+    if DATETIME.match(raw):
+        return parse_sf_time(raw)
+    if re.fullmatch(r"-?\d+(\.\d+)?", raw):
+        return float(raw)
+    raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{raw}'")
+
+
+def parse_soql(soql: str) -> dict:
+    m = SELECT.match(soql or "")
+    if not m:
+        raise SoqlError("MALFORMED_QUERY", f"\n{soql}\n^\nERROR at Row:1:Column:1\nunexpected token: query")
+    obj = m.group("obj")
+    if obj not in FIELDS:
+        raise SoqlError("INVALID_TYPE", f"sObject type '{obj}' is not supported.")
+    known = FIELDS[obj] | COMMON | {"Martech_Id__c"}
+
+    def check(field: str) -> str:
+        if field not in known and not field.endswith("__c"):
+            raise SoqlError("INVALID_FIELD", f"No such column '{field}' on entity '{obj}'.")
+        return field
+
+    fields = [check(f.strip()) for f in m.group("fields").split(",")]
+    conditions = []
+    if m.group("where"):
+        for part in re.split(r"\s+AND\s+", m.group("where"), flags=re.IGNORECASE):
+            if cm := IN_CONDITION.match(part):
+                values = [_literal(v) for v in re.split(r"\s*,\s*", cm.group("values").strip()) if v]
+                conditions.append((check(cm.group("field")), "IN", values))
+            elif cm := CONDITION.match(part):
+                conditions.append((check(cm.group("field")), cm.group("op"), _literal(cm.group("value"))))
+            else:
+                raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{part.strip()}'")
+    order = []
+    if m.group("order"):
+        for part in m.group("order").split(","):
+            bits = part.split()
+            order.append((check(bits[0]), len(bits) > 1 and bits[1].upper() == "DESC"))
+    return {"fields": fields, "object": obj, "where": conditions, "order": order,
+            "limit": int(m.group("limit")) if m.group("limit") else None}
+
+
+def _matches(record: dict, conditions: list) -> bool:
+    for field, op, value in conditions:
+        have = record.get(field)
+        if isinstance(value, dt.datetime):
+            if not have:
+                return False
+            have = parse_sf_time(have)
+        elif isinstance(value, float) and have is not None:
+            have = float(have)
+        if op == "IN":
+            if have not in value:
+                return False
+        elif op == "=" and have != value or op == "!=" and have == value:
+            return False
+        elif op in ("<", "<=", ">", ">="):
+            if have is None or value is None:
+                return False
+            if not {"<": have < value, "<=": have <= value, ">": have > value, ">=": have >= value}[op]:
+                return False
+    return True
+
+
+class SalesforceEmulator(EmulatorBase):
+    def __init__(self, *, client_id: str = "emulator-client", client_secret: str = "emulator-secret",
+                 refresh_token: str = "emulator-refresh", session_id: str = "emulator-session",
+                 daily_max: int = 100_000, **kwargs):
+        super().__init__(**kwargs)
+        self.client_id, self.client_secret, self.refresh_token = client_id, client_secret, refresh_token
+        self.sessions: set[str] = {session_id}
+        self.renewal_refused = False
+        self.renewed_sessions_dead = False
+        self.renewals = 0
+        self.lose_answers = 0
+        self.collection_sizes: list[int] = []  # records per Collections call, in order
+        self.daily_max, self.api_used = daily_max, 0
+        self.query_page_size = 2000
+        self.records: dict[str, dict[str, dict]] = {name: {} for name in FIELDS}
+        self.by_external: dict[tuple[str, str], str] = {}  # (sobject, Martech_Id__c) -> Id
+        self.jobs: dict[str, dict] = {}
+        self.cursors: dict[str, list[dict]] = {}
+        self._ids = itertools.count(1)
+        self._clock = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+
+    # --- knobs and state helpers (tests play "a salesperson edited it") ---
+    def expire_session(self) -> None:
+        self.sessions.clear()
+
+    def write_calls(self) -> int:
+        return sum(n for (method, path), n in self.calls.items()
+                   if method != "GET" and path != "/services/oauth2/token")
+
+    def _stamp(self, at: dt.datetime | None = None) -> str:
+        """Strictly increasing SystemModstamp, so a cursor never skips a tie."""
+        now = at or dt.datetime.now(dt.timezone.utc)
+        if at is None:
+            now = max(now.replace(microsecond=now.microsecond // 1000 * 1000),
+                      self._clock + dt.timedelta(milliseconds=1))
+            self._clock = now
+        return sf_time(now)
+
+    def new_id(self, sobject: str) -> str:
+        return f"{PREFIX[sobject]}{next(self._ids):015d}"
+
+    def put(self, sobject: str, fields: dict, *, at: dt.datetime | None = None) -> dict:
+        """Create or update a record as if edited in Salesforce (by Id, else by Martech_Id__c)."""
+        record_id = fields.get("Id") or self.by_external.get((sobject, str(fields.get("Martech_Id__c") or "")))
+        stamp = self._stamp(at)
+        if not record_id or record_id not in self.records[sobject]:
+            record_id = record_id or self.new_id(sobject)
+            base = {"Id": record_id, "CreatedDate": stamp, "IsDeleted": False}
+            if sobject == "Lead":
+                base.update(IsConverted=False, Status="Open - Not Contacted")
+            self.records[sobject][record_id] = base
+        record = self.records[sobject][record_id]
+        record.update({k: v for k, v in fields.items() if k != "Id"})
+        record["LastModifiedDate"] = record["SystemModstamp"] = stamp
+        if record.get("Martech_Id__c"):
+            self.by_external[(sobject, str(record["Martech_Id__c"]))] = record_id
+        return record
+
+    def add_user(self, *, user_id: str, email: str, first_name: str = "", last_name: str = "",
+                 active: bool = True) -> dict:
+        return self.put("User", {"Id": user_id, "Email": email, "FirstName": first_name, "LastName": last_name,
+                                 "IsActive": active, "Username": email})
+
+    def find(self, sobject: str, **where) -> list[dict]:
+        return [r for r in self.records[sobject].values() if all(r.get(k) == v for k, v in where.items())]
+
+    # --- HTTP ---
+    def rate_limited(self) -> Response:
+        return self.json([{"message": "Rate limit exceeded, retry later (emulated).",
+                           "errorCode": "REQUEST_LIMIT_EXCEEDED"}], status=429)
+
+    def unavailable(self) -> Response:
+        return self.json([{"message": "Service unavailable (emulated).", "errorCode": "SERVER_UNAVAILABLE"}],
+                         status=503)
+
+    @staticmethod
+    def fault(status: int, code: str, message: str) -> Response:
+        return EmulatorBase.json([{"message": message, "errorCode": code}], status=status)
+
+    def dispatch(self, request: Request) -> Response:
+        if request.path == "/services/oauth2/token" and request.method == "POST":
+            return self.token(request)
+        m = re.match(r"^/services/data/v(\d+\.\d)/(.*)$", request.path)
+        if not m:
+            return self.fault(404, "NOT_FOUND", "The requested resource does not exist")
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in self.sessions:
+            return self.fault(401, "INVALID_SESSION_ID", "Session expired or invalid")
+        self.api_used += 1
+        response = self.route(request, m.group(1), m.group(2).rstrip("/"))
+        if self.lose_answers > 0 and request.method != "GET":
+            # The write happened; the caller never hears about it (a lost answer).
+            self.lose_answers -= 1
+            return self.unavailable()
+        response.headers["Sforce-Limit-Info"] = f"api-usage={self.api_used}/{self.daily_max}"
+        return response
+
+    def route(self, request: Request, version: str, path: str) -> Response:
+        method = request.method
+        parts = path.split("/")
+        if method == "GET" and path == "limits":
+            return self.json({"DailyApiRequests": {"Max": self.daily_max,
+                                                   "Remaining": max(self.daily_max - self.api_used, 0)}})
+        if method == "GET" and path == "query":
+            return self.query(request.args.get("q", ""), version)
+        if method == "GET" and len(parts) == 2 and parts[0] == "query":
+            return self.query_more(parts[1], version)
+        if method == "GET" and len(parts) == 3 and parts[0] == "sobjects":
+            return self.get_one(parts[1], parts[2], request.args.get("fields"), version)
+        if path == "composite/sobjects" and method in ("POST", "PATCH"):
+            return self.collection(request, version, None)
+        if len(parts) == 4 and parts[:2] == ["composite", "sobjects"] and method == "PATCH":
+            return self.collection(request, version, (parts[2], parts[3]))
+        if parts[:2] == ["jobs", "ingest"]:
+            return self.bulk(request, version, parts[2:])
+        return self.fault(404, "NOT_FOUND", f"The requested resource does not exist: {method} {path}")
+
+    def token(self, request: Request) -> Response:
+        form = parse_qs(request.get_data(as_text=True)) if not request.form else request.form.to_dict(flat=False)
+        get = lambda key: (form.get(key) or [""])[0]  # noqa: E731
+        if get("grant_type") != "refresh_token":
+            return self.json({"error": "unsupported_grant_type", "error_description": "grant type not supported"},
+                             status=400)
+        if (self.renewal_refused or get("refresh_token") != self.refresh_token or get("client_id") != self.client_id
+                or get("client_secret") != self.client_secret):
+            return self.json({"error": "invalid_grant", "error_description": "expired access/refresh token"},
+                             status=400)
+        self.renewals += 1
+        session = f"emulator-session-{self.renewals}"
+        if not self.renewed_sessions_dead:
+            self.sessions.add(session)
+        host = request.host_url.rstrip("/")
+        return self.json({"access_token": session, "instance_url": host, "id": f"{host}/id/00D/005",
+                          "token_type": "Bearer", "issued_at": str(int(dt.datetime.now().timestamp() * 1000)),
+                          "signature": "emulated", "scope": "api refresh_token"})
+
+    # --- records ---
+    def _public(self, sobject: str, record: dict, version: str, fields: list[str] | None = None) -> dict:
+        out = {"attributes": {"type": sobject, "url": f"/services/data/v{version}/sobjects/{sobject}/{record['Id']}"}}
+        for key in fields or sorted(record):
+            out[key] = record.get(key)
+        return out
+
+    def get_one(self, sobject: str, record_id: str, fields: str | None, version: str) -> Response:
+        if sobject not in FIELDS:
+            return self.fault(404, "NOT_FOUND", f"The requested resource does not exist: {sobject}")
+        record = self.records[sobject].get(record_id)
+        if record is None:
+            return self.fault(404, "NOT_FOUND", "The requested resource does not exist")
+        wanted = [f.strip() for f in fields.split(",")] if fields else None
+        return self.json(self._public(sobject, record, version, wanted))
+
+    def query(self, soql: str, version: str) -> Response:
+        try:
+            q = parse_soql(soql)
+        except SoqlError as exc:
+            return self.fault(400, exc.code, str(exc))
+        rows = [r for r in self.records[q["object"]].values() if _matches(r, q["where"])]
+        for field, desc in reversed(q["order"]):
+            rows.sort(key=lambda r: (r.get(field) is None, r.get(field) or ""), reverse=desc)
+        if q["limit"] is not None:
+            rows = rows[:q["limit"]]
+        records = [self._public(q["object"], r, version, q["fields"]) for r in rows]
+        return self._page(records, 0, version)
+
+    def _page(self, records: list[dict], start: int, version: str, locator: str | None = None) -> Response:
+        end = start + self.query_page_size
+        out = {"totalSize": len(records), "done": end >= len(records), "records": records[start:end]}
+        if end < len(records):
+            locator = locator or f"01g{next(self._ids):015d}"
+            self.cursors[locator] = records
+            out["nextRecordsUrl"] = f"/services/data/v{version}/query/{locator}-{end}"
+        return self.json(out)
+
+    def query_more(self, token: str, version: str) -> Response:
+        locator, _, start = token.rpartition("-")
+        if locator not in self.cursors or not start.isdigit():
+            return self.fault(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+        return self._page(self.cursors[locator], int(start), version, locator)
+
+    def _check_fields(self, sobject: str, record: dict) -> str | None:
+        known = FIELDS[sobject] | COMMON | {"Martech_Id__c"}
+        for key in record:
+            if key in ("attributes", "id") or key in REFERENCES and isinstance(record[key], dict):
+                continue
+            if key not in known and not key.endswith("__c"):
+                return f"No such column '{key}' on sobject of type {sobject}"
+        return None
+
+    def _resolve(self, sobject: str, record: dict) -> tuple[dict, list[dict]]:
+        """Relationship references by external id -> Id fields; returns (fields, errors)."""
+        out, errors = {}, []
+        for key, value in record.items():
+            if key == "attributes":
+                continue
+            if key == "id":  # field names are case-insensitive; Collections examples use "id"
+                key = "Id"
+            if key in REFERENCES and isinstance(value, dict):
+                target = value.get("attributes", {}).get("type") or key
+                ((ext_field, ext_value),) = [(k, v) for k, v in value.items() if k != "attributes"][:1] or [("", "")]
+                found = self.by_external.get((target, str(ext_value))) if ext_field == "Martech_Id__c" else None
+                if found is None:
+                    errors.append({"statusCode": "INVALID_FIELD", "fields": [key],
+                                   "message": f"Foreign key external ID: {ext_value} not found for field "
+                                              f"{ext_field} in entity {target}"})
+                out[REFERENCES[key]] = found
+            else:
+                out[key] = value
+        return out, errors
+
+    def _validate(self, sobject: str, fields: dict, existing: dict | None) -> list[dict]:
+        errors = []
+        email = fields.get("Email")
+        if email not in (None, "") and not EMAIL.match(str(email)):
+            errors.append({"statusCode": "INVALID_EMAIL_ADDRESS", "fields": ["Email"],
+                           "message": f"Email: invalid email address: {email}"})
+        for lookup, target in (("LeadId", "Lead"), ("ContactId", "Contact"), ("CampaignId", "Campaign"),
+                               ("AccountId", "Account")):
+            value = fields.get(lookup)
+            if value and value not in self.records[target]:
+                errors.append({"statusCode": "INVALID_CROSS_REFERENCE_KEY", "fields": [lookup],
+                               "message": "invalid cross reference id"})
+        merged = {**(existing or {}), **fields}
+        missing = [f for f in REQUIRED.get(sobject, ()) if merged.get(f) in (None, "")]
+        if sobject == "CampaignMember" and not (merged.get("LeadId") or merged.get("ContactId")):
+            missing.append("LeadId")
+        if missing:
+            errors.append({"statusCode": "REQUIRED_FIELD_MISSING", "fields": missing,
+                           "message": f"Required fields are missing: [{', '.join(missing)}]"})
+        return errors
+
+    def _write_one(self, sobject: str, record: dict, mode: str, ext_field: str | None) -> dict:
+        fields, errors = self._resolve(sobject, record)
+        existing = None
+        if mode == "update":
+            existing = self.records[sobject].get(fields.get("Id") or "")
+            if existing is None:
+                errors.append({"statusCode": "ENTITY_IS_DELETED", "fields": [],
+                               "message": "entity is deleted"})
+        elif mode == "upsert":
+            key = str(fields.get(ext_field) or "")
+            if not key:
+                errors.append({"statusCode": "MISSING_ARGUMENT", "fields": [ext_field],
+                               "message": f"{ext_field} not specified"})
+            existing = self.records[sobject].get(self.by_external.get((sobject, key), ""))
+        errors += self._validate(sobject, fields, existing)
+        if errors:
+            return {"id": None, "success": False, "errors": errors}
+        if existing is not None:
+            fields["Id"] = existing["Id"]
+        written = self.put(sobject, fields)
+        result = {"id": written["Id"], "success": True, "errors": []}
+        if mode == "upsert":
+            result["created"] = existing is None
+        return result
+
+    def collection(self, request: Request, version: str, upsert: tuple[str, str] | None) -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+            return self.fault(400, "JSON_PARSER_ERROR", "The request body must be {allOrNone, records: [...]}")
+        records = body["records"]
+        self.collection_sizes.append(len(records))
+        if len(records) > COLLECTION_MAX:
+            return self.fault(400, "EXCEEDED_ID_LIMIT",
+                              f"record limit reached. cannot submit more than {COLLECTION_MAX} records into this call")
+        if body.get("allOrNone"):
+            return self.fault(400, "INVALID_FIELD", "allOrNone true is not emulated")
+        mode = "upsert" if upsert else ("create" if request.method == "POST" else "update")
+        results = []
+        for record in records:
+            sobject = (record.get("attributes") or {}).get("type")
+            if upsert and sobject != upsert[0]:
+                return self.fault(400, "INVALID_TYPE", f"record type {sobject!r} does not match {upsert[0]}")
+            if sobject not in FIELDS:
+                return self.fault(400, "INVALID_TYPE", f"sObject type '{sobject}' is not supported.")
+            if problem := self._check_fields(sobject, record):
+                return self.fault(400, "INVALID_FIELD", problem)
+            results.append(self._write_one(sobject, record, mode, upsert[1] if upsert else None))
+        return self.json(results)
+
+    # --- Bulk API 2.0 ingest ---
+    def _job_info(self, job: dict) -> dict:
+        return {k: v for k, v in job.items() if not k.startswith("_")}
+
+    def bulk(self, request: Request, version: str, rest: list[str]) -> Response:
+        method = request.method
+        if not rest and method == "POST":
+            body = request.get_json(silent=True) or {}
+            sobject, operation = body.get("object"), body.get("operation")
+            if sobject not in FIELDS or operation not in ("insert", "upsert", "update"):
+                return self.fault(400, "INVALIDJOB", f"InvalidJob : object {sobject!r} / operation {operation!r}")
+            if operation == "upsert" and not body.get("externalIdFieldName"):
+                return self.fault(400, "INVALIDJOB", "InvalidJob : External ID was blank for upsert")
+            job_id = f"750{next(self._ids):015d}"
+            stamp = self._stamp()
+            self.jobs[job_id] = {
+                "id": job_id, "operation": operation, "object": sobject, "createdById": "005000000000000001",
+                "createdDate": stamp, "systemModstamp": stamp, "state": "Open",
+                "externalIdFieldName": body.get("externalIdFieldName"), "concurrencyMode": "Parallel",
+                "contentType": "CSV", "apiVersion": float(version), "jobType": "V2Ingest",
+                "contentUrl": f"services/data/v{version}/jobs/ingest/{job_id}/batches",
+                "lineEnding": body.get("lineEnding", "LF"), "columnDelimiter": body.get("columnDelimiter", "COMMA"),
+                "_csv": "", "_ok": [], "_failed": [], "_polled": 0,
+            }
+            return self.json(self._job_info(self.jobs[job_id]))
+        job = self.jobs.get(rest[0]) if rest else None
+        if job is None:
+            return self.fault(404, "NOT_FOUND", "The requested resource does not exist")
+        if len(rest) == 2 and rest[1] == "batches" and method == "PUT":
+            if job["state"] != "Open":
+                return self.fault(400, "INVALIDJOB", f"Job state {job['state']} does not accept data")
+            job["_csv"] += request.get_data(as_text=True)
+            return Response(status=201)
+        if len(rest) == 1 and method == "PATCH":
+            state = (request.get_json(silent=True) or {}).get("state")
+            if state == "UploadComplete" and job["state"] == "Open":
+                job["state"] = "UploadComplete"
+                self._process(job)
+            elif state == "Aborted" and job["state"] in ("Open", "UploadComplete", "InProgress"):
+                job["state"] = "Aborted"
+            else:
+                return self.fault(400, "INVALIDJOB", f"cannot move job from {job['state']} to {state}")
+            return self.json(self._job_info(job))
+        if len(rest) == 1 and method == "GET":
+            # One poll sees InProgress, the next JobComplete: the client's wait loop is exercised.
+            if job["state"] in ("UploadComplete", "InProgress"):
+                job["_polled"] += 1
+                job["state"] = "InProgress" if job["_polled"] == 1 else "JobComplete"
+            info = self._job_info(job)
+            if job["state"] == "JobComplete":
+                info.update(numberRecordsProcessed=len(job["_ok"]) + len(job["_failed"]),
+                            numberRecordsFailed=len(job["_failed"]), retries=0, totalProcessingTime=1)
+            return self.json(info)
+        if len(rest) == 2 and method == "GET" and rest[1] in ("successfulResults", "failedResults",
+                                                               "unprocessedrecords"):
+            return Response(self._results_csv(job, rest[1]), content_type="text/csv")
+        return self.fault(404, "NOT_FOUND", "The requested resource does not exist")
+
+    def _process(self, job: dict) -> None:
+        reader = csv.DictReader(io.StringIO(job["_csv"]))
+        job["_header"] = reader.fieldnames or []
+        mode = job["operation"] if job["operation"] != "insert" else "create"
+        for row in reader:
+            # Bulk 2.0: an empty cell leaves the field as it is (#N/A would clear it).
+            record = {k: v for k, v in row.items() if v != ""}
+            record["attributes"] = {"type": job["object"]}
+            problem = self._check_fields(job["object"], record)
+            result = ({"id": None, "success": False,
+                       "errors": [{"statusCode": "INVALID_FIELD", "message": problem, "fields": []}]}
+                      if problem else self._write_one(job["object"], record, mode, job["externalIdFieldName"]))
+            if result["success"]:
+                job["_ok"].append((result["id"], "true" if result.get("created") else "false", row))
+            else:
+                error = "; ".join(f"{e['statusCode']}:{e['message']}:{','.join(e['fields'])} --"
+                                  for e in result["errors"])
+                job["_failed"].append(("", error, row))
+
+    @staticmethod
+    def _results_csv(job: dict, kind: str) -> str:
+        out = io.StringIO()
+        header = job.get("_header", [])
+        writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        if kind == "successfulResults":
+            writer.writerow(["sf__Id", "sf__Created", *header])
+            for record_id, created, row in job["_ok"]:
+                writer.writerow([record_id, created, *(row.get(h, "") for h in header)])
+        elif kind == "failedResults":
+            writer.writerow(["sf__Id", "sf__Error", *header])
+            for record_id, error, row in job["_failed"]:
+                writer.writerow([record_id, error, *(row.get(h, "") for h in header)])
+        else:
+            writer.writerow(header)
+        return out.getvalue()
+
+
+def dumps(data) -> str:
+    return json.dumps(data)

@@ -1,0 +1,141 @@
+"""martech's own CRM object types: leads (contact), accounts (company) and
+sales tasks (task). Registered from CrmConfig.ready; attribution registers
+"deal" the same way (attribution/crm_sync.py)."""
+from __future__ import annotations
+
+from typing import Any
+
+from martech.crm.objects import ObjectType, register
+
+
+def _lead_write(*, instance, data: dict[str, Any], source: str):
+    from martech.services.leads import lead_upsert
+
+    # No ``lead=``: lead_upsert finds the row by email, else CRM id (the capture dedupe path).
+    lead, _ = lead_upsert(data=data, source=source)
+    return lead
+
+
+def _account_write(*, instance, data: dict[str, Any], source: str):
+    from martech.services.accounts import account_upsert
+
+    account, _ = account_upsert(data=data, account=instance, source=source)
+    return account
+
+
+def _task_write(*, instance, data: dict[str, Any], source: str):
+    """A pulled task only ever completes one of ours: tasks are created here
+    (handoff, nurture, by hand) and pushed; a CRM task we never pushed is skipped."""
+    from martech.models import SalesTask
+    from martech.services.tasks import task_complete
+
+    if instance is None:
+        return None
+    if data.get("status") == SalesTask.Status.DONE and instance.status == SalesTask.Status.OPEN:
+        task_complete(task=instance, source=source, at=data.get("completed_at"))
+    return instance
+
+
+def _campaign_write(*, instance, data: dict[str, Any], source: str):
+    from django.core.exceptions import ValidationError
+
+    from martech.models import Campaign
+    from martech.services.campaigns import campaign_save
+
+    campaign = instance or Campaign()
+    for key, value in data.items():
+        if key not in {f.name for f in Campaign._meta.concrete_fields} or key in ("id", "created_at", "updated_at"):
+            raise ValidationError({key: ["Not a writable campaign field."]})
+        setattr(campaign, key, value)
+    if not campaign.name:
+        raise ValidationError({"name": ["A campaign pulled from the CRM needs a name."]})
+    return campaign_save(campaign=campaign, source=source)
+
+
+def _campaign_members(campaign) -> dict[str, list[int]]:
+    """A campaign's members are the leads with a touch (an event) attributed
+    to it: pushed as Salesforce CampaignMembers."""
+    from martech.models import Event
+
+    return {"contact": sorted(set(Event.objects.filter(campaign=campaign, lead__isnull=False)
+                                  .values_list("lead_id", flat=True)))}
+
+
+def _task_associations(task) -> dict[str, list[int]]:
+    return {"contact": [task.lead_id]}
+
+
+CONTACT_MAPPINGS = [
+    ("email", "email", "text", {}),
+    ("first_name", "firstname", "text", {}),
+    ("last_name", "lastname", "text", {}),
+    ("job_title", "jobtitle", "text", {"system_of_record": "remote"}),
+    ("company_name", "company", "text", {}),
+    ("country", "country", "text", {}),
+    ("lifecycle_stage", "lifecyclestage", "text", {}),
+    ("owner", "hubspot_owner_id", "text", {"direction": "push"}),
+    ("total_score", "hubspotscore", "number", {"direction": "push"}),
+]
+COMPANY_MAPPINGS = [
+    ("domain", "domain", "text", {}),
+    ("name", "name", "text", {}),
+    ("industry", "industry", "text", {"system_of_record": "remote"}),
+    ("employee_count", "numberofemployees", "number", {}),
+    ("annual_revenue", "annualrevenue", "number", {}),
+    ("country", "country", "text", {}),
+    ("owner", "hubspot_owner_id", "text", {}),
+]
+# Salesforce Lead fields (a Contact gets MailingCountry and no Company/Status,
+# see connectors/salesforce.py). LastName and Company are required by
+# Salesforce on a Lead, hence the defaults.
+SALESFORCE_CONTACT_MAPPINGS = [
+    ("email", "Email", "text", {}),
+    ("first_name", "FirstName", "text", {}),
+    ("last_name", "LastName", "text", {"default": "Unknown"}),
+    ("job_title", "Title", "text", {"system_of_record": "remote"}),
+    ("company_name", "Company", "text", {"default": "[not provided]"}),
+    ("country", "Country", "text", {}),
+    ("lifecycle_stage", "Status", "text", {}),
+    ("owner", "OwnerId", "text", {"direction": "push"}),
+]
+SALESFORCE_ACCOUNT_MAPPINGS = [
+    ("name", "Name", "text", {}),
+    ("domain", "Website", "text", {}),
+    ("industry", "Industry", "text", {"system_of_record": "remote"}),
+    ("employee_count", "NumberOfEmployees", "number", {}),
+]
+SALESFORCE_CAMPAIGN_MAPPINGS = [
+    ("name", "Name", "text", {}),
+    ("start_date", "StartDate", "date", {}),
+    ("end_date", "EndDate", "date", {}),
+    ("budget", "BudgetedCost", "number", {}),
+]
+TASK_STATUS = {"open": "NOT_STARTED", "done": "COMPLETED", "cancelled": "DEFERRED"}
+TASK_MAPPINGS = [
+    ("subject", "hs_task_subject", "text", {"direction": "push"}),
+    ("description", "hs_task_body", "text", {"direction": "push"}),
+    ("due_at", "hs_timestamp", "datetime", {"direction": "push"}),
+    ("status", "hs_task_status", "picklist", {"value_map": TASK_STATUS, "system_of_record": "remote"}),
+    ("owner", "hubspot_owner_id", "text", {"direction": "push"}),
+]
+
+
+def register_core() -> None:
+    register(ObjectType(key="contact", label="Contact / Lead", model="martech.Lead", hook="leads",
+                        write=_lead_write, key_field="email", select_related=("owner", "lifecycle_stage"),
+                        id_fields={"hubspot": "hubspot_id", "salesforce": "salesforce_lead_id"},
+                        id_prefixes={"salesforce": {"003": "salesforce_contact_id", "00Q": "salesforce_lead_id"}},
+                        order=20, default_mappings={"hubspot": CONTACT_MAPPINGS,
+                                                    "salesforce": SALESFORCE_CONTACT_MAPPINGS}))
+    register(ObjectType(key="company", label="Company / Account", model="martech.Account", hook="accounts",
+                        write=_account_write, key_field="domain", select_related=("owner",), order=10,
+                        default_mappings={"hubspot": COMPANY_MAPPINGS, "salesforce": SALESFORCE_ACCOUNT_MAPPINGS}))
+    register(ObjectType(key="campaign", label="Campaign (and its members)", model="martech.Campaign",
+                        hook="campaigns", write=_campaign_write, associations=_campaign_members, order=30,
+                        default_mappings={"salesforce": SALESFORCE_CAMPAIGN_MAPPINGS}))
+    register(ObjectType(key="task", label="Task", model="martech.SalesTask", hook="tasks", write=_task_write,
+                        select_related=("owner", "lead"), associations=_task_associations, order=90,
+                        # HubSpot requires hs_timestamp (the due date): a task without one is due when made.
+                        readers={"due_at": lambda t: t.due_at or t.created_at},
+                        extra_trigger_fields=frozenset({"lead"}),
+                        default_mappings={"hubspot": TASK_MAPPINGS}))
