@@ -113,7 +113,12 @@ class Lead(TimestampedModel):
     )
     fit_score = models.IntegerField(default=0)
     engagement_score = models.IntegerField(default=0)
-    total_score = models.IntegerField(default=0, db_index=True)
+    # Not indexed, nor are fit/engagement: score writes (the bulk recompute
+    # rewrites most leads) then stay heap-only (HOT) updates that touch none
+    # of the table's ~20 indexes (migration 0004; scoring's 0004 leaves the
+    # free space in each page they need). Segments on score scan anyway
+    # (most thresholds match a large share); README "Scoring".
+    total_score = models.IntegerField(default=0)
 
     original_source = models.CharField(max_length=20, choices=Channel.choices, blank=True, db_index=True)
     first_touch_at = models.DateTimeField(null=True, blank=True)
