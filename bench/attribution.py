@@ -51,7 +51,9 @@ from rest_framework.test import APIClient  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attribution import engine  # noqa: E402
-from attribution.computation import ALL_MODELS, RollupAccumulator, _write, first_flags, rollup_refresh  # noqa: E402
+from attribution.computation import (  # noqa: E402
+    ALL_MODELS, RollupAccumulator, _write, first_flags, rollup_refresh, secondary_indexes_suspended,
+)
 from django.db.models import Sum  # noqa: E402
 from attribution.models import AttributionCredit, Opportunity, Pipeline  # noqa: E402
 
@@ -154,20 +156,23 @@ def materialize(models: dict, rows_of_opps, created, label: str) -> None:
         for opp, (_m, path, ctx, amount, won, closed) in zip(created, rows_of_opps):
             flags = first_flags([(t.channel, None) for t in path])
             common = ("USD", won, closed, opp.created_at, opp.closed_at)
-            for model, weigh in models.items():
-                t = time.perf_counter()
-                weights = weigh(path, ctx)
+            # As computation.credit_rows: the touch's columns once, for every model.
+            per_touch = [(opp.pk, None, touch.channel, None, datetime.fromtimestamp(touch.at, dt_timezone.utc),
+                          touch.is_opportunity_creation, *firsts) for touch, firsts in zip(path, flags)]
+            t = time.perf_counter()
+            for model, weights in engine.path_weights(models, path, ctx):
                 credits = engine.allocate(amount, weights)
                 engine_s += time.perf_counter() - t
-                for touch, w, c, firsts in zip(path, weights, credits, flags):
-                    yield (model, opp.pk, None, touch.channel, None, datetime.fromtimestamp(touch.at, dt_timezone.utc),
-                           touch.is_opportunity_creation, *firsts, w, c, *common)
+                for head, w, c in zip(per_touch, weights, credits):
+                    yield (model, *head, w, c, *common)
+                t = time.perf_counter()
 
     with Timer() as total:
         with transaction.atomic():
             AttributionCredit.objects.filter(model__in=list(models)).delete()
             rollup = RollupAccumulator()
-            written = _write(rollup.feed(tqdm(rows(), desc=label, unit="row", file=sys.stderr, mininterval=5)))
+            with secondary_indexes_suspended():
+                written = _write(rollup.feed(tqdm(rows(), desc=label, unit="row", file=sys.stderr, mininterval=5)))
             with Timer() as roll:
                 rollup.replace(models=list(models))
     emit(f"{label}_s", round(total.wall, 2), "s")
