@@ -180,9 +180,14 @@ def _write(rows: Iterable[tuple]) -> int:
     if connection.vendor == "postgresql":
         # COPY is several times faster than INSERT for the millions of rows of a full run.
         # Binary COPY: the server reads numerics and timestamps without parsing text.
+        # The queued writer sends from a thread, so building rows here and the
+        # server loading them overlap instead of taking turns.
+        from psycopg.copy import QueuedLibpqWriter
+
         cols = ", ".join(CREDIT_COLUMNS)
         with connection.cursor() as cursor:
-            with cursor.cursor.copy(f"COPY attribution_attributioncredit ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            sql = f"COPY attribution_attributioncredit ({cols}) FROM STDIN (FORMAT BINARY)"
+            with cursor.cursor.copy(sql, writer=QueuedLibpqWriter(cursor.cursor)) as copy:
                 copy.set_types(COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
@@ -299,8 +304,8 @@ class RollupAccumulator:
     table, without reading millions of rows back. ``feed`` passes the rows
     through; ``replace`` then swaps in the model's rollup rows."""
 
-    _MODEL, _CHANNEL, _CAMPAIGN = 0, 3, 4
-    _FLAGS = slice(7, 11)  # first of opportunity, channel, campaign, (channel, campaign)
+    # Row layout: CREDIT_COLUMNS (model 0, channel 3, campaign 4, first-of
+    # flags 7-10, weight 11, credit 12, is_won 14, created 16, closed 17).
 
     def __init__(self) -> None:
         self.groups: dict[tuple, list] = {}
@@ -312,23 +317,29 @@ class RollupAccumulator:
             day = self._days[at] = _utc_day(at)
         return day
 
-    def _add(self, key: tuple, credit: Decimal, weight: float, flags: tuple) -> None:
-        g = self.groups.get(key)
-        if g is None:
-            g = self.groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0]
-        g[0] += credit
-        g[1] += weight
-        for i, flag in enumerate(flags, start=2):
-            g[i] += flag
-
     def feed(self, rows: Iterable[tuple]) -> Iterator[tuple]:
+        # Millions of rows in a full run: written flat with locals, as each
+        # attribute lookup or helper call here costs seconds in total.
+        groups, day = self.groups, self._day
+        created_basis, won_basis = AttributionRollup.CREATED, AttributionRollup.WON
         for row in rows:
-            model, channel, campaign = row[self._MODEL], row[self._CHANNEL], row[self._CAMPAIGN]
-            weight, credit, is_won, created_at, closed_at = row[11], row[12], row[14], row[16], row[17]
-            flags = row[self._FLAGS]
-            self._add((model, AttributionRollup.CREATED, self._day(created_at), channel, campaign), credit, weight, flags)
-            if is_won and closed_at is not None:
-                self._add((model, AttributionRollup.WON, self._day(closed_at), channel, campaign), credit, weight, flags)
+            model, channel, campaign = row[0], row[3], row[4]
+            first_opp, first_channel, first_campaign, first_pair = row[7], row[8], row[9], row[10]
+            weight, credit = row[11], row[12]
+            closed_at = row[17]
+            keys = [(model, created_basis, day(row[16]), channel, campaign)]
+            if row[14] and closed_at is not None:  # won: its revenue, by close day
+                keys.append((model, won_basis, day(closed_at), channel, campaign))
+            for key in keys:
+                g = groups.get(key)
+                if g is None:
+                    g = groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0]
+                g[0] += credit
+                g[1] += weight
+                g[2] += first_opp
+                g[3] += first_channel
+                g[4] += first_campaign
+                g[5] += first_pair
             yield row
 
     COLUMNS = (
@@ -362,6 +373,33 @@ def _credit_days(rows: Iterable[tuple[datetime | None, datetime | None]], into: 
         into[AttributionRollup.CREATED].add(_utc_day(created_at))
 
 
+def path_credit_rows(weighers: dict, path: Sequence[engine.Touch], ctx: engine.PathContext, amount: Decimal,
+                     touch_cols: Sequence[tuple], common: tuple) -> Iterator[tuple]:
+    """Every model's credit rows for one non-empty path. ``touch_cols`` holds
+    per touch (opportunity id, touchpoint id, channel, campaign id, touched
+    at, is opportunity creation); ``common`` the opportunity's (currency,
+    is won, is closed, created at, closed at).
+
+    A touch a model gives no weight gets no row (first, last and last
+    non-direct weigh one touch of the path: a row for each of the others
+    was most of a full run's writing, for nothing the reports can show but
+    a zero). The first-row flags are then those of the rows written, so an
+    opportunity counts under a model in the groups it credits. Zero-weight
+    touches carry no credit: allocate gives the remainder to the largest
+    weight, so the credits still sum to the amount."""
+    keys = [(cols[2], cols[3]) for cols in touch_cols]
+    heads = [(*cols, *firsts) for cols, firsts in zip(touch_cols, first_flags(keys))]
+    for model, weights in engine.path_weights(weighers, path, ctx):
+        credits = engine.allocate(amount, weights)
+        if 0.0 in weights:
+            kept = [i for i, w in enumerate(weights) if w]
+            for i, firsts in zip(kept, first_flags([keys[i] for i in kept])):
+                yield (model, *touch_cols[i], *firsts, weights[i], credits[i], *common)
+        else:
+            for head, w, c in zip(heads, weights, credits):
+                yield (model, *head, w, c, *common)
+
+
 def credit_rows(opps: list[dict], roles: dict[int, list[int]], touches: dict[int, list[tuple]], weighers: dict, *,
                 now: datetime, progress: bool = False) -> Iterator[tuple]:
     """Every model's credit rows for ``opps``, one opportunity at a time (a generator)."""
@@ -370,18 +408,12 @@ def credit_rows(opps: list[dict], roles: dict[int, list[int]], touches: dict[int
         amount: Decimal = opp["amount"]
         closed = opp["closed_at"] is not None and (opp["stage__is_won"] or opp["stage__is_lost"])
         common = (opp["currency"], bool(opp["stage__is_won"]), bool(closed), opp["created_at"], opp["closed_at"] if closed else None)
-        flags = first_flags([(t[2], t[3]) for t in tp_rows])
         if not path:
             for model in weighers:
                 yield (model, opp["id"], None, AttributionCredit.UNATTRIBUTED, None, None, False, True, True, True, True, 1.0, amount, *common)
             continue
-        # The columns that depend only on the touch, built once for every model.
-        per_touch = [(opp["id"], t[1], t[2], t[3], t[4], touch.is_opportunity_creation, *firsts)
-                     for t, touch, firsts in zip(tp_rows, path, flags)]
-        for model, weights in engine.path_weights(weighers, path, ctx):
-            credits = engine.allocate(amount, weights)
-            for head, w, c in zip(per_touch, weights, credits):
-                yield (model, *head, w, c, *common)
+        touch_cols = [(opp["id"], t[1], t[2], t[3], t[4], touch.is_opportunity_creation) for t, touch in zip(tp_rows, path)]
+        yield from path_credit_rows(weighers, path, ctx, amount, touch_cols, common)
 
 
 def attribution_compute(
