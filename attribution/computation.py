@@ -311,35 +311,41 @@ class RollupAccumulator:
         self.groups: dict[tuple, list] = {}
         self._days: dict[datetime, date] = {}
 
-    def _day(self, at: datetime) -> date:
-        day = self._days.get(at)
-        if day is None:
-            day = self._days[at] = _utc_day(at)
-        return day
-
     def feed(self, rows: Iterable[tuple]) -> Iterator[tuple]:
         # Millions of rows in a full run: written flat with locals, as each
         # attribute lookup or helper call here costs seconds in total.
-        groups, day = self.groups, self._day
+        groups, days = self.groups, self._days
         created_basis, won_basis = AttributionRollup.CREATED, AttributionRollup.WON
         for row in rows:
-            model, channel, campaign = row[0], row[3], row[4]
-            first_opp, first_channel, first_campaign, first_pair = row[7], row[8], row[9], row[10]
-            weight, credit = row[11], row[12]
+            created_at = row[16]
+            created_day = days.get(created_at)
+            if created_day is None:
+                created_day = days[created_at] = _utc_day(created_at)
+            key = (row[0], created_basis, created_day, row[3], row[4])
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0]
+            g[0] += row[12]
+            g[1] += row[11]
+            g[2] += row[7]
+            g[3] += row[8]
+            g[4] += row[9]
+            g[5] += row[10]
             closed_at = row[17]
-            keys = [(model, created_basis, day(row[16]), channel, campaign)]
             if row[14] and closed_at is not None:  # won: its revenue, by close day
-                keys.append((model, won_basis, day(closed_at), channel, campaign))
-            for key in keys:
-                g = groups.get(key)
-                if g is None:
-                    g = groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0]
-                g[0] += credit
-                g[1] += weight
-                g[2] += first_opp
-                g[3] += first_channel
-                g[4] += first_campaign
-                g[5] += first_pair
+                closed_day = days.get(closed_at)
+                if closed_day is None:
+                    closed_day = days[closed_at] = _utc_day(closed_at)
+                key = (row[0], won_basis, closed_day, row[3], row[4])
+                w = groups.get(key)
+                if w is None:
+                    w = groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0]
+                w[0] += row[12]
+                w[1] += row[11]
+                w[2] += row[7]
+                w[3] += row[8]
+                w[4] += row[9]
+                w[5] += row[10]
             yield row
 
     COLUMNS = (

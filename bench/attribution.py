@@ -132,6 +132,22 @@ def create_opportunities(opps) -> list[Opportunity]:
         return Opportunity.objects.bulk_create(objs, batch_size=5000)
 
 
+def backend_cpu() -> float:
+    """CPU seconds of this connection's PostgreSQL backend (user + system,
+    from /proc: the server runs on this machine; as bench/scoring.py); 0
+    elsewhere. Loading the COPY and building the indexes happen there."""
+    if connection.vendor != "postgresql":
+        return 0.0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Timer:
     """Wall clock and this process's CPU time (the database server's CPU is not in it)."""
 
@@ -160,6 +176,7 @@ def materialize(models: dict, rows_of_opps, created, label: str) -> None:
                           for t in path]
             yield from path_credit_rows(models, path, ctx, amount, touch_cols, common)
 
+    db0 = backend_cpu()
     with Timer() as total:
         with transaction.atomic():
             AttributionCredit.objects.filter(model__in=list(models)).delete()
@@ -168,12 +185,14 @@ def materialize(models: dict, rows_of_opps, created, label: str) -> None:
                 written = _write(rollup.feed(rows()))
             with Timer() as roll:
                 rollup.replace(models=list(models))
+    db_cpu = backend_cpu() - db0
     with Timer() as eng:
         for _m, path, ctx, amount, _won, _closed in rows_of_opps:
             for _model, weights in engine.path_weights(models, path, ctx):
                 engine.allocate(amount, weights)
     emit(f"{label}_s", round(total.wall, 2), "s")
     emit(f"{label}_cpu_s", round(total.cpu, 2), "s")
+    emit(f"{label}_db_backend_cpu_s", round(db_cpu, 2), "s")
     emit(f"{label}_engine_cpu_s", round(eng.cpu, 2), "s")
     emit(f"{label}_rollup_s", round(roll.wall, 2), "s")
     emit(f"{label}_credits", written, "rows")
