@@ -70,3 +70,27 @@ def test_full_run_on_any_database_writes_every_models_rows_once():
     rows = list(AttributionCredit.objects.values_list("model", "credit"))
     assert sorted(m for m, _ in rows) == sorted(ALL_MODELS)
     assert all(c == Decimal("10.00") for _, c in rows)
+
+
+def test_a_failure_mid_stream_writes_nothing_and_leaves_the_connection_usable():
+    """The rows are generated while the COPY (a writer thread on PostgreSQL)
+    sends them: an error half-way must abort the whole write."""
+    from attribution.computation import CREDIT_COLUMNS, _write
+
+    opp, _ = opportunity_upsert(data={"name": "Deal", "amount": Decimal("10.00")}, source="t")
+    row = dict(model="linear", opportunity_id=opp.pk, touchpoint_id=None, channel="email", campaign_id=None, touched_at=None,
+               is_opportunity_creation=False, first_of_opportunity=True, first_of_channel=True, first_of_campaign=True,
+               first_of_channel_campaign=True, weight=1.0, credit=Decimal("10.00"), currency="USD", is_won=False,
+               is_closed=False, opportunity_created_at=opp.created_at, opportunity_closed_at=None)
+
+    def rows():
+        for _ in range(20_000):  # past the writer's flush threshold: some data has gone to the server
+            yield tuple(row[c] for c in CREDIT_COLUMNS)
+        raise RuntimeError("half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        with transaction.atomic():
+            _write(rows())
+    assert AttributionCredit.objects.count() == 0
+    assert _write(iter([tuple(row[c] for c in CREDIT_COLUMNS)])) == 1
+    assert AttributionCredit.objects.get().credit == Decimal("10.00")
