@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 from math import factorial
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 DIRECT = "direct"
 CENT = Decimal("0.01")
@@ -150,14 +150,26 @@ def role_indices(path: Sequence[Touch], ctx: PathContext | None) -> dict[str, in
     }
 
 
-def position_based(path: Sequence[Touch], ctx: PathContext | None, *, weights: Mapping[str, float]) -> list[float]:
+def _check_position_weights(weights: Mapping[str, float]) -> None:
     unknown = set(weights) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown position roles: {sorted(unknown)}")
     if any(w < 0 for w in weights.values()):
         raise ValueError("position weights must not be negative")
+
+
+def position_based(
+    path: Sequence[Touch], ctx: PathContext | None, *, weights: Mapping[str, float],
+    holders: Mapping[str, int | None] | None = None,
+) -> list[float]:
+    """``holders`` is role_indices(path, ctx) when the caller already has it:
+    several position models over one path share it (see path_weights)."""
+    _check_position_weights(weights)
+    return _position_weights(path, weights, role_indices(path, ctx) if holders is None else holders)
+
+
+def _position_weights(path: Sequence[Touch], weights: Mapping[str, float], holders: Mapping[str, int | None]) -> list[float]:
     n = len(path)
-    holders = role_indices(path, ctx)
     raw = [0.0] * n
     role_held = [False] * n
     for role, share in weights.items():
@@ -195,13 +207,33 @@ def channel_weighted(path: Sequence[Touch], values: Mapping[str, float]) -> list
 # ---------------------------------------------------------------- allocation
 
 
+# Decimal(repr(w)) of the weights seen lately. Most weights recur from path
+# to path (0, 1, 1/n, the position shares); time-decay weights do not, so
+# the cache is emptied when it grows past _WEIGHT_CACHE_MAX.
+_weight_decimals: dict[float, Decimal] = {}
+_WEIGHT_CACHE_MAX = 50_000
+
+
+def _weight_decimal(w: float) -> Decimal:
+    d = _weight_decimals.get(w)
+    if d is None:
+        if len(_weight_decimals) >= _WEIGHT_CACHE_MAX:
+            _weight_decimals.clear()
+        d = _weight_decimals[w] = Decimal(repr(w))
+    return d
+
+
 def allocate(amount: Decimal, weights: Sequence[float]) -> list[Decimal]:
     """Split ``amount`` (2 decimal places) over ``weights``; the credits sum
     exactly to ``amount``. See the module docstring for the remainder rule."""
     if not weights:
         raise ValueError("cannot allocate over an empty path")
     amount = Decimal(amount).quantize(CENT)
-    credits = [(amount * Decimal(repr(w))).quantize(CENT, rounding=ROUND_HALF_EVEN) for w in weights]
+    zero = amount * 0  # 0.00 (with the amount's sign, as amount * 0.0 rounded would be)
+    credits = [
+        zero if w == 0.0 else amount if w == 1.0 else (amount * _weight_decimal(w)).quantize(CENT, rounding=ROUND_HALF_EVEN)
+        for w in weights
+    ]
     remainder = amount - sum(credits)
     if remainder:
         top = max(range(len(weights)), key=lambda i: (weights[i], -i))
@@ -344,6 +376,34 @@ MODELS = (
 DATA_DRIVEN = frozenset({"markov", "shapley"})
 
 
+class PositionWeigher:
+    """A position-based model with its role shares bound (checked once, here).
+    Called as weigh(path, ctx) like every weigher; path_weights passes the
+    role holders it computed once for all the position models of a path."""
+
+    __slots__ = ("weights",)
+
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        _check_position_weights(weights)
+        self.weights = dict(weights)
+
+    def __call__(self, path: Sequence[Touch], ctx: PathContext | None, holders: Mapping[str, int | None] | None = None) -> list[float]:
+        return _position_weights(path, self.weights, role_indices(path, ctx) if holders is None else holders)
+
+
+def path_weights(weighers: Mapping[str, Callable], path: Sequence[Touch], ctx: PathContext) -> Iterator[tuple[str, list[float]]]:
+    """(model, weights) for every weigher over one path, in one pass over
+    the path's roles: the position models share one role_indices."""
+    holders = None
+    for model, weigh in weighers.items():
+        if isinstance(weigh, PositionWeigher):
+            if holders is None:
+                holders = role_indices(path, ctx)
+            yield model, weigh(path, ctx, holders)
+        else:
+            yield model, weigh(path, ctx)
+
+
 def weigher(
     model: str,
     *,
@@ -363,13 +423,11 @@ def weigher(
     if model == "time_decay":
         return lambda p, c: time_decay(p, c, half_life_days=half_life_days)
     if model in POSITION_WEIGHTS:
-        w = POSITION_WEIGHTS[model]
-        return lambda p, c: position_based(p, c, weights=w)
+        return PositionWeigher(POSITION_WEIGHTS[model])
     if model == "custom":
         if not custom_weights:
             raise ValueError("custom model needs position weights")
-        cw = dict(custom_weights)
-        return lambda p, c: position_based(p, c, weights=cw)
+        return PositionWeigher(custom_weights)
     if model in DATA_DRIVEN:
         if channel_values is None:
             raise ValueError(f"{model} needs channel values learned from the journeys")

@@ -240,7 +240,9 @@ class AttributionRun(models.Model):
 
 class AttributionCredit(models.Model):
     """Materialized result: one model's credit for one touch of one
-    opportunity. An opportunity without touches gets one row with no touch
+    opportunity, for the touches the model gives weight (first, last and
+    last non-direct: one row per opportunity; computation.path_credit_rows).
+    An opportunity without touches gets one row with no touch
     (channel "unattributed"), so totals always equal the revenue. The
     opportunity's dates and state are copied here so reports read one table."""
 

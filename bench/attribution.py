@@ -51,7 +51,9 @@ from rest_framework.test import APIClient  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attribution import engine  # noqa: E402
-from attribution.computation import ALL_MODELS, RollupAccumulator, _write, first_flags, rollup_refresh  # noqa: E402
+from attribution.computation import (  # noqa: E402
+    ALL_MODELS, RollupAccumulator, _write, path_credit_rows, rollup_refresh, secondary_indexes_suspended,
+)
 from django.db.models import Sum  # noqa: E402
 from attribution.models import AttributionCredit, Opportunity, Pipeline  # noqa: E402
 
@@ -130,6 +132,22 @@ def create_opportunities(opps) -> list[Opportunity]:
         return Opportunity.objects.bulk_create(objs, batch_size=5000)
 
 
+def backend_cpu() -> float:
+    """CPU seconds of this connection's PostgreSQL backend (user + system,
+    from /proc: the server runs on this machine; as bench/scoring.py); 0
+    elsewhere. Loading the COPY and building the indexes happen there."""
+    if connection.vendor != "postgresql":
+        return 0.0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Timer:
     """Wall clock and this process's CPU time (the database server's CPU is not in it)."""
 
@@ -143,36 +161,39 @@ class Timer:
 
 def materialize(models: dict, rows_of_opps, created, label: str) -> None:
     """What attribution_compute does after loading: every credit row of
-    ``models`` (name -> weight function) streamed into the database with
-    attribution.computation's writer (COPY on PostgreSQL), replacing the old
-    rows, and the rollup rebuilt, in one transaction. Times the whole, and
-    the engine's share of it (weights and Decimal allocation)."""
-    engine_s = 0.0
+    ``models`` (name -> weight function) built by computation.path_credit_rows
+    and streamed into the database with attribution.computation's writer
+    (binary COPY on PostgreSQL, the table's secondary indexes built after
+    when it starts empty), replacing the old rows, and the rollup summed on
+    the way and saved, in one transaction: that whole is ``{label}_s``.
+    Then, untimed in it, the engine alone (weights and Decimal allocation of
+    every path, no rows) for ``{label}_engine_cpu_s``."""
 
     def rows():
-        nonlocal engine_s
-        for opp, (_m, path, ctx, amount, won, closed) in zip(created, rows_of_opps):
-            flags = first_flags([(t.channel, None) for t in path])
+        for opp, (_m, path, ctx, amount, won, closed) in zip(tqdm(created, desc=label, unit="opp", file=sys.stderr, mininterval=5), rows_of_opps):
             common = ("USD", won, closed, opp.created_at, opp.closed_at)
-            for model, weigh in models.items():
-                t = time.perf_counter()
-                weights = weigh(path, ctx)
-                credits = engine.allocate(amount, weights)
-                engine_s += time.perf_counter() - t
-                for touch, w, c, firsts in zip(path, weights, credits, flags):
-                    yield (model, opp.pk, None, touch.channel, None, datetime.fromtimestamp(touch.at, dt_timezone.utc),
-                           touch.is_opportunity_creation, *firsts, w, c, *common)
+            touch_cols = [(opp.pk, None, t.channel, None, datetime.fromtimestamp(t.at, dt_timezone.utc), t.is_opportunity_creation)
+                          for t in path]
+            yield from path_credit_rows(models, path, ctx, amount, touch_cols, common)
 
+    db0 = backend_cpu()
     with Timer() as total:
         with transaction.atomic():
             AttributionCredit.objects.filter(model__in=list(models)).delete()
             rollup = RollupAccumulator()
-            written = _write(rollup.feed(tqdm(rows(), desc=label, unit="row", file=sys.stderr, mininterval=5)))
+            with secondary_indexes_suspended():
+                written = _write(rollup.feed(rows()))
             with Timer() as roll:
                 rollup.replace(models=list(models))
+    db_cpu = backend_cpu() - db0
+    with Timer() as eng:
+        for _m, path, ctx, amount, _won, _closed in rows_of_opps:
+            for _model, weights in engine.path_weights(models, path, ctx):
+                engine.allocate(amount, weights)
     emit(f"{label}_s", round(total.wall, 2), "s")
     emit(f"{label}_cpu_s", round(total.cpu, 2), "s")
-    emit(f"{label}_engine_s", round(engine_s, 2), "s")
+    emit(f"{label}_db_backend_cpu_s", round(db_cpu, 2), "s")
+    emit(f"{label}_engine_cpu_s", round(eng.cpu, 2), "s")
     emit(f"{label}_rollup_s", round(roll.wall, 2), "s")
     emit(f"{label}_credits", written, "rows")
 

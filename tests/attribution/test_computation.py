@@ -269,3 +269,38 @@ def test_pipeline_report_by_hand(client, superuser):
     assert body["weighted_forecast"] == "500.00"  # proposal at 50%
     assert body["velocity_days"] == 10.0
     assert isinstance(body["lifecycle_funnel"], list)
+
+
+def test_touches_a_model_gives_no_weight_get_no_row():
+    """first/last/last non-direct credit one touch: only that touch has a
+    row, its first-row flags set, and the report counts the deal only in the
+    group the model credits (the multi-touch models still count it in every
+    group it touched)."""
+    c1, c2 = CampaignFactory(channel="email"), CampaignFactory(channel="paid_search")
+    lead = LeadFactory()
+    touch(lead, "email", T0 - timedelta(days=3), campaign=c1)
+    touch(lead, "paid_search", T0 - timedelta(days=2), campaign=c2)
+    touch(lead, "direct", T0 - timedelta(days=1))
+    touchpoints_rebuild(lead_ids=[lead.pk])
+    opp = make_opp([lead], amount="99.99", won_at=T0 + timedelta(days=1))
+    attribution_compute()
+    rows = {m: list(AttributionCredit.objects.filter(opportunity=opp, model=m).values_list(
+        "channel", "credit", "weight", "first_of_opportunity", "first_of_channel", "first_of_campaign", "first_of_channel_campaign"))
+        for m in ("first_touch", "last_touch", "last_non_direct", "linear")}
+    assert rows["first_touch"] == [("email", Decimal("99.99"), 1.0, True, True, True, True)]
+    assert rows["last_touch"] == [("direct", Decimal("99.99"), 1.0, True, True, True, True)]
+    assert rows["last_non_direct"] == [("paid_search", Decimal("99.99"), 1.0, True, True, True, True)]
+    assert len(rows["linear"]) == 3
+    day = (T0 + timedelta(days=1)).date()
+    for model, credited in (("first_touch", "email"), ("last_non_direct", "paid_search"), ("linear", None)):
+        counts = {r["group"]: r["opportunity_count"] for r in attribution_report(model=model, group_by="channel", start=T0.date() - timedelta(days=1), end=day)}
+        if credited:
+            assert counts.get(credited) == 1 and sum(counts.values()) == 1, (model, counts)
+        else:
+            assert counts == {"email": 1, "paid_search": 1, "direct": 1}
+        campaign_rows = attribution_report(model=model, group_by="campaign", campaign_id=c2.pk)
+        assert sum(r["opportunity_count"] for r in campaign_rows) == (1 if model != "first_touch" else 0), model
+    # an incremental recompute writes the same rows
+    before = sorted(AttributionCredit.objects.values_list("model", "channel", "credit", "first_of_opportunity"))
+    attribution_compute(opportunity_ids=[opp.pk])
+    assert sorted(AttributionCredit.objects.values_list("model", "channel", "credit", "first_of_opportunity")) == before

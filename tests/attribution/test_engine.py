@@ -156,3 +156,54 @@ def test_weigher_rejects_unknown_model():
         e.weigher("nope")
     with pytest.raises(ValueError):
         e.weigher("markov")
+
+
+def _allocate_reference(amount, weights):
+    """The documented rounding rule, written plainly: each credit is
+    amount * weight rounded half-even to the cent, the remainder to the
+    largest weight (earliest on a tie)."""
+    from decimal import ROUND_HALF_EVEN
+
+    credits = [(amount * Decimal(repr(w))).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN) for w in weights]
+    rest = amount - sum(credits)
+    top = min(range(len(weights)), key=lambda i: (-weights[i], i))
+    credits[top] += rest
+    return credits
+
+
+def test_allocate_matches_the_plain_rule_on_many_paths():
+    import random
+
+    rnd = random.Random(7)
+    for _ in range(3000):
+        n = rnd.randint(1, 12)
+        kind = rnd.random()
+        if kind < 0.3:
+            weights = e.first_touch([None] * n) if rnd.random() < 0.5 else e.linear([None] * n)
+        else:
+            raw = [rnd.random() for _ in range(n)]
+            weights = [w / sum(raw) for w in raw]
+        amount = Decimal(rnd.randint(-500, 10_000_000)) / 100
+        got = e.allocate(amount, weights)
+        assert got == _allocate_reference(amount, weights)
+        assert sum(got) == amount
+
+
+def test_path_weights_equal_each_model_alone():
+    weighers = {m: e.weigher(m, custom_weights={"first": 25, "lead_creation": 25, "opportunity_creation": 25, "last": 15, "other": 10})
+                for m in e.MODELS if m not in e.DATA_DRIVEN}
+    ctx = e.PathContext(reference_at=9 * DAY, won_at=6.5 * DAY)
+    for p in (path("email"), path("email", "direct"), path("a", "b", "c", "direct", "e", "f", "g", "h", lc=2, oc=5),
+              path("a", "b", "c", lc=0, oc=0)):
+        together = dict(e.path_weights(weighers, p, ctx))
+        assert list(together) == list(weighers)
+        for model, weigh in weighers.items():
+            assert together[model] == weigh(p, ctx)
+        assert together["w_shaped"] == e.position_based(p, ctx, weights=e.POSITION_WEIGHTS["w_shaped"])
+
+
+def test_position_weigher_checks_its_weights_once_built():
+    with pytest.raises(ValueError, match="unknown position roles"):
+        e.weigher("custom", custom_weights={"middle": 1})
+    with pytest.raises(ValueError, match="must not be negative"):
+        e.weigher("custom", custom_weights={"first": -1, "last": 2})

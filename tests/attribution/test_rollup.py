@@ -117,7 +117,7 @@ def _filters(world):
 
 
 def test_rollup_reports_equal_the_credits_under_every_filter(world):
-    for model in ("linear", "w_shaped", "markov", "time_decay"):
+    for model in ("linear", "w_shaped", "markov", "time_decay", "first_touch", "last_non_direct"):
         for group_by in selectors.GROUPS:
             for f in _filters(world):
                 assert _reported(model=model, group_by=group_by, **f) == _reference(model=model, group_by=group_by, **f), (model, group_by, f)
