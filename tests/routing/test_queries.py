@@ -46,13 +46,20 @@ def test_one_route_is_a_fixed_number_of_queries(n_reps):
         a, created = services.lead_route(lead_id=lead.pk, trigger="api")
     assert created and a.rep is not None
     sql = _sql(ctx)
-    # PostgreSQL: lead (+ live rule-set id), current assignment, team lock,
-    # reps (+ their absences), both fair-queue positions, the insert.
-    # SQLite: absences and the two position updates are separate statements.
-    assert len(sql) == (6 if connection.vendor == "postgresql" else 8), sql
+    # PostgreSQL: lead (+ live rule-set id), current assignment, team lock
+    # (+ its SLA policy), reps (+ their absences), then both fair-queue
+    # positions and the insert as one statement.
+    # SQLite: absences, the two position updates and the insert are separate.
+    assert len(sql) == (5 if connection.vendor == "postgresql" else 8), sql
+    if connection.vendor == "postgresql":
+        assert sql[-1].startswith("WITH t AS (UPDATE") and "INSERT INTO" in sql[-1], sql[-1]
+    a.rep.refresh_from_db()
+    assert a.rep.rr_pass > 0  # the chosen rep's fair-queue position was written with the insert
+    assert Assignment.objects.get(pk=a.pk).explanation == a.explanation
     with CaptureQueriesContext(connection) as ctx:
         services.lead_preview(lead_id=other.pk)
-    assert len(_sql(ctx)) == (4 if connection.vendor == "postgresql" else 5), _sql(ctx)
+    # lead (+ live set id), team, reps (+ absences on PostgreSQL).
+    assert len(_sql(ctx)) == (3 if connection.vendor == "postgresql" else 4), _sql(ctx)
 
 
 @pytest.mark.parametrize("n_leads", [10, 120])
