@@ -395,17 +395,19 @@ def _loads(reps: list[Rep], now: datetime) -> tuple[Counter, Counter]:
 
 
 def _candidates(reps: list, now: datetime, *, with_capacity: bool, team_id: int | None = None) -> list[engine.Candidate]:
-    if reps and all(isinstance(r, RepRow) and r.away is not None for r in reps):
+    if reps and all(type(r) is RepRow and r.away is not None for r in reps):
         absences = {r.pk: r.away for r in reps}  # loaded with the reps
     else:
         absences = _absences([r.pk for r in reps], now, team_id=team_id)
-    open_counts, today = _loads(reps, now) if with_capacity else (Counter(), Counter())
+    open_counts, today = _loads(reps, now) if with_capacity else ({}, {})
     out = []
     local = engine.local_times(now)
+    unavailable, Candidate, no_absence = engine.unavailable_reason, engine.Candidate, []
     for rep in reps:
-        c = engine.Candidate(rep=rep, open_count=open_counts[rep.pk], today_count=today[rep.pk],
-                             absences=absences.get(rep.pk, []))
-        c.skipped = engine.unavailable_reason(rep, now, c.absences, local[rep.time_zone])
+        pk = rep.pk
+        away = absences.get(pk, no_absence)
+        c = Candidate(rep, unavailable(rep, now, away, local[rep.time_zone]), open_counts.get(pk, 0),
+                      today.get(pk, 0), away if away is not no_absence else [])
         if c.skipped is None and with_capacity:
             c.skipped = engine.capacity_reason(rep, open_count=c.open_count, today_count=c.today_count)
         out.append(c)
@@ -1030,7 +1032,16 @@ def _json_default(value):
     return DjangoJSONEncoder().default(value)
 
 
-def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000) -> None:
+_QUEUE_CTE_PG = (
+    f'WITH t AS (UPDATE "{Team._meta.db_table}" SET "rr_clock" = v.c FROM unnest(%s::bigint[], %s::float8[]) AS v(id, c) '
+    f'WHERE "{Team._meta.db_table}"."id" = v.id), '
+    f'r AS (UPDATE "{Rep._meta.db_table}" SET "rr_pass" = v.p FROM unnest(%s::bigint[], %s::float8[]) AS v(id, p) '
+    f'WHERE "{Rep._meta.db_table}"."id" = v.id) '
+)
+
+
+def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000,
+                       queue: tuple[dict[int, float], dict[int, float]] | None = None) -> None:
     """Insert assignment rows (dicts of every column but the id).
 
     On PostgreSQL each batch goes as ONE JSON document expanded by
@@ -1038,7 +1049,12 @@ def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000) ->
     the C JSON encoder, and the driver escapes one string. Through
     ``bulk_create`` every explanation became an element of an UNNEST text
     array that the driver escapes quote by quote in Python: 40% of bulk
-    routing's CPU. Elsewhere (SQLite) ``bulk_create``."""
+    routing's CPU. Elsewhere (SQLite) ``bulk_create``.
+
+    ``queue`` (PostgreSQL): fair-queue positions to write in the first
+    statement, as ({team id: clock}, {rep id: pass})."""
+    if queue is not None and (queue[0] or queue[1]) and (connection.vendor != "postgresql" or not rows):
+        raise ValueError("queue positions ride on a PostgreSQL insert")
     if not rows:
         return
     if connection.vendor != "postgresql":
@@ -1049,7 +1065,12 @@ def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000) ->
     sql = f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::"{table}", %s::jsonb)'
     with connection.cursor() as cursor:
         for start in range(0, len(rows), batch_size):
-            cursor.execute(sql, [json.dumps(rows[start:start + batch_size], default=_json_default, separators=(",", ":"))])
+            doc = json.dumps(rows[start:start + batch_size], default=_json_default, separators=(",", ":"))
+            if start == 0 and queue is not None and (queue[0] or queue[1]):
+                teams, reps = queue
+                cursor.execute(_QUEUE_CTE_PG + sql, [list(teams), list(teams.values()), list(reps), list(reps.values()), doc])
+            else:
+                cursor.execute(sql, [doc])
 
 
 @transaction.atomic
@@ -1093,6 +1114,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         decisions.append((lead, d))
     overflow: list[tuple[Lead, Decision]] = []
     rep_updates: dict[int, Rep] = {}
+    team_updates: dict[int, float] = {}
     order = sorted(t for t in by_team if t != fallback.pk) + ([fallback.pk] if fallback.pk in by_team else [])
     for team_id in order + [None]:
         if team_id is None:  # the fallback queue takes what the teams could not
@@ -1101,7 +1123,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             team_id, batch, why = fallback.pk, overflow, "fallback queue"
         else:
             batch, why = by_team[team_id], "team"
-        team = Team.objects.select_for_update().get(pk=team_id)
+        team = _team_read(team_id, lock=True)
         reps = team_reps(team.pk, now) if team.is_active else []
         with_capacity = engine.checks_capacity(team.method)
         candidates = _candidates(reps, now, with_capacity=with_capacity, team_id=team.pk)
@@ -1132,11 +1154,16 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
                 c.today_count += 1
                 c.skipped = engine.capacity_reason(c.rep, open_count=c.open_count, today_count=c.today_count)
             snapshot_needed = with_capacity
-        Team.objects.filter(pk=team.pk).update(rr_clock=team.rr_clock)
+        team_updates[team.pk] = team.rr_clock
         if why == "fallback queue":
             break
-    if rep_updates:
-        Rep.objects.bulk_update([Rep(id=r.pk, rr_pass=r.rr_pass) for r in rep_updates.values()], ["rr_pass"], batch_size=500)
+    pg = connection.vendor == "postgresql"
+    if not pg:
+        for team_id, clock in team_updates.items():
+            Team.objects.filter(pk=team_id).update(rr_clock=clock)
+        if rep_updates:
+            Rep.objects.bulk_update([Rep(id=r.pk, rr_pass=r.rr_pass) for r in rep_updates.values()], ["rr_pass"],
+                                    batch_size=500)
     deadlines: dict[tuple[int, int], Any] = {}
     rows = []
     for lead, d in decisions:
@@ -1159,7 +1186,13 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             "first_touch_source": "", "escalation_level": 0,
         })
         counts[d.status] += 1
-    assignments_insert(rows)
+    if pg:
+        # The teams' clocks and the reps' positions go with the first insert
+        # statement: the team locks are held until commit, so every round
+        # trip after the first lock is time the other workers wait.
+        assignments_insert(rows, queue=(team_updates, {r.pk: r.rr_pass for r in rep_updates.values()}))
+    else:
+        assignments_insert(rows)
     # Owners: leads whose owner changes go one by one through lead_set_owner
     # (owner_set); those whose rep has no Django user but a CRM owner id
     # only need the CRM told: one hooks call for the batch.
