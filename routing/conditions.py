@@ -25,6 +25,13 @@ def condition_validate(text: str) -> None:
         _parsed(text)
 
 
+def condition_compile(text: str):
+    """The parsed condition, to evaluate many times (None for an empty
+    condition, which matches every lead)."""
+    text = (text or "").strip()
+    return _parsed(text) if text else None
+
+
 def condition_matches(text: str, lead, *, now=None) -> bool:
     text = (text or "").strip()
     if not text:

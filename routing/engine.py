@@ -64,10 +64,11 @@ def week_minutes(hours_json: str) -> tuple[tuple[tuple[float, float], ...], ...]
     return tuple(week)
 
 
-def in_working_hours(rep: Rep, now: datetime) -> bool:
+def in_working_hours(rep: Rep, now: datetime, local: datetime | None = None) -> bool:
+    """``local`` is ``now`` in the rep's zone when the caller has it."""
     if not rep.working_hours:
         return True  # no hours set: always on
-    local = now.astimezone(_zone(rep.time_zone))
+    local = local or now.astimezone(_zone(rep.time_zone))
     hours_json = getattr(rep, "hours_json", None)
     if hours_json is not None:
         # The compiled form: minutes of the local (wall-clock) day, as the
@@ -89,20 +90,35 @@ def in_working_hours(rep: Rep, now: datetime) -> bool:
     return False
 
 
-def unavailable_reason(rep: Rep, now: datetime, absences: list[tuple[datetime, datetime]]) -> str | None:
+def unavailable_reason(rep: Rep, now: datetime, absences: list[tuple[datetime, datetime]],
+                       local: datetime | None = None) -> str | None:
     """Why ``rep`` cannot take a lead at ``now`` (None when they can).
-    ``absences`` are the rep's out-of-office periods; a partial day counts."""
+    ``absences`` are the rep's out-of-office periods; a partial day counts.
+    ``local`` is ``now`` in the rep's zone when the caller has it (a team's
+    reps share a handful of zones: ``local_times`` converts once per zone)."""
     if not rep.is_active:
         return INACTIVE
     for starts_at, ends_at in absences:
         if starts_at <= now < ends_at:
             return OUT_OF_OFFICE
-    local_day = now.astimezone(_zone(rep.time_zone)).date()
-    if _is_holiday(rep, local_day):
+    local = local or now.astimezone(_zone(rep.time_zone))
+    if rep.holidays and _is_holiday(rep, local.date()):
         return HOLIDAY
-    if not in_working_hours(rep, now):
+    if rep.working_hours and not in_working_hours(rep, now, local):
         return OUTSIDE_HOURS
     return None
+
+
+class local_times(dict):
+    """``now`` in each zone, converted once per zone name: ``times[name]``."""
+
+    def __init__(self, now: datetime):
+        super().__init__()
+        self.now = now
+
+    def __missing__(self, name: str) -> datetime:
+        value = self[name] = self.now.astimezone(_zone(name))
+        return value
 
 
 def local_day_start(rep: Rep, now: datetime) -> datetime:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Count, Max, OuterRef, Q, Subquery, TextField
 from django.db.models.functions import Cast
@@ -28,12 +28,75 @@ from martech.models import Account, Lead
 from martech.services.leads import lead_set_owner
 from martech.services.normalize import free_mail_domains, normalize_domain
 from routing import engine
-from routing.conditions import condition_matches, condition_q, condition_validate
+from routing.conditions import condition_compile, condition_q, condition_validate
 from routing.models import Assignment, OutOfOffice, Rep, Rule, RuleSet, Team
 
 log = logging.getLogger(__name__)
 Status = Assignment.Status
 Trigger = Assignment.Trigger
+
+# --- Prepared queries for the hot reads ---------------------------------------
+
+_SENTINEL_ID = -(2**62) + 11
+
+
+class _PreparedQuery:
+    """A queryset's SQL built once per connection and run with a new id in
+    place of a sentinel: Django's query building (filters, select_related,
+    subqueries) was about a third of a route's CPU. Rows come back as the
+    ORM makes them: converters applied, model instances built from the
+    compiler's own column map (one level of select_related)."""
+
+    def __init__(self, qs):
+        self.compiler = compiler = qs.query.get_compiler(connection=connection)
+        sql, params = compiler.as_sql()
+        self.sql, self.params = sql, list(params)
+        self.slot = [i for i, p in enumerate(self.params) if isinstance(p, int) and p == _SENTINEL_ID]
+        assert len(self.slot) == 1, params  # the id must be swappable, and only it
+        self.converters = compiler.get_converters([col for col, _, _ in compiler.select])
+        self.annotations = dict(compiler.annotation_col_map or {})
+
+    def objects(self, pk: int) -> list[tuple[Any, dict[str, Any]]]:
+        """(instance, annotations) per row for ``pk``."""
+        params = list(self.params)
+        params[self.slot[0]] = pk
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, params)
+            rows = cursor.fetchall()
+        if self.converters:
+            rows = list(self.compiler.apply_converters(rows, self.converters))
+        info, db = self.compiler.klass_info, connection.alias
+        out = []
+        for row in rows:
+            obj = _from_row(info, row, db)
+            for rel in info.get("related_klass_infos", ()):
+                related = _from_row(rel, row, db)
+                if related is not None and related.pk is None:
+                    related = None
+                rel["local_setter"](obj, related)
+                if related is not None:
+                    rel["remote_setter"](related, obj)
+            out.append((obj, {name: row[i] for name, i in self.annotations.items()}))
+        return out
+
+
+def _from_row(info: dict, row, db: str):
+    model = info["model"]
+    names = [f.attname for f in model._meta.concrete_fields]
+    values = [row[i] for i in info["select_fields"]]
+    assert len(names) == len(values), model  # every concrete column, in model order
+    return model.from_db(db, names, values)
+
+
+def _prepared(key: str, build) -> _PreparedQuery:
+    # Kept on the connection wrapper (one per thread and alias): the
+    # compiler it holds converts values for that connection.
+    cache = connections[connection.alias].__dict__.setdefault("_routing_prepared", {})
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = _PreparedQuery(build())
+    return found
+
 
 # --- Rule sets: the live one and its rules (cached: published sets are immutable)
 
@@ -74,14 +137,79 @@ def rules_of(rule_set: RuleSet) -> list[Rule]:
     return rules
 
 
+class _CompiledRules:
+    """A rule list prepared once for matching many leads: each territory's
+    criteria normalized, each condition parsed, and the rules indexed by
+    country (a rule without countries is under every country), so a lead is
+    checked only against the rules its country can match, still in order.
+    The checks are those of ``Territory.matches`` and the condition
+    language; with 200 rules, re-normalizing territories and re-reading
+    conditions per lead was most of a decision's matching CPU."""
+
+    __slots__ = ("rules", "by_country", "no_country")
+
+    def __init__(self, rules: list[Rule]):
+        self.rules = rules
+        entries = []
+        for rule in rules:
+            terr = rule.territory if rule.territory_id else None
+            if terr is not None:
+                countries, regions, prefixes, industries = terr._normalized()
+                sized = terr.min_employees is not None or terr.max_employees is not None
+                check = (regions, prefixes, industries, sized, terr.min_employees, terr.max_employees)
+                if not (regions or prefixes or industries or sized):
+                    check = None
+            else:
+                countries, check = frozenset(), None
+            entries.append((rule, countries, check, condition_compile(rule.condition)))
+        all_countries = {c for _, countries, _, _ in entries for c in countries}
+        self.no_country = tuple(e for e in entries if not e[1])
+        self.by_country = {c: tuple(e for e in entries if not e[1] or c in e[1]) for c in all_countries}
+
+    def match(self, lead: Lead, now: datetime | None) -> Rule | None:
+        entries = self.by_country.get((lead.country or "").upper(), self.no_country)
+        facts = None
+        for rule, _, check, condition in entries:
+            if check is not None:
+                if facts is None:
+                    account = lead.account if lead.account_id else None
+                    facts = ((lead.region or "").strip().lower(), (lead.postal_code or "").upper().replace(" ", ""),
+                             (account.industry if account else "").strip().lower(),
+                             account.employee_count if account else None)
+                regions, prefixes, industries, sized, lo, hi = check
+                region, postal, industry, size = facts
+                if regions and region not in regions:
+                    continue
+                if prefixes and (not postal or not postal.startswith(prefixes)):
+                    continue
+                if industries and industry not in industries:
+                    continue
+                if sized and (size is None or (lo is not None and size < lo) or (hi is not None and size > hi)):
+                    continue
+            if condition is None or condition.evaluate(lead, now=now):
+                return rule
+        return None
+
+
+# Compiled forms by rule list: a published set's list is cached (rules_of),
+# so it is compiled once per process; a draft's list is compiled per list
+# (a simulation matches thousands of leads against one list). The list is
+# kept in the entry so its id is never reused while the entry lives.
+_compiled_cache: dict[int, _CompiledRules] = {}
+
+
+def _compiled(rules: list[Rule]) -> _CompiledRules:
+    compiled = _compiled_cache.get(id(rules))
+    if compiled is None or compiled.rules is not rules:
+        if len(_compiled_cache) > 64:
+            _compiled_cache.clear()
+        compiled = _compiled_cache[id(rules)] = _CompiledRules(rules)
+    return compiled
+
+
 def rule_match(rules: list[Rule], lead: Lead, *, now: datetime | None = None) -> Rule | None:
     """First match wins."""
-    for rule in rules:
-        if rule.territory_id and not rule.territory.matches(lead):
-            continue
-        if condition_matches(rule.condition, lead, now=now):
-            return rule
-    return None
+    return _compiled(rules).match(lead, now)
 
 
 def rule_lead_q(rule: Rule) -> Q:
@@ -267,25 +395,36 @@ def _loads(reps: list[Rep], now: datetime) -> tuple[Counter, Counter]:
 
 
 def _candidates(reps: list, now: datetime, *, with_capacity: bool, team_id: int | None = None) -> list[engine.Candidate]:
-    if reps and all(isinstance(r, RepRow) and r.away is not None for r in reps):
+    if reps and all(type(r) is RepRow and r.away is not None for r in reps):
         absences = {r.pk: r.away for r in reps}  # loaded with the reps
     else:
         absences = _absences([r.pk for r in reps], now, team_id=team_id)
-    open_counts, today = _loads(reps, now) if with_capacity else (Counter(), Counter())
+    open_counts, today = _loads(reps, now) if with_capacity else ({}, {})
     out = []
+    local = engine.local_times(now)
+    unavailable, Candidate, no_absence = engine.unavailable_reason, engine.Candidate, []
     for rep in reps:
-        c = engine.Candidate(rep=rep, open_count=open_counts[rep.pk], today_count=today[rep.pk],
-                             absences=absences.get(rep.pk, []))
-        c.skipped = engine.unavailable_reason(rep, now, c.absences)
+        pk = rep.pk
+        away = absences.get(pk, no_absence)
+        c = Candidate(rep, unavailable(rep, now, away, local[rep.time_zone]), open_counts.get(pk, 0),
+                      today.get(pk, 0), away if away is not no_absence else [])
         if c.skipped is None and with_capacity:
             c.skipped = engine.capacity_reason(rep, open_count=c.open_count, today_count=c.today_count)
         out.append(c)
     return out
 
 
+def _team_read(team_id: int, *, lock: bool) -> Team:
+    def build():
+        qs = Team.objects.select_for_update(of=("self",)) if lock else Team.objects.all()
+        return qs.select_related("sla_policy").filter(pk=_SENTINEL_ID)
+    [(team, _)] = _prepared("team" + (":lock" if lock else ""), build).objects(team_id)
+    return team
+
+
 def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why: str, exclude: set[int]) -> bool:
     # Re-read (and, committing, lock) the team: its clock is the round-robin pointer.
-    team = (Team.objects.select_for_update(of=("self",)) if lock else Team.objects).select_related("sla_policy").get(pk=team.pk)
+    team = _team_read(team.pk, lock=lock)
     if not team.is_active:
         decision.steps.append({"step": why, "team": team.name, "outcome": "team inactive"})
         return False
@@ -413,13 +552,32 @@ def rep_absences_from(rep_id: int, at: datetime) -> list[tuple[datetime, datetim
     return list(OutOfOffice.objects.filter(rep_id=rep_id, ends_at__gt=at).values_list("starts_at", "ends_at"))
 
 
+_INSERT_COLUMNS = ("lead_id", "status", "is_current", "rep_id", "team_id", "rule_set_id", "rule_set_version", "rule_id",
+                   "rule_name", "method", "trigger", "reason", "explanation", "actor_id", "created_at", "assigned_at",
+                   "ended_at", "end_reason", "sla_policy_id", "sla_due_at", "first_touch_at", "first_touch_source",
+                   "escalation_level")
+_INSERT_VALUES = ", ".join("%s::jsonb" if c == "explanation" else "%s" for c in _INSERT_COLUMNS)
+_INSERT_PG = (f'INSERT INTO "{Assignment._meta.db_table}" ({", ".join(chr(34) + c + chr(34) for c in _INSERT_COLUMNS)}) '
+              f'VALUES ({_INSERT_VALUES}) RETURNING "id"')
+# A route's fair-queue positions and its assignment in ONE statement: the
+# writes of a route were three round trips (team clock, rep pass, insert).
+# Data-modifying CTEs always run to completion, read or not.
+_WRITE_PG = (
+    f'WITH t AS (UPDATE "{Team._meta.db_table}" SET "rr_clock" = %s WHERE "id" = %s), '
+    f'r AS (UPDATE "{Rep._meta.db_table}" SET "rr_pass" = %s WHERE "id" = %s) ' + _INSERT_PG
+)
+
+
 def _write(*, lead: Lead, decision: Decision, trigger: str, reason: str, actor, now: datetime,
            previous: Assignment | None) -> Assignment:
-    _commit_queue_updates(decision)
+    pg = connection.vendor == "postgresql"
+    combine = pg and len(decision.updates) <= 1
+    if not combine:
+        _commit_queue_updates(decision)
     if previous is not None:
         Assignment.objects.filter(pk=previous.pk).update(is_current=False, ended_at=now, end_reason=trigger[:100])
     policy, due = _sla_for(decision, now) if decision.status == Status.ASSIGNED else (None, None)
-    assignment = Assignment.objects.create(
+    assignment = Assignment(
         lead=lead, status=decision.status, rep_id=decision.rep.pk if decision.rep else None, team=decision.team,
         rule_set=decision.rule_set, rule_set_version=decision.rule_set.version if decision.rule_set else None,
         rule=decision.rule, rule_name=decision.rule.name if decision.rule else "", method=decision.method,
@@ -428,6 +586,21 @@ def _write(*, lead: Lead, decision: Decision, trigger: str, reason: str, actor, 
         created_at=now, assigned_at=now if decision.status == Status.ASSIGNED else None,
         sla_policy=policy, sla_due_at=due,
     )
+    if not combine:
+        assignment.save(force_insert=True)
+    else:
+        values = [json.dumps(assignment.explanation, default=_json_default, separators=(",", ":")) if c == "explanation"
+                  else getattr(assignment, c) for c in _INSERT_COLUMNS]
+        sql = _INSERT_PG
+        if decision.updates:
+            [(team, clock, rep, rep_pass)] = decision.updates
+            sql, values = _WRITE_PG, [clock, team.pk, rep_pass, rep.pk, *values]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            assignment.pk = cursor.fetchone()[0]
+        assignment._state.adding, assignment._state.db = False, connection.alias
+        for team, clock, rep, rep_pass in decision.updates:
+            team.rr_clock, rep.rr_pass = clock, rep_pass
     if decision.status == Status.ASSIGNED and decision.rep is not None:
         owner_set(lead=lead, rep=decision.rep, reason=reason, actor=actor)
     return assignment
@@ -462,6 +635,20 @@ def _current_assignment(lead_id: int) -> Assignment | None:
     return Assignment.objects.get(pk=row[0]) if row else None
 
 
+def _lead_with_live_set(lead_id: int, *, lock: bool) -> tuple[Lead, int | None]:
+    """The lead (locked for a route) with its account, and the live rule
+    set's id, in one prepared statement."""
+    def build():
+        qs = Lead.objects.select_for_update(of=("self",)) if lock else Lead.objects.all()
+        return (qs.select_related("account").annotate(routing_live_set_id=Subquery(_live_pk_query()))
+                .filter(pk=_SENTINEL_ID))
+    found = _prepared("lead+live" + (":lock" if lock else ""), build).objects(lead_id)
+    if not found:
+        raise ValidationError({"lead_id": [f"No lead with id {lead_id}."]})
+    lead, annotations = found[0]
+    return lead, annotations["routing_live_set_id"]
+
+
 @transaction.atomic
 def lead_route(
     *, lead_id: int, trigger: str, reason: str = "", actor=None, reroute: bool = False,
@@ -472,18 +659,14 @@ def lead_route(
     (returns it with False) unless ``reroute``, so the new-lead trigger,
     the stage trigger and the SQL handoff may all fire safely."""
     now = now or timezone.now()
-    try:
-        # The live rule set's id comes with the lead (one round trip fewer).
-        lead = (Lead.objects.select_for_update(of=("self",)).select_related("account")
-                .annotate(routing_live_set_id=Subquery(_live_pk_query())).get(pk=lead_id))
-    except Lead.DoesNotExist:
-        raise ValidationError({"lead_id": [f"No lead with id {lead_id}."]}) from None
+    # The live rule set's id comes with the lead (one round trip fewer).
+    lead, live_set_id = _lead_with_live_set(lead_id, lock=True)
     # Read after the lead lock is held (its own statement, so it sees a route
     # that another worker committed while this one waited for the lock).
     current = _current_assignment(lead_id)
     if current is not None and not reroute:
         return current, False
-    decision = decide(lead=lead, rule_set=live_rule_set(pk=lead.routing_live_set_id), now=now, lock=True, exclude=exclude)
+    decision = decide(lead=lead, rule_set=live_rule_set(pk=live_set_id), now=now, lock=True, exclude=exclude)
     # No savepoint around the write: the lead row lock above serializes
     # routes of one lead, and the unique "one current assignment" index is
     # the backstop that turns a bug into an error, never a second owner.
@@ -496,10 +679,8 @@ def lead_preview(*, lead_id: int, now: datetime | None = None, rule_set: RuleSet
     """The decision ``lead_route`` would make now, with its explanation.
     Takes no locks and writes nothing."""
     now = now or timezone.now()
-    lead = Lead.objects.select_related("account").filter(pk=lead_id).first()
-    if lead is None:
-        raise ValidationError({"lead_id": [f"No lead with id {lead_id}."]})
-    decision = decide(lead=lead, rule_set=rule_set or live_rule_set(), now=now, lock=False)
+    lead, live_set_id = _lead_with_live_set(lead_id, lock=False)
+    decision = decide(lead=lead, rule_set=rule_set or live_rule_set(pk=live_set_id), now=now, lock=False)
     return decision.explanation()
 
 
@@ -638,6 +819,7 @@ def first_touch_record(*, lead_id: int, source: str, at: datetime | None = None)
 
 def _clear_cache() -> None:
     _rules_cache.clear()
+    _compiled_cache.clear()
     _live_cache.clear()
 
 
@@ -889,7 +1071,16 @@ def _json_default(value):
     return DjangoJSONEncoder().default(value)
 
 
-def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000) -> None:
+_QUEUE_CTE_PG = (
+    f'WITH t AS (UPDATE "{Team._meta.db_table}" SET "rr_clock" = v.c FROM unnest(%s::bigint[], %s::float8[]) AS v(id, c) '
+    f'WHERE "{Team._meta.db_table}"."id" = v.id), '
+    f'r AS (UPDATE "{Rep._meta.db_table}" SET "rr_pass" = v.p FROM unnest(%s::bigint[], %s::float8[]) AS v(id, p) '
+    f'WHERE "{Rep._meta.db_table}"."id" = v.id) '
+)
+
+
+def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000,
+                       queue: tuple[dict[int, float], dict[int, float]] | None = None) -> None:
     """Insert assignment rows (dicts of every column but the id).
 
     On PostgreSQL each batch goes as ONE JSON document expanded by
@@ -897,7 +1088,12 @@ def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000) ->
     the C JSON encoder, and the driver escapes one string. Through
     ``bulk_create`` every explanation became an element of an UNNEST text
     array that the driver escapes quote by quote in Python: 40% of bulk
-    routing's CPU. Elsewhere (SQLite) ``bulk_create``."""
+    routing's CPU. Elsewhere (SQLite) ``bulk_create``.
+
+    ``queue`` (PostgreSQL): fair-queue positions to write in the first
+    statement, as ({team id: clock}, {rep id: pass})."""
+    if queue is not None and (queue[0] or queue[1]) and (connection.vendor != "postgresql" or not rows):
+        raise ValueError("queue positions ride on a PostgreSQL insert")
     if not rows:
         return
     if connection.vendor != "postgresql":
@@ -908,7 +1104,12 @@ def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000) ->
     sql = f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::"{table}", %s::jsonb)'
     with connection.cursor() as cursor:
         for start in range(0, len(rows), batch_size):
-            cursor.execute(sql, [json.dumps(rows[start:start + batch_size], default=_json_default, separators=(",", ":"))])
+            doc = json.dumps(rows[start:start + batch_size], default=_json_default, separators=(",", ":"))
+            if start == 0 and queue is not None and (queue[0] or queue[1]):
+                teams, reps = queue
+                cursor.execute(_QUEUE_CTE_PG + sql, [list(teams), list(teams.values()), list(reps), list(reps.values()), doc])
+            else:
+                cursor.execute(sql, [doc])
 
 
 @transaction.atomic
@@ -952,6 +1153,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         decisions.append((lead, d))
     overflow: list[tuple[Lead, Decision]] = []
     rep_updates: dict[int, Rep] = {}
+    team_updates: dict[int, float] = {}
     order = sorted(t for t in by_team if t != fallback.pk) + ([fallback.pk] if fallback.pk in by_team else [])
     for team_id in order + [None]:
         if team_id is None:  # the fallback queue takes what the teams could not
@@ -960,7 +1162,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             team_id, batch, why = fallback.pk, overflow, "fallback queue"
         else:
             batch, why = by_team[team_id], "team"
-        team = Team.objects.select_for_update().get(pk=team_id)
+        team = _team_read(team_id, lock=True)
         reps = team_reps(team.pk, now) if team.is_active else []
         with_capacity = engine.checks_capacity(team.method)
         candidates = _candidates(reps, now, with_capacity=with_capacity, team_id=team.pk)
@@ -991,11 +1193,16 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
                 c.today_count += 1
                 c.skipped = engine.capacity_reason(c.rep, open_count=c.open_count, today_count=c.today_count)
             snapshot_needed = with_capacity
-        Team.objects.filter(pk=team.pk).update(rr_clock=team.rr_clock)
+        team_updates[team.pk] = team.rr_clock
         if why == "fallback queue":
             break
-    if rep_updates:
-        Rep.objects.bulk_update([Rep(id=r.pk, rr_pass=r.rr_pass) for r in rep_updates.values()], ["rr_pass"], batch_size=500)
+    pg = connection.vendor == "postgresql"
+    if not pg:
+        for team_id, clock in team_updates.items():
+            Team.objects.filter(pk=team_id).update(rr_clock=clock)
+        if rep_updates:
+            Rep.objects.bulk_update([Rep(id=r.pk, rr_pass=r.rr_pass) for r in rep_updates.values()], ["rr_pass"],
+                                    batch_size=500)
     deadlines: dict[tuple[int, int], Any] = {}
     rows = []
     for lead, d in decisions:
@@ -1018,7 +1225,13 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             "first_touch_source": "", "escalation_level": 0,
         })
         counts[d.status] += 1
-    assignments_insert(rows)
+    if pg:
+        # The teams' clocks and the reps' positions go with the first insert
+        # statement: the team locks are held until commit, so every round
+        # trip after the first lock is time the other workers wait.
+        assignments_insert(rows, queue=(team_updates, {r.pk: r.rr_pass for r in rep_updates.values()}))
+    else:
+        assignments_insert(rows)
     # Owners: leads whose owner changes go one by one through lead_set_owner
     # (owner_set); those whose rep has no Django user but a CRM owner id
     # only need the CRM told: one hooks call for the batch.

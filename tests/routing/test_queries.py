@@ -46,13 +46,20 @@ def test_one_route_is_a_fixed_number_of_queries(n_reps):
         a, created = services.lead_route(lead_id=lead.pk, trigger="api")
     assert created and a.rep is not None
     sql = _sql(ctx)
-    # PostgreSQL: lead (+ live rule-set id), current assignment, team lock,
-    # reps (+ their absences), both fair-queue positions, the insert.
-    # SQLite: absences and the two position updates are separate statements.
-    assert len(sql) == (6 if connection.vendor == "postgresql" else 8), sql
+    # PostgreSQL: lead (+ live rule-set id), current assignment, team lock
+    # (+ its SLA policy), reps (+ their absences), then both fair-queue
+    # positions and the insert as one statement.
+    # SQLite: absences, the two position updates and the insert are separate.
+    assert len(sql) == (5 if connection.vendor == "postgresql" else 8), sql
+    if connection.vendor == "postgresql":
+        assert sql[-1].startswith("WITH t AS (UPDATE") and "INSERT INTO" in sql[-1], sql[-1]
+    a.rep.refresh_from_db()
+    assert a.rep.rr_pass > 0  # the chosen rep's fair-queue position was written with the insert
+    assert Assignment.objects.get(pk=a.pk).explanation == a.explanation
     with CaptureQueriesContext(connection) as ctx:
         services.lead_preview(lead_id=other.pk)
-    assert len(_sql(ctx)) == (4 if connection.vendor == "postgresql" else 5), _sql(ctx)
+    # lead (+ live set id), team, reps (+ absences on PostgreSQL).
+    assert len(_sql(ctx)) == (3 if connection.vendor == "postgresql" else 4), _sql(ctx)
 
 
 @pytest.mark.parametrize("n_leads", [10, 120])
@@ -72,12 +79,19 @@ def test_a_batch_is_a_fixed_number_of_queries_per_team(n_leads):
     assert a.team == de and a.is_current and a.created_at == a.assigned_at == now and a.escalation_level == 0
     assert a.explanation["result"]["team"] == "DE" and a.explanation["steps"][0]["matched"] == "Germany"
     assert [c["skipped"] for c in a.explanation["steps"][1]["candidates"]].count(None) >= 1
-    # live set, leads, taken; per team: lock, reps (+ absences), clock;
-    # rep positions; then the insert: one statement on PostgreSQL (batches
-    # of 1000), several on SQLite (its limit on parameters per statement).
-    per_team = 3 if connection.vendor == "postgresql" else 4
+    # live set, leads, taken; per team: lock, reps (+ absences). PostgreSQL:
+    # the teams' clocks and reps' positions ride on the one insert statement
+    # (batches of 1000). SQLite: absences, a clock update per team, the rep
+    # positions, then several inserts (its limit on parameters per statement).
+    pg = connection.vendor == "postgresql"
     sql = _sql(ctx)
-    inserts = [q for q in sql if q.startswith("INSERT")]
-    assert len(sql) - len(inserts) == 3 + 2 * per_team + 1, "\n".join(q[:90] for q in sql)
-    if connection.vendor == "postgresql":
-        assert len(inserts) == 1
+    inserts = [q for q in sql if q.startswith("INSERT") or q.startswith("WITH t AS")]
+    assert len(sql) - len(inserts) == (3 + 2 * 2 if pg else 3 + 2 * 4 + 1), "\n".join(q[:90] for q in sql)
+    if pg:
+        assert len(inserts) == 1 and "unnest" in inserts[0]
+    # The fair queue positions were written: from a fresh start each pick
+    # advances the chosen rep's pass by 1/weight, so pass * weight summed
+    # over a team's reps is the number of leads the team was given.
+    for team in (us, de):
+        given = Assignment.objects.filter(lead_id__in=ids, team=team).count()
+        assert given and sum(r.rr_pass * r.weight for r in team.reps.all()) == pytest.approx(given)
