@@ -78,3 +78,34 @@ def test_bench_worker_reports_its_own_peak_not_its_parents():
     del ballast
     assert own_kb < 100 * 1024  # a bare interpreter: tens of MB
     assert inherited_kb > 300 * 1024  # what ru_maxrss reported: the parent's size
+
+
+def _enroll_queries(wf, leads, now):
+    from martech.models import Lead
+    from nurture.services import workflow_enroll_bulk
+
+    with CaptureQueriesContext(connection) as ctx:
+        made = workflow_enroll_bulk(workflow=wf, leads=Lead.objects.filter(pk__in=[l.pk for l in leads]),
+                                    source="segment:1", now=now)
+    return made, [q["sql"][:90] for q in ctx.captured_queries]
+
+
+def test_bulk_enrollment_is_one_insert_whatever_the_number_of_leads(make_workflow, consenting_lead):
+    from nurture.models import Enrollment
+
+    now = timezone.now()
+    wf = make_workflow(email_flow(1))
+    assert wf.current_version is not None  # loaded once, outside the counted calls
+    few = [consenting_lead() for _ in range(2)]
+    many = [consenting_lead() for _ in range(20)]
+    made_few, q_few = _enroll_queries(wf, few, now)
+    made_many, q_many = _enroll_queries(wf, many + few, now)  # the first two are already in: skipped
+    assert (made_few, made_many) == (2, 20)
+    assert len(q_few) == len(q_many), (q_few, q_many)
+    enr = Enrollment.objects.get(lead=many[0])
+    assert (enr.status, enr.step, enr.seq, enr.state, enr.source, enr.is_test, enr.version_id) == (
+        "active", "e1", 0, {}, "segment:1", False, wf.current_version_id)
+    assert enr.due_at == now and enr.enrolled_at == now
+    # The inserted rows run like any other.
+    assert engine.enrollments_advance_due(now=now) == 44
+    assert Message.objects.filter(status="sent").count() == 22
