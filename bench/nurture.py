@@ -57,8 +57,10 @@ def worker(workflow_id: int, batch: int) -> None:
         steps += done
         if not done:
             time.sleep(0.1)
+    from rss import own_peak_rss_kb  # bench/rss.py: this process's own peak, not the parent's
+
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"steps": steps, "maxrss_kb": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}), flush=True)
+    print(json.dumps({"steps": steps, "maxrss_kb": own_peak_rss_kb(), "cpu_s": usage.ru_utime + usage.ru_stime}), flush=True)
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -624,13 +624,20 @@ def messages_deliver(*, ids: list[int] | None = None, messages: list[Message] | 
     return sent
 
 
-def messages_recover(*, lease_seconds: int | None = None) -> dict[str, int]:
+def messages_recover(*, lease_seconds: int | None = None, limit: int | None = None) -> dict[str, int]:
     """Reconcile messages a dead worker left ``sending`` for longer than the
     lease: sent when the backend confirms the key went out, sent now when it
-    confirms it did not, ``in_doubt`` when it cannot tell (never resent blindly)."""
+    confirms it did not, ``in_doubt`` when it cannot tell (never resent blindly).
+
+    At most ``limit`` (default: the batch size) per call, oldest first: every
+    engine run starts with this, and psycopg's client-side cursor would
+    otherwise hold every stale row of a large crash in memory at once. The
+    rest are taken by the next runs."""
     lease = cfg()["SENDING_LEASE_SECONDS"] if lease_seconds is None else lease_seconds
+    limit = limit or cfg()["BATCH_SIZE"]
     cutoff = timezone.now() - timedelta(seconds=lease)
-    stale = list(Message.objects.filter(status=Message.Status.SENDING, created_at__lte=cutoff).values_list("pk", "key", "channel"))
+    stale = list(Message.objects.filter(status=Message.Status.SENDING, created_at__lte=cutoff)
+                 .order_by("created_at", "pk").values_list("pk", "key", "channel")[:limit])
     counts = {"confirmed": 0, "resent": 0, "in_doubt": 0}
     if not stale:
         return counts

@@ -191,12 +191,42 @@ def enrollment_create(*, workflow: Workflow, lead: Lead, source: str, now: datet
     return enr, ""
 
 
+def _insert_select(model, *, lead_ids, fixed: dict) -> int:
+    """``INSERT INTO <model> (lead_id, <fixed>) SELECT id, <fixed values>
+    FROM (<lead_ids>) ON CONFLICT DO NOTHING``: rows for every lead of a
+    queryset in one statement, without the ids ever leaving the database
+    (100,000 leads are one round trip, not 100,000 ids read into Python and
+    20 bulk inserts of 5,000 model objects). Returns the rows inserted; a row
+    that hits a unique constraint (a trigger enrolled the lead meanwhile) is
+    skipped, as ``bulk_create(ignore_conflicts=True)`` did."""
+    from django.db import connection
+
+    fields = [model._meta.get_field(name) for name in fixed]
+    from django.db.models import F
+
+    sub_sql, sub_params = lead_ids.order_by().values(insert_lead_id=F("pk")).query.sql_with_params()
+    qn = connection.ops.quote_name
+    # PostgreSQL types a bare parameter in a SELECT list as text, which does
+    # not assign to jsonb or timestamptz: cast each to its column's type.
+    # SQLite needs no cast (and CAST(... AS datetime) would mangle the text).
+    pg = connection.vendor == "postgresql"
+    holders = [f"CAST(%s AS {f.db_type(connection)})" if pg else "%s" for f in fields]
+    columns = ", ".join(qn(c) for c in ["lead_id", *(f.column for f in fields)])
+    # "WHERE true": SQLite's parser needs it before ON CONFLICT in INSERT ... SELECT.
+    sql = (f"INSERT INTO {qn(model._meta.db_table)} ({columns}) "
+           f"SELECT s.insert_lead_id, {', '.join(holders)} FROM ({sub_sql}) s WHERE true ON CONFLICT DO NOTHING")
+    params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, fixed.values())] + list(sub_params)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
 def workflow_enroll_bulk(*, workflow: Workflow, lead_ids=None, leads=None, condition: str = "", source: str,
-                         now: datetime | None = None, chunk: int = 5000, progress=None) -> int:
+                         now: datetime | None = None) -> int:
     """Enroll many leads set-based (``leads``: a segment's queryset; or
-    ``lead_ids``; ``condition``: an extra condition): criteria and
-    suppression run in SQL, existing enrollments are skipped, rows are
-    inserted in chunks. Returns the number enrolled."""
+    ``lead_ids``; ``condition``: an extra condition): criteria, suppression
+    and the skipping of existing enrollments run in SQL, and the rows are
+    inserted by one INSERT ... SELECT. Returns the number enrolled."""
     now = now or timezone.now()
     version = workflow.current_version
     if workflow.status != Workflow.Status.ACTIVE or version is None:
@@ -223,18 +253,12 @@ def workflow_enroll_bulk(*, workflow: Workflow, lead_ids=None, leads=None, condi
         if policy == Workflow.Reenroll.AFTER_DAYS:
             blocked = previous.filter(enrolled_at__gt=now - timedelta(days=s.get("reenroll_days") or 0)) | blocked
         qs = qs.exclude(pk__in=blocked.values("lead_id"))
-    ids = list(qs.order_by("pk").values_list("pk", flat=True))
-    made = 0
-    start = version.definition["start"]
-    for i in range(0, len(ids), chunk):
-        rows = [Enrollment(workflow=workflow, version=version, lead_id=pk, step=start, due_at=now, source=source[:100],
-                           enrolled_at=now) for pk in ids[i:i + chunk]]
-        with transaction.atomic():
-            # ignore_conflicts: a trigger that enrolled the same lead meanwhile wins.
-            made += len(Enrollment.objects.bulk_create(rows, ignore_conflicts=True))
-        if progress:
-            progress(len(rows))
-    return made
+    # One statement: atomic by itself, nothing half-written.
+    return _insert_select(Enrollment, lead_ids=qs, fixed={
+        "workflow": workflow.pk, "version": version.pk, "status": Enrollment.Status.ACTIVE,
+        "step": version.definition["start"], "seq": 0, "due_at": now, "state": {}, "source": source[:100],
+        "is_test": False, "enrolled_at": now, "exit_reason": "",
+    })
 
 
 def segments_sync(*, now: datetime | None = None) -> dict[int, int]:
@@ -247,7 +271,7 @@ def segments_sync(*, now: datetime | None = None) -> dict[int, int]:
 
 
 @transaction.atomic
-def workflow_segment_sync(*, workflow_id: int, now: datetime | None = None, chunk: int = 5000) -> int:
+def workflow_segment_sync(*, workflow_id: int, now: datetime | None = None) -> int:
     """Compare the segment's members now (its compiled condition, in SQL)
     with the members recorded last time (SegmentMember): leads not recorded
     have entered and are enrolled through ``workflow_enroll_bulk`` (criteria,
@@ -273,20 +297,20 @@ def workflow_segment_sync(*, workflow_id: int, now: datetime | None = None, chun
     members = SegmentMember.objects.filter(workflow=wf)
     members.exclude(segment=seg).delete()  # an earlier version watched another segment
     members.exclude(lead_id__in=in_segment.values("pk")).delete()
-    entered = list(in_segment.exclude(pk__in=members.values("lead_id")).order_by("pk").values_list("pk", flat=True))
     baseline = wf.segment_baseline_id != seg.pk and not cfg.get("enroll_existing", True)
     # The rows of this sync are those above the highest id before it (the
     # workflow lock keeps any other sync of this workflow out meanwhile).
     mark = members.aggregate(m=Max("pk"))["m"] or 0
-    for i in range(0, len(entered), chunk):
-        SegmentMember.objects.bulk_create([SegmentMember(workflow=wf, segment=seg, lead_id=pk, entered_at=now)
-                                           for pk in entered[i:i + chunk]])
+    # The newcomers are recorded in SQL (INSERT ... SELECT): their ids never
+    # come to Python.
+    entered = _insert_select(SegmentMember, lead_ids=in_segment.exclude(pk__in=members.values("lead_id")),
+                             fixed={"workflow": wf.pk, "segment": seg.pk, "entered_at": now})
     enrolled = 0
     if entered and not baseline:
         # One set-based enrollment over the newcomers (a subquery, not
         # 100,000 bound ids).
         newcomers = Lead.objects.filter(pk__in=SegmentMember.objects.filter(workflow=wf, pk__gt=mark).values("lead_id"))
-        enrolled = workflow_enroll_bulk(workflow=wf, leads=newcomers, source=f"segment:{seg.pk}", now=now, chunk=chunk)
+        enrolled = workflow_enroll_bulk(workflow=wf, leads=newcomers, source=f"segment:{seg.pk}", now=now)
     if wf.segment_baseline_id != seg.pk:
         Workflow.objects.filter(pk=wf.pk).update(segment_baseline_id=seg.pk)
     return enrolled
