@@ -115,10 +115,13 @@ def _remote_ids(connection: Connection, wanted: dict[str, set[int]]) -> dict[tup
                 connection=connection, object=key, local_id__in=ids).exclude(remote_id="").values_list(
                 "local_id", "remote_id"):
             out[(key, local_id)] = remote_id
-        missing = [i for i in ids if (key, i) not in out]
-        if missing:
-            other = objects.get(key)
-            column = other.id_field(connection.provider)
+        other = objects.get(key)
+        # Every id column, in remote_id_of's order (a Salesforce Contact id before a Lead id).
+        for column in dict.fromkeys([*other.id_prefixes.get(connection.provider, {}).values(),
+                                     other.id_field(connection.provider)]):
+            missing = [i for i in ids if (key, i) not in out]
+            if not missing:
+                break
             for local_id, remote_id in other.model_class.objects.filter(pk__in=missing).exclude(
                     **{f"{column}__isnull": True}).exclude(**{column: ""}).values_list("pk", column):
                 out[(key, local_id)] = remote_id

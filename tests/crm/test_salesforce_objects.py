@@ -37,10 +37,10 @@ def sf_objects(sf_connection):
     return sf_connection
 
 
-def test_salesforce_declares_contact_company_deal():
+def test_salesforce_declares_contact_company_campaign_deal_task():
     declared = [o.key for o in objects.synced_by(SalesforceConnector.__new__(SalesforceConnector))]
     # Accounts before the leads, campaigns and deals that point at them.
-    assert declared == ["company", "contact", "campaign", "deal"]
+    assert declared == ["company", "contact", "campaign", "deal", "task"]
 
 
 def test_account_push_and_pull(sf_objects, salesforce):
