@@ -1,7 +1,12 @@
 """Salesforce through simple-salesforce: Lead and Contact <-> leads,
 Account <-> accounts, Opportunity <-> opportunities, Campaign <-> campaigns
-with CampaignMember (the object registry's contact, company, deal and
-campaign), User -> CRM owners.
+with CampaignMember, Task <-> sales tasks (the object registry's contact,
+company, deal, campaign and task), User -> CRM owners.
+
+Sales tasks go as Task with the lead's Lead or Contact id as ``WhoId``,
+upserted by ``Martech_Id__c`` like every other object; a Task pulled with
+``IsClosed`` true is read as Status "Completed" (orgs name their closed
+statuses their own way), which completes the local task.
 
 What a campaign member is
 -------------------------
