@@ -11,6 +11,9 @@ class CrmConfig(AppConfig):
         # The core object types (contact, company, task), and the outbox's
         # in-transaction hooks for every type registered (martech.hooks).
         from martech.crm import outbox  # noqa: F401
+        from martech.crm import receivers
         from martech.crm.types import register_core
 
         register_core()
+        # A new touch on a campaign can add a member: queue the campaign.
+        receivers.connect()

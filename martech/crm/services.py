@@ -115,10 +115,13 @@ def _remote_ids(connection: Connection, wanted: dict[str, set[int]]) -> dict[tup
                 connection=connection, object=key, local_id__in=ids).exclude(remote_id="").values_list(
                 "local_id", "remote_id"):
             out[(key, local_id)] = remote_id
-        missing = [i for i in ids if (key, i) not in out]
-        if missing:
-            other = objects.get(key)
-            column = other.id_field(connection.provider)
+        other = objects.get(key)
+        # Every id column, in remote_id_of's order (a Salesforce Contact id before a Lead id).
+        for column in dict.fromkeys([*other.id_prefixes.get(connection.provider, {}).values(),
+                                     other.id_field(connection.provider)]):
+            missing = [i for i in ids if (key, i) not in out]
+            if not missing:
+                break
             for local_id, remote_id in other.model_class.objects.filter(pk__in=missing).exclude(
                     **{f"{column}__isnull": True}).exclude(**{column: ""}).values_list("pk", column):
                 out[(key, local_id)] = remote_id
@@ -170,6 +173,35 @@ def budget_left(connection: Connection) -> int:
     return max(connection.daily_api_limit - connection.api_calls_used, 0)
 
 
+def allowance_refresh(*, connection: Connection, connector: Connector) -> bool:
+    """Take the daily allowance from the CRM's own count when the connector
+    can read it (Salesforce ``/limits``: DailyApiRequests Max/Remaining):
+    the connection's ``daily_api_limit`` becomes Max and today's use
+    Max - Remaining, which also covers calls other integrations made
+    against the same org. Returns False (stored figures kept, error
+    recorded) when the CRM cannot say; an expired session raises AuthError
+    like any call."""
+    read = getattr(connector, "limits", None)
+    if read is None:
+        return False
+    try:
+        limits = read()
+    except (TransientError, PermanentError) as exc:
+        if isinstance(exc, AuthError):
+            raise
+        _record_error(connection, f"reading the API allowance: {exc}")
+        return False
+    if limits.get("max", 0) <= 0:
+        return False
+    connection.daily_api_limit = limits["max"]
+    connection.api_calls_day = timezone.now().date()
+    connection.api_calls_used = max(limits["max"] - limits.get("remaining", 0), 0)
+    Connection.objects.filter(pk=connection.pk).update(
+        daily_api_limit=connection.daily_api_limit, api_calls_day=connection.api_calls_day,
+        api_calls_used=connection.api_calls_used)
+    return True
+
+
 def _record_error(connection: Connection, message: str, *, stop: bool = False) -> None:
     connection.last_error, connection.last_error_at = message[:2000], timezone.now()
     fields = {"last_error": connection.last_error, "last_error_at": connection.last_error_at}
@@ -181,15 +213,23 @@ def _record_error(connection: Connection, message: str, *, stop: bool = False) -
 
 # --- push ---------------------------------------------------------------------
 
-def _claim(connection: Connection, limit: int, object_keys: list[str]) -> list[OutboxItem]:
+def _claim(connection: Connection, limit: int, object_keys: list[str], started: dt.datetime | None = None
+           ) -> list[OutboxItem]:
     """Take due pending items under a lease, so two drains never send the
-    same record at once; an item whose drain died is due again after LEASE."""
+    same record at once; an item whose drain died is due again after LEASE.
+
+    ``started`` (the run's start): an item this run already tried and
+    failed (attempts > 0, next attempt after the start) is left for a later
+    run even when its backoff has already passed, so one run sends a record
+    at most once and a short backoff cannot add calls to the run."""
     now = timezone.now()
+    due = Q(next_attempt_at__lte=now)
+    if started is not None:
+        due &= Q(attempts=0) | Q(next_attempt_at__lte=started)
     with transaction.atomic():
         items = list(
             OutboxItem.objects.select_for_update(skip_locked=True)
-            .filter(connection=connection, status=OutboxItem.Status.PENDING, next_attempt_at__lte=now,
-                    object__in=object_keys)
+            .filter(due, connection=connection, status=OutboxItem.Status.PENDING, object__in=object_keys)
             .order_by("next_attempt_at", "pk")[:limit]
         )
         if items:
@@ -215,7 +255,7 @@ def _fail(items: Iterable[OutboxItem], error: str, *, dead_now: bool = False) ->
 
 
 def outbox_drain(*, connection: Connection, connector: Connector | None = None, max_items: int | None = None,
-                 progress=None, batch: int | None = None) -> SyncRun:
+                 progress=None, batch: int | None = None, refresh_allowance: bool = False) -> SyncRun:
     """Push what is due for ``connection`` (every object type its connector
     declares); returns the recorded SyncRun.
 
@@ -223,7 +263,10 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
     call. A record the CRM refuses is failed alone; after MAX_ATTEMPTS it is
     a dead letter. Near the daily allowance (SLOWDOWN_AT) one batch per run
     is sent; at the allowance nothing is. ``batch`` overrides DRAIN_BATCH
-    (a Salesforce backfill claims more, so it goes through Bulk API 2.0)."""
+    (a Salesforce backfill claims more, so it goes through Bulk API 2.0).
+    ``refresh_allowance`` first reads the allowance from the CRM
+    (``allowance_refresh``; the scheduled task and ``crm_sync`` do, once per
+    run)."""
     conf = settings.MARTECH_CRM
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PUSH, object="")
     if connection.stopped_reason or not connection.is_active:
@@ -237,6 +280,9 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
     calls_before = connector.stats.api_calls
     done = 0
     try:
+        if refresh_allowance:
+            # The CRM's own count (other integrations spend the same allowance).
+            allowance_refresh(connection=connection, connector=connector)
         while max_items is None or done < max_items:
             left = budget_left(connection)
             if left <= 0:
@@ -247,7 +293,7 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
             limit = 100 if slow else (batch or conf["DRAIN_BATCH"])
             if max_items is not None:
                 limit = min(limit, max_items - done)
-            items = _claim(connection, limit, list(types))
+            items = _claim(connection, limit, list(types), started=run.started_at)
             if not items:
                 break
             done += len(items)

@@ -8,7 +8,8 @@ from martech.crm.models import Connection
 def drain_outbox() -> dict[str, int]:
     out = {}
     for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
-        run = services.outbox_drain(connection=connection)
+        # Each run starts from the CRM's own count of the daily allowance (Salesforce /limits).
+        run = services.outbox_drain(connection=connection, refresh_allowance=True)
         out[connection.provider] = run.pushed
     return out
 

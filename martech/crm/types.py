@@ -118,6 +118,18 @@ TASK_MAPPINGS = [
     ("status", "hs_task_status", "picklist", {"value_map": TASK_STATUS, "system_of_record": "remote"}),
     ("owner", "hubspot_owner_id", "text", {"direction": "push"}),
 ]
+# Salesforce Task: the same task type, Salesforce's fields. The lead goes as
+# WhoId (the association to the contact, connectors/salesforce.py LOOKUPS),
+# our id as Martech_Id__c. A Task Salesforce reports closed (IsClosed) is
+# pulled as "Completed" whatever the org calls its closed status.
+SALESFORCE_TASK_STATUS = {"open": "Not Started", "done": "Completed", "cancelled": "Deferred"}
+SALESFORCE_TASK_MAPPINGS = [
+    ("subject", "Subject", "text", {"direction": "push"}),
+    ("description", "Description", "text", {"direction": "push"}),
+    ("due_at", "ActivityDate", "date", {"direction": "push"}),
+    ("status", "Status", "picklist", {"value_map": SALESFORCE_TASK_STATUS, "system_of_record": "remote"}),
+    ("owner", "OwnerId", "text", {"direction": "push"}),
+]
 
 
 def register_core() -> None:
@@ -138,4 +150,4 @@ def register_core() -> None:
                         # HubSpot requires hs_timestamp (the due date): a task without one is due when made.
                         readers={"due_at": lambda t: t.due_at or t.created_at},
                         extra_trigger_fields=frozenset({"lead"}),
-                        default_mappings={"hubspot": TASK_MAPPINGS}))
+                        default_mappings={"hubspot": TASK_MAPPINGS, "salesforce": SALESFORCE_TASK_MAPPINGS}))

@@ -37,10 +37,10 @@ def sf_objects(sf_connection):
     return sf_connection
 
 
-def test_salesforce_declares_contact_company_deal():
+def test_salesforce_declares_contact_company_campaign_deal_task():
     declared = [o.key for o in objects.synced_by(SalesforceConnector.__new__(SalesforceConnector))]
     # Accounts before the leads, campaigns and deals that point at them.
-    assert declared == ["company", "contact", "campaign", "deal"]
+    assert declared == ["company", "contact", "campaign", "deal", "task"]
 
 
 def test_account_push_and_pull(sf_objects, salesforce):
@@ -204,3 +204,45 @@ def test_campaign_pull(sf_campaigns, salesforce):
     assert campaign.start_date == dt.date(2026, 12, 1) and campaign.budget == Decimal("900")
     assert campaign.salesforce_id.startswith("701")
     assert not OutboxItem.objects.filter(object="campaign").exists()  # pulled, not echoed back
+
+
+def test_new_touch_through_ingest_queues_its_campaign(sf_campaigns, salesforce, django_capture_on_commit_callbacks):
+    """A touch that makes a new member queues the campaign (no edit, no full
+    sync needed); a touch from a lead already a member is queued and then
+    skipped by the hash, with no CRM call."""
+    from django.utils import timezone
+
+    from martech.models import Campaign, EventType
+    from martech.services.campaigns import campaign_save
+    from martech.services.ingest import events_ingest
+    from martech.services.leads import lead_upsert
+
+    EventType.objects.get_or_create(name="webinar_joined")
+    ann, _ = lead_upsert(data={"email": "ann@example.org", "last_name": "Lee"}, source="test")
+    campaign = campaign_save(campaign=Campaign(name="Spring webinar", utm_campaign="spring"), source="test")
+    outbox_drain(connection=sf_campaigns)  # Ann and the campaign, no members yet
+    assert not salesforce.records["CampaignMember"]
+    assert not OutboxItem.objects.filter(status="pending").exists()
+
+    def touch(mid):
+        with django_capture_on_commit_callbacks(execute=True):
+            result = events_ingest(items=[{"type": "track", "event": "webinar_joined", "messageId": mid,
+                                           "timestamp": timezone.now().isoformat(),
+                                           "traits": {"email": "ann@example.org"},
+                                           "context": {"campaign": {"name": "spring", "source": "newsletter",
+                                                                    "medium": "email"}}}], source="test")
+        assert result.event_ids
+
+    touch("m1")
+    assert OutboxItem.objects.filter(object="campaign", local_id=campaign.pk, status="pending").exists()
+    run = outbox_drain(connection=sf_campaigns)
+    assert run.pushed == 1
+    ann.refresh_from_db()
+    campaign.refresh_from_db()
+    (member,) = salesforce.records["CampaignMember"].values()
+    assert (member["LeadId"], member["CampaignId"]) == (ann.salesforce_lead_id, campaign.salesforce_id)
+
+    touch("m2")  # Ann again: already a member
+    assert OutboxItem.objects.filter(object="campaign", local_id=campaign.pk, status="pending").exists()
+    run = outbox_drain(connection=sf_campaigns)
+    assert (run.pushed, run.skipped, run.api_calls) == (0, 1, 0)

@@ -1,7 +1,12 @@
 """Salesforce through simple-salesforce: Lead and Contact <-> leads,
 Account <-> accounts, Opportunity <-> opportunities, Campaign <-> campaigns
-with CampaignMember (the object registry's contact, company, deal and
-campaign), User -> CRM owners.
+with CampaignMember, Task <-> sales tasks (the object registry's contact,
+company, deal, campaign and task), User -> CRM owners.
+
+Sales tasks go as Task with the lead's Lead or Contact id as ``WhoId``,
+upserted by ``Martech_Id__c`` like every other object; a Task pulled with
+``IsClosed`` true is read as Status "Completed" (orgs name their closed
+statuses their own way), which completes the local task.
 
 What a campaign member is
 -------------------------
@@ -101,16 +106,18 @@ def soql_datetime(cursor: str) -> str:
 
 
 # Our object keys -> sObjects ("contact" is Lead or Contact, see above).
-SOBJECTS = {"contact": "Lead", "company": "Account", "deal": "Opportunity", "campaign": "Campaign"}
+SOBJECTS = {"contact": "Lead", "company": "Account", "deal": "Opportunity", "campaign": "Campaign", "task": "Task"}
+TASK_CLOSED_STATUS = "Completed"
 MEMBER_STATUS = "Responded"  # a member here is a lead with a touch on the campaign: it responded
 # Associations the engine resolves to Salesforce ids -> the lookup field set on the record.
-LOOKUPS = {("deal", "company"): "AccountId"}
+# A Task's lead is its WhoId (a Lead or Contact id).
+LOOKUPS = {("deal", "company"): "AccountId", ("task", "contact"): "WhoId"}
 
 
 def sobject_of(remote_id: str) -> str:
     """Salesforce ids start with their object's key prefix."""
     return {"00Q": "Lead", "003": "Contact", "005": "User", "001": "Account",
-            "006": "Opportunity", "701": "Campaign", "00v": "CampaignMember"}.get(remote_id[:3], "")
+            "006": "Opportunity", "701": "Campaign", "00v": "CampaignMember", "00T": "Task"}.get(remote_id[:3], "")
 
 
 def local_id_field(remote_id: str) -> str:
@@ -407,6 +414,8 @@ class SalesforceConnector:
         # Lookups read back as associations (the engine links an Opportunity's Account).
         lookups = {field: other for (obj, other), field in LOOKUPS.items() if SOBJECTS[obj] == target}
         wanted.update(lookups)
+        if target == "Task":
+            wanted.add("IsClosed")
         where = ["IsConverted = false"] if target == "Lead" else []
         if cursor:
             where.append(f"SystemModstamp > {soql_datetime(cursor)}")
@@ -419,6 +428,9 @@ class SalesforceConnector:
             props = {back.get(k, k): ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
                      for k, v in row.items() if k != "attributes"}
             links = {other: [row[field]] for field, other in lookups.items() if row.get(field)}
+            if target == "Task" and row.get("IsClosed"):
+                # An org may name its closed statuses its own way; closed is completed here.
+                props["Status"] = TASK_CLOSED_STATUS
             yield Pulled(row["Id"], props, row["SystemModstamp"], associations=links)
 
     def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:

@@ -66,13 +66,18 @@ FIELDS = {
     "Campaign": {"Type", "Status", "StartDate", "EndDate", "BudgetedCost", "ActualCost", "IsActive"},
     "CampaignMember": {"CampaignId", "LeadId", "ContactId", "Status", "HasResponded", "FirstRespondedDate"},
     "User": {"Email", "FirstName", "LastName", "IsActive", "Username"},
+    # Task: IsClosed is read-only, derived from Status (CLOSED_TASK_STATUSES).
+    "Task": {"WhoId", "WhatId", "Subject", "ActivityDate", "Status", "Priority", "Description", "IsClosed",
+             "CompletedDateTime"},
 }
+CLOSED_TASK_STATUSES = {"Completed"}
+READ_ONLY = {"Task": {"IsClosed", "CompletedDateTime"}}
 REQUIRED = {"Lead": ("LastName", "Company"), "Contact": ("LastName",), "Account": ("Name",),
             "Opportunity": ("Name", "StageName", "CloseDate"), "Campaign": ("Name",),
             "CampaignMember": ("CampaignId",)}
 # Salesforce's key prefixes: the first three characters of an Id name its object.
 PREFIX = {"Lead": "00Q", "Contact": "003", "Account": "001", "Opportunity": "006", "Campaign": "701",
-          "CampaignMember": "00v", "User": "005"}
+          "CampaignMember": "00v", "User": "005", "Task": "00T"}
 REFERENCES = {"Lead": "LeadId", "Contact": "ContactId", "Campaign": "CampaignId", "Account": "AccountId",
               "Owner": "OwnerId"}
 COLLECTION_MAX = 200
@@ -199,6 +204,7 @@ class SalesforceEmulator(EmulatorBase):
         self.collection_sizes: list[int] = []  # records per Collections call, in order
         self.daily_max, self.api_used = daily_max, 0
         self.query_page_size = 2000
+        self.closed_task_statuses = set(CLOSED_TASK_STATUSES)  # an org may add its own closed statuses
         self.records: dict[str, dict[str, dict]] = {name: {} for name in FIELDS}
         self.by_external: dict[tuple[str, str], str] = {}  # (sobject, Martech_Id__c) -> Id
         self.jobs: dict[str, dict] = {}
@@ -235,10 +241,17 @@ class SalesforceEmulator(EmulatorBase):
             base = {"Id": record_id, "CreatedDate": stamp, "IsDeleted": False}
             if sobject == "Lead":
                 base.update(IsConverted=False, Status="Open - Not Contacted")
+            if sobject == "Task":
+                base.update(Status="Not Started", Priority="Normal")
             self.records[sobject][record_id] = base
         record = self.records[sobject][record_id]
         record.update({k: v for k, v in fields.items() if k != "Id"})
         record["LastModifiedDate"] = record["SystemModstamp"] = stamp
+        if sobject == "Task":
+            closed = record.get("Status") in self.closed_task_statuses
+            if closed and not record.get("IsClosed"):
+                record["CompletedDateTime"] = stamp
+            record["IsClosed"] = closed
         if record.get("Martech_Id__c"):
             self.by_external[(sobject, str(record["Martech_Id__c"]))] = record_id
         return record
@@ -372,6 +385,8 @@ class SalesforceEmulator(EmulatorBase):
                 continue
             if key not in known and not key.endswith("__c"):
                 return f"No such column '{key}' on sobject of type {sobject}"
+            if key in READ_ONLY.get(sobject, ()):
+                return f"Unable to create/update fields: {key}. Please check the security settings of this field."
         return None
 
     def _resolve(self, sobject: str, record: dict) -> tuple[dict, list[dict]]:
@@ -407,6 +422,11 @@ class SalesforceEmulator(EmulatorBase):
             if value and value not in self.records[target]:
                 errors.append({"statusCode": "INVALID_CROSS_REFERENCE_KEY", "fields": [lookup],
                                "message": "invalid cross reference id"})
+        who = fields.get("WhoId")
+        if who and who not in self.records["Lead"] and who not in self.records["Contact"]:
+            # A Task's WhoId names a Lead or a Contact.
+            errors.append({"statusCode": "INVALID_CROSS_REFERENCE_KEY", "fields": ["WhoId"],
+                           "message": "Name ID: id value of incorrect type: " + str(who)})
         merged = {**(existing or {}), **fields}
         missing = [f for f in REQUIRED.get(sobject, ()) if merged.get(f) in (None, "")]
         if sobject == "CampaignMember" and not (merged.get("LeadId") or merged.get("ContactId")):

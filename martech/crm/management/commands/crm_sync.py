@@ -66,7 +66,8 @@ class Command(BaseCommand):
                 due = OutboxItem.objects.filter(connection=connection, status="pending").count()
                 with tqdm(total=due, desc=f"{connection.provider} push", unit="rec",
                           disable=not self.stdout.isatty()) as bar:
-                    run = services.outbox_drain(connection=connection, progress=bar, batch=opts["batch"])
+                    run = services.outbox_drain(connection=connection, progress=bar, batch=opts["batch"],
+                                                refresh_allowance=True)
                 self._report(run)
             if not opts["no_pull"]:
                 if not opts["dry_run"] and not opts["object"]:

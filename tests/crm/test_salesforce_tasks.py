@@ -1,0 +1,165 @@
+"""Sales tasks pushed to Salesforce as Task (WhoId = the lead's Lead or
+Contact), upserted by Martech_Id__c; a Task closed in Salesforce completes
+ours. The same registered "task" type as HubSpot's, with Salesforce mappings."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from martech import signals
+from martech.crm.models import CrmOwner, FieldMapping, OutboxItem
+from martech.crm.services import outbox_drain, payload_preview, pull_changes
+from martech.crm.types import SALESFORCE_TASK_MAPPINGS
+from martech.models import SalesTask
+from martech.services.leads import lead_upsert
+from martech.services.tasks import task_complete, task_create
+
+pytestmark = pytest.mark.django_db
+UPSERT_TASK = ("PATCH", "/services/data/v59.0/composite/sobjects/Task/Martech_Id__c")
+
+
+@pytest.fixture
+def sf_tasks(sf_connection):
+    for local, remote, kind, extra in SALESFORCE_TASK_MAPPINGS:
+        mapping = FieldMapping(connection=sf_connection, object="task", local_field=local, remote_field=remote,
+                               kind=kind, **extra)
+        mapping.full_clean()
+        mapping.save()
+    return sf_connection
+
+
+def _task(key="t1", email="lead@example.org", **extra):
+    lead, _ = lead_upsert(data={"email": email, "first_name": "Lee", "last_name": "Ray"}, source="test")
+    task, _ = task_create(key=key, lead=lead, subject="Call back", description="Asked for pricing",
+                          source="test", **extra)
+    return task
+
+
+def _due_now():
+    OutboxItem.objects.filter(status="pending").update(next_attempt_at=timezone.now())
+
+
+def test_task_pushed_with_who_id_owner_and_external_id(sf_tasks, salesforce):
+    user = get_user_model().objects.create_user(username="rep", email="rep@example.org")
+    CrmOwner.objects.create(connection=sf_tasks, remote_id="005000000000000009", email="rep@example.org",
+                            is_active=True)
+    due = dt.datetime(2026, 12, 3, 15, 0, tzinfo=dt.timezone.utc)
+    task = _task(due_at=due, owner=user)
+    run = outbox_drain(connection=sf_tasks)
+    assert (run.pushed, run.failed) == (2, 0)  # the lead first (its Lead id is the WhoId), then the task
+    (lead_record,) = salesforce.records["Lead"].values()
+    (record,) = salesforce.records["Task"].values()
+    assert record["Id"].startswith("00T")
+    assert (record["WhoId"], record["Subject"], record["Description"], record["ActivityDate"], record["Status"],
+            record["OwnerId"], record["Martech_Id__c"]) == (
+        lead_record["Id"], "Call back", "Asked for pricing", "2026-12-03", "Not Started", "005000000000000009",
+        str(task.pk))
+    assert record["IsClosed"] is False
+    task.refresh_from_db()
+    assert task.salesforce_id == record["Id"]
+    # The admin preview shows the same body the drain sent.
+    body = payload_preview(connection=sf_tasks, obj="task", instance=task)
+    (row,) = body["body"]["records"]
+    assert row["WhoId"] == lead_record["Id"] and row["Id"] == record["Id"] and row["attributes"]["type"] == "Task"
+
+
+def test_retried_task_batch_after_lost_answer_makes_no_duplicate(sf_tasks, salesforce, sf_no_sleep):
+    task = _task()
+    assert outbox_drain(connection=sf_tasks, max_items=1).pushed == 1  # the lead only
+    salesforce.lose_answers = 1  # Salesforce creates the Task, the answer is lost (503): retried
+    run = outbox_drain(connection=sf_tasks)
+    assert (run.pushed, run.api_calls) == (1, 2) and len(sf_no_sleep) == 1
+    assert salesforce.calls[UPSERT_TASK] == 2
+    assert len(salesforce.records["Task"]) == 1  # upserted by Martech_Id__c: found, not made again
+    task.refresh_from_db()
+    assert task.salesforce_id == next(iter(salesforce.records["Task"]))
+
+
+def test_task_for_a_contact_goes_with_the_contact_id(sf_tasks, salesforce):
+    contact = salesforce.put("Contact", {"LastName": "Ray", "Email": "lead@example.org"})
+    lead, _ = lead_upsert(data={"email": "lead@example.org", "salesforce_contact_id": contact["Id"]},
+                          source="crm:salesforce")
+    task, _ = task_create(key="c1", lead=lead, subject="Demo", source="test")
+    outbox_drain(connection=sf_tasks)
+    (record,) = salesforce.records["Task"].values()
+    assert record["WhoId"] == contact["Id"]
+    assert not salesforce.records["Lead"]
+
+
+def test_task_closed_in_salesforce_completes_ours_once(sf_tasks, salesforce, django_capture_on_commit_callbacks):
+    task = _task()
+    outbox_drain(connection=sf_tasks)
+    pull_changes(connection=sf_tasks, obj="task")  # our own push comes back unchanged
+    task.refresh_from_db()
+    assert task.status == SalesTask.Status.OPEN
+    heard = []
+
+    def receiver(sender, task, source, **kwargs):
+        heard.append((task.pk, source))
+
+    signals.task_completed.connect(receiver)
+    try:
+        salesforce.put("Task", {"Id": task.salesforce_id, "Status": "Completed"})
+        # A Task made in Salesforce that we never pushed is not ours: skipped, not created.
+        salesforce.put("Task", {"Subject": "Someone else's", "Status": "Completed"})
+        with django_capture_on_commit_callbacks(execute=True):
+            run = pull_changes(connection=sf_tasks, obj="task")
+    finally:
+        signals.task_completed.disconnect(receiver)
+    assert (run.pulled, run.skipped, run.failed) == (1, 1, 0)
+    task.refresh_from_db()
+    assert task.status == SalesTask.Status.DONE and task.completed_at
+    assert SalesTask.objects.count() == 1
+    assert heard == [(task.pk, "crm:salesforce")]
+    assert not OutboxItem.objects.filter(object="task", status="pending").exists()  # not pushed back
+    completed_at = task.completed_at
+    pull_changes(connection=sf_tasks, obj="task", full=True)
+    task.refresh_from_db()
+    assert task.completed_at == completed_at
+
+
+def test_org_specific_closed_status_counts_as_completed(sf_tasks, salesforce):
+    """IsClosed decides, not the status's name (orgs add closed statuses)."""
+    salesforce.closed_task_statuses.add("Closed - Done")
+    task = _task()
+    outbox_drain(connection=sf_tasks)
+    task.refresh_from_db()
+    salesforce.put("Task", {"Id": task.salesforce_id, "Status": "Closed - Done"})
+    assert salesforce.records["Task"][task.salesforce_id]["IsClosed"] is True
+    run = pull_changes(connection=sf_tasks, obj="task")
+    assert run.failed == 0, run.error
+    task.refresh_from_db()
+    assert task.status == SalesTask.Status.DONE
+
+
+def test_task_completed_here_is_pushed_as_completed(sf_tasks, salesforce):
+    task = _task()
+    outbox_drain(connection=sf_tasks)
+    task_complete(task=task, source="admin")
+    assert outbox_drain(connection=sf_tasks).pushed == 1
+    (record,) = salesforce.records["Task"].values()
+    assert (record["Status"], record["IsClosed"]) == ("Completed", True)
+    assert salesforce.calls[("PATCH", "/services/data/v59.0/composite/sobjects")] >= 1  # by Id the second time
+
+
+def test_emulator_task_rules(sf_tasks, salesforce):
+    """IsClosed is read-only (the whole call is refused); a WhoId that is
+    not a Lead or Contact is refused for that record alone."""
+    from simple_salesforce.exceptions import SalesforceMalformedRequest
+
+    from martech.crm.connectors.salesforce import SalesforceConnector
+
+    account = salesforce.put("Account", {"Name": "Acme"})
+    sf = SalesforceConnector(sf_tasks).sf
+    path = "composite/sobjects/Task/Martech_Id__c"
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.restful(path, method="PATCH", json={"allOrNone": False, "records": [
+            {"attributes": {"type": "Task"}, "Martech_Id__c": "x", "IsClosed": True}]})
+    assert refused.value.content[0]["errorCode"] == "INVALID_FIELD"
+    (answer,) = sf.restful(path, method="PATCH", json={"allOrNone": False, "records": [
+        {"attributes": {"type": "Task"}, "Martech_Id__c": "x", "WhoId": account["Id"]}]})
+    assert answer["success"] is False and answer["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
+    assert not salesforce.records["Task"]
