@@ -132,20 +132,7 @@ def create_opportunities(opps) -> list[Opportunity]:
         return Opportunity.objects.bulk_create(objs, batch_size=5000)
 
 
-def backend_cpu() -> float:
-    """CPU seconds of this connection's PostgreSQL backend (user + system,
-    from /proc: the server runs on this machine; as bench/scoring.py); 0
-    elsewhere. Loading the COPY and building the indexes happen there."""
-    if connection.vendor != "postgresql":
-        return 0.0
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        pid = cursor.fetchone()[0]
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from rss import backend_cpu  # noqa: E402  (bench/rss.py)
 
 
 class Timer:

@@ -1,4 +1,6 @@
-"""A process's own peak resident memory, for the benchmarks' worker figures.
+"""Process figures shared by the benchmarks: a process's own peak resident
+memory (the worker figures) and the CPU time of this connection's PostgreSQL
+backend.
 
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is wrong for a worker started
 with subprocess: Linux keeps the signal struct's maxrss across fork and exec,
@@ -10,6 +12,7 @@ this process's own address space only.
 """
 from __future__ import annotations
 
+import os
 import resource
 
 
@@ -22,3 +25,23 @@ def own_peak_rss_kb() -> int:
     except OSError:  # not Linux: the rusage figure, with its caveat
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def backend_cpu() -> float:
+    """CPU seconds of this connection's PostgreSQL backend (user + system,
+    from /proc: the server runs on this machine); 0 elsewhere. Set-based work
+    (a bulk recompute, a COPY, an index build) spends its time there, not in
+    the benchmark's own process."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return 0.0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

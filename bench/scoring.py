@@ -49,20 +49,7 @@ SEGMENT = ('country in ("US", "DE", "GB") and total_score >= 10 and first_name c
            'and account.industry = "Software" and created_at > 2023-01-01')
 
 
-def backend_cpu() -> float:
-    """CPU seconds of this connection's PostgreSQL backend (user + system,
-    from /proc: the server runs on this machine); 0 elsewhere. The
-    set-based recompute spends its time there, not in this process."""
-    if connection.vendor != "postgresql":
-        return 0.0
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        pid = cursor.fetchone()[0]
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from rss import backend_cpu  # noqa: E402  (bench/rss.py)
 
 
 def update_floor(share: float, sample: int = 100_000) -> tuple[float, int]:
