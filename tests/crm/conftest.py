@@ -11,6 +11,7 @@ import pytest
 from martech.crm.emulators.base import Served
 from martech.crm.emulators.hubspot import HubSpotEmulator
 from martech.crm.models import Connection, FieldMapping, LifecycleMapping
+from martech.crm.types import SALESFORCE_CONTACT_MAPPINGS
 from martech.models import LifecycleStage
 
 SPECS = Path(__file__).resolve().parent.parent / "fixtures" / "hubspot"
@@ -259,16 +260,7 @@ def sf_no_sleep(monkeypatch):
     return slept
 
 
-SF_MAPPINGS = [
-    ("email", "Email", "text", {}),
-    ("first_name", "FirstName", "text", {}),
-    ("last_name", "LastName", "text", {"default": "Unknown"}),
-    ("job_title", "Title", "text", {"system_of_record": "remote"}),
-    ("company_name", "Company", "text", {"default": "[not provided]"}),
-    ("country", "Country", "text", {}),
-    ("lifecycle_stage", "Status", "text", {}),
-    ("owner", "OwnerId", "text", {"direction": "push"}),
-]
+SF_MAPPINGS = SALESFORCE_CONTACT_MAPPINGS  # the demo connection's defaults, as an ops user starts from
 SF_STATUSES = [("Open - Not Contacted", "lead"), ("Working - Contacted", "mql"), ("Qualified", "sql"),
                ("Closed - Converted", "customer")]
 
