@@ -11,7 +11,7 @@ import pytest
 from martech.crm.emulators.base import Served
 from martech.crm.emulators.hubspot import HubSpotEmulator
 from martech.crm.models import Connection, FieldMapping, LifecycleMapping
-from martech.crm.types import SALESFORCE_CONTACT_MAPPINGS
+from martech.crm.types import COMPANY_MAPPINGS, SALESFORCE_CONTACT_MAPPINGS, TASK_MAPPINGS
 from martech.models import LifecycleStage
 
 SPECS = Path(__file__).resolve().parent.parent / "fixtures" / "hubspot"
@@ -161,17 +161,6 @@ def no_sleep(monkeypatch):
     return slept
 
 
-COMPANY_MAPPINGS = [
-    ("domain", "domain", "text", {}),
-    ("name", "name", "text", {}),
-    ("industry", "industry", "text", {"system_of_record": "remote"}),
-    ("employee_count", "numberofemployees", "number", {}),
-    ("annual_revenue", "annualrevenue", "number", {}),
-    ("country", "country", "text", {}),
-    ("owner", "hubspot_owner_id", "text", {}),
-]
-
-
 def _map(connection, obj, rows):
     for local, remote, kind, extra in rows:
         mapping = FieldMapping(connection=connection, object=obj, local_field=local, remote_field=remote,
@@ -196,8 +185,6 @@ def deal_mappings(company_mappings):
 
 @pytest.fixture
 def task_mappings(connection):
-    from martech.crm.types import TASK_MAPPINGS
-
     _map(connection, "task", TASK_MAPPINGS)
     return connection
 
@@ -260,7 +247,6 @@ def sf_no_sleep(monkeypatch):
     return slept
 
 
-SF_MAPPINGS = SALESFORCE_CONTACT_MAPPINGS  # the demo connection's defaults, as an ops user starts from
 SF_STATUSES = [("Open - Not Contacted", "lead"), ("Working - Contacted", "mql"), ("Qualified", "sql"),
                ("Closed - Converted", "customer")]
 
@@ -268,8 +254,8 @@ SF_STATUSES = [("Open - Not Contacted", "lead"), ("Working - Contacted", "mql"),
 @pytest.fixture
 def sf_connection(db):
     conn = Connection.objects.create(provider="salesforce", name="Salesforce")
-    for local, remote, kind, extra in SF_MAPPINGS:
-        FieldMapping.objects.create(connection=conn, local_field=local, remote_field=remote, kind=kind, **extra)
+    # The registry's default Salesforce mappings, as an ops user starts from them.
+    _map(conn, "contact", SALESFORCE_CONTACT_MAPPINGS)
     for value, key in SF_STATUSES:
         stage = LifecycleStage.objects.filter(key=key).first()
         if stage:
