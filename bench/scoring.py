@@ -12,8 +12,10 @@ a 30-day half-life), then measures:
   the load average, and ``bulk_update_floor_estimate_seconds`` (the bare
   UPDATE of the same rows, estimated from the first 100,000 ids);
 - ``incremental_rescore_p50_ms`` / ``_p99_ms``: one ``scores_recompute`` for
-  one lead after one new event (the work inside the task, rules from the
-  per-process cache), over 200 leads, with CPU time and query count;
+  one lead after one new event (the work inside the task: its hooks, with a
+  HubSpot connection pushing the score and a score-threshold workflow
+  active; the configuration from the per-process caches), over 200 leads,
+  with CPU time and query count;
 - ``segment_5_clause_count_seconds``: COUNT of a 5-clause segment, and its
   EXPLAIN ANALYZE plan (stderr and the results file).
 
@@ -44,6 +46,8 @@ from martech.conditions import matching_leads  # noqa: E402
 from martech.models import Account, Event, EventType, Lead  # noqa: E402
 from martech.scoring import services  # noqa: E402
 from martech.scoring.models import EngagementRule, FitRule, ScoreHistory, ScoringModel  # noqa: E402
+from martech.crm.models import Connection, FieldMapping, OutboxItem  # noqa: E402
+from nurture.models import Workflow  # noqa: E402
 
 SEGMENT = ('country in ("US", "DE", "GB") and total_score >= 10 and first_name contains "a" '
            'and account.industry = "Software" and created_at > 2023-01-01')
@@ -111,6 +115,27 @@ def setup_model() -> ScoringModel:
     EngagementRule.objects.create(model=model, name="Pricing", event_type=pv, points=10,
                                   condition='properties.url contains "/pricing"')
     return model
+
+
+def setup_hooks() -> Connection:
+    """What a deployment has around a score change: a HubSpot connection
+    pushing the score (so the CRM outbox's hook queues the lead) and an
+    active score-threshold nurture workflow (so its receiver checks the
+    crossing). Made after the bulk recompute, which they would otherwise
+    turn into an outbox fill."""
+    from martech.crm.types import CONTACT_MAPPINGS
+    from nurture.services import workflow_publish
+
+    Connection.objects.filter(name="bench scoring").delete()
+    conn = Connection.objects.create(provider="hubspot", name="bench scoring")
+    for local, remote, kind, extra in CONTACT_MAPPINGS:
+        FieldMapping.objects.create(connection=conn, object="contact", local_field=local, remote_field=remote,
+                                    kind=kind, **extra)
+    Workflow.objects.filter(name="bench scoring").delete()
+    wf = Workflow.objects.create(name="bench scoring", trigger="score", trigger_config={"threshold": 10_000},
+                                 definition={"start": "end", "steps": {"end": {"type": "end"}}})
+    workflow_publish(workflow=wf)
+    return conn
 
 
 def load_events(every: int) -> int:
@@ -188,26 +213,39 @@ def main() -> None:
         emit("lead_table_total_mb", round(total / 2**20), "MB")
 
     pv = EventType.objects.get(name="page_view")
-    services.active_rules()  # warm the cache, as a running worker has it
-    sample = random.Random(1).sample(list(Lead.objects.values_list("pk", flat=True)[:100_000]), 200)
-    times, cpu, nqueries = [], [], []
+    hooked = setup_hooks()
+    ids = list(Lead.objects.values_list("pk", flat=True)[:100_000])
+    sample = random.Random(1).sample(ids, 200)
+    # Warm the configuration caches (rules, push mappings, workflows), as a
+    # running worker has them: a score change on a lead outside the sample.
+    run = time.time_ns()  # a page never seen before, also on a rerun over the same database
+    warm = next(i for i in ids if i not in set(sample))
+    Event.objects.create(client_event_id=f"bench-inc-{run}-warm", event_type=pv, lead_id=warm,
+                         occurred_at=timezone.now(), properties={"url": f"/docs/{run}/warm"})
+    assert services.scores_recompute(lead_ids=[warm], reason="warm") == 1
+    times, cpu, nqueries, rescored = [], [], [], 0
     for k, lead_id in enumerate(sample):
-        Event.objects.create(client_event_id=f"bench-inc-{time.time_ns()}-{k}", event_type=pv, lead_id=lead_id,
-                             occurred_at=timezone.now(), properties={"url": f"/docs/{k}"})
+        Event.objects.create(client_event_id=f"bench-inc-{run}-{k}", event_type=pv, lead_id=lead_id,
+                             occurred_at=timezone.now(), properties={"url": f"/docs/{run}/{k}"})
         t0, c0 = time.perf_counter(), time.process_time()
         with CaptureQueriesContext(connection) as queries:
-            # As the task calls it: the rules come from the per-process cache
-            # after the fingerprint query.
-            services.scores_recompute(lead_ids=[lead_id], reason="event")
+            # As the task calls it: the rules, the CRM outbox's mappings and
+            # nurture's score workflows come from the per-process caches after
+            # one configuration-token query (martech.configcache).
+            rescored += services.scores_recompute(lead_ids=[lead_id], reason="event")
         times.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)
         nqueries.append(len(queries))
+    # Every sampled lead gained points: each measurement wrote a new score.
+    emit("incremental_rescore_leads_changed", rescored, "leads")
     emit("incremental_rescore_p50_ms", round(percentile(times, 0.50), 2), "ms")
     emit("incremental_rescore_p99_ms", round(percentile(times, 0.99), 2), "ms")
     # This process's CPU only: less distorted by a loaded machine than wall time.
     emit("incremental_rescore_cpu_p50_ms", round(percentile(cpu, 0.50), 2), "ms")
     emit("incremental_rescore_cpu_p99_ms", round(percentile(cpu, 0.99), 2), "ms")
     emit("incremental_rescore_queries_max", max(nqueries), "queries")
+    emit("incremental_rescore_outbox_items_queued", OutboxItem.objects.filter(connection=hooked).count(), "items")
+    OutboxItem.objects.filter(connection=hooked).delete()
 
     counts, db_cpu = [], []
     for _ in range(3):

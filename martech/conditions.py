@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import cache
@@ -279,6 +280,27 @@ def _resolve(path: str, pos: int) -> FieldSpec:
             raise ConditionError(pos, f"unknown account field {path!r}")
         raise ConditionError(pos, f"unknown field {path!r}")
     return spec
+
+
+def load_fields(paths: Iterable[str]) -> frozenset[str]:
+    """The names ``QuerySet.only()`` needs so that ``Condition.evaluate``
+    reads these field paths without loading a deferred field (relations also
+    need their ``select_related``): a narrow read of the lead for in-memory
+    evaluation."""
+    out: set[str] = set()
+    for path in paths:
+        spec = _resolve(path, 1)
+        if spec.kind == PROP:
+            out.add("properties")
+        elif spec.path == "email_domain":
+            out.add("email")
+        elif spec.kind == RELATION:
+            out.add("account")
+        else:
+            out.add(spec.orm)
+            if spec.via_account:
+                out.add("account")
+    return frozenset(out)
 
 
 # --- AST --------------------------------------------------------------------

@@ -573,3 +573,19 @@ class ApiClient(TimestampedModel):
         bad = [s for s in (self.scopes or []) if s not in valid]
         if bad:
             raise ValidationError({"scopes": f"Unknown scope(s): {', '.join(bad)}. Valid: {', '.join(sorted(valid))}."})
+
+
+# --- Configuration versions -----------------------------------------------------
+
+
+class ConfigVersion(models.Model):
+    """A token per kind of configuration (scoring rules, nurture workflows,
+    CRM mappings), changed in the same transaction as the configuration:
+    per-process caches compare it to decide whether what they hold is still
+    current (martech.configcache)."""
+
+    key = models.CharField(max_length=100, primary_key=True)
+    token = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.token}"

@@ -6,6 +6,10 @@ class NurtureConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from martech import configcache
         from nurture import receivers
+        from nurture.models import WORKFLOWS_KEY, Workflow, WorkflowVersion
 
         receivers.connect()
+        # The receivers cache the active workflows; a save or delete invalidates them.
+        configcache.watch(WORKFLOWS_KEY, Workflow, WorkflowVersion)

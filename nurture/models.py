@@ -14,6 +14,9 @@ from django.utils import timezone
 
 from martech.models import Lead
 
+# martech.configcache key of the active workflows the trigger receivers cache.
+WORKFLOWS_KEY = "nurture.workflows"
+
 
 class Workflow(models.Model):
     class Status(models.TextChoices):

@@ -10,16 +10,31 @@ import logging
 
 from django.db import transaction
 
-from martech import hooks, signals
+from martech import configcache, hooks, signals
 from martech.models import Event, Lead
 from nurture.conditions import condition_matches
-from nurture.models import Workflow
+from nurture.models import WORKFLOWS_KEY, Workflow
 
 log = logging.getLogger(__name__)
 
 
-def _active(trigger: str):
-    return Workflow.objects.filter(status=Workflow.Status.ACTIVE, trigger=trigger, current_version__isnull=False).select_related("current_version")
+# Active workflows by trigger, per process (martech.configcache): every event,
+# stage move and score change asks for them, and they change only when a
+# workflow is saved, published, paused, resumed or archived (each bumps the
+# key: nurture/apps.py watches the models, the services bump after update()).
+
+
+def _load_active() -> dict[str, tuple[Workflow, ...]]:
+    by_trigger: dict[str, list[Workflow]] = {}
+    for w in (Workflow.objects.filter(status=Workflow.Status.ACTIVE, current_version__isnull=False)
+              .select_related("current_version").order_by("pk")):
+        by_trigger.setdefault(w.trigger, []).append(w)
+    return {t: tuple(ws) for t, ws in by_trigger.items()}
+
+
+def _active(trigger: str) -> tuple[Workflow, ...]:
+    """The active workflows with this trigger (read-only instances)."""
+    return configcache.cached(WORKFLOWS_KEY, _load_active).get(trigger, ())
 
 
 def _enroll(workflow: Workflow, lead: Lead, source: str) -> None:

@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from martech import configcache
 from martech.models import ConsentChannel, Lead
 from martech.services.leads import consent_record
 from nurture import engine
@@ -23,7 +24,7 @@ from nurture.conditions import (
     segments_by_id,
 )
 from nurture.graph import graph_validate
-from nurture.models import Enrollment, Message, SegmentMember, Suppression, Workflow, WorkflowVersion
+from nurture.models import WORKFLOWS_KEY, Enrollment, Message, SegmentMember, Suppression, Workflow, WorkflowVersion
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ def workflow_publish(*, workflow: Workflow, actor=None) -> WorkflowVersion:
         published_by=actor if getattr(actor, "is_authenticated", False) else None,
     )
     Workflow.objects.filter(pk=wf.pk).update(current_version=version, has_draft_changes=False, status=Workflow.Status.ACTIVE)
+    configcache.bump(WORKFLOWS_KEY)
     workflow.current_version, workflow.has_draft_changes, workflow.status = version, False, Workflow.Status.ACTIVE
     log.info("workflow %s published v%s by %s", wf.pk, number, actor)
     return version
@@ -119,6 +121,7 @@ def workflow_set_status(*, workflow: Workflow, action: str, actor=None) -> None:
     if wf.status not in allowed:
         raise ValidationError({"status": [f"Cannot {action} a workflow that is {wf.status}."]})
     Workflow.objects.filter(pk=wf.pk).update(status=target)
+    configcache.bump(WORKFLOWS_KEY)
     workflow.status = target
     if target == Workflow.Status.ARCHIVED:
         Enrollment.objects.filter(workflow=wf, status=Enrollment.Status.ACTIVE).update(

@@ -1,7 +1,10 @@
 """Shared fixtures: named users per role (STYLE.md 14), API clients."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
+from django.apps import apps
 from django.conf import settings
 from django.db import connection
 
@@ -52,3 +55,14 @@ def analyst(db):
 @pytest.fixture
 def is_postgres() -> bool:
     return connection.vendor == "postgresql"
+
+
+@pytest.fixture
+def reference_data():
+    """For transactional tests: a transactional test's teardown flushes every
+    table, including the stages, event catalog and nurture event types the
+    data migrations seeded; seed them again (the seeds are idempotent).
+    serialized_rollback would collide with the groups post_migrate
+    re-creates after such a flush."""
+    importlib.import_module("martech.migrations.0002_seed_reference_data").seed(apps, None)
+    importlib.import_module("nurture.migrations.0002_event_types").add(apps, None)

@@ -10,9 +10,13 @@ class CrmConfig(AppConfig):
     def ready(self) -> None:
         # The core object types (contact, company, task), and the outbox's
         # in-transaction hooks for every type registered (martech.hooks).
-        from martech.crm import outbox  # noqa: F401
-        from martech.crm import receivers
+        from martech import configcache
+        from martech.crm import outbox, receivers
+        from martech.crm.models import Connection, FieldMapping
         from martech.crm.types import register_core
+
+        # The outbox caches the push mappings; a save or delete invalidates them.
+        configcache.watch(outbox.MAPPINGS_KEY, Connection, FieldMapping)
 
         register_core()
         # A new touch on a campaign can add a member: queue the campaign.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from martech import hooks
+from martech import configcache, hooks
 from martech.crm import objects
 from martech.crm.models import Connection, FieldMapping, OutboxItem
 
@@ -21,11 +21,24 @@ def _base(local_field: str) -> str:
     return "properties" if local_field.startswith("properties.") else local_field
 
 
+# The push mappings of active connections, per process (martech.configcache):
+# every lead, account or task write asks for them. Saving or deleting a
+# connection or a mapping bumps the key (apps.py).
+MAPPINGS_KEY = "crm.push_mappings"
+
+
+def _load_push_mappings() -> dict[str, tuple[tuple[int, str, str], ...]]:
+    by_object: dict[str, list[tuple[int, str, str]]] = {}
+    for key, connection_id, provider, local_field in FieldMapping.objects.filter(
+            connection__is_active=True, direction__in=["push", "both"]
+    ).order_by("pk").values_list("object", "connection_id", "connection__provider", "local_field"):
+        by_object.setdefault(key, []).append((connection_id, provider, local_field))
+    return {key: tuple(rows) for key, rows in by_object.items()}
+
+
 def queue_changed(obj: objects.ObjectType, *, ids: list[int], fields: frozenset[str], created: bool,
                   source: str) -> int:
-    mappings = FieldMapping.objects.filter(
-        connection__is_active=True, object=obj.key, direction__in=["push", "both"]
-    ).values_list("connection_id", "connection__provider", "local_field")
+    mappings = configcache.cached(MAPPINGS_KEY, _load_push_mappings).get(obj.key, ())
     wanted: dict[int, str] = {}
     for connection_id, provider, local_field in mappings:
         if source == f"crm:{provider}":

@@ -10,4 +10,10 @@ class ScoringConfig(AppConfig):
     def ready(self) -> None:
         # Registers the in-transaction lead hook and the after-commit signal
         # receivers (rescoring, lifecycle rules, SQL handoff). No threads.
+        from martech import configcache
         from martech.scoring import receivers  # noqa: F401
+        from martech.scoring.models import EngagementRule, FitRule, ScoringModel
+        from martech.scoring.services import RULES_KEY
+
+        # Workers cache the parsed rules; any save or delete invalidates them.
+        configcache.watch(RULES_KEY, ScoringModel, FitRule, EngagementRule)

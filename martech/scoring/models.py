@@ -47,8 +47,8 @@ class FitRule(models.Model):
     condition = ConditionField(help_text='e.g. job_title contains "vp" or account.employee_count >= 200')
     points = models.IntegerField()
     is_active = models.BooleanField(default=True)
-    # With the counts, part of the rule set's fingerprint that tells a worker
-    # its cached compiled rules are out of date (services.active_rules).
+    # When the rule last changed (shown in the admin; workers learn of a
+    # change through martech.configcache, bumped on save and delete).
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

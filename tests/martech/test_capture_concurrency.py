@@ -3,13 +3,11 @@ thread, connection and transaction. The unique indexes decide; the services
 must turn every lost race into the winner's row, never a duplicate or a 500."""
 from __future__ import annotations
 
-import importlib
 import threading
 from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from django.apps import apps
 from django.core.cache import cache
 from django.db import connections
 from rest_framework.test import APIClient
@@ -17,18 +15,13 @@ from rest_framework.test import APIClient
 from martech.models import ApiClient, Event, Identity, Lead
 from tests.factories import FormFactory
 
-pytestmark = [pytest.mark.postgres_only, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.postgres_only, pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("reference_data"),  # tests/conftest.py
+]
 
 N = 20
 TOKEN = "tok-concurrency-0123456789"
-
-
-@pytest.fixture(autouse=True)
-def _reference_data():
-    # A transactional test's teardown flushes every table, including the
-    # event catalog and stages the data migration seeded; seed them again
-    # (the seed is idempotent).
-    importlib.import_module("martech.migrations.0002_seed_reference_data").seed(apps, None)
 
 
 @pytest.fixture(autouse=True)

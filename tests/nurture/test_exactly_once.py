@@ -3,7 +3,6 @@ on the same due set, and a worker SIGKILLed mid-batch then restarted. Every
 due step runs once, none is lost, none is sent twice."""
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import subprocess
@@ -13,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from django.apps import apps
 from django.db import connection
 from django.utils import timezone
 
@@ -22,17 +20,11 @@ from nurture.models import Enrollment, Message, StepExecution
 from tests.nurture.backends import journal
 from tests.nurture.conftest import email_flow
 
-pytestmark = [pytest.mark.postgres_only, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.postgres_only, pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("reference_data"),  # tests/conftest.py
+]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _reference_data():
-    # A transactional test before this one flushed the seeded stages; the
-    # seeds are idempotent. (serialized_rollback collides with the groups
-    # post_migrate re-creates after such a flush; see tests/routing/test_concurrency.py.)
-    importlib.import_module("martech.migrations.0002_seed_reference_data").seed(apps, None)
-    importlib.import_module("nurture.migrations.0002_event_types").add(apps, None)
 
 
 def _db_url() -> str:

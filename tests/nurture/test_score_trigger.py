@@ -14,6 +14,8 @@ from martech.scoring.services import scores_recompute
 from martech.services.ingest import events_ingest
 from martech.services.leads import lead_upsert
 from nurture.models import Enrollment, Workflow
+from nurture.receivers import on_score
+from nurture.services import workflow_set_status
 from tests.nurture.conftest import email_flow
 
 pytestmark = pytest.mark.django_db
@@ -99,11 +101,24 @@ def test_reaching_the_threshold_exactly_counts_as_crossing(make_workflow, consen
 
 
 def test_a_deleted_lead_does_not_break_the_scoring_signal(make_workflow, scoring):
-    from nurture.receivers import on_score
-
     wf = make_workflow(END_FLOW, trigger="score", trigger_config={"threshold": 10})
     on_score(sender=Lead, lead_id=987654321, old_total=0, new_total=20)
     assert not Enrollment.objects.filter(workflow=wf).exists()
 
 
 END_FLOW = {"start": "end", "steps": {"end": {"type": "end"}}}
+
+
+def test_a_paused_workflow_stops_enrolling_at_once(make_workflow, consenting_lead):
+    # The receivers cache the active workflows (martech.configcache): pausing
+    # and resuming must reach them at once.
+    wf = make_workflow(END_FLOW, trigger="score", trigger_config={"threshold": 50})
+    first, second, third = consenting_lead(), consenting_lead(), consenting_lead()
+    on_score(sender=None, lead_id=first.pk, old_total=10, new_total=60)  # warms the workflows cache
+    assert Enrollment.objects.filter(workflow=wf, lead=first).count() == 1
+    workflow_set_status(workflow=wf, action="pause")
+    on_score(sender=None, lead_id=second.pk, old_total=10, new_total=60)
+    assert not Enrollment.objects.filter(workflow=wf, lead=second).exists()
+    workflow_set_status(workflow=wf, action="resume")
+    on_score(sender=None, lead_id=third.pk, old_total=10, new_total=60)
+    assert Enrollment.objects.filter(workflow=wf, lead=third).count() == 1

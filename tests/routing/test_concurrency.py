@@ -1,12 +1,10 @@
 """Fair round robin with several workers at once (PostgreSQL row locks)."""
 from __future__ import annotations
 
-import importlib
 import threading
 from collections import Counter
 
 import pytest
-from django.apps import apps
 from django.db import connection, connections
 
 from routing import services
@@ -14,16 +12,10 @@ from routing.models import Assignment, Team
 from tests.factories import LeadFactory
 from tests.routing.factories import RepFactory, RuleSetFactory, TeamFactory
 
-pytestmark = [pytest.mark.postgres_only, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-def _reference_data():
-    # As in tests/martech/test_capture_concurrency.py: a transactional test
-    # before this one flushed the seeded stages; the seed is idempotent.
-    # (serialized_rollback would collide with the groups post_migrate
-    # re-creates after such a flush.)
-    importlib.import_module("martech.migrations.0002_seed_reference_data").seed(apps, None)
+pytestmark = [
+    pytest.mark.postgres_only, pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("reference_data"),  # tests/conftest.py
+]
 
 
 def test_workers_routing_the_same_leads_at_once_assign_each_once_and_keep_weights():

@@ -113,15 +113,50 @@ def test_rule_edits_and_deletes_invalidate_the_rules_cache(setup):
 
 
 def test_incremental_rescore_queries(setup, django_assert_num_queries):
-    # Warm cache: rule-set fingerprint, lead (locked, with the last breakdown),
-    # its events, UPDATE, INSERT history, the CRM outbox's lead hook (one
-    # mapping query), plus the savepoint pair of the service's transaction
-    # inside the test's. No query per rule.
+    # Warm caches: the configuration tokens (one query for the rules, the
+    # CRM outbox's mappings and nurture's score workflows), the lead (locked,
+    # with the last breakdown), its events, UPDATE, INSERT history, plus the
+    # savepoint pair of the service's transaction inside the test's. No query
+    # per rule, none for the hooks' configuration.
     lead = setup["lead"]
     services.scores_recompute(lead_ids=[lead.pk], reason="t", now=NOW)
     _view(lead, "/newer", NOW)
-    with django_assert_num_queries(8):
+    with django_assert_num_queries(7):
         assert services.scores_recompute(lead_ids=[lead.pk], reason="event", now=NOW) == 1
     # Nothing new: no write at all.
     with django_assert_num_queries(5):
         assert services.scores_recompute(lead_ids=[lead.pk], reason="event", now=NOW) == 0
+
+
+def test_the_narrow_lead_read_evaluates_every_kind_of_path(model, django_assert_num_queries):
+    """The one-lead path reads only the columns the fit rules need (.only):
+    every kind of field path is still evaluated on real values, with no
+    deferred field loaded behind the scenes."""
+    from martech.models import LifecycleStage
+    from tests.factories import AccountFactory, UserFactory
+
+    rules = [
+        ("Country", 'country = "DE"', 1),
+        ("Domain", 'email_domain = "acme.example"', 2),
+        ("Plan", 'properties.plan = "pro"', 4),
+        ("Industry", 'account.industry = "Fintech"', 8),
+        ("Account owner", 'account.owner = "ada"', 16),
+        ("Owner", 'owner = "bob"', 32),
+        ("Stage", 'lifecycle_stage = "mql"', 64),
+        ("Recent", "created_at > now - 30 days", 128),
+        ("Has account", "account is not empty", 256),
+    ]
+    for name, condition, points in rules:
+        FitRule.objects.create(model=model, name=name, condition=condition, points=points)
+    account = AccountFactory(industry="Fintech", owner=UserFactory(username="ada"))
+    matches = LeadFactory(email="x@acme.example", country="DE", properties={"plan": "pro"}, account=account,
+                          owner=UserFactory(username="bob"), lifecycle_stage=LifecycleStage.objects.get(key="mql"))
+    misses = LeadFactory(email="y@other.example", country="FR", properties={"plan": "free"})
+    services.scores_recompute(lead_ids=[matches.pk, misses.pk], reason="t")
+    matches.refresh_from_db()
+    misses.refresh_from_db()
+    assert (matches.fit_score, misses.fit_score) == (511, 128)
+    # Nothing new: tokens, savepoint, the narrow lead read (with account,
+    # its owner, the owner and the stage joined), release. No deferred load.
+    with django_assert_num_queries(4):
+        assert services.scores_recompute(lead_ids=[matches.pk], reason="t") == 0
