@@ -103,13 +103,14 @@ def test_task_closed_in_salesforce_completes_ours_once(sf_tasks, salesforce, dja
     signals.task_completed.connect(receiver)
     try:
         salesforce.put("Task", {"Id": task.salesforce_id, "Status": "Completed"})
-        # A Task made in Salesforce that we never pushed is not ours: skipped, not created.
-        salesforce.put("Task", {"Subject": "Someone else's", "Status": "Completed"})
+        # A Task made in Salesforce with no WhoId: a recorded error naming the lead, not a task.
+        orphan = salesforce.put("Task", {"Subject": "Someone else's", "Status": "Completed"})
         with django_capture_on_commit_callbacks(execute=True):
             run = pull_changes(connection=sf_tasks, obj="task")
     finally:
         signals.task_completed.disconnect(receiver)
-    assert (run.pulled, run.skipped, run.failed) == (1, 1, 0)
+    assert (run.pulled, run.skipped, run.failed) == (1, 0, 1)
+    assert run.error.startswith(f"{orphan['Id']}: ") and "'lead'" in run.error
     task.refresh_from_db()
     assert task.status == SalesTask.Status.DONE and task.completed_at
     assert SalesTask.objects.count() == 1

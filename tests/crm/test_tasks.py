@@ -62,14 +62,15 @@ def test_task_completed_in_hubspot_completes_ours_once(task_mappings, hubspot, d
     signals.task_completed.connect(receiver)
     try:
         hubspot.put("tasks", {"hs_task_status": "COMPLETED"}, object_id=task.hubspot_id)
-        # A task created in HubSpot that we never pushed is not ours: skipped, not created.
-        hubspot.put("tasks", {"hs_task_subject": "Someone else's", "hs_task_status": "COMPLETED",
-                              "hs_timestamp": "2026-01-01T00:00:00Z"})
+        # A task created in HubSpot with no contact we know: a recorded error, not a task and not a crash.
+        orphan = hubspot.put("tasks", {"hs_task_subject": "Someone else's", "hs_task_status": "COMPLETED",
+                                       "hs_timestamp": "2026-01-01T00:00:00Z"})
         with django_capture_on_commit_callbacks(execute=True):
             run = pull_changes(connection=task_mappings, obj="task")
     finally:
         signals.task_completed.disconnect(receiver)
-    assert (run.pulled, run.skipped, run.failed) == (1, 1, 0)
+    assert (run.pulled, run.skipped, run.failed) == (1, 0, 1)
+    assert run.error.startswith(f"{orphan['id']}: ") and "'lead'" in run.error and "no contact" in run.error
     task.refresh_from_db()
     assert task.status == SalesTask.Status.DONE and task.completed_at
     assert SalesTask.objects.count() == 1
