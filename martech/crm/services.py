@@ -624,14 +624,24 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
                 found = [_local_by_remote_id(connection, objects.get(other), r) for r in remote_ids]
                 linked[other] = [f for f in found if f is not None]  # ones we do not have yet come with their pull
             object_type.apply_associations(instance=written, linked=linked, source=f"crm:{connection.provider}")
-        _mark_synced(connection, object_type, written, pulled.remote_id)
+        _mark_synced(connection, object_type, written, pulled.remote_id, local_unsent=not take_all)
     return "pulled"
 
 
-def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remote_id: str) -> None:
+def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remote_id: str, *,
+                 local_unsent: bool = False) -> None:
     """After a pull both sides agree: store the payload we would now push,
     so the record is not seen as changed here on the next pull and an
-    identical push is skipped."""
+    identical push is skipped.
+
+    ``local_unsent``: both sides had changed and the fields whose system of
+    record is here kept our values, which the CRM does not have yet. Only
+    the remote id is stored then; the last pushed hash stays, so the
+    pending push still sends them (storing the hash would skip it)."""
+    if local_unsent:
+        PushState.objects.update_or_create(connection=connection, object=obj.key, local_id=instance.pk,
+                                           defaults={"remote_id": remote_id})
+        return
     instance = obj.model_class.objects.select_related(*obj.select_related).get(pk=instance.pk)
     try:
         properties = PayloadBuilder(connection, obj).payload(instance)
