@@ -146,7 +146,8 @@ def payload_preview(*, connection: Connection, obj: str, instance, connector: Co
     links = object_type.associations(instance) if object_type.associations else {}
     remote = _remote_ids(connection, {k: set(v) for k, v in links.items()} | {object_type.key: {instance.pk}})
     state = PushState.objects.filter(connection=connection, object=object_type.key, local_id=instance.pk).first()
-    remote_id = object_type.remote_id_of(instance, connection.provider) or remote.get((object_type.key, instance.pk), "")
+    remote_id = (object_type.remote_id_of(instance, connection.provider)
+                 or remote.get((object_type.key, instance.pk), ""))
     record = PushRecord(instance.pk, key, properties,
                         associations={k: [remote[(k, i)] for i in v if (k, i) in remote] for k, v in links.items()},
                         remote_id=remote_id, linked_before=_linked_before(state, remote_id))

@@ -45,7 +45,8 @@ def task_create(
     crm_ids = crm_ids or {}
     unknown = sorted(set(crm_ids) - CRM_ID_FIELDS)
     if unknown:
-        raise ValidationError({unknown[0]: [f"Not a CRM id field of a task (known: {', '.join(sorted(CRM_ID_FIELDS))})."]})
+        known = ", ".join(sorted(CRM_ID_FIELDS))
+        raise ValidationError({unknown[0]: [f"Not a CRM id field of a task (known: {known})."]})
     existing = SalesTask.objects.filter(key=key).first()
     if existing:
         return existing, False
