@@ -217,10 +217,12 @@ def opportunity_set_contact(
 
 
 @transaction.atomic
-def opportunity_set_contacts(*, opportunity: Opportunity, contacts: list[dict]) -> list[OpportunityContactRole]:
+def opportunity_set_contacts(*, opportunity: Opportunity, contacts: list[dict], source: str = ""
+                             ) -> list[OpportunityContactRole]:
     """Replace a deal's contact roles with ``contacts`` ([{"lead", "role",
-    "is_primary"}]): leads not listed are removed. A non-empty list needs
-    exactly one primary. Idempotent."""
+    "is_primary"}]): leads not listed are removed (a removed association
+    the CRM push takes off the deal). A non-empty list needs exactly one
+    primary. Idempotent."""
     leads = [c["lead"] for c in contacts]
     if len({lead.pk for lead in leads}) != len(leads):
         raise ValidationError({"contacts": ["A lead appears more than once."]})
@@ -232,6 +234,7 @@ def opportunity_set_contacts(*, opportunity: Opportunity, contacts: list[dict]) 
     ).delete()
     if removed:
         attribution_recompute_queue(opportunity_id=opportunity.pk)
+        hooks.records_changed("opportunities", ids=[opportunity.pk], fields=["contacts"], source=source)
     # The primary last: setting it demotes any other, and the constraint allows one at a time.
     ordered = sorted(contacts, key=lambda c: bool(c.get("is_primary")))
     OpportunityContactRole.objects.filter(opportunity=opportunity, is_primary=True).exclude(
@@ -239,7 +242,8 @@ def opportunity_set_contacts(*, opportunity: Opportunity, contacts: list[dict]) 
     ).update(is_primary=False)
     return [
         opportunity_set_contact(
-            opportunity=opportunity, lead=c["lead"], role=c.get("role", ""), is_primary=bool(c.get("is_primary"))
+            opportunity=opportunity, lead=c["lead"], role=c.get("role", ""), is_primary=bool(c.get("is_primary")),
+            source=source,
         )
         for c in ordered
     ]

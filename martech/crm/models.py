@@ -163,7 +163,9 @@ class DeadLetter(OutboxItem):
 
 class PushState(models.Model):
     """What was last pushed for a record: the remote id and the payload's
-    hash, so an unchanged payload is not sent again."""
+    hash, so an unchanged payload is not sent again, and the associations
+    that push linked, so the next push can remove the ones no longer here
+    (a deal moved to another company) without reading them back."""
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="push_states")
     object = models.CharField(max_length=20, choices=object_choices)
@@ -171,6 +173,9 @@ class PushState(models.Model):
     remote_id = models.CharField(max_length=64, blank=True)
     payload_hash = models.CharField(max_length=64, blank=True)
     pushed_at = models.DateTimeField(null=True, blank=True)
+    # {object key: [remote ids]} linked by the last push (or agreed by the last
+    # pull); null for a state written before this was kept: not known.
+    associations = models.JSONField(null=True, blank=True)
 
     class Meta:
         constraints = [

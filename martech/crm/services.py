@@ -145,11 +145,21 @@ def payload_preview(*, connection: Connection, obj: str, instance, connector: Co
         return {"error": f"{object_type.key_field} is empty: it is the upsert key of {object_type.label}"}
     links = object_type.associations(instance) if object_type.associations else {}
     remote = _remote_ids(connection, {k: set(v) for k, v in links.items()} | {object_type.key: {instance.pk}})
+    state = PushState.objects.filter(connection=connection, object=object_type.key, local_id=instance.pk).first()
+    remote_id = (object_type.remote_id_of(instance, connection.provider)
+                 or remote.get((object_type.key, instance.pk), ""))
     record = PushRecord(instance.pk, key, properties,
                         associations={k: [remote[(k, i)] for i in v if (k, i) in remote] for k, v in links.items()},
-                        remote_id=object_type.remote_id_of(instance, connection.provider)
-                        or remote.get((object_type.key, instance.pk), ""))
+                        remote_id=remote_id, linked_before=_linked_before(state, remote_id))
     return connector.request_body(object_type.key, [record])
+
+
+def _linked_before(state: PushState | None, remote_id: str) -> dict[str, list[str]] | None:
+    """The associations the last push linked: none for a record never sent,
+    None (not known) for one the CRM has but whose links were not kept."""
+    if state is not None and state.associations is not None:
+        return state.associations
+    return None if remote_id or state is not None else {}
 
 
 def lead_payload_preview(*, connection: Connection, lead: Lead) -> dict[str, Any]:
@@ -374,9 +384,10 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
             finished.append(item)
             run.skipped += 1
             continue
+        remote_id = obj.remote_id_of(instance, connection.provider) or (state.remote_id if state is not None else "")
         to_send.append((item, PushRecord(item.local_id, key, properties, associations=associations,
-                                         remote_id=obj.remote_id_of(instance, connection.provider)
-                                         or (state.remote_id if state is not None else "")), digest))
+                                         remote_id=remote_id, linked_before=_linked_before(state, remote_id)),
+                        digest))
     _finish(finished)
     if not to_send:
         return
@@ -413,12 +424,13 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
         ok_items.append(item)
         run.pushed += 1
         new_states.append(PushState(connection=connection, object=obj.key, local_id=item.local_id,
-                                    remote_id=result.remote_id, payload_hash=digest, pushed_at=now))
+                                    remote_id=result.remote_id, payload_hash=digest, pushed_at=now,
+                                    associations=record.associations))
         remote_ids[item.local_id] = result.remote_id
     with transaction.atomic():
         PushState.objects.bulk_create(
             new_states, update_conflicts=True, unique_fields=["connection", "object", "local_id"],
-            update_fields=["remote_id", "payload_hash", "pushed_at"], batch_size=500,
+            update_fields=["remote_id", "payload_hash", "pushed_at", "associations"], batch_size=500,
         )
         _finish(ok_items)
         _store_remote_ids(connection, obj, remote_ids, records)
@@ -613,14 +625,24 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
                 found = [_local_by_remote_id(connection, objects.get(other), r) for r in remote_ids]
                 linked[other] = [f for f in found if f is not None]  # ones we do not have yet come with their pull
             object_type.apply_associations(instance=written, linked=linked, source=f"crm:{connection.provider}")
-        _mark_synced(connection, object_type, written, pulled.remote_id)
+        _mark_synced(connection, object_type, written, pulled.remote_id, local_unsent=not take_all)
     return "pulled"
 
 
-def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remote_id: str) -> None:
+def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remote_id: str, *,
+                 local_unsent: bool = False) -> None:
     """After a pull both sides agree: store the payload we would now push,
     so the record is not seen as changed here on the next pull and an
-    identical push is skipped."""
+    identical push is skipped.
+
+    ``local_unsent``: both sides had changed and the fields whose system of
+    record is here kept our values, which the CRM does not have yet. Only
+    the remote id is stored then; the last pushed hash stays, so the
+    pending push still sends them (storing the hash would skip it)."""
+    if local_unsent:
+        PushState.objects.update_or_create(connection=connection, object=obj.key, local_id=instance.pk,
+                                           defaults={"remote_id": remote_id})
+        return
     instance = obj.model_class.objects.select_related(*obj.select_related).get(pk=instance.pk)
     try:
         properties = PayloadBuilder(connection, obj).payload(instance)
@@ -631,10 +653,11 @@ def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remo
         digest = payload_hash({"properties": properties, "associations": associations} if associations
                               else properties)
     except PayloadError:
-        digest = ""
+        digest, associations = "", None
     PushState.objects.update_or_create(
         connection=connection, object=obj.key, local_id=instance.pk,
-        defaults={"remote_id": remote_id, "payload_hash": digest, "pushed_at": timezone.now()})
+        defaults={"remote_id": remote_id, "payload_hash": digest, "pushed_at": timezone.now(),
+                  "associations": associations})
 
 
 def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = False, dry_run: bool = False,

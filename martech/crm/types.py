@@ -24,13 +24,53 @@ def _account_write(*, instance, data: dict[str, Any], source: str):
 
 
 def _task_write(*, instance, data: dict[str, Any], source: str):
-    """A pulled task only ever completes one of ours: tasks are created here
-    (handoff, nurture, by hand) and pushed; a CRM task we never pushed is skipped."""
+    """A pulled task.
+
+    One we do not have (made in the CRM) becomes a local task through
+    ``task_create``, idempotent by its CRM id (the key ``<source>:task:<id>``,
+    and the id column the next pull finds it by): subject, body, due date,
+    owner (the pull mapped the CRM owner to a user: routing's reps, else the
+    owner's email), status, and the lead its associated contact (HubSpot) or
+    ``WhoId`` (Salesforce) is here. No such lead: a ValidationError naming
+    ``lead``: the run counts it failed with that error (a full pull, or the
+    task's next change in the CRM, brings it again once the contact is here).
+
+    One of ours takes what the pull's system-of-record rule let through, but
+    only subject and description, and a completion: the due date does not
+    round-trip (HubSpot requires ``hs_timestamp``, so a task with no due date
+    goes with its creation time; Salesforce's ``ActivityDate`` is a day), the
+    owner changes here through routing or by hand, and the lead is the one
+    the task was made for (a lead changed here is pushed, not pulled)."""
+    import datetime as dt
+
+    from django.core.exceptions import ValidationError
+    from django.utils import timezone
+
     from martech.models import SalesTask
-    from martech.services.tasks import task_complete
+    from martech.services.tasks import CRM_ID_FIELDS, task_complete, task_create, task_update
 
     if instance is None:
-        return None
+        crm_ids = {k: v for k, v in data.items() if k in CRM_ID_FIELDS and v}
+        remote_id = next(iter(crm_ids.values()), "")
+        if data.get("lead") is None:
+            raise ValidationError({"lead": [f"The CRM task {remote_id} is associated with no contact or lead "
+                                            "known here; pull that contact first."]})
+        due_at = data.get("due_at")
+        if isinstance(due_at, dt.date) and not isinstance(due_at, dt.datetime):
+            due_at = dt.datetime.combine(due_at, dt.time.min, tzinfo=dt.timezone.utc)  # a CRM date: that UTC day
+        status = data.get("status") or SalesTask.Status.OPEN
+        task, _ = task_create(
+            key=f"{source}:task:{remote_id}", lead=data["lead"], source=source,
+            # HubSpot allows a task with no subject; ours need one.
+            subject=data.get("subject") or f"CRM task {remote_id}", description=data.get("description") or "",
+            due_at=due_at, owner=data.get("owner"), crm_ids=crm_ids,
+            status=SalesTask.Status.CANCELLED if status == SalesTask.Status.CANCELLED else SalesTask.Status.OPEN)
+        if status == SalesTask.Status.DONE:
+            task_complete(task=task, source=source, at=data.get("completed_at"))
+        return task
+    edits = {k: data[k] for k in ("subject", "description") if data.get(k) is not None}
+    if edits:
+        task_update(task=instance, data=edits, source=source)
     if data.get("status") == SalesTask.Status.DONE and instance.status == SalesTask.Status.OPEN:
         task_complete(task=instance, source=source, at=data.get("completed_at"))
     return instance
@@ -111,12 +151,14 @@ SALESFORCE_CAMPAIGN_MAPPINGS = [
     ("budget", "BudgetedCost", "number", {}),
 ]
 TASK_STATUS = {"open": "NOT_STARTED", "done": "COMPLETED", "cancelled": "DEFERRED"}
+# Both ways: a task made in the CRM is created here with all of these; a task
+# of ours takes only subject, description and a completion back (_task_write).
 TASK_MAPPINGS = [
-    ("subject", "hs_task_subject", "text", {"direction": "push"}),
-    ("description", "hs_task_body", "text", {"direction": "push"}),
-    ("due_at", "hs_timestamp", "datetime", {"direction": "push"}),
+    ("subject", "hs_task_subject", "text", {}),
+    ("description", "hs_task_body", "text", {}),
+    ("due_at", "hs_timestamp", "datetime", {}),
     ("status", "hs_task_status", "picklist", {"value_map": TASK_STATUS, "system_of_record": "remote"}),
-    ("owner", "hubspot_owner_id", "text", {"direction": "push"}),
+    ("owner", "hubspot_owner_id", "text", {}),
 ]
 # Salesforce Task: the same task type, Salesforce's fields. The lead goes as
 # WhoId (the association to the contact, connectors/salesforce.py LOOKUPS),
@@ -124,11 +166,11 @@ TASK_MAPPINGS = [
 # pulled as "Completed" whatever the org calls its closed status.
 SALESFORCE_TASK_STATUS = {"open": "Not Started", "done": "Completed", "cancelled": "Deferred"}
 SALESFORCE_TASK_MAPPINGS = [
-    ("subject", "Subject", "text", {"direction": "push"}),
-    ("description", "Description", "text", {"direction": "push"}),
-    ("due_at", "ActivityDate", "date", {"direction": "push"}),
+    ("subject", "Subject", "text", {}),
+    ("description", "Description", "text", {}),
+    ("due_at", "ActivityDate", "date", {}),
     ("status", "Status", "picklist", {"value_map": SALESFORCE_TASK_STATUS, "system_of_record": "remote"}),
-    ("owner", "OwnerId", "text", {"direction": "push"}),
+    ("owner", "OwnerId", "text", {}),
 ]
 
 
@@ -149,5 +191,8 @@ def register_core() -> None:
                         select_related=("owner", "lead"), associations=_task_associations, order=90,
                         # HubSpot requires hs_timestamp (the due date): a task without one is due when made.
                         readers={"due_at": lambda t: t.due_at or t.created_at},
+                        # Pulled: the task's contact (HubSpot) or WhoId (Salesforce) is the lead of a task
+                        # made in the CRM.
+                        association_fields={"contact": "lead"},
                         extra_trigger_fields=frozenset({"lead"}),
                         default_mappings={"hubspot": TASK_MAPPINGS, "salesforce": SALESFORCE_TASK_MAPPINGS}))

@@ -25,7 +25,9 @@ _OBJECT_ID = {"type": "object", "required": ["id"], "properties": {"id": {"type"
 # CRM v4 associations: HubSpot's document for them is not in ../shared/specs, so
 # these schemas follow the shapes of hubspot-api-client's v4 models (the
 # generated BatchInputPublicDefaultAssociationMultiPost, BatchResponsePublicDefaultAssociation,
-# BatchInputPublicFetchAssociationsBatchRequest, BatchResponsePublicAssociationMultiWithLabel).
+# BatchInputPublicFetchAssociationsBatchRequest, BatchResponsePublicAssociationMultiWithLabel,
+# BatchInputPublicAssociationMultiArchive). A response schema of None: HubSpot answers
+# 204 with no body (the client's archive returns None).
 _V4_ERROR = {"type": "object", "required": ["status", "category", "message", "context"]}
 ASSOCIATIONS_V4 = {
     "batch/associate/default": (
@@ -43,6 +45,13 @@ ASSOCIATIONS_V4 = {
                             "associationCategory": {"enum": ["HUBSPOT_DEFINED", "USER_DEFINED",
                                                              "INTEGRATOR_DEFINED"]},
                             "associationTypeId": {"type": "integer"}}}}}}}},
+    ),
+    "batch/archive": (
+        {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {"inputs": {
+            "type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["from", "to"], "additionalProperties": False,
+                "properties": {"from": _OBJECT_ID, "to": {"type": "array", "minItems": 1, "items": _OBJECT_ID}}}}}},
+        None,
     ),
     "batch/read": (
         {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {"inputs": {
@@ -100,7 +109,10 @@ class SpecCheck:
                 raise AssertionError(f"{method} {path} is not a v4 association call the connector makes")
             request_schema, response_schema = ASSOCIATIONS_V4[action]
             jsonschema.validate(json.loads(body), request_schema)
-            if status in (200, 207):
+            if response_schema is None:
+                if status < 400 and (status != 204 or response):
+                    raise AssertionError(f"{action} answers 204 with no body, not {status} {response[:200]!r}")
+            elif status in (200, 207):
                 jsonschema.validate(json.loads(response), response_schema)
             return
         doc, op = self.operation(method, path)

@@ -231,3 +231,102 @@ def test_lead_owner_pushed_as_the_routed_reps_hubspot_owner_id(connection, hubsp
     lead_set_owner(lead=lead, owner=user, reason="routed", source="routing")
     outbox_drain(connection=connection)
     assert hubspot.find("contacts", "routed@example.org")["properties"]["hubspot_owner_id"] == "4242"
+
+
+ARCHIVE_COMPANIES = ("POST", "/crm/v4/associations/deals/companies/batch/archive")
+CREATE_COMPANIES = ("POST", "/crm/v4/associations/deals/companies/batch/associate/default")
+ARCHIVE_CONTACTS = ("POST", "/crm/v4/associations/deals/contacts/batch/archive")
+CREATE_CONTACTS = ("POST", "/crm/v4/associations/deals/contacts/batch/associate/default")
+READ_COMPANIES = ("POST", "/crm/v4/associations/deals/companies/batch/read")
+
+
+def _moved(hubspot, opportunities):
+    return {o.pk: hubspot.associated("deals", hubspot.find("deals", str(o.pk))["id"], "companies")
+            for o in opportunities}
+
+
+def test_deals_moved_to_another_company_lose_the_old_association(deal_mappings, hubspot):
+    old, _ = account_upsert(data={"name": "Old", "domain": "old.io"}, source="test")
+    new, _ = account_upsert(data={"name": "New", "domain": "new.io"}, source="test")
+    lead, _ = lead_upsert(data={"email": "buyer@old.io"}, source="test")
+    deals = [_deal(name=f"D{i}", account=old) for i in range(2)]
+    for deal in deals:
+        opportunity_set_contact(opportunity=deal, lead=lead, is_primary=True)
+    outbox_drain(connection=deal_mappings)
+    old_id, new_id = hubspot.find("companies", "old.io")["id"], hubspot.find("companies", "new.io")["id"]
+    assert _moved(hubspot, deals) == {d.pk: {old_id} for d in deals}
+    hubspot.calls.clear()
+    for deal in deals:
+        opportunity_upsert(data={"account": new}, opportunity=deal, source="test")
+    run = outbox_drain(connection=deal_mappings)
+    assert (run.pushed, run.failed) == (2, 0), run.error
+    assert _moved(hubspot, deals) == {d.pk: {new_id} for d in deals}
+    assert hubspot.associated("companies", old_id, "deals") == set()  # gone both ways
+    # One upsert, one archive and one create for both deals; the unchanged contacts are not sent again.
+    assert run.api_calls == 3
+    assert (hubspot.calls[DEAL_UPSERT], hubspot.calls[ARCHIVE_COMPANIES], hubspot.calls[CREATE_COMPANIES]) == (1, 1, 1)
+    assert hubspot.calls[ARCHIVE_CONTACTS] == hubspot.calls[CREATE_CONTACTS] == 0
+    archived = [body for method, path, body in hubspot.requests if path == ARCHIVE_COMPANIES[1]]
+    assert archived == [{"inputs": [{"from": {"id": hubspot.find("deals", str(d.pk))["id"]}, "to": [{"id": old_id}]}
+                                    for d in deals]}]
+    assert PushState.objects.get(object="deal", local_id=deals[0].pk).associations == {
+        "company": [new_id], "contact": [hubspot.find("contacts", "buyer@old.io")["id"]]}
+    # A deal pushed before the links were kept: HubSpot's company is read back in one batch call, and replaced.
+    PushState.objects.filter(object="deal").update(associations=None)
+    hubspot.calls.clear()
+    for deal in deals:
+        opportunity_upsert(data={"account": old}, opportunity=deal, source="test")
+    run = outbox_drain(connection=deal_mappings)
+    assert run.pushed == 2 and _moved(hubspot, deals) == {d.pk: {old_id} for d in deals}
+    assert (hubspot.calls[READ_COMPANIES], hubspot.calls[ARCHIVE_COMPANIES], hubspot.calls[CREATE_COMPANIES]) == (
+        1, 1, 1)
+    assert hubspot.calls[ARCHIVE_CONTACTS] == 0  # a deal's contacts are not read back: HubSpot's own may be there
+
+
+def test_contact_taken_off_a_deal_is_removed_in_hubspot(deal_mappings, hubspot):
+    from attribution.services import opportunity_set_contacts
+
+    keep, _ = lead_upsert(data={"email": "keep@acme.com"}, source="test")
+    drop, _ = lead_upsert(data={"email": "drop@acme.com"}, source="test")
+    opportunity = _deal()
+    opportunity_set_contacts(opportunity=opportunity, contacts=[{"lead": keep, "is_primary": True}, {"lead": drop}])
+    outbox_drain(connection=deal_mappings)
+    deal_id = hubspot.find("deals", str(opportunity.pk))["id"]
+    keep_id, drop_id = hubspot.find("contacts", "keep@acme.com")["id"], hubspot.find("contacts", "drop@acme.com")["id"]
+    assert hubspot.associated("deals", deal_id, "contacts") == {keep_id, drop_id}
+    # A contact a salesperson added in HubSpot is not ours: it stays.
+    theirs = hubspot.put("contacts", {"email": "theirs@acme.com"})["id"]
+    hubspot.associate("deals", deal_id, "contacts", theirs)
+    hubspot.calls.clear()
+    opportunity_set_contacts(opportunity=opportunity, contacts=[{"lead": keep, "is_primary": True}], source="api")
+    assert OutboxItem.objects.filter(object="deal", status="pending").count() == 1  # the removal queued it
+    run = outbox_drain(connection=deal_mappings)
+    assert (run.pushed, run.failed, run.api_calls) == (1, 0, 2)  # the upsert and one archive
+    assert hubspot.associated("deals", deal_id, "contacts") == {keep_id, theirs}
+    assert hubspot.associated("contacts", drop_id, "deals") == set()
+    assert hubspot.calls[ARCHIVE_CONTACTS] == 1 and hubspot.calls[CREATE_CONTACTS] == 0
+    # Pushed again unchanged: nothing sent, the archive is not repeated.
+    OutboxItem.objects.create(connection=deal_mappings, object="deal", local_id=opportunity.pk)
+    assert outbox_drain(connection=deal_mappings).api_calls == 0
+
+
+def test_deal_moved_to_another_company_in_hubspot_moves_here(deal_mappings, hubspot):
+    old, _ = account_upsert(data={"name": "Old", "domain": "old.io"}, source="test")
+    new, _ = account_upsert(data={"name": "New", "domain": "new.io"}, source="test")
+    opportunity = _deal(account=old)
+    outbox_drain(connection=deal_mappings)
+    deal_id = hubspot.find("deals", str(opportunity.pk))["id"]
+    old_id, new_id = hubspot.find("companies", "old.io")["id"], hubspot.find("companies", "new.io")["id"]
+    pull_changes(connection=deal_mappings, obj="deal")  # our own push back: nothing moves
+    hubspot.dissociate("deals", deal_id, "companies", old_id)
+    hubspot.associate("deals", deal_id, "companies", new_id)
+    hubspot.put("deals", {"dealname": "Moved"}, object_id=deal_id)
+    run = pull_changes(connection=deal_mappings, obj="deal")
+    assert (run.pulled, run.failed) == (1, 0), run.error
+    opportunity.refresh_from_db()
+    assert (opportunity.name, opportunity.account) == ("Moved", new)
+    assert PushState.objects.get(object="deal", local_id=opportunity.pk).associations == {"company": [new_id]}
+    # Both sides agree: nothing to push back, no archive of the new company.
+    OutboxItem.objects.create(connection=deal_mappings, object="deal", local_id=opportunity.pk)
+    assert outbox_drain(connection=deal_mappings).api_calls == 0
+    assert hubspot.associated("deals", deal_id, "companies") == {new_id}

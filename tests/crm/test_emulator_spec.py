@@ -31,3 +31,14 @@ def test_demo_seed_is_idempotent():
     assert set(Connection.objects.values_list("provider", flat=True)) == {"hubspot", "salesforce"}
     for mapping in FieldMapping.objects.all():
         mapping.full_clean()  # the defaults pass the admin's validation
+
+
+def test_spec_check_knows_the_v4_archive_shape():
+    spec = SpecCheck()
+    path = "/crm/v4/associations/deals/companies/batch/archive"
+    good = json.dumps({"inputs": [{"from": {"id": "1"}, "to": [{"id": "2"}]}]}).encode()
+    spec.check("POST", path, good, 204, b"")
+    with pytest.raises(jsonschema.ValidationError):  # "to" is a list in v4 archive, not one id
+        spec.check("POST", path, b'{"inputs": [{"from": {"id": "1"}, "to": {"id": "2"}}]}', 204, b"")
+    with pytest.raises(AssertionError):  # HubSpot answers 204 with no body
+        spec.check("POST", path, good, 200, b'{"status": "COMPLETE"}')

@@ -91,6 +91,9 @@ def test_conflict_system_of_record_wins_per_field(connection, hubspot):
     # first_name: system of record is here; job_title's is the CRM.
     assert lead.first_name == "LocalNew"
     assert lead.job_title == "RemoteNew"
+    # Ours is still sent: the pull did not mark the local change as pushed.
+    assert outbox_drain(connection=connection).pushed == 1
+    assert hubspot.find("contacts", "both@example.org")["properties"]["firstname"] == "LocalNew"
 
 
 @pytest.mark.parametrize("remote_later", [True, False])

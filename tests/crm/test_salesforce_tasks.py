@@ -103,13 +103,14 @@ def test_task_closed_in_salesforce_completes_ours_once(sf_tasks, salesforce, dja
     signals.task_completed.connect(receiver)
     try:
         salesforce.put("Task", {"Id": task.salesforce_id, "Status": "Completed"})
-        # A Task made in Salesforce that we never pushed is not ours: skipped, not created.
-        salesforce.put("Task", {"Subject": "Someone else's", "Status": "Completed"})
+        # A Task made in Salesforce with no WhoId: a recorded error naming the lead, not a task.
+        orphan = salesforce.put("Task", {"Subject": "Someone else's", "Status": "Completed"})
         with django_capture_on_commit_callbacks(execute=True):
             run = pull_changes(connection=sf_tasks, obj="task")
     finally:
         signals.task_completed.disconnect(receiver)
-    assert (run.pulled, run.skipped, run.failed) == (1, 1, 0)
+    assert (run.pulled, run.skipped, run.failed) == (1, 0, 1)
+    assert run.error.startswith(f"{orphan['Id']}: ") and "'lead'" in run.error
     task.refresh_from_db()
     assert task.status == SalesTask.Status.DONE and task.completed_at
     assert SalesTask.objects.count() == 1
@@ -163,3 +164,31 @@ def test_emulator_task_rules(sf_tasks, salesforce):
         {"attributes": {"type": "Task"}, "Martech_Id__c": "x", "WhoId": account["Id"]}]})
     assert answer["success"] is False and answer["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
     assert not salesforce.records["Task"]
+
+
+def test_task_made_in_salesforce_becomes_a_local_task_once(sf_tasks, salesforce, django_user_model):
+    from routing.models import Rep
+
+    contact = salesforce.put("Contact", {"LastName": "Ray", "Email": "ray@example.org"})
+    lead, _ = lead_upsert(data={"email": "ray@example.org", "salesforce_contact_id": contact["Id"]},
+                          source="crm:salesforce")
+    rep_user = django_user_model.objects.create(username="sam", email="sam@example.org")
+    Rep.objects.create(name="Sam", email="sam@example.org", user=rep_user, salesforce_user_id="005000000000000077")
+    made = salesforce.put("Task", {"WhoId": contact["Id"], "Subject": "Renewal call", "Description": "Q1 renewal",
+                                   "ActivityDate": "2026-12-03", "Status": "Not Started",
+                                   "OwnerId": "005000000000000077"})
+    run = pull_changes(connection=sf_tasks, obj="task")
+    assert (run.pulled, run.failed) == (1, 0), run.error
+    task = SalesTask.objects.get()
+    assert (task.subject, task.description, task.status, task.lead, task.owner, task.salesforce_id) == (
+        "Renewal call", "Q1 renewal", SalesTask.Status.OPEN, lead, rep_user, made["Id"])  # owner through the rep
+    assert task.due_at == dt.datetime(2026, 12, 3, tzinfo=dt.timezone.utc)  # a Salesforce date: that UTC day
+    assert not OutboxItem.objects.filter(object="task", status="pending").exists()  # not sent back
+    run = pull_changes(connection=sf_tasks, obj="task", full=True)
+    assert run.failed == 0 and SalesTask.objects.count() == 1
+    # A Task whose WhoId is a Lead we do not know: a recorded error naming the lead.
+    stranger = salesforce.put("Lead", {"LastName": "X", "Company": "Y", "Email": "x@example.org"})
+    salesforce.put("Task", {"WhoId": stranger["Id"], "Subject": "Who?", "Status": "Not Started"})
+    run = pull_changes(connection=sf_tasks, obj="task")
+    assert (run.pulled, run.failed) == (0, 1) and "'lead'" in run.error
+    assert SalesTask.objects.count() == 1

@@ -18,6 +18,10 @@ class PushRecord:
     # Associated records to link, as remote ids by object key: {"company": ["123"]}.
     associations: dict[str, list[str]] = field(default_factory=dict)
     remote_id: str = ""  # known from an earlier push or pull (Salesforce updates by it)
+    # What the last push linked (or the last pull agreed), remote ids by object
+    # key; a link there and no longer in ``associations`` is stale and removed.
+    # None: not known (a record pushed before this was kept).
+    linked_before: dict[str, list[str]] | None = None
 
 
 @dataclass

@@ -2,8 +2,12 @@
 accounts, deals <-> opportunities, tasks <-> sales tasks, owners.
 
 Every object goes through the same three CRM v3 calls of its client package
-(batch upsert, search, get by id) and, for associations, the v4 default
-association batch call. Upsert keys: contacts by ``email``, companies by
+(batch upsert, search, get by id) and, for associations, the v4 batch calls:
+archive for the links the last push made that are no longer here (a deal
+moved to another company, a contact taken off a deal, a task given another
+lead), then default-association create for the new ones; one call per
+association type per batch of 100 records, none for a type that did not
+change. Upsert keys: contacts by ``email``, companies by
 ``domain``, deals and tasks by a unique custom property holding our id
 (``martech_deal_id``, ``martech_task_id``: create them once in the portal with
 "unique value"), so a retried batch updates, never adds.
@@ -25,8 +29,10 @@ from dataclasses import dataclass
 from django.conf import settings
 from hubspot import HubSpot
 from hubspot.crm.associations.v4 import (
+    BatchInputPublicAssociationMultiArchive,
     BatchInputPublicDefaultAssociationMultiPost,
     BatchInputPublicFetchAssociationsBatchRequest,
+    PublicAssociationMultiArchive,
     PublicDefaultAssociationMultiPost,
     PublicFetchAssociationsBatchRequest,
     PublicObjectId,
@@ -52,8 +58,15 @@ OBJECTS = {
     "task": HubSpotObject("tasks", "objects.tasks", "martech_task_id", "hs_lastmodifieddate", "task_id"),
 }
 # Associations read back on pull (a deal's company becomes the opportunity's
-# account, its contacts the opportunity's contact roles).
-PULL_ASSOCIATIONS = {"deal": ("company", "contact")}
+# account, its contacts the opportunity's contact roles; a task's contact is
+# the lead of a task made in HubSpot).
+PULL_ASSOCIATIONS = {"deal": ("company", "contact"), "task": ("contact",)}
+# Association types a record holds one of here (an opportunity's account, a
+# task's lead). When what the last push linked is not known (a record pushed
+# before that was kept), HubSpot's links of these types are read back in
+# batch and any other than ours is stale. To-many types (a deal's contacts)
+# are not: a contact a salesperson added in HubSpot is not ours to remove.
+SINGLE_ASSOCIATIONS = {"deal": ("company",), "task": ("contact",)}
 
 PAGE = 100
 
@@ -140,6 +153,10 @@ class HubSpotConnector:
                   "ids": ids} for r in records for other, ids in sorted(r.associations.items()) if ids]
         if links:
             body["associations"] = links
+        stale = [{"to": OBJECTS[other].name, "from": {"id": r.remote_id}, "ids": ids}
+                 for r in records if r.remote_id for other, ids in sorted(_stale(r, r.linked_before or {}).items())]
+        if stale:
+            body["associations_archived"] = stale
         return body
 
     def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]:
@@ -165,28 +182,51 @@ class HubSpotConnector:
                     # Nothing silently dropped: a record neither done nor named gets an error too.
                     chunk_results.append(PushResult(record.local_id,
                                                     error=failed.get(key, "not in HubSpot's answer")))
-            refused = self._associate(spec, chunk, {r.local_id: r.remote_id for r in chunk_results if r.remote_id})
+            refused = self._associate(obj, chunk, {r.local_id: r.remote_id for r in chunk_results if r.remote_id})
             for result in chunk_results:
                 if result.local_id in refused:
                     result.error = refused[result.local_id]
             results += chunk_results
         return results
 
-    def _associate(self, spec: HubSpotObject, records: list[PushRecord], remote_ids: dict[int, str]
-                   ) -> dict[int, str]:
-        """One v4 default-association batch per target type. Creating an
-        association that exists is a no-op in HubSpot, so a retry is safe.
+    def _associate(self, obj: str, records: list[PushRecord], remote_ids: dict[int, str]) -> dict[int, str]:
+        """Bring each upserted record's associations to ``record.associations``:
+        archive the stale ones (linked by the last push, no longer here), then
+        create the new ones, one v4 batch call per target type and action.
+        Both are idempotent in HubSpot (archiving a missing link or creating
+        an existing one changes nothing), so a retried batch is safe.
         Returns {local id: error} for records whose association HubSpot refused."""
+        spec = OBJECTS[obj]
         by_remote = {remote: local for local, remote in remote_ids.items()}
-        refused: dict[int, str] = {}
-        pairs: dict[str, list[tuple[str, str]]] = {}
+        records = [r for r in records if r.local_id in remote_ids]
+        # Records whose last links are not known: HubSpot's, for the single-valued types, in batch.
+        unknown = [remote_ids[r.local_id] for r in records if r.linked_before is None and r.remote_id]
+        read_back: dict[str, dict[str, list[str]]] = {}
+        for other in SINGLE_ASSOCIATIONS.get(obj, ()) if unknown else ():
+            for remote, ids in self._read_links(obj, other, unknown).items():
+                read_back.setdefault(remote, {})[other] = ids
+        stale: dict[str, list[tuple[str, list[str]]]] = {}
+        new: dict[str, list[tuple[str, str]]] = {}
         for record in records:
-            if record.local_id not in remote_ids:
-                continue
+            remote = remote_ids[record.local_id]
+            before = record.linked_before if record.linked_before is not None else read_back.get(remote, {})
+            for other, ids in _stale(record, before).items():
+                stale.setdefault(other, []).append((remote, ids))
             for other, ids in record.associations.items():
-                pairs.setdefault(other, []).extend((remote_ids[record.local_id], to) for to in ids)
+                # Known links are not sent again; when not known, all are (creating is idempotent).
+                known = set(record.linked_before.get(other, [])) if record.linked_before is not None else set()
+                new.setdefault(other, []).extend((remote, to) for to in ids if to not in known)
         batch_api = self.client.crm.associations.v4.batch_api
-        for other, links in sorted(pairs.items()):
+        for other, links in sorted(stale.items()):
+            for start in range(0, len(links), PAGE):
+                body = BatchInputPublicAssociationMultiArchive(inputs=[
+                    PublicAssociationMultiArchive(_from=PublicObjectId(id=a), to=[PublicObjectId(id=b) for b in ids])
+                    for a, ids in links[start:start + PAGE]])
+                # HubSpot answers 204 with no body: there is nothing per record to refuse.
+                self._call(batch_api.archive, from_object_type=spec.name, to_object_type=OBJECTS[other].name,
+                           batch_input_public_association_multi_archive=body)
+        refused: dict[int, str] = {}
+        for other, links in sorted(new.items()):
             for start in range(0, len(links), PAGE):
                 body = BatchInputPublicDefaultAssociationMultiPost(inputs=[
                     PublicDefaultAssociationMultiPost(_from=PublicObjectId(id=a), to=PublicObjectId(id=b))
@@ -200,23 +240,31 @@ class HubSpotConnector:
                             refused[by_remote[remote]] = f"association to {other}: {err.message}"
         return refused
 
+    def _read_links(self, obj: str, other: str, remote_ids: list[str]) -> dict[str, list[str]]:
+        """{remote id: [associated ids of type ``other``]}: one v4 batch read per
+        page of 100 (a record with none is absent)."""
+        batch_api = self.client.crm.associations.v4.batch_api
+        out: dict[str, list[str]] = {}
+        for start in range(0, len(remote_ids), PAGE):
+            body = BatchInputPublicFetchAssociationsBatchRequest(
+                inputs=[PublicFetchAssociationsBatchRequest(id=r) for r in remote_ids[start:start + PAGE]])
+            response = self._call(batch_api.get_page, from_object_type=OBJECTS[obj].name,
+                                  to_object_type=OBJECTS[other].name,
+                                  batch_input_public_fetch_associations_batch_request=body)
+            for row in response.results or []:
+                out[str(row._from.id)] = [str(t.to_object_id) for t in row.to or []]
+        return out
+
     def _read_associations(self, obj: str, pulled: list[Pulled]) -> None:
         """Fill ``Pulled.associations`` for the types in PULL_ASSOCIATIONS:
         one v4 batch read per page and target type."""
         if not pulled or obj not in PULL_ASSOCIATIONS:
             return
-        batch_api = self.client.crm.associations.v4.batch_api
         by_id = {p.remote_id: p for p in pulled}
         for other in PULL_ASSOCIATIONS[obj]:
-            body = BatchInputPublicFetchAssociationsBatchRequest(
-                inputs=[PublicFetchAssociationsBatchRequest(id=p.remote_id) for p in pulled])
-            response = self._call(batch_api.get_page, from_object_type=OBJECTS[obj].name,
-                                  to_object_type=OBJECTS[other].name,
-                                  batch_input_public_fetch_associations_batch_request=body)
-            for row in response.results or []:
-                target = by_id.get(str(row._from.id))
-                if target is not None:
-                    target.associations[other] = [str(t.to_object_id) for t in row.to or []]
+            for remote, ids in self._read_links(obj, other, list(by_id)).items():
+                if remote in by_id:
+                    by_id[remote].associations[other] = ids
 
     def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
         spec = self._spec(obj)
@@ -266,6 +314,16 @@ class HubSpotConnector:
     def verify_webhook(self, *, method: str, uri: str, body: bytes, headers: dict[str, str]) -> bool:
         return verify_v3_signature(secret=settings.MARTECH_CRM["HUBSPOT_APP_SECRET"], method=method, uri=uri,
                                    body=body, headers=headers)
+
+
+def _stale(record: PushRecord, before: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Links in ``before`` that ``record`` no longer has, by object key."""
+    out = {}
+    for other, ids in before.items():
+        gone = sorted(set(ids) - set(record.associations.get(other, [])))
+        if gone:
+            out[other] = gone
+    return out
 
 
 def sign_v3(*, secret: str, method: str, uri: str, body: bytes, timestamp: str) -> str:

@@ -12,6 +12,8 @@ CRM v4 associations (shapes of the client library's v4 models; the
 document is not in the shared specs):
 - POST /crm/v4/associations/{from}/{to}/batch/associate/default
 - POST /crm/v4/associations/{from}/{to}/batch/read
+- POST /crm/v4/associations/{from}/{to}/batch/archive  (204, no body, like HubSpot;
+  removes every association between each pair, both directions)
 
 Per-record refusals answer HTTP 207 with an error naming the input, like
 HubSpot: an email that is not an address (INVALID_EMAIL), a domain that is
@@ -141,6 +143,10 @@ class HubSpotEmulator(EmulatorBase):
         self.associations.setdefault((from_kind, str(from_id), to_kind), set()).add(str(to_id))
         self.associations.setdefault((to_kind, str(to_id), from_kind), set()).add(str(from_id))
 
+    def dissociate(self, from_kind: str, from_id: str, to_kind: str, to_id: str) -> None:
+        self.associations.get((from_kind, str(from_id), to_kind), set()).discard(str(to_id))
+        self.associations.get((to_kind, str(to_id), from_kind), set()).discard(str(from_id))
+
     def add_owner(self, *, owner_id: str, email: str, first_name: str = "", last_name: str = "") -> None:
         self.owners.append({"id": owner_id, "email": email, "firstName": first_name, "lastName": last_name,
                             "userId": int(owner_id), "userIdIncludingInactive": int(owner_id),
@@ -170,6 +176,8 @@ class HubSpotEmulator(EmulatorBase):
             if from_kind in KINDS and to_kind in KINDS:
                 if action == "batch/read":
                     return self.associations_read(from_kind, to_kind, request.get_json())
+                if action == "batch/archive":
+                    return self.associations_archive(from_kind, to_kind, request.get_json())
         if len(parts) == 9 and parts[1:4] == ["crm", "v4", "associations"] and request.method == "POST" \
                 and parts[6:] == ["batch", "associate", "default"] and parts[4] in KINDS and parts[5] in KINDS:
             return self.associate_default(parts[4], parts[5], request.get_json())
@@ -280,6 +288,22 @@ class HubSpotEmulator(EmulatorBase):
             out.update(errors=errors, numErrors=len(errors))
             return self.json(out, status=207)
         return self.json(out)
+
+    def associations_archive(self, from_kind: str, to_kind: str, body: dict) -> Response:
+        """v4 batch archive: {"inputs": [{"from": {"id"}, "to": [{"id"}, ...]}]}.
+        HubSpot answers 204 with no body, also for a pair not associated."""
+        inputs = (body or {}).get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            return self.error(400, "VALIDATION_ERROR", "inputs is required")
+        for n, item in enumerate(inputs):
+            if not isinstance(item, dict) or not isinstance(item.get("from"), dict) \
+                    or not isinstance(item.get("to"), list):
+                return self.error(400, "VALIDATION_ERROR", f"inputs[{n}]: from (an object id) and to (a list of "
+                                                           "object ids) are required")
+        for item in inputs:
+            for target in item["to"]:
+                self.dissociate(from_kind, item["from"]["id"], to_kind, target["id"])
+        return Response(status=204)
 
     def associations_read(self, from_kind: str, to_kind: str, body: dict) -> Response:
         inputs = (body or {}).get("inputs")
