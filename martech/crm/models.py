@@ -171,6 +171,11 @@ class PushState(models.Model):
     remote_id = models.CharField(max_length=64, blank=True)
     payload_hash = models.CharField(max_length=64, blank=True)
     pushed_at = models.DateTimeField(null=True, blank=True)
+    # Link records both sides had at the last push or link pull, by link key:
+    # {"contact_role": ["003..."]}. A link in here and gone locally was removed
+    # here (the push deletes it in the CRM, a pull does not bring it back); a
+    # CRM link not in here is one we have not pulled yet and is left alone.
+    links = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [
