@@ -171,10 +171,13 @@ class PushState(models.Model):
     remote_id = models.CharField(max_length=64, blank=True)
     payload_hash = models.CharField(max_length=64, blank=True)
     pushed_at = models.DateTimeField(null=True, blank=True)
-    # Link records both sides had at the last push or link pull, by link key:
-    # {"contact_role": ["003..."]}. A link in here and gone locally was removed
-    # here (the push deletes it in the CRM, a pull does not bring it back); a
-    # CRM link not in here is one we have not pulled yet and is left alone.
+    # Removable link records as both sides had them at the last push or link
+    # pull, by link key, then the associated record's remote id:
+    # {"contact_role": {"003...": {"role": "", "is_primary": true}}}. A link in
+    # here and gone locally was removed here (the push deletes it in the CRM,
+    # a pull does not bring it back); a CRM link not in here is one we have not
+    # pulled yet and is left alone; a link whose fields here still equal these
+    # was not changed here, so the push leaves the CRM's values alone.
     links = models.JSONField(default=dict, blank=True)
 
     class Meta:

@@ -461,7 +461,7 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
             continue
         ok_items.append(item)
         run.pushed += 1
-        synced = {link.key: sorted(record.link_details.get(link.key, {})) for link in link_specs if link.removable}
+        synced = {link.key: record.link_details.get(link.key, {}) for link in link_specs if link.removable}
         new_states.append(PushState(connection=connection, object=obj.key, local_id=item.local_id,
                                     remote_id=result.remote_id, payload_hash=digest, pushed_at=now,
                                     links=synced))
@@ -774,19 +774,22 @@ def _link_removed_here(connection: Connection, parent_type: objects.ObjectType, 
     removed here and the deletion is not pushed yet, so a pull must not bring
     it back."""
     state = PushState.objects.filter(connection=connection, object=parent_type.key, local_id=parent.pk).first()
-    synced = (state.links or {}).get(link.key, []) if state is not None else []
+    synced = (state.links or {}).get(link.key, {}) if state is not None else {}
     return other_remote_id in synced and other.pk not in link.details(parent)
 
 
-def _link_synced_add(connection: Connection, parent_type: objects.ObjectType, link: objects.Link, parent,
-                     other_remote_id: str) -> None:
+def _link_synced_set(connection: Connection, parent_type: objects.ObjectType, link: objects.Link, parent,
+                     other, other_remote_id: str) -> None:
+    """After a link pull both sides agree on it: record its fields as synced."""
     state = PushState.objects.select_for_update().filter(connection=connection, object=parent_type.key,
                                                          local_id=parent.pk).first()
     if state is None:
         return  # never pushed nor pulled: the first push records what both sides have
-    synced = (state.links or {}).get(link.key, [])
-    if other_remote_id not in synced:
-        state.links = {**(state.links or {}), link.key: sorted([*synced, other_remote_id])}
+    fields = link.details(parent).get(other.pk)
+    synced = dict((state.links or {}).get(link.key, {}))
+    if fields is not None and synced.get(other_remote_id) != fields:
+        synced[other_remote_id] = fields
+        state.links = {**(state.links or {}), link.key: dict(sorted(synced.items()))}
         state.save(update_fields=["links"])
 
 
@@ -840,7 +843,7 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
                             spec.apply(parent=parent, other=other, fields=pulled.fields,
                                        remote_id=pulled.remote_id, modified_at=pulled.modified_at, source=source)
                             if spec.removable:
-                                _link_synced_add(connection, parent_type, spec, parent, pulled.other_id)
+                                _link_synced_set(connection, parent_type, spec, parent, other, pulled.other_id)
                             run.pulled += 1
                 except ValidationError as exc:
                     run.failed += 1

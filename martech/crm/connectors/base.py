@@ -21,9 +21,10 @@ class PushRecord:
     # Fields of links the connector declares (objects.Link), by link key, then
     # by the associated record's remote id: {"contact_role": {"003...": {"role": "", "is_primary": True}}}.
     link_details: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    # Removable links (objects.Link.removable) both sides had at the last sync, by link key:
-    # the connector deletes those gone from link_details, and no other.
-    link_synced: dict[str, list[str]] = field(default_factory=dict)
+    # Removable links (objects.Link.removable) as both sides had them at the last
+    # sync (PushState.links), same shape as link_details: the connector deletes
+    # those gone from link_details (no other), and updates only those changed here.
+    link_synced: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass

@@ -443,26 +443,33 @@ class SalesforceConnector:
         return self._with_errors(results, errors)
 
     def _push_roles(self, records: list[PushRecord], results: list[PushResult]) -> list[PushResult]:
-        """Make each pushed Opportunity's OpportunityContactRoles match the
-        deal's contact roles here: create, update Role/IsPrimary, delete the
-        ones removed here. One SOQL per 200 deals, then Collections calls."""
+        """Make each pushed Opportunity's OpportunityContactRoles follow the
+        deal's contact roles here: create the missing, update Role/IsPrimary
+        of the ones changed here since the last sync (one changed only in
+        Salesforce stays; the role pull brings it), delete the ones removed
+        here (both sides had them, ``PushRecord.link_synced``; a role added
+        there and not pulled yet stays). One SOQL per 200 deals, then
+        Collections calls of 200."""
         by_local = {r.local_id: r for r in records}
         errors: dict[int, list[str]] = {}
-        wanted: dict[str, tuple[int, dict[str, dict], set[str]]] = {}
+        # Opportunity id -> (deal's local id, {Contact id: (fields to send, changed here)}, synced roles).
+        wanted: dict[str, tuple[int, dict[str, tuple[dict, bool]], dict[str, dict]]] = {}
         for result in results:
             if not result.remote_id or result.error:
                 continue
             record = by_local[result.local_id]
+            synced = record.link_synced.get("contact_role", {})
             roles = {}
-            for person, fields in record.link_details.get("contact_role", {}).items():
+            for person, details in record.link_details.get("contact_role", {}).items():
                 if sobject_of(person) != "Contact":
                     errors.setdefault(result.local_id, []).append(
                         f"OpportunityContactRole for {person}: a contact role needs a Salesforce Contact and this "
                         "person is a Lead there (convert the Lead, or push the person as a Contact); the deal's "
                         "other roles were synced")
                     continue
-                roles[person] = {"Role": fields.get("role") or None, "IsPrimary": bool(fields.get("is_primary"))}
-            wanted[result.remote_id] = (result.local_id, roles, set(record.link_synced.get("contact_role", [])))
+                fields = {"Role": details.get("role") or None, "IsPrimary": bool(details.get("is_primary"))}
+                roles[person] = (fields, details != synced.get(person))
+            wanted[result.remote_id] = (result.local_id, roles, synced)
         if not wanted:
             return self._with_errors(results, errors)
         have: dict[str, dict[str, dict]] = {}
@@ -473,15 +480,15 @@ class SalesforceConnector:
         for opportunity_id, (local_id, roles, synced) in wanted.items():
             current = have.get(opportunity_id, {})
             # Demotions before the new primary: Salesforce keeps one primary per Opportunity.
-            for person, fields in sorted(roles.items(), key=lambda kv: kv[1]["IsPrimary"]):
+            for person, (fields, changed) in sorted(roles.items(), key=lambda kv: kv[1][0]["IsPrimary"]):
                 row = current.get(person)
                 if row is None:
                     creates.append((local_id, {"attributes": {"type": "OpportunityContactRole"},
                                                "OpportunityId": opportunity_id, "ContactId": person, **fields}))
-                elif (row.get("Role") or None, bool(row.get("IsPrimary"))) != (fields["Role"], fields["IsPrimary"]):
+                elif changed and (row.get("Role") or None, bool(row.get("IsPrimary"))) != (fields["Role"],
+                                                                                           fields["IsPrimary"]):
                     updates.append((local_id, {"attributes": {"type": "OpportunityContactRole"}, "Id": row["Id"],
                                                **fields}))
-            # Only roles both sides had: one added in Salesforce and not pulled yet stays.
             deletes += [(local_id, row["Id"]) for person, row in sorted(current.items())
                         if person not in roles and person in synced]
         self._delete(deletes, errors)

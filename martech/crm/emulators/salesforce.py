@@ -291,6 +291,13 @@ class SalesforceEmulator(EmulatorBase):
             return False
         if record.get("Martech_Id__c"):
             self.by_external.pop((sobject, str(record["Martech_Id__c"])), None)
+        # Like Salesforce: a person's campaign memberships and contact roles, and an
+        # Opportunity's or a Campaign's, go with it.
+        for child, lookups in (("CampaignMember", ("LeadId", "ContactId", "CampaignId")),
+                               ("OpportunityContactRole", ("ContactId", "OpportunityId"))):
+            for child_id in [r["Id"] for r in self.records[child].values()
+                             if any(r.get(f) == record_id for f in lookups)]:
+                self.delete(child_id)
         return True
 
     # --- HTTP ---
