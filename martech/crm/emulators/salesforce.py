@@ -16,6 +16,9 @@ Under ``/services/data/vNN.N/``:
   and date-time literals); anything else is a 400 ``MALFORMED_QUERY``, an
   unknown field ``INVALID_FIELD``. Pages of ``query_page_size`` with
   ``nextRecordsUrl``.
+- ``DELETE composite/sobjects?ids=...&allOrNone=false``: Collections delete
+  (per-id results; an unknown id is ``ENTITY_IS_DELETED``);
+  ``DELETE sobjects/{SObject}/{Id}``: one record (204).
 - ``GET sobjects/{SObject}/{Id}``: one record.
 - Bulk API 2.0 ingest: ``POST jobs/ingest``, ``PUT jobs/ingest/{id}/batches``
   (CSV), ``PATCH jobs/ingest/{id}`` (``UploadComplete``/``Aborted``),
@@ -35,8 +38,13 @@ refused again at once).
 Rules enforced per record, as Salesforce does: required fields on create
 (Lead: LastName, Company; Contact: LastName; Account: Name; Opportunity:
 Name, StageName, CloseDate; Campaign: Name; CampaignMember: CampaignId and a
-LeadId or ContactId), a valid Email, known fields only (custom ``__c`` fields
-are accepted on every object).
+LeadId or ContactId; OpportunityContactRole: OpportunityId and ContactId, a
+Contact's id), a valid Email, known fields only (custom ``__c`` fields are
+accepted on every object). A CampaignMember is one per person and campaign (a
+second is ``DUPLICATE_VALUE`` "Already a campaign member."), its
+``HasResponded`` (read-only) follows ``Status``; an Opportunity has at most
+one primary OpportunityContactRole (setting one clears the other). Deleting
+a record deletes the members and roles that point at it.
 """
 from __future__ import annotations
 
