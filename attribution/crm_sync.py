@@ -11,12 +11,16 @@ imports attribution. Our services call ``hooks.records_changed("opportunities",
 - Pulled: through ``opportunity_upsert`` (the one write path), found by the
   CRM id, the stage by the reverse of the same value map; the deal's company
   becomes the account and its contacts contact roles (``opportunity_set_contact``).
+- Contact roles as records of their own (the ``contact_role`` link, for a
+  connector that declares it: Salesforce OpportunityContactRole): pushed
+  with the deal (role and primary flag hashed with it, so a change pushes the
+  deal), pulled by their own cursor onto the deal's contacts.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from martech.crm.objects import ObjectType, register
+from martech.crm.objects import Link, ObjectType, register
 
 HOOK = "opportunities"
 
@@ -41,6 +45,28 @@ def _apply_associations(*, instance, linked: dict[str, list], source: str) -> No
     for lead in linked.get("contact", []):
         if lead.pk not in have:
             opportunity_set_contact(opportunity=instance, lead=lead, source=source)
+
+
+def _contact_role_details(opportunity) -> dict[int, dict[str, Any]]:
+    """Per contact role's lead: its role and primary flag (Salesforce
+    OpportunityContactRole Role and IsPrimary)."""
+    return {lead_id: {"role": role, "is_primary": is_primary} for lead_id, role, is_primary in
+            opportunity.contact_roles.order_by("lead_id").values_list("lead_id", "role", "is_primary")}
+
+
+def _contact_role_apply(*, parent, other, fields: dict[str, Any], remote_id: str, modified_at: str,
+                        source: str) -> None:
+    """A contact role added or changed in the CRM: the lead's role on the
+    opportunity through opportunity_set_contact (a new primary demotes the
+    old one; idempotent)."""
+    from attribution.services import opportunity_set_contact
+
+    opportunity_set_contact(opportunity=parent, lead=other, role=str(fields.get("role") or ""),
+                            is_primary=bool(fields.get("is_primary")), source=source)
+
+
+CONTACT_ROLE = Link(key="contact_role", label="Opportunity contact role", other="contact",
+                    details=_contact_role_details, apply=_contact_role_apply, removable=True)
 
 
 def _associations(opportunity) -> dict[str, list[int]]:
@@ -87,6 +113,7 @@ DEAL = ObjectType(
     associations=_associations,
     association_fields={"company": "account"},
     apply_associations=_apply_associations,
+    links=(CONTACT_ROLE,),
     # Associations are not mapped fields, but changing them must push.
     extra_trigger_fields=frozenset({"account", "contacts"}),
     readers={"stage": lambda o: o.stage.key, "pipeline": lambda o: o.pipeline.key},

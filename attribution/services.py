@@ -205,13 +205,17 @@ def opportunity_set_contact(
         OpportunityContactRole.objects.filter(opportunity=opportunity, is_primary=True).exclude(lead=lead).update(
             is_primary=False
         )
+    before = OpportunityContactRole.objects.filter(opportunity=opportunity, lead=lead).values_list(
+        "role", "is_primary").first()
     contact, created = OpportunityContactRole.objects.update_or_create(
         opportunity=opportunity, lead=lead, defaults={"role": role[:60], "is_primary": is_primary}
     )
     if created:
-        # A new lead brings its touches into the path (a role or primary change moves no credit),
-        # and is a new CRM association (not queued back to the CRM it came from).
+        # A new lead brings its touches into the path (a role or primary change moves no credit).
         attribution_recompute_queue(opportunity_id=opportunity.pk)
+    if created or before != (contact.role, contact.is_primary):
+        # A new association, or a role / primary change (Salesforce keeps them on
+        # OpportunityContactRole); not queued back to the CRM it came from.
         hooks.records_changed("opportunities", ids=[opportunity.pk], fields=["contacts"], source=source)
     return contact
 
@@ -234,6 +238,7 @@ def opportunity_set_contacts(*, opportunity: Opportunity, contacts: list[dict], 
     ).delete()
     if removed:
         attribution_recompute_queue(opportunity_id=opportunity.pk)
+        # A removed role is a CRM change too (Salesforce deletes its OpportunityContactRole).
         hooks.records_changed("opportunities", ids=[opportunity.pk], fields=["contacts"], source=source)
     # The primary last: setting it demotes any other, and the constraint allows one at a time.
     ordered = sorted(contacts, key=lambda c: bool(c.get("is_primary")))

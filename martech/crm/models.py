@@ -176,6 +176,14 @@ class PushState(models.Model):
     # {object key: [remote ids]} linked by the last push (or agreed by the last
     # pull); null for a state written before this was kept: not known.
     associations = models.JSONField(null=True, blank=True)
+    # Removable link records as both sides had them at the last push or link
+    # pull, by link key, then the associated record's remote id:
+    # {"contact_role": {"003...": {"role": "", "is_primary": true}}}. A link in
+    # here and gone locally was removed here (the push deletes it in the CRM,
+    # a pull does not bring it back); a CRM link not in here is one we have not
+    # pulled yet and is left alone; a link whose fields here still equal these
+    # was not changed here, so the push leaves the CRM's values alone.
+    links = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [

@@ -29,6 +29,16 @@ map "lead" -> "Lead", "company" -> "Account"). The engine pushes, pulls and
 lists only the types that are both registered and declared by the
 connection's connector; other outbox rows wait (and show in the health page).
 
+**Links** (``ObjectType.links``) are to-many associations that are records
+of their own in some CRM, with fields of their own: a campaign's members
+(Salesforce CampaignMember: Status) and a deal's contact roles (Salesforce
+OpportunityContactRole: Role, IsPrimary). A connector that syncs one
+declares it in ``links`` (link key -> its object name). The link's fields
+are pushed with the parent record (hashed with it, so a role change pushes
+the deal) and pulled by their own cursor (``services.links_pull``), each
+through ``Link.apply`` (the parent's own service). Connectors that do not
+declare a link get plain associations as before.
+
 The write path queues a record in its own transaction: each object type's
 ``hook`` names the ``martech.hooks`` change hook its service calls
 (``leads``, ``accounts``, ``tasks``, or any other kind through
@@ -46,6 +56,24 @@ from django.db import models
 
 # Remote id column on the local model, per provider (models carry both).
 DEFAULT_ID_FIELDS = {"hubspot": "hubspot_id", "salesforce": "salesforce_id"}
+
+
+@dataclass(frozen=True)
+class Link:
+    key: str  # cursor and run key ("campaign_member", "contact_role"); at most 20 characters
+    label: str
+    other: str  # the associated object key ("contact")
+    # Push: parent instance -> {local id of the other record: {field: value}}
+    # (JSON-able values, hashed with the parent's payload).
+    details: Callable[[Any], dict[int, dict[str, Any]]]
+    # Pull: apply(*, parent, other, fields, remote_id, modified_at, source) writes one
+    # pulled link through the parent's service; idempotent (a re-pull changes nothing).
+    apply: Callable[..., None]
+    # Removed here -> deleted in the CRM (contact roles). The links both sides
+    # had are then kept per parent (PushState.links), so the push deletes only
+    # what was removed here, never a CRM link not pulled yet. Campaign members
+    # are never removed (a touch stays a fact).
+    removable: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +108,8 @@ class ObjectType:
     # Push: how to read a local field when the plain value is not what maps
     # (a deal's stage FK -> its key, which the dealstage value map uses).
     readers: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    # To-many associations with fields of their own (see "Links" above).
+    links: tuple[Link, ...] = ()
     # Push order inside one drain: associated types first (companies, contacts, then deals, tasks).
     order: int = 50
     modified_field: str = "updated_at"
@@ -144,6 +174,12 @@ def all_types() -> list[ObjectType]:
 def choices() -> list[tuple[str, str]]:
     """Callable choices for the ``object`` columns: the registry, not a migration, decides."""
     return [(o.key, o.label) for o in all_types()]
+
+
+def links_synced_by(connector, obj: ObjectType) -> list[Link]:
+    """The links of ``obj`` this connector declares (``connector.links``)."""
+    declared = getattr(connector, "links", {}) or {}
+    return [link for link in obj.links if link.key in declared]
 
 
 def synced_by(connector) -> list[ObjectType]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Iterable
@@ -104,6 +105,39 @@ def payload_hash(properties: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(properties, sort_keys=True).encode()).hexdigest()
 
 
+def record_hash(properties: dict[str, Any], associations: dict[str, list[str]],
+                link_details: dict[str, dict[str, dict]] | None = None) -> str:
+    """What the drain compares with the last push: the properties, plus the
+    associations and link fields when there are any (so a record without
+    them keeps the hash it always had)."""
+    if link_details:
+        return payload_hash({"properties": properties, "associations": associations, "links": link_details})
+    return payload_hash({"properties": properties, "associations": associations} if associations else properties)
+
+
+def _link_raw(links: list[objects.Link], instance) -> dict[str, dict[int, dict[str, Any]]]:
+    return {link.key: link.details(instance) for link in links}
+
+
+def _link_resolve(links: list[objects.Link], raw: dict[str, dict[int, dict[str, Any]]],
+                  remote: dict[tuple[str, int], str]) -> tuple[dict[str, dict[str, dict]], list[tuple[str, int]]]:
+    """Link fields by the associated records' remote ids; the local ids with
+    no remote id yet are returned apart (the record waits for them)."""
+    out: dict[str, dict[str, dict]] = {}
+    missing: list[tuple[str, int]] = []
+    for link in links:
+        resolved = {}
+        for local_id, fields in (raw.get(link.key) or {}).items():
+            remote_id = remote.get((link.other, local_id))
+            if remote_id:
+                resolved[remote_id] = fields
+            else:
+                missing.append((link.other, local_id))
+        if resolved:
+            out[link.key] = dict(sorted(resolved.items()))
+    return out, missing
+
+
 def _remote_ids(connection: Connection, wanted: dict[str, set[int]]) -> dict[tuple[str, int], str]:
     """(object key, local id) -> remote id, from what was pushed or pulled,
     else the local model's remote id column."""
@@ -144,13 +178,19 @@ def payload_preview(*, connection: Connection, obj: str, instance, connector: Co
     if not key:
         return {"error": f"{object_type.key_field} is empty: it is the upsert key of {object_type.label}"}
     links = object_type.associations(instance) if object_type.associations else {}
-    remote = _remote_ids(connection, {k: set(v) for k, v in links.items()} | {object_type.key: {instance.pk}})
+    link_specs = objects.links_synced_by(connector, object_type)
+    raw = _link_raw(link_specs, instance)
+    wanted = {k: set(v) for k, v in links.items()}
+    for link in link_specs:
+        wanted.setdefault(link.other, set()).update(raw[link.key])
+    remote = _remote_ids(connection, wanted | {object_type.key: {instance.pk}})
     state = PushState.objects.filter(connection=connection, object=object_type.key, local_id=instance.pk).first()
     remote_id = (object_type.remote_id_of(instance, connection.provider)
                  or remote.get((object_type.key, instance.pk), ""))
     record = PushRecord(instance.pk, key, properties,
                         associations={k: [remote[(k, i)] for i in v if (k, i) in remote] for k, v in links.items()},
-                        remote_id=remote_id, linked_before=_linked_before(state, remote_id))
+                        remote_id=remote_id, linked_before=_linked_before(state, remote_id),
+                        link_details=_link_resolve(link_specs, raw, remote)[0])
     return connector.request_body(object_type.key, [record])
 
 
@@ -337,10 +377,16 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
                                                                  local_id__in=[i.local_id for i in items])}
     links = {i.local_id: obj.associations(records[i.local_id])
              for i in items if obj.associations and i.local_id in records}
+    link_specs = objects.links_synced_by(connector, obj)
+    raw_links = {i.local_id: _link_raw(link_specs, records[i.local_id])
+                 for i in items if link_specs and i.local_id in records}
     wanted: dict[str, set[int]] = {}
     for per_record in links.values():
         for key, ids in per_record.items():
             wanted.setdefault(key, set()).update(i for i in ids if i)
+    for per_record in raw_links.values():
+        for link in link_specs:
+            wanted.setdefault(link.other, set()).update(per_record[link.key])
     remote = _remote_ids(connection, wanted)
     to_send: list[tuple[OutboxItem, PushRecord, str]] = []
     finished: list[OutboxItem] = []
@@ -368,6 +414,8 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
             waiting += [(other, i) for i in ids if i and (other, i) not in remote]
             if resolved:
                 associations[other] = sorted(resolved)
+        link_details, link_waiting = _link_resolve(link_specs, raw_links.get(item.local_id, {}), remote)
+        waiting += [w for w in link_waiting if w not in waiting]
         if waiting:
             # The record it points at has not reached the CRM yet: queue that
             # one and try this again later (counted, so it cannot wait forever).
@@ -377,8 +425,7 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
             _fail([item], f"waiting for {names} to be pushed first")
             run.skipped += 1
             continue
-        digest = payload_hash({"properties": properties, "associations": associations} if associations
-                              else properties)
+        digest = record_hash(properties, associations, link_details)
         state = states.get(item.local_id)
         if state is not None and state.payload_hash == digest:
             finished.append(item)
@@ -386,8 +433,9 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
             continue
         remote_id = obj.remote_id_of(instance, connection.provider) or (state.remote_id if state is not None else "")
         to_send.append((item, PushRecord(item.local_id, key, properties, associations=associations,
-                                         remote_id=remote_id, linked_before=_linked_before(state, remote_id)),
-                        digest))
+                                         remote_id=remote_id, linked_before=_linked_before(state, remote_id),
+                                         link_details=link_details,
+                                         link_synced=dict(state.links) if state is not None else {}), digest))
     _finish(finished)
     if not to_send:
         return
@@ -423,14 +471,15 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
             continue
         ok_items.append(item)
         run.pushed += 1
+        synced = {link.key: record.link_details.get(link.key, {}) for link in link_specs if link.removable}
         new_states.append(PushState(connection=connection, object=obj.key, local_id=item.local_id,
                                     remote_id=result.remote_id, payload_hash=digest, pushed_at=now,
-                                    associations=record.associations))
+                                    associations=record.associations, links=synced))
         remote_ids[item.local_id] = result.remote_id
     with transaction.atomic():
         PushState.objects.bulk_create(
             new_states, update_conflicts=True, unique_fields=["connection", "object", "local_id"],
-            update_fields=["remote_id", "payload_hash", "pushed_at", "associations"], batch_size=500,
+            update_fields=["remote_id", "payload_hash", "pushed_at", "associations", "links"], batch_size=500,
         )
         _finish(ok_items)
         _store_remote_ids(connection, obj, remote_ids, records)
@@ -542,7 +591,8 @@ def _owner_user(connection: Connection, remote_owner_id: str):
 
 
 def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
-                 mappings: list[FieldMapping] | None = None, dry_run: bool = False) -> str:
+                 mappings: list[FieldMapping] | None = None, dry_run: bool = False,
+                 connector: Connector | None = None) -> str:
     """Write one pulled record through its object type's service (for leads
     ``lead_upsert``, the capture dedupe path); returns 'pulled', 'skipped'
     or raises ValidationError/TransformError naming the field.
@@ -625,12 +675,12 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
                 found = [_local_by_remote_id(connection, objects.get(other), r) for r in remote_ids]
                 linked[other] = [f for f in found if f is not None]  # ones we do not have yet come with their pull
             object_type.apply_associations(instance=written, linked=linked, source=f"crm:{connection.provider}")
-        _mark_synced(connection, object_type, written, pulled.remote_id, local_unsent=not take_all)
+        _mark_synced(connection, object_type, written, pulled.remote_id, connector, local_unsent=not take_all)
     return "pulled"
 
 
-def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remote_id: str, *,
-                 local_unsent: bool = False) -> None:
+def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remote_id: str,
+                 connector: Connector | None = None, *, local_unsent: bool = False) -> None:
     """After a pull both sides agree: store the payload we would now push,
     so the record is not seen as changed here on the next pull and an
     identical push is skipped.
@@ -647,11 +697,15 @@ def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remo
     try:
         properties = PayloadBuilder(connection, obj).payload(instance)
         links = obj.associations(instance) if obj.associations else {}
-        remote = _remote_ids(connection, {k: set(v) for k, v in links.items()})
+        link_specs = objects.links_synced_by(connector or connector_for(connection), obj) if obj.links else []
+        raw = _link_raw(link_specs, instance)
+        wanted = {k: set(v) for k, v in links.items()}
+        for link in link_specs:
+            wanted.setdefault(link.other, set()).update(raw[link.key])
+        remote = _remote_ids(connection, wanted)
         associations = {k: sorted(remote[(k, i)] for i in v if (k, i) in remote) for k, v in sorted(links.items())}
         associations = {k: v for k, v in associations.items() if v}
-        digest = payload_hash({"properties": properties, "associations": associations} if associations
-                              else properties)
+        digest = record_hash(properties, associations, _link_resolve(link_specs, raw, remote)[0])
     except PayloadError:
         digest, associations = "", None
     PushState.objects.update_or_create(
@@ -677,7 +731,7 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         for pulled in connector.pull_since(object_type.key, "" if full else cursor.value, remote_fields):
             try:
                 outcome = pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
-                                       dry_run=dry_run)
+                                       dry_run=dry_run, connector=connector)
             except ValidationError as exc:
                 run.failed += 1
                 run.error = f"{pulled.remote_id}: {exc.message_dict if hasattr(exc, 'message_dict') else exc}"[:2000]
@@ -701,6 +755,140 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         run.finished_at = timezone.now()
         run.save()
     return run
+
+
+def _link_of(key: str) -> tuple[objects.ObjectType, objects.Link]:
+    for obj in objects.all_types():
+        for link in obj.links:
+            if link.key == key:
+                return obj, link
+    raise LookupError(f"No CRM link {key!r} is registered.")
+
+
+def _link_others(connection: Connection, connector: Connector, other: objects.ObjectType, remote_ids: set[str],
+                 errors: list[str]) -> dict[str, Any]:
+    """The local records pulled links name, by remote id. Ones not here yet
+    are read in one query (``fetch_many``) and written like any pulled
+    record (for leads ``lead_upsert``, the capture dedupe path)."""
+    found = {r: _local_by_remote_id(connection, other, r) for r in sorted(remote_ids)}
+    missing = [r for r, local in found.items() if local is None]
+    if missing and hasattr(connector, "fetch_many"):
+        mappings = [m for m in connection.mappings.filter(object=other.key) if m.pulls]
+        for pulled in connector.fetch_many(other.key, missing, sorted({m.remote_field for m in mappings})):
+            try:
+                pulled_apply(connection=connection, pulled=pulled, obj=other.key, mappings=mappings,
+                             connector=connector)
+            except ValidationError as exc:
+                errors.append(f"{pulled.remote_id}: {exc.message_dict if hasattr(exc, 'message_dict') else exc}")
+                continue
+            found[pulled.remote_id] = _local_by_remote_id(connection, other, pulled.remote_id)
+    return found
+
+
+LINK_BATCH = 200
+
+
+def _link_removed_here(connection: Connection, parent_type: objects.ObjectType, link: objects.Link, parent, other,
+                       other_remote_id: str) -> bool:
+    """Both sides had this link at the last sync and it is gone here: it was
+    removed here and the deletion is not pushed yet, so a pull must not bring
+    it back."""
+    state = PushState.objects.filter(connection=connection, object=parent_type.key, local_id=parent.pk).first()
+    synced = (state.links or {}).get(link.key, {}) if state is not None else {}
+    return other_remote_id in synced and other.pk not in link.details(parent)
+
+
+def _link_synced_set(connection: Connection, parent_type: objects.ObjectType, link: objects.Link, parent,
+                     other, other_remote_id: str) -> None:
+    """After a link pull both sides agree on it: record its fields as synced."""
+    state = PushState.objects.select_for_update().filter(connection=connection, object=parent_type.key,
+                                                         local_id=parent.pk).first()
+    if state is None:
+        return  # never pushed nor pulled: the first push records what both sides have
+    fields = link.details(parent).get(other.pk)
+    synced = dict((state.links or {}).get(link.key, {}))
+    if fields is not None and synced.get(other_remote_id) != fields:
+        synced[other_remote_id] = fields
+        state.links = {**(state.links or {}), link.key: dict(sorted(synced.items()))}
+        state.save(update_fields=["links"])
+
+
+def links_pull(*, connection: Connection, link: str, full: bool = False, connector: Connector | None = None
+               ) -> SyncRun:
+    """Incremental pull of one link type (a Salesforce CampaignMember or
+    OpportunityContactRole, ``objects.Link``) since its own stored cursor
+    (``SyncCursor.object`` is the link key). Each changed link is written by
+    ``Link.apply`` through the parent's service, which is idempotent, so a
+    re-run (or a full pull) adds nothing. Per batch of LINK_BATCH links the
+    records they name that are not here yet are read in one query and
+    written through their own object type first.
+
+    A link that cannot be applied (its parent not pulled yet, the person
+    unknown to the CRM, a refused value) is counted as failed with its
+    reason in the run's error, and the cursor moves past it like the other
+    pulls; ``full=True`` replays it. Links deleted in the CRM are not seen
+    by a modification-time pull and stay here."""
+    parent_type, spec = _link_of(link)
+    other_type = objects.get(spec.other)
+    run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=link)
+    connector = connector or connector_for(connection)
+    cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=link)
+    newest = cursor.value
+    before = connector.stats.api_calls
+    source = f"crm:{connection.provider}"
+    errors: list[str] = []
+    try:
+        stream = connector.pull_links(link, "" if full else cursor.value)
+        while True:
+            chunk = list(itertools.islice(stream, LINK_BATCH))
+            if not chunk:
+                break
+            others = _link_others(connection, connector, other_type, {p.other_id for p in chunk if p.other_id},
+                                  errors)
+            for pulled in chunk:
+                try:
+                    parent = _local_by_remote_id(connection, parent_type, pulled.parent_id)
+                    if parent is None:
+                        raise ValidationError({parent_type.key: [
+                            f"{parent_type.label} {pulled.parent_id} is not here yet (pull {parent_type.key} first)."]})
+                    other = others.get(pulled.other_id) if pulled.other_id else None
+                    if other is None:
+                        raise ValidationError({spec.other: [
+                            f"{other_type.label} {pulled.other_id or '(none)'} could not be found or pulled."]})
+                    with transaction.atomic():
+                        if spec.removable and _link_removed_here(connection, parent_type, spec, parent, other,
+                                                                 pulled.other_id):
+                            run.skipped += 1  # removed here; the parent's next push deletes it there
+                        else:
+                            spec.apply(parent=parent, other=other, fields=pulled.fields,
+                                       remote_id=pulled.remote_id, modified_at=pulled.modified_at, source=source)
+                            if spec.removable:
+                                _link_synced_set(connection, parent_type, spec, parent, other, pulled.other_id)
+                            run.pulled += 1
+                except ValidationError as exc:
+                    run.failed += 1
+                    errors.append(f"{spec.label} {pulled.remote_id}: "
+                                  f"{exc.message_dict if hasattr(exc, 'message_dict') else exc}")
+                newest = max(newest, pulled.modified_at)
+    except (TransientError, PermanentError) as exc:
+        errors.append(str(exc))
+        _record_error(connection, str(exc)[:2000], stop=isinstance(exc, AuthError))
+    finally:
+        run.error = "; ".join(errors)[:2000]
+        if newest != cursor.value:
+            cursor.value = newest
+            cursor.save(update_fields=["value", "updated_at"])
+        run.api_calls = connector.stats.api_calls - before
+        _count_calls(connection, run.api_calls)
+        run.finished_at = timezone.now()
+        run.save()
+    return run
+
+
+def pulled_link_keys(*, connection: Connection, obj: str, connector: Connector | None = None) -> list[str]:
+    """The links of object type ``obj`` the connection's connector syncs
+    (pulled after ``obj`` itself, so their parents are here)."""
+    return [link.key for link in objects.links_synced_by(connector or connector_for(connection), objects.get(obj))]
 
 
 def pulled_object_keys(*, connection: Connection, connector: Connector | None = None) -> list[str]:
@@ -770,7 +958,8 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
                     mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
                     pulled = conn.fetch_one(obj, object_id, sorted({m.remote_field for m in mappings}))
                     if pulled is not None:
-                        pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings)
+                        pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
+                                     connector=conn)
                 else:
                     receipt.error = f"subscription type {kind!r} not handled"
             except (ValidationError, TransientError, PermanentError) as exc:

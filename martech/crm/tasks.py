@@ -15,7 +15,8 @@ def drain_outbox() -> dict[str, int]:
 
 
 def pull_all() -> dict[str, int]:
-    """Pull every object type each connection syncs and has pull mappings for."""
+    """Pull every object type each connection syncs and has pull mappings
+    for, each followed by the links of it the connector syncs."""
     out = {}
     for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
         # An owners failure is recorded on the connection and does not stop the object pulls.
@@ -23,6 +24,9 @@ def pull_all() -> dict[str, int]:
         for key in services.pulled_object_keys(connection=connection):
             run = services.pull_changes(connection=connection, obj=key)
             out[f"{connection.provider}:{key}"] = run.pulled
+            # Then its links (campaign members, contact roles): their parents are here now.
+            for link in services.pulled_link_keys(connection=connection, obj=key):
+                out[f"{connection.provider}:{link}"] = services.links_pull(connection=connection, link=link).pulled
     return out
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from martech.crm.objects import ObjectType, register
+from django.core.exceptions import ValidationError
+
+from martech.crm.objects import Link, ObjectType, register
 
 
 def _lead_write(*, instance, data: dict[str, Any], source: str):
@@ -77,8 +79,6 @@ def _task_write(*, instance, data: dict[str, Any], source: str):
 
 
 def _campaign_write(*, instance, data: dict[str, Any], source: str):
-    from django.core.exceptions import ValidationError
-
     from martech.models import Campaign
     from martech.services.campaigns import campaign_save
 
@@ -99,6 +99,35 @@ def _campaign_members(campaign) -> dict[str, list[int]]:
 
     return {"contact": sorted(set(Event.objects.filter(campaign=campaign, lead__isnull=False)
                                   .values_list("lead_id", flat=True)))}
+
+
+def _campaign_member_details(campaign) -> dict[int, dict[str, Any]]:
+    """Per member lead, whether it responded (pushed as the CampaignMember's
+    Status; see services.campaigns.campaign_member_statuses)."""
+    from martech.services.campaigns import campaign_member_statuses
+
+    return {lead_id: {"responded": responded}
+            for lead_id, responded in campaign_member_statuses(campaign=campaign).items()}
+
+
+def _campaign_member_apply(*, parent, other, fields: dict[str, Any], remote_id: str, modified_at: str,
+                           source: str) -> None:
+    """A member pulled from the CRM becomes a ``campaign_member_added`` touch
+    on the campaign (campaign_member_record: one event per member id)."""
+    from martech.crm.transforms import TransformError, to_local
+    from martech.services.campaigns import campaign_member_record
+
+    try:
+        at = to_local("datetime", fields.get("joined_at") or modified_at)
+    except TransformError as exc:
+        raise ValidationError({"joined_at": [str(exc)]}) from None
+    campaign_member_record(campaign=parent, lead=other, member_id=remote_id, source=source,
+                           status=str(fields.get("status") or ""), has_responded=bool(fields.get("has_responded")),
+                           at=at)
+
+
+CAMPAIGN_MEMBER = Link(key="campaign_member", label="Campaign member", other="contact",
+                       details=_campaign_member_details, apply=_campaign_member_apply)
 
 
 def _task_associations(task) -> dict[str, list[int]]:
@@ -186,6 +215,7 @@ def register_core() -> None:
                         default_mappings={"hubspot": COMPANY_MAPPINGS, "salesforce": SALESFORCE_ACCOUNT_MAPPINGS}))
     register(ObjectType(key="campaign", label="Campaign (and its members)", model="martech.Campaign",
                         hook="campaigns", write=_campaign_write, associations=_campaign_members, order=30,
+                        links=(CAMPAIGN_MEMBER,),
                         default_mappings={"salesforce": SALESFORCE_CAMPAIGN_MAPPINGS}))
     register(ObjectType(key="task", label="Task", model="martech.SalesTask", hook="tasks", write=_task_write,
                         select_related=("owner", "lead"), associations=_task_associations, order=90,

@@ -1,4 +1,5 @@
-"""UTM normalization, channel grouping and campaign lookup.
+"""UTM normalization, channel grouping, campaign lookup, and campaign
+membership recorded from a CRM (``campaign_member_record``).
 
 The alias table and channel rules are editable data. One ``UtmNormalizer``
 loads them once, so a 500-event batch costs two queries here, not 1,000.
@@ -7,8 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from martech import hooks
 from martech.models import Campaign, Channel, ChannelRule, UtmAlias
@@ -94,3 +98,79 @@ def campaign_save(*, campaign: Campaign, source: str = "") -> Campaign:
         hooks.records_changed("campaigns", ids=[campaign.pk], created=created, source=source,
                               fields=[f.name for f in Campaign._meta.concrete_fields])
     return campaign
+
+
+# The catalogued touch type a campaign membership made in a CRM is recorded as
+# (migration 0005 adds it to the event catalog).
+MEMBER_EVENT = "campaign_member_added"
+
+
+def campaign_member_record(*, campaign: Campaign, lead, member_id: str, source: str, status: str = "",
+                           has_responded: bool = False, at: datetime | None = None):
+    """Record that ``lead`` is a member of ``campaign`` in a CRM (a
+    Salesforce CampaignMember ``member_id``); returns (event, created).
+
+    Why an event and not a membership table: here a campaign's members are
+    the leads with a touch attributed to it (``crm.types._campaign_members``),
+    and touchpoints, attribution, scoring and nurture all read events. So a
+    membership made in the CRM is a touch of the catalogued type
+    ``campaign_member_added`` on the campaign, at the member's creation
+    time, with the campaign's UTM keys and channel, like any other touch.
+
+    Idempotent: the event's client id is ``"<source>:<member id>"``, so the
+    same member pulled twice is one event; a changed status or response flag
+    updates that event's ``properties`` (the membership's state, not a new
+    touch). ``events_ingested`` is sent after commit for a new event, as
+    ingest does."""
+    from martech import signals
+    from martech.models import Event, EventType
+    from martech.services.ingest import Touch, lead_touch_update
+
+    client_id = f"{source}:{member_id}"
+    if not member_id or len(client_id) > 255:
+        raise ValidationError({"member_id": [f"Not a usable CRM member id: {member_id!r}."]})
+    state = {"member_id": member_id, "status": status, "has_responded": bool(has_responded)}
+    with transaction.atomic():
+        event = Event.objects.select_for_update().filter(client_event_id=client_id).first()
+        if event is None:
+            event_type = EventType.objects.filter(name=MEMBER_EVENT, is_active=True).first()
+            if event_type is None:
+                raise ValidationError({"event": [f"The event type {MEMBER_EVENT!r} is missing or inactive; add it "
+                                                 "to the event catalog."]})
+            now = timezone.now()
+            at = at or now
+            utm = {"source": campaign.utm_source, "medium": campaign.utm_medium, "campaign": campaign.utm_campaign,
+                   "term": "", "content": ""}
+            try:
+                # A savepoint: a concurrent pull of the same member wins the unique client id.
+                with transaction.atomic():
+                    event = Event.objects.create(
+                        client_event_id=client_id, kind=Event.Kind.TRACK, event_type=event_type, lead=lead,
+                        properties=state, context={"source": source[:100]}, occurred_at=at, received_at=now,
+                        utm_source=utm["source"], utm_medium=utm["medium"], utm_campaign=utm["campaign"],
+                        channel=campaign.channel, campaign=campaign)
+            except IntegrityError:
+                return Event.objects.get(client_event_id=client_id), False
+            if event_type.is_touchpoint:
+                lead_touch_update(touches={lead.pk: [Touch(at, utm, campaign.channel)]})
+            event_ids = [event.pk]
+            transaction.on_commit(lambda: signals.events_ingested.send(sender=Event, event_ids=event_ids))
+            return event, True
+        if any(event.properties.get(k) != v for k, v in state.items()):
+            event.properties = {**event.properties, **state}
+            event.save(update_fields=["properties"])
+        return event, False
+
+
+def campaign_member_statuses(*, campaign: Campaign) -> dict[int, bool]:
+    """Each member lead of ``campaign`` -> whether it responded: a touch of
+    its own on the campaign is a response; a membership made in the CRM
+    counts only when the CRM says the member responded."""
+    from martech.models import Event
+
+    events = Event.objects.filter(campaign=campaign, lead__isnull=False)
+    members = set(events.values_list("lead_id", flat=True).distinct())
+    responded = set(events.exclude(event_type__name=MEMBER_EVENT).values_list("lead_id", flat=True).distinct())
+    responded |= set(events.filter(event_type__name=MEMBER_EVENT, properties__has_responded=True)
+                     .values_list("lead_id", flat=True).distinct())
+    return {lead_id: lead_id in responded for lead_id in sorted(members)}

@@ -184,7 +184,7 @@ def test_campaign_waits_for_members_not_in_salesforce_and_member_refusal(sf_camp
     from martech.crm.models import PushState
 
     dee.refresh_from_db()
-    salesforce.records["Lead"].pop(dee.salesforce_lead_id)
+    salesforce.delete(dee.salesforce_lead_id)  # its CampaignMember goes with it, as in Salesforce
     PushState.objects.filter(object="campaign").delete()  # so the campaign is sent again
     OutboxItem.objects.create(connection=sf_campaigns, object="campaign", local_id=campaign.pk)
     run = outbox_drain(connection=sf_campaigns)

@@ -22,6 +22,13 @@ class PushRecord:
     # key; a link there and no longer in ``associations`` is stale and removed.
     # None: not known (a record pushed before this was kept).
     linked_before: dict[str, list[str]] | None = None
+    # Fields of links the connector declares (objects.Link), by link key, then
+    # by the associated record's remote id: {"contact_role": {"003...": {"role": "", "is_primary": True}}}.
+    link_details: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # Removable links (objects.Link.removable) as both sides had them at the last
+    # sync (PushState.links), same shape as link_details: the connector deletes
+    # those gone from link_details (no other), and updates only those changed here.
+    link_synced: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,6 +45,16 @@ class Pulled:
     modified_at: str  # ISO 8601, the cursor's unit
     # Associated records' remote ids by object key, when the connector reads them ({"company": ["12"]}).
     associations: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class PulledLink:
+    """One link record changed in the CRM (a CampaignMember, an OpportunityContactRole)."""
+    remote_id: str
+    parent_id: str  # the parent record's remote id (CampaignId, OpportunityId)
+    other_id: str  # the associated record's remote id (LeadId or ContactId)
+    fields: dict[str, Any]  # the link's own fields, under the Link's local names ("status", "is_primary")
+    modified_at: str  # ISO 8601, the cursor's unit
 
 
 @dataclass
@@ -76,6 +93,10 @@ class Connector(Protocol):
     def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]: ...
     def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]: ...
     def fetch_one(self, obj: str, remote_id: str, properties: list[str]) -> Pulled | None: ...
+    # Optional, for connectors that declare ``links`` (link key -> object name):
+    # pull_links(link, cursor) -> Iterator[PulledLink] in modification order, and
+    # fetch_many(obj, remote_ids, properties) -> list[Pulled] (one query for the
+    # records a pulled link names that are not here yet).
     def verify_webhook(self, *, method: str, uri: str, body: bytes, headers: dict[str, str]) -> bool: ...
     def owners(self) -> list[dict[str, str]]: ...
 

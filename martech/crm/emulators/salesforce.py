@@ -16,6 +16,9 @@ Under ``/services/data/vNN.N/``:
   and date-time literals); anything else is a 400 ``MALFORMED_QUERY``, an
   unknown field ``INVALID_FIELD``. Pages of ``query_page_size`` with
   ``nextRecordsUrl``.
+- ``DELETE composite/sobjects?ids=...&allOrNone=false``: Collections delete
+  (per-id results; an unknown id is ``ENTITY_IS_DELETED``);
+  ``DELETE sobjects/{SObject}/{Id}``: one record (204).
 - ``GET sobjects/{SObject}/{Id}``: one record.
 - Bulk API 2.0 ingest: ``POST jobs/ingest``, ``PUT jobs/ingest/{id}/batches``
   (CSV), ``PATCH jobs/ingest/{id}`` (``UploadComplete``/``Aborted``),
@@ -35,8 +38,13 @@ refused again at once).
 Rules enforced per record, as Salesforce does: required fields on create
 (Lead: LastName, Company; Contact: LastName; Account: Name; Opportunity:
 Name, StageName, CloseDate; Campaign: Name; CampaignMember: CampaignId and a
-LeadId or ContactId), a valid Email, known fields only (custom ``__c`` fields
-are accepted on every object).
+LeadId or ContactId; OpportunityContactRole: OpportunityId and ContactId, a
+Contact's id), a valid Email, known fields only (custom ``__c`` fields are
+accepted on every object). A CampaignMember is one per person and campaign (a
+second is ``DUPLICATE_VALUE`` "Already a campaign member."), its
+``HasResponded`` (read-only) follows ``Status``; an Opportunity has at most
+one primary OpportunityContactRole (setting one clears the other). Deleting
+a record deletes the members and roles that point at it.
 """
 from __future__ import annotations
 
@@ -65,21 +73,25 @@ FIELDS = {
                     "IsWon", "CurrencyIsoCode"},
     "Campaign": {"Type", "Status", "StartDate", "EndDate", "BudgetedCost", "ActualCost", "IsActive"},
     "CampaignMember": {"CampaignId", "LeadId", "ContactId", "Status", "HasResponded", "FirstRespondedDate"},
+    "OpportunityContactRole": {"OpportunityId", "ContactId", "Role", "IsPrimary"},
     "User": {"Email", "FirstName", "LastName", "IsActive", "Username"},
     # Task: IsClosed is read-only, derived from Status (CLOSED_TASK_STATUSES).
     "Task": {"WhoId", "WhatId", "Subject", "ActivityDate", "Status", "Priority", "Description", "IsClosed",
              "CompletedDateTime"},
 }
 CLOSED_TASK_STATUSES = {"Completed"}
-READ_ONLY = {"Task": {"IsClosed", "CompletedDateTime"}}
+# A member's HasResponded comes from its Status (the org's CampaignMemberStatus
+# marked "Responded"); Salesforce computes it, a write is refused.
+RESPONDED_MEMBER_STATUSES = {"Responded"}
+READ_ONLY = {"Task": {"IsClosed", "CompletedDateTime"}, "CampaignMember": {"HasResponded", "FirstRespondedDate"}}
 REQUIRED = {"Lead": ("LastName", "Company"), "Contact": ("LastName",), "Account": ("Name",),
             "Opportunity": ("Name", "StageName", "CloseDate"), "Campaign": ("Name",),
-            "CampaignMember": ("CampaignId",)}
+            "CampaignMember": ("CampaignId",), "OpportunityContactRole": ("OpportunityId", "ContactId")}
 # Salesforce's key prefixes: the first three characters of an Id name its object.
 PREFIX = {"Lead": "00Q", "Contact": "003", "Account": "001", "Opportunity": "006", "Campaign": "701",
-          "CampaignMember": "00v", "User": "005", "Task": "00T"}
+          "CampaignMember": "00v", "User": "005", "Task": "00T", "OpportunityContactRole": "00K"}
 REFERENCES = {"Lead": "LeadId", "Contact": "ContactId", "Campaign": "CampaignId", "Account": "AccountId",
-              "Owner": "OwnerId"}
+              "Owner": "OwnerId", "Opportunity": "OpportunityId"}
 COLLECTION_MAX = 200
 
 
@@ -252,6 +264,21 @@ class SalesforceEmulator(EmulatorBase):
             if closed and not record.get("IsClosed"):
                 record["CompletedDateTime"] = stamp
             record["IsClosed"] = closed
+        if sobject == "CampaignMember":
+            record.setdefault("Status", "Sent")
+            responded = record["Status"] in RESPONDED_MEMBER_STATUSES
+            if responded and not record.get("FirstRespondedDate"):
+                record["FirstRespondedDate"] = stamp[:10]
+            record["HasResponded"] = responded
+        if sobject == "OpportunityContactRole":
+            record["IsPrimary"] = bool(record.get("IsPrimary"))
+            if record["IsPrimary"]:
+                # One primary per Opportunity: Salesforce clears the previous one (and stamps it).
+                for other in self.records[sobject].values():
+                    if other is not record and other.get("OpportunityId") == record.get("OpportunityId") \
+                            and other.get("IsPrimary"):
+                        other["IsPrimary"] = False
+                        other["LastModifiedDate"] = other["SystemModstamp"] = self._stamp()
         if record.get("Martech_Id__c"):
             self.by_external[(sobject, str(record["Martech_Id__c"]))] = record_id
         return record
@@ -263,6 +290,23 @@ class SalesforceEmulator(EmulatorBase):
 
     def find(self, sobject: str, **where) -> list[dict]:
         return [r for r in self.records[sobject].values() if all(r.get(k) == v for k, v in where.items())]
+
+    def delete(self, record_id: str) -> bool:
+        """Delete a record (its Id names its sObject); False when there is none."""
+        sobject = next((name for name, prefix in PREFIX.items() if record_id.startswith(prefix)), None)
+        record = self.records[sobject].pop(record_id, None) if sobject else None
+        if record is None:
+            return False
+        if record.get("Martech_Id__c"):
+            self.by_external.pop((sobject, str(record["Martech_Id__c"])), None)
+        # Like Salesforce: a person's campaign memberships and contact roles, and an
+        # Opportunity's or a Campaign's, go with it.
+        for child, lookups in (("CampaignMember", ("LeadId", "ContactId", "CampaignId")),
+                               ("OpportunityContactRole", ("ContactId", "OpportunityId"))):
+            for child_id in [r["Id"] for r in self.records[child].values()
+                             if any(r.get(f) == record_id for f in lookups)]:
+                self.delete(child_id)
+        return True
 
     # --- HTTP ---
     def rate_limited(self) -> Response:
@@ -307,8 +351,15 @@ class SalesforceEmulator(EmulatorBase):
             return self.query_more(parts[1], version)
         if method == "GET" and len(parts) == 3 and parts[0] == "sobjects":
             return self.get_one(parts[1], parts[2], request.args.get("fields"), version)
+        if method == "DELETE" and len(parts) == 3 and parts[0] == "sobjects":
+            if parts[1] not in FIELDS or parts[2] not in self.records[parts[1]]:
+                return self.fault(404, "ENTITY_IS_DELETED", "entity is deleted")
+            self.delete(parts[2])
+            return Response(status=204)
         if path == "composite/sobjects" and method in ("POST", "PATCH"):
             return self.collection(request, version, None)
+        if path == "composite/sobjects" and method == "DELETE":
+            return self.collection_delete(request)
         if len(parts) == 4 and parts[:2] == ["composite", "sobjects"] and method == "PATCH":
             return self.collection(request, version, (parts[2], parts[3]))
         if parts[:2] == ["jobs", "ingest"]:
@@ -417,7 +468,7 @@ class SalesforceEmulator(EmulatorBase):
             errors.append({"statusCode": "INVALID_EMAIL_ADDRESS", "fields": ["Email"],
                            "message": f"Email: invalid email address: {email}"})
         for lookup, target in (("LeadId", "Lead"), ("ContactId", "Contact"), ("CampaignId", "Campaign"),
-                               ("AccountId", "Account")):
+                               ("AccountId", "Account"), ("OpportunityId", "Opportunity")):
             value = fields.get(lookup)
             if value and value not in self.records[target]:
                 errors.append({"statusCode": "INVALID_CROSS_REFERENCE_KEY", "fields": [lookup],
@@ -431,6 +482,13 @@ class SalesforceEmulator(EmulatorBase):
         missing = [f for f in REQUIRED.get(sobject, ()) if merged.get(f) in (None, "")]
         if sobject == "CampaignMember" and not (merged.get("LeadId") or merged.get("ContactId")):
             missing.append("LeadId")
+        if sobject == "CampaignMember" and existing is None and not errors:
+            # One member per person per campaign: Salesforce refuses a second one.
+            person = ("LeadId", merged["LeadId"]) if merged.get("LeadId") else ("ContactId", merged.get("ContactId"))
+            if person[1] and any(m.get("CampaignId") == merged.get("CampaignId") and m.get(person[0]) == person[1]
+                                 for m in self.records["CampaignMember"].values()):
+                errors.append({"statusCode": "DUPLICATE_VALUE", "fields": [],
+                               "message": "Already a campaign member."})
         if missing:
             errors.append({"statusCode": "REQUIRED_FIELD_MISSING", "fields": missing,
                            "message": f"Required fields are missing: [{', '.join(missing)}]"})
@@ -483,6 +541,26 @@ class SalesforceEmulator(EmulatorBase):
             if problem := self._check_fields(sobject, record):
                 return self.fault(400, "INVALID_FIELD", problem)
             results.append(self._write_one(sobject, record, mode, upsert[1] if upsert else None))
+        return self.json(results)
+
+    def collection_delete(self, request: Request) -> Response:
+        """``DELETE composite/sobjects?ids=a,b&allOrNone=false``: per-id results, in order."""
+        ids = [i for i in (request.args.get("ids") or "").split(",") if i]
+        if not ids:
+            return self.fault(400, "MISSING_ARGUMENT", "ids parameter not specified")
+        if len(ids) > COLLECTION_MAX:
+            return self.fault(400, "EXCEEDED_ID_LIMIT",
+                              f"record limit reached. cannot submit more than {COLLECTION_MAX} records into this call")
+        if (request.args.get("allOrNone") or "false").lower() == "true":
+            return self.fault(400, "INVALID_FIELD", "allOrNone true is not emulated")
+        self.collection_sizes.append(len(ids))
+        results = []
+        for record_id in ids:
+            if self.delete(record_id):
+                results.append({"id": record_id, "success": True, "errors": []})
+            else:
+                results.append({"id": record_id, "success": False, "errors": [
+                    {"statusCode": "ENTITY_IS_DELETED", "message": "entity is deleted", "fields": []}]})
         return self.json(results)
 
     # --- Bulk API 2.0 ingest ---

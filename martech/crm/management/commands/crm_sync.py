@@ -2,7 +2,9 @@
 
 ``--object`` takes an object key (contact, company, deal, task) or the
 provider's name for it (contacts, companies, deals, tasks); without it every
-object type the connector syncs and that has pull mappings is pulled.
+object type the connector syncs and that has pull mappings is pulled, each
+followed by the links of it the connector syncs (Salesforce CampaignMember
+after ``campaign``, OpportunityContactRole after ``deal``).
 """
 from __future__ import annotations
 
@@ -82,6 +84,11 @@ class Command(BaseCommand):
                         run = services.pull_changes(connection=connection, obj=key, full=opts["full"],
                                                     dry_run=opts["dry_run"], progress=bar)
                     self._report(run)
+                    if opts["dry_run"]:
+                        continue  # links are written as they are read: no dry run for them
+                    for link in services.pulled_link_keys(connection=connection, obj=key, connector=connector):
+                        self._report(services.links_pull(connection=connection, link=link, full=opts["full"],
+                                                         connector=connector))
 
     def _report(self, run):
         self.stdout.write(json.dumps({"provider": run.connection.provider, "kind": run.kind, "object": run.object,

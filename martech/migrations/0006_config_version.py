@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('martech', '0004_lead_total_score_no_index'),
+        ('martech', '0005_campaign_member_event_type'),
     ]
 
     operations = [
