@@ -15,7 +15,8 @@ a 30-day half-life), then measures:
   one lead after one new event (the work inside the task: its hooks, with a
   HubSpot connection pushing the score and a score-threshold workflow
   active; the configuration from the per-process caches), over 200 leads,
-  with CPU time and query count;
+  with CPU time and query count; ``event_task_*``: the same for the whole
+  event task (``tasks.events_arrived``: rescoring, then two lifecycle rules);
 - ``segment_5_clause_count_seconds``: COUNT of a 5-clause segment, and its
   EXPLAIN ANALYZE plan (stderr and the results file).
 
@@ -43,9 +44,10 @@ from django.utils import timezone  # noqa: E402
 from decimal import Decimal  # noqa: E402
 
 from martech.conditions import matching_leads  # noqa: E402
-from martech.models import Account, Event, EventType, Lead  # noqa: E402
+from martech.models import Account, Event, EventType, Lead, LifecycleStage  # noqa: E402
 from martech.scoring import services  # noqa: E402
-from martech.scoring.models import EngagementRule, FitRule, ScoreHistory, ScoringModel  # noqa: E402
+from martech.scoring import tasks as scoring_tasks  # noqa: E402
+from martech.scoring.models import EngagementRule, FitRule, LifecycleRule, ScoreHistory, ScoringModel  # noqa: E402
 from martech.crm.models import Connection, FieldMapping, OutboxItem  # noqa: E402
 from nurture.models import Workflow  # noqa: E402
 
@@ -131,6 +133,13 @@ def setup_hooks() -> Connection:
     for local, remote, kind, extra in CONTACT_MAPPINGS:
         FieldMapping.objects.create(connection=conn, object="contact", local_field=local, remote_field=remote,
                                     kind=kind, **extra)
+    # The lifecycle rules a deployment has (the demo's shape): a score rule
+    # and an event rule, checked by the event task after each rescoring.
+    LifecycleRule.objects.filter(name__startswith="bench scoring").delete()
+    LifecycleRule.objects.create(name="bench scoring MQL", order=1, condition="score >= 500 and fit_score >= 30",
+                                 to_stage=LifecycleStage.objects.get(key="mql"))
+    LifecycleRule.objects.create(name="bench scoring SQL", order=2, to_stage=LifecycleStage.objects.get(key="sql"),
+                                 event_type=EventType.objects.get(name="demo_requested"))
     Workflow.objects.filter(name="bench scoring").delete()
     wf = Workflow.objects.create(name="bench scoring", trigger="score", trigger_config={"threshold": 10_000},
                                  definition={"start": "end", "steps": {"end": {"type": "end"}}})
@@ -166,6 +175,11 @@ def main() -> None:
     emit("leads_in_table", Lead.objects.count(), "rows")
     emit("bench_events_loaded", load_events(10), "rows")
     setup_model()
+    # The events earlier runs added for the incremental part: without them
+    # every run scores the same events (and a lead's daily cap is not
+    # already reached by a rerun the same day).
+    Event.objects.filter(client_event_id__startswith="bench-inc-").delete()
+    Event.objects.filter(client_event_id__startswith="bench-task-").delete()
     # From zero scores and no history, so that runs are repeatable (each run
     # would otherwise add half a million history rows).
     ScoreHistory.objects.all().delete()
@@ -245,6 +259,30 @@ def main() -> None:
     emit("incremental_rescore_cpu_p99_ms", round(percentile(cpu, 0.99), 2), "ms")
     emit("incremental_rescore_queries_max", max(nqueries), "queries")
     emit("incremental_rescore_outbox_items_queued", OutboxItem.objects.filter(connection=hooked).count(), "items")
+    OutboxItem.objects.filter(connection=hooked).delete()
+
+    # The whole event task as the worker runs it (tasks.events_arrived: the
+    # event's lead read, the rescoring, then the lifecycle rules), on 200
+    # other leads.
+    others = random.Random(2).sample([i for i in ids if i not in set(sample) and i != warm], 201)
+    warm_task = Event.objects.create(client_event_id=f"bench-task-{run}-warm", event_type=pv, lead_id=others.pop(),
+                                     occurred_at=timezone.now(), properties={"url": f"/docs/{run}/twarm"})
+    scoring_tasks.events_arrived([warm_task.pk])  # the lifecycle rules' cache, as a running worker has it
+    times, cpu, nqueries = [], [], []
+    for k, lead_id in enumerate(others):
+        event = Event.objects.create(client_event_id=f"bench-task-{run}-{k}", event_type=pv, lead_id=lead_id,
+                                     occurred_at=timezone.now(), properties={"url": f"/docs/{run}/t{k}"})
+        t0, c0 = time.perf_counter(), time.process_time()
+        with CaptureQueriesContext(connection) as queries:
+            scoring_tasks.events_arrived([event.pk])
+        times.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+        nqueries.append(len(queries))
+    emit("event_task_p50_ms", round(percentile(times, 0.50), 2), "ms")
+    emit("event_task_p99_ms", round(percentile(times, 0.99), 2), "ms")
+    emit("event_task_cpu_p50_ms", round(percentile(cpu, 0.50), 2), "ms")
+    emit("event_task_cpu_p99_ms", round(percentile(cpu, 0.99), 2), "ms")
+    emit("event_task_queries_max", max(nqueries), "queries")
     OutboxItem.objects.filter(connection=hooked).delete()
 
     counts, db_cpu = [], []

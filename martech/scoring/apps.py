@@ -12,8 +12,10 @@ class ScoringConfig(AppConfig):
         # receivers (rescoring, lifecycle rules, SQL handoff). No threads.
         from martech import configcache
         from martech.scoring import receivers  # noqa: F401
-        from martech.scoring.models import EngagementRule, FitRule, ScoringModel
-        from martech.scoring.services import RULES_KEY
+        from martech.models import LifecycleStage
+        from martech.scoring.models import EngagementRule, FitRule, LifecycleRule, ScoringModel
+        from martech.scoring.services import LIFECYCLE_KEY, RULES_KEY
 
         # Workers cache the parsed rules; any save or delete invalidates them.
         configcache.watch(RULES_KEY, ScoringModel, FitRule, EngagementRule)
+        configcache.watch(LIFECYCLE_KEY, LifecycleRule, LifecycleStage)

@@ -472,27 +472,65 @@ def _order(stage_id: int | None, orders: dict[int, int]) -> int:
     return -1 if stage_id is None else orders.get(stage_id, -1)
 
 
+# The lifecycle rules (parsed) and the stages' order, per worker process
+# (martech.configcache), like the scoring rules: every event's task runs them.
+LIFECYCLE_KEY = "scoring.lifecycle"
+
+
+@dataclass(frozen=True)
+class _Lifecycle:
+    orders: dict[int, int]
+    rules: tuple[tuple[LifecycleRule, Condition | None], ...]
+    # What the conditions read, for a narrow read of a few leads (as _Rules).
+    related: tuple[str, ...]
+    load: tuple[str, ...]
+
+
+def _load_lifecycle() -> _Lifecycle:
+    rules = tuple((r, parse(r.condition) if r.condition else None)
+                  for r in LifecycleRule.objects.filter(is_active=True).select_related("to_stage"))
+    conds = [c for _, c in rules if c is not None]
+    return _Lifecycle(dict(LifecycleStage.objects.values_list("pk", "order")), rules, _related_for(conds),
+                      tuple(sorted(load_fields({p for c in conds for p in c.fields}) | {"lifecycle_stage"})))
+
+
 def lifecycle_apply(*, lead_ids: Iterable[int], event_type_ids: Iterable[int] = (), actor=None,
                     now: dt.datetime | None = None) -> list[StageTransition]:
     """Run the active lifecycle rules (in order) over these leads; the first
     rule that moves a lead wins. Condition rules apply when the condition
     matches; event rules when one of ``event_type_ids`` just arrived (and the
     condition, if any, matches). Forward only unless the rule allows going
-    back. Every move goes through lead_change_stage."""
+    back. Every move goes through lead_change_stage.
+
+    A few leads (an event's task) are read once and the conditions evaluated
+    in memory; a bigger set is filtered in SQL rule by rule (``evaluate``
+    and ``to_q`` agree: the condition property tests)."""
     now = now or timezone.now()
     event_type_ids = set(event_type_ids)
-    orders = dict(LifecycleStage.objects.values_list("pk", "order"))
+    lifecycle = configcache.cached(LIFECYCLE_KEY, _load_lifecycle)
+    orders = lifecycle.orders
     moved: list[StageTransition] = []
     pending = set(lead_ids)
-    for rule in LifecycleRule.objects.filter(is_active=True).select_related("to_stage"):
+    rules = [(rule, cond) for rule, cond in lifecycle.rules
+             if not rule.event_type_id or rule.event_type_id in event_type_ids]
+    if not rules or not pending:
+        return moved
+    in_memory: dict[int, Lead] | None = None
+    if len(pending) <= IN_MEMORY_MAX:
+        qs = Lead.objects.filter(pk__in=pending).select_related(*lifecycle.related).only(*lifecycle.load)
+        in_memory = {lead.pk: lead for lead in qs}
+    for rule, cond in rules:
         if not pending:
             break
-        if rule.event_type_id and rule.event_type_id not in event_type_ids:
-            continue
-        qs = Lead.objects.filter(pk__in=pending)
-        if rule.condition:
-            qs = qs.filter(parse(rule.condition).to_q(now=now))
-        for lead in qs.only("pk", "lifecycle_stage_id"):
+        if in_memory is not None:
+            candidates = [in_memory[pk] for pk in sorted(pending) if pk in in_memory
+                          and (cond is None or cond.evaluate(in_memory[pk], now=now))]
+        else:
+            qs = Lead.objects.filter(pk__in=pending)
+            if cond is not None:
+                qs = qs.filter(cond.to_q(now=now))
+            candidates = qs.only("pk", "lifecycle_stage_id")
+        for lead in candidates:
             target = orders[rule.to_stage_id]
             current = _order(lead.lifecycle_stage_id, orders)
             if target == current or (target < current and not rule.allow_backward):

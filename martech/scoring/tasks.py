@@ -21,24 +21,28 @@ def enqueue(func: str, *args) -> None:
 
 
 def rescore_leads(lead_ids: list[int], reason: str = "lead changed") -> int:
+    from martech import configcache
     from martech.scoring import services
 
-    changed = services.scores_recompute(lead_ids=lead_ids, reason=reason)
-    services.lifecycle_apply(lead_ids=lead_ids)
+    with configcache.snapshot():  # the task's configuration checked with one query
+        changed = services.scores_recompute(lead_ids=lead_ids, reason=reason)
+        services.lifecycle_apply(lead_ids=lead_ids)
     return changed
 
 
 def events_arrived(event_ids: list[int]) -> int:
     """Rescore the leads of new events, then run lifecycle rules (including
     event rules such as demo_requested -> SQL)."""
+    from martech import configcache
     from martech.models import Event
     from martech.scoring import services
 
     rows = list(Event.objects.filter(pk__in=event_ids, lead__isnull=False).values_list("lead_id", "event_type_id"))
     lead_ids = sorted({lead for lead, _ in rows})
-    changed = services.scores_recompute(lead_ids=lead_ids, reason="event")
-    for lead_id in lead_ids:
-        services.lifecycle_apply(lead_ids=[lead_id], event_type_ids={t for lead, t in rows if lead == lead_id})
+    with configcache.snapshot():  # the task's configuration checked with one query
+        changed = services.scores_recompute(lead_ids=lead_ids, reason="event")
+        for lead_id in lead_ids:
+            services.lifecycle_apply(lead_ids=[lead_id], event_type_ids={t for lead, t in rows if lead == lead_id})
     return changed
 
 

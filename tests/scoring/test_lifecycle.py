@@ -201,3 +201,68 @@ def test_stale_mqls_are_flagged_and_cleared(db, settings):
     quiet.save()
     assert services.stale_mqls_flag(now=now) == (0, 1)
     assert not StaleFlag.objects.exists()
+
+
+def _lifecycle_rules(demo_requested):
+    LifecycleRule.objects.create(name="MQL", order=1, condition='score >= 50 and account.industry = "Fintech"',
+                                 to_stage=stage("mql"))
+    LifecycleRule.objects.create(name="Demo", order=2, event_type=demo_requested, to_stage=stage("sql"))
+    LifecycleRule.objects.create(name="Recycle", order=3, condition='country = "FR" and score < 10',
+                                 to_stage=stage("lead"), allow_backward=True)
+
+
+def _population(n):
+    from tests.factories import AccountFactory
+
+    fintech, retail = AccountFactory(industry="Fintech"), AccountFactory(industry="Retail")
+    leads = []
+    for i in range(n):
+        leads.append(LeadFactory(total_score=(i * 7) % 100, account=(fintech, retail, None)[i % 3],
+                                 country=("FR", "DE")[i % 2],
+                                 lifecycle_stage=stage(("lead", "mql", "sql")[(i // 3) % 3])))
+    return leads
+
+
+@pytest.mark.parametrize("n", [services.IN_MEMORY_MAX, services.IN_MEMORY_MAX + 1])
+def test_in_memory_and_sql_lifecycle_paths_move_the_same_leads(model, demo_requested, n):
+    """Up to IN_MEMORY_MAX leads are read once and the conditions evaluated
+    in memory, more are filtered in SQL rule by rule: both move exactly the
+    leads the rules say (first matching rule wins, forward only unless allowed)."""
+    _lifecycle_rules(demo_requested)
+    leads = _population(n)
+    with_event = {lead.pk for lead in leads[::4]}
+    expected = {}
+    for lead in leads:
+        order = lead.lifecycle_stage.order
+        if lead.total_score >= 50 and lead.account is not None and lead.account.industry == "Fintech" \
+                and stage("mql").order > order:
+            expected[lead.pk] = "mql"
+        elif lead.pk in with_event and stage("sql").order > order:
+            expected[lead.pk] = "sql"
+        elif lead.country == "FR" and lead.total_score < 10 and lead.lifecycle_stage.key != "lead":
+            expected[lead.pk] = "lead"
+    moved = services.lifecycle_apply(lead_ids=[lead.pk for lead in leads if lead.pk not in with_event])
+    moved += services.lifecycle_apply(lead_ids=sorted(with_event), event_type_ids={demo_requested.pk})
+    assert {t.lead_id: t.to_stage.key for t in moved} == expected
+    assert len(expected) > 5  # the population exercises every rule
+
+
+def test_an_event_task_reads_configuration_once(model, demo_requested, django_assert_num_queries):
+    """The event task (rescoring and lifecycle rules) with warm caches: one
+    configuration-token query for the scoring rules, the lifecycle rules and
+    the hooks; one lead read for the lifecycle rules whatever their number."""
+    from martech.scoring import tasks
+
+    _lifecycle_rules(demo_requested)
+    lead = LeadFactory(country="DE")
+    tasks.events_arrived([EventFactory(lead=lead, client_event_id="life-1").pk])  # warms the caches
+    event = EventFactory(lead=lead, client_event_id="life-2")
+    # event ids, tokens, savepoint, lead (locked), release (the model has
+    # no engagement rules: no events read), lead for the lifecycle rules (no
+    # rule moves it).
+    with django_assert_num_queries(6):
+        tasks.events_arrived([event.pk])
+    LifecycleRule.objects.create(name="Any", order=0, condition='country = "DE"', to_stage=stage("mql"))
+    tasks.events_arrived([EventFactory(lead=lead, client_event_id="life-3").pk])  # the new rule is seen at once
+    lead.refresh_from_db()
+    assert lead.lifecycle_stage.key == "mql"
