@@ -727,7 +727,12 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
                  connector: Connector | None = None, progress=None) -> SyncRun:
     """Incremental pull of one object type since its stored cursor (HubSpot:
     search on last-modified date). Each record goes through the object
-    type's write service. The cursor advances only past records handled."""
+    type's write service. The cursor advances only past records handled.
+
+    First the due failures of earlier pulls are fetched again and applied
+    (``_pull_retry``; ``run.retried``/``run.recovered``). A record refused
+    now (ValidationError) is recorded as a PullFailure and the rest go on;
+    the run's error lists every failure. A dry run neither retries nor records."""
     object_type = objects.get(obj)
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=obj)
     connector = connector or connector_for(connection)
@@ -846,9 +851,11 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
 
     A link that cannot be applied (its parent not pulled yet, the person
     unknown to the CRM, a refused value) is counted as failed with its
-    reason in the run's error, and the cursor moves past it like the other
-    pulls; ``full=True`` replays it. Links deleted in the CRM are not seen
-    by a modification-time pull and stay here."""
+    reason in the run's error and kept as a PullFailure (object: the link
+    key), and the cursor moves past it like the other pulls; the next runs
+    fetch the due ones again by id (``fetch_links``) ahead of the changed
+    links. Links deleted in the CRM are not seen by a modification-time pull
+    and stay here."""
     parent_type, spec = _link_of(link)
     other_type = objects.get(spec.other)
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=link)
@@ -1094,13 +1101,13 @@ def _pull_failures_settle(connection: Connection, key: str, outcomes: PullOutcom
 
 
 @transaction.atomic
-def pull_failure_retry(*, failures: Iterable[PullFailure], actor=None) -> int:
+def pull_failure_retry(*, items: Iterable[PullFailure], actor=None) -> int:
     """Make pending or dead pull failures due now with fresh attempts (the
     admin's "retry now"), then wake one pull per connection and type after
     the commit; the pull fetches and applies them. Resolved ones are left."""
     keys: set[tuple[int, str]] = set()
     ids = []
-    for failure in failures:
+    for failure in items:
         if failure.status == PullFailure.Status.RESOLVED:
             continue
         ids.append(failure.pk)
