@@ -868,7 +868,7 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
     outcomes = PullOutcomes()
     try:
         # Earlier failures that are due first, through the same steps as the changed links.
-        retry = _link_retry(connection, connector, link, run, outcomes)
+        retry = _link_retry(connection, connector, link, run, outcomes, errors)
         stream = itertools.chain(retry, connector.pull_links(link, "" if full else cursor.value))
         while True:
             chunk = list(itertools.islice(stream, LINK_BATCH))
@@ -1007,10 +1007,15 @@ def _pull_retry(connection: Connection, connector: Connector, object_type: objec
     run.retried += len(remote_ids)
     outcomes.retried.update(remote_ids)
     fields = sorted({m.remote_field for m in mappings})
-    if hasattr(connector, "fetch_many"):
-        fetched = connector.fetch_many(object_type.key, remote_ids, fields)
-    else:
-        fetched = [p for p in (connector.fetch_one(object_type.key, r, fields) for r in remote_ids) if p is not None]
+    try:
+        if hasattr(connector, "fetch_many"):
+            fetched = connector.fetch_many(object_type.key, remote_ids, fields)
+        else:
+            fetched = [p for p in (connector.fetch_one(object_type.key, r, fields) for r in remote_ids)
+                       if p is not None]
+    except PermanentError as exc:
+        _refetch_refused(exc, remote_ids, run, outcomes, errors)
+        return
     by_id = {p.remote_id: p for p in fetched}
     outcomes.gone.update(r for r in remote_ids if r not in by_id)
     for remote_id in remote_ids:
@@ -1033,8 +1038,21 @@ def _pull_retry(connection: Connection, connector: Connector, object_type: objec
             progress.update(1)
 
 
+def _refetch_refused(exc: PermanentError, remote_ids: list[str], run: SyncRun, outcomes: PullOutcomes,
+                    errors: list[str]) -> None:
+    """The CRM refused the fetch itself (not a 429/5xx, which stop the run
+    and leave the failures due after the lease): an attempt of each, so a
+    bad row goes dead instead of holding the type's pulls back."""
+    if isinstance(exc, AuthError):
+        raise exc
+    for remote_id in remote_ids:
+        outcomes.result[remote_id] = f"fetching it again: {exc}"
+    run.failed += len(remote_ids)
+    errors.append(f"fetching {len(remote_ids)} earlier failure(s) again: {exc}")
+
+
 def _link_retry(connection: Connection, connector: Connector, link: str, run: SyncRun,
-                outcomes: PullOutcomes) -> list:
+                outcomes: PullOutcomes, errors: list[str]) -> list:
     """The due failed links of type ``link``, fetched again (one query per
     page, ``fetch_links``), for ``links_pull`` to apply ahead of the changed ones."""
     fetch = getattr(connector, "fetch_links", None)
@@ -1043,7 +1061,11 @@ def _link_retry(connection: Connection, connector: Connector, link: str, run: Sy
         return []
     run.retried += len(remote_ids)
     outcomes.retried.update(remote_ids)
-    fetched = fetch(link, remote_ids)
+    try:
+        fetched = fetch(link, remote_ids)
+    except PermanentError as exc:
+        _refetch_refused(exc, remote_ids, run, outcomes, errors)
+        return []
     found = {p.remote_id for p in fetched}
     outcomes.gone.update(r for r in remote_ids if r not in found)
     return fetched

@@ -222,6 +222,19 @@ def test_invalid_salesforce_value_is_retried_then_dead_and_the_admin_brings_it_b
     assert failure.status == "resolved"
 
 
+def test_a_refused_fetch_counts_an_attempt_and_the_pull_goes_on(sf_employees, salesforce):
+    """A failure the CRM will not even read (here an id Salesforce refuses)
+    moves to dead like any other, and never holds back the type's pulls."""
+    PullFailure.objects.create(connection=sf_employees, object="contact", remote_id="not-an-id", error="x")
+    salesforce.put("Lead", {"LastName": "Ray", "Company": "Acme", "Email": "ray@example.org"})
+    run = pull_changes(connection=sf_employees)
+    assert (run.retried, run.failed, run.pulled) == (1, 1, 1)
+    assert "fetching 1 earlier failure(s) again: 'not-an-id' is not a Salesforce Lead id" in run.error
+    failure = PullFailure.objects.get()
+    assert (failure.attempts, failure.status) == (2, "pending") and "not a Salesforce Lead id" in failure.error
+    assert Lead.objects.filter(email="ray@example.org").exists()
+
+
 # --- links ----------------------------------------------------------------------
 
 def test_failed_campaign_member_is_fetched_by_id_once_its_campaign_is_here(sf_connection, salesforce, slow_backoff):
