@@ -264,7 +264,7 @@ def test_failed_campaign_member_is_fetched_by_id_once_its_campaign_is_here(sf_co
     assert Event.objects.filter(event_type__name="campaign_member_added", lead=ann).count() == 1
     failure.refresh_from_db()
     assert failure.status == "resolved"
-    # The health page names a link by its label.
+    # "Retry now"'s task pulls a link type by its key too: nothing left to retry.
     assert services.pull_one(connection=sf_connection, key="campaign_member").retried == 0
 
 
