@@ -161,6 +161,42 @@ class DeadLetter(OutboxItem):
         verbose_name = "dead letter"
 
 
+class PullFailure(models.Model):
+    """A pulled record (or link) we could not apply: kept with the CRM's
+    error, re-fetched and applied again by the next pulls of its object type
+    on the outbox's backoff (services.pull_failures_retry_due), dead after
+    MAX_ATTEMPTS like an outbox item. One row per record: failing again (a
+    retry, or a new version pulled from the CRM) updates it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending retry"
+        DEAD = "dead", "Dead letter"
+        RESOLVED = "resolved", "Resolved"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="pull_failures")
+    # An object key (contact, task ...) or a link key (campaign_member, contact_role).
+    object = models.CharField(max_length=20)
+    remote_id = models.CharField(max_length=64)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(help_text="The last failure: the field and the reason.")
+    attempts = models.PositiveSmallIntegerField(default=1)
+    first_failed_at = models.DateTimeField(default=timezone.now)
+    last_failed_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "object", "remote_id"], name="crm_pullfailure_unique"),
+        ]
+        # Each pull of an object type asks for its due pending failures first.
+        indexes = [models.Index(fields=["connection", "object", "status", "next_attempt_at"],
+                                name="crm_pullfailure_due")]
+
+    def __str__(self) -> str:
+        return f"{self.object} {self.remote_id} ({self.status})"
+
+
 class PushState(models.Model):
     """What was last pushed for a record: the remote id and the payload's
     hash, so an unchanged payload is not sent again, and the associations
@@ -209,6 +245,9 @@ class SyncRun(models.Model):
     skipped = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     api_calls = models.PositiveIntegerField(default=0)
+    # Pulls: earlier failures (PullFailure) fetched and applied again, and how many of them went through.
+    retried = models.PositiveIntegerField(default=0)
+    recovered = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
 
     @property

@@ -7,7 +7,7 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from martech.crm import objects
-from martech.crm.models import Connection, OutboxItem, PushState, SyncCursor, SyncRun
+from martech.crm.models import Connection, OutboxItem, PullFailure, PushState, SyncCursor, SyncRun
 
 
 def connection_health(*, connection: Connection) -> dict:
@@ -20,6 +20,7 @@ def connection_health(*, connection: Connection) -> dict:
         dead=Count("pk", filter=Q(status="dead")),
     )
     used = connection.api_calls_used if connection.api_calls_day == now.date() else 0
+    pull_failures = _pull_failures(connection)
     return {
         "runs_24h": counts["total"],
         "success_rate_24h": round(100 * counts["ok"] / counts["total"], 1) if counts["total"] else None,
@@ -32,7 +33,26 @@ def connection_health(*, connection: Connection) -> dict:
         "stopped_reason": connection.stopped_reason,
         "dead_letters": outbox["dead"],
         "by_object": _by_object(connection, now),
+        "pull_failures_pending": sum(row["pending"] for row in pull_failures),
+        "pull_failures_dead": sum(row["dead"] for row in pull_failures),
+        "pull_failures": pull_failures,
     }
+
+
+def _pull_failures(connection: Connection) -> list[dict]:
+    """Pulled records not applied yet, per object or link type: pending
+    (retried by the next pulls) and dead (waiting for "retry now")."""
+    links = {link.key: link.label for obj in objects.all_types() for link in obj.links}
+    rows = (PullFailure.objects.filter(connection=connection).exclude(status=PullFailure.Status.RESOLVED)
+            .values("object").annotate(pending=Count("pk", filter=Q(status=PullFailure.Status.PENDING)),
+                                       dead=Count("pk", filter=Q(status=PullFailure.Status.DEAD)))
+            .order_by("object"))
+    out = []
+    for row in rows:
+        key = row["object"]
+        label = links.get(key) or (objects.get(key).label if key in {o.key for o in objects.all_types()} else key)
+        out.append({"object": key, "label": label, "pending": row["pending"], "dead": row["dead"]})
+    return out
 
 
 def _by_object(connection: Connection, now) -> list[dict]:

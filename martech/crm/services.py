@@ -8,12 +8,14 @@ import itertools
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from martech import hooks
@@ -26,6 +28,7 @@ from martech.crm.models import (
     FieldMapping,
     LifecycleMapping,
     OutboxItem,
+    PullFailure,
     PushState,
     SyncCursor,
     SyncRun,
@@ -287,6 +290,13 @@ def _claim(connection: Connection, limit: int, object_keys: list[str], started: 
     return items
 
 
+def _backoff(attempts: int) -> dt.timedelta:
+    """The wait after failed attempt number ``attempts`` of a push (outbox
+    item) or of a pulled record (PullFailure): BACKOFF_BASE minutes, doubled
+    each time; MAX_ATTEMPTS makes either a dead letter."""
+    return dt.timedelta(seconds=settings.MARTECH_CRM["BACKOFF_BASE"] * 60 * (2 ** (attempts - 1)))
+
+
 def _fail(items: Iterable[OutboxItem], error: str, *, dead_now: bool = False) -> int:
     max_attempts = settings.MARTECH_CRM["MAX_ATTEMPTS"]
     now = timezone.now()
@@ -298,8 +308,7 @@ def _fail(items: Iterable[OutboxItem], error: str, *, dead_now: bool = False) ->
             item.status = OutboxItem.Status.DEAD
             dead += 1
         else:
-            backoff = settings.MARTECH_CRM["BACKOFF_BASE"] * 60 * (2 ** (item.attempts - 1))
-            item.next_attempt_at = now + dt.timedelta(seconds=backoff)
+            item.next_attempt_at = now + _backoff(item.attempts)
     OutboxItem.objects.bulk_update(list(items), ["attempts", "last_error", "status", "next_attempt_at"], batch_size=500)
     return dead
 
@@ -718,7 +727,12 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
                  connector: Connector | None = None, progress=None) -> SyncRun:
     """Incremental pull of one object type since its stored cursor (HubSpot:
     search on last-modified date). Each record goes through the object
-    type's write service. The cursor advances only past records handled."""
+    type's write service. The cursor advances only past records handled.
+
+    First the due failures of earlier pulls are fetched again and applied
+    (``_pull_retry``; ``run.retried``/``run.recovered``). A record refused
+    now (ValidationError) is recorded as a PullFailure and the rest go on;
+    the run's error lists every failure. A dry run neither retries nor records."""
     object_type = objects.get(obj)
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=obj)
     connector = connector or connector_for(connection)
@@ -726,27 +740,36 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
     newest = cursor.value
     before = connector.stats.api_calls
+    outcomes = PullOutcomes()
+    errors: list[str] = []
     try:
         remote_fields = sorted({m.remote_field for m in mappings})
+        if not dry_run:
+            _pull_retry(connection, connector, object_type, mappings, run, outcomes, errors, progress)
         for pulled in connector.pull_since(object_type.key, "" if full else cursor.value, remote_fields):
             try:
                 outcome = pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
                                        dry_run=dry_run, connector=connector)
             except ValidationError as exc:
                 run.failed += 1
-                run.error = f"{pulled.remote_id}: {exc.message_dict if hasattr(exc, 'message_dict') else exc}"[:2000]
+                errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
                 outcome = None
             if outcome == "pulled":
                 run.pulled += 1
             elif outcome == "skipped":
                 run.skipped += 1
+            if outcome is not None:
+                outcomes.applied(pulled.remote_id)
             newest = max(newest, pulled.modified_at)
             if progress is not None:
                 progress.update(1)
     except (TransientError, PermanentError) as exc:
-        run.error = str(exc)[:2000]
-        _record_error(connection, run.error, stop=isinstance(exc, AuthError))
+        errors.append(str(exc))
+        _record_error(connection, str(exc)[:2000], stop=isinstance(exc, AuthError))
     finally:
+        run.error = _errors_summary(errors)
+        if not dry_run:
+            run.recovered = _pull_failures_settle(connection, obj, outcomes)
         if not dry_run and newest != cursor.value:
             cursor.value = newest
             cursor.save(update_fields=["value", "updated_at"])
@@ -774,14 +797,17 @@ def _link_others(connection: Connection, connector: Connector, other: objects.Ob
     missing = [r for r, local in found.items() if local is None]
     if missing and hasattr(connector, "fetch_many"):
         mappings = [m for m in connection.mappings.filter(object=other.key) if m.pulls]
+        outcomes = PullOutcomes()  # recorded against the record's own type
         for pulled in connector.fetch_many(other.key, missing, sorted({m.remote_field for m in mappings})):
             try:
                 pulled_apply(connection=connection, pulled=pulled, obj=other.key, mappings=mappings,
                              connector=connector)
             except ValidationError as exc:
-                errors.append(f"{pulled.remote_id}: {exc.message_dict if hasattr(exc, 'message_dict') else exc}")
+                errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
                 continue
+            outcomes.applied(pulled.remote_id)
             found[pulled.remote_id] = _local_by_remote_id(connection, other, pulled.remote_id)
+        _pull_failures_settle(connection, other.key, outcomes)
     return found
 
 
@@ -825,9 +851,11 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
 
     A link that cannot be applied (its parent not pulled yet, the person
     unknown to the CRM, a refused value) is counted as failed with its
-    reason in the run's error, and the cursor moves past it like the other
-    pulls; ``full=True`` replays it. Links deleted in the CRM are not seen
-    by a modification-time pull and stay here."""
+    reason in the run's error and kept as a PullFailure (object: the link
+    key), and the cursor moves past it like the other pulls; the next runs
+    fetch the due ones again by id (``fetch_links``) ahead of the changed
+    links. Links deleted in the CRM are not seen by a modification-time pull
+    and stay here."""
     parent_type, spec = _link_of(link)
     other_type = objects.get(spec.other)
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=link)
@@ -837,8 +865,11 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
     before = connector.stats.api_calls
     source = f"crm:{connection.provider}"
     errors: list[str] = []
+    outcomes = PullOutcomes()
     try:
-        stream = connector.pull_links(link, "" if full else cursor.value)
+        # Earlier failures that are due first, through the same steps as the changed links.
+        retry = _link_retry(connection, connector, link, run, outcomes, errors)
+        stream = itertools.chain(retry, connector.pull_links(link, "" if full else cursor.value))
         while True:
             chunk = list(itertools.islice(stream, LINK_BATCH))
             if not chunk:
@@ -865,16 +896,17 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
                             if spec.removable:
                                 _link_synced_set(connection, parent_type, spec, parent, other, pulled.other_id)
                             run.pulled += 1
+                    outcomes.applied(pulled.remote_id)
                 except ValidationError as exc:
                     run.failed += 1
-                    errors.append(f"{spec.label} {pulled.remote_id}: "
-                                  f"{exc.message_dict if hasattr(exc, 'message_dict') else exc}")
+                    errors.append(f"{spec.label} {pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
                 newest = max(newest, pulled.modified_at)
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
         _record_error(connection, str(exc)[:2000], stop=isinstance(exc, AuthError))
     finally:
-        run.error = "; ".join(errors)[:2000]
+        run.error = _errors_summary(errors)
+        run.recovered = _pull_failures_settle(connection, link, outcomes)
         if newest != cursor.value:
             cursor.value = newest
             cursor.save(update_fields=["value", "updated_at"])
@@ -897,6 +929,231 @@ def pulled_object_keys(*, connection: Connection, connector: Connector | None = 
     connector = connector or connector_for(connection)
     mapped = set(connection.mappings.filter(direction__in=["pull", "both"]).values_list("object", flat=True))
     return [o.key for o in objects.synced_by(connector) if o.key in mapped]
+
+
+# --- pull failures ------------------------------------------------------------
+# A pulled record (or link) that cannot be applied is kept as a PullFailure
+# with its error, and each later pull of its type first fetches the due ones
+# again (in batch) and applies them; after MAX_ATTEMPTS it is a dead letter
+# (admin: pull failures, "retry now"). The cursor still moves past it, so one
+# bad record never holds the others back.
+
+# Due failures one pull run takes again (the rest wait for the next run).
+PULL_RETRY_BATCH = 500
+
+
+@dataclass
+class PullOutcomes:
+    """What one pull run did to each record, settled into PullFailure at its end."""
+
+    result: dict[str, str | None] = field(default_factory=dict)  # remote id -> its error, None once applied
+    retried: set[str] = field(default_factory=set)
+    gone: set[str] = field(default_factory=set)  # retried and no longer in the CRM
+
+    def failed(self, remote_id: str, exc: ValidationError) -> str:
+        self.result[remote_id] = _rejection(exc)
+        return self.result[remote_id]
+
+    def applied(self, remote_id: str) -> None:
+        self.result[remote_id] = None
+
+
+def _rejection(exc: ValidationError) -> str:
+    """The field and the reason, as the run's error has always shown them."""
+    return str(exc.message_dict if hasattr(exc, "message_dict") else exc)
+
+
+def _errors_summary(errors: list[str], limit: int = 2000) -> str:
+    """A run's error: every failure, not only the last, cut to the column
+    with the count of those left out (each is kept as a PullFailure)."""
+    text = "; ".join(errors)
+    if len(text) <= limit:
+        return text
+    shown: list[str] = []
+    for error in errors:
+        tail = f"; ... and {len(errors) - len(shown)} more (see pull failures)"
+        if len("; ".join([*shown, error])) + len(tail) > limit:
+            break
+        shown.append(error)
+    if not shown:  # one error longer than the column
+        return errors[0][:limit]
+    return "; ".join(shown) + f"; ... and {len(errors) - len(shown)} more (see pull failures)"
+
+
+def _pull_failures_due(connection: Connection, key: str) -> list[str]:
+    """Take the due pending failures of one object or link type under a
+    lease (like the outbox's ``_claim``), so two overlapping pulls do not
+    both retry them; a run that dies leaves them due again after LEASE."""
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(PullFailure.objects.select_for_update(skip_locked=True)
+                    .filter(connection=connection, object=key, status=PullFailure.Status.PENDING,
+                            next_attempt_at__lte=now)
+                    .order_by("next_attempt_at", "pk").values_list("pk", "remote_id")[:PULL_RETRY_BATCH])
+        if rows:
+            PullFailure.objects.filter(pk__in=[pk for pk, _ in rows]).update(next_attempt_at=now + LEASE)
+    return [remote_id for _, remote_id in rows]
+
+
+def _pull_retry(connection: Connection, connector: Connector, object_type: objects.ObjectType,
+                mappings: list[FieldMapping], run: SyncRun, outcomes: PullOutcomes, errors: list[str],
+                progress=None) -> None:
+    """Fetch the due failures of ``object_type`` again and apply them: one
+    batch read per page (``fetch_many``), else one read per record where
+    the connector has only ``fetch_one``."""
+    remote_ids = _pull_failures_due(connection, object_type.key)
+    if not remote_ids:
+        return
+    run.retried += len(remote_ids)
+    outcomes.retried.update(remote_ids)
+    fields = sorted({m.remote_field for m in mappings})
+    try:
+        if hasattr(connector, "fetch_many"):
+            fetched = connector.fetch_many(object_type.key, remote_ids, fields)
+        else:
+            fetched = [p for p in (connector.fetch_one(object_type.key, r, fields) for r in remote_ids)
+                       if p is not None]
+    except PermanentError as exc:
+        _refetch_refused(exc, remote_ids, run, outcomes, errors)
+        return
+    by_id = {p.remote_id: p for p in fetched}
+    outcomes.gone.update(r for r in remote_ids if r not in by_id)
+    for remote_id in remote_ids:
+        pulled = by_id.get(remote_id)
+        if pulled is None:
+            continue
+        try:
+            outcome = pulled_apply(connection=connection, pulled=pulled, obj=object_type.key, mappings=mappings,
+                                   connector=connector)
+        except ValidationError as exc:
+            run.failed += 1
+            errors.append(f"{remote_id}: {outcomes.failed(remote_id, exc)}")
+        else:
+            outcomes.applied(remote_id)
+            if outcome == "pulled":
+                run.pulled += 1
+            else:
+                run.skipped += 1
+        if progress is not None:
+            progress.update(1)
+
+
+def _refetch_refused(exc: PermanentError, remote_ids: list[str], run: SyncRun, outcomes: PullOutcomes,
+                    errors: list[str]) -> None:
+    """The CRM refused the fetch itself (not a 429/5xx, which stop the run
+    and leave the failures due after the lease): an attempt of each, so a
+    bad row goes dead instead of holding the type's pulls back."""
+    if isinstance(exc, AuthError):
+        raise exc
+    for remote_id in remote_ids:
+        outcomes.result[remote_id] = f"fetching it again: {exc}"
+    run.failed += len(remote_ids)
+    errors.append(f"fetching {len(remote_ids)} earlier failure(s) again: {exc}")
+
+
+def _link_retry(connection: Connection, connector: Connector, link: str, run: SyncRun,
+                outcomes: PullOutcomes, errors: list[str]) -> list:
+    """The due failed links of type ``link``, fetched again (one query per
+    page, ``fetch_links``), for ``links_pull`` to apply ahead of the changed ones."""
+    fetch = getattr(connector, "fetch_links", None)
+    remote_ids = _pull_failures_due(connection, link) if fetch is not None else []
+    if not remote_ids:
+        return []
+    run.retried += len(remote_ids)
+    outcomes.retried.update(remote_ids)
+    try:
+        fetched = fetch(link, remote_ids)
+    except PermanentError as exc:
+        _refetch_refused(exc, remote_ids, run, outcomes, errors)
+        return []
+    found = {p.remote_id for p in fetched}
+    outcomes.gone.update(r for r in remote_ids if r not in found)
+    return fetched
+
+
+def _pull_failure_note(connection: Connection, key: str, remote_id: str, error: str, now: dt.datetime) -> None:
+    """Record one failure: a new row, or the same row again (a retry, or a
+    new version from the CRM that fails too), so there is never a second
+    one. A resolved row opens again from its first attempt; a dead one stays
+    dead (the admin's "retry now" brings it back) with the newest error."""
+    max_attempts = settings.MARTECH_CRM["MAX_ATTEMPTS"]
+    with transaction.atomic():
+        row, created = PullFailure.objects.select_for_update().get_or_create(
+            connection=connection, object=key, remote_id=remote_id,
+            defaults={"error": error[:4000], "attempts": 1, "first_failed_at": now, "last_failed_at": now,
+                      "next_attempt_at": now + _backoff(1),
+                      "status": PullFailure.Status.DEAD if max_attempts <= 1 else PullFailure.Status.PENDING})
+        if created:
+            return
+        if row.status == PullFailure.Status.RESOLVED:
+            row.status, row.attempts, row.first_failed_at, row.resolved_at = PullFailure.Status.PENDING, 0, now, None
+        row.attempts += 1
+        row.error, row.last_failed_at = error[:4000], now
+        if row.attempts >= max_attempts:
+            row.status = PullFailure.Status.DEAD
+        else:
+            row.next_attempt_at = now + _backoff(row.attempts)
+        row.save()
+
+
+def _pull_failures_settle(connection: Connection, key: str, outcomes: PullOutcomes) -> int:
+    """At the end of a pull: record each record that failed, resolve the
+    failures of records now applied (or gone from the CRM); returns how
+    many retried records went through."""
+    now = timezone.now()
+    for remote_id, error in outcomes.result.items():
+        if error is not None:
+            _pull_failure_note(connection, key, remote_id, error, now)
+    applied = {r for r, error in outcomes.result.items() if error is None}
+    # The open failures of this type are few; the records a pull applied can be many.
+    open_ids = set(PullFailure.objects.filter(
+        connection=connection, object=key, status__in=[PullFailure.Status.PENDING, PullFailure.Status.DEAD])
+        .values_list("remote_id", flat=True)) if applied or outcomes.gone else set()
+    done = sorted(open_ids & applied)
+    if done:
+        PullFailure.objects.filter(connection=connection, object=key, remote_id__in=done).update(
+            status=PullFailure.Status.RESOLVED, resolved_at=now, next_attempt_at=now)
+    gone = sorted((open_ids & outcomes.gone) - set(outcomes.result))
+    for remote_id in gone:
+        # Nothing left to apply: kept as resolved, with why.
+        PullFailure.objects.filter(connection=connection, object=key, remote_id=remote_id).update(
+            status=PullFailure.Status.RESOLVED, resolved_at=now, next_attempt_at=now,
+            error=Concat(Value("No longer in the CRM. Last error: "), "error"))
+    return len(outcomes.retried & applied)
+
+
+@transaction.atomic
+def pull_failure_retry(*, items: Iterable[PullFailure], actor=None) -> int:
+    """Make pending or dead pull failures due now with fresh attempts (the
+    admin's "retry now"), then wake one pull per connection and type after
+    the commit; the pull fetches and applies them. Resolved ones are left."""
+    keys: set[tuple[int, str]] = set()
+    ids = []
+    for failure in items:
+        if failure.status == PullFailure.Status.RESOLVED:
+            continue
+        ids.append(failure.pk)
+        keys.add((failure.connection_id, failure.object))
+    PullFailure.objects.filter(pk__in=ids).update(status=PullFailure.Status.PENDING, attempts=0,
+                                                  next_attempt_at=timezone.now())
+    for connection_id, key in sorted(keys):
+        transaction.on_commit(lambda c=connection_id, k=key: _enqueue_pull(c, k))
+    log.info("pull failures retried: %s by %s", len(ids), actor)
+    return len(ids)
+
+
+def _enqueue_pull(connection_id: int, key: str) -> None:
+    from django_q.tasks import async_task
+
+    async_task("martech.crm.tasks.pull_one", connection_id, key)
+
+
+def pull_one(*, connection: Connection, key: str, connector: Connector | None = None) -> SyncRun:
+    """One pull of an object type (``pull_changes``) or a link type
+    (``links_pull``) by its key: its due failures first, then its changes."""
+    if any(link.key == key for obj in objects.all_types() for link in obj.links):
+        return links_pull(connection=connection, link=key, connector=connector)
+    return pull_changes(connection=connection, obj=key, connector=connector)
 
 
 def owners_pull(*, connection: Connection, connector: Connector | None = None) -> int:

@@ -32,3 +32,12 @@ def pull_all() -> dict[str, int]:
 
 def process_webhooks(receipt_ids: list[int]) -> int:
     return services.webhook_process(receipt_ids=receipt_ids)
+
+
+def pull_one(connection_id: int, key: str) -> int:
+    """One object or link type's pull (its due failures first): the admin's
+    "retry now" wakes it. A stopped or inactive connection pulls nothing."""
+    connection = Connection.objects.filter(pk=connection_id, is_active=True, stopped_reason="").first()
+    if connection is None:
+        return 0
+    return services.pull_one(connection=connection, key=key).recovered

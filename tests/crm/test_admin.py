@@ -56,7 +56,7 @@ def test_dead_letter_retry_action_and_replay(client, marketing_ops, analyst, con
 
 
 @pytest.mark.parametrize("path", ["connection", "fieldmapping", "lifecyclemapping", "deadletter", "outboxitem",
-                                  "syncrun", "webhookreceipt", "crmowner", "synccursor"])
+                                  "syncrun", "webhookreceipt", "crmowner", "synccursor", "pullfailure"])
 def test_admin_lists_load(client, superuser, connection, path):
     client.force_login(superuser)
     assert client.get(f"/admin/crm/{path}/").status_code == 200

@@ -7,19 +7,29 @@ from martech.crm.models import DeadLetter, OutboxItem
 from martech.crm.services import dead_letter_retry
 
 
+def retry_confirmed(modeladmin, request, queryset, retryable, *, action: str, title: str, retry, logged: str,
+                    done: str):
+    """The shape of every CRM retry action (push dead letters, pull
+    failures): a confirmation page for the retryable part of the selection,
+    then ``retry(items=..., actor=...)`` (a service), one admin log entry
+    per item, and ``done`` with the count as the message."""
+    if "apply" not in request.POST:
+        return _confirmation(modeladmin, request, retryable, action=action, title=title,
+                             template="admin/martech/confirm_action.html", verb="retry",
+                             skipped=queryset.count() - retryable.count())
+    items = list(retryable)
+    n = retry(items=items, actor=request.user)
+    for item in items:
+        modeladmin.log_change(request, item, logged)
+    modeladmin.message_user(request, done.format(n=n), messages.SUCCESS)
+    return None
+
+
 @admin.action(description="Retry selected dead letters…", permissions=["change"])
 def retry_dead_letters(modeladmin, request, queryset):
-    dead = queryset.filter(status=OutboxItem.Status.DEAD)
-    if "apply" not in request.POST:
-        return _confirmation(modeladmin, request, dead, action="retry_dead_letters", title="Retry dead letters",
-                             template="admin/martech/confirm_action.html", verb="retry",
-                             skipped=queryset.count() - dead.count())
-    items = list(dead)
-    n = dead_letter_retry(items=items, actor=request.user)
-    for item in items:
-        modeladmin.log_change(request, item, "Retried dead letter")
-    modeladmin.message_user(request, f"{n} dead letter(s) queued again.", messages.SUCCESS)
-    return None
+    return retry_confirmed(modeladmin, request, queryset, queryset.filter(status=OutboxItem.Status.DEAD),
+                           action="retry_dead_letters", title="Retry dead letters", retry=dead_letter_retry,
+                           logged="Retried dead letter", done="{n} dead letter(s) queued again.")
 
 
 @admin.register(DeadLetter)

@@ -15,7 +15,7 @@ class _ReadOnly(admin.ModelAdmin):
 @admin.register(SyncRun)
 class SyncRunAdmin(_ReadOnly):
     list_display = ("connection", "kind", "object", "started_at", "finished_at", "pushed", "pulled", "skipped",
-                    "failed", "api_calls", "error")
+                    "failed", "retried", "recovered", "api_calls", "error")
     list_filter = ("connection", "kind")
     list_select_related = ("connection",)
     show_full_result_count = False

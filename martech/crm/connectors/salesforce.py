@@ -619,10 +619,26 @@ class SalesforceConnector:
         is_primary)."""
         if link not in LINKS:
             raise NotImplementedError(f"Salesforce does not sync the link {link!r} (it syncs {', '.join(LINKS)})")
-        since = f" WHERE SystemModstamp > {soql_datetime(cursor)}" if cursor else ""
+        yield from self._links(link, f" WHERE SystemModstamp > {soql_datetime(cursor)}" if cursor else "")
+
+    def fetch_links(self, link: str, remote_ids: list[str]) -> list[PulledLink]:
+        """The link records with these ids (a failed link pulled again), one
+        SOQL per 200 ids; ones deleted in Salesforce are not in the answer."""
+        if link not in LINKS:
+            raise NotImplementedError(f"Salesforce does not sync the link {link!r} (it syncs {', '.join(LINKS)})")
+        bad = [i for i in remote_ids if not SF_ID.match(i)]
+        if bad:
+            raise PermanentError(f"not a Salesforce id: {bad[0]!r}")
+        out: list[PulledLink] = []
+        for start in range(0, len(remote_ids), COLLECTION):
+            ids = ", ".join(repr(i) for i in remote_ids[start:start + COLLECTION])
+            out += self._links(link, f" WHERE Id IN ({ids})")
+        return out
+
+    def _links(self, link: str, where: str) -> Iterator[PulledLink]:
         if link == "campaign_member":
             soql = ("SELECT Id, CampaignId, LeadId, ContactId, Status, HasResponded, CreatedDate, SystemModstamp "
-                    f"FROM CampaignMember{since} ORDER BY SystemModstamp, Id")
+                    f"FROM CampaignMember{where} ORDER BY SystemModstamp, Id")
             for row in self._query(soql):
                 # A converted Lead's member carries both ids: the Contact is the person now.
                 yield PulledLink(row["Id"], row.get("CampaignId") or "", row.get("ContactId") or row.get("LeadId") or "",
@@ -630,7 +646,7 @@ class SalesforceConnector:
                                   "joined_at": row.get("CreatedDate") or ""}, row["SystemModstamp"])
             return
         soql = ("SELECT Id, OpportunityId, ContactId, Role, IsPrimary, SystemModstamp "
-                f"FROM OpportunityContactRole{since} ORDER BY SystemModstamp, Id")
+                f"FROM OpportunityContactRole{where} ORDER BY SystemModstamp, Id")
         for row in self._query(soql):
             yield PulledLink(row["Id"], row.get("OpportunityId") or "", row.get("ContactId") or "",
                              {"role": row.get("Role") or "", "is_primary": bool(row.get("IsPrimary"))},

@@ -6,6 +6,8 @@ CRM v3, for each of contacts, companies, deals and tasks:
 - POST /crm/v3/objects/{type}/batch/upsert   (idProperty: contacts email,
   companies domain, deals martech_deal_id, tasks martech_task_id; 100 max)
 - POST /crm/v3/objects/{type}/search         (filter on the last-modified property)
+- POST /crm/v3/objects/{type}/batch/read     (by record id, 100 max; ids not found answer
+  207 with an OBJECT_NOT_FOUND error naming them, like HubSpot)
 - GET  /crm/v3/objects/{type}/{id}
 - GET  /crm/v3/owners/
 CRM v4 associations (shapes of the client library's v4 models; the
@@ -162,6 +164,8 @@ class HubSpotEmulator(EmulatorBase):
             kind, rest = parts[4], parts[5:]
             if request.method == "POST" and rest == ["batch", "upsert"]:
                 return self.batch_upsert(kind, request.get_json())
+            if request.method == "POST" and rest == ["batch", "read"]:
+                return self.batch_read(kind, request.get_json())
             if request.method == "POST" and rest == ["search"]:
                 return self.search(kind, request.get_json())
             if request.method == "GET" and len(rest) == 1:
@@ -238,6 +242,37 @@ class HubSpotEmulator(EmulatorBase):
         out = {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": now_iso()}
         if errors:
             out.update(errors=errors, numErrors=len(errors))
+            return self.json(out, status=207)
+        return self.json(out)
+
+    def batch_read(self, kind: str, body: dict) -> Response:
+        """Records by id (no idProperty: HubSpot's own ids), with the
+        properties asked for; the ones not found are named in one error."""
+        body = body or {}
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            return self.error(400, "VALIDATION_ERROR", "inputs is required")
+        if len(inputs) > self.BATCH_MAX:
+            return self.error(400, "VALIDATION_ERROR", f"at most {self.BATCH_MAX} inputs")
+        if body.get("idProperty"):
+            return self.error(400, "VALIDATION_ERROR", "the emulator reads by record id only")
+        started = now_iso()
+        wanted = body.get("properties") or []
+        results, missing = [], []
+        for item in inputs:
+            object_id = str((item or {}).get("id", ""))
+            record = self.store[kind].get(object_id)
+            if record is None:
+                missing.append(object_id)
+            else:
+                results.append(self._public(record, [*wanted, KINDS[kind].modified] if wanted else None))
+        out = {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": now_iso()}
+        if missing:
+            out.update(numErrors=1, errors=[{
+                "status": "error", "category": "OBJECT_NOT_FOUND",
+                "message": f"Could not get some {kind} objects, they may be deleted or not exist. "
+                           "Check that ids are valid.",
+                "context": {"ids": missing}, "errors": [], "links": {}}])
             return self.json(out, status=207)
         return self.json(out)
 

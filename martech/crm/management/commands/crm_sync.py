@@ -1,5 +1,9 @@
 """python manage.py crm_sync [--provider P] [--object O] [--full] [--dry-run] [--no-push] [--no-pull]
 
+A pull first fetches again the records earlier pulls could not apply
+(PullFailure, when due); each line reports them as ``retried`` and
+``recovered`` (applied this time).
+
 ``--object`` takes an object key (contact, company, deal, task) or the
 provider's name for it (contacts, companies, deals, tasks); without it every
 object type the connector syncs and that has pull mappings is pulled, each
@@ -83,6 +87,8 @@ class Command(BaseCommand):
                               disable=not self.stdout.isatty()) as bar:
                         run = services.pull_changes(connection=connection, obj=key, full=opts["full"],
                                                     dry_run=opts["dry_run"], progress=bar)
+                        # Earlier failures fetched again count in the bar too; say how many went through.
+                        bar.set_postfix(retried=run.retried, recovered=run.recovered)
                     self._report(run)
                     if opts["dry_run"]:
                         continue  # links are written as they are read: no dry run for them
@@ -93,4 +99,5 @@ class Command(BaseCommand):
     def _report(self, run):
         self.stdout.write(json.dumps({"provider": run.connection.provider, "kind": run.kind, "object": run.object,
                                       "pushed": run.pushed, "pulled": run.pulled, "skipped": run.skipped,
-                                      "failed": run.failed, "api_calls": run.api_calls, "error": run.error}))
+                                      "failed": run.failed, "retried": run.retried, "recovered": run.recovered,
+                                      "api_calls": run.api_calls, "error": run.error}))
