@@ -259,3 +259,19 @@ def test_association_change_webhook_removes_the_role(deal_mappings, hubspot, dir
     assert receipt.error == ""
     assert list(OpportunityContactRole.objects.filter(opportunity=opportunity).values_list("lead_id", flat=True)) \
         == [keep.pk]
+
+
+def test_role_deleted_and_made_again_in_salesforce_stays(sf_links, salesforce, settings):  # noqa: F811
+    _as_contacts(settings)
+    ann = _lead("ann@example.org")
+    opportunity = _deal_with_roles([{"lead": ann, "role": "Decision Maker", "is_primary": True}])
+    outbox_drain(connection=sf_links)
+    (old,) = salesforce.records["OpportunityContactRole"].values()
+    salesforce.delete(old["Id"], at=_minutes_ago(3))
+    salesforce.put("OpportunityContactRole", {"OpportunityId": old["OpportunityId"], "ContactId": old["ContactId"],
+                                              "Role": "Economic Buyer", "IsPrimary": True})
+    assert links_pull(connection=sf_links, link="contact_role").pulled == 1
+    run = deletions_pull(connection=sf_links, key="contact_role")
+    assert (run.pulled, run.skipped, run.failed) == (0, 1, 0)
+    (role,) = OpportunityContactRole.objects.filter(opportunity=opportunity)
+    assert (role.lead_id, role.role, role.is_primary) == (ann.pk, "Economic Buyer", True)

@@ -693,7 +693,9 @@ class SalesforceConnector:
     def deleted_links(self, link: str, remote_ids: list[str]) -> dict[str, tuple[str, str]]:
         """Deleted link records -> (parent id, person id), read from the
         Recycle Bin with queryAll (one SOQL per 200 ids): the Get Deleted
-        answer names only the deleted Id. One purged from the bin is absent."""
+        answer names only the deleted Id. One purged from the bin is absent,
+        and so is a role whose Opportunity has a live role for the same
+        Contact again (deleted and made anew)."""
         if link not in LINKS:
             raise NotImplementedError(f"Salesforce does not sync the link {link!r} (it syncs {', '.join(LINKS)})")
         parent, people = (("CampaignId", ("ContactId", "LeadId")) if link == "campaign_member"
@@ -715,6 +717,13 @@ class SalesforceConnector:
                 url = page["nextRecordsUrl"]
                 page = self._call(lambda: self.sf.query_more(url, identifier_is_url=True, include_deleted=True,
                                                              timeout=self.timeout))
+        if link == "contact_role" and out:
+            # A role deleted and made again for the same Contact (the new one
+            # already pulled) is not a removal: one SOQL per 200 deals.
+            live = {(row["OpportunityId"], row["ContactId"]) for row in self._where_in(
+                "OpportunityContactRole", ["Id", "OpportunityId", "ContactId"], "OpportunityId",
+                sorted({p for p, _ in out.values() if p}))}
+            out = {i: pair for i, pair in out.items() if pair not in live}
         return out
 
     # --- users, limits ---
