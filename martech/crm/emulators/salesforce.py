@@ -363,8 +363,10 @@ class SalesforceEmulator(EmulatorBase):
         if method == "GET" and path == "limits":
             return self.json({"DailyApiRequests": {"Max": self.daily_max,
                                                    "Remaining": max(self.daily_max - self.api_used, 0)}})
-        if method == "GET" and path in ("query", "queryAll"):
-            return self.query(request.args.get("q", ""), version, include_deleted=path == "queryAll")
+        if method == "GET" and path == "query":
+            return self.query(request.args.get("q", ""), version)
+        if method == "GET" and path == "queryAll":
+            return self.query(request.args.get("q", ""), version, include_deleted=True)
         if method == "GET" and len(parts) == 3 and parts[0] == "sobjects" and parts[2] == "deleted":
             return self.get_deleted(parts[1], request.args.get("start", ""), request.args.get("end", ""))
         if method == "GET" and len(parts) == 2 and parts[0] == "query":
