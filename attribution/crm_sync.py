@@ -37,8 +37,9 @@ def _write(*, instance, data: dict[str, Any], source: str):
 
 
 def _apply_associations(*, instance, linked: dict[str, list], source: str) -> None:
-    """A pulled deal's contacts become contact roles (added, never removed:
-    a role may carry what HubSpot does not know, like primary)."""
+    """A pulled deal's contacts become contact roles (added here; a contact
+    the CRM dropped since the last sync is removed by _remove_associations,
+    never one it simply does not have: a role added here and not pushed yet)."""
     from attribution.services import opportunity_set_contact
 
     have = set(instance.contact_roles.values_list("lead_id", flat=True))
@@ -65,8 +66,32 @@ def _contact_role_apply(*, parent, other, fields: dict[str, Any], remote_id: str
                             is_primary=bool(fields.get("is_primary")), source=source)
 
 
+def _contact_role_remove(*, parent, other, remote_id: str, deleted_at, source: str) -> bool:
+    """A contact role deleted in the CRM: the lead's role comes off the deal
+    (opportunity_remove_contact; the deal's other roles stay)."""
+    from attribution.services import opportunity_remove_contact
+
+    if parent is None or other is None:
+        return False
+    return opportunity_remove_contact(opportunity=parent, lead=other, source=source)
+
+
+def _remove_associations(*, instance, removed: dict[str, list], source: str) -> None:
+    """Links the CRM dropped since the last sync (HubSpot: a contact taken
+    off the deal, the deal's company removed): the contact's role is
+    removed, and the account cleared when it is the company removed there
+    (a deal moved to another company already took the new one)."""
+    from attribution.services import opportunity_remove_contact, opportunity_upsert
+
+    for lead in removed.get("contact", []):
+        opportunity_remove_contact(opportunity=instance, lead=lead, source=source)
+    if instance.account_id and instance.account_id in {a.pk for a in removed.get("company", [])}:
+        opportunity_upsert(data={"account": None}, opportunity=instance, source=source)
+
+
 CONTACT_ROLE = Link(key="contact_role", label="Opportunity contact role", other="contact",
-                    details=_contact_role_details, apply=_contact_role_apply, removable=True)
+                    details=_contact_role_details, apply=_contact_role_apply, removable=True,
+                    remove=_contact_role_remove)
 
 
 def _associations(opportunity) -> dict[str, list[int]]:
@@ -113,6 +138,7 @@ DEAL = ObjectType(
     associations=_associations,
     association_fields={"company": "account"},
     apply_associations=_apply_associations,
+    remove_associations=_remove_associations,
     links=(CONTACT_ROLE,),
     # Associations are not mapped fields, but changing them must push.
     extra_trigger_fields=frozenset({"account", "contacts"}),

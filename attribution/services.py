@@ -255,6 +255,20 @@ def opportunity_set_contacts(*, opportunity: Opportunity, contacts: list[dict], 
 
 
 @transaction.atomic
+def opportunity_remove_contact(*, opportunity: Opportunity, lead: Lead, source: str = "") -> bool:
+    """Take one lead's role off a deal (a role removed in a CRM). Unlike
+    ``opportunity_set_contacts`` the other roles stay as they are: removing
+    the primary leaves the deal without one, as the CRM has it. Returns
+    whether there was a role; idempotent."""
+    removed, _ = OpportunityContactRole.objects.filter(opportunity=opportunity, lead=lead).delete()
+    if removed:
+        attribution_recompute_queue(opportunity_id=opportunity.pk)
+        # Announced with its source: a removal pulled from a CRM is not queued back to it.
+        hooks.records_changed("opportunities", ids=[opportunity.pk], fields=["contacts"], source=source)
+    return bool(removed)
+
+
+@transaction.atomic
 def opportunity_close(
     *, opportunity: Opportunity, won: bool, source: str, actor=None, at: datetime | None = None
 ) -> OpportunityStageChange | None:

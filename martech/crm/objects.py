@@ -74,6 +74,11 @@ class Link:
     # what was removed here, never a CRM link not pulled yet. Campaign members
     # are never removed (a touch stays a fact).
     removable: bool = False
+    # Deleted in the CRM (``services.deletions_pull``): remove(*, parent, other,
+    # remote_id, deleted_at, source) -> bool takes it off here through the
+    # parent's service (parent/other None when the CRM no longer says which);
+    # idempotent, True when something here changed. None: deletions not pulled.
+    remove: Callable[..., bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,11 @@ class ObjectType:
     # Pull: apply_associations(*, instance, linked={other key: [local instances]}, source)
     # for to-many associations (a deal's contacts -> contact roles). Optional.
     apply_associations: Callable[..., None] | None = None
+    # Pull: remove_associations(*, instance, removed={other key: [local instances]}, source)
+    # for links both sides had at the last sync (PushState.associations) that
+    # the CRM no longer has: removed there, so removed here (a deal's contact
+    # role, its account). Optional.
+    remove_associations: Callable[..., None] | None = None
     # Written fields that queue a push even when no mapping names them
     # (associations, e.g. a deal's account).
     extra_trigger_fields: frozenset[str] = frozenset()
@@ -174,6 +184,11 @@ def all_types() -> list[ObjectType]:
 def choices() -> list[tuple[str, str]]:
     """Callable choices for the ``object`` columns: the registry, not a migration, decides."""
     return [(o.key, o.label) for o in all_types()]
+
+
+def get_link_keys() -> set[str]:
+    """Every registered link's key."""
+    return {link.key for obj in _registry.values() for link in obj.links}
 
 
 def links_synced_by(connector, obj: ObjectType) -> list[Link]:

@@ -684,6 +684,7 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
                 found = [_local_by_remote_id(connection, objects.get(other), r) for r in remote_ids]
                 linked[other] = [f for f in found if f is not None]  # ones we do not have yet come with their pull
             object_type.apply_associations(instance=written, linked=linked, source=f"crm:{connection.provider}")
+        _associations_removed_apply(connection, object_type, written, pulled)
         _mark_synced(connection, object_type, written, pulled.remote_id, connector, local_unsent=not take_all)
     return "pulled"
 
@@ -915,6 +916,178 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
         run.finished_at = timezone.now()
         run.save()
     return run
+
+
+# --- deletions made in the CRM -------------------------------------------------
+
+def _deleted_cursor_key(key: str) -> str:
+    """SyncCursor / SyncRun ``object`` for the deletions of ``key`` ("del:contact_role")."""
+    return f"del:{key}"
+
+
+def deleted_keys(*, connection: Connection, keys: list[str], connector: Connector | None = None) -> list[str]:
+    """What ``deletions_pull`` reads after pulling ``keys``, in order: the
+    links first (their parents and people are still found by their CRM ids),
+    then the object types. Empty for a connector that cannot list deletions."""
+    connector = connector or connector_for(connection)
+    if not hasattr(connector, "deleted_since"):
+        return []
+    links = [link for key in keys for link in pulled_link_keys(connection=connection, obj=key, connector=connector)]
+    return [*links, *keys]
+
+
+def deletions_pull(*, connection: Connection, key: str, connector: Connector | None = None) -> SyncRun:
+    """Records of object type or link ``key`` deleted in the CRM since the
+    stored cursor (``SyncCursor.object`` = "del:<key>"): a modification-time
+    pull cannot see them. One ask per CRM object (Salesforce Get Deleted);
+    the run is recorded with ``object`` "del:<key>", ``pulled`` counting the
+    deletions applied here and ``skipped`` those of records we never had.
+
+    - A link (a CampaignMember, an OpportunityContactRole): taken off here
+      through ``Link.remove`` (the parent's service); for a removable link
+      also dropped from ``PushState.links``, so the parent's next push does
+      not create it again.
+    - A record (Lead, Contact, Account, Opportunity, Campaign, Task): ours is
+      kept (the marketing record outlives the CRM's) and only its CRM id is
+      cleared, with the sync state for it (hash, links), and the deletion is
+      logged. Nothing sends it back by itself; its next change here (or a
+      record that needs it, a deal its account) creates it there again.
+
+    Idempotent: applying a deletion twice changes nothing, and the cursor
+    (the CRM's last date covered) moves only after the whole window is read."""
+    connector = connector or connector_for(connection)
+    if not hasattr(connector, "deleted_since"):
+        raise NotImplementedError(f"The {connection.provider} connector cannot list deleted records.")
+    run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=_deleted_cursor_key(key))
+    cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=_deleted_cursor_key(key))
+    before = connector.stats.api_calls
+    errors: list[str] = []
+    try:
+        page = connector.deleted_since(key, cursor.value)
+        if page is not None:
+            if page.gap:
+                errors.append(f"deletions after {page.gap} and before the oldest date the CRM still lists were "
+                              "not read (a full pull brings the records back; removed ones stay here)")
+            if key in objects.get_link_keys():
+                _deleted_links_apply(connection, connector, key, page.records, run, errors)
+            else:
+                _deleted_records_apply(connection, objects.get(key), page.records, run)
+            cursor.value = page.cursor
+            cursor.save(update_fields=["value", "updated_at"])
+    except (TransientError, PermanentError) as exc:
+        errors.append(str(exc))
+        _record_error(connection, str(exc)[:2000], stop=isinstance(exc, AuthError))
+    finally:
+        run.error = "; ".join(errors)[:2000]
+        run.api_calls = connector.stats.api_calls - before
+        _count_calls(connection, run.api_calls)
+        run.finished_at = timezone.now()
+        run.save()
+    return run
+
+
+def _deleted_links_apply(connection: Connection, connector: Connector, key: str, deleted: list[tuple[str, str]],
+                         run: SyncRun, errors: list[str]) -> None:
+    parent_type, spec = _link_of(key)
+    other_type = objects.get(spec.other)
+    source = f"crm:{connection.provider}"
+    # The deleted ids name neither parent nor person: read them back in one query per 200.
+    where = connector.deleted_links(key, [remote_id for remote_id, _ in deleted]) if deleted and spec.remove else {}
+    for remote_id, deleted_at in deleted:
+        if spec.remove is None:
+            run.skipped += 1
+            continue
+        parent_id, other_id = where.get(remote_id, ("", ""))
+        parent = _local_by_remote_id(connection, parent_type, parent_id) if parent_id else None
+        other = _local_by_remote_id(connection, other_type, other_id) if other_id else None
+        try:
+            with transaction.atomic():
+                changed = spec.remove(parent=parent, other=other, remote_id=remote_id,
+                                      deleted_at=_parse_time(deleted_at), source=source)
+                if spec.removable and parent is not None and other_id:
+                    _link_synced_drop(connection, parent_type, spec, parent, other_id)
+        except ValidationError as exc:
+            run.failed += 1
+            errors.append(f"{spec.label} {remote_id}: {exc.message_dict if hasattr(exc, 'message_dict') else exc}")
+            continue
+        if changed:
+            run.pulled += 1
+        else:
+            run.skipped += 1  # not here (never pulled, removed already, or its parent unknown)
+
+
+def _link_synced_drop(connection: Connection, parent_type: objects.ObjectType, link: objects.Link, parent,
+                      other_remote_id: str) -> None:
+    """A link deleted in the CRM is no longer one both sides have."""
+    state = PushState.objects.select_for_update().filter(connection=connection, object=parent_type.key,
+                                                         local_id=parent.pk).first()
+    synced = dict((state.links or {}).get(link.key, {})) if state is not None else {}
+    if other_remote_id in synced:
+        del synced[other_remote_id]
+        state.links = {**state.links, link.key: synced}
+        state.save(update_fields=["links"])
+
+
+def _deleted_records_apply(connection: Connection, obj: objects.ObjectType, deleted: list[tuple[str, str]],
+                           run: SyncRun) -> None:
+    source = f"crm:{connection.provider}"
+    model = obj.model_class
+    for remote_id, deleted_at in deleted:
+        instance = _local_by_remote_id(connection, obj, remote_id)
+        if instance is None:
+            run.skipped += 1
+            continue
+        column = obj.id_field(connection.provider, remote_id)
+        with transaction.atomic():
+            if getattr(instance, column, None) == remote_id:
+                model.objects.filter(pk=instance.pk).update(
+                    **{column: None if model._meta.get_field(column).null else ""})
+                # Announced like any write (source crm:<provider>, so not queued back).
+                hooks.records_changed(obj.hook, ids=[instance.pk], fields=[column], source=source)
+            # What was synced with that record is gone with it: the next push starts afresh.
+            PushState.objects.filter(connection=connection, object=obj.key, local_id=instance.pk,
+                                     remote_id=remote_id).update(remote_id="", payload_hash="", associations={},
+                                                                 links={})
+        log.warning("%s deleted %s %s at %s: %s #%s is kept here, its %s cleared", connection.provider,
+                    obj.label, remote_id, deleted_at, obj.label, instance.pk, column)
+        run.pulled += 1
+
+
+def deletions_pull_recorded(*, connection: Connection, keys: list[str], connector: Connector | None = None
+                            ) -> list[SyncRun]:
+    """``deletions_pull`` for every key ``deleted_keys`` gives (the schedule and the command)."""
+    connector = connector or connector_for(connection)
+    return [deletions_pull(connection=connection, key=key, connector=connector)
+            for key in deleted_keys(connection=connection, keys=keys, connector=connector)]
+
+
+def _associations_removed_apply(connection: Connection, obj: objects.ObjectType, instance, pulled) -> None:
+    """Links both sides had at the last sync (``PushState.associations``)
+    that the pulled record no longer has were removed in the CRM: removed
+    here through ``ObjectType.remove_associations``. Only association types
+    the connector read (a key in ``pulled.associations``) are compared, and a
+    link added here and not pushed yet is not in the state, so it stays."""
+    if obj.remove_associations is None:
+        return
+    state = PushState.objects.select_for_update().filter(connection=connection, object=obj.key,
+                                                         local_id=instance.pk).first()
+    if state is None or not state.associations:
+        return  # never synced, or not known which links both sides had
+    removed: dict[str, list] = {}
+    kept = dict(state.associations)
+    for other, synced in state.associations.items():
+        if other not in pulled.associations:
+            continue
+        gone = sorted(set(synced) - set(pulled.associations[other]))
+        if gone:
+            found = [_local_by_remote_id(connection, objects.get(other), r) for r in gone]
+            removed[other] = [f for f in found if f is not None]
+            kept[other] = [r for r in synced if r not in gone]
+    if not removed:
+        return
+    obj.remove_associations(instance=instance, removed=removed, source=f"crm:{connection.provider}")
+    state.associations = {k: v for k, v in kept.items() if v}
+    state.save(update_fields=["associations"])
 
 
 def pulled_link_keys(*, connection: Connection, obj: str, connector: Connector | None = None) -> list[str]:
@@ -1207,9 +1380,9 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
             receipt.error = "no active connection"
         else:
             conn = connector or connector_for(connection)
-            object_id = str(receipt.payload.get("objectId") or "")
             kind = str(receipt.payload.get("subscriptionType") or "")
             obj = _webhook_object(conn, kind)
+            object_id = _webhook_object_id(receipt.payload)
             try:
                 if obj is not None and object_id:
                     mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
@@ -1225,6 +1398,22 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
         receipt.save(update_fields=["processed_at", "error"])
         done += 1
     return done
+
+
+def _webhook_object_id(payload: dict) -> str:
+    """The record a notification names. An ``<object>.associationChange``
+    (a contact added to or removed from a deal) has no objectId: it names
+    ``fromObjectId`` -> ``toObjectId`` with an ``associationType`` such as
+    "DEAL_TO_CONTACT" (HubSpot sends both directions); the subscribed
+    object's side is the record to fetch, whose pull applies the change."""
+    if payload.get("objectId"):
+        return str(payload["objectId"])
+    kind = str(payload.get("subscriptionType") or "")
+    if kind.endswith(".associationChange"):
+        prefix = kind.split(".", 1)[0].upper() + "_TO_"
+        side = "fromObjectId" if str(payload.get("associationType") or "").startswith(prefix) else "toObjectId"
+        return str(payload.get(side) or "")
+    return ""
 
 
 def _webhook_object(connector: Connector, subscription_type: str) -> str | None:

@@ -16,17 +16,22 @@ def drain_outbox() -> dict[str, int]:
 
 def pull_all() -> dict[str, int]:
     """Pull every object type each connection syncs and has pull mappings
-    for, each followed by the links of it the connector syncs."""
+    for, each followed by the links of it the connector syncs, then the
+    deletions the connector can list (links first, then records)."""
     out = {}
     for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
         # An owners failure is recorded on the connection and does not stop the object pulls.
         out[f"{connection.provider}:owners"] = services.owners_pull_recorded(connection=connection)
-        for key in services.pulled_object_keys(connection=connection):
+        keys = services.pulled_object_keys(connection=connection)
+        for key in keys:
             run = services.pull_changes(connection=connection, obj=key)
             out[f"{connection.provider}:{key}"] = run.pulled
             # Then its links (campaign members, contact roles): their parents are here now.
             for link in services.pulled_link_keys(connection=connection, obj=key):
                 out[f"{connection.provider}:{link}"] = services.links_pull(connection=connection, link=link).pulled
+        # Deletions made in the CRM (Salesforce Get Deleted), once per object per run.
+        for run in services.deletions_pull_recorded(connection=connection, keys=keys):
+            out[f"{connection.provider}:{run.object}"] = run.pulled
     return out
 
 

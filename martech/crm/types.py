@@ -95,10 +95,9 @@ def _campaign_write(*, instance, data: dict[str, Any], source: str):
 def _campaign_members(campaign) -> dict[str, list[int]]:
     """A campaign's members are the leads with a touch (an event) attributed
     to it: pushed as Salesforce CampaignMembers."""
-    from martech.models import Event
+    from martech.services.campaigns import campaign_member_events
 
-    return {"contact": sorted(set(Event.objects.filter(campaign=campaign, lead__isnull=False)
-                                  .values_list("lead_id", flat=True)))}
+    return {"contact": sorted(set(campaign_member_events(campaign=campaign).values_list("lead_id", flat=True)))}
 
 
 def _campaign_member_details(campaign) -> dict[int, dict[str, Any]]:
@@ -126,8 +125,17 @@ def _campaign_member_apply(*, parent, other, fields: dict[str, Any], remote_id: 
                            at=at)
 
 
+def _campaign_member_remove(*, parent, other, remote_id: str, deleted_at, source: str) -> bool:
+    """A member deleted in the CRM: its membership event is marked removed
+    (kept as the touch it was; see campaign_member_remove)."""
+    from martech.services.campaigns import campaign_member_remove
+
+    return campaign_member_remove(member_id=remote_id, source=source, at=deleted_at)
+
+
 CAMPAIGN_MEMBER = Link(key="campaign_member", label="Campaign member", other="contact",
-                       details=_campaign_member_details, apply=_campaign_member_apply)
+                       details=_campaign_member_details, apply=_campaign_member_apply,
+                       remove=_campaign_member_remove)
 
 
 def _task_associations(task) -> dict[str, list[int]]:

@@ -162,13 +162,40 @@ def campaign_member_record(*, campaign: Campaign, lead, member_id: str, source: 
         return event, False
 
 
+def campaign_member_remove(*, member_id: str, source: str, at: datetime | None = None) -> bool:
+    """A CRM member (``member_id``) was deleted there. The membership event
+    ``campaign_member_record`` wrote is kept (the touch happened: touchpoints
+    and attribution credit already built on it stay) and marked
+    ``properties.removed_at``; a removed membership no longer makes the lead
+    a member of the campaign (``campaign_member_statuses``,
+    ``crm.types._campaign_members``), so the campaign's next push does not
+    create it again. Returns whether a membership was marked; idempotent (a
+    second removal keeps the first date)."""
+    from martech.models import Event
+
+    with transaction.atomic():
+        event = Event.objects.select_for_update().filter(client_event_id=f"{source}:{member_id}").first()
+        if event is None or event.properties.get("removed_at"):
+            return False
+        event.properties = {**event.properties, "removed_at": (at or timezone.now()).isoformat()}
+        event.save(update_fields=["properties"])
+        return True
+
+
+def campaign_member_events(*, campaign: Campaign):
+    """The campaign's events that make their leads members: every touch,
+    but not a CRM membership removed there (``campaign_member_remove``)."""
+    from martech.models import Event
+
+    return Event.objects.filter(campaign=campaign, lead__isnull=False).exclude(
+        event_type__name=MEMBER_EVENT, properties__has_key="removed_at")
+
+
 def campaign_member_statuses(*, campaign: Campaign) -> dict[int, bool]:
     """Each member lead of ``campaign`` -> whether it responded: a touch of
     its own on the campaign is a response; a membership made in the CRM
     counts only when the CRM says the member responded."""
-    from martech.models import Event
-
-    events = Event.objects.filter(campaign=campaign, lead__isnull=False)
+    events = campaign_member_events(campaign=campaign)
     members = set(events.values_list("lead_id", flat=True).distinct())
     responded = set(events.exclude(event_type__name=MEMBER_EVENT).values_list("lead_id", flat=True).distinct())
     responded |= set(events.filter(event_type__name=MEMBER_EVENT, properties__has_responded=True)

@@ -58,6 +58,14 @@ class PulledLink:
 
 
 @dataclass
+class DeletedPage:
+    """Records deleted in the CRM in one window (Salesforce Get Deleted)."""
+    records: list[tuple[str, str]]  # (remote id, deleted at ISO 8601), oldest first
+    cursor: str  # where the next window starts (the CRM's last date covered)
+    gap: str = ""  # the stored cursor when it was older than the CRM still answers for
+
+
+@dataclass
 class CallStats:
     api_calls: int = 0
     retries: int = 0
@@ -97,6 +105,9 @@ class Connector(Protocol):
     # pull_links(link, cursor) -> Iterator[PulledLink] in modification order, and
     # fetch_many(obj, remote_ids, properties) -> list[Pulled] (one query for the
     # records a pulled link names that are not here yet).
+    # Optional, for a CRM whose deletions a modification-time pull cannot see:
+    # deleted_since(key, cursor) -> DeletedPage | None (None: nothing to ask yet),
+    # and deleted_links(link, remote_ids) -> {link id: (parent id, other id)}.
     def verify_webhook(self, *, method: str, uri: str, body: bytes, headers: dict[str, str]) -> bool: ...
     def owners(self) -> list[dict[str, str]]: ...
 

@@ -262,6 +262,10 @@ class HubSpotConnector:
             return
         by_id = {p.remote_id: p for p in pulled}
         for other in PULL_ASSOCIATIONS[obj]:
+            # Read, so a record absent from the answer has none (the engine
+            # then removes the links both sides had: they were removed here).
+            for p in pulled:
+                p.associations.setdefault(other, [])
             for remote, ids in self._read_links(obj, other, list(by_id)).items():
                 if remote in by_id:
                     by_id[remote].associations[other] = ids

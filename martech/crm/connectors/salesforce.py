@@ -80,6 +80,7 @@ over ``verify``. Verification is never switched off.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import heapq
 import io
 import re
@@ -101,6 +102,7 @@ from simple_salesforce.exceptions import (
 from .base import (
     AuthError,
     CallStats,
+    DeletedPage,
     PermanentError,
     Pulled,
     PulledLink,
@@ -112,6 +114,7 @@ from .base import (
 
 EXTERNAL_ID = "Martech_Id__c"
 COLLECTION = 200  # sObject Collections: at most 200 records per call
+DELETED_LOG_DAYS = 15  # Get Deleted answers for no more than 15 days back
 # Lead field -> Contact field; Lead-only fields are not sent to a Contact.
 CONTACT_RENAMES = {"Country": "MailingCountry", "State": "MailingState", "PostalCode": "MailingPostalCode",
                    "City": "MailingCity", "Street": "MailingStreet"}
@@ -665,6 +668,79 @@ class SalesforceConnector:
         back = {v: k for k, v in CONTACT_RENAMES.items()} if target == "Contact" else {}
         props = {back.get(k, k): "" if v is None else str(v) for k, v in row.items() if k != "attributes"}
         return Pulled(row["Id"], props, row.get("SystemModstamp") or "")
+
+    # --- deletions ---
+    def deleted_since(self, key: str, cursor: str) -> DeletedPage | None:
+        """Records of object type or link ``key`` deleted in Salesforce since
+        ``cursor``: Get Deleted (``sf.<SObject>.deleted(start, end)``) once
+        per sObject (leads: Lead and Contact), all with the same end, now.
+        Returns the (Id, deletedDate) pairs and the next cursor, Salesforce's
+        ``latestDateCovered`` (the earliest of the sObjects'), or None when there is nothing to ask: Salesforce takes both ends to
+        the minute and wants more than a minute between them, so a rerun
+        within the minute makes no call.
+
+        No cursor yet (the first run): from the oldest date the delete log
+        keeps (15 days back, a minute of margin). A cursor older than that
+        is moved up to it: deletions in between cannot be read any more
+        (``DeletedPage.gap`` says from when; the caller records it)."""
+        if key in LINKS:
+            sobjects = [LINKS[key]]
+        else:
+            sobjects = ["Lead", "Contact"] if key == "contact" else [self._spec(key)]
+        end = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        oldest = end - dt.timedelta(days=DELETED_LOG_DAYS) + dt.timedelta(minutes=1)
+        start, gap = oldest, ""
+        if cursor:
+            start = dt.datetime.fromisoformat(soql_datetime(cursor).replace("Z", "+00:00"))
+            if start < oldest:
+                start, gap = oldest, cursor
+        if end.replace(second=0) - start.replace(second=0) <= dt.timedelta(minutes=1):
+            return None
+        rows: list[tuple[str, str]] = []
+        covered: list[str] = []
+        for sobject in sobjects:
+            answer = self._call(lambda: getattr(self.sf, sobject).deleted(start, end))
+            rows += [(r["id"], r.get("deletedDate") or "") for r in answer.get("deletedRecords") or []]
+            covered.append(answer.get("latestDateCovered") or "")
+        if not all(covered):
+            raise PermanentError("Salesforce's Get Deleted answer has no latestDateCovered")
+        return DeletedPage(sorted(rows, key=lambda r: (r[1], r[0])), min(covered), gap)
+
+    def deleted_links(self, link: str, remote_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """Deleted link records -> (parent id, person id), read from the
+        Recycle Bin with queryAll (one SOQL per 200 ids): the Get Deleted
+        answer names only the deleted Id. One purged from the bin is absent,
+        and so is a role whose Opportunity has a live role for the same
+        Contact again (deleted and made anew)."""
+        if link not in LINKS:
+            raise NotImplementedError(f"Salesforce does not sync the link {link!r} (it syncs {', '.join(LINKS)})")
+        parent, people = (("CampaignId", ("ContactId", "LeadId")) if link == "campaign_member"
+                          else ("OpportunityId", ("ContactId",)))
+        out: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(remote_ids), COLLECTION):
+            chunk = remote_ids[start:start + COLLECTION]
+            bad = [i for i in chunk if not SF_ID.match(i)]
+            if bad:
+                raise PermanentError(f"not a Salesforce id: {bad[0]!r}")
+            soql = (f"SELECT Id, {parent}, {', '.join(people)} FROM {LINKS[link]} WHERE IsDeleted = true AND Id IN "
+                    f"({', '.join(repr(i) for i in chunk)})")
+            page = self._call(lambda: self.sf.query(soql, include_deleted=True, timeout=self.timeout))
+            while True:
+                for row in page["records"]:
+                    out[row["Id"]] = (row.get(parent) or "", next((row[p] for p in people if row.get(p)), ""))
+                if page.get("done", True) or not page.get("nextRecordsUrl"):
+                    break
+                url = page["nextRecordsUrl"]
+                page = self._call(lambda: self.sf.query_more(url, identifier_is_url=True, include_deleted=True,
+                                                             timeout=self.timeout))
+        if link == "contact_role" and out:
+            # A role deleted and made again for the same Contact (the new one
+            # already pulled) is not a removal: one SOQL per 200 deals.
+            live = {(row["OpportunityId"], row["ContactId"]) for row in self._where_in(
+                "OpportunityContactRole", ["Id", "OpportunityId", "ContactId"], "OpportunityId",
+                sorted({p for p, _ in out.values() if p}))}
+            out = {i: pair for i, pair in out.items() if pair not in live}
+        return out
 
     # --- users, limits ---
     def owners(self) -> list[dict[str, Any]]:

@@ -20,6 +20,16 @@ Under ``/services/data/vNN.N/``:
   (per-id results; an unknown id is ``ENTITY_IS_DELETED``);
   ``DELETE sobjects/{SObject}/{Id}``: one record (204).
 - ``GET sobjects/{SObject}/{Id}``: one record.
+- ``GET sobjects/{SObject}/deleted/?start=..&end=..``: Get Deleted, from a
+  delete log kept with each deletion's date (``delete(id, at=...)``):
+  ``{"deletedRecords": [{"id", "deletedDate"}], "earliestDateAvailable",
+  "latestDateCovered"}``. Like Salesforce, seconds are ignored (both ends
+  are taken to the minute; ``latestDateCovered`` is the end's minute and the
+  next call starts there), ``start`` must precede ``end`` by more than a
+  minute, and not before the log's ``deleted_log_days`` (15): otherwise 400
+  ``INVALID_REPLICATION_DATE``.
+- ``GET queryAll?q=``: the SOQL subset over live and deleted records
+  (``IsDeleted`` true), as a Recycle Bin keeps them.
 - Bulk API 2.0 ingest: ``POST jobs/ingest``, ``PUT jobs/ingest/{id}/batches``
   (CSV), ``PATCH jobs/ingest/{id}`` (``UploadComplete``/``Aborted``),
   ``GET jobs/ingest/{id}`` (state ``InProgress`` once, then ``JobComplete``),
@@ -221,6 +231,10 @@ class SalesforceEmulator(EmulatorBase):
         self.by_external: dict[tuple[str, str], str] = {}  # (sobject, Martech_Id__c) -> Id
         self.jobs: dict[str, dict] = {}
         self.cursors: dict[str, list[dict]] = {}
+        # The delete log: sObject -> [(Id, deleted at)], and the deleted records (queryAll).
+        self.deleted_log: dict[str, list[tuple[str, dt.datetime]]] = {name: [] for name in FIELDS}
+        self.recycled: dict[str, dict[str, dict]] = {name: {} for name in FIELDS}
+        self.deleted_log_days = 15
         self._ids = itertools.count(1)
         self._clock = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -291,12 +305,16 @@ class SalesforceEmulator(EmulatorBase):
     def find(self, sobject: str, **where) -> list[dict]:
         return [r for r in self.records[sobject].values() if all(r.get(k) == v for k, v in where.items())]
 
-    def delete(self, record_id: str) -> bool:
-        """Delete a record (its Id names its sObject); False when there is none."""
+    def delete(self, record_id: str, *, at: dt.datetime | None = None) -> bool:
+        """Delete a record (its Id names its sObject); False when there is none.
+        The deletion is logged at ``at`` (now) for Get Deleted, the record kept for queryAll."""
         sobject = next((name for name, prefix in PREFIX.items() if record_id.startswith(prefix)), None)
         record = self.records[sobject].pop(record_id, None) if sobject else None
         if record is None:
             return False
+        when = at or dt.datetime.now(dt.timezone.utc)
+        self.deleted_log[sobject].append((record_id, when))
+        self.recycled[sobject][record_id] = {**record, "IsDeleted": True, "SystemModstamp": sf_time(when)}
         if record.get("Martech_Id__c"):
             self.by_external.pop((sobject, str(record["Martech_Id__c"])), None)
         # Like Salesforce: a person's campaign memberships and contact roles, and an
@@ -305,7 +323,7 @@ class SalesforceEmulator(EmulatorBase):
                                ("OpportunityContactRole", ("ContactId", "OpportunityId"))):
             for child_id in [r["Id"] for r in self.records[child].values()
                              if any(r.get(f) == record_id for f in lookups)]:
-                self.delete(child_id)
+                self.delete(child_id, at=when)
         return True
 
     # --- HTTP ---
@@ -347,6 +365,10 @@ class SalesforceEmulator(EmulatorBase):
                                                    "Remaining": max(self.daily_max - self.api_used, 0)}})
         if method == "GET" and path == "query":
             return self.query(request.args.get("q", ""), version)
+        if method == "GET" and path == "queryAll":
+            return self.query(request.args.get("q", ""), version, include_deleted=True)
+        if method == "GET" and len(parts) == 3 and parts[0] == "sobjects" and parts[2] == "deleted":
+            return self.get_deleted(parts[1], request.args.get("start", ""), request.args.get("end", ""))
         if method == "GET" and len(parts) == 2 and parts[0] == "query":
             return self.query_more(parts[1], version)
         if method == "GET" and len(parts) == 3 and parts[0] == "sobjects":
@@ -401,12 +423,37 @@ class SalesforceEmulator(EmulatorBase):
         wanted = [f.strip() for f in fields.split(",")] if fields else None
         return self.json(self._public(sobject, record, version, wanted))
 
-    def query(self, soql: str, version: str) -> Response:
+    def get_deleted(self, sobject: str, start: str, end: str) -> Response:
+        """sObject Get Deleted: the delete log between start and end, to the minute."""
+        if sobject not in FIELDS:
+            return self.fault(404, "NOT_FOUND", f"The requested resource does not exist: {sobject}")
+        try:
+            start_at, end_at = (parse_sf_time(v).replace(second=0, microsecond=0) for v in (start, end))
+        except ValueError:
+            return self.fault(400, "INVALID_REPLICATION_DATE", "start and end must be ISO 8601 date-times with a zone")
+        now = dt.datetime.now(dt.timezone.utc)
+        earliest = (now - dt.timedelta(days=self.deleted_log_days)).replace(second=0, microsecond=0)
+        if end_at - start_at <= dt.timedelta(minutes=1):
+            return self.fault(400, "INVALID_REPLICATION_DATE", "startDate must chronologically precede endDate "
+                                                               "by more than one minute")
+        if start_at < earliest:
+            return self.fault(400, "INVALID_REPLICATION_DATE", "startDate before the earliest date available "
+                                                               f"({sf_time(earliest)})")
+        covered = min(end_at, now.replace(second=0, microsecond=0))
+        rows = [{"id": record_id, "deletedDate": sf_time(at)} for record_id, at in self.deleted_log[sobject]
+                if start_at <= at < covered]
+        return self.json({"deletedRecords": rows, "earliestDateAvailable": sf_time(earliest),
+                          "latestDateCovered": sf_time(covered)})
+
+    def query(self, soql: str, version: str, *, include_deleted: bool = False) -> Response:
         try:
             q = parse_soql(soql)
         except SoqlError as exc:
             return self.fault(400, exc.code, str(exc))
-        rows = [r for r in self.records[q["object"]].values() if _matches(r, q["where"])]
+        source = list(self.records[q["object"]].values())
+        if include_deleted:
+            source += list(self.recycled[q["object"]].values())
+        rows = [r for r in source if _matches(r, q["where"])]
         for field, desc in reversed(q["order"]):
             rows.sort(key=lambda r: (r.get(field) is None, r.get(field) or ""), reverse=desc)
         if q["limit"] is not None:

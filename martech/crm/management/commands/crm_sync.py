@@ -95,6 +95,11 @@ class Command(BaseCommand):
                     for link in services.pulled_link_keys(connection=connection, obj=key, connector=connector):
                         self._report(services.links_pull(connection=connection, link=link, full=opts["full"],
                                                          connector=connector))
+                if not opts["dry_run"]:
+                    # Deletions made in the CRM (Salesforce Get Deleted), links first.
+                    for run in services.deletions_pull_recorded(connection=connection, keys=keys,
+                                                                connector=connector):
+                        self._report(run)
 
     def _report(self, run):
         self.stdout.write(json.dumps({"provider": run.connection.provider, "kind": run.kind, "object": run.object,
