@@ -27,21 +27,33 @@ def own_peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def backend_cpu() -> float:
-    """CPU seconds of this connection's PostgreSQL backend (user + system,
-    from /proc: the server runs on this machine); 0 elsewhere. Set-based work
-    (a bulk recompute, a COPY, an index build) spends its time there, not in
-    the benchmark's own process."""
+def backend_pid() -> int | None:
+    """This connection's PostgreSQL backend process id (None elsewhere)."""
     from django.db import connection
 
     if connection.vendor != "postgresql":
-        return 0.0
+        return None
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
-        pid = cursor.fetchone()[0]
+        return cursor.fetchone()[0]
+
+
+def backend_cpu_of(pid: int | None) -> float:
+    """CPU seconds (user + system, from /proc: the server runs on this
+    machine) of the backend ``pid``; 0 without one. Reads no SQL, so it can
+    bracket a single call."""
+    if pid is None:
+        return 0.0
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu() -> float:
+    """CPU seconds of this connection's PostgreSQL backend; 0 elsewhere.
+    Set-based work (a bulk recompute, a COPY, an index build) spends its time
+    there, not in the benchmark's own process."""
+    return backend_cpu_of(backend_pid())

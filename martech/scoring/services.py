@@ -217,6 +217,43 @@ IDS_PER_STATEMENT = 1000
 ANALYZE_AFTER_CHANGED = 10_000
 
 
+_EVENT_FIELDS = ("lead_id", "event_type_id", "occurred_at", "id", "properties")
+_one_lead_sql: dict[tuple, tuple[str, list]] = {}
+
+
+def _one_lead_events(lead_id: int, type_ids: list[int]) -> list[tuple]:
+    """The scored events of one lead (an event's rescoring, the hot path), as
+    plain SQL: building the same query through the ORM cost more CPU than
+    running it (index on lead, occurred_at). The statement and the columns'
+    converters (the ORM's own: dates on SQLite, JSON) are made once per
+    process and set of event types."""
+    key = (connection.alias, tuple(type_ids))
+    stmt = _one_lead_sql.get(key)
+    if stmt is None:
+        fields = [Event._meta.get_field(name) for name in _EVENT_FIELDS]
+        q = connection.ops.quote_name
+        sql = (f"SELECT {', '.join(q(f.column) for f in fields)} FROM {q(Event._meta.db_table)} "
+               f"WHERE {q(fields[0].column)} = %s AND {q(fields[1].column)} IN ({', '.join(['%s'] * len(type_ids))})")
+        converters = []
+        for f in fields:
+            col = f.get_col(Event._meta.db_table)
+            converters.append((col, connection.ops.get_db_converters(col) + f.get_db_converters(connection)))
+        stmt = _one_lead_sql[key] = (sql, converters)
+    sql, converters = stmt
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [lead_id, *type_ids])
+        rows = cursor.fetchall()
+    out = []
+    for row in rows:
+        values = []
+        for value, (col, funcs) in zip(row, converters):
+            for func in funcs:
+                value = func(value, col, connection)
+            values.append(value)
+        out.append(tuple(values))
+    return out
+
+
 def _compute(leads: list, rules: _Rules, now: dt.datetime) -> dict[int, list[Contribution]]:
     """Per lead (Lead objects, or bare ids for a big batch), what each rule
     gives now: fit rules first, then engagement rules, each by rule id."""
@@ -244,12 +281,14 @@ def _compute(leads: list, rules: _Rules, now: dt.datetime) -> dict[int, list[Con
                 out[lead_id].append(Contribution("fit", rule.pk, rule.name, rule.points))
     if rules.engagement:
         events: dict[tuple[int, int], list] = defaultdict(list)
-        q = Event.objects.filter(event_type_id__in=rules.event_type_ids).order_by()
-        q = q.filter(lead_id=ids[0]) if len(ids) == 1 else q.filter(lead_id__in=ids)
-        rows = q.values_list("lead_id", "event_type_id", "occurred_at", "pk", "properties")
-        # A server-side cursor (iterator) only pays off for a big batch.
-        for lead_id, type_id, occurred_at, pk, props in (rows.iterator(chunk_size=5000) if len(ids) > IN_MEMORY_MAX
-                                                         else rows):
+        if len(ids) == 1:
+            rows = _one_lead_events(ids[0], rules.event_type_ids)
+        else:
+            rows = (Event.objects.filter(event_type_id__in=rules.event_type_ids, lead_id__in=ids).order_by()
+                    .values_list(*_EVENT_FIELDS))
+            # A server-side cursor (iterator) only pays off for a big batch.
+            rows = rows.iterator(chunk_size=5000) if len(ids) > IN_MEMORY_MAX else rows
+        for lead_id, type_id, occurred_at, pk, props in rows:
             events[(lead_id, type_id)].append((occurred_at, pk, props if isinstance(props, dict) else {}))
         for lead_id in ids:
             for rule, cond in rules.engagement:
