@@ -128,23 +128,28 @@ def setup_hooks() -> Connection:
     from martech.crm.types import CONTACT_MAPPINGS
     from nurture.services import workflow_publish
 
-    Connection.objects.filter(name="bench scoring").delete()
+    remove_hooks()
     conn = Connection.objects.create(provider="hubspot", name="bench scoring")
     for local, remote, kind, extra in CONTACT_MAPPINGS:
         FieldMapping.objects.create(connection=conn, object="contact", local_field=local, remote_field=remote,
                                     kind=kind, **extra)
     # The lifecycle rules a deployment has (the demo's shape): a score rule
     # and an event rule, checked by the event task after each rescoring.
-    LifecycleRule.objects.filter(name__startswith="bench scoring").delete()
     LifecycleRule.objects.create(name="bench scoring MQL", order=1, condition="score >= 500 and fit_score >= 30",
                                  to_stage=LifecycleStage.objects.get(key="mql"))
     LifecycleRule.objects.create(name="bench scoring SQL", order=2, to_stage=LifecycleStage.objects.get(key="sql"),
                                  event_type=EventType.objects.get(name="demo_requested"))
-    Workflow.objects.filter(name="bench scoring").delete()
     wf = Workflow.objects.create(name="bench scoring", trigger="score", trigger_config={"threshold": 10_000},
                                  definition={"start": "end", "steps": {"end": {"type": "end"}}})
     workflow_publish(workflow=wf)
     return conn
+
+
+def remove_hooks() -> None:
+    """Undo setup_hooks (also what a run that stopped half-way left)."""
+    Connection.objects.filter(name="bench scoring").delete()  # with its outbox items
+    LifecycleRule.objects.filter(name__startswith="bench scoring").delete()
+    Workflow.objects.filter(name="bench scoring").delete()
 
 
 def load_events(every: int) -> int:
@@ -175,6 +180,7 @@ def main() -> None:
     emit("leads_in_table", Lead.objects.count(), "rows")
     emit("bench_events_loaded", load_events(10), "rows")
     setup_model()
+    remove_hooks()
     # The events earlier runs added for the incremental part: without them
     # every run scores the same events (and a lead's daily cap is not
     # already reached by a rerun the same day).
@@ -287,7 +293,7 @@ def main() -> None:
     # event's lead read, the rescoring, then the lifecycle rules), on other leads.
     measure("event_task", "task", picked[220:420], picked[420:440],
             lambda lead_id, event: scoring_tasks.events_arrived([event.pk]))
-    OutboxItem.objects.filter(connection=hooked).delete()
+    remove_hooks()
 
     counts, db_cpu = [], []
     for _ in range(3):
