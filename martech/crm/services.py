@@ -562,13 +562,32 @@ def _parse_time(value: str) -> dt.datetime | None:
 
 
 def _local_by_remote_id(connection: Connection, obj: objects.ObjectType, remote_id: str):
+    return _locals_by_remote_ids(connection, obj, [remote_id]).get(remote_id)
+
+
+def _locals_by_remote_ids(connection: Connection, obj: objects.ObjectType, remote_ids: Iterable[str]
+                          ) -> dict[str, Any]:
+    """The local records of these remote ids: by what we pushed or pulled
+    before (PushState), else the remote id column. One query for the states,
+    one for their records, one per id column for the rest, whatever the
+    number of ids (a links pull asks for a batch of 200)."""
+    wanted = {r for r in remote_ids if r}
+    if not wanted:
+        return {}
     model = obj.model_class.objects.select_related(*obj.select_related)
-    state = PushState.objects.filter(connection=connection, object=obj.key, remote_id=remote_id).first()
-    if state is not None:
-        found = model.filter(pk=state.local_id).first()
-        if found is not None:
-            return found
-    return model.filter(**{obj.id_field(connection.provider, remote_id): remote_id}).first()
+    by_state: dict[str, int] = {}
+    for remote_id, local_id in (PushState.objects.filter(connection=connection, object=obj.key, remote_id__in=wanted)
+                                .order_by("pk").values_list("remote_id", "local_id")):
+        by_state.setdefault(remote_id, local_id)
+    rows = model.in_bulk(set(by_state.values())) if by_state else {}
+    found = {r: rows[local_id] for r, local_id in by_state.items() if local_id in rows}
+    by_column: dict[str, set[str]] = {}
+    for remote_id in wanted - found.keys():
+        by_column.setdefault(obj.id_field(connection.provider, remote_id), set()).add(remote_id)
+    for column, ids in by_column.items():
+        for instance in model.filter(**{f"{column}__in": ids}).order_by("pk"):
+            found.setdefault(getattr(instance, column), instance)
+    return found
 
 
 def _find_local(connection: Connection, obj: objects.ObjectType, pulled, mappings: list[FieldMapping]):
@@ -771,14 +790,23 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         run.error = _errors_summary(errors)
         if not dry_run:
             run.recovered = _pull_failures_settle(connection, obj, outcomes)
-        if not dry_run and newest != cursor.value:
-            cursor.value = newest
-            cursor.save(update_fields=["value", "updated_at"])
-        run.api_calls = connector.stats.api_calls - before
-        _count_calls(connection, run.api_calls)
-        run.finished_at = timezone.now()
-        run.save()
+            _cursor_advance(cursor, newest)
+        _run_close(connection, connector, run, calls_before=before)
     return run
+
+
+def _cursor_advance(cursor: SyncCursor, value: str) -> None:
+    if value != cursor.value:
+        cursor.value = value
+        cursor.save(update_fields=["value", "updated_at"])
+
+
+def _run_close(connection: Connection, connector: Connector, run: SyncRun, *, calls_before: int) -> None:
+    """Finish a pull run: the calls it made, counted against the allowance."""
+    run.api_calls = connector.stats.api_calls - calls_before
+    _count_calls(connection, run.api_calls)
+    run.finished_at = timezone.now()
+    run.save()
 
 
 def _link_of(key: str) -> tuple[objects.ObjectType, objects.Link]:
@@ -794,11 +822,12 @@ def _link_others(connection: Connection, connector: Connector, other: objects.Ob
     """The local records pulled links name, by remote id. Ones not here yet
     are read in one query (``fetch_many``) and written like any pulled
     record (for leads ``lead_upsert``, the capture dedupe path)."""
-    found = {r: _local_by_remote_id(connection, other, r) for r in sorted(remote_ids)}
-    missing = [r for r, local in found.items() if local is None]
+    found = _locals_by_remote_ids(connection, other, remote_ids)
+    missing = sorted(set(remote_ids) - found.keys())
     if missing and hasattr(connector, "fetch_many"):
         mappings = [m for m in connection.mappings.filter(object=other.key) if m.pulls]
         outcomes = PullOutcomes()  # recorded against the record's own type
+        written: list[str] = []
         for pulled in connector.fetch_many(other.key, missing, sorted({m.remote_field for m in mappings})):
             try:
                 pulled_apply(connection=connection, pulled=pulled, obj=other.key, mappings=mappings,
@@ -807,7 +836,8 @@ def _link_others(connection: Connection, connector: Connector, other: objects.Ob
                 errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
                 continue
             outcomes.applied(pulled.remote_id)
-            found[pulled.remote_id] = _local_by_remote_id(connection, other, pulled.remote_id)
+            written.append(pulled.remote_id)
+        found.update(_locals_by_remote_ids(connection, other, written))
         _pull_failures_settle(connection, other.key, outcomes)
     return found
 
@@ -877,9 +907,10 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
                 break
             others = _link_others(connection, connector, other_type, {p.other_id for p in chunk if p.other_id},
                                   errors)
+            parents = _locals_by_remote_ids(connection, parent_type, {p.parent_id for p in chunk})
             for pulled in chunk:
                 try:
-                    parent = _local_by_remote_id(connection, parent_type, pulled.parent_id)
+                    parent = parents.get(pulled.parent_id)
                     if parent is None:
                         raise ValidationError({parent_type.key: [
                             f"{parent_type.label} {pulled.parent_id} is not here yet (pull {parent_type.key} first)."]})
@@ -908,13 +939,8 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
     finally:
         run.error = _errors_summary(errors)
         run.recovered = _pull_failures_settle(connection, link, outcomes)
-        if newest != cursor.value:
-            cursor.value = newest
-            cursor.save(update_fields=["value", "updated_at"])
-        run.api_calls = connector.stats.api_calls - before
-        _count_calls(connection, run.api_calls)
-        run.finished_at = timezone.now()
-        run.save()
+        _cursor_advance(cursor, newest)
+        _run_close(connection, connector, run, calls_before=before)
     return run
 
 
@@ -972,17 +998,13 @@ def deletions_pull(*, connection: Connection, key: str, connector: Connector | N
                 _deleted_links_apply(connection, connector, key, page.records, run, errors)
             else:
                 _deleted_records_apply(connection, objects.get(key), page.records, run)
-            cursor.value = page.cursor
-            cursor.save(update_fields=["value", "updated_at"])
+            _cursor_advance(cursor, page.cursor)
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
         _record_error(connection, str(exc)[:2000], stop=isinstance(exc, AuthError))
     finally:
         run.error = "; ".join(errors)[:2000]
-        run.api_calls = connector.stats.api_calls - before
-        _count_calls(connection, run.api_calls)
-        run.finished_at = timezone.now()
-        run.save()
+        _run_close(connection, connector, run, calls_before=before)
     return run
 
 
