@@ -66,3 +66,26 @@ def reference_data():
     re-creates after such a flush."""
     importlib.import_module("martech.migrations.0002_seed_reference_data").seed(apps, None)
     importlib.import_module("nurture.migrations.0002_event_types").add(apps, None)
+
+
+@pytest.fixture
+def task_completions():
+    """(task id, source) of every ``task_completed`` announced during the test."""
+    from martech import signals
+
+    heard: list[tuple[int, str]] = []
+
+    def receiver(sender, task, source, **kwargs):
+        heard.append((task.pk, source))
+
+    signals.task_completed.connect(receiver)
+    yield heard
+    signals.task_completed.disconnect(receiver)
+
+
+@pytest.fixture
+def scoring_inline(settings):
+    """Scoring's django-q2 tasks run inline (a test sees what the worker
+    would do), with the SQL handoff's notifications off."""
+    settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "TASKS_SYNC": True, "HANDOFF_WEBHOOK_URL": "",
+                                "HANDOFF_NOTIFY_EMAILS": [], "HANDOFF_DEFAULT_OWNER": ""}

@@ -9,7 +9,6 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from martech import signals
 from martech.crm.models import CrmOwner, FieldMapping, OutboxItem
 from martech.crm.services import outbox_drain, payload_preview, pull_changes
 from martech.crm.types import SALESFORCE_TASK_MAPPINGS
@@ -89,32 +88,24 @@ def test_task_for_a_contact_goes_with_the_contact_id(sf_tasks, salesforce):
     assert not salesforce.records["Lead"]
 
 
-def test_task_closed_in_salesforce_completes_ours_once(sf_tasks, salesforce, django_capture_on_commit_callbacks):
+def test_task_closed_in_salesforce_completes_ours_once(sf_tasks, salesforce, django_capture_on_commit_callbacks,
+                                                       task_completions):
     task = _task()
     outbox_drain(connection=sf_tasks)
     pull_changes(connection=sf_tasks, obj="task")  # our own push comes back unchanged
     task.refresh_from_db()
     assert task.status == SalesTask.Status.OPEN
-    heard = []
-
-    def receiver(sender, task, source, **kwargs):
-        heard.append((task.pk, source))
-
-    signals.task_completed.connect(receiver)
-    try:
-        salesforce.put("Task", {"Id": task.salesforce_id, "Status": "Completed"})
-        # A Task made in Salesforce with no WhoId: a recorded error naming the lead, not a task.
-        orphan = salesforce.put("Task", {"Subject": "Someone else's", "Status": "Completed"})
-        with django_capture_on_commit_callbacks(execute=True):
-            run = pull_changes(connection=sf_tasks, obj="task")
-    finally:
-        signals.task_completed.disconnect(receiver)
+    salesforce.put("Task", {"Id": task.salesforce_id, "Status": "Completed"})
+    # A Task made in Salesforce with no WhoId: a recorded error naming the lead, not a task.
+    orphan = salesforce.put("Task", {"Subject": "Someone else's", "Status": "Completed"})
+    with django_capture_on_commit_callbacks(execute=True):
+        run = pull_changes(connection=sf_tasks, obj="task")
     assert (run.pulled, run.skipped, run.failed) == (1, 0, 1)
     assert run.error.startswith(f"{orphan['Id']}: ") and "'lead'" in run.error
     task.refresh_from_db()
     assert task.status == SalesTask.Status.DONE and task.completed_at
     assert SalesTask.objects.count() == 1
-    assert heard == [(task.pk, "crm:salesforce")]
+    assert task_completions == [(task.pk, "crm:salesforce")]
     assert not OutboxItem.objects.filter(object="task", status="pending").exists()  # not pushed back
     completed_at = task.completed_at
     pull_changes(connection=sf_tasks, obj="task", full=True)

@@ -7,7 +7,6 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from martech import signals
 from martech.crm.models import OutboxItem
 from martech.crm.services import outbox_drain, pull_changes
 from martech.models import SalesTask
@@ -48,33 +47,25 @@ def test_task_without_due_date_is_due_when_made(task_mappings, hubspot):
     assert stamp.startswith(task.created_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M"))
 
 
-def test_task_completed_in_hubspot_completes_ours_once(task_mappings, hubspot, django_capture_on_commit_callbacks):
+def test_task_completed_in_hubspot_completes_ours_once(task_mappings, hubspot, django_capture_on_commit_callbacks,
+                                                      task_completions):
     task = _task()
     outbox_drain(connection=task_mappings)
     pull_changes(connection=task_mappings, obj="task")  # our own push comes back unchanged
     task.refresh_from_db()
     assert task.status == SalesTask.Status.OPEN
-    heard = []
-
-    def receiver(sender, task, source, **kwargs):
-        heard.append((task.pk, source))
-
-    signals.task_completed.connect(receiver)
-    try:
-        hubspot.put("tasks", {"hs_task_status": "COMPLETED"}, object_id=task.hubspot_id)
-        # A task created in HubSpot with no contact we know: a recorded error, not a task and not a crash.
-        orphan = hubspot.put("tasks", {"hs_task_subject": "Someone else's", "hs_task_status": "COMPLETED",
-                                       "hs_timestamp": "2026-01-01T00:00:00Z"})
-        with django_capture_on_commit_callbacks(execute=True):
-            run = pull_changes(connection=task_mappings, obj="task")
-    finally:
-        signals.task_completed.disconnect(receiver)
+    hubspot.put("tasks", {"hs_task_status": "COMPLETED"}, object_id=task.hubspot_id)
+    # A task created in HubSpot with no contact we know: a recorded error, not a task and not a crash.
+    orphan = hubspot.put("tasks", {"hs_task_subject": "Someone else's", "hs_task_status": "COMPLETED",
+                                   "hs_timestamp": "2026-01-01T00:00:00Z"})
+    with django_capture_on_commit_callbacks(execute=True):
+        run = pull_changes(connection=task_mappings, obj="task")
     assert (run.pulled, run.skipped, run.failed) == (1, 0, 1)
     assert run.error.startswith(f"{orphan['id']}: ") and "'lead'" in run.error and "no contact" in run.error
     task.refresh_from_db()
     assert task.status == SalesTask.Status.DONE and task.completed_at
     assert SalesTask.objects.count() == 1
-    assert heard == [(task.pk, "crm:hubspot")]  # routing counts it as the first touch
+    assert task_completions == [(task.pk, "crm:hubspot")]  # routing counts it as the first touch
     # The completion came from HubSpot: not pushed back.
     assert not OutboxItem.objects.filter(object="task", status="pending").exists()
     # Pulled again (full): already done, nothing changes.

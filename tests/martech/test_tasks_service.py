@@ -1,7 +1,7 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from martech import hooks, signals
+from martech import hooks
 from martech.models import SalesTask
 from martech.services.tasks import task_complete, task_create
 from tests.factories import LeadFactory
@@ -30,20 +30,14 @@ def test_blank_key_or_subject_is_refused_by_field():
     assert "subject" in exc.value.message_dict
 
 
-def test_complete_once_and_announce(django_capture_on_commit_callbacks):
+def test_complete_once_and_announce(django_capture_on_commit_callbacks, task_completions):
     task, _ = task_create(key="k", lead=LeadFactory(), subject="Call", source="t")
-    seen = []
-    receiver = lambda sender, **kw: seen.append(kw["task"].pk)  # noqa: E731
-    signals.task_completed.connect(receiver)
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            assert task_complete(task=task, source="crm") is True
-        with django_capture_on_commit_callbacks(execute=True):
-            assert task_complete(task=task, source="crm") is False
-    finally:
-        signals.task_completed.disconnect(receiver)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert task_complete(task=task, source="crm") is True
+    with django_capture_on_commit_callbacks(execute=True):
+        assert task_complete(task=task, source="crm") is False
     task.refresh_from_db()
-    assert task.status == SalesTask.Status.DONE and task.completed_at and seen == [task.pk]
+    assert task.status == SalesTask.Status.DONE and task.completed_at and task_completions == [(task.pk, "crm")]
 
 
 def test_providers():

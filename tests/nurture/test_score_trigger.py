@@ -18,14 +18,8 @@ from nurture.receivers import on_score
 from nurture.services import workflow_set_status
 from tests.nurture.conftest import email_flow
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("scoring_inline")]  # tests/conftest.py
 _n = [0]
-
-
-@pytest.fixture(autouse=True)
-def _scoring_inline(settings):
-    settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "TASKS_SYNC": True, "HANDOFF_WEBHOOK_URL": "",
-                                "HANDOFF_NOTIFY_EMAILS": [], "HANDOFF_DEFAULT_OWNER": ""}
 
 
 @pytest.fixture

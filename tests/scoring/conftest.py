@@ -8,10 +8,8 @@ from martech.scoring.models import ScoringModel
 
 
 @pytest.fixture(autouse=True)
-def _tasks_inline(settings):
-    # django-q2 tasks run inline, so a test sees what the worker would do.
-    settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "TASKS_SYNC": True, "HANDOFF_WEBHOOK_URL": "",
-                                "HANDOFF_NOTIFY_EMAILS": [], "HANDOFF_DEFAULT_OWNER": ""}
+def _tasks_inline(scoring_inline):
+    """Every scoring test runs its tasks inline (tests/conftest.py)."""
 
 
 @pytest.fixture
