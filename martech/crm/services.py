@@ -700,8 +700,9 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
             for other, remote_ids in pulled.associations.items():
                 if other in object_type.association_fields:
                     continue
-                found = [_local_by_remote_id(connection, objects.get(other), r) for r in remote_ids]
-                linked[other] = [f for f in found if f is not None]  # ones we do not have yet come with their pull
+                # Ones we do not have yet come with their pull.
+                found = _locals_by_remote_ids(connection, objects.get(other), remote_ids)
+                linked[other] = [found[r] for r in remote_ids if r in found]
             object_type.apply_associations(instance=written, linked=linked, source=f"crm:{connection.provider}")
         _associations_removed_apply(connection, object_type, written, pulled)
         _mark_synced(connection, object_type, written, pulled.remote_id, connector, local_unsent=not take_all)
@@ -1015,13 +1016,14 @@ def _deleted_links_apply(connection: Connection, connector: Connector, key: str,
     source = f"crm:{connection.provider}"
     # The deleted ids name neither parent nor person: read them back in one query per 200.
     where = connector.deleted_links(key, [remote_id for remote_id, _ in deleted]) if deleted and spec.remove else {}
+    parents = _locals_by_remote_ids(connection, parent_type, {p for p, _ in where.values()})
+    others = _locals_by_remote_ids(connection, other_type, {o for _, o in where.values()})
     for remote_id, deleted_at in deleted:
         if spec.remove is None:
             run.skipped += 1
             continue
         parent_id, other_id = where.get(remote_id, ("", ""))
-        parent = _local_by_remote_id(connection, parent_type, parent_id) if parent_id else None
-        other = _local_by_remote_id(connection, other_type, other_id) if other_id else None
+        parent, other = parents.get(parent_id), others.get(other_id)
         try:
             with transaction.atomic():
                 changed = spec.remove(parent=parent, other=other, remote_id=remote_id,
@@ -1054,8 +1056,9 @@ def _deleted_records_apply(connection: Connection, obj: objects.ObjectType, dele
                            run: SyncRun) -> None:
     source = f"crm:{connection.provider}"
     model = obj.model_class
+    found = _locals_by_remote_ids(connection, obj, [remote_id for remote_id, _ in deleted])
     for remote_id, deleted_at in deleted:
-        instance = _local_by_remote_id(connection, obj, remote_id)
+        instance = found.get(remote_id)
         if instance is None:
             run.skipped += 1
             continue
@@ -1102,8 +1105,7 @@ def _associations_removed_apply(connection: Connection, obj: objects.ObjectType,
             continue
         gone = sorted(set(synced) - set(pulled.associations[other]))
         if gone:
-            found = [_local_by_remote_id(connection, objects.get(other), r) for r in gone]
-            removed[other] = [f for f in found if f is not None]
+            removed[other] = list(_locals_by_remote_ids(connection, objects.get(other), gone).values())
             kept[other] = [r for r in synced if r not in gone]
     if not removed:
         return
