@@ -47,8 +47,9 @@ class FitRule(models.Model):
     condition = ConditionField(help_text='e.g. job_title contains "vp" or account.employee_count >= 200')
     points = models.IntegerField()
     is_active = models.BooleanField(default=True)
-    # When the rule last changed (shown in the admin; workers learn of a
-    # change through martech.configcache, bumped on save and delete).
+    # When the rule last changed: shown beside each rule on the scoring
+    # model's admin page (workers learn of a change through
+    # martech.configcache, bumped on save and delete).
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

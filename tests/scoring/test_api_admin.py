@@ -103,6 +103,10 @@ def test_admin_pages_preview_and_csv(client, superuser, scored):
     body = b"".join(response.streaming_content).decode()
     lines = body.strip().splitlines()
     assert lines[0].startswith("id,email") and len(lines) == 2 and lines[1].startswith(f"{scored['us'].pk},")
+    # Each rule shows when it last changed.
+    model_page = client.get(reverse("admin:scoring_scoringmodel_change",
+                                    args=[FitRule.objects.get(name="US").model_id])).content.decode()
+    assert model_page.count("Updated at") == 2  # the fit and the engagement rules' column
     lead_page = client.get(reverse("admin:martech_lead_change", args=[scored["us"].pk])).content.decode()
     assert "Why this score" in lead_page and "Views" in lead_page
 

@@ -30,8 +30,8 @@ class FitRuleInline(admin.TabularInline):
     model = FitRule
     form = FitRuleForm
     extra = 0
-    fields = ["name", "condition", "points", "is_active", "matches"]
-    readonly_fields = ["matches"]
+    fields = ["name", "condition", "points", "is_active", "matches", "updated_at"]
+    readonly_fields = ["matches", "updated_at"]
 
     @admin.display(description="Matches now")
     def matches(self, obj: FitRule) -> str:
@@ -47,6 +47,8 @@ class EngagementRuleInline(admin.TabularInline):
     model = EngagementRule
     form = EngagementRuleForm
     extra = 0
+    fields = [*EngagementRuleForm.Meta.fields, "updated_at"]
+    readonly_fields = ["updated_at"]
 
 
 @admin.register(ScoringModel)
