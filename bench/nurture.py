@@ -40,7 +40,7 @@ from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from martech.models import ConsentRecord, Lead, LifecycleStage  # noqa: E402
-from nurture.models import Enrollment, Message, StepExecution, Workflow  # noqa: E402
+from nurture.models import Enrollment, Message, Workflow  # noqa: E402
 
 RATE = 1000  # due steps per second offered to the workers
 

@@ -44,7 +44,7 @@ import django  # noqa: E402
 django.setup()
 
 from django.conf import settings  # noqa: E402
-from django.db import connection, connections, transaction  # noqa: E402
+from django.db import connection, connections  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from martech.models import Lead, LifecycleStage  # noqa: E402
@@ -242,7 +242,7 @@ def measure_throughput(prefix: str, n: int, workers: int, batch_size: int) -> No
     emit("leads_without_assignment", n - len(per_lead), "leads")
     got = Counter(dict(rows.values_list("rep_id").annotate(n=django.db.models.Count("id")).values_list("rep_id", "n")))
     worst = 0.0
-    for team_id, reps in weights.items():
+    for reps in weights.values():
         team_total = sum(got[r] for r in reps)
         weight_total = sum(reps.values())
         for rep_id, w in reps.items():

@@ -169,7 +169,8 @@ class _ImportView(APIView):
         try:
             return Response(fn(rows=self._rows(request), **kwargs), status=200)
         except DjangoValidationError as exc:
-            raise serializers.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"rows": exc.messages})
+            raise serializers.ValidationError(
+                exc.message_dict if hasattr(exc, "error_dict") else {"rows": exc.messages}) from exc
 
 
 class SpendImportView(_ImportView):

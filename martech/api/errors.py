@@ -10,7 +10,6 @@ from django.core.exceptions import PermissionDenied, ValidationError as DjangoVa
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, status
-from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 

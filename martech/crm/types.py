@@ -46,7 +46,6 @@ def _task_write(*, instance, data: dict[str, Any], source: str):
     import datetime as dt
 
     from django.core.exceptions import ValidationError
-    from django.utils import timezone
 
     from martech.models import SalesTask
     from martech.services.tasks import CRM_ID_FIELDS, task_complete, task_create, task_update

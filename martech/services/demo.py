@@ -38,7 +38,6 @@ from tqdm import tqdm
 from martech.models import (
     Account,
     Campaign,
-    Channel,
     ConsentChannel,
     ConsentRecord,
     Event,

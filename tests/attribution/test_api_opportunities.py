@@ -2,7 +2,7 @@
 that opportunity changes queue."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone as dt_tz
+from datetime import datetime, timedelta, timezone as dt_tz
 from decimal import Decimal
 
 import pytest

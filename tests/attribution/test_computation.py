@@ -5,7 +5,6 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
 from attribution.computation import ALL_MODELS, attribution_compute
 from attribution.models import AttributionCredit, CampaignSpend, Opportunity, Touchpoint

@@ -17,7 +17,7 @@ from martech.services.ingest import events_ingest
 from martech.services.leads import consent_record
 from nurture.channels import LocmemSmsBackend
 from nurture.engine import enrollments_advance_due, split_bucket
-from nurture.models import AudienceMember, Enrollment, Message, StepExecution, Suppression, Workflow
+from nurture.models import AudienceMember, Enrollment, Message, StepExecution, Suppression
 from nurture.services import enrollment_create, enrollments_migrate, workflow_publish
 from tests.nurture.conftest import email_flow
 

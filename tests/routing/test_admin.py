@@ -5,7 +5,7 @@ import pytest
 from django.urls import reverse
 
 from routing import services
-from routing.models import Assignment, Rep, RuleSet
+from routing.models import Assignment, Rep
 from tests.factories import LeadFactory
 from tests.routing.factories import RepFactory, RuleSetFactory, TeamFactory, TerritoryFactory
 

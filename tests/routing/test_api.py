@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from routing.models import Assignment, Rep, RuleSet, Team
+from routing.models import Assignment, RuleSet
 from routing import services
 from tests.factories import LeadFactory, UserFactory
 from tests.martech.api_support import *  # noqa: F403

@@ -37,7 +37,7 @@ def _team(n_reps: int, name: str) -> Team:
 def test_one_route_is_a_fixed_number_of_queries(n_reps):
     team = _team(n_reps, "T")
     draft = RuleSetFactory(fallback_team=team)
-    for k in range(30):  # rules that do not match: matched in memory, no queries
+    for _ in range(30):  # rules that do not match: matched in memory, no queries
         RuleFactory(rule_set=draft, territory=TerritoryFactory(countries=["ZZ"]), team=team)
     services.rule_set_publish(rule_set=draft)
     services.lead_route(lead_id=LeadFactory().pk, trigger="api")  # warm the per-process caches

@@ -58,7 +58,7 @@ def test_weighted_round_robin_shares():
 
 def test_capacity_skips_full_reps_then_waits_then_assigns():
     team = TeamFactory(method=Team.Method.CAPACITY)
-    a = RepFactory(team=team, name="A", max_open_leads=1)
+    RepFactory(team=team, name="A", max_open_leads=1)
     b = RepFactory(team=team, name="B", max_open_leads=2)
     published(fallback=team)
     assert sorted(routed_reps(team, 3)) == ["A", "B", "B"]
@@ -196,7 +196,8 @@ def test_unrouted_sweep_routes_leads_missed_by_the_trigger():
 
 def test_deactivating_a_rep_reroutes_their_open_leads():
     team = TeamFactory()
-    a, b = RepFactory(team=team, name="A"), RepFactory(team=team, name="B")
+    a = RepFactory(team=team, name="A")
+    RepFactory(team=team, name="B")
     published(fallback=team)
     leads = [LeadFactory() for _ in range(4)]
     for lead in leads:
@@ -278,7 +279,7 @@ def test_batch_routing_matches_one_by_one_decisions():
     cap = TeamFactory(name="Cap", method=Team.Method.CAPACITY)
     RepFactory(team=cap, name="c1", max_open_leads=2)
     fallback = TeamFactory(name="Fallback")
-    spare = RepFactory(team=fallback, name="spare")
+    RepFactory(team=fallback, name="spare")
     de = TerritoryFactory(countries=["DE"])
     fr = TerritoryFactory(countries=["FR"])
     published(fallback=fallback, rules=[

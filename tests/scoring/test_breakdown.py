@@ -3,6 +3,7 @@ and the incremental path's query count."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pytest
 from django.urls import reverse
@@ -17,9 +18,12 @@ from tests.scoring.conftest import half_life
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
 
-def _view(lead, url, at, n=[0]):
-    n[0] += 1
-    return EventFactory(lead=lead, client_event_id=f"bd-{lead.pk}-{n[0]}", occurred_at=at, properties={"url": url})
+_view_ids = itertools.count(1)
+
+
+def _view(lead, url, at):
+    n = next(_view_ids)
+    return EventFactory(lead=lead, client_event_id=f"bd-{lead.pk}-{n}", occurred_at=at, properties={"url": url})
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def _build(seed: int, model):
         EngagementRule.objects.create(model=model, name=f"E{i}", **r)
     accounts = [AccountFactory(employee_count=c) for c in (10, 200, 5000, None)]
     leads = []
-    for i in range(40):
+    for _ in range(40):
         leads.append(LeadFactory(country=rnd.choice(["US", "de", "FR", "", "Us"]),
                                  job_title=rnd.choice(["Marketing Manager", "Dev", "", "MANAGER of x"]),
                                  account=rnd.choice([*accounts, None])))

@@ -1,4 +1,3 @@
-from collections import Counter
 
 from django.contrib import admin, messages
 

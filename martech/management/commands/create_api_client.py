@@ -32,7 +32,7 @@ class Command(BaseCommand):
         try:
             client, token = api_client_create(name=name, scopes=scopes)
         except ValidationError as exc:
-            raise CommandError("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items()))
+            raise CommandError("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())) from exc
         self.stdout.write(f"Created API client {client.name!r} (id {client.pk}) with scopes: {', '.join(client.scopes)}.")
         self.stdout.write("Store this token now; it is not shown again:")
         self.stdout.write(token)
