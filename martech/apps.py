@@ -13,6 +13,8 @@ class MartechConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
+        from martech import checks  # noqa: F401 (registers the deploy checks)
+
         # Every app's post_migrate, not only ours: permissions of apps listed
         # after martech are created in their own post_migrate.
         post_migrate.connect(_sync_roles_after_migrate, dispatch_uid="martech_sync_roles")

@@ -12,6 +12,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from martech.crm.emulators.defaults import CREDENTIALS as _CRM_EMULATOR, HUBSPOT_PORT_OFFSET, SALESFORCE_PORT_OFFSET
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 VAR_DIR.mkdir(exist_ok=True)
@@ -39,6 +41,12 @@ env = _Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
+
+# The port the embedded site serves on (scripts/run); the CRM emulators' ports
+# and URLs and the public base URL of email links follow from it by default.
+PORT = env.int("MARTECH_PORT", default=8000)
+if not 0 < PORT < 65536 - SALESFORCE_PORT_OFFSET:
+    raise ImproperlyConfigured(f"MARTECH_PORT={PORT} is not a usable port (1 to {65535 - SALESFORCE_PORT_OFFSET})")
 
 
 def _secret_key() -> str:
@@ -332,27 +340,33 @@ MARTECH_SCORING = {
 }
 
 # CRM sync (martech/crm). Credentials come only from here; the defaults point
-# at the local emulators that scripts/run starts.
+# at the local emulators that scripts/run starts, with the emulators' public
+# credentials: `check --deploy` refuses them with debug off (martech/crm/checks.py).
+_hubspot_port = PORT + HUBSPOT_PORT_OFFSET
+_salesforce_port = PORT + SALESFORCE_PORT_OFFSET
 MARTECH_CRM = {
-    "HUBSPOT_URL": env.str("MARTECH_CRM_HUBSPOT_URL", default="http://127.0.0.1:8471"),
-    "HUBSPOT_TOKEN": env.str("MARTECH_CRM_HUBSPOT_TOKEN", default="emulator-token"),
-    "HUBSPOT_APP_SECRET": env.str("MARTECH_CRM_HUBSPOT_APP_SECRET", default="emulator-secret"),
-    "HUBSPOT_EMULATOR_PORT": env.int("MARTECH_CRM_HUBSPOT_EMULATOR_PORT", default=8471),
+    "HUBSPOT_URL": env.str("MARTECH_CRM_HUBSPOT_URL", default=f"http://127.0.0.1:{_hubspot_port}"),
+    "HUBSPOT_TOKEN": env.str("MARTECH_CRM_HUBSPOT_TOKEN", default=_CRM_EMULATOR["HUBSPOT_TOKEN"]),
+    "HUBSPOT_APP_SECRET": env.str("MARTECH_CRM_HUBSPOT_APP_SECRET", default=_CRM_EMULATOR["HUBSPOT_APP_SECRET"]),
+    "HUBSPOT_EMULATOR_PORT": env.int("MARTECH_CRM_HUBSPOT_EMULATOR_PORT", default=_hubspot_port),
     # Salesforce: the instance URL and OAuth credentials; the access token is
     # renewed once with the refresh token when it expires.
-    "SALESFORCE_URL": env.str("MARTECH_CRM_SALESFORCE_URL", default="https://127.0.0.1:8472"),
+    "SALESFORCE_URL": env.str("MARTECH_CRM_SALESFORCE_URL", default=f"https://127.0.0.1:{_salesforce_port}"),
     "SALESFORCE_API_VERSION": env.str("MARTECH_CRM_SALESFORCE_API_VERSION", default="59.0"),
-    "SALESFORCE_ACCESS_TOKEN": env.str("MARTECH_CRM_SALESFORCE_ACCESS_TOKEN", default="emulator-session"),
-    "SALESFORCE_REFRESH_TOKEN": env.str("MARTECH_CRM_SALESFORCE_REFRESH_TOKEN", default="emulator-refresh"),
-    "SALESFORCE_CLIENT_ID": env.str("MARTECH_CRM_SALESFORCE_CLIENT_ID", default="emulator-client"),
-    "SALESFORCE_CLIENT_SECRET": env.str("MARTECH_CRM_SALESFORCE_CLIENT_SECRET", default="emulator-secret"),
+    "SALESFORCE_ACCESS_TOKEN": env.str("MARTECH_CRM_SALESFORCE_ACCESS_TOKEN",
+                                       default=_CRM_EMULATOR["SALESFORCE_ACCESS_TOKEN"]),
+    "SALESFORCE_REFRESH_TOKEN": env.str("MARTECH_CRM_SALESFORCE_REFRESH_TOKEN",
+                                        default=_CRM_EMULATOR["SALESFORCE_REFRESH_TOKEN"]),
+    "SALESFORCE_CLIENT_ID": env.str("MARTECH_CRM_SALESFORCE_CLIENT_ID", default=_CRM_EMULATOR["SALESFORCE_CLIENT_ID"]),
+    "SALESFORCE_CLIENT_SECRET": env.str("MARTECH_CRM_SALESFORCE_CLIENT_SECRET",
+                                        default=_CRM_EMULATOR["SALESFORCE_CLIENT_SECRET"]),
     # CA bundle the connector trusts for the instance ("" = the system's); the
     # default is the certificate the local emulator generates.
     "SALESFORCE_CA_CERT": env.str("MARTECH_CRM_SALESFORCE_CA_CERT",
                                   default=str(BASE_DIR / "var" / "crm" / "salesforce-emulator.pem")),
     "SALESFORCE_EMULATOR_CERT_DIR": env.str("MARTECH_CRM_SALESFORCE_EMULATOR_CERT_DIR",
                                             default=str(BASE_DIR / "var" / "crm")),
-    "SALESFORCE_EMULATOR_PORT": env.int("MARTECH_CRM_SALESFORCE_EMULATOR_PORT", default=8472),
+    "SALESFORCE_EMULATOR_PORT": env.int("MARTECH_CRM_SALESFORCE_EMULATOR_PORT", default=_salesforce_port),
     # New leads go to this sObject; a lead with a Salesforce Contact id (a converted lead) goes to Contact.
     "SALESFORCE_NEW_LEADS_AS": env.str("MARTECH_CRM_SALESFORCE_NEW_LEADS_AS", default="Lead"),
     # A drain batch of more records than this goes through Bulk API 2.0 instead of Collections (200 per call).
@@ -378,6 +392,8 @@ MARTECH_NURTURE = {
     "QUIET_END_HOUR": env.int("NURTURE_QUIET_END_HOUR", default=8),
     # A message left "sending" this long by a dead worker is reconciled.
     "SENDING_LEASE_SECONDS": env.int("NURTURE_SENDING_LEASE_SECONDS", default=600),
+    # ConsoleSmsBackend only prints; a site that sends no SMS sets
+    # nurture.channels.DisabledSmsBackend (SMS steps then fail, saying why).
     "SMS_BACKEND": env.str("NURTURE_SMS_BACKEND", default="nurture.channels.ConsoleSmsBackend"),
     "TWILIO_ACCOUNT_SID": env.str("TWILIO_ACCOUNT_SID", default=""),
     "TWILIO_AUTH_TOKEN": env.str("TWILIO_AUTH_TOKEN", default=""),
@@ -387,7 +403,7 @@ MARTECH_NURTURE = {
     "TWILIO_RETRIES": env.int("TWILIO_RETRIES", default=2),
     "AUDIENCE_ADAPTER": env.str("NURTURE_AUDIENCE_ADAPTER", default="nurture.channels.LogAudienceAdapter"),
     # Absolute base of tracking and unsubscribe links in emails.
-    "PUBLIC_BASE_URL": env.str("NURTURE_PUBLIC_BASE_URL", default="http://127.0.0.1:8000"),
+    "PUBLIC_BASE_URL": env.str("NURTURE_PUBLIC_BASE_URL", default=f"http://127.0.0.1:{PORT}"),
 }
 for _k in ("QUIET_START_HOUR", "QUIET_END_HOUR"):
     if not 0 <= MARTECH_NURTURE[_k] <= 23:

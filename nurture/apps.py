@@ -7,7 +7,7 @@ class NurtureConfig(AppConfig):
 
     def ready(self) -> None:
         from martech import configcache
-        from nurture import receivers
+        from nurture import checks, receivers  # noqa: F401 (checks: registers the deploy checks)
         from nurture.models import WORKFLOWS_KEY, Workflow, WorkflowVersion
 
         receivers.connect()

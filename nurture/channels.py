@@ -144,6 +144,14 @@ class ConsoleSmsBackend:
         return key
 
 
+class DisabledSmsBackend:
+    """For a site that sends no SMS: an SMS step fails with this reason on
+    its message instead of pretending to send, as the console backend does."""
+
+    def send(self, *, to: str, body: str, key: str) -> str:
+        raise SmsError("sms_disabled", "SMS is not configured on this site (NURTURE_SMS_BACKEND).")
+
+
 class LocmemSmsBackend:
     outbox: list[dict] = []
 

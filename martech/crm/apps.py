@@ -11,7 +11,7 @@ class CrmConfig(AppConfig):
         # The core object types (contact, company, task), and the outbox's
         # in-transaction hooks for every type registered (martech.hooks).
         from martech import configcache
-        from martech.crm import outbox, receivers
+        from martech.crm import checks, outbox, receivers  # noqa: F401 (checks: registers the deploy checks)
         from martech.crm.models import Connection, FieldMapping
         from martech.crm.types import register_core
 

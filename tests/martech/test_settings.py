@@ -35,14 +35,29 @@ def _settings(**env: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# What an operator sets for production (deploy/env.example): HubSpot in use,
+# Salesforce not (its variables empty), mail through a server, no SMS.
+PRODUCTION = {
+    "DJANGO_DEBUG": "false",
+    "DJANGO_ALLOWED_HOSTS": "martech.example.com",
+    "EMAIL_URL": "smtp+tls://mailer:secret@mail.example.com:587",
+    "NURTURE_SMS_BACKEND": "nurture.channels.DisabledSmsBackend",
+    "NURTURE_PUBLIC_BASE_URL": "https://martech.example.com",
+    "MARTECH_CRM_HUBSPOT_URL": "https://api.hubapi.com",
+    "MARTECH_CRM_HUBSPOT_TOKEN": "pat-na1-11111111-2222-3333-4444-555555555555",
+    "MARTECH_CRM_HUBSPOT_APP_SECRET": "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
+    "MARTECH_CRM_SALESFORCE_URL": "",
+    "MARTECH_CRM_SALESFORCE_ACCESS_TOKEN": "",
+    "MARTECH_CRM_SALESFORCE_REFRESH_TOKEN": "",
+    "MARTECH_CRM_SALESFORCE_CLIENT_ID": "",
+    "MARTECH_CRM_SALESFORCE_CLIENT_SECRET": "",
+}
+
+
 @pytest.fixture
 def production_env(tmp_path) -> dict[str, str]:
-    return {
-        "DJANGO_DEBUG": "false",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
-        "DJANGO_ALLOWED_HOSTS": "martech.example.com",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
-    }
+    return {**PRODUCTION, "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}"}
 
 
 def test_check_deploy_is_clean_with_the_documented_production_variables(production_env):
@@ -51,6 +66,27 @@ def test_check_deploy_is_clean_with_the_documented_production_variables(producti
     assert proc.returncode == 0, output
     assert "System check identified no issues" in output
     assert "WARNING" not in output and "?: (security" not in output
+
+
+def test_check_deploy_refuses_every_emulator_and_console_default(production_env):
+    """Debug off and nothing else set: every default of the embedded setup
+    that is unsafe or delivers nothing is refused, each naming its variable."""
+    env = {k: v for k, v in production_env.items() if k not in PRODUCTION or k in ("DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS")}
+    proc = _run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], **env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for named in ("EMAIL_URL", "NURTURE_SMS_BACKEND", "NURTURE_PUBLIC_BASE_URL", "MARTECH_CRM_HUBSPOT_URL",
+                  "MARTECH_CRM_HUBSPOT_TOKEN", "MARTECH_CRM_HUBSPOT_APP_SECRET", "MARTECH_CRM_SALESFORCE_URL",
+                  "MARTECH_CRM_SALESFORCE_ACCESS_TOKEN", "MARTECH_CRM_SALESFORCE_REFRESH_TOKEN",
+                  "MARTECH_CRM_SALESFORCE_CLIENT_ID", "MARTECH_CRM_SALESFORCE_CLIENT_SECRET"):
+        assert named in output, named
+    assert output.count("(martech.crm.E001)") == 6 and output.count("(martech.crm.E002)") == 2
+
+
+def test_the_embedded_setup_keeps_its_emulator_defaults():
+    proc = _run(["manage.py", "check", "--deploy"])
+    output = proc.stdout + proc.stderr
+    assert "martech.E001" not in output and "martech.crm.E00" not in output and "nurture.E00" not in output
 
 
 def test_embedded_defaults():
@@ -96,3 +132,35 @@ def test_bad_configuration_fails_at_start_naming_the_variable(env, named):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "ImproperlyConfigured" in last and named in last
+
+
+PORTS = (
+    "import json, django; django.setup(); from django.conf import settings as s; "
+    "print(json.dumps({k: s.MARTECH_CRM[k] for k in ('HUBSPOT_URL', 'HUBSPOT_EMULATOR_PORT', 'SALESFORCE_URL', "
+    "'SALESFORCE_EMULATOR_PORT')} | {'public': s.MARTECH_NURTURE['PUBLIC_BASE_URL']}))"
+)
+
+
+def _ports(**env: str) -> dict:
+    proc = _run(["-c", PORTS], **env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_one_port_variable_moves_the_emulators_and_the_links():
+    assert _ports() == {"HUBSPOT_URL": "http://127.0.0.1:8471", "HUBSPOT_EMULATOR_PORT": 8471,
+                        "SALESFORCE_URL": "https://127.0.0.1:8472", "SALESFORCE_EMULATOR_PORT": 8472,
+                        "public": "http://127.0.0.1:8000"}
+    assert _ports(MARTECH_PORT="9100") == {"HUBSPOT_URL": "http://127.0.0.1:9571", "HUBSPOT_EMULATOR_PORT": 9571,
+                                           "SALESFORCE_URL": "https://127.0.0.1:9572", "SALESFORCE_EMULATOR_PORT": 9572,
+                                           "public": "http://127.0.0.1:9100"}
+    # An explicit value still wins over the derived default.
+    assert _ports(MARTECH_PORT="9100", NURTURE_PUBLIC_BASE_URL="https://ops.example.com")["public"] == \
+        "https://ops.example.com"
+
+
+@pytest.mark.parametrize("port", ["0", "65500", "http"])
+def test_a_bad_port_fails_at_start_naming_the_variable(port):
+    proc = _run(["manage.py", "check"], MARTECH_PORT=port)
+    assert proc.returncode != 0
+    assert "MARTECH_PORT" in proc.stderr.strip().splitlines()[-1]

@@ -68,6 +68,8 @@ from urllib.parse import parse_qs
 
 from werkzeug.wrappers import Request, Response
 
+from martech.crm.emulators.defaults import CREDENTIALS
+
 from .base import EmulatorBase
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -213,8 +215,10 @@ def _matches(record: dict, conditions: list) -> bool:
 
 
 class SalesforceEmulator(EmulatorBase):
-    def __init__(self, *, client_id: str = "emulator-client", client_secret: str = "emulator-secret",
-                 refresh_token: str = "emulator-refresh", session_id: str = "emulator-session",
+    def __init__(self, *, client_id: str = CREDENTIALS["SALESFORCE_CLIENT_ID"],
+                 client_secret: str = CREDENTIALS["SALESFORCE_CLIENT_SECRET"],
+                 refresh_token: str = CREDENTIALS["SALESFORCE_REFRESH_TOKEN"],
+                 session_id: str = CREDENTIALS["SALESFORCE_ACCESS_TOKEN"],
                  daily_max: int = 100_000, **kwargs):
         super().__init__(**kwargs)
         self.client_id, self.client_secret, self.refresh_token = client_id, client_secret, refresh_token

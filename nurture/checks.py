@@ -1,0 +1,42 @@
+"""Deploy checks of nurture's settings (see martech/checks.py): with debug
+off, a console SMS backend and links in emails that point at this machine or
+travel over plain http are refused."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core import checks
+
+from martech.checks import is_loopback_url, production
+
+NON_DELIVERING_SMS = {"nurture.channels.ConsoleSmsBackend", "nurture.channels.LocmemSmsBackend"}
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_nurture_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    if not production():
+        return []
+    conf = settings.MARTECH_NURTURE
+    errors: list[checks.CheckMessage] = []
+    if conf["SMS_BACKEND"] in NON_DELIVERING_SMS:
+        errors.append(checks.Error(
+            f"SMS is not delivered: NURTURE_SMS_BACKEND is {conf['SMS_BACKEND']}.",
+            hint="Set NURTURE_SMS_BACKEND=nurture.channels.TwilioSmsBackend with TWILIO_ACCOUNT_SID, "
+                 "TWILIO_AUTH_TOKEN and TWILIO_FROM, or nurture.channels.DisabledSmsBackend if you send no SMS.",
+            id="nurture.E001",
+        ))
+    base = conf["PUBLIC_BASE_URL"]
+    if is_loopback_url(base):
+        problem = "points at this machine: recipients cannot reach it"
+    elif urlsplit(base).scheme != "https":
+        problem = "is not https: the signed tokens in the links would travel in clear text"
+    else:
+        problem = ""
+    if problem:
+        errors.append(checks.Error(
+            f"NURTURE_PUBLIC_BASE_URL={base} (the base of every unsubscribe, click and open link in emails) {problem}.",
+            hint="Set NURTURE_PUBLIC_BASE_URL to the site's public https address, e.g. https://ops.example.com.",
+            id="nurture.E002",
+        ))
+    return errors
