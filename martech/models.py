@@ -333,13 +333,16 @@ class ChannelRule(models.Model):
         return f"{self.order}. {self.name} -> {self.get_channel_display()}"
 
     def clean(self) -> None:
-        import re
+        from martech.safe_regex import PatternError, compile_pattern
 
+        errors = {}
         for field in ("source_pattern", "medium_pattern"):
             try:
-                re.compile(getattr(self, field))
-            except re.error as exc:
-                raise ValidationError({field: f"Not a valid regular expression: {exc}"}) from exc
+                compile_pattern(getattr(self, field))
+            except PatternError as exc:
+                errors[field] = f"Not a usable regular expression: {exc}"
+        if errors:
+            raise ValidationError(errors)
 
 
 # --- Event catalog and events -------------------------------------------------

@@ -6,7 +6,7 @@ loads them once, so a 500-event batch costs two queries here, not 1,000.
 """
 from __future__ import annotations
 
-import re
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,7 +16,10 @@ from django.utils import timezone
 
 from martech import hooks
 from martech.models import Campaign, Channel, ChannelRule, UtmAlias
+from martech.safe_regex import PatternError, compile_pattern
 from martech.services.normalize import clean_utm
+
+logger = logging.getLogger(__name__)
 
 UTM_FIELDS = ("source", "medium", "campaign", "term", "content")
 
@@ -24,19 +27,25 @@ UTM_FIELDS = ("source", "medium", "campaign", "term", "content")
 @dataclass
 class UtmNormalizer:
     aliases: dict[tuple[str, str], str] = field(default_factory=dict)
-    rules: list[tuple[re.Pattern | None, re.Pattern | None, str]] = field(default_factory=list)
+    rules: list[tuple[object | None, object | None, str]] = field(default_factory=list)
 
     @classmethod
     def load(cls) -> "UtmNormalizer":
         aliases = {(a.field, a.alias): a.canonical for a in UtmAlias.objects.all()}
-        rules = [
-            (
-                re.compile(r.source_pattern) if r.source_pattern else None,
-                re.compile(r.medium_pattern) if r.medium_pattern else None,
-                r.channel,
-            )
-            for r in ChannelRule.objects.filter(is_active=True).order_by("order", "id")
-        ]
+        rules = []
+        for r in ChannelRule.objects.filter(is_active=True).order_by("order", "id"):
+            try:
+                rules.append(
+                    (
+                        compile_pattern(r.source_pattern) if r.source_pattern else None,
+                        compile_pattern(r.medium_pattern) if r.medium_pattern else None,
+                        r.channel,
+                    )
+                )
+            except PatternError as exc:
+                # Saved before patterns ran with RE2 (the admin refuses it now):
+                # the rule matches nothing until it is fixed, and says so.
+                logger.error("Channel rule %s (%s) is skipped: %s", r.pk, r.name, exc)
         return cls(aliases=aliases, rules=rules)
 
     def normalize(self, field_name: str, value: str | None) -> str:
