@@ -486,6 +486,13 @@ class Form(TimestampedModel):
                 raise ValidationError({"required_fields": f"{name!r} is not a field of this form."})
         if not isinstance(self.defaults, dict):
             raise ValidationError({"defaults": "Give an object of lead field -> value."})
+        from martech.services.leads import CRM_KEYS
+
+        for attr in ("field_map", "defaults"):
+            names = self.field_map.values() if attr == "field_map" else self.defaults.keys()
+            taken = sorted(set(names) & set(CRM_KEYS))
+            if taken:
+                raise ValidationError({attr: f"A public form cannot set CRM ids ({', '.join(taken)})."})
 
 
 # --- Sales tasks ----------------------------------------------------------------

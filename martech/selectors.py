@@ -41,6 +41,10 @@ def lead_has_consent(*, lead: Lead, channel: str) -> bool:
     return status == ConsentRecord.Status.GRANTED
 
 
+# Event property holding what a public submission sent but could not change.
+NOT_APPLIED = "not_applied"
+
+
 @dataclass(frozen=True)
 class TimelineEntry:
     at: datetime
@@ -56,6 +60,10 @@ def lead_timeline(*, lead: Lead, limit: int = 200) -> list[TimelineEntry]:
     for e in Event.objects.filter(lead=lead).select_related("event_type", "campaign").order_by("-occurred_at", "-id")[:limit]:
         utm = " / ".join(v for v in (e.utm_source, e.utm_medium, e.utm_campaign) if v)
         detail = ", ".join(x for x in (utm, e.campaign.name if e.campaign else "", e.get_channel_display() if e.channel else "") if x)
+        not_applied = (e.properties or {}).get(NOT_APPLIED)
+        if isinstance(not_applied, dict) and not_applied:
+            kept = "; ".join(f"{k}={v!r}" for k, v in sorted(not_applied.items()))
+            detail = f"{detail}. Submitted, not applied: {kept}" if detail else f"Submitted, not applied: {kept}"
         entries.append(TimelineEntry(e.occurred_at, "event", e.event_type.name, detail))
     for t in (
         StageTransition.objects.filter(lead=lead)

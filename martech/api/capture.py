@@ -41,8 +41,10 @@ class EventBatchResultSerializer(serializers.Serializer):
 
 
 class FormCaptureResultSerializer(serializers.Serializer):
-    lead_id = serializers.IntegerField(allow_null=True)
-    created = serializers.BooleanField()
+    status = serializers.ChoiceField(
+        choices=["received"],
+        help_text="The same answer for a new or a known email, a repeated submission and a trapped bot.",
+    )
 
 
 _EVENT_EXAMPLE = {
@@ -64,6 +66,9 @@ _EVENT_EXAMPLE = {
         },
     ]
 }
+
+
+PUBLIC_RECEIVED = {"status": "received"}
 
 
 # --- Views ---------------------------------------------------------------------
@@ -124,7 +129,9 @@ class EventBatchView(APIView):
 class FormCaptureView(APIView):
     """POST /api/v1/capture/<form_key>: a public form submission (JSON or
     form-encoded). No credentials and no CSRF token: third-party sites post
-    here; abuse is held off by the per-IP throttle and the honeypot field."""
+    here; abuse is held off by the per-IP throttle and the honeypot field.
+    Every accepted post gets the same answer: it changes an existing lead only
+    as the public-input rules allow (``lead_upsert(public=True)``)."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -134,8 +141,7 @@ class FormCaptureView(APIView):
     @extend_schema(
         request=inline_serializer("FormSubmission", {"email": serializers.EmailField()}),
         responses={
-            201: FormCaptureResultSerializer,
-            200: OpenApiResponse(description="The same submission_id again, answered with the first result."),
+            202: FormCaptureResultSerializer,
             400: OpenApiResponse(description="A required field is missing or a value is invalid (named by form field)."),
             404: OpenApiResponse(description="No active form with this key."),
             429: OpenApiResponse(description="Too many submissions from this address."),
@@ -151,14 +157,15 @@ class FormCaptureView(APIView):
             data = data.dict()  # the last value of a repeated field, like Django forms
         elif not isinstance(data, dict):
             raise exceptions.ValidationError({"non_field_errors": ["Send the form's fields as an object."]})
-        outcome = form_submit(
+        form_submit(
             form=form,
             data=data,
             ip=FormCaptureThrottle().get_ident(request),
             user_agent=request.META.get("HTTP_USER_AGENT", ""),
         )
-        code = status.HTTP_201_CREATED if not (outcome.spam or outcome.duplicate) else status.HTTP_200_OK
-        return Response({"lead_id": outcome.lead_id, "created": outcome.created}, status=code)
+        # Public: whether the email was known, the submission a repeat or the
+        # sender a bot caught by the honeypot is never told.
+        return Response(PUBLIC_RECEIVED, status=status.HTTP_202_ACCEPTED)
 
 
 def _source(request) -> str:

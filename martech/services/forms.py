@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from martech import signals
 from martech.models import Event, EventType, Form, Identity
+from martech.selectors import NOT_APPLIED
 from martech.services.campaigns import UTM_FIELDS
 from martech.services.ingest import Touch, UtmResolver, lead_touch_update
 from martech.services.leads import consent_record, identity_link, lead_upsert
@@ -124,7 +125,8 @@ def _store(
     ip: str | None,
     user_agent: str,
 ) -> FormSubmission:
-    lead, created = lead_upsert(data=lead_data, source=source)
+    not_applied: dict[str, Any] = {}
+    lead, created = lead_upsert(data=lead_data, source=source, public=True, unapplied=not_applied)
 
     if form.consent_field and _truthy(data.get(form.consent_field)):
         consent_record(
@@ -149,6 +151,9 @@ def _store(
     properties = {"form": form.key, "form_name": form.name}
     if not _blank(data.get(PAGE_URL_FIELD)):
         properties["page_url"] = str(data[PAGE_URL_FIELD])[:2000]
+    if not_applied:
+        # Kept as evidence and shown on the lead's timeline, never applied.
+        properties[NOT_APPLIED] = not_applied
     # A concurrent twin of this submission (same submission id) makes this
     # insert fail; the whole submission rolls back and form_submit answers
     # with the twin's result.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -161,6 +161,9 @@ def lead_upsert(
     actor=None,
     overwrite: bool = False,
     lead: Lead | None = None,
+    public: bool = False,
+    policy: Mapping[str, str] | None = None,
+    unapplied: dict[str, Any] | None = None,
 ) -> tuple[Lead, bool]:
     """Create or update the lead found by normalized email, else by CRM id.
 
@@ -174,9 +177,22 @@ def lead_upsert(
     without a stage gets the default stage, through ``lead_change_stage``.
     Concurrent calls for one new email make one lead: the unique index decides
     and the loser re-reads the winner's row. Returns ``(lead, created)``.
+
+    ``public`` marks input from anonymous sources (capture forms, the website
+    tracker): it finds a lead by email only, never sets CRM ids, and on an
+    existing lead applies ``public_changes`` (by default a field is only filled
+    when empty, the stage only moves forward). What was submitted but not
+    applied is put into ``unapplied`` when the caller passes a dict.
     """
     target = lead
     cleaned = clean_lead_data(data)
+    if public:
+        if overwrite or target is not None:
+            raise ValueError("public input neither overwrites nor addresses a lead by id")
+        for key in CRM_KEYS:
+            value = cleaned.pop(key, None)
+            if value and unapplied is not None:
+                unapplied[key] = value
     if target is None and not cleaned.get("email") and not any(cleaned.get(k) for k in CRM_KEYS):
         raise ValidationError({"email": ["An email (or a CRM id) is required."]})
     stage_key = cleaned.pop("lifecycle_stage", None)
@@ -203,6 +219,10 @@ def lead_upsert(
             lead = _find_lead(cleaned, lock=True)
             if lead is None:
                 raise
+    if not created and public:
+        cleaned, props, stage, refused = public_changes(lead, cleaned, props, stage, policy or {})
+        if unapplied is not None:
+            unapplied.update(refused)
     if not created:
         changed = []
         for key, value in cleaned.items():
@@ -236,6 +256,65 @@ def lead_upsert(
     if created:
         transaction.on_commit(lambda: signals.lead_created.send(sender=Lead, lead=lead, source=source))
     return lead, created
+
+
+# What a public submission may do to a field of an existing lead.
+FILL, OVERWRITE, NEVER = "fill", "overwrite", "never"
+WRITE_POLICIES = (FILL, OVERWRITE, NEVER)
+
+
+def _empty(value: Any) -> bool:
+    return value in ("", None) or value == {} or value == []
+
+
+def public_changes(
+    lead: Lead,
+    cleaned: dict[str, Any],
+    props: dict[str, Any] | None,
+    stage: LifecycleStage | None,
+    policy: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[str, Any] | None, LifecycleStage | None, dict[str, Any]]:
+    """Split a public submission for an existing lead into what it may change
+    and what it may not. ``policy`` maps a lead field (or "properties.<name>")
+    to ``fill`` (the default: set only when the lead has no value), ``overwrite``
+    or ``never``. The stage only moves forward. Returns the applicable fields,
+    properties and stage, and ``{field: submitted value}`` of the rest."""
+    refused: dict[str, Any] = {}
+    allowed: dict[str, Any] = {}
+    for key, value in cleaned.items():
+        if _empty(value):
+            continue
+        rule = policy.get(key, FILL)
+        current = getattr(lead, key)
+        if value == current:
+            continue
+        if rule == OVERWRITE or (rule == FILL and _empty(current)):
+            allowed[key] = value
+        else:
+            refused[key] = value
+    allowed_props: dict[str, Any] = {}
+    for name, value in (props or {}).items():
+        key = f"properties.{name}"
+        rule = policy.get(key, FILL)
+        current = (lead.properties or {}).get(name)
+        if _empty(value) or value == current:
+            continue
+        if rule == OVERWRITE or (rule == FILL and _empty(current)):
+            allowed_props[name] = value
+        else:
+            refused[key] = value
+    if stage is not None and stage.pk != lead.lifecycle_stage_id:
+        if policy.get("lifecycle_stage", FILL) == NEVER or not _moves_forward(lead, stage):
+            refused["lifecycle_stage"] = stage.key
+            stage = None
+    return allowed, allowed_props or None, stage, refused
+
+
+def _moves_forward(lead: Lead, stage: LifecycleStage) -> bool:
+    if lead.lifecycle_stage_id is None:
+        return True
+    current = LifecycleStage.objects.filter(pk=lead.lifecycle_stage_id).values_list("order", flat=True).first()
+    return current is None or stage.order > current
 
 
 @transaction.atomic

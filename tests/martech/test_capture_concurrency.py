@@ -134,10 +134,9 @@ def test_concurrent_form_posts_of_one_new_email_make_one_lead():
         return res.status_code, res.json()
 
     results = run_at_once(call)
-    assert {code for code, _ in results} == {201}, results
+    assert results == [(202, {"status": "received"})] * N, results
     lead = Lead.objects.get()
-    assert {body["lead_id"] for _, body in results} == {lead.pk}
-    assert sum(body["created"] for _, body in results) == 1
+    assert lead.first_name.startswith("n")  # one submission's name; the rest only fill empty fields
     assert Event.objects.filter(lead=lead, kind="form").count() == N
     assert lead.consent_records.count() == N
 
@@ -150,6 +149,5 @@ def test_concurrent_form_posts_with_one_submission_id_store_one_event():
         return res.status_code, res.json()
 
     results = run_at_once(call)
-    assert Counter(code for code, _ in results) == {201: 1, 200: N - 1}, results
+    assert results == [(202, {"status": "received"})] * N, results
     assert Lead.objects.count() == 1 and Event.objects.count() == 1
-    assert {body["lead_id"] for _, body in results} == {Lead.objects.get().pk}

@@ -50,14 +50,15 @@ def submit(client, data, key="contact", fmt="json", **extra):
     return client.post(f"/api/v1/capture/{key}", data, format=fmt, HTTP_USER_AGENT="Mozilla/5.0 test", **extra)
 
 
+RECEIVED = {"status": "received"}
 GOOD = {"work_email": " Ann@Acme.COM ", "first_name": "Ann", "company": "Acme", "topic": "pricing"}
 
 
 def test_submission_creates_lead_and_event(client, form):
     res = submit(client, GOOD)
-    assert res.status_code == 201, res.json()
+    assert res.status_code == 202, res.json()
+    assert res.json() == RECEIVED
     lead = Lead.objects.get()
-    assert res.json() == {"lead_id": lead.pk, "created": True}
     assert (lead.email, lead.first_name, lead.company_name) == ("ann@acme.com", "Ann", "Acme")
     assert lead.properties == {"topic": "pricing", "lead_source_detail": "website"}
     assert lead.country == "DE"  # from defaults
@@ -67,21 +68,25 @@ def test_submission_creates_lead_and_event(client, form):
     assert event.properties["form"] == "contact" and event.client_event_id.startswith("form:contact:")
 
     again = submit(client, {**GOOD, "first_name": "Annie", "country": "fr"})
-    assert again.status_code == 201 and again.json() == {"lead_id": lead.pk, "created": False}
+    assert again.status_code == 202 and again.json() == RECEIVED
     lead.refresh_from_db()
-    assert (lead.first_name, lead.country) == ("Annie", "FR")  # a submitted value beats the default
+    # Public input fills empty fields only: the stored name and country stay,
+    # what was sent is kept on the submission event.
+    assert (lead.first_name, lead.country) == ("Ann", "DE")
     assert Lead.objects.count() == 1 and Event.objects.count() == 2
+    second = Event.objects.order_by("id").last()
+    assert second.properties["not_applied"] == {"first_name": "Annie", "country": "FR"}
 
 
 def test_form_encoded_submission(client, form):
     res = submit(client, {**GOOD, "consent": "on"}, fmt="multipart")
-    assert res.status_code == 201, res.json()
+    assert res.status_code == 202, res.json()
     res = client.post(
         "/api/v1/capture/contact",
         "work_email=bob%40acme.com&company=Acme",
         content_type="application/x-www-form-urlencoded",
     )
-    assert res.status_code == 201, res.json()
+    assert res.status_code == 202, res.json()
     assert set(Lead.objects.values_list("email", flat=True)) == {"ann@acme.com", "bob@acme.com"}
 
 
@@ -118,15 +123,15 @@ def test_consent_is_recorded_with_evidence(client, form):
 @pytest.mark.parametrize("value", [None, "", "false", "0", "off"])
 def test_no_consent_without_a_ticked_box(client, form, value):
     data = dict(GOOD) if value is None else {**GOOD, "consent": value}
-    assert submit(client, data).status_code == 201
+    assert submit(client, data).status_code == 202
     assert ConsentRecord.objects.count() == 0
 
 
 def test_honeypot_answers_like_success_and_writes_nothing(client, form, caplog):
     with caplog.at_level(logging.WARNING, logger="martech.services.forms"):
         res = submit(client, {**GOOD, "website": "http://spam.example", "consent": "on"})
-    assert res.status_code == 200
-    assert res.json() == {"lead_id": None, "created": False}
+    assert res.status_code == 202
+    assert res.json() == RECEIVED
     assert Lead.objects.count() == 0 and Event.objects.count() == 0 and ConsentRecord.objects.count() == 0
     assert any("honeypot" in r.getMessage() for r in caplog.records)
 
@@ -137,14 +142,14 @@ def test_rate_limit_per_ip_is_a_json_429(client, form, settings):
         "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "form_capture": "3/min"},
     }
     for i in range(3):
-        assert submit(client, {**GOOD, "work_email": f"p{i}@acme.com"}, REMOTE_ADDR="198.51.100.1").status_code == 201
+        assert submit(client, {**GOOD, "work_email": f"p{i}@acme.com"}, REMOTE_ADDR="198.51.100.1").status_code == 202
     res = submit(client, {**GOOD, "work_email": "p9@acme.com"}, REMOTE_ADDR="198.51.100.1")
     assert res.status_code == 429
     err = res.json()["error"]
     assert err["code"] == "throttled" and err["retry_after"] > 0
     assert not Lead.objects.filter(email="p9@acme.com").exists()
     # Another address has its own budget.
-    assert submit(client, {**GOOD, "work_email": "q@acme.com"}, REMOTE_ADDR="198.51.100.2").status_code == 201
+    assert submit(client, {**GOOD, "work_email": "q@acme.com"}, REMOTE_ADDR="198.51.100.2").status_code == 202
 
 
 def test_unknown_or_inactive_form_is_a_json_404(client, form):
@@ -160,12 +165,12 @@ def test_unknown_or_inactive_form_is_a_json_404(client, form):
 def test_submission_id_makes_a_resubmit_idempotent(client, form):
     first = submit(client, {**GOOD, "submission_id": "abc-1", "consent": "on"})
     second = submit(client, {**GOOD, "submission_id": "abc-1", "consent": "on"})
-    assert first.status_code == 201 and second.status_code == 200
-    assert second.json() == {"lead_id": first.json()["lead_id"], "created": False}
+    assert first.status_code == second.status_code == 202
+    assert first.json() == second.json() == RECEIVED
     assert Event.objects.count() == 1 and ConsentRecord.objects.count() == 1
     # The event id is derived from the submission id, so it is stable.
     other = submit(client, {**GOOD, "submission_id": "abc-2"})
-    assert other.status_code == 201 and Event.objects.count() == 2
+    assert other.status_code == 202 and Event.objects.count() == 2
 
 
 def test_anonymous_id_links_earlier_visits(client, form):
@@ -191,6 +196,6 @@ def test_utm_fields_are_normalized_onto_event_and_lead(client, form):
 def test_existing_lead_is_updated_not_duplicated(client, form):
     lead = LeadFactory(email="ann@acme.com", first_name="")
     res = submit(client, GOOD)
-    assert res.json() == {"lead_id": lead.pk, "created": False}
+    assert res.json() == RECEIVED
     lead.refresh_from_db()
     assert lead.first_name == "Ann" and Lead.objects.count() == 1
