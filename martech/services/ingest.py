@@ -64,6 +64,7 @@ _TRAIT_FIELDS = {
 }
 _UTM_KEYS = {"source": "source", "medium": "medium", "name": "campaign", "campaign": "campaign", "term": "term", "content": "content"}
 _ID_MAX = 255
+TOUCH_UTM_FIELDS = tuple(f"utm_{f}" for f in UTM_FIELDS)
 TOUCH_FIELDS = (
     "first_touch_at",
     "first_utm_source",
@@ -228,9 +229,10 @@ def _parse(index: int, raw: Any, *, batch_context: dict) -> _Item:
     if call not in _TYPES:
         raise _Reject("type", f"Must be one of {', '.join(sorted(_TYPES))}." if call else "This field is required.")
     item.kind, fixed_name = _TYPES[call]
-    item.occurred_at = _datetime(raw.get("timestamp"), "timestamp", required=True)
     _datetime(raw.get("sentAt"), "sentAt", required=False)
     item.received_at = _datetime(raw.get("receivedAt"), "receivedAt", required=False)
+    # Optional, as in Segment's spec: without it the event happened when received.
+    item.occurred_at = _datetime(raw.get("timestamp"), "timestamp", required=False) or item.received_at or timezone.now()
 
     properties = dict(_object(raw, "properties"))
     traits = _object(raw, "traits")
@@ -284,9 +286,9 @@ def _parse(index: int, raw: Any, *, batch_context: dict) -> _Item:
             except ValidationError as exc:
                 bad = next(iter(exc.message_dict.items()))
                 raise _Reject(item.trait_keys.get(bad[0], f"traits.{bad[0]}"), bad[1][0]) from None
-            if item.email is None:
-                # Traits without an email have no lead to land on; keep them on
-                # the event only (a lead needs an email or a CRM id).
+            if item.email is None and not item.user_id:
+                # Traits of nobody in particular have no lead to land on; they
+                # stay on the event. With a userId they update its lead.
                 cleaned = {}
             item.lead_data = cleaned
 
@@ -607,20 +609,8 @@ def _resolve_leads(items: list[_Item], *, source: str, actor) -> None:
                 if lead_id and item.user_id and (Identity.Kind.USER, item.user_id) not in identities:
                     ident = identity_link(lead=Lead(pk=lead_id), kind=Identity.Kind.USER, value=item.user_id)
                     new_links.append((Identity.Kind.USER, item.user_id, ident.lead_id))
-        except ValidationError as exc:
-            name, reasons = next(iter(exc.message_dict.items()))
-            fld = item.email_field if name == "email" else item.trait_keys.get(name, f"traits.{name}")
-            item.result = ItemResult(item.index, item.message_id, REJECTED, fld, reasons[0])
-            continue
-        except OperationalError as exc:
-            if _is_retryable(exc):
-                raise  # the whole batch is retried
-            log.exception("events_ingest: lead write failed for item %s", item.index)
-            item.result = ItemResult(item.index, item.message_id, REJECTED, item.email_field or "anonymousId", "Could not be stored; send it again.")
-            continue
-        except DatabaseError:
-            log.exception("events_ingest: lead write failed for item %s", item.index)
-            item.result = ItemResult(item.index, item.message_id, REJECTED, item.email_field or "anonymousId", "Could not be stored; send it again.")
+        except (ValidationError, DatabaseError) as exc:
+            _write_failed(item, exc)
             continue
         # Only a committed savepoint updates what later items see.
         if row is not None:
@@ -628,11 +618,41 @@ def _resolve_leads(items: list[_Item], *, source: str, actor) -> None:
         for kind, value, linked in new_links:
             identities[(kind, value)] = linked
 
+    # Traits of an identify that names the person by userId only update the
+    # lead that id is linked to (perhaps by an earlier item of this batch),
+    # through the same write path; an unknown userId keeps them on the event.
+    for item in items:
+        if item.result is not None or item.email or not (item.user_id and item.lead_data):
+            continue
+        lead_id = identities.get((Identity.Kind.USER, item.user_id))
+        if lead_id is None:
+            continue
+        try:
+            with transaction.atomic():
+                lead_upsert(data=item.lead_data, source=source, actor=actor, lead=Lead(pk=lead_id))
+        except (ValidationError, DatabaseError) as exc:
+            _write_failed(item, exc)
+
     # Resolved after all links, so an anonymous event earlier in the batch
     # lands on the lead its identify (later in the batch) revealed.
     for item in items:
         if item.result is None:
             item.lead_id = current_lead(item)
+
+
+def _write_failed(item: _Item, exc: Exception) -> None:
+    """Reject the item whose lead write failed, naming the field; a deadlock or
+    serialization failure is raised instead (the whole batch is retried)."""
+    if isinstance(exc, ValidationError):
+        name, reasons = next(iter(exc.message_dict.items()))
+        fld = item.email_field if name == "email" else item.trait_keys.get(name, f"traits.{name}")
+        item.result = ItemResult(item.index, item.message_id, REJECTED, fld, reasons[0])
+        return
+    if isinstance(exc, OperationalError) and _is_retryable(exc):
+        raise exc
+    log.error("events_ingest: lead write failed for item %s", item.index, exc_info=exc)
+    fld = item.email_field or ("userId" if item.user_id else "anonymousId")
+    item.result = ItemResult(item.index, item.message_id, REJECTED, fld, "Could not be stored; send it again.")
 
 
 def _insert_events(items: list[_Item]) -> None:

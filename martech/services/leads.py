@@ -187,8 +187,8 @@ def lead_upsert(
     target = lead
     cleaned = clean_lead_data(data)
     if public:
-        if overwrite or target is not None:
-            raise ValueError("public input neither overwrites nor addresses a lead by id")
+        if overwrite:
+            raise ValueError("public input never overwrites")
         for key in CRM_KEYS:
             value = cleaned.pop(key, None)
             if value and unapplied is not None:
@@ -416,8 +416,33 @@ def identity_link(*, lead: Lead, kind: str, value: str) -> Identity:
         raise ValidationError({"anonymous_id" if kind == Identity.Kind.ANONYMOUS else "user_id": ["Empty id."]})
     identity, _ = Identity.objects.get_or_create(kind=kind, value=value, defaults={"lead": lead})
     if kind == Identity.Kind.ANONYMOUS:
-        Event.objects.filter(anonymous_id=value, lead__isnull=True).update(lead=identity.lead)
+        _attach_anonymous_history(lead_id=identity.lead_id, anonymous_id=value)
     return identity
+
+
+def _attach_anonymous_history(*, lead_id: int, anonymous_id: str) -> None:
+    """Attach the events seen under an anonymous id to its lead, and fold their
+    earliest and latest touches into the lead's first and latest touch (so a
+    visitor's UTM page view before the form sets the original source)."""
+    from martech.services.ingest import TOUCH_UTM_FIELDS, Touch, lead_touch_update
+
+    orphans = Event.objects.filter(anonymous_id=anonymous_id, lead__isnull=True)
+    if not orphans.exists():
+        return
+    # Lead first, then its events: the lock order of every lead write.
+    Lead.objects.select_for_update().filter(pk=lead_id).values_list("pk", flat=True).first()
+    touches = orphans.exclude(channel="").values("occurred_at", "channel", *TOUCH_UTM_FIELDS)
+    ends = [row for row in (touches.order_by("occurred_at", "id").first(), touches.order_by("-occurred_at", "-id").first()) if row]
+    orphans.update(lead_id=lead_id)
+    if ends:
+        lead_touch_update(
+            touches={
+                lead_id: [
+                    Touch(row["occurred_at"], {f.removeprefix("utm_"): row[f] for f in TOUCH_UTM_FIELDS}, row["channel"])
+                    for row in ends
+                ]
+            }
+        )
 
 
 def _move_related_rows(*, primary: Lead, duplicate: Lead) -> None:
