@@ -7,7 +7,8 @@ that module's docstring.
 
 The export's column names are the import's, so an exported file can be
 edited and imported back: writable columns update the lead, the read-only
-ones (``EXPORT_ONLY_COLUMNS``) are ignored on import.
+ones (``EXPORT_ONLY_COLUMNS``) are ignored on import. Cells a spreadsheet would
+run as formulas are quoted (``martech.csvsafe``); the import unquotes them.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 
 from import_export import fields, resources
 
+from martech.csvsafe import cell_escape
 from martech.models import Lead
 
 # Writable lead fields, in the order a person reads them; the import accepts
@@ -72,6 +74,10 @@ class LeadExportResource(resources.ModelResource):
         # The changelist's queryset already has its filters and search; the
         # joins here keep the export at one query per chunk.
         return queryset.select_related("lifecycle_stage", "account", "owner")
+
+    def export_resource(self, instance, selected_fields=None, **kwargs):
+        # Values can come from public forms: no cell may run as a formula.
+        return [cell_escape(v) for v in super().export_resource(instance, selected_fields, **kwargs)]
 
     def dehydrate_phone(self, lead: Lead) -> str:
         return str(lead.phone) if lead.phone else ""

@@ -245,6 +245,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["martech.api.permissions.ScopedOrModelPermission"],
+    # Refuse NUL and lone surrogates naming the field (a 400, not a 500 at save).
+    "DEFAULT_PARSER_CLASSES": [
+        "martech.api.parsers.StorableJSONParser",
+        "martech.api.parsers.StorableFormParser",
+        "martech.api.parsers.StorableMultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "martech.api.pagination.CursorPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [

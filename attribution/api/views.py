@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 
 from attribution.imports import csv_rows, opportunities_import, spend_import
 from attribution.models import AttributionCredit, AttributionModel, CampaignSpend, Opportunity, OpportunityStageChange
+from martech.csvsafe import cell_escape
 from martech.api.throttling import ClientRateThrottle
 from martech.models import ApiClient, Channel
 
@@ -49,7 +50,7 @@ class CSVRenderer(BaseRenderer):
             flat = [{k: v for k, v in r.items() if not isinstance(v, dict)} | {f"{k}_{m}": x for k, v in r.items() if isinstance(v, dict) for m, x in v.items()} for r in rows]
             writer = csv.DictWriter(buffer, fieldnames=list(flat[0]))
             writer.writeheader()
-            writer.writerows(flat)
+            writer.writerows({k: cell_escape(v) for k, v in row.items()} for row in flat)
         return buffer.getvalue().encode()
 
 

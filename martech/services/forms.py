@@ -23,6 +23,7 @@ from martech.selectors import NOT_APPLIED
 from martech.services.campaigns import UTM_FIELDS
 from martech.services.ingest import Touch, UtmResolver, lead_touch_update
 from martech.services.leads import consent_record, identity_link, lead_upsert
+from martech.services.normalize import refuse_unstorable
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def form_submit(*, form: Form, data: Mapping[str, Any], ip: str | None, user_age
         log.warning("form %s: honeypot %r filled from %s; dropped", form.key, form.honeypot_field, ip)
         return FormSubmission(lead_id=None, created=False, spam=True)
 
+    refuse_unstorable(data)
     missing = {name: ["This field is required."] for name in form.required_fields if _blank(data.get(name))}
     if missing:
         raise ValidationError(missing)

@@ -39,6 +39,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from martech import hooks, signals
+from martech.csvsafe import cell_unescape
 from martech.models import Account, Lead, LifecycleStage, StageTransition
 from martech.resources import EXPORT_ONLY_COLUMNS, IMPORT_COLUMNS
 from martech.services.leads import CRM_KEYS, clean_lead_data, lead_upsert
@@ -155,7 +156,7 @@ def _parse_rows(
         raw: dict[str, Any] = {}
         errors: list[RowError] = []
         for column, value in zip(columns, cells):
-            value = value.strip()
+            value = cell_unescape(value.strip())
             if not value or column in ignored:
                 continue  # blank cells never clear stored values (as in lead_upsert)
             if column == "properties":

@@ -35,7 +35,7 @@ from martech import hooks, signals
 from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
 from martech.services.campaigns import UTM_FIELDS, UtmNormalizer, campaigns_by_utm
 from martech.services.leads import clean_lead_data, identity_link, lead_upsert
-from martech.services.normalize import normalize_email
+from martech.services.normalize import find_unstorable, normalize_email
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,9 @@ def _parse(index: int, raw: Any, *, batch_context: dict) -> _Item:
     item = _Item(index=index, raw=raw)
     if not isinstance(raw, dict):
         raise _Reject("", "Each item must be an object.")
+    bad_text = find_unstorable(raw)
+    if bad_text:
+        raise _Reject(*bad_text)
     item.message_id = _str_id(raw.get("messageId"), "messageId", required=True)
     call = raw.get("type")
     if call not in _TYPES:

@@ -27,6 +27,7 @@ from martech.models import (
     validate_time_zone,
 )
 from martech.services.normalize import (
+    find_unstorable,
     free_mail_domains,
     normalize_country,
     normalize_domain,
@@ -69,6 +70,10 @@ def clean_lead_data(data: dict[str, Any]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for key, value in data.items():
         try:
+            bad_text = find_unstorable(value, key)
+            if bad_text:
+                errors.setdefault(bad_text[0], []).append(bad_text[1])
+                continue
             if key == "properties":
                 if not isinstance(value, dict):
                     raise ValidationError("Must be an object.")

@@ -70,3 +70,50 @@ def free_mail_domains() -> frozenset[str]:
         "gmail.com googlemail.com yahoo.com hotmail.com outlook.com live.com icloud.com me.com aol.com "
         "proton.me protonmail.com gmx.com gmx.de web.de mail.com yandex.com qq.com 163.com".split()
     )
+
+
+# --- Text the database cannot store ---------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unstorable_reason(value: str) -> str | None:
+    """Why a string cannot be stored as text (PostgreSQL refuses NUL in text
+    and JSON, and a lone UTF-16 surrogate is not Unicode at all), else None.
+    Checked the same on every database, so SQLite and PostgreSQL agree."""
+    if "\x00" in value:
+        return "Contains a NUL character (U+0000), which cannot be stored; remove it."
+    match = _SURROGATE.search(value)
+    if match:
+        return f"Contains a lone surrogate (U+{ord(match.group()):04X}), which is not valid Unicode; send UTF-8 text."
+    return None
+
+
+def find_unstorable(value, path: str = "") -> tuple[str, str] | None:
+    """The first ``(dotted path, reason)`` of unstorable text in a JSON-like
+    value (dict keys included), or None."""
+    if isinstance(value, str):
+        reason = unstorable_reason(value)
+        return (path, reason) if reason else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            key_reason = unstorable_reason(key) if isinstance(key, str) else None
+            if key_reason:
+                return (path or "non_field_errors", f"A key: {key_reason}")
+            found = find_unstorable(item, name)
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = find_unstorable(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
+def refuse_unstorable(data) -> None:
+    """ValidationError naming the field of the first unstorable text."""
+    found = find_unstorable(data)
+    if found:
+        raise ValidationError({found[0] or "non_field_errors": [found[1]]})

@@ -136,7 +136,7 @@ def test_upsert_errors_name_fields(api):
     r = api.post("/api/v1/leads/upsert", {"email": "a@b.co", "lifecycle_stage": "nope"})
     assert r.status_code == 400 and error_fields(r) == {"lifecycle_stage"}
     r = api.post("/api/v1/leads/upsert", {"email": "a@b.co", "properties": {"x": "a\x00b"}})
-    assert r.status_code == 400 and error_fields(r) == {"properties"}
+    assert r.status_code == 400 and error_fields(r) == {"properties.x"}
     assert Lead.objects.count() == 0
 
 

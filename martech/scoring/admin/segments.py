@@ -9,6 +9,7 @@ from django.http import StreamingHttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from martech.csvsafe import cell_escape
 from martech.admin.base import BaseAdmin, ServiceSaveMixin
 from martech.conditions import ConditionError
 from martech.scoring import services
@@ -36,10 +37,12 @@ def segment_csv_rows(segment: Segment):
     writer = csv.writer(_Echo())
     yield writer.writerow(EXPORT_COLUMNS)
     for lead in segment_members(segment).order_by("pk").iterator(chunk_size=2000):
-        yield writer.writerow([lead.pk, lead.email or "", lead.first_name, lead.last_name, lead.country,
-                               lead.lifecycle_stage.key if lead.lifecycle_stage else "", lead.fit_score,
-                               lead.engagement_score, lead.total_score, lead.account.name if lead.account else "",
-                               lead.created_at.isoformat()])
+        yield writer.writerow([cell_escape(v) for v in (
+            lead.pk, lead.email or "", lead.first_name, lead.last_name, lead.country,
+            lead.lifecycle_stage.key if lead.lifecycle_stage else "", lead.fit_score,
+            lead.engagement_score, lead.total_score, lead.account.name if lead.account else "",
+            lead.created_at.isoformat(),
+        )])
 
 
 @admin.action(description="Export members as CSV", permissions=["view"])
