@@ -478,7 +478,7 @@ def events_ingest(
             with transaction.atomic():
                 return _store(parsed, source=source, actor=actor)
         except OperationalError as exc:
-            if attempt == 2 or not _is_retryable(exc):
+            if attempt == 2 or not is_retryable(exc):
                 raise
             log.warning("events_ingest: %s; retrying the batch", exc)
             for item in parsed:
@@ -487,7 +487,8 @@ def events_ingest(
     raise AssertionError("unreachable")
 
 
-def _is_retryable(exc: Exception) -> bool:
+def is_retryable(exc: Exception) -> bool:
+    """A deadlock or serialization failure: rerun the whole transaction."""
     cause = exc.__cause__
     return type(cause).__name__ in {"DeadlockDetected", "SerializationFailure", "LockNotAvailable"}
 
@@ -613,7 +614,7 @@ def _resolve_leads(items: list[_Item], *, source: str, actor) -> None:
             item.result = ItemResult(item.index, item.message_id, REJECTED, fld, reasons[0])
             continue
         except OperationalError as exc:
-            if _is_retryable(exc):
+            if is_retryable(exc):
                 raise  # the whole batch is retried
             log.exception("events_ingest: lead write failed for item %s", item.index)
             item.result = ItemResult(item.index, item.message_id, REJECTED, item.email_field or "anonymousId", "Could not be stored; send it again.")
