@@ -330,3 +330,44 @@ def test_only_the_tracking_webhooks_are_mounted(client):
     # anymail's inbound views and the ESPs not listed here are not reachable.
     for path in ("/anymail/postmark/inbound/", "/anymail/mailjet/tracking/", "/anymail/sparkpost/tracking/"):
         assert client.post(path, data="{}", content_type="application/json").status_code == 404
+
+
+# --- concurrency (PostgreSQL: real row locks) ------------------------------------------
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("reference_data")
+@pytest.mark.parametrize("kind", ["complained", "bounced"])
+def test_the_same_event_posted_at_once_is_recorded_once(make_workflow, consenting_lead, kind):
+    import threading
+
+    from django.db import connections
+    from django.test import Client
+
+    wf = make_workflow(email_flow(1))
+    enrollment_create(workflow=wf, lead=consenting_lead(), source="t")
+    enrollments_advance_due(now=timezone.now())
+    sent = Message.objects.select_related("lead").get()
+    payload = sendgrid(kind, sent)
+    n = 8
+    barrier = threading.Barrier(n)
+    codes: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            barrier.wait(timeout=30)
+            codes.append(post(Client(), "sendgrid", payload, auth=_basic()).status_code)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and codes == [200] * n, (errors, codes)
+    assert len(_events(sent, f"email_{kind}")) == 1
+    assert Suppression.objects.filter(address=sent.to).count() == 1
+    assert _withdrawals(sent) == (1 if kind == "complained" else 0)
