@@ -371,3 +371,45 @@ def test_the_same_event_posted_at_once_is_recorded_once(make_workflow, consentin
     assert len(_events(sent, f"email_{kind}")) == 1
     assert Suppression.objects.filter(address=sent.to).count() == 1
     assert _withdrawals(sent) == (1 if kind == "complained" else 0)
+
+
+# --- Amazon SES end to end: the send (boto3 stubbed, no network) to the webhook --------
+def test_ses_send_stores_its_message_id_and_its_delivery_notification_finds_it(
+        client, settings, make_workflow, consenting_lead, monkeypatch):
+    import boto3
+    from botocore.stub import Stubber
+
+    ses_client = boto3.session.Session(aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+                                       region_name="eu-west-1").client("sesv2")
+    stubber = Stubber(ses_client)
+    ses_id = "0102018c1d2e3f40-5a6b7c8d-0000-0000-0000-000000000000-000000"
+    stubber.add_response("send_email", {"MessageId": ses_id})
+    calls: list[dict] = []
+    ses_client.meta.events.register("provide-client-params.sesv2.SendEmail",
+                                    lambda params, **kw: calls.append(params))
+    stubber.activate()
+    made: list[tuple[str, dict]] = []
+
+    def stubbed_client(self, service_name, **params):
+        made.append((service_name, params))
+        return ses_client
+
+    monkeypatch.setattr(boto3.session.Session, "client", stubbed_client)
+    settings.EMAIL_BACKEND = "anymail.backends.amazon_ses.EmailBackend"
+    settings.ANYMAIL = {**settings.ANYMAIL, "AMAZON_SES_CLIENT_PARAMS": {"region_name": "eu-west-1"}}
+
+    wf = make_workflow(email_flow(1))
+    enrollment_create(workflow=wf, lead=consenting_lead(), source="t")
+    enrollments_advance_due(now=timezone.now())
+    sent = Message.objects.select_related("lead").get()
+    stubber.assert_no_pending_responses()
+    # anymail hands SES v2 the MIME message as built, our headers included.
+    [params] = calls
+    raw = params["Content"]["Raw"]["Data"]
+    assert f"To: {sent.to}".encode() in raw and b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in raw
+    assert [(name, params["region_name"]) for name, params in made] == [("sesv2", "eu-west-1")]
+    assert sent.status == Message.Status.SENT and sent.provider_id == ses_id
+
+    assert post(client, "amazonses", ses("delivered", sent), auth=_basic()).status_code == 200
+    sent.refresh_from_db()
+    assert sent.delivered_at is not None and len(_events(sent, "email_delivered")) == 1
