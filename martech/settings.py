@@ -13,6 +13,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from martech.crm.emulators.defaults import CREDENTIALS as _CRM_EMULATOR, HUBSPOT_PORT_OFFSET, SALESFORCE_PORT_OFFSET
+from martech.email_config import email_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -84,6 +85,7 @@ INSTALLED_APPS = [
     "phonenumber_field",
     "axes",
     "django_q",
+    "anymail",
     "martech.apps.MartechConfig",
     "martech.scoring.apps.ScoringConfig",
     "routing",
@@ -222,8 +224,10 @@ STORAGES = {
 }
 
 # --- Email ------------------------------------------------------------------
-EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
-vars().update(EMAIL_CONFIG)
+# EMAIL_URL or EMAIL_BACKEND picks SMTP, console, file or an ESP through
+# django-anymail; ANYMAIL_* variables fill anymail's settings, among them the
+# secrets of the tracking webhooks under /anymail/ (martech/email_config.py).
+vars().update(email_settings(env.ENVIRON))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="marketing@localhost")
 SERVER_EMAIL = env.str("SERVER_EMAIL", default=DEFAULT_FROM_EMAIL)
 
@@ -237,6 +241,10 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", defa
 SECURE_HSTS_PRELOAD = env.bool("DJANGO_HSTS_PRELOAD", default=not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# anymail.W003 says anymail no longer officially supports SendGrid; its backend
+# and webhook still ship and are tested here, and an operator who picked
+# SendGrid must still get a clean `check --deploy --fail-level WARNING`.
+SILENCED_SYSTEM_CHECKS = ["anymail.W003"]
 
 # --- REST API ---------------------------------------------------------------
 REST_FRAMEWORK = {

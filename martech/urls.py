@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
     path("healthz", views.healthz, name="healthz"),
     path("n/", include("nurture.urls")),  # nurture: tracking and unsubscribe links in emails
+    path("anymail/", include("nurture.esp_webhooks")),  # the ESPs' delivery, bounce and complaint webhooks
 ]
 
 handler404 = "martech.api.errors.not_found"

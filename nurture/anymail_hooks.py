@@ -1,18 +1,36 @@
-"""anymail's normalized tracking webhooks: bounces and complaints suppress
-the address; deliveries stamp the message."""
+"""anymail's normalized tracking webhooks (mounted by nurture.esp_webhooks):
+deliveries, bounces, complaints and unsubscribes go to
+``nurture.services.esp_event_record``. This module only reads the ESP's
+event: anymail calls some soft bounces "bounced", and only a hard one may
+suppress the address."""
 from __future__ import annotations
 
-from nurture.models import Suppression
-from nurture.services import address_suppress, message_delivered
+from anymail.signals import AnymailTrackingEvent
+
+from nurture.services import ESP_EVENT_TYPES, esp_event_record
 
 
-def on_tracking(sender, event, esp_name, **kwargs) -> None:
-    kind = event.event_type
-    if kind == "bounced":
-        address_suppress(address=event.recipient, reason=Suppression.Reason.BOUNCE,
-                         detail=f"{esp_name}: {event.description or event.reject_reason or ''}", provider_id=event.message_id or "")
-    elif kind == "complained":
-        address_suppress(address=event.recipient, reason=Suppression.Reason.COMPLAINT, detail=esp_name,
-                         provider_id=event.message_id or "")
-    elif kind == "delivered" and event.message_id:
-        message_delivered(provider_id=event.message_id)
+def is_hard_bounce(event: AnymailTrackingEvent) -> bool:
+    """False for the bounces the ESP itself calls temporary: SES
+    ``bounceType`` Transient or Undetermined, Postmark ``SoftBounce``, Brevo
+    ``soft_bounce``, SendGrid ``type: blocked``. Mailgun's temporary failures
+    reach us as "deferred" already. Anything else is hard."""
+    raw = event.esp_event
+    if not isinstance(raw, dict):
+        return True
+    ses = raw.get("bounce")
+    if isinstance(ses, dict) and "bounceType" in ses:
+        return ses["bounceType"] == "Permanent"
+    if raw.get("Type") == "SoftBounce" or raw.get("event") == "soft_bounce":
+        return False
+    return not (raw.get("event") == "bounce" and raw.get("type") == "blocked")
+
+
+def on_tracking(sender, event: AnymailTrackingEvent, esp_name: str, **kwargs) -> None:
+    if event.event_type not in ESP_EVENT_TYPES or not event.recipient:
+        return
+    esp_event_record(
+        esp=esp_name, kind=event.event_type, recipient=event.recipient, message_id=event.message_id or "",
+        event_id=str(event.event_id or ""), hard=event.event_type != "bounced" or is_hard_bounce(event),
+        detail=event.description or event.mta_response or event.reject_reason or "", at=event.timestamp,
+    )

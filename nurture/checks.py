@@ -1,6 +1,8 @@
 """Deploy checks of nurture's settings (see martech/checks.py): with debug
 off, a console SMS backend and links in emails that point at this machine or
-travel over plain http are refused."""
+travel over plain http are refused, and an ESP whose tracking webhook has no
+secret is reported (the webhook refuses every post, so bounces and
+complaints never suppress an address)."""
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -9,6 +11,7 @@ from django.conf import settings
 from django.core import checks
 
 from martech.checks import is_loopback_url, production
+from martech.email_config import ESP_BY_BACKEND, webhook_secret_missing
 
 NON_DELIVERING_SMS = {"nurture.channels.ConsoleSmsBackend", "nurture.channels.LocmemSmsBackend"}
 
@@ -40,3 +43,19 @@ def check_nurture_settings(app_configs=None, **kwargs) -> list[checks.CheckMessa
             id="nurture.E002",
         ))
     return errors
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_esp_webhook(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    esp = ESP_BY_BACKEND.get(settings.EMAIL_BACKEND)
+    if not production() or esp is None:
+        return []
+    missing = webhook_secret_missing(esp, getattr(settings, "ANYMAIL", {}))
+    if not missing:
+        return []
+    return [checks.Warning(
+        f"Email goes through {esp.name}, but its tracking webhook (/anymail/{esp.webhook}) refuses every post: "
+        f"{missing} is not set, so bounces and complaints never suppress an address.",
+        hint=f"Set {missing} and give the same to {esp.name}'s webhook settings (see the README's email providers).",
+        id="nurture.W001",
+    )]

@@ -565,7 +565,10 @@ def _deliver_one(msg: Message, conn) -> str:
         mail = channels.email_build(msg, html_body=msg.execution.detail.get("html", ""))
         mail.connection = conn
         mail.send()
-        return ""
+        # An anymail backend answers the ESP's message id: kept on the message,
+        # so the ESP's delivery and bounce webhooks find it.
+        status = getattr(mail, "anymail_status", None)
+        return str(getattr(status, "message_id", None) or "")
     if msg.channel == Message.Channel.SMS:
         return channels.sms_backend().send(to=msg.to, body=msg.body, key=msg.key) or ""
     if msg.channel == Message.Channel.NOTIFY:

@@ -3,11 +3,12 @@ Admin, API, tasks and receivers all call these."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -337,15 +338,23 @@ def enrollments_wake_for_events(*, lead_ids: list[int], event_names: set[str], n
 
 
 # --- tracking, unsubscribe, bounces -------------------------------------------------
-def _record_event(*, message: Message, name: str, suffix: str, properties: dict) -> None:
-    from martech.services.ingest import events_ingest
+def _record_event(*, lead: Lead, name: str, key: str, properties: dict, at: datetime | None = None) -> bool:
+    """Record an event on the lead's timeline through the core ingest,
+    idempotent by ``key`` (its messageId). True when it was new."""
+    from martech.services.ingest import ACCEPTED, events_ingest
 
-    events_ingest(items=[{
-        "type": "track", "event": name, "messageId": f"nurture:{suffix}:{message.key}",
-        "timestamp": timezone.now().isoformat(), "traits": {"email": message.lead.email} if message.lead.email else {},
-        "userId": f"lead:{message.lead_id}" if not message.lead.email else None,
-        "properties": {"workflow": message.workflow_id, "step": message.step, **properties},
+    result = events_ingest(items=[{
+        "type": "track", "event": name, "messageId": key,
+        "timestamp": (at or timezone.now()).isoformat(), "traits": {"email": lead.email} if lead.email else {},
+        "userId": f"lead:{lead.pk}" if not lead.email else None,
+        "properties": properties,
     }], source="nurture")
+    return result.results[0].status == ACCEPTED
+
+
+def _record_message_event(*, message: Message, name: str, suffix: str, properties: dict) -> bool:
+    return _record_event(lead=message.lead, name=name, key=f"nurture:{suffix}:{message.key}",
+                         properties={"workflow": message.workflow_id, "step": message.step, **properties})
 
 
 @transaction.atomic
@@ -356,14 +365,12 @@ def message_track(*, message: Message, kind: str, url: str = "") -> None:
     now = timezone.now()
     if kind == "open":
         Message.objects.filter(pk=message.pk, opened_at__isnull=True).update(opened_at=now)
-        _record_event(message=message, name="email_opened", suffix="open", properties={})
+        _record_message_event(message=message, name="email_opened", suffix="open", properties={})
     else:
         Message.objects.filter(pk=message.pk, clicked_at__isnull=True).update(clicked_at=now)
         Message.objects.filter(pk=message.pk, opened_at__isnull=True).update(opened_at=now)
-        import hashlib
-
-        _record_event(message=message, name="email_clicked", suffix=f"click:{hashlib.sha256(url.encode()).hexdigest()[:16]}",
-                      properties={"url": url})
+        _record_message_event(message=message, name="email_clicked",
+                              suffix=f"click:{hashlib.sha256(url.encode()).hexdigest()[:16]}", properties={"url": url})
 
 
 @transaction.atomic
@@ -379,32 +386,102 @@ def message_unsubscribe(*, message: Message, source: str) -> bool:
     if stamped or created:
         consent_record(lead=lead, channel=ConsentChannel.EMAIL, granted=False, source=source,
                        evidence={"message": message.key})
-        _record_event(message=message, name="email_unsubscribed", suffix="unsub", properties={})
+        _record_message_event(message=message, name="email_unsubscribed", suffix="unsub", properties={})
     return bool(stamped or created)
 
 
-@transaction.atomic
-def address_suppress(*, address: str, reason: str, detail: str = "", provider_id: str = "") -> bool:
-    """A bounce or complaint from the ESP (anymail tracking webhook)."""
-    address = (address or "").strip().lower()
+# What an ESP's tracking event (anymail's normalized kinds) records on the
+# lead's timeline; opens and clicks are not here: our own pixel and
+# redirect record those, and counting the ESP's too would double them.
+ESP_EVENT_TYPES = {
+    "delivered": "email_delivered",
+    "bounced": "email_bounced",
+    "complained": "email_complained",
+    "unsubscribed": "email_unsubscribed",
+}
+_RETRIES = 3
+
+
+def esp_event_record(*, esp: str, kind: str, recipient: str, message_id: str = "", event_id: str = "",
+                     hard: bool = True, detail: str = "", at: datetime | None = None) -> bool:
+    """An ESP's delivery, bounce, complaint or unsubscribe for one recipient
+    (anymail tracking webhook). Finds the message by the ESP's message id
+    (else the latest email to the address) and its lead, then:
+
+    - delivered: stamps ``delivered_at``;
+    - bounced: stamps ``bounced_at``; a hard bounce suppresses the address;
+    - complained: suppresses the address and withdraws email consent;
+    - unsubscribed: suppresses the address and withdraws email consent
+      (``message_unsubscribe`` when the message is known);
+
+    and records ``email_<kind>`` on the lead's timeline. Idempotent: ESPs
+    retry webhooks, so the event is keyed by (ESP, kind, message id,
+    recipient), or the ESP's event id when there is no message id, and a
+    repeat changes nothing (returns False). Concurrent posts of one event are
+    serialized on the lead's row (the first lock of the one lock order); a
+    deadlock or serialization failure reruns the whole transaction."""
+    from martech.services.ingest import is_retryable
+
+    if kind not in ESP_EVENT_TYPES:
+        return False
+    address = (recipient or "").strip().lower()
     if not address:
-        raise ValidationError({"address": ["An address is required."]})
-    _, created = Suppression.objects.get_or_create(address=address, defaults={"reason": reason, "detail": detail[:500]})
+        raise ValidationError({"recipient": ["The ESP's event names no recipient address."]})
+    for attempt in range(_RETRIES):
+        try:
+            with transaction.atomic():
+                return _esp_event_record(esp=esp, kind=kind, address=address, message_id=message_id,
+                                         event_id=event_id, hard=hard, detail=detail, at=at)
+        except OperationalError as exc:
+            if attempt == _RETRIES - 1 or not is_retryable(exc) or transaction.get_connection().in_atomic_block:
+                raise
+            log.warning("esp_event_record: %s; retrying", exc)
+    raise AssertionError("unreachable")
+
+
+def _esp_event_record(*, esp: str, kind: str, address: str, message_id: str, event_id: str, hard: bool,
+                      detail: str, at: datetime | None) -> bool:
+    emails = Message.objects.filter(channel=Message.Channel.EMAIL)
+    message = emails.filter(provider_id=message_id).select_related("lead").first() if message_id else None
+    lead = message.lead if message else Lead.objects.filter(email=address).first()
+    if message is None and lead is not None:
+        # No (known) message id: the lead's latest email (index nurture_msg_cap).
+        message = emails.filter(lead=lead).select_related("lead").order_by("-created_at", "-pk").first()
+    if lead is not None:
+        # One lock order: the lead first. Concurrent posts of this event wait
+        # here, and the second finds the first's event and does nothing.
+        Lead.objects.select_for_update().filter(pk=lead.pk).values_list("pk", flat=True).first()
     now = timezone.now()
-    msgs = Message.objects.filter(provider_id=provider_id) if provider_id else Message.objects.none()
-    if not msgs.exists():
-        msgs = Message.objects.filter(pk__in=Message.objects.filter(to__iexact=address, channel="email").order_by("-created_at").values("pk")[:1])
-    if reason == Suppression.Reason.BOUNCE:
-        msgs.filter(bounced_at__isnull=True).update(bounced_at=now)
-    if reason == Suppression.Reason.COMPLAINT:
-        lead = Lead.objects.filter(email=address).first()
-        if lead:
-            consent_record(lead=lead, channel=ConsentChannel.EMAIL, granted=False, source="esp:complaint")
-    return created
-
-
-def message_delivered(*, provider_id: str) -> int:
-    return Message.objects.filter(provider_id=provider_id, delivered_at__isnull=True).update(delivered_at=timezone.now())
+    reason = {"bounced": Suppression.Reason.BOUNCE if hard else None, "complained": Suppression.Reason.COMPLAINT,
+              "unsubscribed": Suppression.Reason.UNSUBSCRIBE}.get(kind)
+    if kind == "unsubscribed" and message is not None and lead is not None:
+        return message_unsubscribe(message=message, source=f"esp:{esp}")
+    suppressed = False
+    if reason:
+        _, suppressed = Suppression.objects.get_or_create(
+            address=address, defaults={"reason": reason, "detail": f"{esp}: {detail}".strip(": ")[:500]})
+    # A soft bounce (the ESP retries, or gave up for now) is on the timeline
+    # but neither suppresses nor counts as the message's bounce.
+    stamp = {"delivered": "delivered_at", "bounced": "bounced_at" if hard else None}.get(kind)
+    stamped = 0
+    if message is not None and stamp:
+        stamped = Message.objects.filter(pk=message.pk, **{f"{stamp}__isnull": True}).update(**{stamp: now})
+    if lead is None:
+        return bool(suppressed or stamped)
+    ref = message_id or event_id or (f"message:{message.key}" if message else "") or (at or now).isoformat()
+    key = f"esp:{esp.lower().replace(' ', '_')}:{kind}:{hashlib.sha256(f'{ref}|{address}'.encode()).hexdigest()[:32]}"
+    properties = {"esp": esp, "recipient": address}
+    if message is not None:
+        properties.update(workflow=message.workflow_id, step=message.step, message=message.key)
+    if kind == "bounced":
+        properties["bounce"] = "hard" if hard else "soft"
+    if detail:
+        properties["detail"] = detail[:500]
+    new = _record_event(lead=lead, name=ESP_EVENT_TYPES[kind], key=key, properties=properties, at=at)
+    if new and kind in ("complained", "unsubscribed"):
+        consent_record(lead=lead, channel=ConsentChannel.EMAIL, granted=False, source=f"esp:{kind}",
+                       evidence={"esp": esp, "message": message.key if message else "", "recipient": address})
+    return new
 
 
 # --- test mode -----------------------------------------------------------------------

@@ -66,6 +66,7 @@ def reference_data():
     re-creates after such a flush."""
     importlib.import_module("martech.migrations.0002_seed_reference_data").seed(apps, None)
     importlib.import_module("nurture.migrations.0002_event_types").add(apps, None)
+    importlib.import_module("nurture.migrations.0004_esp_event_types").add(apps, None)
 
 
 @pytest.fixture

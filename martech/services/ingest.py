@@ -483,7 +483,7 @@ def events_ingest(
             with transaction.atomic():
                 return _store(parsed, source=source, actor=actor)
         except OperationalError as exc:
-            if attempt == 2 or not _is_retryable(exc):
+            if attempt == 2 or not is_retryable(exc):
                 raise
             log.warning("events_ingest: %s; retrying the batch", exc)
             for item in parsed:
@@ -492,7 +492,8 @@ def events_ingest(
     raise AssertionError("unreachable")
 
 
-def _is_retryable(exc: Exception) -> bool:
+def is_retryable(exc: Exception) -> bool:
+    """A deadlock or serialization failure: rerun the whole transaction."""
     cause = exc.__cause__
     return type(cause).__name__ in {"DeadlockDetected", "SerializationFailure", "LockNotAvailable"}
 
@@ -651,7 +652,7 @@ def _write_failed(item: _Item, exc: Exception) -> None:
         fld = item.email_field if name == "email" else item.trait_keys.get(name, f"traits.{name}")
         item.result = ItemResult(item.index, item.message_id, REJECTED, fld, reasons[0])
         return
-    if isinstance(exc, OperationalError) and _is_retryable(exc):
+    if isinstance(exc, OperationalError) and is_retryable(exc):
         raise exc
     log.error("events_ingest: lead write failed for item %s", item.index, exc_info=exc)
     fld = item.email_field or ("userId" if item.user_id else "anonymousId")

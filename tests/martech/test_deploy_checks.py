@@ -9,7 +9,7 @@ import pytest
 from martech.checks import check_email_backend, is_loopback_url
 from martech.crm.checks import check_crm_settings
 from martech.crm.emulators.defaults import CREDENTIALS
-from nurture.checks import check_nurture_settings
+from nurture.checks import check_esp_webhook, check_nurture_settings
 
 GOOD_CRM = {
     "HUBSPOT_URL": "https://api.hubapi.com", "HUBSPOT_TOKEN": "pat-na1-real", "HUBSPOT_APP_SECRET": "real-secret",
@@ -33,7 +33,7 @@ def _ids(messages) -> list[str]:
 
 
 def test_production_settings_pass(production):
-    assert check_email_backend() == check_crm_settings() == check_nurture_settings() == []
+    assert check_email_backend() == check_crm_settings() == check_nurture_settings() == check_esp_webhook() == []
 
 
 @pytest.mark.parametrize("backend", ["console", "locmem", "filebased", "dummy"])
@@ -116,3 +116,20 @@ def test_nothing_fires_with_debug_on(production):
 ])
 def test_is_loopback_url(url, loopback):
     assert is_loopback_url(url) is loopback
+
+
+@pytest.mark.parametrize(("backend", "variable"), [
+    ("anymail.backends.postmark.EmailBackend", "ANYMAIL_WEBHOOK_SECRET"),
+    ("anymail.backends.amazon_ses.EmailBackend", "ANYMAIL_WEBHOOK_SECRET"),
+    ("anymail.backends.mailgun.EmailBackend", "ANYMAIL_MAILGUN_WEBHOOK_SIGNING_KEY"),
+])
+def test_an_esp_whose_tracking_webhook_has_no_secret_is_reported(production, backend, variable):
+    production.EMAIL_BACKEND = backend
+    production.ANYMAIL = {}
+    [warning] = check_esp_webhook()
+    assert warning.id == "nurture.W001" and variable in warning.msg and variable in warning.hint
+    production.ANYMAIL = {"WEBHOOK_SECRET": ["esp:pw"], "MAILGUN_WEBHOOK_SIGNING_KEY": "k"}
+    assert check_esp_webhook() == []
+    production.DEBUG = True
+    production.ANYMAIL = {}
+    assert check_esp_webhook() == []

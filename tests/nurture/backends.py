@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 
 from django.core.mail.backends.base import BaseEmailBackend
+
+from anymail.backends.test import EmailBackend as AnymailTestBackend
 
 
 class JournalEmailBackend(BaseEmailBackend):
@@ -39,3 +42,16 @@ def journal(path) -> list[str]:
             return [line.strip() for line in f if line.strip()]
     except FileNotFoundError:
         return []
+
+
+class EspEmailBackend(AnymailTestBackend):
+    """anymail's test backend (messages land in django.core.mail.outbox)
+    answering an ESP-style message id per message, as Mailgun's, Brevo's or
+    Postmark's API does; ``issued`` lists them in order."""
+
+    issued: list[str] = []
+
+    def get_esp_message_id(self, message) -> str:
+        message_id = f"<{uuid.uuid4().hex}@esp.example.com>"
+        EspEmailBackend.issued.append(message_id)
+        return message_id
