@@ -1,8 +1,12 @@
 """Demo data for the quick start: touchpoints from the demo events, deals
 with contact roles across the pipeline (won and lost over the demo months,
 some still open), daily spend per demo campaign, then every model's credits.
-Idempotent: touchpoints and credits are rebuilt, deals are found by name,
-spend by (campaign, date)."""
+Idempotent: touchpoints are rebuilt (unchanged ones are kept), deals are
+found by name, spend is written once per demo campaign (only on the
+campaigns the core demo made, never on ops' own), and the credits are
+recomputed only when this run changed their inputs (touchpoints or deals) or
+none exist yet: a full recompute replaces every credit row, so running it on
+unchanged inputs would still rewrite the table."""
 from __future__ import annotations
 
 import random
@@ -14,10 +18,11 @@ from django.utils import timezone
 from tqdm import tqdm
 
 from attribution.computation import attribution_compute
-from attribution.models import CampaignSpend, Opportunity
+from attribution.models import AttributionCredit, CampaignSpend, Opportunity
 from attribution.services import opportunity_change_stage, opportunity_set_contact, opportunity_upsert, stage_for
 from attribution.touchpoints import touchpoints_rebuild
-from martech.models import Campaign, Channel, Lead
+from martech.models import Channel, Lead
+from martech.services.demo import demo_campaigns
 
 DEALS_MAX = 240
 OPEN_STAGES = ["prospecting", "qualification", "proposal", "negotiation"]
@@ -25,10 +30,13 @@ DAILY_BUDGET = {Channel.PAID_SEARCH: 180, Channel.PAID_SOCIAL: 120, Channel.DISP
 
 
 def demo_seed(*, progress: bool) -> dict[str, int]:
-    counts = {"touchpoints": 0, "opportunities": 0, "spend_days": 0}
+    counts = {"touchpoints": 0, "opportunities": 0, "spend_days": 0, "attribution_credits": 0}
+    touches_changed = 0
     lead_ids = list(Lead.objects.filter(events__isnull=False).distinct().order_by("pk").values_list("pk", flat=True))
     for i in tqdm(range(0, len(lead_ids), 1000), desc="touchpoints", disable=not progress):
-        counts["touchpoints"] += touchpoints_rebuild(lead_ids=lead_ids[i : i + 1000])["created"]
+        rebuilt = touchpoints_rebuild(lead_ids=lead_ids[i : i + 1000])
+        counts["touchpoints"] += rebuilt["created"]
+        touches_changed += rebuilt["created"] + rebuilt["updated"] + rebuilt["deleted"]
 
     now = timezone.now()
     candidates = list(
@@ -65,7 +73,9 @@ def demo_seed(*, progress: bool) -> dict[str, int]:
         counts["opportunities"] += 1
 
     spend = []
-    for campaign in Campaign.objects.filter(channel__in=list(DAILY_BUDGET)):
+    # Once per campaign: a demo campaign with any spend row (the demo's, or
+    # imported by ops) gets none from here.
+    for campaign in demo_campaigns().filter(channel__in=list(DAILY_BUDGET), spend__isnull=True).order_by("pk"):
         rng = random.Random(campaign.pk)
         start = campaign.start_date or (now.date() - timedelta(days=180))
         end = min(campaign.end_date or now.date(), now.date())
@@ -79,5 +89,8 @@ def demo_seed(*, progress: bool) -> dict[str, int]:
     before = CampaignSpend.objects.count()
     CampaignSpend.objects.bulk_create(spend, ignore_conflicts=True, batch_size=2000)
     counts["spend_days"] = CampaignSpend.objects.count() - before
-    counts["attribution_credits"] = attribution_compute(progress=progress)["credits"]
+    if touches_changed or counts["opportunities"] or (
+        Opportunity.objects.exists() and not AttributionCredit.objects.exists()
+    ):
+        counts["attribution_credits"] = attribution_compute(progress=progress)["credits"]
     return counts

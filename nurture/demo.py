@@ -1,9 +1,12 @@
 """Nurture demo data: the six gallery journeys (five published, the win-back
 left as a draft to adapt), a few enrollments on the ebook drip and the cart
 recovery, and one run of the engine so the metrics have numbers.
-Idempotent: journeys are found by name, enrollments only made once."""
+Idempotent: journeys are found by name, and each is created and published
+in one transaction (a failed publish leaves no unpublished copy that a
+second run would take for done); enrollments are only made once."""
 from __future__ import annotations
 
+from django.db import transaction
 from django.utils import timezone
 
 from martech.models import ConsentRecord, Lead
@@ -19,9 +22,10 @@ def demo_seed(*, progress: bool = False) -> dict[str, int]:
     for key, spec in GALLERY.items():
         wf = Workflow.objects.filter(name=spec["name"]).first()
         if wf is None:
-            wf = workflow_create_from_gallery(key=key)
-            if key != "winback_180":
-                workflow_publish(workflow=wf)
+            with transaction.atomic():
+                wf = workflow_create_from_gallery(key=key)
+                if key != "winback_180":
+                    workflow_publish(workflow=wf)
             made_wf += 1
         flows[key] = wf
     consenting = Lead.objects.filter(

@@ -1,7 +1,9 @@
 """Demo routing setup for the quick start: teams, reps, territories, an SLA
 policy, a published rule set, and the newest demo leads routed. Idempotent:
-rows are found by name, the rule set is published only when none is, and
-only leads without an assignment are routed."""
+rows are found by name, reps get their manager and backup only when this run
+made them, the rule set is published only when none is, and of the newest
+ROUTED_LEADS leads only those never routed are routed (so a second run routes
+nobody, where "the newest unrouted leads" would route the next batch)."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -14,6 +16,9 @@ from routing import services
 from routing.models import OutOfOffice, Rep, Rule, RuleSet, SlaPolicy, Team, Territory
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri")
+# How many of the newest leads the demo routes (the rest wait for ops to try
+# the rule set on them).
+ROUTED_LEADS = 300
 
 TEAMS = [
     ("Inbound North America", Team.Method.ROUND_ROBIN),
@@ -64,9 +69,12 @@ def demo_seed(*, progress: bool = False) -> dict[str, int]:
             now = timezone.now()
             OutOfOffice.objects.create(rep=reps[name], starts_at=now - timedelta(hours=1), ends_at=now + timedelta(hours=4),
                                        note="dentist")
-    boss = reps["Morgan Reyes"]
-    Rep.objects.filter(team=teams["Inbound North America"], manager__isnull=True).update(manager=boss)
-    Rep.objects.filter(pk=reps["Sam Patel"].pk, backup__isnull=True).update(backup=reps["Avery Brooks"])
+    if created["routing_reps"]:
+        # Only on the run that made the reps: a manager or backup ops cleared
+        # later stays cleared.
+        boss = reps["Morgan Reyes"]
+        Rep.objects.filter(team=teams["Inbound North America"], manager__isnull=True).update(manager=boss)
+        Rep.objects.filter(pk=reps["Sam Patel"].pk, backup__isnull=True).update(backup=reps["Avery Brooks"])
     territories = {}
     for spec in TERRITORIES:
         territories[spec["name"]], made = Territory.objects.get_or_create(name=spec["name"], defaults=spec)
@@ -83,8 +91,9 @@ def demo_seed(*, progress: bool = False) -> dict[str, int]:
         ])
         services.rule_set_publish(rule_set=draft)
         created["routing_rule_sets"] += 1
-    newest = list(Lead.objects.filter(routing_assignments__isnull=True).order_by("-created_at").values_list("id", flat=True)[:300])
-    if newest:
-        counts = services.leads_route_batch(lead_ids=newest, trigger="new_lead", reason="demo seed")
+    newest = Lead.objects.order_by("-created_at", "-pk").values("pk")[:ROUTED_LEADS]
+    unrouted = list(Lead.objects.filter(pk__in=newest, routing_assignments__isnull=True).values_list("pk", flat=True))
+    if unrouted:
+        counts = services.leads_route_batch(lead_ids=unrouted, trigger="new_lead", reason="demo seed")
         created["routing_assignments"] = sum(v for k, v in counts.items() if k != "kept")
     return created

@@ -57,16 +57,30 @@ def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
+# Every data migration that seeds reference data, and its seeding function.
+REFERENCE_SEEDS = [
+    ("martech.migrations.0002_seed_reference_data", "seed"),  # stages, channel rules, UTM aliases, event catalog
+    ("martech.migrations.0005_campaign_member_event_type", "seed"),
+    ("nurture.migrations.0002_event_types", "add"),
+    ("nurture.migrations.0004_esp_event_types", "add"),  # email_delivered, email_bounced, email_complained
+    ("attribution.migrations.0002_seed_default_pipeline", "seed"),  # the default sales pipeline
+]
+
+
+def reference_data_seed() -> None:
+    """Run the data migrations' seeds again (each is idempotent)."""
+    for module, function in REFERENCE_SEEDS:
+        getattr(importlib.import_module(module), function)(apps, None)
+
+
 @pytest.fixture
 def reference_data():
     """For transactional tests: a transactional test's teardown flushes every
-    table, including the stages, event catalog and nurture event types the
-    data migrations seeded; seed them again (the seeds are idempotent).
+    table, including the stages, event catalog, nurture event types and the
+    default pipeline the data migrations seeded; seed them again.
     serialized_rollback would collide with the groups post_migrate
     re-creates after such a flush."""
-    importlib.import_module("martech.migrations.0002_seed_reference_data").seed(apps, None)
-    importlib.import_module("nurture.migrations.0002_event_types").add(apps, None)
-    importlib.import_module("nurture.migrations.0004_esp_event_types").add(apps, None)
+    reference_data_seed()
 
 
 @pytest.fixture

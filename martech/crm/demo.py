@@ -1,8 +1,13 @@
 """Demo: a HubSpot and a Salesforce connection pointed at the local
 emulators (scripts/run starts both), each registered object type's default
 field mappings for that provider (contacts, companies, tasks, campaigns, and
-deals when attribution registered them) and lifecycle values. Idempotent."""
+deals when attribution registered them) and lifecycle values. Idempotent:
+a connection's mappings and lifecycle values are written in the transaction
+that creates it and never again, so a default mapping ops deleted stays
+deleted."""
 from __future__ import annotations
+
+from django.db import transaction
 
 from martech.crm import objects
 from martech.crm.models import Connection, FieldMapping, LifecycleMapping
@@ -26,8 +31,11 @@ def demo_seed(*, progress: bool) -> dict[str, int]:
     return counts
 
 
+@transaction.atomic
 def _seed_connection(provider: str, name: str, lifecycle: list[tuple[str, str]]) -> dict[str, int]:
     connection, created = Connection.objects.get_or_create(provider=provider, defaults={"name": name})
+    if not created:
+        return {"crm connections": 0, "crm field mappings": 0, "crm lifecycle values": 0}
     mappings = 0
     for obj in objects.all_types():
         for local, remote, kind, extra in obj.default_mappings.get(provider, []):

@@ -1,13 +1,16 @@
 """Demo data for scoring: an active model with fit and engagement rules,
 segments, lifecycle rules, follow-up tasks; then scores for the demo leads.
-Idempotent (get_or_create by name/key)."""
+Idempotent: rows are found by name, the follow-up tasks are made on the run
+that finds none (which leads are SQLs moves as the system works the demo
+leads, so "the first 20 SQLs" is not a stable key), and only leads never
+scored (no score history) are scored, by the active model."""
 from __future__ import annotations
 
 from decimal import Decimal
 
 from django.db import transaction
 
-from martech.models import EventType, Lead, LifecycleStage
+from martech.models import EventType, Lead, LifecycleStage, SalesTask
 from martech.scoring import services
 from martech.scoring.models import EngagementRule, FitRule, LifecycleRule, ScoringModel, Segment
 from martech.services.tasks import task_create
@@ -26,8 +29,14 @@ SEGMENTS = [
 ]
 
 
+FOLLOW_UP_KEY = "demo:follow-up:"
+# Leads scored per transaction (scores_recompute locks them).
+SCORE_BATCH = 5000
+
+
 def demo_seed(*, progress: bool = False) -> dict[str, int]:
-    created: dict[str, int] = {"scoring models": 0, "segments": 0, "lifecycle rules": 0, "sales tasks": 0}
+    created: dict[str, int] = {"scoring models": 0, "segments": 0, "lifecycle rules": 0, "sales tasks": 0,
+                               "leads scored": 0}
     with transaction.atomic():
         model, made = ScoringModel.objects.get_or_create(
             name="Default", defaults={"is_active": not ScoringModel.objects.filter(is_active=True).exists(),
@@ -64,10 +73,17 @@ def demo_seed(*, progress: bool = False) -> dict[str, int]:
                 LifecycleRule.objects.create(name=name, order=order, condition=condition, event_type=event_type,
                                              to_stage=stages[to])
                 created["lifecycle rules"] += 1
-        for lead in Lead.objects.filter(lifecycle_stage__key__in=["sql", "opportunity"]).order_by("pk")[:20]:
-            _, made = task_create(key=f"demo:follow-up:{lead.pk}", lead=lead, owner=lead.owner,
-                                  subject=f"Follow up with {lead}", source="demo")
-            created["sales tasks"] += made
-    if created["scoring models"]:
-        services.scores_recompute_all(reason="demo")
+        if not SalesTask.objects.filter(key__startswith=FOLLOW_UP_KEY).exists():
+            for lead in Lead.objects.filter(lifecycle_stage__key__in=["sql", "opportunity"]).order_by("pk")[:20]:
+                _, made = task_create(key=f"{FOLLOW_UP_KEY}{lead.pk}", lead=lead, owner=lead.owner,
+                                      subject=f"Follow up with {lead}", source="demo")
+                created["sales tasks"] += made
+    if ScoringModel.objects.filter(is_active=True).exists():
+        # Demo leads are bulk-inserted with made-up scores and no history;
+        # a lead scored once (here, or by the system on its own events) is
+        # left to the system.
+        unscored = list(Lead.objects.filter(score_history__isnull=True).order_by("pk").values_list("pk", flat=True))
+        for i in range(0, len(unscored), SCORE_BATCH):
+            created["leads scored"] += services.scores_recompute(
+                lead_ids=unscored[i:i + SCORE_BATCH], reason="demo", batch_signal=True)
     return created

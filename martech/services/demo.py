@@ -32,6 +32,7 @@ from typing import Any
 
 import phonenumbers
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from tqdm import tqdm
 
@@ -323,11 +324,27 @@ def _seed_accounts(result: DemoResult) -> tuple[dict[str, Account], list[_Accoun
     return by_domain, specs
 
 
+def _campaign_triple(normalizer: UtmNormalizer, source: str, medium: str, key: str) -> tuple[str, str, str]:
+    return (normalizer.normalize("source", source), normalizer.normalize("medium", medium),
+            normalizer.normalize("campaign", key))
+
+
+def demo_campaigns() -> QuerySet[Campaign]:
+    """The campaigns of CAMPAIGNS, found by their normalized UTM keys as
+    ``demo_seed`` finds them; campaigns ops made themselves are not among them
+    (later stages' demo data, such as ad spend, goes on these only)."""
+    normalizer = UtmNormalizer.load()
+    match = Q(pk__in=[])
+    for _name, source, medium, key, *_rest in CAMPAIGNS:
+        s, m, c = _campaign_triple(normalizer, source, medium, key)
+        match |= Q(utm_source=s, utm_medium=m, utm_campaign=c)
+    return Campaign.objects.filter(match)
+
+
 def _seed_campaigns(result: DemoResult, normalizer: UtmNormalizer, anchor: date) -> list[Campaign]:
     campaigns = []
     for name, source, medium, key, starts_ago, runs, budget in CAMPAIGNS:
-        triple = (normalizer.normalize("source", source), normalizer.normalize("medium", medium),
-                  normalizer.normalize("campaign", key))
+        triple = _campaign_triple(normalizer, source, medium, key)
         found = Campaign.objects.filter(utm_source=triple[0], utm_medium=triple[1], utm_campaign=triple[2]).first()
         if found is None:
             start = anchor - timedelta(days=starts_ago)

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 
 from martech.crm.demo import demo_seed
-from martech.crm.models import Connection, FieldMapping
+from martech.crm.models import Connection, FieldMapping, LifecycleMapping
 from tests.crm.conftest import SpecCheck
 
 
@@ -42,3 +42,16 @@ def test_spec_check_knows_the_v4_archive_shape():
         spec.check("POST", path, b'{"inputs": [{"from": {"id": "1"}, "to": {"id": "2"}}]}', 204, b"")
     with pytest.raises(AssertionError):  # HubSpot answers 204 with no body
         spec.check("POST", path, good, 200, b'{"status": "COMPLETE"}')
+
+
+@pytest.mark.django_db
+def test_demo_seed_leaves_what_ops_deleted_deleted():
+    demo_seed(progress=False)
+    mapping = FieldMapping.objects.order_by("pk").first()
+    value = LifecycleMapping.objects.order_by("pk").first()
+    mapping.delete()
+    value.delete()
+    assert set(demo_seed(progress=False).values()) == {0}
+    assert not FieldMapping.objects.filter(connection=mapping.connection, object=mapping.object,
+                                           remote_field=mapping.remote_field).exists()
+    assert not LifecycleMapping.objects.filter(connection=value.connection, remote_value=value.remote_value).exists()

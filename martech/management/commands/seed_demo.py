@@ -1,5 +1,8 @@
 """Seed the demo data set (accounts, leads, consent, stage history, campaigns,
-months of events, forms). Idempotent: see martech.services.demo."""
+months of events, forms), then each later stage's own (``<app>/demo.py``).
+Idempotent, as ``scripts/run`` needs on every start: a second run adds,
+changes and queues nothing (martech.services.demo and each app's demo.py say
+how; tests/test_seed_demo_twice.py compares every table)."""
 from __future__ import annotations
 
 import sys
@@ -11,7 +14,8 @@ from martech.services.demo import demo_seed
 
 
 class Command(BaseCommand):
-    help = "Create realistic demo data. Safe to re-run: a second run adds nothing; a larger --leads adds the difference."
+    help = ("Create realistic demo data. Safe to re-run: a second run adds, changes and queues nothing; "
+            "a larger --leads adds the difference.")
 
     def add_arguments(self, parser):
         parser.add_argument("--leads", type=int, default=2000, help="How many demo leads in total (default 2000).")
