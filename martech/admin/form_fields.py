@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 from django import forms
+from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 
 from martech.models import FORM_FIELD_KEYS, FormFieldType, WritePolicy
 
@@ -71,6 +73,11 @@ class FieldDefinitionsWidget(forms.Widget):
             "lead_fields": self.lead_fields,
         })
         return context
+
+    def render(self, name, value, attrs=None, renderer=None):
+        # Through the site's template engine: the template lives in the
+        # project's templates/ folder, which the default form renderer does not search.
+        return mark_safe(render_to_string(self.template_name, self.get_context(name, value, attrs)))
 
     def value_from_datadict(self, data, files, name):
         try:

@@ -38,6 +38,13 @@ class OriginsWidget(forms.Textarea):
 
 
 class FormAdminForm(forms.ModelForm):
+    redirect_url = forms.URLField(
+        assume_scheme="https",
+        max_length=2000,
+        required=False,
+        help_text=Form._meta.get_field("redirect_url").help_text,
+    )
+
     class Meta:
         model = Form
         fields = "__all__"
