@@ -159,4 +159,5 @@ def form_embed_snippet(form: Form, *, base_url: str) -> str:
     base = base_url.rstrip("/")
     context = form_context(form, action=base + reverse("api-form-capture", args=[form.key]), csrf=False)
     context.update({"css": base + static("martech/forms/form.css"), "script": base + static("martech/forms/embed.js")})
-    return render_to_string("martech/forms/embed.html", context).strip()
+    markup = render_to_string("martech/forms/embed.html", context)
+    return "\n".join(line.rstrip() for line in markup.splitlines() if line.strip())
