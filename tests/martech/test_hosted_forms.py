@@ -354,3 +354,14 @@ def test_admin_edits_fields_as_rows_and_reports_errors_by_field(client, superuse
     refused = client.post(url, {**post, "fields-0-choices": ""})
     assert refused.status_code == 200
     assert "Field 2 (&#x27;size&#x27;): a select needs at least one choice." in refused.content.decode()
+
+
+def test_hosted_page_shares_the_per_ip_rate_limit(client, form, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
+                               "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+                                                          "form_capture": "1/min"}}
+    assert client.post(reverse("form-page", args=["demo"]), GOOD).status_code == 303
+    again = client.post(reverse("form-page", args=["demo"]), {**GOOD, "work_email": "bob@acme.example"})
+    assert again.status_code == 429 and "Too many submissions" in again.content.decode()
+    assert 'value="bob@acme.example"' in again.content.decode()  # nothing typed is lost
+    assert list(Lead.objects.values_list("email", flat=True)) == ["ann@acme.example"]
