@@ -13,8 +13,10 @@ def _label(name):
 
 def forward(apps, schema_editor):
     """field_map {form field: lead field} + required_fields -> one definition
-    per field, in the map's order; every field keeps the public default
-    policy (fill only what is empty), which is what forms did before."""
+    per field, in the map's order as the database returns it (PostgreSQL's
+    jsonb keeps no key order; reorder in the admin); every field keeps the
+    public default policy (fill only what is empty), which is what forms did
+    before."""
     for model in ("Form", "HistoricalForm"):
         Form = apps.get_model("martech", model)
         for form in Form.objects.all():
