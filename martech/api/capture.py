@@ -1,10 +1,12 @@
 """Capture endpoints: the events batch API and public form capture.
 
-Thin views (STYLE.md 11): check the envelope, call the service, answer. The
+Thin views: check the envelope, call the service, answer. The
 per-item rules live in ``martech.services.ingest``; the form rules in
 ``martech.services.forms``.
 """
 from __future__ import annotations
+
+import logging
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -17,12 +19,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from martech.api.errors import error_body
+from martech.api.throttling import ClientRateThrottle, FormCaptureThrottle
 from martech.cors import cors_headers, origin_allowed, preflight
 from martech.hosted import form_done, form_page_response
-from martech.api.throttling import ClientRateThrottle, FormCaptureThrottle
 from martech.models import ApiClient, Event, Form
 from martech.services.forms import PAGE_URL_FIELD, form_submit
 from martech.services.ingest import REJECTED, events_ingest
+
+log = logging.getLogger(__name__)
 
 # --- Serializers (output shapes; the input is checked item by item in the service)
 
@@ -202,6 +206,9 @@ class FormCaptureView(APIView):
             raise exceptions.NotFound(f"No active form {form_key!r}.")
         if not origin_allowed(request, form.allowed_origins):
             # Refused before the body is read: nothing from this page is written.
+            # Logged, so ops can see a site that embeds the form without being listed.
+            log.warning("form %s: post from origin %r refused (not in allowed_origins)", form.key,
+                        request.headers.get("Origin"))
             message = "This form does not take submissions from this website."
             return Response(error_body("origin_not_allowed", message), status=status.HTTP_403_FORBIDDEN)
         data = _form_data(request)

@@ -259,7 +259,7 @@ def test_preflights_do_not_use_up_the_rate_limit(api, form, settings):
     assert _capture(api, GOOD, SITE).status_code == 202
 
 
-def test_post_from_an_unlisted_origin_is_refused_and_writes_nothing(api, form):
+def test_post_from_an_unlisted_origin_is_refused_and_writes_nothing(api, form, caplog):
     lead = LeadFactory(email="ann@acme.example", first_name="Ann", company_name="Keep Co")
     for fmt in ("json", "multipart"):
         response = _capture(api, {**GOOD, "company": "Evil"}, "https://evil.example", fmt=fmt)
@@ -268,6 +268,7 @@ def test_post_from_an_unlisted_origin_is_refused_and_writes_nothing(api, form):
         assert "Access-Control-Allow-Origin" not in response
     lead.refresh_from_db()
     assert lead.company_name == "Keep Co"
+    assert "form demo: post from origin 'https://evil.example' refused" in caplog.text
     assert not Event.objects.exists() and not ConsentRecord.objects.exists() and Lead.objects.count() == 1
 
 
