@@ -12,7 +12,7 @@ import zoneinfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator, URLValidator
 from django.db import models
 from django.db.models.functions import Lower, Trim
 from django.utils import timezone
@@ -445,14 +445,136 @@ class QuarantinedEvent(models.Model):
 # --- Forms --------------------------------------------------------------------
 
 
+class FormFieldType(models.TextChoices):
+    EMAIL = "email", "Email"
+    TEXT = "text", "Text"
+    TEL = "tel", "Phone"
+    SELECT = "select", "Select (choices)"
+    CHECKBOX = "checkbox", "Checkbox"
+    TEXTAREA = "textarea", "Text area"
+    HIDDEN = "hidden", "Hidden"
+
+
+class WritePolicy(models.TextChoices):
+    """What a public submission may do to a field an existing lead already has
+    (``martech.services.leads.public_changes``)."""
+
+    FILL = "fill", "Fill if empty"
+    OVERWRITE = "overwrite", "Overwrite"
+    NEVER = "never", "Never change"
+
+
+# The keys of one field definition in Form.fields, in the order the admin shows them.
+FORM_FIELD_KEYS = ("name", "label", "type", "lead_field", "required", "policy", "choices", "initial",
+                   "help_text", "error_message")
+_FIELD_NAME = RegexValidator(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
+# Names the capture endpoint reads itself; a field definition cannot take them.
+RESERVED_FORM_FIELDS = frozenset({"submission_id", "anonymous_id", "page_url", "consent_version", "csrfmiddlewaretoken",
+                                  "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content"})
+
+
+def form_fields_clean(fields, *, consent_field: str = "", honeypot_field: str = "") -> list[dict]:
+    """Validate and normalize a form's field definitions (a list of objects
+    with FORM_FIELD_KEYS). Raises ValidationError with one message per
+    problem, each naming the field (by its position and name) and the reason."""
+    from martech.services.leads import CRM_KEYS, LEAD_WRITABLE_FIELDS
+
+    if not isinstance(fields, list) or not fields:
+        raise ValidationError("Add at least one field.")
+    out: list[dict] = []
+    errors: list[str] = []
+    seen_names: set[str] = set()
+    seen_leads: set[str] = set()
+    for position, raw in enumerate(fields, start=1):
+        if not isinstance(raw, dict):
+            errors.append(f"Field {position}: give an object with name, label, type and lead_field.")
+            continue
+        name = str(raw.get("name") or "").strip()
+        where = f"Field {position} ({name!r})" if name else f"Field {position}"
+        unknown = sorted(set(raw) - set(FORM_FIELD_KEYS))
+        if unknown:
+            errors.append(f"{where}: unknown key(s) {', '.join(unknown)}.")
+        field_type = str(raw.get("type") or FormFieldType.TEXT)
+        lead_field = str(raw.get("lead_field") or "").strip()
+        policy = str(raw.get("policy") or WritePolicy.FILL)
+        choices = raw.get("choices") or []
+        item = {
+            "name": name,
+            "label": str(raw.get("label") or "").strip() or name.replace("_", " ").capitalize(),
+            "type": field_type,
+            "lead_field": lead_field,
+            "required": bool(raw.get("required")),
+            "policy": policy,
+            "choices": choices,
+            "initial": str(raw.get("initial") or ""),
+            "help_text": str(raw.get("help_text") or "").strip(),
+            "error_message": str(raw.get("error_message") or "").strip(),
+        }
+        try:
+            _FIELD_NAME(name)
+        except ValidationError:
+            errors.append(f"{where}: the name must start with a letter and hold only letters, digits, _ or -.")
+        if name in seen_names:
+            errors.append(f"{where}: the name is used twice.")
+        if name in RESERVED_FORM_FIELDS or name in (consent_field, honeypot_field):
+            errors.append(f"{where}: {name!r} is reserved (consent, honeypot or a capture field).")
+        seen_names.add(name)
+        if field_type not in FormFieldType.values:
+            errors.append(f"{where}: unknown type {field_type!r} (one of {', '.join(FormFieldType.values)}).")
+        if not (lead_field in LEAD_WRITABLE_FIELDS or (lead_field.startswith("properties.") and len(lead_field) > 11)):
+            errors.append(f"{where}: unknown lead field {lead_field!r} (a lead field or properties.<name>).")
+        elif lead_field in CRM_KEYS:
+            errors.append(f"{where}: a public form cannot set CRM ids ({lead_field}).")
+        elif lead_field in seen_leads:
+            errors.append(f"{where}: {lead_field!r} is filled by another field already.")
+        seen_leads.add(lead_field)
+        if field_type == FormFieldType.CHECKBOX and not lead_field.startswith("properties."):
+            errors.append(f"{where}: a checkbox fills a custom property (properties.<name>), not {lead_field!r}.")
+        if lead_field == "email" and field_type != FormFieldType.EMAIL:
+            errors.append(f"{where}: the field that fills the lead's email must have the type email.")
+        if policy not in WritePolicy.values:
+            errors.append(f"{where}: unknown write policy {policy!r} (one of {', '.join(WritePolicy.values)}).")
+        if field_type == FormFieldType.SELECT:
+            pairs = []
+            for choice in choices if isinstance(choices, list) else [None]:
+                if isinstance(choice, str) and choice.strip():
+                    pairs.append([choice.strip(), choice.strip()])
+                elif isinstance(choice, (list, tuple)) and len(choice) == 2 and str(choice[0]).strip():
+                    pairs.append([str(choice[0]).strip(), str(choice[1]).strip() or str(choice[0]).strip()])
+                else:
+                    errors.append(f"{where}: each choice is a value or a [value, label] pair (got {choice!r}).")
+                    break
+            if not pairs:
+                errors.append(f"{where}: a select needs at least one choice.")
+            item["choices"] = pairs
+        elif choices:
+            errors.append(f"{where}: only a select has choices.")
+        else:
+            item["choices"] = []
+        if field_type == FormFieldType.HIDDEN and item["required"] and not item["initial"]:
+            errors.append(f"{where}: a required hidden field needs a value (initial).")
+        out.append(item)
+    if errors:
+        raise ValidationError(errors)
+    if "email" not in seen_leads:
+        raise ValidationError("One field must fill the lead's email (lead_field email, type email).")
+    return out
+
+
 class Form(TimestampedModel):
-    """A public capture form: POST /api/v1/capture/<key>."""
+    """A public capture form: hosted at /f/<key>, embeddable on the sites in
+    ``allowed_origins``, posting to /api/v1/capture/<key>. ``fields`` defines
+    what is rendered and where each value goes (see ``form_fields_clean``)."""
 
     key = models.SlugField(max_length=80, unique=True)
     name = models.CharField(max_length=200)
-    # {"form field": "lead field"}; lead fields may be "properties.<name>".
-    field_map = models.JSONField(default=dict)
-    required_fields = models.JSONField(default=list, blank=True, help_text="Form field names that must be present.")
+    fields = models.JSONField(
+        default=list,
+        help_text="The form's fields, in order: name (the input's name), label, type (email, text, tel, select, "
+        "checkbox, textarea, hidden), lead_field (a lead field or properties.<name>), required, policy toward "
+        "an existing lead (fill: only when empty; overwrite; never), choices (select), initial (hidden value), "
+        "help_text, error_message.",
+    )
     # {"lead field": value} applied when the submission does not set it.
     defaults = models.JSONField(default=dict, blank=True)
     consent_field = models.CharField(max_length=100, blank=True, help_text="Checkbox field that grants consent.")
@@ -460,6 +582,20 @@ class Form(TimestampedModel):
     consent_text = models.TextField(blank=True, help_text="The consent wording shown on the form (kept as evidence).")
     honeypot_field = models.CharField(max_length=100, default="website", help_text="Hidden field; bots fill it.")
     event_type = models.ForeignKey(EventType, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    submit_label = models.CharField(max_length=100, default="Submit", help_text="The submit button's text.")
+    thank_you_message = models.TextField(
+        default="Thank you! We have received your submission.",
+        help_text="Shown after a submission, unless a redirect URL is set.",
+    )
+    redirect_url = models.URLField(
+        max_length=2000, blank=True, help_text="Send the visitor here after a submission instead (http or https)."
+    )
+    allowed_origins = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Websites that may embed this form, one origin each, e.g. https://www.example.com. "
+        "A browser post from any other site is refused.",
+    )
     is_active = models.BooleanField(default=True)
     history = HistoricalRecords()
 
@@ -470,29 +606,58 @@ class Form(TimestampedModel):
         return self.name
 
     def clean(self) -> None:
-        from martech.services.leads import LEAD_WRITABLE_FIELDS
-
-        if not isinstance(self.field_map, dict) or not self.field_map:
-            raise ValidationError({"field_map": "Map at least one form field to a lead field."})
-        if "email" not in self.field_map.values():
-            raise ValidationError({"field_map": "One form field must map to the lead's email."})
-        for form_field, lead_field in self.field_map.items():
-            if not (lead_field in LEAD_WRITABLE_FIELDS or str(lead_field).startswith("properties.")):
-                raise ValidationError({"field_map": f"{form_field!r} maps to unknown lead field {lead_field!r}."})
-        if not isinstance(self.required_fields, list):
-            raise ValidationError({"required_fields": "Give a list of form field names."})
-        for name in self.required_fields:
-            if name not in self.field_map:
-                raise ValidationError({"required_fields": f"{name!r} is not a field of this form."})
-        if not isinstance(self.defaults, dict):
-            raise ValidationError({"defaults": "Give an object of lead field -> value."})
+        from martech.cors import origins_clean
         from martech.services.leads import CRM_KEYS
 
-        for attr in ("field_map", "defaults"):
-            names = self.field_map.values() if attr == "field_map" else self.defaults.keys()
-            taken = sorted(set(names) & set(CRM_KEYS))
+        errors: dict[str, list[str]] = {}
+        try:
+            self.fields = form_fields_clean(
+                self.fields, consent_field=self.consent_field, honeypot_field=self.honeypot_field
+            )
+        except ValidationError as exc:
+            errors["fields"] = exc.messages
+        if not isinstance(self.defaults, dict):
+            errors["defaults"] = ["Give an object of lead field -> value."]
+        else:
+            taken = sorted(set(self.defaults) & set(CRM_KEYS))
             if taken:
-                raise ValidationError({attr: f"A public form cannot set CRM ids ({', '.join(taken)})."})
+                errors["defaults"] = [f"A public form cannot set CRM ids ({', '.join(taken)})."]
+        if self.consent_field and self.consent_field == self.honeypot_field:
+            errors["consent_field"] = ["The consent checkbox cannot also be the honeypot field."]
+        if self.consent_field and not self.consent_text.strip():
+            errors["consent_text"] = ["Give the consent wording shown next to the checkbox (it is kept as evidence)."]
+        if self.redirect_url:
+            try:
+                _HTTP_URL(self.redirect_url)
+            except ValidationError:
+                errors["redirect_url"] = ["Give an http:// or https:// address."]
+        try:
+            if not isinstance(self.allowed_origins, list):
+                raise ValidationError("Give a list of origins, e.g. [\"https://www.example.com\"].")
+            self.allowed_origins = origins_clean(self.allowed_origins)
+        except ValidationError as exc:
+            errors["allowed_origins"] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+
+    # --- cheap predicates used by the hosted page and the capture endpoint ---
+
+    def write_policy(self) -> dict[str, str]:
+        """{lead field: policy} for ``lead_upsert(public=True, policy=...)``."""
+        return {f["lead_field"]: f.get("policy") or WritePolicy.FILL for f in self.fields or []}
+
+    @property
+    def consent_version(self) -> str:
+        """A short digest of the consent wording, carried by the rendered form
+        so the evidence names the exact text the visitor saw."""
+        return consent_text_version(self.consent_text)
+
+
+def consent_text_version(text: str) -> str:
+    return hashlib.sha256((text or "").encode()).hexdigest()[:16]
+
+
+_HTTP_URL = URLValidator(schemes=["http", "https"])
 
 
 # --- Sales tasks ----------------------------------------------------------------

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from martech import views
+from martech import hosted, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -13,6 +13,8 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("n/", include("nurture.urls")),  # nurture: tracking and unsubscribe links in emails
     path("anymail/", include("nurture.esp_webhooks")),  # the ESPs' delivery, bounce and complaint webhooks
+    path("f/<slug:form_key>", hosted.form_page, name="form-page"),  # hosted capture forms
+    path("f/<slug:form_key>/thanks", hosted.form_thanks, name="form-thanks"),
 ]
 
 handler404 = "martech.api.errors.not_found"

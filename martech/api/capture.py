@@ -1,12 +1,15 @@
 """Capture endpoints: the events batch API and public form capture.
 
-Thin views (STYLE.md 11): check the envelope, call the service, answer. The
+Thin views: check the envelope, call the service, answer. The
 per-item rules live in ``martech.services.ingest``; the form rules in
 ``martech.services.forms``.
 """
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import QueryDict
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
@@ -17,9 +20,13 @@ from rest_framework.views import APIView
 
 from martech.api.errors import error_body
 from martech.api.throttling import ClientRateThrottle, FormCaptureThrottle
+from martech.cors import cors_headers, origin_allowed, preflight
+from martech.hosted import form_done, form_page_response
 from martech.models import ApiClient, Event, Form
-from martech.services.forms import form_submit
+from martech.services.forms import PAGE_URL_FIELD, form_submit
 from martech.services.ingest import REJECTED, events_ingest
+
+log = logging.getLogger(__name__)
 
 # --- Serializers (output shapes; the input is checked item by item in the service)
 
@@ -128,44 +135,114 @@ class EventBatchView(APIView):
 
 class FormCaptureView(APIView):
     """POST /api/v1/capture/<form_key>: a public form submission (JSON or
-    form-encoded). No credentials and no CSRF token: third-party sites post
-    here; abuse is held off by the per-IP throttle and the honeypot field.
+    form-encoded). No credentials and no CSRF token: the form's allowed
+    websites post here; abuse is held off by the per-IP throttle, the
+    honeypot field and the origin check: a browser call (one with an Origin
+    header) from a site not in the form's ``allowed_origins`` is refused with
+    403 and writes nothing; listed sites get CORS headers and preflights.
     Every accepted post gets the same answer: it changes an existing lead only
-    as the public-input rules allow (``lead_upsert(public=True)``)."""
+    as the public-input rules and the form's write policies allow.
+
+    A plain HTML form post (form-encoded, Accept preferring text/html: a
+    browser navigating, not fetch) is answered for a person: 303 to the form's
+    redirect URL or thank-you page, and a failed one re-renders the hosted
+    page with the errors next to the fields and the values kept."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
     parser_classes = [JSONParser, FormParser, MultiPartParser]
     throttle_classes = [FormCaptureThrottle]
+    form: Form | None = None
+
+    def initial(self, request, *args, **kwargs):
+        # Loaded before the throttle runs, so a 429 still carries the CORS
+        # headers a listed site needs to read it.
+        self.form = Form.objects.filter(key=kwargs["form_key"], is_active=True).select_related("event_type").first()
+        super().initial(request, *args, **kwargs)
+
+    def get_throttles(self):
+        # A preflight is the browser asking, not a submission: not counted.
+        return [] if self.request.method == "OPTIONS" else super().get_throttles()
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        return cors_headers(response, request, self.form.allowed_origins if self.form else [])
+
+    def handle_exception(self, exc):
+        if self.form is not None and _wants_html(self.request):
+            if isinstance(exc, exceptions.Throttled):
+                return form_page_response(
+                    self.request._request, self.form, data=_form_data(self.request), status=429,
+                    message="Too many submissions from your address; try again in a minute.",
+                )
+            if isinstance(exc, DjangoValidationError):
+                return form_page_response(
+                    self.request._request, self.form, data=_form_data(self.request),
+                    errors=exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages},
+                    status=400,
+                )
+        return super().handle_exception(exc)
+
+    @extend_schema(exclude=True)
+    def options(self, request, form_key: str):
+        return preflight(request, self.form.allowed_origins if self.form else [])
 
     @extend_schema(
         request=inline_serializer("FormSubmission", {"email": serializers.EmailField()}),
         responses={
             202: FormCaptureResultSerializer,
+            303: OpenApiResponse(description="A plain HTML form post: to the redirect URL or the thank-you page."),
             400: OpenApiResponse(description="A required field is missing or a value is invalid (named by form field)."),
+            403: OpenApiResponse(description="A browser post from a website not in the form's allowed origins "
+                                             "(code origin_not_allowed); nothing is written."),
             404: OpenApiResponse(description="No active form with this key."),
             429: OpenApiResponse(description="Too many submissions from this address."),
         },
         tags=["capture"],
     )
     def post(self, request, form_key: str):
-        form = Form.objects.filter(key=form_key, is_active=True).select_related("event_type").first()
+        form = self.form
         if form is None:
             raise exceptions.NotFound(f"No active form {form_key!r}.")
-        data = request.data
-        if isinstance(data, QueryDict):
-            data = data.dict()  # the last value of a repeated field, like Django forms
-        elif not isinstance(data, dict):
+        if not origin_allowed(request, form.allowed_origins):
+            # Refused before the body is read: nothing from this page is written.
+            # Logged, so ops can see a site that embeds the form without being listed.
+            log.warning("form %s: post from origin %r refused (not in allowed_origins)", form.key,
+                        request.headers.get("Origin"))
+            message = "This form does not take submissions from this website."
+            return Response(error_body("origin_not_allowed", message), status=status.HTTP_403_FORBIDDEN)
+        data = _form_data(request)
+        if not isinstance(data, dict):
             raise exceptions.ValidationError({"non_field_errors": ["Send the form's fields as an object."]})
         form_submit(
             form=form,
             data=data,
             ip=FormCaptureThrottle().get_ident(request),
             user_agent=request.META.get("HTTP_USER_AGENT", ""),
+            # The embed script sends the page's address; without it, what the browser's referrer policy tells.
+            page_url=str(data.get(PAGE_URL_FIELD) or request.META.get("HTTP_REFERER", "")),
         )
+        if _wants_html(request):
+            return form_done(form)
         # Public: whether the email was known, the submission a repeat or the
         # sender a bot caught by the honeypot is never told.
         return Response(PUBLIC_RECEIVED, status=status.HTTP_202_ACCEPTED)
+
+
+def _form_data(request):
+    data = request.data
+    if isinstance(data, QueryDict):
+        return data.dict()  # the last value of a repeated field, like Django forms
+    return data
+
+
+def _wants_html(request) -> bool:
+    """A browser submitting a plain HTML form (navigation), not a script: the
+    body is form-encoded and Accept prefers HTML to JSON (fetch sends */*)."""
+    content_type = (request.content_type or "").split(";")[0].strip().lower()
+    if content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return False
+    return request._request.get_preferred_type(["application/json", "text/html"]) == "text/html"
 
 
 def _source(request) -> str:

@@ -168,12 +168,15 @@ _RETURN_WEIGHTS = {"email": 6, "(none)": 4, "organic": 4, "cpc": 3, "paid_social
 # How first touches spread over the campaigns above (same order).
 _FIRST_TOUCH_WEIGHTS = [8, 8, 2, 8, 6, 3, 4, 3, 4, 2, 2, 3, 3, 3, 3, 3, 14, 4, 10]
 
+def _field(name: str, lead_field: str, label: str, type: str = "text", required: bool = False, **extra: str) -> dict:
+    return {"name": name, "label": label, "type": type, "lead_field": lead_field, "required": required, **extra}
+
+
 FORMS = [
     {
         "key": "newsletter",
         "name": "Newsletter sign-up",
-        "field_map": {"email": "email", "first_name": "first_name"},
-        "required_fields": ["email"],
+        "fields": [_field("email", "email", "Email", "email", True), _field("first_name", "first_name", "First name")],
         "defaults": {"lifecycle_stage": "subscriber"},
         "consent_field": "consent",
         "consent_text": "Send me the weekly marketing-ops newsletter. Unsubscribe any time.",
@@ -181,9 +184,15 @@ FORMS = [
     {
         "key": "ebook",
         "name": "Ebook: State of Marketing Ops",
-        "field_map": {"email": "email", "first_name": "first_name", "last_name": "last_name",
-                      "company": "company_name", "title": "job_title", "asset": "properties.last_asset"},
-        "required_fields": ["email", "first_name", "company"],
+        "fields": [
+            _field("email", "email", "Work email", "email", True),
+            _field("first_name", "first_name", "First name", required=True),
+            _field("last_name", "last_name", "Last name"),
+            _field("company", "company_name", "Company", required=True),
+            _field("title", "job_title", "Job title"),
+            _field("asset", "properties.last_asset", "Asset", "hidden", initial="state-of-marketing-ops",
+                   policy="overwrite"),
+        ],
         "defaults": {},
         "consent_field": "consent",
         "consent_text": "I agree to receive marketing email about related content and events.",
@@ -191,10 +200,18 @@ FORMS = [
     {
         "key": "demo-request",
         "name": "Request a demo",
-        "field_map": {"email": "email", "first_name": "first_name", "last_name": "last_name",
-                      "company": "company_name", "title": "job_title", "phone": "phone", "country": "country",
-                      "team_size": "properties.team_size"},
-        "required_fields": ["email", "first_name", "last_name", "company"],
+        "fields": [
+            _field("email", "email", "Work email", "email", True),
+            _field("first_name", "first_name", "First name", required=True),
+            _field("last_name", "last_name", "Last name", required=True),
+            _field("company", "company_name", "Company", required=True),
+            _field("title", "job_title", "Job title"),
+            _field("phone", "phone", "Phone", "tel", help_text="With the country code, e.g. +49 30 1234567."),
+            _field("country", "country", "Country", help_text="Two-letter code or name."),
+            {**_field("team_size", "properties.team_size", "Team size", "select"),
+             "choices": [["1-10", "1–10"], ["11-50", "11–50"], ["51-200", "51–200"], ["201+", "201 or more"]]},
+            _field("message", "properties.demo_message", "What would you like to see?", "textarea", policy="overwrite"),
+        ],
         "defaults": {},
         "consent_field": "consent",
         "consent_text": "I agree to be contacted about a demo and to receive marketing email.",

@@ -1,4 +1,5 @@
-"""Public form capture: POST /api/v1/capture/<form_key>.
+"""Public form capture: the hosted page /f/<form_key> and
+POST /api/v1/capture/<form_key> (embedded forms) both call ``form_submit``.
 
 ``form_submit`` turns one submission into a lead (through ``lead_upsert``),
 an optional consent record with its evidence, an identity link and one
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from martech import signals
-from martech.models import Event, EventType, Form, Identity
+from martech.models import Event, EventType, Form, FormFieldType, Identity, consent_text_version
 from martech.selectors import NOT_APPLIED
 from martech.services.campaigns import UTM_FIELDS
 from martech.services.ingest import Touch, UtmResolver, lead_touch_update
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 SUBMISSION_ID_FIELD = "submission_id"
 ANONYMOUS_ID_FIELD = "anonymous_id"
 PAGE_URL_FIELD = "page_url"
+CONSENT_VERSION_FIELD = "consent_version"
+MAX_VALUE_LENGTH = 5000
 _TRUTHY = {"1", "true", "on", "yes", "y", "checked", "granted"}
 # Stable namespace: the same (form, submission id) always gives the same event id.
 _SUBMISSION_NS = uuid.UUID("9b7d6a52-52a4-4a3e-9d0c-4f1f3c0a6e21")
@@ -64,27 +68,30 @@ def _client_event_id(form: Form, data: Mapping[str, Any]) -> str:
     return f"form:{form.key}:{uuid.uuid5(_SUBMISSION_NS, f'{form.key}:{submission}')}"
 
 
-def form_submit(*, form: Form, data: Mapping[str, Any], ip: str | None, user_agent: str = "") -> FormSubmission:
+def form_submit(
+    *,
+    form: Form,
+    data: Mapping[str, Any],
+    ip: str | None,
+    user_agent: str = "",
+    page_url: str = "",
+) -> FormSubmission:
     """Record one submission of an active form. Raises ValidationError keyed
-    by the *form* field names (so the site can point at its own inputs). A
-    filled honeypot is answered like a success but writes nothing. The caller
-    throttles and checks the form is active."""
+    by the *form* field names (so a page can point at its own inputs), with
+    the field's own error message when the form gives one. A filled honeypot
+    is answered like a success but writes nothing. ``page_url`` is the page
+    the form was shown on (the hosted page's address, or what the embedding
+    page reported); it is kept on the event and the consent evidence. The
+    caller throttles, checks the origin and that the form is active."""
     source = f"form:{form.key}"
     if form.honeypot_field and not _blank(data.get(form.honeypot_field)):
         log.warning("form %s: honeypot %r filled from %s; dropped", form.key, form.honeypot_field, ip)
         return FormSubmission(lead_id=None, created=False, spam=True)
 
     refuse_unstorable(data)
-    missing = {name: ["This field is required."] for name in form.required_fields if _blank(data.get(name))}
-    if missing:
-        raise ValidationError(missing)
-
-    lead_data: dict[str, Any] = {}
-    form_field_of: dict[str, str] = {}
-    for form_field, lead_field in form.field_map.items():
-        form_field_of[lead_field] = form_field
-        if form_field in data and not _blank(data[form_field]):
-            lead_data[lead_field] = data[form_field]
+    lead_data, errors = form_values(form=form, data=data)
+    if errors:
+        raise ValidationError(errors)
     for lead_field, value in (form.defaults or {}).items():
         if _blank(lead_data.get(lead_field)):
             lead_data[lead_field] = value
@@ -94,6 +101,7 @@ def form_submit(*, form: Form, data: Mapping[str, Any], ip: str | None, user_age
     if seen:
         return FormSubmission(lead_id=seen[1], created=False, event_id=seen[0], duplicate=True)
 
+    page_url = _page_url(page_url or data.get(PAGE_URL_FIELD))
     try:
         return _store(
             form=form,
@@ -103,17 +111,91 @@ def form_submit(*, form: Form, data: Mapping[str, Any], ip: str | None, user_age
             client_event_id=client_event_id,
             ip=ip,
             user_agent=user_agent,
+            page_url=page_url,
         )
     except ValidationError as exc:
         # Name the form's own fields, not the lead's.
-        errors = {form_field_of.get(k, k): v for k, v in exc.message_dict.items()}
-        raise ValidationError(errors) from None
+        by_lead_field = {f["lead_field"]: f for f in form.fields}
+        named: dict[str, list[str]] = {}
+        for key, messages in exc.message_dict.items():
+            field = by_lead_field.get(key)
+            if field is None:
+                named[key] = messages
+            else:
+                named[field["name"]] = [field["error_message"]] if field.get("error_message") else messages
+        raise ValidationError(named) from None
     except IntegrityError:
         # The same submission id raced in from another request and won.
         seen = Event.objects.filter(client_event_id=client_event_id).values_list("id", "lead_id").first()
         if seen is None:
             raise
         return FormSubmission(lead_id=seen[1], created=False, event_id=seen[0], duplicate=True)
+
+
+def form_values(*, form: Form, data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The lead fields a submission fills, by the form's field definitions,
+    and ``{form field: [reason]}`` for every field that is missing or not
+    acceptable for its type. Fields the form does not define are ignored."""
+    values: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    for field in form.fields:
+        name, kind = field["name"], field["type"]
+        raw = data.get(name)
+        if kind == FormFieldType.HIDDEN and _blank(raw):
+            raw = field.get("initial") or None
+        reason = None
+        if kind == FormFieldType.CHECKBOX:
+            if _truthy(raw):
+                values[field["lead_field"]] = True
+            elif field.get("required"):
+                reason = "Tick this box to continue."
+        elif _blank(raw):
+            if field.get("required"):
+                reason = "This field is required."
+        elif not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            reason = "Give a single value."
+        else:
+            value = str(raw).strip()
+            if len(value) > MAX_VALUE_LENGTH:
+                reason = f"At most {MAX_VALUE_LENGTH} characters (got {len(value)})."
+            elif kind == FormFieldType.SELECT and value not in {c[0] for c in field.get("choices") or []}:
+                reason = "Choose one of the listed options."
+            elif kind == FormFieldType.EMAIL and not _looks_like_email(value):
+                reason = "Enter a valid email address."
+            else:
+                values[field["lead_field"]] = value
+        if reason:
+            errors[name] = [field.get("error_message") or reason]
+    return values, errors
+
+
+def _looks_like_email(value: str) -> bool:
+    try:
+        validate_email(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _page_url(value: Any) -> str:
+    """An http(s) page address, at most 2000 characters; anything else is dropped."""
+    text = str(value or "").strip()[:2000]
+    return text if text.lower().startswith(("http://", "https://")) else ""
+
+
+def _consent_text(form: Form, version: Any) -> dict[str, Any]:
+    """The consent wording the visitor saw. A rendered form carries the
+    version (digest) of its text; a page embedded before the wording changed
+    still shows the old one, found in the form's history."""
+    current = form.consent_version
+    version = str(version or "").strip()
+    if not version or version == current:
+        return {"text": form.consent_text, "text_version": current}
+    for text in form.history.values_list("consent_text", flat=True).distinct():
+        if consent_text_version(text) == version:
+            return {"text": text, "text_version": version}
+    # Unknown version: keep the current text and say it could not be matched.
+    return {"text": form.consent_text, "text_version": current, "text_version_shown": version[:64]}
 
 
 @transaction.atomic
@@ -126,9 +208,12 @@ def _store(
     client_event_id: str,
     ip: str | None,
     user_agent: str,
+    page_url: str,
 ) -> FormSubmission:
     not_applied: dict[str, Any] = {}
-    lead, created = lead_upsert(data=lead_data, source=source, public=True, unapplied=not_applied)
+    lead, created = lead_upsert(
+        data=lead_data, source=source, public=True, policy=form.write_policy(), unapplied=not_applied
+    )
 
     if form.consent_field and _truthy(data.get(form.consent_field)):
         consent_record(
@@ -136,7 +221,13 @@ def _store(
             channel=form.consent_channel,
             granted=True,
             source=source,
-            evidence={"form": form.key, "ip": ip, "text": form.consent_text, "user_agent": user_agent[:500]},
+            evidence={
+                "form": form.key,
+                "ip": ip,
+                **_consent_text(form, data.get(CONSENT_VERSION_FIELD)),
+                "page_url": page_url,
+                "user_agent": user_agent[:500],
+            },
         )
 
     anonymous_id = str(data.get(ANONYMOUS_ID_FIELD) or "").strip()[:255]
@@ -151,8 +242,8 @@ def _store(
     event_type = form.event_type or EventType.objects.get(name="form_submitted")
     now = timezone.now()
     properties = {"form": form.key, "form_name": form.name}
-    if not _blank(data.get(PAGE_URL_FIELD)):
-        properties["page_url"] = str(data[PAGE_URL_FIELD])[:2000]
+    if page_url:
+        properties["page_url"] = page_url
     if not_applied:
         # Kept as evidence and shown on the lead's timeline, never applied.
         properties[NOT_APPLIED] = not_applied

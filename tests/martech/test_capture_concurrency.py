@@ -13,7 +13,7 @@ from django.db import connections
 from rest_framework.test import APIClient
 
 from martech.models import ApiClient, Event, Identity, Lead
-from tests.factories import FormFactory
+from tests.factories import FormFactory, form_field
 
 pytestmark = [
     pytest.mark.postgres_only, pytest.mark.django_db(transaction=True),
@@ -127,7 +127,7 @@ def test_concurrent_batches_with_overlapping_new_emails(capture_client):
 
 
 def test_concurrent_form_posts_of_one_new_email_make_one_lead():
-    form = FormFactory(key="race", field_map={"email": "email", "name": "first_name"}, required_fields=["email"])
+    form = FormFactory(key="race", fields=[form_field("email", "email", required=True), form_field("name", "first_name")])
 
     def call(i: int):
         res = APIClient().post(f"/api/v1/capture/{form.key}", {"email": "Form@Example.com", "name": f"n{i}", "consent": "on"}, format="json")
@@ -142,7 +142,7 @@ def test_concurrent_form_posts_of_one_new_email_make_one_lead():
 
 
 def test_concurrent_form_posts_with_one_submission_id_store_one_event():
-    form = FormFactory(key="race2", field_map={"email": "email"}, required_fields=["email"])
+    form = FormFactory(key="race2", fields=[form_field("email", "email", required=True)])
 
     def call(i: int):
         res = APIClient().post(f"/api/v1/capture/{form.key}", {"email": "dup@example.com", "submission_id": "s-1"}, format="json")

@@ -8,7 +8,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from martech.models import ConsentRecord, Event, Identity, Lead
-from tests.factories import CampaignFactory, EventFactory, FormFactory, LeadFactory
+from tests.factories import CampaignFactory, EventFactory, FormFactory, LeadFactory, form_field
 
 pytestmark = pytest.mark.django_db
 
@@ -24,14 +24,13 @@ def _local_cache(settings):
 def form():
     return FormFactory(
         key="contact",
-        field_map={
-            "work_email": "email",
-            "first_name": "first_name",
-            "company": "company_name",
-            "topic": "properties.topic",
-            "country": "country",
-        },
-        required_fields=["work_email", "company"],
+        fields=[
+            form_field("work_email", "email", required=True),
+            form_field("first_name", "first_name"),
+            form_field("company", "company_name", required=True),
+            form_field("topic", "properties.topic"),
+            form_field("country", "country"),
+        ],
         defaults={"country": "DE", "properties.lead_source_detail": "website"},
         consent_field="consent",
         consent_channel="email",
@@ -109,13 +108,16 @@ def test_bad_submission_names_the_form_field(client, form, data, field):
 
 
 def test_consent_is_recorded_with_evidence(client, form):
-    submit(client, {**GOOD, "consent": "true"}, REMOTE_ADDR="203.0.113.7")
+    page = "https://www.acme.example/contact?x=1"
+    submit(client, {**GOOD, "consent": "true", "page_url": page}, REMOTE_ADDR="203.0.113.7")
     record = ConsentRecord.objects.get()
     assert (record.channel, record.status, record.source) == ("email", "granted", "form:contact")
     assert record.evidence == {
         "form": "contact",
         "ip": "203.0.113.7",
         "text": "I agree to receive marketing email.",
+        "text_version": form.consent_version,
+        "page_url": page,
         "user_agent": "Mozilla/5.0 test",
     }
 

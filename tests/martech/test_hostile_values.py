@@ -16,7 +16,7 @@ from martech.csvsafe import cell_escape, cell_unescape
 from martech.models import Event, Lead
 from martech.resources import LeadExportResource
 from martech.services.imports import lead_import_csv
-from tests.factories import FormFactory, LeadFactory
+from tests.factories import FormFactory, LeadFactory, form_field
 from tests.martech.api_support import _private_cache, error_fields, token_api  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
@@ -55,7 +55,7 @@ def test_events_batch_refuses_bad_text_per_item_and_keeps_the_rest(token_api):
 
 @pytest.mark.parametrize(("field", "value"), [("first_name", NUL), ("page_url", "https://x.example/\ud83d"), ("company", SURROGATE)])
 def test_form_post_with_bad_text_is_a_400_naming_the_form_field(client, field, value):
-    FormFactory(key="f", field_map={"email": "email", "first_name": "first_name", "company": "company_name"})
+    FormFactory(key="f", fields=[form_field("email", "email", required=True), form_field("first_name", "first_name"), form_field("company", "company_name")])
     res = raw_post(client, "/api/v1/capture/f", {"email": "a@b.co", field: value})
     assert res.status_code == 400
     assert field in res.json()["error"]["fields"]

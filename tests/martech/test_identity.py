@@ -10,7 +10,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from martech.models import ApiClient, Event, Lead
-from tests.factories import FormFactory, LeadFactory
+from tests.factories import FormFactory, LeadFactory, form_field
 
 pytestmark = pytest.mark.django_db
 
@@ -57,7 +57,7 @@ def test_identify_sets_original_source_and_first_touch_from_anonymous_history(ap
 
 def test_form_after_anonymous_utm_visit_keeps_the_visit_as_first_touch(api):
     post(api, page_view("p1", "anon-2", T0))
-    form = FormFactory(key="demo", field_map={"email": "email"}, required_fields=["email"])
+    form = FormFactory(key="demo", fields=[form_field("email", "email", required=True)])
     res = APIClient().post(f"/api/v1/capture/{form.key}", {"email": "bob@x.com", "anonymous_id": "anon-2"}, format="json")
     assert res.status_code == 202
     lead = Lead.objects.get(email="bob@x.com")

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from martech.models import Event, Lead, LifecycleStage
 from martech.selectors import lead_timeline
 from martech.services.leads import CRM_KEYS, lead_upsert
-from tests.factories import FormFactory, LeadFactory, UserFactory
+from tests.factories import FormFactory, LeadFactory, UserFactory, form_field
 
 pytestmark = pytest.mark.django_db
 
@@ -41,8 +41,9 @@ def _local_cache(settings):
 
 
 def _form(key="newsletter", stage="subscriber"):
-    field_map = {"email": "email", **{name.replace(".", "_"): name for name in HOSTILE}}
-    return FormFactory(key=key, field_map=field_map, required_fields=["email"], defaults={"lifecycle_stage": stage})
+    fields = [form_field("email", "email", required=True),
+              *(form_field(name.replace(".", "_"), name) for name in HOSTILE)]
+    return FormFactory(key=key, fields=fields, defaults={"lifecycle_stage": stage})
 
 
 def _customer(stage_key="customer", **overrides) -> Lead:
@@ -123,11 +124,13 @@ def test_public_upsert_never_finds_or_sets_a_lead_by_crm_id():
 
 
 def test_a_form_cannot_map_or_default_crm_ids():
-    for bad in ({"field_map": {"email": "email", "hs": "hubspot_id"}}, {"defaults": {"salesforce_lead_id": "00Q1"}}):
-        form = FormFactory.build(**{"field_map": {"email": "email"}, **bad})
+    email = form_field("email", "email")
+    for bad in ({"fields": [email, form_field("hs", "hubspot_id")]}, {"defaults": {"salesforce_lead_id": "00Q1"}}):
+        form = FormFactory.build(**{"fields": [email], **bad})
         with pytest.raises(ValidationError) as exc:
             form.full_clean(exclude=["event_type"])
-        assert set(exc.value.message_dict) & {"field_map", "defaults"}
+        (field, messages), = exc.value.message_dict.items()
+        assert field in bad and "cannot set CRM ids" in messages[0]
 
 
 stored_values = st.fixed_dictionaries({k: st.sampled_from([STORED[k], ""]) for k in HOSTILE if not k.startswith("properties.")})

@@ -71,3 +71,17 @@ def test_api_docs_are_served_from_our_own_static_files(collected, name):
     assert not EXTERNAL_REF.search(html), EXTERNAL_REF.search(html)
     refs = _assets_load(client, html)
     assert any("drf_spectacular_sidecar" in ref for ref in refs)
+
+
+@pytest.mark.django_db
+def test_hosted_form_pages_load_only_our_own_static_files(collected):
+    from tests.factories import FormFactory
+
+    FormFactory(key="hosted")
+    client = Client()
+    for url in (reverse("form-page", args=["hosted"]), reverse("form-thanks", args=["hosted"])):
+        page = client.get(url)
+        assert page.status_code == 200, url
+        html = page.content.decode()
+        assert not EXTERNAL_REF.search(html), EXTERNAL_REF.search(html)
+        assert any("martech/forms/form." in ref for ref in _assets_load(client, html)), url
