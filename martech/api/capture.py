@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from martech.api.errors import error_body
+from martech.api.retry import ConflictRetryMixin
 from martech.api.throttling import ClientRateThrottle, FormCaptureThrottle
 from martech.models import ApiClient, Event, Form
 from martech.services.forms import form_submit
@@ -69,7 +70,7 @@ _EVENT_EXAMPLE = {
 # --- Views ---------------------------------------------------------------------
 
 
-class EventBatchView(APIView):
+class EventBatchView(ConflictRetryMixin, APIView):
     """POST /api/v1/events: one Segment-shaped event, or ``{"batch": [...]}``.
 
     API clients need the ``capture`` scope; staff sessions need the add-event
@@ -121,7 +122,7 @@ class EventBatchView(APIView):
         return Response(data, status=status.HTTP_200_OK)
 
 
-class FormCaptureView(APIView):
+class FormCaptureView(ConflictRetryMixin, APIView):
     """POST /api/v1/capture/<form_key>: a public form submission (JSON or
     form-encoded). No credentials and no CSRF token: third-party sites post
     here; abuse is held off by the per-IP throttle and the honeypot field."""
