@@ -46,9 +46,17 @@ def _client() -> APIClient:
 def test_api_edits_during_drains_and_pulls_are_neither_lost_nor_failed(connection, hubspot):
     ApiClient.objects.create(name="stress", token_hash=ApiClient.hash_token(TOKEN), token_prefix=TOKEN[:8],
                              scopes=["leads:read", "leads:write"])
-    leads = [lead_upsert(data={"email": f"s{i}@example.org", "first_name": "start", "last_name": "L"},
-                         source="test")[0].pk for i in range(EDITORS * LEADS_PER_EDITOR)]
+    def create(i: int) -> int:
+        return lead_upsert(data={"email": f"s{i}@example.org", "first_name": "start", "last_name": "L"},
+                           source="test")[0].pk
+
+    # Half the leads are in the CRM already; the other half get their first
+    # push (which stores the CRM id on the lead) while they are being edited.
+    total = EDITORS * LEADS_PER_EDITOR
+    leads = [create(i) for i in range(0, total, 2)]
     outbox_drain(connection=connection)
+    leads += [create(i) for i in range(1, total, 2)]
+    leads.sort()
     hubspot.latency = 0.01  # every CRM call takes a while: pushes are in flight while edits land
 
     last: dict[int, str] = {}
@@ -90,7 +98,9 @@ def test_api_edits_during_drains_and_pulls_are_neither_lost_nor_failed(connectio
             connections.close_all()
 
     workers = [threading.Thread(target=editor, args=(n,)) for n in range(EDITORS)]
+    # Two drains, as two qcluster workers run them, and a pull.
     background = [threading.Thread(target=loop, args=("drain", lambda: outbox_drain(connection=connection))),
+                  threading.Thread(target=loop, args=("drain", lambda: outbox_drain(connection=connection))),
                   threading.Thread(target=loop, args=("pull", lambda: pull_changes(connection=connection)))]
     started = time.monotonic()
     for t in [*workers, *background]:
@@ -110,8 +120,8 @@ def test_api_edits_during_drains_and_pulls_are_neither_lost_nor_failed(connectio
     outbox_drain(connection=connection)
 
     local = dict(Lead.objects.filter(pk__in=last).values_list("pk", "first_name"))
-    remote = {pk: hubspot.contacts[hubspot.by_email[f"s{leads.index(pk)}@example.org"]]["properties"]["firstname"]
-              for pk in last}
+    emails = dict(Lead.objects.filter(pk__in=last).values_list("pk", "email"))
+    remote = {pk: hubspot.contacts[hubspot.by_email[emails[pk]]]["properties"]["firstname"] for pk in last}
     lost_here = sorted(pk for pk, value in last.items() if local[pk] != value)
     lost_there = sorted(pk for pk, value in last.items() if remote[pk] != value)
     figures = {"edits": EDITORS * EDITS_PER_EDITOR, "errors": len(errors), "lost_here": len(lost_here),
