@@ -103,10 +103,12 @@ def retry_on_conflict(fn: Callable[..., T] | None = None, *, using: str = DEFAUL
     Called inside an outer atomic block, it runs once."""
 
     def wrap(f: Callable[..., T]) -> Callable[..., T]:
+        name = getattr(f, "__qualname__", type(f).__name__)
+
         @functools.wraps(f)
         def wrapper(*args, **kwargs) -> T:
             return _retrying(lambda: f(*args, **kwargs), using=using, attempts=attempts, atomic=False,
-                             on_retry=None, name=f.__qualname__)
+                             on_retry=None, name=name)
 
         return wrapper
 
