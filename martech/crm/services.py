@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -610,13 +610,20 @@ def dead_letter_retry(*, items: Iterable[OutboxItem], actor=None) -> int:
             continue
         pending = OutboxItem.objects.filter(connection_id=item.connection_id, object=item.object,
                                             local_id=item.local_id, status=OutboxItem.Status.PENDING).exists()
+        if not pending:
+            item.status, item.attempts = OutboxItem.Status.PENDING, 0
+            item.next_attempt_at = timezone.now()
+            try:
+                # An edit can queue a pending row between the check and this
+                # save: the unique index refuses the second one.
+                with transaction.atomic():
+                    item.save(update_fields=["status", "attempts", "next_attempt_at", "last_error", "updated_at"])
+            except IntegrityError:
+                pending = True
         if pending:
             item.status = OutboxItem.Status.DONE
             item.last_error = f"superseded by a pending push (retried by {actor or 'system'})"
-        else:
-            item.status, item.attempts = OutboxItem.Status.PENDING, 0
-            item.next_attempt_at = timezone.now()
-        item.save(update_fields=["status", "attempts", "next_attempt_at", "last_error", "updated_at"])
+            item.save(update_fields=["status", "last_error", "updated_at"])
         n += 1
     log.info("dead letters retried: %s by %s", n, actor)
     return n

@@ -207,3 +207,41 @@ def test_any_interleaving_ends_with_the_last_edit_on_both_sides(connection, hubs
     assert Lead.objects.get(pk=lead.pk).first_name == last
     assert _crm_first_name(hubspot, email) == last
     assert not OutboxItem.objects.filter(local_id=lead.pk, status="pending").exists()
+
+
+# --- a drain that outlived its lease --------------------------------------------
+
+def _claimed(connection, lead_id: int) -> OutboxItem:
+    OutboxItem.objects.filter(local_id=lead_id).update(next_attempt_at=services.timezone.now())
+    (item,) = services._claim(connection, 10, ["contact"])
+    return item
+
+
+def test_a_row_another_drain_took_after_the_lease_is_not_finished(connection, hubspot, pushed_lead):
+    _edit(pushed_lead.pk, "Mine")
+    item = _claimed(connection, pushed_lead.pk)
+    # Our lease ran out and a second drain claimed the row: it is that drain's now.
+    later = item.claimed_at + services.lease()
+    OutboxItem.objects.filter(pk=item.pk).update(claimed_at=later)
+    services._finish(connection, services.objects.get("contact"), [item])
+    row = OutboxItem.objects.get(pk=item.pk)
+    assert row.status == "pending"
+    assert row.version == item.version + 1  # so the other drain does not finish it on values we may have overtaken
+
+
+def test_a_row_another_drain_finished_after_the_lease_is_queued_again(connection, hubspot, pushed_lead):
+    _edit(pushed_lead.pk, "Mine")
+    item = _claimed(connection, pushed_lead.pk)
+    OutboxItem.objects.filter(pk=item.pk).update(status="done")
+    services._finish(connection, services.objects.get("contact"), [item])
+    assert OutboxItem.objects.filter(local_id=pushed_lead.pk, status="pending").count() == 1
+
+
+def test_a_drain_settling_after_its_lease_leaves_the_row_due(connection, hubspot, pushed_lead, settings):
+    _edit(pushed_lead.pk, "Mine")
+    item = _claimed(connection, pushed_lead.pk)
+    OutboxItem.objects.filter(pk=item.pk).update(claimed_at=item.claimed_at - services.lease())
+    item.claimed_at -= services.lease()
+    services._finish(connection, services.objects.get("contact"), [item])
+    row = OutboxItem.objects.get(pk=item.pk)
+    assert row.status == "pending" and row.next_attempt_at <= services.timezone.now()
