@@ -326,16 +326,20 @@ def _fail(items: Iterable[OutboxItem], error: str, *, dead_now: bool = False) ->
         # The rows only (no record, no push state): nothing to order against.
         current = dict(OutboxItem.objects.select_for_update().filter(pk__in=[i.pk for i in items])
                        .order_by("pk").values_list("pk", "version"))
+        # One UPDATE per outcome (a failed batch is one or two of them, not one per row).
+        outcomes: dict[tuple, list[int]] = {}
         for item in items:
             attempts = item.attempts + 1
-            status, next_at = item.status, now + _backoff(attempts)
+            status, next_at = OutboxItem.Status.PENDING, now + _backoff(attempts)
             if current.get(item.pk, item.version) != item.version:
                 next_at = now
             elif dead_now or attempts >= max_attempts:
-                status, next_at = OutboxItem.Status.DEAD, item.next_attempt_at
+                status, next_at = OutboxItem.Status.DEAD, now
                 dead += 1
-            OutboxItem.objects.filter(pk=item.pk).update(attempts=attempts, last_error=error[:4000], status=status,
-                                                         next_attempt_at=next_at)
+            outcomes.setdefault((attempts, status, next_at), []).append(item.pk)
+        for (attempts, status, next_at), pks in outcomes.items():
+            OutboxItem.objects.filter(pk__in=pks).update(attempts=attempts, last_error=error[:4000], status=status,
+                                                         next_attempt_at=next_at, updated_at=now)
         for item in items:
             item.attempts += 1
 
