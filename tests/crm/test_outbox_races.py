@@ -245,3 +245,44 @@ def test_a_drain_settling_after_its_lease_leaves_the_row_due(connection, hubspot
     services._finish(connection, services.objects.get("contact"), [item])
     row = OutboxItem.objects.get(pk=item.pk)
     assert row.status == "pending" and row.next_attempt_at <= services.timezone.now()
+
+
+def test_an_edit_of_a_field_the_crm_owns_made_during_its_push_is_not_reverted(connection, hubspot, pushed_lead,
+                                                                               monkeypatch):
+    """job_title's system of record is the CRM: a value changed *there* wins
+    over ours, but the CRM's copy of our own push is not such a change."""
+    connector = connector_for(connection)
+    lead_upsert(data={"job_title": "CTO"}, source="api:test", overwrite=True, lead=Lead(pk=pushed_lead.pk))
+    push = connector.push_batch
+
+    def sending(obj, records):
+        out = push(obj, records)
+        lead_upsert(data={"job_title": "CEO"}, source="api:test", overwrite=True, lead=Lead(pk=pushed_lead.pk))
+        return out
+
+    monkeypatch.setattr(connector, "push_batch", sending)
+    outbox_drain(connection=connection, connector=connector)
+    monkeypatch.setattr(connector, "push_batch", push)
+    pull_changes(connection=connection, connector=connector)
+    assert Lead.objects.get(pk=pushed_lead.pk).job_title == "CEO"
+    outbox_drain(connection=connection, connector=connector)
+    contact = hubspot.contacts[hubspot.by_email[pushed_lead.email]]
+    assert contact["properties"]["jobtitle"] == "CEO"
+
+    # A change made in the CRM afterwards still wins, as its system of record.
+    hubspot.put_contact({**contact["properties"], "jobtitle": "Founder"})
+    lead_upsert(data={"job_title": "Chair"}, source="api:test", overwrite=True, lead=Lead(pk=pushed_lead.pk))
+    pull_changes(connection=connection, connector=connector)
+    assert Lead.objects.get(pk=pushed_lead.pk).job_title == "Founder"
+
+
+def test_queueing_a_batch_is_one_statement(connection, django_assert_num_queries):
+    from martech.crm import outbox
+
+    with django_assert_num_queries(1):
+        outbox.enqueue((connection.pk, "contact", i) for i in range(300))
+    with django_assert_num_queries(1):
+        outbox.enqueue((connection.pk, "contact", i) for i in range(200, 400))
+    assert OutboxItem.objects.filter(status="pending").count() == 400
+    assert sorted(set(OutboxItem.objects.values_list("version", flat=True))) == [1, 2]
+    assert OutboxItem.objects.filter(version=2).count() == 100
