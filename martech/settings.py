@@ -392,7 +392,15 @@ MARTECH_CRM = {
     "MAX_ATTEMPTS": env.int("MARTECH_CRM_MAX_ATTEMPTS", default=5),
     "DRAIN_BATCH": env.int("MARTECH_CRM_DRAIN_BATCH", default=1000),
     "SLOWDOWN_AT": env.float("MARTECH_CRM_SLOWDOWN_AT", default=0.9),
+    # How long a drain holds the outbox rows it claimed (and a pull the failures
+    # it retries): a crashed run's records are pushed again this long after it
+    # took them. Above Q_TIMEOUT, so a drain still running (django-q2 kills it
+    # at Q_TIMEOUT) is never overtaken by a second one pushing the same records.
+    "OUTBOX_LEASE_SECONDS": env.int("MARTECH_CRM_OUTBOX_LEASE_SECONDS", default=Q_CLUSTER["timeout"] + 60),
 }
+if MARTECH_CRM["OUTBOX_LEASE_SECONDS"] <= Q_CLUSTER["timeout"]:
+    raise ImproperlyConfigured("MARTECH_CRM_OUTBOX_LEASE_SECONDS must be larger than Q_TIMEOUT "
+                               f"({Q_CLUSTER['timeout']} s): a shorter lease lets two drains push the same record")
 
 # Nurture workflows (nurture/): caps, quiet hours, batches, channel backends.
 MARTECH_NURTURE = {

@@ -8,7 +8,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -399,7 +399,6 @@ ESP_EVENT_TYPES = {
     "complained": "email_complained",
     "unsubscribed": "email_unsubscribed",
 }
-_RETRIES = 3
 
 
 def esp_event_record(*, esp: str, kind: str, recipient: str, message_id: str = "", event_id: str = "",
@@ -420,23 +419,17 @@ def esp_event_record(*, esp: str, kind: str, recipient: str, message_id: str = "
     repeat changes nothing (returns False). Concurrent posts of one event are
     serialized on the lead's row (the first lock of the one lock order); a
     deadlock or serialization failure reruns the whole transaction."""
-    from martech.services.ingest import is_retryable
+    from martech.db import run_in_transaction
 
     if kind not in ESP_EVENT_TYPES:
         return False
     address = (recipient or "").strip().lower()
     if not address:
         raise ValidationError({"recipient": ["The ESP's event names no recipient address."]})
-    for attempt in range(_RETRIES):
-        try:
-            with transaction.atomic():
-                return _esp_event_record(esp=esp, kind=kind, address=address, message_id=message_id,
-                                         event_id=event_id, hard=hard, detail=detail, at=at)
-        except OperationalError as exc:
-            if attempt == _RETRIES - 1 or not is_retryable(exc) or transaction.get_connection().in_atomic_block:
-                raise
-            log.warning("esp_event_record: %s; retrying", exc)
-    raise AssertionError("unreachable")
+    return run_in_transaction(
+        lambda: _esp_event_record(esp=esp, kind=kind, address=address, message_id=message_id,
+                                  event_id=event_id, hard=hard, detail=detail, at=at)
+    )
 
 
 def _esp_event_record(*, esp: str, kind: str, address: str, message_id: str, event_id: str, hard: bool,

@@ -6,6 +6,9 @@
   same page as an error message, instead of a 500 or a false "saved".
 - ``BigTableAdmin``: the changelist never counts a whole big table.
 - ``ReadOnlyAdmin``: history tables written only by services.
+- ``ConflictRetryAdminMixin`` (in ``BaseAdmin``): a save, delete or action
+  whose transaction the database aborted for a concurrent one (deadlock,
+  serialization failure) runs again instead of answering 500 (``martech.db``).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponseRedirect
 from simple_history.admin import SimpleHistoryAdmin
 
+from martech.db import retry_on_conflict
 from martech.paginator import EstimatedCountPaginator
 
 _FAILED = "_martech_service_failed"
@@ -95,7 +99,33 @@ class ServiceSaveMixin:
         return self._back_if_failed(request) or super().response_change(request, obj)
 
 
-class BaseAdmin(admin.ModelAdmin):
+class ConflictRetryAdminMixin:
+    """The admin's write views are its transaction boundaries: Django runs
+    the add/change form and the delete page each in one ``atomic`` block
+    (actions in their own), and the POST body is parsed once and kept, so
+    running the view again after an aborted transaction repeats the same
+    submission on fresh rows."""
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        view = super().changeform_view
+        if request.method != "POST":
+            return view(request, object_id, form_url, extra_context)
+        return retry_on_conflict(view)(request, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        view = super().delete_view
+        if request.method != "POST":
+            return view(request, object_id, extra_context)
+        return retry_on_conflict(view)(request, object_id, extra_context)
+
+    def changelist_view(self, request, extra_context=None):
+        view = super().changelist_view
+        if request.method != "POST":
+            return view(request, extra_context)
+        return retry_on_conflict(view)(request, extra_context)
+
+
+class BaseAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
     """Defaults for every martech screen."""
 
     list_per_page = 50

@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from martech.api.errors import error_body
+from martech.api.retry import ConflictRetryMixin
 from martech.api.throttling import ClientRateThrottle, FormCaptureThrottle
 from martech.cors import cors_headers, origin_allowed, preflight
 from martech.hosted import form_done, form_page_response
@@ -81,7 +82,7 @@ PUBLIC_RECEIVED = {"status": "received"}
 # --- Views ---------------------------------------------------------------------
 
 
-class EventBatchView(APIView):
+class EventBatchView(ConflictRetryMixin, APIView):
     """POST /api/v1/events: one Segment-shaped event, or ``{"batch": [...]}``.
 
     API clients need the ``capture`` scope; staff sessions need the add-event
@@ -133,7 +134,7 @@ class EventBatchView(APIView):
         return Response(data, status=status.HTTP_200_OK)
 
 
-class FormCaptureView(APIView):
+class FormCaptureView(ConflictRetryMixin, APIView):
     """POST /api/v1/capture/<form_key>: a public form submission (JSON or
     form-encoded). No credentials and no CSRF token: the form's allowed
     websites post here; abuse is held off by the per-IP throttle, the

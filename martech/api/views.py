@@ -20,8 +20,10 @@ from rest_framework.metadata import SimpleMetadata
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 
-from martech.api import filters, serializers as s
+from martech.api import filters
+from martech.api import serializers as s
 from martech.api.pagination import CursorPagination
+from martech.api.retry import ConflictRetryMixin
 from martech.api.throttling import ClientRateThrottle
 from martech.models import Account, ApiClient, Campaign, Event, Lead, LifecycleStage
 from martech.selectors import lead_consent_state
@@ -87,7 +89,7 @@ class SchemaPointerMetadata(SimpleMetadata):
         return {}
 
 
-class ApiViewSet(viewsets.GenericViewSet):
+class ApiViewSet(ConflictRetryMixin, viewsets.GenericViewSet):
     metadata_class = SchemaPointerMetadata
     throttle_classes = [AnonRateThrottle, ClientRateThrottle]
     # No OrderingFilter: each list keeps the one order its index and cursor serve.

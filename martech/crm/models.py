@@ -121,7 +121,14 @@ class SyncCursor(models.Model):
 class OutboxItem(models.Model):
     """One record waiting to be pushed. Written in the transaction that
     changed the record (martech.crm.outbox); one pending row per record, so
-    a burst of edits pushes once with the latest values."""
+    a burst of edits pushes once with the latest values.
+
+    ``version`` counts the writes queued on the pending row: every change
+    upserts the row and bumps it. A drain remembers the version it claimed
+    and marks the row done only if it is still that one; a change that
+    landed while the record was being pushed (the drain read the record
+    before it) leaves the row pending for the next drain instead of being
+    lost."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -133,7 +140,10 @@ class OutboxItem(models.Model):
     local_id = models.BigIntegerField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
+    version = models.PositiveIntegerField(default=1)
     next_attempt_at = models.DateTimeField(default=timezone.now)
+    # When a drain last took the row (under its lease): one drain run sends a record at most once.
+    claimed_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -199,7 +209,11 @@ class PullFailure(models.Model):
 
 class PushState(models.Model):
     """What was last pushed for a record: the remote id and the payload's
-    hash, so an unchanged payload is not sent again, and the associations
+    hash, so an unchanged payload is not sent again, the properties as sent
+    and when the local record was read for them (``pushed_at``), so a pull
+    can tell a CRM value that is only our own push coming back from a change
+    made there, and a local edit made after that read from one it carried;
+    and the associations
     that push linked, so the next push can remove the ones no longer here
     (a deal moved to another company) without reading them back."""
 
@@ -208,7 +222,11 @@ class PushState(models.Model):
     local_id = models.BigIntegerField()
     remote_id = models.CharField(max_length=64, blank=True)
     payload_hash = models.CharField(max_length=64, blank=True)
+    # When the local record was read for the last push (or the last pull both
+    # sides agreed on): an edit after it is not in the CRM yet.
     pushed_at = models.DateTimeField(null=True, blank=True)
+    # {remote field: value} as last sent (or agreed by a pull); null when not known.
+    pushed_properties = models.JSONField(null=True, blank=True)
     # {object key: [remote ids]} linked by the last push (or agreed by the last
     # pull); null for a state written before this was kept: not known.
     associations = models.JSONField(null=True, blank=True)

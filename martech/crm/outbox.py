@@ -7,9 +7,16 @@ connection with a push mapping on one of the changed fields (or any field,
 for a new record). Changes whose source is a CRM pull (``crm:<provider>``)
 are not queued back to that same provider, so a pulled change is never
 echoed straight back.
+
+Lock order: a write path locks the record (lead, account ...) first, then
+its outbox rows, then its push state; the drain and the pull take them in
+the same order, so none of them can deadlock with another.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from django.db import connection as db
 from django.utils import timezone
 
 from martech import configcache, hooks
@@ -47,16 +54,44 @@ def queue_changed(obj: objects.ObjectType, *, ids: list[int], fields: frozenset[
             wanted[connection_id] = provider
     if not wanted:
         return 0
-    now = timezone.now()
-    # One pending row per record (partial unique index): a record already
-    # waiting keeps its row, and the drain reads the latest values anyway.
-    OutboxItem.objects.bulk_create(
-        [OutboxItem(connection_id=c, object=obj.key, local_id=i, next_attempt_at=now, created_at=now)
-         for c in wanted for i in ids],
-        ignore_conflicts=True,
-        batch_size=1000,
-    )
+    enqueue((c, obj.key, i) for c in wanted for i in ids)
     return len(wanted) * len(ids)
+
+
+_BATCH = 500
+
+
+def enqueue(keys: Iterable[tuple[int, str, int]]) -> None:
+    """Queue (connection id, object key, local id) for push: a new pending
+    row, or the record's pending row with its ``version`` bumped.
+
+    The bump is what keeps an edit made while the record is being pushed:
+    the drain read the record before the edit, and finishes the row only if
+    its version is still the one it claimed (``services._push_items``). One
+    upsert on the partial unique index (one pending row per record), in key
+    order so two writers queueing the same records lock them in the same
+    order; SQLite (3.24+) takes the same statement."""
+    rows = sorted(set(keys))
+    if not rows:
+        return
+    now = timezone.now()
+    table = db.ops.quote_name(OutboxItem._meta.db_table)
+    fields = {f.name: f for f in OutboxItem._meta.concrete_fields}
+    at = fields["created_at"].get_db_prep_save(now, db)
+    for start in range(0, len(rows), _BATCH):
+        chunk = rows[start:start + _BATCH]
+        values = ", ".join(["(%s, %s, %s, %s, 0, 1, %s, '', %s, %s)"] * len(chunk))
+        params: list = []
+        for connection_id, key, local_id in chunk:
+            params += [connection_id, key, local_id, OutboxItem.Status.PENDING, at, at, at]
+        with db.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (connection_id, object, local_id, status, attempts, version, "
+                f"next_attempt_at, last_error, created_at, updated_at) VALUES {values} "
+                f"ON CONFLICT (connection_id, object, local_id) WHERE status = 'pending' "
+                f"DO UPDATE SET version = {table}.version + 1, updated_at = EXCLUDED.updated_at",
+                params,
+            )
 
 
 _subscribed: dict[str, object] = {}
@@ -82,14 +117,13 @@ objects.on_register(_subscribe)
 def queue_full(*, connection: Connection, obj: str = "contact") -> int:
     """Queue every record of one object type for a connection (``crm_sync --full``)."""
     model = objects.get(obj).model_class
-    now = timezone.now()
     n = 0
     ids = model.objects.values_list("pk", flat=True).order_by("pk")
-    batch: list[OutboxItem] = []
+    batch: list[tuple[int, str, int]] = []
     for i in ids.iterator(chunk_size=2000):
-        batch.append(OutboxItem(connection=connection, object=obj, local_id=i, next_attempt_at=now, created_at=now))
+        batch.append((connection.pk, obj, i))
         if len(batch) >= 2000:
-            OutboxItem.objects.bulk_create(batch, ignore_conflicts=True)
+            enqueue(batch)
             n, batch = n + len(batch), []
-    OutboxItem.objects.bulk_create(batch, ignore_conflicts=True)
+    enqueue(batch)
     return n + len(batch)

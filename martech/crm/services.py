@@ -13,13 +13,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Q, Value
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
 from martech import hooks
-from martech.crm import objects
+from martech.crm import objects, outbox
 from martech.crm.connectors import connector_for
 from martech.crm.connectors.base import AuthError, Connector, PermanentError, PushRecord, TransientError
 from martech.crm.models import (
@@ -35,10 +35,18 @@ from martech.crm.models import (
     WebhookReceipt,
 )
 from martech.crm.transforms import TransformError, read_local, to_local, to_remote
+from martech.db import run_in_transaction
 from martech.models import Lead
 
 log = logging.getLogger(__name__)
-LEASE = dt.timedelta(minutes=5)
+
+
+def lease() -> dt.timedelta:
+    """How long a drain (or a pull's retry of failures) holds what it claimed
+    (MARTECH_CRM["OUTBOX_LEASE_SECONDS"]): what a crashed run left is due
+    again after it. Longer than django-q2's task timeout, so a run still
+    pushing is never overtaken by a second one taking the same records."""
+    return dt.timedelta(seconds=settings.MARTECH_CRM["OUTBOX_LEASE_SECONDS"])
 
 
 class PayloadError(ValueError):
@@ -269,16 +277,18 @@ def _record_error(connection: Connection, message: str, *, stop: bool = False) -
 def _claim(connection: Connection, limit: int, object_keys: list[str], started: dt.datetime | None = None
            ) -> list[OutboxItem]:
     """Take due pending items under a lease, so two drains never send the
-    same record at once; an item whose drain died is due again after LEASE.
+    same record at once; an item whose drain died is due again after the
+    lease. Each item keeps the ``version`` it was claimed at (``_finish``).
 
-    ``started`` (the run's start): an item this run already tried and
-    failed (attempts > 0, next attempt after the start) is left for a later
-    run even when its backoff has already passed, so one run sends a record
-    at most once and a short backoff cannot add calls to the run."""
+    ``started`` (the run's start): an item this run already claimed (tried
+    and failed, or changed again while it was pushed) is left for a later
+    run even when it is due again, so one run sends a record at most once: a
+    short backoff cannot add calls to the run, and a record edited without
+    pause cannot keep one run busy."""
     now = timezone.now()
     due = Q(next_attempt_at__lte=now)
     if started is not None:
-        due &= Q(attempts=0) | Q(next_attempt_at__lte=started)
+        due &= Q(claimed_at__isnull=True) | Q(claimed_at__lt=started)
     with transaction.atomic():
         items = list(
             OutboxItem.objects.select_for_update(skip_locked=True)
@@ -286,7 +296,10 @@ def _claim(connection: Connection, limit: int, object_keys: list[str], started: 
             .order_by("next_attempt_at", "pk")[:limit]
         )
         if items:
-            OutboxItem.objects.filter(pk__in=[i.pk for i in items]).update(next_attempt_at=now + LEASE)
+            OutboxItem.objects.filter(pk__in=[i.pk for i in items]).update(next_attempt_at=now + lease(),
+                                                                           claimed_at=now)
+    for item in items:
+        item.claimed_at = now
     return items
 
 
@@ -298,18 +311,39 @@ def _backoff(attempts: int) -> dt.timedelta:
 
 
 def _fail(items: Iterable[OutboxItem], error: str, *, dead_now: bool = False) -> int:
+    """Count a failed attempt of each item: due again after its backoff, or
+    a dead letter after MAX_ATTEMPTS (``dead_now``: at once). An item changed
+    since it was claimed (its version moved) is never made dead: the change
+    may be the fix, so it is due again now."""
     max_attempts = settings.MARTECH_CRM["MAX_ATTEMPTS"]
+    items = sorted(items, key=lambda i: i.pk)
     now = timezone.now()
     dead = 0
-    for item in items:
-        item.attempts += 1
-        item.last_error = error[:4000]
-        if dead_now or item.attempts >= max_attempts:
-            item.status = OutboxItem.Status.DEAD
-            dead += 1
-        else:
-            item.next_attempt_at = now + _backoff(item.attempts)
-    OutboxItem.objects.bulk_update(list(items), ["attempts", "last_error", "status", "next_attempt_at"], batch_size=500)
+
+    def write() -> None:
+        nonlocal dead
+        dead = 0
+        # The rows only (no record, no push state): nothing to order against.
+        current = dict(OutboxItem.objects.select_for_update().filter(pk__in=[i.pk for i in items])
+                       .order_by("pk").values_list("pk", "version"))
+        # One UPDATE per outcome (a failed batch is one or two of them, not one per row).
+        outcomes: dict[tuple, list[int]] = {}
+        for item in items:
+            attempts = item.attempts + 1
+            status, next_at = OutboxItem.Status.PENDING, now + _backoff(attempts)
+            if current.get(item.pk, item.version) != item.version:
+                next_at = now
+            elif dead_now or attempts >= max_attempts:
+                status, next_at = OutboxItem.Status.DEAD, now
+                dead += 1
+            outcomes.setdefault((attempts, status, next_at), []).append(item.pk)
+        for (attempts, status, next_at), pks in outcomes.items():
+            OutboxItem.objects.filter(pk__in=pks).update(attempts=attempts, last_error=error[:4000], status=status,
+                                                         next_attempt_at=next_at, updated_at=now)
+        for item in items:
+            item.attempts += 1
+
+    run_in_transaction(write)
     return dead
 
 
@@ -381,6 +415,9 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
 
 def _push_items(connection, connector, builder: PayloadBuilder, items: list[OutboxItem], run) -> None:
     obj = builder.obj
+    # The local state sent is the one read now: PushState.pushed_at says so,
+    # and an edit after it is newer than what the CRM gets.
+    read_at = timezone.now()
     records = obj.model_class.objects.select_related(*obj.select_related).in_bulk([i.local_id for i in items])
     states = {s.local_id: s for s in PushState.objects.filter(connection=connection, object=obj.key,
                                                                  local_id__in=[i.local_id for i in items])}
@@ -445,7 +482,7 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
                                          remote_id=remote_id, linked_before=_linked_before(state, remote_id),
                                          link_details=link_details,
                                          link_synced=dict(state.links) if state is not None else {}), digest))
-    _finish(finished)
+    _finish(connection, obj, finished)
     if not to_send:
         return
     before = connector.stats.api_calls
@@ -469,7 +506,6 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
         return
     _count_calls(connection, connector.stats.api_calls - before)
     by_id = {r.local_id: r for r in results}
-    now = timezone.now()
     ok_items, new_states, remote_ids = [], [], {}
     for item, record, digest in to_send:
         result = by_id.get(item.local_id)
@@ -482,16 +518,11 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
         run.pushed += 1
         synced = {link.key: record.link_details.get(link.key, {}) for link in link_specs if link.removable}
         new_states.append(PushState(connection=connection, object=obj.key, local_id=item.local_id,
-                                    remote_id=result.remote_id, payload_hash=digest, pushed_at=now,
-                                    associations=record.associations, links=synced))
+                                    remote_id=result.remote_id, payload_hash=digest, pushed_at=read_at,
+                                    pushed_properties=record.properties, associations=record.associations,
+                                    links=synced))
         remote_ids[item.local_id] = result.remote_id
-    with transaction.atomic():
-        PushState.objects.bulk_create(
-            new_states, update_conflicts=True, unique_fields=["connection", "object", "local_id"],
-            update_fields=["remote_id", "payload_hash", "pushed_at", "associations", "links"], batch_size=500,
-        )
-        _finish(ok_items)
-        _store_remote_ids(connection, obj, remote_ids, records)
+    _finish(connection, obj, ok_items, states=new_states, remote_ids=remote_ids, records=records)
 
 
 def _store_remote_ids(connection: Connection, obj: objects.ObjectType, remote_ids: dict[int, str],
@@ -511,10 +542,62 @@ def _store_remote_ids(connection: Connection, obj: objects.ObjectType, remote_id
                               source=f"crm:{connection.provider}")
 
 
-def _finish(items: list[OutboxItem]) -> None:
-    if items:
-        OutboxItem.objects.filter(pk__in=[i.pk for i in items]).update(
-            status=OutboxItem.Status.DONE, last_error="", updated_at=timezone.now())
+def _finish(connection: Connection, obj: objects.ObjectType, items: list[OutboxItem], *,
+            states: list[PushState] = (), remote_ids: dict[int, str] | None = None,
+            records: dict[int, Any] | None = None) -> None:
+    """Settle what was sent (or skipped as unchanged), in one transaction
+    taking the locks in the one order of every write path: the records,
+    then their outbox rows, then their push states.
+
+    A row is done only if it is still the version this drain claimed, under
+    the claim this drain made, within its lease. Otherwise a change landed
+    after the drain read the record (the CRM has the older values) or
+    another drain took the row after the lease ran out: the row stays
+    pending and due, or a new one is queued, and the next drain sends the
+    current values. The push state records what was sent either way."""
+    if not items:
+        return
+    run_in_transaction(lambda: _settle(connection, obj, items, states, remote_ids, records))
+
+
+def _settle(connection: Connection, obj: objects.ObjectType, items: list[OutboxItem], states: list[PushState],
+            remote_ids: dict[int, str] | None, records: dict[int, Any] | None) -> None:
+    now = timezone.now()
+    expired = now - lease()
+    list(obj.model_class.objects.select_for_update().filter(pk__in={i.local_id for i in items})
+         .order_by("pk").values_list("pk", flat=True))
+    if remote_ids:
+        _store_remote_ids(connection, obj, remote_ids, records or {})
+    rows = {pk: (status, version, claimed_at) for pk, status, version, claimed_at in
+            OutboxItem.objects.select_for_update().filter(pk__in=[i.pk for i in items]).order_by("pk")
+            .values_list("pk", "status", "version", "claimed_at")}
+    done, due, overtaken, again = [], [], [], []
+    for item in items:
+        status, version, claimed_at = rows.get(item.pk, (None, None, None))
+        if status != OutboxItem.Status.PENDING:
+            # Another drain took it after our lease ran out and finished it:
+            # what it sent may be older than what we sent, so send again.
+            again.append((connection.pk, obj.key, item.local_id))
+        elif claimed_at != item.claimed_at:
+            overtaken.append(item.pk)  # another drain holds it now: it must not finish it either
+        elif version == item.version and (item.claimed_at is None or item.claimed_at > expired):
+            done.append(item.pk)
+        else:
+            due.append(item.pk)  # changed since we read it (or our lease ran out): the next drain sends it
+    if done:
+        OutboxItem.objects.filter(pk__in=done).update(status=OutboxItem.Status.DONE, last_error="", updated_at=now)
+    if due:
+        OutboxItem.objects.filter(pk__in=due).update(next_attempt_at=now, updated_at=now)
+    if overtaken:
+        OutboxItem.objects.filter(pk__in=overtaken).update(version=F("version") + 1, updated_at=now)
+    outbox.enqueue(again)
+    if states:
+        PushState.objects.bulk_create(
+            sorted(states, key=lambda s: s.local_id), update_conflicts=True,
+            unique_fields=["connection", "object", "local_id"],
+            update_fields=["remote_id", "payload_hash", "pushed_at", "pushed_properties", "associations", "links"],
+            batch_size=500,
+        )
 
 
 def _release(items: list[OutboxItem]) -> None:
@@ -531,13 +614,20 @@ def dead_letter_retry(*, items: Iterable[OutboxItem], actor=None) -> int:
             continue
         pending = OutboxItem.objects.filter(connection_id=item.connection_id, object=item.object,
                                             local_id=item.local_id, status=OutboxItem.Status.PENDING).exists()
+        if not pending:
+            item.status, item.attempts = OutboxItem.Status.PENDING, 0
+            item.next_attempt_at = timezone.now()
+            try:
+                # An edit can queue a pending row between the check and this
+                # save: the unique index refuses the second one.
+                with transaction.atomic():
+                    item.save(update_fields=["status", "attempts", "next_attempt_at", "last_error", "updated_at"])
+            except IntegrityError:
+                pending = True
         if pending:
             item.status = OutboxItem.Status.DONE
             item.last_error = f"superseded by a pending push (retried by {actor or 'system'})"
-        else:
-            item.status, item.attempts = OutboxItem.Status.PENDING, 0
-            item.next_attempt_at = timezone.now()
-        item.save(update_fields=["status", "attempts", "next_attempt_at", "last_error", "updated_at"])
+            item.save(update_fields=["status", "last_error", "updated_at"])
         n += 1
     log.info("dead letters retried: %s by %s", n, actor)
     return n
@@ -545,13 +635,29 @@ def dead_letter_retry(*, items: Iterable[OutboxItem], actor=None) -> int:
 
 # --- pull ---------------------------------------------------------------------
 
-def _local_changed_since_sync(connection: Connection, obj: objects.ObjectType, instance) -> bool:
-    if OutboxItem.objects.filter(connection=connection, object=obj.key, local_id=instance.pk,
-                                 status=OutboxItem.Status.PENDING).exists():
+def _local_changed_since_sync(instance, obj: objects.ObjectType, state: PushState | None, pending: bool) -> bool:
+    """Whether the record holds something the CRM does not have: a pending
+    push (queued, or in flight: a change during a push keeps its row
+    pending), no sync yet, or a change after the record was read for the
+    last push (``pushed_at``)."""
+    if pending or state is None:
         return True
-    state = PushState.objects.filter(connection=connection, object=obj.key, local_id=instance.pk).first()
     modified = getattr(instance, obj.modified_field, None)
-    return state is None or (state.pushed_at is not None and modified is not None and modified > state.pushed_at)
+    return state.pushed_at is not None and modified is not None and modified > state.pushed_at
+
+
+def _same_as_sent(mapping: FieldMapping, pulled: Any, sent: dict[str, Any]) -> bool:
+    """The CRM's value of this field is the one we last sent (or agreed on):
+    our own push read back, not a change made there. Compared as local
+    values, so the CRM's formatting of a number or a date does not count as
+    a change."""
+    if mapping.remote_field not in sent:
+        return False
+    ours = sent[mapping.remote_field]
+    try:
+        return to_local(mapping.kind, pulled, mapping.value_map) == to_local(mapping.kind, ours, mapping.value_map)
+    except (TransformError, ArithmeticError, ValueError):
+        return str(pulled) == str(ours)
 
 
 def _parse_time(value: str) -> dt.datetime | None:
@@ -635,15 +741,76 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
     stage_by_value = {lm.remote_value: lm.stage.key for lm in
                       LifecycleMapping.objects.filter(connection=connection).select_related("stage")} \
         if any(m.local_field == "lifecycle_stage" for m in mappings) else {}
-    props = pulled.properties
     instance = _find_local(connection, object_type, pulled, mappings)
-    take_all = True
-    if instance is not None and _local_changed_since_sync(connection, object_type, instance):
+    if dry_run:
+        return "pulled" if _pulled_data(connection, object_type, pulled, mappings, instance, stage_by_value)[0] \
+            else "skipped"
+    found = instance
+
+    def write() -> str:
+        instance = found
+        if instance is not None:
+            # The record first, then its outbox row and push state (the one
+            # lock order): an edit cannot land between the decision below
+            # and the write, and a drain settles this record before or after.
+            locked = list(object_type.model_class.objects.select_for_update().filter(pk=instance.pk)
+                          .values_list("pk", flat=True))
+            instance = (object_type.model_class.objects.select_related(*object_type.select_related)
+                        .filter(pk__in=locked).first())
+        data, take_all, local_changed, pending = _pulled_data(connection, object_type, pulled, mappings, instance,
+                                                              stage_by_value)
+        if data is None:
+            return "skipped"
+        written = object_type.write(instance=instance, data=data, source=f"crm:{connection.provider}")
+        if written is None:
+            return "skipped"
+        if pending:
+            # A push of this record is queued or in flight with values read
+            # before this write: it must not settle as the latest one.
+            OutboxItem.objects.filter(connection=connection, object=object_type.key, local_id=written.pk,
+                                      status=OutboxItem.Status.PENDING).update(version=F("version") + 1)
+        if take_all and object_type.apply_associations and pulled.associations:
+            linked = {}
+            for other, remote_ids in pulled.associations.items():
+                if other in object_type.association_fields:
+                    continue
+                # Ones we do not have yet come with their pull.
+                others = _locals_by_remote_ids(connection, objects.get(other), remote_ids)
+                linked[other] = [others[r] for r in remote_ids if r in others]
+            object_type.apply_associations(instance=written, linked=linked, source=f"crm:{connection.provider}")
+        _associations_removed_apply(connection, object_type, written, pulled)
+        _mark_synced(connection, object_type, written, pulled.remote_id, connector, local_unsent=local_changed)
+        return "pulled"
+
+    return run_in_transaction(write)
+
+
+def _pulled_data(connection: Connection, object_type: objects.ObjectType, pulled, mappings: list[FieldMapping],
+                 instance, stage_by_value: dict[str, str]) -> tuple[dict[str, Any] | None, bool, bool, bool]:
+    """What a pulled record writes here: (data or None to skip, whether it
+    takes every field, whether the record has changes the CRM lacks, whether
+    it has a pending push row).
+
+    A field whose CRM value is the one we last sent (``PushState.pushed_properties``)
+    was not changed there: over a record changed here since, it never
+    replaces ours, whatever the conflict rule, so an edit made while its
+    push was in flight is not overwritten by the older value coming back."""
+    props = pulled.properties
+    take_all, local_changed, pending, sent = True, False, False, {}
+    if instance is not None:
+        state = PushState.objects.filter(connection=connection, object=object_type.key, local_id=instance.pk).first()
+        pending = OutboxItem.objects.filter(connection=connection, object=object_type.key, local_id=instance.pk,
+                                            status=OutboxItem.Status.PENDING).exists()
+        local_changed = _local_changed_since_sync(instance, object_type, state, pending)
+        sent = (state.pushed_properties or {}) if state is not None else {}
+    if local_changed:
         if connection.conflict_rule == Connection.ConflictRule.MOST_RECENT:
+            if all(_same_as_sent(m, props[m.remote_field], sent) for m in mappings if m.remote_field in props):
+                return None, False, local_changed, pending  # nothing changed there that we did not send
             remote_at = _parse_time(pulled.modified_at)
             take_all = remote_at is not None and remote_at > getattr(instance, object_type.modified_field)
             if not take_all:
-                return "skipped"
+                return None, False, local_changed, pending
         else:
             take_all = False
     data: dict[str, Any] = {object_type.id_field(connection.provider, pulled.remote_id): pulled.remote_id}
@@ -660,6 +827,8 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
             continue
         if not take_all and m.system_of_record != FieldMapping.Owner.REMOTE:
             continue  # both sides changed: the local side is this field's system of record
+        if local_changed and _same_as_sent(m, props.get(m.remote_field), sent):
+            continue  # not changed in the CRM since our push: ours is newer
         raw = props.get(m.remote_field)
         if m.default and raw == m.default and (instance is None or read_local(instance, m.local_field) in (None, "")):
             continue  # the default we sent for an empty field ("[not provided]") is not pulled back into it
@@ -689,24 +858,7 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
             linked = _local_by_remote_id(connection, objects.get(other), remote_ids[0]) if remote_ids else None
             if linked is not None:  # one we do not have yet stays as it is until it is pulled
                 data[local_field] = linked
-    if dry_run:
-        return "pulled"
-    with transaction.atomic():
-        written = object_type.write(instance=instance, data=data, source=f"crm:{connection.provider}")
-        if written is None:
-            return "skipped"
-        if take_all and object_type.apply_associations and pulled.associations:
-            linked = {}
-            for other, remote_ids in pulled.associations.items():
-                if other in object_type.association_fields:
-                    continue
-                # Ones we do not have yet come with their pull.
-                found = _locals_by_remote_ids(connection, objects.get(other), remote_ids)
-                linked[other] = [found[r] for r in remote_ids if r in found]
-            object_type.apply_associations(instance=written, linked=linked, source=f"crm:{connection.provider}")
-        _associations_removed_apply(connection, object_type, written, pulled)
-        _mark_synced(connection, object_type, written, pulled.remote_id, connector, local_unsent=not take_all)
-    return "pulled"
+    return data, take_all, local_changed, pending
 
 
 def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remote_id: str,
@@ -715,10 +867,10 @@ def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remo
     so the record is not seen as changed here on the next pull and an
     identical push is skipped.
 
-    ``local_unsent``: both sides had changed and the fields whose system of
-    record is here kept our values, which the CRM does not have yet. Only
-    the remote id is stored then; the last pushed hash stays, so the
-    pending push still sends them (storing the hash would skip it)."""
+    ``local_unsent``: the record had changes the CRM does not have yet,
+    and the fields the pull did not take kept them. Only the remote id is
+    stored then; the last pushed hash stays, so the pending push still
+    sends them (storing the hash would skip it)."""
     if local_unsent:
         PushState.objects.update_or_create(connection=connection, object=obj.key, local_id=instance.pk,
                                            defaults={"remote_id": remote_id})
@@ -737,11 +889,11 @@ def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remo
         associations = {k: v for k, v in associations.items() if v}
         digest = record_hash(properties, associations, _link_resolve(link_specs, raw, remote)[0])
     except PayloadError:
-        digest, associations = "", None
+        digest, associations, properties = "", None, None
     PushState.objects.update_or_create(
         connection=connection, object=obj.key, local_id=instance.pk,
         defaults={"remote_id": remote_id, "payload_hash": digest, "pushed_at": timezone.now(),
-                  "associations": associations})
+                  "pushed_properties": properties, "associations": associations})
 
 
 def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = False, dry_run: bool = False,
@@ -1180,7 +1332,7 @@ def _errors_summary(errors: list[str], limit: int = 2000) -> str:
 def _pull_failures_due(connection: Connection, key: str) -> list[str]:
     """Take the due pending failures of one object or link type under a
     lease (like the outbox's ``_claim``), so two overlapping pulls do not
-    both retry them; a run that dies leaves them due again after LEASE."""
+    both retry them; a run that dies leaves them due again after the lease."""
     now = timezone.now()
     with transaction.atomic():
         rows = list(PullFailure.objects.select_for_update(skip_locked=True)
@@ -1188,7 +1340,7 @@ def _pull_failures_due(connection: Connection, key: str) -> list[str]:
                             next_attempt_at__lte=now)
                     .order_by("next_attempt_at", "pk").values_list("pk", "remote_id")[:PULL_RETRY_BATCH])
         if rows:
-            PullFailure.objects.filter(pk__in=[pk for pk, _ in rows]).update(next_attempt_at=now + LEASE)
+            PullFailure.objects.filter(pk__in=[pk for pk, _ in rows]).update(next_attempt_at=now + lease())
     return [remote_id for _, remote_id in rows]
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from martech.crm import services
 from martech.crm.models import Connection
+from martech.db import retry_on_conflict
 
 
+@retry_on_conflict
 def drain_outbox() -> dict[str, int]:
     out = {}
     for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
@@ -14,6 +16,7 @@ def drain_outbox() -> dict[str, int]:
     return out
 
 
+@retry_on_conflict
 def pull_all() -> dict[str, int]:
     """Pull every object type each connection syncs and has pull mappings
     for, each followed by the links of it the connector syncs, then the
@@ -35,10 +38,12 @@ def pull_all() -> dict[str, int]:
     return out
 
 
+@retry_on_conflict
 def process_webhooks(receipt_ids: list[int]) -> int:
     return services.webhook_process(receipt_ids=receipt_ids)
 
 
+@retry_on_conflict
 def pull_one(connection_id: int, key: str) -> int:
     """One object or link type's pull (its due failures first): the admin's
     "retry now" wakes it. A stopped or inactive connection pulls nothing."""

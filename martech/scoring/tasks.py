@@ -1,5 +1,8 @@
 """django-q2 tasks: thin, take ids, call one service (STYLE.md). A task only
-wakes work up; every one is safe to run twice."""
+wakes work up; every one is safe to run twice, so one whose transaction the
+database aborted for a concurrent one runs again (``retry_on_conflict``).
+``handoff_notify`` is left to django-q2's own retry: it sends before it
+writes, and each send is recorded on its own."""
 from __future__ import annotations
 
 import json
@@ -11,6 +14,8 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
+from martech.db import retry_on_conflict
+
 log = logging.getLogger(__name__)
 
 
@@ -20,6 +25,7 @@ def enqueue(func: str, *args) -> None:
     async_task(func, *args, sync=settings.MARTECH_SCORING["TASKS_SYNC"])
 
 
+@retry_on_conflict
 def rescore_leads(lead_ids: list[int], reason: str = "lead changed") -> int:
     from martech import configcache
     from martech.scoring import services
@@ -30,6 +36,7 @@ def rescore_leads(lead_ids: list[int], reason: str = "lead changed") -> int:
     return changed
 
 
+@retry_on_conflict
 def events_arrived(event_ids: list[int]) -> int:
     """Rescore the leads of new events, then run lifecycle rules (including
     event rules such as demo_requested -> SQL)."""
@@ -46,6 +53,7 @@ def events_arrived(event_ids: list[int]) -> int:
     return changed
 
 
+@retry_on_conflict
 def opportunity_changed(kind: str, lead_ids: list[int]) -> int:
     from martech.scoring import services
 
@@ -53,12 +61,14 @@ def opportunity_changed(kind: str, lead_ids: list[int]) -> int:
         return len(services.opportunity_stage_apply(kind=kind, lead_ids=lead_ids))
 
 
+@retry_on_conflict
 def handoff_start(transition_id: int) -> None:
     from martech.scoring import services
 
     services.handoff_start(transition_id=transition_id)
 
 
+@retry_on_conflict
 def nightly_decay() -> int:
     """Decay lowers engagement with age: recompute every lead."""
     from martech.scoring import services

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -32,6 +32,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from martech import hooks, signals
+from martech.db import is_conflict, run_in_transaction
 from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
 from martech.services.campaigns import UTM_FIELDS, UtmNormalizer, campaigns_by_utm
 from martech.services.leads import clean_lead_data, identity_link, lead_upsert
@@ -477,25 +478,13 @@ def events_ingest(
 
     # A deadlock between two batches that create the same leads in a
     # different order is resolved by PostgreSQL aborting one; the batch is
-    # one transaction, so running it again is safe.
-    for attempt in range(3):
-        try:
-            with transaction.atomic():
-                return _store(parsed, source=source, actor=actor)
-        except OperationalError as exc:
-            if attempt == 2 or not is_retryable(exc):
-                raise
-            log.warning("events_ingest: %s; retrying the batch", exc)
-            for item in parsed:
-                if not item.refused:
-                    item.result, item.lead_id, item.touch = None, None, None
-    raise AssertionError("unreachable")
+    # one transaction, so running it again is safe (martech.db).
+    def reset() -> None:
+        for item in parsed:
+            if not item.refused:
+                item.result, item.lead_id, item.touch = None, None, None
 
-
-def is_retryable(exc: Exception) -> bool:
-    """A deadlock or serialization failure: rerun the whole transaction."""
-    cause = exc.__cause__
-    return type(cause).__name__ in {"DeadlockDetected", "SerializationFailure", "LockNotAvailable"}
+    return run_in_transaction(lambda: _store(parsed, source=source, actor=actor), on_retry=reset)
 
 
 def _store(parsed: list[_Item], *, source: str, actor) -> IngestResult:
@@ -652,7 +641,7 @@ def _write_failed(item: _Item, exc: Exception) -> None:
         fld = item.email_field if name == "email" else item.trait_keys.get(name, f"traits.{name}")
         item.result = ItemResult(item.index, item.message_id, REJECTED, fld, reasons[0])
         return
-    if isinstance(exc, OperationalError) and is_retryable(exc):
+    if is_conflict(exc):
         raise exc
     log.error("events_ingest: lead write failed for item %s", item.index, exc_info=exc)
     fld = item.email_field or ("userId" if item.user_id else "anonymousId")

@@ -485,8 +485,13 @@ def lead_merge(*, primary: Lead, duplicate: Lead, actor=None, reason: str = "mer
     ``_merged_from`` so the history stays traceable."""
     if primary.pk == duplicate.pk:
         raise ValidationError({"duplicate": ["A lead cannot be merged into itself."]})
-    primary = Lead.objects.select_for_update().get(pk=primary.pk)
-    duplicate = Lead.objects.select_for_update().get(pk=duplicate.pk)
+    # Both in primary key order, as every path that locks several leads takes
+    # them: two merges of the same pair in opposite directions wait, not deadlock.
+    locked = {lead.pk: lead for lead in
+              Lead.objects.select_for_update().filter(pk__in=[primary.pk, duplicate.pk]).order_by("pk")}
+    if primary.pk not in locked or duplicate.pk not in locked:
+        raise Lead.DoesNotExist("The lead to merge no longer exists.")
+    primary, duplicate = locked[primary.pk], locked[duplicate.pk]
     _move_related_rows(primary=primary, duplicate=duplicate)
     unique_moves = {}
     for f in Lead._meta.concrete_fields:

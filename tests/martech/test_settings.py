@@ -125,6 +125,9 @@ def test_redis_url_switches_the_task_queue_and_cache_to_redis():
         ({"Q_TIMEOUT": "600", "Q_RETRY": "300"}, "Q_RETRY"),
         ({"Q_WORKERS": "many"}, "Q_WORKERS"),
         ({"DJANGO_DEBUG": "flase"}, "DJANGO_DEBUG"),
+        # A lease not above the task timeout lets two drains push the same record.
+        ({"MARTECH_CRM_OUTBOX_LEASE_SECONDS": "300"}, "MARTECH_CRM_OUTBOX_LEASE_SECONDS"),
+        ({"MARTECH_CRM_OUTBOX_LEASE_SECONDS": "soon"}, "MARTECH_CRM_OUTBOX_LEASE_SECONDS"),
     ],
 )
 def test_bad_configuration_fails_at_start_naming_the_variable(env, named):
@@ -132,6 +135,14 @@ def test_bad_configuration_fails_at_start_naming_the_variable(env, named):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "ImproperlyConfigured" in last and named in last
+
+
+def test_the_outbox_lease_defaults_to_a_minute_above_the_task_timeout():
+    probe = ("import json, django; django.setup(); from django.conf import settings as s; "
+             "print(json.dumps(s.MARTECH_CRM['OUTBOX_LEASE_SECONDS']))")
+    assert json.loads(_run(["-c", probe]).stdout) == 360
+    assert json.loads(_run(["-c", probe], Q_TIMEOUT="120", Q_RETRY="200").stdout) == 180
+    assert json.loads(_run(["-c", probe], MARTECH_CRM_OUTBOX_LEASE_SECONDS="900").stdout) == 900
 
 
 PORTS = (

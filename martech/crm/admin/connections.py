@@ -10,6 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from martech.admin.base import ConflictRetryAdminMixin
 from martech.crm import objects
 from martech.crm.models import Connection
 from martech.crm.selectors import connection_health
@@ -23,7 +24,7 @@ class PreviewForm(forms.Form):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
+class ConnectionAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
     list_display = ("name", "provider", "is_active", "conflict_rule", "health_link", "stopped_reason")
     readonly_fields = ("api_calls_day", "api_calls_used", "last_error", "last_error_at")
     fields = ("provider", "name", "is_active", "conflict_rule", "daily_api_limit", "stopped_reason",

@@ -1,6 +1,7 @@
 
 from django.contrib import admin, messages
 
+from martech.admin.base import ConflictRetryAdminMixin
 from martech.admin.actions import _confirmation
 from martech.crm.models import DeadLetter, OutboxItem
 from martech.crm.services import dead_letter_retry
@@ -32,7 +33,7 @@ def retry_dead_letters(modeladmin, request, queryset):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin):
+class DeadLetterAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
     list_display = ("connection", "object", "local_id", "attempts", "last_error", "updated_at")
     list_filter = ("connection", "object")
     readonly_fields = ("connection", "object", "local_id", "status", "attempts", "last_error", "created_at",
@@ -47,7 +48,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
 
 @admin.register(OutboxItem)
-class OutboxAdmin(admin.ModelAdmin):
+class OutboxAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
     list_display = ("connection", "object", "local_id", "status", "attempts", "next_attempt_at", "last_error")
     list_filter = ("status", "connection", "object")
     list_select_related = ("connection",)

@@ -3,6 +3,7 @@ pending ones are retried by the next pulls of their type, dead ones wait for
 "retry now" here."""
 from django.contrib import admin
 
+from martech.admin.base import ConflictRetryAdminMixin
 from martech.crm.admin.dead_letters import retry_confirmed
 from martech.crm.models import PullFailure
 from martech.crm.services import pull_failure_retry
@@ -17,7 +18,7 @@ def retry_pull_failures(modeladmin, request, queryset):
 
 
 @admin.register(PullFailure)
-class PullFailureAdmin(admin.ModelAdmin):
+class PullFailureAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
     list_display = ("connection", "object", "remote_id", "status", "attempts", "error", "last_failed_at",
                     "next_attempt_at")
     list_filter = ("connection", "object", "status")

@@ -13,11 +13,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from martech.api.errors import error_body
+from martech.api.retry import ConflictRetryMixin
 from martech.crm import services
 from martech.crm.connectors.hubspot import verify_v3_signature
 
 
-class HubSpotWebhookView(APIView):
+class HubSpotWebhookView(ConflictRetryMixin, APIView):
     """No session or token: HubSpot proves itself with the v3 signature
     (HMAC-SHA256 of method, URL, body and timestamp with the app secret),
     checked on the raw body before anything is parsed."""
