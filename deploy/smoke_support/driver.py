@@ -191,8 +191,16 @@ def step_admin_pages(ctx: Context) -> None:
         try:
             # The proxy's certificate is self-signed for this run; Python's
             # requests above verify it, the browser is told to accept it.
-            page = browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 1000}).new_page()
+            context = browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
             page.set_default_timeout(20_000)
+            # Every asset from the server, none from the browser's HTTP cache:
+            # what is checked is what the site serves (and Chromium's cache
+            # has been seen to fail a stylesheet it raced for with
+            # ERR_TOO_MANY_RETRIES before any request left the browser).
+            cdp = context.new_cdp_session(page)
+            cdp.send("Network.enable")
+            cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
             page.on("response", on_response)
             page.on("console", on_console)
             page.on("requestfailed", lambda req: problems.append(f"failed {req.url}: {req.failure}"))

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import signal
 import ssl
+import sys
 
 MAX_HEAD = 64 * 1024
 DROPPED = {b"x-forwarded-proto", b"x-forwarded-for", b"x-forwarded-host", b"forwarded", b"connection",
@@ -52,12 +53,22 @@ def rewrite_head(head: bytes, client_ip: str) -> bytes:
 
 async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, upstream: tuple[str, int]) -> None:
     try:
+        peer = client_w.get_extra_info("peername") or ("unknown", 0)
         try:
             head = await client_r.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ssl.SSLError):
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:  # a browser's unused preconnection closes with nothing sent: not worth a line
+                log(f"{peer[0]}:{peer[1]} closed mid-request ({len(exc.partial)} bytes)")
             return
-        peer = client_w.get_extra_info("peername") or ("unknown", 0)
-        up_r, up_w = await asyncio.open_connection(*upstream)
+        except (asyncio.LimitOverrunError, ConnectionError, ssl.SSLError) as exc:
+            log(f"{peer[0]}:{peer[1]} no request read: {exc!r}")
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection(*upstream)
+        except OSError as exc:
+            log(f"upstream {upstream[0]}:{upstream[1]} refused {head.split(b' ', 2)[:2]}: {exc!r}")
+            client_w.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
         up_w.write(rewrite_head(head[:-4], peer[0]))
         await up_w.drain()
         # The request body (if any) upstream, the response back, until the upstream closes.
@@ -65,10 +76,14 @@ async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
         await _pipe(up_r, client_w)
         to_upstream.cancel()
         up_w.close()
-    except OSError:
-        pass
+    except OSError as exc:
+        log(f"connection error: {exc!r}")
     finally:
         client_w.close()
+
+
+def log(text: str) -> None:
+    print(f"tls_proxy: {text}", file=sys.stderr, flush=True)
 
 
 async def main() -> None:
@@ -80,6 +95,10 @@ async def main() -> None:
     args = parser.parse_args()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
+    # No session tickets: every connection makes a full handshake, so no
+    # client ever offers resumed 0-RTT early data, which this proxy does not take.
+    context.options |= ssl.OP_NO_TICKET
+    context.num_tickets = 0
     upstream = _address(args.upstream)
     host, port = _address(args.listen)
     server = await asyncio.start_server(lambda r, w: handle(r, w, upstream), host, port, ssl=context,
