@@ -158,7 +158,7 @@ def step_capture(ctx: Context) -> None:
 def step_admin_pages(ctx: Context) -> None:
     """Headless Chromium logs into the admin and opens the lead list (the
     captured lead is in it) and the attribution dashboard (Chart.js drawn):
-    every response below 500, every static file served (200), no console
+    every response below 400, every static file served (200), no console
     error, the admin stylesheet applied."""
     from playwright.sync_api import sync_playwright
 
