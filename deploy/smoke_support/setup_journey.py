@@ -11,8 +11,10 @@ from nurture.services import workflow_publish, workflow_save
 form = Form(
     key="smoke-signup",
     name="Smoke signup",
-    field_map={"email": "email", "first_name": "first_name"},
-    required_fields=["email"],
+    fields=[
+        {"name": "email", "label": "Work email", "type": "email", "lead_field": "email", "required": True},
+        {"name": "first_name", "label": "First name", "type": "text", "lead_field": "first_name"},
+    ],
     consent_field="consent",
     consent_text="Email me about the product.",
 )
