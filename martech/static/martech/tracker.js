@@ -43,7 +43,7 @@
   if (!key || !endpoint || (script.getAttribute("data-respect-privacy") === "1" && privacySignal())) {
     // Calls made by the page still work; they do nothing.
     var noop = function () {};
-    window.martech = { loaded: true, disabled: true, page: noop, track: noop, identify: noop,
+    window.martech = { loaded: true, disabled: true, page: noop, track: noop, identify: noop, flush: noop,
       anonymousId: function () { return null; } };
     return;
   }
