@@ -341,6 +341,21 @@ def test_the_tracker_script_is_a_static_file(client, settings):
         assert needle in source
 
 
+def test_the_script_is_served_under_its_plain_name_with_debug_off(settings, tmp_path):
+    # The snippet names the plain path, so a pasted snippet survives releases;
+    # the manifest storage keeps the original beside the hashed copy.
+    from django.core.management import call_command
+
+    settings.DEBUG = False
+    settings.STATIC_ROOT = tmp_path / "static"
+    settings.STORAGES = {**settings.STORAGES, "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"}}
+    call_command("collectstatic", "--noinput", verbosity=0)
+    res = Client().get("/static/martech/tracker.js")
+    assert res.status_code == 200
+    assert b"sendBeacon" in b"".join(res.streaming_content)
+
+
 def test_admin_shows_the_snippet_and_rotates_the_key(client, website, marketing_ops):
     client.force_login(marketing_ops)
     page_html = client.get(f"/admin/martech/website/{website.pk}/change/").content.decode()
