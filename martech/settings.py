@@ -178,6 +178,8 @@ Q_CLUSTER = {
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
+    # One connection pool per process instead of a connection per enqueue.
+    Q_CLUSTER["broker_class"] = "martech.taskqueue.PooledRedisBroker"
 else:
     Q_CLUSTER["orm"] = "default"
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
