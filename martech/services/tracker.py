@@ -23,7 +23,6 @@ covers an old snippet or another sender).
 from __future__ import annotations
 
 import html
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -191,8 +190,3 @@ def tracker_snippet(*, website: Website, base_url: str) -> str:
         "function(){window.martech.push([m].concat([].slice.call(arguments)))}});"
     )
     return f"<!-- {html.escape(website.name)}: website tracker -->\n<script>{stub}</script>\n<script async {rendered}></script>"
-
-
-def parse_body(raw: bytes) -> Any:
-    """The JSON of a tracker request body (sent as text/plain by sendBeacon)."""
-    return json.loads(raw.decode("utf-8"))

@@ -45,11 +45,17 @@ def customer_site(live_server, other_origin_site):
     return {"website": website, "form": form, "site": other_origin_site}
 
 
+PRIVACY_SIGNALS = [
+    "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})",
+    "Object.defineProperty(Navigator.prototype, 'doNotTrack', {get: () => '1'})",
+]
+
+
 def _tracker_call(request) -> bool:
     return request.url.endswith("/api/v1/t") and request.method == "POST"
 
 
-def test_page_views_with_utms_then_a_form_post_make_one_lead_with_its_history(live_server, customer_site, browser_page):
+def test_tracked_visit_then_form_post_make_one_lead_and_privacy_signals_stop_it(live_server, customer_site, browser_page):
     page, site = browser_page, customer_site["site"]
     home = f"{site.origin}/index.html?utm_source=google&utm_medium=cpc&utm_campaign=spring"
     with page.expect_response(lambda r: _tracker_call(r.request)) as first:
@@ -88,26 +94,23 @@ def test_page_views_with_utms_then_a_form_post_make_one_lead_with_its_history(li
     assert set(Event.objects.filter(event_type__name="page_view").values_list("lead_id", flat=True)) == {lead.pk}
     assert Event.objects.get(event_type__name="form_submitted").anonymous_id == anonymous_id
 
-
-@pytest.mark.parametrize("signal", [
-    "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})",
-    "Object.defineProperty(Navigator.prototype, 'doNotTrack', {get: () => '1'})",
-])
-def test_a_privacy_signal_means_no_cookie_and_no_request(live_server, customer_site, browser_page, signal):
-    site = customer_site["site"]
-    context = browser_page.context.browser.new_context()
-    context.add_init_script(signal)
-    page = context.new_page()
-    calls = []
-    page.on("request", lambda r: calls.append(r.url) if _tracker_call(r) else None)
-    page.goto(f"{site.origin}/pricing.html?utm_source=google&utm_medium=cpc")
-    page.wait_for_function("window.martech && window.martech.loaded")
-    page.evaluate("window.martech.track('demo_requested'); window.martech.flush()")
-    page.wait_for_load_state("networkidle")
-    assert page.evaluate("window.martech.anonymousId()") is None
-    assert calls == []
-    assert context.cookies(site.origin) == []
-    assert page.evaluate("localStorage.length") == 0
-    assert page.input_value("input[name=anonymous_id]") == ""
-    assert Event.objects.count() == 0
-    context.close()
+    # A browser that asks not to be tracked (GPC, then DNT), on a website that
+    # respects it: no cookie, no storage, no request, the page's calls do nothing.
+    stored = Event.objects.count()
+    for signal in PRIVACY_SIGNALS:
+        context = page.context.browser.new_context()
+        context.add_init_script(signal)
+        private = context.new_page()
+        calls = []
+        private.on("request", lambda r: calls.append(r.url) if _tracker_call(r) else None)
+        private.goto(f"{site.origin}/pricing.html?utm_source=google&utm_medium=cpc")
+        private.wait_for_function("window.martech && window.martech.loaded")
+        private.evaluate("window.martech.track('demo_requested'); window.martech.identify('x@y.example'); window.martech.flush()")
+        private.wait_for_load_state("networkidle")
+        assert private.evaluate("window.martech.anonymousId()") is None, signal
+        assert calls == [], signal
+        assert context.cookies(site.origin) == [], signal
+        assert private.evaluate("localStorage.length") == 0, signal
+        assert private.input_value("input[name=anonymous_id]") == "", signal
+        context.close()
+    assert Event.objects.count() == stored
