@@ -115,6 +115,8 @@ class TrackerBatchView(APIView):
             body = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, ValueError) as exc:
             raise exceptions.ParseError(f"The body is not JSON: {exc}.") from None
+        except RecursionError:
+            raise exceptions.ParseError("The body is nested too deeply.") from None
         if not isinstance(body, dict):
             raise exceptions.ParseError('Send a JSON object: {"key": ..., "batch": [...]}.')
 

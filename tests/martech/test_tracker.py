@@ -127,7 +127,10 @@ def test_a_sendbeacon_text_plain_body_is_read_as_json(client, website):
     assert Event.objects.filter(event_type__name="page_view").count() == 2
 
 
-@pytest.mark.parametrize("body, code", [("not json", "parse_error"), ("[1, 2]", "parse_error"), (b"\xff\xfe", "parse_error")])
+@pytest.mark.parametrize("body, code", [
+    ("not json", "parse_error"), ("[1, 2]", "parse_error"), (b"\xff\xfe", "parse_error"),
+    ('{"batch": ' + "[" * 20000 + "]" * 20000 + "}", "parse_error"),
+])
 def test_a_body_that_is_not_a_json_object_is_a_parse_error(client, website, body, code):
     res = post(client, body)
     assert res.status_code == 400 and res.json()["error"]["code"] == code
