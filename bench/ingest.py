@@ -1,4 +1,5 @@
-"""Throughput of POST /api/v1/events against a plain bulk insert.
+"""Throughput of POST /api/v1/events, and of the website tracker's public
+POST /api/v1/t, each against a plain bulk insert.
 
 Runs against the DATABASE_URL database (migrated with ``manage.py migrate``):
 creates its own API client, leads, identities and events under a unique run
@@ -10,6 +11,12 @@ validation, dedupe, identity resolution, touches, rendering). The same rows,
 flattened to Event objects, are then written with a plain
 ``Event.objects.bulk_create``; the two are interleaved batch by batch so both
 see the same table sizes.
+
+Then page views go through the tracker endpoint the way the tracker script
+sends them (text/plain JSON with the publishable key and an allowed Origin,
+``--tracker-batch`` page views per request, from the same visitor pool, so
+some resolve to leads), interleaved with a plain ``bulk_create`` of the same
+rows in the same batch size; and once more one page view per request.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/ingest.py [--quick]
 
@@ -41,7 +48,7 @@ from django.conf import settings  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 
-from martech.models import ApiClient, Event, EventType, Identity, Lead, QuarantinedEvent  # noqa: E402
+from martech.models import ApiClient, Event, EventType, Identity, Lead, QuarantinedEvent, Website  # noqa: E402
 
 TRACK_EVENTS = ["demo_requested", "pricing_viewed", "webinar_registered", "ad_clicked", "trial_started"]
 UTMS = [
@@ -142,7 +149,82 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def cleanup(prefix: str, client_name: str) -> None:
+TRACKER_ORIGIN = "https://www.bench.example"
+
+
+def tracker_page_view(prefix: str, n: str, visitors: int, rng: random.Random) -> dict:
+    """One page view as the tracker script sends it."""
+    v = rng.randrange(visitors)
+    url = f"{TRACKER_ORIGIN}/p/{v % 50}"
+    context = {"page": {"url": url, "path": f"/p/{v % 50}", "referrer": "", "title": "Docs", "search": ""},
+               "library": {"name": "martech-tracker", "version": "1"}, "locale": "en-US"}
+    if rng.random() < 0.3:
+        utm = rng.choice(UTMS)
+        context["campaign"] = utm
+        url += f"?utm_source={utm['source']}&utm_medium={utm['medium']}"
+        context["page"]["url"] = url
+    return {"type": "page", "messageId": f"{prefix}tm{n}", "anonymousId": f"{prefix}a{v}", "name": "Docs",
+            "timestamp": datetime.now(dt_timezone.utc).isoformat(), "context": context,
+            "properties": {"url": url, "path": f"/p/{v % 50}", "referrer": "", "title": "Docs", "search": ""}}
+
+
+def tracker_phase(prefix: str, website: Website, types: dict[str, EventType], api: APIClient, *, total: int,
+                  batch_size: int, visitors: int, tag: str) -> dict[str, float]:
+    """Page views through POST /api/v1/t, batch by batch against the same
+    batch through the token API (POST /api/v1/events: the tracker keeps its
+    messageIds in its own namespace, so the same items are new there) and a
+    plain bulk_create of the same rows in the same batch size."""
+    from django.test import Client
+
+    client = Client()
+    rng = random.Random(11)
+    tracker_time = plain_time = tracker_cpu = plain_cpu = api_time = 0.0
+    sent = accepted = plain_written = 0
+    n = 0
+    latencies: list[float] = []
+    first = True
+    while sent < total:
+        items = []
+        for _ in range(min(batch_size, total - sent)):
+            n += 1
+            items.append(tracker_page_view(prefix, f"{tag}{n}", visitors, rng))
+        body = json.dumps({"key": website.key, "sentAt": datetime.now(dt_timezone.utc).isoformat(), "batch": items})
+        start, cpu_start = time.perf_counter(), time.process_time()
+        res = client.post("/api/v1/t", body, content_type="text/plain;charset=UTF-8", HTTP_ORIGIN=TRACKER_ORIGIN)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        if res.status_code != 200:
+            raise SystemExit(f"tracker: HTTP {res.status_code}: {res.content[:500]!r}")
+        if first:  # warm-up, as for the batch API
+            first = False
+            continue
+        tracker_time += elapsed
+        tracker_cpu += cpu
+        latencies.append(elapsed * 1000)
+        sent += len(items)
+        accepted += res.json()["accepted"]
+        start = time.perf_counter()
+        res = api.post("/api/v1/events", json.dumps({"batch": items}), content_type="application/json")
+        api_time += time.perf_counter() - start
+        if res.status_code != 200:
+            raise SystemExit(f"events API: HTTP {res.status_code}: {res.content[:500]!r}")
+        rows = plain_rows(items, prefix, types, uuid.uuid4())
+        start, cpu_start = time.perf_counter(), time.process_time()
+        with transaction.atomic():
+            Event.objects.bulk_create(rows, batch_size=batch_size)
+        plain_time += time.perf_counter() - start
+        plain_cpu += time.process_time() - cpu_start
+        plain_written += len(rows)
+    return {"per_s": sent / tracker_time, "plain_per_s": plain_written / plain_time, "accepted": accepted,
+            "per_cpu_s": sent / tracker_cpu, "plain_per_cpu_s": plain_written / plain_cpu,
+            "api_per_s": sent / api_time,
+            "sent": sent, "p50": statistics.median(latencies), "p95": percentile(latencies, 0.95)}
+
+
+def cleanup(prefix: str, client_name: str, website: Website | None = None) -> None:
+    if website is not None:
+        Event.objects.filter(client_event_id__startswith=f"t{website.pk}:").delete()
+        Website.history.filter(id=website.pk).delete()
+        website.delete()
     Event.objects.filter(client_event_id__startswith=prefix).delete()
     Identity.objects.filter(value__startswith=prefix).delete()
     Lead.objects.filter(email__startswith=prefix).delete()  # cascades stage history, consent, events
@@ -158,9 +240,14 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--events-per-visitor", type=int, default=20, help="visitor pool = events / this (default 20)")
     parser.add_argument("--email-share", type=float, default=0.2, help="share of visitors who identify (default 0.2)")
+    parser.add_argument("--tracker-events", type=int, default=None,
+                        help="page views through /api/v1/t (default 20,000; --quick 2,000); a twentieth more go one per request")
+    parser.add_argument("--tracker-batch", type=int, default=20,
+                        help="page views per tracker request (default 20, what the script sends at most)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ingest.json"))
     args = parser.parse_args()
     total = args.events or (10_000 if args.quick else 100_000)
+    tracker_total = args.tracker_events or (2_000 if args.quick else 20_000)
 
     # Query logging (DEBUG) would add its own cost to every query.
     settings.DEBUG = False
@@ -172,7 +259,7 @@ def main() -> int:
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     # The client's throttle would stop a long run; it is not what is measured.
-    rates = dict(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], user="1000000/min")
+    rates = dict(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], user="1000000/min", tracker="1000000/min")
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
     from rest_framework.settings import api_settings
 
@@ -191,6 +278,7 @@ def main() -> int:
     per_batch_queries: list[int] = []
     ingest_time = plain_time = ingest_cpu = 0.0
     sent = accepted = duplicate = rejected = plain_rows_written = 0
+    website = Website.objects.create(name=f"{prefix}site", allowed_origins=[TRACKER_ORIGIN])
     try:
         for n, items in enumerate(workload.batches()):
             body = json.dumps({"batch": items})
@@ -227,8 +315,15 @@ def main() -> int:
             plain_time += time.perf_counter() - start
             plain_rows_written += len(rows)
         leads_made = Lead.objects.filter(email__startswith=prefix).count()
+        # Before the tracker phase and the clean-up (whose deletes may load
+        # rows into memory): the batch API's own peak.
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        tracker = tracker_phase(prefix, website, types, api, total=tracker_total, batch_size=args.tracker_batch,
+                                visitors=workload.visitors, tag="b")
+        single = tracker_phase(prefix, website, types, api, total=max(50, tracker_total // 20), batch_size=1,
+                               visitors=workload.visitors, tag="s")
     finally:
-        cleanup(prefix, client_name)
+        cleanup(prefix, client_name, website)
 
     events_per_s = sent / ingest_time
     plain_per_s = plain_rows_written / plain_time
@@ -243,7 +338,7 @@ def main() -> int:
         ("batch_latency_p95", round(percentile(latencies, 0.95), 1), "ms"),
         ("queries_per_batch_mean", round(statistics.mean(per_batch_queries), 1), "queries"),
         ("queries_per_batch_max", max(per_batch_queries), "queries"),
-        ("peak_rss", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "MiB"),
+        ("peak_rss", round(peak_rss, 1), "MiB"),
         ("events_sent", sent, "events"),
         ("accepted", accepted, "events"),
         ("duplicate", duplicate, "events"),
@@ -251,6 +346,28 @@ def main() -> int:
         ("leads_created", leads_made, "leads"),
         ("new_leads_per_batch", round(leads_made / max(1, len(latencies) + 1), 1), "leads"),
         ("batch_size", args.batch_size, "events"),
+        # The website tracker's public endpoint (origin, key, public-input
+        # rules, namespaced ids) against a plain insert in the same batch size.
+        ("tracker_page_views_per_s", round(tracker["per_s"], 1), "page views/s"),
+        ("tracker_plain_insert_per_s", round(tracker["plain_per_s"], 1), "events/s"),
+        ("tracker_ratio", round(tracker["per_s"] / tracker["plain_per_s"], 3), "tracker/plain"),
+        # This process's CPU only, as events_per_app_cpu_s: readable on a shared machine.
+        ("tracker_page_views_per_app_cpu_s", round(tracker["per_cpu_s"], 1), "page views/cpu-s"),
+        ("tracker_plain_insert_per_app_cpu_s", round(tracker["plain_per_cpu_s"], 1), "events/cpu-s"),
+        ("tracker_cpu_ratio", round(tracker["per_cpu_s"] / tracker["plain_per_cpu_s"], 3), "tracker/plain"),
+        # The same batches through the token API: what the public endpoint adds.
+        ("tracker_events_api_per_s", round(tracker["api_per_s"], 1), "page views/s"),
+        ("tracker_vs_events_api", round(tracker["per_s"] / tracker["api_per_s"], 3), "tracker/api"),
+        ("tracker_request_latency_p50", round(tracker["p50"], 1), "ms"),
+        ("tracker_request_latency_p95", round(tracker["p95"], 1), "ms"),
+        ("tracker_batch_size", args.tracker_batch, "page views"),
+        ("tracker_accepted", tracker["accepted"], "page views"),
+        ("tracker_page_views_sent", tracker["sent"], "page views"),
+        # One page view per request: what a visitor's first, lone page view costs.
+        ("tracker_single_page_views_per_s", round(single["per_s"], 1), "page views/s"),
+        ("tracker_single_plain_insert_per_s", round(single["plain_per_s"], 1), "events/s"),
+        ("tracker_single_ratio", round(single["per_s"] / single["plain_per_s"], 3), "tracker/plain"),
+        ("tracker_single_vs_events_api", round(single["per_s"] / single["api_per_s"], 3), "tracker/api"),
     ]
     out = [{"metric": m, "value": v, "unit": u} for m, v, u in figures]
     for line in out:
@@ -261,6 +378,7 @@ def main() -> int:
         "quick": args.quick,
         "events_per_visitor": args.events_per_visitor,
         "email_share": args.email_share,
+        "tracker_events": tracker_total,
         "load_average": os.getloadavg(),
         "at": datetime.now(dt_timezone.utc).isoformat(),
     }

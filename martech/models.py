@@ -8,6 +8,7 @@ goes through a function in ``martech.services`` (see STYLE.md).
 from __future__ import annotations
 
 import hashlib
+import secrets
 import zoneinfo
 
 from django.conf import settings
@@ -658,6 +659,79 @@ def consent_text_version(text: str) -> str:
 
 
 _HTTP_URL = URLValidator(schemes=["http", "https"])
+
+
+# --- Websites (the first-party tracker) -------------------------------------------
+
+
+def website_key() -> str:
+    """A new publishable key. Publishable: it sits in every page of the
+    website, so it only names the website; the origin check and the
+    public-input rules are what keep outsiders from doing harm with it."""
+    return f"pk_{secrets.token_urlsafe(18)}"
+
+
+class Website(TimestampedModel):
+    """A website whose pages carry the tracker script (POST /api/v1/t)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    key = models.CharField(
+        "publishable key", max_length=40, unique=True, default=website_key, editable=False,
+        help_text="Sent by the tracker with every batch; rotate it with the admin action.",
+    )
+    allowed_origins = models.JSONField(
+        default=list,
+        help_text='Origins whose pages may send events, e.g. ["https://www.example.com"]. Scheme and host '
+                  "(and a port if not the default); a request from any other origin is refused.",
+    )
+    track_events = models.JSONField(
+        default=list, blank=True,
+        help_text="Event types (from the event catalog) pages may send with track(). Page views and "
+                  "identify calls are always allowed; any other track() event is refused.",
+    )
+    respect_privacy_signals = models.BooleanField(
+        default=True,
+        help_text="Send nothing and set no cookie in browsers that ask not to be tracked "
+                  "(Do Not Track or Global Privacy Control).",
+    )
+    is_active = models.BooleanField(default=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def source(self) -> str:
+        """What events and lead changes from this website are recorded as."""
+        return f"tracker:{self.pk}"
+
+    def clean(self) -> None:
+        from martech.cors import origins_clean
+
+        errors: dict[str, list[str]] = {}
+        origins = self.allowed_origins
+        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+            errors["allowed_origins"] = ["Give a list of origins."]
+        elif not origins:
+            errors["allowed_origins"] = ["List at least one origin, e.g. https://www.example.com."]
+        else:
+            try:
+                self.allowed_origins = origins_clean(origins)
+            except ValidationError as exc:
+                errors["allowed_origins"] = exc.messages
+        names = self.track_events
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            errors["track_events"] = ["Give a list of event type names."]
+        else:
+            known = set(EventType.objects.filter(name__in=names).values_list("name", flat=True))
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                errors["track_events"] = [f"Not in the event catalog: {', '.join(unknown)}."]
+        if errors:
+            raise ValidationError(errors)
 
 
 # --- Sales tasks ----------------------------------------------------------------

@@ -180,6 +180,8 @@ Q_CLUSTER = {
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
+    # One connection pool per process instead of a connection per enqueue.
+    Q_CLUSTER["broker_class"] = "martech.taskqueue.PooledRedisBroker"
 else:
     Q_CLUSTER["orm"] = "default"
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
@@ -273,6 +275,7 @@ REST_FRAMEWORK = {
         "anon": env.str("API_THROTTLE_ANON", default="120/min"),
         "user": env.str("API_THROTTLE_CLIENT", default="6000/min"),
         "form_capture": env.str("FORM_CAPTURE_RATE", default="20/min"),
+        "tracker": env.str("TRACKER_RATE", default="300/min"),
     },
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "martech.api.errors.exception_handler",
@@ -306,6 +309,11 @@ MARTECH = {
     # in QuarantinedEvent (shown in the admin, replayable) and answers accepted.
     "UNKNOWN_EVENT_POLICY": env.str("MARTECH_UNKNOWN_EVENT_POLICY", default="reject"),
     "EVENT_BATCH_MAX": env.int("MARTECH_EVENT_BATCH_MAX", default=500),
+    # The website tracker's public endpoint: most events per request and
+    # largest body (64 KiB is also what a browser lets sendBeacon and a
+    # keepalive fetch carry).
+    "TRACKER_BATCH_MAX": env.int("MARTECH_TRACKER_BATCH_MAX", default=50),
+    "TRACKER_BODY_MAX": env.int("MARTECH_TRACKER_BODY_MAX", default=65536),
     "DEFAULT_LIFECYCLE_STAGE": "lead",
     # /healthz fails when no qcluster has reported for this many seconds.
     "HEALTHZ_CLUSTER_MAX_AGE": env.int("MARTECH_HEALTHZ_CLUSTER_MAX_AGE", default=30),

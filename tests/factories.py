@@ -96,3 +96,12 @@ class FormFactory(factory.django.DjangoModelFactory):
     consent_field = "consent"
     consent_text = "I agree to receive marketing email."
     event_type = factory.LazyFunction(lambda: models.EventType.objects.get(name="form_submitted"))
+
+
+class WebsiteFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = models.Website
+
+    name = factory.Sequence(lambda n: f"Website {n}")
+    allowed_origins = factory.LazyFunction(lambda: ["https://www.acme.example"])
+    track_events = factory.LazyFunction(lambda: ["demo_requested", "pricing_viewed"])

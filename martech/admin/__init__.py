@@ -14,4 +14,5 @@ from martech.admin import (  # noqa: F401
     quarantine,
     stages,
     tasks,
+    websites,
 )

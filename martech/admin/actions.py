@@ -186,3 +186,28 @@ def discard_quarantined(modeladmin, request, queryset):
     return _quarantine_action(
         modeladmin, request, queryset, service=quarantine_discard, verb="discard", action="discard_quarantined"
     )
+
+
+# --- Websites ---------------------------------------------------------------
+
+
+@admin.action(description="Rotate publishable key…", permissions=["change"])
+def rotate_website_key(modeladmin, request, queryset):
+    from martech.services.tracker import website_rotate_key
+
+    if "apply" not in request.POST:
+        return _confirmation(
+            modeladmin,
+            request,
+            queryset,
+            action="rotate_website_key",
+            title="Rotate publishable keys",
+            template="admin/martech/website/action_rotate_key.html",
+        )
+    rotated = 0
+    for website in queryset:
+        website_rotate_key(website=website, actor=request.user)
+        modeladmin.log_change(request, website, "Rotated the publishable key")
+        rotated += 1
+    modeladmin.message_user(request, f"Rotated the publishable key of {rotated} website(s); paste their new snippets.")
+    return None

@@ -26,6 +26,14 @@ class FormCaptureThrottle(_SettingsRateMixin, SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
+class TrackerThrottle(FormCaptureThrottle):
+    """Per client IP, for the website tracker's public endpoint. Counted per
+    request (a batch), not per event; its own rate, since every page view of
+    a visitor calls it while a form is posted once."""
+
+    scope = "tracker"
+
+
 class ClientRateThrottle(_SettingsRateMixin, SimpleRateThrottle):
     """Per API client (or per staff user), not per IP: one sender's backlog
     replay must not slow another that shares its egress address."""

@@ -34,6 +34,7 @@ from jsonschema.exceptions import best_match
 from martech import hooks, signals
 from martech.db import is_conflict, run_in_transaction
 from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
+from martech.selectors import NOT_APPLIED
 from martech.services.campaigns import UTM_FIELDS, UtmNormalizer, campaigns_by_utm
 from martech.services.leads import clean_lead_data, identity_link, lead_upsert
 from martech.services.normalize import find_unstorable, normalize_email
@@ -441,6 +442,7 @@ def events_ingest(
     actor=None,
     batch_context: dict | None = None,
     policy: str | None = None,
+    public: bool = False,
 ) -> IngestResult:
     """Validate and store a batch of Segment-shaped items (track, page,
     identify). Every item is answered, in order: accepted, duplicate (its
@@ -450,6 +452,11 @@ def events_ingest(
     event catalog refused it). Accepted items are kept when others fail.
     ``events_ingested`` is sent once after commit with the new event ids.
     The caller checks permissions.
+
+    ``public`` marks anonymous input (the website tracker): identify traits
+    and emails reach leads through ``lead_upsert(public=True)`` (found by
+    email only, empty fields filled, nothing overwritten), and what could not
+    be applied is kept on the item's event under ``not_applied``.
     """
     policy = policy or settings.MARTECH["UNKNOWN_EVENT_POLICY"]
     parsed: list[_Item] = []
@@ -484,10 +491,10 @@ def events_ingest(
             if not item.refused:
                 item.result, item.lead_id, item.touch = None, None, None
 
-    return run_in_transaction(lambda: _store(parsed, source=source, actor=actor), on_retry=reset)
+    return run_in_transaction(lambda: _store(parsed, source=source, actor=actor, public=public), on_retry=reset)
 
 
-def _store(parsed: list[_Item], *, source: str, actor) -> IngestResult:
+def _store(parsed: list[_Item], *, source: str, actor, public: bool = False) -> IngestResult:
     # Rejected items are fixed before this point; an item that fails in here is
     # marked with a result and the rest go on.
     pending = [i for i in parsed if i.result is None]
@@ -507,7 +514,7 @@ def _store(parsed: list[_Item], *, source: str, actor) -> IngestResult:
         _quarantine(quarantined, source=source)
 
     if candidates:
-        _resolve_leads(candidates, source=source, actor=actor)
+        _resolve_leads(candidates, source=source, actor=actor, public=public)
         _insert_events(candidates)
 
     result = IngestResult(results=[i.result for i in parsed])
@@ -542,7 +549,7 @@ def _quarantine(items: list[_Item], *, source: str) -> None:
     QuarantinedEvent.objects.bulk_create(rows)
 
 
-def _resolve_leads(items: list[_Item], *, source: str, actor) -> None:
+def _resolve_leads(items: list[_Item], *, source: str, actor, public: bool = False) -> None:
     """Set ``lead_id`` on each item: by email, else userId, else anonymousId.
     New emails go through lead_upsert (the one dedupe path) and new ids are
     linked with identity_link, each item in its own savepoint."""
@@ -589,7 +596,14 @@ def _resolve_leads(items: list[_Item], *, source: str, actor) -> None:
             with transaction.atomic():
                 lead_id = current_lead(item)
                 if item.email and needs_upsert(item):
-                    lead, _ = lead_upsert(data={**item.lead_data, "email": item.email}, source=source, actor=actor)
+                    unapplied: dict[str, Any] = {}
+                    lead, _ = lead_upsert(
+                        data={**item.lead_data, "email": item.email}, source=source, actor=actor,
+                        public=public, unapplied=unapplied if public else None,
+                    )
+                    if unapplied:
+                        # Kept as evidence on the event, never applied (public input).
+                        item.properties = {**item.properties, NOT_APPLIED: unapplied}
                     lead_id = lead.pk
                     row = {"id": lead.pk, "email": lead.email}
                     row.update({k: getattr(lead, k) for k in trait_fields})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management import call_command
 
-from martech.models import ApiClient, Lead, LifecycleStage, QuarantinedEvent, SalesTask
+from martech.models import ApiClient, Lead, LifecycleStage, QuarantinedEvent, SalesTask, Website
 
 
 def build_demo(*, leads: int = 60) -> None:
@@ -22,4 +22,7 @@ def build_demo(*, leads: int = 60) -> None:
 
         lead = Lead.objects.order_by("pk").first()
         task_create(key="admin-demo:task", lead=lead, subject=f"Call {lead}", source="admin-demo")
+    if not Website.objects.exists():
+        Website.objects.create(name="acme.example", allowed_origins=["https://www.acme.example"],
+                               track_events=["demo_requested"])
     assert LifecycleStage.objects.exists()

@@ -14,7 +14,7 @@ MARTECH_MODELS = sorted(
 )
 # Rows made only by services or commands: the admin offers no "add".
 NO_ADD = {"apiclient", "event", "stagetransition", "quarantinedevent", "salestask"}
-HISTORY = {"lifecyclestage", "eventtype", "campaign", "utmalias", "channelrule", "form", "apiclient"}
+HISTORY = {"lifecyclestage", "eventtype", "campaign", "utmalias", "channelrule", "form", "apiclient", "website"}
 
 
 def _url(model, view, *args):
