@@ -11,7 +11,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('martech', '0006_config_version'),
+        ('martech', '0007_form_hosting'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
