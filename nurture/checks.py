@@ -1,6 +1,7 @@
-"""Deploy checks of nurture's settings (see martech/checks.py): with debug
-off, a console SMS backend and links in emails that point at this machine or
-travel over plain http are refused."""
+"""Checks of nurture's settings. Always: the recovery lease must outlast a
+send (nurture.W001). Deploy (see martech/checks.py): with debug off, a
+console SMS backend and links in emails that point at this machine or travel
+over plain http are refused."""
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -11,6 +12,20 @@ from django.core import checks
 from martech.checks import is_loopback_url, production
 
 NON_DELIVERING_SMS = {"nurture.channels.ConsoleSmsBackend", "nurture.channels.LocmemSmsBackend"}
+
+
+@checks.register()
+def check_nurture_lease(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    conf = settings.MARTECH_NURTURE
+    lease, timeout = conf["SENDING_LEASE_SECONDS"], conf["SEND_TIMEOUT_SECONDS"]
+    if lease > timeout:
+        return []
+    return [checks.Warning(
+        f"NURTURE_SENDING_LEASE_SECONDS={lease} is not above NURTURE_SEND_TIMEOUT_SECONDS={timeout}: recovery may "
+        "take over a message whose send is still running.",
+        hint="Set the lease to several send timeouts (default 120 s for a 30 s timeout).",
+        id="nurture.W001",
+    )]
 
 
 @checks.register(checks.Tags.security, deploy=True)
