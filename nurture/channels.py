@@ -180,7 +180,8 @@ class EmailSession:
             raise
         status = getattr(mail, "anymail_status", None)
         provider = getattr(status, "message_id", None) if status is not None else None
-        return provider if isinstance(provider, str) else ""
+        # One recipient, one id (anymail gives a set when recipients' ids differ).
+        return "" if provider is None or isinstance(provider, (set, frozenset)) else str(provider)
 
     def _send_smtp(self, mail: EmailMultiAlternatives, commit_point) -> str:
         from django.core.mail.message import sanitize_address
