@@ -550,7 +550,8 @@ def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | No
                     changed.append(enr)
             executions = StepExecution.objects.bulk_create([r.execution for r in rows])
             msgs = [
-                Message(key=ex.key, execution=ex, lead=ex.enrollment.lead, workflow_id=ex.workflow_id, step=ex.step,
+                Message(key=ex.key, execution=ex, enrollment=ex.enrollment, lead=ex.enrollment.lead,
+                        workflow_id=ex.workflow_id, step=ex.step,
                         created_at=moment, claimed_at=moment, **r.message)
                 for ex, r in zip(executions, rows) if r.message
             ]
@@ -686,13 +687,21 @@ def _deliver_one(msg: Message, session: channels.EmailSession, marker: _Marker) 
     if not marker.claim(msg.pk):
         return "gone"
     with transaction.atomic():
+        if marker.split:
+            # This commit need not wait for its WAL flush: the "sending" mark
+            # it follows was flushed before the send (a synchronous commit
+            # on the marker's connection). A database crash can lose only
+            # this outcome, leaving the message "sending", then in doubt:
+            # never a second send.
+            with connection.cursor() as c:
+                c.execute("SET LOCAL synchronous_commit = off")
         lead = _lock_lead(msg.lead_id, msg.to if msg.channel == Message.Channel.EMAIL else "")
         if lead is None:
             return "gone"
         mine = Message.objects.filter(pk=msg.pk)
         # Its own status and any unsettled earlier message of the enrollment,
         # in one query (steps of a journey go out in order, also after a crash).
-        ahead = dict(Message.objects.filter(execution__enrollment_id=msg.execution.enrollment_id, pk__lte=msg.pk,
+        ahead = dict(Message.objects.filter(enrollment_id=msg.execution.enrollment_id, pk__lte=msg.pk,
                                             status__in=Message.UNSETTLED).values_list("pk", "status"))
         if ahead.get(msg.pk) != marker.expected:
             return "gone"

@@ -194,6 +194,11 @@ class Message(models.Model):
 
     key = models.CharField(max_length=120, unique=True)
     execution = models.ForeignKey(StepExecution, on_delete=models.CASCADE, related_name="messages")
+    # The execution's enrollment, kept here: each send asks for the
+    # enrollment's unsettled earlier messages (steps go out in order) on
+    # this column's index, not through a join the planner may drive from
+    # the status index (every queued message of a backlog).
+    enrollment = models.ForeignKey(Enrollment, null=True, on_delete=models.CASCADE, related_name="messages")
     lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="nurture_messages")
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+")
     step = models.CharField(max_length=64)
