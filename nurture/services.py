@@ -392,8 +392,9 @@ def address_suppress(*, address: str, reason: str, detail: str = "", provider_id
     address = (address or "").strip().lower()
     if not address:
         raise ValidationError({"address": ["An address is required."]})
-    # The leads at this address first (the one lock order, as sends take it).
-    list(Lead.objects.select_for_update().filter(email__iexact=address).order_by("pk").values_list("pk", flat=True))
+    # The lead at this address first (the one lock order, as sends take it;
+    # lead emails are stored normalized, lower-case, on a unique index).
+    Lead.objects.select_for_update().filter(email=address).values_list("pk").first()
     _, created = Suppression.objects.get_or_create(address=address, defaults={"reason": reason, "detail": detail[:500]})
     now = timezone.now()
     msgs = Message.objects.filter(provider_id=provider_id) if provider_id else Message.objects.none()
