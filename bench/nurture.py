@@ -228,18 +228,26 @@ def crash_run(n: int, batch: int, *, lease: int, tick: float, kill_after: int) -
                 time.sleep(0.001)
             os.kill(first.pid, signal.SIGKILL)
             first.wait()
-            killed_at = time.perf_counter()
+            killed_at, killed_wall = time.perf_counter(), time.time()
             before_kill_rate = len(sink.received) / (killed_at - t0)
+            # What the dead worker had decided: its messages, and the moment they are all settled.
+            last_id = Message.objects.filter(workflow=wf).order_by("-pk").values_list("pk", flat=True).first() or 0
             left = Message.objects.filter(workflow=wf).exclude(status="sent").count() + Enrollment.objects.filter(
                 workflow=wf, status="active").count()
             second = subprocess.Popen(cmd + ["--tick", str(tick)], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
             second.communicate()
             recovered_s = time.perf_counter() - killed_at
             taken = Counter(sink.keys())
+            resumed = min((r["at"] for r in sink.received if r["at"] > killed_wall), default=None)
         doubt = set(Message.objects.filter(workflow=wf, status="in_doubt").values_list("key", flat=True))
+        from django.db.models import Max
+
+        left_done = Message.objects.filter(workflow=wf, pk__lte=last_id, status="sent").aggregate(t=Max("sent_at"))["t"]
         return {
             "n": n, "lease_s": lease, "tick_s": tick, "killed_after": kill_after, "left_at_kill": left,
             "crash_to_all_settled_s": recovered_s,
+            "crash_to_first_send_s": (resumed - killed_wall) if resumed else None,
+            "crash_to_dead_workers_messages_sent_s": (left_done.timestamp() - killed_wall) if left_done else None,
             "sent": Message.objects.filter(workflow=wf, status="sent").count(),
             "in_doubt": len(doubt), "in_doubt_never_sent": len(doubt - set(taken)),
             "duplicates": sum(c - 1 for c in taken.values() if c > 1),

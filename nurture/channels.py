@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import smtplib
+import socket
 import urllib.request
 from functools import lru_cache
 from typing import Any, Protocol
@@ -189,6 +190,13 @@ class EmailSession:
         backend = self.backend
         if backend.connection is None:
             backend.open()
+            # The content and the final "." are separate small writes (the
+            # mark is committed between them): without this, Nagle's
+            # algorithm holds the "." until the server's delayed ACK (40 ms
+            # on Linux) on every message.
+            sock = getattr(backend.connection, "sock", None)
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         smtp = backend.connection
         encoding = mail.encoding or settings.DEFAULT_CHARSET
         sender = sanitize_address(mail.from_email, encoding)
@@ -252,8 +260,6 @@ _DOT_LINE = re.compile(rb"(?m)^\.")
 def _maybe_taken(exc: Exception) -> bool:
     """A timeout, a dropped connection or a 5xx from an ESP's API may hide
     an accepted message; a 4xx or a refusal did not send it."""
-    import socket
-
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status is not None:
         return status >= 500
