@@ -624,7 +624,14 @@ def _lock_lead(lead_id: int, address: str = "") -> Lead | None:
         return Subquery(ConsentRecord.objects.filter(lead=OuterRef("pk"), channel=channel)
                         .order_by("-recorded_at", "-id").values("status")[:1])
 
-    return (Lead.objects.select_for_update(of=("self",)).select_related("lifecycle_stage")
+    # Two statements, not one SELECT ... FOR UPDATE with the reads as
+    # subqueries: under READ COMMITTED a statement that waited for the lock
+    # re-reads the locked row but evaluates its subqueries on the snapshot
+    # taken before the wait, so a withdrawal that held the lock would be
+    # missed. The read after the lock sees everything committed before it.
+    if not Lead.objects.select_for_update().filter(pk=lead_id).values_list("pk").first():
+        return None
+    return (Lead.objects.select_related("lifecycle_stage")
             .annotate(consent_email=latest("email"), consent_sms=latest("sms"),
                       address_suppressed=Exists(Suppression.objects.filter(address=address.lower())))
             .filter(pk=lead_id).first())
