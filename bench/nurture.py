@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -45,18 +46,28 @@ from nurture.models import Enrollment, Message, Workflow  # noqa: E402
 RATE = 1000  # due steps per second offered to the workers
 
 
-def worker(workflow_id: int, batch: int) -> None:
+def worker(workflow_id: int, batch: int, smtp_port: int | None = None, tick: float = 0.1) -> None:
+    """Loop the engine until the workflow's enrollments are done and its
+    messages settled (sent, skipped, failed or in doubt); ``tick``: the sleep
+    when a run found nothing (the scheduler's period, in the crash run)."""
     from nurture.engine import enrollments_advance_due
 
     settings.DEBUG = False
-    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    if smtp_port:
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp_port
+        settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    else:
+        settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     steps = 0
-    while Enrollment.objects.filter(workflow_id=workflow_id, status="active").exists():
+    unsettled = Message.objects.filter(workflow_id=workflow_id, status__in=["queued", "sending"])
+    while (Enrollment.objects.filter(workflow_id=workflow_id, status="active").exists() or unsettled.exists()):
         done = enrollments_advance_due(batch_size=batch, max_batches=1)
         mail.outbox = []  # locmem keeps every message; an ESP would not
         steps += done
         if not done:
-            time.sleep(0.1)
+            time.sleep(tick)
     from rss import own_peak_rss_kb  # bench/rss.py: this process's own peak, not the parent's
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -185,6 +196,69 @@ def backlog_run(n: int, batch: int, workers: int) -> dict:
         Lead.objects.filter(email__startswith=prefix).delete()
 
 
+def crash_run(n: int, batch: int, *, lease: int, tick: float, kill_after: int) -> dict:
+    """A worker delivering over SMTP (to a loopback sink that answers each
+    message after 2 ms) is SIGKILLed after ``kill_after`` messages; a new
+    worker then runs the engine every ``tick`` seconds, as the schedule does,
+    with the lease at ``lease`` seconds. Measures the time from the kill to
+    every due step settled, what was left in doubt, and whether any of those
+    never reached the sink."""
+    import signal
+
+    from tests.nurture.smtp_sink import SmtpSink
+
+    prefix = f"nc{uuid.uuid4().hex[:8]}-"
+    stage = LifecycleStage.objects.get(key="lead")
+    leads = Lead.objects.bulk_create([Lead(email=f"{prefix}{j}@bench.example", lifecycle_stage=stage) for j in range(n)])
+    ConsentRecord.objects.bulk_create([ConsentRecord(lead=l, channel="email", status="granted", source="bench") for l in leads])
+    from nurture.services import workflow_enroll_bulk, workflow_publish
+
+    wf = Workflow.objects.create(name=f"{prefix}bench", definition={"start": "e1", "steps": {
+        "e1": {"type": "send_email", "subject": "Hi", "body": "https://example.com/x", "next": "end"}, "end": {"type": "end"}}})
+    workflow_publish(workflow=wf)
+    wf.refresh_from_db()
+    env = {**os.environ, "NURTURE_SENDING_LEASE_SECONDS": str(lease), "NURTURE_SEND_TIMEOUT_SECONDS": str(max(1, lease // 4))}
+    try:
+        workflow_enroll_bulk(workflow=wf, leads=Lead.objects.filter(email__startswith=prefix), source="bench")
+        with SmtpSink(reply_delay=0.002) as sink:
+            cmd = [sys.executable, __file__, "--worker", str(wf.pk), "--batch", str(batch), "--smtp-port", str(sink.port)]
+            first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=ROOT, env=env)
+            t0 = time.perf_counter()
+            while len(sink.received) < kill_after and first.poll() is None:
+                time.sleep(0.001)
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait()
+            killed_at, killed_wall = time.perf_counter(), time.time()
+            before_kill_rate = len(sink.received) / (killed_at - t0)
+            # What the dead worker had decided: its messages, and the moment they are all settled.
+            last_id = Message.objects.filter(workflow=wf).order_by("-pk").values_list("pk", flat=True).first() or 0
+            left = Message.objects.filter(workflow=wf).exclude(status="sent").count() + Enrollment.objects.filter(
+                workflow=wf, status="active").count()
+            second = subprocess.Popen(cmd + ["--tick", str(tick)], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+            second.communicate()
+            recovered_s = time.perf_counter() - killed_at
+            taken = Counter(sink.keys())
+            resumed = min((r["at"] for r in sink.received if r["at"] > killed_wall), default=None)
+        doubt = set(Message.objects.filter(workflow=wf, status="in_doubt").values_list("key", flat=True))
+        from django.db.models import Max
+
+        left_done = Message.objects.filter(workflow=wf, pk__lte=last_id, status="sent").aggregate(t=Max("sent_at"))["t"]
+        return {
+            "n": n, "lease_s": lease, "tick_s": tick, "killed_after": kill_after, "left_at_kill": left,
+            "crash_to_all_settled_s": recovered_s,
+            "crash_to_first_send_s": (resumed - killed_wall) if resumed else None,
+            "crash_to_dead_workers_messages_sent_s": (left_done.timestamp() - killed_wall) if left_done else None,
+            "sent": Message.objects.filter(workflow=wf, status="sent").count(),
+            "in_doubt": len(doubt), "in_doubt_never_sent": len(doubt - set(taken)),
+            "duplicates": sum(c - 1 for c in taken.values() if c > 1),
+            "smtp_msgs_per_s_before_kill": before_kill_rate,
+        }
+    finally:
+        Enrollment.objects.filter(workflow=wf).delete()
+        Workflow.objects.filter(pk=wf.pk).delete()
+        Lead.objects.filter(email__startswith=prefix).delete()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10,000 due steps (under a minute)")
@@ -192,16 +266,25 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--smtp-port", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tick", type=float, default=0.1, help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["backlog", "crash"], default=None,
+                        help="run only the backlog throughput or only the crash recovery")
+    parser.add_argument("--crashes", type=int, default=3, help="crash runs (each kills a worker once)")
+    parser.add_argument("--lease", type=int, default=20, help="NURTURE_SENDING_LEASE_SECONDS in the crash runs")
+    parser.add_argument("--crash-tick", type=float, default=10.0, help="the scheduler's period in the crash runs (s)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "nurture.json"))
     args = parser.parse_args()
     if args.worker is not None:
-        worker(args.worker, args.batch)
+        worker(args.worker, args.batch, args.smtp_port, args.tick)
         return 0
     settings.DEBUG = False
     if connection.vendor != "postgresql":
         print("bench/nurture.py measures PostgreSQL (SKIP LOCKED); set DATABASE_URL", file=sys.stderr)
         return 2
     n = args.n or (10_000 if args.quick else 100_000)
+    if args.only:
+        return _partial(args, n)
     small = one_run(max(n // 10, 1000), args.batch, args.workers)
     big = one_run(n, args.batch, args.workers)
     backlog = backlog_run(n, args.batch, args.workers)
@@ -237,6 +320,24 @@ def main() -> int:
             "backlog_run": {k: backlog[k] for k in ("load_at_workers_start", "load_at_end")},
             "small_run": {k: small[k] for k in ("n", "lag_p95_s", "worker_maxrss_mb", "enroll_s")}}
     Path(args.out).write_text(json.dumps({"results": results, "meta": meta}, indent=2, default=str) + "\n")
+    return 0
+
+
+def _partial(args, n: int) -> int:
+    lines = []
+    if args.only == "backlog":
+        backlog = backlog_run(n, args.batch, args.workers)
+        lines.append({"metric": "backlog_email_steps_per_s", "value": round(backlog["rate"], 1), "unit": "steps/s",
+                      "n": n, "load": backlog["load_at_workers_start"]})
+    else:
+        m = min(n, 3000)
+        for i in range(args.crashes):
+            run = crash_run(m, args.batch, lease=args.lease, tick=args.crash_tick, kill_after=m // 3 + 37 * i)
+            lines.append({"metric": "crash_recovery", **{k: round(v, 2) if isinstance(v, float) else v
+                                                           for k, v in run.items()}})
+    for line in lines:
+        print(json.dumps(line, default=str), flush=True)
+    Path(args.out).write_text(json.dumps({"results": lines}, indent=2, default=str) + "\n")
     return 0
 
 

@@ -420,8 +420,14 @@ MARTECH_NURTURE = {
     # No SMS between these local hours (lead's time zone, else DJANGO_TIME_ZONE).
     "QUIET_START_HOUR": env.int("NURTURE_QUIET_START_HOUR", default=21),
     "QUIET_END_HOUR": env.int("NURTURE_QUIET_END_HOUR", default=8),
-    # A message left "sending" this long by a dead worker is reconciled.
-    "SENDING_LEASE_SECONDS": env.int("NURTURE_SENDING_LEASE_SECONDS", default=600),
+    # A message a worker took (queued) or started sending and left for this
+    # long is taken over by recovery: its worker is dead or stalled. It must
+    # exceed the send timeout (a live send is never taken over; check
+    # nurture.W002); 120 s is four 30 s send timeouts, and a crash's work
+    # resumes within this plus one scheduler tick (about 3 minutes).
+    "SENDING_LEASE_SECONDS": env.int("NURTURE_SENDING_LEASE_SECONDS", default=120),
+    # Longest wait on one channel call (SMTP socket, webhook POST).
+    "SEND_TIMEOUT_SECONDS": env.int("NURTURE_SEND_TIMEOUT_SECONDS", default=30),
     # ConsoleSmsBackend only prints; a site that sends no SMS sets
     # nurture.channels.DisabledSmsBackend (SMS steps then fail, saying why).
     "SMS_BACKEND": env.str("NURTURE_SMS_BACKEND", default="nurture.channels.ConsoleSmsBackend"),

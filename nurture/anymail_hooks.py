@@ -1,13 +1,15 @@
 """anymail's normalized tracking webhooks (mounted by nurture.esp_webhooks):
-deliveries, bounces, complaints and unsubscribes go to
-``nurture.services.esp_event_record``. This module only reads the ESP's
+a send or delivery first confirms a message left in doubt
+(``nurture.services.messages_confirm_sent``, by the ESP's message id or our
+key in the event's metadata); deliveries, bounces, complaints and
+unsubscribes go to ``nurture.services.esp_event_record``. This module only reads the ESP's
 event: anymail calls some soft bounces "bounced", and only a hard one may
 suppress the address."""
 from __future__ import annotations
 
 from anymail.signals import AnymailTrackingEvent
 
-from nurture.services import ESP_EVENT_TYPES, esp_event_record
+from nurture.services import ESP_EVENT_TYPES, esp_event_record, messages_confirm_sent
 
 
 def is_hard_bounce(event: AnymailTrackingEvent) -> bool:
@@ -27,6 +29,10 @@ def is_hard_bounce(event: AnymailTrackingEvent) -> bool:
 
 
 def on_tracking(sender, event: AnymailTrackingEvent, esp_name: str, **kwargs) -> None:
+    if event.event_type in ("sent", "delivered"):
+        key = (getattr(event, "metadata", None) or {}).get("nurture_key", "")
+        if event.message_id or key:
+            messages_confirm_sent(provider_id=event.message_id or "", key=key)
     if event.event_type not in ESP_EVENT_TYPES or not event.recipient:
         return
     esp_event_record(

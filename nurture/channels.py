@@ -9,6 +9,8 @@ import io
 import json
 import logging
 import re
+import smtplib
+import socket
 import urllib.request
 from functools import lru_cache
 from typing import Any, Protocol
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.core import signing
 from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 from django.urls import reverse
 from django.utils.html import escape
 from django.utils.module_loading import import_string
@@ -118,11 +121,20 @@ def email_build(message, *, html_body: str) -> EmailMultiAlternatives:
         },
     )
     mail.attach_alternative(html, "text/html")
+    # anymail passes metadata to the ESP, which echoes it in tracking
+    # events: a delivery of a message whose worker died before storing the
+    # ESP's id still finds it by key (services.messages_confirm_sent).
+    mail.metadata = {"nurture_key": message.key}
     return mail
 
 
 def email_connection():
-    return get_connection()
+    conn = get_connection()
+    # A send that hangs must end before the recovery lease does (the
+    # nurture.W002 check keeps NURTURE_SEND_TIMEOUT_SECONDS below it).
+    if isinstance(conn, SmtpBackend) and conn.timeout is None:
+        conn.timeout = settings.MARTECH_NURTURE["SEND_TIMEOUT_SECONDS"]
+    return conn
 
 
 def email_was_sent(connection, key: str) -> bool | None:
@@ -131,6 +143,132 @@ def email_was_sent(connection, key: str) -> bool | None:
     left ``sending`` is marked in doubt, never resent blindly)."""
     lookup = getattr(connection, "was_sent", None)
     return lookup(key) if lookup else None
+
+
+class EmailInDoubt(Exception):
+    """The backend may have taken the message (no answer after the point of
+    no return): the Message is marked ``in_doubt``, never resent blindly."""
+
+
+class EmailSession:
+    """One email connection for a run of sends, each in two phases around
+    ``commit_point`` (the caller durably marks the message ``sending`` there).
+
+    SMTP is split at the protocol's own point of no return: MAIL, RCPT, DATA
+    and the content go first, then ``commit_point()``, then the final "." that
+    makes the server take the message. A worker killed before the "." leaves
+    nothing on the server (it drops an unfinished DATA) and the message is
+    known unsent; only a kill between the "." and the caller's commit of
+    ``sent`` leaves a message truly in doubt. Any other backend (console,
+    file, locmem, anymail's ESPs) is one call: ``commit_point()`` then the
+    call. anymail's ESP message id is returned, for tracking events to
+    confirm the message by."""
+
+    def __init__(self):
+        self.backend = email_connection()
+        self.smtp = isinstance(self.backend, SmtpBackend)
+
+    def send(self, mail: EmailMultiAlternatives, *, commit_point) -> str:
+        if self.smtp:
+            return self._send_smtp(mail, commit_point)
+        commit_point()
+        mail.connection = self.backend
+        try:
+            mail.send()
+        except Exception as exc:
+            if _maybe_taken(exc):
+                raise EmailInDoubt(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        status = getattr(mail, "anymail_status", None)
+        provider = getattr(status, "message_id", None) if status is not None else None
+        # One recipient, one id (anymail gives a set when recipients' ids differ).
+        return "" if provider is None or isinstance(provider, (set, frozenset)) else str(provider)
+
+    def _send_smtp(self, mail: EmailMultiAlternatives, commit_point) -> str:
+        from django.core.mail.message import sanitize_address
+
+        backend = self.backend
+        if backend.connection is None:
+            backend.open()
+            # The content and the final "." are separate small writes (the
+            # mark is committed between them): without this, Nagle's
+            # algorithm holds the "." until the server's delayed ACK (40 ms
+            # on Linux) on every message.
+            sock = getattr(backend.connection, "sock", None)
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        smtp = backend.connection
+        encoding = mail.encoding or settings.DEFAULT_CHARSET
+        sender = sanitize_address(mail.from_email, encoding)
+        recipients = [sanitize_address(a, encoding) for a in mail.recipients()]
+        content = _DOT_LINE.sub(b"..", mail.message().as_bytes(linesep="\r\n"))
+        if not content.endswith(b"\r\n"):
+            content += b"\r\n"
+        try:
+            smtp.ehlo_or_helo_if_needed()
+            code, resp = smtp.mail(sender)
+            if code != 250:
+                raise smtplib.SMTPSenderRefused(code, resp, sender)
+            refused = {}
+            for rcpt in recipients:
+                code, resp = smtp.rcpt(rcpt)
+                if code not in (250, 251):
+                    refused[rcpt] = (code, resp)
+            if len(refused) == len(recipients):
+                raise smtplib.SMTPRecipientsRefused(refused)
+            code, resp = smtp.docmd("data")
+            if code != 354:
+                raise smtplib.SMTPDataError(code, resp)
+            smtp.send(content)
+        except Exception:
+            self.abort()  # nothing was taken; start the next message on a fresh connection
+            raise
+        try:
+            commit_point()
+        except Exception:
+            self.abort()  # without the "." the server drops what it was given
+            raise
+        try:
+            smtp.send(b".\r\n")
+            code, resp = smtp.getreply()
+        except Exception as exc:  # the server may have taken it and its answer was lost
+            self.abort()
+            raise EmailInDoubt(f"{type(exc).__name__}: {exc}") from exc
+        if code != 250:
+            raise smtplib.SMTPDataError(code, resp)  # a refusal: not sent
+        return ""
+
+    def abort(self) -> None:
+        conn, self.backend.connection = getattr(self.backend, "connection", None), None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a dead socket is what we are dropping
+                pass
+
+    def close(self) -> None:
+        if self.smtp:
+            try:
+                self.backend.close()
+            except Exception:  # noqa: BLE001 - QUIT on a dead connection
+                self.abort()
+
+
+_DOT_LINE = re.compile(rb"(?m)^\.")
+
+
+def _maybe_taken(exc: Exception) -> bool:
+    """A timeout, a dropped connection or a 5xx from an ESP's API may hide
+    an accepted message; a 4xx or a refusal did not send it."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status is not None:
+        return status >= 500
+    try:
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+        from requests.exceptions import Timeout
+    except ImportError:  # pragma: no cover - requests ships with the project
+        return isinstance(exc, (socket.timeout, ConnectionError))
+    return isinstance(exc, (Timeout, RequestsConnectionError, socket.timeout, ConnectionError))
 
 
 # --- SMS ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Deploy checks of nurture's settings (see martech/checks.py): with debug
-off, a console SMS backend and links in emails that point at this machine or
-travel over plain http are refused, and an ESP whose tracking webhook has no
-secret is reported (the webhook refuses every post, so bounces and
+"""Checks of nurture's settings. Always: the recovery lease must outlast a
+send (nurture.W002). Deploy (see martech/checks.py): with debug off, a
+console SMS backend and links in emails that point at this machine or travel
+over plain http are refused, and an ESP whose tracking webhook has no secret
+is reported (nurture.W001: the webhook refuses every post, so bounces and
 complaints never suppress an address)."""
 from __future__ import annotations
 
@@ -14,6 +15,20 @@ from martech.checks import is_loopback_url, production
 from martech.email_config import ESP_BY_BACKEND, webhook_secret_missing
 
 NON_DELIVERING_SMS = {"nurture.channels.ConsoleSmsBackend", "nurture.channels.LocmemSmsBackend"}
+
+
+@checks.register()
+def check_nurture_lease(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    conf = settings.MARTECH_NURTURE
+    lease, timeout = conf["SENDING_LEASE_SECONDS"], conf["SEND_TIMEOUT_SECONDS"]
+    if lease > timeout:
+        return []
+    return [checks.Warning(
+        f"NURTURE_SENDING_LEASE_SECONDS={lease} is not above NURTURE_SEND_TIMEOUT_SECONDS={timeout}: recovery may "
+        "take over a message whose send is still running.",
+        hint="Set the lease to several send timeouts (default 120 s for a 30 s timeout).",
+        id="nurture.W002",
+    )]
 
 
 @checks.register(checks.Tags.security, deploy=True)

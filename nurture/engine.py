@@ -40,10 +40,11 @@ from nurture.models import AudienceMember, Enrollment, Message, StepExecution, S
 
 log = logging.getLogger(__name__)
 WAIT_UNTIL_POLL = timedelta(hours=1)
-MAX_STEPS_PER_RUN = 50
-# Sent messages are marked in groups; a worker killed in between leaves at
-# most this many "sending" that did go out (messages_recover reconciles them).
-MARK_EVERY = 50  # instant steps chained in one go, a guard only (graphs have no loops)
+MAX_STEPS_PER_RUN = 50  # instant steps chained in one go, a guard only (graphs have no loops)
+
+
+# Statuses of messages that never went out: they count for no frequency cap.
+NOT_SENT = [Message.Status.FAILED, Message.Status.TEST, Message.Status.SKIPPED]
 
 
 def cfg() -> dict:
@@ -95,7 +96,7 @@ def batch_prefetch(ctx: Ctx, leads: list[Lead], segment_ids=()) -> None:
     for lead_id, at in (
         Message.objects.filter(lead_id__in=ids, channel=Message.Channel.EMAIL, is_marketing=True,
                                created_at__gt=ctx.now - timedelta(days=7))
-        .exclude(status__in=[Message.Status.FAILED, Message.Status.TEST]).order_by("created_at")
+        .exclude(status__in=NOT_SENT).order_by("created_at")
         .values_list("lead_id", "created_at")
     ):
         ctx.sends.setdefault(lead_id, []).append(at)
@@ -149,7 +150,7 @@ def cap_until(lead: Lead, now: datetime, sent: list[datetime] | None = None) -> 
         sent = list(
             Message.objects.filter(
                 lead=lead, channel=Message.Channel.EMAIL, is_marketing=True, created_at__gt=now - timedelta(days=7)
-            ).exclude(status__in=[Message.Status.FAILED, Message.Status.TEST]).order_by("created_at").values_list("created_at", flat=True)
+            ).exclude(status__in=NOT_SENT).order_by("created_at").values_list("created_at", flat=True)
         )
     sent = [t for t in sent if t > now - timedelta(days=7)]
     waits = []
@@ -371,15 +372,11 @@ def goal_met(enr, now: datetime) -> bool:
     return False
 
 
-def suppressed_now(enr, ctx: Ctx) -> str | None:
-    """Suppression holds for the whole journey, not just at enrollment: a
-    lead who has since moved into a suppressed stage or segment leaves at its
-    next step, before anything is sent."""
-    s = enr.version.settings or {}
-    lead = enr.lead
-    if s.get("suppress_stages") and lead.lifecycle_stage_id and lead.lifecycle_stage.key in s["suppress_stages"]:
+def journey_refusal(lead: Lead, settings: dict, ctx: Ctx) -> str | None:
+    """The workflow's suppression (stages, segments) for ``lead`` now."""
+    if settings.get("suppress_stages") and lead.lifecycle_stage_id and lead.lifecycle_stage.key in settings["suppress_stages"]:
         return "suppressed_stage"
-    for seg_id in s.get("suppress_segments") or []:
+    for seg_id in settings.get("suppress_segments") or []:
         if ctx.segment_hits is not None:
             if lead.pk in ctx.segment_hits.get(seg_id, ()):
                 return "suppressed_segment"
@@ -388,6 +385,22 @@ def suppressed_now(enr, ctx: Ctx) -> str | None:
             if seg is not None and segment_matches(seg, lead, now=ctx.now):
                 return "suppressed_segment"
     return None
+
+
+def send_refusal(lead: Lead, channel: str, address: str, settings: dict, ctx: Ctx) -> str | None:
+    """The one answer to "may this message go to this lead now": the
+    workflow's suppressed stages and segments, the channel's consent
+    (withdrawn, never given), the address (missing, bounced, complained,
+    unsubscribed). Used when a step is decided and again, under the lead's
+    row lock, at the moment each message is sent."""
+    return journey_refusal(lead, settings, ctx) or _consent_refusal(lead, channel, address, ctx)
+
+
+def suppressed_now(enr, ctx: Ctx) -> str | None:
+    """Suppression holds for the whole journey, not just at enrollment: a
+    lead who has since moved into a suppressed stage or segment leaves at its
+    next step, before anything is decided (and delivery checks again)."""
+    return journey_refusal(enr.lead, enr.version.settings or {}, ctx)
 
 
 def _finish(enr: Enrollment, status: str, reason: str, now: datetime) -> None:
@@ -537,15 +550,16 @@ def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | No
                     changed.append(enr)
             executions = StepExecution.objects.bulk_create([r.execution for r in rows])
             msgs = [
-                Message(key=ex.key, execution=ex, lead=ex.enrollment.lead, workflow_id=ex.workflow_id, step=ex.step,
-                        created_at=moment, **r.message)
+                Message(key=ex.key, execution=ex, enrollment=ex.enrollment, lead=ex.enrollment.lead,
+                        workflow_id=ex.workflow_id, step=ex.step,
+                        created_at=moment, claimed_at=moment, **r.message)
                 for ex, r in zip(executions, rows) if r.message
             ]
             pending = Message.objects.bulk_create(msgs)
             _save_enrollments(changed)
         # Delivered from the rows in hand (with their execution and lead):
-        # this worker committed them as "sending" and nobody else touches
-        # them before the recovery lease, so no re-read is needed.
+        # this worker committed them "queued" and claimed; each is checked
+        # again under its lead's lock as it goes out.
         messages_deliver(messages=pending)
         batches += 1
     return total
@@ -560,104 +574,286 @@ def _fail(enr: Enrollment, exc: Exception, now: datetime) -> None:
 
 
 # --- delivery ---------------------------------------------------------------------
-def _deliver_one(msg: Message, conn) -> str:
+# Channels whose messages go to the lead: consent and suppression are checked
+# again when they are sent. Notifications and webhooks go to the team.
+TO_LEAD = {Message.Channel.EMAIL: "email", Message.Channel.SMS: "sms"}
+
+
+class _MarkFailed(Exception):
+    """The durable ``sending`` mark could not be written: the send was abandoned before its point of no return."""
+
+
+def _channel_call(msg: Message, session: channels.EmailSession, commit_point) -> str:
+    """Hand one message to its channel; ``commit_point()`` runs right before
+    the call's point of no return. Returns the provider's id, if any."""
     if msg.channel == Message.Channel.EMAIL:
         mail = channels.email_build(msg, html_body=msg.execution.detail.get("html", ""))
-        mail.connection = conn
-        mail.send()
-        # An anymail backend answers the ESP's message id: kept on the message,
-        # so the ESP's delivery and bounce webhooks find it.
-        status = getattr(mail, "anymail_status", None)
-        return str(getattr(status, "message_id", None) or "")
+        return session.send(mail, commit_point=commit_point)
+    commit_point()
     if msg.channel == Message.Channel.SMS:
         return channels.sms_backend().send(to=msg.to, body=msg.body, key=msg.key) or ""
     if msg.channel == Message.Channel.NOTIFY:
         if msg.execution.detail.get("via") == "webhook":
-            channels.post_json(msg.to, {"text": msg.body}, key=msg.key)
+            channels.post_json(msg.to, {"text": msg.body}, key=msg.key, timeout=cfg()["SEND_TIMEOUT_SECONDS"])
         else:
             from django.core.mail import send_mail
 
-            send_mail(msg.subject, msg.body, None, [msg.to], connection=conn)
+            send_mail(msg.subject, msg.body, None, [msg.to], connection=session.backend)
         return ""
     if msg.channel == Message.Channel.WEBHOOK:
         lead = msg.lead
         channels.post_json(msg.to, {
             "key": msg.key, "workflow": msg.workflow_id, "step": msg.step,
             "lead": {"id": lead.pk, "email": lead.email, "first_name": lead.first_name, "last_name": lead.last_name},
-        }, key=msg.key)
+        }, key=msg.key, timeout=cfg()["SEND_TIMEOUT_SECONDS"])
         return ""
     raise ValueError(f"unknown channel {msg.channel}")
 
 
-def messages_deliver(*, ids: list[int] | None = None, messages: list[Message] | None = None) -> int:
-    """Hand committed ``sending`` messages to their channels (by id, re-read
-    and still ``sending``; or the Message objects a batch just committed);
-    each is marked sent (or failed, with the error) right after its call."""
-    if not ids and not messages:
-        return 0
-    conn = channels.email_connection()
-    sent = 0
-    done: list[int] = []  # sent, not yet marked (marked every MARK_EVERY: fewer writes)
+def _lock_lead(lead_id: int, address: str = "") -> Lead | None:
+    """The lead's row lock, taken first (the one lock order), with what the
+    send-time check reads: its stage, its latest email and SMS consent and
+    whether ``address`` is suppressed, in one query. A consent withdrawal
+    (martech.services.leads.consent_record) takes the same lock, so it lands
+    before this check or after the send's commit."""
+    from django.db.models import Exists, OuterRef, Subquery
 
-    def mark() -> None:
-        if done:
-            Message.objects.filter(pk__in=done).update(status=Message.Status.SENT, sent_at=timezone.now())
-            done.clear()
+    from martech.models import ConsentRecord
 
-    msgs = messages if messages is not None else (
-        Message.objects.filter(pk__in=ids, status=Message.Status.SENDING).select_related("execution", "lead").order_by("pk"))
-    for msg in msgs:
+    def latest(channel):
+        return Subquery(ConsentRecord.objects.filter(lead=OuterRef("pk"), channel=channel)
+                        .order_by("-recorded_at", "-id").values("status")[:1])
+
+    # Two statements, not one SELECT ... FOR UPDATE with the reads as
+    # subqueries: under READ COMMITTED a statement that waited for the lock
+    # re-reads the locked row but evaluates its subqueries on the snapshot
+    # taken before the wait, so a withdrawal that held the lock would be
+    # missed. The read after the lock sees everything committed before it.
+    if not Lead.objects.select_for_update().filter(pk=lead_id).values_list("pk").first():
+        return None
+    return (Lead.objects.select_related("lifecycle_stage")
+            .annotate(consent_email=latest("email"), consent_sms=latest("sms"),
+                      address_suppressed=Exists(Suppression.objects.filter(address=address.lower())))
+            .filter(pk=lead_id).first())
+
+
+class _Marker:
+    """Marks a message ``sending`` durably at its commit point.
+
+    On PostgreSQL, outside any transaction, the mark is committed through a
+    second connection while the delivering transaction still holds the
+    lead's row lock: the consent check, the send and the commit of ``sent``
+    stay under one lock, and a crash before the channel's point of no return
+    leaves the message ``queued`` (known unsent). Elsewhere (SQLite, which
+    has one writer; a caller's open transaction) the message is claimed
+    ``sending`` in its own transaction before the lock is taken: a crash
+    during the check then leaves it in doubt, a wider window, same safety."""
+
+    def __init__(self):
+        from django.db import DEFAULT_DB_ALIAS, connections
+
+        self.split = connection.vendor == "postgresql" and not connection.in_atomic_block
+        self.conn = connections.create_connection(DEFAULT_DB_ALIAS) if self.split else None
+        if self.conn is not None:
+            with self.conn.cursor() as c:
+                # Never wait unboundedly on a row the delivering transaction
+                # cannot see being waited for (it holds the lead, not this).
+                c.execute("SELECT set_config('lock_timeout', %s, false)", [f"{cfg()['SEND_TIMEOUT_SECONDS']}s"])
+
+    def claim(self, pk: int) -> bool:
+        """Outside the split: queued -> sending in its own transaction."""
+        if self.split:
+            return True
+        with transaction.atomic():
+            return bool(Message.objects.filter(pk=pk, status=Message.Status.QUEUED)
+                        .update(status=Message.Status.SENDING, claimed_at=timezone.now()))
+
+    @property
+    def expected(self) -> str:
+        return Message.Status.QUEUED if self.split else Message.Status.SENDING
+
+    def commit_point(self, pk: int) -> None:
+        if not self.split:
+            return
+        table = connection.ops.quote_name(Message._meta.db_table)
+        with self.conn.cursor() as c:
+            c.execute(f"UPDATE {table} SET status = %s, claimed_at = %s WHERE id = %s AND status = %s",
+                      [Message.Status.SENDING, timezone.now(), pk, Message.Status.QUEUED])
+            if c.rowcount != 1:
+                raise RuntimeError(f"message {pk} was no longer queued at its commit point")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def _deliver_one(msg: Message, session: channels.EmailSession, marker: _Marker) -> str:
+    """Send one message under its lead's row lock; returns what happened:
+    sent, skipped, held (an earlier message of its enrollment is not settled
+    yet), failed, in_doubt or gone (settled by someone else)."""
+    if not marker.claim(msg.pk):
+        return "gone"
+    with transaction.atomic():
+        if marker.split:
+            # This commit need not wait for its WAL flush: the "sending" mark
+            # it follows was flushed before the send (a synchronous commit
+            # on the marker's connection). A database crash can lose only
+            # this outcome, leaving the message "sending", then in doubt:
+            # never a second send.
+            with connection.cursor() as c:
+                c.execute("SET LOCAL synchronous_commit = off")
+        lead = _lock_lead(msg.lead_id, msg.to if msg.channel == Message.Channel.EMAIL else "")
+        if lead is None:
+            return "gone"
+        mine = Message.objects.filter(pk=msg.pk)
+        # Its own status and any unsettled earlier message of the enrollment,
+        # in one query (steps of a journey go out in order, also after a crash).
+        # Only the enrollment in SQL (a handful of rows on its index); with
+        # the status there too the planner may walk the status index, every
+        # queued message of a backlog, once per send.
+        ahead = {pk: status for pk, status in Message.objects.filter(enrollment_id=msg.enrollment_id or msg.execution.enrollment_id)
+                 .values_list("pk", "status") if pk <= msg.pk and status in Message.UNSETTLED}
+        if ahead.get(msg.pk) != marker.expected:
+            return "gone"
+        if len(ahead) > 1:
+            # Waits for the earlier one; the recovery sweep retries it.
+            mine.update(status=Message.Status.QUEUED, claimed_at=None)
+            return "held"
+        now = timezone.now()
+        if msg.channel in TO_LEAD:
+            channel = TO_LEAD[msg.channel]
+            address = msg.to or ""  # where it goes, as decided
+            ctx = Ctx(now=now, consent={(lead.pk, "email"): lead.consent_email, (lead.pk, "sms"): lead.consent_sms},
+                      suppressed={address.lower()} if lead.address_suppressed else set())
+            refusal = send_refusal(lead, channel, address, msg.execution.enrollment.version.settings or {}, ctx)
+            if refusal:
+                mine.update(status=Message.Status.SKIPPED, status_reason=refusal[:100])
+                return "skipped"
+        def commit_point():
+            try:
+                marker.commit_point(msg.pk)
+            except Exception as exc:
+                raise _MarkFailed(str(exc)) from exc
+
         try:
-            provider = _deliver_one(msg, conn)
-        except channels.SmsInDoubt as exc:  # may have gone out: never resent blindly
-            Message.objects.filter(pk=msg.pk).update(status=Message.Status.IN_DOUBT, error=f"SmsInDoubt: {exc}"[:2000])
-            continue
-        except Exception as exc:  # noqa: BLE001 - kept on the row, shown in the admin
-            Message.objects.filter(pk=msg.pk).update(status=Message.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
-            continue
-        if provider:
-            Message.objects.filter(pk=msg.pk).update(status=Message.Status.SENT, sent_at=timezone.now(), provider_id=provider[:255])
-        else:
-            done.append(msg.pk)
-            if len(done) >= MARK_EVERY:
-                mark()
-        sent += 1
-    mark()
-    return sent
+            provider = _channel_call(msg, session, commit_point)
+        except _MarkFailed:
+            raise  # not sent and not marked: it stays queued for the sweep
+        except (channels.SmsInDoubt, channels.EmailInDoubt) as exc:  # may have gone out: never resent blindly
+            mine.update(status=Message.Status.IN_DOUBT, claimed_at=timezone.now(), status_reason="no_answer",
+                        error=f"{type(exc).__name__}: {exc}"[:2000])
+            return "in_doubt"
+        except Exception as exc:  # noqa: BLE001 - a refusal: kept on the row, shown in the admin
+            mine.update(status=Message.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+            return "failed"
+        mine.update(status=Message.Status.SENT, sent_at=timezone.now(), provider_id=provider[:255])
+    return "sent"
 
 
+def messages_deliver(*, ids: list[int] | None = None, messages: list[Message] | None = None) -> dict[str, int]:
+    """Hand committed ``queued`` messages to their channels (by id, re-read;
+    or the Message objects a batch just committed), in id order, each in its
+    own transaction under its lead's row lock: consent and suppression are
+    checked at that moment, the message is marked ``sending`` right before
+    the channel's point of no return and ``sent`` right after its own call
+    (a crash leaves at most the message in flight in doubt, not the batch).
+    Returns counts by outcome."""
+    counts: dict[str, int] = {}
+    if not ids and not messages:
+        return counts
+    msgs = messages if messages is not None else list(
+        Message.objects.filter(pk__in=ids).select_related("execution__enrollment__version", "lead").order_by("pk"))
+    session, marker = channels.EmailSession(), _Marker()
+    try:
+        for msg in msgs:
+            try:
+                outcome = _deliver_one(msg, session, marker)
+            except Exception:  # noqa: BLE001 - one broken message must not stop the run; it stays queued
+                log.exception("nurture: delivering message %s failed before its send", msg.pk)
+                outcome = "error"
+            counts[outcome] = counts.get(outcome, 0) + 1
+    finally:
+        session.close()
+        marker.close()
+    return counts
+
+
+# --- recovery ---------------------------------------------------------------------
 def messages_recover(*, lease_seconds: int | None = None, limit: int | None = None) -> dict[str, int]:
-    """Reconcile messages a dead worker left ``sending`` for longer than the
-    lease: sent when the backend confirms the key went out, sent now when it
-    confirms it did not, ``in_doubt`` when it cannot tell (never resent blindly).
+    """Settle what dead (or stalled) workers left, at most ``limit`` (default:
+    the batch size) of each kind per call, oldest first (every engine run
+    starts with this; the rest go to the next runs):
 
-    At most ``limit`` (default: the batch size) per call, oldest first: every
-    engine run starts with this, and psycopg's client-side cursor would
-    otherwise hold every stale row of a large crash in memory at once. The
-    rest are taken by the next runs."""
+    - ``sending`` past the lease: the send may or may not have happened.
+      Claimed, answered and settled in one transaction under the lead's lock
+      (a DB error rolls the claim back with it: nothing is stranded): ``sent``
+      when the backend confirms the key went out, ``queued`` (and delivered
+      below, with the send-time checks) when it confirms it did not,
+      ``in_doubt`` when it cannot tell.
+    - ``in_doubt`` past its workflow's ``in_doubt_minutes``: the workflow's
+      ``in_doubt_policy`` (hold for a person; resend; give up).
+    - ``queued`` unclaimed or past the lease (a dead worker's batch, a step
+      held behind an earlier one): delivered now."""
     lease = cfg()["SENDING_LEASE_SECONDS"] if lease_seconds is None else lease_seconds
     limit = limit or cfg()["BATCH_SIZE"]
-    cutoff = timezone.now() - timedelta(seconds=lease)
-    stale = list(Message.objects.filter(status=Message.Status.SENDING, created_at__lte=cutoff)
-                 .order_by("created_at", "pk").values_list("pk", "key", "channel")[:limit])
-    counts = {"confirmed": 0, "resent": 0, "in_doubt": 0}
-    if not stale:
-        return counts
-    conn = channels.email_connection()
-    resend = []
-    for pk, key, channel in stale:
-        # Claim the row first so two recovering workers never both resend it.
-        claimed = Message.objects.filter(pk=pk, status=Message.Status.SENDING).update(status=Message.Status.IN_DOUBT)
-        if not claimed:
-            continue
-        known = channels.email_was_sent(conn, key) if channel == Message.Channel.EMAIL else None
-        if known is True:
-            Message.objects.filter(pk=pk).update(status=Message.Status.SENT, sent_at=timezone.now())
-            counts["confirmed"] += 1
-        elif known is False:
-            Message.objects.filter(pk=pk).update(status=Message.Status.SENDING)
-            resend.append(pk)
-        else:
-            counts["in_doubt"] += 1
-    counts["resent"] = messages_deliver(ids=resend)
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=lease)
+    counts = {"confirmed": 0, "unsent": 0, "in_doubt": 0, "resent_by_policy": 0, "given_up": 0, "delivered": 0}
+    stale = list(Message.objects.filter(status=Message.Status.SENDING, claimed_at__lt=cutoff)
+                 .order_by("claimed_at", "pk").values_list("pk", "lead_id", "key", "channel")[:limit])
+    conn = channels.email_connection() if stale else None
+    for pk, lead_id, key, channel in stale:
+        with transaction.atomic():
+            if _lock_lead(lead_id) is None:
+                continue
+            mine = Message.objects.filter(pk=pk, status=Message.Status.SENDING, claimed_at__lt=cutoff)
+            if not mine.exists():
+                continue  # settled by another worker meanwhile
+            known = channels.email_was_sent(conn, key) if channel == Message.Channel.EMAIL else None
+            if known is True:
+                mine.update(status=Message.Status.SENT, sent_at=timezone.now(), status_reason="confirmed_by_backend")
+                counts["confirmed"] += 1
+            elif known is False:
+                mine.update(status=Message.Status.QUEUED, claimed_at=None, status_reason="")
+                counts["unsent"] += 1
+            else:
+                mine.update(status=Message.Status.IN_DOUBT, claimed_at=timezone.now(), status_reason="worker_died_mid_send")
+                counts["in_doubt"] += 1
+    _apply_in_doubt_policies(now=now, limit=limit, counts=counts)
+    counts["delivered"] = sum(messages_deliver(ids=_claim_queued(cutoff=cutoff, limit=limit)).values())
     return counts
+
+
+def _apply_in_doubt_policies(*, now: datetime, limit: int, counts: dict[str, int]) -> None:
+    for wf_id, policy, minutes in (Workflow.objects.exclude(in_doubt_policy=Workflow.InDoubtPolicy.HOLD)
+                                   .values_list("pk", "in_doubt_policy", "in_doubt_minutes")):
+        due = list(Message.objects.filter(workflow_id=wf_id, status=Message.Status.IN_DOUBT,
+                                          claimed_at__lt=now - timedelta(minutes=minutes))
+                   .order_by("claimed_at", "pk").values_list("pk", "lead_id")[:limit])
+        for pk, lead_id in due:
+            with transaction.atomic():
+                _lock_lead(lead_id)
+                mine = Message.objects.filter(pk=pk, status=Message.Status.IN_DOUBT)
+                if policy == Workflow.InDoubtPolicy.RESEND:
+                    counts["resent_by_policy"] += mine.update(status=Message.Status.QUEUED, claimed_at=None,
+                                                              status_reason="resent_by_policy")
+                else:
+                    counts["given_up"] += mine.update(status=Message.Status.FAILED, status_reason="given_up_by_policy")
+
+
+def _claim_queued(*, cutoff: datetime, limit: int) -> list[int]:
+    """Take queued messages nobody holds (unclaimed, or claimed before the
+    cutoff) by stamping ``claimed_at``; SKIP LOCKED lets several workers
+    share them. Only this short transaction locks them without their lead:
+    it waits for nothing, so it cannot close a cycle with a delivery."""
+    from django.db.models import Q
+
+    with transaction.atomic():
+        qs = (Message.objects.filter(status=Message.Status.QUEUED)
+              .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=cutoff)).order_by("pk"))
+        if connection.features.has_select_for_update_skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        ids = list(qs.values_list("pk", flat=True)[:limit])
+        if ids:
+            Message.objects.filter(pk__in=ids).update(claimed_at=timezone.now())
+    return ids

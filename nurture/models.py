@@ -55,6 +55,16 @@ class Workflow(models.Model):
     suppress_unsubscribed = models.BooleanField(default=True, help_text="Skip leads whose email consent is withdrawn.")
     goal_condition = models.TextField(blank=True, help_text="Meeting it exits the lead and counts a conversion.")
     goal_event = models.CharField(max_length=100, blank=True, help_text="An event name that meets the goal.")
+
+    class InDoubtPolicy(models.TextChoices):
+        HOLD = "hold", "Hold for a person (Messages › needs attention)"
+        RESEND = "resend", "Resend (risks a duplicate)"
+        GIVE_UP = "give_up", "Give up (risks a missed email)"
+
+    # What recovery does with a message a dead worker may or may not have
+    # sent, once it has been in doubt for in_doubt_minutes (see README, Nurture).
+    in_doubt_policy = models.CharField(max_length=8, choices=InDoubtPolicy.choices, default=InDoubtPolicy.HOLD)
+    in_doubt_minutes = models.PositiveIntegerField(default=60)
     # The draft step graph (see nurture.graph).
     definition = models.JSONField(default=dict, blank=True)
     current_version = models.ForeignKey(
@@ -155,11 +165,13 @@ class StepExecution(models.Model):
 
 
 class Message(models.Model):
-    """A message to a lead. Created as ``sending`` in the deciding
-    transaction; the channel call follows the commit and marks it ``sent``.
-    A worker killed between the two leaves it ``sending``: recovery asks the
-    backend whether it went out (when the backend can tell) and never resends
-    blindly (see nurture.delivery)."""
+    """A message to a lead. Created ``queued`` (with ``claimed_at``) in the
+    deciding transaction; delivery then, per message and under the lead's
+    row lock, checks consent and suppression again, marks it ``sending``
+    right before the point of no return of the channel call and ``sent``
+    right after it. A worker killed in between leaves it ``sending``:
+    recovery asks the backend whether it went out (when the backend can
+    tell) and never resends blindly (see nurture.engine)."""
 
     class Channel(models.TextChoices):
         EMAIL = "email", "Email"
@@ -168,14 +180,25 @@ class Message(models.Model):
         WEBHOOK = "webhook", "Webhook"
 
     class Status(models.TextChoices):
+        QUEUED = "queued", "Queued (not handed to the channel yet)"
         SENDING = "sending", "Sending"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped at send time (see reason)"
         IN_DOUBT = "in_doubt", "In doubt (may have gone out: not resent)"
         TEST = "test", "Rendered in test mode (not sent)"
 
+    # Waiting for delivery, or not known to be settled: a later message of
+    # the same enrollment waits behind these (steps go out in order).
+    UNSETTLED = (Status.QUEUED, Status.SENDING, Status.IN_DOUBT)
+
     key = models.CharField(max_length=120, unique=True)
     execution = models.ForeignKey(StepExecution, on_delete=models.CASCADE, related_name="messages")
+    # The execution's enrollment, kept here: each send asks for the
+    # enrollment's unsettled earlier messages (steps go out in order) on
+    # this column's index, not through a join the planner may drive from
+    # the status index (every queued message of a backlog).
+    enrollment = models.ForeignKey(Enrollment, null=True, on_delete=models.CASCADE, related_name="messages")
     lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="nurture_messages")
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+")
     step = models.CharField(max_length=64)
@@ -184,15 +207,23 @@ class Message(models.Model):
     to = models.CharField(max_length=500)
     subject = models.CharField(max_length=500, blank=True)
     body = models.TextField(blank=True)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.SENDING)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    # Why it was skipped at send time (no_consent, suppressed, ...), or how
+    # an in-doubt message was settled (confirmed by the ESP, resent, ...).
+    status_reason = models.CharField(max_length=100, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # When a worker last took it (queued) or started its send (sending): the
+    # recovery lease runs from here.
+    claimed_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)
     clicked_at = models.DateTimeField(null=True, blank=True)
     unsubscribed_at = models.DateTimeField(null=True, blank=True)
     bounced_at = models.DateTimeField(null=True, blank=True)
+    # The provider's id (the ESP's message id through anymail, Twilio's
+    # sid): tracking events find the message by it.
     provider_id = models.CharField(max_length=255, blank=True, db_index=True)
 
     class Meta:
@@ -200,6 +231,9 @@ class Message(models.Model):
             # Frequency cap: a lead's marketing emails in the last week.
             models.Index(fields=["lead", "channel", "created_at"], name="nurture_msg_cap"),
             models.Index(fields=["status", "created_at"], name="nurture_msg_status"),
+            # Recovery's sweep: unsettled messages whose lease ran out.
+            models.Index(fields=["status", "claimed_at"], name="nurture_msg_claim",
+                         condition=models.Q(status__in=["queued", "sending", "in_doubt"])),
         ]
 
 

@@ -376,8 +376,11 @@ def message_track(*, message: Message, kind: str, url: str = "") -> None:
 @transaction.atomic
 def message_unsubscribe(*, message: Message, source: str) -> bool:
     """Withdraw email consent, suppress the address, stamp the message.
-    Repeating it changes nothing (returns False)."""
+    Repeating it changes nothing (returns False). Takes the lead's row lock
+    first: a send in progress to this lead finishes before it, and no later
+    send passes the send-time check."""
     lead = message.lead
+    Lead.objects.select_for_update().filter(pk=lead.pk).values_list("pk").first()
     now = timezone.now()
     stamped = Message.objects.filter(pk=message.pk, unsubscribed_at__isnull=True).update(unsubscribed_at=now)
     address = (message.to or "").lower()
@@ -475,6 +478,61 @@ def _esp_event_record(*, esp: str, kind: str, address: str, message_id: str, eve
         consent_record(lead=lead, channel=ConsentChannel.EMAIL, granted=False, source=f"esp:{kind}",
                        evidence={"esp": esp, "message": message.key if message else "", "recipient": address})
     return new
+
+
+def messages_confirm_sent(*, provider_id: str = "", key: str = "") -> int:
+    """The ESP says it sent or delivered a message (anymail's ``sent`` or
+    ``delivered`` tracking event): one still ``sending`` or ``in_doubt`` is
+    ``sent``. Found by the ESP's message id, or by our key echoed in the
+    event's metadata (a worker that died right after the ESP's answer never
+    stored the id). Idempotent; returns the messages settled."""
+    q = Message.objects.none()
+    if provider_id:
+        q = Message.objects.filter(provider_id=provider_id)
+    if key:
+        q = q | Message.objects.filter(key=key)
+    settled = 0
+    for pk, lead_id in q.filter(status__in=[Message.Status.SENDING, Message.Status.IN_DOUBT]).values_list("pk", "lead_id"):
+        with transaction.atomic():
+            Lead.objects.select_for_update().filter(pk=lead_id).values_list("pk").first()
+            fields = {"status": Message.Status.SENT, "sent_at": timezone.now(), "status_reason": "confirmed_by_esp"}
+            if provider_id:
+                fields["provider_id"] = provider_id[:255]
+            settled += Message.objects.filter(
+                pk=pk, status__in=[Message.Status.SENDING, Message.Status.IN_DOUBT]).update(**fields)
+    return settled
+
+
+def _messages_settle(*, ids, actor, to_status: str, reason: str, verb: str) -> int:
+    from django.contrib.admin.models import CHANGE, LogEntry
+
+    done = 0
+    for pk, lead_id in Message.objects.filter(pk__in=list(ids), status=Message.Status.IN_DOUBT).order_by("pk").values_list("pk", "lead_id"):
+        with transaction.atomic():
+            Lead.objects.select_for_update().filter(pk=lead_id).values_list("pk").first()
+            fields = {"status": to_status, "status_reason": reason}
+            fields.update({"claimed_at": None} if to_status == Message.Status.QUEUED else {"sent_at": timezone.now()})
+            if not Message.objects.filter(pk=pk, status=Message.Status.IN_DOUBT).update(**fields):
+                continue  # settled meanwhile (the ESP confirmed it, another person acted)
+            LogEntry.objects.log_actions(user_id=actor.pk, queryset=Message.objects.filter(pk=pk), action_flag=CHANGE,
+                                         change_message=f"In-doubt message {verb}.", single_object=True)
+            done += 1
+    return done
+
+
+def messages_resend(*, ids, actor) -> int:
+    """A person decided in-doubt messages did not go out: they are queued
+    again (the recovery sweep sends them within a scheduler tick, with the
+    send-time checks). Audited per message (admin log); returns the count."""
+    return _messages_settle(ids=ids, actor=actor, to_status=Message.Status.QUEUED,
+                            reason=f"resend by {actor.get_username()}"[:100], verb="queued to be resent")
+
+
+def messages_mark_sent(*, ids, actor) -> int:
+    """A person confirmed in-doubt messages went out (e.g. in the ESP's log).
+    Audited per message (admin log); returns the count."""
+    return _messages_settle(ids=ids, actor=actor, to_status=Message.Status.SENT,
+                            reason=f"marked sent by {actor.get_username()}"[:100], verb="marked sent")
 
 
 # --- test mode -----------------------------------------------------------------------

@@ -395,6 +395,10 @@ def consent_record(
     current consent (selectors.lead_consent_state)."""
     if channel not in ConsentChannel.values:
         raise ValidationError({"channel": [f"Unknown consent channel {channel!r}."]})
+    # The lead's row lock (lead first): nurture checks consent and sends
+    # under this lock, so a withdrawal either lands before that check (and
+    # is seen) or waits until the send has committed, never in between.
+    Lead.objects.select_for_update().filter(pk=lead.pk).values_list("pk").first()
     record = ConsentRecord.objects.create(
         lead=lead,
         channel=channel,

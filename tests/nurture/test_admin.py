@@ -34,7 +34,7 @@ def test_analyst_cannot_create_from_gallery(client, analyst):
 def test_admin_add_refuses_a_broken_graph_naming_the_problem(client, marketing_ops):
     client.force_login(marketing_ops)
     data = {"name": "x", "status": "draft", "trigger": "manual", "trigger_config": "{}", "reenroll": "never",
-            "suppress_stages": "[]", "suppress_unsubscribed": "on",
+            "suppress_stages": "[]", "suppress_unsubscribed": "on", "in_doubt_policy": "hold", "in_doubt_minutes": "60",
             "definition": json.dumps({"start": "a", "steps": {"a": {"type": "wait", "days": 1, "next": "b"}}})}
     r = client.post(reverse("admin:nurture_workflow_add"), data)
     assert r.status_code == 200
@@ -52,6 +52,7 @@ def test_admin_picks_suppression_segments_by_name_and_a_segment_trigger(client, 
     client.force_login(marketing_ops)
     data = {"name": "seg", "status": "draft", "trigger": "segment", "trigger_config": json.dumps({"segment": 999999}),
             "reenroll": "never", "suppress_stages": "[]", "suppress_segments": [str(seg.pk)], "suppress_unsubscribed": "on",
+            "in_doubt_policy": "hold", "in_doubt_minutes": "60",
             "definition": json.dumps(email_flow(1))}
     r = client.post(reverse("admin:nurture_workflow_add"), data)
     assert r.status_code == 200 and "no segment with id 999999" in r.content.decode()

@@ -48,17 +48,18 @@ def test_one_batch_runs_the_same_queries_whatever_the_due_set(make_workflow, con
 
 def test_recovery_takes_at_most_its_limit_per_run(make_workflow, consenting_lead, monkeypatch):
     _due(make_workflow, consenting_lead, 5)
-    # A worker that died after committing: the messages stay "sending".
-    monkeypatch.setattr(engine, "messages_deliver", lambda **kw: 0)
+    # Workers that died in the middle of their sends: the messages stay "sending".
+    monkeypatch.setattr(engine, "messages_deliver", lambda **kw: {})
     engine.enrollments_advance_due(now=timezone.now())
     monkeypatch.undo()
-    Message.objects.update(created_at=timezone.now() - timedelta(hours=2))
+    Message.objects.update(status="sending", claimed_at=timezone.now() - timedelta(hours=2))
     assert Message.objects.filter(status="sending").count() == 5
     with CaptureQueriesContext(connection) as ctx:
         first = engine.messages_recover(lease_seconds=60, limit=2)
-    stale_reads = [q["sql"] for q in ctx.captured_queries
-                   if q["sql"].upper().startswith("SELECT") and "nurture_message" in q["sql"]]
-    assert len(stale_reads) == 1 and " LIMIT 2" in stale_reads[0].upper()
+    # The sweeps (stale "sending", then unclaimed "queued") read at most the limit.
+    sweeps = [q["sql"] for q in ctx.captured_queries if q["sql"].upper().startswith("SELECT")
+              and " FROM \"NURTURE_MESSAGE\" WHERE" in q["sql"].upper() and "ORDER BY" in q["sql"].upper()]
+    assert len(sweeps) == 2 and all(" LIMIT 2" in q.upper() for q in sweeps), sweeps
     assert sum(first.values()) == 2
     assert Message.objects.filter(status="sending").count() == 3
     second = engine.messages_recover(lease_seconds=60, limit=2)
