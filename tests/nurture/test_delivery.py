@@ -150,7 +150,7 @@ def test_the_esps_delivery_event_confirms_an_in_doubt_message(decided):
     by_id, by_key = Message.objects.order_by("pk")
     Message.objects.update(status="in_doubt")
     Message.objects.filter(pk=by_id.pk).update(provider_id="esp-1")
-    on_tracking(None, AnymailTrackingEvent(event_type="delivered", message_id="esp-1"), "test")
+    on_tracking(None, AnymailTrackingEvent(event_type="delivered", message_id="esp-1", recipient=by_id.to), "test")
     # The worker died before storing the ESP's id: the key echoed in the metadata finds it.
     on_tracking(None, AnymailTrackingEvent(event_type="sent", message_id="esp-2", metadata={"nurture_key": by_key.key}),
                 "test")
