@@ -13,12 +13,13 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import QueryDict
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from martech.api.errors import error_body
+from martech.api.parsers import JSONParser
 from martech.api.retry import ConflictRetryMixin
 from martech.api.throttling import ClientRateThrottle, FormCaptureThrottle
 from martech.cors import cors_headers, origin_allowed, preflight

@@ -3,8 +3,9 @@
 A NUL character or a lone surrogate in any value (or key) of a request body is
 a 400 naming the field, before a serializer or service sees it; otherwise it
 would surface as a database error (a 500) at save time. The events batch and
-the public form endpoints keep the plain parsers: they check item by item, so
-one bad item does not refuse the rest.
+the public form endpoints use ``JSONParser`` (no such check): they check item
+by item, so one bad item does not refuse the rest. Every JSON parser here
+answers a body nested too deeply as a parse error, not a 500.
 """
 from __future__ import annotations
 
@@ -31,7 +32,18 @@ def _refuse(data) -> None:
         raise exceptions.ValidationError({found[0] or "non_field_errors": [found[1]]})
 
 
-class StorableJSONParser(parsers.JSONParser):
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, with a body nested deeper than Python's JSON decoder
+    goes (a RecursionError, a 500 otherwise) answered as a parse error."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - the body is nested too deeply.") from None
+
+
+class StorableJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         data = super().parse(stream, media_type, parser_context)
         _refuse(data)

@@ -91,24 +91,25 @@ def unstorable_reason(value: str) -> str | None:
 
 def find_unstorable(value, path: str = "") -> tuple[str, str] | None:
     """The first ``(dotted path, reason)`` of unstorable text in a JSON-like
-    value (dict keys included), or None."""
-    if isinstance(value, str):
-        reason = unstorable_reason(value)
-        return (path, reason) if reason else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            name = f"{path}.{key}" if path else str(key)
-            key_reason = unstorable_reason(key) if isinstance(key, str) else None
-            if key_reason:
-                return (path or "non_field_errors", f"A key: {key_reason}")
-            found = find_unstorable(item, name)
-            if found:
-                return found
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = find_unstorable(item, f"{path}.{index}" if path else str(index))
-            if found:
-                return found
+    value (dict keys included), or None. Iterative: any depth the JSON parser
+    accepted is walked without recursion."""
+    stack: list[tuple[object, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            reason = unstorable_reason(node)
+            if reason:
+                return where, reason
+        elif isinstance(node, dict):
+            children = []
+            for key, item in node.items():
+                key_reason = unstorable_reason(key) if isinstance(key, str) else None
+                if key_reason:
+                    return (where or "non_field_errors"), f"A key: {key_reason}"
+                children.append((item, f"{where}.{key}" if where else str(key)))
+            stack.extend(reversed(children))  # the first field is reported first
+        elif isinstance(node, (list, tuple)):
+            stack.extend(reversed([(item, f"{where}.{i}" if where else str(i)) for i, item in enumerate(node)]))
     return None
 
 

@@ -139,3 +139,23 @@ def test_cell_escape_is_undone_by_cell_unescape(value):
     assert cell_unescape(escaped) == value
     runs = escaped[:1] in "=+-@\t\r" and escaped != "" and not escaped.lstrip("+-").replace(".", "").isdigit()
     assert not runs, escaped
+
+
+@pytest.mark.parametrize("url", ["/api/v1/events", "/api/v1/capture/f", "/api/v1/leads/upsert"])
+def test_a_body_nested_too_deeply_is_a_json_400_not_a_500(token_api, url):
+    FormFactory(key="f", fields=[form_field("email", "email", required=True)])
+    api = token_api("capture", "leads:write")
+    res = api.post(url, "[" * 100_000 + "]" * 100_000, content_type="application/json")
+    assert res.status_code == 400
+    assert res.json()["error"]["code"] == "parse_error" and "nested too deeply" in res.json()["error"]["message"]
+
+
+def test_deep_but_parseable_properties_are_checked_without_recursion(token_api):
+    deep: dict = {"title": "x\x00"}
+    for _ in range(500):
+        deep = {"d": deep}
+    item = {"type": "track", "messageId": "deep", "anonymousId": "a", "event": "demo_requested", "properties": deep}
+    res = raw_post(token_api("capture"), "/api/v1/events", {"batch": [item]})
+    assert res.status_code == 200
+    result = res.json()["results"][0]
+    assert result["status"] == "rejected" and result["field"].endswith(".d.title") and "NUL" in result["reason"]
