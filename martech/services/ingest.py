@@ -31,7 +31,7 @@ from django.utils.dateparse import parse_datetime
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from martech import hooks, signals
+from martech import configcache, hooks, signals
 from martech.db import is_conflict, run_in_transaction
 from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
 from martech.selectors import NOT_APPLIED
@@ -312,12 +312,28 @@ def _parse(index: int, raw: Any, *, batch_context: dict) -> _Item:
     return item
 
 
-class _Catalog:
-    """Event types of one batch with their compiled properties validators."""
+# The event catalog with its compiled properties validators, per process
+# (martech.configcache): every batch reads it, and it changes only when an
+# event type is saved or deleted (MartechConfig.ready watches EventType).
+CATALOG_KEY = "martech.event_catalog"
 
-    def __init__(self, names: Iterable[str]):
-        self.types = {et.name: et for et in EventType.objects.filter(name__in=set(names))}
-        self._validators: dict[int, Draft202012Validator] = {}
+
+def _load_catalog() -> tuple[dict[str, EventType], dict[int, Draft202012Validator]]:
+    types = {et.name: et for et in EventType.objects.all()}
+    validators = {
+        et.pk: Draft202012Validator(et.properties_schema)
+        for et in types.values()
+        if et.properties_schema and et.properties_schema != {"type": "object"}
+    }
+    return types, validators
+
+
+class _Catalog:
+    """Event types with their compiled properties validators (read-only,
+    shared by the process)."""
+
+    def __init__(self):
+        self.types, self._validators = configcache.cached(CATALOG_KEY, _load_catalog)
 
     def check(self, item: _Item) -> None:
         et = self.types.get(item.type_name)
@@ -325,12 +341,9 @@ class _Catalog:
             state = "inactive" if et is not None else "unknown"
             raise _Reject("event", f"The event type {item.type_name!r} is {state}; add it to the event catalog.", catalog=True)
         item.event_type = et
-        schema = et.properties_schema
-        if not schema or schema == {"type": "object"}:
-            return  # the common case: nothing to check beyond "an object"
         validator = self._validators.get(et.pk)
         if validator is None:
-            validator = self._validators[et.pk] = Draft202012Validator(schema)
+            return  # the common case: nothing to check beyond "an object"
         error = best_match(validator.iter_errors(item.properties))
         if error is None:
             return
@@ -414,7 +427,7 @@ class UtmResolver:
     """Normalizer, channel and campaign lookups of one batch, cached."""
 
     def __init__(self):
-        self.normalizer = UtmNormalizer.load()
+        self.normalizer = UtmNormalizer.cached()
         self._channels: dict[tuple[str, str], str] = {}
         self.campaigns: dict[tuple[str, str, str], Campaign] = {}
 
@@ -472,7 +485,7 @@ def events_ingest(
 
     live = [i for i in parsed if i.result is None]
     if live:
-        catalog = _Catalog(i.type_name for i in live)
+        catalog = _Catalog()
         for item in live:
             try:
                 catalog.check(item)
