@@ -13,7 +13,7 @@ from django.db import transaction
 from martech import configcache, hooks, signals
 from martech.models import Event, Lead
 from nurture.conditions import condition_matches
-from nurture.models import WORKFLOWS_KEY, Workflow
+from nurture.models import VERSION_EVENTS_KEY, WORKFLOWS_KEY, Workflow, WorkflowVersion
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,25 @@ def _load_active() -> dict[str, tuple[Workflow, ...]]:
 def _active(trigger: str) -> tuple[Workflow, ...]:
     """The active workflows with this trigger (read-only instances)."""
     return configcache.cached(WORKFLOWS_KEY, _load_active).get(trigger, ())
+
+
+def _load_version_events() -> frozenset[str]:
+    names: set[str] = set()
+    for settings, definition in WorkflowVersion.objects.values_list("settings", "definition"):
+        names.add((settings or {}).get("goal_event") or "")
+        steps = (definition or {}).get("steps") or {}
+        for step in steps.values() if isinstance(steps, dict) else ():
+            if isinstance(step, dict) and step.get("type") == "wait_until":
+                names.add(step.get("event") or "")
+    names.discard("")
+    return frozenset(names)
+
+
+def _version_events() -> frozenset[str]:
+    """The event names an enrollment can exit on (goal_event) or wait for (a
+    wait_until step), over every version: an enrollment stays on the version
+    it started on, current or not. Other events move no enrollment."""
+    return configcache.cached(VERSION_EVENTS_KEY, _load_version_events)
 
 
 def _enroll(workflow: Workflow, lead: Lead, source: str) -> None:
@@ -65,8 +84,9 @@ def on_events(sender, event_ids, with_lead=None, **kwargs) -> None:
             return
         names = {e.event_type.name for e in events}
         lead_ids = list({e.lead_id for e in events})
-    enrollments_exit_for_goal_event(lead_ids=lead_ids, event_names=names)
-    enrollments_wake_for_events(lead_ids=lead_ids, event_names=names)
+    if names & _version_events():
+        enrollments_exit_for_goal_event(lead_ids=lead_ids, event_names=names)
+        enrollments_wake_for_events(lead_ids=lead_ids, event_names=names)
     flows = [w for w in _active(Workflow.Trigger.EVENT) if w.current_version.settings["trigger_config"].get("event") in names]
     forms = [w for w in _active(Workflow.Trigger.FORM)]
     if not (flows or forms):

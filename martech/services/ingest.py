@@ -513,7 +513,12 @@ def _store(parsed: list[_Item], *, source: str, actor, public: bool = False) -> 
     # marked with a result and the rest go on.
     pending = [i for i in parsed if i.result is None]
     ids = {i.message_id for i in pending}
-    existing = set(Event.objects.filter(client_event_id__in=ids).values_list("client_event_id", flat=True)) if ids else set()
+    # A stored id must not reach lead writes or the quarantine. Items that can
+    # write nothing but their event (an anonymous id only: the tracker's page
+    # views) skip the look-up: the insert skips a stored id, and says so.
+    may_write = any(i.email or i.user_id or i.quarantine for i in pending)
+    existing = (set(Event.objects.filter(client_event_id__in=ids).values_list("client_event_id", flat=True))
+                if ids and may_write else set())
     claimed: set[str] = set()
     candidates: list[_Item] = []
     quarantined: list[_Item] = []
@@ -723,10 +728,12 @@ def _insert_events(items: list[_Item]) -> None:
                 "ingest_batch": batch,
             }
         )
-    _insert_rows(rows)
-    # ON CONFLICT DO NOTHING skipped the ids stored meanwhile; the rows under
-    # this call's uuid are exactly the ones it inserted.
-    inserted = dict(Event.objects.filter(ingest_batch=batch).values_list("client_event_id", "id"))
+    # ON CONFLICT DO NOTHING skipped the ids stored meanwhile; the rows it
+    # returns (or, read back, the rows under this call's uuid) are exactly
+    # the ones this call inserted.
+    inserted = _insert_rows(rows)
+    if inserted is None:
+        inserted = dict(Event.objects.filter(ingest_batch=batch).values_list("client_event_id", "id"))
     touches: dict[int, list[Touch]] = {}
     for item in items:
         event_id = inserted.get(item.message_id)
@@ -743,9 +750,10 @@ def _insert_events(items: list[_Item]) -> None:
 _EVENT_FIELDS = [f for f in Event._meta.concrete_fields if not f.primary_key]
 
 
-def _insert_rows(rows: list[dict[str, Any]]) -> None:
+def _insert_rows(rows: list[dict[str, Any]]) -> dict[str, int] | None:
     """INSERT the rows, skipping client_event_ids that exist (ON CONFLICT DO
-    NOTHING). PostgreSQL: one statement with one array parameter per column
+    NOTHING); the inserted rows' ids by client_event_id (RETURNING), or None
+    where the backend does not say (the caller reads them back). PostgreSQL: one statement with one array parameter per column
     (INSERT ... SELECT FROM unnest(...)), bound server-side; Django's
     bulk_create would quote ~10,000 values into the SQL text client-side,
     which costs more than the insert itself. The arrays go in binary format
@@ -753,9 +761,8 @@ def _insert_rows(rows: list[dict[str, Any]]) -> None:
     expression, a third of a small batch's insert. Elsewhere: bulk_create."""
     if connection.vendor != "postgresql":
         Event.objects.bulk_create([Event(**row) for row in rows], ignore_conflicts=True)
-        return
+        return None
     import psycopg
-    from django.db.backends.utils import CursorWrapper
 
     qn = connection.ops.quote_name
     columns, arrays = [], []
@@ -769,13 +776,17 @@ def _insert_rows(rows: list[dict[str, Any]]) -> None:
     sql = (
         f"INSERT INTO {qn(Event._meta.db_table)} ({', '.join(c for c, _ in columns)}) "
         f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for _, t in columns)}) "
-        f"ON CONFLICT ({qn('client_event_id')}) DO NOTHING"
+        f"ON CONFLICT ({qn('client_event_id')}) DO NOTHING RETURNING {qn('client_event_id')}, {qn('id')}"
     )
     connection.ensure_connection()
-    # A server-side-binding cursor on Django's connection, wrapped so query
-    # logging, execute_wrapper and the current transaction all apply.
-    with CursorWrapper(psycopg.Cursor(connection.connection), connection) as cursor:
+    # A server-side-binding cursor on Django's connection, wrapped as Django
+    # wraps its own so query logging (and the tests' query counts),
+    # execute_wrapper and the current transaction all apply.
+    raw = psycopg.Cursor(connection.connection)
+    wrapped = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    with wrapped as cursor:
         cursor.execute(sql, arrays)
+        return dict(cursor.fetchall())
 
 
 # --- Quarantine -----------------------------------------------------------------
