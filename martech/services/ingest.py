@@ -2,16 +2,18 @@
 
 ``events_ingest`` is the one write path for inbound events (the batch API
 calls it; forms use ``lead_touch_update`` from here). It is set-based: a
-500-item batch costs a fixed number of queries (event types, existing ids,
-identities, leads by email, UTM tables, campaigns, one INSERT, one read-back,
-one locked read and one UPDATE of the touched leads) plus a few per item that
-makes something new (a lead for a new email, a new identity link). Those
-per-item writes each run in a savepoint, so a failure rejects that item only.
+500-item batch costs a fixed number of queries (existing ids, identities,
+leads by email, campaigns, one INSERT, one locked read and one UPDATE of the
+touched leads; the event catalog and the UTM tables come from the process's
+``configcache``) plus a few per item that makes something new (a lead for a
+new email, a new identity link). Those per-item writes each run in a
+savepoint, so a failure rejects that item only.
 
 Idempotency: ``Event.client_event_id`` is unique. Events are inserted with
 ON CONFLICT DO NOTHING and tagged with this call's ``ingest_batch`` uuid; the
-rows read back under that uuid are the ones this call inserted, everything
-else lost to an earlier or concurrent sender of the same id ("duplicate").
+rows the INSERT returns (elsewhere than PostgreSQL: the rows read back under
+that uuid) are the ones this call inserted, everything else lost to an
+earlier or concurrent sender of the same id ("duplicate").
 """
 from __future__ import annotations
 
