@@ -14,6 +14,16 @@ class MartechConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from martech import checks  # noqa: F401 (registers the deploy checks)
+        from martech import configcache
+        from martech.models import ChannelRule, EventType, UtmAlias, Website
+        from martech.services.campaigns import UTM_KEY
+        from martech.services.ingest import CATALOG_KEY
+        from martech.services.tracker import WEBSITES_KEY
+
+        # Configuration read by every events batch and tracker request.
+        configcache.watch(CATALOG_KEY, EventType)
+        configcache.watch(UTM_KEY, UtmAlias, ChannelRule)
+        configcache.watch(WEBSITES_KEY, Website)
 
         # Every app's post_migrate, not only ours: permissions of apps listed
         # after martech are created in their own post_migrate.

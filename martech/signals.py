@@ -3,7 +3,28 @@ subscribe; martech never imports them. Every signal is sent after the
 transaction that caused it commits (services use transaction.on_commit), so a
 receiver never sees a change that was rolled back.
 """
+from dataclasses import dataclass
+
 from django.dispatch import Signal
+
+
+@dataclass(frozen=True)
+class EventsWithLead:
+    """The events of one ``events_ingested`` call that were stored with a lead,
+    as the sender stored them: what every receiver acts on (an event without a
+    lead scores, enrolls, attributes and pushes nothing). A receiver given
+    this needs no query to find out that a batch of anonymous page views
+    concerns it not at all.
+
+    An event stored without a lead gets one later only when its anonymous id
+    is linked (``identity_link``), and that comes with an event of the lead
+    (the identify, the form) announced in its own call."""
+
+    event_ids: frozenset[int]
+    lead_ids: frozenset[int]
+    type_names: frozenset[str]
+    campaign_ids: frozenset[int]
+
 
 # sender=Lead, lead=Lead, source=str
 lead_created = Signal()
@@ -11,7 +32,9 @@ lead_created = Signal()
 lead_merged = Signal()
 # sender=Lead, lead=Lead, transition=StageTransition
 lead_stage_changed = Signal()
-# sender=Event, event_ids=list[int] (one call per ingest batch)
+# sender=Event, event_ids=list[int] (one call per ingest batch), and from
+# events_ingest with_lead=EventsWithLead; a sender may leave it out (None):
+# receivers then read the events.
 events_ingested = Signal()
 # sender=ConsentRecord, record=ConsentRecord
 consent_changed = Signal()

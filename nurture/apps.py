@@ -8,8 +8,9 @@ class NurtureConfig(AppConfig):
     def ready(self) -> None:
         from martech import configcache
         from nurture import checks, receivers  # noqa: F401 (checks: registers the deploy checks)
-        from nurture.models import WORKFLOWS_KEY, Workflow, WorkflowVersion
+        from nurture.models import VERSION_EVENTS_KEY, WORKFLOWS_KEY, Workflow, WorkflowVersion
 
         receivers.connect()
         # The receivers cache the active workflows; a save or delete invalidates them.
         configcache.watch(WORKFLOWS_KEY, Workflow, WorkflowVersion)
+        configcache.watch(VERSION_EVENTS_KEY, WorkflowVersion)  # written once, by publish (a save)

@@ -16,6 +16,8 @@ from martech.models import Lead
 
 # martech.configcache key of the active workflows the trigger receivers cache.
 WORKFLOWS_KEY = "nurture.workflows"
+# ... and of the event names any workflow version exits on or waits for.
+VERSION_EVENTS_KEY = "nurture.version_events"
 
 
 class Workflow(models.Model):

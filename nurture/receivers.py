@@ -13,7 +13,7 @@ from django.db import transaction
 from martech import configcache, hooks, signals
 from martech.models import Event, Lead
 from nurture.conditions import condition_matches
-from nurture.models import WORKFLOWS_KEY, Workflow
+from nurture.models import VERSION_EVENTS_KEY, WORKFLOWS_KEY, Workflow, WorkflowVersion
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,25 @@ def _active(trigger: str) -> tuple[Workflow, ...]:
     return configcache.cached(WORKFLOWS_KEY, _load_active).get(trigger, ())
 
 
+def _load_version_events() -> frozenset[str]:
+    names: set[str] = set()
+    for settings, definition in WorkflowVersion.objects.values_list("settings", "definition"):
+        names.add((settings or {}).get("goal_event") or "")
+        steps = (definition or {}).get("steps") or {}
+        for step in steps.values() if isinstance(steps, dict) else ():
+            if isinstance(step, dict) and step.get("type") == "wait_until":
+                names.add(step.get("event") or "")
+    names.discard("")
+    return frozenset(names)
+
+
+def _version_events() -> frozenset[str]:
+    """The event names an enrollment can exit on (goal_event) or wait for (a
+    wait_until step), over every version: an enrollment stays on the version
+    it started on, current or not. Other events move no enrollment."""
+    return configcache.cached(VERSION_EVENTS_KEY, _load_version_events)
+
+
 def _enroll(workflow: Workflow, lead: Lead, source: str) -> None:
     from nurture.services import enrollment_create
 
@@ -46,18 +65,34 @@ def _enroll(workflow: Workflow, lead: Lead, source: str) -> None:
         log.exception("nurture: enrolling lead %s in workflow %s failed", lead.pk, workflow.pk)
 
 
-def on_events(sender, event_ids, **kwargs) -> None:
+def on_events(sender, event_ids, with_lead=None, **kwargs) -> None:
     from nurture.services import enrollments_exit_for_goal_event, enrollments_wake_for_events
 
-    events = list(Event.objects.filter(pk__in=event_ids, lead__isnull=False).select_related("event_type", "lead"))
-    if not events:
-        return
-    names = {e.event_type.name for e in events}
-    lead_ids = list({e.lead_id for e in events})
-    enrollments_exit_for_goal_event(lead_ids=lead_ids, event_names=names)
-    enrollments_wake_for_events(lead_ids=lead_ids, event_names=names)
+    def load(ids) -> list[Event]:
+        return list(Event.objects.filter(pk__in=ids, lead__isnull=False).select_related("event_type", "lead"))
+
+    events: list[Event] | None = None
+    if with_lead is not None:
+        # The sender says which events have a lead: the events themselves
+        # are read only when an active workflow may enroll on them.
+        if not with_lead.event_ids:
+            return
+        names, lead_ids = set(with_lead.type_names), sorted(with_lead.lead_ids)
+    else:
+        events = load(event_ids)
+        if not events:
+            return
+        names = {e.event_type.name for e in events}
+        lead_ids = list({e.lead_id for e in events})
+    if names & _version_events():
+        enrollments_exit_for_goal_event(lead_ids=lead_ids, event_names=names)
+        enrollments_wake_for_events(lead_ids=lead_ids, event_names=names)
     flows = [w for w in _active(Workflow.Trigger.EVENT) if w.current_version.settings["trigger_config"].get("event") in names]
     forms = [w for w in _active(Workflow.Trigger.FORM)]
+    if not (flows or forms):
+        return
+    if events is None:
+        events = load(with_lead.event_ids)
     for e in events:
         for w in flows:
             cfg = w.current_version.settings["trigger_config"]

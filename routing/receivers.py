@@ -44,10 +44,14 @@ def on_stage_changed(sender, lead, transition, **kwargs):
         log.exception("routing: stage change of lead %s not handled", lead.pk)
 
 
-def on_events_ingested(sender, event_ids, **kwargs):
+def on_events_ingested(sender, event_ids, with_lead=None, **kwargs):
     types = _config()["FIRST_TOUCH_EVENT_TYPES"]
     if not types:
         return
+    if with_lead is not None:
+        if not with_lead.type_names & set(types):
+            return  # e.g. page views: not a rep's touch
+        event_ids = with_lead.event_ids
     rows = Event.objects.filter(pk__in=event_ids, event_type__name__in=types, lead__isnull=False).values_list(
         "lead_id", "occurred_at", "event_type__name")
     for lead_id, at, name in rows:

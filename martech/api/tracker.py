@@ -18,11 +18,12 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from martech import configcache
 from martech.api.capture import EventBatchResultSerializer
 from martech.api.throttling import TrackerThrottle
 from martech.cors import cors_headers, origin_allowed, preflight
 from martech.models import Website
-from martech.services.tracker import tracker_ingest
+from martech.services.tracker import tracker_ingest, website_by_key
 
 
 class InvalidKey(exceptions.APIException):
@@ -100,6 +101,10 @@ class TrackerBatchView(APIView):
         },
         tags=["capture"],
     )
+    # One query reads every configuration token (the website, the event
+    # catalog, the UTM tables, and what the hooks and after-commit receivers
+    # of this request read): martech.configcache.
+    @configcache.snapshot()
     def post(self, request):
         limit = settings.MARTECH["TRACKER_BODY_MAX"]
         try:
@@ -121,7 +126,7 @@ class TrackerBatchView(APIView):
             raise exceptions.ParseError('Send a JSON object: {"key": ..., "batch": [...]}.')
 
         key = body.get("key") or request.query_params.get("key")
-        website = Website.objects.filter(key=key, is_active=True).first() if isinstance(key, str) and key else None
+        website = website_by_key(key) if isinstance(key, str) and key else None
         if website is None:
             raise InvalidKey()
         self.website = website

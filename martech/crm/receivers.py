@@ -5,7 +5,7 @@ from martech import signals
 from martech.crm import objects, outbox
 
 
-def queue_touched_campaigns(sender, event_ids, **kwargs) -> int:
+def queue_touched_campaigns(sender, event_ids, with_lead=None, **kwargs) -> int:
     """A touch (an event with a lead) on a campaign can make a new member of
     it (``types._campaign_members``): queue each such campaign for push.
 
@@ -19,8 +19,11 @@ def queue_touched_campaigns(sender, event_ids, **kwargs) -> int:
 
     if "campaign" not in {o.key for o in objects.all_types()}:
         return 0
-    campaign_ids = sorted(set(Event.objects.filter(pk__in=event_ids, campaign__isnull=False, lead__isnull=False)
-                              .values_list("campaign_id", flat=True)))
+    if with_lead is not None:  # the sender says which campaigns its leads touched
+        campaign_ids = sorted(with_lead.campaign_ids)
+    else:
+        campaign_ids = sorted(set(Event.objects.filter(pk__in=event_ids, campaign__isnull=False, lead__isnull=False)
+                                  .values_list("campaign_id", flat=True)))
     if not campaign_ids:
         return 0
     # "created": queue for every connection with a push mapping on campaigns.

@@ -42,8 +42,11 @@ def _account_changed(*, ids, fields, created, source):
 
 
 @receiver(signals.events_ingested)
-def _events_ingested(sender, event_ids, **kwargs):
-    tasks.enqueue("martech.scoring.tasks.events_arrived", list(event_ids))
+def _events_ingested(sender, event_ids, with_lead=None, **kwargs):
+    # Only a lead is scored: events stored without one need no task.
+    ids = sorted(with_lead.event_ids) if with_lead is not None else list(event_ids)
+    if ids:
+        tasks.enqueue("martech.scoring.tasks.events_arrived", ids)
 
 
 @receiver(signals.opportunity_changed)

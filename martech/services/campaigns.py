@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from martech import hooks
+from martech import configcache, hooks
 from martech.models import Campaign, Channel, ChannelRule, UtmAlias
 from martech.safe_regex import PatternError, compile_pattern
 from martech.services.normalize import clean_utm
@@ -22,6 +22,9 @@ from martech.services.normalize import clean_utm
 logger = logging.getLogger(__name__)
 
 UTM_FIELDS = ("source", "medium", "campaign", "term", "content")
+# The alias table and channel rules, per process (martech.configcache): every
+# events batch normalizes with them (MartechConfig.ready watches both models).
+UTM_KEY = "martech.utm"
 
 
 @dataclass
@@ -47,6 +50,11 @@ class UtmNormalizer:
                 # the rule matches nothing until it is fixed, and says so.
                 logger.error("Channel rule %s (%s) is skipped: %s", r.pk, r.name, exc)
         return cls(aliases=aliases, rules=rules)
+
+    @classmethod
+    def cached(cls) -> "UtmNormalizer":
+        """This process's normalizer, current with the tables (read-only)."""
+        return configcache.cached(UTM_KEY, cls.load)
 
     def normalize(self, field_name: str, value: str | None) -> str:
         """Trim, lower-case, then apply the alias table for source, medium and campaign."""

@@ -2,16 +2,18 @@
 
 ``events_ingest`` is the one write path for inbound events (the batch API
 calls it; forms use ``lead_touch_update`` from here). It is set-based: a
-500-item batch costs a fixed number of queries (event types, existing ids,
-identities, leads by email, UTM tables, campaigns, one INSERT, one read-back,
-one locked read and one UPDATE of the touched leads) plus a few per item that
-makes something new (a lead for a new email, a new identity link). Those
-per-item writes each run in a savepoint, so a failure rejects that item only.
+500-item batch costs a fixed number of queries (existing ids, identities,
+leads by email, campaigns, one INSERT, one locked read and one UPDATE of the
+touched leads; the event catalog and the UTM tables come from the process's
+``configcache``) plus a few per item that makes something new (a lead for a
+new email, a new identity link). Those per-item writes each run in a
+savepoint, so a failure rejects that item only.
 
 Idempotency: ``Event.client_event_id`` is unique. Events are inserted with
 ON CONFLICT DO NOTHING and tagged with this call's ``ingest_batch`` uuid; the
-rows read back under that uuid are the ones this call inserted, everything
-else lost to an earlier or concurrent sender of the same id ("duplicate").
+rows the INSERT returns (elsewhere than PostgreSQL: the rows read back under
+that uuid) are the ones this call inserted, everything else lost to an
+earlier or concurrent sender of the same id ("duplicate").
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from django.utils.dateparse import parse_datetime
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from martech import hooks, signals
+from martech import configcache, hooks, signals
 from martech.db import is_conflict, run_in_transaction
 from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
 from martech.selectors import NOT_APPLIED
@@ -163,6 +165,7 @@ class _Item:
     utm: dict[str, str] = field(default_factory=dict)  # normalized
     touch: Touch | None = None
     lead_id: int | None = None
+    campaign_id: int | None = None
     result: ItemResult | None = None
     # Set when parsing or the catalog refused the item, before any query.
     refused: bool = False
@@ -312,12 +315,28 @@ def _parse(index: int, raw: Any, *, batch_context: dict) -> _Item:
     return item
 
 
-class _Catalog:
-    """Event types of one batch with their compiled properties validators."""
+# The event catalog with its compiled properties validators, per process
+# (martech.configcache): every batch reads it, and it changes only when an
+# event type is saved or deleted (MartechConfig.ready watches EventType).
+CATALOG_KEY = "martech.event_catalog"
 
-    def __init__(self, names: Iterable[str]):
-        self.types = {et.name: et for et in EventType.objects.filter(name__in=set(names))}
-        self._validators: dict[int, Draft202012Validator] = {}
+
+def _load_catalog() -> tuple[dict[str, EventType], dict[int, Draft202012Validator]]:
+    types = {et.name: et for et in EventType.objects.all()}
+    validators = {
+        et.pk: Draft202012Validator(et.properties_schema)
+        for et in types.values()
+        if et.properties_schema and et.properties_schema != {"type": "object"}
+    }
+    return types, validators
+
+
+class _Catalog:
+    """Event types with their compiled properties validators (read-only,
+    shared by the process)."""
+
+    def __init__(self):
+        self.types, self._validators = configcache.cached(CATALOG_KEY, _load_catalog)
 
     def check(self, item: _Item) -> None:
         et = self.types.get(item.type_name)
@@ -325,12 +344,9 @@ class _Catalog:
             state = "inactive" if et is not None else "unknown"
             raise _Reject("event", f"The event type {item.type_name!r} is {state}; add it to the event catalog.", catalog=True)
         item.event_type = et
-        schema = et.properties_schema
-        if not schema or schema == {"type": "object"}:
-            return  # the common case: nothing to check beyond "an object"
         validator = self._validators.get(et.pk)
         if validator is None:
-            validator = self._validators[et.pk] = Draft202012Validator(schema)
+            return  # the common case: nothing to check beyond "an object"
         error = best_match(validator.iter_errors(item.properties))
         if error is None:
             return
@@ -414,7 +430,7 @@ class UtmResolver:
     """Normalizer, channel and campaign lookups of one batch, cached."""
 
     def __init__(self):
-        self.normalizer = UtmNormalizer.load()
+        self.normalizer = UtmNormalizer.cached()
         self._channels: dict[tuple[str, str], str] = {}
         self.campaigns: dict[tuple[str, str, str], Campaign] = {}
 
@@ -472,7 +488,7 @@ def events_ingest(
 
     live = [i for i in parsed if i.result is None]
     if live:
-        catalog = _Catalog(i.type_name for i in live)
+        catalog = _Catalog()
         for item in live:
             try:
                 catalog.check(item)
@@ -499,7 +515,12 @@ def _store(parsed: list[_Item], *, source: str, actor, public: bool = False) -> 
     # marked with a result and the rest go on.
     pending = [i for i in parsed if i.result is None]
     ids = {i.message_id for i in pending}
-    existing = set(Event.objects.filter(client_event_id__in=ids).values_list("client_event_id", flat=True)) if ids else set()
+    # A stored id must not reach lead writes or the quarantine. Items that can
+    # write nothing but their event (an anonymous id only: the tracker's page
+    # views) skip the look-up: the insert skips a stored id, and says so.
+    may_write = any(i.email or i.user_id or i.quarantine for i in pending)
+    existing = (set(Event.objects.filter(client_event_id__in=ids).values_list("client_event_id", flat=True))
+                if ids and may_write else set())
     claimed: set[str] = set()
     candidates: list[_Item] = []
     quarantined: list[_Item] = []
@@ -520,7 +541,15 @@ def _store(parsed: list[_Item], *, source: str, actor, public: bool = False) -> 
     result = IngestResult(results=[i.result for i in parsed])
     event_ids = result.event_ids
     if event_ids:
-        transaction.on_commit(lambda: signals.events_ingested.send(sender=Event, event_ids=event_ids))
+        stored = [i for i in candidates if i.lead_id and i.result is not None and i.result.event_id is not None]
+        with_lead = signals.EventsWithLead(
+            event_ids=frozenset(i.result.event_id for i in stored),
+            lead_ids=frozenset(i.lead_id for i in stored),
+            type_names=frozenset(i.event_type.name for i in stored),
+            campaign_ids=frozenset(i.campaign_id for i in stored if i.campaign_id),
+        )
+        transaction.on_commit(
+            lambda: signals.events_ingested.send(sender=Event, event_ids=event_ids, with_lead=with_lead))
     return result
 
 
@@ -679,6 +708,7 @@ def _insert_events(items: list[_Item]) -> None:
         channel = utm.channel(u) if touch else ""
         campaign = utm.campaigns.get((u["source"], u["medium"], u["campaign"])) if u["campaign"] else None
         item.touch = Touch(item.occurred_at, u, channel) if touch else None
+        item.campaign_id = campaign.pk if campaign else None
         rows.append(
             {
                 "client_event_id": item.message_id,
@@ -696,14 +726,16 @@ def _insert_events(items: list[_Item]) -> None:
                 "utm_term": u["term"],
                 "utm_content": u["content"],
                 "channel": channel,
-                "campaign_id": campaign.pk if campaign else None,
+                "campaign_id": item.campaign_id,
                 "ingest_batch": batch,
             }
         )
-    _insert_rows(rows)
-    # ON CONFLICT DO NOTHING skipped the ids stored meanwhile; the rows under
-    # this call's uuid are exactly the ones it inserted.
-    inserted = dict(Event.objects.filter(ingest_batch=batch).values_list("client_event_id", "id"))
+    # ON CONFLICT DO NOTHING skipped the ids stored meanwhile; the rows it
+    # returns (or, read back, the rows under this call's uuid) are exactly
+    # the ones this call inserted.
+    inserted = _insert_rows(rows)
+    if inserted is None:
+        inserted = dict(Event.objects.filter(ingest_batch=batch).values_list("client_event_id", "id"))
     touches: dict[int, list[Touch]] = {}
     for item in items:
         event_id = inserted.get(item.message_id)
@@ -720,17 +752,19 @@ def _insert_events(items: list[_Item]) -> None:
 _EVENT_FIELDS = [f for f in Event._meta.concrete_fields if not f.primary_key]
 
 
-def _insert_rows(rows: list[dict[str, Any]]) -> None:
+def _insert_rows(rows: list[dict[str, Any]]) -> dict[str, int] | None:
     """INSERT the rows, skipping client_event_ids that exist (ON CONFLICT DO
-    NOTHING). PostgreSQL: one statement with one array parameter per column
+    NOTHING); the inserted rows' ids by client_event_id (RETURNING), or None
+    where the backend does not say (the caller reads them back). PostgreSQL: one statement with one array parameter per column
     (INSERT ... SELECT FROM unnest(...)), bound server-side; Django's
     bulk_create would quote ~10,000 values into the SQL text client-side,
-    which costs more than the insert itself. Elsewhere: bulk_create."""
+    which costs more than the insert itself. The arrays go in binary format
+    (``%b``): the text format escapes every element with a regular
+    expression, a third of a small batch's insert. Elsewhere: bulk_create."""
     if connection.vendor != "postgresql":
         Event.objects.bulk_create([Event(**row) for row in rows], ignore_conflicts=True)
-        return
+        return None
     import psycopg
-    from django.db.backends.utils import CursorWrapper
 
     qn = connection.ops.quote_name
     columns, arrays = [], []
@@ -743,14 +777,18 @@ def _insert_rows(rows: list[dict[str, Any]]) -> None:
         arrays.append([f.get_db_prep_save(row[f.attname], connection) for row in rows])
     sql = (
         f"INSERT INTO {qn(Event._meta.db_table)} ({', '.join(c for c, _ in columns)}) "
-        f"SELECT * FROM unnest({', '.join(f'%s::{t}[]' for _, t in columns)}) "
-        f"ON CONFLICT ({qn('client_event_id')}) DO NOTHING"
+        f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for _, t in columns)}) "
+        f"ON CONFLICT ({qn('client_event_id')}) DO NOTHING RETURNING {qn('client_event_id')}, {qn('id')}"
     )
     connection.ensure_connection()
-    # A server-side-binding cursor on Django's connection, wrapped so query
-    # logging, execute_wrapper and the current transaction all apply.
-    with CursorWrapper(psycopg.Cursor(connection.connection), connection) as cursor:
+    # A server-side-binding cursor on Django's connection, wrapped as Django
+    # wraps its own so query logging (and the tests' query counts),
+    # execute_wrapper and the current transaction all apply.
+    raw = psycopg.Cursor(connection.connection)
+    wrapped = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    with wrapped as cursor:
         cursor.execute(sql, arrays)
+        return dict(cursor.fetchall())
 
 
 # --- Quarantine -----------------------------------------------------------------

@@ -33,10 +33,17 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from martech import configcache
 from martech.models import Website, website_key
 from martech.services.ingest import REJECTED, IngestResult, ItemResult, events_ingest
 
 log = logging.getLogger(__name__)
+
+# Active websites by publishable key, per process (martech.configcache): every
+# tracker request looks its website up; a website changes (key rotated,
+# origins edited, deactivated) only through a save (MartechConfig.ready
+# watches Website), which makes every process reload.
+WEBSITES_KEY = "martech.websites"
 
 MAX_AGE = timedelta(hours=1)
 _ID_MAX = 200  # leaves room for the namespace within Event.client_event_id's 255
@@ -56,6 +63,15 @@ class TrackerResult:
         for row, mid in zip(out["results"], self.message_ids):
             row["messageId"] = mid if isinstance(mid, (str, int)) and not isinstance(mid, bool) else None
         return out
+
+
+def _load_websites() -> dict[str, Website]:
+    return {w.key: w for w in Website.objects.filter(is_active=True)}
+
+
+def website_by_key(key: str) -> Website | None:
+    """The active website with this publishable key (a read-only instance)."""
+    return configcache.cached(WEBSITES_KEY, _load_websites).get(key)
 
 
 def _namespaced(value: Any, prefix: str) -> tuple[Any, str | None]:

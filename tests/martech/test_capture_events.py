@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from martech import signals
-from martech.models import ApiClient, Event, EventType, Identity, Lead, QuarantinedEvent
+from martech.models import ApiClient, Event, EventType, Identity, Lead, QuarantinedEvent, UtmAlias
 from martech.services import ingest
 from martech.services.ingest import quarantine_replay
 from tests.factories import CampaignFactory, LeadFactory
@@ -170,7 +170,9 @@ def test_every_rejection_names_its_field(api, item, field):
 
 
 def test_inactive_event_type_is_rejected(api):
-    EventType.objects.filter(name="demo_requested").update(is_active=False)
+    et = EventType.objects.get(name="demo_requested")
+    et.is_active = False
+    et.save()  # through the model, as the admin does: the catalog cache follows
     result = post_batch(api, [track("m1", anonymousId="a")]).json()["results"][0]
     assert (result["status"], result["field"]) == ("rejected", "event")
     assert "inactive" in result["reason"]
@@ -311,6 +313,19 @@ def test_utm_from_page_url_query(api):
     for mid in ("p1", "p2"):
         e = Event.objects.get(client_event_id=mid)
         assert (e.utm_source, e.utm_medium, e.utm_campaign, e.channel) == ("facebook", "paid", "q2", "paid_social")
+
+
+def test_configuration_edits_reach_the_next_batch(api):
+    """The catalog and the UTM tables are cached per process
+    (martech.configcache); a save through the model is seen at once."""
+    url = "https://x.com/?utm_source=fbk&utm_medium=paid"
+    post_batch(api, [page("c1", "a", properties={"url": url})])
+    assert Event.objects.get(client_event_id="c1").utm_source == "fbk"
+    UtmAlias.objects.create(field="source", alias="fbk", canonical="facebook")
+    EventType.objects.create(name="webinar_watched")
+    post_batch(api, [page("c2", "a", properties={"url": url}), track("c3", event="webinar_watched", anonymousId="a")])
+    assert Event.objects.get(client_event_id="c2").utm_source == "facebook"
+    assert Event.objects.filter(client_event_id="c3").exists()
 
 
 def test_touch_fields_first_and_latest(api):

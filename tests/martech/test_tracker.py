@@ -12,8 +12,10 @@ from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
+from martech import signals
 from martech.models import Event, Identity, Lead, LifecycleStage, Website
 from martech.selectors import NOT_APPLIED
+from martech.services.leads import identity_link
 from martech.services.tracker import tracker_snippet
 from tests.factories import EventFactory, LeadFactory, WebsiteFactory
 
@@ -396,11 +398,50 @@ def test_admin_adds_a_website_with_one_origin_per_line(client, superuser):
 
 
 def test_a_batch_costs_a_bounded_number_of_queries(client, website, django_assert_max_num_queries):
-    post(client, batch(website, page()))  # warm caches (UTM tables)
-    items = [page(anon=f"a-{i}") for i in range(20)]
-    # Key lookup, then ingest's fixed set (event types, known ids, identities,
-    # UTM aliases and channel rules, campaigns, the insert and its read-back).
-    with django_assert_max_num_queries(11):
+    lead = LeadFactory(email="known@acme.example")
+    identity_link(lead=lead, kind=Identity.Kind.ANONYMOUS, value="a-known")
+    post(client, batch(website, page(anon="a-known")))  # warm the per-process configuration
+    items = [page(anon=f"a-{i}") for i in range(18)] + [page(anon="a-known"), page(anon="a-known", url="/docs")]
+    # The configuration tokens (website, catalog, UTM tables: one query),
+    # identities, campaigns (a UTM campaign is present), the insert (it returns
+    # the new ids; SQLite reads them back), the known visitor's lead locked
+    # and its touch written, in a savepoint (the test's transaction).
+    with django_assert_max_num_queries(9):
         res = post(client, batch(website, *items))
     assert res.json()["accepted"] == 20
+    lead.refresh_from_db()
+    assert lead.first_utm_source == "google" and lead.latest_touch_at is not None
 
+
+def test_a_batch_of_anonymous_page_views_wakes_nothing_downstream(client, website, django_capture_on_commit_callbacks,
+                                                                  django_assert_num_queries, monkeypatch):
+    """What every receiver of events_ingested acts on is an event with a lead:
+    told which events have one, they spend no query and queue no task on a
+    batch without."""
+    queued = []
+    monkeypatch.setattr("django_q.tasks.async_task", lambda *a, **kw: queued.append(a))
+    monkeypatch.setattr("attribution.receivers.async_task", lambda *a, **kw: queued.append(a))
+    seen = []
+    signals.events_ingested.connect(lambda sender, **kw: seen.append(kw["with_lead"]), weak=False, dispatch_uid="t")
+    try:
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            res = post(client, batch(website, *[page(anon=f"a-{i}") for i in range(5)]))
+        assert res.json()["accepted"] == 5
+        with django_assert_num_queries(0):
+            for cb in callbacks:
+                cb()
+    finally:
+        signals.events_ingested.disconnect(dispatch_uid="t")
+    assert queued == [] and seen[0].event_ids == frozenset()
+
+    # A known visitor's page view does wake them, with that event only.
+    lead = LeadFactory(email="known@acme.example")
+    identity_link(lead=lead, kind=Identity.Kind.ANONYMOUS, value="a-known")
+    with django_capture_on_commit_callbacks(execute=True):
+        post(client, batch(website, page(anon="a-new"), page(anon="a-known")))
+    event = Event.objects.get(lead=lead)
+    assert sorted(queued) == [
+        ("attribution.tasks.touchpoints_refresh", [event.pk]),
+        ("martech.scoring.tasks.events_arrived", [event.pk]),
+        ("martech.scoring.tasks.rescore_leads", [lead.pk], "lead changed"),  # its touch fields changed
+    ]
