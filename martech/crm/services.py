@@ -397,7 +397,7 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
             for key in sorted(groups, key=lambda k: (types[k].order, k)):
                 if key not in builders:
                     builders[key] = PayloadBuilder(connection, types[key])
-                _push_items(connection, connector, builders[key], groups[key], run)
+                (types[key].push or _push_items)(connection, connector, builders[key], groups[key], run)
             if progress is not None:
                 progress.update(len(items))
             if slow:
