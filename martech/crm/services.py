@@ -179,6 +179,10 @@ def payload_preview(*, connection: Connection, obj: str, instance, connector: Co
     action): the connector's own batch body for a batch of one, with
     associations resolved as the drain resolves them."""
     object_type = objects.get(obj)
+    if object_type.push is not None:
+        # Not a record upsert (a segment mirror): its admin page shows the changes not sent yet.
+        return {"error": f"{object_type.label} is not sent as a record; its own admin page shows what is not "
+                         "sent yet"}
     connector = connector or connector_for(connection)
     try:
         properties = PayloadBuilder(connection, object_type).payload(instance)
