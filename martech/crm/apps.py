@@ -19,5 +19,9 @@ class CrmConfig(AppConfig):
         configcache.watch(outbox.MAPPINGS_KEY, Connection, FieldMapping)
 
         register_core()
+        # Segment mirrors (CRM lists): the "list" object type and the hooks that queue it.
+        from martech.crm import lists
+
+        lists.register()
         # A new touch on a campaign can add a member: queue the campaign.
         receivers.connect()

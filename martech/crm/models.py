@@ -323,3 +323,60 @@ class CrmOwner(models.Model):
 
     def __str__(self) -> str:
         return f"{self.first_name} {self.last_name} <{self.email}>".strip()
+
+
+class ListMirror(models.Model):
+    """A segment mirrored to a CRM: a MANUAL (static) contact list in HubSpot,
+    a Campaign's members in Salesforce (martech.crm.lists).
+
+    The mirror is the outbox's record for object type ``list``: membership
+    changes queue it, the drain sends the adds and removes since the last
+    sync. ``remote_id`` is the HubSpot listId or the Salesforce Campaign Id:
+    blank, the first push finds the list by name or creates it (HubSpot), or
+    upserts a Campaign by ``Martech_Id__c`` = ``list:<mirror id>``
+    (Salesforce); set by hand, that list or campaign is used (chosen)."""
+
+    segment = models.ForeignKey("scoring.Segment", on_delete=models.PROTECT, related_name="crm_mirrors",
+                                help_text="Its members (computed from its condition) are the list's members.")
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="list_mirrors")
+    name = models.CharField(max_length=255, blank=True,
+                            help_text="The list's (campaign's) name in the CRM; the segment's name when blank. "
+                                      "HubSpot list names are unique per portal.")
+    remote_id = models.CharField(max_length=64, blank=True,
+                                 help_text="HubSpot listId or Salesforce Campaign Id; blank: found by name or "
+                                           "created at the first push.")
+    is_active = models.BooleanField(default=True, help_text="Off: paused, nothing is sent (changes wait).")
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    # Members both sides had at the last sync (ListMember rows), counted for the status.
+    member_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "segment"], name="crm_listmirror_unique")]
+        verbose_name = "segment mirror (CRM list)"
+
+    def __str__(self) -> str:
+        return f"{self.segment} -> {self.connection}"
+
+    @property
+    def remote_name(self) -> str:
+        return self.name or (self.segment.name if self.segment_id else "")
+
+
+class ListMember(models.Model):
+    """One member both sides had at the last sync of a mirror: the lead, its
+    CRM id as sent, and (Salesforce) the CampaignMember Id to delete it by.
+    The next push sends only the difference between the segment now and
+    these rows. ``lead_id`` is a plain id, not a foreign key, so a lead
+    deleted here still leaves a row, and its removal is sent."""
+
+    mirror = models.ForeignKey(ListMirror, on_delete=models.CASCADE, related_name="members")
+    lead_id = models.BigIntegerField()
+    remote_id = models.CharField(max_length=64)
+    member_id = models.CharField(max_length=64, blank=True)
+    synced_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["mirror", "lead_id"], name="crm_listmember_unique")]

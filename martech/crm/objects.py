@@ -122,6 +122,12 @@ class ObjectType:
     links: tuple[Link, ...] = ()
     # Push order inside one drain: associated types first (companies, contacts, then deals, tasks).
     order: int = 50
+    # A type whose push is not a record upsert (a segment mirror's list
+    # memberships, martech.crm.lists): push(connection, connector, builder,
+    # items, run) sends the claimed outbox items and settles each of them
+    # (services._finish / _fail), so the drain's claim, lease, retries, dead
+    # letters and health apply to it unchanged. None: the upsert path.
+    push: Callable[..., None] | None = None
     modified_field: str = "updated_at"
     # Demo / starting mappings per provider: (local field, remote field, kind, extra FieldMapping fields).
     default_mappings: dict[str, list[tuple[str, str, str, dict]]] = field(default_factory=dict)

@@ -179,6 +179,10 @@ def payload_preview(*, connection: Connection, obj: str, instance, connector: Co
     action): the connector's own batch body for a batch of one, with
     associations resolved as the drain resolves them."""
     object_type = objects.get(obj)
+    if object_type.push is not None:
+        # Not a record upsert (a segment mirror): its admin page shows the changes not sent yet.
+        return {"error": f"{object_type.label} is not sent as a record; its own admin page shows what is not "
+                         "sent yet"}
     connector = connector or connector_for(connection)
     try:
         properties = PayloadBuilder(connection, object_type).payload(instance)
@@ -397,7 +401,7 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
             for key in sorted(groups, key=lambda k: (types[k].order, k)):
                 if key not in builders:
                     builders[key] = PayloadBuilder(connection, types[key])
-                _push_items(connection, connector, builders[key], groups[key], run)
+                (types[key].push or _push_items)(connection, connector, builders[key], groups[key], run)
             if progress is not None:
                 progress.update(len(items))
             if slow:

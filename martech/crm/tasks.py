@@ -51,3 +51,12 @@ def pull_one(connection_id: int, key: str) -> int:
     if connection is None:
         return 0
     return services.pull_one(connection=connection, key=key).recovered
+
+
+@retry_on_conflict
+def lists_sweep() -> int:
+    """Queue the segment mirrors whose membership changed with no write
+    announcing it (conditions on time); martech.crm.lists."""
+    from martech.crm.lists import lists_sweep as sweep
+
+    return sweep()

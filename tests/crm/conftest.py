@@ -69,6 +69,49 @@ ASSOCIATIONS_V4 = {
     ),
 }
 
+# Lists v3: not in the shared specs either; these follow hubspot-api-client's
+# hubspot.crm.lists models (ListCreateRequest, ListCreateResponse /
+# ListFetchResponse with PublicObjectList, MembershipChangeRequest,
+# MembershipsUpdateResponse (HubSpot spells it recordsIdsAdded),
+# ApiCollectionResponseJoinTimeAndRecordId), required fields as the models require them.
+_LIST = {"type": "object", "required": ["listId", "name", "objectTypeId", "processingType", "processingStatus",
+                                        "listVersion"],
+         "properties": {"listId": {"type": "string"}, "name": {"type": "string"},
+                        "objectTypeId": {"type": "string"}, "size": {"type": "integer"},
+                        "processingType": {"enum": ["MANUAL", "DYNAMIC", "SNAPSHOT"]},
+                        "listVersion": {"type": "integer"}}}
+_LIST_ONE = {"type": "object", "required": ["list"], "properties": {"list": _LIST}}
+_IDS = {"type": "array", "items": {"type": "string"}}
+LISTS_V3 = {
+    ("POST", "create"): ({"type": "object", "required": ["name", "objectTypeId", "processingType"],
+                          "properties": {"name": {"type": "string"}, "objectTypeId": {"type": "string"},
+                                         "processingType": {"enum": ["MANUAL", "DYNAMIC", "SNAPSHOT"]}}},
+                         _LIST_ONE),
+    ("GET", "by_id"): (None, _LIST_ONE),
+    ("GET", "by_name"): (None, _LIST_ONE),
+    ("PUT", "add-and-remove"): (
+        {"type": "object", "required": ["recordIdsToAdd", "recordIdsToRemove"], "additionalProperties": False,
+         "properties": {"recordIdsToAdd": _IDS, "recordIdsToRemove": _IDS}},
+        {"type": "object", "required": ["recordIdsRemoved", "recordsIdsAdded", "recordIdsMissing"],
+         "properties": {"recordIdsRemoved": _IDS, "recordsIdsAdded": _IDS, "recordIdsMissing": _IDS}}),
+    ("GET", "memberships"): (None, {"type": "object", "required": ["results"], "properties": {
+        "results": {"type": "array", "items": {"type": "object", "required": ["recordId", "membershipTimestamp"],
+                                               "properties": {"recordId": {"type": "string"}}}},
+        "paging": {"type": "object", "properties": {"next": {"type": "object", "required": ["after"]}}}}}),
+}
+_LIST_ERROR = {"type": "object", "required": ["message", "category", "correlationId"]}
+
+
+def _list_action(method: str, path: str) -> tuple[str, str]:
+    rest = path.rstrip("/").split("/")[4:]
+    if rest == []:
+        return method, "create"
+    if len(rest) == 4 and rest[0] == "object-type-id" and rest[2] == "name":
+        return method, "by_name"
+    if len(rest) == 1:
+        return method, "by_id"
+    return method, rest[-1]
+
 
 class SpecCheck:
     """Validates request bodies and JSON responses against HubSpot's documents.
@@ -103,6 +146,17 @@ class SpecCheck:
         raise AssertionError(f"{method} {path} is not in HubSpot's documents")
 
     def check(self, method: str, path: str, body: bytes, status: int, response: bytes) -> None:
+        if path.startswith("/crm/v3/lists"):
+            action = _list_action(method, path)
+            if action not in LISTS_V3:
+                raise AssertionError(f"{method} {path} is not a lists v3 call the connector makes")
+            request_schema, response_schema = LISTS_V3[action]
+            if request_schema is not None:
+                jsonschema.validate(json.loads(body), request_schema)
+            elif body:
+                raise AssertionError(f"{method} {path} takes no body")
+            jsonschema.validate(json.loads(response), response_schema if status == 200 else _LIST_ERROR)
+            return
         if path.startswith("/crm/v4/associations/"):
             action = "/".join(path.rstrip("/").split("/")[6:])
             if method != "POST" or action not in ASSOCIATIONS_V4:

@@ -66,6 +66,18 @@ class DeletedPage:
 
 
 @dataclass
+class ListChange:
+    """What one membership call of a segment mirror did (martech.crm.lists),
+    by the person's CRM id: members now (new or already there, with the
+    member record's id where the CRM has one: a Salesforce CampaignMember),
+    not members now (removed, or already not), and the adds refused, each
+    with the CRM's reason. Every id sent is in exactly one of the three."""
+    added: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class CallStats:
     api_calls: int = 0
     retries: int = 0
@@ -108,6 +120,10 @@ class Connector(Protocol):
     # Optional, for a CRM whose deletions a modification-time pull cannot see:
     # deleted_since(key, cursor) -> DeletedPage | None (None: nothing to ask yet),
     # and deleted_links(link, remote_ids) -> {link id: (parent id, other id)}.
+    # Optional, for connectors that declare "list" (segment mirrors, martech.crm.lists):
+    # list_batch (ids per list_change call), list_ensure(name=, remote_id=, key=) ->
+    # (remote id, existed), list_members(remote_id) -> {person id: member id},
+    # list_change(remote_id, add=[person ids], remove={person id: member id}) -> ListChange.
     def verify_webhook(self, *, method: str, uri: str, body: bytes, headers: dict[str, str]) -> bool: ...
     def owners(self) -> list[dict[str, str]]: ...
 

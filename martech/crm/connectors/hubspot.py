@@ -37,9 +37,20 @@ from hubspot.crm.associations.v4 import (
     PublicFetchAssociationsBatchRequest,
     PublicObjectId,
 )
+from hubspot.crm.lists import ListCreateRequest, MembershipChangeRequest
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from .base import AuthError, CallStats, PermanentError, Pulled, PushRecord, PushResult, TransientError, with_retries
+from .base import (
+    AuthError,
+    CallStats,
+    ListChange,
+    PermanentError,
+    Pulled,
+    PushRecord,
+    PushResult,
+    TransientError,
+    with_retries,
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,12 @@ PULL_ASSOCIATIONS = {"deal": ("company", "contact"), "task": ("contact",)}
 SINGLE_ASSOCIATIONS = {"deal": ("company",), "task": ("contact",)}
 
 PAGE = 100
+# Segment mirrors (martech.crm.lists): MANUAL (static) contact lists.
+LIST_OBJECT_TYPE = "0-1"  # contacts
+# Record ids per add-and-remove call: HubSpot takes up to 100,000; smaller
+# calls keep one refused or timed-out call cheap to redo.
+LIST_BATCH = 1000
+LIST_PAGE = 250  # memberships read: HubSpot's maximum page
 
 
 def _translate(exc: Exception) -> Exception:
@@ -97,7 +114,8 @@ def _translate(exc: Exception) -> Exception:
 class HubSpotConnector:
     provider = "hubspot"
     # The object types this connector syncs (martech.crm.objects): our key -> HubSpot's object type.
-    objects = {key: spec.name for key, spec in OBJECTS.items()}
+    objects = {**{key: spec.name for key, spec in OBJECTS.items()}, "list": "lists"}
+    list_batch = LIST_BATCH
 
     def __init__(self, connection, *, sleep=None):
         conf = settings.MARTECH_CRM
@@ -326,6 +344,75 @@ class HubSpotConnector:
         pulled = self._pulled(spec, item)
         self._read_associations(obj, [pulled])
         return pulled
+
+    # --- segment mirrors: lists v3 ---
+    def _list_checked(self, found, name: str) -> str:
+        lst = found.list
+        if lst.object_type_id != LIST_OBJECT_TYPE or lst.processing_type not in ("MANUAL", "SNAPSHOT"):
+            raise PermanentError(
+                f"HubSpot list {lst.list_id} ({lst.name!r}) is a {lst.processing_type} list of object type "
+                f"{lst.object_type_id}: a segment mirror needs a MANUAL contacts list (objectTypeId "
+                f"{LIST_OBJECT_TYPE}), whose members only API calls change. Give the mirror another name, or "
+                f"rename that list in HubSpot{'' if name == lst.name else f' (asked for {name!r})'}.")
+        return str(lst.list_id)
+
+    def list_ensure(self, *, name: str, remote_id: str = "", key: str = "") -> tuple[str, bool]:
+        """The mirror's list: (listId, whether it existed before this call).
+
+        A known id is checked (it must be a MANUAL contacts list). Otherwise
+        the list is looked up by name first (names are unique per portal and
+        not case sensitive): one found is adopted, which is also what a
+        retry finds after a create whose answer was lost; else it is created
+        MANUAL for contacts. A DYNAMIC list of that name is refused with a
+        message saying so (its members follow its filters)."""
+        lists_api = self.client.crm.lists.lists_api
+        if remote_id:
+            try:
+                return self._list_checked(self._call(lists_api.get_by_id, list_id=remote_id), name), True
+            except PermanentError as exc:
+                if "404" in str(exc):
+                    raise PermanentError(f"HubSpot has no list {remote_id} (deleted there?); clear the mirror's "
+                                         "remote id to make a new one") from None
+                raise
+        try:
+            return self._list_checked(self._call(lists_api.get_by_name, list_name=name,
+                                                 object_type_id=LIST_OBJECT_TYPE), name), True
+        except PermanentError as exc:
+            if "404" not in str(exc):
+                raise
+        body = ListCreateRequest(name=name, object_type_id=LIST_OBJECT_TYPE, processing_type="MANUAL")
+        return self._list_checked(self._call(lists_api.create, list_create_request=body), name), False
+
+    def list_members(self, remote_id: str) -> dict[str, str]:
+        """Every member of the list: {contact id: ""}, one call per 250."""
+        out: dict[str, str] = {}
+        after = None
+        while True:
+            kwargs = {"after": after} if after else {}
+            page = self._call(self.client.crm.lists.memberships_api.get_page, list_id=remote_id, limit=LIST_PAGE,
+                              **kwargs)
+            out.update({str(row.record_id): "" for row in page.results or []})
+            after = page.paging.next.after if page.paging and page.paging.next else None
+            if not after:
+                return out
+
+    def list_change(self, remote_id: str, *, add: list[str], remove: dict[str, str]) -> ListChange:
+        """One add-and-remove call (at most ``list_batch`` ids). Idempotent:
+        adding a member or removing a non-member changes nothing in HubSpot.
+        Ids HubSpot does not have (recordIdsMissing) are refused adds."""
+        if len(add) + len(remove) > self.list_batch:
+            raise ValueError(f"at most {self.list_batch} ids per list_change call")
+        body = MembershipChangeRequest(record_ids_to_add=list(add), record_ids_to_remove=sorted(remove))
+        answer = self._call(self.client.crm.lists.memberships_api.add_and_remove, list_id=remote_id,
+                            membership_change_request=body)
+        missing = {str(i) for i in answer.record_ids_missing or []}
+        out = ListChange(removed=sorted(remove))
+        for person in add:
+            if person in missing:
+                out.errors[person] = f"HubSpot has no contact {person} (recordIdsMissing: deleted there?)"
+            else:
+                out.added[person] = ""
+        return out
 
     def owners(self) -> list[dict[str, str]]:
         page = self._call(self.client.crm.owners.owners_api.get_page, limit=500)

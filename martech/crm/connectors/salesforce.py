@@ -103,6 +103,7 @@ from .base import (
     AuthError,
     CallStats,
     DeletedPage,
+    ListChange,
     PermanentError,
     Pulled,
     PulledLink,
@@ -170,8 +171,10 @@ def _error_text(errors: list[dict]) -> str:
 class SalesforceConnector:
     provider = "salesforce"
     # Our object keys (martech.crm.objects) -> Salesforce's names.
-    objects = dict(SOBJECTS)
+    # "list": segment mirrors (martech.crm.lists) as a Campaign's CampaignMembers.
+    objects = {**SOBJECTS, "list": "Campaign"}
     links = dict(LINKS)
+    list_batch = COLLECTION
     # No natural key needed: records are upserted by Martech_Id__c (our id).
     upserts_by_local_id = True
 
@@ -740,6 +743,98 @@ class SalesforceConnector:
                 "OpportunityContactRole", ["Id", "OpportunityId", "ContactId"], "OpportunityId",
                 sorted({p for p, _ in out.values() if p}))}
             out = {i: pair for i, pair in out.items() if pair not in live}
+        return out
+
+    # --- segment mirrors: a Campaign's members ---
+    def list_ensure(self, *, name: str, remote_id: str = "", key: str = "") -> tuple[str, bool]:
+        """The mirror's Campaign: (Id, whether it existed before this call).
+        A chosen Campaign (its Id) must exist; otherwise one is upserted by
+        ``Martech_Id__c`` = ``key`` with the mirror's name, so a retry after a
+        lost answer finds the one the first try made."""
+        if remote_id:
+            if sobject_of(remote_id) != "Campaign" or not SF_ID.match(remote_id):
+                raise PermanentError(f"{remote_id!r} is not a Salesforce Campaign id (they start with 701)")
+            try:
+                self._call(lambda: self.sf.Campaign.get(remote_id, timeout=self.timeout))
+            except SalesforceResourceNotFound:
+                raise PermanentError(f"Salesforce has no Campaign {remote_id} (deleted there?); choose another or "
+                                     "clear the mirror's remote id to make one") from None
+            return remote_id, True
+        body = {"allOrNone": False, "records": [{"attributes": {"type": "Campaign"}, EXTERNAL_ID: key, "Name": name,
+                                                 "IsActive": True}]}
+        answer = self._call(lambda: self.sf.restful(f"composite/sobjects/Campaign/{EXTERNAL_ID}", method="PATCH",
+                                                    json=body, timeout=self.timeout))
+        (result,) = answer
+        if not result.get("success"):
+            raise PermanentError(f"Campaign {name!r}: {_error_text(result.get('errors') or [])}")
+        return result["id"], not result.get("created", True)
+
+    def list_members(self, remote_id: str) -> dict[str, str]:
+        """The Campaign's members: {Contact or Lead id: CampaignMember Id}
+        (a converted Lead's member by its Contact)."""
+        out: dict[str, str] = {}
+        for row in self._where_in("CampaignMember", ["Id", "LeadId", "ContactId"], "CampaignId", [remote_id]):
+            out[row.get("ContactId") or row.get("LeadId")] = row["Id"]
+        return out
+
+    def _members_of(self, campaign_id: str, people: list[str]) -> dict[str, str]:
+        """{person: CampaignMember Id} for those of ``people`` already members:
+        one SOQL per kind of person (Lead, Contact)."""
+        out: dict[str, str] = {}
+        for column, prefix in (("LeadId", "00Q"), ("ContactId", "003")):
+            ids = [p for p in people if p.startswith(prefix)]
+            if not ids:
+                continue
+            for row in self._query(f"SELECT Id, {column} FROM CampaignMember WHERE CampaignId = '{campaign_id}' "
+                                   f"AND {column} IN ({', '.join(repr(i) for i in ids)})"):
+                out[row[column]] = row["Id"]
+        return out
+
+    def list_change(self, remote_id: str, *, add: list[str], remove: dict[str, str]) -> ListChange:
+        """At most ``list_batch`` people: the members among ``add`` are read
+        first (a member made there, or by a try whose answer was lost, is
+        not created again: Salesforce refuses a second one, DUPLICATE_VALUE),
+        the rest created in one Collections call; ``remove`` deleted by their
+        CampaignMember Id (read when not known), one Collections call; one
+        already deleted (ENTITY_IS_DELETED) is what we wanted."""
+        if len(add) + len(remove) > self.list_batch:
+            raise ValueError(f"at most {self.list_batch} ids per list_change call")
+        bad = [p for p in [remote_id, *add, *remove] if not SF_ID.match(p)]
+        if bad:
+            raise PermanentError(f"not a Salesforce id: {bad[0]!r}")
+        out = ListChange()
+        have = self._members_of(remote_id, list(add)) if add else {}
+        creates = [p for p in add if p not in have]
+        out.added.update({p: have[p] for p in add if p in have})
+        if creates:
+            body = {"allOrNone": False, "records": [
+                {"attributes": {"type": "CampaignMember"}, "CampaignId": remote_id,
+                 ("ContactId" if p.startswith("003") else "LeadId"): p} for p in creates]}
+            answer = self._call(lambda: self.sf.restful("composite/sobjects", method="POST", json=body,
+                                                        timeout=self.timeout))
+            duplicates = []
+            for person, a in zip(creates, answer or []):
+                codes = {e.get("statusCode") for e in a.get("errors") or []}
+                if a.get("success"):
+                    out.added[person] = a["id"]
+                elif codes == {"DUPLICATE_VALUE"}:
+                    duplicates.append(person)  # made there since we read: a member all the same
+                else:
+                    out.errors[person] = _error_text(a.get("errors") or [])
+            if duplicates:
+                found = self._members_of(remote_id, duplicates)
+                out.added.update({p: found.get(p, "") for p in duplicates})
+        unknown = [p for p, member in remove.items() if not member]
+        member_ids = {p: m for p, m in remove.items() if m}
+        member_ids.update(self._members_of(remote_id, unknown) if unknown else {})
+        if member_ids:
+            errors: dict[int, list[str]] = {}
+            rows = sorted((n, m) for n, m in enumerate(member_ids.values()))
+            self._delete(rows, errors)
+            people = list(member_ids)
+            for n, messages in errors.items():
+                raise PermanentError(f"removing {people[n]} from Campaign {remote_id}: {'; '.join(messages)}")
+        out.removed = sorted(remove)
         return out
 
     # --- users, limits ---

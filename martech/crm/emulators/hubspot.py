@@ -17,6 +17,22 @@ document is not in the shared specs):
 - POST /crm/v4/associations/{from}/{to}/batch/archive  (204, no body, like HubSpot;
   removes every association between each pair, both directions)
 
+Lists v3 (shapes of hubspot-api-client's ``hubspot.crm.lists`` models; the
+document is not in the shared specs):
+- POST /crm/v3/lists                      (name, objectTypeId, processingType
+  MANUAL, DYNAMIC or SNAPSHOT; a name already used in the portal, whatever its
+  case, is refused with 409 CONFLICT)
+- GET  /crm/v3/lists/{listId}
+- GET  /crm/v3/lists/object-type-id/{objectTypeId}/name/{listName}  (name not case sensitive; 404)
+- PUT  /crm/v3/lists/{listId}/memberships/add-and-remove  (recordIdsToAdd,
+  recordIdsToRemove; MANUAL and SNAPSHOT lists only: a DYNAMIC list's
+  members follow its filters and the call is refused 400; at most 100,000
+  ids per call; ids of records the portal does not have are answered in
+  recordIdsMissing and not added; adding a member or removing a non-member
+  changes nothing and is not in recordsIdsAdded / recordIdsRemoved)
+- GET  /crm/v3/lists/{listId}/memberships  (by recordId ascending, ``limit``
+  at most 250, ``after`` paging)
+
 Per-record refusals answer HTTP 207 with an error naming the input, like
 HubSpot: an email that is not an address (INVALID_EMAIL), a domain that is
 not a host name, a deal amount that is not a number, a deal stage the
@@ -78,6 +94,12 @@ class HubSpotEmulator(EmulatorBase):
         self.associations: dict[tuple[str, str, str], set[str]] = {}
         self.owners: list[dict] = []
         self._ids = itertools.count(1001)
+        # Lists v3: listId -> PublicObjectList (without "size"), and listId -> {record id: joined at}.
+        self.lists: dict[str, dict] = {}
+        self.list_members: dict[str, dict[str, str]] = {}
+        self._list_ids = itertools.count(1)
+        # The next N writes (POST/PUT) are done, then answered 503 (a lost answer).
+        self.lose_answers = 0
         self._clock_ms = 0  # makes updatedAt strictly increase even within one millisecond
 
     # Contacts under their old names (tests and the bench use them).
@@ -154,10 +176,37 @@ class HubSpotEmulator(EmulatorBase):
                             "userId": int(owner_id), "userIdIncludingInactive": int(owner_id),
                             "createdAt": now_iso(), "updatedAt": now_iso(), "archived": False, "type": "PERSON"})
 
+    def put_list(self, name: str, *, processing_type: str = "MANUAL", object_type_id: str = "0-1") -> dict:
+        """A list as if made in HubSpot (tests: a DYNAMIC list of the same name)."""
+        list_id = str(next(self._list_ids))
+        stamp = self._stamp()
+        self.lists[list_id] = {"listId": list_id, "name": name, "objectTypeId": object_type_id,
+                               "processingType": processing_type, "processingStatus": "COMPLETE",
+                               "listVersion": 1, "createdAt": stamp, "updatedAt": stamp}
+        self.list_members[list_id] = {}
+        return self.lists[list_id]
+
+    def list_by_name(self, name: str, object_type_id: str = "0-1") -> dict | None:
+        return next((lst for lst in self.lists.values()
+                     if lst["name"].lower() == name.lower() and lst["objectTypeId"] == object_type_id), None)
+
+    def _list_public(self, list_id: str) -> dict:
+        return {**self.lists[list_id], "size": len(self.list_members[list_id])}
+
     # --- HTTP ---
     def dispatch(self, request: Request) -> Response:
+        response = self._dispatch(request)
+        if self.lose_answers > 0 and request.method in ("POST", "PUT") and response.status_code < 300:
+            # The write happened; the caller never hears about it.
+            self.lose_answers -= 1
+            return self.unavailable()
+        return response
+
+    def _dispatch(self, request: Request) -> Response:
         path = request.path.rstrip("/")
         parts = path.split("/")
+        if parts[1:4] == ["crm", "v3", "lists"]:
+            return self.lists_route(request, parts[4:])
         if path == "/crm/v3/owners" and request.method == "GET":
             return self.json({"results": self.owners})
         if len(parts) >= 5 and parts[1:4] == ["crm", "v3", "objects"] and parts[4] in KINDS:
@@ -186,6 +235,90 @@ class HubSpotEmulator(EmulatorBase):
                 and parts[6:] == ["batch", "associate", "default"] and parts[4] in KINDS and parts[5] in KINDS:
             return self.associate_default(parts[4], parts[5], request.get_json())
         return self.error(404, "NOT_FOUND", f"No route {request.method} {path}")
+
+    # --- lists v3 ---
+    LIST_IDS_MAX = 100_000  # record ids per membership call
+    LIST_PAGE_MAX = 250
+
+    def lists_route(self, request: Request, rest: list[str]) -> Response:
+        method = request.method
+        if method == "POST" and rest == []:
+            return self.list_create(request.get_json(silent=True))
+        if method == "GET" and len(rest) == 4 and rest[0] == "object-type-id" and rest[2] == "name":
+            found = self.list_by_name(rest[3], rest[1])
+            if found is None:
+                return self.error(404, "OBJECT_NOT_FOUND", f"List with name {rest[3]} does not exist.")
+            return self.json({"list": self._list_public(found["listId"])})
+        if not rest or rest[0] not in self.lists:
+            return self.error(404, "OBJECT_NOT_FOUND", f"List {rest[0] if rest else ''} does not exist.")
+        list_id = rest[0]
+        if method == "GET" and len(rest) == 1:
+            return self.json({"list": self._list_public(list_id)})
+        if method == "PUT" and rest[1:] == ["memberships", "add-and-remove"]:
+            return self.list_add_and_remove(list_id, request.get_json(silent=True))
+        if method == "GET" and rest[1:] == ["memberships"]:
+            return self.list_memberships(list_id, request.args)
+        return self.error(404, "NOT_FOUND", f"No route {method} {request.path}")
+
+    def list_create(self, body) -> Response:
+        body = body if isinstance(body, dict) else {}
+        missing = [f for f in ("name", "objectTypeId", "processingType") if not body.get(f)]
+        if missing:
+            return self.error(400, "VALIDATION_ERROR", f"Missing required fields: {', '.join(missing)}")
+        if body["processingType"] not in ("MANUAL", "DYNAMIC", "SNAPSHOT"):
+            return self.error(400, "VALIDATION_ERROR",
+                              f"processingType {body['processingType']!r} is not MANUAL, DYNAMIC or SNAPSHOT")
+        if any(lst["name"].lower() == str(body["name"]).lower() for lst in self.lists.values()):
+            return self.error(409, "CONFLICT", f"A list named {body['name']!r} already exists.")
+        made = self.put_list(str(body["name"]), processing_type=body["processingType"],
+                             object_type_id=str(body["objectTypeId"]))
+        return self.json({"list": self._list_public(made["listId"])})
+
+    def list_add_and_remove(self, list_id: str, body) -> Response:
+        body = body if isinstance(body, dict) else {}
+        add, remove = body.get("recordIdsToAdd"), body.get("recordIdsToRemove")
+        if not isinstance(add, list) or not isinstance(remove, list):
+            return self.error(400, "VALIDATION_ERROR", "recordIdsToAdd and recordIdsToRemove (lists) are required")
+        if len(add) + len(remove) > self.LIST_IDS_MAX:
+            return self.error(400, "VALIDATION_ERROR", f"at most {self.LIST_IDS_MAX} record ids per call")
+        lst = self.lists[list_id]
+        if lst["processingType"] == "DYNAMIC":
+            return self.error(400, "VALIDATION_ERROR",
+                              f"List {list_id} is a DYNAMIC list: its memberships follow its filters and cannot "
+                              "be changed manually.")
+        kind = {"0-1": "contacts", "0-2": "companies", "0-3": "deals"}.get(lst["objectTypeId"], "")
+        members, stamp = self.list_members[list_id], self._stamp()
+        added, removed, missing = [], [], []
+        for record_id in (str(r) for r in remove):
+            if members.pop(record_id, None) is not None:
+                removed.append(record_id)
+        for record_id in (str(r) for r in add):
+            if record_id not in self.store.get(kind, {}):
+                missing.append(record_id)
+            elif record_id not in members:
+                members[record_id] = stamp
+                added.append(record_id)
+        if added or removed:
+            lst["updatedAt"] = stamp
+        return self.json({"recordIdsRemoved": removed, "recordsIdsAdded": added, "recordIdsMissing": missing})
+
+    def list_memberships(self, list_id: str, args) -> Response:
+        try:
+            limit = int(args.get("limit") or 100)
+        except ValueError:
+            return self.error(400, "VALIDATION_ERROR", "limit must be a number")
+        if not 1 <= limit <= self.LIST_PAGE_MAX:
+            return self.error(400, "VALIDATION_ERROR", f"limit must be between 1 and {self.LIST_PAGE_MAX}")
+        ids = sorted(self.list_members[list_id], key=int)
+        after = args.get("after")
+        if after:
+            ids = [i for i in ids if int(i) > int(after)]
+        page = ids[:limit]
+        out: dict = {"total": len(self.list_members[list_id]), "results": [
+            {"recordId": i, "membershipTimestamp": self.list_members[list_id][i]} for i in page]}
+        if len(ids) > limit:
+            out["paging"] = {"next": {"after": page[-1]}}
+        return self.json(out)
 
     def error(self, status: int, category: str, message: str, **context) -> Response:
         return self.json({"status": "error", "message": message, "category": category, "correlationId": "emu",
