@@ -146,12 +146,22 @@ class _CompiledRules:
     language; with 200 rules, re-normalizing territories and re-reading
     conditions per lead was most of a decision's matching CPU."""
 
-    __slots__ = ("rules", "by_country", "no_country")
+    __slots__ = ("rules", "by_country", "no_country", "invalid")
 
     def __init__(self, rules: list[Rule]):
         self.rules = rules
+        # A stored rule whose condition no longer parses (saved before the
+        # language refused it, e.g. ``now - 1000000 days``) is skipped, and
+        # each decision records why (``rules_invalid``): one bad rule must
+        # not stop every route.
+        self.invalid: list[tuple[Rule, str]] = []
         entries = []
         for rule in rules:
+            try:
+                condition = condition_compile(rule.condition)
+            except ValidationError as exc:
+                self.invalid.append((rule, "; ".join(exc.messages)))
+                continue
             terr = rule.territory if rule.territory_id else None
             if terr is not None:
                 countries, regions, prefixes, industries = terr._normalized()
@@ -161,7 +171,7 @@ class _CompiledRules:
                     check = None
             else:
                 countries, check = frozenset(), None
-            entries.append((rule, countries, check, condition_compile(rule.condition)))
+            entries.append((rule, countries, check, condition))
         all_countries = {c for _, countries, _, _ in entries for c in countries}
         self.no_country = tuple(e for e in entries if not e[1])
         self.by_country = {c: tuple(e for e in entries if not e[1] or c in e[1]) for c in all_countries}
@@ -212,7 +222,19 @@ def rule_match(rules: list[Rule], lead: Lead, *, now: datetime | None = None) ->
     return _compiled(rules).match(lead, now)
 
 
+def rules_invalid(rules: list[Rule]) -> list[tuple[Rule, str]]:
+    """The rules of ``rules`` skipped because their condition does not parse
+    (rule, "column N: reason")."""
+    return _compiled(rules).invalid
+
+
+def _skipped_steps(rules: list[Rule]) -> list[dict[str, Any]]:
+    return [{"step": "rule skipped", "rule": r.name, "rule_id": r.pk, "reason": f"invalid condition: {why}"}
+            for r, why in rules_invalid(rules)]
+
+
 def rule_lead_q(rule: Rule) -> Q:
+    # Raises ValidationError (ConditionError) for a condition that does not parse.
     q = condition_q(rule.condition)
     if rule.territory_id:
         q &= rule.territory.to_q()
@@ -471,9 +493,11 @@ def decide(
     decision = Decision(status=Status.WAITING, rule_set=rule_set)
     if rule_set is None:
         raise ValidationError({"rule_set": ["No routing rule set is published yet."]})
-    rule = rule_match(rules if rules is not None else rules_of(rule_set), lead, now=now)
+    rules = rules if rules is not None else rules_of(rule_set)
+    rule = rule_match(rules, lead, now=now)
     decision.rule = rule
     fallback = rule_set.fallback_team
+    decision.steps.extend(_skipped_steps(rules))
     decision.steps.append({"step": "rule", "matched": rule.name if rule else None,
                            "action": rule.action if rule else "fallback"})
     waiting_team = fallback
@@ -1024,6 +1048,12 @@ def config_save(*, instance, data: dict[str, Any], actor=None):
     return instance
 
 
+# What a rule payload may carry (API, imports, tests): anything else is an
+# error naming the key, never dropped (a dropped "conditon" matched every lead).
+RULE_KEYS = frozenset({"order", "name", "condition", "territory", "territory_id", "action", "team", "team_id", "rep",
+                       "rep_id", "is_active"})
+
+
 @transaction.atomic
 def rule_set_save_draft(*, rule_set: RuleSet | None, data: dict[str, Any], rules: list[dict[str, Any]] | None,
                         actor=None) -> RuleSet:
@@ -1043,6 +1073,12 @@ def rule_set_save_draft(*, rule_set: RuleSet | None, data: dict[str, Any], rules
         errors: dict[str, list[str]] = {}
         built = []
         for i, row in enumerate(rules):
+            unknown = sorted(set(row) - RULE_KEYS)
+            if unknown:
+                for key in unknown:
+                    errors.setdefault(f"rules[{i}].{key}", []).append(
+                        f"Unknown key {key!r}; a rule takes {', '.join(sorted(RULE_KEYS))}.")
+                continue
             rule = Rule(rule_set=rule_set, **{"order": i, **row})
             try:
                 rule.full_clean(exclude=["rule_set"])
@@ -1141,7 +1177,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         if rule is not None and rule.action in (Rule.Action.REP, Rule.Action.ACCOUNT_OWNER):
             decisions.append((lead, decide(lead=lead, rule_set=rule_set, now=now, lock=True, rules=rules)))
             continue
-        d = Decision(status=Status.WAITING, rule_set=rule_set, rule=rule)
+        d = Decision(status=Status.WAITING, rule_set=rule_set, rule=rule, steps=_skipped_steps(rules))
         d.steps.append({"step": "rule", "matched": rule.name if rule else None, "action": rule.action if rule else "fallback"})
         if rule is not None and rule.action == Rule.Action.NURTURE:
             d.status, d.method = Status.NURTURE, "nurture"
