@@ -299,6 +299,13 @@ SPECTACULAR_SETTINGS = {
         "ChannelEnum": "martech.models.Channel.choices",
         # Values of ConsentRecord.Status (a nested class cannot be given by import path).
         "ConsentStatusEnum": [("granted", "Granted"), ("withdrawn", "Withdrawn")],
+        # Routing assignments (nested TextChoices, spelled out as above).
+        "AssignmentStatusEnum": [("assigned", "Assigned"), ("waiting", "Waiting for an eligible rep"),
+                                 ("nurture", "Nurture queue")],
+        "AssignmentTriggerEnum": [("new_lead", "New lead"), ("stage_change", "Stage change"), ("admin", "Admin action"),
+                                  ("api", "API call"), ("handoff", "SQL handoff"), ("deactivation", "Rep deactivated"),
+                                  ("waiting", "Waiting queue"), ("escalation", "SLA escalation"),
+                                  ("first_score", "First score")],
     },
 }
 
