@@ -187,8 +187,8 @@ def _tokenize(text: str) -> list[_Token]:
             raw = m.group(0)
             whole = raw.partition(".")[0].lstrip("0")
             if len(whole) > _MAX_INT_DIGITS:
-                raise ConditionError(pos, f"number has {len(whole)} digits before the point; at most {_MAX_INT_DIGITS} "
-                                          "(integers are 64-bit)")
+                raise ConditionError(pos, f"number out of range: {len(whole)} digits before the point, at most "
+                                          f"{_MAX_INT_DIGITS} (integers are 64-bit)")
             if len(raw) > _MAX_NUMBER_CHARS:
                 raise ConditionError(pos, f"number has more than {_MAX_NUMBER_CHARS} characters")
             tokens.append(_Token("num", Decimal(raw) if "." in raw else int(raw), pos, raw))

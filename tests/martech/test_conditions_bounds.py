@@ -28,7 +28,7 @@ def _error(text: str) -> ConditionError:
     ("created_at > now - 5300 weeks", 20, "at most 5228 weeks"),
     ("created_at > now + 52704001 minutes", 20, "at most 52704000 minutes"),
     ("fit_score > " + "9" * 4301, 13, "4301 digits before the point"),
-    ("score = 1" + "0" * 19, 9, "20 digits"),
+    ("score = 1" + "0" * 19, 9, "out of range: 20 digits"),
     ("fit_score > 2147483648", 13, "2147483648 is out of range for fit_score (an integer column holds -2147483648..2147483647)"),
     ("account.employee_count in (1, -2147483649)", 31, "out of range for account.employee_count"),
     ("account.annual_revenue > 1" + "0" * 16, 26, "too large for account.annual_revenue"),
@@ -91,8 +91,8 @@ class ParsedConditionsEvaluateTests(TestCase):
 
     @classmethod
     def setUpTestData(cls):
-        big = Account.objects.create(name="big", employee_count=2**31 - 1, annual_revenue=Decimal("9999999999999999.99"))
-        small = Account.objects.create(name="small", employee_count=0, annual_revenue=Decimal("-9999999999999999.99"))
+        big = Account.objects.create(name="big", employee_count=2**31 - 1, annual_revenue=Decimal("999999999999.99"))
+        small = Account.objects.create(name="small", employee_count=0, annual_revenue=Decimal("-999999999999.99"))
         cls.ids = [
             Lead.objects.create(email="a@x.example", fit_score=2**31 - 1, total_score=-(2**31), account=big,
                                 created_at=NOW, latest_touch_at=NOW - dt.timedelta(days=36_000),
