@@ -402,7 +402,6 @@ class Assignment(models.Model):
         DISQUALIFIED = "disqualified", "Disqualified"
         REASSIGNED = "reassigned", "Reassigned"
         CRM_OWNER = "crm_owner_changed", "Owner changed in the CRM"
-        MERGED = "merged", "Lead merged"
         API = "api", "Closed through the API"
 
     lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="routing_assignments")

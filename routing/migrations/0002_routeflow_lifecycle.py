@@ -25,7 +25,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='assignment',
             name='close_reason',
-            field=models.CharField(blank=True, choices=[('converted', 'Converted'), ('disqualified', 'Disqualified'), ('reassigned', 'Reassigned'), ('crm_owner_changed', 'Owner changed in the CRM'), ('merged', 'Lead merged'), ('api', 'Closed through the API')], max_length=20),
+            field=models.CharField(blank=True, choices=[('converted', 'Converted'), ('disqualified', 'Disqualified'), ('reassigned', 'Reassigned'), ('crm_owner_changed', 'Owner changed in the CRM'), ('api', 'Closed through the API')], max_length=20),
         ),
         migrations.AddField(
             model_name='assignment',
