@@ -75,14 +75,19 @@ def on_leads_changed(*, ids, fields, created, source):
 
 
 def on_score_changed(sender, lead_id=None, old_total=None, new_total=None, **kwargs):
-    _first_score([lead_id])
+    if old_total == 0:
+        _first_score([lead_id])
 
 
 def on_scores_changed(sender, changes=(), **kwargs):
-    _first_score([lead_id for lead_id, _, _ in changes])
+    _first_score([lead_id for lead_id, old_total, _ in changes if old_total == 0])
 
 
 def _first_score(lead_ids: list[int]) -> None:
+    # A first scoring moves a lead from 0, the unscored default: every other
+    # score move (an event, the nightly decay) costs routing no query.
+    if not lead_ids:
+        return
     try:
         services.leads_reroute_after_first_score(lead_ids=lead_ids)
     except Exception:  # noqa: BLE001 - the lead keeps its assignment; logged

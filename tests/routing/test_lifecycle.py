@@ -235,7 +235,14 @@ def test_a_new_lead_is_rerouted_once_after_its_first_score(settings, django_capt
     assert (current.rep, current.trigger, current.rule_name) == (hot_rep, "first_score", "Hot")
     first.refresh_from_db()
     assert first.close_reason == "reassigned"
-    # Later score moves never reroute again.
-    Lead.objects.filter(pk=lead.pk).update(total_score=0)
-    signals.scores_changed.send(sender=Lead, changes=[(lead.pk, 80, 0)])
+    # Later score moves never reroute again, even one from 0 that changes the rule.
+    Lead.objects.filter(pk=lead.pk).update(total_score=10)
+    signals.scores_changed.send(sender=Lead, changes=[(lead.pk, 0, 10)])
+    signals.score_changed.send(sender=Lead, lead_id=lead.pk, old_total=0, new_total=10)
     assert Assignment.objects.get(lead=lead, is_current=True).pk == current.pk
+    # A new lead whose first scoring keeps it under the same rule keeps its rep.
+    other = LeadFactory()
+    kept = _route(other, trigger=Assignment.Trigger.NEW_LEAD)
+    Lead.objects.filter(pk=other.pk).update(total_score=20)
+    signals.scores_changed.send(sender=Lead, changes=[(other.pk, 0, 20)])
+    assert Assignment.objects.get(lead=other, is_current=True).pk == kept.pk
