@@ -99,6 +99,23 @@ __all__ = [
 MAX_LENGTH = 10_000
 MAX_DEPTH = 40
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# A literal is refused before Python converts it: int() of more than 4,300
+# digits raises ValueError (the interpreter's conversion limit), which was a
+# 500 at save instead of a ConditionError. 64-bit integers have 19 digits.
+_MAX_INT_DIGITS = 19
+_MAX_NUMBER_CHARS = 40
+# "now +/- N unit" must stay a datetime that Python (years 1..9999) and both
+# databases hold for any real "now": 100 years either way. Larger intervals
+# (``now - 1000000 days``) parsed and then raised OverflowError in every route.
+MAX_INTERVAL = {"minutes": 100 * 366 * 24 * 60, "hours": 100 * 366 * 24, "days": 100 * 366, "weeks": 100 * 366 // 7}
+# The range of each integer column type (signed: a comparison of a positive
+# column with a negative number is still meaningful). A literal outside the
+# column's range is refused naming the column: SQL may refuse to bind it.
+_INT_RANGES = {
+    "SmallIntegerField": (-(2**15), 2**15 - 1), "PositiveSmallIntegerField": (-(2**15), 2**15 - 1),
+    "IntegerField": (-(2**31), 2**31 - 1), "PositiveIntegerField": (-(2**31), 2**31 - 1),
+    "AutoField": (-(2**31), 2**31 - 1), "SmallAutoField": (-(2**15), 2**15 - 1),
+}
 
 
 class ConditionError(ValidationError):
@@ -168,6 +185,12 @@ def _tokenize(text: str) -> list[_Token]:
                 continue
             m = _NUMBER_RE.match(text, i)
             raw = m.group(0)
+            whole = raw.partition(".")[0].lstrip("0")
+            if len(whole) > _MAX_INT_DIGITS:
+                raise ConditionError(pos, f"number out of range: {len(whole)} digits before the point, at most "
+                                          f"{_MAX_INT_DIGITS} (integers are 64-bit)")
+            if len(raw) > _MAX_NUMBER_CHARS:
+                raise ConditionError(pos, f"number has more than {_MAX_NUMBER_CHARS} characters")
             tokens.append(_Token("num", Decimal(raw) if "." in raw else int(raw), pos, raw))
             i = m.end()
             continue
@@ -207,6 +230,7 @@ class FieldSpec:
     related_attr: str = ""  # for FKs shown by a related field (owner.username)
     decimal_places: int | None = None
     max_digits: int | None = None
+    int_range: tuple[int, int] | None = None  # the column's range (integer fields)
     # Text as the database stores it (a PhoneNumber becomes its stored string).
     prep: Any = field(default=None, compare=False, repr=False)
 
@@ -245,6 +269,7 @@ def _model_specs(model, *, prefix: str, orm_prefix: str, via_account: bool) -> d
         specs[path] = FieldSpec(
             path, kind, orm, f.null or via_account, via_account, f.attname,
             decimal_places=getattr(f, "decimal_places", None), max_digits=getattr(f, "max_digits", None),
+            int_range=_INT_RANGES.get(f.get_internal_type(), (_INT_MIN, _INT_MAX)) if kind == INT else None,
             prep=f.get_prep_value if kind == TEXT else None,
         )
     return specs
@@ -404,6 +429,10 @@ def _check(field: FieldSpec, op: str, values: tuple[Lit, ...], op_pos: int) -> N
                 raise ConditionError(v.pos, f"{field.path} takes at most {field.decimal_places} decimal places")
             if len(digits) - places > (field.max_digits or 0) - (field.decimal_places or 0):
                 raise ConditionError(v.pos, f"{v.value} is too large for {field.path}")
+        if kind == INT and field.int_range is not None and not field.int_range[0] <= v.value <= field.int_range[1]:
+            lo, hi = field.int_range
+            raise ConditionError(v.pos, f"{v.value} is out of range for {field.path} (an integer column holds "
+                                        f"{lo}..{hi})")
         if kind == DEC and v.type == "int" and len(str(abs(v.value))) > (field.max_digits or 0) - (
             field.decimal_places or 0
         ):
@@ -595,9 +624,11 @@ class _Parser:
                 if unit.kind != "ident" or unit.value.lower() not in _UNITS:
                     self.fail("expected a unit: minutes, hours, days or weeks")
                 self.take()
-                if amount.value > 1_000_000:
-                    self.fail("interval too large (at most 1000000)", amount)
-                return Lit("now", (sign * amount.value, _UNITS[unit.value.lower()]), t.pos)
+                name = _UNITS[unit.value.lower()]
+                if amount.value > MAX_INTERVAL[name]:
+                    self.fail(f"interval too large: at most {MAX_INTERVAL[name]} {name} (100 years), so that the "
+                              "date stays one the database can hold", amount)
+                return Lit("now", (sign * amount.value, name), t.pos)
             return Lit("now", (0, "days"), t.pos)
         if t.kind == "end":
             self.fail("expected a value, found the end of the text")
@@ -657,6 +688,15 @@ _PY_ORDER = {
 }
 
 
+def _as_float(v: int | float) -> float:
+    """A JSON number as a double, as the database reads it; an integer too
+    large for a double is infinite rather than an OverflowError."""
+    try:
+        return float(v)
+    except OverflowError:
+        return float("inf") if v > 0 else float("-inf")
+
+
 def _as_datetime(v: Any) -> dt.datetime:
     if isinstance(v, dt.datetime):
         return v
@@ -689,7 +729,7 @@ def _eval_positive(node: Cmp, op: str, lead, now: dt.datetime) -> bool:
         else:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return False
-            value, lits = float(value), [float(v) for v in lits]
+            value, lits = _as_float(value), [float(v) for v in lits]
             kind = INT
     if kind == TEXT:
         folded = _fold(value)
@@ -924,7 +964,7 @@ def _lit_from_json(data: Any) -> Lit:
     t, v = data["t"], data["v"]
     if t == "text" and isinstance(v, str):
         return Lit("text", v)
-    if t == "int" and isinstance(v, int) and not isinstance(v, bool):
+    if t == "int" and isinstance(v, int) and not isinstance(v, bool) and _INT_MIN <= v <= _INT_MAX:
         return Lit("int", v)
     if t == "dec" and isinstance(v, str):
         return Lit("dec", Decimal(v))
@@ -932,7 +972,7 @@ def _lit_from_json(data: Any) -> Lit:
         return Lit("bool", v)
     if t == "date" and isinstance(v, str):
         return Lit("date", dt.date.fromisoformat(v))
-    if t == "now" and isinstance(v, int) and data.get("unit") in ("minutes", "hours", "days", "weeks"):
+    if t == "now" and isinstance(v, int) and data.get("unit") in MAX_INTERVAL and abs(v) <= MAX_INTERVAL[data["unit"]]:
         return Lit("now", (v, data["unit"]))
     raise ValueError(f"bad literal {data!r}")
 

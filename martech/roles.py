@@ -39,6 +39,10 @@ ROLES: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
+# The routing admins: told of SLA breaches when neither the rep's manager nor
+# the team's escalation contact exists (routing.services.escalation_recipients).
+ROUTING_ADMINS = "Sales Ops"
+
 # Sensitive models no role gets beyond viewing, whatever the app rule says:
 # API clients carry credentials; their tokens are made by a command.
 RESTRICTED = {("martech", "apiclient"): VIEW}

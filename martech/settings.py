@@ -299,6 +299,13 @@ SPECTACULAR_SETTINGS = {
         "ChannelEnum": "martech.models.Channel.choices",
         # Values of ConsentRecord.Status (a nested class cannot be given by import path).
         "ConsentStatusEnum": [("granted", "Granted"), ("withdrawn", "Withdrawn")],
+        # Routing assignments (nested TextChoices, spelled out as above).
+        "AssignmentStatusEnum": [("assigned", "Assigned"), ("waiting", "Waiting for an eligible rep"),
+                                 ("nurture", "Nurture queue")],
+        "AssignmentTriggerEnum": [("new_lead", "New lead"), ("stage_change", "Stage change"), ("admin", "Admin action"),
+                                  ("api", "API call"), ("handoff", "SQL handoff"), ("deactivation", "Rep deactivated"),
+                                  ("waiting", "Waiting queue"), ("escalation", "SLA escalation"),
+                                  ("first_score", "First score")],
     },
 }
 
@@ -345,6 +352,10 @@ MARTECH_ROUTING = {
     "SLACK_WEBHOOK_URL": env.str("ROUTING_SLACK_WEBHOOK_URL", default=""),
     "WEBHOOK_TIMEOUT": env.float("ROUTING_WEBHOOK_TIMEOUT", default=5.0),
     "SWEEP_HOURS": env.int("ROUTING_SWEEP_HOURS", default=24),
+    # Entering one of these stages closes the lead's assignment (it stops
+    # counting against the rep's max_open_leads).
+    "CONVERTED_STAGES": env.list("ROUTING_CONVERTED_STAGES", default=["opportunity", "customer"]),
+    "DISQUALIFIED_STAGES": env.list("ROUTING_DISQUALIFIED_STAGES", default=["disqualified", "other"]),
 }
 
 # Lead scoring, lifecycle automation and the SQL handoff (martech.scoring).

@@ -77,6 +77,12 @@ class Team(models.Model):
     method = models.CharField(max_length=20, choices=Method.choices, default=Method.ROUND_ROBIN)
     sla_policy = models.ForeignKey("SlaPolicy", null=True, blank=True, on_delete=models.SET_NULL, related_name="teams")
     is_active = models.BooleanField(default=True)
+    # Where an SLA escalation goes when the rep has no manager (else the
+    # routing admins: martech.roles.ROUTING_ADMINS). Never nobody, silently.
+    escalation_contact = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Told of SLA breaches of reps without a manager; empty = the routing admins.",
+    )
     # The round-robin pointer: the virtual clock of the team's fair queue. The
     # row is locked (select_for_update) while a rep is chosen, so several
     # workers routing at once take turns instead of picking the same rep.
@@ -380,6 +386,23 @@ class Assignment(models.Model):
         DEACTIVATION = "deactivation", "Rep deactivated"
         WAITING = "waiting", "Waiting queue"
         ESCALATION = "escalation", "SLA escalation"
+        FIRST_SCORE = "first_score", "First score"
+
+    class Lifecycle(models.TextChoices):
+        """Where the rep's work on the lead stands. Open and worked count
+        against the rep's ``max_open_leads`` (``open_assignments_q``); closed
+        does not."""
+
+        OPEN = "open", "Open"
+        WORKED = "worked", "Worked (first touch)"
+        CLOSED = "closed", "Closed"
+
+    class CloseReason(models.TextChoices):
+        CONVERTED = "converted", "Converted"
+        DISQUALIFIED = "disqualified", "Disqualified"
+        REASSIGNED = "reassigned", "Reassigned"
+        CRM_OWNER = "crm_owner_changed", "Owner changed in the CRM"
+        API = "api", "Closed through the API"
 
     lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="routing_assignments")
     status = models.CharField(max_length=10, choices=Status.choices)
@@ -405,6 +428,10 @@ class Assignment(models.Model):
     first_touch_at = models.DateTimeField(null=True, blank=True)
     first_touch_source = models.CharField(max_length=100, blank=True)
     escalation_level = models.PositiveSmallIntegerField(default=0)
+    # Lifecycle (issue 17): open -> worked (first touch) -> closed.
+    lifecycle = models.CharField(max_length=10, choices=Lifecycle.choices, default=Lifecycle.OPEN)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    close_reason = models.CharField(max_length=20, choices=CloseReason.choices, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -422,6 +449,17 @@ class Assignment(models.Model):
     def __str__(self) -> str:
         who = self.rep or self.team or "-"
         return f"Lead {self.lead_id} → {who} ({self.get_status_display()})"
+
+
+OPEN_LIFECYCLES = (Assignment.Lifecycle.OPEN, Assignment.Lifecycle.WORKED)
+
+
+def open_assignments_q(prefix: str = "") -> Q:
+    """The assignments a rep is working: current, assigned, not closed. The
+    one definition every cap count (router, admin, decision record) uses;
+    ``prefix`` is a relation path ("assignments__") for counting from reps."""
+    return Q(**{f"{prefix}is_current": True, f"{prefix}status": Assignment.Status.ASSIGNED,
+                f"{prefix}lifecycle__in": OPEN_LIFECYCLES})
 
 
 class Escalation(models.Model):

@@ -11,7 +11,7 @@ import logging
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from martech import signals
+from martech import hooks, signals
 from martech.models import Event
 from routing import services
 
@@ -38,6 +38,10 @@ def on_stage_changed(sender, lead, transition, **kwargs):
     try:
         if key in _config()["FIRST_TOUCH_STAGES"]:
             services.first_touch_record(lead_id=lead.pk, source=f"stage:{key}", at=transition.changed_at)
+        if key in _config()["CONVERTED_STAGES"]:
+            services.assignment_close(lead_id=lead.pk, reason=services.CloseReason.CONVERTED, at=transition.changed_at)
+        elif key in _config()["DISQUALIFIED_STAGES"]:
+            services.assignment_close(lead_id=lead.pk, reason=services.CloseReason.DISQUALIFIED, at=transition.changed_at)
         if key in _config()["ROUTE_ON_STAGES"]:
             services.lead_route(lead_id=lead.pk, trigger=services.Trigger.STAGE, reason=f"stage changed to {key}")
     except Exception:  # noqa: BLE001
@@ -62,7 +66,38 @@ def on_task_completed(sender, task, source="", **kwargs):
     services.first_touch_record(lead_id=task.lead_id, source=f"task:{source or 'done'}", at=task.completed_at)
 
 
+def on_leads_changed(*, ids, fields, created, source):
+    """A CRM pull that changed leads' owner (in the pull's transaction)
+    closes assignments whose rep is no longer the owner."""
+    if created or "owner" not in fields or not source.startswith("crm:"):
+        return
+    services.crm_owner_changed(lead_ids=list(ids))
+
+
+def on_score_changed(sender, lead_id=None, old_total=None, new_total=None, **kwargs):
+    if old_total == 0:
+        _first_score([lead_id])
+
+
+def on_scores_changed(sender, changes=(), **kwargs):
+    _first_score([lead_id for lead_id, old_total, _ in changes if old_total == 0])
+
+
+def _first_score(lead_ids: list[int]) -> None:
+    # A first scoring moves a lead from 0, the unscored default: every other
+    # score move (an event, the nightly decay) costs routing no query.
+    if not lead_ids:
+        return
+    try:
+        services.leads_reroute_after_first_score(lead_ids=lead_ids)
+    except Exception:  # noqa: BLE001 - the lead keeps its assignment; logged
+        log.exception("routing: reroute after first score failed for %s lead(s)", len(lead_ids))
+
+
 def connect() -> None:
+    hooks.on_leads_changed(on_leads_changed)
+    signals.score_changed.connect(on_score_changed, dispatch_uid="routing_score")
+    signals.scores_changed.connect(on_scores_changed, dispatch_uid="routing_scores")
     signals.lead_created.connect(on_lead_created, dispatch_uid="routing_new_lead")
     signals.lead_stage_changed.connect(on_stage_changed, dispatch_uid="routing_stage")
     signals.events_ingested.connect(on_events_ingested, dispatch_uid="routing_events")

@@ -19,8 +19,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import connection, connections, transaction
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Count, Max, OuterRef, Q, Subquery, TextField
-from django.db.models.functions import Cast
+from django.db.models import Case, Count, F, Max, OuterRef, Q, Subquery, TextField, Value, When
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from martech import hooks
@@ -29,11 +29,13 @@ from martech.services.leads import lead_set_owner
 from martech.services.normalize import free_mail_domains, normalize_domain
 from routing import engine
 from routing.conditions import condition_compile, condition_q, condition_validate
-from routing.models import Assignment, OutOfOffice, Rep, Rule, RuleSet, Team
+from routing.models import Assignment, OutOfOffice, Rep, Rule, RuleSet, Team, open_assignments_q
 
 log = logging.getLogger(__name__)
 Status = Assignment.Status
 Trigger = Assignment.Trigger
+Lifecycle = Assignment.Lifecycle
+CloseReason = Assignment.CloseReason
 
 # --- Prepared queries for the hot reads ---------------------------------------
 
@@ -146,12 +148,22 @@ class _CompiledRules:
     language; with 200 rules, re-normalizing territories and re-reading
     conditions per lead was most of a decision's matching CPU."""
 
-    __slots__ = ("rules", "by_country", "no_country")
+    __slots__ = ("rules", "by_country", "no_country", "invalid")
 
     def __init__(self, rules: list[Rule]):
         self.rules = rules
+        # A stored rule whose condition no longer parses (saved before the
+        # language refused it, e.g. ``now - 1000000 days``) is skipped, and
+        # each decision records why (``rules_invalid``): one bad rule must
+        # not stop every route.
+        self.invalid: list[tuple[Rule, str]] = []
         entries = []
         for rule in rules:
+            try:
+                condition = condition_compile(rule.condition)
+            except ValidationError as exc:
+                self.invalid.append((rule, "; ".join(exc.messages)))
+                continue
             terr = rule.territory if rule.territory_id else None
             if terr is not None:
                 countries, regions, prefixes, industries = terr._normalized()
@@ -161,7 +173,7 @@ class _CompiledRules:
                     check = None
             else:
                 countries, check = frozenset(), None
-            entries.append((rule, countries, check, condition_compile(rule.condition)))
+            entries.append((rule, countries, check, condition))
         all_countries = {c for _, countries, _, _ in entries for c in countries}
         self.no_country = tuple(e for e in entries if not e[1])
         self.by_country = {c: tuple(e for e in entries if not e[1] or c in e[1]) for c in all_countries}
@@ -212,7 +224,19 @@ def rule_match(rules: list[Rule], lead: Lead, *, now: datetime | None = None) ->
     return _compiled(rules).match(lead, now)
 
 
+def rules_invalid(rules: list[Rule]) -> list[tuple[Rule, str]]:
+    """The rules of ``rules`` skipped because their condition does not parse
+    (rule, "column N: reason")."""
+    return _compiled(rules).invalid
+
+
+def _skipped_steps(rules: list[Rule]) -> list[dict[str, Any]]:
+    return [{"step": "rule skipped", "rule": r.name, "rule_id": r.pk, "reason": f"invalid condition: {why}"}
+            for r, why in rules_invalid(rules)]
+
+
 def rule_lead_q(rule: Rule) -> Q:
+    # Raises ValidationError (ConditionError) for a condition that does not parse.
     q = condition_q(rule.condition)
     if rule.territory_id:
         q &= rule.territory.to_q()
@@ -381,7 +405,7 @@ def _loads(reps: list[Rep], now: datetime) -> tuple[Counter, Counter]:
     """Open leads per rep, and leads assigned since the start of each rep's local day."""
     ids = [r.pk for r in reps]
     open_counts = Counter(dict(
-        Assignment.objects.filter(rep_id__in=ids, is_current=True, status=Status.ASSIGNED)
+        Assignment.objects.filter(open_assignments_q(), rep_id__in=ids)
         .values_list("rep_id").annotate(n=Count("id")).values_list("rep_id", "n")
     ))
     today: Counter = Counter()
@@ -471,9 +495,11 @@ def decide(
     decision = Decision(status=Status.WAITING, rule_set=rule_set)
     if rule_set is None:
         raise ValidationError({"rule_set": ["No routing rule set is published yet."]})
-    rule = rule_match(rules if rules is not None else rules_of(rule_set), lead, now=now)
+    rules = rules if rules is not None else rules_of(rule_set)
+    rule = rule_match(rules, lead, now=now)
     decision.rule = rule
     fallback = rule_set.fallback_team
+    decision.steps.extend(_skipped_steps(rules))
     decision.steps.append({"step": "rule", "matched": rule.name if rule else None,
                            "action": rule.action if rule else "fallback"})
     waiting_team = fallback
@@ -555,7 +581,7 @@ def rep_absences_from(rep_id: int, at: datetime) -> list[tuple[datetime, datetim
 _INSERT_COLUMNS = ("lead_id", "status", "is_current", "rep_id", "team_id", "rule_set_id", "rule_set_version", "rule_id",
                    "rule_name", "method", "trigger", "reason", "explanation", "actor_id", "created_at", "assigned_at",
                    "ended_at", "end_reason", "sla_policy_id", "sla_due_at", "first_touch_at", "first_touch_source",
-                   "escalation_level")
+                   "escalation_level", "lifecycle", "closed_at", "close_reason")
 _INSERT_VALUES = ", ".join("%s::jsonb" if c == "explanation" else "%s" for c in _INSERT_COLUMNS)
 _INSERT_PG = (f'INSERT INTO "{Assignment._meta.db_table}" ({", ".join(chr(34) + c + chr(34) for c in _INSERT_COLUMNS)}) '
               f'VALUES ({_INSERT_VALUES}) RETURNING "id"')
@@ -575,7 +601,12 @@ def _write(*, lead: Lead, decision: Decision, trigger: str, reason: str, actor, 
     if not combine:
         _commit_queue_updates(decision)
     if previous is not None:
-        Assignment.objects.filter(pk=previous.pk).update(is_current=False, ended_at=now, end_reason=trigger[:100])
+        # The replaced assignment is closed as reassigned (one closed before,
+        # e.g. converted, keeps its reason).
+        Assignment.objects.filter(pk=previous.pk).update(
+            is_current=False, ended_at=now, end_reason=trigger[:100], lifecycle=Lifecycle.CLOSED,
+            closed_at=Coalesce("closed_at", Value(now)),
+            close_reason=Case(When(lifecycle=Lifecycle.CLOSED, then=F("close_reason")), default=Value(CloseReason.REASSIGNED)))
     policy, due = _sla_for(decision, now) if decision.status == Status.ASSIGNED else (None, None)
     assignment = Assignment(
         lead=lead, status=decision.status, rep_id=decision.rep.pk if decision.rep else None, team=decision.team,
@@ -781,7 +812,7 @@ def rep_deactivate(*, rep: Rep, actor=None, reason: str = "rep deactivated", now
     with transaction.atomic():
         Rep.objects.filter(pk=rep.pk).update(is_active=False)
         rep.is_active = False
-    lead_ids = list(Assignment.objects.filter(rep=rep, is_current=True, status=Status.ASSIGNED).values_list("lead_id", flat=True))
+    lead_ids = list(Assignment.objects.filter(open_assignments_q(), rep=rep).values_list("lead_id", flat=True))
     for lead_id in lead_ids:
         lead_route(lead_id=lead_id, trigger=Trigger.DEACTIVATION, reason=reason, actor=actor, reroute=True,
                    now=now, exclude={rep.pk})
@@ -808,10 +839,133 @@ def unrouted_sweep(*, hours: int = 24, limit: int = 1000) -> int:
 def first_touch_record(*, lead_id: int, source: str, at: datetime | None = None) -> bool:
     """Stop the SLA clock of the lead's current assignment (once)."""
     at = at or timezone.now()
+    # The first touch also moves the lifecycle from open to worked (a closed
+    # assignment stays closed).
     updated = Assignment.objects.filter(
         lead_id=lead_id, is_current=True, status=Status.ASSIGNED, first_touch_at__isnull=True, assigned_at__lte=at,
-    ).update(first_touch_at=at, first_touch_source=source[:100])
+    ).update(first_touch_at=at, first_touch_source=source[:100],
+             lifecycle=Case(When(lifecycle=Lifecycle.OPEN, then=Value(Lifecycle.WORKED)), default=F("lifecycle")))
     return bool(updated)
+
+
+# --- Assignment lifecycle: open -> worked -> closed ----------------------------
+
+
+@transaction.atomic
+def assignment_close(*, lead_id: int, reason: str, at: datetime | None = None) -> Assignment | None:
+    """Close the lead's current assignment (converted, disqualified, owner
+    changed in the CRM, the API): it no longer counts against the rep's cap,
+    and the SLA chain stops. A waiting one also leaves the waiting queue (it
+    is no longer current), so a disqualified lead is never handed out later.
+    Returns the closed assignment, None when there was nothing open (a
+    repeated call changes nothing). Lock order: the lead, then the assignment.
+    A freed place may let waiting leads through: the waiting queue runs in
+    the background after commit."""
+    if reason not in CloseReason.values:
+        raise ValidationError({"reason": [f"{reason!r} is not a close reason; use one of {', '.join(CloseReason.values)}."]})
+    at = at or timezone.now()
+    if not list(Lead.objects.select_for_update().filter(pk=lead_id).values_list("pk", flat=True)):
+        raise ValidationError({"lead_id": [f"No lead with id {lead_id}."]})
+    current = Assignment.objects.select_for_update().filter(lead_id=lead_id, is_current=True).first()
+    if current is None or current.lifecycle == Lifecycle.CLOSED:
+        return None
+    current.lifecycle, current.closed_at, current.close_reason = Lifecycle.CLOSED, at, reason
+    fields = ["lifecycle", "closed_at", "close_reason"]
+    if current.status == Status.WAITING:
+        current.is_current, current.ended_at, current.end_reason = False, at, f"closed: {reason}"[:100]
+        fields += ["is_current", "ended_at", "end_reason"]
+    current.save(update_fields=fields)
+    if current.rep_id is not None:
+        waiting_assign_later()
+    return current
+
+
+def assignment_touch(*, lead_id: int, source: str, at: datetime | None = None) -> Assignment | None:
+    """The API's "the rep worked this lead": the first touch (stops the SLA
+    clock, open -> worked). Returns the current assignment."""
+    first_touch_record(lead_id=lead_id, source=source, at=at)
+    return Assignment.objects.filter(lead_id=lead_id, is_current=True).first()
+
+
+def crm_owner_changed(*, lead_ids: list[int]) -> int:
+    """A CRM pull changed these leads' owner: where the new owner is not the
+    rep of the current assignment, the CRM reassigned the lead and the
+    assignment is closed (crm_owner_changed). Runs inside the pull's write
+    (the lead row is locked there already). Returns how many closed."""
+    closed = 0
+    rows = Assignment.objects.filter(lead_id__in=lead_ids, is_current=True, status=Status.ASSIGNED).exclude(
+        lifecycle=Lifecycle.CLOSED).values_list("lead_id", "rep__user_id", "lead__owner_id")
+    for lead_id, rep_user, owner in rows:
+        if rep_user is None or rep_user != owner:
+            closed += assignment_close(lead_id=lead_id, reason=CloseReason.CRM_OWNER) is not None
+    return closed
+
+
+SCORE_FIELDS = frozenset({"total_score", "fit_score", "engagement_score"})
+
+
+def rules_read_score(rules: list[Rule]) -> bool:
+    """Does a rule (that parses) read a score?"""
+    compiled = _compiled(rules)
+    bad = {r.pk for r, _ in compiled.invalid}
+    return any(r.pk not in bad and (c := condition_compile(r.condition)) is not None and c.fields & SCORE_FIELDS
+               for r in rules)
+
+
+def leads_reroute_after_first_score(*, lead_ids: list[int], now: datetime | None = None) -> int:
+    """New leads are routed when they are created, and scored after that
+    commit (the scoring task), so a rule reading a score never saw a new
+    lead's score. When the live rule set reads a score, a lead's FIRST
+    scoring routes it once more: if its current assignment came from the
+    new-lead trigger, is still open (no touch yet) and the live rules now
+    match a different rule, it is rerouted (trigger ``first_score``; the
+    old assignment is closed as reassigned). Later score moves never
+    reroute (the assignment then comes from ``first_score``, or the lead has
+    more than one score history row). Returns how many were rerouted."""
+    from martech.scoring.models import ScoreHistory
+
+    rule_set = live_rule_set() if lead_ids else None
+    if rule_set is None:
+        return 0
+    rules = rules_of(rule_set)
+    if not rules_read_score(rules):
+        return 0
+    rows = list(Assignment.objects.filter(lead_id__in=lead_ids, is_current=True, trigger=Trigger.NEW_LEAD,
+                                          lifecycle=Lifecycle.OPEN).values_list("pk", "lead_id", "rule_id"))
+    if not rows:
+        return 0
+    scored = Counter(ScoreHistory.objects.filter(lead_id__in=[r[1] for r in rows]).values_list("lead_id", flat=True))
+    moved = 0
+    for assignment_id, lead_id, rule_id in rows:
+        if scored[lead_id] > 1:
+            continue
+        lead = Lead.objects.select_related("account").get(pk=lead_id)
+        rule = rule_match(rules, lead, now=now)
+        if (rule.pk if rule else None) == rule_id:
+            continue
+        with transaction.atomic():
+            # Checked again under the lead's lock: a touch or another route
+            # in between wins, and a repeated signal finds nothing to do.
+            Lead.objects.select_for_update().filter(pk=lead_id).values_list("pk", flat=True).first()
+            if not Assignment.objects.filter(pk=assignment_id, is_current=True, lifecycle=Lifecycle.OPEN).exists():
+                continue
+            lead_route(lead_id=lead_id, trigger=Trigger.FIRST_SCORE, reroute=True, now=now,
+                       reason=f"first score: rule {rule.name if rule else '(fallback)'} now matches")
+            moved += 1
+    return moved
+
+
+def waiting_assign_later() -> None:
+    """Serve the waiting queue in the background after this transaction
+    commits (django-q2): an admin or API edit that may free a rep must not
+    run the queue inside its request (it took 8-17 s). Nothing is enqueued
+    when nothing waits; a lost wake-up only delays to the scheduled run."""
+    def enqueue():
+        if Assignment.objects.filter(status=Status.WAITING, is_current=True).exists():
+            from django_q.tasks import async_task
+
+            async_task("routing.tasks.assign_waiting", task_name="routing: waiting queue after an edit")
+    transaction.on_commit(enqueue)
 
 
 # --- Rule-set versions --------------------------------------------------------------
@@ -843,6 +997,13 @@ def _validate_for_publish(rule_set: RuleSet) -> None:
     errors: dict[str, list[str]] = {}
     if rule_set.fallback_team_id is None:
         errors["fallback_team"] = ["A fallback team is required, so no lead is left unassigned."]
+    else:
+        # A fallback nobody can take leads from would only fill the waiting queue.
+        team = rule_set.fallback_team
+        if not team.is_active:
+            errors["fallback_team"] = [f"The fallback team {team.name!r} is inactive."]
+        elif not team.reps.filter(is_active=True).exists():
+            errors["fallback_team"] = [f"The fallback team {team.name!r} has no active reps to take leads."]
     for rule in rule_set.rules.all():
         try:
             rule.full_clean(exclude=["rule_set"])
@@ -930,6 +1091,38 @@ def _notify(*, escalation_id: int, subject: str, body: str, to: list[str]) -> No
     Escalation.objects.filter(pk=escalation_id).update(detail={**escalation.detail, **outcome})
 
 
+def routing_admin_emails() -> list[str]:
+    """The routing admins (active users in the ``martech.roles.ROUTING_ADMINS``
+    group) who have an email: the escalation path of last resort."""
+    from django.contrib.auth import get_user_model
+
+    from martech.roles import ROUTING_ADMINS
+
+    return sorted(set(get_user_model().objects.filter(groups__name=ROUTING_ADMINS, is_active=True)
+                      .exclude(email="").values_list("email", flat=True)))
+
+
+def escalation_recipients(*, rep, team: Team | None) -> tuple[str | None, list[str]]:
+    """Who hears of an SLA breach: the rep's manager, else the team's
+    escalation contact, else the routing admins. Returns (via, emails);
+    via is None (and emails empty) only when there is no path at all."""
+    if rep.manager_id and rep.manager.email:
+        return "manager", [rep.manager.email]
+    team = team or rep.team
+    contact = team.escalation_contact if team is not None and team.escalation_contact_id else None
+    if contact is not None and contact.email:
+        return "team escalation contact", [contact.email]
+    admins = routing_admin_emails()
+    return ("routing admins", admins) if admins else (None, [])
+
+
+def teams_without_escalation_path() -> list[Team]:
+    """Active teams with a rep (active, no manager) whose breaches would
+    fall through to the routing admins: no escalation contact is set."""
+    return list(Team.objects.filter(is_active=True, escalation_contact__isnull=True,
+                                    reps__is_active=True, reps__manager__isnull=True).distinct().order_by("name"))
+
+
 def _lead_label(lead: Lead) -> str:
     return f"{lead.email or lead.pk}"
 
@@ -947,15 +1140,17 @@ def sla_escalate(*, now: datetime | None = None, limit: int = 500) -> dict[str, 
     now = now or timezone.now()
     counts = Counter()
     ids = list(Assignment.objects.filter(is_current=True, status=Status.ASSIGNED, first_touch_at__isnull=True,
-                                         sla_due_at__lte=now).order_by("sla_due_at").values_list("id", "lead_id")[:limit])
+                                         sla_due_at__lte=now).exclude(lifecycle=Lifecycle.CLOSED)
+               .order_by("sla_due_at").values_list("id", "lead_id")[:limit])
     for assignment_id, lead_id in ids:
         with transaction.atomic():
             # The lead first, as lead_route does (same lock order, no deadlock).
             if not list(Lead.objects.select_for_update(skip_locked=True).filter(pk=lead_id).values_list("pk", flat=True)):
                 continue
             a = (Assignment.objects.select_for_update(skip_locked=True, of=("self",))
-                 .select_related("rep", "rep__manager", "sla_policy", "lead")
-                 .filter(pk=assignment_id, is_current=True, first_touch_at__isnull=True).first())
+                 .select_related("rep", "rep__manager", "sla_policy", "lead", "team", "team__escalation_contact")
+                 .filter(pk=assignment_id, is_current=True, first_touch_at__isnull=True)
+                 .exclude(lifecycle=Lifecycle.CLOSED).first())
             if a is None or a.rep is None or a.sla_policy is None:
                 continue
             policy, rep = a.sla_policy, a.rep
@@ -981,9 +1176,13 @@ def sla_escalate(*, now: datetime | None = None, limit: int = 500) -> dict[str, 
                     escalation_id=e, subject="Reminder: lead waiting for first touch", body=b, to=to))
                 counts["reminded"] += 1
             elif level == Escalation.Level.NOTIFY_MANAGER:
-                to = [rep.manager.email] if rep.manager else []
+                via, to = escalation_recipients(rep=rep, team=a.team)
                 body = f"{label} assigned to {rep.name} has had no first touch since {a.assigned_at:%Y-%m-%d %H:%M} UTC (due {a.sla_due_at:%Y-%m-%d %H:%M} UTC)."
-                escalation.detail = {"manager": rep.manager.name if rep.manager else None}
+                escalation.detail = {"manager": rep.manager.name if rep.manager else None, "via": via, "to": to}
+                if not to:
+                    escalation.detail["error"] = ("no escalation path: the rep has no manager, the team no escalation "
+                                                  "contact, and no routing admin has an email")
+                    log.warning("routing: SLA escalation %s has nobody to tell (rep %s)", escalation.pk, rep.pk)
                 escalation.save(update_fields=["detail"])
                 transaction.on_commit(lambda e=escalation.pk, b=body, to=to: _notify(
                     escalation_id=e, subject=f"SLA breach: {rep.name}", body=b, to=to))
@@ -991,8 +1190,11 @@ def sla_escalate(*, now: datetime | None = None, limit: int = 500) -> dict[str, 
             else:
                 # In the same transaction as the escalation row, so a crash
                 # leaves neither (the next run retries the whole step).
+                # Never back to a rep who had this lead before (the one who
+                # breached, and any earlier one): no reassignment loop.
+                before = set(Assignment.objects.filter(lead_id=a.lead_id, rep__isnull=False).values_list("rep_id", flat=True))
                 new, _ = lead_route(lead_id=a.lead_id, trigger=Trigger.ESCALATION, reason="SLA breach: reassigned",
-                                    reroute=True, now=now, exclude={rep.pk})
+                                    reroute=True, now=now, exclude=before | {rep.pk})
                 escalation.detail = {"new_assignment": new.pk, "rep": new.rep.name if new.rep else None,
                                      "status": new.status}
                 escalation.save(update_fields=["detail"])
@@ -1016,12 +1218,18 @@ def config_save(*, instance, data: dict[str, Any], actor=None):
     instance.save()
     if isinstance(instance, Rep) and was_active and not instance.is_active:
         rep_deactivate(rep=instance, actor=actor)
-    if isinstance(instance, (Rep, Team)) and getattr(instance, "is_active", False) \
-            and Assignment.objects.filter(status=Status.WAITING, is_current=True).exists():
-        # A rep or team that may now take leads: serve the waiting queue at
-        # once instead of at the next scheduled run.
-        transaction.on_commit(lambda: waiting_assign(limit=200))
+    if isinstance(instance, (Rep, Team)) and getattr(instance, "is_active", False):
+        # A rep or team that may now take leads: serve the waiting queue soon
+        # (in the background, not in this request) instead of at the next
+        # scheduled run.
+        waiting_assign_later()
     return instance
+
+
+# What a rule payload may carry (API, imports, tests): anything else is an
+# error naming the key, never dropped (a dropped "conditon" matched every lead).
+RULE_KEYS = frozenset({"order", "name", "condition", "territory", "territory_id", "action", "team", "team_id", "rep",
+                       "rep_id", "is_active"})
 
 
 @transaction.atomic
@@ -1043,6 +1251,12 @@ def rule_set_save_draft(*, rule_set: RuleSet | None, data: dict[str, Any], rules
         errors: dict[str, list[str]] = {}
         built = []
         for i, row in enumerate(rules):
+            unknown = sorted(set(row) - RULE_KEYS)
+            if unknown:
+                for key in unknown:
+                    errors.setdefault(f"rules[{i}].{key}", []).append(
+                        f"Unknown key {key!r}; a rule takes {', '.join(sorted(RULE_KEYS))}.")
+                continue
             rule = Rule(rule_set=rule_set, **{"order": i, **row})
             try:
                 rule.full_clean(exclude=["rule_set"])
@@ -1141,7 +1355,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         if rule is not None and rule.action in (Rule.Action.REP, Rule.Action.ACCOUNT_OWNER):
             decisions.append((lead, decide(lead=lead, rule_set=rule_set, now=now, lock=True, rules=rules)))
             continue
-        d = Decision(status=Status.WAITING, rule_set=rule_set, rule=rule)
+        d = Decision(status=Status.WAITING, rule_set=rule_set, rule=rule, steps=_skipped_steps(rules))
         d.steps.append({"step": "rule", "matched": rule.name if rule else None, "action": rule.action if rule else "fallback"})
         if rule is not None and rule.action == Rule.Action.NURTURE:
             d.status, d.method = Status.NURTURE, "nurture"
@@ -1222,7 +1436,8 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             "actor_id": actor.pk if getattr(actor, "is_authenticated", False) else None, "created_at": now,
             "assigned_at": now if d.status == Status.ASSIGNED else None, "ended_at": None, "end_reason": "",
             "sla_policy_id": policy.pk if policy else None, "sla_due_at": due, "first_touch_at": None,
-            "first_touch_source": "", "escalation_level": 0,
+            "first_touch_source": "", "escalation_level": 0, "lifecycle": Lifecycle.OPEN, "closed_at": None,
+            "close_reason": "",
         })
         counts[d.status] += 1
     if pg:

@@ -21,18 +21,27 @@ from django.utils import timezone
 from martech.models import Lead
 from routing import engine
 from routing.models import OutOfOffice, Rep, Rule, RuleSet, Team
-from routing.services import account_match, rule_match, rules_of
+from routing.services import account_match, rule_match, rules_invalid, rules_of
 
 
-def leads_for_simulation(*, days: int | None = 30, segment=None) -> QuerySet[Lead]:
-    """The leads of a segment (its members now), else those created in the
-    last ``days`` days."""
+def leads_for_simulation(*, days: int | None = 30, segment=None, created_from: datetime | None = None,
+                         created_to: datetime | None = None) -> QuerySet[Lead]:
+    """The leads of a segment (its members now), else those created in
+    [created_from, created_to) when either is given, else in the last
+    ``days`` days."""
     if segment is not None:
         from martech.scoring.selectors import segment_members
 
         return segment_members(segment).select_related("account")
+    qs = Lead.objects.select_related("account")
+    if created_from is not None or created_to is not None:
+        if created_from is not None:
+            qs = qs.filter(created_at__gte=created_from)
+        if created_to is not None:
+            qs = qs.filter(created_at__lt=created_to)
+        return qs
     since = timezone.now() - timedelta(days=days or 30)
-    return Lead.objects.filter(created_at__gte=since).select_related("account")
+    return qs.filter(created_at__gte=since)
 
 
 class _Run:
@@ -102,11 +111,13 @@ class _Run:
         self.by_rule[rule_name] += 1
         if rep:
             self.by_rep[rep.name] += 1
-        self.outcomes[lead.pk] = (rule_name, team_name, status)
+        self.outcomes[lead.pk] = (rule_name, team_name, status, rep.name if rep else "")
 
     def summary(self) -> dict[str, Any]:
         return {"rule_set": str(self.rule_set), "by_team": dict(self.by_team.most_common()),
-                "by_rep": dict(self.by_rep.most_common()), "by_rule": dict(self.by_rule.most_common())}
+                "by_rep": dict(self.by_rep.most_common()), "by_rule": dict(self.by_rule.most_common()),
+                # Stored rules whose condition no longer parses: skipped, as the live route skips them.
+                "invalid_rules": [{"rule": r.name, "reason": why} for r, why in rules_invalid(self.rules)]}
 
 
 def rule_set_simulate(*, rule_set: RuleSet, leads: QuerySet[Lead], compare_to: RuleSet | None = None,
@@ -131,17 +142,26 @@ def rule_set_simulate(*, rule_set: RuleSet, leads: QuerySet[Lead], compare_to: R
         runs.append(_Run(compare_to, now, teams, reps, away, by_id))
     owner_rules = any(r.action == Rule.Action.ACCOUNT_OWNER for run in runs for r in run.rules)
     count = 0
+    labels: dict[int, str] = {}
     for lead in leads.order_by("created_at", "id")[:limit].iterator(chunk_size=2000):
         count += 1
+        labels[lead.pk] = lead.email or ""
         owner = None
         if owner_rules:  # one account look-up per lead, shared by both runs
             account, _ = account_match(lead)
             owner = by_user.get(account.owner_id) if account is not None and account.owner_id else None
         for run in runs:
             run.route(lead, owner)
-    result: dict[str, Any] = {"leads": count, "draft": runs[0].summary(), "published": None, "changed": None}
+    result: dict[str, Any] = {"leads": count, "draft": runs[0].summary(), "published": None, "changed": None,
+                              "moves": []}
     if len(runs) == 2:
         a, b = runs[0].outcomes, runs[1].outcomes
+        # The leads that would move: from the live set's team/rep to this set's.
+        result["moves"] = [
+            {"lead_id": k, "email": labels[k], "from_team": b[k][1], "from_rep": b[k][3], "from_rule": b[k][0],
+             "to_team": a[k][1], "to_rep": a[k][3], "to_rule": a[k][0], "to_status": a[k][2]}
+            for k in a if (a[k][1], a[k][3], a[k][2]) != (b[k][1], b[k][3], b[k][2])
+        ]
         result["published"] = runs[1].summary()
         result["changed"] = {
             "rule": sum(1 for k in a if a[k][0] != b[k][0]),
@@ -150,3 +170,22 @@ def rule_set_simulate(*, rule_set: RuleSet, leads: QuerySet[Lead], compare_to: R
         teams_all = set(runs[0].by_team) | set(runs[1].by_team)
         result["team_delta"] = {t: runs[0].by_team[t] - runs[1].by_team[t] for t in sorted(teams_all)}
     return result
+
+
+MOVE_COLUMNS = ("lead_id", "email", "from_team", "from_rep", "from_rule", "to_team", "to_rep", "to_rule", "to_status")
+
+
+def moves_csv(result: dict[str, Any]) -> str:
+    """The leads that would move, as CSV; every cell formula-safe
+    (``martech.csvsafe``): emails, rule and rep names are typed by people."""
+    import csv
+    import io
+
+    from martech.csvsafe import cell_escape
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(MOVE_COLUMNS)
+    for row in result.get("moves") or []:
+        writer.writerow([cell_escape(row[c]) for c in MOVE_COLUMNS])
+    return out.getvalue()

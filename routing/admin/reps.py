@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Count, Prefetch
 from django.utils import timezone
 from django.utils.html import format_html
 
 from martech.admin.actions import _confirmation
 from routing import engine, services
 from routing.admin.common import ConfigAdmin
-from routing.models import Assignment, OutOfOffice, Rep
+from routing.models import OutOfOffice, Rep, open_assignments_q
 
 _LABELS = {
     engine.INACTIVE: "inactive",
@@ -89,7 +89,7 @@ class RepAdmin(ConfigAdmin):
     def get_queryset(self, request):
         now = timezone.now()
         return super().get_queryset(request).annotate(
-            open_count=Count("assignments", filter=Q(assignments__is_current=True, assignments__status=Assignment.Status.ASSIGNED))
+            open_count=Count("assignments", filter=open_assignments_q("assignments__"))
         ).prefetch_related(Prefetch(
             "absences", queryset=OutOfOffice.objects.filter(starts_at__lte=now, ends_at__gt=now), to_attr="current_absences"))
 

@@ -7,7 +7,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.http import HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -18,7 +18,7 @@ from martech.models import Lead
 from martech.scoring.models import Segment
 from routing import services
 from routing.models import Rule, RuleSet
-from routing.simulation import leads_for_simulation, rule_set_simulate
+from routing.simulation import leads_for_simulation, moves_csv, rule_set_simulate
 
 
 class RuleInline(admin.TabularInline):
@@ -179,6 +179,10 @@ class RuleSetAdmin(ServiceSaveMixin, BaseAdmin):
         result = None
         if form.is_valid():
             result = rule_set_simulate(rule_set=rule_set, leads=form.leads())
+            if request.GET.get("format") == "csv":
+                response = HttpResponse(moves_csv(result), content_type="text/csv; charset=utf-8")
+                response["Content-Disposition"] = f'attachment; filename="routing-simulation-{rule_set.pk}-moves.csv"'
+                return response
         rows = []
         if result:
             teams = sorted(set(result["draft"]["by_team"]) | set((result["published"] or {}).get("by_team", {})))
@@ -188,4 +192,14 @@ class RuleSetAdmin(ServiceSaveMixin, BaseAdmin):
         return TemplateResponse(request, "admin/routing/ruleset/simulate.html", {
             **self.admin_site.each_context(request), "opts": self.model._meta, "title": f"Simulate {rule_set}",
             "rule_set": rule_set, "form": form, "result": result, "team_rows": rows,
+            "moves": (result or {}).get("moves", [])[:MOVES_SHOWN], "csv_query": _csv_query(request),
         })
+
+
+MOVES_SHOWN = 500  # on the page; the CSV has every one
+
+
+def _csv_query(request) -> str:
+    query = request.GET.copy()
+    query["format"] = "csv"
+    return query.urlencode()

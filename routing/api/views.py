@@ -20,11 +20,23 @@ from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
 
 from martech.api.pagination import CursorPagination
-from martech.api.views import DETAIL_ERRORS, LIST_ERRORS, WRITE_ERRORS, ApiViewSet, _actor, _scopes, _valid
+from martech.api.views import (
+    DETAIL_ERRORS,
+    LIST_ERRORS,
+    WRITE_ERRORS,
+    ApiViewSet,
+    _actor,
+    _paginated,
+    _scopes,
+    _source,
+    _valid,
+)
 from martech.models import ApiClient, Lead
 from routing import services
 from routing.api import serializers as s
-from routing.models import Assignment, Rep, RuleSet, Team, Territory
+from routing.api.filters import AbsenceFilter, AssignmentFilter
+from routing.models import Assignment, OutOfOffice, Rep, RuleSet, Team, Territory
+from routing.simulation import leads_for_simulation, rule_set_simulate
 
 Scope = ApiClient.Scope
 SCOPES = _scopes(Scope.ROUTING_READ, Scope.ROUTING_WRITE)
@@ -118,6 +130,7 @@ class RuleSetViewSet(ApiViewSet):
     queryset = RuleSet.objects.all()
     required_scopes = SCOPES
     pagination_class = ByIdPagination
+    read_actions = ("simulate",)  # a POST that only reads (see martech.api.permissions)
 
     def get_queryset(self):
         return RuleSet.objects.prefetch_related("rules")
@@ -157,6 +170,26 @@ class RuleSetViewSet(ApiViewSet):
     @action(detail=True, methods=["post"])
     def rollback(self, request, pk=None):
         return Response(_rule_set_out(services.rule_set_rollback(to=get_object_or_404(RuleSet, pk=pk), actor=_actor(request))))
+
+    @extend_schema(
+        summary="Simulate this rule set (a draft or a version) over past leads; writes nothing",
+        description="The leads are a segment's members now, those created in [created_after, created_before), or "
+        "those created in the last `days` days (default 30). Returns the distribution by team, rep and rule, "
+        "compared with `compare_to` (default: the live set), and the leads that would move from team/rep X to Y. "
+        "Needs only read access (scope `routing:read`).",
+        request=s.SimulateInputSerializer, responses={200: s.SimulationOutputSerializer, **WRITE_ERRORS},
+    )
+    @action(detail=True, methods=["post"])
+    def simulate(self, request, pk=None):
+        rule_set = get_object_or_404(RuleSet, pk=pk)
+        data = _valid(s.SimulateInputSerializer, request)
+        leads = leads_for_simulation(days=data.get("days"), segment=data.get("segment"),
+                                     created_from=data.get("created_after"), created_to=data.get("created_before"))
+        result = rule_set_simulate(rule_set=rule_set, leads=leads, compare_to=data.get("compare_to"))
+        moves = result.pop("moves")
+        result.update(moves_total=len(moves), moves=moves[:data["moves_limit"]])
+        result.setdefault("team_delta", {})
+        return Response(result)
 
     @extend_schema(summary="Copy this rule set to a new draft", request=None,
                    responses={201: s.RuleSetOutputSerializer, **WRITE_ERRORS})
@@ -198,3 +231,99 @@ class RoutingViewSet(ApiViewSet):
         data = _valid(s.LeadIdSerializer, request)
         get_object_or_404(Lead.objects.only("id"), pk=data["lead_id"])
         return Response(services.lead_preview(lead_id=data["lead_id"]))
+
+
+# --- Assignments, a lead's routing history, absences (issue 17) ----------------------
+
+
+class AssignmentPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List assignments (filter by rep, team, lead, status, lifecycle, dates)",
+                       responses={200: s.AssignmentSerializer(many=True), **LIST_ERRORS}),
+    retrieve=extend_schema(summary="An assignment with its explanation",
+                           responses={200: s.AssignmentHistorySerializer, **DETAIL_ERRORS}),
+)
+class AssignmentViewSet(ApiViewSet):
+    """Assignments (decision records), newest first. ``touch`` and ``close``
+    move the lifecycle (open -> worked -> closed) of the lead's current one."""
+
+    queryset = Assignment.objects.all()
+    required_scopes = SCOPES
+    filterset_class = AssignmentFilter
+    pagination_class = AssignmentPagination
+
+    def get_queryset(self):
+        return Assignment.objects.all()
+
+    def list(self, request):
+        return _paginated(self, self.get_queryset().defer("explanation"), s.AssignmentSerializer)
+
+    def retrieve(self, request, pk=None):
+        return Response(s.AssignmentHistorySerializer(get_object_or_404(self.get_queryset(), pk=pk)).data)
+
+    def _current(self, pk) -> Assignment:
+        assignment = get_object_or_404(self.get_queryset(), pk=pk)
+        if not assignment.is_current:
+            raise ValidationError({"id": [f"Assignment {assignment.pk} is no longer the lead's current one."]})
+        return assignment
+
+    @extend_schema(summary="Record the rep's first touch (open -> worked; stops the SLA clock)",
+                   request=s.AssignmentTouchInputSerializer, responses={200: s.AssignmentSerializer, **WRITE_ERRORS})
+    @action(detail=True, methods=["post"])
+    def touch(self, request, pk=None):
+        assignment = self._current(pk)
+        data = _valid(s.AssignmentTouchInputSerializer, request)
+        if assignment.status != Assignment.Status.ASSIGNED:
+            raise ValidationError({"id": [f"Assignment {assignment.pk} has no rep to touch the lead ({assignment.status})."]})
+        services.assignment_touch(lead_id=assignment.lead_id, source=f"{_source(request)}:{data['source']}",
+                                  at=data.get("at"))
+        assignment.refresh_from_db()
+        return Response(s.AssignmentSerializer(assignment).data)
+
+    @extend_schema(summary="Close the assignment (converted, disqualified, api): it stops counting against the cap",
+                   request=s.AssignmentCloseInputSerializer, responses={200: s.AssignmentSerializer, **WRITE_ERRORS})
+    @action(detail=True, methods=["post"])
+    def close(self, request, pk=None):
+        assignment = self._current(pk)
+        data = _valid(s.AssignmentCloseInputSerializer, request)
+        if assignment.lifecycle == Assignment.Lifecycle.CLOSED:
+            raise ValidationError({"id": [f"Assignment {assignment.pk} is already closed ({assignment.close_reason})."]})
+        services.assignment_close(lead_id=assignment.lead_id, reason=data["reason"])
+        assignment.refresh_from_db()
+        return Response(s.AssignmentSerializer(assignment).data)
+
+
+class LeadRoutingViewSet(ApiViewSet):
+    queryset = Assignment.objects.all()  # the model whose permissions staff sessions need
+    required_scopes = SCOPES
+    pagination_class = AssignmentPagination
+
+    @extend_schema(summary="A lead's routing history: every decision record with its explanation, newest first",
+                   responses={200: s.AssignmentHistorySerializer(many=True), **LIST_ERRORS})
+    @action(detail=True, methods=["get"])
+    def history(self, request, pk=None):
+        lead = get_object_or_404(Lead.objects.only("id"), pk=pk)
+        return _paginated(self, Assignment.objects.filter(lead_id=lead.pk), s.AssignmentHistorySerializer)
+
+
+@_crud_schema(s.AbsenceSerializer, "rep absence (out of office)")
+class AbsenceViewSet(ConfigViewSet):
+    """Reps' out-of-office periods (a partial day counts). Saved through
+    ``config_save``; deleting one may free a rep, so the waiting queue is
+    woken in the background."""
+
+    queryset = OutOfOffice.objects.all()
+    serializer_class = s.AbsenceSerializer
+    filterset_class = AbsenceFilter
+
+    def list(self, request):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        return self.get_paginated_response(self.serializer_class(page, many=True).data)
+
+    def destroy(self, request, pk=None):
+        response = super().destroy(request, pk)
+        services.waiting_assign_later()
+        return response

@@ -32,7 +32,9 @@ def _pending(conn: Connection, lead) -> int:
 @pytest.fixture
 def team():
     team = TeamFactory(name="Inbound")
+    placeholder = RepFactory(team=team)  # publishing needs a fallback team with a rep
     services.rule_set_publish(rule_set=RuleSetFactory(fallback_team=team))
+    placeholder.delete()
     return team
 
 

@@ -299,14 +299,24 @@ def test_batch_routing_matches_one_by_one_decisions():
     assert Assignment.objects.filter(lead=already).count() == 1
 
 
-def test_a_rep_becoming_eligible_serves_the_waiting_queue_at_once(django_capture_on_commit_callbacks):
+def test_a_rep_becoming_eligible_wakes_the_waiting_queue_in_the_background(django_capture_on_commit_callbacks,
+                                                                            monkeypatch):
     team = TeamFactory()
-    rep = RepFactory(team=team, is_active=False)
+    rep = RepFactory(team=team)
     published(fallback=team)
+    Rep.objects.filter(pk=rep.pk).update(is_active=False)
     waiting, _ = route(LeadFactory())
     assert waiting.status == Assignment.Status.WAITING
+    queued = []
+    monkeypatch.setattr("django_q.tasks.async_task", lambda func, *a, **kw: queued.append(func))
     with django_capture_on_commit_callbacks(execute=True):
-        services.config_save(instance=rep, data={"is_active": True})
+        services.config_save(instance=Rep.objects.get(pk=rep.pk), data={"is_active": True})
+    # Enqueued after commit, not run in the request: the lead still waits.
+    assert queued == ["routing.tasks.assign_waiting"]
+    assert Assignment.objects.get(lead=waiting.lead, is_current=True).status == Assignment.Status.WAITING
+    from routing import tasks
+
+    assert tasks.assign_waiting() == 1
     assert Assignment.objects.get(lead=waiting.lead, is_current=True).rep == rep
 
 

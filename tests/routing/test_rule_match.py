@@ -15,7 +15,7 @@ from routing import services
 from routing.conditions import condition_matches
 from routing.models import Rule
 from tests.factories import AccountFactory, LeadFactory
-from tests.routing.factories import RuleFactory, RuleSetFactory, TeamFactory, TerritoryFactory
+from tests.routing.factories import RepFactory, RuleFactory, RuleSetFactory, TeamFactory, TerritoryFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -46,6 +46,7 @@ def test_compiled_matching_agrees_with_the_plain_reading():
     for i, (terr, condition) in enumerate(specs):
         RuleFactory(rule_set=rs, order=i, name=f"r{i}", team=team, condition=condition,
                     territory=TerritoryFactory(**terr) if terr else None)
+    RepFactory(team=team)  # publishing needs a fallback team with a rep
     published = services.rule_set_publish(rule_set=rs)
     rules = services.rules_of(published)
     small = AccountFactory(industry="Software", employee_count=200)
@@ -83,6 +84,7 @@ def test_preview_reads_the_lead_with_its_account_and_refuses_an_unknown_lead():
     rs = RuleSetFactory(fallback_team=team)
     RuleFactory(rule_set=rs, order=0, name="Software", team=team,
                 territory=TerritoryFactory(industries=["software"]))
+    RepFactory(team=team)
     services.rule_set_publish(rule_set=rs)
     lead = LeadFactory(account=AccountFactory(industry="Software"), country="US")
     services.lead_preview(lead_id=LeadFactory().pk)  # warm the prepared statements
