@@ -411,6 +411,9 @@ MARTECH_CRM = {
     "MAX_ATTEMPTS": env.int("MARTECH_CRM_MAX_ATTEMPTS", default=5),
     "DRAIN_BATCH": env.int("MARTECH_CRM_DRAIN_BATCH", default=1000),
     "SLOWDOWN_AT": env.float("MARTECH_CRM_SLOWDOWN_AT", default=0.9),
+    # Seconds the portal's/org's property and field definitions (crm.schema) are
+    # trusted before a push or a mapping save reads them again (the check always does).
+    "SCHEMA_MAX_AGE": env.int("MARTECH_CRM_SCHEMA_MAX_AGE", default=86400),
     # How long a drain holds the outbox rows it claimed (and a pull the failures
     # it retries): a crashed run's records are pushed again this long after it
     # took them. Above Q_TIMEOUT, so a drain still running (django-q2 kills it

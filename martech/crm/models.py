@@ -103,9 +103,22 @@ class FieldMapping(models.Model):
         return self.direction in (self.Direction.PULL, self.Direction.BOTH)
 
     def clean(self) -> None:
+        """Refuse a mapping that could never work (transforms.validate_mapping),
+        then one the portal or org would refuse (martech.crm.schema: an unknown
+        field, a read-only or calculated one pushed, a picklist value or
+        default it does not have), each naming the field and the reason.
+        Stored definitions only; when none were read yet the save goes through
+        and ``schema_warnings`` says so (the admin shows it)."""
+        from martech.crm.schema import mapping_problems
         from martech.crm.transforms import validate_mapping
 
         validate_mapping(self)
+        self.schema_warnings: list[str] = []
+        if not self.connection_id:
+            return
+        errors, self.schema_warnings = mapping_problems(self)
+        if errors:
+            raise ValidationError({k: [" ".join(v)] for k, v in errors.items()})
 
 
 class SyncCursor(models.Model):
@@ -305,6 +318,37 @@ class LifecycleMapping(models.Model):
             ).exclude(pk=self.pk)
             if clash.exists():
                 raise ValidationError({"push_default": "Another value is already pushed for this stage."})
+        if self.connection_id:
+            from martech.crm.schema import lifecycle_problem
+
+            problem = lifecycle_problem(self)
+            if problem:
+                raise ValidationError({"remote_value": problem})
+
+
+class RemoteSchema(models.Model):
+    """The property (HubSpot) or field (Salesforce) definitions of one CRM
+    object type, as the portal or org last answered: read by the connection
+    check (services ``connection_check``) and again before a push when older
+    than ``MARTECH_CRM_SCHEMA_MAX_AGE``; one API call per object type.
+    Mapping saves and the push validate against it (martech.crm.schema), so a
+    property the portal lacks, a read-only one or a picklist value it does not
+    have is refused here with its name and reason instead of by the CRM per
+    record. ``fields``: {name: {"label", "type", "options", "read_only",
+    "calculated", "unique", "createable", "updateable", "restricted",
+    "external_id"}} (martech.crm.schema.FIELD_KEYS)."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="schemas")
+    # The CRM's own object name: HubSpot "contacts", "deals"; Salesforce "Lead", "Contact".
+    remote_object = models.CharField(max_length=80)
+    fields = models.JSONField(default=dict)
+    fetched_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "remote_object"], name="crm_schema_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.connection} {self.remote_object} ({len(self.fields)} fields)"
 
 
 class CrmOwner(models.Model):

@@ -206,7 +206,10 @@ def payload_preview(*, connection: Connection, obj: str, instance, connector: Co
                         associations={k: [remote[(k, i)] for i in v if (k, i) in remote] for k, v in links.items()},
                         remote_id=remote_id, linked_before=_linked_before(state, remote_id),
                         link_details=_link_resolve(link_specs, raw, remote)[0])
-    return connector.request_body(object_type.key, [record])
+    try:
+        return connector.request_body(object_type.key, [record])
+    except (TransientError, PermanentError) as exc:
+        return {"error": str(exc)}  # e.g. the portal lacks the id property (its steps are in the message)
 
 
 def _linked_before(state: PushState | None, remote_id: str) -> dict[str, list[str]] | None:
@@ -490,6 +493,9 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
     if not to_send:
         return
     before = connector.stats.api_calls
+    if hasattr(connector, "on_remote_ids"):
+        # Records the CRM creates are remembered at once, before a later call of the batch can fail.
+        connector.on_remote_ids = lambda ids: _remember_remote_ids(connection, obj, ids)
     try:
         results = connector.push_batch(obj.key, [r for _, r, _ in to_send])
     except TransientError as exc:
@@ -527,6 +533,32 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
                                     links=synced))
         remote_ids[item.local_id] = result.remote_id
     _finish(connection, obj, ok_items, states=new_states, remote_ids=remote_ids, records=records)
+
+
+def _remember_remote_ids(connection: Connection, obj: objects.ObjectType, remote_ids: dict[int, str]) -> None:
+    """The CRM just created these records (a type matched without a unique
+    key, connectors/hubspot.py): their ids go into PushState now, in their
+    own transaction, so whatever fails after (an association call, the
+    drain itself) the next attempt updates them by id instead of creating
+    them again. Only the id: the hash and properties stay those of the last
+    settled push, so the record is still sent again. Push states are the
+    last lock of the order and nothing else is held here."""
+    if not remote_ids:
+        return
+
+    def write() -> None:
+        have = set(PushState.objects.select_for_update().filter(
+            connection=connection, object=obj.key, local_id__in=list(remote_ids)).order_by("local_id")
+            .values_list("local_id", flat=True))
+        for local_id in sorted(have):
+            PushState.objects.filter(connection=connection, object=obj.key, local_id=local_id).update(
+                remote_id=remote_ids[local_id])
+        PushState.objects.bulk_create(
+            [PushState(connection=connection, object=obj.key, local_id=local_id, remote_id=remote_id)
+             for local_id, remote_id in sorted(remote_ids.items()) if local_id not in have],
+            ignore_conflicts=True)
+
+    run_in_transaction(write)
 
 
 def _store_remote_ids(connection: Connection, obj: objects.ObjectType, remote_ids: dict[int, str],

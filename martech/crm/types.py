@@ -150,7 +150,9 @@ CONTACT_MAPPINGS = [
     ("country", "country", "text", {}),
     ("lifecycle_stage", "lifecyclestage", "text", {}),
     ("owner", "hubspot_owner_id", "text", {"direction": "push"}),
-    ("total_score", "hubspotscore", "number", {"direction": "push"}),
+    # Not hubspotscore: HubSpot computes that one and refuses writes (READ_ONLY_VALUE).
+    # martech_score is a custom number property the connection check asks to create.
+    ("total_score", "martech_score", "number", {"direction": "push"}),
 ]
 COMPANY_MAPPINGS = [
     ("domain", "domain", "text", {}),

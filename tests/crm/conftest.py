@@ -113,6 +113,25 @@ def _list_action(method: str, path: str) -> tuple[str, str]:
     return method, rest[-1]
 
 
+# The properties API (/crm/v3/properties/{objectType}): its document is not in
+# tests/fixtures/hubspot, so these follow hubspot-api-client's properties models
+# (PropertyCreate, Property, CollectionResponsePropertyNoPaging: their required fields).
+_PROPERTY = {"type": "object", "required": ["name", "label", "type", "fieldType", "description", "groupName",
+                                            "options"], "properties": {
+    "name": {"type": "string"}, "hasUniqueValue": {"type": "boolean"}, "calculated": {"type": "boolean"},
+    "options": {"type": "array", "items": {"type": "object", "required": ["label", "value", "hidden"]}},
+    "modificationMetadata": {"type": "object", "required": ["readOnlyValue", "readOnlyDefinition", "archivable"]}}}
+PROPERTIES_API = {
+    "GET": (None, {"type": "object", "required": ["results"],
+                   "properties": {"results": {"type": "array", "items": _PROPERTY}}}),
+    "POST": ({"type": "object", "required": ["name", "label", "type", "fieldType", "groupName"], "properties": {
+        "type": {"enum": ["string", "number", "date", "datetime", "enumeration", "bool"]},
+        "fieldType": {"enum": ["textarea", "text", "date", "file", "number", "select", "radio", "checkbox",
+                               "booleancheckbox", "calculation_equation"]},
+        "hasUniqueValue": {"type": "boolean"}}}, _PROPERTY),
+}
+
+
 class SpecCheck:
     """Validates request bodies and JSON responses against HubSpot's documents.
 
@@ -156,6 +175,13 @@ class SpecCheck:
             elif body:
                 raise AssertionError(f"{method} {path} takes no body")
             jsonschema.validate(json.loads(response), response_schema if status == 200 else _LIST_ERROR)
+            return
+        if path.startswith("/crm/v3/properties/"):
+            request_schema, response_schema = PROPERTIES_API[method]
+            if request_schema is not None:
+                jsonschema.validate(json.loads(body), request_schema)
+            if status < 300:
+                jsonschema.validate(json.loads(response), response_schema)
             return
         if path.startswith("/crm/v4/associations/"):
             action = "/".join(path.rstrip("/").split("/")[6:])
@@ -210,8 +236,24 @@ class CheckedHubSpot(HubSpotEmulator):
 
 
 @pytest.fixture
-def hubspot(settings):
+def hubspot_bare(settings):
+    """The emulator as a portal nobody set up: HubSpot's standard properties only."""
     app = CheckedHubSpot()
+    served = Served(app).start()
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": served.url, "BACKOFF_BASE": 0.01,
+                            "BACKOFF_MAX": 2.0}
+    yield app
+    served.stop()
+    assert not app.spec_errors, app.spec_errors
+
+
+@pytest.fixture
+def hubspot(settings):
+    """The emulator as a portal an operator set up: the custom properties the
+    connection check asks for exist (martech_deal_id and martech_task_id with
+    unique values, martech_score)."""
+    app = CheckedHubSpot()
+    app.add_project_properties()
     served = Served(app).start()
     settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": served.url, "BACKOFF_BASE": 0.01,
                             "BACKOFF_MAX": 2.0}
@@ -241,16 +283,26 @@ def company_mappings(connection):
     return connection
 
 
+def _read_schema(connection, *remote_objects):
+    """What an operator's connection check leaves behind: the portal's
+    definitions stored (so a push does not read them first)."""
+    from martech.crm.schema import schema_refresh
+
+    schema_refresh(connection=connection, remote_objects=list(remote_objects))
+
+
 @pytest.fixture
-def deal_mappings(company_mappings):
+def deal_mappings(company_mappings, hubspot):
     from attribution.crm_sync import HUBSPOT_MAPPINGS
 
+    _read_schema(company_mappings, "deals")
     _map(company_mappings, "deal", HUBSPOT_MAPPINGS)
     return company_mappings
 
 
 @pytest.fixture
-def task_mappings(connection):
+def task_mappings(connection, hubspot):
+    _read_schema(connection, "tasks")
     _map(connection, "task", TASK_MAPPINGS)
     return connection
 
@@ -294,6 +346,8 @@ def salesforce(settings, salesforce_cert):
 
     cert, key = salesforce_cert
     app = SalesforceEmulator()
+    # An org an admin set up: Martech_Id__c (External ID, Unique) where the connector upserts by it.
+    app.add_project_fields()
     served = Served(app, ssl_context=(str(cert), str(key))).start()
     settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SALESFORCE_URL": served.url, "SALESFORCE_CA_CERT": str(cert),
                             "SALESFORCE_ACCESS_TOKEN": "emulator-session", "SALESFORCE_REFRESH_TOKEN": "emulator-refresh",

@@ -84,9 +84,10 @@ def test_payload_preview_for_accounts_and_opportunities(client, marketing_ops, d
     client.force_login(marketing_ops)
     url = f"/admin/crm/connection/{deal_mappings.pk}/preview/"
     page = client.get(url, {"object": "company", "record": "ACME.com"})
-    assert page.context["payload"] == {"inputs": [{"id": "acme.com", "idProperty": "domain", "properties": {
-        "domain": "acme.com", "name": "Acme", "numberofemployees": "12"}}]}
     account.refresh_from_db()
+    # Pushed before: the drain updates it by its HubSpot id (companies have no unique key to upsert by).
+    assert page.context["payload"] == {"update": {"inputs": [{"id": account.hubspot_id, "objectWriteTraceId": str(
+        account.pk), "properties": {"domain": "acme.com", "name": "Acme", "numberofemployees": "12"}}]}}
     page = client.get(url, {"object": "deal", "record": str(opportunity.pk)})
     payload = page.context["payload"]
     assert payload["inputs"] == [{"id": str(opportunity.pk), "idProperty": "martech_deal_id", "properties": {

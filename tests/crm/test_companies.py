@@ -15,6 +15,9 @@ from martech.services.accounts import account_upsert
 
 pytestmark = pytest.mark.django_db
 UPSERT = ("POST", "/crm/v3/objects/companies/batch/upsert")
+SEARCH = ("POST", "/crm/v3/objects/companies/search")
+CREATE = ("POST", "/crm/v3/objects/companies/batch/create")
+UPDATE = ("POST", "/crm/v3/objects/companies/batch/update")
 
 
 def _account(domain="acme.com", **data):
@@ -25,13 +28,16 @@ def _account(domain="acme.com", **data):
 def test_push_company_by_domain_and_skip_unchanged(company_mappings, hubspot):
     account = _account(industry="Retail", employee_count=250, annual_revenue=Decimal("1250000.50"), country="DE")
     run = outbox_drain(connection=company_mappings)
-    assert (run.pushed, run.failed, run.api_calls) == (1, 0, 1)
+    # HubSpot refuses domain as an upsert key (not a unique-value property): searched, not found, created.
+    assert (run.pushed, run.failed, run.api_calls) == (1, 0, 2)
+    assert (hubspot.calls[SEARCH], hubspot.calls[CREATE], hubspot.calls[UPSERT]) == (1, 1, 0)
     company = hubspot.find("companies", "acme.com")
     expected = {"name": "Acme", "domain": "acme.com", "industry": "Retail", "numberofemployees": "250",
                 "annualrevenue": "1250000.5", "country": "DE"}
     assert {k: company["properties"].get(k) for k in expected} == expected
     method, path, body = hubspot.requests[-1]
-    assert body["inputs"][0]["idProperty"] == "domain" and body["inputs"][0]["id"] == "acme.com"
+    assert path == CREATE[1] and "idProperty" not in body["inputs"][0]
+    assert body["inputs"][0]["properties"]["domain"] == "acme.com"
     account.refresh_from_db()
     assert account.hubspot_id == company["id"]
     assert PushState.objects.get(object="company").remote_id == company["id"]
@@ -40,10 +46,12 @@ def test_push_company_by_domain_and_skip_unchanged(company_mappings, hubspot):
     run = outbox_drain(connection=company_mappings)
     assert (run.pushed, run.skipped, run.api_calls) == (0, 1, 0)
     account_upsert(data={"name": "Acme GmbH"}, account=account, source="test")
-    assert outbox_drain(connection=company_mappings).pushed == 1
+    run = outbox_drain(connection=company_mappings)
+    # Known now: updated by its HubSpot id, no search.
+    assert (run.pushed, run.api_calls, hubspot.calls[UPDATE], hubspot.calls[SEARCH]) == (1, 1, 1, 1)
     assert hubspot.find("companies", "acme.com")["properties"]["name"] == "Acme GmbH"
     assert len(hubspot.companies) == 1
-    assert hubspot.checked == 2  # both upserts validated against the companies document
+    assert hubspot.checked == 3  # search, create and update validated against the companies document
 
 
 def test_batches_of_100_and_one_bad_company(company_mappings, hubspot, settings):
@@ -54,7 +62,7 @@ def test_batches_of_100_and_one_bad_company(company_mappings, hubspot, settings)
     # HubSpot refuses it (not a host name); our normalizer would not let it in, so it is forced here.
     Account.objects.filter(pk=bad.pk).update(domain="not a domain")
     run = outbox_drain(connection=company_mappings)
-    assert hubspot.calls[UPSERT] == 2
+    assert (hubspot.calls[SEARCH], hubspot.calls[CREATE], hubspot.calls[UPSERT]) == (2, 2, 0)  # one each per 100
     assert (run.pushed, run.failed) == (149, 1)
     item = OutboxItem.objects.get(object="company", local_id=bad.pk)
     assert item.status == "pending" and item.attempts == 1 and "INVALID_DOMAIN" in item.last_error
@@ -68,7 +76,7 @@ def test_account_without_domain_is_a_dead_letter_naming_the_key(company_mappings
     item = OutboxItem.objects.get(local_id=account.pk)
     assert run.failed == 1 and item.status == "dead"
     assert item.last_error == f"Company / Account #{account.pk} has no domain (the upsert key)"
-    assert hubspot.calls[UPSERT] == 0
+    assert hubspot.calls[UPSERT] == hubspot.calls[CREATE] == 0
 
 
 def test_retried_company_batch_makes_no_duplicate(company_mappings, hubspot):
@@ -80,7 +88,8 @@ def test_retried_company_batch_makes_no_duplicate(company_mappings, hubspot):
     for account in accounts:
         OutboxItem.objects.create(connection=company_mappings, object="company", local_id=account.pk)
     run = outbox_drain(connection=company_mappings)
-    assert run.pushed == 3 and hubspot.calls[UPSERT] == 2
+    # The search finds the three by domain: updated, none created again.
+    assert run.pushed == 3 and (hubspot.calls[CREATE], hubspot.calls[SEARCH], hubspot.calls[UPDATE]) == (1, 2, 1)
     assert len(hubspot.companies) == 3
     assert {a.hubspot_id for a in Account.objects.all()} == set(hubspot.companies)
 

@@ -148,8 +148,11 @@ def test_run_error_summary_keeps_every_failure_it_can_and_counts_the_rest():
 # --- Salesforce: an invalid value, dead after N attempts, retried from the admin ---
 
 @pytest.fixture
-def sf_employees(sf_connection, settings):
+def sf_employees(sf_connection, salesforce, settings):
     settings.MARTECH_CRM = {**settings.MARTECH_CRM, "MAX_ATTEMPTS": 3, "BACKOFF_BASE": 1.0}
+    # A custom field of the org (a text field holding a count, so "many" can be in it).
+    salesforce.add_field("Lead", "Employees__c", label="Employees")
+    salesforce.add_field("Contact", "Employees__c", label="Employees")
     sf_connection.mappings.create(local_field="properties.employees", remote_field="Employees__c", kind="number",
                                   direction="pull")
     return sf_connection

@@ -138,19 +138,18 @@ def test_task_completed_here_is_pushed_as_completed(sf_tasks, salesforce):
 
 
 def test_emulator_task_rules(sf_tasks, salesforce):
-    """IsClosed is read-only (the whole call is refused); a WhoId that is
-    not a Lead or Contact is refused for that record alone."""
-    from simple_salesforce.exceptions import SalesforceMalformedRequest
-
+    """IsClosed is read-only (that record is refused with
+    INVALID_FIELD_FOR_INSERT_UPDATE, as Salesforce answers per record); a
+    WhoId that is not a Lead or Contact is refused for that record alone."""
     from martech.crm.connectors.salesforce import SalesforceConnector
 
     account = salesforce.put("Account", {"Name": "Acme"})
     sf = SalesforceConnector(sf_tasks).sf
     path = "composite/sobjects/Task/Martech_Id__c"
-    with pytest.raises(SalesforceMalformedRequest) as refused:
-        sf.restful(path, method="PATCH", json={"allOrNone": False, "records": [
-            {"attributes": {"type": "Task"}, "Martech_Id__c": "x", "IsClosed": True}]})
-    assert refused.value.content[0]["errorCode"] == "INVALID_FIELD"
+    (refused,) = sf.restful(path, method="PATCH", json={"allOrNone": False, "records": [
+        {"attributes": {"type": "Task"}, "Martech_Id__c": "x", "IsClosed": True}]})
+    assert refused["errors"][0]["statusCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    assert refused["errors"][0]["fields"] == ["IsClosed"]
     (answer,) = sf.restful(path, method="PATCH", json={"allOrNone": False, "records": [
         {"attributes": {"type": "Task"}, "Martech_Id__c": "x", "WhoId": account["Id"]}]})
     assert answer["success"] is False and answer["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"

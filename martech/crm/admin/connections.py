@@ -13,6 +13,7 @@ from django.utils.html import format_html
 from martech.admin.base import ConflictRetryAdminMixin
 from martech.crm import objects
 from martech.crm.models import Connection
+from martech.crm.schema import connection_check
 from martech.crm.selectors import connection_health
 from martech.crm.services import payload_preview
 
@@ -32,15 +33,17 @@ class ConnectionAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="Health")
     def health_link(self, obj: Connection) -> str:
-        return format_html('<a href="{}">health</a> · <a href="{}">payload preview</a>',
+        return format_html('<a href="{}">health</a> · <a href="{}">payload preview</a> · <a href="{}">check</a>',
                            reverse("admin:crm_connection_health", args=[obj.pk]),
-                           reverse("admin:crm_connection_preview", args=[obj.pk]))
+                           reverse("admin:crm_connection_preview", args=[obj.pk]),
+                           reverse("admin:crm_connection_check", args=[obj.pk]))
 
     def get_urls(self):
         view = self.admin_site.admin_view
         return [
             path("<int:pk>/health/", view(self.health_view), name="crm_connection_health"),
             path("<int:pk>/preview/", view(self.preview_view), name="crm_connection_preview"),
+            path("<int:pk>/check/", view(self.check_view), name="crm_connection_check"),
             *super().get_urls(),
         ]
 
@@ -55,6 +58,18 @@ class ConnectionAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
         return TemplateResponse(request, "admin/crm/connection/health.html",
                                 {**self._context(request, connection, f"Health: {connection}"),
                                  "health": connection_health(connection=connection)})
+
+    def check_view(self, request, pk: int):
+        """*Check connection*: what the portal or org lacks or refuses
+        (schema.connection_check). A POST, since it calls the CRM and stores
+        the definitions it read; change permission on the connection."""
+        connection = self.get_object(request, str(pk))
+        if connection is None or not self.has_change_permission(request, connection):
+            return self._get_obj_does_not_exist_redirect(request, self.model._meta, str(pk))
+        report = connection_check(connection=connection) if request.method == "POST" else None
+        return TemplateResponse(request, "admin/crm/connection/check.html",
+                                {**self._context(request, connection, f"Check connection: {connection}"),
+                                 "report": report})
 
     def preview_view(self, request, pk: int):
         """The exact payload the outbox would send for one record of any object type."""

@@ -7,10 +7,24 @@ archive for the links the last push made that are no longer here (a deal
 moved to another company, a contact taken off a deal, a task given another
 lead), then default-association create for the new ones; one call per
 association type per batch of 100 records, none for a type that did not
-change. Upsert keys: contacts by ``email``, companies by
-``domain``, deals and tasks by a unique custom property holding our id
-(``martech_deal_id``, ``martech_task_id``: create them once in the portal with
-"unique value"), so a retried batch updates, never adds.
+change. Upsert keys: contacts by ``email`` (HubSpot documents it as the
+contacts' upsert key), deals and tasks by a unique custom property holding
+our id (``martech_deal_id``, ``martech_task_id``: create them once in the
+portal with "Require unique values"), so a retried batch updates, never adds.
+
+Companies have no such key: ``domain`` is not a unique-value property and
+HubSpot refuses it as ``idProperty``. So do deals and tasks in a portal
+whose id property exists without unique values. They are **matched**: by the
+HubSpot id we stored (batch update), else by one search per batch on the key
+(``IN``), else created (batch create, never retried within the call: a
+create whose answer was lost is found by the next attempt's search). Created
+ids are handed to ``on_remote_ids`` (the drain stores them at once, before
+anything else in the batch can fail), so a retry updates them by id. A
+portal without the id property at all refuses the push with the steps to
+create it (``crm_sync --check`` lists them too).
+
+Property definitions (``describe``: the properties API, one call per object
+type) feed martech.crm.schema: mapping validation and the connection check.
 
 The base URL and the private-app token come from settings (environment);
 ``HubSpot(access_token=..., host=...)`` is the only way the host sticks
@@ -51,6 +65,13 @@ from .base import (
     TransientError,
     with_retries,
 )
+
+# How a type's records are written (``_key_mode``): batch upsert by a unique
+# key, or matched (stored id, search, create) when there is none.
+UPSERT, MATCH = "upsert", "match"
+OBJECT_LABELS = {"contacts": "Contact", "companies": "Company", "deals": "Deal", "tasks": "Task"}
+FIELD_TYPES = {"text": "Single-line text", "number": "Number", "boolean": "Single checkbox", "date": "Date picker",
+               "datetime": "Date picker", "picklist": "Dropdown select", "multi": "Multiple checkboxes"}
 
 
 @dataclass(frozen=True)
@@ -126,6 +147,62 @@ class HubSpotConnector:
         # Looked up at call time so tests can stub time.sleep.
         self.sleep = sleep or (lambda seconds: time.sleep(seconds))
 
+    # Set by the drain: called with {local id: HubSpot id} as soon as records
+    # are created, so the ids are stored before a later call of the batch fails.
+    on_remote_ids = None
+
+    def _call_once(self, fn, *args, **kwargs):
+        """One call, never retried here: for a create, whose retry after a
+        lost answer would make a second record (the next attempt's search
+        finds the first)."""
+        self.stats.api_calls += 1
+        try:
+            return fn(*args, _request_timeout=self.timeout, **kwargs)
+        except Exception as exc:
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def describe(self, remote_object: str) -> dict[str, dict]:
+        """The portal's property definitions of one object type (properties
+        API, one call), in martech.crm.schema's shape."""
+        page = self._call(self.client.crm.properties.core_api.get_all, object_type=remote_object)
+        out = {}
+        for p in page.results or []:
+            meta = p.modification_metadata
+            read_only = bool(meta and meta.read_only_value)
+            external = bool(p.external_options)
+            enumeration = p.type == "enumeration"
+            out[p.name] = {
+                "label": p.label, "type": p.type, "field_type": p.field_type,
+                # Owners and other external option lists are not checked against a list.
+                "options": [o.value for o in p.options or []] if enumeration and not external else None,
+                "read_only": read_only, "calculated": bool(p.calculated), "unique": bool(p.has_unique_value),
+                "createable": not read_only, "updateable": not read_only,
+                "restricted": enumeration and not external, "external_id": bool(p.has_unique_value),
+            }
+        return out
+
+    def _key_mode(self, obj: str, spec: HubSpotObject) -> str:
+        """UPSERT when the type's key is a unique-value property, else MATCH.
+        Contacts: email (documented); companies: never (domain cannot be
+        unique); deals and tasks: what the portal says (stored definitions,
+        read again when stale), refused with the steps when the property
+        does not exist."""
+        if obj == "contact":
+            return UPSERT
+        if obj == "company":
+            return MATCH
+        from martech.crm.schema import definitions_fresh
+
+        definition = definitions_fresh(self.connection, self, spec.name).get(spec.id_property)
+        if definition is None:
+            raise PermanentError(f"HubSpot portal has no {spec.name} property {spec.id_property} (our id, the key "
+                                 f"that keeps a retry from creating a second record). "
+                                 f"{create_steps(spec.name, spec.id_property, 'text', unique=True)}")
+        return UPSERT if definition.get("unique") else MATCH
+
     def _call(self, fn, *args, **kwargs):
         def once():
             try:
@@ -163,10 +240,49 @@ class HubSpotConnector:
             for r in records
         ])
 
+    @staticmethod
+    def _properties(spec: HubSpotObject, record: PushRecord) -> dict[str, str]:
+        # The key travels as a property too: HubSpot stores it, answers with it, and a search finds it.
+        return {**record.properties, spec.id_property: record.key}
+
+    def _update_body(self, spec: HubSpotObject, records: list[PushRecord], ids: dict[int, str]):
+        m = self._models(spec)
+        return m.BatchInputSimplePublicObjectBatchInput(inputs=[
+            m.SimplePublicObjectBatchInput(id=ids[r.local_id], properties=self._properties(spec, r),
+                                           object_write_trace_id=str(r.local_id)) for r in records])
+
+    def _create_body(self, spec: HubSpotObject, records: list[PushRecord]):
+        m = self._models(spec)
+        return m.BatchInputSimplePublicObjectBatchInputForCreate(inputs=[
+            m.SimplePublicObjectBatchInputForCreate(properties=self._properties(spec, r), associations=[],
+                                                    object_write_trace_id=str(r.local_id)) for r in records])
+
+    def _search_body(self, spec: HubSpotObject, keys: list[str]):
+        m = self._models(spec)
+        # HubSpot compares IN values of a string property in lower case.
+        return m.PublicObjectSearchRequest(
+            filter_groups=[m.FilterGroup(filters=[m.Filter(property_name=spec.id_property, operator="IN",
+                                                           values=sorted({k.lower() for k in keys}))])],
+            properties=[spec.id_property], sorts=[], limit=PAGE, after="0")
+
     def request_body(self, obj: str, records: list[PushRecord]) -> dict:
-        """The JSON the push sends for ``records`` (the admin's payload preview)."""
+        """The JSON the push sends for ``records`` (the admin's payload
+        preview). Matched types (companies; deals and tasks without a unique
+        id property) show the update by stored id, or the search and the
+        create that follows when the search finds nothing."""
         spec = self._spec(obj)
-        body = self._api(spec).batch_api.api_client.sanitize_for_serialization(self._upsert_body(spec, records))
+        sanitize = self._api(spec).batch_api.api_client.sanitize_for_serialization
+        if self._key_mode(obj, spec) == UPSERT:
+            body = sanitize(self._upsert_body(spec, records))
+        else:
+            known = [r for r in records if r.remote_id]
+            unknown = [r for r in records if not r.remote_id]
+            body = {}
+            if known:
+                body["update"] = sanitize(self._update_body(spec, known, {r.local_id: r.remote_id for r in known}))
+            if unknown:
+                body["search"] = sanitize(self._search_body(spec, [r.key for r in unknown]))
+                body["create_if_not_found"] = sanitize(self._create_body(spec, unknown))
         links = [{"to": OBJECTS[other].name, "from": {"id": r.remote_id or "(id from the upsert)"},
                   "ids": ids} for r in records for other, ids in sorted(r.associations.items()) if ids]
         if links:
@@ -179,9 +295,19 @@ class HubSpotConnector:
 
     def push_batch(self, obj: str, records: list[PushRecord]) -> list[PushResult]:
         spec = self._spec(obj)
+        mode = self._key_mode(obj, spec)
         results: list[PushResult] = []
         for start in range(0, len(records), PAGE):
             chunk = records[start:start + PAGE]
+            if mode == MATCH:
+                chunk_results = self._push_matched(spec, chunk)
+                refused = self._associate(obj, chunk, {r.local_id: r.remote_id for r in chunk_results
+                                                       if r.remote_id})
+                for result in chunk_results:
+                    if result.local_id in refused:
+                        result.error = refused[result.local_id]
+                results += chunk_results
+                continue
             response = self._call(self._api(spec).batch_api.upsert,
                                   batch_input_simple_public_object_batch_input_upsert=self._upsert_body(spec, chunk))
             by_key = {r.key.lower(): r for r in chunk}
@@ -206,6 +332,83 @@ class HubSpotConnector:
                     result.error = refused[result.local_id]
             results += chunk_results
         return results
+
+    def _search_keys(self, spec: HubSpotObject, records: list[PushRecord]) -> dict[int, str]:
+        """{local id: HubSpot id} of the records HubSpot already has under
+        their key: one search (``IN``) for up to 100 keys. Several records
+        with one key (made by hand, or before this matching): the oldest."""
+        if not records:
+            return {}
+        page = self._call(self._api(spec).search_api.do_search,
+                          public_object_search_request=self._search_body(spec, [r.key for r in records]))
+        by_key: dict[str, str] = {}
+        for item in page.results or []:
+            key = str((item.properties or {}).get(spec.id_property) or "").lower()
+            if key and (key not in by_key or int(item.id) < int(by_key[key])):
+                by_key[key] = str(item.id)
+        return {r.local_id: by_key[r.key.lower()] for r in records if r.key.lower() in by_key}
+
+    def _push_matched(self, spec: HubSpotObject, chunk: list[PushRecord]) -> list[PushResult]:
+        """Write records of a type without a unique key: update the ones
+        whose HubSpot id we hold or a search finds, create the others. An id
+        HubSpot no longer has (deleted there) is searched for like a new
+        record. Creates are sent once (``_call_once``) and their ids handed to
+        ``on_remote_ids`` at once."""
+        batch_api = self._api(spec).batch_api
+        ids = {r.local_id: r.remote_id for r in chunk if r.remote_id}
+        ids.update(self._search_keys(spec, [r for r in chunk if not r.remote_id]))
+        errors: dict[int, str] = {}
+        done: dict[int, str] = {}
+        by_local = {r.local_id: r for r in chunk}
+        for attempt in range(2):
+            update = [r for r in chunk if r.local_id in ids and r.local_id not in done and r.local_id not in errors]
+            gone: list[PushRecord] = []
+            if update:
+                response = self._call(batch_api.update, batch_input_simple_public_object_batch_input=self._update_body(
+                    spec, update, ids))
+                by_remote = {ids[r.local_id]: r.local_id for r in update}
+                for item in response.results or []:
+                    local = by_remote.get(str(item.id))
+                    if local is not None:
+                        done[local] = str(item.id)
+                for err in getattr(response, "errors", None) or []:
+                    for remote in (err.context or {}).get("ids", []):
+                        local = by_remote.get(str(remote))
+                        if local is None:
+                            continue
+                        if err.category == "OBJECT_NOT_FOUND" and attempt == 0:
+                            gone.append(by_local[local])
+                            ids.pop(local)
+                        else:
+                            errors[local] = err.message
+            if not gone:
+                break
+            ids.update(self._search_keys(spec, gone))
+        create = [r for r in chunk if r.local_id not in ids and r.local_id not in errors]
+        if create:
+            response = self._call_once(batch_api.create,
+                                       batch_input_simple_public_object_batch_input_for_create=self._create_body(
+                                           spec, create))
+            created = {}
+            for item in response.results or []:
+                trace = str(getattr(item, "object_write_trace_id", "") or "")
+                if trace.isdigit() and int(trace) in by_local:
+                    created[int(trace)] = str(item.id)
+            for err in getattr(response, "errors", None) or []:
+                for trace in (err.context or {}).get("objectWriteTraceId", []):
+                    if str(trace).isdigit():
+                        errors[int(trace)] = err.message
+            if created and self.on_remote_ids is not None:
+                self.on_remote_ids(created)
+            done.update(created)
+        out = []
+        for record in chunk:
+            if record.local_id in done:
+                out.append(PushResult(record.local_id, remote_id=done[record.local_id]))
+            else:
+                # Nothing silently dropped: a record neither done nor named gets an error too.
+                out.append(PushResult(record.local_id, error=errors.get(record.local_id, "not in HubSpot's answer")))
+        return out
 
     def _associate(self, obj: str, records: list[PushRecord], remote_ids: dict[int, str]) -> dict[int, str]:
         """Bring each upserted record's associations to ``record.associations``:
@@ -422,6 +625,56 @@ class HubSpotConnector:
     def verify_webhook(self, *, method: str, uri: str, body: bytes, headers: dict[str, str]) -> bool:
         return verify_v3_signature(secret=settings.MARTECH_CRM["HUBSPOT_APP_SECRET"], method=method, uri=uri,
                                    body=body, headers=headers)
+
+
+# --- schema (martech.crm.schema) ---
+
+def schema_objects(connector) -> list[str]:
+    """The object types whose definitions the check reads: every one synced."""
+    from martech.crm import objects
+
+    return [OBJECTS[o.key].name for o in objects.synced_by(connector) if o.key in OBJECTS]
+
+
+def schema_targets(obj: str, remote_field: str) -> list[tuple[str, str]]:
+    """Where a mapping's remote field lands: (object type, property)."""
+    return [(OBJECTS[obj].name, remote_field)] if obj in OBJECTS else []
+
+
+def create_steps(remote_object: str, name: str, kind: str, *, unique: bool = False) -> str:
+    label = OBJECT_LABELS.get(remote_object, remote_object)
+    steps = (f"Create it in HubSpot: Settings > Properties > Create property: object {label}, label {name}, "
+             f"internal name {name}, type {FIELD_TYPES.get(kind, 'Single-line text').lower()}")
+    return steps + (", 'Require unique values' on." if unique else ".")
+
+
+def schema_requirements(obj: str, connector=None) -> list:
+    """The id property a type is upserted by (deals, tasks): ours, so it
+    must exist, and with unique values to be upserted (else matched)."""
+    from martech.crm.schema import Requirement
+
+    spec = OBJECTS.get(obj)
+    if spec is None or obj in ("contact", "company"):
+        return []
+    return [Requirement(spec.name, spec.id_property, True, create_steps(spec.name, spec.id_property, "text",
+                                                                        unique=True),
+                        f"our id, so a retried push updates the {OBJECT_LABELS[spec.name].lower()} it made")]
+
+
+def not_unique(req, definition: dict) -> tuple[bool, str]:
+    """(refused?, why) for a requirement present without unique values:
+    HubSpot then matches (stored id, search, create), which works but costs
+    a search per batch; not a refusal."""
+    return False, (f"{req.remote_object}: {req.name} exists without unique values, so {req.remote_object} are "
+                   "matched by the stored HubSpot id, else searched by it, else created (one search per batch); "
+                   "turn on 'Require unique values' to upsert them in one call.")
+
+
+def key_notes(obj: str, schemas: dict[str, dict]) -> list[str]:
+    if obj == "company":
+        return ["companies: domain is not a unique-value property in HubSpot (batch upsert refuses it), so "
+                "companies are matched by the stored HubSpot id, else searched by domain, else created."]
+    return []
 
 
 def _stale(record: PushRecord, before: dict[str, list[str]]) -> dict[str, list[str]]:

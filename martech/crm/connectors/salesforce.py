@@ -65,6 +65,16 @@ record created in Salesforce. (In Salesforce, ``Martech_Id__c`` is a custom
 text field marked External ID and Unique on Lead, Contact, Account and
 Opportunity.)
 
+Converted Leads: Salesforce refuses any update of a Lead it converted
+(``CANNOT_UPDATE_CONVERTED_LEAD``). The person lives on as the Lead's
+``ConvertedContactId``: the connector reads it (one SOQL per batch) and
+sends the record to that Contact by Id instead, so the lead's Contact id is
+stored and later pushes go to the Contact; the record is not dead-lettered.
+
+Schema: ``describe`` reads an sObject's fields (one call each) for
+martech.crm.schema; ``schema_requirements`` names the ``Martech_Id__c``
+external ids the check asks an admin to create.
+
 Session: the access token comes from the environment; on 401
 ``INVALID_SESSION_ID`` it is renewed once with the refresh token at
 ``/services/oauth2/token`` (simple-salesforce cannot renew a session it was
@@ -80,6 +90,7 @@ over ``verify``. Verification is never switched off.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import heapq
 import io
@@ -510,9 +521,33 @@ class SalesforceConnector:
         if not isinstance(answer, list) or len(answer) != len(chunk):
             raise PermanentError(f"Salesforce answered {len(answer or [])} results for {len(chunk)} records")
         # Results come back in the order of the records sent.
-        return [PushResult(r.local_id, remote_id=a["id"]) if a.get("success")
-                else PushResult(r.local_id, error=_error_text(a.get("errors") or []))
-                for r, a in zip(chunk, answer)]
+        results = [PushResult(r.local_id, remote_id=a["id"]) if a.get("success")
+                   else PushResult(r.local_id, error=_error_text(a.get("errors") or []))
+                   for r, a in zip(chunk, answer)]
+        return self._converted_to_contacts(obj, chunk, results) if target == "Lead" else results
+
+    def _converted_to_contacts(self, obj: str, chunk: list[PushRecord], results: list[PushResult]
+                               ) -> list[PushResult]:
+        """Records refused as converted Leads go to the Lead's
+        ConvertedContactId (found by Id, or by Martech_Id__c for a record
+        whose Lead id we never got), updated by Id there."""
+        refused = {r.local_id: r for r, res in zip(chunk, results) if "CANNOT_UPDATE_CONVERTED_LEAD" in res.error}
+        if not refused:
+            return results
+        by_id = {r.remote_id: r.local_id for r in refused.values() if r.remote_id.startswith("00Q")}
+        contact_of: dict[int, str] = {}
+        for row in self._where_in("Lead", ["Id", "ConvertedContactId"], "Id", sorted(by_id)) if by_id else ():
+            if row.get("ConvertedContactId"):
+                contact_of[by_id[row["Id"]]] = row["ConvertedContactId"]
+        rest = [str(local) for local in refused if local not in contact_of]
+        if rest:
+            for row in self._query(f"SELECT Id, {EXTERNAL_ID}, ConvertedContactId FROM Lead WHERE {EXTERNAL_ID} IN "
+                                   f"({', '.join(repr(v) for v in rest)}) AND IsConverted = true"):
+                if row.get("ConvertedContactId") and str(row.get(EXTERNAL_ID)).isdigit():
+                    contact_of.setdefault(int(row[EXTERNAL_ID]), row["ConvertedContactId"])
+        moved = [dataclasses.replace(refused[local], remote_id=contact) for local, contact in contact_of.items()]
+        answers = {r.local_id: r for r in self._push_collection(obj, "Contact", True, moved)} if moved else {}
+        return [answers.get(r.local_id, r) for r in results]
 
     def _push_bulk(self, obj: str, target: str, known: bool, group: list[PushRecord]) -> list[PushResult]:
         rows = [self._row(obj, r, target) for r in group]
@@ -843,6 +878,28 @@ class SalesforceConnector:
         return [{"remote_id": r["Id"], "email": r.get("Email") or "", "first_name": r.get("FirstName") or "",
                  "last_name": r.get("LastName") or "", "is_active": bool(r.get("IsActive"))} for r in rows]
 
+    def describe(self, remote_object: str) -> dict[str, dict]:
+        """The org's fields of one sObject (describe, one call), in
+        martech.crm.schema's shape. ``unique``: an External ID with unique
+        values, what an upsert key needs."""
+        if not FIELD_NAME.match(remote_object):
+            raise PermanentError(f"not an sObject name: {remote_object!r}")
+        answer = self._call(lambda: self.sf.restful(f"sobjects/{remote_object}/describe", method="GET",
+                                                    timeout=self.timeout))
+        out = {}
+        for f in answer.get("fields") or []:
+            picklist = f.get("type") in ("picklist", "multipicklist")
+            out[f["name"]] = {
+                "label": f.get("label") or f["name"], "type": f.get("type"),
+                "options": [p["value"] for p in f.get("picklistValues") or [] if p.get("active")] if picklist
+                else None,
+                "read_only": not (f.get("createable") or f.get("updateable")), "calculated": bool(f.get("calculated")),
+                "unique": bool(f.get("externalId") and f.get("unique")), "createable": bool(f.get("createable")),
+                "updateable": bool(f.get("updateable")), "restricted": bool(f.get("restrictedPicklist")),
+                "external_id": bool(f.get("externalId")),
+            }
+        return out
+
     def limits(self) -> dict[str, int]:
         """Salesforce's own count of the daily API allowance."""
         data = self._call(lambda: self.sf.limits(timeout=self.timeout))
@@ -854,3 +911,65 @@ class SalesforceConnector:
         Messages are SOAP, Change Data Capture needs a streaming client);
         changes come in through the SystemModstamp pull, so nothing verifies."""
         return False
+
+
+# --- schema (martech.crm.schema) ---
+
+# The sObjects a synced object type writes Martech_Id__c on (its links' too).
+ID_SOBJECTS = {"contact": ("Lead", "Contact"), "company": ("Account",), "deal": ("Opportunity",),
+               "campaign": ("Campaign", "CampaignMember"), "task": ("Task",)}
+
+
+def schema_objects(connector) -> list[str]:
+    from martech.crm import objects
+
+    names: list[str] = []
+    for o in objects.synced_by(connector):
+        names += [n for n in ID_SOBJECTS.get(o.key, ()) if n not in names]
+    return names
+
+
+def schema_targets(obj: str, remote_field: str) -> list[tuple[str, str]]:
+    """A contact mapping names a Lead field; a Contact gets the renamed one,
+    and none for the Lead-only fields (``shape``)."""
+    if obj == "contact":
+        targets = [("Lead", remote_field)]
+        if remote_field not in LEAD_ONLY:
+            targets.append(("Contact", CONTACT_RENAMES.get(remote_field, remote_field)))
+        return targets
+    return [(SOBJECTS[obj], remote_field)] if obj in SOBJECTS else []
+
+
+SF_TYPES = {"text": "Text(255)", "number": "Number(18, 0)", "boolean": "Checkbox", "date": "Date",
+            "datetime": "Date/Time", "picklist": "Picklist", "multi": "Picklist (Multi-Select)"}
+
+
+def _object_manager(sobject: str) -> str:
+    # Task fields are Activity fields in Setup.
+    return "Activity" if sobject in ("Task", "Event") else sobject
+
+
+def create_steps(remote_object: str, name: str, kind: str) -> str:
+    return (f"Create it in Salesforce: Setup > Object Manager > {_object_manager(remote_object)} > Fields & "
+            f"Relationships > New: {SF_TYPES.get(kind, 'Text(255)')}, Field Name "
+            f"{name.removesuffix('__c')} (API name {name}).")
+
+
+def schema_requirements(obj: str, connector=None) -> list:
+    from martech.crm.schema import Requirement
+
+    return [Requirement(sobject, EXTERNAL_ID, True,
+                        f"Create it in Salesforce: Setup > Object Manager > {_object_manager(sobject)} > Fields & "
+                        f"Relationships > New: Text(64), External ID, Unique, name {EXTERNAL_ID}.",
+                        f"our id, the external id {sobject} is upserted by")
+            for sobject in ID_SOBJECTS.get(obj, ())]
+
+
+def not_unique(req, definition: dict) -> tuple[bool, str]:
+    return True, (f"{req.remote_object}.{req.name} is not an External ID with unique values: Salesforce refuses an "
+                  f"upsert by it. Edit the field in Setup > Object Manager > {_object_manager(req.remote_object)} > "
+                  "Fields & Relationships: External ID and Unique on.")
+
+
+def key_notes(obj: str, schemas: dict[str, dict]) -> list[str]:
+    return []

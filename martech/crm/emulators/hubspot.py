@@ -32,11 +32,26 @@ document is not in the shared specs):
   changes nothing and is not in recordsIdsAdded / recordIdsRemoved)
 - GET  /crm/v3/lists/{listId}/memberships  (by recordId ascending, ``limit``
   at most 250, ``after`` paging)
+Also, per object type:
+- POST /crm/v3/objects/{type}/batch/create   (no idProperty: every input is a new record)
+- POST /crm/v3/objects/{type}/batch/update   (by record id; ids not found: OBJECT_NOT_FOUND)
+- search filters ``IN`` / ``EQ`` on any property (companies by ``domain``)
+Properties API (hubspot_schema.py holds the standard definitions):
+- GET  /crm/v3/properties/{type}             (every property with its flags)
+- POST /crm/v3/properties/{type}             (create a custom one; 409 if it exists)
 
 Per-record refusals answer HTTP 207 with an error naming the input, like
 HubSpot: an email that is not an address (INVALID_EMAIL), a domain that is
 not a host name, a deal amount that is not a number, a deal stage the
-pipeline does not have, a task without hs_timestamp.
+pipeline does not have, a task without hs_timestamp; a property the portal
+does not have (PROPERTY_DOESNT_EXIST), one HubSpot sets itself
+(READ_ONLY_VALUE), an enumeration value not among its options
+(INVALID_OPTION). Batch upsert refuses (400, the whole call) an
+``idProperty`` that is not a unique-value property (``hasUniqueValue``;
+contacts also take ``email``, as HubSpot documents): companies cannot be
+upserted by ``domain``, deals and tasks only once ``martech_deal_id`` /
+``martech_task_id`` exist with unique values. ``lose_answers`` (the next N
+writes are done but answered 503) plays a lost answer.
 """
 from __future__ import annotations
 
@@ -49,6 +64,7 @@ from dataclasses import dataclass
 from werkzeug.wrappers import Request, Response
 
 from .base import EmulatorBase
+from .hubspot_schema import OBJECT_TYPE_IDS, PROJECT_PROPERTIES, STANDARD, from_create
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -101,6 +117,23 @@ class HubSpotEmulator(EmulatorBase):
         # The next N writes (POST/PUT) are done, then answered 503 (a lost answer).
         self.lose_answers = 0
         self._clock_ms = 0  # makes updatedAt strictly increase even within one millisecond
+        # type -> property name -> definition (the properties API's Property shape).
+        self.properties: dict[str, dict[str, dict]] = {
+            name: {p["name"]: dict(p) for p in STANDARD[name]} for name in KINDS}
+
+    def add_property(self, kind: str, body: dict) -> dict:
+        """Create a custom property as *Settings > Properties* or the
+        properties API does (``body`` is a PropertyCreate)."""
+        definition = from_create(body)
+        self.properties[kind][definition["name"]] = definition
+        return definition
+
+    def add_project_properties(self) -> None:
+        """The custom properties this project needs (hubspot_schema.PROJECT_PROPERTIES),
+        as an operator creates them once per portal."""
+        for kind, bodies in PROJECT_PROPERTIES.items():
+            for body in bodies:
+                self.add_property(kind, body)
 
     # Contacts under their old names (tests and the bench use them).
     @property
@@ -196,7 +229,7 @@ class HubSpotEmulator(EmulatorBase):
     # --- HTTP ---
     def dispatch(self, request: Request) -> Response:
         response = self._dispatch(request)
-        if self.lose_answers > 0 and request.method in ("POST", "PUT") and response.status_code < 300:
+        if self.lose_answers > 0 and _is_write(request) and response.status_code < 400:
             # The write happened; the caller never hears about it.
             self.lose_answers -= 1
             return self.unavailable()
@@ -209,10 +242,19 @@ class HubSpotEmulator(EmulatorBase):
             return self.lists_route(request, parts[4:])
         if path == "/crm/v3/owners" and request.method == "GET":
             return self.json({"results": self.owners})
+        if len(parts) == 5 and parts[1:4] == ["crm", "v3", "properties"] and parts[4] in KINDS:
+            if request.method == "GET":
+                return self.json({"results": list(self.properties[parts[4]].values())})
+            if request.method == "POST":
+                return self.property_create(parts[4], request.get_json())
         if len(parts) >= 5 and parts[1:4] == ["crm", "v3", "objects"] and parts[4] in KINDS:
             kind, rest = parts[4], parts[5:]
             if request.method == "POST" and rest == ["batch", "upsert"]:
                 return self.batch_upsert(kind, request.get_json())
+            if request.method == "POST" and rest == ["batch", "create"]:
+                return self.batch_create(kind, request.get_json())
+            if request.method == "POST" and rest == ["batch", "update"]:
+                return self.batch_update(kind, request.get_json())
             if request.method == "POST" and rest == ["batch", "read"]:
                 return self.batch_read(kind, request.get_json())
             if request.method == "POST" and rest == ["search"]:
@@ -348,7 +390,47 @@ class HubSpotEmulator(EmulatorBase):
                 return f"Property values were not valid: dealstage {stage!r} is not a stage of the pipeline"
         if kind == "tasks" and not properties.get("hs_timestamp") and self.index[kind].get(key) is None:
             return "Property values were not valid: hs_timestamp is required"
-        return ""
+        return self._property_refusal(kind, properties)
+
+    def _property_refusal(self, kind: str, properties: dict) -> str:
+        """HubSpot's property validation: the property must exist, be
+        writable, and an enumeration's value one of its options. The message
+        is HubSpot's: ``Property values were not valid: [{...}]`` with the
+        error code and the property's name."""
+        problems = []
+        for name, value in properties.items():
+            definition = self.properties[kind].get(name)
+            if definition is None:
+                problems.append(("PROPERTY_DOESNT_EXIST", name, f'Property "{name}" does not exist'))
+            elif definition["modificationMetadata"]["readOnlyValue"] or definition["calculated"]:
+                problems.append(("READ_ONLY_VALUE", name,
+                                 f'"{name}" is a read only property; its value cannot be set.'))
+            elif definition["type"] == "enumeration" and not definition["externalOptions"] and value not in (None, ""):
+                allowed = [o["value"] for o in definition["options"]]
+                values = str(value).split(";") if definition["fieldType"] == "checkbox" else [str(value)]
+                bad = [v for v in values if v not in allowed]
+                if bad:
+                    problems.append(("INVALID_OPTION", name, f'{bad[0]} was not one of the allowed options: '
+                                                             f'[{", ".join(allowed)}]'))
+        if not problems:
+            return ""
+        return "Property values were not valid: " + json.dumps(
+            [{"isValid": False, "message": message, "error": code, "name": name, "localizedErrorMessage": message}
+             for code, name, message in problems])
+
+    def _unique_key(self, kind: str, name: str) -> bool:
+        definition = self.properties[kind].get(name)
+        return bool(definition and definition["hasUniqueValue"]) or (kind == "contacts" and name == "email")
+
+    def property_create(self, kind: str, body: dict) -> Response:
+        body = body or {}
+        missing = [k for k in ("name", "label", "type", "fieldType", "groupName") if not body.get(k)]
+        if missing:
+            return self.error(400, "VALIDATION_ERROR", f"Missing required fields: {', '.join(missing)}")
+        if body["name"] in self.properties[kind]:
+            return self.error(409, "OBJECT_ALREADY_EXISTS",
+                              f"A property named '{body['name']}' already exists.")
+        return self.json(self.add_property(kind, body), status=201)
 
     def batch_upsert(self, kind: str, body: dict) -> Response:
         spec = KINDS[kind]
@@ -360,8 +442,13 @@ class HubSpotEmulator(EmulatorBase):
         started = now_iso()
         results, errors = [], []
         for item in inputs:
-            if item.get("idProperty") != spec.id_property:
-                return self.error(400, "VALIDATION_ERROR", f"idProperty must be {spec.id_property}")
+            id_property = item.get("idProperty") or ""
+            if not self._unique_key(kind, id_property):
+                return self.error(400, "VALIDATION_ERROR", f"Unable to perform update/upsert by non-unique "
+                                                           f"{OBJECT_TYPE_IDS[kind]} property {id_property} in "
+                                                           "portal ID 1234567")
+            if id_property != spec.id_property:
+                return self.error(400, "VALIDATION_ERROR", f"the emulator upserts {kind} by {spec.id_property}")
             key = str(item.get("id", "")).strip()
             properties = item.get("properties", {}) or {}
             refusal = self._refusal(kind, key.lower(), properties)
@@ -372,6 +459,93 @@ class HubSpotEmulator(EmulatorBase):
             new = key.lower() not in self.index[kind]
             record = self.put(kind, {**properties, spec.id_property: key})
             results.append({**self._public(record), "new": new})
+        out = {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": now_iso()}
+        if errors:
+            out.update(errors=errors, numErrors=len(errors))
+            return self.json(out, status=207)
+        return self.json(out)
+
+    def _inputs(self, body: dict) -> tuple[list | None, Response | None]:
+        inputs = (body or {}).get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            return None, self.error(400, "VALIDATION_ERROR", "inputs is required")
+        if len(inputs) > self.BATCH_MAX:
+            return None, self.error(400, "VALIDATION_ERROR", f"at most {self.BATCH_MAX} inputs")
+        return inputs, None
+
+    def _batch_answer(self, started: str, results: list, errors: list) -> Response:
+        out = {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": now_iso()}
+        if errors:
+            out.update(errors=errors, numErrors=len(errors))
+            return self.json(out, status=207)
+        return self.json(out, status=201)
+
+    def _validated(self, kind: str, properties: dict) -> str:
+        """The per-record checks of batch create and update (upsert's, without its key)."""
+        if kind in ("contacts", "companies"):
+            key = str(properties.get(KINDS[kind].id_property) or "").strip().lower()
+            if kind == "companies" and key and not DOMAIN.match(key):
+                return f"Property values were not valid: INVALID_DOMAIN {key!r}"
+            if kind == "contacts" and key and not EMAIL.match(key):
+                return f"Property values were not valid: INVALID_EMAIL {key!r}"
+            return self._property_refusal(kind, properties)
+        if kind == "tasks":  # hs_timestamp: required on create only (batch_create)
+            return self._property_refusal(kind, properties)
+        return self._refusal(kind, "", properties)
+
+    def batch_create(self, kind: str, body: dict) -> Response:
+        """Every input is a new record, whatever its properties hold: HubSpot
+        does not deduplicate companies created through the API (by domain or
+        otherwise), so creating the same company twice makes two."""
+        inputs, refused = self._inputs(body)
+        if refused:
+            return refused
+        started = now_iso()
+        results, errors = [], []
+        for item in inputs:
+            properties = {k: ("" if v is None else str(v)) for k, v in ((item or {}).get("properties") or {}).items()}
+            refusal = self._validated(kind, properties)
+            if kind == "tasks" and not properties.get("hs_timestamp"):
+                refusal = refusal or "Property values were not valid: hs_timestamp is required"
+            trace = (item or {}).get("objectWriteTraceId")
+            if refusal:
+                # The input's objectWriteTraceId names it in the error (HubSpot's documented way).
+                errors.append({"status": "error", "category": "VALIDATION_ERROR", "message": refusal,
+                               "context": {"objectWriteTraceId": [str(trace)]} if trace else {},
+                               "errors": [], "links": {}})
+                continue
+            record = self.put(kind, properties, object_id=str(next(self._ids)))
+            results.append({**self._public(record), **({"objectWriteTraceId": str(trace)} if trace else {})})
+        return self._batch_answer(started, results, errors)
+
+    def batch_update(self, kind: str, body: dict) -> Response:
+        """Records by HubSpot id (no idProperty); ids not found are named in
+        one OBJECT_NOT_FOUND error, like batch read."""
+        inputs, refused = self._inputs(body)
+        if refused:
+            return refused
+        started = now_iso()
+        results, errors, missing = [], [], []
+        for item in inputs:
+            item = item or {}
+            if item.get("idProperty"):
+                return self.error(400, "VALIDATION_ERROR", "the emulator updates by record id only")
+            object_id = str(item.get("id", ""))
+            properties = {k: ("" if v is None else str(v)) for k, v in (item.get("properties") or {}).items()}
+            if object_id not in self.store[kind]:
+                missing.append(object_id)
+                continue
+            refusal = self._validated(kind, properties)
+            if refusal:
+                errors.append({"status": "error", "category": "VALIDATION_ERROR", "message": refusal,
+                               "context": {"ids": [object_id]}, "errors": [], "links": {}})
+                continue
+            results.append(self._public(self.put(kind, properties, object_id=object_id)))
+        if missing:
+            errors.append({"status": "error", "category": "OBJECT_NOT_FOUND",
+                           "message": f"Could not get some {kind} objects, they may be deleted or not exist. "
+                                      "Check that ids are valid.", "context": {"ids": missing}, "errors": [],
+                           "links": {}})
         out = {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": now_iso()}
         if errors:
             out.update(errors=errors, numErrors=len(errors))
@@ -420,6 +594,7 @@ class HubSpotEmulator(EmulatorBase):
         limit = min(int(body.get("limit") or 10), 200)
         after = int(body.get("after") or 0)
         rows = sorted(self.store[kind].values(), key=lambda r: (r["updatedAt"], int(r["id"])))
+        rows = _property_filtered(rows, body, spec.modified)
         if since:
             op, value = since
             value = _as_iso(value)
@@ -488,6 +663,35 @@ class HubSpotEmulator(EmulatorBase):
                         {"category": "HUBSPOT_DEFINED", "typeId": type_id, "label": None}]} for b in linked]})
         return self.json({"status": "COMPLETE", "results": results, "startedAt": now_iso(),
                           "completedAt": now_iso()})
+
+
+def _property_filtered(rows: list[dict], body: dict, modified: str) -> list[dict]:
+    """Search filters on properties other than the last-modified one: ``EQ``
+    and ``IN`` (values compared case-insensitively, as HubSpot compares
+    strings), every filter of a group and any group (HubSpot ORs groups)."""
+    groups = []
+    for group in body.get("filterGroups") or []:
+        filters = [f for f in group.get("filters") or [] if f.get("propertyName") != modified]
+        if filters:
+            groups.append(filters)
+    if not groups:
+        return rows
+
+    def ok(row: dict, f: dict) -> bool:
+        have = str(row["properties"].get(f.get("propertyName")) or "").lower()
+        if f.get("operator") == "IN":
+            return have in {str(v).lower() for v in f.get("values") or []}
+        if f.get("operator") == "EQ":
+            return have == str(f.get("value") or "").lower()
+        raise ValueError(f"the emulator does not search with {f.get('operator')}")
+
+    return [r for r in rows if any(all(ok(r, f) for f in filters) for filters in groups)]
+
+
+def _is_write(request: Request) -> bool:
+    """A call that changes the portal (a search or a batch read is a POST too, and is not one)."""
+    path = request.path.rstrip("/")
+    return request.method in ("POST", "PUT", "PATCH", "DELETE") and not path.endswith(("/search", "/batch/read"))
 
 
 def _as_iso(value: str) -> str:

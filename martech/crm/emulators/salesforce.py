@@ -45,12 +45,25 @@ done but answered 503), ``renewal_refused`` (the token endpoint
 answers ``invalid_grant``), ``renewed_sessions_dead`` (a renewed session is
 refused again at once).
 
+``GET sobjects/{SObject}/describe``: the org's fields with ``type``,
+``createable``/``updateable``, ``calculated``, ``picklistValues``,
+``restrictedPicklist``, ``externalId``/``unique`` (standard fields as
+``FIELDS`` and ``PICKLISTS`` say; custom ones only once added with
+``add_field``, as an admin does in Setup; ``add_project_fields`` adds the
+``Martech_Id__c`` external ids this project upserts by).
+
 Rules enforced per record, as Salesforce does: required fields on create
 (Lead: LastName, Company; Contact: LastName; Account: Name; Opportunity:
 Name, StageName, CloseDate; Campaign: Name; CampaignMember: CampaignId and a
 LeadId or ContactId; OpportunityContactRole: OpportunityId and ContactId, a
-Contact's id), a valid Email, known fields only (custom ``__c`` fields are
-accepted on every object). A CampaignMember is one per person and campaign (a
+Contact's id), a valid Email, fields the org has (an unknown one, custom
+``__c`` included, fails the whole call: ``INVALID_FIELD`` "No such column";
+an upsert by a field that is not an External ID: 404 ``NOT_FOUND``), a field
+that is not createable/updateable (``INVALID_FIELD_FOR_INSERT_UPDATE``), a
+value not in a restricted picklist (``INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST``:
+Lead Status, Opportunity Stage, Task Status and Priority), and a converted
+Lead refuses every update (``CANNOT_UPDATE_CONVERTED_LEAD``; ``convert_lead``
+converts one as Salesforce's Convert does). A CampaignMember is one per person and campaign (a
 second is ``DUPLICATE_VALUE`` "Already a campaign member."), its
 ``HasResponded`` (read-only) follows ``Status``; an Opportunity has at most
 one primary OpportunityContactRole (setting one clears the other). Deleting
@@ -91,6 +104,36 @@ FIELDS = {
     "Task": {"WhoId", "WhatId", "Subject", "ActivityDate", "Status", "Priority", "Description", "IsClosed",
              "CompletedDateTime"},
 }
+# Picklists of the standard fields used here (this org's values: Salesforce's
+# defaults, and a "Qualified" Lead Status the demo maps SQL to).
+PICKLISTS = {
+    ("Lead", "Status"): ["Open - Not Contacted", "Working - Contacted", "Qualified", "Closed - Converted",
+                         "Closed - Not Converted"],
+    ("Lead", "LeadSource"): ["Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other"],
+    ("Lead", "Rating"): ["Hot", "Warm", "Cold"],
+    ("Opportunity", "StageName"): ["Prospecting", "Qualification", "Needs Analysis", "Value Proposition",
+                                   "Id. Decision Makers", "Perception Analysis", "Proposal/Price Quote",
+                                   "Negotiation/Review", "Closed Won", "Closed Lost"],
+    ("Task", "Status"): ["Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred"],
+    ("Task", "Priority"): ["High", "Normal", "Low"],
+    ("Campaign", "Status"): ["Planned", "In Progress", "Completed", "Aborted"],
+    ("CampaignMember", "Status"): ["Sent", "Responded"],
+}
+# Salesforce enforces these (restricted picklists); the others take any value.
+RESTRICTED = {("Lead", "Status"), ("Opportunity", "StageName"), ("Task", "Status"), ("Task", "Priority")}
+# Set by Salesforce, never by a write (besides the READ_ONLY ones below).
+SYSTEM_FIELDS = {"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted"}
+NOT_UPDATEABLE = {"Lead": {"IsConverted", "ConvertedContactId", "ConvertedAccountId", "Name"},
+                  "Contact": {"Name"}, "User": {"Name"}, "CampaignMember": {"Name"},
+                  "Opportunity": {"IsClosed", "IsWon"}}
+NOT_CREATEABLE = {"Lead": {"ConvertedContactId", "ConvertedAccountId", "Name"}, "Contact": {"Name"},
+                  "User": {"Name"}, "CampaignMember": {"Name"}, "Opportunity": {"IsClosed", "IsWon"}}
+FIELD_TYPES = {"Email": "email", "Phone": "phone", "Website": "url", "Description": "textarea",
+               "NumberOfEmployees": "int", "AnnualRevenue": "currency", "Amount": "currency",
+               "BudgetedCost": "currency", "ActualCost": "currency", "Probability": "percent",
+               "CloseDate": "date", "StartDate": "date", "EndDate": "date", "ActivityDate": "date",
+               "FirstRespondedDate": "date", "CreatedDate": "datetime", "LastModifiedDate": "datetime",
+               "SystemModstamp": "datetime", "CompletedDateTime": "datetime"}
 CLOSED_TASK_STATUSES = {"Completed"}
 # A member's HasResponded comes from its Status (the org's CampaignMemberStatus
 # marked "Responded"); Salesforce computes it, a write is refused.
@@ -158,17 +201,18 @@ def _literal(raw: str):
     raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{raw}'")
 
 
-def parse_soql(soql: str) -> dict:
+def parse_soql(soql: str, custom: dict[str, set[str]] | None = None) -> dict:
+    """``custom``: the org's custom fields per sObject (None: any ``__c`` field passes)."""
     m = SELECT.match(soql or "")
     if not m:
         raise SoqlError("MALFORMED_QUERY", f"\n{soql}\n^\nERROR at Row:1:Column:1\nunexpected token: query")
     obj = m.group("obj")
     if obj not in FIELDS:
         raise SoqlError("INVALID_TYPE", f"sObject type '{obj}' is not supported.")
-    known = FIELDS[obj] | COMMON | {"Martech_Id__c"}
+    known = FIELDS[obj] | COMMON | ({"Martech_Id__c"} if custom is None else set(custom.get(obj, ())))
 
     def check(field: str) -> str:
-        if field not in known and not field.endswith("__c"):
+        if field not in known and (custom is not None or not field.endswith("__c")):
             raise SoqlError("INVALID_FIELD", f"No such column '{field}' on entity '{obj}'.")
         return field
 
@@ -241,6 +285,64 @@ class SalesforceEmulator(EmulatorBase):
         self.deleted_log_days = 15
         self._ids = itertools.count(1)
         self._clock = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+        # The org's custom fields: sObject -> name -> describe entry (add_field).
+        self.custom_fields: dict[str, dict[str, dict]] = {name: {} for name in FIELDS}
+        self.picklists = {key: list(values) for key, values in PICKLISTS.items()}
+
+    def add_field(self, sobject: str, name: str, *, type_: str = "string", length: int = 64,
+                  external_id: bool = False, unique: bool = False, label: str = "") -> dict:
+        """A custom field, as Setup > Object Manager > Fields & Relationships > New makes it."""
+        if not name.endswith("__c"):
+            raise ValueError("a custom field's API name ends with __c")
+        entry = self._field(sobject, name, type_=type_, custom=True, length=length, external_id=external_id,
+                            unique=unique, label=label)
+        self.custom_fields[sobject][name] = entry
+        return entry
+
+    def add_project_fields(self) -> None:
+        """Martech_Id__c (Text(64), External ID, Unique) on every sObject this
+        project upserts by it, as the connection check asks an admin to."""
+        for sobject in ("Lead", "Contact", "Account", "Opportunity", "Campaign", "Task", "CampaignMember"):
+            self.add_field(sobject, "Martech_Id__c", external_id=True, unique=True, label="Martech Id")
+
+    def known_fields(self, sobject: str) -> set[str]:
+        return FIELDS[sobject] | COMMON | set(self.custom_fields[sobject])
+
+    def _field(self, sobject: str, name: str, *, type_: str | None = None, custom: bool = False, length: int = 255,
+               external_id: bool = False, unique: bool = False, label: str = "") -> dict:
+        picklist = self.picklists.get((sobject, name))
+        if type_ is None:
+            type_ = ("picklist" if picklist is not None else "id" if name == "Id"
+                     else "reference" if name.endswith("Id") and name != "Id"
+                     else "boolean" if name.startswith(("Is", "Has")) else FIELD_TYPES.get(name, "string"))
+        system = name in SYSTEM_FIELDS or name in READ_ONLY.get(sobject, ())
+        return {"name": name, "label": label or name, "type": type_, "length": length if type_ == "string" else 0,
+                "custom": custom, "calculated": False, "nillable": True, "externalId": external_id,
+                "unique": unique, "idLookup": name == "Id" or external_id,
+                "createable": not system and name not in NOT_CREATEABLE.get(sobject, ()),
+                "updateable": not system and name not in NOT_UPDATEABLE.get(sobject, ()),
+                "picklistValues": [{"value": v, "label": v, "active": True, "defaultValue": n == 0, "validFor": None}
+                                   for n, v in enumerate(picklist or [])],
+                "restrictedPicklist": (sobject, name) in RESTRICTED, "referenceTo": []}
+
+    def describe(self, sobject: str) -> dict:
+        fields = [self._field(sobject, name) for name in sorted(FIELDS[sobject] | COMMON)]
+        fields += list(self.custom_fields[sobject].values())
+        return {"name": sobject, "label": sobject, "custom": False, "keyPrefix": PREFIX.get(sobject),
+                "createable": True, "updateable": True, "queryable": True, "fields": fields}
+
+    def convert_lead(self, lead_id: str) -> dict:
+        """Convert a Lead as Salesforce's Convert does: a Contact (and an
+        Account from its Company) made from it, the Lead marked converted,
+        pointing at them, and no longer updateable."""
+        lead = self.records["Lead"][lead_id]
+        account = self.put("Account", {"Name": lead.get("Company") or lead.get("LastName")})
+        contact = self.put("Contact", {"FirstName": lead.get("FirstName"), "LastName": lead.get("LastName"),
+                                       "Email": lead.get("Email"), "Title": lead.get("Title"),
+                                       "MailingCountry": lead.get("Country"), "AccountId": account["Id"]})
+        self.put("Lead", {"Id": lead_id, "IsConverted": True, "ConvertedContactId": contact["Id"],
+                          "ConvertedAccountId": account["Id"], "Status": "Closed - Converted"})
+        return contact
 
     # --- knobs and state helpers (tests play "a salesperson edited it") ---
     def expire_session(self) -> None:
@@ -375,6 +477,10 @@ class SalesforceEmulator(EmulatorBase):
             return self.get_deleted(parts[1], request.args.get("start", ""), request.args.get("end", ""))
         if method == "GET" and len(parts) == 2 and parts[0] == "query":
             return self.query_more(parts[1], version)
+        if method == "GET" and len(parts) == 3 and parts[0] == "sobjects" and parts[2] == "describe":
+            if parts[1] not in FIELDS:
+                return self.fault(404, "NOT_FOUND", f"The requested resource does not exist: {parts[1]}")
+            return self.json(self.describe(parts[1]))
         if method == "GET" and len(parts) == 3 and parts[0] == "sobjects":
             return self.get_one(parts[1], parts[2], request.args.get("fields"), version)
         if method == "DELETE" and len(parts) == 3 and parts[0] == "sobjects":
@@ -451,7 +557,7 @@ class SalesforceEmulator(EmulatorBase):
 
     def query(self, soql: str, version: str, *, include_deleted: bool = False) -> Response:
         try:
-            q = parse_soql(soql)
+            q = parse_soql(soql, {name: set(fields) for name, fields in self.custom_fields.items()})
         except SoqlError as exc:
             return self.fault(400, exc.code, str(exc))
         source = list(self.records[q["object"]].values())
@@ -481,15 +587,39 @@ class SalesforceEmulator(EmulatorBase):
         return self._page(self.cursors[locator], int(start), version, locator)
 
     def _check_fields(self, sobject: str, record: dict) -> str | None:
-        known = FIELDS[sobject] | COMMON | {"Martech_Id__c"}
+        """A field the org does not have fails the whole request, as
+        Salesforce's JSON reader does."""
+        known = self.known_fields(sobject)
         for key in record:
             if key in ("attributes", "id") or key in REFERENCES and isinstance(record[key], dict):
                 continue
-            if key not in known and not key.endswith("__c"):
+            if key not in known:
                 return f"No such column '{key}' on sobject of type {sobject}"
-            if key in READ_ONLY.get(sobject, ()):
-                return f"Unable to create/update fields: {key}. Please check the security settings of this field."
         return None
+
+    def _field_errors(self, sobject: str, fields: dict, existing: dict | None) -> list[dict]:
+        """Per record: fields this write may not set, restricted picklist
+        values the org lacks, and a converted Lead."""
+        errors = []
+        if sobject == "Lead" and existing is not None and existing.get("IsConverted"):
+            return [{"statusCode": "CANNOT_UPDATE_CONVERTED_LEAD", "fields": [],
+                     "message": "cannot reference converted lead"}]
+        flag = "createable" if existing is None else "updateable"
+        locked = [k for k in fields if k != "Id" and not self._definition(sobject, k).get(flag, True)]
+        if locked:
+            errors.append({"statusCode": "INVALID_FIELD_FOR_INSERT_UPDATE", "fields": locked,
+                           "message": f"Unable to create/update fields: {', '.join(locked)}. Please check the "
+                                      "security settings of this field and verify that it is read/write for your "
+                                      "profile or permission set."})
+        for key, value in fields.items():
+            if (sobject, key) in RESTRICTED and value not in (None, "") \
+                    and value not in self.picklists.get((sobject, key), []):
+                errors.append({"statusCode": "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", "fields": [key],
+                               "message": f"{key}: bad value for restricted picklist field: {value}"})
+        return errors
+
+    def _definition(self, sobject: str, name: str) -> dict:
+        return self.custom_fields[sobject].get(name) or self._field(sobject, name)
 
     def _resolve(self, sobject: str, record: dict) -> tuple[dict, list[dict]]:
         """Relationship references by external id -> Id fields; returns (fields, errors)."""
@@ -560,6 +690,8 @@ class SalesforceEmulator(EmulatorBase):
                                "message": f"{ext_field} not specified"})
             existing = self.records[sobject].get(self.by_external.get((sobject, key), ""))
         errors += self._validate(sobject, fields, existing)
+        if not errors:
+            errors = self._field_errors(sobject, fields, existing)
         if errors:
             return {"id": None, "success": False, "errors": errors}
         if existing is not None:
@@ -582,6 +714,9 @@ class SalesforceEmulator(EmulatorBase):
         if body.get("allOrNone"):
             return self.fault(400, "INVALID_FIELD", "allOrNone true is not emulated")
         mode = "upsert" if upsert else ("create" if request.method == "POST" else "update")
+        if upsert and not (upsert[0] in FIELDS and self._definition(upsert[0], upsert[1]).get("externalId")):
+            return self.fault(404, "NOT_FOUND", "Provided external ID field does not exist or is not accessible: "
+                                                f"{upsert[1]}")
         results = []
         for record in records:
             sobject = (record.get("attributes") or {}).get("type")
@@ -627,6 +762,10 @@ class SalesforceEmulator(EmulatorBase):
                 return self.fault(400, "INVALIDJOB", f"InvalidJob : object {sobject!r} / operation {operation!r}")
             if operation == "upsert" and not body.get("externalIdFieldName"):
                 return self.fault(400, "INVALIDJOB", "InvalidJob : External ID was blank for upsert")
+            if operation == "upsert" and not self._definition(sobject, body["externalIdFieldName"]).get("externalId"):
+                return self.fault(400, "INVALIDJOB", f"InvalidJob : Field name provided, "
+                                                     f"{body['externalIdFieldName']} does not match an External ID, "
+                                                     f"Salesforce Id, or indexed field for {sobject}")
             job_id = f"750{next(self._ids):015d}"
             stamp = self._stamp()
             self.jobs[job_id] = {

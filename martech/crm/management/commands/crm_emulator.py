@@ -1,5 +1,12 @@
-"""python manage.py crm_emulator [--provider hubspot|salesforce] [--port N] [--latency S] [--error-rate R]:
-serve a CRM emulator until interrupted."""
+"""python manage.py crm_emulator [--provider hubspot|salesforce] [--port N] [--latency S] [--error-rate R] [--bare]:
+serve a CRM emulator until interrupted.
+
+It starts as a portal/org an operator set up for this project: the custom
+properties and fields the connection check asks for exist (HubSpot
+``martech_deal_id``/``martech_task_id`` with unique values and
+``martech_score``; Salesforce ``Martech_Id__c`` External ID, Unique). With
+``--bare`` it starts with the provider's standard ones only, to see what
+``crm_sync --check`` asks for."""
 from __future__ import annotations
 
 import time
@@ -21,6 +28,8 @@ class Command(BaseCommand):
                                  "0 = a free one.")
         parser.add_argument("--latency", type=float, default=0.0)
         parser.add_argument("--error-rate", type=float, default=0.0)
+        parser.add_argument("--bare", action="store_true",
+                            help="Without the custom properties/fields this project needs (as a new portal or org).")
 
     def handle(self, *args, **opts):
         conf = settings.MARTECH_CRM
@@ -29,6 +38,8 @@ class Command(BaseCommand):
             label = "Salesforce"
         else:
             app = HubSpotEmulator(latency=opts["latency"], error_rate=opts["error_rate"])
+            if not opts["bare"]:
+                app.add_project_properties()
             app.add_owner(owner_id="9001", email="sales.rep@example.com", first_name="Sam", last_name="Rep")
             port = conf["HUBSPOT_EMULATOR_PORT"] if opts["port"] is None else opts["port"]
             served = Served(app, port=port).start()
@@ -54,6 +65,8 @@ class Command(BaseCommand):
                                  client_id=conf["SALESFORCE_CLIENT_ID"], client_secret=conf["SALESFORCE_CLIENT_SECRET"],
                                  refresh_token=conf["SALESFORCE_REFRESH_TOKEN"],
                                  session_id=conf["SALESFORCE_ACCESS_TOKEN"])
+        if not opts["bare"]:
+            app.add_project_fields()
         app.add_user(user_id="005000000000009001", email="sales.rep@example.com", first_name="Sam", last_name="Rep")
         port = conf["SALESFORCE_EMULATOR_PORT"] if opts["port"] is None else opts["port"]
         return Served(app, port=port, ssl_context=(str(cert), str(key))).start()

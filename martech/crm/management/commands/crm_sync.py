@@ -1,4 +1,10 @@
-"""python manage.py crm_sync [--provider P] [--object O] [--full] [--dry-run] [--no-push] [--no-pull]
+"""python manage.py crm_sync [--provider P] [--object O] [--full] [--dry-run] [--no-push] [--no-pull] [--check]
+
+``--check`` only checks each connection (martech.crm.schema.connection_check):
+reads the CRM's property/field definitions and prints one JSON line per
+connection with what the CRM lacks (the custom fields to create, with the
+steps) and the mappings and lifecycle values it would refuse; it exits
+non-zero when anything is missing or refused. Nothing is pushed or pulled.
 
 A pull first fetches again the records earlier pulls could not apply
 (PullFailure, when due); each line reports them as ``retried`` and
@@ -36,6 +42,8 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Pull and convert but write nothing; no push.")
         parser.add_argument("--no-push", action="store_true")
         parser.add_argument("--no-pull", action="store_true")
+        parser.add_argument("--check", action="store_true",
+                            help="Only check each connection against the CRM's definitions (nothing synced).")
         parser.add_argument("--batch", type=int, default=None,
                             help="Outbox items per drain batch (default MARTECH_CRM_DRAIN_BATCH). Salesforce sends "
                                  "a batch larger than MARTECH_CRM_SALESFORCE_BULK_ABOVE through Bulk API 2.0.")
@@ -48,6 +56,8 @@ class Command(BaseCommand):
             raise _error("no_connection", "No active CRM connection matches.")
         if opts["batch"] is not None and opts["batch"] < 1:
             raise _error("invalid", "--batch must be 1 or more.")
+        if opts["check"]:
+            return self._check(connections)
         for connection in connections:
             try:
                 connector = connector_for(connection)
@@ -106,3 +116,18 @@ class Command(BaseCommand):
                                       "pushed": run.pushed, "pulled": run.pulled, "skipped": run.skipped,
                                       "failed": run.failed, "retried": run.retried, "recovered": run.recovered,
                                       "api_calls": run.api_calls, "error": run.error}))
+
+    def _check(self, connections) -> None:
+        from martech.crm.schema import connection_check
+
+        failed = []
+        for connection in connections:
+            report = connection_check(connection=connection)
+            if self.stdout.isatty():
+                for line in report.lines():
+                    self.stderr.write(f"{connection.provider}: {line}")
+            self.stdout.write(json.dumps(report.as_dict()))
+            if not report.ok:
+                failed.append(connection.provider)
+        if failed:
+            raise _error("check_failed", f"{', '.join(failed)}: the CRM lacks or refuses what is listed above.")
