@@ -7,10 +7,18 @@ class RoutingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from martech import hooks
+        from martech import configcache, hooks
         from routing import receivers, services
+        from routing.models import OutOfOffice, Rep, SlaPolicy, Team, Territory
 
         receivers.connect()
+        # What routes keep per process (the published rules with their
+        # territory, team and rep rows): a save or delete of any of these
+        # gives it a new token in the same transaction (routing.services,
+        # CONFIG_KEY). Published rule sets never change (the live one's id
+        # is read per route), and the draft editing that does not touch
+        # routes bumps nothing.
+        configcache.watch(services.CONFIG_KEY, Rep, Team, Territory, OutOfOffice, SlaPolicy)
         hooks.provide("assign_owner", services.assign_owner_provider)
         hooks.provide("crm_owner_id", services.crm_owner_id_provider)
         # The CRM sync reaches reps only through these (martech never imports routing).
