@@ -457,23 +457,24 @@ def rep_loads(reps: list, now: datetime, *, everyone: bool = False) -> dict[int,
     """(open, today) per rep with a cap (``everyone``: per rep, for the
     least-loaded method): open assignments, and leads assigned since the
     start of the rep's local day (their time zone). Reps without a cap are
-    otherwise not counted (there is nothing to compare to); two queries for
+    otherwise not counted (there is nothing to compare to). One query for
     any number of reps."""
     capped = list(reps) if everyone else [r for r in reps if has_cap(r)]
     if not capped:
         return {}
     ids = [r.pk for r in capped]
-    open_counts = Counter(dict(
-        Assignment.objects.filter(open_assignments_q(), rep_id__in=ids)
-        .values_list("rep_id").annotate(n=Count("id")).values_list("rep_id", "n")
-    ))
-    today: Counter = Counter()
-    starts = {r.pk: engine.local_day_start(r, now) for r in capped}
-    rows = Assignment.objects.filter(rep_id__in=ids, assigned_at__gte=min(starts.values())).values_list("rep_id", "assigned_at")
-    for rep_id, at in rows:
-        if at >= starts[rep_id]:
-            today[rep_id] += 1
-    return {pk: (open_counts[pk], today[pk]) for pk in ids}
+    starts: dict[datetime, list[int]] = {}
+    for rep in capped:  # reps share a handful of zones, so of day starts
+        starts.setdefault(engine.local_day_start(rep, now), []).append(rep.pk)
+    today = Q()
+    for start, pks in starts.items():
+        today |= Q(rep_id__in=pks, assigned_at__gte=start)
+    rows = (Assignment.objects.filter(Q(rep_id__in=ids) & (open_assignments_q() | Q(assigned_at__gte=min(starts))))
+            .values("rep_id").annotate(open=Count("id", filter=open_assignments_q()), today=Count("id", filter=today))
+            .values_list("rep_id", "open", "today"))
+    out = dict.fromkeys(ids, (0, 0))
+    out.update({rep_id: (n_open, n_today) for rep_id, n_open, n_today in rows})
+    return out
 
 
 def rep_capacity(rep, now: datetime, loads: dict[int, tuple[int, int]] | None = None) -> tuple[int, int, str | None]:
@@ -495,6 +496,10 @@ def _lock_reps(ids) -> None:
             cursor.execute(_LOCK_REPS_PG, [sorted(ids)])
 
 
+_HOLD_PG = (f'SAVEPOINT routing_rep_hold; '
+            f'SELECT "id" FROM "{Rep._meta.db_table}" WHERE "id" = %s FOR NO KEY UPDATE')
+
+
 def _hold(candidate: engine.Candidate, now: datetime) -> bool:
     """A capped rep chosen for a lead: lock their row, count again (another
     route may have committed one since the unlocked count) and keep the lock
@@ -504,20 +509,22 @@ def _hold(candidate: engine.Candidate, now: datetime) -> bool:
     The lock is taken in a savepoint and let go (rolled back to) when the
     rep is full, so a route holds at most ONE rep lock, its last lock: after
     it only the writes follow, never a wait for a team (README, "Lock
-    order")."""
+    order, leases and retries"). The savepoint is set with the lock (one
+    round trip) and, when kept, ends with the transaction."""
     rep = candidate.rep
     if not has_cap(rep):
         return True
-    sid = transaction.savepoint() if connection.vendor == "postgresql" else None
-    _lock_reps([rep.pk])
-    candidate.open_count, candidate.today_count = rep_loads([rep], now).get(rep.pk, (0, 0))
+    pg = connection.vendor == "postgresql"
+    if pg:
+        with connection.cursor() as cursor:
+            cursor.execute(_HOLD_PG, [rep.pk])
+    candidate.open_count, candidate.today_count = rep_loads([rep], now)[rep.pk]
     reason = engine.capacity_reason(rep, open_count=candidate.open_count, today_count=candidate.today_count)
     if reason is None:
-        if sid is not None:
-            transaction.savepoint_commit(sid)
         return True
-    if sid is not None:
-        transaction.savepoint_rollback(sid)
+    if pg:
+        with connection.cursor() as cursor:
+            cursor.execute("ROLLBACK TO SAVEPOINT routing_rep_hold")
     candidate.skipped = reason
     return False
 
