@@ -128,3 +128,20 @@ def test_the_admin_shows_capacity_as_the_router_counts_it(client, superuser):
     assert lead.status == "waiting"
     assert lead.explanation["steps"][1]["candidates"][0] == {"rep_id": rep.pk, "rep": "Daily", "skipped": "daily_limit",
                                                              "open": 0, "today": 1}
+
+
+@pytest.mark.postgres_only
+def test_the_plain_sql_loads_count_what_the_orm_definition_counts():
+    """PostgreSQL counts loads with SQL compiled from ``open_assignments_q``;
+    it agrees with the ORM query SQLite runs, time zone by time zone."""
+    team = TeamFactory()
+    reps = [RepFactory(team=team, time_zone=zone, max_per_day=100)
+            for zone in ("UTC", "Pacific/Auckland", "America/Los_Angeles")]
+    now = datetime(2026, 6, 10, 9, 30, tzinfo=dt_timezone.utc)
+    for i in range(36):
+        rep = reps[i % 3]
+        Assignment.objects.create(lead=LeadFactory(), status="assigned" if i % 4 else "waiting", rep=rep, team=team,
+                                  trigger="api", is_current=i % 5 != 0, assigned_at=now - timedelta(hours=i))
+    loads = services.rep_loads(reps, now)
+    assert loads == services._rep_loads_orm(reps, now, dict.fromkeys([r.pk for r in reps], (0, 0)))
+    assert len(set(loads.values())) == 3 and all(sum(v) for v in loads.values())

@@ -164,3 +164,59 @@ def test_rolling_the_rule_set_back_and_forth_while_routing_never_deadlocks(caplo
     loads = open_by_rep()
     assert loads["direct"] <= 6 and all(loads[f"us{i}"] <= 4 for i in range(3))
     assert services.live_rule_set().version == 2 + rounds
+
+
+def test_reps_edited_and_deactivated_while_routing_into_their_team_never_deadlock(caplog):
+    """A rep saved through ``config_save`` (the admin and the API) locks the
+    rep's team before the rep, as routes do; deactivating reroutes their
+    open leads through that same team. Routers keep routing into the team
+    meanwhile: nothing fails, nothing is retried."""
+    from routing.models import Rep
+
+    team = TeamFactory(name="Team", method=Team.Method.WEIGHTED)
+    for i in range(3):
+        RepFactory(team=team, name=f"r{i}", weight=1 + i, max_open_leads=1000)
+    toggled = RepFactory(team=team, name="toggled", max_open_leads=1000)
+    publish(fallback=team)
+    lead_ids = [LeadFactory().pk for _ in range(160)]
+    errors, stop = [], threading.Event()
+
+    def editor():
+        try:
+            for i in range(12):
+                rep = Rep.objects.get(pk=toggled.pk)
+                services.config_save(instance=rep, data={"is_active": i % 2 == 1, "weight": 1 + i % 3})
+                time.sleep(0.05)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            stop.set()
+            connections.close_all()
+
+    def router(mine: list[int]):
+        try:
+            reroute = False
+            while True:
+                for lead_id in mine:
+                    services.lead_route(lead_id=lead_id, trigger="api", reroute=reroute)
+                if stop.is_set():
+                    break
+                reroute = True
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    with caplog.at_level(logging.WARNING, logger="martech.db"):
+        threads = [threading.Thread(target=editor)] + [
+            threading.Thread(target=router, args=(lead_ids[i::4],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert not [r for r in caplog.records if "attempt" in r.getMessage()]
+    current = Counter(Assignment.objects.filter(is_current=True).values_list("lead_id", flat=True))
+    assert len(current) == len(lead_ids) and set(current.values()) == {1}
+    # The last save left the rep active, after a deactivation that took all their leads away.
+    assert Rep.objects.get(pk=toggled.pk).is_active
