@@ -1,4 +1,6 @@
 from django.apps import AppConfig
+from django.conf import settings
+from django.db.models.signals import post_delete
 
 
 class RoutingConfig(AppConfig):
@@ -19,6 +21,11 @@ class RoutingConfig(AppConfig):
         # is read per route), and the draft editing that does not touch
         # routes bumps nothing.
         configcache.watch(services.CONFIG_KEY, Rep, Team, Territory, OutOfOffice, SlaPolicy)
+        # A deleted user leaves their rep without one (SET_NULL is an
+        # update, which sends no save signal); a user's other saves (every
+        # login) change nothing routes read.
+        post_delete.connect(lambda sender, **kwargs: services.config_changed(), sender=settings.AUTH_USER_MODEL,
+                            weak=False, dispatch_uid="routing_config_user_deleted")
         hooks.provide("assign_owner", services.assign_owner_provider)
         hooks.provide("crm_owner_id", services.crm_owner_id_provider)
         # The CRM sync reaches reps only through these (martech never imports routing).

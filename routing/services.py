@@ -2,14 +2,20 @@
 SLA escalation, rule-set versions. Every function is keyword-only; admin,
 API, signal receivers, tasks and tests call these.
 
-Locking order (always the same, so two workers never deadlock): the lead
-row, then its current assignment, then the team row (the round-robin
-pointer), then rep rows.
+Locking order (always the same, so two workers never deadlock; README,
+"Lock order, leases and retries"): the lead row, then its current
+assignment, then team rows (the round-robin pointer; the rule's team before
+the fallback team; a batch all of its teams in id order, the fallback
+last), then, for capped reps only, rep rows (a route at most one, last; a
+batch all of its capped reps in id order). Team and rep locks are FOR NO
+KEY UPDATE, so the foreign-key checks of a publish or rollback (KEY SHARE)
+never wait for them.
 """
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -528,6 +534,7 @@ def _lock_reps(ids) -> None:
             cursor.execute(_LOCK_REPS_PG, [sorted(ids)])
 
 
+_batch = threading.local()  # .reps: the rep ids the running batch has locked
 _HOLD_PG = (f'SAVEPOINT routing_rep_hold; '
             f'SELECT "id" FROM "{Rep._meta.db_table}" WHERE "id" = %s FOR NO KEY UPDATE')
 
@@ -546,7 +553,9 @@ def _hold(candidate: engine.Candidate, now: datetime) -> bool:
     rep = candidate.rep
     if not has_cap(rep):
         return True
-    pg = connection.vendor == "postgresql"
+    # Batch routing locked its capped reps up front: count again, no savepoint
+    # (one per lead would nest hundreds of subtransactions).
+    pg = connection.vendor == "postgresql" and rep.pk not in getattr(_batch, "reps", ())
     if pg:
         with connection.cursor() as cursor:
             cursor.execute(_HOLD_PG, [rep.pk])
@@ -1461,14 +1470,18 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
     order = sorted(t for t in needed_teams if t != fallback.pk) + ([fallback.pk] if fallback.pk in needed_teams else [])
     team_reads = {t: _team_read(t, lock=True) for t in order}
     reps_of = {t: team_reps(t, now) if team_reads[t].is_active else [] for t in order}
-    _lock_reps({r.pk for reps in reps_of.values() for r in reps if has_cap(r)}
-               | {r.pk for r in direct_reps if has_cap(r)})
-    for lead in direct:
-        # Written at once, as lead_route writes: the next lead's count of a
-        # capped rep (and the teams' counts below) must include this one.
-        d = decide(lead=lead, rule_set=rule_set, now=now, lock=True, rules=rules)
-        _write(lead=lead, decision=d, trigger=trigger, reason=reason or trigger, actor=actor, now=now, previous=None)
-        counts[d.status] += 1
+    held = {r.pk for reps in reps_of.values() for r in reps if has_cap(r)} | {r.pk for r in direct_reps if has_cap(r)}
+    _lock_reps(held)
+    _batch.reps = held
+    try:
+        for lead in direct:
+            # Written at once, as lead_route writes: the next lead's count of a
+            # capped rep (and the teams' counts below) must include this one.
+            d = decide(lead=lead, rule_set=rule_set, now=now, lock=True, rules=rules)
+            _write(lead=lead, decision=d, trigger=trigger, reason=reason or trigger, actor=actor, now=now, previous=None)
+            counts[d.status] += 1
+    finally:
+        _batch.reps = ()
     if direct:  # their picks moved fair queues: read them again
         team_reads = {t: _team_read(t, lock=True) for t in order}
         reps_of = {t: team_reps(t, now) if team_reads[t].is_active else [] for t in order}

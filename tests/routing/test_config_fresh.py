@@ -169,3 +169,17 @@ def test_the_freshness_check_costs_no_query(rep_rule):
     assert not any(q.startswith('SELECT key, token') for q in sql)
     assert not any('FROM "routing_rule" ' in q for q in sql)  # the rules came from memory
     assert ConfigVersion.objects.filter(key=services.CONFIG_KEY).exists()
+
+
+def test_a_deleted_users_rep_is_routed_to_without_the_user(rep_rule):
+    """Deleting a user clears their rep's user with an update (no save
+    signal): the token still moves, so no route sets a deleted owner."""
+    from tests.factories import UserFactory
+
+    user = UserFactory()
+    services.config_save(instance=Rep.objects.get(pk=rep_rule.pk), data={"user": user})
+    assert route().lead.owner_id == user.pk
+    with in_another_process():
+        user.delete()
+    assignment = route()
+    assert assignment.rep == rep_rule and assignment.lead.owner_id is None
