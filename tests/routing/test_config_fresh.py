@@ -183,3 +183,17 @@ def test_a_deleted_users_rep_is_routed_to_without_the_user(rep_rule):
         user.delete()
     assignment = route()
     assert assignment.rep == rep_rule and assignment.lead.owner_id is None
+
+
+def test_a_changed_sla_policy_applies_to_the_next_assignment(rep_rule):
+    from routing.models import SlaPolicy
+    from tests.routing.factories import SlaPolicyFactory
+
+    policy = SlaPolicyFactory(first_touch_hours=2)
+    services.config_save(instance=Team.objects.get(pk=rep_rule.team_id), data={"sla_policy": policy})
+    first = route()
+    assert first.sla_due_at - first.assigned_at == timedelta(hours=2)
+    with in_another_process():
+        services.config_save(instance=SlaPolicy.objects.get(pk=policy.pk), data={"first_touch_hours": 5})
+    second = route()
+    assert second.sla_due_at - second.assigned_at == timedelta(hours=5)
