@@ -18,6 +18,18 @@ rule set (the live one during the run) and deletes it after.
    task). Leads spread over 8 weighted teams (10 reps each, weights 1-5).
    Checks: no lead has more than one assignment, every lead has one, and
    each rep's share of their team is within 1% of their weight share.
+3. Freshness: ``lead_route`` p99 with the configuration freshness check on
+   (the ``routing.config`` token read with the lead, what runs in
+   production) and off (the rules kept per process without a check, as
+   before), alternating lead by lead on the decision set-up (goal: on
+   within 10% of off).
+4. Rollbacks: routing throughput of 4 processes calling ``lead_route`` one
+   lead at a time, quiet and then while another process rolls the live rule
+   set back to one of two versions every second (--quick: 2,000 leads
+   each, else 10,000; in four alternating parts each, so the shared
+   machine's changing load weighs on both alike). Goal: 0 errors, every lead assigned once, and at
+   least 80% of the quiet throughput; conflicts run again by
+   ``martech.db`` are counted too.
 
 Prints one JSON line per figure and writes them to bench/results/routing.json.
 """
@@ -250,6 +262,162 @@ def measure_throughput(prefix: str, n: int, workers: int, batch_size: int) -> No
     emit("weighted_share_max_deviation", round(worst, 3), "% of the rep's weight share")
 
 
+def measure_freshness(prefix: str, n: int) -> None:
+    country = COUNTRIES[199 % 8]
+    lead_ids = make_leads(f"{prefix}f", 2 * n + 20, countries=[country], postal="99999")
+    samples: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for i, lead_id in enumerate(lead_ids):
+            fresh = i % 2 == 0
+            services._FRESHNESS = fresh
+            t = time.perf_counter()
+            services.lead_route(lead_id=lead_id, trigger="api")
+            if i >= 20:  # the first ones warm both paths
+                samples[fresh].append((time.perf_counter() - t) * 1000)
+    finally:
+        services._FRESHNESS = True
+    on, off = percentile(samples[True], 0.99), percentile(samples[False], 0.99)
+    emit("freshness_samples", len(samples[True]), "leads each")
+    emit("route_p50_freshness_on", round(percentile(samples[True], 0.5), 2), "ms")
+    emit("route_p50_freshness_off", round(percentile(samples[False], 0.5), 2), "ms")
+    emit("route_p99_freshness_on", round(on, 2), "ms")
+    emit("route_p99_freshness_off", round(off, 2), "ms")
+    emit("route_p99_freshness_ratio", round(on / off, 3), "on / off (goal <= 1.10)")
+
+
+def route_worker(queue, results) -> None:
+    """Routes one lead at a time (``lead_route``: its own transaction, run
+    again by martech.db on a conflict); errors are counted, not retried."""
+    import logging
+
+    connections.close_all()
+    retries = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            retries.append(record.getMessage())
+
+    logging.getLogger("martech.db").addHandler(Count(level=logging.WARNING))
+    errors, routed = [], 0
+    while True:
+        batch = queue.get()
+        if batch is None:
+            break
+        for lead_id in batch:
+            try:
+                services.lead_route(lead_id=lead_id, trigger="api", reason="bench")
+                routed += 1
+            except Exception as exc:  # noqa: BLE001 - counted: the goal is none
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+    results.put((routed, errors, len(retries)))
+    connections.close_all()
+
+
+def roll_worker(versions: list[int], stop, results) -> None:
+    connections.close_all()
+    rolled, errors, i = 0, [], 0
+    while not stop.is_set():
+        try:
+            services.rule_set_rollback(to=RuleSet.objects.get(pk=versions[i % 2]))
+            rolled += 1
+        except Exception as exc:  # noqa: BLE001 - counted: the goal is none
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+        i += 1
+        stop.wait(1.0)
+    results.put((rolled, errors))
+    connections.close_all()
+
+
+def _route_phase(lead_ids: list[int], workers: int, *, rolling: list[int] | None) -> tuple[float, int, list, int, int, list]:
+    connections.close_all()
+    ctx = mp.get_context("fork")
+    queue, results, roll_results, stop = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event()
+    for i in range(0, len(lead_ids), 50):
+        queue.put(lead_ids[i:i + 50])
+    for _ in range(workers):
+        queue.put(None)
+    procs = [ctx.Process(target=route_worker, args=(queue, results)) for _ in range(workers)]
+    roller = ctx.Process(target=roll_worker, args=(rolling, stop, roll_results)) if rolling else None
+    start = time.perf_counter()
+    if roller:
+        roller.start()
+    for p in procs:
+        p.start()
+    outcomes = [results.get() for _ in procs]
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join()
+    rolled, roll_errors = 0, []
+    if roller:
+        stop.set()
+        rolled, roll_errors = roll_results.get()
+        roller.join()
+    routed = sum(o[0] for o in outcomes)
+    errors = [e for o in outcomes for e in o[1]]
+    retries = sum(o[2] for o in outcomes)
+    return routed / elapsed, routed, errors, retries, rolled, roll_errors
+
+
+def measure_rollbacks(prefix: str, n: int, workers: int) -> None:
+    """Quiet, then with rollbacks every second, on the throughput set-up's
+    teams (the bulk rule set live and a second version with its rules in
+    the opposite order, four of them assigning to capped reps)."""
+    live = services.live_rule_set()
+    other = services.rule_set_copy(source=live, note="bench: the other version")
+    other.name = live.name
+    other.save(update_fields=["name"])
+    rules = list(other.rules.order_by("order"))
+    for rule, rep in zip(rules[:4], Rep.objects.filter(email__startswith=f"{prefix}b").order_by("id")[::10]):
+        Rep.objects.filter(pk=rep.pk).update(max_open_leads=10_000_000)  # capped: the rep lock path
+        rule.action, rule.rep = Rule.Action.REP, rep
+        rule.save()
+    for i, rule in enumerate(reversed(rules)):
+        Rule.objects.filter(pk=rule.pk).update(order=i)
+    other = services.rule_set_publish(rule_set=other)
+    services.config_changed()
+    versions = [live.pk, other.pk]
+    quiet_ids = make_leads(f"{prefix}q", n, countries=COUNTRIES)
+    rolled_ids = make_leads(f"{prefix}r", n, countries=COUNTRIES)
+    # Alternating quiet and rolling parts, so a load that changes on the
+    # shared machine weighs on both alike.
+    parts = 4
+    size = -(-n // parts)
+    totals = {False: [0.0, 0], True: [0.0, 0]}
+    quiet_errors, busy_errors, roll_errors, quiet_retries, busy_retries, rolled = [], [], [], 0, 0, 0
+    for k in range(parts):
+        for rolling, ids in ((False, quiet_ids), (True, rolled_ids)):
+            chunk = ids[k * size:(k + 1) * size]
+            if not chunk:
+                continue
+            rate, routed, errs, retries, rolls, roll_errs = _route_phase(chunk, workers, rolling=versions if rolling else None)
+            totals[rolling][0] += routed / rate
+            totals[rolling][1] += routed
+            (busy_errors if rolling else quiet_errors).extend(errs)
+            roll_errors.extend(roll_errs)
+            rolled += rolls
+            if rolling:
+                busy_retries += retries
+            else:
+                quiet_retries += retries
+    quiet = totals[False][1] / totals[False][0]
+    busy = totals[True][1] / totals[True][0]
+    emit("rollback_leads_per_phase", n, "leads")
+    emit("rollback_workers", workers, "processes")
+    emit("quiet_route_leads_per_s", round(quiet, 1), "leads/s")
+    emit("rolling_route_leads_per_s", round(busy, 1), "leads/s")
+    emit("rolling_throughput_ratio", round(busy / quiet, 3), "rolling / quiet (goal >= 0.80)")
+    emit("rollbacks_during_routing", rolled, "rollbacks")
+    emit("rolling_errors", len(busy_errors) + len(quiet_errors) + len(roll_errors), "errors (goal 0)")
+    emit("rolling_conflict_retries", busy_retries + quiet_retries, "transactions run again")
+    for message in (busy_errors + quiet_errors + roll_errors)[:5]:
+        print(f"  error: {message}", file=sys.stderr)
+    rows = Assignment.objects.filter(lead__email__startswith=f"{prefix}q") | \
+        Assignment.objects.filter(lead__email__startswith=f"{prefix}r")
+    per_lead = Counter(rows.values_list("lead_id", flat=True))
+    emit("rolling_leads_assigned_twice", sum(1 for v in per_lead.values() if v > 1), "leads")
+    emit("rolling_leads_without_assignment", 2 * n - len(per_lead), "leads")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10,000 leads, 300 decisions")
@@ -257,21 +425,26 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=None)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--rollback-leads", type=int, default=None)
     args = parser.parse_args()
     n = args.leads or (10_000 if args.quick else 100_000)
     decisions = args.decisions or (300 if args.quick else 2000)
+    rollback_leads = args.rollback_leads or (2_000 if args.quick else 10_000)
     settings.DEBUG = False
     prefix = f"rb{uuid.uuid4().hex[:6]}-"
     try:
         setup_decision(prefix)
         measure_decision(prefix, decisions)
+        measure_freshness(prefix, decisions)
         measure_throughput(prefix, n, args.workers, args.batch_size)
+        measure_rollbacks(prefix, rollback_leads, args.workers)
     finally:
         connections.close_all()
         cleanup(prefix)
     out = ROOT / "bench" / "results" / "routing.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"database": connection.vendor, "leads": n, "decisions": decisions, "workers": args.workers,
+    meta = {"database": connection.vendor, "leads": n, "decisions": decisions, "rollback_leads": rollback_leads,
+            "workers": args.workers,
             "quick": args.quick, "loadavg": os.getloadavg(), "cpus": os.cpu_count(), "at": timezone.now().isoformat()}
     out.write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}", file=sys.stderr)

@@ -21,7 +21,9 @@ services and fixtures all save through the model) and explicitly by the
 services that change configuration with ``QuerySet.update()``.
 
 ``cached(key, loader)`` reads the key's token (one small query) and returns
-the value loaded under it, loading it if the token moved. Inside
+the value loaded under it, loading it if the token moved; a caller that read
+the token already, in a statement of its own unit of work (routing reads it
+with the lead it routes), passes it as ``token=`` and costs no query. Inside
 ``snapshot()`` the tokens of every key are read once, with one query, and
 serve every ``cached`` call of that unit of work (a rescoring, its hooks and
 its after-commit receivers): configuration committed by another process
@@ -91,9 +93,13 @@ def snapshot():
         _local.tokens = None
 
 
-def cached(key: str, loader: Callable[[], T]) -> T:
-    snap = getattr(_local, "tokens", None)
-    token = snap.get(key) if snap is not None else _read(key).get(key)
+_UNREAD: Any = object()
+
+
+def cached(key: str, loader: Callable[[], T], *, token: Any = _UNREAD) -> T:
+    if token is _UNREAD:
+        snap = getattr(_local, "tokens", None)
+        token = snap.get(key) if snap is not None else _read(key).get(key)
     hit = _values.get(key)
     if hit is not None and hit[0] == token:
         return hit[1]

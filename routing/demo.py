@@ -75,6 +75,7 @@ def demo_seed(*, progress: bool = False) -> dict[str, int]:
         boss = reps["Morgan Reyes"]
         Rep.objects.filter(team=teams["Inbound North America"], manager__isnull=True).update(manager=boss)
         Rep.objects.filter(pk=reps["Sam Patel"].pk, backup__isnull=True).update(backup=reps["Avery Brooks"])
+        services.config_changed()  # updates, not saves: routes in every process must see them
     territories = {}
     for spec in TERRITORIES:
         territories[spec["name"]], made = Territory.objects.get_or_create(name=spec["name"], defaults=spec)

@@ -212,18 +212,15 @@ class Pick:
     team_clock: float | None = None
 
 
-def checks_capacity(method: str) -> bool:
-    return method in (Team.Method.CAPACITY, Team.Method.LEAST_LOADED)
-
-
 def choose(team: Team, candidates: list[Candidate]) -> Pick:
     """Pick among ``candidates`` whose ``skipped`` is None, by the team's
     method. Round robin and weighted round robin are one fair queue (stride
     scheduling): each rep holds a pass, the pick is the lowest pass (a rep
     returning from absence starts at the team's clock, so they get no burst),
     and the pass advances by 1/weight (1 for plain round robin). Capacity
-    uses the same queue after skipping reps at capacity; least loaded picks
-    the fewest open leads and breaks ties with the queue."""
+    uses the same queue; least loaded picks the fewest open leads and breaks
+    ties with the queue. Reps at capacity come in skipped, whatever the
+    method (``routing.services``), so weights share what the caps leave."""
     eligible = [c for c in candidates if c.skipped is None]
     if not eligible:
         return Pick(rep=None, candidates=candidates)

@@ -439,6 +439,11 @@ class Assignment(models.Model):
             models.Index(fields=["lead", "-created_at"]),
             models.Index(fields=["status", "is_current", "created_at"], name="routing_waiting_idx"),
             models.Index(fields=["rep", "is_current", "status"], name="routing_rep_open_idx"),
+            # A rep's leads of the day (services.rep_loads: daily caps).
+            models.Index(fields=["rep", "assigned_at"], name="routing_rep_day_idx"),
+            # The waiting queue, team by team (services.waiting_assign).
+            models.Index(fields=["team", "created_at", "id"], condition=Q(status="waiting", is_current=True),
+                         name="routing_waiting_team_idx"),
             models.Index(fields=["sla_due_at"], condition=Q(is_current=True, first_touch_at__isnull=True),
                          name="routing_sla_open_idx"),
         ]

@@ -2,14 +2,20 @@
 SLA escalation, rule-set versions. Every function is keyword-only; admin,
 API, signal receivers, tasks and tests call these.
 
-Locking order (always the same, so two workers never deadlock): the lead
-row, then its current assignment, then the team row (the round-robin
-pointer), then rep rows.
+Locking order (always the same, so two workers never deadlock; README,
+"Lock order, leases and retries"): the lead row, then its current
+assignment, then team rows (the round-robin pointer; the rule's team before
+the fallback team; a batch all of its teams in id order, the fallback
+last), then, for capped reps only, rep rows (a route at most one, last; a
+batch all of its capped reps in id order). Team and rep locks are FOR NO
+KEY UPDATE, so the foreign-key checks of a publish or rollback (KEY SHARE)
+never wait for them.
 """
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,11 +25,12 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import connection, connections, transaction
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Case, Count, F, Max, OuterRef, Q, Subquery, TextField, Value, When
+from django.db.models import Case, Count, F, Max, Min, OuterRef, Q, Subquery, TextField, Value, When
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
-from martech import hooks
+from martech import configcache, hooks
+from martech.db import retry_on_conflict, run_in_transaction
 from martech.models import Account, Lead
 from martech.services.leads import lead_set_owner
 from martech.services.normalize import free_mail_domains, normalize_domain
@@ -100,43 +107,103 @@ def _prepared(key: str, build) -> _PreparedQuery:
     return found
 
 
-# --- Rule sets: the live one and its rules (cached: published sets are immutable)
+# --- Configuration: the live rule set and its rules, current in every process
+#
+# Routes read the published rules with their territory, team and rep rows,
+# which sales ops change while leads flow (a rep deactivated, a cap removed,
+# a territory moved). They are kept per process under the ``routing.config``
+# token of ``martech.configcache``: every save or delete of a rep, team,
+# territory, out-of-office period or SLA policy gives the key a new token in
+# the same transaction (``configcache.watch`` in ``routing.apps``; the
+# services' ``QuerySet.update()``s call ``config_changed``), and a route
+# reads the token in the statement that locks its lead, so the change
+# applies to the very next lead in every process at no extra round trip.
+# Published rule sets never change; the live one's id is read per route.
 
-_rules_cache: dict[int, list[Rule]] = {}
+CONFIG_KEY = "routing.config"
+# The benchmark's "freshness checks off" (today's per-process cache): never
+# set outside bench/routing.py.
+_FRESHNESS = True
+_stale_config: list = []
 
 
-_live_cache: dict[int, RuleSet] = {}
+class _Config:
+    """What routes read of the configuration under one token: filled as
+    rule sets are used (the entries never change once made)."""
+
+    __slots__ = ("rule_sets", "rules")
+
+    def __init__(self):
+        self.rule_sets: dict[int, RuleSet] = {}
+        self.rules: dict[int, list[Rule]] = {}
+
+
+def _config(token: Any = configcache._UNREAD) -> _Config:
+    if not _FRESHNESS:
+        if not _stale_config:
+            _stale_config.append(_Config())
+        return _stale_config[0]
+    return configcache.cached(CONFIG_KEY, _Config, token=token)
+
+
+def config_changed() -> None:
+    """Routing configuration changed without a model save (a
+    ``QuerySet.update()``): new token, in the caller's transaction."""
+    configcache.bump(CONFIG_KEY)
+
+
+def _clear_cache() -> None:
+    """Forget this process's routing configuration (tests; the benchmark)."""
+    configcache.clear()
+    _stale_config.clear()
+    _compiled_cache.clear()
 
 
 def _live_pk_query():
     return RuleSet.objects.filter(status=RuleSet.Status.PUBLISHED).order_by("-version").values("pk")[:1]
 
 
-def live_rule_set(*, pk: int | None | bool = False) -> RuleSet | None:
+def _config_token_query():
+    from martech.models import ConfigVersion
+
+    return ConfigVersion.objects.filter(key=CONFIG_KEY).values("token")[:1]
+
+
+def live_rule_set(*, pk: int | None | bool = False, token: Any = configcache._UNREAD) -> RuleSet | None:
     """The latest published version. Its id is read every time (an index
-    scan), so a publish in another process is live at once; the row itself
-    is immutable and kept per process. ``pk`` is that id when the caller
-    read it already (``lead_route`` reads it with the lead)."""
+    scan), so a publish in another process is live at once; the row (with
+    its fallback team) is kept under the configuration token. ``pk`` and
+    ``token`` are those values when the caller read them already
+    (``lead_route`` reads both with the lead)."""
     if pk is False:
         pk = _live_pk_query().values_list("pk", flat=True).first()
     if pk is None:
         return None
-    if pk not in _live_cache:
-        _live_cache[pk] = RuleSet.objects.select_related("fallback_team").get(pk=pk)
-    return _live_cache[pk]
+    sets = _config(token).rule_sets
+    found = sets.get(pk)
+    if found is None:
+        found = sets[pk] = RuleSet.objects.select_related("fallback_team").get(pk=pk)
+    return found
 
 
-def rules_of(rule_set: RuleSet) -> list[Rule]:
-    """Active rules in order, with their territory, team and rep. Cached per
-    published set (it never changes); a draft is always read fresh."""
-    if not rule_set.is_draft and rule_set.pk in _rules_cache:
-        return _rules_cache[rule_set.pk]
-    rules = list(
-        rule_set.rules.filter(is_active=True).select_related("territory", "team", "rep", "rep__team").order_by("order", "id")
-    )
-    if not rule_set.is_draft:
-        _rules_cache[rule_set.pk] = rules
+def rules_of(rule_set: RuleSet, *, token: Any = configcache._UNREAD) -> list[Rule]:
+    """Active rules in order, with their territory, team and rep. A
+    published set's are kept under the configuration token (see above); a
+    draft's are always read fresh."""
+    if rule_set.is_draft:
+        return _load_rules(rule_set)
+    cache = _config(token).rules
+    rules = cache.get(rule_set.pk)
+    if rules is None:
+        rules = cache[rule_set.pk] = _load_rules(rule_set)
     return rules
+
+
+def _load_rules(rule_set: RuleSet) -> list[Rule]:
+    return list(
+        rule_set.rules.filter(is_active=True).select_related("territory", "team", "rep", "rep__team", "rep__backup")
+        .order_by("order", "id")
+    )
 
 
 class _CompiledRules:
@@ -203,8 +270,8 @@ class _CompiledRules:
         return None
 
 
-# Compiled forms by rule list: a published set's list is cached (rules_of),
-# so it is compiled once per process; a draft's list is compiled per list
+# Compiled forms by rule list: a published set's list is kept under the
+# configuration token (rules_of), so it is compiled once per process and token; a draft's list is compiled per list
 # (a simulation matches thousands of leads against one list). The list is
 # kept in the entry so its id is never reused while the entry lives.
 _compiled_cache: dict[int, _CompiledRules] = {}
@@ -401,49 +468,172 @@ def _absences(rep_ids: list[int], now: datetime, *, team_id: int | None = None) 
     return out
 
 
-def _loads(reps: list[Rep], now: datetime) -> tuple[Counter, Counter]:
-    """Open leads per rep, and leads assigned since the start of each rep's local day."""
-    ids = [r.pk for r in reps]
-    open_counts = Counter(dict(
-        Assignment.objects.filter(open_assignments_q(), rep_id__in=ids)
-        .values_list("rep_id").annotate(n=Count("id")).values_list("rep_id", "n")
-    ))
-    today: Counter = Counter()
-    starts = {r.pk: engine.local_day_start(r, now) for r in reps}
-    if starts:
-        rows = Assignment.objects.filter(rep_id__in=ids, assigned_at__gte=min(starts.values())).values_list("rep_id", "assigned_at")
-        for rep_id, at in rows:
-            if at >= starts[rep_id]:
-                today[rep_id] += 1
-    return open_counts, today
+# --- Capacity: one computation for the router, the decision record and the admin
+# ("open" is routing.models.open_assignments_q, its one definition)
 
 
-def _candidates(reps: list, now: datetime, *, with_capacity: bool, team_id: int | None = None) -> list[engine.Candidate]:
+def has_cap(rep) -> bool:
+    return rep.max_open_leads is not None or rep.max_per_day is not None
+
+
+def _loads_sql_pg() -> tuple[str, list]:
+    """``rep_loads``' counts as plain SQL, each rep with their own day
+    start, built once per connection with "open" compiled from
+    ``open_assignments_q`` (still its one definition). Building the ORM
+    query per call cost more CPU than running it, on a path every capped
+    pick takes."""
+    cache = connections[connection.alias].__dict__.setdefault("_routing_prepared", {})
+    found = cache.get("loads")
+    if found is None:
+        qs = Assignment.objects.filter(open_assignments_q())
+        where, params = qs.query.get_compiler(connection.alias).compile(qs.query.where)
+        table = connection.ops.quote_name(Assignment._meta.db_table)
+        sql = (f'SELECT {table}."rep_id", count(*) FILTER (WHERE {where}), '
+               f'count(*) FILTER (WHERE {table}."assigned_at" >= s.start) '
+               f'FROM unnest(%s::bigint[], %s::timestamptz[]) AS s(rep, start) '
+               f'JOIN {table} ON {table}."rep_id" = s.rep '
+               f'WHERE ({where}) OR {table}."assigned_at" >= s.start GROUP BY 1')
+        found = cache["loads"] = (sql, list(params))
+    return found
+
+
+def rep_loads(reps: list, now: datetime, *, everyone: bool = False) -> dict[int, tuple[int, int]]:
+    """(open, today) per rep with a cap (``everyone``: per rep, for the
+    least-loaded method): open assignments, and leads assigned since the
+    start of the rep's local day (their time zone). Reps without a cap are
+    otherwise not counted (there is nothing to compare to). One query for
+    any number of reps."""
+    capped = list(reps) if everyone else [r for r in reps if has_cap(r)]
+    if not capped:
+        return {}
+    ids = [r.pk for r in capped]
+    out = dict.fromkeys(ids, (0, 0))
+    if connection.vendor == "postgresql":
+        sql, where_params = _loads_sql_pg()
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*where_params, ids, [engine.local_day_start(r, now) for r in capped], *where_params])
+            out.update({rep_id: (n_open, n_today) for rep_id, n_open, n_today in cursor.fetchall()})
+        return out
+    return _rep_loads_orm(capped, now, out)
+
+
+def _rep_loads_orm(capped: list, now: datetime, out: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    ids = list(out)
+    starts: dict[datetime, list[int]] = {}
+    for rep in capped:  # reps share a handful of zones, so of day starts
+        starts.setdefault(engine.local_day_start(rep, now), []).append(rep.pk)
+    today = Q()
+    for start, pks in starts.items():
+        today |= Q(rep_id__in=pks, assigned_at__gte=start)
+    rows = (Assignment.objects.filter(Q(rep_id__in=ids) & (open_assignments_q() | Q(assigned_at__gte=min(starts))))
+            .values("rep_id").annotate(open=Count("id", filter=open_assignments_q()), today=Count("id", filter=today))
+            .values_list("rep_id", "open", "today"))
+    out.update({rep_id: (n_open, n_today) for rep_id, n_open, n_today in rows})
+    return out
+
+
+def rep_capacity(rep, now: datetime, loads: dict[int, tuple[int, int]] | None = None) -> tuple[int, int, str | None]:
+    """(open, today, why the rep can take no more or None): what the admin
+    shows; ``loads`` from ``rep_loads`` when the caller counted a page."""
+    open_count, today = (loads if loads is not None else rep_loads([rep], now)).get(rep.pk, (0, 0))
+    return open_count, today, engine.capacity_reason(rep, open_count=open_count, today_count=today)
+
+
+_LOCK_REPS_PG = f'SELECT "id" FROM "{Rep._meta.db_table}" WHERE "id" = ANY(%s::bigint[]) ORDER BY "id" FOR NO KEY UPDATE'
+
+
+def _lock_reps(ids) -> None:
+    """Lock rep rows (ascending id) before counting their load. FOR NO KEY
+    UPDATE, like the team lock: it does not block the foreign-key checks of
+    rows that reference the rep (a rule copied by a rollback, an assignment)."""
+    if ids and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK_REPS_PG, [sorted(ids)])
+
+
+_batch = threading.local()  # .reps: the rep ids the running batch has locked
+_HOLD_PG = (f'SAVEPOINT routing_rep_hold; '
+            f'SELECT "id" FROM "{Rep._meta.db_table}" WHERE "id" = %s FOR NO KEY UPDATE')
+
+
+def _hold(candidate: engine.Candidate, now: datetime) -> bool:
+    """A capped rep chosen for a lead: lock their row, count again (another
+    route may have committed one since the unlocked count) and keep the lock
+    when they still have room. Every path that assigns to a capped rep goes
+    through here, so concurrent routes take turns on the rep's count.
+
+    The lock is taken in a savepoint and let go (rolled back to) when the
+    rep is full, so a route holds at most ONE rep lock, its last lock: after
+    it only the writes follow, never a wait for a team (README, "Lock
+    order, leases and retries"). The savepoint is set with the lock (one
+    round trip) and, when kept, ends with the transaction."""
+    rep = candidate.rep
+    if not has_cap(rep):
+        return True
+    # Batch routing locked its capped reps up front: count again, no savepoint
+    # (one per lead would nest hundreds of subtransactions).
+    pg = connection.vendor == "postgresql" and rep.pk not in getattr(_batch, "reps", ())
+    if pg:
+        with connection.cursor() as cursor:
+            cursor.execute(_HOLD_PG, [rep.pk])
+    candidate.open_count, candidate.today_count = rep_loads([rep], now)[rep.pk]
+    reason = engine.capacity_reason(rep, open_count=candidate.open_count, today_count=candidate.today_count)
+    if reason is None:
+        return True
+    if pg:
+        with connection.cursor() as cursor:
+            cursor.execute("ROLLBACK TO SAVEPOINT routing_rep_hold")
+    candidate.skipped = reason
+    return False
+
+
+def _candidates(reps: list, now: datetime, *, team_id: int | None = None,
+                loads: dict[int, tuple[int, int]] | None = None) -> list[engine.Candidate]:
+    """Every rep with why they are skipped (availability, then capacity:
+    every method skips reps at capacity, so weights and caps combine)."""
     if reps and all(type(r) is RepRow and r.away is not None for r in reps):
         absences = {r.pk: r.away for r in reps}  # loaded with the reps
     else:
         absences = _absences([r.pk for r in reps], now, team_id=team_id)
-    open_counts, today = _loads(reps, now) if with_capacity else ({}, {})
+    if loads is None:
+        loads = rep_loads(reps, now)
     out = []
     local = engine.local_times(now)
-    unavailable, Candidate, no_absence = engine.unavailable_reason, engine.Candidate, []
+    unavailable, Candidate, no_absence, capacity = engine.unavailable_reason, engine.Candidate, [], engine.capacity_reason
     for rep in reps:
         pk = rep.pk
         away = absences.get(pk, no_absence)
-        c = Candidate(rep, unavailable(rep, now, away, local[rep.time_zone]), open_counts.get(pk, 0),
-                      today.get(pk, 0), away if away is not no_absence else [])
-        if c.skipped is None and with_capacity:
-            c.skipped = engine.capacity_reason(rep, open_count=c.open_count, today_count=c.today_count)
+        open_count, today = loads.get(pk, (0, 0))
+        c = Candidate(rep, unavailable(rep, now, away, local[rep.time_zone]), open_count, today,
+                      away if away is not no_absence else [])
+        if c.skipped is None and pk in loads:
+            c.skipped = capacity(rep, open_count=open_count, today_count=today)
         out.append(c)
     return out
 
 
 def _team_read(team_id: int, *, lock: bool) -> Team:
     def build():
-        qs = Team.objects.select_for_update(of=("self",)) if lock else Team.objects.all()
+        # FOR NO KEY UPDATE: the clock is not a key, and a FOR UPDATE lock
+        # would block every foreign-key check on the team (a rollback
+        # copying rules that name it) while the route waits for others.
+        qs = Team.objects.select_for_update(of=("self",), no_key=True) if lock else Team.objects.all()
         return qs.select_related("sla_policy").filter(pk=_SENTINEL_ID)
     [(team, _)] = _prepared("team" + (":lock" if lock else ""), build).objects(team_id)
     return team
+
+
+# One statement; rows are locked in the ORDER BY's order: ascending id, the fallback team last.
+_LOCK_TEAMS_PG = (f'SELECT "id" FROM "{Team._meta.db_table}" WHERE "id" = ANY(%s::bigint[]) '
+                  f'ORDER BY ("id" = %s), "id" FOR NO KEY UPDATE')
+
+
+def _lock_teams(ids, *, fallback_id: int | None) -> None:
+    """Several team rows in the one order: ascending id, the fallback team last."""
+    if connection.vendor != "postgresql" or not ids:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_TEAMS_PG, [sorted(ids), fallback_id or 0])
 
 
 def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why: str, exclude: set[int]) -> bool:
@@ -453,8 +643,15 @@ def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why:
         decision.steps.append({"step": why, "team": team.name, "outcome": "team inactive"})
         return False
     reps = [r for r in team_reps(team.pk, now) if r.pk not in exclude]
-    candidates = _candidates(reps, now, with_capacity=engine.checks_capacity(team.method), team_id=None if exclude else team.pk)
-    pick = engine.choose(team, candidates)
+    candidates = _candidates(reps, now, team_id=None if exclude else team.pk,
+                             loads=rep_loads(reps, now, everyone=team.method == Team.Method.LEAST_LOADED))
+    while True:
+        pick = engine.choose(team, candidates)
+        chosen = next((c for c in candidates if c.rep is pick.rep), None)
+        # Committing: a capped pick is counted again under the rep's lock;
+        # full by now, the next rep in the queue is tried.
+        if chosen is None or not lock or _hold(chosen, now):
+            break
     decision.steps.append({
         "step": why, "team": team.name, "team_id": team.pk, "method": team.method,
         "candidates": [c.as_json() for c in candidates],
@@ -464,16 +661,18 @@ def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why:
     if pick.rep is None:
         return False
     decision.status, decision.rep, decision.team, decision.method = Status.ASSIGNED, pick.rep, team, team.method
-    decision.absences = next(c.absences for c in candidates if c.rep is pick.rep)
+    decision.absences = chosen.absences
     decision.updates.append((team, pick.team_clock, pick.rep, pick.rep_pass))
     return True
 
 
-def _try_rep(decision: Decision, rep: Rep, now: datetime, *, why: str, exclude: set[int]) -> bool:
+def _try_rep(decision: Decision, rep: Rep, now: datetime, *, why: str, exclude: set[int], lock: bool = False) -> bool:
     if rep.pk in exclude:
         decision.steps.append({"step": why, "rep": rep.name, "outcome": "excluded"})
         return False
-    [candidate] = _candidates([rep], now, with_capacity=True)
+    [candidate] = _candidates([rep], now)
+    if candidate.skipped is None and lock:
+        _hold(candidate, now)
     decision.steps.append({"step": why, "candidates": [candidate.as_json()],
                            "outcome": f"chose {rep.name}" if candidate.skipped is None else "unavailable"})
     if candidate.skipped is None:
@@ -507,9 +706,9 @@ def decide(
         decision.status, decision.method = Status.NURTURE, "nurture"
         return decision
     if rule is not None and rule.action == Rule.Action.REP:
-        if _try_rep(decision, rule.rep, now, why="rule rep", exclude=exclude):
+        if _try_rep(decision, rule.rep, now, why="rule rep", exclude=exclude, lock=lock):
             return decision
-        if rule.rep.backup_id and _try_rep(decision, rule.rep.backup, now, why="backup rep", exclude=exclude):
+        if rule.rep.backup_id and _try_rep(decision, rule.rep.backup, now, why="backup rep", exclude=exclude, lock=lock):
             return decision
         waiting_team = rule.team or rule.rep.team or fallback
     elif rule is not None and rule.action == Rule.Action.ACCOUNT_OWNER:
@@ -519,9 +718,9 @@ def decide(
         decision.steps.append({"step": "account", "account": account.name if account else None, "matched_by": how,
                                "owner_rep": owner_rep.name if owner_rep else None})
         if owner_rep:
-            if _try_rep(decision, owner_rep, now, why="account owner", exclude=exclude):
+            if _try_rep(decision, owner_rep, now, why="account owner", exclude=exclude, lock=lock):
                 return decision
-            if owner_rep.backup_id and _try_rep(decision, owner_rep.backup, now, why="backup rep", exclude=exclude):
+            if owner_rep.backup_id and _try_rep(decision, owner_rep.backup, now, why="backup rep", exclude=exclude, lock=lock):
                 return decision
         waiting_team = rule.team or (owner_rep.team if owner_rep else None) or fallback
     elif rule is not None:
@@ -666,20 +865,26 @@ def _current_assignment(lead_id: int) -> Assignment | None:
     return Assignment.objects.get(pk=row[0]) if row else None
 
 
-def _lead_with_live_set(lead_id: int, *, lock: bool) -> tuple[Lead, int | None]:
-    """The lead (locked for a route) with its account, and the live rule
-    set's id, in one prepared statement."""
+def _lead_with_live_set(lead_id: int, *, lock: bool) -> tuple[Lead, int | None, Any]:
+    """The lead (locked for a route) with its account, the live rule set's
+    id and the configuration token (see ``CONFIG_KEY``), in one prepared
+    statement."""
+    fresh = _FRESHNESS
+
     def build():
         qs = Lead.objects.select_for_update(of=("self",)) if lock else Lead.objects.all()
-        return (qs.select_related("account").annotate(routing_live_set_id=Subquery(_live_pk_query()))
-                .filter(pk=_SENTINEL_ID))
-    found = _prepared("lead+live" + (":lock" if lock else ""), build).objects(lead_id)
+        qs = qs.select_related("account").annotate(routing_live_set_id=Subquery(_live_pk_query()))
+        if fresh:
+            qs = qs.annotate(routing_config_token=Subquery(_config_token_query()))
+        return qs.filter(pk=_SENTINEL_ID)
+    found = _prepared("lead+live" + (":lock" if lock else "") + (":fresh" if fresh else ""), build).objects(lead_id)
     if not found:
         raise ValidationError({"lead_id": [f"No lead with id {lead_id}."]})
     lead, annotations = found[0]
-    return lead, annotations["routing_live_set_id"]
+    return lead, annotations["routing_live_set_id"], annotations.get("routing_config_token", configcache._UNREAD)
 
 
+@retry_on_conflict
 @transaction.atomic
 def lead_route(
     *, lead_id: int, trigger: str, reason: str = "", actor=None, reroute: bool = False,
@@ -688,16 +893,21 @@ def lead_route(
     """Route one lead by the live rule set and store the decision with its
     explanation. A lead that already has a current assignment keeps it
     (returns it with False) unless ``reroute``, so the new-lead trigger,
-    the stage trigger and the SQL handoff may all fire safely."""
+    the stage trigger and the SQL handoff may all fire safely. Called
+    outside a transaction it is its own, run again if the database aborts
+    it for a concurrent one (``martech.db``)."""
     now = now or timezone.now()
-    # The live rule set's id comes with the lead (one round trip fewer).
-    lead, live_set_id = _lead_with_live_set(lead_id, lock=True)
+    # The live rule set's id and the configuration token come with the lead
+    # (no round trip of their own).
+    lead, live_set_id, token = _lead_with_live_set(lead_id, lock=True)
     # Read after the lead lock is held (its own statement, so it sees a route
     # that another worker committed while this one waited for the lock).
     current = _current_assignment(lead_id)
     if current is not None and not reroute:
         return current, False
-    decision = decide(lead=lead, rule_set=live_rule_set(pk=live_set_id), now=now, lock=True, exclude=exclude)
+    rule_set = live_rule_set(pk=live_set_id, token=token)
+    decision = decide(lead=lead, rule_set=rule_set, now=now, lock=True, exclude=exclude,
+                      rules=rules_of(rule_set, token=token) if rule_set is not None else None)
     # No savepoint around the write: the lead row lock above serializes
     # routes of one lead, and the unique "one current assignment" index is
     # the backstop that turns a bug into an error, never a second owner.
@@ -710,8 +920,11 @@ def lead_preview(*, lead_id: int, now: datetime | None = None, rule_set: RuleSet
     """The decision ``lead_route`` would make now, with its explanation.
     Takes no locks and writes nothing."""
     now = now or timezone.now()
-    lead, live_set_id = _lead_with_live_set(lead_id, lock=False)
-    decision = decide(lead=lead, rule_set=rule_set or live_rule_set(pk=live_set_id), now=now, lock=False)
+    lead, live_set_id, token = _lead_with_live_set(lead_id, lock=False)
+    if rule_set is None:
+        rule_set = live_rule_set(pk=live_set_id, token=token)
+    decision = decide(lead=lead, rule_set=rule_set, now=now, lock=False,
+                      rules=rules_of(rule_set, token=token) if rule_set is not None else None)
     return decision.explanation()
 
 
@@ -772,6 +985,8 @@ def crm_owners_pulled_provider(*, provider: str, owners: list[dict]) -> int:
         if remote_id:
             Rep.objects.filter(pk=rep.pk).update(**{column: remote_id})
             linked += 1
+    if linked:
+        config_changed()  # the rules' reps carry the CRM owner ids
     return linked
 
 
@@ -779,30 +994,70 @@ def crm_owners_pulled_provider(*, provider: str, owners: list[dict]) -> int:
 
 
 def waiting_assign(*, limit: int = 500, now: datetime | None = None) -> int:
-    """Try every waiting assignment again (oldest first); returns how many
-    got a rep. Each lead is its own transaction; rows another worker is on
-    are skipped, and a repeated run finds nothing left to do."""
+    """Try the waiting assignments again, team by team (the team whose
+    oldest lead waits longest first, each team's leads oldest first);
+    returns how many got a rep. A team with nobody eligible is skipped after
+    one look (no lock), and a team is left as soon as one of its leads finds
+    nobody, so leads waiting for full teams, however many, never keep the
+    others from a team with room. ``limit`` bounds the leads tried in one
+    run. Each lead is its own transaction (run again on a deadlock); rows
+    another worker is on are skipped, and a repeated run finds nothing left
+    to do."""
     now = now or timezone.now()
-    done = 0
-    ids = list(Assignment.objects.filter(status=Status.WAITING, is_current=True).order_by("created_at", "id")
-               .values_list("id", "lead_id")[:limit])
-    for assignment_id, lead_id in ids:
-        with transaction.atomic():
-            # The lead first, as lead_route does (same lock order, no deadlock).
-            if not list(Lead.objects.select_for_update(skip_locked=True).filter(pk=lead_id).values_list("pk", flat=True)):
-                continue
-            current = (Assignment.objects.select_for_update(skip_locked=True)
-                       .filter(pk=assignment_id, is_current=True, status=Status.WAITING).first())
-            if current is None:
-                continue
-            lead = Lead.objects.select_related("account").get(pk=current.lead_id)
-            decision = Decision(status=Status.WAITING, rule_set=current.rule_set, rule=current.rule,
-                                steps=[{"step": "waiting queue", "since": current.created_at.isoformat()}])
-            if current.team_id and _try_team(decision, current.team, now, lock=True, why="team", exclude=set()):
-                _write(lead=lead, decision=decision, trigger=Trigger.WAITING, reason="became eligible",
-                       actor=None, now=now, previous=current)
-                done += 1
+    waiting = Assignment.objects.filter(status=Status.WAITING, is_current=True, team__isnull=False)
+    teams = list(waiting.values_list("team_id").annotate(oldest=Min("created_at")).order_by("oldest", "team_id")
+                 .values_list("team_id", flat=True))
+    done = tried = 0
+    for team_id in teams:
+        if tried >= limit:
+            break
+        team = Team.objects.filter(pk=team_id).first()
+        if team is None or not team.is_active:
+            continue
+        reps = team_reps(team_id, now)
+        if not any(c.skipped is None for c in _candidates(reps, now, team_id=team_id)):
+            continue  # full (or nobody at work): nothing to try until that changes
+        last_at, last_id = None, 0
+        while tried < limit:
+            page = waiting.filter(team_id=team_id)
+            if last_at is not None:
+                page = page.filter(Q(created_at__gt=last_at) | Q(created_at=last_at, id__gt=last_id))
+            rows = list(page.order_by("created_at", "id").values_list("id", "lead_id", "created_at")[:min(200, limit - tried)])
+            if not rows:
+                break
+            full = False
+            for assignment_id, lead_id, created_at in rows:
+                last_at, last_id = created_at, assignment_id
+                tried += 1
+                outcome = run_in_transaction(lambda a=assignment_id, l=lead_id: _waiting_one(a, l, now))
+                if outcome is True:
+                    done += 1
+                elif outcome is False:
+                    full = True  # the team has nobody left for now
+                    break
+            if full:
+                break
     return done
+
+
+def _waiting_one(assignment_id: int, lead_id: int, now: datetime) -> bool | None:
+    """One waiting lead: True assigned, False nobody eligible in its team,
+    None skipped (another worker holds it, or it is no longer waiting)."""
+    # The lead first, as lead_route does (same lock order, no deadlock).
+    if not list(Lead.objects.select_for_update(skip_locked=True).filter(pk=lead_id).values_list("pk", flat=True)):
+        return None
+    current = (Assignment.objects.select_for_update(skip_locked=True, of=("self",)).select_related("team")
+               .filter(pk=assignment_id, is_current=True, status=Status.WAITING).first())
+    if current is None or current.team is None:
+        return None
+    lead = Lead.objects.select_related("account").get(pk=current.lead_id)
+    decision = Decision(status=Status.WAITING, rule_set=current.rule_set, rule=current.rule,
+                        steps=[{"step": "waiting queue", "since": current.created_at.isoformat()}])
+    if not _try_team(decision, current.team, now, lock=True, why="team", exclude=set()):
+        return False
+    _write(lead=lead, decision=decision, trigger=Trigger.WAITING, reason="became eligible",
+           actor=None, now=now, previous=current)
+    return True
 
 
 def rep_deactivate(*, rep: Rep, actor=None, reason: str = "rep deactivated", now: datetime | None = None) -> int:
@@ -810,7 +1065,9 @@ def rep_deactivate(*, rep: Rep, actor=None, reason: str = "rep deactivated", now
     ``lead_route`` with the rep excluded). Returns the number rerouted."""
     now = now or timezone.now()
     with transaction.atomic():
+        _lock_rep_with_team(rep.pk)
         Rep.objects.filter(pk=rep.pk).update(is_active=False)
+        config_changed()
         rep.is_active = False
     lead_ids = list(Assignment.objects.filter(open_assignments_q(), rep=rep).values_list("lead_id", flat=True))
     for lead_id in lead_ids:
@@ -971,12 +1228,6 @@ def waiting_assign_later() -> None:
 # --- Rule-set versions --------------------------------------------------------------
 
 
-def _clear_cache() -> None:
-    _rules_cache.clear()
-    _compiled_cache.clear()
-    _live_cache.clear()
-
-
 @transaction.atomic
 def rule_set_copy(*, source: RuleSet | None, actor=None, note: str = "") -> RuleSet:
     """A new draft holding a copy of ``source``'s rules (None: empty)."""
@@ -1014,29 +1265,38 @@ def _validate_for_publish(rule_set: RuleSet) -> None:
         raise ValidationError(errors)
 
 
+@retry_on_conflict
 @transaction.atomic
 def rule_set_publish(*, rule_set: RuleSet, actor=None) -> RuleSet:
     """Publish a draft as the next version (immutable from then on); it is
-    live at once. Versions are numbered under a lock on the live set's rows."""
-    rule_set = RuleSet.objects.select_for_update().get(pk=rule_set.pk)
+    live at once: routes read the live set's id with every lead. Versions
+    are numbered under a lock on the published rows, FOR NO KEY UPDATE: it
+    serializes publishes without blocking routes, whose assignments
+    reference the live set (a foreign-key check takes KEY SHARE, which a
+    FOR UPDATE lock would block). Publishing locks no team or rep row (the
+    rules' foreign keys only take KEY SHARE, which the routes' FOR NO KEY
+    UPDATE team and rep locks allow), so it never waits for a route holding
+    them, nor a route for it (README, "Lock order, leases and retries")."""
+    rule_set = RuleSet.objects.select_for_update(no_key=True).get(pk=rule_set.pk)
     if not rule_set.is_draft:
         raise ValidationError({"rule_set": [f"{rule_set} is already published; copy it to a new draft to change it."]})
     _validate_for_publish(rule_set)
-    list(RuleSet.objects.select_for_update().filter(status=RuleSet.Status.PUBLISHED).values_list("id", flat=True))
+    list(RuleSet.objects.select_for_update(no_key=True).filter(status=RuleSet.Status.PUBLISHED).values_list("id", flat=True))
     top = RuleSet.objects.filter(status=RuleSet.Status.PUBLISHED).aggregate(m=Max("version"))["m"] or 0
     rule_set.status, rule_set.version = RuleSet.Status.PUBLISHED, top + 1
     rule_set.published_at = timezone.now()
     rule_set.published_by = actor if getattr(actor, "is_authenticated", False) else None
     rule_set.save(update_fields=["status", "version", "published_at", "published_by"])
-    transaction.on_commit(_clear_cache)
     log.info("routing rule set %s published by %s", rule_set, actor)
     return rule_set
 
 
+@retry_on_conflict
 @transaction.atomic
 def rule_set_rollback(*, to: RuleSet, actor=None) -> RuleSet:
     """Make an earlier version live again: its rules are published as a new
-    version (the history only grows, every assignment keeps its version)."""
+    version (the history only grows, every assignment keeps its version).
+    One short transaction that locks no team or rep (see ``rule_set_publish``)."""
     if to.is_draft:
         raise ValidationError({"rule_set": ["Only a published version can be rolled back to."]})
     copy = rule_set_copy(source=to, actor=actor, note=f"rollback to v{to.version}")
@@ -1205,11 +1465,34 @@ def sla_escalate(*, now: datetime | None = None, limit: int = 500) -> dict[str, 
 # --- Configuration writes (reps, teams, territories, SLA policies, drafts) ------
 
 
+def _live_fallback_id() -> int | None:
+    return RuleSet.objects.filter(pk=Subquery(_live_pk_query())).values_list("fallback_team_id", flat=True).first()
+
+
+def _lock_rep_with_team(rep_id: int, *team_ids: int | None) -> None:
+    """Before a rep row is written outside a route: their team (and the one
+    they move to), then the rep, the order routes lock them (README, "Lock
+    order, leases and retries"). Without it, a rep saved while a route held
+    their team and waited for the rep deadlocked as soon as the save went on
+    to reroute the rep's leads through that team."""
+    if connection.vendor != "postgresql":
+        return
+    current = Rep.objects.filter(pk=rep_id).values_list("team_id", flat=True).first()
+    _lock_teams({t for t in (current, *team_ids) if t}, fallback_id=_live_fallback_id())
+    _lock_reps([rep_id])
+
+
+@retry_on_conflict
 @transaction.atomic
 def config_save(*, instance, data: dict[str, Any], actor=None):
     """Create or change a routing configuration row (admin and API). Runs
     the model's validation; a rep switched to inactive has their open leads
-    rerouted in the same transaction."""
+    rerouted in the same transaction. The save gives the routing
+    configuration a new token (``configcache.watch`` in ``routing.apps``),
+    so every process routes the next lead by it."""
+    if isinstance(instance, Rep) and instance.pk:
+        new_team = data.get("team")
+        _lock_rep_with_team(instance.pk, getattr(new_team, "pk", new_team))
     was_active = Rep.objects.filter(pk=instance.pk).values_list("is_active", flat=True).first() \
         if isinstance(instance, Rep) and instance.pk else None
     for key, value in data.items():
@@ -1326,34 +1609,54 @@ def assignments_insert(rows: list[dict[str, Any]], *, batch_size: int = 1000,
                 cursor.execute(sql, [doc])
 
 
+@retry_on_conflict
 @transaction.atomic
 def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", actor=None,
                       now: datetime | None = None) -> Counter:
     """Route many leads in one transaction with the same decisions
     ``lead_route`` makes one by one: leads locked (in id order) and those
-    already assigned left alone; rules matched in memory; each team row is
-    locked once and its fair queue, capacities and daily counts are advanced
-    in memory as leads are handed out; assignments are inserted in bulk.
-    Rules that target a rep or an account owner go through ``decide`` one
-    lead at a time. Returns counts by status."""
+    already assigned left alone; rules matched in memory; then every team
+    the batch may need (ascending id, the fallback team last) and every
+    capped rep of those teams or named by a rep rule (ascending id) are
+    locked up front, so the batch never waits for a team while it holds a
+    rep (README, "Lock order, leases and retries"); each team's fair queue,
+    capacities and daily counts are advanced in memory as leads are handed
+    out; assignments are inserted in bulk. Rules that target a rep or an
+    account owner go through ``decide`` one lead at a time. Returns counts
+    by status."""
     now = now or timezone.now()
-    rule_set = live_rule_set()
-    if rule_set is None:
-        raise ValidationError({"rule_set": ["No routing rule set is published yet."]})
-    rules = rules_of(rule_set)
+    with configcache.snapshot():  # the configuration token, read once
+        rule_set = live_rule_set()
+        if rule_set is None:
+            raise ValidationError({"rule_set": ["No routing rule set is published yet."]})
+        rules = rules_of(rule_set)
     fallback = rule_set.fallback_team
     leads = list(Lead.objects.select_for_update(of=("self",)).select_related("account").filter(pk__in=lead_ids).order_by("pk"))
     taken = set(Assignment.objects.filter(lead_id__in=[l.pk for l in leads], is_current=True).values_list("lead_id", flat=True))
     counts: Counter = Counter(kept=len(taken))
     decisions: list[tuple[Lead, Decision]] = []
     by_team: dict[int, list[tuple[Lead, Decision]]] = {}
-    teams: dict[int, Team] = {}
+    direct: list[Lead] = []  # leads of rep and account-owner rules
+    needed_teams: set[int] = set()
+    direct_reps: list = []
     for lead in leads:
         if lead.pk in taken:
             continue
         rule = rule_match(rules, lead, now=now)
         if rule is not None and rule.action in (Rule.Action.REP, Rule.Action.ACCOUNT_OWNER):
-            decisions.append((lead, decide(lead=lead, rule_set=rule_set, now=now, lock=True, rules=rules)))
+            # Decided below, once the locks are held; what it may lock is gathered now.
+            if rule.action == Rule.Action.REP:
+                who = rule.rep
+            else:
+                account, _ = account_match(lead)
+                who = Rep.objects.filter(user_id=account.owner_id).select_related("team", "backup").first() \
+                    if account and account.owner_id else None
+            if who is not None:
+                direct_reps.append(who)
+                if who.backup_id:
+                    direct_reps.append(who.backup)
+            needed_teams.update(t for t in (rule.team_id, who.team_id if who else None) if t)
+            direct.append(lead)
             continue
         d = Decision(status=Status.WAITING, rule_set=rule_set, rule=rule, steps=_skipped_steps(rules))
         d.steps.append({"step": "rule", "matched": rule.name if rule else None, "action": rule.action if rule else "fallback"})
@@ -1362,28 +1665,54 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             decisions.append((lead, d))
             continue
         team = rule.team if rule is not None else fallback
-        teams[team.pk] = team
         by_team.setdefault(team.pk, []).append((lead, d))
         decisions.append((lead, d))
+    if by_team or direct:
+        needed_teams.update(by_team)
+        needed_teams.add(fallback.pk)  # any of them may overflow to it
+    _lock_teams(needed_teams, fallback_id=fallback.pk)
+    # Each team read once (locked above): its reps, their loads counted
+    # after their locks, and its in-memory queue shared by the team's own
+    # leads and the fallback queue's.
+    order = sorted(t for t in needed_teams if t != fallback.pk) + ([fallback.pk] if fallback.pk in needed_teams else [])
+    team_reads = {t: _team_read(t, lock=True) for t in order}
+    reps_of = {t: team_reps(t, now) if team_reads[t].is_active else [] for t in order}
+    held = {r.pk for reps in reps_of.values() for r in reps if has_cap(r)} | {r.pk for r in direct_reps if has_cap(r)}
+    _lock_reps(held)
+    _batch.reps = held
+    try:
+        for lead in direct:
+            # Written at once, as lead_route writes: the next lead's count of a
+            # capped rep (and the teams' counts below) must include this one.
+            d = decide(lead=lead, rule_set=rule_set, now=now, lock=True, rules=rules)
+            _write(lead=lead, decision=d, trigger=trigger, reason=reason or trigger, actor=actor, now=now, previous=None)
+            counts[d.status] += 1
+    finally:
+        _batch.reps = ()
+    if direct:  # their picks moved fair queues: read them again
+        team_reads = {t: _team_read(t, lock=True) for t in order}
+        reps_of = {t: team_reps(t, now) if team_reads[t].is_active else [] for t in order}
     overflow: list[tuple[Lead, Decision]] = []
     rep_updates: dict[int, Rep] = {}
     team_updates: dict[int, float] = {}
-    order = sorted(t for t in by_team if t != fallback.pk) + ([fallback.pk] if fallback.pk in by_team else [])
-    for team_id in order + [None]:
+    pools: dict[int, tuple[Team, list[engine.Candidate]]] = {}
+    for team_id in [t for t in order if t in by_team] + [None]:
         if team_id is None:  # the fallback queue takes what the teams could not
             if not overflow:
                 break
             team_id, batch, why = fallback.pk, overflow, "fallback queue"
         else:
             batch, why = by_team[team_id], "team"
-        team = _team_read(team_id, lock=True)
-        reps = team_reps(team.pk, now) if team.is_active else []
-        with_capacity = engine.checks_capacity(team.method)
-        candidates = _candidates(reps, now, with_capacity=with_capacity, team_id=team.pk)
+        if team_id not in pools:
+            team, reps = team_reads[team_id], reps_of[team_id]
+            pools[team_id] = (team, _candidates(reps, now, team_id=team.pk, loads=rep_loads(
+                reps, now, everyone=team.method == Team.Method.LEAST_LOADED)))
+        team, candidates = pools[team_id]
         by_rep = {c.rep.pk: c for c in candidates}
-        snapshot_needed = True
+        counted = any(has_cap(c.rep) for c in candidates) or team.method == Team.Method.LEAST_LOADED
+        rows = None
         for lead, d in batch:
-            if snapshot_needed or with_capacity:
+            if rows is None or counted:
                 rows = [c.as_json() for c in candidates]
             pick = engine.choose(team, candidates)
             d.steps.append({"step": why, "team": team.name, "team_id": team.pk, "method": team.method, "candidates": rows,
@@ -1402,11 +1731,11 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             d.status, d.rep, d.team, d.method = Status.ASSIGNED, pick.rep, team, team.method
             c = by_rep[pick.rep.pk]
             d.absences = c.absences
-            if with_capacity:
+            if counted:
                 c.open_count += 1
                 c.today_count += 1
-                c.skipped = engine.capacity_reason(c.rep, open_count=c.open_count, today_count=c.today_count)
-            snapshot_needed = with_capacity
+                if has_cap(c.rep):
+                    c.skipped = engine.capacity_reason(c.rep, open_count=c.open_count, today_count=c.today_count)
         team_updates[team.pk] = team.rr_clock
         if why == "fallback queue":
             break
@@ -1420,8 +1749,6 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
     deadlines: dict[tuple[int, int], Any] = {}
     rows = []
     for lead, d in decisions:
-        if d.updates:  # a decide() route: its queue moves are written here
-            _commit_queue_updates(d)
         policy, due = None, None
         if d.status == Status.ASSIGNED:
             key = (d.rep.pk, d.team.pk if d.team else 0)

@@ -9,7 +9,7 @@ from django.utils.html import format_html
 from martech.admin.actions import _confirmation
 from routing import engine, services
 from routing.admin.common import ConfigAdmin
-from routing.models import OutOfOffice, Rep, open_assignments_q
+from routing.models import OutOfOffice, Rep
 
 _LABELS = {
     engine.INACTIVE: "inactive",
@@ -89,16 +89,27 @@ class RepAdmin(ConfigAdmin):
     def get_queryset(self, request):
         now = timezone.now()
         return super().get_queryset(request).annotate(
-            open_count=Count("assignments", filter=open_assignments_q("assignments__"))
+            open_count=Count("assignments", filter=services.open_assignments_q("assignments__"))
         ).prefetch_related(Prefetch(
             "absences", queryset=OutOfOffice.objects.filter(starts_at__lte=now, ends_at__gt=now), to_attr="current_absences"))
+
+    def get_changelist_instance(self, request):
+        # The page's capped reps counted at once, by the router's own count
+        # (open and today per the rep's local day): "at capacity" here is
+        # what the router decides.
+        cl = super().get_changelist_instance(request)
+        loads = services.rep_loads(list(cl.result_list), timezone.now())
+        for rep in cl.result_list:
+            rep.routing_loads = loads
+        return cl
 
     @admin.display(description="Eligible now")
     def eligible_now(self, obj: Rep) -> str:
         absences = [(a.starts_at, a.ends_at) for a in getattr(obj, "current_absences", [])]
-        reason = engine.unavailable_reason(obj, timezone.now(), absences)
+        now = timezone.now()
+        reason = engine.unavailable_reason(obj, now, absences)
         if reason is None:
-            cap = engine.capacity_reason(obj, open_count=getattr(obj, "open_count", 0), today_count=0)
+            _, _, cap = services.rep_capacity(obj, now, getattr(obj, "routing_loads", None))
             if cap:
                 return format_html('<span class="routing-cap" style="color:#b26b00">● {}</span>', _LABELS[cap])
             return format_html('<span class="routing-eligible" style="color:#1a7f37">● {}</span>', "eligible")

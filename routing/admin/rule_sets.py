@@ -6,13 +6,13 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from martech.db import run_in_transaction
 from martech.admin.base import BaseAdmin, ServiceSaveMixin, validation_messages
 from martech.models import Lead
 from martech.scoring.models import Segment
@@ -138,8 +138,8 @@ class RuleSetAdmin(ServiceSaveMixin, BaseAdmin):
             raise PermissionDenied
         if request.method == "POST":
             try:
-                with transaction.atomic():
-                    result, message = run(rule_set)
+                # A transaction boundary: run again if a concurrent one aborts it.
+                result, message = run_in_transaction(lambda: run(rule_set))
             except ValidationError as exc:
                 for line in validation_messages(exc):
                     self.message_user(request, line, messages.ERROR)

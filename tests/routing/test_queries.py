@@ -79,14 +79,15 @@ def test_a_batch_is_a_fixed_number_of_queries_per_team(n_leads):
     assert a.team == de and a.is_current and a.created_at == a.assigned_at == now and a.escalation_level == 0
     assert a.explanation["result"]["team"] == "DE" and a.explanation["steps"][0]["matched"] == "Germany"
     assert [c["skipped"] for c in a.explanation["steps"][1]["candidates"]].count(None) >= 1
-    # live set, leads, taken; per team: lock, reps (+ absences). PostgreSQL:
+    # configuration token, live set, leads, taken, every team's lock (one
+    # statement, PostgreSQL); per team: read, reps (+ absences). PostgreSQL:
     # the teams' clocks and reps' positions ride on the one insert statement
     # (batches of 1000). SQLite: absences, a clock update per team, the rep
     # positions, then several inserts (its limit on parameters per statement).
     pg = connection.vendor == "postgresql"
     sql = _sql(ctx)
     inserts = [q for q in sql if q.startswith("INSERT") or q.startswith("WITH t AS")]
-    assert len(sql) - len(inserts) == (3 + 2 * 2 if pg else 3 + 2 * 4 + 1), "\n".join(q[:90] for q in sql)
+    assert len(sql) - len(inserts) == (5 + 2 * 2 if pg else 4 + 2 * 4 + 1), "\n".join(q[:90] for q in sql)
     if pg:
         assert len(inserts) == 1 and "unnest" in inserts[0]
     # The fair queue positions were written: from a fresh start each pick
