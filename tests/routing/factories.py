@@ -28,6 +28,21 @@ class RepFactory(factory.django.DjangoModelFactory):
     working_hours = factory.LazyFunction(dict)
 
 
+def away_rep(team: models.Team) -> models.Rep:
+    """An active rep of ``team`` who is out of office for years around now:
+    publishing accepts the team as a fallback (it has an active rep), and
+    routing finds nobody eligible in it (its leads wait)."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    rep = RepFactory(team=team, name=f"away from {team.name}")
+    now = timezone.now()
+    models.OutOfOffice.objects.create(rep=rep, starts_at=now - dt.timedelta(days=3650),
+                                      ends_at=now + dt.timedelta(days=3650))
+    return rep
+
+
 class TerritoryFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = models.Territory

@@ -13,7 +13,7 @@ from django.utils import timezone
 from routing import services
 from routing.models import Assignment, Rule, Team
 from tests.factories import LeadFactory
-from tests.routing.factories import RepFactory, RuleFactory, RuleSetFactory, TeamFactory
+from tests.routing.factories import away_rep, RepFactory, RuleFactory, RuleSetFactory, TeamFactory
 
 pytestmark = pytest.mark.django_db
 NOW = timezone.now()
@@ -56,6 +56,7 @@ def test_a_full_team_leaves_the_lead_waiting_with_the_real_figures_recorded():
     team, empty = TeamFactory(method=Team.Method.WEIGHTED), TeamFactory(name="Nobody")
     RepFactory(team=team, name="A", max_open_leads=2)
     RepFactory(team=team, name="B", max_per_day=1)
+    away_rep(empty)  # publishing needs a fallback team with an active rep
     publish(fallback=empty, rules=[{"team": team}])
     statuses = Counter(route().status for _ in range(5))
     assert statuses == {"assigned": 3, "waiting": 2}

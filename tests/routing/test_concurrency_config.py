@@ -15,7 +15,7 @@ from django.db.models import Count
 from routing import services
 from routing.models import Assignment, Rule, Team
 from tests.factories import LeadFactory
-from tests.routing.factories import RepFactory, RuleFactory, RuleSetFactory, TeamFactory
+from tests.routing.factories import away_rep, RepFactory, RuleFactory, RuleSetFactory, TeamFactory
 
 pytestmark = [
     pytest.mark.postgres_only, pytest.mark.django_db(transaction=True),
@@ -64,7 +64,9 @@ def test_an_assign_to_rep_rule_stops_at_the_cap_and_sends_the_rest_to_the_rules_
     team = TeamFactory(name="Next")
     RepFactory(team=team, name="next")
     capped = RepFactory(team=None, name="capped", max_open_leads=5)
-    publish(fallback=TeamFactory(name="Fallback"), rules=[{"action": Rule.Action.REP, "rep": capped, "team": team}])
+    fallback = TeamFactory(name="Fallback")
+    away_rep(fallback)  # publishing needs a fallback team with an active rep
+    publish(fallback=fallback, rules=[{"action": Rule.Action.REP, "rep": capped, "team": team}])
     lead_ids = [LeadFactory().pk for _ in range(3 * ROUTERS)]
     with caplog.at_level(logging.WARNING, logger="martech.db"):
         assert run_routers(lead_ids) == []
@@ -77,6 +79,7 @@ def test_a_weighted_team_stops_each_rep_at_the_cap_and_the_rest_waits(caplog):
     team, nobody = TeamFactory(name="Weighted", method=Team.Method.WEIGHTED), TeamFactory(name="Nobody")
     RepFactory(team=team, name="heavy", weight=3, max_open_leads=5)
     RepFactory(team=team, name="light", weight=1, max_open_leads=5)
+    away_rep(nobody)  # publishing needs a fallback team with an active rep
     publish(fallback=nobody, rules=[{"team": team}])
     lead_ids = [LeadFactory().pk for _ in range(3 * ROUTERS)]
     with caplog.at_level(logging.WARNING, logger="martech.db"):
