@@ -280,6 +280,8 @@ class SyncRun(models.Model):
     # Set on a run that did nothing because the connection was paused (a
     # limit): health leaves these out of the success rate and shows the pause.
     paused_until = models.DateTimeField(null=True, blank=True)
+    # Push runs cover every object type: {object key: {"pushed": n, "failed": n}}.
+    by_object = models.JSONField(default=dict, blank=True)
 
     @property
     def ok(self) -> bool:

@@ -265,6 +265,17 @@ def budget_left(connection: Connection) -> int:
     return left
 
 
+def _allowance_text(connection: Connection) -> str:
+    """Today's use against the allowance, ours and the CRM's when read today ("250 of 250 calls")."""
+    text = f"{connection.api_calls_used} of {connection.daily_api_limit} calls"
+    if connection.crm_calls_limit and connection.crm_calls_at and \
+            connection.crm_calls_at.date() == timezone.now().date() and \
+            (connection.crm_calls_used, connection.crm_calls_limit) != (connection.api_calls_used,
+                                                                        connection.daily_api_limit):
+        text += f"; the CRM counts {connection.crm_calls_used} of {connection.crm_calls_limit}"
+    return text
+
+
 # --- pauses: rate, daily and org limits ---------------------------------------
 
 # Salesforce's allowance is a rolling 24 h one with no reset time to read:
@@ -540,8 +551,8 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
         while max_items is None or done < max_items:
             left = budget_left(connection)
             if left <= 0:
-                raise RateLimited(f"Daily API allowance used ({connection.daily_api_limit - left} of "
-                                  f"{connection.daily_api_limit} calls)", policy="ALLOWANCE", daily=True)
+                raise RateLimited(f"Daily API allowance used ({_allowance_text(connection)})", policy="ALLOWANCE",
+                                  daily=True)
             slow = left <= connection.daily_api_limit * (1 - conf["SLOWDOWN_AT"])
             limit = 100 if slow else (batch or conf["DRAIN_BATCH"])
             if max_items is not None:
@@ -585,6 +596,13 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
     return run
 
 
+def _tally(run: SyncRun, key: str, outcome: str, n: int = 1) -> None:
+    """Count pushed or failed records of one object type on a push run (``SyncRun.by_object``)."""
+    if n:
+        row = run.by_object.setdefault(key, {"pushed": 0, "failed": 0})
+        row[outcome] = row.get(outcome, 0) + n
+
+
 def _run_error(current: str, message: str) -> str:
     """A run's error with one more failure (several calls can fail in one run)."""
     if len(current) >= 4000:
@@ -625,6 +643,7 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
             reason = "deleted" if instance is None else f"has no {obj.key_field} (the upsert key)"
             _fail([item], f"{obj.label} #{item.local_id} {reason}", dead_now=True)
             run.failed += 1
+            _tally(run, obj.key, "failed")
             run.error = _run_error(run.error, f"{obj.label} #{item.local_id} {reason}")
             continue
         try:
@@ -632,6 +651,7 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
         except PayloadError as exc:
             _fail([item], str(exc), dead_now=True)  # retrying cannot fix the data; a fix re-queues it
             run.failed += 1
+            _tally(run, obj.key, "failed")
             run.error = _run_error(run.error, f"{obj.label} #{item.local_id}: {exc}")
             continue
         associations: dict[str, list[str]] = {}
@@ -688,9 +708,11 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
         if result is None or result.error:
             refused.setdefault(result.error if result else "missing from the CRM's answer", []).append(item)
             run.failed += 1
+            _tally(run, obj.key, "failed")
             continue
         ok_items.append(item)
         run.pushed += 1
+        _tally(run, obj.key, "pushed")
         synced = {link.key: record.link_details.get(link.key, {}) for link in link_specs if link.removable}
         new_states.append(PushState(connection=connection, object=obj.key, local_id=item.local_id,
                                     remote_id=result.remote_id, payload_hash=digest, pushed_at=read_at,
@@ -713,6 +735,7 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
         raise failure
     # The CRM refused the call itself (a 5xx after the retries, a 4xx): each record not written is charged.
     run.failed += len(not_written)
+    _tally(run, obj.key, "failed", len(not_written))
     run.error = _run_error(run.error, f"{obj.label}: {failure}")
     _record_error(connection, str(failure))
     _fail(not_written, str(failure))
@@ -1740,6 +1763,9 @@ def owners_pull_recorded(*, connection: Connection, connector: Connector | None 
         return owners_pull(connection=connection, connector=connector)
     except (TransientError, PermanentError) as exc:
         _record_call_error(connection, exc, prefix="owners pull: ")
+        return -1
+    except Exception as exc:  # noqa: BLE001 - recorded (``_crashed``); the object pulls still run
+        _record_error(connection, f"owners pull: {_crashed(connection, exc)}")
         return -1
 
 

@@ -29,7 +29,7 @@ def _isolated(connection: Connection, kind: str, work: Callable[[], T]) -> T | N
 
 def drain_outbox() -> dict[str, int]:
     out = {}
-    for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
+    for connection in Connection.objects.filter(is_active=True, stopped_reason="").order_by("pk"):
         # Each run starts from the CRM's own count of the daily allowance (Salesforce /limits).
         run = _isolated(connection, SyncRun.Kind.PUSH,
                         lambda c=connection: services.outbox_drain(connection=c, refresh_allowance=True))
@@ -44,7 +44,7 @@ def pull_all() -> dict[str, int]:
     connection paused by a limit records one "paused until" run and is
     skipped."""
     out: dict[str, int] = {}
-    for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
+    for connection in Connection.objects.filter(is_active=True, stopped_reason="").order_by("pk"):
         paused = services.paused_run(connection, SyncRun.Kind.PULL)
         if paused is not None:
             out[f"{connection.provider}:paused"] = 0

@@ -200,6 +200,8 @@ class SalesforceConnector:
     links = dict(LINKS)
     # No natural key needed: records are upserted by Martech_Id__c (our id).
     upserts_by_local_id = True
+    # Sforce-Limit-Info is the org's own allowance: it replaces our count (services._count_calls).
+    allowance_from_crm = True
 
     def __init__(self, connection, *, sleep: Callable[[float], None] | None = None):
         conf = settings.MARTECH_CRM
