@@ -253,16 +253,24 @@ def _count_calls(connection: Connection, n: int, connector: Connector | None = N
     Connection.objects.filter(pk=connection.pk).update(**fields)
 
 
-def budget_left(connection: Connection) -> int:
-    """Calls left today: our count against ``daily_api_limit``, and the
-    CRM's own figure when one was read today (HubSpot's daily headers)."""
+def _allowance(connection: Connection) -> tuple[int, int]:
+    """(calls left today, the allowance they are left of): our count against
+    ``daily_api_limit``, or the CRM's own figure when one read today leaves
+    fewer (HubSpot's daily headers)."""
     now = timezone.now()
-    left = connection.daily_api_limit
+    left, limit = connection.daily_api_limit, connection.daily_api_limit
     if connection.api_calls_day == now.date():
         left = max(connection.daily_api_limit - connection.api_calls_used, 0)
     if connection.crm_calls_limit and connection.crm_calls_at and connection.crm_calls_at.date() == now.date():
-        left = min(left, max(connection.crm_calls_limit - (connection.crm_calls_used or 0), 0))
-    return left
+        crm_left = max(connection.crm_calls_limit - (connection.crm_calls_used or 0), 0)
+        if crm_left < left:
+            left, limit = crm_left, connection.crm_calls_limit
+    return left, limit
+
+
+def budget_left(connection: Connection) -> int:
+    """Calls left today (``_allowance``)."""
+    return _allowance(connection)[0]
 
 
 def _allowance_text(connection: Connection) -> str:
@@ -549,11 +557,11 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
             # The CRM's own count (other integrations spend the same allowance).
             allowance_refresh(connection=connection, connector=connector)
         while max_items is None or done < max_items:
-            left = budget_left(connection)
+            left, allowance = _allowance(connection)
             if left <= 0:
                 raise RateLimited(f"Daily API allowance used ({_allowance_text(connection)})", policy="ALLOWANCE",
                                   daily=True)
-            slow = left <= connection.daily_api_limit * (1 - conf["SLOWDOWN_AT"])
+            slow = left <= allowance * (1 - conf["SLOWDOWN_AT"])
             limit = 100 if slow else (batch or conf["DRAIN_BATCH"])
             if max_items is not None:
                 limit = min(limit, max_items - done)
