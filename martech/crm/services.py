@@ -1801,6 +1801,9 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
         connection = Connection.objects.filter(provider=receipt.provider, is_active=True).first()
         if connection is None:
             receipt.error = "no active connection"
+        elif connection.paused_until and connection.paused_until > timezone.now():
+            # Not fetched during a limit's pause: the incremental pull after it brings the change.
+            receipt.error = f"Paused until {connection.paused_until.isoformat()}: {connection.pause_reason}"[:2000]
         else:
             conn = connector or connector_for(connection)
             kind = str(receipt.payload.get("subscriptionType") or "")
@@ -1817,6 +1820,8 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
                     receipt.error = f"subscription type {kind!r} not handled"
             except (ValidationError, TransientError, PermanentError) as exc:
                 receipt.error = str(exc)[:2000]
+                if isinstance(exc, RateLimited):
+                    _pause_for(connection, exc)
         receipt.processed_at = timezone.now()
         receipt.save(update_fields=["processed_at", "error"])
         done += 1

@@ -360,3 +360,24 @@ def test_a_crash_outside_the_services_is_recorded_and_the_loop_goes_on(connectio
     run = SyncRun.objects.get(connection=connection, kind="pull", error__contains="OSError")
     assert run.error == "Crashed: OSError: connector config unreadable"
     assert SyncRun.objects.filter(connection=sf_connection, kind="pull", object="contact").exists()
+
+
+def test_webhooks_during_a_pause_make_no_call_and_a_limit_pauses(connection, hubspot, no_sleep):
+    from martech.crm.models import WebhookReceipt
+    from martech.crm.services import connection_pause, webhook_process
+
+    made = hubspot.put_contact({"email": "w@example.org"})
+    first = WebhookReceipt.objects.create(provider="hubspot", event_id="1", payload={
+        "subscriptionType": "contact.propertyChange", "objectId": int(made["id"])})
+    hubspot.burst_429 = 1
+    webhook_process(receipt_ids=[first.pk])
+    first.refresh_from_db()
+    connection.refresh_from_db()
+    assert "TEN_SECONDLY_ROLLING" in first.error and connection.paused_until is not None
+    connection_pause(connection=connection, until=timezone.now() + dt.timedelta(minutes=1), reason="DAILY")
+    second = WebhookReceipt.objects.create(provider="hubspot", event_id="2", payload={
+        "subscriptionType": "contact.propertyChange", "objectId": int(made["id"])})
+    calls = sum(hubspot.calls.values())
+    webhook_process(receipt_ids=[second.pk])
+    second.refresh_from_db()
+    assert second.error.startswith("Paused until") and sum(hubspot.calls.values()) == calls
