@@ -382,6 +382,10 @@ MARTECH_CRM = {
     "HUBSPOT_TOKEN": env.str("MARTECH_CRM_HUBSPOT_TOKEN", default=_CRM_EMULATOR["HUBSPOT_TOKEN"]),
     "HUBSPOT_APP_SECRET": env.str("MARTECH_CRM_HUBSPOT_APP_SECRET", default=_CRM_EMULATOR["HUBSPOT_APP_SECRET"]),
     "HUBSPOT_EMULATOR_PORT": env.int("MARTECH_CRM_HUBSPOT_EMULATOR_PORT", default=_hubspot_port),
+    # Calls per window this process makes for one HubSpot connection (all its
+    # threads): HubSpot allows a private app 190 per 10 s on Professional and
+    # Enterprise, 100 per 10 s otherwise.
+    "HUBSPOT_RATE": env.str("MARTECH_CRM_HUBSPOT_RATE", default="190/10s"),
     # Salesforce: the instance URL and OAuth credentials; the access token is
     # renewed once with the refresh token when it expires.
     "SALESFORCE_URL": env.str("MARTECH_CRM_SALESFORCE_URL", default=f"https://127.0.0.1:{_salesforce_port}"),

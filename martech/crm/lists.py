@@ -45,7 +45,7 @@ from django.utils import timezone
 from martech import configcache, hooks
 from martech.conditions import ConditionError
 from martech.crm import objects, outbox
-from martech.crm.connectors.base import AuthError, PermanentError, TransientError
+from martech.crm.connectors.base import AuthError, PermanentError, RateLimited, TransientError
 from martech.crm.models import Connection, ListMember, ListMirror, OutboxItem
 from martech.db import run_in_transaction
 
@@ -215,7 +215,7 @@ def lists_push(connection, connector, builder, items: list[OutboxItem], run) -> 
     """The drain's push of claimed ``list`` rows: one mirror at a time."""
     from martech.crm import services
 
-    for item in items:
+    for n, item in enumerate(items):
         mirror = ListMirror.objects.select_related("segment").filter(pk=item.local_id).first()
         if mirror is None:
             services._fail([item], f"segment mirror #{item.local_id} deleted", dead_now=True)
@@ -231,6 +231,12 @@ def lists_push(connection, connector, builder, items: list[OutboxItem], run) -> 
         except AuthError:
             services._count_calls(connection, connector.stats.api_calls - before)
             services._release([item])
+            raise
+        except RateLimited as exc:
+            # A limit says nothing about the mirror: due again at the pause end,
+            # no attempt charged; the drain pauses the connection.
+            services._count_calls(connection, connector.stats.api_calls - before)
+            services._release(items[n:], at=services._pause_for(connection, exc))
             raise
         except (TransientError, PermanentError, ConditionError) as exc:
             services._count_calls(connection, connector.stats.api_calls - before)

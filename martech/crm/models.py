@@ -31,6 +31,16 @@ class Connection(models.Model):
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     stopped_reason = models.TextField(blank=True, help_text="Set when the connection stopped itself (e.g. auth).")
+    # A rate, daily or org limit answered: nothing is pushed or pulled until
+    # then, and no record is charged an attempt (services.connection_pause).
+    paused_until = models.DateTimeField(null=True, blank=True,
+                                        help_text="The CRM's limit was reached: sync resumes at this time.")
+    pause_reason = models.TextField(blank=True, help_text="The limit answer that paused the connection.")
+    # The CRM's own count of the daily allowance, when an answer carried it
+    # (Salesforce Sforce-Limit-Info or /limits, HubSpot X-HubSpot-RateLimit-Daily*).
+    crm_calls_used = models.PositiveIntegerField(null=True, blank=True)
+    crm_calls_limit = models.PositiveIntegerField(null=True, blank=True)
+    crm_calls_at = models.DateTimeField(null=True, blank=True)
 
     class ConflictRule(models.TextChoices):
         SYSTEM_OF_RECORD = "system_of_record", "System of record wins (per mapping)"
@@ -280,6 +290,11 @@ class SyncRun(models.Model):
     retried = models.PositiveIntegerField(default=0)
     recovered = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    # Set on a run that did nothing because the connection was paused (a
+    # limit): health leaves these out of the success rate and shows the pause.
+    paused_until = models.DateTimeField(null=True, blank=True)
+    # Push runs cover every object type: {object key: {"pushed": n, "failed": n}}.
+    by_object = models.JSONField(default=dict, blank=True)
 
     @property
     def ok(self) -> bool:

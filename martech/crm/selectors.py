@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
 from martech.crm import objects
@@ -11,9 +11,17 @@ from martech.crm.models import Connection, OutboxItem, PullFailure, PushState, S
 
 
 def connection_health(*, connection: Connection) -> dict:
+    """What the health page (and anything else asking) shows for one
+    connection, read from the database only: a run that crashed or never
+    finished counts as failed, never as a success; runs that only said
+    "paused" are counted apart (the pause shows on its own)."""
     now = timezone.now()
-    runs = SyncRun.objects.filter(connection=connection, started_at__gte=now - dt.timedelta(hours=24))
-    counts = runs.aggregate(total=Count("pk"), ok=Count("pk", filter=Q(error="", failed=0)))
+    since = now - dt.timedelta(hours=24)
+    runs = SyncRun.objects.filter(connection=connection, started_at__gte=since)
+    counts = runs.aggregate(
+        total=Count("pk", filter=Q(paused_until__isnull=True)),
+        ok=Count("pk", filter=Q(paused_until__isnull=True, error="", failed=0, finished_at__isnull=False)),
+        paused=Count("pk", filter=Q(paused_until__isnull=False)))
     outbox = OutboxItem.objects.filter(connection=connection).aggregate(
         backlog=Count("pk", filter=Q(status="pending")),
         oldest=Min("created_at", filter=Q(status="pending")),
@@ -21,15 +29,29 @@ def connection_health(*, connection: Connection) -> dict:
     )
     used = connection.api_calls_used if connection.api_calls_day == now.date() else 0
     pull_failures = _pull_failures(connection)
+    failed_run = (runs.filter(paused_until__isnull=True).exclude(error="").order_by("-started_at")
+                  .values("pk", "kind", "object", "started_at", "error").first())
+    paused = connection.paused_until is not None and connection.paused_until > now
+    crm_read = connection.crm_calls_at is not None and connection.crm_calls_limit
     return {
         "runs_24h": counts["total"],
+        "runs_ok_24h": counts["ok"],
+        "runs_failed_24h": counts["total"] - counts["ok"],
+        "runs_paused_24h": counts["paused"],
         "success_rate_24h": round(100 * counts["ok"] / counts["total"], 1) if counts["total"] else None,
         "backlog": outbox["backlog"],
+        "oldest_pending_at": outbox["oldest"],
         "oldest_age_seconds": int((now - outbox["oldest"]).total_seconds()) if outbox["oldest"] else None,
         "api_calls_used": used,
         "api_calls_limit": connection.daily_api_limit,
+        "crm_calls_used": connection.crm_calls_used if crm_read else None,
+        "crm_calls_limit": connection.crm_calls_limit if crm_read else None,
+        "crm_calls_at": connection.crm_calls_at if crm_read else None,
         "last_error": connection.last_error,
         "last_error_at": connection.last_error_at,
+        "last_failed_run": failed_run,
+        "paused_until": connection.paused_until if paused else None,
+        "pause_reason": connection.pause_reason if paused else "",
         "stopped_reason": connection.stopped_reason,
         "dead_letters": outbox["dead"],
         "by_object": _by_object(connection, now),
@@ -37,6 +59,23 @@ def connection_health(*, connection: Connection) -> dict:
         "pull_failures_dead": sum(row["dead"] for row in pull_failures),
         "pull_failures": pull_failures,
     }
+
+
+def _pushes_24h(connection: Connection, since) -> dict[str, dict[str, int]]:
+    """Records pushed and failed per object type by the push runs since ``since`` (``SyncRun.by_object``)."""
+    out: dict[str, dict[str, int]] = {}
+    for by_object in SyncRun.objects.filter(connection=connection, kind=SyncRun.Kind.PUSH,
+                                            started_at__gte=since).exclude(by_object={}).values_list("by_object",
+                                                                                                       flat=True):
+        for key, row in by_object.items():
+            mine = out.setdefault(key, {"pushed": 0, "failed": 0})
+            mine["pushed"] += int(row.get("pushed", 0))
+            mine["failed"] += int(row.get("failed", 0))
+    return out
+
+
+def _rate(ok: int, failed: int) -> float | None:
+    return round(100 * ok / (ok + failed), 1) if ok + failed else None
 
 
 def _pull_failures(connection: Connection) -> list[dict]:
@@ -66,8 +105,11 @@ def _by_object(connection: Connection, now) -> list[dict]:
                   .values_list("object", "n"))
     cursors = dict(SyncCursor.objects.filter(connection=connection).values_list("object", "value"))
     pulls = {row["object"]: row for row in SyncRun.objects.filter(
-        connection=connection, kind=SyncRun.Kind.PULL, started_at__gte=now - dt.timedelta(hours=24))
-        .values("object").annotate(runs=Count("pk"), ok=Count("pk", filter=Q(error="", failed=0)))}
+        connection=connection, kind=SyncRun.Kind.PULL, started_at__gte=now - dt.timedelta(hours=24),
+        paused_until__isnull=True)
+        .values("object").annotate(runs=Count("pk"), pulled_n=Sum("pulled"), failed_n=Sum("failed"),
+                                   ok=Count("pk", filter=Q(error="", failed=0, finished_at__isnull=False)))}
+    pushes = _pushes_24h(connection, now - dt.timedelta(hours=24))
     rows = []
     keys = {o.key for o in objects.all_types()}
     for key in sorted(keys | set(outbox) | set(synced)):
@@ -78,5 +120,10 @@ def _by_object(connection: Connection, now) -> list[dict]:
             "oldest_age_seconds": int((now - row["oldest"]).total_seconds()) if row.get("oldest") else None,
             "in_sync": synced.get(key, 0), "cursor": cursors.get(key, ""),
             "pull_runs_24h": pulls.get(key, {}).get("runs", 0), "pull_ok_24h": pulls.get(key, {}).get("ok", 0),
+            "pushed_24h": pushes.get(key, {}).get("pushed", 0), "push_failed_24h": pushes.get(key, {}).get("failed", 0),
+            "push_rate_24h": _rate(pushes.get(key, {}).get("pushed", 0), pushes.get(key, {}).get("failed", 0)),
+            "pulled_24h": pulls.get(key, {}).get("pulled_n") or 0,
+            "pull_failed_24h": pulls.get(key, {}).get("failed_n") or 0,
+            "pull_rate_24h": _rate(pulls.get(key, {}).get("pulled_n") or 0, pulls.get(key, {}).get("failed_n") or 0),
         })
     return rows

@@ -21,7 +21,15 @@ from django.utils import timezone
 from martech import hooks
 from martech.crm import objects, outbox
 from martech.crm.connectors import connector_for
-from martech.crm.connectors.base import AuthError, Connector, PermanentError, PushRecord, TransientError
+from martech.crm.connectors.base import (
+    AuthError,
+    Connector,
+    PartialPush,
+    PermanentError,
+    PushRecord,
+    RateLimited,
+    TransientError,
+)
 from martech.crm.models import (
     Connection,
     CrmOwner,
@@ -227,18 +235,166 @@ def lead_payload_preview(*, connection: Connection, lead: Lead) -> dict[str, Any
 
 # --- API allowance ------------------------------------------------------------
 
-def _count_calls(connection: Connection, n: int) -> None:
-    today = timezone.now().date()
+def _count_calls(connection: Connection, n: int, connector: Connector | None = None) -> None:
+    """Count ``n`` calls against today's allowance, and take the CRM's own
+    figure when the last answer carried it (``connector.allowance_seen()``):
+    kept as ``crm_calls_*``; for a connector whose figure is the org's
+    allowance itself (``allowance_from_crm``: Salesforce's Sforce-Limit-Info)
+    it also replaces our count and limit, so other integrations' calls count."""
+    now = timezone.now()
+    today = now.date()
     if connection.api_calls_day != today:
         connection.api_calls_day, connection.api_calls_used = today, 0
     connection.api_calls_used += n
-    Connection.objects.filter(pk=connection.pk).update(api_calls_day=today, api_calls_used=connection.api_calls_used)
+    fields = {"api_calls_day": today}
+    seen = getattr(connector, "allowance_seen", None)
+    figure = seen() if seen is not None else None
+    if figure is not None and figure[1] > 0:
+        used, limit = figure
+        connection.crm_calls_used, connection.crm_calls_limit, connection.crm_calls_at = used, limit, now
+        fields.update(crm_calls_used=used, crm_calls_limit=limit, crm_calls_at=now)
+        if getattr(connector, "allowance_from_crm", False):
+            connection.api_calls_used, connection.daily_api_limit = used, limit
+            fields["daily_api_limit"] = limit
+    fields["api_calls_used"] = connection.api_calls_used
+    Connection.objects.filter(pk=connection.pk).update(**fields)
+
+
+def _allowance(connection: Connection) -> tuple[int, int]:
+    """(calls left today, the allowance they are left of): our count against
+    ``daily_api_limit``, or the CRM's own figure when one read today leaves
+    fewer (HubSpot's daily headers)."""
+    now = timezone.now()
+    left, limit = connection.daily_api_limit, connection.daily_api_limit
+    if connection.api_calls_day == now.date():
+        left = max(connection.daily_api_limit - connection.api_calls_used, 0)
+    if connection.crm_calls_limit and connection.crm_calls_at and connection.crm_calls_at.date() == now.date():
+        crm_left = max(connection.crm_calls_limit - (connection.crm_calls_used or 0), 0)
+        if crm_left < left:
+            left, limit = crm_left, connection.crm_calls_limit
+    return left, limit
 
 
 def budget_left(connection: Connection) -> int:
-    if connection.api_calls_day != timezone.now().date():
-        return connection.daily_api_limit
-    return max(connection.daily_api_limit - connection.api_calls_used, 0)
+    """Calls left today (``_allowance``)."""
+    return _allowance(connection)[0]
+
+
+def _allowance_text(connection: Connection) -> str:
+    """Today's use against the allowance, ours and the CRM's when read today ("250 of 250 calls")."""
+    text = f"{connection.api_calls_used} of {connection.daily_api_limit} calls"
+    if connection.crm_calls_limit and connection.crm_calls_at and \
+            connection.crm_calls_at.date() == timezone.now().date() and \
+            (connection.crm_calls_used, connection.crm_calls_limit) != (connection.api_calls_used,
+                                                                        connection.daily_api_limit):
+        text += f"; the CRM counts {connection.crm_calls_used} of {connection.crm_calls_limit}"
+    return text
+
+
+# --- pauses: rate, daily and org limits ---------------------------------------
+
+# Salesforce's allowance is a rolling 24 h one with no reset time to read:
+# a paused connection looks again (``allowance_refresh`` reads /limits at the
+# start of the next scheduled drain) this long after.
+SALESFORCE_RECHECK = dt.timedelta(hours=1)
+# A limit answer that says nothing about its window: HubSpot's documented ten seconds.
+DEFAULT_LIMIT_WAIT = 10.0
+
+
+def pause_end(connection: Connection, exc: RateLimited, now: dt.datetime | None = None) -> dt.datetime:
+    """When a limit answer's window resets. A daily limit: HubSpot resets at
+    midnight in the portal's time zone, which the private-app API does not
+    say, so midnight UTC (a pause of at most the zone's offset too long or
+    too short; a call refused early pauses again); Salesforce's org
+    allowance rolls over 24 h: look again after SALESFORCE_RECHECK. Any
+    other: Retry-After, else the window the headers gave
+    (X-HubSpot-RateLimit-Interval-Milliseconds), else ten seconds."""
+    now = now or timezone.now()
+    if exc.daily:
+        if connection.provider == "salesforce":
+            return now + SALESFORCE_RECHECK
+        utc = now.astimezone(dt.timezone.utc)
+        return dt.datetime.combine(utc.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    seconds = exc.retry_after if exc.retry_after is not None else exc.wait
+    return now + dt.timedelta(seconds=seconds if seconds is not None else DEFAULT_LIMIT_WAIT)
+
+
+def connection_pause(*, connection: Connection, until: dt.datetime, reason: str) -> dt.datetime:
+    """Pause ``connection`` until ``until`` (a later pause already set is
+    kept): drains and pulls record a "paused" run and do nothing until then.
+    The reason is the connection's last error too. Returns the pause end."""
+    if connection.paused_until and connection.paused_until > until:
+        until = connection.paused_until
+    now = timezone.now()
+    connection.paused_until, connection.pause_reason = until, reason[:2000]
+    connection.last_error, connection.last_error_at = f"Paused until {until.isoformat()}: {reason}"[:2000], now
+    Connection.objects.filter(pk=connection.pk).update(
+        paused_until=until, pause_reason=connection.pause_reason, last_error=connection.last_error,
+        last_error_at=now)
+    log.warning("CRM connection %s paused until %s: %s", connection.pk, until.isoformat(), reason)
+    return until
+
+
+def _pause_for(connection: Connection, exc: RateLimited) -> dt.datetime:
+    """Pause for a limit answer (once per exception: the drain and the push
+    of a batch both see it) and return the pause end."""
+    until = getattr(exc, "pause_until", None)
+    if until is None:
+        until = connection_pause(connection=connection, until=pause_end(connection, exc), reason=str(exc))
+        exc.pause_until = until
+    return until
+
+
+def paused_run(connection: Connection, kind: str, obj: str = "") -> SyncRun | None:
+    """A paused connection's run: recorded as "paused until ..." and nothing
+    else done. None when the connection is not paused (an expired pause is
+    cleared here)."""
+    now = timezone.now()
+    if connection.paused_until is None:
+        return None
+    if connection.paused_until <= now:
+        connection.paused_until, connection.pause_reason = None, ""
+        Connection.objects.filter(pk=connection.pk, paused_until__lte=now).update(paused_until=None,
+                                                                                  pause_reason="")
+        return None
+    return SyncRun.objects.create(
+        connection=connection, kind=kind, object=obj, started_at=now, finished_at=now,
+        paused_until=connection.paused_until,
+        error=f"Paused until {connection.paused_until.isoformat()}: {connection.pause_reason}"[:4000])
+
+
+def _crashed(connection: Connection, exc: Exception) -> str:
+    """An unexpected exception in a run (a bug, an OSError): logged, and its
+    text recorded on the connection and returned for the run's error, so the
+    run shows as failed and the next connection's work goes on. A database
+    conflict goes up instead, to the transaction boundary that retries it."""
+    from martech.db import is_conflict
+
+    if is_conflict(exc):
+        raise exc
+    log.error("CRM connection %s: run crashed", connection.pk, exc_info=exc)
+    message = f"Crashed: {type(exc).__name__}: {exc}"[:2000]
+    _record_error(connection, message)
+    return message
+
+
+def crash_record(*, connection: Connection, kind: str, exc: Exception, obj: str = "") -> SyncRun:
+    """A run for a crash outside any run (the schedule's loop over
+    connections): failed, with the error, also the connection's last error."""
+    message = f"Crashed: {type(exc).__name__}: {exc}"[:2000]
+    _record_error(connection, message)
+    now = timezone.now()
+    return SyncRun.objects.create(connection=connection, kind=kind, object=obj, error=message, started_at=now,
+                                  finished_at=now)
+
+
+def _record_call_error(connection: Connection, exc: Exception, prefix: str = "") -> None:
+    """A call's failure on the connection: a limit pauses it, an AuthError
+    stops it, anything else is its last error."""
+    if isinstance(exc, RateLimited):
+        _pause_for(connection, exc)
+    else:
+        _record_error(connection, f"{prefix}{exc}"[:2000], stop=isinstance(exc, AuthError))
 
 
 def allowance_refresh(*, connection: Connection, connector: Connector) -> bool:
@@ -247,26 +403,36 @@ def allowance_refresh(*, connection: Connection, connector: Connector) -> bool:
     the connection's ``daily_api_limit`` becomes Max and today's use
     Max - Remaining, which also covers calls other integrations made
     against the same org. Returns False (stored figures kept, error
-    recorded) when the CRM cannot say; an expired session raises AuthError
-    like any call."""
+    recorded) when the CRM cannot say, whatever the failure (an OSError
+    reading a certificate included: the drain goes on with the stored
+    figures); an expired session raises AuthError like any call, and a
+    limit answer (the org's allowance spent) raises RateLimited, which
+    pauses the connection."""
     read = getattr(connector, "limits", None)
     if read is None:
         return False
     try:
         limits = read()
-    except (TransientError, PermanentError) as exc:
-        if isinstance(exc, AuthError):
-            raise
+    except (AuthError, RateLimited):
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded on the connection; the drain goes on
+        if not isinstance(exc, (TransientError, PermanentError)):
+            log.exception("reading the API allowance of CRM connection %s", connection.pk)
+            exc = f"{type(exc).__name__}: {exc}"
         _record_error(connection, f"reading the API allowance: {exc}")
         return False
     if limits.get("max", 0) <= 0:
         return False
+    now = timezone.now()
     connection.daily_api_limit = limits["max"]
-    connection.api_calls_day = timezone.now().date()
+    connection.api_calls_day = now.date()
     connection.api_calls_used = max(limits["max"] - limits.get("remaining", 0), 0)
+    connection.crm_calls_used, connection.crm_calls_limit, connection.crm_calls_at = (
+        connection.api_calls_used, connection.daily_api_limit, now)
     Connection.objects.filter(pk=connection.pk).update(
         daily_api_limit=connection.daily_api_limit, api_calls_day=connection.api_calls_day,
-        api_calls_used=connection.api_calls_used)
+        api_calls_used=connection.api_calls_used, crm_calls_used=connection.crm_calls_used,
+        crm_calls_limit=connection.crm_calls_limit, crm_calls_at=now)
     return True
 
 
@@ -362,34 +528,47 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
     Unchanged payloads (same hash as the last push) are skipped without a
     call. A record the CRM refuses is failed alone; after MAX_ATTEMPTS it is
     a dead letter. Near the daily allowance (SLOWDOWN_AT) one batch per run
-    is sent; at the allowance nothing is. ``batch`` overrides DRAIN_BATCH
+    is sent; at the allowance the connection pauses (HubSpot until midnight
+    UTC, Salesforce for SALESFORCE_RECHECK). ``batch`` overrides DRAIN_BATCH
     (a Salesforce backfill claims more, so it goes through Bulk API 2.0).
     ``refresh_allowance`` first reads the allowance from the CRM
     (``allowance_refresh``; the scheduled task and ``crm_sync`` do, once per
-    run)."""
+    run).
+
+    Limits pause, never kill: a rate, daily or org limit answer
+    (RateLimited) pauses the connection until its window resets
+    (``pause_end``), keeps what earlier calls of the batch wrote, and puts
+    the claimed records not written back in the queue due at the pause end
+    with no attempt charged. A paused connection's drain records a "paused
+    until" run and does nothing else. Any other failure is the run's
+    ``error`` and the connection's last error; an unexpected exception is
+    logged and recorded, never raised (one connection's crash does not stop
+    the next one's drain)."""
     conf = settings.MARTECH_CRM
-    run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PUSH, object="")
     if connection.stopped_reason or not connection.is_active:
-        run.error = connection.stopped_reason or "connection inactive"
-        run.finished_at = timezone.now()
-        run.save()
-        return run
-    connector = connector or connector_for(connection)
-    types = {o.key: o for o in objects.synced_by(connector)}
+        return SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PUSH, object="",
+                                      error=connection.stopped_reason or "connection inactive",
+                                      finished_at=timezone.now())
+    paused = paused_run(connection, SyncRun.Kind.PUSH)
+    if paused is not None:
+        return paused
+    run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PUSH, object="")
+    calls_before = connector.stats.api_calls if connector is not None else 0
     builders: dict[str, PayloadBuilder] = {}
-    calls_before = connector.stats.api_calls
     done = 0
+    unsent: list[OutboxItem] = []  # claimed, in groups not pushed yet
     try:
+        connector = connector or connector_for(connection)
+        types = {o.key: o for o in objects.synced_by(connector)}
         if refresh_allowance:
             # The CRM's own count (other integrations spend the same allowance).
             allowance_refresh(connection=connection, connector=connector)
         while max_items is None or done < max_items:
-            left = budget_left(connection)
+            left, allowance = _allowance(connection)
             if left <= 0:
-                run.error = "Daily API allowance used; pushing resumes tomorrow."
-                _record_error(connection, run.error)
-                break
-            slow = left <= connection.daily_api_limit * (1 - conf["SLOWDOWN_AT"])
+                raise RateLimited(f"Daily API allowance used ({_allowance_text(connection)})", policy="ALLOWANCE",
+                                  daily=True)
+            slow = left <= allowance * (1 - conf["SLOWDOWN_AT"])
             limit = 100 if slow else (batch or conf["DRAIN_BATCH"])
             if max_items is not None:
                 limit = min(limit, max_items - done)
@@ -400,24 +579,50 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
             groups: dict[str, list[OutboxItem]] = {}
             for item in items:
                 groups.setdefault(item.object, []).append(item)
+            unsent = list(items)
             # Associated types first (companies and contacts before the deals that point at them).
             for key in sorted(groups, key=lambda k: (types[k].order, k)):
                 if key not in builders:
                     builders[key] = PayloadBuilder(connection, types[key])
+                group = {i.pk for i in groups[key]}
+                unsent = [i for i in unsent if i.pk not in group]  # this group settles its own
                 (types[key].push or _push_items)(connection, connector, builders[key], groups[key], run)
+            unsent = []
             if progress is not None:
                 progress.update(len(items))
             if slow:
                 break
+    except RateLimited as exc:
+        until = _pause_for(connection, exc)
+        _release(unsent, at=until)
+        run.error = _run_error(run.error, f"{exc}; paused until {until.isoformat()}")
     except AuthError as exc:
-        run.error = f"Stopped: {exc}"
-        _record_error(connection, run.error, stop=True)
+        _release(unsent)
+        run.error = _run_error(run.error, f"Stopped: {exc}")
+        _record_error(connection, f"Stopped: {exc}", stop=True)
+    except Exception as exc:  # noqa: BLE001 - recorded on the run and the connection, see the docstring
+        run.error = _run_error(run.error, _crashed(connection, exc))
+        # The claimed rows stay under their lease and are due again after it (no attempt charged).
     finally:
-        run.api_calls = connector.stats.api_calls - calls_before
-        _count_calls(connection, 0)
+        run.api_calls = (connector.stats.api_calls - calls_before) if connector is not None else 0
+        _count_calls(connection, 0, connector)
         run.finished_at = timezone.now()
         run.save()
     return run
+
+
+def _tally(run: SyncRun, key: str, outcome: str, n: int = 1) -> None:
+    """Count pushed or failed records of one object type on a push run (``SyncRun.by_object``)."""
+    if n:
+        row = run.by_object.setdefault(key, {"pushed": 0, "failed": 0})
+        row[outcome] = row.get(outcome, 0) + n
+
+
+def _run_error(current: str, message: str) -> str:
+    """A run's error with one more failure (several calls can fail in one run)."""
+    if len(current) >= 4000:
+        return current
+    return (f"{current}; {message}" if current else message)[:4000]
 
 
 def _push_items(connection, connector, builder: PayloadBuilder, items: list[OutboxItem], run) -> None:
@@ -453,12 +658,16 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
             reason = "deleted" if instance is None else f"has no {obj.key_field} (the upsert key)"
             _fail([item], f"{obj.label} #{item.local_id} {reason}", dead_now=True)
             run.failed += 1
+            _tally(run, obj.key, "failed")
+            run.error = _run_error(run.error, f"{obj.label} #{item.local_id} {reason}")
             continue
         try:
             properties = builder.payload(instance)
         except PayloadError as exc:
             _fail([item], str(exc), dead_now=True)  # retrying cannot fix the data; a fix re-queues it
             run.failed += 1
+            _tally(run, obj.key, "failed")
+            run.error = _run_error(run.error, f"{obj.label} #{item.local_id}: {exc}")
             continue
         associations: dict[str, list[str]] = {}
         waiting: list[tuple[str, int]] = []
@@ -496,36 +705,32 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
     if hasattr(connector, "on_remote_ids"):
         # Records the CRM creates are remembered at once, before a later call of the batch can fail.
         connector.on_remote_ids = lambda ids: _remember_remote_ids(connection, obj, ids)
+    failure: Exception | None = None
     try:
         results = connector.push_batch(obj.key, [r for _, r, _ in to_send])
-    except TransientError as exc:
-        _count_calls(connection, connector.stats.api_calls - before)
-        run.failed += len(to_send)
-        _record_error(connection, str(exc))
-        _fail([i for i, _, _ in to_send], str(exc))
-        return
-    except AuthError:
-        _count_calls(connection, connector.stats.api_calls - before)
-        _release([i for i, _, _ in to_send])
-        raise
-    except PermanentError as exc:
-        _count_calls(connection, connector.stats.api_calls - before)
-        run.failed += len(to_send)
-        _record_error(connection, str(exc))
-        _fail([i for i, _, _ in to_send], str(exc))
-        return
-    _count_calls(connection, connector.stats.api_calls - before)
+    except PartialPush as exc:
+        # Earlier calls of the batch went through: what they wrote is recorded below.
+        results, failure = exc.results, exc.error
+    except (TransientError, PermanentError) as exc:
+        results, failure = [], exc
+    _count_calls(connection, connector.stats.api_calls - before, connector)
     by_id = {r.local_id: r for r in results}
     ok_items, new_states, remote_ids = [], [], {}
+    refused: dict[str, list[OutboxItem]] = {}
+    not_written: list[OutboxItem] = []
     for item, record, digest in to_send:
         result = by_id.get(item.local_id)
+        if result is None and failure is not None:
+            not_written.append(item)  # its call failed or was never made
+            continue
         if result is None or result.error:
-            error = result.error if result else "missing from the CRM's answer"
-            _fail([item], error)
+            refused.setdefault(result.error if result else "missing from the CRM's answer", []).append(item)
             run.failed += 1
+            _tally(run, obj.key, "failed")
             continue
         ok_items.append(item)
         run.pushed += 1
+        _tally(run, obj.key, "pushed")
         synced = {link.key: record.link_details.get(link.key, {}) for link in link_specs if link.removable}
         new_states.append(PushState(connection=connection, object=obj.key, local_id=item.local_id,
                                     remote_id=result.remote_id, payload_hash=digest, pushed_at=read_at,
@@ -533,6 +738,25 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
                                     links=synced))
         remote_ids[item.local_id] = result.remote_id
     _finish(connection, obj, ok_items, states=new_states, remote_ids=remote_ids, records=records)
+    for error, failed in refused.items():
+        _fail(failed, error)
+        ids = ", ".join(f"#{i.local_id}" for i in failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        run.error = _run_error(run.error, f"{obj.label} {ids} refused: {error}")
+    if failure is None:
+        return
+    if isinstance(failure, RateLimited):
+        # A limit says nothing about the records: back in the queue at the pause end, no attempt charged.
+        _release(not_written, at=_pause_for(connection, failure))
+        raise failure
+    if isinstance(failure, AuthError):
+        _release(not_written)
+        raise failure
+    # The CRM refused the call itself (a 5xx after the retries, a 4xx): each record not written is charged.
+    run.failed += len(not_written)
+    _tally(run, obj.key, "failed", len(not_written))
+    run.error = _run_error(run.error, f"{obj.label}: {failure}")
+    _record_error(connection, str(failure))
+    _fail(not_written, str(failure))
 
 
 def _remember_remote_ids(connection: Connection, obj: objects.ObjectType, remote_ids: dict[int, str]) -> None:
@@ -636,8 +860,11 @@ def _settle(connection: Connection, obj: objects.ObjectType, items: list[OutboxI
         )
 
 
-def _release(items: list[OutboxItem]) -> None:
-    OutboxItem.objects.filter(pk__in=[i.pk for i in items]).update(next_attempt_at=timezone.now())
+def _release(items: list[OutboxItem], at: dt.datetime | None = None) -> None:
+    """Put claimed rows back in the queue, due ``at`` (now), with no attempt
+    charged: nothing was wrong with them (a limit, an auth stop)."""
+    if items:
+        OutboxItem.objects.filter(pk__in=[i.pk for i in items]).update(next_attempt_at=at or timezone.now())
 
 
 @transaction.atomic
@@ -943,6 +1170,9 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     now (ValidationError) is recorded as a PullFailure and the rest go on;
     the run's error lists every failure. A dry run neither retries nor records."""
     object_type = objects.get(obj)
+    paused = paused_run(connection, SyncRun.Kind.PULL, obj)
+    if paused is not None:
+        return paused
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=obj)
     connector = connector or connector_for(connection)
     cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=obj)
@@ -974,7 +1204,9 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
                 progress.update(1)
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
-        _record_error(connection, str(exc)[:2000], stop=isinstance(exc, AuthError))
+        _record_call_error(connection, exc)
+    except Exception as exc:
+        errors.append(_crashed(connection, exc))
     finally:
         run.error = _errors_summary(errors)
         if not dry_run:
@@ -993,7 +1225,7 @@ def _cursor_advance(cursor: SyncCursor, value: str) -> None:
 def _run_close(connection: Connection, connector: Connector, run: SyncRun, *, calls_before: int) -> None:
     """Finish a pull run: the calls it made, counted against the allowance."""
     run.api_calls = connector.stats.api_calls - calls_before
-    _count_calls(connection, run.api_calls)
+    _count_calls(connection, run.api_calls, connector)
     run.finished_at = timezone.now()
     run.save()
 
@@ -1078,6 +1310,9 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
     and stay here."""
     parent_type, spec = _link_of(link)
     other_type = objects.get(spec.other)
+    paused = paused_run(connection, SyncRun.Kind.PULL, link)
+    if paused is not None:
+        return paused
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=link)
     connector = connector or connector_for(connection)
     cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=link)
@@ -1124,7 +1359,9 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
                 newest = max(newest, pulled.modified_at)
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
-        _record_error(connection, str(exc)[:2000], stop=isinstance(exc, AuthError))
+        _record_call_error(connection, exc)
+    except Exception as exc:
+        errors.append(_crashed(connection, exc))
     finally:
         run.error = _errors_summary(errors)
         run.recovered = _pull_failures_settle(connection, link, outcomes)
@@ -1170,6 +1407,9 @@ def deletions_pull(*, connection: Connection, key: str, connector: Connector | N
 
     Idempotent: applying a deletion twice changes nothing, and the cursor
     (the CRM's last date covered) moves only after the whole window is read."""
+    paused = paused_run(connection, SyncRun.Kind.PULL, _deleted_cursor_key(key))
+    if paused is not None:
+        return paused
     connector = connector or connector_for(connection)
     if not hasattr(connector, "deleted_since"):
         raise NotImplementedError(f"The {connection.provider} connector cannot list deleted records.")
@@ -1190,7 +1430,9 @@ def deletions_pull(*, connection: Connection, key: str, connector: Connector | N
             _cursor_advance(cursor, page.cursor)
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
-        _record_error(connection, str(exc)[:2000], stop=isinstance(exc, AuthError))
+        _record_call_error(connection, exc)
+    except Exception as exc:
+        errors.append(_crashed(connection, exc))
     finally:
         run.error = "; ".join(errors)[:2000]
         _run_close(connection, connector, run, calls_before=before)
@@ -1550,7 +1792,7 @@ def owners_pull(*, connection: Connection, connector: Connector | None = None) -
     for row in rows:
         CrmOwner.objects.update_or_create(connection=connection, remote_id=row["remote_id"],
                                           defaults={k: v for k, v in row.items() if k != "remote_id"})
-    _count_calls(connection, connector.stats.api_calls - before)
+    _count_calls(connection, connector.stats.api_calls - before, connector)
     hooks.call("crm_owners_pulled", provider=connection.provider, owners=rows)
     return len(rows)
 
@@ -1559,10 +1801,15 @@ def owners_pull_recorded(*, connection: Connection, connector: Connector | None 
     """``owners_pull`` for the schedule and the command: a CRM error is
     recorded on the connection (last error; a 401 stops it) and -1 returned,
     so the object pulls that follow still run."""
+    if connection.paused_until and connection.paused_until > timezone.now():
+        return -1  # paused by a limit: the object pulls record the "paused until" runs
     try:
         return owners_pull(connection=connection, connector=connector)
     except (TransientError, PermanentError) as exc:
-        _record_error(connection, f"owners pull: {exc}", stop=isinstance(exc, AuthError))
+        _record_call_error(connection, exc, prefix="owners pull: ")
+        return -1
+    except Exception as exc:  # noqa: BLE001 - recorded (``_crashed``); the object pulls still run
+        _record_error(connection, f"owners pull: {_crashed(connection, exc)}")
         return -1
 
 
@@ -1590,6 +1837,9 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
         connection = Connection.objects.filter(provider=receipt.provider, is_active=True).first()
         if connection is None:
             receipt.error = "no active connection"
+        elif connection.paused_until and connection.paused_until > timezone.now():
+            # Not fetched during a limit's pause: the incremental pull after it brings the change.
+            receipt.error = f"Paused until {connection.paused_until.isoformat()}: {connection.pause_reason}"[:2000]
         else:
             conn = connector or connector_for(connection)
             kind = str(receipt.payload.get("subscriptionType") or "")
@@ -1606,6 +1856,8 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
                     receipt.error = f"subscription type {kind!r} not handled"
             except (ValidationError, TransientError, PermanentError) as exc:
                 receipt.error = str(exc)[:2000]
+                if isinstance(exc, RateLimited):
+                    _pause_for(connection, exc)
         receipt.processed_at = timezone.now()
         receipt.save(update_fields=["processed_at", "error"])
         done += 1

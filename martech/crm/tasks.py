@@ -1,41 +1,71 @@
-"""django-q2 tasks: thin, take ids, call one service."""
+"""django-q2 tasks: thin, take ids, call one service.
+
+The schedule's tasks loop over connections; each connection's work runs on
+its own (``_isolated``): a crash in one (any exception, after the usual
+retry of a database conflict) is logged and recorded on that connection (its
+last error, a failed run) and the loop goes on with the next one."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
 from martech.crm import services
-from martech.crm.models import Connection
+from martech.crm.models import Connection, SyncRun
 from martech.db import retry_on_conflict
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-@retry_on_conflict
+
+def _isolated(connection: Connection, kind: str, work: Callable[[], T]) -> T | None:
+    try:
+        return retry_on_conflict(work)()
+    except Exception as exc:  # noqa: BLE001 - recorded on this connection; the others go on
+        log.exception("CRM %s of connection %s crashed", kind, connection.pk)
+        services.crash_record(connection=connection, kind=kind, exc=exc)
+        return None
+
+
 def drain_outbox() -> dict[str, int]:
     out = {}
-    for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
+    for connection in Connection.objects.filter(is_active=True, stopped_reason="").order_by("pk"):
         # Each run starts from the CRM's own count of the daily allowance (Salesforce /limits).
-        run = services.outbox_drain(connection=connection, refresh_allowance=True)
-        out[connection.provider] = run.pushed
+        run = _isolated(connection, SyncRun.Kind.PUSH,
+                        lambda c=connection: services.outbox_drain(connection=c, refresh_allowance=True))
+        out[connection.provider] = run.pushed if run is not None else 0
     return out
 
 
-@retry_on_conflict
 def pull_all() -> dict[str, int]:
     """Pull every object type each connection syncs and has pull mappings
     for, each followed by the links of it the connector syncs, then the
-    deletions the connector can list (links first, then records)."""
-    out = {}
-    for connection in Connection.objects.filter(is_active=True, stopped_reason=""):
-        # An owners failure is recorded on the connection and does not stop the object pulls.
-        out[f"{connection.provider}:owners"] = services.owners_pull_recorded(connection=connection)
-        keys = services.pulled_object_keys(connection=connection)
-        for key in keys:
-            run = services.pull_changes(connection=connection, obj=key)
-            out[f"{connection.provider}:{key}"] = run.pulled
-            # Then its links (campaign members, contact roles): their parents are here now.
-            for link in services.pulled_link_keys(connection=connection, obj=key):
-                out[f"{connection.provider}:{link}"] = services.links_pull(connection=connection, link=link).pulled
-        # Deletions made in the CRM (Salesforce Get Deleted), once per object per run.
-        for run in services.deletions_pull_recorded(connection=connection, keys=keys):
-            out[f"{connection.provider}:{run.object}"] = run.pulled
+    deletions the connector can list (links first, then records). A
+    connection paused by a limit records one "paused until" run and is
+    skipped."""
+    out: dict[str, int] = {}
+    for connection in Connection.objects.filter(is_active=True, stopped_reason="").order_by("pk"):
+        paused = services.paused_run(connection, SyncRun.Kind.PULL)
+        if paused is not None:
+            out[f"{connection.provider}:paused"] = 0
+            continue
+        _isolated(connection, SyncRun.Kind.PULL, lambda c=connection: _pull_connection(c, out))
     return out
+
+
+def _pull_connection(connection: Connection, out: dict[str, int]) -> None:
+    # An owners failure is recorded on the connection and does not stop the object pulls.
+    out[f"{connection.provider}:owners"] = services.owners_pull_recorded(connection=connection)
+    keys = services.pulled_object_keys(connection=connection)
+    for key in keys:
+        run = services.pull_changes(connection=connection, obj=key)
+        out[f"{connection.provider}:{key}"] = run.pulled
+        # Then its links (campaign members, contact roles): their parents are here now.
+        for link in services.pulled_link_keys(connection=connection, obj=key):
+            out[f"{connection.provider}:{link}"] = services.links_pull(connection=connection, link=link).pulled
+    # Deletions made in the CRM (Salesforce Get Deleted), once per object per run.
+    for run in services.deletions_pull_recorded(connection=connection, keys=keys):
+        out[f"{connection.provider}:{run.object}"] = run.pulled
 
 
 @retry_on_conflict

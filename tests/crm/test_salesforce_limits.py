@@ -81,9 +81,11 @@ def test_unreadable_limits_keep_the_stored_allowance(sf_connection, salesforce, 
     sf_connection.save()
     _lead()
     run = outbox_drain(connection=sf_connection, refresh_allowance=True)
-    assert run.pushed == 1
+    assert run.pushed == 1  # the drain went on with the stored figures
     sf_connection.refresh_from_db()
-    assert sf_connection.daily_api_limit == 777
+    # The push's own answer carried Sforce-Limit-Info: the org's figures replace the stored ones.
+    assert (sf_connection.daily_api_limit, sf_connection.api_calls_used) == (salesforce.daily_max,
+                                                                            salesforce.api_used)
     assert sf_connection.last_error.startswith("reading the API allowance: Salesforce 403")
 
 

@@ -8,6 +8,7 @@ from django import forms
 from django.contrib import admin
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from martech.admin.base import ConflictRetryAdminMixin
@@ -26,10 +27,20 @@ class PreviewForm(forms.Form):
 
 @admin.register(Connection)
 class ConnectionAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
-    list_display = ("name", "provider", "is_active", "conflict_rule", "health_link", "stopped_reason")
-    readonly_fields = ("api_calls_day", "api_calls_used", "last_error", "last_error_at")
+    list_display = ("name", "provider", "is_active", "conflict_rule", "health_link", "pause", "stopped_reason")
+    readonly_fields = ("pause_reason", "api_calls_day", "api_calls_used", "crm_calls_used", "crm_calls_limit",
+                       "crm_calls_at", "last_error", "last_error_at")
+    # paused_until is editable: clearing it lifts a pause (the next call that
+    # meets the limit pauses the connection again).
     fields = ("provider", "name", "is_active", "conflict_rule", "daily_api_limit", "stopped_reason",
-              *readonly_fields)
+              "paused_until", *readonly_fields)
+
+    @admin.display(description="Paused")
+    def pause(self, obj: Connection) -> str:
+        if obj.paused_until is None or obj.paused_until <= timezone.now():
+            return "no"
+        return format_html("until {} ({})", timezone.localtime(obj.paused_until).strftime("%Y-%m-%d %H:%M:%S %Z"),
+                           obj.pause_reason[:200])
 
     @admin.display(description="Health")
     def health_link(self, obj: Connection) -> str:

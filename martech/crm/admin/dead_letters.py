@@ -1,8 +1,11 @@
 
 from django.contrib import admin, messages
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
 
 from martech.admin.base import ConflictRetryAdminMixin
 from martech.admin.actions import _confirmation
+from martech.crm import objects
 from martech.crm.models import DeadLetter, OutboxItem
 from martech.crm.services import dead_letter_retry
 
@@ -32,12 +35,24 @@ def retry_dead_letters(modeladmin, request, queryset):
                            logged="Retried dead letter", done="{n} dead letter(s) queued again.")
 
 
+@admin.display(description="Local record")
+def record_link(item: OutboxItem) -> str:
+    """The local record's admin page (a lead, account, deal ...), or its id
+    when its type is not registered or has no admin page."""
+    try:
+        model = objects.get(item.object).model_class
+        url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[item.local_id])
+    except (LookupError, NoReverseMatch):
+        return f"{item.object} #{item.local_id}"
+    return format_html('<a href="{}">{} #{}</a>', url, model._meta.verbose_name, item.local_id)
+
+
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
-    list_display = ("connection", "object", "local_id", "attempts", "last_error", "updated_at")
+    list_display = ("connection", "object", record_link, "attempts", "last_error", "updated_at")
     list_filter = ("connection", "object")
-    readonly_fields = ("connection", "object", "local_id", "status", "attempts", "last_error", "created_at",
-                       "updated_at", "next_attempt_at")
+    readonly_fields = ("connection", "object", "local_id", record_link, "status", "attempts", "last_error",
+                       "created_at", "updated_at", "next_attempt_at")
     actions = [retry_dead_letters]
 
     def get_queryset(self, request):
@@ -49,7 +64,7 @@ class DeadLetterAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
 
 @admin.register(OutboxItem)
 class OutboxAdmin(ConflictRetryAdminMixin, admin.ModelAdmin):
-    list_display = ("connection", "object", "local_id", "status", "attempts", "next_attempt_at", "last_error")
+    list_display = ("connection", "object", record_link, "status", "attempts", "next_attempt_at", "last_error")
     list_filter = ("status", "connection", "object")
     list_select_related = ("connection",)
     show_full_result_count = False

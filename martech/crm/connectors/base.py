@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ class CallStats:
     api_calls: int = 0
     retries: int = 0
     slept: list[float] = field(default_factory=list)
+    # Waits before a call to stay under the CRM's rate limit (RateLimiter), seconds.
+    paced: list[float] = field(default_factory=list)
 
 
 class TransientError(Exception):
@@ -92,8 +95,44 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+class RateLimited(TransientError):
+    """The CRM's rate, daily or org limit refused the call (a 429 of any
+    policy, HubSpot's DAILY 429, Salesforce's 403 REQUEST_LIMIT_EXCEEDED).
+    Nothing is wrong with the records: the connection pauses
+    (services.connection_pause) and no record is charged an attempt.
+
+    ``retry_after``: the CRM's Retry-After, when it sent one (a short one is
+    waited out inside the call, ``with_retries``). ``wait``: seconds until
+    the window resets when the answer says so otherwise (HubSpot's
+    X-HubSpot-RateLimit-Interval-Milliseconds). ``policy``: the limit's name
+    (HubSpot's policyName, e.g. TEN_SECONDLY_ROLLING or DAILY; Salesforce's
+    errorCode). ``daily``: the day's (or the org's rolling 24 h) allowance is
+    spent, so no short wait helps."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, wait: float | None = None,
+                 policy: str = "", daily: bool = False):
+        super().__init__(message, retry_after=retry_after)
+        self.wait = wait
+        self.policy = policy
+        self.daily = daily
+
+
 class PermanentError(Exception):
     """The CRM refused the whole call (4xx other than 429): not retried."""
+
+
+class PartialPush(Exception):
+    """A push of several calls (chunks of 100 or 200) failed part way:
+    ``results`` holds what the CRM answered for the calls that went through
+    (written there: the engine records them as pushed), ``error`` is the
+    failure (a TransientError, RateLimited, PermanentError or AuthError). The
+    records in no result were not written by this push (their chunk failed
+    or was never sent)."""
+
+    def __init__(self, results: list["PushResult"], error: Exception):
+        super().__init__(str(error))
+        self.results = results
+        self.error = error
 
 
 class AuthError(PermanentError):
@@ -128,12 +167,25 @@ class Connector(Protocol):
     def owners(self) -> list[dict[str, str]]: ...
 
 
+# The longest Retry-After waited out inside one call (and never more than
+# BACKOFF_MAX): a 429 asking for longer, or one without Retry-After (HubSpot's
+# documented 429 has none), goes up as RateLimited and pauses the connection
+# instead of holding a worker; so does a 429 still there after RETRIES.
+IN_CALL_RETRY_AFTER_MAX = 10.0
+
+
+def in_call_wait_max() -> float:
+    return min(IN_CALL_RETRY_AFTER_MAX, settings.MARTECH_CRM["BACKOFF_MAX"])
+
+
 def with_retries(call: Callable[[], Any], stats: CallStats, *, sleep: Callable[[float], None] = time.sleep) -> Any:
-    """Run one API call. 429 waits for Retry-After; 5xx and timeouts back off
-    exponentially with full jitter; up to CRM["RETRIES"] retries, then the
-    TransientError goes up (the outbox item stays pending and is tried later).
-    The calls are idempotent upserts, so a retry after a lost answer creates
-    no duplicate."""
+    """Run one API call. A 429 with a short Retry-After (at most
+    ``in_call_wait_max()``) waits for it; a longer one, or a limit answer
+    without Retry-After, goes up at once (RateLimited: the caller pauses the
+    connection). 5xx and timeouts back off exponentially with full jitter; up
+    to CRM["RETRIES"] retries, then the TransientError goes up (the outbox
+    item stays pending and is tried later). The calls are idempotent
+    upserts, so a retry after a lost answer creates no duplicate."""
     conf = settings.MARTECH_CRM
     attempt = 0
     while True:
@@ -141,6 +193,9 @@ def with_retries(call: Callable[[], Any], stats: CallStats, *, sleep: Callable[[
         try:
             return call()
         except TransientError as exc:
+            if isinstance(exc, RateLimited) and (exc.daily or exc.retry_after is None
+                                                 or exc.retry_after > in_call_wait_max()):
+                raise
             if attempt >= conf["RETRIES"]:
                 raise
             if exc.retry_after is not None:
@@ -152,3 +207,83 @@ def with_retries(call: Callable[[], Any], stats: CallStats, *, sleep: Callable[[
             stats.slept.append(wait)
             sleep(wait)
             attempt += 1
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """"190/10s" -> (190, 10.0): requests per window (s, m or h)."""
+    try:
+        count, window = text.strip().split("/", 1)
+        window = window.strip().lower()
+        unit = {"s": 1, "m": 60, "h": 3600}[window[-1]] if window[-1] in "smh" else 1
+        number = window[:-1] if window[-1] in "smh" else window
+        limit, seconds = int(count), float(number or 1) * unit
+    except (ValueError, KeyError, IndexError):
+        raise ValueError(f"not a rate like 190/10s: {text!r}") from None
+    if limit < 1 or seconds <= 0:
+        raise ValueError(f"not a rate like 190/10s: {text!r}")
+    return limit, seconds
+
+
+class RateLimiter:
+    """At most ``limit`` calls in any ``window`` seconds, shared by the
+    threads of one process (one limiter per connection and CRM URL,
+    ``limiter_for``). A call holds a slot from its start until ``window``
+    after its answer came back: the CRM counts a call when it receives it,
+    which is after we sent it and before we hear back, so slots timed from
+    the answer can never let the CRM's rolling window see more than
+    ``limit`` of ours. ``hold(seconds)`` keeps every call back that long
+    (the CRM said its remaining allowance in the window is low: calls made
+    elsewhere with the same token count there too)."""
+
+    def __init__(self, limit: int, window: float, *, clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window, self.clock = limit, window, clock
+        self._running = 0  # calls sent and not answered yet
+        self._ends: list[float] = []  # answered calls: when each stops counting
+        self._held_until = 0.0
+        self._cond = threading.Condition()
+
+    def acquire(self, paced: list[float] | None = None) -> None:
+        """Wait until a call may go, and count it as running (``release`` after)."""
+        start = self.clock()
+        with self._cond:
+            while True:
+                now = self.clock()
+                self._ends = [end for end in self._ends if end > now]
+                if now >= self._held_until and self._running + len(self._ends) < self.limit:
+                    self._running += 1
+                    break
+                if now < self._held_until:
+                    wait = self._held_until - now
+                else:
+                    # The first slot to free; only running calls: their answers free one (notify).
+                    wait = min(self._ends) - now if self._ends else None
+                self._cond.wait(timeout=wait)
+        waited = self.clock() - start
+        if paced is not None and waited > 0.001:
+            paced.append(round(waited, 3))
+
+    def release(self) -> None:
+        with self._cond:
+            self._running = max(self._running - 1, 0)
+            self._ends.append(self.clock() + self.window)
+            self._cond.notify_all()
+
+    def hold(self, seconds: float) -> None:
+        with self._cond:
+            self._held_until = max(self._held_until, self.clock() + seconds)
+            self._cond.notify_all()
+
+
+_limiters: dict[tuple, RateLimiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def limiter_for(key: tuple, rate: str) -> RateLimiter:
+    """The process's limiter for ``key`` (connection id, CRM URL) at ``rate``
+    ("190/10s"); a changed rate setting makes a new one."""
+    limit, window = parse_rate(rate)
+    with _limiters_lock:
+        limiter = _limiters.get(key)
+        if limiter is None or (limiter.limit, limiter.window) != (limit, window):
+            limiter = _limiters[key] = RateLimiter(limit, window)
+        return limiter

@@ -36,11 +36,13 @@ import base64
 import hashlib
 import hmac
 import importlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from hubspot import HubSpot
 from hubspot.crm.associations.v4 import (
     BatchInputPublicAssociationMultiArchive,
@@ -58,11 +60,14 @@ from .base import (
     AuthError,
     CallStats,
     ListChange,
+    PartialPush,
     PermanentError,
     Pulled,
     PushRecord,
     PushResult,
+    RateLimited,
     TransientError,
+    limiter_for,
     with_retries,
 )
 
@@ -107,6 +112,49 @@ LIST_OBJECT_TYPE = "0-1"  # contacts
 # calls keep one refused or timed-out call cheap to redo.
 LIST_BATCH = 1000
 LIST_PAGE = 250  # memberships read: HubSpot's maximum page
+# HubSpot's documented windows: the rolling ten-second one (a 429 names it
+# TEN_SECONDLY_ROLLING; X-HubSpot-RateLimit-Interval-Milliseconds says 10000).
+SECONDLY_WINDOW = 10.0
+# X-HubSpot-RateLimit-Remaining at or below this share of -Max: the next call
+# waits out the interval (other processes with the same token spend it too).
+REMAINING_LOW = 0.05
+
+
+def _header(headers, name: str) -> int | None:
+    if not headers:
+        return None
+    raw = headers.get(name)
+    if raw is None:  # a plain dict from a test stub: compare without case
+        raw = next((v for k, v in dict(headers).items() if k.lower() == name.lower()), None)
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _rate_limited(exc) -> RateLimited:
+    """HubSpot's 429: ``policyName`` in the JSON body (TEN_SECONDLY_ROLLING,
+    DAILY, ...) and the X-HubSpot-RateLimit-* headers, no Retry-After as
+    documented (one is honoured if sent). A DAILY limit lasts until midnight
+    in the portal's time zone (the caller pauses until then); any other
+    until the interval the headers give, else HubSpot's ten seconds."""
+    headers = getattr(exc, "headers", None) or {}
+    raw = headers.get("Retry-After")
+    try:
+        retry_after = float(raw) if raw is not None else None
+    except ValueError:
+        retry_after = None
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+    except (TypeError, ValueError):
+        body = {}
+    policy = str(body.get("policyName") or "") if isinstance(body, dict) else ""
+    daily = policy.upper() == "DAILY"
+    interval = _header(headers, "X-HubSpot-RateLimit-Interval-Milliseconds")
+    wait = None if daily else (interval / 1000 if interval else SECONDLY_WINDOW)
+    message = (body.get("message") if isinstance(body, dict) else "") or str(exc.body)
+    return RateLimited(f"HubSpot 429 {policy or 'rate limit'}: {message}", retry_after=retry_after, wait=wait,
+                       policy=policy or "RATE_LIMIT", daily=daily)
 
 
 def _translate(exc: Exception) -> Exception:
@@ -117,13 +165,7 @@ def _translate(exc: Exception) -> Exception:
         if status == 401:
             return AuthError(f"HubSpot refused the token (401): {exc.body}")
         if status == 429:
-            headers = getattr(exc, "headers", None) or {}
-            raw = headers.get("Retry-After")
-            try:
-                retry_after = float(raw) if raw is not None else None
-            except ValueError:
-                retry_after = None
-            return TransientError(f"HubSpot 429: {exc.body}", retry_after=retry_after)
+            return _rate_limited(exc)
         if status >= 500:
             return TransientError(f"HubSpot {status}: {exc.body}")
         return PermanentError(f"HubSpot {status}: {exc.body}")
@@ -146,6 +188,37 @@ class HubSpotConnector:
         self.stats = CallStats()
         # Looked up at call time so tests can stub time.sleep.
         self.sleep = sleep or (lambda seconds: time.sleep(seconds))
+        # Pacing: this process's calls for this connection (all threads) stay
+        # under MARTECH_CRM_HUBSPOT_RATE (HubSpot's 190 per 10 s for a private
+        # app on Professional/Enterprise), and a low X-HubSpot-RateLimit-Remaining
+        # holds the next call for the interval.
+        try:
+            self.limiter = limiter_for((getattr(connection, "pk", None), conf["HUBSPOT_URL"]),
+                                       conf.get("HUBSPOT_RATE", "190/10s"))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"MARTECH_CRM_HUBSPOT_RATE: {exc}") from None
+        self.daily: tuple[int, int] | None = None  # (limit, remaining) from the last answer's headers
+
+    def _seen(self, headers) -> None:
+        """Read the X-HubSpot-RateLimit-* headers of an answer: the daily
+        figures (``allowance_seen``) and the window's remaining calls."""
+        daily, daily_left = (_header(headers, "X-HubSpot-RateLimit-Daily"),
+                             _header(headers, "X-HubSpot-RateLimit-Daily-Remaining"))
+        if daily is not None and daily_left is not None:
+            self.daily = (daily, daily_left)
+        remaining = _header(headers, "X-HubSpot-RateLimit-Remaining")
+        most = _header(headers, "X-HubSpot-RateLimit-Max")
+        if remaining is not None and remaining <= max(1, int((most or 0) * REMAINING_LOW)):
+            interval = _header(headers, "X-HubSpot-RateLimit-Interval-Milliseconds")
+            self.limiter.hold(interval / 1000 if interval else SECONDLY_WINDOW)
+
+    def allowance_seen(self) -> tuple[int, int] | None:
+        """HubSpot's own count of the day's calls, (used, limit), from the
+        last answer's X-HubSpot-RateLimit-Daily(-Remaining); None before one."""
+        if self.daily is None:
+            return None
+        limit, remaining = self.daily
+        return max(limit - remaining, 0), limit
 
     # Set by the drain: called with {local id: HubSpot id} as soon as records
     # are created, so the ids are stored before a later call of the batch fails.
@@ -156,13 +229,7 @@ class HubSpotConnector:
         lost answer would make a second record (the next attempt's search
         finds the first)."""
         self.stats.api_calls += 1
-        try:
-            return fn(*args, _request_timeout=self.timeout, **kwargs)
-        except Exception as exc:
-            translated = _translate(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+        return self._attempt(fn, args, kwargs)
 
     def describe(self, remote_object: str) -> dict[str, dict]:
         """The portal's property definitions of one object type (properties
@@ -204,16 +271,25 @@ class HubSpotConnector:
         return UPSERT if definition.get("unique") else MATCH
 
     def _call(self, fn, *args, **kwargs):
-        def once():
-            try:
-                return fn(*args, _request_timeout=self.timeout, **kwargs)
-            except Exception as exc:
-                translated = _translate(exc)
-                if translated is exc:
-                    raise
-                raise translated from exc
+        return with_retries(lambda: self._attempt(fn, args, kwargs), self.stats, sleep=self.sleep)
 
-        return with_retries(once, self.stats, sleep=self.sleep)
+    def _attempt(self, fn, args, kwargs):
+        """One HTTP call, paced (the limiter) and read (the rate-limit headers)."""
+        client = getattr(getattr(fn, "__self__", None), "api_client", None)
+        self.limiter.acquire(self.stats.paced)
+        try:
+            result = fn(*args, _request_timeout=self.timeout, **kwargs)
+        except Exception as exc:
+            self._seen(getattr(exc, "headers", None))
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            self.limiter.release()
+        response = getattr(client, "last_response", None)
+        self._seen(response.getheaders() if response is not None else None)
+        return result
 
     def _spec(self, obj: str) -> HubSpotObject:
         try:
@@ -298,40 +374,50 @@ class HubSpotConnector:
         mode = self._key_mode(obj, spec)
         results: list[PushResult] = []
         for start in range(0, len(records), PAGE):
-            chunk = records[start:start + PAGE]
-            if mode == MATCH:
-                chunk_results = self._push_matched(spec, chunk)
-                refused = self._associate(obj, chunk, {r.local_id: r.remote_id for r in chunk_results
-                                                       if r.remote_id})
-                for result in chunk_results:
-                    if result.local_id in refused:
-                        result.error = refused[result.local_id]
-                results += chunk_results
-                continue
-            response = self._call(self._api(spec).batch_api.upsert,
-                                  batch_input_simple_public_object_batch_input_upsert=self._upsert_body(spec, chunk))
-            by_key = {r.key.lower(): r for r in chunk}
-            done: dict[str, str] = {}
-            for item in response.results or []:
-                done[str((item.properties or {}).get(spec.id_property) or "").lower()] = item.id
-            failed: dict[str, str] = {}
-            for err in getattr(response, "errors", None) or []:
-                for key in (err.context or {}).get("ids", []):
-                    failed[key.lower()] = err.message
-            chunk_results = []
-            for key, record in by_key.items():
-                if key in done:
-                    chunk_results.append(PushResult(record.local_id, remote_id=done[key]))
-                else:
-                    # Nothing silently dropped: a record neither done nor named gets an error too.
-                    chunk_results.append(PushResult(record.local_id,
-                                                    error=failed.get(key, "not in HubSpot's answer")))
-            refused = self._associate(obj, chunk, {r.local_id: r.remote_id for r in chunk_results if r.remote_id})
-            for result in chunk_results:
-                if result.local_id in refused:
-                    result.error = refused[result.local_id]
-            results += chunk_results
+            try:
+                results += self._push_chunk(obj, spec, records[start:start + PAGE], mode)
+            except (TransientError, PermanentError) as exc:
+                if not results:
+                    raise
+                # The chunks before were written: their results are kept (PartialPush).
+                raise PartialPush(results, exc) from exc
         return results
+
+    def _push_chunk(self, obj: str, spec: HubSpotObject, chunk: list[PushRecord], mode: str = UPSERT
+                    ) -> list[PushResult]:
+        """One batch of at most 100 records (upserted by their unique key, or
+        matched: ``_push_matched``), then their associations. A failure of the
+        associations fails the whole chunk (both calls are idempotent, so the
+        chunk is simply sent again; a matched chunk finds what it created)."""
+        if mode == MATCH:
+            return self._with_associations(obj, chunk, self._push_matched(spec, chunk))
+        response = self._call(self._api(spec).batch_api.upsert,
+                              batch_input_simple_public_object_batch_input_upsert=self._upsert_body(spec, chunk))
+        by_key = {r.key.lower(): r for r in chunk}
+        done: dict[str, str] = {}
+        for item in response.results or []:
+            done[str((item.properties or {}).get(spec.id_property) or "").lower()] = item.id
+        failed: dict[str, str] = {}
+        for err in getattr(response, "errors", None) or []:
+            for key in (err.context or {}).get("ids", []):
+                failed[key.lower()] = err.message
+        chunk_results = []
+        for key, record in by_key.items():
+            if key in done:
+                chunk_results.append(PushResult(record.local_id, remote_id=done[key]))
+            else:
+                # Nothing silently dropped: a record neither done nor named gets an error too.
+                chunk_results.append(PushResult(record.local_id,
+                                                error=failed.get(key, "not in HubSpot's answer")))
+        return self._with_associations(obj, chunk, chunk_results)
+
+    def _with_associations(self, obj: str, chunk: list[PushRecord], chunk_results: list[PushResult]
+                           ) -> list[PushResult]:
+        refused = self._associate(obj, chunk, {r.local_id: r.remote_id for r in chunk_results if r.remote_id})
+        for result in chunk_results:
+            if result.local_id in refused:
+                result.error = refused[result.local_id]
+        return chunk_results
 
     def _search_keys(self, spec: HubSpotObject, records: list[PushRecord]) -> dict[int, str]:
         """{local id: HubSpot id} of the records HubSpot already has under

@@ -115,11 +115,13 @@ from .base import (
     CallStats,
     DeletedPage,
     ListChange,
+    PartialPush,
     PermanentError,
     Pulled,
     PulledLink,
     PushRecord,
     PushResult,
+    RateLimited,
     TransientError,
     with_retries,
 )
@@ -174,6 +176,30 @@ def local_id_field(remote_id: str) -> str:
     return "salesforce_contact_id" if remote_id.startswith("003") else "salesforce_lead_id"
 
 
+LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
+# A REQUEST_LIMIT_EXCEEDED that is not the org's daily total (a concurrency
+# limit such as ConcurrentPerOrgLongTxn) passes quickly: pause this long.
+SHORT_LIMIT_PAUSE = 60.0
+
+
+def _limit_refusal(status: int, content: Any, retry_after: float | None) -> RateLimited | None:
+    """Salesforce's limit answers: 403 ``REQUEST_LIMIT_EXCEEDED`` ("TotalRequests
+    Limit exceeded.": the org's rolling 24 h allowance is spent; another
+    message: a concurrency limit) and a 429 (Retry-After honoured)."""
+    errors = content if isinstance(content, list) else [content] if isinstance(content, dict) else []
+    codes = {str(e.get("errorCode") or "") for e in errors if isinstance(e, dict)}
+    message = "; ".join(str(e.get("message") or "") for e in errors if isinstance(e, dict)) or str(content)
+    if status == 403 and "REQUEST_LIMIT_EXCEEDED" in codes:
+        daily = "TotalRequests" in message
+        return RateLimited(f"Salesforce 403 REQUEST_LIMIT_EXCEEDED: {message}", wait=None if daily else SHORT_LIMIT_PAUSE,
+                           policy="REQUEST_LIMIT_EXCEEDED", daily=daily)
+    if status == 429:
+        return RateLimited(f"Salesforce 429: {message}", retry_after=retry_after,
+                           wait=retry_after if retry_after is not None else SHORT_LIMIT_PAUSE,
+                           policy=next(iter(sorted(codes)), "") or "429")
+    return None
+
+
 def _error_text(errors: list[dict]) -> str:
     return "; ".join(f"{e.get('statusCode')}: {e.get('message')}"
                      + (f" ({', '.join(e['fields'])})" if e.get("fields") else "") for e in errors) or "refused"
@@ -188,6 +214,8 @@ class SalesforceConnector:
     list_batch = COLLECTION
     # No natural key needed: records are upserted by Martech_Id__c (our id).
     upserts_by_local_id = True
+    # Sforce-Limit-Info is the org's own allowance: it replaces our count (services._count_calls).
+    allowance_from_crm = True
 
     def __init__(self, connection, *, sleep: Callable[[float], None] | None = None):
         conf = settings.MARTECH_CRM
@@ -204,6 +232,7 @@ class SalesforceConnector:
         self.bulk_wait = 0.2  # first poll of a Bulk 2.0 job; the client backs off after
         self.http_requests = 0
         self._last_headers: dict[str, str] = {}
+        self.usage: tuple[int, int] | None = None  # (used, max) from the last Sforce-Limit-Info
         self._renewed = False
         self.session = requests.Session()
         self.session.verify = conf["SALESFORCE_CA_CERT"] or True
@@ -220,7 +249,16 @@ class SalesforceConnector:
     def _seen(self, response, *args, **kwargs):
         self.http_requests += 1
         self._last_headers = dict(response.headers)
+        # Every REST answer says the org's use of its rolling 24 h allowance
+        # (simple-salesforce keeps the same figure in Salesforce.api_usage).
+        match = LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info") or "")
+        if match:
+            self.usage = (int(match.group(1)), int(match.group(2)))
         return response
+
+    def allowance_seen(self) -> tuple[int, int] | None:
+        """Salesforce's own count, (used, max), from the last Sforce-Limit-Info."""
+        return self.usage
 
     # --- calls, retries, renewal ---
     def _once(self, op: Callable[[], Any]) -> Callable[[], Any]:
@@ -232,13 +270,14 @@ class SalesforceConnector:
             except SalesforceError as exc:
                 status = getattr(exc, "status", 0) or 0
                 text = f"Salesforce {status}: {exc.content}"
-                if status == 429:
-                    raw = self._last_headers.get("Retry-After")
-                    try:
-                        retry_after = float(raw) if raw is not None else None
-                    except ValueError:
-                        retry_after = None
-                    raise TransientError(text, retry_after=retry_after) from exc
+                raw = self._last_headers.get("Retry-After")
+                try:
+                    retry_after = float(raw) if raw is not None else None
+                except ValueError:
+                    retry_after = None
+                limited = _limit_refusal(status, exc.content, retry_after)
+                if limited is not None:
+                    raise limited from exc
                 if status >= 500:
                     raise TransientError(text) from exc
                 if isinstance(exc, SalesforceResourceNotFound):
@@ -362,12 +401,20 @@ class SalesforceConnector:
         try created."""
         self._spec(obj)
         results: list[PushResult] = []
-        for (target, known), group in self._groups(obj, records).items():
-            if len(group) > self.bulk_above:
-                results += self._push_bulk(obj, target, known, group)
-            else:
-                for start in range(0, len(group), COLLECTION):
-                    results += self._push_collection(obj, target, known, group[start:start + COLLECTION])
+        try:
+            for (target, known), group in self._groups(obj, records).items():
+                if len(group) > self.bulk_above:
+                    results += self._push_bulk(obj, target, known, group)
+                else:
+                    for start in range(0, len(group), COLLECTION):
+                        results += self._push_collection(obj, target, known, group[start:start + COLLECTION])
+        except (TransientError, PermanentError) as exc:
+            # The calls before were written: their results are kept. Not for
+            # campaigns and deals, whose members and roles follow the upserts:
+            # those are all sent again (idempotent).
+            if not results or obj in ("campaign", "deal"):
+                raise
+            raise PartialPush(results, exc) from exc
         if obj == "campaign":
             results = self._push_members(records, results)
         if obj == "deal":

@@ -2,9 +2,13 @@
 
 An emulator is a WSGI app keeping state in memory. Knobs:
 ``latency`` (seconds per request), ``burst_429`` (the next N requests answer
-429 with ``Retry-After``), ``error_rate`` (share of requests answering 503),
-seeded so a test run is repeatable. ``calls`` counts requests by
-``(method, path)``.
+429 in the provider's shape: HubSpot's without ``Retry-After``, as HubSpot
+documents; Salesforce's with ``Retry-After: retry_after``), ``error_rate``
+(share of requests answering 503), seeded so a test run is repeatable.
+``limit_refusal`` (per provider) answers the limits the provider documents
+(HubSpot's rolling window and daily limit, Salesforce's org allowance) and
+``decorate`` adds the limit headers to every answer. ``calls`` counts
+requests by ``(method, path)``, ``statuses`` answers by HTTP status.
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ class EmulatorBase:
         self.latency = latency
         self.error_rate = error_rate
         self.burst_429 = 0
-        self.retry_after = 1
+        self.retry_after: int | None = 1  # None: 429s carry no Retry-After
         self.calls: Counter = Counter()
+        self.statuses: Counter = Counter()
         self.lock = threading.Lock()
         self._random = random.Random(seed)
 
@@ -39,20 +44,35 @@ class EmulatorBase:
             if throttle:
                 self.burst_429 -= 1
             fail = not throttle and self.error_rate and self._random.random() < self.error_rate
+            refused = None if throttle or fail else self.limit_refusal(request)
         if self.latency:
             time.sleep(self.latency)
         if throttle:
             response = self.rate_limited()
-            response.headers["Retry-After"] = str(self.retry_after)
+            if self.retry_after is not None:
+                response.headers["Retry-After"] = str(self.retry_after)
         elif fail:
             response = self.unavailable()
+        elif refused is not None:
+            response = refused
         else:
             try:
                 with self.lock:
                     response = self.dispatch(request)
             except Exception as exc:  # an emulator bug must show as a 500, not kill the thread
                 response = self.json({"message": f"emulator error: {exc!r}"}, status=500)
+        with self.lock:
+            self.decorate(request, response)
+            self.statuses[response.status_code] += 1
         return response(environ, start_response)
+
+    def limit_refusal(self, request: Request) -> Response | None:
+        """The provider's limit answer for this request, or None (it counts
+        against the limits then). Called under the lock."""
+        return None
+
+    def decorate(self, request: Request, response: Response) -> None:
+        """Add the provider's limit headers to an answer. Called under the lock."""
 
     def dispatch(self, request: Request) -> Response:
         raise NotImplementedError

@@ -52,16 +52,34 @@ contacts also take ``email``, as HubSpot documents): companies cannot be
 upserted by ``domain``, deals and tasks only once ``martech_deal_id`` /
 ``martech_task_id`` exist with unique values. ``lose_answers`` (the next N
 writes are done but answered 503) plays a lost answer.
+
+Rate limits, as HubSpot documents them for private apps: every answer
+carries ``X-HubSpot-RateLimit-Max``, ``-Remaining`` and
+``-Interval-Milliseconds`` (the rolling window: 190 per 10 s by default),
+``-Secondly``/``-Secondly-Remaining`` and ``-Daily``/``-Daily-Remaining``
+(the day, in UTC here), counted from the requests the emulator accepted.
+``rate_limit`` ("190/10s") enforces the window and ``daily_limit`` the day;
+off by default (counted, not enforced). A refused request answers 429 with
+HubSpot's body (``status``, ``message``, ``errorType`` RATE_LIMIT,
+``correlationId``, ``policyName`` TEN_SECONDLY_ROLLING or DAILY) and the
+headers, and no ``Retry-After`` (HubSpot sends none). ``burst_429`` answers
+the next N requests the same way (policy TEN_SECONDLY_ROLLING).
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import itertools
 import json
+import math
 import re
+import time
+import uuid
 from dataclasses import dataclass
 
 from werkzeug.wrappers import Request, Response
+
+from martech.crm.connectors.base import parse_rate
 
 from .base import EmulatorBase
 from .hubspot_schema import OBJECT_TYPE_IDS, PROJECT_PROPERTIES, STANDARD, from_create
@@ -99,11 +117,24 @@ KINDS = {k.name: k for k in (
 )}
 
 
+# What the headers report when the knobs are off: a Professional/Enterprise
+# private app's window and a Professional portal's daily allowance.
+DEFAULT_RATE = (190, 10.0)
+DEFAULT_DAILY = 625_000
+
+
 class HubSpotEmulator(EmulatorBase):
     BATCH_MAX = 100
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, rate_limit: str | None = None, daily_limit: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.retry_after = None  # HubSpot's 429 has no Retry-After
+        self.rate_limit = rate_limit  # "190/10s": enforced; None: counted only
+        self.daily_limit = daily_limit  # enforced when set
+        self.window: collections.deque = collections.deque()  # monotonic times of accepted requests
+        self.day, self.day_used = None, 0
+        self.refused_429: collections.Counter = collections.Counter()  # by policyName
+        self.clock = time.monotonic
         self.store: dict[str, dict[str, dict]] = {name: {} for name in KINDS}  # type -> id -> SimplePublicObject
         self.index: dict[str, dict[str, str]] = {name: {} for name in KINDS}   # type -> unique key -> id
         # (from type, from id, to type) -> set of to ids; kept both ways.
@@ -134,6 +165,56 @@ class HubSpotEmulator(EmulatorBase):
         for kind, bodies in PROJECT_PROPERTIES.items():
             for body in bodies:
                 self.add_property(kind, body)
+
+    # --- rate limits ---
+    def _rate(self) -> tuple[int, float]:
+        return parse_rate(self.rate_limit) if self.rate_limit else DEFAULT_RATE
+
+    def _counts(self) -> tuple[int, int, int]:
+        """Requests accepted in the rolling window, in the last second, and today (UTC)."""
+        now = self.clock()
+        limit, window = self._rate()
+        while self.window and self.window[0] <= now - window:
+            self.window.popleft()
+        today = dt.datetime.now(dt.timezone.utc).date()
+        if self.day != today:
+            self.day, self.day_used = today, 0
+        last_second = sum(1 for t in self.window if t > now - 1)
+        return len(self.window), last_second, self.day_used
+
+    def rate_limited(self, policy: str = "TEN_SECONDLY_ROLLING") -> Response:
+        """HubSpot's 429: its body and headers, no Retry-After."""
+        self.refused_429[policy] += 1
+        what = "daily" if policy == "DAILY" else policy.lower()
+        return self.json({"status": "error", "message": f"You have reached your {what} limit.",
+                          "errorType": "RATE_LIMIT", "correlationId": str(uuid.uuid4()), "policyName": policy,
+                          "requestId": str(uuid.uuid4())}, status=429)
+
+    def limit_refusal(self, request: Request) -> Response | None:
+        in_window, _, today = self._counts()
+        limit, _ = self._rate()
+        if self.daily_limit is not None and today >= self.daily_limit:
+            return self.rate_limited("DAILY")
+        if self.rate_limit and in_window >= limit:
+            return self.rate_limited("TEN_SECONDLY_ROLLING")
+        self.window.append(self.clock())
+        self.day_used += 1
+        return None
+
+    def decorate(self, request: Request, response: Response) -> None:
+        in_window, last_second, today = self._counts()
+        limit, window = self._rate()
+        daily = self.daily_limit if self.daily_limit is not None else DEFAULT_DAILY
+        secondly = math.ceil(limit / window)
+        response.headers.update({
+            "X-HubSpot-RateLimit-Max": str(limit),
+            "X-HubSpot-RateLimit-Remaining": str(max(limit - in_window, 0)),
+            "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(window * 1000)),
+            "X-HubSpot-RateLimit-Secondly": str(secondly),
+            "X-HubSpot-RateLimit-Secondly-Remaining": str(max(secondly - last_second, 0)),
+            "X-HubSpot-RateLimit-Daily": str(daily),
+            "X-HubSpot-RateLimit-Daily-Remaining": str(max(daily - today, 0)),
+        })
 
     # Contacts under their old names (tests and the bench use them).
     @property

@@ -34,8 +34,13 @@ Under ``/services/data/vNN.N/``:
   (CSV), ``PATCH jobs/ingest/{id}`` (``UploadComplete``/``Aborted``),
   ``GET jobs/ingest/{id}`` (state ``InProgress`` once, then ``JobComplete``),
   ``GET jobs/ingest/{id}/successfulResults|failedResults|unprocessedrecords``.
-- ``GET limits``: ``DailyApiRequests`` Max/Remaining; every data response
-  also carries ``Sforce-Limit-Info: api-usage=used/max``.
+- ``GET limits``: ``DailyApiRequests`` Max/Remaining; every REST answer
+  (errors too) carries ``Sforce-Limit-Info: api-usage=used/max`` with the
+  same figures. Once ``api_used`` reaches ``daily_max`` (the org's rolling
+  24 h allowance) every REST call, ``/limits`` included, answers 403
+  ``[{"message": "TotalRequests Limit exceeded.", "errorCode":
+  "REQUEST_LIMIT_EXCEEDED"}]`` and is not counted; lower ``api_used`` (calls
+  aging out of the window) to let calls through again.
 
 ``POST /services/oauth2/token`` (grant_type=refresh_token) issues a new
 session. A data request without a live session gets 401
@@ -273,6 +278,7 @@ class SalesforceEmulator(EmulatorBase):
         self.lose_answers = 0
         self.collection_sizes: list[int] = []  # records per Collections call, in order
         self.daily_max, self.api_used = daily_max, 0
+        self.limit_refused = 0  # calls answered 403 REQUEST_LIMIT_EXCEEDED
         self.query_page_size = 2000
         self.closed_task_statuses = set(CLOSED_TASK_STATUSES)  # an org may add its own closed statuses
         self.records: dict[str, dict[str, dict]] = {name: {} for name in FIELDS}
@@ -454,14 +460,23 @@ class SalesforceEmulator(EmulatorBase):
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in self.sessions:
             return self.fault(401, "INVALID_SESSION_ID", "Session expired or invalid")
+        if self.api_used >= self.daily_max:
+            # The org's allowance (a rolling 24 h one) is spent: every REST call
+            # is refused, /limits included, until calls age out of the window.
+            self.limit_refused += 1
+            return self.fault(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
         self.api_used += 1
         response = self.route(request, m.group(1), m.group(2).rstrip("/"))
         if self.lose_answers > 0 and request.method != "GET":
             # The write happened; the caller never hears about it (a lost answer).
             self.lose_answers -= 1
             return self.unavailable()
-        response.headers["Sforce-Limit-Info"] = f"api-usage={self.api_used}/{self.daily_max}"
         return response
+
+    def decorate(self, request: Request, response: Response) -> None:
+        """Every REST answer (errors too) carries the org's use of its allowance."""
+        if request.path.startswith("/services/data/"):
+            response.headers["Sforce-Limit-Info"] = f"api-usage={self.api_used}/{self.daily_max}"
 
     def route(self, request: Request, version: str, path: str) -> Response:
         method = request.method
