@@ -396,3 +396,27 @@ def test_ops_staff_create_and_pause_a_mirror_in_the_admin(client, marketing_ops,
     client.post("/admin/crm/listmirror/", {"action": "pause", "_selected_action": [mirror.pk]})
     mirror.refresh_from_db()
     assert not mirror.is_active and "paused" in client.get("/admin/crm/listmirror/").content.decode()
+
+
+def test_a_limit_met_while_syncing_a_mirror_pauses_and_charges_no_attempt(connection, hubspot):
+    """A 429 on the list calls is a limit, not the mirror's fault: the
+    connection pauses, the mirror's row waits for the pause end with its
+    attempts unchanged, and the sync after the pause sends the members."""
+    _leads({"a@example.org": "US", "b@example.org": "US"})
+    mirror = mirror_save(segment=_segment(), connection=connection)
+    _contacts_first(connection)
+    hubspot.daily_limit = 0  # spent: every call answers 429 policyName DAILY
+    run = outbox_drain(connection=connection)
+    assert "DAILY" in run.error and run.failed == 0
+    row = OutboxItem.objects.get(object="list", local_id=mirror.pk, status="pending")
+    connection.refresh_from_db()
+    assert row.attempts == 0 and row.next_attempt_at == connection.paused_until
+    assert hubspot.lists == {}
+
+    hubspot.daily_limit = None  # a new day
+    connection.paused_until = None
+    connection.save(update_fields=["paused_until"])
+    _due(mirror)
+    assert outbox_drain(connection=connection).failed == 0
+    (list_id,) = hubspot.lists
+    assert set(hubspot.list_members[list_id]) == _hubspot_ids(["a@example.org", "b@example.org"])
