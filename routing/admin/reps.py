@@ -83,6 +83,7 @@ class RepAdmin(ConfigAdmin):
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         if db_field.name == "working_hours":
             kwargs["widget"] = WorkingHoursWidget
+            kwargs["help_text"] = ""  # the widget explains itself; the model's help shows the JSON
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_queryset(self, request):
