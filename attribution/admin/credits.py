@@ -8,6 +8,20 @@ from martech.admin.base import BigTableAdmin, ReadOnlyMixin
 from martech.models import Channel, LifecycleStage
 
 
+class ChannelFilter(admin.SimpleListFilter):
+    """Credits keep the channel as plain text (no choices): filter by the
+    channel labels rather than the codes."""
+
+    title = "channel"
+    parameter_name = "channel"
+
+    def lookups(self, request, model_admin):
+        return Channel.choices
+
+    def queryset(self, request, queryset):
+        return queryset.filter(channel=self.value()) if self.value() else queryset
+
+
 @admin.register(AttributionCredit)
 class AttributionCreditAdmin(ReadOnlyMixin, BigTableAdmin):
     """Materialized results, written by compute_attribution and the tasks.
@@ -15,7 +29,7 @@ class AttributionCreditAdmin(ReadOnlyMixin, BigTableAdmin):
 
     change_list_template = "admin/attribution/credit_change_list.html"
     list_display = ["opportunity", "model", "channel_name", "campaign", "touched_at", "weight", "credit", "is_won"]
-    list_filter = ["model", "channel", "is_won"]
+    list_filter = ["model", ChannelFilter, "is_won"]
     list_select_related = ["opportunity", "campaign"]
     raw_id_fields = ["opportunity", "touchpoint", "campaign"]
 

@@ -134,3 +134,9 @@ def test_stored_condition_gone_bad_shows_as_an_error(admin_client):
     html = admin_client.get(reverse("admin:scoring_segment_change", args=[segment.pk])).content.decode()
     assert "errornote segment-condition-error" in html
     assert "Condition invalid:" in html
+
+
+def test_credit_list_filters_channels_by_label(admin_client):
+    html = admin_client.get(reverse("admin:attribution_attributioncredit_changelist")).content.decode()
+    assert "?channel=paid_search" in html and ">Paid search<" in html
+    assert "Markov chain (removal effect)" in html  # the model filter, from the field's choices
