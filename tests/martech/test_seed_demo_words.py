@@ -49,3 +49,19 @@ def test_command_prints_one_line_per_stage(capsys):
     assert {"martech.scoring", "routing", "nurture", "attribution"} <= set(stages)
     assert len(stages) == len(set(stages))
     assert "Demo data ready (20 leads)" in out
+
+
+def test_other_output_is_held_back_and_counted(capsys, monkeypatch):
+    from nurture import demo as nurture_demo
+
+    def noisy(*, progress):
+        print("Subject: Your ebook\n\nHere is your copy")  # as the console email backend does
+        return {"nurture workflows": 0}
+
+    monkeypatch.setattr(nurture_demo, "demo_seed", noisy)
+    call_command("seed_demo", "--leads", "5", "--no-progress")
+    out = capsys.readouterr().out
+    assert "Here is your copy" not in out
+    assert "(3 line(s) of other output held back" in out
+    call_command("seed_demo", "--leads", "5", "--no-progress", "--verbosity", "2")
+    assert "Here is your copy" in capsys.readouterr().out

@@ -6,14 +6,18 @@ how; tests/test_seed_demo_twice.py compares every table).
 
 Quiet: one line per stage (what it made, how long it took); django-q2's
 per-task "Enqueued" log lines (hundreds on a first run) are held back while
-the stages run, and their number is reported instead."""
+the stages run, and their number is reported instead. What other code
+prints on stdout meanwhile (the console email backend prints every demo
+email the nurture stage sends: about a thousand lines) is held back too and
+counted; ``--verbosity 2`` prints it after the summary."""
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -69,7 +73,9 @@ class Command(BaseCommand):
             raise CommandError("--leads must be zero or more.")
         progress = not no_progress and sys.stderr.isatty()
         counts: dict[str, int] = {}
-        with quiet_task_queue() as queue:
+        # self.stdout keeps the real stdout (bound when the command was made).
+        held = io.StringIO()
+        with quiet_task_queue() as queue, redirect_stdout(held):
             started = time.monotonic()
             stage = demo_seed(leads=leads, progress=progress).as_dict()
             self._stage("leads and history", stage, started)
@@ -82,6 +88,12 @@ class Command(BaseCommand):
                 counts.update(stage)
         queued = f" {queue.enqueued} background task(s) queued." if queue.enqueued else ""
         self.stdout.write(self.style.SUCCESS(f"Demo data ready ({leads} leads). Created: {_summary(counts)}.{queued}"))
+        other = held.getvalue()
+        if other and options.get("verbosity", 1) >= 2:
+            self.stdout.write(other, ending="")
+        elif other:
+            self.stdout.write(f"({other.count(chr(10))} line(s) of other output held back, such as the demo emails a "
+                              "console email backend prints; --verbosity 2 shows them.)")
 
     def _stage(self, name: str, counts: dict[str, int], started: float) -> None:
         self.stdout.write(f"  {name}: {_summary(counts)} ({time.monotonic() - started:.1f} s)")
