@@ -113,7 +113,7 @@ class OpportunityContactRole(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.lead_id} in {self.opportunity_id} ({self.role or 'contact'})"
+        return f"{self.lead} on {self.opportunity} ({self.role or 'contact'})"
 
 
 class OpportunityStageChange(models.Model):
@@ -131,7 +131,7 @@ class OpportunityStageChange(models.Model):
         indexes = [models.Index(fields=["opportunity", "changed_at"], name="oppchange_opp_time_idx")]
 
     def __str__(self) -> str:
-        return f"{self.opportunity_id}: {self.from_stage_id} -> {self.to_stage_id}"
+        return f"{self.opportunity}: {self.from_stage.name if self.from_stage else 'created'} → {self.to_stage.name}"
 
 
 class CampaignSpend(models.Model):
@@ -149,7 +149,7 @@ class CampaignSpend(models.Model):
         constraints = [models.UniqueConstraint(fields=["campaign", "date"], name="spend_campaign_date_uniq")]
 
     def __str__(self) -> str:
-        return f"{self.campaign_id} {self.date}: {self.amount} {self.currency}"
+        return f"{self.campaign} on {self.date}: {self.amount} {self.currency}"
 
 
 class Touchpoint(models.Model):
@@ -179,7 +179,7 @@ class Touchpoint(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.lead_id} {self.channel} {self.occurred_at:%Y-%m-%d %H:%M}"
+        return f"{self.get_channel_display()} touch of {self.lead} at {self.occurred_at:%Y-%m-%d %H:%M}"
 
 
 class PositionWeights(models.Model):
@@ -211,6 +211,14 @@ class PositionWeights(models.Model):
             raise ValidationError("At least one share must be above zero.")
 
 
+def channel_label(code: str) -> str:
+    """A channel code as its label (credits keep the code as text, without choices)."""
+    try:
+        return Channel(code).label
+    except ValueError:
+        return code
+
+
 class AttributionModel(models.TextChoices):
     FIRST_TOUCH = "first_touch", "First touch"
     LAST_TOUCH = "last_touch", "Last touch"
@@ -235,7 +243,7 @@ class AttributionRun(models.Model):
     computed_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
-        return f"{self.model} at {self.computed_at:%Y-%m-%d %H:%M}"
+        return f"{self.get_model_display()} at {self.computed_at:%Y-%m-%d %H:%M}"
 
 
 class AttributionCredit(models.Model):
@@ -289,7 +297,7 @@ class AttributionCredit(models.Model):
     # paid for on each of a full run's millions of rows.
 
     def __str__(self) -> str:
-        return f"{self.model} {self.opportunity_id} {self.channel}: {self.credit}"
+        return f"{self.get_model_display()}: {channel_label(self.channel)} credit {self.credit} on {self.opportunity}"
 
 
 class AttributionRollup(models.Model):
@@ -325,4 +333,4 @@ class AttributionRollup(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.model} {self.basis} {self.day} {self.channel}: {self.credit}"
+        return f"{self.get_model_display()}, {self.get_basis_display().lower()}, {self.day}: {channel_label(self.channel)} {self.credit}"

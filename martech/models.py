@@ -355,6 +355,10 @@ class EventType(models.Model):
         unique=True,
         validators=[RegexValidator(r"^[A-Za-z0-9_.:\- ]+$", "Letters, digits, space and _ . : - only.")],
     )
+    label = models.CharField(
+        max_length=100, blank=True,
+        help_text="How pages and charts name this event, e.g. \"Page viewed\". Empty = the name, humanized.",
+    )
     description = models.TextField(blank=True)
     # A JSON Schema the event's properties must satisfy, e.g.
     # {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}}
@@ -367,7 +371,12 @@ class EventType(models.Model):
         ordering = ["name"]
 
     def __str__(self) -> str:
-        return self.name
+        # Ops read labels, not codes; conditions and the API keep using ``name``.
+        return self.display_label
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.name.replace("_", " ").capitalize()
 
     def clean(self) -> None:
         from jsonschema import Draft202012Validator
@@ -416,7 +425,8 @@ class Event(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.event_type_id} {self.client_event_id}"
+        when = f" at {self.occurred_at:%Y-%m-%d %H:%M} UTC" if self.occurred_at else ""
+        return f"{self.event_type}{when}"
 
 
 class QuarantinedEvent(models.Model):

@@ -64,7 +64,7 @@ def lead_timeline(*, lead: Lead, limit: int = 200) -> list[TimelineEntry]:
         if isinstance(not_applied, dict) and not_applied:
             kept = "; ".join(f"{k}={v!r}" for k, v in sorted(not_applied.items()))
             detail = f"{detail}. Submitted, not applied: {kept}" if detail else f"Submitted, not applied: {kept}"
-        entries.append(TimelineEntry(e.occurred_at, "event", e.event_type.name, detail))
+        entries.append(TimelineEntry(e.occurred_at, "event", str(e.event_type), detail))
     for t in (
         StageTransition.objects.filter(lead=lead)
         .select_related("from_stage", "to_stage", "actor")

@@ -144,7 +144,7 @@ class Enrollment(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.lead_id} in {self.workflow_id} ({self.status})"
+        return f"{self.lead} in {self.workflow} ({self.get_status_display().lower()})"
 
 
 class StepExecution(models.Model):
@@ -164,6 +164,11 @@ class StepExecution(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["workflow", "step"], name="nurture_exec_wf_step")]
+
+    def __str__(self) -> str:
+        from nurture.labels import step_type_label
+
+        return f"Step {self.step!r} ({step_type_label(self.step_type)}): {self.outcome.replace('_', ' ')}"
 
 
 class Message(models.Model):
@@ -238,6 +243,10 @@ class Message(models.Model):
                          condition=models.Q(status__in=["queued", "sending", "in_doubt"])),
         ]
 
+    def __str__(self) -> str:
+        what = self.subject or self.get_channel_display()
+        return f"{what} to {self.to} ({self.get_status_display().split(' (')[0].lower()})"
+
 
 class Suppression(models.Model):
     """Addresses never mailed again (hard bounce, complaint, unsubscribe)."""
@@ -253,7 +262,7 @@ class Suppression(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
-        return f"{self.address} ({self.reason})"
+        return f"{self.address} ({self.get_reason_display().lower()})"
 
 
 class AudienceMember(models.Model):
@@ -265,6 +274,9 @@ class AudienceMember(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["audience", "lead"], name="nurture_audience_member_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.lead} in audience {self.audience}"
 
 
 class SegmentMember(models.Model):
@@ -283,4 +295,4 @@ class SegmentMember(models.Model):
         constraints = [models.UniqueConstraint(fields=["workflow", "lead"], name="nurture_segment_member_unique")]
 
     def __str__(self) -> str:
-        return f"{self.lead_id} in segment {self.segment_id} (workflow {self.workflow_id})"
+        return f"{self.lead} in segment {self.segment} (workflow {self.workflow})"

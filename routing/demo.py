@@ -3,10 +3,16 @@ policy, a published rule set, and the newest demo leads routed. Idempotent:
 rows are found by name, reps get their manager and backup only when this run
 made them, the rule set is published only when none is, and of the newest
 ROUTED_LEADS leads only those never routed are routed (so a second run routes
-nobody, where "the newest unrouted leads" would route the next batch)."""
+nobody, where "the newest unrouted leads" would route the next batch).
+
+The demo routes "as of" the latest weekday afternoon (ROUTE_AT_UTC) before
+the seeding, when both the North American and the European reps are at
+work: routed at the real clock, a demo seeded at night or on a weekend
+sent nearly every lead to the one rep whose hours covered that moment."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, time, timedelta
+from datetime import timezone as dt_timezone
 
 from django.db import transaction
 from django.utils import timezone
@@ -19,6 +25,19 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri")
 # How many of the newest leads the demo routes (the rest wait for ops to try
 # the rule set on them).
 ROUTED_LEADS = 300
+# The UTC time of day the demo routes at: 10:00-11:00 in New York, 16:00-17:00
+# in Berlin and Paris, the night shift's hours in Sydney.
+ROUTE_AT_UTC = time(15, 0)
+
+
+def business_moment(now: datetime) -> datetime:
+    """The latest weekday ROUTE_AT_UTC at or before ``now``."""
+    moment = datetime.combine(now.astimezone(dt_timezone.utc).date(), ROUTE_AT_UTC, tzinfo=dt_timezone.utc)
+    if moment > now:
+        moment -= timedelta(days=1)
+    while moment.weekday() >= 5:  # Saturday, Sunday
+        moment -= timedelta(days=1)
+    return moment
 
 TEAMS = [
     ("Inbound North America", Team.Method.ROUND_ROBIN),
@@ -47,7 +66,9 @@ TERRITORIES = [
 
 
 @transaction.atomic
-def demo_seed(*, progress: bool = False) -> dict[str, int]:
+def demo_seed(*, progress: bool = False, now: datetime | None = None) -> dict[str, int]:
+    """``now`` is the seeding's clock (tests pass a fixed one)."""
+    now = now or timezone.now()
     created = {"routing_teams": 0, "routing_reps": 0, "routing_territories": 0, "routing_rule_sets": 0, "routing_assignments": 0}
     sla, _ = SlaPolicy.objects.get_or_create(name="Inbound: 4 business hours",
                                              defaults={"first_touch_hours": 4, "notify_manager_after_hours": 2,
@@ -66,7 +87,6 @@ def demo_seed(*, progress: bool = False) -> dict[str, int]:
         })
         created["routing_reps"] += made
         if made and name == "Claire Dubois":  # away this afternoon: the availability column shows it
-            now = timezone.now()
             OutOfOffice.objects.create(rep=reps[name], starts_at=now - timedelta(hours=1), ends_at=now + timedelta(hours=4),
                                        note="dentist")
     if created["routing_reps"]:
@@ -93,8 +113,15 @@ def demo_seed(*, progress: bool = False) -> dict[str, int]:
         services.rule_set_publish(rule_set=draft)
         created["routing_rule_sets"] += 1
     newest = Lead.objects.order_by("-created_at", "-pk").values("pk")[:ROUTED_LEADS]
-    unrouted = list(Lead.objects.filter(pk__in=newest, routing_assignments__isnull=True).values_list("pk", flat=True))
-    if unrouted:
-        counts = services.leads_route_batch(lead_ids=unrouted, trigger="new_lead", reason="demo seed")
-        created["routing_assignments"] = sum(v for k, v in counts.items() if k != "kept")
+    unrouted = list(Lead.objects.filter(pk__in=newest, routing_assignments__isnull=True)
+                    .order_by("created_at", "pk").values_list("pk", "created_at"))
+    moment = business_moment(now)
+    # A lead is never routed before it exists: one created after the moment
+    # (rare: demo leads convert days before the seeding) is routed when it came.
+    batches = [([pk for pk, at in unrouted if at <= moment], moment)]
+    batches += [([pk], min(at + timedelta(minutes=5), now)) for pk, at in unrouted if at > moment]
+    for lead_ids, at in batches:
+        if lead_ids:
+            counts = services.leads_route_batch(lead_ids=lead_ids, trigger="new_lead", reason="demo seed", now=at)
+            created["routing_assignments"] += sum(v for k, v in counts.items() if k != "kept")
     return created

@@ -3,8 +3,23 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from attribution import engine
-from attribution.models import AttributionCredit, AttributionModel
+from attribution.models import AttributionCredit, AttributionModel, channel_label
 from martech.admin.base import BigTableAdmin, ReadOnlyMixin
+from martech.models import Channel, LifecycleStage
+
+
+class ChannelFilter(admin.SimpleListFilter):
+    """Credits keep the channel as plain text (no choices): filter by the
+    channel labels rather than the codes."""
+
+    title = "channel"
+    parameter_name = "channel"
+
+    def lookups(self, request, model_admin):
+        return Channel.choices
+
+    def queryset(self, request, queryset):
+        return queryset.filter(channel=self.value()) if self.value() else queryset
 
 
 @admin.register(AttributionCredit)
@@ -13,10 +28,14 @@ class AttributionCreditAdmin(ReadOnlyMixin, BigTableAdmin):
     The dashboard (``dashboard/``) charts them through the report API."""
 
     change_list_template = "admin/attribution/credit_change_list.html"
-    list_display = ["opportunity", "model", "channel", "campaign", "touched_at", "weight", "credit", "is_won"]
-    list_filter = ["model", "channel", "is_won"]
+    list_display = ["opportunity", "model", "channel_name", "campaign", "touched_at", "weight", "credit", "is_won"]
+    list_filter = ["model", ChannelFilter, "is_won"]
     list_select_related = ["opportunity", "campaign"]
     raw_id_fields = ["opportunity", "touchpoint", "campaign"]
+
+    @admin.display(description="Channel", ordering="channel")
+    def channel_name(self, obj: AttributionCredit) -> str:
+        return channel_label(obj.channel)
 
     def get_urls(self):
         return [
@@ -34,6 +53,12 @@ class AttributionCreditAdmin(ReadOnlyMixin, BigTableAdmin):
             "opts": self.model._meta,
             "title": "Attribution dashboard",
             "models": AttributionModel.choices,
+            # Codes in the report API's answers -> the words the charts show.
+            "labels": {
+                "channels": dict(Channel.choices),
+                "models": dict(AttributionModel.choices),
+                "stages": dict(LifecycleStage.objects.values_list("key", "name")),
+            },
             "formulas": engine.__doc__,
         }
         return TemplateResponse(request, "admin/attribution/dashboard.html", context)

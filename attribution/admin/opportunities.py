@@ -14,6 +14,9 @@ class ContactRoleInline(admin.TabularInline):
     readonly_fields = ["lead", "role", "is_primary"]
     can_delete = False
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("lead")
+
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
@@ -24,6 +27,10 @@ class StageChangeInline(admin.TabularInline):
     extra = 0
     readonly_fields = ["from_stage", "to_stage", "changed_at", "actor", "source"]
     can_delete = False
+
+    def get_queryset(self, request):
+        # Each row's title names both stages: one query for all rows.
+        return super().get_queryset(request).select_related("from_stage", "to_stage", "actor")
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False

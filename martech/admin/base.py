@@ -36,6 +36,14 @@ def validation_messages(exc: ValidationError) -> list[str]:
     return list(exc.messages)
 
 
+def denied(request: HttpRequest, message: str, to: str) -> HttpResponseRedirect:
+    """Send a user who may not use a page back to ``to`` with ``message``
+    (what they cannot do and which permission it takes) shown as an error,
+    instead of a silent redirect that looks like a broken link."""
+    messages.error(request, message)
+    return HttpResponseRedirect(to)
+
+
 def add_errors_to_form(form, exc: ValidationError) -> None:
     """Put a service's ValidationError on the form's fields where it names
     one the form has, else on the form itself."""

@@ -10,9 +10,9 @@ from martech.models import Event, EventType
 
 @admin.register(EventType)
 class EventTypeAdmin(HistoryAdmin):
-    list_display = ("name", "is_touchpoint", "is_active", "description")
+    list_display = ("label", "name", "is_touchpoint", "is_active", "description")
     list_filter = ("is_touchpoint", "is_active")
-    search_fields = ("name", "description")
+    search_fields = ("name", "label", "description")
 
 
 @admin.register(Event)

@@ -35,3 +35,16 @@ class SalesTaskAdmin(BigTableAdmin):
     def has_add_permission(self, request) -> bool:
         # Tasks are made by services (task_create is idempotent by key).
         return False
+
+
+def _queued_task_str(self) -> str:
+    return f"Queued task {self.name() or self.task_id()} ({self.func()})"
+
+
+# django-q2's queue model (registered in the admin when the ORM is the
+# broker) has no __str__: its change page was titled "OrmQ object (N)".
+# Given one here, where the ops console is assembled, rather than in a fork.
+from django_q.models import OrmQ  # noqa: E402
+
+if "__str__" not in OrmQ.__dict__:
+    OrmQ.__str__ = _queued_task_str

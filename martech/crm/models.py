@@ -140,6 +140,9 @@ class SyncCursor(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["connection", "object"], name="crm_cursor_unique")]
 
+    def __str__(self) -> str:
+        return f"{self.object} pulled up to {self.value or '(start)'}"
+
 
 class OutboxItem(models.Model):
     """One record waiting to be pushed. Written in the transaction that
@@ -300,6 +303,10 @@ class SyncRun(models.Model):
     def ok(self) -> bool:
         return not self.error and self.failed == 0
 
+    def __str__(self) -> str:
+        what = f"{self.get_kind_display()} {self.object}".strip()
+        return f"{what} at {self.started_at:%Y-%m-%d %H:%M} ({'ok' if self.ok else 'failed'})"
+
 
 class WebhookReceipt(models.Model):
     """One accepted webhook notification, deduplicated by the provider's event id."""
@@ -314,6 +321,9 @@ class WebhookReceipt(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["provider", "event_id"], name="crm_webhook_event_unique")]
 
+    def __str__(self) -> str:
+        return f"{self.get_provider_display()} event {self.event_id}"
+
 
 class LifecycleMapping(models.Model):
     """HubSpot lifecyclestage / Salesforce Lead Status value <-> our stage key."""
@@ -325,6 +335,9 @@ class LifecycleMapping(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["connection", "remote_value"], name="crm_lifecycle_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.remote_value} <-> {self.stage}"
 
     def clean(self) -> None:
         if self.push_default and self.connection_id and self.stage_id:
@@ -439,3 +452,6 @@ class ListMember(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["mirror", "lead_id"], name="crm_listmember_unique")]
+
+    def __str__(self) -> str:
+        return f"lead #{self.lead_id} in {self.mirror}"

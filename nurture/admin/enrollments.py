@@ -1,12 +1,13 @@
 from django.contrib import admin
 
 from martech.admin.base import BigTableAdmin, ReadOnlyMixin
+from nurture.labels import step_type_label
 from nurture.models import Enrollment, StepExecution
 
 
 class StepExecutionInline(admin.TabularInline):
     model = StepExecution
-    fields = ("executed_at", "step", "step_type", "outcome", "key")
+    fields = ("executed_at", "step", "step_kind", "outcome", "key")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -14,6 +15,10 @@ class StepExecutionInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="Step type")
+    def step_kind(self, obj: StepExecution) -> str:
+        return step_type_label(obj.step_type)
 
 
 @admin.register(Enrollment)

@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from martech.admin.base import BaseAdmin, ServiceSaveMixin, add_errors_to_form, validation_messages
+from martech.admin.base import BaseAdmin, ServiceSaveMixin, add_errors_to_form, denied, validation_messages
 from martech.models import Lead
 from martech.scoring.models import Segment
 from nurture.gallery import GALLERY, workflow_create_from_gallery
@@ -141,7 +141,8 @@ class WorkflowAdmin(ServiceSaveMixin, BaseAdmin):
 
     def gallery_view(self, request):
         if not self.has_add_permission(request):
-            return redirect("admin:index")
+            return denied(request, "You can look at workflows but not create them: the gallery needs the "
+                          "“Can add workflow” permission.", reverse("admin:nurture_workflow_changelist"))
         if request.method == "POST" and request.POST.get("key") in GALLERY:
             wf = workflow_create_from_gallery(key=request.POST["key"], actor=request.user)
             self.message_user(request, f"Created the draft “{wf}”; adapt it, then publish.", messages.SUCCESS)
@@ -151,7 +152,7 @@ class WorkflowAdmin(ServiceSaveMixin, BaseAdmin):
     def test_view(self, request, pk):
         wf = get_object_or_404(Workflow, pk=pk)
         if not self.has_view_permission(request, wf):
-            return redirect("admin:index")
+            return denied(request, "A test run needs the “Can view workflow” permission.", reverse("admin:index"))
         rows, error = None, ""
         lead_ref = request.POST.get("lead", "").strip()
         if request.method == "POST":
@@ -170,7 +171,8 @@ class WorkflowAdmin(ServiceSaveMixin, BaseAdmin):
     def enroll_view(self, request, pk):
         wf = get_object_or_404(Workflow, pk=pk)
         if not self.has_change_permission(request, wf):
-            return redirect("admin:index")
+            return denied(request, f"You can look at “{wf}” but not enroll leads in it: enrolling needs the "
+                          "“Can change workflow” permission.", reverse("admin:nurture_workflow_change", args=[wf.pk]))
         if request.method == "POST":
             refs = [r.strip() for r in request.POST.get("leads", "").replace(",", "\n").splitlines() if r.strip()]
             made, refused = 0, []

@@ -13,7 +13,7 @@ from django.utils.html import format_html
 
 from martech.admin.base import BigTableAdmin, ReadOnlyMixin, validation_messages
 from martech.models import Lead
-from routing import services
+from routing import labels, services
 from routing.models import Assignment, Escalation
 
 
@@ -24,19 +24,23 @@ def explanation_html(obj: Assignment) -> str:
 class EscalationInline(ReadOnlyMixin, admin.TabularInline):
     model = Escalation
     extra = 0
-    fields = readonly_fields = ["level", "created_at", "detail"]
+    fields = readonly_fields = ["level", "created_at", "what_happened"]
+
+    @admin.display(description="What happened")
+    def what_happened(self, obj: Escalation) -> str:
+        return labels.escalation_detail(obj.detail)
 
 
 @admin.register(Assignment)
 class AssignmentAdmin(ReadOnlyMixin, BigTableAdmin):
-    list_display = ["lead", "status", "rep", "team", "rule_set_version", "rule_name", "method", "trigger", "created_at",
+    list_display = ["lead", "status", "rep", "team", "rule_set_version", "rule_name", "method_name", "trigger", "created_at",
                     "sla_due_at", "first_touch_at", "is_current"]
     list_filter = ["status", "is_current", "trigger", "team"]
     list_select_related = ["lead", "rep", "team"]
     search_fields = ["lead__email", "rep__name"]
     date_hierarchy = None
     inlines = [EscalationInline]
-    fields = ["lead", "status", "is_current", "rep", "team", "rule_set", "rule_set_version", "rule_name", "method", "trigger",
+    fields = ["lead", "status", "is_current", "rep", "team", "rule_set", "rule_set_version", "rule_name", "method_name", "trigger",
               "reason", "actor", "created_at", "assigned_at", "ended_at", "end_reason", "sla_policy", "sla_due_at",
               "first_touch_at", "first_touch_source", "escalation_level", "why", "raw_explanation"]
     readonly_fields = fields
@@ -75,6 +79,10 @@ class AssignmentAdmin(ReadOnlyMixin, BigTableAdmin):
     @admin.display(description="Why")
     def why(self, obj: Assignment) -> str:
         return explanation_html(obj)
+
+    @admin.display(description="Method", ordering="method")
+    def method_name(self, obj: Assignment) -> str:
+        return labels.method_label(obj.method)
 
     @admin.display(description="Explanation (JSON)")
     def raw_explanation(self, obj: Assignment) -> str:

@@ -7,18 +7,12 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from martech.admin.actions import _confirmation
-from routing import engine, services
+from routing import engine, labels, services
 from routing.admin.common import ConfigAdmin
+from routing.admin.widgets import WorkingHoursWidget
 from routing.models import OutOfOffice, Rep
 
-_LABELS = {
-    engine.INACTIVE: "inactive",
-    engine.OUT_OF_OFFICE: "out of office",
-    engine.HOLIDAY: "holiday",
-    engine.OUTSIDE_HOURS: "outside hours",
-    engine.AT_CAPACITY: "at capacity",
-    engine.DAILY_LIMIT: "daily limit reached",
-}
+_LABELS = labels.SKIP_REASONS
 
 
 class OutOfOfficeInline(admin.TabularInline):
@@ -85,6 +79,12 @@ class RepAdmin(ConfigAdmin):
         ("People", {"fields": ["manager", "backup"]}),
         ("CRM owner ids", {"fields": ["hubspot_owner_id", "salesforce_user_id"]}),
     ]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "working_hours":
+            kwargs["widget"] = WorkingHoursWidget
+            kwargs["help_text"] = ""  # the widget explains itself; the model's help shows the JSON
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_queryset(self, request):
         now = timezone.now()

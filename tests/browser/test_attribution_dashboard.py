@@ -13,6 +13,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from attribution.computation import attribution_compute
+from attribution.models import AttributionModel
+from martech.models import Channel, LifecycleStage
 from attribution.services import (
     campaign_spend_upsert, opportunity_change_stage, opportunity_set_contact, opportunity_upsert, stage_for,
 )
@@ -116,16 +118,22 @@ def test_analyst_sees_every_chart_with_the_api_numbers(live_server, data, browse
     assert all(c["drawn"] for c in charts.values())
 
     ch = data["channel"]["results"]
-    assert charts["chart-channel"]["labels"] == [r["group"] for r in ch] == ["email", "paid_search"]
+    # codes shown by their labels
+    assert [r["group"] for r in ch] == ["email", "paid_search"]
+    assert charts["chart-channel"]["labels"] == ["Email", "Paid search"]
     assert charts["chart-channel"]["datasets"][0]["data"] == [float(r["attributed_revenue"]) for r in ch]
     # the linear model splits each won deal over its two touches: 6500 in all, half each
     assert sum(charts["chart-channel"]["datasets"][0]["data"]) == 6500.0
 
     cmp = data["compare"]["results"]
-    assert charts["chart-compare"]["labels"] == [r["group"] for r in cmp]
-    assert [d["label"] for d in charts["chart-compare"]["datasets"]] == list(cmp[0]["revenue"])
-    for d in charts["chart-compare"]["datasets"]:
-        assert d["data"] == [float(r["revenue"][d["label"]]) for r in cmp]
+    assert charts["chart-compare"]["labels"] == [Channel(r["group"]).label for r in cmp]
+    assert [d["label"] for d in charts["chart-compare"]["datasets"]] == [AttributionModel(m).label for m in cmp[0]["revenue"]]
+    # every model its own colour, and a table of the same numbers under the chart
+    colours = page.evaluate("window.attributionCharts['chart-compare'].data.datasets.map((d) => d.borderColor)")
+    assert len(set(colours)) == len(colours) == len(AttributionModel.choices)
+    assert page.locator("#chart-compare-table tbody tr").count() == len(cmp)
+    for code, d in zip(cmp[0]["revenue"], charts["chart-compare"]["datasets"]):
+        assert d["data"] == [float(r["revenue"][code]) for r in cmp]
         assert sum(d["data"]) == 6500.0  # every model credits all the closed-won revenue
 
     cam = data["campaign"]["results"]
@@ -141,14 +149,15 @@ def test_analyst_sees_every_chart_with_the_api_numbers(live_server, data, browse
     assert charts["chart-month"]["datasets"][0]["data"] == [float(r["attributed_revenue"]) for r in mon]
 
     funnel = data["pipeline"]["lifecycle_funnel"]
-    assert charts["chart-funnel"]["labels"] == [r["stage"] for r in funnel]
+    stage_names = dict(LifecycleStage.objects.values_list("key", "name"))
+    assert charts["chart-funnel"]["labels"] == [stage_names[r["stage"]] for r in funnel]
     assert charts["chart-funnel"]["datasets"][0]["data"] == [r["reached"] for r in funnel]
     reached = dict(zip(charts["chart-funnel"]["labels"], charts["chart-funnel"]["datasets"][0]["data"]))
-    assert (reached["mql"], reached["sql"]) == (3, 2)  # three moved to MQL, two of them on to SQL
+    assert (reached[stage_names["mql"]], reached[stage_names["sql"]]) == (3, 2)  # three moved to MQL, two of them on to SQL
 
     stages = data["pipeline"]["stages"]
     avg, median = charts["chart-velocity"]["datasets"]
-    assert charts["chart-velocity"]["labels"] == [r["stage"] for r in stages]
+    assert charts["chart-velocity"]["labels"] == [r["name"] for r in stages]
     assert avg["data"] == [r["average_days"] for r in stages]
     assert median["data"] == [r["median_days"] for r in stages]
     # every deal spent 2, 3, 4 days in prospecting before qualification

@@ -71,13 +71,19 @@ class SegmentAdmin(ServiceSaveMixin, BaseAdmin):
         try:
             return str(segment_members(obj).count())
         except ConditionError as exc:
-            return exc.messages[0]
+            # A stored condition no longer valid (a field removed since): an
+            # error, not a number-shaped note.
+            return format_html('<span class="errornote segment-condition-error">Condition invalid: {}</span>',
+                               exc.messages[0])
 
     @admin.display(description="First members")
     def members(self, obj: Segment) -> str:
         if obj is None or not obj.pk:
             return "—"
-        leads = segment_members(obj).order_by("-total_score", "pk")[:20]
+        try:
+            leads = list(segment_members(obj).order_by("-total_score", "pk")[:20])
+        except ConditionError:
+            return "—"
         rows = format_html_join(
             "", '<li><a href="{}">{}</a> (score {})</li>',
             ((reverse("admin:martech_lead_change", args=[lead.pk]), str(lead), lead.total_score) for lead in leads),

@@ -1,5 +1,7 @@
 """The condition editor: a textarea that shows, as you type, how many leads
-the condition matches or the column and reason why it is invalid."""
+the condition matches or the column and reason why it is invalid (styled as
+an error, not as help text). Saving an invalid condition is refused with
+the reason as the field's form error (the model field's validator)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +17,8 @@ from martech.conditions import ConditionError, matching_leads, parse
 
 _SCRIPT = """<script>(function(){var t=document.getElementById(%s),o=document.getElementById(%s),h;
 function p(){fetch(%s+'?'+new URLSearchParams({condition:t.value,kind:%s})).then(function(r){return r.json()})
-.then(function(d){o.textContent=d.error?d.error.message:('matches '+d.count+' leads')})}
+.then(function(d){o.textContent=d.error?d.error.message:('matches '+d.count+' leads');
+o.className=d.error?'errornote':'help';t.setAttribute('aria-invalid',d.error?'true':'false')})}
 t.addEventListener('input',function(){clearTimeout(h);h=setTimeout(p,400)});if(t.value)p();})();</script>"""
 
 

@@ -3,10 +3,34 @@
 // same endpoints and JSON external dashboards read). Each chart is kept in
 // window.attributionCharts by canvas id, and <body data-attribution-loaded>
 // is set once all are drawn, so a browser test can read back what was plotted.
+// Codes (channels, models, stages) are shown by their labels (the
+// #att-labels JSON the page carries); every series has its own colour (no
+// palette wrap-around: eleven models side by side); and every chart has a
+// table of the same numbers under it (#<canvas id>-table).
 (function () {
   const charts = {};
   window.attributionCharts = charts;
   const status = document.getElementById("att-status");
+  const names = JSON.parse(document.getElementById("att-labels").textContent);
+  // Twelve distinguishable colours (Tableau 10 and two more), one per series.
+  const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+                   "#9c755f", "#bab0ac", "#2f4b7c", "#17becf"];
+  window.attributionPalette = PALETTE;
+  const label = (kind, code) => (names[kind] && names[kind][code]) || code;
+
+  function table(id, labels, datasets) {
+    const holder = document.getElementById(`${id}-table`);
+    const fmt = (v) => (v === null || v === undefined ? "—" : Number(v).toLocaleString(undefined, { maximumFractionDigits: 2 }));
+    const head = `<tr><th scope="col"></th>${datasets.map((d) => `<th scope="col">${escape(d.label)}</th>`).join("")}</tr>`;
+    const rows = labels.map((l, i) => `<tr><th scope="row">${escape(l)}</th>${datasets.map((d) => `<td class="num">${fmt(d.data[i])}</td>`).join("")}</tr>`);
+    holder.innerHTML = `<table class="att-table"><thead>${head}</thead><tbody>${rows.join("") || '<tr><td>No data for these filters.</td></tr>'}</tbody></table>`;
+  }
+
+  function escape(text) {
+    const el = document.createElement("span");
+    el.textContent = String(text);
+    return el.innerHTML;
+  }
 
   async function get(path, params) {
     const q = new URLSearchParams(Object.entries(params).filter(([, v]) => v));
@@ -18,9 +42,15 @@
 
   function draw(id, type, labels, datasets, options) {
     if (charts[id]) charts[id].destroy();
+    datasets.forEach((d, i) => {
+      const colour = PALETTE[i % PALETTE.length];
+      d.backgroundColor = type === "line" ? colour : `${colour}cc`;
+      d.borderColor = colour;
+    });
     charts[id] = new Chart(document.getElementById(id), {
       type, data: { labels, datasets }, options: { responsive: true, animation: false, ...(options || {}) },
     });
+    table(id, labels, datasets);
   }
 
   async function load(event) {
@@ -38,10 +68,10 @@
         get("pipeline", { start: p.start, end: p.end }),
       ]);
       const ch = byChannel.results;
-      draw("chart-channel", "bar", ch.map((r) => r.group), [{ label: `Revenue (${p.model})`, data: ch.map((r) => +r.attributed_revenue) }]);
+      draw("chart-channel", "bar", ch.map((r) => label("channels", r.group)), [{ label: `Revenue (${label("models", p.model)})`, data: ch.map((r) => +r.attributed_revenue) }]);
       const cmp = compare.results;
       const models = cmp.length ? Object.keys(cmp[0].revenue) : [];
-      draw("chart-compare", "bar", cmp.map((r) => r.group), models.map((m) => ({ label: m, data: cmp.map((r) => +r.revenue[m]) })));
+      draw("chart-compare", "bar", cmp.map((r) => label("channels", r.group)), models.map((m) => ({ label: label("models", m), data: cmp.map((r) => +r.revenue[m]) })));
       const cam = byCampaign.results;
       draw("chart-spend", "bar", cam.map((r) => r.group), [
         { label: "Spend", data: cam.map((r) => +(r.spend || 0)) },
@@ -53,10 +83,10 @@
         { label: "Pipeline", data: mon.map((r) => +r.attributed_pipeline) },
       ]);
       const funnel = pipeline.lifecycle_funnel;
-      draw("chart-funnel", "bar", funnel.map((r) => r.stage), [{ label: "Leads that reached the stage", data: funnel.map((r) => r.reached) }],
+      draw("chart-funnel", "bar", funnel.map((r) => label("stages", r.stage)), [{ label: "Leads that reached the stage", data: funnel.map((r) => r.reached) }],
         { indexAxis: "y" });
       const st = pipeline.stages;
-      draw("chart-velocity", "bar", st.map((r) => r.stage), [
+      draw("chart-velocity", "bar", st.map((r) => r.name || r.stage), [
         { label: "Average days in stage", data: st.map((r) => r.average_days) },
         { label: "Median days in stage", data: st.map((r) => r.median_days) },
       ]);

@@ -1,0 +1,74 @@
+"""Words for the nurture codes ops see in the admin: step types. The codes
+stay in the journey definitions and the API; pages show these labels."""
+from __future__ import annotations
+
+STEP_TYPES: dict[str, str] = {
+    "send_email": "Send email",
+    "send_sms": "Send SMS",
+    "audience_add": "Add to audience",
+    "audience_remove": "Remove from audience",
+    "update_field": "Update a field",
+    "set_stage": "Set lifecycle stage",
+    "create_task": "Create a sales task",
+    "notify": "Notify the team",
+    "webhook": "Call a webhook",
+    "wait": "Wait",
+    "wait_until": "Wait until",
+    "branch": "Branch (yes/no)",
+    "split": "A/B split",
+    "enroll": "Enroll in another journey",
+    "end": "End",
+}
+
+
+def step_type_label(code: str) -> str:
+    """The label of a step type; an unknown code (a newer engine's) shows
+    humanized rather than disappearing."""
+    return STEP_TYPES.get(code) or code.replace("_", " ").capitalize()
+
+
+OUTCOMES: dict[str, str] = {
+    "sent": "sent",
+    "waited": "waited",
+    "waiting": "waiting",
+    "met": "condition met",
+    "timed_out": "timed out",
+    "yes": "yes branch",
+    "no": "no branch",
+    "added": "added to the audience",
+    "removed": "removed from the audience",
+    "updated": "field updated",
+    "stage_set": "stage set",
+    "task_created": "task created",
+    "enrolled": "enrolled",
+    "would_enroll": "would enroll",
+    "ended": "ended",
+}
+DETAIL_KEYS: dict[str, str] = {
+    "until": "until", "audience": "audience", "field": "field", "value": "value", "stage": "stage",
+    "task": "task", "subject": "subject", "workflow": "workflow",
+}
+
+
+def outcome_label(code: str) -> str:
+    """``skipped:no_consent`` -> "skipped: no consent"; ``delayed:quiet_hours``
+    -> "delayed: quiet hours"."""
+    head, _, why = (code or "").partition(":")
+    text = OUTCOMES.get(head, head.replace("_", " "))
+    return f"{text}: {why.replace('_', ' ')}" if why else text
+
+
+def detail_text(detail: dict | None) -> str:
+    """A step's detail as words, e.g. "until 2026-03-02 09:00 UTC" rather
+    than ``{'until': '2026-03-02T09:00:00+00:00'}``."""
+    from datetime import datetime
+
+    parts = []
+    for key, value in (detail or {}).items():
+        if key == "until" and isinstance(value, str):
+            try:
+                value = f"{datetime.fromisoformat(value):%Y-%m-%d %H:%M %Z}".strip()
+            except ValueError:
+                pass
+        parts.append(f"{DETAIL_KEYS.get(key, key.replace('_', ' '))} {value}")
+    return ", ".join(parts)
