@@ -896,11 +896,110 @@ def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remo
                   "pushed_properties": properties, "associations": associations})
 
 
+# --- pull position: the cursor's time and the records applied at it -----------
+# A pull reads from its cursor's time inclusive: Salesforce's SystemModstamp has
+# whole seconds and a mass update gives hundreds of records one; HubSpot's
+# search restarts its windows at a time shared by several. The records already
+# applied at exactly that time are kept beside it (``SyncCursor.seen``: remote
+# id -> a digest of what was applied) and skipped unless they changed since,
+# so a tie is neither lost nor applied twice. The position is committed every
+# PULL_COMMIT_EVERY records (one page), with the failures noted so far, so a
+# pull killed mid-way resumes from its last page instead of from the start.
+
+PULL_COMMIT_EVERY = 100
+# A full import through a list endpoint (HubSpot) reads records in id order,
+# not by time: afterwards the incremental pull takes over from the time the
+# import started, less this margin (clocks, the search index's lag).
+FULL_IMPORT_OVERLAP = dt.timedelta(minutes=5)
+
+
+def pulled_digest(pulled) -> str:
+    """A short digest of what a pulled record or link carries: a tie at the
+    cursor's time read again is skipped only while it is unchanged."""
+    if hasattr(pulled, "properties"):
+        # Properties only: a connector tells a tie before reading its associations.
+        data = [pulled.properties]
+    else:
+        data = [pulled.parent_id, pulled.other_id, pulled.fields]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class PullPosition:
+    """How far a pull got: the newest modification time handled and the
+    records handled at exactly that time (remote id -> digest)."""
+
+    value: str = ""
+    seen: dict[str, str] = field(default_factory=dict)
+
+    def already(self, pulled) -> bool:
+        """Applied at this very time before, unchanged: nothing to do."""
+        return bool(self.value) and pulled.modified_at == self.value \
+            and self.seen.get(pulled.remote_id) == pulled_digest(pulled)
+
+    def note(self, pulled) -> None:
+        at = pulled.modified_at
+        if at > self.value:
+            self.value, self.seen = at, {}
+        if at == self.value:
+            self.seen[pulled.remote_id] = pulled_digest(pulled)
+
+    def as_json(self) -> dict:
+        return {"value": self.value, "seen": self.seen}
+
+
+def _position_save(cursor: SyncCursor, position: PullPosition, *, mode: str, final: bool) -> None:
+    """Store a pull's progress. ``incremental``: the cursor itself.
+    ``rescan`` (a full pull reading from the beginning by time): kept in
+    ``resume`` so a rerun goes on from there, and folded into the cursor when
+    done (the cursor never goes back). ``list`` (a full import through a list
+    endpoint): ``resume`` holds the list's ``after``; done, the cursor moves
+    up to when the import started."""
+    cursor.refresh_from_db(fields=["value", "seen", "resume"])
+    resume = dict(cursor.resume or {})
+    if mode == "incremental":
+        cursor.value, cursor.seen = position.value, position.seen
+    elif mode == "rescan":
+        if not final:
+            resume["rescan"] = position.as_json()
+        else:
+            resume.pop("rescan", None)
+            if position.value > cursor.value:
+                cursor.value, cursor.seen = position.value, position.seen
+            elif position.value == cursor.value:
+                cursor.seen = {**(cursor.seen or {}), **position.seen}
+    cursor.resume = resume
+    cursor.save(update_fields=["value", "seen", "resume", "updated_at"])
+
+
+def _pull_commit(connection: Connection, cursor: SyncCursor, key: str, outcomes: PullOutcomes,
+                 save: Any) -> int:
+    """One page done: its failures noted and the position stored in one
+    transaction; returns the retried records that went through."""
+    def write() -> int:
+        recovered = _pull_failures_settle(connection, key, outcomes)
+        save()
+        return recovered
+
+    recovered = run_in_transaction(write)
+    outcomes.result.clear()
+    outcomes.gone.clear()
+    outcomes.retried.clear()
+    return recovered
+
+
 def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = False, dry_run: bool = False,
                  connector: Connector | None = None, progress=None) -> SyncRun:
-    """Incremental pull of one object type since its stored cursor (HubSpot:
-    search on last-modified date). Each record goes through the object
-    type's write service. The cursor advances only past records handled.
+    """Incremental pull of one object type from its stored cursor (HubSpot:
+    search on the last-modified date in windows under the 10,000 cap;
+    Salesforce: SOQL on SystemModstamp), the cursor's time included and the
+    records applied at it skipped (``PullPosition``). Each record goes
+    through the object type's write service. The cursor is committed every
+    page (``PULL_COMMIT_EVERY``), so a pull killed mid-way resumes there.
+
+    ``full``: every record. Through the connector's list endpoint where it
+    has one (``list_pages``, HubSpot: no cap), resumable at its last page
+    (``SyncCursor.resume``); else from the beginning by time, resumable too.
 
     First the due failures of earlier pulls are fetched again and applied
     (``_pull_retry``; ``run.retried``/``run.recovered``). A record refused
@@ -911,41 +1010,102 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     connector = connector or connector_for(connection)
     cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=obj)
     mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
-    newest = cursor.value
     before = connector.stats.api_calls
     outcomes = PullOutcomes()
     errors: list[str] = []
+    mode = "incremental" if not full else "list" if hasattr(connector, "list_pages") else "rescan"
+    if mode == "incremental":
+        position = PullPosition(cursor.value, dict(cursor.seen or {}))
+    else:
+        position = PullPosition(**(cursor.resume or {}).get("rescan", {}))
+
+    def apply(pulled) -> None:
+        try:
+            outcome = pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
+                                   dry_run=dry_run, connector=connector)
+        except ValidationError as exc:
+            run.failed += 1
+            errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
+            outcome = None
+        if outcome == "pulled":
+            run.pulled += 1
+        elif outcome == "skipped":
+            run.skipped += 1
+        if outcome is not None:
+            outcomes.applied(pulled.remote_id)
+        if progress is not None:
+            progress.update(1)
+
+    def commit(final: bool) -> None:
+        if not dry_run:
+            run.recovered += _pull_commit(connection, cursor, obj, outcomes,
+                                          lambda: _position_save(cursor, position, mode=mode, final=final))
+
     try:
         remote_fields = sorted({m.remote_field for m in mappings})
         if not dry_run:
             _pull_retry(connection, connector, object_type, mappings, run, outcomes, errors, progress)
-        for pulled in connector.pull_since(object_type.key, "" if full else cursor.value, remote_fields):
-            try:
-                outcome = pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
-                                       dry_run=dry_run, connector=connector)
-            except ValidationError as exc:
-                run.failed += 1
-                errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
-                outcome = None
-            if outcome == "pulled":
-                run.pulled += 1
-            elif outcome == "skipped":
-                run.skipped += 1
-            if outcome is not None:
-                outcomes.applied(pulled.remote_id)
-            newest = max(newest, pulled.modified_at)
-            if progress is not None:
-                progress.update(1)
+        if mode == "list":
+            _pull_list(connection, connector, cursor, object_type.key, remote_fields, apply, outcomes, run,
+                       dry_run=dry_run)
+        else:
+            handled = 0
+            for pulled in connector.pull_since(object_type.key, position.value, remote_fields,
+                                               skip=position.already):
+                if position.already(pulled):
+                    continue  # applied at the cursor's time before, unchanged since
+                apply(pulled)
+                position.note(pulled)
+                handled += 1
+                if handled % PULL_COMMIT_EVERY == 0:
+                    commit(final=False)
+            commit(final=True)
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
         _record_error(connection, str(exc)[:2000], stop=isinstance(exc, AuthError))
+        if mode != "list":  # (a list import keeps its last committed page)
+            commit(final=False)  # what was applied before the error stays applied: its position is kept
     finally:
         run.error = _errors_summary(errors)
-        if not dry_run:
-            run.recovered = _pull_failures_settle(connection, obj, outcomes)
-            _cursor_advance(cursor, newest)
         _run_close(connection, connector, run, calls_before=before)
     return run
+
+
+def _hubspot_time(at: dt.datetime) -> str:
+    return at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _pull_list(connection: Connection, connector: Connector, cursor: SyncCursor, key: str, fields: list[str],
+               apply, outcomes: PullOutcomes, run: SyncRun, *, dry_run: bool) -> None:
+    """A full import through the connector's list endpoint, one committed
+    page at a time: ``SyncCursor.resume["list"]`` keeps the next page's
+    ``after`` and when the import started, so an interrupted import (a
+    ``crm_sync --full`` killed, a 5xx) goes on from its last page when run
+    again. Done, the incremental cursor moves up to the start of the import
+    (less FULL_IMPORT_OVERLAP): every change before it was read by the list."""
+    state = dict((cursor.resume or {}).get("list") or {})
+    if not state:
+        state = {"after": "", "since": _hubspot_time(timezone.now() - FULL_IMPORT_OVERLAP)}
+    for page, after in connector.list_pages(key, fields, state["after"]):
+        for pulled in page:
+            apply(pulled)
+        if dry_run:
+            continue
+        state = {**state, "after": after}
+
+        def save(final: bool = not after, state: dict = state) -> None:
+            cursor.refresh_from_db(fields=["value", "seen", "resume"])
+            resume = dict(cursor.resume or {})
+            if final:
+                resume.pop("list", None)
+                if state["since"] > cursor.value:
+                    cursor.value, cursor.seen = state["since"], {}
+            else:
+                resume["list"] = state
+            cursor.resume = resume
+            cursor.save(update_fields=["value", "seen", "resume", "updated_at"])
+
+        run.recovered += _pull_commit(connection, cursor, key, outcomes, save)
 
 
 def _cursor_advance(cursor: SyncCursor, value: str) -> None:
@@ -1045,7 +1205,13 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=link)
     connector = connector or connector_for(connection)
     cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=link)
-    newest = cursor.value
+    mode = "rescan" if full else "incremental"
+    position = (PullPosition(cursor.value, dict(cursor.seen or {})) if not full
+                else PullPosition(**(cursor.resume or {}).get("rescan", {})))
+
+    def commit(final: bool) -> None:
+        run.recovered += _pull_commit(connection, cursor, link, outcomes,
+                                      lambda: _position_save(cursor, position, mode=mode, final=final))
     before = connector.stats.api_calls
     source = f"crm:{connection.provider}"
     errors: list[str] = []
@@ -1053,11 +1219,14 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
     try:
         # Earlier failures that are due first, through the same steps as the changed links.
         retry = _link_retry(connection, connector, link, run, outcomes, errors)
-        stream = itertools.chain(retry, connector.pull_links(link, "" if full else cursor.value))
+        # Links applied at the cursor's time before and unchanged are skipped (PullPosition).
+        changed = (p for p in connector.pull_links(link, position.value) if not position.already(p))
+        stream = itertools.chain(((p, False) for p in retry), ((p, True) for p in changed))
         while True:
-            chunk = list(itertools.islice(stream, LINK_BATCH))
-            if not chunk:
+            tagged = list(itertools.islice(stream, LINK_BATCH))
+            if not tagged:
                 break
+            chunk = [p for p, _ in tagged]
             others = _link_others(connection, connector, other_type, {p.other_id for p in chunk if p.other_id},
                                   errors)
             parents = _locals_by_remote_ids(connection, parent_type, {p.parent_id for p in chunk})
@@ -1085,14 +1254,17 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
                 except ValidationError as exc:
                     run.failed += 1
                     errors.append(f"{spec.label} {pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
-                newest = max(newest, pulled.modified_at)
+            for pulled, streamed in tagged:
+                if streamed:
+                    position.note(pulled)
+            commit(final=False)
+        commit(final=True)
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
         _record_error(connection, str(exc)[:2000], stop=isinstance(exc, AuthError))
+        commit(final=False)
     finally:
         run.error = _errors_summary(errors)
-        run.recovered = _pull_failures_settle(connection, link, outcomes)
-        _cursor_advance(cursor, newest)
         _run_close(connection, connector, run, calls_before=before)
     return run
 

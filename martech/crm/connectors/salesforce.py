@@ -572,7 +572,9 @@ class SalesforceConnector:
                 raise PermanentError(f"not a Salesforce id: {bad[0]!r}")
             where.append(f"Id IN ({', '.join(repr(i) for i in ids)})")
         if cursor:
-            where.append(f"SystemModstamp > {soql_datetime(cursor)}")
+            # Inclusive: SystemModstamp has whole seconds, a mass update shares
+            # one; the caller skips what it applied at that second (PullPosition).
+            where.append(f"SystemModstamp >= {soql_datetime(cursor)}")
         soql = f"SELECT {', '.join(sorted(wanted))} FROM {target}"
         if where:
             soql += " WHERE " + " AND ".join(where)
@@ -587,8 +589,9 @@ class SalesforceConnector:
                 props["Status"] = TASK_CLOSED_STATUS
             yield Pulled(row["Id"], props, row["SystemModstamp"], associations=links)
 
-    def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
-        """Records changed after ``cursor`` in SystemModstamp order. For leads,
+    def pull_since(self, obj: str, cursor: str, properties: list[str],
+                   skip: Callable[[Pulled], bool] | None = None) -> Iterator[Pulled]:
+        """Records changed at or after ``cursor`` in SystemModstamp order. For leads,
         Leads and Contacts merged in that order: everything yielded before a
         failure is older than anything not yet yielded, so the caller's
         cursor never skips a record."""
@@ -616,13 +619,13 @@ class SalesforceConnector:
         return out
 
     def pull_links(self, link: str, cursor: str) -> Iterator[PulledLink]:
-        """CampaignMembers or OpportunityContactRoles changed after ``cursor``,
+        """CampaignMembers or OpportunityContactRoles changed at or after ``cursor``,
         in SystemModstamp order, with their fields under the link's local
         names (members: status, has_responded, joined_at; roles: role,
         is_primary)."""
         if link not in LINKS:
             raise NotImplementedError(f"Salesforce does not sync the link {link!r} (it syncs {', '.join(LINKS)})")
-        yield from self._links(link, f" WHERE SystemModstamp > {soql_datetime(cursor)}" if cursor else "")
+        yield from self._links(link, f" WHERE SystemModstamp >= {soql_datetime(cursor)}" if cursor else "")
 
     def fetch_links(self, link: str, remote_ids: list[str]) -> list[PulledLink]:
         """The link records with these ids (a failed link pulled again), one

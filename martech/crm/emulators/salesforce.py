@@ -251,13 +251,15 @@ class SalesforceEmulator(EmulatorBase):
                    if method != "GET" and path != "/services/oauth2/token")
 
     def _stamp(self, at: dt.datetime | None = None) -> str:
-        """Strictly increasing SystemModstamp, so a cursor never skips a tie."""
+        """SystemModstamp / LastModifiedDate as Salesforce keeps them: whole
+        seconds (the milliseconds are always 000), so every record of a mass
+        update within one second shares its stamp. The emulator's clock never
+        goes back (``_clock``); ``at`` sets a stamp directly (tests)."""
         now = at or dt.datetime.now(dt.timezone.utc)
         if at is None:
-            now = max(now.replace(microsecond=now.microsecond // 1000 * 1000),
-                      self._clock + dt.timedelta(milliseconds=1))
+            now = max(now, self._clock)
             self._clock = now
-        return sf_time(now)
+        return sf_time(now.replace(microsecond=0))
 
     def new_id(self, sobject: str) -> str:
         return f"{PREFIX[sobject]}{next(self._ids):015d}"
@@ -318,7 +320,7 @@ class SalesforceEmulator(EmulatorBase):
             return False
         when = at or dt.datetime.now(dt.timezone.utc)
         self.deleted_log[sobject].append((record_id, when))
-        self.recycled[sobject][record_id] = {**record, "IsDeleted": True, "SystemModstamp": sf_time(when)}
+        self.recycled[sobject][record_id] = {**record, "IsDeleted": True, "SystemModstamp": sf_time(when.replace(microsecond=0))}
         if record.get("Martech_Id__c"):
             self.by_external.pop((sobject, str(record["Martech_Id__c"])), None)
         # Like Salesforce: a person's campaign memberships and contact roles, and an
