@@ -1071,6 +1071,31 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     return run
 
 
+def pull_prefetch(*, connection: Connection, connector: Connector, keys: list[str]) -> int:
+    """Before the scheduled pull of ``keys`` (and their links): let a
+    connector that can (``prefetch``, Salesforce Composite) read every
+    first page in one call, which the pulls then use. Its calls are
+    counted against the allowance here; returns how many it made."""
+    if not hasattr(connector, "prefetch"):
+        return 0
+    cursors = {c.object: c.value for c in SyncCursor.objects.filter(connection=connection)}
+    queries: list[str] = []
+    for key in keys:
+        fields = sorted({m.remote_field for m in connection.mappings.filter(object=key) if m.pulls})
+        queries += connector.pull_queries(key, cursors.get(key, ""), fields)
+        for link in pulled_link_keys(connection=connection, obj=key, connector=connector):
+            queries += connector.link_queries(link, cursors.get(link, ""))
+    before = connector.stats.api_calls
+    try:
+        connector.prefetch(queries)
+    except (TransientError, PermanentError) as exc:
+        # Nothing lost: each pull then asks for its own first page.
+        log.warning("%s: reading the first pages ahead failed: %s", connection.provider, exc)
+    calls = connector.stats.api_calls - before
+    _count_calls(connection, calls)
+    return calls
+
+
 def _hubspot_time(at: dt.datetime) -> str:
     return at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
@@ -1402,12 +1427,17 @@ def _deleted_records_apply(connection: Connection, obj: objects.ObjectType, dele
         run.pulled += 1
 
 
-def deletions_pull_recorded(*, connection: Connection, keys: list[str], connector: Connector | None = None
-                            ) -> list[SyncRun]:
-    """``deletions_pull`` for every key ``deleted_keys`` gives (the schedule and the command)."""
+def deletions_pull_recorded(*, connection: Connection, keys: list[str], connector: Connector | None = None,
+                            if_due: bool = False) -> list[SyncRun]:
+    """``deletions_pull`` for every key ``deleted_keys`` gives (the schedule
+    and the command). ``if_due`` (the schedule): only when ``slow_ask_due``
+    for the connection's deletions, else none (Get Deleted is one call per
+    sObject: eight a run for an idle org)."""
     connector = connector or connector_for(connection)
-    return [deletions_pull(connection=connection, key=key, connector=connector)
-            for key in deleted_keys(connection=connection, keys=keys, connector=connector)]
+    wanted = deleted_keys(connection=connection, keys=keys, connector=connector)
+    if wanted and if_due and not slow_ask_due(connection=connection, key="del:*"):
+        return []
+    return [deletions_pull(connection=connection, key=key, connector=connector) for key in wanted]
 
 
 def _associations_removed_apply(connection: Connection, obj: objects.ObjectType, instance, pulled) -> None:
@@ -1691,10 +1721,34 @@ def owners_pull(*, connection: Connection, connector: Connector | None = None) -
     return len(rows)
 
 
-def owners_pull_recorded(*, connection: Connection, connector: Connector | None = None) -> int:
+def slow_ask_due(*, connection: Connection, key: str, now: dt.datetime | None = None) -> bool:
+    """Whether the scheduled pull asks ``key`` ("owners", or "del:<key>" for
+    deletions) this run: at most once in MARTECH_CRM_SLOW_PULL_MINUTES per
+    connection, so an idle connection does not pay for them every five
+    minutes. Taking it records the time (``SyncCursor.resume["asked_at"]``)."""
+    now = now or timezone.now()
+    every = dt.timedelta(minutes=settings.MARTECH_CRM["SLOW_PULL_MINUTES"])
+
+    def take() -> bool:
+        cursor, _ = SyncCursor.objects.select_for_update().get_or_create(connection=connection, object=key)
+        asked = _parse_time((cursor.resume or {}).get("asked_at", ""))
+        if asked is not None and now - asked < every:
+            return False
+        cursor.resume = {**(cursor.resume or {}), "asked_at": now.isoformat()}
+        cursor.save(update_fields=["resume", "updated_at"])
+        return True
+
+    return run_in_transaction(take)
+
+
+def owners_pull_recorded(*, connection: Connection, connector: Connector | None = None,
+                         if_due: bool = False) -> int:
     """``owners_pull`` for the schedule and the command: a CRM error is
     recorded on the connection (last error; a 401 stops it) and -1 returned,
-    so the object pulls that follow still run."""
+    so the object pulls that follow still run. ``if_due`` (the schedule):
+    only when ``slow_ask_due``; else -2 and no call."""
+    if if_due and not slow_ask_due(connection=connection, key="owners"):
+        return -2
     try:
         return owners_pull(connection=connection, connector=connector)
     except (TransientError, PermanentError) as exc:
@@ -1720,32 +1774,59 @@ def webhook_receive(*, provider: str, events: list[dict]) -> list[int]:
 
 
 def webhook_process(*, receipt_ids: list[int], connector: Connector | None = None) -> int:
-    """Fetch each notified record (contact, company, deal ...) and apply it like a pulled one."""
-    done = 0
-    for receipt in WebhookReceipt.objects.filter(pk__in=receipt_ids, processed_at__isnull=True):
-        connection = Connection.objects.filter(provider=receipt.provider, is_active=True).first()
+    """Fetch the records a batch of notifications names and apply each like
+    a pulled one: one batch read per object type (``fetch_many``, 100 ids a
+    call), not one GET per record, and a record named by several receipts
+    is read once. A receipt whose record cannot be applied keeps the error."""
+    receipts = list(WebhookReceipt.objects.filter(pk__in=receipt_ids, processed_at__isnull=True).order_by("pk"))
+    connections: dict[str, Connection | None] = {}
+    connectors: dict[str, Connector] = {}
+    wanted: dict[tuple[str, str], list[WebhookReceipt]] = {}  # (provider, object) -> receipts
+    for receipt in receipts:
+        if receipt.provider not in connections:
+            connections[receipt.provider] = Connection.objects.filter(provider=receipt.provider,
+                                                                      is_active=True).first()
+        connection = connections[receipt.provider]
         if connection is None:
             receipt.error = "no active connection"
-        else:
-            conn = connector or connector_for(connection)
-            kind = str(receipt.payload.get("subscriptionType") or "")
-            obj = _webhook_object(conn, kind)
-            object_id = _webhook_object_id(receipt.payload)
-            try:
-                if obj is not None and object_id:
-                    mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
-                    pulled = conn.fetch_one(obj, object_id, sorted({m.remote_field for m in mappings}))
-                    if pulled is not None:
-                        pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
-                                     connector=conn)
-                else:
-                    receipt.error = f"subscription type {kind!r} not handled"
-            except (ValidationError, TransientError, PermanentError) as exc:
+            continue
+        conn = connectors.setdefault(receipt.provider, connector or connector_for(connection))
+        kind = str(receipt.payload.get("subscriptionType") or "")
+        obj = _webhook_object(conn, kind)
+        if obj is None or not _webhook_object_id(receipt.payload):
+            receipt.error = f"subscription type {kind!r} not handled"
+            continue
+        wanted.setdefault((receipt.provider, obj), []).append(receipt)
+    for (provider, obj), group in wanted.items():
+        connection, conn = connections[provider], connectors[provider]
+        mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
+        fields = sorted({m.remote_field for m in mappings})
+        ids = sorted({_webhook_object_id(r.payload) for r in group})
+        try:
+            if hasattr(conn, "fetch_many"):
+                fetched = {p.remote_id: p for p in conn.fetch_many(obj, ids, fields)}
+            else:
+                fetched = {i: p for i in ids if (p := conn.fetch_one(obj, i, fields)) is not None}
+        except (TransientError, PermanentError) as exc:
+            for receipt in group:
                 receipt.error = str(exc)[:2000]
-        receipt.processed_at = timezone.now()
+            continue
+        applied: dict[str, str] = {}  # remote id -> error ("" once applied)
+        for receipt in group:
+            remote_id = _webhook_object_id(receipt.payload)
+            pulled = fetched.get(remote_id)
+            if pulled is not None and remote_id not in applied:
+                try:
+                    pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings, connector=conn)
+                    applied[remote_id] = ""
+                except ValidationError as exc:
+                    applied[remote_id] = str(exc)[:2000]
+            receipt.error = applied.get(remote_id, "")
+    now = timezone.now()
+    for receipt in receipts:
+        receipt.processed_at = now
         receipt.save(update_fields=["processed_at", "error"])
-        done += 1
-    return done
+    return len(receipts)
 
 
 def _webhook_object_id(payload: dict) -> str:

@@ -66,6 +66,7 @@ import json
 import re
 from urllib.parse import parse_qs
 
+from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from martech.crm.emulators.defaults import CREDENTIALS
@@ -390,9 +391,38 @@ class SalesforceEmulator(EmulatorBase):
             return self.collection_delete(request)
         if len(parts) == 4 and parts[:2] == ["composite", "sobjects"] and method == "PATCH":
             return self.collection(request, version, (parts[2], parts[3]))
+        if method == "POST" and path == "composite":
+            return self.composite(request, version)
         if parts[:2] == ["jobs", "ingest"]:
             return self.bulk(request, version, parts[2:])
         return self.fault(404, "NOT_FOUND", f"The requested resource does not exist: {method} {path}")
+
+    def composite(self, request: Request, version: str) -> Response:
+        """POST composite: up to 25 subrequests in one call, which counts
+        as one API request (Salesforce: "The entire series of requests
+        counts as a single call toward your API limits"). The emulator takes
+        GET subrequests (queries, records); each answers in
+        ``compositeResponse`` with its own status and body."""
+        body = request.get_json(silent=True) or {}
+        subs = body.get("compositeRequest")
+        if not isinstance(subs, list) or not subs:
+            return self.fault(400, "JSON_PARSER_ERROR", "compositeRequest is required")
+        if len(subs) > 25:
+            return self.fault(400, "INVALID_BATCH_REQUEST", "A composite request can have at most 25 subrequests")
+        out = []
+        for sub in subs:
+            url = str(sub.get("url") or "")
+            m = re.match(r"^/services/data/v(\d+\.\d)/([^?]*)(?:\?(.*))?$", url)
+            if sub.get("method") != "GET" or not m:
+                answer = self.fault(400, "INVALID_BATCH_REQUEST", f"the emulator runs GET subrequests only: {url}")
+            else:
+                inner = EnvironBuilder(path=f"/services/data/v{m.group(1)}/{m.group(2)}", method="GET",
+                                       query_string=m.group(3) or "").get_request()
+                answer = self.route(inner, m.group(1), m.group(2).rstrip("/"))
+            data = answer.get_data(as_text=True)
+            out.append({"body": json.loads(data) if data else None, "httpHeaders": {},
+                        "httpStatusCode": answer.status_code, "referenceId": sub.get("referenceId")})
+        return self.json({"compositeResponse": out})
 
     def token(self, request: Request) -> Response:
         form = parse_qs(request.get_data(as_text=True)) if not request.form else request.form.to_dict(flat=False)
