@@ -35,24 +35,26 @@ def _searches(hubspot) -> list[dict]:
     return [body for method, path, body in hubspot.requests if path == "/crm/v3/objects/contacts/search"]
 
 
-def test_25000_contacts_behind_the_10000_cap_all_pulled_once(connection, hubspot):
+def test_contacts_behind_the_real_10000_cap_all_pulled_once(connection, hubspot):
+    # 12,000 at HubSpot's own cap (bench/crm_sync.py pulls 100,000 the same way);
     # 600 contacts share one lastmodifieddate across the 10,000th result.
-    _seed_contacts(hubspot, 25_000, shared=range(9_700, 10_300))
+    n = 12_000
+    _seed_contacts(hubspot, n, shared=range(9_700, 10_300))
     run = pull_changes(connection=connection)
     assert run.error == ""
     # Every one applied exactly once: each application counts as pulled or skipped.
-    assert (run.pulled, run.skipped, run.failed) == (25_000, 0, 0)
-    assert Lead.objects.count() == 25_000
-    assert Lead.objects.exclude(hubspot_id="").count() == 25_000
+    assert (run.pulled, run.skipped, run.failed) == (n, 0, 0)
+    assert Lead.objects.count() == n
+    assert Lead.objects.exclude(hubspot_id="").count() == n
     searches = _searches(hubspot)
     # No page ever asked past the cap (the emulator answers 400 there, like HubSpot).
     assert all(int(b["after"]) + b["limit"] <= 10_000 for b in searches)
     # The windows restarted at the last time seen, inclusively.
     restarts = [b["filterGroups"][0]["filters"][0] for b in searches if b["after"] == "0" and b["filterGroups"]]
     assert len(restarts) >= 2 and all(f["operator"] == "GTE" for f in restarts)
-    assert len(searches) <= 25_000 // 100 + 10  # the restarts cost a few pages more, not a second pass
+    assert len(searches) <= n // 100 + 10  # the restarts cost a few pages more, not a second pass
     cursor = SyncCursor.objects.get(connection=connection, object="contact")
-    assert cursor.value == "2026-01-05T09:00:24.999Z" and list(cursor.seen) == [hubspot.by_email["c24999@example.org"]]
+    assert cursor.value == "2026-01-05T09:00:11.999Z" and list(cursor.seen) == [hubspot.by_email["c11999@example.org"]]
 
     # The next pull reads the cursor's tie again and applies nothing: one search call.
     before = len(hubspot.requests)
@@ -133,19 +135,19 @@ def test_a_pull_killed_after_page_k_resumes_at_page_k_plus_1(connection, hubspot
 
 
 def test_crm_sync_full_imports_past_the_cap_through_the_list_endpoint(connection, hubspot):
-    # 12,000: past the search cap (the 25,000 of the search test would add minutes, not coverage).
-    _seed_contacts(hubspot, 12_000, shared=range(9_700, 10_300))
+    # 11,000: past the search cap, which the list endpoint does not have.
+    _seed_contacts(hubspot, 11_000, shared=range(9_700, 10_300))
     out = StringIO()
     call_command("crm_sync", "--provider", "hubspot", "--object", "contact", "--full", "--no-push", stdout=out)
     line = json.loads(out.getvalue().splitlines()[-1])
-    assert (line["object"], line["pulled"], line["skipped"], line["error"]) == ("contact", 12_000, 0, "")
-    assert Lead.objects.count() == 12_000
+    assert (line["object"], line["pulled"], line["skipped"], line["error"]) == ("contact", 11_000, 0, "")
+    assert Lead.objects.count() == 11_000
     assert not _searches(hubspot)  # no search, no cap: GET /crm/v3/objects/contacts pages
     lists = [p for m, p, _ in hubspot.requests if m == "GET" and p == "/crm/v3/objects/contacts"]
-    assert len(lists) == 120 and line["api_calls"] == 120
+    assert len(lists) == 110 and line["api_calls"] == 110
     cursor = SyncCursor.objects.get(connection=connection, object="contact")
     # Done: nothing to resume, and the incremental pull takes over from the import's start.
-    assert cursor.resume == {} and cursor.value > "2026-01-05T09:00:12"
+    assert cursor.resume == {} and cursor.value > "2026-01-05T09:00:11"
     assert pull_changes(connection=connection).pulled == 0
 
 
