@@ -21,6 +21,15 @@ bench/results/crm_sync.json.
 
 Then, with HubSpot, N = 10,000 accounts pushed as HubSpot companies (batch
 upsert by domain): calls used, records per second, and the unchanged rerun.
+
+Pulls (emulators in this process, seeded in memory): a HubSpot contacts pull
+of N = 100,000 (``--quick``: 20,000) behind the search's 10,000-result cap,
+600 of them sharing one lastmodifieddate across each 10,000th result:
+records per second, calls, completeness (distinct leads pulled / N, must be
+100%). And the API calls an idle connection's scheduled pulls cost per hour
+(12 runs of ``tasks.pull_all`` at the 5-minute schedule, owners and
+deletions once), beside what one idle pull cost before (every object, link,
+owners and Get Deleted asked each run: Salesforce's 17).
 """
 from __future__ import annotations
 
@@ -183,9 +192,150 @@ def companies(n: int, url: str) -> list[dict]:
     return figures
 
 
+def pull_behind_cap(n: int) -> list[dict]:
+    """N HubSpot contacts pulled through search windows under the 10,000 cap."""
+    import datetime as dt
+
+    from martech.crm.emulators.base import Served
+    from martech.crm.emulators.hubspot import HubSpotEmulator
+    from martech.crm.services import pull_changes
+
+    app = HubSpotEmulator()
+    base = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    for i in range(n):
+        # 600 records share one time across each 10,000th result (a mass update).
+        near = i % 10_000
+        ms = i - near + 9_700 if 9_700 <= near < 10_300 else i
+        app.put("contacts", {"email": f"{prefix}-{i}@example.org", "firstname": f"F{i}"},
+                at=base + dt.timedelta(milliseconds=ms))
+    served = Served(app).start()
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": served.url}
+    Connection.objects.filter(provider="hubspot").delete()
+    connection = Connection.objects.create(provider="hubspot", name="bench", daily_api_limit=10_000_000)
+    for local, remote in [("email", "email"), ("first_name", "firstname")]:
+        FieldMapping.objects.create(connection=connection, local_field=local, remote_field=remote)
+    try:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        run = pull_changes(connection=connection)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        served.stop()
+    distinct = Lead.objects.filter(email__startswith=f"{prefix}-").exclude(hubspot_id="").count()
+    assert run.error == "" and distinct == n and run.pulled == n, (run.error, distinct, run.pulled)
+    figures = [
+        {"metric": f"hubspot_pull_{n}_behind_cap_records_per_s", "value": round(n / elapsed, 1),
+         "unit": "records/s", "seconds": round(elapsed, 2), "cpu_seconds": round(cpu, 2),
+         "loadavg_1m": round(os.getloadavg()[0], 2)},
+        {"metric": f"hubspot_pull_{n}_behind_cap_api_calls", "value": run.api_calls, "unit": "calls",
+         "minimum": -(-n // 100)},
+        {"metric": f"hubspot_pull_{n}_behind_cap_completeness", "value": round(100 * distinct / n, 2),
+         "unit": "%", "applied_twice": run.pulled + run.skipped - n},
+    ]
+    SyncRun.objects.filter(connection=connection).delete()
+    connection.delete()
+    ids = list(Lead.objects.filter(email__startswith=f"{prefix}-").values_list("pk", flat=True))
+    for start in range(0, len(ids), 5000):
+        Lead.objects.filter(pk__in=ids[start:start + 5000]).delete()
+    return figures
+
+
+def idle_cost(provider: str) -> list[dict]:
+    """API calls of an idle connection: one pull the way it was (every ask
+    every run) and an hour of scheduled pulls now (12 runs, owners and
+    deletions once)."""
+    from martech.crm.connectors import connector_for
+    from martech.crm.emulators.base import Served
+    from martech.crm.models import SyncCursor
+    from martech.crm.services import (
+        deletions_pull_recorded,
+        links_pull,
+        owners_pull_recorded,
+        pull_changes,
+        pulled_link_keys,
+        pulled_object_keys,
+    )
+    from martech.crm.tasks import pull_all
+    from martech.crm.types import (
+        COMPANY_MAPPINGS,
+        SALESFORCE_ACCOUNT_MAPPINGS,
+        SALESFORCE_CAMPAIGN_MAPPINGS,
+        SALESFORCE_CONTACT_MAPPINGS,
+        SALESFORCE_TASK_MAPPINGS,
+        TASK_MAPPINGS,
+    )
+
+    from attribution.crm_sync import HUBSPOT_MAPPINGS, SALESFORCE_MAPPINGS
+
+    Connection.objects.filter(provider=provider).delete()
+    connection = Connection.objects.create(provider=provider, name="bench", daily_api_limit=10_000_000)
+    if provider == "salesforce":
+        from martech.crm.emulators.salesforce import SalesforceEmulator
+        from martech.crm.emulators.tls import ensure_certificate
+
+        certs = tempfile.mkdtemp()
+        cert, key = ensure_certificate(Path(certs))
+        app = SalesforceEmulator()
+        served = Served(app, ssl_context=(str(cert), str(key))).start()
+        settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SALESFORCE_URL": served.url, "SALESFORCE_CA_CERT": str(cert)}
+        maps = {"contact": SALESFORCE_CONTACT_MAPPINGS, "company": SALESFORCE_ACCOUNT_MAPPINGS,
+                "deal": SALESFORCE_MAPPINGS, "campaign": SALESFORCE_CAMPAIGN_MAPPINGS, "task": SALESFORCE_TASK_MAPPINGS}
+        count = lambda: app.api_used  # noqa: E731
+    else:
+        from martech.crm.emulators.hubspot import HubSpotEmulator
+
+        app = HubSpotEmulator()
+        served = Served(app).start()
+        settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": served.url}
+        maps = {"contact": [("email", "email", "text", {}), ("first_name", "firstname", "text", {})],
+                "company": COMPANY_MAPPINGS, "deal": HUBSPOT_MAPPINGS, "task": TASK_MAPPINGS}
+        count = lambda: sum(app.calls.values())  # noqa: E731
+    for obj, rows in maps.items():
+        for local, remote, kind, extra in rows:
+            FieldMapping.objects.create(connection=connection, object=obj, local_field=local, remote_field=remote,
+                                        kind=kind, **extra)
+    try:
+        pull_all()  # the first run reads everything there is
+        # Before: every ask, every run (owners, each object, each link, each Get Deleted).
+        SyncCursor.objects.filter(connection=connection, object__startswith="del:").update(value="")
+        before = count()
+        connector = connector_for(connection)
+        owners_pull_recorded(connection=connection, connector=connector)
+        keys = pulled_object_keys(connection=connection, connector=connector)
+        for key in keys:
+            pull_changes(connection=connection, obj=key, connector=connector)
+            for link in pulled_link_keys(connection=connection, obj=key, connector=connector):
+                links_pull(connection=connection, link=link, connector=connector)
+        deletions_pull_recorded(connection=connection, keys=keys, connector=connector)
+        old_per_pull = count() - before
+        # Now: an hour of the schedule, the slow asks due once in it.
+        SyncCursor.objects.filter(connection=connection, object__in=["owners", "del:*"]).update(resume={})
+        before = count()
+        pull_all()
+        first = count() - before
+        for _ in range(11):
+            pull_all()
+        per_hour = count() - before
+    finally:
+        served.stop()
+    SyncRun.objects.filter(connection=connection).delete()
+    connection.delete()
+    return [
+        {"metric": f"{provider}_idle_api_calls_per_pull_before", "value": old_per_pull, "unit": "calls",
+         "object_types": len(keys)},
+        {"metric": f"{provider}_idle_api_calls_per_hour", "value": per_hour, "unit": "calls",
+         "pulls_per_hour": 12, "first_pull_with_owners_and_deletions": first,
+         "per_pull_after": (per_hour - first) // 11, "before_per_hour": old_per_pull * 12},
+    ]
+
+
 def run_single(provider: str, n: int) -> list[dict]:
     """One provider at one size in this process (its peak memory is this size's alone);
     provider "hubspot_companies" pushes N accounts as HubSpot companies."""
+    if provider == "hubspot_pull":
+        return pull_behind_cap(n)
+    if provider.startswith("idle_"):
+        return idle_cost(provider.removeprefix("idle_"))
     stage = LifecycleStage.objects.get(key="lead")
     with tempfile.TemporaryDirectory() as certs:
         if provider == "salesforce":
@@ -226,6 +376,8 @@ def main() -> int:
     runs = [(p, n) for p in providers for n in sizes]
     if "hubspot" in providers:
         runs.append(("hubspot_companies", 10_000))
+        runs.append(("hubspot_pull", 20_000 if args.quick else 100_000))
+    runs += [(f"idle_{p}", 0) for p in providers]
     for provider, n in runs:
         # A fresh process per size, so each peak_rss is that size's own.
         done = subprocess.run([sys.executable, __file__, "--single", provider, str(n)], cwd=ROOT,

@@ -414,6 +414,9 @@ MARTECH_CRM = {
     "BACKOFF_MAX": env.float("MARTECH_CRM_BACKOFF_MAX", default=60.0),
     "MAX_ATTEMPTS": env.int("MARTECH_CRM_MAX_ATTEMPTS", default=5),
     "DRAIN_BATCH": env.int("MARTECH_CRM_DRAIN_BATCH", default=1000),
+    # The scheduled pull asks for owners and for deletions (Salesforce Get
+    # Deleted) at most once in this many minutes per connection, not every run.
+    "SLOW_PULL_MINUTES": env.int("MARTECH_CRM_SLOW_PULL_MINUTES", default=60),
     "SLOWDOWN_AT": env.float("MARTECH_CRM_SLOWDOWN_AT", default=0.9),
     # Seconds the portal's/org's property and field definitions (crm.schema) are
     # trusted before a push or a mapping save reads them again (the check always does).

@@ -974,10 +974,16 @@ def crm_owners_pulled_provider(*, provider: str, owners: list[dict]) -> int:
     """``hooks.call("crm_owners_pulled", ...)``: after the CRM sync pulls the
     owners (HubSpot owners, Salesforce users), give each rep whose email
     matches an owner that owner's id. A rep's id set by hand is kept.
+    An owner the CRM lists as inactive (an archived HubSpot owner, a
+    deactivated Salesforce user) is unlinked from its reps, so nothing is
+    assigned to it any more (the CRM refuses an inactive owner).
     Returns how many reps were linked."""
     column = _CRM_ID_FIELD.get(provider)
     if column is None:
         return 0
+    inactive = [o["remote_id"] for o in owners if not o.get("is_active", True)]
+    if inactive:
+        Rep.objects.filter(**{f"{column}__in": inactive}).update(**{column: ""})
     by_email = {o["email"].lower(): o["remote_id"] for o in owners if o.get("email") and o.get("is_active", True)}
     linked = 0
     for rep in Rep.objects.filter(**{column: ""}):

@@ -135,6 +135,17 @@ class SyncCursor(models.Model):
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="cursors")
     object = models.CharField(max_length=20, choices=object_choices)
     value = models.CharField(max_length=64, blank=True, help_text="Last modification time seen (ISO 8601).")
+    # Pulls read from ``value`` inclusive (a CRM's clock has whole seconds or
+    # milliseconds, and a mass update shares one): the records already
+    # applied at exactly ``value``, remote id -> a hash of what was applied,
+    # are skipped unless they changed, so ties lose nothing and nothing is
+    # applied twice.
+    seen = models.JSONField(default=dict, blank=True,
+                            help_text="Remote ids applied at exactly the cursor's time, with a hash of each.")
+    # Where an interrupted full import (crm_sync --full) resumes, and the
+    # times of the slow asks (owners, deletions) a scheduled pull spaces out.
+    resume = models.JSONField(default=dict, blank=True,
+                              help_text="Progress of an unfinished full import; when slow asks last ran.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -1159,11 +1159,110 @@ def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remo
                   "pushed_properties": properties, "associations": associations})
 
 
+# --- pull position: the cursor's time and the records applied at it -----------
+# A pull reads from its cursor's time inclusive: Salesforce's SystemModstamp has
+# whole seconds and a mass update gives hundreds of records one; HubSpot's
+# search restarts its windows at a time shared by several. The records already
+# applied at exactly that time are kept beside it (``SyncCursor.seen``: remote
+# id -> a digest of what was applied) and skipped unless they changed since,
+# so a tie is neither lost nor applied twice. The position is committed every
+# PULL_COMMIT_EVERY records (one page), with the failures noted so far, so a
+# pull killed mid-way resumes from its last page instead of from the start.
+
+PULL_COMMIT_EVERY = 100
+# A full import through a list endpoint (HubSpot) reads records in id order,
+# not by time: afterwards the incremental pull takes over from the time the
+# import started, less this margin (clocks, the search index's lag).
+FULL_IMPORT_OVERLAP = dt.timedelta(minutes=5)
+
+
+def pulled_digest(pulled) -> str:
+    """A short digest of what a pulled record or link carries: a tie at the
+    cursor's time read again is skipped only while it is unchanged."""
+    if hasattr(pulled, "properties"):
+        # Properties only: a connector tells a tie before reading its associations.
+        data = [pulled.properties]
+    else:
+        data = [pulled.parent_id, pulled.other_id, pulled.fields]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class PullPosition:
+    """How far a pull got: the newest modification time handled and the
+    records handled at exactly that time (remote id -> digest)."""
+
+    value: str = ""
+    seen: dict[str, str] = field(default_factory=dict)
+
+    def already(self, pulled) -> bool:
+        """Applied at this very time before, unchanged: nothing to do."""
+        return bool(self.value) and pulled.modified_at == self.value \
+            and self.seen.get(pulled.remote_id) == pulled_digest(pulled)
+
+    def note(self, pulled) -> None:
+        at = pulled.modified_at
+        if at > self.value:
+            self.value, self.seen = at, {}
+        if at == self.value:
+            self.seen[pulled.remote_id] = pulled_digest(pulled)
+
+    def as_json(self) -> dict:
+        return {"value": self.value, "seen": self.seen}
+
+
+def _position_save(cursor: SyncCursor, position: PullPosition, *, mode: str, final: bool) -> None:
+    """Store a pull's progress. ``incremental``: the cursor itself.
+    ``rescan`` (a full pull reading from the beginning by time): kept in
+    ``resume`` so a rerun goes on from there, and folded into the cursor when
+    done (the cursor never goes back). ``list`` (a full import through a list
+    endpoint): ``resume`` holds the list's ``after``; done, the cursor moves
+    up to when the import started."""
+    cursor.refresh_from_db(fields=["value", "seen", "resume"])
+    resume = dict(cursor.resume or {})
+    if mode == "incremental":
+        cursor.value, cursor.seen = position.value, position.seen
+    elif mode == "rescan":
+        if not final:
+            resume["rescan"] = position.as_json()
+        else:
+            resume.pop("rescan", None)
+            if position.value > cursor.value:
+                cursor.value, cursor.seen = position.value, position.seen
+            elif position.value == cursor.value:
+                cursor.seen = {**(cursor.seen or {}), **position.seen}
+    cursor.resume = resume
+    cursor.save(update_fields=["value", "seen", "resume", "updated_at"])
+
+
+def _pull_commit(connection: Connection, cursor: SyncCursor, key: str, outcomes: PullOutcomes,
+                 save: Any) -> int:
+    """One page done: its failures noted and the position stored in one
+    transaction; returns the retried records that went through."""
+    def write() -> int:
+        recovered = _pull_failures_settle(connection, key, outcomes)
+        save()
+        return recovered
+
+    recovered = run_in_transaction(write)
+    outcomes.result.clear()
+    outcomes.gone.clear()
+    outcomes.retried.clear()
+    return recovered
+
+
 def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = False, dry_run: bool = False,
                  connector: Connector | None = None, progress=None) -> SyncRun:
-    """Incremental pull of one object type since its stored cursor (HubSpot:
-    search on last-modified date). Each record goes through the object
-    type's write service. The cursor advances only past records handled.
+    """Incremental pull of one object type from its stored cursor (HubSpot:
+    search on the last-modified date in windows under the 10,000 cap;
+    Salesforce: SOQL on SystemModstamp), the cursor's time included and the
+    records applied at it skipped (``PullPosition``). Each record goes
+    through the object type's write service. The cursor is committed every
+    page (``PULL_COMMIT_EVERY``), so a pull killed mid-way resumes there.
+
+    ``full``: every record. Through the connector's list endpoint where it
+    has one (``list_pages``, HubSpot: no cap), resumable at its last page
+    (``SyncCursor.resume``); else from the beginning by time, resumable too.
 
     First the due failures of earlier pulls are fetched again and applied
     (``_pull_retry``; ``run.retried``/``run.recovered``). A record refused
@@ -1177,43 +1276,129 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     connector = connector or connector_for(connection)
     cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=obj)
     mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
-    newest = cursor.value
     before = connector.stats.api_calls
     outcomes = PullOutcomes()
     errors: list[str] = []
+    mode = "incremental" if not full else "list" if hasattr(connector, "list_pages") else "rescan"
+    if mode == "incremental":
+        position = PullPosition(cursor.value, dict(cursor.seen or {}))
+    else:
+        position = PullPosition(**(cursor.resume or {}).get("rescan", {}))
+
+    def apply(pulled) -> None:
+        try:
+            outcome = pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
+                                   dry_run=dry_run, connector=connector)
+        except ValidationError as exc:
+            run.failed += 1
+            errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
+            outcome = None
+        if outcome == "pulled":
+            run.pulled += 1
+        elif outcome == "skipped":
+            run.skipped += 1
+        if outcome is not None:
+            outcomes.applied(pulled.remote_id)
+        if progress is not None:
+            progress.update(1)
+
+    def commit(final: bool) -> None:
+        if not dry_run:
+            run.recovered += _pull_commit(connection, cursor, obj, outcomes,
+                                          lambda: _position_save(cursor, position, mode=mode, final=final))
+
     try:
         remote_fields = sorted({m.remote_field for m in mappings})
         if not dry_run:
             _pull_retry(connection, connector, object_type, mappings, run, outcomes, errors, progress)
-        for pulled in connector.pull_since(object_type.key, "" if full else cursor.value, remote_fields):
-            try:
-                outcome = pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
-                                       dry_run=dry_run, connector=connector)
-            except ValidationError as exc:
-                run.failed += 1
-                errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
-                outcome = None
-            if outcome == "pulled":
-                run.pulled += 1
-            elif outcome == "skipped":
-                run.skipped += 1
-            if outcome is not None:
-                outcomes.applied(pulled.remote_id)
-            newest = max(newest, pulled.modified_at)
-            if progress is not None:
-                progress.update(1)
+        if mode == "list":
+            _pull_list(connection, connector, cursor, object_type.key, remote_fields, apply, outcomes, run,
+                       dry_run=dry_run)
+        else:
+            handled = 0
+            for pulled in connector.pull_since(object_type.key, position.value, remote_fields,
+                                               skip=position.already):
+                if position.already(pulled):
+                    continue  # applied at the cursor's time before, unchanged since
+                apply(pulled)
+                position.note(pulled)
+                handled += 1
+                if handled % PULL_COMMIT_EVERY == 0:
+                    commit(final=False)
+            commit(final=True)
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
         _record_call_error(connection, exc)
+        if mode != "list":  # (a list import keeps its last committed page)
+            commit(final=False)  # what was applied before the error stays applied: its position is kept
     except Exception as exc:
         errors.append(_crashed(connection, exc))
     finally:
         run.error = _errors_summary(errors)
-        if not dry_run:
-            run.recovered = _pull_failures_settle(connection, obj, outcomes)
-            _cursor_advance(cursor, newest)
         _run_close(connection, connector, run, calls_before=before)
     return run
+
+
+def pull_prefetch(*, connection: Connection, connector: Connector, keys: list[str]) -> int:
+    """Before the scheduled pull of ``keys`` (and their links): let a
+    connector that can (``prefetch``, Salesforce Composite) read every
+    first page in one call, which the pulls then use. Its calls are
+    counted against the allowance here; returns how many it made."""
+    if not hasattr(connector, "prefetch"):
+        return 0
+    cursors = {c.object: c.value for c in SyncCursor.objects.filter(connection=connection)}
+    queries: list[str] = []
+    for key in keys:
+        fields = sorted({m.remote_field for m in connection.mappings.filter(object=key) if m.pulls})
+        queries += connector.pull_queries(key, cursors.get(key, ""), fields)
+        for link in pulled_link_keys(connection=connection, obj=key, connector=connector):
+            queries += connector.link_queries(link, cursors.get(link, ""))
+    before = connector.stats.api_calls
+    try:
+        connector.prefetch(queries)
+    except (TransientError, PermanentError) as exc:
+        # Nothing lost: each pull then asks for its own first page.
+        log.warning("%s: reading the first pages ahead failed: %s", connection.provider, exc)
+    calls = connector.stats.api_calls - before
+    _count_calls(connection, calls)
+    return calls
+
+
+def _hubspot_time(at: dt.datetime) -> str:
+    return at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _pull_list(connection: Connection, connector: Connector, cursor: SyncCursor, key: str, fields: list[str],
+               apply, outcomes: PullOutcomes, run: SyncRun, *, dry_run: bool) -> None:
+    """A full import through the connector's list endpoint, one committed
+    page at a time: ``SyncCursor.resume["list"]`` keeps the next page's
+    ``after`` and when the import started, so an interrupted import (a
+    ``crm_sync --full`` killed, a 5xx) goes on from its last page when run
+    again. Done, the incremental cursor moves up to the start of the import
+    (less FULL_IMPORT_OVERLAP): every change before it was read by the list."""
+    state = dict((cursor.resume or {}).get("list") or {})
+    if not state:
+        state = {"after": "", "since": _hubspot_time(timezone.now() - FULL_IMPORT_OVERLAP)}
+    for page, after in connector.list_pages(key, fields, state["after"]):
+        for pulled in page:
+            apply(pulled)
+        if dry_run:
+            continue
+        state = {**state, "after": after}
+
+        def save(final: bool = not after, state: dict = state) -> None:
+            cursor.refresh_from_db(fields=["value", "seen", "resume"])
+            resume = dict(cursor.resume or {})
+            if final:
+                resume.pop("list", None)
+                if state["since"] > cursor.value:
+                    cursor.value, cursor.seen = state["since"], {}
+            else:
+                resume["list"] = state
+            cursor.resume = resume
+            cursor.save(update_fields=["value", "seen", "resume", "updated_at"])
+
+        run.recovered += _pull_commit(connection, cursor, key, outcomes, save)
 
 
 def _cursor_advance(cursor: SyncCursor, value: str) -> None:
@@ -1316,7 +1501,13 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
     run = SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PULL, object=link)
     connector = connector or connector_for(connection)
     cursor, _ = SyncCursor.objects.get_or_create(connection=connection, object=link)
-    newest = cursor.value
+    mode = "rescan" if full else "incremental"
+    position = (PullPosition(cursor.value, dict(cursor.seen or {})) if not full
+                else PullPosition(**(cursor.resume or {}).get("rescan", {})))
+
+    def commit(final: bool) -> None:
+        run.recovered += _pull_commit(connection, cursor, link, outcomes,
+                                      lambda: _position_save(cursor, position, mode=mode, final=final))
     before = connector.stats.api_calls
     source = f"crm:{connection.provider}"
     errors: list[str] = []
@@ -1324,11 +1515,14 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
     try:
         # Earlier failures that are due first, through the same steps as the changed links.
         retry = _link_retry(connection, connector, link, run, outcomes, errors)
-        stream = itertools.chain(retry, connector.pull_links(link, "" if full else cursor.value))
+        # Links applied at the cursor's time before and unchanged are skipped (PullPosition).
+        changed = (p for p in connector.pull_links(link, position.value) if not position.already(p))
+        stream = itertools.chain(((p, False) for p in retry), ((p, True) for p in changed))
         while True:
-            chunk = list(itertools.islice(stream, LINK_BATCH))
-            if not chunk:
+            tagged = list(itertools.islice(stream, LINK_BATCH))
+            if not tagged:
                 break
+            chunk = [p for p, _ in tagged]
             others = _link_others(connection, connector, other_type, {p.other_id for p in chunk if p.other_id},
                                   errors)
             parents = _locals_by_remote_ids(connection, parent_type, {p.parent_id for p in chunk})
@@ -1356,16 +1550,19 @@ def links_pull(*, connection: Connection, link: str, full: bool = False, connect
                 except ValidationError as exc:
                     run.failed += 1
                     errors.append(f"{spec.label} {pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
-                newest = max(newest, pulled.modified_at)
+            for pulled, streamed in tagged:
+                if streamed:
+                    position.note(pulled)
+            commit(final=False)
+        commit(final=True)
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
         _record_call_error(connection, exc)
+        commit(final=False)
     except Exception as exc:
         errors.append(_crashed(connection, exc))
     finally:
         run.error = _errors_summary(errors)
-        run.recovered = _pull_failures_settle(connection, link, outcomes)
-        _cursor_advance(cursor, newest)
         _run_close(connection, connector, run, calls_before=before)
     return run
 
@@ -1508,12 +1705,17 @@ def _deleted_records_apply(connection: Connection, obj: objects.ObjectType, dele
         run.pulled += 1
 
 
-def deletions_pull_recorded(*, connection: Connection, keys: list[str], connector: Connector | None = None
-                            ) -> list[SyncRun]:
-    """``deletions_pull`` for every key ``deleted_keys`` gives (the schedule and the command)."""
+def deletions_pull_recorded(*, connection: Connection, keys: list[str], connector: Connector | None = None,
+                            if_due: bool = False) -> list[SyncRun]:
+    """``deletions_pull`` for every key ``deleted_keys`` gives (the schedule
+    and the command). ``if_due`` (the schedule): only when ``slow_ask_due``
+    for the connection's deletions, else none (Get Deleted is one call per
+    sObject: eight a run for an idle org)."""
     connector = connector or connector_for(connection)
-    return [deletions_pull(connection=connection, key=key, connector=connector)
-            for key in deleted_keys(connection=connection, keys=keys, connector=connector)]
+    wanted = deleted_keys(connection=connection, keys=keys, connector=connector)
+    if wanted and if_due and not slow_ask_due(connection=connection, key="del:*"):
+        return []
+    return [deletions_pull(connection=connection, key=key, connector=connector) for key in wanted]
 
 
 def _associations_removed_apply(connection: Connection, obj: objects.ObjectType, instance, pulled) -> None:
@@ -1797,12 +1999,36 @@ def owners_pull(*, connection: Connection, connector: Connector | None = None) -
     return len(rows)
 
 
-def owners_pull_recorded(*, connection: Connection, connector: Connector | None = None) -> int:
+def slow_ask_due(*, connection: Connection, key: str, now: dt.datetime | None = None) -> bool:
+    """Whether the scheduled pull asks ``key`` ("owners", or "del:<key>" for
+    deletions) this run: at most once in MARTECH_CRM_SLOW_PULL_MINUTES per
+    connection, so an idle connection does not pay for them every five
+    minutes. Taking it records the time (``SyncCursor.resume["asked_at"]``)."""
+    now = now or timezone.now()
+    every = dt.timedelta(minutes=settings.MARTECH_CRM["SLOW_PULL_MINUTES"])
+
+    def take() -> bool:
+        cursor, _ = SyncCursor.objects.select_for_update().get_or_create(connection=connection, object=key)
+        asked = _parse_time((cursor.resume or {}).get("asked_at", ""))
+        if asked is not None and now - asked < every:
+            return False
+        cursor.resume = {**(cursor.resume or {}), "asked_at": now.isoformat()}
+        cursor.save(update_fields=["resume", "updated_at"])
+        return True
+
+    return run_in_transaction(take)
+
+
+def owners_pull_recorded(*, connection: Connection, connector: Connector | None = None,
+                         if_due: bool = False) -> int:
     """``owners_pull`` for the schedule and the command: a CRM error is
     recorded on the connection (last error; a 401 stops it) and -1 returned,
-    so the object pulls that follow still run."""
+    so the object pulls that follow still run. ``if_due`` (the schedule):
+    only when ``slow_ask_due``; else -2 and no call."""
     if connection.paused_until and connection.paused_until > timezone.now():
         return -1  # paused by a limit: the object pulls record the "paused until" runs
+    if if_due and not slow_ask_due(connection=connection, key="owners"):
+        return -2
     try:
         return owners_pull(connection=connection, connector=connector)
     except (TransientError, PermanentError) as exc:
@@ -1831,37 +2057,65 @@ def webhook_receive(*, provider: str, events: list[dict]) -> list[int]:
 
 
 def webhook_process(*, receipt_ids: list[int], connector: Connector | None = None) -> int:
-    """Fetch each notified record (contact, company, deal ...) and apply it like a pulled one."""
-    done = 0
-    for receipt in WebhookReceipt.objects.filter(pk__in=receipt_ids, processed_at__isnull=True):
-        connection = Connection.objects.filter(provider=receipt.provider, is_active=True).first()
+    """Fetch the records a batch of notifications names and apply each like
+    a pulled one: one batch read per object type (``fetch_many``, 100 ids a
+    call), not one GET per record, and a record named by several receipts
+    is read once. A receipt whose record cannot be applied keeps the error."""
+    receipts = list(WebhookReceipt.objects.filter(pk__in=receipt_ids, processed_at__isnull=True).order_by("pk"))
+    connections: dict[str, Connection | None] = {}
+    connectors: dict[str, Connector] = {}
+    wanted: dict[tuple[str, str], list[WebhookReceipt]] = {}  # (provider, object) -> receipts
+    for receipt in receipts:
+        if receipt.provider not in connections:
+            connections[receipt.provider] = Connection.objects.filter(provider=receipt.provider,
+                                                                      is_active=True).first()
+        connection = connections[receipt.provider]
         if connection is None:
             receipt.error = "no active connection"
-        elif connection.paused_until and connection.paused_until > timezone.now():
+            continue
+        if connection.paused_until and connection.paused_until > timezone.now():
             # Not fetched during a limit's pause: the incremental pull after it brings the change.
             receipt.error = f"Paused until {connection.paused_until.isoformat()}: {connection.pause_reason}"[:2000]
-        else:
-            conn = connector or connector_for(connection)
-            kind = str(receipt.payload.get("subscriptionType") or "")
-            obj = _webhook_object(conn, kind)
-            object_id = _webhook_object_id(receipt.payload)
-            try:
-                if obj is not None and object_id:
-                    mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
-                    pulled = conn.fetch_one(obj, object_id, sorted({m.remote_field for m in mappings}))
-                    if pulled is not None:
-                        pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
-                                     connector=conn)
-                else:
-                    receipt.error = f"subscription type {kind!r} not handled"
-            except (ValidationError, TransientError, PermanentError) as exc:
+            continue
+        conn = connectors.setdefault(receipt.provider, connector or connector_for(connection))
+        kind = str(receipt.payload.get("subscriptionType") or "")
+        obj = _webhook_object(conn, kind)
+        if obj is None or not _webhook_object_id(receipt.payload):
+            receipt.error = f"subscription type {kind!r} not handled"
+            continue
+        wanted.setdefault((receipt.provider, obj), []).append(receipt)
+    for (provider, obj), group in wanted.items():
+        connection, conn = connections[provider], connectors[provider]
+        mappings = [m for m in connection.mappings.filter(object=obj) if m.pulls]
+        fields = sorted({m.remote_field for m in mappings})
+        ids = sorted({_webhook_object_id(r.payload) for r in group})
+        try:
+            if hasattr(conn, "fetch_many"):
+                fetched = {p.remote_id: p for p in conn.fetch_many(obj, ids, fields)}
+            else:
+                fetched = {i: p for i in ids if (p := conn.fetch_one(obj, i, fields)) is not None}
+        except (TransientError, PermanentError) as exc:
+            for receipt in group:
                 receipt.error = str(exc)[:2000]
-                if isinstance(exc, RateLimited):
-                    _pause_for(connection, exc)
-        receipt.processed_at = timezone.now()
+            if isinstance(exc, RateLimited):
+                _pause_for(connection, exc)
+            continue
+        applied: dict[str, str] = {}  # remote id -> error ("" once applied)
+        for receipt in group:
+            remote_id = _webhook_object_id(receipt.payload)
+            pulled = fetched.get(remote_id)
+            if pulled is not None and remote_id not in applied:
+                try:
+                    pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings, connector=conn)
+                    applied[remote_id] = ""
+                except ValidationError as exc:
+                    applied[remote_id] = str(exc)[:2000]
+            receipt.error = applied.get(remote_id, "")
+    now = timezone.now()
+    for receipt in receipts:
+        receipt.processed_at = now
         receipt.save(update_fields=["processed_at", "error"])
-        done += 1
-    return done
+    return len(receipts)
 
 
 def _webhook_object_id(payload: dict) -> str:

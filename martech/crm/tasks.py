@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from martech.crm import services
+from martech.crm.connectors import connector_for
 from martech.crm.models import Connection, SyncRun
 from martech.db import retry_on_conflict
 
@@ -40,7 +41,11 @@ def drain_outbox() -> dict[str, int]:
 def pull_all() -> dict[str, int]:
     """Pull every object type each connection syncs and has pull mappings
     for, each followed by the links of it the connector syncs, then the
-    deletions the connector can list (links first, then records). A
+    deletions the connector can list (links first, then records). Owners
+    and deletions only once in MARTECH_CRM_SLOW_PULL_MINUTES; one connector
+    per connection, which first reads every type's first page in one call
+    where it can (``services.pull_prefetch``), so an idle connection costs
+    one call per run (Salesforce) or one per object type (HubSpot). A
     connection paused by a limit records one "paused until" run and is
     skipped."""
     out: dict[str, int] = {}
@@ -54,17 +59,22 @@ def pull_all() -> dict[str, int]:
 
 
 def _pull_connection(connection: Connection, out: dict[str, int]) -> None:
+    connector = connector_for(connection)
     # An owners failure is recorded on the connection and does not stop the object pulls.
-    out[f"{connection.provider}:owners"] = services.owners_pull_recorded(connection=connection)
-    keys = services.pulled_object_keys(connection=connection)
+    out[f"{connection.provider}:owners"] = services.owners_pull_recorded(connection=connection,
+                                                                         connector=connector, if_due=True)
+    keys = services.pulled_object_keys(connection=connection, connector=connector)
+    services.pull_prefetch(connection=connection, connector=connector, keys=keys)
     for key in keys:
-        run = services.pull_changes(connection=connection, obj=key)
+        run = services.pull_changes(connection=connection, obj=key, connector=connector)
         out[f"{connection.provider}:{key}"] = run.pulled
         # Then its links (campaign members, contact roles): their parents are here now.
-        for link in services.pulled_link_keys(connection=connection, obj=key):
-            out[f"{connection.provider}:{link}"] = services.links_pull(connection=connection, link=link).pulled
-    # Deletions made in the CRM (Salesforce Get Deleted), once per object per run.
-    for run in services.deletions_pull_recorded(connection=connection, keys=keys):
+        for link in services.pulled_link_keys(connection=connection, obj=key, connector=connector):
+            out[f"{connection.provider}:{link}"] = services.links_pull(connection=connection, link=link,
+                                                                       connector=connector).pulled
+    # Deletions made in the CRM (Salesforce Get Deleted), once per object per due run.
+    for run in services.deletions_pull_recorded(connection=connection, keys=keys, connector=connector,
+                                                if_due=True):
         out[f"{connection.provider}:{run.object}"] = run.pulled
 
 

@@ -107,7 +107,7 @@ def test_pull_companies_with_cursor(company_mappings, hubspot):
     assert pull_changes(connection=company_mappings, obj="company").pulled == 0
     method, path, body = hubspot.requests[-1]
     assert path == "/crm/v3/objects/companies/search"
-    assert body["filterGroups"][0]["filters"][0] == {"propertyName": "hs_lastmodifieddate", "operator": "GT",
+    assert body["filterGroups"][0]["filters"][0] == {"propertyName": "hs_lastmodifieddate", "operator": "GTE",
                                                      "value": cursor.value}
     hubspot.put("companies", {"domain": "pulled.io", "name": "Pulled Inc"})
     assert pull_changes(connection=company_mappings, obj="company").pulled == 1

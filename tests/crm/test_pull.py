@@ -32,7 +32,7 @@ def test_pull_creates_leads_through_dedupe_and_moves_cursor(connection, hubspot)
     run = pull_changes(connection=connection)
     assert run.pulled == 0
     method, path, body = hubspot.requests[-1]
-    assert body["filterGroups"][0]["filters"][0] == {"propertyName": "lastmodifieddate", "operator": "GT",
+    assert body["filterGroups"][0]["filters"][0] == {"propertyName": "lastmodifieddate", "operator": "GTE",
                                                      "value": cursor.value}
     # An edit in HubSpot comes through and updates the same lead.
     hubspot.put_contact({"email": "new@example.org", "jobtitle": "CEO"})

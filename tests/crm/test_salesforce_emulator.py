@@ -3,6 +3,7 @@ error shapes, the SOQL subset, Collections and Bulk 2.0 limits; the
 certificate helper; the emulator command."""
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -62,13 +63,18 @@ def test_malformed_and_unknown_soql_refused_in_salesforce_shape(salesforce, sett
 
 def test_soql_subset_filters_and_orders(salesforce, settings):
     sf = _client(salesforce, settings)
-    a = salesforce.put("Lead", {"Email": "a@example.org", "LastName": "A", "Company": "C"})
-    b = salesforce.put("Lead", {"Email": "b@example.org", "LastName": "B", "Company": "C"})
-    salesforce.put("Lead", {"Id": a["Id"], "IsConverted": True})
+    t0 = dt.datetime(2026, 11, 30, 3, 0, 0, 250000, tzinfo=dt.timezone.utc)
+    a = salesforce.put("Lead", {"Email": "a@example.org", "LastName": "A", "Company": "C"}, at=t0)
+    b = salesforce.put("Lead", {"Email": "b@example.org", "LastName": "B", "Company": "C"}, at=t0)
+    salesforce.put("Lead", {"Id": a["Id"], "IsConverted": True}, at=t0 + dt.timedelta(seconds=1))
+    # Whole seconds, like Salesforce: the milliseconds are always 000.
+    assert b["SystemModstamp"] == b["LastModifiedDate"] == "2026-11-30T03:00:00.000+0000"
     since = soql_datetime(b["CreatedDate"])
     assert soql_datetime("2026-11-30T03:00:00.000+0000") == "2026-11-30T03:00:00.000+00:00"
     result = sf.query(f"SELECT Id, Email FROM Lead WHERE SystemModstamp > {since} ORDER BY SystemModstamp, Id")
     assert [r["Email"] for r in result["records"]] == ["a@example.org"]  # only a changed after b was made
+    result = sf.query(f"SELECT Id, Email FROM Lead WHERE SystemModstamp >= {since} ORDER BY SystemModstamp, Id")
+    assert [r["Email"] for r in result["records"]] == ["b@example.org", "a@example.org"]  # >= takes the tie
     result = sf.query("SELECT Id FROM Lead WHERE IsConverted = false AND Email IN ('b@example.org', 'x@y.z')")
     assert [r["Id"] for r in result["records"]] == [b["Id"]]
     assert result["records"][0]["attributes"] == {"type": "Lead", "url": f"/services/data/v59.0/sobjects/Lead/{b['Id']}"}

@@ -52,9 +52,9 @@ def test_pull_creates_leads_through_dedupe_and_moves_cursor(sf_connection, sales
     run = pull_changes(connection=sf_connection)
     assert run.pulled == 0
     literal = cursor.value.replace("+0000", "+00:00")
-    assert soql_log[-2].endswith(f"WHERE IsConverted = false AND SystemModstamp > {literal} "
+    assert soql_log[-2].endswith(f"WHERE IsConverted = false AND SystemModstamp >= {literal} "
                                  "ORDER BY SystemModstamp, Id")
-    assert soql_log[-1].endswith(f"FROM Contact WHERE SystemModstamp > {literal} ORDER BY SystemModstamp, Id")
+    assert soql_log[-1].endswith(f"FROM Contact WHERE SystemModstamp >= {literal} ORDER BY SystemModstamp, Id")
 
     # A salesperson edits the Lead: the same local lead is updated, no duplicate.
     salesforce.put("Lead", {"Id": lead.salesforce_lead_id, "Title": "CEO"})

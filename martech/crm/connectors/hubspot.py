@@ -38,7 +38,7 @@ import hmac
 import importlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -155,6 +155,7 @@ def _rate_limited(exc) -> RateLimited:
     message = (body.get("message") if isinstance(body, dict) else "") or str(exc.body)
     return RateLimited(f"HubSpot 429 {policy or 'rate limit'}: {message}", retry_after=retry_after, wait=wait,
                        policy=policy or "RATE_LIMIT", daily=daily)
+OWNERS_PAGE = 500  # the owners API's most per page
 
 
 def _translate(exc: Exception) -> Exception:
@@ -176,6 +177,9 @@ def _translate(exc: Exception) -> Exception:
 
 class HubSpotConnector:
     provider = "hubspot"
+    # HubSpot's search answers at most 10,000 results of one query (paging
+    # further is a 400); pull_since windows under it. Tests lower it with the emulator's.
+    search_cap = 10_000
     # The object types this connector syncs (martech.crm.objects): our key -> HubSpot's object type.
     objects = {**{key: spec.name for key, spec in OBJECTS.items()}, "list": "lists"}
     list_batch = LIST_BATCH
@@ -577,26 +581,106 @@ class HubSpotConnector:
                 if remote in by_id:
                     by_id[remote].associations[other] = ids
 
-    def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
-        spec = self._spec(obj)
+    def _search(self, spec: HubSpotObject, filter_groups: list[list[tuple[str, str, str]]], sort: str,
+                properties: list[str], after: int):
         m = self._models(spec)
-        search = self._api(spec).search_api.do_search
-        after = None
+        request = m.PublicObjectSearchRequest(
+            filter_groups=[m.FilterGroup(filters=[m.Filter(property_name=p, operator=op, value=v) for p, op, v in g])
+                           for g in filter_groups],
+            sorts=[sort], properties=properties, limit=PAGE, after=str(after))
+        return self._call(self._api(spec).search_api.do_search, public_object_search_request=request)
+
+    def pull_since(self, obj: str, cursor: str, properties: list[str],
+                   skip: Callable[[Pulled], bool] | None = None) -> Iterator[Pulled]:
+        """Records modified at or after ``cursor`` (inclusive), in
+        modification order, however many there are. ``skip``: the caller's
+        test for a record it applied already at the cursor's time; those are
+        left out before their associations are read, so an idle pull costs
+        one search call.
+
+        HubSpot's search applies one sort and stops at ``search_cap``
+        (10,000) results: paging further answers 400. So the pull reads in
+        windows: sorted by the modified property, and before a page would
+        pass the cap the search starts again from the last time seen
+        (``GTE``), skipping the records already yielded at that time (ties
+        come in no particular order, so they are skipped by id, not by
+        position). A window whose every record shares one time (more than
+        the cap modified in the same millisecond) cannot move on that way:
+        those records are read by ``hs_object_id`` ranges (``EQ`` that time,
+        ``GT`` the last id, sorted by id), then the pull goes on after it."""
+        spec = self._spec(obj)
+        fields = sorted({*properties, spec.id_property, spec.modified})
+        lower, op = cursor, "GTE"
+        done: set[str] = set()  # read at ``lower`` in this run
         while True:
-            filters = [m.Filter(property_name=spec.modified, operator="GT", value=cursor)] if cursor else []
-            request = m.PublicObjectSearchRequest(
-                filter_groups=[m.FilterGroup(filters=filters)] if filters else [],
-                sorts=[spec.modified], properties=sorted({*properties, spec.id_property, spec.modified}),
-                limit=PAGE, after=after or "0",
-            )
-            page = self._call(search, public_object_search_request=request)
-            pulled = [self._pulled(spec, item) for item in page.results]
-            self._read_associations(obj, pulled)
-            yield from pulled
-            nxt = page.paging.next.after if page.paging and page.paging.next else None
-            if not nxt:
+            filters = [[(spec.modified, op, lower)]] if lower else []
+            after = 0
+            last_time, at_last = lower, set(done)
+            while True:
+                if after + PAGE > self.search_cap:
+                    break  # the next page would pass the cap: a new window
+                page = self._search(spec, filters, spec.modified, fields, after)
+                pulled = [p for p in (self._pulled(spec, item) for item in page.results)
+                          if not (p.modified_at == lower and p.remote_id in done)]
+                for p in pulled:
+                    if p.modified_at != last_time:
+                        last_time, at_last = p.modified_at, set()
+                    at_last.add(p.remote_id)
+                pulled = [p for p in pulled if skip is None or not skip(p)]
+                self._read_associations(obj, pulled)
+                yield from pulled
+                nxt = page.paging.next.after if page.paging and page.paging.next else None
+                if not nxt:
+                    return
+                after = int(nxt)
+            if last_time == lower and lower:
+                # A whole window at one time: read that time by id ranges, then go on after it.
+                yield from self._same_time(obj, spec, lower, fields, at_last, skip)
+                op, done = "GT", set()
+            else:
+                lower, op, done = last_time, "GTE", at_last
+
+    def _same_time(self, obj: str, spec: HubSpotObject, at: str, fields: list[str], done: set[str],
+                   skip: Callable[[Pulled], bool] | None) -> Iterator[Pulled]:
+        """Every record modified exactly at ``at``, by ``hs_object_id``
+        ranges (each under the cap), except the ``skip`` ones."""
+        last_id = 0
+        while True:
+            after, moved = 0, False
+            filters = [[(spec.modified, "EQ", at), ("hs_object_id", "GT", str(last_id))]]
+            while after + PAGE <= self.search_cap:
+                page = self._search(spec, filters, "hs_object_id", fields, after)
+                pulled = [self._pulled(spec, item) for item in page.results]
+                for p in pulled:
+                    last_id, moved = max(last_id, int(p.remote_id)), True
+                pulled = [p for p in pulled if p.remote_id not in done and (skip is None or not skip(p))]
+                self._read_associations(obj, pulled)
+                yield from pulled
+                nxt = page.paging.next.after if page.paging and page.paging.next else None
+                if not nxt:
+                    return
+                after = int(nxt)
+            if not moved:
                 return
-            after = nxt
+
+    def list_pages(self, obj: str, properties: list[str], after: str = "") -> Iterator[tuple[list[Pulled], str]]:
+        """Every record, through the list endpoint (``GET
+        /crm/v3/objects/{type}``: id order, ``after`` paging, no 10,000 cap):
+        a full import. Yields each page with the ``after`` that reads the
+        next one ("" after the last), so an interrupted import resumes there."""
+        spec = self._spec(obj)
+        fields = sorted({*properties, spec.id_property, spec.modified})
+        while True:
+            kwargs = {"limit": PAGE, "properties": fields, "archived": False}
+            if after:
+                kwargs["after"] = after
+            page = self._call(self._api(spec).basic_api.get_page, **kwargs)
+            pulled = [self._pulled(spec, item) for item in page.results or []]
+            self._read_associations(obj, pulled)
+            after = page.paging.next.after if page.paging and page.paging.next else ""
+            yield pulled, after
+            if not after:
+                return
 
     @staticmethod
     def _pulled(spec: HubSpotObject, item) -> Pulled:
@@ -704,9 +788,26 @@ class HubSpotConnector:
         return out
 
     def owners(self) -> list[dict[str, str]]:
-        page = self._call(self.client.crm.owners.owners_api.get_page, limit=500)
-        return [{"remote_id": str(o.id), "email": o.email or "", "first_name": o.first_name or "",
-                 "last_name": o.last_name or "", "is_active": not o.archived} for o in page.results]
+        """Every owner, all pages of 500 (the documented most), then the
+        archived ones (deactivated users), which HubSpot lists only with
+        ``archived=true``: they come back inactive, so a rep linked to one
+        sees it."""
+        api = self.client.crm.owners.owners_api
+        out = []
+        for archived in (False, True):
+            after = None
+            while True:
+                kwargs = {"limit": OWNERS_PAGE, "archived": archived}
+                if after:
+                    kwargs["after"] = after
+                page = self._call(api.get_page, **kwargs)
+                out += [{"remote_id": str(o.id), "email": o.email or "", "first_name": o.first_name or "",
+                         "last_name": o.last_name or "", "is_active": not (archived or o.archived)}
+                        for o in page.results or []]
+                after = page.paging.next.after if page.paging and page.paging.next else None
+                if not after:
+                    break
+        return out
 
     def verify_webhook(self, *, method: str, uri: str, body: bytes, headers: dict[str, str]) -> bool:
         return verify_v3_signature(secret=settings.MARTECH_CRM["HUBSPOT_APP_SECRET"], method=method, uri=uri,

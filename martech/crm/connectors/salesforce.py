@@ -98,6 +98,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 from django.conf import settings
@@ -128,6 +129,7 @@ from .base import (
 
 EXTERNAL_ID = "Martech_Id__c"
 COLLECTION = 200  # sObject Collections: at most 200 records per call
+COMPOSITE_MAX = 25  # subrequests in one Composite call
 DELETED_LOG_DAYS = 15  # Get Deleted answers for no more than 15 days back
 # Lead field -> Contact field; Lead-only fields are not sent to a Contact.
 CONTACT_RENAMES = {"Country": "MailingCountry", "State": "MailingState", "PostalCode": "MailingPostalCode",
@@ -234,6 +236,7 @@ class SalesforceConnector:
         self._last_headers: dict[str, str] = {}
         self.usage: tuple[int, int] | None = None  # (used, max) from the last Sforce-Limit-Info
         self._renewed = False
+        self._prefetched: dict[str, dict] = {}  # SOQL -> its first page, read ahead (prefetch)
         self.session = requests.Session()
         self.session.verify = conf["SALESFORCE_CA_CERT"] or True
         self.session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
@@ -626,7 +629,8 @@ class SalesforceConnector:
 
     # --- pull ---
     def _query(self, soql: str) -> Iterator[dict]:
-        page = self._call(lambda: self.sf.query(soql, timeout=self.timeout))
+        # A first page read ahead in one composite call (``prefetch``) is used once.
+        page = self._prefetched.pop(soql, None) or self._call(lambda: self.sf.query(soql, timeout=self.timeout))
         while True:
             yield from page["records"]
             if page.get("done", True) or not page.get("nextRecordsUrl"):
@@ -634,8 +638,9 @@ class SalesforceConnector:
             url = page["nextRecordsUrl"]
             page = self._call(lambda: self.sf.query_more(url, identifier_is_url=True, timeout=self.timeout))
 
-    def _select(self, target: str, cursor: str, properties: list[str], ids: list[str] | None = None
-                ) -> Iterator[Pulled]:
+    def _soql(self, target: str, cursor: str, properties: list[str], ids: list[str] | None = None
+              ) -> tuple[str, dict[str, str]]:
+        """The pull's SOQL for ``target`` and the lookups it reads back."""
         wanted = {"Id", "Email", "SystemModstamp"} if target in ("Lead", "Contact") else {"Id", "SystemModstamp"}
         for name in properties:
             if not FIELD_NAME.match(name):
@@ -657,11 +662,18 @@ class SalesforceConnector:
                 raise PermanentError(f"not a Salesforce id: {bad[0]!r}")
             where.append(f"Id IN ({', '.join(repr(i) for i in ids)})")
         if cursor:
-            where.append(f"SystemModstamp > {soql_datetime(cursor)}")
+            # Inclusive: SystemModstamp has whole seconds, a mass update shares
+            # one; the caller skips what it applied at that second (PullPosition).
+            where.append(f"SystemModstamp >= {soql_datetime(cursor)}")
         soql = f"SELECT {', '.join(sorted(wanted))} FROM {target}"
         if where:
             soql += " WHERE " + " AND ".join(where)
         soql += " ORDER BY SystemModstamp, Id"
+        return soql, lookups
+
+    def _select(self, target: str, cursor: str, properties: list[str], ids: list[str] | None = None
+                ) -> Iterator[Pulled]:
+        soql, lookups = self._soql(target, cursor, properties, ids)
         back = {v: k for k, v in CONTACT_RENAMES.items()} if target == "Contact" else {}
         for row in self._query(soql):
             props = {back.get(k, k): ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
@@ -672,8 +684,9 @@ class SalesforceConnector:
                 props["Status"] = TASK_CLOSED_STATUS
             yield Pulled(row["Id"], props, row["SystemModstamp"], associations=links)
 
-    def pull_since(self, obj: str, cursor: str, properties: list[str]) -> Iterator[Pulled]:
-        """Records changed after ``cursor`` in SystemModstamp order. For leads,
+    def pull_since(self, obj: str, cursor: str, properties: list[str],
+                   skip: Callable[[Pulled], bool] | None = None) -> Iterator[Pulled]:
+        """Records changed at or after ``cursor`` in SystemModstamp order. For leads,
         Leads and Contacts merged in that order: everything yielded before a
         failure is older than anything not yet yielded, so the caller's
         cursor never skips a record."""
@@ -683,6 +696,35 @@ class SalesforceConnector:
             return
         streams = [self._select(target, cursor, properties) for target in ("Lead", "Contact")]
         yield from heapq.merge(*streams, key=lambda p: (p.modified_at, p.remote_id))
+
+    def pull_queries(self, obj: str, cursor: str, properties: list[str]) -> list[str]:
+        """The SOQL ``pull_since`` sends first for ``obj`` from ``cursor``."""
+        targets = ["Lead", "Contact"] if obj == "contact" else [self._spec(obj)]
+        return [self._soql(target, cursor, properties)[0] for target in targets]
+
+    def link_queries(self, link: str, cursor: str) -> list[str]:
+        """The SOQL ``pull_links`` sends first for ``link`` from ``cursor``."""
+        return [self._links_soql(link, f" WHERE SystemModstamp >= {soql_datetime(cursor)}" if cursor else "")]
+
+    def prefetch(self, queries: list[str]) -> int:
+        """Read the first page of each pull query in one Composite call per 25
+        (Salesforce counts a composite request as one API call): an idle
+        org's pull of every object and link then costs one call, the pulls
+        finding their first page here. Returns the queries answered."""
+        answered = 0
+        version = self.conf["SALESFORCE_API_VERSION"]
+        for start in range(0, len(queries), COMPOSITE_MAX):
+            chunk = queries[start:start + COMPOSITE_MAX]
+            body = {"allOrNone": False, "compositeRequest": [
+                {"method": "GET", "url": f"/services/data/v{version}/query?{urlencode({'q': soql})}",
+                 "referenceId": f"q{n}"} for n, soql in enumerate(chunk)]}
+            answer = self._call(lambda: self.sf.restful("composite", method="POST", json=body,
+                                                        timeout=self.timeout))
+            for soql, sub in zip(chunk, (answer or {}).get("compositeResponse") or []):
+                if sub.get("httpStatusCode") == 200 and isinstance(sub.get("body"), dict):
+                    self._prefetched[soql] = sub["body"]
+                    answered += 1
+        return answered
 
     def fetch_many(self, obj: str, remote_ids: list[str], properties: list[str]) -> list[Pulled]:
         """The records with these ids, one SOQL per sObject and 200 ids (for
@@ -701,13 +743,13 @@ class SalesforceConnector:
         return out
 
     def pull_links(self, link: str, cursor: str) -> Iterator[PulledLink]:
-        """CampaignMembers or OpportunityContactRoles changed after ``cursor``,
+        """CampaignMembers or OpportunityContactRoles changed at or after ``cursor``,
         in SystemModstamp order, with their fields under the link's local
         names (members: status, has_responded, joined_at; roles: role,
         is_primary)."""
         if link not in LINKS:
             raise NotImplementedError(f"Salesforce does not sync the link {link!r} (it syncs {', '.join(LINKS)})")
-        yield from self._links(link, f" WHERE SystemModstamp > {soql_datetime(cursor)}" if cursor else "")
+        yield from self._links(link, f" WHERE SystemModstamp >= {soql_datetime(cursor)}" if cursor else "")
 
     def fetch_links(self, link: str, remote_ids: list[str]) -> list[PulledLink]:
         """The link records with these ids (a failed link pulled again), one
@@ -723,18 +765,23 @@ class SalesforceConnector:
             out += self._links(link, f" WHERE Id IN ({ids})")
         return out
 
-    def _links(self, link: str, where: str) -> Iterator[PulledLink]:
+    @staticmethod
+    def _links_soql(link: str, where: str) -> str:
         if link == "campaign_member":
-            soql = ("SELECT Id, CampaignId, LeadId, ContactId, Status, HasResponded, CreatedDate, SystemModstamp "
+            return ("SELECT Id, CampaignId, LeadId, ContactId, Status, HasResponded, CreatedDate, SystemModstamp "
                     f"FROM CampaignMember{where} ORDER BY SystemModstamp, Id")
+        return ("SELECT Id, OpportunityId, ContactId, Role, IsPrimary, SystemModstamp "
+                f"FROM OpportunityContactRole{where} ORDER BY SystemModstamp, Id")
+
+    def _links(self, link: str, where: str) -> Iterator[PulledLink]:
+        soql = self._links_soql(link, where)
+        if link == "campaign_member":
             for row in self._query(soql):
                 # A converted Lead's member carries both ids: the Contact is the person now.
                 yield PulledLink(row["Id"], row.get("CampaignId") or "", row.get("ContactId") or row.get("LeadId") or "",
                                  {"status": row.get("Status") or "", "has_responded": bool(row.get("HasResponded")),
                                   "joined_at": row.get("CreatedDate") or ""}, row["SystemModstamp"])
             return
-        soql = ("SELECT Id, OpportunityId, ContactId, Role, IsPrimary, SystemModstamp "
-                f"FROM OpportunityContactRole{where} ORDER BY SystemModstamp, Id")
         for row in self._query(soql):
             yield PulledLink(row["Id"], row.get("OpportunityId") or "", row.get("ContactId") or "",
                              {"role": row.get("Role") or "", "is_primary": bool(row.get("IsPrimary"))},

@@ -5,11 +5,20 @@ and response shapes of HubSpot's published OpenAPI documents
 CRM v3, for each of contacts, companies, deals and tasks:
 - POST /crm/v3/objects/{type}/batch/upsert   (idProperty: contacts email,
   companies domain, deals martech_deal_id, tasks martech_task_id; 100 max)
-- POST /crm/v3/objects/{type}/search         (filter on the last-modified property)
+- POST /crm/v3/objects/{type}/search         (HubSpot's documented limits, unkind parts
+  included: at most 200 a page; one sort (``sorts[0]``, ascending) and records
+  sharing its value come in no particular order (a fixed scramble of their
+  ids, not the id order); paging stops at 10,000 results: ``after`` + ``limit``
+  past ``search_cap`` answers 400 VALIDATION_ERROR while ``paging.next`` is
+  still offered; ``total`` is the real count. Filters EQ, NEQ, GT, GTE, LT,
+  LTE on any property, AND within a group, OR between groups)
+- GET  /crm/v3/objects/{type}?limit=&after=&properties=  (the list endpoint:
+  id order, at most 100 a page, ``after`` paging with no cap)
 - POST /crm/v3/objects/{type}/batch/read     (by record id, 100 max; ids not found answer
   207 with an OBJECT_NOT_FOUND error naming them, like HubSpot)
 - GET  /crm/v3/objects/{type}/{id}
-- GET  /crm/v3/owners/
+- GET  /crm/v3/owners/?limit=&after=&archived=  (at most 500 a page; archived
+  owners, deactivated users, are listed only with ``archived=true``, and only they)
 CRM v4 associations (shapes of the client library's v4 models; the
 document is not in the shared specs):
 - POST /crm/v4/associations/{from}/{to}/batch/associate/default
@@ -69,6 +78,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import hashlib
 import itertools
 import json
 import math
@@ -125,6 +135,9 @@ DEFAULT_DAILY = 625_000
 
 class HubSpotEmulator(EmulatorBase):
     BATCH_MAX = 100
+    SEARCH_PAGE_MAX = 200
+    LIST_PAGE_MAX = 100
+    OWNERS_PAGE_MAX = 500
 
     def __init__(self, *, rate_limit: str | None = None, daily_limit: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -148,6 +161,9 @@ class HubSpotEmulator(EmulatorBase):
         # The next N writes (POST/PUT) are done, then answered 503 (a lost answer).
         self.lose_answers = 0
         self._clock_ms = 0  # makes updatedAt strictly increase even within one millisecond
+        # HubSpot's search stops at 10,000 results; tests lower it to exercise the
+        # windowing on fewer records (the connector's ``search_cap`` follows).
+        self.search_cap = 10_000
         # type -> property name -> definition (the properties API's Property shape).
         self.properties: dict[str, dict[str, dict]] = {
             name: {p["name"]: dict(p) for p in STANDARD[name]} for name in KINDS}
@@ -285,10 +301,17 @@ class HubSpotEmulator(EmulatorBase):
         self.associations.get((from_kind, str(from_id), to_kind), set()).discard(str(to_id))
         self.associations.get((to_kind, str(to_id), from_kind), set()).discard(str(from_id))
 
-    def add_owner(self, *, owner_id: str, email: str, first_name: str = "", last_name: str = "") -> None:
+    def add_owner(self, *, owner_id: str, email: str, first_name: str = "", last_name: str = "",
+                  archived: bool = False) -> None:
         self.owners.append({"id": owner_id, "email": email, "firstName": first_name, "lastName": last_name,
                             "userId": int(owner_id), "userIdIncludingInactive": int(owner_id),
-                            "createdAt": now_iso(), "updatedAt": now_iso(), "archived": False, "type": "PERSON"})
+                            "createdAt": now_iso(), "updatedAt": now_iso(), "archived": archived, "type": "PERSON"})
+
+    def archive_owner(self, owner_id: str) -> None:
+        """A user deactivated in HubSpot: the owner leaves the default listing."""
+        for owner in self.owners:
+            if owner["id"] == str(owner_id):
+                owner.update(archived=True, updatedAt=now_iso())
 
     def put_list(self, name: str, *, processing_type: str = "MANUAL", object_type_id: str = "0-1") -> dict:
         """A list as if made in HubSpot (tests: a DYNAMIC list of the same name)."""
@@ -322,7 +345,7 @@ class HubSpotEmulator(EmulatorBase):
         if parts[1:4] == ["crm", "v3", "lists"]:
             return self.lists_route(request, parts[4:])
         if path == "/crm/v3/owners" and request.method == "GET":
-            return self.json({"results": self.owners})
+            return self.owners_page(request.args)
         if len(parts) == 5 and parts[1:4] == ["crm", "v3", "properties"] and parts[4] in KINDS:
             if request.method == "GET":
                 return self.json({"results": list(self.properties[parts[4]].values())})
@@ -340,6 +363,8 @@ class HubSpotEmulator(EmulatorBase):
                 return self.batch_read(kind, request.get_json())
             if request.method == "POST" and rest == ["search"]:
                 return self.search(kind, request.get_json())
+            if request.method == "GET" and not rest:
+                return self.list_page(kind, request.args)
             if request.method == "GET" and len(rest) == 1:
                 record = self.store[kind].get(rest[0])
                 if record is None:
@@ -664,28 +689,106 @@ class HubSpotEmulator(EmulatorBase):
             return self.json(out, status=207)
         return self.json(out)
 
+    def _value(self, kind: str, record: dict, prop: str):
+        """A property as search compares it: the modified property is the
+        record's updatedAt, numbers (hs_object_id ...) as numbers."""
+        if prop == KINDS[kind].modified:
+            return record["updatedAt"]
+        raw = record["properties"].get(prop)
+        if raw is not None and NUMBER.match(str(raw)):
+            return float(raw)
+        return raw
+
+    def _filter_ok(self, kind: str, record: dict, f: dict) -> bool:
+        prop, op = f.get("propertyName", ""), f.get("operator", "EQ")
+        have = self._value(kind, record, prop)
+        value = f.get("value")
+        if prop == KINDS[kind].modified or prop in ("createdate", "hs_lastmodifieddate", "lastmodifieddate"):
+            value = _as_iso(value)
+        elif value is not None and NUMBER.match(str(value)):
+            value = float(value)
+        if op == "IN":  # strings compared without case, as HubSpot compares them
+            return have is not None and str(have).lower() in {str(v).lower() for v in f.get("values") or []}
+        if op == "HAS_PROPERTY":
+            return have not in (None, "")
+        if op == "NOT_HAS_PROPERTY":
+            return have in (None, "")
+        if have is None or value is None:
+            return op == "NEQ"
+        if op in ("EQ", "NEQ") and isinstance(have, str) and isinstance(value, str):
+            have, value = have.lower(), value.lower()
+        try:
+            return {"EQ": have == value, "NEQ": have != value, "GT": have > value, "GTE": have >= value,
+                    "LT": have < value, "LTE": have <= value}[op]
+        except KeyError:
+            raise ValueError(f"operator {op!r} is not supported by the emulator") from None
+        except TypeError:
+            return False
+
     def search(self, kind: str, body: dict) -> Response:
         spec = KINDS[kind]
         body = body or {}
-        since = None
-        for group in body.get("filterGroups", []):
-            for f in group.get("filters", []):
-                if f.get("propertyName") == spec.modified and f.get("operator") in ("GT", "GTE"):
-                    since = (f["operator"], f.get("value", ""))
-        limit = min(int(body.get("limit") or 10), 200)
+        limit = int(body.get("limit") or 10)
         after = int(body.get("after") or 0)
-        rows = sorted(self.store[kind].values(), key=lambda r: (r["updatedAt"], int(r["id"])))
-        rows = _property_filtered(rows, body, spec.modified)
-        if since:
-            op, value = since
-            value = _as_iso(value)
-            rows = [r for r in rows if (r["updatedAt"] > value if op == "GT" else r["updatedAt"] >= value)]
+        if limit > self.SEARCH_PAGE_MAX:
+            return self.error(400, "VALIDATION_ERROR", f"limit must be at most {self.SEARCH_PAGE_MAX}")
+        if after + limit > self.search_cap:
+            # HubSpot: "The search endpoints are limited to 10,000 total results
+            # for any given query. Attempting to page beyond 10,000 will result in a 400 error."
+            return self.error(400, "VALIDATION_ERROR",
+                              f"Search results are limited to {self.search_cap:,} total results for any given "
+                              f"query: after {after} + limit {limit} passes it.")
+        groups = body.get("filterGroups") or []
+        rows = [r for r in self.store[kind].values()
+                if not groups or any(all(self._filter_ok(kind, r, f) for f in g.get("filters") or [])
+                                     for g in groups)]
+        sorts = body.get("sorts") or []
+        first = sorts[0] if sorts else None
+        prop = (first.get("propertyName") if isinstance(first, dict) else first) or "hs_object_id"
+        descending = prop.startswith("-") or (isinstance(first, dict) and first.get("direction") == "DESCENDING")
+        prop = prop.lstrip("-")
+        # One sort only; ties come in HubSpot's own order, not by id (a fixed scramble).
+        rows.sort(key=lambda r: (self._value(kind, r, prop) is None, self._value(kind, r, prop) or "",
+                                 hashlib.md5(r["id"].encode()).hexdigest()), reverse=descending)
         page = rows[after:after + limit]
         wanted = body.get("properties") or []
         results = [self._public(r, [*wanted, spec.modified, spec.id_property] if wanted else None) for r in page]
         out = {"total": len(rows), "results": results}
         if after + limit < len(rows):
             out["paging"] = {"next": {"after": str(after + limit)}}
+        return self.json(out)
+
+    def list_page(self, kind: str, args) -> Response:
+        """GET /crm/v3/objects/{type}: every record in id order, ``after``
+        being the last id read; no 10,000 cap (HubSpot's way to read a whole portal)."""
+        spec = KINDS[kind]
+        limit = int(args.get("limit") or 10)
+        if limit > self.LIST_PAGE_MAX:
+            return self.error(400, "VALIDATION_ERROR", f"limit must be at most {self.LIST_PAGE_MAX}")
+        after = int(args.get("after") or 0)
+        wanted = [p for value in args.getlist("properties") for p in value.split(",") if p]
+        ids = sorted(int(i) for i in self.store[kind] if int(i) > after)
+        page = ids[:limit]
+        out = {"results": [self._public(self.store[kind][str(i)],
+                                        [*wanted, spec.modified, spec.id_property] if wanted else None)
+                           for i in page]}
+        if len(ids) > limit:
+            out["paging"] = {"next": {"after": str(page[-1]), "link": f"?after={page[-1]}"}}
+        return self.json(out)
+
+    def owners_page(self, args) -> Response:
+        limit = int(args.get("limit") or 100)
+        if limit > self.OWNERS_PAGE_MAX:
+            return self.error(400, "VALIDATION_ERROR", f"limit must be at most {self.OWNERS_PAGE_MAX}")
+        archived = str(args.get("archived") or "false").lower() == "true"
+        after = int(args.get("after") or 0)
+        rows = sorted((o for o in self.owners if o["archived"] == archived and int(o["id"]) > after),
+                      key=lambda o: int(o["id"]))
+        if args.get("email"):
+            rows = [o for o in rows if o["email"].lower() == args["email"].lower()]
+        out = {"results": rows[:limit]}
+        if len(rows) > limit:
+            out["paging"] = {"next": {"after": rows[limit - 1]["id"], "link": ""}}
         return self.json(out)
 
     def associate_default(self, from_kind: str, to_kind: str, body: dict) -> Response:
@@ -744,29 +847,6 @@ class HubSpotEmulator(EmulatorBase):
                         {"category": "HUBSPOT_DEFINED", "typeId": type_id, "label": None}]} for b in linked]})
         return self.json({"status": "COMPLETE", "results": results, "startedAt": now_iso(),
                           "completedAt": now_iso()})
-
-
-def _property_filtered(rows: list[dict], body: dict, modified: str) -> list[dict]:
-    """Search filters on properties other than the last-modified one: ``EQ``
-    and ``IN`` (values compared case-insensitively, as HubSpot compares
-    strings), every filter of a group and any group (HubSpot ORs groups)."""
-    groups = []
-    for group in body.get("filterGroups") or []:
-        filters = [f for f in group.get("filters") or [] if f.get("propertyName") != modified]
-        if filters:
-            groups.append(filters)
-    if not groups:
-        return rows
-
-    def ok(row: dict, f: dict) -> bool:
-        have = str(row["properties"].get(f.get("propertyName")) or "").lower()
-        if f.get("operator") == "IN":
-            return have in {str(v).lower() for v in f.get("values") or []}
-        if f.get("operator") == "EQ":
-            return have == str(f.get("value") or "").lower()
-        raise ValueError(f"the emulator does not search with {f.get('operator')}")
-
-    return [r for r in rows if any(all(ok(r, f) for f in filters) for filters in groups)]
 
 
 def _is_write(request: Request) -> bool:

@@ -84,6 +84,7 @@ import json
 import re
 from urllib.parse import parse_qs
 
+from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from martech.crm.emulators.defaults import CREDENTIALS
@@ -359,13 +360,15 @@ class SalesforceEmulator(EmulatorBase):
                    if method != "GET" and path != "/services/oauth2/token")
 
     def _stamp(self, at: dt.datetime | None = None) -> str:
-        """Strictly increasing SystemModstamp, so a cursor never skips a tie."""
+        """SystemModstamp / LastModifiedDate as Salesforce keeps them: whole
+        seconds (the milliseconds are always 000), so every record of a mass
+        update within one second shares its stamp. The emulator's clock never
+        goes back (``_clock``); ``at`` sets a stamp directly (tests)."""
         now = at or dt.datetime.now(dt.timezone.utc)
         if at is None:
-            now = max(now.replace(microsecond=now.microsecond // 1000 * 1000),
-                      self._clock + dt.timedelta(milliseconds=1))
+            now = max(now, self._clock)
             self._clock = now
-        return sf_time(now)
+        return sf_time(now.replace(microsecond=0))
 
     def new_id(self, sobject: str) -> str:
         return f"{PREFIX[sobject]}{next(self._ids):015d}"
@@ -426,7 +429,7 @@ class SalesforceEmulator(EmulatorBase):
             return False
         when = at or dt.datetime.now(dt.timezone.utc)
         self.deleted_log[sobject].append((record_id, when))
-        self.recycled[sobject][record_id] = {**record, "IsDeleted": True, "SystemModstamp": sf_time(when)}
+        self.recycled[sobject][record_id] = {**record, "IsDeleted": True, "SystemModstamp": sf_time(when.replace(microsecond=0))}
         if record.get("Martech_Id__c"):
             self.by_external.pop((sobject, str(record["Martech_Id__c"])), None)
         # Like Salesforce: a person's campaign memberships and contact roles, and an
@@ -509,9 +512,38 @@ class SalesforceEmulator(EmulatorBase):
             return self.collection_delete(request)
         if len(parts) == 4 and parts[:2] == ["composite", "sobjects"] and method == "PATCH":
             return self.collection(request, version, (parts[2], parts[3]))
+        if method == "POST" and path == "composite":
+            return self.composite(request, version)
         if parts[:2] == ["jobs", "ingest"]:
             return self.bulk(request, version, parts[2:])
         return self.fault(404, "NOT_FOUND", f"The requested resource does not exist: {method} {path}")
+
+    def composite(self, request: Request, version: str) -> Response:
+        """POST composite: up to 25 subrequests in one call, which counts
+        as one API request (Salesforce: "The entire series of requests
+        counts as a single call toward your API limits"). The emulator takes
+        GET subrequests (queries, records); each answers in
+        ``compositeResponse`` with its own status and body."""
+        body = request.get_json(silent=True) or {}
+        subs = body.get("compositeRequest")
+        if not isinstance(subs, list) or not subs:
+            return self.fault(400, "JSON_PARSER_ERROR", "compositeRequest is required")
+        if len(subs) > 25:
+            return self.fault(400, "INVALID_BATCH_REQUEST", "A composite request can have at most 25 subrequests")
+        out = []
+        for sub in subs:
+            url = str(sub.get("url") or "")
+            m = re.match(r"^/services/data/v(\d+\.\d)/([^?]*)(?:\?(.*))?$", url)
+            if sub.get("method") != "GET" or not m:
+                answer = self.fault(400, "INVALID_BATCH_REQUEST", f"the emulator runs GET subrequests only: {url}")
+            else:
+                inner = EnvironBuilder(path=f"/services/data/v{m.group(1)}/{m.group(2)}", method="GET",
+                                       query_string=m.group(3) or "").get_request()
+                answer = self.route(inner, m.group(1), m.group(2).rstrip("/"))
+            data = answer.get_data(as_text=True)
+            out.append({"body": json.loads(data) if data else None, "httpHeaders": {},
+                        "httpStatusCode": answer.status_code, "referenceId": sub.get("referenceId")})
+        return self.json({"compositeResponse": out})
 
     def token(self, request: Request) -> Response:
         form = parse_qs(request.get_data(as_text=True)) if not request.form else request.form.to_dict(flat=False)
