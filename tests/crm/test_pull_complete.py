@@ -94,8 +94,10 @@ def test_a_late_record_at_the_cursors_millisecond_is_pulled_and_an_edit_of_a_tie
     assert pull_changes(connection=connection).pulled == 0
 
 
-class Killed(Exception):
-    """Stands for the worker being killed: nothing after it runs in the pull."""
+class Killed(BaseException):
+    """Stands for the worker being killed: nothing after it runs in the pull.
+    A BaseException, like the SystemExit of a stopped worker: the services'
+    crash recording (``except Exception``) does not swallow it."""
 
 
 def _kill_after(monkeypatch, method: str, calls: int) -> None:

@@ -656,6 +656,11 @@ class SalesforceConnector:
         if target == "Task":
             wanted.add("IsClosed")
         where = ["IsConverted = false"] if target == "Lead" else []
+        if target == "Task" and ids is None:
+            # Task scope: only Tasks about a person (a Lead or Contact, WhoId)
+            # are ours to pull; other integrations' Tasks on accounts,
+            # opportunities or nothing are left in Salesforce, not failed here.
+            where.append("WhoId != null")
         if ids is not None:
             bad = [i for i in ids if not SF_ID.match(i)]
             if bad:

@@ -707,8 +707,12 @@ class HubSpotEmulator(EmulatorBase):
             value = _as_iso(value)
         elif value is not None and NUMBER.match(str(value)):
             value = float(value)
-        if op == "IN":  # strings compared without case, as HubSpot compares them
-            return have is not None and str(have).lower() in {str(v).lower() for v in f.get("values") or []}
+        if op == "IN":  # strings compared without case, as HubSpot compares them; numbers as numbers
+            raw = record["properties"].get(prop)
+            values = f.get("values") or []
+            if isinstance(have, float):
+                return any(NUMBER.match(str(v)) and float(v) == have for v in values)
+            return raw is not None and str(raw).lower() in {str(v).lower() for v in values}
         if op == "HAS_PROPERTY":
             return have not in (None, "")
         if op == "NOT_HAS_PROPERTY":
