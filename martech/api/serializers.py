@@ -32,9 +32,10 @@ def _no_nul(value: Any, path: str = "") -> None:
             _no_nul(v, f"{path}[{i}]")
 
 
-class StrictInputSerializer(serializers.Serializer):
-    """Refuses keys it does not know (DRF ignores them by default), so a
-    misspelt field is a 400 naming it, never silently dropped."""
+class StrictFieldsMixin:
+    """Refuses keys the serializer does not know (DRF ignores them by
+    default), so a misspelt field is a 400 naming it, never silently
+    dropped. Mixed into plain and model serializers alike."""
 
     def to_internal_value(self, data):
         unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
@@ -48,6 +49,10 @@ class StrictInputSerializer(serializers.Serializer):
         if errors:
             raise serializers.ValidationError(errors)
         return value
+
+
+class StrictInputSerializer(StrictFieldsMixin, serializers.Serializer):
+    """An input serializer that refuses unknown keys (StrictFieldsMixin)."""
 
 
 def _text(max_length: int, **kwargs) -> serializers.CharField:

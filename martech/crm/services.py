@@ -771,16 +771,11 @@ def _remember_remote_ids(connection: Connection, obj: objects.ObjectType, remote
         return
 
     def write() -> None:
-        have = set(PushState.objects.select_for_update().filter(
-            connection=connection, object=obj.key, local_id__in=list(remote_ids)).order_by("local_id")
-            .values_list("local_id", flat=True))
-        for local_id in sorted(have):
-            PushState.objects.filter(connection=connection, object=obj.key, local_id=local_id).update(
-                remote_id=remote_ids[local_id])
+        # One upsert, in local id order (the one order of push-state locks).
         PushState.objects.bulk_create(
             [PushState(connection=connection, object=obj.key, local_id=local_id, remote_id=remote_id)
-             for local_id, remote_id in sorted(remote_ids.items()) if local_id not in have],
-            ignore_conflicts=True)
+             for local_id, remote_id in sorted(remote_ids.items())],
+            update_conflicts=True, unique_fields=["connection", "object", "local_id"], update_fields=["remote_id"])
 
     run_in_transaction(write)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from martech.api.serializers import StrictInputSerializer
+from martech.api.serializers import StrictFieldsMixin, StrictInputSerializer
 from martech.scoring.models import Segment
 from routing.models import Assignment, OutOfOffice, Rep, Rule, RuleSet, Team, Territory
 
@@ -39,23 +39,10 @@ class RuleSerializer(serializers.ModelSerializer):
         read_only_fields = ["id"]
 
 
-class RuleInputSerializer(RuleSerializer):
+class RuleInputSerializer(StrictFieldsMixin, RuleSerializer):
     """One rule of a draft. Unknown keys are refused (a 400 naming them): a
     misspelt ``"conditon"`` dropped silently left an empty condition that
     matched every lead."""
-
-    def to_internal_value(self, data):
-        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
-        errors = {str(k): ["Unknown field."] for k in unknown}
-        try:
-            value = super().to_internal_value(data)
-        except serializers.ValidationError as exc:
-            if not isinstance(exc.detail, dict):
-                raise
-            raise serializers.ValidationError({**exc.detail, **errors}) from exc
-        if errors:
-            raise serializers.ValidationError(errors)
-        return value
 
     class Meta(RuleSerializer.Meta):
         fields = ["order", "name", "condition", "territory", "action", "team", "rep", "is_active"]
