@@ -607,6 +607,19 @@ def email_template_save(*, template: EmailTemplate, actor=None) -> EmailTemplate
     return template
 
 
+@transaction.atomic
+def email_template_delete(*, template: EmailTemplate) -> None:
+    """Delete a template no workflow draft names (running versions keep their
+    snapshot either way); else a ValidationError naming the workflows."""
+    from nurture.selectors import workflows_using_template
+
+    users = workflows_using_template(template_id=template.pk)
+    if users:
+        raise ValidationError({"id": [f"Used by the workflow(s) {', '.join(str(w) for w in users)}: "
+                                      f"pick another template in their send-email steps first."]})
+    template.delete()
+
+
 def email_templates_content(*, ids) -> dict[str, dict]:
     """{"<id>": content} of the existing templates among ``ids``."""
     wanted = {int(i) for i in ids}
