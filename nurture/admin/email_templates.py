@@ -76,18 +76,20 @@ class EmailTemplateAdmin(ServiceSaveMixin, BaseAdmin):
         ]
         return own + super().get_urls()
 
-    def _lead_picker(self) -> AutocompleteSelect:
+    def _lead_picker(self) -> forms.Form:
         # The admin's own lead search (LeadAdmin.search_fields) through an
-        # existing foreign key to Lead; the picker is not a template field.
-        return AutocompleteSelect(Message._meta.get_field("lead"), self.admin_site,
-                                  attrs={"id": "id_preview_lead", "data-placeholder": "Search leads by email or name",
-                                         "style": "width:30em"})
+        # existing foreign key to Lead; the picker is not a template field
+        # (a form of its own, so saving the template ignores it).
+        widget = AutocompleteSelect(Message._meta.get_field("lead"), self.admin_site,
+                                    attrs={"data-placeholder": "Search leads by email or name", "style": "width:30em"})
+        field = forms.ModelChoiceField(queryset=Lead.objects.none(), required=False, widget=widget)
+        return type("PreviewLeadForm", (forms.Form,), {"preview_lead": field})()
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         picker = self._lead_picker()
         context.update({
             "media": context["media"] + picker.media + forms.Media(js=["nurture/template_preview.js"]),
-            "preview_lead_picker": picker.render("preview_lead", None),
+            "preview_lead_picker": picker["preview_lead"],
             "preview_url": reverse("admin:nurture_emailtemplate_preview", current_app=self.admin_site.name),
             "send_test_url": reverse("admin:nurture_emailtemplate_send_test", current_app=self.admin_site.name),
             "can_send_test": self._may_send_test(request),
