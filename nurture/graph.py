@@ -60,6 +60,15 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "enroll": ("workflow",),
 }
 CONDITION_FIELDS = ("condition",)
+# Fields rendered for the lead in the template language (nurture.channels):
+# checked on save like an email template's.
+RENDERED: dict[str, tuple[str, ...]] = {
+    "send_email": ("subject", "body", "html"),
+    "send_sms": ("body",),
+    "update_field": ("value",),
+    "create_task": ("subject", "description"),
+    "notify": ("text",),
+}
 
 
 def graph_validate(definition: dict) -> None:
@@ -94,13 +103,12 @@ def graph_validate(definition: dict) -> None:
         for f in required:
             if step.get(f) in (None, ""):
                 errors.append(f"{key}.{f}: required for a {kind} step.")
-        if kind == "send_email":
-            for f in ("subject", "body", "html"):
-                if isinstance(step.get(f), str):
-                    try:
-                        template_check(step[f])
-                    except ValidationError as exc:
-                        errors.append(f"{key}.{f}: {'; '.join(exc.messages)}")
+        for f in RENDERED.get(kind, ()):
+            if isinstance(step.get(f), str):
+                try:
+                    template_check(step[f])
+                except ValidationError as exc:
+                    errors.append(f"{key}.{f}: {'; '.join(exc.messages)}")
         for f in TARGETS[kind]:
             target = step.get(f)
             if target not in steps:
@@ -125,6 +133,11 @@ def graph_validate(definition: dict) -> None:
             if isinstance(block, dict) and block.get("condition"):
                 try:
                     condition_check(block["condition"])
+                except ValidationError as exc:
+                    errors.append(f"{key}.blocks: {'; '.join(exc.messages)}")
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                try:
+                    template_check(block["text"])
                 except ValidationError as exc:
                     errors.append(f"{key}.blocks: {'; '.join(exc.messages)}")
     if errors:

@@ -247,6 +247,18 @@ def test_definition_validation_names_the_step():
     with pytest.raises(ValidationError) as exc:
         workflow_save(workflow=wf)
     assert any(m.startswith("e1.subject: column 1: unknown merge field 'nope'") for m in exc.value.message_dict["definition"])
+    # Every field rendered for a lead is checked the same way (SMS, tasks, blocks).
+    wf.definition = {"start": "s", "steps": {
+        "s": {"type": "send_sms", "body": "{{#if score > 1}}hi", "next": "t"},
+        "t": {"type": "create_task", "subject": "Call {{emial}}", "next": "e"},
+        "e": {"type": "send_email", "template": t.pk, "blocks": [{"text": "{{/if}}"}], "next": "end"},
+        "end": {"type": "end"}}}
+    with pytest.raises(ValidationError) as exc:
+        workflow_save(workflow=wf)
+    found = exc.value.message_dict["definition"]
+    assert "s.body: column 1: {{#if}} is never closed with {{/if}}." in found
+    assert any(m.startswith("t.subject: column 6: unknown merge field 'emial'") for m in found)
+    assert "e.blocks: column 1: {{/if}} without an {{#if}}." in found
     wf.definition = template_flow(t.pk)
     workflow_save(workflow=wf)
 
