@@ -26,7 +26,7 @@ from django.urls import reverse
 from django.utils.html import escape
 from django.utils.module_loading import import_string
 
-from nurture.conditions import condition_matches
+from nurture.conditions import condition_check, condition_matches
 
 log = logging.getLogger(__name__)
 TRACK_SALT = "nurture.track"
@@ -129,8 +129,6 @@ def template_check(text: str) -> None:
     """Raise ValidationError naming the place and the reason: a syntax error,
     an unknown merge field, a condition that does not parse."""
     from martech.conditions import field_check
-
-    from nurture.conditions import condition_check
 
     nodes = _parse(text or "")
     errors = [f"{_column(text, m.start())}: {m.group(0)[:40]!r} is neither a merge field nor an "
