@@ -91,6 +91,8 @@ __all__ = [
     "Condition",
     "ConditionError",
     "ConditionField",
+    "field_check",
+    "field_value",
     "matching_leads",
     "parse",
     "validate_condition",
@@ -305,6 +307,19 @@ def _resolve(path: str, pos: int) -> FieldSpec:
             raise ConditionError(pos, f"unknown account field {path!r}")
         raise ConditionError(pos, f"unknown field {path!r}")
     return spec
+
+
+def field_check(path: str) -> None:
+    """Raise ConditionError when ``path`` is not a field of the language
+    (email merge fields name the same fields conditions do)."""
+    _resolve(path, 1)
+
+
+def field_value(path: str, lead) -> Any:
+    """The lead's value for a field path of the language, None when empty.
+    Only the fields ``field_check`` accepts are read: no other attribute of
+    the lead, its account or their relations is reachable through a path."""
+    return _value(_resolve(path, 1), lead)
 
 
 def load_fields(paths: Iterable[str]) -> frozenset[str]:

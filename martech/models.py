@@ -804,7 +804,7 @@ class ApiClient(TimestampedModel):
         ATTRIBUTION_READ = "attribution:read", "Read attribution reports, opportunities and spend"
         ATTRIBUTION_WRITE = "attribution:write", "Write opportunities and spend"
         NURTURE_READ = "nurture:read", "Read nurture workflows and metrics"
-        NURTURE_WRITE = "nurture:write", "Enroll leads in nurture workflows"
+        NURTURE_WRITE = "nurture:write", "Enroll leads in nurture workflows and edit email templates"
 
     name = models.CharField(max_length=100, unique=True)
     token_prefix = models.CharField(max_length=12, editable=False)

@@ -29,6 +29,8 @@ def is_hard_bounce(event: AnymailTrackingEvent) -> bool:
 
 
 def on_tracking(sender, event: AnymailTrackingEvent, esp_name: str, **kwargs) -> None:
+    if (getattr(event, "metadata", None) or {}).get("nurture_test"):
+        return  # a test send to a staff address (nurture.channels.email_build_test): no lead's message
     if event.event_type in ("sent", "delivered"):
         key = (getattr(event, "metadata", None) or {}).get("nurture_key", "")
         if event.message_id or key:

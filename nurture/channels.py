@@ -12,52 +12,182 @@ import re
 import smtplib
 import socket
 import urllib.request
+from dataclasses import dataclass
 from functools import lru_cache
+from html.parser import HTMLParser
 from typing import Any, Protocol
 
 from django.conf import settings
 from django.core import signing
+from django.core.exceptions import ValidationError
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 from django.urls import reverse
 from django.utils.html import escape
 from django.utils.module_loading import import_string
 
-from nurture.conditions import condition_matches
+from nurture.conditions import condition_check, condition_matches
 
 log = logging.getLogger(__name__)
 TRACK_SALT = "nurture.track"
-_TOKEN = re.compile(r"\{\{\s*([a-zA-Z0-9_.]+)\s*(?:\|([^}]*))?\}\}")
-_HREF = re.compile(r'href="(https?://[^"]+)"')
 
 
 # --- rendering --------------------------------------------------------------
+# The template language of emails, SMS, tasks and notifications:
+#   {{first_name|there}}          a merge field (a field path of the condition
+#                                 language) with an optional fallback
+#   {{#if score >= 50}}..{{else}}..{{/if}}
+#                                 a conditional block (a condition of the
+#                                 condition language; may nest; else optional)
+#   {{blocks}}                    a step's content blocks whose condition the
+#                                 lead meets
+# A condition may not contain "}}". Lead values are inserted once, as text
+# (escaped in HTML): a value that looks like a tag is never rendered again.
+_TAG = re.compile(
+    r"\{\{\s*(?:#if\s+(?P<cond>.*?)|(?P<else>else)|(?P<endif>/if)"
+    r"|(?P<name>[a-zA-Z0-9_.]+)\s*(?:\|(?P<fallback>[^}]*))?)\s*\}\}",
+    re.S,
+)
+_ANY_TAG = re.compile(r"\{\{.*?\}\}", re.S)
+_HREF = re.compile(r'href="(https?://[^"]+)"')
+
+
+@dataclass(frozen=True)
+class _Var:
+    name: str
+    fallback: str | None
+    pos: int
+
+
+@dataclass(frozen=True)
+class _If:
+    condition: str
+    then: tuple
+    otherwise: tuple
+    pos: int
+
+
+class TemplateError(ValidationError):
+    """Template text that does not parse; the message names the column."""
+
+
+def _column(text: str, pos: int) -> str:
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return f"line {line}, column {col}" if line > 1 else f"column {col}"
+
+
+@lru_cache(maxsize=1024)
+def _parse(text: str) -> tuple:
+    """Text -> nodes (str, _Var, _If). Pure, so cached: a batch renders the
+    same few texts for thousands of leads."""
+    root: list = []
+    # Open {{#if}}s: (condition, position, then-nodes, else-nodes or None).
+    stack: list[tuple[str, int, list, list | None]] = []
+    out, last = root, 0
+    for m in _TAG.finditer(text):
+        if m.start() > last:
+            out.append(text[last:m.start()])
+        last = m.end()
+        where = _column(text, m.start())
+        if m.group("cond") is not None:
+            cond = m.group("cond").strip()
+            if not cond:
+                raise TemplateError(f"{where}: {{{{#if}}}} needs a condition.")
+            stack.append((cond, m.start(), [], None))
+            out = stack[-1][2]
+        elif m.group("else"):
+            if not stack or stack[-1][3] is not None:
+                raise TemplateError(f"{where}: {{{{else}}}} outside an {{{{#if}}}} block.")
+            cond, pos, then, _ = stack.pop()
+            stack.append((cond, pos, then, []))
+            out = stack[-1][3]
+        elif m.group("endif"):
+            if not stack:
+                raise TemplateError(f"{where}: {{{{/if}}}} without an {{{{#if}}}}.")
+            cond, pos, then, otherwise = stack.pop()
+            out = stack[-1][3] if stack and stack[-1][3] is not None else (stack[-1][2] if stack else root)
+            out.append(_If(cond, tuple(then), tuple(otherwise or ()), pos))
+        else:
+            out.append(_Var(m.group("name"), m.group("fallback"), m.start()))
+    if stack:
+        raise TemplateError(f"{_column(text, stack[-1][1])}: {{{{#if}}}} is never closed with {{{{/if}}}}.")
+    if last < len(text):
+        out.append(text[last:])
+    return tuple(root)
+
+
+def _walk(nodes: tuple):
+    for node in nodes:
+        yield node
+        if isinstance(node, _If):
+            yield from _walk(node.then)
+            yield from _walk(node.otherwise)
+
+
+def template_check(text: str) -> None:
+    """Raise ValidationError naming the place and the reason: a syntax error,
+    an unknown merge field, a condition that does not parse."""
+    from martech.conditions import field_check
+
+    nodes = _parse(text or "")
+    errors = [f"{_column(text, m.start())}: {m.group(0)[:40]!r} is neither a merge field nor an "
+              f"{{{{#if}}}}/{{{{else}}}}/{{{{/if}}}} tag."
+              for m in _ANY_TAG.finditer(text or "") if not _TAG.fullmatch(m.group(0))]
+    for node in _walk(nodes):
+        where = _column(text, node.pos) if not isinstance(node, str) else ""
+        if isinstance(node, _Var) and node.name != "blocks":
+            try:
+                field_check(node.name)
+            except ValidationError:
+                errors.append(f"{where}: unknown merge field {node.name!r} (use a lead field, score, "
+                              f"email_domain, account.<field> or properties.<name>).")
+        elif isinstance(node, _If):
+            try:
+                condition_check(node.condition)
+            except ValidationError as exc:
+                errors.append(f"{where}: {{{{#if}}}} condition: {'; '.join(exc.messages)}")
+    if errors:
+        raise ValidationError(errors)
+
+
 def lead_value(lead, path: str) -> Any:
-    """``email``, ``first_name``, ``properties.cart_value``, ``account.name``."""
-    head, _, rest = path.partition(".")
-    if head == "properties":
-        return (lead.properties or {}).get(rest)
-    if head == "account":
-        account = lead.account if lead.account_id else None
-        return getattr(account, rest, None) if account and rest else None
-    if head == "lifecycle_stage":
-        return lead.lifecycle_stage.key if lead.lifecycle_stage_id else None
-    return getattr(lead, path, None) if not rest else None
+    """``email``, ``first_name``, ``properties.cart_value``, ``account.name``:
+    a field path of the condition language, else None (nothing else of the
+    lead is reachable from a template)."""
+    from martech.conditions import field_value
+
+    try:
+        return field_value(path, lead)
+    except ValidationError:
+        return None
 
 
 def render(text: str, lead, *, blocks: list[dict] | None = None, html: bool = False) -> str:
-    """Replace ``{{path|fallback}}`` tokens (a missing or blank value uses the
-    fallback, or nothing) and ``{{blocks}}`` with the content blocks whose
-    condition the lead meets (all of them, in order)."""
-    def token(m: re.Match) -> str:
-        name, fallback = m.group(1), m.group(2)
-        if name == "blocks":
-            chosen = [b.get("text", "") for b in blocks or [] if condition_matches(b.get("condition", ""), lead)]
-            return "\n".join(render(t, lead, html=html) for t in chosen)
-        value = lead_value(lead, name)
-        value = fallback.strip() if value in (None, "") and fallback is not None else ("" if value is None else str(value))
-        return escape(value) if html else value
-    return _TOKEN.sub(token, text or "")
+    """Render ``text`` for ``lead`` (the language above): a missing or blank
+    value uses the fallback, or nothing; values are escaped when ``html``.
+    Raises TemplateError for text that does not parse (saving a template or
+    a workflow checks first, see ``template_check``)."""
+    parts: list[str] = []
+
+    def emit(nodes: tuple) -> None:
+        for node in nodes:
+            if isinstance(node, str):
+                parts.append(node)
+            elif isinstance(node, _If):
+                emit(node.then if condition_matches(node.condition, lead) else node.otherwise)
+            elif node.name == "blocks":
+                chosen = [b.get("text", "") for b in blocks or [] if condition_matches(b.get("condition", ""), lead)]
+                parts.append("\n".join(render(t, lead, html=html) for t in chosen))
+            else:
+                value = lead_value(lead, node.name)
+                if value in (None, "") and node.fallback is not None:
+                    value = node.fallback.strip()
+                value = "" if value is None else str(value)
+                parts.append(escape(value) if html else value)
+
+    emit(_parse(text or ""))
+    return "".join(parts)
 
 
 _BARE_URL = re.compile(r'(?<!["=])(https?://[^\s<>"]+)')
@@ -67,6 +197,86 @@ def html_from_text(text: str) -> str:
     """HTML for a plain-text body (already escaped): bare URLs become links
     (so clicks are tracked), newlines become breaks."""
     return _BARE_URL.sub(r'<a href="\1">\1</a>', text).replace("\n", "<br>\n")
+
+
+class _TextFromHtml(HTMLParser):
+    _SKIP = {"script", "style", "head", "title"}
+    _BLOCK = {"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table", "tr", "blockquote", "section"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skipping = 0
+        self.links: list[tuple[str, int]] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self._SKIP:
+            self.skipping += 1
+        elif tag == "br":
+            self.out.append("\n")
+        elif tag == "li":
+            self.out.append("\n- ")
+        elif tag in self._BLOCK:
+            self.out.append("\n\n")
+        elif tag == "a":
+            self.links.append((dict(attrs).get("href") or "", len(self.out)))
+
+    def handle_endtag(self, tag):
+        if tag in self._SKIP:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in self._BLOCK:
+            self.out.append("\n\n")
+        elif tag == "a" and self.links:
+            href, at = self.links.pop()
+            label = "".join(self.out[at:]).strip()
+            if href.startswith(("http://", "https://", "mailto:")) and href != label:
+                self.out.append(f" ({href})" if label else href)
+
+    def handle_data(self, data):
+        if not self.skipping:
+            self.out.append(re.sub(r"\s+", " ", data))
+
+
+def text_from_html(html: str) -> str:
+    """The plain-text version of an HTML body (what a template without a
+    text body sends as its text part): tags dropped, entities decoded,
+    paragraphs and breaks kept as blank lines and newlines, links as
+    "label (url)"."""
+    parser = _TextFromHtml()
+    parser.feed(html or "")
+    parser.close()
+    lines = [line.strip() for line in "".join(parser.out).split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _one_line(text: str) -> str:
+    # A subject is a header: a newline in a lead's value must not end it.
+    return re.sub(r"[\r\n]+", " ", text).strip()
+
+
+def render_email(content: dict, lead, *, blocks: list[dict] | None = None) -> dict[str, str]:
+    """Render an email's content for ``lead``: ``content`` has ``subject``,
+    ``text``, ``html`` and ``preheader`` (an inline send-email step's fields,
+    or an EmailTemplate's ``content()``). A blank text part is derived from
+    the HTML, a blank HTML part from the text; the preheader goes first in the
+    HTML, hidden (the inbox shows it after the subject). Returns ``subject``,
+    ``preheader``, ``text`` and ``html``."""
+    text_src, html_src = content.get("text") or "", content.get("html") or ""
+    html = render(html_src, lead, blocks=blocks, html=True) if html_src.strip() else ""
+    if text_src.strip():
+        text = render(text_src, lead, blocks=blocks)
+        if not html:
+            html = html_from_text(render(text_src, lead, blocks=blocks, html=True))
+    else:
+        text = text_from_html(html)
+    preheader = _one_line(render(content.get("preheader") or "", lead))
+    if preheader:
+        hidden = ('<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">'
+                  f"{escape(preheader)}</div>")
+        body = re.search(r"<body[^>]*>", html, re.I)
+        html = html[:body.end()] + hidden + html[body.end():] if body else hidden + html
+    return {"subject": _one_line(render(content.get("subject") or "", lead)), "preheader": preheader,
+            "text": text, "html": html}
 
 
 # --- signed links -------------------------------------------------------------
@@ -125,6 +335,18 @@ def email_build(message, *, html_body: str) -> EmailMultiAlternatives:
     # events: a delivery of a message whose worker died before storing the
     # ESP's id still finds it by key (services.messages_confirm_sent).
     mail.metadata = {"nurture_key": message.key}
+    return mail
+
+
+def email_build_test(rendered: dict[str, str], *, to: str) -> EmailMultiAlternatives:
+    """A test send of rendered content (``render_email``): "[Test]" before
+    the subject, an ``X-Nurture-Test`` header and ``nurture_test`` in the
+    ESP's metadata (its tracking events are ignored), and no tracking links,
+    pixel or unsubscribe link: there is no message or lead to track."""
+    mail = EmailMultiAlternatives(subject=f"[Test] {rendered['subject']}", body=rendered["text"], to=[to],
+                                  headers={"X-Nurture-Test": "1"})
+    mail.attach_alternative(rendered["html"], "text/html")
+    mail.metadata = {"nurture_test": "1"}
     return mail
 
 

@@ -73,6 +73,9 @@ class Ctx:
     sends: dict[int, list[datetime]] | None = None
     # Suppression segments: {segment id: ids of the batch's leads in it}.
     segment_hits: dict[int, set[int]] | None = None
+    # Email templates by id to render instead of the version's snapshot (a
+    # test run of a draft renders the current ones).
+    templates: dict[str, dict] | None = None
 
 
 def batch_prefetch(ctx: Ctx, leads: list[Lead], segment_ids=()) -> None:
@@ -195,17 +198,31 @@ def _send_email(enr, step, ctx: Ctx) -> Outcome:
             return Outcome("delayed:frequency_cap", delay_until=until)
         if history is not None:
             history.append(ctx.now)
-    blocks = step.get("blocks") or []
+    email = channels.render_email(email_content(enr, step, ctx), lead, blocks=step.get("blocks") or [])
     return Outcome(
         "sent", step["next"],
         message={
             "channel": Message.Channel.EMAIL, "to": lead.email, "is_marketing": marketing,
-            "subject": channels.render(step["subject"], lead),
-            "body": channels.render(step["body"], lead, blocks=blocks),
-            "html": channels.render(step["html"], lead, blocks=blocks, html=True) if step.get("html")
-            else channels.html_from_text(channels.render(step["body"], lead, blocks=blocks, html=True)),
+            "subject": email["subject"], "body": email["text"], "html": email["html"],
         },
+        detail={"template": step["template"]} if step.get("template") else {},
     )
+
+
+def email_content(enr, step: dict, ctx: Ctx) -> dict:
+    """What a send-email step sends: its own subject and body, or the email
+    template it names as the enrollment's version snapshotted it at publish
+    (editing a template changes a running journey only at the next publish);
+    a test run passes the templates to use in ``ctx.templates``."""
+    ref = step.get("template")
+    if ref in (None, ""):
+        return {"subject": step["subject"], "text": step["body"], "html": step.get("html", ""), "preheader": ""}
+    found = (ctx.templates if ctx.templates is not None else enr.version.templates or {}).get(str(ref))
+    if found is None:
+        # Publishing snapshots every referenced template: a version without
+        # it is broken, and the enrollment's failure is kept and retried.
+        raise ValidationError({"template": [f"Email template {ref} is not in this workflow version."]})
+    return found
 
 
 def _send_sms(enr, step, ctx: Ctx) -> Outcome:

@@ -1,4 +1,5 @@
-"""The six journeys of the seeds, creatable as drafts to adapt."""
+"""The six journeys of the seeds, creatable as drafts to adapt (their emails
+as email templates the steps name)."""
 from __future__ import annotations
 
 from django.db import transaction
@@ -98,8 +99,30 @@ def workflow_create_from_gallery(*, key: str, actor=None, name: str | None = Non
         seg_name, condition = segment
         seg = Segment.objects.filter(name=seg_name).first() or segment_save(name=seg_name, condition=condition)
         spec["trigger_config"] = {"segment": seg.pk, "enroll_existing": True}
+    _emails_to_templates(base, spec["definition"], actor=actor)
     final, n = base, 2
     while Workflow.objects.filter(name=final).exists():
         final, n = f"{base} ({n})", n + 1
     return Workflow.objects.create(name=final, owner=actor if getattr(actor, "is_authenticated", False) else None,
                                    status=Workflow.Status.DRAFT, **spec)
+
+
+def _emails_to_templates(journey: str, definition: dict, *, actor=None) -> None:
+    """Each email of a gallery journey becomes an email template that its
+    step names, so ops edit and preview it in the template editor. Found by
+    name: a second copy of the journey shares the first one's templates."""
+    from django.utils.html import escape
+
+    from nurture.channels import html_from_text
+    from nurture.models import EmailTemplate
+    from nurture.services import email_template_save
+
+    for step in definition["steps"].values():
+        if step.get("type") != "send_email" or "template" in step:
+            continue
+        subject, body = step.pop("subject"), step.pop("body")
+        name = f"{journey}: {subject}"[:200]
+        template = EmailTemplate.objects.filter(name=name).first() or email_template_save(
+            template=EmailTemplate(name=name, subject=subject, html_body=f"<p>{html_from_text(escape(body))}</p>",
+                                   text_body=body), actor=actor)
+        step["template"] = template.pk

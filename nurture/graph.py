@@ -5,11 +5,15 @@ Shape (JSON)::
     {"start": "welcome",
      "steps": {
         "welcome": {"type": "send_email", "subject": "Hi {{first_name|there}}", "body": "...", "next": "wait1"},
+        "again":   {"type": "send_email", "template": 4, "next": "wait1"},  (an EmailTemplate's id)
         "wait1":   {"type": "wait", "days": 3, "next": "check"},
         "check":   {"type": "branch", "condition": "score >= 50", "yes": "sales", "no": "done"},
         "sales":   {"type": "create_task", "subject": "Call {{email}}", "next": "done"},
         "done":    {"type": "end"}}}
 
+A send-email step gives its ``subject`` and ``body`` (and optional
+``html``), or names an email template by id in ``template``; publishing
+snapshots the templates into the version.
 Every step but ``end`` names its successors in the fields of ``TARGETS``.
 Saving validates: the start exists, every target exists, every step is
 reachable from the start, and every path ends (no cycle, so a lead can never
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 
+from nurture.channels import template_check
 from nurture.conditions import condition_check
 
 # step type -> fields naming the next step(s)
@@ -40,7 +45,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "end": (),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
-    "send_email": ("subject", "body"),
+    "send_email": ("subject", "body"),  # unless it names a template
     "send_sms": ("body",),
     "audience_add": ("audience",),
     "audience_remove": ("audience",),
@@ -55,6 +60,15 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "enroll": ("workflow",),
 }
 CONDITION_FIELDS = ("condition",)
+# Fields rendered for the lead in the template language (nurture.channels):
+# checked on save like an email template's.
+RENDERED: dict[str, tuple[str, ...]] = {
+    "send_email": ("subject", "body", "html"),
+    "send_sms": ("body",),
+    "update_field": ("value",),
+    "create_task": ("subject", "description"),
+    "notify": ("text",),
+}
 
 
 def graph_validate(definition: dict) -> None:
@@ -64,6 +78,7 @@ def graph_validate(definition: dict) -> None:
         raise ValidationError({"definition": ['Give {"start": <key>, "steps": {<key>: {...}}} with at least one step.']})
     steps: dict = definition["steps"]
     start = definition.get("start")
+    known_templates = _existing_templates(template_ids(definition))
     if start not in steps:
         errors.append(f"start: step {start!r} does not exist.")
     for key, step in steps.items():
@@ -74,9 +89,26 @@ def graph_validate(definition: dict) -> None:
         if kind not in TARGETS:
             errors.append(f"{key}.type: unknown step type {kind!r} (one of {', '.join(TARGETS)}).")
             continue
-        for f in REQUIRED.get(kind, ()):
+        required = REQUIRED.get(kind, ())
+        if kind == "send_email" and step.get("template") not in (None, ""):
+            required = ()
+            ref = step["template"]
+            if not isinstance(ref, int) or isinstance(ref, bool):
+                errors.append(f"{key}.template: an email template's id (an integer), not {ref!r}.")
+            elif ref not in known_templates:
+                errors.append(f"{key}.template: no email template with id {ref}.")
+            inline = [f for f in ("subject", "body", "html") if step.get(f) not in (None, "")]
+            if inline:
+                errors.append(f"{key}: give a template or {'/'.join(inline)}, not both.")
+        for f in required:
             if step.get(f) in (None, ""):
                 errors.append(f"{key}.{f}: required for a {kind} step.")
+        for f in RENDERED.get(kind, ()):
+            if isinstance(step.get(f), str):
+                try:
+                    template_check(step[f])
+                except ValidationError as exc:
+                    errors.append(f"{key}.{f}: {'; '.join(exc.messages)}")
         for f in TARGETS[kind]:
             target = step.get(f)
             if target not in steps:
@@ -101,6 +133,11 @@ def graph_validate(definition: dict) -> None:
             if isinstance(block, dict) and block.get("condition"):
                 try:
                     condition_check(block["condition"])
+                except ValidationError as exc:
+                    errors.append(f"{key}.blocks: {'; '.join(exc.messages)}")
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                try:
+                    template_check(block["text"])
                 except ValidationError as exc:
                     errors.append(f"{key}.blocks: {'; '.join(exc.messages)}")
     if errors:
@@ -144,3 +181,20 @@ def step_order(definition: dict) -> list[str]:
             seen.append(k)
             queue.extend(successors(steps[k]))
     return seen
+
+
+def template_ids(definition: dict) -> set[int]:
+    """The email template ids the definition's send-email steps name."""
+    steps = definition.get("steps") if isinstance(definition, dict) else None
+    return {
+        step["template"] for step in (steps.values() if isinstance(steps, dict) else ())
+        if isinstance(step, dict) and step.get("type") == "send_email"
+        and isinstance(step.get("template"), int) and not isinstance(step.get("template"), bool)
+        and 0 < step["template"] < 2**63  # a larger number is no row's id (and overflows the column)
+    }
+
+
+def _existing_templates(ids: set[int]) -> set[int]:
+    from nurture.models import EmailTemplate
+
+    return set(EmailTemplate.objects.filter(pk__in=ids).values_list("pk", flat=True)) if ids else set()

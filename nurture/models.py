@@ -94,6 +94,10 @@ class WorkflowVersion(models.Model):
     number = models.PositiveIntegerField()
     definition = models.JSONField()
     settings = models.JSONField(default=dict, help_text="Criteria, suppression and goal at publish time.")
+    # The email templates its send-email steps name, as they were at publish
+    # time: {"<template id>": EmailTemplate.content()}. The engine renders
+    # from here, so editing a template changes nothing until the next publish.
+    templates = models.JSONField(default=dict, blank=True)
     published_at = models.DateTimeField(default=timezone.now)
     published_by = models.ForeignKey(django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
@@ -296,3 +300,44 @@ class SegmentMember(models.Model):
 
     def __str__(self) -> str:
         return f"{self.lead} in segment {self.segment} (workflow {self.workflow})"
+
+
+class EmailTemplate(models.Model):
+    """An email that send-email steps name by id (step key ``template``).
+
+    Subject, preheader and bodies use the template language of
+    ``nurture.channels`` (merge fields with fallbacks, conditional blocks);
+    saving checks them (``nurture.services.email_template_save``). A blank
+    text body is derived from the HTML when the email is rendered."""
+
+    name = models.CharField(max_length=200, unique=True)
+    subject = models.CharField(max_length=500, help_text="Merge fields allowed, e.g. Hi {{first_name|there}}.")
+    preheader = models.CharField(max_length=255, blank=True,
+                                 help_text="The preview line an inbox shows after the subject (hidden in the email).")
+    html_body = models.TextField("HTML body", help_text="Merge fields are HTML-escaped; "
+                                 "{{#if score >= 50}}…{{else}}…{{/if}} shows a part only to leads who match.")
+    text_body = models.TextField("Text body", blank=True,
+                                 help_text="The plain-text part. Leave blank to derive it from the HTML body.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(django_settings.AUTH_USER_MODEL, null=True, blank=True, editable=False,
+                                   on_delete=models.SET_NULL, related_name="+")
+
+    # The fields a template's text lives in, as the renderer names them.
+    CONTENT_FIELDS = {"subject": "subject", "preheader": "preheader", "html": "html_body", "text": "text_body"}
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def content(self) -> dict[str, str]:
+        """What ``channels.render_email`` renders, and what a published
+        workflow version keeps of the template."""
+        return {"name": self.name, **{key: getattr(self, f) for key, f in self.CONTENT_FIELDS.items()}}
+
+    def clean(self) -> None:
+        from nurture.services import email_template_validate
+
+        email_template_validate(template=self)

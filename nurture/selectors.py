@@ -51,3 +51,12 @@ def workflow_metrics(*, workflow: Workflow) -> dict:
         steps.append(row)
         previous = reached
     return {"workflow": workflow.pk, **enr, **msgs, "steps": steps}
+
+
+def workflows_using_template(*, template_id: int) -> list[Workflow]:
+    """Workflows (not archived) whose draft has a send-email step naming the
+    template. Published versions are left out: they render their snapshot."""
+    from nurture.graph import template_ids
+
+    drafts = Workflow.objects.exclude(status=Workflow.Status.ARCHIVED).only("pk", "name", "definition").order_by("name")
+    return [wf for wf in drafts if template_id in template_ids(wf.definition)]

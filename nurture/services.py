@@ -15,7 +15,7 @@ from django.utils import timezone
 from martech import configcache
 from martech.models import ConsentChannel, Lead
 from martech.services.leads import consent_record
-from nurture import engine
+from nurture import channels, engine
 from nurture.conditions import (
     condition_check,
     condition_matches,
@@ -24,8 +24,17 @@ from nurture.conditions import (
     segment_q,
     segments_by_id,
 )
-from nurture.graph import graph_validate
-from nurture.models import WORKFLOWS_KEY, Enrollment, Message, SegmentMember, Suppression, Workflow, WorkflowVersion
+from nurture.graph import graph_validate, template_ids
+from nurture.models import (
+    WORKFLOWS_KEY,
+    EmailTemplate,
+    Enrollment,
+    Message,
+    SegmentMember,
+    Suppression,
+    Workflow,
+    WorkflowVersion,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +106,10 @@ def workflow_publish(*, workflow: Workflow, actor=None) -> WorkflowVersion:
     version = WorkflowVersion.objects.create(
         workflow=wf, number=number, definition=copy.deepcopy(wf.definition),
         settings={f: copy.deepcopy(getattr(wf, f)) for f in SETTINGS_FIELDS},
+        # The templates as they are now: the version renders these until the
+        # next publish, whatever later edits do (graph_validate above checked
+        # that every one exists).
+        templates=email_templates_content(ids=template_ids(wf.definition)),
         published_by=actor if getattr(actor, "is_authenticated", False) else None,
     )
     Workflow.objects.filter(pk=wf.pk).update(current_version=version, has_draft_changes=False, status=Workflow.Status.ACTIVE)
@@ -540,11 +553,15 @@ def workflow_test_run(*, workflow: Workflow, lead: Lead, use_draft: bool = True,
     """Walk the workflow for one test lead with waits compressed and every
     effect dry: each step's outcome and rendered message is returned, nothing
     is written (no enrollment, message, task, field or audience change)."""
-    definition = workflow.definition if use_draft or workflow.current_version is None else workflow.current_version.definition
+    version = None if use_draft else workflow.current_version
+    definition = workflow.definition if version is None else version.definition
     graph_validate(definition)
     enr = Enrollment(workflow=workflow, lead=lead, step=definition["start"], state={}, enrolled_at=timezone.now())
     enr.pk = 0
-    ctx = engine.Ctx(now=timezone.now(), dry=True, compress_waits=True)
+    # A draft renders the templates as they are now; a published version
+    # renders its snapshot, as its enrollments do.
+    templates = version.templates if version is not None else email_templates_content(ids=template_ids(definition))
+    ctx = engine.Ctx(now=timezone.now(), dry=True, compress_waits=True, templates=templates)
     out_rows: list[dict] = []
     key = definition["start"]
     for _ in range(max_steps):
@@ -558,3 +575,78 @@ def workflow_test_run(*, workflow: Workflow, lead: Lead, use_draft: bool = True,
             break
         key = out.next_step
     return out_rows
+
+
+# --- email templates ------------------------------------------------------------------
+def email_template_validate(*, template: EmailTemplate) -> None:
+    """Every text field parses, names only known merge fields and valid
+    conditions; a subject and an HTML body are given. Raises ValidationError
+    keyed by field, each message saying where and why."""
+    errors: dict[str, list[str]] = {}
+    for field in EmailTemplate.CONTENT_FIELDS.values():
+        try:
+            channels.template_check(getattr(template, field) or "")
+        except ValidationError as exc:
+            errors[field] = exc.messages
+    for field in ("subject", "html_body"):
+        if not (getattr(template, field) or "").strip():
+            errors.setdefault(field, []).append("Required.")
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def email_template_save(*, template: EmailTemplate, actor=None) -> EmailTemplate:
+    """Validate and save a template. Published workflow versions keep the
+    content they snapshotted; drafts and test runs see the change at once."""
+    email_template_validate(template=template)
+    if EmailTemplate.objects.filter(name=template.name).exclude(pk=template.pk).exists():
+        raise ValidationError({"name": [f"A template named {template.name!r} exists already."]})
+    template.updated_by = actor if getattr(actor, "is_authenticated", False) and actor.pk else None
+    template.save()
+    return template
+
+
+@transaction.atomic
+def email_template_delete(*, template: EmailTemplate) -> None:
+    """Delete a template no workflow draft names (running versions keep their
+    snapshot either way); else a ValidationError naming the workflows."""
+    from nurture.selectors import workflows_using_template
+
+    users = workflows_using_template(template_id=template.pk)
+    if users:
+        raise ValidationError({"id": [f"Used by the workflow(s) {', '.join(str(w) for w in users)}: "
+                                      f"pick another template in their send-email steps first."]})
+    template.delete()
+
+
+def email_templates_content(*, ids) -> dict[str, dict]:
+    """{"<id>": content} of the existing templates among ``ids``."""
+    wanted = {int(i) for i in ids}
+    return {str(t.pk): t.content() for t in EmailTemplate.objects.filter(pk__in=wanted)} if wanted else {}
+
+
+def email_template_send_test(*, content: dict, lead: Lead | None, user) -> str:
+    """Send ``content`` (a template's, saved or not) rendered for ``lead``
+    (None: an empty lead, so every fallback shows) to ``user``'s own
+    address, through the email connection the engine sends with. Marked as
+    a test: "[Test]" in the subject, an ``X-Nurture-Test`` header, no
+    tracking and no Message row. Raises ValidationError when the user has no
+    email address or the content does not validate; a backend refusal
+    propagates. Returns the address.
+
+    Runs in the request (not a task): the person pressing the button needs
+    the backend's answer, and the connection has the engine's send timeout."""
+    address = (getattr(user, "email", "") or "").strip()
+    if not address:
+        raise ValidationError({"email": ["Your user account has no email address: add one to your profile "
+                                         "to receive test sends."]})
+    email_template_validate(template=EmailTemplate(**{f: content.get(k) or "" for k, f in EmailTemplate.CONTENT_FIELDS.items()}))
+    rendered = channels.render_email(content, lead if lead is not None else Lead())
+    session = channels.EmailSession()
+    try:
+        session.send(channels.email_build_test(rendered, to=address), commit_point=lambda: None)
+    finally:
+        session.close()
+    log.info("nurture: test email %r sent to %s by %s", rendered["subject"], address, user)
+    return address

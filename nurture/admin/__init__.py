@@ -1,2 +1,2 @@
 """The nurture ops screens, one ModelAdmin per module (STYLE.md 8)."""
-from nurture.admin import audiences, enrollments, messages, workflows  # noqa: F401
+from nurture.admin import audiences, email_templates, enrollments, messages, workflows  # noqa: F401

@@ -1,18 +1,31 @@
-"""Nurture API: workflows (read), their metrics, manual enrollment.
+"""Nurture API: workflows (read), their metrics, manual enrollment; email
+templates (read, write, preview for a lead).
 Thin views (STYLE.md 11): serializers check shapes, services write."""
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
 
-from martech.api.views import DETAIL_ERRORS, LIST_ERRORS, WRITE_ERRORS, ApiViewSet, _paginated, _scopes, _source
+from martech.api.serializers import StrictFieldsMixin, StrictInputSerializer
+from martech.api.views import (
+    DETAIL_ERRORS,
+    LIST_ERRORS,
+    WRITE_ERRORS,
+    ApiViewSet,
+    _actor,
+    _paginated,
+    _scopes,
+    _source,
+)
 from martech.models import ApiClient, Lead
-from nurture.models import Workflow
+from nurture import channels
+from nurture.models import EmailTemplate, Workflow
 from nurture.selectors import workflow_metrics
-from nurture.services import enrollment_create
+from nurture.services import email_template_delete, email_template_save, enrollment_create
 
 Scope = ApiClient.Scope
 
@@ -120,3 +133,111 @@ class WorkflowViewSet(ApiViewSet):
             results.append({"lead_id": lead_id, "enrolled": enr is not None, "enrollment_id": enr.pk if enr else None,
                             "reason": reason})
         return Response(EnrollOutputSerializer({"results": results}).data, status=status.HTTP_200_OK)
+
+
+# --- email templates -----------------------------------------------------------------
+TEMPLATE_FIELDS = ["name", "subject", "preheader", "html_body", "text_body"]
+
+
+class EmailTemplateOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = EmailTemplate
+        fields = ["id", *TEMPLATE_FIELDS, "created_at", "updated_at"]
+
+
+class EmailTemplateInputSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    """Shapes only: the template language is checked by the service, which
+    names the field and the place (unknown merge field, syntax error)."""
+
+    class Meta:
+        model = EmailTemplate
+        fields = TEMPLATE_FIELDS
+        # The service reports a taken name (one message for the API and the admin).
+        extra_kwargs = {"name": {"validators": []}}
+
+
+class PreviewInputSerializer(StrictInputSerializer):
+    lead_id = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False, allow_null=True,
+                                       help_text="The lead to render for; omitted: an empty lead (fallbacks show).")
+
+
+class PreviewOutputSerializer(serializers.Serializer):
+    subject = serializers.CharField()
+    preheader = serializers.CharField()
+    html = serializers.CharField(help_text="The HTML part (merge fields escaped), before tracking links are added.")
+    text = serializers.CharField(help_text="The text part (derived from the HTML when the template has none).")
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List email templates", responses={200: EmailTemplateOutputSerializer(many=True), **LIST_ERRORS}),
+    retrieve=extend_schema(summary="An email template", responses={200: EmailTemplateOutputSerializer, **DETAIL_ERRORS}),
+    create=extend_schema(
+        summary="Create an email template",
+        description="Subject, preheader and bodies use merge fields with fallbacks ({{first_name|there}}) and "
+        "conditional blocks ({{#if score >= 50}}...{{else}}...{{/if}}); an unknown field or a syntax error is a 400 "
+        "naming the field and the place. A blank text body is derived from the HTML.",
+        request=EmailTemplateInputSerializer, responses={201: EmailTemplateOutputSerializer, **WRITE_ERRORS},
+    ),
+    partial_update=extend_schema(
+        summary="Edit an email template",
+        description="Published workflow versions keep the content they snapshotted; the change reaches a running "
+        "journey at its workflow's next publish.",
+        request=EmailTemplateInputSerializer, responses={200: EmailTemplateOutputSerializer, **WRITE_ERRORS},
+    ),
+    destroy=extend_schema(summary="Delete an email template",
+                          description="Refused (400) while a workflow's draft names it.",
+                          responses={204: None, **WRITE_ERRORS}),
+)
+class EmailTemplateViewSet(ApiViewSet):
+    queryset = EmailTemplate.objects.all()
+    required_scopes = _scopes(Scope.NURTURE_READ, Scope.NURTURE_WRITE)
+    serializer_class = EmailTemplateOutputSerializer
+    read_actions = ("preview",)  # a POST that renders and writes nothing
+
+    def list(self, request):
+        return _paginated(self, self.get_queryset(), EmailTemplateOutputSerializer)
+
+    def retrieve(self, request, pk=None):
+        return Response(EmailTemplateOutputSerializer(get_object_or_404(self.get_queryset(), pk=pk)).data)
+
+    def _save(self, request, template: EmailTemplate, *, partial: bool) -> EmailTemplate:
+        ser = EmailTemplateInputSerializer(template, data=request.data, partial=partial)
+        ser.is_valid(raise_exception=True)
+        for key, value in ser.validated_data.items():
+            setattr(template, key, value)
+        return email_template_save(template=template, actor=_actor(request))
+
+    def create(self, request):
+        template = self._save(request, EmailTemplate(), partial=False)
+        return Response(EmailTemplateOutputSerializer(template).data, status=status.HTTP_201_CREATED)
+
+    def partial_update(self, request, pk=None):
+        template = self._save(request, get_object_or_404(self.get_queryset(), pk=pk), partial=True)
+        return Response(EmailTemplateOutputSerializer(template).data)
+
+    def destroy(self, request, pk=None):
+        email_template_delete(template=get_object_or_404(self.get_queryset(), pk=pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary="Render an email template for a lead",
+        description="The saved template rendered as the engine would for this lead (without tracking links). "
+        "Reading a lead's data this way also needs the leads:read scope (staff: the view-lead permission).",
+        request=PreviewInputSerializer, responses={200: PreviewOutputSerializer, **WRITE_ERRORS},
+    )
+    @action(detail=True, methods=["post"], url_path="preview")
+    def preview(self, request, pk=None):
+        template = get_object_or_404(self.get_queryset(), pk=pk)
+        ser = PreviewInputSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        lead_id = ser.validated_data.get("lead_id")
+        lead = Lead()
+        if lead_id is not None:
+            may_read = (request.auth.has_scope(Scope.LEADS_READ.value) if isinstance(request.auth, ApiClient)
+                        else request.user.has_perm("martech.view_lead"))
+            if not may_read:
+                raise PermissionDenied
+            lead = Lead.objects.select_related("lifecycle_stage", "account", "owner").filter(pk=lead_id).first()
+            if lead is None:
+                raise serializers.ValidationError({"lead_id": [f"No lead with id {lead_id}."]})
+        return Response(PreviewOutputSerializer(channels.render_email(template.content(), lead)).data)
