@@ -144,10 +144,7 @@ def journeys_collect(*, now: datetime | None = None, progress: bool = False) -> 
 
 
 def channel_values_learn(*, model: str, journeys: dict[engine.Journey, int]) -> dict[str, float]:
-    if model == "markov":
-        values = engine.markov_removal_effects(journeys, collapse=settings.MARTECH_ATTRIBUTION["MARKOV_COLLAPSE_REPEATS"])
-    else:
-        values = engine.shapley_values(journeys)
+    values = engine.channel_values(model, journeys)
     AttributionRun.objects.update_or_create(
         model=model, defaults={"channel_values": values, "journeys": sum(journeys.values()), "computed_at": timezone.now()}
     )

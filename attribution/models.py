@@ -229,8 +229,9 @@ class AttributionModel(models.TextChoices):
     W_SHAPED = "w_shaped", "W-shaped (30/30/30/10)"
     FULL_PATH = "full_path", "Full path / Z-shaped"
     CUSTOM = "custom", "Custom position weights"
-    MARKOV = "markov", "Markov chain (removal effect)"
-    SHAPLEY = "shapley", "Shapley value"
+    MARKOV = "markov", "Markov chain, per path (removal effects on each path)"
+    MARKOV_GLOBAL = "markov_global", "Markov chain, global (removal-effect shares)"
+    SHAPLEY = "shapley", "Shapley value (simplified: conversions split over their channels)"
 
 
 class AttributionRun(models.Model):

@@ -8,7 +8,7 @@ Full size: 1,000,000 touchpoints over 200,000 leads and 50,000 opportunities
    opportunities inserted; then for all position-based models together
    (first, last, last non-direct, linear, time decay, U, W, full path,
    custom), then Markov (learning the removal effects exactly over every
-   journey, converting and not) and Shapley (2^12 coalitions), every
+   journey, converting and not; per path and global) and Shapley (simplified: linear in the journeys), every
    opportunity is credited with attribution.engine and the rows are written
    the way a full attribution_compute writes them (computation._write:
    binary COPY on PostgreSQL, the rollup summed on the way by
@@ -189,10 +189,10 @@ def bench_models(per_lead, opps, created) -> None:
     position = ["first_touch", "last_touch", "last_non_direct", "linear", "time_decay", "u_shaped", "w_shaped", "full_path", "custom"]
     custom = {"first": 25, "lead_creation": 25, "opportunity_creation": 25, "last": 15, "other": 10}
     materialize({m: engine.weigher(m, custom_weights=custom) for m in position}, opps, created, "position_models_all")
-    for model in ("markov", "shapley"):
+    for model in ("markov", "markov_global", "shapley"):
         with Timer() as learn:
             j = journeys(per_lead, opps)
-            values = engine.markov_removal_effects(j) if model == "markov" else engine.shapley_values(j)
+            values = engine.channel_values(model, j)
         emit(f"{model}_learn_s", round(learn.wall, 2), "s")
         emit(f"{model}_distinct_journeys", len(j), "journeys")
         with Timer() as total:
