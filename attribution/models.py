@@ -95,6 +95,21 @@ class Opportunity(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        closed_before_created(self.created_at, self.closed_at)
+
+
+CLOSED_BEFORE_CREATED = "Must not be before the opportunity's creation (created_at)."
+
+
+def closed_before_created(created_at, closed_at) -> None:
+    """The one rule every write path applies (model clean, API input, the
+    stage service): a deal closes at or after it was created."""
+    if created_at is not None and closed_at is not None and closed_at < created_at:
+        from django.core.exceptions import ValidationError
+
+        raise ValidationError({"closed_at": [CLOSED_BEFORE_CREATED]})
+
 
 class OpportunityContactRole(models.Model):
     """A lead's part in a deal; at most one primary per opportunity."""

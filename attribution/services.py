@@ -7,12 +7,16 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from attribution.models import CampaignSpend, Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange, Pipeline
+from attribution.models import (
+    CampaignSpend, Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange, Pipeline,
+    closed_before_created,
+)
 from martech import hooks, signals
 from martech.models import Campaign, Lead
 
@@ -184,6 +188,9 @@ def opportunity_change_stage(
         actor=_user(actor), source=source[:100],
     )
     closed_at = (opportunity.closed_at or when) if to_stage.is_closed else None
+    # The close time asked for, and the one kept (a deal moved between closed stages keeps its close).
+    closed_before_created(locked.created_at, at if to_stage.is_closed else None)
+    closed_before_created(locked.created_at, closed_at)
     Opportunity.objects.filter(pk=locked.pk).update(stage=to_stage, closed_at=closed_at, updated_at=timezone.now())
     opportunity.stage, opportunity.closed_at = to_stage, closed_at
     hooks.records_changed("opportunities", ids=[locked.pk], fields=["stage", "closed_at"], source=source)
@@ -278,8 +285,6 @@ def opportunity_close(
     stage = opportunity.pipeline.stages.filter(is_won=won, is_lost=not won).order_by("order").first()
     if stage is None:
         raise ValidationError({"won": [f"Pipeline {opportunity.pipeline.key!r} has no {'won' if won else 'lost'} stage."]})
-    if at is not None and at < opportunity.created_at:
-        raise ValidationError({"closed_at": ["Must not be before the opportunity's creation."]})
     return opportunity_change_stage(opportunity=opportunity, to_stage=stage, source=source, actor=actor, at=at)
 
 
@@ -301,4 +306,7 @@ def _missing(field: str, value: str):
 
 
 def _user(actor):
-    return actor if getattr(actor, "is_authenticated", False) else None
+    """The actor as a User row for audit columns, else None: an API client's
+    stand-in user (martech.api.auth.ApiClientUser) is authenticated but no
+    row, and saving it in a foreign key fails."""
+    return actor if isinstance(actor, get_user_model()) and actor.pk and actor.is_authenticated else None

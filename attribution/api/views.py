@@ -195,7 +195,8 @@ class OpportunityImportView(_ImportView):
         responses={200: inline_serializer("OpportunityImportResult", {"created": serializers.IntegerField(), "updated": serializers.IntegerField()})},
     )
     def post(self, request):
-        return self._run(opportunities_import, request, actor=request.user if request.user.is_authenticated else None)
+        # _actor: an API client's stand-in user is not a User row (the stage history's actor would be a 500).
+        return self._run(opportunities_import, request, actor=_actor(request))
 
 
 class PipelineQuerySerializer(serializers.Serializer):
