@@ -3,6 +3,7 @@ move goes through here: the API, the CSV import and the CRM sync share it.
 """
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,8 @@ from attribution.models import (
 )
 from martech import hooks, signals
 from martech.models import Campaign, Lead
+
+log = logging.getLogger(__name__)
 
 CRM_KEYS = ("salesforce_id", "hubspot_id")
 OPPORTUNITY_FIELDS = frozenset(
@@ -286,6 +289,32 @@ def opportunity_close(
     if stage is None:
         raise ValidationError({"won": [f"Pipeline {opportunity.pipeline.key!r} has no {'won' if won else 'lost'} stage."]})
     return opportunity_change_stage(opportunity=opportunity, to_stage=stage, source=source, actor=actor, at=at)
+
+
+@transaction.atomic
+def opportunity_delete(*, opportunity: Opportunity, source: str, actor=None) -> dict[str, int]:
+    """Delete a deal with everything derived from it: its credits under
+    every model and its part of the rollup (the days its credits were in are
+    aggregated again), its contact roles and stage history, in one
+    transaction, so no report keeps its revenue. Permission is the
+    caller's (the API and admin check the opportunity delete permission).
+    Logged with the actor and source. Deleting a deal already gone changes
+    nothing (returns zeros)."""
+    from attribution.computation import credits_forget, results_lock
+
+    # The results lock before the deal's row: the order attribution_compute takes them in
+    # (its lock first; it reads deals without locking them). credits_forget takes it again (a no-op).
+    results_lock()
+    locked = Opportunity.objects.select_for_update().filter(pk=opportunity.pk).first()
+    if locked is None:
+        return {"opportunities": 0, "credits": 0}
+    counts = credits_forget(opportunity_ids=[locked.pk])
+    name, pk = locked.name, locked.pk
+    locked.delete()
+    # Not pushed to a CRM (the deal stays there; deleting it there is the CRM's own act).
+    log.info("opportunity %s (%r) deleted by user %s via %s; %s credits removed", pk, name,
+             getattr(_user(actor), "pk", None), source, counts["credits"])
+    return {"opportunities": 1, "credits": counts["credits"]}
 
 
 def campaign_spend_upsert(
