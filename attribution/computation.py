@@ -15,6 +15,7 @@ stored values (and learns them first if there are none).
 """
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta, timezone as dt_timezone
@@ -39,6 +40,8 @@ from attribution.models import (
     PositionWeights,
     Touchpoint,
 )
+
+log = logging.getLogger(__name__)
 
 ALL_MODELS = tuple(m.value for m in AttributionModel)
 CREDIT_COLUMNS = (
@@ -144,7 +147,14 @@ def journeys_collect(*, now: datetime | None = None, progress: bool = False) -> 
 
 
 def channel_values_learn(*, model: str, journeys: dict[engine.Journey, int]) -> dict[str, float]:
-    values = engine.channel_values(model, journeys)
+    if model == "markov_global":
+        values, gap = engine.markov_global_fit(journeys)
+        if gap > engine.MARKOV_GLOBAL_TOLERANCE:
+            # Not an error: the data allow no closer fit (see engine). Said so ops can tell.
+            log.warning("markov_global: no split over each deal's own channels meets the global shares; "
+                        "the closest leaves %.4f%% of the conversions off a channel's share", gap * 100)
+    else:
+        values = engine.channel_values(model, journeys)
     AttributionRun.objects.update_or_create(
         model=model, defaults={"channel_values": values, "journeys": sum(journeys.values()), "computed_at": timezone.now()}
     )
