@@ -10,6 +10,7 @@ class AttributionConfig(AppConfig):
         from martech import signals
 
         signals.events_ingested.connect(receivers.on_events_ingested, dispatch_uid="attribution_events_ingested")
+        signals.lead_merged.connect(receivers.on_lead_merged, dispatch_uid="attribution_lead_merged")
         # Opportunity changes queue their recompute in attribution.services (once per transaction), not here.
         # Opportunities sync as CRM deals (martech.crm's object registry).
         from attribution.crm_sync import register_deal

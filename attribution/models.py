@@ -95,6 +95,21 @@ class Opportunity(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        closed_before_created(self.created_at, self.closed_at)
+
+
+CLOSED_BEFORE_CREATED = "Must not be before the opportunity's creation (created_at)."
+
+
+def closed_before_created(created_at, closed_at) -> None:
+    """The one rule every write path applies (model clean, API input, the
+    stage service): a deal closes at or after it was created."""
+    if created_at is not None and closed_at is not None and closed_at < created_at:
+        from django.core.exceptions import ValidationError
+
+        raise ValidationError({"closed_at": [CLOSED_BEFORE_CREATED]})
+
 
 class OpportunityContactRole(models.Model):
     """A lead's part in a deal; at most one primary per opportunity."""
@@ -229,8 +244,9 @@ class AttributionModel(models.TextChoices):
     W_SHAPED = "w_shaped", "W-shaped (30/30/30/10)"
     FULL_PATH = "full_path", "Full path / Z-shaped"
     CUSTOM = "custom", "Custom position weights"
-    MARKOV = "markov", "Markov chain (removal effect)"
-    SHAPLEY = "shapley", "Shapley value"
+    MARKOV = "markov", "Markov chain, per path (removal effects on each path)"
+    MARKOV_GLOBAL = "markov_global", "Markov chain, global (removal-effect shares)"
+    SHAPLEY = "shapley", "Shapley value (simplified: conversions split over their channels)"
 
 
 class AttributionRun(models.Model):

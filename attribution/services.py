@@ -3,18 +3,25 @@ move goes through here: the API, the CSV import and the CRM sync share it.
 """
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from attribution.models import CampaignSpend, Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange, Pipeline
+from attribution.models import (
+    CampaignSpend, Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange, Pipeline,
+    closed_before_created,
+)
 from martech import hooks, signals
 from martech.models import Campaign, Lead
+
+log = logging.getLogger(__name__)
 
 CRM_KEYS = ("salesforce_id", "hubspot_id")
 OPPORTUNITY_FIELDS = frozenset(
@@ -184,6 +191,9 @@ def opportunity_change_stage(
         actor=_user(actor), source=source[:100],
     )
     closed_at = (opportunity.closed_at or when) if to_stage.is_closed else None
+    # The close time asked for, and the one kept (a deal moved between closed stages keeps its close).
+    closed_before_created(locked.created_at, at if to_stage.is_closed else None)
+    closed_before_created(locked.created_at, closed_at)
     Opportunity.objects.filter(pk=locked.pk).update(stage=to_stage, closed_at=closed_at, updated_at=timezone.now())
     opportunity.stage, opportunity.closed_at = to_stage, closed_at
     hooks.records_changed("opportunities", ids=[locked.pk], fields=["stage", "closed_at"], source=source)
@@ -278,9 +288,33 @@ def opportunity_close(
     stage = opportunity.pipeline.stages.filter(is_won=won, is_lost=not won).order_by("order").first()
     if stage is None:
         raise ValidationError({"won": [f"Pipeline {opportunity.pipeline.key!r} has no {'won' if won else 'lost'} stage."]})
-    if at is not None and at < opportunity.created_at:
-        raise ValidationError({"closed_at": ["Must not be before the opportunity's creation."]})
     return opportunity_change_stage(opportunity=opportunity, to_stage=stage, source=source, actor=actor, at=at)
+
+
+@transaction.atomic
+def opportunity_delete(*, opportunity: Opportunity, source: str, actor=None) -> dict[str, int]:
+    """Delete a deal with everything derived from it: its credits under
+    every model and its part of the rollup (the days its credits were in are
+    aggregated again), its contact roles and stage history, in one
+    transaction, so no report keeps its revenue. Permission is the
+    caller's (the API and admin check the opportunity delete permission).
+    Logged with the actor and source. Deleting a deal already gone changes
+    nothing (returns zeros)."""
+    from attribution.computation import credits_forget, results_lock
+
+    # The results lock before the deal's row: the order attribution_compute takes them in
+    # (its lock first; it reads deals without locking them). credits_forget takes it again (a no-op).
+    results_lock()
+    locked = Opportunity.objects.select_for_update().filter(pk=opportunity.pk).first()
+    if locked is None:
+        return {"opportunities": 0, "credits": 0}
+    counts = credits_forget(opportunity_ids=[locked.pk])
+    name, pk = locked.name, locked.pk
+    locked.delete()
+    # Not pushed to a CRM (the deal stays there; deleting it there is the CRM's own act).
+    log.info("opportunity %s (%r) deleted by user %s via %s; %s credits removed", pk, name,
+             getattr(_user(actor), "pk", None), source, counts["credits"])
+    return {"opportunities": 1, "credits": counts["credits"]}
 
 
 def campaign_spend_upsert(
@@ -301,4 +335,7 @@ def _missing(field: str, value: str):
 
 
 def _user(actor):
-    return actor if getattr(actor, "is_authenticated", False) else None
+    """The actor as a User row for audit columns, else None: an API client's
+    stand-in user (martech.api.auth.ApiClientUser) is authenticated but no
+    row, and saving it in a foreign key fails."""
+    return actor if isinstance(actor, get_user_model()) and actor.pk and actor.is_authenticated else None

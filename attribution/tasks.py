@@ -1,26 +1,31 @@
-"""django-q2 tasks: thin, take ids, call one service. Both are idempotent
-(the services replace rows rather than add them), so a redelivery is safe."""
+"""django-q2 tasks: thin, take ids, call one service. All are idempotent
+(the services replace rows rather than add them), so a redelivery is safe,
+and each is a transaction boundary run again on a deadlock or serialization
+failure (martech.db.retry_on_conflict)."""
 from __future__ import annotations
 
-from attribution.computation import attribution_compute
-from attribution.models import OpportunityContactRole
-from attribution.touchpoints import touchpoints_rebuild
+from attribution.computation import attribution_compute, attribution_refresh_leads
+from martech.db import retry_on_conflict
 from martech.models import Event
 
 
+@retry_on_conflict
 def touchpoints_refresh(event_ids: list[int]) -> dict[str, int]:
     """Rebuild the touchpoints of the leads behind ``event_ids``, then the
     credits of their opportunities."""
     lead_ids = set(Event.objects.filter(pk__in=event_ids, lead__isnull=False).values_list("lead_id", flat=True))
-    if not lead_ids:
-        return {"leads": 0}
-    counts = touchpoints_rebuild(lead_ids=lead_ids)
-    opp_ids = sorted(set(OpportunityContactRole.objects.filter(lead_id__in=lead_ids).values_list("opportunity_id", flat=True)))
-    if opp_ids:
-        counts.update(attribution_compute(opportunity_ids=opp_ids))
-    return {"leads": len(lead_ids), **counts}
+    return attribution_refresh_leads(lead_ids=lead_ids)
 
 
+@retry_on_conflict
+def lead_merged(lead_id: int) -> dict[str, int]:
+    """A merge moved another lead's events, touchpoints and contact roles
+    onto ``lead_id``: its touchpoints (one lead-creation touch, sessions
+    across both histories) and its deals' credits and rollup days again."""
+    return attribution_refresh_leads(lead_ids=[lead_id])
+
+
+@retry_on_conflict
 def opportunity_attribute(opportunity_id: int) -> dict[str, int]:
     return attribution_compute(opportunity_ids=[opportunity_id])
 

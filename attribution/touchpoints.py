@@ -55,7 +55,10 @@ def touchpoints_rebuild(*, lead_ids: Iterable[int]) -> dict[str, int]:
     credits that point at unchanged touches survive."""
     lead_ids = sorted(set(lead_ids))
     session = timedelta(minutes=settings.MARTECH_ATTRIBUTION["SESSION_MINUTES"])
-    created_at = dict(Lead.objects.filter(pk__in=lead_ids).values_list("pk", "created_at"))
+    # The leads locked first, in key order (the lock order of every lead write): two
+    # rebuilds of one lead (a new event and a merge) take turns instead of both
+    # inserting its new touches.
+    created_at = dict(Lead.objects.select_for_update().filter(pk__in=lead_ids).order_by("pk").values_list("pk", "created_at"))
     per_lead: dict[int, list[dict]] = defaultdict(list)
     rows = (
         Event.objects.filter(TOUCH_EVENTS, lead_id__in=lead_ids)

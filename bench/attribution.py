@@ -8,7 +8,7 @@ Full size: 1,000,000 touchpoints over 200,000 leads and 50,000 opportunities
    opportunities inserted; then for all position-based models together
    (first, last, last non-direct, linear, time decay, U, W, full path,
    custom), then Markov (learning the removal effects exactly over every
-   journey, converting and not) and Shapley (2^12 coalitions), every
+   journey, converting and not; per path and global) and Shapley (simplified: linear in the journeys), every
    opportunity is credited with attribution.engine and the rows are written
    the way a full attribution_compute writes them (computation._write:
    binary COPY on PostgreSQL, the rollup summed on the way by
@@ -16,6 +16,8 @@ Full size: 1,000,000 touchpoints over 200,000 leads and 50,000 opportunities
 2. Report API: with every model materialized, GET /api/v1/attribution/report
    per group_by (channel, campaign, month) and /compare, with a date range,
    in-process; EXPLAIN ANALYZE of the rollup aggregates goes to the results.
+3. Merge: two leads with 50 touches each merged, and the incremental
+   recompute after it (bench_merge; goal under 1 s).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/attribution.py [--quick]
 
@@ -33,7 +35,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime, timedelta, timezone as dt_timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -55,7 +57,7 @@ from attribution.computation import (  # noqa: E402
     ALL_MODELS, RollupAccumulator, _write, path_credit_rows, rollup_refresh, secondary_indexes_suspended,
 )
 from django.db.models import Sum  # noqa: E402
-from attribution.models import AttributionCredit, Opportunity, Pipeline  # noqa: E402
+from attribution.models import AttributionCredit, Opportunity, Pipeline, Touchpoint  # noqa: E402
 
 CHANNELS = ["paid_search", "paid_social", "display", "email", "organic_search", "organic_social",
             "referral", "direct", "events", "other", "partner", "video"]
@@ -189,16 +191,76 @@ def bench_models(per_lead, opps, created) -> None:
     position = ["first_touch", "last_touch", "last_non_direct", "linear", "time_decay", "u_shaped", "w_shaped", "full_path", "custom"]
     custom = {"first": 25, "lead_creation": 25, "opportunity_creation": 25, "last": 15, "other": 10}
     materialize({m: engine.weigher(m, custom_weights=custom) for m in position}, opps, created, "position_models_all")
-    for model in ("markov", "shapley"):
+    for model in ("markov", "markov_global", "shapley"):
         with Timer() as learn:
             j = journeys(per_lead, opps)
-            values = engine.markov_removal_effects(j) if model == "markov" else engine.shapley_values(j)
+            values = engine.channel_values(model, j)
         emit(f"{model}_learn_s", round(learn.wall, 2), "s")
         emit(f"{model}_distinct_journeys", len(j), "journeys")
         with Timer() as total:
             materialize({model: engine.weigher(model, channel_values=values)}, opps, created, f"{model}_credit")
         emit(f"{model}_total_s", round(learn.wall + total.wall, 2), "s")
     emit("models_peak_rss", peak_mib(), "MiB")
+
+
+MERGE_TOUCHES = 50
+
+
+def bench_merge() -> None:
+    """Two leads with 50 touches each (one an hour, channels in turn), each
+    on a won deal, credited; then lead_merge and the incremental recompute
+    the lead_merged task runs (attribution_refresh_leads: the kept lead's
+    touchpoints rebuilt over both histories, its two deals' credits under
+    every model and their rollup days), timed apart: ``merge_recompute_s``
+    (goal < 1 s) and ``merge_total_s`` with the merge itself. Runs with the
+    credits table full from the model steps, as in production. The
+    data-driven models use their stored channel values, as an incremental
+    run does (stored here first if there are none)."""
+    from attribution import tasks
+    from attribution.computation import attribution_compute
+    from attribution.models import AttributionRun, OpportunityContactRole
+    from attribution.services import opportunity_set_contact
+    from attribution.touchpoints import touchpoints_rebuild
+    from martech.models import Event, EventType, Lead
+    from martech.services.leads import lead_merge
+
+    event_type = EventType.objects.get(name="email_clicked")
+    pipeline = Pipeline.objects.get(is_default=True)
+    won = pipeline.stages.get(key="closed_won")
+    added_runs = [AttributionRun.objects.create(model=m, channel_values={c: 1.0 / (i + 1) for i, c in enumerate(CHANNELS)}).pk
+                  for m in sorted(engine.DATA_DRIVEN) if not AttributionRun.objects.filter(model=m).exists()]
+    leads = [Lead.objects.create(email=f"{PREFIX}{k}@example.org") for k in range(2)]
+    start = T0.replace(year=2026)
+    events = []
+    for k, lead in enumerate(leads):
+        for i in range(MERGE_TOUCHES):
+            channel = CHANNELS[(i + k) % len(CHANNELS)]
+            events.append(Event(client_event_id=f"{PREFIX}merge-{k}-{i}", event_type=event_type, lead=lead,
+                                occurred_at=start + timedelta(hours=i, minutes=7 * k), channel=channel,
+                                utm_source="bench"))
+    Event.objects.bulk_create(events)
+    touchpoints_rebuild(lead_ids=[lead.pk for lead in leads])
+    deals = []
+    for k, lead in enumerate(leads):
+        deal = Opportunity.objects.create(name=f"{PREFIX}merge-{k}", amount=Decimal("9999.99"), pipeline=pipeline, stage=won,
+                                          created_at=start + timedelta(hours=30), closed_at=start + timedelta(days=5))
+        opportunity_set_contact(opportunity=deal, lead=lead, is_primary=True)
+        deals.append(deal)
+    try:
+        attribution_compute(opportunity_ids=[d.pk for d in deals])
+        emit("merge_touchpoints_before", Touchpoint.objects.filter(lead__in=leads).count(), "rows")
+        with Timer() as merge:
+            lead_merge(primary=leads[0], duplicate=leads[1])
+        with Timer() as recompute:
+            result = tasks.lead_merged(leads[0].pk)
+        emit("merge_recompute_s", round(recompute.wall, 3), "s")
+        emit("merge_recompute_cpu_s", round(recompute.cpu, 3), "s")
+        emit("merge_total_s", round(merge.wall + recompute.wall, 3), "s")
+        emit("merge_recompute_credits", result.get("credits", 0), "rows")
+        assert OpportunityContactRole.objects.filter(lead=leads[0]).count() == 2
+    finally:
+        Lead.objects.filter(email__startswith=PREFIX).delete()
+        AttributionRun.objects.filter(pk__in=added_runs).delete()
 
 
 def explain(sql_params: tuple[str, list]) -> list[str]:
@@ -273,6 +335,7 @@ def main() -> int:
         emit("opportunities_insert_s", round(t.wall, 2), "s")
         bench_models(per_lead, opps, created)
         plans = bench_report(repeats=5 if args.quick else 10)
+        bench_merge()
     finally:
         Opportunity.objects.filter(name__startswith=PREFIX).delete()
         rollup_refresh(models=list(ALL_MODELS))  # the rollup again matches what credits are left

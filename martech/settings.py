@@ -332,11 +332,13 @@ MARTECH_ATTRIBUTION = {
     # Repeated touches of one channel by one lead within this many minutes are one touch.
     "SESSION_MINUTES": env.int("MARTECH_ATTRIBUTION_SESSION_MINUTES", default=30),
     "HALF_LIFE_DAYS": env.float("MARTECH_ATTRIBUTION_HALF_LIFE_DAYS", default=7.0),
-    # Markov: collapse consecutive repeats of a channel in a journey.
-    "MARKOV_COLLAPSE_REPEATS": env.bool("MARTECH_ATTRIBUTION_MARKOV_COLLAPSE_REPEATS", default=True),
 }
 if MARTECH_ATTRIBUTION["LOOKBACK_DAYS"] < 0 or MARTECH_ATTRIBUTION["SESSION_MINUTES"] < 0:
     raise ImproperlyConfigured("MARTECH_ATTRIBUTION_LOOKBACK_DAYS and _SESSION_MINUTES must not be negative")
+if "MARTECH_ATTRIBUTION_MARKOV_COLLAPSE_REPEATS" in env.ENVIRON:
+    # Removed: collapsing repeats never changed a first-order chain's removal effects. Said at start rather
+    # than ignored, so nobody believes a value of it still does something.
+    raise ImproperlyConfigured("MARTECH_ATTRIBUTION_MARKOV_COLLAPSE_REPEATS was removed (it changed no result); unset it")
 if MARTECH_ATTRIBUTION["HALF_LIFE_DAYS"] <= 0:
     raise ImproperlyConfigured("MARTECH_ATTRIBUTION_HALF_LIFE_DAYS must be positive")
 

@@ -57,6 +57,12 @@ class Workflow(models.Model):
     suppress_unsubscribed = models.BooleanField(default=True, help_text="Skip leads whose email consent is withdrawn.")
     goal_condition = models.TextField(blank=True, help_text="Meeting it exits the lead and counts a conversion.")
     goal_event = models.CharField(max_length=100, blank=True, help_text="An event name that meets the goal.")
+    # Attribution: a click in this workflow's emails is an email touch on this campaign.
+    campaign = models.ForeignKey(
+        "martech.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The campaign its email clicks are credited to (an email touch on it). Without one, a click "
+                  "takes the campaign of the link's UTM tags, if any.",
+    )
 
     class InDoubtPolicy(models.TextChoices):
         HOLD = "hold", "Hold for a person (Messages › needs attention)"

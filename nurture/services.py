@@ -351,7 +351,8 @@ def enrollments_wake_for_events(*, lead_ids: list[int], event_names: set[str], n
 
 
 # --- tracking, unsubscribe, bounces -------------------------------------------------
-def _record_event(*, lead: Lead, name: str, key: str, properties: dict, at: datetime | None = None) -> bool:
+def _record_event(*, lead: Lead, name: str, key: str, properties: dict, at: datetime | None = None,
+                  context: dict | None = None) -> bool:
     """Record an event on the lead's timeline through the core ingest,
     idempotent by ``key`` (its messageId). True when it was new."""
     from martech.services.ingest import ACCEPTED, events_ingest
@@ -360,14 +361,36 @@ def _record_event(*, lead: Lead, name: str, key: str, properties: dict, at: date
         "type": "track", "event": name, "messageId": key,
         "timestamp": (at or timezone.now()).isoformat(), "traits": {"email": lead.email} if lead.email else {},
         "userId": f"lead:{lead.pk}" if not lead.email else None,
-        "properties": properties,
+        "properties": properties, **({"context": context} if context else {}),
     }], source="nurture")
     return result.results[0].status == ACCEPTED
 
 
-def _record_message_event(*, message: Message, name: str, suffix: str, properties: dict) -> bool:
+def _record_message_event(*, message: Message, name: str, suffix: str, properties: dict,
+                          context: dict | None = None) -> bool:
     return _record_event(lead=message.lead, name=name, key=f"nurture:{suffix}:{message.key}",
-                         properties={"workflow": message.workflow_id, "step": message.step, **properties})
+                         properties={"workflow": message.workflow_id, "step": message.step, **properties},
+                         context=context)
+
+
+def click_campaign_context(*, message: Message, url: str) -> dict:
+    """The UTM context of an email click, so the core ingest makes it an
+    email touch with its campaign (without it the click had no UTMs and was
+    counted as ``direct``): the workflow's campaign when it has one, else
+    the link's own UTM tags; source ``nurture`` and medium ``email`` where
+    neither says."""
+    from urllib.parse import parse_qs, urlsplit
+
+    campaign = Workflow.objects.filter(pk=message.workflow_id).values_list(
+        "campaign__utm_source", "campaign__utm_medium", "campaign__utm_campaign").first()
+    if campaign and campaign[2]:
+        utm = {"source": campaign[0], "medium": campaign[1], "name": campaign[2]}
+    else:
+        query = parse_qs(urlsplit(url).query) if "utm_" in url else {}
+        utm = {key: query[f"utm_{tag}"][0] for key, tag in (("source", "source"), ("medium", "medium"),
+                                                           ("name", "campaign"), ("term", "term"),
+                                                           ("content", "content")) if query.get(f"utm_{tag}")}
+    return {"campaign": {"source": "nurture", "medium": "email", **{k: v for k, v in utm.items() if v}}}
 
 
 @transaction.atomic
@@ -383,7 +406,8 @@ def message_track(*, message: Message, kind: str, url: str = "") -> None:
         Message.objects.filter(pk=message.pk, clicked_at__isnull=True).update(clicked_at=now)
         Message.objects.filter(pk=message.pk, opened_at__isnull=True).update(opened_at=now)
         _record_message_event(message=message, name="email_clicked",
-                              suffix=f"click:{hashlib.sha256(url.encode()).hexdigest()[:16]}", properties={"url": url})
+                              suffix=f"click:{hashlib.sha256(url.encode()).hexdigest()[:16]}", properties={"url": url},
+                              context=click_campaign_context(message=message, url=url))
 
 
 @transaction.atomic

@@ -3,6 +3,7 @@ from django.contrib import admin
 from attribution.admin.base import CsvImportMixin
 from attribution.imports import OPPORTUNITY_COLUMNS, opportunities_import
 from attribution.models import Opportunity, OpportunityContactRole, OpportunityStageChange
+from attribution.services import opportunity_delete
 from martech.admin.base import BaseAdmin
 
 
@@ -54,4 +55,20 @@ class OpportunityAdmin(CsvImportMixin, BaseAdmin):
 
     def call_import(self, request, rows):
         return opportunities_import(rows=rows, actor=request.user)
+
+    # Deleting: the opportunity delete permission (roles: martech.roles) is enough. Its credits,
+    # contact roles and stage history are its own rows, which no one edits or deletes on their
+    # own (their admins are read-only), so Django's per-model delete check would refuse everyone.
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, _perms_needed, protected = super().get_deleted_objects(objs, request)
+        return deleted, model_count, set(), protected
+
+    def delete_model(self, request, obj):
+        opportunity_delete(opportunity=obj, source=f"admin:{request.user.get_username()}", actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        # One deal at a time in key order, each with its credits and rollup days (the action's
+        # transaction holds them all: a failure deletes none).
+        for opp in queryset.order_by("pk"):
+            opportunity_delete(opportunity=opp, source=f"admin:{request.user.get_username()}", actor=request.user)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
-from attribution.models import CampaignSpend, Opportunity, OpportunityContactRole, OpportunityStageChange
+from attribution.models import CLOSED_BEFORE_CREATED, CampaignSpend, Opportunity, OpportunityContactRole, OpportunityStageChange
 from martech.api.serializers import StrictInputSerializer
 from martech.models import Account, Campaign, Channel, Lead
 
@@ -50,6 +50,12 @@ class OpportunityInputSerializer(StrictInputSerializer):
 
     def validate_currency(self, value):
         return _upper_currency(value)
+
+    def validate(self, attrs):
+        # Both sent: refused here. One sent: the service checks it against the stored other (model clean).
+        if attrs.get("created_at") and attrs.get("closed_at") and attrs["closed_at"] < attrs["created_at"]:
+            raise serializers.ValidationError({"closed_at": [CLOSED_BEFORE_CREATED]})
+        return attrs
 
     def validate_salesforce_id(self, value):
         return value or None

@@ -195,7 +195,8 @@ class OpportunityImportView(_ImportView):
         responses={200: inline_serializer("OpportunityImportResult", {"created": serializers.IntegerField(), "updated": serializers.IntegerField()})},
     )
     def post(self, request):
-        return self._run(opportunities_import, request, actor=request.user if request.user.is_authenticated else None)
+        # _actor: an API client's stand-in user is not a User row (the stage history's actor would be a 500).
+        return self._run(opportunities_import, request, actor=_actor(request))
 
 
 class PipelineQuerySerializer(serializers.Serializer):
@@ -317,6 +318,13 @@ def _opportunity_save(request, data: dict, opportunity: Opportunity | None = Non
         request=s.OpportunityInputSerializer,
         responses={200: s.OpportunityDetailOutputSerializer, **WRITE_ERRORS},
     ),
+    destroy=extend_schema(
+        summary="Delete an opportunity",
+        description="Deletes the deal with its contact roles and stage history, and removes its credits under "
+        "every model and its part of the report rollup in the same transaction. Needs attribution:write "
+        "(a staff session: the opportunity delete permission). Not pushed to a CRM.",
+        responses={204: None, **DETAIL_ERRORS},
+    ),
 )
 class OpportunityViewSet(ApiViewSet):
     queryset = Opportunity.objects.all()
@@ -341,6 +349,11 @@ class OpportunityViewSet(ApiViewSet):
         opp = get_object_or_404(Opportunity.objects.all(), pk=pk)
         opp, _ = _opportunity_save(request, _valid(s.OpportunityInputSerializer, request), opportunity=opp)
         return Response(_opportunity_detail(opp.pk))
+
+    def destroy(self, request, pk=None):
+        opp = get_object_or_404(Opportunity.objects.only("id"), pk=pk)
+        services.opportunity_delete(opportunity=opp, source=_source(request), actor=_actor(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
         summary="Close an opportunity won or lost",

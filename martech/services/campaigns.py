@@ -138,7 +138,13 @@ def campaign_member_record(*, campaign: Campaign, lead, member_id: str, source: 
     same member pulled twice is one event; a changed status or response flag
     updates that event's ``properties`` (the membership's state, not a new
     touch). ``events_ingested`` is sent after commit for a new event, as
-    ingest does."""
+    ingest does.
+
+    A member of a lead that already has a touch of its own on the campaign
+    is our push coming back (we push exactly those leads as members,
+    ``crm.types._campaign_members``): no new event, so the pull does not
+    add a second touch for the one that happened; returns (that touch's
+    event, False)."""
     from martech import signals
     from martech.models import Event, EventType
     from martech.services.ingest import Touch, lead_touch_update
@@ -150,6 +156,10 @@ def campaign_member_record(*, campaign: Campaign, lead, member_id: str, source: 
     with transaction.atomic():
         event = Event.objects.select_for_update().filter(client_event_id=client_id).first()
         if event is None:
+            own = campaign_member_events(campaign=campaign).filter(lead=lead).exclude(
+                event_type__name=MEMBER_EVENT).order_by("occurred_at", "id").first()
+            if own is not None:
+                return own, False
             event_type = EventType.objects.filter(name=MEMBER_EVENT, is_active=True).first()
             if event_type is None:
                 raise ValidationError({"event": [f"The event type {MEMBER_EVENT!r} is missing or inactive; add it "

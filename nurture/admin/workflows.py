@@ -105,7 +105,7 @@ class WorkflowAdmin(ServiceSaveMixin, BaseAdmin):
     search_fields = ("name",)
     list_select_related = ("current_version", "owner")
     readonly_fields = ("current_version", "has_draft_changes", "created_at")
-    autocomplete_fields = ()
+    autocomplete_fields = ("campaign",)
     actions = [publish, pause, resume, archive, migrate_enrollments]
     change_form_template = "admin/nurture/workflow_change_form.html"
     change_list_template = "admin/nurture/workflow_change_list.html"

@@ -240,7 +240,7 @@ def test_recompute_once_per_transaction_and_never_on_rollback(queued, django_cap
     lead = LeadFactory()
     with django_capture_on_commit_callbacks(execute=True):
         with transaction.atomic():
-            opp, _ = opportunity_upsert(data={"name": "Deal"}, source="test")
+            opp, _ = opportunity_upsert(data={"name": "Deal", "created_at": T0}, source="test")
             opportunity_set_contact(opportunity=opp, lead=lead, is_primary=True)
             opportunity_upsert(data={"amount": Decimal("5.00")}, source="test", opportunity=opp)
             opportunity_change_stage(opportunity=opp, to_stage=stage_for(pipeline=opp.pipeline, key="closed_won"), source="t")
@@ -320,3 +320,75 @@ def test_recompute_runs_the_task_and_credits_follow_the_change(change, monkeypat
     before = list(AttributionCredit.objects.order_by("model", "id").values_list("model", "channel", "credit"))
     tasks.opportunity_attribute(opp_id)
     assert sorted(AttributionCredit.objects.values_list("model", "channel", "credit")) == sorted(before)
+
+
+# --- import with a token; closed_at not before created_at -----------------------
+
+
+def test_import_works_for_an_api_client_token(token_api):
+    """The stage history's actor is a User row: a token's stand-in user must
+    not be written there (it was a 500 for every token)."""
+    api = token_api(READ, WRITE)
+    LeadFactory(email="buyer@example.org")
+    rows = [{"name": "Token deal", "amount": "900", "stage": "closed_won", "created_at": "2026-03-01",
+             "closed_at": "2026-03-09", "hubspot_id": "hs-tok", "contacts": "buyer@example.org"}]
+    r = api.post("/api/v1/opportunities/import", {"rows": rows}, format="json")
+    assert r.status_code == 200, r.content
+    assert r.json() == {"created": 1, "updated": 0}
+    change = OpportunityStageChange.objects.get(opportunity__hubspot_id="hs-tok")
+    assert change.actor is None and change.source == "csv import"
+    # and through the CSV body too, as an update
+    r = api.post("/api/v1/opportunities/import", {"csv": "name,amount,hubspot_id\nToken deal,950,hs-tok\n"}, format="json")
+    assert r.json() == {"created": 0, "updated": 1}
+    assert Opportunity.objects.get(hubspot_id="hs-tok").amount == Decimal("950.00")
+    # without the write scope: refused, not a 500
+    r = token_api(READ).post("/api/v1/opportunities/import", {"rows": rows}, format="json")
+    assert r.status_code == 403
+
+
+def test_closed_before_created_is_refused_on_every_path(api, superuser, client):
+    before = {"created_at": "2026-03-10T00:00:00Z", "closed_at": "2026-03-09T00:00:00Z"}
+    # create: both given
+    r = api.post("/api/v1/opportunities", {"name": "Early", "stage": "closed_won", **before}, format="json")
+    assert r.status_code == 400 and error_fields(r) == {"closed_at"}
+    # edit: closed_at before the stored created_at (the serializer sees one field; the model clean both)
+    opp = api.post("/api/v1/opportunities", {"name": "Ok", "created_at": "2026-03-10T00:00:00Z"}, format="json").json()
+    r = api.patch(f"/api/v1/opportunities/{opp['id']}", {"closed_at": "2026-03-01T00:00:00Z"}, format="json")
+    assert r.status_code == 400 and error_fields(r) == {"closed_at"}
+    # close with an earlier date
+    r = api.post(f"/api/v1/opportunities/{opp['id']}/close", {"won": True, "closed_at": "2026-03-01T00:00:00Z"}, format="json")
+    assert r.status_code == 400 and error_fields(r) == {"closed_at"}
+    # moving created_at after an existing close
+    api.post(f"/api/v1/opportunities/{opp['id']}/close", {"won": True, "closed_at": "2026-03-12T00:00:00Z"}, format="json")
+    r = api.patch(f"/api/v1/opportunities/{opp['id']}", {"created_at": "2026-03-13T00:00:00Z"}, format="json")
+    assert r.status_code == 400 and error_fields(r) == {"closed_at"}
+    # import: the row and field are named, nothing written
+    rows = [{"name": "Early", "stage": "closed_won", "created_at": "2026-03-10", "closed_at": "2026-03-09"}]
+    r = api.post("/api/v1/opportunities/import", {"rows": rows}, format="json")
+    assert r.status_code == 400 and "closed_at" in str(r.json()["error"]["fields"]["row 2"])
+    # admin CSV import: the same service, an error message and nothing written
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(superuser)
+    upload = SimpleUploadedFile("o.csv", b"name,stage,created_at,closed_at\nEarly,closed_won,2026-03-10,2026-03-09\n")
+    r = client.post("/admin/attribution/opportunity/import-csv/", {"file": upload}, follow=True)
+    assert "creation (created_at)" in r.content.decode()
+    assert Opportunity.objects.count() == 1
+    stored = Opportunity.objects.get()
+    assert stored.closed_at >= stored.created_at
+
+
+def test_closed_before_created_in_the_services():
+    opp, _ = opportunity_upsert(data={"name": "Deal", "created_at": T0}, source="test")
+    with pytest.raises(Exception) as exc:
+        opportunity_upsert(data={"closed_at": T0 - timedelta(seconds=1)}, opportunity=opp, source="test")
+    assert exc.value.message_dict == {"closed_at": ["Must not be before the opportunity's creation (created_at)."]}
+    won = stage_for(pipeline=opp.pipeline, key="closed_won")
+    with pytest.raises(Exception) as exc:
+        opportunity_change_stage(opportunity=opp, to_stage=won, source="test", at=T0 - timedelta(days=1))
+    assert set(exc.value.message_dict) == {"closed_at"}
+    with pytest.raises(Exception) as exc:
+        opportunity_upsert(data={"name": "Early", "stage": "closed_won", "created_at": T0, "closed_at": T0 - timedelta(days=1)},
+                           source="test")
+    assert set(exc.value.message_dict) == {"closed_at"}
+    assert Opportunity.objects.count() == 1 and Opportunity.objects.get().closed_at is None

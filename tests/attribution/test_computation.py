@@ -303,3 +303,39 @@ def test_touches_a_model_gives_no_weight_get_no_row():
     before = sorted(AttributionCredit.objects.values_list("model", "channel", "credit", "first_of_opportunity"))
     attribution_compute(opportunity_ids=[opp.pk])
     assert sorted(AttributionCredit.objects.values_list("model", "channel", "credit", "first_of_opportunity")) == before
+
+
+def test_markov_variants_and_shapley_through_a_full_run():
+    """The hand example of the engine tests, from events to the report: two
+    won A>B deals (email, paid search), one won paid-search deal, two leads
+    with email>display and no deal. Markov per path credits each A>B deal
+    0.4 / 0.6 by removal effect (2/3 vs 1); the global variant gives each
+    channel its global share of the 3 conversions (2/5, 3/5): 1.2 and 1.8
+    conversions. Shapley splits each conversion over its channels."""
+    def lead(*channels):
+        ld = LeadFactory()
+        for i, c in enumerate(channels):
+            touch(ld, c, T0 - timedelta(days=5 - i))
+        return ld
+
+    deals = [lead("email", "paid_search"), lead("email", "paid_search"), lead("paid_search")]
+    others = [lead("email", "display"), lead("email", "display")]
+    touchpoints_rebuild(lead_ids=[x.pk for x in deals + others])
+    for x in deals:
+        make_opp([x], amount="100.00", won_at=T0 + timedelta(days=1))
+    attribution_compute()
+
+    def conversions(model):
+        return {r["group"]: round(r["attributed_conversions"], 6) for r in attribution_report(model=model, group_by="channel")
+                if r["attributed_conversions"]}
+
+    def revenue(model):
+        return {r["group"]: r["attributed_revenue"] for r in attribution_report(model=model, group_by="channel")
+                if r["attributed_revenue"]}
+
+    assert conversions("markov") == {"email": 0.8, "paid_search": 2.2}
+    assert revenue("markov") == {"email": Decimal("80.00"), "paid_search": Decimal("220.00")}
+    assert conversions("markov_global") == {"email": 1.2, "paid_search": 1.8}
+    assert revenue("markov_global") == {"email": Decimal("120.00"), "paid_search": Decimal("180.00")}
+    # Shapley: A>B conversions split 1/2 each (email 1, paid search 1 + 1 = 2): A>B deals weigh 1/3 vs 2/3.
+    assert revenue("shapley") == {"email": Decimal("66.66"), "paid_search": Decimal("233.34")}

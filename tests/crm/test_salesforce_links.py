@@ -352,3 +352,28 @@ def test_a_lead_only_person_cannot_have_a_role(sf_links, salesforce, settings):
          "ContactId": ann.salesforce_lead_id}]})
     assert answer[0]["success"] is False
     assert answer[0]["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
+
+
+def test_member_we_pushed_is_not_pulled_back_as_a_new_touch(sf_links, salesforce):
+    """Ann's own touch made her a member; the push created the
+    CampaignMember; pulling it back must not add a campaign_member_added
+    touch for the touch she already has. A member added in Salesforce for a
+    lead without a touch still is one."""
+    from martech.models import Event
+
+    ann, bob = _lead("ann@example.org"), _lead("bob@example.org", "Bee")
+    campaign = _campaign()
+    outbox_drain(connection=sf_links)
+    _touch(ann, campaign, "t1")
+    OutboxItem.objects.create(connection=sf_links, object="campaign", local_id=campaign.pk)
+    assert outbox_drain(connection=sf_links).failed == 0
+    assert len(salesforce.records["CampaignMember"]) == 1
+    bob.refresh_from_db()
+    campaign.refresh_from_db()
+    salesforce.put("CampaignMember", {"CampaignId": campaign.salesforce_id, "LeadId": bob.salesforce_lead_id,
+                                      "Status": "Sent"})
+    for _ in range(2):
+        run = links_pull(connection=sf_links, link="campaign_member", full=True)
+        assert run.failed == 0, run.error
+    touches = sorted(Event.objects.filter(campaign=campaign).values_list("lead__email", "event_type__name"))
+    assert touches == [("ann@example.org", "webinar_attended"), ("bob@example.org", "campaign_member_added")]

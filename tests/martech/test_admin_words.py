@@ -96,7 +96,7 @@ def test_dashboard_names_codes_and_has_tables(client, analyst):
     client.force_login(analyst)
     html = client.get(reverse("admin:attribution_dashboard")).content.decode()
     labels = re.search(r'<script id="att-labels" type="application/json">(.*?)</script>', html, re.S).group(1)
-    assert '"paid_search": "Paid search"' in labels and '"markov": "Markov chain (removal effect)"' in labels
+    assert '"paid_search": "Paid search"' in labels and '"markov": "Markov chain, per path (removal effects on each path)"' in labels
     assert '"mql": "Marketing qualified lead (MQL)"' in labels
     for chart in ("chart-channel", "chart-compare", "chart-spend", "chart-month", "chart-funnel", "chart-velocity"):
         assert f'id="{chart}-table"' in html
@@ -133,4 +133,4 @@ def test_stored_condition_gone_bad_shows_as_an_error(admin_client):
 def test_credit_list_filters_channels_by_label(admin_client):
     html = admin_client.get(reverse("admin:attribution_attributioncredit_changelist")).content.decode()
     assert "?channel=paid_search" in html and ">Paid search<" in html
-    assert "Markov chain (removal effect)" in html  # the model filter, from the field's choices
+    assert "Markov chain, global (removal-effect shares)" in html  # the model filter, from the field's choices

@@ -125,3 +125,38 @@ def test_audience_push_goes_through_the_configured_adapter(db, consenting_lead, 
     client.post("/admin/nurture/audiencemember/", {"action": "push_audiences", "_selected_action": [member.pk]})
     assert [(a, len(r)) for a, r in RecordingAdapter.pushed] == [("cart", 1)]
     assert len(RecordingAdapter.pushed[0][1][0]["email"]) == 64
+
+
+def _click(client, sent, url):
+    return client.get(f"/n/c/{sign(sent.pk, u=url)}")
+
+
+def test_click_is_an_email_touch_on_the_workflows_campaign(client, sent):
+    """An email click becomes an email-channel touchpoint carrying the
+    workflow's campaign (it was a touch without UTMs: direct)."""
+    from attribution.models import Touchpoint
+    from attribution.touchpoints import touchpoints_rebuild
+    from tests.factories import CampaignFactory
+
+    campaign = CampaignFactory(name="Spring nurture", utm_source="", utm_medium="email", utm_campaign="spring-nurture",
+                               channel="email")
+    sent.workflow.campaign = campaign
+    sent.workflow.save(update_fields=["campaign"])
+    assert _click(client, sent, "https://example.com/p1").status_code == 302
+    ev = Event.objects.get(event_type__name="email_clicked")
+    assert (ev.channel, ev.campaign_id, ev.utm_medium, ev.utm_source) == ("email", campaign.pk, "email", "nurture")
+    touchpoints_rebuild(lead_ids=[sent.lead_id])
+    touch = Touchpoint.objects.get(event=ev)
+    assert (touch.channel, touch.campaign_id) == ("email", campaign.pk)
+
+
+def test_click_without_a_workflow_campaign_takes_the_links_utm_tags(client, sent):
+    from tests.factories import CampaignFactory
+
+    campaign = CampaignFactory(name="Webinar", utm_source="", utm_medium="", utm_campaign="webinar-q3")
+    _click(client, sent, "https://example.com/w?utm_campaign=webinar-q3&utm_content=cta")
+    _click(client, sent, "https://example.com/plain")
+    plain, tagged = Event.objects.filter(event_type__name="email_clicked").order_by("properties__url")
+    assert plain.properties["url"] == "https://example.com/plain"
+    assert (tagged.channel, tagged.campaign_id, tagged.utm_content) == ("email", campaign.pk, "cta")
+    assert (plain.channel, plain.campaign_id) == ("email", None)

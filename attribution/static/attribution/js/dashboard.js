@@ -5,7 +5,7 @@
 // is set once all are drawn, so a browser test can read back what was plotted.
 // Codes (channels, models, stages) are shown by their labels (the
 // #att-labels JSON the page carries); every series has its own colour (no
-// palette wrap-around: eleven models side by side); and every chart has a
+// palette wrap-around: twelve models side by side); and every chart has a
 // table of the same numbers under it (#<canvas id>-table).
 (function () {
   const charts = {};
