@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('martech', '0009_words_eventtype_label'),
-        ('nurture', '0005_message_queue_in_doubt_policy'),
+        ('nurture', '0006_templates_email_templates'),
     ]
 
     operations = [
