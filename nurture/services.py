@@ -133,13 +133,26 @@ def workflow_never_fires(*, workflow: Workflow) -> dict[str, list[str]]:
 
 
 @transaction.atomic
-def workflow_save(*, workflow: Workflow, actor=None) -> Workflow:
+def workflow_save(*, workflow: Workflow, actor=None, fields: list[str] | None = None) -> Workflow:
     """Validate and save the draft. Editing a published workflow only changes
     its draft: running enrollments keep their version until it is published
-    and they are migrated explicitly."""
+    and they are migrated explicitly.
+
+    ``fields``: save only these (the admin form's). The row is locked and
+    every other field is taken from it first, so a step the journey builder
+    added, or a publish, committed since ``workflow`` was read is neither
+    undone nor validated from a stale copy."""
+    if fields is not None and workflow.pk:
+        current = Workflow.objects.select_for_update().get(pk=workflow.pk)
+        for f in Workflow._meta.concrete_fields:
+            if f.name not in fields and not f.primary_key:
+                setattr(workflow, f.attname, getattr(current, f.attname))
     workflow_validate(workflow=workflow)
     workflow.has_draft_changes = True
-    workflow.save()
+    if fields is not None and workflow.pk:
+        workflow.save(update_fields=sorted({*fields, "has_draft_changes", "updated_at"}))
+    else:
+        workflow.save()
     return workflow
 
 

@@ -131,6 +131,9 @@ class JourneyBuilderMixin:
             self.message_user(request, f"type: choose a step type (one of {', '.join(STEP_TYPES.values())}).",
                               messages.ERROR)
             return self._back(wf)
+        if position != "start" and ":" not in position:
+            self.message_user(request, f"position: {position!r} is not a place in this journey.", messages.ERROR)
+            return self._back(wf)
         after, _, path_name = position.rpartition(":") if position != "start" else (None, "", "next")
         form_class = STEP_FORMS[step_type]
         form = form_class(request.POST if request.method == "POST" else None, workflow=wf)

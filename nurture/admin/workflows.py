@@ -234,7 +234,10 @@ class WorkflowAdmin(JourneyBuilderMixin, ServiceSaveMixin, BaseAdmin):
         return self.fieldsets
 
     def save_model(self, request, obj, form, change):
-        if self.call_service(request, workflow_save, workflow=obj, actor=request.user) is not None:
+        # Only what the form edits: the steps are the builder's, the status publish's.
+        fields = [f.name for f in Workflow._meta.concrete_fields if f.name in form.fields] + ["trigger_config"]
+        if self.call_service(request, workflow_save, workflow=obj, actor=request.user,
+                             fields=fields if change else None) is not None:
             warn_never_fires(self, request, obj)
 
     def get_urls(self):

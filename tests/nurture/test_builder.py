@@ -206,6 +206,18 @@ def test_changes_are_made_on_the_latest_draft_and_logged(make_workflow):
     assert "Journey: added step 'wait1' (Wait) after 'e1' (Next)." in logged and len(logged) == 2
 
 
+def test_saving_the_settings_keeps_steps_and_status_committed_meanwhile(make_workflow):
+    wf = make_workflow(email_flow(1), publish=False)
+    form_copy = Workflow.objects.get(pk=wf.pk)  # what the settings form read
+    workflow_step_add(workflow=wf, step_type="wait", data={"days": 1}, after="e1")
+    workflow_publish(workflow=wf)
+    form_copy.name, form_copy.goal_event = "renamed", "demo_requested"
+    workflow_save(workflow=form_copy, fields=["name", "goal_event"])
+    wf.refresh_from_db()
+    assert wf.name == "renamed" and wf.goal_event == "demo_requested" and wf.has_draft_changes
+    assert _chain(wf) == ["e1", "wait1", "end"] and wf.status == "active" and wf.current_version.number == 1
+
+
 def test_what_can_never_fire_and_what_publish_refuses(make_workflow):
     wf = make_workflow(email_flow(1), publish=False, trigger="event", trigger_config={"event": "ebok_downloaded"},
                        goal_event="demo_booked")

@@ -187,3 +187,26 @@ def test_analyst_sees_the_journey_but_cannot_change_it(client, analyst, make_wor
         assert r.status_code == 302 and any("“Can change workflow” permission" in m for m in _messages(r))
     wf.refresh_from_db()
     assert wf.definition == email_flow(1) and wf.status == "draft"
+
+
+@pytest.mark.parametrize("step_type", ["send_email", "send_sms", "audience_add", "audience_remove", "update_field",
+                                       "set_stage", "create_task", "notify", "webhook", "wait", "wait_until",
+                                       "branch", "split", "enroll", "end"])
+def test_every_step_type_has_a_form(ops, make_workflow, step_type):
+    from nurture.graph import TARGETS
+
+    wf = make_workflow(email_flow(1), publish=False)
+    r = ops.get(reverse("admin:nurture_workflow_step_add", args=[wf.pk]), {"type": step_type, "position": "e1:next"})
+    assert r.status_code == 200 and 'id="step-form"' in r.content.decode()
+    for path in TARGETS[step_type]:
+        assert f'name="path_{path}"' in r.content.decode()
+
+
+def test_an_unknown_position_is_refused(ops, make_workflow):
+    wf = make_workflow(email_flow(1), publish=False)
+    r = _add(ops, wf, "wait", "bogus", amount="1", unit="days")
+    assert r.status_code == 302 and "position: 'bogus' is not a place in this journey." in _messages(r)
+    r = _add(ops, wf, "wait", "ghost:next", amount="1", unit="days")
+    assert r.status_code == 200 and "after: No step &#x27;ghost&#x27; in this journey." in r.content.decode()
+    wf.refresh_from_db()
+    assert wf.definition == email_flow(1)
