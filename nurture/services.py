@@ -81,27 +81,103 @@ def workflow_validate(*, workflow: Workflow) -> None:
             Workflow.Trigger.SCORE: "threshold", Workflow.Trigger.CRM_FIELD: "fields", Workflow.Trigger.SEGMENT: "segment"}
     if workflow.trigger in need and not (workflow.trigger_config or {}).get(need[workflow.trigger]):
         errors.setdefault("trigger_config", []).append(f'A {workflow.trigger} trigger needs "{need[workflow.trigger]}".')
+    if workflow.status in (Workflow.Status.ACTIVE, Workflow.Status.PAUSED) and workflow.current_version_id is None:
+        # Only publish makes a workflow active (with the version the engine
+        # enrolls on); an "Active" draft would enroll nobody.
+        errors["status"] = [f"A workflow is {workflow.get_status_display().lower()} only once published: publish it."]
     if errors:
         raise ValidationError(errors)
 
 
+# What can keep a journey from ever firing, by the field that names it.
+# Publishing refuses these: an active journey that can never enroll anyone or
+# meet its goal looks like it works and does nothing.
+BLOCKING_FIELDS = ("trigger_config", "goal_event")
+
+
+def workflow_never_fires(*, workflow: Workflow) -> dict[str, list[str]]:
+    """The triggers, goals and awaited events of the workflow (its draft)
+    that can never happen: an event type missing from the event catalog or
+    inactive there (the catalog rejects or quarantines such events, so no
+    workflow ever sees one), a form or lifecycle stage that does not exist.
+    ``{field: [message, ...]}``; empty when all can fire. Publishing refuses
+    the ``BLOCKING_FIELDS``; a ``wait_until`` on such an event only times
+    out, which saving and publishing report but allow."""
+    from martech.models import EventType, Form, LifecycleStage
+
+    cfg = workflow.trigger_config or {}
+    wanted: list[tuple[str, str, str]] = []  # (field, event name, what it is for)
+    if workflow.trigger == Workflow.Trigger.EVENT and cfg.get("event"):
+        wanted.append(("trigger_config", str(cfg["event"]), "this journey would never enroll anyone"))
+    if workflow.goal_event:
+        wanted.append(("goal_event", workflow.goal_event, "the goal could never be met"))
+    steps = (workflow.definition or {}).get("steps") or {}
+    for key, step in (steps.items() if isinstance(steps, dict) else ()):
+        if isinstance(step, dict) and step.get("type") == "wait_until" and step.get("event"):
+            wanted.append(("definition", str(step["event"]), f"step {key!r} would always time out"))
+    catalog = dict(EventType.objects.filter(name__in={name for _, name, _ in wanted}).values_list("name", "is_active"))
+    problems: dict[str, list[str]] = {}
+    for field, name, consequence in wanted:
+        if name not in catalog:
+            problems.setdefault(field, []).append(
+                f"The event type {name!r} is not in the event catalog: such events are refused, so {consequence}. "
+                "Add it to the catalog (Event types) or pick a catalogued event.")
+        elif not catalog[name]:
+            problems.setdefault(field, []).append(
+                f"The event type {name!r} is inactive in the event catalog: such events are refused, so {consequence}.")
+    if workflow.trigger == Workflow.Trigger.FORM and cfg.get("form"):
+        key = str(cfg["form"])
+        form = Form.objects.filter(key=key).values_list("is_active", flat=True).first()
+        # The receivers also take an event type named "form:<key>" as the form's submission.
+        if not form and not EventType.objects.filter(name=f"form:{key}", is_active=True).exists():
+            state = "is inactive" if form is False else "does not exist"
+            problems.setdefault("trigger_config", []).append(
+                f"The form {key!r} {state}: nobody can submit it, so this journey would never enroll anyone.")
+    if workflow.trigger == Workflow.Trigger.STAGE and cfg.get("stage"):
+        if not LifecycleStage.objects.filter(key=str(cfg["stage"]), is_active=True).exists():
+            problems.setdefault("trigger_config", []).append(
+                f"No active lifecycle stage {cfg['stage']!r}: no lead ever enters it, so this journey would never "
+                "enroll anyone.")
+    return problems
+
+
 @transaction.atomic
-def workflow_save(*, workflow: Workflow, actor=None) -> Workflow:
+def workflow_save(*, workflow: Workflow, actor=None, fields: list[str] | None = None) -> Workflow:
     """Validate and save the draft. Editing a published workflow only changes
     its draft: running enrollments keep their version until it is published
-    and they are migrated explicitly."""
+    and they are migrated explicitly.
+
+    ``fields``: save only these (the admin form's). The row is locked and
+    every other field is taken from it first, so a step the journey builder
+    added, or a publish, committed since ``workflow`` was read is neither
+    undone nor validated from a stale copy."""
+    if fields is not None and workflow.pk:
+        current = Workflow.objects.select_for_update().get(pk=workflow.pk)
+        for f in Workflow._meta.concrete_fields:
+            if f.name not in fields and not f.primary_key:
+                setattr(workflow, f.attname, getattr(current, f.attname))
     workflow_validate(workflow=workflow)
     workflow.has_draft_changes = True
-    workflow.save()
+    if fields is not None and workflow.pk:
+        workflow.save(update_fields=sorted({*fields, "has_draft_changes", "updated_at"}))
+    else:
+        workflow.save()
     return workflow
 
 
 @transaction.atomic
 def workflow_publish(*, workflow: Workflow, actor=None) -> WorkflowVersion:
     """Freeze the draft as the next immutable version and make it current;
-    a draft or paused workflow becomes active."""
+    a draft or paused workflow becomes active. Refuses a trigger or goal that
+    can never fire (``workflow_never_fires``); an awaited event that can
+    never come is the caller's to report (it only makes the step time out)."""
     wf = Workflow.objects.select_for_update().get(pk=workflow.pk)
+    # Publishing is what makes it active: check the draft as it will be.
+    wf.status = Workflow.Status.DRAFT if wf.current_version_id is None else wf.status
     workflow_validate(workflow=wf)
+    blocking = {f: m for f, m in workflow_never_fires(workflow=wf).items() if f in BLOCKING_FIELDS}
+    if blocking:
+        raise ValidationError(blocking)
     number = (wf.versions.aggregate(n=Max("number"))["n"] or 0) + 1
     version = WorkflowVersion.objects.create(
         workflow=wf, number=number, definition=copy.deepcopy(wf.definition),

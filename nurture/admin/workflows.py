@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 
 from django import forms
@@ -12,10 +13,14 @@ from django.urls import path, reverse
 from martech.admin.base import BaseAdmin, ServiceSaveMixin, add_errors_to_form, denied, validation_messages
 from martech.models import Lead
 from martech.scoring.models import Segment
+from nurture.admin.builder import JourneyBuilderMixin, builder_context, warn_never_fires
+from nurture.admin.step_forms import crm_field_choices, event_choices, form_choices, stage_choices
+from nurture.builder import EMPTY_DEFINITION
 from nurture.gallery import GALLERY, workflow_create_from_gallery
 from nurture.models import Workflow, WorkflowVersion
 from nurture.selectors import workflow_metrics
 from nurture.services import (
+    BLOCKING_FIELDS,
     enrollment_create,
     enrollments_migrate,
     workflow_publish,
@@ -26,7 +31,35 @@ from nurture.services import (
 )
 
 
+TRIGGER_FIELDS = ("trigger_event", "trigger_condition", "trigger_form", "trigger_segment", "enroll_existing",
+                  "trigger_stage", "trigger_threshold", "trigger_crm_fields")
+
+
 class WorkflowForm(forms.ModelForm):
+    """The workflow's settings. The trigger's configuration (stored as
+    ``trigger_config``) is picked per trigger: a catalogued event, a form, a
+    segment, a stage; the steps are edited in the journey builder below the
+    form, and the status by publish, pause, resume and archive."""
+
+    trigger_event = forms.ChoiceField(required=False, label="Event", help_text="For an event trigger.")
+    trigger_condition = forms.CharField(
+        required=False, max_length=2000, label="Event condition",
+        help_text='For an event trigger, optional: e.g. properties.cart_value >= 100 (the event\'s properties).')
+    trigger_form = forms.ChoiceField(required=False, label="Form", help_text="For a form submission trigger.")
+    trigger_segment = forms.ModelChoiceField(queryset=Segment.objects.all(), required=False, label="Segment",
+                                             help_text="For an entering-a-segment trigger.")
+    enroll_existing = forms.BooleanField(required=False, initial=True, label="Enroll the segment's current members",
+                                         help_text="For a segment trigger: untick to enroll only leads who enter from now on.")
+    trigger_stage = forms.ChoiceField(required=False, label="Lifecycle stage", help_text="For a stage change trigger.")
+    trigger_threshold = forms.IntegerField(required=False, label="Score threshold",
+                                           help_text="For a score trigger: enrolls when the total score crosses it upward.")
+    trigger_crm_fields = forms.MultipleChoiceField(required=False, label="CRM fields",
+                                                   widget=forms.CheckboxSelectMultiple,
+                                                   help_text="For a CRM field change trigger.")
+    goal_event = forms.ChoiceField(required=False, label="Goal event",
+                                   help_text="The lead doing this event meets the goal.")
+    suppress_stages = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple,
+                                                help_text="Leads at these lifecycle stages are never enrolled.")
     # Stored as a list of segment ids (it is copied into each version's
     # settings); picked here by name.
     suppress_segments = forms.ModelMultipleChoiceField(
@@ -36,14 +69,67 @@ class WorkflowForm(forms.ModelForm):
 
     class Meta:
         model = Workflow
-        fields = "__all__"
-        widgets = {"definition": forms.Textarea(attrs={"rows": 24, "cols": 100, "style": "font-family:monospace"})}
-        help_texts = {"trigger_config": 'event: {"event": "cart_abandoned", "condition": "..."}; form: {"form": "<key>"}; '
-                                        'segment: {"segment": <segment id>, "enroll_existing": true}; stage: {"stage": "mql"}; '
-                                        'score: {"threshold": 80}; CRM field: {"fields": ["status"]}'}
+        exclude = ("definition", "trigger_config", "status")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        wf = self.instance
+        if wf.pk is None and not wf.definition:
+            # A new journey is a lone End step; the builder adds before it.
+            wf.definition = copy.deepcopy(EMPTY_DEFINITION)
+        cfg = wf.trigger_config or {}
+        if "trigger_event" not in self.fields:
+            return  # a form without the pickers (a view-only page)
+        self.fields["trigger_event"].choices = event_choices(cfg.get("event", "") if wf.trigger == "event" else "")
+        self.fields["trigger_form"].choices = form_choices(cfg.get("form", "") if wf.trigger == "form" else "")
+        self.fields["trigger_stage"].choices = stage_choices(cfg.get("stage", "") if wf.trigger == "stage" else "")
+        self.fields["goal_event"].choices = event_choices(wf.goal_event)
+        self.fields["trigger_crm_fields"].choices = crm_field_choices()
+        stages = stage_choices(blank=None)
+        for key in wf.suppress_stages or []:
+            stages = [*stages, (key, f"{key} (no such active stage)")] if key not in dict(stages) else stages
+        self.fields["suppress_stages"].choices = stages
+        if not self.is_bound:
+            by_trigger = {"event": {"trigger_event": cfg.get("event"), "trigger_condition": cfg.get("condition")},
+                          "form": {"trigger_form": cfg.get("form")},
+                          "segment": {"trigger_segment": cfg.get("segment"),
+                                      "enroll_existing": cfg.get("enroll_existing", True)},
+                          "stage": {"trigger_stage": cfg.get("stage")},
+                          "score": {"trigger_threshold": cfg.get("threshold")},
+                          "crm_field": {"trigger_crm_fields": cfg.get("fields")}}
+            for name, value in by_trigger.get(wf.trigger, {}).items():
+                if value is not None:
+                    self.initial[name] = value
 
     def clean_suppress_segments(self):
         return sorted(s.pk for s in self.cleaned_data["suppress_segments"])
+
+    def clean(self):
+        data = super().clean()
+        trigger = data.get("trigger")
+        pick = {"event": "trigger_event", "form": "trigger_form", "segment": "trigger_segment",
+                "stage": "trigger_stage", "score": "trigger_threshold", "crm_field": "trigger_crm_fields"}.get(trigger)
+        if pick and data.get(pick) in (None, "", []):
+            self.add_error(pick, f"Required for a “{Workflow.Trigger(trigger).label}” trigger.")
+            return data
+        if trigger == "event":
+            cfg = {"event": data["trigger_event"]}
+            if data.get("trigger_condition"):
+                cfg["condition"] = data["trigger_condition"]
+        elif trigger == "form":
+            cfg = {"form": data["trigger_form"]}
+        elif trigger == "segment":
+            cfg = {"segment": data["trigger_segment"].pk, "enroll_existing": bool(data.get("enroll_existing"))}
+        elif trigger == "stage":
+            cfg = {"stage": data["trigger_stage"]}
+        elif trigger == "score":
+            cfg = {"threshold": data["trigger_threshold"]}
+        elif trigger == "crm_field":
+            cfg = {"fields": sorted(data["trigger_crm_fields"])}
+        else:
+            cfg = {}
+        self.instance.trigger_config = cfg
+        return data
 
     def _post_clean(self):
         super()._post_clean()  # the instance carries the form's values from here on
@@ -51,6 +137,7 @@ class WorkflowForm(forms.ModelForm):
             try:
                 workflow_validate(workflow=self.instance)
             except ValidationError as exc:
+                # trigger_config is shown as its pickers: its errors go on the form.
                 add_errors_to_form(self, exc)
 
 
@@ -69,7 +156,11 @@ def _each(modeladmin, request, queryset, fn, verb):
 
 @admin.action(description="Publish the draft as a new version", permissions=["change"])
 def publish(modeladmin, request, queryset):
-    _each(modeladmin, request, queryset, lambda wf: workflow_publish(workflow=wf, actor=request.user), "Published")
+    def one(wf):
+        workflow_publish(workflow=wf, actor=request.user)
+        warn_never_fires(modeladmin, request, wf, skip=BLOCKING_FIELDS)
+
+    _each(modeladmin, request, queryset, one, "Published")
 
 
 @admin.action(description="Pause", permissions=["change"])
@@ -98,13 +189,26 @@ def migrate_enrollments(modeladmin, request, queryset):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(ServiceSaveMixin, BaseAdmin):
+class WorkflowAdmin(JourneyBuilderMixin, ServiceSaveMixin, BaseAdmin):
     form = WorkflowForm
     list_display = ("name", "status", "trigger", "version_number", "has_draft_changes", "owner")
     list_filter = ("status", "trigger")
     search_fields = ("name",)
     list_select_related = ("current_version", "owner")
-    readonly_fields = ("current_version", "has_draft_changes", "created_at")
+    # The status changes by publish, pause, resume and archive only (the
+    # buttons on the page and the list's actions), never by editing it.
+    readonly_fields = ("status", "current_version", "has_draft_changes", "created_at", "definition_json")
+    fieldsets = [
+        (None, {"fields": ["name", "owner", "status", "current_version", "has_draft_changes"]}),
+        ("Trigger", {"fields": ["trigger", "trigger_event", "trigger_condition", "trigger_form", "trigger_segment",
+                                "enroll_existing", "trigger_stage", "trigger_threshold", "trigger_crm_fields"]}),
+        ("Enrollment", {"fields": ["enrollment_condition", "reenroll", "reenroll_days", "suppress_stages",
+                                   "suppress_segments", "suppress_unsubscribed"]}),
+        ("Goal", {"fields": ["goal_event", "goal_condition"]}),
+        ("Attribution", {"fields": ["campaign"]}),
+        ("Messages in doubt", {"fields": ["in_doubt_policy", "in_doubt_minutes"]}),
+        ("Definition (JSON, as the API gives it)", {"classes": ["collapse"], "fields": ["definition_json", "created_at"]}),
+    ]
     autocomplete_fields = ("campaign",)
     actions = [publish, pause, resume, archive, migrate_enrollments]
     change_form_template = "admin/nurture/workflow_change_form.html"
@@ -114,11 +218,31 @@ class WorkflowAdmin(ServiceSaveMixin, BaseAdmin):
     def version_number(self, obj):
         return obj.current_version.number if obj.current_version else "—"
 
+    @admin.display(description="Definition")
+    def definition_json(self, obj):
+        from django.utils.html import format_html
+
+        return format_html("<pre>{}</pre>", json.dumps(obj.definition, indent=2))
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is not None and not self.has_change_permission(request, obj):
+            # A view-only page shows the stored values, not the pickers.
+            return [(None, {"fields": ["name", "owner", "status", "current_version", "has_draft_changes", "trigger",
+                                       "trigger_config", "enrollment_condition", "reenroll", "reenroll_days",
+                                       "suppress_stages", "suppress_segments", "suppress_unsubscribed",
+                                       "goal_event", "goal_condition", "campaign", "in_doubt_policy", "in_doubt_minutes"]}),
+                    *self.fieldsets[-1:]]
+        return self.fieldsets
+
     def save_model(self, request, obj, form, change):
-        self.call_service(request, workflow_save, workflow=obj, actor=request.user)
+        # Only what the form edits: the steps are the builder's, the status publish's.
+        fields = [f.name for f in Workflow._meta.concrete_fields if f.name in form.fields] + ["trigger_config"]
+        if self.call_service(request, workflow_save, workflow=obj, actor=request.user,
+                             fields=fields if change else None) is not None:
+            warn_never_fires(self, request, obj)
 
     def get_urls(self):
-        own = [
+        own = self.builder_urls() + [
             path("gallery/", self.admin_site.admin_view(self.gallery_view), name="nurture_workflow_gallery"),
             path("<int:pk>/test/", self.admin_site.admin_view(self.test_view), name="nurture_workflow_test"),
             path("<int:pk>/enroll/", self.admin_site.admin_view(self.enroll_view), name="nurture_workflow_enroll"),
@@ -134,6 +258,7 @@ class WorkflowAdmin(ServiceSaveMixin, BaseAdmin):
             for s in metrics["steps"]:
                 s["width"] = round(100 * s["executed"] / top)
             extra["metrics"] = metrics
+            extra.update(builder_context(request, wf, can_change=self.has_change_permission(request, wf)))
         return super().change_view(request, object_id, form_url, extra)
 
     def _ctx(self, request, title, **kw):

@@ -31,18 +31,20 @@ def test_analyst_cannot_create_from_gallery(client, analyst):
     assert not Workflow.objects.exists()
 
 
-def test_admin_add_refuses_a_broken_graph_naming_the_problem(client, marketing_ops):
+BASE = {"trigger": "manual", "reenroll": "never", "suppress_unsubscribed": "on", "in_doubt_policy": "hold",
+        "in_doubt_minutes": "60"}
+
+
+def test_admin_add_makes_a_draft_journey_of_one_end_step_whatever_status_is_posted(client, marketing_ops):
     client.force_login(marketing_ops)
-    data = {"name": "x", "status": "draft", "trigger": "manual", "trigger_config": "{}", "reenroll": "never",
-            "suppress_stages": "[]", "suppress_unsubscribed": "on", "in_doubt_policy": "hold", "in_doubt_minutes": "60",
-            "definition": json.dumps({"start": "a", "steps": {"a": {"type": "wait", "days": 1, "next": "b"}}})}
-    r = client.post(reverse("admin:nurture_workflow_add"), data)
-    assert r.status_code == 200
-    assert "a.next: target step" in r.content.decode()
-    assert not Workflow.objects.exists()
-    data["definition"] = json.dumps(email_flow(1))
-    r = client.post(reverse("admin:nurture_workflow_add"), data)
-    assert r.status_code == 302 and Workflow.objects.get().has_draft_changes
+    r = client.post(reverse("admin:nurture_workflow_add"), {**BASE, "name": "x", "status": "active",
+                                                            "definition": json.dumps(email_flow(1))})
+    assert r.status_code == 302
+    wf = Workflow.objects.get()
+    # Neither the status nor the steps are form fields: publish makes it
+    # active, the journey builder adds the steps.
+    assert wf.status == "draft" and wf.current_version is None and wf.has_draft_changes
+    assert wf.definition == {"start": "end", "steps": {"end": {"type": "end"}}}
 
 
 def test_admin_picks_suppression_segments_by_name_and_a_segment_trigger(client, marketing_ops):
@@ -50,17 +52,16 @@ def test_admin_picks_suppression_segments_by_name_and_a_segment_trigger(client, 
 
     seg = segment_save(name="Customers", condition='lifecycle_stage = "customer"')
     client.force_login(marketing_ops)
-    data = {"name": "seg", "status": "draft", "trigger": "segment", "trigger_config": json.dumps({"segment": 999999}),
-            "reenroll": "never", "suppress_stages": "[]", "suppress_segments": [str(seg.pk)], "suppress_unsubscribed": "on",
-            "in_doubt_policy": "hold", "in_doubt_minutes": "60",
-            "definition": json.dumps(email_flow(1))}
+    data = {**BASE, "name": "seg", "trigger": "segment", "trigger_segment": "999999",
+            "suppress_segments": [str(seg.pk)]}
     r = client.post(reverse("admin:nurture_workflow_add"), data)
-    assert r.status_code == 200 and "no segment with id 999999" in r.content.decode()
-    data["trigger_config"] = json.dumps({"segment": seg.pk})
-    r = client.post(reverse("admin:nurture_workflow_add"), data)
+    assert r.status_code == 200 and "Select a valid choice" in r.content.decode()
+    r = client.post(reverse("admin:nurture_workflow_add"), {**data, "trigger_segment": ""})
+    assert r.status_code == 200 and "Required for a “Entering a segment” trigger." in r.content.decode()
+    r = client.post(reverse("admin:nurture_workflow_add"), {**data, "trigger_segment": str(seg.pk)})
     assert r.status_code == 302
     wf = Workflow.objects.get()
-    assert wf.suppress_segments == [seg.pk] and wf.trigger_config == {"segment": seg.pk}
+    assert wf.suppress_segments == [seg.pk] and wf.trigger_config == {"segment": seg.pk, "enroll_existing": False}
     assert "Customers" in client.get(reverse("admin:nurture_workflow_change", args=[wf.pk])).content.decode()
 
 

@@ -11,6 +11,7 @@ from martech.services.leads import lead_change_stage, lead_upsert
 from nurture.models import Enrollment, Workflow
 from tests.martech.api_support import *  # noqa: F403 (fixtures)
 from tests.martech.api_support import error_fields
+from tests.factories import FormFactory
 from tests.nurture.conftest import email_flow
 
 pytestmark = pytest.mark.django_db
@@ -34,6 +35,7 @@ def test_event_trigger_enrolls_once_per_active_enrollment(make_workflow, consent
 
 
 def test_form_submission_trigger(make_workflow, consenting_lead):
+    FormFactory(key="ebook")  # publishing refuses a form trigger on a form that does not exist
     wf = make_workflow(END, trigger="form", trigger_config={"form": "ebook"})
     lead = consenting_lead()
     _ingest(lead.email, "form_submitted", "f1", {"form": "ebook"})
