@@ -186,7 +186,7 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
     import_export_change_list_template = "admin/martech/lead/change_list.html"
     # Sized for a 1366 px screen with the navigation and filter sidebars
     # open: the person (email, name, company) in one cell, date without time.
-    list_display = ("lead_cell", "lifecycle_stage", "total_score", "owner_or_rep", "country", "created_on", "open_360")
+    list_display = ("lead_cell", "stage", "score", "owner_or_rep", "country", "created_on", "open_360")
     list_display_links = ("lead_cell",)
     list_select_related = ("lifecycle_stage", "owner")
     # Only filters that cost nothing to draw: FK filters list the (small)
@@ -208,6 +208,14 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
         if not who:
             return str(obj)
         return format_html('{}<br><span class="lead-who">{}</span>', obj, who)
+
+    @admin.display(description="Stage", ordering="lifecycle_stage__order")
+    def stage(self, obj: Lead) -> str:
+        return obj.lifecycle_stage.name if obj.lifecycle_stage else "—"
+
+    @admin.display(description="Score", ordering="total_score")
+    def score(self, obj: Lead) -> int:
+        return obj.total_score
 
     @admin.display(description="Owner / rep", ordering="owner__username")
     def owner_or_rep(self, obj: Lead) -> str:

@@ -266,7 +266,7 @@ def test_list_shows_the_routed_rep_when_the_rep_has_no_user(client, grace, marke
     assert admin_.owner_or_rep(rows[owned.pk]) == "Kim Lee"
     html = response.content.decode()
     assert f'href="{_page(grace.pk)}"' in html
-    assert [c for c in ("lead_cell", "lifecycle_stage", "total_score", "owner_or_rep", "country", "created_on")
+    assert [c for c in ("lead_cell", "stage", "score", "owner_or_rep", "country", "created_on")
             if f"column-{c}" not in html] == []
 
 
