@@ -212,6 +212,12 @@ def test_marketing_ops_reads_the_360_page(client, grace, marketing_ops):
     assert "Your ebook 0" in html and "Call back 1" in html and "Decision maker (primary)" in html
     assert "Send me news" in html and "visited pricing twice" in html and "Title is a manager" in html
     assert "Page viewed" in html  # the timeline's event type by its catalog label
+    # The full lists it links to are this lead's.
+    decisions = f'{reverse("admin:routing_assignment_changelist")}?lead__id__exact={grace.pk}'
+    assert decisions in html
+    listed = client.get(decisions)
+    assert listed.status_code == 200 and {a.lead_id for a in listed.context["cl"].result_list} == {grace.pk}
+    assert len(listed.context["cl"].result_list) == 2
     # Linked both ways with the change page.
     assert reverse("admin:martech_lead_change", args=[grace.pk]) in html
     change = client.get(reverse("admin:martech_lead_change", args=[grace.pk])).content.decode()
