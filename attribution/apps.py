@@ -16,3 +16,11 @@ class AttributionConfig(AppConfig):
         from attribution.crm_sync import register_deal
 
         register_deal()
+
+        from attribution import selectors
+        from martech import hooks
+
+        # The lead 360 page's opportunities with the lead's credit (martech offers the place).
+        hooks.provide_lead_section(hooks.LeadSection(
+            "opportunities", "Opportunities and credit", 80, "admin/attribution/lead360_opportunities.html",
+            ("attribution.view_opportunity",), selectors.lead_opportunities))

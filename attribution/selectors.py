@@ -305,3 +305,33 @@ def lifecycle_funnel(*, start: date | None = None, end: date | None = None) -> l
             "median_days_to_next": _median(gaps),
         })
     return rows
+
+
+# --- The lead 360 page (martech offers the place) -----------------------------
+
+LEAD_OPPORTUNITIES = 50
+
+
+def lead_opportunities(*, lead, user) -> dict:
+    """The lead's opportunities (its contact roles) and, for a user who may
+    view credits, the revenue credit each attribution model gives the
+    lead's own touches, per opportunity. Two queries, three with credits.
+    An opportunity the lead's touches earn credit on without a contact role
+    (credits follow the account's people) is listed too."""
+    from attribution.models import AttributionCredit, AttributionModel, Opportunity, OpportunityContactRole
+
+    roles = {r.opportunity_id: r for r in OpportunityContactRole.objects.filter(lead=lead)
+             .order_by("-opportunity__created_at", "-opportunity_id")[:LEAD_OPPORTUNITIES]}
+    credit: dict[int, list[tuple[str, Decimal, str]]] = defaultdict(list)
+    show_credit = user is not None and user.has_perm("attribution.view_attributioncredit")
+    if show_credit:
+        labels = dict(AttributionModel.choices)
+        rows = (AttributionCredit.objects.filter(touchpoint__lead=lead).values("opportunity_id", "model", "currency")
+                .annotate(total=Sum("credit")).order_by("opportunity_id", "model"))
+        for row in rows:
+            credit[row["opportunity_id"]].append((labels.get(row["model"], row["model"]), row["total"], row["currency"]))
+    ids = list(roles) + [pk for pk in credit if pk not in roles][:LEAD_OPPORTUNITIES]
+    opportunities = list(Opportunity.objects.filter(pk__in=ids).select_related("stage", "pipeline", "owner")
+                         .order_by("-created_at", "-id"))
+    out = [{"o": o, "role": roles.get(o.pk), "credit": credit.get(o.pk, [])} for o in opportunities]
+    return {"rows": out, "show_credit": show_credit, "capped": len(roles) >= LEAD_OPPORTUNITIES}

@@ -13,6 +13,7 @@ exception rolls the write back.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -106,3 +107,37 @@ def call(name: str, /, **kwargs):
 def registered() -> dict[str, list[Callable]]:
     """What is registered (for tests and the admin's diagnostics)."""
     return {**{kind: list(fns) for kind, fns in _kind_hooks.items()}, "providers": dict(_providers)}
+
+
+# --- The lead 360 page's sections ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeadSection:
+    """One block of the lead 360 page (``martech.selectors.lead_360``).
+
+    ``build(*, lead, user) -> dict`` reads the section's rows for one lead in
+    a fixed number of queries, whatever the lead's history size (cap long
+    lists), and returns the context of ``template``. ``permissions`` are the
+    ``app_label.codename`` view permissions of the models it shows: a user
+    missing one never sees the section and its queries never run."""
+
+    key: str
+    title: str
+    order: int
+    template: str
+    permissions: tuple[str, ...]
+    build: Callable[..., dict]
+
+
+_lead_sections: dict[str, LeadSection] = {}
+
+
+def provide_lead_section(section: LeadSection) -> None:
+    """A stage (the core included) adds a section to the lead 360 page
+    without the core importing it. One section per key; the last wins."""
+    _lead_sections[section.key] = section
+
+
+def lead_sections() -> list[LeadSection]:
+    return sorted(_lead_sections.values(), key=lambda s: (s.order, s.key))

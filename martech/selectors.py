@@ -6,7 +6,8 @@ from datetime import datetime
 
 from django.db.models import OuterRef, QuerySet, Subquery
 
-from martech.models import ConsentChannel, ConsentRecord, Event, Lead, StageTransition
+from martech import hooks
+from martech.models import ConsentChannel, ConsentRecord, Event, Lead, SalesTask, StageTransition
 
 
 def lead_consent_state(*, lead: Lead) -> dict[str, str | None]:
@@ -77,3 +78,129 @@ def lead_timeline(*, lead: Lead, limit: int = 200) -> list[TimelineEntry]:
         entries.append(TimelineEntry(c.recorded_at, "consent", f"Consent {c.get_channel_display()}: {c.status}", c.source))
     entries.sort(key=lambda x: x.at, reverse=True)
     return entries[:limit]
+
+
+# --- The lead 360 page ------------------------------------------------------------
+
+# Rows each list on the 360 page shows at most (newest first); the page links
+# to the full lists. The caps keep the page's query count and size fixed.
+LEAD_360_ROWS = 50
+LEAD_360_TIMELINE = 100
+# The lead list's annotation with the routed rep's name (routing provides it
+# through hooks "lead_list_annotations"; the owner column shows it when the
+# lead has no owner user, as a rep without a user account leaves it empty).
+ROUTED_REP = "routed_rep_name"
+
+
+def user_label(user) -> str:
+    """A person as the console names them: full name, else username."""
+    if user is None:
+        return ""
+    return user.get_full_name() or user.get_username()
+
+
+@dataclass(frozen=True)
+class Lead360Section:
+    key: str
+    title: str
+    template: str
+    context: dict
+
+
+@dataclass(frozen=True)
+class Lead360:
+    lead: Lead
+    # (label, value) pairs for the page's header: the core's, then what the
+    # sections add (routing's "Routed rep").
+    facts: list[tuple[str, str]]
+    sections: list[Lead360Section]
+
+
+def lead_360(*, lead_id: int, user) -> Lead360 | None:
+    """Everything the lead 360 page shows for ``user``: the lead and each
+    registered section (``hooks.provide_lead_section``) the user may view.
+    One query for the lead plus a fixed number per section, whatever the
+    size of the lead's history. None when there is no such lead. The caller
+    checks that ``user`` may view leads at all."""
+    lead = Lead.objects.select_related("account", "lifecycle_stage", "owner").filter(pk=lead_id).first()
+    if lead is None:
+        return None
+    facts: list[tuple[str, str]] = [
+        ("Stage", lead.lifecycle_stage.name if lead.lifecycle_stage else "—"),
+        ("Score", f"{lead.total_score} (fit {lead.fit_score}, engagement {lead.engagement_score})"),
+        ("Owner", user_label(lead.owner) or "—"),
+        ("Company", lead.company_name or (lead.account.name if lead.account else "") or "—"),
+        ("Country", lead.country or "—"),
+        ("Created", f"{lead.created_at:%Y-%m-%d %H:%M} UTC"),
+    ]
+    sections = []
+    for section in hooks.lead_sections():
+        if not user.has_perms(section.permissions):
+            continue
+        context = section.build(lead=lead, user=user)
+        facts.extend(context.pop("facts", ()))
+        sections.append(Lead360Section(section.key, section.title, section.template, {**context, "lead": lead}))
+    return Lead360(lead=lead, facts=facts, sections=sections)
+
+
+def _stage_section(*, lead: Lead, user) -> dict:
+    rows = list(
+        StageTransition.objects.filter(lead=lead)
+        .select_related("from_stage", "to_stage", "actor")
+        .order_by("-changed_at", "-id")[:LEAD_360_ROWS]
+    )
+    return {"rows": [{"at": t.changed_at, "from": t.from_stage.name if t.from_stage else "—", "to": t.to_stage.name,
+                      "reason": t.reason, "by": user_label(t.actor) or t.source or "system"} for t in rows],
+            "capped": len(rows) >= LEAD_360_ROWS}
+
+
+# Consent evidence keys (ConsentRecord.evidence) in words.
+EVIDENCE_LABELS = {"form": "Form", "ip": "IP address", "text": "Consent text shown", "user_agent": "Browser",
+                   "url": "Page", "page": "Page"}
+
+
+def _consent_section(*, lead: Lead, user) -> dict:
+    # The latest record per channel: one query on consent_latest_idx per
+    # channel would be four; a lead's consent records are few, so one query
+    # over them (capped) and the first per channel is taken here.
+    latest: dict[str, ConsentRecord] = {}
+    count = 0
+    for record in (ConsentRecord.objects.filter(lead=lead).select_related("actor")
+                   .order_by("-recorded_at", "-id")[:500]):
+        count += 1
+        latest.setdefault(record.channel, record)
+    rows = []
+    for channel, label in ConsentChannel.choices:
+        record = latest.get(channel)
+        evidence = []
+        if record is not None:
+            evidence = [(EVIDENCE_LABELS.get(k, k.replace("_", " ").capitalize()), v)
+                        for k, v in sorted((record.evidence or {}).items()) if v not in (None, "")]
+        rows.append({"channel": label, "record": record, "status": record.get_status_display() if record else "Not asked",
+                     "state": record.status if record else "none",
+                     "by": (user_label(record.actor) or record.source) if record else "", "evidence": evidence})
+    return {"rows": rows, "records": count}
+
+
+def _task_section(*, lead: Lead, user) -> dict:
+    rows = list(SalesTask.objects.filter(lead=lead).select_related("owner")
+                .order_by("status", "due_at", "-id")[:LEAD_360_ROWS])
+    return {"rows": [{"task": t, "owner": user_label(t.owner) or "—"} for t in rows],
+            "capped": len(rows) >= LEAD_360_ROWS}
+
+
+def _timeline_section(*, lead: Lead, user) -> dict:
+    return {"entries": lead_timeline(lead=lead, limit=LEAD_360_TIMELINE), "limit": LEAD_360_TIMELINE}
+
+
+for _section in (
+    hooks.LeadSection("stages", "Stage history", 30, "admin/martech/lead/360/stages.html",
+                      ("martech.view_stagetransition",), _stage_section),
+    hooks.LeadSection("consent", "Consent per channel", 40, "admin/martech/lead/360/consent.html",
+                      ("martech.view_consentrecord",), _consent_section),
+    hooks.LeadSection("tasks", "Sales tasks", 70, "admin/martech/lead/360/tasks.html",
+                      ("martech.view_salestask",), _task_section),
+    hooks.LeadSection("timeline", "Timeline", 100, "admin/martech/lead/timeline.html",
+                      ("martech.view_event",), _timeline_section),
+):
+    hooks.provide_lead_section(_section)

@@ -428,7 +428,19 @@ MARTECH_CRM = {
     # took them. Above Q_TIMEOUT, so a drain still running (django-q2 kills it
     # at Q_TIMEOUT) is never overtaken by a second one pushing the same records.
     "OUTBOX_LEASE_SECONDS": env.int("MARTECH_CRM_OUTBOX_LEASE_SECONDS", default=Q_CLUSTER["timeout"] + 60),
+    # Links from the lead 360 page to the record in the CRM's own UI, with
+    # {id} (and {object}: Lead or Contact, for Salesforce) filled in, e.g.
+    # https://app.hubspot.com/contacts/<portal id>/record/0-1/{id} and
+    # https://<my domain>.lightning.force.com/lightning/r/{object}/{id}/view.
+    # Empty (the default: the emulators have no UI) shows the ids only.
+    "HUBSPOT_RECORD_URL": env.str("MARTECH_CRM_HUBSPOT_RECORD_URL", default=""),
+    "SALESFORCE_RECORD_URL": env.str("MARTECH_CRM_SALESFORCE_RECORD_URL", default=""),
 }
+for _name in ("HUBSPOT_RECORD_URL", "SALESFORCE_RECORD_URL"):
+    if MARTECH_CRM[_name] and ("{id}" not in MARTECH_CRM[_name]
+                               or not MARTECH_CRM[_name].startswith(("https://", "http://"))):
+        raise ImproperlyConfigured(f"MARTECH_CRM_{_name} must be an http(s) URL containing {{id}} "
+                                   f"(got {MARTECH_CRM[_name]!r})")
 if MARTECH_CRM["OUTBOX_LEASE_SECONDS"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured("MARTECH_CRM_OUTBOX_LEASE_SECONDS must be larger than Q_TIMEOUT "
                                f"({Q_CLUSTER['timeout']} s): a shorter lease lets two drains push the same record")

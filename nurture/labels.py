@@ -72,3 +72,35 @@ def detail_text(detail: dict | None) -> str:
                 pass
         parts.append(f"{DETAIL_KEYS.get(key, key.replace('_', ' '))} {value}")
     return ", ".join(parts)
+
+
+WAIT_UNITS = (("days", "day"), ("business_days", "business day"), ("hours", "hour"), ("seconds", "second"))
+
+
+def step_summary(step: dict | None) -> str:
+    """One step of a journey in words, e.g. 'Send email "Your ebook"',
+    "Wait 5 days", "Wait until Email clicked (at most 72 hours)"."""
+    if not step:
+        return "—"
+    kind = step.get("type") or ""
+    label = step_type_label(kind)
+    if kind in ("send_email", "create_task") and step.get("subject"):
+        return f'{label} "{step["subject"]}"'
+    if kind == "wait":
+        parts = []
+        for key, unit in WAIT_UNITS:
+            n = step.get(key) or 0
+            if n:
+                parts.append(f"{n:g} {unit}{'' if n == 1 else 's'}")
+        return f"{label} {' and '.join(parts)}" if parts else label
+    if kind == "wait_until":
+        what = step.get("event") or step.get("condition") or ""
+        hours = step.get("timeout_hours")
+        return f"{label} {what}".strip() + (f" (at most {hours:g} hours)" if isinstance(hours, (int, float)) else "")
+    if kind == "branch" and step.get("condition"):
+        return f"{label}: {step['condition']}"
+    if kind in ("audience_add", "audience_remove") and step.get("audience"):
+        return f"{label} {step['audience']}"
+    if kind == "set_stage" and step.get("stage"):
+        return f"{label} to {step['stage']}"
+    return label

@@ -60,3 +60,34 @@ def workflows_using_template(*, template_id: int) -> list[Workflow]:
 
     drafts = Workflow.objects.exclude(status=Workflow.Status.ARCHIVED).only("pk", "name", "definition").order_by("name")
     return [wf for wf in drafts if template_id in template_ids(wf.definition)]
+
+
+# --- The lead 360 page (martech offers the place) -----------------------------
+
+LEAD_ROWS = 50
+
+
+def lead_journeys(*, lead, user=None) -> dict:
+    """The lead's enrollments, newest first, with the step each is at in
+    words (from the version it runs). One query."""
+    from nurture.labels import step_summary
+
+    rows = []
+    enrollments = list(Enrollment.objects.filter(lead=lead).select_related("workflow", "version")
+                       .order_by("-enrolled_at", "-id")[:LEAD_ROWS])
+    for e in enrollments:
+        steps = (e.version.definition or {}).get("steps") or {}
+        active = e.status == Enrollment.Status.ACTIVE
+        rows.append({"e": e, "step": step_summary(steps.get(e.step)) if active and e.step else "—",
+                     "steps_done": e.seq, "active": active})
+    return {"rows": rows, "capped": len(enrollments) >= LEAD_ROWS}
+
+
+def lead_messages(*, lead, user=None) -> dict:
+    """The lead's messages, newest first, with delivery, open and click
+    times. One query."""
+    rows = list(Message.objects.filter(lead=lead).select_related("workflow")
+                .defer("body").order_by("-created_at", "-id")[:LEAD_ROWS])
+    return {"rows": [{"m": m, "status": m.get_status_display().split(" (")[0],
+                      "reason": m.status_reason.replace("_", " ")} for m in rows],
+            "capped": len(rows) >= LEAD_ROWS}

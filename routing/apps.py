@@ -10,7 +10,7 @@ class RoutingConfig(AppConfig):
 
     def ready(self) -> None:
         from martech import configcache, hooks
-        from routing import receivers, services
+        from routing import receivers, selectors, services
         from routing.models import OutOfOffice, Rep, SlaPolicy, Team, Territory
 
         receivers.connect()
@@ -32,3 +32,8 @@ class RoutingConfig(AppConfig):
         hooks.provide("crm_user_owner_id", services.crm_user_owner_id_provider)
         hooks.provide("crm_owner_user_id", services.crm_owner_user_id_provider)
         hooks.provide("crm_owners_pulled", services.crm_owners_pulled_provider)
+        # The lead list's owner column and the lead 360 page (martech offers both places).
+        hooks.provide("lead_list_annotations", selectors.lead_list_annotations)
+        hooks.provide_lead_section(hooks.LeadSection(
+            "routing", "Owner and routing", 10, "admin/routing/lead360_routing.html",
+            ("routing.view_assignment",), selectors.lead_routing))

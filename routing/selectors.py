@@ -6,6 +6,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
+from routing import labels
 from routing.models import Assignment
 
 
@@ -37,3 +38,44 @@ def sla_report(*, since: datetime, until: datetime, now: datetime) -> dict[str, 
             "median_minutes_to_first_touch": round(statistics.median(g["minutes"]), 1) if g["minutes"] else None,
         })
     return {"teams": out["team"], "reps": out["rep"]}
+
+
+# --- The lead 360 page and the lead list (martech offers the places) ---------
+
+LEAD_ASSIGNMENTS = 20
+
+
+def lead_routing(*, lead, user=None) -> dict:
+    """The lead 360 page's routing section: the current owner and rep, and
+    the newest routing decisions with their reasons. Two queries (the
+    assignments with rep, team and actor; their escalations)."""
+    from martech.selectors import user_label
+
+    rows = list(Assignment.objects.filter(lead=lead).select_related("rep", "team", "actor", "sla_policy")
+                .prefetch_related("escalations").order_by("-created_at", "-id")[:LEAD_ASSIGNMENTS])
+    current = next((a for a in rows if a.is_current), None)
+    facts = []
+    if current is not None:
+        who = current.rep.name if current.rep else "—"
+        if current.team:
+            who = f"{who} ({current.team.name})"
+        facts.append(("Routed rep", who if current.status == Assignment.Status.ASSIGNED else current.get_status_display()))
+    history = [{
+        "a": a,
+        "who": a.rep.name if a.rep else (a.team.name if a.team else "—"),
+        "by": user_label(a.actor),
+        "escalations": [(e.get_level_display(), e.created_at, labels.escalation_detail(e.detail)) for e in a.escalations.all()],
+    } for a in rows]
+    return {"current": current, "history": history, "capped": len(rows) >= LEAD_ASSIGNMENTS, "facts": facts}
+
+
+def lead_list_annotations() -> dict:
+    """The lead list's routed rep: the rep of the lead's current assignment
+    (the unique partial index routing_one_current_assignment finds it)."""
+    from django.db.models import OuterRef, Subquery
+
+    from martech.selectors import ROUTED_REP
+
+    rep = (Assignment.objects.filter(lead=OuterRef("pk"), is_current=True, status=Assignment.Status.ASSIGNED)
+           .values("rep__name")[:1])
+    return {ROUTED_REP: Subquery(rep)}

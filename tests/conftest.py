@@ -61,7 +61,7 @@ def is_postgres() -> bool:
 REFERENCE_SEEDS = [
     ("martech.migrations.0002_seed_reference_data", "seed"),  # stages, channel rules, UTM aliases, event catalog
     ("martech.migrations.0005_campaign_member_event_type", "seed"),
-    ("martech.migrations.0010_builder_gallery_event_types", "seed"),  # the gallery journeys' events
+    ("martech.migrations.0010_gallery_event_types", "seed"),  # the gallery journeys' events
     ("nurture.migrations.0002_event_types", "add"),
     ("nurture.migrations.0004_esp_event_types", "add"),  # email_delivered, email_bounced, email_complained
     ("attribution.migrations.0002_seed_default_pipeline", "seed"),  # the default sales pipeline

@@ -12,6 +12,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.validators import validate_email
 from django.http import HttpRequest, HttpResponseRedirect
@@ -26,7 +27,7 @@ from martech.admin.base import BigTableAdmin, ServiceSaveMixin, add_errors_to_fo
 from martech.models import Identity, Lead, LifecycleStage
 from martech.resources import LeadExportResource
 from martech import hooks
-from martech.selectors import lead_consent_state, lead_timeline
+from martech.selectors import ROUTED_REP, lead_360, lead_consent_state, lead_timeline, user_label
 from martech.services.leads import CRM_KEYS, clean_lead_data, lead_change_stage, lead_upsert
 
 # The lead fields the form edits: exactly what lead_upsert may write.
@@ -135,28 +136,65 @@ class IdentityInline(admin.TabularInline):
         return False
 
 
+class ScoreRangeFilter(admin.SimpleListFilter):
+    """Total score in a range: the bands offered, or any ``min-max`` (either
+    end may be left out: ``80-``) typed into the URL."""
+
+    title = "score"
+    parameter_name = "score"
+    BANDS = (("-24", "Under 25"), ("25-49", "25 to 49"), ("50-79", "50 to 79"), ("80-", "80 and over"))
+
+    def lookups(self, request, model_admin):
+        return self.BANDS
+
+    @staticmethod
+    def bounds(value: str) -> tuple[int | None, int | None]:
+        """``"50-79"`` -> (50, 79), ``"80-"`` -> (80, None), ``"-24"`` -> (None, 24), ``"50"`` -> (50, 50)."""
+        low, sep, high = value.partition("-")
+        try:
+            low_n = int(low) if low.strip() else None
+            high_n = (int(high) if high.strip() else None) if sep else low_n
+        except ValueError:
+            raise ValueError("give it as min-max, e.g. 50-79, 80- or -24") from None
+        if low_n is None and high_n is None:
+            raise ValueError("give at least one end, e.g. 80-")
+        if low_n is not None and high_n is not None and low_n > high_n:
+            raise ValueError(f"the minimum {low_n} is above the maximum {high_n}")
+        return low_n, high_n
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            low, high = self.bounds(self.value())
+        except ValueError as exc:
+            # The changelist answers a bad filter by reloading without any;
+            # the message says which one and why.
+            messages.error(request, f"Score filter {self.value()!r}: {exc}.")
+            raise IncorrectLookupParameters(str(exc)) from None
+        if low is not None:
+            queryset = queryset.filter(total_score__gte=low)
+        if high is not None:
+            queryset = queryset.filter(total_score__lte=high)
+        return queryset
+
+
 @admin.register(Lead)
 class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
     form = LeadAdminForm
     resource_classes = [LeadExportResource]
     import_export_change_list_template = "admin/martech/lead/change_list.html"
-    list_display = (
-        "email_or_key",
-        "name",
-        "company_name",
-        "account",
-        "lifecycle_stage",
-        "total_score",
-        "owner",
-        "country",
-        "created_at",
-    )
-    list_display_links = ("email_or_key",)
-    list_select_related = ("account", "lifecycle_stage", "owner")
+    # Sized for a 1366 px screen with the navigation and filter sidebars
+    # open: the person (email, name, company) in one cell, date without time.
+    list_display = ("lead_cell", "stage", "score", "owner_or_rep", "country", "created_on", "open_360")
+    list_display_links = ("lead_cell",)
+    list_select_related = ("lifecycle_stage", "owner")
     # Only filters that cost nothing to draw: FK filters list the (small)
     # related table, choice and date filters query nothing. A filter on
-    # country would SELECT DISTINCT over every lead.
-    list_filter = ("lifecycle_stage", "original_source", "created_at")
+    # country would SELECT DISTINCT over every lead. Routing adds its
+    # owner/rep filter and scoring its segment filter (after the score), so
+    # the core imports neither.
+    list_filter = ["lifecycle_stage", ScoreRangeFilter, "original_source", "created_at"]
     search_fields = ("email", "first_name", "last_name", "company_name")
     search_help_text = "Email (a full address is looked up exactly), first or last name, or company."
     actions = [change_lifecycle_stage, merge_leads]
@@ -164,13 +202,41 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
 
     # --- changelist ---------------------------------------------------------
 
-    @admin.display(description="Email", ordering="email")
-    def email_or_key(self, obj: Lead) -> str:
-        return str(obj)
+    @admin.display(description="Lead", ordering="email")
+    def lead_cell(self, obj: Lead) -> str:
+        who = " · ".join(x for x in (obj.full_name, obj.company_name) if x)
+        if not who:
+            return str(obj)
+        return format_html('{}<br><span class="lead-who">{}</span>', obj, who)
 
-    @admin.display(description="Name", ordering="last_name")
-    def name(self, obj: Lead) -> str:
-        return obj.full_name
+    @admin.display(description="Stage", ordering="lifecycle_stage__order")
+    def stage(self, obj: Lead) -> str:
+        return obj.lifecycle_stage.name if obj.lifecycle_stage else "—"
+
+    @admin.display(description="Score", ordering="total_score")
+    def score(self, obj: Lead) -> int:
+        return obj.total_score
+
+    @admin.display(description="Owner / rep", ordering="owner__username")
+    def owner_or_rep(self, obj: Lead) -> str:
+        # A routed rep without a user account leaves Lead.owner empty; the
+        # rep routing chose is who owns the lead then (lead_list_annotations).
+        return user_label(obj.owner) or getattr(obj, ROUTED_REP, None) or "—"
+
+    @admin.display(description="Created", ordering="created_at")
+    def created_on(self, obj: Lead) -> str:
+        return f"{obj.created_at:%Y-%m-%d}"
+
+    @admin.display(description="")
+    def open_360(self, obj: Lead) -> str:
+        return format_html('<a href="{}" title="Everything about this lead on one page">360</a>',
+                           reverse("admin:martech_lead_360", args=[obj.pk]))
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        # Columns a later stage adds to the list, e.g. routing's current rep
+        # (one correlated subquery per row shown, on an indexed lookup).
+        return qs.annotate(**(hooks.call("lead_list_annotations") or {}))
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
@@ -333,6 +399,7 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
 
     def get_urls(self):
         return [
+            path("<path:object_id>/360/", self.admin_site.admin_view(self.lead_360_view), name="martech_lead_360"),
             path(
                 "import-csv/",
                 self.admin_site.admin_view(self.import_csv_view),
@@ -340,6 +407,33 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
             ),
             *super().get_urls(),
         ]
+
+    def lead_360_view(self, request: HttpRequest, object_id: str):
+        """Everything about one lead on one page (selectors.lead_360): each
+        section only for a user who may view what it shows."""
+        try:
+            lead_id = int(object_id)
+        except ValueError:
+            lead_id = None
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        data = lead_360(lead_id=lead_id, user=request.user) if lead_id is not None else None
+        if data is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        sections = [
+            {"key": s.key, "title": s.title, "html": render_to_string(s.template, s.context, request)}
+            for s in data.sections
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{data.lead.full_name or data.lead}: 360",
+            "opts": self.opts,
+            "lead": data.lead,
+            "facts": data.facts,
+            "sections": sections,
+            "has_change_permission": self.has_change_permission(request, data.lead),
+        }
+        return TemplateResponse(request, "admin/martech/lead/lead_360.html", context)
 
     def import_csv_view(self, request: HttpRequest):
         from martech.services.imports import lead_import_csv

@@ -25,3 +25,10 @@ class CrmConfig(AppConfig):
         lists.register()
         # A new touch on a campaign can add a member: queue the campaign.
         receivers.connect()
+
+        from martech import hooks
+        from martech.crm import selectors
+
+        # The lead 360 page's CRM records and sync state (the core offers the place).
+        hooks.provide_lead_section(hooks.LeadSection(
+            "crm", "CRM records", 90, "admin/crm/lead360_crm.html", ("martech.view_lead",), selectors.lead_crm))

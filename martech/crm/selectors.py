@@ -127,3 +127,53 @@ def _by_object(connection: Connection, now) -> list[dict]:
             "pull_rate_24h": _rate(pulls.get(key, {}).get("pulled_n") or 0, pulls.get(key, {}).get("failed_n") or 0),
         })
     return rows
+
+
+
+# --- The lead 360 page (the core offers the place) ----------------------------
+
+RECORD_URL_SETTING = {"hubspot": "HUBSPOT_RECORD_URL", "salesforce": "SALESFORCE_RECORD_URL"}
+
+
+def record_url(provider: str, remote_id: str, *, sobject: str = "") -> str:
+    """The record's page in the CRM's own UI (MARTECH_CRM_*_RECORD_URL), or
+    "" when none is configured."""
+    from urllib.parse import quote
+
+    from django.conf import settings
+
+    template = settings.MARTECH_CRM.get(RECORD_URL_SETTING.get(provider, ""), "")
+    if not template or not remote_id:
+        return ""
+    return template.replace("{object}", quote(sobject, safe="")).replace("{id}", quote(remote_id, safe=""))
+
+
+def lead_crm(*, lead, user) -> dict:
+    """The lead 360 page's CRM section: the lead's HubSpot and Salesforce
+    records (with links when configured) and, for a user who may view the
+    outbox, its sync state per connection. Two queries with sync state."""
+    from martech.crm.models import Provider
+
+    records = [
+        {"provider": Provider.HUBSPOT.label, "what": "Contact", "id": lead.hubspot_id,
+         "url": record_url(Provider.HUBSPOT, lead.hubspot_id or "")},
+        {"provider": Provider.SALESFORCE.label, "what": "Lead", "id": lead.salesforce_lead_id,
+         "url": record_url(Provider.SALESFORCE, lead.salesforce_lead_id or "", sobject="Lead")},
+        {"provider": Provider.SALESFORCE.label, "what": "Contact", "id": lead.salesforce_contact_id,
+         "url": record_url(Provider.SALESFORCE, lead.salesforce_contact_id or "", sobject="Contact")},
+    ]
+    sync = []
+    show_sync = user is not None and user.has_perm("crm.view_outboxitem")
+    if show_sync:
+        states = {s.connection_id: s for s in PushState.objects.filter(object="contact", local_id=lead.pk)}
+        waiting: dict[int, OutboxItem] = {}
+        for item in (OutboxItem.objects.filter(object="contact", local_id=lead.pk, status__in=["pending", "dead"])
+                     .select_related("connection").order_by("-created_at")[:20]):
+            waiting.setdefault(item.connection_id, item)
+        for connection in Connection.objects.filter(pk__in={*states, *waiting}).order_by("name"):
+            state, item = states.get(connection.pk), waiting.get(connection.pk)
+            sync.append({"connection": connection, "remote_id": state.remote_id if state else "",
+                         "pushed_at": state.pushed_at if state else None, "item": item,
+                         "url": record_url(connection.provider, state.remote_id if state else "",
+                                           sobject="Contact" if lead.salesforce_contact_id else "Lead")})
+    return {"records": records, "show_sync": show_sync, "sync": sync}

@@ -65,11 +65,18 @@ def _score_explanation_html(*, lead) -> str:
     """The lead page's "Why this score" (provided to martech's LeadAdmin)."""
     from django.template.loader import render_to_string
 
+    return render_to_string("admin/scoring/score_explanation.html", {**_score_section(lead=lead, user=None), "lead": lead})
+
+
+def _score_section(*, lead, user) -> dict:
+    """The lead 360 page's score section: the latest computation's per-rule
+    breakdown (one query)."""
     from martech.scoring.selectors import score_explanation
 
     latest = score_explanation(lead.pk)
-    return render_to_string("admin/scoring/score_explanation.html",
-                            {"latest": latest, "parts": latest.breakdown if latest else [], "lead": lead})
+    return {"latest": latest, "parts": latest.breakdown if latest else []}
 
 
 hooks.provide("score_explanation_html", _score_explanation_html)
+hooks.provide_lead_section(hooks.LeadSection("score", "Score and why", 20, "admin/scoring/score_explanation.html",
+                                             ("scoring.view_scorehistory",), _score_section))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.db.models import Exists, OuterRef, Q
 from django.forms.models import BaseInlineFormSet
 from django.core.exceptions import ValidationError
 from django.template.loader import render_to_string
@@ -14,7 +16,7 @@ from django.utils.html import format_html
 from martech.admin.base import BigTableAdmin, ReadOnlyMixin, validation_messages
 from martech.models import Lead
 from routing import labels, services
-from routing.models import Assignment, Escalation
+from routing.models import Assignment, Escalation, Rep
 
 
 def explanation_html(obj: Assignment) -> str:
@@ -157,12 +159,48 @@ def route_leads(modeladmin, request, queryset):
     modeladmin.message_user(request, f"{done} lead(s) routed.", messages.SUCCESS)
 
 
+class OwnerRepFilter(admin.SimpleListFilter):
+    """The lead list by owner or rep: a rep's leads are those whose current
+    assignment is theirs, and those their user owns (an owner set by hand or
+    pulled from the CRM), so a rep without a user account is found too."""
+
+    title = "owner / rep"
+    parameter_name = "rep"
+    NONE = "none"
+
+    def lookups(self, request, model_admin):
+        reps = Rep.objects.order_by("name", "pk").values_list("pk", "name", "is_active")
+        return [(self.NONE, "No owner or rep"),
+                *[(str(pk), name if active else f"{name} (inactive)") for pk, name, active in reps]]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        current = Assignment.objects.filter(lead=OuterRef("pk"), is_current=True, status=Assignment.Status.ASSIGNED)
+        if value == self.NONE:
+            return queryset.filter(owner__isnull=True).exclude(Exists(current))
+        rep = Rep.objects.filter(pk=int(value)).values("pk", "user_id").first() if value.isdigit() else None
+        if rep is None:
+            messages.error(request, f"Owner / rep filter: there is no rep {value!r}.")
+            raise IncorrectLookupParameters(value)
+        mine = Q(Exists(current.filter(rep_id=rep["pk"])))
+        if rep["user_id"]:
+            mine |= Q(owner_id=rep["user_id"])
+        return queryset.filter(mine)
+
+
 def _attach_to_lead_admin() -> None:
     lead_admin = admin.site._registry.get(Lead)
     if lead_admin is None:
         return
     if AssignmentInline not in lead_admin.inlines:
         lead_admin.inlines = [*lead_admin.inlines, AssignmentInline]
+    filters = list(lead_admin.list_filter)
+    if OwnerRepFilter not in filters:
+        # After the stage and score filters.
+        filters.insert(min(2, len(filters)), OwnerRepFilter)
+        lead_admin.list_filter = filters
     actions = list(lead_admin.actions or [])
     if route_leads not in actions:
         lead_admin.actions = [*actions, route_leads]

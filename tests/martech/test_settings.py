@@ -176,3 +176,11 @@ def test_a_bad_port_fails_at_start_naming_the_variable(port):
     proc = _run(["manage.py", "check"], MARTECH_PORT=port)
     assert proc.returncode != 0
     assert "MARTECH_PORT" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["MARTECH_CRM_HUBSPOT_RECORD_URL", "MARTECH_CRM_SALESFORCE_RECORD_URL"])
+def test_a_crm_record_url_without_its_id_fails_at_start(name):
+    proc = _run(["-c", PROBE], **{name: "https://crm.example/records/"})
+    assert proc.returncode != 0
+    assert name in proc.stderr.strip().splitlines()[-1] and "{id}" in proc.stderr.strip().splitlines()[-1]
+    assert _run(["-c", PROBE], **{name: "https://crm.example/records/{id}"}).returncode == 0

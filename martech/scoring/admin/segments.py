@@ -4,18 +4,19 @@ from __future__ import annotations
 import csv
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.http import StreamingHttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from martech.csvsafe import cell_escape
 from martech.admin.base import BaseAdmin, ServiceSaveMixin
-from martech.conditions import ConditionError
+from martech.conditions import ConditionError, matching_leads
 from martech.scoring import services
 from martech.scoring.admin.widgets import ConditionWidget
 from martech.scoring.models import Segment
-from martech.scoring.selectors import segment_members
+from martech.scoring.selectors import segment_condition, segment_members
 
 EXPORT_COLUMNS = ["id", "email", "first_name", "last_name", "country", "lifecycle_stage", "fit_score",
                   "engagement_score", "total_score", "account", "created_at"]
@@ -104,3 +105,47 @@ class SegmentAdmin(ServiceSaveMixin, BaseAdmin):
         return self._back_if_failed(request) or super().response_change(request, obj)
 
 
+
+
+class SegmentFilter(admin.SimpleListFilter):
+    """The lead list by segment: the segment's condition, run in the
+    database as part of the list's query (martech.conditions)."""
+
+    title = "segment"
+    parameter_name = "segment"
+
+    def lookups(self, request, model_admin):
+        return [(str(pk), name) for pk, name in Segment.objects.order_by("name").values_list("pk", "name")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        segment = Segment.objects.filter(pk=int(value)).first() if value.isdigit() else None
+        if segment is None:
+            messages.error(request, f"Segment filter: there is no segment {value!r}.")
+            raise IncorrectLookupParameters(value)
+        try:
+            return matching_leads(segment_condition(segment), queryset=queryset)
+        except ConditionError as exc:
+            messages.error(request, f"Segment {segment.name!r}: its condition is invalid: {exc.messages[0]}")
+            raise IncorrectLookupParameters(value) from None
+
+
+def _attach_to_lead_admin() -> None:
+    """Scoring adds its segment filter to martech's lead list (the core
+    never imports scoring)."""
+    from martech.models import Lead
+
+    lead_admin = admin.site._registry.get(Lead)
+    if lead_admin is None:
+        return
+    filters = list(lead_admin.list_filter)
+    if SegmentFilter not in filters:
+        # Beside the stage, score and owner filters, before source and date.
+        at = filters.index("original_source") if "original_source" in filters else len(filters)
+        filters.insert(at, SegmentFilter)
+        lead_admin.list_filter = filters
+
+
+_attach_to_lead_admin()
