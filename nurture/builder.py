@@ -32,7 +32,7 @@ from martech.db import run_in_transaction
 from nurture.conditions import condition_check
 from nurture.graph import TARGETS, successors
 from nurture.labels import step_type_label
-from nurture.models import Workflow
+from nurture.models import EmailTemplate, Workflow
 from nurture.services import workflow_validate
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ T = TypeVar("T")
 # has beyond these and its paths (an email's conditional "blocks", keys a
 # newer release adds) are kept as they are when the step is edited.
 STEP_FIELDS: dict[str, tuple[str, ...]] = {
-    "send_email": ("subject", "body", "html", "marketing"),
+    "send_email": ("template", "subject", "body", "html", "marketing"),
     "send_sms": ("body",),
     "audience_add": ("audience",),
     "audience_remove": ("audience",),
@@ -138,11 +138,23 @@ def step_clean(*, step_type: str, data: dict[str, Any], workflow: Workflow | Non
         errors["__all__"] = [f"A {step_type_label(step_type).lower()} step has no {', '.join(unknown)}."]
     out: dict[str, Any] = {}
     if step_type == "send_email":
-        out["subject"] = _text(data, "subject", errors, limit=500)
-        out["body"] = _text(data, "body", errors)
-        html = _text(data, "html", errors, required=False, limit=100_000)
-        if html:
-            out["html"] = html
+        template = data.get("template")
+        if template in (None, ""):
+            out["subject"] = _text(data, "subject", errors, limit=500)
+            out["body"] = _text(data, "body", errors)
+            html = _text(data, "html", errors, required=False, limit=100_000)
+            if html:
+                out["html"] = html
+        elif isinstance(template, bool) or not isinstance(template, int):
+            errors["template"] = [f"An email template's id (an integer), not {template!r}."]
+        elif not EmailTemplate.objects.filter(pk=template).exists():
+            errors["template"] = [f"No email template with id {template}."]
+        else:
+            out["template"] = template
+            typed = [k for k in ("subject", "body", "html") if data.get(k) not in (None, "")]
+            if typed:
+                errors["template"] = [f"A template brings its own subject and bodies: leave {', '.join(typed)} "
+                                      f"empty, or pick no template."]
         marketing = data.get("marketing", True)
         if not isinstance(marketing, bool):
             errors["marketing"] = ["True or false."]

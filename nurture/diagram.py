@@ -14,7 +14,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from nurture.graph import TARGETS, step_order, successors
-from nurture.labels import step_type_label
+from nurture.labels import step_detail, step_type_label
 
 NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 200, 50, 30, 56, 16
 _FILL = {  # (fill, stroke) per kind of step
@@ -28,37 +28,6 @@ _KIND = {
     "send_email": "message", "send_sms": "message", "notify": "message", "webhook": "message",
     "wait": "wait", "wait_until": "wait", "branch": "decision", "split": "decision", "end": "end",
 }
-_WAIT_WORDS = {"seconds": "second", "hours": "hour", "days": "day", "business_days": "business day"}
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def step_summary(step: dict) -> str:
-    """One line that says what the step does, for the diagram and the
-    builder's table ("Your ebook, {{first_name|there}}", "3 days",
-    "score >= 50")."""
-    kind = step.get("type")
-    if kind == "wait":
-        return ", ".join(_plural(step[u], w) for u, w in _WAIT_WORDS.items() if step.get(u))
-    if kind == "wait_until":
-        what = " or ".join(x for x in (step.get("event"), step.get("condition")) if x)
-        return f"{what} (at most {_plural(step.get('timeout_hours') or 0, 'hour')})"
-    if kind == "split":
-        return f"{step.get('percent')}% take A"
-    if kind == "update_field":
-        return f"{step.get('field')} = {step.get('value')}"
-    if kind == "notify":
-        return f"{step.get('channel')}: {step.get('to')}"
-    if kind == "enroll":
-        return f"workflow {step.get('workflow')}"
-    for name in ("subject", "body", "condition", "stage", "audience", "url", "template"):
-        if step.get(name):
-            return str(step[name])
-    return ""
-
-
 def path_label(step: dict, path: str) -> str:
     kind = step.get("type")
     if kind == "split":
@@ -73,10 +42,12 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def workflow_diagram(definition: dict, *, link: Callable[[str], str] | None = None) -> SafeString:
+def workflow_diagram(definition: dict, *, link: Callable[[str], str] | None = None,
+                     templates: dict | None = None) -> SafeString:
     """The SVG of ``definition`` (an empty string when it has no steps).
     ``link(step key)`` gives the URL each box links to (the step's edit
-    form), or None for boxes without a link."""
+    form), or None for boxes without a link; ``templates`` ({"<id>":
+    content}) gives the subjects of the email templates steps name."""
     steps = (definition or {}).get("steps")
     if not isinstance(steps, dict) or not steps or definition.get("start") not in steps:
         return mark_safe("")
@@ -142,7 +113,7 @@ def workflow_diagram(definition: dict, *, link: Callable[[str], str] | None = No
         step = steps[key]
         fill, stroke = _FILL[_KIND.get(step.get("type"), "action")]
         title = f"{key}: {step_type_label(step.get('type') or '')}"
-        summary = step_summary(step)
+        summary = step_detail(step, templates)
         box = (
             f'<g class="nurture-node" data-step="{escape(key)}"><title>{escape(title)}'
             f'{escape(" — " + summary) if summary else ""}</title>'

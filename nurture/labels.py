@@ -77,30 +77,59 @@ def detail_text(detail: dict | None) -> str:
 WAIT_UNITS = (("days", "day"), ("business_days", "business day"), ("hours", "hour"), ("seconds", "second"))
 
 
-def step_summary(step: dict | None) -> str:
-    """One step of a journey in words, e.g. 'Send email "Your ebook"',
-    "Wait 5 days", "Wait until Email clicked (at most 72 hours)"."""
+def _plural(n, word: str) -> str:
+    return f"{n:g} {word}{'' if n == 1 else 's'}" if isinstance(n, (int, float)) else f"{n} {word}s"
+
+
+def _template_subject(step: dict, templates: dict | None) -> str:
+    """The subject of the email template a send-email step names, from
+    ``templates`` ({"<id>": content}: a version's copy or the current
+    templates), else "template #<id>"."""
+    content = (templates or {}).get(str(step.get("template"))) or {}
+    return content.get("subject") or f"template #{step.get('template')}"
+
+
+def step_detail(step: dict | None, templates: dict | None = None) -> str:
+    """What the step does, without its type: the diagram's and the builder
+    table's line ("Your ebook, {{first_name|there}}", "3 days",
+    "score >= 50")."""
+    step = step or {}
+    kind = step.get("type")
+    if kind == "wait":
+        return " and ".join(_plural(step[u], w) for u, w in WAIT_UNITS if step.get(u))
+    if kind == "wait_until":
+        what = " or ".join(str(x) for x in (step.get("event"), step.get("condition")) if x)
+        return f"{what} (at most {_plural(step.get('timeout_hours') or 0, 'hour')})"
+    if kind == "split":
+        return f"{step.get('percent')}% take A"
+    if kind == "update_field":
+        return f"{step.get('field')} = {step.get('value')}"
+    if kind == "notify":
+        return f"{step.get('channel')}: {step.get('to')}"
+    if kind == "enroll":
+        return f"workflow {step.get('workflow')}"
+    if kind == "send_email" and step.get("template") not in (None, ""):
+        return _template_subject(step, templates)
+    for name in ("subject", "body", "condition", "stage", "audience", "url"):
+        if step.get(name):
+            return str(step[name])
+    return ""
+
+
+def step_summary(step: dict | None, templates: dict | None = None) -> str:
+    """One step of a journey in words, type included, e.g. 'Send email
+    "Your ebook"', "Wait 5 days", "Wait until Email clicked (at most 72
+    hours)"."""
     if not step:
         return "—"
     kind = step.get("type") or ""
-    label = step_type_label(kind)
-    if kind in ("send_email", "create_task") and step.get("subject"):
-        return f'{label} "{step["subject"]}"'
-    if kind == "wait":
-        parts = []
-        for key, unit in WAIT_UNITS:
-            n = step.get(key) or 0
-            if n:
-                parts.append(f"{n:g} {unit}{'' if n == 1 else 's'}")
-        return f"{label} {' and '.join(parts)}" if parts else label
-    if kind == "wait_until":
-        what = step.get("event") or step.get("condition") or ""
-        hours = step.get("timeout_hours")
-        return f"{label} {what}".strip() + (f" (at most {hours:g} hours)" if isinstance(hours, (int, float)) else "")
-    if kind == "branch" and step.get("condition"):
-        return f"{label}: {step['condition']}"
-    if kind in ("audience_add", "audience_remove") and step.get("audience"):
-        return f"{label} {step['audience']}"
-    if kind == "set_stage" and step.get("stage"):
-        return f"{label} to {step['stage']}"
-    return label
+    label, detail = step_type_label(kind), step_detail(step, templates)
+    if not detail:
+        return label
+    if kind in ("send_email", "create_task"):
+        return f'{label} "{detail}"'
+    if kind == "set_stage":
+        return f"{label} to {detail}"
+    if kind in ("branch", "split", "update_field", "notify"):
+        return f"{label}: {detail}"
+    return f"{label} {detail}"

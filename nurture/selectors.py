@@ -78,7 +78,7 @@ def lead_journeys(*, lead, user=None) -> dict:
     for e in enrollments:
         steps = (e.version.definition or {}).get("steps") or {}
         active = e.status == Enrollment.Status.ACTIVE
-        rows.append({"e": e, "step": step_summary(steps.get(e.step)) if active and e.step else "—",
+        rows.append({"e": e, "step": step_summary(steps.get(e.step), e.version.templates) if active and e.step else "—",
                      "steps_done": e.seq, "active": active})
     return {"rows": rows, "capped": len(enrollments) >= LEAD_ROWS}
 

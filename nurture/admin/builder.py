@@ -21,11 +21,17 @@ from nurture.builder import (
     workflow_step_edit,
     workflow_step_move,
 )
-from nurture.diagram import path_label, step_summary, workflow_diagram
-from nurture.graph import TARGETS, step_order
-from nurture.labels import STEP_TYPES, step_type_label
+from nurture.diagram import path_label, workflow_diagram
+from nurture.graph import TARGETS, step_order, template_ids
+from nurture.labels import STEP_TYPES, step_detail, step_type_label
 from nurture.models import Workflow
-from nurture.services import BLOCKING_FIELDS, workflow_never_fires, workflow_publish, workflow_set_status
+from nurture.services import (
+    BLOCKING_FIELDS,
+    email_templates_content,
+    workflow_never_fires,
+    workflow_publish,
+    workflow_set_status,
+)
 
 STATUS_ACTIONS = {"pause": "Paused", "resume": "Resumed", "archive": "Archived"}
 
@@ -48,6 +54,7 @@ def builder_context(request, workflow: Workflow, *, can_change: bool) -> dict:
     in order with their paths, where a step can be added, the warnings."""
     definition = workflow.definition or {}
     steps = definition.get("steps") or {}
+    templates = email_templates_content(ids=template_ids(definition))
     edit = (lambda key: reverse("admin:nurture_workflow_step_edit", args=[workflow.pk, key])) if can_change else None
     rows, positions = [], [("start", "At the start")]
     try:
@@ -60,7 +67,7 @@ def builder_context(request, workflow: Workflow, *, can_change: bool) -> dict:
         kind = step.get("type", "")
         targets = TARGETS.get(kind, ())
         rows.append({
-            "key": key, "type": step_type_label(kind), "summary": step_summary(step),
+            "key": key, "type": step_type_label(kind), "summary": step_detail(step, templates),
             "paths": [(path_label(step, p) or PATH_LABELS.get(p, p), step.get(p)) for p in targets],
             "can_move": targets == ("next",),
         })
@@ -68,7 +75,7 @@ def builder_context(request, workflow: Workflow, *, can_change: bool) -> dict:
             where = f"After “{key}” ({step_type_label(kind).lower()})"
             positions.append((f"{key}:{p}", f"{where}, {path_label(step, p) or PATH_LABELS[p]} path" if len(targets) > 1 else where))
     return {
-        "builder_diagram": workflow_diagram(definition, link=edit),
+        "builder_diagram": workflow_diagram(definition, link=edit, templates=templates),
         "builder_rows": rows,
         "builder_positions": positions,
         "builder_step_types": list(STEP_TYPES.items()),
@@ -194,7 +201,7 @@ class JourneyBuilderMixin:
         return TemplateResponse(request, "admin/nurture/step_delete.html", {
             **self.admin_site.each_context(request), "title": f"Delete step “{key}”?", "opts": self.model._meta,
             "original": wf, "workflow": wf, "step_key": key, "step_type": step_type_label(step.get("type", "")),
-            "summary": step_summary(step), "branches": len(TARGETS.get(step.get("type"), ())) > 1,
+            "summary": step_detail(step, email_templates_content(ids=template_ids({"steps": {key: step}}))), "branches": len(TARGETS.get(step.get("type"), ())) > 1,
         })
 
     def step_move_view(self, request, pk, key):

@@ -12,10 +12,9 @@ from django import forms
 
 from martech.models import EventType, Form, Lead, LifecycleStage
 from nurture.builder import PATH_LABELS, update_field_choices
-from nurture.diagram import step_summary
 from nurture.graph import TARGETS
-from nurture.labels import step_type_label
-from nurture.models import Workflow
+from nurture.labels import step_detail, step_type_label
+from nurture.models import EmailTemplate, Workflow
 
 NOT_THERE = "not in the catalog: never fires"
 
@@ -74,7 +73,7 @@ class StepForm(forms.Form):
             kwargs["initial"] = self.initial_from(step)
         super().__init__(*args, **kwargs)
         steps = (workflow.definition or {}).get("steps") or {}
-        others = [(k, f"{k} — {step_type_label(s.get('type', ''))}: {step_summary(s)}".rstrip(": "))
+        others = [(k, f"{k} — {step_type_label(s.get('type', ''))}: {step_detail(s)}".rstrip(": "))
                   for k, s in steps.items() if k != step_key]
         for path in TARGETS[self.step_type]:
             if step_key is None:
@@ -99,12 +98,18 @@ class StepForm(forms.Form):
 
 
 class SendEmailStepForm(StepForm):
-    """The send-email step. Keeps the inline subject and bodies; a template
-    picker joins it here (one class, so the template key has one home)."""
+    """The send-email step: an email template picked from the saved ones,
+    or the subject and bodies written here."""
 
     step_type = "send_email"
-    subject = forms.CharField(max_length=500, help_text="Merge fields: {{first_name|there}} (with a fallback).")
-    body = forms.CharField(widget=forms.Textarea(attrs={"rows": 8, "cols": 80}), help_text="The text version.")
+    template = forms.ModelChoiceField(
+        queryset=EmailTemplate.objects.order_by("name"), required=False, empty_label="— write the email below —",
+        label="Email template", help_text="Publishing keeps a copy of the template with the journey's version.",
+    )
+    subject = forms.CharField(max_length=500, required=False,
+                              help_text="Without a template. Merge fields: {{first_name|there}} (with a fallback).")
+    body = forms.CharField(widget=forms.Textarea(attrs={"rows": 8, "cols": 80}), required=False,
+                           help_text="Without a template: the text version.")
     html = forms.CharField(widget=forms.Textarea(attrs={"rows": 6, "cols": 80}), required=False, label="HTML body",
                            help_text="Optional; made from the text when empty.")
     marketing = forms.BooleanField(required=False, initial=True, label="Marketing email",
@@ -113,6 +118,15 @@ class SendEmailStepForm(StepForm):
     @classmethod
     def initial_from(cls, step: dict) -> dict:
         return {**super().initial_from(step), "marketing": step.get("marketing", True)}
+
+    def step_data(self) -> dict:
+        data = super().step_data()
+        template = data.pop("template")
+        if template is not None:
+            # A template brings its own subject and bodies; typed ones are
+            # refused by the service rather than silently dropped.
+            data = {"template": template.pk, **{k: v for k, v in data.items() if v not in ("", None)}}
+        return data
 
 
 class SendSmsStepForm(StepForm):

@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from martech.models import EventType
 from nurture.builder import workflow_step_add, workflow_step_delete, workflow_step_edit, workflow_step_move
 from nurture.diagram import workflow_diagram
+from nurture.labels import step_summary
 from nurture.models import Workflow
 from nurture.services import workflow_never_fires, workflow_publish, workflow_save
 from tests.factories import FormFactory, UserFactory
@@ -285,3 +286,27 @@ def test_diagram_draws_every_step_and_path_with_labels_and_escapes_text(make_wor
     assert 'href="/edit/branch1/"' in svg
     assert "http" not in svg.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched
     assert str(workflow_diagram({})) == ""
+
+
+def test_a_send_email_step_names_a_template_instead_of_its_own_text(make_workflow):
+    from tests.nurture.test_email_templates import make_template
+
+    template = make_template(name="Ebook", subject="Your ebook, {{first_name|there}}")
+    wf = make_workflow(email_flow(1), publish=False)
+    key = workflow_step_add(workflow=wf, step_type="send_email", data={"template": template.pk}, after="e1")
+    wf.refresh_from_db()
+    assert wf.definition["steps"][key] == {"type": "send_email", "template": template.pk, "next": "end"}
+    assert step_summary(wf.definition["steps"][key], {str(template.pk): template.content()}) \
+        == 'Send email "Your ebook, {{first_name|there}}"'
+
+    # A template with typed text beside it, an unknown one, a non-id: refused, naming the template.
+    for data, words in [({"template": template.pk, "subject": "Mine"}, "leave subject empty"),
+                        ({"template": 999999}, "No email template with id 999999"),
+                        ({"template": "Ebook"}, "an integer")]:
+        with pytest.raises(ValidationError) as exc:
+            workflow_step_edit(workflow=wf, key=key, data=data)
+        assert words in " ".join(_errors(exc)["template"])
+    # Back to typed text: the template key goes.
+    workflow_step_edit(workflow=wf, key=key, data={"subject": "Typed", "body": "B"})
+    wf.refresh_from_db()
+    assert wf.definition["steps"][key] == {"type": "send_email", "subject": "Typed", "body": "B", "next": "end"}

@@ -210,3 +210,21 @@ def test_an_unknown_position_is_refused(ops, make_workflow):
     assert r.status_code == 200 and "after: No step &#x27;ghost&#x27; in this journey." in r.content.decode()
     wf.refresh_from_db()
     assert wf.definition == email_flow(1)
+
+
+def test_the_send_email_form_picks_a_saved_template(ops, make_workflow):
+    from tests.nurture.test_email_templates import make_template
+
+    template = make_template(name="Ebook delivery", subject="Your ebook")
+    wf = make_workflow(email_flow(1), publish=False)
+    form = ops.get(reverse("admin:nurture_workflow_step_add", args=[wf.pk]), {"type": "send_email", "position": "e1:next"})
+    assert f'<option value="{template.pk}">Ebook delivery</option>' in form.content.decode()
+
+    r = _add(ops, wf, "send_email", "e1:next", template=str(template.pk), subject="Typed too", marketing="on")
+    assert r.status_code == 200 and "leave subject empty" in r.content.decode()  # refused, on the form
+    r = _add(ops, wf, "send_email", "e1:next", template=str(template.pk), marketing="on")
+    assert r.status_code == 302
+    wf.refresh_from_db()
+    assert wf.definition["steps"]["email1"] == {"type": "send_email", "template": template.pk, "next": "end"}
+    page = ops.get(reverse("admin:nurture_workflow_change", args=[wf.pk])).content.decode()
+    assert "Your ebook" in page  # the template's subject in the step table and the diagram
