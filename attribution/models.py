@@ -17,6 +17,11 @@ from simple_history.models import HistoricalRecords
 from martech.models import Account, Channel, Lead
 
 
+def default_currency() -> str:
+    """Amounts given without a currency are in the company currency."""
+    return settings.MARTECH_COMPANY_CURRENCY
+
+
 class Pipeline(models.Model):
     key = models.SlugField(max_length=60, unique=True)
     name = models.CharField(max_length=120)
@@ -77,7 +82,7 @@ class Opportunity(models.Model):
     account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.SET_NULL, related_name="opportunities")
     # Money is Decimal with a currency (DESIGN.md).
     amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"), validators=[MinValueValidator(0)])
-    currency = models.CharField(max_length=3, default="USD")
+    currency = models.CharField(max_length=3, default=default_currency)
     pipeline = models.ForeignKey(Pipeline, on_delete=models.PROTECT, related_name="opportunities")
     # Changed only through services.opportunity_change_stage, which writes history.
     stage = models.ForeignKey(OpportunityStage, on_delete=models.PROTECT, related_name="opportunities")
@@ -153,7 +158,7 @@ class CampaignSpend(models.Model):
     campaign = models.ForeignKey("martech.Campaign", on_delete=models.CASCADE, related_name="spend")
     date = models.DateField()
     amount = models.DecimalField(max_digits=14, decimal_places=2, validators=[MinValueValidator(0)])
-    currency = models.CharField(max_length=3, default="USD")
+    currency = models.CharField(max_length=3, default=default_currency)
     impressions = models.PositiveBigIntegerField(default=0)
     clicks = models.PositiveBigIntegerField(default=0)
 
@@ -192,6 +197,16 @@ class ExchangeRate(models.Model):
 
     def __str__(self) -> str:
         return f"1 {self.currency} = {self.rate.normalize():f} on {self.date}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        code = (self.currency or "").strip().upper()
+        if len(code) != 3 or not code.isalpha():
+            raise ValidationError({"currency": [f"A three-letter ISO 4217 code (got {self.currency!r})."]})
+        if code == settings.MARTECH_COMPANY_CURRENCY:
+            raise ValidationError({"currency": [f"{code} is the company currency; it needs no rate."]})
+        self.currency = code
 
 
 class ForecastSnapshot(models.Model):
