@@ -31,6 +31,14 @@ class ExchangeRateResource(resources.ModelResource):
         report_skipped = True
         use_transactions = True
 
+    def import_data(self, dataset, dry_run=False, raise_errors=False, use_transactions=None, collect_failed_rows=False,
+                    rollback_on_validation_errors=False, **kwargs):
+        # All or nothing: one bad row rolls back the rows before it too (the library keeps them by default).
+        return super().import_data(
+            dataset, dry_run=dry_run, raise_errors=raise_errors, use_transactions=True,
+            collect_failed_rows=collect_failed_rows, rollback_on_validation_errors=True, **kwargs,
+        )
+
     def before_import(self, dataset, **kwargs) -> None:
         self._changed: dict[str, date] = {}
 
