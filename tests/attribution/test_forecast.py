@@ -121,6 +121,31 @@ def test_snapshots_are_idempotent_and_accuracy_compares_the_last_one_before_the_
     assert (by_email["weighted"], by_email["actual"]) == (Decimal("2170.00"), Decimal("2200.00"))
 
 
+def test_forecast_and_accuracy_read_a_fixed_number_of_queries(book, token_api):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    api = token_api(READ)
+    forecast_snapshot_take(on=date(2026, 1, 20))
+    won = _deal("won in April", "10.00", "EUR", stage="proposal")
+    opportunity_change_stage(opportunity=won, to_stage=stage_for(pipeline=won.pipeline, key="closed_won"), source="t",
+                             at=datetime(2026, 4, 15, tzinfo=dt_tz.utc))
+
+    def counts() -> tuple[int, int]:
+        with CaptureQueriesContext(connection) as f:
+            assert api.get("/api/v1/attribution/forecast").status_code == 200
+        with CaptureQueriesContext(connection) as a:
+            assert api.get("/api/v1/attribution/forecast/accuracy", {"taken_on": "2026-01-20"}).status_code == 200
+        return len(f), len(a)
+
+    counts()  # the first request of a token also records its use
+    before = counts()
+    for n in range(5):
+        _deal(f"more {n}", "10.00", "EUR", stage="proposal", source="display", expected_close_date=date(2026, 2, 1 + n))
+    forecast_snapshot_take(on=date(2026, 1, 20))
+    assert counts() == before
+
+
 # --- API, with a token --------------------------------------------------------
 
 

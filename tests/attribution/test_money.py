@@ -154,6 +154,31 @@ def test_a_currency_without_a_rate_is_flagged_never_taken_at_one(world):
     assert body["unconverted_currencies"] == ["GBP"] and body["currency"] == "USD"
 
 
+def _rollup_money():
+    fields = ("model", "basis", "day", "channel", "campaign_id", "currency", "credit", "company_credit", "unconverted",
+              "rate_date_first", "rate_date_last", "first_of_opportunity")
+    return sorted(AttributionRollup.objects.values_list(*fields), key=str)
+
+
+def test_the_streamed_rollup_equals_the_sql_aggregate_with_currencies(world):
+    """A full run sums the rollup in Python as it streams the credits, an
+    incremental one aggregates them in SQL: the same money columns either way,
+    a deal without a rate included."""
+    lead = LeadFactory()
+    EventFactory(lead=lead, occurred_at=T0 - timedelta(days=1), channel="email", utm_source="x")
+    touchpoints_rebuild(lead_ids=[lead.pk])
+    _won(lead, amount="1000.00", currency="GBP", created=T0 - timedelta(days=1), closed=T0 + timedelta(days=1))
+    attribution_compute()
+    streamed = _rollup_money()
+    assert {r[5] for r in streamed} == {"USD", "EUR", "JPY", "GBP"}
+    gbp = [r for r in streamed if r[5] == "GBP" and r[0] == "linear" and r[1] == "won"]
+    assert [(r[7], r[8], r[9]) for r in gbp] == [(Decimal("0.00"), Decimal("1000.00"), None)]
+    from attribution.computation import ALL_MODELS, rollup_refresh
+
+    rollup_refresh(models=list(ALL_MODELS))
+    assert _rollup_money() == streamed
+
+
 def test_deal_size_and_win_rate_by_source_over_converted_amounts(world):
     body = selectors.pipeline_report()
     assert body["average_deal_size"] == Decimal("92.33")  # (100 + 110 + 67) / 3, not 3,400.00
