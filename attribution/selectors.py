@@ -104,8 +104,11 @@ def _attributed(*, model, group_by, start, end, channel, campaign_id, currency):
 
 
 def _money_note(row: dict, cur: str, unconverted, first: date | None, last: date | None, *, converting: bool) -> None:
-    """Fold one currency's rate dates and unconverted amount into a report row."""
-    if converting and unconverted:
+    """Fold one currency's rate dates and unconverted amount into a report
+    row (nothing when the row shows one currency's amounts as they are)."""
+    if not converting:
+        return
+    if unconverted:
         row["_unconverted"].add(cur)
     if first is not None:
         row["rate_date_first"] = min(first, row["rate_date_first"] or first)

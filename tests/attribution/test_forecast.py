@@ -3,7 +3,7 @@ snapshots and their accuracy, and the forecast / report endpoints with a
 token."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone as dt_tz
+from datetime import date, datetime, timezone as dt_tz
 from decimal import Decimal
 
 import pytest

@@ -104,6 +104,7 @@ def test_report_converts_each_deal_at_its_close_day_rate_and_names_the_rate_date
     eur = _email(currency="EUR")
     assert (eur["currency"], eur["attributed_revenue"], eur["spend"]) == ("EUR", Decimal("100.00"), Decimal("50.00"))
     assert eur["attributed_conversions"] == 1.0 and eur["roas"] == 2.0
+    assert (eur["rate_date_first"], eur["rate_date_last"]) == (None, None)  # no rate was used
     jpy = _email(currency="JPY")
     assert (jpy["attributed_revenue"], jpy["spend"], jpy["roi"]) == (Decimal("10000.00"), None, None)
 
