@@ -13,7 +13,7 @@ Which day: a deal's close day (UTC) once it is closed won or lost, its
 creation day while it is open; a day of spend, its own date. A rate change
 therefore moves the deals of that currency dated from the changed day up to
 the next rate of the currency: ``exchange_rates_changed`` queues their
-recompute after commit.
+recompute after commit, and only theirs.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def exchange_rate_upsert(*, currency: str, date: date, rate, source: str = "") -
     obj, created = ExchangeRate.objects.update_or_create(
         currency=code, date=date, defaults={"rate": value, "source": source[:60]}
     )
-    exchange_rates_changed(changes={code: date})
+    exchange_rates_changed(changes={code: (date, date)})
     return obj, created
 
 
@@ -154,29 +154,38 @@ def exchange_rate_upsert(*, currency: str, date: date, rate, source: str = "") -
 def exchange_rate_delete(*, rate: ExchangeRate) -> None:
     code, day = rate.currency, rate.date
     rate.delete()
-    exchange_rates_changed(changes={code: day})
+    exchange_rates_changed(changes={code: (day, day)})
 
 
-def opportunities_moved_by_rates(changes: dict[str, date]) -> list[int]:
-    """The deals a rate change of each currency from each day can move: of
-    that currency, dated (close day when closed, creation day when open) on
-    or after the changed day. Deals at and after the currency's next rate
-    also come along (they cannot change, but finding that needs the same
-    query); the recompute is idempotent."""
+Changes = dict[str, tuple[date, date]]  # currency -> (first, last) day whose rate changed
+
+
+def opportunities_moved_by_rates(changes: Changes) -> list[int]:
+    """The deals the rate changes of each currency between its first and
+    last changed day can move: of that currency, dated (close day when
+    closed, creation day when open) from the first changed day up to the
+    currency's next rate after the last (those at and after it keep theirs)."""
     if not changes:
         return []
     closed = (Q(stage__is_won=True) | Q(stage__is_lost=True)) & Q(closed_at__isnull=False)
     q = Q()
-    for code, day in changes.items():
-        start = datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
-        q |= Q(currency=code) & ((closed & Q(closed_at__gte=start)) | (~closed & Q(created_at__gte=start)))
+    for code, (first, last) in changes.items():
+        start = datetime.combine(first, time.min, tzinfo=dt_timezone.utc)
+        window_closed, window_open = Q(closed_at__gte=start), Q(created_at__gte=start)
+        following = ExchangeRate.objects.filter(currency=code, date__gt=last).order_by("date").values_list("date", flat=True).first()
+        if following is not None:
+            end = datetime.combine(following, time.min, tzinfo=dt_timezone.utc)
+            window_closed &= Q(closed_at__lt=end)
+            window_open &= Q(created_at__lt=end)
+        q |= Q(currency=code) & ((closed & window_closed) | (~closed & window_open))
     return list(Opportunity.objects.filter(q).order_by("id").values_list("id", flat=True))
 
 
-def exchange_rates_changed(*, changes: dict[str, date]) -> None:
+def exchange_rates_changed(*, changes: Changes) -> None:
     """After commit, queue the recompute of the credits (and rollup) of the
-    deals the changed rates move: ``changes`` maps each currency to its
-    earliest changed day. Called in the transaction that changed them."""
+    deals the changed rates move (``changes``: per currency the first and
+    last day whose rate was added, changed or deleted). Called in the
+    transaction that changed them, so a rollback queues nothing."""
     changes = dict(changes)
 
     def queue() -> None:
@@ -191,7 +200,7 @@ def exchange_rates_changed(*, changes: dict[str, date]) -> None:
 def exchange_rates_import(*, rows: Iterable[dict], source: str = "csv import") -> dict[str, int]:
     """Upsert many rates (``currency``, ``date``, ``rate`` per row) in one
     transaction; all or nothing, each bad row named (the header is row 1).
-    One recompute per currency from its earliest changed day."""
+    One recompute per currency over the days changed."""
     from django.utils.dateparse import parse_date
 
     errors: dict[str, list[str]] = {}
@@ -234,11 +243,12 @@ def exchange_rates_import(*, rows: Iterable[dict], source: str = "csv import") -
         update_conflicts=True, unique_fields=["currency", "date"], update_fields=["rate", "source", "updated_at"],
         batch_size=2000,
     )
-    earliest: dict[str, date] = {}
+    spans: Changes = {}
     for c, d in changed:
-        earliest[c] = min(d, earliest.get(c, d))
-    if earliest:
-        exchange_rates_changed(changes=earliest)
+        first, last = spans.get(c, (d, d))
+        spans[c] = (min(first, d), max(last, d))
+    if spans:
+        exchange_rates_changed(changes=spans)
     return {"rows": len(parsed), "changed": len(changed)}
 
 

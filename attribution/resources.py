@@ -11,12 +11,10 @@ as for a rate edited by hand.
 """
 from __future__ import annotations
 
-from datetime import date
-
 from import_export import resources
 
 from attribution.models import ExchangeRate
-from attribution.money import exchange_rates_changed
+from attribution.money import Changes, exchange_rates_changed
 from martech.csvsafe import cell_escape
 
 
@@ -40,7 +38,7 @@ class ExchangeRateResource(resources.ModelResource):
         )
 
     def before_import(self, dataset, **kwargs) -> None:
-        self._changed: dict[str, date] = {}
+        self._changed: Changes = {}
 
     def before_import_row(self, row, **kwargs) -> None:
         # Matched by (currency, date): the code as stored (upper case).
@@ -51,7 +49,8 @@ class ExchangeRateResource(resources.ModelResource):
 
     def after_save_instance(self, instance: ExchangeRate, row, **kwargs) -> None:
         day = instance.date
-        self._changed[instance.currency] = min(day, self._changed.get(instance.currency, day))
+        first, last = self._changed.get(instance.currency, (day, day))
+        self._changed[instance.currency] = (min(first, day), max(last, day))
 
     def after_import(self, dataset, result, **kwargs) -> None:
         super().after_import(dataset, result, **kwargs)

@@ -118,23 +118,33 @@ def test_report_converts_each_deal_at_its_close_day_rate_and_names_the_rate_date
 
 def test_a_rate_change_recomputes_the_deals_it_moves_and_no_others(world, recomputes, django_capture_on_commit_callbacks):
     usd, eur, jpy = world["deals"]
+    # an EUR deal closed after the next EUR rate (D0 + 30) keeps that rate
+    later = _won(world["leads"][1], amount="10.00", currency="EUR", created=T0, closed=T0 + timedelta(days=35))
+    attribution_compute(opportunity_ids=[later.pk])
     with django_capture_on_commit_callbacks(execute=True):
         exchange_rate_upsert(currency="eur", date=D0, rate="1.25", source="test")
-    # only the EUR deal (closed after D0) is moved; USD and JPY are not touched
+    # only the EUR deal closed between D0 and the next rate is moved; USD, JPY and the later deal are not touched
     assert recomputes == [[eur.pk]]
-    assert _email()["attributed_revenue"] == Decimal("292.00")  # 100 + 125 + 67
-    assert _email()["rate_date_last"] == D0
+    in_week = _email(end=D0 + timedelta(days=10))
+    assert in_week["attributed_revenue"] == Decimal("292.00")  # 100 + 125 + 67
+    assert AttributionCredit.objects.get(model="linear", opportunity=eur).rate_date == D0
     # the same rate again changes nothing and queues nothing
     with django_capture_on_commit_callbacks(execute=True):
         exchange_rate_upsert(currency="EUR", date=D0, rate="1.2500", source="test")
     assert recomputes == [[eur.pk]]
-    # a rate dated after every close moves no figure (its recompute finds the same)
+    # a rate dated after every JPY close moves no deal: nothing is queued
     with django_capture_on_commit_callbacks(execute=True):
         exchange_rate_upsert(currency="JPY", date=D0 + timedelta(days=20), rate="1", source="test")
-    assert recomputes[1:] == [] and _email()["attributed_revenue"] == Decimal("292.00")
+    assert recomputes[1:] == [] and _email(end=D0 + timedelta(days=10))["attributed_revenue"] == Decimal("292.00")
     # the compare table follows
-    [email] = [r for r in selectors.attribution_compare(group_by="channel", models=["linear", "first_touch"]) if r["group"] == "email"]
+    [email] = [r for r in selectors.attribution_compare(group_by="channel", end=D0 + timedelta(days=10), models=["linear", "first_touch"])
+               if r["group"] == "email"]
     assert email["revenue"] == {"linear": Decimal("292.00"), "first_touch": Decimal("292.00")} and email["currency"] == "USD"
+    # deleting the D0 rate moves the EUR deal back to 1.10
+    with django_capture_on_commit_callbacks(execute=True):
+        money.exchange_rate_delete(rate=ExchangeRate.objects.get(currency="EUR", date=D0))
+    assert recomputes[1:] == [[eur.pk]]
+    assert _email(end=D0 + timedelta(days=10))["attributed_revenue"] == Decimal("277.00")
 
 
 def test_a_currency_without_a_rate_is_flagged_never_taken_at_one(world):
