@@ -201,3 +201,23 @@ def test_deal_probability_and_expected_close_through_the_api(book, token_api):
     assert r.status_code == 400 and "probability" in error_fields(r)
     r = api.patch(f"/api/v1/opportunities/{c.pk}", {"probability": None}, format="json")
     assert r.json()["probability"] == "20.00"
+
+
+def test_csv_import_sets_and_checks_the_forecast_columns(settings):
+    from django.core.exceptions import ValidationError
+
+    from attribution.imports import opportunities_import
+    from attribution.models import Opportunity
+
+    settings.MARTECH_COMPANY_CURRENCY = "USD"
+    with pytest.raises(ValidationError) as exc:
+        opportunities_import(rows=[
+            {"name": "ok", "amount": "10", "probability": "30", "expected_close_date": "2026-07-01"},
+            {"name": "bad", "probability": "130", "expected_close_date": "2026-02-30"},
+        ])
+    assert exc.value.message_dict == {"row 3": ["probability: A percentage from 0 to 100.", "expected_close_date: A date, as YYYY-MM-DD."]}
+    assert not Opportunity.objects.exists()
+    assert opportunities_import(rows=[{"name": "ok", "amount": "10", "probability": "30", "expected_close_date": "2026-07-01"}]) == {
+        "created": 1, "updated": 0}
+    opp = Opportunity.objects.get()
+    assert (opp.probability, opp.expected_close_date, opp.currency) == (Decimal("30"), date(2026, 7, 1), "USD")
