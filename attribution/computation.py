@@ -24,12 +24,14 @@ from typing import Iterable, Iterator, Sequence
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, DecimalField, Max, Min, Q, Sum, Value
+from django.db.models.functions import Coalesce
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 from tqdm import tqdm
 
 from attribution import engine
+from attribution.money import RateTable, opportunity_rate_day
 from attribution.models import (
     AttributionCredit,
     AttributionModel,
@@ -47,13 +49,16 @@ ALL_MODELS = tuple(m.value for m in AttributionModel)
 CREDIT_COLUMNS = (
     "model", "opportunity_id", "touchpoint_id", "channel", "campaign_id", "touched_at", "is_opportunity_creation",
     "first_of_opportunity", "first_of_channel", "first_of_campaign", "first_of_channel_campaign", "weight", "credit", "currency", "is_won", "is_closed", "opportunity_created_at", "opportunity_closed_at",
+    "rate_date", "company_credit",
 )
+_CREATED, _CLOSED = CREDIT_COLUMNS.index("opportunity_created_at"), CREDIT_COLUMNS.index("opportunity_closed_at")
 
 
 # PostgreSQL types of CREDIT_COLUMNS, for binary COPY.
 COPY_TYPES = (
     "varchar", "int8", "int8", "varchar", "int8", "timestamptz", "bool",
     "bool", "bool", "bool", "bool", "float8", "numeric", "varchar", "bool", "bool", "timestamptz", "timestamptz",
+    "date", "numeric",
 )
 assert len(COPY_TYPES) == len(CREDIT_COLUMNS)
 
@@ -280,9 +285,14 @@ def rollup_refresh(*, models: Sequence[str], days: dict[str, set[date]] | None =
         rollups.delete()
         groups = (
             credits.annotate(day=TruncDate(field, tzinfo=dt_timezone.utc))
-            .values("model", "day", "channel", "campaign_id")
+            .values("model", "day", "channel", "campaign_id", "currency")
             .annotate(
                 total=Sum("credit"), weights=Sum("weight"),
+                company=Coalesce(Sum("company_credit"), Value(Decimal("0")), output_field=DecimalField()),
+                unconverted=Coalesce(
+                    Sum("credit", filter=Q(company_credit__isnull=True)), Value(Decimal("0")), output_field=DecimalField()
+                ),
+                rate_first=Min("rate_date"), rate_last=Max("rate_date"),
                 n_opp=Count("id", filter=Q(first_of_opportunity=True)),
                 n_channel=Count("id", filter=Q(first_of_channel=True)),
                 n_campaign=Count("id", filter=Q(first_of_campaign=True)),
@@ -296,9 +306,11 @@ def rollup_refresh(*, models: Sequence[str], days: dict[str, set[date]] | None =
         with connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {AttributionRollup._meta.db_table} (model, basis, day, channel, campaign_id, credit, weight,"
-                " first_of_opportunity, first_of_channel, first_of_campaign, first_of_channel_campaign)"
+                " first_of_opportunity, first_of_channel, first_of_campaign, first_of_channel_campaign,"
+                " currency, company_credit, unconverted, rate_date_first, rate_date_last)"
                 " SELECT g.model, %s, g.day, g.channel, g.campaign_id, g.total, g.weights, g.n_opp, g.n_channel,"
-                f" g.n_campaign, g.n_pair FROM ({select}) g",
+                " g.n_campaign, g.n_pair, g.currency, g.company, g.unconverted, g.rate_first, g.rate_last"
+                f" FROM ({select}) g",
                 [basis, *params],
             )
             written += cursor.rowcount
@@ -312,7 +324,10 @@ class RollupAccumulator:
     through; ``replace`` then swaps in the model's rollup rows."""
 
     # Row layout: CREDIT_COLUMNS (model 0, channel 3, campaign 4, first-of
-    # flags 7-10, weight 11, credit 12, is_won 14, created 16, closed 17).
+    # flags 7-10, weight 11, credit 12, currency 13, is_won 14, created 16,
+    # closed 17, rate date 18, company credit 19). A group's list: credit,
+    # weight, the four first-of counts, company credit, unconverted credit,
+    # first and last rate date.
 
     def __init__(self) -> None:
         self.groups: dict[tuple, list] = {}
@@ -328,38 +343,61 @@ class RollupAccumulator:
             created_day = days.get(created_at)
             if created_day is None:
                 created_day = days[created_at] = _utc_day(created_at)
-            key = (row[0], created_basis, created_day, row[3], row[4])
+            company, rate_day = row[19], row[18]
+            key = (row[0], created_basis, created_day, row[3], row[4], row[13])
             g = groups.get(key)
             if g is None:
-                g = groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0]
+                g = groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0, Decimal("0"), Decimal("0"), rate_day, rate_day]
             g[0] += row[12]
             g[1] += row[11]
             g[2] += row[7]
             g[3] += row[8]
             g[4] += row[9]
             g[5] += row[10]
+            if company is None:
+                g[7] += row[12]
+            else:
+                g[6] += company
+            if rate_day is not None:
+                if g[8] is None or rate_day < g[8]:
+                    g[8] = rate_day
+                if g[9] is None or rate_day > g[9]:
+                    g[9] = rate_day
             closed_at = row[17]
             if row[14] and closed_at is not None:  # won: its revenue, by close day
                 closed_day = days.get(closed_at)
                 if closed_day is None:
                     closed_day = days[closed_at] = _utc_day(closed_at)
-                key = (row[0], won_basis, closed_day, row[3], row[4])
+                key = (row[0], won_basis, closed_day, row[3], row[4], row[13])
                 w = groups.get(key)
                 if w is None:
-                    w = groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0]
+                    w = groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0, Decimal("0"), Decimal("0"), rate_day, rate_day]
                 w[0] += row[12]
                 w[1] += row[11]
                 w[2] += row[7]
                 w[3] += row[8]
                 w[4] += row[9]
                 w[5] += row[10]
+                if company is None:
+                    w[7] += row[12]
+                else:
+                    w[6] += company
+                if rate_day is not None:
+                    if w[8] is None or rate_day < w[8]:
+                        w[8] = rate_day
+                    if w[9] is None or rate_day > w[9]:
+                        w[9] = rate_day
             yield row
 
     COLUMNS = (
-        "model", "basis", "day", "channel", "campaign_id", "credit", "weight",
+        "model", "basis", "day", "channel", "campaign_id", "currency", "credit", "weight",
         "first_of_opportunity", "first_of_channel", "first_of_campaign", "first_of_channel_campaign",
+        "company_credit", "unconverted", "rate_date_first", "rate_date_last",
     )
-    COPY_TYPES = ("varchar", "varchar", "date", "varchar", "int8", "numeric", "float8", "int4", "int4", "int4", "int4")
+    COPY_TYPES = (
+        "varchar", "varchar", "date", "varchar", "int8", "varchar", "numeric", "float8", "int4", "int4", "int4", "int4",
+        "numeric", "numeric", "date", "date",
+    )
 
     def replace(self, *, models: Sequence[str]) -> int:
         AttributionRollup.objects.filter(model__in=models).delete()
@@ -421,11 +459,14 @@ def credits_forget(*, opportunity_ids: Sequence[int]) -> dict[str, int]:
 
 
 def path_credit_rows(weighers: dict, path: Sequence[engine.Touch], ctx: engine.PathContext, amount: Decimal,
-                     touch_cols: Sequence[tuple], common: tuple) -> Iterator[tuple]:
+                     touch_cols: Sequence[tuple], common: tuple, company_amount: Decimal | None) -> Iterator[tuple]:
     """Every model's credit rows for one non-empty path. ``touch_cols`` holds
     per touch (opportunity id, touchpoint id, channel, campaign id, touched
     at, is opportunity creation); ``common`` the opportunity's (currency,
-    is won, is closed, created at, closed at).
+    is won, is closed, created at, closed at, rate date). ``company_amount``
+    is the amount converted to the company currency (None: no rate), split
+    by the same weights, so each model's company credits also sum exactly
+    to it.
 
     A touch a model gives no weight gets no row (first, last and last
     non-direct weigh one touch of the path: a row for each of the others
@@ -436,31 +477,39 @@ def path_credit_rows(weighers: dict, path: Sequence[engine.Touch], ctx: engine.P
     weight, so the credits still sum to the amount."""
     keys = [(cols[2], cols[3]) for cols in touch_cols]
     heads = [(*cols, *firsts) for cols, firsts in zip(touch_cols, first_flags(keys))]
+    same = company_amount == amount  # the company currency (or a rate of 1): the same split
     for model, weights in engine.path_weights(weighers, path, ctx):
         credits = engine.allocate(amount, weights)
+        company = credits if same else engine.allocate(company_amount, weights) if company_amount is not None else [None] * len(weights)
         if 0.0 in weights:
             kept = [i for i, w in enumerate(weights) if w]
             for i, firsts in zip(kept, first_flags([keys[i] for i in kept])):
-                yield (model, *touch_cols[i], *firsts, weights[i], credits[i], *common)
+                yield (model, *touch_cols[i], *firsts, weights[i], credits[i], *common, company[i])
         else:
-            for head, w, c in zip(heads, weights, credits):
-                yield (model, *head, w, c, *common)
+            for head, w, c, cc in zip(heads, weights, credits, company):
+                yield (model, *head, w, c, *common, cc)
 
 
 def credit_rows(opps: list[dict], roles: dict[int, list[int]], touches: dict[int, list[tuple]], weighers: dict, *,
-                now: datetime, progress: bool = False) -> Iterator[tuple]:
-    """Every model's credit rows for ``opps``, one opportunity at a time (a generator)."""
+                now: datetime, rates: RateTable, progress: bool = False) -> Iterator[tuple]:
+    """Every model's credit rows for ``opps``, one opportunity at a time (a
+    generator), each also in the company currency (attribution.money)."""
     for opp in tqdm(opps, desc="attribution", unit="opp", disable=not progress):
         tp_rows, ctx, path = _path(opp, roles.get(opp["id"], []), touches, now)
         amount: Decimal = opp["amount"]
         closed = opp["closed_at"] is not None and (opp["stage__is_won"] or opp["stage__is_lost"])
-        common = (opp["currency"], bool(opp["stage__is_won"]), bool(closed), opp["created_at"], opp["closed_at"] if closed else None)
+        converted = rates.convert(amount, opp["currency"], opportunity_rate_day(
+            created_at=opp["created_at"], closed_at=opp["closed_at"], is_closed=closed))
+        company_amount = converted.amount if converted else None
+        common = (opp["currency"], bool(opp["stage__is_won"]), bool(closed), opp["created_at"], opp["closed_at"] if closed else None,
+                  converted.rate_date if converted else None)
         if not path:
             for model in weighers:
-                yield (model, opp["id"], None, AttributionCredit.UNATTRIBUTED, None, None, False, True, True, True, True, 1.0, amount, *common)
+                yield (model, opp["id"], None, AttributionCredit.UNATTRIBUTED, None, None, False, True, True, True, True, 1.0, amount,
+                       *common, company_amount)
             continue
         touch_cols = [(opp["id"], t[1], t[2], t[3], t[4], touch.is_opportunity_creation) for t, touch in zip(tp_rows, path)]
-        yield from path_credit_rows(weighers, path, ctx, amount, touch_cols, common)
+        yield from path_credit_rows(weighers, path, ctx, amount, touch_cols, common, company_amount)
 
 
 def attribution_compute(
@@ -484,7 +533,7 @@ def attribution_compute(
     ids = [o["id"] for o in opps]
     roles = _roles(None if full else ids)
     touches = _load_touches(None if full else {lead for leads in roles.values() for lead in leads})
-    rows = credit_rows(opps, roles, touches, weighers, now=now, progress=progress)
+    rows = credit_rows(opps, roles, touches, weighers, now=now, rates=RateTable.load(), progress=progress)
     with transaction.atomic():
         results_lock()
         old = AttributionCredit.objects.filter(model__in=models)
@@ -495,7 +544,7 @@ def attribution_compute(
             # The days these deals' credits leave and the days they enter: only those rollup rows change.
             days = defaultdict(set)
             _credit_days(old.values_list("opportunity_closed_at", "opportunity_created_at").distinct(), days)
-            _credit_days(((r[-1], r[-2]) for r in rows), days)
+            _credit_days(((r[_CLOSED], r[_CREATED]) for r in rows), days)
         if full and set(models) == set(ALL_MODELS) and connection.vendor == "postgresql":
             # Every row goes: TRUNCATE frees the table at once, where DELETE
             # would mark millions of rows dead for vacuum. It locks the credits

@@ -11,6 +11,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Iterable
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.dateparse import parse_date, parse_datetime
@@ -22,7 +23,7 @@ from martech.models import Campaign, Channel, Lead
 SPEND_COLUMNS = ("campaign", "date", "amount", "currency", "impressions", "clicks")
 OPPORTUNITY_COLUMNS = (
     "name", "amount", "currency", "stage", "pipeline", "created_at", "closed_at", "source",
-    "salesforce_id", "hubspot_id", "contacts",
+    "salesforce_id", "hubspot_id", "contacts", "expected_close_date", "probability",
 )
 MAX_ROWS = 100_000
 
@@ -114,7 +115,7 @@ def spend_import(*, rows: Iterable[dict]) -> dict[str, int]:
         if parsed_day is None:
             errors["date"] = ["Required, as YYYY-MM-DD."]
         amount = _decimal(str(row.get("amount", "")), errors, "amount")
-        currency = str(row.get("currency") or "USD").upper()
+        currency = str(row.get("currency") or settings.MARTECH_COMPANY_CURRENCY).upper()
         if len(currency) != 3 or not currency.isalpha():
             errors["currency"] = ["A three-letter ISO 4217 code."]
         impressions = _int(str(row.get("impressions", "") or ""), errors, "impressions")
@@ -149,6 +150,14 @@ def opportunities_import(*, rows: Iterable[dict], actor=None) -> dict[str, int]:
             errors["name"] = ["Required."]
         if row.get("amount"):
             data["amount"] = _decimal(row["amount"], errors, "amount")
+        if row.get("probability"):
+            data["probability"] = _decimal(row["probability"], errors, "probability")
+            if data["probability"] is not None and data["probability"] > 100:
+                errors["probability"] = ["A percentage from 0 to 100."]
+        if row.get("expected_close_date"):
+            data["expected_close_date"] = _safe(parse_date, row["expected_close_date"])
+            if data["expected_close_date"] is None:
+                errors["expected_close_date"] = ["A date, as YYYY-MM-DD."]
         for field in ("created_at", "closed_at"):
             if row.get(field):
                 text = row[field]

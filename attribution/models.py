@@ -17,6 +17,11 @@ from simple_history.models import HistoricalRecords
 from martech.models import Account, Channel, Lead
 
 
+def default_currency() -> str:
+    """Amounts given without a currency are in the company currency."""
+    return settings.MARTECH_COMPANY_CURRENCY
+
+
 class Pipeline(models.Model):
     key = models.SlugField(max_length=60, unique=True)
     name = models.CharField(max_length=120)
@@ -49,6 +54,11 @@ class OpportunityStage(models.Model):
     )
     is_won = models.BooleanField(default=False)
     is_lost = models.BooleanField(default=False)
+    # A deal without its own expected close date is expected this many days
+    # after it entered the stage (blank: no default, the forecast lists it as unscheduled).
+    days_to_close = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Default expected close: this many days after a deal enters the stage."
+    )
     history = HistoricalRecords()
 
     class Meta:
@@ -72,7 +82,7 @@ class Opportunity(models.Model):
     account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.SET_NULL, related_name="opportunities")
     # Money is Decimal with a currency (DESIGN.md).
     amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"), validators=[MinValueValidator(0)])
-    currency = models.CharField(max_length=3, default="USD")
+    currency = models.CharField(max_length=3, default=default_currency)
     pipeline = models.ForeignKey(Pipeline, on_delete=models.PROTECT, related_name="opportunities")
     # Changed only through services.opportunity_change_stage, which writes history.
     stage = models.ForeignKey(OpportunityStage, on_delete=models.PROTECT, related_name="opportunities")
@@ -85,6 +95,14 @@ class Opportunity(models.Model):
     )
     salesforce_id = models.CharField(max_length=18, unique=True, null=True, blank=True)
     hubspot_id = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    # Forecast: the deal's own expected close date and win probability
+    # (percent); blank takes the stage's (days_to_close, probability).
+    expected_close_date = models.DateField(null=True, blank=True)
+    probability = models.DecimalField(
+        max_digits=5, decimal_places=2, null=True, blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Win probability in percent; blank: the stage's.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -155,7 +173,7 @@ class CampaignSpend(models.Model):
     campaign = models.ForeignKey("martech.Campaign", on_delete=models.CASCADE, related_name="spend")
     date = models.DateField()
     amount = models.DecimalField(max_digits=14, decimal_places=2, validators=[MinValueValidator(0)])
-    currency = models.CharField(max_length=3, default="USD")
+    currency = models.CharField(max_length=3, default=default_currency)
     impressions = models.PositiveBigIntegerField(default=0)
     clicks = models.PositiveBigIntegerField(default=0)
 
@@ -165,6 +183,79 @@ class CampaignSpend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign} on {self.date}: {self.amount} {self.currency}"
+
+
+class ExchangeRate(models.Model):
+    """What one unit of ``currency`` was worth in the company currency
+    (``MARTECH_COMPANY_CURRENCY``) on ``date``. An amount is converted with
+    the latest rate on or before its date (attribution.money); writes go
+    through attribution.money.exchange_rate_upsert, which recomputes what
+    the change moves."""
+
+    currency = models.CharField(max_length=3, help_text="ISO 4217 code, e.g. EUR.")
+    date = models.DateField()
+    rate = models.DecimalField(
+        max_digits=24, decimal_places=10, validators=[MinValueValidator(Decimal("0.0000000001"))],
+        help_text="Company-currency units for one unit of this currency.",
+    )
+    source = models.CharField(max_length=60, blank=True, help_text="Where the rate came from (admin, CSV, the fetch URL).")
+    updated_at = models.DateTimeField(auto_now=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["currency", "-date"]
+        constraints = [
+            # Also the index the lookups read: a currency's rates by date.
+            models.UniqueConstraint(fields=["currency", "date"], name="exchangerate_currency_date_uniq"),
+            models.CheckConstraint(condition=models.Q(rate__gt=0), name="exchangerate_rate_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"1 {self.currency} = {self.rate.normalize():f} on {self.date}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        code = (self.currency or "").strip().upper()
+        if len(code) != 3 or not code.isalpha():
+            raise ValidationError({"currency": [f"A three-letter ISO 4217 code (got {self.currency!r})."]})
+        if code == settings.MARTECH_COMPANY_CURRENCY:
+            raise ValidationError({"currency": [f"{code} is the company currency; it needs no rate."]})
+        self.currency = code
+
+
+class ForecastSnapshot(models.Model):
+    """The forecast as it stood on ``taken_on``: per expected close month
+    (None: open deals without an expected close date) and source, the
+    weighted and commit forecast in ``currency`` (the company currency). A
+    daily task takes it (attribution.forecast.forecast_snapshot_take), so
+    accuracy can later compare what was forecast with what closed."""
+
+    taken_on = models.DateField()
+    month = models.DateField(null=True, blank=True, help_text="First day of the expected close month.")
+    source = models.CharField(max_length=20, blank=True)
+    currency = models.CharField(max_length=3)
+    open_deals = models.PositiveIntegerField(default=0)
+    pipeline = models.DecimalField(max_digits=20, decimal_places=2, default=Decimal("0"))
+    weighted = models.DecimalField(max_digits=20, decimal_places=2, default=Decimal("0"))
+    commit = models.DecimalField(max_digits=20, decimal_places=2, default=Decimal("0"))
+    # Open deals left out because their currency had no rate on their date.
+    unconverted_deals = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-taken_on", "month", "source"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["taken_on", "month", "source"], condition=models.Q(month__isnull=False),
+                name="forecastsnap_day_month_source_uniq",
+            ),
+            models.UniqueConstraint(
+                fields=["taken_on", "source"], condition=models.Q(month__isnull=True), name="forecastsnap_day_unscheduled_uniq",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Forecast of {self.taken_on} for {self.month or 'unscheduled'} ({self.source or 'no source'})"
 
 
 class Touchpoint(models.Model):
@@ -302,6 +393,11 @@ class AttributionCredit(models.Model):
     weight = models.FloatField()
     credit = models.DecimalField(max_digits=18, decimal_places=2)
     currency = models.CharField(max_length=3)
+    # The credit in the company currency (the deal's amount converted, then
+    # split by the same weights) and the date of the rate used; both null
+    # when the deal's currency had no rate on or before its date.
+    company_credit = models.DecimalField(max_digits=20, decimal_places=2, null=True, blank=True)
+    rate_date = models.DateField(null=True, blank=True)
     is_won = models.BooleanField()
     is_closed = models.BooleanField()
     opportunity_created_at = models.DateTimeField()
@@ -335,7 +431,15 @@ class AttributionRollup(models.Model):
     channel = models.CharField(max_length=20)
     # A plain id, not a foreign key: a deleted campaign's history still adds up (the credits keep theirs by SET_NULL).
     campaign_id = models.BigIntegerField(null=True, blank=True)
+    # The deals' own currency: ``credit`` sums amounts in it, ``company_credit``
+    # the same converted (``unconverted`` what had no rate, in ``currency``),
+    # with the first and last rate dates used.
+    currency = models.CharField(max_length=3, default="")
     credit = models.DecimalField(max_digits=20, decimal_places=2)
+    company_credit = models.DecimalField(max_digits=22, decimal_places=2, default=Decimal("0"))
+    unconverted = models.DecimalField(max_digits=20, decimal_places=2, default=Decimal("0"))
+    rate_date_first = models.DateField(null=True, blank=True)
+    rate_date_last = models.DateField(null=True, blank=True)
     weight = models.FloatField()
     first_of_opportunity = models.PositiveIntegerField(default=0)
     first_of_channel = models.PositiveIntegerField(default=0)

@@ -3,6 +3,14 @@
 Dates: revenue and conversions count won opportunities by their close date;
 pipeline and opportunity counts count opportunities by their creation date.
 ``start`` and ``end`` are inclusive days; ``month`` groups use the same dates.
+
+Money: amounts are in the company currency (``MARTECH_COMPANY_CURRENCY``),
+converted per deal at the rate of its close day (creation day while open)
+and per day of spend at that day's rate (attribution.money), with the first
+and last rate dates used; or, given ``currency``, only the deals and spend
+in that currency, unconverted. What has no rate is left out of the company
+totals and named per row (``unconverted_currencies``); ROI, ROAS and CPA
+are only given where nothing in the row was left out.
 """
 from __future__ import annotations
 
@@ -10,10 +18,11 @@ from collections import defaultdict
 from datetime import date, datetime, time, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Max, Min, Q, Sum
 from django.db.models.functions import TruncMonth
 
 from attribution.models import AttributionRollup, CampaignSpend, Touchpoint
+from attribution.money import RateTable, company_currency
 from martech.models import Campaign
 
 GROUPS = ("channel", "campaign", "month")
@@ -66,23 +75,73 @@ def _rollup_key(group_by: str):
     return {"channel": F("channel"), "campaign": F("campaign_id"), "month": TruncMonth("day")}[group_by]
 
 
-def _attributed(*, model, group_by, start, end, channel, campaign_id):
-    """(group, revenue, conversions, None, None) rows for won deals by close
-    day and (group, None, None, pipeline, opportunity count) rows for all
-    deals by creation day: two aggregates over the rollup."""
+def _attributed(*, model, group_by, start, end, channel, campaign_id, currency):
+    """(group, deals' currency, revenue, conversions, None, None, money) rows
+    for won deals by close day and (group, currency, None, None, pipeline,
+    opportunity count, money) rows for all deals by creation day: two
+    aggregates over the rollup. Amounts are the company currency's, or the
+    deals' own when ``currency`` filters to one; ``money`` is (unconverted,
+    first rate date, last rate date)."""
     base = AttributionRollup.objects.filter(_date_range("day", start, end), model=model)
     if channel:
         base = base.filter(channel=channel)
     if campaign_id:
         base = base.filter(campaign_id=campaign_id)
+    if currency:
+        base = base.filter(currency=currency)
+    amount = "credit" if currency else "company_credit"
+    money = dict(unconverted=Sum("unconverted"), first=Min("rate_date_first"), last=Max("rate_date_last"))
     key = _rollup_key(group_by)
-    won = base.filter(basis=AttributionRollup.WON).values(g=key).annotate(revenue=Sum("credit"), conversions=Sum("weight"))
+    won = base.filter(basis=AttributionRollup.WON).values(g=key, cur=F("currency")).annotate(
+        revenue=Sum(amount), conversions=Sum("weight"), **money)
     for r in won.order_by():
-        yield r["g"], r["revenue"], r["conversions"], None, None
+        yield r["g"], r["cur"], r["revenue"], r["conversions"], None, None, (r["unconverted"], r["first"], r["last"])
     flag = _count_flag(group_by, channel, campaign_id)
-    created = base.filter(basis=AttributionRollup.CREATED).values(g=key).annotate(pipeline=Sum("credit"), opportunities=Sum(flag))
+    created = base.filter(basis=AttributionRollup.CREATED).values(g=key, cur=F("currency")).annotate(
+        pipeline=Sum(amount), opportunities=Sum(flag), **money)
     for r in created.order_by():
-        yield r["g"], None, None, r["pipeline"], r["opportunities"]
+        yield r["g"], r["cur"], None, None, r["pipeline"], r["opportunities"], (r["unconverted"], r["first"], r["last"])
+
+
+def _money_note(row: dict, cur: str, unconverted, first: date | None, last: date | None, *, converting: bool) -> None:
+    """Fold one currency's rate dates and unconverted amount into a report
+    row (nothing when the row shows one currency's amounts as they are)."""
+    if not converting:
+        return
+    if unconverted:
+        row["_unconverted"].add(cur)
+    if first is not None:
+        row["rate_date_first"] = min(first, row["rate_date_first"] or first)
+    if last is not None:
+        row["rate_date_last"] = max(last, row["rate_date_last"] or last)
+
+
+def _spend(*, group_by, start, end, channel, campaign_id, currency) -> tuple[dict, dict]:
+    """Spend per group, and the groups' (unconverted currencies, first and
+    last rate date): in ``currency`` only, or each day's spend converted at
+    that day's rate."""
+    qs = CampaignSpend.objects.filter(_date_range("date", start, end))
+    if channel:
+        qs = qs.filter(campaign__channel=channel)
+    if campaign_id:
+        qs = qs.filter(campaign_id=campaign_id)
+    key = {"channel": F("campaign__channel"), "campaign": F("campaign_id"), "month": TruncMonth("date")}[group_by]
+    if currency:
+        return {_label(r["g"]): r["s"] for r in qs.filter(currency=currency).values(g=key).annotate(s=Sum("amount")).order_by()}, {}
+    days = list(qs.values(g=key, cur=F("currency"), day=F("date")).annotate(s=Sum("amount")).order_by())
+    rates = RateTable.load({r["cur"] for r in days})
+    spend: dict[str, Decimal] = {}
+    notes: dict[str, dict] = defaultdict(lambda: {"_unconverted": set(), "rate_date_first": None, "rate_date_last": None})
+    for r in days:
+        g = _label(r["g"])
+        converted = rates.convert(r["s"], r["cur"], r["day"])
+        spend.setdefault(g, Decimal("0.00"))
+        if converted is None:
+            notes[g]["_unconverted"].add(r["cur"])
+            continue
+        spend[g] += converted.amount
+        _money_note(notes[g], r["cur"], None, converted.rate_date, converted.rate_date, converting=True)
+    return spend, notes
 
 
 def _new_leads(*, group_by, start, end, channel, campaign_id) -> dict[str, int]:
@@ -106,42 +165,43 @@ def attribution_report(
     end: date | None = None,
     channel: str | None = None,
     campaign_id: int | None = None,
+    currency: str | None = None,
 ) -> list[dict]:
     """One row per group: attributed revenue, conversions (fractional: the
     weights of won deals), pipeline, opportunity count (for a campaign: the
     deals it influenced, i.e. touched, created in the range), new leads, and
     spend with ROI, ROAS, CPA and cost per lead where spend can be matched
-    (channel, campaign, month)."""
+    (channel, campaign, month). Money as the module docstring says: each row
+    names its ``currency`` and the rate dates used."""
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
+    converting = not currency
     rows: dict[str, dict] = defaultdict(lambda: {
         "attributed_revenue": Decimal("0.00"), "attributed_conversions": 0.0,
         "attributed_pipeline": Decimal("0.00"), "opportunity_count": 0,
+        "_unconverted": set(), "rate_date_first": None, "rate_date_last": None,
     })
-    for g, revenue, conversions, pipeline, opportunities in _attributed(
-        model=model, group_by=group_by, start=start, end=end, channel=channel, campaign_id=campaign_id
+    for g, cur, revenue, conversions, pipeline, opportunities, money in _attributed(
+        model=model, group_by=group_by, start=start, end=end, channel=channel, campaign_id=campaign_id, currency=currency
     ):
         row = rows[_label(g)]
-        if revenue is not None:
-            row["attributed_revenue"] = revenue
-            row["attributed_conversions"] = conversions or 0.0
-        if pipeline is not None:
-            row["attributed_pipeline"] = pipeline
-            row["opportunity_count"] = opportunities
+        if revenue is not None or conversions is not None:
+            row["attributed_revenue"] += revenue or 0
+            row["attributed_conversions"] += conversions or 0.0
+        if pipeline is not None or opportunities is not None:
+            row["attributed_pipeline"] += pipeline or 0
+            row["opportunity_count"] += opportunities or 0
+        _money_note(row, cur, *money, converting=converting)
 
-    spend_q = CampaignSpend.objects.all()
-    if start:
-        spend_q = spend_q.filter(date__gte=start)
-    if end:
-        spend_q = spend_q.filter(date__lte=end)
-    if channel:
-        spend_q = spend_q.filter(campaign__channel=channel)
-    if campaign_id:
-        spend_q = spend_q.filter(campaign_id=campaign_id)
-    spend_key = {"channel": F("campaign__channel"), "campaign": F("campaign_id"), "month": TruncMonth("date")}[group_by]
-    spend = {_label(r["g"]): r["s"] for r in spend_q.values(g=spend_key).annotate(s=Sum("amount")).order_by()}
+    spend, spend_notes = _spend(
+        group_by=group_by, start=start, end=end, channel=channel, campaign_id=campaign_id, currency=currency
+    )
     for g in spend:
-        rows[g]  # a group with spend but no revenue is still a row (ROI -100%)
+        row = rows[g]  # a group with spend but no revenue is still a row (ROI -100%)
+        note = spend_notes.get(g)
+        if note:
+            row["_unconverted"] |= note["_unconverted"]
+            _money_note(row, "", None, note["rate_date_first"], note["rate_date_last"], converting=converting)
 
     leads = _new_leads(group_by=group_by, start=start, end=end, channel=channel, campaign_id=campaign_id)
     for g in leads:
@@ -151,36 +211,67 @@ def attribution_report(
     if group_by == "campaign":
         names = dict(Campaign.objects.filter(pk__in=[g for g in rows if g != "(none)"]).values_list("pk", "name"))
     out = []
+    shown = currency or company_currency()
     for g in sorted(rows, key=str):
         row = rows[g]
+        unconverted = sorted(row.pop("_unconverted"))
+        # ROI, ROAS and CPA only over converted amounts: a row missing a rate has none.
         cost = spend.get(g)
+        ratios = bool(cost) and not unconverted
         revenue = row["attributed_revenue"]
         conversions = row["attributed_conversions"]
         out.append({
             "group": names.get(g, g) if group_by == "campaign" else g,
             **({"campaign_id": g if g != "(none)" else None} if group_by == "campaign" else {}),
+            "currency": shown,
             **row,
             "attributed_conversions": round(conversions, 6),
             "spend": cost,
-            "roas": round(float(revenue / cost), 4) if cost else None,
-            "roi": round(float((revenue - cost) / cost), 4) if cost else None,
-            "cpa": (cost / Decimal(str(conversions))).quantize(Decimal("0.01")) if cost and conversions else None,
+            "roas": round(float(revenue / cost), 4) if ratios else None,
+            "roi": round(float((revenue - cost) / cost), 4) if ratios else None,
+            "cpa": (cost / Decimal(str(conversions))).quantize(Decimal("0.01")) if ratios and conversions else None,
             "new_leads": leads.get(g, 0),
-            "cost_per_lead": (cost / leads[g]).quantize(Decimal("0.01")) if cost and leads.get(g) else None,
+            "cost_per_lead": (cost / leads[g]).quantize(Decimal("0.01")) if ratios and leads.get(g) else None,
+            "unconverted_currencies": ",".join(unconverted),
         })
     return out
 
 
-def attribution_compare(*, group_by: str, start: date | None = None, end: date | None = None, models: list[str]) -> list[dict]:
+def money_summary(rows: list[dict], *, currency: str | None) -> dict:
+    """What a report's rows say about its money, for the response head: the
+    currency shown, whether amounts were converted, the first and last rate
+    dates used and the currencies left out for want of a rate."""
+    firsts = [r["rate_date_first"] for r in rows if r.get("rate_date_first")]
+    lasts = [r["rate_date_last"] for r in rows if r.get("rate_date_last")]
+    missing = sorted({c for r in rows for c in (r.get("unconverted_currencies") or "").split(",") if c})
+    return {
+        "currency": currency or company_currency(), "converted": not currency,
+        "rate_date_first": min(firsts) if firsts else None, "rate_date_last": max(lasts) if lasts else None,
+        "unconverted_currencies": missing,
+    }
+
+
+def attribution_compare(*, group_by: str, start: date | None = None, end: date | None = None, models: list[str],
+                        currency: str | None = None) -> list[dict]:
     """Attributed revenue per group under every model, side by side: one
-    aggregate over the rollup's won rows, grouped by model and group."""
+    aggregate over the rollup's won rows, grouped by model, group and the
+    deals' currency. In the company currency (or only ``currency``'s deals),
+    each row with its rate dates and unconverted currencies."""
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
     key = _rollup_key(group_by)
     table: dict[str, dict] = defaultdict(dict)
+    notes: dict[str, dict] = defaultdict(lambda: {"_unconverted": set(), "rate_date_first": None, "rate_date_last": None})
     won = AttributionRollup.objects.filter(_date_range("day", start, end), model__in=models, basis=AttributionRollup.WON)
-    for r in won.values("model", g=key).annotate(revenue=Sum("credit")).order_by():
-        table[_label(r["g"])][r["model"]] = r["revenue"]
+    if currency:
+        won = won.filter(currency=currency)
+    for r in won.values("model", g=key, cur=F("currency")).annotate(
+        revenue=Sum("credit" if currency else "company_credit"), unconverted=Sum("unconverted"),
+        first=Min("rate_date_first"), last=Max("rate_date_last"),
+    ).order_by():
+        g = _label(r["g"])
+        table[g][r["model"]] = table[g].get(r["model"], Decimal("0.00")) + r["revenue"]
+        _money_note(notes[g], r["cur"], r["unconverted"], r["first"], r["last"], converting=not currency)
     names = {}
     if group_by == "campaign":
         names = dict(Campaign.objects.filter(pk__in=[g for g in table if g != "(none)"]).values_list("pk", "name"))
@@ -189,7 +280,11 @@ def attribution_compare(*, group_by: str, start: date | None = None, end: date |
         row = {"group": names.get(g, g) if group_by == "campaign" else g}
         if group_by == "campaign":
             row["campaign_id"] = g if g != "(none)" else None
+        row["currency"] = currency or company_currency()
         row["revenue"] = {m: table[g].get(m, Decimal("0.00")) for m in models}
+        note = notes[g]
+        row["rate_date_first"], row["rate_date_last"] = note["rate_date_first"], note["rate_date_last"]
+        row["unconverted_currencies"] = ",".join(sorted(note["_unconverted"]))
         rows.append(row)
     return rows
 
@@ -212,10 +307,16 @@ def pipeline_report(*, start: date | None = None, end: date | None = None) -> di
       it or any later stage; a won deal reached every stage), the conversion
       rate to the next stage, and the average and median days spent in it
       (from entering it to the next change; a deal still in it is not timed).
-    - ``win_rate_by_source``: won / (won + lost) per opportunity source.
+    - ``win_rate_by_source``: won / (won + lost) per opportunity source, with
+      the won amount and average deal size.
     - ``average_deal_size`` (won deals), ``weighted_forecast`` (open deals'
-      amount x stage probability) and ``velocity_days`` (average days from
-      creation to close of won deals).
+      amount x probability: the deal's own, else its stage's) and
+      ``velocity_days`` (average days from creation to close of won deals).
+
+    Money in the company currency (``currency``), at the close day's rate
+    (the creation day's for open deals); deals whose currency has no rate
+    are counted in win rates but left out of the sums, and their currencies
+    named in ``unconverted_currencies``.
     """
     from attribution.models import Opportunity, OpportunityStage, OpportunityStageChange
 
@@ -256,22 +357,53 @@ def pipeline_report(*, start: date | None = None, end: date | None = None) -> di
             "conversion_rate": round(next_reached / reached[s["id"]], 4) if reached[s["id"]] else None,
             "average_days": _days(sum(d) / len(d)) if d else None, "median_days": _median(d),
         })
-    by_source = defaultdict(lambda: [0, 0])
-    for source, won in opps.filter(Q(stage__is_won=True) | Q(stage__is_lost=True)).values_list("source", "stage__is_won"):
-        by_source[source or "(none)"][0 if won else 1] += 1
-    won_qs = opps.filter(stage__is_won=True)
-    won_amounts = list(won_qs.values_list("amount", "created_at", "closed_at"))
-    forecast = sum(
-        (a * p / 100 for a, p in opps.filter(stage__is_won=False, stage__is_lost=False).values_list("amount", "stage__probability")),
-        Decimal("0"),
-    )
-    cycle = [(c - o).total_seconds() for _a, o, c in won_amounts if c]
+    # Win rate and deal size by source; money in the company currency (at the close day's rate, the
+    # creation day's for open deals); deals without a rate are counted but not summed, and named.
+    rates = RateTable.load()
+    missing: set[str] = set()
+
+    def company(amount: Decimal, cur: str, at: datetime) -> Decimal | None:
+        converted = rates.convert(amount, cur, at.astimezone(dt_timezone.utc).date())
+        if converted is None:
+            missing.add(cur)
+        return converted.amount if converted else None
+
+    by_source: dict[str, dict] = defaultdict(lambda: {"won": 0, "lost": 0, "amounts": []})
+    won_amounts: list[Decimal] = []
+    cycle: list[float] = []
+    closed_rows = opps.filter(Q(stage__is_won=True) | Q(stage__is_lost=True)).values_list(
+        "source", "stage__is_won", "amount", "currency", "created_at", "closed_at")
+    for source, won, amount, cur, created, closed in closed_rows:
+        row = by_source[source or "(none)"]
+        row["won" if won else "lost"] += 1
+        if won:
+            value = company(amount, cur, closed or created)
+            if value is not None:
+                row["amounts"].append(value)
+                won_amounts.append(value)
+            if closed:
+                cycle.append((closed - created).total_seconds())
+    forecast = Decimal("0")
+    for amount, cur, created, own, stage_p in opps.filter(stage__is_won=False, stage__is_lost=False).values_list(
+        "amount", "currency", "created_at", "probability", "stage__probability"
+    ):
+        value = company(amount, cur, created)
+        if value is not None:
+            forecast += value * (own if own is not None else stage_p) / 100
+
+    def mean(values: list[Decimal]) -> Decimal | None:
+        return (sum(values) / len(values)).quantize(Decimal("0.01")) if values else None
+
     return {
+        "currency": company_currency(),
+        "unconverted_currencies": sorted(missing),
         "stages": stages,
         "win_rate_by_source": [
-            {"source": k, "won": w, "lost": l, "win_rate": round(w / (w + l), 4)} for k, (w, l) in sorted(by_source.items())
+            {"source": k, "won": v["won"], "lost": v["lost"], "win_rate": round(v["won"] / (v["won"] + v["lost"]), 4),
+             "won_amount": sum(v["amounts"], Decimal("0.00")), "average_deal_size": mean(v["amounts"])}
+            for k, v in sorted(by_source.items())
         ],
-        "average_deal_size": (sum(a for a, _o, _c in won_amounts) / len(won_amounts)).quantize(Decimal("0.01")) if won_amounts else None,
+        "average_deal_size": mean(won_amounts),
         "weighted_forecast": forecast.quantize(Decimal("0.01")),
         "velocity_days": _days(sum(cycle) / len(cycle)) if cycle else None,
     }

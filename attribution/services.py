@@ -8,6 +8,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 CRM_KEYS = ("salesforce_id", "hubspot_id")
 OPPORTUNITY_FIELDS = frozenset(
-    {"name", "account", "amount", "currency", "pipeline", "stage", "created_at", "closed_at", "source", "owner", *CRM_KEYS}
+    {"name", "account", "amount", "currency", "pipeline", "stage", "created_at", "closed_at", "source", "owner",
+     "expected_close_date", "probability", *CRM_KEYS}
 )
 
 
@@ -318,10 +320,12 @@ def opportunity_delete(*, opportunity: Opportunity, source: str, actor=None) -> 
 
 
 def campaign_spend_upsert(
-    *, campaign: Campaign, date: date, amount: Decimal, currency: str = "USD", impressions: int = 0, clicks: int = 0
+    *, campaign: Campaign, date: date, amount: Decimal, currency: str | None = None, impressions: int = 0, clicks: int = 0
 ) -> tuple[CampaignSpend, bool]:
-    """What one campaign cost on one day; the same (campaign, date) again
-    replaces the figures (idempotent). The CSV import does the same in bulk."""
+    """What one campaign cost on one day (``currency`` default: the company
+    currency); the same (campaign, date) again replaces the figures
+    (idempotent). The CSV import does the same in bulk."""
+    currency = currency or settings.MARTECH_COMPANY_CURRENCY
     spend = CampaignSpend(campaign=campaign, date=date, amount=amount, currency=currency, impressions=impressions, clicks=clicks)
     spend.full_clean(exclude=["campaign"], validate_unique=False, validate_constraints=False)
     return CampaignSpend.objects.update_or_create(

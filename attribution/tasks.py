@@ -34,3 +34,24 @@ def attribution_recompute_all() -> dict[str, int]:
     """Nightly full run: relearns the data-driven models over every journey
     (incremental runs reuse their last values) and catches anything missed."""
     return attribution_compute()
+
+
+@retry_on_conflict
+def opportunities_attribute(opportunity_ids: list[int]) -> dict[str, int]:
+    """Recompute a batch of deals' credits (what an exchange rate change moved)."""
+    return attribution_compute(opportunity_ids=opportunity_ids)
+
+
+@retry_on_conflict
+def exchange_rates_fetch() -> dict[str, int]:
+    """Fetch the configured exchange rates (MARTECH_RATES_URL); nothing when none is set."""
+    from attribution.money import exchange_rates_fetch as fetch
+
+    return fetch()
+
+
+def forecast_snapshot() -> dict[str, int]:
+    """Today's forecast per month and source, for accuracy later (idempotent per day)."""
+    from attribution.forecast import forecast_snapshot_take
+
+    return forecast_snapshot_take()

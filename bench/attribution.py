@@ -9,12 +9,16 @@ Full size: 1,000,000 touchpoints over 200,000 leads and 50,000 opportunities
    (first, last, last non-direct, linear, time decay, U, W, full path,
    custom), then Markov (learning the removal effects exactly over every
    journey, converting and not; per path and global) and Shapley (simplified: linear in the journeys), every
-   opportunity is credited with attribution.engine and the rows are written
+   opportunity is credited with attribution.engine, in its own currency and
+   in the company currency (half the deals in USD, the rest in EUR, GBP and
+   JPY, converted with daily rates through attribution.money.RateTable as a
+   full run does), and the rows are written
    the way a full attribution_compute writes them (computation._write:
    binary COPY on PostgreSQL, the rollup summed on the way by
    RollupAccumulator and then saved), timed together, wall clock and CPU.
 2. Report API: with every model materialized, GET /api/v1/attribution/report
-   per group_by (channel, campaign, month) and /compare, with a date range,
+   per group_by (channel, campaign, month), filtered to one currency, and
+   /compare, with a date range, and /forecast over the open deals,
    in-process; EXPLAIN ANALYZE of the rollup aggregates goes to the results.
 3. Merge: two leads with 50 touches each merged, and the incremental
    recompute after it (bench_merge; goal under 1 s).
@@ -57,12 +61,16 @@ from attribution.computation import (  # noqa: E402
     ALL_MODELS, RollupAccumulator, _write, path_credit_rows, rollup_refresh, secondary_indexes_suspended,
 )
 from django.db.models import Sum  # noqa: E402
-from attribution.models import AttributionCredit, Opportunity, Pipeline, Touchpoint  # noqa: E402
+from attribution.models import AttributionCredit, ExchangeRate, Opportunity, Pipeline, Touchpoint  # noqa: E402
+from attribution.money import RateTable, opportunity_rate_day  # noqa: E402
 
 CHANNELS = ["paid_search", "paid_social", "display", "email", "organic_search", "organic_social",
             "referral", "direct", "events", "other", "partner", "video"]
 T0 = datetime(2025, 1, 1, tzinfo=dt_timezone.utc)
 PREFIX = "bench-attribution-"
+# Half the deals in the company currency (USD), the rest in three others with a rate for every day.
+CURRENCIES = ["USD", "EUR", "USD", "GBP", "USD", "JPY"]
+RATES = {"EUR": Decimal("1.08"), "GBP": Decimal("1.27"), "JPY": Decimal("0.0067")}
 figures: list[dict] = []
 
 
@@ -128,7 +136,8 @@ def create_opportunities(opps) -> list[Opportunity]:
     for j, (_m, _path, ctx, amount, won, closed) in enumerate(opps):
         created = datetime.fromtimestamp(ctx.reference_at, dt_timezone.utc) if not closed else datetime.fromtimestamp(ctx.reference_at - 20 * 86400, dt_timezone.utc)
         stage = stages["closed_won"] if won else stages["closed_lost"] if closed else stages["proposal"]
-        objs.append(Opportunity(name=f"{PREFIX}{j}", amount=amount, pipeline=pipeline, stage=stage, created_at=created,
+        objs.append(Opportunity(name=f"{PREFIX}{j}", amount=amount, currency=CURRENCIES[j % len(CURRENCIES)],
+                                pipeline=pipeline, stage=stage, created_at=created,
                                 closed_at=datetime.fromtimestamp(ctx.reference_at, dt_timezone.utc) if closed else None))
     with transaction.atomic():
         return Opportunity.objects.bulk_create(objs, batch_size=5000)
@@ -158,12 +167,17 @@ def materialize(models: dict, rows_of_opps, created, label: str) -> None:
     Then, untimed in it, the engine alone (weights and Decimal allocation of
     every path, no rows) for ``{label}_engine_cpu_s``."""
 
+    # As attribution_compute: one query before the COPY (the connection is busy during it), then in memory.
+    rates = RateTable.load()
+
     def rows():
         for opp, (_m, path, ctx, amount, won, closed) in zip(tqdm(created, desc=label, unit="opp", file=sys.stderr, mininterval=5), rows_of_opps):
-            common = ("USD", won, closed, opp.created_at, opp.closed_at)
+            converted = rates.convert(amount, opp.currency, opportunity_rate_day(
+                created_at=opp.created_at, closed_at=opp.closed_at, is_closed=closed))
+            common = (opp.currency, won, closed, opp.created_at, opp.closed_at, converted.rate_date if converted else None)
             touch_cols = [(opp.pk, None, t.channel, None, datetime.fromtimestamp(t.at, dt_timezone.utc), t.is_opportunity_creation)
                           for t in path]
-            yield from path_credit_rows(models, path, ctx, amount, touch_cols, common)
+            yield from path_credit_rows(models, path, ctx, amount, touch_cols, common, converted.amount if converted else None)
 
     db0 = backend_cpu()
     with Timer() as total:
@@ -292,12 +306,14 @@ def bench_report(repeats: int) -> dict:
         ("channel", "report", {"model": "linear", "group_by": "channel"}),
         ("campaign", "report", {"model": "linear", "group_by": "campaign"}),
         ("month", "report", {"model": "linear", "group_by": "month"}),
+        ("channel_eur", "report", {"model": "linear", "group_by": "channel", "currency": "EUR"}),
         ("compare_channel", "compare", {"group_by": "channel"}),
+        ("forecast", "forecast", {}),
     ]:
         lat, cpu = [], []
         for _ in range(repeats):
             with Timer() as t:
-                resp = client.get(f"/api/v1/attribution/{path}", {**params, **extra})
+                resp = client.get(f"/api/v1/attribution/{path}", {**(params if path != "forecast" else {}), **extra})
             lat.append(t.wall * 1000)
             cpu.append(t.cpu * 1000)
             assert resp.status_code == 200, resp.content[:300]
@@ -328,6 +344,12 @@ def main() -> int:
     emit("synthesize_s", round(time.perf_counter() - t, 2), "s")
     load_before = os.getloadavg()
     Opportunity.objects.filter(name__startswith=PREFIX).delete()
+    ExchangeRate.objects.filter(source=PREFIX).delete()
+    day0 = T0.date() - timedelta(days=31)
+    ExchangeRate.objects.bulk_create([
+        ExchangeRate(currency=c, date=day0 + timedelta(days=d), rate=r * (1 + Decimal(d % 7 - 3) / 100), source=PREFIX)
+        for c, r in RATES.items() for d in range(500)
+    ], ignore_conflicts=True)
     plans: dict = {}
     try:
         with Timer() as t:
@@ -338,6 +360,7 @@ def main() -> int:
         bench_merge()
     finally:
         Opportunity.objects.filter(name__startswith=PREFIX).delete()
+        ExchangeRate.objects.filter(source=PREFIX).delete()
         rollup_refresh(models=list(ALL_MODELS))  # the rollup again matches what credits are left
     emit("peak_rss", peak_mib(), "MiB")
     emit("process_cpu_s", round(time.process_time(), 2), "s")

@@ -333,6 +333,23 @@ MARTECH_ATTRIBUTION = {
     "SESSION_MINUTES": env.int("MARTECH_ATTRIBUTION_SESSION_MINUTES", default=30),
     "HALF_LIFE_DAYS": env.float("MARTECH_ATTRIBUTION_HALF_LIFE_DAYS", default=7.0),
 }
+# Money: every report converts amounts into this ISO 4217 currency with the
+# dated exchange rates (attribution.money); deals and spend in it need no rate.
+MARTECH_COMPANY_CURRENCY = env.str("MARTECH_COMPANY_CURRENCY", default="USD").strip().upper()
+if len(MARTECH_COMPANY_CURRENCY) != 3 or not MARTECH_COMPANY_CURRENCY.isalpha():
+    raise ImproperlyConfigured("MARTECH_COMPANY_CURRENCY must be a three-letter ISO 4217 code (e.g. USD)")
+MARTECH_MONEY = {
+    # Where the scheduled task fetches exchange rates: a URL of an ECB-style
+    # daily XML (gesmes Envelope, <Cube time=...><Cube currency= rate=>) with
+    # rates as units of currency per one unit of RATES_BASE. Empty: not fetched.
+    "RATES_URL": env.str("MARTECH_RATES_URL", default=""),
+    "RATES_BASE": env.str("MARTECH_RATES_BASE", default="EUR").strip().upper(),
+    "RATES_TIMEOUT": env.float("MARTECH_RATES_TIMEOUT", default=10.0),
+    # Forecast: an open deal counts in the commit forecast from this win probability (percent).
+    "COMMIT_PROBABILITY": env.int("MARTECH_FORECAST_COMMIT_PROBABILITY", default=90),
+}
+if not 0 <= MARTECH_MONEY["COMMIT_PROBABILITY"] <= 100:
+    raise ImproperlyConfigured("MARTECH_FORECAST_COMMIT_PROBABILITY must be a percentage (0-100)")
 if MARTECH_ATTRIBUTION["LOOKBACK_DAYS"] < 0 or MARTECH_ATTRIBUTION["SESSION_MINUTES"] < 0:
     raise ImproperlyConfigured("MARTECH_ATTRIBUTION_LOOKBACK_DAYS and _SESSION_MINUTES must not be negative")
 if "MARTECH_ATTRIBUTION_MARKOV_COLLAPSE_REPEATS" in env.ENVIRON:

@@ -4,6 +4,7 @@ from django.urls import path
 
 from attribution import engine
 from attribution.models import AttributionCredit, AttributionModel, channel_label
+from attribution.money import company_currency
 from martech.admin.base import BigTableAdmin, ReadOnlyMixin
 from martech.models import Channel, LifecycleStage
 
@@ -28,7 +29,8 @@ class AttributionCreditAdmin(ReadOnlyMixin, BigTableAdmin):
     The dashboard (``dashboard/``) charts them through the report API."""
 
     change_list_template = "admin/attribution/credit_change_list.html"
-    list_display = ["opportunity", "model", "channel_name", "campaign", "touched_at", "weight", "credit", "is_won"]
+    list_display = ["opportunity", "model", "channel_name", "campaign", "touched_at", "weight", "credit", "currency",
+                    "company_credit", "rate_date", "is_won"]
     list_filter = ["model", ChannelFilter, "is_won"]
     list_select_related = ["opportunity", "campaign"]
     raw_id_fields = ["opportunity", "touchpoint", "campaign"]
@@ -60,5 +62,6 @@ class AttributionCreditAdmin(ReadOnlyMixin, BigTableAdmin):
                 "stages": dict(LifecycleStage.objects.values_list("key", "name")),
             },
             "formulas": engine.__doc__,
+            "company_currency": company_currency(),
         }
         return TemplateResponse(request, "admin/attribution/dashboard.html", context)

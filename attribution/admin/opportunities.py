@@ -2,9 +2,9 @@ from django.contrib import admin
 
 from attribution.admin.base import CsvImportMixin
 from attribution.imports import OPPORTUNITY_COLUMNS, opportunities_import
-from attribution.models import Opportunity, OpportunityContactRole, OpportunityStageChange
+from attribution.models import Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange
 from attribution.services import opportunity_delete
-from martech.admin.base import BaseAdmin
+from martech.admin.base import BaseAdmin, HistoryAdmin
 
 
 class ContactRoleInline(admin.TabularInline):
@@ -45,7 +45,7 @@ class OpportunityAdmin(CsvImportMixin, BaseAdmin):
     change_list_template = "admin/attribution/change_list_import.html"
     import_service = staticmethod(opportunities_import)
     import_columns = OPPORTUNITY_COLUMNS
-    list_display = ["name", "amount", "currency", "stage", "created_at", "closed_at", "source"]
+    list_display = ["name", "amount", "currency", "stage", "probability", "expected_close_date", "created_at", "closed_at", "source"]
     list_filter = ["stage", "pipeline", "source"]
     list_select_related = ["stage"]
     search_fields = ["name", "salesforce_id", "hubspot_id"]
@@ -72,3 +72,23 @@ class OpportunityAdmin(CsvImportMixin, BaseAdmin):
         for opp in queryset.order_by("pk"):
             opportunity_delete(opportunity=opp, source=f"admin:{request.user.get_username()}", actor=request.user)
 
+
+@admin.register(OpportunityStage)
+class OpportunityStageAdmin(HistoryAdmin):
+    """The forecast terms of each stage: win probability and the default
+    days from entering it to the expected close (a deal's own values win).
+    Stages themselves (keys, order, won/lost) come with the pipeline and
+    CRM mappings refer to them, so they are not added or removed here."""
+
+    list_display = ["name", "pipeline", "order", "probability", "days_to_close", "is_won", "is_lost"]
+    list_filter = ["pipeline"]
+    list_select_related = ["pipeline"]
+    fields = ["pipeline", "key", "name", "order", "probability", "days_to_close", "is_won", "is_lost"]
+    readonly_fields = ["pipeline", "key", "order", "is_won", "is_lost"]
+    ordering = ["pipeline", "order"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

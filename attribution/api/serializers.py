@@ -4,6 +4,7 @@ views' querysets already joined."""
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from attribution.models import CLOSED_BEFORE_CREATED, CampaignSpend, Opportunity, OpportunityContactRole, OpportunityStageChange
@@ -47,6 +48,13 @@ class OpportunityInputSerializer(StrictInputSerializer):
     salesforce_id = serializers.CharField(max_length=18, required=False, allow_blank=True, allow_null=True)
     hubspot_id = serializers.CharField(max_length=32, required=False, allow_blank=True, allow_null=True)
     contacts = ContactRoleInputSerializer(many=True, required=False, max_length=500)
+    expected_close_date = serializers.DateField(
+        required=False, allow_null=True, help_text="The deal's own expected close date; null: its stage's default."
+    )
+    probability = serializers.DecimalField(
+        max_digits=5, decimal_places=2, min_value=0, max_value=100, required=False, allow_null=True,
+        help_text="The deal's own win probability in percent; null: its stage's.",
+    )
 
     def validate_currency(self, value):
         return _upper_currency(value)
@@ -96,7 +104,9 @@ class OpportunityOutputSerializer(serializers.ModelSerializer):
     pipeline = serializers.SlugRelatedField(slug_field="key", read_only=True)
     stage = serializers.SlugRelatedField(slug_field="key", read_only=True)
     stage_name = serializers.CharField(source="stage.name", read_only=True)
-    probability = serializers.DecimalField(source="stage.probability", max_digits=5, decimal_places=2, read_only=True)
+    probability = serializers.SerializerMethodField(help_text="Win probability in percent: the deal's own, else its stage's.")
+    stage_probability = serializers.DecimalField(source="stage.probability", max_digits=5, decimal_places=2, read_only=True)
+    own_probability = serializers.DecimalField(source="probability", max_digits=5, decimal_places=2, read_only=True, allow_null=True)
     is_won = serializers.BooleanField(source="stage.is_won", read_only=True)
     is_closed = serializers.BooleanField(source="stage.is_closed", read_only=True)
     contacts = ContactRoleOutputSerializer(source="contact_roles", many=True, read_only=True)
@@ -105,10 +115,16 @@ class OpportunityOutputSerializer(serializers.ModelSerializer):
         model = Opportunity
         fields = [
             "id", "name", "account", "amount", "currency", "pipeline", "stage", "stage_name", "probability",
+            "stage_probability", "own_probability", "expected_close_date",
             "is_won", "is_closed", "created_at", "closed_at", "source", "owner", "salesforce_id", "hubspot_id",
             "contacts", "updated_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.DecimalField(max_digits=5, decimal_places=2))
+    def get_probability(self, obj: Opportunity) -> str:
+        value = obj.probability if obj.probability is not None else obj.stage.probability
+        return f"{value:.2f}"
 
 
 class OpportunityDetailOutputSerializer(OpportunityOutputSerializer):
@@ -125,7 +141,7 @@ class SpendInputSerializer(StrictInputSerializer):
     campaign = serializers.PrimaryKeyRelatedField(queryset=Campaign.objects.only("id"))
     date = serializers.DateField()
     amount = serializers.DecimalField(max_digits=14, decimal_places=2, min_value=0)
-    currency = serializers.CharField(required=False, default="USD", **_currency)
+    currency = serializers.CharField(required=False, help_text="Default: the company currency.", **_currency)
     impressions = serializers.IntegerField(min_value=0, max_value=2**63 - 1, required=False, default=0)
     clicks = serializers.IntegerField(min_value=0, max_value=2**63 - 1, required=False, default=0)
 

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
-from attribution import selectors
+from attribution import forecast, selectors
 from django.core.exceptions import ValidationError as DjangoValidationError
 
 from attribution.imports import csv_rows, opportunities_import, spend_import
@@ -61,6 +61,16 @@ class ReportQuerySerializer(serializers.Serializer):
     end = serializers.DateField(required=False)
     channel = serializers.ChoiceField(choices=Channel.choices + [(AttributionCredit.UNATTRIBUTED, "Unattributed")], required=False)
     campaign = serializers.IntegerField(required=False, min_value=1)
+    currency = serializers.CharField(
+        required=False, min_length=3, max_length=3,
+        help_text="Only the deals and spend in this ISO 4217 currency, unconverted. Default: everything, converted "
+        "to the company currency.",
+    )
+
+    def validate_currency(self, value: str) -> str:
+        if not value.isalpha():
+            raise serializers.ValidationError("A three-letter ISO 4217 code.")
+        return value.upper()
 
     def validate(self, attrs):
         if attrs.get("start") and attrs.get("end") and attrs["start"] > attrs["end"]:
@@ -74,9 +84,25 @@ class CompareQuerySerializer(ReportQuerySerializer):
     campaign = None
 
 
+_MONEY_ROW = {
+    "currency": serializers.CharField(help_text="The currency of every amount in the row."),
+    "rate_date_first": serializers.DateField(allow_null=True, help_text="The earliest exchange rate date used."),
+    "rate_date_last": serializers.DateField(allow_null=True, help_text="The latest exchange rate date used."),
+    "unconverted_currencies": serializers.CharField(
+        help_text="Comma-separated currencies whose amounts had no rate and are left out of the row's sums."),
+}
+_MONEY_HEAD = {
+    "currency": serializers.CharField(),
+    "converted": serializers.BooleanField(help_text="Amounts converted to the company currency (no currency filter)."),
+    "rate_date_first": serializers.DateField(allow_null=True),
+    "rate_date_last": serializers.DateField(allow_null=True),
+    "unconverted_currencies": serializers.ListField(child=serializers.CharField()),
+}
+
 _ROW = inline_serializer("AttributionReportRow", {
     "group": serializers.CharField(),
     "campaign_id": serializers.IntegerField(required=False, allow_null=True),
+    **_MONEY_ROW,
     "attributed_revenue": serializers.DecimalField(max_digits=18, decimal_places=2),
     "attributed_conversions": serializers.FloatField(),
     "attributed_pipeline": serializers.DecimalField(max_digits=18, decimal_places=2),
@@ -108,16 +134,19 @@ class ReportView(_ReportView):
         operation_id="attribution_report",
         parameters=[ReportQuerySerializer, OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"])],
         responses={200: inline_serializer("AttributionReport", {
-            "model": serializers.CharField(), "group_by": serializers.CharField(), "results": _ROW,
+            "model": serializers.CharField(), "group_by": serializers.CharField(), **_MONEY_HEAD, "results": _ROW,
         })},
     )
     def get(self, request):
         q = self._query(ReportQuerySerializer, request)
         rows = selectors.attribution_report(
             model=q["model"], group_by=q["group_by"], start=q.get("start"), end=q.get("end"),
-            channel=q.get("channel"), campaign_id=q.get("campaign"),
+            channel=q.get("channel"), campaign_id=q.get("campaign"), currency=q.get("currency"),
         )
-        return Response({"model": q["model"], "group_by": q["group_by"], "results": _plain(rows)})
+        return Response({
+            "model": q["model"], "group_by": q["group_by"], **selectors.money_summary(rows, currency=q.get("currency")),
+            "results": _plain(rows),
+        })
 
 
 class CompareView(_ReportView):
@@ -126,9 +155,11 @@ class CompareView(_ReportView):
         parameters=[CompareQuerySerializer, OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"])],
         responses={200: inline_serializer("AttributionComparison", {
             "group_by": serializers.CharField(),
+            **_MONEY_HEAD,
             "results": inline_serializer("AttributionComparisonRow", {
                 "group": serializers.CharField(),
                 "campaign_id": serializers.IntegerField(required=False, allow_null=True),
+                **_MONEY_ROW,
                 "revenue": serializers.DictField(child=serializers.DecimalField(max_digits=18, decimal_places=2)),
             }, many=True),
         })},
@@ -136,9 +167,12 @@ class CompareView(_ReportView):
     def get(self, request):
         q = self._query(CompareQuerySerializer, request)
         rows = selectors.attribution_compare(
-            group_by=q["group_by"], start=q.get("start"), end=q.get("end"), models=[m.value for m in AttributionModel]
+            group_by=q["group_by"], start=q.get("start"), end=q.get("end"), models=[m.value for m in AttributionModel],
+            currency=q.get("currency"),
         )
-        return Response({"group_by": q["group_by"], "results": _plain(rows)})
+        return Response({
+            "group_by": q["group_by"], **selectors.money_summary(rows, currency=q.get("currency")), "results": _plain(rows),
+        })
 
 
 class ImportInputSerializer(serializers.Serializer):
@@ -219,6 +253,97 @@ class PipelineView(_ReportView):
         q = self._query(PipelineQuerySerializer, request)
         body = selectors.pipeline_report(start=q.get("start"), end=q.get("end"))
         body["lifecycle_funnel"] = selectors.lifecycle_funnel(start=q.get("start"), end=q.get("end"))
+        return Response(_plain(body))
+
+
+class ForecastQuerySerializer(serializers.Serializer):
+    start = serializers.DateField(required=False, help_text="Keep expected close months from this day's month.")
+    end = serializers.DateField(required=False, help_text="Keep expected close months up to this day's month.")
+    source = serializers.ChoiceField(choices=Channel.choices, required=False)
+    currency = serializers.CharField(
+        required=False, min_length=3, max_length=3,
+        help_text="Only the open deals in this ISO 4217 currency, unconverted. Default: all, in the company currency.",
+    )
+    validate_currency = ReportQuerySerializer.validate_currency  # the same check
+
+    def validate(self, attrs):
+        if attrs.get("start") and attrs.get("end") and attrs["start"] > attrs["end"]:
+            raise serializers.ValidationError({"end": ["end must not be before start."]})
+        return attrs
+
+
+class AccuracyQuerySerializer(ForecastQuerySerializer):
+    currency = None
+    taken_on = serializers.DateField(
+        required=False, help_text="Compare this day's snapshot; default: per month, the last taken before it began."
+    )
+
+
+_FORECAST_GROUP = {
+    "open_deals": serializers.IntegerField(),
+    "pipeline": serializers.DecimalField(max_digits=20, decimal_places=2),
+    "weighted": serializers.DecimalField(max_digits=20, decimal_places=2),
+    "commit": serializers.DecimalField(max_digits=20, decimal_places=2),
+    "unconverted_deals": serializers.IntegerField(help_text="Deals left out of the sums: no rate for their currency."),
+}
+
+
+class ForecastView(_ReportView):
+    renderer_classes = [JSONRenderer, CSVRenderer]
+    permission_model = Opportunity
+
+    @extend_schema(
+        operation_id="attribution_forecast",
+        description="The open pipeline's forecast by expected close month and by source: weighted (amount x win "
+        "probability, the deal's own or its stage's) and commit (amounts of deals at or above the commit "
+        "probability). Expected close: the deal's own date, else entering its stage plus the stage's days to close; "
+        "neither: month \"(unscheduled)\". In the company currency at each deal's creation-day rate. CSV: the months.",
+        parameters=[ForecastQuerySerializer, OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"])],
+        responses={200: inline_serializer("AttributionForecast", {
+            "currency": serializers.CharField(), "converted": serializers.BooleanField(),
+            "commit_probability": serializers.IntegerField(),
+            "rate_date_first": serializers.DateField(allow_null=True), "rate_date_last": serializers.DateField(allow_null=True),
+            "unconverted_currencies": serializers.ListField(child=serializers.CharField()),
+            "total": inline_serializer("AttributionForecastTotal", _FORECAST_GROUP),
+            "by_month": inline_serializer("AttributionForecastMonth", {"month": serializers.CharField(), **_FORECAST_GROUP}, many=True),
+            "by_source": inline_serializer("AttributionForecastSource", {"source": serializers.CharField(), **_FORECAST_GROUP}, many=True),
+        })},
+    )
+    def get(self, request):
+        q = self._query(ForecastQuerySerializer, request)
+        body = forecast.forecast_report(source=q.get("source"), currency=q.get("currency"), start=q.get("start"), end=q.get("end"))
+        if request.accepted_renderer.format == "csv":
+            body["results"] = [{"currency": body["currency"], **row} for row in body["by_month"]]
+        return Response(_plain(body))
+
+
+class ForecastAccuracyView(_ReportView):
+    renderer_classes = [JSONRenderer, CSVRenderer]
+    permission_model = Opportunity
+
+    @extend_schema(
+        operation_id="attribution_forecast_accuracy",
+        description="For each finished month: the forecast for it of the last daily snapshot taken before it began "
+        "(or of the snapshot of taken_on) against the revenue won in it, with the errors (forecast - actual) / actual. "
+        "In the company currency.",
+        parameters=[AccuracyQuerySerializer, OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"])],
+        responses={200: inline_serializer("AttributionForecastAccuracy", {
+            "currency": serializers.CharField(),
+            "results": inline_serializer("AttributionForecastAccuracyRow", {
+                "month": serializers.CharField(), "forecast_taken_on": serializers.DateField(),
+                "open_deals": serializers.IntegerField(),
+                "weighted": serializers.DecimalField(max_digits=20, decimal_places=2),
+                "commit": serializers.DecimalField(max_digits=20, decimal_places=2),
+                "actual": serializers.DecimalField(max_digits=20, decimal_places=2),
+                "weighted_error": serializers.FloatField(allow_null=True),
+                "commit_error": serializers.FloatField(allow_null=True),
+                "unconverted_deals": serializers.IntegerField(),
+            }, many=True),
+        })},
+    )
+    def get(self, request):
+        q = self._query(AccuracyQuerySerializer, request)
+        body = forecast.forecast_accuracy(start=q.get("start"), end=q.get("end"), source=q.get("source"), taken_on=q.get("taken_on"))
         return Response(_plain(body))
 
 

@@ -81,7 +81,8 @@ def test_a_failure_mid_stream_writes_nothing_and_leaves_the_connection_usable():
     row = dict(model="linear", opportunity_id=opp.pk, touchpoint_id=None, channel="email", campaign_id=None, touched_at=None,
                is_opportunity_creation=False, first_of_opportunity=True, first_of_channel=True, first_of_campaign=True,
                first_of_channel_campaign=True, weight=1.0, credit=Decimal("10.00"), currency="USD", is_won=False,
-               is_closed=False, opportunity_created_at=opp.created_at, opportunity_closed_at=None)
+               is_closed=False, opportunity_created_at=opp.created_at, opportunity_closed_at=None, rate_date=None,
+               company_credit=Decimal("10.00"))
 
     def rows():
         for _ in range(20_000):  # past the writer's flush threshold: some data has gone to the server

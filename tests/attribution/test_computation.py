@@ -188,7 +188,7 @@ def test_report_spend_roi_and_api(client, superuser):
     assert set(resp.json()["error"]["fields"]) >= {"model"}
     csv_resp = client.get("/api/v1/attribution/report", {"model": "linear", "group_by": "channel", "format": "csv"})
     assert csv_resp.status_code == 200 and csv_resp["Content-Type"].startswith("text/csv")
-    assert csv_resp.content.decode().splitlines()[0].startswith("group,attributed_revenue")
+    assert csv_resp.content.decode().splitlines()[0].startswith("group,currency,attributed_revenue")
     cmp = client.get("/api/v1/attribution/compare", {"group_by": "channel"}).json()
     assert cmp["results"][0]["revenue"]["linear"] == "1200.00"
 
@@ -263,7 +263,9 @@ def test_pipeline_report_by_hand(client, superuser):
     assert stages["prospecting"]["reached"] == 3 and stages["negotiation"]["reached"] == 1
     assert stages["prospecting"]["conversion_rate"] == pytest.approx(2 / 3, abs=1e-4)
     assert stages["prospecting"]["median_days"] == 7.0  # 10 days (won) and 4 days (lost): median 7
-    assert body["win_rate_by_source"] == [{"source": "email", "won": 1, "lost": 1, "win_rate": 0.5}]
+    assert body["win_rate_by_source"] == [
+        {"source": "email", "won": 1, "lost": 1, "win_rate": 0.5, "won_amount": "100.00", "average_deal_size": "100.00"}
+    ]
     assert body["average_deal_size"] == "100.00"
     assert body["weighted_forecast"] == "500.00"  # proposal at 50%
     assert body["velocity_days"] == 10.0

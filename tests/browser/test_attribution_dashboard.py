@@ -5,7 +5,7 @@ through Playwright, as tests/browser/test_admin_browser.py."""
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone as dt_tz
+from datetime import date, datetime, timedelta, timezone as dt_tz
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,6 +13,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from attribution.computation import attribution_compute
+from attribution.forecast import forecast_snapshot_take
+from attribution.money import exchange_rate_upsert
 from attribution.models import AttributionModel
 from martech.models import Channel, LifecycleStage
 from attribution.services import (
@@ -62,6 +64,12 @@ def data(live_server):
         opportunity_change_stage(opportunity=opp, to_stage=stage_for(pipeline=opp.pipeline, key="qualification"), source="t", at=T0 + timedelta(days=2 + n))
         if won:
             opportunity_change_stage(opportunity=opp, to_stage=stage_for(pipeline=opp.pipeline, key="closed_won"), source="t", at=T0 + timedelta(days=9))
+    # An open deal in euros expected in March (1,000 EUR at 1.10, 50%), and the forecast as it stood on 20 February.
+    exchange_rate_upsert(currency="EUR", date=date(2026, 1, 1), rate="1.10", source="t")
+    opp, _ = opportunity_upsert(data={"name": "Deal EUR", "amount": Decimal("1000.00"), "currency": "EUR", "created_at": T0,
+                                      "stage": "proposal", "source": "email", "expected_close_date": date(2026, 3, 10)}, source="t")
+    opportunity_set_contact(opportunity=opp, lead=leads[3], is_primary=True)
+    forecast_snapshot_take(on=date(2026, 2, 20))
     attribution_compute()
 
     api = APIClient()
@@ -73,6 +81,8 @@ def data(live_server):
         ("month", "report", {"model": "linear", "group_by": "month"}),
         ("compare", "compare", {"group_by": "channel"}),
         ("pipeline", "pipeline", {}),
+        ("forecast", "forecast", {}),
+        ("accuracy", "forecast/accuracy", {}),
     ]:
         r = api.get(f"/api/v1/attribution/{path}", params)
         assert r.status_code == 200, r.content
@@ -114,7 +124,10 @@ def test_analyst_sees_every_chart_with_the_api_numbers(live_server, data, browse
     charts = _chart_data(page)
     page.screenshot(path=str(SCREENSHOTS / "attribution_dashboard.png"), full_page=True)
 
-    assert set(charts) == {"chart-channel", "chart-compare", "chart-spend", "chart-month", "chart-funnel", "chart-velocity"}
+    assert set(charts) == {
+        "chart-channel", "chart-compare", "chart-spend", "chart-month", "chart-funnel", "chart-velocity",
+        "chart-forecast-month", "chart-forecast-source", "chart-accuracy", "chart-source",
+    }
     assert all(c["drawn"] for c in charts.values())
 
     ch = data["channel"]["results"]
@@ -164,3 +177,28 @@ def test_analyst_sees_every_chart_with_the_api_numbers(live_server, data, browse
     assert avg["data"][0] == 3.0
     assert data["pipeline"]["velocity_days"] == 9.0
     assert page.inner_text("#att-velocity") == "9 days from creation to close won"
+
+    # Money: the currency and the rate dates used are said above the charts.
+    assert page.inner_text("#att-money") == (
+        "Amounts in USD, converted at each deal's close-day rate (creation day while open); rates dated 2026-01-01 to 2026-01-01."
+    )
+
+    fc = data["forecast"]
+    assert [r["month"] for r in fc["by_month"]] == charts["chart-forecast-month"]["labels"] == ["2026-03", "(unscheduled)"]
+    weighted, commit, open_pipeline = charts["chart-forecast-month"]["datasets"]
+    assert weighted["data"] == [float(r["weighted"]) for r in fc["by_month"]] == [550.0, 160.0]  # 1,100 x 50%; 800 x 20%
+    assert commit["data"] == [0.0, 0.0] and open_pipeline["data"] == [1100.0, 800.0]
+    assert weighted["label"] == "Weighted, USD"
+    assert charts["chart-forecast-source"]["labels"] == ["(none)", "Email"]
+    assert page.locator("#chart-forecast-month-table tbody tr").count() == 2
+
+    acc = data["accuracy"]["results"]
+    assert [(r["month"], r["forecast_taken_on"], r["weighted"], r["actual"]) for r in acc] == [("2026-03", "2026-02-20", "550.00", "0.00")]
+    assert charts["chart-accuracy"]["labels"] == ["2026-03 (forecast of 2026-02-20)"]
+    assert [d["data"] for d in charts["chart-accuracy"]["datasets"]] == [[550.0], [0.0], [0.0]]
+
+    size, rate = charts["chart-source"]["datasets"]
+    assert charts["chart-source"]["labels"] == ["(none)"]
+    assert (size["data"], rate["data"]) == ([3250.0], [100.0])
+    colours = page.evaluate("window.attributionCharts['chart-source'].data.datasets.map((d) => d.borderColor)")
+    assert len(set(colours)) == 2

@@ -57,18 +57,29 @@
     if (event) event.preventDefault();
     document.body.removeAttribute("data-attribution-loaded");
     const f = new FormData(document.getElementById("att-filters"));
-    const p = { model: f.get("model"), start: f.get("start"), end: f.get("end") };
+    const p = { model: f.get("model"), start: f.get("start"), end: f.get("end"), currency: (f.get("currency") || "").trim().toUpperCase() };
     status.textContent = "Loading…";
     try {
-      const [byChannel, byCampaign, byMonth, compare, pipeline] = await Promise.all([
+      const [byChannel, byCampaign, byMonth, compare, pipeline, fc, accuracy] = await Promise.all([
         get("report", { ...p, group_by: "channel" }),
         get("report", { ...p, group_by: "campaign" }),
         get("report", { ...p, group_by: "month" }),
-        get("compare", { group_by: "channel", start: p.start, end: p.end }),
+        get("compare", { group_by: "channel", start: p.start, end: p.end, currency: p.currency }),
         get("pipeline", { start: p.start, end: p.end }),
+        get("forecast", { currency: p.currency }),
+        get("forecast/accuracy", {}),
       ]);
+      // Which currency the amounts are in, the rate dates used, and what had no rate.
+      const cur = byChannel.currency;
+      const money = [byChannel.converted
+        ? `Amounts in ${cur}, converted at each deal's close-day rate (creation day while open)` +
+          (byChannel.rate_date_first ? `; rates dated ${byChannel.rate_date_first} to ${byChannel.rate_date_last}` : "")
+        : `Only deals and spend in ${cur}, unconverted`];
+      const missing = [...new Set([...byChannel.unconverted_currencies, ...fc.unconverted_currencies, ...pipeline.unconverted_currencies])];
+      if (missing.length) money.push(`left out for want of a rate: ${missing.join(", ")}`);
+      document.getElementById("att-money").textContent = money.join("; ") + ".";
       const ch = byChannel.results;
-      draw("chart-channel", "bar", ch.map((r) => label("channels", r.group)), [{ label: `Revenue (${label("models", p.model)})`, data: ch.map((r) => +r.attributed_revenue) }]);
+      draw("chart-channel", "bar", ch.map((r) => label("channels", r.group)), [{ label: `Revenue, ${cur} (${label("models", p.model)})`, data: ch.map((r) => +r.attributed_revenue) }]);
       const cmp = compare.results;
       const models = cmp.length ? Object.keys(cmp[0].revenue) : [];
       draw("chart-compare", "bar", cmp.map((r) => label("channels", r.group)), models.map((m) => ({ label: label("models", m), data: cmp.map((r) => +r.revenue[m]) })));
@@ -90,6 +101,28 @@
         { label: "Average days in stage", data: st.map((r) => r.average_days) },
         { label: "Median days in stage", data: st.map((r) => r.median_days) },
       ]);
+      const fm = fc.by_month;
+      draw("chart-forecast-month", "bar", fm.map((r) => r.month), [
+        { label: `Weighted, ${fc.currency}`, data: fm.map((r) => +r.weighted) },
+        { label: `Commit (${fc.commit_probability}%+), ${fc.currency}`, data: fm.map((r) => +r.commit) },
+        { label: `Open pipeline, ${fc.currency}`, data: fm.map((r) => +r.pipeline) },
+      ]);
+      const fs = fc.by_source;
+      draw("chart-forecast-source", "bar", fs.map((r) => label("channels", r.source)), [
+        { label: `Weighted, ${fc.currency}`, data: fs.map((r) => +r.weighted) },
+        { label: `Commit, ${fc.currency}`, data: fs.map((r) => +r.commit) },
+      ]);
+      const acc = accuracy.results;
+      draw("chart-accuracy", "bar", acc.map((r) => `${r.month} (forecast of ${r.forecast_taken_on})`), [
+        { label: `Weighted forecast, ${accuracy.currency}`, data: acc.map((r) => +r.weighted) },
+        { label: `Commit forecast, ${accuracy.currency}`, data: acc.map((r) => +r.commit) },
+        { label: `Won, ${accuracy.currency}`, data: acc.map((r) => +r.actual) },
+      ]);
+      const ws = pipeline.win_rate_by_source;
+      draw("chart-source", "bar", ws.map((r) => label("channels", r.source)), [
+        { label: `Average won deal, ${pipeline.currency}`, data: ws.map((r) => (r.average_deal_size === null ? null : +r.average_deal_size)), yAxisID: "y" },
+        { label: "Win rate, %", data: ws.map((r) => Math.round(r.win_rate * 1000) / 10), yAxisID: "y1" },
+      ], { scales: { y: { position: "left" }, y1: { position: "right", min: 0, max: 100, grid: { drawOnChartArea: false } } } });
       document.getElementById("att-velocity").textContent =
         pipeline.velocity_days === null ? "no won deals yet" : `${pipeline.velocity_days} days from creation to close won`;
       status.textContent = "";
