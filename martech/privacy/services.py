@@ -25,6 +25,7 @@ from martech.privacy import crm
 from martech.privacy.models import CrmDeletion, PrivacyRequest
 from martech.privacy.subjects import Subject, sections, subject_find
 from martech.privacy.tombstones import digest, tombstones_add
+from martech.services.leads import person_key_lock
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,14 @@ def subject_erase(*, email: str = "", lead_id: int | None = None, crm_id: str = 
     someone already erased finds nothing and writes an empty receipt."""
 
     def run() -> PrivacyRequest:
+        # The person's key lock before their lead's row lock (lead_upsert
+        # takes the same one before creating a lead): a create of this email
+        # either committed before (and is erased here) or waits, then meets
+        # the tombstone.
+        person_key_lock([("email", str(email).strip().lower())] if email else [])
         subject = subject_find(email=email, lead_id=lead_id, crm_id=crm_id, lock=True)
+        person_key_lock([("email", e) for e in subject.emails]
+                        + [(column, v) for column, values in subject.crm_ids.items() for v in values])
         request = PrivacyRequest.objects.create(
             kind=PrivacyRequest.Kind.ERASURE, subject_kind=subject.named_by, subject_hash=_request_hash(subject),
             requested_by=actor, source=source[:100])

@@ -5,13 +5,14 @@ dict keyed by the offending field, so admin, API and importers can name it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import datetime
 from typing import Any, Mapping
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from martech import hooks, signals
@@ -145,6 +146,21 @@ def refuse_erased(keys: list[tuple[str, str]]) -> None:
         raise SubjectErased({field: [ERASED_MESSAGE]})
 
 
+def person_key_lock(keys: list[tuple[str, str]]) -> None:
+    """Serialize the creation of a lead and the erasure of the same person
+    (PostgreSQL: a transaction-scoped advisory lock per key, taken in one
+    order). Without it a create that checked the tombstones before an
+    erasure committed could insert the lead after the erasure looked for it.
+    SQLite runs one writer at a time, so there is nothing to do."""
+    if connection.vendor != "postgresql":
+        return
+    ids = sorted({int.from_bytes(hashlib.sha256(f"{k}:{v}".encode()).digest()[:8], "big", signed=True)
+                  for k, v in keys if v})
+    with connection.cursor() as cursor:
+        for lock_id in ids:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
+
+
 def _find_lead(cleaned: dict[str, Any], *, lock: bool) -> Lead | None:
     qs = Lead.objects.select_for_update() if lock else Lead.objects.all()
     if cleaned.get("email"):
@@ -243,6 +259,13 @@ def lead_upsert(
         lead = _find_lead(cleaned, lock=True)
     created = False
     if lead is None:
+        # A new lead: checked again under the person's key lock, so an
+        # erasure that committed meanwhile (and deleted the row we would
+        # otherwise have found) is seen.
+        keys = [("email", cleaned["email"])] if cleaned.get("email") else \
+            [(k, cleaned[k]) for k in CRM_KEYS if cleaned.get(k)]
+        person_key_lock(keys)
+        refuse_erased(keys)
         lead = Lead(**{k: v for k, v in cleaned.items() if v not in ("", None)})
         lead.properties = props or {}
         lead.account = account_for_domain(lead.email)
