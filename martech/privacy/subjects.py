@@ -134,8 +134,10 @@ def sections(subject: Subject) -> list[tuple[str, QuerySet]]:
     if needles:
         log_q |= reduce(or_, (Q(object_repr__icontains=n) | Q(change_message__icontains=n) for n in needles))
     events = _lead_q("lead_id", leads)
+    touches = _lead_q("lead_id", leads)
     if subject.anonymous_ids:
         events |= Q(anonymous_id__in=sorted(subject.anonymous_ids))
+        touches |= Q(event__anonymous_id__in=sorted(subject.anonymous_ids))
     return [
         # martech
         ("martech.Lead", Lead.objects.filter(pk__in=leads)),
@@ -155,17 +157,17 @@ def sections(subject: Subject) -> list[tuple[str, QuerySet]]:
         # nurture
         ("nurture.Enrollment", M("nurture", "Enrollment").objects.filter(_lead_q("lead_id", leads))),
         ("nurture.StepExecution", M("nurture", "StepExecution").objects.filter(_lead_q("enrollment__lead_id", leads))),
-        ("nurture.Message", M("nurture", "Message").objects.filter(
-            _lead_q("lead_id", leads) | Q(to__in=sorted(subject.emails)))),
+        ("nurture.Message", M("nurture", "Message").objects.filter(_lead_q("lead_id", leads))),
         ("nurture.Suppression", M("nurture", "Suppression").objects.filter(address__in=sorted(subject.emails))),
         ("nurture.AudienceMember", M("nurture", "AudienceMember").objects.filter(_lead_q("lead_id", leads))),
         ("nurture.SegmentMember", M("nurture", "SegmentMember").objects.filter(_lead_q("lead_id", leads))),
         # attribution
         ("attribution.OpportunityContactRole",
          M("attribution", "OpportunityContactRole").objects.filter(_lead_q("lead_id", leads))),
-        ("attribution.Touchpoint", M("attribution", "Touchpoint").objects.filter(_lead_q("lead_id", leads))),
-        ("attribution.AttributionCredit",
-         M("attribution", "AttributionCredit").objects.filter(_lead_q("touchpoint__lead_id", leads))),
+        # Touches of the person's lead, and of any event under their anonymous ids.
+        ("attribution.Touchpoint", M("attribution", "Touchpoint").objects.filter(touches)),
+        ("attribution.AttributionCredit", M("attribution", "AttributionCredit").objects.filter(
+            touchpoint__in=M("attribution", "Touchpoint").objects.filter(touches).values("pk"))),
         # CRM sync
         ("crm.OutboxItem", M("crm", "OutboxItem").objects.filter(crm_rows)),
         ("crm.PushState", M("crm", "PushState").objects.filter(crm_rows)),
