@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import EmptyResultSet
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 
@@ -138,7 +139,10 @@ def _delete_in_one_statement(qs) -> int:
     """``DELETE FROM table WHERE pk IN (<the queryset's pks>)``: no rows
     loaded, no signals (none are connected to these models)."""
     model = qs.model
-    inner, params = qs.order_by().values("pk").query.sql_with_params()
+    try:
+        inner, params = qs.order_by().values("pk").query.sql_with_params()
+    except EmptyResultSet:  # nothing to match (no lead, no anonymous id)
+        return 0
     quote = connection.ops.quote_name
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {quote(model._meta.db_table)} WHERE {quote(model._meta.pk.column)} IN ({inner})",
