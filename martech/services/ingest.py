@@ -474,6 +474,15 @@ def events_ingest(
     email only, empty fields filled, nothing overwritten), and what could not
     be applied is kept on the item's event under ``not_applied``.
     """
+    # One read of the configuration tokens for the whole batch (the catalog,
+    # UTM tables, erasure tombstones); a caller's snapshot (the tracker's) holds.
+    with configcache.snapshot():
+        return _ingest(items=items, source=source, actor=actor, batch_context=batch_context, policy=policy,
+                       public=public)
+
+
+def _ingest(*, items: list[Any], source: str, actor, batch_context: dict | None, policy: str | None,
+            public: bool) -> IngestResult:
     policy = policy or settings.MARTECH["UNKNOWN_EVENT_POLICY"]
     parsed: list[_Item] = []
     for index, raw in enumerate(items):
