@@ -4,12 +4,14 @@ lead list has the same as actions). Superusers and the Privacy role
 (martech.roles) see it; acting needs the export or erase permission."""
 from __future__ import annotations
 
+from django.apps import apps
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.text import capfirst
 
 from martech.admin.base import BaseAdmin, ReadOnlyMixin, denied, validation_messages
 from martech.privacy import services
@@ -19,6 +21,15 @@ from martech.privacy.subjects import sections, subject_find
 
 EXPORT_PERM = "privacy.export_subject"
 ERASE_PERM = "privacy.erase_subject"
+
+
+def kind_label(label: str) -> str:
+    """"nurture.Message" as ops read it: "Messages (Nurture workflows)"."""
+    try:
+        model = apps.get_model(label)
+    except LookupError:
+        return label
+    return f"{capfirst(model._meta.verbose_name_plural)} ({model._meta.app_config.verbose_name})"
 
 
 def zip_response(export: services.Export) -> HttpResponse:
@@ -59,7 +70,8 @@ class PrivacyRequestAdmin(ReadOnlyMixin, BaseAdmin):
     def receipt(self, obj: PrivacyRequest) -> str:
         counts = obj.counts or {}
         parts = counts.items() if obj.kind == PrivacyRequest.Kind.ERASURE else [("found", counts)]
-        rows = [(what, label, n) for what, per in parts if isinstance(per, dict) for label, n in sorted(per.items())]
+        rows = [(what.capitalize(), kind_label(label), n) for what, per in parts if isinstance(per, dict)
+                for label, n in sorted(per.items())]
         if not rows:
             return "Nothing held."
         return format_html("<table><tr><th>What</th><th>Kind of record</th><th>Rows</th></tr>{}</table>",
@@ -88,7 +100,8 @@ class PrivacyRequestAdmin(ReadOnlyMixin, BaseAdmin):
                 if "erase" in request.POST and context["can_erase"]:
                     if "confirm" not in request.POST:
                         subject = subject_find(**form.subject_kwargs())
-                        context["found"] = [(label, n) for label, qs in sections(subject) if (n := qs.count())]
+                        context["found"] = [(kind_label(label), n) for label, qs in sections(subject)
+                                            if (n := qs.count())]
                         return TemplateResponse(request, "admin/privacy/confirm_erase.html", context)
                     receipt = services.subject_erase(
                         **form.subject_kwargs(), actor=user, source="admin",

@@ -58,7 +58,7 @@ def test_erase_action_confirms_then_erases_and_lists_the_receipt(client, dpo):
     listing = client.get(REQUESTS).content.decode()
     assert f"Erasure #{receipt.pk}" in listing
     detail = client.get(f"{REQUESTS}{receipt.pk}/change/").content.decode()
-    assert "martech.Event" in detail and person.email not in detail
+    assert "Events (Marketing)" in detail and person.email not in detail
 
 
 def test_export_action_downloads_the_zip(client, dpo):
@@ -78,7 +78,7 @@ def test_subject_page_exports_and_erases_by_email_after_confirmation(client, dpo
     assert r["Content-Type"] == "application/zip"
     confirm = client.post(SUBJECT, {"email": person.email, "crm_delete": "on", "erase": "1"})
     page = confirm.content.decode()
-    assert "Yes, erase" in page and "nurture.Message" in page
+    assert "Yes, erase" in page and "Messages (Nurture" in page
     assert Lead.objects.filter(pk=person.lead.pk).exists()
     done = client.post(SUBJECT, {"email": person.email, "erase": "1", "confirm": "1"})
     assert done.status_code == 302
