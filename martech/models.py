@@ -805,6 +805,8 @@ class ApiClient(TimestampedModel):
         ATTRIBUTION_WRITE = "attribution:write", "Write opportunities and spend"
         NURTURE_READ = "nurture:read", "Read nurture workflows and metrics"
         NURTURE_WRITE = "nurture:write", "Enroll leads in nurture workflows and edit email templates"
+        PRIVACY_EXPORT = "privacy:export", "Export everything held about a person (subject access)"
+        PRIVACY_ERASE = "privacy:erase", "Erase a person from every app"
 
     name = models.CharField(max_length=100, unique=True)
     token_prefix = models.CharField(max_length=12, editable=False)

@@ -37,6 +37,13 @@ ROLES: dict[str, dict[str, tuple[str, ...]]] = {
         "django_q": VIEW,
         "crm": VIEW,
     },
+    # Data protection staff: answer subject access and erasure requests. They
+    # find the person among the leads (read only) and act through the
+    # privacy app's services; what was done is listed in the Privacy area.
+    "Privacy": {
+        "privacy": ("view", "export", "erase"),
+        "martech": VIEW,
+    },
 }
 
 # The routing admins: told of SLA breaches when neither the rep's manager nor

@@ -92,6 +92,7 @@ INSTALLED_APPS = [
     "nurture",
     "attribution",
     "martech.crm.apps.CrmConfig",
+    "martech.privacy.apps.PrivacyConfig",
 ]
 
 MIDDLEWARE = [
@@ -325,6 +326,14 @@ MARTECH = {
     # /healthz fails when no qcluster has reported for this many seconds.
     "HEALTHZ_CLUSTER_MAX_AGE": env.int("MARTECH_HEALTHZ_CLUSTER_MAX_AGE", default=30),
 }
+# Privacy (martech.privacy): subject access export and erasure.
+MARTECH_PRIVACY = {
+    # The salt of the erasure tombstones (salted hashes of erased emails and
+    # ids). Empty: SECRET_KEY. Set it once and keep it: a new salt forgets
+    # every tombstone, and erased people could come back with the next import.
+    "SALT": env.str("MARTECH_PRIVACY_SALT", default=""),
+}
+
 # Attribution (attribution app): windows and model parameters.
 MARTECH_ATTRIBUTION = {
     # Touches count from this many days before an opportunity's creation through its close.

@@ -23,6 +23,7 @@ from django.utils.html import format_html
 from import_export.admin import ExportMixin
 
 from martech.admin.actions import change_lifecycle_stage, merge_leads
+from martech.privacy.admin import erase_personal_data, export_personal_data
 from martech.admin.base import BigTableAdmin, ServiceSaveMixin, add_errors_to_form
 from martech.models import Identity, Lead, LifecycleStage
 from martech.resources import LeadExportResource
@@ -197,7 +198,7 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
     list_filter = ["lifecycle_stage", ScoreRangeFilter, "original_source", "created_at"]
     search_fields = ("email", "first_name", "last_name", "company_name")
     search_help_text = "Email (a full address is looked up exactly), first or last name, or company."
-    actions = [change_lifecycle_stage, merge_leads]
+    actions = [change_lifecycle_stage, merge_leads, export_personal_data, erase_personal_data]
     inlines = [IdentityInline]
 
     # --- changelist ---------------------------------------------------------
@@ -391,6 +392,13 @@ class LeadAdmin(ServiceSaveMixin, ExportMixin, BigTableAdmin):
 
     def has_merge_permission(self, request: HttpRequest) -> bool:
         return self.has_change_permission(request) and self.has_delete_permission(request)
+
+    # The privacy actions (martech.privacy.admin): the Privacy role's, not an edit of the lead.
+    def has_privacy_export_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("privacy.export_subject")
+
+    def has_privacy_erase_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("privacy.erase_subject")
 
     # --- CSV import ---------------------------------------------------------
 

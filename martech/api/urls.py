@@ -28,4 +28,5 @@ urlpatterns = [
     path("", include("attribution.api.urls")),
     path("", include("martech.crm.api.urls")),
     path("nurture/", include("nurture.api.urls")),
+    path("privacy/", include("martech.privacy.api.urls")),
 ]

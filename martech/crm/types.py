@@ -11,10 +11,15 @@ from martech.crm.objects import Link, ObjectType, register
 
 
 def _lead_write(*, instance, data: dict[str, Any], source: str):
-    from martech.services.leads import lead_upsert
+    from martech.services.leads import SubjectErased, lead_upsert
 
     # No ``lead=``: lead_upsert finds the row by email, else CRM id (the capture dedupe path).
-    lead, _ = lead_upsert(data=data, source=source)
+    try:
+        lead, _ = lead_upsert(data=data, source=source)
+    except SubjectErased:
+        # An erased person pulled again (the CRM still has them, or a webhook
+        # names them): skipped, not a pull failure to retry (the pull counts it).
+        return None
     return lead
 
 

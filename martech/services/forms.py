@@ -24,7 +24,7 @@ from martech.models import Event, EventType, Form, FormFieldType, Identity, cons
 from martech.selectors import NOT_APPLIED
 from martech.services.campaigns import UTM_FIELDS
 from martech.services.ingest import Touch, UtmResolver, lead_touch_update
-from martech.services.leads import consent_record, identity_link, lead_upsert
+from martech.services.leads import SubjectErased, consent_record, identity_link, lead_upsert
 from martech.services.normalize import refuse_unstorable
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class FormSubmission:
     event_id: int | None = None
     spam: bool = False
     duplicate: bool = False
+    # The person was erased (privacy): answered like a success, nothing kept.
+    suppressed: bool = False
 
 
 def _truthy(value: Any) -> bool:
@@ -113,6 +115,9 @@ def form_submit(
             user_agent=user_agent,
             page_url=page_url,
         )
+    except SubjectErased:
+        log.info("form %s: a submission about an erased person; nothing kept", form.key)
+        return FormSubmission(lead_id=None, created=False, suppressed=True)
     except ValidationError as exc:
         # Name the form's own fields, not the lead's.
         by_lead_field = {f["lead_field"]: f for f in form.fields}

@@ -42,7 +42,7 @@ from martech import hooks, signals
 from martech.csvsafe import cell_unescape
 from martech.models import Account, Lead, LifecycleStage, StageTransition
 from martech.resources import EXPORT_ONLY_COLUMNS, IMPORT_COLUMNS
-from martech.services.leads import CRM_KEYS, clean_lead_data, lead_upsert
+from martech.services.leads import CRM_KEYS, ERASED_MESSAGE, clean_lead_data, erased_keys, lead_upsert
 from martech.services.normalize import free_mail_domains, normalize_domain
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,23 @@ def _parse_rows(
             continue
         cleaned.pop("lifecycle_stage", None)
         yield _Row(number=number, raw=raw, cleaned=cleaned, stage=stage)
+
+
+def _without_erased(chunk: list[_Row], report: ImportReport) -> list[_Row]:
+    """Rows about an erased person are row errors naming the field (one
+    tombstone look-up per chunk); the bulk path below never meets them."""
+    keys = {(k, r.cleaned[k]) for r in chunk for k in ("email", *CRM_KEYS) if r.cleaned.get(k)}
+    erased = erased_keys(sorted(keys))
+    if not erased:
+        return chunk
+    kept = []
+    for row in chunk:
+        hit = next((k for k in ("email", *CRM_KEYS) if (k, row.cleaned.get(k)) in erased), None)
+        if hit is None:
+            kept.append(row)
+        else:
+            report.errors.append(RowError(row.number, hit, ERASED_MESSAGE))
+    return kept
 
 
 def _chunks(rows: Iterator[_Row], size: int) -> Iterator[list[_Row]]:
@@ -378,6 +395,9 @@ def lead_import_csv(*, file: IO, actor=None, source: str = "import:csv", chunk_s
     default_stage = stages.get(settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"])
     rows = _parse_rows(_text_lines(file), stages=stages, report=report)
     for chunk in _chunks(rows, chunk_size):
+        chunk = _without_erased(chunk, report)
+        if not chunk:
+            continue
         with transaction.atomic():
             try:
                 with transaction.atomic():

@@ -38,7 +38,7 @@ from martech.db import is_conflict, run_in_transaction
 from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
 from martech.selectors import NOT_APPLIED
 from martech.services.campaigns import UTM_FIELDS, UtmNormalizer, campaigns_by_utm
-from martech.services.leads import clean_lead_data, identity_link, lead_upsert
+from martech.services.leads import ERASED_MESSAGE, clean_lead_data, erased_keys, identity_link, lead_upsert
 from martech.services.normalize import find_unstorable, normalize_email
 
 log = logging.getLogger(__name__)
@@ -474,6 +474,15 @@ def events_ingest(
     email only, empty fields filled, nothing overwritten), and what could not
     be applied is kept on the item's event under ``not_applied``.
     """
+    # One read of the configuration tokens for the whole batch (the catalog,
+    # UTM tables, erasure tombstones); a caller's snapshot (the tracker's) holds.
+    with configcache.snapshot():
+        return _ingest(items=items, source=source, actor=actor, batch_context=batch_context, policy=policy,
+                       public=public)
+
+
+def _ingest(*, items: list[Any], source: str, actor, batch_context: dict | None, policy: str | None,
+            public: bool) -> IngestResult:
     policy = policy or settings.MARTECH["UNKNOWN_EVENT_POLICY"]
     parsed: list[_Item] = []
     for index, raw in enumerate(items):
@@ -524,9 +533,18 @@ def _store(parsed: list[_Item], *, source: str, actor, public: bool = False) -> 
     claimed: set[str] = set()
     candidates: list[_Item] = []
     quarantined: list[_Item] = []
+    erased = _erased_items(pending)
     for item in pending:
         if item.message_id in existing or item.message_id in claimed:
             item.result = ItemResult(item.index, item.message_id, DUPLICATE)
+            continue
+        if item.index in erased:
+            # An erased person's input is not kept anywhere (not even in the
+            # quarantine). Public senders (the tracker) hear "accepted", as for
+            # anyone: the answer must not tell whom we erased.
+            fld = erased[item.index]
+            item.result = (ItemResult(item.index, item.message_id, ACCEPTED) if public else
+                           ItemResult(item.index, item.message_id, REJECTED, fld, ERASED_MESSAGE))
             continue
         claimed.add(item.message_id)
         (quarantined if item.quarantine else candidates).append(item)
@@ -551,6 +569,22 @@ def _store(parsed: list[_Item], *, source: str, actor, public: bool = False) -> 
         transaction.on_commit(
             lambda: signals.events_ingested.send(sender=Event, event_ids=event_ids, with_lead=with_lead))
     return result
+
+
+def _erased_items(items: list[_Item]) -> dict[int, str]:
+    """Item index -> the field that names an erased person (email,
+    anonymousId, userId): one tombstone look-up for the whole batch."""
+    keys = {}
+    for item in items:
+        for kind, value, fld in (("email", item.email, item.email_field or "email"),
+                                 ("anonymous", item.anonymous_id, "anonymousId"), ("user", item.user_id, "userId")):
+            if value:
+                keys.setdefault((kind, value), []).append((item.index, fld))
+    out: dict[int, str] = {}
+    for key in erased_keys(list(keys)):
+        for index, fld in keys[key]:
+            out.setdefault(index, fld)
+    return out
 
 
 def _quarantine(items: list[_Item], *, source: str) -> None:

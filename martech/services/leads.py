@@ -5,13 +5,14 @@ dict keyed by the offending field, so admin, API and importers can name it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import datetime
 from typing import Any, Mapping
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from martech import hooks, signals
@@ -114,6 +115,52 @@ def clean_lead_data(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Said to whoever sends in a person who was erased (privacy): staff, the
+# API and imports read it; public input (forms, the tracker) is answered as
+# if accepted instead, so the answer never tells what we hold or held.
+ERASED_MESSAGE = "This person's data was erased at their request; it is not taken in again."
+
+
+class SubjectErased(ValidationError):
+    """Input about a person who was erased (a tombstone matches its email,
+    CRM id or analytics id). A ValidationError naming the field, so every
+    caller that reports those reports it; public and CRM paths suppress it."""
+
+
+def erased_keys(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (kind, value) pairs of ``keys`` that belong to an erased person
+    (kinds: email, hubspot_id, salesforce_lead_id, salesforce_contact_id,
+    anonymous, user). The privacy app provides the check (martech.hooks);
+    without it nothing is erased."""
+    keys = [(k, v) for k, v in keys if v]
+    if not keys:
+        return set()
+    return hooks.call("erased_keys", keys=keys) or set()
+
+
+def refuse_erased(keys: list[tuple[str, str]]) -> None:
+    """Raise SubjectErased naming the first field whose value was erased."""
+    erased = erased_keys(keys)
+    if erased:
+        field = next(k for k, v in keys if (k, v) in erased)
+        raise SubjectErased({field: [ERASED_MESSAGE]})
+
+
+def person_key_lock(keys: list[tuple[str, str]]) -> None:
+    """Serialize the creation of a lead and the erasure of the same person
+    (PostgreSQL: a transaction-scoped advisory lock per key, taken in one
+    order). Without it a create that checked the tombstones before an
+    erasure committed could insert the lead after the erasure looked for it.
+    SQLite runs one writer at a time, so there is nothing to do."""
+    if connection.vendor != "postgresql":
+        return
+    ids = sorted({int.from_bytes(hashlib.sha256(f"{k}:{v}".encode()).digest()[:8], "big", signed=True)
+                  for k, v in keys if v})
+    with connection.cursor() as cursor:
+        for lock_id in ids:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_id])
+
+
 def _find_lead(cleaned: dict[str, Any], *, lock: bool) -> Lead | None:
     qs = Lead.objects.select_for_update() if lock else Lead.objects.all()
     if cleaned.get("email"):
@@ -200,6 +247,8 @@ def lead_upsert(
                 unapplied[key] = value
     if target is None and not cleaned.get("email") and not any(cleaned.get(k) for k in CRM_KEYS):
         raise ValidationError({"email": ["An email (or a CRM id) is required."]})
+    # Before any read or write: an erased person's email or CRM id never makes a lead again.
+    refuse_erased([(k, cleaned[k]) for k in ("email", *CRM_KEYS) if cleaned.get(k)])
     stage_key = cleaned.pop("lifecycle_stage", None)
     stage = stage_by_key(stage_key) if stage_key else None
     props = cleaned.pop("properties", None)
@@ -210,6 +259,13 @@ def lead_upsert(
         lead = _find_lead(cleaned, lock=True)
     created = False
     if lead is None:
+        # A new lead: checked again under the person's key lock, so an
+        # erasure that committed meanwhile (and deleted the row we would
+        # otherwise have found) is seen.
+        keys = [("email", cleaned["email"])] if cleaned.get("email") else \
+            [(k, cleaned[k]) for k in CRM_KEYS if cleaned.get(k)]
+        person_key_lock(keys)
+        refuse_erased(keys)
         lead = Lead(**{k: v for k, v in cleaned.items() if v not in ("", None)})
         lead.properties = props or {}
         lead.account = account_for_domain(lead.email)

@@ -7,7 +7,7 @@ from martech.roles import ROLES
 
 pytestmark = pytest.mark.django_db
 
-ROLE_NAMES = {"Marketing Ops", "Sales Ops", "Analyst"}
+ROLE_NAMES = {"Marketing Ops", "Sales Ops", "Analyst", "Privacy"}
 
 
 def _codenames(group_name: str) -> set[str]:
@@ -72,3 +72,13 @@ def test_resync_is_idempotent():
     before = {name: _codenames(name) for name in ROLE_NAMES}
     sync_roles(apps)
     assert {name: _codenames(name) for name in ROLE_NAMES} == before
+
+
+def test_only_the_privacy_role_exports_and_erases_people():
+    perms = _codenames("Privacy")
+    assert {("privacy", "export_subject"), ("privacy", "erase_subject"), ("privacy", "view_privacyrequest"),
+            ("martech", "view_lead")} <= perms
+    # It reads leads to find the person; it changes nothing else.
+    assert not {c for app, c in perms if app == "martech" and not c.startswith("view_")}
+    for other in ("Marketing Ops", "Sales Ops", "Analyst"):
+        assert not {c for app, c in _codenames(other) if app == "privacy"}, other

@@ -181,7 +181,8 @@ class HubSpotConnector:
     # further is a 400); pull_since windows under it. Tests lower it with the emulator's.
     search_cap = 10_000
     # The object types this connector syncs (martech.crm.objects): our key -> HubSpot's object type.
-    objects = {**{key: spec.name for key, spec in OBJECTS.items()}, "list": "lists"}
+    # "erasure": an erasure's GDPR delete of the contact (martech.privacy.crm).
+    objects = {**{key: spec.name for key, spec in OBJECTS.items()}, "list": "lists", "erasure": "contacts"}
     list_batch = LIST_BATCH
 
     def __init__(self, connection, *, sleep=None):
@@ -786,6 +787,29 @@ class HubSpotConnector:
             else:
                 out.added[person] = ""
         return out
+
+    def person_delete(self, remote_id: str) -> bool:
+        """HubSpot's GDPR delete of a contact (``POST /crm/v3/objects/contacts/gdpr-delete``
+        with ``{"objectId": id}``, answered 204): the contact and its
+        history are purged in HubSpot. False when HubSpot has no such contact
+        (404: deleted already, e.g. a retry after a lost answer). The
+        generated client has no GDPR API, so the contacts client's
+        ``call_api`` sends it (same host, token, errors and retries)."""
+        api_client = self.client.crm.contacts.basic_api.api_client
+
+        def purge(_request_timeout=None):
+            return api_client.call_api(
+                "/crm/v3/objects/contacts/gdpr-delete", "POST", {}, [],
+                {"Content-Type": "application/json", "Accept": "*/*"}, body={"objectId": str(remote_id)},
+                response_types_map={}, auth_settings=["oauth2"], _request_timeout=_request_timeout)
+
+        try:
+            self._call(purge)
+        except PermanentError as exc:
+            if "404" in str(exc):
+                return False
+            raise
+        return True
 
     def owners(self) -> list[dict[str, str]]:
         """Every owner, all pages of 500 (the documented most), then the

@@ -211,7 +211,8 @@ class SalesforceConnector:
     provider = "salesforce"
     # Our object keys (martech.crm.objects) -> Salesforce's names.
     # "list": segment mirrors (martech.crm.lists) as a Campaign's CampaignMembers.
-    objects = {**SOBJECTS, "list": "Campaign"}
+    # "erasure": an erasure's delete of the Lead/Contact (martech.privacy.crm).
+    objects = {**SOBJECTS, "list": "Campaign", "erasure": "Lead"}
     links = dict(LINKS)
     list_batch = COLLECTION
     # No natural key needed: records are upserted by Martech_Id__c (our id).
@@ -880,6 +881,24 @@ class SalesforceConnector:
         return out
 
     # --- segment mirrors: a Campaign's members ---
+    def person_delete(self, remote_id: str) -> bool:
+        """Delete a person's Lead or Contact (``DELETE sobjects/{Lead|Contact}/{id}``,
+        204), for an erasure. False when Salesforce has no such record
+        (404 ENTITY_IS_DELETED: deleted already, or a retry after a lost answer)."""
+        sobject = sobject_of(remote_id)
+        if sobject not in ("Lead", "Contact"):
+            raise PermanentError(f"{remote_id} is not a Salesforce Lead or Contact id")
+        try:
+            self._call(lambda: self.sf.restful(f"sobjects/{sobject}/{remote_id}", method="DELETE",
+                                               timeout=self.timeout))
+        except SalesforceResourceNotFound:
+            return False
+        except PermanentError as exc:
+            if "ENTITY_IS_DELETED" in str(exc) or "404" in str(exc):
+                return False
+            raise
+        return True
+
     def list_ensure(self, *, name: str, remote_id: str = "", key: str = "") -> tuple[str, bool]:
         """The mirror's Campaign: (Id, whether it existed before this call).
         A chosen Campaign (its Id) must exist; otherwise one is upserted by

@@ -17,6 +17,11 @@ CRM v3, for each of contacts, companies, deals and tasks:
 - POST /crm/v3/objects/{type}/batch/read     (by record id, 100 max; ids not found answer
   207 with an OBJECT_NOT_FOUND error naming them, like HubSpot)
 - GET  /crm/v3/objects/{type}/{id}
+- POST /crm/v3/objects/contacts/gdpr-delete  (``{"objectId", "idProperty"}``:
+  by record id, or by email with ``idProperty: "email"``; 204 and the contact,
+  its associations and list memberships are gone; as documented, an email
+  not found is added to the portal's blocklist (``gdpr_blocked``, 204); an
+  id not found is 404 OBJECT_NOT_FOUND)
 - GET  /crm/v3/owners/?limit=&after=&archived=  (at most 500 a page; archived
   owners, deactivated users, are listed only with ``archived=true``, and only they)
 CRM v4 associations (shapes of the client library's v4 models; the
@@ -156,6 +161,8 @@ class HubSpotEmulator(EmulatorBase):
         self._ids = itertools.count(1001)
         # Lists v3: listId -> PublicObjectList (without "size"), and listId -> {record id: joined at}.
         self.lists: dict[str, dict] = {}
+        # Emails a GDPR delete by email did not find (HubSpot blocklists them).
+        self.gdpr_blocked: set[str] = set()
         self.list_members: dict[str, dict[str, str]] = {}
         self._list_ids = itertools.count(1)
         # The next N writes (POST/PUT) are done, then answered 503 (a lost answer).
@@ -351,6 +358,8 @@ class HubSpotEmulator(EmulatorBase):
                 return self.json({"results": list(self.properties[parts[4]].values())})
             if request.method == "POST":
                 return self.property_create(parts[4], request.get_json())
+        if path == "/crm/v3/objects/contacts/gdpr-delete" and request.method == "POST":
+            return self.gdpr_delete(request.get_json())
         if len(parts) >= 5 and parts[1:4] == ["crm", "v3", "objects"] and parts[4] in KINDS:
             kind, rest = parts[4], parts[5:]
             if request.method == "POST" and rest == ["batch", "upsert"]:
@@ -383,6 +392,34 @@ class HubSpotEmulator(EmulatorBase):
                 and parts[6:] == ["batch", "associate", "default"] and parts[4] in KINDS and parts[5] in KINDS:
             return self.associate_default(parts[4], parts[5], request.get_json())
         return self.error(404, "NOT_FOUND", f"No route {request.method} {path}")
+
+    def gdpr_delete(self, body) -> Response:
+        """HubSpot's GDPR delete: the contact is purged (not archived: it
+        is in no list, search or association any more)."""
+        body = body if isinstance(body, dict) else {}
+        object_id = str(body.get("objectId") or "")
+        if str(body.get("idProperty") or "") == "email":
+            email = object_id.lower()
+            object_id = self.by_email.get(email, "")
+            if object_id not in self.contacts:
+                # "If email address is not found, the email address will be added to a blocklist."
+                self.gdpr_blocked.add(email)
+                return Response(status=204)
+        record = self.contacts.get(object_id)
+        if record is None:
+            return self.error(404, "OBJECT_NOT_FOUND", "Object not found.  objectId are usually numeric.")
+        del self.contacts[object_id]
+        for key, value in list(self.by_email.items()):
+            if value == object_id:
+                del self.by_email[key]
+        for (from_kind, from_id, to_kind), ids in list(self.associations.items()):
+            if (from_kind, from_id) == ("contacts", object_id):
+                del self.associations[(from_kind, from_id, to_kind)]
+            elif to_kind == "contacts":
+                ids.discard(object_id)
+        for members in self.list_members.values():
+            members.pop(object_id, None)
+        return Response(status=204)
 
     # --- lists v3 ---
     LIST_IDS_MAX = 100_000  # record ids per membership call
