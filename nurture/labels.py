@@ -46,7 +46,7 @@ OUTCOMES: dict[str, str] = {
 }
 DETAIL_KEYS: dict[str, str] = {
     "until": "until", "audience": "audience", "field": "field", "value": "value", "stage": "stage",
-    "task": "task", "subject": "subject", "workflow": "workflow",
+    "task": "task", "subject": "subject", "workflow": "workflow", "topic": "topic",
 }
 
 

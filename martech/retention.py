@@ -1,0 +1,115 @@
+"""Retention: how long each kind of data is kept, applied by a scheduled
+task in small batches.
+
+Each app lists the kinds of data it deletes in ``<app>/retention.py`` as
+``RETENTION``, a list of :class:`DataKind`; the days of each come from
+``MARTECH_RETENTION`` (0: kept forever). ``retention_apply`` (the
+``martech.retention`` schedule, daily) runs every kind batch by batch: each
+batch picks at most ``BATCH_SIZE`` rows past the cutoff by their primary keys
+and deletes them in its own short transaction, so no hot table is locked for
+long and a crash loses at most the batch in flight (the next run finds what
+is left: nothing is half-written, a repeated run finds nothing more).
+Aggregates survive: what the admin and reports count from deleted rows is
+folded into rollups in the batch's transaction (nurture's step tallies);
+attribution rollups and score history are never retained away here.
+
+On PostgreSQL the events could instead be dropped a month at a time from a
+table partitioned by time; why that is not done yet, and the migration for
+it, are in the README ("Retention").
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from martech.apps import app_modules
+from martech.db import run_in_transaction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataKind:
+    key: str  # "events": its days are MARTECH_RETENTION["EVENTS_DAYS"]
+    label: str  # what the README and the task's log call it
+    # Deletes at most ``limit`` rows older than the cutoff, in the caller's
+    # (short) transaction; returns the number deleted. 0 means nothing is left.
+    delete_batch: Callable[[datetime, int], int]
+
+
+def kinds() -> list[DataKind]:
+    found: list[DataKind] = []
+    for module in app_modules("retention"):
+        found.extend(getattr(module, "RETENTION", []))
+    return found
+
+
+def retention_days(key: str) -> int:
+    return settings.MARTECH_RETENTION[f"{key.upper()}_DAYS"]
+
+
+def retention_apply(*, now: datetime | None = None, only: str | None = None,
+                    max_batches: int | None = None) -> dict[str, int]:
+    """Delete what every kind (or ``only`` that one) keeps past its days;
+    at most ``max_batches`` (default MAX_BATCHES) batches per kind per run,
+    the rest is left to the next run. Returns {kind: rows deleted}."""
+    now = now or timezone.now()
+    cfg = settings.MARTECH_RETENTION
+    limit, max_batches = cfg["BATCH_SIZE"], max_batches or cfg["MAX_BATCHES"]
+    out: dict[str, int] = {}
+    for kind in kinds():
+        days = retention_days(kind.key)
+        if (only and kind.key != only) or not days:
+            continue
+        cutoff = now - timedelta(days=days)
+        deleted = 0
+        for _ in range(max_batches):
+            n = run_in_transaction(lambda: kind.delete_batch(cutoff, limit))
+            deleted += n
+            if n < limit:
+                break
+        out[kind.key] = deleted
+        if deleted:
+            log.info("retention: %s deleted %s rows older than %s", kind.label, deleted, cutoff.isoformat())
+    return out
+
+
+def delete_ids(model, ids: list[int]) -> int:
+    """Delete these rows (cascading as the model says) in the current transaction."""
+    if not ids:
+        return 0
+    with transaction.atomic():
+        model._base_manager.filter(pk__in=ids).delete()
+    return len(ids)
+
+
+# --- the core's kinds ---------------------------------------------------------------
+def _events_batch(cutoff: datetime, limit: int) -> int:
+    """Raw events past the cutoff, except those a later stage's rows point
+    at (an attribution touchpoint is built on its event and would go with
+    it): found through the model graph, so the core need not know them."""
+    from martech.models import Event
+
+    qs = Event.objects.filter(occurred_at__lt=cutoff)
+    for rel in Event._meta.related_objects:
+        qs = qs.filter(**{f"{rel.name}__isnull": True})
+    return delete_ids(Event, list(qs.order_by("pk").values_list("pk", flat=True)[:limit]))
+
+
+def _quarantine_batch(cutoff: datetime, limit: int) -> int:
+    from martech.models import QuarantinedEvent
+
+    ids = list(QuarantinedEvent.objects.filter(received_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)[:limit])
+    return delete_ids(QuarantinedEvent, ids)
+
+
+RETENTION = [
+    DataKind("events", "raw events", _events_batch),
+    DataKind("quarantine", "quarantined events", _quarantine_batch),
+]
