@@ -138,9 +138,9 @@ def consent_confirmations_send(*, ids: list[int] | None = None, limit: int = 200
     sent = 0
     for pk in list(qs.order_by("pk").values_list("pk", flat=True)[:limit]):
         with transaction.atomic():
-            locked = ConsentConfirmation.objects.select_for_update()
-            if connection.features.has_select_for_update_skip_locked:
-                locked = ConsentConfirmation.objects.select_for_update(skip_locked=True)
+            # Only this row (not the lead or form joined to it); another worker's row is skipped, not waited on.
+            skip = connection.features.has_select_for_update_skip_locked
+            locked = ConsentConfirmation.objects.select_for_update(skip_locked=skip, of=("self",))
             confirmation = (locked.filter(pk=pk, sent_at__isnull=True, status=ConsentConfirmation.Status.PENDING)
                             .select_related("lead", "form").first())
             if confirmation is None or not confirmation.lead.email:
@@ -201,7 +201,8 @@ def consent_confirm(*, confirmation: ConsentConfirmation, ip: str | None, user_a
     request grants nothing (None)."""
     now = now or timezone.now()
     Lead.objects.select_for_update().filter(pk=confirmation.lead_id).values_list("pk").first()
-    current = ConsentConfirmation.objects.select_for_update().select_related("record").get(pk=confirmation.pk)
+    current = ConsentConfirmation.objects.select_for_update(of=("self",)).select_related("record", "form").get(
+        pk=confirmation.pk)
     if current.status == ConsentConfirmation.Status.CONFIRMED:
         return current.record
     if current.status != ConsentConfirmation.Status.PENDING or current.expires_at <= now:
