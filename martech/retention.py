@@ -80,13 +80,32 @@ def retention_apply(*, now: datetime | None = None, only: str | None = None,
     return out
 
 
-def delete_ids(model, ids: list[int]) -> int:
-    """Delete these rows (cascading as the model says) in the current transaction."""
+def delete_ids(model, ids: list[int], *, unreferenced=None) -> int:
+    """Delete these rows in the current transaction; returns how many went.
+
+    One DELETE statement when nothing can point at them: the model has no
+    reverse relations, or ``unreferenced`` (a queryset of the model that
+    excludes every row something points at) is given and re-checked in the
+    statement itself, so a row that gained a reference since it was picked
+    is kept, not cascaded. Otherwise Django's collector deletes them with
+    their cascades, which reads every row first (several times slower)."""
     if not ids:
         return 0
+    if unreferenced is not None or not model._meta.related_objects:
+        qs = (unreferenced if unreferenced is not None else model._base_manager.all()).filter(pk__in=ids)
+        return qs._raw_delete(qs.db)
     with transaction.atomic():
         model._base_manager.filter(pk__in=ids).delete()
     return len(ids)
+
+
+def unreferenced(model):
+    """The model's rows that no row of any model points at (found through
+    the model graph, so the core need not know the later stages' models)."""
+    qs = model._base_manager.all()
+    for rel in model._meta.related_objects:
+        qs = qs.filter(**{f"{rel.name}__isnull": True})
+    return qs
 
 
 # --- the core's kinds ---------------------------------------------------------------
@@ -96,10 +115,9 @@ def _events_batch(cutoff: datetime, limit: int) -> int:
     it): found through the model graph, so the core need not know them."""
     from martech.models import Event
 
-    qs = Event.objects.filter(occurred_at__lt=cutoff)
-    for rel in Event._meta.related_objects:
-        qs = qs.filter(**{f"{rel.name}__isnull": True})
-    return delete_ids(Event, list(qs.order_by("pk").values_list("pk", flat=True)[:limit]))
+    keep_none = unreferenced(Event)
+    ids = list(keep_none.filter(occurred_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)[:limit])
+    return delete_ids(Event, ids, unreferenced=keep_none)
 
 
 def _quarantine_batch(cutoff: datetime, limit: int) -> int:

@@ -8,7 +8,7 @@ from datetime import datetime
 from django.db import connection
 from django.db.models import F
 
-from martech.retention import DataKind, delete_ids
+from martech.retention import DataKind, delete_ids, unreferenced
 
 COUNTED = ("sent", "delivered", "opened", "clicked", "unsubscribed", "bounced")
 
@@ -59,14 +59,14 @@ def _decisions_batch(cutoff: datetime, limit: int) -> int:
     to stop a repeat. Messages go by their own days (keep those shorter)."""
     from nurture.models import StepExecution
 
-    rows = list(_locked(StepExecution.objects.filter(executed_at__lt=cutoff, messages__isnull=True).order_by("pk"))
+    rows = list(_locked(unreferenced(StepExecution).filter(executed_at__lt=cutoff).order_by("pk"))
                 .values_list("pk", "workflow_id", "step", "enrollment__is_test")[:limit])
     counts: dict[tuple[int, str], Counter] = {}
     for pk, wf, step, is_test in rows:
         if not is_test:  # the metrics count no test run
             counts.setdefault((wf, step), Counter())["executed"] += 1
     _fold(counts)
-    return delete_ids(StepExecution, [r[0] for r in rows])
+    return delete_ids(StepExecution, [r[0] for r in rows], unreferenced=unreferenced(StepExecution))
 
 
 RETENTION = [
