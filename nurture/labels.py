@@ -72,3 +72,22 @@ def detail_text(detail: dict | None) -> str:
                 pass
         parts.append(f"{DETAIL_KEYS.get(key, key.replace('_', ' '))} {value}")
     return ", ".join(parts)
+
+
+# Why a message was skipped at send time (Message.status_reason), in words.
+SKIP_REASONS: dict[str, str] = {
+    "no_consent": "no consent on the channel",
+    "no_email": "the lead has no email address",
+    "no_phone": "the lead has no phone number",
+    "suppressed": "the address is suppressed (bounce, complaint or unsubscribe)",
+    "suppressed_stage": "the lead is in a suppressed lifecycle stage",
+    "suppressed_segment": "the lead is in a suppressed segment",
+    "topic_unsubscribed": "the lead left the message's subscription topic",
+    "unknown_topic": "the step's subscription topic no longer exists",
+}
+
+
+def reason_label(code: str) -> str:
+    """``topic_unsubscribed`` -> "the lead left the message's subscription topic"; an
+    unknown code (a settled in-doubt message's note) shows humanized."""
+    return SKIP_REASONS.get(code) or (code or "").replace("_", " ")

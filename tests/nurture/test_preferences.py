@@ -226,3 +226,23 @@ def test_topic_records_do_not_count_as_channel_consent(consenting_lead, topics):
     assert lead_consent_state(lead=lead)["email"] is None
     with pytest.raises(ValidationError, match="not sms"):
         consent_record(lead=lead, channel="sms", topic=topics[0], granted=True, source="t")
+
+
+def test_message_admin_says_why_in_words(client, marketing_ops, make_workflow, consenting_lead, topics, monkeypatch):
+    from django.urls import reverse
+
+    from martech.services.preferences import preferences_update
+
+    wf = make_workflow(topic_flow("product-news"))
+    lead = consenting_lead()
+    enrollment_create(workflow=wf, lead=lead, source="t")
+    monkeypatch.setattr("nurture.engine.messages_deliver", lambda **kw: {})
+    enrollments_advance_due(now=timezone.now())
+    monkeypatch.undo()
+    preferences_update(lead=lead, channels={}, topics={"product-news": False}, source="test", evidence={})
+    messages_deliver(ids=list(Message.objects.values_list("pk", flat=True)))
+    client.force_login(marketing_ops)
+    page = client.get(reverse("admin:nurture_message_changelist"), {"topic__id__exact": topics[0].pk})
+    body = page.content.decode()
+    assert page.status_code == 200 and "the lead left the message&#x27;s subscription topic" in body
+    assert "Product news" in body
