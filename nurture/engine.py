@@ -75,6 +75,9 @@ class Ctx:
     segment_hits: dict[int, set[int]] | None = None
     # (lead id, topic id) of the batch's leads that left a topic (None: query per lead).
     left_topics: set[tuple[int, int]] | None = None
+    # Double opt-in requests pending for the batch's leads without email consent:
+    # {lead id: when the request expires} (None: query per lead).
+    awaiting: dict[int, datetime] | None = None
     # Subscription topics met so far: {key: (id, name)}, None for a key that names no topic.
     topics: dict[str, tuple[int, str] | None] = field(default_factory=dict)
 
@@ -82,8 +85,10 @@ class Ctx:
 def batch_prefetch(ctx: Ctx, leads: list[Lead], segment_ids=(), topics: bool = False) -> None:
     """Consent, suppression, the last week's marketing emails and the
     suppression segments of every lead of the batch in three queries plus
-    one per segment (instead of several per step), and with ``topics`` (a
-    step of the batch names one) the topics they left in one more. The
+    one per segment (instead of several per step); one more for the pending
+    double opt-in requests when a lead of the batch has no email consent,
+    and with ``topics`` (a step of the batch names one) one for the topics
+    they left. The
     batch holds the leads' row locks (see enrollments_advance_due), so these
     stay true until it commits."""
     from martech.models import ConsentRecord
@@ -109,6 +114,15 @@ def batch_prefetch(ctx: Ctx, leads: list[Lead], segment_ids=(), topics: bool = F
         pk: set(Lead.objects.filter(pk__in=ids).filter(segment_q(seg, now=ctx.now)).values_list("pk", flat=True))
         for pk, seg in segments_by_id(segment_ids).items()
     }
+    waiting_for = [pk for pk in ids if ctx.consent.get((pk, "email")) != "granted"]
+    ctx.awaiting = {}
+    if waiting_for:
+        from martech.models import ConsentConfirmation
+
+        for lead_id, expires in (ConsentConfirmation.objects.filter(
+                lead_id__in=waiting_for, channel="email", status=ConsentConfirmation.Status.PENDING,
+                expires_at__gt=ctx.now).order_by("lead_id", "expires_at").values_list("lead_id", "expires_at")):
+            ctx.awaiting[lead_id] = expires  # the latest expiry wins
     if topics:
         latest: dict[tuple[int, int], str] = {}
         for lead_id, topic_id, status in (
@@ -198,6 +212,9 @@ def _consent_refusal(lead: Lead, channel: str, address: str, ctx: Ctx) -> str | 
 def _awaiting_confirmation(lead: Lead, ctx: Ctx) -> datetime | None:
     """When the lead's pending double opt-in request for email expires, or None."""
     from martech.models import ConsentConfirmation
+
+    if ctx.awaiting is not None:
+        return ctx.awaiting.get(lead.pk)
 
     return (ConsentConfirmation.objects.filter(lead=lead, channel="email", status=ConsentConfirmation.Status.PENDING,
                                                expires_at__gt=ctx.now)

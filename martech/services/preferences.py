@@ -143,7 +143,12 @@ def consent_confirmations_send(*, ids: list[int] | None = None, limit: int = 200
             locked = ConsentConfirmation.objects.select_for_update(skip_locked=skip, of=("self",))
             confirmation = (locked.filter(pk=pk, sent_at__isnull=True, status=ConsentConfirmation.Status.PENDING)
                             .select_related("lead", "form").first())
-            if confirmation is None or not confirmation.lead.email:
+            if confirmation is None:
+                continue  # another worker has it, or it was mailed meanwhile
+            if not confirmation.lead.email:
+                # Nowhere to send it (the email was removed since): it can never be
+                # confirmed, and must not hold a place in every later sweep.
+                ConsentConfirmation.objects.filter(pk=pk).update(status=ConsentConfirmation.Status.EXPIRED)
                 continue
             _confirmation_mail(confirmation).send()
             ConsentConfirmation.objects.filter(pk=pk).update(sent_at=timezone.now())
