@@ -21,8 +21,9 @@ Runs against the DATABASE_URL database (migrated with ``manage.py migrate``).
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/retention.py [--quick]
     DATABASE_URL=sqlite:////tmp/bench.sqlite3 python bench/retention.py [--quick]
 
-Prints one JSON line per figure and writes them to bench/results/retention.json
-(the lines of the other database's last run are kept).
+``--only batch`` or ``--only partition`` runs one part. Prints one JSON line
+per figure and writes them to bench/results/retention.json, replacing the
+same figures of the same database and keeping the others.
 """
 from __future__ import annotations
 
@@ -163,16 +164,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="rows per delete transaction")
     parser.add_argument("--partitioned-rows", type=int,
                         help="rows of the partitioned table (default 10,000,000; quick 300,000)")
+    parser.add_argument("--only", choices=["batch", "partition"], help="run one part (the other's figures are kept)")
     args = parser.parse_args()
     rows = args.rows or (20_000 if args.quick else 200_000)
     out: list[dict] = []
-    batch_deletion(out, rows=rows, batch=args.batch)
-    if connection.vendor == "postgresql":
+    if args.only != "partition":
+        batch_deletion(out, rows=rows, batch=args.batch)
+    if connection.vendor == "postgresql" and args.only != "batch":
         partition_drop(out, rows=args.partitioned_rows or (300_000 if args.quick else 10_000_000))
+    # Figures of this run replace the same figures of the same database; the rest are kept.
+    mine = {(line["database"], line["metric"]) for line in out}
     kept = []
     if RESULTS.exists():
         kept = [line for line in RESULTS.read_text().splitlines()
-                if line.strip() and json.loads(line).get("database") != connection.vendor]
+                if line.strip() and (json.loads(line).get("database"), json.loads(line).get("metric")) not in mine]
     mode = "quick" if args.quick else "full"
     RESULTS.write_text("\n".join(kept + [json.dumps({**line, "mode": mode}) for line in out]) + "\n")
 

@@ -38,9 +38,14 @@ log = logging.getLogger(__name__)
 class DataKind:
     key: str  # "events": its days are MARTECH_RETENTION["EVENTS_DAYS"]
     label: str  # what the README and the task's log call it
-    # Deletes at most ``limit`` rows older than the cutoff, in the caller's
-    # (short) transaction; returns the number deleted. 0 means nothing is left.
-    delete_batch: Callable[[datetime, int], int]
+    # ``delete_batch(cutoff, limit, after)`` deletes at most ``limit`` rows
+    # older than the cutoff whose primary key is above ``after``, in the
+    # caller's (short) transaction, and returns (rows deleted, the key to
+    # continue after, or None when no more rows are past the cutoff). The
+    # cursor keeps each batch off the index entries of the rows the earlier
+    # batches deleted (dead until vacuum, and each visited again if every
+    # batch started from the lowest key).
+    delete_batch: Callable[[datetime, int, int], tuple[int, int | None]]
 
 
 def kinds() -> list[DataKind]:
@@ -68,13 +73,13 @@ def retention_apply(*, now: datetime | None = None, only: str | None = None,
         if (only and kind.key != only) or not days:
             continue
         cutoff = now - timedelta(days=days)
-        deleted = 0
+        deleted, after = 0, 0
         for _ in range(max_batches):
-            n = run_in_transaction(lambda: kind.delete_batch(cutoff, limit))
+            n, after = run_in_transaction(lambda: kind.delete_batch(cutoff, limit, after))
             deleted += n
-            if n < limit:
+            if after is None:
                 break
-        out[kind.key] = deleted
+        out[kind.key] = out.get(kind.key, 0) + deleted
         if deleted:
             log.info("retention: %s deleted %s rows older than %s", kind.label, deleted, cutoff.isoformat())
     return out
@@ -99,6 +104,11 @@ def delete_ids(model, ids: list[int], *, unreferenced=None) -> int:
     return len(ids)
 
 
+def next_after(ids: list[int], limit: int) -> int | None:
+    """The cursor after a batch that picked ``ids`` (in key order)."""
+    return ids[-1] if len(ids) >= limit else None
+
+
 def unreferenced(model):
     """The model's rows that no row of any model points at (found through
     the model graph, so the core need not know the later stages' models)."""
@@ -109,22 +119,24 @@ def unreferenced(model):
 
 
 # --- the core's kinds ---------------------------------------------------------------
-def _events_batch(cutoff: datetime, limit: int) -> int:
+def _events_batch(cutoff: datetime, limit: int, after: int) -> tuple[int, int | None]:
     """Raw events past the cutoff, except those a later stage's rows point
     at (an attribution touchpoint is built on its event and would go with
     it): found through the model graph, so the core need not know them."""
     from martech.models import Event
 
     keep_none = unreferenced(Event)
-    ids = list(keep_none.filter(occurred_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)[:limit])
-    return delete_ids(Event, ids, unreferenced=keep_none)
+    ids = list(keep_none.filter(occurred_at__lt=cutoff, pk__gt=after).order_by("pk")
+               .values_list("pk", flat=True)[:limit])
+    return delete_ids(Event, ids, unreferenced=keep_none), next_after(ids, limit)
 
 
-def _quarantine_batch(cutoff: datetime, limit: int) -> int:
+def _quarantine_batch(cutoff: datetime, limit: int, after: int) -> tuple[int, int | None]:
     from martech.models import QuarantinedEvent
 
-    ids = list(QuarantinedEvent.objects.filter(received_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)[:limit])
-    return delete_ids(QuarantinedEvent, ids)
+    ids = list(QuarantinedEvent.objects.filter(received_at__lt=cutoff, pk__gt=after).order_by("pk")
+               .values_list("pk", flat=True)[:limit])
+    return delete_ids(QuarantinedEvent, ids), next_after(ids, limit)
 
 
 RETENTION = [

@@ -8,7 +8,7 @@ from datetime import datetime
 from django.db import connection
 from django.db.models import F
 
-from martech.retention import DataKind, delete_ids, unreferenced
+from martech.retention import DataKind, delete_ids, next_after, unreferenced
 
 COUNTED = ("sent", "delivered", "opened", "clicked", "unsubscribed", "bounced")
 
@@ -33,12 +33,12 @@ def _fold(counts: dict[tuple[int, str], Counter]) -> None:
             **{name: F(name) + c[name] for name in ("executed", *COUNTED) if c[name]})
 
 
-def _messages_batch(cutoff: datetime, limit: int) -> int:
+def _messages_batch(cutoff: datetime, limit: int, after: int) -> tuple[int, int | None]:
     """Settled messages created before the cutoff (never one still queued,
     sending or in doubt: recovery needs those)."""
     from nurture.models import Message
 
-    rows = list(_locked(Message.objects.filter(created_at__lt=cutoff).exclude(status__in=Message.UNSETTLED)
+    rows = list(_locked(Message.objects.filter(created_at__lt=cutoff, pk__gt=after).exclude(status__in=Message.UNSETTLED)
                         .order_by("pk"))
                 .values_list("pk", "workflow_id", "step", "status", "delivered_at", "opened_at", "clicked_at",
                              "unsubscribed_at", "bounced_at")[:limit])
@@ -49,24 +49,26 @@ def _messages_batch(cutoff: datetime, limit: int) -> int:
         for name, stamp in zip(COUNTED[1:], stamps):
             c[name] += stamp is not None
     _fold(counts)
-    return delete_ids(Message, [r[0] for r in rows])
+    ids = [r[0] for r in rows]
+    return delete_ids(Message, ids), next_after(ids, limit)
 
 
-def _decisions_batch(cutoff: datetime, limit: int) -> int:
+def _decisions_batch(cutoff: datetime, limit: int, after: int) -> tuple[int, int | None]:
     """Step executions (the decisions, with their idempotency keys) before
     the cutoff whose messages are gone already: an enrollment never runs a
     visit again (its key carries the visit number), so the key is not needed
     to stop a repeat. Messages go by their own days (keep those shorter)."""
     from nurture.models import StepExecution
 
-    rows = list(_locked(unreferenced(StepExecution).filter(executed_at__lt=cutoff).order_by("pk"))
+    rows = list(_locked(unreferenced(StepExecution).filter(executed_at__lt=cutoff, pk__gt=after).order_by("pk"))
                 .values_list("pk", "workflow_id", "step", "enrollment__is_test")[:limit])
     counts: dict[tuple[int, str], Counter] = {}
     for pk, wf, step, is_test in rows:
         if not is_test:  # the metrics count no test run
             counts.setdefault((wf, step), Counter())["executed"] += 1
     _fold(counts)
-    return delete_ids(StepExecution, [r[0] for r in rows], unreferenced=unreferenced(StepExecution))
+    ids = [r[0] for r in rows]
+    return delete_ids(StepExecution, ids, unreferenced=unreferenced(StepExecution)), next_after(ids, limit)
 
 
 RETENTION = [

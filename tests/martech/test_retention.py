@@ -31,8 +31,9 @@ def _events(n: int, *, age_days: float, **kw) -> list[Event]:
     return [EventFactory(occurred_at=at, received_at=at, **kw) for _ in range(n)]
 
 
-def test_every_kind_is_declared_once():
-    assert sorted(k.key for k in kinds()) == ["decisions", "events", "messages", "quarantine", "sync_logs"]
+def test_every_kind_has_its_setting():
+    assert sorted({k.key for k in kinds()}) == ["decisions", "events", "messages", "quarantine", "sync_logs"]
+    assert len({k.label for k in kinds()}) == len(kinds())
 
 
 def test_nothing_is_deleted_by_default():
