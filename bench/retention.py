@@ -56,7 +56,9 @@ RESULTS = ROOT / "bench" / "results" / "retention.json"
 
 
 def emit(out: list[dict], metric: str, value, unit: str, **extra) -> None:
-    line = {"metric": metric, "value": value, "unit": unit, "database": connection.vendor, **extra}
+    # The machine's 1-minute load average beside every figure: wall-clock time follows it.
+    line = {"metric": metric, "value": value, "unit": unit, "database": connection.vendor, **extra,
+            "load1": round(os.getloadavg()[0], 2)}
     print(json.dumps(line), flush=True)
     out.append(line)
 
