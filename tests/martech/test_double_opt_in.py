@@ -184,3 +184,31 @@ def test_journey_skips_once_the_request_expired(form):
     assert consent_confirmations_expire() == 1
     enrollments_advance_due()
     assert StepExecution.objects.get(step="e1").outcome == "skipped:no_consent"
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("reference_data")
+def test_concurrent_clicks_and_posts_write_once():
+    """Ten clicks of one link at once grant once; ten posts of one address at
+    once make one request (each in its own thread, connection, transaction)."""
+    from tests.martech.test_capture_concurrency import N, run_at_once
+
+    FormFactory(key="newsletter", name="Newsletter", double_opt_in=True, consent_channel="email",
+                fields=[form_field("email", "email", required=True)])
+    from django.test import override_settings
+
+    rates = {"anon": "1000/min", "user": "1000/min", "form_capture": "1000/min", "tracker": "1000/min"}
+    from django.conf import settings as dj
+
+    with override_settings(REST_FRAMEWORK={**dj.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}):
+        answers = run_at_once(lambda i: APIClient().post("/api/v1/capture/newsletter",
+                                                         {"email": "race@example.com", "consent": "on"},
+                                                         format="json").status_code)
+    assert answers == [202] * N
+    assert ConsentConfirmation.objects.count() == 1
+    consent_confirmations_send()
+    path = confirm_path()
+    codes = run_at_once(lambda i: APIClient().post(path).status_code)
+    assert codes == [200] * N
+    assert ConsentRecord.objects.filter(status="granted").count() == 1
