@@ -43,7 +43,7 @@ def _messages_batch(cutoff: datetime, limit: int, after: int) -> tuple[int, int 
                 .values_list("pk", "workflow_id", "step", "status", "delivered_at", "opened_at", "clicked_at",
                              "unsubscribed_at", "bounced_at")[:limit])
     counts: dict[tuple[int, str], Counter] = {}
-    for pk, wf, step, status, *stamps in rows:
+    for _pk, wf, step, status, *stamps in rows:
         c = counts.setdefault((wf, step), Counter())
         c["sent"] += status == Message.Status.SENT
         for name, stamp in zip(COUNTED[1:], stamps):
@@ -63,7 +63,7 @@ def _decisions_batch(cutoff: datetime, limit: int, after: int) -> tuple[int, int
     rows = list(_locked(unreferenced(StepExecution).filter(executed_at__lt=cutoff, pk__gt=after).order_by("pk"))
                 .values_list("pk", "workflow_id", "step", "enrollment__is_test")[:limit])
     counts: dict[tuple[int, str], Counter] = {}
-    for pk, wf, step, is_test in rows:
+    for _pk, wf, step, is_test in rows:
         if not is_test:  # the metrics count no test run
             counts.setdefault((wf, step), Counter())["executed"] += 1
     _fold(counts)
