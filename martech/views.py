@@ -114,8 +114,11 @@ def consent_confirm(request: HttpRequest, token: str) -> HttpResponse:
     if request.method == "GET":
         state = "confirmed" if confirmation.status == confirmation.Status.CONFIRMED else "ask"
         return render(request, "martech/consent_confirm.html", {"state": state})
-    record = confirm(confirmation=confirmation, ip=FormCaptureThrottle().get_ident(request),
-                     user_agent=request.META.get("HTTP_USER_AGENT", ""))
+    from martech.db import run_in_transaction
+
+    # The transaction boundary: a deadlock or serialization failure reruns the confirmation.
+    record = run_in_transaction(lambda: confirm(confirmation=confirmation, ip=FormCaptureThrottle().get_ident(request),
+                                                user_agent=request.META.get("HTTP_USER_AGENT", "")))
     if record is None:
         return render(request, "martech/consent_confirm.html", {"state": "expired"}, status=410)
     return render(request, "martech/consent_confirm.html", {"state": "confirmed"})

@@ -18,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from martech.api.throttling import FormCaptureThrottle
+from martech.db import run_in_transaction
 from martech.models import ConsentChannel
 from martech.selectors import lead_preferences
 from nurture import channels
@@ -108,10 +109,13 @@ def unsubscribe(request, token: str):
         chosen = {c: f"channel_{c}" in request.POST for c in ConsentChannel.values}
         topics = {t.topic.key: f"topic_{t.topic.key}" in request.POST for t in lead_preferences(lead=msg.lead).topics
                   if t.topic.channel == ConsentChannel.EMAIL}
-        message_preferences_save(message=msg, channels=chosen, topics=topics, evidence=_evidence(request))
+        # This view is the transaction boundary: a deadlock or serialization failure reruns the change.
+        run_in_transaction(lambda: message_preferences_save(message=msg, channels=chosen, topics=topics,
+                                                            evidence=_evidence(request)))
         return _page(request, msg, done="saved")
     if action == "unsubscribe_all":
-        message_unsubscribe_all(message=msg, evidence=_evidence(request))
+        run_in_transaction(lambda: message_unsubscribe_all(message=msg, evidence=_evidence(request)))
         return _page(request, msg, done="all")
-    message_unsubscribe(message=msg, source="nurture:unsubscribe", evidence=_evidence(request))
+    run_in_transaction(lambda: message_unsubscribe(message=msg, source="nurture:unsubscribe",
+                                                   evidence=_evidence(request)))
     return _page(request, msg, done="email")
