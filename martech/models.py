@@ -226,9 +226,36 @@ class ConsentChannel(models.TextChoices):
     PHONE = "phone", "Phone"
 
 
+class SubscriptionType(models.Model):
+    """A topic people subscribe to on one channel ("Product news", "Events"),
+    edited in the admin and shown on the preference page. A lead with consent
+    on the channel gets every topic until they leave it: the latest topic
+    record (ConsentRecord with this topic) says withdrawn. A send-email step
+    names its topic; a lead who left it is skipped for that step."""
+
+    key = models.SlugField(max_length=60, unique=True, help_text="What email steps name, e.g. product-news.")
+    name = models.CharField(max_length=120, help_text="What people read on the preference page.")
+    description = models.TextField(blank=True, help_text="One line under the name on the preference page.")
+    channel = models.CharField(max_length=10, choices=ConsentChannel.choices, default=ConsentChannel.EMAIL)
+    order = models.PositiveSmallIntegerField(default=0)
+    is_active = models.BooleanField(
+        default=True,
+        help_text="Shown on the preference page. A send naming an inactive topic still respects a person's choice.",
+    )
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["order", "name"]
+        verbose_name = "subscription topic"
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class ConsentRecord(models.Model):
     """Append-only. A lead's current consent on a channel is the status of the
-    latest record for that channel (selectors.lead_consent_state)."""
+    latest record for that channel without a topic (selectors.lead_consent_state);
+    records with a topic say whether the lead left or rejoined that topic."""
 
     class Status(models.TextChoices):
         GRANTED = "granted", "Granted"
@@ -236,6 +263,10 @@ class ConsentRecord(models.Model):
 
     lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="consent_records")
     channel = models.CharField(max_length=10, choices=ConsentChannel.choices)
+    # Empty: consent on the whole channel. Set: the lead's choice on one topic of it.
+    topic = models.ForeignKey(
+        SubscriptionType, null=True, blank=True, on_delete=models.PROTECT, related_name="consent_records"
+    )
     status = models.CharField(max_length=10, choices=Status.choices)
     source = models.CharField(max_length=100, help_text="form:<key>, api:<client>, admin, import, crm ...")
     # Proof: {"form": ..., "ip": ..., "text": <the consent text shown>, "user_agent": ...}
@@ -247,11 +278,55 @@ class ConsentRecord(models.Model):
 
     class Meta:
         ordering = ["-recorded_at", "-id"]
-        # Serves "latest record per (lead, channel)".
-        indexes = [models.Index(fields=["lead", "channel", "-recorded_at", "-id"], name="consent_latest_idx")]
+        indexes = [
+            # Serves "latest record per (lead, channel)".
+            models.Index(fields=["lead", "channel", "-recorded_at", "-id"], name="consent_latest_idx"),
+            # Serves "latest record per (lead, topic)"; most records have no topic.
+            models.Index(fields=["lead", "topic", "-recorded_at", "-id"], name="consent_topic_latest_idx",
+                         condition=models.Q(topic__isnull=False)),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.channel} {self.status}"
+        what = f"{self.get_channel_display()} ({self.topic})" if self.topic_id else self.get_channel_display()
+        return f"{what} {self.get_status_display().lower()}"
+
+
+class ConsentConfirmation(models.Model):
+    """A consent given on a double opt-in form, waiting for the person to
+    click the link in the confirmation email. It is not consent: only the
+    click writes the granted ConsentRecord (services.consent_confirm), with
+    this submission's evidence and the click's."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for the click"
+        CONFIRMED = "confirmed", "Confirmed"
+        EXPIRED = "expired", "Expired unconfirmed"
+
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="consent_confirmations")
+    channel = models.CharField(max_length=10, choices=ConsentChannel.choices, default=ConsentChannel.EMAIL)
+    form = models.ForeignKey("Form", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    # The submission's proof (form, ip, text, page_url, user_agent), copied to the granted record.
+    evidence = models.JSONField(default=dict, blank=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    # When the confirmation email was handed to the mail backend (None: not yet).
+    sent_at = models.DateTimeField(null=True, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    record = models.OneToOneField(
+        ConsentRecord, null=True, blank=True, on_delete=models.SET_NULL, related_name="confirmation"
+    )
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        # Serves "does this lead wait for a confirmation on this channel" (sends, resubmissions).
+        indexes = [models.Index(fields=["lead", "channel", "status"], name="consent_confirm_lead_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_channel_display()} confirmation for {self.lead} ({self.get_status_display().lower()})"
+
+    def is_pending(self, now=None) -> bool:
+        return self.status == self.Status.PENDING and self.expires_at > (now or timezone.now())
 
 
 # --- Campaigns and UTM --------------------------------------------------------
@@ -591,6 +666,10 @@ class Form(TimestampedModel):
     consent_field = models.CharField(max_length=100, blank=True, help_text="Checkbox field that grants consent.")
     consent_channel = models.CharField(max_length=10, choices=ConsentChannel.choices, default=ConsentChannel.EMAIL)
     consent_text = models.TextField(blank=True, help_text="The consent wording shown on the form (kept as evidence).")
+    double_opt_in = models.BooleanField(
+        "require double opt-in", default=False,
+        help_text="Email consent counts only after the person clicks the link in a confirmation email.",
+    )
     honeypot_field = models.CharField(max_length=100, default="website", help_text="Hidden field; bots fill it.")
     event_type = models.ForeignKey(EventType, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     submit_label = models.CharField(max_length=100, default="Submit", help_text="The submit button's text.")
@@ -635,6 +714,9 @@ class Form(TimestampedModel):
                 errors["defaults"] = [f"A public form cannot set CRM ids ({', '.join(taken)})."]
         if self.consent_field and self.consent_field == self.honeypot_field:
             errors["consent_field"] = ["The consent checkbox cannot also be the honeypot field."]
+        if self.double_opt_in and (not self.consent_field or self.consent_channel != ConsentChannel.EMAIL):
+            errors["double_opt_in"] = ["Double opt-in confirms email consent: set the consent checkbox and the "
+                                       "email channel."]
         if self.consent_field and not self.consent_text.strip():
             errors["consent_text"] = ["Give the consent wording shown next to the checkbox (it is kept as evidence)."]
         if self.redirect_url:

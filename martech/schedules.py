@@ -57,3 +57,12 @@ def schedules_sync() -> tuple[int, int]:
     stale = Schedule.objects.filter(name__startswith=PREFIX).exclude(name__in=[PREFIX + p.name for p in wanted])
     removed, _ = stale.delete()
     return len(wanted), removed
+
+
+SCHEDULES = [
+    # Double opt-in emails a lost wake-up left unsent; expiry of unconfirmed requests.
+    Periodic(name="consent.confirmations", func="martech.tasks.consent_confirmations_send", minutes=5),
+    # Retention (MARTECH_RETENTION): hourly, each run a bounded number of short
+    # batches per kind (MAX_BATCHES), so a backlog is worked off over runs.
+    Periodic(name="retention", func="martech.tasks.retention_apply", minutes=60),
+]

@@ -7,7 +7,7 @@ from datetime import datetime
 from django.db.models import OuterRef, QuerySet, Subquery
 
 from martech import hooks
-from martech.models import ConsentChannel, ConsentRecord, Event, Lead, SalesTask, StageTransition
+from martech.models import ConsentChannel, ConsentRecord, Event, Lead, SalesTask, StageTransition, SubscriptionType
 
 
 def lead_consent_state(*, lead: Lead) -> dict[str, str | None]:
@@ -15,7 +15,8 @@ def lead_consent_state(*, lead: Lead) -> dict[str, str | None]:
     the lead never gave or withdrew consent on that channel."""
     state: dict[str, str | None] = {c: None for c in ConsentChannel.values}
     seen = set()
-    for channel, status in lead.consent_records.order_by("-recorded_at", "-id").values_list("channel", "status"):
+    records = lead.consent_records.filter(topic__isnull=True)
+    for channel, status in records.order_by("-recorded_at", "-id").values_list("channel", "status"):
         if channel not in seen:
             state[channel] = status
             seen.add(channel)
@@ -25,7 +26,7 @@ def lead_consent_state(*, lead: Lead) -> dict[str, str | None]:
 def leads_with_consent(qs: QuerySet[Lead], *, channel: str) -> QuerySet[Lead]:
     """Annotate ``consent_<channel>`` with the latest status, in SQL."""
     latest = (
-        ConsentRecord.objects.filter(lead=OuterRef("pk"), channel=channel)
+        ConsentRecord.objects.filter(lead=OuterRef("pk"), channel=channel, topic__isnull=True)
         .order_by("-recorded_at", "-id")
         .values("status")[:1]
     )
@@ -34,12 +35,52 @@ def leads_with_consent(qs: QuerySet[Lead], *, channel: str) -> QuerySet[Lead]:
 
 def lead_has_consent(*, lead: Lead, channel: str) -> bool:
     status = (
-        ConsentRecord.objects.filter(lead=lead, channel=channel)
+        ConsentRecord.objects.filter(lead=lead, channel=channel, topic__isnull=True)
         .order_by("-recorded_at", "-id")
         .values_list("status", flat=True)
         .first()
     )
     return status == ConsentRecord.Status.GRANTED
+
+
+def lead_topic_state(*, lead: Lead) -> dict[int, str]:
+    """{topic id: the latest status} of the topics the lead chose on (left
+    or rejoined); a topic not here is one the lead never chose on: subscribed
+    while the channel's consent is granted. One query."""
+    state: dict[int, str] = {}
+    for topic_id, status in (ConsentRecord.objects.filter(lead=lead, topic__isnull=False)
+                             .order_by("topic_id", "-recorded_at", "-id").values_list("topic_id", "status")):
+        state.setdefault(topic_id, status)
+    return state
+
+
+def lead_left_topic(*, lead_id: int, topic_id: int) -> bool:
+    """Whether the lead's latest choice on the topic is to leave it."""
+    status = (ConsentRecord.objects.filter(lead_id=lead_id, topic_id=topic_id).order_by("-recorded_at", "-id")
+              .values_list("status", flat=True).first())
+    return status == ConsentRecord.Status.WITHDRAWN
+
+
+@dataclass(frozen=True)
+class TopicChoice:
+    topic: SubscriptionType
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """What the preference page shows a person: their consent per channel
+    (granted, withdrawn or None) and, per active topic, whether they get it."""
+
+    channels: dict[str, str | None]
+    topics: list[TopicChoice]
+
+
+def lead_preferences(*, lead: Lead) -> Preferences:
+    """The lead's own preferences, nothing else about them. Three queries."""
+    left = {pk for pk, status in lead_topic_state(lead=lead).items() if status == ConsentRecord.Status.WITHDRAWN}
+    topics = [TopicChoice(t, t.pk not in left) for t in SubscriptionType.objects.filter(is_active=True)]
+    return Preferences(channels=lead_consent_state(lead=lead), topics=topics)
 
 
 # Event property holding what a public submission sent but could not change.
@@ -74,8 +115,9 @@ def lead_timeline(*, lead: Lead, limit: int = 200) -> list[TimelineEntry]:
         who = t.actor.get_username() if t.actor else (t.source or "system")
         title = f"Stage: {t.from_stage.name if t.from_stage else '—'} → {t.to_stage.name}"
         entries.append(TimelineEntry(t.changed_at, "stage", title, f"{t.reason} (by {who})"))
-    for c in ConsentRecord.objects.filter(lead=lead).order_by("-recorded_at", "-id")[:limit]:
-        entries.append(TimelineEntry(c.recorded_at, "consent", f"Consent {c.get_channel_display()}: {c.status}", c.source))
+    for c in ConsentRecord.objects.filter(lead=lead).select_related("topic").order_by("-recorded_at", "-id")[:limit]:
+        what = f"{c.get_channel_display()}, topic {c.topic.name}" if c.topic_id else c.get_channel_display()
+        entries.append(TimelineEntry(c.recorded_at, "consent", f"Consent {what}: {c.status}", c.source))
     entries.sort(key=lambda x: x.at, reverse=True)
     return entries[:limit]
 

@@ -501,10 +501,50 @@ MARTECH_NURTURE = {
     "AUDIENCE_ADAPTER": env.str("NURTURE_AUDIENCE_ADAPTER", default="nurture.channels.LogAudienceAdapter"),
     # Absolute base of tracking and unsubscribe links in emails.
     "PUBLIC_BASE_URL": env.str("NURTURE_PUBLIC_BASE_URL", default=f"http://127.0.0.1:{PORT}"),
+    # Days the preference page (and one-click unsubscribe) link of an email
+    # works; after that it answers 410 (a newer email carries a fresh link).
+    # At least 30: senders must honour an unsubscribe for 30 days after a send.
+    "PREFERENCE_LINK_DAYS": env.int("NURTURE_PREFERENCE_LINK_DAYS", default=180),
 }
+if MARTECH_NURTURE["PREFERENCE_LINK_DAYS"] < 30:
+    raise ImproperlyConfigured("NURTURE_PREFERENCE_LINK_DAYS must be at least 30: an unsubscribe link must work "
+                               "for 30 days after the email was sent")
 for _k in ("QUIET_START_HOUR", "QUIET_END_HOUR"):
     if not 0 <= MARTECH_NURTURE[_k] <= 23:
         raise ImproperlyConfigured(f"NURTURE_{_k} must be an hour from 0 to 23")
+
+# Double opt-in (forms with "require double opt-in"): the confirmation link.
+MARTECH_CONSENT = {
+    # Days the link in a confirmation email works; unconfirmed requests then expire.
+    "CONFIRM_DAYS": env.int("CONSENT_CONFIRM_DAYS", default=7),
+    # One confirmation email per person and channel in this many minutes, however
+    # many times a form is posted with their address (no mail-bombing through a form).
+    "CONFIRM_RESEND_MINUTES": env.int("CONSENT_CONFIRM_RESEND_MINUTES", default=60),
+    # Absolute base of the link (the site's public address).
+    "PUBLIC_BASE_URL": env.str("CONSENT_PUBLIC_BASE_URL", default=MARTECH_NURTURE["PUBLIC_BASE_URL"]),
+    "CONFIRM_SUBJECT": env.str("CONSENT_CONFIRM_SUBJECT", default="Please confirm your subscription"),
+}
+if MARTECH_CONSENT["CONFIRM_DAYS"] < 1:
+    raise ImproperlyConfigured("CONSENT_CONFIRM_DAYS must be at least 1")
+
+# Retention (martech/retention.py): days each kind of data is kept; 0 keeps it forever.
+MARTECH_RETENTION = {
+    "EVENTS_DAYS": env.int("RETENTION_EVENTS_DAYS", default=0),  # raw events (not those behind a touchpoint)
+    "MESSAGES_DAYS": env.int("RETENTION_MESSAGES_DAYS", default=0),  # settled nurture messages
+    "SYNC_LOGS_DAYS": env.int("RETENTION_SYNC_LOGS_DAYS", default=0),  # CRM sync runs, processed webhooks
+    "QUARANTINE_DAYS": env.int("RETENTION_QUARANTINE_DAYS", default=0),  # quarantined (rejected) events
+    "DECISIONS_DAYS": env.int("RETENTION_DECISIONS_DAYS", default=0),  # nurture step executions
+    # Rows per delete transaction (short: a batch never holds a hot table's locks for long).
+    "BATCH_SIZE": env.int("RETENTION_BATCH_SIZE", default=1000),
+    # Batches per kind per run; what is left goes to the next run.
+    "MAX_BATCHES": env.int("RETENTION_MAX_BATCHES", default=500),
+}
+for _k, _v in MARTECH_RETENTION.items():
+    if _v < 0 or (_k in ("BATCH_SIZE", "MAX_BATCHES") and _v < 1):
+        raise ImproperlyConfigured(f"RETENTION_{_k} must be {'at least 1' if _k in ('BATCH_SIZE', 'MAX_BATCHES') else '0 or more'}")
+if 0 < MARTECH_RETENTION["MESSAGES_DAYS"] < 8:
+    raise ImproperlyConfigured("RETENTION_MESSAGES_DAYS must be 0 or at least 8: the weekly email cap counts "
+                               "the last 7 days of messages")
 
 PHONENUMBER_DEFAULT_REGION = env.str("PHONENUMBER_DEFAULT_REGION", default="US")
 PHONENUMBER_DB_FORMAT = "E164"

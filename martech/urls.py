@@ -15,6 +15,7 @@ urlpatterns = [
     path("anymail/", include("nurture.esp_webhooks")),  # the ESPs' delivery, bounce and complaint webhooks
     path("f/<slug:form_key>", hosted.form_page, name="form-page"),  # hosted capture forms
     path("f/<slug:form_key>/thanks", hosted.form_thanks, name="form-thanks"),
+    path("consent/confirm/<str:token>", views.consent_confirm, name="consent-confirm"),  # double opt-in links
 ]
 
 handler404 = "martech.api.errors.not_found"

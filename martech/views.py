@@ -8,10 +8,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_safe
+from django.views.decorators.http import require_http_methods, require_safe
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +93,32 @@ def healthz(request: HttpRequest) -> JsonResponse:
     checks = {name: _run(name, check) for name, check in CHECKS.items()}
     healthy = all(c["ok"] for c in checks.values())
     return JsonResponse({"status": "ok" if healthy else "fail", "checks": checks}, status=200 if healthy else 503)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def consent_confirm(request: HttpRequest, token: str) -> HttpResponse:
+    """The link in a double opt-in confirmation email. GET shows a button,
+    POST confirms: mail scanners that open every link (GET) do not consent
+    for the person. A forged or edited link answers 404, an old one 410;
+    the page never names the address or anything else we hold."""
+    from martech.api.throttling import FormCaptureThrottle
+    from martech.services.preferences import ConfirmationLinkError, confirmation_from_token, consent_confirm as confirm
+
+    try:
+        confirmation = confirmation_from_token(token)
+    except ConfirmationLinkError as exc:
+        if exc.expired:
+            return render(request, "martech/consent_confirm.html", {"state": "expired"}, status=410)
+        raise Http404("Unknown link.") from None
+    if request.method == "GET":
+        state = "confirmed" if confirmation.status == confirmation.Status.CONFIRMED else "ask"
+        return render(request, "martech/consent_confirm.html", {"state": state})
+    from martech.db import run_in_transaction
+
+    # The transaction boundary: a deadlock or serialization failure reruns the confirmation.
+    record = run_in_transaction(lambda: confirm(confirmation=confirmation, ip=FormCaptureThrottle().get_ident(request),
+                                                user_agent=request.META.get("HTTP_USER_AGENT", "")))
+    if record is None:
+        return render(request, "martech/consent_confirm.html", {"state": "expired"}, status=410)
+    return render(request, "martech/consent_confirm.html", {"state": "confirmed"})

@@ -41,7 +41,7 @@ T = TypeVar("T")
 # has beyond these and its paths (an email's conditional "blocks", keys a
 # newer release adds) are kept as they are when the step is edited.
 STEP_FIELDS: dict[str, tuple[str, ...]] = {
-    "send_email": ("template", "subject", "body", "html", "marketing"),
+    "send_email": ("template", "subject", "body", "html", "marketing", "topic"),
     "send_sms": ("body",),
     "audience_add": ("audience",),
     "audience_remove": ("audience",),
@@ -155,6 +155,13 @@ def step_clean(*, step_type: str, data: dict[str, Any], workflow: Workflow | Non
             if typed:
                 errors["template"] = [f"A template brings its own subject and bodies: leave {', '.join(typed)} "
                                       f"empty, or pick no template."]
+        topic = _text(data, "topic", errors, required=False, limit=60)
+        if topic:
+            from martech.models import ConsentChannel, SubscriptionType
+
+            if not SubscriptionType.objects.filter(key=topic, channel=ConsentChannel.EMAIL).exists():
+                errors["topic"] = [f"No email subscription topic {topic!r} (see Subscription topics)."]
+            out["topic"] = topic
         marketing = data.get("marketing", True)
         if not isinstance(marketing, bool):
             errors["marketing"] = ["True or false."]

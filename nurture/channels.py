@@ -295,8 +295,9 @@ def sign(message_id: int, **extra) -> str:
     return signing.dumps({"m": message_id, **extra}, salt=TRACK_SALT, compress=bool(extra))
 
 
-def unsign(token: str) -> dict:
-    return signing.loads(token, salt=TRACK_SALT)
+def unsign(token: str, max_age=None) -> dict:
+    """The link's payload; raises BadSignature (SignatureExpired past ``max_age``)."""
+    return signing.loads(token, salt=TRACK_SALT, max_age=max_age)
 
 
 def unsubscribe_url(message_id: int, token: str | None = None) -> str:

@@ -76,12 +76,22 @@ class Ctx:
     # Email templates by id to render instead of the version's snapshot (a
     # test run of a draft renders the current ones).
     templates: dict[str, dict] | None = None
+    # (lead id, topic id) of the batch's leads that left a topic (None: query per lead).
+    left_topics: set[tuple[int, int]] | None = None
+    # Double opt-in requests pending for the batch's leads without email consent:
+    # {lead id: when the request expires} (None: query per lead).
+    awaiting: dict[int, datetime] | None = None
+    # Subscription topics met so far: {key: (id, name)}, None for a key that names no topic.
+    topics: dict[str, tuple[int, str] | None] = field(default_factory=dict)
 
 
-def batch_prefetch(ctx: Ctx, leads: list[Lead], segment_ids=()) -> None:
+def batch_prefetch(ctx: Ctx, leads: list[Lead], segment_ids=(), topics: bool = False) -> None:
     """Consent, suppression, the last week's marketing emails and the
     suppression segments of every lead of the batch in three queries plus
-    one per segment (instead of several per step). The
+    one per segment (instead of several per step); one more for the pending
+    double opt-in requests when a lead of the batch has no email consent,
+    and with ``topics`` (a step of the batch names one) one for the topics
+    they left. The
     batch holds the leads' row locks (see enrollments_advance_due), so these
     stay true until it commits."""
     from martech.models import ConsentRecord
@@ -89,7 +99,7 @@ def batch_prefetch(ctx: Ctx, leads: list[Lead], segment_ids=()) -> None:
     ids = [l.pk for l in leads]
     ctx.consent = {}
     for lead_id, channel, status in (
-        ConsentRecord.objects.filter(lead_id__in=ids).order_by("lead_id", "channel", "-recorded_at", "-id")
+        ConsentRecord.objects.filter(lead_id__in=ids, topic__isnull=True).order_by("lead_id", "channel", "-recorded_at", "-id")
         .values_list("lead_id", "channel", "status")
     ):
         ctx.consent.setdefault((lead_id, channel), status)
@@ -107,6 +117,23 @@ def batch_prefetch(ctx: Ctx, leads: list[Lead], segment_ids=()) -> None:
         pk: set(Lead.objects.filter(pk__in=ids).filter(segment_q(seg, now=ctx.now)).values_list("pk", flat=True))
         for pk, seg in segments_by_id(segment_ids).items()
     }
+    waiting_for = [pk for pk in ids if ctx.consent.get((pk, "email")) != "granted"]
+    ctx.awaiting = {}
+    if waiting_for:
+        from martech.models import ConsentConfirmation
+
+        for lead_id, expires in (ConsentConfirmation.objects.filter(
+                lead_id__in=waiting_for, channel="email", status=ConsentConfirmation.Status.PENDING,
+                expires_at__gt=ctx.now).order_by("lead_id", "expires_at").values_list("lead_id", "expires_at")):
+            ctx.awaiting[lead_id] = expires  # the latest expiry wins
+    if topics:
+        latest: dict[tuple[int, int], str] = {}
+        for lead_id, topic_id, status in (
+            ConsentRecord.objects.filter(lead_id__in=ids, topic__isnull=False)
+            .order_by("lead_id", "topic_id", "-recorded_at", "-id").values_list("lead_id", "topic_id", "status")
+        ):
+            latest.setdefault((lead_id, topic_id), status)
+        ctx.left_topics = {pair for pair, status in latest.items() if status == ConsentRecord.Status.WITHDRAWN}
 
 
 # --- step handlers ------------------------------------------------------------
@@ -185,12 +212,57 @@ def _consent_refusal(lead: Lead, channel: str, address: str, ctx: Ctx) -> str | 
     return None
 
 
+def _awaiting_confirmation(lead: Lead, ctx: Ctx) -> datetime | None:
+    """When the lead's pending double opt-in request for email expires, or None."""
+    from martech.models import ConsentConfirmation
+
+    if ctx.awaiting is not None:
+        return ctx.awaiting.get(lead.pk)
+
+    return (ConsentConfirmation.objects.filter(lead=lead, channel="email", status=ConsentConfirmation.Status.PENDING,
+                                               expires_at__gt=ctx.now)
+            .order_by("-expires_at").values_list("expires_at", flat=True).first())
+
+
+def _topic(key: str, ctx: Ctx) -> tuple[int, str] | None:
+    if key not in ctx.topics:
+        from martech.models import SubscriptionType
+
+        ctx.topics[key] = SubscriptionType.objects.filter(key=key).values_list("pk", "name").first()
+    return ctx.topics[key]
+
+
+def topic_refusal(lead: Lead, topic_id: int, ctx: Ctx) -> str | None:
+    """``topic_unsubscribed`` when the lead left the topic (its latest topic record)."""
+    if ctx.left_topics is not None:
+        left = (lead.pk, topic_id) in ctx.left_topics
+    else:
+        from martech.selectors import lead_left_topic
+
+        left = lead_left_topic(lead_id=lead.pk, topic_id=topic_id)
+    return "topic_unsubscribed" if left else None
+
+
 def _send_email(enr, step, ctx: Ctx) -> Outcome:
     lead = enr.lead
     marketing = step.get("marketing", True)
     refusal = _consent_refusal(lead, "email", lead.email or "", ctx)
+    if refusal == "no_consent":
+        until = _awaiting_confirmation(lead, ctx)
+        if until is not None:
+            # Double opt-in: the person has not clicked yet. Wait (woken by the
+            # click, see receivers.on_consent), give up when the request expires.
+            if not ctx.dry:
+                enr.state = {**(enr.state or {}), "awaiting_confirmation": True}
+            return Outcome("delayed:awaiting_confirmation", delay_until=min(until, ctx.now + WAIT_UNTIL_POLL))
     if refusal:
         return Outcome(f"skipped:{refusal}", step["next"])
+    topic = _topic(step["topic"], ctx) if step.get("topic") else None
+    if step.get("topic"):
+        # A topic deleted after publishing (none of its messages existed): never mail on a guess.
+        refusal = topic_refusal(lead, topic[0], ctx) if topic else "unknown_topic"
+        if refusal:
+            return Outcome(f"skipped:{refusal}", step["next"], detail={"topic": topic[1] if topic else step["topic"]})
     if marketing and not ctx.dry:
         history = ctx.sends.setdefault(lead.pk, []) if ctx.sends is not None else None
         until = cap_until(lead, ctx.now, history)
@@ -203,6 +275,7 @@ def _send_email(enr, step, ctx: Ctx) -> Outcome:
         "sent", step["next"],
         message={
             "channel": Message.Channel.EMAIL, "to": lead.email, "is_marketing": marketing,
+            "topic_id": topic[0] if topic else None,
             "subject": email["subject"], "body": email["text"], "html": email["html"],
         },
         detail={"template": step["template"]} if step.get("template") else {},
@@ -542,7 +615,8 @@ def enrollments_advance_due(*, batch_size: int | None = None, now: datetime | No
             list(Lead.objects.select_for_update().filter(pk__in=list(leads)).order_by("pk").values_list("pk", flat=True))
             ctx = Ctx(now=moment)
             segment_ids = {i for e in batch for i in (e.version.settings or {}).get("suppress_segments") or []}
-            batch_prefetch(ctx, list(leads.values()), segment_ids)
+            topics = any(st.get("topic") for v in versions.values() for st in v.definition["steps"].values())
+            batch_prefetch(ctx, list(leads.values()), segment_ids, topics=topics)
             rows: list[Decided] = []
             changed: list[Enrollment] = []
             for enr in batch:
@@ -638,7 +712,7 @@ def _lock_lead(lead_id: int, address: str = "") -> Lead | None:
     from martech.models import ConsentRecord
 
     def latest(channel):
-        return Subquery(ConsentRecord.objects.filter(lead=OuterRef("pk"), channel=channel)
+        return Subquery(ConsentRecord.objects.filter(lead=OuterRef("pk"), channel=channel, topic__isnull=True)
                         .order_by("-recorded_at", "-id").values("status")[:1])
 
     # Two statements, not one SELECT ... FOR UPDATE with the reads as
@@ -743,6 +817,8 @@ def _deliver_one(msg: Message, session: channels.EmailSession, marker: _Marker) 
             ctx = Ctx(now=now, consent={(lead.pk, "email"): lead.consent_email, (lead.pk, "sms"): lead.consent_sms},
                       suppressed={address.lower()} if lead.address_suppressed else set())
             refusal = send_refusal(lead, channel, address, msg.execution.enrollment.version.settings or {}, ctx)
+            if not refusal and msg.topic_id:
+                refusal = topic_refusal(lead, msg.topic_id, ctx)
             if refusal:
                 mine.update(status=Message.Status.SKIPPED, status_reason=refusal[:100])
                 return "skipped"

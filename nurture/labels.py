@@ -46,7 +46,7 @@ OUTCOMES: dict[str, str] = {
 }
 DETAIL_KEYS: dict[str, str] = {
     "until": "until", "audience": "audience", "field": "field", "value": "value", "stage": "stage",
-    "task": "task", "subject": "subject", "workflow": "workflow",
+    "task": "task", "subject": "subject", "workflow": "workflow", "topic": "topic",
 }
 
 
@@ -133,3 +133,22 @@ def step_summary(step: dict | None, templates: dict | None = None) -> str:
     if kind in ("branch", "split", "update_field", "notify"):
         return f"{label}: {detail}"
     return f"{label} {detail}"
+
+
+# Why a message was skipped at send time (Message.status_reason), in words.
+SKIP_REASONS: dict[str, str] = {
+    "no_consent": "no consent on the channel",
+    "no_email": "the lead has no email address",
+    "no_phone": "the lead has no phone number",
+    "suppressed": "the address is suppressed (bounce, complaint or unsubscribe)",
+    "suppressed_stage": "the lead is in a suppressed lifecycle stage",
+    "suppressed_segment": "the lead is in a suppressed segment",
+    "topic_unsubscribed": "the lead left the message's subscription topic",
+    "unknown_topic": "the step's subscription topic no longer exists",
+}
+
+
+def reason_label(code: str) -> str:
+    """``topic_unsubscribed`` -> "the lead left the message's subscription topic"; an
+    unknown code (a settled in-doubt message's note) shows humanized."""
+    return SKIP_REASONS.get(code) or (code or "").replace("_", " ")

@@ -221,6 +221,9 @@ class Message(models.Model):
     step = models.CharField(max_length=64)
     channel = models.CharField(max_length=10, choices=Channel.choices)
     is_marketing = models.BooleanField(default=True)
+    # The subscription topic of its step: not sent to a lead who left the topic.
+    topic = models.ForeignKey("martech.SubscriptionType", null=True, blank=True, on_delete=models.PROTECT,
+                              related_name="+")
     to = models.CharField(max_length=500)
     subject = models.CharField(max_length=500, blank=True)
     body = models.TextField(blank=True)
@@ -347,3 +350,26 @@ class EmailTemplate(models.Model):
         from nurture.services import email_template_validate
 
         email_template_validate(template=self)
+
+
+class StepTally(models.Model):
+    """What retention deleted, still counted: per workflow and step, the
+    executions and message outcomes of rows past their retention days
+    (nurture.retention folds them in, in the transaction that deletes them).
+    The workflow metrics add these to the rows still held."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+")
+    step = models.CharField(max_length=64)
+    executed = models.PositiveBigIntegerField(default=0)
+    sent = models.PositiveBigIntegerField(default=0)
+    delivered = models.PositiveBigIntegerField(default=0)
+    opened = models.PositiveBigIntegerField(default=0)
+    clicked = models.PositiveBigIntegerField(default=0)
+    unsubscribed = models.PositiveBigIntegerField(default=0)
+    bounced = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workflow", "step"], name="nurture_steptally_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow} step {self.step}: {self.executed} executed (deleted rows)"

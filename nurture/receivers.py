@@ -182,7 +182,17 @@ def on_leads_changed(*, ids, fields, created, source) -> None:
     transaction.on_commit(run)
 
 
+def on_consent(sender, record, **kwargs) -> None:
+    """Email consent granted (after its commit): journeys waiting for a
+    double opt-in click go on now (services.enrollments_wake_for_consent)."""
+    if record.topic_id is None and record.channel == "email" and record.status == "granted":
+        from nurture.services import enrollments_wake_for_consent
+
+        enrollments_wake_for_consent(lead_id=record.lead_id, confirmed=bool((record.evidence or {}).get("double_opt_in")))
+
+
 def connect() -> None:
+    signals.consent_changed.connect(on_consent, dispatch_uid="nurture.consent")
     signals.events_ingested.connect(on_events, dispatch_uid="nurture.events")
     signals.lead_stage_changed.connect(on_stage, dispatch_uid="nurture.stage")
     signals.score_changed.connect(on_score, dispatch_uid="nurture.score")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.db.models import Count, Q
 
 from nurture.graph import step_order
-from nurture.models import Enrollment, Message, StepExecution, Workflow
+from nurture.models import Enrollment, Message, StepExecution, StepTally, Workflow
 
 MESSAGE_COUNTS = {
     "sent": Count("pk", filter=Q(status="sent")),
@@ -21,7 +21,8 @@ def workflow_metrics(*, workflow: Workflow) -> dict:
     conversions, messages (sent, delivered, opened, clicked, unsubscribed,
     bounced), and the drop-off from the previous step of the funnel (the
     steps in breadth-first order from the start). Four queries whatever the
-    size. Test runs are not counted."""
+    size, one of them the counts of rows retention deleted (StepTally).
+    Test runs are not counted."""
     enr = Enrollment.objects.filter(workflow=workflow, is_test=False).aggregate(
         enrolled=Count("pk"),
         active=Count("pk", filter=Q(status="active")),
@@ -29,7 +30,6 @@ def workflow_metrics(*, workflow: Workflow) -> dict:
         converted=Count("pk", filter=Q(status="converted")),
         exited=Count("pk", filter=Q(status="exited")),
     )
-    msgs = Message.objects.filter(workflow=workflow).aggregate(**MESSAGE_COUNTS)
     per_exec = {
         row["step"]: row["n"]
         for row in StepExecution.objects.filter(workflow=workflow, enrollment__is_test=False).values("step").annotate(n=Count("pk"))
@@ -38,6 +38,13 @@ def workflow_metrics(*, workflow: Workflow) -> dict:
         row.pop("step"): row
         for row in Message.objects.filter(workflow=workflow).values("step").annotate(**MESSAGE_COUNTS)
     }
+    # Rows retention deleted still count (StepTally holds their counts).
+    for tally in StepTally.objects.filter(workflow=workflow):
+        per_exec[tally.step] = per_exec.get(tally.step, 0) + tally.executed
+        row = per_msg.setdefault(tally.step, dict.fromkeys(MESSAGE_COUNTS, 0))
+        for k in MESSAGE_COUNTS:
+            row[k] += getattr(tally, k)
+    msgs = {k: sum(row[k] for row in per_msg.values()) for k in MESSAGE_COUNTS}
     definition = workflow.current_version.definition if workflow.current_version else workflow.definition
     # Steps of older versions that the current one dropped still count.
     order = step_order(definition) + sorted(set(per_exec) - set(step_order(definition)))

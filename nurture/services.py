@@ -62,6 +62,9 @@ def workflow_validate(*, workflow: Workflow) -> None:
             condition_check(cond)
         except ValidationError as exc:
             errors["trigger_config"] = [f"condition: {m}" for m in exc.messages]
+    topic_errors = _topics_check(workflow.definition)
+    if topic_errors:
+        errors.setdefault("definition", []).extend(topic_errors)
     seg_ids = workflow.suppress_segments or []
     if not isinstance(seg_ids, list) or not all(isinstance(i, int) for i in seg_ids):
         errors["suppress_segments"] = ["A list of segment ids (integers)."]
@@ -139,6 +142,27 @@ def workflow_never_fires(*, workflow: Workflow) -> dict[str, list[str]]:
                 f"No active lifecycle stage {cfg['stage']!r}: no lead ever enters it, so this journey would never "
                 "enroll anyone.")
     return problems
+
+
+def _topics_check(definition) -> list[str]:
+    """Each email step's ``topic`` names an email subscription topic."""
+    from martech.models import SubscriptionType
+
+    steps = (definition or {}).get("steps") if isinstance(definition, dict) else None
+    named = {key: step.get("topic") for key, step in (steps or {}).items()
+             if isinstance(step, dict) and step.get("topic") not in (None, "")}
+    if not named:
+        return []
+    known = dict(SubscriptionType.objects.filter(key__in=[str(k) for k in named.values()]).values_list("key", "channel"))
+    errors = []
+    for key, topic in named.items():
+        if steps[key].get("type") != "send_email":
+            errors.append(f"{key}.topic: only an email step has a subscription topic.")
+        elif topic not in known:
+            errors.append(f"{key}.topic: no subscription topic {topic!r} (see Subscription topics).")
+        elif known[topic] != ConsentChannel.EMAIL:
+            errors.append(f"{key}.topic: the topic {topic!r} is not an email topic.")
+    return errors
 
 
 @transaction.atomic
@@ -426,6 +450,21 @@ def enrollments_wake_for_events(*, lead_ids: list[int], event_names: set[str], n
     ).update(due_at=now)
 
 
+def enrollments_wake_for_consent(*, lead_id: int, confirmed: bool, now: datetime | None = None) -> int:
+    """The lead's email consent was granted: an email step waiting for a
+    double opt-in click runs at once. A confirmed double opt-in (the person
+    clicked) also lifts an earlier unsubscribe suppression of the lead's
+    address, never a bounce's or a complaint's. Idempotent."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        lead = Lead.objects.select_for_update().filter(pk=lead_id).values_list("email", flat=True)
+        email = lead.first()
+        if confirmed and email:
+            Suppression.objects.filter(address=email.lower(), reason=Suppression.Reason.UNSUBSCRIBE).delete()
+        return Enrollment.objects.filter(lead_id=lead_id, status=Enrollment.Status.ACTIVE,
+                                         state__awaiting_confirmation=True, due_at__gt=now).update(due_at=now)
+
+
 # --- tracking, unsubscribe, bounces -------------------------------------------------
 def _record_event(*, lead: Lead, name: str, key: str, properties: dict, at: datetime | None = None,
                   context: dict | None = None) -> bool:
@@ -487,11 +526,12 @@ def message_track(*, message: Message, kind: str, url: str = "") -> None:
 
 
 @transaction.atomic
-def message_unsubscribe(*, message: Message, source: str) -> bool:
+def message_unsubscribe(*, message: Message, source: str, evidence: dict | None = None) -> bool:
     """Withdraw email consent, suppress the address, stamp the message.
     Repeating it changes nothing (returns False). Takes the lead's row lock
     first: a send in progress to this lead finishes before it, and no later
-    send passes the send-time check."""
+    send passes the send-time check. ``evidence``: the request's (ip,
+    user_agent, page), kept on the consent record."""
     lead = message.lead
     Lead.objects.select_for_update().filter(pk=lead.pk).values_list("pk").first()
     now = timezone.now()
@@ -501,9 +541,50 @@ def message_unsubscribe(*, message: Message, source: str) -> bool:
                                                                                "detail": f"message {message.key}"})
     if stamped or created:
         consent_record(lead=lead, channel=ConsentChannel.EMAIL, granted=False, source=source,
-                       evidence={"message": message.key})
+                       evidence={**(evidence or {}), "message": message.key})
         _record_message_event(message=message, name="email_unsubscribed", suffix="unsub", properties={})
     return bool(stamped or created)
+
+
+@transaction.atomic
+def message_preferences_save(*, message: Message, channels: dict[str, bool], topics: dict[str, bool],
+                             evidence: dict, source: str = "nurture:preferences") -> int:
+    """The preference page reached from ``message``: the person's choices
+    per channel and topic (martech.services.preferences.preferences_update).
+    Turning email off is an unsubscribe (``message_unsubscribe``: the
+    address is suppressed too); turning it back on lifts the unsubscribe
+    suppression of the address the message went to (never a bounce's or a
+    complaint's). Returns the consent records written."""
+    from martech.selectors import lead_consent_state
+    from martech.services.preferences import preferences_update
+
+    lead = message.lead
+    Lead.objects.select_for_update().filter(pk=lead.pk).values_list("pk").first()
+    evidence = {**evidence, "message": message.key}
+    before = lead.consent_records.count()
+    email_now = lead_consent_state(lead=lead).get(ConsentChannel.EMAIL)
+    if channels.get(ConsentChannel.EMAIL) is False and email_now == "granted":
+        message_unsubscribe(message=message, source=source, evidence=evidence)
+    preferences_update(lead=lead, channels=channels, topics=topics, source=source, evidence=evidence)
+    if channels.get(ConsentChannel.EMAIL) and email_now != "granted":
+        Suppression.objects.filter(address=(message.to or "").lower(), reason=Suppression.Reason.UNSUBSCRIBE).delete()
+    return lead.consent_records.count() - before
+
+
+@transaction.atomic
+def message_unsubscribe_all(*, message: Message, evidence: dict, source: str = "nurture:preferences") -> bool:
+    """"Unsubscribe from all" on the preference page: email as the one-click
+    unsubscribe does, and every other channel the lead consented to."""
+    from martech.selectors import lead_consent_state
+    from martech.services.preferences import preferences_update
+
+    lead = message.lead
+    Lead.objects.select_for_update().filter(pk=lead.pk).values_list("pk").first()
+    evidence = {**evidence, "message": message.key}
+    changed = message_unsubscribe(message=message, source=source, evidence=evidence)
+    granted = [c for c, status in lead_consent_state(lead=lead).items() if status == "granted"]
+    return bool(preferences_update(lead=lead, channels={c: False for c in granted}, topics={}, source=source,
+                                   evidence=evidence)) or changed
 
 
 # What an ESP's tracking event (anymail's normalized kinds) records on the

@@ -14,5 +14,6 @@ from martech.admin import (  # noqa: F401
     quarantine,
     stages,
     tasks,
+    topics,
     websites,
 )

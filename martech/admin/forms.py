@@ -75,7 +75,7 @@ class FormAdmin(HistoryAdmin):
     fieldsets = [
         (None, {"fields": ["name", "key", "is_active", "event_type", "hosted_link", "capture_path"]}),
         ("Fields", {"fields": ["fields", "defaults", "honeypot_field", "submit_label"]}),
-        ("Consent", {"fields": ["consent_field", "consent_channel", "consent_text"]}),
+        ("Consent", {"fields": ["consent_field", "consent_channel", "consent_text", "double_opt_in"]}),
         ("After a submission", {"fields": ["thank_you_message", "redirect_url"]}),
         ("On your website", {"fields": ["allowed_origins", "embed_snippet"]}),
         ("Record", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),

@@ -20,12 +20,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from martech import signals
-from martech.models import Event, EventType, Form, FormFieldType, Identity, consent_text_version
+from martech.models import ConsentChannel, Event, EventType, Form, FormFieldType, Identity, consent_text_version
 from martech.selectors import NOT_APPLIED
 from martech.services.campaigns import UTM_FIELDS
 from martech.services.ingest import Touch, UtmResolver, lead_touch_update
 from martech.services.leads import SubjectErased, consent_record, identity_link, lead_upsert
 from martech.services.normalize import refuse_unstorable
+from martech.services.preferences import consent_confirmation_request
 
 log = logging.getLogger(__name__)
 
@@ -221,19 +222,18 @@ def _store(
     )
 
     if form.consent_field and _truthy(data.get(form.consent_field)):
-        consent_record(
-            lead=lead,
-            channel=form.consent_channel,
-            granted=True,
-            source=source,
-            evidence={
-                "form": form.key,
-                "ip": ip,
-                **_consent_text(form, data.get(CONSENT_VERSION_FIELD)),
-                "page_url": page_url,
-                "user_agent": user_agent[:500],
-            },
-        )
+        evidence = {
+            "form": form.key,
+            "ip": ip,
+            **_consent_text(form, data.get(CONSENT_VERSION_FIELD)),
+            "page_url": page_url,
+            "user_agent": user_agent[:500],
+        }
+        if form.double_opt_in and form.consent_channel == ConsentChannel.EMAIL:
+            # Not consent yet: a request and a confirmation email; the click grants it.
+            consent_confirmation_request(lead=lead, channel=form.consent_channel, form=form, evidence=evidence)
+        else:
+            consent_record(lead=lead, channel=form.consent_channel, granted=True, source=source, evidence=evidence)
 
     anonymous_id = str(data.get(ANONYMOUS_ID_FIELD) or "").strip()[:255]
     if anonymous_id:

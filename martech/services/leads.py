@@ -446,11 +446,17 @@ def consent_record(
     evidence: dict[str, Any] | None = None,
     actor=None,
     at: datetime | None = None,
+    topic=None,
 ) -> ConsentRecord:
-    """Append a consent record. The latest record per channel is the lead's
-    current consent (selectors.lead_consent_state)."""
+    """Append a consent record. The latest record per channel (without a
+    topic) is the lead's current consent (selectors.lead_consent_state); with
+    ``topic`` (a SubscriptionType of that channel) it is the lead's choice on
+    that topic."""
     if channel not in ConsentChannel.values:
         raise ValidationError({"channel": [f"Unknown consent channel {channel!r}."]})
+    if topic is not None and topic.channel != channel:
+        raise ValidationError({"topic": [f"The topic {topic.name!r} is on the {topic.get_channel_display()} "
+                                         f"channel, not {channel}."]})
     # The lead's row lock (lead first): nurture checks consent and sends
     # under this lock, so a withdrawal either lands before that check (and
     # is seen) or waits until the send has committed, never in between.
@@ -458,6 +464,7 @@ def consent_record(
     record = ConsentRecord.objects.create(
         lead=lead,
         channel=channel,
+        topic=topic,
         status=ConsentRecord.Status.GRANTED if granted else ConsentRecord.Status.WITHDRAWN,
         source=source[:100],
         evidence=evidence or {},

@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 
 from martech.admin.actions import _confirmation
 from martech.admin.base import BaseAdmin, BigTableAdmin, ReadOnlyMixin
+from nurture.labels import reason_label
 from nurture.models import Message, Suppression
 from nurture.services import messages_mark_sent, messages_resend
 
@@ -49,13 +50,17 @@ def mark_sent(modeladmin, request, queryset):
 
 @admin.register(Message)
 class MessageAdmin(ReadOnlyMixin, BigTableAdmin):
-    list_display = ("created_at", "channel", "to", "subject", "status", "status_reason", "opened_at", "clicked_at",
+    list_display = ("created_at", "channel", "to", "subject", "topic", "status", "reason", "opened_at", "clicked_at",
                     "workflow", "step")
-    list_filter = (NeedsAttentionFilter, "status", "channel")
-    list_select_related = ("workflow",)
+    list_filter = (NeedsAttentionFilter, "status", "channel", "topic")
+    list_select_related = ("workflow", "topic")
     search_fields = ("to", "key")
     raw_id_fields = ("lead",)
     actions = [resend, mark_sent]
+
+    @admin.display(description="Why", ordering="status_reason")
+    def reason(self, obj: Message) -> str:
+        return reason_label(obj.status_reason)
 
     def has_resolve_permission(self, request) -> bool:
         # Rows stay read-only in their form; settling one is a change.

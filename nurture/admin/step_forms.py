@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django import forms
 
-from martech.models import EventType, Form, Lead, LifecycleStage
+from martech.models import ConsentChannel, EventType, Form, Lead, LifecycleStage, SubscriptionType
 from nurture.builder import PATH_LABELS, update_field_choices
 from nurture.graph import TARGETS
 from nurture.labels import step_detail, step_type_label
@@ -114,6 +114,15 @@ class SendEmailStepForm(StepForm):
                            help_text="Optional; made from the text when empty.")
     marketing = forms.BooleanField(required=False, initial=True, label="Marketing email",
                                    help_text="Counts toward the frequency cap. Untick for a transactional email.")
+    topic = forms.ChoiceField(required=False, label="Subscription topic",
+                              help_text="Leads who left the topic on their preference page are skipped.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        topics = [(t.key, t.name) for t in SubscriptionType.objects.filter(channel=ConsentChannel.EMAIL, is_active=True)
+                  .order_by("order", "name")]
+        self.fields["topic"].choices = _with_current([("", "— none —"), *topics], self.initial.get("topic"),
+                                                     "not an active email topic")
 
     @classmethod
     def initial_from(cls, step: dict) -> dict:
@@ -121,6 +130,8 @@ class SendEmailStepForm(StepForm):
 
     def step_data(self) -> dict:
         data = super().step_data()
+        if not data.get("topic"):
+            data.pop("topic", None)
         template = data.pop("template")
         if template is not None:
             # A template brings its own subject and bodies; typed ones are

@@ -21,7 +21,6 @@ from martech.models import ApiClient
 from martech.services.leads import lead_merge
 from tests.factories import EventFactory, LeadFactory
 from tests.martech.api_support import *  # noqa: F403 (fixtures)
-from tests.martech.api_support import error_fields
 
 pytestmark = pytest.mark.django_db
 

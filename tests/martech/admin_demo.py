@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from django.core.management import call_command
 
-from martech.models import ApiClient, Lead, LifecycleStage, QuarantinedEvent, SalesTask, Website
+from martech.models import (
+    ApiClient,
+    ConsentConfirmation,
+    Lead,
+    LifecycleStage,
+    QuarantinedEvent,
+    SalesTask,
+    SubscriptionType,
+    Website,
+)
 
 
 def build_demo(*, leads: int = 60) -> None:
@@ -25,4 +34,14 @@ def build_demo(*, leads: int = 60) -> None:
     if not Website.objects.exists():
         Website.objects.create(name="acme.example", allowed_origins=["https://www.acme.example"],
                                track_events=["demo_requested"])
+    if not SubscriptionType.objects.exists():
+        SubscriptionType.objects.create(key="product-news", name="Product news")
+    if not ConsentConfirmation.objects.exists():
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        lead = Lead.objects.order_by("pk").first()
+        ConsentConfirmation.objects.create(lead=lead, channel="email", evidence={"form": "demo"},
+                                           expires_at=timezone.now() + timedelta(days=7))
     assert LifecycleStage.objects.exists()

@@ -310,3 +310,19 @@ def test_a_send_email_step_names_a_template_instead_of_its_own_text(make_workflo
     workflow_step_edit(workflow=wf, key=key, data={"subject": "Typed", "body": "B"})
     wf.refresh_from_db()
     assert wf.definition["steps"][key] == {"type": "send_email", "subject": "Typed", "body": "B", "next": "end"}
+
+
+def test_a_send_email_step_picks_an_email_topic(make_workflow):
+    from martech.models import SubscriptionType
+
+    SubscriptionType.objects.create(key="product-news", name="Product news")
+    SubscriptionType.objects.create(key="sms-offers", name="SMS offers", channel="sms")
+    wf = make_workflow(email_flow(1), publish=False)
+    key = workflow_step_add(workflow=wf, step_type="send_email", after="e1",
+                            data={"subject": "S", "body": "B", "topic": "product-news"})
+    wf.refresh_from_db()
+    assert wf.definition["steps"][key]["topic"] == "product-news"
+    for topic in ("sms-offers", "ghost"):
+        with pytest.raises(ValidationError) as exc:
+            workflow_step_edit(workflow=wf, key=key, data={"subject": "S", "body": "B", "topic": topic})
+        assert f"No email subscription topic {topic!r}" in " ".join(_errors(exc)["topic"])

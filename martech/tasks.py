@@ -1,0 +1,24 @@
+"""django-q2 tasks of the core: thin, take ids, call one service (STYLE.md);
+each is safe to run twice and reruns a transaction the database aborted for
+a concurrent one (``retry_on_conflict``)."""
+from __future__ import annotations
+
+from martech.db import retry_on_conflict
+
+
+@retry_on_conflict
+def consent_confirmations_send(ids: list[int] | None = None) -> int:
+    """Woken after a double opt-in submission commits (its ids); the
+    schedule runs it without ids to sweep what a lost wake-up left."""
+    from martech.services.preferences import consent_confirmations_expire, consent_confirmations_send as send
+
+    if ids is None:
+        consent_confirmations_expire()
+    return send(ids=ids)
+
+
+@retry_on_conflict
+def retention_apply() -> dict[str, int]:
+    from martech.retention import retention_apply as apply
+
+    return apply()
