@@ -143,6 +143,9 @@ def sections(subject: Subject) -> list[tuple[str, QuerySet]]:
         ("martech.Lead", Lead.objects.filter(pk__in=leads)),
         ("martech.Identity", Identity.objects.filter(_lead_q("lead_id", leads))),
         ("martech.Event", M("martech", "Event").objects.filter(events)),
+        # Double opt-in requests (evidence: IP, user agent) point at the consent they made: first.
+        ("martech.ConsentConfirmation",
+         M("martech", "ConsentConfirmation").objects.filter(_lead_q("lead_id", leads))),
         ("martech.ConsentRecord", M("martech", "ConsentRecord").objects.filter(_lead_q("lead_id", leads))),
         ("martech.StageTransition", M("martech", "StageTransition").objects.filter(_lead_q("lead_id", leads))),
         ("martech.SalesTask", M("martech", "SalesTask").objects.filter(pk__in=tasks)),

@@ -13,6 +13,7 @@ from attribution.models import AttributionCredit, Opportunity, OpportunityContac
 from attribution.services import default_pipeline
 from martech.crm.models import Connection, ListMember, ListMirror, OutboxItem, PullFailure, PushState, WebhookReceipt
 from martech.models import (
+    ConsentConfirmation,
     ConsentRecord,
     Event,
     EventType,
@@ -80,8 +81,11 @@ def make_person(*, tag: str = "zq", events: int = 3, messages: int = 1, connecti
                          occurred_at=now)
     Event.objects.create(client_event_id=f"{tag}-anon", event_type=page_view, lead=None, anonymous_id=anon,
                          properties={"url": "https://example.org/"}, occurred_at=now)
-    ConsentRecord.objects.create(lead=lead, channel="email", status="granted", source="form:demo",
-                                 evidence={"ip": "203.0.113.9", "text": "Yes", "email": email})
+    granted = ConsentRecord.objects.create(lead=lead, channel="email", status="granted", source="form:demo",
+                                           evidence={"ip": "203.0.113.9", "text": "Yes", "email": email})
+    # A double opt-in request, confirmed: its evidence holds the person's IP and address.
+    ConsentConfirmation.objects.create(lead=lead, status="confirmed", evidence={"ip": "203.0.113.9", "email": email},
+                                       expires_at=now, confirmed_at=now, record=granted)
     transition = StageTransition.objects.create(lead=lead, to_stage=stage, reason="created", source="form:demo")
     task = SalesTask.objects.create(key=f"task:{tag}", lead=lead, subject=f"Call {first} {last}",
                                     description=f"Ask {first} about pricing")
