@@ -17,10 +17,23 @@ from martech.models import Lead
 from routing import engine
 from routing.models import Assignment, Rep, Rule, Team
 from routing.services.config import live_rule_set, rules_of
-from routing.services.decision import Decision, _batch, _candidates, _lock_reps, _lock_teams, _team_read, decide
+from routing.services.decision import (
+    Decision,
+    _batch,
+    _candidates,
+    _lock_reps,
+    _lock_teams,
+    _team_read,
+    account_owner_rep,
+    decide,
+    decision_start,
+    decision_wait,
+    pick_record,
+    teams_in_turn,
+)
 from routing.services.route import _json_default, _sla_for, _write, owner_set
-from routing.services.rules import _skipped_steps, rule_match
-from routing.services.selectors import account_match, has_cap, rep_loads, team_reps
+from routing.services.rules import rule_match
+from routing.services.selectors import has_cap, rep_loads, team_reps
 
 Status = Assignment.Status
 Lifecycle = Assignment.Lifecycle
@@ -83,8 +96,10 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
     rep (README, "Lock order, leases and retries"); each team's fair queue,
     capacities and daily counts are advanced in memory as leads are handed
     out; assignments are inserted in bulk. Rules that target a rep or an
-    account owner go through ``decide`` one lead at a time. Returns counts
-    by status."""
+    account owner go through ``decide`` one lead at a time; the others'
+    decisions are made by the same steps as ``decide``'s (``decision_start``,
+    ``teams_in_turn``, ``pick_record``, ``decision_wait``) on pools of
+    candidates kept in memory. Returns counts by status."""
     now = now or timezone.now()
     with configcache.snapshot():  # the configuration token, read once
         rule_set = live_rule_set()
@@ -96,7 +111,8 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
     taken = set(Assignment.objects.filter(lead_id__in=[l.pk for l in leads], is_current=True).values_list("lead_id", flat=True))
     counts: Counter = Counter(kept=len(taken))
     decisions: list[tuple[Lead, Decision]] = []
-    by_team: dict[int, list[tuple[Lead, Decision]]] = {}
+    # Leads by the first team they are offered to, with their teams in turn.
+    by_team: dict[int, list[tuple[Lead, Decision, list[tuple[Team, str]]]]] = {}
     direct: list[Lead] = []  # leads of rep and account-owner rules
     needed_teams: set[int] = set()
     direct_reps: list = []
@@ -106,12 +122,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         rule = rule_match(rules, lead, now=now)
         if rule is not None and rule.action in (Rule.Action.REP, Rule.Action.ACCOUNT_OWNER):
             # Decided below, once the locks are held; what it may lock is gathered now.
-            if rule.action == Rule.Action.REP:
-                who = rule.rep
-            else:
-                account, _ = account_match(lead)
-                who = Rep.objects.filter(user_id=account.owner_id).select_related("team", "backup").first() \
-                    if account and account.owner_id else None
+            who = rule.rep if rule.action == Rule.Action.REP else account_owner_rep(lead)[2]
             if who is not None:
                 direct_reps.append(who)
                 if who.backup_id:
@@ -119,15 +130,12 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
             needed_teams.update(t for t in (rule.team_id, who.team_id if who else None) if t)
             direct.append(lead)
             continue
-        d = Decision(status=Status.WAITING, rule_set=rule_set, rule=rule, steps=_skipped_steps(rules))
-        d.steps.append({"step": "rule", "matched": rule.name if rule else None, "action": rule.action if rule else "fallback"})
-        if rule is not None and rule.action == Rule.Action.NURTURE:
-            d.status, d.method = Status.NURTURE, "nurture"
-            decisions.append((lead, d))
-            continue
-        team = rule.team if rule is not None else fallback
-        by_team.setdefault(team.pk, []).append((lead, d))
+        d = decision_start(rule_set=rule_set, rules=rules, rule=rule)
         decisions.append((lead, d))
+        if d.status == Status.NURTURE:
+            continue
+        turns = teams_in_turn(rule.team if rule is not None else fallback, fallback)
+        by_team.setdefault(turns[0][0].pk, []).append((lead, d, turns))
     if by_team or direct:
         needed_teams.update(by_team)
         needed_teams.add(fallback.pk)  # any of them may overflow to it
@@ -153,7 +161,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
     if direct:  # their picks moved fair queues: read them again
         team_reads = {t: _team_read(t, lock=True) for t in order}
         reps_of = {t: team_reps(t, now) if team_reads[t].is_active else [] for t in order}
-    overflow: list[tuple[Lead, Decision]] = []
+    overflow: list[tuple[Lead, Decision, list[tuple[Team, str]]]] = []
     rep_updates: dict[int, Rep] = {}
     team_updates: dict[int, float] = {}
     pools: dict[int, tuple[Team, list[engine.Candidate]]] = {}
@@ -161,9 +169,9 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         if team_id is None:  # the fallback queue takes what the teams could not
             if not overflow:
                 break
-            team_id, batch, why = fallback.pk, overflow, "fallback queue"
+            team_id, batch, turn = fallback.pk, overflow, 1
         else:
-            batch, why = by_team[team_id], "team"
+            batch, turn = by_team[team_id], 0
         if team_id not in pools:
             team, reps = team_reads[team_id], reps_of[team_id]
             pools[team_id] = (team, _candidates(reps, now, team_id=team.pk, loads=rep_loads(
@@ -172,33 +180,27 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
         by_rep = {c.rep.pk: c for c in candidates}
         counted = any(has_cap(c.rep) for c in candidates) or team.method == Team.Method.LEAST_LOADED
         rows = None
-        for lead, d in batch:
+        for lead, d, turns in batch:
             if rows is None or counted:
                 rows = [c.as_json() for c in candidates]
             pick = engine.choose(team, candidates)
-            d.steps.append({"step": why, "team": team.name, "team_id": team.pk, "method": team.method, "candidates": rows,
-                            "outcome": f"chose {pick.rep.name}" if pick.rep else "nobody eligible"})
-            d.method = d.method or team.method
-            if pick.rep is None:
-                if why == "team" and team.pk != fallback.pk:
+            c = by_rep[pick.rep.pk] if pick.rep is not None else None
+            if not pick_record(d, team, pick, c, why=turns[turn][1], candidates=rows):
+                if turn + 1 < len(turns):  # the fallback queue is tried next
                     d.team = team
-                    overflow.append((lead, d))
+                    overflow.append((lead, d, turns))
                 else:
-                    d.team = d.team or team
-                    d.steps.append({"step": "waiting", "team": d.team.name, "outcome": "waiting until someone is eligible"})
+                    decision_wait(d, d.team or team)
                 continue
             team.rr_clock, pick.rep.rr_pass = pick.team_clock, pick.rep_pass
             rep_updates[pick.rep.pk] = pick.rep
-            d.status, d.rep, d.team, d.method = Status.ASSIGNED, pick.rep, team, team.method
-            c = by_rep[pick.rep.pk]
-            d.absences = c.absences
             if counted:
                 c.open_count += 1
                 c.today_count += 1
                 if has_cap(c.rep):
                     c.skipped = engine.capacity_reason(c.rep, open_count=c.open_count, today_count=c.today_count)
         team_updates[team.pk] = team.rr_clock
-        if why == "fallback queue":
+        if turn == 1:
             break
     pg = connection.vendor == "postgresql"
     if not pg:

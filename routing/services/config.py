@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from martech import configcache
 from routing.models import Assignment, Rule, RuleSet
 from routing.services.rules import _compiled_cache

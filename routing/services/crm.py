@@ -2,7 +2,6 @@
 the CRM owner ids of reps, and reps linked to pulled CRM owners."""
 from __future__ import annotations
 
-
 from routing.models import Rep
 from routing.services.config import config_changed
 

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Subquery
 
-from martech.models import Lead
+from martech.models import Account, Lead
 from routing import engine
 from routing.models import Assignment, Rep, Rule, RuleSet, Team
 from routing.services.config import _live_pk_query, rules_of
@@ -156,6 +156,62 @@ def _lock_teams(ids, *, fallback_id: int | None) -> None:
         cursor.execute(_LOCK_TEAMS_PG, [sorted(ids), fallback_id or 0])
 
 
+def pick_record(decision: Decision, team: Team, pick: engine.Pick, chosen: engine.Candidate | None, *, why: str,
+                candidates: list[dict[str, Any]]) -> bool:
+    """The decision step for one team: its pick (``engine.choose``) and the
+    candidates it chose from (as JSON) recorded on ``decision``; the rep
+    assigned when there is one. True when assigned. ``decide`` and
+    ``leads_route_batch`` both record a team's pick here."""
+    decision.steps.append({
+        "step": why, "team": team.name, "team_id": team.pk, "method": team.method, "candidates": candidates,
+        "outcome": f"chose {pick.rep.name}" if pick.rep else "nobody eligible",
+    })
+    decision.method = decision.method or team.method
+    if pick.rep is None:
+        return False
+    decision.status, decision.rep, decision.team, decision.method = Status.ASSIGNED, pick.rep, team, team.method
+    decision.absences = chosen.absences
+    return True
+
+
+def decision_wait(decision: Decision, team: Team | None) -> None:
+    """Nobody eligible in the lead's team nor the fallback queue: the lead
+    waits in ``team``'s queue (``queue.waiting_assign`` tries it again)."""
+    decision.status, decision.rep, decision.team = Status.WAITING, None, team
+    decision.steps.append({"step": "waiting", "team": team.name if team else None,
+                           "outcome": "waiting until someone is eligible"})
+
+
+def teams_in_turn(team: Team | None, fallback: Team | None) -> list[tuple[Team, str]]:
+    """The teams a lead is offered to, in turn, each once: its team (the
+    rule's, the rep's), then the fallback queue."""
+    out: list[tuple[Team, str]] = []
+    for candidate, why in ((team, "team"), (fallback, "fallback queue")):
+        if candidate is not None and all(candidate.pk != t.pk for t, _ in out):
+            out.append((candidate, why))
+    return out
+
+
+def decision_start(*, rule_set: RuleSet, rules: list[Rule], rule: Rule | None) -> Decision:
+    """A decision's first steps: the rules skipped (their condition does not
+    parse) and the rule matched. A nurture rule decides it at once."""
+    decision = Decision(status=Status.WAITING, rule_set=rule_set, rule=rule, steps=_skipped_steps(rules))
+    decision.steps.append({"step": "rule", "matched": rule.name if rule else None,
+                           "action": rule.action if rule else "fallback"})
+    if rule is not None and rule.action == Rule.Action.NURTURE:
+        decision.status, decision.method = Status.NURTURE, "nurture"
+    return decision
+
+
+def account_owner_rep(lead: Lead) -> tuple[Account | None, str, Rep | None]:
+    """The lead's account (``account_match``: linked, by domain or by
+    company name), how it was found, and the rep who is its owner."""
+    account, how = account_match(lead)
+    owner_rep = Rep.objects.filter(user_id=account.owner_id).select_related("team", "backup").first() \
+        if account and account.owner_id else None
+    return account, how, owner_rep
+
+
 def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why: str, exclude: set[int]) -> bool:
     # Re-read (and, committing, lock) the team: its clock is the round-robin pointer.
     team = _team_read(team.pk, lock=lock)
@@ -172,16 +228,8 @@ def _try_team(decision: Decision, team: Team, now: datetime, *, lock: bool, why:
         # full by now, the next rep in the queue is tried.
         if chosen is None or not lock or _hold(chosen, now):
             break
-    decision.steps.append({
-        "step": why, "team": team.name, "team_id": team.pk, "method": team.method,
-        "candidates": [c.as_json() for c in candidates],
-        "outcome": f"chose {pick.rep.name}" if pick.rep else "nobody eligible",
-    })
-    decision.method = decision.method or team.method
-    if pick.rep is None:
+    if not pick_record(decision, team, pick, chosen, why=why, candidates=[c.as_json() for c in candidates]):
         return False
-    decision.status, decision.rep, decision.team, decision.method = Status.ASSIGNED, pick.rep, team, team.method
-    decision.absences = chosen.absences
     decision.updates.append((team, pick.team_clock, pick.rep, pick.rep_pass))
     return True
 
@@ -211,20 +259,15 @@ def decide(
     team row locks a committing route needs; a preview passes False and
     writes nothing. ``exclude`` keeps reps out (a reassignment)."""
     exclude = exclude or set()
-    decision = Decision(status=Status.WAITING, rule_set=rule_set)
     if rule_set is None:
         raise ValidationError({"rule_set": ["No routing rule set is published yet."]})
     rules = rules if rules is not None else rules_of(rule_set)
     rule = rule_match(rules, lead, now=now)
-    decision.rule = rule
-    fallback = rule_set.fallback_team
-    decision.steps.extend(_skipped_steps(rules))
-    decision.steps.append({"step": "rule", "matched": rule.name if rule else None,
-                           "action": rule.action if rule else "fallback"})
-    waiting_team = fallback
-    if rule is not None and rule.action == Rule.Action.NURTURE:
-        decision.status, decision.method = Status.NURTURE, "nurture"
+    decision = decision_start(rule_set=rule_set, rules=rules, rule=rule)
+    if decision.status == Status.NURTURE:
         return decision
+    fallback = rule_set.fallback_team
+    waiting_team = fallback
     if rule is not None and rule.action == Rule.Action.REP:
         if _try_rep(decision, rule.rep, now, why="rule rep", exclude=exclude, lock=lock):
             return decision
@@ -232,9 +275,7 @@ def decide(
             return decision
         waiting_team = rule.team or rule.rep.team or fallback
     elif rule is not None and rule.action == Rule.Action.ACCOUNT_OWNER:
-        account, how = account_match(lead)
-        owner_rep = Rep.objects.filter(user_id=account.owner_id).select_related("team", "backup").first() \
-            if account and account.owner_id else None
+        account, how, owner_rep = account_owner_rep(lead)
         decision.steps.append({"step": "account", "account": account.name if account else None, "matched_by": how,
                                "owner_rep": owner_rep.name if owner_rep else None})
         if owner_rep:
@@ -245,17 +286,10 @@ def decide(
         waiting_team = rule.team or (owner_rep.team if owner_rep else None) or fallback
     elif rule is not None:
         waiting_team = rule.team
-    # A team (the rule's, the rep's) then the fallback queue.
-    tried = set()
-    for team, why in ((waiting_team, "team"), (fallback, "fallback queue")):
-        if team is None or team.pk in tried:
-            continue
-        tried.add(team.pk)
+    for team, why in teams_in_turn(waiting_team, fallback):
         if _try_team(decision, team, now, lock=lock, why=why, exclude=exclude):
             return decision
-    decision.status, decision.rep, decision.team = Status.WAITING, None, waiting_team or fallback
-    decision.steps.append({"step": "waiting", "team": decision.team.name if decision.team else None,
-                           "outcome": "waiting until someone is eligible"})
+    decision_wait(decision, waiting_team or fallback)
     return decision
 
 

@@ -1,15 +1,19 @@
 """Prepared queries for routing's hot reads: a queryset's SQL built once per
-connection and run again with a new id. It reads Django's compiler internals
-(``tests/routing/test_prepared.py`` exercises each one, so a Django upgrade
-that changes them fails there, not in production)."""
+connection and run again with a new id.
+
+This is the one place routing reads Django's private query-compiler API:
+``SQLCompiler.select``, ``klass_info`` (``model``, ``select_fields``,
+``related_klass_infos`` with ``local_setter`` / ``remote_setter``),
+``annotation_col_map``, ``get_converters`` and ``apply_converters``, and
+``compile(query.where)`` for ``selectors``' load counts.
+``tests/routing/test_prepared.py`` exercises each of them and compares the
+rows with the ORM's own, so a Django upgrade that changes them fails there,
+not in a route."""
 from __future__ import annotations
 
 from typing import Any
 
 from django.db import connection, connections
-
-
-# --- Prepared queries for the hot reads ---------------------------------------
 
 _SENTINEL_ID = -(2**62) + 11
 
@@ -62,10 +66,15 @@ def _from_row(info: dict, row, db: str):
     return model.from_db(db, names, values)
 
 
+def prepared_cache() -> dict[str, Any]:
+    """What routing prepared for the current connection. Kept on the
+    connection wrapper (one per thread and alias): a compiler converts
+    values for its own connection, and SQL differs by vendor."""
+    return connections[connection.alias].__dict__.setdefault("_routing_prepared", {})
+
+
 def _prepared(key: str, build) -> _PreparedQuery:
-    # Kept on the connection wrapper (one per thread and alias): the
-    # compiler it holds converts values for that connection.
-    cache = connections[connection.alias].__dict__.setdefault("_routing_prepared", {})
+    cache = prepared_cache()
     found = cache.get(key)
     if found is None:
         found = cache[key] = _PreparedQuery(build())

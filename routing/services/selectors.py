@@ -4,10 +4,11 @@ the decision record and the admin)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from functools import lru_cache
 
-from django.db import connection, connections
+from django.db import connection
 from django.db.models import Count, OuterRef, Q, TextField
 from django.db.models.functions import Cast
 
@@ -15,7 +16,7 @@ from martech.models import Account, Lead
 from martech.services.normalize import free_mail_domains, normalize_domain
 from routing import engine
 from routing.models import Assignment, OutOfOffice, Rep, open_assignments_q
-
+from routing.services.prepared import prepared_cache
 
 # --- Account matching ----------------------------------------------------------
 
@@ -154,7 +155,7 @@ def _loads_sql_pg() -> tuple[str, list]:
     ``open_assignments_q`` (still its one definition). Building the ORM
     query per call cost more CPU than running it, on a path every capped
     pick takes."""
-    cache = connections[connection.alias].__dict__.setdefault("_routing_prepared", {})
+    cache = prepared_cache()
     found = cache.get("loads")
     if found is None:
         qs = Assignment.objects.filter(open_assignments_q())

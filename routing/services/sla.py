@@ -2,7 +2,6 @@
 rep, notify the manager, reassign), each step once."""
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from datetime import datetime
@@ -26,32 +25,26 @@ Lifecycle = Assignment.Lifecycle
 
 
 def _notify(*, escalation_id: int, subject: str, body: str, to: list[str]) -> None:
-    """Email and the Slack-compatible webhook, after commit. The Escalation
-    row (unique per assignment and level) is the idempotency key: a second
-    run of the task never gets here for the same step."""
-    import urllib.request
-
+    """Email and the Slack-compatible webhook (``martech.notify``), after
+    commit. The Escalation row (unique per assignment and level) is the
+    idempotency key: a second run of the task never gets here for the same
+    step. A failure does not stop the chain; it is recorded on the
+    escalation row (shown in the admin) and as a ``Notification``."""
     from django.conf import settings
-    from django.core.mail import send_mail
 
+    from martech import notify
     from routing.models import Escalation
 
+    key = f"routing:sla:{escalation_id}"
     outcome: dict[str, str] = {}
     if to:
-        try:
-            send_mail(subject, body, None, to)
-            outcome["email"] = "sent"
-        except Exception as exc:  # noqa: BLE001 - a mail outage must not stop the chain; it is recorded
-            outcome["email"] = f"failed: {exc}"[:200]
+        outcome["email"] = notify.email_send(subject=subject, body=body, to=to, source="routing:sla",
+                                             key=f"{key}:email").summary[:200]
     url = settings.MARTECH_ROUTING["SLACK_WEBHOOK_URL"]
     if url:
-        request = urllib.request.Request(url, data=json.dumps({"text": f"{subject}\n{body}"}).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=settings.MARTECH_ROUTING["WEBHOOK_TIMEOUT"]) as response:
-                outcome["webhook"] = f"sent ({response.status})"
-        except Exception as exc:  # noqa: BLE001 - recorded on the escalation row, shown in the admin
-            outcome["webhook"] = f"failed: {exc}"[:200]
+        outcome["webhook"] = notify.webhook_post(
+            url=url, payload={"text": f"{subject}\n{body}"}, source="routing:sla", key=f"{key}:webhook",
+            timeout=settings.MARTECH_ROUTING["WEBHOOK_TIMEOUT"]).summary[:200]
     escalation = Escalation.objects.get(pk=escalation_id)
     Escalation.objects.filter(pk=escalation_id).update(detail={**escalation.detail, **outcome})
 
