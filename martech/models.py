@@ -848,3 +848,54 @@ class ConfigVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.token}"
+
+
+# --- Outbound notifications -------------------------------------------------------
+
+
+class Notification(models.Model):
+    """One notification to the team (an email, or a POST to a webhook such
+    as Slack's) and how it went: written by ``martech.notify`` for the SQL
+    handoff, SLA escalations and nurture's notify and webhook steps."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "Email"
+        WEBHOOK = "webhook", "Webhook"
+
+    class Status(models.TextChoices):
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        IN_DOUBT = "in_doubt", "In doubt (sent, no answer)"
+
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    source = models.CharField(max_length=100, help_text="What sent it: scoring:handoff, routing:sla, nurture:notify ...")
+    key = models.CharField(max_length=200, blank=True, db_index=True,
+                           help_text="The sender's idempotency key (sent as the Idempotency-Key header).")
+    # The email addresses, or the webhook's scheme and host only (its path may hold a secret).
+    target = models.CharField(max_length=500)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True, help_text="The webhook's HTTP status.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["-created_at"], name="notification_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.get_channel_display()} for {self.source}: {self.summary}"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == self.Status.SENT
+
+    @property
+    def summary(self) -> str:
+        """``sent (200)``, ``failed: <error>``, ``in doubt: <error>``: what
+        the senders show on their own rows."""
+        if self.ok:
+            return f"sent ({self.response_status})" if self.response_status else "sent"
+        label = "in doubt" if self.status == self.Status.IN_DOUBT else "failed"
+        return f"{label}: {self.error}"

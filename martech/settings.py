@@ -358,6 +358,18 @@ MARTECH_ROUTING = {
     "DISQUALIFIED_STAGES": env.list("ROUTING_DISQUALIFIED_STAGES", default=["disqualified", "other"]),
 }
 
+# Outbound notifications to the team (martech.notify): webhook timeout when
+# the sender gives none, tries when a retry cannot send twice, the first
+# wait between them (doubling).
+MARTECH_NOTIFY = {
+    "TIMEOUT": env.float("MARTECH_NOTIFY_TIMEOUT", default=10.0),
+    "ATTEMPTS": env.int("MARTECH_NOTIFY_ATTEMPTS", default=3),
+    "RETRY_WAIT": env.float("MARTECH_NOTIFY_RETRY_WAIT", default=0.5),
+}
+if MARTECH_NOTIFY["TIMEOUT"] <= 0 or MARTECH_NOTIFY["ATTEMPTS"] < 1 or MARTECH_NOTIFY["RETRY_WAIT"] < 0:
+    raise ImproperlyConfigured("MARTECH_NOTIFY_TIMEOUT must be positive, MARTECH_NOTIFY_ATTEMPTS at least 1 and "
+                               "MARTECH_NOTIFY_RETRY_WAIT not negative")
+
 # Lead scoring, lifecycle automation and the SQL handoff (martech.scoring).
 MARTECH_SCORING = {
     "HANDOFF_ENABLED": env.bool("MARTECH_SCORING_HANDOFF_ENABLED", default=True),
