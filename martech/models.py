@@ -175,6 +175,31 @@ class Lead(TimestampedModel):
         return self.email.rpartition("@")[2] if self.email else ""
 
 
+# Fields a capture, import or API write may set on a lead (besides
+# "properties.<name>" for custom properties and "lifecycle_stage"), and the
+# CRM ids that find a lead as its email does. Declared with the model, so
+# form validation here and the services read one list.
+LEAD_WRITABLE_FIELDS = frozenset(
+    {
+        "email",
+        "first_name",
+        "last_name",
+        "job_title",
+        "phone",
+        "company_name",
+        "country",
+        "region",
+        "postal_code",
+        "time_zone",
+        "salesforce_lead_id",
+        "salesforce_contact_id",
+        "hubspot_id",
+        "lifecycle_stage",
+    }
+)
+CRM_KEYS = ("salesforce_lead_id", "salesforce_contact_id", "hubspot_id")
+
+
 class Identity(models.Model):
     """An id under which a person was seen before or beside their email:
     an analytics anonymous id, a product user id, a CRM id."""
@@ -488,8 +513,6 @@ def form_fields_clean(fields, *, consent_field: str = "", honeypot_field: str = 
     """Validate and normalize a form's field definitions (a list of objects
     with FORM_FIELD_KEYS). Raises ValidationError with one message per
     problem, each naming the field (by its position and name) and the reason."""
-    from martech.services.leads import CRM_KEYS, LEAD_WRITABLE_FIELDS
-
     if not isinstance(fields, list) or not fields:
         raise ValidationError("Add at least one field.")
     out: list[dict] = []
@@ -618,7 +641,6 @@ class Form(TimestampedModel):
 
     def clean(self) -> None:
         from martech.cors import origins_clean
-        from martech.services.leads import CRM_KEYS
 
         errors: dict[str, list[str]] = {}
         try:
