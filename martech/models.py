@@ -1,9 +1,11 @@
 """Core data of the platform: accounts, leads, identities, lifecycle stages,
 consent, the event catalog and events, campaigns and UTM normalization, form
-definitions and API clients.
+definitions, API clients and the notifications sent to the team.
 
 Models hold fields, constraints and cheap predicates. Every write that matters
-goes through a function in ``martech.services`` (see STYLE.md).
+goes through a function in ``martech.services`` (or ``martech.notify``); this
+module imports none of them, so services depend on models and never the
+other way round.
 """
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ else:
     }
 
 # django-q2 refuses a config whose retry is not above timeout; max_attempts is
-# explicit because a task may be delivered more than once (see DESIGN.md).
+# explicit because a task may be delivered more than once (at least once, by design).
 Q_CLUSTER = {
     "name": "martech",
     "workers": env.int("Q_WORKERS", default=2),

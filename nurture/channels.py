@@ -1,6 +1,7 @@
 """Channels: rendering, email (Django backends / anymail), SMS backends, ad
-audience export and push adapters (webhooks go through martech.notify). Nothing here decides whether to
-send; nurture.engine does, and calls these after its transaction commits."""
+audience export and push adapters (notifications and webhooks go through
+martech.notify). Nothing here decides whether to send; nurture.engine does,
+and calls these after its transaction commits."""
 from __future__ import annotations
 
 import csv

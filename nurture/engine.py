@@ -1,6 +1,6 @@
 """The execution engine: advance due enrollments, exactly once.
 
-How a step runs once (DESIGN.md "every outbound action has an idempotency key
+How a step runs once (the data rule "every outbound action has an idempotency key
 recorded in the same transaction that decides it"):
 
 1. ``enrollments_advance_due`` takes a batch of due, active enrollments with

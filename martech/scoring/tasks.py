@@ -1,18 +1,14 @@
-"""django-q2 tasks: thin, take ids, call one service (STYLE.md). A task only
+"""django-q2 tasks: thin, take ids, call one service. A task only
 wakes work up; every one is safe to run twice, so one whose transaction the
 database aborted for a concurrent one runs again (``retry_on_conflict``).
 ``handoff_notify`` is left to django-q2's own retry: it sends before it
 writes, and each send is recorded on its own."""
 from __future__ import annotations
 
-import logging
-
 from django.conf import settings
 from django.db import transaction
 
 from martech.db import retry_on_conflict
-
-log = logging.getLogger(__name__)
 
 
 def enqueue(func: str, *args) -> None:

@@ -249,7 +249,7 @@ def rep_deactivate(*, rep: Rep, actor=None, reason: str = "rep deactivated", now
 
 def unrouted_sweep(*, hours: int = 24, limit: int = 1000) -> int:
     """Route recent leads that have no assignment at all: a new-lead trigger
-    lost to a crash is only delayed (DESIGN.md: the database is the record)."""
+    lost to a crash is only delayed (the database is the record of pending work)."""
     if live_rule_set() is None:
         return 0
     since = timezone.now() - timedelta(hours=hours)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management import call_command
 
-from martech.models import ApiClient, Lead, LifecycleStage, QuarantinedEvent, SalesTask, Website
+from martech.models import ApiClient, Lead, LifecycleStage, Notification, QuarantinedEvent, SalesTask, Website
 
 
 def build_demo(*, leads: int = 60) -> None:
@@ -25,4 +25,8 @@ def build_demo(*, leads: int = 60) -> None:
     if not Website.objects.exists():
         Website.objects.create(name="acme.example", allowed_origins=["https://www.acme.example"],
                                track_events=["demo_requested"])
+    if not Notification.objects.exists():
+        from martech import notify
+
+        notify.webhook_post(url="not a url", payload={"text": "demo"}, source="admin-demo", key="admin-demo:1")
     assert LifecycleStage.objects.exists()

@@ -225,3 +225,19 @@ def test_a_failed_handoff_send_is_kept_and_raised(settings, scoring_inline, djan
     with pytest.raises(RuntimeError):  # django-q2 runs it again: tried again, recorded again
         handoff_notify(handoff.pk)
     assert Notification.objects.filter(source="scoring:handoff", status="failed").count() == 2
+
+
+@pytest.mark.parametrize("role", ["sales_ops", "analyst", "marketing_ops"])
+def test_every_role_reads_the_notifications_in_the_admin(client, role, request):
+    notify.webhook_post(url="not a url", payload={}, source="routing:sla", key="routing:sla:1:webhook")
+    row = Notification.objects.get()
+    client.force_login(request.getfixturevalue(role))
+    listing = client.get("/admin/martech/notification/")
+    assert listing.status_code == 200
+    text = listing.content.decode()
+    assert "Webhook" in text and "Failed" in text and "routing:sla" in text
+    page = client.get(f"/admin/martech/notification/{row.pk}/change/")
+    assert page.status_code == 200 and "unknown url type" in page.content.decode()
+    assert client.get("/admin/martech/notification/add/").status_code == 403
+    assert client.post(f"/admin/martech/notification/{row.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Notification.objects.filter(pk=row.pk).exists()
