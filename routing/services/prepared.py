@@ -5,7 +5,7 @@ This is the one place routing reads Django's private query-compiler API:
 ``SQLCompiler.select``, ``klass_info`` (``model``, ``select_fields``,
 ``related_klass_infos`` with ``local_setter`` / ``remote_setter``),
 ``annotation_col_map``, ``get_converters`` and ``apply_converters``, and
-``compile(query.where)`` for ``selectors``' load counts.
+``compile(query.where)`` (``compiled_where``, for ``selectors``' load counts).
 ``tests/routing/test_prepared.py`` exercises each of them and compares the
 rows with the ORM's own, so a Django upgrade that changes them fails there,
 not in a route."""
@@ -79,3 +79,17 @@ def _prepared(key: str, build) -> _PreparedQuery:
     if found is None:
         found = cache[key] = _PreparedQuery(build())
     return found
+
+
+def compiled_sql(qs) -> tuple[str, list]:
+    """``qs``'s SQL and parameters on the current connection, for a
+    statement routing runs itself with some parameters swapped."""
+    sql, params = qs.query.get_compiler(connection.alias).as_sql()
+    return sql, list(params)
+
+
+def compiled_where(qs) -> tuple[str, list]:
+    """``qs``'s WHERE clause as SQL and parameters, to embed in routing's own
+    SQL (the filter keeps its one definition in the ORM)."""
+    where, params = qs.query.get_compiler(connection.alias).compile(qs.query.where)
+    return where, list(params)

@@ -16,7 +16,7 @@ from martech.models import Account, Lead
 from martech.services.normalize import free_mail_domains, normalize_domain
 from routing import engine
 from routing.models import Assignment, OutOfOffice, Rep, open_assignments_q
-from routing.services.prepared import prepared_cache
+from routing.services.prepared import compiled_sql, compiled_where, prepared_cache
 
 # --- Account matching ----------------------------------------------------------
 
@@ -109,7 +109,7 @@ def _team_reps_pg(team_id: int, now: datetime) -> list[RepRow]:
     compiled = _team_reps_sql.get(connection.alias)
     if compiled is None:
         qs = _rep_rows_qs(Rep.objects.filter(team_id=_TEAM_TEAM), _TEAM_NOW)
-        sql, params = qs.query.get_compiler(connection.alias).as_sql()
+        sql, params = compiled_sql(qs)
         # Every placeholder value must be one we can swap back in; the
         # columns come in the values_list order (aliased).
         assert list(params).count(_TEAM_TEAM) == 1 and list(params).count(_TEAM_NOW) == 2, params
@@ -159,7 +159,7 @@ def _loads_sql_pg() -> tuple[str, list]:
     found = cache.get("loads")
     if found is None:
         qs = Assignment.objects.filter(open_assignments_q())
-        where, params = qs.query.get_compiler(connection.alias).compile(qs.query.where)
+        where, params = compiled_where(qs)
         table = connection.ops.quote_name(Assignment._meta.db_table)
         sql = (f'SELECT {table}."rep_id", count(*) FILTER (WHERE {where}), '
                f'count(*) FILTER (WHERE {table}."assigned_at" >= s.start) '

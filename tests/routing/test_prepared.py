@@ -16,10 +16,10 @@ from routing.models import Assignment, RuleSet, SlaPolicy, Team, open_assignment
 from routing.services import prepared
 from routing.services.config import _live_pk_query
 from routing.services.decision import _team_read
-from routing.services.prepared import _SENTINEL_ID, _PreparedQuery, prepared_cache
+from routing.services.prepared import _SENTINEL_ID, _PreparedQuery, compiled_sql, compiled_where, prepared_cache
 from routing.services.route import _lead_with_live_set
 from tests.factories import AccountFactory, LeadFactory
-from tests.routing.factories import RuleSetFactory, SlaPolicyFactory, TeamFactory
+from tests.routing.factories import RepFactory, RuleSetFactory, SlaPolicyFactory, TeamFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -68,9 +68,25 @@ def test_the_compiler_internals_it_reads_have_the_shape_it_expects():
 
 def test_where_compiles_to_sql_and_params_for_the_load_counts():
     # selectors._loads_sql_pg embeds the compiled "open" filter in its own SQL.
-    qs = Assignment.objects.filter(open_assignments_q())
-    where, params = qs.query.get_compiler(connection.alias).compile(qs.query.where)
-    assert isinstance(where, str) and where and isinstance(list(params), list)
+    team = TeamFactory()
+    rep = RepFactory(team=team)
+    for lifecycle in (Assignment.Lifecycle.OPEN, Assignment.Lifecycle.CLOSED):
+        Assignment.objects.create(lead=LeadFactory(), status="assigned", rep=rep, team=team, trigger="api",
+                                  is_current=True, lifecycle=lifecycle)
+    where, params = compiled_where(Assignment.objects.filter(open_assignments_q()))
+    assert isinstance(where, str) and '"lifecycle"' in where and isinstance(params, list)
+    with connection.cursor() as cursor:  # it runs as a WHERE clause of its own
+        cursor.execute(f'SELECT count(*) FROM "{Assignment._meta.db_table}" WHERE {where}', params)
+        assert cursor.fetchone()[0] == Assignment.objects.filter(open_assignments_q()).count() == 1
+
+
+def test_a_querysets_sql_with_its_parameters_in_order():
+    sql, params = compiled_sql(Lead.objects.filter(pk=_SENTINEL_ID, email="x@example.com").values_list("pk"))
+    assert sorted(params, key=str) == sorted([_SENTINEL_ID, "x@example.com"], key=str)
+    lead = LeadFactory(email="x@example.com")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [lead.pk if p == _SENTINEL_ID else p for p in params])
+        assert cursor.fetchall() == [(lead.pk,)]
 
 
 def test_prepared_rows_are_the_orms_rows_with_the_relation_set(django_assert_num_queries):
