@@ -1,9 +1,11 @@
 """Core data of the platform: accounts, leads, identities, lifecycle stages,
 consent, the event catalog and events, campaigns and UTM normalization, form
-definitions and API clients.
+definitions, API clients and the notifications sent to the team.
 
 Models hold fields, constraints and cheap predicates. Every write that matters
-goes through a function in ``martech.services`` (see STYLE.md).
+goes through a function in ``martech.services`` (or ``martech.notify``); this
+module imports none of them, so services depend on models and never the
+other way round.
 """
 from __future__ import annotations
 
@@ -173,6 +175,31 @@ class Lead(TimestampedModel):
     @property
     def email_domain(self) -> str:
         return self.email.rpartition("@")[2] if self.email else ""
+
+
+# Fields a capture, import or API write may set on a lead (besides
+# "properties.<name>" for custom properties and "lifecycle_stage"), and the
+# CRM ids that find a lead as its email does. Declared with the model, so
+# form validation here and the services read one list.
+LEAD_WRITABLE_FIELDS = frozenset(
+    {
+        "email",
+        "first_name",
+        "last_name",
+        "job_title",
+        "phone",
+        "company_name",
+        "country",
+        "region",
+        "postal_code",
+        "time_zone",
+        "salesforce_lead_id",
+        "salesforce_contact_id",
+        "hubspot_id",
+        "lifecycle_stage",
+    }
+)
+CRM_KEYS = ("salesforce_lead_id", "salesforce_contact_id", "hubspot_id")
 
 
 class Identity(models.Model):
@@ -563,8 +590,6 @@ def form_fields_clean(fields, *, consent_field: str = "", honeypot_field: str = 
     """Validate and normalize a form's field definitions (a list of objects
     with FORM_FIELD_KEYS). Raises ValidationError with one message per
     problem, each naming the field (by its position and name) and the reason."""
-    from martech.services.leads import CRM_KEYS, LEAD_WRITABLE_FIELDS
-
     if not isinstance(fields, list) or not fields:
         raise ValidationError("Add at least one field.")
     out: list[dict] = []
@@ -697,7 +722,6 @@ class Form(TimestampedModel):
 
     def clean(self) -> None:
         from martech.cors import origins_clean
-        from martech.services.leads import CRM_KEYS
 
         errors: dict[str, list[str]] = {}
         try:
@@ -932,3 +956,54 @@ class ConfigVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.token}"
+
+
+# --- Outbound notifications -------------------------------------------------------
+
+
+class Notification(models.Model):
+    """One notification to the team (an email, or a POST to a webhook such
+    as Slack's) and how it went: written by ``martech.notify`` for the SQL
+    handoff, SLA escalations and nurture's notify and webhook steps."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "Email"
+        WEBHOOK = "webhook", "Webhook"
+
+    class Status(models.TextChoices):
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        IN_DOUBT = "in_doubt", "In doubt (sent, no answer)"
+
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    source = models.CharField(max_length=100, help_text="What sent it: scoring:handoff, routing:sla, nurture:notify ...")
+    key = models.CharField(max_length=200, blank=True, db_index=True,
+                           help_text="The sender's idempotency key (sent as the Idempotency-Key header).")
+    # The email addresses, or the webhook's scheme and host only (its path may hold a secret).
+    target = models.CharField(max_length=500)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True, help_text="The webhook's HTTP status.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["-created_at"], name="notification_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.get_channel_display()} for {self.source}: {self.summary}"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == self.Status.SENT
+
+    @property
+    def summary(self) -> str:
+        """``sent (200)``, ``failed: <error>``, ``in doubt: <error>``: what
+        the senders show on their own rows."""
+        if self.ok:
+            return f"sent ({self.response_status})" if self.response_status else "sent"
+        label = "in doubt" if self.status == self.Status.IN_DOUBT else "failed"
+        return f"{label}: {self.error}"

@@ -165,7 +165,7 @@ else:
     }
 
 # django-q2 refuses a config whose retry is not above timeout; max_attempts is
-# explicit because a task may be delivered more than once (see DESIGN.md).
+# explicit because a task may be delivered more than once (at least once, by design).
 Q_CLUSTER = {
     "name": "martech",
     "workers": env.int("Q_WORKERS", default=2),
@@ -385,6 +385,18 @@ MARTECH_ROUTING = {
     "CONVERTED_STAGES": env.list("ROUTING_CONVERTED_STAGES", default=["opportunity", "customer"]),
     "DISQUALIFIED_STAGES": env.list("ROUTING_DISQUALIFIED_STAGES", default=["disqualified", "other"]),
 }
+
+# Outbound notifications to the team (martech.notify): webhook timeout when
+# the sender gives none, tries when a retry cannot send twice, the first
+# wait between them (doubling).
+MARTECH_NOTIFY = {
+    "TIMEOUT": env.float("MARTECH_NOTIFY_TIMEOUT", default=10.0),
+    "ATTEMPTS": env.int("MARTECH_NOTIFY_ATTEMPTS", default=3),
+    "RETRY_WAIT": env.float("MARTECH_NOTIFY_RETRY_WAIT", default=0.5),
+}
+if MARTECH_NOTIFY["TIMEOUT"] <= 0 or MARTECH_NOTIFY["ATTEMPTS"] < 1 or MARTECH_NOTIFY["RETRY_WAIT"] < 0:
+    raise ImproperlyConfigured("MARTECH_NOTIFY_TIMEOUT must be positive, MARTECH_NOTIFY_ATTEMPTS at least 1 and "
+                               "MARTECH_NOTIFY_RETRY_WAIT not negative")
 
 # Lead scoring, lifecycle automation and the SQL handoff (martech.scoring).
 MARTECH_SCORING = {

@@ -1,17 +1,16 @@
 """Channels: rendering, email (Django backends / anymail), SMS backends, ad
-audience export and push adapters, webhooks. Nothing here decides whether to
-send; nurture.engine does, and calls these after its transaction commits."""
+audience export and push adapters (notifications and webhooks go through
+martech.notify). Nothing here decides whether to send; nurture.engine does,
+and calls these after its transaction commits."""
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
-import json
 import logging
 import re
 import smtplib
 import socket
-import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
 from html.parser import HTMLParser
@@ -655,15 +654,3 @@ def audience_push(*, audience: str) -> int:
     rows = audience_rows(leads)
     audience_adapter().push(audience=audience, rows=rows)
     return len(rows)
-
-
-# --- webhooks ------------------------------------------------------------------
-def post_json(url: str, payload: dict, *, key: str, timeout: float = 10) -> int:
-    """POST JSON with an ``Idempotency-Key`` header (the receiver can drop a
-    repeat). Slack-compatible incoming webhooks take ``{"text": ...}``."""
-    req = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), method="POST",
-        headers={"Content-Type": "application/json", "Idempotency-Key": key},
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - ops-configured URL
-        return resp.status

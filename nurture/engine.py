@@ -1,6 +1,6 @@
 """The execution engine: advance due enrollments, exactly once.
 
-How a step runs once (DESIGN.md "every outbound action has an idempotency key
+How a step runs once (the data rule "every outbound action has an idempotency key
 recorded in the same transaction that decides it"):
 
 1. ``enrollments_advance_due`` takes a batch of due, active enrollments with
@@ -32,6 +32,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from martech import notify
 from martech.models import Event, Lead
 from martech.selectors import lead_has_consent
 from nurture import channels
@@ -683,20 +684,23 @@ def _channel_call(msg: Message, session: channels.EmailSession, commit_point) ->
     commit_point()
     if msg.channel == Message.Channel.SMS:
         return channels.sms_backend().send(to=msg.to, body=msg.body, key=msg.key) or ""
+    # Notifications and webhooks go out through martech.notify (timeout,
+    # retry when it cannot send twice, a Notification row per send); a
+    # failure raises here, so the message keeps its error.
     if msg.channel == Message.Channel.NOTIFY:
         if msg.execution.detail.get("via") == "webhook":
-            channels.post_json(msg.to, {"text": msg.body}, key=msg.key, timeout=cfg()["SEND_TIMEOUT_SECONDS"])
+            notify.sent_or_raise(notify.webhook_post(url=msg.to, payload={"text": msg.body}, source="nurture:notify",
+                                                     key=msg.key, timeout=cfg()["SEND_TIMEOUT_SECONDS"]))
         else:
-            from django.core.mail import send_mail
-
-            send_mail(msg.subject, msg.body, None, [msg.to], connection=session.backend)
+            notify.sent_or_raise(notify.email_send(subject=msg.subject, body=msg.body, to=[msg.to],
+                                                   source="nurture:notify", key=msg.key, connection=session.backend))
         return ""
     if msg.channel == Message.Channel.WEBHOOK:
         lead = msg.lead
-        channels.post_json(msg.to, {
+        notify.sent_or_raise(notify.webhook_post(url=msg.to, payload={
             "key": msg.key, "workflow": msg.workflow_id, "step": msg.step,
             "lead": {"id": lead.pk, "email": lead.email, "first_name": lead.first_name, "last_name": lead.last_name},
-        }, key=msg.key, timeout=cfg()["SEND_TIMEOUT_SECONDS"])
+        }, source="nurture:webhook", key=msg.key, timeout=cfg()["SEND_TIMEOUT_SECONDS"]))
         return ""
     raise ValueError(f"unknown channel {msg.channel}")
 

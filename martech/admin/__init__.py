@@ -1,4 +1,4 @@
-"""The ops console: one ModelAdmin module per area (STYLE.md 8).
+"""The ops console: one ModelAdmin module per area.
 
 Importing the modules registers their admins with the default site.
 """
@@ -11,6 +11,7 @@ from martech.admin import (  # noqa: F401
     forms,
     identities,
     leads,
+    notifications,
     quarantine,
     stages,
     tasks,

@@ -1,22 +1,14 @@
-"""django-q2 tasks: thin, take ids, call one service (STYLE.md). A task only
+"""django-q2 tasks: thin, take ids, call one service. A task only
 wakes work up; every one is safe to run twice, so one whose transaction the
 database aborted for a concurrent one runs again (``retry_on_conflict``).
 ``handoff_notify`` is left to django-q2's own retry: it sends before it
 writes, and each send is recorded on its own."""
 from __future__ import annotations
 
-import json
-import logging
-import urllib.request
-
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
-from django.utils import timezone
 
 from martech.db import retry_on_conflict
-
-log = logging.getLogger(__name__)
 
 
 def enqueue(func: str, *args) -> None:
@@ -79,8 +71,11 @@ def nightly_decay() -> int:
 
 
 def handoff_notify(handoff_id: int) -> None:
-    """Email and webhook for one handoff, each at most once: the sent time is
-    recorded right after each succeeds, so a retry sends only what failed."""
+    """Email and webhook for one handoff (``martech.notify``), each at most
+    once: the sent time is recorded right after each succeeds, so a retry
+    sends only what failed. A failure is kept on the handoff and raised,
+    so django-q2 records the task as failed and runs it again."""
+    from martech import notify
     from martech.scoring.models import Handoff
 
     conf = settings.MARTECH_SCORING
@@ -88,27 +83,27 @@ def handoff_notify(handoff_id: int) -> None:
     lead = handoff.lead
     text = (f"SQL handoff: {lead} (score {lead.total_score}) assigned to "
             f"{handoff.owner.username if handoff.owner else 'nobody'} at {handoff.started_at:%Y-%m-%d %H:%M} UTC")
+    key = f"scoring:handoff:{handoff.pk}"
     errors = []
     if handoff.email_sent_at is None:
         recipients = list(conf["HANDOFF_NOTIFY_EMAILS"])
         if handoff.owner and handoff.owner.email:
             recipients.append(handoff.owner.email)
         if recipients:
-            try:
-                send_mail(f"New SQL: {lead}", text, None, sorted(set(recipients)))
-                Handoff.objects.filter(pk=handoff.pk).update(email_sent_at=timezone.now())
-            except Exception as exc:  # recorded and retried by django-q2
-                errors.append(f"email: {exc}")
+            sent = notify.email_send(subject=f"New SQL: {lead}", body=text, to=sorted(set(recipients)),
+                                     source="scoring:handoff", key=f"{key}:email")
+            if sent.ok:
+                Handoff.objects.filter(pk=handoff.pk).update(email_sent_at=sent.finished_at)
+            else:
+                errors.append(f"email: {sent.error}")
     if handoff.webhook_sent_at is None and conf["HANDOFF_WEBHOOK_URL"]:
-        body = json.dumps({"text": text, "lead_id": lead.pk, "handoff_id": handoff.pk}).encode()
-        req = urllib.request.Request(conf["HANDOFF_WEBHOOK_URL"], data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=conf["WEBHOOK_TIMEOUT"]) as resp:
-                resp.read()
-            Handoff.objects.filter(pk=handoff.pk).update(webhook_sent_at=timezone.now())
-        except Exception as exc:
-            errors.append(f"webhook: {exc}")
+        sent = notify.webhook_post(url=conf["HANDOFF_WEBHOOK_URL"], payload={
+            "text": text, "lead_id": lead.pk, "handoff_id": handoff.pk}, source="scoring:handoff",
+            key=f"{key}:webhook", timeout=conf["WEBHOOK_TIMEOUT"])
+        if sent.ok:
+            Handoff.objects.filter(pk=handoff.pk).update(webhook_sent_at=sent.finished_at)
+        else:
+            errors.append(f"webhook: {sent.error}")
     if errors:
         Handoff.objects.filter(pk=handoff.pk).update(last_error="; ".join(errors)[:2000])
         raise RuntimeError("; ".join(errors))

@@ -17,6 +17,8 @@ from django.utils import timezone
 
 from martech import hooks, signals
 from martech.models import (
+    CRM_KEYS,
+    LEAD_WRITABLE_FIELDS,
     Account,
     ConsentChannel,
     ConsentRecord,
@@ -38,27 +40,6 @@ from martech.services.normalize import (
 
 log = logging.getLogger(__name__)
 
-# Fields a capture, import or API write may set on a lead (besides
-# "properties.<name>" for custom properties and "lifecycle_stage").
-LEAD_WRITABLE_FIELDS = frozenset(
-    {
-        "email",
-        "first_name",
-        "last_name",
-        "job_title",
-        "phone",
-        "company_name",
-        "country",
-        "region",
-        "postal_code",
-        "time_zone",
-        "salesforce_lead_id",
-        "salesforce_contact_id",
-        "hubspot_id",
-        "lifecycle_stage",
-    }
-)
-CRM_KEYS = ("salesforce_lead_id", "salesforce_contact_id", "hubspot_id")
 _TEXT_LIMITS = {f.name: f.max_length for f in Lead._meta.get_fields() if getattr(f, "max_length", None)}
 
 

@@ -9,6 +9,7 @@ from martech.models import (
     ConsentConfirmation,
     Lead,
     LifecycleStage,
+    Notification,
     QuarantinedEvent,
     SalesTask,
     SubscriptionType,
@@ -44,4 +45,8 @@ def build_demo(*, leads: int = 60) -> None:
         lead = Lead.objects.order_by("pk").first()
         ConsentConfirmation.objects.create(lead=lead, channel="email", evidence={"form": "demo"},
                                            expires_at=timezone.now() + timedelta(days=7))
+    if not Notification.objects.exists():
+        from martech import notify
+
+        notify.webhook_post(url="not a url", payload={"text": "demo"}, source="admin-demo", key="admin-demo:1")
     assert LifecycleStage.objects.exists()

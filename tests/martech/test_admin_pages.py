@@ -13,7 +13,8 @@ MARTECH_MODELS = sorted(
     (m for m in admin.site._registry if m._meta.app_label == "martech"), key=lambda m: m._meta.model_name
 )
 # Rows made only by services or commands: the admin offers no "add".
-NO_ADD = {"apiclient", "event", "stagetransition", "quarantinedevent", "salestask", "consentconfirmation"}
+NO_ADD = {"apiclient", "event", "stagetransition", "quarantinedevent", "salestask", "consentconfirmation",
+          "notification"}
 HISTORY = {"lifecyclestage", "eventtype", "campaign", "utmalias", "channelrule", "form", "apiclient", "website",
            "subscriptiontype"}
 

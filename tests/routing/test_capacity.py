@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 
 from routing import services
+from routing.services import selectors
 from routing.models import Assignment, Rule, Team
 from tests.factories import LeadFactory
 from tests.routing.factories import away_rep, RepFactory, RuleFactory, RuleSetFactory, TeamFactory
@@ -144,5 +145,5 @@ def test_the_plain_sql_loads_count_what_the_orm_definition_counts():
         Assignment.objects.create(lead=LeadFactory(), status="assigned" if i % 4 else "waiting", rep=rep, team=team,
                                   trigger="api", is_current=i % 5 != 0, assigned_at=now - timedelta(hours=i))
     loads = services.rep_loads(reps, now)
-    assert loads == services._rep_loads_orm(reps, now, dict.fromkeys([r.pk for r in reps], (0, 0)))
+    assert loads == selectors._rep_loads_orm(reps, now, dict.fromkeys([r.pk for r in reps], (0, 0)))
     assert len(set(loads.values())) == 3 and all(sum(v) for v in loads.values())

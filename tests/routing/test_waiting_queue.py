@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from martech.models import Lead, LifecycleStage
 from routing import services
+from routing.services import queue as waiting_queue
 from routing.models import Assignment, Team
 from tests.routing.factories import RepFactory, RuleSetFactory, TeamFactory
 
@@ -30,13 +31,13 @@ def waiting_for(team: Team, n: int, *, start, prefix: str) -> list[int]:
 def tried(monkeypatch) -> list[int]:
     """The leads a run tried (locked and looked at), in order."""
     seen: list[int] = []
-    real = services._waiting_one
+    real = waiting_queue._waiting_one
 
     def spy(assignment_id, lead_id, now):
         seen.append(lead_id)
         return real(assignment_id, lead_id, now)
 
-    monkeypatch.setattr(services, "_waiting_one", spy)
+    monkeypatch.setattr(waiting_queue, "_waiting_one", spy)
     return seen
 
 
