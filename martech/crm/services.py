@@ -79,13 +79,26 @@ class PayloadBuilder:
             o.email.lower(): o.remote_id for o in CrmOwner.objects.filter(connection=connection, is_active=True)
             if o.email
         } if any(m.local_field == "owner" for m in self.mappings) else {}
+        self.lead_owner_ids: dict[int, str | None] | None = None  # prefetched: lead id -> owner id or None
+
+    def prefetch(self, instances: list) -> None:
+        """Ask the provider for the CRM owner ids of many leads at once
+        (``crm_owner_ids``) instead of one ``crm_owner_id`` per payload."""
+        if self.obj.key != "contact" or not any(m.local_field == "owner" for m in self.mappings):
+            return
+        ids = [i.pk for i in instances]
+        found = hooks.call("crm_owner_ids", lead_ids=ids, provider=self.connection.provider)
+        if found is not None:
+            self.lead_owner_ids = {i: found.get(i) for i in ids}
 
     def owner_id(self, instance) -> str:
         """The CRM owner id for the record's owner: a provider first (routing
         knows each rep's CRM owner id), else the owner's email matched
         against the pulled CRM owners; "" when neither knows."""
         provider = self.connection.provider
-        if self.obj.key == "contact":
+        if self.obj.key == "contact" and self.lead_owner_ids is not None and instance.pk in self.lead_owner_ids:
+            provided = self.lead_owner_ids[instance.pk]
+        elif self.obj.key == "contact":
             provided = hooks.call("crm_owner_id", lead_id=instance.pk, provider=provider)
         else:
             provided = (hooks.call("crm_user_owner_id", user_id=instance.owner_id, provider=provider)
@@ -1279,7 +1292,9 @@ def _mark_synced_many(connection: Connection, obj: objects.ObjectType, synced: l
     link_specs = objects.links_synced_by(connector or connector_for(connection), obj) if obj.links else []
     now = timezone.now()
     states = []
-    for instance in obj.model_class.objects.select_related(*obj.select_related).filter(pk__in=agreed).order_by("pk"):
+    instances = list(obj.model_class.objects.select_related(*obj.select_related).filter(pk__in=agreed).order_by("pk"))
+    builder.prefetch(instances)
+    for instance in instances:
         try:
             properties = builder.payload(instance)
             links = obj.associations(instance) if obj.associations else {}
