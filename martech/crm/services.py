@@ -1470,7 +1470,10 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         remote_fields = sorted({m.remote_field for m in mappings})
         if not dry_run:
             _pull_retry(connection, connector, object_type, mappings, run, outcomes, errors, progress)
-        if mode == "list":
+        if mode != "list" and not dry_run and _bulk_wanted(connector, cursor, obj, remote_fields, full=full):
+            mode = "bulk"
+            _pull_bulk(connection, connector, cursor, obj, remote_fields, apply, outcomes, run, full=full)
+        elif mode == "list":
             _pull_list(connection, connector, cursor, object_type.key, remote_fields, apply, outcomes, run,
                        dry_run=dry_run)
         else:
@@ -1485,7 +1488,7 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
         _record_call_error(connection, exc)
-        if mode != "list":  # (a list import keeps its last committed page)
+        if mode not in ("list", "bulk"):  # (an import or a backfill keeps its last committed page)
             # The records read before the error are applied and their position kept.
             apply_and_commit(final=False)
     except Exception as exc:
@@ -1555,6 +1558,70 @@ def _pull_list(connection: Connection, connector: Connector, cursor: SyncCursor,
             cursor.save(update_fields=["value", "seen", "resume", "updated_at"])
 
         run.recovered += _pull_commit(connection, cursor, key, outcomes, save)
+
+
+def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: list[str], *, full: bool) -> bool:
+    """Whether this pull reads through the connector's bulk query
+    (``bulk_pages``, Salesforce Bulk API 2.0): a backfill under way (one
+    killed mid-way goes on), a full pull, or a backlog over the connector's
+    ``bulk_threshold`` (MARTECH_CRM["SF_BULK_THRESHOLD"]), which its first
+    query page's record count tells (``backlog``: no call of its own, the
+    REST pull starts from that page)."""
+    if not hasattr(connector, "bulk_pages"):
+        return False
+    if (cursor.resume or {}).get("bulk") or full:
+        return True
+    # The records applied at the cursor's very time are read again (>=) and skipped: not backlog.
+    return connector.backlog(key, cursor.value, fields) - len(cursor.seen or {}) > connector.bulk_threshold
+
+
+def _pull_bulk(connection: Connection, connector: Connector, cursor: SyncCursor, key: str, fields: list[str],
+               apply, outcomes: PullOutcomes, run: SyncRun, *, full: bool) -> None:
+    """A backfill through a bulk query job, one committed page at a time.
+
+    Its rows come in no time order, so the cursor cannot move page by page:
+    ``SyncCursor.resume["bulk"]`` keeps where the job was left (its token:
+    job, result set, rows read), where it started from (``from``: the cursor
+    and its ties, or nothing for a full pull) and how far it got
+    (``position``: the newest time applied and the records applied at it).
+    Killed, the next pull goes on from the token. Done, the position
+    becomes the cursor (never moving it back; at an equal time the ties
+    are merged), so the next incremental pull reads from the newest time
+    the job held, inclusively: a record changed in that second after the
+    job read it is not lost, and one the job read is not applied again."""
+    state = dict((cursor.resume or {}).get("bulk") or {})
+    if not state:
+        start = {"value": "", "seen": {}} if full else {"value": cursor.value, "seen": dict(cursor.seen or {})}
+        state = {"from": start, "token": "", "position": start}
+    start = PullPosition(**state["from"])
+    position = PullPosition(**state["position"])
+
+    def save(state: dict) -> None:
+        cursor.refresh_from_db(fields=["value", "seen", "resume"])
+        resume = dict(cursor.resume or {})
+        if state["token"]:
+            resume["bulk"] = state
+        else:
+            resume.pop("bulk", None)
+            done = PullPosition(**state["position"])
+            if done.value > cursor.value:
+                cursor.value, cursor.seen = done.value, done.seen
+            elif done.value == cursor.value:
+                cursor.seen = {**(cursor.seen or {}), **done.seen}
+        cursor.resume = resume
+        cursor.save(update_fields=["value", "seen", "resume", "updated_at"])
+
+    for page, token in connector.bulk_pages(key, start.value, fields, state["token"], chunk=PULL_COMMIT_EVERY):
+        fresh = [p for p in page if not start.already(p)]  # applied at the cursor's time before, unchanged
+        if fresh:
+            apply(fresh)
+        for pulled in fresh:
+            position.note(pulled)
+        state = {**state, "token": token, "position": position.as_json()}
+        run.recovered += _pull_commit(connection, cursor, key, outcomes, lambda state=state: save(state))
+    # Every page read (or none left): the backfill is over, its position is the cursor.
+    final = {**state, "token": "", "position": position.as_json()}
+    run.recovered += _pull_commit(connection, cursor, key, outcomes, lambda: save(final))
 
 
 def _cursor_advance(cursor: SyncCursor, value: str) -> None:
