@@ -333,7 +333,8 @@ def lead_upsert_many(
     once per set of changed fields. The same rules: found by normalized
     email, else a CRM id; blank values never clear stored ones; custom
     properties merge key by key; a new lead gets ``default_stage``; stage
-    changes write ``StageTransition`` rows; the same signals after commit.
+    changes write ``StageTransition`` rows; the same signals after commit,
+    except that new leads are announced once per call (``leads_created``).
 
     Must run inside a transaction (the caller's: a chunk, a pulled page).
     A unique-key conflict (a lead created meanwhile, two inputs claiming one
@@ -449,8 +450,10 @@ def lead_upsert_many(
         transaction.on_commit(
             lambda lead=lead, t=transition: signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=t)
         )
-    for lead in new_leads:
-        transaction.on_commit(lambda lead=lead: signals.lead_created.send(sender=Lead, lead=lead, source=source))
+    if new_leads:
+        # One announcement per batch (leads_created), not one per lead.
+        new_ids = [lead.pk for lead in new_leads]
+        transaction.on_commit(lambda: signals.leads_created.send(sender=Lead, lead_ids=new_ids, source=source))
     return BulkUpsert(leads=[plan.lead for plan in row_plans], created=len(new_leads),
                       updated=len(updated_leads), unchanged=unchanged)
 
