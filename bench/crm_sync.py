@@ -227,6 +227,8 @@ def pull_behind_cap(n: int) -> list[dict]:
         {"metric": f"hubspot_pull_{n}_behind_cap_records_per_s", "value": round(n / elapsed, 1),
          "unit": "records/s", "seconds": round(elapsed, 2), "cpu_seconds": round(cpu, 2),
          "loadavg_1m": round(os.getloadavg()[0], 2)},
+        {"metric": f"hubspot_pull_{n}_behind_cap_records_per_cpu_s", "value": round(n / cpu, 1),
+         "unit": "records/cpu-s", "cpu_seconds": round(cpu, 2), "emulator_in_process": True},
         {"metric": f"hubspot_pull_{n}_behind_cap_api_calls", "value": run.api_calls, "unit": "calls",
          "minimum": -(-n // 100)},
         {"metric": f"hubspot_pull_{n}_behind_cap_completeness", "value": round(100 * distinct / n, 2),
