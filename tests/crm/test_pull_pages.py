@@ -33,25 +33,29 @@ def _queries(connection, page: list[Pulled]) -> tuple[int, list]:
 
 @pytest.mark.parametrize("kind", ["new", "changed", "unchanged"])
 def test_queries_per_page_do_not_grow_with_its_size(connection, kind):
-    small, large = _page(0, 5), _page(100, 50)
+    small, large = _page(0, 5), _page(100, 30)
     # A first page fills the per-process caches (configuration, free-mail domains).
     pulled_apply_page(connection=connection, page=_page(900, 2), obj="contact")
     if kind != "new":
         # Pulled once already: the second application finds them by their push states.
         assert pulled_apply_page(connection=connection, page=small, obj="contact") == ["pulled"] * 5
-        assert pulled_apply_page(connection=connection, page=large, obj="contact") == ["pulled"] * 50
+        assert pulled_apply_page(connection=connection, page=large, obj="contact") == ["pulled"] * 30
     if kind == "changed":
-        small, large = _page(0, 5, jobtitle="CEO"), _page(100, 50, jobtitle="CEO")
+        small, large = _page(0, 5, jobtitle="CEO"), _page(100, 30, jobtitle="CEO")
     small_n, small_out = _queries(connection, small)
     large_n, large_out = _queries(connection, large)
-    assert small_out == ["pulled"] * 5 and large_out == ["pulled"] * 50
-    assert small_n == large_n, (small_n, large_n)
+    assert small_out == ["pulled"] * 5 and large_out == ["pulled"] * 30
+    # SQLite takes at most 999 parameters a statement: Django splits the new
+    # leads' INSERT by that, not per record (PostgreSQL: one INSERT).
+    rows = db.ops.bulk_batch_size(Lead._meta.concrete_fields, large)
+    split = -(-30 // rows) - -(-5 // rows) if kind == "new" else 0
+    assert large_n == small_n + split, (small_n, large_n, rows)
     assert large_n <= 25
-    assert Lead.objects.filter(email__startswith="p").count() == 57
+    assert Lead.objects.filter(email__startswith="p").count() == 37
     if kind == "changed":
         assert set(Lead.objects.filter(hubspot_id__lt="1900").values_list("job_title", flat=True)) == {"CEO"}
     # Every lead's push state holds what the pull agreed on: a push of it is skipped.
-    assert PushState.objects.filter(connection=connection, object="contact").exclude(payload_hash="").count() == 57
+    assert PushState.objects.filter(connection=connection, object="contact").exclude(payload_hash="").count() == 37
     # Not echoed back to the CRM it came from.
     assert not OutboxItem.objects.exists()
 
