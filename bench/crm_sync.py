@@ -14,6 +14,8 @@ Deletes its rows at the end.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/crm_sync.py [--quick] [--provider P]
 
+--only pulls: the pull and idle figures alone.
+
 --quick: N = 10,000 (under a minute per provider). Full: N = 10,000 and
 100,000, to compare peak memory (each size in its own process, so each peak
 is that size's own). Prints one JSON line per figure and writes
@@ -227,6 +229,8 @@ def pull_behind_cap(n: int) -> list[dict]:
         {"metric": f"hubspot_pull_{n}_behind_cap_records_per_s", "value": round(n / elapsed, 1),
          "unit": "records/s", "seconds": round(elapsed, 2), "cpu_seconds": round(cpu, 2),
          "loadavg_1m": round(os.getloadavg()[0], 2)},
+        {"metric": f"hubspot_pull_{n}_behind_cap_records_per_cpu_s", "value": round(n / cpu, 1),
+         "unit": "records/cpu-s", "cpu_seconds": round(cpu, 2), "emulator_in_process": True},
         {"metric": f"hubspot_pull_{n}_behind_cap_api_calls", "value": run.api_calls, "unit": "calls",
          "minimum": -(-n // 100)},
         {"metric": f"hubspot_pull_{n}_behind_cap_completeness", "value": round(100 * distinct / n, 2),
@@ -359,6 +363,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--provider", choices=["hubspot", "salesforce"], action="append",
                         help="Default: both.")
+    parser.add_argument("--only", choices=["pulls"],
+                        help="pulls: only the HubSpot pull behind the cap (the run's size) and the idle costs.")
     parser.add_argument("--single", nargs=2, metavar=("PROVIDER", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "crm_sync.json"))
     args = parser.parse_args()
@@ -373,9 +379,10 @@ def main() -> int:
                                                "message": "Run on a bench database without a real CRM connection."}}))
     out = []
     load_start = os.getloadavg()
-    runs = [(p, n) for p in providers for n in sizes]
+    runs = [(p, n) for p in providers for n in sizes] if not args.only else []
     if "hubspot" in providers:
-        runs.append(("hubspot_companies", 10_000))
+        if not args.only:
+            runs.append(("hubspot_companies", 10_000))
         runs.append(("hubspot_pull", 20_000 if args.quick else 100_000))
     runs += [(f"idle_{p}", 0) for p in providers]
     for provider, n in runs:
@@ -389,7 +396,7 @@ def main() -> int:
         for line in lines:
             print(json.dumps(line), flush=True)
             out.append(line)
-    meta = {"quick": args.quick, "sizes": sizes, "providers": providers,
+    meta = {"quick": args.quick, "only": args.only or "", "sizes": sizes, "providers": providers,
             "database": settings.DATABASES["default"]["ENGINE"], "loadavg_start": load_start,
             "loadavg": os.getloadavg(), "cpu_count": os.cpu_count(), "emulator_latency_s": 0,
             "process_per_size": True}

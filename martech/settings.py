@@ -448,6 +448,10 @@ MARTECH_CRM = {
     "SALESFORCE_NEW_LEADS_AS": env.str("MARTECH_CRM_SALESFORCE_NEW_LEADS_AS", default="Lead"),
     # A drain batch of more records than this goes through Bulk API 2.0 instead of Collections (200 per call).
     "SALESFORCE_BULK_ABOVE": env.int("MARTECH_CRM_SALESFORCE_BULK_ABOVE", default=2000),
+    # A pull whose backlog (the first query page's totalSize) is over this many
+    # records, and every full pull, reads through a Bulk API 2.0 query job
+    # (one job, CSV result sets of up to 50,000) instead of REST query pages of 2,000.
+    "SF_BULK_THRESHOLD": env.int("MARTECH_CRM_SF_BULK_THRESHOLD", default=10_000),
     "TIMEOUT": env.float("MARTECH_CRM_TIMEOUT", default=30.0),
     "RETRIES": env.int("MARTECH_CRM_RETRIES", default=4),
     "BACKOFF_BASE": env.float("MARTECH_CRM_BACKOFF_BASE", default=0.5),

@@ -28,6 +28,12 @@ class EventsWithLead:
 
 # sender=Lead, lead=Lead, source=str
 lead_created = Signal()
+# The bulk writes' form of lead_created (lead_upsert_many: CSV imports, CRM
+# pulls), one call per batch after its commit: sender=Lead, lead_ids=list[int],
+# source=str. A receiver does its per-call work once per batch (routing routes
+# the batch through leads_route_batch). Bulk writes send this instead of one
+# lead_created per lead; a receiver of new leads listens to both.
+leads_created = Signal()
 # sender=Lead, lead=Lead (kept), merged_id=int (removed), actor=User|None
 lead_merged = Signal()
 # sender=Lead, lead=Lead, transition=StageTransition

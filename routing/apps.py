@@ -28,6 +28,7 @@ class RoutingConfig(AppConfig):
                             weak=False, dispatch_uid="routing_config_user_deleted")
         hooks.provide("assign_owner", services.assign_owner_provider)
         hooks.provide("crm_owner_id", services.crm_owner_id_provider)
+        hooks.provide("crm_owner_ids", services.crm_owner_ids_provider)
         # The CRM sync reaches reps only through these (martech never imports routing).
         hooks.provide("crm_user_owner_id", services.crm_user_owner_id_provider)
         hooks.provide("crm_owner_user_id", services.crm_owner_user_id_provider)

@@ -33,6 +33,21 @@ def on_lead_created(sender, lead, source="", **kwargs):
         log.exception("routing: new lead %s not routed; the sweep will retry", lead.pk)
 
 
+def on_leads_created(sender, lead_ids, source="", **kwargs):
+    """A bulk write's new leads (a CSV import, a CRM pull's page): routed in
+    one batch (``leads_route_batch``: the decisions ``lead_route`` makes one
+    by one, with the locks and reads done once per batch)."""
+    if not _config()["ROUTE_NEW_LEADS"] or not lead_ids:
+        return
+    try:
+        services.leads_route_batch(lead_ids=list(lead_ids), trigger=services.Trigger.NEW_LEAD,
+                                   reason=f"new lead ({source})")
+    except ValidationError as exc:  # no published rule set yet: nothing to route by
+        log.info("routing: %s new lead(s) not routed: %s", len(lead_ids), exc)
+    except Exception:  # noqa: BLE001 - see the module docstring: the sweep retries
+        log.exception("routing: %s new lead(s) not routed; the sweep will retry", len(lead_ids))
+
+
 def on_stage_changed(sender, lead, transition, **kwargs):
     key = transition.to_stage.key
     try:
@@ -99,6 +114,7 @@ def connect() -> None:
     signals.score_changed.connect(on_score_changed, dispatch_uid="routing_score")
     signals.scores_changed.connect(on_scores_changed, dispatch_uid="routing_scores")
     signals.lead_created.connect(on_lead_created, dispatch_uid="routing_new_lead")
+    signals.leads_created.connect(on_leads_created, dispatch_uid="routing_new_leads")
     signals.lead_stage_changed.connect(on_stage_changed, dispatch_uid="routing_stage")
     signals.events_ingested.connect(on_events_ingested, dispatch_uid="routing_events")
     signals.task_completed.connect(on_task_completed, dispatch_uid="routing_task_done")

@@ -91,6 +91,13 @@ class ObjectType:
     # mapped values (local field -> value) and the remote id column; the
     # function writes through the object's own service (one dedupe path).
     write: Callable[..., models.Model]
+    # write_many(*, items=[(instance or None, data)], source) -> [record | None | ValidationError],
+    # one per item in order: a pulled page written in bulk through the
+    # object's bulk service (leads: lead_upsert_many). Runs in the page's
+    # transaction; an item refused is a ValidationError and wrote nothing; a
+    # unique-key conflict raises IntegrityError and the page is then written
+    # item by item through ``write``. None: ``write`` per record.
+    write_many: Callable[..., list] | None = None
     # Local field holding the natural upsert key (lowercased when sent); ""
     # means the local primary key (the connector upserts by a unique property).
     key_field: str = ""

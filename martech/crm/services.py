@@ -79,13 +79,26 @@ class PayloadBuilder:
             o.email.lower(): o.remote_id for o in CrmOwner.objects.filter(connection=connection, is_active=True)
             if o.email
         } if any(m.local_field == "owner" for m in self.mappings) else {}
+        self.lead_owner_ids: dict[int, str | None] | None = None  # prefetched: lead id -> owner id or None
+
+    def prefetch(self, instances: list) -> None:
+        """Ask the provider for the CRM owner ids of many leads at once
+        (``crm_owner_ids``) instead of one ``crm_owner_id`` per payload."""
+        if self.obj.key != "contact" or not any(m.local_field == "owner" for m in self.mappings):
+            return
+        ids = [i.pk for i in instances]
+        found = hooks.call("crm_owner_ids", lead_ids=ids, provider=self.connection.provider)
+        if found is not None:
+            self.lead_owner_ids = {i: found.get(i) for i in ids}
 
     def owner_id(self, instance) -> str:
         """The CRM owner id for the record's owner: a provider first (routing
         knows each rep's CRM owner id), else the owner's email matched
         against the pulled CRM owners; "" when neither knows."""
         provider = self.connection.provider
-        if self.obj.key == "contact":
+        if self.obj.key == "contact" and self.lead_owner_ids is not None and instance.pk in self.lead_owner_ids:
+            provided = self.lead_owner_ids[instance.pk]
+        elif self.obj.key == "contact":
             provided = hooks.call("crm_owner_id", lead_id=instance.pk, provider=provider)
         else:
             provided = (hooks.call("crm_user_owner_id", user_id=instance.owner_id, provider=provider)
@@ -925,10 +938,6 @@ def _parse_time(value: str) -> dt.datetime | None:
         return None
 
 
-def _local_by_remote_id(connection: Connection, obj: objects.ObjectType, remote_id: str):
-    return _locals_by_remote_ids(connection, obj, [remote_id]).get(remote_id)
-
-
 def _locals_by_remote_ids(connection: Connection, obj: objects.ObjectType, remote_ids: Iterable[str]
                           ) -> dict[str, Any]:
     """The local records of these remote ids: by what we pushed or pulled
@@ -954,17 +963,40 @@ def _locals_by_remote_ids(connection: Connection, obj: objects.ObjectType, remot
     return found
 
 
-def _find_local(connection: Connection, obj: objects.ObjectType, pulled, mappings: list[FieldMapping]):
-    """The local record a pulled one is: by what we pushed or pulled before,
-    else the remote id column, else the natural key (email, domain)."""
-    model = obj.model_class.objects.select_related(*obj.select_related)
-    found = _local_by_remote_id(connection, obj, pulled.remote_id)
-    if found is None and obj.key_field:
+def _page_locals(connection: Connection, obj: objects.ObjectType, page: list, mappings: list[FieldMapping]
+                 ) -> dict[str, Any]:
+    """The local record each pulled one is (remote id -> record): by what we
+    pushed or pulled before, else the remote id column, else the natural key
+    (email, domain). One query per way whatever the page's size."""
+    found = _locals_by_remote_ids(connection, obj, [p.remote_id for p in page])
+    if obj.key_field:
         remote = next((m.remote_field for m in mappings if m.local_field == obj.key_field), obj.key_field)
-        value = (pulled.properties.get(remote) or "").strip().lower()
-        if value:
-            found = model.filter(**{f"{obj.key_field}__iexact": value}).first()
+        wanted: dict[str, list[str]] = {}
+        for pulled in page:
+            value = (pulled.properties.get(remote) or "").strip().lower()
+            if value and pulled.remote_id not in found:
+                wanted.setdefault(value, []).append(pulled.remote_id)
+        if wanted:
+            # The key columns hold normalized, lower-case values (emails,
+            # domains): an exact IN on the lowered values is the case-blind
+            # match and uses their unique index.
+            model = obj.model_class.objects.select_related(*obj.select_related)
+            for instance in model.filter(**{f"{obj.key_field}__in": wanted}).order_by("pk"):
+                for remote_id in wanted.get(getattr(instance, obj.key_field), ()):
+                    found.setdefault(remote_id, instance)
     return found
+
+
+class _OwnerUsers(dict):
+    """Pulled owner id -> local user, asked once per id (a page's records share a few owners)."""
+
+    def __init__(self, connection: Connection):
+        super().__init__()
+        self.connection = connection
+
+    def __missing__(self, remote_owner_id: str):
+        self[remote_owner_id] = user = _owner_user(self.connection, remote_owner_id)
+        return user
 
 
 def _owner_user(connection: Connection, remote_owner_id: str):
@@ -982,12 +1014,63 @@ def _owner_user(connection: Connection, remote_owner_id: str):
     return User.objects.filter(email__iexact=owner.email).order_by("pk").first() if owner else None
 
 
+@dataclass
+class _PageState:
+    """What deciding a pulled page needs about the records it touches, read
+    in a fixed number of queries: their push states, which have a pending
+    push, the records their associations name, the owners' users."""
+
+    states: dict[int, PushState]
+    pending: set[int]
+    linked: dict[str, dict[str, Any]]  # associated object key -> remote id -> local record
+    owners: _OwnerUsers
+    stage_by_value: dict[str, str]
+
+
+def _page_state(connection: Connection, object_type: objects.ObjectType, page: list, found: dict[str, Any],
+                stage_by_value: dict[str, str]) -> _PageState:
+    local_ids = {i.pk for i in found.values()}
+    states = {s.local_id: s for s in PushState.objects.filter(connection=connection, object=object_type.key,
+                                                              local_id__in=local_ids)} if local_ids else {}
+    pending = set(OutboxItem.objects.filter(connection=connection, object=object_type.key, local_id__in=local_ids,
+                                            status=OutboxItem.Status.PENDING)
+                  .values_list("local_id", flat=True)) if local_ids else set()
+    linked = {}
+    for other in object_type.association_fields:
+        first = {(p.associations.get(other) or [None])[0] for p in page} - {None}
+        linked[other] = _locals_by_remote_ids(connection, objects.get(other), first)
+    return _PageState(states, pending, linked, _OwnerUsers(connection), stage_by_value)
+
+
 def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
                  mappings: list[FieldMapping] | None = None, dry_run: bool = False,
                  connector: Connector | None = None) -> str:
-    """Write one pulled record through its object type's service (for leads
-    ``lead_upsert``, the capture dedupe path); returns 'pulled', 'skipped'
-    or raises ValidationError/TransformError naming the field.
+    """Write one pulled record (``pulled_apply_page`` with a page of one);
+    returns 'pulled', 'skipped' or raises ValidationError naming the field."""
+    (outcome,) = pulled_apply_page(connection=connection, page=[pulled], obj=obj, mappings=mappings,
+                                   dry_run=dry_run, connector=connector)
+    if isinstance(outcome, ValidationError):
+        raise outcome
+    return outcome
+
+
+def pulled_apply_page(*, connection: Connection, page: list, obj: str = "contact",
+                      mappings: list[FieldMapping] | None = None, dry_run: bool = False,
+                      connector: Connector | None = None) -> list[str | ValidationError]:
+    """Write a page of pulled records through their object type's service,
+    in one transaction; returns per record 'pulled', 'skipped' or the
+    ValidationError naming the field that refused it (that record wrote
+    nothing; the others are written).
+
+    A fixed number of queries per page, not per record: the local records
+    found in one look-up per way (``_page_locals``) and locked in primary key
+    order, their push states and pending pushes read together
+    (``_page_state``), the writes in bulk where the type has ``write_many``
+    (leads: ``lead_upsert_many``, the capture dedupe path in bulk, whose
+    lead hooks, stage transitions and signals are per page), else one
+    ``write`` per record, then every push state stored in one upsert.
+    The pull commits the page's position right after (``_pull_commit``):
+    killed in between, the page is applied again, which changes nothing.
 
     Conflicts (both sides changed since the last sync): under "system of
     record" each mapping whose system of record is the CRM takes the remote
@@ -999,52 +1082,110 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
     stage_by_value = {lm.remote_value: lm.stage.key for lm in
                       LifecycleMapping.objects.filter(connection=connection).select_related("stage")} \
         if any(m.local_field == "lifecycle_stage" for m in mappings) else {}
-    instance = _find_local(connection, object_type, pulled, mappings)
+    if not page:
+        return []
     if dry_run:
-        return "pulled" if _pulled_data(connection, object_type, pulled, mappings, instance, stage_by_value)[0] \
-            else "skipped"
-    found = instance
+        found = _page_locals(connection, object_type, page, mappings)
+        state = _page_state(connection, object_type, page, found, stage_by_value)
+        outcomes: list[str | ValidationError] = []
+        for pulled in page:
+            try:
+                data = _pulled_data(connection, object_type, pulled, mappings, found.get(pulled.remote_id), state)[0]
+            except ValidationError as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append("pulled" if data else "skipped")
+        return outcomes
 
-    def write() -> str:
-        instance = found
-        if instance is not None:
-            # The record first, then its outbox row and push state (the one
-            # lock order): an edit cannot land between the decision below
-            # and the write, and a drain settles this record before or after.
-            locked = list(object_type.model_class.objects.select_for_update().filter(pk=instance.pk)
-                          .values_list("pk", flat=True))
-            instance = (object_type.model_class.objects.select_related(*object_type.select_related)
-                        .filter(pk__in=locked).first())
-        data, take_all, local_changed, pending = _pulled_data(connection, object_type, pulled, mappings, instance,
-                                                              stage_by_value)
-        if data is None:
-            return "skipped"
-        written = object_type.write(instance=instance, data=data, source=f"crm:{connection.provider}")
-        if written is None:
-            return "skipped"
-        if pending:
-            # A push of this record is queued or in flight with values read
+    def write() -> list[str | ValidationError]:
+        model = object_type.model_class
+        found = _page_locals(connection, object_type, page, mappings)
+        if found:
+            # The records first, then their outbox rows and push states (the
+            # one lock order), in primary key order: an edit cannot land
+            # between the decisions below and the writes, and a drain settles
+            # these records before or after.
+            ids = sorted({i.pk for i in found.values()})
+            list(model.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+            fresh = model.objects.select_related(*object_type.select_related).in_bulk(ids)
+            found = {r: fresh[i.pk] for r, i in found.items() if i.pk in fresh}
+        state = _page_state(connection, object_type, page, found, stage_by_value)
+        outcomes: list[str | ValidationError] = [""] * len(page)
+        todo: list[tuple[int, Any, dict, bool, bool, bool]] = []
+        for n, pulled in enumerate(page):
+            instance = found.get(pulled.remote_id)
+            try:
+                data, take_all, local_changed, pending = _pulled_data(connection, object_type, pulled, mappings,
+                                                                      instance, state)
+            except ValidationError as exc:
+                outcomes[n] = exc
+                continue
+            if data is None:
+                outcomes[n] = "skipped"
+            else:
+                todo.append((n, instance, data, take_all, local_changed, pending))
+        written = _page_write(object_type, todo, source=f"crm:{connection.provider}")
+        synced: list[tuple[Any, str, bool]] = []
+        bump: set[int] = set()
+        for (n, _instance, _data, take_all, local_changed, pending), record in zip(todo, written):
+            pulled = page[n]
+            if isinstance(record, ValidationError):
+                outcomes[n] = record
+                continue
+            if record is None:
+                outcomes[n] = "skipped"
+                continue
+            if pending:
+                bump.add(record.pk)
+            if take_all and object_type.apply_associations and pulled.associations:
+                linked = {}
+                for other, remote_ids in pulled.associations.items():
+                    if other in object_type.association_fields:
+                        continue
+                    # Ones we do not have yet come with their pull.
+                    others = _locals_by_remote_ids(connection, objects.get(other), remote_ids)
+                    linked[other] = [others[r] for r in remote_ids if r in others]
+                object_type.apply_associations(instance=record, linked=linked, source=f"crm:{connection.provider}")
+            _associations_removed_apply(connection, object_type, record, pulled)
+            synced.append((record, pulled.remote_id, local_changed))
+            outcomes[n] = "pulled"
+        if bump:
+            # A push of these records is queued or in flight with values read
             # before this write: it must not settle as the latest one.
-            OutboxItem.objects.filter(connection=connection, object=object_type.key, local_id=written.pk,
+            OutboxItem.objects.filter(connection=connection, object=object_type.key, local_id__in=sorted(bump),
                                       status=OutboxItem.Status.PENDING).update(version=F("version") + 1)
-        if take_all and object_type.apply_associations and pulled.associations:
-            linked = {}
-            for other, remote_ids in pulled.associations.items():
-                if other in object_type.association_fields:
-                    continue
-                # Ones we do not have yet come with their pull.
-                others = _locals_by_remote_ids(connection, objects.get(other), remote_ids)
-                linked[other] = [others[r] for r in remote_ids if r in others]
-            object_type.apply_associations(instance=written, linked=linked, source=f"crm:{connection.provider}")
-        _associations_removed_apply(connection, object_type, written, pulled)
-        _mark_synced(connection, object_type, written, pulled.remote_id, connector, local_unsent=local_changed)
-        return "pulled"
+        _mark_synced_many(connection, object_type, synced, connector)
+        return outcomes
 
     return run_in_transaction(write)
 
 
+def _page_write(object_type: objects.ObjectType, todo: list, *, source: str) -> list:
+    """The writes of a page: per entry of ``todo`` the written record, None
+    (the service wrote nothing) or the ValidationError that refused it.
+    In bulk through ``write_many`` where the type has it; when the bulk write
+    meets a unique-key conflict (a record created meanwhile, two records
+    claiming one key) it is rolled back and the page is written record by
+    record, so each gets its own answer. A page of one (a webhook, a
+    retried failure) goes through ``write``, the single service."""
+    if object_type.write_many is not None and len(todo) > 1:
+        try:
+            with transaction.atomic():
+                return object_type.write_many(items=[(t[1], t[2]) for t in todo], source=source)
+        except IntegrityError:
+            log.info("%s pull: a unique-key conflict in a page of %d; written one by one", object_type.key, len(todo))
+    written: list = []
+    for _n, instance, data, *_rest in todo:
+        try:
+            with transaction.atomic():
+                written.append(object_type.write(instance=instance, data=data, source=source))
+        except ValidationError as exc:
+            written.append(exc)
+    return written
+
+
 def _pulled_data(connection: Connection, object_type: objects.ObjectType, pulled, mappings: list[FieldMapping],
-                 instance, stage_by_value: dict[str, str]) -> tuple[dict[str, Any] | None, bool, bool, bool]:
+                 instance, page: _PageState) -> tuple[dict[str, Any] | None, bool, bool, bool]:
     """What a pulled record writes here: (data or None to skip, whether it
     takes every field, whether the record has changes the CRM lacks, whether
     it has a pending push row).
@@ -1056,9 +1197,8 @@ def _pulled_data(connection: Connection, object_type: objects.ObjectType, pulled
     props = pulled.properties
     take_all, local_changed, pending, sent = True, False, False, {}
     if instance is not None:
-        state = PushState.objects.filter(connection=connection, object=object_type.key, local_id=instance.pk).first()
-        pending = OutboxItem.objects.filter(connection=connection, object=object_type.key, local_id=instance.pk,
-                                            status=OutboxItem.Status.PENDING).exists()
+        state = page.states.get(instance.pk)
+        pending = instance.pk in page.pending
         local_changed = _local_changed_since_sync(instance, object_type, state, pending)
         sent = (state.pushed_properties or {}) if state is not None else {}
     if local_changed:
@@ -1090,10 +1230,10 @@ def _pulled_data(connection: Connection, object_type: objects.ObjectType, pulled
         raw = props.get(m.remote_field)
         if m.default and raw == m.default and (instance is None or read_local(instance, m.local_field) in (None, "")):
             continue  # the default we sent for an empty field ("[not provided]") is not pulled back into it
-        if m.local_field == "lifecycle_stage" and stage_by_value:
-            value = stage_by_value.get(raw)
+        if m.local_field == "lifecycle_stage" and page.stage_by_value:
+            value = page.stage_by_value.get(raw)
         elif m.local_field == "owner":
-            value = _owner_user(connection, raw or "")
+            value = page.owners[raw or ""]
         else:
             try:
                 value = to_local(m.kind, raw, m.value_map)
@@ -1113,7 +1253,7 @@ def _pulled_data(connection: Connection, object_type: objects.ObjectType, pulled
     if take_all:
         for other, local_field in object_type.association_fields.items():
             remote_ids = pulled.associations.get(other) or []
-            linked = _local_by_remote_id(connection, objects.get(other), remote_ids[0]) if remote_ids else None
+            linked = page.linked.get(other, {}).get(remote_ids[0]) if remote_ids else None
             if linked is not None:  # one we do not have yet stays as it is until it is pulled
                 data[local_field] = linked
     return data, take_all, local_changed, pending
@@ -1121,37 +1261,60 @@ def _pulled_data(connection: Connection, object_type: objects.ObjectType, pulled
 
 def _mark_synced(connection: Connection, obj: objects.ObjectType, instance, remote_id: str,
                  connector: Connector | None = None, *, local_unsent: bool = False) -> None:
-    """After a pull both sides agree: store the payload we would now push,
-    so the record is not seen as changed here on the next pull and an
-    identical push is skipped.
+    _mark_synced_many(connection, obj, [(instance, remote_id, local_unsent)], connector)
+
+
+def _mark_synced_many(connection: Connection, obj: objects.ObjectType, synced: list[tuple[Any, str, bool]],
+                      connector: Connector | None = None) -> None:
+    """After a pull both sides agree: store the payload we would now push
+    (``synced``: (record, remote id, local_unsent)), so the record is not
+    seen as changed here on the next pull and an identical push is skipped.
+    The records read again in one query and every push state stored in one
+    upsert, in local id order (the one order of push-state locks).
 
     ``local_unsent``: the record had changes the CRM does not have yet,
     and the fields the pull did not take kept them. Only the remote id is
     stored then; the last pushed hash stays, so the pending push still
     sends them (storing the hash would skip it)."""
-    if local_unsent:
-        PushState.objects.update_or_create(connection=connection, object=obj.key, local_id=instance.pk,
-                                           defaults={"remote_id": remote_id})
+    if not synced:
         return
-    instance = obj.model_class.objects.select_related(*obj.select_related).get(pk=instance.pk)
-    try:
-        properties = PayloadBuilder(connection, obj).payload(instance)
-        links = obj.associations(instance) if obj.associations else {}
-        link_specs = objects.links_synced_by(connector or connector_for(connection), obj) if obj.links else []
-        raw = _link_raw(link_specs, instance)
-        wanted = {k: set(v) for k, v in links.items()}
-        for link in link_specs:
-            wanted.setdefault(link.other, set()).update(raw[link.key])
-        remote = _remote_ids(connection, wanted)
-        associations = {k: sorted(remote[(k, i)] for i in v if (k, i) in remote) for k, v in sorted(links.items())}
-        associations = {k: v for k, v in associations.items() if v}
-        digest = record_hash(properties, associations, _link_resolve(link_specs, raw, remote)[0])
-    except PayloadError:
-        digest, associations, properties = "", None, None
-    PushState.objects.update_or_create(
-        connection=connection, object=obj.key, local_id=instance.pk,
-        defaults={"remote_id": remote_id, "payload_hash": digest, "pushed_at": timezone.now(),
-                  "pushed_properties": properties, "associations": associations})
+    last = {instance.pk: (remote_id, unsent) for instance, remote_id, unsent in synced}  # a record pulled twice: the last
+    unsent = {pk: remote_id for pk, (remote_id, flag) in last.items() if flag}
+    if unsent:
+        PushState.objects.bulk_create(
+            [PushState(connection=connection, object=obj.key, local_id=pk, remote_id=remote_id)
+             for pk, remote_id in sorted(unsent.items())],
+            update_conflicts=True, unique_fields=["connection", "object", "local_id"], update_fields=["remote_id"])
+    agreed = sorted(pk for pk in last if pk not in unsent)
+    if not agreed:
+        return
+    builder = PayloadBuilder(connection, obj)
+    link_specs = objects.links_synced_by(connector or connector_for(connection), obj) if obj.links else []
+    now = timezone.now()
+    states = []
+    instances = list(obj.model_class.objects.select_related(*obj.select_related).filter(pk__in=agreed).order_by("pk"))
+    builder.prefetch(instances)
+    for instance in instances:
+        try:
+            properties = builder.payload(instance)
+            links = obj.associations(instance) if obj.associations else {}
+            raw = _link_raw(link_specs, instance)
+            wanted = {k: set(v) for k, v in links.items()}
+            for link in link_specs:
+                wanted.setdefault(link.other, set()).update(raw[link.key])
+            remote = _remote_ids(connection, wanted) if wanted else {}
+            associations = {k: sorted(remote[(k, i)] for i in v if (k, i) in remote) for k, v in sorted(links.items())}
+            associations = {k: v for k, v in associations.items() if v}
+            digest = record_hash(properties, associations, _link_resolve(link_specs, raw, remote)[0])
+        except PayloadError:
+            digest, associations, properties = "", None, None
+        states.append(PushState(connection=connection, object=obj.key, local_id=instance.pk,
+                                remote_id=last[instance.pk][0], payload_hash=digest, pushed_at=now,
+                                pushed_properties=properties, associations=associations))
+    PushState.objects.bulk_create(
+        states, update_conflicts=True, unique_fields=["connection", "object", "local_id"],
+        update_fields=["remote_id", "payload_hash", "pushed_at", "pushed_properties", "associations"],
+        batch_size=500)
 
 
 # --- pull position: the cursor's time and the records applied at it -----------
@@ -1280,52 +1443,54 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     else:
         position = PullPosition(**(cursor.resume or {}).get("rescan", {}))
 
-    def apply(pulled) -> None:
-        try:
-            outcome = pulled_apply(connection=connection, pulled=pulled, obj=obj, mappings=mappings,
-                                   dry_run=dry_run, connector=connector)
-        except ValidationError as exc:
-            run.failed += 1
-            errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
-            outcome = None
-        if outcome == "pulled":
-            run.pulled += 1
-        elif outcome == "skipped":
-            run.skipped += 1
-        if outcome is not None:
-            outcomes.applied(pulled.remote_id)
+    def apply(page: list) -> None:
+        results = pulled_apply_page(connection=connection, page=page, obj=obj, mappings=mappings,
+                                    dry_run=dry_run, connector=connector)
+        _tally_page(run, outcomes, errors, page, results)
         if progress is not None:
-            progress.update(1)
+            progress.update(len(page))
 
     def commit(final: bool) -> None:
         if not dry_run:
             run.recovered += _pull_commit(connection, cursor, obj, outcomes,
                                           lambda: _position_save(cursor, position, mode=mode, final=final))
 
+    page: list = []
+
+    def apply_and_commit(final: bool) -> None:
+        """One page applied (one transaction), then its position committed."""
+        if page:
+            apply(page)
+            for pulled in page:
+                position.note(pulled)
+            page.clear()
+        commit(final=final)
+
     try:
         remote_fields = sorted({m.remote_field for m in mappings})
         if not dry_run:
             _pull_retry(connection, connector, object_type, mappings, run, outcomes, errors, progress)
-        if mode == "list":
+        if mode != "list" and not dry_run and _bulk_wanted(connector, cursor, obj, remote_fields, full=full):
+            mode = "bulk"
+            _pull_bulk(connection, connector, cursor, obj, remote_fields, apply, outcomes, run, full=full)
+        elif mode == "list":
             _pull_list(connection, connector, cursor, object_type.key, remote_fields, apply, outcomes, run,
                        dry_run=dry_run)
         else:
-            handled = 0
             for pulled in connector.pull_since(object_type.key, position.value, remote_fields,
                                                skip=position.already):
                 if position.already(pulled):
                     continue  # applied at the cursor's time before, unchanged since
-                apply(pulled)
-                position.note(pulled)
-                handled += 1
-                if handled % PULL_COMMIT_EVERY == 0:
-                    commit(final=False)
-            commit(final=True)
+                page.append(pulled)
+                if len(page) >= PULL_COMMIT_EVERY:
+                    apply_and_commit(final=False)
+            apply_and_commit(final=True)
     except (TransientError, PermanentError) as exc:
         errors.append(str(exc))
         _record_call_error(connection, exc)
-        if mode != "list":  # (a list import keeps its last committed page)
-            commit(final=False)  # what was applied before the error stays applied: its position is kept
+        if mode not in ("list", "bulk"):  # (an import or a backfill keeps its last committed page)
+            # The records read before the error are applied and their position kept.
+            apply_and_commit(final=False)
     except Exception as exc:
         errors.append(_crashed(connection, exc))
     finally:
@@ -1375,8 +1540,7 @@ def _pull_list(connection: Connection, connector: Connector, cursor: SyncCursor,
     if not state:
         state = {"after": "", "since": _hubspot_time(timezone.now() - FULL_IMPORT_OVERLAP)}
     for page, after in connector.list_pages(key, fields, state["after"]):
-        for pulled in page:
-            apply(pulled)
+        apply(list(page))
         if dry_run:
             continue
         state = {**state, "after": after}
@@ -1394,6 +1558,70 @@ def _pull_list(connection: Connection, connector: Connector, cursor: SyncCursor,
             cursor.save(update_fields=["value", "seen", "resume", "updated_at"])
 
         run.recovered += _pull_commit(connection, cursor, key, outcomes, save)
+
+
+def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: list[str], *, full: bool) -> bool:
+    """Whether this pull reads through the connector's bulk query
+    (``bulk_pages``, Salesforce Bulk API 2.0): a backfill under way (one
+    killed mid-way goes on), a full pull, or a backlog over the connector's
+    ``bulk_threshold`` (MARTECH_CRM["SF_BULK_THRESHOLD"]), which its first
+    query page's record count tells (``backlog``: no call of its own, the
+    REST pull starts from that page)."""
+    if not hasattr(connector, "bulk_pages"):
+        return False
+    if (cursor.resume or {}).get("bulk") or full:
+        return True
+    # The records applied at the cursor's very time are read again (>=) and skipped: not backlog.
+    return connector.backlog(key, cursor.value, fields) - len(cursor.seen or {}) > connector.bulk_threshold
+
+
+def _pull_bulk(connection: Connection, connector: Connector, cursor: SyncCursor, key: str, fields: list[str],
+               apply, outcomes: PullOutcomes, run: SyncRun, *, full: bool) -> None:
+    """A backfill through a bulk query job, one committed page at a time.
+
+    Its rows come in no time order, so the cursor cannot move page by page:
+    ``SyncCursor.resume["bulk"]`` keeps where the job was left (its token:
+    job, result set, rows read), where it started from (``from``: the cursor
+    and its ties, or nothing for a full pull) and how far it got
+    (``position``: the newest time applied and the records applied at it).
+    Killed, the next pull goes on from the token. Done, the position
+    becomes the cursor (never moving it back; at an equal time the ties
+    are merged), so the next incremental pull reads from the newest time
+    the job held, inclusively: a record changed in that second after the
+    job read it is not lost, and one the job read is not applied again."""
+    state = dict((cursor.resume or {}).get("bulk") or {})
+    if not state:
+        start = {"value": "", "seen": {}} if full else {"value": cursor.value, "seen": dict(cursor.seen or {})}
+        state = {"from": start, "token": "", "position": start}
+    start = PullPosition(**state["from"])
+    position = PullPosition(**state["position"])
+
+    def save(state: dict) -> None:
+        cursor.refresh_from_db(fields=["value", "seen", "resume"])
+        resume = dict(cursor.resume or {})
+        if state["token"]:
+            resume["bulk"] = state
+        else:
+            resume.pop("bulk", None)
+            done = PullPosition(**state["position"])
+            if done.value > cursor.value:
+                cursor.value, cursor.seen = done.value, done.seen
+            elif done.value == cursor.value:
+                cursor.seen = {**(cursor.seen or {}), **done.seen}
+        cursor.resume = resume
+        cursor.save(update_fields=["value", "seen", "resume", "updated_at"])
+
+    for page, token in connector.bulk_pages(key, start.value, fields, state["token"], chunk=PULL_COMMIT_EVERY):
+        fresh = [p for p in page if not start.already(p)]  # applied at the cursor's time before, unchanged
+        if fresh:
+            apply(fresh)
+        for pulled in fresh:
+            position.note(pulled)
+        state = {**state, "token": token, "position": position.as_json()}
+        run.recovered += _pull_commit(connection, cursor, key, outcomes, lambda state=state: save(state))
+    # Every page read (or none left): the backfill is over, its position is the cursor.
+    final = {**state, "token": "", "position": position.as_json()}
+    run.recovered += _pull_commit(connection, cursor, key, outcomes, lambda: save(final))
 
 
 def _cursor_advance(cursor: SyncCursor, value: str) -> None:
@@ -1429,15 +1657,17 @@ def _link_others(connection: Connection, connector: Connector, other: objects.Ob
         mappings = [m for m in connection.mappings.filter(object=other.key) if m.pulls]
         outcomes = PullOutcomes()  # recorded against the record's own type
         written: list[str] = []
-        for pulled in connector.fetch_many(other.key, missing, sorted({m.remote_field for m in mappings})):
-            try:
-                pulled_apply(connection=connection, pulled=pulled, obj=other.key, mappings=mappings,
-                             connector=connector)
-            except ValidationError as exc:
-                errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, exc)}")
-                continue
-            outcomes.applied(pulled.remote_id)
-            written.append(pulled.remote_id)
+        fetched = list(connector.fetch_many(other.key, missing, sorted({m.remote_field for m in mappings})))
+        for start in range(0, len(fetched), PULL_COMMIT_EVERY):
+            page = fetched[start:start + PULL_COMMIT_EVERY]
+            results = pulled_apply_page(connection=connection, page=page, obj=other.key, mappings=mappings,
+                                        connector=connector)
+            for pulled, outcome in zip(page, results):
+                if isinstance(outcome, ValidationError):
+                    errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, outcome)}")
+                    continue
+                outcomes.applied(pulled.remote_id)
+                written.append(pulled.remote_id)
         found.update(_locals_by_remote_ids(connection, other, written))
         _pull_failures_settle(connection, other.key, outcomes)
     return found
@@ -1842,24 +2072,30 @@ def _pull_retry(connection: Connection, connector: Connector, object_type: objec
         return
     by_id = {p.remote_id: p for p in fetched}
     outcomes.gone.update(r for r in remote_ids if r not in by_id)
-    for remote_id in remote_ids:
-        pulled = by_id.get(remote_id)
-        if pulled is None:
-            continue
-        try:
-            outcome = pulled_apply(connection=connection, pulled=pulled, obj=object_type.key, mappings=mappings,
-                                   connector=connector)
-        except ValidationError as exc:
-            run.failed += 1
-            errors.append(f"{remote_id}: {outcomes.failed(remote_id, exc)}")
-        else:
-            outcomes.applied(remote_id)
-            if outcome == "pulled":
-                run.pulled += 1
-            else:
-                run.skipped += 1
+    again = [by_id[r] for r in remote_ids if r in by_id]
+    for start in range(0, len(again), PULL_COMMIT_EVERY):
+        page = again[start:start + PULL_COMMIT_EVERY]
+        results = pulled_apply_page(connection=connection, page=page, obj=object_type.key, mappings=mappings,
+                                    connector=connector)
+        _tally_page(run, outcomes, errors, page, results)
         if progress is not None:
-            progress.update(1)
+            progress.update(len(page))
+
+
+def _tally_page(run: SyncRun, outcomes: PullOutcomes, errors: list[str], page: list,
+                results: list[str | ValidationError]) -> None:
+    """Count a pulled page's outcomes into its run and note each record's
+    (a refused one with its field and reason, in the run's error too)."""
+    for pulled, outcome in zip(page, results):
+        if isinstance(outcome, ValidationError):
+            run.failed += 1
+            errors.append(f"{pulled.remote_id}: {outcomes.failed(pulled.remote_id, outcome)}")
+            continue
+        if outcome == "pulled":
+            run.pulled += 1
+        else:
+            run.skipped += 1
+        outcomes.applied(pulled.remote_id)
 
 
 def _refetch_refused(exc: PermanentError, remote_ids: list[str], run: SyncRun, outcomes: PullOutcomes,

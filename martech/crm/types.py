@@ -23,6 +23,47 @@ def _lead_write(*, instance, data: dict[str, Any], source: str):
     return lead
 
 
+def _leads_write_many(*, items: list[tuple[Any, dict[str, Any]]], source: str) -> list:
+    """A pulled page of leads through ``lead_upsert_many``: each found by
+    email, else CRM id, like ``_lead_write``; one refused by
+    ``clean_lead_data`` (or naming an unknown stage) is its ValidationError
+    and the others are written. An erased person (a tombstone matches the
+    email or a CRM id; one look-up for the page) is skipped, as
+    ``_lead_write`` skips them."""
+    from django.conf import settings
+
+    from martech.models import LifecycleStage
+    from martech.services.leads import CRM_KEYS, LeadInput, clean_lead_data, erased_keys, lead_upsert_many
+
+    stages = {s.key: s for s in LifecycleStage.objects.all()}
+    out: list = [None] * len(items)
+    rows, at = [], []
+    for n, (_instance, data) in enumerate(items):
+        try:
+            cleaned = clean_lead_data(data)
+            if not cleaned.get("email") and not any(cleaned.get(k) for k in CRM_KEYS):
+                raise ValidationError({"email": ["An email (or a CRM id) is required."]})
+            key = cleaned.pop("lifecycle_stage", None)
+            if key and key not in stages:
+                raise ValidationError({"lifecycle_stage": f"Unknown lifecycle stage {key!r}."})
+        except ValidationError as exc:
+            out[n] = exc
+            continue
+        rows.append(LeadInput(cleaned=cleaned, stage=stages[key] if key else None))
+        at.append(n)
+    keys = [[(k, r.cleaned[k]) for k in ("email", *CRM_KEYS) if r.cleaned.get(k)] for r in rows]
+    erased = erased_keys(sorted({k for row_keys in keys for k in row_keys}))
+    if erased:
+        kept = [(row, n) for row, n, row_keys in zip(rows, at, keys) if not erased.intersection(row_keys)]
+        rows, at = [row for row, _ in kept], [n for _, n in kept]
+    if rows:
+        result = lead_upsert_many(rows=rows, source=source,
+                                  default_stage=stages.get(settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"]))
+        for n, lead in zip(at, result.leads):
+            out[n] = lead
+    return out
+
+
 def _account_write(*, instance, data: dict[str, Any], source: str):
     from martech.services.accounts import account_upsert
 
@@ -219,7 +260,8 @@ SALESFORCE_TASK_MAPPINGS = [
 
 def register_core() -> None:
     register(ObjectType(key="contact", label="Contact / Lead", model="martech.Lead", hook="leads",
-                        write=_lead_write, key_field="email", select_related=("owner", "lifecycle_stage"),
+                        write=_lead_write, write_many=_leads_write_many, key_field="email",
+                        select_related=("owner", "lifecycle_stage"),
                         id_fields={"hubspot": "hubspot_id", "salesforce": "salesforce_lead_id"},
                         id_prefixes={"salesforce": {"003": "salesforce_contact_id", "00Q": "salesforce_lead_id"}},
                         order=20, default_mappings={"hubspot": CONTACT_MAPPINGS,

@@ -35,22 +35,23 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
-from django.utils import timezone
 
-from martech import hooks, signals
 from martech.csvsafe import cell_unescape
-from martech.models import Account, Lead, LifecycleStage, StageTransition
+from martech.models import LifecycleStage
 from martech.resources import EXPORT_ONLY_COLUMNS, IMPORT_COLUMNS
-from martech.services.leads import CRM_KEYS, ERASED_MESSAGE, clean_lead_data, erased_keys, lead_upsert
-from martech.services.normalize import free_mail_domains, normalize_domain
+from martech.services.leads import (
+    CRM_KEYS,
+    ERASED_MESSAGE,
+    LeadInput,
+    clean_lead_data,
+    erased_keys,
+    lead_upsert,
+    lead_upsert_many,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1000
-# bulk_update builds a CASE WHEN per row and field; its cost is mostly
-# Django's (about 0.5 ms a changed row measured), not the database's.
-UPDATE_BATCH = 500
 NON_FIELD = "row"
 
 
@@ -220,146 +221,15 @@ def _chunks(rows: Iterator[_Row], size: int) -> Iterator[list[_Row]]:
 # --- writing ----------------------------------------------------------------
 
 
-@dataclass
-class _Plan:
-    lead: Lead
-    created: bool
-    changed: set[str] = field(default_factory=set)
-    stage: LifecycleStage | None = None
-    needs_account: bool = False
-
-
-def _current(lead: Lead, key: str) -> Any:
-    value = getattr(lead, key)
-    if key == "phone":
-        # Compare E.164 strings: PhoneNumber == str parses the string again,
-        # and parsing is most of an import's CPU time.
-        return str(value) if value else ""
-    return value
-
-
-def _apply(plan: _Plan, row: _Row) -> None:
-    lead = plan.lead
-    for key, value in row.cleaned.items():
-        if key == "properties":
-            merged = {**lead.properties, **value}
-            if merged != lead.properties:
-                lead.properties = merged
-                plan.changed.add("properties")
-        elif value not in ("", None) and _current(lead, key) != value:
-            setattr(lead, key, value)
-            plan.changed.add(key)
-    if "email" in plan.changed and lead.account_id is None:
-        plan.needs_account = True
-    if row.stage is not None:
-        plan.stage = row.stage
-
-
 def _write_chunk(
     chunk: list[_Row], *, source: str, actor, default_stage: LifecycleStage | None
 ) -> tuple[int, int, int]:
-    """Upsert one chunk in bulk. Returns (created, updated, unchanged)."""
-    emails = {r.cleaned["email"] for r in chunk if r.cleaned.get("email")}
-    crm_q = Q()
-    for key in CRM_KEYS:
-        values = {r.cleaned[key] for r in chunk if r.cleaned.get(key)}
-        if values:
-            crm_q |= Q(**{f"{key}__in": values})
-    lookup = Q(email__in=emails) if emails else Q()
-    lookup |= crm_q
-    # Locked, so a concurrent edit of these leads waits for this chunk instead
-    # of being overwritten by bulk_update's stale copy; in primary key order,
-    # as every path that locks several leads takes them (README, lock order).
-    found = list(Lead.objects.select_for_update().filter(lookup).order_by("pk")) if lookup else []
-    by_key: dict[tuple[str, str], _Plan] = {}
-    plans: dict[int, _Plan] = {}  # id(plan) -> plan, in first-seen order
-    for lead in found:
-        plan = _Plan(lead=lead, created=False)
-        plans[id(plan)] = plan
-        for key in ("email", *CRM_KEYS):
-            if getattr(lead, key):
-                by_key[(key, getattr(lead, key))] = plan
-
-    for row in chunk:
-        # The same order as services.leads._find_lead: email, then CRM ids.
-        plan = None
-        for key in ("email", *CRM_KEYS):
-            value = row.cleaned.get(key)
-            if value and (key, value) in by_key:
-                plan = by_key[(key, value)]
-                break
-        if plan is None:
-            lead = Lead(properties={})
-            plan = _Plan(lead=lead, created=True, needs_account=True)
-            plans[id(plan)] = plan
-        _apply(plan, row)
-        for key in ("email", *CRM_KEYS):
-            if getattr(plan.lead, key):
-                by_key[(key, getattr(plan.lead, key))] = plan
-
-    # One query for the accounts of every new (or newly emailed) lead.
-    domains = {}
-    for plan in plans.values():
-        if plan.needs_account and plan.lead.email:
-            domain = normalize_domain(plan.lead.email.rpartition("@")[2])
-            if domain and domain not in free_mail_domains():
-                domains[id(plan)] = domain
-    accounts = {a.domain: a for a in Account.objects.filter(domain__in=set(domains.values()))} if domains else {}
-    now = timezone.now()
-    new_leads, updated_leads, transitions, update_fields = [], [], [], set()
-    unchanged = 0
-    for key, plan in plans.items():
-        lead = plan.lead
-        account = accounts.get(domains.get(key))
-        if account is not None and lead.account_id is None:
-            lead.account = account
-            plan.changed.add("account")
-            if plan.created and not lead.company_name:
-                lead.company_name = account.name
-        stage = plan.stage or (default_stage if plan.created else None)
-        if stage is not None and stage.pk != lead.lifecycle_stage_id:
-            transitions.append(
-                (
-                    lead,
-                    StageTransition(
-                        from_stage_id=lead.lifecycle_stage_id,
-                        to_stage=stage,
-                        changed_at=now,
-                        reason="created" if plan.created else "set on upsert",
-                        actor=actor,
-                        source=source[:100],
-                    ),
-                )
-            )
-            lead.lifecycle_stage = stage
-            plan.changed.add("lifecycle_stage")
-        if plan.created:
-            new_leads.append(lead)
-        elif plan.changed:
-            lead.updated_at = now
-            updated_leads.append(lead)
-            update_fields |= plan.changed
-        else:
-            unchanged += 1
-
-    Lead.objects.bulk_create(new_leads, batch_size=500)
-    if updated_leads:
-        Lead.objects.bulk_update(updated_leads, fields=sorted(update_fields | {"updated_at"}), batch_size=UPDATE_BATCH)
-    for lead, transition in transitions:
-        transition.lead = lead
-    StageTransition.objects.bulk_create([t for _, t in transitions], batch_size=500)
-    all_fields = [f.name for f in Lead._meta.concrete_fields]
-    hooks.leads_changed(ids=[lead.pk for lead in new_leads], fields=all_fields, created=True, source=source)
-    hooks.leads_changed(ids=[lead.pk for lead in updated_leads], fields=update_fields, source=source)
-
-    # The same announcements lead_upsert makes, after the commit.
-    for lead, transition in transitions:
-        transaction.on_commit(
-            lambda lead=lead, t=transition: signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=t)
-        )
-    for lead in new_leads:
-        transaction.on_commit(lambda lead=lead: signals.lead_created.send(sender=Lead, lead=lead, source=source))
-    return len(new_leads), len(updated_leads), unchanged
+    """Upsert one chunk in bulk (``lead_upsert_many``). Returns (created, updated, unchanged)."""
+    result = lead_upsert_many(
+        rows=[LeadInput(cleaned=r.cleaned, stage=r.stage) for r in chunk],
+        source=source, actor=actor, default_stage=default_stage,
+    )
+    return result.created, result.updated, result.unchanged
 
 
 def _write_rows_one_by_one(chunk: list[_Row], *, source: str, actor, report: ImportReport) -> None:

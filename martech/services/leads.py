@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from martech import hooks, signals
@@ -298,6 +300,199 @@ def lead_upsert(
     if created:
         transaction.on_commit(lambda: signals.lead_created.send(sender=Lead, lead=lead, source=source))
     return lead, created
+
+
+# --- the bulk twin of lead_upsert (CSV import, CRM pulls) ---------------------
+
+# bulk_update builds a CASE WHEN per row and field; its cost is mostly
+# Django's (about 0.5 ms a changed row measured), not the database's.
+UPDATE_BATCH = 500
+
+
+@dataclass(frozen=True)
+class LeadInput:
+    """One lead to upsert in bulk: ``clean_lead_data`` output without
+    ``lifecycle_stage``, and the stage it names (already looked up)."""
+
+    cleaned: dict[str, Any]
+    stage: LifecycleStage | None = None
+
+
+@dataclass
+class _Plan:
+    lead: Lead
+    created: bool
+    changed: set[str] = field(default_factory=set)
+    stage: LifecycleStage | None = None
+    needs_account: bool = False
+
+
+@dataclass
+class BulkUpsert:
+    leads: list[Lead]  # one per input, in order (two inputs with one key share their lead)
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def _current(lead: Lead, key: str) -> Any:
+    value = getattr(lead, key)
+    if key == "phone":
+        # Compare E.164 strings: PhoneNumber == str parses the string again,
+        # and parsing is most of an import's CPU time.
+        return str(value) if value else ""
+    return value
+
+
+def _plan_apply(plan: _Plan, row: LeadInput) -> None:
+    lead = plan.lead
+    for key, value in row.cleaned.items():
+        if key == "properties":
+            merged = {**lead.properties, **value}
+            if merged != lead.properties:
+                lead.properties = merged
+                plan.changed.add("properties")
+        elif value not in ("", None) and _current(lead, key) != value:
+            setattr(lead, key, value)
+            plan.changed.add(key)
+    if "email" in plan.changed and lead.account_id is None:
+        plan.needs_account = True
+    if row.stage is not None:
+        plan.stage = row.stage
+
+
+def lead_upsert_many(
+    *, rows: list[LeadInput], source: str, actor=None, default_stage: LifecycleStage | None = None
+) -> BulkUpsert:
+    """``lead_upsert`` for many leads at once, with a handful of queries
+    whatever their number: one locked look-up, one account query, bulk
+    insert, bulk update, bulk insert of stage transitions, and the lead hooks
+    once per set of changed fields. The same rules: found by normalized
+    email, else a CRM id; blank values never clear stored ones; custom
+    properties merge key by key; a new lead gets ``default_stage``; stage
+    changes write ``StageTransition`` rows; the same signals after commit,
+    except that new leads are announced once per call (``leads_created``).
+
+    Must run inside a transaction (the caller's: a chunk, a pulled page).
+    A unique-key conflict (a lead created meanwhile, two inputs claiming one
+    CRM id for different leads, an email another lead has) raises
+    IntegrityError: the caller redoes its rows one by one through
+    ``lead_upsert``, in a savepoint it rolls back first, so each row gets
+    its own answer."""
+    emails = {r.cleaned["email"] for r in rows if r.cleaned.get("email")}
+    crm_q = Q()
+    for key in CRM_KEYS:
+        values = {r.cleaned[key] for r in rows if r.cleaned.get(key)}
+        if values:
+            crm_q |= Q(**{f"{key}__in": values})
+    lookup = Q(email__in=emails) if emails else Q()
+    lookup |= crm_q
+    # Locked, so a concurrent edit of these leads waits for this chunk instead
+    # of being overwritten by bulk_update's stale copy; in primary key order,
+    # as every path that locks several leads takes them (README, lock order).
+    found = list(Lead.objects.select_for_update().filter(lookup).order_by("pk")) if lookup else []
+    by_key: dict[tuple[str, str], _Plan] = {}
+    plans: dict[int, _Plan] = {}  # id(plan) -> plan, in first-seen order
+    for lead in found:
+        plan = _Plan(lead=lead, created=False)
+        plans[id(plan)] = plan
+        for key in ("email", *CRM_KEYS):
+            if getattr(lead, key):
+                by_key[(key, getattr(lead, key))] = plan
+
+    row_plans: list[_Plan] = []
+    for row in rows:
+        # The same order as _find_lead: email, then CRM ids.
+        plan = None
+        for key in ("email", *CRM_KEYS):
+            value = row.cleaned.get(key)
+            if value and (key, value) in by_key:
+                plan = by_key[(key, value)]
+                break
+        if plan is None:
+            lead = Lead(properties={})
+            plan = _Plan(lead=lead, created=True, needs_account=True)
+            plans[id(plan)] = plan
+        _plan_apply(plan, row)
+        row_plans.append(plan)
+        for key in ("email", *CRM_KEYS):
+            if getattr(plan.lead, key):
+                by_key[(key, getattr(plan.lead, key))] = plan
+
+    # One query for the accounts of every new (or newly emailed) lead.
+    domains = {}
+    for key, plan in plans.items():
+        if plan.needs_account and plan.lead.email:
+            domain = normalize_domain(plan.lead.email.rpartition("@")[2])
+            if domain and domain not in free_mail_domains():
+                domains[key] = domain
+    accounts = {a.domain: a for a in Account.objects.filter(domain__in=set(domains.values()))} if domains else {}
+    now = timezone.now()
+    new_leads, updated_leads, transitions = [], [], []
+    update_fields: set[str] = set()
+    unchanged = 0
+    for key, plan in plans.items():
+        lead = plan.lead
+        account = accounts.get(domains.get(key))
+        if account is not None and lead.account_id is None:
+            lead.account = account
+            plan.changed.add("account")
+            if plan.created and not lead.company_name:
+                lead.company_name = account.name
+        stage = plan.stage or (default_stage if plan.created else None)
+        if stage is not None and stage.pk != lead.lifecycle_stage_id:
+            transitions.append(
+                (
+                    lead,
+                    StageTransition(
+                        from_stage_id=lead.lifecycle_stage_id,
+                        to_stage=stage,
+                        changed_at=now,
+                        reason="created" if plan.created else "set on upsert",
+                        actor=actor if getattr(actor, "is_authenticated", False) else None,
+                        source=source[:100],
+                    ),
+                )
+            )
+            lead.lifecycle_stage = stage
+            plan.changed.add("lifecycle_stage")
+        if plan.created:
+            new_leads.append(lead)
+        elif plan.changed:
+            lead.updated_at = now
+            updated_leads.append(lead)
+            update_fields |= plan.changed
+        else:
+            unchanged += 1
+
+    Lead.objects.bulk_create(new_leads, batch_size=500)
+    if updated_leads:
+        Lead.objects.bulk_update(updated_leads, fields=sorted(update_fields | {"updated_at"}), batch_size=UPDATE_BATCH)
+    for lead, transition in transitions:
+        transition.lead = lead
+    StageTransition.objects.bulk_create([t for _, t in transitions], batch_size=500)
+    all_fields = [f.name for f in Lead._meta.concrete_fields]
+    hooks.leads_changed(ids=[lead.pk for lead in new_leads], fields=all_fields, created=True, source=source)
+    # Each lead announced with its own changed fields (one call per distinct
+    # set: a page of a pull changes one or two sets), as lead_upsert does.
+    by_fields: dict[frozenset[str], list[int]] = {}
+    for plan in plans.values():
+        if not plan.created and plan.changed:
+            by_fields.setdefault(frozenset(plan.changed), []).append(plan.lead.pk)
+    for fields, ids in sorted(by_fields.items(), key=lambda item: sorted(item[0])):
+        hooks.leads_changed(ids=ids, fields=fields, source=source)
+
+    # The same announcements lead_upsert makes, after the commit.
+    for lead, transition in transitions:
+        transaction.on_commit(
+            lambda lead=lead, t=transition: signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=t)
+        )
+    if new_leads:
+        # One announcement per batch (leads_created), not one per lead.
+        new_ids = [lead.pk for lead in new_leads]
+        transaction.on_commit(lambda: signals.leads_created.send(sender=Lead, lead_ids=new_ids, source=source))
+    return BulkUpsert(leads=[plan.lead for plan in row_plans], created=len(new_leads),
+                      updated=len(updated_leads), unchanged=unchanged)
 
 
 # What a public submission may do to a field of an existing lead.

@@ -33,6 +33,7 @@ from routing.services.batch import assignments_insert, leads_route_batch
 from routing.services.config import CONFIG_KEY, _clear_cache, config_changed, live_rule_set, rules_of
 from routing.services.crm import (
     crm_owner_id_provider,
+    crm_owner_ids_provider,
     crm_owner_user_id_provider,
     crm_owners_pulled_provider,
     crm_user_owner_id_provider,
@@ -88,6 +89,7 @@ __all__ = [
     "CONFIG_KEY", "RULE_KEYS", "SCORE_FIELDS", "CloseReason", "Decision", "Lifecycle", "RepRow", "Status", "Trigger",
     "account_match", "assign_owner_provider", "assignment_close", "assignment_touch", "assignments_insert",
     "condition_check", "config_changed", "config_save", "crm_owner_changed", "crm_owner_id_provider",
+    "crm_owner_ids_provider",
     "crm_owner_user_id_provider", "crm_owners_pulled_provider", "crm_user_owner_id_provider", "decide",
     "escalation_recipients", "open_assignments_q", "first_touch_record", "has_cap", "lead_preview", "lead_route",
     "leads_reroute_after_first_score", "leads_route_batch", "live_rule_set", "owner_set", "rep_absences_from",

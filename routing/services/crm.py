@@ -2,7 +2,7 @@
 the CRM owner ids of reps, and reps linked to pulled CRM owners."""
 from __future__ import annotations
 
-from routing.models import Rep
+from routing.models import Assignment, Rep
 from routing.services.config import config_changed
 
 
@@ -17,6 +17,18 @@ def crm_owner_id_provider(*, lead_id: int, provider: str) -> str | None:
 
 
 _CRM_ID_FIELD = {"hubspot": "hubspot_owner_id", "salesforce": "salesforce_user_id"}
+
+
+def crm_owner_ids_provider(*, lead_ids: list[int], provider: str) -> dict[int, str]:
+    """``hooks.call("crm_owner_ids", ...)``: ``crm_owner_id`` for many leads
+    in one query (a pulled page's push states): lead id -> the CRM owner id
+    of its current rep, for the leads that have one."""
+    column = _CRM_ID_FIELD.get(provider)
+    if column is None or not lead_ids:
+        return {}
+    # One current assignment per lead (routing_one_current_assignment).
+    return dict(Assignment.objects.filter(lead_id__in=lead_ids, is_current=True, rep__isnull=False)
+                .exclude(**{f"rep__{column}": ""}).values_list("lead_id", f"rep__{column}"))
 
 
 def crm_user_owner_id_provider(*, user_id: int, provider: str) -> str | None:

@@ -22,11 +22,13 @@ pytestmark = pytest.mark.django_db
 BASE = dt.datetime(2026, 1, 5, 9, 0, 0, tzinfo=dt.timezone.utc)
 
 
-def _seed_contacts(hubspot, n: int, *, shared: range = range(0), at=BASE) -> None:
-    """``n`` contacts, one millisecond apart, except those in ``shared``,
-    which all carry the first of their times (a mass update)."""
+def _seed_contacts(hubspot, n: int, *, shared: range | list[range] = range(0), at=BASE) -> None:
+    """``n`` contacts, one millisecond apart, except those in ``shared`` (a
+    range or several), which all carry the first of their range's times (a
+    mass update)."""
+    groups = [shared] if isinstance(shared, range) else shared
     for i in range(n):
-        ms = shared.start if i in shared else i
+        ms = next((g.start for g in groups if i in g), i)
         hubspot.put("contacts", {"email": f"c{i}@example.org", "firstname": f"C{i}"},
                     at=at + dt.timedelta(milliseconds=ms))
 
@@ -36,10 +38,11 @@ def _searches(hubspot) -> list[dict]:
 
 
 def test_contacts_behind_the_real_10000_cap_all_pulled_once(connection, hubspot):
-    # 12,000 at HubSpot's own cap (bench/crm_sync.py pulls 100,000 the same way);
-    # 600 contacts share one lastmodifieddate across the 10,000th result.
-    n = 12_000
-    _seed_contacts(hubspot, n, shared=range(9_700, 10_300))
+    # 25,000 at HubSpot's own cap (bench/crm_sync.py pulls 100,000 the same way).
+    # 600 contacts share one lastmodifieddate across the 10,000th result, and
+    # 600 more across the last result of the second window (its 10,000th).
+    n = 25_000
+    _seed_contacts(hubspot, n, shared=[range(9_700, 10_300), range(19_400, 20_000)])
     run = pull_changes(connection=connection)
     assert run.error == ""
     # Every one applied exactly once: each application counts as pulled or skipped.
@@ -49,13 +52,17 @@ def test_contacts_behind_the_real_10000_cap_all_pulled_once(connection, hubspot)
     searches = _searches(hubspot)
     # No page ever asked past the cap (the emulator answers 400 there, like HubSpot).
     assert all(int(b["after"]) + b["limit"] <= 10_000 for b in searches)
-    # The windows restarted at the last time seen, inclusively.
+    # The windows restarted at the last time seen, inclusively: the second
+    # window's 10,000th result falls inside the second tie, so it restarts
+    # at that tie's time, and those of the tie read before are skipped by id.
     restarts = [b["filterGroups"][0]["filters"][0] for b in searches if b["after"] == "0" and b["filterGroups"]]
-    # (one restart at 12,000: GTE the time the 600 share, those read before it skipped by id)
-    assert restarts == [{"propertyName": "lastmodifieddate", "operator": "GTE", "value": "2026-01-05T09:00:09.700Z"}]
+    assert restarts == [
+        {"propertyName": "lastmodifieddate", "operator": "GTE", "value": "2026-01-05T09:00:09.700Z"},
+        {"propertyName": "lastmodifieddate", "operator": "GTE", "value": "2026-01-05T09:00:19.400Z"},
+    ]
     assert len(searches) <= n // 100 + 10  # the restarts cost a few pages more, not a second pass
     cursor = SyncCursor.objects.get(connection=connection, object="contact")
-    assert cursor.value == "2026-01-05T09:00:11.999Z" and list(cursor.seen) == [hubspot.by_email["c11999@example.org"]]
+    assert cursor.value == "2026-01-05T09:00:24.999Z" and list(cursor.seen) == [hubspot.by_email["c24999@example.org"]]
 
     # The next pull reads the cursor's tie again and applies nothing: one search call.
     before = len(hubspot.requests)

@@ -128,19 +128,20 @@ def test_an_exported_file_imports_back_unchanged(client, superuser):
 def test_signals_are_sent_after_commit_as_lead_upsert_sends_them(django_capture_on_commit_callbacks):
     created, stage_changes = [], []
 
-    def on_created(lead, source, **kw):
-        created.append((lead.email, source))
+    def on_created(lead_ids, source, **kw):
+        # One announcement per bulk write (leads_created), naming its new leads.
+        created.extend((email, source) for email in Lead.objects.filter(pk__in=lead_ids).values_list("email", flat=True))
 
     def on_stage(lead, transition, **kw):
         stage_changes.append((lead.email, transition.to_stage.key))
 
-    signals.lead_created.connect(on_created)
+    signals.leads_created.connect(on_created)
     signals.lead_stage_changed.connect(on_stage)
     try:
         with django_capture_on_commit_callbacks(execute=True):
             _import("email\nsig@x.example\n", source="import:test.csv")
     finally:
-        signals.lead_created.disconnect(on_created)
+        signals.leads_created.disconnect(on_created)
         signals.lead_stage_changed.disconnect(on_stage)
     assert created == [("sig@x.example", "import:test.csv")]
     assert stage_changes == [("sig@x.example", "lead")]

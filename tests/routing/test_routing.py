@@ -184,6 +184,26 @@ def test_new_lead_trigger_routes_after_commit(django_capture_on_commit_callbacks
     assert a.trigger == Assignment.Trigger.NEW_LEAD and a.rep.name == "A"
 
 
+def test_new_leads_of_a_bulk_write_are_routed_in_one_batch_after_commit(django_capture_on_commit_callbacks):
+    # A CSV import's or a CRM pull's page (lead_upsert_many) announces its new
+    # leads once (leads_created); routing takes them as one batch.
+    team = TeamFactory()
+    RepFactory(team=team, name="A")
+    RepFactory(team=team, name="B")
+    published(fallback=team)
+    from martech.services.leads import LeadInput, lead_upsert_many
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        result = lead_upsert_many(rows=[LeadInput(cleaned={"email": f"bulk{i}@corp.example"}) for i in range(4)],
+                                  source="import:test")
+    # One rescoring request and one announcement for the four, not one per lead.
+    assert len(callbacks) == 2
+    assigned = Assignment.objects.filter(lead__in=result.leads, is_current=True)
+    assert assigned.count() == 4
+    assert {a.trigger for a in assigned} == {Assignment.Trigger.NEW_LEAD}
+    assert Counter(a.rep.name for a in assigned) == {"A": 2, "B": 2}
+
+
 def test_unrouted_sweep_routes_leads_missed_by_the_trigger():
     team = TeamFactory()
     RepFactory(team=team)

@@ -94,6 +94,7 @@ import dataclasses
 import datetime as dt
 import heapq
 import io
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -142,6 +143,11 @@ _renewed_sessions: dict[int, str] = {}
 
 class _SessionExpired(Exception):
     pass
+
+
+def _rest_time(value: str) -> str:
+    """A Bulk API CSV date-time (2026-11-30T03:00:00.000Z) in the REST query's form (...000+0000)."""
+    return value[:-1] + "+0000" if value.endswith("Z") else value
 
 
 def soql_datetime(cursor: str) -> str:
@@ -233,6 +239,8 @@ class SalesforceConnector:
         self.stats = CallStats()
         self.sleep = sleep or (lambda seconds: time.sleep(seconds))
         self.bulk_wait = 0.2  # first poll of a Bulk 2.0 job; the client backs off after
+        self.bulk_threshold = conf["SF_BULK_THRESHOLD"]  # a pull's backlog above this goes through Bulk 2.0 query
+        self.bulk_page = 50_000  # records per Bulk 2.0 query result set (maxRecords)
         self.http_requests = 0
         self._last_headers: dict[str, str] = {}
         self.usage: tuple[int, int] | None = None  # (used, max) from the last Sforce-Limit-Info
@@ -680,15 +688,96 @@ class SalesforceConnector:
     def _select(self, target: str, cursor: str, properties: list[str], ids: list[str] | None = None
                 ) -> Iterator[Pulled]:
         soql, lookups = self._soql(target, cursor, properties, ids)
-        back = {v: k for k, v in CONTACT_RENAMES.items()} if target == "Contact" else {}
         for row in self._query(soql):
-            props = {back.get(k, k): ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
-                     for k, v in row.items() if k != "attributes"}
-            links = {other: [row[field]] for field, other in lookups.items() if row.get(field)}
-            if target == "Task" and row.get("IsClosed"):
-                # An org may name its closed statuses its own way; closed is completed here.
-                props["Status"] = TASK_CLOSED_STATUS
-            yield Pulled(row["Id"], props, row["SystemModstamp"], associations=links)
+            yield self._pulled(target, lookups, row)
+
+    @staticmethod
+    def _pulled(target: str, lookups: dict[str, str], row: dict) -> Pulled:
+        """A queried row (REST JSON, or a Bulk CSV row of strings) as a pulled record."""
+        back = {v: k for k, v in CONTACT_RENAMES.items()} if target == "Contact" else {}
+        props = {back.get(k, k): ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+                 for k, v in row.items() if k != "attributes"}
+        links = {other: [row[field]] for field, other in lookups.items() if row.get(field)}
+        if target == "Task" and row.get("IsClosed") in (True, "true"):
+            # An org may name its closed statuses its own way; closed is completed here.
+            props["Status"] = TASK_CLOSED_STATUS
+        return Pulled(row["Id"], props, row["SystemModstamp"], associations=links)
+
+    # --- Bulk API 2.0 query: large backfills ---
+    def backlog(self, obj: str, cursor: str, properties: list[str]) -> int:
+        """How many records a pull of ``obj`` from ``cursor`` would read: the
+        first REST query page's ``totalSize`` (for leads, Leads and Contacts).
+        Costs no call of its own: the pages read here are kept, and the pull
+        that follows (``pull_since``) starts from them."""
+        total = 0
+        for soql in self.pull_queries(obj, cursor, properties):
+            page = self._prefetched.get(soql) or self._call(lambda q=soql: self.sf.query(q, timeout=self.timeout))
+            self._prefetched[soql] = page
+            total += int(page.get("totalSize") or 0)
+        return total
+
+    def bulk_pages(self, obj: str, cursor: str, properties: list[str], resume: str = "", chunk: int = 100
+                   ) -> Iterator[tuple[list[Pulled], str]]:
+        """Every record of ``obj`` changed at or after ``cursor`` through Bulk
+        API 2.0 query jobs (one per sObject: for leads, Lead then Contact),
+        in pages of ``chunk`` records, each with the token of where to go on
+        after it ("" after the last). Given back as ``resume``, the token
+        continues the same job at that result set (its locator stays valid
+        while the job exists) past the rows already yielded, so a killed
+        backfill resumes without a new job; a job that is gone (deleted,
+        expired) is made again from ``cursor``.
+
+        The rows come in no useful order (the job is chunked by record id):
+        the caller cannot move its cursor page by page, only at the end.
+        Dates come as ``...000Z``; they are given back in the REST query's
+        ``+0000`` form the cursors hold."""
+        targets = ["Lead", "Contact"] if obj == "contact" else [self._spec(obj)]
+        state = json.loads(resume) if resume else {"target": targets[0], "job": "", "locator": "", "skip": 0}
+        for n, target in enumerate(targets[targets.index(state["target"]):], start=targets.index(state["target"])):
+            soql, lookups = self._soql(target, cursor, properties)
+            # Bulk 2.0 query takes no ORDER BY (it would defeat PK chunking): rows come by chunk.
+            soql = soql.removesuffix(" ORDER BY SystemModstamp, Id")
+            client = getattr(self.sf.bulk2, target)._client
+            job_id = state["job"] if state["target"] == target else ""
+            locator, skip = (state["locator"], int(state.get("skip") or 0)) if job_id else ("", 0)
+            if job_id and self._call(lambda j=job_id: self._job_state(client, j)) != "JobComplete":
+                job_id = ""  # gone or not usable: a new job from the cursor
+            if not job_id:
+                job_id, locator, skip = self._call(lambda q=soql: self._bulk_job(client, q)), "", 0
+            after_last = (json.dumps({"target": targets[n + 1], "job": "", "locator": "", "skip": 0})
+                          if n + 1 < len(targets) else "")
+            while True:
+                result = self._call(lambda j=job_id, loc=locator: client.get_query_results(j, loc, self.bulk_page))
+                rows = list(csv.DictReader(io.StringIO(result["records"])))
+                following = result["locator"]
+                for start in range(skip, len(rows), chunk):
+                    page = [self._pulled(target, lookups, {k: (v if v != "" else None) for k, v in row.items()}
+                                         | {"SystemModstamp": _rest_time(row["SystemModstamp"])})
+                            for row in rows[start:start + chunk]]
+                    done = start + len(page)
+                    if done < len(rows):
+                        token = json.dumps({"target": target, "job": job_id, "locator": locator, "skip": done})
+                    elif following:
+                        token = json.dumps({"target": target, "job": job_id, "locator": following, "skip": 0})
+                    else:
+                        token = after_last
+                    yield page, token
+                if not following:
+                    break
+                locator, skip = following, 0
+            state = {"target": "", "job": "", "locator": "", "skip": 0}
+
+    def _bulk_job(self, client, soql: str) -> str:
+        job = client.create_job("query", soql)
+        client.wait_for_job(job["id"], True, self.bulk_wait)
+        return job["id"]
+
+    @staticmethod
+    def _job_state(client, job_id: str) -> str:
+        try:
+            return client.get_job(job_id, True).get("state", "")
+        except SalesforceResourceNotFound:
+            return ""
 
     def pull_since(self, obj: str, cursor: str, properties: list[str],
                    skip: Callable[[Pulled], bool] | None = None) -> Iterator[Pulled]:

@@ -34,6 +34,12 @@ Under ``/services/data/vNN.N/``:
   (CSV), ``PATCH jobs/ingest/{id}`` (``UploadComplete``/``Aborted``),
   ``GET jobs/ingest/{id}`` (state ``InProgress`` once, then ``JobComplete``),
   ``GET jobs/ingest/{id}/successfulResults|failedResults|unprocessedrecords``.
+- Bulk API 2.0 query: ``POST jobs/query`` (``query``/``queryAll``),
+  ``GET jobs/query/{id}`` (``UploadComplete``, ``InProgress`` at the first
+  poll, then ``JobComplete`` or ``Failed``), ``GET jobs/query/{id}/results``
+  (CSV sets of ``maxRecords``, ``Sforce-Locator``/``Sforce-NumberOfRecords``,
+  rows in id order, date-times with ``Z``), ``PATCH`` (abort), ``DELETE``
+  (see ``bulk_query``).
 - ``GET limits``: ``DailyApiRequests`` Max/Remaining; every REST answer
   (errors too) carries ``Sforce-Limit-Info: api-usage=used/max`` with the
   same figures. Once ``api_used`` reaches ``daily_max`` (the org's rolling
@@ -76,6 +82,8 @@ a record deletes the members and roles that point at it.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import datetime as dt
 import io
@@ -285,6 +293,9 @@ class SalesforceEmulator(EmulatorBase):
         self.records: dict[str, dict[str, dict]] = {name: {} for name in FIELDS}
         self.by_external: dict[tuple[str, str], str] = {}  # (sobject, Martech_Id__c) -> Id
         self.jobs: dict[str, dict] = {}
+        self.query_jobs: dict[str, dict] = {}  # Bulk API 2.0 query jobs
+        self.bulk_query_page_size = 50_000  # a result set's size when the client gives no maxRecords
+        self.fail_next_query_job = False  # the next query job ends Failed (with errorMessage)
         self.cursors: dict[str, list[dict]] = {}
         # The delete log: sObject -> [(Id, deleted at)], and the deleted records (queryAll).
         self.deleted_log: dict[str, list[tuple[str, dt.datetime]]] = {name: [] for name in FIELDS}
@@ -516,6 +527,8 @@ class SalesforceEmulator(EmulatorBase):
             return self.composite(request, version)
         if parts[:2] == ["jobs", "ingest"]:
             return self.bulk(request, version, parts[2:])
+        if parts[:2] == ["jobs", "query"]:
+            return self.bulk_query(request, version, parts[2:])
         return self.fault(404, "NOT_FOUND", f"The requested resource does not exist: {method} {path}")
 
     def composite(self, request: Request, version: str) -> Response:
@@ -877,6 +890,99 @@ class SalesforceEmulator(EmulatorBase):
                                   for e in result["errors"])
                 job["_failed"].append(("", error, row))
 
+    # --- Bulk API 2.0 query ---
+    def bulk_query(self, request: Request, version: str, rest: list[str]) -> Response:
+        """Bulk API 2.0 query jobs, with the documented parts a client must
+        get right: the job starts ``UploadComplete``, is ``InProgress`` at the
+        first poll and ``JobComplete`` (or ``Failed`` with ``errorMessage``:
+        ``fail_next_query_job``) at the next; results only of a complete job
+        (else 400), with the API version that made it (else 409); CSV sets of
+        at most ``maxRecords`` (default ``bulk_query_page_size``), the next
+        one named by the ``Sforce-Locator`` header ("null" after the last)
+        and each set's size in ``Sforce-NumberOfRecords``; a locator can be
+        read again as long as the job exists (a killed reader resumes). The
+        rows come in record-id (chunk) order, not by any field: ORDER BY,
+        LIMIT, OFFSET, GROUP BY and COUNT() are refused (the guide lists
+        them as unsupported: they defeat PK chunking). Date-times are
+        ``2026-11-30T03:00:00.000Z`` (REST query says ``+0000``), whole
+        seconds as stored; null is an empty cell. The job's rows are the
+        records matching when it was made."""
+        method = request.method
+        if not rest and method == "POST":
+            body = request.get_json(silent=True) or {}
+            operation, soql = body.get("operation"), str(body.get("query") or "")
+            if operation not in ("query", "queryAll"):
+                return self.fault(400, "INVALIDJOB", f"InvalidJob : operation {operation!r} is not a query operation")
+            if re.search(r"\b(ORDER\s+BY|LIMIT|OFFSET|GROUP\s+BY|TYPEOF)\b|COUNT\(", soql, re.IGNORECASE):
+                return self.fault(400, "INVALIDJOB", "InvalidJob : Bulk API 2.0 query does not support ORDER BY, "
+                                                     "LIMIT, OFFSET, GROUP BY, TYPEOF or aggregate functions")
+            try:
+                q = parse_soql(soql, {name: set(fields) for name, fields in self.custom_fields.items()})
+            except SoqlError as exc:
+                return self.fault(400, exc.code, str(exc))
+            source = list(self.records[q["object"]].values())
+            if operation == "queryAll":
+                source += list(self.recycled[q["object"]].values())
+            rows = sorted((r for r in source if _matches(r, q["where"])), key=lambda r: r["Id"])
+            job_id = f"750{next(self._ids):015d}"
+            stamp = self._stamp()
+            self.query_jobs[job_id] = {
+                "id": job_id, "operation": operation, "object": q["object"], "createdById": "005000000000000001",
+                "createdDate": stamp, "systemModstamp": stamp, "state": "UploadComplete",
+                "concurrencyMode": "Parallel", "contentType": "CSV", "apiVersion": float(version),
+                "lineEnding": body.get("lineEnding", "LF"), "columnDelimiter": body.get("columnDelimiter", "COMMA"),
+                "_fields": q["fields"], "_rows": [{f: r.get(f) for f in q["fields"]} for r in rows], "_polled": 0,
+                "_fail": self.fail_next_query_job,
+            }
+            self.fail_next_query_job = False
+            return self.json(self._job_info(self.query_jobs[job_id]))
+        job = self.query_jobs.get(rest[0]) if rest else None
+        if job is None:
+            return self.fault(404, "NOT_FOUND", "The requested resource does not exist")
+        if len(rest) == 1 and method == "GET":
+            if job["state"] in ("UploadComplete", "InProgress"):
+                job["_polled"] += 1
+                job["state"] = "InProgress" if job["_polled"] == 1 else "Failed" if job["_fail"] else "JobComplete"
+            info = self._job_info(job)
+            if job["state"] == "JobComplete":
+                info.update(numberRecordsProcessed=len(job["_rows"]), retries=0, totalProcessingTime=1)
+            if job["state"] == "Failed":
+                info["errorMessage"] = "Query job failed: the emulator was told to fail it (fail_next_query_job)"
+            return self.json(info)
+        if len(rest) == 1 and method == "PATCH":
+            if (request.get_json(silent=True) or {}).get("state") != "Aborted" \
+                    or job["state"] not in ("UploadComplete", "InProgress"):
+                return self.fault(400, "INVALIDJOB", f"cannot abort a job in state {job['state']}")
+            job["state"] = "Aborted"
+            return self.json(self._job_info(job))
+        if len(rest) == 1 and method == "DELETE":
+            del self.query_jobs[job["id"]]
+            return Response(status=204)
+        if len(rest) == 2 and rest[1] == "results" and method == "GET":
+            if float(version) != job["apiVersion"]:
+                return self.fault(409, "INVALIDJOB", "Use the API version the job was created with")
+            if job["state"] != "JobComplete":
+                return self.fault(400, "INVALIDJOB", f"The job is {job['state']}: results exist only for JobComplete")
+            locator = request.args.get("locator", "")
+            try:
+                start = int(base64.b32decode(locator.encode())) if locator else 0
+            except (ValueError, binascii.Error):
+                return self.fault(400, "INVALIDJOB", f"invalid locator {locator!r}")
+            size = int(request.args.get("maxRecords") or self.bulk_query_page_size)
+            chunk = job["_rows"][start:start + size]
+            end = start + len(chunk)
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            writer.writerow(job["_fields"])
+            for row in chunk:
+                writer.writerow([_bulk_cell(row.get(f)) for f in job["_fields"]])
+            response = Response(out.getvalue(), content_type="text/csv")
+            response.headers["Sforce-NumberOfRecords"] = str(len(chunk))
+            response.headers["Sforce-Locator"] = (base64.b32encode(str(end).encode()).decode()
+                                                  if end < len(job["_rows"]) else "null")
+            return response
+        return self.fault(404, "NOT_FOUND", "The requested resource does not exist")
+
     @staticmethod
     def _results_csv(job: dict, kind: str) -> str:
         out = io.StringIO()
@@ -893,6 +999,17 @@ class SalesforceEmulator(EmulatorBase):
         else:
             writer.writerow(header)
         return out.getvalue()
+
+
+def _bulk_cell(value) -> str:
+    """A Bulk API 2.0 CSV cell: null empty, booleans lower-case, date-times with Z."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000$", value):
+        return value[:-5] + "Z"
+    return str(value)
 
 
 def dumps(data) -> str:
