@@ -86,3 +86,20 @@ def test_the_erasure_deletes_the_salesforce_lead(sf_connection, salesforce):
     run = pull_changes(connection=sf_connection, full=True)
     assert (run.pulled, run.failed) == (0, 0)
     assert not Lead.objects.exists()
+
+
+
+def test_a_page_written_in_bulk_skips_the_erased_person_and_writes_the_others(connection):
+    # A pulled page of several leads is written by the contact type's
+    # write_many (lead_upsert_many): the erased person among them is skipped
+    # (None, as the single write answers), the others are written.
+    from martech.crm import objects
+
+    Lead.objects.create(email=EMAIL, first_name=FIRST, last_name=LAST)
+    subject_erase(email=EMAIL, source="test", crm_delete=False)
+    items = [(None, {"email": f"kept{n}@example.org", "first_name": f"Kept{n}"}) for n in range(2)]
+    items.insert(1, (None, {"email": EMAIL, "first_name": FIRST, "job_title": "CEO"}))
+    written = objects.get("contact").write_many(items=items, source="crm:hubspot")
+    assert [getattr(w, "email", w) for w in written] == ["kept0@example.org", None, "kept1@example.org"]
+    assert sorted(Lead.objects.values_list("email", flat=True)) == ["kept0@example.org", "kept1@example.org"]
+    assert rows_holding([EMAIL, FIRST, LAST]) == {}
