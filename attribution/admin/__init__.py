@@ -1,1 +1,1 @@
-from attribution.admin import credits, opportunities, spend, touchpoints, weights  # noqa: F401 (registration)
+from attribution.admin import credits, opportunities, speed, spend, touchpoints, weights  # noqa: F401 (registration)
