@@ -30,17 +30,21 @@
   const share = (v) => (v === null || v === undefined ? "—" : `${(v * 100).toLocaleString(undefined, { maximumFractionDigits: 1 })}%`);
 
   function table(id, head, rows, stages) {
-    const cols = ["Leads", ...stages.flatMap((s) => [`${s.label}: median`, `${s.label}: 95th pct.`]),
-                  "First touch within SLA", "Within", "Breached", "Open"];
-    const th = `<tr><th scope="col">${escape(head)}</th>${cols.map((c) => `<th scope="col">${escape(c)}</th>`).join("")}</tr>`;
+    // Two header rows: each stage over its median and 95th percentile, the SLA over its share and counts.
+    const top = [`<th scope="col" rowspan="2">${escape(head)}</th>`, '<th scope="col" rowspan="2">Leads</th>',
+                 ...stages.map((s) => `<th scope="colgroup" colspan="2">${escape(s.label)}</th>`),
+                 '<th scope="colgroup" colspan="2">First touch within SLA</th>'];
+    const sub = [...stages.flatMap(() => ["median", "95th pct."]), "share", "in time"];
+    const th = `<tr>${top.join("")}</tr><tr>${sub.map((c) => `<th scope="col">${c}</th>`).join("")}</tr>`;
+    const width = sub.length + 2;
     const body = rows.map((r) => {
       const cells = [r.group.leads, ...stages.flatMap((s) => [duration(r.group.stages[s.key].p50_seconds),
                                                               duration(r.group.stages[s.key].p95_seconds)]),
-                     share(r.group.sla.share_within), r.group.sla.within, r.group.sla.breached, r.group.sla.open];
+                     share(r.group.sla.share_within), `${r.group.sla.within} of ${r.group.sla.within + r.group.sla.breached}`];
       return `<tr><th scope="row">${escape(r.label)}</th>${cells.map((c) => `<td class="num">${escape(c)}</td>`).join("")}</tr>`;
     });
     document.getElementById(`${id}-table`).innerHTML =
-      `<table class="stl-table"><thead>${th}</thead><tbody>${body.join("") || `<tr><td colspan="${cols.length + 1}">No form submissions in this period.</td></tr>`}</tbody></table>`;
+      `<table class="stl-table"><thead>${th}</thead><tbody>${body.join("") || `<tr><td colspan="${width}">No form submissions in this period.</td></tr>`}</tbody></table>`;
   }
 
   function draw(id, type, rows, stages, head) {
@@ -58,7 +62,7 @@
       type,
       data: { labels: rows.map((r) => r.label), datasets },
       options: {
-        responsive: true, animation: false,
+        responsive: true, animation: false, aspectRatio: 1.3,
         scales: { y: { type: "logarithmic", title: { display: true, text: "seconds from the form (log scale)" } } },
         plugins: { tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${duration(c.dataset.seconds[c.dataIndex])}` } } },
       },
@@ -93,6 +97,10 @@
     try {
       const [byDay, bySource] = await Promise.all([get({ ...p, group_by: "day" }), get({ ...p, group_by: "source" })]);
       totals(byDay);
+      // Show the range the API chose when none was given (the last 30 days).
+      const form = document.getElementById("stl-filters");
+      form.elements.start.value = byDay.start;
+      form.elements.end.value = byDay.end;
       draw("chart-day", "line", byDay.results.map((r) => ({ label: r.day, group: r })), byDay.stages, "Day (UTC)");
       draw("chart-source", "bar", bySource.results.map((r) => ({ label: r.source_label, group: r })), bySource.stages, "Source");
       status.textContent = "";
