@@ -467,3 +467,160 @@ def lead_opportunities(*, lead, user) -> dict:
                          .order_by("-created_at", "-id"))
     out = [{"o": o, "role": roles.get(o.pk), "credit": credit.get(o.pk, [])} for o in opportunities]
     return {"rows": out, "show_credit": show_credit, "capped": len(roles) >= LEAD_OPPORTUNITIES}
+
+
+# --- Speed to lead ------------------------------------------------------------------
+# From a lead's first form submission to each thing that should follow it in
+# seconds (owner, owner in each connected CRM, first email) or within the
+# rep's SLA (first touch). Reads every stage's own record: routing's
+# assignments, the CRM push states, nurture's messages. This app is the last
+# stage of the flow, the one that may read all the others.
+
+SPEED_GROUPS = ("day", "source", "day_source")
+SPEED_MAX_DAYS = 366
+
+
+def _speed_stages(providers: set[str]) -> list[tuple[str, str]]:
+    stages = [("owner", "Owner assigned")]
+    stages += [(f"crm_{p}", f"Owner in {label}") for p, label in (("hubspot", "HubSpot"), ("salesforce", "Salesforce"))
+               if p in providers]
+    return stages + [("first_email", "First email sent"), ("rep_touch", "Rep's first touch")]
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    """Linear interpolation between the closest ranks (PostgreSQL's
+    percentile_cont): the median of 1, 2, 3, 10 is 2.5."""
+    if not ordered:
+        return None
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (pos - low), 3)
+
+
+def speed_to_lead_timelines(*, start: date, end: date, source: str | None = None) -> list[dict]:
+    """One row per lead whose first form submission fell on [start, end]
+    (UTC days): when it came, its channel, and the first time each later
+    stage happened at or after it (None when it has not yet). One query;
+    each stage is a correlated subquery on an index of its table (events by
+    lead and time, assignments by lead, push states by record, messages by
+    lead and channel)."""
+    from django.db.models import Exists, OuterRef, Subquery
+
+    from martech.crm.models import PushState
+    from martech.models import Event
+    from nurture.models import Message
+    from routing.models import Assignment
+
+    form = OuterRef("occurred_at")
+    lead = OuterRef("lead_id")
+    earlier_form = Event.objects.filter(lead_id=lead, kind=Event.Kind.FORM).filter(
+        Q(occurred_at__lt=form) | Q(occurred_at=form, pk__lt=OuterRef("pk")))
+    assigned = (Assignment.objects.filter(lead_id=lead, status=Assignment.Status.ASSIGNED, assigned_at__gte=form)
+                .order_by("assigned_at", "pk"))
+    touched = Assignment.objects.filter(lead_id=lead, first_touch_at__gte=form).order_by("first_touch_at")
+    emailed = (Message.objects.filter(lead_id=lead, channel=Message.Channel.EMAIL, status=Message.Status.SENT,
+                                      sent_at__gte=form).order_by("sent_at"))
+
+    def in_crm(provider: str):
+        return Subquery(PushState.objects.filter(connection__provider=provider, object="contact", local_id=lead,
+                                                 owner_pushed_at__gte=form)
+                        .order_by("owner_pushed_at").values("owner_pushed_at")[:1])
+
+    forms = (Event.objects.filter(_day_range("occurred_at", start, end), kind=Event.Kind.FORM, lead__isnull=False)
+             .exclude(Exists(earlier_form)))
+    if source:
+        forms = forms.filter(channel=source)
+    rows = forms.annotate(
+        owner_at=Subquery(assigned.values("assigned_at")[:1]),
+        sla_due_at=Subquery(assigned.values("sla_due_at")[:1]),
+        crm_hubspot_at=in_crm("hubspot"),
+        crm_salesforce_at=in_crm("salesforce"),
+        first_email_at=Subquery(emailed.values("sent_at")[:1]),
+        rep_touch_at=Subquery(touched.values("first_touch_at")[:1]),
+    ).order_by("occurred_at", "pk").values_list(
+        "lead_id", "occurred_at", "channel", "owner_at", "sla_due_at", "crm_hubspot_at", "crm_salesforce_at",
+        "first_email_at", "rep_touch_at")
+    keys = ("lead_id", "form_at", "source", "owner_at", "sla_due_at", "crm_hubspot_at", "crm_salesforce_at",
+            "first_email_at", "rep_touch_at")
+    return [dict(zip(keys, row)) for row in rows]
+
+
+def speed_to_lead(*, start: date, end: date, group_by: str = "day", source: str | None = None,
+                  now: datetime | None = None) -> dict:
+    """The speed-to-lead report: per UTC day, per source (the channel of the
+    form submission) or per both, how many leads came through a form, and
+    for each stage how many reached it, the median and 95th percentile of
+    the seconds from the form, and for the rep's first touch the share
+    within the SLA (the routing SLA policy's deadline on the assignment:
+    touched by it, breached, or still open). Two queries (the connected
+    CRMs, the timelines). ``start``/``end`` are inclusive days, at most
+    SPEED_MAX_DAYS apart; the caller validates them."""
+    from django.core.exceptions import ValidationError
+    from django.utils import timezone
+
+    from martech.crm.models import Connection
+    from martech.models import Channel
+
+    if group_by not in SPEED_GROUPS:
+        raise ValidationError({"group_by": [f"One of {', '.join(SPEED_GROUPS)}."]})
+    if end < start:
+        raise ValidationError({"end": ["end must not be before start."]})
+    if (end - start).days >= SPEED_MAX_DAYS:
+        raise ValidationError({"start": [f"At most {SPEED_MAX_DAYS} days from start to end."]})
+    now = now or timezone.now()
+    stages = _speed_stages(set(Connection.objects.values_list("provider", flat=True)))
+    labels = dict(Channel.choices)
+    groups: dict[tuple, dict] = {}
+    total = _speed_group({})
+    for row in speed_to_lead_timelines(start=start, end=end, source=source):
+        day = row["form_at"].astimezone(dt_timezone.utc).date().isoformat()
+        src = row["source"] or ""
+        key = {"day": (day,), "source": (src,), "day_source": (day, src)}[group_by]
+        if key not in groups:
+            head = {"day": day} if group_by != "source" else {}
+            if group_by != "day":
+                head |= {"source": src, "source_label": labels.get(src, src or "Unknown")}
+            groups[key] = _speed_group(head)
+        for g in (groups[key], total):
+            _speed_add(g, row, stages, now)
+    return {
+        "start": start.isoformat(), "end": end.isoformat(), "group_by": group_by,
+        "stages": [{"key": k, "label": label} for k, label in stages],
+        "results": [_speed_out(groups[k], stages) for k in sorted(groups)],
+        "total": _speed_out(total, stages),
+    }
+
+
+def _speed_group(head: dict) -> dict:
+    return {**head, "leads": 0, "_seconds": defaultdict(list), "_sla": {"within": 0, "breached": 0, "open": 0,
+                                                                     "no_sla": 0}}
+
+
+def _speed_add(group: dict, row: dict, stages: list[tuple[str, str]], now: datetime) -> None:
+    group["leads"] += 1
+    for key, _ in stages:
+        at = row[f"{key}_at"]
+        if at is not None:
+            group["_seconds"][key].append((at - row["form_at"]).total_seconds())
+    sla, due, touched = group["_sla"], row["sla_due_at"], row["rep_touch_at"]
+    if due is None:
+        sla["no_sla"] += 1
+    elif touched is not None:
+        sla["within" if touched <= due else "breached"] += 1
+    else:
+        sla["breached" if now > due else "open"] += 1
+
+
+def _speed_out(group: dict, stages: list[tuple[str, str]]) -> dict:
+    out = {k: v for k, v in group.items() if not k.startswith("_")}
+    out["stages"] = {}
+    for key, _ in stages:
+        seconds = sorted(group["_seconds"][key])
+        out["stages"][key] = {"reached": len(seconds), "p50_seconds": _percentile(seconds, 0.5),
+                              "p95_seconds": _percentile(seconds, 0.95)}
+    sla = group["_sla"]
+    decided = sla["within"] + sla["breached"]
+    out["sla"] = {"within": sla["within"], "breached": sla["breached"], "open": sla["open"],
+                  "no_sla": sla["no_sla"], "share_within": round(sla["within"] / decided, 4) if decided else None}
+    return out

@@ -8,11 +8,12 @@ INSTALLED_APPS), so every ``admin.site.register`` and ``admin.site.urls``
 in the project uses it unchanged."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, path, reverse
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,28 @@ class Dashboard:
 DASHBOARDS = (
     Dashboard("Attribution dashboard", "admin:attribution_dashboard", "attribution.view_attributioncredit"),
     Dashboard("Routing SLA report", "admin:routing_sla_report", "routing.view_assignment"),
+    Dashboard("Speed to lead", "admin:speed_to_lead", "routing.view_assignment"),
 )
 DASHBOARDS_LABEL = "dashboards"
+
+
+@dataclass(frozen=True)
+class Page:
+    route: str
+    view: Callable
+    name: str
+
+
+# Pages that belong to no one model's admin (a report reading several apps'
+# records), added by the app that owns them from its admin module; served
+# under /admin/<route> behind the admin's login (each view checks its own
+# permission).
+PAGES: list[Page] = []
+
+
+def register_page(route: str, view: Callable, name: str) -> None:
+    if all(p.name != name for p in PAGES):
+        PAGES.append(Page(route, view, name))
 
 
 class OpsAdminSite(admin.AdminSite):
@@ -53,6 +74,9 @@ class OpsAdminSite(admin.AdminSite):
             out.append({"name": d.name, "object_name": d.url_name.rpartition(":")[2], "admin_url": url,
                         "add_url": None, "view_only": True, "perms": {"view": True}})
         return out
+
+    def get_urls(self):
+        return [path(p.route, self.admin_view(p.view), name=p.name) for p in PAGES] + super().get_urls()
 
     def get_app_list(self, request, app_label=None):
         app_list = super().get_app_list(request, app_label)

@@ -199,10 +199,17 @@ def _has_consent(lead: Lead, channel: str, ctx: Ctx) -> bool:
     return lead_has_consent(lead=lead, channel=channel)
 
 
-def _consent_refusal(lead: Lead, channel: str, address: str, ctx: Ctx) -> str | None:
+def _consent_refusal(lead: Lead, channel: str, address: str, ctx: Ctx, *, marketing: bool = True) -> str | None:
+    """Why this message may not go to ``address``, or None. Consent is
+    marketing consent: a transactional email (``marketing: false``, e.g. a
+    trial's welcome or a demo confirmation) needs none and goes without it;
+    the suppression list (bounces, complaints, unsubscribes) still stops it.
+    The check used to ask every email for consent, so a transactional first
+    step was skipped for every lead that never ticked a consent box."""
     if not address:
         return f"no_{'email' if channel == 'email' else 'phone'}"
-    if not _has_consent(lead, channel, ctx):
+    transactional = channel == "email" and not marketing
+    if not transactional and not _has_consent(lead, channel, ctx):
         return "no_consent"
     if channel == "email":
         if ctx.suppressed is not None:
@@ -247,7 +254,7 @@ def topic_refusal(lead: Lead, topic_id: int, ctx: Ctx) -> str | None:
 def _send_email(enr, step, ctx: Ctx) -> Outcome:
     lead = enr.lead
     marketing = step.get("marketing", True)
-    refusal = _consent_refusal(lead, "email", lead.email or "", ctx)
+    refusal = _consent_refusal(lead, "email", lead.email or "", ctx, marketing=marketing)
     if refusal == "no_consent":
         until = _awaiting_confirmation(lead, ctx)
         if until is not None:
@@ -478,13 +485,15 @@ def journey_refusal(lead: Lead, settings: dict, ctx: Ctx) -> str | None:
     return None
 
 
-def send_refusal(lead: Lead, channel: str, address: str, settings: dict, ctx: Ctx) -> str | None:
+def send_refusal(lead: Lead, channel: str, address: str, settings: dict, ctx: Ctx, *,
+                 marketing: bool = True) -> str | None:
     """The one answer to "may this message go to this lead now": the
     workflow's suppressed stages and segments, the channel's consent
-    (withdrawn, never given), the address (missing, bounced, complained,
-    unsubscribed). Used when a step is decided and again, under the lead's
-    row lock, at the moment each message is sent."""
-    return journey_refusal(lead, settings, ctx) or _consent_refusal(lead, channel, address, ctx)
+    (withdrawn, never given; not asked of a transactional email), the
+    address (missing, bounced, complained, unsubscribed). Used when a step is
+    decided and again, under the lead's row lock, at the moment each message
+    is sent."""
+    return journey_refusal(lead, settings, ctx) or _consent_refusal(lead, channel, address, ctx, marketing=marketing)
 
 
 def suppressed_now(enr, ctx: Ctx) -> str | None:
@@ -820,7 +829,8 @@ def _deliver_one(msg: Message, session: channels.EmailSession, marker: _Marker) 
             address = msg.to or ""  # where it goes, as decided
             ctx = Ctx(now=now, consent={(lead.pk, "email"): lead.consent_email, (lead.pk, "sms"): lead.consent_sms},
                       suppressed={address.lower()} if lead.address_suppressed else set())
-            refusal = send_refusal(lead, channel, address, msg.execution.enrollment.version.settings or {}, ctx)
+            refusal = send_refusal(lead, channel, address, msg.execution.enrollment.version.settings or {}, ctx,
+                                   marketing=msg.is_marketing)
             if not refusal and msg.topic_id:
                 refusal = topic_refusal(lead, msg.topic_id, ctx)
             if refusal:

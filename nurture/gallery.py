@@ -86,9 +86,17 @@ GALLERY: dict[str, dict] = {
 @transaction.atomic
 def workflow_create_from_gallery(*, key: str, actor=None, name: str | None = None) -> Workflow:
     """A draft copy of a gallery journey (a fresh name when taken)."""
+    return workflow_create_from_spec(spec=GALLERY[key], actor=actor, name=name)
+
+
+@transaction.atomic
+def workflow_create_from_spec(*, spec: dict, actor=None, name: str | None = None) -> Workflow:
+    """A draft workflow from a journey written as the gallery writes them
+    (the demo's own journeys too): its emails become templates, a segment
+    trigger's segment is made when missing, a taken name gets a suffix."""
     import copy
 
-    spec = copy.deepcopy(GALLERY[key])
+    spec = copy.deepcopy(spec)
     base = name or spec.pop("name")
     spec.pop("name", None)
     segment = spec.pop("segment", None)

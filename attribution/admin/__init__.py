@@ -1,1 +1,1 @@
-from attribution.admin import credits, opportunities, rates, spend, touchpoints, weights  # noqa: F401 (registration)
+from attribution.admin import credits, opportunities, rates, speed, spend, touchpoints, weights  # noqa: F401 (registration)

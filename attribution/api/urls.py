@@ -13,6 +13,7 @@ urlpatterns = [
     re_path(r"^attribution/pipeline/?$", views.PipelineView.as_view(), name="attribution-pipeline"),
     re_path(r"^attribution/forecast/?$", views.ForecastView.as_view(), name="attribution-forecast"),
     re_path(r"^attribution/forecast/accuracy/?$", views.ForecastAccuracyView.as_view(), name="attribution-forecast-accuracy"),
+    re_path(r"^speed-to-lead/?$", views.SpeedToLeadView.as_view(), name="speed-to-lead"),
     # Before the routers' detail routes, which would read "import" as an id.
     re_path(r"^attribution/spend/import/?$", views.SpendImportView.as_view(), name="attribution-spend-import"),
     re_path(r"^opportunities/import/?$", views.OpportunityImportView.as_view(), name="opportunities-import"),

@@ -21,7 +21,9 @@ from attribution.imports import csv_rows, opportunities_import, spend_import
 from attribution.models import AttributionCredit, AttributionModel, CampaignSpend, Opportunity, OpportunityStageChange
 from martech.csvsafe import cell_escape
 from martech.api.throttling import ClientRateThrottle
+from martech.api.views import _errors
 from martech.models import ApiClient, Channel
+from routing.models import Assignment
 
 
 def _plain(value):
@@ -345,6 +347,76 @@ class ForecastAccuracyView(_ReportView):
         q = self._query(AccuracyQuerySerializer, request)
         body = forecast.forecast_accuracy(start=q.get("start"), end=q.get("end"), source=q.get("source"), taken_on=q.get("taken_on"))
         return Response(_plain(body))
+
+
+class SpeedToLeadQuerySerializer(serializers.Serializer):
+    start = serializers.DateField(required=False, help_text="First UTC day (default: 29 days before end).")
+    end = serializers.DateField(required=False, help_text="Last UTC day, inclusive (default: today).")
+    group_by = serializers.ChoiceField(choices=[(g, g) for g in selectors.SPEED_GROUPS], default="day")
+    source = serializers.ChoiceField(choices=Channel.choices, required=False,
+                                     help_text="Only forms submitted from this channel.")
+
+    def validate(self, attrs):
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        attrs["end"] = attrs.get("end") or timezone.now().date()
+        attrs["start"] = attrs.get("start") or attrs["end"] - timedelta(days=29)
+        if attrs["start"] > attrs["end"]:
+            raise serializers.ValidationError({"end": ["end must not be before start."]})
+        if (attrs["end"] - attrs["start"]).days >= selectors.SPEED_MAX_DAYS:
+            raise serializers.ValidationError({"start": [f"At most {selectors.SPEED_MAX_DAYS} days from start to end."]})
+        return attrs
+
+
+_SPEED_STAGE = inline_serializer("SpeedToLeadStage", {
+    "reached": serializers.IntegerField(help_text="Leads of the group that reached the stage."),
+    "p50_seconds": serializers.FloatField(allow_null=True, help_text="Median seconds from the form."),
+    "p95_seconds": serializers.FloatField(allow_null=True),
+})
+_SPEED_GROUP = {
+    "day": serializers.DateField(required=False),
+    "source": serializers.CharField(required=False, help_text="The form submission's channel code."),
+    "source_label": serializers.CharField(required=False),
+    "leads": serializers.IntegerField(help_text="Leads whose first form submission is in the group."),
+    "stages": serializers.DictField(child=_SPEED_STAGE, help_text="By stage key (see stages)."),
+    "sla": inline_serializer("SpeedToLeadSla", {
+        "within": serializers.IntegerField(help_text="First touch by the SLA deadline."),
+        "breached": serializers.IntegerField(help_text="Touched late, or untouched past the deadline."),
+        "open": serializers.IntegerField(help_text="Untouched, deadline still ahead."),
+        "no_sla": serializers.IntegerField(help_text="No assignment with an SLA policy."),
+        "share_within": serializers.FloatField(allow_null=True, help_text="within / (within + breached)."),
+    }),
+}
+
+
+class SpeedToLeadView(_ReportView):
+    renderer_classes = [JSONRenderer]
+    # Sales leaders and analysts read it: the routing view permission (every
+    # staff role has it), as the admin page checks.
+    permission_model = Assignment
+
+    @extend_schema(
+        operation_id="speed_to_lead",
+        description="Speed to lead: for leads whose first form submission falls in the range (UTC days), per day, "
+        "per source or both, the seconds from the form to the owner, to the owner in each connected CRM, to the "
+        "first email and to the rep's first touch (median and 95th percentile), and the share of first touches "
+        "within the routing SLA policy's deadline.",
+        parameters=[SpeedToLeadQuerySerializer],
+        responses={**_errors(400, 401, 403, 429), 200: inline_serializer("SpeedToLead", {
+            "start": serializers.DateField(), "end": serializers.DateField(), "group_by": serializers.CharField(),
+            "stages": inline_serializer("SpeedToLeadStageName", {"key": serializers.CharField(),
+                                                                 "label": serializers.CharField()}, many=True),
+            "results": inline_serializer("SpeedToLeadGroup", _SPEED_GROUP, many=True),
+            "total": inline_serializer("SpeedToLeadTotal", {k: v for k, v in _SPEED_GROUP.items()
+                                                            if k not in ("day", "source", "source_label")}),
+        })},
+    )
+    def get(self, request):
+        q = self._query(SpeedToLeadQuerySerializer, request)
+        return Response(selectors.speed_to_lead(start=q["start"], end=q["end"], group_by=q["group_by"],
+                                                source=q.get("source")))
 
 
 # --- Opportunities and spend (REST) ------------------------------------------

@@ -275,6 +275,11 @@ class PushState(models.Model):
     # pulled yet and is left alone; a link whose fields here still equal these
     # was not changed here, so the push leaves the CRM's values alone.
     links = models.JSONField(default=dict, blank=True)
+    # When the CRM first accepted a push carrying an owner for this record
+    # (the call's answer, not the read): the "owner in the CRM" stage of the
+    # speed-to-lead report. Kept through later pushes and owner changes: the
+    # report measures how fast a new lead first reached a rep's CRM queue.
+    owner_pushed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -726,6 +726,8 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
         results, failure = exc.results, exc.error
     except (TransientError, PermanentError) as exc:
         results, failure = [], exc
+    answered_at = timezone.now()  # the CRM has what it accepted from here on
+    owner_fields = [m.remote_field for m in builder.mappings if m.local_field == "owner"]
     _count_calls(connection, connector.stats.api_calls - before, connector)
     by_id = {r.local_id: r for r in results}
     ok_items, new_states, remote_ids = [], [], {}
@@ -745,10 +747,18 @@ def _push_items(connection, connector, builder: PayloadBuilder, items: list[Outb
         run.pushed += 1
         _tally(run, obj.key, "pushed")
         synced = {link.key: record.link_details.get(link.key, {}) for link in link_specs if link.removable}
+        # The first push that carries an owner stamps owner_pushed_at; a
+        # record whose earlier push already carried one (before this was
+        # kept) stays unknown rather than taking this later time.
+        before = states.get(item.local_id)
+        owner_at = before.owner_pushed_at if before is not None else None
+        owner_before = before is not None and any((before.pushed_properties or {}).get(f) for f in owner_fields)
+        if owner_at is None and not owner_before and any(record.properties.get(f) for f in owner_fields):
+            owner_at = answered_at
         new_states.append(PushState(connection=connection, object=obj.key, local_id=item.local_id,
                                     remote_id=result.remote_id, payload_hash=digest, pushed_at=read_at,
                                     pushed_properties=record.properties, associations=record.associations,
-                                    links=synced))
+                                    links=synced, owner_pushed_at=owner_at))
         remote_ids[item.local_id] = result.remote_id
     _finish(connection, obj, ok_items, states=new_states, remote_ids=remote_ids, records=records)
     for error, failed in refused.items():
@@ -863,7 +873,8 @@ def _settle(connection: Connection, obj: objects.ObjectType, items: list[OutboxI
         PushState.objects.bulk_create(
             sorted(states, key=lambda s: s.local_id), update_conflicts=True,
             unique_fields=["connection", "object", "local_id"],
-            update_fields=["remote_id", "payload_hash", "pushed_at", "pushed_properties", "associations", "links"],
+            update_fields=["remote_id", "payload_hash", "pushed_at", "pushed_properties", "associations", "links",
+                           "owner_pushed_at"],
             batch_size=500,
         )
 

@@ -215,6 +215,10 @@ FORMS = [
         "defaults": {},
         "consent_field": "consent",
         "consent_text": "I agree to be contacted about a demo and to receive marketing email.",
+        # The event the "Demo requested" lifecycle rule (-> SQL, and so the
+        # SQL handoff) listens to: with form_submitted, the demo's own demo
+        # form never reached sales.
+        "event_type": "demo_requested",
     },
 ]
 
@@ -383,12 +387,14 @@ def _seed_campaigns(result: DemoResult, normalizer: UtmNormalizer, anchor: date)
 
 
 def _seed_forms(result: DemoResult) -> dict[str, Form]:
-    form_type = EventType.objects.get(name="form_submitted")
+    types = {t.name: t for t in EventType.objects.filter(
+        name__in={spec.get("event_type", "form_submitted") for spec in FORMS})}
     forms = {}
     for spec in FORMS:
         form = Form.objects.filter(key=spec["key"]).first()
         if form is None:
-            form = Form(event_type=form_type, **spec)
+            fields = {k: v for k, v in spec.items() if k != "event_type"}
+            form = Form(event_type=types[spec.get("event_type", "form_submitted")], **fields)
             form.full_clean()
             form.save()
             result.forms += 1

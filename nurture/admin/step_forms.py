@@ -113,7 +113,10 @@ class SendEmailStepForm(StepForm):
     html = forms.CharField(widget=forms.Textarea(attrs={"rows": 6, "cols": 80}), required=False, label="HTML body",
                            help_text="Optional; made from the text when empty.")
     marketing = forms.BooleanField(required=False, initial=True, label="Marketing email",
-                                   help_text="Counts toward the frequency cap. Untick for a transactional email.")
+                                   help_text=("Needs the lead's email consent and counts toward the frequency cap. "
+                                              "Untick for a transactional email (a receipt, a trial welcome): it "
+                                              "goes without marketing consent and outside the cap; bounced, "
+                                              "complained and unsubscribed addresses are still never mailed."))
     topic = forms.ChoiceField(required=False, label="Subscription topic",
                               help_text="Leads who left the topic on their preference page are skipped.")
 

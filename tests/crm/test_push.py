@@ -186,6 +186,45 @@ def test_owner_from_provider_else_by_email_else_not_sent(connection, hubspot, mo
     assert "hubspot_owner_id" not in PayloadBuilder(connection).payload(lead)
 
 
+def test_the_first_push_carrying_an_owner_is_stamped_once(connection, hubspot, django_user_model):
+    """PushState.owner_pushed_at: when the CRM first took the lead's owner
+    (the speed-to-lead report's "owner in the CRM")."""
+    hubspot.add_owner(owner_id="77", email="rep@example.com", first_name="R", last_name="Ep")
+    hubspot.add_owner(owner_id="78", email="rep2@example.com", first_name="R", last_name="Two")
+    owners_pull(connection=connection)
+    rep = django_user_model.objects.create(username="rep", email="rep@example.com")
+    other = django_user_model.objects.create(username="rep2", email="rep2@example.com")
+    lead = _lead()
+    outbox_drain(connection=connection)
+    state = PushState.objects.get(object="contact", local_id=lead.pk)
+    assert state.remote_id and state.owner_pushed_at is None  # pushed, without an owner
+    lead_set_owner(lead=lead, owner=rep, reason="test", source="test")
+    before = dt.datetime.now(dt.timezone.utc)
+    outbox_drain(connection=connection)
+    state.refresh_from_db()
+    first = state.owner_pushed_at
+    assert first is not None and first >= before
+    # A later owner change (a reassignment) and other edits keep the first time.
+    lead_set_owner(lead=lead, owner=other, reason="test", source="test")
+    outbox_drain(connection=connection)
+    state.refresh_from_db()
+    assert hubspot.contacts[state.remote_id]["properties"]["hubspot_owner_id"] == "78"
+    assert state.owner_pushed_at == first
+
+
+def test_an_owner_pushed_before_the_stamp_was_kept_stays_unknown(connection, hubspot, django_user_model):
+    hubspot.add_owner(owner_id="77", email="rep@example.com", first_name="R", last_name="Ep")
+    owners_pull(connection=connection)
+    lead = _lead()
+    lead_set_owner(lead=lead, owner=django_user_model.objects.create(username="rep", email="rep@example.com"),
+                   reason="test", source="test")
+    outbox_drain(connection=connection)
+    PushState.objects.filter(local_id=lead.pk).update(owner_pushed_at=None)  # as pushed before the column
+    lead_upsert(data={"email": lead.email, "job_title": "CTO"}, source="test")
+    outbox_drain(connection=connection)
+    assert PushState.objects.get(object="contact", local_id=lead.pk).owner_pushed_at is None
+
+
 def test_sync_run_is_recorded(connection, hubspot):
     _lead()
     outbox_drain(connection=connection)

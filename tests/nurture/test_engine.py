@@ -88,6 +88,47 @@ def test_suppressed_address_is_not_mailed(make_workflow, consenting_lead):
     assert mail.outbox == [] and StepExecution.objects.get(step="e1").outcome == "skipped:suppressed"
 
 
+def _transactional_flow() -> dict:
+    """A transactional welcome (as the trial onboarding journey starts),
+    then a marketing email."""
+    flow = email_flow(2)
+    flow["steps"]["e1"]["marketing"] = False
+    return flow
+
+
+def test_transactional_email_goes_without_marketing_consent(make_workflow, consenting_lead):
+    # The trial onboarding's first email was skipped for every lead who never
+    # ticked a consent box: consent was asked of every email.
+    wf = make_workflow(_transactional_flow())
+    lead = consenting_lead(channels=())
+    enrollment_create(workflow=wf, lead=lead, source="t")
+    run()
+    assert [m.to for m in mail.outbox] == [[lead.email]]
+    outcomes = dict(StepExecution.objects.values_list("step", "outcome"))
+    assert (outcomes["e1"], outcomes["e2"]) == ("sent", "skipped:no_consent")
+    sent = Message.objects.get(step="e1")
+    assert (sent.status, sent.is_marketing) == ("sent", False)
+
+
+def test_transactional_email_goes_after_a_withdrawal_but_never_to_a_suppressed_address(
+        make_workflow, consenting_lead, monkeypatch):
+    from nurture import engine
+
+    wf = make_workflow(_transactional_flow(), suppress_unsubscribed=False)
+    withdrawn, bounced = consenting_lead(), consenting_lead(channels=())
+    for lead in (withdrawn, bounced):
+        enrollment_create(workflow=wf, lead=lead, source="t")
+    with monkeypatch.context() as m:  # decided now, delivered below (the check runs again at send time)
+        m.setattr(engine, "messages_deliver", lambda **kw: {})
+        run()
+    consent_record(lead=withdrawn, channel="email", granted=False, source="test")
+    Suppression.objects.create(address=bounced.email, reason="bounce")
+    engine.messages_deliver(ids=list(Message.objects.order_by("pk").values_list("pk", flat=True)))
+    assert [m.to for m in mail.outbox] == [[withdrawn.email]]
+    assert dict(Message.objects.filter(step="e1").values_list("lead_id", "status_reason")) == {
+        withdrawn.pk: "", bounced.pk: "suppressed"}
+
+
 def test_frequency_cap_across_workflows_delays_never_drops(make_workflow, consenting_lead):
     a, b = make_workflow(email_flow(1)), make_workflow(email_flow(1))
     lead = consenting_lead()
