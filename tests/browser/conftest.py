@@ -54,6 +54,26 @@ def browser_page():
         yield page
 
 
+@pytest.fixture(scope="session")
+def live_server(live_server):
+    """pytest-django's live server, answering one request at a time when it
+    shares the tests' in-memory SQLite connection (it must: that database
+    exists only in that connection). Two requests at once on one sqlite3
+    connection from two threads can hang (pages that load their data with
+    parallel requests, like the attribution dashboard); on PostgreSQL each
+    request thread has its own connection and nothing is serialized."""
+    if live_server.thread.connections_override:
+        httpd, lock = live_server.thread.httpd, threading.Lock()
+        app = httpd.get_app()
+
+        def one_at_a_time(environ, start_response):
+            with lock:
+                return app(environ, start_response)
+
+        httpd.set_app(one_at_a_time)
+    return live_server
+
+
 PASSWORD = "pw-Secret-123"  # tests.factories.UserFactory's
 
 

@@ -85,11 +85,8 @@ def _chart_data(page) -> dict:
 
 
 
-# The dashboard loads its charts with parallel API requests. Against the
-# in-memory SQLite test database, Django's live server shares one SQLite
-# connection across its request threads, and two requests at once can hang
-# there (seen in CI); real concurrency needs PostgreSQL.
-@pytest.mark.postgres_only
+# The dashboard loads its charts with parallel API requests: on SQLite the
+# live server answers them one at a time (tests/browser/conftest.py).
 def test_analyst_sees_every_chart_with_the_api_numbers(live_server, data, browser_page, screenshots):
     page = browser_page
     failed = []
