@@ -379,7 +379,7 @@ def _webhook(enr, step, ctx: Ctx) -> Outcome:
 
 def _wait(enr, step, ctx: Ctx) -> Outcome:
     due = ctx.now if ctx.compress_waits else _wait_delta(step, ctx.now, enr.lead)
-    return Outcome("waited", step["next"], due_at=due, detail={"until": due.isoformat()})
+    return Outcome(StepExecution.WAITED, step["next"], due_at=due, detail={"until": due.isoformat()})
 
 
 def _wait_until(enr, step, ctx: Ctx) -> Outcome:

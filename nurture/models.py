@@ -162,6 +162,10 @@ class StepExecution(models.Model):
     transaction that decides the step: a second worker or a retried task hits
     the unique index and does nothing."""
 
+    # The outcome of a wait step that has started: the enrollment's step has
+    # already moved on to the one after the wait, due when the wait ends.
+    WAITED = "waited"
+
     enrollment = models.ForeignKey(Enrollment, on_delete=models.CASCADE, related_name="executions")
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="+")
     step = models.CharField(max_length=64)

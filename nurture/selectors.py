@@ -1,7 +1,7 @@
 """Reads for the admin and the API: workflow and step metrics."""
 from __future__ import annotations
 
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Q, Subquery
 
 from nurture.graph import step_order
 from nurture.models import Enrollment, Message, StepExecution, StepTally, Workflow
@@ -76,17 +76,29 @@ LEAD_ROWS = 50
 
 def lead_journeys(*, lead, user=None) -> dict:
     """The lead's enrollments, newest first, with the step each is at in
-    words (from the version it runs). One query."""
+    words (from the version it runs). One query.
+
+    ``Enrollment.step`` is the step to run *next*: a wait, once run, moves
+    it on to the step after the wait and sets ``due_at`` to the wait's end.
+    A lead in a wait is at the wait ("Wait 3 days"), with the step it leads
+    to as ``then``; the wait is known from the enrollment's latest
+    execution, read in the same query."""
     from nurture.labels import step_summary
 
+    latest = StepExecution.objects.filter(enrollment=OuterRef("pk")).order_by("-id")
     rows = []
     enrollments = list(Enrollment.objects.filter(lead=lead).select_related("workflow", "version")
+                       .annotate(last_step=Subquery(latest.values("step")[:1]),
+                                 last_outcome=Subquery(latest.values("outcome")[:1]))
                        .order_by("-enrolled_at", "-id")[:LEAD_ROWS])
     for e in enrollments:
-        steps = (e.version.definition or {}).get("steps") or {}
+        steps, templates = (e.version.definition or {}).get("steps") or {}, e.version.templates
         active = e.status == Enrollment.Status.ACTIVE
-        rows.append({"e": e, "step": step_summary(steps.get(e.step), e.version.templates) if active and e.step else "—",
-                     "steps_done": e.seq, "active": active})
+        step, then = (step_summary(steps.get(e.step), templates) if active and e.step else "—"), ""
+        waiting_in = steps.get(e.last_step) if active and e.last_outcome == StepExecution.WAITED else None
+        if isinstance(waiting_in, dict) and waiting_in.get("type") == "wait":
+            step, then = step_summary(waiting_in, templates), step
+        rows.append({"e": e, "step": step, "then": then, "steps_done": e.seq, "active": active})
     return {"rows": rows, "capped": len(enrollments) >= LEAD_ROWS}
 
 

@@ -3,20 +3,13 @@ its timeline. Drives Debian's /usr/bin/chromium headless through Playwright
 (no downloaded browser)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from martech.services.leads import lead_change_stage, lead_upsert
+from tests.browser.conftest import CHROMIUM
 from tests.factories import EventFactory, UserFactory
-
-# Playwright's sync API runs an asyncio loop in this thread; the ORM calls
-# made beside it (fixtures, assertions) are ordinary synchronous ones.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOT_DIR", "/tmp"))
 
 pytestmark = [
     pytest.mark.browser,
@@ -26,32 +19,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
 ]
-
-
-@pytest.fixture
-def browser_page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--disable-sync",
-                "--disable-quic",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(15_000)
-        try:
-            yield page
-        finally:
-            browser.close()
 
 
 @pytest.fixture
@@ -71,7 +38,7 @@ def grace(live_server):
     return lead
 
 
-def test_find_a_lead_by_email_and_read_its_timeline(live_server, grace, browser_page):
+def test_find_a_lead_by_email_and_read_its_timeline(live_server, grace, browser_page, screenshots):
     lead = grace
     page = browser_page
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
@@ -86,7 +53,7 @@ def test_find_a_lead_by_email_and_read_its_timeline(live_server, grace, browser_
     page.wait_for_url("**/admin/martech/lead/?q=grace%40acme.example")
     rows = page.locator("#result_list tbody tr")
     assert rows.count() == 1
-    page.screenshot(path=str(SCREENSHOTS / "h3_admin_lead_search.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "h3_admin_lead_search.png"), full_page=True)
 
     rows.first.locator("th a").click()
     page.wait_for_url(f"**/admin/martech/lead/{lead.pk}/change/**")
@@ -98,4 +65,4 @@ def test_find_a_lead_by_email_and_read_its_timeline(live_server, grace, browser_
     assert "visited pricing twice" in text
     assert page.locator(".martech-badge-event").count() == 1
     assert page.locator(".martech-badge-stage").count() == 2  # created as Lead, then MQL
-    page.screenshot(path=str(SCREENSHOTS / "h3_admin_lead_change.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "h3_admin_lead_change.png"), full_page=True)

@@ -4,7 +4,6 @@ and every chart shows what the public API returns for the same filters
 through Playwright, as tests/browser/test_admin_browser.py."""
 from __future__ import annotations
 
-import os
 from datetime import date, datetime, timedelta, timezone as dt_tz
 from decimal import Decimal
 from pathlib import Path
@@ -22,10 +21,8 @@ from attribution.services import (
 )
 from attribution.touchpoints import touchpoints_rebuild
 from martech.services.leads import lead_change_stage, lead_upsert
-from tests.browser.test_admin_browser import CHROMIUM, SCREENSHOTS, browser_page  # noqa: F401 (fixture)
+from tests.browser.conftest import CHROMIUM
 from tests.factories import CampaignFactory, EventFactory, UserFactory
-
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 pytestmark = [
     pytest.mark.browser,
@@ -98,12 +95,9 @@ def _chart_data(page) -> dict:
 
 
 
-# The dashboard loads its charts with parallel API requests. Against the
-# in-memory SQLite test database, Django's live server shares one SQLite
-# connection across its request threads, and two requests at once can hang
-# there (seen in CI); real concurrency needs PostgreSQL.
-@pytest.mark.postgres_only
-def test_analyst_sees_every_chart_with_the_api_numbers(live_server, data, browser_page):
+# The dashboard loads its charts with parallel API requests: on SQLite the
+# live server answers them one at a time (tests/browser/conftest.py).
+def test_analyst_sees_every_chart_with_the_api_numbers(live_server, data, browser_page, screenshots):
     page = browser_page
     failed = []
     page.on("requestfailed", lambda req: failed.append(req.url))
@@ -122,7 +116,7 @@ def test_analyst_sees_every_chart_with_the_api_numbers(live_server, data, browse
     assert all(s.startswith(live_server.url) for s in scripts)
     assert failed == []
     charts = _chart_data(page)
-    page.screenshot(path=str(SCREENSHOTS / "attribution_dashboard.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "attribution_dashboard.png"), full_page=True)
 
     assert set(charts) == {
         "chart-channel", "chart-compare", "chart-spend", "chart-month", "chart-funnel", "chart-velocity",

@@ -9,7 +9,7 @@ from django.core import mail
 from martech.services.leads import lead_upsert
 from nurture.models import EmailTemplate
 from nurture.services import email_template_save
-from tests.browser.test_admin_browser import CHROMIUM, SCREENSHOTS, browser_page  # noqa: F401 (fixture)
+from tests.browser.conftest import CHROMIUM
 from tests.factories import UserFactory
 
 pytestmark = [
@@ -29,7 +29,7 @@ def template(live_server):
                   "<script>document.body.insertAdjacentHTML('beforeend', '<b id=ran>ran</b>')</script>"))
 
 
-def test_preview_follows_edits_for_a_picked_lead_and_sends_a_test(live_server, template, browser_page):
+def test_preview_follows_edits_for_a_picked_lead_and_sends_a_test(live_server, template, browser_page, screenshots):
     page = browser_page
     mail.outbox = []
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
@@ -62,12 +62,12 @@ def test_preview_follows_edits_for_a_picked_lead_and_sends_a_test(live_server, t
     assert "unknown merge field 'frist_name'" in page.locator("#preview-errors").inner_text()
     page.fill("#id_subject", "Welcome aboard, {{first_name}}")
     page.wait_for_function("document.querySelector('#preview-errors').hidden")
-    page.screenshot(path=str(SCREENSHOTS / "email_template_preview.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "email_template_preview.png"), full_page=True)
 
     page.click("#send-test")
     page.wait_for_function("document.querySelector('#send-test-result').textContent.startsWith('Sent')")
     assert page.locator("#send-test-result").inner_text() == "Sent a test to mops@example.com."
     assert [m.subject for m in mail.outbox] == ["[Test] Welcome aboard, Grace"]
     assert EmailTemplate.objects.get().subject == "Hi {{first_name|there}}"  # previewing and testing saved nothing
-    page.screenshot(path=str(SCREENSHOTS / "email_template_test_sent.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "email_template_test_sent.png"), full_page=True)
     assert subject.inner_text() == "Welcome aboard, Grace"

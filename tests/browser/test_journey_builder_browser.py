@@ -9,10 +9,8 @@ import os
 import pytest
 
 from nurture.models import Workflow
-from tests.browser.test_admin_browser import CHROMIUM, SCREENSHOTS, browser_page  # noqa: F401 (fixture)
+from tests.browser.conftest import CHROMIUM
 from tests.factories import FormFactory, UserFactory
-
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 pytestmark = [
     pytest.mark.browser,
@@ -44,7 +42,7 @@ def _add_step(page, step_type: str, fields: dict[str, str], selects: dict[str, s
     page.wait_for_selector(".messagelist .success")
 
 
-def test_marketing_ops_builds_the_ebook_drip_without_json_and_publishes(live_server, builder_setup, browser_page):
+def test_marketing_ops_builds_the_ebook_drip_without_json_and_publishes(live_server, builder_setup, browser_page, screenshots):
     page = browser_page
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
     page.fill("#id_username", "mops-browser")
@@ -58,7 +56,7 @@ def test_marketing_ops_builds_the_ebook_drip_without_json_and_publishes(live_ser
     page.select_option("#id_trigger", "form")
     page.select_option("#id_trigger_form", label="Ebook download (ebook)")
     page.select_option("#id_goal_event", "demo_requested")
-    page.screenshot(path=str(SCREENSHOTS / "journey_builder_settings.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "journey_builder_settings.png"), full_page=True)
     page.click("input[name=_continue]")
     page.wait_for_selector("#journey")
 
@@ -72,7 +70,7 @@ def test_marketing_ops_builds_the_ebook_drip_without_json_and_publishes(live_ser
     assert diagram.locator("g.nurture-node").count() == 6  # three emails, two waits, the end
     assert diagram.locator("path.nurture-edge").count() == 5
     assert "5 days" in diagram.text_content() and "Ready to see it live?" in diagram.text_content()
-    page.locator("#journey").screenshot(path=str(SCREENSHOTS / "journey_builder_diagram.png"))
+    page.locator("#journey").screenshot(path=str(screenshots / "journey_builder_diagram.png"))
 
     # Fix the second wait from its box in the diagram.
     page.locator('#journey g.nurture-node[data-step="wait2"]').click()
@@ -85,7 +83,7 @@ def test_marketing_ops_builds_the_ebook_drip_without_json_and_publishes(live_ser
     page.wait_for_selector(".messagelist .success")
     assert "Published version 1; the journey is active." in page.locator(".messagelist").inner_text()
     assert "Status: Active" in page.locator(".journey-status").inner_text()
-    page.screenshot(path=str(SCREENSHOTS / "journey_builder_published.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "journey_builder_published.png"), full_page=True)
 
     wf = Workflow.objects.get(name="Ebook drip")
     assert wf.status == "active" and wf.current_version.number == 1 and not wf.has_draft_changes

@@ -4,7 +4,6 @@ horizontal scroll, with the navigation and filter sidebars open, and the 360
 page shows the routed rep, the journey and its first email."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,9 @@ from martech.scoring.services import segment_save
 from martech.services.leads import lead_change_stage, lead_upsert
 from nurture.models import Enrollment, Message, StepExecution, Workflow, WorkflowVersion
 from routing.models import Assignment
-from tests.browser.test_admin_browser import CHROMIUM, SCREENSHOTS
+from tests.browser.conftest import CHROMIUM, chromium_page
 from tests.factories import EventFactory, UserFactory
 from tests.routing.factories import RepFactory, TeamFactory
-
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 pytestmark = [
     pytest.mark.browser,
@@ -30,19 +27,8 @@ LAPTOP = {"width": 1366, "height": 768}
 
 @pytest.fixture
 def laptop_page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                          "--disable-component-update", "--no-first-run", "--disable-sync",
-                                          "--disable-quic"])
-        page = browser.new_page(viewport=LAPTOP)
-        page.set_default_timeout(15_000)
-        try:
-            yield page
-        finally:
-            browser.close()
+    with chromium_page(LAPTOP) as page:
+        yield page
 
 
 @pytest.fixture
@@ -76,7 +62,7 @@ def leads(live_server):
     return first
 
 
-def test_lead_list_fits_a_laptop_screen_and_the_360_page(live_server, leads, laptop_page):
+def test_lead_list_fits_a_laptop_screen_and_the_360_page(live_server, leads, laptop_page, screenshots):
     page = laptop_page
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
     page.fill("#id_username", "mops")
@@ -87,7 +73,7 @@ def test_lead_list_fits_a_laptop_screen_and_the_360_page(live_server, leads, lap
     page.goto(f"{live_server.url}/admin/martech/lead/")
     page.locator("#result_list").wait_for()
     assert page.locator("#nav-sidebar").is_visible() and page.locator("#changelist-filter").is_visible()
-    page.screenshot(path=str(SCREENSHOTS / "lead360_list_1366.png"))
+    page.screenshot(path=str(screenshots / "lead360_list_1366.png"))
     widths = page.evaluate("""() => ({
         doc: document.documentElement.scrollWidth, view: document.documentElement.clientWidth,
         table: document.querySelector('#result_list').getBoundingClientRect().right,
@@ -118,4 +104,4 @@ def test_lead_list_fits_a_laptop_screen_and_the_360_page(live_server, leads, lap
     assert "Your ebook" in page.locator("#lead360-messages").inner_text()
     assert "downloaded the ebook" in page.locator("#lead360-stages").inner_text()
     assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
-    page.screenshot(path=str(SCREENSHOTS / "lead360_page_1366.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "lead360_page_1366.png"), full_page=True)

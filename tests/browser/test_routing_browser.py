@@ -10,10 +10,8 @@ import pytest
 from martech.services.api_clients import api_client_create
 from routing import services
 from routing.models import Rep, RuleSet, Team, Territory
-from tests.browser.test_admin_browser import CHROMIUM, SCREENSHOTS, browser_page  # noqa: F401 (fixture)
+from tests.browser.conftest import CHROMIUM
 from tests.factories import LeadFactory, UserFactory
-
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 pytestmark = [
     pytest.mark.browser,
@@ -40,7 +38,7 @@ def routing_setup(live_server):
     return {"draft": draft, "token": token}
 
 
-def test_sales_ops_adds_a_territory_rule_simulates_publishes_and_a_new_lead_follows_it(live_server, routing_setup, browser_page):
+def test_sales_ops_adds_a_territory_rule_simulates_publishes_and_a_new_lead_follows_it(live_server, routing_setup, browser_page, screenshots):
     page, draft = browser_page, routing_setup["draft"]
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
     page.fill("#id_username", "sops-browser")
@@ -62,7 +60,7 @@ def test_sales_ops_adds_a_territory_rule_simulates_publishes_and_a_new_lead_foll
     page.wait_for_selector("#simulation-result")
     result = page.locator("#simulation-result").inner_text()
     assert "3 lead(s) change team" in result and "DACH team" in result
-    page.screenshot(path=str(SCREENSHOTS / "routing_simulation.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "routing_simulation.png"), full_page=True)
 
     page.goto(f"{live_server.url}/admin/routing/ruleset/{draft.pk}/change/")
     page.click("a.routing-publish")
@@ -80,4 +78,4 @@ def test_sales_ops_adds_a_territory_rule_simulates_publishes_and_a_new_lead_foll
     page.goto(f"{live_server.url}/admin/martech/lead/{lead_id}/change/")
     routing_text = page.locator(".routing-explanation").first.inner_text()
     assert "Dieter" in routing_text and "rule: Germany" in routing_text and "v2" in routing_text
-    page.screenshot(path=str(SCREENSHOTS / "routing_lead_assigned.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "routing_lead_assigned.png"), full_page=True)

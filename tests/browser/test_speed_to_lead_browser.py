@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from martech.models import Event, EventType
 from routing.models import Assignment
-from tests.browser.test_admin_browser import CHROMIUM, SCREENSHOTS, browser_page  # noqa: F401 (fixture)
+from tests.browser.conftest import CHROMIUM
 from tests.factories import EventFactory, LeadFactory, UserFactory
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
@@ -57,7 +57,7 @@ def _charts(page) -> dict:
 
 # Two parallel API requests: see test_attribution_dashboard (SQLite's live server hangs on them).
 @pytest.mark.postgres_only
-def test_sales_ops_sees_both_charts_with_the_api_numbers(live_server, data, browser_page):
+def test_sales_ops_sees_both_charts_with_the_api_numbers(live_server, data, browser_page, screenshots):
     page = browser_page
     failed = []
     page.on("requestfailed", lambda req: failed.append(req.url))
@@ -71,7 +71,7 @@ def test_sales_ops_sees_both_charts_with_the_api_numbers(live_server, data, brow
     assert page.inner_text("#stl-status") == "" and failed == []
     scripts = page.eval_on_selector_all("script[src]", "els => els.map((e) => e.src)")
     assert all(s.startswith(live_server.url) for s in scripts)  # Chart.js is ours, no CDN
-    page.screenshot(path=str(SCREENSHOTS / "speed_to_lead.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "speed_to_lead.png"), full_page=True)
 
     charts = _charts(page)
     assert set(charts) == {"chart-day", "chart-source"} and all(c["drawn"] for c in charts.values())

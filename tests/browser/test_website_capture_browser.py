@@ -15,7 +15,6 @@ cookie and send nothing.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,8 @@ import pytest
 from martech.hosted import form_embed_snippet
 from martech.models import ConsentRecord, Event, Lead
 from martech.services.tracker import tracker_snippet
-from tests.browser.test_admin_browser import CHROMIUM, SCREENSHOTS, browser_page  # noqa: F401 (fixture)
+from tests.browser.conftest import CHROMIUM
 from tests.factories import FormFactory, WebsiteFactory, form_field
-
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 pytestmark = [
     pytest.mark.browser,
@@ -81,7 +78,7 @@ def _tracker_call(request) -> bool:
     return request.url.endswith("/api/v1/t") and request.method == "POST"
 
 
-def test_visitor_journey_from_utm_page_views_to_the_embedded_form(live_server, customer_site, browser_page):
+def test_visitor_journey_from_utm_page_views_to_the_embedded_form(live_server, customer_site, browser_page, screenshots):
     page, site = browser_page, customer_site["site"]
     problems: list[str] = []
     page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
@@ -131,7 +128,7 @@ def test_visitor_journey_from_utm_page_views_to_the_embedded_form(live_server, c
     page.get_by_label(CONSENT).check()
     with page.expect_navigation():
         form.get_by_role("button", name="Submit").click()
-    page.screenshot(path=str(SCREENSHOTS / "website_capture_thanks.png"))
+    page.screenshot(path=str(screenshots / "website_capture_thanks.png"))
     assert page.url == f"{live_server.url}/f/contact-us/thanks"
     assert page.locator(".mt-thanks").inner_text() == THANKS
     assert problems == [], problems  # no CORS refusal, no script error, no failed request

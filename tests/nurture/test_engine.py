@@ -472,3 +472,27 @@ def test_wait_until_condition_polls_and_takes_the_timeout_path(make_workflow, co
     done = StepExecution.objects.get(enrollment__lead=stays, step="w")
     assert done.outcome == "timed_out"
     assert StepExecution.objects.filter(enrollment__lead=stays).values_list("step", flat=True).last() == "no"
+
+
+def test_the_lead_360_names_the_wait_a_lead_is_in_not_the_step_after_it(make_workflow, consenting_lead):
+    # The engine moves Enrollment.step past a wait as soon as the wait starts
+    # (the step after it is due when the wait ends); the lead is in the wait.
+    from nurture.selectors import lead_journeys
+
+    wf = make_workflow({"start": "e1", "steps": {
+        "e1": {"type": "send_email", "subject": "Your ebook", "body": "Here it is", "next": "w1"},
+        "w1": {"type": "wait", "days": 3, "next": "e2"},
+        "e2": {"type": "send_email", "subject": "Three ideas", "body": "Chapter two", "next": "end"},
+        "end": {"type": "end"}}})
+    lead = consenting_lead()
+    enrollment_create(workflow=wf, lead=lead, source="test")
+    now = timezone.now()
+    assert run(now) == 2  # the email, then the wait starts
+    enr = Enrollment.objects.get(lead=lead)
+    assert (enr.step, enr.due_at) == ("e2", now + timedelta(days=3))
+    [row] = lead_journeys(lead=lead)["rows"]
+    assert (row["step"], row["then"]) == ("Wait 3 days", 'Send email "Three ideas"')
+
+    assert run(now + timedelta(days=3)) == 2  # the second email and the end: completed
+    [row] = lead_journeys(lead=lead)["rows"]
+    assert (row["step"], row["then"], row["active"]) == ("—", "", False)
