@@ -133,6 +133,11 @@ def opportunity_upsert(
         if stage is None:
             stage = pipeline.stages.order_by("order").first() or _missing("stage", "(pipeline has no stages)")
         opportunity = Opportunity(pipeline=pipeline, stage=stage, **data)
+        if "created_at" not in data and opportunity.closed_at and opportunity.closed_at < opportunity.created_at:
+            # Given no creation time (a CRM pull that maps none, an API call
+            # without it), a deal that closed already began no later than its
+            # close: not "now", which would refuse every won deal pulled late.
+            opportunity.created_at = opportunity.closed_at
         if stage.is_closed and not opportunity.closed_at:
             opportunity.closed_at = opportunity.created_at
         opportunity.full_clean()

@@ -258,10 +258,15 @@ def test_marketing_ops_journey_from_templates_to_lead_360_and_the_analysts_dashb
     charts = page.evaluate("""() => Object.entries(window.attributionCharts).map(([id, c]) => [id,
         c.canvas.width > 0 && c.canvas.height > 0, c.data.labels.length])""")
     assert {c[0] for c in charts} == {"chart-channel", "chart-compare", "chart-spend", "chart-month", "chart-funnel",
-                                      "chart-velocity"}
-    assert all(drawn and labels for _, drawn, labels in charts), charts  # every chart drawn, none empty
-    for chart_id, _, labels in charts:  # and each has its table of the same rows
-        assert page.locator(f"#{chart_id}-table tbody tr").count() == labels, chart_id
+                                      "chart-velocity", "chart-forecast-month", "chart-forecast-source",
+                                      "chart-accuracy", "chart-source"}
+    assert all(drawn for _, drawn, _labels in charts), charts  # every chart drawn
+    # The journey's data has won deals, campaigns and a funnel: those charts are not empty. The
+    # forecast charts need open deals and snapshots this journey does not make (tested with the API).
+    forecast = {"chart-forecast-month", "chart-forecast-source", "chart-accuracy", "chart-source"}
+    assert all(labels for chart_id, _drawn, labels in charts if chart_id not in forecast), charts
+    for chart_id, _, labels in charts:  # and each has its table of the same rows (an empty one: a row saying so)
+        assert page.locator(f"#{chart_id}-table tbody tr").count() == (labels or 1), chart_id
     assert "Paid social" in page.inner_text("#chart-channel-table")
     assert "Ebook launch" in page.inner_text("#chart-spend-table")
     page.screenshot(path=str(screenshots / "journey_09_attribution_dashboard.png"), full_page=True)
