@@ -142,3 +142,24 @@ def test_api_scope_list_is_generated_from_the_code():
 
     for scope in ApiClient.Scope.values:
         assert f"| `{scope}` |" in page
+
+
+def _project_files():
+    for folder in ["martech", "routing", "nurture", "attribution", "tests", "bench", "deploy", "scripts", "templates"]:
+        for path in (ROOT / folder).rglob("*"):
+            if path.is_file() and path.suffix in {".py", ".html", ".js", ".example", ".yaml", ""} and path != Path(__file__):
+                yield path
+
+
+def test_code_cites_docs_pages_that_exist_and_nothing_outside_the_repository():
+    missing, outside = [], []
+    for path in _project_files():
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        missing += [f"{_rel(path)}: {m}" for m in set(re.findall(r"docs/[\w-]+\.md", text)) if not (ROOT / m).exists()]
+        if re.search(r"\b(DESIGN|STYLE)\.md\b", text):
+            outside.append(_rel(path))
+    assert not missing, f"cited pages that do not exist: {sorted(missing)}"
+    assert not outside, f"cite DESIGN.md or STYLE.md, which are not in the repository: {sorted(outside)}"
