@@ -103,7 +103,9 @@ def test_manage_commands_exist(page):
 
 @pytest.mark.parametrize("page", PAGES, ids=_rel)
 def test_repository_paths_exist(page):
-    spans = CODE_SPAN.findall(FENCE.sub("", page.read_text()))
+    text = page.read_text()
+    # Code spans, and each word of the fenced blocks (the scripts a command runs).
+    spans = CODE_SPAN.findall(FENCE.sub("", text)) + [w for block in FENCE.findall(text) for w in block.split()]
     missing = sorted({m[1] for s in spans if (m := REPO_PATH.match(s)) and not (ROOT / m[1]).exists()})
     assert not missing, f"{_rel(page)} names paths that do not exist: {missing}"
 
