@@ -16,7 +16,7 @@ Runs against the DATABASE_URL database (migrated with ``manage.py migrate``).
    ``generate_series``; then the oldest month is detached and dropped. Figures:
    the detach + drop time, and the rows that took with them. The table is
    ``bench_retention_events`` and is dropped at the end: the real events
-   table is not partitioned yet (README, "Retention", says why and how).
+   table is not partitioned yet (docs/retention.md says why and how).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/retention.py [--quick]
     DATABASE_URL=sqlite:////tmp/bench.sqlite3 python bench/retention.py [--quick]

@@ -15,7 +15,7 @@ attribution rollups and score history are never retained away here.
 
 On PostgreSQL the events could instead be dropped a month at a time from a
 table partitioned by time; why that is not done yet, and the migration for
-it, are in the README ("Retention").
+it, are in docs/retention.md.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DataKind:
     key: str  # "events": its days are MARTECH_RETENTION["EVENTS_DAYS"]
-    label: str  # what the README and the task's log call it
+    label: str  # what docs/retention.md and the task's log call it
     # ``delete_batch(cutoff, limit, after)`` deletes at most ``limit`` rows
     # older than the cutoff whose primary key is above ``after``, in the
     # caller's (short) transaction, and returns (rows deleted, the key to

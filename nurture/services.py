@@ -1,4 +1,4 @@
-"""Writes of the nurture app (STYLE.md: ``<entity>_<verb>``, keyword-only).
+"""Writes of the nurture app (docs/style.md, 1: ``<entity>_<verb>``, keyword-only).
 Admin, API, tasks and receivers all call these."""
 from __future__ import annotations
 
