@@ -297,7 +297,7 @@ def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]
         from django_q.brokers import get_broker
         from django_q.status import Stat
 
-        return sum(r.llen(key) for key in ("martech", "bulk")) + sum(
+        return sum(r.llen(f"django_q:{key}:q") for key in ("martech", "bulk")) + sum(
             s.task_q_size for s in Stat.get_all(get_broker()))
 
     depth_at_end = depth()
