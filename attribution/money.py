@@ -31,6 +31,7 @@ from django.db.models import Q
 from django_q.tasks import async_task
 
 from attribution.models import ExchangeRate, Opportunity
+from martech.taskqueue import bulk_cluster
 
 CENT = Decimal("0.01")
 RATE_PLACES = Decimal("1e-10")
@@ -191,7 +192,8 @@ def exchange_rates_changed(*, changes: Changes) -> None:
     def queue() -> None:
         ids = opportunities_moved_by_rates(changes)
         for i in range(0, len(ids), RECOMPUTE_BATCH):
-            async_task("attribution.tasks.opportunities_attribute", ids[i:i + RECOMPUTE_BATCH], group="attribution")
+            async_task("attribution.tasks.opportunities_attribute", ids[i:i + RECOMPUTE_BATCH], group="attribution",
+                       cluster=bulk_cluster())
 
     transaction.on_commit(queue)
 

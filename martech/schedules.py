@@ -25,6 +25,8 @@ class Periodic:
     minutes: int | None = None  # every N minutes (schedule type MINUTES)
     cron: str | None = None  # or a cron expression (needs croniter)
     kwargs: dict = field(default_factory=dict)
+    # Bulk work: run by the bulk cluster (MARTECH_BULK_CLUSTER) when there is one.
+    bulk: bool = False
 
     def __post_init__(self):
         if (self.minutes is None) == (self.cron is None):
@@ -46,9 +48,12 @@ def schedules_sync() -> tuple[int, int]:
     """Write the declared schedules; returns (written, removed)."""
     from django_q.models import Schedule
 
+    from martech.taskqueue import bulk_cluster
+
     wanted = declared()
     for p in wanted:
-        values = {"func": p.func, "kwargs": p.kwargs or None, "repeats": -1}
+        values = {"func": p.func, "kwargs": p.kwargs or None, "repeats": -1,
+                  "cluster": bulk_cluster() if p.bulk else None}
         if p.cron:
             values.update(schedule_type=Schedule.CRON, cron=p.cron, minutes=None)
         else:
@@ -64,5 +69,5 @@ SCHEDULES = [
     Periodic(name="consent.confirmations", func="martech.tasks.consent_confirmations_send", minutes=5),
     # Retention (MARTECH_RETENTION): hourly, each run a bounded number of short
     # batches per kind (MAX_BATCHES), so a backlog is worked off over runs.
-    Periodic(name="retention", func="martech.tasks.retention_apply", minutes=60),
+    Periodic(name="retention", func="martech.tasks.retention_apply", minutes=60, bulk=True),
 ]

@@ -179,6 +179,17 @@ Q_CLUSTER = {
     "ack_failures": True,
     "label": "Task queue",
 }
+# Bulk work (CRM full pulls and backfills, imports, retention, attribution
+# recomputes) goes to this second cluster's queue when set: a qcluster started
+# with Q_CLUSTER_NAME=<it> (deploy/worker bulk) works it, so a backlog of it
+# never delays speed-to-lead work in the default cluster. Empty: one cluster.
+MARTECH_BULK_CLUSTER = env.str("MARTECH_BULK_CLUSTER", default="")
+if MARTECH_BULK_CLUSTER:
+    if MARTECH_BULK_CLUSTER == Q_CLUSTER["name"]:
+        raise ImproperlyConfigured(f"MARTECH_BULK_CLUSTER must differ from the default cluster {Q_CLUSTER['name']!r}")
+    Q_CLUSTER["ALT_CLUSTERS"] = {MARTECH_BULK_CLUSTER: {
+        "workers": env.int("Q_BULK_WORKERS", default=1), "label": "Task queue (bulk)",
+    }}
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
     # One connection pool per process instead of a connection per enqueue.

@@ -1,4 +1,5 @@
-"""django-q2's Redis broker with one connection pool per process.
+"""django-q2 plumbing: the Redis broker with one connection pool per
+process, debounced wake-ups on commit, the bulk work's cluster.
 
 ``async_task`` builds a new broker for every task it enqueues, and the stock
 Redis broker makes a new client, so every enqueue opened a new TCP
@@ -10,12 +11,14 @@ in a forked process (qcluster's workers), so nothing is shared across a fork.
 """
 from __future__ import annotations
 
+import logging
 import threading
 
 import redis
 from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
 
+log = logging.getLogger(__name__)
 _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
 
@@ -32,3 +35,70 @@ class PooledRedisBroker(Redis):
                     client = redis.from_url(Conf.REDIS) if isinstance(Conf.REDIS, str) else redis.StrictRedis(**Conf.REDIS)
                     _clients[url] = client
         return client
+
+
+# --- Wake-ups on commit, debounced ----------------------------------------------
+# A write that creates work (an outbox row, a due journey step) wakes its task
+# when the transaction commits, instead of waiting for the once-a-minute
+# schedule, which stays as the sweep for a lost wake-up. Debounced by key: a
+# wake-up is enqueued only when none is waiting for that key; the task clears
+# the mark (``woken``) before it reads, so a write that commits after the read
+# began enqueues the next one: 20 writes a second make about one task per key
+# per task run, never none. The mark expires after WAKE_TTL seconds, so a task
+# lost from the queue blocks its key no longer than that (and the schedule
+# sweeps meanwhile).
+WAKE_TTL = 30
+
+
+def _wake_key(key: str) -> str:
+    return f"martech:wake:{key}"
+
+
+def wake(func: str, *args, key: str, cluster: str | None = None) -> bool:
+    """Enqueue ``func(*args)`` unless a wake-up for ``key`` is already
+    waiting; True when enqueued. Call after commit (``wake_on_commit``)."""
+    from django.core.cache import cache
+    from django_q.tasks import async_task
+
+    if not cache.add(_wake_key(key), 1, timeout=WAKE_TTL):
+        return False
+    options = {"task_name": f"wake: {key}"}
+    if cluster:
+        options["cluster"] = cluster
+    try:
+        async_task(func, *args, **options)
+    except Exception:
+        cache.delete(_wake_key(key))
+        raise
+    return True
+
+
+def wake_on_commit(func: str, *args, key: str, cluster: str | None = None) -> None:
+    """``wake`` when the current transaction commits (at once outside one).
+    A failure to enqueue is logged, never raised into the committed write:
+    the schedule sweeps what it left."""
+    from django.db import transaction
+
+    def run():
+        try:
+            wake(func, *args, key=key, cluster=cluster)
+        except Exception:  # noqa: BLE001 - the schedule's sweep picks the work up
+            log.exception("wake-up %s not enqueued; the schedule will sweep it", key)
+
+    transaction.on_commit(run)
+
+
+def woken(key: str) -> None:
+    """Called by a woken task before it reads its work: the next write wakes again."""
+    from django.core.cache import cache
+
+    cache.delete(_wake_key(key))
+
+
+def bulk_cluster() -> str | None:
+    """The django-q2 cluster bulk work goes to (MARTECH_BULK_CLUSTER: CRM
+    full pulls, imports, retention, attribution recomputes), so a backlog of
+    it never delays speed-to-lead work; None: the default cluster."""
+    from django.conf import settings
+
+    return settings.MARTECH_BULK_CLUSTER or None

@@ -22,3 +22,13 @@ def retention_apply() -> dict[str, int]:
     from martech.retention import retention_apply as apply
 
     return apply()
+
+
+def capture_process(lead_id: int, event_ids: list[int], created: bool, transition_ids: list[int],
+                    source: str) -> None:
+    """Everything one stored form causes (scoring, routing, lifecycle with
+    the SQL handoff, journeys), enqueued when the form's transaction commits
+    (martech.services.capture). Each step retries its own conflicts."""
+    from martech.services.capture import capture_process as process
+
+    process(lead_id=lead_id, event_ids=event_ids, created=created, transition_ids=transition_ids, source=source)

@@ -15,7 +15,7 @@ from django.utils import timezone
 from martech import configcache
 from martech.models import ConsentChannel, Lead
 from martech.services.leads import consent_record
-from nurture import channels, engine
+from nurture import channels, engine, tasks
 from nurture.conditions import (
     condition_check,
     condition_matches,
@@ -305,6 +305,7 @@ def enrollment_create(*, workflow: Workflow, lead: Lead, source: str, now: datet
             )
     except IntegrityError:
         return None, "already_enrolled"
+    tasks.wake_on_commit()  # its first step is due now
     return enr, ""
 
 
@@ -445,9 +446,12 @@ def enrollments_exit_for_goal_event(*, lead_ids: list[int], event_names: set[str
 def enrollments_wake_for_events(*, lead_ids: list[int], event_names: set[str], now: datetime | None = None) -> int:
     """A wait_until on an event re-checks at once when the event arrives."""
     now = now or timezone.now()
-    return Enrollment.objects.filter(
+    woke = Enrollment.objects.filter(
         status=Enrollment.Status.ACTIVE, lead_id__in=lead_ids, state__waiting_event__in=list(event_names), due_at__gt=now
     ).update(due_at=now)
+    if woke:
+        tasks.wake_on_commit()
+    return woke
 
 
 def enrollments_wake_for_consent(*, lead_id: int, confirmed: bool, now: datetime | None = None) -> int:
@@ -461,8 +465,11 @@ def enrollments_wake_for_consent(*, lead_id: int, confirmed: bool, now: datetime
         email = lead.first()
         if confirmed and email:
             Suppression.objects.filter(address=email.lower(), reason=Suppression.Reason.UNSUBSCRIBE).delete()
-        return Enrollment.objects.filter(lead_id=lead_id, status=Enrollment.Status.ACTIVE,
+        woke = Enrollment.objects.filter(lead_id=lead_id, status=Enrollment.Status.ACTIVE,
                                          state__awaiting_confirmation=True, due_at__gt=now).update(due_at=now)
+        if woke:
+            tasks.wake_on_commit()
+        return woke
 
 
 # --- tracking, unsubscribe, bounces -------------------------------------------------

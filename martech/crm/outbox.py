@@ -74,6 +74,7 @@ def enqueue(keys: Iterable[tuple[int, str, int]]) -> None:
     rows = sorted(set(keys))
     if not rows:
         return
+    _wake(rows)
     now = timezone.now()
     table = db.ops.quote_name(OutboxItem._meta.db_table)
     fields = {f.name: f for f in OutboxItem._meta.concrete_fields}
@@ -92,6 +93,22 @@ def enqueue(keys: Iterable[tuple[int, str, int]]) -> None:
                 f"DO UPDATE SET version = {table}.version + 1, updated_at = EXCLUDED.updated_at",
                 params,
             )
+
+
+# Up to this many records queued at once wake their connections' drain when
+# the transaction commits (a lead's form, an edit); a bigger batch (a full
+# backfill, an erasure sweep) waits for the scheduled drain, so it never
+# occupies an interactive worker.
+WAKE_MAX = 100
+
+
+def _wake(rows: list[tuple[int, str, int]]) -> None:
+    if len(rows) > WAKE_MAX:
+        return
+    from martech.taskqueue import wake_on_commit
+
+    for connection_id in sorted({row[0] for row in rows}):
+        wake_on_commit("martech.crm.tasks.drain_connection", connection_id, key=f"crm.drain:{connection_id}")
 
 
 _subscribed: dict[str, object] = {}

@@ -38,6 +38,20 @@ def drain_outbox() -> dict[str, int]:
     return out
 
 
+def drain_connection(connection_id: int) -> int:
+    """One connection's drain, woken when a write queued its records
+    (martech.crm.outbox): the once-a-minute ``drain_outbox`` sweeps what a
+    lost wake-up left and reads the CRM's allowance. Returns pushed."""
+    from martech.taskqueue import woken
+
+    woken(f"crm.drain:{connection_id}")  # before reading: a later write wakes another drain
+    connection = Connection.objects.filter(pk=connection_id, is_active=True, stopped_reason="").first()
+    if connection is None:
+        return 0
+    run = _isolated(connection, SyncRun.Kind.PUSH, lambda: services.outbox_drain(connection=connection))
+    return run.pushed if run is not None else 0
+
+
 def pull_all() -> dict[str, int]:
     """Pull every object type each connection syncs and has pull mappings
     for, each followed by the links of it the connector syncs, then the

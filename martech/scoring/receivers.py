@@ -3,11 +3,16 @@ when a scored field changes) and after-commit signals (events, opportunities,
 stage changes for the SQL handoff)."""
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 from django.dispatch import receiver
 
 from martech import hooks, signals
 from martech.scoring import tasks
+from martech.services import capture
+
+log = logging.getLogger(__name__)
 
 # Any lead field can appear in a fit rule or a lifecycle rule condition, so
 # every change queues a rescoring except a change of the score columns alone
@@ -19,6 +24,10 @@ _SCORE_COLUMNS = {"fit_score", "engagement_score", "total_score"}
 @hooks.on_leads_changed
 def _lead_changed(*, ids, fields, created, source):
     if source == "scoring" or (not created and not (set(fields) - _SCORE_COLUMNS)):
+        return
+    # A form being stored: its capture task scores it. In that task: scored
+    # once more at its end (capture.note_changed), not in another task.
+    if capture.deferring() or capture.note_changed(ids):
         return
     ids = list(ids)
     transaction.on_commit(lambda: tasks.enqueue("martech.scoring.tasks.rescore_leads", ids, "lead changed"))
@@ -44,6 +53,8 @@ def _account_changed(*, ids, fields, created, source):
 @receiver(signals.events_ingested)
 def _events_ingested(sender, event_ids, with_lead=None, **kwargs):
     # Only a lead is scored: events stored without one need no task.
+    if capture.in_task():
+        return  # the form's capture task scored its lead already
     ids = sorted(with_lead.event_ids) if with_lead is not None else list(event_ids)
     if ids:
         tasks.enqueue("martech.scoring.tasks.events_arrived", ids)
@@ -57,8 +68,17 @@ def _opportunity_changed(sender, kind=None, lead_ids=(), **kwargs):
 
 @receiver(signals.lead_stage_changed)
 def _stage_changed(sender, lead=None, transition=None, **kwargs):
-    if transition is not None and transition.to_stage.key == "sql":
-        tasks.enqueue("martech.scoring.tasks.handoff_start", transition.pk)
+    if transition is None or transition.to_stage.key != "sql":
+        return
+    if capture.in_task():
+        # The form's capture task starts the handoff itself (no second task);
+        # a failure leaves it to a task, and the handoff sweep after that.
+        try:
+            tasks.handoff_start(transition.pk)
+            return
+        except Exception:  # noqa: BLE001 - queued below instead
+            log.exception("SQL handoff of transition %s failed in the capture task; queued", transition.pk)
+    tasks.enqueue("martech.scoring.tasks.handoff_start", transition.pk)
 
 
 def _score_explanation_html(*, lead) -> str:

@@ -2,5 +2,9 @@ from martech.schedules import Periodic
 
 SCHEDULES = [
     # Decay lowers engagement points with age, and stale MQLs are flagged.
-    Periodic(name="scoring-nightly-decay", func="martech.scoring.tasks.nightly_decay", cron="30 2 * * *"),
+    # A move to SQL whose handoff a lost wake-up left (the capture task or
+    # handoff_start crashed, a worker died): started within about a minute.
+    Periodic(name="scoring-handoffs-sweep", func="martech.scoring.tasks.handoffs_sweep", minutes=1),
+    Periodic(name="scoring-nightly-decay", func="martech.scoring.tasks.nightly_decay", cron="30 2 * * *",
+             bulk=True),
 ]

@@ -30,12 +30,13 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import JSONField, Max, Min
+from django.db.models import Exists, JSONField, Max, Min, OuterRef
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from martech import configcache, hooks, signals
 from martech.conditions import Condition, load_fields, parse
+from martech.db import run_in_transaction
 from martech.models import Event, Lead, LifecycleStage, StageTransition
 from martech.scoring.models import (
     EngagementRule,
@@ -575,8 +576,10 @@ def lifecycle_apply(*, lead_ids: Iterable[int], event_type_ids: Iterable[int] = 
             if target == current or (target < current and not rule.allow_backward):
                 continue
             with transaction.atomic():
+                # Decided again under the lead's lock: ``lead`` was read
+                # before it, and a concurrent task may have moved it on.
                 tr = lead_change_stage(lead=lead, to_stage=rule.to_stage, reason=f"rule: {rule.name}"[:255],
-                                       actor=actor, source="lifecycle_rule")
+                                       actor=actor, source="lifecycle_rule", forward_only=not rule.allow_backward)
             if tr is not None:
                 moved.append(tr)
                 pending.discard(lead.pk)
@@ -605,7 +608,8 @@ def opportunity_stage_apply(*, kind: str, lead_ids: Iterable[int]) -> list[Stage
     for lead in Lead.objects.filter(pk__in=list(lead_ids)).only("pk", "lifecycle_stage_id"):
         if _order(lead.lifecycle_stage_id, orders) >= target.order:
             continue
-        tr = lead_change_stage(lead=lead, to_stage=target, reason=f"opportunity {kind}", source="opportunity")
+        tr = lead_change_stage(lead=lead, to_stage=target, reason=f"opportunity {kind}", source="opportunity",
+                               forward_only=True)
         if tr is not None:
             moved.append(tr)
     return moved
@@ -676,3 +680,27 @@ def handoff_start(*, transition_id: int) -> Handoff | None:
 
     transaction.on_commit(lambda: tasks.enqueue("martech.scoring.tasks.handoff_notify", handoff.pk))
     return handoff
+
+
+def handoffs_sweep(*, now: dt.datetime | None = None, grace: dt.timedelta = dt.timedelta(minutes=1),
+                   days: int = 7, limit: int = 500) -> int:
+    """Start the handoff a lost wake-up left: a move to SQL (within ``days``,
+    older than ``grace`` so the task it woke has had its turn) that is still
+    the lead's latest stage move and has no handoff. ``handoff_start`` is
+    idempotent per transition, so a sweep racing that task does no harm.
+    Returns the handoffs started."""
+    if not conf("HANDOFF_ENABLED"):
+        return 0
+    now = now or timezone.now()
+    later = StageTransition.objects.filter(lead_id=OuterRef("lead_id"), changed_at__gt=OuterRef("changed_at"))
+    ids = list(StageTransition.objects.filter(
+        to_stage__key="sql", changed_at__gte=now - dt.timedelta(days=days), changed_at__lte=now - grace,
+        handoff__isnull=True,
+    ).exclude(Exists(later)).order_by("changed_at").values_list("pk", flat=True)[:limit])
+    started = 0
+    for transition_id in ids:
+        if run_in_transaction(lambda t=transition_id: handoff_start(transition_id=t)) is not None:
+            started += 1
+    if started:
+        log.warning("SQL handoff sweep: started %s handoff(s) a lost wake-up left", started)
+    return started

@@ -60,6 +60,13 @@ def handoff_start(transition_id: int) -> None:
     services.handoff_start(transition_id=transition_id)
 
 
+def handoffs_sweep() -> int:
+    """The schedule's sweep of SQL moves a lost wake-up left without a handoff."""
+    from martech.scoring import services
+
+    return services.handoffs_sweep()
+
+
 @retry_on_conflict
 def nightly_decay() -> int:
     """Decay lowers engagement with age: recompute every lead."""

@@ -3,7 +3,9 @@ POST /api/v1/capture/<form_key> (embedded forms) both call ``form_submit``.
 
 ``form_submit`` turns one submission into a lead (through ``lead_upsert``),
 an optional consent record with its evidence, an identity link and one
-event of the form's type carrying the submission's UTM. A submission that
+event of the form's type carrying the submission's UTM. Scoring, routing,
+lifecycle rules and journey enrollment run after the commit in one task
+(``capture.capture_process``). A submission that
 repeats a ``submission_id`` is answered with the first one's lead and writes
 nothing again.
 """
@@ -19,9 +21,9 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from martech import signals
 from martech.models import ConsentChannel, Event, EventType, Form, FormFieldType, Identity, consent_text_version
 from martech.selectors import NOT_APPLIED
+from martech.services import capture
 from martech.services.campaigns import UTM_FIELDS
 from martech.services.ingest import Touch, UtmResolver, lead_touch_update
 from martech.services.leads import SubjectErased, consent_record, identity_link, lead_upsert
@@ -106,16 +108,19 @@ def form_submit(
 
     page_url = _page_url(page_url or data.get(PAGE_URL_FIELD))
     try:
-        return _store(
-            form=form,
-            data=data,
-            lead_data=lead_data,
-            source=source,
-            client_event_id=client_event_id,
-            ip=ip,
-            user_agent=user_agent,
-            page_url=page_url,
-        )
+        # What the submission causes runs in one task after the commit
+        # (martech.services.capture): this request only stores and answers.
+        with capture.deferred(source=source):
+            return _store(
+                form=form,
+                data=data,
+                lead_data=lead_data,
+                source=source,
+                client_event_id=client_event_id,
+                ip=ip,
+                user_agent=user_agent,
+                page_url=page_url,
+            )
     except SubjectErased:
         log.info("form %s: a submission about an erased person; nothing kept", form.key)
         return FormSubmission(lead_id=None, created=False, suppressed=True)
@@ -220,6 +225,7 @@ def _store(
     lead, created = lead_upsert(
         data=lead_data, source=source, public=True, policy=form.write_policy(), unapplied=not_applied
     )
+    capture.note_lead(lead.pk, created=created)
 
     if form.consent_field and _truthy(data.get(form.consent_field)):
         evidence = {
@@ -275,5 +281,5 @@ def _store(
     )
     if event_type.is_touchpoint or raw:
         lead_touch_update(touches={lead.pk: [Touch(now, normalized, channel)]})
-    transaction.on_commit(lambda: signals.events_ingested.send(sender=Event, event_ids=[event.pk]))
+    capture.note_event(event.pk)  # on commit: the capture task, which announces the event
     return FormSubmission(lead_id=lead.pk, created=created, event_id=event.pk)

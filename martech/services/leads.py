@@ -18,6 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from martech import hooks, signals
+from martech.services import capture
 from martech.models import (
     CRM_KEYS,
     LEAD_WRITABLE_FIELDS,
@@ -297,7 +298,9 @@ def lead_upsert(
         stage = LifecycleStage.objects.filter(key=settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"]).first()
     if stage is not None and stage.pk != lead.lifecycle_stage_id:
         lead_change_stage(lead=lead, to_stage=stage, reason="created" if created else "set on upsert", actor=actor, source=source)
-    if created:
+    if created and capture.deferring():
+        capture.note_lead(lead.pk, created=True)  # announced by the form's capture task
+    elif created:
         transaction.on_commit(lambda: signals.lead_created.send(sender=Lead, lead=lead, source=source))
     return lead, created
 
@@ -563,10 +566,16 @@ def lead_change_stage(
     actor=None,
     source: str = "",
     at: datetime | None = None,
+    forward_only: bool = False,
 ) -> StageTransition | None:
     """The one way a lead's lifecycle stage changes. Writes a StageTransition
     (from, to, when, reason, actor) in the same transaction and announces
-    ``lead_stage_changed`` after commit. Returns None when nothing changes."""
+    ``lead_stage_changed`` after commit. Returns None when nothing changes.
+
+    ``forward_only`` (lifecycle rules, opportunities): the move is decided
+    against the stage read under the lead's row lock, so a caller that read
+    the lead earlier (a rule evaluated on an older snapshot while another
+    task moved the lead on) never moves it back."""
     if isinstance(to_stage, str):
         to_stage = stage_by_key(to_stage)
     if not reason:
@@ -575,6 +584,11 @@ def lead_change_stage(
     if locked.lifecycle_stage_id == to_stage.pk:
         lead.lifecycle_stage = to_stage
         return None
+    if forward_only and locked.lifecycle_stage_id is not None:
+        current = LifecycleStage.objects.filter(pk=locked.lifecycle_stage_id).values_list("order", flat=True).first()
+        if current is not None and current >= to_stage.order:
+            lead.lifecycle_stage_id = locked.lifecycle_stage_id
+            return None
     transition = StageTransition.objects.create(
         lead=lead,
         from_stage_id=locked.lifecycle_stage_id,
@@ -587,9 +601,12 @@ def lead_change_stage(
     Lead.objects.filter(pk=lead.pk).update(lifecycle_stage=to_stage, updated_at=timezone.now())
     lead.lifecycle_stage = to_stage
     hooks.leads_changed(ids=[lead.pk], fields=["lifecycle_stage"], source=source)
-    transaction.on_commit(
-        lambda: signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=transition)
-    )
+    if capture.deferring():
+        capture.note_transition(transition.pk)  # announced by the form's capture task
+    else:
+        transaction.on_commit(
+            lambda: signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=transition)
+        )
     return transition
 
 

@@ -188,6 +188,7 @@ def test_compose_runs_web_workers_release_postgres_and_redis():
     assert services["web"]["command"] == ["deploy/web"]
     assert services["worker"]["command"] == ["deploy/worker"]
     assert services["worker"]["deploy"]["replicas"] >= 1
+    assert services["worker-bulk"]["command"] == ["deploy/worker", "bulk"]
     for name in ["web", "worker"]:
         assert services[name]["depends_on"]["release"]["condition"] == "service_completed_successfully"
     assert services["release"]["depends_on"]["db"]["condition"] == "service_healthy"
@@ -198,7 +199,8 @@ def test_compose_runs_web_workers_release_postgres_and_redis():
 
 def test_systemd_units_start_the_deploy_scripts():
     units = sorted((DEPLOY / "systemd").glob("*.service"))
-    assert {u.name for u in units} == {"martech-release.service", "martech-web.service", "martech-worker@.service"}
+    assert {u.name for u in units} == {"martech-release.service", "martech-web.service", "martech-worker@.service",
+                                       "martech-worker-bulk.service"}
     for unit in units:
         execs = re.findall(r"^ExecStart=(\S+)", unit.read_text(), re.M)
         assert len(execs) == 1

@@ -1,0 +1,371 @@
+"""Speed to lead under load: forms posted at 2/s and 20/s against gunicorn
+(2 workers) and two qcluster processes (the default cluster and the bulk
+cluster, MARTECH_BULK_CLUSTER) on PostgreSQL with Redis, with both CRM
+emulators; per stage the seconds from the form's POST.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench REDIS_URL=redis://127.0.0.1:6379/8 \\
+        python bench/speed_to_lead.py [--quick] [--rates 2,20] [--seconds 30]
+
+The database is migrated and the demo seeded (``seed_demo --leads 200``:
+the "Request a demo" form emits demo_requested -> SQL -> the handoff, a
+journey triggered by the form sends its first email, routing rules, scoring,
+a HubSpot and a Salesforce connection) when its demo form is missing. The
+Redis database is FLUSHED (the broker's queues, the cache). Each rate posts
+forms for ``--seconds`` (``--quick``: 8 s at 2/s, 8 s at 20/s), each with a
+new email, then waits up to ``--drain`` seconds for every stage of every
+lead. Per stage (created, scored, routed, handoff task (a handoff exists;
+timed by its SLA clock start, the SQL move, as the handoff records no
+creation time), owner in HubSpot, owner in Salesforce, first email) p50/p95/max seconds from the POST and
+completeness (leads that reached it / forms posted), the answer's p50/p95,
+the queue depth when the load ends and the seconds until it is empty, and
+one worker's capacity (a form's request service and its capture task,
+timed in this process after the load). ``uptime`` load is printed beside: other work on the
+machine's cores counts.
+
+Prints one JSON line per figure and writes bench/results/speed_to_lead.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone as dt_tz
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+RESULTS = ROOT / "bench" / "results" / "speed_to_lead.json"
+STAGES = ["created", "scored", "routed", "handoff_task", "owner_hubspot", "owner_salesforce", "first_email"]
+
+
+def free_base() -> int:
+    """A port P with P (gunicorn), P+471 and P+472 (the emulators) free."""
+    for _ in range(200):
+        base = 20000 + secrets.randbelow(20000)
+        ok = True
+        for port in (base, base + 471, base + 472):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+        if ok:
+            return base
+    raise SystemExit("no free ports")
+
+
+def wait_port(port: int, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, max(0, int(round(q * (len(values) - 1)))))], 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rates", default="2,20")
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--drain", type=float, default=90, help="seconds to wait for every stage after the load")
+    parser.add_argument("--workers", type=int, default=2, help="Q_WORKERS of the default cluster")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.drain = 8, 40
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres") or not os.environ.get("REDIS_URL"):
+        raise SystemExit("DATABASE_URL (PostgreSQL) and REDIS_URL are required")
+
+    base = free_base()
+    env = {**os.environ, "MARTECH_PORT": str(base), "MARTECH_BULK_CLUSTER": "bulk", "DJANGO_DEBUG": "false",
+           "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+           "FORM_CAPTURE_RATE": "100000/min", "Q_WORKERS": str(args.workers), "Q_BULK_WORKERS": "1",
+           "PYTHONUNBUFFERED": "1"}
+    for name in ("MARTECH_CRM_HUBSPOT_URL", "MARTECH_CRM_SALESFORCE_URL", "Q_CLUSTER_NAME"):
+        env.pop(name, None)
+    # The same settings here (the cluster stats are signed with the secret key).
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "martech.settings")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    settings.DEBUG = False
+    import redis
+
+    redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    call_command("migrate", verbosity=0)
+    from martech.models import Form
+
+    procs: list[subprocess.Popen] = []
+    logs = Path(os.environ.get("BENCH_LOGS", "/tmp")) / f"speed_to_lead-{base}"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def start(name: str, cmd: list[str], **extra) -> None:
+        out = open(logs / f"{name}.log", "w")
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env={**env, **extra}, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    def stop() -> None:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+    try:
+        start("hubspot", [PY, "manage.py", "crm_emulator"])
+        start("salesforce", [PY, "manage.py", "crm_emulator", "--provider", "salesforce"])
+        wait_port(base + 471)
+        wait_port(base + 472)
+        if not Form.objects.filter(key="demo-request").exists():
+            call_command("seed_demo", leads=200, no_progress=True, verbosity=0)
+        call_command("setup_schedules", verbosity=0)
+        crm_state_reset()
+        from martech.crm.tasks import pull_all
+
+        pull_all()  # the CRM owners (reps' users matched by email), so owners reach the CRMs
+        start("web", [PY, "-m", "gunicorn", "martech.wsgi", "-w", "2", "-b", f"127.0.0.1:{base}", "--access-logfile",
+                      "-"])
+        start("qcluster", [PY, "manage.py", "qcluster"])
+        start("qcluster-bulk", [PY, "manage.py", "qcluster"], Q_CLUSTER_NAME="bulk")
+        wait_port(base)
+        time.sleep(3)  # the clusters' workers up
+        figures = []
+        for rate in [float(r) for r in args.rates.split(",")]:
+            figures += run_rate(rate, args.seconds, args.drain, base)
+    finally:
+        stop()
+    figures += capacity(20 if args.quick else 60)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"at": datetime.now(dt_tz.utc).isoformat(timespec="seconds"),
+                                   "args": vars(args), "figures": figures}, indent=1) + "\n")
+
+
+def capacity(n: int) -> list[dict]:
+    """One worker's capacity: ``n`` forms stored (the request's service) and
+    their ``capture_process`` run here, one after the other, with the
+    clusters stopped (the wake-ups they enqueue are flushed after). CPU and
+    wall seconds per form, and forms per second one worker keeps up with."""
+    import redis
+    from django.db import transaction
+
+    from martech.models import Form
+    from martech.services import capture
+    from martech.services.forms import form_submit
+
+    form = Form.objects.get(key="demo-request")
+    run = uuid.uuid4().hex[:8]
+    calls: list[tuple] = []
+    real = capture.task_enqueue
+    capture.task_enqueue = lambda func, *args, **kw: calls.append(args)
+    try:
+        store_wall = 0.0
+        for i in range(n):
+            t0 = time.perf_counter()
+            with transaction.atomic():
+                form_submit(form=form, data={"email": f"cap-{run}-{i}@example.org", "first_name": "Cap",
+                                             "last_name": "L", "company": "Bench GmbH", "title": "VP Marketing",
+                                             "country": "DE", "consent": "1"}, ip="127.0.0.1", user_agent="bench")
+            store_wall += time.perf_counter() - t0
+    finally:
+        capture.task_enqueue = real
+    from martech.tasks import capture_process
+
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for args in calls:
+        capture_process(*args)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    out = [
+        {"metric": "form_request_service_per_form", "value": round(store_wall / n * 1000, 1), "unit": "ms",
+         "forms": n},
+        {"metric": "capture_task_per_form", "value": round(wall / len(calls) * 1000, 1), "unit": "ms",
+         "cpu_ms": round(cpu / len(calls) * 1000, 1), "forms": len(calls),
+         "note": "score, route, lifecycle + SQL handoff, journey enrollment; CRM pushes and emails are other tasks"},
+        {"metric": "capture_forms_per_worker_s", "value": round(len(calls) / wall, 1), "unit": "forms/s",
+         "loadavg_1m": round(os.getloadavg()[0], 2)},
+    ]
+    for figure in out:
+        print(json.dumps(figure), flush=True)
+    return out
+
+
+def crm_state_reset() -> None:
+    """The emulators start empty and number their records from 1 again: the
+    CRM ids and push states an earlier run stored would collide with the
+    new ones, so this database's CRM state is forgotten (every
+    ``hubspot*``/``salesforce*`` id column emptied, push states and the
+    outbox deleted). The bench's database only."""
+    import re
+
+    from django.apps import apps
+
+    from martech.crm.models import OutboxItem, PushState
+
+    PushState.objects.all().delete()
+    OutboxItem.objects.all().delete()
+    for model in apps.get_models():
+        cols = [f.name for f in model._meta.concrete_fields
+                if re.fullmatch(r"(hubspot|salesforce)(_[a-z]+)?_id", f.name) and f.null and not f.is_relation]
+        if cols:
+            model.objects.exclude(**{f"{c}__isnull": True for c in cols[:1]}).update(**{c: None for c in cols})
+            for c in cols[1:]:
+                model.objects.filter(**{f"{c}__isnull": False}).update(**{c: None})
+
+
+def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]:
+    import redis
+    from django.db import connection
+
+    from martech.crm.models import PushState
+    from martech.models import Lead
+    from martech.scoring.models import Handoff, ScoreHistory
+    from nurture.models import Message
+    from routing.models import Assignment
+
+    run = uuid.uuid4().hex[:8]
+    n = int(rate * seconds)
+    posted: dict[str, float] = {}
+    answers: list[float] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+    url = f"http://127.0.0.1:{base}/api/v1/capture/demo-request"
+
+    def post(i: int) -> None:
+        email = f"stl-{run}-{i}@example.org"
+        body = json.dumps({"email": email, "first_name": "Bench", "last_name": f"L{i}", "company": "Bench GmbH",
+                           "title": "VP Marketing", "country": "DE", "team_size": "51-200", "consent": "1"}).encode()
+        req = urllib.request.Request(url, body, {"Content-Type": "application/json", "User-Agent": "bench",
+                                                "X-Forwarded-Proto": "https"})
+        t0 = time.time()
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                status = r.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        except Exception:  # noqa: BLE001 - counted as not answered
+            status = 0
+        with lock:
+            posted[email] = t0
+            answers.append(time.time() - t0)
+            statuses.append(status)
+
+    load0 = os.getloadavg()[0]
+    start = time.time()
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        for i in range(n):
+            delay = start + i / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(post, i)
+    load_end = time.time()
+    r = redis.from_url(os.environ["REDIS_URL"])
+
+    def depth() -> int:
+        # Waiting in Redis, plus what each cluster's pusher already took
+        # into its own task queue (django-q2's cluster stats).
+        from django_q.brokers import get_broker
+        from django_q.status import Stat
+
+        return sum(r.llen(f"django_q:{key}:q") for key in ("martech", "bulk")) + sum(
+            s.task_q_size for s in Stat.get_all(get_broker()))
+
+    depth_at_end = depth()
+    emptied = None
+    deadline = load_end + drain
+
+    def timelines() -> dict[str, dict[str, float | None]]:
+        leads = dict(Lead.objects.filter(email__startswith=f"stl-{run}-").values_list("email", "pk"))
+        ids = list(leads.values())
+        first = {}
+
+        def take(rows, key):
+            for lead_id, at in rows:
+                if at is not None:
+                    seen = first.setdefault(lead_id, {})
+                    if seen.get(key) is None or at.timestamp() < seen[key]:
+                        seen[key] = at.timestamp()
+
+        take(Lead.objects.filter(pk__in=ids).values_list("pk", "created_at"), "created")
+        take(ScoreHistory.objects.filter(lead_id__in=ids).values_list("lead_id", "changed_at"), "scored")
+        take(Assignment.objects.filter(lead_id__in=ids).values_list("lead_id", "assigned_at"), "routed")
+        take(Handoff.objects.filter(lead_id__in=ids).values_list("lead_id", "started_at"), "handoff_task")
+        for provider in ("hubspot", "salesforce"):
+            take(PushState.objects.filter(connection__provider=provider, object="contact", local_id__in=ids)
+                 .values_list("local_id", "owner_pushed_at"), f"owner_{provider}")
+        take(Message.objects.filter(lead_id__in=ids, channel="email", status="sent")
+             .values_list("lead_id", "sent_at"), "first_email")
+        return {email: first.get(pk, {}) for email, pk in leads.items()}
+
+    while time.time() < deadline:
+        if emptied is None and depth() == 0:
+            emptied = time.time() - load_end
+        lines = timelines()
+        if len(lines) == n and all(len(v) == len(STAGES) for v in lines.values()) and depth() == 0:
+            break
+        time.sleep(1)
+        connection.close()
+    lines = timelines()
+    tag = f"{rate:g}_per_s"
+    out = [
+        {"metric": f"{tag}_forms_posted", "value": n, "unit": "forms", "seconds": round(load_end - start, 1),
+         "answered_2xx": sum(1 for s in statuses if 200 <= s < 400), "loadavg_1m_before": round(load0, 2),
+         "loadavg_1m_after": round(os.getloadavg()[0], 2)},
+        {"metric": f"{tag}_answer_p50", "value": percentile(answers, 0.5), "unit": "s"},
+        {"metric": f"{tag}_answer_p95", "value": percentile(answers, 0.95), "unit": "s"},
+        {"metric": f"{tag}_queue_depth_at_load_end", "value": depth_at_end, "unit": "tasks"},
+        {"metric": f"{tag}_queue_empty_after_load", "value": round(emptied, 1) if emptied is not None else None,
+         "unit": "s", "note": None if emptied is not None else f"not empty within {drain:g} s"},
+    ]
+    for stage in STAGES:
+        secs = [v[stage] - posted[email] for email, v in lines.items() if v.get(stage) is not None and email in posted]
+        out.append({"metric": f"{tag}_{stage}_p50", "value": percentile(secs, 0.5), "unit": "s",
+                    "p95": percentile(secs, 0.95), "max": round(max(secs), 3) if secs else None,
+                    "complete": f"{len(secs)}/{n}", "mean": round(statistics.fmean(secs), 3) if secs else None})
+    from django.db.models import Count
+    from django_q.models import Task
+
+    since = datetime.fromtimestamp(start, dt_tz.utc)
+    by_func = dict(Task.objects.filter(started__gte=since).values_list("func").annotate(n=Count("id")))
+    out.append({"metric": f"{tag}_tasks_per_form", "value": round(sum(by_func.values()) / max(n, 1), 2),
+                "unit": "tasks", "by_func": by_func,
+                "note": "every task recorded from the load's start until the stages completed (schedules too)"})
+    out.append({"metric": "uptime", "value": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+                "unit": "text"})
+    for figure in out:
+        print(json.dumps(figure), flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
