@@ -183,3 +183,11 @@ def test_the_api_output_serializers_show_every_declared_field_in_order():
     assert list(serializers.LeadOutputSerializer().fields) == [s.name for s in LEAD]
     assert list(serializers.LeadDetailOutputSerializer().fields) == [*(s.name for s in LEAD), "consent"]
     assert list(serializers.AccountOutputSerializer().fields) == [s.name for s in ACCOUNT]
+
+
+def test_the_form_builder_offers_the_fields_declared_for_public_forms():
+    from martech.admin.forms import FormAdminForm
+
+    offered = FormAdminForm.base_fields["fields"].widget.lead_fields
+    assert set(offered) == {s.name for s in LEAD if declared.FORM in s.writers} - {"properties"} | {"properties."}
+    assert not set(offered) & set(CRM_KEYS)
