@@ -40,7 +40,7 @@ class FieldSpec:
     set_by: str = ""
     # A column of the CSV export (writable ones are also import columns).
     export: bool = False
-    # A CRM id that finds the record as the email (lead) or domain (account) does.
+    # A lead's CRM id: it finds the lead as the email does (models.CRM_KEYS).
     crm_key: bool = False
     # A model field (False: a property the API shows, e.g. full_name).
     concrete: bool = True
@@ -50,7 +50,7 @@ def _f(name: str, writers=frozenset(), **kw) -> FieldSpec:
     return FieldSpec(name, frozenset(writers), **kw)
 
 
-# A public form cannot set a CRM id (Form.clean_fields refuses it by name).
+# A public form cannot set a CRM id (models.form_fields_clean refuses it by name).
 _NOT_FORM = EVERYONE - {FORM}
 
 # In the order people read them: the API output's order, and the CSV's
@@ -107,8 +107,8 @@ ACCOUNT_FIELDS: tuple[FieldSpec, ...] = (
     _f("currency", {STAFF, API, CRM}),
     _f("country", {STAFF, API, CRM}),
     _f("owner", {STAFF, API, CRM}),
-    _f("salesforce_id", {STAFF, API, CRM}, crm_key=True),
-    _f("hubspot_id", {STAFF, API, CRM}, crm_key=True),
+    _f("salesforce_id", {STAFF, API, CRM}),
+    _f("hubspot_id", {STAFF, API, CRM}),
     _f("created_at", set_by="database"),
     _f("updated_at", set_by="database"),
 )
