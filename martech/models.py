@@ -22,6 +22,8 @@ from django.utils import timezone
 from phonenumber_field.modelfields import PhoneNumberField
 from simple_history.models import HistoricalRecords
 
+from martech import fields as declared
+
 
 class Channel(models.TextChoices):
     PAID_SEARCH = "paid_search", "Paid search"
@@ -178,28 +180,11 @@ class Lead(TimestampedModel):
 
 
 # Fields a capture, import or API write may set on a lead (besides
-# "properties.<name>" for custom properties and "lifecycle_stage"), and the
-# CRM ids that find a lead as its email does. Declared with the model, so
-# form validation here and the services read one list.
-LEAD_WRITABLE_FIELDS = frozenset(
-    {
-        "email",
-        "first_name",
-        "last_name",
-        "job_title",
-        "phone",
-        "company_name",
-        "country",
-        "region",
-        "postal_code",
-        "time_zone",
-        "salesforce_lead_id",
-        "salesforce_contact_id",
-        "hubspot_id",
-        "lifecycle_stage",
-    }
-)
-CRM_KEYS = ("salesforce_lead_id", "salesforce_contact_id", "hubspot_id")
+# "properties.<name>" for custom properties), and the CRM ids that find a
+# lead as its email does; both read from the one declaration of the lead's
+# fields (martech.fields), so form validation here and the services agree.
+LEAD_WRITABLE_FIELDS = declared.writable(declared.LEAD_FIELDS) - {"properties"}
+CRM_KEYS = declared.names(declared.LEAD_FIELDS, crm_key=True)
 
 
 class Identity(models.Model):

@@ -16,43 +16,16 @@ import json
 
 from import_export import fields, resources
 
+from martech import fields as declared
 from martech.csvsafe import cell_escape
 from martech.models import Lead
 
 # Writable lead fields, in the order a person reads them; the import accepts
-# exactly these (plus "properties" and "properties.<name>").
-IMPORT_COLUMNS = (
-    "email",
-    "first_name",
-    "last_name",
-    "job_title",
-    "phone",
-    "company_name",
-    "country",
-    "region",
-    "postal_code",
-    "time_zone",
-    "lifecycle_stage",
-    "salesforce_lead_id",
-    "salesforce_contact_id",
-    "hubspot_id",
-)
-EXPORT_ONLY_COLUMNS = (
-    "id",
-    "account",
-    "owner",
-    "fit_score",
-    "engagement_score",
-    "total_score",
-    "original_source",
-    "first_utm_source",
-    "first_utm_medium",
-    "first_utm_campaign",
-    "latest_utm_source",
-    "latest_utm_medium",
-    "latest_utm_campaign",
-    "created_at",
-)
+# exactly these (plus "properties" and "properties.<name>"). Then the columns
+# only the export writes. Both from the declaration (martech.fields).
+IMPORT_COLUMNS, EXPORT_ONLY_COLUMNS = declared.lead_csv_columns()
+# "id" leads the file, "properties" (one JSON cell) ends it.
+EXPORT_COLUMNS = ("id", *IMPORT_COLUMNS, *(c for c in EXPORT_ONLY_COLUMNS if c != "id"), "properties")
 
 
 class LeadExportResource(resources.ModelResource):
@@ -64,8 +37,8 @@ class LeadExportResource(resources.ModelResource):
 
     class Meta:
         model = Lead
-        fields = ("id", *IMPORT_COLUMNS, *EXPORT_ONLY_COLUMNS[1:], "properties")
-        export_order = ("id", *IMPORT_COLUMNS, *EXPORT_ONLY_COLUMNS[1:], "properties")
+        fields = EXPORT_COLUMNS
+        export_order = EXPORT_COLUMNS
         # Iterates with .iterator(chunk_size) (no prefetches), so a large
         # export streams from the database instead of loading every lead.
         chunk_size = 2000

@@ -350,10 +350,6 @@ class EmailTemplate(models.Model):
         workflow version keeps of the template."""
         return {"name": self.name, **{key: getattr(self, f) for key, f in self.CONTENT_FIELDS.items()}}
 
-    def clean(self) -> None:
-        from nurture.services import email_template_validate
-
-        email_template_validate(template=self)
 
 
 class StepTally(models.Model):

@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from martech import fields as declared
 from martech.admin.base import BaseAdmin, ServiceSaveMixin
 from martech.models import Account
 from martech.services.accounts import ACCOUNT_WRITABLE_FIELDS, account_upsert
@@ -31,7 +32,7 @@ class AccountAdmin(ServiceSaveMixin, BaseAdmin):
     list_filter = ("industry", "country")
     search_fields = ("name", "domain")
     autocomplete_fields = ("owner",)
-    readonly_fields = ("created_at", "updated_at")
+    readonly_fields = declared.readonly(declared.ACCOUNT_FIELDS, writer=declared.STAFF)
     fieldsets = [
         (
             None,

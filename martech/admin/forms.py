@@ -9,11 +9,11 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from martech import fields as declared
 from martech.admin.base import HistoryAdmin
 from martech.admin.form_fields import FieldDefinitionsWidget
 from martech.hosted import form_embed_snippet
 from martech.models import Form
-from martech.services.leads import CRM_KEYS, LEAD_WRITABLE_FIELDS
 
 
 # The request being rendered, per thread (a ModelAdmin is shared by every request).
@@ -50,7 +50,9 @@ class FormAdminForm(forms.ModelForm):
         fields = "__all__"
         widgets = {
             "fields": FieldDefinitionsWidget(
-                lead_fields=sorted((LEAD_WRITABLE_FIELDS - set(CRM_KEYS)) | {"properties."})
+                # What a public form may fill (martech.fields); custom properties as "properties.<name>".
+                lead_fields=sorted(set(declared.names(declared.LEAD_FIELDS, writer=declared.FORM)) - {"properties"}
+                                   | {"properties."})
             ),
             "allowed_origins": OriginsWidget(attrs={"rows": 3, "cols": 60, "placeholder": "https://www.example.com"}),
         }

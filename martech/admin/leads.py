@@ -27,49 +27,18 @@ from martech.privacy.admin import erase_personal_data, export_personal_data
 from martech.admin.base import BigTableAdmin, ServiceSaveMixin, add_errors_to_form
 from martech.models import Identity, Lead, LifecycleStage
 from martech.resources import LeadExportResource
+from martech import fields as declared
 from martech import hooks
 from martech.selectors import ROUTED_REP, lead_360, lead_consent_state, lead_timeline, user_label
 from martech.services.leads import CRM_KEYS, clean_lead_data, lead_change_stage, lead_upsert
 
-# The lead fields the form edits: exactly what lead_upsert may write.
-FORM_FIELDS = (
-    "email",
-    "first_name",
-    "last_name",
-    "job_title",
-    "phone",
-    "company_name",
-    "country",
-    "region",
-    "postal_code",
-    "time_zone",
-    "salesforce_lead_id",
-    "salesforce_contact_id",
-    "hubspot_id",
-)
-# Set by scoring, routing and attribution, never typed in here.
-COMPUTED_FIELDS = (
-    "account",
-    "owner",
-    "fit_score",
-    "engagement_score",
-    "total_score",
-    "original_source",
-    "first_touch_at",
-    "first_utm_source",
-    "first_utm_medium",
-    "first_utm_campaign",
-    "first_utm_term",
-    "first_utm_content",
-    "latest_touch_at",
-    "latest_utm_source",
-    "latest_utm_medium",
-    "latest_utm_campaign",
-    "latest_utm_term",
-    "latest_utm_content",
-    "created_at",
-    "updated_at",
-)
+# The lead fields the form edits: what lead_upsert may write (martech.fields),
+# but the stage, changed through lead_change_stage with a reason, and the
+# custom properties, a JSON object merged apart.
+FORM_FIELDS = tuple(f for f in declared.names(declared.LEAD_FIELDS, writer=declared.STAFF)
+                    if f not in ("lifecycle_stage", "properties"))
+# Set by scoring, routing, attribution and the database, never typed in here.
+COMPUTED_FIELDS = declared.readonly(declared.LEAD_FIELDS, writer=declared.STAFF)
 TIMELINE_LIMIT = 100
 
 

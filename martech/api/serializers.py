@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from martech import fields as declared
 from martech.models import Account, Campaign, Channel, ConsentRecord, Event, Lead, LifecycleStage
 
 
@@ -107,6 +108,9 @@ class LeadInputSerializer(StrictInputSerializer):
     """Any subset of the lead's writable fields. ``lifecycle_stage`` is a stage
     key; ``properties`` is merged key by key into the custom properties."""
 
+    # The fields martech.fields lets the API write (a test keeps them equal),
+    # each typed here with the API's limits.
+
     email = _text(254, allow_null=True)
     first_name = _text(100)
     last_name = _text(100)
@@ -142,45 +146,8 @@ class LeadOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Lead
-        fields = [
-            "id",
-            "email",
-            "first_name",
-            "last_name",
-            "full_name",
-            "job_title",
-            "phone",
-            "company_name",
-            "account",
-            "country",
-            "region",
-            "postal_code",
-            "time_zone",
-            "owner",
-            "lifecycle_stage",
-            "fit_score",
-            "engagement_score",
-            "total_score",
-            "original_source",
-            "first_touch_at",
-            "first_utm_source",
-            "first_utm_medium",
-            "first_utm_campaign",
-            "first_utm_term",
-            "first_utm_content",
-            "latest_touch_at",
-            "latest_utm_source",
-            "latest_utm_medium",
-            "latest_utm_campaign",
-            "latest_utm_term",
-            "latest_utm_content",
-            "salesforce_lead_id",
-            "salesforce_contact_id",
-            "hubspot_id",
-            "properties",
-            "created_at",
-            "updated_at",
-        ]
+        # Every declared lead field, in its order (martech.fields).
+        fields = list(declared.names(declared.LEAD_FIELDS))
         read_only_fields = fields
 
 
@@ -213,6 +180,7 @@ class LeadDetailOutputSerializer(LeadOutputSerializer):
 
 
 class AccountInputSerializer(StrictInputSerializer):
+    # The fields martech.fields lets the API write (a test keeps them equal).
     name = serializers.CharField(max_length=255, required=False)
     domain = _text(255, allow_null=True, help_text="Any form: https://www.acme.com/ is stored as acme.com")
     industry = _text(100)
@@ -236,21 +204,7 @@ class AccountOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Account
-        fields = [
-            "id",
-            "name",
-            "domain",
-            "industry",
-            "employee_count",
-            "annual_revenue",
-            "currency",
-            "country",
-            "owner",
-            "salesforce_id",
-            "hubspot_id",
-            "created_at",
-            "updated_at",
-        ]
+        fields = list(declared.names(declared.ACCOUNT_FIELDS))
         read_only_fields = fields
 
 

@@ -6,24 +6,12 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from martech import fields as declared
 from martech import hooks
 from martech.models import Account
 from martech.services.normalize import normalize_country, normalize_domain
 
-ACCOUNT_WRITABLE_FIELDS = frozenset(
-    {
-        "name",
-        "domain",
-        "industry",
-        "employee_count",
-        "annual_revenue",
-        "currency",
-        "country",
-        "owner",
-        "salesforce_id",
-        "hubspot_id",
-    }
-)
+ACCOUNT_WRITABLE_FIELDS = declared.writable(declared.ACCOUNT_FIELDS)
 _UNIQUE_KEYS = ("domain", "salesforce_id", "hubspot_id")
 
 

@@ -34,6 +34,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from martech import configcache, hooks, signals
+from martech import fields as declared
 from martech.db import is_conflict, run_in_transaction
 from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
 from martech.selectors import NOT_APPLIED
@@ -69,21 +70,8 @@ _TRAIT_FIELDS = {
 _UTM_KEYS = {"source": "source", "medium": "medium", "name": "campaign", "campaign": "campaign", "term": "term", "content": "content"}
 _ID_MAX = 255
 TOUCH_UTM_FIELDS = tuple(f"utm_{f}" for f in UTM_FIELDS)
-TOUCH_FIELDS = (
-    "first_touch_at",
-    "first_utm_source",
-    "first_utm_medium",
-    "first_utm_campaign",
-    "first_utm_term",
-    "first_utm_content",
-    "original_source",
-    "latest_touch_at",
-    "latest_utm_source",
-    "latest_utm_medium",
-    "latest_utm_campaign",
-    "latest_utm_term",
-    "latest_utm_content",
-)
+# The lead fields events write: first and latest touch, original source.
+TOUCH_FIELDS = declared.names(declared.LEAD_FIELDS, set_by="touch")
 
 
 class _Reject(Exception):

@@ -36,6 +36,15 @@ class EmailTemplateForm(forms.ModelForm):
             "text_body": forms.Textarea(attrs={**_MONO, "rows": 8}),
         }
 
+    def _post_clean(self):
+        # The service's check, its errors on the fields they name (as a
+        # model's clean() would; the model imports no service).
+        super()._post_clean()
+        try:
+            email_template_validate(template=self.instance)
+        except ValidationError as exc:
+            self._update_errors(exc)
+
 
 def _content(post) -> dict[str, str]:
     """The editor's fields as ``channels.render_email`` takes them."""

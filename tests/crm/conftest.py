@@ -381,3 +381,73 @@ def sf_connection(db):
         if stage:
             LifecycleMapping.objects.create(connection=conn, remote_value=value, stage=stage)
     return conn
+
+
+# --- Either provider --------------------------------------------------------
+
+
+class CrmUnderTest:
+    """One provider's connection on its emulator, behind the few verbs the
+    tests of behaviour both connectors share use (``crm`` fixture)."""
+
+    def __init__(self, provider: str, connection: Connection, emulator, sleeps: list[float]):
+        self.provider = provider
+        self.connection = connection
+        self.emulator = emulator
+        # What the connector slept (time.sleep patched out).
+        self.sleeps = sleeps
+
+    @property
+    def batch_size(self) -> int:
+        """Records per write call: HubSpot's batch, Salesforce's sObject Collection."""
+        return 100 if self.provider == "hubspot" else 200
+
+    @property
+    def unavailable_code(self) -> str:
+        """The error code of the emulator's 503, as the CRM words it."""
+        return "SERVER_ERROR" if self.provider == "hubspot" else "SERVER_UNAVAILABLE"
+
+    def remote_field(self, local_field: str) -> str:
+        return self.connection.mappings.get(object="contact", local_field=local_field).remote_field
+
+    def people(self) -> dict[str, dict]:
+        """The people the CRM holds, by remote id: HubSpot's contacts, Salesforce's Leads."""
+        if self.provider == "hubspot":
+            return self.emulator.contacts
+        return self.emulator.records["Lead"]
+
+    def person(self, email: str) -> dict:
+        """The CRM's fields of the person with this email, by remote field name."""
+        if self.provider == "hubspot":
+            return self.emulator.find("contacts", email)["properties"]
+        (record,) = [r for r in self.emulator.records["Lead"].values() if r.get("Email") == email]
+        return record
+
+    def put_person(self, values: dict[str, str], *, at=None) -> None:
+        """A person created or edited in the CRM, ``values`` by local field
+        name (found by email; a Salesforce Lead gets its required fields)."""
+        remote = {self.remote_field(k): v for k, v in values.items()}
+        if self.provider == "hubspot":
+            self.emulator.put_contact(remote, at=at)
+            return
+        found = [r for r in self.emulator.records["Lead"].values() if r.get("Email") == values["email"]]
+        if found:
+            remote = {"Id": found[0]["Id"], **{k: v for k, v in remote.items() if k != "Email"}}
+        else:
+            remote = {"LastName": "L", "Company": "C", **remote}
+        self.emulator.put("Lead", remote, at=at)
+
+    def upsert_calls(self) -> int:
+        if self.provider == "hubspot":
+            return self.emulator.calls[("POST", "/crm/v3/objects/contacts/batch/upsert")]
+        return self.emulator.calls[("PATCH", "/services/data/v59.0/composite/sobjects/Lead/Martech_Id__c")]
+
+
+@pytest.fixture(params=["hubspot", "salesforce"])
+def crm(request) -> CrmUnderTest:
+    """The HubSpot or the Salesforce connection, each on its emulator."""
+    if request.param == "hubspot":
+        return CrmUnderTest("hubspot", request.getfixturevalue("connection"), request.getfixturevalue("hubspot"),
+                            request.getfixturevalue("no_sleep"))
+    return CrmUnderTest("salesforce", request.getfixturevalue("sf_connection"),
+                        request.getfixturevalue("salesforce"), request.getfixturevalue("sf_no_sleep"))

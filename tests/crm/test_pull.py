@@ -1,8 +1,11 @@
-"""Incremental pull from the HubSpot emulator, conflicts, and the command."""
+"""Incremental pull: first what both connectors do alike, each on its
+emulator (the ``crm`` fixture), conflicts included; then HubSpot's own
+behaviour and the command. Salesforce's own is in test_salesforce_pull.py."""
 from __future__ import annotations
 
 import datetime as dt
 import json
+from io import StringIO
 
 import pytest
 from django.core.management import call_command
@@ -14,6 +17,80 @@ from martech.models import Lead
 from martech.services.leads import lead_upsert
 
 pytestmark = pytest.mark.django_db
+
+
+# --- Both connectors --------------------------------------------------------
+
+
+def test_remote_only_change_to_a_locally_owned_field_is_taken(crm):
+    # No conflict when only the CRM changed: even a field whose system of record is here is updated.
+    crm.put_person({"email": "solo@example.org", "first_name": "Old"})
+    pull_changes(connection=crm.connection)
+    crm.put_person({"email": "solo@example.org", "first_name": "New"})
+    run = pull_changes(connection=crm.connection)
+    assert (run.pulled, run.skipped) == (1, 0)
+    assert Lead.objects.get(email="solo@example.org").first_name == "New"
+    # And the drain does not send the CRM's own values back.
+    OutboxItem.objects.create(connection=crm.connection, object="contact",
+                              local_id=Lead.objects.get(email="solo@example.org").pk)
+    assert outbox_drain(connection=crm.connection).api_calls == 0
+
+
+def test_dry_run_writes_nothing(crm):
+    crm.put_person({"email": "dry@example.org"})
+    run = pull_changes(connection=crm.connection, dry_run=True)
+    assert run.pulled == 1
+    assert not Lead.objects.exists()
+    assert SyncCursor.objects.get().value == ""
+
+
+def test_dry_run_command_writes_nothing(crm):
+    crm.put_person({"email": "dry@example.org"})
+    out = StringIO()
+    call_command("crm_sync", provider=crm.provider, dry_run=True, stdout=out)
+    line = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert line["provider"] == crm.provider and line["kind"] == "pull" and line["pulled"] == 1
+    assert not Lead.objects.exists()
+    assert SyncCursor.objects.get().value == ""
+
+
+def _both_sides_changed(crm, *, remote_later: bool):
+    lead, _ = lead_upsert(data={"email": "both@example.org", "first_name": "Local0", "last_name": "L",
+                                "job_title": "Local0"}, source="test")
+    outbox_drain(connection=crm.connection)
+    pull_changes(connection=crm.connection)  # cursor past our own push
+    lead_upsert(data={"email": "both@example.org", "first_name": "LocalNew", "job_title": "LocalNew"},
+                source="test")
+    lead.refresh_from_db()
+    at = lead.updated_at + (dt.timedelta(seconds=5) if remote_later else -dt.timedelta(seconds=5))
+    crm.put_person({"email": "both@example.org", "first_name": "RemoteNew", "job_title": "RemoteNew"}, at=at)
+    run = pull_changes(connection=crm.connection, full=True)
+    lead.refresh_from_db()
+    return run, lead
+
+
+@pytest.mark.parametrize("remote_later", [True, False])
+def test_conflict_system_of_record_wins_per_field(crm, remote_later):
+    run, lead = _both_sides_changed(crm, remote_later=remote_later)
+    # first_name: system of record is here; job_title's is the CRM.
+    assert lead.first_name == "LocalNew"
+    assert lead.job_title == "RemoteNew"
+    # Ours is still sent: the pull did not mark the local change as pushed.
+    assert outbox_drain(connection=crm.connection).pushed == 1
+    assert crm.person("both@example.org")[crm.remote_field("first_name")] == "LocalNew"
+
+
+@pytest.mark.parametrize("remote_later", [True, False])
+def test_conflict_most_recent_wins(crm, remote_later):
+    crm.connection.conflict_rule = Connection.ConflictRule.MOST_RECENT
+    crm.connection.save()
+    run, lead = _both_sides_changed(crm, remote_later=remote_later)
+    expected = "RemoteNew" if remote_later else "LocalNew"
+    assert (lead.first_name, lead.job_title) == (expected, expected)
+    assert run.skipped == (0 if remote_later else 1)
+
+
+# --- HubSpot ----------------------------------------------------------------
 
 
 def test_pull_creates_leads_through_dedupe_and_moves_cursor(connection, hubspot):
@@ -41,68 +118,12 @@ def test_pull_creates_leads_through_dedupe_and_moves_cursor(connection, hubspot)
     assert Lead.objects.count() == 1
 
 
-def test_remote_only_change_to_a_locally_owned_field_is_taken(connection, hubspot):
-    # No conflict when only HubSpot changed: even a field whose system of record is here is updated.
-    hubspot.put_contact({"email": "solo@example.org", "firstname": "Old"})
-    pull_changes(connection=connection)
-    hubspot.put_contact({"email": "solo@example.org", "firstname": "New"})
-    run = pull_changes(connection=connection)
-    assert (run.pulled, run.skipped) == (1, 0)
-    assert Lead.objects.get(email="solo@example.org").first_name == "New"
-    # And the drain does not send HubSpot's own values back.
-    OutboxItem.objects.create(connection=connection, object="contact",
-                              local_id=Lead.objects.get(email="solo@example.org").pk)
-    assert outbox_drain(connection=connection).api_calls == 0
-
-
 def test_pull_pages_through_results(connection, hubspot):
     for i in range(250):
         hubspot.put_contact({"email": f"c{i}@example.org", "firstname": f"C{i}"})
     run = pull_changes(connection=connection)
     assert run.pulled == 250 and run.api_calls == 3
     assert Lead.objects.count() == 250
-
-
-def test_dry_run_writes_nothing(connection, hubspot):
-    hubspot.put_contact({"email": "dry@example.org"})
-    run = pull_changes(connection=connection, dry_run=True)
-    assert run.pulled == 1
-    assert not Lead.objects.exists()
-    assert SyncCursor.objects.get().value == ""
-
-
-def _both_sides_changed(connection, hubspot, *, remote_later: bool):
-    lead, _ = lead_upsert(data={"email": "both@example.org", "first_name": "Local0", "job_title": "Local0"},
-                          source="test")
-    outbox_drain(connection=connection)
-    pull_changes(connection=connection)  # cursor past our own push
-    lead_upsert(data={"email": "both@example.org", "first_name": "LocalNew", "job_title": "LocalNew"},
-                source="test")
-    lead.refresh_from_db()
-    at = lead.updated_at + (dt.timedelta(seconds=5) if remote_later else -dt.timedelta(seconds=5))
-    hubspot.put_contact({"email": "both@example.org", "firstname": "RemoteNew", "jobtitle": "RemoteNew"}, at=at)
-    run = pull_changes(connection=connection, full=True)
-    lead.refresh_from_db()
-    return run, lead
-
-
-def test_conflict_system_of_record_wins_per_field(connection, hubspot):
-    run, lead = _both_sides_changed(connection, hubspot, remote_later=False)
-    # first_name: system of record is here; job_title's is the CRM.
-    assert lead.first_name == "LocalNew"
-    assert lead.job_title == "RemoteNew"
-    # Ours is still sent: the pull did not mark the local change as pushed.
-    assert outbox_drain(connection=connection).pushed == 1
-    assert hubspot.find("contacts", "both@example.org")["properties"]["firstname"] == "LocalNew"
-
-
-@pytest.mark.parametrize("remote_later", [True, False])
-def test_conflict_most_recent_wins(connection, hubspot, remote_later):
-    connection.conflict_rule = Connection.ConflictRule.MOST_RECENT
-    connection.save()
-    run, lead = _both_sides_changed(connection, hubspot, remote_later=remote_later)
-    expected = "RemoteNew" if remote_later else "LocalNew"
-    assert (lead.first_name, lead.job_title) == (expected, expected)
 
 
 def test_bad_pulled_value_is_counted_with_the_field(connection, hubspot):

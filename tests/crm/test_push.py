@@ -1,14 +1,17 @@
-"""Push through the outbox to the HubSpot emulator, over HTTP."""
+"""Push through the outbox: first what both connectors do alike, each on its
+emulator (the ``crm`` fixture: HubSpot over HTTP, Salesforce over HTTPS),
+then HubSpot's own behaviour. Salesforce's own is in test_salesforce_push.py."""
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
 from martech import hooks
 from martech.crm.models import CrmOwner, OutboxItem, PushState, SyncRun
-from martech.crm.services import PayloadBuilder, outbox_drain, owners_pull
+from martech.crm.services import PayloadBuilder, dead_letter_retry, outbox_drain, owners_pull
 from martech.models import Lead
 from martech.services.leads import lead_change_stage, lead_set_owner, lead_upsert
 
@@ -18,6 +21,122 @@ pytestmark = pytest.mark.django_db
 def _lead(email="ann@example.org", **data):
     lead, _ = lead_upsert(data={"email": email, "first_name": "Ann", "last_name": "Lee", **data}, source="test")
     return lead
+
+
+# --- Both connectors --------------------------------------------------------
+
+
+def test_push_state_lost_a_full_resend_finds_the_same_records(crm):
+    # A retry of the same push (say the answer was lost, or the push state with
+    # it): the upsert by email (HubSpot) or by Martech_Id__c (Salesforce) updates, never adds.
+    for i in range(3):
+        _lead(email=f"r{i}@example.org")
+    assert outbox_drain(connection=crm.connection).pushed == 3
+    PushState.objects.all().delete()
+    for lead in Lead.objects.all():
+        OutboxItem.objects.create(connection=crm.connection, object="contact", local_id=lead.pk)
+    run = outbox_drain(connection=crm.connection)
+    assert run.pushed == 3
+    assert len(crm.people()) == 3
+
+
+def test_twenty_percent_5xx_still_delivers_everything(crm, settings):
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "RETRIES": 8}
+    crm.emulator.error_rate = 0.2
+    count = 3 * crm.batch_size
+    for i in range(count):
+        _lead(email=f"f{i}@example.org")
+    run = outbox_drain(connection=crm.connection)
+    assert (run.pushed, run.failed) == (count, 0)
+    assert len(crm.people()) == count
+    assert crm.sleeps and all(0 <= s <= 2.0 for s in crm.sleeps)  # jittered backoff, capped
+    assert run.api_calls == 3 + len(crm.sleeps)
+
+
+def test_exhausted_retries_keep_items_then_dead_letter_then_replay(crm, settings):
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "RETRIES": 1, "MAX_ATTEMPTS": 2}
+    lead = _lead()
+    crm.emulator.error_rate = 1.0
+    outbox_drain(connection=crm.connection)
+    item = OutboxItem.objects.get(local_id=lead.pk)
+    assert item.status == "pending" and item.attempts == 1 and "503" in item.last_error
+    OutboxItem.objects.filter(pk=item.pk).update(next_attempt_at=timezone.now())
+    outbox_drain(connection=crm.connection)
+    item.refresh_from_db()
+    assert item.status == "dead" and item.attempts == 2
+    assert crm.unavailable_code in item.last_error  # the CRM's own error text
+    crm.connection.refresh_from_db()
+    assert "503" in crm.connection.last_error
+    crm.emulator.error_rate = 0.0
+    assert dead_letter_retry(items=[item], actor="ops") == 1
+    run = outbox_drain(connection=crm.connection)
+    assert run.pushed == 1 and len(crm.people()) == 1
+    item.refresh_from_db()
+    assert item.status == "done"
+
+
+def test_required_field_empty_is_refused_by_name(crm):
+    crm.connection.mappings.filter(local_field="job_title").update(required=True)
+    lead = _lead()
+    run = outbox_drain(connection=crm.connection)
+    item = OutboxItem.objects.get(local_id=lead.pk)
+    assert run.failed == 1 and item.status == "dead"
+    assert item.last_error == f"job_title is required by the mapping to {crm.remote_field('job_title')} but is empty"
+    assert crm.upsert_calls() == 0
+
+
+def test_default_value_fills_empty_field(crm):
+    crm.connection.mappings.filter(local_field="job_title").update(default="Unknown")
+    _lead()
+    outbox_drain(connection=crm.connection)
+    assert crm.person("ann@example.org")[crm.remote_field("job_title")] == "Unknown"
+
+
+def test_sync_run_is_recorded(crm):
+    _lead()
+    outbox_drain(connection=crm.connection)
+    run = SyncRun.objects.get(kind="push")
+    assert run.finished_at and run.pushed == 1 and run.api_calls == 1
+    crm.connection.refresh_from_db()
+    assert crm.connection.api_calls_used == 1
+
+
+def test_at_the_daily_allowance_nothing_is_sent(crm):
+    _lead()
+    conn = crm.connection
+    conn.daily_api_limit, conn.api_calls_used, conn.api_calls_day = 10, 10, timezone.now().date()
+    conn.save()
+    run = outbox_drain(connection=conn)
+    assert run.pushed == 0 and "allowance" in run.error
+    assert crm.upsert_calls() == 0 and crm.emulator.write_calls() == 0
+
+
+@pytest.mark.parametrize("retry_after", [1, 7])
+def test_429_with_a_short_retry_after_is_waited_out_in_the_call(crm, settings, retry_after):
+    # Salesforce sends Retry-After; HubSpot documents none, and one sent anyway
+    # (below IN_CALL_RETRY_AFTER_MAX, 10 s) is honoured inside the call too.
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "BACKOFF_MAX": 60.0}
+    _lead()
+    crm.emulator.burst_429, crm.emulator.retry_after = 2, retry_after
+    run = outbox_drain(connection=crm.connection)
+    assert run.pushed == 1
+    assert crm.sleeps == [float(retry_after)] * 2
+    assert run.api_calls == 3
+
+
+def test_near_the_allowance_one_small_batch_per_run(crm):
+    for i in range(250):
+        _lead(email=f"s{i}@example.org")
+    conn = crm.connection
+    conn.daily_api_limit, conn.api_calls_used = 100, 95  # past SLOWDOWN_AT (90 %)
+    conn.api_calls_day = timezone.now().date()
+    conn.save()
+    run = outbox_drain(connection=conn)
+    assert run.pushed == 100 and crm.upsert_calls() == 1
+    assert OutboxItem.objects.filter(status="pending").count() == 150
+
+
+# --- HubSpot ----------------------------------------------------------------
 
 
 def test_change_is_queued_in_the_same_transaction(connection):
@@ -86,25 +205,6 @@ def test_batches_of_100_and_one_bad_record(connection, hubspot, settings):
     assert len(hubspot.contacts) == 149
 
 
-def test_retried_batch_makes_no_duplicate(connection, hubspot):
-    lead = _lead()
-    outbox_drain(connection=connection)
-    # A retry of the same push (say the answer was lost): the upsert by email updates, never adds.
-    PushState.objects.all().delete()
-    OutboxItem.objects.create(connection=connection, object="contact", local_id=lead.pk)
-    run = outbox_drain(connection=connection)
-    assert run.pushed == 1
-    assert len(hubspot.contacts) == 1
-
-
-def test_429_with_a_short_retry_after_is_waited_out_in_the_call(connection, hubspot, no_sleep):
-    # HubSpot documents no Retry-After; one sent anyway, and short, is honoured inside the call.
-    _lead()
-    hubspot.burst_429, hubspot.retry_after = 2, 1
-    run = outbox_drain(connection=connection)
-    assert run.pushed == 1
-    assert no_sleep == [1.0, 1.0]
-    assert run.api_calls == 3
 
 
 def test_429_with_a_long_retry_after_pauses_instead_of_waiting(connection, hubspot, no_sleep, settings):
@@ -119,50 +219,6 @@ def test_429_with_a_long_retry_after_pauses_instead_of_waiting(connection, hubsp
     # Retry-After's 30 s from the moment of the answer, within the run.
     assert run.started_at + dt.timedelta(seconds=30) <= connection.paused_until
     assert connection.paused_until <= run.finished_at + dt.timedelta(seconds=30)
-
-
-def test_twenty_percent_5xx_still_delivers_everything(connection, hubspot, no_sleep, settings):
-    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "RETRIES": 8}
-    hubspot.error_rate = 0.2
-    for i in range(300):
-        _lead(email=f"f{i}@example.org")
-    run = outbox_drain(connection=connection)
-    assert run.pushed == 300 and run.failed == 0
-    assert len(hubspot.contacts) == 300
-    assert no_sleep and all(0 <= s <= 2.0 for s in no_sleep)  # jittered backoff
-    assert run.api_calls == 3 + len(no_sleep)
-
-
-def test_exhausted_retries_keep_items_then_dead_letter(connection, hubspot, no_sleep, settings):
-    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "RETRIES": 1, "MAX_ATTEMPTS": 2}
-    lead = _lead()
-    hubspot.error_rate = 1.0
-    outbox_drain(connection=connection)
-    item = OutboxItem.objects.get(local_id=lead.pk)
-    assert item.status == "pending" and item.attempts == 1 and "503" in item.last_error
-    OutboxItem.objects.filter(pk=item.pk).update(next_attempt_at=item.created_at)
-    outbox_drain(connection=connection)
-    item.refresh_from_db()
-    assert item.status == "dead" and item.attempts == 2
-    connection.refresh_from_db()
-    assert "503" in connection.last_error
-
-
-def test_required_field_empty_is_refused_by_name(connection, hubspot):
-    connection.mappings.filter(local_field="job_title").update(required=True)
-    lead = _lead()
-    run = outbox_drain(connection=connection)
-    item = OutboxItem.objects.get(local_id=lead.pk)
-    assert run.failed == 1 and item.status == "dead"
-    assert "job_title is required" in item.last_error
-    assert hubspot.calls[("POST", "/crm/v3/objects/contacts/batch/upsert")] == 0
-
-
-def test_default_value_fills_empty_field(connection, hubspot):
-    connection.mappings.filter(local_field="job_title").update(default="Unknown")
-    _lead()
-    outbox_drain(connection=connection)
-    assert hubspot.contacts[hubspot.by_email["ann@example.org"]]["properties"]["jobtitle"] == "Unknown"
 
 
 def test_owner_from_provider_else_by_email_else_not_sent(connection, hubspot, monkeypatch, django_user_model):
@@ -223,23 +279,3 @@ def test_an_owner_pushed_before_the_stamp_was_kept_stays_unknown(connection, hub
     lead_upsert(data={"email": lead.email, "job_title": "CTO"}, source="test")
     outbox_drain(connection=connection)
     assert PushState.objects.get(object="contact", local_id=lead.pk).owner_pushed_at is None
-
-
-def test_sync_run_is_recorded(connection, hubspot):
-    _lead()
-    outbox_drain(connection=connection)
-    run = SyncRun.objects.get(kind="push")
-    assert run.finished_at and run.pushed == 1 and run.api_calls == 1
-    connection.refresh_from_db()
-    assert connection.api_calls_used == 1
-
-
-def test_at_the_daily_allowance_nothing_is_sent(connection, hubspot):
-    from django.utils import timezone
-
-    _lead()
-    connection.daily_api_limit, connection.api_calls_used, connection.api_calls_day = 10, 10, timezone.now().date()
-    connection.save()
-    run = outbox_drain(connection=connection)
-    assert run.pushed == 0 and "allowance" in run.error
-    assert hubspot.calls[("POST", "/crm/v3/objects/contacts/batch/upsert")] == 0

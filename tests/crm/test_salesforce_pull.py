@@ -1,7 +1,7 @@
-"""Incremental SOQL pull from the Salesforce emulator, conflicts, the command."""
+"""Incremental SOQL pull from the Salesforce emulator, conversions, the command.
+What Salesforce does as HubSpot does (conflicts, dry runs) is in test_pull.py."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 from io import StringIO
 
@@ -120,16 +120,6 @@ def test_failed_page_keeps_the_cursor_before_unseen_records(sf_connection, sales
     assert run.pulled == 15 and Lead.objects.count() == 25
 
 
-def test_dry_run_writes_nothing(sf_connection, salesforce):
-    salesforce.put("Lead", {"Email": "dry@example.org", "LastName": "D", "Company": "C"})
-    out = StringIO()
-    call_command("crm_sync", provider="salesforce", dry_run=True, stdout=out)
-    line = json.loads(out.getvalue().strip().splitlines()[-1])
-    assert line["provider"] == "salesforce" and line["kind"] == "pull" and line["pulled"] == 1
-    assert not Lead.objects.exists()
-    assert SyncCursor.objects.get().value == ""
-
-
 def test_command_pushes_and_pulls(sf_connection, salesforce):
     lead_upsert(data={"email": "cmd@example.org", "last_name": "Cmd"}, source="test")
     salesforce.put("Contact", {"Email": "there@example.org", "LastName": "There"})
@@ -141,36 +131,6 @@ def test_command_pushes_and_pulls(sf_connection, salesforce):
     assert owners["pulled"] == 0 and not owners["error"]  # the emulator has no Users here
     assert pull["pulled"] == 2  # our pushed Lead comes back once, and the Contact
     assert Lead.objects.count() == 2
-
-
-def _both_sides_changed(sf_connection, salesforce, *, remote_later: bool):
-    lead, _ = lead_upsert(data={"email": "both@example.org", "first_name": "Local0", "last_name": "L",
-                                "job_title": "Local0"}, source="test")
-    outbox_drain(connection=sf_connection)
-    pull_changes(connection=sf_connection)  # cursor past our own push
-    lead_upsert(data={"email": "both@example.org", "first_name": "LocalNew", "job_title": "LocalNew"}, source="test")
-    lead.refresh_from_db()
-    at = lead.updated_at + (dt.timedelta(seconds=5) if remote_later else -dt.timedelta(seconds=5))
-    salesforce.put("Lead", {"Id": lead.salesforce_lead_id, "FirstName": "RemoteNew", "Title": "RemoteNew"}, at=at)
-    run = pull_changes(connection=sf_connection, full=True)
-    lead.refresh_from_db()
-    return run, lead
-
-
-def test_conflict_system_of_record_wins_per_field(sf_connection, salesforce):
-    run, lead = _both_sides_changed(sf_connection, salesforce, remote_later=True)
-    # first_name: we are the system of record; job_title: Salesforce is.
-    assert (lead.first_name, lead.job_title) == ("LocalNew", "RemoteNew")
-
-
-@pytest.mark.parametrize("remote_later", [True, False])
-def test_conflict_most_recent_wins(sf_connection, salesforce, remote_later):
-    sf_connection.conflict_rule = "most_recent"
-    sf_connection.save()
-    run, lead = _both_sides_changed(sf_connection, salesforce, remote_later=remote_later)
-    expected = "RemoteNew" if remote_later else "LocalNew"
-    assert (lead.first_name, lead.job_title) == (expected, expected)
-    assert run.skipped == (0 if remote_later else 1)
 
 
 def test_fetch_one_and_missing(sf_connection, salesforce):
