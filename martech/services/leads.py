@@ -17,7 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from martech import hooks, signals
+from martech import configcache, hooks, signals
 from martech.models import (
     CRM_KEYS,
     LEAD_WRITABLE_FIELDS,
@@ -482,11 +482,19 @@ def lead_upsert_many(
     for fields, ids in sorted(by_fields.items(), key=lambda item: sorted(item[0])):
         hooks.leads_changed(ids=ids, fields=fields, source=source)
 
-    # The same announcements lead_upsert makes, after the commit.
-    for lead, transition in transitions:
-        transaction.on_commit(
-            lambda lead=lead, t=transition: signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=t)
-        )
+    # The same announcements lead_upsert makes, after the commit: one per
+    # lead, under one configuration snapshot (their receivers, nurture's
+    # stage triggers, read the configuration once for the batch, not once
+    # per lead).
+    if transitions:
+        announced = tuple(transitions)
+
+        def announce() -> None:
+            with configcache.snapshot():
+                for lead, t in announced:
+                    signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=t)
+
+        transaction.on_commit(announce)
     if new_leads:
         # One announcement per batch (leads_created), not one per lead.
         new_ids = [lead.pk for lead in new_leads]
