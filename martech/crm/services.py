@@ -1537,7 +1537,8 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         remote_fields = sorted({m.remote_field for m in mappings})
         if not dry_run:
             _pull_retry(connection, connector, object_type, mappings, run, outcomes, errors, progress)
-        if mode != "list" and not dry_run and _bulk_wanted(connector, cursor, obj, remote_fields, full=full):
+        if mode != "list" and not dry_run and _bulk_wanted(connector, cursor, obj, remote_fields, position,
+                                                           full=full):
             mode = "bulk"
             _pull_bulk(connection, connector, cursor, obj, remote_fields, apply, outcomes, run, full=full)
         elif mode == "list":
@@ -1633,19 +1634,24 @@ def _pull_list(connection: Connection, connector: Connector, cursor: SyncCursor,
         run.recovered += _pull_commit(connection, cursor, key, outcomes, save)
 
 
-def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: list[str], *, full: bool) -> bool:
+def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: list[str], position: PullPosition,
+                 *, full: bool) -> bool:
     """Whether this pull reads through the connector's bulk query
     (``bulk_pages``, Salesforce Bulk API 2.0): a backfill under way (one
-    killed mid-way goes on), a full pull, or a backlog over the connector's
-    ``bulk_threshold`` (MARTECH_CRM["SF_BULK_THRESHOLD"]), which its first
-    query page's record count tells (``backlog``: no call of its own, the
-    REST pull starts from that page)."""
+    killed mid-way goes on), or a backlog over the connector's
+    ``bulk_threshold`` (MARTECH_CRM["SF_BULK_THRESHOLD"]), which the first
+    REST query page's ``totalSize`` tells (``backlog``: no call of its own,
+    the REST pull starts from that page). A full pull asks the same from
+    where it reads (``position``: the beginning, or where an interrupted one
+    got to), so a small org's full pull costs what an incremental one does
+    (a Bulk job is a create, a poll and a results read per sObject)."""
     if not hasattr(connector, "bulk_pages"):
         return False
-    if (cursor.resume or {}).get("bulk") or full:
+    if (cursor.resume or {}).get("bulk"):
         return True
-    # The records applied at the cursor's very time are read again (>=) and skipped: not backlog.
-    return connector.backlog(key, cursor.value, fields) - len(cursor.seen or {}) > connector.bulk_threshold
+    # The records applied at the start's very time are read again (>=) and skipped: not backlog.
+    start, seen = (position.value, position.seen) if full else (cursor.value, cursor.seen or {})
+    return connector.backlog(key, start, fields) - len(seen) > connector.bulk_threshold
 
 
 def _pull_bulk(connection: Connection, connector: Connector, cursor: SyncCursor, key: str, fields: list[str],
