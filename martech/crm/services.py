@@ -7,7 +7,9 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1338,7 +1340,12 @@ def _mark_synced_many(connection: Connection, obj: objects.ObjectType, synced: l
 # PULL_COMMIT_EVERY records (one page), with the failures noted so far, so a
 # pull killed mid-way resumes from its last page instead of from the start.
 
-PULL_COMMIT_EVERY = 100
+PULL_COMMIT_EVERY = 200
+# Records a connector that reads without the database (``read_ahead``) may
+# have read beyond the page being written: the next page's call is on the
+# wire while this one is applied. Nothing is committed ahead: the cursor
+# moves with the written pages only.
+READ_AHEAD = 2 * PULL_COMMIT_EVERY
 # A full import through a list endpoint (HubSpot) reads records in id order,
 # not by time: afterwards the incremental pull takes over from the time the
 # import started, less this margin (clocks, the search index's lag).
@@ -1404,6 +1411,54 @@ def _position_save(cursor: SyncCursor, position: PullPosition, *, mode: str, fin
     cursor.save(update_fields=["value", "seen", "resume", "updated_at"])
 
 
+class _ReadAhead:
+    """Iterate ``records`` in a thread of its own, at most ``depth`` records
+    ahead of the consumer, in their order; an exception of the reader is
+    raised to the consumer where it happened (after the records read before
+    it). ``close`` stops the reader after its call under way (its calls are
+    counted before the run closes) and waits for it. The reader must not
+    touch the database (connectors say so with ``read_ahead``)."""
+
+    _DONE = object()
+
+    def __init__(self, records: Iterable, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(records,), name="crm-pull-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self, records: Iterable) -> None:
+        try:
+            for record in records:
+                if not self._put((record, None)):
+                    return
+            self._put((self._DONE, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put((self._DONE, exc))
+
+    def __iter__(self) -> Iterator:
+        while True:
+            record, exc = self._queue.get()
+            if exc is not None:
+                raise exc
+            if record is self._DONE:
+                return
+            yield record
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _pull_commit(connection: Connection, cursor: SyncCursor, key: str, outcomes: PullOutcomes,
                  save: Any) -> int:
     """One page done: its failures noted and the position stored in one
@@ -1467,6 +1522,7 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
                                           lambda: _position_save(cursor, position, mode=mode, final=final))
 
     page: list = []
+    reader: _ReadAhead | None = None
 
     def apply_and_commit(final: bool) -> None:
         """One page applied (one transaction), then its position committed."""
@@ -1481,15 +1537,20 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         remote_fields = sorted({m.remote_field for m in mappings})
         if not dry_run:
             _pull_retry(connection, connector, object_type, mappings, run, outcomes, errors, progress)
-        if mode != "list" and not dry_run and _bulk_wanted(connector, cursor, obj, remote_fields, full=full):
+        if mode != "list" and not dry_run and _bulk_wanted(connector, cursor, obj, remote_fields, position,
+                                                           full=full):
             mode = "bulk"
             _pull_bulk(connection, connector, cursor, obj, remote_fields, apply, outcomes, run, full=full)
         elif mode == "list":
             _pull_list(connection, connector, cursor, object_type.key, remote_fields, apply, outcomes, run,
                        dry_run=dry_run)
         else:
-            for pulled in connector.pull_since(object_type.key, position.value, remote_fields,
-                                               skip=position.already):
+            records = connector.pull_since(object_type.key, position.value, remote_fields, skip=position.already)
+            if getattr(connector, "read_ahead", False):
+                # (``skip`` then runs in the reader: it only ever skips a record noted
+                # at that time with that digest, applied already whenever it reads.)
+                reader = records = _ReadAhead(records, READ_AHEAD)
+            for pulled in records:
                 if position.already(pulled):
                     continue  # applied at the cursor's time before, unchanged since
                 page.append(pulled)
@@ -1505,6 +1566,8 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     except Exception as exc:
         errors.append(_crashed(connection, exc))
     finally:
+        if reader is not None:
+            reader.close()
         run.error = _errors_summary(errors)
         _run_close(connection, connector, run, calls_before=before)
     return run
@@ -1571,19 +1634,24 @@ def _pull_list(connection: Connection, connector: Connector, cursor: SyncCursor,
         run.recovered += _pull_commit(connection, cursor, key, outcomes, save)
 
 
-def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: list[str], *, full: bool) -> bool:
+def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: list[str], position: PullPosition,
+                 *, full: bool) -> bool:
     """Whether this pull reads through the connector's bulk query
     (``bulk_pages``, Salesforce Bulk API 2.0): a backfill under way (one
-    killed mid-way goes on), a full pull, or a backlog over the connector's
-    ``bulk_threshold`` (MARTECH_CRM["SF_BULK_THRESHOLD"]), which its first
-    query page's record count tells (``backlog``: no call of its own, the
-    REST pull starts from that page)."""
+    killed mid-way goes on), or a backlog over the connector's
+    ``bulk_threshold`` (MARTECH_CRM["SF_BULK_THRESHOLD"]), which the first
+    REST query page's ``totalSize`` tells (``backlog``: no call of its own,
+    the REST pull starts from that page). A full pull asks the same from
+    where it reads (``position``: the beginning, or where an interrupted one
+    got to), so a small org's full pull costs what an incremental one does
+    (a Bulk job is a create, a poll and a results read per sObject)."""
     if not hasattr(connector, "bulk_pages"):
         return False
-    if (cursor.resume or {}).get("bulk") or full:
+    if (cursor.resume or {}).get("bulk"):
         return True
-    # The records applied at the cursor's very time are read again (>=) and skipped: not backlog.
-    return connector.backlog(key, cursor.value, fields) - len(cursor.seen or {}) > connector.bulk_threshold
+    # The records applied at the start's very time are read again (>=) and skipped: not backlog.
+    start, seen = (position.value, position.seen) if full else (cursor.value, cursor.seen or {})
+    return connector.backlog(key, start, fields) - len(seen) > connector.bulk_threshold
 
 
 def _pull_bulk(connection: Connection, connector: Connector, cursor: SyncCursor, key: str, fields: list[str],

@@ -27,13 +27,13 @@ def _leads_write_many(*, items: list[tuple[Any, dict[str, Any]]], source: str) -
     """A pulled page of leads through ``lead_upsert_many``: each found by
     email, else CRM id, like ``_lead_write``; one refused by
     ``clean_lead_data`` (or naming an unknown stage) is its ValidationError
-    and the others are written. An erased person (a tombstone matches the
-    email or a CRM id; one look-up for the page) is skipped, as
+    and the others are written. An erased person (``lead_upsert_many``
+    writes nothing for them: its entry is None) is skipped, as
     ``_lead_write`` skips them."""
     from django.conf import settings
 
     from martech.models import LifecycleStage
-    from martech.services.leads import CRM_KEYS, LeadInput, clean_lead_data, erased_keys, lead_upsert_many
+    from martech.services.leads import CRM_KEYS, LeadInput, clean_lead_data, lead_upsert_many
 
     stages = {s.key: s for s in LifecycleStage.objects.all()}
     out: list = [None] * len(items)
@@ -51,11 +51,6 @@ def _leads_write_many(*, items: list[tuple[Any, dict[str, Any]]], source: str) -
             continue
         rows.append(LeadInput(cleaned=cleaned, stage=stages[key] if key else None))
         at.append(n)
-    keys = [[(k, r.cleaned[k]) for k in ("email", *CRM_KEYS) if r.cleaned.get(k)] for r in rows]
-    erased = erased_keys(sorted({k for row_keys in keys for k in row_keys}))
-    if erased:
-        kept = [(row, n) for row, n, row_keys in zip(rows, at, keys) if not erased.intersection(row_keys)]
-        rows, at = [row for row, _ in kept], [n for _, n in kept]
     if rows:
         result = lead_upsert_many(rows=rows, source=source,
                                   default_stage=stages.get(settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"]))

@@ -44,7 +44,6 @@ from martech.services.leads import (
     ERASED_MESSAGE,
     LeadInput,
     clean_lead_data,
-    erased_keys,
     lead_upsert,
     lead_upsert_many,
 )
@@ -190,23 +189,6 @@ def _parse_rows(
         yield _Row(number=number, raw=raw, cleaned=cleaned, stage=stage)
 
 
-def _without_erased(chunk: list[_Row], report: ImportReport) -> list[_Row]:
-    """Rows about an erased person are row errors naming the field (one
-    tombstone look-up per chunk); the bulk path below never meets them."""
-    keys = {(k, r.cleaned[k]) for r in chunk for k in ("email", *CRM_KEYS) if r.cleaned.get(k)}
-    erased = erased_keys(sorted(keys))
-    if not erased:
-        return chunk
-    kept = []
-    for row in chunk:
-        hit = next((k for k in ("email", *CRM_KEYS) if (k, row.cleaned.get(k)) in erased), None)
-        if hit is None:
-            kept.append(row)
-        else:
-            report.errors.append(RowError(row.number, hit, ERASED_MESSAGE))
-    return kept
-
-
 def _chunks(rows: Iterator[_Row], size: int) -> Iterator[list[_Row]]:
     chunk: list[_Row] = []
     for row in rows:
@@ -223,13 +205,16 @@ def _chunks(rows: Iterator[_Row], size: int) -> Iterator[list[_Row]]:
 
 def _write_chunk(
     chunk: list[_Row], *, source: str, actor, default_stage: LifecycleStage | None
-) -> tuple[int, int, int]:
-    """Upsert one chunk in bulk (``lead_upsert_many``). Returns (created, updated, unchanged)."""
+) -> tuple[int, int, int, list[RowError]]:
+    """Upsert one chunk in bulk (``lead_upsert_many``). Returns (created,
+    updated, unchanged, the row errors of rows about an erased person:
+    ``lead_upsert_many`` wrote nothing for them and names the field)."""
     result = lead_upsert_many(
         rows=[LeadInput(cleaned=r.cleaned, stage=r.stage) for r in chunk],
         source=source, actor=actor, default_stage=default_stage,
     )
-    return result.created, result.updated, result.unchanged
+    erased = [RowError(chunk[n].number, field_name, ERASED_MESSAGE) for n, field_name in sorted(result.erased.items())]
+    return result.created, result.updated, result.unchanged, erased
 
 
 def _write_rows_one_by_one(chunk: list[_Row], *, source: str, actor, report: ImportReport) -> None:
@@ -265,13 +250,10 @@ def lead_import_csv(*, file: IO, actor=None, source: str = "import:csv", chunk_s
     default_stage = stages.get(settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"])
     rows = _parse_rows(_text_lines(file), stages=stages, report=report)
     for chunk in _chunks(rows, chunk_size):
-        chunk = _without_erased(chunk, report)
-        if not chunk:
-            continue
         with transaction.atomic():
             try:
                 with transaction.atomic():
-                    created, updated, unchanged = _write_chunk(
+                    created, updated, unchanged, erased = _write_chunk(
                         chunk, source=source, actor=actor, default_stage=default_stage
                     )
             except IntegrityError:
@@ -281,5 +263,6 @@ def lead_import_csv(*, file: IO, actor=None, source: str = "import:csv", chunk_s
                 report.created += created
                 report.updated += updated
                 report.unchanged += unchanged
+                report.errors.extend(erased)
     report.errors.sort(key=lambda e: e.row)
     return report

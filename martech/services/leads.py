@@ -17,7 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from martech import hooks, signals
+from martech import configcache, hooks, signals
 from martech.services import capture
 from martech.models import (
     CRM_KEYS,
@@ -332,10 +332,27 @@ class _Plan:
 
 @dataclass
 class BulkUpsert:
-    leads: list[Lead]  # one per input, in order (two inputs with one key share their lead)
+    # One per input, in order (two inputs with one key share their lead);
+    # None for an input about an erased person (``erased``).
+    leads: list[Lead | None]
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    # Input index -> the field whose value an erased person had (email or a
+    # CRM id): those inputs wrote nothing. Callers report them (an import's
+    # row error naming the field) or skip them (a CRM pull).
+    erased: dict[int, str] = field(default_factory=dict)
+
+
+def _erased_rows(rows: list[LeadInput]) -> dict[int, str]:
+    """Input index -> the first field (email, then CRM ids) whose value
+    belongs to an erased person; one tombstone look-up for all the rows."""
+    keyed = [[(k, r.cleaned[k]) for k in ("email", *CRM_KEYS) if r.cleaned.get(k)] for r in rows]
+    erased = erased_keys(sorted({k for row_keys in keyed for k in row_keys}))
+    if not erased:
+        return {}
+    return {n: next(k for k, v in row_keys if (k, v) in erased)
+            for n, row_keys in enumerate(keyed) if erased.intersection(row_keys)}
 
 
 def _current(lead: Lead, key: str) -> Any:
@@ -375,6 +392,10 @@ def lead_upsert_many(
     properties merge key by key; a new lead gets ``default_stage``; stage
     changes write ``StageTransition`` rows; the same signals after commit,
     except that new leads are announced once per call (``leads_created``).
+    An input about an erased person (a tombstone matches its email or a CRM
+    id: one look-up for all the rows) writes nothing: its entry in
+    ``leads`` is None and ``erased`` names the field, so no bulk caller
+    can take an erased person in again by forgetting to check.
 
     Must run inside a transaction (the caller's: a chunk, a pulled page).
     A unique-key conflict (a lead created meanwhile, two inputs claiming one
@@ -382,10 +403,12 @@ def lead_upsert_many(
     IntegrityError: the caller redoes its rows one by one through
     ``lead_upsert``, in a savepoint it rolls back first, so each row gets
     its own answer."""
-    emails = {r.cleaned["email"] for r in rows if r.cleaned.get("email")}
+    erased = _erased_rows(rows)
+    live = [r for n, r in enumerate(rows) if n not in erased]
+    emails = {r.cleaned["email"] for r in live if r.cleaned.get("email")}
     crm_q = Q()
     for key in CRM_KEYS:
-        values = {r.cleaned[key] for r in rows if r.cleaned.get(key)}
+        values = {r.cleaned[key] for r in live if r.cleaned.get(key)}
         if values:
             crm_q |= Q(**{f"{key}__in": values})
     lookup = Q(email__in=emails) if emails else Q()
@@ -403,8 +426,11 @@ def lead_upsert_many(
             if getattr(lead, key):
                 by_key[(key, getattr(lead, key))] = plan
 
-    row_plans: list[_Plan] = []
-    for row in rows:
+    row_plans: list[_Plan | None] = []
+    for n, row in enumerate(rows):
+        if n in erased:
+            row_plans.append(None)
+            continue
         # The same order as _find_lead: email, then CRM ids.
         plan = None
         for key in ("email", *CRM_KEYS):
@@ -485,17 +511,25 @@ def lead_upsert_many(
     for fields, ids in sorted(by_fields.items(), key=lambda item: sorted(item[0])):
         hooks.leads_changed(ids=ids, fields=fields, source=source)
 
-    # The same announcements lead_upsert makes, after the commit.
-    for lead, transition in transitions:
-        transaction.on_commit(
-            lambda lead=lead, t=transition: signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=t)
-        )
+    # The same announcements lead_upsert makes, after the commit: one per
+    # lead, under one configuration snapshot (their receivers, nurture's
+    # stage triggers, read the configuration once for the batch, not once
+    # per lead).
+    if transitions:
+        announced = tuple(transitions)
+
+        def announce() -> None:
+            with configcache.snapshot():
+                for lead, t in announced:
+                    signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=t)
+
+        transaction.on_commit(announce)
     if new_leads:
         # One announcement per batch (leads_created), not one per lead.
         new_ids = [lead.pk for lead in new_leads]
         transaction.on_commit(lambda: signals.leads_created.send(sender=Lead, lead_ids=new_ids, source=source))
-    return BulkUpsert(leads=[plan.lead for plan in row_plans], created=len(new_leads),
-                      updated=len(updated_leads), unchanged=unchanged)
+    return BulkUpsert(leads=[plan.lead if plan is not None else None for plan in row_plans], created=len(new_leads),
+                      updated=len(updated_leads), unchanged=unchanged, erased=erased)
 
 
 # What a public submission may do to a field of an existing lead.

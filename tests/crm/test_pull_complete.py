@@ -130,7 +130,7 @@ def test_a_pull_killed_after_page_k_resumes_at_page_k_plus_1(connection, hubspot
     first = SyncRun.objects.get()
     assert first.pulled == k * PULL_COMMIT_EVERY == Lead.objects.count()
     cursor = SyncCursor.objects.get(connection=connection, object="contact")
-    last = f"c{k * 100 - 1}@example.org"
+    last = f"c{k * PULL_COMMIT_EVERY - 1}@example.org"
     assert cursor.value == hubspot.find("contacts", last)["properties"]["lastmodifieddate"]
     assert list(cursor.seen) == [hubspot.by_email[last]]
 
@@ -140,7 +140,7 @@ def test_a_pull_killed_after_page_k_resumes_at_page_k_plus_1(connection, hubspot
     first = next(body for _, path, body in hubspot.requests[start:] if path.endswith("/search"))
     assert first["filterGroups"][0]["filters"][0] == {"propertyName": "lastmodifieddate", "operator": "GTE",
                                                       "value": cursor.value}
-    assert (run.pulled, run.skipped) == (1_000 - k * 100, 0)
+    assert (run.pulled, run.skipped) == (1_000 - k * PULL_COMMIT_EVERY, 0)
     assert Lead.objects.count() == 1_000
 
 

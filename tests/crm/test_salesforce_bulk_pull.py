@@ -91,15 +91,16 @@ def test_emulator_query_job_states_result_sets_and_refusals(salesforce):
 
 # --- the connector and the pull --------------------------------------------------
 
-def test_a_full_pull_reads_1200_leads_of_one_second_through_one_bulk_job(sf_connection, salesforce):
+def test_a_full_pull_reads_1200_leads_of_one_second_through_one_bulk_job(sf_connection, salesforce, settings):
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SF_BULK_THRESHOLD": 1_000}
     _leads(salesforce, 1_200, at=SECOND + dt.timedelta(milliseconds=300))
     salesforce.put("Contact", {"Email": "person@example.org", "LastName": "Person"}, at=SECOND)
     run = pull_changes(connection=sf_connection, full=True)
     assert (run.pulled, run.failed, run.error) == (1_201, 0, "")
     assert Lead.objects.filter(email__startswith="b").exclude(salesforce_lead_id=None).count() == 1_200
     assert Lead.objects.get(email="person@example.org").salesforce_contact_id
-    # One job per sObject (Lead, Contact), no REST query pages.
-    assert _job_creations(salesforce) == 2 and _rest_queries(salesforce) == 0
+    # One job per sObject (Lead, Contact), after the first REST page of each told the backlog; no page after it.
+    assert _job_creations(salesforce) == 2 and _rest_queries(salesforce) == 2 and _query_more(salesforce) == 0
     cursor = SyncCursor.objects.get(connection=sf_connection, object="contact")
     assert cursor.value == STAMP and len(cursor.seen) == 1_201 and "bulk" not in cursor.resume
     # The incremental pull reads the second again and applies none of them ...
@@ -129,7 +130,8 @@ def test_a_backlog_over_the_threshold_goes_through_bulk(sf_connection, salesforc
     assert _job_creations(salesforce) == 2
 
 
-def test_a_killed_backfill_resumes_its_job_at_the_next_page(sf_connection, salesforce, monkeypatch):
+def test_a_killed_backfill_resumes_its_job_at_the_next_page(sf_connection, salesforce, monkeypatch, settings):
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SF_BULK_THRESHOLD": 1_000}
     _leads(salesforce, 1_200)
     connector = SalesforceConnector(sf_connection)
     connector.bulk_page = 500  # result sets of 500: the 1,200 Leads take three
@@ -138,16 +140,17 @@ def test_a_killed_backfill_resumes_its_job_at_the_next_page(sf_connection, sales
     pages = {"n": 0}
     real_apply = services.pulled_apply_page
 
-    def die_on_page_8(**kwargs):
+    def die_on_page_5(**kwargs):
         pages["n"] += 1
-        if pages["n"] == 8:
-            raise Killed("killed while applying page 8")
+        if pages["n"] == 5:
+            raise Killed("killed while applying page 5")
         return real_apply(**kwargs)
 
-    monkeypatch.setattr(services, "pulled_apply_page", die_on_page_8)
+    monkeypatch.setattr(services, "pulled_apply_page", die_on_page_5)
     with pytest.raises(Killed):
         pull_changes(connection=sf_connection, full=True, connector=connector)
-    # Seven pages of 100 committed; the position waits beside the cursor, which has not moved.
+    # Four pages committed (200, 200 and the 100 left of the first result
+    # set, then 200 of the second); the position waits beside the cursor, which has not moved.
     assert Lead.objects.filter(email__startswith="b").count() == 700
     cursor = SyncCursor.objects.get(connection=sf_connection, object="contact")
     token = json.loads(cursor.resume["bulk"]["token"])
@@ -166,7 +169,8 @@ def test_a_killed_backfill_resumes_its_job_at_the_next_page(sf_connection, sales
     assert cursor.value == STAMP and len(cursor.seen) == 1_200 and "bulk" not in cursor.resume
 
 
-def test_a_failed_job_is_the_runs_error_and_the_cursor_stays(sf_connection, salesforce):
+def test_a_failed_job_is_the_runs_error_and_the_cursor_stays(sf_connection, salesforce, settings):
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SF_BULK_THRESHOLD": 5}
     _leads(salesforce, 10)
     salesforce.fail_next_query_job = True
     run = pull_changes(connection=sf_connection, full=True)

@@ -138,6 +138,9 @@ DEFAULT_RATE = (190, 10.0)
 DEFAULT_DAILY = 625_000
 
 
+_UNSET = object()
+
+
 class HubSpotEmulator(EmulatorBase):
     BATCH_MAX = 100
     SEARCH_PAGE_MAX = 200
@@ -171,6 +174,14 @@ class HubSpotEmulator(EmulatorBase):
         # HubSpot's search stops at 10,000 results; tests lower it to exercise the
         # windowing on fewer records (the connector's ``search_cap`` follows).
         self.search_cap = 10_000
+        self._scrambled: dict[str, str] = {}  # record id -> its place among ties (a fixed scramble)
+        # The bench's big portals: a search's sorted matches kept for its next
+        # pages while nothing was written (``put`` or any request but a
+        # search moves ``_version``). Off by default: a test that edits a
+        # record in place between pages sees the change as HubSpot would.
+        self.search_memo = False
+        self._memo: tuple = ()
+        self._version = 0
         # type -> property name -> definition (the properties API's Property shape).
         self.properties: dict[str, dict[str, dict]] = {
             name: {p["name"]: dict(p) for p in STANDARD[name]} for name in KINDS}
@@ -281,6 +292,7 @@ class HubSpotEmulator(EmulatorBase):
         if object_id is None and key:
             object_id = self.index[kind].get(key)
         stamp = now_iso(at) if at else self._stamp()
+        self._version += 1
         if object_id is None or object_id not in self.store[kind]:
             object_id = object_id or str(next(self._ids))
             self.store[kind][object_id] = {"id": object_id, "properties": {"createdate": stamp}, "createdAt": stamp,
@@ -339,6 +351,8 @@ class HubSpotEmulator(EmulatorBase):
 
     # --- HTTP ---
     def dispatch(self, request: Request) -> Response:
+        if not (request.method == "POST" and request.path.endswith("/search")):
+            self._version += 1
         response = self._dispatch(request)
         if self.lose_answers > 0 and _is_write(request) and response.status_code < 400:
             # The write happened; the caller never hears about it.
@@ -736,14 +750,22 @@ class HubSpotEmulator(EmulatorBase):
             return float(raw)
         return raw
 
-    def _filter_ok(self, kind: str, record: dict, f: dict) -> bool:
+    @staticmethod
+    def _filter_value(kind: str, f: dict):
+        """A filter's value as search compares it (dates as ISO, numbers as numbers)."""
+        prop, value = f.get("propertyName", ""), f.get("value")
+        if prop == KINDS[kind].modified or prop in ("createdate", "hs_lastmodifieddate", "lastmodifieddate"):
+            return _as_iso(value)
+        if value is not None and NUMBER.match(str(value)):
+            return float(value)
+        return value
+
+    def _filter_ok(self, kind: str, record: dict, f: dict, value=_UNSET) -> bool:
+        """``value``: the filter's ``_filter_value``, when the caller read it once for every record."""
         prop, op = f.get("propertyName", ""), f.get("operator", "EQ")
         have = self._value(kind, record, prop)
-        value = f.get("value")
-        if prop == KINDS[kind].modified or prop in ("createdate", "hs_lastmodifieddate", "lastmodifieddate"):
-            value = _as_iso(value)
-        elif value is not None and NUMBER.match(str(value)):
-            value = float(value)
+        if value is _UNSET:
+            value = self._filter_value(kind, f)
         if op == "IN":  # strings compared without case, as HubSpot compares them; numbers as numbers
             raw = record["properties"].get(prop)
             values = f.get("values") or []
@@ -766,6 +788,26 @@ class HubSpotEmulator(EmulatorBase):
         except TypeError:
             return False
 
+    def _matches(self, kind: str, filter_groups: list, sorts: list) -> list[dict]:
+        """The records a search's filter groups match, in its sort's order."""
+        groups = [[(f, self._filter_value(kind, f)) for f in g.get("filters") or []] for g in filter_groups]
+        rows = [r for r in self.store[kind].values()
+                if not groups or any(all(self._filter_ok(kind, r, f, v) for f, v in g) for g in groups)]
+        first = sorts[0] if sorts else None
+        prop = (first.get("propertyName") if isinstance(first, dict) else first) or "hs_object_id"
+        descending = prop.startswith("-") or (isinstance(first, dict) and first.get("direction") == "DESCENDING")
+        prop = prop.lstrip("-")
+        # One sort only; ties come in HubSpot's own order, not by id (a fixed scramble).
+        rows.sort(key=lambda r: self._sort_key(kind, r, prop), reverse=descending)
+        return rows
+
+    def _sort_key(self, kind: str, record: dict, prop: str) -> tuple:
+        value = self._value(kind, record, prop)
+        scramble = self._scrambled.get(record["id"])
+        if scramble is None:
+            scramble = self._scrambled[record["id"]] = hashlib.md5(record["id"].encode()).hexdigest()
+        return value is None, value or "", scramble
+
     def search(self, kind: str, body: dict) -> Response:
         spec = KINDS[kind]
         body = body or {}
@@ -779,18 +821,13 @@ class HubSpotEmulator(EmulatorBase):
             return self.error(400, "VALIDATION_ERROR",
                               f"Search results are limited to {self.search_cap:,} total results for any given "
                               f"query: after {after} + limit {limit} passes it.")
-        groups = body.get("filterGroups") or []
-        rows = [r for r in self.store[kind].values()
-                if not groups or any(all(self._filter_ok(kind, r, f) for f in g.get("filters") or [])
-                                     for g in groups)]
         sorts = body.get("sorts") or []
-        first = sorts[0] if sorts else None
-        prop = (first.get("propertyName") if isinstance(first, dict) else first) or "hs_object_id"
-        descending = prop.startswith("-") or (isinstance(first, dict) and first.get("direction") == "DESCENDING")
-        prop = prop.lstrip("-")
-        # One sort only; ties come in HubSpot's own order, not by id (a fixed scramble).
-        rows.sort(key=lambda r: (self._value(kind, r, prop) is None, self._value(kind, r, prop) or "",
-                                 hashlib.md5(r["id"].encode()).hexdigest()), reverse=descending)
+        memo_key = (kind, self._version, json.dumps([body.get("filterGroups"), sorts], sort_keys=True))
+        if self.search_memo and self._memo and self._memo[0] == memo_key:
+            rows = self._memo[1]
+        else:
+            rows = self._matches(kind, body.get("filterGroups") or [], sorts)
+            self._memo = (memo_key, rows) if self.search_memo else ()
         page = rows[after:after + limit]
         wanted = body.get("properties") or []
         results = [self._public(r, [*wanted, spec.modified, spec.id_property] if wanted else None) for r in page]
