@@ -23,12 +23,28 @@ from typing import Any
 from martech.crm.objects import Link, ObjectType, register
 
 HOOK = "opportunities"
+DELETION = "deal_deletion"
+
+
+def deleted_here(*, provider: str, remote_id: str) -> bool:
+    """Whether the deal with this CRM id was deleted here (a tombstone)."""
+    from attribution.models import OpportunityDeletion
+
+    return bool(remote_id) and OpportunityDeletion.objects.filter(connection__provider=provider,
+                                                                  remote_id=remote_id).exists()
 
 
 def _write(*, instance, data: dict[str, Any], source: str):
     from attribution.services import opportunity_upsert
 
     data = dict(data)
+    if instance is None:
+        provider = source.removeprefix("crm:")
+        column = DEAL.id_fields.get(provider, "")
+        if deleted_here(provider=provider, remote_id=str(data.get(column) or "")):
+            # Deleted here: the CRM's copy (not deleted there yet, or kept by a
+            # pull-only connection) is not created again. Skipped, not a failure.
+            return None
     if instance is None and not data.get("name"):
         # A new deal needs a name; HubSpot allows an empty dealname.
         data["name"] = f"Deal {next((v for k, v in data.items() if k.endswith('_id') and v), '')}".strip()
@@ -89,6 +105,81 @@ def _remove_associations(*, instance, removed: dict[str, list], source: str) -> 
         opportunity_upsert(data={"account": None}, opportunity=instance, source=source)
 
 
+def _remote_deleted(*, instance, remote_id: str, deleted_at, source: str) -> bool:
+    """A deal deleted (archived) in the CRM: deleted here too, with its
+    credits and its part of the rollup (``opportunity_delete``; the
+    deletion is logged with the CRM as its source). Not when the deal holds
+    another CRM id for that provider by now."""
+    from attribution.services import opportunity_delete
+
+    provider = source.removeprefix("crm:")
+    if getattr(instance, DEAL.id_field(provider), None) != remote_id:
+        return False
+    return opportunity_delete(opportunity=instance, source=source)["opportunities"] == 1
+
+
+def deal_deletions_push(connection, connector, builder, items, run) -> None:
+    """The drain's push of claimed "deal_deletion" rows: the CRM ids
+    deleted in batches (``connector.records_delete``: HubSpot batch
+    archive, 100 a call; Salesforce Collections delete, 200 a call). An id
+    the CRM no longer has is what we wanted (done)."""
+    from django.utils import timezone
+
+    from attribution.models import OpportunityDeletion
+    from martech.crm import services
+    from martech.crm.connectors.base import AuthError, PermanentError, RateLimited, TransientError
+
+    rows = OpportunityDeletion.objects.in_bulk([i.local_id for i in items])
+    todo, finished = [], []
+    for item in items:
+        row = rows.get(item.local_id)
+        if row is None or row.connection_id != connection.pk or row.status != OpportunityDeletion.Status.PENDING:
+            finished.append(item)  # done already (a redelivery)
+            run.skipped += 1
+        else:
+            todo.append((item, row))
+    if finished:
+        services._finish(connection, builder.obj, finished)
+    if not todo:
+        return
+    before = connector.stats.api_calls
+    try:
+        outcome = connector.records_delete("deal", [row.remote_id for _, row in todo])
+    except AuthError:
+        services._count_calls(connection, connector.stats.api_calls - before)
+        services._release([item for item, _ in todo])
+        raise
+    except RateLimited as exc:
+        services._count_calls(connection, connector.stats.api_calls - before)
+        services._release([item for item, _ in todo], at=services._pause_for(connection, exc))
+        raise
+    except (TransientError, PermanentError) as exc:
+        services._count_calls(connection, connector.stats.api_calls - before)
+        services._fail([item for item, _ in todo], f"deal delete: {exc}")
+        run.failed += len(todo)
+        return
+    services._count_calls(connection, connector.stats.api_calls - before)
+    done, failed = [], []
+    for item, row in todo:
+        error = outcome.get(row.remote_id, "")
+        if error:
+            services._fail([item], f"deal {row.remote_id} ({row.name}): {error}")
+            failed.append(item)
+        else:
+            done.append(row.pk)
+            run.pushed += 1
+    run.failed += len(failed)
+    OpportunityDeletion.objects.filter(pk__in=done).update(status=OpportunityDeletion.Status.DONE,
+                                                           done_at=timezone.now())
+    services._finish(connection, builder.obj, [item for item, row in todo if row.pk in set(done)])
+
+
+def _no_write(*, instance, data, source):
+    from django.core.exceptions import ValidationError
+
+    raise ValidationError({DELETION: ["Deal deletions are pushed, never pulled."]})
+
+
 CONTACT_ROLE = Link(key="contact_role", label="Opportunity contact role", other="contact",
                     details=_contact_role_details, apply=_contact_role_apply, removable=True,
                     remove=_contact_role_remove)
@@ -145,8 +236,13 @@ DEAL = ObjectType(
     readers={"stage": lambda o: o.stage.key, "pipeline": lambda o: o.pipeline.key},
     order=60,
     default_mappings={"hubspot": HUBSPOT_MAPPINGS, "salesforce": SALESFORCE_MAPPINGS},
+    remote_deleted=_remote_deleted,
 )
+# Deals deleted here, deleted in the CRM: after every upsert of the drain.
+DEAL_DELETION = ObjectType(key=DELETION, label="Deal deletion (CRM delete)", model="attribution.OpportunityDeletion",
+                           hook="opportunity_deletions", write=_no_write, order=98, push=deal_deletions_push)
 
 
 def register_deal() -> None:
     register(DEAL)
+    register(DEAL_DELETION)

@@ -1818,7 +1818,9 @@ def deleted_keys(*, connection: Connection, keys: list[str], connector: Connecto
     if not hasattr(connector, "deleted_since"):
         return []
     links = [link for key in keys for link in pulled_link_keys(connection=connection, obj=key, connector=connector)]
-    return [*links, *keys]
+    # A connector may list the deletions of some types only (HubSpot: archived deals).
+    listed = getattr(connector, "deletions_listed", None)
+    return [*links, *(key for key in keys if listed is None or key in listed)]
 
 
 def deletions_pull(*, connection: Connection, key: str, connector: Connector | None = None) -> SyncRun:
@@ -1837,6 +1839,8 @@ def deletions_pull(*, connection: Connection, key: str, connector: Connector | N
       cleared, with the sync state for it (hash, links), and the deletion is
       logged. Nothing sends it back by itself; its next change here (or a
       record that needs it, a deal its account) creates it there again.
+      A type with ``remote_deleted`` (a deal) is deleted here instead,
+      through its service.
 
     Idempotent: applying a deletion twice changes nothing, and the cursor
     (the CRM's last date covered) moves only after the whole window is read."""
@@ -1924,6 +1928,13 @@ def _deleted_records_apply(connection: Connection, obj: objects.ObjectType, dele
         instance = found.get(remote_id)
         if instance is None:
             run.skipped += 1
+            continue
+        if obj.remote_deleted is not None:
+            with transaction.atomic():
+                removed = obj.remote_deleted(instance=instance, remote_id=remote_id,
+                                             deleted_at=_parse_time(deleted_at), source=source)
+            run.pulled += 1 if removed else 0
+            run.skipped += 0 if removed else 1
             continue
         column = obj.id_field(connection.provider, remote_id)
         with transaction.atomic():
