@@ -5,6 +5,10 @@ Registered from AttributionConfig.ready, so martech (an earlier stage) never
 imports attribution. Our services call ``hooks.records_changed("opportunities",
 ...)`` inside their transactions; the CRM outbox subscribes to that kind.
 
+- Close date: HubSpot ``closedate`` and Salesforce ``CloseDate`` hold a
+  closed deal's close and an open deal's expected close date, so the
+  mapping of ``closed_at`` carries ``expected_close_date`` while the deal is
+  open, both ways (``_close_date``, ``_close_fields``).
 - Pushed: the mapped fields (name, amount as a Decimal string, closedate,
   dealstage through an editable picklist mapping {our stage key: CRM stage},
   owner), and associations to the account's company and the contact roles' contacts.
@@ -18,6 +22,7 @@ imports attribution. Our services call ``hooks.records_changed("opportunities",
 """
 from __future__ import annotations
 
+from datetime import datetime, time, timezone as dt_timezone
 from typing import Any
 
 from martech.crm.objects import Link, ObjectType, register
@@ -34,10 +39,50 @@ def deleted_here(*, provider: str, remote_id: str) -> bool:
                                                                   remote_id=remote_id).exists()
 
 
+def _close_date(opportunity):
+    """What the CRM's close date carries (HubSpot ``closedate``, Salesforce
+    ``CloseDate``): a closed deal's close, an open deal's expected close
+    date (its own, as midnight UTC; none: nothing is sent, or the mapping's
+    default)."""
+    if opportunity.closed_at is not None:
+        return opportunity.closed_at
+    if opportunity.expected_close_date is not None:
+        return datetime.combine(opportunity.expected_close_date, time.min, tzinfo=dt_timezone.utc)
+    return None
+
+
+def _close_fields(instance, data: dict[str, Any]) -> dict[str, Any]:
+    """A pulled close date (under ``closed_at``, the mapping's local field)
+    is the close of a deal in a closed stage and the expected close date of
+    an open one: the stage is the pulled one, else the deal's. A CRM date
+    (Salesforce) on the day of the deal's own close keeps that close time,
+    so a pull never moves a close by hours (nor its credits)."""
+    if "closed_at" not in data:
+        return data
+    from attribution.services import default_pipeline, stage_for
+
+    value = data.pop("closed_at")
+    if value is None:
+        return data
+    stage = data.get("stage")
+    if stage:
+        pipeline = instance.pipeline if instance is not None else default_pipeline()
+        closed = stage_for(pipeline=pipeline, key=stage).is_closed
+    else:
+        closed = instance is not None and instance.stage.is_closed
+    is_datetime = isinstance(value, datetime)
+    if not closed:
+        data["expected_close_date"] = value.astimezone(dt_timezone.utc).date() if is_datetime else value
+    elif is_datetime:
+        data["closed_at"] = value
+    elif instance is None or instance.closed_at is None or instance.closed_at.astimezone(dt_timezone.utc).date() != value:
+        data["closed_at"] = datetime.combine(value, time.min, tzinfo=dt_timezone.utc)
+    return data
+
+
 def _write(*, instance, data: dict[str, Any], source: str):
     from attribution.services import opportunity_upsert
 
-    data = dict(data)
     if instance is None:
         provider = source.removeprefix("crm:")
         column = DEAL.id_fields.get(provider, "")
@@ -45,6 +90,7 @@ def _write(*, instance, data: dict[str, Any], source: str):
             # Deleted here: the CRM's copy (not deleted there yet, or kept by a
             # pull-only connection) is not created again. Skipped, not a failure.
             return None
+    data = _close_fields(instance, dict(data))
     if instance is None and not data.get("name"):
         # A new deal needs a name; HubSpot allows an empty dealname.
         data["name"] = f"Deal {next((v for k, v in data.items() if k.endswith('_id') and v), '')}".strip()
@@ -202,12 +248,15 @@ HUBSPOT_MAPPINGS = [
     ("amount", "amount", "number", {}),
     ("currency", "deal_currency_code", "text", {}),
     ("stage", "dealstage", "picklist", {"value_map": HUBSPOT_STAGES}),
+    # The close: a closed deal's close time, an open deal's expected close date (_close_date, _close_fields).
     ("closed_at", "closedate", "datetime", {}),
     ("owner", "hubspot_owner_id", "text", {}),
 ]
 
 # Salesforce Opportunity: StageName through our default pipeline's stage keys;
-# CloseDate is required there, so an open deal sends a far date (push only).
+# CloseDate (required there) is a closed deal's close day and an open deal's
+# expected close date, both ways; an open deal without one sends a far date
+# (the default, never pulled back into it).
 SALESFORCE_STAGES = {"prospecting": "Prospecting", "qualification": "Qualification",
                      "proposal": "Proposal/Price Quote", "negotiation": "Negotiation/Review",
                      "closed_won": "Closed Won", "closed_lost": "Closed Lost"}
@@ -215,7 +264,7 @@ SALESFORCE_MAPPINGS = [
     ("name", "Name", "text", {}),
     ("amount", "Amount", "number", {}),
     ("stage", "StageName", "picklist", {"value_map": SALESFORCE_STAGES}),
-    ("closed_at", "CloseDate", "date", {"default": "2099-12-31", "direction": "push"}),
+    ("closed_at", "CloseDate", "date", {"default": "2099-12-31"}),
     ("owner", "OwnerId", "text", {"direction": "push"}),
 ]
 
@@ -232,8 +281,9 @@ DEAL = ObjectType(
     remove_associations=_remove_associations,
     links=(CONTACT_ROLE,),
     # Associations are not mapped fields, but changing them must push.
-    extra_trigger_fields=frozenset({"account", "contacts"}),
-    readers={"stage": lambda o: o.stage.key, "pipeline": lambda o: o.pipeline.key},
+    # (and the expected close date, which goes as the close date of an open deal).
+    extra_trigger_fields=frozenset({"account", "contacts", "expected_close_date"}),
+    readers={"stage": lambda o: o.stage.key, "pipeline": lambda o: o.pipeline.key, "closed_at": _close_date},
     order=60,
     default_mappings={"hubspot": HUBSPOT_MAPPINGS, "salesforce": SALESFORCE_MAPPINGS},
     remote_deleted=_remote_deleted,
