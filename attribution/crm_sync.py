@@ -35,8 +35,9 @@ def deleted_here(*, provider: str, remote_id: str) -> bool:
     """Whether the deal with this CRM id was deleted here (a tombstone)."""
     from attribution.models import OpportunityDeletion
 
-    return bool(remote_id) and OpportunityDeletion.objects.filter(connection__provider=provider,
-                                                                  remote_id=remote_id).exists()
+    return bool(remote_id) and OpportunityDeletion.objects.filter(connection__provider=provider, remote_id=remote_id
+                                                                  ).exclude(status=OpportunityDeletion.Status.REMOTE
+                                                                            ).exists()
 
 
 def _close_date(opportunity):

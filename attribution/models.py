@@ -174,12 +174,16 @@ class OpportunityDeletion(models.Model):
     pushes deals, the delete the CRM outbox sends there (object type
     "deal_deletion"), so the report and the CRM keep agreeing. A connection
     that only pulls deals keeps its copy (``KEPT``): the tombstone alone
-    holds the deletion here. Written only by services.opportunity_delete."""
+    holds the deletion here. A deal deleted in the CRM first is recorded
+    for that connection as ``REMOTE``, which is no tombstone (restored
+    there, it comes back). Written only by services.opportunity_delete."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "To delete in the CRM"
         DONE = "done", "Deleted in the CRM"
         KEPT = "kept", "Kept in the CRM (the connection does not push deals)"
+        # Deleted there first, so not a tombstone: a deal restored in the CRM comes back with the next pull.
+        REMOTE = "remote", "Deleted in the CRM"
 
     connection = models.ForeignKey("crm.Connection", on_delete=models.CASCADE, related_name="+")
     remote_id = models.CharField(max_length=64)

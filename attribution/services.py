@@ -314,7 +314,8 @@ def opportunity_delete(*, opportunity: Opportunity, source: str, actor=None) -> 
     deals, the delete of its copy there through the CRM outbox (so the
     report's revenue and the CRM's stay the same). A deletion pulled from a
     CRM (``source`` "crm:<provider>") is not sent back to that CRM, which
-    has no such deal any more. ``crm_deletes`` counts the deletes queued."""
+    has no such deal any more, and leaves no tombstone for it (a deal
+    restored there comes back). ``crm_deletes`` counts the deletes queued."""
     from attribution.computation import credits_forget, results_lock
 
     # The results lock before the deal's row: the order attribution_compute takes them in
@@ -353,9 +354,12 @@ def _crm_deletions_record(opportunity: Opportunity, *, source: str, actor) -> in
     queue: list[tuple[int, str, int]] = []
     for connection in Connection.objects.filter(provider__in=held).order_by("pk"):
         remote_id = held[connection.provider]
-        status = (OpportunityDeletion.Status.PENDING
-                  if connection.pk in pushing and source != f"crm:{connection.provider}"
-                  else OpportunityDeletion.Status.KEPT)
+        if source == f"crm:{connection.provider}":
+            status = OpportunityDeletion.Status.REMOTE  # deleted there: nothing to send, no tombstone
+        elif connection.pk in pushing:
+            status = OpportunityDeletion.Status.PENDING
+        else:
+            status = OpportunityDeletion.Status.KEPT
         row, _ = OpportunityDeletion.objects.update_or_create(
             connection=connection, remote_id=remote_id,
             defaults={"opportunity_id": opportunity.pk, "name": opportunity.name, "amount": opportunity.amount,
@@ -363,9 +367,9 @@ def _crm_deletions_record(opportunity: Opportunity, *, source: str, actor) -> in
                       "source": source[:100], "status": status, "done_at": None})
         if status == OpportunityDeletion.Status.PENDING:
             queue.append((connection.pk, DELETION, row.pk))
-    # What was synced with the deal goes with it.
-    PushState.objects.filter(object=DEAL.key, local_id=opportunity.pk).delete()
     outbox.enqueue(queue)
+    # What was synced with the deal goes with it (after the outbox rows: the one lock order).
+    PushState.objects.filter(object=DEAL.key, local_id=opportunity.pk).delete()
     return len(queue)
 
 

@@ -127,13 +127,20 @@ def test_deal_archived_in_hubspot_is_deleted_here_with_credits_and_rollup(deal_m
     _rollup_matches_credits()
     assert AttributionRollup.objects.filter(model="linear", basis="won").aggregate(
         total=Sum("credit"))["total"] == Decimal("10.00")
-    # Deleted there: no delete is sent back, and the record of it says the CRM kept nothing to delete.
+    # Deleted there: no delete is sent back; it is recorded as deleted in the CRM.
     assert not OutboxItem.objects.filter(object="deal_deletion").exists()
-    assert OpportunityDeletion.objects.get().status == OpportunityDeletion.Status.KEPT
+    assert OpportunityDeletion.objects.get().status == OpportunityDeletion.Status.REMOTE
     # Rerun: the cursor is the archive time; the same deletion is not applied twice.
     again = deletions_pull(connection=deal_mappings, key="deal")
     assert (again.pulled, again.failed) == (0, 0)
     assert Opportunity.objects.filter(pk=keep.pk).exists()
+    # A salesperson restores it from HubSpot's recycling bin: no tombstone, so it comes back.
+    hubspot.restore("deals", deal.hubspot_id)
+    run = pull_changes(connection=deal_mappings, obj="deal")
+    assert run.failed == 0, run.error
+    assert Opportunity.objects.count() == 2  # the kept deal, and this one again
+    back = Opportunity.objects.get(hubspot_id=deal.hubspot_id)
+    assert (back.name, back.amount, back.stage.key) == ("Acme", Decimal("700.00"), "closed_won")
 
 
 def test_archived_list_pages_and_cursor(deal_mappings, hubspot):

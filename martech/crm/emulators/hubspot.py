@@ -335,6 +335,18 @@ class HubSpotEmulator(EmulatorBase):
                 ids.discard(record["id"])
         return True
 
+    def restore(self, kind: str, object_id: str) -> dict:
+        """A user restores an archived record from HubSpot's recycling bin:
+        live again with its id, modified now (so a pull by modification sees it)."""
+        record = self.archived[kind].pop(str(object_id))
+        record = {k: v for k, v in record.items() if k != "archivedAt"}
+        record["archived"] = False
+        self.store[kind][record["id"]] = record
+        key = record["properties"].get(KINDS[kind].id_property)
+        if key:
+            self.index[kind][key.lower()] = record["id"]
+        return self.put(kind, {}, object_id=record["id"])
+
     def add_owner(self, *, owner_id: str, email: str, first_name: str = "", last_name: str = "",
                   archived: bool = False) -> None:
         self.owners.append({"id": owner_id, "email": email, "firstName": first_name, "lastName": last_name,
