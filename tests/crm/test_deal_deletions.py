@@ -246,3 +246,18 @@ def test_deal_deleted_in_salesforce_is_deleted_here(sf_links, salesforce, settin
     # queryAll still finds it (IsDeleted): a full pull reads live records only and does not bring it back.
     pull_changes(connection=sf_links, obj="deal", full=True)
     assert list(Opportunity.objects.values_list("pk", flat=True)) == [keep.pk]
+
+
+def test_a_delete_salesforce_cannot_take_stays_queued_with_the_reason(sf_links, salesforce):  # noqa: F811
+    # A deal given, by hand, the id of an Account: the delete names it and is not sent.
+    deal, _ = opportunity_upsert(data={"name": "Wrong id", "amount": Decimal("5"),
+                                       "salesforce_id": "001000000000000AAA"}, source="test")
+    assert opportunity_delete(opportunity=deal, source="api")["crm_deletes"] == 1
+    run = outbox_drain(connection=sf_links)
+    assert (run.pushed, run.failed, run.api_calls) == (0, 1, 0)
+    item = OutboxItem.objects.get(object="deal_deletion")
+    assert item.status == "pending" and item.attempts == 1
+    assert "deal 001000000000000AAA (Wrong id): not a Salesforce Opportunity id" in item.last_error
+    assert OpportunityDeletion.objects.get().status == OpportunityDeletion.Status.PENDING
+    # Still a tombstone: no pull creates it here.
+    assert not Opportunity.objects.exists()
