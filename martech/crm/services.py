@@ -2336,6 +2336,10 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
         if obj is None or not _webhook_object_id(receipt.payload):
             receipt.error = f"subscription type {kind!r} not handled"
             continue
+        if kind.endswith(".deletion") and objects.get(obj).remote_deleted is not None:
+            # Deleted there (a deal): nothing to fetch; removed here as the deletions pull would.
+            _webhook_deletion(connection, objects.get(obj), receipt)
+            continue
         wanted.setdefault((receipt.provider, obj), []).append(receipt)
     for (provider, obj), group in wanted.items():
         connection, conn = connections[provider], connectors[provider]
@@ -2369,6 +2373,19 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
         receipt.processed_at = now
         receipt.save(update_fields=["processed_at", "error"])
     return len(receipts)
+
+
+def _webhook_deletion(connection: Connection, obj: objects.ObjectType, receipt: WebhookReceipt) -> None:
+    """An ``<object>.deletion`` notification for a type removed here when
+    deleted in the CRM (``ObjectType.remote_deleted``): applied like a
+    deletion the pull lists (``_deleted_records_apply``; one we never had,
+    or removed already, changes nothing, as there)."""
+    remote_id = _webhook_object_id(receipt.payload)
+    at = receipt.payload.get("occurredAt")
+    when = dt.datetime.fromtimestamp(int(at) / 1000, tz=dt.timezone.utc).isoformat() if at else ""
+    tally = SyncRun(connection=connection, kind=SyncRun.Kind.PULL, object=_deleted_cursor_key(obj.key))
+    _deleted_records_apply(connection, obj, [(remote_id, when)], tally)
+    receipt.error = ""
 
 
 def _webhook_object_id(payload: dict) -> str:

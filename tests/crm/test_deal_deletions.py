@@ -259,3 +259,26 @@ def test_a_delete_salesforce_cannot_take_stays_queued_with_the_reason(sf_links, 
     assert item.status == "pending" and item.attempts == 1
     assert "deal 001000000000000AAA (Wrong id): not a Salesforce Opportunity id" in item.last_error
     assert OpportunityDeletion.objects.get().status == OpportunityDeletion.Status.PENDING
+
+
+def test_hubspot_deal_deletion_webhook_deletes_it_here_at_once(deal_mappings, hubspot):
+    deal = _won_deal_with_credits()
+    outbox_drain(connection=deal_mappings)
+    deal.refresh_from_db()
+    hubspot.archive("deals", deal.hubspot_id)
+    hubspot.calls.clear()
+    receipt = WebhookReceipt.objects.create(provider="hubspot", event_id="88", payload={
+        "eventId": 88, "subscriptionType": "deal.deletion", "objectId": int(deal.hubspot_id),
+        "occurredAt": 1796000000000})
+    assert webhook_process(receipt_ids=[receipt.pk]) == 1
+    receipt.refresh_from_db()
+    assert receipt.error == "" and receipt.processed_at
+    assert not Opportunity.objects.filter(pk=deal.pk).exists()
+    assert not AttributionCredit.objects.filter(opportunity_id=deal.pk).exists()
+    _rollup_matches_credits()
+    assert sum(hubspot.calls.values()) == 0  # nothing to fetch
+    # Delivered again (HubSpot retries): nothing more happens.
+    again = WebhookReceipt.objects.create(provider="hubspot", event_id="89", payload=receipt.payload)
+    webhook_process(receipt_ids=[again.pk])
+    again.refresh_from_db()
+    assert again.error == "" and OpportunityDeletion.objects.count() == 1
