@@ -218,7 +218,8 @@ def deal_deletions_push(connection, connector, builder, items, run) -> None:
     run.failed += len(failed)
     OpportunityDeletion.objects.filter(pk__in=done).update(status=OpportunityDeletion.Status.DONE,
                                                            done_at=timezone.now())
-    services._finish(connection, builder.obj, [item for item, row in todo if row.pk in set(done)])
+    settled = set(done)
+    services._finish(connection, builder.obj, [item for item, row in todo if row.pk in settled])
 
 
 def _no_write(*, instance, data, source):
