@@ -335,27 +335,32 @@ class RollupAccumulator:
 
     def feed(self, rows: Iterable[tuple]) -> Iterator[tuple]:
         # Millions of rows in a full run: written flat with locals, as each
-        # attribute lookup or helper call here costs seconds in total.
+        # attribute lookup or helper call here costs seconds in total. A
+        # deal's rows come together and share its dates (the same objects):
+        # their days are looked up once per deal, not per row.
         groups, days = self.groups, self._days
         created_basis, won_basis = AttributionRollup.CREATED, AttributionRollup.WON
+        last_created = last_closed = created_day = closed_day = None
         for row in rows:
-            created_at = row[16]
-            created_day = days.get(created_at)
-            if created_day is None:
-                created_day = days[created_at] = _utc_day(created_at)
-            company, rate_day = row[19], row[18]
-            key = (row[0], created_basis, created_day, row[3], row[4], row[13])
+            (model, _opp, _tp, channel, campaign, _at, _oc, f_opp, f_channel, f_campaign, f_pair, weight, credit,
+             currency, won, _closed, created_at, closed_at, rate_day, company) = row
+            if created_at is not last_created:
+                last_created = created_at
+                created_day = days.get(created_at)
+                if created_day is None:
+                    created_day = days[created_at] = _utc_day(created_at)
+            key = (model, created_basis, created_day, channel, campaign, currency)
             g = groups.get(key)
             if g is None:
                 g = groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0, Decimal("0"), Decimal("0"), rate_day, rate_day]
-            g[0] += row[12]
-            g[1] += row[11]
-            g[2] += row[7]
-            g[3] += row[8]
-            g[4] += row[9]
-            g[5] += row[10]
+            g[0] += credit
+            g[1] += weight
+            g[2] += f_opp
+            g[3] += f_channel
+            g[4] += f_campaign
+            g[5] += f_pair
             if company is None:
-                g[7] += row[12]
+                g[7] += credit
             else:
                 g[6] += company
             if rate_day is not None:
@@ -363,23 +368,24 @@ class RollupAccumulator:
                     g[8] = rate_day
                 if g[9] is None or rate_day > g[9]:
                     g[9] = rate_day
-            closed_at = row[17]
-            if row[14] and closed_at is not None:  # won: its revenue, by close day
-                closed_day = days.get(closed_at)
-                if closed_day is None:
-                    closed_day = days[closed_at] = _utc_day(closed_at)
-                key = (row[0], won_basis, closed_day, row[3], row[4], row[13])
+            if won and closed_at is not None:  # won: its revenue, by close day
+                if closed_at is not last_closed:
+                    last_closed = closed_at
+                    closed_day = days.get(closed_at)
+                    if closed_day is None:
+                        closed_day = days[closed_at] = _utc_day(closed_at)
+                key = (model, won_basis, closed_day, channel, campaign, currency)
                 w = groups.get(key)
                 if w is None:
                     w = groups[key] = [Decimal("0"), 0.0, 0, 0, 0, 0, Decimal("0"), Decimal("0"), rate_day, rate_day]
-                w[0] += row[12]
-                w[1] += row[11]
-                w[2] += row[7]
-                w[3] += row[8]
-                w[4] += row[9]
-                w[5] += row[10]
+                w[0] += credit
+                w[1] += weight
+                w[2] += f_opp
+                w[3] += f_channel
+                w[4] += f_campaign
+                w[5] += f_pair
                 if company is None:
-                    w[7] += row[12]
+                    w[7] += credit
                 else:
                     w[6] += company
                 if rate_day is not None:

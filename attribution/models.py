@@ -167,6 +167,46 @@ class OpportunityStageChange(models.Model):
         return f"{self.opportunity}: {self.from_stage.name if self.from_stage else 'created'} → {self.to_stage.name}"
 
 
+class OpportunityDeletion(models.Model):
+    """A deal deleted here, once per CRM connection that held it (by its CRM
+    id). Two jobs: the tombstone a pull checks, so the CRM's copy is never
+    created here again (``crm_sync._write``), and, when the connection
+    pushes deals, the delete the CRM outbox sends there (object type
+    "deal_deletion"), so the report and the CRM keep agreeing. A connection
+    that only pulls deals keeps its copy (``KEPT``): the tombstone alone
+    holds the deletion here. A deal deleted in the CRM first is recorded
+    for that connection as ``REMOTE``, which is no tombstone (restored
+    there, it comes back). Written only by services.opportunity_delete."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "To delete in the CRM"
+        DONE = "done", "Deleted in the CRM"
+        KEPT = "kept", "Kept in the CRM (the connection does not push deals)"
+        # Deleted there first, so not a tombstone: a deal restored in the CRM comes back with the next pull.
+        REMOTE = "remote", "Deleted in the CRM"
+
+    connection = models.ForeignKey("crm.Connection", on_delete=models.CASCADE, related_name="+")
+    remote_id = models.CharField(max_length=64)
+    # The deleted row's id and what it was, for the audit (the row itself is gone).
+    opportunity_id = models.BigIntegerField()
+    name = models.CharField(max_length=255)
+    amount = models.DecimalField(max_digits=18, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    deleted_at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    source = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "deleted opportunity"
+        constraints = [models.UniqueConstraint(fields=["connection", "remote_id"], name="oppdel_conn_remote_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.remote_id}, {self.get_status_display().lower()})"
+
+
 class CampaignSpend(models.Model):
     """What one campaign cost on one day (imported from ad platforms' CSVs)."""
 

@@ -16,8 +16,8 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from attribution.models import (
-    CampaignSpend, Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange, Pipeline,
-    closed_before_created,
+    CampaignSpend, Opportunity, OpportunityContactRole, OpportunityDeletion, OpportunityStage, OpportunityStageChange,
+    Pipeline, closed_before_created,
 )
 from martech import hooks, signals
 from martech.models import Campaign, Lead
@@ -306,7 +306,16 @@ def opportunity_delete(*, opportunity: Opportunity, source: str, actor=None) -> 
     transaction, so no report keeps its revenue. Permission is the
     caller's (the API and admin check the opportunity delete permission).
     Logged with the actor and source. Deleting a deal already gone changes
-    nothing (returns zeros)."""
+    nothing (returns zeros).
+
+    A deal a CRM holds (a CRM id on it) leaves an ``OpportunityDeletion``
+    per connection, in the same transaction: the tombstone that keeps the
+    next pull from creating it again, and, for a connection that pushes
+    deals, the delete of its copy there through the CRM outbox (so the
+    report's revenue and the CRM's stay the same). A deletion pulled from a
+    CRM (``source`` "crm:<provider>") is not sent back to that CRM, which
+    has no such deal any more, and leaves no tombstone for it (a deal
+    restored there comes back). ``crm_deletes`` counts the deletes queued."""
     from attribution.computation import credits_forget, results_lock
 
     # The results lock before the deal's row: the order attribution_compute takes them in
@@ -314,14 +323,54 @@ def opportunity_delete(*, opportunity: Opportunity, source: str, actor=None) -> 
     results_lock()
     locked = Opportunity.objects.select_for_update().filter(pk=opportunity.pk).first()
     if locked is None:
-        return {"opportunities": 0, "credits": 0}
+        return {"opportunities": 0, "credits": 0, "crm_deletes": 0}
     counts = credits_forget(opportunity_ids=[locked.pk])
     name, pk = locked.name, locked.pk
+    queued = _crm_deletions_record(locked, source=source, actor=actor)
     locked.delete()
-    # Not pushed to a CRM (the deal stays there; deleting it there is the CRM's own act).
-    log.info("opportunity %s (%r) deleted by user %s via %s; %s credits removed", pk, name,
-             getattr(_user(actor), "pk", None), source, counts["credits"])
-    return {"opportunities": 1, "credits": counts["credits"]}
+    log.info("opportunity %s (%r) deleted by user %s via %s; %s credits removed, %s CRM deletes queued", pk, name,
+             getattr(_user(actor), "pk", None), source, counts["credits"], queued)
+    return {"opportunities": 1, "credits": counts["credits"], "crm_deletes": queued}
+
+
+def _crm_deletions_record(opportunity: Opportunity, *, source: str, actor) -> int:
+    """The deal's ``OpportunityDeletion`` rows (one per connection whose CRM
+    id it holds) and the outbox rows of those to delete there; returns how
+    many were queued. Its own pending pushes go: the record they would send
+    is gone."""
+    from attribution.crm_sync import DEAL, DELETION
+    from martech.crm import outbox
+    from martech.crm.models import Connection, FieldMapping, OutboxItem
+    from martech.crm.models import PushState
+
+    held = {provider: getattr(opportunity, column) for provider, column in DEAL.id_fields.items()
+            if getattr(opportunity, column, None)}
+    OutboxItem.objects.filter(object=DEAL.key, local_id=opportunity.pk, status=OutboxItem.Status.PENDING).delete()
+    if not held:
+        PushState.objects.filter(object=DEAL.key, local_id=opportunity.pk).delete()
+        return 0
+    pushing = set(FieldMapping.objects.filter(object=DEAL.key, direction__in=["push", "both"])
+                  .values_list("connection_id", flat=True))
+    queue: list[tuple[int, str, int]] = []
+    for connection in Connection.objects.filter(provider__in=held).order_by("pk"):
+        remote_id = held[connection.provider]
+        if source == f"crm:{connection.provider}":
+            status = OpportunityDeletion.Status.REMOTE  # deleted there: nothing to send, no tombstone
+        elif connection.pk in pushing:
+            status = OpportunityDeletion.Status.PENDING
+        else:
+            status = OpportunityDeletion.Status.KEPT
+        row, _ = OpportunityDeletion.objects.update_or_create(
+            connection=connection, remote_id=remote_id,
+            defaults={"opportunity_id": opportunity.pk, "name": opportunity.name, "amount": opportunity.amount,
+                      "currency": opportunity.currency, "deleted_at": timezone.now(), "actor": _user(actor),
+                      "source": source[:100], "status": status, "done_at": None})
+        if status == OpportunityDeletion.Status.PENDING:
+            queue.append((connection.pk, DELETION, row.pk))
+    outbox.enqueue(queue)
+    # What was synced with the deal goes with it (after the outbox rows: the one lock order).
+    PushState.objects.filter(object=DEAL.key, local_id=opportunity.pk).delete()
+    return len(queue)
 
 
 def campaign_spend_upsert(

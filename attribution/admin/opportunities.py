@@ -2,9 +2,11 @@ from django.contrib import admin
 
 from attribution.admin.base import CsvImportMixin
 from attribution.imports import OPPORTUNITY_COLUMNS, opportunities_import
-from attribution.models import Opportunity, OpportunityContactRole, OpportunityStage, OpportunityStageChange
+from attribution.models import (
+    Opportunity, OpportunityContactRole, OpportunityDeletion, OpportunityStage, OpportunityStageChange,
+)
 from attribution.services import opportunity_delete
-from martech.admin.base import BaseAdmin, HistoryAdmin
+from martech.admin.base import BaseAdmin, HistoryAdmin, ReadOnlyMixin
 
 
 class ContactRoleInline(admin.TabularInline):
@@ -92,3 +94,18 @@ class OpportunityStageAdmin(HistoryAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(OpportunityDeletion)
+class OpportunityDeletionAdmin(ReadOnlyMixin, BaseAdmin):
+    """Deals deleted here that a CRM held: what each was, who deleted it,
+    and whether the CRM's copy was deleted (the CRM outbox sends it; a
+    failure is its dead letter) or kept (a connection that only pulls
+    deals). A pull never creates these CRM ids here again."""
+
+    list_display = ["name", "amount", "currency", "connection", "remote_id", "status", "deleted_at", "actor",
+                    "source", "done_at"]
+    list_filter = ["status", "connection"]
+    list_select_related = ["connection", "actor"]
+    search_fields = ["name", "remote_id"]
+    date_hierarchy = "deleted_at"

@@ -519,7 +519,9 @@ def _opportunity_save(request, data: dict, opportunity: Opportunity | None = Non
         summary="Delete an opportunity",
         description="Deletes the deal with its contact roles and stage history, and removes its credits under "
         "every model and its part of the report rollup in the same transaction. Needs attribution:write "
-        "(a staff session: the opportunity delete permission). Not pushed to a CRM.",
+        "(a staff session: the opportunity delete permission). A deal a connected CRM holds is deleted there "
+        "too through the CRM outbox when the connection pushes deals (kept there when it only pulls them), and "
+        "no later pull creates it here again.",
         responses={204: None, **DETAIL_ERRORS},
     ),
 )

@@ -136,6 +136,11 @@ class ObjectType:
     # letters and health apply to it unchanged. None: the upsert path.
     push: Callable[..., None] | None = None
     modified_field: str = "updated_at"
+    # Deleted in the CRM (``services.deletions_pull``): remote_deleted(*,
+    # instance, remote_id, deleted_at, source) -> bool removes the local
+    # record through its service (a deal: with its credits), True when it
+    # did. None: ours is kept and only its CRM id cleared.
+    remote_deleted: Callable[..., bool] | None = None
     # Demo / starting mappings per provider: (local field, remote field, kind, extra FieldMapping fields).
     default_mappings: dict[str, list[tuple[str, str, str, dict]]] = field(default_factory=dict)
 

@@ -1886,7 +1886,9 @@ def deleted_keys(*, connection: Connection, keys: list[str], connector: Connecto
     if not hasattr(connector, "deleted_since"):
         return []
     links = [link for key in keys for link in pulled_link_keys(connection=connection, obj=key, connector=connector)]
-    return [*links, *keys]
+    # A connector may list the deletions of some types only (HubSpot: archived deals).
+    listed = getattr(connector, "deletions_listed", None)
+    return [*links, *(key for key in keys if listed is None or key in listed)]
 
 
 def deletions_pull(*, connection: Connection, key: str, connector: Connector | None = None) -> SyncRun:
@@ -1905,6 +1907,8 @@ def deletions_pull(*, connection: Connection, key: str, connector: Connector | N
       cleared, with the sync state for it (hash, links), and the deletion is
       logged. Nothing sends it back by itself; its next change here (or a
       record that needs it, a deal its account) creates it there again.
+      A type with ``remote_deleted`` (a deal) is deleted here instead,
+      through its service.
 
     Idempotent: applying a deletion twice changes nothing, and the cursor
     (the CRM's last date covered) moves only after the whole window is read."""
@@ -1992,6 +1996,13 @@ def _deleted_records_apply(connection: Connection, obj: objects.ObjectType, dele
         instance = found.get(remote_id)
         if instance is None:
             run.skipped += 1
+            continue
+        if obj.remote_deleted is not None:
+            with transaction.atomic():
+                removed = obj.remote_deleted(instance=instance, remote_id=remote_id,
+                                             deleted_at=_parse_time(deleted_at), source=source)
+            run.pulled += 1 if removed else 0
+            run.skipped += 0 if removed else 1
             continue
         column = obj.id_field(connection.provider, remote_id)
         with transaction.atomic():
@@ -2393,6 +2404,10 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
         if obj is None or not _webhook_object_id(receipt.payload):
             receipt.error = f"subscription type {kind!r} not handled"
             continue
+        if kind.endswith(".deletion") and objects.get(obj).remote_deleted is not None:
+            # Deleted there (a deal): nothing to fetch; removed here as the deletions pull would.
+            _webhook_deletion(connection, objects.get(obj), receipt)
+            continue
         wanted.setdefault((receipt.provider, obj), []).append(receipt)
     for (provider, obj), group in wanted.items():
         connection, conn = connections[provider], connectors[provider]
@@ -2426,6 +2441,19 @@ def webhook_process(*, receipt_ids: list[int], connector: Connector | None = Non
         receipt.processed_at = now
         receipt.save(update_fields=["processed_at", "error"])
     return len(receipts)
+
+
+def _webhook_deletion(connection: Connection, obj: objects.ObjectType, receipt: WebhookReceipt) -> None:
+    """An ``<object>.deletion`` notification for a type removed here when
+    deleted in the CRM (``ObjectType.remote_deleted``): applied like a
+    deletion the pull lists (``_deleted_records_apply``; one we never had,
+    or removed already, changes nothing, as there)."""
+    remote_id = _webhook_object_id(receipt.payload)
+    at = receipt.payload.get("occurredAt")
+    when = dt.datetime.fromtimestamp(int(at) / 1000, tz=dt.timezone.utc).isoformat() if at else ""
+    tally = SyncRun(connection=connection, kind=SyncRun.Kind.PULL, object=_deleted_cursor_key(obj.key))
+    _deleted_records_apply(connection, obj, [(remote_id, when)], tally)
+    receipt.error = ""
 
 
 def _webhook_object_id(payload: dict) -> str:

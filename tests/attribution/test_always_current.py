@@ -159,7 +159,7 @@ def test_delete_removes_credits_and_rollup_rows():
     assert not AttributionRollup.objects.filter(day=(T0 + timedelta(days=20)).date()).exists()
     _assert_rollup_equals_a_full_rebuild()
     # again: nothing to do, nothing fails
-    assert opportunity_delete(opportunity=deal, source="test") == {"opportunities": 0, "credits": 0}
+    assert opportunity_delete(opportunity=deal, source="test") == {"opportunities": 0, "credits": 0, "crm_deletes": 0}
     assert AttributionCredit.objects.filter(opportunity=keep).exists()
 
 

@@ -40,8 +40,8 @@ def sf_objects(sf_connection):
 def test_salesforce_declares_contact_company_campaign_deal_task():
     declared = [o.key for o in objects.synced_by(SalesforceConnector.__new__(SalesforceConnector))]
     # Accounts before the leads, campaigns and deals that point at them; segment mirrors (lists),
-    # then erasures (privacy: a person's record deleted there) last.
-    assert declared == ["company", "contact", "campaign", "deal", "task", "list", "erasure"]
+    # deals deleted here, then erasures (privacy: a person's record deleted there) last.
+    assert declared == ["company", "contact", "campaign", "deal", "task", "list", "deal_deletion", "erasure"]
 
 
 def test_account_push_and_pull(sf_objects, salesforce):

@@ -60,6 +60,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from .base import (
     AuthError,
     CallStats,
+    DeletedPage,
     ListChange,
     PartialPush,
     PermanentError,
@@ -110,6 +111,8 @@ PAGE = 100
 # A search page: HubSpot's documented most (200). A pull's search calls are
 # half what pages of 100 cost, and the 10,000 cap is 50 of them exactly.
 SEARCH_PAGE = 200
+# HubSpot keeps an archived (deleted) record restorable, and listed with ``archived=true``, for 90 days.
+ARCHIVE_KEPT_DAYS = 90
 # Segment mirrors (martech.crm.lists): MANUAL (static) contact lists.
 LIST_OBJECT_TYPE = "0-1"  # contacts
 # Record ids per add-and-remove call: HubSpot takes up to 100,000; smaller
@@ -191,7 +194,12 @@ class HubSpotConnector:
     search_cap = 10_000
     # The object types this connector syncs (martech.crm.objects): our key -> HubSpot's object type.
     # "erasure": an erasure's GDPR delete of the contact (martech.privacy.crm).
-    objects = {**{key: spec.name for key, spec in OBJECTS.items()}, "list": "lists", "erasure": "contacts"}
+    # "deal_deletion": a deal deleted here, archived in HubSpot (attribution.crm_sync).
+    objects = {**{key: spec.name for key, spec in OBJECTS.items()}, "list": "lists", "erasure": "contacts",
+               "deal_deletion": "deals"}
+    # The types whose deletions ``deleted_since`` lists (services.deleted_keys): archived deals,
+    # which a deal pulled here must follow (revenue). Other types keep their copy here.
+    deletions_listed = frozenset({"deal"})
     list_batch = LIST_BATCH
     # pull_since reads over HTTP only (no database): a pull may read its next
     # page while writing the last one (services._ReadAhead).
@@ -827,6 +835,52 @@ class HubSpotConnector:
             else:
                 out.added[person] = ""
         return out
+
+    # --- deletions ---
+    def records_delete(self, obj: str, remote_ids: list[str]) -> dict[str, str]:
+        """Archive records (``POST /crm/v3/objects/{type}/batch/archive``,
+        100 ids a call, answered 204): HubSpot moves them to its recycling
+        bin. HubSpot answers 204 for an id it no longer has too, so every id
+        sent is done; returns {id: error} with no errors."""
+        spec = self._spec(obj)
+        m = self._models(spec)
+        for start in range(0, len(remote_ids), PAGE):
+            body = m.BatchInputSimplePublicObjectId(
+                inputs=[m.SimplePublicObjectId(id=str(i)) for i in remote_ids[start:start + PAGE]])
+            self._call(self._api(spec).batch_api.archive, batch_input_simple_public_object_id=body)
+        return {}
+
+    def deleted_since(self, key: str, cursor: str) -> DeletedPage:
+        """Records of ``key`` archived in HubSpot at or after ``cursor`` (an
+        ISO 8601 time): the list endpoint with ``archived=true`` (only
+        archived records, each with ``archivedAt``; 100 a page, id order).
+        HubSpot filters that list by nothing else, so every page is read
+        and the time compared here; the next cursor is the latest
+        ``archivedAt`` seen. Archived records are kept 90 days: a cursor
+        older than that may have missed some (``DeletedPage.gap``)."""
+        if key not in self.deletions_listed:
+            raise NotImplementedError(f"HubSpot deletions of {key!r} are not read (only {sorted(self.deletions_listed)})")
+        spec = self._spec(key)
+        since = dt.datetime.fromisoformat(cursor.replace("Z", "+00:00")) if cursor else None
+        now = dt.datetime.now(dt.timezone.utc)
+        gap = cursor if since is not None and since < now - dt.timedelta(days=ARCHIVE_KEPT_DAYS) else ""
+        rows: list[tuple[str, dt.datetime]] = []
+        after = ""
+        while True:
+            kwargs = {"limit": PAGE, "archived": True, "properties": ["hs_object_id"]}
+            if after:
+                kwargs["after"] = after
+            page = self._call(self._api(spec).basic_api.get_page, **kwargs)
+            for item in page.results or []:
+                at = item.archived_at or item.updated_at
+                if at is not None and (since is None or at >= since):
+                    rows.append((str(item.id), at))
+            after = page.paging.next.after if page.paging and page.paging.next else ""
+            if not after:
+                break
+        rows.sort(key=lambda r: (r[1], r[0]))
+        latest = rows[-1][1].isoformat() if rows else cursor
+        return DeletedPage([(i, at.isoformat()) for i, at in rows], latest, gap)
 
     def person_delete(self, remote_id: str) -> bool:
         """HubSpot's GDPR delete of a contact (``POST /crm/v3/objects/contacts/gdpr-delete``

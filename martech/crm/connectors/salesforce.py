@@ -218,7 +218,8 @@ class SalesforceConnector:
     # Our object keys (martech.crm.objects) -> Salesforce's names.
     # "list": segment mirrors (martech.crm.lists) as a Campaign's CampaignMembers.
     # "erasure": an erasure's delete of the Lead/Contact (martech.privacy.crm).
-    objects = {**SOBJECTS, "list": "Campaign", "erasure": "Lead"}
+    # "deal_deletion": a deal deleted here, deleted in Salesforce (attribution.crm_sync).
+    objects = {**SOBJECTS, "list": "Campaign", "erasure": "Lead", "deal_deletion": "Opportunity"}
     links = dict(LINKS)
     list_batch = COLLECTION
     # No natural key needed: records are upserted by Martech_Id__c (our id).
@@ -932,6 +933,19 @@ class SalesforceConnector:
         if not all(covered):
             raise PermanentError("Salesforce's Get Deleted answer has no latestDateCovered")
         return DeletedPage(sorted(rows, key=lambda r: (r[1], r[0])), min(covered), gap)
+
+    def records_delete(self, obj: str, remote_ids: list[str]) -> dict[str, str]:
+        """Delete records of ``obj`` (sObject Collections delete, 200 ids a
+        call, ``allOrNone`` false): {id: Salesforce's error} for those
+        refused. One Salesforce no longer has (``ENTITY_IS_DELETED``: gone
+        already, or a retry after a lost answer) is what we wanted."""
+        sobject = self._spec(obj)
+        out = {i: f"not a Salesforce {sobject} id" for i in remote_ids
+               if not SF_ID.match(i) or sobject_of(i) != sobject}
+        sent = [i for i in remote_ids if i not in out]
+        errors: dict[int, list[str]] = {}
+        self._delete(list(enumerate(sent)), errors)
+        return {**out, **{sent[n]: "; ".join(messages) for n, messages in errors.items()}}
 
     def deleted_links(self, link: str, remote_ids: list[str]) -> dict[str, tuple[str, str]]:
         """Deleted link records -> (parent id, person id), read from the

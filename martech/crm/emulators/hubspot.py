@@ -12,8 +12,13 @@ CRM v3, for each of contacts, companies, deals and tasks:
   past ``search_cap`` answers 400 VALIDATION_ERROR while ``paging.next`` is
   still offered; ``total`` is the real count. Filters EQ, NEQ, GT, GTE, LT,
   LTE on any property, AND within a group, OR between groups)
-- GET  /crm/v3/objects/{type}?limit=&after=&properties=  (the list endpoint:
-  id order, at most 100 a page, ``after`` paging with no cap)
+- GET  /crm/v3/objects/{type}?limit=&after=&properties=&archived=  (the list endpoint:
+  id order, at most 100 a page, ``after`` paging with no cap; ``archived=true``
+  lists only archived records, each with ``archivedAt``)
+- DELETE /crm/v3/objects/{type}/{id} and POST /crm/v3/objects/{type}/batch/archive
+  (100 max): archive (HubSpot's delete: to the recycling bin), 204 with no
+  body, an id not there included; the record leaves search, list, get and
+  batch read, its associations go, its unique key is free again
 - POST /crm/v3/objects/{type}/batch/read     (by record id, 100 max; ids not found answer
   207 with an OBJECT_NOT_FOUND error naming them, like HubSpot)
 - GET  /crm/v3/objects/{type}/{id}
@@ -158,6 +163,8 @@ class HubSpotEmulator(EmulatorBase):
         self.clock = time.monotonic
         self.store: dict[str, dict[str, dict]] = {name: {} for name in KINDS}  # type -> id -> SimplePublicObject
         self.index: dict[str, dict[str, str]] = {name: {} for name in KINDS}   # type -> unique key -> id
+        # Archived (deleted) records: type -> id -> the record with archived/archivedAt (the recycling bin).
+        self.archived: dict[str, dict[str, dict]] = {name: {} for name in KINDS}
         # (from type, from id, to type) -> set of to ids; kept both ways.
         self.associations: dict[tuple[str, str, str], set[str]] = {}
         self.owners: list[dict] = []
@@ -320,6 +327,38 @@ class HubSpotEmulator(EmulatorBase):
         self.associations.get((from_kind, str(from_id), to_kind), set()).discard(str(to_id))
         self.associations.get((to_kind, str(to_id), from_kind), set()).discard(str(from_id))
 
+    def archive(self, kind: str, object_id: str, *, at: dt.datetime | None = None) -> bool:
+        """Archive (delete) a record, as ``DELETE /crm/v3/objects/{type}/{id}``
+        and batch archive do: it leaves search, the list, get and batch read,
+        its unique key is free again and its associations go; it is listed
+        with ``archived=true`` (with ``archivedAt``). False when there is none."""
+        record = self.store[kind].pop(str(object_id), None)
+        if record is None:
+            return False
+        stamp = now_iso(at) if at else self._stamp()
+        self.archived[kind][record["id"]] = {**record, "archived": True, "archivedAt": stamp, "updatedAt": stamp}
+        for key, value in list(self.index[kind].items()):
+            if value == record["id"]:
+                del self.index[kind][key]
+        for (from_kind, from_id, to_kind), ids in list(self.associations.items()):
+            if (from_kind, from_id) == (kind, record["id"]):
+                del self.associations[(from_kind, from_id, to_kind)]
+            elif to_kind == kind:
+                ids.discard(record["id"])
+        return True
+
+    def restore(self, kind: str, object_id: str) -> dict:
+        """A user restores an archived record from HubSpot's recycling bin:
+        live again with its id, modified now (so a pull by modification sees it)."""
+        record = self.archived[kind].pop(str(object_id))
+        record = {k: v for k, v in record.items() if k != "archivedAt"}
+        record["archived"] = False
+        self.store[kind][record["id"]] = record
+        key = record["properties"].get(KINDS[kind].id_property)
+        if key:
+            self.index[kind][key.lower()] = record["id"]
+        return self.put(kind, {}, object_id=record["id"])
+
     def add_owner(self, *, owner_id: str, email: str, first_name: str = "", last_name: str = "",
                   archived: bool = False) -> None:
         self.owners.append({"id": owner_id, "email": email, "firstName": first_name, "lastName": last_name,
@@ -384,6 +423,12 @@ class HubSpotEmulator(EmulatorBase):
                 return self.batch_update(kind, request.get_json())
             if request.method == "POST" and rest == ["batch", "read"]:
                 return self.batch_read(kind, request.get_json())
+            if request.method == "POST" and rest == ["batch", "archive"]:
+                return self.batch_archive(kind, request.get_json())
+            if request.method == "DELETE" and len(rest) == 1:
+                # Archive: 204 whether or not the record is there (HubSpot's documented answer is 204).
+                self.archive(kind, rest[0])
+                return Response(status=204)
             if request.method == "POST" and rest == ["search"]:
                 return self.search(kind, request.get_json())
             if request.method == "GET" and not rest:
@@ -526,7 +571,8 @@ class HubSpotEmulator(EmulatorBase):
 
     @staticmethod
     def _public(record: dict, wanted: list[str] | None = None) -> dict:
-        out = {k: record[k] for k in ("id", "properties", "createdAt", "updatedAt", "archived")}
+        out = {k: record[k] for k in ("id", "properties", "createdAt", "updatedAt", "archived", "archivedAt")
+               if k in record}
         if wanted:
             out["properties"] = {k: v for k, v in record["properties"].items()
                                  if k in wanted or k in ("hs_object_id", "createdate")}
@@ -836,18 +882,30 @@ class HubSpotEmulator(EmulatorBase):
             out["paging"] = {"next": {"after": str(after + limit)}}
         return self.json(out)
 
+    def batch_archive(self, kind: str, body: dict) -> Response:
+        """POST /crm/v3/objects/{type}/batch/archive: ``{"inputs": [{"id"}]}``,
+        at most 100; 204 with no body, ids HubSpot does not have included."""
+        inputs, refused = self._inputs(body)
+        if refused is not None:
+            return refused
+        for item in inputs:
+            self.archive(kind, str((item or {}).get("id", "")))
+        return Response(status=204)
+
     def list_page(self, kind: str, args) -> Response:
         """GET /crm/v3/objects/{type}: every record in id order, ``after``
-        being the last id read; no 10,000 cap (HubSpot's way to read a whole portal)."""
+        being the last id read; no 10,000 cap (HubSpot's way to read a whole portal).
+        ``archived=true``: only the archived records (with ``archivedAt``)."""
         spec = KINDS[kind]
         limit = int(args.get("limit") or 10)
         if limit > self.LIST_PAGE_MAX:
             return self.error(400, "VALIDATION_ERROR", f"limit must be at most {self.LIST_PAGE_MAX}")
         after = int(args.get("after") or 0)
         wanted = [p for value in args.getlist("properties") for p in value.split(",") if p]
-        ids = sorted(int(i) for i in self.store[kind] if int(i) > after)
+        store = self.archived[kind] if str(args.get("archived") or "false").lower() == "true" else self.store[kind]
+        ids = sorted(int(i) for i in store if int(i) > after)
         page = ids[:limit]
-        out = {"results": [self._public(self.store[kind][str(i)],
+        out = {"results": [self._public(store[str(i)],
                                         [*wanted, spec.modified, spec.id_property] if wanted else None)
                            for i in page]}
         if len(ids) > limit:
