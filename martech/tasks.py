@@ -22,3 +22,12 @@ def retention_apply() -> dict[str, int]:
     from martech.retention import retention_apply as apply
 
     return apply()
+
+
+@retry_on_conflict
+def event_partitions_ensure() -> list[str]:
+    """PostgreSQL: the events table's partitions of this month and the next
+    ones exist (martech/partitions.py); nothing elsewhere."""
+    from martech.partitions import partitions_ensure
+
+    return partitions_ensure()
