@@ -4,14 +4,14 @@ task in small batches.
 Each app lists the kinds of data it deletes in ``<app>/retention.py`` as
 ``RETENTION``, a list of :class:`DataKind`; the days of each come from
 ``MARTECH_RETENTION`` (0: kept forever). ``retention_apply`` (the
-``martech.retention`` schedule, daily) runs every kind batch by batch: each
+``retention`` schedule, hourly) runs every kind batch by batch: each
 batch picks at most ``BATCH_SIZE`` rows past the cutoff by their primary keys
 and deletes them in its own short transaction, so no hot table is locked for
 long and a crash loses at most the batch in flight (the next run finds what
 is left: nothing is half-written, a repeated run finds nothing more).
 Aggregates survive: what the admin and reports count from deleted rows is
 folded into rollups in the batch's transaction (nurture's step tallies);
-attribution rollups and score history are never retained away here.
+attribution rollups are never retained away here.
 
 On PostgreSQL the events table is partitioned by month (martech/partitions.py):
 a month wholly past the cutoff is detached and dropped at once (the kind's
