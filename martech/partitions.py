@@ -152,14 +152,21 @@ def _references() -> list[tuple[str, str, str]]:
             for rel in Event._meta.related_objects]
 
 
-def _referenced(alias: str, refs, watermarks: dict[str, int] | None = None) -> str:
-    """SQL: the event ``alias`` is pointed at (by a row above the watermark)."""
+def _referenced(alias: str, refs) -> str:
+    """SQL: the event ``alias`` is pointed at."""
     qn = connection.ops.quote_name
-    parts = []
-    for table, pk, column in refs:
-        newer = f" AND r.{qn(pk)} > {int(watermarks[table])}" if watermarks is not None else ""
-        parts.append(f"EXISTS (SELECT 1 FROM {qn(table)} r WHERE r.{qn(column)} = {alias}.id{newer})")
+    parts = [f"EXISTS (SELECT 1 FROM {qn(table)} r WHERE r.{qn(column)} = {alias}.id)" for table, _, column in refs]
     return "(" + " OR ".join(parts) + ")" if parts else "false"
+
+
+def _referenced_since(alias: str, refs, watermarks: dict[str, int]) -> str:
+    """SQL: the event ``alias`` is pointed at by a row above the watermark
+    (read from those rows, by their primary key: a few, where the month has
+    hundreds of thousands)."""
+    qn = connection.ops.quote_name
+    since = " UNION ".join(f"SELECT r.{qn(column)} FROM {qn(table)} r WHERE r.{qn(pk)} > {int(watermarks[table])}"
+                           for table, pk, column in refs)
+    return f"{alias}.id IN ({since})" if refs else "false"
 
 
 def _settle(c) -> dict[str, int] | None:
@@ -240,7 +247,7 @@ def month_drop(month: Month) -> int:
         with connection.cursor() as c:
             c.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             c.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
-            c.execute(f"INSERT INTO {kept} SELECT * FROM {month.name} e WHERE {_referenced('e', refs, marks)} "
+            c.execute(f"INSERT INTO {kept} SELECT * FROM {month.name} e WHERE {_referenced_since('e', refs, marks)} "
                       f"AND NOT EXISTS (SELECT 1 FROM {kept} k WHERE k.id = e.id)")
             c.execute("SET CONSTRAINTS ALL IMMEDIATE")  # as in _create_month
             c.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {month.name}")

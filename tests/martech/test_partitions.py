@@ -190,3 +190,21 @@ def test_privacy_export_and_erasure_cover_every_month(months_2021, superuser):
     subject_erase(email=lead.email, actor=superuser, source="test", crm_delete=False)
     assert not Event.objects.filter(pk__in=[e.pk for e in mine]).exists()
     assert _keys("part-me-") == {}
+
+
+def test_a_touchpoint_written_while_the_month_is_copied_aside_keeps_its_event(months_2021, monkeypatch):
+    lead = LeadFactory()
+    early, late, view = (EventFactory(lead=lead, occurred_at=JAN + timedelta(days=d)) for d in (1, 2, 3))
+    Touchpoint.objects.create(lead=lead, event=early, occurred_at=early.occurred_at, channel="email")
+    original = partitions.run_in_transaction
+
+    def touch_after_copy(fn, **kw):
+        out = original(fn, **kw)
+        if fn.__name__ == "copy_aside":  # between the copy aside and the locked swap
+            Touchpoint.objects.create(lead=lead, event=late, occurred_at=late.occurred_at, channel="email")
+        return out
+
+    monkeypatch.setattr(partitions, "run_in_transaction", touch_after_copy)
+    assert partitions.months_drop(FEB) == 1
+    assert set(Event.objects.filter(lead=lead).values_list("pk", flat=True)) == {early.pk, late.pk}
+    assert not Event.objects.filter(pk=view.pk).exists()
