@@ -80,7 +80,7 @@ class OpportunityStage(models.Model):
 class Opportunity(models.Model):
     name = models.CharField(max_length=255)
     account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.SET_NULL, related_name="opportunities")
-    # Money is Decimal with a currency (DESIGN.md).
+    # Money is Decimal with a currency (docs/architecture.md, Data rules).
     amount = models.DecimalField(max_digits=18, decimal_places=2, default=Decimal("0"), validators=[MinValueValidator(0)])
     currency = models.CharField(max_length=3, default=default_currency)
     pipeline = models.ForeignKey(Pipeline, on_delete=models.PROTECT, related_name="opportunities")

@@ -221,7 +221,7 @@ def main() -> None:
     if connection.vendor == "postgresql":
         emit("bulk_update_floor_estimate_seconds", round(floor[0] * changed / max(floor[1], 1), 1), "s")
         # Score writes should be heap-only (HOT) updates: no index touched
-        # (no indexed score column, free space in the pages: README "Scoring").
+        # (no indexed score column, free space in the pages: docs/scoring.md).
         upd1 = lead_updates()
         emit("bulk_recompute_lead_updates", upd1[0] - upd0[0], "rows")
         emit("bulk_recompute_lead_hot_updates", upd1[1] - upd0[1], "rows")

@@ -46,6 +46,6 @@ def check_email_backend(app_configs=None, **kwargs) -> list[checks.CheckMessage]
     return [checks.Error(
         f"Email is not delivered: the email backend is {settings.EMAIL_BACKEND}.",
         hint="Set EMAIL_URL to your mail server (smtp+tls://user:password@host:587) or an email provider "
-             "(see the README's email providers), or EMAIL_BACKEND to an anymail backend.",
+             "(see docs/email.md, Email providers), or EMAIL_BACKEND to an anymail backend.",
         id="martech.E001",
     )]

@@ -1,4 +1,4 @@
-"""The one condition language: "does this lead match?" (DESIGN.md).
+"""The one condition language: "does this lead match?" (docs/conditions.md).
 
 Scoring rules, segments, routing rules and nurture criteria all store a
 condition as text that ops staff type in the admin, for example::

@@ -16,7 +16,7 @@ on the API views), every admin write (``martech.admin.base.BaseAdmin``),
 every django-q2 task, the event batch (``events_ingest``) and the CRM
 drain's settle step.
 
-Every write path takes its row locks in one order (README, "Lock order"),
+Every write path takes its row locks in one order (docs/architecture.md, "Write paths"),
 so a deadlock should not happen at all; this is the net under it.
 """
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Signals (``martech.signals``) announce after commit, for work that may lag.
 Some work must be decided in the *same* transaction as the write, or it can
-be lost or doubled: the CRM outbox row for a changed mapped field (DESIGN.md:
-"queued in the same database transaction that makes it"), a rescoring
+be lost or doubled: the CRM outbox row for a changed mapped field (docs/architecture.md,
+Data rules: recorded in the same transaction that decides it), a rescoring
 request. Such code registers here. Every write path calls these: the single
 upserts, stage changes, merges, the bulk CSV import and event touches. A hook
 takes ids and field names, never instances, so set-based paths call it once

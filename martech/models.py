@@ -120,7 +120,7 @@ class Lead(TimestampedModel):
     # rewrites most leads) then stay heap-only (HOT) updates that touch none
     # of the table's ~20 indexes (migration 0004; scoring's 0004 leaves the
     # free space in each page they need). Segments on score scan anyway
-    # (most thresholds match a large share); README "Scoring".
+    # (most thresholds match a large share); docs/scoring.md.
     total_score = models.IntegerField(default=0)
 
     original_source = models.CharField(max_length=20, choices=Channel.choices, blank=True, db_index=True)

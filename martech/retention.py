@@ -16,8 +16,8 @@ attribution rollups are never retained away here.
 On PostgreSQL the events table is partitioned by month (martech/partitions.py):
 a month wholly past the cutoff is detached and dropped at once (the kind's
 ``drop_whole``), the events something points at kept aside; the batches then
-delete the rest (the month the cutoff falls in). The README ("Retention")
-has the migration of an existing install.
+delete the rest (the month the cutoff falls in). docs/retention.md has the
+migration of an existing install.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DataKind:
     key: str  # "events": its days are MARTECH_RETENTION["EVENTS_DAYS"]
-    label: str  # what the README and the task's log call it
+    label: str  # what docs/retention.md and the task's log call it
     # ``delete_batch(cutoff, limit, after)`` deletes at most ``limit`` rows
     # older than the cutoff whose primary key is above ``after``, in the
     # caller's (short) transaction, and returns (rows deleted, the key to

@@ -1,4 +1,4 @@
-"""The staff roles of DESIGN.md, as Django groups.
+"""The staff roles (docs/admin.md, Roles), as Django groups.
 
 Permissions are given per app and action, so models that later issues add to
 an app join the roles without another list to keep. ``sync_roles`` runs from

@@ -1,4 +1,4 @@
-"""Periodic tasks, declared in code (STYLE.md 12).
+"""Periodic tasks, declared in code (docs/style.md, 12).
 
 Each app lists its schedules in ``<app>/schedules.py`` as ``SCHEDULES``, a
 list of :class:`Periodic`. ``python manage.py setup_schedules`` (run by
@@ -6,7 +6,7 @@ list of :class:`Periodic`. ``python manage.py setup_schedules`` (run by
 django-q2's Schedule table with ``update_or_create`` by name, so it is
 idempotent, and removes schedules this code once declared (name prefix
 ``martech:``) that no app declares any more. A task only wakes work up; the
-database holds what is pending (DESIGN.md), so a missed or doubled run is
+database holds what is pending (docs/architecture.md, Data rules), so a missed or doubled run is
 harmless.
 """
 from __future__ import annotations

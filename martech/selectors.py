@@ -1,4 +1,4 @@
-"""Reads that span relations or feed pages and reports (STYLE.md)."""
+"""Reads that span relations or feed pages and reports (docs/style.md, 2)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""django-q2 tasks of the core: thin, take ids, call one service (STYLE.md);
+"""django-q2 tasks of the core: thin, take ids, call one service (docs/style.md, 12);
 each is safe to run twice and reruns a transaction the database aborted for
 a concurrent one (``retry_on_conflict``)."""
 from __future__ import annotations

@@ -71,6 +71,6 @@ def check_esp_webhook(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     return [checks.Warning(
         f"Email goes through {esp.name}, but its tracking webhook (/anymail/{esp.webhook}) refuses every post: "
         f"{missing} is not set, so bounces and complaints never suppress an address.",
-        hint=f"Set {missing} and give the same to {esp.name}'s webhook settings (see the README's email providers).",
+        hint=f"Set {missing} and give the same to {esp.name}'s webhook settings (see docs/email.md, Email providers).",
         id="nurture.W001",
     )]

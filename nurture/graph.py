@@ -195,6 +195,18 @@ def template_ids(definition: dict) -> set[int]:
 
 
 def _existing_templates(ids: set[int]) -> set[int]:
+    """The ids among ``ids`` that exist. Inside a transaction (every workflow
+    save and publish, under the workflow's row lock) the template rows are
+    held until it commits, so a template cannot be deleted between this check
+    and the save that names it: ``email_template_delete`` locks the template
+    first, then looks for drafts using it (lock order: workflow, template)."""
+    from django.db import transaction
+
     from nurture.models import EmailTemplate
 
-    return set(EmailTemplate.objects.filter(pk__in=ids).values_list("pk", flat=True)) if ids else set()
+    if not ids:
+        return set()
+    rows = EmailTemplate.objects.filter(pk__in=ids).order_by("pk")
+    if transaction.get_connection().in_atomic_block:
+        rows = rows.select_for_update(no_key=True)
+    return set(rows.values_list("pk", flat=True))

@@ -70,7 +70,7 @@ class Workflow(models.Model):
         GIVE_UP = "give_up", "Give up (risks a missed email)"
 
     # What recovery does with a message a dead worker may or may not have
-    # sent, once it has been in doubt for in_doubt_minutes (see README, Nurture).
+    # sent, once it has been in doubt for in_doubt_minutes (see docs/nurture.md, "Crashes").
     in_doubt_policy = models.CharField(max_length=8, choices=InDoubtPolicy.choices, default=InDoubtPolicy.HOLD)
     in_doubt_minutes = models.PositiveIntegerField(default=60)
     # The draft step graph (see nurture.graph).

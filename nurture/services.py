@@ -1,4 +1,4 @@
-"""Writes of the nurture app (STYLE.md: ``<entity>_<verb>``, keyword-only).
+"""Writes of the nurture app (docs/style.md, 1: ``<entity>_<verb>``, keyword-only).
 Admin, API, tasks and receivers all call these."""
 from __future__ import annotations
 
@@ -794,6 +794,11 @@ def email_template_delete(*, template: EmailTemplate) -> None:
     snapshot either way); else a ValidationError naming the workflows."""
     from nurture.selectors import workflows_using_template
 
+    # The template's row first: a workflow save naming it holds the row while
+    # it commits (``graph._existing_templates``), so the look-up below sees
+    # that draft, or the save finds the template gone and refuses it.
+    if not EmailTemplate.objects.select_for_update().filter(pk=template.pk).exists():
+        return
     users = workflows_using_template(template_id=template.pk)
     if users:
         raise ValidationError({"id": [f"Used by the workflow(s) {', '.join(str(w) for w in users)}: "

@@ -1,4 +1,4 @@
-"""Shared fixtures: named users per role (STYLE.md 14), API clients."""
+"""Shared fixtures: named users per role (docs/style.md, 14), API clients."""
 from __future__ import annotations
 
 import importlib

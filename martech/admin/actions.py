@@ -1,4 +1,4 @@
-"""Admin actions shared by the martech screens (STYLE.md 8 and 10).
+"""Admin actions shared by the martech screens (docs/style.md, 8 and 10).
 
 Each action collects input on a confirmation page, needs a permission, calls
 a service once per object with the acting user, logs to the admin history

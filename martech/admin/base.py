@@ -1,4 +1,4 @@
-"""What every martech ops screen shares (STYLE.md 7-9).
+"""What every martech ops screen shares (docs/style.md, 7-9).
 
 - ``ServiceSaveMixin``: admins whose ``save_model`` calls a service. A
   ``ValidationError`` the form could not foresee (a race, a rule only the
@@ -58,7 +58,7 @@ def add_errors_to_form(form, exc: ValidationError) -> None:
 
 
 class ServiceSaveMixin:
-    """For admins whose writes go through a service (STYLE.md 7)."""
+    """For admins whose writes go through a service (docs/style.md, 7)."""
 
     def call_service(self, request: HttpRequest, fn, /, **kwargs):
         """Run ``fn(**kwargs)``; on ValidationError roll the admin's

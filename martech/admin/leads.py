@@ -1,6 +1,6 @@
 """Leads: the ops console's main screen.
 
-Writes go through ``martech.services.leads`` (STYLE.md 7): a new lead through
+Writes go through ``martech.services.leads`` (docs/style.md, 7): a new lead through
 ``lead_upsert``, an edit through ``lead_upsert(overwrite=True)``, a stage
 change through ``lead_change_stage`` with the acting user and a reason. The
 change page shows the lead's timeline (events, stage changes, consent) from

@@ -1,6 +1,6 @@
 """REST API for leads, accounts, events, lifecycle stages and campaigns.
 
-Views are thin (STYLE.md 11): an input serializer checks the request's shape,
+Views are thin (docs/style.md, 11): an input serializer checks the request's shape,
 a service in ``martech.services`` writes (``lead_upsert`` is the only way a
 lead is created or changed), an output serializer renders. Querysets choose
 their joins here, so list pages cost a fixed number of queries.

@@ -24,7 +24,7 @@ def check_crm_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         if conf[key] == emulator_value:
             errors.append(checks.Error(
                 f"MARTECH_CRM_{key} still has the CRM emulator's public default {emulator_value!r}: "
-                "anyone who reads the README can use it.",
+                "anyone who reads the docs can use it.",
                 hint=f"Set MARTECH_CRM_{key} to your {NAMES[key.split('_')[0]]} credential, "
                      "or to an empty value if you do not use that CRM.",
                 id="martech.crm.E001",

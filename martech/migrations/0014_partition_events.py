@@ -20,7 +20,7 @@ keeps the plain table):
 - Every other index and foreign key of the table is recreated under the same
   name on the partitioned table (so each partition has them).
 
-On a big install, run the steps of README "Retention" by hand instead (this
+On a big install, run the steps of docs/retention.md by hand instead (this
 copies the table in one transaction). Reversible: back to a plain table.
 """
 from datetime import datetime, timezone

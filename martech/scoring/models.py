@@ -129,7 +129,7 @@ class Segment(models.Model):
     name = models.CharField(max_length=100, unique=True)
     description = models.TextField(blank=True)
     condition = ConditionField(help_text='e.g. score >= 50 and country in ("US", "CA")')
-    # The parsed form, stored beside the text (DESIGN.md); rebuilt on save.
+    # The parsed form, stored beside the text (docs/architecture.md, Data rules); rebuilt on save.
     condition_json = models.JSONField(default=dict, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)

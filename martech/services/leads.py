@@ -389,7 +389,7 @@ def lead_upsert_many(
     lookup |= crm_q
     # Locked, so a concurrent edit of these leads waits for this chunk instead
     # of being overwritten by bulk_update's stale copy; in primary key order,
-    # as every path that locks several leads takes them (README, lock order).
+    # as every path that locks several leads takes them (docs/architecture.md, "Write paths").
     found = list(Lead.objects.select_for_update().filter(lookup).order_by("pk")) if lookup else []
     by_key: dict[tuple[str, str], _Plan] = {}
     plans: dict[int, _Plan] = {}  # id(plan) -> plan, in first-seen order

@@ -1,6 +1,6 @@
 """Nurture API: workflows (read), their metrics, manual enrollment; email
 templates (read, write, preview for a lead).
-Thin views (STYLE.md 11): serializers check shapes, services write."""
+Thin views (docs/style.md, 11): serializers check shapes, services write."""
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied

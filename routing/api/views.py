@@ -1,4 +1,4 @@
-"""Routing REST API under /api/v1/routing/ (thin views, STYLE.md 11).
+"""Routing REST API under /api/v1/routing/ (thin views, docs/style.md, 11).
 
 Configuration CRUD (reps, teams, territories, rule sets) saves through
 ``routing.services.config_save`` / ``rule_set_save_draft``; ``route``

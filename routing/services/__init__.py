@@ -17,8 +17,8 @@ One module per concern, each importing only those before it:
 - ``crm``: the CRM connectors' hooks
 - ``batch``: many leads in one transaction
 
-Locking order (always the same, so two workers never deadlock; README,
-"Lock order, leases and retries"): the lead row, then its current
+Locking order (always the same, so two workers never deadlock; docs/architecture.md,
+"Write paths"): the lead row, then its current
 assignment, then team rows (the round-robin pointer; the rule's team before
 the fallback team; a batch all of its teams in id order, the fallback
 last), then, for capped reps only, rep rows (a route at most one, last; a

@@ -93,7 +93,7 @@ def leads_route_batch(*, lead_ids: list[int], trigger: str, reason: str = "", ac
     the batch may need (ascending id, the fallback team last) and every
     capped rep of those teams or named by a rep rule (ascending id) are
     locked up front, so the batch never waits for a team while it holds a
-    rep (README, "Lock order, leases and retries"); each team's fair queue,
+    rep (docs/architecture.md, "Write paths"); each team's fair queue,
     capacities and daily counts are advanced in memory as leads are handed
     out; assignments are inserted in bulk. Rules that target a rep or an
     account owner go through ``decide`` one lead at a time; the others'

@@ -84,8 +84,8 @@ def _hold(candidate: engine.Candidate, now: datetime) -> bool:
 
     The lock is taken in a savepoint and let go (rolled back to) when the
     rep is full, so a route holds at most ONE rep lock, its last lock: after
-    it only the writes follow, never a wait for a team (README, "Lock
-    order, leases and retries"). The savepoint is set with the lock (one
+    it only the writes follow, never a wait for a team (docs/architecture.md,
+    "Write paths"). The savepoint is set with the lock (one
     round trip) and, when kept, ends with the transaction."""
     rep = candidate.rep
     if not has_cap(rep):
@@ -299,8 +299,8 @@ def _live_fallback_id() -> int | None:
 
 def _lock_rep_with_team(rep_id: int, *team_ids: int | None) -> None:
     """Before a rep row is written outside a route: their team (and the one
-    they move to), then the rep, the order routes lock them (README, "Lock
-    order, leases and retries"). Without it, a rep saved while a route held
+    they move to), then the rep, the order routes lock them (docs/architecture.md,
+    "Write paths"). Without it, a rep saved while a route held
     their team and waited for the rep deadlocked as soon as the save went on
     to reroute the rep's leads through that team."""
     if connection.vendor != "postgresql":

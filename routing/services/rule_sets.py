@@ -72,7 +72,7 @@ def rule_set_publish(*, rule_set: RuleSet, actor=None) -> RuleSet:
     FOR UPDATE lock would block). Publishing locks no team or rep row (the
     rules' foreign keys only take KEY SHARE, which the routes' FOR NO KEY
     UPDATE team and rep locks allow), so it never waits for a route holding
-    them, nor a route for it (README, "Lock order, leases and retries")."""
+    them, nor a route for it (docs/architecture.md, "Write paths")."""
     rule_set = RuleSet.objects.select_for_update(no_key=True).get(pk=rule_set.pk)
     if not rule_set.is_draft:
         raise ValidationError({"rule_set": [f"{rule_set} is already published; copy it to a new draft to change it."]})

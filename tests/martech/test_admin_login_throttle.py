@@ -1,4 +1,4 @@
-"""Admin logins are throttled by django-axes (DESIGN.md): after
+"""Admin logins are throttled by django-axes (docs/architecture.md, Data rules): after
 AXES_FAILURE_LIMIT failures for a username from one address, even the right
 password is refused until the cool-off."""
 from __future__ import annotations

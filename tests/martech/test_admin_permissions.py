@@ -53,7 +53,7 @@ def test_sales_ops_cannot_change_campaigns_or_events(client, sales_ops):
     assert client.post(reverse("admin:martech_event_change", args=[event.pk]), {}).status_code == 403
     assert client.post(reverse("admin:martech_event_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
     assert Event.objects.exists()
-    # Sales ops read leads (DESIGN.md) but do not edit them.
+    # Sales ops read leads (docs/admin.md, Roles) but do not edit them.
     lead = LeadFactory()
     assert client.get(reverse("admin:martech_lead_change", args=[lead.pk])).status_code == 200
     assert client.post(reverse("admin:martech_lead_change", args=[lead.pk]), {}).status_code == 403

@@ -1,4 +1,4 @@
-"""The staff roles of DESIGN.md as Django groups (migration 0002 +
+"""The staff roles (docs/admin.md, Roles) as Django groups (migration 0002 +
 martech/roles.py, re-synced after every migrate)."""
 import pytest
 from django.contrib.auth.models import Group, Permission

@@ -1,4 +1,4 @@
-"""Settings read from the environment (STYLE.md 13): the documented production
+"""Settings read from the environment (docs/style.md, 13): the documented production
 variables pass `check --deploy`; bad values fail at start naming the variable.
 
 Each case runs in a subprocess with a clean environment, because settings are

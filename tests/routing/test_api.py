@@ -126,7 +126,7 @@ def test_preview_needs_read_access_only_route_needs_write(token_api, live_team):
 
 @pytest.mark.parametrize("role,can_route", [("sales_ops", True), ("marketing_ops", False), ("analyst", False)])
 def test_preview_by_role(request, live_team, role, can_route):
-    """README roles: Sales Ops edit routing; Marketing Ops and Analysts read
+    """The roles (docs/admin.md): Sales Ops edit routing; Marketing Ops and Analysts read
     it, and previewing is reading."""
     api = APIClient()
     api.force_authenticate(request.getfixturevalue(role))

@@ -43,7 +43,7 @@ def test_lead_pages_keep_free_space_and_score_writes_are_hot(model):
     # A few leads: their new row versions fit in the 20% a page keeps free.
     # (Within one transaction the old versions still take their space, so a
     # first run over a whole page of leads fills the free space and moves the
-    # rest; later runs reuse what vacuum frees: README "Scoring".)
+    # rest; later runs reuse what vacuum frees: docs/scoring.md.)
     leads = [LeadFactory(country="US") for _ in range(4)]
     if connection.vendor != "postgresql":
         # SQLite: the migration had nothing to set; the writes still happen.

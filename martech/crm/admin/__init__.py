@@ -1,2 +1,2 @@
-"""CRM sync screens: one ModelAdmin module per area (STYLE.md 8)."""
+"""CRM sync screens: one ModelAdmin module per area (docs/style.md, 8)."""
 from martech.crm.admin import connections, dead_letters, lists, mappings, pull_failures, records  # noqa: F401

@@ -1,5 +1,5 @@
 """The credentials the bundled CRM emulators accept. They are the settings'
-defaults for the embedded quick start, and public (the README prints them),
+defaults for the embedded quick start, and public (docs/configuration.md prints them),
 so a production site must never run with them: ``check --deploy`` refuses
 them (martech/crm/checks.py). Keys are those of ``settings.MARTECH_CRM``;
 the environment variable of each is ``MARTECH_CRM_<key>``.

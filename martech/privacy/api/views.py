@@ -1,4 +1,4 @@
-"""Privacy API under /api/v1/privacy/ (thin views, STYLE.md 11).
+"""Privacy API under /api/v1/privacy/ (thin views, docs/style.md, 11).
 
 ``POST exports`` answers everything held about a person (the JSON document,
 or the zip); ``POST erasures`` erases them and answers the receipt. API

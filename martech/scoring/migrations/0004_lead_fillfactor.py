@@ -10,7 +10,7 @@ frees from the previous run's old versions.
 
 Only rows written after this migration get the free space: an existing large
 table needs ``VACUUM FULL martech_lead`` (or pg_repack, without the long
-exclusive lock) once to rewrite its pages (README "Scoring").
+exclusive lock) once to rewrite its pages (docs/scoring.md).
 
 SQLite has no fillfactor: nothing to do there.
 """

@@ -1,6 +1,6 @@
 """python manage.py crm_emulator [--provider hubspot|salesforce] [--port N] [--latency S] [--error-rate R]
 [--burst-429 N] [--daily-limit N] [--rate-limit 190/10s] [--bare]: serve a CRM emulator until interrupted,
-with the fault modes the flags ask for (README, "CRM sync": Emulator).
+with the fault modes the flags ask for (docs/crm.md, "Emulator").
 
 It starts as a portal/org an operator set up for this project: the custom
 properties and fields the connection check asks for exist (HubSpot
