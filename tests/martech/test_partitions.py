@@ -208,3 +208,53 @@ def test_a_touchpoint_written_while_the_month_is_copied_aside_keeps_its_event(mo
     assert partitions.months_drop(FEB) == 1
     assert set(Event.objects.filter(lead=lead).values_list("pk", flat=True)) == {early.pk, late.pk}
     assert not Event.objects.filter(pk=view.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_month_whose_lock_is_not_had_waits_for_the_next_run(monkeypatch):
+    import threading
+
+    from django.db import connections
+
+    partitions.partitions_ensure(now=JAN, ahead=0)
+    try:
+        event = EventFactory(occurred_at=JAN + timedelta(days=1))
+        holding, release = threading.Event(), threading.Event()
+
+        def reader():  # a long transaction reading events (holds its ACCESS SHARE lock)
+            try:
+                with transaction.atomic():
+                    Event.objects.filter(pk=event.pk).exists()
+                    holding.set()
+                    release.wait(30)
+            finally:
+                connections.close_all()
+
+        original = partitions.run_in_transaction
+        started: list[threading.Thread] = []
+
+        def block_after_copy(fn, **kw):
+            out = original(fn, **kw)
+            if fn.__name__ == "copy_aside" and not started:
+                started.append(threading.Thread(target=reader))
+                started[0].start()
+                assert holding.wait(10)
+            return out
+
+        monkeypatch.setattr(partitions, "LOCK_TIMEOUT", "50ms")
+        monkeypatch.setattr(partitions, "run_in_transaction", block_after_copy)
+        assert partitions.months_drop(FEB) == 0
+        assert "martech_event_y2021m01" in {m.name for m in partitions.months()}
+        assert Event.objects.filter(pk=event.pk).exists()
+        release.set()
+        started[0].join(10)
+        assert partitions.months_drop(FEB) == 1  # the next run
+        assert not Event.objects.filter(pk=event.pk).exists()
+    finally:
+        release.set()
+        with connection.cursor() as c:
+            for month in partitions.months():
+                if month.lo.year == 2021:
+                    c.execute(f"DROP TABLE {month.name}")
+            c.execute("DROP TABLE IF EXISTS martech_event_y2021m01_kept")
+            c.execute("DELETE FROM martech_event_key WHERE occurred_at < '2022-01-01'")
