@@ -158,16 +158,31 @@ def partition_drop(out: list[dict], *, rows: int, touched_every: int) -> None:
         finally:
             steps.append((fn.__name__, time.perf_counter() - began))
 
+    # And each statement (the first words of it), to see where the time goes.
+    statements: list[tuple[str, float]] = []
+
+    def each(execute, sql, params, many, context):
+        began = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            statements.append((" ".join(sql.split()[:4]), time.perf_counter() - began))
+
     partitions.run_in_transaction = timed
     try:
-        started = time.perf_counter()
-        dropped = partitions.months_drop(months[1])
-        elapsed = time.perf_counter() - started
+        with connection.execute_wrapper(each):
+            started = time.perf_counter()
+            dropped = partitions.months_drop(months[1])
+            elapsed = time.perf_counter() - started
     finally:
         partitions.run_in_transaction = original
     locked = sum(t for name, t in steps if name == "swap")
+    slowest: dict[str, float] = {}
+    for sql, t in sorted(statements, key=lambda st: -st[1]):
+        if len(slowest) < 6 and sql not in slowest:
+            slowest[sql] = round(t * 1000, 1)
     emit(out, "partition_drop_month", round(elapsed * 1000, 1), "ms", rows_dropped=dropped,
-         rows_kept=in_month - dropped, table_rows=rows)
+         rows_kept=in_month - dropped, table_rows=rows, slowest_statements_ms=slowest)
     emit(out, "partition_drop_month_locked", round(locked * 1000, 1), "ms", rows_dropped=dropped,
          rows_kept=in_month - dropped)
     # Clean up: the bench's months, touchpoints, keys and lead.
