@@ -305,7 +305,12 @@ class Touchpoint(models.Model):
     session's first."""
 
     lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="touchpoints")
-    event = models.OneToOneField("martech.Event", on_delete=models.CASCADE, related_name="touchpoint")
+    # No database foreign key: on PostgreSQL the events table is partitioned by
+    # time and its key is (id, occurred_at). Event retention keeps every event a
+    # touchpoint points at (martech/retention.py); deleting an event still
+    # deletes its touchpoint through Django's cascade.
+    event = models.OneToOneField("martech.Event", on_delete=models.CASCADE, related_name="touchpoint",
+                                 db_constraint=False)
     occurred_at = models.DateTimeField()
     channel = models.CharField(max_length=20, choices=Channel.choices)
     campaign = models.ForeignKey("martech.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="touchpoints")

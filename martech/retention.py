@@ -4,30 +4,34 @@ task in small batches.
 Each app lists the kinds of data it deletes in ``<app>/retention.py`` as
 ``RETENTION``, a list of :class:`DataKind`; the days of each come from
 ``MARTECH_RETENTION`` (0: kept forever). ``retention_apply`` (the
-``martech.retention`` schedule, daily) runs every kind batch by batch: each
+``retention`` schedule, hourly) runs every kind batch by batch: each
 batch picks at most ``BATCH_SIZE`` rows past the cutoff by their primary keys
 and deletes them in its own short transaction, so no hot table is locked for
 long and a crash loses at most the batch in flight (the next run finds what
 is left: nothing is half-written, a repeated run finds nothing more).
 Aggregates survive: what the admin and reports count from deleted rows is
 folded into rollups in the batch's transaction (nurture's step tallies);
-attribution rollups and score history are never retained away here.
+attribution rollups are never retained away here.
 
-On PostgreSQL the events could instead be dropped a month at a time from a
-table partitioned by time; why that is not done yet, and the migration for
-it, are in docs/retention.md.
+On PostgreSQL the events table is partitioned by month (martech/partitions.py):
+a month wholly past the cutoff is detached and dropped at once (the kind's
+``drop_whole``), the events something points at kept aside; the batches then
+delete the rest (the month the cutoff falls in). docs/retention.md has the
+migration of an existing install.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
+from martech import partitions
 from martech.apps import app_modules
 from martech.db import run_in_transaction
 
@@ -45,7 +49,12 @@ class DataKind:
     # cursor keeps each batch off the index entries of the rows the earlier
     # batches deleted (dead until vacuum, and each visited again if every
     # batch started from the lowest key).
-    delete_batch: Callable[[datetime, int, int], tuple[int, int | None]]
+    delete_batch: Callable[[datetime, int, Any], tuple[int, Any]]
+    # ``drop_whole(cutoff)`` removes at once what can go whole (PostgreSQL: the
+    # event months past the cutoff) before the batches; returns the rows gone.
+    drop_whole: Callable[[datetime], int] | None = None
+    # The kind whose days apply (default: its own key).
+    days_of: str | None = None
 
 
 def kinds() -> list[DataKind]:
@@ -69,11 +78,11 @@ def retention_apply(*, now: datetime | None = None, only: str | None = None,
     limit, max_batches = cfg["BATCH_SIZE"], max_batches or cfg["MAX_BATCHES"]
     out: dict[str, int] = {}
     for kind in kinds():
-        days = retention_days(kind.key)
+        days = retention_days(kind.days_of or kind.key)
         if (only and kind.key != only) or not days:
             continue
         cutoff = now - timedelta(days=days)
-        deleted, after = 0, 0
+        deleted, after = kind.drop_whole(cutoff) if kind.drop_whole else 0, 0
         for _ in range(max_batches):
             n, after = run_in_transaction(lambda: kind.delete_batch(cutoff, limit, after))
             deleted += n
@@ -122,7 +131,9 @@ def unreferenced(model):
 def _events_batch(cutoff: datetime, limit: int, after: int) -> tuple[int, int | None]:
     """Raw events past the cutoff, except those a later stage's rows point
     at (an attribution touchpoint is built on its event and would go with
-    it): found through the model graph, so the core need not know them."""
+    it): found through the model graph, so the core need not know them.
+    On PostgreSQL the whole months went first (``partitions.months_drop``):
+    what is left is the month the cutoff falls in and what older months kept."""
     from martech.models import Event
 
     keep_none = unreferenced(Event)
@@ -140,6 +151,10 @@ def _quarantine_batch(cutoff: datetime, limit: int, after: int) -> tuple[int, in
 
 
 RETENTION = [
-    DataKind("events", "raw events", _events_batch),
+    DataKind("events", "raw events", _events_batch, drop_whole=partitions.months_drop),
     DataKind("quarantine", "quarantined events", _quarantine_batch),
 ]
+if connection.vendor == "postgresql":
+    # The dedupe keys of the events dropped with their month (martech/partitions.py).
+    RETENTION.append(DataKind("event_keys", "dedupe keys of dropped events", partitions.event_keys_batch,
+                              days_of="events"))

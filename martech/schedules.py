@@ -70,4 +70,6 @@ SCHEDULES = [
     # Retention (MARTECH_RETENTION): hourly, each run a bounded number of short
     # batches per kind (MAX_BATCHES), so a backlog is worked off over runs.
     Periodic(name="retention", func="martech.tasks.retention_apply", minutes=60, bulk=True),
+    # PostgreSQL: the events table's month partitions, created three months ahead.
+    Periodic(name="event_partitions", func="martech.tasks.event_partitions_ensure", minutes=1440, bulk=True),
 ]

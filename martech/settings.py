@@ -561,6 +561,8 @@ MARTECH_RETENTION = {
     "SYNC_LOGS_DAYS": env.int("RETENTION_SYNC_LOGS_DAYS", default=0),  # CRM sync runs, processed webhooks
     "QUARANTINE_DAYS": env.int("RETENTION_QUARANTINE_DAYS", default=0),  # quarantined (rejected) events
     "DECISIONS_DAYS": env.int("RETENTION_DECISIONS_DAYS", default=0),  # nurture step executions
+    "ASSIGNMENTS_DAYS": env.int("RETENTION_ASSIGNMENTS_DAYS", default=0),  # closed routing assignments
+    "SCORE_HISTORY_DAYS": env.int("RETENTION_SCORE_HISTORY_DAYS", default=0),  # score changes (each lead's last two kept)
     # Rows per delete transaction (short: a batch never holds a hot table's locks for long).
     "BATCH_SIZE": env.int("RETENTION_BATCH_SIZE", default=1000),
     # Batches per kind per run; what is left goes to the next run.

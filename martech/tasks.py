@@ -32,3 +32,12 @@ def capture_process(lead_id: int, event_ids: list[int], created: bool, transitio
     from martech.services.capture import capture_process as process
 
     process(lead_id=lead_id, event_ids=event_ids, created=created, transition_ids=transition_ids, source=source)
+
+
+@retry_on_conflict
+def event_partitions_ensure() -> list[str]:
+    """PostgreSQL: the events table's partitions of this month and the next
+    ones exist (martech/partitions.py); nothing elsewhere."""
+    from martech.partitions import partitions_ensure
+
+    return partitions_ensure()

@@ -209,8 +209,10 @@ def subject_erase(*, email: str = "", lead_id: int | None = None, crm_id: str = 
                 # The big one (10,000 events is one ordinary visitor's year):
                 # one statement, where Django's delete would load every row to
                 # look for touchpoints, which are gone already (deleted just
-                # before). The database's foreign keys still check that nothing
-                # points at them.
+                # before, under the lead's lock, which touchpoint rebuilds take
+                # too). Touchpoints point at events without a database foreign
+                # key (the events table is partitioned on PostgreSQL). There,
+                # the events' trigger releases their dedupe keys.
                 n = _delete_in_one_statement(qs)
                 if n:
                     deleted[label] = n

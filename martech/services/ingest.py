@@ -9,9 +9,10 @@ touched leads; the event catalog and the UTM tables come from the process's
 new email, a new identity link). Those per-item writes each run in a
 savepoint, so a failure rejects that item only.
 
-Idempotency: ``Event.client_event_id`` is unique. Events are inserted with
-ON CONFLICT DO NOTHING and tagged with this call's ``ingest_batch`` uuid; the
-rows the INSERT returns (elsewhere than PostgreSQL: the rows read back under
+Idempotency: ``Event.client_event_id`` is unique (on PostgreSQL through the
+``martech_event_key`` table the events' trigger keeps). Events are inserted
+skipping a stored id (ON CONFLICT DO NOTHING; PostgreSQL: the trigger) and
+tagged with this call's ``ingest_batch`` uuid; the rows the INSERT returns (elsewhere than PostgreSQL: the rows read back under
 that uuid) are the ones this call inserted, everything else lost to an
 earlier or concurrent sender of the same id ("duplicate").
 """
@@ -775,8 +776,11 @@ _EVENT_FIELDS = [f for f in Event._meta.concrete_fields if not f.primary_key]
 
 
 def _insert_rows(rows: list[dict[str, Any]]) -> dict[str, int] | None:
-    """INSERT the rows, skipping client_event_ids that exist (ON CONFLICT DO
-    NOTHING); the inserted rows' ids by client_event_id (RETURNING), or None
+    """INSERT the rows, skipping client_event_ids that exist (elsewhere: ON
+    CONFLICT DO NOTHING; PostgreSQL, whose events table is partitioned: the
+    events' key trigger skips a row tagged with an ingest batch whose id a
+    live event holds, see martech/migrations/0014_events_partitioned.py); the
+    inserted rows' ids by client_event_id (RETURNING), or None
     where the backend does not say (the caller reads them back). PostgreSQL: one statement with one array parameter per column
     (INSERT ... SELECT FROM unnest(...)), bound server-side; Django's
     bulk_create would quote ~10,000 values into the SQL text client-side,
@@ -800,7 +804,7 @@ def _insert_rows(rows: list[dict[str, Any]]) -> dict[str, int] | None:
     sql = (
         f"INSERT INTO {qn(Event._meta.db_table)} ({', '.join(c for c, _ in columns)}) "
         f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for _, t in columns)}) "
-        f"ON CONFLICT ({qn('client_event_id')}) DO NOTHING RETURNING {qn('client_event_id')}, {qn('id')}"
+        f"RETURNING {qn('client_event_id')}, {qn('id')}"
     )
     connection.ensure_connection()
     # A server-side-binding cursor on Django's connection, wrapped as Django
