@@ -95,7 +95,8 @@ def test_event_rule_demo_requested_makes_sql_and_hands_off(model, demo_requested
     assert Handoff.objects.count() == 1 and SalesTask.objects.filter(lead=lead).count() == 1
 
 
-def test_routing_provider_assigns_before_the_default_queue(db, settings, django_capture_on_commit_callbacks):
+def test_routing_provider_assigns_before_the_default_queue(db, settings, monkeypatch,
+                                                          django_capture_on_commit_callbacks):
     UserFactory(username="queue")
     rep = UserFactory(username="rep")
     settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "HANDOFF_DEFAULT_OWNER": "queue"}
@@ -108,15 +109,14 @@ def test_routing_provider_assigns_before_the_default_queue(db, settings, django_
         calls.append((lead_id, reason))
         return lead_set_owner(lead=Lead.objects.get(pk=lead_id), owner=rep, reason=reason, source="routing")
 
-    hooks.provide("assign_owner", assign)
-    try:
-        lead = LeadFactory(lifecycle_stage=stage("mql"))
-        with django_capture_on_commit_callbacks(execute=True):
-            from martech.services.leads import lead_change_stage
+    # The provider routing registered comes back after the test (popping it
+    # left later tests' handoffs without routing).
+    monkeypatch.setitem(hooks._providers, "assign_owner", assign)
+    lead = LeadFactory(lifecycle_stage=stage("mql"))
+    with django_capture_on_commit_callbacks(execute=True):
+        from martech.services.leads import lead_change_stage
 
-            lead_change_stage(lead=lead, to_stage="sql", reason="sales accepted")
-    finally:
-        hooks._providers.pop("assign_owner", None)
+        lead_change_stage(lead=lead, to_stage="sql", reason="sales accepted")
     handoff = Handoff.objects.get(lead=lead)
     assert (handoff.owner, handoff.assigned_by) == (rep, "routing")
     assert calls and calls[0][0] == lead.pk
