@@ -14,7 +14,8 @@ Deletes its rows at the end.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/martech_bench python bench/crm_sync.py [--quick] [--provider P]
 
---only pulls: the pull and idle figures alone.
+--only pulls: the pull, import and idle figures alone; the other figures of
+the results file (the last whole run's) are kept beside them.
 
 --quick: N = 10,000 (under a minute per provider). Full: N = 10,000 and
 100,000, to compare peak memory (each size in its own process, so each peak
@@ -25,7 +26,11 @@ Then, with HubSpot, N = 10,000 accounts pushed as HubSpot companies (batch
 upsert by domain): calls used, records per second, and the unchanged rerun.
 
 Pulls: a HubSpot contacts pull of N = 100,000 (``--quick``: 20,000) behind
-the search's 10,000-result cap, 600 of them sharing one lastmodifieddate
+the search's 10,000-result cap, paced under the search endpoints' own limit
+(HubSpot's 5 per second per token, enforced by the emulator: its 429s are
+reported, they must be 0; 5 pages of 200 a second caps it near 1,000
+records/s), and N (``--quick``: 10,000) imported in full through the list
+endpoint (100 a page, under the general 190 per 10 s, also enforced), 600 of them sharing one lastmodifieddate
 across each 10,000th result: records per second (wall), records per CPU
 second of this process (the connector and the database writes) and the
 emulator's own CPU seconds beside it, calls, completeness (distinct leads
@@ -199,18 +204,24 @@ def companies(n: int, url: str) -> list[dict]:
     return figures
 
 
-def pull_behind_cap(n: int) -> list[dict]:
-    """N HubSpot contacts pulled through search windows under the 10,000 cap."""
+def pull_behind_cap(n: int, *, mode: str = "search") -> list[dict]:
+    """N HubSpot contacts pulled: ``search``, the incremental pull through
+    search windows under the 10,000 cap, paced under the search endpoints'
+    own limit (MARTECH_CRM_HUBSPOT_SEARCH_RATE; the emulator enforces
+    HubSpot's 5 per second per token and counts its 429s); ``list``, the full
+    import (``crm_sync --full``) through the list endpoint, 100 a page under
+    the general 190 per 10 s."""
     import datetime as dt
 
     import multiprocessing
 
     from django.db import connections
 
-    from martech.crm.emulators.hubspot import HubSpotEmulator
+    from martech.crm.emulators.hubspot import DEFAULT_SEARCH_RATE, HubSpotEmulator
     from martech.crm.services import pull_changes
 
-    app = HubSpotEmulator()
+    app = HubSpotEmulator()  # the search limit enforced (its default, HubSpot's documented 5/1s)
+    app.rate_limit = settings.MARTECH_CRM["HUBSPOT_RATE"]  # and the general window, as HubSpot does
     app.search_memo = True
     base = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
@@ -232,30 +243,43 @@ def pull_behind_cap(n: int) -> list[dict]:
     connection = Connection.objects.create(provider="hubspot", name="bench", daily_api_limit=10_000_000)
     for local, remote in [("email", "email"), ("first_name", "firstname")]:
         FieldMapping.objects.create(connection=connection, local_field=local, remote_field=remote)
+    from martech.crm.connectors.hubspot import HubSpotConnector
+
+    connector = HubSpotConnector(connection)
     try:
         ours.send("cpu")
-        emulator_cpu0 = ours.recv()
+        emulator_cpu0, _ = ours.recv()
         t0, cpu0 = time.perf_counter(), time.process_time()
-        run = pull_changes(connection=connection)
+        run = pull_changes(connection=connection, connector=connector, full=mode == "list")
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         ours.send("cpu")
-        emulator_cpu = ours.recv() - emulator_cpu0
+        emulator_cpu, refused = ours.recv()
+        emulator_cpu -= emulator_cpu0
     finally:
         ours.send("stop")
         emulator.join(10)
     distinct = Lead.objects.filter(email__startswith=f"{prefix}-").exclude(hubspot_id="").count()
     assert run.error == "" and distinct == n and run.pulled == n, (run.error, distinct, run.pulled)
+    name = f"hubspot_pull_{n}_behind_cap" if mode == "search" else f"hubspot_full_import_{n}_list"
+    page = 200 if mode == "search" else 100
+    paced = connector.stats.paced
     figures = [
-        {"metric": f"hubspot_pull_{n}_behind_cap_records_per_s", "value": round(n / elapsed, 1),
+        {"metric": f"{name}_records_per_s", "value": round(n / elapsed, 1),
          "unit": "records/s", "seconds": round(elapsed, 2), "cpu_seconds": round(cpu, 2),
-         "loadavg_1m": round(os.getloadavg()[0], 2)},
-        {"metric": f"hubspot_pull_{n}_behind_cap_records_per_cpu_s", "value": round(n / cpu, 1),
+         "loadavg_1m": round(os.getloadavg()[0], 2), "endpoint": mode,
+         **({"search_rate": settings.MARTECH_CRM["HUBSPOT_SEARCH_RATE"], "emulator_search_rate": DEFAULT_SEARCH_RATE,
+             "cap_records_per_s": _cap(settings.MARTECH_CRM["HUBSPOT_SEARCH_RATE"], page)}
+            if mode == "search" else
+            {"rate": settings.MARTECH_CRM["HUBSPOT_RATE"], "cap_records_per_s": _cap(settings.MARTECH_CRM["HUBSPOT_RATE"],
+                                                                                   page)}),
+         "paced_waits": len(paced), "paced_seconds": round(sum(paced), 2)},
+        {"metric": f"{name}_records_per_cpu_s", "value": round(n / cpu, 1),
          "unit": "records/cpu-s", "cpu_seconds": round(cpu, 2), "emulator_in_process": False},
-        {"metric": f"hubspot_pull_{n}_behind_cap_emulator_cpu_s", "value": round(emulator_cpu, 2),
+        {"metric": f"{name}_emulator_cpu_s", "value": round(emulator_cpu, 2),
          "unit": "s", "records_per_emulator_cpu_s": round(n / emulator_cpu, 1) if emulator_cpu else None},
-        {"metric": f"hubspot_pull_{n}_behind_cap_api_calls", "value": run.api_calls, "unit": "calls",
-         "minimum": -(-n // 200)},
-        {"metric": f"hubspot_pull_{n}_behind_cap_completeness", "value": round(100 * distinct / n, 2),
+        {"metric": f"{name}_api_calls", "value": run.api_calls, "unit": "calls",
+         "minimum": -(-n // page), "page": page, "emulator_429s": refused},
+        {"metric": f"{name}_completeness", "value": round(100 * distinct / n, 2),
          "unit": "%", "applied_twice": run.pulled + run.skipped - n},
     ]
     SyncRun.objects.filter(connection=connection).delete()
@@ -266,15 +290,23 @@ def pull_behind_cap(n: int) -> list[dict]:
     return figures
 
 
+def _cap(rate: str, page: int) -> float:
+    """The most records per second a rate ("5/1s") of calls of ``page`` records allows."""
+    from martech.crm.connectors.base import parse_rate
+
+    limit, window = parse_rate(rate)
+    return round(limit * page / window, 1)
+
+
 def _serve_forked(app, pipe) -> None:
     """The forked emulator process: serve ``app``, send its URL, then answer
-    "cpu" with this process's CPU seconds until "stop"."""
+    "cpu" with this process's CPU seconds and its 429s by policy until "stop"."""
     from martech.crm.emulators.base import Served
 
     served = Served(app).start()
     pipe.send(served.url)
     while pipe.recv() == "cpu":
-        pipe.send(time.process_time())
+        pipe.send((time.process_time(), dict(app.refused_429)))
     served.stop()
 
 
@@ -372,6 +404,8 @@ def run_single(provider: str, n: int) -> list[dict]:
     provider "hubspot_companies" pushes N accounts as HubSpot companies."""
     if provider == "hubspot_pull":
         return pull_behind_cap(n)
+    if provider == "hubspot_import":
+        return pull_behind_cap(n, mode="list")
     if provider.startswith("idle_"):
         return idle_cost(provider.removeprefix("idle_"))
     stage = LifecycleStage.objects.get(key="lead")
@@ -406,7 +440,8 @@ def main() -> int:
     parser.add_argument("--provider", choices=["hubspot", "salesforce"], action="append",
                         help="Default: both.")
     parser.add_argument("--only", choices=["pulls"],
-                        help="pulls: only the HubSpot pull behind the cap (the run's size) and the idle costs.")
+                        help="pulls: only the HubSpot pull behind the cap and the full import (the run's size) "
+                             "and the idle costs; the other figures of --out are kept.")
     parser.add_argument("--single", nargs=2, metavar=("PROVIDER", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "crm_sync.json"))
     args = parser.parse_args()
@@ -426,6 +461,7 @@ def main() -> int:
         if not args.only:
             runs.append(("hubspot_companies", 10_000))
         runs.append(("hubspot_pull", 20_000 if args.quick else 100_000))
+        runs.append(("hubspot_import", 10_000 if args.quick else 100_000))
     runs += [(f"idle_{p}", 0) for p in providers]
     for provider, n in runs:
         # A fresh process per size, so each peak_rss is that size's own.
@@ -443,8 +479,19 @@ def main() -> int:
             "uptime_start": uptime_start,
             "loadavg": os.getloadavg(), "uptime": _uptime(), "cpu_count": os.cpu_count(), "emulator_latency_s": 0,
             "process_per_size": True}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "figures": out}, indent=2) + "\n")
+    path = Path(args.out)
+    if args.only and path.exists():
+        # Keep the other figures of the last whole run (their own meta beside them).
+        earlier = json.loads(path.read_text())
+        ran = {line["metric"] for line in out}
+        family = ("hubspot_pull_", "hubspot_full_import_", "hubspot_idle_", "salesforce_idle_")
+        kept = [f for f in earlier.get("figures", []) if f["metric"] not in ran and not f["metric"].startswith(family)]
+        earlier_meta = earlier.get("meta", {})
+        meta["kept_from"] = {"figures": len(kept), **{k: earlier_meta.get(k) for k in ("quick", "uptime_start",
+                                                                                        "uptime", "sizes")}}
+        out = kept + out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "figures": out}, indent=2) + "\n")
     return 0
 
 

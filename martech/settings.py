@@ -437,6 +437,9 @@ MARTECH_CRM = {
     # threads): HubSpot allows a private app 190 per 10 s on Professional and
     # Enterprise, 100 per 10 s otherwise.
     "HUBSPOT_RATE": env.str("MARTECH_CRM_HUBSPOT_RATE", default="190/10s"),
+    # Search calls (POST /crm/v3/objects/{type}/search) per window, a limit of
+    # their own: HubSpot's CRM search guide says 5 per second per token.
+    "HUBSPOT_SEARCH_RATE": env.str("MARTECH_CRM_HUBSPOT_SEARCH_RATE", default="5/1s"),
     # Salesforce: the instance URL and OAuth credentials; the access token is
     # renewed once with the refresh token when it expires.
     "SALESFORCE_URL": env.str("MARTECH_CRM_SALESFORCE_URL", default=f"https://127.0.0.1:{_salesforce_port}"),

@@ -122,6 +122,11 @@ LIST_PAGE = 250  # memberships read: HubSpot's maximum page
 # HubSpot's documented windows: the rolling ten-second one (a 429 names it
 # TEN_SECONDLY_ROLLING; X-HubSpot-RateLimit-Interval-Milliseconds says 10000).
 SECONDLY_WINDOW = 10.0
+# The search endpoints' own limit (MARTECH_CRM_HUBSPOT_SEARCH_RATE, 5 per second
+# per token): a 429 of it names SECONDLY; the X-HubSpot-RateLimit-* headers
+# describe the ten-second window, not this one, so its wait is one second.
+SEARCH_POLICY = "SECONDLY"
+SEARCH_WINDOW = 1.0
 # X-HubSpot-RateLimit-Remaining at or below this share of -Max: the next call
 # waits out the interval (other processes with the same token spend it too).
 REMAINING_LOW = 0.05
@@ -164,6 +169,11 @@ def _rate_limited(exc) -> RateLimited:
     daily = policy.upper() == "DAILY"
     interval = _header(headers, "X-HubSpot-RateLimit-Interval-Milliseconds")
     wait = None if daily else (interval / 1000 if interval else SECONDLY_WINDOW)
+    if policy.upper() == SEARCH_POLICY:
+        # A secondly limit (the search endpoints'): over within the second, so
+        # waited out inside the call (with_retries), never a connection pause.
+        wait = SEARCH_WINDOW
+        retry_after = SEARCH_WINDOW if retry_after is None else retry_after
     message = (body.get("message") if isinstance(body, dict) else "") or str(exc.body)
     return RateLimited(f"HubSpot 429 {policy or 'rate limit'}: {message}", retry_after=retry_after, wait=wait,
                        policy=policy or "RATE_LIMIT", daily=daily)
@@ -216,12 +226,19 @@ class HubSpotConnector:
         # Pacing: this process's calls for this connection (all threads) stay
         # under MARTECH_CRM_HUBSPOT_RATE (HubSpot's 190 per 10 s for a private
         # app on Professional/Enterprise), and a low X-HubSpot-RateLimit-Remaining
-        # holds the next call for the interval.
+        # holds the next call for the interval. Search calls also stay under
+        # MARTECH_CRM_HUBSPOT_SEARCH_RATE (the search endpoints' own 5 per
+        # second), a second limiter of the same kind, shared the same way (the
+        # pull's read-ahead thread included).
+        key = (getattr(connection, "pk", None), conf["HUBSPOT_URL"])
         try:
-            self.limiter = limiter_for((getattr(connection, "pk", None), conf["HUBSPOT_URL"]),
-                                       conf.get("HUBSPOT_RATE", "190/10s"))
+            self.limiter = limiter_for(key, conf.get("HUBSPOT_RATE", "190/10s"))
         except ValueError as exc:
             raise ImproperlyConfigured(f"MARTECH_CRM_HUBSPOT_RATE: {exc}") from None
+        try:
+            self.search_limiter = limiter_for((*key, "search"), conf.get("HUBSPOT_SEARCH_RATE", "5/1s"))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"MARTECH_CRM_HUBSPOT_SEARCH_RATE: {exc}") from None
         self.daily: tuple[int, int] | None = None  # (limit, remaining) from the last answer's headers
 
     def _seen(self, headers) -> None:
@@ -304,7 +321,17 @@ class HubSpotConnector:
         answer is the JSON body as plain dicts and lists, read within the
         attempt (a connection lost mid-body is retried like any other)."""
         client = getattr(getattr(fn, "__self__", None), "api_client", None)
-        self.limiter.acquire(self.stats.paced)
+        # A search takes its search slot first, then a general one (one order:
+        # no general slot is held while a search waits for its own).
+        search = getattr(fn, "__name__", "") == "do_search"
+        if search:
+            self.search_limiter.acquire(self.stats.paced)
+        try:
+            self.limiter.acquire(self.stats.paced)
+        except BaseException:
+            if search:
+                self.search_limiter.release()
+            raise
         try:
             result = fn(*args, _request_timeout=self.timeout, **kwargs)
             if kwargs.get("_preload_content") is False:
@@ -316,11 +343,16 @@ class HubSpotConnector:
         except Exception as exc:
             self._seen(getattr(exc, "headers", None))
             translated = _translate(exc)
+            if search and isinstance(translated, RateLimited) and translated.policy.upper() == SEARCH_POLICY:
+                # Another process with the token searched too: every search here waits the second out.
+                self.search_limiter.hold(SEARCH_WINDOW)
             if translated is exc:
                 raise
             raise translated from exc
         finally:
             self.limiter.release()
+            if search:
+                self.search_limiter.release()
         response = getattr(client, "last_response", None)
         self._seen(response.getheaders() if response is not None else None)
         return result

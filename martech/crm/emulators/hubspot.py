@@ -83,6 +83,17 @@ HubSpot's body (``status``, ``message``, ``errorType`` RATE_LIMIT,
 ``correlationId``, ``policyName`` TEN_SECONDLY_ROLLING or DAILY) and the
 headers, and no ``Retry-After`` (HubSpot sends none). ``burst_429`` answers
 the next N requests the same way (policy TEN_SECONDLY_ROLLING).
+
+The search endpoints have a limit of their own, per token (the
+``Authorization`` header): ``search_rate``, enforced by default at HubSpot's
+documented 5 requests per second (its CRM search guide, "Limitations"; an
+older changelog said 4: set ``search_rate="4/1s"`` for that, or None to turn
+it off). A search past it, in any rolling second, answers 429 with the body
+HubSpot sends for a secondly limit (``policyName`` SECONDLY, "You have
+reached your secondly limit."), the usual X-HubSpot-RateLimit-* headers
+(they describe the ten-second window, not this one) and no ``Retry-After``.
+A refused search counts against no limit; an accepted one counts against
+the general ones too.
 """
 from __future__ import annotations
 
@@ -141,6 +152,9 @@ KINDS = {k.name: k for k in (
 # private app's window and a Professional portal's daily allowance.
 DEFAULT_RATE = (190, 10.0)
 DEFAULT_DAILY = 625_000
+# Search requests per token: HubSpot's CRM search guide ("Limitations") says 5
+# per second (its 2020 changelog said 4).
+DEFAULT_SEARCH_RATE = "5/1s"
 
 
 _UNSET = object()
@@ -152,8 +166,11 @@ class HubSpotEmulator(EmulatorBase):
     LIST_PAGE_MAX = 100
     OWNERS_PAGE_MAX = 500
 
-    def __init__(self, *, rate_limit: str | None = None, daily_limit: int | None = None, **kwargs):
+    def __init__(self, *, rate_limit: str | None = None, daily_limit: int | None = None,
+                 search_rate: str | None = DEFAULT_SEARCH_RATE, **kwargs):
         super().__init__(**kwargs)
+        self.search_rate = search_rate  # "5/1s" per token, enforced; None: not limited
+        self.search_window: dict[str, collections.deque] = {}  # token -> monotonic times of accepted searches
         self.retry_after = None  # HubSpot's 429 has no Retry-After
         self.rate_limit = rate_limit  # "190/10s": enforced; None: counted only
         self.daily_limit = daily_limit  # enforced when set
@@ -231,6 +248,20 @@ class HubSpotEmulator(EmulatorBase):
                           "errorType": "RATE_LIMIT", "correlationId": str(uuid.uuid4()), "policyName": policy,
                           "requestId": str(uuid.uuid4())}, status=429)
 
+    def _search_refused(self, request: Request) -> bool:
+        """A search past ``search_rate`` for its token; an accepted one is counted."""
+        if not (self.search_rate and request.method == "POST" and request.path.rstrip("/").endswith("/search")):
+            return False
+        limit, window = parse_rate(self.search_rate)
+        now = self.clock()
+        times = self.search_window.setdefault(request.headers.get("Authorization", ""), collections.deque())
+        while times and times[0] <= now - window:
+            times.popleft()
+        if len(times) >= limit:
+            return True
+        times.append(now)
+        return False
+
     def limit_refusal(self, request: Request) -> Response | None:
         in_window, _, today = self._counts()
         limit, _ = self._rate()
@@ -238,6 +269,8 @@ class HubSpotEmulator(EmulatorBase):
             return self.rate_limited("DAILY")
         if self.rate_limit and in_window >= limit:
             return self.rate_limited("TEN_SECONDLY_ROLLING")
+        if self._search_refused(request):
+            return self.rate_limited("SECONDLY")
         self.window.append(self.clock())
         self.day_used += 1
         return None

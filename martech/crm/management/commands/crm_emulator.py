@@ -1,5 +1,5 @@
 """python manage.py crm_emulator [--provider hubspot|salesforce] [--port N] [--latency S] [--error-rate R]
-[--burst-429 N] [--daily-limit N] [--rate-limit 190/10s] [--bare]: serve a CRM emulator until interrupted,
+[--burst-429 N] [--daily-limit N] [--rate-limit 190/10s] [--search-rate 5/1s|off] [--bare]: serve a CRM emulator until interrupted,
 with the fault modes the flags ask for (docs/crm.md, "Emulator").
 
 It starts as a portal/org an operator set up for this project: the custom
@@ -41,6 +41,9 @@ class Command(BaseCommand):
         parser.add_argument("--rate-limit", default=None, metavar="190/10s",
                             help="HubSpot only: enforce this rolling window (429 policyName TEN_SECONDLY_ROLLING "
                                  "past it). The rate-limit headers are sent either way.")
+        parser.add_argument("--search-rate", default=None, metavar="5/1s",
+                            help="HubSpot only: search requests allowed per token (429 policyName SECONDLY past "
+                                 "it); default HubSpot's documented 5/1s, 'off' for no limit.")
         parser.add_argument("--bare", action="store_true",
                             help="Without the custom properties/fields this project needs (as a new portal or org).")
 
@@ -54,6 +57,16 @@ class Command(BaseCommand):
             if opts["provider"] == "salesforce":
                 raise CommandError("--rate-limit: Salesforce has no per-second window (its limit is the org's "
                                    "daily allowance: --daily-limit)")
+        search_rate = opts["search_rate"]
+        if search_rate is not None:
+            if opts["provider"] == "salesforce":
+                raise CommandError("--search-rate: HubSpot only (Salesforce's searches count against the org's "
+                                   "daily allowance: --daily-limit)")
+            if search_rate.strip().lower() != "off":
+                try:
+                    parse_rate(search_rate)
+                except ValueError as exc:
+                    raise CommandError(f"--search-rate: {exc} (or 'off')") from None
         for flag in ("burst_429", "daily_limit"):
             if opts[flag] is not None and opts[flag] < 0:
                 raise CommandError(f"--{flag.replace('_', '-')}: must be 0 or more")
@@ -63,6 +76,8 @@ class Command(BaseCommand):
         else:
             app = HubSpotEmulator(latency=opts["latency"], error_rate=opts["error_rate"],
                                   rate_limit=opts["rate_limit"], daily_limit=opts["daily_limit"])
+            if search_rate is not None:
+                app.search_rate = None if search_rate.strip().lower() == "off" else search_rate
             app.burst_429 = opts["burst_429"]
             if not opts["bare"]:
                 app.add_project_properties()
