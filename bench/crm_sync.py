@@ -17,19 +17,19 @@ Deletes its rows at the end.
 --only pulls: the pull, import and idle figures alone; the other figures of
 the results file (the last whole run's) are kept beside them.
 
---quick: N = 10,000 (under a minute per provider). Full: N = 10,000 and
+--quick: N = 3,000 (the whole run about a minute). Full: N = 10,000 and
 100,000, to compare peak memory (each size in its own process, so each peak
 is that size's own). Prints one JSON line per figure and writes
 bench/results/crm_sync.json.
 
-Then, with HubSpot, N = 10,000 accounts pushed as HubSpot companies (batch
+Then, with HubSpot, N = 10,000 (``--quick``: 3,000) accounts pushed as HubSpot companies (batch
 upsert by domain): calls used, records per second, and the unchanged rerun.
 
-Pulls: a HubSpot contacts pull of N = 100,000 (``--quick``: 20,000) behind
+Pulls: a HubSpot contacts pull of N = 100,000 (``--quick``: 12,000) behind
 the search's 10,000-result cap, paced under the search endpoints' own limit
 (HubSpot's 5 per second per token, enforced by the emulator: its 429s are
 reported, they must be 0; 5 pages of 200 a second caps it near 1,000
-records/s), and N (``--quick``: 10,000) imported in full through the list
+records/s), and N (``--quick``: 3,000) imported in full through the list
 endpoint (100 a page, under the general 190 per 10 s, also enforced), 600 of them sharing one lastmodifieddate
 across each 10,000th result: records per second (wall), records per CPU
 second of this process (the connector and the database writes) and the
@@ -449,7 +449,7 @@ def main() -> int:
         for line in run_single(args.single[0], int(args.single[1])):
             print(json.dumps(line), flush=True)
         return 0
-    sizes = [10_000] if args.quick else [10_000, 100_000]
+    sizes = [3_000] if args.quick else [10_000, 100_000]
     providers = args.provider or ["hubspot", "salesforce"]
     if Connection.objects.filter(provider__in=providers).exclude(name="bench").exists():
         raise SystemExit(json.dumps({"error": {"code": "db_in_use",
@@ -459,9 +459,9 @@ def main() -> int:
     runs = [(p, n) for p in providers for n in sizes] if not args.only else []
     if "hubspot" in providers:
         if not args.only:
-            runs.append(("hubspot_companies", 10_000))
-        runs.append(("hubspot_pull", 20_000 if args.quick else 100_000))
-        runs.append(("hubspot_import", 10_000 if args.quick else 100_000))
+            runs.append(("hubspot_companies", 3_000 if args.quick else 10_000))
+        runs.append(("hubspot_pull", 12_000 if args.quick else 100_000))
+        runs.append(("hubspot_import", 3_000 if args.quick else 100_000))
     runs += [(f"idle_{p}", 0) for p in providers]
     for provider, n in runs:
         # A fresh process per size, so each peak_rss is that size's own.
