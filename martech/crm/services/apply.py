@@ -31,7 +31,7 @@ from martech.db import run_in_transaction
 log = logging.getLogger(__name__)
 
 
-# --- pull ---------------------------------------------------------------------
+# --- pulled records applied ---------------------------------------------------
 
 def _local_changed_since_sync(instance, obj: objects.ObjectType, state: PushState | None, pending: bool) -> bool:
     """Whether the record holds something the CRM does not have: a pending
