@@ -7,12 +7,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from django.utils import timezone
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from martech.crm import services
+from martech.crm import objects, services
 from martech.crm.connectors import connector_for
 from martech.crm.models import Connection, OutboxItem, PushState
-from martech.crm.services import outbox_drain, pull_changes
+from martech.crm.services import outbox_drain, pull_changes, push as push_module
 from martech.models import Lead
 from martech.services.leads import lead_upsert
 
@@ -56,10 +57,10 @@ class EditDuringDrain:
             hook("settling")
             return settle(*args, **kwargs)
 
-        monkeypatch.setattr(services, "_claim", claimed)
+        monkeypatch.setattr(push_module, "_claim", claimed)
         monkeypatch.setattr(services.PayloadBuilder, "payload", read)
         monkeypatch.setattr(connector, "push_batch", sending)
-        monkeypatch.setattr(services, "_settle", settling)
+        monkeypatch.setattr(push_module, "_settle", settling)
 
     def arm(self, point: str, value: str) -> None:
         self.point, self.value = point, value
@@ -212,7 +213,7 @@ def test_any_interleaving_ends_with_the_last_edit_on_both_sides(connection, hubs
 # --- a drain that outlived its lease --------------------------------------------
 
 def _claimed(connection, lead_id: int) -> OutboxItem:
-    OutboxItem.objects.filter(local_id=lead_id).update(next_attempt_at=services.timezone.now())
+    OutboxItem.objects.filter(local_id=lead_id).update(next_attempt_at=timezone.now())
     (item,) = services._claim(connection, 10, ["contact"])
     return item
 
@@ -223,7 +224,7 @@ def test_a_row_another_drain_took_after_the_lease_is_not_finished(connection, hu
     # Our lease ran out and a second drain claimed the row: it is that drain's now.
     later = item.claimed_at + services.lease()
     OutboxItem.objects.filter(pk=item.pk).update(claimed_at=later)
-    services._finish(connection, services.objects.get("contact"), [item])
+    services._finish(connection, objects.get("contact"), [item])
     row = OutboxItem.objects.get(pk=item.pk)
     assert row.status == "pending"
     assert row.version == item.version + 1  # so the other drain does not finish it on values we may have overtaken
@@ -233,7 +234,7 @@ def test_a_row_another_drain_finished_after_the_lease_is_queued_again(connection
     _edit(pushed_lead.pk, "Mine")
     item = _claimed(connection, pushed_lead.pk)
     OutboxItem.objects.filter(pk=item.pk).update(status="done")
-    services._finish(connection, services.objects.get("contact"), [item])
+    services._finish(connection, objects.get("contact"), [item])
     assert OutboxItem.objects.filter(local_id=pushed_lead.pk, status="pending").count() == 1
 
 
@@ -242,9 +243,9 @@ def test_a_drain_settling_after_its_lease_leaves_the_row_due(connection, hubspot
     item = _claimed(connection, pushed_lead.pk)
     OutboxItem.objects.filter(pk=item.pk).update(claimed_at=item.claimed_at - services.lease())
     item.claimed_at -= services.lease()
-    services._finish(connection, services.objects.get("contact"), [item])
+    services._finish(connection, objects.get("contact"), [item])
     row = OutboxItem.objects.get(pk=item.pk)
-    assert row.status == "pending" and row.next_attempt_at <= services.timezone.now()
+    assert row.status == "pending" and row.next_attempt_at <= timezone.now()
 
 
 def test_an_edit_of_a_field_the_crm_owns_made_during_its_push_is_not_reverted(connection, hubspot, pushed_lead,

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from martech.crm import services, tasks
 from martech.crm.models import FieldMapping, PullFailure, SyncRun
-from martech.crm.services import _errors_summary, links_pull, outbox_drain, pull_changes
+from martech.crm.services import _errors_summary, failures, links_pull, outbox_drain, pull_changes
 from martech.models import Lead, SalesTask
 
 pytestmark = pytest.mark.django_db
@@ -197,7 +197,7 @@ def test_invalid_salesforce_value_is_retried_then_dead_and_the_admin_brings_it_b
     assert page.status_code == 200 and lead["Id"] in html and "properties.employees" in html and "many" in html
 
     queued: list[tuple[int, str]] = []
-    monkeypatch.setattr(services, "_enqueue_pull", lambda c, k: queued.append((c, k)))
+    monkeypatch.setattr(failures, "_enqueue_pull", lambda c, k: queued.append((c, k)))
     # Analysts look, they do not retry.
     client.force_login(analyst)
     client.post(url, {"action": "retry_pull_failures", "_selected_action": [failure.pk], "apply": "1"})

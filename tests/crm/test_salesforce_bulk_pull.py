@@ -136,6 +136,7 @@ def test_a_killed_backfill_resumes_its_job_at_the_next_page(sf_connection, sales
     connector = SalesforceConnector(sf_connection)
     connector.bulk_page = 500  # result sets of 500: the 1,200 Leads take three
     from martech.crm import services
+    from martech.crm.services import pull
 
     pages = {"n": 0}
     real_apply = services.pulled_apply_page
@@ -146,7 +147,7 @@ def test_a_killed_backfill_resumes_its_job_at_the_next_page(sf_connection, sales
             raise Killed("killed while applying page 5")
         return real_apply(**kwargs)
 
-    monkeypatch.setattr(services, "pulled_apply_page", die_on_page_5)
+    monkeypatch.setattr(pull, "pulled_apply_page", die_on_page_5)
     with pytest.raises(Killed):
         pull_changes(connection=sf_connection, full=True, connector=connector)
     # Four pages committed (200, 200 and the 100 left of the first result
@@ -157,7 +158,7 @@ def test_a_killed_backfill_resumes_its_job_at_the_next_page(sf_connection, sales
     assert (token["target"], token["skip"]) == ("Lead", 200) and cursor.value == ""
     jobs = _job_creations(salesforce)
 
-    monkeypatch.setattr(services, "pulled_apply_page", real_apply)
+    monkeypatch.setattr(pull, "pulled_apply_page", real_apply)
     connector = SalesforceConnector(sf_connection)
     connector.bulk_page = 500
     run = pull_changes(connection=sf_connection, connector=connector)  # the scheduled pull goes on with it
