@@ -211,15 +211,16 @@ def test_a_touchpoint_written_while_the_month_is_copied_aside_keeps_its_event(mo
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("reference_data")  # an earlier transactional test flushed the event catalog
 def test_a_month_whose_lock_is_not_had_waits_for_the_next_run(monkeypatch):
     import threading
 
     from django.db import connections
 
     partitions.partitions_ensure(now=JAN, ahead=0)
+    holding, release = threading.Event(), threading.Event()
     try:
         event = EventFactory(occurred_at=JAN + timedelta(days=1))
-        holding, release = threading.Event(), threading.Event()
 
         def reader():  # a long transaction reading events (holds its ACCESS SHARE lock)
             try:
