@@ -9,21 +9,24 @@ from django.db import transaction
 from django.dispatch import receiver
 
 from martech import hooks, signals
-from martech.scoring import tasks
+from martech.scoring import services, tasks
 from martech.services import capture
 
 log = logging.getLogger(__name__)
 
-# Any lead field can appear in a fit rule or a lifecycle rule condition, so
-# every change queues a rescoring except a change of the score columns alone
-# (our own writes, which also carry source="scoring"). A stage or owner change
-# does rescore: conditions may read them, and a rerun finds nothing to do.
+# A change queues a rescoring when a fit rule or a lifecycle rule condition
+# reads one of the changed fields (services.lead_fields_read, or the lead is
+# new), never for the score columns alone (our own writes, which also carry
+# source="scoring"). A CRM id written back after a push, read by no rule,
+# queues nothing: that was most of a form's tasks.
 _SCORE_COLUMNS = {"fit_score", "engagement_score", "total_score"}
 
 
 @hooks.on_leads_changed
 def _lead_changed(*, ids, fields, created, source):
     if source == "scoring" or (not created and not (set(fields) - _SCORE_COLUMNS)):
+        return
+    if not created and not set(fields) & services.lead_fields_read():
         return
     # A form being stored: its capture task scores it. In that task: scored
     # once more at its end (capture.note_changed), not in another task.

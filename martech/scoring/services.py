@@ -128,6 +128,20 @@ def active_rules() -> _Rules:
     return configcache.cached(RULES_KEY, _load_active)
 
 
+def lead_fields_read() -> frozenset[str]:
+    """The lead's own fields that the active model's fit rules or an active
+    lifecycle rule read (model field names, a relation's with and without
+    ``_id``), and its stage: a change of any other field (a CRM id written
+    back, a note) can move no score and no stage, and queues no rescoring.
+    Read through the rules' caches, current across processes."""
+    with configcache.snapshot():  # both tokens in one query
+        rules, lifecycle = active_rules(), configcache.cached(LIFECYCLE_KEY, _load_lifecycle)
+    conds = [c for _, c in rules.fit] + [c for _, c in lifecycle.rules if c is not None]
+    names = {name.split("__", 1)[0] for name in load_fields({p for c in conds for p in c.fields})}
+    names.add("lifecycle_stage")
+    return frozenset(names | {f"{name}_id" for name in names})
+
+
 class _EventView:
     """Lets a property-only condition read an event's properties."""
 

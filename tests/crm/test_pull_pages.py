@@ -11,6 +11,7 @@ from martech.crm.connectors.base import Pulled
 from martech.crm.models import OutboxItem, PullFailure, PushState
 from martech.crm.services import pull_changes, pulled_apply_page
 from martech.models import Lead, StageTransition
+from martech.scoring.services import lead_fields_read
 from martech.services.leads import lead_upsert
 
 pytestmark = pytest.mark.django_db
@@ -34,8 +35,10 @@ def _queries(connection, page: list[Pulled]) -> tuple[int, list]:
 @pytest.mark.parametrize("kind", ["new", "changed", "unchanged"])
 def test_queries_per_page_do_not_grow_with_its_size(connection, kind):
     small, large = _page(0, 5), _page(100, 30)
-    # A first page fills the per-process caches (configuration, free-mail domains).
+    # A first page fills the per-process caches (configuration, free-mail
+    # domains), and so do the rules scoring's lead hook asks which fields they read.
     pulled_apply_page(connection=connection, page=_page(900, 2), obj="contact")
+    lead_fields_read()
     if kind != "new":
         # Pulled once already: the second application finds them by their push states.
         assert pulled_apply_page(connection=connection, page=small, obj="contact") == ["pulled"] * 5

@@ -71,8 +71,8 @@ def test_falling_never_enrolls_and_a_new_crossing_follows_the_policy(make_workfl
     lead.refresh_from_db()
     assert lead.total_score == 20
     assert (enrollments(again, lead), enrollments(once, lead)) == (1, 1)
-    # A fit rule lifts it over 50 again: a second crossing.
-    FitRule.objects.create(model=model, name="US", condition='country = "US"', points=40)
+    # A fit rule lifts it over 50 again, when the field it reads changes: a second crossing.
+    FitRule.objects.create(model=model, name="Director", condition='job_title = "Director"', points=40)
     with TestCase.captureOnCommitCallbacks(execute=True):
         lead_upsert(data={"email": lead.email, "job_title": "Director"}, source="test", overwrite=True)
     lead.refresh_from_db()
