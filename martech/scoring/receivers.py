@@ -26,11 +26,14 @@ _SCORE_COLUMNS = {"fit_score", "engagement_score", "total_score"}
 def _lead_changed(*, ids, fields, created, source):
     if source == "scoring" or (not created and not (set(fields) - _SCORE_COLUMNS)):
         return
+    # A form being stored: its capture task scores it (no look-up of the
+    # rules in the form's request).
+    if capture.deferring():
+        return
     if not created and not set(fields) & services.lead_fields_read():
         return
-    # A form being stored: its capture task scores it. In that task: scored
-    # once more at its end (capture.note_changed), not in another task.
-    if capture.deferring() or capture.note_changed(ids):
+    # In the capture task: scored once more at its end, not in another task.
+    if capture.note_changed(ids):
         return
     ids = list(ids)
     transaction.on_commit(lambda: tasks.enqueue("martech.scoring.tasks.rescore_leads", ids, "lead changed"))
