@@ -133,3 +133,21 @@ def test_crm_emulator_flags(started, settings, tmp_path):
         call_command("crm_emulator", "--port", "0", "--rate-limit", "lots")
     with pytest.raises(CommandError, match="Salesforce has no per-second window"):
         call_command("crm_emulator", "--provider", "salesforce", "--port", "0", "--rate-limit", "190/10s")
+
+
+def test_hubspot_page_sizes_are_the_documented_maxima(raw_hubspot):
+    """The objects' list pages stop at 100, searches at 200, a list's
+    memberships at 250: each limit is the endpoint's own, not the largest."""
+    app, url = raw_hubspot
+    objects = requests.get(f"{url}/crm/v3/objects/contacts", params={"limit": 101}, timeout=5)
+    assert objects.status_code == 400 and "100" in objects.json()["message"]
+    assert requests.get(f"{url}/crm/v3/objects/contacts", params={"limit": 100}, timeout=5).status_code == 200
+    search = requests.post(f"{url}/crm/v3/objects/contacts/search", json={"limit": 201}, timeout=5)
+    assert search.status_code == 400
+    created = requests.post(f"{url}/crm/v3/lists/", json={"name": "Page sizes", "objectTypeId": "0-1",
+                                                           "processingType": "MANUAL"}, timeout=5)
+    list_id = created.json()["list"]["listId"]
+    members = f"{url}/crm/v3/lists/{list_id}/memberships"
+    assert requests.get(members, params={"limit": 250}, timeout=5).status_code == 200
+    refused = requests.get(members, params={"limit": 251}, timeout=5)
+    assert refused.status_code == 400 and "250" in refused.json()["message"]

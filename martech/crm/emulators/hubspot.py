@@ -515,7 +515,7 @@ class HubSpotEmulator(EmulatorBase):
 
     # --- lists v3 ---
     LIST_IDS_MAX = 100_000  # record ids per membership call
-    LIST_PAGE_MAX = 250
+    MEMBERSHIPS_PAGE_MAX = 250  # memberships read; the objects' list pages stay at LIST_PAGE_MAX
 
     def lists_route(self, request: Request, rest: list[str]) -> Response:
         method = request.method
@@ -584,8 +584,8 @@ class HubSpotEmulator(EmulatorBase):
             limit = int(args.get("limit") or 100)
         except ValueError:
             return self.error(400, "VALIDATION_ERROR", "limit must be a number")
-        if not 1 <= limit <= self.LIST_PAGE_MAX:
-            return self.error(400, "VALIDATION_ERROR", f"limit must be between 1 and {self.LIST_PAGE_MAX}")
+        if not 1 <= limit <= self.MEMBERSHIPS_PAGE_MAX:
+            return self.error(400, "VALIDATION_ERROR", f"limit must be between 1 and {self.MEMBERSHIPS_PAGE_MAX}")
         ids = sorted(self.list_members[list_id], key=int)
         after = args.get("after")
         if after:
