@@ -185,6 +185,10 @@ class Lead(TimestampedModel):
 # fields (martech.fields), so form validation here and the services agree.
 LEAD_WRITABLE_FIELDS = declared.writable(declared.LEAD_FIELDS) - {"properties"}
 CRM_KEYS = declared.names(declared.LEAD_FIELDS, crm_key=True)
+# Lead fields a form may set only through its defaults, never from what the
+# visitor posts: an anonymous sender must not pick a lead's stage (and the
+# handoffs and journeys a stage starts).
+VISITOR_REFUSED_FIELDS = frozenset({"lifecycle_stage"})
 
 
 class Identity(models.Model):
@@ -624,6 +628,9 @@ def form_fields_clean(fields, *, consent_field: str = "", honeypot_field: str = 
             errors.append(f"{where}: unknown lead field {lead_field!r} (a lead field or properties.<name>).")
         elif lead_field in CRM_KEYS:
             errors.append(f"{where}: a public form cannot set CRM ids ({lead_field}).")
+        elif lead_field in VISITOR_REFUSED_FIELDS:
+            errors.append(f"{where}: the visitor cannot choose the lifecycle stage; set the stage this form gives "
+                          "in its defaults (lifecycle_stage).")
         elif lead_field in seen_leads:
             errors.append(f"{where}: {lead_field!r} is filled by another field already.")
         seen_leads.add(lead_field)

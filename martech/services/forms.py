@@ -21,7 +21,9 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from martech.models import ConsentChannel, Event, EventType, Form, FormFieldType, Identity, consent_text_version
+from martech.models import (
+    VISITOR_REFUSED_FIELDS, ConsentChannel, Event, EventType, Form, FormFieldType, Identity, consent_text_version,
+)
 from martech.selectors import NOT_APPLIED
 from martech.services import capture
 from martech.services.campaigns import UTM_FIELDS
@@ -151,6 +153,10 @@ def form_values(*, form: Form, data: Mapping[str, Any]) -> tuple[dict[str, Any],
     errors: dict[str, list[str]] = {}
     for field in form.fields:
         name, kind = field["name"], field["type"]
+        if field["lead_field"] in VISITOR_REFUSED_FIELDS:
+            # A form saved before such fields were refused: what the visitor
+            # posts there is not applied; the form's defaults still are.
+            continue
         raw = data.get(name)
         if kind == FormFieldType.HIDDEN and _blank(raw):
             raw = field.get("initial") or None

@@ -162,3 +162,25 @@ def test_property_every_field_is_filled_only_when_empty(stored, sent, stage, for
         assert after[name] == before[name]
     order = {s.pk: s.order for s in LifecycleStage.objects.all()}
     assert order[after["lifecycle_stage_id"]] >= order[before["lifecycle_stage_id"]]
+
+
+def test_a_form_cannot_let_the_visitor_choose_the_stage():
+    email = form_field("email", "email")
+    for kind in ("text", "hidden"):
+        form = FormFactory.build(fields=[email, form_field("stage", "lifecycle_stage", type=kind)])
+        with pytest.raises(ValidationError) as exc:
+            form.full_clean(exclude=["event_type"])
+        assert "cannot choose the lifecycle stage" in exc.value.message_dict["fields"][0]
+
+
+def test_a_stage_field_saved_before_the_rule_is_not_applied_the_defaults_are():
+    form = _form(stage="mql")
+    # Saved before the rule (a row update skips the model's validation).
+    type(form).objects.filter(pk=form.pk).update(
+        fields=[*form.fields, {**form_field("stage", "lifecycle_stage", type="hidden"), "policy": "overwrite"}])
+    form.refresh_from_db()
+    lead = _customer("lead")
+    res = _post(form, {"email": "carla@acme.com", "stage": "customer"})
+    assert (res.status_code, res.json()) == (202, RECEIVED)
+    lead.refresh_from_db()
+    assert lead.lifecycle_stage.key == "mql"  # the form's own stage, not the visitor's
