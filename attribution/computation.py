@@ -247,10 +247,11 @@ def secondary_indexes_suspended() -> Iterator[None]:
             cursor.execute(ddl)
 
 
-# Which credit column dates a rollup row of each basis, and which credits it sums.
+# Which credit column dates a rollup row of each basis, which credits it
+# sums, and the opportunity's column the credit copies that date from.
 _BASIS = {
-    AttributionRollup.WON: ("opportunity_closed_at", Q(is_won=True)),
-    AttributionRollup.CREATED: ("opportunity_created_at", Q()),
+    AttributionRollup.WON: ("opportunity_closed_at", Q(is_won=True), "closed_at"),
+    AttributionRollup.CREATED: ("opportunity_created_at", Q(), "created_at"),
 }
 
 
@@ -273,7 +274,7 @@ def rollup_refresh(*, models: Sequence[str], days: dict[str, set[date]] | None =
     Aggregated in the database; call inside the transaction that wrote the
     credits so readers never see the two disagree. Returns rows written."""
     written = 0
-    for basis, (field, which) in _BASIS.items():
+    for basis, (field, which, opportunity_field) in _BASIS.items():
         rollups = AttributionRollup.objects.filter(model__in=models, basis=basis)
         credits = AttributionCredit.objects.filter(which, model__in=models, **{f"{field}__isnull": False})
         if days is not None:
@@ -281,7 +282,14 @@ def rollup_refresh(*, models: Sequence[str], days: dict[str, set[date]] | None =
             if not wanted:
                 continue
             rollups = rollups.filter(day__in=wanted)
-            credits = credits.filter(_days_q(field, wanted))
+            # The credits table has no date index (a full run would pay for
+            # it on millions of rows), so the days alone scan every credit.
+            # Its rows copy their deal's dates: the deals of those days
+            # (indexed) lead to their credits by the opportunity index. A
+            # credit whose deal's date changed since it was written is found
+            # by the deal's own recompute, which refreshes the old days too.
+            deals = Opportunity.objects.filter(_days_q(opportunity_field, wanted)).values("id")
+            credits = credits.filter(_days_q(field, wanted), opportunity_id__in=deals)
         rollups.delete()
         groups = (
             credits.annotate(day=TruncDate(field, tzinfo=dt_timezone.utc))
