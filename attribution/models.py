@@ -440,7 +440,10 @@ class AttributionCredit(models.Model):
     currency = models.CharField(max_length=3)
     # The credit in the company currency (the deal's amount converted, then
     # split by the same weights) and the date of the rate used; both null
-    # when the deal's currency had no rate on or before its date.
+    # when the deal's currency had no rate on or before its date, and both
+    # null for a deal in the company currency, whose company credit is its
+    # credit (not stored twice: computation.stored_company_amount). Read it
+    # as ``company_amount``.
     company_credit = models.DecimalField(max_digits=20, decimal_places=2, null=True, blank=True)
     rate_date = models.DateField(null=True, blank=True)
     is_won = models.BooleanField()
@@ -452,6 +455,15 @@ class AttributionCredit(models.Model):
     # opportunity, touchpoint deletions by touchpoint). Reports read
     # AttributionRollup, so the credits need no date index; every index is
     # paid for on each of a full run's millions of rows.
+
+    @property
+    def company_amount(self) -> Decimal | None:
+        """The credit in the company currency: ``company_credit``, the credit
+        itself for a deal in the company currency, None when the deal's
+        currency had no rate."""
+        if self.company_credit is not None:
+            return self.company_credit
+        return self.credit if self.currency == settings.MARTECH_COMPANY_CURRENCY else None
 
     def __str__(self) -> str:
         return f"{self.get_model_display()}: {channel_label(self.channel)} credit {self.credit} on {self.opportunity}"

@@ -59,6 +59,7 @@ from tqdm import tqdm  # noqa: E402
 from attribution import engine  # noqa: E402
 from attribution.computation import (  # noqa: E402
     ALL_MODELS, RollupAccumulator, _write, path_credit_rows, rollup_refresh, secondary_indexes_suspended,
+    stored_company_amount,
 )
 from django.db.models import Sum  # noqa: E402
 from attribution.models import AttributionCredit, ExchangeRate, Opportunity, Pipeline, Touchpoint  # noqa: E402
@@ -177,7 +178,8 @@ def materialize(models: dict, rows_of_opps, created, label: str) -> None:
             common = (opp.currency, won, closed, opp.created_at, opp.closed_at, converted.rate_date if converted else None)
             touch_cols = [(opp.pk, None, t.channel, None, datetime.fromtimestamp(t.at, dt_timezone.utc), t.is_opportunity_creation)
                           for t in path]
-            yield from path_credit_rows(models, path, ctx, amount, touch_cols, common, converted.amount if converted else None)
+            yield from path_credit_rows(models, path, ctx, amount, touch_cols, common,
+                                        stored_company_amount(converted, opp.currency, rates.company))
 
     db0 = backend_cpu()
     with Timer() as total:
@@ -355,7 +357,9 @@ def main() -> int:
         with Timer() as t:
             created = create_opportunities(opps)
         emit("opportunities_insert_s", round(t.wall, 2), "s")
-        bench_models(per_lead, opps, created)
+        # Credited in the order a full run reads the deals: by creation (computation._opportunities).
+        order = sorted(range(len(created)), key=lambda k: (created[k].created_at, created[k].pk))
+        bench_models(per_lead, [opps[k] for k in order], [created[k] for k in order])
         plans = bench_report(repeats=5 if args.quick else 10)
         bench_merge()
     finally:

@@ -30,7 +30,7 @@ class AttributionCreditAdmin(ReadOnlyMixin, BigTableAdmin):
 
     change_list_template = "admin/attribution/credit_change_list.html"
     list_display = ["opportunity", "model", "channel_name", "campaign", "touched_at", "weight", "credit", "currency",
-                    "company_credit", "rate_date", "is_won"]
+                    "company_amount", "rate_date", "is_won"]
     list_filter = ["model", ChannelFilter, "is_won"]
     list_select_related = ["opportunity", "campaign"]
     raw_id_fields = ["opportunity", "touchpoint", "campaign"]
@@ -38,6 +38,10 @@ class AttributionCreditAdmin(ReadOnlyMixin, BigTableAdmin):
     @admin.display(description="Channel", ordering="channel")
     def channel_name(self, obj: AttributionCredit) -> str:
         return channel_label(obj.channel)
+
+    @admin.display(description="Company credit")
+    def company_amount(self, obj: AttributionCredit):
+        return obj.company_amount
 
     def get_urls(self):
         return [

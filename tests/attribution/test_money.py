@@ -114,6 +114,15 @@ def test_report_converts_each_deal_at_its_close_day_rate_and_names_the_rate_date
     eur_credit = AttributionCredit.objects.get(model="linear", opportunity=world["deals"][1])
     assert (eur_credit.credit, eur_credit.currency, eur_credit.company_credit, eur_credit.rate_date) == (
         Decimal("100.00"), "EUR", Decimal("110.00"), D0 - timedelta(days=10))
+    assert eur_credit.company_amount == Decimal("110.00")
+    # a deal in the company currency stores its credit once: its company amount is the credit
+    usd_credit = AttributionCredit.objects.get(model="linear", opportunity=world["deals"][0])
+    assert (usd_credit.credit, usd_credit.currency, usd_credit.company_credit, usd_credit.rate_date) == (
+        Decimal("100.00"), "USD", None, None)
+    assert usd_credit.company_amount == Decimal("100.00")
+    usd_rollup = AttributionRollup.objects.get(model="linear", basis="won", currency="USD")
+    assert (usd_rollup.credit, usd_rollup.company_credit, usd_rollup.unconverted) == (
+        Decimal("100.00"), Decimal("100.00"), Decimal("0.00"))
 
 
 def test_a_rate_change_recomputes_the_deals_it_moves_and_no_others(world, recomputes, django_capture_on_commit_callbacks):
@@ -154,7 +163,7 @@ def test_a_currency_without_a_rate_is_flagged_never_taken_at_one(world):
     gbp = _won(lead, amount="1000.00", currency="GBP", created=T0 - timedelta(days=1), closed=T0 + timedelta(days=1))
     attribution_compute(opportunity_ids=[gbp.pk])
     credit = AttributionCredit.objects.get(model="linear", opportunity=gbp)
-    assert (credit.company_credit, credit.rate_date) == (None, None)
+    assert (credit.company_credit, credit.rate_date, credit.company_amount) == (None, None, None)
     row = _email()
     assert row["attributed_revenue"] == Decimal("277.00")  # not 1,277.00
     assert row["unconverted_currencies"] == "GBP"
@@ -184,6 +193,8 @@ def test_the_streamed_rollup_equals_the_sql_aggregate_with_currencies(world):
     assert {r[5] for r in streamed} == {"USD", "EUR", "JPY", "GBP"}
     gbp = [r for r in streamed if r[5] == "GBP" and r[0] == "linear" and r[1] == "won"]
     assert [(r[7], r[8], r[9]) for r in gbp] == [(Decimal("0.00"), Decimal("1000.00"), None)]
+    usd = [r for r in streamed if r[5] == "USD" and r[0] == "linear" and r[1] == "won"]
+    assert [(r[6], r[7], r[8]) for r in usd] == [(Decimal("100.00"), Decimal("100.00"), Decimal("0.00"))]
     from attribution.computation import ALL_MODELS, rollup_refresh
 
     rollup_refresh(models=list(ALL_MODELS))
