@@ -328,6 +328,8 @@ def _push_prepare(connection: Connection, connector: Connector, builder: Payload
     obj = builder.obj
     to_send: list[tuple[OutboxItem, PushRecord, str]] = []
     finished: list[OutboxItem] = []
+    # The batch's CRM owner ids in one ask (``crm_owner_ids``), not one per payload.
+    builder.prefetch(list(batch.records.values()))
     for item in items:
         instance = batch.records.get(item.local_id)
         key = _push_upsert_key(obj, connector, instance)
