@@ -17,6 +17,12 @@ Deletes its rows at the end.
 --only pulls: the pull, import and idle figures alone; the other figures of
 the results file (the last whole run's) are kept beside them.
 
+--latency S: the emulators answer every call S seconds late (a real CRM's
+round trip; default 0). Every push and pull also reports ``<name>_breakdown``:
+its wall clock split into this process's CPU, the emulator's, the PostgreSQL
+backend's, pacing and retry sleeps and what is left (waiting), with its
+queries per batch or page (``Breakdown``).
+
 --quick: N = 3,000 (the whole run about a minute). Full: N = 10,000 and
 100,000, to compare peak memory (each size in its own process, so each peak
 is that size's own). Prints one JSON line per figure and writes
@@ -149,9 +155,13 @@ MAPPINGS = {
 PER_CALL = {"hubspot": 100, "salesforce": 200}
 
 
+# Seconds the emulators add to every answer (``--latency``; 0: the loopback's own).
+LATENCY = float(os.environ.get("BENCH_CRM_LATENCY") or 0)
+
+
 def start_emulator(provider: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "crm_emulator", "--provider", provider,
-                             "--port", "0"],
+                             "--port", "0", "--latency", str(LATENCY)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
                             env={**os.environ, **(env or {})})
     line = proc.stdout.readline().strip()
@@ -291,7 +301,7 @@ def pull_behind_cap(n: int, *, mode: str = "search") -> list[dict]:
     from martech.crm.emulators.hubspot import DEFAULT_SEARCH_RATE, HubSpotEmulator
     from martech.crm.services import pull_changes
 
-    app = HubSpotEmulator()  # the search limit enforced (its default, HubSpot's documented 5/1s)
+    app = HubSpotEmulator(latency=LATENCY)  # the search limit enforced (its default, HubSpot's documented 5/1s)
     app.rate_limit = settings.MARTECH_CRM["HUBSPOT_RATE"]  # and the general window, as HubSpot does
     app.search_memo = True
     base = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)
@@ -512,6 +522,8 @@ def main() -> int:
     parser.add_argument("--only", choices=["pulls"],
                         help="pulls: only the HubSpot pull behind the cap and the full import (the run's size) "
                              "and the idle costs; the other figures of --out are kept.")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="Seconds the emulators add to every answer (a real CRM's round trip); default 0.")
     parser.add_argument("--single", nargs=2, metavar=("PROVIDER", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "crm_sync.json"))
     args = parser.parse_args()
@@ -536,7 +548,8 @@ def main() -> int:
     for provider, n in runs:
         # A fresh process per size, so each peak_rss is that size's own.
         done = subprocess.run([sys.executable, __file__, "--single", provider, str(n)], cwd=ROOT,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True,
+                              env={**os.environ, "BENCH_CRM_LATENCY": str(args.latency)})
         lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith('{"metric"')]
         if done.returncode != 0 or not lines:
             raise SystemExit(json.dumps({"error": {"code": "bench_failed", "message":
@@ -547,7 +560,7 @@ def main() -> int:
     meta = {"quick": args.quick, **({"only": args.only} if args.only else {}), "sizes": sizes, "providers": providers,
             "database": settings.DATABASES["default"]["ENGINE"], "loadavg_start": load_start,
             "uptime_start": uptime_start,
-            "loadavg": os.getloadavg(), "uptime": _uptime(), "cpu_count": os.cpu_count(), "emulator_latency_s": 0,
+            "loadavg": os.getloadavg(), "uptime": _uptime(), "cpu_count": os.cpu_count(), "emulator_latency_s": args.latency,
             "process_per_size": True}
     path = Path(args.out)
     if args.only and path.exists():
