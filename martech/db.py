@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -115,6 +116,9 @@ def retry_on_conflict(fn: Callable[..., T] | None = None, *, using: str = DEFAUL
     return wrap(fn) if fn is not None else wrap
 
 
+_VARCHAR_N = re.compile(r"^varchar\(\d+\)$")
+
+
 def update_rows(model, instances: list, fields: list[str], *, using: str = DEFAULT_DB_ALIAS,
                 batch_size: int = 1000) -> None:
     """Write ``fields`` of each instance to its row, per row values (what
@@ -134,7 +138,11 @@ def update_rows(model, instances: list, fields: list[str], *, using: str = DEFAU
     meta = model._meta
     columns = [meta.get_field(name) for name in fields]
     row = "(%s, " + ", ".join("%s" for _ in columns) + ")"
-    assignments = ", ".join(f"{qn(f.column)} = v.{qn(f.column)}::{f.db_type(db)}" for f in columns)
+    # Each value cast to its column's type, without a varchar's length: an
+    # explicit cast to varchar(n) would cut a longer value silently, where the
+    # column's own (assignment) cast refuses it, as bulk_update's UPDATE does.
+    assignments = ", ".join(f"{qn(f.column)} = v.{qn(f.column)}::{_VARCHAR_N.sub('varchar', f.db_type(db))}"
+                            for f in columns)
     names = ", ".join(qn(f.column) for f in columns)
     with db.cursor() as cursor:
         for start in range(0, len(instances), batch_size):

@@ -46,3 +46,14 @@ def test_batches_of_batch_size_and_nothing_for_no_rows():
     if connection.vendor == "postgresql":
         assert len(ctx.captured_queries) == 3
     assert {lead.pk: lead.first_name for lead in Lead.objects.all()} == {lead.pk: f"N{lead.pk}" for lead in leads}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite does not enforce a varchar's length")
+def test_a_value_too_long_for_its_column_is_refused_not_cut():
+    from django.db import DataError, transaction
+
+    lead = Lead.objects.create(email="long@example.org")
+    lead.first_name = "x" * 1000
+    with pytest.raises(DataError), transaction.atomic():
+        update_rows(Lead, [lead], ["first_name"])
+    assert Lead.objects.get(pk=lead.pk).first_name == ""
