@@ -17,6 +17,12 @@ Deletes its rows at the end.
 --only pulls: the pull, import and idle figures alone; the other figures of
 the results file (the last whole run's) are kept beside them.
 
+--latency S: the emulators answer every call S seconds late (a real CRM's
+round trip; default 0). Every push and pull also reports ``<name>_breakdown``:
+its wall clock split into this process's CPU, the emulator's, the PostgreSQL
+backend's, pacing and retry sleeps and what is left (waiting), with its
+queries per batch or page (``Breakdown``).
+
 --quick: N = 3,000 (the whole run about a minute). Full: N = 10,000 and
 100,000, to compare peak memory (each size in its own process, so each peak
 is that size's own). Prints one JSON line per figure and writes
@@ -71,11 +77,72 @@ from martech.crm.models import Connection, FieldMapping, OutboxItem, PushState, 
 from martech.crm.services import outbox_drain  # noqa: E402
 from martech.models import Account, Lead, LifecycleStage  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from rss import backend_cpu_of, backend_pid  # noqa: E402  (bench/rss.py)
+
 settings.DEBUG = False  # no query log growing with N
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system, all threads) of another process on this
+    machine, from /proc: the emulator's; 0 when unknown."""
+    return backend_cpu_of(pid)
+
+
+class Breakdown:
+    """Where a drain's or a pull's wall time went: this process's CPU, the
+    emulator's CPU (its process), this connection's PostgreSQL backend's
+    CPU, the connector's pacing sleeps (RateLimiter) and retry sleeps, and
+    the queries this process sent. What is left of the wall clock
+    (``other_s``) is waiting: for the CPU on a loaded machine, for the
+    disk (commits), for a peer's answer on the loopback. Parts can overlap
+    (the pull reads ahead in a thread while it writes), so ``other_s`` is
+    clipped at 0."""
+
+    def __init__(self, emulator_pid: int | None, connector=None):
+        from django.db import connection as db
+
+        self.emulator_pid, self.connector = emulator_pid, connector
+        self.db_pid = backend_pid()
+        self.queries = 0
+        self._db = db
+
+    def _count(self, execute, sql, params, many, context):
+        self.queries += 1
+        return execute(sql, params, many, context)
+
+    def __enter__(self) -> "Breakdown":
+        self._wrapper = self._db.execute_wrapper(self._count)
+        self._wrapper.__enter__()
+        stats = getattr(self.connector, "stats", None)
+        self._paced0 = len(stats.paced) if stats is not None else 0
+        self._slept0 = len(stats.slept) if stats is not None else 0
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.emu0, self.db0 = process_cpu(self.emulator_pid), backend_cpu_of(self.db_pid)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.cpu = time.process_time() - self.cpu0
+        self.emulator_cpu = process_cpu(self.emulator_pid) - self.emu0
+        self.db_cpu = backend_cpu_of(self.db_pid) - self.db0
+        self._wrapper.__exit__(*exc)
+        stats = getattr(self.connector, "stats", None)
+        self.paced = sum(stats.paced[self._paced0:]) if stats is not None else 0.0
+        self.slept = sum(stats.slept[self._slept0:]) if stats is not None else 0.0
+
+    def figures(self, *, units: int, unit: str) -> dict:
+        """The breakdown as a figure's fields; ``units`` batches or pages for the per-unit query count."""
+        other = self.wall - self.cpu - self.emulator_cpu - self.db_cpu - self.paced - self.slept
+        return {"wall_s": round(self.wall, 2), "cpu_s": round(self.cpu, 2),
+                "emulator_cpu_s": round(self.emulator_cpu, 2), "db_backend_cpu_s": round(self.db_cpu, 2),
+                "paced_s": round(self.paced, 2), "retry_sleep_s": round(self.slept, 2),
+                "other_s": round(max(other, 0.0), 2), "queries": self.queries,
+                f"queries_per_{unit}": round(self.queries / units, 1) if units else None, unit + "s": units}
 
 
 MAPPINGS = {
@@ -88,9 +155,13 @@ MAPPINGS = {
 PER_CALL = {"hubspot": 100, "salesforce": 200}
 
 
+# Seconds the emulators add to every answer (``--latency``; 0: the loopback's own).
+LATENCY = float(os.environ.get("BENCH_CRM_LATENCY") or 0)
+
+
 def start_emulator(provider: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "crm_emulator", "--provider", provider,
-                             "--port", "0"],
+                             "--port", "0", "--latency", str(LATENCY)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
                             env={**os.environ, **(env or {})})
     line = proc.stdout.readline().strip()
@@ -100,7 +171,7 @@ def start_emulator(provider: str, env: dict | None = None) -> tuple[subprocess.P
     return proc, line.rsplit(" ", 1)[1]
 
 
-def one_size(provider: str, n: int, stage: LifecycleStage) -> list[dict]:
+def one_size(provider: str, n: int, stage: LifecycleStage, emulator_pid: int | None = None) -> list[dict]:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     Connection.objects.filter(provider=provider).delete()
     connection = Connection.objects.create(provider=provider, name="bench", daily_api_limit=10_000_000)
@@ -122,11 +193,12 @@ def one_size(provider: str, n: int, stage: LifecycleStage) -> list[dict]:
 
     queue()
     rss_before = rss_mb()
-    t0 = time.perf_counter()
-    cpu0 = time.process_time()
-    run = outbox_drain(connection=connection)
-    elapsed = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
+    from martech.crm.connectors import connector_for
+
+    connector = connector_for(connection)
+    with Breakdown(emulator_pid, connector) as spent:
+        run = outbox_drain(connection=connection, connector=connector)
+    elapsed, cpu = spent.wall, spent.cpu
     rss_after = rss_mb()
     queue()
     t1 = time.perf_counter()
@@ -141,6 +213,9 @@ def one_size(provider: str, n: int, stage: LifecycleStage) -> list[dict]:
          "seconds": round(elapsed, 2), "loadavg_1m": round(os.getloadavg()[0], 2)},
         {"metric": f"{p}_push_{n}_records_per_cpu_s", "value": round(n / cpu, 1), "unit": "records/cpu-s",
          "cpu_seconds": round(cpu, 2)},
+        {"metric": f"{p}_push_{n}_breakdown", "value": round(spent.wall, 2), "unit": "s",
+         **spent.figures(units=-(-n // settings.MARTECH_CRM["DRAIN_BATCH"]), unit="batch"),
+         "api_calls": run.api_calls},
         {"metric": f"{p}_push_{n}_peak_rss", "value": round(rss_after, 1), "unit": "MB",
          "rss_before_drain": round(rss_before, 1)},
         {"metric": f"{p}_push_{n}_unchanged_write_calls", "value": second.api_calls, "unit": "calls",
@@ -157,7 +232,7 @@ def one_size(provider: str, n: int, stage: LifecycleStage) -> list[dict]:
     return figures
 
 
-def companies(n: int, url: str) -> list[dict]:
+def companies(n: int, url: str, emulator_pid: int | None = None) -> list[dict]:
     """N accounts -> HubSpot companies, upserted by domain, 100 per call."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
@@ -182,9 +257,12 @@ def companies(n: int, url: str) -> list[dict]:
                  for i in ids[start:start + 5000]], ignore_conflicts=True, batch_size=1000)
 
     queue()
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    run = outbox_drain(connection=connection)
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    from martech.crm.connectors import connector_for
+
+    connector = connector_for(connection)
+    with Breakdown(emulator_pid, connector) as spent:
+        run = outbox_drain(connection=connection, connector=connector)
+    elapsed, cpu = spent.wall, spent.cpu
     queue()
     second = outbox_drain(connection=connection)
     assert run.pushed == n and run.failed == 0, (run.pushed, run.failed, run.error)
@@ -193,6 +271,9 @@ def companies(n: int, url: str) -> list[dict]:
          "minimum": -(-n // 100)},
         {"metric": f"hubspot_companies_push_{n}_records_per_s", "value": round(n / elapsed, 1), "unit": "records/s",
          "cpu_s": round(cpu, 2), "wall_s": round(elapsed, 2)},
+        {"metric": f"hubspot_companies_push_{n}_breakdown", "value": round(spent.wall, 2), "unit": "s",
+         **spent.figures(units=-(-n // settings.MARTECH_CRM["DRAIN_BATCH"]), unit="batch"),
+         "api_calls": run.api_calls},
         {"metric": f"hubspot_companies_push_{n}_unchanged_write_calls", "value": second.api_calls, "unit": "calls",
          "skipped": second.skipped},
     ]
@@ -220,7 +301,7 @@ def pull_behind_cap(n: int, *, mode: str = "search") -> list[dict]:
     from martech.crm.emulators.hubspot import DEFAULT_SEARCH_RATE, HubSpotEmulator
     from martech.crm.services import pull_changes
 
-    app = HubSpotEmulator()  # the search limit enforced (its default, HubSpot's documented 5/1s)
+    app = HubSpotEmulator(latency=LATENCY)  # the search limit enforced (its default, HubSpot's documented 5/1s)
     app.rate_limit = settings.MARTECH_CRM["HUBSPOT_RATE"]  # and the general window, as HubSpot does
     app.search_memo = True
     base = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)
@@ -247,14 +328,11 @@ def pull_behind_cap(n: int, *, mode: str = "search") -> list[dict]:
 
     connector = HubSpotConnector(connection)
     try:
+        with Breakdown(emulator.pid, connector) as spent:
+            run = pull_changes(connection=connection, connector=connector, full=mode == "list")
+        elapsed, cpu, emulator_cpu = spent.wall, spent.cpu, spent.emulator_cpu
         ours.send("cpu")
-        emulator_cpu0, _ = ours.recv()
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        run = pull_changes(connection=connection, connector=connector, full=mode == "list")
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        ours.send("cpu")
-        emulator_cpu, refused = ours.recv()
-        emulator_cpu -= emulator_cpu0
+        _, refused = ours.recv()
     finally:
         ours.send("stop")
         emulator.join(10)
@@ -279,6 +357,8 @@ def pull_behind_cap(n: int, *, mode: str = "search") -> list[dict]:
          "unit": "s", "records_per_emulator_cpu_s": round(n / emulator_cpu, 1) if emulator_cpu else None},
         {"metric": f"{name}_api_calls", "value": run.api_calls, "unit": "calls",
          "minimum": -(-n // page), "page": page, "emulator_429s": refused},
+        {"metric": f"{name}_breakdown", "value": round(spent.wall, 2), "unit": "s",
+         **spent.figures(units=-(-n // page), unit="page")},
         {"metric": f"{name}_completeness", "value": round(100 * distinct / n, 2),
          "unit": "%", "applied_twice": run.pulled + run.skipped - n},
     ]
@@ -419,8 +499,8 @@ def run_single(provider: str, n: int) -> list[dict]:
             settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
         try:
             if provider == "hubspot_companies":
-                return companies(n, url)
-            return one_size(provider, n, stage)
+                return companies(n, url, proc.pid)
+            return one_size(provider, n, stage, proc.pid)
         finally:
             proc.terminate()
             proc.wait()
@@ -442,6 +522,8 @@ def main() -> int:
     parser.add_argument("--only", choices=["pulls"],
                         help="pulls: only the HubSpot pull behind the cap and the full import (the run's size) "
                              "and the idle costs; the other figures of --out are kept.")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="Seconds the emulators add to every answer (a real CRM's round trip); default 0.")
     parser.add_argument("--single", nargs=2, metavar=("PROVIDER", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "crm_sync.json"))
     args = parser.parse_args()
@@ -466,7 +548,8 @@ def main() -> int:
     for provider, n in runs:
         # A fresh process per size, so each peak_rss is that size's own.
         done = subprocess.run([sys.executable, __file__, "--single", provider, str(n)], cwd=ROOT,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True,
+                              env={**os.environ, "BENCH_CRM_LATENCY": str(args.latency)})
         lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith('{"metric"')]
         if done.returncode != 0 or not lines:
             raise SystemExit(json.dumps({"error": {"code": "bench_failed", "message":
@@ -477,7 +560,7 @@ def main() -> int:
     meta = {"quick": args.quick, **({"only": args.only} if args.only else {}), "sizes": sizes, "providers": providers,
             "database": settings.DATABASES["default"]["ENGINE"], "loadavg_start": load_start,
             "uptime_start": uptime_start,
-            "loadavg": os.getloadavg(), "uptime": _uptime(), "cpu_count": os.cpu_count(), "emulator_latency_s": 0,
+            "loadavg": os.getloadavg(), "uptime": _uptime(), "cpu_count": os.cpu_count(), "emulator_latency_s": args.latency,
             "process_per_size": True}
     path = Path(args.out)
     if args.only and path.exists():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -113,3 +114,44 @@ def retry_on_conflict(fn: Callable[..., T] | None = None, *, using: str = DEFAUL
         return wrapper
 
     return wrap(fn) if fn is not None else wrap
+
+
+_VARCHAR_N = re.compile(r"^varchar\(\d+\)$")
+
+
+def update_rows(model, instances: list, fields: list[str], *, using: str = DEFAULT_DB_ALIAS,
+                batch_size: int = 1000) -> None:
+    """Write ``fields`` of each instance to its row, per row values (what
+    ``bulk_update`` does). On PostgreSQL one ``UPDATE ... FROM (VALUES ...)``
+    per ``batch_size`` rows, joined by primary key: ``bulk_update`` writes a
+    ``CASE WHEN`` per field over every id, which the server evaluates for
+    each row (quadratic: most of a CRM drain's database time for the ids it
+    writes back) and which costs the client more to build than to run.
+    Elsewhere ``bulk_update`` itself. No signals, as with ``bulk_update``."""
+    if not instances:
+        return
+    db = connections[using]
+    if db.vendor != "postgresql":
+        model.objects.using(using).bulk_update(instances, fields, batch_size=batch_size)
+        return
+    qn = db.ops.quote_name
+    meta = model._meta
+    columns = [meta.get_field(name) for name in fields]
+    row = "(%s, " + ", ".join("%s" for _ in columns) + ")"
+    # Each value cast to its column's type, without a varchar's length: an
+    # explicit cast to varchar(n) would cut a longer value silently, where the
+    # column's own (assignment) cast refuses it, as bulk_update's UPDATE does.
+    assignments = ", ".join(f"{qn(f.column)} = v.{qn(f.column)}::{_VARCHAR_N.sub('varchar', f.db_type(db))}"
+                            for f in columns)
+    names = ", ".join(qn(f.column) for f in columns)
+    with db.cursor() as cursor:
+        for start in range(0, len(instances), batch_size):
+            chunk = instances[start:start + batch_size]
+            params: list = []
+            for instance in chunk:
+                params.append(instance.pk)
+                params.extend(f.get_db_prep_save(getattr(instance, f.attname), db) for f in columns)
+            cursor.execute(
+                f"UPDATE {qn(meta.db_table)} AS t SET {assignments} "
+                f"FROM (VALUES {', '.join([row] * len(chunk))}) AS v(pk, {names}) "
+                f"WHERE t.{qn(meta.pk.column)} = v.pk", params)

@@ -36,7 +36,7 @@ from jsonschema.exceptions import best_match
 
 from martech import configcache, hooks, signals
 from martech import fields as declared
-from martech.db import is_conflict, run_in_transaction
+from martech.db import is_conflict, run_in_transaction, update_rows
 from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
 from martech.selectors import NOT_APPLIED
 from martech.services.campaigns import UTM_FIELDS, UtmNormalizer, campaigns_by_utm
@@ -391,28 +391,9 @@ def lead_touch_update(*, touches: dict[int, list[Touch]]) -> int:
 
 
 def _write_touch_fields(leads: list[Lead]) -> None:
-    columns = [*TOUCH_FIELDS, "updated_at"]
-    if connection.vendor != "postgresql":
-        Lead.objects.bulk_update(leads, columns)
-        return
-    # bulk_update writes one CASE WHEN per field over all ids, which the
-    # server evaluates for every row: quadratic, ~0.3 s for a few hundred
-    # leads. One UPDATE ... FROM (VALUES ...) joins by id instead.
-    qn = connection.ops.quote_name
-    fields = [Lead._meta.get_field(c) for c in columns]
-    row = "(%s, " + ", ".join("%s" for _ in fields) + ")"
-    assignments = ", ".join(f"{qn(f.column)} = v.{qn(f.column)}::{f.db_type(connection)}" for f in fields)
-    sql = (
-        f"UPDATE {qn(Lead._meta.db_table)} AS l SET {assignments} "
-        f"FROM (VALUES {', '.join([row] * len(leads))}) AS v(id, {', '.join(qn(f.column) for f in fields)}) "
-        f"WHERE l.id = v.id"
-    )
-    params: list[Any] = []
-    for lead in leads:
-        params.append(lead.pk)
-        params.extend(f.get_db_prep_save(getattr(lead, f.attname), connection) for f in fields)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    # Not bulk_update: one CASE WHEN per field over all ids, which the server
+    # evaluates for every row (quadratic, ~0.3 s for a few hundred leads).
+    update_rows(Lead, leads, [*TOUCH_FIELDS, "updated_at"])
 
 
 class UtmResolver:

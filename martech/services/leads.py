@@ -18,6 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from martech import configcache, hooks, signals
+from martech.db import update_rows
 from martech.services import capture
 from martech.models import (
     CRM_KEYS,
@@ -496,7 +497,7 @@ def lead_upsert_many(
 
     Lead.objects.bulk_create(new_leads, batch_size=500)
     if updated_leads:
-        Lead.objects.bulk_update(updated_leads, fields=sorted(update_fields | {"updated_at"}), batch_size=UPDATE_BATCH)
+        update_rows(Lead, updated_leads, sorted(update_fields | {"updated_at"}), batch_size=UPDATE_BATCH)
     for lead, transition in transitions:
         transition.lead = lead
     StageTransition.objects.bulk_create([t for _, t in transitions], batch_size=500)

@@ -45,3 +45,35 @@ def test_close_stops_a_reader_that_is_ahead_and_reads_no_further():
     assert not reader._thread.is_alive()
     # At most the queue's depth and the one in hand beyond what was consumed.
     assert len(read) <= 1 + 3 + 1
+
+
+@pytest.mark.django_db
+def test_a_full_import_reads_its_next_list_page_while_it_writes_one(connection, hubspot, monkeypatch):
+    import time
+
+    from martech.crm.services import pull as pull_module
+    from martech.crm.services import pull_changes
+    from martech.models import Lead
+
+    for i in range(250):
+        hubspot.put_contact({"email": f"r{i}@example.org", "firstname": f"R{i}"})
+    real = pull_module.pulled_apply_page
+    seen_while_writing: list[int] = []
+
+    def lists() -> int:
+        return sum(1 for m, p, _ in hubspot.requests if m == "GET" and p == "/crm/v3/objects/contacts")
+
+    def apply_page(**kwargs):
+        if not seen_while_writing:
+            # The first page is being written: the second page's call goes out meanwhile.
+            deadline = time.monotonic() + 5
+            while lists() < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        seen_while_writing.append(lists())
+        return real(**kwargs)
+
+    monkeypatch.setattr(pull_module, "pulled_apply_page", apply_page)
+    run = pull_changes(connection=connection, full=True)
+    assert (run.pulled, run.error, run.api_calls) == (250, "", 3)
+    assert seen_while_writing[0] >= 2
+    assert Lead.objects.filter(email__startswith="r").count() == 250

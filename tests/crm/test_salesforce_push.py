@@ -152,9 +152,13 @@ def test_owner_pushed_as_owner_id_from_routing_or_pulled_users(sf_connection, sa
     outbox_drain(connection=sf_connection)
     (record,) = salesforce.records["Lead"].values()
     assert record["OwnerId"] == "005000000000000077"  # matched by email among pulled Users
-    # Routing's rep (through the crm_owner_id provider) wins over the email match.
+    # Routing's rep (through its crm_owner_id provider, and crm_owner_ids for a
+    # batch, which the drain asks once per batch) wins over the email match.
     monkeypatch.setitem(hooks._providers, "crm_owner_id",
                         lambda *, lead_id, provider: "005000000000000099" if provider == "salesforce" else None)
+    monkeypatch.setitem(hooks._providers, "crm_owner_ids",
+                        lambda *, lead_ids, provider: {i: "005000000000000099" for i in lead_ids}
+                        if provider == "salesforce" else {})
     lead_upsert(data={"email": lead.email, "job_title": "New"}, source="test")
     outbox_drain(connection=sf_connection)
     assert record["OwnerId"] == "005000000000000099"

@@ -362,8 +362,9 @@ class HubSpotConnector:
         errors), answered as the JSON body instead of model objects: the
         client builds a model per record and parses every timestamp in it
         with dateutil, which was most of a pull's CPU. Used where a page of
-        records is read (search, list, batch read); records are then read
-        from the documented JSON shape (``_pulled_json``)."""
+        records is read (search, list, batch read; records are then read
+        from the documented JSON shape, ``_pulled_json``) and for the batch
+        upsert's answer (its ``results`` and ``errors``)."""
         return self._call(fn, _preload_content=False, **kwargs)
 
     def _spec(self, obj: str) -> HubSpotObject:
@@ -381,15 +382,16 @@ class HubSpotConnector:
     def _models(self, spec: HubSpotObject):
         return importlib.import_module(f"hubspot.crm.{spec.package}")
 
-    def _upsert_body(self, spec: HubSpotObject, records: list[PushRecord]):
-        m = self._models(spec)
-        return m.BatchInputSimplePublicObjectBatchInputUpsert(inputs=[
-            m.SimplePublicObjectBatchInputUpsert(
-                id=r.key, id_property=spec.id_property,
-                # The key travels as a property too: HubSpot stores it and answers with it.
-                properties={**r.properties, spec.id_property: r.key})
+    @staticmethod
+    def _upsert_body(spec: HubSpotObject, records: list[PushRecord]) -> dict:
+        """A BatchInputSimplePublicObjectBatchInputUpsert as its JSON (the
+        client sends a dict as it is): building the client's model objects,
+        each with a Configuration of its own, cost more CPU than the call."""
+        return {"inputs": [
+            # The key travels as a property too: HubSpot stores it and answers with it.
+            {"id": r.key, "idProperty": spec.id_property, "properties": {**r.properties, spec.id_property: r.key}}
             for r in records
-        ])
+        ]}
 
     @staticmethod
     def _properties(spec: HubSpotObject, record: PushRecord) -> dict[str, str]:
@@ -466,16 +468,18 @@ class HubSpotConnector:
         chunk is simply sent again; a matched chunk finds what it created)."""
         if mode == MATCH:
             return self._with_associations(obj, chunk, self._push_matched(spec, chunk))
-        response = self._call(self._api(spec).batch_api.upsert,
-                              batch_input_simple_public_object_batch_input_upsert=self._upsert_body(spec, chunk))
+        # The answer read as its JSON (``_raw``): the client's models parse two
+        # timestamps per record with dateutil, most of a push's CPU before.
+        response = self._raw(self._api(spec).batch_api.upsert,
+                             batch_input_simple_public_object_batch_input_upsert=self._upsert_body(spec, chunk))
         by_key = {r.key.lower(): r for r in chunk}
         done: dict[str, str] = {}
-        for item in response.results or []:
-            done[str((item.properties or {}).get(spec.id_property) or "").lower()] = item.id
+        for item in response.get("results") or []:
+            done[str((item.get("properties") or {}).get(spec.id_property) or "").lower()] = str(item["id"])
         failed: dict[str, str] = {}
-        for err in getattr(response, "errors", None) or []:
-            for key in (err.context or {}).get("ids", []):
-                failed[key.lower()] = err.message
+        for err in response.get("errors") or []:
+            for key in (err.get("context") or {}).get("ids", []):
+                failed[key.lower()] = err.get("message") or "refused"
         chunk_results = []
         for key, record in by_key.items():
             if key in done:

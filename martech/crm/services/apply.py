@@ -9,10 +9,10 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
-from martech import hooks
+from martech import configcache, hooks
 from martech.crm import objects
 from martech.crm.connectors import connector_for
 from martech.crm.connectors.base import Connector
@@ -90,28 +90,65 @@ def _locals_by_remote_ids(connection: Connection, obj: objects.ObjectType, remot
     return found
 
 
-def _page_locals(connection: Connection, obj: objects.ObjectType, page: list, mappings: list[FieldMapping]
-                 ) -> dict[str, Any]:
-    """The local record each pulled one is (remote id -> record): by what we
-    pushed or pulled before, else the remote id column, else the natural key
-    (email, domain). One query per way whatever the page's size."""
-    found = _locals_by_remote_ids(connection, obj, [p.remote_id for p in page])
+def _page_local_ids(connection: Connection, obj: objects.ObjectType, page: list, mappings: list[FieldMapping]
+                    ) -> dict[str, int]:
+    """The local record each pulled one is (remote id -> primary key), in
+    the order of ``_locals_by_remote_ids`` and then the natural key: by what
+    we pushed or pulled before (PushState), else the remote id column, else
+    the natural key (email, domain). Two queries whatever the page's size:
+    the states, then one look-up of keys only by every way at once; the
+    records themselves are read once, by ``_page_lock`` (locked) or
+    ``_page_locals``."""
+    wanted = {p.remote_id for p in page if p.remote_id}
+    by_state: dict[str, int] = {}
+    if wanted:
+        for remote_id, local_id in (PushState.objects.filter(connection=connection, object=obj.key,
+                                                             remote_id__in=wanted)
+                                    .order_by("pk").values_list("remote_id", "local_id")):
+            by_state.setdefault(remote_id, local_id)
+    by_column: dict[str, set[str]] = {}
+    for remote_id in wanted:
+        by_column.setdefault(obj.id_field(connection.provider, remote_id), set()).add(remote_id)
+    keys: dict[str, list[str]] = {}
     if obj.key_field:
         remote = next((m.remote_field for m in mappings if m.local_field == obj.key_field), obj.key_field)
-        wanted: dict[str, list[str]] = {}
         for pulled in page:
-            value = (pulled.properties.get(remote) or "").strip().lower()
-            if value and pulled.remote_id not in found:
-                wanted.setdefault(value, []).append(pulled.remote_id)
-        if wanted:
             # The key columns hold normalized, lower-case values (emails,
             # domains): an exact IN on the lowered values is the case-blind
             # match and uses their unique index.
-            model = obj.model_class.objects.select_related(*obj.select_related)
-            for instance in model.filter(**{f"{obj.key_field}__in": wanted}).order_by("pk"):
-                for remote_id in wanted.get(getattr(instance, obj.key_field), ()):
-                    found.setdefault(remote_id, instance)
+            value = (pulled.properties.get(remote) or "").strip().lower()
+            if value:
+                keys.setdefault(value, []).append(pulled.remote_id)
+    lookup = Q(pk__in=set(by_state.values())) if by_state else Q()
+    for column, ids in by_column.items():
+        lookup |= Q(**{f"{column}__in": ids})
+    if keys:
+        lookup |= Q(**{f"{obj.key_field}__in": keys})
+    if not lookup:
+        return {}
+    columns = sorted({*by_column, *([obj.key_field] if keys else [])})
+    rows = list(obj.model_class.objects.filter(lookup).order_by("pk").values_list("pk", *columns))
+    there = {row[0] for row in rows}
+    found = {r: local_id for r, local_id in by_state.items() if local_id in there}
+    for column in by_column:
+        n = columns.index(column) + 1
+        for row in rows:
+            if row[n] in by_column[column]:
+                found.setdefault(row[n], row[0])
+    if keys:
+        n = columns.index(obj.key_field) + 1
+        for row in rows:
+            for remote_id in keys.get(row[n], ()):
+                found.setdefault(remote_id, row[0])
     return found
+
+
+def _page_locals(connection: Connection, obj: objects.ObjectType, page: list, mappings: list[FieldMapping]
+                 ) -> dict[str, Any]:
+    """``_page_local_ids`` with the records (unlocked: the dry run)."""
+    ids = _page_local_ids(connection, obj, page, mappings)
+    rows = obj.model_class.objects.select_related(*obj.select_related).in_bulk(set(ids.values())) if ids else {}
+    return {r: rows[pk] for r, pk in ids.items() if pk in rows}
 
 
 class _OwnerUsers(dict):
@@ -194,19 +231,19 @@ def _page_dry_run(connection: Connection, object_type: objects.ObjectType, page:
 
 def _page_lock(connection: Connection, object_type: objects.ObjectType, page: list,
                mappings: list[FieldMapping]) -> dict[str, Any]:
-    """Step 1: the page's local records (remote id -> record), locked and read again."""
-    model = object_type.model_class
-    found = _page_locals(connection, object_type, page, mappings)
-    if found:
-        # The records first, then their outbox rows and push states (the
-        # one lock order), in primary key order: an edit cannot land
-        # between the decisions below and the writes, and a drain settles
-        # these records before or after.
-        ids = sorted({i.pk for i in found.values()})
-        list(model.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
-        fresh = model.objects.select_related(*object_type.select_related).in_bulk(ids)
-        found = {r: fresh[i.pk] for r, i in found.items() if i.pk in fresh}
-    return found
+    """Step 1: the page's local records (remote id -> record), found by
+    their keys and read once, locked."""
+    ids = _page_local_ids(connection, object_type, page, mappings)
+    if not ids:
+        return {}
+    # The records first, then their outbox rows and push states (the one
+    # lock order), in primary key order: an edit cannot land between the
+    # decisions below and the writes, and a drain settles these records
+    # before or after. Only the records' own rows are locked (``of``), not
+    # the rows select_related joins.
+    rows = {r.pk: r for r in object_type.model_class.objects.select_for_update(of=("self",))
+            .select_related(*object_type.select_related).filter(pk__in=set(ids.values())).order_by("pk")}
+    return {r: rows[pk] for r, pk in ids.items() if pk in rows}
 
 
 def _page_decide(connection: Connection, object_type: objects.ObjectType, page: list, mappings: list[FieldMapping],
@@ -322,12 +359,15 @@ def pulled_apply_page(*, connection: Connection, page: list, obj: str = "contact
         return _page_dry_run(connection, object_type, page, mappings, stage_by_value)
 
     def write() -> list[str | ValidationError]:
-        found = _page_lock(connection, object_type, page, mappings)
-        state = _page_state(connection, object_type, page, found, stage_by_value)
-        outcomes, todo = _page_decide(connection, object_type, page, mappings, found, state)
-        written = _page_write(object_type, todo, source=f"crm:{connection.provider}")  # step 3
-        _page_settle(connection, object_type, page, todo, written, outcomes, connector)
-        return outcomes
+        # The configuration the page's writes and hooks read (tombstones,
+        # push mappings, list mirrors, workflows...): every token in one query.
+        with configcache.snapshot():
+            found = _page_lock(connection, object_type, page, mappings)
+            state = _page_state(connection, object_type, page, found, stage_by_value)
+            outcomes, todo = _page_decide(connection, object_type, page, mappings, found, state)
+            written = _page_write(object_type, todo, source=f"crm:{connection.provider}")  # step 3
+            _page_settle(connection, object_type, page, todo, written, outcomes, connector)
+            return outcomes
 
     return run_in_transaction(write)
 
@@ -466,20 +506,31 @@ def _mark_synced_many(connection: Connection, obj: objects.ObjectType, synced: l
     states = []
     instances = list(obj.model_class.objects.select_related(*obj.select_related).filter(pk__in=agreed).order_by("pk"))
     builder.prefetch(instances)
+    # The payloads first, then the CRM ids of every record they point at in
+    # one look-up per type (``_remote_ids``), not one per record.
+    read: list[tuple[Any, dict | None, dict, dict]] = []
+    wanted: dict[str, set[int]] = {}
     for instance in instances:
         try:
             properties = builder.payload(instance)
             links = obj.associations(instance) if obj.associations else {}
             raw = _link_raw(link_specs, instance)
-            wanted = {k: set(v) for k, v in links.items()}
-            for link in link_specs:
-                wanted.setdefault(link.other, set()).update(raw[link.key])
-            remote = _remote_ids(connection, wanted) if wanted else {}
+        except PayloadError:
+            read.append((instance, None, {}, {}))
+            continue
+        for key, ids in links.items():
+            wanted.setdefault(key, set()).update(i for i in ids if i)
+        for link in link_specs:
+            wanted.setdefault(link.other, set()).update(raw[link.key])
+        read.append((instance, properties, links, raw))
+    remote = _remote_ids(connection, wanted) if any(wanted.values()) else {}
+    for instance, properties, links, raw in read:
+        if properties is None:
+            digest, associations = "", None
+        else:
             associations = {k: sorted(remote[(k, i)] for i in v if (k, i) in remote) for k, v in sorted(links.items())}
             associations = {k: v for k, v in associations.items() if v}
             digest = record_hash(properties, associations, _link_resolve(link_specs, raw, remote)[0])
-        except PayloadError:
-            digest, associations, properties = "", None, None
         states.append(PushState(connection=connection, object=obj.key, local_id=instance.pk,
                                 remote_id=last[instance.pk][0], payload_hash=digest, pushed_at=now,
                                 pushed_properties=properties, associations=associations))

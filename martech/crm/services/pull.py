@@ -48,6 +48,8 @@ PULL_COMMIT_EVERY = 200
 # wire while this one is applied. Nothing is committed ahead: the cursor
 # moves with the written pages only.
 READ_AHEAD = 2 * PULL_COMMIT_EVERY
+# The same for a full import's list pages (HubSpot's 100 records each), in pages.
+LIST_READ_AHEAD = 2
 # A full import through a list endpoint (HubSpot) reads records in id order,
 # not by time: afterwards the incremental pull takes over from the time the
 # import started, less this margin (clocks, the search index's lag).
@@ -311,11 +313,30 @@ def _pull_list(connection: Connection, connector: Connector, cursor: SyncCursor,
     ``after`` and when the import started, so an interrupted import (a
     ``crm_sync --full`` killed, a 5xx) goes on from its last page when run
     again. Done, the incremental cursor moves up to the start of the import
-    (less FULL_IMPORT_OVERLAP): every change before it was read by the list."""
+    (less FULL_IMPORT_OVERLAP): every change before it was read by the list.
+
+    Where the connector reads without the database (``read_ahead``) the next
+    page is read in a thread while this one is written (``_ReadAhead``, at
+    most LIST_READ_AHEAD pages ahead): a page's call no longer waits for the
+    last page's writes. Nothing is committed ahead; the resume point moves
+    with the written pages only."""
     state = dict((cursor.resume or {}).get("list") or {})
     if not state:
         state = {"after": "", "since": _hubspot_time(timezone.now() - FULL_IMPORT_OVERLAP)}
-    for page, after in connector.list_pages(key, fields, state["after"]):
+    pages = connector.list_pages(key, fields, state["after"])
+    reader = _ReadAhead(pages, LIST_READ_AHEAD) if getattr(connector, "read_ahead", False) else None
+    try:
+        _pull_list_pages(connection, cursor, key, reader if reader is not None else pages, state, apply, outcomes,
+                         run, dry_run=dry_run)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _pull_list_pages(connection: Connection, cursor: SyncCursor, key: str, pages, state: dict, apply,
+                     outcomes: PullOutcomes, run: SyncRun, *, dry_run: bool) -> None:
+    """``_pull_list``'s pages written and committed, one at a time."""
+    for page, after in pages:
         apply(list(page))
         if dry_run:
             continue

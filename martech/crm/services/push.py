@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from martech import hooks
+from martech import configcache, hooks
 from martech.crm import objects, outbox
 from martech.crm.connectors import connector_for
 from martech.crm.connectors.base import (
@@ -44,7 +44,7 @@ from martech.crm.services.payloads import (
     _remote_ids,
     record_hash,
 )
-from martech.db import run_in_transaction
+from martech.db import run_in_transaction, update_rows
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +328,8 @@ def _push_prepare(connection: Connection, connector: Connector, builder: Payload
     obj = builder.obj
     to_send: list[tuple[OutboxItem, PushRecord, str]] = []
     finished: list[OutboxItem] = []
+    # The batch's CRM owner ids in one ask (``crm_owner_ids``), not one per payload.
+    builder.prefetch(list(batch.records.values()))
     for item in items:
         instance = batch.records.get(item.local_id)
         key = _push_upsert_key(obj, connector, instance)
@@ -513,7 +515,7 @@ def _store_remote_ids(connection: Connection, obj: objects.ObjectType, remote_id
             changed.append(instance)
             columns.add(column)
     if changed:
-        obj.model_class.objects.bulk_update(changed, sorted(columns), batch_size=500)
+        update_rows(obj.model_class, changed, sorted(columns))
         # Announced like any write (source crm:<provider>, so not queued back).
         hooks.records_changed(obj.hook, ids=[i.pk for i in changed], fields=sorted(columns),
                               source=f"crm:{connection.provider}")
@@ -534,7 +536,12 @@ def _finish(connection: Connection, obj: objects.ObjectType, items: list[OutboxI
     current values. The push state records what was sent either way."""
     if not items:
         return
-    run_in_transaction(lambda: _settle(connection, obj, items, states, remote_ids, records))
+    def write() -> None:
+        # The configuration the hooks of the ids written back read: every token in one query.
+        with configcache.snapshot():
+            _settle(connection, obj, items, states, remote_ids, records)
+
+    run_in_transaction(write)
 
 
 def _settle(connection: Connection, obj: objects.ObjectType, items: list[OutboxItem], states: list[PushState],
