@@ -214,14 +214,14 @@ def capture_process(*, lead_ids: list[int], event_ids: list[int], created_ids: l
 
     capture = _Capture(source=source, reason=reason, leads=dict.fromkeys(lead_ids))
     with _mode(TASK, capture):
-        # Leads merged or erased since are gone, and their events with them.
-        ids = sorted(Lead.objects.filter(pk__in=lead_ids).values_list("pk", flat=True))
-        if not ids:
-            return
         with configcache.snapshot():
-            run_in_transaction(lambda: scoring.scores_recompute(lead_ids=ids, reason=reason))
+            run_in_transaction(lambda: scoring.scores_recompute(lead_ids=lead_ids, reason=reason))
         # Read after scoring: receivers (journey conditions) see the score.
-        leads = Lead.objects.select_related("lifecycle_stage").in_bulk(ids)
+        # Leads merged or erased since are gone, and their events with them.
+        leads = Lead.objects.select_related("lifecycle_stage").in_bulk(lead_ids)
+        if not leads:
+            return
+        ids = sorted(leads)
         # (id, lead, type id, type name, campaign) of the capture's events with a lead.
         events = list(Event.objects.filter(pk__in=event_ids, lead_id__in=ids).values_list(
             "pk", "lead_id", "event_type_id", "event_type__name", "campaign_id"))
