@@ -262,7 +262,7 @@ def unrouted_sweep(*, hours: int = 24, limit: int = 1000) -> int:
         return 0
     since = timezone.now() - timedelta(hours=hours)
     ids = list(Lead.objects.filter(created_at__gte=since, routing_assignments__isnull=True)
-               .order_by("pk").values_list("id", flat=True)[:limit])
+               .values_list("id", flat=True)[:limit])
     if ids and rules_read_score(rules_of(rule_set)):
         from martech.scoring.services import scores_recompute
 
