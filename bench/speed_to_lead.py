@@ -17,6 +17,10 @@ lead. Per stage (created, scored, routed, handoff task (a handoff exists;
 timed by its SLA clock start, the SQL move, as the handoff records no
 creation time), owner in HubSpot, owner in Salesforce, first email) p50/p95/max seconds from the POST and
 completeness (leads that reached it / forms posted), the answer's p50/p95,
+and the same for events posted beside the forms at ``--event-share`` of the
+form rate (``POST /api/v1/events`` with an API token, one trial_started
+track of a new person each, which starts the "Trial onboarding" journey):
+the event to journey step stage (its first email sent) and the events API's answer;
 the queue depth when the load ends and the seconds until it is empty, and
 one worker's capacity (a form's request service and its capture task,
 timed in this process after the load). ``uptime`` load is printed beside: other work on the
@@ -48,6 +52,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 RESULTS = ROOT / "bench" / "results" / "speed_to_lead.json"
 STAGES = ["created", "scored", "routed", "handoff_task", "owner_hubspot", "owner_salesforce", "first_email"]
+# Events posted beside the forms (POST /api/v1/events with an API token): a
+# trial_started track of a new person starts the demo's "Trial onboarding"
+# journey, whose first step is a transactional email; the stage is that
+# email sent, timed from the event's POST.
+EVENT_STAGES = ["event_journey_step"]
+EVENT_JOURNEY = "Trial onboarding"
 
 
 def free_base() -> int:
@@ -90,6 +100,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--drain", type=float, default=90, help="seconds to wait for every stage after the load")
     parser.add_argument("--workers", type=int, default=2, help="Q_WORKERS of the default cluster")
+    parser.add_argument("--event-share", type=float, default=0.5,
+                        help="events posted per form (a trial_started track each: the event to journey step stage)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.drain = 8, 40
@@ -154,6 +166,7 @@ def main() -> None:
         from martech.crm.tasks import pull_all
 
         pull_all()  # the CRM owners (reps' users matched by email), so owners reach the CRMs
+        token = events_token()
         start("web", [PY, "-m", "gunicorn", "martech.wsgi", "-w", "2", "-b", f"127.0.0.1:{base}", "--access-logfile",
                       "-"])
         start("qcluster", [PY, "manage.py", "qcluster"])
@@ -162,7 +175,7 @@ def main() -> None:
         time.sleep(3)  # the clusters' workers up
         figures = []
         for rate in [float(r) for r in args.rates.split(",")]:
-            figures += run_rate(rate, args.seconds, args.drain, base)
+            figures += run_rate(rate, args.seconds, args.drain, base, token=token, event_share=args.event_share)
     finally:
         stop()
     figures += capacity(20 if args.quick else 60)
@@ -220,6 +233,19 @@ def capacity(n: int) -> list[dict]:
     return out
 
 
+def events_token() -> str:
+    """A new API client with the capture scope (the events API), its token."""
+    from martech.models import ApiClient
+    from nurture.models import Workflow
+
+    if not Workflow.objects.filter(name=EVENT_JOURNEY, status=Workflow.Status.ACTIVE).exists():
+        raise SystemExit(f"the demo's {EVENT_JOURNEY!r} journey is not published")
+    token = secrets.token_urlsafe(32)
+    ApiClient.objects.create(name=f"bench-{uuid.uuid4().hex[:8]}", token_hash=ApiClient.hash_token(token),
+                             token_prefix=token[:8], scopes=["capture"])
+    return token
+
+
 def crm_state_reset() -> None:
     """The emulators start empty and number their records from 1 again: the
     CRM ids and push states an earlier run stored would collide with the
@@ -243,7 +269,7 @@ def crm_state_reset() -> None:
                 model.objects.filter(**{f"{c}__isnull": False}).update(**{c: None})
 
 
-def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]:
+def run_rate(rate: float, seconds: float, drain: float, base: int, *, token: str, event_share: float) -> list[dict]:
     import redis
     from django.db import connection
 
@@ -280,14 +306,45 @@ def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]
             answers.append(time.time() - t0)
             statuses.append(status)
 
+    n_events = int(n * event_share)
+    event_posted: dict[str, float] = {}
+    event_answers: list[float] = []
+    event_statuses: list[int] = []
+    events_url = f"http://127.0.0.1:{base}/api/v1/events"
+
+    def post_event(i: int) -> None:
+        # A new person's trial_started: the capture task makes the lead and enrolls it in the journey.
+        email = f"evt-{run}-{i}@example.org"
+        body = json.dumps({"batch": [{"type": "track", "event": "trial_started", "messageId": f"evt-{run}-{i}",
+                                      "timestamp": datetime.now(dt_tz.utc).isoformat(),
+                                      "traits": {"email": email}, "properties": {"plan": "pro"}}]}).encode()
+        req = urllib.request.Request(events_url, body, {"Content-Type": "application/json", "User-Agent": "bench",
+                                                       "Authorization": f"Bearer {token}",
+                                                       "X-Forwarded-Proto": "https"})
+        t0 = time.time()
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                status = r.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        except Exception:  # noqa: BLE001 - counted as not answered
+            status = 0
+        with lock:
+            event_posted[email] = t0
+            event_answers.append(time.time() - t0)
+            event_statuses.append(status)
+
     load0 = os.getloadavg()[0]
     start = time.time()
+    # Forms and events interleaved in time order, each at its own even pace.
+    sends = sorted([(i / rate, post, i) for i in range(n)] +
+                   [(i / (rate * event_share), post_event, i) for i in range(n_events)], key=lambda s: s[0])
     with ThreadPoolExecutor(max_workers=64) as pool:
-        for i in range(n):
-            delay = start + i / rate - time.time()
+        for at, fn, i in sends:
+            delay = start + at - time.time()
             if delay > 0:
                 time.sleep(delay)
-            pool.submit(post, i)
+            pool.submit(fn, i)
     load_end = time.time()
     r = redis.from_url(os.environ["REDIS_URL"])
 
@@ -327,15 +384,30 @@ def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]
              .values_list("lead_id", "sent_at"), "first_email")
         return {email: first.get(pk, {}) for email, pk in leads.items()}
 
+    def event_timelines() -> dict[str, dict[str, float]]:
+        # The first email of the event's journey, per person the events made.
+        rows = (Message.objects.filter(lead__email__startswith=f"evt-{run}-", workflow__name=EVENT_JOURNEY,
+                                       channel="email", status="sent")
+                .values_list("lead__email", "sent_at"))
+        out: dict[str, dict[str, float]] = {}
+        for email, at in rows:
+            seen = out.setdefault(email, {})
+            if at is not None and at.timestamp() < seen.get("event_journey_step", float("inf")):
+                seen["event_journey_step"] = at.timestamp()
+        return out
+
     while time.time() < deadline:
         if emptied is None and depth() == 0:
             emptied = time.time() - load_end
         lines = timelines()
-        if len(lines) == n and all(len(v) == len(STAGES) for v in lines.values()) and depth() == 0:
+        event_lines = event_timelines()
+        if (len(lines) == n and all(len(v) == len(STAGES) for v in lines.values()) and len(event_lines) == n_events
+                and depth() == 0):
             break
         time.sleep(1)
         connection.close()
     lines = timelines()
+    event_lines = event_timelines()
     tag = f"{rate:g}_per_s"
     out = [
         {"metric": f"{tag}_forms_posted", "value": n, "unit": "forms", "seconds": round(load_end - start, 1),
@@ -347,11 +419,18 @@ def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]
         {"metric": f"{tag}_queue_empty_after_load", "value": round(emptied, 1) if emptied is not None else None,
          "unit": "s", "note": None if emptied is not None else f"not empty within {drain:g} s"},
     ]
-    for stage in STAGES:
-        secs = [v[stage] - posted[email] for email, v in lines.items() if v.get(stage) is not None and email in posted]
-        out.append({"metric": f"{tag}_{stage}_p50", "value": percentile(secs, 0.5), "unit": "s",
-                    "p95": percentile(secs, 0.95), "max": round(max(secs), 3) if secs else None,
-                    "complete": f"{len(secs)}/{n}", "mean": round(statistics.fmean(secs), 3) if secs else None})
+    out += [
+        {"metric": f"{tag}_events_posted", "value": n_events, "unit": "events",
+         "answered_2xx": sum(1 for s in event_statuses if 200 <= s < 400)},
+        {"metric": f"{tag}_event_answer_p50", "value": percentile(event_answers, 0.5), "unit": "s"},
+        {"metric": f"{tag}_event_answer_p95", "value": percentile(event_answers, 0.95), "unit": "s"},
+    ]
+    for stages, timeline, sent, total in ((STAGES, lines, posted, n), (EVENT_STAGES, event_lines, event_posted, n_events)):
+        for stage in stages:
+            secs = [v[stage] - sent[email] for email, v in timeline.items() if v.get(stage) is not None and email in sent]
+            out.append({"metric": f"{tag}_{stage}_p50", "value": percentile(secs, 0.5), "unit": "s",
+                        "p95": percentile(secs, 0.95), "max": round(max(secs), 3) if secs else None,
+                        "complete": f"{len(secs)}/{total}", "mean": round(statistics.fmean(secs), 3) if secs else None})
     from django.db.models import Count
     from django_q.models import Task
 
@@ -359,7 +438,8 @@ def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]
     by_func = dict(Task.objects.filter(started__gte=since).values_list("func").annotate(n=Count("id")))
     out.append({"metric": f"{tag}_tasks_per_form", "value": round(sum(by_func.values()) / max(n, 1), 2),
                 "unit": "tasks", "by_func": by_func,
-                "note": "every task recorded from the load's start until the stages completed (schedules too)"})
+                "note": "every task recorded from the load's start until the stages completed (schedules and "
+                        "the events' tasks too)"})
     out.append({"metric": "uptime", "value": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
                 "unit": "text"})
     for figure in out:

@@ -24,14 +24,19 @@ def retention_apply() -> dict[str, int]:
     return apply()
 
 
-def capture_process(lead_id: int, event_ids: list[int], created: bool, transition_ids: list[int],
-                    source: str) -> None:
-    """Everything one stored form causes (scoring, routing, lifecycle with
-    the SQL handoff, journeys), enqueued when the form's transaction commits
-    (martech.services.capture). Each step retries its own conflicts."""
+def capture_process(lead_ids: list[int], event_ids: list[int], created_ids: list[int], transition_ids: list[int],
+                    source: str, reason: str = "form") -> None:
+    """Everything one stored form or event batch causes (scoring, routing,
+    lifecycle with the SQL handoff, journeys), enqueued when its transaction
+    commits (martech.services.capture). Each step retries its own conflicts.
+    A task queued before batches were captured this way (one lead: its id,
+    and ``created`` a bool) runs the same way."""
     from martech.services.capture import capture_process as process
 
-    process(lead_id=lead_id, event_ids=event_ids, created=created, transition_ids=transition_ids, source=source)
+    if isinstance(lead_ids, int):
+        lead_ids, created_ids = [lead_ids], [lead_ids] if created_ids else []
+    process(lead_ids=lead_ids, event_ids=event_ids, created_ids=created_ids, transition_ids=transition_ids,
+            source=source, reason=reason)
 
 
 @retry_on_conflict

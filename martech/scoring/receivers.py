@@ -26,9 +26,10 @@ _SCORE_COLUMNS = {"fit_score", "engagement_score", "total_score"}
 def _lead_changed(*, ids, fields, created, source):
     if source == "scoring" or (not created and not (set(fields) - _SCORE_COLUMNS)):
         return
-    # A form being stored: its capture task scores it (no look-up of the
-    # rules in the form's request).
+    # A form or an event batch being stored: its capture task scores the
+    # lead (noted here; no look-up of the rules in the request).
     if capture.deferring():
+        capture.note_changed(ids)
         return
     if not created and not set(fields) & services.lead_fields_read():
         return
@@ -60,7 +61,7 @@ def _account_changed(*, ids, fields, created, source):
 def _events_ingested(sender, event_ids, with_lead=None, **kwargs):
     # Only a lead is scored: events stored without one need no task.
     if capture.in_task():
-        return  # the form's capture task scored its lead already
+        return  # the capture task scored its leads already
     ids = sorted(with_lead.event_ids) if with_lead is not None else list(event_ids)
     if ids:
         tasks.enqueue("martech.scoring.tasks.events_arrived", ids)
@@ -77,7 +78,7 @@ def _stage_changed(sender, lead=None, transition=None, **kwargs):
     if transition is None or transition.to_stage.key != "sql":
         return
     if capture.in_task():
-        # The form's capture task starts the handoff itself (no second task);
+        # The capture task starts the handoff itself (no second task);
         # a failure leaves it to a task, and the handoff sweep after that.
         try:
             tasks.handoff_start(transition.pk)

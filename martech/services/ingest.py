@@ -34,11 +34,12 @@ from django.utils.dateparse import parse_datetime
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from martech import configcache, hooks, signals
+from martech import configcache, hooks
 from martech import fields as declared
 from martech.db import is_conflict, run_in_transaction, update_rows
 from martech.models import Campaign, Event, EventType, Identity, Lead, QuarantinedEvent
 from martech.selectors import NOT_APPLIED
+from martech.services import capture
 from martech.services.campaigns import UTM_FIELDS, UtmNormalizer, campaigns_by_utm
 from martech.services.leads import ERASED_MESSAGE, clean_lead_data, erased_keys, identity_link, lead_upsert
 from martech.services.normalize import find_unstorable, normalize_email
@@ -436,8 +437,9 @@ def events_ingest(
     rejected (with the field and reason; it wrote nothing) or quarantined
     (``policy`` / MARTECH["UNKNOWN_EVENT_POLICY"] is "quarantine" and the
     event catalog refused it). Accepted items are kept when others fail.
-    ``events_ingested`` is sent once after commit with the new event ids.
-    The caller checks permissions.
+    What the stored events cause (scoring, routing, lifecycle, journeys,
+    ``events_ingested``) runs in one capture task enqueued when the batch
+    commits (``martech.services.capture``). The caller checks permissions.
 
     ``public`` marks anonymous input (the website tracker): identify traits
     and emails reach leads through ``lead_upsert(public=True)`` (found by
@@ -486,7 +488,14 @@ def _ingest(*, items: list[Any], source: str, actor, batch_context: dict | None,
             if not item.refused:
                 item.result, item.lead_id, item.touch = None, None, None
 
-    return run_in_transaction(lambda: _store(parsed, source=source, actor=actor, public=public), on_retry=reset)
+    def attempt() -> IngestResult:
+        # What the batch causes (scoring, routing, lifecycle, journeys) runs
+        # in one task when this transaction commits (martech.services.capture):
+        # the request stores, dedupes, identifies and answers.
+        with capture.deferred(source=source, reason="event"):
+            return _store(parsed, source=source, actor=actor, public=public)
+
+    return run_in_transaction(attempt, on_retry=reset)
 
 
 def _store(parsed: list[_Item], *, source: str, actor, public: bool = False) -> IngestResult:
@@ -527,17 +536,11 @@ def _store(parsed: list[_Item], *, source: str, actor, public: bool = False) -> 
         _insert_events(candidates)
 
     result = IngestResult(results=[i.result for i in parsed])
-    event_ids = result.event_ids
-    if event_ids:
-        stored = [i for i in candidates if i.lead_id and i.result is not None and i.result.event_id is not None]
-        with_lead = signals.EventsWithLead(
-            event_ids=frozenset(i.result.event_id for i in stored),
-            lead_ids=frozenset(i.lead_id for i in stored),
-            type_names=frozenset(i.event_type.name for i in stored),
-            campaign_ids=frozenset(i.campaign_id for i in stored if i.campaign_id),
-        )
-        transaction.on_commit(
-            lambda: signals.events_ingested.send(sender=Event, event_ids=event_ids, with_lead=with_lead))
+    stored = [i for i in candidates if i.lead_id and i.result is not None and i.result.event_id is not None]
+    # Events of leads (and the leads the batch wrote, noted by the write
+    # paths) go to the capture task; anonymous page views make no task.
+    capture.note_events([i.result.event_id for i in stored], [i.lead_id for i in stored])
+    capture.enqueue_on_commit()
     return result
 
 
@@ -626,7 +629,8 @@ def _resolve_leads(items: list[_Item], *, source: str, actor, public: bool = Fal
     writers.sort(key=lambda i: (i.email or "", i.index))
     for item in writers:
         try:
-            with transaction.atomic():
+            # A savepoint that also forgets the leads and moves it noted for the capture task.
+            with capture.atomic():
                 lead_id = current_lead(item)
                 if item.email and needs_upsert(item):
                     unapplied: dict[str, Any] = {}
@@ -668,7 +672,7 @@ def _resolve_leads(items: list[_Item], *, source: str, actor, public: bool = Fal
         if lead_id is None:
             continue
         try:
-            with transaction.atomic():
+            with capture.atomic():
                 lead_upsert(data=item.lead_data, source=source, actor=actor, lead=Lead(pk=lead_id))
         except (ValidationError, DatabaseError) as exc:
             _write_failed(item, exc)

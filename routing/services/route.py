@@ -17,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from martech import configcache, hooks
-from martech.db import retry_on_conflict
+from martech.db import retry_on_conflict, run_in_transaction
 from martech.models import Lead
 from martech.services.leads import lead_set_owner
 from routing import engine
@@ -249,12 +249,24 @@ def rep_deactivate(*, rep: Rep, actor=None, reason: str = "rep deactivated", now
 
 def unrouted_sweep(*, hours: int = 24, limit: int = 1000) -> int:
     """Route recent leads that have no assignment at all: a new-lead trigger
-    lost to a crash is only delayed (the database is the record of pending work)."""
-    if live_rule_set() is None:
+    lost to a crash is only delayed (the database is the record of pending work).
+
+    A new lead is routed by its capture task after that task scored it
+    (martech.services.capture); under a backlog the task may still be
+    queued when the sweep finds the lead "unrouted". When the live rules
+    read the score, the sweep therefore scores the leads first, as the task
+    would (the task then finds nothing left to change), so no rule ever
+    decides on an unscored lead."""
+    rule_set = live_rule_set()
+    if rule_set is None:
         return 0
     since = timezone.now() - timedelta(hours=hours)
     ids = list(Lead.objects.filter(created_at__gte=since, routing_assignments__isnull=True)
                .values_list("id", flat=True)[:limit])
+    if ids and rules_read_score(rules_of(rule_set)):
+        from martech.scoring.services import scores_recompute
+
+        run_in_transaction(lambda: scores_recompute(lead_ids=ids, reason="routing sweep", batch_signal=True))
     for lead_id in ids:
         lead_route(lead_id=lead_id, trigger=Trigger.NEW_LEAD, reason="sweep of unrouted leads")
     return len(ids)

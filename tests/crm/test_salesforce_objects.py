@@ -207,10 +207,12 @@ def test_campaign_pull(sf_campaigns, salesforce):
     assert not OutboxItem.objects.filter(object="campaign").exists()  # pulled, not echoed back
 
 
-def test_new_touch_through_ingest_queues_its_campaign(sf_campaigns, salesforce, django_capture_on_commit_callbacks):
+def test_new_touch_through_ingest_queues_its_campaign(sf_campaigns, salesforce, scoring_inline,
+                                                     django_capture_on_commit_callbacks):
     """A touch that makes a new member queues the campaign (no edit, no full
     sync needed); a touch from a lead already a member is queued and then
-    skipped by the hash, with no CRM call."""
+    skipped by the hash, with no CRM call. The batch's capture task queues
+    it (run inline here, as scoring's tasks are)."""
     from django.utils import timezone
 
     from martech.models import Campaign, EventType

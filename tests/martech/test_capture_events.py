@@ -399,7 +399,8 @@ def test_missing_required_property_is_quarantined_with_its_field(api, settings):
 # --- Signals --------------------------------------------------------------------
 
 
-def test_events_ingested_is_sent_after_commit(api, django_capture_on_commit_callbacks):
+def test_events_ingested_is_sent_after_commit_by_the_capture_task(api, scoring_inline,
+                                                                   django_capture_on_commit_callbacks):
     seen = []
 
     def receiver(sender, event_ids, **kw):
@@ -408,13 +409,16 @@ def test_events_ingested_is_sent_after_commit(api, django_capture_on_commit_call
     signals.events_ingested.connect(receiver)
     try:
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
-            post_batch(api, [track("m1", anonymousId="a"), track("m2", anonymousId="a"), track("m1", anonymousId="a")])
+            post_batch(api, [identify("m1", "ann@x.com", anon="a"), track("m2", anonymousId="a"),
+                             track("m1", anonymousId="a"), page("p1", "b")])
         assert seen == []  # nothing before the commit
         for cb in callbacks:
-            cb()
+            cb()  # the capture task, inline (scoring's tasks are)
     finally:
         signals.events_ingested.disconnect(receiver)
-    assert seen == [sorted(Event.objects.values_list("id", flat=True))]
+    # Once, with the lead's events: the anonymous visitor's page view is no lead's.
+    assert seen == [sorted(Event.objects.filter(lead__email="ann@x.com").values_list("id", flat=True))]
+    assert Event.objects.count() == 3
 
 
 # --- Access ---------------------------------------------------------------------

@@ -4,7 +4,9 @@ demo requests), each form's capture task run inline in its thread (so the
 tasks of one lead run at the same time, as in a cluster's workers). The
 contact form's task runs the score rule (to MQL) on the lead as it read it
 while a demo's task moves the lead to SQL: decided under the lead's lock, it
-never moves it back. Every lead ends SQL with exactly one handoff."""
+never moves it back. Every lead ends SQL with exactly one handoff. The
+same for event batches sharing leads, whose capture task handles every lead
+of its batch."""
 from __future__ import annotations
 
 import datetime as dt
@@ -83,5 +85,71 @@ def test_every_sql_lead_gets_exactly_one_handoff():
     per_lead = Counter(Handoff.objects.values_list("lead_id", flat=True))
     assert per_lead == {lead.pk: 1 for lead in leads}
     # Forward only: no lead went back from SQL (which would make a second SQL move).
+    assert Counter(StageTransition.objects.filter(to_stage__key="sql").values_list("lead_id", flat=True)) == per_lead
+    assert scoring.handoffs_sweep(grace=dt.timedelta(0)) == 0
+
+
+BATCHES, PEOPLE = 40, 20
+
+
+def test_every_sql_lead_of_concurrent_event_batches_gets_exactly_one_handoff():
+    """The same for event batches (POST /api/v1/events), whose capture task
+    handles every lead of its batch: 40 batches from 4 threads, each naming
+    3 people (a VP identify and a demo request each), so batches running at
+    once share leads. Every lead ends SQL with exactly one handoff."""
+    from tests.martech.test_capture_events import make_client
+
+    model = ScoringModel.objects.create(name="Test", is_active=True, half_life_days=None)
+    FitRule.objects.create(model=model, name="VP", condition='job_title contains "vp"', points=80)
+    stages = {s.key: s for s in LifecycleStage.objects.all()}
+    LifecycleRule.objects.create(name="MQL", order=1, condition="score >= 50", to_stage=stages["mql"])
+    LifecycleRule.objects.create(name="Demo", order=0, event_type=EventType.objects.get(name="demo_requested"),
+                                 to_stage=stages["sql"])
+    make_client(["capture"])  # its token below
+    token = "tok-site-0123456789abcdef"
+
+    def batch(i: int) -> list[dict]:
+        items = []
+        for person in (i % PEOPLE, (i + 7) % PEOPLE, (i + 13) % PEOPLE):
+            email = f"e{person}@example.com"
+            items.append({"type": "identify", "messageId": f"b{i}-i{person}", "traits": {"email": email,
+                                                                                       "title": "VP Sales"}})
+            items.append({"type": "track", "event": "demo_requested", "messageId": f"b{i}-t{person}",
+                          "properties": {"email": email}})
+        return items
+
+    barrier = threading.Barrier(THREADS)
+    errors: list[BaseException] = []
+    statuses: list[int] = []
+
+    def worker(n: int) -> None:
+        try:
+            client = APIClient()
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+            barrier.wait(timeout=30)
+            for i in range(n, BATCHES, THREADS):
+                r = client.post("/api/v1/events", {"batch": batch(i)}, format="json")
+                statuses.append(r.status_code)
+                assert r.json()["accepted"] == 6, r.json()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert len(statuses) == BATCHES and all(s == 200 for s in statuses), Counter(statuses)
+
+    leads = Lead.objects.filter(email__startswith="e", email__endswith="@example.com").select_related(
+        "lifecycle_stage")
+    assert len(leads) == PEOPLE
+    assert Counter(lead.lifecycle_stage.key for lead in leads) == {"sql": PEOPLE}
+    assert {lead.total_score for lead in leads} == {80}
+    per_lead = Counter(Handoff.objects.values_list("lead_id", flat=True))
+    assert per_lead == {lead.pk: 1 for lead in leads}
     assert Counter(StageTransition.objects.filter(to_stage__key="sql").values_list("lead_id", flat=True)) == per_lead
     assert scoring.handoffs_sweep(grace=dt.timedelta(0)) == 0

@@ -52,7 +52,7 @@ def test_cart_abandonment_branches(cart_flow, consenting_lead, props, first_emai
     assert Enrollment.objects.get().status == "completed"
 
 
-def test_cart_goal_event_converts(cart_flow, consenting_lead):
+def test_cart_goal_event_converts(cart_flow, consenting_lead, scoring_inline):
     lead = consenting_lead(properties={"cart_value": 10})
     enrollment_create(workflow=cart_flow, lead=lead, source="t")
     EventType.objects.get_or_create(name="order_completed")
@@ -89,7 +89,7 @@ def test_enrollment_criteria_and_goal_condition(make_workflow, consenting_lead):
     assert enr.status == "converted" and mail.outbox == []
 
 
-def test_event_trigger_with_property_condition(make_workflow, consenting_lead):
+def test_event_trigger_with_property_condition(make_workflow, consenting_lead, scoring_inline):
     wf = make_workflow({"start": "end", "steps": {"end": {"type": "end"}}}, trigger="event",
                        trigger_config={"event": "cart_abandoned", "condition": "properties.cart_value >= 100"})
     EventType.objects.get_or_create(name="cart_abandoned")

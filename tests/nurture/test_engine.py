@@ -308,7 +308,7 @@ def _track(lead, event, when):
     assert res.count("accepted") == 1
 
 
-def test_wait_until_event_and_its_timeout_path(make_workflow, consenting_lead):
+def test_wait_until_event_and_its_timeout_path(make_workflow, consenting_lead, scoring_inline):
     wf = make_workflow({"start": "w", "steps": {
         "w": {"type": "wait_until", "event": "demo_booked", "timeout_hours": 48, "next": "yes", "timeout_next": "no"},
         "yes": {"type": "end"}, "no": {"type": "end"}}})
@@ -326,7 +326,7 @@ def test_wait_until_event_and_its_timeout_path(make_workflow, consenting_lead):
     assert StepExecution.objects.get(enrollment__lead=b, step="w").outcome == "timed_out"
 
 
-def test_goal_event_exits_and_counts_a_conversion(make_workflow, consenting_lead):
+def test_goal_event_exits_and_counts_a_conversion(make_workflow, consenting_lead, scoring_inline):
     flow = {"start": "w", "steps": {"w": {"type": "wait", "days": 2, "next": "e1"}, **email_flow(1)["steps"]}}
     wf = make_workflow(flow, goal_event="order_completed")
     lead = consenting_lead()

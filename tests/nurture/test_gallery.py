@@ -15,7 +15,8 @@ from nurture.gallery import GALLERY, workflow_create_from_gallery
 from nurture.models import Enrollment
 from nurture.services import enrollment_create, segments_sync, workflow_never_fires, workflow_publish
 
-pytestmark = pytest.mark.django_db
+# An event batch's journeys start in its capture task, run inline with scoring's tasks.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("scoring_inline")]  # tests/conftest.py
 
 
 def _event(email: str, name: str, properties: dict | None = None) -> None:

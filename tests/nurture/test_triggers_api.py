@@ -14,7 +14,8 @@ from tests.martech.api_support import error_fields
 from tests.factories import FormFactory
 from tests.nurture.conftest import email_flow
 
-pytestmark = pytest.mark.django_db
+# An event batch's journeys start in its capture task, run inline with scoring's tasks.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("scoring_inline")]  # tests/conftest.py
 END = {"start": "end", "steps": {"end": {"type": "end"}}}
 
 
