@@ -22,6 +22,20 @@ one worker's capacity (a form's request service and its capture task,
 timed in this process after the load). ``uptime`` load is printed beside: other work on the
 machine's cores counts.
 
+Beside the stages, the CPU each rate cost (``<rate>_cpu_per_form``): CPU
+seconds (user + system, from ``/proc/<pid>/stat``) of every process group
+from the load's start until every stage completed and the queue emptied,
+per form posted: gunicorn (master and workers), the default and the bulk
+qcluster (each with its forked workers, pusher and monitor), each emulator,
+the PostgreSQL backends connected to the bench's database (not this
+process's own), Redis (one server shared with the machine's other users:
+an upper bound) and this process (the load generator and its polling).
+Processes are sampled every half second (a process that exits loses at most
+its last half second; one started meanwhile counts from zero). The budget on
+2 cores at 20 forms/s is 100 ms per form for all of them together. And the
+tasks per form by task name (``<rate>_tasks_per_form``, django-q2's saved
+tasks), with each task name's mean run time.
+
 Prints one JSON line per figure and writes bench/results/speed_to_lead.json.
 """
 from __future__ import annotations
@@ -74,6 +88,101 @@ def wait_port(port: int, seconds: float = 60) -> None:
                 return
         time.sleep(0.2)
     raise SystemExit(f"nothing listening on {port}")
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat(pid: int) -> tuple[int, float, int] | None:
+    """(process group, CPU seconds user + system, start time in ticks) of a
+    live process; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()  # fields[0] is the state (field 3 of proc(5))
+    return int(fields[2]), (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[19])
+
+
+class CpuMeter:
+    """CPU seconds per process group between ``start()`` and ``stop()``,
+    sampled every ``every`` seconds in a thread (see the module's docstring).
+    ``groups``: name -> process group id (the processes this bench started,
+    each a session of its own); PostgreSQL's backends are found by database
+    in pg_stat_activity, Redis by its command name."""
+
+    def __init__(self, groups: dict[str, int], every: float = 0.5):
+        self.groups = groups
+        self.every = every
+        self.first: dict[int, tuple[str, float]] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._redis = [int(d) for d in os.listdir("/proc") if d.isdigit() and _comm(int(d)) == "redis-server"]
+
+    def _pg_backends(self) -> list[int]:
+        from django.db import connection
+
+        with connection.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            return [row[0] for row in cur.fetchall()]
+
+    def _sample(self, started: bool) -> None:
+        pgids = {pgid: name for name, pgid in self.groups.items()}
+        seen: dict[int, tuple[str, float]] = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            st = proc_stat(int(d))
+            if st and st[0] in pgids:
+                seen[int(d)] = (pgids[st[0]], st[1])
+        for pid in self._pg_backends():
+            st = proc_stat(pid)
+            if st:
+                seen[pid] = ("postgresql", st[1])
+        for pid in self._redis:
+            st = proc_stat(pid)
+            if st:
+                seen[pid] = ("redis (shared)", st[1])
+        me = proc_stat(os.getpid())
+        seen[os.getpid()] = ("bench process", me[1])
+        for pid, value in seen.items():
+            if pid not in self.first:
+                # Seen at the start: counted from there; born later: from zero.
+                self.first[pid] = value if not started else (value[0], 0.0)
+            self.last[pid] = value
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.wait(self.every):
+                self._sample(True)
+        finally:
+            connection.close()
+
+    def start(self) -> None:
+        self._sample(False)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample(True)
+        out: dict[str, float] = {}
+        for pid, (group, cpu) in self.last.items():
+            out[group] = out.get(group, 0.0) + cpu - self.first[pid][1]
+        return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -160,15 +269,31 @@ def main() -> None:
         start("qcluster-bulk", [PY, "manage.py", "qcluster"], Q_CLUSTER_NAME="bulk")
         wait_port(base)
         time.sleep(3)  # the clusters' workers up
-        figures = []
+        groups = {name: p.pid for name, p in zip(("hubspot emulator", "salesforce emulator", "gunicorn", "qcluster",
+                                                    "qcluster bulk"), procs)}
+        figures = [idle_cpu(groups)]
         for rate in [float(r) for r in args.rates.split(",")]:
-            figures += run_rate(rate, args.seconds, args.drain, base)
+            figures += run_rate(rate, args.seconds, args.drain, base, groups)
     finally:
         stop()
     figures += capacity(20 if args.quick else 60)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"at": datetime.now(dt_tz.utc).isoformat(timespec="seconds"),
                                    "args": vars(args), "figures": figures}, indent=1) + "\n")
+
+
+def idle_cpu(groups: dict[str, int], seconds: float = 5) -> dict:
+    """CPU per second of each process group with no load (pollers,
+    heartbeats): the floor under every rate's figures."""
+    meter = CpuMeter(groups)
+    meter.start()
+    time.sleep(seconds)
+    cpu = meter.stop()
+    figure = {"metric": "idle_cpu_per_s", "value": round(sum(v for g, v in cpu.items() if g != "bench process")
+                                                          / seconds * 1000, 1), "unit": "ms/s",
+              "by_process": {g: round(v / seconds * 1000, 1) for g, v in sorted(cpu.items())}}
+    print(json.dumps(figure), flush=True)
+    return figure
 
 
 def capacity(n: int) -> list[dict]:
@@ -243,7 +368,7 @@ def crm_state_reset() -> None:
                 model.objects.filter(**{f"{c}__isnull": False}).update(**{c: None})
 
 
-def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]:
+def run_rate(rate: float, seconds: float, drain: float, base: int, groups: dict[str, int]) -> list[dict]:
     import redis
     from django.db import connection
 
@@ -281,6 +406,8 @@ def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]
             statuses.append(status)
 
     load0 = os.getloadavg()[0]
+    meter = CpuMeter(groups)
+    meter.start()
     start = time.time()
     with ThreadPoolExecutor(max_workers=64) as pool:
         for i in range(n):
@@ -335,6 +462,8 @@ def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]
             break
         time.sleep(1)
         connection.close()
+    cpu = meter.stop()
+    measured = time.time() - start
     lines = timelines()
     tag = f"{rate:g}_per_s"
     out = [
@@ -356,10 +485,23 @@ def run_rate(rate: float, seconds: float, drain: float, base: int) -> list[dict]
     from django_q.models import Task
 
     since = datetime.fromtimestamp(start, dt_tz.utc)
-    by_func = dict(Task.objects.filter(started__gte=since).values_list("func").annotate(n=Count("id")))
+    tasks = Task.objects.filter(started__gte=since)
+    by_func = dict(tasks.values_list("func").annotate(n=Count("id")))
+    runs: dict[str, list[float]] = {}
+    for func, started, stopped in tasks.values_list("func", "started", "stopped"):
+        runs.setdefault(func, []).append((stopped - started).total_seconds())
     out.append({"metric": f"{tag}_tasks_per_form", "value": round(sum(by_func.values()) / max(n, 1), 2),
-                "unit": "tasks", "by_func": by_func,
+                "unit": "tasks", "per_form": {f: round(c / max(n, 1), 3) for f, c in sorted(by_func.items())},
+                "by_func": by_func, "mean_run_ms": {f: round(statistics.fmean(v) * 1000, 1) for f, v in runs.items()},
                 "note": "every task recorded from the load's start until the stages completed (schedules too)"})
+    system = sum(v for g, v in cpu.items() if g != "bench process")
+    out.append({"metric": f"{tag}_cpu_per_form", "value": round(system / max(n, 1) * 1000, 1),
+                "unit": "ms", "by_process": {g: round(v / max(n, 1) * 1000, 1) for g, v in sorted(cpu.items())},
+                "cpu_seconds": {g: round(v, 2) for g, v in sorted(cpu.items())}, "measured_s": round(measured, 1),
+                "budget_ms": round(os.cpu_count() / max(rate, 0.001) * 1000, 1),
+                "note": "CPU of every process group from the load's start until every stage completed, per form "
+                        "posted (value: all but the bench process); redis is shared with the machine's other "
+                        "users; budget: the cores' CPU per form at this rate"})
     out.append({"metric": "uptime", "value": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
                 "unit": "text"})
     for figure in out:
