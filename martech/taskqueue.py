@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 
 import redis
 from django_q.brokers.redis_broker import Redis
@@ -76,16 +77,48 @@ def wake(func: str, *args, key: str, cluster: str | None = None) -> bool:
 def wake_on_commit(func: str, *args, key: str, cluster: str | None = None) -> None:
     """``wake`` when the current transaction commits (at once outside one).
     A failure to enqueue is logged, never raised into the committed write:
-    the schedule sweeps what it left."""
+    the schedule sweeps what it left. Inside ``coalesced_wakes()`` the
+    wake-up waits for the block's end, once per key."""
     from django.db import transaction
 
     def run():
-        try:
-            wake(func, *args, key=key, cluster=cluster)
-        except Exception:  # noqa: BLE001 - the schedule's sweep picks the work up
-            log.exception("wake-up %s not enqueued; the schedule will sweep it", key)
+        pending = getattr(_coalescing, "pending", None)
+        if pending is not None:
+            pending.setdefault(key, (func, args, cluster))
+            return
+        _wake_logged(func, args, key, cluster)
 
     transaction.on_commit(run)
+
+
+def _wake_logged(func: str, args: tuple, key: str, cluster: str | None) -> None:
+    try:
+        wake(func, *args, key=key, cluster=cluster)
+    except Exception:  # noqa: BLE001 - the schedule's sweep picks the work up
+        log.exception("wake-up %s not enqueued; the schedule will sweep it", key)
+
+
+_coalescing = threading.local()
+
+
+@contextmanager
+def coalesced_wakes():
+    """The wake-ups of the transactions committed in this block (this
+    thread) are enqueued when it ends, one per key, instead of one per
+    commit: a capture task commits 4 transactions that each touch the CRM
+    outbox of 2 connections, 8 debounce checks (Redis round trips) for 2
+    wake-ups. Committed work is woken even when the block raises; a wake-up
+    is late by the rest of the block at most. Nested: the outer one holds."""
+    if getattr(_coalescing, "pending", None) is not None:
+        yield
+        return
+    _coalescing.pending = pending = {}
+    try:
+        yield
+    finally:
+        _coalescing.pending = None
+        for key, (func, args, cluster) in pending.items():
+            _wake_logged(func, args, key, cluster)
 
 
 def woken(key: str) -> None:

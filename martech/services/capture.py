@@ -133,26 +133,35 @@ def capture_process(*, lead_id: int, event_ids: list[int], created: bool, transi
     CRM). A lead changed on the way (its owner) is scored once more. Each
     step is its own transaction, run again on a conflict; safe to run twice
     (every receiver is idempotent)."""
-    from martech import configcache, signals
+    from martech import configcache, taskqueue
+
+    capture = _Capture(source=source, lead_id=lead_id, created=created)
+    # One read of the configuration's tokens for the whole task (it read them
+    # 9 times: each receiver's cache check), and the wake-ups of its commits
+    # sent once per key at its end.
+    with configcache.snapshot(), taskqueue.coalesced_wakes():
+        _process(capture, lead_id, event_ids, created, transition_ids, source)
+
+
+def _process(capture: _Capture, lead_id: int, event_ids: list[int], created: bool, transition_ids: list[int],
+             source: str) -> None:
+    from martech import signals
     from martech.db import run_in_transaction
     from martech.models import Event, Lead, StageTransition
     from martech.scoring import services as scoring
     from martech.signals import EventsWithLead
 
-    capture = _Capture(source=source, lead_id=lead_id, created=created)
     with _mode(TASK, capture):
         lead = Lead.objects.select_related("lifecycle_stage").filter(pk=lead_id).first()
         if lead is None:  # merged or erased since: its events went with it
             return
         events = list(Event.objects.filter(pk__in=event_ids, lead_id=lead_id).select_related("event_type"))
-        with configcache.snapshot():
-            run_in_transaction(lambda: scoring.scores_recompute(lead_ids=[lead_id], reason="form"))
+        run_in_transaction(lambda: scoring.scores_recompute(lead_ids=[lead_id], reason="form"))
         for transition in StageTransition.objects.filter(pk__in=transition_ids).select_related("to_stage"):
             signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=transition)
         if created:
             signals.lead_created.send(sender=Lead, lead=lead, source=source)
-        with configcache.snapshot():
-            scoring.lifecycle_apply(lead_ids=[lead_id], event_type_ids={e.event_type_id for e in events})
+        scoring.lifecycle_apply(lead_ids=[lead_id], event_type_ids={e.event_type_id for e in events})
         if events:
             signals.events_ingested.send(sender=Event, event_ids=[e.pk for e in events], with_lead=EventsWithLead(
                 event_ids=frozenset(e.pk for e in events), lead_ids=frozenset([lead_id]),
@@ -161,6 +170,5 @@ def capture_process(*, lead_id: int, event_ids: list[int], created: bool, transi
         again = sorted(capture.changed)
     if again:
         # Out of the task's mode: what this changes wakes its usual tasks.
-        with configcache.snapshot():
-            run_in_transaction(lambda: scoring.scores_recompute(lead_ids=again, reason="lead changed"))
-            scoring.lifecycle_apply(lead_ids=again)
+        run_in_transaction(lambda: scoring.scores_recompute(lead_ids=again, reason="lead changed"))
+        scoring.lifecycle_apply(lead_ids=again)
