@@ -71,8 +71,12 @@ def deferred(*, source: str):
     """Around the transaction that stores one form submission. When that
     transaction commits, one ``capture_process`` task is enqueued with what
     was noted (nothing noted: no task, e.g. a duplicate)."""
+    from martech import configcache
+
     capture = _Capture(source=source)
-    with _mode(REQUEST, capture):
+    # One read of the configuration's tokens for the store (it read them 9
+    # times a form: the CRM hooks, the tombstone check, the UTM rules).
+    with _mode(REQUEST, capture), configcache.snapshot():
         yield capture
 
 

@@ -223,3 +223,15 @@ def test_committed_work_is_woken_when_the_coalescing_block_raises(monkeypatch, d
         raise RuntimeError("boom")
     assert calls == ["nurture.advance"]
 
+
+
+def test_a_form_request_reads_the_configuration_once(demo_form, scored_routing, queued):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    post({"email": "first@example.com", "title": "VP Sales"})  # the form's own caches warm
+    with CaptureQueriesContext(connection) as ctx:
+        assert post({"email": "vp@example.com", "title": "VP Sales"}).status_code in (200, 201, 202)
+    tokens = [q["sql"] for q in ctx.captured_queries
+              if q["sql"].startswith('SELECT key, token FROM "martech_configversion"')]
+    assert len(tokens) == 1, tokens
