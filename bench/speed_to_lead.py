@@ -34,7 +34,10 @@ Processes are sampled every half second (a process that exits loses at most
 its last half second; one started meanwhile counts from zero). The budget on
 2 cores at 20 forms/s is 100 ms per form for all of them together. And the
 tasks per form by task name (``<rate>_tasks_per_form``, django-q2's saved
-tasks), with each task name's mean time from its enqueue to its end.
+tasks), with each task name's mean time from its enqueue to its end; and
+the CPU of the task functions themselves per name (``<rate>_task_cpu_per_form``,
+tallied in the workers with MARTECH_TASK_CPU_TALLY), so the clusters' CPU
+splits into the tasks' and django-q2's own.
 
 Prints one JSON line per figure and writes bench/results/speed_to_lead.json.
 """
@@ -210,7 +213,7 @@ def main() -> None:
     base = free_base()
     env = {**os.environ, "MARTECH_PORT": str(base), "MARTECH_BULK_CLUSTER": "bulk", "DJANGO_DEBUG": "false",
            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-           "FORM_CAPTURE_RATE": "100000/min", "Q_WORKERS": str(args.workers), "Q_BULK_WORKERS": "1",
+           "FORM_CAPTURE_RATE": "100000/min", "MARTECH_TASK_CPU_TALLY": "true", "Q_WORKERS": str(args.workers), "Q_BULK_WORKERS": "1",
            "PYTHONUNBUFFERED": "1"}
     for name in ("MARTECH_CRM_HUBSPOT_URL", "MARTECH_CRM_SALESFORCE_URL", "Q_CLUSTER_NAME"):
         env.pop(name, None)
@@ -417,6 +420,10 @@ def run_rate(rate: float, seconds: float, drain: float, base: int, groups: dict[
             statuses.append(status)
 
     load0 = os.getloadavg()[0]
+    from martech import taskqueue
+
+    r0 = redis.from_url(os.environ["REDIS_URL"])
+    r0.delete(taskqueue.TALLY_KEY)
     meter = CpuMeter(groups)
     meter.start()
     start = time.time()
@@ -505,6 +512,13 @@ def run_rate(rate: float, seconds: float, drain: float, base: int, groups: dict[
                 "unit": "tasks", "per_form": {f: round(c / max(n, 1), 3) for f, c in sorted(by_func.items())},
                 "by_func": by_func, "mean_enqueued_to_done_ms": {f: round(statistics.fmean(v) * 1000, 1) for f, v in runs.items()},
                 "note": "every task recorded from the load's start until the stages completed (schedules too)"})
+    tally = taskqueue.task_cpu_tally()
+    out.append({"metric": f"{tag}_task_cpu_per_form", "value": round(sum(c for c, _ in tally.values()) / max(n, 1) * 1000, 1),
+                "unit": "ms", "by_func": {f: round(c / max(n, 1) * 1000, 1) for f, (c, k) in sorted(tally.items())},
+                "per_task_ms": {f: round(c / max(k, 1) * 1000, 1) for f, (c, k) in sorted(tally.items())},
+                "tasks": {f: k for f, (c, k) in sorted(tally.items())},
+                "note": "CPU of the task functions alone, in the worker that ran them (MARTECH_TASK_CPU_TALLY), per "
+                        "form posted; the rest of the clusters' CPU is django-q2's own (pusher, monitor, workers)"})
     system = sum(v for g, v in cpu.items() if g != "bench process")
     out.append({"metric": f"{tag}_cpu_per_form", "value": round(system / max(n, 1) * 1000, 1),
                 "unit": "ms", "by_process": {g: round(v / max(n, 1) * 1000, 1) for g, v in sorted(cpu.items())},

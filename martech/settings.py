@@ -187,6 +187,9 @@ Q_CLUSTER = {
 # with Q_CLUSTER_NAME=<it> (deploy/worker bulk) works it, so a backlog of it
 # never delays speed-to-lead work in the default cluster. Empty: one cluster.
 MARTECH_BULK_CLUSTER = env.str("MARTECH_BULK_CLUSTER", default="")
+# Measurement (bench/speed_to_lead.py sets it): each worker adds its tasks' CPU
+# seconds per function to a Redis hash (martech.taskqueue.task_cpu_tally).
+MARTECH_TASK_CPU_TALLY = env.bool("MARTECH_TASK_CPU_TALLY", default=False)
 if MARTECH_BULK_CLUSTER:
     if MARTECH_BULK_CLUSTER == Q_CLUSTER["name"]:
         raise ImproperlyConfigured(f"MARTECH_BULK_CLUSTER must differ from the default cluster {Q_CLUSTER['name']!r}")
