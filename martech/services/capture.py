@@ -141,7 +141,7 @@ def capture_process(*, lead_id: int, event_ids: list[int], created: bool, transi
 
     capture = _Capture(source=source, lead_id=lead_id, created=created)
     # One read of the configuration's tokens for the whole task (it read them
-    # 9 times: each receiver's cache check), and the wake-ups of its commits
+    # up to 10 times: each receiver's cache check), and the wake-ups of its commits
     # sent once per key at its end.
     with configcache.snapshot(), taskqueue.coalesced_wakes():
         _process(capture, lead_id, event_ids, created, transition_ids, source)

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 def test_the_capture_task_reads_the_configuration_once(demo_form, scored_routing, monkeypatch):
     """Every receiver's cache check read the configuration's tokens: 7 reads
-    a form here (9 in the demo). The task holds one snapshot; its queries
+    a form here (10 in the demo). The task holds one snapshot; its queries
     are bounded. (Its wake-ups, once per key: the coalescing tests in
     test_capture_task.py.)"""
     from martech.crm.models import Connection, FieldMapping
