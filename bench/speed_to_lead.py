@@ -39,7 +39,8 @@ the CPU of the task functions themselves per name (``<rate>_task_cpu_per_form``,
 tallied in the workers with MARTECH_TASK_CPU_TALLY), so the clusters' CPU
 splits into the tasks' and django-q2's own.
 
-Prints one JSON line per figure and writes bench/results/speed_to_lead.json.
+Prints one JSON line per figure and writes bench/results/speed_to_lead.json
+(``--quick``: speed_to_lead_quick.json, so a quick run keeps the full run's file).
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 RESULTS = ROOT / "bench" / "results" / "speed_to_lead.json"
+RESULTS_QUICK = ROOT / "bench" / "results" / "speed_to_lead_quick.json"
 STAGES = ["created", "scored", "routed", "handoff_task", "owner_hubspot", "owner_salesforce", "first_email"]
 
 
@@ -283,8 +285,9 @@ def main() -> None:
     finally:
         stop()
     figures += capacity(20 if args.quick else 60)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"at": datetime.now(dt_tz.utc).isoformat(timespec="seconds"),
+    results = RESULTS_QUICK if args.quick else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"at": datetime.now(dt_tz.utc).isoformat(timespec="seconds"),
                                    "args": vars(args), "figures": figures}, indent=1) + "\n")
 
 
