@@ -26,7 +26,25 @@ one worker's capacity (a form's request service and its capture task,
 timed in this process after the load). ``uptime`` load is printed beside: other work on the
 machine's cores counts.
 
-Prints one JSON line per figure and writes bench/results/speed_to_lead.json.
+Beside the stages, the CPU each rate cost (``<rate>_cpu_per_form``): CPU
+seconds (user + system, from ``/proc/<pid>/stat``) of every process group
+from the load's start until every stage completed and the queue emptied,
+per form posted: gunicorn (master and workers), the default and the bulk
+qcluster (each with its forked workers, pusher and monitor), each emulator,
+the PostgreSQL backends connected to the bench's database (not this
+process's own), Redis (one server shared with the machine's other users:
+an upper bound) and this process (the load generator and its polling).
+Processes are sampled every half second (a process that exits loses at most
+its last half second; one started meanwhile counts from zero). The budget on
+2 cores at 20 forms/s is 100 ms per form for all of them together. And the
+tasks per form by task name (``<rate>_tasks_per_form``, django-q2's saved
+tasks), with each task name's mean time from its enqueue to its end; and
+the CPU of the task functions themselves per name (``<rate>_task_cpu_per_form``,
+tallied in the workers with MARTECH_TASK_CPU_TALLY), so the clusters' CPU
+splits into the tasks' and django-q2's own.
+
+Prints one JSON line per figure and writes bench/results/speed_to_lead.json
+(``--quick``: speed_to_lead_quick.json, so a quick run keeps the full run's file).
 """
 from __future__ import annotations
 
@@ -51,6 +69,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 RESULTS = ROOT / "bench" / "results" / "speed_to_lead.json"
+RESULTS_QUICK = ROOT / "bench" / "results" / "speed_to_lead_quick.json"
 STAGES = ["created", "scored", "routed", "handoff_task", "owner_hubspot", "owner_salesforce", "first_email"]
 # Events posted beside the forms (POST /api/v1/events with an API token): a
 # trial_started track of a new person starts the demo's "Trial onboarding"
@@ -86,6 +105,103 @@ def wait_port(port: int, seconds: float = 60) -> None:
     raise SystemExit(f"nothing listening on {port}")
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BENCH_APP = "speed_to_lead bench"  # application_name of this process's connections: its backends count as its own
+
+
+def proc_stat(pid: int) -> tuple[int, float, int] | None:
+    """(process group, CPU seconds user + system, start time in ticks) of a
+    live process; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()  # fields[0] is the state (field 3 of proc(5))
+    return int(fields[2]), (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[19])
+
+
+class CpuMeter:
+    """CPU seconds per process group between ``start()`` and ``stop()``,
+    sampled every ``every`` seconds in a thread (see the module's docstring).
+    ``groups``: name -> process group id (the processes this bench started,
+    each a session of its own); PostgreSQL's backends are found by database
+    in pg_stat_activity, Redis by its command name."""
+
+    def __init__(self, groups: dict[str, int], every: float = 0.5):
+        self.groups = groups
+        self.every = every
+        self.first: dict[int, tuple[str, float]] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._redis = [int(d) for d in os.listdir("/proc") if d.isdigit() and _comm(int(d)) == "redis-server"]
+
+    def _pg_backends(self) -> list[int]:
+        from django.db import connection
+
+        with connection.cursor() as cur:
+            cur.execute("SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid()")
+            return [(pid, "bench process" if name == BENCH_APP else "postgresql") for pid, name in cur.fetchall()]
+
+    def _sample(self, started: bool) -> None:
+        pgids = {pgid: name for name, pgid in self.groups.items()}
+        seen: dict[int, tuple[str, float]] = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            st = proc_stat(int(d))
+            if st and st[0] in pgids:
+                seen[int(d)] = (pgids[st[0]], st[1])
+        for pid, group in self._pg_backends():
+            st = proc_stat(pid)
+            if st:
+                seen[pid] = (group, st[1])
+        for pid in self._redis:
+            st = proc_stat(pid)
+            if st:
+                seen[pid] = ("redis (shared)", st[1])
+        me = proc_stat(os.getpid())
+        seen[os.getpid()] = ("bench process", me[1])
+        for pid, value in seen.items():
+            if pid not in self.first:
+                # Seen at the start: counted from there; born later: from zero.
+                self.first[pid] = value if not started else (value[0], 0.0)
+            self.last[pid] = value
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.wait(self.every):
+                self._sample(True)
+        finally:
+            connection.close()
+
+    def start(self) -> None:
+        self._sample(False)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample(True)
+        out: dict[str, float] = {}
+        for pid, (group, cpu) in self.last.items():
+            out[group] = out.get(group, 0.0) + cpu - self.first[pid][1]
+        return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -111,7 +227,7 @@ def main() -> None:
     base = free_base()
     env = {**os.environ, "MARTECH_PORT": str(base), "MARTECH_BULK_CLUSTER": "bulk", "DJANGO_DEBUG": "false",
            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-           "FORM_CAPTURE_RATE": "100000/min", "Q_WORKERS": str(args.workers), "Q_BULK_WORKERS": "1",
+           "FORM_CAPTURE_RATE": "100000/min", "MARTECH_TASK_CPU_TALLY": "true", "Q_WORKERS": str(args.workers), "Q_BULK_WORKERS": "1",
            "PYTHONUNBUFFERED": "1"}
     for name in ("MARTECH_CRM_HUBSPOT_URL", "MARTECH_CRM_SALESFORCE_URL", "Q_CLUSTER_NAME"):
         env.pop(name, None)
@@ -127,6 +243,7 @@ def main() -> None:
     from django.core.management import call_command
 
     settings.DEBUG = False
+    settings.DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = BENCH_APP
     import redis
 
     redis.from_url(os.environ["REDIS_URL"]).flushdb()
@@ -173,15 +290,40 @@ def main() -> None:
         start("qcluster-bulk", [PY, "manage.py", "qcluster"], Q_CLUSTER_NAME="bulk")
         wait_port(base)
         time.sleep(3)  # the clusters' workers up
-        figures = []
+        groups = {name: p.pid for name, p in zip(("hubspot emulator", "salesforce emulator", "gunicorn", "qcluster",
+                                                    "qcluster bulk"), procs)}
+        figures = [idle_cpu(groups)]  # after the clusters' start-up schedules
         for rate in [float(r) for r in args.rates.split(",")]:
-            figures += run_rate(rate, args.seconds, args.drain, base, token=token, event_share=args.event_share)
+            figures += run_rate(rate, args.seconds, args.drain, base, groups, token=token, event_share=args.event_share)
     finally:
         stop()
     figures += capacity(20 if args.quick else 60)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"at": datetime.now(dt_tz.utc).isoformat(timespec="seconds"),
+    results = RESULTS_QUICK if args.quick else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"at": datetime.now(dt_tz.utc).isoformat(timespec="seconds"),
                                    "args": vars(args), "figures": figures}, indent=1) + "\n")
+
+
+def idle_cpu(groups: dict[str, int], seconds: float = 5) -> dict:
+    """CPU per second of each process group with no load (pollers,
+    heartbeats): the floor under every rate's figures. Taken once the
+    schedules a cluster runs when it starts have finished."""
+    from django_q.models import Task
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(2)
+        if not Task.objects.filter(stopped__gte=datetime.fromtimestamp(time.time() - 2, dt_tz.utc)).exists():
+            break
+    meter = CpuMeter(groups)
+    meter.start()
+    time.sleep(seconds)
+    cpu = meter.stop()
+    figure = {"metric": "idle_cpu_per_s", "value": round(sum(v for g, v in cpu.items() if g != "bench process")
+                                                          / seconds * 1000, 1), "unit": "ms/s",
+              "by_process": {g: round(v / seconds * 1000, 1) for g, v in sorted(cpu.items())}}
+    print(json.dumps(figure), flush=True)
+    return figure
 
 
 def capacity(n: int) -> list[dict]:
@@ -269,7 +411,8 @@ def crm_state_reset() -> None:
                 model.objects.filter(**{f"{c}__isnull": False}).update(**{c: None})
 
 
-def run_rate(rate: float, seconds: float, drain: float, base: int, *, token: str, event_share: float) -> list[dict]:
+def run_rate(rate: float, seconds: float, drain: float, base: int, groups: dict[str, int], *, token: str,
+             event_share: float) -> list[dict]:
     import redis
     from django.db import connection
 
@@ -335,6 +478,12 @@ def run_rate(rate: float, seconds: float, drain: float, base: int, *, token: str
             event_statuses.append(status)
 
     load0 = os.getloadavg()[0]
+    from martech import taskqueue
+
+    r0 = redis.from_url(os.environ["REDIS_URL"])
+    r0.delete(taskqueue.TALLY_KEY)
+    meter = CpuMeter(groups)
+    meter.start()
     start = time.time()
     # Forms and events interleaved in time order, each at its own even pace.
     sends = sorted([(i / rate, post, i) for i in range(n)] +
@@ -406,6 +555,8 @@ def run_rate(rate: float, seconds: float, drain: float, base: int, *, token: str
             break
         time.sleep(1)
         connection.close()
+    cpu = meter.stop()
+    measured = time.time() - start
     lines = timelines()
     event_lines = event_timelines()
     tag = f"{rate:g}_per_s"
@@ -435,11 +586,31 @@ def run_rate(rate: float, seconds: float, drain: float, base: int, *, token: str
     from django_q.models import Task
 
     since = datetime.fromtimestamp(start, dt_tz.utc)
-    by_func = dict(Task.objects.filter(started__gte=since).values_list("func").annotate(n=Count("id")))
+    tasks = Task.objects.filter(started__gte=since)
+    by_func = dict(tasks.values_list("func").annotate(n=Count("id")))
+    runs: dict[str, list[float]] = {}
+    for func, started, stopped in tasks.values_list("func", "started", "stopped"):
+        runs.setdefault(func, []).append((stopped - started).total_seconds())
     out.append({"metric": f"{tag}_tasks_per_form", "value": round(sum(by_func.values()) / max(n, 1), 2),
-                "unit": "tasks", "by_func": by_func,
+                "unit": "tasks", "per_form": {f: round(c / max(n, 1), 3) for f, c in sorted(by_func.items())},
+                "by_func": by_func, "mean_enqueued_to_done_ms": {f: round(statistics.fmean(v) * 1000, 1) for f, v in runs.items()},
                 "note": "every task recorded from the load's start until the stages completed (schedules and "
                         "the events' tasks too)"})
+    tally = taskqueue.task_cpu_tally()
+    out.append({"metric": f"{tag}_task_cpu_per_form", "value": round(sum(c for c, _ in tally.values()) / max(n, 1) * 1000, 1),
+                "unit": "ms", "by_func": {f: round(c / max(n, 1) * 1000, 1) for f, (c, k) in sorted(tally.items())},
+                "per_task_ms": {f: round(c / max(k, 1) * 1000, 1) for f, (c, k) in sorted(tally.items())},
+                "tasks": {f: k for f, (c, k) in sorted(tally.items())},
+                "note": "CPU of the task functions alone, in the worker that ran them (MARTECH_TASK_CPU_TALLY), per "
+                        "form posted; the rest of the clusters' CPU is django-q2's own (pusher, monitor, workers)"})
+    system = sum(v for g, v in cpu.items() if g != "bench process")
+    out.append({"metric": f"{tag}_cpu_per_form", "value": round(system / max(n, 1) * 1000, 1),
+                "unit": "ms", "by_process": {g: round(v / max(n, 1) * 1000, 1) for g, v in sorted(cpu.items())},
+                "cpu_seconds": {g: round(v, 2) for g, v in sorted(cpu.items())}, "measured_s": round(measured, 1),
+                "budget_ms": round(os.cpu_count() / max(rate, 0.001) * 1000, 1),
+                "note": "CPU of every process group from the load's start until every stage completed, per form "
+                        "posted (value: all but the bench process); redis is shared with the machine's other "
+                        "users; budget: the cores' CPU per form at this rate"})
     out.append({"metric": "uptime", "value": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
                 "unit": "text"})
     for figure in out:

@@ -29,6 +29,10 @@ class MartechConfig(AppConfig):
         # after martech are created in their own post_migrate.
         post_migrate.connect(_sync_roles_after_migrate, dispatch_uid="martech_sync_roles")
 
+        from martech.taskqueue import task_cpu_tally_connect
+
+        task_cpu_tally_connect()  # MARTECH_TASK_CPU_TALLY: CPU per task function, for the bench
+
 
 def _sync_roles_after_migrate(sender, using, **kwargs) -> None:
     from django.apps import apps

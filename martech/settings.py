@@ -175,7 +175,10 @@ Q_CLUSTER = {
     "queue_limit": 50,
     "bulk": 10,
     "catch_up": False,
-    "save_limit": 1000,
+    # Successful tasks are kept and pruned by retention (RETENTION_TASK_RESULTS_DAYS),
+    # not by django-q2: with a limit above 0 its monitor locks and loads every
+    # kept success row after each task (about 20 ms of CPU a task at 1,000).
+    "save_limit": 0,
     "ack_failures": True,
     "label": "Task queue",
 }
@@ -184,6 +187,9 @@ Q_CLUSTER = {
 # with Q_CLUSTER_NAME=<it> (deploy/worker bulk) works it, so a backlog of it
 # never delays speed-to-lead work in the default cluster. Empty: one cluster.
 MARTECH_BULK_CLUSTER = env.str("MARTECH_BULK_CLUSTER", default="")
+# Measurement (bench/speed_to_lead.py sets it): each worker adds its tasks' CPU
+# seconds per function to a Redis hash (martech.taskqueue.task_cpu_tally).
+MARTECH_TASK_CPU_TALLY = env.bool("MARTECH_TASK_CPU_TALLY", default=False)
 if MARTECH_BULK_CLUSTER:
     if MARTECH_BULK_CLUSTER == Q_CLUSTER["name"]:
         raise ImproperlyConfigured(f"MARTECH_BULK_CLUSTER must differ from the default cluster {Q_CLUSTER['name']!r}")
@@ -566,6 +572,8 @@ MARTECH_RETENTION = {
     "DECISIONS_DAYS": env.int("RETENTION_DECISIONS_DAYS", default=0),  # nurture step executions
     "ASSIGNMENTS_DAYS": env.int("RETENTION_ASSIGNMENTS_DAYS", default=0),  # closed routing assignments
     "SCORE_HISTORY_DAYS": env.int("RETENTION_SCORE_HISTORY_DAYS", default=0),  # score changes (each lead's last two kept)
+    # django-q2's records of successful tasks (Q_CLUSTER save_limit 0: not pruned by the cluster).
+    "TASK_RESULTS_DAYS": env.int("RETENTION_TASK_RESULTS_DAYS", default=2),
     # Rows per delete transaction (short: a batch never holds a hot table's locks for long).
     "BATCH_SIZE": env.int("RETENTION_BATCH_SIZE", default=1000),
     # Batches per kind per run; what is left goes to the next run.

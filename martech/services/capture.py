@@ -100,8 +100,12 @@ def deferred(*, source: str, reason: str = "form"):
     batch. When that transaction commits, one ``capture_process`` task is
     enqueued with what was noted (``enqueue_on_commit``; nothing noted: no
     task, e.g. a duplicate, or a batch of anonymous page views)."""
+    from martech import configcache
+
     capture = _Capture(source=source, reason=reason)
-    with _mode(REQUEST, capture):
+    # One read of the configuration's tokens for the store (a form read them
+    # 9 times: the CRM hooks, the tombstone check, the UTM rules).
+    with _mode(REQUEST, capture), configcache.snapshot():
         yield capture
 
 
@@ -206,16 +210,26 @@ def capture_process(*, lead_ids: list[int], event_ids: list[int], created_ids: l
     touch, attribution, CRM). A lead changed on the way (its owner) is scored
     once more. Each step is its own transaction, run again on a conflict;
     safe to run twice (every receiver is idempotent)."""
-    from martech import configcache, signals
+    from martech import configcache, taskqueue
+
+    capture = _Capture(source=source, reason=reason, leads=dict.fromkeys(lead_ids))
+    # One read of the configuration's tokens for the whole task (it read them
+    # up to 10 times a form: each receiver's cache check), and the wake-ups of
+    # its commits sent once per key at its end.
+    with configcache.snapshot(), taskqueue.coalesced_wakes():
+        _process(capture, lead_ids, event_ids, created_ids, transition_ids, source, reason)
+
+
+def _process(capture: _Capture, lead_ids: list[int], event_ids: list[int], created_ids: list[int],
+             transition_ids: list[int], source: str, reason: str) -> None:
+    from martech import signals
     from martech.db import run_in_transaction
     from martech.models import Event, Lead, StageTransition
     from martech.scoring import services as scoring
     from martech.signals import EventsWithLead
 
-    capture = _Capture(source=source, reason=reason, leads=dict.fromkeys(lead_ids))
     with _mode(TASK, capture):
-        with configcache.snapshot():
-            run_in_transaction(lambda: scoring.scores_recompute(lead_ids=lead_ids, reason=reason))
+        run_in_transaction(lambda: scoring.scores_recompute(lead_ids=lead_ids, reason=reason))
         # Read after scoring: receivers (journey conditions) see the score.
         # Leads merged or erased since are gone, and their events with them.
         leads = Lead.objects.select_related("lifecycle_stage").in_bulk(lead_ids)
@@ -241,9 +255,8 @@ def capture_process(*, lead_ids: list[int], event_ids: list[int], created_ids: l
             types_of[lead_id].add(type_id)
         for pk in ids:
             by_types.setdefault(frozenset(types_of[pk]), []).append(pk)
-        with configcache.snapshot():
-            for type_ids, group in by_types.items():
-                scoring.lifecycle_apply(lead_ids=group, event_type_ids=type_ids)
+        for type_ids, group in by_types.items():
+            scoring.lifecycle_apply(lead_ids=group, event_type_ids=type_ids)
         if events:
             signals.events_ingested.send(sender=Event, event_ids=[e[0] for e in events], with_lead=EventsWithLead(
                 event_ids=frozenset(e[0] for e in events), lead_ids=frozenset(e[1] for e in events),
@@ -251,6 +264,5 @@ def capture_process(*, lead_ids: list[int], event_ids: list[int], created_ids: l
         again = sorted(capture.changed)
     if again:
         # Out of the task's mode: what this changes wakes its usual tasks.
-        with configcache.snapshot():
-            run_in_transaction(lambda: scoring.scores_recompute(lead_ids=again, reason="lead changed"))
-            scoring.lifecycle_apply(lead_ids=again)
+        run_in_transaction(lambda: scoring.scores_recompute(lead_ids=again, reason="lead changed"))
+        scoring.lifecycle_apply(lead_ids=again)

@@ -196,3 +196,42 @@ def test_a_new_enrollment_wakes_the_due_steps_on_commit(queued, django_capture_o
         wake_on_commit()
         wake_on_commit()
     assert queued == ["nurture.tasks.advance_woken"]
+
+
+def test_wake_ups_in_a_coalescing_block_go_once_per_key_at_its_end(monkeypatch, django_capture_on_commit_callbacks):
+    calls: list[str] = []
+    monkeypatch.setattr(taskqueue, "wake", lambda func, *args, key, cluster=None: calls.append(key))
+    with taskqueue.coalesced_wakes():
+        for _ in range(3):  # three transactions committed
+            with django_capture_on_commit_callbacks(execute=True):
+                taskqueue.wake_on_commit("crm.tasks.drain", key="crm.drain:1")
+                taskqueue.wake_on_commit("crm.tasks.drain", key="crm.drain:2")
+        assert calls == []
+    assert sorted(calls) == ["crm.drain:1", "crm.drain:2"]
+    with django_capture_on_commit_callbacks(execute=True):  # outside a block: at each commit
+        taskqueue.wake_on_commit("crm.tasks.drain", key="crm.drain:1")
+    assert calls[-1] == "crm.drain:1" and len(calls) == 3
+
+
+def test_committed_work_is_woken_when_the_coalescing_block_raises(monkeypatch, django_capture_on_commit_callbacks):
+    calls: list[str] = []
+    monkeypatch.setattr(taskqueue, "wake", lambda func, *args, key, cluster=None: calls.append(key))
+    with pytest.raises(RuntimeError), taskqueue.coalesced_wakes():
+        with django_capture_on_commit_callbacks(execute=True):
+            taskqueue.wake_on_commit("nurture.tasks.advance_woken", key="nurture.advance")
+        assert calls == []
+        raise RuntimeError("boom")
+    assert calls == ["nurture.advance"]
+
+
+
+def test_a_form_request_reads_the_configuration_once(demo_form, scored_routing, queued):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    post({"email": "first@example.com", "title": "VP Sales"})  # the form's own caches warm
+    with CaptureQueriesContext(connection) as ctx:
+        assert post({"email": "vp@example.com", "title": "VP Sales"}).status_code in (200, 201, 202)
+    tokens = [q["sql"] for q in ctx.captured_queries
+              if q["sql"].startswith('SELECT key, token FROM "martech_configversion"')]
+    assert len(tokens) == 1, tokens

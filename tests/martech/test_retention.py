@@ -2,6 +2,7 @@
 workflow metrics that survive the deletion of their rows."""
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -35,15 +36,53 @@ def test_every_kind_has_its_setting():
     # PostgreSQL also prunes the dedupe keys of the event months it dropped, on the events' days.
     extra = ["event_keys"] if connection.vendor == "postgresql" else []
     assert sorted({k.key for k in kinds()}) == sorted(["assignments", "decisions", "events", "messages", "quarantine",
-                                                       "score_history", "sync_logs", *extra])
+                                                       "score_history", "sync_logs", "task_results", *extra])
     assert {k.days_of for k in kinds() if k.days_of} == ({"events"} if extra else set())
     assert len({k.label for k in kinds()}) == len(kinds())
 
 
 def test_nothing_is_deleted_by_default():
+    # But task records: django-q2 does not prune them itself (save_limit 0), retention does.
     _events(3, age_days=4000)
-    assert retention_apply() == {}
+    assert retention_apply() == {"task_results": 0}
     assert Event.objects.count() == 3
+
+
+def _task(age_days: float, *, success: bool = True):
+    from django_q.models import Task
+
+    at = timezone.now() - timedelta(days=age_days)
+    return Task.objects.create(id=uuid.uuid4().hex, name="t", func="math.floor", started=at, stopped=at,
+                               success=success)
+
+
+def test_successful_task_records_are_pruned_after_their_days_failures_kept(retention):
+    from django_q.models import Task
+
+    retention(task_results=2)
+    old = [_task(3) for _ in range(3)]
+    failed, fresh = _task(5, success=False), _task(1)
+    assert retention_apply(only="task_results") == {"task_results": 3}
+    assert set(Task.objects.values_list("pk", flat=True)) == {failed.pk, fresh.pk}
+    assert not {t.pk for t in old} & set(Task.objects.values_list("pk", flat=True))
+    assert retention_apply(only="task_results") == {"task_results": 0}
+
+
+def test_saving_a_task_result_costs_the_same_queries_however_many_are_kept(settings):
+    """django-q2 with a save_limit above 0 locks and loads every kept success
+    row after each task; with 0 (ours) a result is two queries."""
+    from django_q.conf import Conf
+    from django_q.monitor import save_task
+
+    assert settings.Q_CLUSTER["save_limit"] == 0 == Conf.SAVE_LIMIT
+    for _ in range(20):
+        _task(0.5)
+    now = timezone.now()
+    task = {"id": uuid.uuid4().hex, "name": "n", "func": "math.floor", "args": (), "kwargs": {}, "started": now,
+            "stopped": now, "result": 1, "success": True, "sync": True}
+    with CaptureQueriesContext(connection) as ctx:
+        save_task(task, None)
+    assert len([q for q in ctx.captured_queries if "django_q_task" in q["sql"]]) == 2
 
 
 def test_old_events_are_deleted_in_batches_and_touchpoint_events_kept(retention):
@@ -135,7 +174,7 @@ def test_messages_and_decisions_go_and_the_metrics_stay(retention, settings):
     assert list(StepExecution.objects.values_list("enrollment__lead_id", flat=True)) == [leads[1].pk]
     assert StepTally.objects.count() == 2
     assert workflow_metrics(workflow=wf) == before
-    assert retention_apply(now=later) == {"messages": 0, "decisions": 0}
+    assert retention_apply(now=later) == {"messages": 0, "decisions": 0, "task_results": 0}
     assert workflow_metrics(workflow=wf) == before
 
 
