@@ -244,7 +244,8 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         if mode != "list" and not dry_run and _bulk_wanted(connector, cursor, obj, remote_fields, position,
                                                            full=full):
             mode = "bulk"
-            _pull_bulk(connection, connector, cursor, obj, remote_fields, apply, outcomes, run, full=full)
+            _pull_bulk(connection, connector, cursor, obj, remote_fields, apply, outcomes, run,
+                       full=position if full else None)
         elif mode == "list":
             _pull_list(connection, connector, cursor, object_type.key, remote_fields, apply, outcomes, run,
                        dry_run=dry_run)
@@ -367,10 +368,17 @@ def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: lis
     the REST pull starts from that page). A full pull asks the same from
     where it reads (``position``: the beginning, or where an interrupted one
     got to), so a small org's full pull costs what an incremental one does
-    (a Bulk job is a create, a poll and a results read per sObject)."""
+    (a Bulk job is a create, a poll and a results read per sObject).
+
+    A full pull goes on with a backfill under way only if it is a full
+    pull's (``full`` in its state): an incremental backfill reads from the
+    cursor, not from where the full pull reads, so the full pull decides
+    afresh (and a backfill of its own replaces that one, whose range it
+    covers)."""
     if not hasattr(connector, "bulk_pages"):
         return False
-    if (cursor.resume or {}).get("bulk"):
+    under_way = (cursor.resume or {}).get("bulk")
+    if under_way and (not full or under_way.get("full")):
         return True
     # The records applied at the start's very time are read again (>=) and skipped: not backlog.
     start, seen = (position.value, position.seen) if full else (cursor.value, cursor.seen or {})
@@ -378,29 +386,40 @@ def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: lis
 
 
 def _pull_bulk(connection: Connection, connector: Connector, cursor: SyncCursor, key: str, fields: list[str],
-               apply, outcomes: PullOutcomes, run: SyncRun, *, full: bool) -> None:
+               apply, outcomes: PullOutcomes, run: SyncRun, *, full: PullPosition | None) -> None:
     """A backfill through a bulk query job, one committed page at a time.
 
     Its rows come in no time order, so the cursor cannot move page by page:
     ``SyncCursor.resume["bulk"]`` keeps where the job was left (its token:
     job, result set, rows read), where it started from (``from``: the cursor
-    and its ties, or nothing for a full pull) and how far it got
-    (``position``: the newest time applied and the records applied at it).
-    Killed, the next pull goes on from the token. Done, the position
-    becomes the cursor (never moving it back; at an equal time the ties
-    are merged), so the next incremental pull reads from the newest time
-    the job held, inclusively: a record changed in that second after the
-    job read it is not lost, and one the job read is not applied again."""
+    and its ties; for a full pull, ``full``, where it reads from: the
+    beginning, or the position of a full pull on REST that was interrupted)
+    and how far it got (``position``: the newest time applied and the
+    records applied at it). Killed, the next pull goes on from the token.
+    Done, the position becomes the cursor (never moving it back; at an
+    equal time the ties are merged), so the next incremental pull reads
+    from the newest time the job held, inclusively: a record changed in
+    that second after the job read it is not lost, and one the job read is
+    not applied again.
+
+    A full pull's REST position (``resume["rescan"]``) is taken over by the
+    backfill: the job reads from it (the records the REST pages applied
+    are not read again) and it is dropped with the backfill's first
+    committed page, so no later full pull starts from it."""
     state = dict((cursor.resume or {}).get("bulk") or {})
+    if full is not None and not state.get("full"):
+        state = {}  # (an incremental backfill: this one reads all it would, from earlier)
     if not state:
-        start = {"value": "", "seen": {}} if full else {"value": cursor.value, "seen": dict(cursor.seen or {})}
-        state = {"from": start, "token": "", "position": start}
+        start = full.as_json() if full is not None else {"value": cursor.value, "seen": dict(cursor.seen or {})}
+        state = {"from": start, "token": "", "position": start, "full": full is not None}
     start = PullPosition(**state["from"])
     position = PullPosition(**state["position"])
 
     def save(state: dict) -> None:
         cursor.refresh_from_db(fields=["value", "seen", "resume"])
         resume = dict(cursor.resume or {})
+        if state.get("full"):
+            resume.pop("rescan", None)  # the backfill's ``from`` holds it now
         if state["token"]:
             resume["bulk"] = state
         else:
