@@ -141,3 +141,23 @@ def test_a_killed_rest_full_pull_that_goes_on_through_bulk(sf_connection, salesf
     assert (run.failed, run.error) == (0, "")
     assert len(applied["counts"]) == 650 and set(applied["counts"].values()) == {1}
     assert _cursor(sf_connection).resume == {}
+
+
+def test_a_full_pull_does_not_go_on_with_an_incremental_backfill(sf_connection, salesforce, settings, applied):
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "SF_BULK_THRESHOLD": 100}
+    _leads(salesforce, 300)
+    # An incremental pull from nothing: a backfill (from the cursor), killed on its second page.
+    applied["kill"](2)
+    with pytest.raises(Killed):
+        pull_changes(connection=sf_connection, connector=_connector(sf_connection))
+    assert "bulk" in _cursor(sf_connection).resume and not _cursor(sf_connection).resume["bulk"].get("full")
+    # A full pull reads every record from the beginning through a job of its own
+    # (that backfill's range is inside it), not only what the backfill had left.
+    applied["kill"](0)
+    applied["counts"].clear()
+    run = pull_changes(connection=sf_connection, full=True, connector=_connector(sf_connection))
+    assert (run.pulled + run.skipped, run.failed, run.error) == (300, 0, "")
+    assert len(applied["counts"]) == 300 and set(applied["counts"].values()) == {1}
+    assert Lead.objects.filter(email__startswith="k").count() == 300
+    cursor = _cursor(sf_connection)
+    assert cursor.resume == {} and cursor.value.startswith("2026-11-30T03:04:59")
