@@ -28,8 +28,10 @@ queries per batch or page (``Breakdown``).
 is that size's own). Prints one JSON line per figure and writes
 bench/results/crm_sync.json.
 
-Then, with HubSpot, N = 10,000 (``--quick``: 3,000) accounts pushed as HubSpot companies (batch
-upsert by domain): calls used, records per second, and the unchanged rerun.
+Then, with HubSpot, N = 10,000 (``--quick``: 3,000) accounts pushed as HubSpot companies (matched,
+HubSpot refusing ``domain`` as an upsert key: a search and a batch create per 100): calls used, held
+to that exact minimum (``companies_minimum``) with no 429 under the search limit, records per second
+against the search limit's ceiling, and the unchanged rerun.
 
 Pulls: a HubSpot contacts pull of N = 100,000 (``--quick``: 12,000) behind
 the search's 10,000-result cap, paced under the search endpoints' own limit
@@ -232,8 +234,24 @@ def one_size(provider: str, n: int, stage: LifecycleStage, emulator_pid: int | N
     return figures
 
 
+def companies_minimum(n: int, *, drain_batch: int, page: int = 100) -> dict[str, int]:
+    """The fewest API calls a first push of N accounts as HubSpot companies
+    can make (docs/crm.md, "Drain"): companies have no unique-value key
+    (HubSpot refuses ``domain`` as ``idProperty``), so they are matched.
+    Per drain claim (``drain_batch`` records) and per call of ``page``
+    records in it: one search (``domain IN (...)``, nothing found in an
+    empty portal) and one batch create. No batch update (no HubSpot id is
+    stored yet: those are database reads, not calls), no association calls
+    (companies have none), no allowance read (HubSpot has none)."""
+    full, rest = divmod(n, drain_batch)
+    chunks = full * -(-drain_batch // page) + -(-rest // page)
+    return {"search": chunks, "create": chunks, "total": 2 * chunks}
+
+
 def companies(n: int, url: str, emulator_pid: int | None = None) -> list[dict]:
-    """N accounts -> HubSpot companies, upserted by domain, 100 per call."""
+    """N accounts -> HubSpot companies (matched: a search and a batch create
+    per 100, ``companies_minimum``), held to that minimum and to HubSpot's
+    search limit (5 a second: no 429 answered, so no retry)."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     settings.MARTECH_CRM = {**settings.MARTECH_CRM, "HUBSPOT_URL": url}
     Connection.objects.filter(provider="hubspot").delete()
@@ -259,18 +277,52 @@ def companies(n: int, url: str, emulator_pid: int | None = None) -> list[dict]:
     queue()
     from martech.crm.connectors import connector_for
 
+    from martech.crm.connectors.hubspot import PAGE
+
     connector = connector_for(connection)
+    # The calls by kind: searches (``_search_keys``, one call each when it has
+    # records) and creates (``_call_once``: the one call that is never retried).
+    kinds = {"search": 0, "create": 0}
+    search_keys, call_once = connector._search_keys, connector._call_once
+
+    def counted_search(spec, records):
+        kinds["search"] += bool(records)
+        return search_keys(spec, records)
+
+    def counted_once(fn, *args, **kwargs):
+        kinds["create"] += 1
+        return call_once(fn, *args, **kwargs)
+
+    connector._search_keys, connector._call_once = counted_search, counted_once
     with Breakdown(emulator_pid, connector) as spent:
         run = outbox_drain(connection=connection, connector=connector)
     elapsed, cpu = spent.wall, spent.cpu
     queue()
     second = outbox_drain(connection=connection)
     assert run.pushed == n and run.failed == 0, (run.pushed, run.failed, run.error)
+    minimum = companies_minimum(n, drain_batch=settings.MARTECH_CRM["DRAIN_BATCH"], page=PAGE)
+    search_rate = settings.MARTECH_CRM["HUBSPOT_SEARCH_RATE"]
+    # Held to the minimum: not one call more, of either kind.
+    assert (kinds["search"], kinds["create"], run.api_calls) == (minimum["search"], minimum["create"],
+                                                                 minimum["total"]), (kinds, run.api_calls, minimum)
+    # Held to the search limit: the emulator (HubSpot's 5 a second) refused
+    # none, so nothing was retried; the searches' own pacing is the floor.
+    assert connector.stats.retries == 0, connector.stats.retries
+    # The k-th search of a rolling window of L per W seconds starts at least
+    # floor((k - 1) / L) * W after the first: the least time these searches take.
+    from martech.crm.connectors.base import parse_rate
+
+    limit, window = parse_rate(search_rate)
+    search_floor = (kinds["search"] - 1) // limit * window if kinds["search"] else 0.0
+    assert elapsed >= search_floor, (elapsed, search_floor)
     figures = [
         {"metric": f"hubspot_companies_push_{n}_api_calls", "value": run.api_calls, "unit": "calls",
-         "minimum": -(-n // 100)},
+         "minimum": minimum["total"], "searches": kinds["search"], "creates": kinds["create"],
+         "minimum_searches": minimum["search"], "minimum_creates": minimum["create"], "retries": 0},
         {"metric": f"hubspot_companies_push_{n}_records_per_s", "value": round(n / elapsed, 1), "unit": "records/s",
-         "cpu_s": round(cpu, 2), "wall_s": round(elapsed, 2)},
+         "cpu_s": round(cpu, 2), "wall_s": round(elapsed, 2), "search_rate": search_rate,
+         "cap_records_per_s": _cap(search_rate, PAGE), "search_floor_s": round(search_floor, 2),
+         "paced_s": round(spent.paced, 2)},
         {"metric": f"hubspot_companies_push_{n}_breakdown", "value": round(spent.wall, 2), "unit": "s",
          **spent.figures(units=-(-n // settings.MARTECH_CRM["DRAIN_BATCH"]), unit="batch"),
          "api_calls": run.api_calls},

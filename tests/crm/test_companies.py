@@ -187,3 +187,30 @@ def test_crm_sync_command_refuses_an_object_the_connector_does_not_sync(company_
         call_command("crm_sync", "--object", "campaigns")
     error = json.loads(str(exc.value))["error"]
     assert error["code"] == "object_not_supported" and "campaigns" in error["message"]
+
+
+def _bench():
+    """bench/crm_sync.py as a module (its minimum for a first push of companies)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "crm_sync.py"
+    spec = importlib.util.spec_from_file_location("bench_crm_sync", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_first_push_of_companies_makes_the_benchs_minimum_and_no_more(company_mappings, hubspot, settings):
+    # Claims of 250: 250, 250 and 30 records, so 3 + 3 + 1 calls of at most 100, each a search and a create.
+    settings.MARTECH_CRM = {**settings.MARTECH_CRM, "DRAIN_BATCH": 250}
+    for i in range(530):
+        _account(domain=f"m{i}.example.com")
+    minimum = _bench().companies_minimum(530, drain_batch=250)
+    assert minimum == {"search": 7, "create": 7, "total": 14}
+    run = outbox_drain(connection=company_mappings)
+    assert (run.pushed, run.failed, run.error) == (530, 0, "")
+    assert (hubspot.calls[SEARCH], hubspot.calls[CREATE], run.api_calls) == (7, 7, 14)
+    assert sum(hubspot.calls.values()) == minimum["total"]
+    # The 7 searches under HubSpot's 5 a second (the emulator enforces it): none refused.
+    assert not hubspot.refused_429

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,7 +325,9 @@ def pulled_apply(*, connection: Connection, pulled, obj: str = "contact",
 
 def pulled_apply_page(*, connection: Connection, page: list, obj: str = "contact",
                       mappings: list[FieldMapping] | None = None, dry_run: bool = False,
-                      connector: Connector | None = None) -> list[str | ValidationError]:
+                      connector: Connector | None = None,
+                      then: Callable[[list[str | ValidationError]], None] | None = None
+                      ) -> list[str | ValidationError]:
     """Write a page of pulled records through their object type's service,
     in one transaction; returns per record 'pulled', 'skipped' or the
     ValidationError naming the field that refused it (that record wrote
@@ -338,8 +340,11 @@ def pulled_apply_page(*, connection: Connection, page: list, obj: str = "contact
     (leads: ``lead_upsert_many``, the capture dedupe path in bulk, whose
     lead hooks, stage transitions and signals are per page), else one
     ``write`` per record, then every push state stored in one upsert.
-    The pull commits the page's position right after (``_pull_commit``):
-    killed in between, the page is applied again, which changes nothing.
+    ``then(outcomes)`` runs in the same transaction after the writes (run
+    again with it on a conflict retry): the pull stores the page's failures
+    and position there (``pull._page_apply``), so a page and its position
+    commit together and a pull killed at any point never applies a page
+    twice. (A dry run calls it with the outcomes, outside any transaction.)
 
     Conflicts (both sides changed since the last sync): under "system of
     record" each mapping whose system of record is the CRM takes the remote
@@ -356,7 +361,10 @@ def pulled_apply_page(*, connection: Connection, page: list, obj: str = "contact
     if not page:
         return []
     if dry_run:
-        return _page_dry_run(connection, object_type, page, mappings, stage_by_value)
+        outcomes = _page_dry_run(connection, object_type, page, mappings, stage_by_value)
+        if then is not None:
+            then(outcomes)
+        return outcomes
 
     def write() -> list[str | ValidationError]:
         # The configuration the page's writes and hooks read (tombstones,
@@ -367,7 +375,9 @@ def pulled_apply_page(*, connection: Connection, page: list, obj: str = "contact
             outcomes, todo = _page_decide(connection, object_type, page, mappings, found, state)
             written = _page_write(object_type, todo, source=f"crm:{connection.provider}")  # step 3
             _page_settle(connection, object_type, page, todo, written, outcomes, connector)
-            return outcomes
+        if then is not None:
+            then(outcomes)  # (after the records' locks, the one order: failures and the cursor last)
+        return outcomes
 
     return run_in_transaction(write)
 

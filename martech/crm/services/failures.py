@@ -163,7 +163,7 @@ def _pull_failures_settle(connection: Connection, key: str, outcomes: PullOutcom
     failures of records now applied (or gone from the CRM); returns how
     many retried records went through."""
     now = timezone.now()
-    for remote_id, error in outcomes.result.items():
+    for remote_id, error in sorted(outcomes.result.items()):  # (one lock order: by remote id)
         if error is not None:
             _pull_failure_note(connection, key, remote_id, error, now)
     applied = {r for r, error in outcomes.result.items() if error is None}

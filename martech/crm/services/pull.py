@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 # applied at exactly that time are kept beside it (``SyncCursor.seen``: remote
 # id -> a digest of what was applied) and skipped unless they changed since,
 # so a tie is neither lost nor applied twice. The position is committed every
-# PULL_COMMIT_EVERY records (one page), with the failures noted so far, so a
-# pull killed mid-way resumes from its last page instead of from the start.
+# PULL_COMMIT_EVERY records (one page), in the page's own transaction with the
+# failures noted so far (``_page_apply``), so a pull killed mid-way resumes
+# from its last page instead of from the start and never applies a page twice.
 
 PULL_COMMIT_EVERY = 200
 # Records a connector that reads without the database (``read_ahead``) may
@@ -165,8 +166,10 @@ class _ReadAhead:
 
 def _pull_commit(connection: Connection, cursor: SyncCursor, key: str, outcomes: PullOutcomes,
                  save: Any) -> int:
-    """One page done: its failures noted and the position stored in one
-    transaction; returns the retried records that went through."""
+    """A link pull's batch done (``links_pull``, whose links commit one by
+    one): its failures noted and the position stored in one transaction;
+    returns the retried records that went through. An object pull's page
+    commits with its position instead (``_page_apply``)."""
     def write() -> int:
         recovered = _pull_failures_settle(connection, key, outcomes)
         save()
@@ -179,14 +182,72 @@ def _pull_commit(connection: Connection, cursor: SyncCursor, key: str, outcomes:
     return recovered
 
 
+@dataclass
+class _Tally:
+    """A page's counts, added to its run once the page is committed."""
+
+    pulled: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+def _page_apply(connection: Connection, key: str, page: list, outcomes: PullOutcomes, run: SyncRun,
+                errors: list[str], *, write, save: Any | None) -> None:
+    """A pulled page's writes, its failures noted and its position stored
+    (``save``) in ONE transaction: ``write(then)`` is ``pulled_apply_page``,
+    which runs ``then`` after the writes in its transaction; a page with no
+    record left to write stores its position alone. Killed at any point,
+    either the page and its position are both committed or neither is, so
+    the next pull neither loses it nor applies it again. What the run
+    counts is taken from the attempt that committed (a conflict retry runs
+    ``then`` again from the start). ``save`` None (a dry run): only counted.
+
+    The locks: the page's records (then their outbox rows and push states)
+    first, as every write path; the pull failures and the cursor row last,
+    a few statements before the commit that releases them all (one commit a
+    page instead of two); the failures in remote id order. No other write
+    path locks a cursor row before records, so two overlapping pulls of one
+    type wait for each other, in that order, and never deadlock."""
+    done: dict[str, Any] = {}
+
+    def then(results: list) -> None:
+        trial = PullOutcomes(dict(outcomes.result), set(outcomes.retried), set(outcomes.gone))
+        tally, page_errors = _Tally(), []
+        _tally_page(tally, trial, page_errors, page, results)
+        recovered = 0
+        if save is not None:
+            recovered = _pull_failures_settle(connection, key, trial)
+            save()
+        done.update(tally=tally, errors=page_errors, outcomes=trial, recovered=recovered)
+
+    if page:
+        write(then)
+    elif save is not None:
+        run_in_transaction(lambda: then([]))
+    else:
+        return
+    tally = done["tally"]
+    run.pulled, run.failed, run.skipped = run.pulled + tally.pulled, run.failed + tally.failed, \
+        run.skipped + tally.skipped
+    errors.extend(done["errors"])
+    if save is not None:
+        run.recovered += done["recovered"]
+        outcomes.result.clear()
+        outcomes.gone.clear()
+        outcomes.retried.clear()
+    else:
+        outcomes.result.update(done["outcomes"].result)
+
+
 def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = False, dry_run: bool = False,
                  connector: Connector | None = None, progress=None) -> SyncRun:
     """Incremental pull of one object type from its stored cursor (HubSpot:
     search on the last-modified date in windows under the 10,000 cap;
     Salesforce: SOQL on SystemModstamp), the cursor's time included and the
     records applied at it skipped (``PullPosition``). Each record goes
-    through the object type's write service. The cursor is committed every
-    page (``PULL_COMMIT_EVERY``), so a pull killed mid-way resumes there.
+    through the object type's write service. The cursor is committed with
+    every page (``PULL_COMMIT_EVERY``, one transaction: ``_page_apply``),
+    so a pull killed mid-way resumes there.
 
     ``full``: every record. Through the connector's list endpoint where it
     has one (``list_pages``, HubSpot: no cap), resumable at its last page
@@ -213,29 +274,25 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
     else:
         position = PullPosition(**(cursor.resume or {}).get("rescan", {}))
 
-    def apply(page: list) -> None:
-        results = pulled_apply_page(connection=connection, page=page, obj=obj, mappings=mappings,
-                                    dry_run=dry_run, connector=connector)
-        _tally_page(run, outcomes, errors, page, results)
+    def apply(page: list, save) -> None:
+        """A page written and ``save`` (its position) committed with it, in one transaction."""
+        def write(then) -> None:
+            pulled_apply_page(connection=connection, page=page, obj=obj, mappings=mappings, dry_run=dry_run,
+                              connector=connector, then=then)
+
+        _page_apply(connection, obj, page, outcomes, run, errors, write=write, save=None if dry_run else save)
         if progress is not None:
             progress.update(len(page))
-
-    def commit(final: bool) -> None:
-        if not dry_run:
-            run.recovered += _pull_commit(connection, cursor, obj, outcomes,
-                                          lambda: _position_save(cursor, position, mode=mode, final=final))
 
     page: list = []
     reader: _ReadAhead | None = None
 
     def apply_and_commit(final: bool) -> None:
-        """One page applied (one transaction), then its position committed."""
-        if page:
-            apply(page)
-            for pulled in page:
-                position.note(pulled)
-            page.clear()
-        commit(final=final)
+        """One page applied and its position stored: one transaction."""
+        for pulled in page:
+            position.note(pulled)  # (noting a record twice changes nothing: a retried page notes again)
+        apply(page, lambda: _position_save(cursor, position, mode=mode, final=final))
+        page.clear()
 
     try:
         remote_fields = sorted({m.remote_field for m in mappings})
@@ -244,7 +301,8 @@ def pull_changes(*, connection: Connection, obj: str = "contact", full: bool = F
         if mode != "list" and not dry_run and _bulk_wanted(connector, cursor, obj, remote_fields, position,
                                                            full=full):
             mode = "bulk"
-            _pull_bulk(connection, connector, cursor, obj, remote_fields, apply, outcomes, run, full=full)
+            _pull_bulk(connection, connector, cursor, obj, remote_fields, apply, outcomes, run,
+                       full=position if full else None)
         elif mode == "list":
             _pull_list(connection, connector, cursor, object_type.key, remote_fields, apply, outcomes, run,
                        dry_run=dry_run)
@@ -337,8 +395,8 @@ def _pull_list_pages(connection: Connection, cursor: SyncCursor, key: str, pages
                      outcomes: PullOutcomes, run: SyncRun, *, dry_run: bool) -> None:
     """``_pull_list``'s pages written and committed, one at a time."""
     for page, after in pages:
-        apply(list(page))
         if dry_run:
+            apply(list(page), None)
             continue
         state = {**state, "after": after}
 
@@ -354,7 +412,7 @@ def _pull_list_pages(connection: Connection, cursor: SyncCursor, key: str, pages
             cursor.resume = resume
             cursor.save(update_fields=["value", "seen", "resume", "updated_at"])
 
-        run.recovered += _pull_commit(connection, cursor, key, outcomes, save)
+        apply(list(page), save)  # the page and its ``after``: one transaction
 
 
 def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: list[str], position: PullPosition,
@@ -367,10 +425,17 @@ def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: lis
     the REST pull starts from that page). A full pull asks the same from
     where it reads (``position``: the beginning, or where an interrupted one
     got to), so a small org's full pull costs what an incremental one does
-    (a Bulk job is a create, a poll and a results read per sObject)."""
+    (a Bulk job is a create, a poll and a results read per sObject).
+
+    A full pull goes on with a backfill under way only if it is a full
+    pull's (``full`` in its state): an incremental backfill reads from the
+    cursor, not from where the full pull reads, so the full pull decides
+    afresh (and a backfill of its own replaces that one, whose range it
+    covers)."""
     if not hasattr(connector, "bulk_pages"):
         return False
-    if (cursor.resume or {}).get("bulk"):
+    under_way = (cursor.resume or {}).get("bulk")
+    if under_way and (not full or under_way.get("full")):
         return True
     # The records applied at the start's very time are read again (>=) and skipped: not backlog.
     start, seen = (position.value, position.seen) if full else (cursor.value, cursor.seen or {})
@@ -378,29 +443,40 @@ def _bulk_wanted(connector: Connector, cursor: SyncCursor, key: str, fields: lis
 
 
 def _pull_bulk(connection: Connection, connector: Connector, cursor: SyncCursor, key: str, fields: list[str],
-               apply, outcomes: PullOutcomes, run: SyncRun, *, full: bool) -> None:
+               apply, outcomes: PullOutcomes, run: SyncRun, *, full: PullPosition | None) -> None:
     """A backfill through a bulk query job, one committed page at a time.
 
     Its rows come in no time order, so the cursor cannot move page by page:
     ``SyncCursor.resume["bulk"]`` keeps where the job was left (its token:
     job, result set, rows read), where it started from (``from``: the cursor
-    and its ties, or nothing for a full pull) and how far it got
-    (``position``: the newest time applied and the records applied at it).
-    Killed, the next pull goes on from the token. Done, the position
-    becomes the cursor (never moving it back; at an equal time the ties
-    are merged), so the next incremental pull reads from the newest time
-    the job held, inclusively: a record changed in that second after the
-    job read it is not lost, and one the job read is not applied again."""
+    and its ties; for a full pull, ``full``, where it reads from: the
+    beginning, or the position of a full pull on REST that was interrupted)
+    and how far it got (``position``: the newest time applied and the
+    records applied at it). Killed, the next pull goes on from the token.
+    Done, the position becomes the cursor (never moving it back; at an
+    equal time the ties are merged), so the next incremental pull reads
+    from the newest time the job held, inclusively: a record changed in
+    that second after the job read it is not lost, and one the job read is
+    not applied again.
+
+    A full pull's REST position (``resume["rescan"]``) is taken over by the
+    backfill: the job reads from it (the records the REST pages applied
+    are not read again) and it is dropped with the backfill's first
+    committed page, so no later full pull starts from it."""
     state = dict((cursor.resume or {}).get("bulk") or {})
+    if full is not None and not state.get("full"):
+        state = {}  # (an incremental backfill: this one reads all it would, from earlier)
     if not state:
-        start = {"value": "", "seen": {}} if full else {"value": cursor.value, "seen": dict(cursor.seen or {})}
-        state = {"from": start, "token": "", "position": start}
+        start = full.as_json() if full is not None else {"value": cursor.value, "seen": dict(cursor.seen or {})}
+        state = {"from": start, "token": "", "position": start, "full": full is not None}
     start = PullPosition(**state["from"])
     position = PullPosition(**state["position"])
 
     def save(state: dict) -> None:
         cursor.refresh_from_db(fields=["value", "seen", "resume"])
         resume = dict(cursor.resume or {})
+        if state.get("full"):
+            resume.pop("rescan", None)  # the backfill's ``from`` holds it now
         if state["token"]:
             resume["bulk"] = state
         else:
@@ -415,15 +491,13 @@ def _pull_bulk(connection: Connection, connector: Connector, cursor: SyncCursor,
 
     for page, token in connector.bulk_pages(key, start.value, fields, state["token"], chunk=PULL_COMMIT_EVERY):
         fresh = [p for p in page if not start.already(p)]  # applied at the cursor's time before, unchanged
-        if fresh:
-            apply(fresh)
         for pulled in fresh:
             position.note(pulled)
         state = {**state, "token": token, "position": position.as_json()}
-        run.recovered += _pull_commit(connection, cursor, key, outcomes, lambda state=state: save(state))
+        apply(fresh, lambda state=state: save(state))  # the page and its token: one transaction
     # Every page read (or none left): the backfill is over, its position is the cursor.
     final = {**state, "token": "", "position": position.as_json()}
-    run.recovered += _pull_commit(connection, cursor, key, outcomes, lambda: save(final))
+    apply([], lambda: save(final))
 
 
 def _cursor_advance(cursor: SyncCursor, value: str) -> None:
