@@ -50,7 +50,8 @@ def _f(name: str, writers=frozenset(), **kw) -> FieldSpec:
     return FieldSpec(name, frozenset(writers), **kw)
 
 
-# A public form cannot set a CRM id (models.form_fields_clean refuses it by name).
+# A public form cannot set a CRM id nor choose the lifecycle stage (a form
+# gives its stage in its defaults): models.form_fields_clean refuses them.
 _NOT_FORM = EVERYONE - {FORM}
 
 # In the order people read them: the API output's order, and the CSV's
@@ -70,7 +71,7 @@ LEAD_FIELDS: tuple[FieldSpec, ...] = (
     _f("postal_code", EVERYONE, export=True),
     _f("time_zone", EVERYONE, export=True),
     _f("owner", set_by="routing", export=True),
-    _f("lifecycle_stage", EVERYONE, export=True),
+    _f("lifecycle_stage", _NOT_FORM, export=True),
     _f("fit_score", set_by="scoring", export=True),
     _f("engagement_score", set_by="scoring", export=True),
     _f("total_score", set_by="scoring", export=True),

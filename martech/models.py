@@ -185,10 +185,12 @@ class Lead(TimestampedModel):
 # fields (martech.fields), so form validation here and the services agree.
 LEAD_WRITABLE_FIELDS = declared.writable(declared.LEAD_FIELDS) - {"properties"}
 CRM_KEYS = declared.names(declared.LEAD_FIELDS, crm_key=True)
-# Lead fields a form may set only through its defaults, never from what the
-# visitor posts: an anonymous sender must not pick a lead's stage (and the
+# Writable lead fields a form's visitor may not fill (declared without the
+# FORM writer) beyond the CRM ids: a form sets them only through its
+# defaults. An anonymous sender must not pick a lead's stage (and the
 # handoffs and journeys a stage starts).
-VISITOR_REFUSED_FIELDS = frozenset({"lifecycle_stage"})
+VISITOR_REFUSED_FIELDS = (LEAD_WRITABLE_FIELDS - set(declared.names(declared.LEAD_FIELDS, writer=declared.FORM))
+                          - set(CRM_KEYS))
 
 
 class Identity(models.Model):
