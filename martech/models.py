@@ -1004,3 +1004,39 @@ class Notification(models.Model):
             return f"sent ({self.response_status})" if self.response_status else "sent"
         label = "in doubt" if self.status == self.Status.IN_DOUBT else "failed"
         return f"{label}: {self.error}"
+
+
+# --- Pending captures (the capture task's outbox) -----------------------------------
+
+
+class CapturePending(models.Model):
+    """One stored form submission or event batch whose ``capture_process``
+    task has not finished: written in the request's transaction (one
+    INSERT), deleted by the task when it is done. The task is enqueued when
+    the request commits; a row still here after ``next_attempt_at`` (its
+    task lost: the process died before the enqueue, the broker was down or
+    dropped the task) is enqueued again by the ``capture.sweep`` schedule,
+    up to ``martech.services.capture.SWEEP_ATTEMPTS`` times; then it stays,
+    with ``next_attempt_at`` empty, for ops to see (martech.services.capture)."""
+
+    source = models.CharField(max_length=100)
+    reason = models.CharField(max_length=20, default="form")
+    lead_ids = models.JSONField(default=list)
+    event_ids = models.JSONField(default=list)
+    created_ids = models.JSONField(default=list)
+    transition_ids = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Times the sweep enqueued it again.
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # When the sweep takes it (MARTECH_CAPTURE_SWEEP_AFTER after the enqueue or the task's start); empty: given up.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "pending capture"
+        indexes = [models.Index(fields=["next_attempt_at"], name="capture_pending_due")]
+
+    def __str__(self) -> str:
+        return f"capture #{self.pk} from {self.source} ({len(self.lead_ids)} lead(s))"
+
+    def args(self) -> tuple:
+        return (self.lead_ids, self.event_ids, self.created_ids, self.transition_ids, self.source, self.reason)

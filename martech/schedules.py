@@ -65,6 +65,9 @@ def schedules_sync() -> tuple[int, int]:
 
 
 SCHEDULES = [
+    # Captures (a form, an event batch) whose task was lost, enqueued again
+    # MARTECH_CAPTURE_SWEEP_AFTER seconds after their enqueue (martech.services.capture).
+    Periodic(name="capture.sweep", func="martech.tasks.captures_sweep", minutes=1),
     # Double opt-in emails a lost wake-up left unsent; expiry of unconfirmed requests.
     Periodic(name="consent.confirmations", func="martech.tasks.consent_confirmations_send", minutes=5),
     # Retention (MARTECH_RETENTION): hourly, each run a bounded number of short

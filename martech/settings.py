@@ -204,6 +204,14 @@ else:
     Q_CLUSTER["orm"] = "default"
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured("Q_RETRY must be larger than Q_TIMEOUT")
+# A stored capture (a form, an event batch) whose task has not finished this
+# many seconds after its enqueue (or its task's start) is enqueued again by
+# the capture sweep (martech.services.capture): longer than a queued task
+# waits under a normal backlog, and than a task may run (Q_TIMEOUT), so a
+# live task is not doubled.
+MARTECH_CAPTURE_SWEEP_AFTER = env.int("MARTECH_CAPTURE_SWEEP_AFTER", default=600)
+if MARTECH_CAPTURE_SWEEP_AFTER <= Q_CLUSTER["timeout"]:
+    raise ImproperlyConfigured("MARTECH_CAPTURE_SWEEP_AFTER must be larger than Q_TIMEOUT")
 
 # --- Auth -------------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [

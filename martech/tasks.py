@@ -25,18 +25,35 @@ def retention_apply() -> dict[str, int]:
 
 
 def capture_process(lead_ids: list[int], event_ids: list[int], created_ids: list[int], transition_ids: list[int],
-                    source: str, reason: str = "form") -> None:
+                    source: str, reason: str = "form", pending_id: int | None = None) -> None:
     """Everything one stored form or event batch causes (scoring, routing,
     lifecycle with the SQL handoff, journeys), enqueued when its transaction
     commits (martech.services.capture). Each step retries its own conflicts.
-    A task queued before batches were captured this way (one lead: its id,
-    and ``created`` a bool) runs the same way."""
-    from martech.services.capture import capture_process as process
+    ``pending_id``: the capture's ``CapturePending`` row; gone, the capture
+    was done by an earlier run and this one does nothing; deleted right
+    after the capture's last step (a run that dies before the delete is done
+    again by the sweep: every step is idempotent). A task queued before
+    batches were captured this way (one lead: its id, and ``created`` a
+    bool), or before captures had a row, runs the same way."""
+    from martech.services import capture
 
+    if pending_id is not None and not capture.pending_claim(pending_id):
+        return
     if isinstance(lead_ids, int):
         lead_ids, created_ids = [lead_ids], [lead_ids] if created_ids else []
-    process(lead_ids=lead_ids, event_ids=event_ids, created_ids=created_ids, transition_ids=transition_ids,
-            source=source, reason=reason)
+    capture.capture_process(lead_ids=lead_ids, event_ids=event_ids, created_ids=created_ids,
+                            transition_ids=transition_ids, source=source, reason=reason)
+    if pending_id is not None:
+        capture.pending_done(pending_id)
+
+
+@retry_on_conflict
+def captures_sweep() -> int:
+    """Every minute: captures whose task was lost, enqueued again
+    (martech.services.capture.pending_sweep)."""
+    from martech.services.capture import pending_sweep
+
+    return pending_sweep()
 
 
 @retry_on_conflict

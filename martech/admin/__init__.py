@@ -5,6 +5,7 @@ Importing the modules registers their admins with the default site.
 from martech.admin import (  # noqa: F401
     accounts,
     api_clients,
+    captures,
     campaigns,
     consent,
     events,

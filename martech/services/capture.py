@@ -22,9 +22,13 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
+from django.utils import timezone
 
 log = logging.getLogger(__name__)
 
@@ -150,21 +154,141 @@ def note_events(event_ids, lead_ids) -> None:
 
 
 def enqueue_on_commit() -> None:
-    """Enqueue the capture's task when the current transaction commits, with
-    what was noted by then; nothing when no lead was noted."""
+    """Record the capture (one ``CapturePending`` row, in the current
+    transaction) and enqueue its task when the transaction commits, with
+    what was noted by then and the row's id; nothing when no lead was noted.
+    A failed enqueue is logged, not raised into the committed request: the
+    sweep (``pending_sweep``) enqueues the row again."""
     capture = _current()[1]
     if not capture.leads or capture.enqueued:
         return
     capture.enqueued = True
     args = capture.args()
+    pending_id = _pending_record(args)
 
     def enqueue():
         # Runs after the commit, perhaps still inside ``deferred()`` in this
         # thread: a synchronous task must not see the request's mode.
         with _mode(None, None):
-            task_enqueue("martech.tasks.capture_process", *args, task_name=_task_name(args[0], args[1]))
+            _enqueue(args, pending_id)
 
     transaction.on_commit(enqueue)
+
+
+# --- The pending captures: the task's outbox ---------------------------------------
+# A capture's task can be lost (the process dies between the commit and the
+# enqueue, the broker is down, or drops a task whose worker was killed), and
+# journey enrollment, first touch and the events' announcement have no other
+# sweep. So the request records the capture in its transaction; the task
+# deletes the record when it is done; a record left past its lease is
+# enqueued again by the ``capture.sweep`` schedule.
+
+# Times the sweep enqueues a capture again (waiting the lease, then twice,
+# four times ... as long) before the row is left for ops to see.
+SWEEP_ATTEMPTS = 5
+SWEEP_BATCH = 500
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.MARTECH_CAPTURE_SWEEP_AFTER)
+
+
+def _pending_record(args: tuple) -> int:
+    from martech.models import CapturePending
+
+    lead_ids, event_ids, created_ids, transition_ids, source, reason = args
+    return CapturePending.objects.create(
+        lead_ids=lead_ids, event_ids=event_ids, created_ids=created_ids, transition_ids=transition_ids,
+        source=source[:100], reason=reason, next_attempt_at=timezone.now() + _lease()).pk
+
+
+def _enqueue(args: tuple, pending_id: int | None) -> bool:
+    """The capture's task; False (logged) when the broker refused it. In
+    synchronous mode (tests) the task runs here and its errors are raised."""
+    try:
+        task_enqueue("martech.tasks.capture_process", *args, task_name=_task_name(args[0], args[1]),
+                     pending_id=pending_id)
+    except Exception:
+        if settings.MARTECH_SCORING["TASKS_SYNC"]:
+            raise
+        log.exception("capture #%s: task not enqueued; the capture sweep will enqueue it", pending_id)
+        return False
+    return True
+
+
+def pending_claim(pending_id: int) -> bool:
+    """The task's first step: push the row's next sweep a lease away (a
+    running task is not doubled); False when the row is gone (its capture
+    done by an earlier run of the task)."""
+    from martech.models import CapturePending
+
+    return bool(CapturePending.objects.filter(pk=pending_id).update(next_attempt_at=timezone.now() + _lease()))
+
+
+def pending_done(pending_id: int) -> None:
+    from martech.models import CapturePending
+
+    CapturePending.objects.filter(pk=pending_id).delete()
+
+
+def pending_sweep(*, limit: int = SWEEP_BATCH) -> int:
+    """Enqueue again the captures whose task has not finished a lease after
+    its enqueue (or its start); returns how many. Each row is taken under a
+    row lock skipping rows another sweep holds (PostgreSQL; SQLite has one
+    writer), marked (``attempts``, the next try twice as far) and enqueued
+    after the commit. A row already enqueued ``SWEEP_ATTEMPTS`` times is
+    given up (``next_attempt_at`` emptied, logged) and stays for ops. When
+    the broker refuses one, it and the rest are left for the next sweep,
+    their attempt not counted."""
+    from django.db import connection
+
+    from martech.db import run_in_transaction
+    from martech.models import CapturePending
+
+    def take() -> tuple[list[CapturePending], list[CapturePending]]:
+        now = timezone.now()
+        qs = CapturePending.objects.filter(next_attempt_at__lte=now).order_by("next_attempt_at", "pk")
+        if connection.features.has_select_for_update_skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        rows = list(qs[:limit])
+        due = [r for r in rows if r.attempts < SWEEP_ATTEMPTS]
+        dead = [r for r in rows if r.attempts >= SWEEP_ATTEMPTS]
+        for row in due:
+            row.attempts += 1
+            row.next_attempt_at = now + _lease() * 2 ** row.attempts
+        for row in dead:
+            row.next_attempt_at = None
+        CapturePending.objects.bulk_update(due + dead, ["attempts", "next_attempt_at"])
+        return due, dead
+
+    due, dead = run_in_transaction(take)
+    for row in dead:
+        log.error("capture #%s from %s (leads %s): its task did not finish after %s attempts; left for ops",
+                  row.pk, row.source, row.lead_ids[:10], row.attempts)
+    for n, row in enumerate(due):
+        log.warning("capture #%s from %s: task not done after %s; enqueued again (attempt %s of %s)",
+                    row.pk, row.source, row.created_at, row.attempts, SWEEP_ATTEMPTS)
+        if not _enqueue(row.args(), row.pk):
+            # The broker is down: the rest wait for the next sweep, their attempt not counted.
+            back = [r.pk for r in due[n:]]
+            CapturePending.objects.filter(pk__in=back).update(
+                attempts=Greatest(F("attempts") - 1, 0), next_attempt_at=timezone.now())
+            return n
+    return len(due)
+
+
+def pending_status() -> dict[str, int]:
+    """For ops: captures waiting for their task, overdue (past their lease)
+    and given up."""
+    from django.db.models import Count, Q
+
+    from martech.models import CapturePending
+
+    now = timezone.now()
+    return CapturePending.objects.aggregate(
+        waiting=Count("pk", filter=Q(next_attempt_at__gt=now)),
+        overdue=Count("pk", filter=Q(next_attempt_at__lte=now)),
+        given_up=Count("pk", filter=Q(next_attempt_at__isnull=True)))
 
 
 def _task_name(lead_ids: list[int], event_ids: list[int]) -> str:
@@ -188,7 +312,7 @@ def note_changed(lead_ids) -> bool:
     return False
 
 
-def task_enqueue(func: str, *args, cluster: str | None = None, task_name: str | None = None) -> None:
+def task_enqueue(func: str, *args, cluster: str | None = None, task_name: str | None = None, **kwargs) -> None:
     """django-q2's async_task; inline when scoring's tasks are
     (MARTECH_SCORING["TASKS_SYNC"]): the capture task is the capture's scoring."""
     from django_q.tasks import async_task
@@ -198,7 +322,7 @@ def task_enqueue(func: str, *args, cluster: str | None = None, task_name: str | 
         options["cluster"] = cluster
     if task_name:
         options["task_name"] = task_name
-    async_task(func, *args, **options)
+    async_task(func, *args, **kwargs, **options)
 
 
 def capture_process(*, lead_ids: list[int], event_ids: list[int], created_ids: list[int],

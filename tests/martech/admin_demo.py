@@ -6,6 +6,7 @@ from django.core.management import call_command
 
 from martech.models import (
     ApiClient,
+    CapturePending,
     ConsentConfirmation,
     Lead,
     LifecycleStage,
@@ -49,4 +50,8 @@ def build_demo(*, leads: int = 60) -> None:
         from martech import notify
 
         notify.webhook_post(url="not a url", payload={"text": "demo"}, source="admin-demo", key="admin-demo:1")
+    if not CapturePending.objects.exists():
+        # A capture whose task was lost and that the sweep gave up on.
+        lead = Lead.objects.order_by("pk").first()
+        CapturePending.objects.create(source="form:demo", lead_ids=[lead.pk], attempts=5, next_attempt_at=None)
     assert LifecycleStage.objects.exists()

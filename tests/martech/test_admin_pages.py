@@ -14,7 +14,7 @@ MARTECH_MODELS = sorted(
 )
 # Rows made only by services or commands: the admin offers no "add".
 NO_ADD = {"apiclient", "event", "stagetransition", "quarantinedevent", "salestask", "consentconfirmation",
-          "notification"}
+          "notification", "capturepending"}
 HISTORY = {"lifecyclestage", "eventtype", "campaign", "utmalias", "channelrule", "form", "apiclient", "website",
            "subscriptiontype"}
 

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from martech.models import Event, EventType, Lead, LifecycleStage, StageTransition
+from martech.models import CapturePending, Event, EventType, Lead, LifecycleStage, StageTransition
 from martech.scoring.models import FitRule, Handoff, LifecycleRule, ScoringModel
 from martech.services import ingest
 from nurture.models import Enrollment, Workflow
@@ -105,9 +105,13 @@ def test_a_batch_queues_one_task_and_its_request_routes_scores_and_enrolls_nothi
     # The request's queries: the token, the configuration tokens, stored
     # ids, identities and leads read; for each new lead (in its savepoints)
     # the lead, its first stage move and its identity written; the events
-    # inserted; the touched leads locked and updated. None of them grows
+    # inserted; the touched leads locked and updated; the pending capture
+    # recorded (one INSERT: martech.services.capture). None of them grows
     # with routing rules, journeys or scoring rules.
-    assert len(sql) == (56 if connection.vendor == "postgresql" else 55), [q[:100] for q in sql]
+    assert len(sql) == (57 if connection.vendor == "postgresql" else 56), [q[:100] for q in sql]
+    assert len([q for q in sql if 'INTO "martech_capturepending"' in q]) == 1
+    pending = CapturePending.objects.latest("pk")  # (the warm-up batch's is the other)
+    assert pending.args() == (lead_ids, event_ids, created_ids, transition_ids, source, reason)
 
 
 def test_anonymous_page_views_queue_no_task(api, queued, django_capture_on_commit_callbacks):
