@@ -33,7 +33,7 @@ def test_the_capture_task_reads_the_configuration_once(demo_form, scored_routing
     post({"email": "vp@example.com", "title": "VP Sales"})
     (args,) = captured
     lead = Lead.objects.get(email="vp@example.com")
-    assert args[:2] == (lead.pk, [Event.objects.get(lead=lead).pk])
+    assert args[:2] == ([lead.pk], [Event.objects.get(lead=lead).pk])
     with CaptureQueriesContext(connection) as ctx:
         capture_process(*args)
     sqls = [q["sql"] for q in ctx.captured_queries]
