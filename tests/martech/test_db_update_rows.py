@@ -48,7 +48,7 @@ def test_batches_of_batch_size_and_nothing_for_no_rows():
     assert {lead.pk: lead.first_name for lead in Lead.objects.all()} == {lead.pk: f"N{lead.pk}" for lead in leads}
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite does not enforce a varchar's length")
+@pytest.mark.postgres_only  # SQLite does not enforce a varchar's length
 def test_a_value_too_long_for_its_column_is_refused_not_cut():
     from django.db import DataError, transaction
 
