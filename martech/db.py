@@ -144,9 +144,12 @@ def update_rows(model, instances: list, fields: list[str], *, using: str = DEFAU
     assignments = ", ".join(f"{qn(f.column)} = v.{qn(f.column)}::{_VARCHAR_N.sub('varchar', f.db_type(db))}"
                             for f in columns)
     names = ", ".join(qn(f.column) for f in columns)
+    # In primary-key order, the order bulk_update's id-list scan locks rows in
+    # (and every other lead writer's): the join follows the VALUES list.
+    ordered = sorted(instances, key=lambda instance: instance.pk)
     with db.cursor() as cursor:
-        for start in range(0, len(instances), batch_size):
-            chunk = instances[start:start + batch_size]
+        for start in range(0, len(ordered), batch_size):
+            chunk = ordered[start:start + batch_size]
             params: list = []
             for instance in chunk:
                 params.append(instance.pk)
