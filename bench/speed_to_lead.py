@@ -430,12 +430,10 @@ def run_rate(rate: float, seconds: float, drain: float, base: int, groups: dict[
     lock = threading.Lock()
     url = f"http://127.0.0.1:{base}/api/v1/capture/demo-request"
 
-    def post(i: int) -> None:
-        email = f"stl-{run}-{i}@example.org"
-        body = json.dumps({"email": email, "first_name": "Bench", "last_name": f"L{i}", "company": "Bench GmbH",
-                           "title": "VP Marketing", "country": "DE", "team_size": "51-200", "consent": "1"}).encode()
-        req = urllib.request.Request(url, body, {"Content-Type": "application/json", "User-Agent": "bench",
-                                                "X-Forwarded-Proto": "https"})
+    def send(url: str, body: dict, headers: dict, key: str, sink: tuple[dict, list, list]) -> None:
+        """POST ``body``; record its start time under ``key`` and its answer time and status in ``sink``."""
+        req = urllib.request.Request(url, json.dumps(body).encode(), {
+            "Content-Type": "application/json", "User-Agent": "bench", "X-Forwarded-Proto": "https", **headers})
         t0 = time.time()
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
@@ -445,9 +443,15 @@ def run_rate(rate: float, seconds: float, drain: float, base: int, groups: dict[
         except Exception:  # noqa: BLE001 - counted as not answered
             status = 0
         with lock:
-            posted[email] = t0
-            answers.append(time.time() - t0)
-            statuses.append(status)
+            sink[0][key] = t0
+            sink[1].append(time.time() - t0)
+            sink[2].append(status)
+
+    def post(i: int) -> None:
+        email = f"stl-{run}-{i}@example.org"
+        send(url, {"email": email, "first_name": "Bench", "last_name": f"L{i}", "company": "Bench GmbH",
+                   "title": "VP Marketing", "country": "DE", "team_size": "51-200", "consent": "1"},
+             {}, email, (posted, answers, statuses))
 
     n_events = int(n * event_share)
     event_posted: dict[str, float] = {}
@@ -458,24 +462,10 @@ def run_rate(rate: float, seconds: float, drain: float, base: int, groups: dict[
     def post_event(i: int) -> None:
         # A new person's trial_started: the capture task makes the lead and enrolls it in the journey.
         email = f"evt-{run}-{i}@example.org"
-        body = json.dumps({"batch": [{"type": "track", "event": "trial_started", "messageId": f"evt-{run}-{i}",
-                                      "timestamp": datetime.now(dt_tz.utc).isoformat(),
-                                      "traits": {"email": email}, "properties": {"plan": "pro"}}]}).encode()
-        req = urllib.request.Request(events_url, body, {"Content-Type": "application/json", "User-Agent": "bench",
-                                                       "Authorization": f"Bearer {token}",
-                                                       "X-Forwarded-Proto": "https"})
-        t0 = time.time()
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                status = r.status
-        except urllib.error.HTTPError as e:
-            status = e.code
-        except Exception:  # noqa: BLE001 - counted as not answered
-            status = 0
-        with lock:
-            event_posted[email] = t0
-            event_answers.append(time.time() - t0)
-            event_statuses.append(status)
+        send(events_url, {"batch": [{"type": "track", "event": "trial_started", "messageId": f"evt-{run}-{i}",
+                                     "timestamp": datetime.now(dt_tz.utc).isoformat(),
+                                     "traits": {"email": email}, "properties": {"plan": "pro"}}]},
+             {"Authorization": f"Bearer {token}"}, email, (event_posted, event_answers, event_statuses))
 
     load0 = os.getloadavg()[0]
     from martech import taskqueue
