@@ -50,10 +50,10 @@ def api():
     return make_client(["capture"])
 
 
-@pytest.fixture
-def world():
+def scored_world():
     """VPs score 80; the routing rule "score >= 50" sends them to Hot; a
-    demo request makes an SQL; a journey starts on a demo request."""
+    demo request makes an SQL; a journey starts on a demo request. Returns
+    the Hot team's rep and the journey."""
     model = ScoringModel.objects.create(name="Test", is_active=True, half_life_days=None)
     FitRule.objects.create(model=model, name="VP", condition='job_title contains "vp"', points=80)
     cold, hot = TeamFactory(name="Cold"), TeamFactory(name="Hot")
@@ -71,6 +71,11 @@ def world():
                                       definition={"start": "end", "steps": {"end": {"type": "end"}}})
     workflow_publish(workflow=journey)
     return hot_rep, journey
+
+
+@pytest.fixture
+def world():
+    return scored_world()
 
 
 def _batch():

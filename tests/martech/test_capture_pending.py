@@ -11,35 +11,23 @@ import logging
 import threading
 
 import pytest
-from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from martech.models import CapturePending, Event, EventType, Lead, LifecycleStage, StageTransition
-from martech.scoring.models import FitRule, Handoff, LifecycleRule, ScoringModel
+from martech.models import CapturePending, Event, EventType, Lead, StageTransition
+from martech.scoring.models import Handoff
 from martech.services import capture
 from martech.tasks import capture_process, captures_sweep
-from nurture.models import Enrollment, Workflow
-from nurture.services import workflow_publish
+from nurture.models import Enrollment
 from routing.models import Assignment
 from tests.factories import FormFactory, form_field
+from tests.martech.test_capture_batches import _local_cache, scored_world  # noqa: F401 - the cache fixture
 from tests.martech.test_capture_events import identify, make_client, post_batch, track
-from tests.routing.factories import RepFactory, RuleFactory, RuleSetFactory, TeamFactory
 
 pytestmark = pytest.mark.django_db
 CAPTURE = "martech.tasks.capture_process"
-
-
-@pytest.fixture(autouse=True)
-def _local_cache(settings):
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-                                   "LOCATION": "capture-pending"}}
-    cache.clear()
-    from routing import services
-
-    services._clear_cache()
 
 
 @pytest.fixture
@@ -61,26 +49,11 @@ def lost(monkeypatch):
 
 @pytest.fixture
 def world():
-    """VPs score 80; the routing rule "score >= 50" sends them to Hot; a
-    demo request makes an SQL and starts a journey; the "demo" form emits it."""
-    model = ScoringModel.objects.create(name="Test", is_active=True, half_life_days=None)
-    FitRule.objects.create(model=model, name="VP", condition='job_title contains "vp"', points=80)
-    cold, hot = TeamFactory(name="Cold"), TeamFactory(name="Hot")
-    RepFactory(team=cold, name="cold-rep")
-    hot_rep = RepFactory(team=hot, name="hot-rep")
-    draft = RuleSetFactory(fallback_team=cold)
-    RuleFactory(rule_set=draft, name="Hot", condition="score >= 50", action="team", team=hot)
-    from routing import services
-
-    services.rule_set_publish(rule_set=draft)
-    demo = EventType.objects.get(name="demo_requested")
-    LifecycleRule.objects.create(name="Demo", event_type=demo, to_stage=LifecycleStage.objects.get(key="sql"))
-    journey = Workflow.objects.create(name="Demo follow-up", trigger="event",
-                                      trigger_config={"event": "demo_requested"},
-                                      definition={"start": "end", "steps": {"end": {"type": "end"}}})
-    workflow_publish(workflow=journey)
-    FormFactory(key="demo", event_type=demo, fields=[form_field("email", "email", required=True),
-                                                     form_field("title", "job_title")])
+    """The batch tests' world (scored_world), and a "demo" form that emits
+    the demo request."""
+    hot_rep, journey = scored_world()
+    FormFactory(key="demo", event_type=EventType.objects.get(name="demo_requested"),
+                fields=[form_field("email", "email", required=True), form_field("title", "job_title")])
     return hot_rep, journey
 
 
