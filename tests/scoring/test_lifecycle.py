@@ -218,6 +218,26 @@ def test_many_handoffs_are_notified_by_one_woken_task_once_each(db, settings, mo
     assert not Handoff.objects.filter(notified_at__isnull=True).exists()
 
 
+def test_handoffs_with_nothing_to_send_are_notified_in_one_update(db, monkeypatch, django_capture_on_commit_callbacks,
+                                                                  django_assert_num_queries):
+    """No team address, no webhook, owners without an address: the batch
+    marks them all in one UPDATE (then finds none left), sends nothing."""
+    from martech.services.leads import lead_change_stage
+
+    owner = UserFactory(username="rep", email="")
+    leads = [LeadFactory(lifecycle_stage=stage("mql"), owner=owner if i else None) for i in range(3)]
+    from martech.scoring import tasks
+
+    monkeypatch.setattr(tasks, "handoffs_notify_wake_on_commit", lambda: None)  # the batch runs below
+    with django_capture_on_commit_callbacks(execute=True):
+        for lead in leads:
+            lead_change_stage(lead=lead, to_stage="sql", reason="qualified")
+    assert Handoff.objects.filter(notified_at__isnull=True).count() == 3
+    with django_assert_num_queries(2):
+        assert services.handoffs_notify() == {"notified": 3, "failed": 0}
+    assert not Handoff.objects.filter(notified_at__isnull=True).exists() and mail.outbox == []
+
+
 def test_opportunity_created_and_won(db, django_capture_on_commit_callbacks):
     a = LeadFactory(lifecycle_stage=stage("sql"))
     b = LeadFactory(lifecycle_stage=stage("customer"))
