@@ -66,10 +66,12 @@ def _enroll(workflow: Workflow, lead: Lead, source: str) -> None:
 
 
 def on_events(sender, event_ids, with_lead=None, **kwargs) -> None:
-    from nurture.services import enrollments_exit_for_goal_event, enrollments_wake_for_events
+    from nurture.services import enrollments_apply_events
 
     def load(ids) -> list[Event]:
-        return list(Event.objects.filter(pk__in=ids, lead__isnull=False).select_related("event_type", "lead"))
+        # The lead's stage with it: suppress_stages reads it for every enrollment.
+        return list(Event.objects.filter(pk__in=ids, lead__isnull=False)
+                    .select_related("event_type", "lead", "lead__lifecycle_stage"))
 
     events: list[Event] | None = None
     if with_lead is not None:
@@ -85,8 +87,7 @@ def on_events(sender, event_ids, with_lead=None, **kwargs) -> None:
         names = {e.event_type.name for e in events}
         lead_ids = list({e.lead_id for e in events})
     if names & _version_events():
-        enrollments_exit_for_goal_event(lead_ids=lead_ids, event_names=names)
-        enrollments_wake_for_events(lead_ids=lead_ids, event_names=names)
+        enrollments_apply_events(lead_ids=lead_ids, event_names=names)  # goal exits and woken waits, one UPDATE
     flows = [w for w in _active(Workflow.Trigger.EVENT) if w.current_version.settings["trigger_config"].get("event") in names]
     forms = [w for w in _active(Workflow.Trigger.FORM)]
     if not (flows or forms):

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Case, DateTimeField, F, Max, Q, Value, When
 from django.utils import timezone
 
 from martech import configcache
@@ -454,12 +454,41 @@ def enrollments_wake_for_events(*, lead_ids: list[int], event_names: set[str], n
     return woke
 
 
+def enrollments_apply_events(*, lead_ids: list[int], event_names: set[str], now: datetime | None = None) -> int:
+    """Both of the above in one UPDATE (the events receiver's form): an
+    enrollment whose goal event came leaves, converted; one waiting for one
+    of the events (wait_until) is due now. The goal wins when both apply, as
+    when the exit ran first. Returns the enrollments changed; wakes the
+    engine when any was."""
+    now = now or timezone.now()
+    names = list(event_names)
+    # The goal test as a subquery on the versions (an UPDATE's CASE cannot join).
+    is_goal = Q(version_id__in=WorkflowVersion.objects.filter(settings__goal_event__in=names).values("pk"))
+    wait = Q(state__waiting_event__in=names, due_at__gt=now)
+    changed = Enrollment.objects.filter(Q(status=Enrollment.Status.ACTIVE, lead_id__in=lead_ids) & (is_goal | wait)).update(
+        status=Case(When(is_goal, then=Value(Enrollment.Status.CONVERTED)), default=F("status")),
+        exit_reason=Case(When(is_goal, then=Value("goal")), default=F("exit_reason")),
+        ended_at=Case(When(is_goal, then=Value(now)), default=F("ended_at")),
+        due_at=Case(When(is_goal, then=Value(None, output_field=DateTimeField())), default=Value(now)),
+    )
+    if changed:
+        tasks.wake_on_commit()  # a woken wait (a goal exit's wake-up finds nothing due: harmless)
+    return changed
+
+
 def enrollments_wake_for_consent(*, lead_id: int, confirmed: bool, now: datetime | None = None) -> int:
     """The lead's email consent was granted: an email step waiting for a
     double opt-in click runs at once. A confirmed double opt-in (the person
     clicked) also lifts an earlier unsubscribe suppression of the lead's
     address, never a bounce's or a complaint's. Idempotent."""
     now = now or timezone.now()
+    if not confirmed:
+        # Nothing to lift: one UPDATE, no lock (a form's consent in its request).
+        woke = Enrollment.objects.filter(lead_id=lead_id, status=Enrollment.Status.ACTIVE,
+                                         state__awaiting_confirmation=True, due_at__gt=now).update(due_at=now)
+        if woke:
+            tasks.wake_on_commit()
+        return woke
     with transaction.atomic():
         lead = Lead.objects.select_for_update().filter(pk=lead_id).values_list("email", flat=True)
         email = lead.first()

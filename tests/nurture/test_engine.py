@@ -496,3 +496,38 @@ def test_the_lead_360_names_the_wait_a_lead_is_in_not_the_step_after_it(make_wor
     assert run(now + timedelta(days=3)) == 2  # the second email and the end: completed
     [row] = lead_journeys(lead=lead)["rows"]
     assert (row["step"], row["then"], row["active"]) == ("—", "", False)
+
+
+def test_one_update_exits_on_the_goal_and_wakes_the_waits(make_workflow, consenting_lead, django_assert_num_queries):
+    """The events receiver's form: goal exits and woken wait_untils in one
+    UPDATE; an enrollment with both its goal and its awaited event converts."""
+    from nurture.services import enrollments_apply_events
+
+    waiting = {"start": "w", "steps": {
+        "w": {"type": "wait_until", "event": "demo_booked", "timeout_hours": 48, "next": "e1", "timeout_next": "e1"},
+        **email_flow(1)["steps"]}}
+    goal_flow = make_workflow(waiting, goal_event="order_completed")
+    wait_flow = make_workflow(waiting)
+    a, b, c = consenting_lead(), consenting_lead(), consenting_lead()
+    now = timezone.now()
+    for wf, lead in ((goal_flow, a), (wait_flow, b), (wait_flow, c)):
+        enrollment_create(workflow=wf, lead=lead, source="t", now=now)
+    run(now)  # each waits for demo_booked, due when it times out
+    later = now + timedelta(minutes=5)
+    with django_assert_num_queries(1):
+        changed = enrollments_apply_events(lead_ids=[a.pk, b.pk], event_names={"order_completed", "demo_booked"},
+                                           now=later)
+    assert changed == 2
+    ea, eb, ec = (Enrollment.objects.get(lead=lead) for lead in (a, b, c))
+    assert (ea.status, ea.exit_reason, ea.due_at, ea.ended_at) == (Enrollment.Status.CONVERTED, "goal", None, later)
+    assert (eb.status, eb.due_at, eb.ended_at) == (Enrollment.Status.ACTIVE, later, None)
+    assert ec.due_at > later  # another lead's wait is left alone
+    assert enrollments_apply_events(lead_ids=[a.pk, b.pk], event_names={"order_completed"}, now=later) == 0
+
+
+def test_an_unconfirmed_consent_wakes_with_one_update(consenting_lead, django_assert_num_queries):
+    from nurture.services import enrollments_wake_for_consent
+
+    lead = consenting_lead()
+    with django_assert_num_queries(1):  # no lead lock, no savepoint: nothing to lift
+        assert enrollments_wake_for_consent(lead_id=lead.pk, confirmed=False) == 0
