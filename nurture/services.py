@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Case, DateTimeField, F, Max, Q, Value, When
+from django.db.models import Max
 from django.utils import timezone
 
 from martech import configcache
@@ -297,12 +298,20 @@ def enrollment_create(*, workflow: Workflow, lead: Lead, source: str, now: datet
             return None, "reenroll_never"
         if policy == Workflow.Reenroll.AFTER_DAYS and last.enrolled_at > now - timedelta(days=s.get("reenroll_days") or 0):
             return None, "reenroll_wait"
+    def create() -> Enrollment:
+        return Enrollment.objects.create(
+            workflow=workflow, version=version, lead=lead, step=version.definition["start"], due_at=now,
+            source=source[:100], enrolled_at=now,
+        )
+
     try:
-        with transaction.atomic():
-            enr = Enrollment.objects.create(
-                workflow=workflow, version=version, lead=lead, step=version.definition["start"], due_at=now,
-                source=source[:100], enrolled_at=now,
-            )
+        if transaction.get_connection().in_atomic_block:
+            with transaction.atomic():  # a savepoint: the caller's transaction survives the conflict
+                enr = create()
+        else:
+            # Autocommit (the events receiver after the capture's commit): one
+            # INSERT, nothing else to roll back, no BEGIN/COMMIT around it.
+            enr = create()
     except IntegrityError:
         return None, "already_enrolled"
     tasks.wake_on_commit()  # its first step is due now
@@ -454,25 +463,23 @@ def enrollments_wake_for_events(*, lead_ids: list[int], event_names: set[str], n
     return woke
 
 
-def enrollments_apply_events(*, lead_ids: list[int], event_names: set[str], now: datetime | None = None) -> int:
-    """Both of the above in one UPDATE (the events receiver's form): an
-    enrollment whose goal event came leaves, converted; one waiting for one
-    of the events (wait_until) is due now. The goal wins when both apply, as
-    when the exit ran first. Returns the enrollments changed; wakes the
-    engine when any was."""
+def enrollments_apply_events(*, lead_ids: list[int], goal_version_ids: Iterable[int] = (),
+                             wait_events: Iterable[str] = (), now: datetime | None = None) -> int:
+    """New events of ``lead_ids`` (the events receiver's form of the two
+    above, each UPDATE only when it can match): an active enrollment on one
+    of ``goal_version_ids`` (the versions whose goal event came, which the
+    receiver knows from its cached versions: no join) leaves, converted;
+    then one waiting for one of ``wait_events`` (wait_until) is due now (the
+    goal first, so it wins when both apply). Returns the enrollments changed."""
     now = now or timezone.now()
-    names = list(event_names)
-    # The goal test as a subquery on the versions (an UPDATE's CASE cannot join).
-    is_goal = Q(version_id__in=WorkflowVersion.objects.filter(settings__goal_event__in=names).values("pk"))
-    wait = Q(state__waiting_event__in=names, due_at__gt=now)
-    changed = Enrollment.objects.filter(Q(status=Enrollment.Status.ACTIVE, lead_id__in=lead_ids) & (is_goal | wait)).update(
-        status=Case(When(is_goal, then=Value(Enrollment.Status.CONVERTED)), default=F("status")),
-        exit_reason=Case(When(is_goal, then=Value("goal")), default=F("exit_reason")),
-        ended_at=Case(When(is_goal, then=Value(now)), default=F("ended_at")),
-        due_at=Case(When(is_goal, then=Value(None, output_field=DateTimeField())), default=Value(now)),
-    )
-    if changed:
-        tasks.wake_on_commit()  # a woken wait (a goal exit's wake-up finds nothing due: harmless)
+    goal_ids, waits = sorted(set(goal_version_ids)), sorted(set(wait_events))
+    changed = 0
+    if goal_ids:
+        changed += Enrollment.objects.filter(
+            status=Enrollment.Status.ACTIVE, lead_id__in=lead_ids, version_id__in=goal_ids,
+        ).update(status=Enrollment.Status.CONVERTED, exit_reason="goal", ended_at=now, due_at=None)
+    if waits:
+        changed += enrollments_wake_for_events(lead_ids=lead_ids, event_names=set(waits), now=now)
     return changed
 
 
