@@ -333,6 +333,22 @@ class Touchpoint(models.Model):
         return f"{self.get_channel_display()} touch of {self.lead} at {self.occurred_at:%Y-%m-%d %H:%M}"
 
 
+class TouchpointPending(models.Model):
+    """A lead whose touchpoints wait for a rebuild: new events of it were
+    stored (attribution.receivers). The woken task (tasks.touchpoints_woken)
+    takes rows in key order and deletes them in the transaction that rebuilds
+    their leads, so a failed run leaves them for the next one; a row added
+    while a run goes on has a higher key and waits for the next run. Several
+    rows of one lead are one rebuild. No foreign key: a merged-away lead's
+    rows rebuild nothing and go."""
+
+    id = models.BigAutoField(primary_key=True)
+    lead_id = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"touchpoints of lead {self.lead_id} pending"
+
+
 class PositionWeights(models.Model):
     """The custom position-based model's shares, in percent (renormalized, so
     they need not sum to 100). Edited in the admin; one row."""

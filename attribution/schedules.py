@@ -1,6 +1,8 @@
 from martech.schedules import Periodic
 
 SCHEDULES = [
+    # The sweep of the touchpoint rebuilds a lost wake-up left (tasks.touchpoints_woken, woken per new events).
+    Periodic(name="attribution.touchpoints_sweep", func="attribution.tasks.touchpoints_woken", minutes=1, bulk=True),
     # Markov and Shapley learn from all journeys; between full runs the incremental tasks reuse these values.
     Periodic(name="attribution_recompute_all", func="attribution.tasks.attribution_recompute_all", cron="30 2 * * *",
              bulk=True),

@@ -9,10 +9,65 @@ from martech.db import retry_on_conflict
 from martech.models import Event
 
 
+TOUCHPOINTS_WAKE_KEY = "attribution.touchpoints"
+
+
+def touchpoints_wake_on_commit() -> None:
+    """Run ``touchpoints_woken`` when the current transaction commits
+    (debounced: one waiting task at a time, on the bulk cluster)."""
+    from martech.taskqueue import bulk_cluster, wake_on_commit
+
+    wake_on_commit("attribution.tasks.touchpoints_woken", key=TOUCHPOINTS_WAKE_KEY, cluster=bulk_cluster())
+
+
+def touchpoints_woken() -> dict[str, int]:
+    """Woken when events of leads were stored (attribution.receivers): the
+    touchpoints of every lead noted pending, many captures' leads in one
+    run. The schedule runs it every minute too, the sweep of a lost wake-up."""
+    from martech.taskqueue import woken
+
+    woken(TOUCHPOINTS_WAKE_KEY)  # before reading: a lead noted later wakes another run
+    return touchpoints_pending_refresh()
+
+
+def touchpoints_pending_refresh(*, batch: int = 500) -> dict[str, int]:
+    """Rebuild the leads noted in ``TouchpointPending``, ``batch`` rows a
+    transaction, until none is left. The rows are locked (SKIP LOCKED: a
+    concurrent run takes other rows) and deleted in the transaction that
+    rebuilds their leads, so a failure keeps them for the next run. A lead
+    noted while a rebuild runs has a new row, which this run or the next
+    one takes: its new events are read after that row was written."""
+    totals: dict[str, int] = {"leads": 0, "runs": 0}
+    while True:
+        counts = _touchpoints_pending_batch(batch)
+        if counts is None:
+            return totals
+        totals["runs"] += 1
+        for k, v in counts.items():
+            totals[k] = totals.get(k, 0) + v
+
+
+@retry_on_conflict
+def _touchpoints_pending_batch(batch: int) -> dict[str, int] | None:
+    from django.db import transaction
+
+    from attribution.models import TouchpointPending
+
+    with transaction.atomic():
+        rows = list(TouchpointPending.objects.select_for_update(skip_locked=True).order_by("pk")
+                    .values_list("pk", "lead_id")[:batch])
+        if not rows:
+            return None
+        TouchpointPending.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
+        return attribution_refresh_leads(lead_ids={lead_id for _, lead_id in rows})
+
+
 @retry_on_conflict
 def touchpoints_refresh(event_ids: list[int]) -> dict[str, int]:
     """Rebuild the touchpoints of the leads behind ``event_ids``, then the
-    credits of their opportunities."""
+    credits of their opportunities. (New events go through the pending rows
+    and ``touchpoints_woken``; kept for tasks queued before that and for
+    callers with event ids.)"""
     lead_ids = set(Event.objects.filter(pk__in=event_ids, lead__isnull=False).values_list("lead_id", flat=True))
     return attribution_refresh_leads(lead_ids=lead_ids)
 

@@ -432,6 +432,8 @@ MARTECH_SCORING = {
     "HANDOFF_WEBHOOK_URL": env.str("MARTECH_SCORING_HANDOFF_WEBHOOK_URL", default=""),
     "HANDOFF_TASK_DUE_HOURS": env.int("MARTECH_SCORING_HANDOFF_TASK_DUE_HOURS", default=24),
     "WEBHOOK_TIMEOUT": env.float("MARTECH_SCORING_WEBHOOK_TIMEOUT", default=10.0),
+    # Tries of a handoff's notifications: the first when it starts, the others by the minute's sweep.
+    "HANDOFF_NOTIFY_ATTEMPTS": env.int("MARTECH_SCORING_HANDOFF_NOTIFY_ATTEMPTS", default=5),
     "STALE_MQL_DAYS": env.int("MARTECH_SCORING_STALE_MQL_DAYS", default=30),
     # Run scoring tasks inline instead of through the queue (tests, tiny installs).
     "TASKS_SYNC": env.bool("MARTECH_SCORING_TASKS_SYNC", default=False),

@@ -7,6 +7,7 @@ are deferred to on_commit (the hook must stay cheap)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from django.db import transaction
 
@@ -37,22 +38,34 @@ def _active(trigger: str) -> tuple[Workflow, ...]:
     return configcache.cached(WORKFLOWS_KEY, _load_active).get(trigger, ())
 
 
-def _load_version_events() -> frozenset[str]:
-    names: set[str] = set()
-    for settings, definition in WorkflowVersion.objects.values_list("settings", "definition"):
-        names.add((settings or {}).get("goal_event") or "")
+@dataclass(frozen=True)
+class _VersionEvents:
+    """Over every version (an enrollment stays on the version it started
+    on, current or not): the versions exiting on each goal event, and the
+    events a wait_until step waits for. Other events move no enrollment."""
+
+    goals: dict[str, frozenset[int]]
+    waits: frozenset[str]
+
+
+def _load_version_events() -> _VersionEvents:
+    goals: dict[str, set[int]] = {}
+    waits: set[str] = set()
+    for pk, settings, definition in WorkflowVersion.objects.values_list("pk", "settings", "definition"):
+        goal = (settings or {}).get("goal_event") or ""
+        if goal:
+            goals.setdefault(goal, set()).add(pk)
         steps = (definition or {}).get("steps") or {}
         for step in steps.values() if isinstance(steps, dict) else ():
             if isinstance(step, dict) and step.get("type") == "wait_until":
-                names.add(step.get("event") or "")
-    names.discard("")
-    return frozenset(names)
+                waits.add(step.get("event") or "")
+    waits.discard("")
+    return _VersionEvents(goals={k: frozenset(v) for k, v in goals.items()}, waits=frozenset(waits))
 
 
-def _version_events() -> frozenset[str]:
-    """The event names an enrollment can exit on (goal_event) or wait for (a
-    wait_until step), over every version: an enrollment stays on the version
-    it started on, current or not. Other events move no enrollment."""
+def _version_events() -> _VersionEvents:
+    """The goal and awaited events of every version (martech.configcache:
+    a version is written once, by publish, which bumps the key)."""
     return configcache.cached(VERSION_EVENTS_KEY, _load_version_events)
 
 
@@ -66,10 +79,12 @@ def _enroll(workflow: Workflow, lead: Lead, source: str) -> None:
 
 
 def on_events(sender, event_ids, with_lead=None, **kwargs) -> None:
-    from nurture.services import enrollments_exit_for_goal_event, enrollments_wake_for_events
+    from nurture.services import enrollments_apply_events
 
     def load(ids) -> list[Event]:
-        return list(Event.objects.filter(pk__in=ids, lead__isnull=False).select_related("event_type", "lead"))
+        # The lead's stage with it: suppress_stages reads it for every enrollment.
+        return list(Event.objects.filter(pk__in=ids, lead__isnull=False)
+                    .select_related("event_type", "lead", "lead__lifecycle_stage"))
 
     events: list[Event] | None = None
     if with_lead is not None:
@@ -84,9 +99,11 @@ def on_events(sender, event_ids, with_lead=None, **kwargs) -> None:
             return
         names = {e.event_type.name for e in events}
         lead_ids = list({e.lead_id for e in events})
-    if names & _version_events():
-        enrollments_exit_for_goal_event(lead_ids=lead_ids, event_names=names)
-        enrollments_wake_for_events(lead_ids=lead_ids, event_names=names)
+    versions = _version_events()
+    goal_ids = [pk for name in names & versions.goals.keys() for pk in versions.goals[name]]
+    waits = names & versions.waits
+    if goal_ids or waits:  # goal exits, then woken waits: an UPDATE each, only when one can match
+        enrollments_apply_events(lead_ids=lead_ids, goal_version_ids=goal_ids, wait_events=waits)
     flows = [w for w in _active(Workflow.Trigger.EVENT) if w.current_version.settings["trigger_config"].get("event") in names]
     forms = [w for w in _active(Workflow.Trigger.FORM)]
     if not (flows or forms):

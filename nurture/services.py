@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
@@ -297,12 +298,20 @@ def enrollment_create(*, workflow: Workflow, lead: Lead, source: str, now: datet
             return None, "reenroll_never"
         if policy == Workflow.Reenroll.AFTER_DAYS and last.enrolled_at > now - timedelta(days=s.get("reenroll_days") or 0):
             return None, "reenroll_wait"
+    def create() -> Enrollment:
+        return Enrollment.objects.create(
+            workflow=workflow, version=version, lead=lead, step=version.definition["start"], due_at=now,
+            source=source[:100], enrolled_at=now,
+        )
+
     try:
-        with transaction.atomic():
-            enr = Enrollment.objects.create(
-                workflow=workflow, version=version, lead=lead, step=version.definition["start"], due_at=now,
-                source=source[:100], enrolled_at=now,
-            )
+        if transaction.get_connection().in_atomic_block:
+            with transaction.atomic():  # a savepoint: the caller's transaction survives the conflict
+                enr = create()
+        else:
+            # Autocommit (the events receiver after the capture's commit): one
+            # INSERT, nothing else to roll back, no BEGIN/COMMIT around it.
+            enr = create()
     except IntegrityError:
         return None, "already_enrolled"
     tasks.wake_on_commit()  # its first step is due now
@@ -454,12 +463,39 @@ def enrollments_wake_for_events(*, lead_ids: list[int], event_names: set[str], n
     return woke
 
 
+def enrollments_apply_events(*, lead_ids: list[int], goal_version_ids: Iterable[int] = (),
+                             wait_events: Iterable[str] = (), now: datetime | None = None) -> int:
+    """New events of ``lead_ids`` (the events receiver's form of the two
+    above, each UPDATE only when it can match): an active enrollment on one
+    of ``goal_version_ids`` (the versions whose goal event came, which the
+    receiver knows from its cached versions: no join) leaves, converted;
+    then one waiting for one of ``wait_events`` (wait_until) is due now (the
+    goal first, so it wins when both apply). Returns the enrollments changed."""
+    now = now or timezone.now()
+    goal_ids, waits = sorted(set(goal_version_ids)), sorted(set(wait_events))
+    changed = 0
+    if goal_ids:
+        changed += Enrollment.objects.filter(
+            status=Enrollment.Status.ACTIVE, lead_id__in=lead_ids, version_id__in=goal_ids,
+        ).update(status=Enrollment.Status.CONVERTED, exit_reason="goal", ended_at=now, due_at=None)
+    if waits:
+        changed += enrollments_wake_for_events(lead_ids=lead_ids, event_names=set(waits), now=now)
+    return changed
+
+
 def enrollments_wake_for_consent(*, lead_id: int, confirmed: bool, now: datetime | None = None) -> int:
     """The lead's email consent was granted: an email step waiting for a
     double opt-in click runs at once. A confirmed double opt-in (the person
     clicked) also lifts an earlier unsubscribe suppression of the lead's
     address, never a bounce's or a complaint's. Idempotent."""
     now = now or timezone.now()
+    if not confirmed:
+        # Nothing to lift: one UPDATE, no lock (a form's consent in its request).
+        woke = Enrollment.objects.filter(lead_id=lead_id, status=Enrollment.Status.ACTIVE,
+                                         state__awaiting_confirmation=True, due_at__gt=now).update(due_at=now)
+        if woke:
+            tasks.wake_on_commit()
+        return woke
     with transaction.atomic():
         lead = Lead.objects.select_for_update().filter(pk=lead_id).values_list("email", flat=True)
         email = lead.first()

@@ -180,9 +180,18 @@ class Handoff(models.Model):
     email_sent_at = models.DateTimeField(null=True, blank=True)
     webhook_sent_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    # The notifications' state (services.handoffs_notify): null while they
+    # wait or failed, the time they were all sent (or found nothing to send);
+    # the failed tries, so the schedule's retries stop at HANDOFF_NOTIFY_ATTEMPTS.
+    notified_at = models.DateTimeField(null=True, blank=True)
+    notify_attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-started_at"]
+        indexes = [
+            # The waiting notifications, read by every woken run: a handful of rows.
+            models.Index(fields=["id"], condition=models.Q(notified_at__isnull=True), name="handoff_notify_pending_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"handoff of lead {self.lead_id} at {self.started_at:%Y-%m-%d %H:%M}"

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, JSONField, Max, Min, OuterRef
+from django.db.models import Exists, JSONField, Max, Min, OuterRef, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -692,8 +692,83 @@ def handoff_start(*, transition_id: int) -> Handoff | None:
                                      owner=lead.owner, assigned_by=assigned_by, task=task)
     from martech.scoring import tasks
 
-    transaction.on_commit(lambda: tasks.enqueue("martech.scoring.tasks.handoff_notify", handoff.pk))
+    tasks.handoffs_notify_wake_on_commit()  # the batch of waiting notifications (notified_at is null)
     return handoff
+
+
+def handoffs_notify(*, retry: bool = False, limit: int = 200) -> dict[str, int]:
+    """Send the notifications of the handoffs waiting for them (``notified_at``
+    null): many handoffs in one task run instead of a task each. First tries
+    only (``retry`` False: the woken run, at once) or the failed ones too,
+    below HANDOFF_NOTIFY_ATTEMPTS tries (the minute's sweep, so a failing
+    webhook is tried once a minute, not at every capture). Each handoff is
+    locked (SKIP LOCKED: a concurrent run leaves it) and re-read while
+    locked, so a notification goes once. Returns the counts."""
+    from django.db.models import F
+
+    filters = {"notified_at__isnull": True}
+    if retry:
+        filters["notify_attempts__lt"] = conf("HANDOFF_NOTIFY_ATTEMPTS")
+    else:
+        filters["notify_attempts"] = 0
+    counts = {"notified": 0, "failed": 0}
+    if not conf("HANDOFF_NOTIFY_EMAILS") and not conf("HANDOFF_WEBHOOK_URL"):
+        # Nothing to send for a handoff whose owner has no address: all of
+        # them done in one UPDATE (a lock or a send per handoff is for sends).
+        counts["notified"] = Handoff.objects.filter(
+            Q(owner__isnull=True) | Q(owner__email=""), **filters).update(notified_at=timezone.now())
+    ids = list(Handoff.objects.filter(**filters).order_by("pk").values_list("pk", flat=True)[:limit])
+    for handoff_id in ids:
+        with transaction.atomic():
+            handoff = (Handoff.objects.select_for_update(skip_locked=True, of=("self",))
+                       .select_related("lead", "owner").filter(pk=handoff_id, **filters).first())
+            if handoff is None:
+                continue
+            sent, errors = handoff_notify_send(handoff)
+            if errors:
+                counts["failed"] += 1
+                Handoff.objects.filter(pk=handoff.pk).update(
+                    **sent, last_error="; ".join(errors)[:2000], notify_attempts=F("notify_attempts") + 1)
+            else:
+                counts["notified"] += 1
+                Handoff.objects.filter(pk=handoff.pk).update(**sent, notified_at=timezone.now())
+    if counts["failed"]:
+        log.warning("SQL handoff notifications: %s failed (kept for the sweep's retry)", counts["failed"])
+    return counts
+
+
+def handoff_notify_send(handoff: Handoff) -> tuple[dict, list[str]]:
+    """Email and webhook of one handoff (``martech.notify``), each only when
+    not sent yet. Returns ({field: sent time} of what was sent now, errors);
+    the caller records them in one UPDATE."""
+    from martech import notify
+
+    lead = handoff.lead
+    text = (f"SQL handoff: {lead} (score {lead.total_score}) assigned to "
+            f"{handoff.owner.username if handoff.owner else 'nobody'} at {handoff.started_at:%Y-%m-%d %H:%M} UTC")
+    key = f"scoring:handoff:{handoff.pk}"
+    sent_at: dict = {}
+    errors: list[str] = []
+    if handoff.email_sent_at is None:
+        recipients = list(conf("HANDOFF_NOTIFY_EMAILS"))
+        if handoff.owner and handoff.owner.email:
+            recipients.append(handoff.owner.email)
+        if recipients:
+            sent = notify.email_send(subject=f"New SQL: {lead}", body=text, to=sorted(set(recipients)),
+                                     source="scoring:handoff", key=f"{key}:email")
+            if sent.ok:
+                sent_at["email_sent_at"] = sent.finished_at
+            else:
+                errors.append(f"email: {sent.error}")
+    if handoff.webhook_sent_at is None and conf("HANDOFF_WEBHOOK_URL"):
+        sent = notify.webhook_post(url=conf("HANDOFF_WEBHOOK_URL"), payload={
+            "text": text, "lead_id": lead.pk, "handoff_id": handoff.pk}, source="scoring:handoff",
+            key=f"{key}:webhook", timeout=conf("WEBHOOK_TIMEOUT"))
+        if sent.ok:
+            sent_at["webhook_sent_at"] = sent.finished_at
+        else:
+            errors.append(f"webhook: {sent.error}")
+    return sent_at, errors
 
 
 def handoffs_sweep(*, now: dt.datetime | None = None, grace: dt.timedelta = dt.timedelta(minutes=1),

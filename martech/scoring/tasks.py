@@ -1,8 +1,9 @@
 """django-q2 tasks: thin, take ids, call one service. A task only
 wakes work up; every one is safe to run twice, so one whose transaction the
 database aborted for a concurrent one runs again (``retry_on_conflict``).
-``handoff_notify`` is left to django-q2's own retry: it sends before it
-writes, and each send is recorded on its own."""
+The handoff notifications are retried by their sweep
+(``handoffs_notify_sweep``): they send before they write, and each send is
+recorded on its own."""
 from __future__ import annotations
 
 from django.conf import settings
@@ -77,40 +78,55 @@ def nightly_decay() -> int:
     return changed
 
 
-def handoff_notify(handoff_id: int) -> None:
-    """Email and webhook for one handoff (``martech.notify``), each at most
-    once: the sent time is recorded right after each succeeds, so a retry
-    sends only what failed. A failure is kept on the handoff and raised,
-    so django-q2 records the task as failed and runs it again."""
-    from martech import notify
-    from martech.scoring.models import Handoff
+HANDOFF_NOTIFY_WAKE_KEY = "scoring.handoff_notify"
 
-    conf = settings.MARTECH_SCORING
-    handoff = Handoff.objects.select_related("lead", "owner", "task").get(pk=handoff_id)
-    lead = handoff.lead
-    text = (f"SQL handoff: {lead} (score {lead.total_score}) assigned to "
-            f"{handoff.owner.username if handoff.owner else 'nobody'} at {handoff.started_at:%Y-%m-%d %H:%M} UTC")
-    key = f"scoring:handoff:{handoff.pk}"
-    errors = []
-    if handoff.email_sent_at is None:
-        recipients = list(conf["HANDOFF_NOTIFY_EMAILS"])
-        if handoff.owner and handoff.owner.email:
-            recipients.append(handoff.owner.email)
-        if recipients:
-            sent = notify.email_send(subject=f"New SQL: {lead}", body=text, to=sorted(set(recipients)),
-                                     source="scoring:handoff", key=f"{key}:email")
-            if sent.ok:
-                Handoff.objects.filter(pk=handoff.pk).update(email_sent_at=sent.finished_at)
-            else:
-                errors.append(f"email: {sent.error}")
-    if handoff.webhook_sent_at is None and conf["HANDOFF_WEBHOOK_URL"]:
-        sent = notify.webhook_post(url=conf["HANDOFF_WEBHOOK_URL"], payload={
-            "text": text, "lead_id": lead.pk, "handoff_id": handoff.pk}, source="scoring:handoff",
-            key=f"{key}:webhook", timeout=conf["WEBHOOK_TIMEOUT"])
-        if sent.ok:
-            Handoff.objects.filter(pk=handoff.pk).update(webhook_sent_at=sent.finished_at)
-        else:
-            errors.append(f"webhook: {sent.error}")
+
+def handoffs_notify_wake_on_commit() -> None:
+    """Run ``handoffs_notify_woken`` when the current transaction commits
+    (debounced by key: one waiting task for every handoff started meanwhile).
+    With TASKS_SYNC, inline after the commit."""
+    if settings.MARTECH_SCORING["TASKS_SYNC"]:
+        transaction.on_commit(handoffs_notify_woken)
+        return
+    from martech.taskqueue import wake_on_commit
+
+    wake_on_commit("martech.scoring.tasks.handoffs_notify_woken", key=HANDOFF_NOTIFY_WAKE_KEY)
+
+
+def handoffs_notify_woken() -> dict[str, int]:
+    """Woken when a handoff started: the first try of the notifications of
+    every handoff waiting for them (services.handoffs_notify)."""
+    from martech.scoring import services
+    from martech.taskqueue import woken
+
+    woken(HANDOFF_NOTIFY_WAKE_KEY)  # before reading: a handoff committed later wakes another run
+    return services.handoffs_notify()
+
+
+def handoffs_notify_sweep() -> dict[str, int]:
+    """The schedule's run: what a lost wake-up left, and the failed tries again
+    (up to HANDOFF_NOTIFY_ATTEMPTS)."""
+    from martech.scoring import services
+
+    return services.handoffs_notify(retry=True)
+
+
+def handoff_notify(handoff_id: int) -> None:
+    """Email and webhook for one handoff, each at most once (tasks queued
+    before the batch, ``handoffs_notify_woken``, and a manual resend): the
+    sent time is recorded right after each succeeds, so a retry sends only
+    what failed. A failure is kept on the handoff and raised, so django-q2
+    records the task as failed and runs it again."""
+    from django.db.models import F
+    from django.utils import timezone
+
+    from martech.scoring.models import Handoff
+    from martech.scoring.services import handoff_notify_send
+
+    handoff = Handoff.objects.select_related("lead", "owner").get(pk=handoff_id)
+    sent, errors = handoff_notify_send(handoff)
     if errors:
-        Handoff.objects.filter(pk=handoff.pk).update(last_error="; ".join(errors)[:2000])
+        Handoff.objects.filter(pk=handoff.pk).update(**sent, last_error="; ".join(errors)[:2000],
+                                                     notify_attempts=F("notify_attempts") + 1)
         raise RuntimeError("; ".join(errors))
+    Handoff.objects.filter(pk=handoff.pk).update(**sent, notified_at=timezone.now())

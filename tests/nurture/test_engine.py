@@ -496,3 +496,75 @@ def test_the_lead_360_names_the_wait_a_lead_is_in_not_the_step_after_it(make_wor
     assert run(now + timedelta(days=3)) == 2  # the second email and the end: completed
     [row] = lead_journeys(lead=lead)["rows"]
     assert (row["step"], row["then"], row["active"]) == ("—", "", False)
+
+
+def test_new_events_exit_on_the_goal_and_wake_the_waits_an_update_each(make_workflow, consenting_lead,
+                                                                       django_assert_num_queries):
+    """The events receiver: the goal exit by version (the receiver's cached
+    versions, no join), then the woken wait_untils; the goal wins when both
+    apply; an event that is neither costs no query."""
+    from martech.signals import EventsWithLead
+    from nurture.receivers import on_events
+
+    waiting = {"start": "w", "steps": {
+        "w": {"type": "wait_until", "event": "demo_booked", "timeout_hours": 48, "next": "e1", "timeout_next": "e1"},
+        **email_flow(1)["steps"]}}
+    goal_flow = make_workflow(waiting, goal_event="order_completed")
+    wait_flow = make_workflow(waiting)
+    a, b, c, d = consenting_lead(), consenting_lead(), consenting_lead(), consenting_lead()
+    now = timezone.now()
+    for wf, lead in ((goal_flow, a), (wait_flow, b), (wait_flow, c), (goal_flow, d)):
+        enrollment_create(workflow=wf, lead=lead, source="t", now=now)
+    run(now)  # each waits for demo_booked, due when it times out
+
+    def announce(leads, names):
+        on_events(sender=None, event_ids=[], with_lead=EventsWithLead(
+            event_ids=frozenset({1}), lead_ids=frozenset(lead.pk for lead in leads), type_names=frozenset(names),
+            campaign_ids=frozenset()))
+
+    from martech import configcache
+
+    announce([c], {"page_view"})  # the caches warm
+    with configcache.snapshot():  # as in the capture task: the configuration checked once, before
+        with django_assert_num_queries(0):
+            announce([a, b], {"page_view"})
+        with django_assert_num_queries(1):  # the goal only: one UPDATE by version
+            announce([d], {"order_completed"})
+        with django_assert_num_queries(2):
+            announce([a, b], {"order_completed", "demo_booked"})
+    ea, eb, ec, ed = (Enrollment.objects.get(lead=lead) for lead in (a, b, c, d))
+    assert (ea.status, ea.exit_reason, ea.due_at) == (Enrollment.Status.CONVERTED, "goal", None)  # the goal won
+    assert ed.status == Enrollment.Status.CONVERTED
+    assert eb.status == Enrollment.Status.ACTIVE and eb.due_at <= timezone.now()
+    assert ec.due_at > timezone.now()  # another lead's wait is left alone
+
+
+def test_an_unconfirmed_consent_wakes_with_one_update(consenting_lead, django_assert_num_queries):
+    from nurture.services import enrollments_wake_for_consent
+
+    lead = consenting_lead()
+    with django_assert_num_queries(1):  # no lead lock, no savepoint: nothing to lift
+        assert enrollments_wake_for_consent(lead_id=lead.pk, confirmed=False) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("reference_data")  # tests/conftest.py
+def test_an_enrollment_outside_a_transaction_is_one_insert_and_a_repeat_is_refused(make_workflow, consenting_lead,
+                                                                                  django_assert_num_queries):
+    """The events receiver enrolls after the capture's commit (autocommit):
+    the INSERT needs no BEGIN/COMMIT or savepoint around it; a second
+    trigger racing it hits the unique index and is told so, the connection
+    still usable."""
+    from django.db import connection
+
+    wf = make_workflow(email_flow(1))
+    lead = consenting_lead()
+    assert not connection.in_atomic_block
+    wf = type(wf).objects.select_related("current_version").get(pk=wf.pk)
+    # The consent state, the last enrollment, the INSERT.
+    with django_assert_num_queries(3):
+        enr, reason = enrollment_create(workflow=wf, lead=lead, source="t")
+    assert reason == "" and enr.pk
+    Enrollment.objects.filter(pk=enr.pk).update(is_test=True)  # the check before the INSERT misses it, the index does not
+    assert enrollment_create(workflow=wf, lead=lead, source="t") == (None, "already_enrolled")
+    assert Enrollment.objects.filter(lead=lead).count() == 1

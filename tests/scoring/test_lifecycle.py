@@ -151,24 +151,91 @@ def test_webhook_is_sent_once_and_retried_after_failure(db, settings, webhook_se
                                                         django_capture_on_commit_callbacks):
     url = f"http://127.0.0.1:{webhook_server.server_address[1]}/hook"
     settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "HANDOFF_WEBHOOK_URL": url}
-    from martech.scoring.tasks import handoff_notify
+    from martech.scoring.tasks import handoffs_notify_sweep, handoffs_notify_woken
     from martech.services.leads import lead_change_stage
 
     _Hook.status = 500
     lead = LeadFactory(lifecycle_stage=stage("mql"))
-    # The failing task raises, so django-q2 records the failure and retries it.
-    with pytest.raises(RuntimeError, match="webhook: HTTP Error 500"):
-        with django_capture_on_commit_callbacks(execute=True):
-            lead_change_stage(lead=lead, to_stage="sql", reason="qualified")
+    # The failed first try is kept on the handoff for the sweep's retry; the woken run does not retry it.
+    with django_capture_on_commit_callbacks(execute=True):
+        lead_change_stage(lead=lead, to_stage="sql", reason="qualified")
     handoff = Handoff.objects.get(lead=lead)
     assert handoff.webhook_sent_at is None and "webhook" in handoff.last_error
+    assert (handoff.notified_at, handoff.notify_attempts) == (None, 1)
+    assert handoffs_notify_woken() == {"notified": 0, "failed": 0}
     _Hook.status = 200
-    handoff_notify(handoff.pk)
-    handoff_notify(handoff.pk)  # a repeated task sends nothing more
+    assert handoffs_notify_sweep() == {"notified": 1, "failed": 0}
+    assert handoffs_notify_sweep() == {"notified": 0, "failed": 0}  # a repeated run sends nothing more
+    handoffs_notify_woken()
     handoff.refresh_from_db()
-    assert handoff.webhook_sent_at is not None
+    assert handoff.webhook_sent_at is not None and handoff.notified_at is not None
     assert len(_Hook.received) == 2  # the failed try and the one success
     assert _Hook.received[-1]["lead_id"] == lead.pk and "SQL handoff" in _Hook.received[-1]["text"]
+
+
+def test_handoff_notifications_stop_after_the_attempts(db, settings, webhook_server,
+                                                       django_capture_on_commit_callbacks):
+    url = f"http://127.0.0.1:{webhook_server.server_address[1]}/hook"
+    settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "HANDOFF_WEBHOOK_URL": url, "HANDOFF_NOTIFY_ATTEMPTS": 2}
+    from martech.scoring.tasks import handoffs_notify_sweep
+    from martech.services.leads import lead_change_stage
+
+    _Hook.status = 500
+    lead = LeadFactory(lifecycle_stage=stage("mql"))
+    with django_capture_on_commit_callbacks(execute=True):
+        lead_change_stage(lead=lead, to_stage="sql", reason="qualified")
+    assert handoffs_notify_sweep() == {"notified": 0, "failed": 1}
+    assert handoffs_notify_sweep() == {"notified": 0, "failed": 0}  # two tries: given up, the error kept
+    handoff = Handoff.objects.get(lead=lead)
+    assert handoff.notify_attempts == 2 and handoff.notified_at is None and "webhook" in handoff.last_error
+    assert len(_Hook.received) == 2
+
+
+def test_many_handoffs_are_notified_by_one_woken_task_once_each(db, settings, monkeypatch,
+                                                                 django_capture_on_commit_callbacks):
+    """Handoffs started one after another wake one debounced task, which
+    notifies all of them; a second run (the sweep racing it) sends nothing."""
+    from martech import taskqueue
+    from martech.scoring import tasks
+    from martech.services.leads import lead_change_stage
+
+    settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "HANDOFF_NOTIFY_EMAILS": ["sales@example.com"]}
+    leads = [LeadFactory(lifecycle_stage=stage("mql")) for _ in range(3)]
+    with django_capture_on_commit_callbacks(execute=False):  # the handoffs are started below, as the worker would
+        transitions = [lead_change_stage(lead=lead, to_stage="sql", reason="qualified") for lead in leads]
+    settings.MARTECH_SCORING = {**settings.MARTECH_SCORING, "TASKS_SYNC": False}
+    queued = []
+    monkeypatch.setattr("django_q.tasks.async_task", lambda func, *a, **kw: queued.append(func))
+    taskqueue.woken(tasks.HANDOFF_NOTIFY_WAKE_KEY)
+    for transition in transitions:
+        with django_capture_on_commit_callbacks(execute=True):
+            services.handoff_start(transition_id=transition.pk)
+    assert queued.count("martech.scoring.tasks.handoffs_notify_woken") == 1
+    assert Handoff.objects.filter(notified_at__isnull=True).count() == 3
+    assert tasks.handoffs_notify_woken() == {"notified": 3, "failed": 0}
+    assert tasks.handoffs_notify_sweep() == {"notified": 0, "failed": 0}
+    assert len(mail.outbox) == 3
+    assert not Handoff.objects.filter(notified_at__isnull=True).exists()
+
+
+def test_handoffs_with_nothing_to_send_are_notified_in_one_update(db, monkeypatch, django_capture_on_commit_callbacks,
+                                                                  django_assert_num_queries):
+    """No team address, no webhook, owners without an address: the batch
+    marks them all in one UPDATE (then finds none left), sends nothing."""
+    from martech.services.leads import lead_change_stage
+
+    owner = UserFactory(username="rep", email="")
+    leads = [LeadFactory(lifecycle_stage=stage("mql"), owner=owner if i else None) for i in range(3)]
+    from martech.scoring import tasks
+
+    monkeypatch.setattr(tasks, "handoffs_notify_wake_on_commit", lambda: None)  # the batch runs below
+    with django_capture_on_commit_callbacks(execute=True):
+        for lead in leads:
+            lead_change_stage(lead=lead, to_stage="sql", reason="qualified")
+    assert Handoff.objects.filter(notified_at__isnull=True).count() == 3
+    with django_assert_num_queries(2):
+        assert services.handoffs_notify() == {"notified": 3, "failed": 0}
+    assert not Handoff.objects.filter(notified_at__isnull=True).exists() and mail.outbox == []
 
 
 def test_opportunity_created_and_won(db, django_capture_on_commit_callbacks):
