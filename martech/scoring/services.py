@@ -710,7 +710,7 @@ def _handoff_in_move(transition: StageTransition) -> None:
     lead = capture.task_lead(transition.lead_id) or Lead.objects.get(pk=transition.lead_id)
     try:
         with transaction.atomic():
-            _handoff(transition, lead)
+            _handoff(transition, lead, new=True)
     except Exception:  # noqa: BLE001 - the announcement starts it instead
         log.exception("SQL handoff of transition %s failed in the lifecycle step; left to its announcement",
                       transition.pk)
@@ -718,10 +718,13 @@ def _handoff_in_move(transition: StageTransition) -> None:
     capture.note_handoff(transition.pk)
 
 
-def _handoff(transition: StageTransition, lead: Lead) -> Handoff:
-    existing = Handoff.objects.select_for_update().filter(transition=transition).first()
-    if existing is not None:
-        return existing
+def _handoff(transition: StageTransition, lead: Lead, *, new: bool = False) -> Handoff:
+    # ``new``: the move was made in this transaction, uncommitted: no other
+    # transaction can have a handoff referencing it yet.
+    if not new:
+        existing = Handoff.objects.select_for_update().filter(transition=transition).first()
+        if existing is not None:
+            return existing
     assigned_by = "unchanged"
     reason = f"SQL handoff ({transition.reason})"[:255]
     if hooks.call("assign_owner", lead_id=lead.pk, reason=reason, actor=None):
