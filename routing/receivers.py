@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 
 from martech import hooks, signals
 from martech.models import Event
+from martech.services import capture
 from routing import services
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ def on_scores_changed(sender, changes=(), **kwargs):
 def _first_score(lead_ids: list[int]) -> None:
     # A first scoring moves a lead from 0, the unscored default: every other
     # score move (an event, the nightly decay) costs routing no query.
+    # The capture task scores its new leads before it routes them: their
+    # first score is read by their first route, nothing to reroute.
+    created = capture.task_created()
+    lead_ids = [pk for pk in lead_ids if pk not in created]
     if not lead_ids:
         return
     try:

@@ -34,7 +34,7 @@ def _lead_changed(*, ids, fields, created, source):
     if not created and not set(fields) & services.lead_fields_read():
         return
     # In the capture task: scored once more at its end, not in another task.
-    if capture.note_changed(ids):
+    if capture.note_changed(ids, fields):
         return
     ids = list(ids)
     transaction.on_commit(lambda: tasks.enqueue("martech.scoring.tasks.rescore_leads", ids, "lead changed"))
@@ -77,6 +77,8 @@ def _opportunity_changed(sender, kind=None, lead_ids=(), **kwargs):
 def _stage_changed(sender, lead=None, transition=None, **kwargs):
     if transition is None or transition.to_stage.key != "sql":
         return
+    if capture.handoff_started(transition.pk):
+        return  # started by the capture task's lifecycle step, in the move's transaction
     if capture.in_task():
         # The capture task starts the handoff itself (no second task);
         # a failure leaves it to a task, and the handoff sweep after that.

@@ -48,7 +48,8 @@ from martech.scoring.models import (
     Segment,
     StaleFlag,
 )
-from martech.services.leads import lead_change_stage, lead_set_owner
+from martech.services import capture
+from martech.services.leads import lead_change_stage, lead_set_owner, stage_change_locked
 from martech.services.tasks import task_create
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,15 @@ def lead_fields_read() -> frozenset[str]:
     conds = [c for _, c in rules.fit] + [c for _, c in lifecycle.rules if c is not None]
     names = {name.split("__", 1)[0] for name in load_fields({p for c in conds for p in c.fields})}
     names.add("lifecycle_stage")
+    return frozenset(names | {f"{name}_id" for name in names})
+
+
+def score_fields_read() -> frozenset[str]:
+    """The lead's own fields the active model's fit rules read (as
+    ``lead_fields_read``): a change of no other field can move a score
+    (engagement reads events only)."""
+    rules = active_rules()
+    names = {name.split("__", 1)[0] for name in load_fields({p for _, c in rules.fit for p in c.fields})}
     return frozenset(names | {f"{name}_id" for name in names})
 
 
@@ -548,8 +558,19 @@ def _load_lifecycle() -> _Lifecycle:
                       tuple(sorted(load_fields({p for c in conds for p in c.fields}) | {"lifecycle_stage"})))
 
 
+def lifecycle_rows_current(changed_fields: Iterable[str]) -> bool:
+    """Whether whole lead rows read (with their stage) before a change of
+    ``changed_fields`` still hold everything the lifecycle conditions read:
+    then ``lifecycle_apply`` may take them (``leads=``) instead of its read."""
+    lifecycle = configcache.cached(LIFECYCLE_KEY, _load_lifecycle)
+    if not set(lifecycle.related) <= {"lifecycle_stage"}:
+        return False
+    names = {name.split("__", 1)[0] for name in lifecycle.load}
+    return not set(changed_fields) & (names | {f"{name}_id" for name in names})
+
+
 def lifecycle_apply(*, lead_ids: Iterable[int], event_type_ids: Iterable[int] = (), actor=None,
-                    now: dt.datetime | None = None) -> list[StageTransition]:
+                    now: dt.datetime | None = None, leads: dict[int, Lead] | None = None) -> list[StageTransition]:
     """Run the active lifecycle rules (in order) over these leads; the first
     rule that moves a lead wins. Condition rules apply when the condition
     matches; event rules when one of ``event_type_ids`` just arrived (and the
@@ -558,7 +579,13 @@ def lifecycle_apply(*, lead_ids: Iterable[int], event_type_ids: Iterable[int] = 
 
     A few leads (an event's task) are read once and the conditions evaluated
     in memory; a bigger set is filtered in SQL rule by rule (``evaluate``
-    and ``to_q`` agree: the condition property tests)."""
+    and ``to_q`` agree: the condition property tests). ``leads``: these
+    leads' whole rows, as the caller read them in its unit of work, current
+    in what the conditions read (``lifecycle_rows_current``): no read of
+    them here (the capture task).
+
+    In the capture task a move to SQL starts its handoff in the move's
+    transaction (``_handoff_in_move``)."""
     now = now or timezone.now()
     event_type_ids = set(event_type_ids)
     lifecycle = configcache.cached(LIFECYCLE_KEY, _load_lifecycle)
@@ -570,7 +597,9 @@ def lifecycle_apply(*, lead_ids: Iterable[int], event_type_ids: Iterable[int] = 
     if not rules or not pending:
         return moved
     in_memory: dict[int, Lead] | None = None
-    if len(pending) <= IN_MEMORY_MAX:
+    if leads is not None and len(pending) <= IN_MEMORY_MAX:
+        in_memory = {pk: leads[pk] for pk in pending if pk in leads}
+    elif len(pending) <= IN_MEMORY_MAX:
         qs = Lead.objects.filter(pk__in=pending).select_related(*lifecycle.related).only(*lifecycle.load)
         in_memory = {lead.pk: lead for lead in qs}
     for rule, cond in rules:
@@ -592,8 +621,10 @@ def lifecycle_apply(*, lead_ids: Iterable[int], event_type_ids: Iterable[int] = 
             with transaction.atomic():
                 # Decided again under the lead's lock: ``lead`` was read
                 # before it, and a concurrent task may have moved it on.
-                tr = lead_change_stage(lead=lead, to_stage=rule.to_stage, reason=f"rule: {rule.name}"[:255],
-                                       actor=actor, source="lifecycle_rule", forward_only=not rule.allow_backward)
+                tr = stage_change_locked(lead=lead, to_stage=rule.to_stage, reason=f"rule: {rule.name}"[:255],
+                                         actor=actor, source="lifecycle_rule", forward_only=not rule.allow_backward)
+                if tr is not None and capture.in_task():
+                    _handoff_in_move(tr)
             if tr is not None:
                 moved.append(tr)
                 pending.discard(lead.pk)
@@ -665,10 +696,35 @@ def handoff_start(*, transition_id: int) -> Handoff | None:
     transition = StageTransition.objects.select_related("to_stage", "lead").get(pk=transition_id)
     if transition.to_stage.key != "sql":
         return None
-    existing = Handoff.objects.select_for_update().filter(transition=transition).first()
-    if existing is not None:
-        return existing
-    lead = transition.lead
+    return _handoff(transition, transition.lead)
+
+
+def _handoff_in_move(transition: StageTransition) -> None:
+    """In the capture task, a lifecycle rule's move to SQL starts its
+    handoff in the move's transaction (a savepoint: a failed handoff leaves
+    the move standing, and its announcement then starts the handoff as
+    before: ``receivers._stage_changed``). The lead is the task's own read
+    of it (no read of the transition and its lead)."""
+    if not conf("HANDOFF_ENABLED") or transition.to_stage.key != "sql":
+        return
+    lead = capture.task_lead(transition.lead_id) or Lead.objects.get(pk=transition.lead_id)
+    try:
+        with transaction.atomic():
+            _handoff(transition, lead, new=True)
+    except Exception:  # noqa: BLE001 - the announcement starts it instead
+        log.exception("SQL handoff of transition %s failed in the lifecycle step; left to its announcement",
+                      transition.pk)
+        return
+    capture.note_handoff(transition.pk)
+
+
+def _handoff(transition: StageTransition, lead: Lead, *, new: bool = False) -> Handoff:
+    # ``new``: the move was made in this transaction, uncommitted: no other
+    # transaction can have a handoff referencing it yet.
+    if not new:
+        existing = Handoff.objects.select_for_update().filter(transition=transition).first()
+        if existing is not None:
+            return existing
     assigned_by = "unchanged"
     reason = f"SQL handoff ({transition.reason})"[:255]
     if hooks.call("assign_owner", lead_id=lead.pk, reason=reason, actor=None):

@@ -5,9 +5,11 @@ The request of a form (``forms.form_submit``) or of an event batch
 tracking) validates, stores, dedupes and identifies, and answers; what the
 capture causes runs in one task enqueued when that transaction commits:
 scoring, the announcements of new leads and of stage moves (routing,
-journeys), lifecycle rules (with the SQL handoff, run in the same task) and
-the capture's ``events_ingested`` (journey enrollment, first touch,
-attribution, CRM campaign members).
+journeys), lifecycle rules (a move to SQL starts its handoff in the move's
+transaction) and the capture's ``events_ingested`` (journey enrollment,
+first touch, attribution, CRM campaign members). A lead is routed once a
+task: the stage trigger and the handoff take the assignment its new-lead
+route committed (``task_routed``).
 
 While a capture is stored (``deferred()``), the announcements the write
 paths would send after commit are collected here instead (``lead_upsert``
@@ -46,8 +48,16 @@ class _Capture:
     created: dict[int, None] = field(default_factory=dict)
     transition_ids: list[int] = field(default_factory=list)
     event_ids: list[int] = field(default_factory=list)
-    # In the task: leads changed after their scoring (routing's owner, a stage move).
+    # In the task: leads changed after their scoring (routing's owner, a stage move), and which fields.
     changed: set[int] = field(default_factory=set)
+    changed_fields: set[str] = field(default_factory=set)
+    # In the task: each lead's current assignment as a committed route of
+    # this task left it (``task_routed``), and the SQL moves whose handoff
+    # the lifecycle step started (``note_handoff``).
+    routed: dict[int, object] = field(default_factory=dict)
+    handoffs: set[int] = field(default_factory=set)
+    # In the task: the leads it read after scoring (whole rows), by id.
+    read: dict[int, object] = field(default_factory=dict)
     enqueued: bool = False
 
     @property
@@ -226,9 +236,15 @@ def pending_claim(pending_id: int) -> bool:
 
 
 def pending_done(pending_id: int) -> None:
+    from django.db import connection
+
     from martech.models import CapturePending
 
-    CapturePending.objects.filter(pk=pending_id).delete()
+    # One statement (no relations point at the row): the ORM's delete wrapped
+    # it in a transaction of its own (3 round trips a capture).
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {connection.ops.quote_name(CapturePending._meta.db_table)} WHERE id = %s",
+                       [pending_id])
 
 
 def pending_sweep(*, limit: int = SWEEP_BATCH) -> int:
@@ -297,19 +313,64 @@ def _task_name(lead_ids: list[int], event_ids: list[int]) -> str:
     return f"capture: {len(event_ids)} event(s) of {len(lead_ids)} leads"
 
 
-def note_changed(lead_ids) -> bool:
+def note_changed(lead_ids, fields=()) -> bool:
     """Scoring's lead hook during a capture: in the request, the changed lead
     is the capture's (its task scores it); in the task, the lead changed
-    after its scoring and the task scores it once more at its end. True when
-    noted."""
+    after its scoring (``fields``) and the task scores it once more at its
+    end when a fit rule reads one of them. True when noted."""
     mode, capture = _current()
     if mode == REQUEST:
         capture.leads.update(dict.fromkeys(lead_ids))
         return True
     if mode == TASK:
         capture.changed.update(lead_ids)
+        capture.changed_fields.update(fields)
         return True
     return False
+
+
+def task_created() -> frozenset[int]:
+    """In the capture task: the leads it announces as new (routed by the
+    task after their scoring); empty elsewhere."""
+    mode, capture = _current()
+    return frozenset(capture.created) if mode == TASK else frozenset()
+
+
+def task_routed(lead_id: int):
+    """In the capture task: the lead's current assignment as a route of this
+    task committed it (the new-lead route), else None. The stage trigger
+    and the SQL handoff of the same task take it instead of routing the lead
+    again (``lead_route`` would lock the lead and find that assignment)."""
+    mode, capture = _current()
+    return capture.routed.get(lead_id) if mode == TASK else None
+
+
+def note_routed(lead_id: int, assignment) -> None:
+    """A route of the capture task committed (not inside an outer
+    transaction that might still roll back): see ``task_routed``."""
+    mode, capture = _current()
+    if mode == TASK:
+        capture.routed[lead_id] = assignment
+
+
+def task_lead(lead_id: int):
+    """In the capture task: the lead as the task read it after scoring
+    (a whole row; None elsewhere or for a lead it did not read)."""
+    mode, capture = _current()
+    return capture.read.get(lead_id) if mode == TASK else None
+
+
+def note_handoff(transition_id: int) -> None:
+    """The capture task's lifecycle step started the SQL handoff of this
+    move in the move's own transaction; its announcement starts no other."""
+    mode, capture = _current()
+    if mode == TASK:
+        capture.handoffs.add(transition_id)
+
+
+def handoff_started(transition_id: int) -> bool:
+    mode, capture = _current()
+    return mode == TASK and transition_id in capture.handoffs
 
 
 def task_enqueue(func: str, *args, cluster: str | None = None, task_name: str | None = None, **kwargs) -> None:
@@ -336,7 +397,8 @@ def capture_process(*, lead_ids: list[int], event_ids: list[int], created_ids: l
     safe to run twice (every receiver is idempotent)."""
     from martech import configcache, taskqueue
 
-    capture = _Capture(source=source, reason=reason, leads=dict.fromkeys(lead_ids))
+    capture = _Capture(source=source, reason=reason, leads=dict.fromkeys(lead_ids),
+                       created=dict.fromkeys(created_ids))
     # One read of the configuration's tokens for the whole task (it read them
     # up to 10 times a form: each receiver's cache check), and the wake-ups of
     # its commits sent once per key at its end.
@@ -347,18 +409,20 @@ def capture_process(*, lead_ids: list[int], event_ids: list[int], created_ids: l
 def _process(capture: _Capture, lead_ids: list[int], event_ids: list[int], created_ids: list[int],
              transition_ids: list[int], source: str, reason: str) -> None:
     from martech import signals
-    from martech.db import run_in_transaction
+    from martech.db import retry_on_conflict, run_in_transaction
     from martech.models import Event, Lead, StageTransition
     from martech.scoring import services as scoring
     from martech.signals import EventsWithLead
 
     with _mode(TASK, capture):
-        run_in_transaction(lambda: scoring.scores_recompute(lead_ids=lead_ids, reason=reason))
+        # Its own transaction (scoring's), run again on a conflict.
+        retry_on_conflict(scoring.scores_recompute)(lead_ids=lead_ids, reason=reason)
         # Read after scoring: receivers (journey conditions) see the score.
         # Leads merged or erased since are gone, and their events with them.
         leads = Lead.objects.select_related("lifecycle_stage").in_bulk(lead_ids)
         if not leads:
             return
+        capture.read = leads
         ids = sorted(leads)
         # (id, lead, type id, type name, campaign) of the capture's events with a lead.
         events = list(Event.objects.filter(pk__in=event_ids, lead_id__in=ids).values_list(
@@ -379,14 +443,22 @@ def _process(capture: _Capture, lead_ids: list[int], event_ids: list[int], creat
             types_of[lead_id].add(type_id)
         for pk in ids:
             by_types.setdefault(frozenset(types_of[pk]), []).append(pk)
+        # The rows read above serve the rules when nothing they read changed
+        # since (routing's owner, when a condition reads the owner).
+        rows = leads if scoring.lifecycle_rows_current(capture.changed_fields) else None
         for type_ids, group in by_types.items():
-            scoring.lifecycle_apply(lead_ids=group, event_type_ids=type_ids)
+            scoring.lifecycle_apply(lead_ids=group, event_type_ids=type_ids, leads=rows)
         if events:
             signals.events_ingested.send(sender=Event, event_ids=[e[0] for e in events], with_lead=EventsWithLead(
                 event_ids=frozenset(e[0] for e in events), lead_ids=frozenset(e[1] for e in events),
                 type_names=frozenset(e[3] for e in events), campaign_ids=frozenset(e[4] for e in events if e[4])))
         again = sorted(capture.changed)
+        # A change no fit rule reads (the owner routing set, a stage move
+        # when no fit rule reads the stage) cannot move a score.
+        rescore = bool(again) and (not capture.changed_fields
+                                   or bool(capture.changed_fields & scoring.score_fields_read()))
     if again:
         # Out of the task's mode: what this changes wakes its usual tasks.
-        run_in_transaction(lambda: scoring.scores_recompute(lead_ids=again, reason="lead changed"))
+        if rescore:
+            run_in_transaction(lambda: scoring.scores_recompute(lead_ids=again, reason="lead changed"))
         scoring.lifecycle_apply(lead_ids=again)

@@ -611,16 +611,41 @@ def lead_change_stage(
     against the stage read under the lead's row lock, so a caller that read
     the lead earlier (a rule evaluated on an older snapshot while another
     task moved the lead on) never moves it back."""
+    return stage_change_locked(lead=lead, to_stage=to_stage, reason=reason, actor=actor, source=source, at=at,
+                               forward_only=forward_only)
+
+
+def stage_change_locked(
+    *,
+    lead: Lead,
+    to_stage: LifecycleStage | str,
+    reason: str,
+    actor=None,
+    source: str = "",
+    at: datetime | None = None,
+    forward_only: bool = False,
+) -> StageTransition | None:
+    """``lead_change_stage`` for a caller already in a transaction of its
+    own (no savepoint): lifecycle rules, whose handoff joins the move's
+    transaction in the capture task. Everything it writes is that
+    transaction's."""
     if isinstance(to_stage, str):
         to_stage = stage_by_key(to_stage)
     if not reason:
         raise ValidationError({"reason": ["Give a reason for the stage change."]})
-    locked = Lead.objects.select_for_update().only("id", "lifecycle_stage_id").get(pk=lead.pk)
+    # The lead locked and its stage's order read in one statement.
+    locked = (Lead.objects.select_for_update(of=("self",)).select_related("lifecycle_stage")
+              .only("id", "lifecycle_stage_id", "lifecycle_stage__order").get(pk=lead.pk))
     if locked.lifecycle_stage_id == to_stage.pk:
         lead.lifecycle_stage = to_stage
         return None
     if forward_only and locked.lifecycle_stage_id is not None:
-        current = LifecycleStage.objects.filter(pk=locked.lifecycle_stage_id).values_list("order", flat=True).first()
+        stage = locked.lifecycle_stage
+        if stage is None or stage.pk != locked.lifecycle_stage_id:
+            # A concurrent move committed while this waited for the lock:
+            # PostgreSQL re-reads the locked row, not the joined stage.
+            stage = LifecycleStage.objects.filter(pk=locked.lifecycle_stage_id).only("order").first()
+        current = stage.order if stage is not None else None
         if current is not None and current >= to_stage.order:
             lead.lifecycle_stage_id = locked.lifecycle_stage_id
             return None

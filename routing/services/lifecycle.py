@@ -21,9 +21,10 @@ CloseReason = Assignment.CloseReason
 # --- First touch ---------------------------------------------------------------
 
 
-@transaction.atomic
 def first_touch_record(*, lead_id: int, source: str, at: datetime | None = None) -> bool:
-    """Stop the SLA clock of the lead's current assignment (once)."""
+    """Stop the SLA clock of the lead's current assignment (once). One
+    UPDATE statement, atomic by itself (no transaction of its own: a
+    capture task's SQL move paid a BEGIN and a COMMIT for it)."""
     at = at or timezone.now()
     # The first touch also moves the lifecycle from open to worked (a closed
     # assignment stays closed).

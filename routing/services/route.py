@@ -19,6 +19,7 @@ from django.utils import timezone
 from martech import configcache, hooks
 from martech.db import retry_on_conflict, run_in_transaction
 from martech.models import Lead
+from martech.services import capture
 from martech.services.leads import lead_set_owner
 from routing import engine
 from routing.models import Assignment, Rep, RuleSet, Team, open_assignments_q
@@ -176,8 +177,6 @@ def _lead_with_live_set(lead_id: int, *, lock: bool) -> tuple[Lead, int | None, 
     return lead, annotations["routing_live_set_id"], annotations.get("routing_config_token", configcache._UNREAD)
 
 
-@retry_on_conflict
-@transaction.atomic
 def lead_route(
     *, lead_id: int, trigger: str, reason: str = "", actor=None, reroute: bool = False,
     now: datetime | None = None, exclude: set[int] | None = None,
@@ -187,7 +186,30 @@ def lead_route(
     (returns it with False) unless ``reroute``, so the new-lead trigger,
     the stage trigger and the SQL handoff may all fire safely. Called
     outside a transaction it is its own, run again if the database aborts
-    it for a concurrent one (``martech.db``)."""
+    it for a concurrent one (``martech.db``).
+
+    In a form's capture task a lead is routed once: the route its new-lead
+    announcement committed is the current assignment the stage trigger and
+    the SQL handoff of the same task would lock the lead to find, so they
+    are given it without a query (``capture.task_routed``)."""
+    if not reroute:
+        known = capture.task_routed(lead_id)
+        if known is not None:
+            return known, False
+    outermost = not connection.in_atomic_block
+    assignment, created = _lead_route(lead_id=lead_id, trigger=trigger, reason=reason, actor=actor, reroute=reroute,
+                                      now=now, exclude=exclude)
+    if outermost:  # committed: an outer transaction could still roll it back
+        capture.note_routed(lead_id, assignment)
+    return assignment, created
+
+
+@retry_on_conflict
+@transaction.atomic
+def _lead_route(
+    *, lead_id: int, trigger: str, reason: str, actor, reroute: bool, now: datetime | None,
+    exclude: set[int] | None,
+) -> tuple[Assignment, bool]:
     now = now or timezone.now()
     # The live rule set's id and the configuration token come with the lead
     # (no round trip of their own).
