@@ -85,6 +85,8 @@ def _claim(connection: Connection, limit: int, object_keys: list[str], started: 
                                                                            claimed_at=now)
     for item in items:
         item.claimed_at = now
+    if items:
+        outbox.claimed()
     return items
 
 
