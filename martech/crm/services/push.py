@@ -157,7 +157,17 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
     until" run and does nothing else. Any other failure is the run's
     ``error`` and the connection's last error; an unexpected exception is
     logged and recorded, never raised (one connection's crash does not stop
-    the next one's drain)."""
+    the next one's drain).
+
+    The configuration's tokens are read once for the run (``configcache``:
+    the payloads' mappings, lifecycle values and owners, the hooks of the
+    CRM ids written back)."""
+    with configcache.snapshot():
+        return _drain(connection, connector, max_items, progress, batch, refresh_allowance)
+
+
+def _drain(connection: Connection, connector: Connector | None, max_items: int | None, progress,
+           batch: int | None, refresh_allowance: bool) -> SyncRun:
     conf = settings.MARTECH_CRM
     if connection.stopped_reason or not connection.is_active:
         return SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PUSH, object="",
@@ -190,6 +200,12 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
             if not items:
                 break
             done += len(items)
+            # Fewer than asked: nothing else was due. Claim again only when
+            # this batch queued records it waits for (``_push_wait``): they
+            # are pushed in this run, as they were before; a record queued by
+            # a write meanwhile wakes a drain of its own (outbox._wake).
+            more = len(items) >= limit
+            run.queued_waits = False
             groups: dict[str, list[OutboxItem]] = {}
             for item in items:
                 groups.setdefault(item.object, []).append(item)
@@ -204,7 +220,7 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
             unsent = []
             if progress is not None:
                 progress.update(len(items))
-            if slow:
+            if slow or not (more or run.queued_waits):
                 break
     except RateLimited as exc:
         until = _pause_for(connection, exc)
@@ -321,6 +337,7 @@ def _push_wait(connection: Connection, item: OutboxItem, waiting: list[tuple[str
     names = ", ".join(f"{other} #{local_id}" for other, local_id in sorted(waiting))
     _fail([item], f"waiting for {names} to be pushed first")
     run.skipped += 1
+    run.queued_waits = True  # the drain claims again: they go in this run
 
 
 def _push_prepare(connection: Connection, connector: Connector, builder: PayloadBuilder, batch: _PushBatch,
