@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection as db, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from martech import configcache, hooks
@@ -71,20 +71,30 @@ def _claim(connection: Connection, limit: int, object_keys: list[str], started: 
     short backoff cannot add calls to the run, and a record edited without
     pause cannot keep one run busy."""
     now = timezone.now()
-    due = Q(next_attempt_at__lte=now)
+    if not object_keys or limit <= 0:
+        return []
+    # One statement (it was a transaction of a locking SELECT and an UPDATE):
+    # the due rows taken under a row lock, skipping rows another drain
+    # holds (PostgreSQL; SQLite has one writer), leased, and returned.
+    meta = OutboxItem._meta
+    qn = db.ops.quote_name
+    table = qn(meta.db_table)
+    fields = [f for f in meta.concrete_fields]
+    at = meta.get_field("next_attempt_at")
+    params: list = [at.get_db_prep_save(now + lease(), db), at.get_db_prep_save(now, db), connection.pk,
+                    OutboxItem.Status.PENDING, *object_keys, at.get_db_prep_save(now, db)]
+    since = ""
     if started is not None:
-        due &= Q(claimed_at__isnull=True) | Q(claimed_at__lt=started)
-    with transaction.atomic():
-        items = list(
-            OutboxItem.objects.select_for_update(skip_locked=True)
-            .filter(due, connection=connection, status=OutboxItem.Status.PENDING, object__in=object_keys)
-            .order_by("next_attempt_at", "pk")[:limit]
-        )
-        if items:
-            OutboxItem.objects.filter(pk__in=[i.pk for i in items]).update(next_attempt_at=now + lease(),
-                                                                           claimed_at=now)
-    for item in items:
-        item.claimed_at = now
+        since = " AND (claimed_at IS NULL OR claimed_at < %s)"
+        params.append(at.get_db_prep_save(started, db))
+    params.append(limit)
+    lock = " FOR UPDATE SKIP LOCKED" if db.features.has_select_for_update_skip_locked else ""
+    keys = ", ".join(["%s"] * len(object_keys))
+    sql = (f"UPDATE {table} SET next_attempt_at = %s, claimed_at = %s WHERE id IN ("
+           f"SELECT id FROM {table} WHERE connection_id = %s AND status = %s AND object IN ({keys}) "
+           f"AND next_attempt_at <= %s{since} ORDER BY next_attempt_at, id LIMIT %s{lock}) "
+           f"RETURNING {', '.join(qn(f.column) for f in fields)}")
+    items = sorted(OutboxItem.objects.raw(sql, params), key=lambda i: (i.claimed_at, i.pk))
     if items:
         outbox.claimed()
     return items
