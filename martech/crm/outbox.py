@@ -16,26 +16,26 @@ A capture (a form, an event batch: martech.services.capture) writes its
 lead in the request and again in its task (the score, then the owner and
 the stage, then the handoff's task), each in its own transaction. Its rows
 are *held* (``coalesced``): written in the transaction of the change they
-describe, as every row is, but due only a capture lease later
-(MARTECH_CAPTURE_SWEEP_AFTER) and with no wake-up; when the task ends, one
+describe, as every row is, but due only HOLD_SECONDS later and with no
+wake-up; when the task ends, one
 statement makes its records' held rows due and their drains are woken. So
 the CRM gets a new lead once per connection, scored, owned and staged,
 instead of once per step (a drain woken by another lead took the row
-between two steps). A task that dies leaves its rows held: due at the end
-of the lease, when the capture sweep runs the task again; the
-once-a-minute drain pushes them then either way. A capture queues a record
+between two steps). A task that dies leaves its rows held, due a minute
+later: the once-a-minute drain (or any drain woken meanwhile) pushes them;
+the capture sweep's second run of the task releases them too. A capture queues a record
 once per transaction: a second change to it in the same transaction (a
 form's new lead and its stage) writes nothing more.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import connection as db
 from django.db.models import Q
 from django.utils import timezone
@@ -43,6 +43,8 @@ from django.utils import timezone
 from martech import configcache, hooks
 from martech.crm import objects
 from martech.crm.models import Connection, FieldMapping, OutboxItem
+
+log = logging.getLogger(__name__)
 
 
 def _base(local_field: str) -> str:
@@ -107,8 +109,14 @@ class _Block:
 _local = threading.local()
 
 
+# How long a capture's rows are held at most (``coalesced``): longer than
+# its task takes, even behind a backlog of a minute's forms; a record whose
+# task never releases it (the task lost, or dead) is pushed this much late.
+HOLD_SECONDS = 60
+
+
 def _hold() -> timedelta:
-    return timedelta(seconds=settings.MARTECH_CAPTURE_SWEEP_AFTER)
+    return timedelta(seconds=HOLD_SECONDS)
 
 
 @contextmanager
@@ -127,7 +135,11 @@ def coalesced(lead_ids: Iterable[int] = ()) -> Iterator[None]:
         yield
     finally:
         _local.block = None
-        _release(block)
+        try:
+            _release(block)
+        except Exception:  # noqa: BLE001 - never raised over the task's own outcome
+            log.exception("CRM outbox rows of leads %s not released; due %ss after they were written",
+                          list(block.lead_ids)[:10], HOLD_SECONDS)
 
 
 def _release(block: _Block) -> int:
@@ -222,7 +234,7 @@ def enqueue(keys: Iterable[Key], *, hold: bool = False) -> None:
     order; SQLite (3.24+) takes the same statement.
 
     ``hold``: a capture's rows (see the module's docstring): a new row is
-    due a capture lease from now (a pending row keeps its time), with no
+    due HOLD_SECONDS from now (a pending row keeps its time), with no
     wake-up, and a record the capture queued earlier in the same
     transaction is not written again (the version bump it had is enough)."""
     rows = sorted(set(keys))

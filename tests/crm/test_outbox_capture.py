@@ -1,15 +1,14 @@
 """A capture's outbox rows (martech.crm.outbox, ``coalesced``): written in
 the transaction of each change, held until the capture's task ends, then
 due at once and their drains woken once: the CRM gets the new lead once per
-connection, scored and owned. A task that dies leaves them held, due when
-the capture sweep runs it again (or at the end of the lease). Transactions
+connection, scored and owned. A task that dies leaves them held, due a
+minute later or when the capture sweep runs it again. Transactions
 really committed, as in the worker."""
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -67,9 +66,9 @@ def test_a_forms_rows_are_held_until_its_task_ends_then_due_and_woken_once(form_
     assert len(_outbox_writes(ctx)) == 1, _outbox_writes(ctx)
     rows = list(OutboxItem.objects.filter(object="contact", local_id=lead.pk))
     assert sorted(r.connection_id for r in rows) == sorted(c.pk for c in conns)
-    lease = timedelta(seconds=settings.MARTECH_CAPTURE_SWEEP_AFTER)
+    hold = timedelta(seconds=outbox.HOLD_SECONDS)
     # Held: no drain takes them before the task scored and routed the lead, and none was woken.
-    assert all(r.next_attempt_at > timezone.now() + lease - timedelta(minutes=1) for r in rows)
+    assert all(r.next_attempt_at > timezone.now() + hold - timedelta(seconds=30) for r in rows)
     assert _drains(woken) == []
 
     (args,) = tasks
@@ -85,8 +84,8 @@ def test_a_forms_rows_are_held_until_its_task_ends_then_due_and_woken_once(form_
 
 def test_a_task_that_dies_leaves_its_rows_held_and_its_rerun_releases_them(form_capture, monkeypatch):
     """The process dies after the task's writes committed, before its end
-    (the release is never run): the rows are kept, held to the end of the
-    capture lease; the capture sweep runs the task again then, and its end
+    (the release is never run): the rows are kept, held a minute (then any
+    drain takes them); the capture sweep runs the task again, and its end
     makes them due (the rows of the capture's leads, whatever it changes)."""
     from martech.tasks import capture_process
 
