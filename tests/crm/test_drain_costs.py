@@ -23,6 +23,9 @@ pytestmark = pytest.mark.django_db
 def test_hubspot_api_objects_are_built_once_per_thread(connection, monkeypatch):
     import hubspot.discovery.discovery_base as base
 
+    from martech.crm.connectors import hubspot as hubspot_connector
+
+    monkeypatch.setattr(hubspot_connector, "_apis", threading.local())  # none built yet in this thread
     built = []
     factory = base.DiscoveryBase._default_api_factory
     monkeypatch.setattr(base.DiscoveryBase, "_default_api_factory",

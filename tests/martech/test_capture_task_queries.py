@@ -40,6 +40,9 @@ def test_the_capture_task_reads_the_configuration_once(demo_form, scored_routing
     assert Handoff.objects.filter(lead=lead).count() == 1
     tokens = [q for q in sqls if q.startswith('SELECT key, token FROM "martech_configversion"')]
     assert len(tokens) == 1, tokens
-    # PostgreSQL 71, SQLite 75 (77 and 81 before the snapshot).
-    assert len(sqls) <= 76, len(sqls)
+    # PostgreSQL 72, SQLite 78 (77 and 81 before the snapshot; 71 and 75
+    # before the CRM outbox rows were held until the task's end: its one
+    # UPDATE making the request's rows due, and on SQLite the two drain
+    # wake-ups, django-q2's ORM broker rows, that the request sent before).
+    assert len(sqls) <= 79, len(sqls)
 
