@@ -17,15 +17,15 @@ lead in the request and again in its task (the score, then the owner and
 the stage, then the handoff's task), each in its own transaction. Its rows
 are *held* (``coalesced``): written in the transaction of the change they
 describe, as every row is, but due only HOLD_SECONDS later and with no
-wake-up; when the task ends, one
-statement makes its records' held rows due and their drains are woken. So
-the CRM gets a new lead once per connection, scored, owned and staged,
-instead of once per step (a drain woken by another lead took the row
-between two steps). A task that dies leaves its rows held, due a minute
-later: the once-a-minute drain (or any drain woken meanwhile) pushes them;
-the capture sweep's second run of the task releases them too. A capture queues a record
-once per transaction: a second change to it in the same transaction (a
-form's new lead and its stage) writes nothing more.
+wake-up; when the task ends, one statement makes its records' held rows
+due and their drains are woken. So the CRM gets a new lead once per
+connection, scored, owned and staged, instead of once per step (a drain
+woken by another lead took the row between two steps). A task that dies
+leaves its rows held, due a minute later: the once-a-minute drain (or any
+drain woken meanwhile) pushes them; the capture sweep's second run of the
+task releases them too. A capture queues a record once per transaction: a
+second change to it in the same transaction (a form's new lead and its
+stage) writes nothing more.
 """
 from __future__ import annotations
 
