@@ -12,11 +12,15 @@ class CrmConfig(AppConfig):
         # in-transaction hooks for every type registered (martech.hooks).
         from martech import configcache
         from martech.crm import checks, outbox, receivers  # noqa: F401 (checks: registers the deploy checks)
-        from martech.crm.models import Connection, FieldMapping
+        from martech.crm.models import Connection, CrmOwner, FieldMapping, LifecycleMapping
+        from martech.crm.services.payloads import BUILDER_KEY
         from martech.crm.types import register_core
+        from martech.models import LifecycleStage
 
-        # The outbox caches the push mappings; a save or delete invalidates them.
+        # The outbox caches the push mappings, the drain what payloads are
+        # built with; a save or delete invalidates them.
         configcache.watch(outbox.MAPPINGS_KEY, Connection, FieldMapping)
+        configcache.watch(BUILDER_KEY, Connection, FieldMapping, LifecycleMapping, LifecycleStage, CrmOwner)
 
         register_core()
         # Segment mirrors (CRM lists): the "list" object type and the hooks that queue it.

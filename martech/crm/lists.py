@@ -255,6 +255,7 @@ def lists_push(connection, connector, builder, items: list[OutboxItem], run) -> 
                               sorted(outcome.refused.items())[:ERRORS_SHOWN])
             problems.append(f"{len(outcome.refused)} member(s) refused by the CRM ({shown})")
         if outcome.waiting:
+            run.queued_waits = True  # the contacts queued go in this drain's next claim
             shown = ", ".join(f"contact #{i}" for i in outcome.waiting[:ERRORS_SHOWN])
             more = f" and {len(outcome.waiting) - ERRORS_SHOWN} more" if len(outcome.waiting) > ERRORS_SHOWN else ""
             problems.append(f"waiting for {shown}{more} to be pushed first")

@@ -11,17 +11,40 @@ echoed straight back.
 Lock order: a write path locks the record (lead, account ...) first, then
 its outbox rows, then its push state; the drain and the pull take them in
 the same order, so none of them can deadlock with another.
+
+A capture (a form, an event batch: martech.services.capture) writes its
+lead in the request and again in its task (the score, then the owner and
+the stage, then the handoff's task), each in its own transaction. Its rows
+are *held* (``coalesced``): written in the transaction of the change they
+describe, as every row is, but due only HOLD_SECONDS later and with no
+wake-up; when the task ends, one statement makes its records' held rows
+due and their drains are woken. So the CRM gets a new lead once per
+connection, scored, owned and staged, instead of once per step (a drain
+woken by another lead took the row between two steps). A task that dies
+leaves its rows held, due a minute later: the once-a-minute drain (or any
+drain woken meanwhile) pushes them; the capture sweep's second run of the
+task releases them too. A capture queues a record once per transaction: a
+second change to it in the same transaction (a form's new lead and its
+stage) writes nothing more.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.db import connection as db
+from django.db.models import Q
 from django.utils import timezone
 
 from martech import configcache, hooks
 from martech.crm import objects
 from martech.crm.models import Connection, FieldMapping, OutboxItem
+
+log = logging.getLogger(__name__)
 
 
 def _base(local_field: str) -> str:
@@ -54,14 +77,152 @@ def queue_changed(obj: objects.ObjectType, *, ids: list[int], fields: frozenset[
             wanted[connection_id] = provider
     if not wanted:
         return 0
-    enqueue((c, obj.key, i) for c in wanted for i in ids)
+    block = getattr(_local, "block", None)
+    if block is not None:
+        block.records.setdefault(obj.key, set()).update(ids)
+    # Held: in a capture's task, and a capture's request writing its leads
+    # (their task releases them; other records, a new account, go now).
+    hold = block is not None or (obj.hook == "leads" and _capture_request())
+    enqueue(((c, obj.key, i) for c in wanted for i in ids), hold=hold)
     return len(wanted) * len(ids)
 
 
+def _capture_request() -> bool:
+    from martech.services.capture import deferring
+
+    return deferring()
+
+
 _BATCH = 500
+Key = tuple[int, str, int]
 
 
-def enqueue(keys: Iterable[tuple[int, str, int]]) -> None:
+@dataclass
+class _Block:
+    """A capture task's outbox (``coalesced``)."""
+
+    lead_ids: tuple[int, ...]
+    # Records queued in the block: object key -> local ids (released at its end).
+    records: dict[str, set[int]] = field(default_factory=dict)
+
+
+_local = threading.local()
+
+
+# How long a capture's rows are held at most (``coalesced``): longer than
+# its task takes, even behind a backlog of a minute's forms; a record whose
+# task never releases it (the task lost, or dead) is pushed this much late.
+HOLD_SECONDS = 60
+
+
+def _hold() -> timedelta:
+    return timedelta(seconds=HOLD_SECONDS)
+
+
+@contextmanager
+def coalesced(lead_ids: Iterable[int] = ()) -> Iterator[None]:
+    """Around a capture's task (``lead_ids``: its leads). The rows its
+    writes queue are held (see the module's docstring); at the end (also
+    when the block raises: what committed is released) one statement makes
+    due every held row of the block's records and of ``lead_ids`` (the
+    request's rows), and wakes their connections' drains (at the end of
+    ``coalesced_wakes`` when inside one). Nested: the outer one holds."""
+    if getattr(_local, "block", None) is not None:
+        yield
+        return
+    block = _local.block = _Block(lead_ids=tuple(lead_ids))
+    try:
+        yield
+    finally:
+        _local.block = None
+        try:
+            _release(block)
+        except Exception:  # noqa: BLE001 - never raised over the task's own outcome
+            log.exception("CRM outbox rows of leads %s not released; due %ss after they were written",
+                          list(block.lead_ids)[:10], HOLD_SECONDS)
+
+
+def _release(block: _Block) -> int:
+    records = {key: set(ids) for key, ids in block.records.items()}
+    if block.lead_ids:
+        for obj in objects.all_types():
+            if obj.hook == "leads":
+                records.setdefault(obj.key, set()).update(block.lead_ids)
+    records = {key: ids for key, ids in records.items() if ids}
+    mappings = configcache.cached(MAPPINGS_KEY, _load_push_mappings)
+    connection_ids = sorted({c for key in records for c, _, _ in mappings.get(key, ())})
+    if not connection_ids:
+        return 0
+    now = timezone.now()
+    which = Q()
+    for key, ids in sorted(records.items()):
+        which |= Q(object=key, local_id__in=sorted(ids))
+    # Held rows only: pending, never claimed, due later (a row in its
+    # backoff or paused by a limit was claimed: it keeps its time).
+    n = OutboxItem.objects.filter(which, connection_id__in=connection_ids, status=OutboxItem.Status.PENDING,
+                                  claimed_at__isnull=True, next_attempt_at__gt=now
+                                  ).update(next_attempt_at=now, updated_at=now)
+    if n:
+        _wake([(c, "", 0) for c in connection_ids])
+    return n
+
+
+def _alive(marker) -> bool:
+    """Whether the on_commit callback ``marker`` (fn, claims, position) is
+    still where it was put: Django drops the callbacks of a rolled back
+    savepoint or transaction (and runs and drops them all at the commit),
+    so a marker still listed is a write still in the open transaction. A
+    callback dropped before it moves it: then it reads as gone (the row is
+    written again, which is always safe)."""
+    fn, _, pos = marker
+    pending = db.run_on_commit
+    return pos < len(pending) and pending[pos][1] is fn
+
+
+def _written_here(rows: list[Key], hold: bool) -> set[Key]:
+    """The rows queued earlier in this transaction, not to write again: the
+    upsert is still in it (not rolled back with a savepoint), and no drain
+    can have read the record since, the transaction being open (a drain in
+    this thread since, a test's in one transaction, may have: then the row
+    is written again). A capture's (held) writes only: any other write
+    bumps the version as it always did."""
+    mine = getattr(_local, "tx", None)
+    if not hold or not mine or not db.in_atomic_block:
+        return set()
+    claims = getattr(_local, "claims", 0)
+    return {r for r in rows if (seen := mine.get(r)) is not None and seen[1] == claims and _alive(seen)}
+
+
+def claimed() -> None:
+    """A drain in this thread claimed rows (``services._claim``): a row
+    queued earlier in this thread's open transaction may have been read by
+    it, so it is no longer skipped (``_written_here``)."""
+    _local.claims = getattr(_local, "claims", 0) + 1
+
+
+def _note_written(rows: list[Key], hold: bool) -> None:
+    if not hold or not db.in_atomic_block or len(rows) > WAKE_MAX:
+        return  # autocommit: nothing to share a transaction with; a backfill's batch: not worth it
+    from django.db import transaction
+
+    marker = (_noop(), getattr(_local, "claims", 0), len(db.run_on_commit))
+    transaction.on_commit(marker[0])
+    mine = getattr(_local, "tx", None)
+    if not mine or not any(_alive(m) for m in (_local.tx_first, _local.tx_last)):
+        # A new transaction (the old markers are all gone), or the old ones rolled back.
+        mine = _local.tx = {}
+        _local.tx_first = marker
+    mine.update(dict.fromkeys(rows, marker))
+    _local.tx_last = marker
+
+
+def _noop():
+    def marker() -> None:
+        pass
+    return marker
+
+
+def enqueue(keys: Iterable[Key], *, hold: bool = False) -> None:
     """Queue (connection id, object key, local id) for push: a new pending
     row, or the record's pending row with its ``version`` bumped.
 
@@ -70,21 +231,33 @@ def enqueue(keys: Iterable[tuple[int, str, int]]) -> None:
     its version is still the one it claimed (``services._push_items``). One
     upsert on the partial unique index (one pending row per record), in key
     order so two writers queueing the same records lock them in the same
-    order; SQLite (3.24+) takes the same statement."""
+    order; SQLite (3.24+) takes the same statement.
+
+    ``hold``: a capture's rows (see the module's docstring): a new row is
+    due HOLD_SECONDS from now (a pending row keeps its time), with no
+    wake-up, and a record the capture queued earlier in the same
+    transaction is not written again (the version bump it had is enough)."""
     rows = sorted(set(keys))
     if not rows:
         return
-    _wake(rows)
     now = timezone.now()
+    skip = _written_here(rows, hold)
+    if skip:
+        rows = [r for r in rows if r not in skip]
+        if not rows:
+            return
+    if not hold:
+        _wake(rows)
     table = db.ops.quote_name(OutboxItem._meta.db_table)
     fields = {f.name: f for f in OutboxItem._meta.concrete_fields}
     at = fields["created_at"].get_db_prep_save(now, db)
+    due = fields["next_attempt_at"].get_db_prep_save(now + _hold(), db) if hold else at
     for start in range(0, len(rows), _BATCH):
         chunk = rows[start:start + _BATCH]
         values = ", ".join(["(%s, %s, %s, %s, 0, 1, %s, '', %s, %s)"] * len(chunk))
         params: list = []
         for connection_id, key, local_id in chunk:
-            params += [connection_id, key, local_id, OutboxItem.Status.PENDING, at, at, at]
+            params += [connection_id, key, local_id, OutboxItem.Status.PENDING, due, at, at]
         with db.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {table} (connection_id, object, local_id, status, attempts, version, "
@@ -93,6 +266,7 @@ def enqueue(keys: Iterable[tuple[int, str, int]]) -> None:
                 f"DO UPDATE SET version = {table}.version + 1, updated_at = EXCLUDED.updated_at",
                 params,
             )
+    _note_written(rows, hold)
 
 
 # Up to this many records queued at once wake their connections' drain when
@@ -102,7 +276,7 @@ def enqueue(keys: Iterable[tuple[int, str, int]]) -> None:
 WAKE_MAX = 100
 
 
-def _wake(rows: list[tuple[int, str, int]]) -> None:
+def _wake(rows: list[Key]) -> None:
     if len(rows) > WAKE_MAX:
         return
     from martech.taskqueue import wake_on_commit

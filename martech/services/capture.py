@@ -396,13 +396,14 @@ def capture_process(*, lead_ids: list[int], event_ids: list[int], created_ids: l
     once more. Each step is its own transaction, run again on a conflict;
     safe to run twice (every receiver is idempotent)."""
     from martech import configcache, taskqueue
+    from martech.crm import outbox as crm_outbox  # its rows held until the task ends (docs/crm.md)
 
     capture = _Capture(source=source, reason=reason, leads=dict.fromkeys(lead_ids),
                        created=dict.fromkeys(created_ids))
     # One read of the configuration's tokens for the whole task (it read them
     # up to 10 times a form: each receiver's cache check), and the wake-ups of
     # its commits sent once per key at its end.
-    with configcache.snapshot(), taskqueue.coalesced_wakes():
+    with configcache.snapshot(), taskqueue.coalesced_wakes(), crm_outbox.coalesced(lead_ids):
         _process(capture, lead_ids, event_ids, created_ids, transition_ids, source, reason)
 
 

@@ -41,10 +41,13 @@ def test_the_capture_task_reads_the_configuration_once(demo_form, scored_routing
     assert Handoff.objects.filter(lead=lead).count() == 1
     tokens = [q for q in sqls if q.startswith('SELECT key, token FROM "martech_configversion"')]
     assert len(tokens) == 1, tokens
-    # PostgreSQL 44, SQLite 48 (71 and 75 before the task routed a lead once,
+    # PostgreSQL 45, SQLite 51 (71 and 75 before the task routed a lead once,
     # started the handoff in the move's transaction and rescored only for a
-    # change a fit rule reads; 77 and 81 before the snapshot).
-    assert len(sqls) <= (44 if connection.vendor == "postgresql" else 48), len(sqls)
+    # change a fit rule reads; 77 and 81 before the snapshot). Holding the CRM
+    # outbox rows until the task's end added its one UPDATE making them due,
+    # and on SQLite the two drain wake-ups (django-q2's ORM broker rows) that
+    # the request sent before.
+    assert len(sqls) <= (45 if connection.vendor == "postgresql" else 51), len(sqls)
 
 
 

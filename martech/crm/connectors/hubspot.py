@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import importlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from hubspot import HubSpot
+from hubspot.discovery.discovery_base import DiscoveryBase
 from hubspot.crm.associations.v4 import (
     BatchInputPublicAssociationMultiArchive,
     BatchInputPublicDefaultAssociationMultiPost,
@@ -197,6 +199,27 @@ def _translate(exc: Exception) -> Exception:
     return exc
 
 
+# The client's API objects, kept per thread and reused by every connector
+# of the thread with the same settings: the client builds a new ApiClient
+# (its own connection pool, and a read of the package's metadata for the
+# user agent) on every ``client.crm.<package>.<api>`` access, so each drain
+# paid two of them and a new TCP connection to HubSpot. Per thread: an
+# ApiClient keeps the last response (the rate-limit headers ``_attempt``
+# reads) and a pull's read-ahead thread calls at the same time.
+_apis = threading.local()
+
+
+def _api_factory(api_client_package, api_name, config):
+    key = (api_client_package.__name__, api_name, tuple(sorted((k, repr(v)) for k, v in config.items())))
+    cache = getattr(_apis, "by_key", None)
+    if cache is None:
+        cache = _apis.by_key = {}
+    api = cache.get(key)
+    if api is None:
+        api = cache[key] = DiscoveryBase._default_api_factory(api_client_package, api_name, config)
+    return api
+
+
 class HubSpotConnector:
     provider = "hubspot"
     # HubSpot's search answers at most 10,000 results of one query (paging
@@ -218,7 +241,7 @@ class HubSpotConnector:
     def __init__(self, connection, *, sleep=None):
         conf = settings.MARTECH_CRM
         self.connection = connection
-        self.client = HubSpot(access_token=conf["HUBSPOT_TOKEN"], host=conf["HUBSPOT_URL"])
+        self.client = HubSpot(access_token=conf["HUBSPOT_TOKEN"], host=conf["HUBSPOT_URL"], api_factory=_api_factory)
         self.timeout = conf["TIMEOUT"]
         self.stats = CallStats()
         # Looked up at call time so tests can stub time.sleep.

@@ -96,12 +96,14 @@ import heapq
 import io
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
 import requests
+import requests.adapters
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from simple_salesforce import Salesforce
@@ -137,6 +139,21 @@ CONTACT_RENAMES = {"Country": "MailingCountry", "State": "MailingState", "Postal
                    "City": "MailingCity", "Street": "MailingStreet"}
 LEAD_ONLY = {"Company", "Status", "Rating", "Industry", "NumberOfEmployees", "AnnualRevenue", "Website"}
 FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# One HTTP connection pool per thread, shared by the thread's connectors: a
+# connector (one per drain or pull) with a pool of its own opened a new TCP
+# connection and TLS handshake to the instance for every drain. Each
+# connector keeps its own session (its response hook, its renewed token);
+# only the kept-alive connections are shared.
+_adapters = threading.local()
+
+
+def _thread_adapter() -> requests.adapters.HTTPAdapter:
+    adapter = getattr(_adapters, "adapter", None)
+    if adapter is None:
+        adapter = _adapters.adapter = requests.adapters.HTTPAdapter()
+    return adapter
+
+
 # Renewed sessions outlive one connector (one drain), per connection.
 _renewed_sessions: dict[int, str] = {}
 
@@ -251,6 +268,10 @@ class SalesforceConnector:
         self.session.verify = conf["SALESFORCE_CA_CERT"] or True
         self.session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
         self.session.hooks["response"].append(self._seen)
+        # The thread's connection pool (kept-alive TLS connections) instead of a new one per connector (per drain).
+        adapter = _thread_adapter()
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
         self.instance_url = conf["SALESFORCE_URL"].rstrip("/")
         token = _renewed_sessions.get(connection.pk) or conf["SALESFORCE_ACCESS_TOKEN"]
         self._connect(token)

@@ -19,15 +19,23 @@ def _count_calls(connection: Connection, n: int, connector: Connector | None = N
     figure when the last answer carried it (``connector.allowance_seen()``):
     kept as ``crm_calls_*``; for a connector whose figure is the org's
     allowance itself (``allowance_from_crm``: Salesforce's Sforce-Limit-Info)
-    it also replaces our count and limit, so other integrations' calls count."""
+    it also replaces our count and limit, so other integrations' calls count.
+
+    Nothing to write (no call, the day and the CRM's figure those already
+    written: a drain's closing count after its batch counted its own call)
+    writes nothing."""
     now = timezone.now()
     today = now.date()
+    seen = getattr(connector, "allowance_seen", None)
+    figure = seen() if seen is not None else None
+    if (n == 0 and connection.api_calls_day == today
+            and (figure is None or figure[1] <= 0
+                 or (figure[0], figure[1]) == (connection.crm_calls_used, connection.crm_calls_limit))):
+        return
     if connection.api_calls_day != today:
         connection.api_calls_day, connection.api_calls_used = today, 0
     connection.api_calls_used += n
     fields = {"api_calls_day": today}
-    seen = getattr(connector, "allowance_seen", None)
-    figure = seen() if seen is not None else None
     if figure is not None and figure[1] > 0:
         used, limit = figure
         connection.crm_calls_used, connection.crm_calls_limit, connection.crm_calls_at = used, limit, now

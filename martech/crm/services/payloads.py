@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from martech import hooks
+from martech import configcache, hooks
 from martech.crm import objects
 from martech.crm.connectors import connector_for
 from martech.crm.connectors.base import Connector, PermanentError, PushRecord, TransientError
-from martech.crm.models import Connection, CrmOwner, LifecycleMapping, PushState
+from martech.crm.models import Connection, CrmOwner, FieldMapping, LifecycleMapping, PushState
 from martech.crm.transforms import TransformError, read_local, to_remote
 from martech.models import Lead
 
@@ -20,22 +21,51 @@ class PayloadError(ValueError):
 
 # --- payloads -----------------------------------------------------------------
 
+# What a payload is built with, for every connection, per process
+# (martech.configcache): the push mappings, the lifecycle values pushed and
+# the CRM owners by email. Each drain read them again (three queries per
+# object type, most of a small drain's own reads). Saving or deleting a
+# connection, a mapping, a lifecycle value or stage, or a CRM owner (the
+# owners pull saves each) bumps the key (apps.py).
+BUILDER_KEY = "crm.push_builder"
+
+
+@dataclass(frozen=True)
+class _BuilderConfig:
+    mappings: dict[tuple[int, str], tuple[FieldMapping, ...]]  # (connection, object) -> push mappings by pk
+    stage_values: dict[int, dict[str, str]]  # connection -> stage key -> remote value
+    owner_by_email: dict[int, dict[str, str]]  # connection -> email -> CRM owner id
+
+
+def _load_builder_config() -> _BuilderConfig:
+    mappings: dict[tuple[int, str], list[FieldMapping]] = {}
+    for m in FieldMapping.objects.order_by("pk"):
+        if m.pushes:
+            mappings.setdefault((m.connection_id, m.object), []).append(m)
+    stage_values: dict[int, dict[str, str]] = {}
+    for lm in LifecycleMapping.objects.filter(push_default=True).select_related("stage").order_by("pk"):
+        stage_values.setdefault(lm.connection_id, {})[lm.stage.key] = lm.remote_value
+    owners: dict[int, dict[str, str]] = {}
+    for connection_id, email, remote_id in CrmOwner.objects.filter(is_active=True).exclude(email="").order_by(
+            "pk").values_list("connection_id", "email", "remote_id"):
+        owners.setdefault(connection_id, {})[email.lower()] = remote_id
+    return _BuilderConfig({key: tuple(rows) for key, rows in mappings.items()}, stage_values, owners)
+
+
 class PayloadBuilder:
     """Turns local records of one object type into CRM properties for one
-    connection, with the mappings, lifecycle values and owners loaded once."""
+    connection, with the mappings, lifecycle values and owners loaded once
+    per process (``BUILDER_KEY``)."""
 
     def __init__(self, connection: Connection, obj: str | objects.ObjectType = "contact"):
         self.connection = connection
         self.obj = objects.get(obj) if isinstance(obj, str) else obj
-        self.mappings = [m for m in connection.mappings.filter(object=self.obj.key).order_by("pk") if m.pushes]
-        self.stage_values = {
-            lm.stage.key: lm.remote_value
-            for lm in LifecycleMapping.objects.filter(connection=connection, push_default=True).select_related("stage")
-        } if any(m.local_field == "lifecycle_stage" for m in self.mappings) else {}
-        self.owner_by_email = {
-            o.email.lower(): o.remote_id for o in CrmOwner.objects.filter(connection=connection, is_active=True)
-            if o.email
-        } if any(m.local_field == "owner" for m in self.mappings) else {}
+        config = configcache.cached(BUILDER_KEY, _load_builder_config)
+        self.mappings = list(config.mappings.get((connection.pk, self.obj.key), ()))
+        self.stage_values = config.stage_values.get(connection.pk, {}) \
+            if any(m.local_field == "lifecycle_stage" for m in self.mappings) else {}
+        self.owner_by_email = config.owner_by_email.get(connection.pk, {}) \
+            if any(m.local_field == "owner" for m in self.mappings) else {}
         self.lead_owner_ids: dict[int, str | None] | None = None  # prefetched: lead id -> owner id or None
 
     def prefetch(self, instances: list) -> None:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection as db, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from martech import configcache, hooks
@@ -71,20 +71,32 @@ def _claim(connection: Connection, limit: int, object_keys: list[str], started: 
     short backoff cannot add calls to the run, and a record edited without
     pause cannot keep one run busy."""
     now = timezone.now()
-    due = Q(next_attempt_at__lte=now)
+    if not object_keys or limit <= 0:
+        return []
+    # One statement (it was a transaction of a locking SELECT and an UPDATE):
+    # the due rows taken under a row lock, skipping rows another drain
+    # holds (PostgreSQL; SQLite has one writer), leased, and returned.
+    meta = OutboxItem._meta
+    qn = db.ops.quote_name
+    table = qn(meta.db_table)
+    fields = [f for f in meta.concrete_fields]
+    at = meta.get_field("next_attempt_at")
+    params: list = [at.get_db_prep_save(now + lease(), db), at.get_db_prep_save(now, db), connection.pk,
+                    OutboxItem.Status.PENDING, *object_keys, at.get_db_prep_save(now, db)]
+    since = ""
     if started is not None:
-        due &= Q(claimed_at__isnull=True) | Q(claimed_at__lt=started)
-    with transaction.atomic():
-        items = list(
-            OutboxItem.objects.select_for_update(skip_locked=True)
-            .filter(due, connection=connection, status=OutboxItem.Status.PENDING, object__in=object_keys)
-            .order_by("next_attempt_at", "pk")[:limit]
-        )
-        if items:
-            OutboxItem.objects.filter(pk__in=[i.pk for i in items]).update(next_attempt_at=now + lease(),
-                                                                           claimed_at=now)
-    for item in items:
-        item.claimed_at = now
+        since = " AND (claimed_at IS NULL OR claimed_at < %s)"
+        params.append(at.get_db_prep_save(started, db))
+    params.append(limit)
+    lock = " FOR UPDATE SKIP LOCKED" if db.features.has_select_for_update_skip_locked else ""
+    keys = ", ".join(["%s"] * len(object_keys))
+    sql = (f"UPDATE {table} SET next_attempt_at = %s, claimed_at = %s WHERE id IN ("
+           f"SELECT id FROM {table} WHERE connection_id = %s AND status = %s AND object IN ({keys}) "
+           f"AND next_attempt_at <= %s{since} ORDER BY next_attempt_at, id LIMIT %s{lock}) "
+           f"RETURNING {', '.join(qn(f.column) for f in fields)}")
+    items = sorted(OutboxItem.objects.raw(sql, params), key=lambda i: (i.claimed_at, i.pk))
+    if items:
+        outbox.claimed()
     return items
 
 
@@ -155,7 +167,17 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
     until" run and does nothing else. Any other failure is the run's
     ``error`` and the connection's last error; an unexpected exception is
     logged and recorded, never raised (one connection's crash does not stop
-    the next one's drain)."""
+    the next one's drain).
+
+    The configuration's tokens are read once for the run (``configcache``:
+    the payloads' mappings, lifecycle values and owners, the hooks of the
+    CRM ids written back)."""
+    with configcache.snapshot():
+        return _drain(connection, connector, max_items, progress, batch, refresh_allowance)
+
+
+def _drain(connection: Connection, connector: Connector | None, max_items: int | None, progress,
+           batch: int | None, refresh_allowance: bool) -> SyncRun:
     conf = settings.MARTECH_CRM
     if connection.stopped_reason or not connection.is_active:
         return SyncRun.objects.create(connection=connection, kind=SyncRun.Kind.PUSH, object="",
@@ -188,6 +210,12 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
             if not items:
                 break
             done += len(items)
+            # Fewer than asked: nothing else was due. Claim again only when
+            # this batch queued records it waits for (``_push_wait``): they
+            # are pushed in this run, as they were before; a record queued by
+            # a write meanwhile wakes a drain of its own (outbox._wake).
+            more = len(items) >= limit
+            run.queued_waits = False
             groups: dict[str, list[OutboxItem]] = {}
             for item in items:
                 groups.setdefault(item.object, []).append(item)
@@ -202,7 +230,7 @@ def outbox_drain(*, connection: Connection, connector: Connector | None = None, 
             unsent = []
             if progress is not None:
                 progress.update(len(items))
-            if slow:
+            if slow or not (more or run.queued_waits):
                 break
     except RateLimited as exc:
         until = _pause_for(connection, exc)
@@ -319,6 +347,7 @@ def _push_wait(connection: Connection, item: OutboxItem, waiting: list[tuple[str
     names = ", ".join(f"{other} #{local_id}" for other, local_id in sorted(waiting))
     _fail([item], f"waiting for {names} to be pushed first")
     run.skipped += 1
+    run.queued_waits = True  # the drain claims again: they go in this run
 
 
 def _push_prepare(connection: Connection, connector: Connector, builder: PayloadBuilder, batch: _PushBatch,
