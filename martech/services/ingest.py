@@ -22,7 +22,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
@@ -351,7 +351,7 @@ class _Catalog:
 # --- Touches ------------------------------------------------------------------
 
 
-def lead_touch_update(*, touches: dict[int, list[Touch]]) -> int:
+def lead_touch_update(*, touches: dict[int, list[Touch]], locked: Mapping[int, Lead] | None = None) -> int:
     """Fold touches into the leads' first/latest touch fields: first touch
     only when the lead has none or an earlier one arrives (then
     ``original_source`` is its channel), latest touch only when later.
@@ -359,13 +359,18 @@ def lead_touch_update(*, touches: dict[int, list[Touch]]) -> int:
     The leads are read with FOR UPDATE in id order (one query) and written
     with one bulk UPDATE, so concurrent batches cannot both win "first" and
     never lock the same leads in opposite orders. Returns the leads changed.
-    Call inside a transaction.
+    Call inside a transaction. ``locked``: the caller's transaction already
+    holds these leads' row locks and their touch fields as stored (a form's
+    lead, just upserted): they are not read again.
     """
     if not touches:
         return 0
     changed: list[Lead] = []
     now = timezone.now()
-    leads = Lead.objects.select_for_update().filter(pk__in=touches).order_by("pk").only("pk", *TOUCH_FIELDS)
+    if locked is not None and all(pk in locked for pk in touches):
+        leads = [locked[pk] for pk in sorted(touches)]
+    else:
+        leads = Lead.objects.select_for_update().filter(pk__in=touches).order_by("pk").only("pk", *TOUCH_FIELDS)
     for lead in leads:
         lead_touches = touches[lead.pk]
         first = min(lead_touches, key=lambda t: t.at)
