@@ -104,7 +104,10 @@ def form_submit(
             lead_data[lead_field] = value
 
     client_event_id = _client_event_id(form, data)
-    seen = Event.objects.filter(client_event_id=client_event_id).values_list("id", "lead_id").first()
+    seen = None
+    if not _blank(data.get(SUBMISSION_ID_FIELD)):
+        # Without a submission id the event's id is new (random): nothing to look up.
+        seen = Event.objects.filter(client_event_id=client_event_id).values_list("id", "lead_id").first()
     if seen:
         return FormSubmission(lead_id=seen[1], created=False, event_id=seen[0], duplicate=True)
 
@@ -228,8 +231,11 @@ def _store(
     page_url: str,
 ) -> FormSubmission:
     not_applied: dict[str, Any] = {}
+    # No savepoints inside: _store is the transaction, form_submit answers
+    # every error it raises after the whole of it rolled back.
     lead, created = lead_upsert(
-        data=lead_data, source=source, public=True, policy=form.write_policy(), unapplied=not_applied
+        data=lead_data, source=source, public=True, policy=form.write_policy(), unapplied=not_applied,
+        savepoint=False,
     )
     capture.note_lead(lead.pk, created=created)
 
@@ -245,7 +251,8 @@ def _store(
             # Not consent yet: a request and a confirmation email; the click grants it.
             consent_confirmation_request(lead=lead, channel=form.consent_channel, form=form, evidence=evidence)
         else:
-            consent_record(lead=lead, channel=form.consent_channel, granted=True, source=source, evidence=evidence)
+            consent_record(lead=lead, channel=form.consent_channel, granted=True, source=source, evidence=evidence,
+                           lead_locked=True, savepoint=False)
 
     anonymous_id = str(data.get(ANONYMOUS_ID_FIELD) or "").strip()[:255]
     if anonymous_id:
@@ -286,6 +293,9 @@ def _store(
         campaign=utm.campaigns.get((normalized["source"], normalized["medium"], normalized["campaign"])),
     )
     if event_type.is_touchpoint or raw:
-        lead_touch_update(touches={lead.pk: [Touch(now, normalized, channel)]})
+        # The lead is locked and as stored (lead_upsert read or inserted it),
+        # unless the anonymous id's history just moved its touches.
+        lead_touch_update(touches={lead.pk: [Touch(now, normalized, channel)]},
+                          locked=None if anonymous_id else {lead.pk: lead})
     capture.note_event(event.pk)  # on commit: the capture task, which announces the event
     return FormSubmission(lead_id=lead.pk, created=created, event_id=event.pk)
