@@ -21,6 +21,7 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from martech import configcache
 from martech.models import (
     VISITOR_REFUSED_FIELDS, ConsentChannel, Event, EventType, Form, FormFieldType, Identity, consent_text_version,
 )
@@ -53,6 +54,21 @@ class FormSubmission:
     duplicate: bool = False
     # The person was erased (privacy): answered like a success, nothing kept.
     suppressed: bool = False
+
+
+# The active forms by key, per process (martech.configcache; bumped when a
+# form or an event type is saved or deleted): the capture endpoint reads its
+# form on every post, inside the request's configuration snapshot.
+FORMS_KEY = "martech.forms"
+
+
+def _load_active_forms() -> dict[str, Form]:
+    return {form.key: form for form in Form.objects.filter(is_active=True).select_related("event_type")}
+
+
+def active_form(key: str) -> Form | None:
+    """The active form with this key, or None (shared by the process: read-only)."""
+    return configcache.cached(FORMS_KEY, _load_active_forms).get(key)
 
 
 def _truthy(value: Any) -> bool:

@@ -183,11 +183,27 @@ def account_for_domain(email: str | None) -> Account | None:
     return Account.objects.filter(domain=domain).first()
 
 
+# The lifecycle stages by key, per process (martech.configcache; bumped when a
+# stage is saved or deleted): every new lead reads its first stage, a form's
+# inside the capture's snapshot at no query.
+STAGES_KEY = "martech.stages"
+
+
+def _load_stages() -> dict[str, LifecycleStage]:
+    return {stage.key: stage for stage in LifecycleStage.objects.all()}
+
+
 def stage_by_key(key: str) -> LifecycleStage:
-    try:
-        return LifecycleStage.objects.get(key=key)
-    except LifecycleStage.DoesNotExist:
-        raise ValidationError({"lifecycle_stage": f"Unknown lifecycle stage {key!r}."}) from None
+    """The lifecycle stage with this key (shared by the process: read-only)."""
+    stage = configcache.cached(STAGES_KEY, _load_stages).get(key)
+    if stage is None:
+        raise ValidationError({"lifecycle_stage": f"Unknown lifecycle stage {key!r}."})
+    return stage
+
+
+def default_stage() -> LifecycleStage | None:
+    """A new lead's stage when none is given (MARTECH["DEFAULT_LIFECYCLE_STAGE"])."""
+    return configcache.cached(STAGES_KEY, _load_stages).get(settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"])
 
 
 def lead_upsert(
@@ -279,8 +295,7 @@ def _lead_upsert(
             lead.company_name = lead.account.name
         # Inserted with its first stage (the one given, else the default):
         # the row is written once, its transition below.
-        lead.lifecycle_stage = stage or LifecycleStage.objects.filter(
-            key=settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"]).first()
+        lead.lifecycle_stage = stage or default_stage()
         try:
             # The savepoint lets the transaction go on after losing a race.
             with transaction.atomic():
