@@ -246,12 +246,22 @@ def _store(
     user_agent: str,
     page_url: str,
 ) -> FormSubmission:
+    utm = UtmResolver()
+    raw = {f: str(data[f"utm_{f}"]) for f in UTM_FIELDS if not _blank(data.get(f"utm_{f}"))}
+    normalized = utm.normalize(raw)
+    utm.load_campaigns([normalized] if raw else [])
+    channel = utm.channel(normalized)
+    event_type = form.event_type or EventType.objects.get(name="form_submitted")
+    now = timezone.now()
+    touch = Touch(now, normalized, channel) if event_type.is_touchpoint or raw else None
+
     not_applied: dict[str, Any] = {}
     # No savepoints inside: _store is the transaction, form_submit answers
-    # every error it raises after the whole of it rolled back.
+    # every error it raises after the whole of it rolled back. A new lead is
+    # inserted with the submission as its first touch.
     lead, created = lead_upsert(
         data=lead_data, source=source, public=True, policy=form.write_policy(), unapplied=not_applied,
-        savepoint=False,
+        savepoint=False, touch=touch,
     )
     capture.note_lead(lead.pk, created=created)
 
@@ -274,13 +284,6 @@ def _store(
     if anonymous_id:
         identity_link(lead=lead, kind=Identity.Kind.ANONYMOUS, value=anonymous_id)
 
-    utm = UtmResolver()
-    raw = {f: str(data[f"utm_{f}"]) for f in UTM_FIELDS if not _blank(data.get(f"utm_{f}"))}
-    normalized = utm.normalize(raw)
-    utm.load_campaigns([normalized] if raw else [])
-    channel = utm.channel(normalized)
-    event_type = form.event_type or EventType.objects.get(name="form_submitted")
-    now = timezone.now()
     properties = {"form": form.key, "form_name": form.name}
     if page_url:
         properties["page_url"] = page_url
@@ -308,10 +311,9 @@ def _store(
         channel=channel,
         campaign=utm.campaigns.get((normalized["source"], normalized["medium"], normalized["campaign"])),
     )
-    if event_type.is_touchpoint or raw:
-        # The lead is locked and as stored (lead_upsert read or inserted it),
-        # unless the anonymous id's history just moved its touches.
-        lead_touch_update(touches={lead.pk: [Touch(now, normalized, channel)]},
-                          locked=None if anonymous_id else {lead.pk: lead})
+    if touch is not None and not created:
+        # The lead is locked and as stored (lead_upsert read it), unless the
+        # anonymous id's history just moved its touches.
+        lead_touch_update(touches={lead.pk: [touch]}, locked=None if anonymous_id else {lead.pk: lead})
     capture.note_event(event.pk)  # on commit: the capture task, which announces the event
     return FormSubmission(lead_id=lead.pk, created=created, event_id=event.pk)

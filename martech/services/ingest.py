@@ -372,28 +372,34 @@ def lead_touch_update(*, touches: dict[int, list[Touch]], locked: Mapping[int, L
     else:
         leads = Lead.objects.select_for_update().filter(pk__in=touches).order_by("pk").only("pk", *TOUCH_FIELDS)
     for lead in leads:
-        lead_touches = touches[lead.pk]
-        first = min(lead_touches, key=lambda t: t.at)
-        last = max(lead_touches, key=lambda t: t.at)
-        dirty = False
-        if lead.first_touch_at is None or first.at < lead.first_touch_at:
-            lead.first_touch_at = first.at
-            for f in UTM_FIELDS:
-                setattr(lead, f"first_utm_{f}", first.utm.get(f, ""))
-            lead.original_source = first.channel
-            dirty = True
-        if lead.latest_touch_at is None or last.at > lead.latest_touch_at:
-            lead.latest_touch_at = last.at
-            for f in UTM_FIELDS:
-                setattr(lead, f"latest_utm_{f}", last.utm.get(f, ""))
-            dirty = True
-        if dirty:
+        if touch_fold(lead, touches[lead.pk]):
             lead.updated_at = now
             changed.append(lead)
     if changed:
         _write_touch_fields(changed)
         hooks.leads_changed(ids=[lead.pk for lead in changed], fields=TOUCH_FIELDS, source="events")
     return len(changed)
+
+
+def touch_fold(lead: Lead, touches: list[Touch]) -> bool:
+    """Fold touches into ``lead``'s first/latest touch fields in memory (the
+    rules of ``lead_touch_update``); True when a field changed. A new lead's
+    first touch is folded in before its INSERT (``lead_upsert(touch=)``)."""
+    first = min(touches, key=lambda t: t.at)
+    last = max(touches, key=lambda t: t.at)
+    dirty = False
+    if lead.first_touch_at is None or first.at < lead.first_touch_at:
+        lead.first_touch_at = first.at
+        for f in UTM_FIELDS:
+            setattr(lead, f"first_utm_{f}", first.utm.get(f, ""))
+        lead.original_source = first.channel
+        dirty = True
+    if lead.latest_touch_at is None or last.at > lead.latest_touch_at:
+        lead.latest_touch_at = last.at
+        for f in UTM_FIELDS:
+            setattr(lead, f"latest_utm_{f}", last.utm.get(f, ""))
+        dirty = True
+    return dirty
 
 
 def _write_touch_fields(leads: list[Lead]) -> None:

@@ -217,6 +217,7 @@ def lead_upsert(
     policy: Mapping[str, str] | None = None,
     unapplied: dict[str, Any] | None = None,
     savepoint: bool = True,
+    touch=None,
 ) -> tuple[Lead, bool]:
     """Create or update the lead found by normalized email, else by CRM id.
 
@@ -242,10 +243,13 @@ def lead_upsert(
     ``savepoint=False``: the caller owns the transaction and rolls all of it
     back when this raises (a form's store), so no savepoint of its own
     guards it; called outside a transaction it opens one either way.
+    ``touch`` (an ``ingest.Touch``): a new lead is inserted with it as its
+    first and latest touch; an existing lead is left to the caller's
+    ``lead_touch_update``.
     """
     with transaction.atomic(savepoint=savepoint):
         return _lead_upsert(data=data, source=source, actor=actor, overwrite=overwrite, target=lead,
-                            public=public, policy=policy, unapplied=unapplied)
+                            public=public, policy=policy, unapplied=unapplied, touch=touch)
 
 
 def _lead_upsert(
@@ -258,6 +262,7 @@ def _lead_upsert(
     public: bool,
     policy: Mapping[str, str] | None,
     unapplied: dict[str, Any] | None,
+    touch,
 ) -> tuple[Lead, bool]:
     cleaned = clean_lead_data(data)
     if public:
@@ -296,6 +301,10 @@ def _lead_upsert(
         # Inserted with its first stage (the one given, else the default):
         # the row is written once, its transition below.
         lead.lifecycle_stage = stage or default_stage()
+        if touch is not None:
+            from martech.services.ingest import touch_fold
+
+            touch_fold(lead, [touch])
         try:
             # The savepoint lets the transaction go on after losing a race.
             with transaction.atomic():

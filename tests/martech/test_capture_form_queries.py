@@ -84,13 +84,12 @@ def test_a_new_lead_is_written_once_in_one_transaction_with_one_savepoint(form, 
         "SELECT martech_lead", *lock, "SELECT martech_account",
         # The only savepoint: the INSERT a concurrent submission of this email can win.
         "SAVEPOINT", "INSERT martech_lead", "RELEASE",
-        # The first stage is in the INSERT: its transition, no lock, no UPDATE, no savepoint.
+        # The first stage (and touch) are in the INSERT: its transition, no lock, no UPDATE, no savepoint.
         "INSERT martech_stagetransition",
         # Consent under the lock lead_upsert holds (no second lock, no savepoint).
         "INSERT martech_consentrecord",
+        # The submission's touch went into the lead's INSERT (no UPDATE).
         "INSERT martech_event",
-        # The touch, from the lead as inserted (not read again).
-        "UPDATE martech_lead",
         "INSERT martech_capturepending",
         CLOSE,
         *NURTURE_CONSENT,
@@ -102,7 +101,9 @@ def test_a_new_lead_is_written_once_in_one_transaction_with_one_savepoint(form, 
         (None, "lead", "created", "form:contact")
     assert lead.lifecycle_stage.key == "lead"
     assert ConsentRecord.objects.get(lead=lead).status == "granted"
-    assert (lead.first_utm_source, lead.latest_utm_source, lead.first_touch_at is not None) == ("google", "google", True)
+    event = Event.objects.get(lead=lead)
+    assert (lead.first_utm_source, lead.latest_utm_source, lead.original_source) == ("google", "google", event.channel)
+    assert lead.first_touch_at == lead.latest_touch_at == event.occurred_at
 
 
 def test_a_known_lead_is_read_once_and_keeps_its_first_touch(form, django_capture_on_commit_callbacks):
