@@ -15,15 +15,19 @@ class MartechConfig(AppConfig):
 
         from martech import checks  # noqa: F401 (registers the deploy checks)
         from martech import configcache
-        from martech.models import ChannelRule, EventType, UtmAlias, Website
+        from martech.models import ChannelRule, EventType, Form, LifecycleStage, UtmAlias, Website
         from martech.services.campaigns import UTM_KEY
         from martech.services.ingest import CATALOG_KEY
+        from martech.services.forms import FORMS_KEY
+        from martech.services.leads import STAGES_KEY
         from martech.services.tracker import WEBSITES_KEY
 
         # Configuration read by every events batch and tracker request.
         configcache.watch(CATALOG_KEY, EventType)
         configcache.watch(UTM_KEY, UtmAlias, ChannelRule)
         configcache.watch(WEBSITES_KEY, Website)
+        configcache.watch(STAGES_KEY, LifecycleStage)
+        configcache.watch(FORMS_KEY, Form, EventType)
 
         # Every app's post_migrate, not only ours: permissions of apps listed
         # after martech are created in their own post_migrate.

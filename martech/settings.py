@@ -153,7 +153,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Cache and task queue ---------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # Django's Redis cache, reusing one client per pool (martech/rediscache.py).
+    CACHES = {"default": {"BACKEND": "martech.rediscache.PooledRedisCache", "LOCATION": REDIS_URL}}
 else:
     # A file cache, not locmem: rate limits and django-q2's cluster heartbeat
     # must be seen by every process (runserver, qcluster) on the machine.

@@ -18,6 +18,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from martech import configcache
 from martech.api.errors import error_body
 from martech.api.parsers import JSONParser
 from martech.api.retry import ConflictRetryMixin
@@ -25,7 +26,7 @@ from martech.api.throttling import ClientRateThrottle, FormCaptureThrottle
 from martech.cors import cors_headers, origin_allowed, preflight
 from martech.hosted import form_done, form_page_response
 from martech.models import ApiClient, Event, Form
-from martech.services.forms import PAGE_URL_FIELD, form_submit
+from martech.services.forms import PAGE_URL_FIELD, active_form, form_submit
 from martech.services.ingest import REJECTED, events_ingest
 
 log = logging.getLogger(__name__)
@@ -156,10 +157,16 @@ class FormCaptureView(ConflictRetryMixin, APIView):
     throttle_classes = [FormCaptureThrottle]
     form: Form | None = None
 
+    def dispatch(self, request, *args, **kwargs):
+        # One read of the configuration's tokens for the whole request (the
+        # form, then the store's UTM rules, stages, CRM mappings...).
+        with configcache.snapshot():
+            return super().dispatch(request, *args, **kwargs)
+
     def initial(self, request, *args, **kwargs):
         # Loaded before the throttle runs, so a 429 still carries the CORS
         # headers a listed site needs to read it.
-        self.form = Form.objects.filter(key=kwargs["form_key"], is_active=True).select_related("event_type").first()
+        self.form = active_form(kwargs["form_key"])
         super().initial(request, *args, **kwargs)
 
     def get_throttles(self):

@@ -21,6 +21,7 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from martech import configcache
 from martech.models import (
     VISITOR_REFUSED_FIELDS, ConsentChannel, Event, EventType, Form, FormFieldType, Identity, consent_text_version,
 )
@@ -53,6 +54,21 @@ class FormSubmission:
     duplicate: bool = False
     # The person was erased (privacy): answered like a success, nothing kept.
     suppressed: bool = False
+
+
+# The active forms by key, per process (martech.configcache; bumped when a
+# form or an event type is saved or deleted): the capture endpoint reads its
+# form on every post, inside the request's configuration snapshot.
+FORMS_KEY = "martech.forms"
+
+
+def _load_active_forms() -> dict[str, Form]:
+    return {form.key: form for form in Form.objects.filter(is_active=True).select_related("event_type")}
+
+
+def active_form(key: str) -> Form | None:
+    """The active form with this key, or None (shared by the process: read-only)."""
+    return configcache.cached(FORMS_KEY, _load_active_forms).get(key)
 
 
 def _truthy(value: Any) -> bool:
@@ -104,7 +120,10 @@ def form_submit(
             lead_data[lead_field] = value
 
     client_event_id = _client_event_id(form, data)
-    seen = Event.objects.filter(client_event_id=client_event_id).values_list("id", "lead_id").first()
+    seen = None
+    if not _blank(data.get(SUBMISSION_ID_FIELD)):
+        # Without a submission id the event's id is new (random): nothing to look up.
+        seen = Event.objects.filter(client_event_id=client_event_id).values_list("id", "lead_id").first()
     if seen:
         return FormSubmission(lead_id=seen[1], created=False, event_id=seen[0], duplicate=True)
 
@@ -227,9 +246,22 @@ def _store(
     user_agent: str,
     page_url: str,
 ) -> FormSubmission:
+    utm = UtmResolver()
+    raw = {f: str(data[f"utm_{f}"]) for f in UTM_FIELDS if not _blank(data.get(f"utm_{f}"))}
+    normalized = utm.normalize(raw)
+    utm.load_campaigns([normalized] if raw else [])
+    channel = utm.channel(normalized)
+    event_type = form.event_type or EventType.objects.get(name="form_submitted")
+    now = timezone.now()
+    touch = Touch(now, normalized, channel) if event_type.is_touchpoint or raw else None
+
     not_applied: dict[str, Any] = {}
+    # No savepoints inside: _store is the transaction, form_submit answers
+    # every error it raises after the whole of it rolled back. A new lead is
+    # inserted with the submission as its first touch.
     lead, created = lead_upsert(
-        data=lead_data, source=source, public=True, policy=form.write_policy(), unapplied=not_applied
+        data=lead_data, source=source, public=True, policy=form.write_policy(), unapplied=not_applied,
+        savepoint=False, touch=touch,
     )
     capture.note_lead(lead.pk, created=created)
 
@@ -245,19 +277,13 @@ def _store(
             # Not consent yet: a request and a confirmation email; the click grants it.
             consent_confirmation_request(lead=lead, channel=form.consent_channel, form=form, evidence=evidence)
         else:
-            consent_record(lead=lead, channel=form.consent_channel, granted=True, source=source, evidence=evidence)
+            consent_record(lead=lead, channel=form.consent_channel, granted=True, source=source, evidence=evidence,
+                           lead_locked=True, savepoint=False)
 
     anonymous_id = str(data.get(ANONYMOUS_ID_FIELD) or "").strip()[:255]
     if anonymous_id:
         identity_link(lead=lead, kind=Identity.Kind.ANONYMOUS, value=anonymous_id)
 
-    utm = UtmResolver()
-    raw = {f: str(data[f"utm_{f}"]) for f in UTM_FIELDS if not _blank(data.get(f"utm_{f}"))}
-    normalized = utm.normalize(raw)
-    utm.load_campaigns([normalized] if raw else [])
-    channel = utm.channel(normalized)
-    event_type = form.event_type or EventType.objects.get(name="form_submitted")
-    now = timezone.now()
     properties = {"form": form.key, "form_name": form.name}
     if page_url:
         properties["page_url"] = page_url
@@ -285,7 +311,9 @@ def _store(
         channel=channel,
         campaign=utm.campaigns.get((normalized["source"], normalized["medium"], normalized["campaign"])),
     )
-    if event_type.is_touchpoint or raw:
-        lead_touch_update(touches={lead.pk: [Touch(now, normalized, channel)]})
+    if touch is not None and not created:
+        # The lead is locked and as stored (lead_upsert read it), unless the
+        # anonymous id's history just moved its touches.
+        lead_touch_update(touches={lead.pk: [touch]}, locked=None if anonymous_id else {lead.pk: lead})
     capture.note_event(event.pk)  # on commit: the capture task, which announces the event
     return FormSubmission(lead_id=lead.pk, created=created, event_id=event.pk)

@@ -22,7 +22,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
@@ -351,7 +351,7 @@ class _Catalog:
 # --- Touches ------------------------------------------------------------------
 
 
-def lead_touch_update(*, touches: dict[int, list[Touch]]) -> int:
+def lead_touch_update(*, touches: dict[int, list[Touch]], locked: Mapping[int, Lead] | None = None) -> int:
     """Fold touches into the leads' first/latest touch fields: first touch
     only when the lead has none or an earlier one arrives (then
     ``original_source`` is its channel), latest touch only when later.
@@ -359,36 +359,47 @@ def lead_touch_update(*, touches: dict[int, list[Touch]]) -> int:
     The leads are read with FOR UPDATE in id order (one query) and written
     with one bulk UPDATE, so concurrent batches cannot both win "first" and
     never lock the same leads in opposite orders. Returns the leads changed.
-    Call inside a transaction.
+    Call inside a transaction. ``locked``: the caller's transaction already
+    holds these leads' row locks and their touch fields as stored (a form's
+    lead, just upserted): they are not read again.
     """
     if not touches:
         return 0
     changed: list[Lead] = []
     now = timezone.now()
-    leads = Lead.objects.select_for_update().filter(pk__in=touches).order_by("pk").only("pk", *TOUCH_FIELDS)
+    if locked is not None and all(pk in locked for pk in touches):
+        leads = [locked[pk] for pk in sorted(touches)]
+    else:
+        leads = Lead.objects.select_for_update().filter(pk__in=touches).order_by("pk").only("pk", *TOUCH_FIELDS)
     for lead in leads:
-        lead_touches = touches[lead.pk]
-        first = min(lead_touches, key=lambda t: t.at)
-        last = max(lead_touches, key=lambda t: t.at)
-        dirty = False
-        if lead.first_touch_at is None or first.at < lead.first_touch_at:
-            lead.first_touch_at = first.at
-            for f in UTM_FIELDS:
-                setattr(lead, f"first_utm_{f}", first.utm.get(f, ""))
-            lead.original_source = first.channel
-            dirty = True
-        if lead.latest_touch_at is None or last.at > lead.latest_touch_at:
-            lead.latest_touch_at = last.at
-            for f in UTM_FIELDS:
-                setattr(lead, f"latest_utm_{f}", last.utm.get(f, ""))
-            dirty = True
-        if dirty:
+        if touch_fold(lead, touches[lead.pk]):
             lead.updated_at = now
             changed.append(lead)
     if changed:
         _write_touch_fields(changed)
         hooks.leads_changed(ids=[lead.pk for lead in changed], fields=TOUCH_FIELDS, source="events")
     return len(changed)
+
+
+def touch_fold(lead: Lead, touches: list[Touch]) -> bool:
+    """Fold touches into ``lead``'s first/latest touch fields in memory (the
+    rules of ``lead_touch_update``); True when a field changed. A new lead's
+    first touch is folded in before its INSERT (``lead_upsert(touch=)``)."""
+    first = min(touches, key=lambda t: t.at)
+    last = max(touches, key=lambda t: t.at)
+    dirty = False
+    if lead.first_touch_at is None or first.at < lead.first_touch_at:
+        lead.first_touch_at = first.at
+        for f in UTM_FIELDS:
+            setattr(lead, f"first_utm_{f}", first.utm.get(f, ""))
+        lead.original_source = first.channel
+        dirty = True
+    if lead.latest_touch_at is None or last.at > lead.latest_touch_at:
+        lead.latest_touch_at = last.at
+        for f in UTM_FIELDS:
+            setattr(lead, f"latest_utm_{f}", last.utm.get(f, ""))
+        dirty = True
+    return dirty
 
 
 def _write_touch_fields(leads: list[Lead]) -> None:

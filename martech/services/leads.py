@@ -183,14 +183,29 @@ def account_for_domain(email: str | None) -> Account | None:
     return Account.objects.filter(domain=domain).first()
 
 
+# The lifecycle stages by key, per process (martech.configcache; bumped when a
+# stage is saved or deleted): every new lead reads its first stage, a form's
+# inside the capture's snapshot at no query.
+STAGES_KEY = "martech.stages"
+
+
+def _load_stages() -> dict[str, LifecycleStage]:
+    return {stage.key: stage for stage in LifecycleStage.objects.all()}
+
+
 def stage_by_key(key: str) -> LifecycleStage:
-    try:
-        return LifecycleStage.objects.get(key=key)
-    except LifecycleStage.DoesNotExist:
-        raise ValidationError({"lifecycle_stage": f"Unknown lifecycle stage {key!r}."}) from None
+    """The lifecycle stage with this key (shared by the process: read-only)."""
+    stage = configcache.cached(STAGES_KEY, _load_stages).get(key)
+    if stage is None:
+        raise ValidationError({"lifecycle_stage": f"Unknown lifecycle stage {key!r}."})
+    return stage
 
 
-@transaction.atomic
+def default_stage() -> LifecycleStage | None:
+    """A new lead's stage when none is given (MARTECH["DEFAULT_LIFECYCLE_STAGE"])."""
+    return configcache.cached(STAGES_KEY, _load_stages).get(settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"])
+
+
 def lead_upsert(
     *,
     data: dict[str, Any],
@@ -201,6 +216,8 @@ def lead_upsert(
     public: bool = False,
     policy: Mapping[str, str] | None = None,
     unapplied: dict[str, Any] | None = None,
+    savepoint: bool = True,
+    touch=None,
 ) -> tuple[Lead, bool]:
     """Create or update the lead found by normalized email, else by CRM id.
 
@@ -220,8 +237,33 @@ def lead_upsert(
     existing lead applies ``public_changes`` (by default a field is only filled
     when empty, the stage only moves forward). What was submitted but not
     applied is put into ``unapplied`` when the caller passes a dict.
+
+    A new lead is inserted with its stage and its "created" StageTransition
+    written beside it (one row write, no second UPDATE for the stage).
+    ``savepoint=False``: the caller owns the transaction and rolls all of it
+    back when this raises (a form's store), so no savepoint of its own
+    guards it; called outside a transaction it opens one either way.
+    ``touch`` (an ``ingest.Touch``): a new lead is inserted with it as its
+    first and latest touch; an existing lead is left to the caller's
+    ``lead_touch_update``.
     """
-    target = lead
+    with transaction.atomic(savepoint=savepoint):
+        return _lead_upsert(data=data, source=source, actor=actor, overwrite=overwrite, target=lead,
+                            public=public, policy=policy, unapplied=unapplied, touch=touch)
+
+
+def _lead_upsert(
+    *,
+    data: dict[str, Any],
+    source: str,
+    actor,
+    overwrite: bool,
+    target: Lead | None,
+    public: bool,
+    policy: Mapping[str, str] | None,
+    unapplied: dict[str, Any] | None,
+    touch,
+) -> tuple[Lead, bool]:
     cleaned = clean_lead_data(data)
     if public:
         if overwrite:
@@ -256,6 +298,13 @@ def lead_upsert(
         lead.account = account_for_domain(lead.email)
         if lead.account and not lead.company_name:
             lead.company_name = lead.account.name
+        # Inserted with its first stage (the one given, else the default):
+        # the row is written once, its transition below.
+        lead.lifecycle_stage = stage or default_stage()
+        if touch is not None:
+            from martech.services.ingest import touch_fold
+
+            touch_fold(lead, [touch])
         try:
             # The savepoint lets the transaction go on after losing a race.
             with transaction.atomic():
@@ -295,10 +344,22 @@ def lead_upsert(
             ids=[lead.pk], fields=[f.name for f in Lead._meta.concrete_fields], created=True, source=source
         )
 
-    if stage is None and created:
-        stage = LifecycleStage.objects.filter(key=settings.MARTECH["DEFAULT_LIFECYCLE_STAGE"]).first()
-    if stage is not None and stage.pk != lead.lifecycle_stage_id:
-        lead_change_stage(lead=lead, to_stage=stage, reason="created" if created else "set on upsert", actor=actor, source=source)
+    if created and lead.lifecycle_stage_id is not None:
+        # lead_change_stage's record and announcement, without its row lock
+        # and UPDATE: nobody else sees the row before this commits, and the
+        # "created" hook above already queued every field (the stage too).
+        transition = StageTransition.objects.create(
+            lead=lead,
+            from_stage_id=None,
+            to_stage=lead.lifecycle_stage,
+            changed_at=lead.created_at,
+            reason="created",
+            actor=actor if getattr(actor, "is_authenticated", False) else None,
+            source=source[:100],
+        )
+        _stage_changed_announce(lead, transition)
+    elif stage is not None and stage.pk != lead.lifecycle_stage_id:
+        lead_change_stage(lead=lead, to_stage=stage, reason="set on upsert", actor=actor, source=source)
     if created and capture.deferring():
         capture.note_lead(lead.pk, created=True)  # announced by the form's capture task
     elif created:
@@ -661,13 +722,19 @@ def stage_change_locked(
     Lead.objects.filter(pk=lead.pk).update(lifecycle_stage=to_stage, updated_at=timezone.now())
     lead.lifecycle_stage = to_stage
     hooks.leads_changed(ids=[lead.pk], fields=["lifecycle_stage"], source=source)
+    _stage_changed_announce(lead, transition)
+    return transition
+
+
+def _stage_changed_announce(lead: Lead, transition: StageTransition) -> None:
+    """``lead_stage_changed`` after the commit, or by the capture's task
+    while a capture is stored."""
     if capture.deferring():
         capture.note_transition(transition.pk)  # announced by the form's capture task
     else:
         transaction.on_commit(
             lambda: signals.lead_stage_changed.send(sender=Lead, lead=lead, transition=transition)
         )
-    return transition
 
 
 @transaction.atomic
@@ -689,7 +756,6 @@ def lead_set_owner(*, lead: Lead, owner, reason: str, source: str, actor=None) -
     return True
 
 
-@transaction.atomic
 def consent_record(
     *,
     lead: Lead,
@@ -700,30 +766,39 @@ def consent_record(
     actor=None,
     at: datetime | None = None,
     topic=None,
+    lead_locked: bool = False,
+    savepoint: bool = True,
 ) -> ConsentRecord:
     """Append a consent record. The latest record per channel (without a
     topic) is the lead's current consent (selectors.lead_consent_state); with
     ``topic`` (a SubscriptionType of that channel) it is the lead's choice on
-    that topic."""
+    that topic.
+
+    ``lead_locked``: the caller's transaction already holds the lead's row
+    lock (``lead_upsert`` took it, or inserted the row), so it is not taken
+    again. ``savepoint=False``: the caller rolls its whole transaction back
+    when this raises (``lead_upsert``'s ``savepoint``)."""
     if channel not in ConsentChannel.values:
         raise ValidationError({"channel": [f"Unknown consent channel {channel!r}."]})
     if topic is not None and topic.channel != channel:
         raise ValidationError({"topic": [f"The topic {topic.name!r} is on the {topic.get_channel_display()} "
                                          f"channel, not {channel}."]})
-    # The lead's row lock (lead first): nurture checks consent and sends
-    # under this lock, so a withdrawal either lands before that check (and
-    # is seen) or waits until the send has committed, never in between.
-    Lead.objects.select_for_update().filter(pk=lead.pk).values_list("pk").first()
-    record = ConsentRecord.objects.create(
-        lead=lead,
-        channel=channel,
-        topic=topic,
-        status=ConsentRecord.Status.GRANTED if granted else ConsentRecord.Status.WITHDRAWN,
-        source=source[:100],
-        evidence=evidence or {},
-        recorded_at=at or timezone.now(),
-        actor=actor if getattr(actor, "is_authenticated", False) else None,
-    )
+    with transaction.atomic(savepoint=savepoint):
+        if not lead_locked:
+            # The lead's row lock (lead first): nurture checks consent and sends
+            # under this lock, so a withdrawal either lands before that check (and
+            # is seen) or waits until the send has committed, never in between.
+            Lead.objects.select_for_update().filter(pk=lead.pk).values_list("pk").first()
+        record = ConsentRecord.objects.create(
+            lead=lead,
+            channel=channel,
+            topic=topic,
+            status=ConsentRecord.Status.GRANTED if granted else ConsentRecord.Status.WITHDRAWN,
+            source=source[:100],
+            evidence=evidence or {},
+            recorded_at=at or timezone.now(),
+            actor=actor if getattr(actor, "is_authenticated", False) else None,
+        )
     transaction.on_commit(lambda: signals.consent_changed.send(sender=ConsentRecord, record=record))
     return record
 

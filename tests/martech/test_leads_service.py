@@ -1,6 +1,6 @@
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError
+from django.db import IntegrityError, connection
 
 from martech.models import Event, Identity, Lead, StageTransition
 from martech.selectors import lead_consent_state
@@ -134,3 +134,34 @@ def test_merge_moves_rows_of_later_apps_and_drops_their_duplicates():
     lead_merge(primary=primary, duplicate=dup)
     roles = set(OpportunityContactRole.objects.values_list("opportunity__name", "lead", "role"))
     assert roles == {("Shared", primary.pk, "buyer"), ("Dup's", primary.pk, "champion")}
+
+
+def test_a_new_lead_is_written_once_and_announced_as_a_stage_move_then_a_creation(
+        monkeypatch, django_capture_on_commit_callbacks, django_assert_num_queries):
+    from martech import hooks, signals
+
+    heard, changed = [], []
+    monkeypatch.setattr(hooks, "leads_changed", lambda **kw: changed.append(kw))
+    stage_rx = lambda sender, lead, transition, **kw: heard.append(("stage", lead.pk, transition.reason))  # noqa: E731
+    created_rx = lambda sender, lead, **kw: heard.append(("created", lead.pk))  # noqa: E731
+    signals.lead_stage_changed.connect(stage_rx)
+    signals.lead_created.connect(created_rx)
+    try:
+        lead_upsert(data={"email": "warm@x.com"}, source="t")  # the configuration caches' first reads
+        heard.clear()
+        changed.clear()
+        with django_capture_on_commit_callbacks(execute=True), \
+                django_assert_num_queries(12 if connection.vendor == "postgresql" else 11):
+            # Its savepoint, the look-up, (the advisory lock), the account, the
+            # insert in its savepoint (with the stage), the transition; outside
+            # a snapshot each cached configuration costs its token (tombstones
+            # twice, stages): no lock, no UPDATE, no savepoint for the stage.
+            lead, created = lead_upsert(data={"email": "new@x.com"}, source="t")
+    finally:
+        signals.lead_stage_changed.disconnect(stage_rx)
+        signals.lead_created.disconnect(created_rx)
+    assert created and heard == [("stage", lead.pk, "created"), ("created", lead.pk)]
+    assert [kw.get("created") for kw in changed] == [True]  # one hook call: every field, the stage too
+    (transition,) = StageTransition.objects.filter(lead=lead)
+    assert (transition.from_stage_id, transition.to_stage.key, transition.changed_at) == (None, "lead", lead.created_at)
+    assert Lead.objects.get(pk=lead.pk).lifecycle_stage.key == "lead"

@@ -114,7 +114,7 @@ def test_redis_url_switches_the_task_queue_and_cache_to_redis():
     assert s["q"]["redis"] == "redis://cache.internal:6379/2"
     assert s["q"]["broker_class"] == "martech.taskqueue.PooledRedisBroker"
     assert "orm" not in s["q"]
-    assert s["cache"] == "django.core.cache.backends.redis.RedisCache"
+    assert s["cache"] == "martech.rediscache.PooledRedisCache"
     assert s["q"]["retry"] > s["q"]["timeout"] and s["q"]["max_attempts"] > 0
 
 

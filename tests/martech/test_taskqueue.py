@@ -26,3 +26,14 @@ def test_another_url_gets_its_own_client(redis_conf, monkeypatch):
     first = PooledRedisBroker().connection
     monkeypatch.setattr(Conf, "REDIS", "redis://127.0.0.1:6399/4")
     assert PooledRedisBroker().connection is not first
+
+
+def test_the_redis_cache_reuses_one_client_per_pool():
+    # No server needed: clients connect on their first command.
+    from martech.rediscache import PooledRedisCache
+
+    cache = PooledRedisCache("redis://127.0.0.1:6399/3", {})
+    client = cache._cache.get_client("k", write=True)
+    assert cache._cache.get_client("other", write=True) is client
+    assert cache._cache.get_client("k") is client  # one server: reads share the pool
+    assert client.connection_pool is cache._cache._get_connection_pool(True)
