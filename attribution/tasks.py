@@ -23,9 +23,22 @@ def touchpoints_wake_on_commit() -> None:
 def touchpoints_woken() -> dict[str, int]:
     """Woken when events of leads were stored (attribution.receivers): the
     touchpoints of every lead noted pending, many captures' leads in one
-    run. The schedule runs it every minute too, the sweep of a lost wake-up."""
+    run. The schedule runs it every minute too, the sweep of a lost wake-up.
+
+    It first waits MARTECH_ATTRIBUTION["TOUCHPOINTS_GATHER_SECONDS"] with
+    the wake-up mark still set, so the captures committed meanwhile wake no
+    task of their own and their leads are read by this run: touchpoints are
+    not speed-to-lead work, and under load a run per capture cost more (its
+    django-q2 overhead and fixed queries) than the refresh itself."""
+    import time
+
+    from django.conf import settings
+
     from martech.taskqueue import woken
 
+    gather = settings.MARTECH_ATTRIBUTION["TOUCHPOINTS_GATHER_SECONDS"]
+    if gather:
+        time.sleep(gather)
     woken(TOUCHPOINTS_WAKE_KEY)  # before reading: a lead noted later wakes another run
     return touchpoints_pending_refresh()
 

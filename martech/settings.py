@@ -367,6 +367,11 @@ MARTECH_ATTRIBUTION = {
     # Repeated touches of one channel by one lead within this many minutes are one touch.
     "SESSION_MINUTES": env.int("MARTECH_ATTRIBUTION_SESSION_MINUTES", default=30),
     "HALF_LIFE_DAYS": env.float("MARTECH_ATTRIBUTION_HALF_LIFE_DAYS", default=7.0),
+    # A woken touchpoint refresh waits this many seconds before it reads the
+    # leads noted pending, so the captures of that while join its run (one
+    # bulk task a second at most under load, not one a capture); 0: at once.
+    # Under the wake-up mark's life (martech.taskqueue.WAKE_TTL, 30 s).
+    "TOUCHPOINTS_GATHER_SECONDS": env.float("MARTECH_ATTRIBUTION_TOUCHPOINTS_GATHER_SECONDS", default=1.0),
 }
 # Money: every report converts amounts into this ISO 4217 currency with the
 # dated exchange rates (attribution.money); deals and spend in it need no rate.
@@ -391,6 +396,8 @@ if "MARTECH_ATTRIBUTION_MARKOV_COLLAPSE_REPEATS" in env.ENVIRON:
     # Removed: collapsing repeats never changed a first-order chain's removal effects. Said at start rather
     # than ignored, so nobody believes a value of it still does something.
     raise ImproperlyConfigured("MARTECH_ATTRIBUTION_MARKOV_COLLAPSE_REPEATS was removed (it changed no result); unset it")
+if not 0 <= MARTECH_ATTRIBUTION["TOUCHPOINTS_GATHER_SECONDS"] < 30:
+    raise ImproperlyConfigured("MARTECH_ATTRIBUTION_TOUCHPOINTS_GATHER_SECONDS must be from 0 to under 30 (seconds)")
 if MARTECH_ATTRIBUTION["HALF_LIFE_DAYS"] <= 0:
     raise ImproperlyConfigured("MARTECH_ATTRIBUTION_HALF_LIFE_DAYS must be positive")
 

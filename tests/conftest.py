@@ -32,6 +32,13 @@ def _no_axes_lockout_state(settings):
     settings.AXES_ENABLED = False
 
 
+@pytest.fixture(autouse=True)
+def _touchpoints_refresh_at_once(settings):
+    # A woken touchpoint refresh reads at once in tests (its gather window is
+    # tested in tests/attribution/test_touchpoints_pending.py).
+    settings.MARTECH_ATTRIBUTION = {**settings.MARTECH_ATTRIBUTION, "TOUCHPOINTS_GATHER_SECONDS": 0}
+
+
 @pytest.fixture
 def superuser(db):
     return UserFactory(username="root", is_superuser=True)

@@ -121,3 +121,31 @@ def test_the_sweep_is_scheduled_on_the_bulk_cluster():
 
     sweep = next(p for p in SCHEDULES if p.func == "attribution.tasks.touchpoints_woken")
     assert sweep.minutes == 1 and sweep.bulk
+
+
+def test_a_woken_run_gathers_the_captures_of_its_window(queued, settings, monkeypatch,
+                                                         django_capture_on_commit_callbacks):
+    """The run waits its gather window with the wake-up mark still set: a
+    capture committed meanwhile wakes no task of its own, and its lead is
+    refreshed by this run."""
+    settings.MARTECH_ATTRIBUTION = {**settings.MARTECH_ATTRIBUTION, "TOUCHPOINTS_GATHER_SECONDS": 0.5}
+    first, second = LeadFactory(), LeadFactory()
+    events = [touch(first, "email", T0)]
+    with django_capture_on_commit_callbacks(execute=True):
+        announce(events)
+    assert len(queued) == 1
+    waits: list[float] = []
+
+    def meanwhile(seconds):  # a capture commits during the wait
+        waits.append(seconds)
+        events.append(touch(second, "paid_search", T0 + timedelta(minutes=5)))
+        with django_capture_on_commit_callbacks(execute=True):
+            announce(events[1:])
+
+    monkeypatch.setattr("time.sleep", meanwhile)
+    result = tasks.touchpoints_woken()
+    assert waits == [0.5]
+    assert len(queued) == 1  # the second capture woke nothing: this run was gathering
+    assert result["leads"] == 2
+    assert set(Touchpoint.objects.values_list("event_id", flat=True)) == {e.pk for e in events}
+    assert not TouchpointPending.objects.exists()
