@@ -536,12 +536,16 @@ def run_rate(rate: float, seconds: float, drain: float, base: int, groups: dict[
         return out
 
     while time.time() < deadline:
-        if emptied is None and depth() == 0:
+        # One reading of the depth an iteration: the loop ended on a second
+        # reading of 0 that the first (a moment before) had not seen, and
+        # printed the queue as never empty.
+        waiting = depth()
+        if emptied is None and waiting == 0:
             emptied = time.time() - load_end
         lines = timelines()
         event_lines = event_timelines()
         if (len(lines) == n and all(len(v) == len(STAGES) for v in lines.values()) and len(event_lines) == n_events
-                and depth() == 0):
+                and waiting == 0):
             break
         time.sleep(1)
         connection.close()
