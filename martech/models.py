@@ -1017,7 +1017,8 @@ class CapturePending(models.Model):
     task lost: the process died before the enqueue, the broker was down or
     dropped the task) is enqueued again by the ``capture.sweep`` schedule,
     up to ``martech.services.capture.SWEEP_ATTEMPTS`` times; then it stays,
-    with ``next_attempt_at`` empty, for ops to see (martech.services.capture)."""
+    with ``next_attempt_at`` empty and its task's last error, for ops to see
+    and enqueue again from the admin (martech.services.capture)."""
 
     source = models.CharField(max_length=100)
     reason = models.CharField(max_length=20, default="form")
@@ -1030,6 +1031,8 @@ class CapturePending(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     # When the sweep takes it (MARTECH_CAPTURE_SWEEP_AFTER after the enqueue or the task's start); empty: given up.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # The last error its task raised ("" when none did: a task lost, not failed).
+    last_error = models.TextField(blank=True, default="")
 
     class Meta:
         verbose_name = "pending capture"

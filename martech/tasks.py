@@ -41,8 +41,13 @@ def capture_process(lead_ids: list[int], event_ids: list[int], created_ids: list
         return
     if isinstance(lead_ids, int):
         lead_ids, created_ids = [lead_ids], [lead_ids] if created_ids else []
-    capture.capture_process(lead_ids=lead_ids, event_ids=event_ids, created_ids=created_ids,
-                            transition_ids=transition_ids, source=source, reason=reason)
+    try:
+        capture.capture_process(lead_ids=lead_ids, event_ids=event_ids, created_ids=created_ids,
+                                transition_ids=transition_ids, source=source, reason=reason)
+    except Exception as exc:
+        if pending_id is not None:
+            capture.pending_failed(pending_id, exc)  # kept on the row for ops; the sweep runs it again
+        raise
     if pending_id is not None:
         capture.pending_done(pending_id)
 

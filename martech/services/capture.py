@@ -247,6 +247,37 @@ def pending_done(pending_id: int) -> None:
                        [pending_id])
 
 
+def pending_failed(pending_id: int, exc: BaseException) -> None:
+    """The capture's task raised: its error is kept on the row (the admin
+    shows it beside a capture given up). Never raised over the task's own
+    error: a failure to record it is logged."""
+    from martech.models import CapturePending
+
+    try:
+        CapturePending.objects.filter(pk=pending_id).update(last_error=f"{type(exc).__name__}: {exc}"[:2000])
+    except Exception:  # noqa: BLE001 - the task's own error is what is raised
+        log.warning("capture #%s: its task's error not recorded on the row", pending_id, exc_info=True)
+
+
+def pending_retry(pending_ids) -> int:
+    """Ops' "enqueue again now" (the admin): the captures' tasks enqueued
+    after this commits, their attempts counted from 0 again and their next
+    sweep a lease away (given-up rows included); returns how many. A row
+    done meanwhile is gone: its task finds nothing to do."""
+    from martech.db import run_in_transaction
+    from martech.models import CapturePending
+
+    def take() -> list[CapturePending]:
+        qs = CapturePending.objects.filter(pk__in=list(pending_ids)).order_by("pk")
+        rows = list(qs.select_for_update())
+        CapturePending.objects.filter(pk__in=[r.pk for r in rows]).update(
+            attempts=0, next_attempt_at=timezone.now() + _lease())
+        return rows
+
+    rows = run_in_transaction(take)
+    return sum(1 for row in rows if _enqueue(row.args(), row.pk))
+
+
 def pending_sweep(*, limit: int = SWEEP_BATCH) -> int:
     """Enqueue again the captures whose task has not finished a lease after
     its enqueue (or its start); returns how many. Each row is taken under a
@@ -279,8 +310,8 @@ def pending_sweep(*, limit: int = SWEEP_BATCH) -> int:
 
     due, dead = run_in_transaction(take)
     for row in dead:
-        log.error("capture #%s from %s (leads %s): its task did not finish after %s attempts; left for ops",
-                  row.pk, row.source, row.lead_ids[:10], row.attempts)
+        log.error("capture #%s from %s (leads %s): its task did not finish after %s attempts; left for ops "
+                  "(last error: %s)", row.pk, row.source, row.lead_ids[:10], row.attempts, row.last_error or "none")
     for n, row in enumerate(due):
         log.warning("capture #%s from %s: task not done after %s; enqueued again (attempt %s of %s)",
                     row.pk, row.source, row.created_at, row.attempts, SWEEP_ATTEMPTS)

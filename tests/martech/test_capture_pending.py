@@ -28,6 +28,7 @@ from tests.martech.test_capture_events import identify, make_client, post_batch,
 
 pytestmark = pytest.mark.django_db
 CAPTURE = "martech.tasks.capture_process"
+REAL_ENQUEUE = capture.task_enqueue
 
 
 @pytest.fixture
@@ -240,6 +241,63 @@ def test_the_admin_lists_pending_captures_read_only(admin_client, world, lost, d
     assert admin_client.get(f"/admin/martech/capturepending/{pending.pk}/change/").status_code == 200
     assert admin_client.post(f"/admin/martech/capturepending/{pending.pk}/delete/", {"post": "yes"}).status_code == 403
     assert CapturePending.objects.filter(pk=pending.pk).exists()
+
+
+def test_a_failing_task_keeps_its_error_on_the_row_and_raises(world, lost, monkeypatch,
+                                                             django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        post_form()
+    ((func, args, kwargs),) = lost
+    pending = CapturePending.objects.get()
+
+    def fail(**kw):
+        raise RuntimeError("scoring model 7 has no rules")
+
+    monkeypatch.setattr(capture, "capture_process", fail)
+    with pytest.raises(RuntimeError):
+        capture_process(*args, pending_id=kwargs["pending_id"])
+    pending.refresh_from_db()  # kept for the sweep, with the error for ops
+    assert pending.last_error == "RuntimeError: scoring model 7 has no rules"
+
+
+def test_ops_enqueue_a_given_up_capture_again_from_the_admin(admin_client, world, scoring_inline, lost, monkeypatch,
+                                                            django_capture_on_commit_callbacks):
+    hot_rep, journey = world
+    with django_capture_on_commit_callbacks(execute=True):
+        post_form()
+    pending = CapturePending.objects.get()
+    CapturePending.objects.filter(pk=pending.pk).update(
+        attempts=capture.SWEEP_ATTEMPTS, next_attempt_at=None, last_error="OperationalError: the database restarted")
+    res = admin_client.get("/admin/martech/capturepending/")
+    assert b"OperationalError: the database restarted" in res.content
+    assert b"Enqueue the selected captures again now" in res.content
+    # The task runs when enqueued now (the cause fixed).
+    monkeypatch.setattr(capture, "task_enqueue", REAL_ENQUEUE)
+    with django_capture_on_commit_callbacks(execute=True):
+        res = admin_client.post("/admin/martech/capturepending/", {
+            "action": "retry_now", "_selected_action": [pending.pk]}, follow=True)
+    assert b"1 of 1 capture(s) enqueued again" in res.content
+    assert not CapturePending.objects.exists()  # done, so deleted
+    assert_done_once(Lead.objects.get(email="vp@example.com"), hot_rep, journey)
+
+
+def test_the_retry_is_not_offered_without_the_change_permission(client, world, lost, django_capture_on_commit_callbacks):
+    from django.contrib.auth.models import Permission
+
+    from tests.factories import UserFactory
+
+    with django_capture_on_commit_callbacks(execute=True):
+        post_form()
+    user = UserFactory(username="viewer", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_capturepending"))
+    client.force_login(user)
+    res = client.get("/admin/martech/capturepending/")
+    assert res.status_code == 200 and b"Enqueue the selected captures again now" not in res.content
+    pending = CapturePending.objects.get()
+    CapturePending.objects.filter(pk=pending.pk).update(attempts=capture.SWEEP_ATTEMPTS, next_attempt_at=None)
+    client.post("/admin/martech/capturepending/", {"action": "retry_now", "_selected_action": [pending.pk]})
+    pending.refresh_from_db()
+    assert (pending.attempts, pending.next_attempt_at, len(lost)) == (capture.SWEEP_ATTEMPTS, None, 1)  # not again
 
 
 @pytest.mark.postgres_only
