@@ -49,7 +49,7 @@ from martech.scoring.models import (
     StaleFlag,
 )
 from martech.services import capture
-from martech.services.leads import lead_change_stage, lead_set_owner, stage_change_locked
+from martech.services.leads import lead_change_stage, lead_set_owner
 from martech.services.tasks import task_create
 
 log = logging.getLogger(__name__)
@@ -621,8 +621,9 @@ def lifecycle_apply(*, lead_ids: Iterable[int], event_type_ids: Iterable[int] = 
             with transaction.atomic():
                 # Decided again under the lead's lock: ``lead`` was read
                 # before it, and a concurrent task may have moved it on.
-                tr = stage_change_locked(lead=lead, to_stage=rule.to_stage, reason=f"rule: {rule.name}"[:255],
-                                         actor=actor, source="lifecycle_rule", forward_only=not rule.allow_backward)
+                tr = lead_change_stage(lead=lead, to_stage=rule.to_stage, reason=f"rule: {rule.name}"[:255],
+                                       actor=actor, source="lifecycle_rule", forward_only=not rule.allow_backward,
+                                       savepoint=False)
                 if tr is not None and capture.in_task():
                     _handoff_in_move(tr)
             if tr is not None:

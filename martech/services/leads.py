@@ -653,7 +653,6 @@ def _moves_forward(lead: Lead, stage: LifecycleStage) -> bool:
     return current is None or stage.order > current
 
 
-@transaction.atomic
 def lead_change_stage(
     *,
     lead: Lead,
@@ -663,6 +662,7 @@ def lead_change_stage(
     source: str = "",
     at: datetime | None = None,
     forward_only: bool = False,
+    savepoint: bool = True,
 ) -> StageTransition | None:
     """The one way a lead's lifecycle stage changes. Writes a StageTransition
     (from, to, when, reason, actor) in the same transaction and announces
@@ -671,25 +671,16 @@ def lead_change_stage(
     ``forward_only`` (lifecycle rules, opportunities): the move is decided
     against the stage read under the lead's row lock, so a caller that read
     the lead earlier (a rule evaluated on an older snapshot while another
-    task moved the lead on) never moves it back."""
-    return stage_change_locked(lead=lead, to_stage=to_stage, reason=reason, actor=actor, source=source, at=at,
-                               forward_only=forward_only)
+    task moved the lead on) never moves it back. ``savepoint=False``: the
+    caller owns the transaction (lifecycle rules, whose handoff joins the
+    move's transaction in the capture task), as ``lead_upsert``'s."""
+    with transaction.atomic(savepoint=savepoint):
+        return _stage_change(lead=lead, to_stage=to_stage, reason=reason, actor=actor, source=source, at=at,
+                             forward_only=forward_only)
 
 
-def stage_change_locked(
-    *,
-    lead: Lead,
-    to_stage: LifecycleStage | str,
-    reason: str,
-    actor=None,
-    source: str = "",
-    at: datetime | None = None,
-    forward_only: bool = False,
-) -> StageTransition | None:
-    """``lead_change_stage`` for a caller already in a transaction of its
-    own (no savepoint): lifecycle rules, whose handoff joins the move's
-    transaction in the capture task. Everything it writes is that
-    transaction's."""
+def _stage_change(*, lead: Lead, to_stage: LifecycleStage | str, reason: str, actor, source: str,
+                  at: datetime | None, forward_only: bool) -> StageTransition | None:
     if isinstance(to_stage, str):
         to_stage = stage_by_key(to_stage)
     if not reason:
