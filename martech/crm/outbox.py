@@ -23,9 +23,7 @@ connection, scored, owned and staged, instead of once per step (a drain
 woken by another lead took the row between two steps). A task that dies
 leaves its rows held, due a minute later: the once-a-minute drain (or any
 drain woken meanwhile) pushes them; the capture sweep's second run of the
-task releases them too. A capture queues a record once per transaction: a
-second change to it in the same transaction (a form's new lead and its
-stage) writes nothing more.
+task releases them too.
 """
 from __future__ import annotations
 
@@ -167,61 +165,6 @@ def _release(block: _Block) -> int:
     return n
 
 
-def _alive(marker) -> bool:
-    """Whether the on_commit callback ``marker`` (fn, claims, position) is
-    still where it was put: Django drops the callbacks of a rolled back
-    savepoint or transaction (and runs and drops them all at the commit),
-    so a marker still listed is a write still in the open transaction. A
-    callback dropped before it moves it: then it reads as gone (the row is
-    written again, which is always safe)."""
-    fn, _, pos = marker
-    pending = db.run_on_commit
-    return pos < len(pending) and pending[pos][1] is fn
-
-
-def _written_here(rows: list[Key], hold: bool) -> set[Key]:
-    """The rows queued earlier in this transaction, not to write again: the
-    upsert is still in it (not rolled back with a savepoint), and no drain
-    can have read the record since, the transaction being open (a drain in
-    this thread since, a test's in one transaction, may have: then the row
-    is written again). A capture's (held) writes only: any other write
-    bumps the version as it always did."""
-    mine = getattr(_local, "tx", None)
-    if not hold or not mine or not db.in_atomic_block:
-        return set()
-    claims = getattr(_local, "claims", 0)
-    return {r for r in rows if (seen := mine.get(r)) is not None and seen[1] == claims and _alive(seen)}
-
-
-def claimed() -> None:
-    """A drain in this thread claimed rows (``services._claim``): a row
-    queued earlier in this thread's open transaction may have been read by
-    it, so it is no longer skipped (``_written_here``)."""
-    _local.claims = getattr(_local, "claims", 0) + 1
-
-
-def _note_written(rows: list[Key], hold: bool) -> None:
-    if not hold or not db.in_atomic_block or len(rows) > WAKE_MAX:
-        return  # autocommit: nothing to share a transaction with; a backfill's batch: not worth it
-    from django.db import transaction
-
-    marker = (_noop(), getattr(_local, "claims", 0), len(db.run_on_commit))
-    transaction.on_commit(marker[0])
-    mine = getattr(_local, "tx", None)
-    if not mine or not any(_alive(m) for m in (_local.tx_first, _local.tx_last)):
-        # A new transaction (the old markers are all gone), or the old ones rolled back.
-        mine = _local.tx = {}
-        _local.tx_first = marker
-    mine.update(dict.fromkeys(rows, marker))
-    _local.tx_last = marker
-
-
-def _noop():
-    def marker() -> None:
-        pass
-    return marker
-
-
 def enqueue(keys: Iterable[Key], *, hold: bool = False) -> None:
     """Queue (connection id, object key, local id) for push: a new pending
     row, or the record's pending row with its ``version`` bumped.
@@ -235,17 +178,11 @@ def enqueue(keys: Iterable[Key], *, hold: bool = False) -> None:
 
     ``hold``: a capture's rows (see the module's docstring): a new row is
     due HOLD_SECONDS from now (a pending row keeps its time), with no
-    wake-up, and a record the capture queued earlier in the same
-    transaction is not written again (the version bump it had is enough)."""
+    wake-up."""
     rows = sorted(set(keys))
     if not rows:
         return
     now = timezone.now()
-    skip = _written_here(rows, hold)
-    if skip:
-        rows = [r for r in rows if r not in skip]
-        if not rows:
-            return
     if not hold:
         _wake(rows)
     table = db.ops.quote_name(OutboxItem._meta.db_table)
@@ -266,7 +203,6 @@ def enqueue(keys: Iterable[Key], *, hold: bool = False) -> None:
                 f"DO UPDATE SET version = {table}.version + 1, updated_at = EXCLUDED.updated_at",
                 params,
             )
-    _note_written(rows, hold)
 
 
 # Up to this many records queued at once wake their connections' drain when

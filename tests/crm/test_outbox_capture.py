@@ -9,14 +9,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from martech.crm import outbox
 from martech.crm.models import Connection, FieldMapping, OutboxItem
 from martech.models import Lead
-from martech.services import capture
 from tests.martech.test_capture_task import _local_cache, demo_form, post, scored_routing  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("reference_data", "scoring_inline")]
@@ -123,31 +122,3 @@ def test_a_task_that_raises_releases_what_it_committed(form_capture, monkeypatch
     pending = OutboxItem.objects.filter(status="pending", object="contact", local_id=lead.pk)
     assert pending.count() == 2 and all(r.next_attempt_at <= timezone.now() for r in pending)
     assert _drains(woken) == sorted(f"crm.drain:{c.pk}" for c in conns)
-
-
-def test_a_captures_second_write_in_one_transaction_is_skipped_unless_rolled_back_or_claimed():
-    conn = _connections()[0]
-    a, b = (Lead.objects.create(email=f"{n}@example.org").pk for n in "ab")
-    OutboxItem.objects.all().delete()
-    with transaction.atomic(), capture.deferred(source="test"):
-        outbox.enqueue([(conn.pk, "contact", a)], hold=True)
-        with pytest.raises(RuntimeError), transaction.atomic():
-            outbox.enqueue([(conn.pk, "contact", b)], hold=True)
-            raise RuntimeError("rolled back with its savepoint")
-        with CaptureQueriesContext(connection) as ctx:
-            outbox.enqueue([(conn.pk, "contact", a), (conn.pk, "contact", b)], hold=True)
-        (write,) = _outbox_writes(ctx)  # b only: a's row is in this transaction already
-        with CaptureQueriesContext(connection) as ctx:
-            outbox.enqueue([(conn.pk, "contact", a), (conn.pk, "contact", b)], hold=True)
-        assert _outbox_writes(ctx) == []
-        outbox.claimed()  # a drain in this thread, in this transaction (a test's): written again
-        with CaptureQueriesContext(connection) as ctx:
-            outbox.enqueue([(conn.pk, "contact", a)], hold=True)
-        assert len(_outbox_writes(ctx)) == 1
-    versions = dict(OutboxItem.objects.filter(status="pending").values_list("local_id", "version"))
-    assert versions == {a: 2, b: 1}
-    # Any other writer bumps the version every time, as always.
-    with transaction.atomic():
-        outbox.enqueue([(conn.pk, "contact", b)])
-        outbox.enqueue([(conn.pk, "contact", b)])
-    assert OutboxItem.objects.get(status="pending", local_id=b).version == 3

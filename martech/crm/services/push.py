@@ -94,10 +94,7 @@ def _claim(connection: Connection, limit: int, object_keys: list[str], started: 
            f"SELECT id FROM {table} WHERE connection_id = %s AND status = %s AND object IN ({keys}) "
            f"AND next_attempt_at <= %s{since} ORDER BY next_attempt_at, id LIMIT %s{lock}) "
            f"RETURNING {', '.join(qn(f.column) for f in fields)}")
-    items = sorted(OutboxItem.objects.raw(sql, params), key=lambda i: (i.claimed_at, i.pk))
-    if items:
-        outbox.claimed()
-    return items
+    return sorted(OutboxItem.objects.raw(sql, params), key=lambda i: (i.claimed_at, i.pk))
 
 
 def _backoff(attempts: int) -> dt.timedelta:
