@@ -10,7 +10,9 @@ echoed straight back.
 
 Lock order: a write path locks the record (lead, account ...) first, then
 its outbox rows, then its push state; the drain and the pull take them in
-the same order, so none of them can deadlock with another.
+the same order, so none of them can deadlock with another. Outbox rows
+are locked in key order (connection, object, local id): ``enqueue``'s
+upsert and a capture's release (``_release_rows``) alike.
 
 A capture (a form, an event batch: martech.services.capture) writes its
 lead in the request and again in its task (the score, then the owner and
@@ -35,12 +37,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.db import connection as db
-from django.db.models import Q
 from django.utils import timezone
 
 from martech import configcache, hooks
 from martech.crm import objects
 from martech.crm.models import Connection, FieldMapping, OutboxItem
+from martech.db import retry_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -151,18 +153,37 @@ def _release(block: _Block) -> int:
     connection_ids = sorted({c for key in records for c, _, _ in mappings.get(key, ())})
     if not connection_ids:
         return 0
-    now = timezone.now()
-    which = Q()
-    for key, ids in sorted(records.items()):
-        which |= Q(object=key, local_id__in=sorted(ids))
-    # Held rows only: pending, never claimed, due later (a row in its
-    # backoff or paused by a limit was claimed: it keeps its time).
-    n = OutboxItem.objects.filter(which, connection_id__in=connection_ids, status=OutboxItem.Status.PENDING,
-                                  claimed_at__isnull=True, next_attempt_at__gt=now
-                                  ).update(next_attempt_at=now, updated_at=now)
+    n = _release_rows(records, connection_ids)
     if n:
         _wake([(c, "", 0) for c in connection_ids])
     return n
+
+
+@retry_on_conflict
+def _release_rows(records: dict[str, set[int]], connection_ids: list[int]) -> int:
+    """One statement: the held rows of ``records`` (object key -> local
+    ids) on ``connection_ids`` made due now. Held rows only: pending, never
+    claimed, due later (a row in its backoff or paused by a limit was
+    claimed: it keeps its time). The rows are locked in the outbox's key
+    order (connection, object, local id: ``enqueue``'s), so the release and
+    a writer queueing several of them lock them in the same order; a
+    deadlock or serialization failure runs it again."""
+    meta = OutboxItem._meta
+    table = db.ops.quote_name(meta.db_table)
+    at = meta.get_field("next_attempt_at")
+    now = at.get_db_prep_save(timezone.now(), db)
+    which, params = [], [now, now, *connection_ids, OutboxItem.Status.PENDING, now]
+    for key, ids in sorted(records.items()):
+        which.append(f"(object = %s AND local_id IN ({', '.join(['%s'] * len(ids))}))")
+        params += [key, *sorted(ids)]
+    lock = " FOR UPDATE" if db.features.has_select_for_update else ""
+    sql = (f"UPDATE {table} SET next_attempt_at = %s, updated_at = %s WHERE id IN ("
+           f"SELECT id FROM {table} WHERE connection_id IN ({', '.join(['%s'] * len(connection_ids))}) "
+           f"AND status = %s AND claimed_at IS NULL AND next_attempt_at > %s AND ({' OR '.join(which)}) "
+           f"ORDER BY connection_id, object, local_id{lock})")
+    with db.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def enqueue(keys: Iterable[Key], *, hold: bool = False) -> None:

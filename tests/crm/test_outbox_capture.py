@@ -122,3 +122,33 @@ def test_a_task_that_raises_releases_what_it_committed(form_capture, monkeypatch
     pending = OutboxItem.objects.filter(status="pending", object="contact", local_id=lead.pk)
     assert pending.count() == 2 and all(r.next_attempt_at <= timezone.now() for r in pending)
     assert _drains(woken) == sorted(f"crm.drain:{c.pk}" for c in conns)
+
+
+def test_the_release_takes_its_rows_in_the_outbox_key_order_and_runs_again_on_a_deadlock(monkeypatch):
+    """Two connections' held rows of two leads: one statement makes them due,
+    its rows locked in (connection, object, local id) order, enqueue's; a
+    deadlock (the database aborting it for a concurrent writer) runs it again."""
+    from tests.martech.test_db_retry import conflict
+
+    conns = _connections()
+    a, b = (Lead.objects.create(email=f"{n}@example.org").pk for n in "ab")
+    OutboxItem.objects.all().delete()
+    outbox.enqueue([(c.pk, "contact", pk) for c in conns for pk in (b, a)], hold=True)
+    assert not OutboxItem.objects.filter(next_attempt_at__lte=timezone.now()).exists()  # held
+    calls: list[str] = []
+
+    def deadlock_once(execute, sql, params, many, context):
+        if sql.startswith("UPDATE") and "crm_outboxitem" in sql and not calls:
+            calls.append(sql)
+            raise conflict("40P01")  # what Django raises for psycopg's DeadlockDetected
+        return execute(sql, params, many, context)
+
+    monkeypatch.setattr("martech.db.time.sleep", lambda s: None)
+    monkeypatch.setattr("martech.taskqueue.wake", lambda func, *args, key, cluster=None: True)
+    with CaptureQueriesContext(connection) as ctx, connection.execute_wrapper(deadlock_once):
+        assert outbox._release(outbox._Block(lead_ids=(a, b))) == 4
+    # The first attempt aborted (PostgreSQL's driver records no text for it), then run again.
+    statement = [q["sql"] for q in ctx.captured_queries if q["sql"] and q["sql"].startswith("UPDATE")][-1]
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    assert statement.endswith(f"ORDER BY connection_id, object, local_id{lock})"), statement
+    assert len(calls) == 1 and OutboxItem.objects.filter(next_attempt_at__lte=timezone.now()).count() == 4
